@@ -1,0 +1,10 @@
+# All dependencies come from Debian packages installed by scripts/setup.sh.
+find_package(Threads REQUIRED)
+find_package(absl REQUIRED)
+find_package(BLAS REQUIRED)   # OpenBLAS (libopenblas-dev)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+find_package(GTest)
+find_package(benchmark)
+find_package(faiss)
+find_package(CLI11 REQUIRED)

@@ -1,0 +1,7 @@
+# -DVQKV_SANITIZE=address,undefined builds everything with ASan and UBSan.
+if(VQKV_SANITIZE)
+  message(STATUS "vqkv: building with -fsanitize=${VQKV_SANITIZE}")
+  add_compile_options(-fsanitize=${VQKV_SANITIZE} -fno-omit-frame-pointer
+                      -fno-sanitize-recover=all)
+  add_link_options(-fsanitize=${VQKV_SANITIZE})
+endif()

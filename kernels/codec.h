@@ -1,0 +1,110 @@
+// The codec interface: how vqkv turns the keys and values of a run of tokens
+// into a compact payload and back.
+//
+// Tensor layout used everywhere in this interface (and in the encoded block,
+// docs/BLOCK_FORMAT.md): keys and values are separate float32 arrays,
+// row-major [layer][token][kv_head][head_dim]. A "vector" is one
+// (token, layer, kv_head) slice of head_dim floats.
+//
+// Thread safety: Encode, Decode and the accessors are const and may be called
+// concurrently. Fit mutates the codec and must not run concurrently with
+// anything else on the same object.
+#ifndef VQKV_KERNELS_CODEC_H_
+#define VQKV_KERNELS_CODEC_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace vqkv {
+
+// Shape of one model's KV cache.
+struct KvLayout {
+  int layers = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+
+  // Elements of K (or of V) per token, over all layers and heads.
+  int64_t ElementsPerToken() const {
+    return int64_t{layers} * kv_heads * head_dim;
+  }
+  // kInvalidArgument unless every field is in 1..65535.
+  absl::Status Validate() const;
+  bool operator==(const KvLayout&) const = default;
+};
+
+// Stable numeric ids, written into every encoded block header.
+enum class CodecId : uint32_t {
+  kFp16 = 1,  // fp16 passthrough (the uncompressed reference)
+  kVq = 2,    // residual vector quantization (VQKV)
+  kKivi = 3,  // KIVI-style asymmetric scalar quantization
+};
+const char* CodecIdName(CodecId id);
+
+// Progress of a long Fit, reported through FitOptions::progress.
+struct FitProgress {
+  std::string phase;  // e.g. "layer 3 keys[0] stage 12/28"
+  int64_t done = 0;   // units of work finished so far
+  int64_t total = 0;  // units of work in all
+};
+
+struct FitOptions {
+  uint64_t seed = 0x5eed;
+  // Called from the fitting thread; may be empty.
+  std::function<void(const FitProgress&)> progress;
+};
+
+class Codec {
+ public:
+  virtual ~Codec() = default;
+
+  virtual CodecId id() const = 0;
+  // Stable text naming the codec and every parameter that changes its
+  // output, including the codebook hash, e.g.
+  // "vq:k=2x28x10:v=8x9:cb=0123456789abcdef". Used in namespaces, so two
+  // codecs with different descriptors never read each other's blocks.
+  virtual std::string Descriptor() const = 0;
+  virtual const KvLayout& layout() const = 0;
+  // Content hash of the codebook set this codec encodes with; 0 for codecs
+  // without trained state.
+  virtual uint64_t codebook_hash() const = 0;
+
+  // Payload bits per key / value element, side information (scales, zero
+  // points) included, codebooks and fp16 sections excluded.
+  virtual double KeyBitsPerElement() const = 0;
+  virtual double ValueBitsPerElement() const = 0;
+  double BitsPerElement() const {
+    return 0.5 * (KeyBitsPerElement() + ValueBitsPerElement());
+  }
+  // 1 - bits / 16: the paper's compression ratio against fp16.
+  double CompressionRatio() const { return 1.0 - BitsPerElement() / 16.0; }
+
+  // Exact payload size in bytes for `tokens` tokens.
+  virtual size_t EncodedBytes(int64_t tokens) const = 0;
+
+  // Learns the codec's state from a sample of `tokens` tokens in the layout
+  // above. Codecs without trained state return OkStatus.
+  virtual absl::Status Fit(const float* keys, const float* values,
+                           int64_t tokens, const FitOptions& options) = 0;
+
+  // Encodes `tokens` tokens into out[0, EncodedBytes(tokens)).
+  // REQUIRES: out_bytes >= EncodedBytes(tokens); tokens >= 1.
+  // Errors: kInvalidArgument for bad sizes, kFailedPrecondition when the
+  // codec needs Fit and has not been fitted.
+  virtual absl::Status Encode(const float* keys, const float* values,
+                              int64_t tokens, uint8_t* out,
+                              size_t out_bytes) const = 0;
+
+  // Reconstructs `tokens` tokens from in[0, in_bytes) into keys/values.
+  // Errors: kInvalidArgument when in_bytes != EncodedBytes(tokens).
+  virtual absl::Status Decode(const uint8_t* in, size_t in_bytes,
+                              int64_t tokens, float* keys,
+                              float* values) const = 0;
+};
+
+}  // namespace vqkv
+
+#endif  // VQKV_KERNELS_CODEC_H_
