@@ -43,9 +43,9 @@ absl::Status PackBits(const uint16_t* indices, int64_t n, int bits,
   if (absl::Status s = CheckBits(bits); !s.ok()) return s;
   const size_t need = PackedBytes(n, bits);
   if (n < 0 || out_bytes < need) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "pack output too small: ", out_bytes, " bytes for ", n, " x ", bits,
-        "-bit codes (", need, " needed)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("pack output too small: ", out_bytes, " bytes for ", n,
+                     " x ", bits, "-bit codes (", need, " needed)"));
   }
   const uint32_t limit = 1u << bits;
   // A 64-bit accumulator flushed a byte at a time: at most 16 + 7 bits are
@@ -71,14 +71,14 @@ absl::Status PackBits(const uint16_t* indices, int64_t n, int bits,
   return absl::OkStatus();
 }
 
-absl::Status UnpackBits(const uint8_t* in, size_t in_bytes, int64_t n,
-                        int bits, uint16_t* indices) {
+absl::Status UnpackBits(const uint8_t* in, size_t in_bytes, int64_t n, int bits,
+                        uint16_t* indices) {
   if (absl::Status s = CheckBits(bits); !s.ok()) return s;
   const size_t need = PackedBytes(n, bits);
   if (n < 0 || in_bytes < need) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "packed input truncated: ", in_bytes, " bytes for ", n, " x ", bits,
-        "-bit codes (", need, " needed)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("packed input truncated: ", in_bytes, " bytes for ", n,
+                     " x ", bits, "-bit codes (", need, " needed)"));
   }
   const uint32_t mask = (1u << bits) - 1;
   uint64_t acc = 0;

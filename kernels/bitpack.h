@@ -27,8 +27,8 @@ absl::Status PackBits(const uint16_t* indices, int64_t n, int bits,
 
 // Inverse of PackBits. Errors: kInvalidArgument for bits outside 1..16 or a
 // too-small input.
-absl::Status UnpackBits(const uint8_t* in, size_t in_bytes, int64_t n,
-                        int bits, uint16_t* indices);
+absl::Status UnpackBits(const uint8_t* in, size_t in_bytes, int64_t n, int bits,
+                        uint16_t* indices);
 
 // Scalar reference versions (no validation), one bit at a time; the fast
 // versions above are tested against them.

@@ -5,8 +5,8 @@
 namespace vqkv::cpu {
 
 struct CpuFeatures {
-  bool avx2 = false;     // AVX2 + FMA
-  bool avx512 = false;   // AVX-512 F + BW + VL
+  bool avx2 = false;    // AVX2 + FMA
+  bool avx512 = false;  // AVX-512 F + BW + VL
   bool f16c = false;
 };
 

@@ -28,17 +28,16 @@ namespace vqkv::cpu {
 // cb: [K][dim], norms: [K].
 int NearestCodewordRef(const float* r, const float* cb, const float* norms,
                        int K, int dim, float* best_score);
-int NearestCodeword(const float* r, const float* cb, const float* norms,
-                    int K, int dim, float* best_score);
+int NearestCodeword(const float* r, const float* cb, const float* norms, int K,
+                    int dim, float* best_score);
 
 // Greedy RVQ encode: for each vector, stage by stage, choose the nearest
 // codeword to the current residual and subtract it.
 void RvqEncodeGreedyRef(const float* x, int64_t n, int dim,
                         const float* codebooks, const float* norms, int stages,
                         int K, uint16_t* codes);
-void RvqEncodeGreedy(const float* x, int64_t n, int dim,
-                     const float* codebooks, const float* norms, int stages,
-                     int K, uint16_t* codes);
+void RvqEncodeGreedy(const float* x, int64_t n, int dim, const float* codebooks,
+                     const float* norms, int stages, int K, uint16_t* codes);
 
 // RVQ decode: out[i] = sum over s of codebooks[s][codes[i][s]].
 void RvqDecodeRef(const uint16_t* codes, int64_t n, int stages,

@@ -25,7 +25,8 @@ TEST_P(BitpackWidthTest, RoundTripsExactlyAndMatchesReference) {
     codes[0] = static_cast<uint16_t>((1u << bits) - 1);
     if (n > 1) codes[n - 1] = 0;
     std::vector<uint8_t> packed(PackedBytes(n, bits) + 3, 0xAB);
-    ASSERT_TRUE(PackBits(codes.data(), n, bits, packed.data(), packed.size()).ok());
+    ASSERT_TRUE(
+        PackBits(codes.data(), n, bits, packed.data(), packed.size()).ok());
     std::vector<uint8_t> ref(PackedBytes(n, bits));
     PackBitsRef(codes.data(), n, bits, ref.data());
     ASSERT_TRUE(std::equal(ref.begin(), ref.end(), packed.begin()))
@@ -35,7 +36,9 @@ TEST_P(BitpackWidthTest, RoundTripsExactlyAndMatchesReference) {
       EXPECT_EQ(packed[i], 0xAB);
     }
     std::vector<uint16_t> back(n, 0xFFFF);
-    ASSERT_TRUE(UnpackBits(packed.data(), PackedBytes(n, bits), n, bits, back.data()).ok());
+    ASSERT_TRUE(
+        UnpackBits(packed.data(), PackedBytes(n, bits), n, bits, back.data())
+            .ok());
     EXPECT_EQ(back, codes) << "bits=" << bits << " n=" << n;
     std::vector<uint16_t> back_ref(n);
     UnpackBitsRef(packed.data(), n, bits, back_ref.data());
@@ -61,10 +64,14 @@ TEST(BitpackTest, LayoutIsLsbFirst) {
 TEST(BitpackTest, RejectsBadWidths) {
   uint16_t codes[1] = {0};
   uint8_t out[4];
-  EXPECT_EQ(PackBits(codes, 1, 0, out, 4).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(PackBits(codes, 1, 17, out, 4).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(UnpackBits(out, 4, 1, 0, codes).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(UnpackBits(out, 4, 1, 17, codes).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PackBits(codes, 1, 0, out, 4).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PackBits(codes, 1, 17, out, 4).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(UnpackBits(out, 4, 1, 0, codes).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(UnpackBits(out, 4, 1, 17, codes).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(BitpackTest, RejectsCodesThatDoNotFit) {

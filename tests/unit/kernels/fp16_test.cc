@@ -59,7 +59,9 @@ TEST(Fp16Test, BatchMatchesScalarReference) {
   std::vector<float> back(in.size());
   HalfToFloat(half.data(), half.size(), back.data());
   for (size_t i = 0; i < in.size(); ++i) {
-    ASSERT_EQ(std::memcmp(&back[i], &(const float&)HalfToFloatRef(half[i]), 4), 0) << i;
+    ASSERT_EQ(std::memcmp(&back[i], &(const float&)HalfToFloatRef(half[i]), 4),
+              0)
+        << i;
   }
 }
 

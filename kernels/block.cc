@@ -1,0 +1,250 @@
+#include "kernels/block.h"
+
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/fp16.h"
+#define XXH_STATIC_LINKING_ONLY  // for a stack-allocated XXH3_state_t
+#include "xxhash.h"
+
+namespace vqkv {
+namespace {
+
+// Copies tokens [first, first + count) of a [layer][token][...] tensor with
+// `row` elements per (layer, token) between a full and a partial tensor.
+template <typename Src, typename Dst, typename Convert>
+void CopyTokenRange(const Src* src, int64_t src_tokens, int64_t src_first,
+                    Dst* dst, int64_t dst_tokens, int64_t dst_first,
+                    int64_t count, int layers, int64_t row, Convert convert) {
+  for (int l = 0; l < layers; ++l) {
+    const Src* s = src + (l * src_tokens + src_first) * row;
+    Dst* d = dst + (l * dst_tokens + dst_first) * row;
+    convert(s, count * row, d);
+  }
+}
+
+}  // namespace
+
+uint64_t BlockChecksum(const BlockHeader& header, const uint8_t* payload,
+                       size_t payload_bytes) {
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  XXH3_64bits_update(&state, &header, kBlockChecksumOffset);
+  if (payload_bytes > 0) XXH3_64bits_update(&state, payload, payload_bytes);
+  return XXH3_64bits_digest(&state);
+}
+
+absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
+                                                 const float* keys,
+                                                 const float* values,
+                                                 int64_t tokens,
+                                                 const BlockOptions& options) {
+  const KvLayout& layout = codec.layout();
+  if (absl::Status s = layout.Validate(); !s.ok()) return s;
+  if (tokens < 1 || tokens > std::numeric_limits<uint32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a block holds 1..2^32-1 tokens, got ", tokens));
+  }
+  if (options.fp16_tokens < 0 || options.fp16_tokens > tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fp16_tokens must be in 0..", tokens, ", got ", options.fp16_tokens));
+  }
+  const int64_t fp16_tokens = options.fp16_tokens;
+  const int64_t coded_tokens = tokens - fp16_tokens;
+  const int64_t row = int64_t{layout.kv_heads} * layout.head_dim;
+  const uint64_t codes_bytes =
+      coded_tokens > 0 ? codec.EncodedBytes(coded_tokens) : 0;
+  const uint64_t fp16_bytes = Fp16SectionBytes(
+      fp16_tokens, layout.layers, layout.kv_heads, layout.head_dim);
+
+  BlockHeader h{};
+  h.magic = kBlockMagic;
+  h.format_version = kBlockFormatVersion;
+  h.header_bytes = sizeof(BlockHeader);
+  h.codec_id = static_cast<uint32_t>(codec.id());
+  h.flags = (fp16_tokens > 0 ? kBlockHasFp16Section : 0u) |
+            (options.keys_post_rope ? kBlockKeysPostRope : 0u);
+  h.codebook_hash = codec.codebook_hash();
+  h.tokens = static_cast<uint32_t>(tokens);
+  h.fp16_tokens = static_cast<uint32_t>(fp16_tokens);
+  h.layers = static_cast<uint16_t>(layout.layers);
+  h.kv_heads = static_cast<uint16_t>(layout.kv_heads);
+  h.head_dim = static_cast<uint16_t>(layout.head_dim);
+  h.codes_bytes = codes_bytes;
+  h.payload_bytes = codes_bytes + fp16_bytes;
+
+  std::vector<uint8_t> block(sizeof(BlockHeader) + h.payload_bytes);
+  uint8_t* payload = block.data() + sizeof(BlockHeader);
+  if (coded_tokens > 0) {
+    const float* k = keys;
+    const float* v = values;
+    std::vector<float> k_part, v_part;
+    if (fp16_tokens > 0) {  // the codec sees only the coded tokens
+      k_part.resize(coded_tokens * layout.layers * row);
+      v_part.resize(k_part.size());
+      auto copy = [](const float* s, int64_t n, float* d) {
+        std::memcpy(d, s, n * sizeof(float));
+      };
+      CopyTokenRange(keys, tokens, fp16_tokens, k_part.data(), coded_tokens, 0,
+                     coded_tokens, layout.layers, row, copy);
+      CopyTokenRange(values, tokens, fp16_tokens, v_part.data(), coded_tokens,
+                     0, coded_tokens, layout.layers, row, copy);
+      k = k_part.data();
+      v = v_part.data();
+    }
+    if (absl::Status s = codec.Encode(k, v, coded_tokens, payload, codes_bytes);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (fp16_tokens > 0) {
+    uint16_t* k16 = reinterpret_cast<uint16_t*>(payload + codes_bytes);
+    uint16_t* v16 = k16 + fp16_tokens * layout.layers * row;
+    auto to_half = [](const float* s, int64_t n, uint16_t* d) {
+      FloatToHalf(s, n, d);
+    };
+    CopyTokenRange(keys, tokens, 0, k16, fp16_tokens, 0, fp16_tokens,
+                   layout.layers, row, to_half);
+    CopyTokenRange(values, tokens, 0, v16, fp16_tokens, 0, fp16_tokens,
+                   layout.layers, row, to_half);
+  }
+  h.checksum = BlockChecksum(h, payload, h.payload_bytes);
+  std::memcpy(block.data(), &h, sizeof(h));
+  return block;
+}
+
+absl::StatusOr<BlockHeader> VerifyBlock(const uint8_t* data, size_t size) {
+  if (data == nullptr || size < sizeof(BlockHeader)) {
+    return absl::DataLossError(absl::StrCat("block truncated: ", size,
+                                            " bytes, header needs ",
+                                            sizeof(BlockHeader)));
+  }
+  BlockHeader h;
+  std::memcpy(&h, data, sizeof(h));
+  if (h.magic != kBlockMagic) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a vqkv block: magic 0x", absl::Hex(h.magic),
+                     ", expected 0x", absl::Hex(kBlockMagic)));
+  }
+  if (h.format_version != kBlockFormatVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unsupported block format version ", h.format_version,
+                     " (this build reads version ", kBlockFormatVersion, ")"));
+  }
+  if (h.header_bytes != sizeof(BlockHeader) || h.reserved0 != 0 ||
+      (h.flags & ~kKnownBlockFlags) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "malformed block header: header_bytes ", h.header_bytes, ", flags 0x",
+        absl::Hex(h.flags), ", reserved ", h.reserved0));
+  }
+  if (h.tokens == 0 || h.layers == 0 || h.kv_heads == 0 || h.head_dim == 0 ||
+      h.fp16_tokens > h.tokens ||
+      ((h.flags & kBlockHasFp16Section) != 0) != (h.fp16_tokens > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed block header: ", h.tokens, " tokens (",
+                     h.fp16_tokens, " fp16), ", h.layers, " layers, ",
+                     h.kv_heads, " kv heads, head_dim ", h.head_dim));
+  }
+  const uint64_t fp16_bytes =
+      Fp16SectionBytes(h.fp16_tokens, h.layers, h.kv_heads, h.head_dim);
+  if (h.payload_bytes < h.codes_bytes ||
+      h.payload_bytes - h.codes_bytes != fp16_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "malformed block header: payload ", h.payload_bytes, " bytes with ",
+        h.codes_bytes, " code bytes cannot hold a ", fp16_bytes,
+        "-byte fp16 section"));
+  }
+  if (size - sizeof(BlockHeader) != h.payload_bytes) {
+    return absl::DataLossError(absl::StrCat(
+        "block length mismatch: header says ", h.payload_bytes,
+        " payload bytes, record has ", size - sizeof(BlockHeader)));
+  }
+  const uint64_t sum =
+      BlockChecksum(h, data + sizeof(BlockHeader), h.payload_bytes);
+  if (sum != h.checksum) {
+    return absl::DataLossError(
+        absl::StrCat("block checksum mismatch: stored 0x",
+                     absl::Hex(h.checksum), ", computed 0x", absl::Hex(sum)));
+  }
+  return h;
+}
+
+absl::Status DecodeBlock(const Codec& codec, const uint8_t* data, size_t size,
+                         int64_t out_tokens, float* keys, float* values) {
+  absl::StatusOr<BlockHeader> header = VerifyBlock(data, size);
+  if (!header.ok()) return header.status();
+  const BlockHeader& h = *header;
+  if (h.codec_id != static_cast<uint32_t>(codec.id())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("block was encoded with codec ",
+                     CodecIdName(static_cast<CodecId>(h.codec_id)), " (id ",
+                     h.codec_id, "), not ", CodecIdName(codec.id())));
+  }
+  if (h.codebook_hash != codec.codebook_hash()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "block needs codebook set 0x", absl::Hex(h.codebook_hash),
+        " but the codec has 0x", absl::Hex(codec.codebook_hash())));
+  }
+  const KvLayout& layout = codec.layout();
+  if (h.layers != layout.layers || h.kv_heads != layout.kv_heads ||
+      h.head_dim != layout.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block layout ", h.layers, "x", h.kv_heads, "x", h.head_dim,
+        " (layers x kv heads x head_dim) does not match the codec's ",
+        layout.layers, "x", layout.kv_heads, "x", layout.head_dim));
+  }
+  if (out_tokens != h.tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output holds ", out_tokens, " tokens, block has ", h.tokens));
+  }
+  const int64_t tokens = h.tokens;
+  const int64_t fp16_tokens = h.fp16_tokens;
+  const int64_t coded_tokens = tokens - fp16_tokens;
+  const int64_t row = int64_t{layout.kv_heads} * layout.head_dim;
+  const uint8_t* payload = data + sizeof(BlockHeader);
+  if (coded_tokens > 0) {
+    if (h.codes_bytes != codec.EncodedBytes(coded_tokens)) {
+      return absl::DataLossError(absl::StrCat(
+          "block code section is ", h.codes_bytes, " bytes, codec expects ",
+          codec.EncodedBytes(coded_tokens), " for ", coded_tokens, " tokens"));
+    }
+    if (fp16_tokens == 0) {
+      return codec.Decode(payload, h.codes_bytes, coded_tokens, keys, values);
+    }
+    std::vector<float> k_part(coded_tokens * layout.layers * row);
+    std::vector<float> v_part(k_part.size());
+    if (absl::Status s = codec.Decode(payload, h.codes_bytes, coded_tokens,
+                                      k_part.data(), v_part.data());
+        !s.ok()) {
+      return s;
+    }
+    auto copy = [](const float* s, int64_t n, float* d) {
+      std::memcpy(d, s, n * sizeof(float));
+    };
+    CopyTokenRange(k_part.data(), coded_tokens, 0, keys, tokens, fp16_tokens,
+                   coded_tokens, layout.layers, row, copy);
+    CopyTokenRange(v_part.data(), coded_tokens, 0, values, tokens, fp16_tokens,
+                   coded_tokens, layout.layers, row, copy);
+  } else if (h.codes_bytes != 0) {
+    return absl::DataLossError("block with no coded tokens has code bytes");
+  }
+  if (fp16_tokens > 0) {
+    const uint8_t* base = payload + h.codes_bytes;
+    const size_t half_count = fp16_tokens * layout.layers * row;
+    // The payload is not necessarily 2-byte aligned: copy before converting.
+    std::vector<uint16_t> k16(half_count), v16(half_count);
+    std::memcpy(k16.data(), base, half_count * 2);
+    std::memcpy(v16.data(), base + half_count * 2, half_count * 2);
+    auto to_float = [](const uint16_t* s, int64_t n, float* d) {
+      HalfToFloat(s, n, d);
+    };
+    CopyTokenRange(k16.data(), fp16_tokens, 0, keys, tokens, 0, fp16_tokens,
+                   layout.layers, row, to_float);
+    CopyTokenRange(v16.data(), fp16_tokens, 0, values, tokens, 0, fp16_tokens,
+                   layout.layers, row, to_float);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace vqkv
