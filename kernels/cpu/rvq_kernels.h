@@ -45,6 +45,14 @@ void RvqDecodeRef(const uint16_t* codes, int64_t n, int stages,
 void RvqDecode(const uint16_t* codes, int64_t n, int stages,
                const float* codebooks, int K, int dim, float* out);
 
+// Index k minimising norms[k] - 2 * dots[k] (ties: lowest index), where
+// dots[k] = <r, cb[k]> was computed elsewhere (e.g. by sgemm for a batch);
+// best_score (if not null) receives that minimum.
+int ArgminScoreRef(const float* norms, const float* dots, int K,
+                   float* best_score);
+int ArgminScore(const float* norms, const float* dots, int K,
+                float* best_score);
+
 // Same sum, written as binary16 (round to nearest even); the CPU twin of the
 // CUDA decode kernel's fp16 output.
 void RvqDecodeHalfRef(const uint16_t* codes, int64_t n, int stages,

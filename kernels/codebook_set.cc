@@ -1,0 +1,401 @@
+#include "kernels/codebook_set.h"
+
+#include <xxhash.h>
+
+#include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace vqkv {
+namespace {
+
+static_assert(std::endian::native == std::endian::little,
+              "the codebook file is little-endian; add byte swapping to "
+              "support big-endian hosts");
+
+constexpr size_t kHeaderBytes = 64;
+constexpr size_t kTrailerBytes = 8;
+
+struct StringSink {
+  std::string* out;
+  void Append(const void* p, size_t n) {
+    out->append(static_cast<const char*>(p), n);
+  }
+};
+
+struct HashSink {
+  XXH3_state_t* state;
+  void Append(const void* p, size_t n) { XXH3_64bits_update(state, p, n); }
+};
+
+template <typename T>
+void Put(uint8_t* h, size_t off, T v) {
+  std::memcpy(h + off, &v, sizeof(T));
+}
+template <typename T>
+T Get(const uint8_t* h, size_t off) {
+  T v;
+  std::memcpy(&v, h + off, sizeof(T));
+  return v;
+}
+
+uint64_t BodyBytes(const CodebookConfig& c,
+                   const std::vector<std::vector<int>>& groups) {
+  uint64_t floats = 0;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    floats += uint64_t(c.key_group_stages[g]) * (uint64_t{1} << c.key_bits) *
+              groups[g].size();
+  }
+  floats += uint64_t(c.value_stages) * (uint64_t{1} << c.value_bits) *
+            c.layout.head_dim;
+  return floats * 4 * c.layout.layers * c.slots_per_layer();
+}
+
+void EncodeHeader(const CodebookConfig& c, uint64_t body_bytes, uint8_t* h) {
+  std::memset(h, 0, kHeaderBytes);
+  Put<uint32_t>(h, 0, kCodebookMagic);
+  Put<uint16_t>(h, 4, kCodebookFormatVersion);
+  Put<uint16_t>(h, 6, kHeaderBytes);
+  Put<uint32_t>(h, 8, c.layout.layers);
+  Put<uint32_t>(h, 12, c.layout.kv_heads);
+  Put<uint32_t>(h, 16, c.layout.head_dim);
+  Put<uint8_t>(h, 20, static_cast<uint8_t>(c.key_split));
+  Put<uint8_t>(h, 21, static_cast<uint8_t>(c.key_group_stages.size()));
+  Put<uint8_t>(h, 22, c.per_head ? 1 : 0);
+  Put<uint8_t>(h, 23, c.keys_post_rope ? 1 : 0);
+  Put<uint32_t>(h, 24, c.key_bits);
+  Put<uint32_t>(h, 28, c.value_stages);
+  Put<uint32_t>(h, 32, c.value_bits);
+  Put<uint32_t>(h, 36, c.key_group_stages.empty() ? 0 : c.key_group_stages[0]);
+  Put<uint32_t>(h, 40,
+                c.key_group_stages.size() < 2 ? 0 : c.key_group_stages[1]);
+  Put<uint64_t>(h, 48, body_bytes);
+}
+
+}  // namespace
+
+int CodebookConfig::key_stages() const {
+  int s = 0;
+  for (int g : key_group_stages) s += g;
+  return s;
+}
+
+absl::Status CodebookConfig::Validate() const {
+  if (absl::Status s = layout.Validate(); !s.ok()) return s;
+  absl::StatusOr<std::vector<std::vector<int>>> groups =
+      KeyGroupDims(key_split, layout.head_dim);
+  if (!groups.ok()) return groups.status();
+  if (key_group_stages.size() != groups->size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key split ", KeySplitName(key_split), " has ", groups->size(),
+        " key groups but the config lists stages for ",
+        key_group_stages.size()));
+  }
+  for (int s : key_group_stages) {
+    if (s < 1 || s > 4096) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("key stages per group must be in 1..4096, got ", s));
+    }
+  }
+  if (value_stages < 1 || value_stages > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("value stages must be in 1..4096, got ", value_stages));
+  }
+  if (key_bits < 1 || key_bits > 16 || value_bits < 1 || value_bits > 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key and value bits must be in 1..16, got ", key_bits,
+                     " and ", value_bits));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CodebookSet> CodebookSet::Create(const CodebookConfig& config) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  CodebookSet set;
+  set.config_ = config;
+  set.key_group_dims_ = *KeyGroupDims(config.key_split, config.layout.head_dim);
+  const size_t slots =
+      static_cast<size_t>(config.layout.layers) * config.slots_per_layer();
+  set.keys_.resize(slots * set.key_group_dims_.size());
+  set.values_.resize(slots);
+  return set;
+}
+
+absl::Status CodebookSet::SetKey(int layer, int slot, int group,
+                                 ResidualQuantizer q) {
+  if (layer < 0 || layer >= config_.layout.layers || slot < 0 ||
+      slot >= config_.slots_per_layer() || group < 0 ||
+      group >= static_cast<int>(key_group_dims_.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key quantizer index out of range: layer ", layer,
+                     ", slot ", slot, ", group ", group));
+  }
+  const int dim = static_cast<int>(key_group_dims_[group].size());
+  if (!q.fitted() || q.dim() != dim ||
+      q.stages() != config_.key_group_stages[group] ||
+      q.bits() != config_.key_bits) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key quantizer must be fitted with dim ", dim, ", stages ",
+        config_.key_group_stages[group], ", bits ", config_.key_bits,
+        "; got dim ", q.dim(), ", stages ", q.stages(), ", bits ", q.bits()));
+  }
+  keys_[(static_cast<size_t>(layer) * config_.slots_per_layer() + slot) *
+            key_group_dims_.size() +
+        group] = std::move(q);
+  return absl::OkStatus();
+}
+
+absl::Status CodebookSet::SetValue(int layer, int slot, ResidualQuantizer q) {
+  if (layer < 0 || layer >= config_.layout.layers || slot < 0 ||
+      slot >= config_.slots_per_layer()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "value quantizer index out of range: layer ", layer, ", slot ", slot));
+  }
+  if (!q.fitted() || q.dim() != config_.layout.head_dim ||
+      q.stages() != config_.value_stages || q.bits() != config_.value_bits) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "value quantizer must be fitted with dim ", config_.layout.head_dim,
+        ", stages ", config_.value_stages, ", bits ", config_.value_bits,
+        "; got dim ", q.dim(), ", stages ", q.stages(), ", bits ", q.bits()));
+  }
+  values_[static_cast<size_t>(layer) * config_.slots_per_layer() + slot] =
+      std::move(q);
+  return absl::OkStatus();
+}
+
+bool CodebookSet::layer_complete(int layer) const {
+  if (layer < 0 || layer >= config_.layout.layers) return false;
+  const size_t slots = config_.slots_per_layer();
+  const size_t groups = key_group_dims_.size();
+  for (size_t s = 0; s < slots; ++s) {
+    if (!values_[layer * slots + s].fitted()) return false;
+    for (size_t g = 0; g < groups; ++g) {
+      if (!keys_[(layer * slots + s) * groups + g].fitted()) return false;
+    }
+  }
+  return true;
+}
+
+bool CodebookSet::complete() const {
+  if (keys_.empty()) return false;
+  for (int l = 0; l < config_.layout.layers; ++l) {
+    if (!layer_complete(l)) return false;
+  }
+  return true;
+}
+
+namespace {
+
+// Streams the canonical content (header + body, no trailer) into sink.
+template <typename Sink>
+void WriteContent(const CodebookSet& set, Sink& sink) {
+  const CodebookConfig& c = set.config();
+  uint8_t header[kHeaderBytes];
+  EncodeHeader(c, BodyBytes(c, set.key_group_dims()), header);
+  sink.Append(header, kHeaderBytes);
+  const int groups = static_cast<int>(set.key_group_dims().size());
+  for (int l = 0; l < c.layout.layers; ++l) {
+    for (int s = 0; s < c.slots_per_layer(); ++s) {
+      for (int g = 0; g < groups; ++g) {
+        const std::vector<float>& cb = set.key(l, s, g).codebooks();
+        sink.Append(cb.data(), cb.size() * sizeof(float));
+      }
+      const std::vector<float>& cb = set.value(l, s).codebooks();
+      sink.Append(cb.data(), cb.size() * sizeof(float));
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> CodebookSet::Hash() const {
+  if (!complete()) {
+    return absl::FailedPreconditionError(
+        "codebook set hash needs every quantizer fitted");
+  }
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  HashSink sink{state};
+  WriteContent(*this, sink);
+  const uint64_t h = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return h;
+}
+
+absl::StatusOr<std::string> CodebookSet::Serialize() const {
+  if (!complete()) {
+    return absl::FailedPreconditionError(
+        "codebook set serialize needs every quantizer fitted");
+  }
+  std::string out;
+  out.reserve(kHeaderBytes + BodyBytes(config_, key_group_dims_) +
+              kTrailerBytes);
+  StringSink sink{&out};
+  WriteContent(*this, sink);
+  const uint64_t h = XXH3_64bits(out.data(), out.size());
+  out.append(reinterpret_cast<const char*>(&h), sizeof(h));
+  return out;
+}
+
+absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  if (bytes.size() < 4) {
+    return absl::DataLossError(absl::StrCat(
+        "codebook file truncated: ", bytes.size(), " bytes, no magic"));
+  }
+  if (Get<uint32_t>(p, 0) != kCodebookMagic) {
+    return absl::InvalidArgumentError("not a codebook file (wrong magic)");
+  }
+  if (bytes.size() < kHeaderBytes + kTrailerBytes) {
+    return absl::DataLossError(
+        absl::StrCat("codebook file truncated: ", bytes.size(),
+                     " bytes, header needs ", kHeaderBytes + kTrailerBytes));
+  }
+  if (const uint16_t v = Get<uint16_t>(p, 4); v != kCodebookFormatVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("codebook file format version ", v,
+                     " is not supported (this build reads version ",
+                     kCodebookFormatVersion, ")"));
+  }
+  const uint64_t body = Get<uint64_t>(p, 48);
+  if (Get<uint16_t>(p, 6) != kHeaderBytes ||
+      body > bytes.size() - kHeaderBytes - kTrailerBytes ||
+      bytes.size() != kHeaderBytes + body + kTrailerBytes) {
+    return absl::DataLossError(absl::StrCat(
+        "codebook file size ", bytes.size(), " does not match its header (",
+        kHeaderBytes, " + ", body, " + ", kTrailerBytes, " bytes)"));
+  }
+  const size_t content = kHeaderBytes + body;
+  const uint64_t stored = Get<uint64_t>(p, content);
+  const uint64_t actual = XXH3_64bits(p, content);
+  if (stored != actual) {
+    return absl::DataLossError(
+        absl::StrCat("codebook file hash mismatch: stored ",
+                     absl::Hex(stored, absl::kZeroPad16), ", content ",
+                     absl::Hex(actual, absl::kZeroPad16)));
+  }
+
+  CodebookConfig c;
+  c.layout.layers = static_cast<int>(Get<uint32_t>(p, 8));
+  c.layout.kv_heads = static_cast<int>(Get<uint32_t>(p, 12));
+  c.layout.head_dim = static_cast<int>(Get<uint32_t>(p, 16));
+  c.key_split = static_cast<KeySplit>(Get<uint8_t>(p, 20));
+  const int groups = Get<uint8_t>(p, 21);
+  c.per_head = Get<uint8_t>(p, 22) != 0;
+  c.keys_post_rope = Get<uint8_t>(p, 23) != 0;
+  c.key_bits = static_cast<int>(Get<uint32_t>(p, 24));
+  c.value_stages = static_cast<int>(Get<uint32_t>(p, 28));
+  c.value_bits = static_cast<int>(Get<uint32_t>(p, 32));
+  if (groups >= 1) c.key_group_stages.push_back(Get<uint32_t>(p, 36));
+  if (groups >= 2) c.key_group_stages.push_back(Get<uint32_t>(p, 40));
+  if (groups < 1 || groups > 2 || Get<uint8_t>(p, 22) > 1 ||
+      Get<uint8_t>(p, 23) > 1) {
+    return absl::DataLossError("codebook file header has invalid flags");
+  }
+  if (absl::Status st = c.Validate(); !st.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("codebook file header does not parse: ", st.message()));
+  }
+  // Checked before allocating anything the header sizes; the estimate in
+  // double guards the integer product against overflow.
+  const std::vector<std::vector<int>> dims0 =
+      *KeyGroupDims(c.key_split, c.layout.head_dim);
+  const double estimate =
+      4.0 * c.layout.layers * c.slots_per_layer() *
+      (double(c.key_stages()) * std::ldexp(1.0, c.key_bits) *
+           c.layout.head_dim +
+       double(c.value_stages) * std::ldexp(1.0, c.value_bits) *
+           c.layout.head_dim);
+  if (estimate > 0x1p62 || BodyBytes(c, dims0) != body) {
+    return absl::DataLossError(
+        "codebook file body size does not match its config");
+  }
+  absl::StatusOr<CodebookSet> set = Create(c);
+  if (!set.ok()) return absl::DataLossError(set.status().message());
+
+  const uint8_t* at = p + kHeaderBytes;
+  auto take = [&at](size_t floats) {
+    std::vector<float> v(floats);
+    std::memcpy(v.data(), at, floats * sizeof(float));
+    at += floats * sizeof(float);
+    return v;
+  };
+  const std::vector<std::vector<int>>& dims = set->key_group_dims_;
+  for (int l = 0; l < c.layout.layers; ++l) {
+    for (int s = 0; s < c.slots_per_layer(); ++s) {
+      for (int g = 0; g < groups; ++g) {
+        RvqParams rp;
+        rp.dim = static_cast<int>(dims[g].size());
+        rp.stages = c.key_group_stages[g];
+        rp.bits = c.key_bits;
+        absl::StatusOr<ResidualQuantizer> q = ResidualQuantizer::FromCodebooks(
+            rp, take(size_t(rp.stages) * rp.K() * rp.dim));
+        if (!q.ok()) return absl::DataLossError(q.status().message());
+        if (absl::Status st = set->SetKey(l, s, g, *std::move(q)); !st.ok()) {
+          return absl::DataLossError(st.message());
+        }
+      }
+      RvqParams rp;
+      rp.dim = c.layout.head_dim;
+      rp.stages = c.value_stages;
+      rp.bits = c.value_bits;
+      absl::StatusOr<ResidualQuantizer> q = ResidualQuantizer::FromCodebooks(
+          rp, take(size_t(rp.stages) * rp.K() * rp.dim));
+      if (!q.ok()) return absl::DataLossError(q.status().message());
+      if (absl::Status st = set->SetValue(l, s, *std::move(q)); !st.ok()) {
+        return absl::DataLossError(st.message());
+      }
+    }
+  }
+  return set;
+}
+
+absl::Status CodebookSet::Save(const std::string& path) const {
+  absl::StatusOr<std::string> bytes = Serialize();
+  if (!bytes.ok()) return bytes.status();
+  // Write then rename, so a reader never sees a half-written file.
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
+  }
+  const bool wrote =
+      std::fwrite(bytes->data(), 1, bytes->size(), f) == bytes->size();
+  const bool closed = std::fclose(f) == 0;
+  if (!wrote || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return absl::UnavailableError(
+        absl::StrCat("cannot write codebook file ", path));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CodebookSet> CodebookSet::Load(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    const int err = errno;
+    const std::string msg = absl::StrCat("cannot open codebook file ", path,
+                                         ": ", std::strerror(err));
+    return err == ENOENT ? absl::NotFoundError(msg)
+                         : absl::UnavailableError(msg);
+  }
+  std::string bytes;
+  char buf[1 << 16];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof(buf), f)) > 0) bytes.append(buf, got);
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) {
+    return absl::UnavailableError(
+        absl::StrCat("error reading codebook file ", path));
+  }
+  return Deserialize(bytes);
+}
+
+}  // namespace vqkv

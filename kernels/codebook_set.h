@@ -1,0 +1,109 @@
+// The codebook set of one model: per layer (optionally per KV head) a key
+// quantizer (one RVQ per key dimension group, kernels/key_split.h) and a
+// value quantizer, plus the config that shaped them.
+//
+// A set is content-addressed: Hash() is XXH3-64 (seed 0) over its canonical
+// serialization, the bytes of the codebook file without its trailing hash
+// (docs/CODEBOOK_FORMAT.md). Encoded blocks and cache namespaces carry this
+// hash, so codes are never decoded with codebooks other than their own.
+//
+// Thread safety: const methods may run concurrently; Set* must not run
+// concurrently with anything else on the same object.
+#ifndef VQKV_KERNELS_CODEBOOK_SET_H_
+#define VQKV_KERNELS_CODEBOOK_SET_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/codec.h"
+#include "kernels/key_split.h"
+#include "kernels/rvq.h"
+
+namespace vqkv {
+
+inline constexpr uint32_t kCodebookMagic = 0x42435156;  // "VQCB" little-endian
+inline constexpr uint16_t kCodebookFormatVersion = 1;
+
+struct CodebookConfig {
+  KvLayout layout;
+  KeySplit key_split = KeySplit::kNone;
+  // Stages of each key group: one entry for kNone, two (high-frequency group
+  // first) for a RoPE split.
+  std::vector<int> key_group_stages;
+  int key_bits = 10;  // one width for every key stage, 1..16
+  int value_stages = 0;
+  int value_bits = 9;          // 1..16
+  bool per_head = false;       // one quantizer per (layer, kv head)
+  bool keys_post_rope = true;  // keys were captured after RoPE
+
+  int key_stages() const;  // sum of key_group_stages
+  // Quantizer slots per layer: kv_heads when per_head, else 1.
+  int slots_per_layer() const { return per_head ? layout.kv_heads : 1; }
+  // kInvalidArgument naming the offending field.
+  absl::Status Validate() const;
+  bool operator==(const CodebookConfig&) const = default;
+};
+
+class CodebookSet {
+ public:
+  CodebookSet() = default;
+
+  // An empty set (no codebooks yet) for a valid config.
+  static absl::StatusOr<CodebookSet> Create(const CodebookConfig& config);
+
+  const CodebookConfig& config() const { return config_; }
+  // Dimensions of each key group (KeyGroupDims of the config's split).
+  const std::vector<std::vector<int>>& key_group_dims() const {
+    return key_group_dims_;
+  }
+
+  // Installs a fitted quantizer. slot is the kv head when per_head, else 0.
+  // Errors: kInvalidArgument for an out-of-range index or a quantizer whose
+  // dim / stages / bits do not match the config.
+  absl::Status SetKey(int layer, int slot, int group, ResidualQuantizer q);
+  absl::Status SetValue(int layer, int slot, ResidualQuantizer q);
+
+  // REQUIRES: indices in range (unchecked).
+  const ResidualQuantizer& key(int layer, int slot, int group) const {
+    return keys_[(static_cast<size_t>(layer) * config_.slots_per_layer() +
+                  slot) *
+                     key_group_dims_.size() +
+                 group];
+  }
+  const ResidualQuantizer& value(int layer, int slot) const {
+    return values_[static_cast<size_t>(layer) * config_.slots_per_layer() +
+                   slot];
+  }
+  // True when every quantizer of every layer has been set.
+  bool complete() const;
+  bool layer_complete(int layer) const;
+
+  // Content hash. Errors: kFailedPrecondition unless complete().
+  absl::StatusOr<uint64_t> Hash() const;
+
+  // The codebook file, hash trailer included.
+  // Errors: kFailedPrecondition unless complete().
+  absl::StatusOr<std::string> Serialize() const;
+  // Errors: kInvalidArgument for a wrong magic, kFailedPrecondition for an
+  // unsupported version, kDataLoss for a truncated/oversized file, a hash
+  // mismatch or a config that does not parse.
+  static absl::StatusOr<CodebookSet> Deserialize(std::string_view bytes);
+
+  // Errors as Serialize/Deserialize, plus kNotFound / kUnavailable for I/O.
+  absl::Status Save(const std::string& path) const;
+  static absl::StatusOr<CodebookSet> Load(const std::string& path);
+
+ private:
+  CodebookConfig config_;
+  std::vector<std::vector<int>> key_group_dims_;
+  std::vector<ResidualQuantizer> keys_;    // [layer][slot][group]
+  std::vector<ResidualQuantizer> values_;  // [layer][slot]
+};
+
+}  // namespace vqkv
+
+#endif  // VQKV_KERNELS_CODEBOOK_SET_H_

@@ -1,0 +1,208 @@
+#include "kernels/kmeans.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/rvq_kernels.h"
+
+namespace vqkv {
+namespace {
+
+// Squared norms of n rows of dim floats (double accumulation: these are
+// added to sgemm dot products, so their own rounding should be small).
+void RowNorms(const float* x, int64_t n, int dim, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = x + i * dim;
+    float s = 0;
+    for (int d = 0; d < dim; ++d) s += r[d] * r[d];
+    out[i] = s;
+  }
+}
+
+// Uniform integer in [0, bound) from a 64-bit engine; explicit so results do
+// not depend on the standard library's distribution implementation.
+uint64_t Below(std::mt19937_64& rng, uint64_t bound) { return rng() % bound; }
+
+double Uniform01(std::mt19937_64& rng) {
+  return static_cast<double>(rng() >> 11) * 0x1.0p-53;
+}
+
+// Mean squared distance of n points to their nearest centroid.
+double Inertia(const float* x, int64_t n, int dim, const float* c, int k,
+               std::vector<int32_t>& assign, std::vector<float>& dist) {
+  std::vector<float> c_norms(k);
+  RowNorms(c, k, dim, c_norms.data());
+  AssignNearest(x, n, dim, c, c_norms.data(), k, assign.data(), dist.data());
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += dist[i];
+  return sum / static_cast<double>(n);
+}
+
+// k-means++ seeding on s points (already in random order).
+void SeedPlusPlus(const float* p, int64_t s, int dim, int k,
+                  std::mt19937_64& rng, float* centroids) {
+  std::vector<float> p_norms(s);
+  RowNorms(p, s, dim, p_norms.data());
+  std::vector<float> d2(s, std::numeric_limits<float>::infinity());
+  std::vector<float> dots(s);
+  int64_t pick = static_cast<int64_t>(Below(rng, s));
+  for (int j = 0; j < k; ++j) {
+    const float* c = p + pick * dim;
+    std::memcpy(centroids + static_cast<size_t>(j) * dim, c,
+                sizeof(float) * dim);
+    if (j + 1 == k) break;
+    const float c_norm = p_norms[pick];
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(s), dim, 1.0f, p,
+                dim, c, 1, 0.0f, dots.data(), 1);
+    double total = 0;
+    for (int64_t i = 0; i < s; ++i) {
+      const float d = std::max(0.0f, p_norms[i] - 2.0f * dots[i] + c_norm);
+      d2[i] = std::min(d2[i], d);
+      total += d2[i];
+    }
+    if (!(total > 0)) {
+      // Every point coincides with a centroid: any point will do.
+      pick = static_cast<int64_t>(Below(rng, s));
+      continue;
+    }
+    const double target = Uniform01(rng) * total;
+    double acc = 0;
+    pick = s - 1;
+    for (int64_t i = 0; i < s; ++i) {
+      acc += d2[i];
+      if (acc > target && d2[i] > 0) {
+        pick = i;
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void AssignNearest(const float* x, int64_t n, int dim, const float* c,
+                   const float* c_norms, int k, int32_t* assign, float* dist) {
+  // Chunk rows so the dot-product tile stays around 4 MiB.
+  const int64_t chunk =
+      std::max<int64_t>(1, std::min<int64_t>(n, (int64_t{1} << 20) / k));
+  std::vector<float> dots(static_cast<size_t>(chunk) * k);
+  for (int64_t start = 0; start < n; start += chunk) {
+    const int64_t m = std::min(chunk, n - start);
+    const float* xs = x + start * dim;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), k,
+                dim, 1.0f, xs, dim, c, dim, 0.0f, dots.data(), k);
+    for (int64_t i = 0; i < m; ++i) {
+      float best = 0;
+      assign[start + i] = cpu::ArgminScore(
+          c_norms, dots.data() + static_cast<size_t>(i) * k, k, &best);
+      if (dist != nullptr) {
+        const float* r = xs + i * dim;
+        float xn = 0;
+        for (int d = 0; d < dim; ++d) xn += r[d] * r[d];
+        dist[start + i] = std::max(0.0f, xn + best);
+      }
+    }
+  }
+}
+
+absl::StatusOr<KMeansResult> KMeans(const float* x, int64_t n, int dim,
+                                    const KMeansParams& params) {
+  const int k = params.k;
+  if (dim < 1 || k < 1 || params.iterations < 0 ||
+      params.max_points_per_centroid < 1 ||
+      params.seeding_points_per_centroid < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "k-means needs dim >= 1, k >= 1, iterations >= 0 and positive "
+        "per-centroid limits; got dim ",
+        dim, ", k ", k, ", iterations ", params.iterations,
+        ", max_points_per_centroid ", params.max_points_per_centroid,
+        ", seeding_points_per_centroid ", params.seeding_points_per_centroid));
+  }
+  if (n < k) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "k-means needs at least k points: got ", n, " points for k = ", k));
+  }
+  std::mt19937_64 rng(params.seed);
+
+  // A random order of the points: its prefix is the training subsample and
+  // a shorter prefix the seeding subsample.
+  const int64_t m =
+      std::min<int64_t>(n, int64_t{params.max_points_per_centroid} * k);
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t j = i + static_cast<int64_t>(Below(rng, n - i));
+    std::swap(order[i], order[j]);
+  }
+  std::vector<float> train(static_cast<size_t>(m) * dim);
+  for (int64_t i = 0; i < m; ++i) {
+    std::memcpy(train.data() + i * dim, x + order[i] * dim,
+                sizeof(float) * dim);
+  }
+  order.clear();
+  order.shrink_to_fit();
+
+  KMeansResult result;
+  result.training_points = m;
+  result.centroids.assign(static_cast<size_t>(k) * dim, 0.0f);
+  float* c = result.centroids.data();
+  const int64_t s =
+      std::min<int64_t>(m, int64_t{params.seeding_points_per_centroid} * k);
+  SeedPlusPlus(train.data(), s, dim, k, rng, c);
+
+  std::vector<int32_t> assign(m);
+  std::vector<float> dist(m);
+  std::vector<double> sums(static_cast<size_t>(k) * dim);
+  std::vector<int64_t> counts(k);
+  result.initial_inertia = Inertia(train.data(), m, dim, c, k, assign, dist);
+  result.inertia = result.initial_inertia;
+  for (int it = 0; it < params.iterations; ++it) {
+    std::fill(sums.begin(), sums.end(), 0.0);
+    std::fill(counts.begin(), counts.end(), 0);
+    for (int64_t i = 0; i < m; ++i) {
+      const int a = assign[i];
+      ++counts[a];
+      double* sum = sums.data() + static_cast<size_t>(a) * dim;
+      const float* p = train.data() + i * dim;
+      for (int d = 0; d < dim; ++d) sum[d] += p[d];
+    }
+    for (int j = 0; j < k; ++j) {
+      if (counts[j] == 0) continue;
+      const double inv = 1.0 / static_cast<double>(counts[j]);
+      for (int d = 0; d < dim; ++d) {
+        c[static_cast<size_t>(j) * dim + d] =
+            static_cast<float>(sums[static_cast<size_t>(j) * dim + d] * inv);
+      }
+    }
+    // Empty clusters: split the currently largest cluster in two by nudging
+    // its centroid apart along a fixed +-eps pattern (deterministic).
+    for (int j = 0; j < k; ++j) {
+      if (counts[j] != 0) continue;
+      const int big = static_cast<int>(
+          std::max_element(counts.begin(), counts.end()) - counts.begin());
+      float* cb = c + static_cast<size_t>(big) * dim;
+      float* cj = c + static_cast<size_t>(j) * dim;
+      constexpr float kEps = 1.0f / 1024;
+      for (int d = 0; d < dim; ++d) {
+        const float delta =
+            (d % 2 == 0 ? kEps : -kEps) * std::max(std::fabs(cb[d]), 1e-6f);
+        cj[d] = cb[d] + delta;
+        cb[d] = cb[d] - delta;
+      }
+      counts[j] = counts[big] / 2;
+      counts[big] -= counts[j];
+    }
+    result.inertia = Inertia(train.data(), m, dim, c, k, assign, dist);
+  }
+  return result;
+}
+
+}  // namespace vqkv

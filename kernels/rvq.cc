@@ -1,0 +1,359 @@
+#include "kernels/rvq.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/rvq_kernels.h"
+#include "kernels/kmeans.h"
+
+namespace vqkv {
+namespace {
+
+// Below this many vectors, encoding goes vector by vector through the SIMD
+// kernel; above it, batches go through sgemm, which reuses each codebook
+// across the batch instead of streaming all codebooks once per vector.
+constexpr int64_t kBatchedEncodeMin = 16;
+
+// Rows per sgemm batch when encoding: keeps the dot tile near 4 MiB.
+int64_t EncodeChunk(int K, int beam) {
+  return std::max<int64_t>(16, (int64_t{1} << 20) / (int64_t{K} * beam));
+}
+
+void Subtract(float* r, const float* c, int dim) {
+  for (int d = 0; d < dim; ++d) r[d] -= c[d];
+}
+
+float SquaredNorm(const float* r, int dim) {
+  float s = 0;
+  for (int d = 0; d < dim; ++d) s += r[d] * r[d];
+  return s;
+}
+
+}  // namespace
+
+absl::Status RvqParams::Validate() const {
+  if (dim < 1 || dim > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RVQ dim must be in 1..65535, got ", dim));
+  }
+  if (stages < 1 || stages > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RVQ stages must be in 1..4096, got ", stages));
+  }
+  if (bits < 1 || bits > 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RVQ bits per stage must be in 1..16, got ", bits));
+  }
+  if (kmeans_iterations < 0 || max_points_per_centroid < 1 ||
+      seeding_points_per_centroid < 1 || max_training_points < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RVQ training params out of range: kmeans_iterations ",
+                     kmeans_iterations, ", max_points_per_centroid ",
+                     max_points_per_centroid, ", seeding_points_per_centroid ",
+                     seeding_points_per_centroid, ", max_training_points ",
+                     max_training_points));
+  }
+  if (beam_width < 1 || beam_width > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RVQ beam_width must be in 1..4096, got ", beam_width));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ResidualQuantizer> ResidualQuantizer::FromCodebooks(
+    const RvqParams& params, std::vector<float> codebooks) {
+  if (absl::Status s = params.Validate(); !s.ok()) return s;
+  const size_t want =
+      static_cast<size_t>(params.stages) * params.K() * params.dim;
+  if (codebooks.size() != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RVQ codebooks must hold stages*K*dim = ", want,
+                     " floats, got ", codebooks.size()));
+  }
+  for (float v : codebooks) {
+    if (!std::isfinite(v)) {
+      return absl::InvalidArgumentError("RVQ codebooks contain a non-finite");
+    }
+  }
+  ResidualQuantizer q;
+  q.params_ = params;
+  q.codebooks_ = std::move(codebooks);
+  q.ComputeNorms();
+  q.fitted_ = true;
+  return q;
+}
+
+void ResidualQuantizer::ComputeNorms() {
+  const int64_t rows = int64_t{params_.stages} * params_.K();
+  norms_.resize(rows);
+  for (int64_t i = 0; i < rows; ++i) {
+    norms_[i] = SquaredNorm(codebooks_.data() + i * params_.dim, params_.dim);
+  }
+}
+
+absl::Status ResidualQuantizer::Fit(
+    const RvqParams& params, const float* x, int64_t n,
+    const std::function<void(const FitProgress&)>& progress) {
+  if (absl::Status s = params.Validate(); !s.ok()) return s;
+  const int K = params.K();
+  const int dim = params.dim;
+  if (n < K) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RVQ fit needs at least K = ", K, " training vectors, got ", n));
+  }
+  for (int64_t i = 0; i < n * dim; ++i) {
+    if (!std::isfinite(x[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "RVQ training data has a non-finite value at vector ", i / dim));
+    }
+  }
+  fitted_ = false;
+  params_ = params;
+
+  // The training set, as residuals updated in place stage after stage.
+  std::mt19937_64 rng(params.seed ^ 0x9e3779b97f4a7c15ULL);
+  int64_t m = n;
+  if (params.max_training_points > 0 && params.max_training_points < n) {
+    m = std::max<int64_t>(params.max_training_points, K);
+  }
+  std::vector<float> res(static_cast<size_t>(m) * dim);
+  if (m == n) {
+    std::memcpy(res.data(), x, sizeof(float) * n * dim);
+  } else {
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    for (int64_t i = 0; i < m; ++i) {
+      std::swap(order[i], order[i + static_cast<int64_t>(rng() % (n - i))]);
+    }
+    std::sort(order.begin(), order.begin() + m);  // sequential reads
+    for (int64_t i = 0; i < m; ++i) {
+      std::memcpy(res.data() + i * dim, x + order[i] * dim,
+                  sizeof(float) * dim);
+    }
+  }
+
+  codebooks_.assign(static_cast<size_t>(params.stages) * K * dim, 0.0f);
+  norms_.assign(static_cast<size_t>(params.stages) * K, 0.0f);
+  std::vector<int32_t> assign(m);
+  for (int s = 0; s < params.stages; ++s) {
+    KMeansParams kp;
+    kp.k = K;
+    kp.iterations = params.kmeans_iterations;
+    kp.max_points_per_centroid = params.max_points_per_centroid;
+    kp.seeding_points_per_centroid = params.seeding_points_per_centroid;
+    kp.seed = params.seed + 0x100000001b3ULL * static_cast<uint64_t>(s + 1);
+    absl::StatusOr<KMeansResult> km = KMeans(res.data(), m, dim, kp);
+    if (!km.ok()) return km.status();
+    float* cb = codebooks_.data() + static_cast<size_t>(s) * K * dim;
+    float* nm = norms_.data() + static_cast<size_t>(s) * K;
+    std::memcpy(cb, km->centroids.data(), sizeof(float) * K * dim);
+    for (int k = 0; k < K; ++k) nm[k] = SquaredNorm(cb + k * dim, dim);
+    AssignNearest(res.data(), m, dim, cb, nm, K, assign.data(), nullptr);
+    for (int64_t i = 0; i < m; ++i) {
+      Subtract(res.data() + i * dim, cb + static_cast<size_t>(assign[i]) * dim,
+               dim);
+    }
+    if (progress) {
+      progress(
+          FitProgress{absl::StrCat("rvq stage ", s + 1, "/", params.stages),
+                      s + 1, params.stages});
+    }
+  }
+  fitted_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status ResidualQuantizer::Encode(const float* x, int64_t n,
+                                       uint16_t* codes) const {
+  if (params_.beam_width > 1) {
+    return EncodeBeam(x, n, params_.beam_width, codes);
+  }
+  return EncodeGreedy(x, n, codes);
+}
+
+absl::Status ResidualQuantizer::EncodeGreedy(const float* x, int64_t n,
+                                             uint16_t* codes) const {
+  if (!fitted_) {
+    return absl::FailedPreconditionError("RVQ encode before fit");
+  }
+  if (n < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RVQ encode of a negative count ", n));
+  }
+  const int K = params_.K(), dim = params_.dim, stages = params_.stages;
+  if (n < kBatchedEncodeMin) {
+    cpu::RvqEncodeGreedy(x, n, dim, codebooks_.data(), norms_.data(), stages, K,
+                         codes);
+    return absl::OkStatus();
+  }
+  const int64_t chunk = std::min(n, EncodeChunk(K, 1));
+  std::vector<float> res(static_cast<size_t>(chunk) * dim);
+  std::vector<float> dots(static_cast<size_t>(chunk) * K);
+  for (int64_t start = 0; start < n; start += chunk) {
+    const int64_t m = std::min(chunk, n - start);
+    std::memcpy(res.data(), x + start * dim, sizeof(float) * m * dim);
+    for (int s = 0; s < stages; ++s) {
+      const float* cb = codebooks_.data() + static_cast<size_t>(s) * K * dim;
+      const float* nm = norms_.data() + static_cast<size_t>(s) * K;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
+                  K, dim, 1.0f, res.data(), dim, cb, dim, 0.0f, dots.data(), K);
+      for (int64_t i = 0; i < m; ++i) {
+        const int k = cpu::ArgminScore(nm, dots.data() + i * K, K, nullptr);
+        codes[(start + i) * stages + s] = static_cast<uint16_t>(k);
+        Subtract(res.data() + i * dim, cb + static_cast<size_t>(k) * dim, dim);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ResidualQuantizer::EncodeBeam(const float* x, int64_t n,
+                                           int beam_width,
+                                           uint16_t* codes) const {
+  if (!fitted_) {
+    return absl::FailedPreconditionError("RVQ encode before fit");
+  }
+  if (n < 0 || beam_width < 1 || beam_width > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RVQ beam encode needs n >= 0 and beam_width in 1..4096; got n ", n,
+        ", beam_width ", beam_width));
+  }
+  const int K = params_.K(), dim = params_.dim, stages = params_.stages;
+  const int B = beam_width;
+  const int64_t chunk = std::min<int64_t>(
+      std::max<int64_t>(n, 1), std::max<int64_t>(1, EncodeChunk(K, B)));
+  const size_t beam_rows = static_cast<size_t>(chunk) * B;
+  // Current and next beams: residuals, squared errors and codes so far.
+  std::vector<float> res(beam_rows * dim), next_res(beam_rows * dim);
+  std::vector<float> err(beam_rows), next_err(beam_rows);
+  std::vector<uint16_t> bc(beam_rows * stages), next_bc(beam_rows * stages);
+  std::vector<float> dots(beam_rows * K);
+  // Top-B candidates of one vector: (score, beam * K + k), a max-heap.
+  std::vector<std::pair<float, int64_t>> heap;
+  heap.reserve(B + 1);
+
+  for (int64_t start = 0; start < n; start += chunk) {
+    const int64_t m = std::min(chunk, n - start);
+    int nb = 1;  // live beams per vector
+    for (int64_t i = 0; i < m; ++i) {
+      const float* xi = x + (start + i) * dim;
+      std::memcpy(res.data() + static_cast<size_t>(i) * B * dim, xi,
+                  sizeof(float) * dim);
+      err[i * B] = SquaredNorm(xi, dim);
+    }
+    for (int s = 0; s < stages; ++s) {
+      const float* cb = codebooks_.data() + static_cast<size_t>(s) * K * dim;
+      const float* nm = norms_.data() + static_cast<size_t>(s) * K;
+      // Rows of res are laid out [vector][B][dim]; only the first nb beams of
+      // each vector are live, so with nb == B all rows go in one sgemm.
+      if (nb == B) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+                    static_cast<int>(m * B), K, dim, 1.0f, res.data(), dim, cb,
+                    dim, 0.0f, dots.data(), K);
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+                    static_cast<int>(m), K, dim, 1.0f, res.data(), B * dim, cb,
+                    dim, 0.0f, dots.data(), B * K);
+        for (int b = 1; b < nb; ++b) {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+                      static_cast<int>(m), K, dim, 1.0f, res.data() + b * dim,
+                      B * dim, cb, dim, 0.0f, dots.data() + b * K, B * K);
+        }
+      }
+      const int next_nb =
+          static_cast<int>(std::min<int64_t>(B, int64_t{nb} * K));
+      for (int64_t i = 0; i < m; ++i) {
+        heap.clear();
+        for (int b = 0; b < nb; ++b) {
+          const float e = err[i * B + b];
+          const float* d = dots.data() + (static_cast<size_t>(i) * B + b) * K;
+          for (int k = 0; k < K; ++k) {
+            const float score = e + nm[k] - 2.0f * d[k];
+            const int64_t id = int64_t{b} * K + k;
+            if (static_cast<int>(heap.size()) < next_nb) {
+              heap.emplace_back(score, id);
+              std::push_heap(heap.begin(), heap.end());
+            } else if (score < heap.front().first) {
+              std::pop_heap(heap.begin(), heap.end());
+              heap.back() = {score, id};
+              std::push_heap(heap.begin(), heap.end());
+            }
+          }
+        }
+        std::sort(heap.begin(), heap.end());
+        for (int j = 0; j < next_nb; ++j) {
+          const int b = static_cast<int>(heap[j].second / K);
+          const int k = static_cast<int>(heap[j].second % K);
+          const size_t src = static_cast<size_t>(i) * B + b;
+          const size_t dst = static_cast<size_t>(i) * B + j;
+          float* r = next_res.data() + dst * dim;
+          std::memcpy(r, res.data() + src * dim, sizeof(float) * dim);
+          Subtract(r, cb + static_cast<size_t>(k) * dim, dim);
+          // Exact error of the new residual, so rounding does not drift.
+          next_err[dst] = SquaredNorm(r, dim);
+          std::memcpy(next_bc.data() + dst * stages, bc.data() + src * stages,
+                      sizeof(uint16_t) * s);
+          next_bc[dst * stages + s] = static_cast<uint16_t>(k);
+        }
+      }
+      std::swap(res, next_res);
+      std::swap(err, next_err);
+      std::swap(bc, next_bc);
+      nb = next_nb;
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      int best = 0;
+      for (int b = 1; b < nb; ++b) {
+        if (err[i * B + b] < err[i * B + best]) best = b;
+      }
+      std::memcpy(codes + (start + i) * stages,
+                  bc.data() + (static_cast<size_t>(i) * B + best) * stages,
+                  sizeof(uint16_t) * stages);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ResidualQuantizer::Decode(const uint16_t* codes, int64_t n,
+                                       float* out) const {
+  if (!fitted_) {
+    return absl::FailedPreconditionError("RVQ decode before fit");
+  }
+  if (n < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RVQ decode of a negative count ", n));
+  }
+  const int K = params_.K();
+  const int64_t total = n * params_.stages;
+  for (int64_t i = 0; i < total; ++i) {
+    if (codes[i] >= K) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("RVQ code ", codes[i], " out of range for K = ", K,
+                       " (vector ", i / params_.stages, ")"));
+    }
+  }
+  cpu::RvqDecode(codes, n, params_.stages, codebooks_.data(), K, params_.dim,
+                 out);
+  return absl::OkStatus();
+}
+
+double RelativeMse(const float* x, const float* y, int64_t n, int dim) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n * dim; ++i) {
+    const double d = static_cast<double>(x[i]) - y[i];
+    num += d * d;
+    den += static_cast<double>(x[i]) * x[i];
+  }
+  return den > 0 ? num / den
+                 : (num > 0 ? std::numeric_limits<double>::infinity() : 0.0);
+}
+
+}  // namespace vqkv

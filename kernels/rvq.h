@@ -1,0 +1,105 @@
+// Residual vector quantization (RVQ) of vectors of `dim` floats.
+//
+// Stage s holds a codebook of K = 2^bits codewords. Encoding picks, stage by
+// stage, a codeword for the current residual and subtracts it; the code of a
+// vector is one index per stage; decoding sums the chosen codewords.
+// Training fits stage s by k-means on the residuals left by stages 0..s-1.
+//
+// Layouts: x / out float [n][dim]; codes uint16 [n][stages];
+// codebooks float [stages][K][dim].
+//
+// Thread safety: a fitted ResidualQuantizer is immutable; its const methods
+// may run concurrently. Fit must not run concurrently with anything else on
+// the same object.
+#ifndef VQKV_KERNELS_RVQ_H_
+#define VQKV_KERNELS_RVQ_H_
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/codec.h"
+
+namespace vqkv {
+
+struct RvqParams {
+  int dim = 0;     // vector length, 1..65535
+  int stages = 0;  // 1..4096
+  int bits = 8;    // bits per stage index, 1..16 (K = 2^bits)
+
+  // Training (see KMeansParams).
+  int kmeans_iterations = 8;
+  int max_points_per_centroid = 64;
+  int seeding_points_per_centroid = 4;
+  // Fit uses at most this many of the given vectors (a deterministic random
+  // subset); 0 = all of them.
+  int64_t max_training_points = 0;
+  uint64_t seed = 0x5eed;
+
+  // Encode(): 1 = greedy; B > 1 = beam search keeping the B best partial
+  // reconstructions per vector.
+  int beam_width = 1;
+
+  int K() const { return 1 << bits; }
+  // kInvalidArgument naming the offending field.
+  absl::Status Validate() const;
+};
+
+class ResidualQuantizer {
+ public:
+  ResidualQuantizer() = default;
+
+  // Wraps existing codebooks ([stages][K][dim] floats, e.g. loaded from a
+  // codebook file). Errors: kInvalidArgument for bad params or a size
+  // mismatch.
+  static absl::StatusOr<ResidualQuantizer> FromCodebooks(
+      const RvqParams& params, std::vector<float> codebooks);
+
+  // Trains params.stages codebooks on x [n][params.dim]. Replaces any
+  // previous state. progress (may be empty) is called after each stage with
+  // phase "rvq stage s/S", done = s, total = S.
+  // Errors: kInvalidArgument for bad params, n < K, or non-finite input.
+  absl::Status Fit(
+      const RvqParams& params, const float* x, int64_t n,
+      const std::function<void(const FitProgress&)>& progress = nullptr);
+
+  bool fitted() const { return fitted_; }
+  const RvqParams& params() const { return params_; }
+  int dim() const { return params_.dim; }
+  int stages() const { return params_.stages; }
+  int bits() const { return params_.bits; }
+  int K() const { return params_.K(); }
+  const std::vector<float>& codebooks() const { return codebooks_; }
+  const std::vector<float>& norms() const { return norms_; }  // [stages][K]
+
+  // Encodes n vectors with params().beam_width.
+  // Errors: kFailedPrecondition when not fitted; kInvalidArgument for n < 0.
+  absl::Status Encode(const float* x, int64_t n, uint16_t* codes) const;
+  // Greedy: nearest codeword per stage. Large batches go through sgemm,
+  // small ones through the SIMD kernel (cpu::RvqEncodeGreedy).
+  absl::Status EncodeGreedy(const float* x, int64_t n, uint16_t* codes) const;
+  // Beam search of width beam_width >= 1 (1 behaves like greedy).
+  absl::Status EncodeBeam(const float* x, int64_t n, int beam_width,
+                          uint16_t* codes) const;
+  // out[i] = sum over s of codebook[s][codes[i][s]].
+  // Errors: kFailedPrecondition when not fitted; kInvalidArgument for an
+  // index >= K.
+  absl::Status Decode(const uint16_t* codes, int64_t n, float* out) const;
+
+ private:
+  void ComputeNorms();
+
+  RvqParams params_;
+  bool fitted_ = false;
+  std::vector<float> codebooks_;
+  std::vector<float> norms_;
+};
+
+// Relative MSE: sum ||x - y||^2 / sum ||x||^2 over n vectors of dim floats.
+double RelativeMse(const float* x, const float* y, int64_t n, int dim);
+
+}  // namespace vqkv
+
+#endif  // VQKV_KERNELS_RVQ_H_

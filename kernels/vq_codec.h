@@ -1,0 +1,129 @@
+// VqCodec: the VQKV codec. Keys and values are coded by residual vector
+// quantization with codebooks per layer (optionally per KV head); keys may be
+// split into a high- and a low-rotary-frequency group, each with its own RVQ.
+//
+// Payload of Encode (tokens T, layers L, kv heads H):
+//   K section: key codes in order [layer][token][kv_head][group][stage],
+//              PackBits at key_bits (kernels/bitpack.h), zero-padded to a
+//              whole byte;
+//   V section: value codes in order [layer][token][kv_head][stage],
+//              PackBits at value_bits, zero-padded to a whole byte.
+// EncodedBytes(T) = PackedBytes(L*T*H*key_stages, key_bits)
+//                 + PackedBytes(L*T*H*value_stages, value_bits).
+//
+// Thread safety: as Codec (codec.h). FitLayer is a Fit.
+#ifndef VQKV_KERNELS_VQ_CODEC_H_
+#define VQKV_KERNELS_VQ_CODEC_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/codebook_set.h"
+#include "kernels/codec.h"
+#include "kernels/key_split.h"
+
+namespace vqkv {
+
+// Rate of an RVQ key/value configuration; head_dim D for both K and V.
+struct VqRate {
+  double key_bits_per_element = 0;    // N_k * bits_k / D
+  double value_bits_per_element = 0;  // N_v * bits_v / D
+  double bits_per_element = 0;        // mean of the two
+  // 1 - (N_k*log2(S_k) + N_v*log2(S_v)) / (16 * (D_k + D_v))
+  double compression_ratio = 0;
+};
+VqRate ComputeVqRate(int key_stages, int key_bits, int value_stages,
+                     int value_bits, int head_dim);
+
+struct VqConfig {
+  // 0 = the paper's rate for the head_dim: key_stages = head_dim*56/128
+  // (4.375 bits/element at 10 bits), value_stages = head_dim*16/128
+  // (1.125 bits/element at 9 bits). D=128: 56x1024 / 16x512; D=64: 28x1024 /
+  // 8x512.
+  int key_stages = 0;
+  int key_bits = 10;
+  int value_stages = 0;
+  int value_bits = 9;
+
+  KeySplit key_split = KeySplit::kNone;
+  // Stages of the high- and low-frequency key groups when split; both 0 =
+  // proportional to each group's dimensions (same bits/element as no split).
+  int key_group_stages[2] = {0, 0};
+
+  bool per_head = false;
+  bool keys_post_rope = true;
+
+  // Encode: 1 = greedy, B > 1 = beam search of width B. Not part of the
+  // descriptor: it changes which codes are chosen, not how codes decode, so
+  // greedy and beam encoders share blocks.
+  int beam_width = 1;
+
+  // Training parameters (kernels/rvq.h).
+  int kmeans_iterations = 8;
+  int max_points_per_centroid = 64;
+  int seeding_points_per_centroid = 4;
+  int64_t max_training_points = 0;  // per quantizer; 0 = all given vectors
+};
+
+class VqCodec : public Codec {
+ public:
+  // An unfitted codec. Errors: kInvalidArgument for a bad layout or config.
+  static absl::StatusOr<std::unique_ptr<VqCodec>> Create(
+      const KvLayout& layout, const VqConfig& config);
+  // A codec that encodes with a complete, loaded codebook set. config
+  // supplies beam_width only (the rest comes from the set).
+  // Errors: kFailedPrecondition for an incomplete set.
+  static absl::StatusOr<std::unique_ptr<VqCodec>> FromCodebookSet(
+      CodebookSet set, int beam_width = 1);
+
+  // The codebook config this codec's config resolves to (stages filled in).
+  static absl::StatusOr<CodebookConfig> ResolveConfig(const KvLayout& layout,
+                                                      const VqConfig& config);
+
+  CodecId id() const override { return CodecId::kVq; }
+  // "vq:L=<layers>:H=<kv_heads>:D=<head_dim>:k=<stages per group joined by
+  // '+'>x<bits>:split=<name>:v=<stages>x<bits>:ph=<0|1>:rope=<pre|post>:
+  // cb=<16 hex digits>".
+  std::string Descriptor() const override;
+  const KvLayout& layout() const override { return layout_; }
+  uint64_t codebook_hash() const override { return hash_; }
+  double KeyBitsPerElement() const override;
+  double ValueBitsPerElement() const override;
+  size_t EncodedBytes(int64_t tokens) const override;
+
+  // keys/values: [layer][token][kv_head][head_dim], tokens >= 1 per layer.
+  absl::Status Fit(const float* keys, const float* values, int64_t tokens,
+                   const FitOptions& options) override;
+  // Fits one layer from keys/values [token][kv_head][head_dim], so a
+  // calibrator can stream layer by layer. The codec becomes usable once
+  // every layer has been fitted (by Fit or FitLayer); refitting a layer
+  // changes the codebook hash.
+  absl::Status FitLayer(int layer, const float* keys, const float* values,
+                        int64_t tokens, const FitOptions& options);
+  bool fitted() const { return fitted_; }
+
+  absl::Status Encode(const float* keys, const float* values, int64_t tokens,
+                      uint8_t* out, size_t out_bytes) const override;
+  absl::Status Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
+                      float* keys, float* values) const override;
+
+  const CodebookSet& codebooks() const { return set_; }
+  const VqConfig& config() const { return config_; }
+
+ private:
+  VqCodec() = default;
+  absl::Status Finalize();
+
+  KvLayout layout_;
+  VqConfig config_;
+  CodebookSet set_;
+  bool fitted_ = false;
+  uint64_t hash_ = 0;
+};
+
+}  // namespace vqkv
+
+#endif  // VQKV_KERNELS_VQ_CODEC_H_
