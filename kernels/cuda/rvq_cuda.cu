@@ -1,0 +1,284 @@
+// CUDA RVQ encode and decode kernels; launchers declared in rvq_cuda.cuh.
+#include <cuda_fp16.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "kernels/cuda/rvq_cuda.cuh"
+
+namespace vqkv::cuda {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Encode.
+//
+// One thread block encodes a tile of kTileVectors vectors through all stages.
+// Their residuals stay in shared memory, transposed ([dim][vector], padded by
+// one column so that row-wise and column-wise accesses are both free of bank
+// conflicts). For each stage the codebook is streamed through shared memory
+// in tiles of kTileCodes codewords x kChunkDims dimensions; a 16 x 16 thread
+// grid computes a 4 x 4 register tile of <residual, codeword> dot products
+// per thread (vectors ty + 16 i, codewords tx + 16 j), keeps a running
+// (score, index) minimum per vector, and the 16 threads sharing a vector
+// reduce it with warp shuffles. The chosen codeword is then subtracted from
+// the residual in shared memory.
+constexpr int kTileVectors = 64;
+constexpr int kTileCodes = 64;
+constexpr int kChunkDims = 32;
+constexpr int kThreadsX = 16;  // over codewords
+constexpr int kThreadsY = 16;  // over vectors
+constexpr int kThreads = kThreadsX * kThreadsY;
+constexpr int kPerThreadV = kTileVectors / kThreadsY;  // 4
+constexpr int kPerThreadK = kTileCodes / kThreadsX;    // 4
+constexpr int kResidualStride = kTileVectors + 1;
+constexpr int kCodeStride = kTileCodes + 1;
+
+static_assert(kThreadsX == 16, "the shuffle reduction spans 16 lanes");
+
+__host__ __device__ inline int PaddedDim(int dim) {
+  return (dim + kChunkDims - 1) / kChunkDims * kChunkDims;
+}
+
+size_t EncodeSharedBytes(int dim) {
+  return sizeof(float) *
+             (static_cast<size_t>(PaddedDim(dim)) * kResidualStride +
+              kChunkDims * kCodeStride + kTileCodes) +
+         sizeof(int) * kTileVectors;
+}
+
+// (score, index) order: lower score first, then lower index.
+__device__ __forceinline__ bool Better(float s, int k, float best_s,
+                                       int best_k) {
+  return s < best_s || (s == best_s && k < best_k);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    RvqEncodeGreedyKernel(const float* __restrict__ x, int64_t n, int dim,
+                          const float* __restrict__ codebooks,
+                          const float* __restrict__ norms, int stages, int K,
+                          uint16_t* __restrict__ codes) {
+  extern __shared__ float smem[];
+  const int dim_pad = PaddedDim(dim);
+  float* rs = smem;                            // [dim_pad][kResidualStride]
+  float* cs = rs + dim_pad * kResidualStride;  // [kChunkDims][kCodeStride]
+  float* ns = cs + kChunkDims * kCodeStride;   // [kTileCodes]
+  int* chosen = reinterpret_cast<int*>(ns + kTileCodes);  // [kTileVectors]
+
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int tid = ty * kThreadsX + tx;
+  const int64_t v0 = static_cast<int64_t>(blockIdx.x) * kTileVectors;
+  const int tile_n =
+      static_cast<int>(n - v0 < kTileVectors ? n - v0 : kTileVectors);
+
+  // Load the residuals (= the inputs) transposed; padding rows and vectors
+  // past n are zero and never written back.
+  for (int e = tid; e < kTileVectors * dim_pad; e += kThreads) {
+    const int v = e / dim_pad, d = e % dim_pad;
+    float val = 0.0f;
+    if (v < tile_n && d < dim) val = x[(v0 + v) * dim + d];
+    rs[d * kResidualStride + v] = val;
+  }
+  __syncthreads();
+
+  for (int s = 0; s < stages; ++s) {
+    const float* cb = codebooks + static_cast<int64_t>(s) * K * dim;
+    const float* nm = norms + static_cast<int64_t>(s) * K;
+    float best_s[kPerThreadV];
+    int best_k[kPerThreadV];
+#pragma unroll
+    for (int i = 0; i < kPerThreadV; ++i) {
+      best_s[i] = FLT_MAX;
+      best_k[i] = INT32_MAX;
+    }
+
+    for (int k0 = 0; k0 < K; k0 += kTileCodes) {
+      float acc[kPerThreadV][kPerThreadK];
+#pragma unroll
+      for (int i = 0; i < kPerThreadV; ++i)
+#pragma unroll
+        for (int j = 0; j < kPerThreadK; ++j) acc[i][j] = 0.0f;
+
+      for (int d0 = 0; d0 < dim_pad; d0 += kChunkDims) {
+        // Stage a kTileCodes x kChunkDims slice of the codebook, reading
+        // along dimensions (coalesced) and storing transposed.
+        for (int e = tid; e < kTileCodes * kChunkDims; e += kThreads) {
+          const int k = e / kChunkDims, dd = e % kChunkDims;
+          const int gk = k0 + k, gd = d0 + dd;
+          float val = 0.0f;
+          if (gk < K && gd < dim) val = cb[static_cast<int64_t>(gk) * dim + gd];
+          cs[dd * kCodeStride + k] = val;
+        }
+        if (d0 == 0 && tid < kTileCodes) {
+          ns[tid] = k0 + tid < K ? nm[k0 + tid] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int dd = 0; dd < kChunkDims; ++dd) {
+          float r[kPerThreadV], c[kPerThreadK];
+#pragma unroll
+          for (int i = 0; i < kPerThreadV; ++i)
+            r[i] = rs[(d0 + dd) * kResidualStride + ty + kThreadsY * i];
+#pragma unroll
+          for (int j = 0; j < kPerThreadK; ++j)
+            c[j] = cs[dd * kCodeStride + tx + kThreadsX * j];
+#pragma unroll
+          for (int i = 0; i < kPerThreadV; ++i)
+#pragma unroll
+            for (int j = 0; j < kPerThreadK; ++j)
+              acc[i][j] = fmaf(r[i], c[j], acc[i][j]);
+        }
+        __syncthreads();
+      }
+      // Codewords visited by a thread increase across j and tiles, so a
+      // strict comparison keeps the lowest index among exact ties.
+#pragma unroll
+      for (int j = 0; j < kPerThreadK; ++j) {
+        const int k = k0 + tx + kThreadsX * j;
+        if (k < K) {
+          const float nk = ns[tx + kThreadsX * j];
+#pragma unroll
+          for (int i = 0; i < kPerThreadV; ++i) {
+            const float score = nk - 2.0f * acc[i][j];
+            if (score < best_s[i]) {
+              best_s[i] = score;
+              best_k[i] = k;
+            }
+          }
+        }
+      }
+    }
+
+    // Reduce over the 16 lanes (tx) that share each vector; they form one
+    // half of a warp.
+#pragma unroll
+    for (int i = 0; i < kPerThreadV; ++i) {
+#pragma unroll
+      for (int offset = kThreadsX / 2; offset > 0; offset /= 2) {
+        const float os = __shfl_xor_sync(0xffffffffu, best_s[i], offset);
+        const int ok = __shfl_xor_sync(0xffffffffu, best_k[i], offset);
+        if (Better(os, ok, best_s[i], best_k[i])) {
+          best_s[i] = os;
+          best_k[i] = ok;
+        }
+      }
+      if (tx == 0) {
+        const int v = ty + kThreadsY * i;
+        // A NaN residual never beats FLT_MAX; fall back to codeword 0 so the
+        // code stays in range.
+        const int k = best_k[i] < K ? best_k[i] : 0;
+        chosen[v] = k;
+        if (v < tile_n) {
+          codes[(v0 + v) * stages + s] = static_cast<uint16_t>(k);
+        }
+      }
+    }
+    __syncthreads();
+
+    for (int e = tid; e < tile_n * dim; e += kThreads) {
+      const int v = e / dim, d = e % dim;
+      rs[d * kResidualStride + v] -=
+          cb[static_cast<int64_t>(chosen[v]) * dim + d];
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Decode: a block of threads covers a few vectors; threads run along the
+// dimension (coalesced codebook reads) and sum the stages in order.
+template <bool kHalfOut>
+__global__ void RvqDecodeKernel(const uint16_t* __restrict__ codes, int64_t n,
+                                int stages, const float* __restrict__ codebooks,
+                                int K, int dim, void* __restrict__ out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.y;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+       i < n; i += stride) {
+    const uint16_t* code = codes + i * stages;
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+      float acc = 0.0f;
+      for (int s = 0; s < stages; ++s) {
+        const int k = code[s];
+        if (k < K) {
+          acc += codebooks[(static_cast<int64_t>(s) * K + k) * dim + d];
+        }
+      }
+      if constexpr (kHalfOut) {
+        static_cast<__half*>(out)[i * dim + d] = __float2half_rn(acc);
+      } else {
+        static_cast<float*>(out)[i * dim + d] = acc;
+      }
+    }
+  }
+}
+
+bool ValidCommon(int64_t n, int stages, int K, int dim) {
+  return n >= 0 && stages >= 1 && K >= 1 && K <= 65536 && dim >= 1;
+}
+
+template <bool kHalfOut>
+cudaError_t LaunchDecode(const uint16_t* d_codes, int64_t n, int stages,
+                         const float* d_codebooks, int K, int dim, void* d_out,
+                         cudaStream_t stream) {
+  if (!ValidCommon(n, stages, K, dim)) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  if (d_codes == nullptr || d_codebooks == nullptr || d_out == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  // 256 threads: x along the dimension (a multiple of the warp size, at most
+  // 256), y over vectors.
+  int bx = (dim + 31) / 32 * 32;
+  if (bx > 256) bx = 256;
+  const int by = 256 / bx;
+  const int64_t blocks_needed = (n + by - 1) / by;
+  const int blocks =
+      static_cast<int>(blocks_needed < 65535 * 8 ? blocks_needed : 65535 * 8);
+  RvqDecodeKernel<kHalfOut><<<blocks, dim3(bx, by), 0, stream>>>(
+      d_codes, n, stages, d_codebooks, K, dim, d_out);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t LaunchRvqEncodeGreedy(const float* d_x, int64_t n, int dim,
+                                  const float* d_codebooks,
+                                  const float* d_norms, int stages, int K,
+                                  uint16_t* d_codes, cudaStream_t stream) {
+  if (!ValidCommon(n, stages, K, dim) || dim > kMaxEncodeDim) {
+    return cudaErrorInvalidValue;
+  }
+  if (n == 0) return cudaSuccess;
+  if (d_x == nullptr || d_codebooks == nullptr || d_norms == nullptr ||
+      d_codes == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t blocks = (n + kTileVectors - 1) / kTileVectors;
+  if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+  const size_t smem = EncodeSharedBytes(dim);
+  if (smem > 48 * 1024) {
+    // Above 48 KiB, dynamic shared memory must be opted into per kernel.
+    const cudaError_t err = cudaFuncSetAttribute(
+        RvqEncodeGreedyKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  RvqEncodeGreedyKernel<<<static_cast<unsigned>(blocks),
+                          dim3(kThreadsX, kThreadsY), smem, stream>>>(
+      d_x, n, dim, d_codebooks, d_norms, stages, K, d_codes);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRvqDecode(const uint16_t* d_codes, int64_t n, int stages,
+                            const float* d_codebooks, int K, int dim,
+                            float* d_out, cudaStream_t stream) {
+  return LaunchDecode<false>(d_codes, n, stages, d_codebooks, K, dim, d_out,
+                             stream);
+}
+
+cudaError_t LaunchRvqDecodeHalf(const uint16_t* d_codes, int64_t n, int stages,
+                                const float* d_codebooks, int K, int dim,
+                                uint16_t* d_out, cudaStream_t stream) {
+  return LaunchDecode<true>(d_codes, n, stages, d_codebooks, K, dim, d_out,
+                            stream);
+}
+
+}  // namespace vqkv::cuda

@@ -1,0 +1,66 @@
+// CUDA kernels of residual vector quantization: host launchers only; the
+// kernels live in rvq_cuda.cu (the ggml-cuda convention), so this header can
+// be included from plain C++ translation units compiled by the host compiler.
+//
+// Layouts are those of the CPU kernels (kernels/cpu/rvq_kernels.h), all in
+// device memory:
+//   codebooks: float  [stages][K][dim]
+//   norms:     float  [stages][K], norms[s][k] = ||codebooks[s][k]||^2
+//   x:         float  [n][dim]
+//   codes:     uint16 [n][stages]
+//   out:       float  [n][dim], or binary16 bit patterns (uint16) [n][dim]
+//
+// Results match the CPU references (cpu::RvqEncodeGreedyRef, RvqDecodeRef,
+// RvqDecodeHalfRef): encode picks, per stage, the codeword minimising
+// norms[k] - 2 <r, c_k> with ties to the lowest index, computed in float32
+// with fused multiply-adds, so it can differ from the CPU reference only
+// where two codewords' scores are within float rounding of each other.
+// Decode sums stages in increasing order in float32; the fp16 output is
+// rounded to nearest even.
+//
+// Every launcher enqueues work on `stream` and returns without waiting; its
+// cudaError_t reports argument errors (cudaErrorInvalidValue, checked before
+// touching the device) and launch errors, not errors of the asynchronous
+// execution (synchronize the stream for those).
+//
+// Thread safety: launchers may be called from any host thread; concurrent
+// launches must not write overlapping outputs.
+#ifndef VQKV_KERNELS_CUDA_RVQ_CUDA_CUH_
+#define VQKV_KERNELS_CUDA_RVQ_CUDA_CUH_
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace vqkv::cuda {
+
+// Largest head dimension the encode kernel accepts: the residuals of a tile
+// of vectors live in shared memory.
+inline constexpr int kMaxEncodeDim = 512;
+
+// Greedy RVQ encode of n vectors.
+// REQUIRES (else cudaErrorInvalidValue): n >= 0; 1 <= dim <= kMaxEncodeDim;
+// stages >= 1; 1 <= K <= 65536; non-null pointers when n > 0.
+cudaError_t LaunchRvqEncodeGreedy(const float* d_x, int64_t n, int dim,
+                                  const float* d_codebooks,
+                                  const float* d_norms, int stages, int K,
+                                  uint16_t* d_codes, cudaStream_t stream);
+
+// out[i] = sum over s of codebooks[s][codes[i][s]], as float32.
+// A code >= K (impossible for codes unpacked at log2(K) bits) contributes
+// nothing rather than reading out of bounds.
+// REQUIRES (else cudaErrorInvalidValue): n >= 0; dim >= 1; stages >= 1;
+// 1 <= K <= 65536; non-null pointers when n > 0.
+cudaError_t LaunchRvqDecode(const uint16_t* d_codes, int64_t n, int stages,
+                            const float* d_codebooks, int K, int dim,
+                            float* d_out, cudaStream_t stream);
+
+// Same sum, written as binary16 bit patterns (round to nearest even); the
+// buffer may be reinterpreted as __half.
+cudaError_t LaunchRvqDecodeHalf(const uint16_t* d_codes, int64_t n, int stages,
+                                const float* d_codebooks, int K, int dim,
+                                uint16_t* d_out, cudaStream_t stream);
+
+}  // namespace vqkv::cuda
+
+#endif  // VQKV_KERNELS_CUDA_RVQ_CUDA_CUH_
