@@ -1,0 +1,502 @@
+#include "kernels/vq_codec.h"
+
+#include <cmath>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/bitpack.h"
+
+namespace vqkv {
+namespace {
+
+// Seed of one quantizer: distinct per (layer, slot, kind, group) so their
+// k-means runs are independent, and a pure function of the fit seed.
+uint64_t QuantizerSeed(uint64_t seed, int layer, int slot, int kind,
+                       int group) {
+  uint64_t h = seed ^ 0x6a09e667f3bcc909ULL;
+  for (uint64_t v :
+       {uint64_t(layer), uint64_t(slot), uint64_t(kind), uint64_t(group)}) {
+    h = (h ^ v) * 0x100000001b3ULL;
+    h ^= h >> 29;
+  }
+  return h;
+}
+
+RvqParams TrainParams(const VqConfig& c, int dim, int stages, int bits,
+                      uint64_t seed) {
+  RvqParams p;
+  p.dim = dim;
+  p.stages = stages;
+  p.bits = bits;
+  p.kmeans_iterations = c.kmeans_iterations;
+  p.max_points_per_centroid = c.max_points_per_centroid;
+  p.seeding_points_per_centroid = c.seeding_points_per_centroid;
+  p.max_training_points = c.max_training_points;
+  p.seed = seed;
+  p.beam_width = c.beam_width;
+  return p;
+}
+
+// Copies the vectors of one quantizer slot, restricted to `dims`, out of a
+// [token][kv_head][head_dim] layer slice: all heads when slot < 0, else one.
+void Gather(const float* layer, int64_t tokens, int kv_heads, int head_dim,
+            int slot, const std::vector<int>& dims, float* out) {
+  const int g = static_cast<int>(dims.size());
+  const bool all_dims = g == head_dim;
+  int64_t row = 0;
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int h = 0; h < kv_heads; ++h) {
+      if (slot >= 0 && h != slot) continue;
+      const float* v = layer + (t * kv_heads + h) * head_dim;
+      float* o = out + row * g;
+      if (all_dims) {
+        std::memcpy(o, v, sizeof(float) * head_dim);
+      } else {
+        for (int d = 0; d < g; ++d) o[d] = v[dims[d]];
+      }
+      ++row;
+    }
+  }
+}
+
+// Inverse of Gather: writes rows back into their dims of the layer slice.
+void Scatter(const float* in, int64_t tokens, int kv_heads, int head_dim,
+             int slot, const std::vector<int>& dims, float* layer) {
+  const int g = static_cast<int>(dims.size());
+  int64_t row = 0;
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int h = 0; h < kv_heads; ++h) {
+      if (slot >= 0 && h != slot) continue;
+      float* v = layer + (t * kv_heads + h) * head_dim;
+      const float* r = in + row * g;
+      for (int d = 0; d < g; ++d) v[dims[d]] = r[d];
+      ++row;
+    }
+  }
+}
+
+}  // namespace
+
+VqRate ComputeVqRate(int key_stages, int key_bits, int value_stages,
+                     int value_bits, int head_dim) {
+  VqRate r;
+  const double kb = double(key_stages) * key_bits;
+  const double vb = double(value_stages) * value_bits;
+  r.key_bits_per_element = kb / head_dim;
+  r.value_bits_per_element = vb / head_dim;
+  r.bits_per_element = (kb + vb) / (2.0 * head_dim);
+  r.compression_ratio = 1.0 - (kb + vb) / (16.0 * (2.0 * head_dim));
+  return r;
+}
+
+absl::StatusOr<CodebookConfig> VqCodec::ResolveConfig(const KvLayout& layout,
+                                                      const VqConfig& config) {
+  if (absl::Status s = layout.Validate(); !s.ok()) return s;
+  const int D = layout.head_dim;
+  absl::StatusOr<std::vector<std::vector<int>>> groups =
+      KeyGroupDims(config.key_split, D);
+  if (!groups.ok()) return groups.status();
+  if (config.beam_width < 1 || config.beam_width > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("beam_width must be in 1..4096, got ", config.beam_width));
+  }
+  CodebookConfig c;
+  c.layout = layout;
+  c.key_split = config.key_split;
+  c.key_bits = config.key_bits;
+  c.value_bits = config.value_bits;
+  c.per_head = config.per_head;
+  c.keys_post_rope = config.keys_post_rope;
+  const int key_stages =
+      config.key_stages != 0 ? config.key_stages : D * 56 / 128;
+  c.value_stages =
+      config.value_stages != 0 ? config.value_stages : D * 16 / 128;
+  if (groups->size() == 1) {
+    c.key_group_stages = {key_stages};
+  } else if (config.key_group_stages[0] == 0 &&
+             config.key_group_stages[1] == 0) {
+    // Proportional to each group's dimensions, so bits/element is unchanged.
+    const int s0 = static_cast<int>(
+        std::lround(double(key_stages) * (*groups)[0].size() / double(D)));
+    c.key_group_stages = {s0, key_stages - s0};
+  } else {
+    c.key_group_stages = {config.key_group_stages[0],
+                          config.key_group_stages[1]};
+    if (config.key_stages != 0 && config.key_stages != c.key_stages()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "key_stages ", config.key_stages,
+          " disagrees with the key group stages ", config.key_group_stages[0],
+          "+", config.key_group_stages[1]));
+    }
+  }
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+absl::StatusOr<std::unique_ptr<VqCodec>> VqCodec::Create(
+    const KvLayout& layout, const VqConfig& config) {
+  absl::StatusOr<CodebookConfig> cc = ResolveConfig(layout, config);
+  if (!cc.ok()) return cc.status();
+  RvqParams probe = TrainParams(config, 1, 1, 1, 0);
+  if (absl::Status s = probe.Validate(); !s.ok()) return s;
+  absl::StatusOr<CodebookSet> set = CodebookSet::Create(*cc);
+  if (!set.ok()) return set.status();
+  std::unique_ptr<VqCodec> codec(new VqCodec());
+  codec->layout_ = layout;
+  codec->config_ = config;
+  codec->config_.key_stages = cc->key_stages();
+  codec->config_.value_stages = cc->value_stages;
+  if (cc->key_group_stages.size() == 2) {
+    codec->config_.key_group_stages[0] = cc->key_group_stages[0];
+    codec->config_.key_group_stages[1] = cc->key_group_stages[1];
+  }
+  codec->set_ = *std::move(set);
+  return codec;
+}
+
+absl::StatusOr<std::unique_ptr<VqCodec>> VqCodec::FromCodebookSet(
+    CodebookSet set, int beam_width) {
+  if (!set.complete()) {
+    return absl::FailedPreconditionError(
+        "VqCodec needs a complete codebook set");
+  }
+  if (beam_width < 1 || beam_width > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("beam_width must be in 1..4096, got ", beam_width));
+  }
+  const CodebookConfig& cc = set.config();
+  std::unique_ptr<VqCodec> codec(new VqCodec());
+  codec->layout_ = cc.layout;
+  VqConfig& c = codec->config_;
+  c.key_stages = cc.key_stages();
+  c.key_bits = cc.key_bits;
+  c.value_stages = cc.value_stages;
+  c.value_bits = cc.value_bits;
+  c.key_split = cc.key_split;
+  if (cc.key_group_stages.size() == 2) {
+    c.key_group_stages[0] = cc.key_group_stages[0];
+    c.key_group_stages[1] = cc.key_group_stages[1];
+  }
+  c.per_head = cc.per_head;
+  c.keys_post_rope = cc.keys_post_rope;
+  c.beam_width = beam_width;
+  codec->set_ = std::move(set);
+  if (absl::Status s = codec->Finalize(); !s.ok()) return s;
+  return codec;
+}
+
+absl::Status VqCodec::Finalize() {
+  absl::StatusOr<uint64_t> h = set_.Hash();
+  if (!h.ok()) return h.status();
+  hash_ = *h;
+  fitted_ = true;
+  return absl::OkStatus();
+}
+
+std::string VqCodec::Descriptor() const {
+  const CodebookConfig& c = set_.config();
+  return absl::StrCat(
+      "vq:L=", layout_.layers, ":H=", layout_.kv_heads, ":D=", layout_.head_dim,
+      ":k=", absl::StrJoin(c.key_group_stages, "+"), "x", c.key_bits,
+      ":split=", KeySplitName(c.key_split), ":v=", c.value_stages, "x",
+      c.value_bits, ":ph=", c.per_head ? 1 : 0,
+      ":rope=", c.keys_post_rope ? "post" : "pre",
+      ":cb=", absl::Hex(hash_, absl::kZeroPad16));
+}
+
+double VqCodec::KeyBitsPerElement() const {
+  return double(set_.config().key_stages()) * set_.config().key_bits /
+         layout_.head_dim;
+}
+
+double VqCodec::ValueBitsPerElement() const {
+  return double(set_.config().value_stages) * set_.config().value_bits /
+         layout_.head_dim;
+}
+
+size_t VqCodec::EncodedBytes(int64_t tokens) const {
+  if (tokens <= 0) return 0;
+  const CodebookConfig& c = set_.config();
+  const int64_t vectors = tokens * layout_.layers * layout_.kv_heads;
+  return PackedBytes(vectors * c.key_stages(), c.key_bits) +
+         PackedBytes(vectors * c.value_stages, c.value_bits);
+}
+
+absl::Status VqCodec::Fit(const float* keys, const float* values,
+                          int64_t tokens, const FitOptions& options) {
+  if (keys == nullptr || values == nullptr || tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "VqCodec::Fit needs non-null keys/values and tokens >= 1, got ", tokens,
+        " tokens"));
+  }
+  const int64_t per_layer = tokens * layout_.kv_heads * layout_.head_dim;
+  for (int l = 0; l < layout_.layers; ++l) {
+    FitOptions layer_options = options;
+    if (options.progress) {
+      layer_options.progress = [&, l](const FitProgress& p) {
+        options.progress(FitProgress{p.phase, int64_t{l} * p.total + p.done,
+                                     int64_t{layout_.layers} * p.total});
+      };
+    }
+    if (absl::Status s =
+            FitLayer(l, keys + l * per_layer, values + l * per_layer, tokens,
+                     layer_options);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VqCodec::FitLayer(int layer, const float* keys,
+                               const float* values, int64_t tokens,
+                               const FitOptions& options) {
+  if (layer < 0 || layer >= layout_.layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer, " out of range 0..", layout_.layers - 1));
+  }
+  if (keys == nullptr || values == nullptr || tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "VqCodec::FitLayer needs non-null keys/values and tokens >= 1, got ",
+        tokens, " tokens"));
+  }
+  const CodebookConfig& c = set_.config();
+  const int H = layout_.kv_heads, D = layout_.head_dim;
+  const int slots = c.slots_per_layer();
+  const int64_t rows = c.per_head ? tokens : tokens * H;
+  const std::vector<std::vector<int>>& groups = set_.key_group_dims();
+  std::vector<int> all_dims(D);
+  for (int d = 0; d < D; ++d) all_dims[d] = d;
+
+  // Progress in stages fitted within this layer.
+  const int64_t total = int64_t{slots} * (c.key_stages() + c.value_stages);
+  int64_t done = 0;
+  auto report = [&](const std::string& what, int stages) {
+    return [&, what, stages](const FitProgress& p) {
+      if (!options.progress) return;
+      options.progress(FitProgress{absl::StrCat("layer ", layer, " ", what,
+                                                " stage ", p.done, "/", stages),
+                                   done + p.done, total});
+    };
+  };
+
+  std::vector<float> buf;
+  for (int s = 0; s < slots; ++s) {
+    const int slot = c.per_head ? s : -1;
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const int dim = static_cast<int>(groups[g].size());
+      buf.resize(static_cast<size_t>(rows) * dim);
+      Gather(keys, tokens, H, D, slot, groups[g], buf.data());
+      const RvqParams p =
+          TrainParams(config_, dim, c.key_group_stages[g], c.key_bits,
+                      QuantizerSeed(options.seed, layer, s, 0, int(g)));
+      ResidualQuantizer q;
+      const std::string what = c.per_head
+                                   ? absl::StrCat("head ", s, " keys[", g, "]")
+                                   : absl::StrCat("keys[", g, "]");
+      if (absl::Status st = q.Fit(p, buf.data(), rows, report(what, p.stages));
+          !st.ok()) {
+        return st;
+      }
+      done += p.stages;
+      if (absl::Status st = set_.SetKey(layer, s, int(g), std::move(q));
+          !st.ok()) {
+        return st;
+      }
+    }
+    buf.resize(static_cast<size_t>(rows) * D);
+    Gather(values, tokens, H, D, slot, all_dims, buf.data());
+    const RvqParams p =
+        TrainParams(config_, D, c.value_stages, c.value_bits,
+                    QuantizerSeed(options.seed, layer, s, 1, 0));
+    ResidualQuantizer q;
+    const std::string what =
+        c.per_head ? absl::StrCat("head ", s, " values") : "values";
+    if (absl::Status st = q.Fit(p, buf.data(), rows, report(what, p.stages));
+        !st.ok()) {
+      return st;
+    }
+    done += p.stages;
+    if (absl::Status st = set_.SetValue(layer, s, std::move(q)); !st.ok()) {
+      return st;
+    }
+  }
+  if (set_.complete()) return Finalize();
+  return absl::OkStatus();
+}
+
+absl::Status VqCodec::Encode(const float* keys, const float* values,
+                             int64_t tokens, uint8_t* out,
+                             size_t out_bytes) const {
+  if (!fitted_) {
+    return absl::FailedPreconditionError(
+        "VqCodec::Encode before every layer was fitted");
+  }
+  if (keys == nullptr || values == nullptr || out == nullptr || tokens < 1 ||
+      tokens > (int64_t{1} << 32)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "VqCodec::Encode needs non-null buffers and 1..2^32 tokens, got ",
+        tokens));
+  }
+  const size_t need = EncodedBytes(tokens);
+  if (out_bytes < need) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "VqCodec::Encode output too small: ", out_bytes, " bytes for ", need));
+  }
+  const CodebookConfig& c = set_.config();
+  const int L = layout_.layers, H = layout_.kv_heads, D = layout_.head_dim;
+  const int slots = c.slots_per_layer();
+  const int64_t rows = c.per_head ? tokens : tokens * H;
+  const int Nk = c.key_stages(), Nv = c.value_stages;
+  const std::vector<std::vector<int>>& groups = set_.key_group_dims();
+  std::vector<int> all_dims(D);
+  for (int d = 0; d < D; ++d) all_dims[d] = d;
+
+  const int64_t vectors = int64_t{L} * tokens * H;
+  std::vector<uint16_t> kcodes(static_cast<size_t>(vectors) * Nk);
+  std::vector<uint16_t> vcodes(static_cast<size_t>(vectors) * Nv);
+  std::vector<float> buf;
+  std::vector<uint16_t> codes;
+  const int64_t per_layer = tokens * H * D;
+  for (int l = 0; l < L; ++l) {
+    for (int s = 0; s < slots; ++s) {
+      const int slot = c.per_head ? s : -1;
+      // Row r of a slot is (token r / H, head r % H) for shared codebooks,
+      // (token r, head s) per head; its vector index is (l*T + t)*H + h.
+      auto vector_index = [&](int64_t r) {
+        const int64_t t = c.per_head ? r : r / H;
+        const int64_t h = c.per_head ? s : r % H;
+        return (int64_t{l} * tokens + t) * H + h;
+      };
+      int stage_offset = 0;
+      for (size_t g = 0; g < groups.size(); ++g) {
+        const ResidualQuantizer& q = set_.key(l, s, int(g));
+        const int dim = q.dim(), S = q.stages();
+        buf.resize(static_cast<size_t>(rows) * dim);
+        codes.resize(static_cast<size_t>(rows) * S);
+        Gather(keys + l * per_layer, tokens, H, D, slot, groups[g], buf.data());
+        if (absl::Status st = q.Encode(buf.data(), rows, codes.data());
+            !st.ok()) {
+          return st;
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(kcodes.data() + vector_index(r) * Nk + stage_offset,
+                      codes.data() + r * S, sizeof(uint16_t) * S);
+        }
+        stage_offset += S;
+      }
+      const ResidualQuantizer& q = set_.value(l, s);
+      buf.resize(static_cast<size_t>(rows) * D);
+      codes.resize(static_cast<size_t>(rows) * Nv);
+      Gather(values + l * per_layer, tokens, H, D, slot, all_dims, buf.data());
+      if (absl::Status st = q.Encode(buf.data(), rows, codes.data());
+          !st.ok()) {
+        return st;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        std::memcpy(vcodes.data() + vector_index(r) * Nv, codes.data() + r * Nv,
+                    sizeof(uint16_t) * Nv);
+      }
+    }
+  }
+  const size_t kbytes = PackedBytes(vectors * Nk, c.key_bits);
+  if (absl::Status st =
+          PackBits(kcodes.data(), vectors * Nk, c.key_bits, out, kbytes);
+      !st.ok()) {
+    return st;
+  }
+  return PackBits(vcodes.data(), vectors * Nv, c.value_bits, out + kbytes,
+                  need - kbytes);
+}
+
+absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
+                             float* keys, float* values) const {
+  if (!fitted_) {
+    return absl::FailedPreconditionError(
+        "VqCodec::Decode before every layer was fitted");
+  }
+  if (in == nullptr || keys == nullptr || values == nullptr || tokens < 1 ||
+      tokens > (int64_t{1} << 32)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "VqCodec::Decode needs non-null buffers and 1..2^32 tokens, got ",
+        tokens));
+  }
+  if (in_bytes != EncodedBytes(tokens)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("VqCodec::Decode payload is ", in_bytes, " bytes, ",
+                     tokens, " tokens need ", EncodedBytes(tokens)));
+  }
+  const CodebookConfig& c = set_.config();
+  const int L = layout_.layers, H = layout_.kv_heads, D = layout_.head_dim;
+  const int slots = c.slots_per_layer();
+  const int64_t rows = c.per_head ? tokens : tokens * H;
+  const int Nk = c.key_stages(), Nv = c.value_stages;
+  const std::vector<std::vector<int>>& groups = set_.key_group_dims();
+  std::vector<int> all_dims(D);
+  for (int d = 0; d < D; ++d) all_dims[d] = d;
+
+  const int64_t vectors = int64_t{L} * tokens * H;
+  std::vector<uint16_t> kcodes(static_cast<size_t>(vectors) * Nk);
+  std::vector<uint16_t> vcodes(static_cast<size_t>(vectors) * Nv);
+  const size_t kbytes = PackedBytes(vectors * Nk, c.key_bits);
+  if (absl::Status st =
+          UnpackBits(in, kbytes, vectors * Nk, c.key_bits, kcodes.data());
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = UnpackBits(in + kbytes, in_bytes - kbytes, vectors * Nv,
+                                   c.value_bits, vcodes.data());
+      !st.ok()) {
+    return st;
+  }
+  std::vector<float> buf;
+  std::vector<uint16_t> codes;
+  const int64_t per_layer = tokens * H * D;
+  for (int l = 0; l < L; ++l) {
+    for (int s = 0; s < slots; ++s) {
+      const int slot = c.per_head ? s : -1;
+      auto vector_index = [&](int64_t r) {
+        const int64_t t = c.per_head ? r : r / H;
+        const int64_t h = c.per_head ? s : r % H;
+        return (int64_t{l} * tokens + t) * H + h;
+      };
+      int stage_offset = 0;
+      for (size_t g = 0; g < groups.size(); ++g) {
+        const ResidualQuantizer& q = set_.key(l, s, int(g));
+        const int dim = q.dim(), S = q.stages();
+        codes.resize(static_cast<size_t>(rows) * S);
+        buf.resize(static_cast<size_t>(rows) * dim);
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(codes.data() + r * S,
+                      kcodes.data() + vector_index(r) * Nk + stage_offset,
+                      sizeof(uint16_t) * S);
+        }
+        if (absl::Status st = q.Decode(codes.data(), rows, buf.data());
+            !st.ok()) {
+          return st;
+        }
+        Scatter(buf.data(), tokens, H, D, slot, groups[g],
+                keys + l * per_layer);
+        stage_offset += S;
+      }
+      const ResidualQuantizer& q = set_.value(l, s);
+      codes.resize(static_cast<size_t>(rows) * Nv);
+      buf.resize(static_cast<size_t>(rows) * D);
+      for (int64_t r = 0; r < rows; ++r) {
+        std::memcpy(codes.data() + r * Nv, vcodes.data() + vector_index(r) * Nv,
+                    sizeof(uint16_t) * Nv);
+      }
+      if (absl::Status st = q.Decode(codes.data(), rows, buf.data());
+          !st.ok()) {
+        return st;
+      }
+      Scatter(buf.data(), tokens, H, D, slot, all_dims, values + l * per_layer);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace vqkv

@@ -1,0 +1,286 @@
+#include "kernels/vq_codec.h"
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/bitpack.h"
+#include "kernels/rvq.h"
+#include "tests/unit/kernels/rvq_test_data.h"
+
+namespace vqkv {
+namespace {
+
+TEST(VqRateTest, PaperConfigurations) {
+  // D = 128: keys 56 x 10 bits, values 16 x 9 bits.
+  VqRate r = ComputeVqRate(56, 10, 16, 9, 128);
+  EXPECT_EQ(r.key_bits_per_element, 4.375);
+  EXPECT_EQ(r.value_bits_per_element, 1.125);
+  EXPECT_EQ(r.bits_per_element, 2.75);
+  EXPECT_EQ(r.compression_ratio, 0.828125);
+  // D = 64: keys 28 x 10 bits, values 8 x 9 bits: the same rate.
+  r = ComputeVqRate(28, 10, 8, 9, 64);
+  EXPECT_EQ(r.bits_per_element, 2.75);
+  EXPECT_EQ(r.compression_ratio, 0.828125);
+}
+
+TEST(VqCodecTest, DefaultsAreThePaperRate) {
+  for (int D : {64, 128}) {
+    absl::StatusOr<std::unique_ptr<VqCodec>> codec =
+        VqCodec::Create(KvLayout{32, 8, D}, VqConfig{});
+    ASSERT_TRUE(codec.ok()) << codec.status();
+    const CodebookConfig& c = (*codec)->codebooks().config();
+    EXPECT_EQ(c.key_stages(), D * 56 / 128);
+    EXPECT_EQ(c.key_bits, 10);
+    EXPECT_EQ(c.value_stages, D * 16 / 128);
+    EXPECT_EQ(c.value_bits, 9);
+    EXPECT_EQ((*codec)->KeyBitsPerElement(), 4.375);
+    EXPECT_EQ((*codec)->ValueBitsPerElement(), 1.125);
+    EXPECT_EQ((*codec)->BitsPerElement(), 2.75);
+    EXPECT_EQ((*codec)->CompressionRatio(), 0.828125);
+    // Payload: 2.75 bits/element exactly, over K and V.
+    EXPECT_EQ((*codec)->EncodedBytes(16),
+              PackedBytes(int64_t{32} * 16 * 8 * (D * 56 / 128), 10) +
+                  PackedBytes(int64_t{32} * 16 * 8 * (D * 16 / 128), 9));
+    EXPECT_EQ((*codec)->EncodedBytes(16) * 8,
+              static_cast<size_t>(2.75 * 2 * 32 * 16 * 8 * D));
+  }
+}
+
+TEST(VqCodecTest, SplitKeepsTheRate) {
+  VqConfig cfg;
+  cfg.key_split = KeySplit::kRopeHalfRotate;
+  absl::StatusOr<std::unique_ptr<VqCodec>> codec =
+      VqCodec::Create(KvLayout{1, 1, 64}, cfg);
+  ASSERT_TRUE(codec.ok());
+  EXPECT_EQ((*codec)->codebooks().config().key_group_stages,
+            (std::vector<int>{14, 14}));
+  EXPECT_EQ((*codec)->BitsPerElement(), 2.75);
+  cfg.key_group_stages[0] = 20;
+  cfg.key_group_stages[1] = 8;
+  codec = VqCodec::Create(KvLayout{1, 1, 64}, cfg);
+  ASSERT_TRUE(codec.ok());
+  EXPECT_EQ((*codec)->codebooks().config().key_group_stages,
+            (std::vector<int>{20, 8}));
+}
+
+TEST(VqCodecTest, RejectsImpossibleConfigs) {
+  VqConfig cfg;
+  cfg.key_bits = 17;
+  EXPECT_EQ(VqCodec::Create(KvLayout{1, 1, 64}, cfg).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  cfg = VqConfig{};
+  cfg.value_bits = 0;
+  EXPECT_EQ(VqCodec::Create(KvLayout{1, 1, 64}, cfg).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  cfg = VqConfig{};
+  cfg.key_stages = -1;
+  EXPECT_EQ(VqCodec::Create(KvLayout{1, 1, 64}, cfg).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // head_dim 2: the default rate rounds to 0 stages.
+  EXPECT_EQ(VqCodec::Create(KvLayout{1, 1, 2}, VqConfig{}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(VqCodec::Create(KvLayout{0, 1, 64}, VqConfig{}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  cfg = VqConfig{};
+  cfg.key_split = KeySplit::kRopeHalfRotate;
+  EXPECT_EQ(VqCodec::Create(KvLayout{1, 1, 66}, cfg).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A small codec fitted on synthetic data: L=2, H=2, D=16.
+struct Fixture {
+  KvLayout layout{2, 2, 16};
+  int64_t tokens = 600;
+  std::vector<float> keys, values;
+  std::unique_ptr<VqCodec> codec;
+
+  explicit Fixture(VqConfig cfg) {
+    const int64_t n = tokens * layout.layers * layout.kv_heads;
+    keys = testing::KeyLikeVectors(n, layout.head_dim, 1);
+    testing::ApplyRope(keys, layout.head_dim, testing::RopeLayout::kHalfRotate);
+    values = testing::KeyLikeVectors(n, layout.head_dim, 2);
+    absl::StatusOr<std::unique_ptr<VqCodec>> c = VqCodec::Create(layout, cfg);
+    EXPECT_TRUE(c.ok()) << c.status();
+    codec = *std::move(c);
+  }
+};
+
+VqConfig SmallConfig() {
+  VqConfig cfg;
+  cfg.key_stages = 4;
+  cfg.key_bits = 6;
+  cfg.value_stages = 3;
+  cfg.value_bits = 5;
+  cfg.kmeans_iterations = 4;
+  return cfg;
+}
+
+TEST(VqCodecTest, EncodeDecodeRoundTrip) {
+  for (KeySplit split : {KeySplit::kNone, KeySplit::kRopeHalfRotate}) {
+    for (bool per_head : {false, true}) {
+      VqConfig cfg = SmallConfig();
+      cfg.key_split = split;
+      cfg.per_head = per_head;
+      Fixture f(cfg);
+      ASSERT_FALSE(f.codec->fitted());
+      ASSERT_TRUE(
+          f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+      ASSERT_TRUE(f.codec->fitted());
+      EXPECT_NE(f.codec->codebook_hash(), 0u);
+      // Encode a fresh slice of 50 tokens.
+      const int64_t T = 50;
+      const int64_t n = T * 2 * 2;
+      std::vector<float> k = testing::KeyLikeVectors(n, 16, 11);
+      testing::ApplyRope(k, 16, testing::RopeLayout::kHalfRotate);
+      std::vector<float> v = testing::KeyLikeVectors(n, 16, 12);
+      std::vector<uint8_t> payload(f.codec->EncodedBytes(T));
+      ASSERT_TRUE(
+          f.codec->Encode(k.data(), v.data(), T, payload.data(), payload.size())
+              .ok());
+      std::vector<float> k2(k.size()), v2(v.size());
+      ASSERT_TRUE(
+          f.codec
+              ->Decode(payload.data(), payload.size(), T, k2.data(), v2.data())
+              .ok());
+      const double ke = RelativeMse(k.data(), k2.data(), n, 16);
+      const double ve = RelativeMse(v.data(), v2.data(), n, 16);
+      // 4 x 6-bit key stages, 3 x 5-bit value stages on 16 dims: far from
+      // lossless, but far below the error of coding nothing (1.0).
+      EXPECT_LT(ke, 0.2) << KeySplitName(split) << " per_head " << per_head;
+      EXPECT_LT(ve, 0.3) << KeySplitName(split) << " per_head " << per_head;
+      std::printf("split %s per_head %d: key rel MSE %.4f, value %.4f\n",
+                  KeySplitName(split), per_head, ke, ve);
+      // Decoding is deterministic and matches the per-quantizer path: the
+      // first key of token 0, layer 0, head 0 (no split, shared codebooks).
+      if (split == KeySplit::kNone && !per_head) {
+        std::vector<uint16_t> codes(4);
+        ASSERT_TRUE(
+            UnpackBits(payload.data(), payload.size(), 4, 6, codes.data())
+                .ok());
+        std::vector<float> y(16);
+        ASSERT_TRUE(f.codec->codebooks()
+                        .key(0, 0, 0)
+                        .Decode(codes.data(), 1, y.data())
+                        .ok());
+        for (int d = 0; d < 16; ++d) EXPECT_EQ(y[d], k2[d]);
+      }
+    }
+  }
+}
+
+TEST(VqCodecTest, FitLayerByLayerEqualsFit) {
+  Fixture a(SmallConfig()), b(SmallConfig());
+  ASSERT_TRUE(a.codec->Fit(a.keys.data(), a.values.data(), a.tokens, {}).ok());
+  const int64_t per_layer = a.tokens * 2 * 16;
+  ASSERT_TRUE(b.codec
+                  ->FitLayer(1, b.keys.data() + per_layer,
+                             b.values.data() + per_layer, b.tokens, {})
+                  .ok());
+  EXPECT_FALSE(b.codec->fitted());
+  std::vector<uint8_t> out(b.codec->EncodedBytes(1));
+  EXPECT_EQ(
+      b.codec->Encode(b.keys.data(), b.values.data(), 1, out.data(), out.size())
+          .code(),
+      absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(
+      b.codec->FitLayer(0, b.keys.data(), b.values.data(), b.tokens, {}).ok());
+  EXPECT_TRUE(b.codec->fitted());
+  EXPECT_EQ(a.codec->codebook_hash(), b.codec->codebook_hash());
+  EXPECT_EQ(a.codec->Descriptor(), b.codec->Descriptor());
+}
+
+TEST(VqCodecTest, ProgressCoversAllStages) {
+  Fixture f(SmallConfig());
+  int64_t last = 0, total = 0, calls = 0;
+  FitOptions opt;
+  opt.progress = [&](const FitProgress& p) {
+    EXPECT_GT(p.done, last) << p.phase;
+    last = p.done;
+    total = p.total;
+    ++calls;
+  };
+  ASSERT_TRUE(f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, opt).ok());
+  EXPECT_EQ(calls, 2 * (4 + 3));
+  EXPECT_EQ(last, total);
+}
+
+TEST(VqCodecTest, BadSizesAndUnfitted) {
+  Fixture f(SmallConfig());
+  std::vector<uint8_t> out(f.codec->EncodedBytes(4));
+  std::vector<float> k(4 * 2 * 2 * 16), v(k.size());
+  EXPECT_EQ(
+      f.codec->Encode(k.data(), v.data(), 4, out.data(), out.size()).code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      f.codec->Decode(out.data(), out.size(), 4, k.data(), v.data()).code(),
+      absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+  EXPECT_EQ(
+      f.codec->Encode(k.data(), v.data(), 4, out.data(), out.size() - 1).code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      f.codec->Encode(k.data(), v.data(), 0, out.data(), out.size()).code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      f.codec->Encode(nullptr, v.data(), 4, out.data(), out.size()).code(),
+      absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(
+      f.codec->Encode(k.data(), v.data(), 4, out.data(), out.size()).ok());
+  EXPECT_EQ(
+      f.codec->Decode(out.data(), out.size() - 1, 4, k.data(), v.data()).code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      f.codec->Decode(out.data(), out.size(), 3, k.data(), v.data()).code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.codec->FitLayer(2, f.keys.data(), f.values.data(), 10, {}).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(VqCodecTest, FromSavedCodebookSet) {
+  VqConfig cfg = SmallConfig();
+  cfg.key_split = KeySplit::kRopeHalfRotate;
+  cfg.keys_post_rope = false;
+  Fixture f(cfg);
+  ASSERT_TRUE(f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+  const std::string path = ::testing::TempDir() + "/vq_codec_set.vqcb";
+  ASSERT_TRUE(f.codec->codebooks().Save(path).ok());
+  absl::StatusOr<CodebookSet> set = CodebookSet::Load(path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(set.ok()) << set.status();
+  absl::StatusOr<std::unique_ptr<VqCodec>> loaded =
+      VqCodec::FromCodebookSet(*std::move(set), 4);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->codebook_hash(), f.codec->codebook_hash());
+  EXPECT_EQ((*loaded)->Descriptor(), f.codec->Descriptor());
+  EXPECT_NE(f.codec->Descriptor().find("split=rope_half_rotate"),
+            std::string::npos);
+  EXPECT_NE(f.codec->Descriptor().find("rope=pre"), std::string::npos);
+  EXPECT_EQ((*loaded)->config().beam_width, 4);
+  // Beam-coded payloads decode with the greedy codec's codebooks, no worse.
+  const int64_t T = 40, n = T * 4;
+  std::vector<uint8_t> g(f.codec->EncodedBytes(T)), b(g.size());
+  ASSERT_TRUE(
+      f.codec->Encode(f.keys.data(), f.values.data(), T, g.data(), g.size())
+          .ok());
+  ASSERT_TRUE(
+      (*loaded)
+          ->Encode(f.keys.data(), f.values.data(), T, b.data(), b.size())
+          .ok());
+  std::vector<float> kg(n * 16), vg(n * 16), kb(n * 16), vb(n * 16);
+  ASSERT_TRUE(
+      f.codec->Decode(g.data(), g.size(), T, kg.data(), vg.data()).ok());
+  ASSERT_TRUE(
+      f.codec->Decode(b.data(), b.size(), T, kb.data(), vb.data()).ok());
+  // keys of layer 0 are the first n vectors
+  EXPECT_LE(RelativeMse(f.keys.data(), kb.data(), n, 16),
+            RelativeMse(f.keys.data(), kg.data(), n, 16) * 1.001);
+  CodebookSet empty = *CodebookSet::Create(f.codec->codebooks().config());
+  EXPECT_EQ(VqCodec::FromCodebookSet(std::move(empty)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace vqkv
