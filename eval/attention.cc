@@ -1,0 +1,156 @@
+#include "eval/attention.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace vqkv::eval {
+namespace {
+
+// Queries per tile: bounds the score buffer to (kTile * group) x context and
+// keeps the causal waste (scores above the diagonal) to one tile.
+constexpr int64_t kTile = 64;
+
+// C[m][c0:c1] (+)= alpha * A[m][k] . B[c0:c1][k]^T, rows of B strided.
+void GemmNT(int m, int64_t c0, int64_t c1, int k, float alpha, const float* a,
+            int lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) {
+  if (c1 <= c0 || m == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m,
+              static_cast<int>(c1 - c0), k, alpha, a, lda, b + c0 * ldb,
+              static_cast<int>(ldb), beta, c + c0, static_cast<int>(ldc));
+}
+
+// C[m][n] += A[m][c0:c1] . B[c0:c1][n], rows of B strided.
+void GemmNN(int m, int64_t c0, int64_t c1, int n, const float* a, int64_t lda,
+            const float* b, int64_t ldb, float* c, int ldc) {
+  if (c1 <= c0 || m == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n,
+              static_cast<int>(c1 - c0), 1.0f, a + c0, static_cast<int>(lda),
+              b + c0 * ldb, static_cast<int>(ldb), 1.0f, c, ldc);
+}
+
+}  // namespace
+
+absl::Status CausalAttention(const float* q, int64_t n, int64_t pos0,
+                             const AttentionShape& shape,
+                             const KvCache::LayerView& view, float* out,
+                             AttentionScratch* scratch) {
+  const int heads = shape.heads;
+  const int kv_heads = shape.kv_heads;
+  const int hd = shape.head_dim;
+  if (heads <= 0 || kv_heads <= 0 || hd <= 0 || heads % kv_heads != 0) {
+    return absl::InvalidArgumentError("bad attention shape");
+  }
+  if (view.tokens < pos0 + n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV view holds ", view.tokens, " tokens, attention needs ", pos0 + n));
+  }
+  const int group = heads / kv_heads;
+  const int64_t kv_row = int64_t{kv_heads} * hd;
+  const int64_t q_row = int64_t{heads} * hd;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t sinks = view.sinks;
+  if (n > 0 && view.DecodedLimit(pos0 + n - 1) > view.decoded_end &&
+      view.DecodedLimit(pos0 + n - 1) > sinks) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "attention at position ", pos0 + n - 1, " needs decoded rows up to ",
+        view.DecodedLimit(pos0 + n - 1), " but only ", view.decoded_end,
+        " are decoded"));
+  }
+
+  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+    const int64_t i1 = std::min(n, i0 + kTile);
+    const int rows = static_cast<int>((i1 - i0) * group);
+    const int64_t ctx = pos0 + i1;  // keys [0, ctx)
+    // All queries of the tile read [sinks, d_lo) decoded; some read up to
+    // d_hi. Exact keys are needed on [0, sinks) and [d_lo, ctx).
+    const int64_t d_lo = view.DecodedLimit(pos0 + i0);
+    const int64_t d_hi = view.DecodedLimit(pos0 + i1 - 1);
+    const bool any_decoded = d_hi > sinks;
+    const int64_t ld_dec = any_decoded ? d_hi - sinks : 0;
+
+    scratch->q.resize(static_cast<size_t>(rows) * hd);
+    scratch->scores.resize(static_cast<size_t>(rows) * ctx);
+    scratch->decoded_scores.resize(static_cast<size_t>(rows) * ld_dec);
+    scratch->out.resize(static_cast<size_t>(rows) * hd);
+    float* qg = scratch->q.data();
+    float* s = scratch->scores.data();
+    float* sd = scratch->decoded_scores.data();
+    float* og = scratch->out.data();
+
+    for (int g = 0; g < kv_heads; ++g) {
+      // Row r = (i - i0) * group + h holds query head g * group + h.
+      for (int64_t i = i0; i < i1; ++i) {
+        std::memcpy(qg + (i - i0) * group * hd,
+                    q + i * q_row + int64_t{g} * group * hd,
+                    sizeof(float) * group * hd);
+      }
+      const float* k = view.keys + int64_t{g} * hd;
+      const float* v = view.values + int64_t{g} * hd;
+      if (!any_decoded) {
+        GemmNT(rows, 0, ctx, hd, scale, qg, hd, k, kv_row, 0.0f, s, ctx);
+      } else {
+        GemmNT(rows, 0, std::min(sinks, ctx), hd, scale, qg, hd, k, kv_row,
+               0.0f, s, ctx);
+        GemmNT(rows, d_lo, ctx, hd, scale, qg, hd, k, kv_row, 0.0f, s, ctx);
+        GemmNT(rows, 0, ld_dec, hd, scale, qg, hd,
+               view.decoded_keys + sinks * kv_row + int64_t{g} * hd, kv_row,
+               0.0f, sd, ld_dec);
+      }
+      for (int r = 0; r < rows; ++r) {
+        const int64_t t = pos0 + i0 + r / group;
+        float* row = s + int64_t{r} * ctx;
+        int64_t lim = sinks;
+        if (any_decoded) {
+          lim = view.DecodedLimit(t);
+          if (lim > sinks) {
+            std::memcpy(row + sinks, sd + int64_t{r} * ld_dec,
+                        sizeof(float) * (lim - sinks));
+          }
+        }
+        float mx = row[0];
+        for (int64_t j = 1; j <= t; ++j) mx = std::max(mx, row[j]);
+        float sum = 0.0f;
+        for (int64_t j = 0; j <= t; ++j) {
+          row[j] = std::exp(row[j] - mx);
+          sum += row[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j <= t; ++j) row[j] *= inv;
+        std::fill(row + t + 1, row + ctx, 0.0f);
+        if (any_decoded) {
+          // Split the probabilities: decoded cells go to sd, and are zeroed
+          // in the exact region [d_lo, lim) that the exact product reads.
+          float* drow = sd + int64_t{r} * ld_dec;
+          const int64_t nd = std::max<int64_t>(lim - sinks, 0);
+          std::memcpy(drow, row + sinks, sizeof(float) * nd);
+          std::fill(drow + nd, drow + ld_dec, 0.0f);
+          if (lim > d_lo) std::fill(row + d_lo, row + lim, 0.0f);
+        }
+      }
+      std::fill(og, og + static_cast<size_t>(rows) * hd, 0.0f);
+      if (!any_decoded) {
+        GemmNN(rows, 0, ctx, hd, s, ctx, v, kv_row, og, hd);
+      } else {
+        GemmNN(rows, 0, std::min(sinks, ctx), hd, s, ctx, v, kv_row, og, hd);
+        GemmNN(rows, d_lo, ctx, hd, s, ctx, v, kv_row, og, hd);
+        // sd's column j is position sinks + j.
+        GemmNN(rows, 0, ld_dec, hd, sd, ld_dec,
+               view.decoded_values + sinks * kv_row + int64_t{g} * hd, kv_row,
+               og, hd);
+      }
+      for (int64_t i = i0; i < i1; ++i) {
+        std::memcpy(out + i * q_row + int64_t{g} * group * hd,
+                    og + (i - i0) * group * hd, sizeof(float) * group * hd);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace vqkv::eval
