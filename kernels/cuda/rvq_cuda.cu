@@ -13,15 +13,15 @@ namespace {
 // Encode.
 //
 // One thread block encodes a tile of kTileVectors vectors through all stages.
-// Their residuals stay in shared memory, transposed ([dim][vector], padded by
-// one column so that row-wise and column-wise accesses are both free of bank
-// conflicts). For each stage the codebook is streamed through shared memory
-// in tiles of kTileCodes codewords x kChunkDims dimensions; a 16 x 16 thread
-// grid computes a 4 x 4 register tile of <residual, codeword> dot products
-// per thread (vectors ty + 16 i, codewords tx + 16 j), keeps a running
-// (score, index) minimum per vector, and the 16 threads sharing a vector
-// reduce it with warp shuffles. The chosen codeword is then subtracted from
-// the residual in shared memory.
+// Their residuals stay in shared memory, transposed to [dim][vector]. For
+// each stage the codebook is streamed through shared memory in slices of
+// kTileCodes codewords x kChunkDims dimensions, also transposed to
+// [dim][codeword]. A 16 x 16 thread grid computes a 4 x 4 register tile of
+// <residual, codeword> dot products per thread (vectors 4 ty + i, codewords
+// 4 tx + j), so each step over a dimension is two float4 shared-memory loads
+// and 16 fused multiply-adds. Each thread keeps a running (score, index)
+// minimum per vector; the 16 threads sharing a vector (half a warp) reduce it
+// with shuffles. The chosen codeword is then subtracted from the residuals.
 constexpr int kTileVectors = 64;
 constexpr int kTileCodes = 64;
 constexpr int kChunkDims = 32;
@@ -30,10 +30,13 @@ constexpr int kThreadsY = 16;  // over vectors
 constexpr int kThreads = kThreadsX * kThreadsY;
 constexpr int kPerThreadV = kTileVectors / kThreadsY;  // 4
 constexpr int kPerThreadK = kTileCodes / kThreadsX;    // 4
-constexpr int kResidualStride = kTileVectors + 1;
-constexpr int kCodeStride = kTileCodes + 1;
+// Row strides in floats: multiples of 4 keep float4 loads 16-byte aligned;
+// the extra 4 spreads the transposing stores over 8 banks instead of 1.
+constexpr int kResidualStride = kTileVectors + 4;
+constexpr int kCodeStride = kTileCodes + 4;
 
 static_assert(kThreadsX == 16, "the shuffle reduction spans 16 lanes");
+static_assert(kPerThreadV == 4 && kPerThreadK == 4, "float4 register tiles");
 
 __host__ __device__ inline int PaddedDim(int dim) {
   return (dim + kChunkDims - 1) / kChunkDims * kChunkDims;
@@ -42,7 +45,7 @@ __host__ __device__ inline int PaddedDim(int dim) {
 size_t EncodeSharedBytes(int dim) {
   return sizeof(float) *
              (static_cast<size_t>(PaddedDim(dim)) * kResidualStride +
-              kChunkDims * kCodeStride + kTileCodes) +
+              kChunkDims * kCodeStride) +
          sizeof(int) * kTileVectors;
 }
 
@@ -57,12 +60,11 @@ __global__ void __launch_bounds__(kThreads)
                           const float* __restrict__ codebooks,
                           const float* __restrict__ norms, int stages, int K,
                           uint16_t* __restrict__ codes) {
-  extern __shared__ float smem[];
+  extern __shared__ float4 smem4[];
   const int dim_pad = PaddedDim(dim);
-  float* rs = smem;                            // [dim_pad][kResidualStride]
-  float* cs = rs + dim_pad * kResidualStride;  // [kChunkDims][kCodeStride]
-  float* ns = cs + kChunkDims * kCodeStride;   // [kTileCodes]
-  int* chosen = reinterpret_cast<int*>(ns + kTileCodes);  // [kTileVectors]
+  float* rs = reinterpret_cast<float*>(smem4);  // [dim_pad][kResidualStride]
+  float* cs = rs + dim_pad * kResidualStride;   // [kChunkDims][kCodeStride]
+  int* chosen = reinterpret_cast<int*>(cs + kChunkDims * kCodeStride);
 
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * kThreadsX + tx;
@@ -70,8 +72,8 @@ __global__ void __launch_bounds__(kThreads)
   const int tile_n =
       static_cast<int>(n - v0 < kTileVectors ? n - v0 : kTileVectors);
 
-  // Load the residuals (= the inputs) transposed; padding rows and vectors
-  // past n are zero and never written back.
+  // Load the residuals (= the inputs) transposed; padding dimensions and
+  // vectors past n are zero and never written back.
   for (int e = tid; e < kTileVectors * dim_pad; e += kThreads) {
     const int v = e / dim_pad, d = e % dim_pad;
     float val = 0.0f;
@@ -108,34 +110,30 @@ __global__ void __launch_bounds__(kThreads)
           if (gk < K && gd < dim) val = cb[static_cast<int64_t>(gk) * dim + gd];
           cs[dd * kCodeStride + k] = val;
         }
-        if (d0 == 0 && tid < kTileCodes) {
-          ns[tid] = k0 + tid < K ? nm[k0 + tid] : 0.0f;
-        }
         __syncthreads();
-#pragma unroll
+#pragma unroll 8
         for (int dd = 0; dd < kChunkDims; ++dd) {
-          float r[kPerThreadV], c[kPerThreadK];
-#pragma unroll
-          for (int i = 0; i < kPerThreadV; ++i)
-            r[i] = rs[(d0 + dd) * kResidualStride + ty + kThreadsY * i];
-#pragma unroll
-          for (int j = 0; j < kPerThreadK; ++j)
-            c[j] = cs[dd * kCodeStride + tx + kThreadsX * j];
+          const float4 r = *reinterpret_cast<const float4*>(
+              &rs[(d0 + dd) * kResidualStride + kPerThreadV * ty]);
+          const float4 c = *reinterpret_cast<const float4*>(
+              &cs[dd * kCodeStride + kPerThreadK * tx]);
+          const float rv[4] = {r.x, r.y, r.z, r.w};
+          const float cv[4] = {c.x, c.y, c.z, c.w};
 #pragma unroll
           for (int i = 0; i < kPerThreadV; ++i)
 #pragma unroll
             for (int j = 0; j < kPerThreadK; ++j)
-              acc[i][j] = fmaf(r[i], c[j], acc[i][j]);
+              acc[i][j] = fmaf(rv[i], cv[j], acc[i][j]);
         }
         __syncthreads();
       }
-      // Codewords visited by a thread increase across j and tiles, so a
+      // The codewords a thread visits increase with j and with k0, so a
       // strict comparison keeps the lowest index among exact ties.
 #pragma unroll
       for (int j = 0; j < kPerThreadK; ++j) {
-        const int k = k0 + tx + kThreadsX * j;
+        const int k = k0 + kPerThreadK * tx + j;
         if (k < K) {
-          const float nk = ns[tx + kThreadsX * j];
+          const float nk = __ldg(&nm[k]);
 #pragma unroll
           for (int i = 0; i < kPerThreadV; ++i) {
             const float score = nk - 2.0f * acc[i][j];
@@ -148,8 +146,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 
-    // Reduce over the 16 lanes (tx) that share each vector; they form one
-    // half of a warp.
+    // Reduce over the 16 lanes (tx) that share each vector: one half-warp.
 #pragma unroll
     for (int i = 0; i < kPerThreadV; ++i) {
 #pragma unroll
@@ -162,7 +159,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       if (tx == 0) {
-        const int v = ty + kThreadsY * i;
+        const int v = kPerThreadV * ty + i;
         // A NaN residual never beats FLT_MAX; fall back to codeword 0 so the
         // code stays in range.
         const int k = best_k[i] < K ? best_k[i] : 0;
