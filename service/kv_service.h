@@ -1,0 +1,127 @@
+// The KVCache gRPC service (proto/vqkv/v1/kvcache.proto) on top of the tiered
+// store, with the callback API: each handler authenticates inline, then
+// hands the storage work to a WorkQueue and finishes the reactor from there.
+//
+// Status mapping: storage and validation errors are absl::Status codes,
+// passed 1:1 to grpc::Status, except kPermissionDenied from the store
+// (another tenant's namespace), which becomes NOT_FOUND so a tenant cannot
+// learn of another tenant's data.
+//
+// Ownership: the service borrows the store, the token store and the metrics,
+// which must outlive it. Thread safety: all handlers may run concurrently.
+#ifndef VQKV_SERVICE_KV_SERVICE_H_
+#define VQKV_SERVICE_KV_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/grpcpp.h"
+#include "service/auth.h"
+#include "service/metrics.h"
+#include "service/work_queue.h"
+#include "storage/tiered_store.h"
+#include "vqkv/v1/kvcache.grpc.pb.h"
+
+namespace vqkv::service {
+
+struct KvServiceOptions {
+  // Largest message the server sends; unary GetBlocks stops adding block data
+  // before a response would exceed it.
+  uint64_t max_message_bytes = uint64_t{64} << 20;
+  // Worker threads for storage work.
+  int workers = 8;
+};
+
+class KvCacheService final : public v1::KVCache::CallbackService {
+ public:
+  KvCacheService(storage::TieredStore* store, const TokenStore* tokens,
+                 Metrics* metrics, KvServiceOptions options);
+  // Stops the workers (running queued work first).
+  ~KvCacheService() override;
+
+  // Drains and joins the workers. Call after the gRPC server has shut down.
+  void StopWorkers() { work_.Stop(); }
+
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx,
+                                   const v1::LookupRequest* request,
+                                   v1::LookupResponse* response) override;
+  grpc::ServerUnaryReactor* PutBlocks(grpc::CallbackServerContext* ctx,
+                                      const v1::PutBlocksRequest* request,
+                                      v1::PutBlocksResponse* response) override;
+  grpc::ServerUnaryReactor* GetBlocks(grpc::CallbackServerContext* ctx,
+                                      const v1::GetBlocksRequest* request,
+                                      v1::GetBlocksResponse* response) override;
+  grpc::ServerReadReactor<v1::PutBlocksRequest>* PutBlocksStream(
+      grpc::CallbackServerContext* ctx,
+      v1::PutBlocksResponse* response) override;
+  grpc::ServerWriteReactor<v1::GetBlocksResponse>* GetBlocksStream(
+      grpc::CallbackServerContext* ctx,
+      const v1::GetBlocksRequest* request) override;
+  grpc::ServerUnaryReactor* PutCodebooks(
+      grpc::CallbackServerContext* ctx, const v1::PutCodebooksRequest* request,
+      v1::PutCodebooksResponse* response) override;
+  grpc::ServerUnaryReactor* GetCodebooks(
+      grpc::CallbackServerContext* ctx, const v1::GetCodebooksRequest* request,
+      v1::GetCodebooksResponse* response) override;
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
+                                   const v1::DeleteRequest* request,
+                                   v1::DeleteResponse* response) override;
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
+                                  const v1::StatsRequest* request,
+                                  v1::StatsResponse* response) override;
+
+ private:
+  class PutStreamReactor;
+  class GetStreamReactor;
+
+  // The caller's tenant from its metadata (UNAUTHENTICATED on failure).
+  absl::StatusOr<std::string> Authenticate(
+      const grpc::CallbackServerContext* ctx) const;
+
+  // Runs `work(tenant)` on a worker after authenticating, finishes the
+  // reactor with its status and records metrics.
+  template <typename Work>
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx,
+                                     const char* method, Work work);
+
+  absl::Status DoLookup(const std::string& tenant, const v1::LookupRequest& req,
+                        v1::LookupResponse* resp);
+  // Validates and stores one message's blocks, appending one result per
+  // block to resp. ns_id: the namespace id (already validated). With
+  // fail_if_all_failed, a batch whose every block failed with one code
+  // becomes that status (the unary PutBlocks rule).
+  absl::Status DoPutBlocks(const std::string& tenant, const v1::Namespace& ns,
+                           const storage::NamespaceId& ns_id,
+                           const v1::PutBlocksRequest& req,
+                           bool fail_if_all_failed,
+                           v1::PutBlocksResponse* resp);
+  absl::Status DoGetBlocks(const std::string& tenant,
+                           const v1::GetBlocksRequest& req,
+                           v1::GetBlocksResponse* resp);
+  absl::Status DoPutCodebooks(const v1::PutCodebooksRequest& req,
+                              v1::PutCodebooksResponse* resp);
+  absl::Status DoGetCodebooks(const v1::GetCodebooksRequest& req,
+                              v1::GetCodebooksResponse* resp);
+  absl::Status DoDelete(const std::string& tenant, const v1::DeleteRequest& req,
+                        v1::DeleteResponse* resp);
+  absl::Status DoStats(const std::string& tenant, v1::StatsResponse* resp);
+
+  // Checks a namespace for a put: valid, and its codebook set registered
+  // (FAILED_PRECONDITION otherwise).
+  absl::Status CheckNamespaceForPut(const v1::Namespace& ns, bool present);
+
+  storage::TieredStore* const store_;
+  const TokenStore* const tokens_;
+  Metrics* const metrics_;
+  const KvServiceOptions options_;
+  WorkQueue work_;
+};
+
+// absl::Status -> grpc::Status, code for code.
+grpc::Status ToGrpcStatus(const absl::Status& s);
+
+}  // namespace vqkv::service
+
+#endif  // VQKV_SERVICE_KV_SERVICE_H_

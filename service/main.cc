@@ -1,0 +1,78 @@
+// vqkv-server: the vqkv KV-cache service. See docs/SERVICE.md.
+//
+// With no arguments: gRPC on 127.0.0.1:50051, RocksDB under ./vqkv-data, auth
+// off (loudly logged). SIGTERM / SIGINT: stop accepting, drain in-flight
+// calls, flush the store, exit 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "absl/time/time.h"
+#include "service/config.h"
+#include "service/server.h"
+
+int main(int argc, char** argv) {
+  bool exit_now = false;
+  auto config = vqkv::service::ParseCommandLine(argc, argv, &exit_now);
+  if (exit_now) return 0;
+  if (!config.ok()) {
+    std::fprintf(stderr, "vqkv-server: %s\n",
+                 std::string(config.status().message()).c_str());
+    return 2;
+  }
+
+  // Block the shutdown signals before any thread starts, so every thread
+  // inherits the mask and only sigwait below receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto server = vqkv::service::Server::Start(*config);
+  if (!server.ok()) {
+    std::fprintf(stderr, "vqkv-server: cannot start: %s\n",
+                 server.status().ToString().c_str());
+    return 1;
+  }
+  const std::string& listen = config->listen;
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  std::fprintf(
+      stderr,
+      "vqkv-server: data_dir=%s memory_bytes=%llu disk_bytes=%llu "
+      "durability=%s write_policy=%s max_message_bytes=%llu%s\n",
+      config->data_dir.c_str(),
+      static_cast<unsigned long long>(config->memory_bytes),
+      static_cast<unsigned long long>(config->disk_bytes),
+      std::string(vqkv::storage::DurabilityName(config->durability)).c_str(),
+      std::string(vqkv::storage::WritePolicyName(config->write_policy)).c_str(),
+      static_cast<unsigned long long>(config->max_message_bytes),
+      config->tls_cert.empty() ? "" : " tls=on");
+  if ((*server)->metrics_port() != 0) {
+    const std::string& m = config->metrics_listen;
+    std::printf("vqkv-server metrics on http://%s:%d/metrics\n",
+                m.substr(0, m.rfind(':')).c_str(), (*server)->metrics_port());
+  }
+  std::printf("vqkv-server listening on %s:%d\n", host.c_str(),
+              (*server)->port());
+  std::fflush(stdout);
+
+  int sig = 0;
+  while (sigwait(&signals, &sig) != 0) {
+  }
+  std::fprintf(stderr, "vqkv-server: %s: draining and flushing\n",
+               strsignal(sig));
+  const absl::Status flushed =
+      (*server)->Shutdown(absl::Seconds(config->shutdown_grace_seconds));
+  server->reset();
+  if (!flushed.ok()) {
+    std::fprintf(stderr, "vqkv-server: flush failed: %s\n",
+                 flushed.ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "vqkv-server: stopped cleanly\n");
+  return 0;
+}
