@@ -8,6 +8,7 @@ find_package(GTest)
 find_package(benchmark)
 find_package(faiss)
 find_package(CLI11 REQUIRED)
+find_package(RocksDB REQUIRED)  # librocksdb-dev: RocksDB::rocksdb(-shared), storage/
 
 # The cache service (proto/, service/, bench/kv_service_bench.cc).
 find_package(Protobuf REQUIRED)

@@ -1,0 +1,175 @@
+#include "storage/memory_tier.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/hash/hash.h"
+#include "absl/strings/str_cat.h"
+
+namespace vqkv::storage {
+
+MemoryTier::MemoryTier(MemoryTierOptions options)
+    : options_(std::move(options)) {
+  const uint64_t capacity = std::max<uint64_t>(options_.capacity_bytes, 1);
+  uint64_t n = static_cast<uint64_t>(std::max(options_.shards, 1));
+  n = std::min(n, std::max<uint64_t>(1, capacity / kMinShardBytes));
+  shard_capacity_ = capacity / n;
+  shards_.reserve(n);
+  for (uint64_t i = 0; i < n; ++i) {
+    auto shard = std::make_unique<Shard>();
+    shard->capacity = capacity / n + (i < capacity % n ? 1 : 0);
+    shards_.push_back(std::move(shard));
+  }
+}
+
+MemoryTier::~MemoryTier() = default;
+
+MemoryTier::Shard& MemoryTier::ShardFor(const BlockKey& key) const {
+  const size_t h = absl::Hash<BlockKey>{}(key);
+  return *shards_[h % shards_.size()];
+}
+
+void MemoryTier::EvictForLocked(Shard& shard, uint64_t incoming,
+                                std::vector<EvictedBlock>* out) {
+  const int window = std::max(options_.eviction_candidates, 1);
+  while (!shard.lru.empty() && shard.bytes + incoming > shard.capacity) {
+    // Among the `window` least recently used entries (at the back), pick the
+    // greatest chain position; on ties keep the least recently used.
+    auto victim = std::prev(shard.lru.end());
+    auto it = victim;
+    for (int i = 1; i < window && it != shard.lru.begin(); ++i) {
+      --it;
+      if (it->chain_position > victim->chain_position) victim = it;
+    }
+    shard.bytes -= victim->bytes->size();
+    shard.index.erase(victim->key);
+    out->push_back(EvictedBlock{victim->key, victim->chain_position,
+                                std::move(victim->bytes)});
+    shard.lru.erase(victim);
+    evictions_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+absl::Status MemoryTier::Put(const BlockKey& key, uint32_t chain_position,
+                             absl::string_view block) {
+  if (block.empty()) {
+    return absl::InvalidArgumentError("memory tier: empty block");
+  }
+  // Check before copying, so a duplicate put costs no allocation.
+  if (Contains(key)) return absl::OkStatus();
+  return PutShared(key, chain_position, std::make_shared<std::string>(block));
+}
+
+absl::Status MemoryTier::PutShared(const BlockKey& key, uint32_t chain_position,
+                                   SharedBytes bytes,
+                                   std::vector<EvictedBlock>* evicted) {
+  if (bytes == nullptr || bytes->empty()) {
+    return absl::InvalidArgumentError("memory tier: empty block");
+  }
+  Shard& shard = ShardFor(key);
+  const uint64_t size = bytes->size();
+  if (size > shard.capacity) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("memory tier: a block of ", size,
+                     " bytes is larger than a shard's budget of ",
+                     shard.capacity, " bytes"));
+  }
+  std::vector<EvictedBlock> local;
+  std::vector<EvictedBlock>* out = evicted != nullptr ? evicted : &local;
+  {
+    absl::MutexLock lock(&shard.mu);
+    auto found = shard.index.find(key);
+    if (found != shard.index.end()) {
+      return absl::OkStatus();  // idempotent; keep the bytes we have
+    }
+    EvictForLocked(shard, size, out);
+    shard.lru.push_front(Entry{key, chain_position, std::move(bytes)});
+    shard.index.emplace(key, shard.lru.begin());
+    shard.bytes += size;
+  }
+  if (evicted == nullptr && options_.on_evict) {
+    for (const EvictedBlock& e : local) options_.on_evict(e);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SharedBytes> MemoryTier::Get(const BlockKey& key) {
+  Shard& shard = ShardFor(key);
+  absl::MutexLock lock(&shard.mu);
+  auto found = shard.index.find(key);
+  if (found == shard.index.end()) {
+    return absl::NotFoundError("memory tier: block not found");
+  }
+  shard.lru.splice(shard.lru.begin(), shard.lru, found->second);
+  return found->second->bytes;
+}
+
+bool MemoryTier::Contains(const BlockKey& key) {
+  Shard& shard = ShardFor(key);
+  absl::MutexLock lock(&shard.mu);
+  return shard.index.contains(key);
+}
+
+std::vector<bool> MemoryTier::Contains(absl::Span<const BlockKey> keys) {
+  std::vector<bool> out(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) out[i] = Contains(keys[i]);
+  return out;
+}
+
+absl::StatusOr<uint64_t> MemoryTier::Delete(const BlockKey& key) {
+  Shard& shard = ShardFor(key);
+  SharedBytes doomed;  // released after the lock
+  absl::MutexLock lock(&shard.mu);
+  auto found = shard.index.find(key);
+  if (found == shard.index.end()) return uint64_t{0};
+  const uint64_t size = found->second->bytes->size();
+  doomed = std::move(found->second->bytes);
+  shard.lru.erase(found->second);
+  shard.index.erase(found);
+  shard.bytes -= size;
+  return size;
+}
+
+absl::StatusOr<TierUsage> MemoryTier::DeleteNamespace(const NamespaceId& ns) {
+  TierUsage removed;
+  for (auto& shard_ptr : shards_) {
+    Shard& shard = *shard_ptr;
+    absl::MutexLock lock(&shard.mu);
+    for (auto it = shard.lru.begin(); it != shard.lru.end();) {
+      if (it->key.ns == ns) {
+        removed.bytes += it->bytes->size();
+        ++removed.blocks;
+        shard.bytes -= it->bytes->size();
+        shard.index.erase(it->key);
+        it = shard.lru.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  return removed;
+}
+
+TierUsage MemoryTier::Usage() const {
+  TierUsage usage;
+  for (const auto& shard_ptr : shards_) {
+    absl::MutexLock lock(&shard_ptr->mu);
+    usage.bytes += shard_ptr->bytes;
+    usage.blocks += shard_ptr->index.size();
+  }
+  return usage;
+}
+
+std::vector<EvictedBlock> MemoryTier::Snapshot() const {
+  std::vector<EvictedBlock> out;
+  for (const auto& shard_ptr : shards_) {
+    absl::MutexLock lock(&shard_ptr->mu);
+    for (const Entry& e : shard_ptr->lru) {
+      out.push_back(EvictedBlock{e.key, e.chain_position, e.bytes});
+    }
+  }
+  return out;
+}
+
+}  // namespace vqkv::storage

@@ -1,0 +1,232 @@
+// RocksDbTier: blocks on local disk in RocksDB, plus the persistent parts of
+// the store's state (codebook files, namespace owners).
+//
+// Column families:
+//   blocks     BlockKey::Encode() (32 bytes) -> the block bytes, as stored.
+//   codebooks  8-byte big-endian codebook hash -> the codebook file bytes.
+//   metadata   'b' + 32-byte key -> BlockRecord (write time, size, chain
+//              position), written in the same atomic WriteBatch as the
+//              block; 'n' + 16-byte namespace id -> owning tenant.
+// At Open the metadata records are scanned into an in-memory index, so
+// Contains, Usage, TTL checks and eviction need no disk I/O; per-namespace
+// usage is recomputed from it (never trusted from a stored counter).
+//
+// Disk budget: capacity_bytes bounds the sum of stored block sizes (logical
+// bytes; RocksDB's own space amplification is not counted). A put that would
+// exceed it evicts the oldest records (by write time, FIFO) in the same
+// write batch; a single block larger than the whole budget is refused with
+// kResourceExhausted.
+//
+// TTL: each record's write time (from options.clock) is kept in its
+// metadata record. Records at least `ttl` old are never served (Get:
+// kNotFound, Contains: false) and are removed: lazily when met by Get, at
+// the start of every Put, and by SweepExpired(). A duplicate put does not
+// refresh a record's write time.
+//
+// Durability: WAL always on. sync_writes = false: WriteOptions.sync = false
+// (a crash of the process loses nothing already written, a power loss may
+// lose the last writes). sync_writes = true: every write fsyncs the WAL
+// before returning, so an acknowledged put survives kill -9 and power loss.
+//
+// Verification: with verify_blocks (default), every block read is checked
+// with VerifyBlock. A record that fails is deleted (never served), counted
+// in corrupt_dropped(), reported through on_drop, and Get returns kDataLoss;
+// the next Get of that key returns kNotFound.
+//
+// Errors from RocksDB map to absl codes: NoSpace -> kResourceExhausted,
+// IOError/Busy/TryAgain/TimedOut -> kUnavailable, Corruption -> kDataLoss,
+// NotFound -> kNotFound, others -> kInternal. Every failed RocksDB operation
+// is counted in io_errors(). After a failed write the tier calls
+// DB::Resume() before its next write, so it recovers once the fault clears.
+//
+// Thread safety: all methods are thread-safe. Mutations are serialized by
+// one lock (RocksDB write batching is not relied upon); reads run in
+// parallel.
+#ifndef VQKV_STORAGE_ROCKSDB_TIER_H_
+#define VQKV_STORAGE_ROCKSDB_TIER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "storage/keys.h"
+#include "storage/tier.h"
+
+namespace rocksdb {
+class ColumnFamilyHandle;
+class DB;
+class Env;
+class FileSystem;
+class Status;
+}  // namespace rocksdb
+
+namespace vqkv::storage {
+
+// Why the tier removed a record on its own.
+enum class DropReason {
+  kExpired,  // older than the TTL
+  kCorrupt,  // failed verification on read
+  kEvicted,  // oldest record, evicted for room under the disk budget
+};
+
+struct DroppedBlock {
+  BlockKey key;
+  uint64_t bytes = 0;
+  DropReason reason = DropReason::kEvicted;
+};
+
+struct RocksDbTierOptions {
+  // Database directory; created if missing.
+  std::string path;
+  uint64_t capacity_bytes = uint64_t{16} << 30;
+  // fsync the WAL on every write (see the header comment).
+  bool sync_writes = false;
+  // Zero: records never expire.
+  absl::Duration ttl = absl::ZeroDuration();
+  // Time source for write times and the TTL. Default absl::Now.
+  std::function<absl::Time()> clock;
+  // The file system RocksDB uses; null = the default (real) one. Tests pass
+  // a FaultInjectionFileSystem (storage/fault_injection_fs.h).
+  std::shared_ptr<rocksdb::FileSystem> file_system;
+  // VerifyBlock on every read (stored values must be vqkv blocks).
+  bool verify_blocks = true;
+  // Called for each record the tier removes on its own (expiry, corruption,
+  // budget eviction), never for Delete/DeleteNamespace. Called after the
+  // tier's locks are released, on the thread that triggered the removal.
+  // May be empty; must be thread-safe.
+  std::function<void(const DroppedBlock&)> on_drop;
+};
+
+class RocksDbTier : public Tier {
+ public:
+  // Opens or creates the database and loads its index.
+  // Errors: kInvalidArgument for an empty path or zero capacity; the mapped
+  // RocksDB error when it cannot open (e.g. kUnavailable for I/O errors,
+  // kDataLoss for a corrupted database).
+  static absl::StatusOr<std::unique_ptr<RocksDbTier>> Open(
+      RocksDbTierOptions options);
+  // Closes the database (no extra sync; see Flush).
+  ~RocksDbTier() override;
+
+  absl::string_view name() const override { return "rocksdb"; }
+
+  // See Tier::Put and the header comment (budget, TTL, durability).
+  absl::Status Put(const BlockKey& key, uint32_t chain_position,
+                   absl::string_view block) override;
+  absl::StatusOr<SharedBytes> Get(const BlockKey& key) override;
+  std::vector<bool> Contains(absl::Span<const BlockKey> keys) override;
+  bool Contains(const BlockKey& key);
+  // What the index knows about a stored, unexpired record.
+  struct RecordInfo {
+    uint64_t bytes = 0;
+    uint32_t chain_position = 0;
+    absl::Time write_time;
+  };
+  std::optional<RecordInfo> Stat(const BlockKey& key);
+  // If `key` has a record past the TTL, removes it now (reported through
+  // on_drop like any expiry). Returns true when it did.
+  bool DropIfExpired(const BlockKey& key);
+  absl::StatusOr<uint64_t> Delete(const BlockKey& key) override;
+  absl::StatusOr<TierUsage> DeleteNamespace(const NamespaceId& ns) override;
+  TierUsage Usage() const override;
+
+  // Removes every record past the TTL now; returns how many.
+  uint64_t SweepExpired();
+
+  // Syncs the WAL to disk (for shutdown in async mode).
+  absl::Status Flush();
+
+  // --- Codebooks (content-addressed by their 8-byte hash) -----------------
+  // Idempotent. Errors: kInvalidArgument for empty bytes; I/O errors.
+  absl::Status PutCodebook(uint64_t hash, absl::string_view bytes);
+  // Errors: kNotFound when absent; I/O errors.
+  absl::StatusOr<SharedBytes> GetCodebook(uint64_t hash);
+  bool HasCodebook(uint64_t hash) const;
+  std::vector<uint64_t> CodebookHashes() const;
+
+  // --- Namespace owners ---------------------------------------------------
+  absl::Status PutNamespaceOwner(const NamespaceId& ns,
+                                 absl::string_view tenant);
+  absl::Status DeleteNamespaceOwner(const NamespaceId& ns);
+  // Every namespace with an owner record or stored blocks, with its owner
+  // ("" when it has blocks but no owner record) and its usage on disk.
+  absl::flat_hash_map<NamespaceId, NamespaceInfo> Namespaces() const;
+
+  // --- Counters since Open ------------------------------------------------
+  uint64_t expired() const { return expired_.load(); }
+  uint64_t corrupt_dropped() const { return corrupt_dropped_.load(); }
+  uint64_t evicted() const { return evicted_.load(); }
+  uint64_t io_errors() const { return io_errors_.load(); }
+
+  // Test hook: overwrites the stored value of an existing block with `raw`
+  // (bypassing verification and the index), to simulate on-disk corruption.
+  // kNotFound when the key is not stored.
+  absl::Status TEST_OverwriteBlockValue(const BlockKey& key,
+                                        absl::string_view raw);
+
+ private:
+  struct Record {
+    int64_t write_micros = 0;
+    uint64_t bytes = 0;
+    uint32_t chain_position = 0;
+  };
+
+  explicit RocksDbTier(RocksDbTierOptions options);
+  absl::Status OpenDb();
+  absl::Status LoadIndex();
+  int64_t NowMicros() const;
+  bool ExpiredAt(const Record& r, int64_t now_micros) const;
+  // Maps a RocksDB status and counts I/O errors.
+  absl::Status Convert(const rocksdb::Status& s, absl::string_view what);
+  // Call before a write: resumes the DB after an earlier failed write.
+  void MaybeResumeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Removes `key` from disk and index if it is still the record written at
+  // write_micros; reports it through on_drop.
+  void DropRecord(const BlockKey& key, int64_t write_micros, DropReason reason);
+  void ReportDrops(const std::vector<DroppedBlock>& drops);
+  void EraseFromIndexLocked(const BlockKey& key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const RocksDbTierOptions options_;
+  std::unique_ptr<rocksdb::Env> env_;  // wraps options_.file_system
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // owned; closed in dtor
+  rocksdb::ColumnFamilyHandle* blocks_cf_ = nullptr;
+  rocksdb::ColumnFamilyHandle* codebooks_cf_ = nullptr;
+  rocksdb::ColumnFamilyHandle* metadata_cf_ = nullptr;
+
+  // Serializes mutations; acquired before mu_.
+  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  bool needs_resume_ ABSL_GUARDED_BY(write_mu_) = false;
+
+  mutable absl::Mutex mu_;
+  absl::btree_map<BlockKey, Record> index_ ABSL_GUARDED_BY(mu_);
+  // (write time, key), oldest first: eviction and expiry order.
+  absl::btree_set<std::pair<int64_t, BlockKey>> by_age_ ABSL_GUARDED_BY(mu_);
+  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_set<uint64_t> codebooks_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<NamespaceId, std::string> owners_ ABSL_GUARDED_BY(mu_);
+
+  std::atomic<uint64_t> expired_{0};
+  std::atomic<uint64_t> corrupt_dropped_{0};
+  std::atomic<uint64_t> evicted_{0};
+  std::atomic<uint64_t> io_errors_{0};
+};
+
+}  // namespace vqkv::storage
+
+#endif  // VQKV_STORAGE_ROCKSDB_TIER_H_

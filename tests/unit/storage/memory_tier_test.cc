@@ -1,0 +1,240 @@
+#include "storage/memory_tier.h"
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "gtest/gtest.h"
+#include "storage/keys.h"
+#include "tests/unit/storage/storage_test_util.h"
+
+namespace vqkv::storage {
+namespace {
+
+using testing::BlockBytes;
+using testing::Hash;
+using testing::Key;
+using testing::MakeBlock;
+using testing::Ns;
+
+TEST(KeysTest, EncodeDecodeAndOrderMatchBytes) {
+  const BlockKey a = Key(1, 2);
+  const std::string enc = a.Encode();
+  ASSERT_EQ(enc.size(), 32u);
+  EXPECT_EQ(enc.substr(0, 16), a.ns.ToString());
+  EXPECT_EQ(enc.substr(16), a.hash.ToString());
+  auto back = BlockKey::Decode(enc);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, a);
+  EXPECT_EQ(BlockKey::Decode("short").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(NamespaceId::FromBytes("abc").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // operator< agrees with bytewise comparison of the encodings, and all keys
+  // of one namespace sort together.
+  const BlockKey b = Key(1, 3), c = Key(2, 0);
+  EXPECT_EQ(a < b, a.Encode() < b.Encode());
+  EXPECT_EQ(b < c, b.Encode() < c.Encode());
+  EXPECT_EQ(c < a, c.Encode() < a.Encode());
+  EXPECT_EQ(Ns(1).ToHex().size(), 32u);
+  absl::flat_hash_set<BlockKey> set = {a, b, c, a};
+  EXPECT_EQ(set.size(), 3u);
+}
+
+MemoryTierOptions SmallTier(uint64_t capacity, int window = 1) {
+  MemoryTierOptions o;
+  o.capacity_bytes = capacity;
+  o.shards = 16;  // clamped to 1 for a tiny budget
+  o.eviction_candidates = window;
+  return o;
+}
+
+TEST(MemoryTierTest, RoundTripAndNotFound) {
+  MemoryTier tier(SmallTier(1 << 20));
+  EXPECT_EQ(tier.num_shards(), 1);
+  const std::string block = MakeBlock(1);
+  ASSERT_TRUE(tier.Put(Key(1, 1), 0, block).ok());
+  auto got = tier.Get(Key(1, 1));
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(**got, block);
+  EXPECT_EQ(tier.Get(Key(1, 2)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(tier.Put(Key(1, 3), 0, "").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(tier.Usage().blocks, 1u);
+  EXPECT_EQ(tier.Usage().bytes, block.size());
+}
+
+TEST(MemoryTierTest, DuplicatePutIsIdempotent) {
+  MemoryTier tier(SmallTier(1 << 20));
+  const std::string block = MakeBlock(1);
+  ASSERT_TRUE(tier.Put(Key(1, 1), 0, block).ok());
+  ASSERT_TRUE(tier.Put(Key(1, 1), 0, block).ok());
+  ASSERT_TRUE(tier.Put(Key(1, 1), 0, MakeBlock(2)).ok());
+  EXPECT_EQ(tier.Usage().blocks, 1u);
+  EXPECT_EQ(tier.Usage().bytes, block.size());
+  EXPECT_EQ(**tier.Get(Key(1, 1)), block);  // first bytes kept
+}
+
+TEST(MemoryTierTest, LruByBytesStaysWithinBudget) {
+  const size_t bs = BlockBytes(4);
+  std::vector<EvictedBlock> evicted;
+  absl::Mutex mu;
+  MemoryTierOptions o = SmallTier(3 * bs);
+  o.on_evict = [&](const EvictedBlock& e) {
+    absl::MutexLock lock(&mu);
+    evicted.push_back(e);
+  };
+  MemoryTier tier(o);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(tier.Put(Key(1, i), 0, MakeBlock(i)).ok());
+  }
+  EXPECT_TRUE(evicted.empty());
+  // Touch 0 so 1 is the least recently used.
+  ASSERT_TRUE(tier.Get(Key(1, 0)).ok());
+  ASSERT_TRUE(tier.Put(Key(1, 3), 0, MakeBlock(3)).ok());
+  ASSERT_EQ(evicted.size(), 1u);
+  EXPECT_EQ(evicted[0].key, Key(1, 1));
+  EXPECT_EQ(*evicted[0].bytes, MakeBlock(1));
+  EXPECT_EQ(tier.Contains(Key(1, 1)), false);
+  EXPECT_EQ(tier.Contains({Key(1, 0), Key(1, 2), Key(1, 3)}),
+            std::vector<bool>({true, true, true}));
+  EXPECT_LE(tier.Usage().bytes, 3 * bs);
+  EXPECT_EQ(tier.evictions(), 1u);
+
+  // A bigger block evicts as many as needed.
+  const std::string big = MakeBlock(9, 8);  // 64 + 256 bytes = 2 small blocks
+  ASSERT_TRUE(tier.Put(Key(1, 9), 0, big).ok());
+  EXPECT_EQ(evicted.size(), 3u);
+  EXPECT_LE(tier.Usage().bytes, 3 * bs);
+  EXPECT_TRUE(tier.Contains(Key(1, 9)));
+}
+
+TEST(MemoryTierTest, BlockLargerThanBudgetIsResourceExhausted) {
+  MemoryTier tier(SmallTier(BlockBytes(4)));
+  ASSERT_TRUE(tier.Put(Key(1, 1), 0, MakeBlock(1)).ok());
+  absl::Status s = tier.Put(Key(1, 2), 0, MakeBlock(2, 5));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  // Nothing was evicted for a block that can never fit.
+  EXPECT_TRUE(tier.Contains(Key(1, 1)));
+}
+
+TEST(MemoryTierTest, EvictsTailOfPrefixBeforeHead) {
+  const size_t bs = BlockBytes(4);
+  std::vector<BlockKey> evicted;
+  MemoryTierOptions o = SmallTier(4 * bs, /*window=*/4);
+  o.on_evict = [&](const EvictedBlock& e) { evicted.push_back(e.key); };
+  MemoryTier tier(o);
+  // One chain, head first (the order a client writes a prompt).
+  for (uint32_t pos = 0; pos < 4; ++pos) {
+    ASSERT_TRUE(tier.Put(Key(1, pos), pos, MakeBlock(pos)).ok());
+  }
+  // Plain LRU would evict the head (position 0); the policy evicts the tail.
+  ASSERT_TRUE(tier.Put(Key(2, 0), 0, MakeBlock(10)).ok());
+  ASSERT_EQ(evicted.size(), 1u);
+  EXPECT_EQ(evicted[0], Key(1, 3));
+  ASSERT_TRUE(tier.Put(Key(2, 1), 1, MakeBlock(11)).ok());
+  ASSERT_EQ(evicted.size(), 2u);
+  // Candidates now: chain 1 positions 0..2 and chain 2 position 0; the
+  // greatest position is 2.
+  EXPECT_EQ(evicted[1], Key(1, 2));
+  EXPECT_TRUE(tier.Contains(Key(1, 0)));
+  EXPECT_TRUE(tier.Contains(Key(1, 1)));
+}
+
+TEST(MemoryTierTest, WindowOfOneIsPlainLru) {
+  std::vector<BlockKey> evicted;
+  MemoryTierOptions o = SmallTier(4 * BlockBytes(4), /*window=*/1);
+  o.on_evict = [&](const EvictedBlock& e) { evicted.push_back(e.key); };
+  MemoryTier tier(o);
+  for (uint32_t pos = 0; pos < 5; ++pos) {
+    ASSERT_TRUE(tier.Put(Key(1, pos), pos, MakeBlock(pos)).ok());
+  }
+  ASSERT_EQ(evicted.size(), 1u);
+  EXPECT_EQ(evicted[0], Key(1, 0));
+}
+
+TEST(MemoryTierTest, PutSharedReturnsEvictionsToCaller) {
+  int callbacks = 0;
+  MemoryTierOptions o = SmallTier(BlockBytes(4));
+  o.on_evict = [&](const EvictedBlock&) { ++callbacks; };
+  MemoryTier tier(o);
+  ASSERT_TRUE(tier.Put(Key(1, 1), 0, MakeBlock(1)).ok());
+  std::vector<EvictedBlock> out;
+  ASSERT_TRUE(tier.PutShared(Key(1, 2), 0,
+                             std::make_shared<const std::string>(MakeBlock(2)),
+                             &out)
+                  .ok());
+  EXPECT_EQ(callbacks, 0);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].key, Key(1, 1));
+}
+
+TEST(MemoryTierTest, BytesStayValidAfterEviction) {
+  MemoryTier tier(SmallTier(BlockBytes(4)));
+  ASSERT_TRUE(tier.Put(Key(1, 1), 0, MakeBlock(1)).ok());
+  SharedBytes held = *tier.Get(Key(1, 1));
+  ASSERT_TRUE(tier.Put(Key(1, 2), 0, MakeBlock(2)).ok());
+  EXPECT_FALSE(tier.Contains(Key(1, 1)));
+  EXPECT_EQ(*held, MakeBlock(1));
+}
+
+TEST(MemoryTierTest, DeleteAndDeleteNamespace) {
+  MemoryTier tier(SmallTier(1 << 20));
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(tier.Put(Key(1, i), 0, MakeBlock(i)).ok());
+    ASSERT_TRUE(tier.Put(Key(2, i), 0, MakeBlock(10 + i)).ok());
+  }
+  EXPECT_EQ(*tier.Delete(Key(1, 0)), BlockBytes(4));
+  EXPECT_EQ(*tier.Delete(Key(1, 0)), 0u);
+  auto removed = tier.DeleteNamespace(Ns(2));
+  ASSERT_TRUE(removed.ok());
+  EXPECT_EQ(removed->blocks, 3u);
+  EXPECT_EQ(removed->bytes, 3 * BlockBytes(4));
+  EXPECT_EQ(tier.Usage().blocks, 2u);
+  EXPECT_TRUE(tier.Contains(Key(1, 1)));
+  EXPECT_FALSE(tier.Contains(Key(2, 1)));
+}
+
+TEST(MemoryTierTest, ShardsSplitTheBudget) {
+  MemoryTierOptions o;
+  o.capacity_bytes = 64 << 20;
+  o.shards = 16;
+  MemoryTier tier(o);
+  EXPECT_EQ(tier.num_shards(), 8);  // 8 MiB minimum per shard
+  EXPECT_EQ(tier.shard_capacity(), uint64_t{8} << 20);
+}
+
+TEST(MemoryTierTest, ConcurrentPutsAndGets) {
+  MemoryTierOptions o;
+  o.capacity_bytes = 200 * BlockBytes(4);
+  o.shards = 4;
+  std::atomic<int> evictions{0};
+  o.on_evict = [&](const EvictedBlock&) { evictions.fetch_add(1); };
+  MemoryTier tier(o);
+  constexpr int kThreads = 6, kPerThread = 300;
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const uint32_t id = t * kPerThread + i;
+        if (!tier.Put(Key(t, i), i, MakeBlock(id)).ok()) bad.fetch_add(1);
+        auto got = tier.Get(Key(t, i / 2));
+        if (got.ok() && **got != MakeBlock(t * kPerThread + i / 2)) {
+          bad.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  const TierUsage usage = tier.Usage();
+  EXPECT_LE(usage.bytes, o.capacity_bytes);
+  EXPECT_EQ(usage.blocks + evictions.load(), uint64_t{kThreads * kPerThread});
+}
+
+}  // namespace
+}  // namespace vqkv::storage
