@@ -91,8 +91,8 @@ void SeedPlusPlus(const float* p, int64_t s, int dim, int k,
 void AssignNearest(const float* x, int64_t n, int dim, const float* c,
                    const float* c_norms, int k, int32_t* assign, float* dist) {
   // Chunk rows so the dot-product tile stays around 4 MiB.
-  const int64_t chunk =
-      std::max<int64_t>(1, std::min<int64_t>(n, (int64_t{1} << 20) / k));
+  const int64_t tile = int64_t{1} << 20;
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(n, tile / k));
   std::vector<float> dots(static_cast<size_t>(chunk) * k);
   for (int64_t start = 0; start < n; start += chunk) {
     const int64_t m = std::min(chunk, n - start);

@@ -226,6 +226,7 @@ absl::Status ResidualQuantizer::EncodeBeam(const float* x, int64_t n,
         "RVQ beam encode needs n >= 0 and beam_width in 1..4096; got n ", n,
         ", beam_width ", beam_width));
   }
+  if (beam_width == 1) return EncodeGreedy(x, n, codes);
   const int K = params_.K(), dim = params_.dim, stages = params_.stages;
   const int B = beam_width;
   const int64_t chunk = std::min<int64_t>(

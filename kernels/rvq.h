@@ -80,7 +80,7 @@ class ResidualQuantizer {
   // Greedy: nearest codeword per stage. Large batches go through sgemm,
   // small ones through the SIMD kernel (cpu::RvqEncodeGreedy).
   absl::Status EncodeGreedy(const float* x, int64_t n, uint16_t* codes) const;
-  // Beam search of width beam_width >= 1 (1 behaves like greedy).
+  // Beam search of width beam_width >= 1 (1 is EncodeGreedy).
   absl::Status EncodeBeam(const float* x, int64_t n, int beam_width,
                           uint16_t* codes) const;
   // out[i] = sum over s of codebook[s][codes[i][s]].

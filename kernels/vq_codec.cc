@@ -378,7 +378,8 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
         buf.resize(static_cast<size_t>(rows) * dim);
         codes.resize(static_cast<size_t>(rows) * S);
         Gather(keys + l * per_layer, tokens, H, D, slot, groups[g], buf.data());
-        if (absl::Status st = q.Encode(buf.data(), rows, codes.data());
+        if (absl::Status st = q.EncodeBeam(buf.data(), rows, config_.beam_width,
+                                           codes.data());
             !st.ok()) {
           return st;
         }
@@ -392,7 +393,8 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
       buf.resize(static_cast<size_t>(rows) * D);
       codes.resize(static_cast<size_t>(rows) * Nv);
       Gather(values + l * per_layer, tokens, H, D, slot, all_dims, buf.data());
-      if (absl::Status st = q.Encode(buf.data(), rows, codes.data());
+      if (absl::Status st =
+              q.EncodeBeam(buf.data(), rows, config_.beam_width, codes.data());
           !st.ok()) {
         return st;
       }
