@@ -70,13 +70,9 @@ RocksDbTier::RocksDbTier(RocksDbTierOptions options)
     : options_(std::move(options)) {}
 
 RocksDbTier::~RocksDbTier() {
-  if (db_ != nullptr) {
-    for (rocksdb::ColumnFamilyHandle* h : handles_) {
-      db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
-    }
-    db_->Close().PermitUncheckedError();
-    db_.reset();
-  }
+  absl::MutexLock write_lock(&write_mu_);
+  absl::MutexLock db_lock(&db_mu_);
+  CloseDbLocked();
 }
 
 absl::StatusOr<std::unique_ptr<RocksDbTier>> RocksDbTier::Open(
@@ -89,6 +85,8 @@ absl::StatusOr<std::unique_ptr<RocksDbTier>> RocksDbTier::Open(
   }
   std::unique_ptr<RocksDbTier> tier(new RocksDbTier(std::move(options)));
   try {
+    absl::MutexLock write_lock(&tier->write_mu_);
+    absl::MutexLock db_lock(&tier->db_mu_);
     if (absl::Status s = tier->OpenDb(); !s.ok()) return s;
     if (absl::Status s = tier->LoadIndex(); !s.ok()) return s;
   } catch (const std::exception& e) {
@@ -144,6 +142,11 @@ absl::Status RocksDbTier::OpenDb() {
 
 absl::Status RocksDbTier::LoadIndex() {
   absl::MutexLock lock(&mu_);
+  index_.clear();
+  by_age_.clear();
+  bytes_ = 0;
+  codebooks_.clear();
+  owners_.clear();
   {
     std::unique_ptr<rocksdb::Iterator> it(
         db_->NewIterator(rocksdb::ReadOptions(), metadata_cf_));
@@ -212,7 +215,50 @@ absl::Status RocksDbTier::Convert(const rocksdb::Status& s,
 
 void RocksDbTier::MaybeResumeLocked() {
   if (!needs_resume_) return;
-  if (db_->Resume().ok()) needs_resume_ = false;
+  {
+    absl::ReaderMutexLock db_lock(&db_mu_);
+    if (db_ != nullptr && db_->Resume().ok()) {
+      needs_resume_ = false;
+      return;
+    }
+  }
+  // RocksDB treats some write errors (e.g. a failed WAL append) as
+  // unrecoverable for the open instance: reopen the database, which replays
+  // the WAL, and reload the index from what is durable.
+  absl::MutexLock db_lock(&db_mu_);
+  CloseDbLocked();
+  absl::Status s = OpenDb();
+  if (s.ok()) s = LoadIndex();
+  if (s.ok()) {
+    needs_resume_ = false;
+  } else {
+    CloseDbLocked();
+  }
+}
+
+rocksdb::Status RocksDbTier::WriteLocked(rocksdb::WriteBatch* batch) {
+  absl::ReaderMutexLock db_lock(&db_mu_);
+  if (db_ == nullptr) {
+    needs_resume_ = true;
+    return rocksdb::Status::IOError(
+        "database closed after a fault; reopening failed");
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync_writes;
+  rocksdb::Status s = db_->Write(wo, batch);
+  needs_resume_ = !s.ok();
+  return s;
+}
+
+void RocksDbTier::CloseDbLocked() {
+  if (db_ == nullptr) return;
+  for (rocksdb::ColumnFamilyHandle* h : handles_) {
+    db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  }
+  handles_.clear();
+  db_->Close().PermitUncheckedError();
+  db_.reset();
+  blocks_cf_ = codebooks_cf_ = metadata_cf_ = nullptr;
 }
 
 void RocksDbTier::EraseFromIndexLocked(const BlockKey& key) {
@@ -242,6 +288,7 @@ absl::Status RocksDbTier::Put(const BlockKey& key, uint32_t chain_position,
   std::vector<DroppedBlock> drops;
   {
     absl::MutexLock write_lock(&write_mu_);
+    MaybeResumeLocked();
     const int64_t now = NowMicros();
     rocksdb::WriteBatch batch;
     std::vector<BlockKey> removed;
@@ -288,15 +335,8 @@ absl::Status RocksDbTier::Put(const BlockKey& key, uint32_t chain_position,
              rocksdb::Slice(value, kRecordBytes))
         .PermitUncheckedError();
 
-    MaybeResumeLocked();
-    rocksdb::WriteOptions wo;
-    wo.sync = options_.sync_writes;
-    rocksdb::Status s = db_->Write(wo, &batch);
-    if (!s.ok()) {
-      needs_resume_ = true;
-      return Convert(s, absl::StrCat("put ", key.DebugString()));
-    }
-    needs_resume_ = false;
+    rocksdb::Status s = WriteLocked(&batch);
+    if (!s.ok()) return Convert(s, absl::StrCat("put ", key.DebugString()));
     absl::MutexLock lock(&mu_);
     for (const BlockKey& k : removed) EraseFromIndexLocked(k);
     index_[key] = record;
@@ -316,6 +356,7 @@ void RocksDbTier::DropRecord(const BlockKey& key, int64_t write_micros,
   uint64_t bytes = 0;
   {
     absl::MutexLock write_lock(&write_mu_);
+    MaybeResumeLocked();
     {
       absl::ReaderMutexLock lock(&mu_);
       auto found = index_.find(key);
@@ -327,14 +368,10 @@ void RocksDbTier::DropRecord(const BlockKey& key, int64_t write_micros,
     rocksdb::WriteBatch batch;
     batch.Delete(blocks_cf_, key.Encode()).PermitUncheckedError();
     batch.Delete(metadata_cf_, BlockRecordKey(key)).PermitUncheckedError();
-    MaybeResumeLocked();
-    rocksdb::WriteOptions wo;
-    wo.sync = options_.sync_writes;
-    rocksdb::Status s = db_->Write(wo, &batch);
+    rocksdb::Status s = WriteLocked(&batch);
     if (!s.ok()) {
       // The record stays indexed; it is still never served (expired records
       // are filtered, corrupt ones fail verification again).
-      needs_resume_ = true;
       Convert(s, "drop").IgnoreError();
       return;
     }
@@ -370,8 +407,13 @@ absl::StatusOr<SharedBytes> RocksDbTier::Get(const BlockKey& key) {
     return absl::NotFoundError("rocksdb tier: block expired");
   }
   auto value = std::make_shared<std::string>();
-  rocksdb::Status s =
-      db_->Get(rocksdb::ReadOptions(), blocks_cf_, key.Encode(), value.get());
+  rocksdb::Status s;
+  {
+    absl::ReaderMutexLock db_lock(&db_mu_);
+    s = db_ == nullptr ? rocksdb::Status::IOError("database closed")
+                       : db_->Get(rocksdb::ReadOptions(), blocks_cf_,
+                                  key.Encode(), value.get());
+  }
   if (s.IsNotFound()) {
     return absl::NotFoundError("rocksdb tier: block not found");
   }
@@ -445,6 +487,7 @@ bool RocksDbTier::DropIfExpired(const BlockKey& key) {
 
 absl::StatusOr<uint64_t> RocksDbTier::Delete(const BlockKey& key) {
   absl::MutexLock write_lock(&write_mu_);
+  MaybeResumeLocked();
   uint64_t bytes = 0;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -455,14 +498,8 @@ absl::StatusOr<uint64_t> RocksDbTier::Delete(const BlockKey& key) {
   rocksdb::WriteBatch batch;
   batch.Delete(blocks_cf_, key.Encode()).PermitUncheckedError();
   batch.Delete(metadata_cf_, BlockRecordKey(key)).PermitUncheckedError();
-  MaybeResumeLocked();
-  rocksdb::WriteOptions wo;
-  wo.sync = options_.sync_writes;
-  rocksdb::Status s = db_->Write(wo, &batch);
-  if (!s.ok()) {
-    needs_resume_ = true;
-    return Convert(s, absl::StrCat("delete ", key.DebugString()));
-  }
+  rocksdb::Status s = WriteLocked(&batch);
+  if (!s.ok()) return Convert(s, absl::StrCat("delete ", key.DebugString()));
   absl::MutexLock lock(&mu_);
   EraseFromIndexLocked(key);
   return bytes;
@@ -470,6 +507,7 @@ absl::StatusOr<uint64_t> RocksDbTier::Delete(const BlockKey& key) {
 
 absl::StatusOr<TierUsage> RocksDbTier::DeleteNamespace(const NamespaceId& ns) {
   absl::MutexLock write_lock(&write_mu_);
+  MaybeResumeLocked();
   std::vector<BlockKey> keys;
   TierUsage removed;
   {
@@ -487,12 +525,8 @@ absl::StatusOr<TierUsage> RocksDbTier::DeleteNamespace(const NamespaceId& ns) {
     batch.Delete(blocks_cf_, k.Encode()).PermitUncheckedError();
     batch.Delete(metadata_cf_, BlockRecordKey(k)).PermitUncheckedError();
   }
-  MaybeResumeLocked();
-  rocksdb::WriteOptions wo;
-  wo.sync = options_.sync_writes;
-  rocksdb::Status s = db_->Write(wo, &batch);
+  rocksdb::Status s = WriteLocked(&batch);
   if (!s.ok()) {
-    needs_resume_ = true;
     return Convert(s, absl::StrCat("delete namespace ", ns.ToHex()));
   }
   absl::MutexLock lock(&mu_);
@@ -512,6 +546,7 @@ uint64_t RocksDbTier::SweepExpired() {
     std::vector<DroppedBlock> drops;
     {
       absl::MutexLock write_lock(&write_mu_);
+      MaybeResumeLocked();
       const int64_t now = NowMicros();
       {
         absl::ReaderMutexLock lock(&mu_);
@@ -528,12 +563,8 @@ uint64_t RocksDbTier::SweepExpired() {
         batch.Delete(metadata_cf_, BlockRecordKey(d.key))
             .PermitUncheckedError();
       }
-      MaybeResumeLocked();
-      rocksdb::WriteOptions wo;
-      wo.sync = options_.sync_writes;
-      rocksdb::Status s = db_->Write(wo, &batch);
+      rocksdb::Status s = WriteLocked(&batch);
       if (!s.ok()) {
-        needs_resume_ = true;
         Convert(s, "sweep").IgnoreError();
         break;
       }
@@ -549,6 +580,11 @@ uint64_t RocksDbTier::SweepExpired() {
 
 absl::Status RocksDbTier::Flush() {
   absl::MutexLock write_lock(&write_mu_);
+  MaybeResumeLocked();
+  absl::ReaderMutexLock db_lock(&db_mu_);
+  if (db_ == nullptr) {
+    return Convert(rocksdb::Status::IOError("database closed"), "flush");
+  }
   rocksdb::Status s = db_->FlushWAL(/*sync=*/true);
   if (!s.ok()) return Convert(s, "flush WAL");
   rocksdb::FlushOptions fo;
@@ -562,19 +598,16 @@ absl::Status RocksDbTier::PutCodebook(uint64_t hash, absl::string_view bytes) {
     return absl::InvalidArgumentError("rocksdb tier: empty codebook");
   }
   absl::MutexLock write_lock(&write_mu_);
+  MaybeResumeLocked();
   {
     absl::ReaderMutexLock lock(&mu_);
     if (codebooks_.contains(hash)) return absl::OkStatus();
   }
-  MaybeResumeLocked();
-  rocksdb::WriteOptions wo;
-  wo.sync = options_.sync_writes;
-  rocksdb::Status s =
-      db_->Put(wo, codebooks_cf_, CodebookKey(hash), ToSlice(bytes));
-  if (!s.ok()) {
-    needs_resume_ = true;
-    return Convert(s, "put codebook");
-  }
+  rocksdb::WriteBatch batch;
+  batch.Put(codebooks_cf_, CodebookKey(hash), ToSlice(bytes))
+      .PermitUncheckedError();
+  rocksdb::Status s = WriteLocked(&batch);
+  if (!s.ok()) return Convert(s, "put codebook");
   absl::MutexLock lock(&mu_);
   codebooks_.insert(hash);
   return absl::OkStatus();
@@ -582,8 +615,13 @@ absl::Status RocksDbTier::PutCodebook(uint64_t hash, absl::string_view bytes) {
 
 absl::StatusOr<SharedBytes> RocksDbTier::GetCodebook(uint64_t hash) {
   auto value = std::make_shared<std::string>();
-  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), codebooks_cf_,
-                               CodebookKey(hash), value.get());
+  rocksdb::Status s;
+  {
+    absl::ReaderMutexLock db_lock(&db_mu_);
+    s = db_ == nullptr ? rocksdb::Status::IOError("database closed")
+                       : db_->Get(rocksdb::ReadOptions(), codebooks_cf_,
+                                  CodebookKey(hash), value.get());
+  }
   if (!s.ok()) return Convert(s, "get codebook");
   return SharedBytes(std::move(value));
 }
@@ -602,14 +640,11 @@ absl::Status RocksDbTier::PutNamespaceOwner(const NamespaceId& ns,
                                             absl::string_view tenant) {
   absl::MutexLock write_lock(&write_mu_);
   MaybeResumeLocked();
-  rocksdb::WriteOptions wo;
-  wo.sync = options_.sync_writes;
-  rocksdb::Status s =
-      db_->Put(wo, metadata_cf_, NamespaceKey(ns), ToSlice(tenant));
-  if (!s.ok()) {
-    needs_resume_ = true;
-    return Convert(s, "put namespace owner");
-  }
+  rocksdb::WriteBatch batch;
+  batch.Put(metadata_cf_, NamespaceKey(ns), ToSlice(tenant))
+      .PermitUncheckedError();
+  rocksdb::Status s = WriteLocked(&batch);
+  if (!s.ok()) return Convert(s, "put namespace owner");
   absl::MutexLock lock(&mu_);
   owners_[ns] = std::string(tenant);
   return absl::OkStatus();
@@ -618,13 +653,10 @@ absl::Status RocksDbTier::PutNamespaceOwner(const NamespaceId& ns,
 absl::Status RocksDbTier::DeleteNamespaceOwner(const NamespaceId& ns) {
   absl::MutexLock write_lock(&write_mu_);
   MaybeResumeLocked();
-  rocksdb::WriteOptions wo;
-  wo.sync = options_.sync_writes;
-  rocksdb::Status s = db_->Delete(wo, metadata_cf_, NamespaceKey(ns));
-  if (!s.ok()) {
-    needs_resume_ = true;
-    return Convert(s, "delete namespace owner");
-  }
+  rocksdb::WriteBatch batch;
+  batch.Delete(metadata_cf_, NamespaceKey(ns)).PermitUncheckedError();
+  rocksdb::Status s = WriteLocked(&batch);
+  if (!s.ok()) return Convert(s, "delete namespace owner");
   absl::MutexLock lock(&mu_);
   owners_.erase(ns);
   return absl::OkStatus();
@@ -646,10 +678,11 @@ absl::flat_hash_map<NamespaceId, NamespaceInfo> RocksDbTier::Namespaces()
 absl::Status RocksDbTier::TEST_OverwriteBlockValue(const BlockKey& key,
                                                    absl::string_view raw) {
   absl::MutexLock write_lock(&write_mu_);
+  MaybeResumeLocked();
   if (!Contains(key)) return absl::NotFoundError("not stored");
-  rocksdb::Status s =
-      db_->Put(rocksdb::WriteOptions(), blocks_cf_, key.Encode(), ToSlice(raw));
-  return Convert(s, "test overwrite");
+  rocksdb::WriteBatch batch;
+  batch.Put(blocks_cf_, key.Encode(), ToSlice(raw)).PermitUncheckedError();
+  return Convert(WriteLocked(&batch), "test overwrite");
 }
 
 }  // namespace vqkv::storage

@@ -37,7 +37,9 @@
 // IOError/Busy/TryAgain/TimedOut -> kUnavailable, Corruption -> kDataLoss,
 // NotFound -> kNotFound, others -> kInternal. Every failed RocksDB operation
 // is counted in io_errors(). After a failed write the tier calls
-// DB::Resume() before its next write, so it recovers once the fault clears.
+// DB::Resume() before its next write, or, when RocksDB deems the error
+// unrecoverable (a failed WAL append), closes and reopens the database and
+// reloads the index; so the tier recovers once the fault clears.
 //
 // Thread safety: all methods are thread-safe. Mutations are serialized by
 // one lock (RocksDB write batching is not relied upon); reads run in
@@ -72,6 +74,7 @@ class DB;
 class Env;
 class FileSystem;
 class Status;
+class WriteBatch;
 }  // namespace rocksdb
 
 namespace vqkv::storage {
@@ -186,13 +189,20 @@ class RocksDbTier : public Tier {
   };
 
   explicit RocksDbTier(RocksDbTierOptions options);
-  absl::Status OpenDb();
-  absl::Status LoadIndex();
+  // Open/close the DB and (re)build the index from it.
+  absl::Status OpenDb() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  void CloseDbLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  absl::Status LoadIndex() ABSL_SHARED_LOCKS_REQUIRED(db_mu_);
+  // Applies `batch` with the configured durability. After a failed write
+  // the next call first resumes (or reopens) the database.
+  rocksdb::Status WriteLocked(rocksdb::WriteBatch* batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   int64_t NowMicros() const;
   bool ExpiredAt(const Record& r, int64_t now_micros) const;
   // Maps a RocksDB status and counts I/O errors.
   absl::Status Convert(const rocksdb::Status& s, absl::string_view what);
-  // Call before a write: resumes the DB after an earlier failed write.
+  // Call before a write: after an earlier failed write, resumes the DB, or
+  // reopens it when RocksDB considers the error unrecoverable.
   void MaybeResumeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Removes `key` from disk and index if it is still the record written at
   // write_micros; reports it through on_drop.
@@ -209,9 +219,11 @@ class RocksDbTier : public Tier {
   rocksdb::ColumnFamilyHandle* codebooks_cf_ = nullptr;
   rocksdb::ColumnFamilyHandle* metadata_cf_ = nullptr;
 
-  // Serializes mutations; acquired before mu_.
-  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // Serializes mutations. Lock order: write_mu_, db_mu_, mu_.
+  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(db_mu_);
   bool needs_resume_ ABSL_GUARDED_BY(write_mu_) = false;
+  // Shared by every use of db_; exclusive to (re)open or close it.
+  mutable absl::Mutex db_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 
   mutable absl::Mutex mu_;
   absl::btree_map<BlockKey, Record> index_ ABSL_GUARDED_BY(mu_);
