@@ -1,0 +1,918 @@
+// Integration tests: the real vqkv-server process, driven over loopback
+// with the generated C++ stub.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "gtest/gtest.h"
+#include "kernels/baselines/fp16_codec.h"
+#include "kernels/block.h"
+#include "kernels/block_format.h"
+#include "kernels/vq_codec.h"
+#include "storage/keys.h"
+#include "tests/integration/server_process.h"
+#include "vqkv/v1/kvcache.grpc.pb.h"
+
+namespace vqkv::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr KvLayout kLayout{2, 2, 8};
+constexpr int kBlockTokens = 16;
+
+v1::Namespace TestNamespace(const std::string& model = "test-model") {
+  v1::Namespace ns;
+  ns.set_model_id(model);
+  ns.set_weight_revision("r1");
+  ns.set_codec("fp16");
+  ns.set_codec_id(static_cast<uint32_t>(CodecId::kFp16));
+  ns.set_codebook_hash(0);
+  ns.set_block_tokens(kBlockTokens);
+  ns.set_layers(kLayout.layers);
+  ns.set_kv_heads(kLayout.kv_heads);
+  ns.set_head_dim(kLayout.head_dim);
+  ns.set_dtype(v1::DTYPE_FLOAT16);
+  return ns;
+}
+
+const Codec& TestCodec() {
+  static const Codec* codec = Fp16Codec::Create(kLayout)->release();
+  return *codec;
+}
+
+// A sealed block of `tokens` random tokens, encoded with `codec`.
+std::string MakeBlock(const Codec& codec, uint64_t seed,
+                      int tokens = kBlockTokens) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  const size_t n =
+      static_cast<size_t>(tokens) * codec.layout().ElementsPerToken();
+  std::vector<float> k(n), v(n);
+  for (float& x : k) x = dist(rng);
+  for (float& x : v) x = dist(rng);
+  auto block = EncodeBlock(codec, k.data(), v.data(), tokens, BlockOptions{});
+  EXPECT_TRUE(block.ok()) << block.status();
+  return std::string(block->begin(), block->end());
+}
+std::string MakeBlock(uint64_t seed, int tokens = kBlockTokens) {
+  return MakeBlock(TestCodec(), seed, tokens);
+}
+
+std::string Hash(uint64_t i, uint64_t chain = 0x5eed) {
+  return storage::BlockHash::FromPair(chain, i).ToString();
+}
+
+// Re-seals a block after editing its header (so only the intended field is
+// wrong, not the checksum).
+void Reseal(std::string* block) {
+  BlockHeader h;
+  std::memcpy(&h, block->data(), sizeof(h));
+  h.checksum = BlockChecksum(
+      h, reinterpret_cast<const uint8_t*>(block->data()) + sizeof(h),
+      block->size() - sizeof(h));
+  std::memcpy(block->data(), &h, sizeof(h));
+}
+
+BlockHeader HeaderOf(const std::string& block) {
+  BlockHeader h;
+  std::memcpy(&h, block.data(), sizeof(h));
+  return h;
+}
+
+struct Client {
+  explicit Client(const ServerProcess& server, const std::string& token = "")
+      : stub(server.Stub()), token(token) {}
+
+  std::unique_ptr<grpc::ClientContext> Ctx() const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::seconds(60));
+    return ctx;
+  }
+
+  grpc::Status Put(
+      const v1::Namespace& ns,
+      const std::vector<std::pair<std::string, std::string>>& blocks,
+      v1::PutBlocksResponse* resp) const {
+    v1::PutBlocksRequest req;
+    *req.mutable_namespace_() = ns;
+    uint32_t pos = 0;
+    for (const auto& [h, d] : blocks) {
+      v1::Block* b = req.add_blocks();
+      b->set_hash(h);
+      b->set_data(d);
+      b->set_chain_position(pos++);
+    }
+    return stub->PutBlocks(Ctx().get(), req, resp);
+  }
+
+  grpc::Status Lookup(const v1::Namespace& ns,
+                      const std::vector<std::string>& hashes,
+                      v1::LookupResponse* resp) const {
+    v1::LookupRequest req;
+    *req.mutable_namespace_() = ns;
+    for (const auto& h : hashes) req.add_hashes(h);
+    return stub->Lookup(Ctx().get(), req, resp);
+  }
+
+  grpc::Status Get(const v1::Namespace& ns,
+                   const std::vector<std::string>& hashes,
+                   v1::GetBlocksResponse* resp) const {
+    v1::GetBlocksRequest req;
+    *req.mutable_namespace_() = ns;
+    for (const auto& h : hashes) req.add_hashes(h);
+    return stub->GetBlocks(Ctx().get(), req, resp);
+  }
+
+  v1::StatsResponse Stats() const {
+    v1::StatsResponse resp;
+    grpc::Status s = stub->Stats(Ctx().get(), v1::StatsRequest(), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp;
+  }
+
+  std::unique_ptr<v1::KVCache::Stub> stub;
+  std::string token;
+};
+
+// n blocks (hash i -> block of seed base+i).
+std::vector<std::pair<std::string, std::string>> Blocks(int n, uint64_t base,
+                                                        uint64_t chain = 1) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (int i = 0; i < n; ++i) {
+    out.emplace_back(Hash(i, chain), MakeBlock(base + i));
+  }
+  return out;
+}
+
+std::vector<std::string> HashesOf(
+    const std::vector<std::pair<std::string, std::string>>& blocks) {
+  std::vector<std::string> out;
+  for (const auto& b : blocks) out.push_back(b.first);
+  return out;
+}
+
+// Expects every block to be served bit-exact.
+void ExpectAllServed(
+    const Client& c, const v1::Namespace& ns,
+    const std::vector<std::pair<std::string, std::string>>& blocks) {
+  v1::GetBlocksResponse got;
+  grpc::Status s = c.Get(ns, HashesOf(blocks), &got);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(got.blocks_size(), static_cast<int>(blocks.size()));
+  EXPECT_EQ(got.found(), blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    EXPECT_EQ(got.blocks(i).index(), i);
+    EXPECT_EQ(got.blocks(i).code(), 0) << "block " << i;
+    EXPECT_TRUE(got.blocks(i).data() == blocks[i].second)
+        << "block " << i << " not bit-exact";
+  }
+}
+
+class KvServiceTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<ServerProcess> StartServer(
+      std::vector<std::string> args = {}) {
+    if (std::find(args.begin(), args.end(), "--data-dir") == args.end()) {
+      args.push_back("--data-dir");
+      args.push_back(dir_.path() + "/data");
+    }
+    auto s = ServerProcess::Start(args);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *std::move(s) : nullptr;
+  }
+  TempDir dir_;
+};
+
+TEST_F(KvServiceTest, PutLookupGetRoundTripBitExact) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(8, 100);
+  blocks.emplace_back(Hash(8, 1), MakeBlock(108, 5));  // a short last block
+  v1::PutBlocksResponse put;
+  grpc::Status s = c.Put(ns, blocks, &put);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(put.stored(), 9u);
+  ASSERT_EQ(put.results_size(), 9);
+  for (const auto& r : put.results()) EXPECT_EQ(r.code(), 0) << r.message();
+
+  v1::LookupResponse lk;
+  ASSERT_TRUE(c.Lookup(ns, HashesOf(blocks), &lk).ok());
+  EXPECT_EQ(lk.prefix_blocks(), 9u);
+  ExpectAllServed(c, ns, blocks);
+}
+
+TEST_F(KvServiceTest, PartialPrefixHits) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  auto all = Blocks(6, 200);
+  // Store blocks 0, 1, 2 and 4: the cached prefix is 3 blocks long.
+  std::vector<std::pair<std::string, std::string>> some = {all[0], all[1],
+                                                           all[2], all[4]};
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(c.Put(ns, some, &put).ok());
+  v1::LookupResponse lk;
+  ASSERT_TRUE(c.Lookup(ns, HashesOf(all), &lk).ok());
+  EXPECT_EQ(lk.prefix_blocks(), 3u);
+  EXPECT_THAT(std::vector<bool>(lk.present().begin(), lk.present().end()),
+              ::testing::ElementsAre(true, true, true, false, true, false));
+
+  v1::GetBlocksResponse got;
+  ASSERT_TRUE(c.Get(ns, HashesOf(all), &got).ok());
+  EXPECT_EQ(got.found(), 4u);
+  for (int i : {0, 1, 2, 4}) {
+    EXPECT_EQ(got.blocks(i).code(), 0);
+    EXPECT_TRUE(got.blocks(i).data() == all[i].second);
+  }
+  for (int i : {3, 5}) {
+    EXPECT_EQ(got.blocks(i).code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_TRUE(got.blocks(i).data().empty());
+  }
+  // Another namespace (different model) sees nothing.
+  ASSERT_TRUE(c.Lookup(TestNamespace("other-model"), HashesOf(all), &lk).ok());
+  EXPECT_EQ(lk.prefix_blocks(), 0u);
+}
+
+TEST_F(KvServiceTest, StreamsCarryBatchesInPieces) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(40, 300);
+  {
+    v1::PutBlocksResponse resp;
+    auto ctx = c.Ctx();
+    auto writer = c.stub->PutBlocksStream(ctx.get(), &resp);
+    for (int m = 0; m < 4; ++m) {
+      v1::PutBlocksRequest req;
+      if (m == 0) *req.mutable_namespace_() = ns;
+      for (int i = 10 * m; i < 10 * m + 10; ++i) {
+        v1::Block* b = req.add_blocks();
+        b->set_hash(blocks[i].first);
+        b->set_data(blocks[i].second);
+        b->set_chain_position(i);
+      }
+      ASSERT_TRUE(writer->Write(req));
+    }
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(resp.stored(), 40u);
+    EXPECT_EQ(resp.results_size(), 40);
+  }
+  {
+    v1::GetBlocksRequest req;
+    *req.mutable_namespace_() = ns;
+    for (const auto& b : blocks) req.add_hashes(b.first);
+    req.add_hashes(Hash(999, 1));  // absent
+    // Room for about 3 blocks per message.
+    req.set_max_response_bytes(3 * blocks[0].second.size() + 200);
+    auto ctx = c.Ctx();
+    auto reader = c.stub->GetBlocksStream(ctx.get(), req);
+    v1::GetBlocksResponse msg;
+    int messages = 0;
+    uint32_t next = 0;
+    while (reader->Read(&msg)) {
+      ++messages;
+      EXPECT_LE(msg.blocks_size(), 4);
+      for (const auto& d : msg.blocks()) {
+        EXPECT_EQ(d.index(), next);
+        if (next < blocks.size()) {
+          EXPECT_EQ(d.code(), 0);
+          EXPECT_TRUE(d.data() == blocks[next].second);
+        } else {
+          EXPECT_EQ(d.code(), grpc::StatusCode::NOT_FOUND);
+        }
+        ++next;
+      }
+    }
+    grpc::Status s = reader->Finish();
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(next, 41u);
+    EXPECT_GE(messages, 10);
+  }
+}
+
+TEST_F(KvServiceTest, EvictionUnderSmallMemoryLosesNothingAcknowledged) {
+  // 256 KiB of memory for ~1.3 MiB of blocks: most must spill to RocksDB.
+  auto server = StartServer({"--memory-bytes", "256KiB"});
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  std::vector<std::pair<std::string, std::string>> all;
+  for (int batch = 0; batch < 16; ++batch) {
+    auto blocks = Blocks(40, 10000 + 40 * batch, /*chain=*/100 + batch);
+    v1::PutBlocksResponse put;
+    grpc::Status s = c.Put(ns, blocks, &put);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_EQ(put.stored(), 40u);
+    all.insert(all.end(), blocks.begin(), blocks.end());
+  }
+  const v1::StatsResponse st = c.Stats();
+  ASSERT_GE(st.tiers_size(), 2);
+  EXPECT_EQ(st.tiers(0).name(), "memory");
+  EXPECT_LE(st.tiers(0).bytes(), 256u * 1024);
+  EXPECT_GT(st.tiers(0).evictions(), 0u);
+  EXPECT_EQ(st.tiers(1).name(), "disk");
+  EXPECT_GT(st.tiers(1).bytes(), 0u);
+  ExpectAllServed(c, ns, all);
+}
+
+TEST_F(KvServiceTest, RestartKeepsBlocksAndSigtermExitsZero) {
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(12, 400);
+  {
+    auto server = StartServer();
+    ASSERT_NE(server, nullptr);
+    Client c(*server);
+    v1::PutBlocksResponse put;
+    ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+    ASSERT_EQ(put.stored(), 12u);
+    EXPECT_EQ(server->StopWith(SIGTERM), 0);
+  }
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  v1::LookupResponse lk;
+  ASSERT_TRUE(c.Lookup(ns, HashesOf(blocks), &lk).ok());
+  EXPECT_EQ(lk.prefix_blocks(), 12u);
+  ExpectAllServed(c, ns, blocks);
+  EXPECT_EQ(server->StopWith(SIGINT), 0);
+}
+
+TEST_F(KvServiceTest, Kill9InSyncModeKeepsAcknowledgedPuts) {
+  const v1::Namespace ns = TestNamespace();
+  std::vector<std::pair<std::string, std::string>> acked;
+  {
+    auto server = StartServer({"--durability", "sync"});
+    ASSERT_NE(server, nullptr);
+    Client c(*server);
+    for (int batch = 0; batch < 5; ++batch) {
+      auto blocks = Blocks(8, 500 + 8 * batch, 200 + batch);
+      v1::PutBlocksResponse put;
+      ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+      ASSERT_EQ(put.stored(), 8u);
+      acked.insert(acked.end(), blocks.begin(), blocks.end());
+    }
+    EXPECT_EQ(server->StopWith(SIGKILL), 128 + SIGKILL);
+  }
+  auto server = StartServer({"--durability", "sync"});
+  ASSERT_NE(server, nullptr);
+  ExpectAllServed(Client(*server), ns, acked);
+}
+
+TEST_F(KvServiceTest, ConcurrentClients) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  const v1::Namespace ns = TestNamespace();
+  constexpr int kClients = 16;
+  std::vector<std::thread> threads;
+  std::vector<int> ok(kClients, 0);
+  for (int t = 0; t < kClients; ++t) {
+    threads.emplace_back([&, t] {
+      Client c(*server);
+      for (int round = 0; round < 5; ++round) {
+        auto blocks = Blocks(4, 100000 + 1000 * t + 10 * round,
+                             /*chain=*/1000 + 100 * t + round);
+        v1::PutBlocksResponse put;
+        if (!c.Put(ns, blocks, &put).ok() || put.stored() != 4) return;
+        v1::GetBlocksResponse got;
+        if (!c.Get(ns, HashesOf(blocks), &got).ok()) return;
+        for (int i = 0; i < 4; ++i) {
+          if (got.blocks(i).data() != blocks[i].second) return;
+        }
+      }
+      ok[t] = 1;
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kClients; ++t) EXPECT_EQ(ok[t], 1) << "client " << t;
+}
+
+TEST_F(KvServiceTest, TenantsAreIsolatedAndAuthenticated) {
+  const std::string tokens = dir_.WriteFile(
+      "tokens.txt",
+      "# token tenant\nalice-token-123 alice\nbob-token-4567 bob\n");
+  const std::string config =
+      dir_.WriteFile("config.yaml", "tenants:\n  quotas:\n    bob: 10KiB\n");
+  auto server = StartServer({"--tokens-file", tokens, "--config", config});
+  ASSERT_NE(server, nullptr);
+  Client alice(*server, "alice-token-123");
+  Client bob(*server, "bob-token-4567");
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(4, 600);
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(alice.Put(ns, blocks, &put).ok());
+  ASSERT_EQ(put.stored(), 4u);
+
+  // Bob, same namespace fields and hashes: nothing is there for him.
+  v1::LookupResponse lk;
+  ASSERT_TRUE(bob.Lookup(ns, HashesOf(blocks), &lk).ok());
+  EXPECT_EQ(lk.prefix_blocks(), 0u);
+  for (bool p : lk.present()) EXPECT_FALSE(p);
+  v1::GetBlocksResponse got;
+  ASSERT_TRUE(bob.Get(ns, HashesOf(blocks), &got).ok());
+  EXPECT_EQ(got.found(), 0u);
+  for (const auto& d : got.blocks()) {
+    EXPECT_EQ(d.code(), grpc::StatusCode::NOT_FOUND);
+  }
+  v1::DeleteRequest del;
+  *del.mutable_namespace_() = ns;
+  del.set_whole_namespace(true);
+  v1::DeleteResponse dresp;
+  ASSERT_TRUE(bob.stub->Delete(bob.Ctx().get(), del, &dresp).ok());
+  EXPECT_EQ(dresp.deleted(), 0u);
+  ExpectAllServed(alice, ns, blocks);
+  EXPECT_EQ(alice.Stats().tenant(), "alice");
+
+  // Bob's quota (10 KiB) takes four 2 KiB blocks, not eight.
+  auto bob_blocks = Blocks(8, 700, 7);
+  grpc::Status s = bob.Put(ns, bob_blocks, &put);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_LT(put.stored(), 8u);
+  EXPECT_GT(put.stored(), 0u);
+  int exhausted = 0;
+  for (const auto& r : put.results()) {
+    if (r.code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++exhausted;
+  }
+  EXPECT_EQ(exhausted, 8 - static_cast<int>(put.stored()));
+  // A batch that cannot store anything fails as a whole.
+  s = bob.Put(ns, Blocks(2, 800, 8), &put);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  const v1::StatsResponse bst = bob.Stats();
+  EXPECT_EQ(bst.tenant(), "bob");
+  EXPECT_EQ(bst.tenant_quota_bytes(), 10u * 1024);
+  EXPECT_LE(bst.tenant_bytes(), 10u * 1024);
+
+  // Missing, unknown and malformed credentials.
+  for (const std::string& token :
+       {std::string(), std::string("nope-nope"), std::string("Basic abc")}) {
+    Client anon(*server, "");
+    auto ctx = anon.Ctx();
+    if (token == "Basic abc") {
+      ctx->AddMetadata("authorization", token);
+    } else if (!token.empty()) {
+      ctx->AddMetadata("authorization", "Bearer " + token);
+    }
+    v1::LookupRequest req;
+    *req.mutable_namespace_() = ns;
+    req.add_hashes(blocks[0].first);
+    v1::LookupResponse r;
+    s = anon.stub->Lookup(ctx.get(), req, &r);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+        << "token '" << token << "'";
+    auto sctx = anon.Ctx();
+    v1::PutBlocksResponse pr;
+    auto writer = anon.stub->PutBlocksStream(sctx.get(), &pr);
+    writer->WritesDone();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+}
+
+TEST_F(KvServiceTest, KubernetesSecretDirectoryOfTokens) {
+  TempDir secret;
+  secret.WriteFile("carol", "carol-token-xyz\n");
+  secret.WriteFile(".hidden", "ignored-token-1");
+  auto server = StartServer({"--tokens-file", secret.path()});
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(Client(*server, "carol-token-xyz").Stats().tenant(), "carol");
+  Client bad(*server, "ignored-token-1");
+  v1::StatsResponse r;
+  EXPECT_EQ(
+      bad.stub->Stats(bad.Ctx().get(), v1::StatsRequest(), &r).error_code(),
+      grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_F(KvServiceTest, BadBlocksAreRejectedPrecisely) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  const std::string good = MakeBlock(900);
+  struct Case {
+    std::string name;
+    std::string data;
+    std::string hash;
+    grpc::StatusCode code;
+    std::string message;
+  };
+  std::vector<Case> cases;
+  {
+    std::string d = good;
+    d[100] ^= 0x40;  // payload bit flip
+    cases.push_back(
+        {"checksum", d, Hash(1), grpc::StatusCode::DATA_LOSS, "blocks[1]"});
+  }
+  {
+    std::string d = good;
+    d[0] ^= 1;  // magic
+    cases.push_back(
+        {"magic", d, Hash(1), grpc::StatusCode::INVALID_ARGUMENT, "blocks[1]"});
+  }
+  cases.push_back({"truncated", good.substr(0, good.size() - 10), Hash(1),
+                   grpc::StatusCode::DATA_LOSS, "blocks[1]"});
+  cases.push_back(
+      {"tiny", "xyz", Hash(1), grpc::StatusCode::DATA_LOSS, "blocks[1]"});
+  {
+    // A block of another layout (3 layers): sealed correctly, wrong shape.
+    auto codec = Fp16Codec::Create(KvLayout{3, 2, 8});
+    cases.push_back({"layers", MakeBlock(**codec, 1), Hash(1),
+                     grpc::StatusCode::INVALID_ARGUMENT, "layers is 3"});
+  }
+  {
+    std::string d = good;
+    BlockHeader h = HeaderOf(d);
+    h.codebook_hash = 0x1234;
+    std::memcpy(d.data(), &h, sizeof(h));
+    Reseal(&d);
+    cases.push_back({"codebook", d, Hash(1), grpc::StatusCode::INVALID_ARGUMENT,
+                     "codebook_hash"});
+  }
+  {
+    std::string d = good;
+    BlockHeader h = HeaderOf(d);
+    h.codec_id = static_cast<uint32_t>(CodecId::kKivi);
+    std::memcpy(d.data(), &h, sizeof(h));
+    Reseal(&d);
+    cases.push_back(
+        {"codec", d, Hash(1), grpc::StatusCode::INVALID_ARGUMENT, "codec_id"});
+  }
+  cases.push_back({"too many tokens", MakeBlock(901, kBlockTokens + 1), Hash(1),
+                   grpc::StatusCode::INVALID_ARGUMENT, "tokens is 17"});
+  cases.push_back({"short hash", good, std::string(15, 'h'),
+                   grpc::StatusCode::INVALID_ARGUMENT, "exactly 16 bytes"});
+  cases.push_back({"duplicate hash in batch", good, Hash(0),
+                   grpc::StatusCode::INVALID_ARGUMENT, "appears twice"});
+  for (const Case& k : cases) {
+    // Block 0 is fine, block 1 is bad: nothing may be stored.
+    v1::PutBlocksResponse put;
+    grpc::Status s = c.Put(ns, {{Hash(0), good}, {k.hash, k.data}}, &put);
+    EXPECT_EQ(s.error_code(), k.code) << k.name << ": " << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(k.message)) << k.name;
+    v1::LookupResponse lk;
+    ASSERT_TRUE(c.Lookup(ns, {Hash(0)}, &lk).ok());
+    EXPECT_FALSE(lk.present(0)) << k.name << ": part of a bad batch stored";
+  }
+  // The server is still up and serving.
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(c.Put(ns, {{Hash(0), good}}, &put).ok());
+  EXPECT_EQ(put.stored(), 1u);
+  // A duplicate put is harmless and reported per block.
+  grpc::Status s =
+      c.Put(ns, {{Hash(0), good}, {Hash(1), MakeBlock(902)}}, &put);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(put.results(0).code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(put.results(1).code(), 0);
+  EXPECT_EQ(put.stored(), 1u);
+  ExpectAllServed(c, ns, {{Hash(0), good}});
+}
+
+TEST_F(KvServiceTest, BadRequestsAreRejectedPrecisely) {
+  auto server = StartServer({"--max-message-bytes", "1MiB"});
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  v1::PutBlocksResponse put;
+  grpc::Status s = c.Put(ns, {}, &put);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("empty"));
+
+  v1::LookupResponse lk;
+  s = c.Lookup(ns, {}, &lk);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  s = c.Lookup(ns, {Hash(0), "short"}, &lk);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("hashes[1]"));
+
+  {  // No namespace.
+    v1::GetBlocksRequest req;
+    req.add_hashes(Hash(0));
+    v1::GetBlocksResponse r;
+    s = c.stub->GetBlocks(c.Ctx().get(), req, &r);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("namespace is required"));
+  }
+  for (auto mutate : std::vector<std::function<void(v1::Namespace*)>>{
+           [](v1::Namespace* n) { n->set_head_dim(0); },
+           [](v1::Namespace* n) { n->set_dtype(v1::DTYPE_UNSPECIFIED); },
+           [](v1::Namespace* n) { n->clear_model_id(); },
+           [](v1::Namespace* n) { n->set_block_tokens(0); },
+           [](v1::Namespace* n) { n->set_codec_id(0); }}) {
+    v1::Namespace bad = ns;
+    mutate(&bad);
+    s = c.Put(bad, {{Hash(0), MakeBlock(1)}}, &put);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr("namespace."));
+  }
+  {  // Unknown codebook set.
+    v1::Namespace vq = ns;
+    vq.set_codebook_hash(0xfeedfacecafebeefULL);
+    s = c.Put(vq, {{Hash(0), MakeBlock(1)}}, &put);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_THAT(s.error_message(), HasSubstr("not registered"));
+  }
+  {  // Oversized: more than --max-message-bytes.
+    std::vector<std::pair<std::string, std::string>> big;
+    for (int i = 0; i < 600; ++i) big.emplace_back(Hash(i), MakeBlock(i));
+    s = c.Put(ns, big, &put);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  {  // Delete: both modes at once.
+    v1::DeleteRequest req;
+    *req.mutable_namespace_() = ns;
+    req.set_whole_namespace(true);
+    req.add_hashes(Hash(0));
+    v1::DeleteResponse r;
+    s = c.stub->Delete(c.Ctx().get(), req, &r);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {  // Malformed bytes that are not a PutBlocksRequest at all.
+    grpc::GenericStub generic(server->Channel());
+    grpc::ClientContext ctx;
+    const char garbage[] = "\x0a\xff\xff\xff\xff\x0f garbage";
+    grpc::Slice slice(garbage, sizeof(garbage) - 1);
+    grpc::ByteBuffer request(&slice, 1), response;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    grpc::Status status;
+    generic.UnaryCall(&ctx, "/vqkv.v1.KVCache/PutBlocks", grpc::StubOptions(),
+                      &request, &response, [&](grpc::Status st) {
+                        std::lock_guard<std::mutex> lock(mu);
+                        status = st;
+                        done = true;
+                        cv.notify_one();
+                      });
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(
+        cv.wait_for(lock, std::chrono::seconds(30), [&] { return done; }));
+    EXPECT_FALSE(status.ok());
+  }
+  // Still serving after all of that.
+  ASSERT_TRUE(c.Put(ns, {{Hash(0), MakeBlock(1)}}, &put).ok());
+  EXPECT_EQ(put.stored(), 1u);
+  EXPECT_TRUE(server->Running());
+}
+
+// A tiny fitted VQ codec, so the codebook registry is exercised with a real
+// codebook file.
+std::unique_ptr<VqCodec> TinyVqCodec() {
+  VqConfig cfg;
+  cfg.key_stages = 2;
+  cfg.key_bits = 4;
+  cfg.value_stages = 1;
+  cfg.value_bits = 4;
+  cfg.kmeans_iterations = 2;
+  auto codec = VqCodec::Create(kLayout, cfg);
+  EXPECT_TRUE(codec.ok()) << codec.status();
+  const int tokens = 128;
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> dist;
+  std::vector<float> k(tokens * kLayout.ElementsPerToken()), v(k.size());
+  for (float& x : k) x = dist(rng);
+  for (float& x : v) x = dist(rng);
+  absl::Status s = (*codec)->Fit(k.data(), v.data(), tokens, FitOptions{});
+  EXPECT_TRUE(s.ok()) << s;
+  return *std::move(codec);
+}
+
+TEST_F(KvServiceTest, CodebookRegistryGatesVqBlocks) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  auto codec = TinyVqCodec();
+  ASSERT_NE(codec, nullptr);
+  const uint64_t hash = codec->codebook_hash();
+  auto file = codec->codebooks().Serialize();
+  ASSERT_TRUE(file.ok()) << file.status();
+  v1::Namespace ns = TestNamespace();
+  ns.set_codec(codec->Descriptor());
+  ns.set_codec_id(static_cast<uint32_t>(CodecId::kVq));
+  ns.set_codebook_hash(hash);
+  const std::string block = MakeBlock(*codec, 5);
+
+  v1::PutBlocksResponse put;
+  grpc::Status s = c.Put(ns, {{Hash(0), block}}, &put);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  auto put_codebook = [&](uint64_t h, const std::string& data,
+                          v1::PutCodebooksResponse* resp) {
+    v1::PutCodebooksRequest req;
+    v1::Codebook* cb = req.add_codebooks();
+    cb->set_hash(h);
+    cb->set_data(data);
+    return c.stub->PutCodebooks(c.Ctx().get(), req, resp);
+  };
+  v1::PutCodebooksResponse cresp;
+  s = put_codebook(0, *file, &cresp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  s = put_codebook(hash + 1, *file, &cresp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("content hash"));
+  std::string corrupt = *file;
+  corrupt[corrupt.size() / 2] ^= 0x10;
+  s = put_codebook(hash, corrupt, &cresp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
+  s = put_codebook(hash, file->substr(0, file->size() - 3), &cresp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
+
+  s = put_codebook(hash, *file, &cresp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(cresp.results(0).code(), 0);
+  s = put_codebook(hash, *file, &cresp);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(cresp.results(0).code(), grpc::StatusCode::ALREADY_EXISTS);
+
+  v1::GetCodebooksRequest greq;
+  greq.add_hashes(hash);
+  greq.add_hashes(hash ^ 1);
+  v1::GetCodebooksResponse gresp;
+  ASSERT_TRUE(c.stub->GetCodebooks(c.Ctx().get(), greq, &gresp).ok());
+  ASSERT_EQ(gresp.codebooks_size(), 2);
+  EXPECT_TRUE(gresp.codebooks(0).found());
+  EXPECT_TRUE(gresp.codebooks(0).data() == *file);
+  EXPECT_FALSE(gresp.codebooks(1).found());
+
+  s = c.Put(ns, {{Hash(0), block}}, &put);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(put.stored(), 1u);
+  ExpectAllServed(c, ns, {{Hash(0), block}});
+  EXPECT_EQ(c.Stats().codebooks(), 1u);
+}
+
+TEST_F(KvServiceTest, DeleteBlocksAndNamespace) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(6, 1000);
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+  v1::DeleteRequest req;
+  *req.mutable_namespace_() = ns;
+  req.add_hashes(blocks[4].first);
+  req.add_hashes(blocks[5].first);
+  req.add_hashes(Hash(77, 77));  // absent: not an error
+  v1::DeleteResponse resp;
+  ASSERT_TRUE(c.stub->Delete(c.Ctx().get(), req, &resp).ok());
+  EXPECT_EQ(resp.deleted(), 2u);
+  v1::LookupResponse lk;
+  ASSERT_TRUE(c.Lookup(ns, HashesOf(blocks), &lk).ok());
+  EXPECT_EQ(lk.prefix_blocks(), 4u);
+  req.clear_hashes();
+  req.set_whole_namespace(true);
+  ASSERT_TRUE(c.stub->Delete(c.Ctx().get(), req, &resp).ok());
+  EXPECT_EQ(resp.deleted(), 4u);
+  ASSERT_TRUE(c.Lookup(ns, HashesOf(blocks), &lk).ok());
+  EXPECT_EQ(lk.prefix_blocks(), 0u);
+}
+
+TEST_F(KvServiceTest, MetricsHealthAndGrpcHealthService) {
+  auto server = StartServer({"--metrics-listen", "127.0.0.1:0"});
+  ASSERT_NE(server, nullptr);
+  ASSERT_NE(server->metrics_port(), 0);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(3, 1100);
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+  v1::GetBlocksResponse got;
+  ASSERT_TRUE(c.Get(ns, {blocks[0].first, Hash(50, 50)}, &got).ok());
+  v1::LookupResponse lk;
+  EXPECT_FALSE(c.Lookup(ns, {}, &lk).ok());
+
+  const HttpResult health = HttpGet(server->metrics_port(), "/healthz");
+  EXPECT_EQ(health.status, 200);
+  EXPECT_EQ(health.body, "ok\n");
+  const HttpResult m = HttpGet(server->metrics_port(), "/metrics");
+  ASSERT_EQ(m.status, 200);
+  EXPECT_THAT(
+      m.body,
+      HasSubstr("vqkv_requests_total{method=\"PutBlocks\",code=\"OK\"} 1\n"));
+  EXPECT_THAT(m.body, HasSubstr("vqkv_requests_total{method=\"Lookup\",code="
+                                "\"INVALID_ARGUMENT\"} 1\n"));
+  EXPECT_THAT(m.body,
+              HasSubstr("vqkv_errors_total{code=\"INVALID_ARGUMENT\"} 1\n"));
+  EXPECT_THAT(m.body, HasSubstr("vqkv_block_hits_total{op=\"get\"} 1\n"));
+  EXPECT_THAT(m.body, HasSubstr("vqkv_block_misses_total{op=\"get\"} 1\n"));
+  EXPECT_THAT(m.body,
+              HasSubstr(absl::StrCat("vqkv_token_hits_total{op=\"get\"} ",
+                                     kBlockTokens, "\n")));
+  EXPECT_THAT(m.body, HasSubstr("vqkv_blocks_stored_total 3\n"));
+  EXPECT_THAT(m.body,
+              HasSubstr(absl::StrCat("vqkv_bytes_received_total ",
+                                     3 * blocks[0].second.size(), "\n")));
+  EXPECT_THAT(m.body,
+              HasSubstr(absl::StrCat("vqkv_tier_bytes{tier=\"memory\"} ",
+                                     3 * blocks[0].second.size())));
+  EXPECT_THAT(
+      m.body,
+      HasSubstr(
+          "vqkv_request_duration_seconds_count{method=\"PutBlocks\"} 1\n"));
+
+  // grpc.health.v1.Health/Check with an empty request: SERVING (field 1 = 1).
+  grpc::GenericStub generic(server->Channel());
+  grpc::ClientContext ctx;
+  grpc::ByteBuffer request, response;
+  grpc::Slice empty("", 0);
+  request = grpc::ByteBuffer(&empty, 1);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                    &request, &response, [&](grpc::Status st) {
+                      std::lock_guard<std::mutex> lock(mu);
+                      status = st;
+                      done = true;
+                      cv.notify_one();
+                    });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(
+        cv.wait_for(lock, std::chrono::seconds(30), [&] { return done; }));
+  }
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& sl : slices) {
+    bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  }
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+  EXPECT_EQ(server->StopWith(SIGTERM), 0);
+}
+
+TEST_F(KvServiceTest, TlsWithSelfSignedCertificate) {
+  if (system("command -v openssl >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "openssl CLI not installed (scripts/setup.sh installs it)";
+  }
+  const std::string cert = dir_.path() + "/cert.pem";
+  const std::string key = dir_.path() + "/key.pem";
+  const std::string cmd = absl::StrCat(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ",
+      key, " -out ", cert, " >/dev/null 2>&1");
+  ASSERT_EQ(system(cmd.c_str()), 0);
+  auto server = StartServer({"--tls-cert", cert, "--tls-key", key});
+  ASSERT_NE(server, nullptr);
+  std::ifstream in(cert);
+  std::string pem((std::istreambuf_iterator<char>(in)),
+                  std::istreambuf_iterator<char>());
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = pem;
+  auto channel = grpc::CreateCustomChannel(
+      server->address(), grpc::SslCredentials(ssl), TestChannelArgs());
+  auto stub = v1::KVCache::NewStub(channel);
+  const v1::Namespace ns = TestNamespace();
+  v1::PutBlocksRequest req;
+  *req.mutable_namespace_() = ns;
+  v1::Block* b = req.add_blocks();
+  b->set_hash(Hash(0));
+  b->set_data(MakeBlock(3));
+  v1::PutBlocksResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = stub->PutBlocks(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.stored(), 1u);
+  // A plaintext client cannot talk to the TLS port.
+  Client plain(*server);
+  v1::StatsResponse st;
+  auto pctx = plain.Ctx();
+  pctx->set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(5));
+  EXPECT_FALSE(plain.stub->Stats(pctx.get(), v1::StatsRequest(), &st).ok());
+}
+
+TEST_F(KvServiceTest, BadStartupConfigFailsFast) {
+  auto bad = ServerProcess::Start({"--durability", "sometimes"});
+  EXPECT_FALSE(bad.ok());
+  auto missing =
+      ServerProcess::Start({"--tokens-file", dir_.path() + "/no-such-file"});
+  EXPECT_FALSE(missing.ok());
+  const std::string config = dir_.WriteFile("typo.yaml", "memory_byts: 1GiB\n");
+  auto typo = ServerProcess::Start({"--config", config});
+  EXPECT_FALSE(typo.ok());
+}
+
+}  // namespace
+}  // namespace vqkv::testing
