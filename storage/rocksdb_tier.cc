@@ -231,7 +231,9 @@ void RocksDbTier::MaybeResumeLocked() {
   if (s.ok()) s = LoadIndex();
   if (s.ok()) {
     needs_resume_ = false;
+    reopen_error_.clear();
   } else {
+    reopen_error_ = std::string(s.message());
     CloseDbLocked();
   }
 }
@@ -241,7 +243,7 @@ rocksdb::Status RocksDbTier::WriteLocked(rocksdb::WriteBatch* batch) {
   if (db_ == nullptr) {
     needs_resume_ = true;
     return rocksdb::Status::IOError(
-        "database closed after a fault; reopening failed");
+        "database closed after a fault; reopening failed", reopen_error_);
   }
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync_writes;

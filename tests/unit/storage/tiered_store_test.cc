@@ -1,0 +1,595 @@
+#include "storage/tiered_store.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "storage/fault_injection_fs.h"
+#include "storage/keys.h"
+#include "storage/rocksdb_tier.h"
+#include "tests/unit/storage/storage_test_util.h"
+
+namespace vqkv::storage {
+namespace {
+
+using testing::BlockBytes;
+using testing::FakeClock;
+using testing::Hash;
+using testing::Key;
+using testing::MakeBlock;
+using testing::Ns;
+using testing::TempDir;
+
+constexpr char kAlice[] = "alice";
+constexpr char kBob[] = "bob";
+
+std::unique_ptr<TieredStore> OpenStore(TieredStoreOptions o) {
+  o.log_to_stderr = false;
+  auto store = TieredStore::Open(std::move(o));
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? std::move(*store) : nullptr;
+}
+
+// Memory for `blocks` blocks of 4 tokens (one shard: a tiny budget).
+TieredStoreOptions SmallOptions(int blocks, const std::string& data_dir = "") {
+  TieredStoreOptions o;
+  o.memory_bytes = blocks * BlockBytes(4);
+  o.data_dir = data_dir;
+  o.disk_bytes = 1 << 20;
+  return o;
+}
+
+absl::Status Put(TieredStore& s, absl::string_view tenant, BlockKey key,
+                 const std::string& block, uint32_t pos = 0) {
+  return s.PutBlock(tenant, BlockPut{key, pos, block});
+}
+
+TEST(TieredStoreTest, ValidatesBlocksOnPut) {
+  auto store = OpenStore(SmallOptions(8));
+  // Not a block: wrong magic.
+  EXPECT_EQ(Put(*store, kAlice, Key(1, 1), std::string(200, 'z')).code(),
+            absl::StatusCode::kInvalidArgument);
+  // Shorter than a header: truncation.
+  EXPECT_EQ(Put(*store, kAlice, Key(1, 1), "short").code(),
+            absl::StatusCode::kDataLoss);
+  std::string block = MakeBlock(1);
+  EXPECT_EQ(
+      Put(*store, kAlice, Key(1, 1), block.substr(0, block.size() - 4)).code(),
+      absl::StatusCode::kDataLoss);
+  std::string flipped = block;
+  flipped[100] ^= 1;
+  EXPECT_EQ(Put(*store, kAlice, Key(1, 1), flipped).code(),
+            absl::StatusCode::kDataLoss);
+  const std::string coded = MakeBlock(2, 4, /*codebook_hash=*/0xc0deb00c);
+  EXPECT_EQ(Put(*store, kAlice, Key(1, 2), coded).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->Stats().puts_rejected, 5u);
+  EXPECT_EQ(store->Stats().memory.blocks, 0u);
+  ASSERT_TRUE(store->PutCodebooks(0xc0deb00c, "codebook file").ok());
+  EXPECT_TRUE(Put(*store, kAlice, Key(1, 2), coded).ok());
+  EXPECT_TRUE(Put(*store, kAlice, Key(1, 1), block).ok());
+  EXPECT_EQ(**store->GetBlock(kAlice, Key(1, 1)), block);
+}
+
+TEST(TieredStoreTest, DuplicatePutsAreIdempotent) {
+  TempDir dir;
+  TieredStoreOptions o = SmallOptions(8, dir.Sub("db"));
+  o.write_policy = WritePolicy::kWriteThrough;
+  auto store = OpenStore(o);
+  const std::string block = MakeBlock(1);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, 1), block).ok());
+  }
+  const StoreStats stats = store->Stats();
+  EXPECT_EQ(stats.puts, 1u);
+  EXPECT_EQ(stats.duplicate_puts, 2u);
+  EXPECT_EQ(stats.memory.blocks, 1u);
+  EXPECT_EQ(stats.disk.blocks, 1u);
+  EXPECT_EQ(store->TenantUsage(kAlice), block.size());
+  EXPECT_EQ(store->GetNamespaceInfo(Ns(1))->blocks, 1u);
+}
+
+TEST(TieredStoreTest, LookupCountsLeadingPresentBlocksAcrossTiers) {
+  TempDir dir;
+  auto store = OpenStore(SmallOptions(2, dir.Sub("db")));
+  // Chain positions 0, 1, 2 and 4 (3 missing); memory holds only two, so
+  // the older ones are on disk.
+  for (uint32_t pos : {0u, 1u, 2u, 4u}) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, pos), MakeBlock(pos), pos).ok());
+  }
+  EXPECT_GT(store->Stats().spills, 0u);
+  std::vector<BlockHash> chain;
+  for (int i = 0; i < 6; ++i) chain.push_back(Hash(i));
+  LookupResult r = store->Lookup(kAlice, Ns(1), chain);
+  EXPECT_EQ(r.prefix_blocks, 3);
+  EXPECT_EQ(r.present,
+            std::vector<bool>({true, true, true, false, true, false}));
+  // Partial hit in a batch get: one result per hash.
+  auto got = store->GetBlocks(kAlice, Ns(1), chain);
+  ASSERT_EQ(got.size(), 6u);
+  for (int i : {0, 1, 2, 4}) {
+    ASSERT_TRUE(got[i].ok()) << i << got[i].status();
+    EXPECT_EQ(**got[i], MakeBlock(i));
+  }
+  EXPECT_EQ(got[3].status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(got[5].status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->Lookup(kAlice, Ns(1), {}).prefix_blocks, 0);
+  EXPECT_EQ(store->Lookup(kAlice, Ns(9), chain).prefix_blocks, 0);
+}
+
+TEST(TieredStoreTest, SpillsEvictedBlocksAndPromotesDiskHits) {
+  TempDir dir;
+  auto store = OpenStore(SmallOptions(3, dir.Sub("db")));
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
+  }
+  StoreStats s = store->Stats();
+  EXPECT_EQ(s.memory.blocks, 3u);
+  EXPECT_LE(s.memory.bytes, 3 * BlockBytes(4));
+  EXPECT_EQ(s.memory_evictions, 3u);
+  EXPECT_EQ(s.spills, 3u);
+  EXPECT_EQ(s.disk.blocks, 3u);
+  EXPECT_EQ(s.dropped, 0u);
+  // Nothing acknowledged is lost, and every block is served bit-exact.
+  for (int i = 0; i < 6; ++i) {
+    auto got = store->GetBlock(kAlice, Key(1, i));
+    ASSERT_TRUE(got.ok()) << i << got.status();
+    EXPECT_EQ(**got, MakeBlock(i));
+  }
+  s = store->Stats();
+  EXPECT_GE(s.disk_hits, 3u);
+  EXPECT_GE(s.promotions, 3u);
+  EXPECT_EQ(s.misses, 0u);
+  EXPECT_EQ(store->TenantUsage(kAlice), 6 * BlockBytes(4));
+  // A promoted block is served from memory next time.
+  const uint64_t memory_hits = s.memory_hits;
+  ASSERT_TRUE(store->GetBlock(kAlice, Key(1, 5)).ok());
+  EXPECT_EQ(store->Stats().memory_hits, memory_hits + 1);
+}
+
+TEST(TieredStoreTest, MemoryOnlyEvictionDropsBlocksAndTheirUsage) {
+  auto store = OpenStore(SmallOptions(3));
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
+  }
+  const StoreStats s = store->Stats();
+  EXPECT_FALSE(s.has_disk);
+  EXPECT_EQ(s.dropped, 2u);
+  EXPECT_EQ(store->TenantUsage(kAlice), 3 * BlockBytes(4));
+  EXPECT_EQ(store->GetNamespaceInfo(Ns(1))->blocks, 3u);
+}
+
+TEST(TieredStoreTest, TenantsOwnTheirNamespaces) {
+  auto store = OpenStore(SmallOptions(8));
+  ASSERT_TRUE(Put(*store, kAlice, Key(1, 1), MakeBlock(1)).ok());
+  EXPECT_EQ(Put(*store, kBob, Key(1, 2), MakeBlock(2)).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Put(*store, kBob, Key(1, 1), MakeBlock(1)).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(store->GetBlock(kBob, Key(1, 1)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->Lookup(kBob, Ns(1), {Hash(1)}).present,
+            std::vector<bool>({false}));
+  EXPECT_EQ(store->DeleteBlock(kBob, Key(1, 1)).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->DeleteNamespace(kBob, Ns(1)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store->GetBlock(kAlice, Key(1, 1)).ok());
+  EXPECT_EQ(store->GetNamespaceInfo(Ns(1))->tenant, kAlice);
+  ASSERT_TRUE(Put(*store, kBob, Key(2, 1), MakeBlock(3)).ok());
+  EXPECT_EQ(store->Stats().namespaces, 2u);
+  EXPECT_EQ(store->TenantUsage(kBob), BlockBytes(4));
+}
+
+TEST(TieredStoreTest, TenantQuotasRejectPutsOverTheLimit) {
+  TempDir dir;
+  TieredStoreOptions o = SmallOptions(16, dir.Sub("db"));
+  o.tenant_quotas[kAlice] = 3 * BlockBytes(4);
+  {
+    auto store = OpenStore(o);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
+    }
+    EXPECT_EQ(Put(*store, kAlice, Key(2, 9), MakeBlock(9)).code(),
+              absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(store->Stats().quota_rejections, 1u);
+    // A duplicate is not a new byte: still fine at the limit.
+    EXPECT_TRUE(Put(*store, kAlice, Key(1, 0), MakeBlock(0)).ok());
+    // Other tenants are not limited by alice's quota.
+    EXPECT_TRUE(Put(*store, kBob, Key(3, 0), MakeBlock(30)).ok());
+    ASSERT_TRUE(store->DeleteBlock(kAlice, Key(1, 0)).ok());
+    EXPECT_EQ(store->TenantUsage(kAlice), 2 * BlockBytes(4));
+    EXPECT_TRUE(Put(*store, kAlice, Key(2, 9), MakeBlock(9)).ok());
+    store->SetTenantQuota(kBob, BlockBytes(4));
+    EXPECT_EQ(Put(*store, kBob, Key(3, 1), MakeBlock(31)).code(),
+              absl::StatusCode::kResourceExhausted);
+    ASSERT_TRUE(store->Flush().ok());
+  }
+  // Usage is recomputed from disk after a restart.
+  auto store = OpenStore(o);
+  EXPECT_EQ(store->TenantUsage(kAlice), 3 * BlockBytes(4));
+  EXPECT_EQ(Put(*store, kAlice, Key(2, 10), MakeBlock(10)).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Put(*store, kBob, Key(1, 5), MakeBlock(5)).code(),
+            absl::StatusCode::kPermissionDenied);  // owners persisted
+}
+
+TEST(TieredStoreTest, FlushPersistsMemoryOnlyBlocksInSpillMode) {
+  TempDir dir;
+  TieredStoreOptions o = SmallOptions(8, dir.Sub("db"));
+  {
+    auto store = OpenStore(o);
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i), i).ok());
+    }
+    EXPECT_EQ(store->Stats().disk.blocks, 0u);  // all still in memory
+    ASSERT_TRUE(store->Flush().ok());
+    EXPECT_EQ(store->Stats().disk.blocks, 5u);
+  }
+  auto store = OpenStore(o);
+  EXPECT_EQ(store->Stats().memory.blocks, 0u);
+  std::vector<BlockHash> chain;
+  for (int i = 0; i < 5; ++i) chain.push_back(Hash(i));
+  EXPECT_EQ(store->Lookup(kAlice, Ns(1), chain).prefix_blocks, 5);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(**store->GetBlock(kAlice, Key(1, i)), MakeBlock(i));
+  }
+}
+
+TEST(TieredStoreTest, WriteThroughPersistsWithoutFlush) {
+  TempDir dir;
+  TieredStoreOptions o = SmallOptions(8, dir.Sub("db"));
+  o.write_policy = WritePolicy::kWriteThrough;
+  {
+    auto store = OpenStore(o);
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, 1), MakeBlock(1)).ok());
+    EXPECT_EQ(store->Stats().disk.blocks, 1u);
+  }
+  auto store = OpenStore(o);
+  EXPECT_EQ(**store->GetBlock(kAlice, Key(1, 1)), MakeBlock(1));
+}
+
+TEST(TieredStoreTest, CodebookRegistryPersistsAndIsCached) {
+  TempDir dir;
+  TieredStoreOptions o = SmallOptions(8, dir.Sub("db"));
+  o.codebook_cache_bytes = 16;
+  const std::string big(100, 'x');
+  {
+    auto store = OpenStore(o);
+    EXPECT_EQ(store->PutCodebooks(0, "x").code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(store->PutCodebooks(5, "").code(),
+              absl::StatusCode::kInvalidArgument);
+    ASSERT_TRUE(store->PutCodebooks(0x11, "small").ok());
+    ASSERT_TRUE(store->PutCodebooks(0x22, big).ok());  // over the cache size
+    ASSERT_TRUE(store->PutCodebooks(0x22, big).ok());  // idempotent
+    EXPECT_TRUE(store->HasCodebook(0x11));
+    EXPECT_FALSE(store->HasCodebook(0x33));
+    EXPECT_EQ(**store->GetCodebooks(0x22), big);
+    EXPECT_EQ(store->GetCodebooks(0x33).status().code(),
+              absl::StatusCode::kNotFound);
+    EXPECT_EQ(store->Stats().codebooks, 2u);
+  }
+  auto store = OpenStore(o);
+  EXPECT_TRUE(store->HasCodebook(0x11));
+  EXPECT_EQ(**store->GetCodebooks(0x11), "small");
+  EXPECT_EQ(**store->GetCodebooks(0x22), big);
+  // A block using a registered codebook is accepted after the restart.
+  EXPECT_TRUE(Put(*store, kAlice, Key(1, 1), MakeBlock(1, 4, 0x22)).ok());
+}
+
+TEST(TieredStoreTest, DeleteBlockAndNamespace) {
+  TempDir dir;
+  auto store = OpenStore(SmallOptions(2, dir.Sub("db")));
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
+  }
+  ASSERT_TRUE(store->DeleteBlock(kAlice, Key(1, 0)).ok());  // on disk
+  ASSERT_TRUE(store->DeleteBlock(kAlice, Key(1, 3)).ok());  // in memory
+  EXPECT_EQ(store->DeleteBlock(kAlice, Key(1, 3)).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->GetBlock(kAlice, Key(1, 0)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->TenantUsage(kAlice), 2 * BlockBytes(4));
+  auto removed = store->DeleteNamespace(kAlice, Ns(1));
+  ASSERT_TRUE(removed.ok());
+  EXPECT_EQ(removed->blocks, 2u);
+  EXPECT_EQ(removed->tenant, kAlice);
+  EXPECT_EQ(store->TenantUsage(kAlice), 0u);
+  const StoreStats s = store->Stats();
+  EXPECT_EQ(s.memory.blocks + s.disk.blocks, 0u);
+  EXPECT_EQ(store->GetNamespaceInfo(Ns(1)).status().code(),
+            absl::StatusCode::kNotFound);
+  // The namespace is free again.
+  EXPECT_TRUE(Put(*store, kBob, Key(1, 7), MakeBlock(7)).ok());
+}
+
+TEST(TieredStoreTest, CorruptDiskRecordIsDataLossThenNotFound) {
+  TempDir dir;
+  TieredStoreOptions o = SmallOptions(8, dir.Sub("db"));
+  o.write_policy = WritePolicy::kWriteThrough;
+  {
+    auto store = OpenStore(o);
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, 1), MakeBlock(1)).ok());
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, 2), MakeBlock(2)).ok());
+  }
+  {
+    RocksDbTierOptions raw;
+    raw.path = o.data_dir;
+    auto tier = RocksDbTier::Open(raw);
+    ASSERT_TRUE(tier.ok()) << tier.status();
+    std::string bad = MakeBlock(1);
+    bad[bad.size() - 1] ^= 0x80;
+    ASSERT_TRUE((*tier)->TEST_OverwriteBlockValue(Key(1, 1), bad).ok());
+  }
+  auto store = OpenStore(o);
+  auto got = store->GetBlock(kAlice, Key(1, 1));
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
+  EXPECT_EQ(store->GetBlock(kAlice, Key(1, 1)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->Lookup(kAlice, Ns(1), {Hash(1), Hash(2)}).present,
+            std::vector<bool>({false, true}));
+  const StoreStats s = store->Stats();
+  EXPECT_EQ(s.corrupt_dropped, 1u);
+  EXPECT_FALSE(s.disk_fault);  // corruption is not an I/O fault
+  EXPECT_EQ(store->TenantUsage(kAlice), BlockBytes(4));
+  EXPECT_EQ(**store->GetBlock(kAlice, Key(1, 2)), MakeBlock(2));
+}
+
+TEST(TieredStoreTest, TtlExpiresDiskRecords) {
+  TempDir dir;
+  FakeClock clock;
+  TieredStoreOptions o = SmallOptions(2, dir.Sub("db"));
+  o.ttl = absl::Hours(1);
+  o.clock = clock.AsFunction();
+  auto store = OpenStore(o);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i), i).ok());
+  }
+  ASSERT_EQ(store->Stats().disk.blocks, 2u);
+  clock.Advance(absl::Minutes(61));
+  std::vector<BlockHash> chain = {Hash(0), Hash(1), Hash(2), Hash(3)};
+  LookupResult r = store->Lookup(kAlice, Ns(1), chain);
+  // The two spilled blocks expired on disk; the two in memory remain.
+  EXPECT_EQ(std::count(r.present.begin(), r.present.end(), true), 2);
+  EXPECT_EQ(store->SweepExpired(), 2u);
+  EXPECT_EQ(store->Stats().expired, 2u);
+  EXPECT_EQ(store->TenantUsage(kAlice), 2 * BlockBytes(4));
+}
+
+TEST(TieredStoreTest, KeepsServingFromMemoryWhenDiskWritesFail) {
+  TempDir dir;
+  auto fs = std::make_shared<FaultInjectionFileSystem>();
+  TieredStoreOptions o = SmallOptions(4, dir.Sub("db"));
+  o.write_policy = WritePolicy::kWriteThrough;
+  o.file_system = fs;
+  auto store = OpenStore(o);
+  ASSERT_TRUE(Put(*store, kAlice, Key(1, 0), MakeBlock(0)).ok());
+  fs->SetFailWrites(true);
+  for (int i = 1; i < 3; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
+  }
+  fs->SetFailWrites(false);
+  fs->SetDiskFull(true);
+  ASSERT_TRUE(Put(*store, kAlice, Key(1, 3), MakeBlock(3)).ok());
+  for (int i = 0; i < 4; ++i) {
+    auto got = store->GetBlock(kAlice, Key(1, i));
+    ASSERT_TRUE(got.ok()) << i << got.status();
+    EXPECT_EQ(**got, MakeBlock(i));
+  }
+  StoreStats s = store->Stats();
+  EXPECT_TRUE(s.disk_fault);
+  EXPECT_GE(s.disk_faults, 3u);
+  EXPECT_NE(s.last_disk_error.find("injected"), std::string::npos)
+      << s.last_disk_error;
+  EXPECT_EQ(s.puts, 4u);
+  // A spill that fails drops the evicted block (counted) and the store goes
+  // on: memory keeps its newest blocks.
+  for (int i = 4; i < 8; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
+  }
+  s = store->Stats();
+  EXPECT_GT(s.dropped, 0u);
+  EXPECT_EQ(**store->GetBlock(kAlice, Key(1, 7)), MakeBlock(7));
+  // Once the disk recovers, writes reach it again.
+  fs->SetDiskFull(false);
+  ASSERT_TRUE(Put(*store, kAlice, Key(1, 20), MakeBlock(20)).ok());
+  const uint64_t faults = store->Stats().disk_faults;
+  ASSERT_TRUE(Put(*store, kAlice, Key(1, 21), MakeBlock(21)).ok());
+  EXPECT_EQ(store->Stats().disk_faults, faults);
+}
+
+TEST(TieredStoreTest, DiskReadFaultsAreUnavailableAndMemoryStillServes) {
+  TempDir dir;
+  auto fs = std::make_shared<FaultInjectionFileSystem>();
+  TieredStoreOptions o = SmallOptions(2, dir.Sub("db"));
+  // Blocks big enough that each sits in its own blob file region (no
+  // shared cached data block), so every disk read touches the file system.
+  o.memory_bytes = 2 * BlockBytes(200);
+  o.file_system = fs;
+  {
+    auto store = OpenStore(o);
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i, 200)).ok());
+    }
+    ASSERT_TRUE(store->Flush().ok());
+  }
+  auto store = OpenStore(o);
+  ASSERT_TRUE(store->GetBlock(kAlice, Key(1, 0)).ok());  // promoted
+  fs->SetFailReads(true);
+  EXPECT_EQ(store->GetBlock(kAlice, Key(1, 1)).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(**store->GetBlock(kAlice, Key(1, 0)), MakeBlock(0, 200));
+  EXPECT_TRUE(store->Stats().disk_fault);
+  fs->SetFailReads(false);
+  EXPECT_EQ(**store->GetBlock(kAlice, Key(1, 1)), MakeBlock(1, 200));
+}
+
+TEST(TieredStoreTest, SyncModeFailsPutsThatCannotBeMadeDurable) {
+  TempDir dir;
+  auto fs = std::make_shared<FaultInjectionFileSystem>();
+  TieredStoreOptions o = SmallOptions(4, dir.Sub("db"));
+  o.durability = Durability::kSync;  // implies write-through
+  o.file_system = fs;
+  auto store = OpenStore(o);
+  EXPECT_EQ(store->options().write_policy, WritePolicy::kWriteThrough);
+  ASSERT_TRUE(Put(*store, kAlice, Key(1, 0), MakeBlock(0)).ok());
+  EXPECT_EQ(store->Stats().disk.blocks, 1u);
+  fs->SetFailWrites(true);
+  absl::Status s = Put(*store, kAlice, Key(1, 1), MakeBlock(1));
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_EQ(store->GetBlock(kAlice, Key(1, 1)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->TenantUsage(kAlice), BlockBytes(4));
+  EXPECT_EQ(**store->GetBlock(kAlice, Key(1, 0)), MakeBlock(0));
+}
+
+TEST(TieredStoreTest, OptionsAndNames) {
+  TieredStoreOptions o;
+  EXPECT_EQ(o.memory_bytes, uint64_t{1} << 30);
+  EXPECT_EQ(o.disk_bytes, uint64_t{16} << 30);
+  EXPECT_EQ(o.durability, Durability::kAsync);
+  EXPECT_EQ(o.write_policy, WritePolicy::kSpill);
+  EXPECT_EQ(o.ttl, absl::ZeroDuration());
+  EXPECT_EQ(*ParseDurability("sync"), Durability::kSync);
+  EXPECT_EQ(*ParseWritePolicy("write_through"), WritePolicy::kWriteThrough);
+  EXPECT_EQ(ParseDurability("fast").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DurabilityName(Durability::kAsync), "async");
+  EXPECT_EQ(WritePolicyName(WritePolicy::kSpill), "spill");
+  o.memory_bytes = 0;
+  EXPECT_EQ(TieredStore::Open(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(TieredStoreTest, ConcurrentClientsSmokeTest) {
+  TempDir dir;
+  auto store = OpenStore(SmallOptions(40, dir.Sub("db")));
+  constexpr int kThreads = 6, kBlocks = 60;
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const std::string tenant = absl::StrCat("tenant", t % 2);
+      const uint64_t ns = 100 + t;
+      std::vector<BlockHash> chain;
+      for (int i = 0; i < kBlocks; ++i) {
+        const BlockKey key = Key(ns, i);
+        chain.push_back(key.hash);
+        if (!Put(*store, tenant, key, MakeBlock(t * 1000 + i), i).ok()) {
+          errors.fetch_add(1);
+        }
+        // A duplicate put from a racing writer.
+        if (!Put(*store, tenant, key, MakeBlock(t * 1000 + i), i).ok()) {
+          errors.fetch_add(1);
+        }
+        auto got = store->GetBlock(tenant, Key(ns, i / 2));
+        if (!got.ok() || **got != MakeBlock(t * 1000 + i / 2)) {
+          errors.fetch_add(1);
+        }
+      }
+      if (store->Lookup(tenant, Ns(ns), chain).prefix_blocks != kBlocks) {
+        errors.fetch_add(1);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  const StoreStats s = store->Stats();
+  EXPECT_EQ(s.puts, uint64_t{kThreads * kBlocks});
+  EXPECT_EQ(s.dropped, 0u);
+  EXPECT_LE(s.memory.bytes, 40 * BlockBytes(4));
+  // Every block is in memory or on disk, counted once.
+  EXPECT_EQ(store->TenantUsage("tenant0") + store->TenantUsage("tenant1"),
+            uint64_t{kThreads * kBlocks} * BlockBytes(4));
+}
+
+// --- kill -9 in sync mode ------------------------------------------------
+// The test re-executes this binary as a child (a fresh process, so RocksDB's
+// threads are its own), which opens the store in sync mode and puts blocks
+// forever, writing each acknowledged index to a pipe. The parent kills it
+// with SIGKILL mid-stream, reopens the store and checks that every
+// acknowledged block is served bit-exact.
+
+constexpr char kChildDirEnv[] = "VQKV_STORAGE_KILL9_CHILD_DIR";
+constexpr char kChildFdEnv[] = "VQKV_STORAGE_KILL9_CHILD_FD";
+
+TieredStoreOptions SyncOptions(const std::string& dir) {
+  TieredStoreOptions o;
+  o.memory_bytes = 64 * BlockBytes(16);
+  o.data_dir = dir;
+  o.durability = Durability::kSync;
+  return o;
+}
+
+[[noreturn]] void RunKill9Child(const char* dir, int fd) {
+  auto store = TieredStore::Open(SyncOptions(dir));
+  if (!store.ok()) _exit(2);
+  for (uint32_t i = 0;; ++i) {
+    const std::string block = MakeBlock(i, 16);
+    if (!(*store)->PutBlock(kAlice, BlockPut{Key(7, i), i, block}).ok()) {
+      _exit(3);
+    }
+    if (write(fd, &i, sizeof(i)) != sizeof(i)) _exit(4);
+  }
+}
+
+TEST(TieredStoreKill9Test, SyncPutsAcknowledgedBeforeKillSurvive) {
+  if (const char* child_dir = getenv(kChildDirEnv)) {
+    int fd = -1;
+    if (!absl::SimpleAtoi(getenv(kChildFdEnv), &fd)) _exit(5);
+    RunKill9Child(child_dir, fd);
+  }
+  TempDir dir;
+  const std::string db = dir.Sub("db");
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    setenv(kChildDirEnv, db.c_str(), 1);
+    setenv(kChildFdEnv, absl::StrCat(fds[1]).c_str(), 1);
+    execl("/proc/self/exe", "/proc/self/exe",
+          "--gtest_filter=TieredStoreKill9Test.*", static_cast<char*>(nullptr));
+    _exit(6);
+  }
+  close(fds[1]);
+  // Wait for 40 acknowledgements, then kill the child while it is writing.
+  std::vector<uint32_t> acked;
+  uint32_t i;
+  while (acked.size() < 40 && read(fds[0], &i, sizeof(i)) == sizeof(i)) {
+    acked.push_back(i);
+  }
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "child exited with " << status;
+  EXPECT_EQ(WTERMSIG(status), SIGKILL);
+  // Acknowledgements written before the kill are still in the pipe.
+  while (read(fds[0], &i, sizeof(i)) == sizeof(i)) acked.push_back(i);
+  close(fds[0]);
+  ASSERT_GE(acked.size(), 40u);
+
+  auto store = OpenStore(SyncOptions(db));
+  ASSERT_NE(store, nullptr);
+  for (uint32_t k : acked) {
+    auto got = store->GetBlock(kAlice, Key(7, k));
+    ASSERT_TRUE(got.ok()) << "acknowledged block " << k << ": " << got.status();
+    EXPECT_EQ(**got, MakeBlock(k, 16)) << k;
+  }
+  EXPECT_EQ(store->Stats().corrupt_dropped, 0u);
+}
+
+}  // namespace
+}  // namespace vqkv::storage
