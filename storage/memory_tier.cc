@@ -42,6 +42,10 @@ void MemoryTier::EvictForLocked(Shard& shard, uint64_t incoming,
       --it;
       if (it->chain_position > victim->chain_position) victim = it;
     }
+    if (options_.on_evict_locked) {
+      options_.on_evict_locked(
+          EvictedBlock{victim->key, victim->chain_position, victim->bytes});
+    }
     shard.bytes -= victim->bytes->size();
     shard.index.erase(victim->key);
     out->push_back(EvictedBlock{victim->key, victim->chain_position,

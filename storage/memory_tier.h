@@ -55,6 +55,12 @@ struct MemoryTierOptions {
   // Called once per evicted block (not for Delete/DeleteNamespace). May be
   // empty. Must be thread-safe.
   std::function<void(const EvictedBlock&)> on_evict;
+  // Called for each evicted block while its shard lock is still held, i.e.
+  // before the block stops being visible through Get/Contains, and before
+  // on_evict or the PutShared `evicted` list sees it. Lets a caller keep an
+  // evicted block visible elsewhere without a gap. Must be short, must not
+  // call into this tier. May be empty.
+  std::function<void(const EvictedBlock&)> on_evict_locked;
 };
 
 class MemoryTier : public Tier {

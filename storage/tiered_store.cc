@@ -116,6 +116,28 @@ class TieredStore::Impl {
   std::unique_ptr<RocksDbTier> disk_;  // null: memory only
   std::array<absl::Mutex, kStripes> stripes_;
 
+  // Blocks evicted from memory and not yet spilled (or dropped): still
+  // served, so a spill in progress never shows as a miss.
+  SharedBytes FindPending(const BlockKey& key) const {
+    absl::MutexLock lock(&pending_mu_);
+    auto it = pending_.find(key);
+    return it == pending_.end() ? nullptr : it->second;
+  }
+  // Removes the entry if it still holds `bytes` (or any, when null).
+  // Returns the bytes removed, or null.
+  SharedBytes ErasePending(const BlockKey& key, const SharedBytes& bytes) {
+    absl::MutexLock lock(&pending_mu_);
+    auto it = pending_.find(key);
+    if (it == pending_.end()) return nullptr;
+    if (bytes != nullptr && it->second != bytes) return nullptr;
+    SharedBytes out = std::move(it->second);
+    pending_.erase(it);
+    return out;
+  }
+  mutable absl::Mutex pending_mu_;
+  absl::flat_hash_map<BlockKey, SharedBytes> pending_
+      ABSL_GUARDED_BY(pending_mu_);
+
   mutable absl::Mutex mu_;
   absl::flat_hash_map<NamespaceId, NsState> namespaces_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> tenant_usage_ ABSL_GUARDED_BY(mu_);
@@ -145,6 +167,13 @@ absl::Status TieredStore::Impl::Init() {
   MemoryTierOptions mem;
   mem.capacity_bytes = options_.memory_bytes;
   mem.shards = options_.memory_shards;
+  if (!options_.data_dir.empty()) {
+    // Evicted blocks stay visible (pending_) until they are on disk.
+    mem.on_evict_locked = [this](const EvictedBlock& e) {
+      absl::MutexLock lock(&pending_mu_);
+      pending_[e.key] = e.bytes;
+    };
+  }
   memory_ = std::make_unique<MemoryTier>(std::move(mem));
   if (options_.data_dir.empty()) return absl::OkStatus();
 
@@ -242,15 +271,17 @@ void TieredStore::Impl::OnDiskDrop(const DroppedBlock& drop) {
 void TieredStore::Impl::HandleEvictions(std::vector<EvictedBlock>& evicted) {
   for (EvictedBlock& e : evicted) {
     absl::MutexLock stripe(&StripeFor(e.key));
-    if (disk_ != nullptr && disk_->Contains(e.key)) continue;  // already there
-    if (memory_->Contains(e.key)) {
-      // A put re-added the key after the eviction and counted it anew.
+    if (disk_ == nullptr) {
+      if (!memory_->Contains(e.key)) dropped_.fetch_add(1);
       Uncharge(e.key.ns, e.bytes->size());
       continue;
     }
-    if (disk_ == nullptr) {
-      dropped_.fetch_add(1);
-      Uncharge(e.key.ns, e.bytes->size());
+    // Still pending? If not, a delete removed it meanwhile.
+    if (FindPending(e.key) != e.bytes) continue;
+    if (disk_->Contains(e.key) || memory_->Contains(e.key)) {
+      // Already on disk (write-through, or spilled before), or back in
+      // memory (promoted): nothing to write.
+      ErasePending(e.key, e.bytes);
       continue;
     }
     absl::Status s = disk_->Put(e.key, e.chain_position, *e.bytes);
@@ -261,6 +292,7 @@ void TieredStore::Impl::HandleEvictions(std::vector<EvictedBlock>& evicted) {
       dropped_.fetch_add(1);
       Uncharge(e.key.ns, e.bytes->size());
     }
+    ErasePending(e.key, e.bytes);
   }
   evicted.clear();
 }
@@ -311,7 +343,7 @@ absl::Status TieredStore::Impl::PutBlock(absl::string_view tenant,
       }
     }
 
-    if (memory_->Contains(key)) {
+    if (memory_->Contains(key) || FindPending(key) != nullptr) {
       duplicate_puts_.fetch_add(1);
       return absl::OkStatus();
     }
@@ -377,6 +409,10 @@ absl::StatusOr<SharedBytes> TieredStore::Impl::GetBlock(
     memory_hits_.fetch_add(1);
     return mem;
   }
+  if (SharedBytes pending = FindPending(key)) {
+    memory_hits_.fetch_add(1);
+    return pending;
+  }
   if (disk_ == nullptr) {
     misses_.fetch_add(1);
     return absl::NotFoundError("block not found");
@@ -419,7 +455,7 @@ LookupResult TieredStore::Impl::Lookup(absl::string_view tenant,
   std::vector<BlockKey> rest;
   std::vector<size_t> rest_index;
   for (size_t i = 0; i < keys.size(); ++i) {
-    if (in_memory[i]) {
+    if (in_memory[i] || FindPending(keys[i]) != nullptr) {
       result.present[i] = true;
     } else {
       rest.push_back(keys[i]);
@@ -445,7 +481,10 @@ absl::Status TieredStore::Impl::DeleteBlock(absl::string_view tenant,
     return absl::NotFoundError("block not found");
   }
   absl::MutexLock stripe(&StripeFor(key));
-  const uint64_t in_memory = memory_->Delete(key).value_or(0);
+  uint64_t in_memory = memory_->Delete(key).value_or(0);
+  if (SharedBytes pending = ErasePending(key, nullptr)) {
+    in_memory = std::max<uint64_t>(in_memory, pending->size());
+  }
   uint64_t on_disk = 0;
   if (disk_ != nullptr) {
     absl::StatusOr<uint64_t> d = disk_->Delete(key);
@@ -467,6 +506,16 @@ absl::StatusOr<NamespaceInfo> TieredStore::Impl::DeleteNamespace(
     return absl::NotFoundError("namespace not found");
   }
   memory_->DeleteNamespace(ns).IgnoreError();
+  {
+    absl::MutexLock lock(&pending_mu_);
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (it->first.ns == ns) {
+        pending_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
   if (disk_ != nullptr) {
     absl::StatusOr<TierUsage> d = disk_->DeleteNamespace(ns);
     absl::Status s = d.status();

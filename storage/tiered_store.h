@@ -5,7 +5,9 @@
 //
 // Writes go to memory. Blocks evicted from memory are spilled to disk
 // (WritePolicy::kSpill), or every put is also written to disk at once
-// (WritePolicy::kWriteThrough, forced by Durability::kSync). Reads try memory,
+// (WritePolicy::kWriteThrough, forced by Durability::kSync). A block being
+// spilled stays readable until it is on disk, so eviction never causes a
+// transient miss. Reads try memory,
 // then disk; a disk hit is promoted back into memory. Memory evicts the tail
 // of a prefix before its head (memory_tier.h), disk evicts its oldest
 // records when full and drops records older than the TTL.
