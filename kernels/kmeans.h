@@ -22,10 +22,10 @@ namespace vqkv {
 
 struct KMeansParams {
   int k = 256;         // number of centroids, >= 1
-  int iterations = 8;  // Lloyd iterations after seeding, >= 0
+  int iterations = 6;  // Lloyd iterations after seeding, >= 0
   // Train on a random subsample of at most max_points_per_centroid * k
   // points; more points barely move the centroids but cost linear time.
-  int max_points_per_centroid = 64;
+  int max_points_per_centroid = 32;
   // k-means++ seeding runs on at most seeding_points_per_centroid * k
   // points, so seeding stays O(k^2 * dim * this) even for k = 1024.
   int seeding_points_per_centroid = 4;

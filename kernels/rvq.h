@@ -30,8 +30,8 @@ struct RvqParams {
   int bits = 8;    // bits per stage index, 1..16 (K = 2^bits)
 
   // Training (see KMeansParams).
-  int kmeans_iterations = 8;
-  int max_points_per_centroid = 64;
+  int kmeans_iterations = 6;
+  int max_points_per_centroid = 32;
   int seeding_points_per_centroid = 4;
   // Fit uses at most this many of the given vectors (a deterministic random
   // subset); 0 = all of them.
