@@ -67,20 +67,18 @@ absl::Status CausalAttention(const float* q, int64_t n, int64_t pos0,
     const int64_t i1 = std::min(n, i0 + kTile);
     const int rows = static_cast<int>((i1 - i0) * group);
     const int64_t ctx = pos0 + i1;  // keys [0, ctx)
-    // All queries of the tile read [sinks, d_lo) decoded; some read up to
-    // d_hi. Exact keys are needed on [0, sinks) and [d_lo, ctx).
+    // Every query of the tile reads [sinks, d_lo) decoded; the last one
+    // reads up to d_hi. Rows of [d_lo, d_hi) are decoded for some queries
+    // only.
     const int64_t d_lo = view.DecodedLimit(pos0 + i0);
     const int64_t d_hi = view.DecodedLimit(pos0 + i1 - 1);
     const bool any_decoded = d_hi > sinks;
-    const int64_t ld_dec = any_decoded ? d_hi - sinks : 0;
 
     scratch->q.resize(static_cast<size_t>(rows) * hd);
     scratch->scores.resize(static_cast<size_t>(rows) * ctx);
-    scratch->decoded_scores.resize(static_cast<size_t>(rows) * ld_dec);
     scratch->out.resize(static_cast<size_t>(rows) * hd);
     float* qg = scratch->q.data();
     float* s = scratch->scores.data();
-    float* sd = scratch->decoded_scores.data();
     float* og = scratch->out.data();
 
     for (int g = 0; g < kv_heads; ++g) {
@@ -90,27 +88,56 @@ absl::Status CausalAttention(const float* q, int64_t n, int64_t pos0,
                     q + i * q_row + int64_t{g} * group * hd,
                     sizeof(float) * group * hd);
       }
-      const float* k = view.keys + int64_t{g} * hd;
-      const float* v = view.values + int64_t{g} * hd;
-      if (!any_decoded) {
-        GemmNT(rows, 0, ctx, hd, scale, qg, hd, k, kv_row, 0.0f, s, ctx);
-      } else {
-        GemmNT(rows, 0, std::min(sinks, ctx), hd, scale, qg, hd, k, kv_row,
-               0.0f, s, ctx);
-        GemmNT(rows, d_lo, ctx, hd, scale, qg, hd, k, kv_row, 0.0f, s, ctx);
-        GemmNT(rows, 0, ld_dec, hd, scale, qg, hd,
-               view.decoded_keys + sinks * kv_row + int64_t{g} * hd, kv_row,
-               0.0f, sd, ld_dec);
+      const float* ke = view.keys + int64_t{g} * hd;
+      const float* ve = view.values + int64_t{g} * hd;
+      const float* kd = nullptr;
+      const float* vd = nullptr;
+      const float* k = ke;
+      const float* v = ve;
+      int64_t ld = kv_row;
+      if (any_decoded) {
+        // The tile's common view: exact rows except [sinks, d_lo), which
+        // every query reads decoded. Per-query differences in [d_lo, d_hi)
+        // are patched below, only where the decoded row differs from the
+        // exact one (so a lossless codec gives bit-identical results).
+        kd = view.decoded_keys + int64_t{g} * hd;
+        vd = view.decoded_values + int64_t{g} * hd;
+        scratch->merged_k.resize(static_cast<size_t>(ctx) * hd);
+        scratch->merged_v.resize(static_cast<size_t>(ctx) * hd);
+        for (int64_t j = 0; j < ctx; ++j) {
+          const bool dec = j >= sinks && j < d_lo;
+          std::memcpy(scratch->merged_k.data() + j * hd,
+                      (dec ? kd : ke) + j * kv_row, sizeof(float) * hd);
+          std::memcpy(scratch->merged_v.data() + j * hd,
+                      (dec ? vd : ve) + j * kv_row, sizeof(float) * hd);
+        }
+        k = scratch->merged_k.data();
+        v = scratch->merged_v.data();
+        ld = hd;
+        scratch->key_differs.assign(static_cast<size_t>(d_hi - d_lo), 0);
+        scratch->value_differs.assign(static_cast<size_t>(d_hi - d_lo), 0);
+        for (int64_t j = d_lo; j < d_hi; ++j) {
+          scratch->key_differs[j - d_lo] =
+              std::memcmp(kd + j * kv_row, ke + j * kv_row,
+                          sizeof(float) * hd) != 0;
+          scratch->value_differs[j - d_lo] =
+              std::memcmp(vd + j * kv_row, ve + j * kv_row,
+                          sizeof(float) * hd) != 0;
+        }
       }
+      GemmNT(rows, 0, ctx, hd, scale, qg, hd, k, ld, 0.0f, s, ctx);
       for (int r = 0; r < rows; ++r) {
         const int64_t t = pos0 + i0 + r / group;
         float* row = s + int64_t{r} * ctx;
-        int64_t lim = sinks;
         if (any_decoded) {
-          lim = view.DecodedLimit(t);
-          if (lim > sinks) {
-            std::memcpy(row + sinks, sd + int64_t{r} * ld_dec,
-                        sizeof(float) * (lim - sinks));
+          const float* qr = qg + int64_t{r} * hd;
+          const int64_t lim = view.DecodedLimit(t);
+          for (int64_t j = d_lo; j < lim; ++j) {
+            if (!scratch->key_differs[j - d_lo]) continue;
+            const float* kj = kd + j * kv_row;
+            float dot = 0.0f;
+            for (int x = 0; x < hd; ++x) dot += qr[x] * kj[x];
+            row[j] = scale * dot;
           }
         }
         float mx = row[0];
@@ -123,26 +150,24 @@ absl::Status CausalAttention(const float* q, int64_t n, int64_t pos0,
         const float inv = 1.0f / sum;
         for (int64_t j = 0; j <= t; ++j) row[j] *= inv;
         std::fill(row + t + 1, row + ctx, 0.0f);
-        if (any_decoded) {
-          // Split the probabilities: decoded cells go to sd, and are zeroed
-          // in the exact region [d_lo, lim) that the exact product reads.
-          float* drow = sd + int64_t{r} * ld_dec;
-          const int64_t nd = std::max<int64_t>(lim - sinks, 0);
-          std::memcpy(drow, row + sinks, sizeof(float) * nd);
-          std::fill(drow + nd, drow + ld_dec, 0.0f);
-          if (lim > d_lo) std::fill(row + d_lo, row + lim, 0.0f);
-        }
       }
       std::fill(og, og + static_cast<size_t>(rows) * hd, 0.0f);
-      if (!any_decoded) {
-        GemmNN(rows, 0, ctx, hd, s, ctx, v, kv_row, og, hd);
-      } else {
-        GemmNN(rows, 0, std::min(sinks, ctx), hd, s, ctx, v, kv_row, og, hd);
-        GemmNN(rows, d_lo, ctx, hd, s, ctx, v, kv_row, og, hd);
-        // sd's column j is position sinks + j.
-        GemmNN(rows, 0, ld_dec, hd, sd, ld_dec,
-               view.decoded_values + sinks * kv_row + int64_t{g} * hd, kv_row,
-               og, hd);
+      GemmNN(rows, 0, ctx, hd, s, ctx, v, ld, og, hd);
+      if (any_decoded) {
+        // Queries that read a row of [d_lo, d_hi) decoded got its exact
+        // value from the common view: add p * (decoded - exact).
+        for (int r = 0; r < rows; ++r) {
+          const int64_t t = pos0 + i0 + r / group;
+          const float* prow = s + int64_t{r} * ctx;
+          float* orow = og + int64_t{r} * hd;
+          const int64_t lim = view.DecodedLimit(t);
+          for (int64_t j = d_lo; j < lim; ++j) {
+            if (!scratch->value_differs[j - d_lo] || prow[j] == 0.0f) continue;
+            const float* a = vd + j * kv_row;
+            const float* b = ve + j * kv_row;
+            for (int x = 0; x < hd; ++x) orow[x] += prow[j] * (a[x] - b[x]);
+          }
+        }
       }
       for (int64_t i = i0; i < i1; ++i) {
         std::memcpy(out + i * q_row + int64_t{g} * group * hd,

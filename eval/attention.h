@@ -22,7 +22,8 @@ struct AttentionShape {
 
 // Reusable buffers, so a forward pass allocates them once.
 struct AttentionScratch {
-  std::vector<float> q, scores, decoded_scores, out;
+  std::vector<float> q, scores, out, merged_k, merged_v;
+  std::vector<char> key_differs, value_differs;
 };
 
 // q: post-RoPE queries [n][heads][head_dim] at positions pos0 .. pos0+n-1.

@@ -71,7 +71,8 @@ absl::Status ExactKvCache::Append(int layer, const float* /*keys_pre_rope*/,
                                   const float* keys, const float* values) {
   if (chunk_ == 0) return absl::FailedPreconditionError("no open chunk");
   if (layer < 0 || layer >= store_.layout().layers ||
-      store_.tokens(layer) != tokens_) {
+      store_.tokens(layer) != tokens_ ||
+      (layer > 0 && store_.tokens(layer - 1) != tokens_ + chunk_)) {
     return absl::FailedPreconditionError(
         absl::StrCat("Append of layer ", layer, " out of order"));
   }

@@ -5,9 +5,11 @@
 // maps to the same rule: digits split one at a time, then the GPT-2 split)
 // and "gpt-2"/"default" (the GPT-2 split alone).
 //
-// Encode never fails: every byte of the input lands in some token, and
-// Decode(Encode(text)) == text for any byte string (control tokens are only
-// produced when parse_special is set).
+// Encode never fails. Decode(Encode(text)) == text whenever every byte of
+// the text has a byte token in the vocabulary (true of all valid UTF-8 text
+// except a few C0 control characters for SmolLM2); a byte without one
+// becomes the unknown token. Control tokens are only produced when
+// parse_special is set.
 //
 // Thread safety: immutable after construction; Encode/Decode are const and
 // thread-safe (the word cache is guarded by a mutex).

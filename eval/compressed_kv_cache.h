@@ -1,0 +1,97 @@
+// A KV cache with VQKV's policy: the first `sinks` positions and the most
+// recent `window` positions are read exact (fp16), every other past position
+// is read back through a vqkv::Codec.
+//
+// Precisely: a query at position t reads position s decoded iff
+//   sinks <= s < t - window,
+// and exact otherwise (KvCache::LayerView::ReadsDecoded). The cache keeps
+// both the exact copy of every position and, for coded positions, the
+// codec's reconstruction; this makes the per-query split exact even inside a
+// batched prefill chunk, where different queries see different splits.
+//
+// Coding: positions from `sinks` on are coded in blocks of block_tokens
+// consecutive positions, all layers at once (one Codec::Encode over a
+// [layer][block_tokens][kv_head][head_dim] block, then Decode). A block is
+// coded lazily, when the first query that must read it decoded is about to
+// run, so blocks still inside the window are never coded. Coded blocks are
+// complete: forward chunks are capped (MaxChunkTokens) so that every block a
+// chunk's queries read decoded was filled by earlier chunks.
+//
+// Keys: by default the post-RoPE keys are coded. With keys_pre_rope, the raw
+// (pre-RoPE) keys are coded and RoPE is applied to the decoded keys.
+//
+// Thread safety: not thread-safe (see KvCache). The codec is only used
+// through its const methods and may be shared with other caches.
+#ifndef VQKV_EVAL_COMPRESSED_KV_CACHE_H_
+#define VQKV_EVAL_COMPRESSED_KV_CACHE_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "eval/kv_cache.h"
+#include "eval/rope.h"
+#include "kernels/codec.h"
+
+namespace vqkv::eval {
+
+struct CompressedKvCacheOptions {
+  int64_t sinks = 4;
+  int64_t window = 1024;
+  // Positions per Encode call. REQUIRES: 1 <= block_tokens <= window + 1.
+  int64_t block_tokens = 32;
+  // Code raw keys and rotate after decoding (needs a Rope).
+  bool keys_pre_rope = false;
+  // Round the exact copies (and what the codec is given) to fp16.
+  bool round_to_fp16 = true;
+};
+
+class CompressedKvCache : public KvCache {
+ public:
+  // `codec` and `rope` are not owned and must outlive the cache; rope may be
+  // null unless keys_pre_rope. Errors: kInvalidArgument for bad options, a
+  // missing rope, or a codec whose layout differs from `layout`.
+  static absl::StatusOr<std::unique_ptr<CompressedKvCache>> Create(
+      const KvLayout& layout, const Codec* codec, const Rope* rope,
+      const CompressedKvCacheOptions& options);
+
+  const KvLayout& layout() const override { return exact_.layout(); }
+  int64_t tokens() const override { return tokens_; }
+  // window + 2 - block_tokens: the largest chunk whose queries only read
+  // decoded positions from blocks completed before the chunk.
+  int64_t MaxChunkTokens() const override;
+  absl::Status BeginChunk(int64_t n) override;
+  absl::Status Append(int layer, const float* keys_pre_rope, const float* keys,
+                      const float* values) override;
+  LayerView View(int layer) const override;
+  absl::Status EndChunk() override;
+  void Clear() override;
+
+  const CompressedKvCacheOptions& options() const { return options_; }
+  // Positions coded so far (from sinks on), and their payload bytes.
+  int64_t coded_tokens() const { return coded_end_ - options_.sinks; }
+  uint64_t encoded_bytes() const { return encoded_bytes_; }
+
+ private:
+  CompressedKvCache(const KvLayout& layout, const Codec* codec,
+                    const Rope* rope, const CompressedKvCacheOptions& options);
+  absl::Status CodeBlock();
+
+  const Codec* codec_;
+  const Rope* rope_;
+  CompressedKvCacheOptions options_;
+  ExactKvStore exact_;
+  ExactKvStore raw_keys_;  // pre-RoPE keys (values unused); keys_pre_rope only
+  ExactKvStore decoded_;   // rows [0, coded_end_); rows below sinks unused
+  int64_t tokens_ = 0;
+  int64_t chunk_ = 0;
+  int64_t coded_end_;  // positions [sinks, coded_end_) are coded
+  uint64_t encoded_bytes_ = 0;
+  std::vector<float> block_keys_, block_values_;
+  std::vector<uint8_t> payload_;
+};
+
+}  // namespace vqkv::eval
+
+#endif  // VQKV_EVAL_COMPRESSED_KV_CACHE_H_

@@ -1,0 +1,235 @@
+// The exact/decoded policy of CompressedKvCache as attention sees it, and
+// CausalAttention against a scalar reference.
+#include <cmath>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "eval/attention.h"
+#include "eval/compressed_kv_cache.h"
+#include "eval/kv_cache.h"
+#include "eval/rope.h"
+#include "gtest/gtest.h"
+#include "tests/unit/eval/offset_codec.h"
+
+namespace vqkv::eval {
+namespace {
+
+using testing::OffsetCodec;
+
+constexpr int kHeadDim = 64;
+
+// Scalar causal GQA attention over exact K/V, the reference.
+std::vector<float> ReferenceAttention(const std::vector<float>& q, int64_t n,
+                                      int64_t pos0, int heads, int kv_heads,
+                                      const float* k, const float* v) {
+  const int group = heads / kv_heads;
+  std::vector<float> out(q.size(), 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = pos0 + i;
+    for (int h = 0; h < heads; ++h) {
+      const float* qi = q.data() + (i * heads + h) * kHeadDim;
+      const int g = h / group;
+      std::vector<double> w(static_cast<size_t>(t + 1));
+      double mx = -1e30;
+      for (int64_t s = 0; s <= t; ++s) {
+        double dot = 0;
+        for (int d = 0; d < kHeadDim; ++d) {
+          dot += double{qi[d]} * k[(s * kv_heads + g) * kHeadDim + d];
+        }
+        w[s] = dot / std::sqrt(double{kHeadDim});
+        mx = std::max(mx, w[s]);
+      }
+      double sum = 0;
+      for (double& x : w) sum += (x = std::exp(x - mx));
+      float* o = out.data() + (i * heads + h) * kHeadDim;
+      for (int64_t s = 0; s <= t; ++s) {
+        for (int d = 0; d < kHeadDim; ++d) {
+          o[d] += static_cast<float>(w[s] / sum *
+                                     v[(s * kv_heads + g) * kHeadDim + d]);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+TEST(AttentionTest, MatchesScalarReferenceAcrossChunksAndTiles) {
+  const KvLayout layout{1, 2, kHeadDim};
+  const AttentionShape shape{6, 2, kHeadDim};
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  ExactKvCache cache(layout, /*round_to_fp16=*/false);
+  std::vector<float> all_k, all_v;
+  AttentionScratch scratch;
+  // Chunks of 5, then 70 (more than one query tile), then 1.
+  for (int64_t n : {5, 70, 1}) {
+    const int64_t pos0 = cache.tokens();
+    std::vector<float> q(static_cast<size_t>(n * 6 * kHeadDim));
+    std::vector<float> k(static_cast<size_t>(n * 2 * kHeadDim)), v(k.size());
+    for (float& x : q) x = nd(rng);
+    for (float& x : k) x = nd(rng);
+    for (float& x : v) x = nd(rng);
+    all_k.insert(all_k.end(), k.begin(), k.end());
+    all_v.insert(all_v.end(), v.begin(), v.end());
+    ASSERT_TRUE(cache.BeginChunk(n).ok());
+    ASSERT_TRUE(cache.Append(0, k.data(), k.data(), v.data()).ok());
+    std::vector<float> out(q.size());
+    ASSERT_TRUE(CausalAttention(q.data(), n, pos0, shape, cache.View(0),
+                                out.data(), &scratch)
+                    .ok());
+    const std::vector<float> ref =
+        ReferenceAttention(q, n, pos0, 6, 2, all_k.data(), all_v.data());
+    for (size_t i = 0; i < out.size(); ++i) {
+      ASSERT_NEAR(out[i], ref[i], 1e-4) << "chunk " << n << " element " << i;
+    }
+    ASSERT_TRUE(cache.EndChunk().ok());
+  }
+}
+
+struct PolicyCase {
+  int64_t sinks, window, block, chunk;  // chunk 0 = MaxChunkTokens()
+};
+
+// Key of position s is the unit vector e_s; exact values are 0 and the
+// codec adds 1 to decoded values. A query 200 * e_s puts (almost) all its
+// weight on position s, so its output is ~1 exactly when s was read
+// decoded.
+class PolicyTest : public ::testing::TestWithParam<PolicyCase> {};
+
+TEST_P(PolicyTest, QueryAtTReadsDecodedExactlyBelowTMinusWindow) {
+  const PolicyCase pc = GetParam();
+  const KvLayout layout{2, 1, kHeadDim};
+  const AttentionShape shape{3, 1, kHeadDim};
+  const int64_t total = 48;
+  OffsetCodec codec(layout, 0.0f, 1.0f);
+  CompressedKvCacheOptions opt;
+  opt.sinks = pc.sinks;
+  opt.window = pc.window;
+  opt.block_tokens = pc.block;
+  absl::StatusOr<std::unique_ptr<CompressedKvCache>> cache =
+      CompressedKvCache::Create(layout, &codec, nullptr, opt);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const int64_t chunk = pc.chunk > 0 ? pc.chunk : (*cache)->MaxChunkTokens();
+  AttentionScratch scratch;
+  int checked_decoded = 0, checked_exact = 0;
+  for (int64_t pos0 = 0; pos0 < total; pos0 += chunk) {
+    const int64_t n = std::min(chunk, total - pos0);
+    std::vector<float> k(static_cast<size_t>(n * kHeadDim), 0.0f);
+    std::vector<float> v(k.size(), 0.0f);
+    for (int64_t i = 0; i < n; ++i) k[i * kHeadDim + pos0 + i] = 1.0f;
+    ASSERT_TRUE((*cache)->BeginChunk(n).ok());
+    for (int l = 0; l < layout.layers; ++l) {
+      ASSERT_TRUE((*cache)->Append(l, k.data(), k.data(), v.data()).ok());
+      const KvCache::LayerView view = (*cache)->View(l);
+      for (int64_t s = 0; s < pos0 + n; ++s) {
+        std::vector<float> q(static_cast<size_t>(n * 3 * kHeadDim), 0.0f);
+        for (int64_t i = 0; i < n * 3; ++i) q[i * kHeadDim + s] = 200.0f;
+        std::vector<float> out(q.size());
+        ASSERT_TRUE(CausalAttention(q.data(), n, pos0, shape, view, out.data(),
+                                    &scratch)
+                        .ok());
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t t = pos0 + i;
+          if (s > t) continue;
+          const bool decoded = s >= pc.sinks && s < t - pc.window;
+          for (int h = 0; h < 3; ++h) {
+            ASSERT_NEAR(out[(i * 3 + h) * kHeadDim + 5], decoded ? 1.0f : 0.0f,
+                        1e-3)
+                << "layer " << l << " query t=" << t << " key s=" << s;
+          }
+          (decoded ? checked_decoded : checked_exact)++;
+        }
+      }
+    }
+    ASSERT_TRUE((*cache)->EndChunk().ok());
+  }
+  EXPECT_GT(checked_exact, 0);
+  if (total - 1 - pc.window > pc.sinks) {
+    EXPECT_GT(checked_decoded, 0);
+  }
+  // Blocks are coded only when first needed: the last query (t = total-1)
+  // needs [sinks, total-1-window), rounded up to whole blocks.
+  const int64_t need = std::max<int64_t>(0, total - 1 - pc.window - pc.sinks);
+  EXPECT_EQ((*cache)->coded_tokens(),
+            (need + pc.block - 1) / pc.block * pc.block);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Policies, PolicyTest,
+    ::testing::Values(PolicyCase{4, 8, 4, 0}, PolicyCase{4, 8, 4, 1},
+                      PolicyCase{4, 8, 4, 3}, PolicyCase{0, 0, 1, 0},
+                      PolicyCase{2, 5, 6, 0}, PolicyCase{4, 16, 8, 0},
+                      PolicyCase{3, 6, 2, 5}, PolicyCase{60, 4, 4, 0}));
+
+TEST(CompressedKvCacheTest, PreRopeKeysAreRotatedAfterDecoding) {
+  const KvLayout layout{1, 2, kHeadDim};
+  const Rope rope(kHeadDim, kHeadDim, 10000.0);
+  OffsetCodec codec(layout, 0.0f, 0.0f);
+  CompressedKvCacheOptions opt;
+  opt.sinks = 2;
+  opt.window = 4;
+  opt.block_tokens = 3;
+  opt.keys_pre_rope = true;
+  opt.round_to_fp16 = false;
+  absl::StatusOr<std::unique_ptr<CompressedKvCache>> cache =
+      CompressedKvCache::Create(layout, &codec, &rope, opt);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t t = 0; t < 20; ++t) {
+    std::vector<float> raw(2 * kHeadDim), v(2 * kHeadDim);
+    for (float& x : raw) x = nd(rng);
+    for (float& x : v) x = nd(rng);
+    std::vector<float> post = raw;
+    rope.Apply(post.data(), 2, t);
+    ASSERT_TRUE((*cache)->BeginChunk(1).ok());
+    ASSERT_TRUE((*cache)->Append(0, raw.data(), post.data(), v.data()).ok());
+    ASSERT_TRUE((*cache)->EndChunk().ok());
+  }
+  const KvCache::LayerView view = (*cache)->View(0);
+  ASSERT_NE(view.decoded_keys, nullptr);
+  ASSERT_GT(view.decoded_end, opt.sinks);
+  for (int64_t s = opt.sinks; s < view.decoded_end; ++s) {
+    for (int i = 0; i < 2 * kHeadDim; ++i) {
+      ASSERT_EQ(view.decoded_keys[s * 2 * kHeadDim + i],
+                view.keys[s * 2 * kHeadDim + i])
+          << "position " << s;
+    }
+  }
+}
+
+TEST(CompressedKvCacheTest, RejectsBadConfigurations) {
+  const KvLayout layout{2, 1, kHeadDim};
+  OffsetCodec codec(layout, 0.0f, 0.0f);
+  CompressedKvCacheOptions opt;
+  opt.window = 8;
+  opt.block_tokens = 10;  // > window + 1
+  EXPECT_EQ(
+      CompressedKvCache::Create(layout, &codec, nullptr, opt).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  opt.block_tokens = 4;
+  EXPECT_EQ(
+      CompressedKvCache::Create(KvLayout{3, 1, kHeadDim}, &codec, nullptr, opt)
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  opt.keys_pre_rope = true;
+  EXPECT_EQ(
+      CompressedKvCache::Create(layout, &codec, nullptr, opt).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  opt.keys_pre_rope = false;
+  absl::StatusOr<std::unique_ptr<CompressedKvCache>> cache =
+      CompressedKvCache::Create(layout, &codec, nullptr, opt);
+  ASSERT_TRUE(cache.ok());
+  EXPECT_EQ((*cache)->MaxChunkTokens(), 6);
+  EXPECT_EQ((*cache)->BeginChunk(7).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*cache)->BeginChunk(6).ok());
+  std::vector<float> x(6 * kHeadDim);
+  EXPECT_EQ((*cache)->Append(1, x.data(), x.data(), x.data()).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*cache)->EndChunk().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace vqkv::eval
