@@ -79,6 +79,33 @@ KvCacheService::KvCacheService(storage::TieredStore* store,
 
 KvCacheService::~KvCacheService() { work_.Stop(); }
 
+bool KvCacheService::Enter() {
+  absl::MutexLock lock(&drain_mu_);
+  if (draining_) return false;
+  ++in_flight_;
+  return true;
+}
+
+void KvCacheService::Exit() {
+  absl::MutexLock lock(&drain_mu_);
+  --in_flight_;
+}
+
+void KvCacheService::BeginDrain() {
+  absl::MutexLock lock(&drain_mu_);
+  draining_ = true;
+}
+
+bool KvCacheService::WaitIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&drain_mu_);
+  return drain_mu_.AwaitWithTimeout(
+      absl::Condition(this, &KvCacheService::IdleLocked), timeout);
+}
+
+static absl::Status ShuttingDown() {
+  return absl::UnavailableError("server is shutting down");
+}
+
 absl::StatusOr<std::string> KvCacheService::Authenticate(
     const grpc::CallbackServerContext* ctx) const {
   if (!tokens_->enabled()) return std::string();
@@ -94,11 +121,17 @@ grpc::ServerUnaryReactor* KvCacheService::RunUnary(
     grpc::CallbackServerContext* ctx, const char* method, Work work) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const absl::Time start = absl::Now();
+  if (!Enter()) {
+    metrics_->RecordRpc(method, static_cast<int>(ShuttingDown().code()), 0);
+    reactor->Finish(ToGrpcStatus(ShuttingDown()));
+    return reactor;
+  }
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) {
     metrics_->RecordRpc(method, static_cast<int>(tenant.status().code()),
                         SecondsSince(start));
     reactor->Finish(ToGrpcStatus(tenant.status()));
+    Exit();
     return reactor;
   }
   work_.Submit([this, reactor, method, start, tenant = *std::move(tenant),
@@ -107,6 +140,7 @@ grpc::ServerUnaryReactor* KvCacheService::RunUnary(
     metrics_->RecordRpc(method, static_cast<int>(s.code()),
                         SecondsSince(start));
     reactor->Finish(ToGrpcStatus(s));
+    Exit();
   });
   return reactor;
 }
@@ -489,7 +523,11 @@ class KvCacheService::PutStreamReactor
  public:
   PutStreamReactor(KvCacheService* svc, v1::PutBlocksResponse* resp,
                    absl::StatusOr<std::string> tenant)
-      : svc_(svc), resp_(resp), start_(absl::Now()) {
+      : svc_(svc), resp_(resp), start_(absl::Now()), entered_(svc->Enter()) {
+    if (!entered_) {
+      FinishWith(ShuttingDown());
+      return;
+    }
     if (!tenant.ok()) {
       FinishWith(tenant.status());
       return;
@@ -521,6 +559,7 @@ class KvCacheService::PutStreamReactor
 
   void OnDone() override {
     svc_->metrics_->RecordRpc("PutBlocksStream", code_, SecondsSince(start_));
+    if (entered_) svc_->Exit();
     delete this;
   }
 
@@ -557,6 +596,7 @@ class KvCacheService::PutStreamReactor
   KvCacheService* const svc_;
   v1::PutBlocksResponse* const resp_;
   const absl::Time start_;
+  const bool entered_;
   std::string tenant_;
   v1::PutBlocksRequest req_;
   v1::Namespace ns_;
@@ -578,7 +618,11 @@ class KvCacheService::GetStreamReactor
  public:
   GetStreamReactor(KvCacheService* svc, const v1::GetBlocksRequest* req,
                    absl::StatusOr<std::string> tenant)
-      : svc_(svc), req_(req), start_(absl::Now()) {
+      : svc_(svc), req_(req), start_(absl::Now()), entered_(svc->Enter()) {
+    if (!entered_) {
+      FinishWith(ShuttingDown());
+      return;
+    }
     if (!tenant.ok()) {
       FinishWith(tenant.status());
       return;
@@ -607,6 +651,7 @@ class KvCacheService::GetStreamReactor
     svc_->metrics_->RecordHits("get", hit_, miss_, hit_tokens_,
                                miss_ * req_->namespace_().block_tokens());
     svc_->metrics_->AddBytesSent(sent_);
+    if (entered_) svc_->Exit();
     delete this;
   }
 
@@ -676,6 +721,7 @@ class KvCacheService::GetStreamReactor
   KvCacheService* const svc_;
   const v1::GetBlocksRequest* const req_;
   const absl::Time start_;
+  const bool entered_;
   std::string tenant_;
   std::vector<storage::BlockHash> hashes_;
   storage::NamespaceId ns_id_;

@@ -17,6 +17,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "service/auth.h"
 #include "service/metrics.h"
@@ -43,6 +45,13 @@ class KvCacheService final : public v1::KVCache::CallbackService {
 
   // Drains and joins the workers. Call after the gRPC server has shut down.
   void StopWorkers() { work_.Stop(); }
+
+  // Graceful shutdown, step 1: from now on new calls fail at once with
+  // UNAVAILABLE ("server is shutting down"; clients retry elsewhere).
+  void BeginDrain();
+  // Step 2: waits until no accepted call is in flight, or `timeout` passed.
+  // Returns true when idle.
+  bool WaitIdle(absl::Duration timeout);
 
   grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx,
                                    const v1::LookupRequest* request,
@@ -75,6 +84,14 @@ class KvCacheService final : public v1::KVCache::CallbackService {
  private:
   class PutStreamReactor;
   class GetStreamReactor;
+
+  // Admission for drain: Enter() counts an accepted call (false once
+  // draining); Exit() when it has finished.
+  bool Enter();
+  void Exit();
+  bool IdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(drain_mu_) {
+    return in_flight_ == 0;
+  }
 
   // The caller's tenant from its metadata (UNAUTHENTICATED on failure).
   absl::StatusOr<std::string> Authenticate(
@@ -117,6 +134,9 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   Metrics* const metrics_;
   const KvServiceOptions options_;
   WorkQueue work_;
+  absl::Mutex drain_mu_;
+  bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
+  int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;
 };
 
 // absl::Status -> grpc::Status, code for code.

@@ -138,10 +138,18 @@ absl::Status Server::Shutdown(absl::Duration grace) {
   serving_ = false;
   if (grpc_ != nullptr) {
     if (auto* health = grpc_->GetHealthCheckService()) health->Shutdown();
-    // Stops accepting; waits for in-flight calls until the deadline, then
-    // cancels the rest. Their reactors finish through the workers, which
-    // keep running until every call is done.
-    grpc_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+    // New calls get UNAVAILABLE from here on; accepted ones run to the end
+    // (up to `grace`). Then the gRPC server shuts down at once: it cancels
+    // whatever is left and closes idle client connections, which would
+    // otherwise hold Shutdown until its deadline. Cancelled reactors finish
+    // through the workers, which keep running until every call is done.
+    service_->BeginDrain();
+    if (!service_->WaitIdle(grace)) {
+      std::fprintf(stderr,
+                   "vqkv-server: calls still running after the grace "
+                   "period; cancelling them\n");
+    }
+    grpc_->Shutdown(absl::ToChronoTime(absl::Now()));
     grpc_->Wait();
   }
   if (service_ != nullptr) service_->StopWorkers();

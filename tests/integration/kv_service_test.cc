@@ -335,21 +335,40 @@ TEST_F(KvServiceTest, EvictionUnderSmallMemoryLosesNothingAcknowledged) {
   ExpectAllServed(c, ns, all);
 }
 
-TEST_F(KvServiceTest, RestartKeepsBlocksAndSigtermExitsZero) {
+// Restart and crash tests run with auth off (the anonymous tenant "") and
+// with a named tenant, since namespace ownership must survive a restart.
+class RestartTest : public KvServiceTest,
+                    public ::testing::WithParamInterface<bool> {
+ protected:
+  // Server args for the parameter (auth on: a tokens file with alice).
+  std::vector<std::string> AuthArgs() {
+    if (!GetParam()) return {};
+    return {"--tokens-file",
+            dir_.WriteFile("tokens.txt", "alice-token-123 alice\n")};
+  }
+  std::string Token() const { return GetParam() ? "alice-token-123" : ""; }
+  static std::vector<std::string> Plus(std::vector<std::string> a,
+                                       const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  }
+};
+
+TEST_P(RestartTest, RestartKeepsBlocksAndSigtermExitsZero) {
   const v1::Namespace ns = TestNamespace();
   auto blocks = Blocks(12, 400);
   {
-    auto server = StartServer();
+    auto server = StartServer(AuthArgs());
     ASSERT_NE(server, nullptr);
-    Client c(*server);
+    Client c(*server, Token());
     v1::PutBlocksResponse put;
     ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
     ASSERT_EQ(put.stored(), 12u);
     EXPECT_EQ(server->StopWith(SIGTERM), 0);
   }
-  auto server = StartServer();
+  auto server = StartServer(AuthArgs());
   ASSERT_NE(server, nullptr);
-  Client c(*server);
+  Client c(*server, Token());
   v1::LookupResponse lk;
   ASSERT_TRUE(c.Lookup(ns, HashesOf(blocks), &lk).ok());
   EXPECT_EQ(lk.prefix_blocks(), 12u);
@@ -357,13 +376,13 @@ TEST_F(KvServiceTest, RestartKeepsBlocksAndSigtermExitsZero) {
   EXPECT_EQ(server->StopWith(SIGINT), 0);
 }
 
-TEST_F(KvServiceTest, Kill9InSyncModeKeepsAcknowledgedPuts) {
+TEST_P(RestartTest, Kill9InSyncModeKeepsAcknowledgedPuts) {
   const v1::Namespace ns = TestNamespace();
   std::vector<std::pair<std::string, std::string>> acked;
   {
-    auto server = StartServer({"--durability", "sync"});
+    auto server = StartServer(Plus({"--durability", "sync"}, AuthArgs()));
     ASSERT_NE(server, nullptr);
-    Client c(*server);
+    Client c(*server, Token());
     for (int batch = 0; batch < 5; ++batch) {
       auto blocks = Blocks(8, 500 + 8 * batch, 200 + batch);
       v1::PutBlocksResponse put;
@@ -373,10 +392,15 @@ TEST_F(KvServiceTest, Kill9InSyncModeKeepsAcknowledgedPuts) {
     }
     EXPECT_EQ(server->StopWith(SIGKILL), 128 + SIGKILL);
   }
-  auto server = StartServer({"--durability", "sync"});
+  auto server = StartServer(Plus({"--durability", "sync"}, AuthArgs()));
   ASSERT_NE(server, nullptr);
-  ExpectAllServed(Client(*server), ns, acked);
+  ExpectAllServed(Client(*server, Token()), ns, acked);
 }
+
+INSTANTIATE_TEST_SUITE_P(AuthOffAndOn, RestartTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "NamedTenant" : "AuthOff";
+                         });
 
 TEST_F(KvServiceTest, ConcurrentClients) {
   auto server = StartServer();
