@@ -61,7 +61,7 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 
 struct Options {
   int64_t train = 20000;
-  int64_t test = 20000;
+  int64_t test = 10000;
   int beam = 4;
   int threads = 1;
   int kmeans_iterations = 8;
