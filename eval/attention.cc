@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "eval/softmax.h"
 
 namespace vqkv::eval {
 namespace {
@@ -140,15 +141,7 @@ absl::Status CausalAttention(const float* q, int64_t n, int64_t pos0,
             row[j] = scale * dot;
           }
         }
-        float mx = row[0];
-        for (int64_t j = 1; j <= t; ++j) mx = std::max(mx, row[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j <= t; ++j) {
-          row[j] = std::exp(row[j] - mx);
-          sum += row[j];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j <= t; ++j) row[j] *= inv;
+        SoftmaxInPlace(row, t + 1);
         std::fill(row + t + 1, row + ctx, 0.0f);
       }
       std::fill(og, og + static_cast<size_t>(rows) * hd, 0.0f);

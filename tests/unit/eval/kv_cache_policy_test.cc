@@ -9,6 +9,7 @@
 #include "eval/compressed_kv_cache.h"
 #include "eval/kv_cache.h"
 #include "eval/rope.h"
+#include "eval/softmax.h"
 #include "gtest/gtest.h"
 #include "tests/unit/eval/offset_codec.h"
 
@@ -84,6 +85,29 @@ TEST(AttentionTest, MatchesScalarReferenceAcrossChunksAndTiles) {
       ASSERT_NEAR(out[i], ref[i], 1e-4) << "chunk " << n << " element " << i;
     }
     ASSERT_TRUE(cache.EndChunk().ok());
+  }
+}
+
+TEST(SoftmaxTest, MatchesDoublePrecision) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 8.0f);
+  for (int64_t n : {1, 7, 8, 9, 64, 1000}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = nd(rng);
+    x[0] = -200.0f;  // far below the max: underflows to ~0
+    std::vector<double> ref(x.begin(), x.end());
+    const double mx = *std::max_element(ref.begin(), ref.end());
+    double sum = 0;
+    for (double& v : ref) sum += (v = std::exp(v - mx));
+    std::vector<float> fast = x, scalar = x;
+    SoftmaxInPlace(fast.data(), n);
+    SoftmaxInPlaceRef(scalar.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double want = ref[i] / sum;
+      // Float rounding of x - max alone costs |x - max| * 2^-24 relative.
+      EXPECT_NEAR(fast[i], want, 1e-5 * want + 1e-12) << n << " " << i;
+      EXPECT_NEAR(scalar[i], want, 1e-5 * want + 1e-12) << n << " " << i;
+    }
   }
 }
 

@@ -1,0 +1,19 @@
+// Softmax of one row in place, the inner loop of attention. Uses AVX2+FMA
+// when the CPU has them (chosen at run time; a Cephes-style exp accurate to
+// a few ulp), a scalar std::exp loop otherwise.
+//
+// Thread safety: pure functions.
+#ifndef VQKV_EVAL_SOFTMAX_H_
+#define VQKV_EVAL_SOFTMAX_H_
+
+#include <cstdint>
+
+namespace vqkv::eval {
+
+// x[0, n) <- exp(x - max) / sum. REQUIRES: n >= 1, no NaN in x.
+void SoftmaxInPlace(float* x, int64_t n);
+void SoftmaxInPlaceRef(float* x, int64_t n);  // scalar reference
+
+}  // namespace vqkv::eval
+
+#endif  // VQKV_EVAL_SOFTMAX_H_
