@@ -1,0 +1,385 @@
+// kv_service_bench: put/get throughput and latency of vqkv-server over
+// loopback, next to Redis (Debian redis-server, started here, same payloads
+// through hiredis SET/GET) in the same run.
+//
+// Payloads are sealed encoded blocks (kernels/block_format.h header + payload
+// of the exact encoded size, random bytes) for 16- and 256-token blocks of
+// SmolLM2-135M (30 layers, 3 KV heads, head_dim 64) and LLaMA3.1-8B (32, 8,
+// 128), at the paper rate (2.75 bits/element) and as raw fp16 (16
+// bits/element). "KV tok/s" is blocks/s x tokens per block: the effective KV
+// bandwidth, which is where compression pays.
+//
+// Usage: kv_service_bench [--seconds S] [--max-gib-per-run G] [--quick]
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "grpcpp/grpcpp.h"
+#include "hiredis/hiredis.h"
+#include "kernels/block.h"
+#include "kernels/block_format.h"
+#include "kernels/codec.h"
+#include "vqkv/v1/kvcache.grpc.pb.h"
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Model {
+  const char* name;
+  int layers, kv_heads, head_dim;
+};
+constexpr Model kModels[] = {{"SmolLM2-135M", 30, 3, 64},
+                             {"LLaMA3.1-8B", 32, 8, 128}};
+
+// A sealed block with a payload of `payload_bytes` random bytes.
+std::string MakeBlock(const Model& m, int tokens, bool vq,
+                      uint64_t payload_bytes, uint64_t seed) {
+  vqkv::BlockHeader h{};
+  h.magic = vqkv::kBlockMagic;
+  h.format_version = vqkv::kBlockFormatVersion;
+  h.header_bytes = sizeof(vqkv::BlockHeader);
+  h.codec_id =
+      static_cast<uint32_t>(vq ? vqkv::CodecId::kVq : vqkv::CodecId::kFp16);
+  h.tokens = tokens;
+  h.layers = m.layers;
+  h.kv_heads = m.kv_heads;
+  h.head_dim = m.head_dim;
+  h.codes_bytes = payload_bytes;
+  h.payload_bytes = payload_bytes;
+  std::string block(sizeof(h) + payload_bytes, '\0');
+  std::mt19937_64 rng(seed);
+  for (size_t i = sizeof(h); i + 8 <= block.size(); i += 8) {
+    const uint64_t r = rng();
+    std::memcpy(&block[i], &r, 8);
+  }
+  h.checksum = vqkv::BlockChecksum(
+      h, reinterpret_cast<const uint8_t*>(block.data()) + sizeof(h),
+      payload_bytes);
+  std::memcpy(block.data(), &h, sizeof(h));
+  return block;
+}
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+pid_t Spawn(std::vector<std::string> args, int stdout_fd) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (stdout_fd >= 0) {
+    posix_spawn_file_actions_adddup2(&actions, stdout_fd, STDOUT_FILENO);
+  }
+  pid_t pid = -1;
+  if (posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ) !=
+      0) {
+    pid = -1;
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+// Starts vqkv-server with --listen 127.0.0.1:0 and reads its port.
+pid_t StartVqkv(const std::string& data_dir, int* port) {
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  const pid_t pid = Spawn(
+      {VQKV_SERVER_PATH, "--listen", "127.0.0.1:0", "--data-dir", data_dir,
+       "--memory-bytes", "6GiB", "--max-message-bytes", "128MiB"},
+      fds[1]);
+  close(fds[1]);
+  std::string out;
+  char c;
+  while (read(fds[0], &c, 1) == 1) {
+    if (c != '\n') {
+      out += c;
+      continue;
+    }
+    const size_t at = out.find("listening on ");
+    if (at != std::string::npos) {
+      *port = std::stoi(out.substr(out.rfind(':') + 1));
+      break;
+    }
+    out.clear();
+  }
+  close(fds[0]);
+  return pid;
+}
+
+struct Result {
+  double ops_per_s = 0, mb_per_s = 0, p50_ms = 0, p99_ms = 0;
+  int64_t ops = 0;
+};
+
+// Runs `clients` threads calling op(thread, i) until `seconds` passed or
+// `max_ops` operations were done in all. op returns false on failure.
+template <typename Op>
+Result Run(int clients, double seconds, int64_t max_ops, size_t bytes, Op op) {
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::vector<std::vector<double>> lat(clients);
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::duration<double>(seconds);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < clients; ++t) {
+    threads.emplace_back([&, t] {
+      while (Clock::now() < deadline) {
+        const int64_t i = next.fetch_add(1);
+        if (i >= max_ops) break;
+        const auto t0 = Clock::now();
+        if (!op(t, i)) {
+          failed = true;
+          break;
+        }
+        lat[t].push_back(
+            std::chrono::duration<double, std::milli>(Clock::now() - t0)
+                .count());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  const double elapsed =
+      std::chrono::duration<double>(Clock::now() - start).count();
+  std::vector<double> all;
+  for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
+  Result r;
+  if (failed || all.empty()) return r;
+  std::sort(all.begin(), all.end());
+  r.ops = static_cast<int64_t>(all.size());
+  r.ops_per_s = r.ops / elapsed;
+  r.mb_per_s = r.ops_per_s * bytes / 1e6;
+  r.p50_ms = all[all.size() / 2];
+  r.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+  return r;
+}
+
+std::string Key(int64_t i) {
+  char buf[16];
+  std::memset(buf, 0, sizeof(buf));
+  std::memcpy(buf, &i, sizeof(i));
+  buf[15] = 0x5a;
+  return std::string(buf, 16);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"vqkv-server vs Redis: put/get throughput over loopback"};
+  double seconds = 1.5;
+  double max_gib = 1.0;
+  bool quick = false;
+  app.add_option("--seconds", seconds, "time per measurement (default 1.5)");
+  app.add_option("--max-gib-per-run", max_gib,
+                 "cap on bytes put per measurement (default 1 GiB)");
+  app.add_flag("--quick", quick, "SmolLM2 16-token blocks only");
+  CLI11_PARSE(app, argc, argv);
+  signal(SIGPIPE, SIG_IGN);
+
+  char tmpl[] = "/tmp/vqkv-bench-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  int vport = 0;
+  const pid_t vpid = StartVqkv(dir + "/data", &vport);
+  const int rport = FreePort();
+  const int devnull = open("/dev/null", O_WRONLY);
+  const pid_t rpid =
+      Spawn({"redis-server", "--port", std::to_string(rport), "--bind",
+             "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--protected-mode", "no", "--io-threads", "1"},
+            devnull);
+  if (vpid <= 0 || vport == 0 || rpid <= 0) {
+    std::fprintf(stderr, "cannot start vqkv-server or redis-server\n");
+    return 1;
+  }
+  // Wait for Redis to answer PING (bounded).
+  for (int i = 0; i < 100; ++i) {
+    redisContext* c = redisConnect("127.0.0.1", rport);
+    if (c != nullptr && c->err == 0) {
+      auto* r = static_cast<redisReply*>(redisCommand(c, "PING"));
+      const bool ok = r != nullptr;
+      if (r) freeReplyObject(r);
+      redisFree(c);
+      if (ok) break;
+    } else if (c != nullptr) {
+      redisFree(c);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+  constexpr int kMaxClients = 16;
+  std::vector<std::unique_ptr<vqkv::v1::KVCache::Stub>> stubs;
+  std::vector<redisContext*> redis;
+  for (int t = 0; t < kMaxClients; ++t) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(256 << 20);
+    args.SetMaxSendMessageSize(256 << 20);
+    args.SetInt("vqkv.bench.client", t);  // one connection per client
+    stubs.push_back(vqkv::v1::KVCache::NewStub(
+        grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(vport),
+                                  grpc::InsecureChannelCredentials(), args)));
+    redis.push_back(redisConnect("127.0.0.1", rport));
+  }
+
+  std::printf(
+      "vqkv-server (127.0.0.1:%d, async, memory tier) vs redis-server %s "
+      "(127.0.0.1:%d), one block per request, %.1f s per row, %u hardware "
+      "threads\n\n",
+      vport, "7", rport, seconds, std::thread::hardware_concurrency());
+  std::printf("%-13s %-6s %4s %10s %-6s %-4s %3s %9s %9s %8s %8s %11s\n",
+              "model", "format", "tok", "bytes", "server", "op", "cli",
+              "blocks/s", "MB/s", "p50 ms", "p99 ms", "KV tok/s");
+
+  int ns_counter = 0;
+  for (const Model& m : kModels) {
+    for (int tokens : {16, 256}) {
+      if (quick && (tokens != 16 || &m != &kModels[0])) continue;
+      for (bool vq : {true, false}) {
+        const double elements =
+            2.0 * tokens * m.layers * m.kv_heads * m.head_dim;  // K and V
+        const uint64_t payload =
+            static_cast<uint64_t>(vq ? elements * 2.75 / 8 : elements * 2);
+        // A few distinct payloads, cycled (content does not matter to
+        // either server; sizes do).
+        std::vector<std::string> blocks;
+        for (int i = 0; i < 4; ++i) {
+          blocks.push_back(MakeBlock(m, tokens, vq, payload, 17 + i));
+        }
+        const size_t bytes = blocks[0].size();
+        const int64_t max_ops = std::max<int64_t>(
+            16, static_cast<int64_t>(max_gib * (1ull << 30) / bytes));
+        for (int clients : {1, 16}) {
+          vqkv::v1::Namespace ns;
+          ns.set_model_id(std::string(m.name) + "/" +
+                          std::to_string(ns_counter++));
+          ns.set_codec(vq ? "vq-bench" : "fp16");
+          ns.set_codec_id(static_cast<uint32_t>(vq ? vqkv::CodecId::kVq
+                                                   : vqkv::CodecId::kFp16));
+          ns.set_block_tokens(tokens);
+          ns.set_layers(m.layers);
+          ns.set_kv_heads(m.kv_heads);
+          ns.set_head_dim(m.head_dim);
+          ns.set_dtype(vqkv::v1::DTYPE_BFLOAT16);
+          auto ctx_deadline = [] {
+            return std::chrono::system_clock::now() + std::chrono::seconds(60);
+          };
+          int64_t vq_put_ops = 0, redis_put_ops = 0;
+          auto print = [&](const char* server, const char* op,
+                           const Result& r) {
+            std::printf(
+                "%-13s %-6s %4d %10zu %-6s %-4s %3d %9.0f %9.1f %8.3f %8.3f "
+                "%11.0f%s\n",
+                m.name, vq ? "2.75b" : "fp16", tokens, bytes, server, op,
+                clients, r.ops_per_s, r.mb_per_s, r.p50_ms, r.p99_ms,
+                r.ops_per_s * tokens, r.ops == 0 ? "  (FAILED)" : "");
+            std::fflush(stdout);
+          };
+          // vqkv put.
+          Result r =
+              Run(clients, seconds, max_ops, bytes, [&](int t, int64_t i) {
+                vqkv::v1::PutBlocksRequest req;
+                *req.mutable_namespace_() = ns;
+                auto* b = req.add_blocks();
+                b->set_hash(Key(i));
+                b->set_data(blocks[i % blocks.size()]);
+                vqkv::v1::PutBlocksResponse resp;
+                grpc::ClientContext ctx;
+                ctx.set_deadline(ctx_deadline());
+                return stubs[t]->PutBlocks(&ctx, req, &resp).ok() &&
+                       resp.stored() == 1;
+              });
+          vq_put_ops = r.ops;
+          print("vqkv", "put", r);
+          r = Run(clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
+            vqkv::v1::GetBlocksRequest req;
+            *req.mutable_namespace_() = ns;
+            req.add_hashes(Key(i % std::max<int64_t>(vq_put_ops, 1)));
+            vqkv::v1::GetBlocksResponse resp;
+            grpc::ClientContext ctx;
+            ctx.set_deadline(ctx_deadline());
+            return stubs[t]->GetBlocks(&ctx, req, &resp).ok() &&
+                   resp.found() == 1;
+          });
+          print("vqkv", "get", r);
+          // Redis, same payloads, key = namespace-ish prefix + hash.
+          const std::string prefix = ns.model_id() + ":";
+          r = Run(clients, seconds, max_ops, bytes, [&](int t, int64_t i) {
+            const std::string key = prefix + Key(i);
+            const std::string& v = blocks[i % blocks.size()];
+            auto* rep = static_cast<redisReply*>(
+                redisCommand(redis[t], "SET %b %b", key.data(), key.size(),
+                             v.data(), v.size()));
+            const bool ok = rep != nullptr && rep->type == REDIS_REPLY_STATUS;
+            if (rep) freeReplyObject(rep);
+            return ok;
+          });
+          redis_put_ops = r.ops;
+          print("redis", "put", r);
+          r = Run(clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
+            const std::string key =
+                prefix + Key(i % std::max<int64_t>(redis_put_ops, 1));
+            auto* rep = static_cast<redisReply*>(
+                redisCommand(redis[t], "GET %b", key.data(), key.size()));
+            const bool ok = rep != nullptr && rep->type == REDIS_REPLY_STRING &&
+                            static_cast<size_t>(rep->len) == bytes;
+            if (rep) freeReplyObject(rep);
+            return ok;
+          });
+          print("redis", "get", r);
+          // Free memory before the next row.
+          {
+            vqkv::v1::DeleteRequest del;
+            *del.mutable_namespace_() = ns;
+            del.set_whole_namespace(true);
+            vqkv::v1::DeleteResponse resp;
+            grpc::ClientContext ctx;
+            ctx.set_deadline(ctx_deadline());
+            (void)stubs[0]->Delete(&ctx, del, &resp);
+            auto* rep =
+                static_cast<redisReply*>(redisCommand(redis[0], "FLUSHALL"));
+            if (rep) freeReplyObject(rep);
+          }
+        }
+      }
+    }
+  }
+  for (auto* c : redis) redisFree(c);
+  stubs.clear();
+  kill(vpid, SIGTERM);
+  kill(rpid, SIGTERM);
+  waitpid(vpid, nullptr, 0);
+  waitpid(rpid, nullptr, 0);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return 0;
+}
