@@ -13,6 +13,7 @@ PACKAGES=(
   libxxhash-dev libyaml-cpp-dev libcpp-httplib-dev libcli11-dev
   libfaiss-dev
   redis-server libhiredis-dev
+  openssl  # the TLS integration test makes a self-signed certificate
   python3 python3-grpcio python3-protobuf python3-numpy python3-matplotlib
 )
 
