@@ -5,9 +5,10 @@
 //
 // Windows: window w runs tokens[w*ctx, w*ctx + ctx) from position 0 in a
 // fresh cache; the row at window position i predicts tokens[w*ctx + i + 1].
-// Only rows i >= score_from are scored (e.g. score_from = sinks + window to
-// score only positions whose past includes coded tokens). A window is used
-// only when all its ctx targets exist.
+// Only rows i >= score_from are scored. With a CompressedKvCache,
+// score_from = sinks + window + 1 scores exactly the rows whose query reads
+// at least one decoded position (row t reads [sinks, t - window) decoded). A
+// window is used only when all its ctx targets exist.
 //
 // Thread safety: the functions are reentrant; the model is only read.
 #ifndef VQKV_EVAL_EVALUATE_H_

@@ -4,6 +4,8 @@
 //   vqkv_run_model --model M.gguf --ppl text.txt [--ctx 512] [--windows 8]
 //   vqkv_run_model --model M.gguf --prefill-bench 512 [--repeat 3]
 //   vqkv_run_model --model M.gguf --roundtrip text.txt
+//   vqkv_run_model --model M.gguf --ppl text.txt --compare-codec kivi2
+//       [--window 128] [--sinks 4] [--block 32]   (codec vs fp16 KV)
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -12,10 +14,13 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "eval/compressed_kv_cache.h"
 #include "eval/evaluate.h"
 #include "eval/gguf.h"
 #include "eval/llama_model.h"
 #include "eval/tokenizer.h"
+#include "kernels/baselines/fp16_codec.h"
+#include "kernels/baselines/kivi_codec.h"
 
 namespace vqkv::eval {
 namespace {
@@ -53,6 +58,17 @@ int Main(int argc, char** argv) {
   app.add_option("--repeat", repeat, "prefill repetitions");
   app.add_option("--roundtrip", roundtrip_path,
                  "check decode(encode(text)) == text");
+  std::string ids_out;
+  app.add_option("--ids-out", ids_out,
+                 "with --roundtrip: write the token ids, one per line");
+  std::string compare_codec;
+  int64_t window = 128, sinks = 4, block = 32;
+  app.add_option("--compare-codec", compare_codec,
+                 "with --ppl: compare a compressed cache (fp16, kivi2, "
+                 "kivi4) against the fp16 cache");
+  app.add_option("--window", window, "exact recent window (compare)");
+  app.add_option("--sinks", sinks, "exact leading tokens (compare)");
+  app.add_option("--block", block, "tokens per codec block (compare)");
   CLI11_PARSE(app, argc, argv);
 
   auto t0 = std::chrono::steady_clock::now();
@@ -82,6 +98,10 @@ int Main(int argc, char** argv) {
     std::printf("roundtrip %s: %zu bytes -> %zu tokens in %.2f s: %s\n",
                 roundtrip_path.c_str(), text.size(), ids.size(), enc,
                 ok ? "identical" : "MISMATCH");
+    if (!ids_out.empty()) {
+      std::ofstream out(ids_out);
+      for (int32_t id : ids) out << id << "\n";
+    }
     if (!ok) return 1;
   }
   if (!prompt.empty()) {
@@ -108,16 +128,66 @@ int Main(int argc, char** argv) {
     wo.ctx = ctx;
     wo.max_windows = windows;
     t0 = std::chrono::steady_clock::now();
-    absl::StatusOr<PerplexityResult> r =
-        Perplexity(**model, ids, wo, ExactCacheFactory(**model));
-    if (!r.ok()) return Fail(r.status());
-    const double s = Seconds(t0);
-    std::printf(
-        "perplexity %s (fp16 KV, ctx %lld): %.3f over %lld tokens in %lld "
-        "windows (%.1f s, %.0f tokens/s incl. logits)\n",
-        ppl_path.c_str(), static_cast<long long>(ctx), r->ppl(),
-        static_cast<long long>(r->tokens_scored),
-        static_cast<long long>(r->windows), s, r->windows * ctx / s);
+    if (compare_codec.empty()) {
+      absl::StatusOr<PerplexityResult> r =
+          Perplexity(**model, ids, wo, ExactCacheFactory(**model));
+      if (!r.ok()) return Fail(r.status());
+      const double s = Seconds(t0);
+      std::printf(
+          "perplexity %s (fp16 KV, ctx %lld): %.3f over %lld tokens in %lld "
+          "windows (%.1f s, %.0f tokens/s incl. logits)\n",
+          ppl_path.c_str(), static_cast<long long>(ctx), r->ppl(),
+          static_cast<long long>(r->tokens_scored),
+          static_cast<long long>(r->windows), s, r->windows * ctx / s);
+    } else {
+      std::unique_ptr<Codec> codec;
+      if (compare_codec == "fp16") {
+        absl::StatusOr<std::unique_ptr<Fp16Codec>> f =
+            Fp16Codec::Create(c.kv_layout());
+        if (!f.ok()) return Fail(f.status());
+        codec = *std::move(f);
+      } else if (compare_codec == "kivi2" || compare_codec == "kivi4") {
+        KiviOptions ko;
+        ko.bits = compare_codec == "kivi2" ? 2 : 4;
+        absl::StatusOr<std::unique_ptr<KiviCodec>> k =
+            KiviCodec::Create(c.kv_layout(), ko);
+        if (!k.ok()) return Fail(k.status());
+        codec = *std::move(k);
+      } else {
+        return Fail(absl::InvalidArgumentError(
+            "--compare-codec must be fp16, kivi2 or kivi4"));
+      }
+      CompressedKvCacheOptions co;
+      co.sinks = sinks;
+      co.window = window;
+      co.block_tokens = block;
+      const LlamaModel* m = model->get();
+      const Codec* cp = codec.get();
+      CacheFactory make_test =
+          [m, cp, co]() -> absl::StatusOr<std::unique_ptr<KvCache>> {
+        absl::StatusOr<std::unique_ptr<CompressedKvCache>> cache =
+            CompressedKvCache::Create(m->config().kv_layout(), cp, &m->rope(),
+                                      co);
+        if (!cache.ok()) return cache.status();
+        return std::unique_ptr<KvCache>(std::move(*cache));
+      };
+      wo.score_from = sinks + window + 1;
+      absl::StatusOr<CompareResult> r =
+          Compare(**model, ids, wo, ExactCacheFactory(**model), make_test);
+      if (!r.ok()) return Fail(r.status());
+      std::printf(
+          "%s vs fp16 KV on %s (ctx %lld, sinks %lld, window %lld, block "
+          "%lld, %.3f bits/element): ppl %.3f vs %.3f (%+.2f%%), top-1 "
+          "agreement %.4f, mean KL %.5f nats, %lld tokens scored in %lld "
+          "windows (%.1f s)\n",
+          codec->Descriptor().c_str(), ppl_path.c_str(),
+          static_cast<long long>(ctx), static_cast<long long>(sinks),
+          static_cast<long long>(window), static_cast<long long>(block),
+          codec->BitsPerElement(), r->test.ppl(), r->reference.ppl(),
+          100.0 * (r->test.ppl() / r->reference.ppl() - 1.0), r->top1_agreement,
+          r->mean_kl, static_cast<long long>(r->tokens_scored),
+          static_cast<long long>(r->reference.windows), Seconds(t0));
+    }
   }
   if (prefill > 0) {
     std::vector<int32_t> ids(static_cast<size_t>(prefill));
