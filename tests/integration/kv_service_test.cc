@@ -696,6 +696,56 @@ TEST_F(KvServiceTest, BadRequestsAreRejectedPrecisely) {
   EXPECT_TRUE(server->Running());
 }
 
+TEST_F(KvServiceTest, LargeGetsStayUnderTheMessageLimit) {
+  auto server = StartServer({"--max-message-bytes", "1MiB"});
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  std::vector<std::pair<std::string, std::string>> all;
+  for (int batch = 0; batch < 3; ++batch) {  // 3 x 200 x ~2 KiB = ~1.2 MiB
+    auto blocks = Blocks(200, 3000 + 200 * batch, 300 + batch);
+    v1::PutBlocksResponse put;
+    ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+    ASSERT_EQ(put.stored(), 200u);
+    all.insert(all.end(), blocks.begin(), blocks.end());
+  }
+  // Unary: the answer fits the limit; blocks that did not fit are marked
+  // RESOURCE_EXHAUSTED (present, fetch again), never silently dropped.
+  v1::GetBlocksResponse got;
+  grpc::Status s = c.Get(ns, HashesOf(all), &got);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(got.blocks_size(), 600);
+  EXPECT_GT(got.found(), 0u);
+  EXPECT_LT(got.found(), 600u);
+  for (int i = 0; i < 600; ++i) {
+    const auto& d = got.blocks(i);
+    if (d.code() == 0) {
+      EXPECT_TRUE(d.data() == all[i].second);
+    } else {
+      EXPECT_EQ(d.code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    }
+  }
+  // The stream delivers all of them (default budget: a quarter of the limit).
+  v1::GetBlocksRequest req;
+  *req.mutable_namespace_() = ns;
+  for (const auto& b : all) req.add_hashes(b.first);
+  auto ctx = c.Ctx();
+  auto reader = c.stub->GetBlocksStream(ctx.get(), req);
+  v1::GetBlocksResponse msg;
+  uint32_t next = 0;
+  while (reader->Read(&msg)) {
+    EXPECT_LE(msg.ByteSizeLong(), 1u << 20);
+    for (const auto& d : msg.blocks()) {
+      ASSERT_LT(d.index(), all.size());
+      EXPECT_EQ(d.index(), next++);
+      EXPECT_EQ(d.code(), 0);
+      EXPECT_TRUE(d.data() == all[d.index()].second);
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(next, 600u);
+}
+
 // A tiny fitted VQ codec, so the codebook registry is exercised with a real
 // codebook file.
 std::unique_ptr<VqCodec> TinyVqCodec() {
