@@ -108,9 +108,10 @@ struct BlockPut {
 // What the store knows about one namespace: its owner and its usage. A
 // namespace belongs to exactly one tenant, fixed by the first put into it.
 struct NamespaceInfo {
-  std::string tenant;
+  std::string tenant;   // "" is a valid tenant (the one used when auth is off)
   uint64_t bytes = 0;   // bytes of the namespace's blocks held in the store
   uint64_t blocks = 0;  // number of those blocks
+  bool has_owner = false;  // an owner record exists, so `tenant` is meaningful
 };
 
 // ---------------------------------------------------------------------------

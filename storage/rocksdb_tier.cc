@@ -668,7 +668,10 @@ absl::flat_hash_map<NamespaceId, NamespaceInfo> RocksDbTier::Namespaces()
     const {
   absl::flat_hash_map<NamespaceId, NamespaceInfo> out;
   absl::ReaderMutexLock lock(&mu_);
-  for (const auto& [ns, tenant] : owners_) out[ns].tenant = tenant;
+  for (const auto& [ns, tenant] : owners_) {
+    out[ns].tenant = tenant;
+    out[ns].has_owner = true;
+  }
   for (const auto& [key, record] : index_) {
     NamespaceInfo& info = out[key.ns];
     info.bytes += record.bytes;

@@ -202,7 +202,7 @@ absl::Status TieredStore::Impl::Init() {
   absl::MutexLock lock(&mu_);
   for (auto& [ns, info] : disk_->Namespaces()) {
     NsState& state = namespaces_[ns];
-    state.owned = !info.tenant.empty() || info.blocks == 0;
+    state.owned = info.has_owner || info.blocks == 0;
     state.tenant = info.tenant;
     state.bytes = info.bytes;
     state.blocks = info.blocks;
