@@ -4,6 +4,8 @@
 //   vqkv_run_model --model M.gguf --ppl text.txt [--ctx 512] [--windows 8]
 //   vqkv_run_model --model M.gguf --prefill-bench 512 [--repeat 3]
 //   vqkv_run_model --model M.gguf --roundtrip text.txt
+//   vqkv_run_model --model M.gguf --collect 8192 --ppl text.txt [--ctx 512]
+//       (time the KV hook: collect N tokens of K/V instead of perplexity)
 //   vqkv_run_model --model M.gguf --ppl text.txt --compare-codec kivi2
 //       [--window 128] [--sinks 4] [--block 32]   (codec vs fp16 KV)
 #include <chrono>
@@ -17,6 +19,7 @@
 #include "eval/compressed_kv_cache.h"
 #include "eval/evaluate.h"
 #include "eval/gguf.h"
+#include "eval/kv_collector.h"
 #include "eval/llama_model.h"
 #include "eval/tokenizer.h"
 #include "kernels/baselines/fp16_codec.h"
@@ -69,6 +72,10 @@ int Main(int argc, char** argv) {
   app.add_option("--window", window, "exact recent window (compare)");
   app.add_option("--sinks", sinks, "exact leading tokens (compare)");
   app.add_option("--block", block, "tokens per codec block (compare)");
+  int64_t collect = 0;
+  app.add_option("--collect", collect,
+                 "with --ppl: collect K/V of this many tokens (windows of "
+                 "--ctx, first 4 positions skipped) instead of perplexity");
   CLI11_PARSE(app, argc, argv);
 
   auto t0 = std::chrono::steady_clock::now();
@@ -128,7 +135,21 @@ int Main(int argc, char** argv) {
     wo.ctx = ctx;
     wo.max_windows = windows;
     t0 = std::chrono::steady_clock::now();
-    if (compare_codec.empty()) {
+    if (collect > 0) {
+      KvCollectorOptions ko;
+      ko.max_tokens = collect;
+      ko.skip_positions_below = 4;
+      KvCollector collector(c.kv_layout(), ko);
+      absl::StatusOr<int64_t> run = CollectKv(**model, ids, ctx, &collector);
+      if (!run.ok()) return Fail(run.status());
+      const double s = Seconds(t0);
+      std::printf(
+          "collected K/V of %lld tokens (%d layers x %d kv heads x %d) from "
+          "%lld tokens run in windows of %lld: %.1f s = %.0f tokens/s\n",
+          static_cast<long long>(collector.tokens()), c.layers, c.kv_heads,
+          c.head_dim, static_cast<long long>(*run), static_cast<long long>(ctx),
+          s, *run / s);
+    } else if (compare_codec.empty()) {
       absl::StatusOr<PerplexityResult> r =
           Perplexity(**model, ids, wo, ExactCacheFactory(**model));
       if (!r.ok()) return Fail(r.status());
