@@ -1,0 +1,291 @@
+// Runs the built `vqkv` binary as a child process: bad input must end in
+// exactly one "vqkv: error: ..." line on stderr and a non-zero exit (never a
+// crash); and, when the real model has been fetched, a tiny calibrate + eval
+// round trip must print sane JSON.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gguf_writer.h"
+#include "gtest/gtest.h"
+#include "kernels/vq_codec.h"
+
+namespace vqkv {
+namespace {
+
+namespace fs = std::filesystem;
+using eval::testing::GgufWriter;
+
+struct Result {
+  int exit_code = -1;
+  bool signaled = false;
+  std::string out;
+  std::string err;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void WriteAll(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f << bytes;
+}
+
+class VqkvCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           absl::StrCat(
+               "vqkv_cli_test_", getpid(), "_",
+               ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string Path(const std::string& name) const { return dir_ / name; }
+
+  // Runs vqkv with `args` (already shell-quoted where needed).
+  Result Run(const std::string& args) const {
+    const std::string out = Path("stdout"), err = Path("stderr");
+    // One BLAS thread: ctest runs tests in parallel.
+    const std::string cmd =
+        absl::StrCat("OPENBLAS_NUM_THREADS=1 '", VQKV_BINARY, "' ", args, " >'",
+                     out, "' 2>'", err, "'");
+    const int status = std::system(cmd.c_str());
+    Result r;
+    if (WIFEXITED(status)) {
+      r.exit_code = WEXITSTATUS(status);
+      // The shell reports a child killed by a signal as 128 + signal.
+      r.signaled = r.exit_code > 128;
+    } else {
+      r.signaled = true;
+    }
+    r.out = ReadAll(out);
+    r.err = ReadAll(err);
+    return r;
+  }
+
+  // The failure contract: non-zero exit, no crash, one error line that
+  // contains `needle`.
+  static void ExpectCleanError(const Result& r, const std::string& needle) {
+    EXPECT_FALSE(r.signaled) << r.err;
+    EXPECT_NE(r.exit_code, 0);
+    std::vector<std::string> lines =
+        absl::StrSplit(r.err, '\n', absl::SkipEmpty());
+    ASSERT_EQ(lines.size(), 1u) << r.err;
+    EXPECT_EQ(lines[0].rfind("vqkv: error: ", 0), 0u) << lines[0];
+    EXPECT_NE(lines[0].find(needle), std::string::npos)
+        << "expected '" << needle << "' in: " << lines[0];
+  }
+
+  static bool HaveModel() { return fs::exists(VQKV_MODEL_PATH); }
+  static std::string Text(const std::string& name) {
+    return absl::StrCat(VQKV_TEXT_DIR, "/", name);
+  }
+
+  fs::path dir_;
+};
+
+// A GGUF with the llama hyperparameters of a tiny model and one tensor.
+GgufWriter TinyLlamaHeader(const std::string& arch) {
+  GgufWriter w;
+  w.AddString("general.architecture", arch);
+  w.AddScalar<uint32_t>(arch + ".block_count", 4, 1);
+  w.AddScalar<uint32_t>(arch + ".embedding_length", 4, 8);
+  w.AddScalar<uint32_t>(arch + ".feed_forward_length", 4, 8);
+  w.AddScalar<uint32_t>(arch + ".attention.head_count", 4, 2);
+  return w;
+}
+
+TEST_F(VqkvCliTest, MissingModel) {
+  ExpectCleanError(Run("eval --model /nonexistent/m.gguf --text x --codec "
+                       "fp16"),
+                   "/nonexistent/m.gguf");
+  ExpectCleanError(Run("calibrate --model /nonexistent/m.gguf --text x --out "
+                       "/dev/null"),
+                   "/nonexistent/m.gguf");
+}
+
+TEST_F(VqkvCliTest, CorruptModel) {
+  std::mt19937 rng(7);
+  std::string junk(4096, '\0');
+  for (char& c : junk) c = static_cast<char>(rng());
+  WriteAll(Path("junk.gguf"), junk);
+  ExpectCleanError(
+      Run("eval --model " + Path("junk.gguf") + " --text x --codec fp16"),
+      "not a GGUF file");
+  // A valid header that promises more than the file holds.
+  std::string truncated = GgufWriter().Build();
+  truncated.resize(16);
+  truncated.replace(8, 8, std::string("\xff\xff\x00\x00\x00\x00\x00\x00", 8));
+  WriteAll(Path("truncated.gguf"), truncated);
+  Result r =
+      Run("eval --model " + Path("truncated.gguf") + " --text x --codec fp16");
+  ExpectCleanError(r, "truncated.gguf");
+  WriteAll(Path("empty.gguf"), "");
+  ExpectCleanError(
+      Run("eval --model " + Path("empty.gguf") + " --text x --codec fp16"),
+      "empty.gguf");
+}
+
+TEST_F(VqkvCliTest, UnsupportedArchitecture) {
+  GgufWriter w = TinyLlamaHeader("gpt2");
+  WriteAll(Path("gpt2.gguf"), w.Build());
+  ExpectCleanError(
+      Run("eval --model " + Path("gpt2.gguf") + " --text x --codec fp16"),
+      "unsupported model architecture 'gpt2'");
+}
+
+TEST_F(VqkvCliTest, UnsupportedQuantType) {
+  GgufWriter w = TinyLlamaHeader("llama");
+  // ggml type 12 is Q4_K: the reader does not dequantize it.
+  w.AddTensor("token_embd.weight", {8, 16}, 12, std::string(256, '\x11'));
+  WriteAll(Path("q4k.gguf"), w.Build());
+  ExpectCleanError(Run("calibrate --model " + Path("q4k.gguf") +
+                       " --text x --out " + Path("c.vqcb")),
+                   "unsupported ggml type 12");
+}
+
+TEST_F(VqkvCliTest, BadOptions) {
+  ExpectCleanError(Run("eval --model m.gguf --bogus"), "bogus");
+  ExpectCleanError(Run("calibrate --model m.gguf --out x"), "--text");
+  ExpectCleanError(Run("calibrate --model m.gguf --text t --out x "
+                       "--key-split diagonal"),
+                   "--key-split");
+}
+
+TEST_F(VqkvCliTest, EmptyText) {
+  if (!HaveModel()) GTEST_SKIP() << "model not fetched (scripts/get-model.sh)";
+  WriteAll(Path("empty.txt"), " \n\n ");
+  ExpectCleanError(Run("eval --model " + std::string(VQKV_MODEL_PATH) +
+                       " --text " + Path("empty.txt") + " --codec kivi2"),
+                   "is empty");
+  ExpectCleanError(
+      Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Path("empty.txt") + " --out " + Path("c.vqcb")),
+      "is empty");
+  ExpectCleanError(Run("eval --model " + std::string(VQKV_MODEL_PATH) +
+                       " --text " + Path("missing.txt") + " --codec kivi2"),
+                   "missing.txt");
+}
+
+// A complete codebook set for another layout (2 layers x 1 head x 8).
+std::string OtherModelCodebooks(const std::string& path) {
+  const KvLayout layout{2, 1, 8};
+  VqConfig c;
+  c.key_stages = 1;
+  c.key_bits = 2;
+  c.value_stages = 1;
+  c.value_bits = 2;
+  auto codec = VqCodec::Create(layout, c);
+  if (!codec.ok()) return codec.status().ToString();
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n;
+  std::vector<float> k(2 * 64 * 8), v(k.size());
+  for (float& x : k) x = n(rng);
+  for (float& x : v) x = n(rng);
+  if (auto s = (*codec)->Fit(k.data(), v.data(), 64, {}); !s.ok()) {
+    return s.ToString();
+  }
+  if (auto s = (*codec)->codebooks().Save(path); !s.ok()) return s.ToString();
+  return "";
+}
+
+TEST_F(VqkvCliTest, CodebooksForAnotherModel) {
+  if (!HaveModel()) GTEST_SKIP() << "model not fetched (scripts/get-model.sh)";
+  ASSERT_EQ(OtherModelCodebooks(Path("other.vqcb")), "");
+  const std::string base = "eval --model " + std::string(VQKV_MODEL_PATH) +
+                           " --text " + Text("frankenstein.txt") +
+                           " --codec vq --codebooks ";
+  ExpectCleanError(Run(base + Path("other.vqcb")), "made for another model");
+  // A flipped byte: the content hash no longer matches.
+  std::string bytes = ReadAll(Path("other.vqcb"));
+  bytes[bytes.size() / 2] ^= 0x40;
+  WriteAll(Path("flipped.vqcb"), bytes);
+  ExpectCleanError(Run(base + Path("flipped.vqcb")), "flipped.vqcb");
+  WriteAll(Path("garbage.vqcb"), "not a codebook file");
+  ExpectCleanError(Run(base + Path("garbage.vqcb")), "garbage.vqcb");
+  ExpectCleanError(Run(base + Path("absent.vqcb")), "absent.vqcb");
+  ExpectCleanError(Run("eval --model " + std::string(VQKV_MODEL_PATH) +
+                       " --text " + Text("frankenstein.txt") + " --codec vq"),
+                   "--codebooks");
+  ExpectCleanError(Run("eval --model " + std::string(VQKV_MODEL_PATH) +
+                       " --text " + Text("frankenstein.txt") + " --codec zip"),
+                   "--codec must be");
+}
+
+double JsonNumber(const std::string& json, const std::string& key) {
+  std::smatch m;
+  const std::regex re("\"" + key + "\":(-?[0-9.eE+-]+)");
+  if (!std::regex_search(json, m, re)) {
+    ADD_FAILURE() << "no key " << key << " in " << json;
+    return -1;
+  }
+  return std::stod(m[1].str());
+}
+
+TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
+  if (!HaveModel()) GTEST_SKIP() << "model not fetched (scripts/get-model.sh)";
+  if (!fs::exists(Text("pride_and_prejudice.txt"))) {
+    GTEST_SKIP() << "eval texts not found in " << VQKV_TEXT_DIR;
+  }
+  // A tiny config: 4+4 key stages and 2 value stages of 16 codewords.
+  Result cal =
+      Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Text("pride_and_prejudice.txt") + " --out " + Path("tiny.vqcb") +
+          " --key-stages 8 --key-bits 4 --value-stages 2 "
+          "--value-bits 4 --max-tokens 500 --ctx 256");
+  ASSERT_EQ(cal.exit_code, 0) << cal.err;
+  EXPECT_NE(cal.err.find("wrote"), std::string::npos) << cal.err;
+  ASSERT_TRUE(fs::exists(Path("tiny.vqcb")));
+
+  Result ev =
+      Run("eval --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Text("frankenstein.txt") + " --codec vq " + "--codebooks " +
+          Path("tiny.vqcb") + " --ctx 160 --window 64 --max-windows 1 --json");
+  ASSERT_EQ(ev.exit_code, 0) << ev.err;
+  const double ppl = JsonNumber(ev.out, "ppl");
+  const double ppl16 = JsonNumber(ev.out, "ppl_fp16");
+  const double top1 = JsonNumber(ev.out, "top1_agreement");
+  EXPECT_GT(ppl, 1.0);
+  EXPECT_GT(ppl16, 1.0);
+  EXPECT_GE(top1, 0.0);
+  EXPECT_LE(top1, 1.0);
+  EXPECT_GE(JsonNumber(ev.out, "kl"), 0.0);
+  // 8 x 4 bits / 64 keys, 2 x 4 bits / 64 values.
+  EXPECT_NEAR(JsonNumber(ev.out, "bits_per_element"), 0.5 * (0.5 + 0.125),
+              1e-6);
+  EXPECT_GT(JsonNumber(ev.out, "compression_ratio"), 0.9);
+  EXPECT_EQ(JsonNumber(ev.out, "tokens_scored"), 160 - (4 + 64 + 1));
+  EXPECT_GT(JsonNumber(ev.out, "max_tokens_in_budget"),
+            JsonNumber(ev.out, "fp16_max_tokens_in_budget"));
+  EXPECT_NE(ev.out.find("\"codec\":\"vq\""), std::string::npos) << ev.out;
+
+  // Passkey end to end, one short trial.
+  Result pk =
+      Run("eval --task passkey --model " + std::string(VQKV_MODEL_PATH) +
+          " --codec vq --codebooks " + Path("tiny.vqcb") +
+          " --lengths 160 --trials 1 --window 32 --json");
+  ASSERT_EQ(pk.exit_code, 0) << pk.err;
+  const double acc = JsonNumber(pk.out, "accuracy");
+  EXPECT_GE(acc, 0.0);
+  EXPECT_LE(acc, 1.0);
+  EXPECT_NE(pk.out.find("\"codec\":\"fp16\""), std::string::npos) << pk.out;
+}
+
+}  // namespace
+}  // namespace vqkv

@@ -1,0 +1,180 @@
+#include "tools/calibrate_command.h"
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "eval/evaluate.h"
+#include "eval/kv_collector.h"
+#include "kernels/vq_codec.h"
+#include "tools/common.h"
+
+namespace vqkv::tools {
+namespace {
+
+struct CalibrateArgs {
+  std::string model;
+  std::vector<std::string> texts;
+  std::string out;
+  CodecFlags codec;
+  // 16k tokens x 30 layers x 3 heads = 49k vectors per layer quantizer:
+  // more than the k-means sample (32 per centroid x 1024 = 32k), so more
+  // tokens would mostly cost collection time (see docs/FIDELITY.md).
+  int64_t max_tokens = 16384;
+  int64_t ctx = 2048;
+  int64_t skip = 4;
+  uint64_t seed = 0x5eed;
+};
+
+// A KvObserver that forwards to a collector and advances a progress bar.
+class ProgressCollector : public eval::KvObserver {
+ public:
+  ProgressCollector(eval::KvCollector* collector, ProgressBar* bar, int layers)
+      : collector_(collector), bar_(bar), layers_(layers) {}
+  void OnKv(int layer, int64_t pos0, int64_t n, const float* keys_pre_rope,
+            const float* keys, const float* values) override {
+    collector_->OnKv(layer, pos0, n, keys_pre_rope, keys, values);
+    if (layer == layers_ - 1) {
+      bar_->Update(static_cast<double>(collector_->tokens()),
+                   absl::StrFormat("%d tokens", collector_->tokens()));
+    }
+  }
+
+ private:
+  eval::KvCollector* collector_;
+  ProgressBar* bar_;
+  int layers_;
+};
+
+int Run(const CalibrateArgs& a) {
+  absl::StatusOr<VqConfig> config = ToVqConfig(a.codec);
+  if (!config.ok()) return Fail(config.status());
+  if (a.max_tokens < 1) {
+    return Fail(absl::InvalidArgumentError("--max-tokens must be >= 1"));
+  }
+  if (a.ctx <= a.skip) {
+    return Fail(absl::InvalidArgumentError("--ctx must exceed --skip"));
+  }
+  absl::StatusOr<LoadedModel> m = LoadModel(a.model);
+  if (!m.ok()) return Fail(m.status());
+  const eval::LlamaModel& model = *m->model;
+  const KvLayout layout = model.config().kv_layout();
+  // Validate the codec config before spending minutes on collection.
+  absl::StatusOr<std::unique_ptr<VqCodec>> codec =
+      VqCodec::Create(layout, *config);
+  if (!codec.ok()) return Fail(codec.status());
+  absl::StatusOr<std::vector<int32_t>> ids =
+      TokenizeFiles(*m->tokenizer, a.texts, a.skip + 2);
+  if (!ids.ok()) return Fail(ids.status());
+
+  absl::StatusOr<CodebookConfig> resolved =
+      VqCodec::ResolveConfig(layout, *config);
+  if (!resolved.ok()) return Fail(resolved.status());
+  const VqRate rate = ComputeVqRate(resolved->key_stages(), resolved->key_bits,
+                                    resolved->value_stages,
+                                    resolved->value_bits, layout.head_dim);
+  std::fprintf(stderr,
+               "vqkv calibrate: %s, %d layers x %d kv heads x %d; keys %d "
+               "stages x %d bits (%s split, %s-RoPE), values %d x %d bits: "
+               "%.4f bits/element, %.1f%% smaller than fp16; %zu text "
+               "tokens, collecting up to %lld\n",
+               model.config().name.c_str(), layout.layers, layout.kv_heads,
+               layout.head_dim, resolved->key_stages(), resolved->key_bits,
+               a.codec.key_split.c_str(), a.codec.keys.c_str(),
+               resolved->value_stages, resolved->value_bits,
+               rate.bits_per_element, 100 * rate.compression_ratio, ids->size(),
+               static_cast<long long>(a.max_tokens));
+
+  eval::KvCollectorOptions ko;
+  ko.max_tokens = a.max_tokens;
+  ko.keys_pre_rope = !config->keys_post_rope;
+  ko.skip_positions_below = a.skip;
+  eval::KvCollector collector(layout, ko);
+  // Collection: whole windows of ctx tokens (as eval sees them), each run
+  // from position 0 so post-RoPE keys cover the positions eval codes.
+  {
+    const int64_t expect =
+        std::min<int64_t>(a.max_tokens, static_cast<int64_t>(ids->size()));
+    ProgressBar bar("collect", static_cast<double>(expect));
+    ProgressCollector observer(&collector, &bar, layout.layers);
+    const int64_t total = static_cast<int64_t>(ids->size());
+    for (int64_t start = 0; start + a.skip + 1 < total && !collector.full();
+         start += a.ctx) {
+      const int64_t n = std::min(a.ctx, total - start);
+      // Only as many tokens as the collector still takes (plus the skipped
+      // sink positions), so the last window is not run in full for nothing.
+      const int64_t want =
+          std::min(n, a.max_tokens - collector.tokens() + a.skip);
+      auto cache = model.NewExactCache();
+      eval::ForwardOptions fo;
+      fo.output = eval::OutputRows::kNone;
+      fo.observer = &observer;
+      absl::Status s =
+          model.Forward(absl::Span<const int32_t>(ids->data() + start, want),
+                        cache.get(), fo, nullptr);
+      if (!s.ok()) return Fail(s);
+    }
+    bar.Finish(absl::StrFormat("%d tokens of K/V", collector.tokens()));
+  }
+  const int64_t tokens = std::min(collector.tokens(), a.max_tokens);
+  if (tokens < 1) {
+    return Fail(absl::InvalidArgumentError(
+        "the text is too short: no token past the sink positions"));
+  }
+
+  // Fitting, layer by layer (FitLayer); each layer's buffers are dropped
+  // once fitted.
+  ProgressBar bar("fit", static_cast<double>(layout.layers));
+  const int64_t per_token = int64_t{layout.kv_heads} * layout.head_dim;
+  for (int layer = 0; layer < layout.layers; ++layer) {
+    FitOptions fo;
+    fo.seed = a.seed + static_cast<uint64_t>(layer);
+    fo.progress = [&bar, layer](const FitProgress& p) {
+      const double f =
+          p.total > 0 ? static_cast<double>(p.done) / p.total : 0.0;
+      bar.Update(layer + f, absl::StrFormat("layer %d: %s", layer, p.phase));
+    };
+    const std::vector<float>& k = collector.layer_keys(layer);
+    const std::vector<float>& v = collector.layer_values(layer);
+    if (static_cast<int64_t>(k.size()) < tokens * per_token) {
+      return Fail(absl::InternalError("collector holds too few tokens"));
+    }
+    absl::Status s = (*codec)->FitLayer(layer, k.data(), v.data(), tokens, fo);
+    if (!s.ok()) return Fail(s);
+    bar.Update(layer + 1.0, absl::StrFormat("layer %d fitted", layer));
+  }
+  bar.Finish(absl::StrFormat("%d layers", layout.layers));
+  if (absl::Status s = (*codec)->codebooks().Save(a.out); !s.ok()) {
+    return Fail(s);
+  }
+  std::fprintf(stderr, "wrote %s (%s)\n", a.out.c_str(),
+               (*codec)->Descriptor().c_str());
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> AddCalibrateCommand(CLI::App* app) {
+  auto args = std::make_shared<CalibrateArgs>();
+  CLI::App* cmd = app->add_subcommand(
+      "calibrate", "Fit VQ codebooks on a model's KV over text");
+  cmd->add_option("--model", args->model, "GGUF model file")->required();
+  cmd->add_option("--text", args->texts, "calibration text (repeatable)")
+      ->required();
+  cmd->add_option("--out", args->out, "codebook file to write")->required();
+  AddCodecFlags(cmd, &args->codec);
+  cmd->add_option("--max-tokens", args->max_tokens, "tokens of K/V to collect")
+      ->capture_default_str();
+  cmd->add_option("--ctx", args->ctx, "window length the text is run in")
+      ->capture_default_str();
+  cmd->add_option("--skip", args->skip,
+                  "leading positions of each window not collected (the "
+                  "attention sinks, which stay fp16)")
+      ->capture_default_str();
+  cmd->add_option("--seed", args->seed, "k-means seed")->capture_default_str();
+  return [cmd, args]() { return cmd->parsed() ? Run(*args) : -1; };
+}
+
+}  // namespace vqkv::tools

@@ -1,0 +1,281 @@
+#include "tools/common.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/baselines/fp16_codec.h"
+#include "kernels/baselines/kivi_codec.h"
+#include "kernels/codebook_set.h"
+
+namespace vqkv::tools {
+
+int Fail(const absl::Status& status) {
+  // One line, whatever the message holds.
+  std::string msg(status.message());
+  std::replace(msg.begin(), msg.end(), '\n', ' ');
+  if (msg.empty()) msg = absl::StatusCodeToString(status.code());
+  std::fprintf(stderr, "vqkv: error: %s\n", msg.c_str());
+  return 1;
+}
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path) {
+  // Name the file once: some reader errors name it already.
+  auto prefix = [&path](const absl::Status& s) {
+    if (absl::StrContains(s.message(), path)) return s;
+    return absl::Status(s.code(),
+                        absl::StrCat("model ", path, ": ", s.message()));
+  };
+  LoadedModel out;
+  absl::StatusOr<std::unique_ptr<eval::GgufFile>> gguf =
+      eval::GgufFile::Open(path);
+  if (!gguf.ok()) return prefix(gguf.status());
+  out.gguf = *std::move(gguf);
+  // The architecture first: a tokenizer error on a non-LLaMA file would
+  // hide the real reason.
+  absl::StatusOr<std::unique_ptr<eval::LlamaModel>> model =
+      eval::LlamaModel::FromGguf(*out.gguf);
+  if (!model.ok()) return prefix(model.status());
+  out.model = *std::move(model);
+  absl::StatusOr<std::unique_ptr<eval::Tokenizer>> tok =
+      eval::Tokenizer::FromGguf(*out.gguf);
+  if (!tok.ok()) return prefix(tok.status());
+  out.tokenizer = *std::move(tok);
+  return out;
+}
+
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return absl::NotFoundError(absl::StrCat("cannot read text ", path));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string text = ss.str();
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("text ", path, " is empty"));
+  }
+  return text;
+}
+
+absl::StatusOr<std::vector<int32_t>> TokenizeFiles(
+    const eval::Tokenizer& tokenizer, const std::vector<std::string>& paths,
+    int64_t min_tokens) {
+  if (paths.empty()) return absl::InvalidArgumentError("no --text given");
+  std::vector<int32_t> ids;
+  for (const std::string& p : paths) {
+    absl::StatusOr<std::string> text = ReadTextFile(p);
+    if (!text.ok()) return text.status();
+    std::vector<int32_t> part = tokenizer.Encode(*text);
+    ids.insert(ids.end(), part.begin(), part.end());
+  }
+  if (static_cast<int64_t>(ids.size()) < min_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("the text has ", ids.size(),
+                                                   " tokens; at least ",
+                                                   min_tokens, " are needed"));
+  }
+  return ids;
+}
+
+void AddCodecFlags(CLI::App* app, CodecFlags* f) {
+  app->add_option("--key-stages", f->key_stages,
+                  "RVQ stages for keys (0 = paper rate: head_dim*56/128)");
+  app->add_option("--key-bits", f->key_bits, "bits per key code (log2 K)");
+  app->add_option("--value-stages", f->value_stages,
+                  "RVQ stages for values (0 = paper rate: head_dim*16/128)");
+  app->add_option("--value-bits", f->value_bits, "bits per value code");
+  app->add_option("--key-split", f->key_split,
+                  "key dimension groups: none, rope (= rope-adjacent, the "
+                  "GGUF layout) or rope-half")
+      ->capture_default_str();
+  app->add_option("--key-group-stages", f->key_group_stages,
+                  "stages of the high- and low-frequency key groups "
+                  "(default: proportional)")
+      ->expected(2)
+      ->delimiter(',');
+  app->add_flag("--per-head", f->per_head, "one codebook per KV head");
+  app->add_option("--keys", f->keys, "code keys pre or post RoPE")
+      ->capture_default_str();
+  app->add_option("--kmeans-iters", f->kmeans_iters, "Lloyd iterations")
+      ->capture_default_str();
+  app->add_option("--max-points-per-centroid", f->max_points_per_centroid,
+                  "k-means training sample per centroid")
+      ->capture_default_str();
+  app->add_option("--max-training-points", f->max_training_points,
+                  "cap on training vectors per quantizer (0 = all)");
+}
+
+absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& f) {
+  VqConfig c;
+  c.key_stages = f.key_stages;
+  c.key_bits = f.key_bits;
+  c.value_stages = f.value_stages;
+  c.value_bits = f.value_bits;
+  if (f.key_split == "none") {
+    c.key_split = KeySplit::kNone;
+  } else if (f.key_split == "rope" || f.key_split == "rope-adjacent") {
+    c.key_split = KeySplit::kRopeAdjacentPairs;
+  } else if (f.key_split == "rope-half") {
+    c.key_split = KeySplit::kRopeHalfRotate;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--key-split must be none, rope, rope-adjacent or "
+                     "rope-half, not '",
+                     f.key_split, "'"));
+  }
+  if (f.key_group_stages.size() == 2) {
+    c.key_group_stages[0] = f.key_group_stages[0];
+    c.key_group_stages[1] = f.key_group_stages[1];
+  }
+  c.per_head = f.per_head;
+  if (f.keys != "pre" && f.keys != "post") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--keys must be pre or post, not '", f.keys, "'"));
+  }
+  c.keys_post_rope = f.keys == "post";
+  c.beam_width = f.beam_width;
+  c.kmeans_iterations = f.kmeans_iters;
+  c.max_points_per_centroid = f.max_points_per_centroid;
+  c.max_training_points = f.max_training_points;
+  return c;
+}
+
+absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
+                                        const std::string& codebooks,
+                                        const KvLayout& layout,
+                                        int beam_width) {
+  EvalCodec out;
+  out.name = name;
+  if (name == "fp16") {
+    absl::StatusOr<std::unique_ptr<Fp16Codec>> c = Fp16Codec::Create(layout);
+    if (!c.ok()) return c.status();
+    out.codec = *std::move(c);
+  } else if (name == "kivi2" || name == "kivi4") {
+    KiviOptions o;
+    o.bits = name == "kivi2" ? 2 : 4;
+    absl::StatusOr<std::unique_ptr<KiviCodec>> c = KiviCodec::Create(layout, o);
+    if (!c.ok()) return c.status();
+    out.codec = *std::move(c);
+  } else if (name == "vq") {
+    if (codebooks.empty()) {
+      return absl::InvalidArgumentError("--codec vq needs --codebooks FILE");
+    }
+    absl::StatusOr<CodebookSet> set = CodebookSet::Load(codebooks);
+    if (!set.ok()) {
+      return absl::Status(
+          set.status().code(),
+          absl::StrCat("codebooks ", codebooks, ": ", set.status().message()));
+    }
+    const KvLayout& cb = set->config().layout;
+    if (!(cb == layout)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "codebooks %s were made for another model: layout %d layers x %d "
+          "kv heads x %d head_dim, the model has %d x %d x %d",
+          codebooks, cb.layers, cb.kv_heads, cb.head_dim, layout.layers,
+          layout.kv_heads, layout.head_dim));
+    }
+    out.keys_pre_rope = !set->config().keys_post_rope;
+    absl::StatusOr<std::string> bytes = set->Serialize();
+    if (!bytes.ok()) return bytes.status();
+    out.codebook_bytes = static_cast<int64_t>(bytes->size());
+    out.codebooks = codebooks;
+    absl::StatusOr<std::unique_ptr<VqCodec>> c =
+        VqCodec::FromCodebookSet(*std::move(set), beam_width);
+    if (!c.ok()) {
+      return absl::Status(
+          c.status().code(),
+          absl::StrCat("codebooks ", codebooks, ": ", c.status().message()));
+    }
+    out.codec = *std::move(c);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--codec must be fp16, vq, kivi2 or kivi4, not '", name, "'"));
+  }
+  return out;
+}
+
+ProgressBar::ProgressBar(std::string label, double total)
+    : label_(std::move(label)),
+      total_(total > 0 ? total : 1),
+      tty_(isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_) {}
+
+double ProgressBar::elapsed_seconds() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                       start_)
+      .count();
+}
+
+void ProgressBar::Update(double done, std::string_view detail) {
+  const auto now = std::chrono::steady_clock::now();
+  const double since = std::chrono::duration<double>(now - last_draw_).count();
+  if (drawn_ && since < (tty_ ? 0.2 : 10.0)) return;
+  last_draw_ = now;
+  Draw(done, detail, false);
+}
+
+void ProgressBar::Finish(std::string_view detail) {
+  Draw(total_, detail, true);
+}
+
+void ProgressBar::Draw(double done, std::string_view detail, bool final) {
+  drawn_ = true;
+  const double frac = std::clamp(done / total_, 0.0, 1.0);
+  const double elapsed = elapsed_seconds();
+  constexpr int kWidth = 30;
+  const int filled = static_cast<int>(frac * kWidth);
+  std::string bar(filled, '#');
+  bar.append(kWidth - filled, '.');
+  std::string eta = final ? "done in " + FormatDuration(elapsed)
+                    : frac > 0.001
+                        ? "ETA " + FormatDuration(elapsed * (1 - frac) / frac)
+                        : "ETA ?";
+  std::string line =
+      absl::StrFormat("%s [%s] %5.1f%%  %s elapsed, %s  %s", label_, bar,
+                      100 * frac, FormatDuration(elapsed), eta, detail);
+  if (tty_) {
+    std::fprintf(stderr, "\r\033[K%s%s", line.c_str(), final ? "\n" : "");
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+  std::fflush(stderr);
+}
+
+std::string FormatDuration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  if (s >= 3600) return absl::StrFormat("%dh%02dm", s / 3600, s % 3600 / 60);
+  if (s >= 60) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%ds", s);
+}
+
+std::string JsonString(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += absl::StrFormat("\\u%04x", c);
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace vqkv::tools

@@ -1,0 +1,113 @@
+// Pieces shared by the `vqkv` subcommands: loading a model and texts with
+// clear errors, the codec options (one place for calibrate and eval), codec
+// construction by name, a progress bar, and the CLI error boundary.
+//
+// Errors are absl::Status inside; only the subcommand's entry point turns
+// one into a single "vqkv: error: ..." line and a non-zero exit (Fail).
+#ifndef VQKV_TOOLS_COMMON_H_
+#define VQKV_TOOLS_COMMON_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "eval/gguf.h"
+#include "eval/llama_model.h"
+#include "eval/tokenizer.h"
+#include "kernels/codec.h"
+#include "kernels/vq_codec.h"
+
+namespace vqkv::tools {
+
+// Prints "vqkv: error: <message>" on stderr and returns the exit code 1.
+int Fail(const absl::Status& status);
+
+struct LoadedModel {
+  std::unique_ptr<eval::GgufFile> gguf;
+  std::unique_ptr<eval::Tokenizer> tokenizer;
+  std::unique_ptr<eval::LlamaModel> model;
+};
+
+// Opens a GGUF model and its tokenizer. Every failure names the file.
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path);
+
+// Reads a whole text file. kNotFound when unreadable, kInvalidArgument when
+// it holds no non-whitespace text.
+absl::StatusOr<std::string> ReadTextFile(const std::string& path);
+
+// Reads and tokenizes the files in order, concatenated. kInvalidArgument
+// when the result has fewer than `min_tokens` tokens.
+absl::StatusOr<std::vector<int32_t>> TokenizeFiles(
+    const eval::Tokenizer& tokenizer, const std::vector<std::string>& paths,
+    int64_t min_tokens);
+
+// The VQ codec options of `vqkv calibrate` (kept here so every subcommand
+// that builds a VqConfig spells them the same way).
+struct CodecFlags {
+  int key_stages = 0;  // 0 = the paper's rate for the head_dim
+  int key_bits = 10;
+  int value_stages = 0;
+  int value_bits = 9;
+  std::string key_split = "rope";     // none | rope | rope-adjacent | rope-half
+  std::vector<int> key_group_stages;  // empty = proportional
+  bool per_head = false;
+  std::string keys = "post";  // pre | post (RoPE)
+  int beam_width = 1;
+  int kmeans_iters = 6;
+  int max_points_per_centroid = 32;
+  int64_t max_training_points = 0;
+};
+void AddCodecFlags(CLI::App* app, CodecFlags* flags);
+absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& flags);
+
+// A codec for evaluation. `name` is fp16, kivi2, kivi4 or vq; vq loads the
+// codebook file `codebooks` (beam width `beam_width`) and checks that it was
+// made for `layout`. *keys_pre_rope tells how the codec wants its keys.
+struct EvalCodec {
+  std::string name;
+  std::unique_ptr<Codec> codec;
+  bool keys_pre_rope = false;
+  int64_t codebook_bytes = 0;  // serialized codebook set, 0 without one
+  std::string codebooks;       // the file, empty without one
+};
+absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
+                                        const std::string& codebooks,
+                                        const KvLayout& layout, int beam_width);
+
+// A progress bar with ETA on stderr. On a terminal it redraws one line; to a
+// file or pipe it writes a line at most every 10 s, so logs stay readable.
+class ProgressBar {
+ public:
+  ProgressBar(std::string label, double total);
+  // `done` in the units of total; `detail` is shown after the bar.
+  void Update(double done, std::string_view detail = {});
+  // Draws 100% and ends the line.
+  void Finish(std::string_view detail = {});
+  double elapsed_seconds() const;
+
+ private:
+  void Draw(double done, std::string_view detail, bool final);
+
+  std::string label_;
+  double total_;
+  bool tty_;
+  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point last_draw_;
+  bool drawn_ = false;
+};
+
+// "1h02m", "3m05s", "12s".
+std::string FormatDuration(double seconds);
+
+// Minimal JSON string escaping (quotes included).
+std::string JsonString(std::string_view s);
+
+}  // namespace vqkv::tools
+
+#endif  // VQKV_TOOLS_COMMON_H_

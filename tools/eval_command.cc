@@ -1,0 +1,430 @@
+#include "tools/eval_command.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "eval/compressed_kv_cache.h"
+#include "eval/evaluate.h"
+#include "tools/common.h"
+#include "tools/memory.h"
+#include "tools/passkey.h"
+
+namespace vqkv::tools {
+namespace {
+
+struct EvalArgs {
+  std::string model;
+  std::string text;
+  std::string task = "ppl";  // ppl | passkey
+  bool memory = false;
+  std::vector<std::string> codecs = {"vq"};
+  std::string codebooks;
+  int64_t ctx = 2048;
+  int64_t window = 1024;
+  int64_t sinks = 4;
+  int64_t block_tokens = 32;
+  int64_t max_tokens = 0;   // 0 = the whole text
+  int64_t max_windows = 0;  // 0 = as many as the text holds
+  int beam_width = 1;
+  bool json = false;
+  // passkey
+  int trials = 10;
+  uint64_t seed = 1;
+  std::vector<int64_t> lengths = {1024, 2048};
+  bool verbose = false;
+  // memory
+  double budget_gib = 1.0;
+  std::vector<int64_t> memory_ctx = {2048, 8192, 32768, 131072};
+};
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+      .count();
+}
+
+absl::StatusOr<std::vector<EvalCodec>> MakeCodecs(const EvalArgs& a,
+                                                  const KvLayout& layout) {
+  std::vector<EvalCodec> out;
+  for (const std::string& name : a.codecs) {
+    absl::StatusOr<EvalCodec> c =
+        MakeEvalCodec(name, a.codebooks, layout, a.beam_width);
+    if (!c.ok()) return c.status();
+    out.push_back(*std::move(c));
+  }
+  return out;
+}
+
+// Memory fields of one codec: bytes per token at `ctx` (fp16 sinks/window
+// and codebooks included) and the longest context in the budget.
+struct MemoryReport {
+  int64_t fp16_bytes_per_token = 0;
+  double bytes_per_token_at_ctx = 0;
+  double payload_bytes_per_token = 0;  // coded tokens only
+  int64_t budget_bytes = 0;
+  int64_t max_tokens = 0;
+  int64_t fp16_max_tokens = 0;
+};
+
+MemoryReport Memory(const EvalCodec& c, const EvalArgs& a, const Codec& fp16,
+                    int64_t ctx) {
+  MemoryReport r;
+  KvMemoryPolicy policy{a.sinks, a.window, c.codebook_bytes};
+  r.fp16_bytes_per_token = Fp16BytesPerToken(c.codec->layout());
+  r.bytes_per_token_at_ctx =
+      static_cast<double>(KvBytes(*c.codec, policy, ctx)) / ctx;
+  constexpr int64_t kRef = 1 << 20;
+  r.payload_bytes_per_token =
+      static_cast<double>(c.codec->EncodedBytes(kRef)) / kRef;
+  r.budget_bytes = static_cast<int64_t>(a.budget_gib * (1 << 30));
+  r.max_tokens = MaxTokensInBudget(*c.codec, policy, r.budget_bytes);
+  r.fp16_max_tokens = MaxTokensInBudget(fp16, {}, r.budget_bytes);
+  return r;
+}
+
+int RunMemory(const EvalArgs& a, const KvLayout& layout,
+              const std::vector<EvalCodec>& codecs, const Codec& fp16) {
+  if (!a.json) {
+    std::printf(
+        "KV memory, %d layers x %d kv heads x %d head_dim; sinks %lld + "
+        "window %lld fp16; codebooks counted once; budget %.2f GiB\n",
+        layout.layers, layout.kv_heads, layout.head_dim,
+        static_cast<long long>(a.sinks), static_cast<long long>(a.window),
+        a.budget_gib);
+    std::string head =
+        absl::StrFormat("%-8s %10s %12s", "codec", "bits/elt", "payload B/t");
+    for (int64_t t : a.memory_ctx) {
+      absl::StrAppend(&head, absl::StrFormat(" %12s", absl::StrCat("B/t@", t)));
+    }
+    absl::StrAppend(&head,
+                    absl::StrFormat(" %12s %8s", "max tokens", "vs fp16"));
+    std::printf("%s\n", head.c_str());
+  }
+  for (const EvalCodec& c : codecs) {
+    const MemoryReport r = Memory(c, a, fp16, a.ctx);
+    KvMemoryPolicy policy{a.sinks, a.window, c.codebook_bytes};
+    if (a.json) {
+      std::string per_ctx;
+      for (int64_t t : a.memory_ctx) {
+        if (!per_ctx.empty()) per_ctx += ",";
+        absl::StrAppend(
+            &per_ctx,
+            absl::StrFormat(
+                "\"%d\":%.2f", t,
+                static_cast<double>(KvBytes(*c.codec, policy, t)) / t));
+      }
+      std::printf(
+          "{\"task\":\"memory\",\"codec\":%s,\"descriptor\":%s,"
+          "\"bits_per_element\":%.6f,\"compression_ratio\":%.6f,"
+          "\"codebook_bytes\":%lld,\"sinks\":%lld,\"window\":%lld,"
+          "\"kv_bytes_per_token_fp16\":%lld,"
+          "\"payload_bytes_per_token\":%.4f,"
+          "\"kv_bytes_per_token_at_ctx\":{%s},\"budget_bytes\":%lld,"
+          "\"max_tokens_in_budget\":%lld,\"fp16_max_tokens_in_budget\":%lld,"
+          "\"generation_ratio\":%.4f}\n",
+          JsonString(c.name).c_str(), JsonString(c.codec->Descriptor()).c_str(),
+          c.codec->BitsPerElement(), c.codec->CompressionRatio(),
+          static_cast<long long>(c.codebook_bytes),
+          static_cast<long long>(a.sinks), static_cast<long long>(a.window),
+          static_cast<long long>(r.fp16_bytes_per_token),
+          r.payload_bytes_per_token, per_ctx.c_str(),
+          static_cast<long long>(r.budget_bytes),
+          static_cast<long long>(r.max_tokens),
+          static_cast<long long>(r.fp16_max_tokens),
+          static_cast<double>(r.max_tokens) / r.fp16_max_tokens);
+    } else {
+      std::string row =
+          absl::StrFormat("%-8s %10.4f %12.1f", c.name,
+                          c.codec->BitsPerElement(), r.payload_bytes_per_token);
+      for (int64_t t : a.memory_ctx) {
+        absl::StrAppend(
+            &row, absl::StrFormat(
+                      " %12.1f",
+                      static_cast<double>(KvBytes(*c.codec, policy, t)) / t));
+      }
+      absl::StrAppend(
+          &row, absl::StrFormat(
+                    " %12lld %7.2fx", static_cast<long long>(r.max_tokens),
+                    static_cast<double>(r.max_tokens) / r.fp16_max_tokens));
+      std::printf("%s\n", row.c_str());
+    }
+  }
+  return 0;
+}
+
+int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
+                  const std::vector<EvalCodec>& codecs, const Codec& fp16) {
+  const eval::LlamaModel& model = *m.model;
+  if (a.ctx < 2) return Fail(absl::InvalidArgumentError("--ctx must be >= 2"));
+  if (a.sinks < 0 || a.window < 1 || a.sinks + a.window + 1 >= a.ctx) {
+    return Fail(absl::InvalidArgumentError(absl::StrFormat(
+        "--sinks %d + --window %d must leave coded positions in --ctx %d "
+        "(sinks + window + 1 < ctx)",
+        a.sinks, a.window, a.ctx)));
+  }
+  if (a.text.empty()) {
+    return Fail(absl::InvalidArgumentError("eval needs --text FILE"));
+  }
+  absl::StatusOr<std::vector<int32_t>> ids =
+      TokenizeFiles(*m.tokenizer, {a.text}, 1);
+  if (!ids.ok()) return Fail(ids.status());
+  if (a.max_tokens > 0 && static_cast<int64_t>(ids->size()) > a.max_tokens) {
+    ids->resize(static_cast<size_t>(a.max_tokens));
+  }
+  if (static_cast<int64_t>(ids->size()) < a.ctx + 1) {
+    return Fail(absl::InvalidArgumentError(absl::StrFormat(
+        "text %s has %d tokens (after --max-tokens); --ctx %d needs at "
+        "least %d",
+        a.text, ids->size(), a.ctx, a.ctx + 1)));
+  }
+  eval::WindowOptions wo;
+  wo.ctx = a.ctx;
+  wo.score_from = a.sinks + a.window + 1;
+  wo.max_windows = a.max_windows;
+  if (!a.json) {
+    std::printf(
+        "%s, ctx %lld, sinks %lld + window %lld fp16, %lld windows, rows "
+        ">= %lld scored (their past holds coded tokens)\n",
+        a.text.c_str(), static_cast<long long>(a.ctx),
+        static_cast<long long>(a.sinks), static_cast<long long>(a.window),
+        static_cast<long long>(
+            eval::WindowCount(static_cast<int64_t>(ids->size()), wo)),
+        static_cast<long long>(wo.score_from));
+    std::printf("%-8s %9s %8s %10s %10s %9s %8s %10s %12s %8s\n", "codec",
+                "bits/elt", "ratio", "ppl", "ppl fp16", "change", "top-1",
+                "KL (nats)", "B/token@ctx", "tokens");
+  }
+  for (const EvalCodec& c : codecs) {
+    const auto t0 = std::chrono::steady_clock::now();
+    eval::CompressedKvCacheOptions co;
+    co.sinks = a.sinks;
+    co.window = a.window;
+    co.block_tokens = std::min(a.block_tokens, a.window + 1);
+    co.keys_pre_rope = c.keys_pre_rope;
+    const eval::LlamaModel* mp = &model;
+    const Codec* cp = c.codec.get();
+    eval::CacheFactory make_test =
+        [mp, cp, co]() -> absl::StatusOr<std::unique_ptr<eval::KvCache>> {
+      absl::StatusOr<std::unique_ptr<eval::CompressedKvCache>> cache =
+          eval::CompressedKvCache::Create(mp->config().kv_layout(), cp,
+                                          &mp->rope(), co);
+      if (!cache.ok()) return cache.status();
+      return std::unique_ptr<eval::KvCache>(std::move(*cache));
+    };
+    absl::StatusOr<eval::CompareResult> r = eval::Compare(
+        model, *ids, wo, eval::ExactCacheFactory(model), make_test);
+    if (!r.ok()) return Fail(r.status());
+    const double seconds = Seconds(t0);
+    const MemoryReport mem = Memory(c, a, fp16, a.ctx);
+    const double ppl = r->test.ppl();
+    const double ppl_ref = r->reference.ppl();
+    const double change = 100.0 * (ppl / ppl_ref - 1.0);
+    if (a.json) {
+      std::printf(
+          "{\"task\":\"ppl\",\"codec\":%s,\"descriptor\":%s,\"codebooks\":%s,"
+          "\"keys\":\"%s\",\"text\":%s,\"ctx\":%lld,\"window\":%lld,"
+          "\"sinks\":%lld,\"block_tokens\":%lld,\"windows\":%lld,"
+          "\"tokens_scored\":%lld,\"ppl\":%.6f,\"ppl_fp16\":%.6f,"
+          "\"ppl_change_pct\":%.4f,\"top1_agreement\":%.6f,\"kl\":%.6f,"
+          "\"bits_per_element\":%.6f,\"key_bits_per_element\":%.6f,"
+          "\"value_bits_per_element\":%.6f,\"compression_ratio\":%.6f,"
+          "\"codebook_bytes\":%lld,\"kv_bytes_per_token_fp16\":%lld,"
+          "\"payload_bytes_per_token\":%.4f,"
+          "\"kv_bytes_per_token_at_ctx\":%.4f,\"budget_bytes\":%lld,"
+          "\"max_tokens_in_budget\":%lld,\"fp16_max_tokens_in_budget\":%lld,"
+          "\"seconds\":%.1f}\n",
+          JsonString(c.name).c_str(), JsonString(c.codec->Descriptor()).c_str(),
+          JsonString(c.codebooks).c_str(), c.keys_pre_rope ? "pre" : "post",
+          JsonString(a.text).c_str(), static_cast<long long>(a.ctx),
+          static_cast<long long>(a.window), static_cast<long long>(a.sinks),
+          static_cast<long long>(co.block_tokens),
+          static_cast<long long>(r->reference.windows),
+          static_cast<long long>(r->tokens_scored), ppl, ppl_ref, change,
+          r->top1_agreement, r->mean_kl, c.codec->BitsPerElement(),
+          c.codec->KeyBitsPerElement(), c.codec->ValueBitsPerElement(),
+          c.codec->CompressionRatio(), static_cast<long long>(c.codebook_bytes),
+          static_cast<long long>(mem.fp16_bytes_per_token),
+          mem.payload_bytes_per_token, mem.bytes_per_token_at_ctx,
+          static_cast<long long>(mem.budget_bytes),
+          static_cast<long long>(mem.max_tokens),
+          static_cast<long long>(mem.fp16_max_tokens), seconds);
+    } else {
+      std::printf(
+          "%-8s %9.4f %7.1f%% %10.3f %10.3f %+8.2f%% %8.4f %10.5f %12.1f "
+          "%8lld\n",
+          c.name.c_str(), c.codec->BitsPerElement(),
+          100 * c.codec->CompressionRatio(), ppl, ppl_ref, change,
+          r->top1_agreement, r->mean_kl, mem.bytes_per_token_at_ctx,
+          static_cast<long long>(r->tokens_scored));
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+int RunPasskeyTask(const EvalArgs& a, const LoadedModel& m,
+                   const std::vector<EvalCodec>& codecs) {
+  std::vector<PasskeyCodec> runs = {{"fp16", nullptr, false}};
+  for (const EvalCodec& c : codecs) {
+    // The fp16 codec through the compressed cache is the reference itself.
+    if (c.name == "fp16") continue;
+    runs.push_back({c.name, c.codec.get(), c.keys_pre_rope});
+  }
+  PasskeyOptions o;
+  o.lengths = a.lengths;
+  o.trials = a.trials;
+  o.seed = a.seed;
+  o.sinks = a.sinks;
+  o.window = a.window;
+  o.block_tokens = std::min(a.block_tokens, a.window + 1);
+  for (int64_t len : o.lengths) {
+    if (len <= a.window + a.sinks) {
+      return Fail(absl::InvalidArgumentError(absl::StrFormat(
+          "passkey length %d must exceed --sinks + --window (%d) so the "
+          "needle can fall in the coded region",
+          len, a.sinks + a.window)));
+    }
+  }
+  ProgressBar bar("passkey", 1);
+  absl::StatusOr<std::vector<PasskeyTrial>> trials = RunPasskey(
+      *m.model, *m.tokenizer, runs, o, [&bar](int64_t done, int64_t total) {
+        bar.Update(static_cast<double>(done) / total,
+                   absl::StrFormat("%d/%d runs", done, total));
+      });
+  if (!trials.ok()) return Fail(trials.status());
+  bar.Finish();
+  if (a.verbose) {
+    for (const PasskeyTrial& t : *trials) {
+      std::string line = absl::StrFormat(
+          "len %d (%d tokens) needle at %d (%s) key %s:", t.length,
+          t.prompt_tokens, t.needle_pos, t.needle_coded ? "coded" : "exact",
+          t.key);
+      for (size_t i = 0; i < runs.size(); ++i) {
+        absl::StrAppend(&line, " ", runs[i].name, "=", JsonString(t.answers[i]),
+                        t.correct[i] ? " ok" : " X");
+      }
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+  }
+  if (!a.json) {
+    std::printf(
+        "passkey: %d trials per length, seed %llu, sinks %lld + window %lld "
+        "fp16 (accuracy; in brackets: trials whose needle lies in the coded "
+        "region)\n",
+        a.trials, static_cast<unsigned long long>(a.seed),
+        static_cast<long long>(a.sinks), static_cast<long long>(a.window));
+    std::printf("%-8s %8s %10s %18s\n", "codec", "length", "accuracy",
+                "coded-needle acc");
+  }
+  for (size_t i = 0; i < runs.size(); ++i) {
+    for (int64_t len : a.lengths) {
+      int n = 0, ok = 0, nc = 0, okc = 0, ok_ref = 0, okc_ref = 0;
+      for (const PasskeyTrial& t : *trials) {
+        if (t.length != len) continue;
+        ++n;
+        ok += t.correct[i];
+        ok_ref += t.correct[0];
+        if (t.needle_coded) {
+          ++nc;
+          okc += t.correct[i];
+          okc_ref += t.correct[0];
+        }
+      }
+      if (a.json) {
+        std::printf(
+            "{\"task\":\"passkey\",\"codec\":%s,\"descriptor\":%s,"
+            "\"length\":%lld,\"trials\":%d,\"seed\":%llu,\"window\":%lld,"
+            "\"sinks\":%lld,\"accuracy\":%.4f,\"fp16_accuracy\":%.4f,"
+            "\"coded_trials\":%d,\"accuracy_coded\":%.4f,"
+            "\"fp16_accuracy_coded\":%.4f}\n",
+            JsonString(runs[i].name).c_str(),
+            JsonString(runs[i].codec ? runs[i].codec->Descriptor() : "fp16")
+                .c_str(),
+            static_cast<long long>(len), n,
+            static_cast<unsigned long long>(a.seed),
+            static_cast<long long>(a.window), static_cast<long long>(a.sinks),
+            n ? static_cast<double>(ok) / n : 0.0,
+            n ? static_cast<double>(ok_ref) / n : 0.0, nc,
+            nc ? static_cast<double>(okc) / nc : 0.0,
+            nc ? static_cast<double>(okc_ref) / nc : 0.0);
+      } else {
+        std::printf("%-8s %8lld %4d/%-5d %10d/%-7d\n", runs[i].name.c_str(),
+                    static_cast<long long>(len), ok, n, okc, nc);
+      }
+    }
+  }
+  return 0;
+}
+
+int Run(const EvalArgs& a) {
+  if (a.task != "ppl" && a.task != "passkey") {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--task must be ppl or passkey, not '", a.task, "'")));
+  }
+  absl::StatusOr<LoadedModel> m = LoadModel(a.model);
+  if (!m.ok()) return Fail(m.status());
+  const KvLayout layout = m->model->config().kv_layout();
+  absl::StatusOr<std::vector<EvalCodec>> codecs = MakeCodecs(a, layout);
+  if (!codecs.ok()) return Fail(codecs.status());
+  absl::StatusOr<EvalCodec> fp16 = MakeEvalCodec("fp16", "", layout, 1);
+  if (!fp16.ok()) return Fail(fp16.status());
+  if (a.memory) return RunMemory(a, layout, *codecs, *fp16->codec);
+  if (a.task == "passkey") return RunPasskeyTask(a, *m, *codecs);
+  return RunPerplexity(a, *m, *codecs, *fp16->codec);
+}
+
+}  // namespace
+
+std::function<int()> AddEvalCommand(CLI::App* app) {
+  auto args = std::make_shared<EvalArgs>();
+  CLI::App* cmd = app->add_subcommand(
+      "eval", "Measure a compressed KV cache against fp16 on a model");
+  cmd->add_option("--model", args->model, "GGUF model file")->required();
+  cmd->add_option("--text", args->text, "text for perplexity");
+  cmd->add_option("--task", args->task, "ppl or passkey")
+      ->capture_default_str();
+  cmd->add_flag("--memory", args->memory,
+                "print the KV memory account instead of running the model");
+  cmd->add_option("--codec", args->codecs,
+                  "fp16, vq, kivi2 or kivi4 (comma-separated for several)")
+      ->delimiter(',');
+  cmd->add_option("--codebooks", args->codebooks, "codebook file for vq");
+  cmd->add_option("--beam-width", args->beam_width, "vq encoder beam width")
+      ->capture_default_str();
+  cmd->add_option("--ctx", args->ctx, "window of tokens per run")
+      ->capture_default_str();
+  cmd->add_option("--window", args->window, "recent tokens kept fp16")
+      ->capture_default_str();
+  cmd->add_option("--sinks", args->sinks, "leading tokens kept fp16")
+      ->capture_default_str();
+  cmd->add_option("--block-tokens", args->block_tokens,
+                  "tokens per codec block")
+      ->capture_default_str();
+  cmd->add_option("--max-tokens", args->max_tokens,
+                  "use only the first N tokens of the text (0 = all)");
+  cmd->add_option("--max-windows", args->max_windows,
+                  "at most this many ctx windows (0 = all)");
+  cmd->add_flag("--json", args->json, "one JSON object per line on stdout");
+  cmd->add_option("--trials", args->trials, "passkey trials per length")
+      ->capture_default_str();
+  cmd->add_option("--seed", args->seed, "passkey seed")->capture_default_str();
+  cmd->add_option("--lengths", args->lengths, "passkey prompt lengths")
+      ->delimiter(',');
+  cmd->add_flag("--verbose", args->verbose,
+                "passkey: print every trial on stderr");
+  cmd->add_option("--budget-gib", args->budget_gib,
+                  "KV budget for the longest-context figure")
+      ->capture_default_str();
+  cmd->add_option("--memory-ctx", args->memory_ctx,
+                  "--memory: context lengths to amortize over")
+      ->delimiter(',');
+  return [cmd, args]() { return cmd->parsed() ? Run(*args) : -1; };
+}
+
+}  // namespace vqkv::tools
