@@ -8,6 +8,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -37,10 +38,10 @@ double Uniform01(std::mt19937_64& rng) {
 
 // Mean squared distance of n points to their nearest centroid.
 double Inertia(const float* x, int64_t n, int dim, const float* c, int k,
-               std::vector<int32_t>& assign, std::vector<float>& dist) {
+               int32_t* assign, float* dist) {
   std::vector<float> c_norms(k);
   RowNorms(c, k, dim, c_norms.data());
-  AssignNearest(x, n, dim, c, c_norms.data(), k, assign.data(), dist.data());
+  AssignNearest(x, n, dim, c, c_norms.data(), k, assign, dist);
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += dist[i];
   return sum / static_cast<double>(n);
@@ -83,6 +84,57 @@ void SeedPlusPlus(const float* p, int64_t s, int dim, int k,
         break;
       }
     }
+  }
+}
+
+// Lloyd iterations on c [k][dim] over all n points; fills the inertia
+// fields of result and, if assign_out is not null, the final assignment.
+void Lloyd(const float* x, int64_t n, int dim, int k, int iterations, float* c,
+           int32_t* assign_out, KMeansResult* result) {
+  std::vector<int32_t> own_assign(assign_out == nullptr ? n : 0);
+  int32_t* assign = assign_out != nullptr ? assign_out : own_assign.data();
+  std::vector<float> dist(n);
+  std::vector<double> sums(static_cast<size_t>(k) * dim);
+  std::vector<int64_t> counts(k);
+  result->initial_inertia = Inertia(x, n, dim, c, k, assign, dist.data());
+  result->inertia = result->initial_inertia;
+  for (int it = 0; it < iterations; ++it) {
+    std::fill(sums.begin(), sums.end(), 0.0);
+    std::fill(counts.begin(), counts.end(), 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int a = assign[i];
+      ++counts[a];
+      double* sum = sums.data() + static_cast<size_t>(a) * dim;
+      const float* p = x + i * dim;
+      for (int d = 0; d < dim; ++d) sum[d] += p[d];
+    }
+    for (int j = 0; j < k; ++j) {
+      if (counts[j] == 0) continue;
+      const double inv = 1.0 / static_cast<double>(counts[j]);
+      for (int d = 0; d < dim; ++d) {
+        c[static_cast<size_t>(j) * dim + d] =
+            static_cast<float>(sums[static_cast<size_t>(j) * dim + d] * inv);
+      }
+    }
+    // Empty clusters: split the currently largest cluster in two by nudging
+    // its centroid apart along a fixed +-eps pattern (deterministic).
+    for (int j = 0; j < k; ++j) {
+      if (counts[j] != 0) continue;
+      const int big = static_cast<int>(
+          std::max_element(counts.begin(), counts.end()) - counts.begin());
+      float* cb = c + static_cast<size_t>(big) * dim;
+      float* cj = c + static_cast<size_t>(j) * dim;
+      constexpr float kEps = 1.0f / 1024;
+      for (int d = 0; d < dim; ++d) {
+        const float delta =
+            (d % 2 == 0 ? kEps : -kEps) * std::max(std::fabs(cb[d]), 1e-6f);
+        cj[d] = cb[d] + delta;
+        cb[d] = cb[d] - delta;
+      }
+      counts[j] = counts[big] / 2;
+      counts[big] -= counts[j];
+    }
+    result->inertia = Inertia(x, n, dim, c, k, assign, dist.data());
   }
 }
 
@@ -158,50 +210,30 @@ absl::StatusOr<KMeansResult> KMeans(const float* x, int64_t n, int dim,
       std::min<int64_t>(m, int64_t{params.seeding_points_per_centroid} * k);
   SeedPlusPlus(train.data(), s, dim, k, rng, c);
 
-  std::vector<int32_t> assign(m);
-  std::vector<float> dist(m);
-  std::vector<double> sums(static_cast<size_t>(k) * dim);
-  std::vector<int64_t> counts(k);
-  result.initial_inertia = Inertia(train.data(), m, dim, c, k, assign, dist);
-  result.inertia = result.initial_inertia;
-  for (int it = 0; it < params.iterations; ++it) {
-    std::fill(sums.begin(), sums.end(), 0.0);
-    std::fill(counts.begin(), counts.end(), 0);
-    for (int64_t i = 0; i < m; ++i) {
-      const int a = assign[i];
-      ++counts[a];
-      double* sum = sums.data() + static_cast<size_t>(a) * dim;
-      const float* p = train.data() + i * dim;
-      for (int d = 0; d < dim; ++d) sum[d] += p[d];
-    }
-    for (int j = 0; j < k; ++j) {
-      if (counts[j] == 0) continue;
-      const double inv = 1.0 / static_cast<double>(counts[j]);
-      for (int d = 0; d < dim; ++d) {
-        c[static_cast<size_t>(j) * dim + d] =
-            static_cast<float>(sums[static_cast<size_t>(j) * dim + d] * inv);
-      }
-    }
-    // Empty clusters: split the currently largest cluster in two by nudging
-    // its centroid apart along a fixed +-eps pattern (deterministic).
-    for (int j = 0; j < k; ++j) {
-      if (counts[j] != 0) continue;
-      const int big = static_cast<int>(
-          std::max_element(counts.begin(), counts.end()) - counts.begin());
-      float* cb = c + static_cast<size_t>(big) * dim;
-      float* cj = c + static_cast<size_t>(j) * dim;
-      constexpr float kEps = 1.0f / 1024;
-      for (int d = 0; d < dim; ++d) {
-        const float delta =
-            (d % 2 == 0 ? kEps : -kEps) * std::max(std::fabs(cb[d]), 1e-6f);
-        cj[d] = cb[d] + delta;
-        cb[d] = cb[d] - delta;
-      }
-      counts[j] = counts[big] / 2;
-      counts[big] -= counts[j];
-    }
-    result.inertia = Inertia(train.data(), m, dim, c, k, assign, dist);
+  Lloyd(train.data(), m, dim, k, params.iterations, c, nullptr, &result);
+  return result;
+}
+
+absl::StatusOr<KMeansResult> KMeansFromCentroids(
+    const float* x, int64_t n, int dim, const KMeansParams& params,
+    std::vector<float> initial_centroids, int32_t* assign) {
+  const int k = params.k;
+  if (dim < 1 || k < 1 || n < 1 || params.iterations < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "k-means needs dim >= 1, k >= 1, n >= 1 and iterations >= 0; got dim ",
+        dim, ", k ", k, ", n ", n, ", iterations ", params.iterations));
   }
+  if (initial_centroids.size() != static_cast<size_t>(k) * dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("k-means initial centroids must hold k * dim = ",
+                     static_cast<size_t>(k) * dim, " floats, got ",
+                     initial_centroids.size()));
+  }
+  KMeansResult result;
+  result.training_points = n;
+  result.centroids = std::move(initial_centroids);
+  Lloyd(x, n, dim, k, params.iterations, result.centroids.data(), assign,
+        &result);
   return result;
 }
 

@@ -47,6 +47,17 @@ struct KMeansResult {
 absl::StatusOr<KMeansResult> KMeans(const float* x, int64_t n, int dim,
                                     const KMeansParams& params);
 
+// params.iterations Lloyd iterations on all n points (no subsampling, no
+// seeding: params.k, params.iterations only) from the given initial
+// centroids [k][dim]. If assign is not null it receives, for each point, the
+// index of its nearest final centroid (the assignment that the returned
+// inertia measures), so callers need not assign again.
+// Errors: kInvalidArgument for dim < 1, k < 1, n < 1, iterations < 0, or
+// initial_centroids not holding k * dim floats.
+absl::StatusOr<KMeansResult> KMeansFromCentroids(
+    const float* x, int64_t n, int dim, const KMeansParams& params,
+    std::vector<float> initial_centroids, int32_t* assign = nullptr);
+
 // For each point, the index of the nearest centroid (ties: lowest index) and,
 // if dist is not null, its squared distance (clamped at 0). Batched through
 // sgemm; c_norms[j] = ||c_j||^2. Used by k-means and by RVQ training/encode.

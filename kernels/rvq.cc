@@ -53,13 +53,14 @@ absl::Status RvqParams::Validate() const {
         absl::StrCat("RVQ bits per stage must be in 1..16, got ", bits));
   }
   if (kmeans_iterations < 0 || max_points_per_centroid < 1 ||
-      seeding_points_per_centroid < 1 || max_training_points < 0) {
+      seeding_points_per_centroid < 1 || max_training_points < 0 ||
+      refine_passes < 0 || refine_passes > 100) {
     return absl::InvalidArgumentError(
         absl::StrCat("RVQ training params out of range: kmeans_iterations ",
                      kmeans_iterations, ", max_points_per_centroid ",
                      max_points_per_centroid, ", seeding_points_per_centroid ",
                      seeding_points_per_centroid, ", max_training_points ",
-                     max_training_points));
+                     max_training_points, ", refine_passes ", refine_passes));
   }
   if (beam_width < 1 || beam_width > 4096) {
     return absl::InvalidArgumentError(
@@ -116,6 +117,7 @@ absl::Status ResidualQuantizer::Fit(
     }
   }
   fitted_ = false;
+  training_mse_ = 0;
   params_ = params;
 
   // The training set, as residuals updated in place stage after stage.
@@ -139,10 +141,39 @@ absl::Status ResidualQuantizer::Fit(
                   sizeof(float) * dim);
     }
   }
+  // The training rows before any stage, for refinement.
+  std::vector<float> train;
+  if (params.refine_passes > 0) train = res;
+  double energy = 0;
+  for (int64_t i = 0; i < m * dim; ++i) energy += double{res[i]} * res[i];
+
+  // One random sample of the training rows, shared by every stage: its
+  // first K rows seed each stage's codebook, and all of it is the k-means
+  // sample (max_points_per_centroid * K rows) of each stage.
+  const int64_t sample =
+      std::min<int64_t>(m, int64_t{params.max_points_per_centroid} * K);
+  std::vector<int64_t> order(m);
+  std::iota(order.begin(), order.end(), 0);
+  for (int64_t i = 0; i < sample; ++i) {
+    std::swap(order[i], order[i + static_cast<int64_t>(rng() % (m - i))]);
+  }
+  const std::vector<int64_t> seeds(order.begin(), order.begin() + K);
+  order.resize(sample);
+  std::sort(order.begin(), order.end());  // sequential gathers
+  std::vector<float> sample_rows(sample < m ? static_cast<size_t>(sample) * dim
+                                            : 0);
 
   codebooks_.assign(static_cast<size_t>(params.stages) * K * dim, 0.0f);
   norms_.assign(static_cast<size_t>(params.stages) * K, 0.0f);
   std::vector<int32_t> assign(m);
+  std::vector<uint16_t> codes(
+      params.refine_passes > 0 ? static_cast<size_t>(m) * params.stages : 0);
+  auto report = [&](int done) {
+    if (progress) {
+      progress(FitProgress{absl::StrCat("rvq stage ", done, "/", params.stages),
+                           done, params.stages});
+    }
+  };
   for (int s = 0; s < params.stages; ++s) {
     KMeansParams kp;
     kp.k = K;
@@ -150,25 +181,121 @@ absl::Status ResidualQuantizer::Fit(
     kp.max_points_per_centroid = params.max_points_per_centroid;
     kp.seeding_points_per_centroid = params.seeding_points_per_centroid;
     kp.seed = params.seed + 0x100000001b3ULL * static_cast<uint64_t>(s + 1);
-    absl::StatusOr<KMeansResult> km = KMeans(res.data(), m, dim, kp);
+    absl::StatusOr<KMeansResult> km;
+    bool assigned = false;
+    if (params.kmeanspp_seeding) {
+      km = KMeans(res.data(), m, dim, kp);
+    } else {
+      std::vector<float> init(static_cast<size_t>(K) * dim);
+      for (int k = 0; k < K; ++k) {
+        std::memcpy(init.data() + static_cast<size_t>(k) * dim,
+                    res.data() + seeds[k] * dim, sizeof(float) * dim);
+      }
+      if (sample == m) {
+        // k-means on every row: its final assignment is the stage's code.
+        km = KMeansFromCentroids(res.data(), m, dim, kp, std::move(init),
+                                 assign.data());
+        assigned = true;
+      } else {
+        for (int64_t i = 0; i < sample; ++i) {
+          std::memcpy(sample_rows.data() + i * dim, res.data() + order[i] * dim,
+                      sizeof(float) * dim);
+        }
+        km = KMeansFromCentroids(sample_rows.data(), sample, dim, kp,
+                                 std::move(init));
+      }
+    }
     if (!km.ok()) return km.status();
     float* cb = codebooks_.data() + static_cast<size_t>(s) * K * dim;
     float* nm = norms_.data() + static_cast<size_t>(s) * K;
     std::memcpy(cb, km->centroids.data(), sizeof(float) * K * dim);
     for (int k = 0; k < K; ++k) nm[k] = SquaredNorm(cb + k * dim, dim);
-    AssignNearest(res.data(), m, dim, cb, nm, K, assign.data(), nullptr);
+    if (!assigned) {
+      AssignNearest(res.data(), m, dim, cb, nm, K, assign.data(), nullptr);
+    }
     for (int64_t i = 0; i < m; ++i) {
       Subtract(res.data() + i * dim, cb + static_cast<size_t>(assign[i]) * dim,
                dim);
     }
-    if (progress) {
-      progress(
-          FitProgress{absl::StrCat("rvq stage ", s + 1, "/", params.stages),
-                      s + 1, params.stages});
+    if (!codes.empty()) {
+      for (int64_t i = 0; i < m; ++i) {
+        codes[i * params.stages + s] = static_cast<uint16_t>(assign[i]);
+      }
     }
+    // With refinement the last stage is reported once refinement is done.
+    if (s + 1 < params.stages || params.refine_passes == 0) report(s + 1);
   }
   fitted_ = true;
+  if (params.refine_passes > 0) {
+    Refine(train.data(), m, params.refine_passes, codes.data(), res.data());
+  }
+  double err = 0;
+  for (int64_t i = 0; i < m * dim; ++i) err += double{res[i]} * res[i];
+  training_mse_ = energy > 0 ? err / energy : 0;
+  if (params.refine_passes > 0) report(params.stages);
   return absl::OkStatus();
+}
+
+void ResidualQuantizer::Refine(const float* x, int64_t m, int passes,
+                               uint16_t* codes, float* res) {
+  const int K = params_.K(), dim = params_.dim, stages = params_.stages;
+  std::vector<double> sums(static_cast<size_t>(K) * dim);
+  std::vector<int64_t> counts(K);
+  std::vector<float> old_cb(static_cast<size_t>(K) * dim);
+  std::vector<uint16_t> new_codes(static_cast<size_t>(m) * stages);
+  std::vector<float> recon(static_cast<size_t>(m) * dim);
+  for (int pass = 0; pass < passes; ++pass) {
+    // Block coordinate descent over stages: with every other stage fixed,
+    // the mean of x - (other stages' codewords) over a codeword's vectors
+    // is its least-squares optimum, so no update raises the error.
+    for (int s = 0; s < stages; ++s) {
+      float* cb = codebooks_.data() + static_cast<size_t>(s) * K * dim;
+      std::fill(sums.begin(), sums.end(), 0.0);
+      std::fill(counts.begin(), counts.end(), 0);
+      for (int64_t i = 0; i < m; ++i) {
+        const int k = codes[i * stages + s];
+        ++counts[k];
+        double* sum = sums.data() + static_cast<size_t>(k) * dim;
+        const float* r = res + i * dim;
+        const float* c = cb + static_cast<size_t>(k) * dim;
+        for (int d = 0; d < dim; ++d) sum[d] += double{r[d]} + c[d];
+      }
+      std::memcpy(old_cb.data(), cb, sizeof(float) * K * dim);
+      for (int k = 0; k < K; ++k) {
+        if (counts[k] == 0) continue;  // unused: keep it
+        const double inv = 1.0 / static_cast<double>(counts[k]);
+        for (int d = 0; d < dim; ++d) {
+          cb[static_cast<size_t>(k) * dim + d] =
+              static_cast<float>(sums[static_cast<size_t>(k) * dim + d] * inv);
+        }
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        const size_t k = codes[i * stages + s];
+        float* r = res + i * dim;
+        const float* o = old_cb.data() + k * dim;
+        const float* c = cb + k * dim;
+        for (int d = 0; d < dim; ++d) r[d] += o[d] - c[d];
+      }
+    }
+    ComputeNorms();
+    // Re-encode against the refined codebooks; keep a vector's new codes
+    // only where they reconstruct it better (greedy is not optimal, so a
+    // new code can be worse).
+    (void)EncodeGreedy(x, m, new_codes.data());
+    cpu::RvqDecode(new_codes.data(), m, stages, codebooks_.data(), K, dim,
+                   recon.data());
+    for (int64_t i = 0; i < m; ++i) {
+      const float* xi = x + i * dim;
+      const float* yi = recon.data() + i * dim;
+      float e = 0;
+      for (int d = 0; d < dim; ++d) e += (xi[d] - yi[d]) * (xi[d] - yi[d]);
+      if (e < SquaredNorm(res + i * dim, dim)) {
+        std::memcpy(codes + i * stages, new_codes.data() + i * stages,
+                    sizeof(uint16_t) * stages);
+        for (int d = 0; d < dim; ++d) res[i * dim + d] = xi[d] - yi[d];
+      }
+    }
+  }
 }
 
 absl::Status ResidualQuantizer::Encode(const float* x, int64_t n,

@@ -120,5 +120,62 @@ TEST(KMeansTest, RejectsBadArguments) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(KMeansTest, FromCentroidsReturnsTheFinalAssignment) {
+  const std::vector<float> x = testing::KeyLikeVectors(2000, 8, 5);
+  KMeansParams p;
+  p.k = 16;
+  p.iterations = 3;
+  std::vector<float> init(x.begin(), x.begin() + 16 * 8);
+  std::vector<int32_t> assign(2000, -1);
+  absl::StatusOr<KMeansResult> r =
+      KMeansFromCentroids(x.data(), 2000, 8, p, init, assign.data());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->training_points, 2000);
+  EXPECT_LT(r->inertia, r->initial_inertia);
+  // The returned assignment is the nearest-centroid assignment of the
+  // returned centroids, and the inertia is its mean squared distance.
+  std::vector<float> norms(16);
+  for (int j = 0; j < 16; ++j) {
+    float s = 0;
+    for (int d = 0; d < 8; ++d) {
+      s += r->centroids[j * 8 + d] * r->centroids[j * 8 + d];
+    }
+    norms[j] = s;
+  }
+  std::vector<int32_t> again(2000);
+  std::vector<float> dist(2000);
+  AssignNearest(x.data(), 2000, 8, r->centroids.data(), norms.data(), 16,
+                again.data(), dist.data());
+  EXPECT_EQ(assign, again);
+  double sum = 0;
+  for (float d : dist) sum += d;
+  EXPECT_NEAR(r->inertia, sum / 2000, 1e-3 * r->inertia);
+
+  p.iterations = 0;
+  absl::StatusOr<KMeansResult> same =
+      KMeansFromCentroids(x.data(), 2000, 8, p, init, nullptr);
+  ASSERT_TRUE(same.ok());
+  EXPECT_EQ(same->centroids, init);
+}
+
+TEST(KMeansTest, FromCentroidsRejectsBadInput) {
+  const std::vector<float> x = testing::KeyLikeVectors(100, 4, 1);
+  KMeansParams p;
+  p.k = 8;
+  EXPECT_EQ(KMeansFromCentroids(x.data(), 100, 4, p, std::vector<float>(31))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KMeansFromCentroids(x.data(), 0, 4, p, std::vector<float>(32))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  p.iterations = -1;
+  EXPECT_EQ(KMeansFromCentroids(x.data(), 100, 4, p, std::vector<float>(32))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace vqkv

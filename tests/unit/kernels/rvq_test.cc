@@ -184,5 +184,79 @@ TEST(RvqTest, TrainingSubsetIsUsed) {
   EXPECT_LT(RoundTripMse(a, x), 0.5);
 }
 
+TEST(RvqTest, TrainingMseMatchesReEncodingWithoutRefinement) {
+  // Without refinement the training codes are the greedy codes, so the
+  // reported training error equals a greedy re-encode of the training set.
+  const std::vector<float> x = testing::KeyLikeVectors(3000, 8, 5);
+  ResidualQuantizer q;
+  ASSERT_TRUE(q.Fit(Small(8, 4, 5), x.data(), 3000).ok());
+  EXPECT_GT(q.training_mse(), 0.0);
+  EXPECT_NEAR(q.training_mse(), RoundTripMse(q, x), 1e-4);
+}
+
+TEST(RvqTest, RefinementNeverIncreasesTrainingError) {
+  const std::vector<float> x = testing::KeyLikeVectors(4000, 8, 6);
+  for (int passes : {1, 3}) {
+    RvqParams p = Small(8, 4, 6);
+    ResidualQuantizer plain, refined;
+    ASSERT_TRUE(plain.Fit(p, x.data(), 4000).ok());
+    p.refine_passes = passes;
+    ASSERT_TRUE(refined.Fit(p, x.data(), 4000).ok());
+    EXPECT_LE(refined.training_mse(), plain.training_mse() * (1 + 1e-6))
+        << passes << " passes";
+    EXPECT_NE(refined.codebooks(), plain.codebooks());
+  }
+}
+
+TEST(RvqTest, RefinementIsDeterministicAndReportsEveryStage) {
+  const std::vector<float> x = testing::KeyLikeVectors(2000, 4, 7);
+  RvqParams p = Small(4, 3, 4);
+  p.refine_passes = 2;
+  std::vector<int64_t> done;
+  ResidualQuantizer a, b;
+  ASSERT_TRUE(a.Fit(p, x.data(), 2000, [&](const FitProgress& f) {
+                 done.push_back(f.done);
+               }).ok());
+  ASSERT_TRUE(b.Fit(p, x.data(), 2000).ok());
+  EXPECT_EQ(done, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(a.codebooks(), b.codebooks());
+}
+
+TEST(RvqTest, BothSeedingsAreDeterministicAndDiffer) {
+  const std::vector<float> x = testing::KeyLikeVectors(3000, 8, 8);
+  RvqParams p = Small(8, 3, 6);
+  ResidualQuantizer shared_a, shared_b, pp_a, pp_b;
+  ASSERT_TRUE(shared_a.Fit(p, x.data(), 3000).ok());
+  ASSERT_TRUE(shared_b.Fit(p, x.data(), 3000).ok());
+  p.kmeanspp_seeding = true;
+  ASSERT_TRUE(pp_a.Fit(p, x.data(), 3000).ok());
+  ASSERT_TRUE(pp_b.Fit(p, x.data(), 3000).ok());
+  EXPECT_EQ(shared_a.codebooks(), shared_b.codebooks());
+  EXPECT_EQ(pp_a.codebooks(), pp_b.codebooks());
+  EXPECT_NE(shared_a.codebooks(), pp_a.codebooks());
+  EXPECT_LT(RoundTripMse(pp_a, x), 0.5);
+}
+
+TEST(RvqTest, SubsampledKMeansStillAssignsEveryVector) {
+  // 8 points per centroid < the 2000 given: k-means runs on a sample, then
+  // every vector is assigned; the training error is still that of greedy
+  // encoding.
+  const std::vector<float> x = testing::KeyLikeVectors(2000, 8, 9);
+  RvqParams p = Small(8, 3, 5);
+  p.max_points_per_centroid = 8;
+  ResidualQuantizer q;
+  ASSERT_TRUE(q.Fit(p, x.data(), 2000).ok());
+  EXPECT_NEAR(q.training_mse(), RoundTripMse(q, x), 1e-4);
+  EXPECT_LT(q.training_mse(), 0.5);
+}
+
+TEST(RvqTest, RejectsBadRefinePasses) {
+  RvqParams p = Small(4, 2, 3);
+  p.refine_passes = -1;
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  p.refine_passes = 101;
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace vqkv
