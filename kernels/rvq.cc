@@ -22,6 +22,10 @@ namespace {
 // across the batch instead of streaming all codebooks once per vector.
 constexpr int64_t kBatchedEncodeMin = 16;
 
+// Codewords per candidate-filter call in beam search: small enough that the
+// bound tightens often, large enough to amortise the call.
+constexpr int kBeamBlock = 128;
+
 // Rows per sgemm batch when encoding: keeps the dot tile near 4 MiB.
 int64_t EncodeChunk(int K, int beam) {
   return std::max<int64_t>(16, (int64_t{1} << 20) / (int64_t{K} * beam));
@@ -367,6 +371,8 @@ absl::Status ResidualQuantizer::EncodeBeam(const float* x, int64_t n,
   // Top-B candidates of one vector: (score, beam * K + k), a max-heap.
   std::vector<std::pair<float, int64_t>> heap;
   heap.reserve(B + 1);
+  std::vector<int32_t> cand_idx(kBeamBlock);
+  std::vector<float> cand_score(kBeamBlock);
 
   for (int64_t start = 0; start < n; start += chunk) {
     const int64_t m = std::min(chunk, n - start);
@@ -400,19 +406,38 @@ absl::Status ResidualQuantizer::EncodeBeam(const float* x, int64_t n,
           static_cast<int>(std::min<int64_t>(B, int64_t{nb} * K));
       for (int64_t i = 0; i < m; ++i) {
         heap.clear();
+        // Score of the worst kept candidate once next_nb are kept: only
+        // candidates below it can enter. The vector filter (ScoresBelow)
+        // runs on blocks of codewords so the bound tightens as it goes.
+        float worst = std::numeric_limits<float>::infinity();
         for (int b = 0; b < nb; ++b) {
           const float e = err[i * B + b];
           const float* d = dots.data() + (static_cast<size_t>(i) * B + b) * K;
-          for (int k = 0; k < K; ++k) {
-            const float score = e + nm[k] - 2.0f * d[k];
-            const int64_t id = int64_t{b} * K + k;
-            if (static_cast<int>(heap.size()) < next_nb) {
-              heap.emplace_back(score, id);
-              std::push_heap(heap.begin(), heap.end());
-            } else if (score < heap.front().first) {
-              std::pop_heap(heap.begin(), heap.end());
-              heap.back() = {score, id};
-              std::push_heap(heap.begin(), heap.end());
+          for (int k0 = 0; k0 < K; k0 += kBeamBlock) {
+            const int len = std::min(kBeamBlock, K - k0);
+            // A little slack: s < worst - e and e + s < worst may round
+            // differently; the exact test on (score, id) follows.
+            const float limit =
+                worst - e + 1e-6f * (std::fabs(worst) + std::fabs(e));
+            const int found =
+                cpu::ScoresBelow(nm + k0, d + k0, len, limit, cand_idx.data(),
+                                 cand_score.data());
+            for (int c = 0; c < found; ++c) {
+              const float score = e + cand_score[c];
+              const int64_t id = int64_t{b} * K + k0 + cand_idx[c];
+              if (static_cast<int>(heap.size()) < next_nb) {
+                heap.emplace_back(score, id);
+                std::push_heap(heap.begin(), heap.end());
+              } else if (std::make_pair(score, id) < heap.front()) {
+                std::pop_heap(heap.begin(), heap.end());
+                heap.back() = {score, id};
+                std::push_heap(heap.begin(), heap.end());
+              } else {
+                continue;
+              }
+              if (static_cast<int>(heap.size()) == next_nb) {
+                worst = heap.front().first;
+              }
             }
           }
         }

@@ -45,4 +45,11 @@ int ArgminScore(const float* norms, const float* dots, int K,
   return ArgminScoreRef(norms, dots, K, best_score);
 }
 
+int ScoresBelow(const float* norms, const float* dots, int K, float limit,
+                int32_t* idx, float* score) {
+  if (Features().avx2)
+    return ScoresBelowAvx2(norms, dots, K, limit, idx, score);
+  return ScoresBelowRef(norms, dots, K, limit, idx, score);
+}
+
 }  // namespace vqkv::cpu

@@ -53,6 +53,17 @@ int ArgminScoreRef(const float* norms, const float* dots, int K,
 int ArgminScore(const float* norms, const float* dots, int K,
                 float* best_score);
 
+// Beam-search candidate filter: writes to idx/score, in increasing k, every
+// k with norms[k] - 2 * dots[k] < limit (score receives that value) and
+// returns how many. idx and score must hold K entries. A beam step keeps
+// the B best of B*K candidates; once B are known, almost every other
+// candidate fails this test, so the vector compare replaces a per-candidate
+// heap check.
+int ScoresBelowRef(const float* norms, const float* dots, int K, float limit,
+                   int32_t* idx, float* score);
+int ScoresBelow(const float* norms, const float* dots, int K, float limit,
+                int32_t* idx, float* score);
+
 // Same sum, written as binary16 (round to nearest even); the CPU twin of the
 // CUDA decode kernel's fp16 output.
 void RvqDecodeHalfRef(const uint16_t* codes, int64_t n, int stages,

@@ -218,4 +218,39 @@ VQKV_AVX2 int ArgminScoreAvx2(const float* norms, const float* dots, int K,
   return best;
 }
 
+VQKV_AVX2 int ScoresBelowAvx2(const float* norms, const float* dots, int K,
+                              float limit, int32_t* idx, float* score) {
+  // Same arithmetic as the reference (norms - 2 * dots, no FMA), so the
+  // selected set and the scores are bit-identical to it.
+  const __m256 two = _mm256_set1_ps(2.0f);
+  const __m256 lim = _mm256_set1_ps(limit);
+  int n = 0;
+  int k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 s =
+        _mm256_sub_ps(_mm256_loadu_ps(norms + k),
+                      _mm256_mul_ps(two, _mm256_loadu_ps(dots + k)));
+    int mask = _mm256_movemask_ps(_mm256_cmp_ps(s, lim, _CMP_LT_OQ));
+    if (mask == 0) continue;
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, s);
+    while (mask != 0) {
+      const int q = __builtin_ctz(static_cast<unsigned>(mask));
+      idx[n] = k + q;
+      score[n] = lanes[q];
+      ++n;
+      mask &= mask - 1;
+    }
+  }
+  for (; k < K; ++k) {
+    const float s = norms[k] - 2.0f * dots[k];
+    if (s < limit) {
+      idx[n] = k;
+      score[n] = s;
+      ++n;
+    }
+  }
+  return n;
+}
+
 }  // namespace vqkv::cpu

@@ -19,6 +19,8 @@ void RvqDecodeAvx2(const uint16_t* codes, int64_t n, int stages,
                    const float* codebooks, int K, int dim, float* out);
 int ArgminScoreAvx2(const float* norms, const float* dots, int K,
                     float* best_score);
+int ScoresBelowAvx2(const float* norms, const float* dots, int K, float limit,
+                    int32_t* idx, float* score);
 
 int NearestCodewordAvx512(const float* r, const float* cb, const float* norms,
                           int K, int dim, float* best_score);

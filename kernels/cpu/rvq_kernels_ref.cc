@@ -86,4 +86,18 @@ int ArgminScoreRef(const float* norms, const float* dots, int K,
   return best;
 }
 
+int ScoresBelowRef(const float* norms, const float* dots, int K, float limit,
+                   int32_t* idx, float* score) {
+  int n = 0;
+  for (int k = 0; k < K; ++k) {
+    const float s = norms[k] - 2.0f * dots[k];
+    if (s < limit) {
+      idx[n] = k;
+      score[n] = s;
+      ++n;
+    }
+  }
+  return n;
+}
+
 }  // namespace vqkv::cpu

@@ -192,6 +192,45 @@ TEST(ArgminScoreTest, MatchesReferenceIncludingTies) {
   EXPECT_EQ(ArgminScore(same.data(), zero.data(), 37, nullptr), 0);
 }
 
+TEST(ScoresBelowTest, MatchesReference) {
+  for (int K : {1, 7, 8, 9, 64, 130, 1024}) {
+    const std::vector<float> norms = Random(K, 3 * K),
+                             dots = Random(K, 3 * K + 1);
+    for (float limit : {-1e30f, -0.5f, 0.0f, 0.7f, 1e30f}) {
+      std::vector<int32_t> ref_idx(K), got_idx(K);
+      std::vector<float> ref_s(K), got_s(K);
+      const int ref = ScoresBelowRef(norms.data(), dots.data(), K, limit,
+                                     ref_idx.data(), ref_s.data());
+      const int got = ScoresBelow(norms.data(), dots.data(), K, limit,
+                                  got_idx.data(), got_s.data());
+      ASSERT_EQ(got, ref) << "K " << K << " limit " << limit;
+      ref_idx.resize(ref);
+      got_idx.resize(got);
+      ref_s.resize(ref);
+      got_s.resize(got);
+      EXPECT_EQ(got_idx, ref_idx);
+      EXPECT_EQ(got_s, ref_s);
+      // The reference itself: exactly the k below the limit, in order.
+      int expect = 0;
+      for (int k = 0; k < K; ++k) {
+        if (norms[k] - 2.0f * dots[k] < limit) {
+          ASSERT_LT(expect, ref);
+          EXPECT_EQ(ref_idx[expect], k);
+          ++expect;
+        }
+      }
+      EXPECT_EQ(expect, ref);
+      if (Features().avx2) {
+        std::vector<int32_t> a_idx(K);
+        std::vector<float> a_s(K);
+        EXPECT_EQ(ScoresBelowAvx2(norms.data(), dots.data(), K, limit,
+                                  a_idx.data(), a_s.data()),
+                  ref);
+      }
+    }
+  }
+}
+
 TEST(RvqDecodeHalfRefTest, RoundsTheFloatSum) {
   const int K = 16, stages = 3, dim = 10;
   const int64_t n = 20;
