@@ -1,6 +1,9 @@
 // kv_service_bench: put/get throughput and latency of vqkv-server over
 // loopback, next to Redis (Debian redis-server, started here, same payloads
-// through hiredis SET/GET) in the same run.
+// through hiredis) in the same run: one block per request (PutBlocks/GetBlocks
+// with one block vs SET/GET), and batches of --batch blocks per request
+// (PutBlocks/GetBlocks vs MSET/MGET), since a serving engine fetches a cached
+// prefix of many blocks at once.
 //
 // Payloads are sealed encoded blocks (kernels/block_format.h header + payload
 // of the exact encoded size, random bytes) for 16- and 256-token blocks of
@@ -9,7 +12,9 @@
 // bits/element). "KV tok/s" is blocks/s x tokens per block: the effective KV
 // bandwidth, which is where compression pays.
 //
-// Usage: kv_service_bench [--seconds S] [--max-gib-per-run G] [--quick]
+// Usage: kv_service_bench [--seconds S] [--max-gib-per-run G] [--batch N]
+//                         [--single-only] [--quick]
+// Progress goes to stderr, the table to stdout.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -112,13 +117,14 @@ pid_t Spawn(std::vector<std::string> args, int stdout_fd) {
 }
 
 // Starts vqkv-server with --listen 127.0.0.1:0 and reads its port.
-pid_t StartVqkv(const std::string& data_dir, int* port) {
+pid_t StartVqkv(const std::string& server, const std::string& data_dir,
+                int* port) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
-  const pid_t pid = Spawn(
-      {VQKV_SERVER_PATH, "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-       "--memory-bytes", "6GiB", "--max-message-bytes", "128MiB"},
-      fds[1]);
+  const pid_t pid =
+      Spawn({server, "--listen", "127.0.0.1:0", "--data-dir", data_dir,
+             "--memory-bytes", "6GiB", "--max-message-bytes", "128MiB"},
+            fds[1]);
   close(fds[1]);
   std::string out;
   char c;
@@ -197,10 +203,20 @@ std::string Key(int64_t i) {
 
 int main(int argc, char** argv) {
   CLI::App app{"vqkv-server vs Redis: put/get throughput over loopback"};
-  double seconds = 1.5;
+  double seconds = 1.0;
   double max_gib = 1.0;
   bool quick = false;
-  app.add_option("--seconds", seconds, "time per measurement (default 1.5)");
+  bool single_only = false;
+  int batch_blocks = 16;
+  std::string server = VQKV_SERVER_PATH;
+  app.add_option("--server", server,
+                 "vqkv-server binary (default: the one built with the bench)");
+  app.add_option("--seconds", seconds, "time per measurement (default 1.0)");
+  app.add_option("--batch", batch_blocks,
+                 "blocks per request in the batched rows (default 16)")
+      ->check(CLI::Range(2, 1024));
+  app.add_flag("--single-only", single_only,
+               "only one block per request (skip the batched rows)");
   app.add_option("--max-gib-per-run", max_gib,
                  "cap on bytes put per measurement (default 1 GiB)");
   app.add_flag("--quick", quick, "SmolLM2 16-token blocks only");
@@ -210,7 +226,7 @@ int main(int argc, char** argv) {
   char tmpl[] = "/tmp/vqkv-bench-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
   int vport = 0;
-  const pid_t vpid = StartVqkv(dir + "/data", &vport);
+  const pid_t vpid = StartVqkv(server, dir + "/data", &vport);
   const int rport = FreePort();
   const int devnull = open("/dev/null", O_WRONLY);
   const pid_t rpid =
@@ -252,15 +268,24 @@ int main(int argc, char** argv) {
   }
 
   std::printf(
-      "vqkv-server (127.0.0.1:%d, async, memory tier) vs redis-server %s "
-      "(127.0.0.1:%d), one block per request, %.1f s per row, %u hardware "
-      "threads\n\n",
-      vport, "7", rport, seconds, std::thread::hardware_concurrency());
-  std::printf("%-13s %-6s %4s %10s %-6s %-4s %3s %9s %9s %8s %8s %11s\n",
-              "model", "format", "tok", "bytes", "server", "op", "cli",
+      "vqkv-server (127.0.0.1:%d, async, memory tier) vs redis-server "
+      "(127.0.0.1:%d), %.1f s per row, %u hardware threads\n"
+      "batch 1: one block per request (vqkv PutBlocks/GetBlocks with one "
+      "block, redis SET/GET)\n"
+      "batch %d: %d blocks per request (vqkv PutBlocks/GetBlocks, redis "
+      "MSET/MGET), fewer when %d blocks would pass 64 MiB\n"
+      "blocks/s and MB/s count blocks; p50/p99 are per request\n\n",
+      vport, rport, seconds, std::thread::hardware_concurrency(), batch_blocks,
+      batch_blocks, batch_blocks);
+  std::printf("%-13s %-6s %4s %10s %5s %-6s %-4s %3s %9s %9s %8s %8s %11s\n",
+              "model", "format", "tok", "bytes", "batch", "server", "op", "cli",
               "blocks/s", "MB/s", "p50 ms", "p99 ms", "KV tok/s");
 
+  auto ctx_deadline = [] {
+    return std::chrono::system_clock::now() + std::chrono::seconds(60);
+  };
   int ns_counter = 0;
+  int row_set = 0;
   for (const Model& m : kModels) {
     for (int tokens : {16, 256}) {
       if (quick && (tokens != 16 || &m != &kModels[0])) continue;
@@ -276,98 +301,138 @@ int main(int argc, char** argv) {
           blocks.push_back(MakeBlock(m, tokens, vq, payload, 17 + i));
         }
         const size_t bytes = blocks[0].size();
-        const int64_t max_ops = std::max<int64_t>(
-            16, static_cast<int64_t>(max_gib * (1ull << 30) / bytes));
-        for (int clients : {1, 16}) {
-          vqkv::v1::Namespace ns;
-          ns.set_model_id(std::string(m.name) + "/" +
-                          std::to_string(ns_counter++));
-          ns.set_codec(vq ? "vq-bench" : "fp16");
-          ns.set_codec_id(static_cast<uint32_t>(vq ? vqkv::CodecId::kVq
-                                                   : vqkv::CodecId::kFp16));
-          ns.set_block_tokens(tokens);
-          ns.set_layers(m.layers);
-          ns.set_kv_heads(m.kv_heads);
-          ns.set_head_dim(m.head_dim);
-          ns.set_dtype(vqkv::v1::DTYPE_BFLOAT16);
-          auto ctx_deadline = [] {
-            return std::chrono::system_clock::now() + std::chrono::seconds(60);
-          };
-          int64_t vq_put_ops = 0, redis_put_ops = 0;
-          auto print = [&](const char* server, const char* op,
-                           const Result& r) {
-            std::printf(
-                "%-13s %-6s %4d %10zu %-6s %-4s %3d %9.0f %9.1f %8.3f %8.3f "
-                "%11.0f%s\n",
-                m.name, vq ? "2.75b" : "fp16", tokens, bytes, server, op,
-                clients, r.ops_per_s, r.mb_per_s, r.p50_ms, r.p99_ms,
-                r.ops_per_s * tokens, r.ops == 0 ? "  (FAILED)" : "");
-            std::fflush(stdout);
-          };
-          // vqkv put.
-          Result r =
-              Run(clients, seconds, max_ops, bytes, [&](int t, int64_t i) {
-                vqkv::v1::PutBlocksRequest req;
-                *req.mutable_namespace_() = ns;
-                auto* b = req.add_blocks();
-                b->set_hash(Key(i));
-                b->set_data(blocks[i % blocks.size()]);
-                vqkv::v1::PutBlocksResponse resp;
-                grpc::ClientContext ctx;
-                ctx.set_deadline(ctx_deadline());
-                return stubs[t]->PutBlocks(&ctx, req, &resp).ok() &&
-                       resp.stored() == 1;
-              });
-          vq_put_ops = r.ops;
-          print("vqkv", "put", r);
-          r = Run(clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
-            vqkv::v1::GetBlocksRequest req;
-            *req.mutable_namespace_() = ns;
-            req.add_hashes(Key(i % std::max<int64_t>(vq_put_ops, 1)));
-            vqkv::v1::GetBlocksResponse resp;
-            grpc::ClientContext ctx;
-            ctx.set_deadline(ctx_deadline());
-            return stubs[t]->GetBlocks(&ctx, req, &resp).ok() &&
-                   resp.found() == 1;
-          });
-          print("vqkv", "get", r);
-          // Redis, same payloads, key = namespace-ish prefix + hash.
-          const std::string prefix = ns.model_id() + ":";
-          r = Run(clients, seconds, max_ops, bytes, [&](int t, int64_t i) {
-            const std::string key = prefix + Key(i);
-            const std::string& v = blocks[i % blocks.size()];
-            auto* rep = static_cast<redisReply*>(
-                redisCommand(redis[t], "SET %b %b", key.data(), key.size(),
-                             v.data(), v.size()));
-            const bool ok = rep != nullptr && rep->type == REDIS_REPLY_STATUS;
-            if (rep) freeReplyObject(rep);
-            return ok;
-          });
-          redis_put_ops = r.ops;
-          print("redis", "put", r);
-          r = Run(clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
-            const std::string key =
-                prefix + Key(i % std::max<int64_t>(redis_put_ops, 1));
-            auto* rep = static_cast<redisReply*>(
-                redisCommand(redis[t], "GET %b", key.data(), key.size()));
-            const bool ok = rep != nullptr && rep->type == REDIS_REPLY_STRING &&
-                            static_cast<size_t>(rep->len) == bytes;
-            if (rep) freeReplyObject(rep);
-            return ok;
-          });
-          print("redis", "get", r);
-          // Free memory before the next row.
-          {
-            vqkv::v1::DeleteRequest del;
-            *del.mutable_namespace_() = ns;
-            del.set_whole_namespace(true);
-            vqkv::v1::DeleteResponse resp;
-            grpc::ClientContext ctx;
-            ctx.set_deadline(ctx_deadline());
-            (void)stubs[0]->Delete(&ctx, del, &resp);
-            auto* rep =
-                static_cast<redisReply*>(redisCommand(redis[0], "FLUSHALL"));
-            if (rep) freeReplyObject(rep);
+        // Requests stay under 64 MiB (the message limit is 128 MiB).
+        const int big_batch = static_cast<int>(std::clamp<uint64_t>(
+            (uint64_t{64} << 20) / bytes, 1, batch_blocks));
+        std::vector<int> batches = {1};
+        if (big_batch > 1 && !single_only) batches.push_back(big_batch);
+        for (int batch : batches) {
+          for (int clients : {1, 16}) {
+            std::fprintf(stderr,
+                         "[%d] %s %s %d tokens, %d block(s)/request, %d "
+                         "client(s)\n",
+                         ++row_set, m.name, vq ? "2.75b" : "fp16", tokens,
+                         batch, clients);
+            vqkv::v1::Namespace ns;
+            ns.set_model_id(std::string(m.name) + "/" +
+                            std::to_string(ns_counter++));
+            ns.set_codec(vq ? "vq-bench" : "fp16");
+            ns.set_codec_id(static_cast<uint32_t>(vq ? vqkv::CodecId::kVq
+                                                     : vqkv::CodecId::kFp16));
+            ns.set_block_tokens(tokens);
+            ns.set_layers(m.layers);
+            ns.set_kv_heads(m.kv_heads);
+            ns.set_head_dim(m.head_dim);
+            ns.set_dtype(vqkv::v1::DTYPE_BFLOAT16);
+            const int64_t max_requests = std::max<int64_t>(
+                16, static_cast<int64_t>(max_gib * (1ull << 30) /
+                                         (static_cast<double>(bytes) * batch)));
+            auto print = [&](const char* server, const char* op,
+                             const Result& r) {
+              std::printf(
+                  "%-13s %-6s %4d %10zu %5d %-6s %-4s %3d %9.0f %9.1f %8.3f "
+                  "%8.3f %11.0f%s\n",
+                  m.name, vq ? "2.75b" : "fp16", tokens, bytes, batch, server,
+                  op, clients, r.ops_per_s * batch, r.mb_per_s * batch,
+                  r.p50_ms, r.p99_ms, r.ops_per_s * batch * tokens,
+                  r.ops == 0 ? "  (FAILED)" : "");
+              std::fflush(stdout);
+            };
+            // Request i covers keys [i*batch, (i+1)*batch).
+            Result r = Run(
+                clients, seconds, max_requests, bytes, [&](int t, int64_t i) {
+                  vqkv::v1::PutBlocksRequest req;
+                  *req.mutable_namespace_() = ns;
+                  for (int b = 0; b < batch; ++b) {
+                    const int64_t k = i * batch + b;
+                    auto* blk = req.add_blocks();
+                    blk->set_hash(Key(k));
+                    blk->set_data(blocks[k % blocks.size()]);
+                  }
+                  vqkv::v1::PutBlocksResponse resp;
+                  grpc::ClientContext ctx;
+                  ctx.set_deadline(ctx_deadline());
+                  return stubs[t]->PutBlocks(&ctx, req, &resp).ok() &&
+                         resp.stored() == static_cast<uint32_t>(batch);
+                });
+            const int64_t vq_put = std::max<int64_t>(r.ops, 1);
+            print("vqkv", "put", r);
+            r = Run(clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
+              vqkv::v1::GetBlocksRequest req;
+              *req.mutable_namespace_() = ns;
+              for (int b = 0; b < batch; ++b) {
+                req.add_hashes(Key((i % vq_put) * batch + b));
+              }
+              vqkv::v1::GetBlocksResponse resp;
+              grpc::ClientContext ctx;
+              ctx.set_deadline(ctx_deadline());
+              return stubs[t]->GetBlocks(&ctx, req, &resp).ok() &&
+                     resp.found() == static_cast<uint32_t>(batch);
+            });
+            print("vqkv", "get", r);
+            // Redis, same payloads, key = namespace-ish prefix + hash.
+            const std::string prefix = ns.model_id() + ":";
+            r = Run(
+                clients, seconds, max_requests, bytes, [&](int t, int64_t i) {
+                  std::vector<std::string> keys;
+                  std::vector<const char*> argv = {"MSET"};
+                  std::vector<size_t> lens = {4};
+                  keys.reserve(batch);
+                  for (int b = 0; b < batch; ++b) {
+                    const int64_t k = i * batch + b;
+                    keys.push_back(prefix + Key(k));
+                    const std::string& v = blocks[k % blocks.size()];
+                    argv.push_back(keys.back().data());
+                    lens.push_back(keys.back().size());
+                    argv.push_back(v.data());
+                    lens.push_back(v.size());
+                  }
+                  auto* rep = static_cast<redisReply*>(
+                      redisCommandArgv(redis[t], static_cast<int>(argv.size()),
+                                       argv.data(), lens.data()));
+                  const bool ok =
+                      rep != nullptr && rep->type == REDIS_REPLY_STATUS;
+                  if (rep) freeReplyObject(rep);
+                  return ok;
+                });
+            const int64_t redis_put = std::max<int64_t>(r.ops, 1);
+            print("redis", "put", r);
+            r = Run(clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
+              std::vector<std::string> keys;
+              std::vector<const char*> argv = {"MGET"};
+              std::vector<size_t> lens = {4};
+              keys.reserve(batch);
+              for (int b = 0; b < batch; ++b) {
+                keys.push_back(prefix + Key((i % redis_put) * batch + b));
+                argv.push_back(keys.back().data());
+                lens.push_back(keys.back().size());
+              }
+              auto* rep = static_cast<redisReply*>(
+                  redisCommandArgv(redis[t], static_cast<int>(argv.size()),
+                                   argv.data(), lens.data()));
+              bool ok = rep != nullptr && rep->type == REDIS_REPLY_ARRAY &&
+                        rep->elements == static_cast<size_t>(batch);
+              for (size_t e = 0; ok && e < rep->elements; ++e) {
+                ok = rep->element[e]->type == REDIS_REPLY_STRING &&
+                     static_cast<size_t>(rep->element[e]->len) == bytes;
+              }
+              if (rep) freeReplyObject(rep);
+              return ok;
+            });
+            print("redis", "get", r);
+            // Free memory before the next row.
+            {
+              vqkv::v1::DeleteRequest del;
+              *del.mutable_namespace_() = ns;
+              del.set_whole_namespace(true);
+              vqkv::v1::DeleteResponse resp;
+              grpc::ClientContext ctx;
+              ctx.set_deadline(ctx_deadline());
+              (void)stubs[0]->Delete(&ctx, del, &resp);
+              auto* rep =
+                  static_cast<redisReply*>(redisCommand(redis[0], "FLUSHALL"));
+              if (rep) freeReplyObject(rep);
+            }
           }
         }
       }

@@ -116,9 +116,10 @@ absl::StatusOr<std::string> KvCacheService::Authenticate(
       true, absl::string_view(it->second.data(), it->second.size()));
 }
 
-template <typename Work>
+template <typename Inline, typename Work>
 grpc::ServerUnaryReactor* KvCacheService::RunUnary(
-    grpc::CallbackServerContext* ctx, const char* method, Work work) {
+    grpc::CallbackServerContext* ctx, const char* method, Inline try_inline,
+    Work work) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const absl::Time start = absl::Now();
   if (!Enter()) {
@@ -134,6 +135,16 @@ grpc::ServerUnaryReactor* KvCacheService::RunUnary(
     Exit();
     return reactor;
   }
+  // Work that needs no disk I/O finishes here, on the gRPC thread: a hop to
+  // a worker costs two context switches, more than a memory hit itself.
+  if (std::optional<absl::Status> done = try_inline(*tenant)) {
+    const absl::Status s = HideOtherTenants(*done);
+    metrics_->RecordRpc(method, static_cast<int>(s.code()),
+                        SecondsSince(start));
+    reactor->Finish(ToGrpcStatus(s));
+    Exit();
+    return reactor;
+  }
   work_.Submit([this, reactor, method, start, tenant = *std::move(tenant),
                 work = std::move(work)]() mutable {
     const absl::Status s = HideOtherTenants(work(tenant));
@@ -145,40 +156,67 @@ grpc::ServerUnaryReactor* KvCacheService::RunUnary(
   return reactor;
 }
 
+template <typename Work>
+grpc::ServerUnaryReactor* KvCacheService::RunUnary(
+    grpc::CallbackServerContext* ctx, const char* method, Work work) {
+  return RunUnary(
+      ctx, method,
+      [](const std::string&) { return std::optional<absl::Status>(); },
+      std::move(work));
+}
+
 // ---------------------------------------------------------------------------
 // Unary handlers.
 
 grpc::ServerUnaryReactor* KvCacheService::Lookup(
     grpc::CallbackServerContext* ctx, const v1::LookupRequest* request,
     v1::LookupResponse* response) {
-  return RunUnary(ctx, "Lookup",
-                  [this, request, response](const std::string& tenant) {
-                    return DoLookup(tenant, *request, response);
-                  });
+  // Lookup reads the memory tier and the disk tier's in-memory index only.
+  return RunUnary(
+      ctx, "Lookup",
+      [this, request, response](const std::string& tenant) {
+        return std::optional<absl::Status>(
+            DoLookup(tenant, *request, response));
+      },
+      [](const std::string&) { return absl::OkStatus(); });
 }
 
 grpc::ServerUnaryReactor* KvCacheService::PutBlocks(
     grpc::CallbackServerContext* ctx, const v1::PutBlocksRequest* request,
     v1::PutBlocksResponse* response) {
+  auto put = [this, request, response](const std::string& tenant) {
+    absl::Status s =
+        CheckNamespaceForPut(request->namespace_(), request->has_namespace_());
+    if (!s.ok()) return s;
+    const storage::NamespaceId ns_id =
+        ComputeNamespaceId(tenant, request->namespace_());
+    return DoPutBlocks(tenant, request->namespace_(), ns_id, *request,
+                       /*fail_if_all_failed=*/true, response);
+  };
   return RunUnary(
-      ctx, "PutBlocks", [this, request, response](const std::string& tenant) {
-        absl::Status s = CheckNamespaceForPut(request->namespace_(),
-                                              request->has_namespace_());
-        if (!s.ok()) return s;
-        const storage::NamespaceId ns_id =
-            ComputeNamespaceId(tenant, request->namespace_());
-        return DoPutBlocks(tenant, request->namespace_(), ns_id, *request,
-                           /*fail_if_all_failed=*/true, response);
-      });
+      ctx, "PutBlocks",
+      [this, request, put](const std::string& tenant) {
+        uint64_t bytes = 0;
+        for (const v1::Block& b : request->blocks()) bytes += b.data().size();
+        if (store_->PutMayTouchDisk(bytes)) {
+          return std::optional<absl::Status>();
+        }
+        return std::optional<absl::Status>(put(tenant));
+      },
+      put);
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetBlocks(
     grpc::CallbackServerContext* ctx, const v1::GetBlocksRequest* request,
     v1::GetBlocksResponse* response) {
-  return RunUnary(ctx, "GetBlocks",
-                  [this, request, response](const std::string& tenant) {
-                    return DoGetBlocks(tenant, *request, response);
-                  });
+  return RunUnary(
+      ctx, "GetBlocks",
+      [this, request, response](const std::string& tenant) {
+        return DoGetBlocks(tenant, *request, /*memory_only=*/true, response);
+      },
+      [this, request, response](const std::string& tenant) {
+        return *DoGetBlocks(tenant, *request, /*memory_only=*/false, response);
+      });
 }
 
 grpc::ServerUnaryReactor* KvCacheService::PutCodebooks(
@@ -211,9 +249,13 @@ grpc::ServerUnaryReactor* KvCacheService::Delete(
 grpc::ServerUnaryReactor* KvCacheService::Stats(
     grpc::CallbackServerContext* ctx, const v1::StatsRequest* /*request*/,
     v1::StatsResponse* response) {
-  return RunUnary(ctx, "Stats", [this, response](const std::string& tenant) {
-    return DoStats(tenant, response);
-  });
+  // Stats reads counters and in-memory usage only.
+  return RunUnary(
+      ctx, "Stats",
+      [this, response](const std::string& tenant) {
+        return std::optional<absl::Status>(DoStats(tenant, response));
+      },
+      [](const std::string&) { return absl::OkStatus(); });
 }
 
 // ---------------------------------------------------------------------------
@@ -340,17 +382,23 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
   return absl::OkStatus();
 }
 
-absl::Status KvCacheService::DoGetBlocks(const std::string& tenant,
-                                         const v1::GetBlocksRequest& req,
-                                         v1::GetBlocksResponse* resp) {
+std::optional<absl::Status> KvCacheService::DoGetBlocks(
+    const std::string& tenant, const v1::GetBlocksRequest& req,
+    bool memory_only, v1::GetBlocksResponse* resp) {
   absl::Status s = ValidateNamespace(req.namespace_(), req.has_namespace_());
   if (!s.ok()) return s;
   auto hashes = ParseHashes(req.hashes());
   if (!hashes.ok()) return hashes.status();
   const storage::NamespaceId ns_id =
       ComputeNamespaceId(tenant, req.namespace_());
-  std::vector<absl::StatusOr<storage::SharedBytes>> got =
-      store_->GetBlocks(tenant, ns_id, *hashes);
+  std::vector<absl::StatusOr<storage::SharedBytes>> got;
+  if (memory_only) {
+    auto from_memory = store_->GetBlocksFromMemory(tenant, ns_id, *hashes);
+    if (!from_memory.has_value()) return std::nullopt;
+    got = *std::move(from_memory);
+  } else {
+    got = store_->GetBlocks(tenant, ns_id, *hashes);
+  }
   const uint64_t budget =
       options_.max_message_bytes - options_.max_message_bytes / 16;
   uint64_t bytes = 0;

@@ -1,6 +1,8 @@
 // The KVCache gRPC service (proto/vqkv/v1/kvcache.proto) on top of the tiered
-// store, with the callback API: each handler authenticates inline, then
-// hands the storage work to a WorkQueue and finishes the reactor from there.
+// store, with the callback API: each handler authenticates inline; work that
+// needs no disk I/O (Lookup, Stats, memory hits, puts that cannot spill)
+// also runs inline on the gRPC thread, the rest goes to a WorkQueue and
+// finishes the reactor from there, so gRPC threads never block on disk.
 //
 // Status mapping: storage and validation errors are absl::Status codes,
 // passed 1:1 to grpc::Status, except kPermissionDenied from the store
@@ -14,6 +16,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -97,8 +100,14 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   absl::StatusOr<std::string> Authenticate(
       const grpc::CallbackServerContext* ctx) const;
 
-  // Runs `work(tenant)` on a worker after authenticating, finishes the
-  // reactor with its status and records metrics.
+  // After authenticating, runs `try_inline(tenant)` on the calling gRPC
+  // thread; when it returns nullopt (the call needs disk I/O), runs
+  // `work(tenant)` on a worker. Finishes the reactor with the status and
+  // records metrics. The second form always uses a worker.
+  template <typename Inline, typename Work>
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx,
+                                     const char* method, Inline try_inline,
+                                     Work work);
   template <typename Work>
   grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx,
                                      const char* method, Work work);
@@ -114,9 +123,12 @@ class KvCacheService final : public v1::KVCache::CallbackService {
                            const v1::PutBlocksRequest& req,
                            bool fail_if_all_failed,
                            v1::PutBlocksResponse* resp);
-  absl::Status DoGetBlocks(const std::string& tenant,
-                           const v1::GetBlocksRequest& req,
-                           v1::GetBlocksResponse* resp);
+  // With memory_only, returns nullopt (resp untouched) when a block would
+  // have to be read from disk; never nullopt otherwise.
+  std::optional<absl::Status> DoGetBlocks(const std::string& tenant,
+                                          const v1::GetBlocksRequest& req,
+                                          bool memory_only,
+                                          v1::GetBlocksResponse* resp);
   absl::Status DoPutCodebooks(const v1::PutCodebooksRequest& req,
                               v1::PutCodebooksResponse* resp);
   absl::Status DoGetCodebooks(const v1::GetCodebooksRequest& req,

@@ -191,6 +191,7 @@ void FaultInjectionFileSystem::RecordAppend(const std::string& fname,
 }
 
 void FaultInjectionFileSystem::RecordSync(const std::string& fname) {
+  syncs_.fetch_add(1);
   absl::MutexLock lock(&mu_);
   FileState& f = files_[fname];
   f.synced = f.size;

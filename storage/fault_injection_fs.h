@@ -44,6 +44,10 @@ class FaultInjectionFileSystem : public rocksdb::FileSystemWrapper {
   void SetDiskFull(bool on) { disk_full_.store(on); }
   void SetFailReads(bool on) { fail_reads_.store(on); }
 
+  // Successful Sync/Fsync calls on written files so far (e.g. to check that
+  // a batch of puts costs one WAL sync, not one per block).
+  uint64_t syncs() const { return syncs_.load(); }
+
   // Operations failed on purpose so far.
   uint64_t injected_write_errors() const { return write_errors_.load(); }
   uint64_t injected_read_errors() const { return read_errors_.load(); }
@@ -104,6 +108,7 @@ class FaultInjectionFileSystem : public rocksdb::FileSystemWrapper {
   std::atomic<bool> disk_full_{false};
   std::atomic<bool> fail_reads_{false};
   std::atomic<uint64_t> write_errors_{0};
+  std::atomic<uint64_t> syncs_{0};
   std::atomic<uint64_t> read_errors_{0};
 
   absl::Mutex mu_;

@@ -47,6 +47,7 @@ void MemoryTier::EvictForLocked(Shard& shard, uint64_t incoming,
           EvictedBlock{victim->key, victim->chain_position, victim->bytes});
     }
     shard.bytes -= victim->bytes->size();
+    total_bytes_.fetch_sub(victim->bytes->size(), std::memory_order_relaxed);
     shard.index.erase(victim->key);
     out->push_back(EvictedBlock{victim->key, victim->chain_position,
                                 std::move(victim->bytes)});
@@ -91,6 +92,7 @@ absl::Status MemoryTier::PutShared(const BlockKey& key, uint32_t chain_position,
     shard.lru.push_front(Entry{key, chain_position, std::move(bytes)});
     shard.index.emplace(key, shard.lru.begin());
     shard.bytes += size;
+    total_bytes_.fetch_add(size, std::memory_order_relaxed);
   }
   if (evicted == nullptr && options_.on_evict) {
     for (const EvictedBlock& e : local) options_.on_evict(e);
@@ -132,6 +134,7 @@ absl::StatusOr<uint64_t> MemoryTier::Delete(const BlockKey& key) {
   shard.lru.erase(found->second);
   shard.index.erase(found);
   shard.bytes -= size;
+  total_bytes_.fetch_sub(size, std::memory_order_relaxed);
   return size;
 }
 
@@ -145,6 +148,7 @@ absl::StatusOr<TierUsage> MemoryTier::DeleteNamespace(const NamespaceId& ns) {
         removed.bytes += it->bytes->size();
         ++removed.blocks;
         shard.bytes -= it->bytes->size();
+        total_bytes_.fetch_sub(it->bytes->size(), std::memory_order_relaxed);
         shard.index.erase(it->key);
         it = shard.lru.erase(it);
       } else {

@@ -100,6 +100,11 @@ class MemoryTier : public Tier {
   int num_shards() const { return static_cast<int>(shards_.size()); }
   // The largest block this tier can hold.
   uint64_t shard_capacity() const { return shard_capacity_; }
+  // Bytes held now, without taking the shard locks (Usage() takes them all):
+  // a relaxed counter, for hints on hot paths.
+  uint64_t approximate_bytes() const {
+    return total_bytes_.load(std::memory_order_relaxed);
+  }
   // Blocks evicted since construction.
   uint64_t evictions() const {
     return evictions_.load(std::memory_order_relaxed);
@@ -131,6 +136,7 @@ class MemoryTier : public Tier {
   uint64_t shard_capacity_ = 0;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::atomic<uint64_t> evictions_{0};
+  std::atomic<uint64_t> total_bytes_{0};
 };
 
 }  // namespace vqkv::storage

@@ -278,14 +278,27 @@ void RocksDbTier::ReportDrops(const std::vector<DroppedBlock>& drops) {
 
 absl::Status RocksDbTier::Put(const BlockKey& key, uint32_t chain_position,
                               absl::string_view block) {
-  if (block.empty()) {
-    return absl::InvalidArgumentError("rocksdb tier: empty block");
-  }
-  if (block.size() > options_.capacity_bytes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("rocksdb tier: a block of ", block.size(),
-                     " bytes is larger than the disk budget of ",
-                     options_.capacity_bytes, " bytes"));
+  const BlockPut put{key, chain_position, block};
+  return PutBatch(absl::MakeConstSpan(&put, 1))[0];
+}
+
+std::vector<absl::Status> RocksDbTier::PutBatch(
+    absl::Span<const BlockPut> puts) {
+  std::vector<absl::Status> results(puts.size());
+  // Indices of the puts this batch writes (valid, not already held, first
+  // occurrence of their key).
+  std::vector<size_t> writes;
+  uint64_t incoming = 0;
+  for (size_t i = 0; i < puts.size(); ++i) {
+    const absl::string_view block = puts[i].block;
+    if (block.empty()) {
+      results[i] = absl::InvalidArgumentError("rocksdb tier: empty block");
+    } else if (block.size() > options_.capacity_bytes) {
+      results[i] = absl::ResourceExhaustedError(
+          absl::StrCat("rocksdb tier: a block of ", block.size(),
+                       " bytes is larger than the disk budget of ",
+                       options_.capacity_bytes, " bytes"));
+    }
   }
   std::vector<DroppedBlock> drops;
   {
@@ -297,23 +310,41 @@ absl::Status RocksDbTier::Put(const BlockKey& key, uint32_t chain_position,
     uint64_t expired_here = 0;
     {
       absl::ReaderMutexLock lock(&mu_);
-      auto found = index_.find(key);
-      if (found != index_.end() && !ExpiredAt(found->second, now)) {
-        return absl::OkStatus();  // idempotent
+      absl::flat_hash_set<BlockKey> in_batch;
+      for (size_t i = 0; i < puts.size(); ++i) {
+        if (!results[i].ok()) continue;
+        auto found = index_.find(puts[i].key);
+        if (found != index_.end() && !ExpiredAt(found->second, now)) {
+          continue;  // idempotent
+        }
+        if (!in_batch.insert(puts[i].key).second) continue;  // repeated key
+        writes.push_back(i);
+        incoming += puts[i].block.size();
+      }
+      if (writes.empty()) return results;
+      // Make room for the whole batch at once, oldest records first. A batch
+      // larger than the budget evicts everything older and keeps only what
+      // fits, newest last (the caller sees kResourceExhausted for the rest).
+      while (incoming > options_.capacity_bytes) {
+        const size_t i = writes.front();
+        incoming -= puts[i].block.size();
+        results[i] = absl::ResourceExhaustedError(
+            "rocksdb tier: the batch is larger than the disk budget");
+        writes.erase(writes.begin());
       }
       uint64_t bytes_after = bytes_;
       int expired_taken = 0;
       for (const auto& [t, k] : by_age_) {
         const Record& r = index_.at(k);
         const bool expired = ExpiredAt(r, now);
-        const bool over = bytes_after + block.size() > options_.capacity_bytes;
+        const bool over = bytes_after + incoming > options_.capacity_bytes;
         if (!(expired && expired_taken < kMaxExpiredPerPut) && !over) break;
         if (expired) ++expired_taken;
         removed.push_back(k);
         bytes_after -= r.bytes;
-        // The key's own expired record is replaced, not dropped: it stays in
+        // A key's own expired record is replaced, not dropped: it stays in
         // the store, so it is counted but not reported.
-        if (k == key) {
+        if (in_batch.contains(k)) {
           ++expired_here;
           continue;
         }
@@ -326,31 +357,50 @@ absl::Status RocksDbTier::Put(const BlockKey& key, uint32_t chain_position,
       batch.Delete(blocks_cf_, encoded).PermitUncheckedError();
       batch.Delete(metadata_cf_, BlockRecordKey(k)).PermitUncheckedError();
     }
-    Record record{now, block.size(), chain_position};
-    char value[kRecordBytes];
-    PutFixed64(value, static_cast<uint64_t>(record.write_micros));
-    PutFixed64(value + 8, record.bytes);
-    PutFixed64(value + 16, record.chain_position);
-    batch.Put(blocks_cf_, key.Encode(), ToSlice(block)).PermitUncheckedError();
-    batch
-        .Put(metadata_cf_, BlockRecordKey(key),
-             rocksdb::Slice(value, kRecordBytes))
-        .PermitUncheckedError();
+    std::vector<Record> records;
+    records.reserve(writes.size());
+    for (size_t i : writes) {
+      const BlockPut& p = puts[i];
+      Record record{now, p.block.size(), p.chain_position};
+      char value[kRecordBytes];
+      PutFixed64(value, static_cast<uint64_t>(record.write_micros));
+      PutFixed64(value + 8, record.bytes);
+      PutFixed64(value + 16, record.chain_position);
+      // Block and record in one batch: both or neither reach the WAL.
+      batch.Put(blocks_cf_, p.key.Encode(), ToSlice(p.block))
+          .PermitUncheckedError();
+      batch
+          .Put(metadata_cf_, BlockRecordKey(p.key),
+               rocksdb::Slice(value, kRecordBytes))
+          .PermitUncheckedError();
+      records.push_back(record);
+    }
 
+    // One write (one fsync in sync mode) for the whole batch.
     rocksdb::Status s = WriteLocked(&batch);
-    if (!s.ok()) return Convert(s, absl::StrCat("put ", key.DebugString()));
+    if (!s.ok()) {
+      const absl::Status err = Convert(
+          s, writes.size() == 1
+                 ? absl::StrCat("put ", puts[writes[0]].key.DebugString())
+                 : absl::StrCat("put of ", writes.size(), " blocks"));
+      for (size_t i : writes) results[i] = err;
+      return results;
+    }
     absl::MutexLock lock(&mu_);
     for (const BlockKey& k : removed) EraseFromIndexLocked(k);
-    index_[key] = record;
-    by_age_.emplace(record.write_micros, key);
-    bytes_ += record.bytes;
+    for (size_t j = 0; j < writes.size(); ++j) {
+      const BlockKey& key = puts[writes[j]].key;
+      index_[key] = records[j];
+      by_age_.emplace(records[j].write_micros, key);
+      bytes_ += records[j].bytes;
+    }
     for (const DroppedBlock& d : drops) {
       (d.reason == DropReason::kExpired ? expired_ : evicted_).fetch_add(1);
     }
     expired_.fetch_add(expired_here);
   }
   ReportDrops(drops);
-  return absl::OkStatus();
+  return results;
 }
 
 void RocksDbTier::DropRecord(const BlockKey& key, int64_t write_micros,

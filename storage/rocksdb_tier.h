@@ -130,6 +130,11 @@ class RocksDbTier : public Tier {
   // See Tier::Put and the header comment (budget, TTL, durability).
   absl::Status Put(const BlockKey& key, uint32_t chain_position,
                    absl::string_view block) override;
+  // Put for many blocks in one atomic RocksDB write batch: one WAL append
+  // (one fsync with sync_writes) for all of them. One status per put, in
+  // order; the write's error applies to every block the batch carried. A
+  // key already held, or repeated within `puts`, is OK and written once.
+  std::vector<absl::Status> PutBatch(absl::Span<const BlockPut> puts);
   absl::StatusOr<SharedBytes> Get(const BlockKey& key) override;
   std::vector<bool> Contains(absl::Span<const BlockKey> keys) override;
   bool Contains(const BlockKey& key);

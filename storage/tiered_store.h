@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -204,6 +205,22 @@ class TieredStore {
   std::vector<absl::StatusOr<SharedBytes>> GetBlocks(
       absl::string_view tenant, const NamespaceId& ns,
       absl::Span<const BlockHash> hashes);
+
+  // GetBlocks without disk I/O, for callers that must not block (the
+  // service's gRPC callback threads): when every block is held in memory
+  // (or is being spilled) or is known to be absent (the disk tier's index
+  // is in memory), returns what GetBlocks would and counts it the same way.
+  // Returns nullopt, counting nothing, when some block is only on disk.
+  std::optional<std::vector<absl::StatusOr<SharedBytes>>> GetBlocksFromMemory(
+      absl::string_view tenant, const NamespaceId& ns,
+      absl::Span<const BlockHash> hashes);
+
+  // Whether putting `bytes` more bytes of blocks may write to disk: always
+  // with write-through (or sync), never without a disk tier, and under
+  // kSpill when the memory tier is close enough to its budget that the put
+  // is likely to evict (and so spill). A hint for where to run the put; a
+  // put is correct either way.
+  bool PutMayTouchDisk(uint64_t bytes) const;
 
   // Which of `hashes` (an ordered prefix chain in namespace `ns`) are held,
   // and how many leading ones. One batched call; no payload I/O.

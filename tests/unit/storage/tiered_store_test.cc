@@ -454,6 +454,111 @@ TEST(TieredStoreTest, SyncModeFailsPutsThatCannotBeMadeDurable) {
   EXPECT_EQ(**store->GetBlock(kAlice, Key(1, 0)), MakeBlock(0));
 }
 
+TEST(TieredStoreTest, SyncBatchIsOneWalSyncAndSurvivesPowerLoss) {
+  TempDir dir;
+  auto fs = std::make_shared<FaultInjectionFileSystem>();
+  TieredStoreOptions o = SmallOptions(64, dir.Sub("db"));
+  o.durability = Durability::kSync;
+  o.file_system = fs;
+  constexpr int kBlocks = 16;
+  std::vector<std::string> blocks;
+  std::vector<BlockPut> puts;
+  for (int i = 0; i < kBlocks; ++i) blocks.push_back(MakeBlock(i));
+  for (int i = 0; i < kBlocks; ++i) {
+    puts.push_back(BlockPut{Key(1, i), static_cast<uint32_t>(i), blocks[i]});
+  }
+  // The last entry repeats the first key: stored once, acknowledged OK.
+  puts.push_back(puts[0]);
+  {
+    auto store = OpenStore(o);
+    // Claim the namespace first so only block writes are counted below.
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, 100), MakeBlock(100)).ok());
+    const uint64_t before = fs->syncs();
+    std::vector<absl::Status> results = store->PutBlocks(kAlice, puts);
+    ASSERT_EQ(results.size(), puts.size());
+    for (const absl::Status& s : results) EXPECT_TRUE(s.ok()) << s;
+    const uint64_t batch_syncs = fs->syncs() - before;
+    EXPECT_GE(batch_syncs, 1u);
+    EXPECT_LT(batch_syncs, static_cast<uint64_t>(kBlocks));
+    EXPECT_EQ(store->Stats().disk.blocks, kBlocks + 1u);
+    EXPECT_EQ(store->TenantUsage(kAlice), (kBlocks + 1) * BlockBytes(4));
+    // One put per block would sync once per block.
+    const uint64_t before_single = fs->syncs();
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(Put(*store, kAlice, Key(2, i), MakeBlock(200 + i)).ok());
+    }
+    EXPECT_GE(fs->syncs() - before_single, 4u);
+  }
+  // A power loss drops whatever was not synced: the batch was.
+  fs->DropUnsyncedData();
+  auto store = OpenStore(o);
+  for (int i = 0; i < kBlocks; ++i) {
+    auto got = store->GetBlock(kAlice, Key(1, i));
+    ASSERT_TRUE(got.ok()) << i << ": " << got.status();
+    EXPECT_EQ(**got, blocks[i]);
+  }
+}
+
+TEST(TieredStoreTest, SyncBatchFailsAsAWholeWhenTheDiskFails) {
+  TempDir dir;
+  auto fs = std::make_shared<FaultInjectionFileSystem>();
+  TieredStoreOptions o = SmallOptions(8, dir.Sub("db"));
+  o.durability = Durability::kSync;
+  o.file_system = fs;
+  auto store = OpenStore(o);
+  ASSERT_TRUE(Put(*store, kAlice, Key(1, 0), MakeBlock(0)).ok());
+  fs->SetFailWrites(true);
+  const std::string a = MakeBlock(1), b = MakeBlock(2), bad = "not a block";
+  std::vector<BlockPut> puts = {BlockPut{Key(1, 1), 1, a},
+                                BlockPut{Key(1, 2), 2, b},
+                                BlockPut{Key(1, 3), 3, bad}};
+  std::vector<absl::Status> results = store->PutBlocks(kAlice, puts);
+  EXPECT_EQ(results[0].code(), absl::StatusCode::kUnavailable) << results[0];
+  EXPECT_EQ(results[1].code(), absl::StatusCode::kUnavailable) << results[1];
+  EXPECT_EQ(results[2].code(), absl::StatusCode::kDataLoss) << results[2];
+  // Nothing unacknowledged is served or charged.
+  EXPECT_EQ(store->GetBlock(kAlice, Key(1, 1)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->TenantUsage(kAlice), BlockBytes(4));
+  EXPECT_TRUE(store->Stats().disk_fault);
+  fs->SetFailWrites(false);
+  results = store->PutBlocks(kAlice, puts);
+  EXPECT_TRUE(results[0].ok()) << results[0];
+  EXPECT_TRUE(results[1].ok()) << results[1];
+  EXPECT_EQ(**store->GetBlock(kAlice, Key(1, 2)), b);
+  EXPECT_EQ(store->TenantUsage(kAlice), 3 * BlockBytes(4));
+}
+
+TEST(TieredStoreTest, GetBlocksFromMemoryDefersDiskOnlyBlocks) {
+  TempDir dir;
+  auto store = OpenStore(SmallOptions(2, dir.Sub("db")));
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
+  }
+  ASSERT_TRUE(store->Flush().ok());
+  const NamespaceId ns = Key(1, 0).ns;
+  // Blocks 2 and 3 are the most recent: in memory. Block 9 was never put.
+  auto mem = store->GetBlocksFromMemory(kAlice, ns, {Hash(3), Hash(9)});
+  ASSERT_TRUE(mem.has_value());
+  EXPECT_EQ(**(*mem)[0], MakeBlock(3));
+  EXPECT_EQ((*mem)[1].status().code(), absl::StatusCode::kNotFound);
+  // Block 0 was spilled: only on disk, so the caller must do disk I/O.
+  EXPECT_FALSE(
+      store->GetBlocksFromMemory(kAlice, ns, {Hash(3), Hash(0)}).has_value());
+  // Another tenant learns nothing.
+  auto other = store->GetBlocksFromMemory(kBob, ns, {Hash(3)});
+  ASSERT_TRUE(other.has_value());
+  EXPECT_EQ((*other)[0].status().code(), absl::StatusCode::kNotFound);
+  // Write-through stores always report puts as touching disk; memory-only
+  // stores never.
+  EXPECT_TRUE(store->PutMayTouchDisk(1));  // memory full: a put would spill
+  auto memory_only = OpenStore(SmallOptions(8));
+  EXPECT_FALSE(memory_only->PutMayTouchDisk(1 << 30));
+  TieredStoreOptions wt = SmallOptions(8, dir.Sub("db2"));
+  wt.write_policy = WritePolicy::kWriteThrough;
+  EXPECT_TRUE(OpenStore(wt)->PutMayTouchDisk(1));
+}
+
 TEST(TieredStoreTest, OptionsAndNames) {
   TieredStoreOptions o;
   EXPECT_EQ(o.memory_bytes, uint64_t{1} << 30);
