@@ -6,7 +6,7 @@
 //
 // Rows (one per recipe; every row fits keys and values of one layer):
 //   vq                 VqConfig defaults (shared seeding, 2 Lloyd iterations
-//                      on up to 64 points per centroid), no key split
+//                      on up to 128 points per centroid), no key split
 //   vq split           the same with the RoPE key split (Hugging Face layout)
 //   vq refine2         defaults + 2 codebook refinement passes
 //   vq kmeans++ (old)  the first implementation's recipe: independent

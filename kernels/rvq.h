@@ -30,12 +30,12 @@ struct RvqParams {
   int bits = 8;    // bits per stage index, 1..16 (K = 2^bits)
 
   // Training (see KMeansParams and docs/CODEC.md).
-  // Defaults: 2 Lloyd iterations on up to 64 * K vectors. With the shared
+  // Defaults: 2 Lloyd iterations on up to 128 * K vectors. With the shared
   // seeding below, more iterations lower the training error but not the
   // held-out error (they overfit), and cost one assignment pass each
   // (docs/CODEC.md, "Fit").
   int kmeans_iterations = 2;
-  int max_points_per_centroid = 64;
+  int max_points_per_centroid = 128;
   // Seeding. false (default): every stage starts its k-means from the
   // current residuals of one random sample of K training vectors, the same
   // vectors at every stage. Then the initial codewords of successive stages

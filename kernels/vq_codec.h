@@ -62,11 +62,11 @@ struct VqConfig {
   int beam_width = 1;
 
   // Training parameters (kernels/rvq.h, docs/CODEC.md). Defaults: shared
-  // seeding, 2 Lloyd iterations on up to 64 points per centroid, no
+  // seeding, 2 Lloyd iterations on up to 128 points per centroid, no
   // refinement: on synthetic KV-like data this matches or beats faiss's
   // ResidualQuantizer error in about half its fit time (bench/codec_bench).
   int kmeans_iterations = 2;
-  int max_points_per_centroid = 64;
+  int max_points_per_centroid = 128;
   int seeding_points_per_centroid = 4;  // only with kmeanspp_seeding
   bool kmeanspp_seeding = false;
   int refine_passes = 0;
