@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -49,6 +50,11 @@ struct ServerConfig {
   int workers = 0;
   // Seconds SIGTERM waits for in-flight RPCs before cancelling them.
   double shutdown_grace_seconds = 10;
+
+  // Test seam, not settable from flags or YAML: the file system RocksDB
+  // uses (null = the real one), e.g. a storage::FaultInjectionFileSystem for
+  // an in-process server whose disk fails under it.
+  std::shared_ptr<rocksdb::FileSystem> file_system;
 
   // kInvalidArgument naming the offending field.
   absl::Status Validate() const;

@@ -71,6 +71,12 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "vqkv-server: %s: draining and flushing\n",
                strsignal(sig));
+  // Further SIGTERM/SIGINT during the drain (an impatient supervisor, a
+  // second Ctrl-C) are ignored, so the drain and the flush always finish:
+  // some library threads do not inherit the blocked mask, and the default
+  // action there would kill the process mid-flush. SIGKILL still works.
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
   const absl::Status flushed =
       (*server)->Shutdown(absl::Seconds(config->shutdown_grace_seconds));
   server->reset();

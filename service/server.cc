@@ -65,6 +65,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   opt.write_policy = config.write_policy;
   opt.ttl = absl::Seconds(static_cast<int64_t>(config.ttl_seconds));
   opt.default_tenant_quota = config.default_quota_bytes;
+  opt.file_system = config.file_system;
   for (const auto& [tenant, quota] : config.tenant_quotas) {
     opt.tenant_quotas[tenant] = quota;
   }

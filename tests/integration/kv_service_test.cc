@@ -402,6 +402,72 @@ INSTANTIATE_TEST_SUITE_P(AuthOffAndOn, RestartTest, ::testing::Bool(),
                            return info.param ? "NamedTenant" : "AuthOff";
                          });
 
+// SIGTERM drains: a call accepted before the signal runs to completion, a
+// call arriving while the server drains gets UNAVAILABLE, then the process
+// exits 0.
+TEST_F(KvServiceTest, CallsDuringDrainAfterSigtermAreUnavailable) {
+  const v1::Namespace ns = TestNamespace();
+  auto server = StartServer({"--durability", "sync"});
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  auto blocks = Blocks(2, 900);
+
+  // An open PutBlocksStream is a call in flight until the client finishes.
+  auto ctx = c.Ctx();
+  v1::PutBlocksResponse streamed;
+  auto writer = c.stub->PutBlocksStream(ctx.get(), &streamed);
+  v1::PutBlocksRequest msg;
+  *msg.mutable_namespace_() = ns;
+  v1::Block* b = msg.add_blocks();
+  b->set_hash(blocks[0].first);
+  b->set_data(blocks[0].second);
+  ASSERT_TRUE(writer->Write(msg));
+  // Once the first message is stored the server has accepted the call.
+  for (int i = 0;; ++i) {
+    v1::LookupResponse lk;
+    ASSERT_TRUE(c.Lookup(ns, {blocks[0].first}, &lk).ok());
+    if (lk.prefix_blocks() == 1) break;
+    ASSERT_LT(i, 3000) << "the stream's first message was never stored";
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+
+  ASSERT_EQ(kill(server->pid(), SIGTERM), 0);
+  // New calls are refused while the stream keeps the server draining.
+  grpc::Status refused;
+  for (int i = 0;; ++i) {
+    v1::LookupResponse lk;
+    refused = c.Lookup(ns, {blocks[0].first}, &lk);
+    if (!refused.ok()) break;
+    ASSERT_LT(i, 3000) << "the server never began draining";
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << refused.error_message();
+  EXPECT_THAT(refused.error_message(), HasSubstr("shutting down"));
+  v1::GetBlocksResponse got;
+  EXPECT_EQ(c.Get(ns, {blocks[0].first}, &got).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(server->Running());
+
+  // The call in flight still completes, with both messages stored.
+  msg.clear_blocks();
+  b = msg.add_blocks();
+  b->set_hash(blocks[1].first);
+  b->set_data(blocks[1].second);
+  ASSERT_TRUE(writer->Write(msg));
+  ASSERT_TRUE(writer->WritesDone());
+  const grpc::Status done = writer->Finish();
+  EXPECT_TRUE(done.ok()) << done.error_message();
+  EXPECT_EQ(streamed.stored(), 2u);
+  // A second SIGTERM while the server flushes is ignored: still exit 0.
+  EXPECT_EQ(server->StopWith(SIGTERM), 0);
+
+  // What the drained call stored was flushed (sync mode) and survives.
+  server = StartServer({"--durability", "sync"});
+  ASSERT_NE(server, nullptr);
+  ExpectAllServed(Client(*server), ns, blocks);
+}
+
 TEST_F(KvServiceTest, ConcurrentClients) {
   auto server = StartServer();
   ASSERT_NE(server, nullptr);
