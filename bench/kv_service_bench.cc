@@ -118,12 +118,13 @@ pid_t Spawn(std::vector<std::string> args, int stdout_fd) {
 
 // Starts vqkv-server with --listen 127.0.0.1:0 and reads its port.
 pid_t StartVqkv(const std::string& server, const std::string& data_dir,
-                int* port) {
+                const std::string& durability, int* port) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   const pid_t pid =
       Spawn({server, "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-             "--memory-bytes", "6GiB", "--max-message-bytes", "128MiB"},
+             "--memory-bytes", "6GiB", "--max-message-bytes", "128MiB",
+             "--durability", durability},
             fds[1]);
   close(fds[1]);
   std::string out;
@@ -209,6 +210,11 @@ int main(int argc, char** argv) {
   bool single_only = false;
   int batch_blocks = 16;
   std::string server = VQKV_SERVER_PATH;
+  std::string durability = "async";
+  app.add_option("--durability", durability,
+                 "vqkv-server durability: async (memory tier, spill) or sync "
+                 "(every put fsync'd to RocksDB before the reply)")
+      ->check(CLI::IsMember({"async", "sync"}));
   app.add_option("--server", server,
                  "vqkv-server binary (default: the one built with the bench)");
   app.add_option("--seconds", seconds, "time per measurement (default 1.0)");
@@ -226,7 +232,7 @@ int main(int argc, char** argv) {
   char tmpl[] = "/tmp/vqkv-bench-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
   int vport = 0;
-  const pid_t vpid = StartVqkv(server, dir + "/data", &vport);
+  const pid_t vpid = StartVqkv(server, dir + "/data", durability, &vport);
   const int rport = FreePort();
   const int devnull = open("/dev/null", O_WRONLY);
   const pid_t rpid =
@@ -268,14 +274,17 @@ int main(int argc, char** argv) {
   }
 
   std::printf(
-      "vqkv-server (127.0.0.1:%d, async, memory tier) vs redis-server "
-      "(127.0.0.1:%d), %.1f s per row, %u hardware threads\n"
+      "vqkv-server (127.0.0.1:%d, %s) vs redis-server "
+      "(127.0.0.1:%d, no persistence), %.1f s per row, %u hardware threads\n"
       "batch 1: one block per request (vqkv PutBlocks/GetBlocks with one "
       "block, redis SET/GET)\n"
       "batch %d: %d blocks per request (vqkv PutBlocks/GetBlocks, redis "
       "MSET/MGET), fewer when %d blocks would pass 64 MiB\n"
       "blocks/s and MB/s count blocks; p50/p99 are per request\n\n",
-      vport, rport, seconds, std::thread::hardware_concurrency(), batch_blocks,
+      vport,
+      durability == "sync" ? "sync: write-through, fsync per request"
+                           : "async: memory tier, spill to RocksDB",
+      rport, seconds, std::thread::hardware_concurrency(), batch_blocks,
       batch_blocks, batch_blocks);
   std::printf("%-13s %-6s %4s %10s %5s %-6s %-4s %3s %9s %9s %8s %8s %11s\n",
               "model", "format", "tok", "bytes", "batch", "server", "op", "cli",
