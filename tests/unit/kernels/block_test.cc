@@ -8,56 +8,12 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/fp16.h"
+#include "tests/testing/raw_float_codec.h"
 
 namespace vqkv {
 namespace {
 
-// A lossless test codec: payload = K then V as raw float32. Lets the block
-// tests check framing bit-exactly, independent of any real codec.
-class RawFloatCodec : public Codec {
- public:
-  explicit RawFloatCodec(KvLayout layout, uint64_t hash = 0,
-                         CodecId id = CodecId::kFp16)
-      : layout_(layout), hash_(hash), id_(id) {}
-  CodecId id() const override { return id_; }
-  std::string Descriptor() const override { return "raw-f32-test"; }
-  const KvLayout& layout() const override { return layout_; }
-  uint64_t codebook_hash() const override { return hash_; }
-  double KeyBitsPerElement() const override { return 32; }
-  double ValueBitsPerElement() const override { return 32; }
-  size_t EncodedBytes(int64_t tokens) const override {
-    return 2 * tokens * layout_.ElementsPerToken() * sizeof(float);
-  }
-  absl::Status Fit(const float*, const float*, int64_t,
-                   const FitOptions&) override {
-    return absl::OkStatus();
-  }
-  absl::Status Encode(const float* k, const float* v, int64_t tokens,
-                      uint8_t* out, size_t out_bytes) const override {
-    if (out_bytes < EncodedBytes(tokens)) {
-      return absl::InvalidArgumentError("short");
-    }
-    const size_t half = EncodedBytes(tokens) / 2;
-    std::memcpy(out, k, half);
-    std::memcpy(out + half, v, half);
-    return absl::OkStatus();
-  }
-  absl::Status Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
-                      float* k, float* v) const override {
-    if (in_bytes != EncodedBytes(tokens)) {
-      return absl::InvalidArgumentError("size");
-    }
-    const size_t half = in_bytes / 2;
-    std::memcpy(k, in, half);
-    std::memcpy(v, in + half, half);
-    return absl::OkStatus();
-  }
-
- private:
-  KvLayout layout_;
-  uint64_t hash_;
-  CodecId id_;
-};
+using ::vqkv::testing::RawFloatCodec;
 
 struct Kv {
   std::vector<float> k, v;

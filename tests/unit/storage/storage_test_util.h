@@ -18,52 +18,12 @@
 #include "kernels/block.h"
 #include "kernels/codec.h"
 #include "storage/keys.h"
+#include "tests/testing/raw_float_codec.h"
 
 namespace vqkv::storage::testing {
 
 // Payload = K then V as raw float32: blocks of exactly known size.
-class RawFloatCodec : public Codec {
- public:
-  RawFloatCodec(KvLayout layout, uint64_t hash)
-      : layout_(layout), hash_(hash) {}
-  CodecId id() const override { return CodecId::kFp16; }
-  std::string Descriptor() const override { return "raw-f32-storage-test"; }
-  const KvLayout& layout() const override { return layout_; }
-  uint64_t codebook_hash() const override { return hash_; }
-  double KeyBitsPerElement() const override { return 32; }
-  double ValueBitsPerElement() const override { return 32; }
-  size_t EncodedBytes(int64_t tokens) const override {
-    return 2 * tokens * layout_.ElementsPerToken() * sizeof(float);
-  }
-  absl::Status Fit(const float*, const float*, int64_t,
-                   const FitOptions&) override {
-    return absl::OkStatus();
-  }
-  absl::Status Encode(const float* k, const float* v, int64_t tokens,
-                      uint8_t* out, size_t out_bytes) const override {
-    if (out_bytes < EncodedBytes(tokens)) {
-      return absl::InvalidArgumentError("short");
-    }
-    const size_t half = EncodedBytes(tokens) / 2;
-    std::memcpy(out, k, half);
-    std::memcpy(out + half, v, half);
-    return absl::OkStatus();
-  }
-  absl::Status Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
-                      float* k, float* v) const override {
-    if (in_bytes != EncodedBytes(tokens)) {
-      return absl::InvalidArgumentError("size");
-    }
-    const size_t half = in_bytes / 2;
-    std::memcpy(k, in, half);
-    std::memcpy(v, in + half, half);
-    return absl::OkStatus();
-  }
-
- private:
-  KvLayout layout_;
-  uint64_t hash_;
-};
+using ::vqkv::testing::RawFloatCodec;
 
 inline constexpr KvLayout kTestLayout{
     .layers = 1, .kv_heads = 1, .head_dim = 4};
