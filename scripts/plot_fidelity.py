@@ -1,7 +1,10 @@
 #!/usr/bin/python3
 """Plots perplexity change vs bits/element from `vqkv eval --json` lines.
 
-usage: scripts/plot_fidelity.py OUT.png RESULTS.jsonl [...]
+usage: scripts/plot_fidelity.py [--main NAME,NAME] OUT.png RESULTS.jsonl [...]
+
+--main: the vq codebook files (base names without .vqcb) joined by a line;
+other vq points (ablations) are drawn as hollow markers.
 
 Also prints every ppl line as a Markdown table row on stdout (the tables in
 docs/FIDELITY.md).
@@ -22,12 +25,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main():
-    if len(sys.argv) < 3:
+    args = sys.argv[1:]
+    main_names = None
+    if args[:1] == ["--main"]:
+        main_names = set(args[1].split(","))
+        args = args[2:]
+    if len(args) < 2:
         sys.exit(__doc__)
-    out = sys.argv[1]
+    out = args[0]
     groups = defaultdict(lambda: [0.0, 0.0, 0, None, None])
     rows = []
-    for path in sys.argv[2:]:
+    for path in args[1:]:
         with open(path) as f:
             for line in f:
                 line = line.strip()
@@ -37,7 +45,10 @@ def main():
                 if r.get("task") != "ppl":
                     continue
                 rows.append(r)
-                key = (r["codec"], r.get("codebooks", ""), r["window"])
+                cb = r.get("codebooks", "")
+                if r.get("beam_width", 1) > 1:
+                    cb += f" beam {r['beam_width']}"
+                key = (r["codec"], cb, r["window"])
                 g = groups[key]
                 n = r["tokens_scored"]
                 # Mean log-ppl ratio over texts, weighted by tokens.
@@ -74,10 +85,23 @@ def main():
         series[(family, window)].append((bits, change, codec, cb))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"vq": "o-", "kivi": "s--"}
+    colors = {}
     for (family, window), pts in sorted(series.items()):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[family],
-                label=f"{family}, fp16 window {window}")
+
+        def base(cb):
+            return cb.split("/")[-1].replace(".vqcb", "")
+
+        line = [p for p in pts if family != "vq" or main_names is None or
+                base(p[3]) in main_names]
+        rest = [p for p in pts if p not in line]
+        h = ax.plot([p[0] for p in line], [p[1] for p in line],
+                    styles[family], label=f"{family}, fp16 window {window}")
+        colors[(family, window)] = h[0].get_color()
+        if rest:
+            ax.plot([p[0] for p in rest], [p[1] for p in rest], "o",
+                    mfc="none", color=h[0].get_color(),
+                    label=f"vq ablations, window {window}")
         for bits, change, codec, cb in pts:
             name = codec if codec != "vq" else (
                 cb.split("/")[-1].replace(".vqcb", "") or "vq")

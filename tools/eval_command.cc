@@ -228,6 +228,7 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
     if (a.json) {
       std::printf(
           "{\"task\":\"ppl\",\"codec\":%s,\"descriptor\":%s,\"codebooks\":%s,"
+          "\"beam_width\":%d,"
           "\"keys\":\"%s\",\"text\":%s,\"ctx\":%lld,\"window\":%lld,"
           "\"sinks\":%lld,\"block_tokens\":%lld,\"windows\":%lld,"
           "\"tokens_scored\":%lld,\"ppl\":%.6f,\"ppl_fp16\":%.6f,"
@@ -240,9 +241,10 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
           "\"max_tokens_in_budget\":%lld,\"fp16_max_tokens_in_budget\":%lld,"
           "\"seconds\":%.1f}\n",
           JsonString(c.name).c_str(), JsonString(c.codec->Descriptor()).c_str(),
-          JsonString(c.codebooks).c_str(), c.keys_pre_rope ? "pre" : "post",
-          JsonString(a.text).c_str(), static_cast<long long>(a.ctx),
-          static_cast<long long>(a.window), static_cast<long long>(a.sinks),
+          JsonString(c.codebooks).c_str(), a.beam_width,
+          c.keys_pre_rope ? "pre" : "post", JsonString(a.text).c_str(),
+          static_cast<long long>(a.ctx), static_cast<long long>(a.window),
+          static_cast<long long>(a.sinks),
           static_cast<long long>(co.block_tokens),
           static_cast<long long>(r->reference.windows),
           static_cast<long long>(r->tokens_scored), ppl, ppl_ref, change,
