@@ -12,6 +12,17 @@
 namespace vqkv {
 namespace {
 
+// Row r of codebook slot s in layer l is (token r / H, head r % H) when the
+// heads share codebooks, (token r, head s) per head; its index in the
+// [layer][token][kv_head] code arrays is (l*T + t)*H + h. Encode and Decode
+// walk the codes in the same order through this one mapping.
+int64_t SlotRowVectorIndex(bool per_head, int l, int s, int64_t tokens, int H,
+                           int64_t r) {
+  const int64_t t = per_head ? r : r / H;
+  const int64_t h = per_head ? s : r % H;
+  return (int64_t{l} * tokens + t) * H + h;
+}
+
 // Seed of one quantizer: distinct per (layer, slot, kind, group) so their
 // k-means runs are independent, and a pure function of the fit seed.
 uint64_t QuantizerSeed(uint64_t seed, int layer, int slot, int kind,
@@ -366,12 +377,8 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
   for (int l = 0; l < L; ++l) {
     for (int s = 0; s < slots; ++s) {
       const int slot = c.per_head ? s : -1;
-      // Row r of a slot is (token r / H, head r % H) for shared codebooks,
-      // (token r, head s) per head; its vector index is (l*T + t)*H + h.
       auto vector_index = [&](int64_t r) {
-        const int64_t t = c.per_head ? r : r / H;
-        const int64_t h = c.per_head ? s : r % H;
-        return (int64_t{l} * tokens + t) * H + h;
+        return SlotRowVectorIndex(c.per_head, l, s, tokens, H, r);
       };
       int stage_offset = 0;
       for (size_t g = 0; g < groups.size(); ++g) {
@@ -463,9 +470,7 @@ absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
     for (int s = 0; s < slots; ++s) {
       const int slot = c.per_head ? s : -1;
       auto vector_index = [&](int64_t r) {
-        const int64_t t = c.per_head ? r : r / H;
-        const int64_t h = c.per_head ? s : r % H;
-        return (int64_t{l} * tokens + t) * H + h;
+        return SlotRowVectorIndex(c.per_head, l, s, tokens, H, r);
       };
       int stage_offset = 0;
       for (size_t g = 0; g < groups.size(); ++g) {
