@@ -8,7 +8,7 @@
 namespace vqkv::eval {
 
 absl::StatusOr<std::unique_ptr<CompressedKvCache>> CompressedKvCache::Create(
-    const KvLayout& layout, const Codec* codec, const Rope* rope,
+    const KvLayout& layout, const Codec* codec, const model::Rope* rope,
     const CompressedKvCacheOptions& options) {
   if (codec == nullptr) return absl::InvalidArgumentError("no codec given");
   if (!(codec->layout() == layout)) {
@@ -28,14 +28,14 @@ absl::StatusOr<std::unique_ptr<CompressedKvCache>> CompressedKvCache::Create(
   if (options.keys_pre_rope &&
       (rope == nullptr || rope->head_dim() != layout.head_dim)) {
     return absl::InvalidArgumentError(
-        "keys_pre_rope needs the model's Rope to rotate decoded keys");
+        "keys_pre_rope needs the model's model::Rope to rotate decoded keys");
   }
   return std::unique_ptr<CompressedKvCache>(
       new CompressedKvCache(layout, codec, rope, options));
 }
 
 CompressedKvCache::CompressedKvCache(const KvLayout& layout, const Codec* codec,
-                                     const Rope* rope,
+                                     const model::Rope* rope,
                                      const CompressedKvCacheOptions& options)
     : codec_(codec),
       rope_(rope),
@@ -130,7 +130,7 @@ absl::Status CompressedKvCache::Append(int layer, const float* keys_pre_rope,
   return absl::OkStatus();
 }
 
-KvCache::LayerView CompressedKvCache::View(int layer) const {
+model::KvCache::LayerView CompressedKvCache::View(int layer) const {
   LayerView v;
   v.tokens = exact_.tokens(layer);
   v.keys = exact_.keys(layer);

@@ -30,9 +30,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "eval/kv_cache.h"
-#include "eval/rope.h"
 #include "kernels/codec.h"
+#include "model/kv_cache.h"
+#include "model/rope.h"
 
 namespace vqkv::eval {
 
@@ -47,13 +47,13 @@ struct CompressedKvCacheOptions {
   bool round_to_fp16 = true;
 };
 
-class CompressedKvCache : public KvCache {
+class CompressedKvCache : public model::KvCache {
  public:
   // `codec` and `rope` are not owned and must outlive the cache; rope may be
   // null unless keys_pre_rope. Errors: kInvalidArgument for bad options, a
   // missing rope, or a codec whose layout differs from `layout`.
   static absl::StatusOr<std::unique_ptr<CompressedKvCache>> Create(
-      const KvLayout& layout, const Codec* codec, const Rope* rope,
+      const KvLayout& layout, const Codec* codec, const model::Rope* rope,
       const CompressedKvCacheOptions& options);
 
   const KvLayout& layout() const override { return exact_.layout(); }
@@ -75,15 +75,18 @@ class CompressedKvCache : public KvCache {
 
  private:
   CompressedKvCache(const KvLayout& layout, const Codec* codec,
-                    const Rope* rope, const CompressedKvCacheOptions& options);
+                    const model::Rope* rope,
+                    const CompressedKvCacheOptions& options);
   absl::Status CodeBlock();
 
   const Codec* codec_;
-  const Rope* rope_;
+  const model::Rope* rope_;
   CompressedKvCacheOptions options_;
-  ExactKvStore exact_;
-  ExactKvStore raw_keys_;  // pre-RoPE keys (values unused); keys_pre_rope only
-  ExactKvStore decoded_;   // rows [0, coded_end_); rows below sinks unused
+  model::ExactKvStore exact_;
+  model::ExactKvStore
+      raw_keys_;  // pre-RoPE keys (values unused); keys_pre_rope only
+  model::ExactKvStore
+      decoded_;  // rows [0, coded_end_); rows below sinks unused
   int64_t tokens_ = 0;
   int64_t chunk_ = 0;
   int64_t coded_end_;  // positions [sinks, coded_end_) are coded

@@ -26,15 +26,15 @@ absl::Status CheckWindows(int64_t tokens, const WindowOptions& o) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<float>> RunHidden(const LlamaModel& model,
+absl::StatusOr<std::vector<float>> RunHidden(const model::LlamaModel& model,
                                              absl::Span<const int32_t> inputs,
                                              int64_t max_chunk,
-                                             KvCache* cache) {
+                                             model::KvCache* cache) {
   if (cache->tokens() != 0) {
     return absl::FailedPreconditionError("window cache is not empty");
   }
-  ForwardOptions fo;
-  fo.output = OutputRows::kAll;
+  model::ForwardOptions fo;
+  fo.output = model::OutputRows::kAll;
   fo.max_chunk_tokens = max_chunk;
   std::vector<float> hidden;
   if (absl::Status s = model.Forward(inputs, cache, fo, &hidden); !s.ok()) {
@@ -45,10 +45,10 @@ absl::StatusOr<std::vector<float>> RunHidden(const LlamaModel& model,
 
 }  // namespace
 
-CacheFactory ExactCacheFactory(const LlamaModel& model) {
+CacheFactory ExactCacheFactory(const model::LlamaModel& model) {
   const KvLayout layout = model.config().kv_layout();
-  return [layout]() -> absl::StatusOr<std::unique_ptr<KvCache>> {
-    return std::make_unique<ExactKvCache>(layout);
+  return [layout]() -> absl::StatusOr<std::unique_ptr<model::KvCache>> {
+    return std::make_unique<model::ExactKvCache>(layout);
   };
 }
 
@@ -77,8 +77,8 @@ int32_t LogSoftmaxInPlace(float* logits, int64_t n) {
 }
 
 absl::StatusOr<std::vector<PositionScore>> ScoreWindow(
-    const LlamaModel& model, absl::Span<const int32_t> window,
-    int64_t score_from, KvCache* cache) {
+    const model::LlamaModel& model, absl::Span<const int32_t> window,
+    int64_t score_from, model::KvCache* cache) {
   const int64_t n = static_cast<int64_t>(window.size()) - 1;
   if (n < 1 || score_from < 0 || score_from >= n) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -106,7 +106,7 @@ absl::StatusOr<std::vector<PositionScore>> ScoreWindow(
   return out;
 }
 
-absl::StatusOr<PerplexityResult> Perplexity(const LlamaModel& model,
+absl::StatusOr<PerplexityResult> Perplexity(const model::LlamaModel& model,
                                             absl::Span<const int32_t> tokens,
                                             const WindowOptions& options,
                                             const CacheFactory& make_cache) {
@@ -115,7 +115,7 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaModel& model,
   PerplexityResult result;
   const int64_t windows = WindowCount(total, options);
   for (int64_t w = 0; w < windows; ++w) {
-    absl::StatusOr<std::unique_ptr<KvCache>> cache = make_cache();
+    absl::StatusOr<std::unique_ptr<model::KvCache>> cache = make_cache();
     if (!cache.ok()) return cache.status();
     absl::StatusOr<std::vector<float>> hidden =
         RunHidden(model, tokens.subspan(w * options.ctx, options.ctx),
@@ -139,7 +139,7 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaModel& model,
   return result;
 }
 
-absl::StatusOr<CompareResult> Compare(const LlamaModel& model,
+absl::StatusOr<CompareResult> Compare(const model::LlamaModel& model,
                                       absl::Span<const int32_t> tokens,
                                       const WindowOptions& options,
                                       const CacheFactory& make_reference,
@@ -157,13 +157,13 @@ absl::StatusOr<CompareResult> Compare(const LlamaModel& model,
   for (int64_t w = 0; w < windows; ++w) {
     const absl::Span<const int32_t> inputs =
         tokens.subspan(w * options.ctx, options.ctx);
-    std::unique_ptr<KvCache> caches[2];
+    std::unique_ptr<model::KvCache> caches[2];
     const CacheFactory* factories[2] = {&make_reference, &make_test};
     // Both runs use the same forward chunks, so a lossless test cache gives
     // bit-identical results instead of differing by summation order.
     int64_t chunk = options.max_chunk_tokens;
     for (int i = 0; i < 2; ++i) {
-      absl::StatusOr<std::unique_ptr<KvCache>> cache = (*factories[i])();
+      absl::StatusOr<std::unique_ptr<model::KvCache>> cache = (*factories[i])();
       if (!cache.ok()) return cache.status();
       caches[i] = *std::move(cache);
       chunk = std::min(chunk, caches[i]->MaxChunkTokens());
@@ -209,7 +209,7 @@ absl::StatusOr<CompareResult> Compare(const LlamaModel& model,
   return result;
 }
 
-absl::StatusOr<int64_t> CollectKv(const LlamaModel& model,
+absl::StatusOr<int64_t> CollectKv(const model::LlamaModel& model,
                                   absl::Span<const int32_t> tokens, int64_t ctx,
                                   KvCollector* collector) {
   if (ctx < 1) return absl::InvalidArgumentError("ctx must be >= 1");
@@ -220,9 +220,9 @@ absl::StatusOr<int64_t> CollectKv(const LlamaModel& model,
   const int64_t total = static_cast<int64_t>(tokens.size());
   const int64_t skip =
       std::max<int64_t>(0, collector->options().skip_positions_below);
-  ExactKvCache cache(model.config().kv_layout());
-  ForwardOptions fo;
-  fo.output = OutputRows::kNone;
+  model::ExactKvCache cache(model.config().kv_layout());
+  model::ForwardOptions fo;
+  fo.output = model::OutputRows::kNone;
   fo.observer = collector;
   int64_t run = 0;
   for (int64_t start = 0; start < total && !collector->full(); start += ctx) {
@@ -241,14 +241,14 @@ absl::StatusOr<int64_t> CollectKv(const LlamaModel& model,
 }
 
 absl::StatusOr<std::vector<int32_t>> GenerateGreedy(
-    const LlamaModel& model, absl::Span<const int32_t> prompt,
-    int64_t max_new_tokens, int32_t stop_token, KvCache* cache) {
+    const model::LlamaModel& model, absl::Span<const int32_t> prompt,
+    int64_t max_new_tokens, int32_t stop_token, model::KvCache* cache) {
   if (prompt.empty()) return absl::InvalidArgumentError("empty prompt");
   if (cache->tokens() != 0) {
     return absl::FailedPreconditionError("generation cache is not empty");
   }
-  ForwardOptions fo;
-  fo.output = OutputRows::kLast;
+  model::ForwardOptions fo;
+  fo.output = model::OutputRows::kLast;
   std::vector<float> hidden;
   std::vector<float> logits(static_cast<size_t>(model.config().vocab));
   std::vector<int32_t> out;

@@ -21,17 +21,18 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "eval/kv_cache.h"
 #include "eval/kv_collector.h"
-#include "eval/llama_model.h"
+#include "model/kv_cache.h"
+#include "model/llama_model.h"
 
 namespace vqkv::eval {
 
 // Makes a fresh, empty cache for one window.
-using CacheFactory = std::function<absl::StatusOr<std::unique_ptr<KvCache>>()>;
+using CacheFactory =
+    std::function<absl::StatusOr<std::unique_ptr<model::KvCache>>()>;
 
 // A factory of ExactKvCache for `model` (fp16-rounded).
-CacheFactory ExactCacheFactory(const LlamaModel& model);
+CacheFactory ExactCacheFactory(const model::LlamaModel& model);
 
 struct WindowOptions {
   int64_t ctx = 512;
@@ -51,8 +52,8 @@ struct PositionScore {
 // Scores rows [score_from, window.size() - 1) of one window: row i predicts
 // window[i + 1]. `window` runs in `cache` (which must be empty).
 absl::StatusOr<std::vector<PositionScore>> ScoreWindow(
-    const LlamaModel& model, absl::Span<const int32_t> window,
-    int64_t score_from, KvCache* cache);
+    const model::LlamaModel& model, absl::Span<const int32_t> window,
+    int64_t score_from, model::KvCache* cache);
 
 struct PerplexityResult {
   double nll_sum = 0;  // natural log
@@ -63,7 +64,7 @@ struct PerplexityResult {
 
 // Errors: kInvalidArgument when ctx < 1, score_from >= ctx or the text has
 // fewer than ctx + 1 tokens; model and cache errors.
-absl::StatusOr<PerplexityResult> Perplexity(const LlamaModel& model,
+absl::StatusOr<PerplexityResult> Perplexity(const model::LlamaModel& model,
                                             absl::Span<const int32_t> tokens,
                                             const WindowOptions& options,
                                             const CacheFactory& make_cache);
@@ -81,7 +82,7 @@ struct CompareResult {
 // same forward chunks (the smallest MaxChunkTokens of the two caches and
 // options.max_chunk_tokens), so a lossless test cache reproduces the
 // reference bit for bit.
-absl::StatusOr<CompareResult> Compare(const LlamaModel& model,
+absl::StatusOr<CompareResult> Compare(const model::LlamaModel& model,
                                       absl::Span<const int32_t> tokens,
                                       const WindowOptions& options,
                                       const CacheFactory& make_reference,
@@ -90,7 +91,7 @@ absl::StatusOr<CompareResult> Compare(const LlamaModel& model,
 // Runs windows of `ctx` tokens through exact caches with `collector`
 // attached (no logits computed) until the collector is full or the text
 // ends. Returns the number of tokens run.
-absl::StatusOr<int64_t> CollectKv(const LlamaModel& model,
+absl::StatusOr<int64_t> CollectKv(const model::LlamaModel& model,
                                   absl::Span<const int32_t> tokens, int64_t ctx,
                                   KvCollector* collector);
 
@@ -98,8 +99,8 @@ absl::StatusOr<int64_t> CollectKv(const LlamaModel& model,
 // appends up to max_new_tokens argmax tokens, stopping after stop_token
 // (if >= 0). Returns the new tokens.
 absl::StatusOr<std::vector<int32_t>> GenerateGreedy(
-    const LlamaModel& model, absl::Span<const int32_t> prompt,
-    int64_t max_new_tokens, int32_t stop_token, KvCache* cache);
+    const model::LlamaModel& model, absl::Span<const int32_t> prompt,
+    int64_t max_new_tokens, int32_t stop_token, model::KvCache* cache);
 
 // log-softmax of one row of `n` logits, in place; returns the argmax.
 int32_t LogSoftmaxInPlace(float* logits, int64_t n);

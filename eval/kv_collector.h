@@ -12,8 +12,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "eval/llama_model.h"
 #include "kernels/codec.h"
+#include "model/llama_model.h"
 
 namespace vqkv::eval {
 
@@ -25,7 +25,7 @@ struct KvCollectorOptions {
   int64_t skip_positions_below = 0;
 };
 
-class KvCollector : public KvObserver {
+class KvCollector : public model::KvObserver {
  public:
   KvCollector(const KvLayout& layout, const KvCollectorOptions& options);
 

@@ -18,12 +18,12 @@
 #include "CLI/CLI.hpp"
 #include "eval/compressed_kv_cache.h"
 #include "eval/evaluate.h"
-#include "eval/gguf.h"
 #include "eval/kv_collector.h"
-#include "eval/llama_model.h"
-#include "eval/tokenizer.h"
 #include "kernels/baselines/fp16_codec.h"
 #include "kernels/baselines/kivi_codec.h"
+#include "model/gguf.h"
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
 
 namespace vqkv::eval {
 namespace {
@@ -79,14 +79,16 @@ int Main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   auto t0 = std::chrono::steady_clock::now();
-  absl::StatusOr<std::unique_ptr<GgufFile>> gguf = GgufFile::Open(model_path);
+  absl::StatusOr<std::unique_ptr<model::GgufFile>> gguf =
+      model::GgufFile::Open(model_path);
   if (!gguf.ok()) return Fail(gguf.status());
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromGguf(**gguf);
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tok =
+      model::Tokenizer::FromGguf(**gguf);
   if (!tok.ok()) return Fail(tok.status());
-  absl::StatusOr<std::unique_ptr<LlamaModel>> model =
-      LlamaModel::FromGguf(**gguf);
+  absl::StatusOr<std::unique_ptr<model::LlamaModel>> model =
+      model::LlamaModel::FromGguf(**gguf);
   if (!model.ok()) return Fail(model.status());
-  const LlamaConfig& c = (*model)->config();
+  const model::LlamaConfig& c = (*model)->config();
   std::printf(
       "model %s: %d layers, embd %d, heads %d/%d, head_dim %d, vocab %d, "
       "rope theta %.0f, loaded in %.2f s\n",
@@ -182,15 +184,15 @@ int Main(int argc, char** argv) {
       co.sinks = sinks;
       co.window = window;
       co.block_tokens = block;
-      const LlamaModel* m = model->get();
+      const model::LlamaModel* m = model->get();
       const Codec* cp = codec.get();
       CacheFactory make_test =
-          [m, cp, co]() -> absl::StatusOr<std::unique_ptr<KvCache>> {
+          [m, cp, co]() -> absl::StatusOr<std::unique_ptr<model::KvCache>> {
         absl::StatusOr<std::unique_ptr<CompressedKvCache>> cache =
             CompressedKvCache::Create(m->config().kv_layout(), cp, &m->rope(),
                                       co);
         if (!cache.ok()) return cache.status();
-        return std::unique_ptr<KvCache>(std::move(*cache));
+        return std::unique_ptr<model::KvCache>(std::move(*cache));
       };
       wo.score_from = sinks + window + 1;
       absl::StatusOr<CompareResult> r =
@@ -215,8 +217,8 @@ int Main(int argc, char** argv) {
     for (int64_t i = 0; i < prefill; ++i) {
       ids[i] = static_cast<int32_t>((i * 7919 + 13) % c.vocab);
     }
-    ForwardOptions fo;
-    fo.output = OutputRows::kNone;
+    model::ForwardOptions fo;
+    fo.output = model::OutputRows::kNone;
     for (int64_t r = 0; r < repeat; ++r) {
       auto cache = (*model)->NewExactCache();
       t0 = std::chrono::steady_clock::now();

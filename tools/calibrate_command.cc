@@ -29,7 +29,7 @@ struct CalibrateArgs {
 };
 
 // A KvObserver that forwards to a collector and advances a progress bar.
-class ProgressCollector : public eval::KvObserver {
+class ProgressCollector : public model::KvObserver {
  public:
   ProgressCollector(eval::KvCollector* collector, ProgressBar* bar, int layers)
       : collector_(collector), bar_(bar), layers_(layers) {}
@@ -59,7 +59,7 @@ int Run(const CalibrateArgs& a) {
   }
   absl::StatusOr<LoadedModel> m = LoadModel(a.model);
   if (!m.ok()) return Fail(m.status());
-  const eval::LlamaModel& model = *m->model;
+  const model::LlamaModel& model = *m->model;
   const KvLayout layout = model.config().kv_layout();
   // Validate the codec config before spending minutes on collection.
   absl::StatusOr<std::unique_ptr<VqCodec>> codec =
@@ -108,8 +108,8 @@ int Run(const CalibrateArgs& a) {
       const int64_t want =
           std::min(n, a.max_tokens - collector.tokens() + a.skip);
       auto cache = model.NewExactCache();
-      eval::ForwardOptions fo;
-      fo.output = eval::OutputRows::kNone;
+      model::ForwardOptions fo;
+      fo.output = model::OutputRows::kNone;
       fo.observer = &observer;
       absl::Status s =
           model.Forward(absl::Span<const int32_t>(ids->data() + start, want),

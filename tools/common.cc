@@ -34,18 +34,18 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path) {
                         absl::StrCat("model ", path, ": ", s.message()));
   };
   LoadedModel out;
-  absl::StatusOr<std::unique_ptr<eval::GgufFile>> gguf =
-      eval::GgufFile::Open(path);
+  absl::StatusOr<std::unique_ptr<model::GgufFile>> gguf =
+      model::GgufFile::Open(path);
   if (!gguf.ok()) return prefix(gguf.status());
   out.gguf = *std::move(gguf);
   // The architecture first: a tokenizer error on a non-LLaMA file would
   // hide the real reason.
-  absl::StatusOr<std::unique_ptr<eval::LlamaModel>> model =
-      eval::LlamaModel::FromGguf(*out.gguf);
+  absl::StatusOr<std::unique_ptr<model::LlamaModel>> model =
+      model::LlamaModel::FromGguf(*out.gguf);
   if (!model.ok()) return prefix(model.status());
   out.model = *std::move(model);
-  absl::StatusOr<std::unique_ptr<eval::Tokenizer>> tok =
-      eval::Tokenizer::FromGguf(*out.gguf);
+  absl::StatusOr<std::unique_ptr<model::Tokenizer>> tok =
+      model::Tokenizer::FromGguf(*out.gguf);
   if (!tok.ok()) return prefix(tok.status());
   out.tokenizer = *std::move(tok);
   return out;
@@ -64,7 +64,7 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
 }
 
 absl::StatusOr<std::vector<int32_t>> TokenizeFiles(
-    const eval::Tokenizer& tokenizer, const std::vector<std::string>& paths,
+    const model::Tokenizer& tokenizer, const std::vector<std::string>& paths,
     int64_t min_tokens) {
   if (paths.empty()) return absl::InvalidArgumentError("no --text given");
   std::vector<int32_t> ids;

@@ -17,11 +17,11 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "eval/gguf.h"
-#include "eval/llama_model.h"
-#include "eval/tokenizer.h"
 #include "kernels/codec.h"
 #include "kernels/vq_codec.h"
+#include "model/gguf.h"
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
 
 namespace vqkv::tools {
 
@@ -29,9 +29,9 @@ namespace vqkv::tools {
 int Fail(const absl::Status& status);
 
 struct LoadedModel {
-  std::unique_ptr<eval::GgufFile> gguf;
-  std::unique_ptr<eval::Tokenizer> tokenizer;
-  std::unique_ptr<eval::LlamaModel> model;
+  std::unique_ptr<model::GgufFile> gguf;
+  std::unique_ptr<model::Tokenizer> tokenizer;
+  std::unique_ptr<model::LlamaModel> model;
 };
 
 // Opens a GGUF model and its tokenizer. Every failure names the file.
@@ -44,7 +44,7 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 // Reads and tokenizes the files in order, concatenated. kInvalidArgument
 // when the result has fewer than `min_tokens` tokens.
 absl::StatusOr<std::vector<int32_t>> TokenizeFiles(
-    const eval::Tokenizer& tokenizer, const std::vector<std::string>& paths,
+    const model::Tokenizer& tokenizer, const std::vector<std::string>& paths,
     int64_t min_tokens);
 
 // The VQ codec options of `vqkv calibrate` (kept here so every subcommand

@@ -160,7 +160,7 @@ int RunMemory(const EvalArgs& a, const KvLayout& layout,
 
 int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
                   const std::vector<EvalCodec>& codecs, const Codec& fp16) {
-  const eval::LlamaModel& model = *m.model;
+  const model::LlamaModel& model = *m.model;
   if (a.ctx < 2) return Fail(absl::InvalidArgumentError("--ctx must be >= 2"));
   if (a.sinks < 0 || a.window < 1 || a.sinks + a.window + 1 >= a.ctx) {
     return Fail(absl::InvalidArgumentError(absl::StrFormat(
@@ -207,15 +207,15 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
     co.window = a.window;
     co.block_tokens = std::min(a.block_tokens, a.window + 1);
     co.keys_pre_rope = c.keys_pre_rope;
-    const eval::LlamaModel* mp = &model;
+    const model::LlamaModel* mp = &model;
     const Codec* cp = c.codec.get();
     eval::CacheFactory make_test =
-        [mp, cp, co]() -> absl::StatusOr<std::unique_ptr<eval::KvCache>> {
+        [mp, cp, co]() -> absl::StatusOr<std::unique_ptr<model::KvCache>> {
       absl::StatusOr<std::unique_ptr<eval::CompressedKvCache>> cache =
           eval::CompressedKvCache::Create(mp->config().kv_layout(), cp,
                                           &mp->rope(), co);
       if (!cache.ok()) return cache.status();
-      return std::unique_ptr<eval::KvCache>(std::move(*cache));
+      return std::unique_ptr<model::KvCache>(std::move(*cache));
     };
     absl::StatusOr<eval::CompareResult> r = eval::Compare(
         model, *ids, wo, eval::ExactCacheFactory(model), make_test);

@@ -29,7 +29,7 @@ constexpr char kQuestion[] = " What is the pass key? The pass key is";
 }  // namespace
 
 absl::StatusOr<PasskeyPrompt> BuildPasskeyPrompt(
-    const eval::Tokenizer& tokenizer, int64_t length, double depth,
+    const model::Tokenizer& tokenizer, int64_t length, double depth,
     const std::string& key) {
   const std::vector<int32_t> intro = tokenizer.Encode(kIntro);
   const std::vector<int32_t> filler = tokenizer.Encode(kFiller);
@@ -76,7 +76,7 @@ std::string ExtractPasskey(const std::string& text) {
 }
 
 absl::StatusOr<std::vector<PasskeyTrial>> RunPasskey(
-    const eval::LlamaModel& model, const eval::Tokenizer& tokenizer,
+    const model::LlamaModel& model, const model::Tokenizer& tokenizer,
     const std::vector<PasskeyCodec>& codecs, const PasskeyOptions& options,
     const std::function<void(int64_t, int64_t)>& progress) {
   if (options.trials < 1) {
@@ -106,7 +106,7 @@ absl::StatusOr<std::vector<PasskeyTrial>> RunPasskey(
           p->needle_pos >= options.sinks;
       trial.key = key;
       for (const PasskeyCodec& c : codecs) {
-        std::unique_ptr<eval::KvCache> cache;
+        std::unique_ptr<model::KvCache> cache;
         if (c.codec == nullptr) {
           cache = model.NewExactCache();
         } else {

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "eval/llama_model.h"
-#include "eval/tokenizer.h"
 #include "kernels/codec.h"
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
 
 namespace vqkv::tools {
 
@@ -28,7 +28,7 @@ struct PasskeyPrompt {
 // at fraction `depth` (0..1) of the filler. Errors: kInvalidArgument when
 // `length` cannot hold the intro, needle and question.
 absl::StatusOr<PasskeyPrompt> BuildPasskeyPrompt(
-    const eval::Tokenizer& tokenizer, int64_t length, double depth,
+    const model::Tokenizer& tokenizer, int64_t length, double depth,
     const std::string& key);
 
 // The first run of 5 digits in `text` ("" when none).
@@ -66,7 +66,7 @@ struct PasskeyTrial {
 // (may be empty) is called after each (trial, codec) run with the runs done
 // and the total.
 absl::StatusOr<std::vector<PasskeyTrial>> RunPasskey(
-    const eval::LlamaModel& model, const eval::Tokenizer& tokenizer,
+    const model::LlamaModel& model, const model::Tokenizer& tokenizer,
     const std::vector<PasskeyCodec>& codecs, const PasskeyOptions& options,
     const std::function<void(int64_t, int64_t)>& progress);
 

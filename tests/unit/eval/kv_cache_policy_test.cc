@@ -5,12 +5,12 @@
 #include <random>
 #include <vector>
 
-#include "eval/attention.h"
 #include "eval/compressed_kv_cache.h"
-#include "eval/kv_cache.h"
-#include "eval/rope.h"
-#include "eval/softmax.h"
 #include "gtest/gtest.h"
+#include "model/attention.h"
+#include "model/kv_cache.h"
+#include "model/rope.h"
+#include "model/softmax.h"
 #include "tests/unit/eval/offset_codec.h"
 
 namespace vqkv::eval {
@@ -57,12 +57,12 @@ std::vector<float> ReferenceAttention(const std::vector<float>& q, int64_t n,
 
 TEST(AttentionTest, MatchesScalarReferenceAcrossChunksAndTiles) {
   const KvLayout layout{1, 2, kHeadDim};
-  const AttentionShape shape{6, 2, kHeadDim};
+  const model::AttentionShape shape{6, 2, kHeadDim};
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  ExactKvCache cache(layout, /*round_to_fp16=*/false);
+  model::ExactKvCache cache(layout, /*round_to_fp16=*/false);
   std::vector<float> all_k, all_v;
-  AttentionScratch scratch;
+  model::AttentionScratch scratch;
   // Chunks of 5, then 70 (more than one query tile), then 1.
   for (int64_t n : {5, 70, 1}) {
     const int64_t pos0 = cache.tokens();
@@ -76,8 +76,8 @@ TEST(AttentionTest, MatchesScalarReferenceAcrossChunksAndTiles) {
     ASSERT_TRUE(cache.BeginChunk(n).ok());
     ASSERT_TRUE(cache.Append(0, k.data(), k.data(), v.data()).ok());
     std::vector<float> out(q.size());
-    ASSERT_TRUE(CausalAttention(q.data(), n, pos0, shape, cache.View(0),
-                                out.data(), &scratch)
+    ASSERT_TRUE(model::CausalAttention(q.data(), n, pos0, shape, cache.View(0),
+                                       out.data(), &scratch)
                     .ok());
     const std::vector<float> ref =
         ReferenceAttention(q, n, pos0, 6, 2, all_k.data(), all_v.data());
@@ -100,8 +100,8 @@ TEST(SoftmaxTest, MatchesDoublePrecision) {
     double sum = 0;
     for (double& v : ref) sum += (v = std::exp(v - mx));
     std::vector<float> fast = x, scalar = x;
-    SoftmaxInPlace(fast.data(), n);
-    SoftmaxInPlaceRef(scalar.data(), n);
+    model::SoftmaxInPlace(fast.data(), n);
+    model::SoftmaxInPlaceRef(scalar.data(), n);
     for (int64_t i = 0; i < n; ++i) {
       const double want = ref[i] / sum;
       // Float rounding of x - max alone costs |x - max| * 2^-24 relative.
@@ -124,7 +124,7 @@ class PolicyTest : public ::testing::TestWithParam<PolicyCase> {};
 TEST_P(PolicyTest, QueryAtTReadsDecodedExactlyBelowTMinusWindow) {
   const PolicyCase pc = GetParam();
   const KvLayout layout{2, 1, kHeadDim};
-  const AttentionShape shape{3, 1, kHeadDim};
+  const model::AttentionShape shape{3, 1, kHeadDim};
   const int64_t total = 48;
   OffsetCodec codec(layout, 0.0f, 1.0f);
   CompressedKvCacheOptions opt;
@@ -135,7 +135,7 @@ TEST_P(PolicyTest, QueryAtTReadsDecodedExactlyBelowTMinusWindow) {
       CompressedKvCache::Create(layout, &codec, nullptr, opt);
   ASSERT_TRUE(cache.ok()) << cache.status();
   const int64_t chunk = pc.chunk > 0 ? pc.chunk : (*cache)->MaxChunkTokens();
-  AttentionScratch scratch;
+  model::AttentionScratch scratch;
   int checked_decoded = 0, checked_exact = 0;
   for (int64_t pos0 = 0; pos0 < total; pos0 += chunk) {
     const int64_t n = std::min(chunk, total - pos0);
@@ -145,13 +145,13 @@ TEST_P(PolicyTest, QueryAtTReadsDecodedExactlyBelowTMinusWindow) {
     ASSERT_TRUE((*cache)->BeginChunk(n).ok());
     for (int l = 0; l < layout.layers; ++l) {
       ASSERT_TRUE((*cache)->Append(l, k.data(), k.data(), v.data()).ok());
-      const KvCache::LayerView view = (*cache)->View(l);
+      const model::KvCache::LayerView view = (*cache)->View(l);
       for (int64_t s = 0; s < pos0 + n; ++s) {
         std::vector<float> q(static_cast<size_t>(n * 3 * kHeadDim), 0.0f);
         for (int64_t i = 0; i < n * 3; ++i) q[i * kHeadDim + s] = 200.0f;
         std::vector<float> out(q.size());
-        ASSERT_TRUE(CausalAttention(q.data(), n, pos0, shape, view, out.data(),
-                                    &scratch)
+        ASSERT_TRUE(model::CausalAttention(q.data(), n, pos0, shape, view,
+                                           out.data(), &scratch)
                         .ok());
         for (int64_t i = 0; i < n; ++i) {
           const int64_t t = pos0 + i;
@@ -188,7 +188,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(CompressedKvCacheTest, PreRopeKeysAreRotatedAfterDecoding) {
   const KvLayout layout{1, 2, kHeadDim};
-  const Rope rope(kHeadDim, kHeadDim, 10000.0);
+  const model::Rope rope(kHeadDim, kHeadDim, 10000.0);
   OffsetCodec codec(layout, 0.0f, 0.0f);
   CompressedKvCacheOptions opt;
   opt.sinks = 2;
@@ -211,7 +211,7 @@ TEST(CompressedKvCacheTest, PreRopeKeysAreRotatedAfterDecoding) {
     ASSERT_TRUE((*cache)->Append(0, raw.data(), post.data(), v.data()).ok());
     ASSERT_TRUE((*cache)->EndChunk().ok());
   }
-  const KvCache::LayerView view = (*cache)->View(0);
+  const model::KvCache::LayerView view = (*cache)->View(0);
   ASSERT_NE(view.decoded_keys, nullptr);
   ASSERT_GT(view.decoded_end, opt.sinks);
   for (int64_t s = opt.sinks; s < view.decoded_end; ++s) {

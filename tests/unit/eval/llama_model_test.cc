@@ -1,7 +1,7 @@
 // Forward pass of the real SmolLM2-135M over a few dozen tokens: sanity of
 // the predictions, chunking invariance, the compressed cache against the
 // exact one, and the KV hook. Skips when the model file is absent.
-#include "eval/llama_model.h"
+#include "model/llama_model.h"
 
 #include <algorithm>
 #include <cmath>
@@ -13,8 +13,8 @@
 #include "eval/kv_collector.h"
 #include "gtest/gtest.h"
 #include "kernels/baselines/fp16_codec.h"
-#include "tests/unit/eval/model_fixture.h"
 #include "tests/unit/eval/offset_codec.h"
+#include "tests/unit/model/model_fixture.h"
 
 namespace vqkv::eval {
 namespace {
@@ -25,14 +25,14 @@ constexpr char kText[] =
     "where his daughter had lived for many years with her husband and their "
     "three children.";
 
-class LlamaModelTest : public testing::RealModelTest {
+class LlamaModelTest : public model::testing::RealModelTest {
  protected:
   std::vector<int32_t> Tokens() const { return tokenizer_->Encode(kText); }
 
   // Logits [n][vocab] of every position of `tokens` run in `cache`.
   std::vector<float> AllLogits(const std::vector<int32_t>& tokens,
-                               KvCache* cache, int64_t max_chunk = 512) {
-    ForwardOptions fo;
+                               model::KvCache* cache, int64_t max_chunk = 512) {
+    model::ForwardOptions fo;
     fo.max_chunk_tokens = max_chunk;
     std::vector<float> hidden;
     absl::Status s = model_->Forward(tokens, cache, fo, &hidden);
@@ -65,7 +65,7 @@ class LlamaModelTest : public testing::RealModelTest {
 };
 
 TEST_F(LlamaModelTest, ConfigMatchesSmolLm2) {
-  const LlamaConfig& c = model_->config();
+  const model::LlamaConfig& c = model_->config();
   EXPECT_EQ(c.layers, 30);
   EXPECT_EQ(c.heads, 9);
   EXPECT_EQ(c.kv_heads, 3);
@@ -244,7 +244,7 @@ TEST_F(LlamaModelTest, BadInputIsAnError) {
   const std::vector<int32_t> bad = {1, 49152};
   EXPECT_EQ(model_->Forward(bad, cache.get(), {}, &hidden).code(),
             absl::StatusCode::kInvalidArgument);
-  ExactKvCache wrong(KvLayout{2, 3, 64});
+  model::ExactKvCache wrong(KvLayout{2, 3, 64});
   const std::vector<int32_t> ok = {1, 2};
   EXPECT_EQ(model_->Forward(ok, &wrong, {}, &hidden).code(),
             absl::StatusCode::kInvalidArgument);
@@ -253,7 +253,7 @@ TEST_F(LlamaModelTest, BadInputIsAnError) {
   EXPECT_EQ(
       Perplexity(*model_, ok, wo, ExactCacheFactory(*model_)).status().code(),
       absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LlamaModel::Load("/nonexistent/model.gguf").status().code(),
+  EXPECT_EQ(model::LlamaModel::Load("/nonexistent/model.gguf").status().code(),
             absl::StatusCode::kNotFound);
 }
 

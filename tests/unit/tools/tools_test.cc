@@ -3,11 +3,11 @@
 #include <memory>
 #include <string>
 
-#include "eval/gguf.h"
-#include "eval/tokenizer.h"
 #include "gtest/gtest.h"
 #include "kernels/baselines/fp16_codec.h"
 #include "kernels/baselines/kivi_codec.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
 #include "tools/memory.h"
 #include "tools/passkey.h"
 
@@ -71,9 +71,9 @@ TEST(PasskeyTest, ExtractsTheFirstFiveDigitRun) {
 }
 
 TEST(PasskeyTest, PromptHidesTheNeedleAtTheRequestedDepth) {
-  auto gguf = eval::GgufFile::Open(VQKV_MODEL_PATH);
+  auto gguf = model::GgufFile::Open(VQKV_MODEL_PATH);
   if (!gguf.ok()) GTEST_SKIP() << "model not fetched: " << gguf.status();
-  auto tok = eval::Tokenizer::FromGguf(**gguf);
+  auto tok = model::Tokenizer::FromGguf(**gguf);
   ASSERT_TRUE(tok.ok()) << tok.status();
   for (double depth : {0.0, 0.5, 1.0}) {
     auto p = BuildPasskeyPrompt(**tok, 1024, depth, "31415");

@@ -24,7 +24,7 @@ namespace vqkv {
 namespace {
 
 namespace fs = std::filesystem;
-using eval::testing::GgufWriter;
+using model::testing::GgufWriter;
 
 struct Result {
   int exit_code = -1;

@@ -1,4 +1,4 @@
-#include "eval/kv_cache.h"
+#include "model/kv_cache.h"
 
 #include <algorithm>
 #include <cstring>
@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/fp16.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 void RoundToFp16(float* x, int64_t n) {
   constexpr int64_t kStep = 1024;
@@ -107,4 +107,4 @@ void ExactKvCache::Clear() {
   chunk_ = 0;
 }
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

@@ -1,4 +1,4 @@
-#include "eval/gguf.h"
+#include "model/gguf.h"
 
 #include <cstdio>
 #include <fstream>
@@ -7,9 +7,9 @@
 
 #include "gtest/gtest.h"
 #include "kernels/fp16.h"
-#include "tests/unit/eval/gguf_writer.h"
+#include "tests/unit/model/gguf_writer.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 namespace {
 
 using testing::GgufWriter;
@@ -247,4 +247,4 @@ TEST(GgufTest, OpenFromDisk) {
 }
 
 }  // namespace
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

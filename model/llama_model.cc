@@ -1,4 +1,4 @@
-#include "eval/llama_model.h"
+#include "model/llama_model.h"
 
 #include <cblas.h>
 
@@ -9,9 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "eval/attention.h"
+#include "model/attention.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 namespace {
 
 #define VQKV_RETURN_IF_ERROR(expr)            \
@@ -311,4 +311,4 @@ void LlamaModel::Logits(const float* hidden, int64_t rows,
          config_.vocab);
 }
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

@@ -1,8 +1,8 @@
-#include "eval/rope.h"
+#include "model/rope.h"
 
 #include <cmath>
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 Rope::Rope(int head_dim, int rot_dims, double theta)
     : head_dim_(head_dim), rot_dims_(rot_dims) {
@@ -37,4 +37,4 @@ void Rope::Invert(float* x, int heads, int64_t pos) const {
   Rotate(x, heads, pos, -1.0f);
 }
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

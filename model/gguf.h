@@ -12,8 +12,8 @@
 //
 // Thread safety: a GgufFile is immutable after Open; all const methods may be
 // called concurrently.
-#ifndef VQKV_EVAL_GGUF_H_
-#define VQKV_EVAL_GGUF_H_
+#ifndef VQKV_MODEL_GGUF_H_
+#define VQKV_MODEL_GGUF_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -27,7 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 // Metadata value types, numbered as in the GGUF specification.
 enum class GgufType : uint32_t {
@@ -149,6 +149,6 @@ void DequantizeQ4_0(const uint8_t* in, int64_t n, float* out);
 void DequantizeQ4_1(const uint8_t* in, int64_t n, float* out);
 void DequantizeQ8_0(const uint8_t* in, int64_t n, float* out);
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model
 
-#endif  // VQKV_EVAL_GGUF_H_
+#endif  // VQKV_MODEL_GGUF_H_

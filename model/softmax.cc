@@ -1,4 +1,4 @@
-#include "eval/softmax.h"
+#include "model/softmax.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,7 +8,7 @@
 #define VQKV_SOFTMAX_X86 1
 #endif
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 void SoftmaxInPlaceRef(float* x, int64_t n) {
   float mx = x[0];
@@ -103,4 +103,4 @@ void SoftmaxInPlace(float* x, int64_t n) {
   SoftmaxInPlaceRef(x, n);
 }
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

@@ -1,8 +1,8 @@
-#include "eval/unicode.h"
+#include "model/unicode.h"
 
 #include <algorithm>
 
-namespace vqkv::eval {
+namespace vqkv::model {
 namespace {
 
 bool InRanges(uint32_t cp, const internal::CodepointRange* ranges,
@@ -97,4 +97,4 @@ bool IsWhitespace(uint32_t cp) {
   }
 }
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

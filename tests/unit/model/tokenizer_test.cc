@@ -1,4 +1,4 @@
-#include "eval/tokenizer.h"
+#include "model/tokenizer.h"
 
 #include <filesystem>
 #include <fstream>
@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "tests/unit/eval/model_fixture.h"
+#include "tests/unit/model/model_fixture.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 namespace {
 
 class TokenizerTest : public testing::RealModelTest {
@@ -125,4 +125,4 @@ TEST_F(TokenizerTest, RoundTripsTheEvalTexts) {
 }
 
 }  // namespace
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

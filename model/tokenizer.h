@@ -13,8 +13,8 @@
 //
 // Thread safety: immutable after construction; Encode/Decode are const and
 // thread-safe (the word cache is guarded by a mutex).
-#ifndef VQKV_EVAL_TOKENIZER_H_
-#define VQKV_EVAL_TOKENIZER_H_
+#ifndef VQKV_MODEL_TOKENIZER_H_
+#define VQKV_MODEL_TOKENIZER_H_
 
 #include <cstdint>
 #include <memory>
@@ -26,9 +26,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
-#include "eval/gguf.h"
+#include "model/gguf.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 class Tokenizer {
  public:
@@ -81,6 +81,6 @@ class Tokenizer {
       ABSL_GUARDED_BY(cache_mu_);
 };
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model
 
-#endif  // VQKV_EVAL_TOKENIZER_H_
+#endif  // VQKV_MODEL_TOKENIZER_H_

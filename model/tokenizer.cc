@@ -1,13 +1,13 @@
-#include "eval/tokenizer.h"
+#include "model/tokenizer.h"
 
 #include <algorithm>
 #include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "eval/unicode.h"
+#include "model/unicode.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 namespace {
 
 // llama.cpp token types (tokenizer.ggml.token_type).
@@ -375,4 +375,4 @@ std::string Tokenizer::Decode(absl::Span<const int32_t> ids) const {
   return out;
 }
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

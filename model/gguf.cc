@@ -1,4 +1,4 @@
-#include "eval/gguf.h"
+#include "model/gguf.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/fp16.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 namespace {
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as little-endian u32
@@ -577,4 +577,4 @@ absl::StatusOr<std::vector<float>> GgufFile::ReadTensorF32(
   return out;
 }
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

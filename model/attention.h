@@ -3,16 +3,16 @@
 //
 // Thread safety: the function is reentrant; scratch must not be shared
 // between concurrent calls.
-#ifndef VQKV_EVAL_ATTENTION_H_
-#define VQKV_EVAL_ATTENTION_H_
+#ifndef VQKV_MODEL_ATTENTION_H_
+#define VQKV_MODEL_ATTENTION_H_
 
 #include <cstdint>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "eval/kv_cache.h"
+#include "model/kv_cache.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 struct AttentionShape {
   int heads = 0;     // query heads
@@ -37,6 +37,6 @@ absl::Status CausalAttention(const float* q, int64_t n, int64_t pos0,
                              const KvCache::LayerView& view, float* out,
                              AttentionScratch* scratch);
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model
 
-#endif  // VQKV_EVAL_ATTENTION_H_
+#endif  // VQKV_MODEL_ATTENTION_H_

@@ -15,8 +15,8 @@
 // View(layer) covers the chunk's positions once Append(layer) has run.
 //
 // Thread safety: not thread-safe; one forward pass at a time.
-#ifndef VQKV_EVAL_KV_CACHE_H_
-#define VQKV_EVAL_KV_CACHE_H_
+#ifndef VQKV_MODEL_KV_CACHE_H_
+#define VQKV_MODEL_KV_CACHE_H_
 
 #include <cstdint>
 #include <limits>
@@ -25,7 +25,7 @@
 #include "absl/status/status.h"
 #include "kernels/codec.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 class KvCache {
  public:
@@ -134,6 +134,6 @@ class ExactKvCache : public KvCache {
 // Rounds n floats through IEEE half precision in place.
 void RoundToFp16(float* x, int64_t n);
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model
 
-#endif  // VQKV_EVAL_KV_CACHE_H_
+#endif  // VQKV_MODEL_KV_CACHE_H_

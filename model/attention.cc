@@ -1,4 +1,4 @@
-#include "eval/attention.h"
+#include "model/attention.h"
 
 #include <cblas.h>
 
@@ -7,9 +7,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "eval/softmax.h"
+#include "model/softmax.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 namespace {
 
 // Queries per tile: bounds the score buffer to (kTile * group) x context and
@@ -171,4 +171,4 @@ absl::Status CausalAttention(const float* q, int64_t n, int64_t pos0,
   return absl::OkStatus();
 }
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model

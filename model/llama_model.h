@@ -6,8 +6,8 @@
 // Thread safety: a LlamaModel is immutable after loading. Forward is const
 // and may run concurrently on different caches (each call allocates its own
 // scratch); OpenBLAS parallelizes each sgemm internally.
-#ifndef VQKV_EVAL_LLAMA_MODEL_H_
-#define VQKV_EVAL_LLAMA_MODEL_H_
+#ifndef VQKV_MODEL_LLAMA_MODEL_H_
+#define VQKV_MODEL_LLAMA_MODEL_H_
 
 #include <cstdint>
 #include <memory>
@@ -17,12 +17,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "eval/gguf.h"
-#include "eval/kv_cache.h"
-#include "eval/rope.h"
 #include "kernels/codec.h"
+#include "model/gguf.h"
+#include "model/kv_cache.h"
+#include "model/rope.h"
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 struct LlamaConfig {
   std::string name;  // general.name
@@ -120,6 +120,6 @@ class LlamaModel {
   std::vector<Layer> layers_;
 };
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model
 
-#endif  // VQKV_EVAL_LLAMA_MODEL_H_
+#endif  // VQKV_MODEL_LLAMA_MODEL_H_

@@ -1,19 +1,19 @@
 // Loads the real SmolLM2-135M model once per test binary; tests skip with a
 // message when it has not been fetched (bash scripts/get-model.sh).
-#ifndef VQKV_TESTS_UNIT_EVAL_MODEL_FIXTURE_H_
-#define VQKV_TESTS_UNIT_EVAL_MODEL_FIXTURE_H_
+#ifndef VQKV_TESTS_UNIT_MODEL_MODEL_FIXTURE_H_
+#define VQKV_TESTS_UNIT_MODEL_MODEL_FIXTURE_H_
 
 #include <cblas.h>
 
 #include <memory>
 #include <string>
 
-#include "eval/gguf.h"
-#include "eval/llama_model.h"
-#include "eval/tokenizer.h"
 #include "gtest/gtest.h"
+#include "model/gguf.h"
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
 
-namespace vqkv::eval::testing {
+namespace vqkv::model::testing {
 
 class RealModelTest : public ::testing::Test {
  protected:
@@ -21,19 +21,20 @@ class RealModelTest : public ::testing::Test {
     // ctest runs test processes in parallel; OpenBLAS threads on top of
     // that oversubscribe the cores and spin.
     openblas_set_num_threads(1);
-    absl::StatusOr<std::unique_ptr<GgufFile>> g =
-        GgufFile::Open(VQKV_MODEL_PATH);
+    absl::StatusOr<std::unique_ptr<model::GgufFile>> g =
+        model::GgufFile::Open(VQKV_MODEL_PATH);
     if (!g.ok()) {
       load_error_ = new std::string(g.status().ToString());
       return;
     }
     gguf_ = g->release();
-    absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::FromGguf(*gguf_);
+    absl::StatusOr<std::unique_ptr<model::Tokenizer>> t =
+        model::Tokenizer::FromGguf(*gguf_);
     ASSERT_TRUE(t.ok()) << t.status();
     tokenizer_ = t->release();
     if (load_model_) {
-      absl::StatusOr<std::unique_ptr<LlamaModel>> m =
-          LlamaModel::FromGguf(*gguf_);
+      absl::StatusOr<std::unique_ptr<model::LlamaModel>> m =
+          model::LlamaModel::FromGguf(*gguf_);
       ASSERT_TRUE(m.ok()) << m.status();
       model_ = m->release();
     }
@@ -57,12 +58,12 @@ class RealModelTest : public ::testing::Test {
   }
 
   static inline bool load_model_ = true;
-  static inline GgufFile* gguf_ = nullptr;
-  static inline Tokenizer* tokenizer_ = nullptr;
-  static inline LlamaModel* model_ = nullptr;
+  static inline model::GgufFile* gguf_ = nullptr;
+  static inline model::Tokenizer* tokenizer_ = nullptr;
+  static inline model::LlamaModel* model_ = nullptr;
   static inline std::string* load_error_ = nullptr;
 };
 
-}  // namespace vqkv::eval::testing
+}  // namespace vqkv::model::testing
 
-#endif  // VQKV_TESTS_UNIT_EVAL_MODEL_FIXTURE_H_
+#endif  // VQKV_TESTS_UNIT_MODEL_MODEL_FIXTURE_H_

@@ -3,17 +3,17 @@
 // a few ulp), a scalar std::exp loop otherwise.
 //
 // Thread safety: pure functions.
-#ifndef VQKV_EVAL_SOFTMAX_H_
-#define VQKV_EVAL_SOFTMAX_H_
+#ifndef VQKV_MODEL_SOFTMAX_H_
+#define VQKV_MODEL_SOFTMAX_H_
 
 #include <cstdint>
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 // x[0, n) <- exp(x - max) / sum. REQUIRES: n >= 1, no NaN in x.
 void SoftmaxInPlace(float* x, int64_t n);
 void SoftmaxInPlaceRef(float* x, int64_t n);  // scalar reference
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model
 
-#endif  // VQKV_EVAL_SOFTMAX_H_
+#endif  // VQKV_MODEL_SOFTMAX_H_

@@ -2,15 +2,15 @@
 // character classes the pre-tokenizer split uses (\p{L}, \p{N}, \s).
 //
 // Thread safety: all functions are pure and thread-safe.
-#ifndef VQKV_EVAL_UNICODE_H_
-#define VQKV_EVAL_UNICODE_H_
+#ifndef VQKV_MODEL_UNICODE_H_
+#define VQKV_MODEL_UNICODE_H_
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 // Decodes the UTF-8 sequence starting at text[pos]. Returns the code point
 // and sets *len to the number of bytes consumed (>= 1). Invalid or truncated
@@ -37,6 +37,6 @@ extern const CodepointRange kNumberRanges[];
 extern const size_t kNumberRangesSize;
 }  // namespace internal
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model
 
-#endif  // VQKV_EVAL_UNICODE_H_
+#endif  // VQKV_MODEL_UNICODE_H_

@@ -6,13 +6,13 @@
 // slowly.
 //
 // Thread safety: a Rope is immutable after construction.
-#ifndef VQKV_EVAL_ROPE_H_
-#define VQKV_EVAL_ROPE_H_
+#ifndef VQKV_MODEL_ROPE_H_
+#define VQKV_MODEL_ROPE_H_
 
 #include <cstdint>
 #include <vector>
 
-namespace vqkv::eval {
+namespace vqkv::model {
 
 class Rope {
  public:
@@ -35,6 +35,6 @@ class Rope {
   std::vector<double> inv_freq_;  // rot_dims / 2 entries
 };
 
-}  // namespace vqkv::eval
+}  // namespace vqkv::model
 
-#endif  // VQKV_EVAL_ROPE_H_
+#endif  // VQKV_MODEL_ROPE_H_

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace vqkv::eval::testing {
+namespace vqkv::model::testing {
 
 class GgufWriter {
  public:
@@ -98,6 +98,6 @@ class GgufWriter {
   std::vector<Tensor> tensors_;
 };
 
-}  // namespace vqkv::eval::testing
+}  // namespace vqkv::model::testing
 
 #endif  // VQKV_TESTS_UNIT_EVAL_GGUF_WRITER_H_
