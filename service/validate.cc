@@ -1,7 +1,5 @@
 #include "service/validate.h"
 
-#include <xxhash.h>
-
 #include <cstring>
 #include <string>
 
@@ -12,90 +10,40 @@
 namespace vqkv::service {
 namespace {
 
-void PutU32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutU64(std::string* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutStr(std::string* out, absl::string_view s) {
-  PutU32(out, static_cast<uint32_t>(s.size()));
-  out->append(s.data(), s.size());
-}
-
 absl::Status Prefixed(const absl::Status& s, absl::string_view prefix) {
   return absl::Status(s.code(), absl::StrCat(prefix, ": ", s.message()));
 }
 
 }  // namespace
 
+storage::NamespaceSpec ToNamespaceSpec(const v1::Namespace& ns) {
+  storage::NamespaceSpec spec;
+  spec.model_id = ns.model_id();
+  spec.weight_revision = ns.weight_revision();
+  spec.codec = ns.codec();
+  spec.codec_id = ns.codec_id();
+  spec.codebook_hash = ns.codebook_hash();
+  spec.block_tokens = ns.block_tokens();
+  spec.layers = ns.layers();
+  spec.kv_heads = ns.kv_heads();
+  spec.head_dim = ns.head_dim();
+  spec.dtype = static_cast<storage::KvDtype>(ns.dtype());
+  return spec;
+}
+
 absl::Status ValidateNamespace(const v1::Namespace& ns, bool present) {
   if (!present) return absl::InvalidArgumentError("namespace is required");
-  if (ns.model_id().empty() || ns.model_id().size() > 256) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "namespace.model_id must be 1..256 bytes, got ", ns.model_id().size()));
-  }
-  if (ns.weight_revision().size() > 256) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("namespace.weight_revision must be at most 256 bytes, "
-                     "got ",
-                     ns.weight_revision().size()));
-  }
-  if (ns.codec().empty() || ns.codec().size() > 1024) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "namespace.codec must be 1..1024 bytes, got ", ns.codec().size()));
-  }
-  if (ns.codec_id() == 0) {
-    return absl::InvalidArgumentError("namespace.codec_id must be non-zero");
-  }
-  if (ns.block_tokens() < 1 || ns.block_tokens() > kMaxBlockTokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("namespace.block_tokens must be in 1..", kMaxBlockTokens,
-                     ", got ", ns.block_tokens()));
-  }
-  const struct {
-    const char* name;
-    uint32_t value;
-  } dims[] = {{"layers", ns.layers()},
-              {"kv_heads", ns.kv_heads()},
-              {"head_dim", ns.head_dim()}};
-  for (const auto& d : dims) {
-    if (d.value < 1 || d.value > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "namespace.", d.name, " must be in 1..65535, got ", d.value));
-    }
-  }
-  if (ns.dtype() == v1::DTYPE_UNSPECIFIED || !v1::DType_IsValid(ns.dtype())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("namespace.dtype must be FLOAT16, BFLOAT16 or FLOAT32, "
-                     "got ",
-                     static_cast<int>(ns.dtype())));
-  }
-  return absl::OkStatus();
+  return storage::ValidateNamespaceSpec(ToNamespaceSpec(ns));
 }
 
 std::string CanonicalNamespace(absl::string_view tenant,
                                const v1::Namespace& ns) {
-  std::string out = "vqkv.ns.v1";
-  PutStr(&out, tenant);
-  PutStr(&out, ns.model_id());
-  PutStr(&out, ns.weight_revision());
-  PutStr(&out, ns.codec());
-  PutU32(&out, ns.codec_id());
-  PutU64(&out, ns.codebook_hash());
-  PutU32(&out, ns.block_tokens());
-  PutU32(&out, ns.layers());
-  PutU32(&out, ns.kv_heads());
-  PutU32(&out, ns.head_dim());
-  PutU32(&out, static_cast<uint32_t>(ns.dtype()));
-  return out;
+  return storage::CanonicalNamespace(tenant, ToNamespaceSpec(ns));
 }
 
 storage::NamespaceId ComputeNamespaceId(absl::string_view tenant,
                                         const v1::Namespace& ns) {
-  const std::string canonical = CanonicalNamespace(tenant, ns);
-  const XXH128_hash_t h = XXH3_128bits(canonical.data(), canonical.size());
-  return storage::NamespaceId::FromPair(h.high64, h.low64);
+  return storage::ComputeNamespaceId(tenant, ToNamespaceSpec(ns));
 }
 
 absl::StatusOr<storage::BlockHash> ParseBlockHash(absl::string_view bytes,

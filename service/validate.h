@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "kernels/block_format.h"
 #include "storage/keys.h"
+#include "storage/namespace.h"
 #include "vqkv/v1/kvcache.pb.h"
 
 namespace vqkv::service {
@@ -23,15 +24,16 @@ namespace vqkv::service {
 inline constexpr size_t kMaxHashesPerRequest = size_t{1} << 20;
 inline constexpr size_t kMaxBlocksPerMessage = size_t{1} << 16;
 inline constexpr size_t kMaxCodebooksPerRequest = 64;
-inline constexpr uint32_t kMaxBlockTokens = uint32_t{1} << 20;
+inline constexpr uint32_t kMaxBlockTokens = storage::kMaxNamespaceBlockTokens;
+
+// The plain-C++ namespace (storage/namespace.h) of a wire namespace.
+storage::NamespaceSpec ToNamespaceSpec(const v1::Namespace& ns);
 
 // kInvalidArgument naming the field, e.g. "namespace.head_dim must be in
 // 1..65535, got 0". A missing namespace is "namespace is required".
 absl::Status ValidateNamespace(const v1::Namespace& ns, bool present);
 
-// The canonical byte encoding of (tenant, namespace) documented on
-// vqkv.v1.Namespace, and its XXH3-128 (seed 0) as the storage namespace id
-// (high 64 bits in bytes [0, 8) big-endian, low 64 bits in [8, 16)).
+// storage/namespace.h's canonical encoding and id of ToNamespaceSpec(ns).
 std::string CanonicalNamespace(absl::string_view tenant,
                                const v1::Namespace& ns);
 storage::NamespaceId ComputeNamespaceId(absl::string_view tenant,
