@@ -5,15 +5,15 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/baselines/fp16_codec.h"
-#include "kernels/baselines/kivi_codec.h"
 #include "kernels/codebook_set.h"
+#include "kernels/codec_factory.h"
 
 namespace vqkv::tools {
 
@@ -151,51 +151,36 @@ absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
                                         int beam_width) {
   EvalCodec out;
   out.name = name;
-  if (name == "fp16") {
-    absl::StatusOr<std::unique_ptr<Fp16Codec>> c = Fp16Codec::Create(layout);
-    if (!c.ok()) return c.status();
-    out.codec = *std::move(c);
-  } else if (name == "kivi2" || name == "kivi4") {
-    KiviOptions o;
-    o.bits = name == "kivi2" ? 2 : 4;
-    absl::StatusOr<std::unique_ptr<KiviCodec>> c = KiviCodec::Create(layout, o);
-    if (!c.ok()) return c.status();
-    out.codec = *std::move(c);
-  } else if (name == "vq") {
+  std::optional<CodebookSet> set;
+  if (name == "vq") {
     if (codebooks.empty()) {
       return absl::InvalidArgumentError("--codec vq needs --codebooks FILE");
     }
-    absl::StatusOr<CodebookSet> set = CodebookSet::Load(codebooks);
-    if (!set.ok()) {
-      return absl::Status(
-          set.status().code(),
-          absl::StrCat("codebooks ", codebooks, ": ", set.status().message()));
+    absl::StatusOr<CodebookSet> loaded = CodebookSet::Load(codebooks);
+    if (!loaded.ok()) {
+      return absl::Status(loaded.status().code(),
+                          absl::StrCat("codebooks ", codebooks, ": ",
+                                       loaded.status().message()));
     }
-    const KvLayout& cb = set->config().layout;
-    if (!(cb == layout)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "codebooks %s were made for another model: layout %d layers x %d "
-          "kv heads x %d head_dim, the model has %d x %d x %d",
-          codebooks, cb.layers, cb.kv_heads, cb.head_dim, layout.layers,
-          layout.kv_heads, layout.head_dim));
-    }
+    set = *std::move(loaded);
     out.keys_pre_rope = !set->config().keys_post_rope;
     absl::StatusOr<std::string> bytes = set->Serialize();
     if (!bytes.ok()) return bytes.status();
     out.codebook_bytes = static_cast<int64_t>(bytes->size());
     out.codebooks = codebooks;
-    absl::StatusOr<std::unique_ptr<VqCodec>> c =
-        VqCodec::FromCodebookSet(*std::move(set), beam_width);
-    if (!c.ok()) {
+  }
+  absl::StatusOr<std::unique_ptr<Codec>> c =
+      MakeCodec(name, layout, set ? &*set : nullptr, beam_width);
+  if (!c.ok()) {
+    if (name == "vq") {
       return absl::Status(
           c.status().code(),
           absl::StrCat("codebooks ", codebooks, ": ", c.status().message()));
     }
-    out.codec = *std::move(c);
-  } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "--codec must be fp16, vq, kivi2 or kivi4, not '", name, "'"));
   }
+  out.codec = *std::move(c);
   return out;
 }
 

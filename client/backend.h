@@ -1,0 +1,82 @@
+// The client's seam to a cache: where encoded blocks and codebook sets live.
+// One interface, several transports: GrpcBackend (client/grpc/) talks to a
+// vqkv-server; EmbeddedBackend keeps a storage::TieredStore in the process
+// (tools, tests, single-process engines); a cluster backend (sharding over
+// several servers) slots in here without changing CacheClient.
+//
+// Errors: a call-level status means the backend could not answer at all
+// (kUnavailable: unreachable or shutting down; kDeadlineExceeded: the
+// deadline passed; kUnauthenticated / kPermissionDenied; kInvalidArgument
+// for a request the server rejected). Per-block outcomes are results, not
+// errors: a miss is a result.
+//
+// Thread safety: every method may be called concurrently.
+#ifndef VQKV_CLIENT_BACKEND_H_
+#define VQKV_CLIENT_BACKEND_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "storage/keys.h"
+#include "storage/namespace.h"
+
+namespace vqkv::client {
+
+// One block to store. `data` is a sealed encoded block (kernels/block.h),
+// borrowed for the duration of the call.
+struct PutItem {
+  storage::BlockHash hash;
+  absl::string_view data;
+  uint32_t chain_position = 0;
+};
+
+// One fetched block: ok() with the sealed bytes, or a per-block status
+// (kNotFound: a miss; kDataLoss: the stored copy was corrupt; kUnavailable:
+// try again later).
+using GetItem = absl::StatusOr<std::string>;
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // Presence of each hash of an ordered chain. With lease_ms > 0 the
+  // leading present blocks are leased (kvcache.proto LookupRequest.lease_ms)
+  // so a Get right after does not race eviction.
+  virtual absl::StatusOr<std::vector<bool>> Lookup(
+      const storage::NamespaceSpec& ns,
+      absl::Span<const storage::BlockHash> hashes, uint32_t lease_ms,
+      absl::Time deadline) = 0;
+
+  // Stores blocks; one status per block, in order (OK, kAlreadyExists,
+  // kResourceExhausted, ...).
+  virtual absl::StatusOr<std::vector<absl::Status>> Put(
+      const storage::NamespaceSpec& ns, absl::Span<const PutItem> blocks,
+      absl::Time deadline) = 0;
+
+  // Fetches blocks; one GetItem per hash, in order.
+  virtual absl::StatusOr<std::vector<GetItem>> Get(
+      const storage::NamespaceSpec& ns,
+      absl::Span<const storage::BlockHash> hashes, absl::Time deadline) = 0;
+
+  // Registers a codebook file under its content hash; an already registered
+  // hash is OK.
+  virtual absl::Status PutCodebook(uint64_t hash, absl::string_view data,
+                                   absl::Time deadline) = 0;
+
+  // The codebook file registered under `hash`; kNotFound when none is.
+  virtual absl::StatusOr<std::string> GetCodebook(uint64_t hash,
+                                                  absl::Time deadline) = 0;
+
+  // For logs and errors, e.g. "grpc:127.0.0.1:50051" or "embedded".
+  virtual std::string Describe() const = 0;
+};
+
+}  // namespace vqkv::client
+
+#endif  // VQKV_CLIENT_BACKEND_H_

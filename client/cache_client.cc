@@ -1,0 +1,528 @@
+#include "client/cache_client.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/block.h"
+#include "kernels/codebook_set.h"
+#include "kernels/codec_factory.h"
+
+namespace vqkv::client {
+namespace {
+
+// Whether a call-level backend error says the backend is unhealthy (and so
+// counts toward opening the circuit), as opposed to a request it rejected.
+bool IsBackendFailure(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kCancelled:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::Status CheckOptions(const CacheClientOptions& o) {
+  if (o.model_id.empty()) {
+    return absl::InvalidArgumentError("model_id is required");
+  }
+  if (o.block_tokens < 16 || o.block_tokens % 16 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_tokens must be a positive multiple of 16, got ",
+                     o.block_tokens));
+  }
+  if (o.sink_tokens < 0 || o.sink_tokens > o.block_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sink_tokens must be in 0..block_tokens, got ", o.sink_tokens));
+  }
+  if (o.save_threads < 1) {
+    return absl::InvalidArgumentError("save_threads must be >= 1");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// A fixed pool of threads running closures in FIFO order, with a way to wait
+// until everything queued so far has run.
+class CacheClient::Executor {
+ public:
+  explicit Executor(int threads) {
+    for (int i = 0; i < threads; ++i) {
+      threads_.emplace_back([this] { Loop(); });
+    }
+  }
+  ~Executor() { Stop(absl::ZeroDuration()); }
+
+  bool Submit(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return false;
+    queue_.push_back(std::move(fn));
+    cv_.notify_one();
+    return true;
+  }
+
+  bool WaitIdle(absl::Duration timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return idle_cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [this] {
+      return queue_.empty() && running_ == 0;
+    });
+  }
+
+  // Runs what is queued for up to `timeout`, then drops the rest. Returns
+  // the number of closures dropped.
+  int64_t Stop(absl::Duration timeout) {
+    if (timeout > absl::ZeroDuration()) WaitIdle(timeout);
+    int64_t dropped = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_ && threads_.empty()) return 0;
+      stopping_ = true;
+      dropped = static_cast<int64_t>(queue_.size());
+      queue_.clear();
+      cv_.notify_all();
+    }
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+    return dropped;
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        fn = std::move(queue_.front());
+        queue_.pop_front();
+        ++running_;
+      }
+      fn();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        --running_;
+        if (queue_.empty() && running_ == 0) idle_cv_.notify_all();
+      }
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, idle_cv_;
+  std::deque<std::function<void()>> queue_;
+  int running_ = 0;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(
+    CacheClientOptions options, std::shared_ptr<const Codec> codec,
+    std::string codebook_file, std::unique_ptr<Backend> backend) {
+  if (codec == nullptr) return absl::InvalidArgumentError("codec is null");
+  if (backend == nullptr) {
+    return absl::InvalidArgumentError("backend is null");
+  }
+  absl::Status s = CheckOptions(options);
+  if (!s.ok()) return s;
+  s = codec->layout().Validate();
+  if (!s.ok()) return s;
+  if (codec->codebook_hash() != 0) {
+    if (codebook_file.empty()) {
+      return absl::InvalidArgumentError(
+          "the codec uses a codebook set: pass its file (or use "
+          "CreateFromCodebookHash)");
+    }
+    absl::StatusOr<CodebookSet> set = CodebookSet::Deserialize(codebook_file);
+    if (!set.ok()) return set.status();
+    absl::StatusOr<uint64_t> hash = set->Hash();
+    if (!hash.ok()) return hash.status();
+    if (*hash != codec->codebook_hash()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the codebook file has hash ", absl::Hex(*hash, absl::kZeroPad16),
+          " but the codec encodes with ",
+          absl::Hex(codec->codebook_hash(), absl::kZeroPad16)));
+    }
+    if (!set->config().keys_post_rope) {
+      return absl::FailedPreconditionError(
+          "the codebooks were fitted on pre-RoPE keys, but engines cache "
+          "post-RoPE keys: calibrate with --keys post");
+    }
+  }
+  auto client = std::unique_ptr<CacheClient>(
+      new CacheClient(std::move(options), std::move(codec),
+                      std::move(codebook_file), std::move(backend)));
+  s = storage::ValidateNamespaceSpec(client->ns_);
+  if (!s.ok()) return s;
+  client->EnsureCodebookRegistered();
+  return client;
+}
+
+absl::StatusOr<std::unique_ptr<CacheClient>>
+CacheClient::CreateFromCodebookHash(CacheClientOptions options,
+                                    uint64_t codebook_hash,
+                                    const KvLayout& layout,
+                                    std::unique_ptr<Backend> backend) {
+  if (backend == nullptr) {
+    return absl::InvalidArgumentError("backend is null");
+  }
+  absl::StatusOr<std::string> file = backend->GetCodebook(
+      codebook_hash, absl::Now() + options.codebook_timeout);
+  if (!file.ok()) return file.status();
+  absl::StatusOr<CodebookSet> set = CodebookSet::Deserialize(*file);
+  if (!set.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("the codebook set fetched from ", backend->Describe(),
+                     " does not parse: ", set.status().message()));
+  }
+  absl::StatusOr<uint64_t> hash = set->Hash();
+  if (!hash.ok()) return hash.status();
+  if (*hash != codebook_hash) {
+    return absl::DataLossError(
+        absl::StrCat("the codebook set fetched from ", backend->Describe(),
+                     " hashes to ", absl::Hex(*hash, absl::kZeroPad16),
+                     ", not ", absl::Hex(codebook_hash, absl::kZeroPad16)));
+  }
+  absl::StatusOr<std::unique_ptr<Codec>> codec =
+      MakeCodec("vq", layout, &*set, /*beam_width=*/1);
+  if (!codec.ok()) return codec.status();
+  return Create(std::move(options),
+                std::shared_ptr<const Codec>(*std::move(codec)),
+                *std::move(file), std::move(backend));
+}
+
+CacheClient::CacheClient(CacheClientOptions options,
+                         std::shared_ptr<const Codec> codec,
+                         std::string codebook_file,
+                         std::unique_ptr<Backend> backend)
+    : options_(std::move(options)),
+      codec_(std::move(codec)),
+      codebook_file_(std::move(codebook_file)),
+      backend_(std::move(backend)),
+      circuit_(options_.circuit),
+      executor_(std::make_unique<Executor>(options_.save_threads)),
+      lookup_executor_(std::make_unique<Executor>(2)) {
+  const KvLayout& l = codec_->layout();
+  ns_.model_id = options_.model_id;
+  ns_.weight_revision = options_.weight_revision;
+  ns_.codec = codec_->Descriptor();
+  ns_.codec_id = static_cast<uint32_t>(codec_->id());
+  ns_.codebook_hash = codec_->codebook_hash();
+  ns_.block_tokens = static_cast<uint32_t>(options_.block_tokens);
+  ns_.layers = static_cast<uint32_t>(l.layers);
+  ns_.kv_heads = static_cast<uint32_t>(l.kv_heads);
+  ns_.head_dim = static_cast<uint32_t>(l.head_dim);
+  ns_.dtype = options_.dtype;
+  ns_digest_ = storage::ComputeNamespaceId("", ns_);
+  if (codebook_file_.empty()) codebook_registered_ = true;
+}
+
+CacheClient::~CacheClient() { Shutdown(absl::Seconds(5)); }
+
+bool CacheClient::EnsureCodebookRegistered() {
+  if (codebook_registered_.load()) return true;
+  if (!circuit_.Allow()) return false;
+  absl::Status s =
+      backend_->PutCodebook(codec_->codebook_hash(), codebook_file_,
+                            Deadline(options_.codebook_timeout));
+  circuit_.Record(s.ok() || !IsBackendFailure(s));
+  if (s.ok()) codebook_registered_ = true;
+  return s.ok();
+}
+
+absl::StatusOr<std::vector<BlockHash>> CacheClient::HashTokens(
+    absl::Span<const int32_t> tokens, absl::string_view salt) const {
+  return HashChain(tokens, options_.block_tokens, salt, ns_digest_);
+}
+
+std::vector<bool> CacheClient::Present(absl::Span<const BlockHash> hashes,
+                                       uint32_t lease_ms) {
+  std::vector<bool> none(hashes.size(), false);
+  if (hashes.empty()) return none;
+  if (!circuit_.Allow()) return none;
+  absl::StatusOr<std::vector<bool>> r = backend_->Lookup(
+      ns_, hashes, lease_ms, Deadline(options_.lookup_timeout));
+  circuit_.Record(r.ok() || !IsBackendFailure(r.status()));
+  if (!r.ok() || r->size() != hashes.size()) return none;
+  return *std::move(r);
+}
+
+absl::StatusOr<int64_t> CacheClient::Lookup(absl::Span<const int32_t> tokens,
+                                            absl::string_view salt,
+                                            bool lease) {
+  absl::StatusOr<std::vector<BlockHash>> hashes = HashTokens(tokens, salt);
+  if (!hashes.ok()) return hashes.status();
+  lookups_.fetch_add(1);
+  if (hashes->empty()) return 0;
+  if (!circuit_.Allow()) {
+    lookup_errors_.fetch_add(1);
+    return 0;
+  }
+  absl::StatusOr<std::vector<bool>> r =
+      backend_->Lookup(ns_, *hashes, lease ? options_.lease_ms : 0,
+                       Deadline(options_.lookup_timeout));
+  circuit_.Record(r.ok() || !IsBackendFailure(r.status()));
+  if (!r.ok() || r->size() != hashes->size()) {
+    lookup_errors_.fetch_add(1);
+    return 0;
+  }
+  int64_t prefix = 0;
+  while (prefix < static_cast<int64_t>(r->size()) && (*r)[prefix]) ++prefix;
+  return prefix * options_.block_tokens;
+}
+
+void CacheClient::LookupAsync(
+    absl::Span<const int32_t> tokens, absl::string_view salt,
+    std::function<void(absl::StatusOr<int64_t>)> done) {
+  std::vector<int32_t> t(tokens.begin(), tokens.end());
+  std::string s(salt);
+  auto run = [this, t = std::move(t), s = std::move(s), done]() {
+    done(Lookup(t, s));
+  };
+  // Lookups have their own threads so they never queue behind saves.
+  if (!lookup_executor_->Submit(run)) done(int64_t{0});
+}
+
+absl::StatusOr<EncodedBlock> CacheClient::EncodeBlock(
+    const BlockHash& hash, uint32_t chain_position, const float* keys,
+    const float* values) const {
+  BlockOptions bo;
+  bo.fp16_tokens = chain_position == 0 ? options_.sink_tokens : 0;
+  bo.keys_post_rope = true;
+  absl::StatusOr<std::vector<uint8_t>> block =
+      vqkv::EncodeBlock(*codec_, keys, values, options_.block_tokens, bo);
+  if (!block.ok()) return block.status();
+  EncodedBlock out;
+  out.hash = hash;
+  out.chain_position = chain_position;
+  out.data.assign(reinterpret_cast<const char*>(block->data()), block->size());
+  return out;
+}
+
+absl::Status CacheClient::VerifyAndDecode(absl::string_view data, float* keys,
+                                          float* values) const {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(data.data());
+  absl::StatusOr<BlockHeader> h = VerifyBlock(bytes, data.size());
+  if (!h.ok()) return h.status();
+  if (h->tokens != static_cast<uint32_t>(options_.block_tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat("block holds ", h->tokens,
+                                                   " tokens, expected ",
+                                                   options_.block_tokens));
+  }
+  if ((h->flags & kBlockKeysPostRope) == 0) {
+    return absl::InvalidArgumentError("block holds pre-RoPE keys");
+  }
+  // DecodeBlock checks codec id, codebook hash and layout.
+  return DecodeBlock(*codec_, bytes, data.size(), options_.block_tokens, keys,
+                     values);
+}
+
+std::vector<absl::Status> CacheClient::PutBlocks(
+    absl::Span<const EncodedBlock> blocks) {
+  std::vector<absl::Status> out;
+  if (blocks.empty()) return out;
+  auto fail_all = [&](const absl::Status& s) {
+    out.assign(blocks.size(), s);
+    blocks_store_failed_.fetch_add(static_cast<int64_t>(blocks.size()));
+    return out;
+  };
+  if (!EnsureCodebookRegistered()) {
+    return fail_all(absl::UnavailableError(absl::StrCat(
+        backend_->Describe(), ": the codebook set is not registered yet")));
+  }
+  if (!circuit_.Allow()) {
+    return fail_all(absl::UnavailableError("circuit open"));
+  }
+  std::vector<PutItem> items;
+  items.reserve(blocks.size());
+  for (const EncodedBlock& b : blocks) {
+    items.push_back(PutItem{b.hash, b.data, b.chain_position});
+  }
+  absl::StatusOr<std::vector<absl::Status>> r =
+      backend_->Put(ns_, items, Deadline(options_.io_timeout));
+  circuit_.Record(r.ok() || !IsBackendFailure(r.status()));
+  if (!r.ok()) return fail_all(r.status());
+  const KvLayout& l = layout();
+  const int64_t fp16_bytes =
+      int64_t{4} * options_.block_tokens * l.ElementsPerToken();
+  for (size_t i = 0; i < r->size() && i < blocks.size(); ++i) {
+    const absl::Status& s = (*r)[i];
+    if (s.ok()) {
+      blocks_stored_.fetch_add(1);
+      bytes_sent_.fetch_add(static_cast<int64_t>(blocks[i].data.size()));
+      fp16_equivalent_bytes_.fetch_add(fp16_bytes);
+    } else if (absl::IsAlreadyExists(s)) {
+      blocks_already_present_.fetch_add(1);
+    } else {
+      blocks_store_failed_.fetch_add(1);
+    }
+  }
+  return *std::move(r);
+}
+
+std::vector<GetItem> CacheClient::GetBlocks(
+    absl::Span<const BlockHash> hashes) {
+  if (hashes.empty()) return {};
+  if (!circuit_.Allow()) {
+    return std::vector<GetItem>(hashes.size(),
+                                absl::UnavailableError("circuit open"));
+  }
+  absl::StatusOr<std::vector<GetItem>> r =
+      backend_->Get(ns_, hashes, Deadline(options_.io_timeout));
+  circuit_.Record(r.ok() || !IsBackendFailure(r.status()));
+  if (!r.ok() || r->size() != hashes.size()) {
+    const absl::Status s =
+        r.ok() ? absl::InternalError("wrong number of results") : r.status();
+    return std::vector<GetItem>(hashes.size(), s);
+  }
+  return *std::move(r);
+}
+
+absl::StatusOr<StoreResult> CacheClient::Store(absl::Span<const int32_t> tokens,
+                                               absl::string_view salt,
+                                               const float* keys,
+                                               const float* values) {
+  absl::StatusOr<std::vector<BlockHash>> hashes = HashTokens(tokens, salt);
+  if (!hashes.ok()) return hashes.status();
+  if (!hashes->empty() && (keys == nullptr || values == nullptr)) {
+    return absl::InvalidArgumentError("keys and values must not be null");
+  }
+  StoreResult result;
+  result.blocks = static_cast<int64_t>(hashes->size());
+  if (hashes->empty()) return result;
+  const std::vector<bool> present = Present(*hashes, 0);
+  const KvLayout& l = layout();
+  const int64_t total = static_cast<int64_t>(tokens.size());
+  const int64_t B = options_.block_tokens;
+  const int64_t row = int64_t{l.kv_heads} * l.head_dim;
+  std::vector<float> bk(static_cast<size_t>(l.layers * B * row));
+  std::vector<float> bv(bk.size());
+  std::vector<EncodedBlock> encoded;
+  for (size_t b = 0; b < hashes->size(); ++b) {
+    if (present[b]) {
+      ++result.already_present;
+      continue;
+    }
+    for (int layer = 0; layer < l.layers; ++layer) {
+      const size_t src = static_cast<size_t>((layer * total + b * B) * row);
+      const size_t dst = static_cast<size_t>(layer * B * row);
+      std::copy_n(keys + src, B * row, bk.data() + dst);
+      std::copy_n(values + src, B * row, bv.data() + dst);
+    }
+    absl::StatusOr<EncodedBlock> e = EncodeBlock(
+        (*hashes)[b], static_cast<uint32_t>(b), bk.data(), bv.data());
+    if (!e.ok()) return e.status();  // codec errors are configuration faults
+    encoded.push_back(*std::move(e));
+  }
+  const std::vector<absl::Status> put = PutBlocks(encoded);
+  for (size_t i = 0; i < put.size(); ++i) {
+    if (put[i].ok()) {
+      ++result.stored;
+      result.bytes_sent += static_cast<int64_t>(encoded[i].data.size());
+    } else if (absl::IsAlreadyExists(put[i])) {
+      ++result.already_present;
+    } else {
+      ++result.failed;
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<LoadResult> CacheClient::Load(absl::Span<const int32_t> tokens,
+                                             absl::string_view salt,
+                                             float* keys, float* values) {
+  absl::StatusOr<std::vector<BlockHash>> hashes = HashTokens(tokens, salt);
+  if (!hashes.ok()) return hashes.status();
+  LoadResult result;
+  if (hashes->empty()) return result;
+  if (keys == nullptr || values == nullptr) {
+    return absl::InvalidArgumentError("keys and values must not be null");
+  }
+  const std::vector<bool> present = Present(*hashes, options_.lease_ms);
+  size_t prefix = 0;
+  while (prefix < present.size() && present[prefix]) ++prefix;
+  if (prefix == 0) return result;
+  std::vector<GetItem> got =
+      GetBlocks(absl::MakeConstSpan(hashes->data(), prefix));
+  const KvLayout& l = layout();
+  const int64_t total = static_cast<int64_t>(tokens.size());
+  const int64_t B = options_.block_tokens;
+  const int64_t row = int64_t{l.kv_heads} * l.head_dim;
+  std::vector<float> bk(static_cast<size_t>(l.layers * B * row));
+  std::vector<float> bv(bk.size());
+  const int64_t fp16_bytes = int64_t{4} * B * l.ElementsPerToken();
+  for (size_t b = 0; b < prefix; ++b) {
+    // Decode into scratch first: nothing reaches the caller's buffers
+    // unless the whole block verified and decoded.
+    absl::Status s = got[b].status();
+    if (s.ok()) s = VerifyAndDecode(*got[b], bk.data(), bv.data());
+    if (!s.ok()) {
+      blocks_load_failed_.fetch_add(static_cast<int64_t>(prefix - b));
+      break;
+    }
+    for (int layer = 0; layer < l.layers; ++layer) {
+      const size_t dst = static_cast<size_t>((layer * total + b * B) * row);
+      const size_t src = static_cast<size_t>(layer * B * row);
+      std::copy_n(bk.data() + src, B * row, keys + dst);
+      std::copy_n(bv.data() + src, B * row, values + dst);
+    }
+    ++result.blocks;
+    result.tokens += B;
+    result.bytes_received += static_cast<int64_t>(got[b]->size());
+    blocks_loaded_.fetch_add(1);
+    bytes_received_.fetch_add(static_cast<int64_t>(got[b]->size()));
+    fp16_equivalent_bytes_.fetch_add(fp16_bytes);
+  }
+  return result;
+}
+
+bool CacheClient::TryReserve(uint64_t bytes) {
+  uint64_t cur = inflight_bytes_.load();
+  do {
+    if (cur + bytes > options_.max_inflight_bytes) return false;
+  } while (!inflight_bytes_.compare_exchange_weak(cur, cur + bytes));
+  return true;
+}
+
+void CacheClient::Release(uint64_t bytes) { inflight_bytes_.fetch_sub(bytes); }
+
+bool CacheClient::RunInBackground(std::function<void()> fn) {
+  return executor_->Submit(std::move(fn));
+}
+
+bool CacheClient::WaitIdle(absl::Duration timeout) {
+  return executor_->WaitIdle(timeout);
+}
+
+void CacheClient::Shutdown(absl::Duration timeout) {
+  lookup_executor_->Stop(timeout);
+  saves_dropped_.fetch_add(executor_->Stop(timeout));
+}
+
+CacheClientStats CacheClient::stats() const {
+  CacheClientStats s;
+  s.lookups = lookups_.load();
+  s.lookup_errors = lookup_errors_.load();
+  s.blocks_stored = blocks_stored_.load();
+  s.blocks_already_present = blocks_already_present_.load();
+  s.blocks_store_failed = blocks_store_failed_.load();
+  s.saves_dropped = saves_dropped_.load();
+  s.blocks_loaded = blocks_loaded_.load();
+  s.blocks_load_failed = blocks_load_failed_.load();
+  s.bytes_sent = bytes_sent_.load();
+  s.bytes_received = bytes_received_.load();
+  s.fp16_equivalent_bytes = fp16_equivalent_bytes_.load();
+  s.circuit_open = circuit_.open();
+  return s;
+}
+
+}  // namespace vqkv::client

@@ -1,0 +1,273 @@
+#include "client/grpc/grpc_backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "vqkv/v1/kvcache.grpc.pb.h"
+
+namespace vqkv::client {
+namespace {
+
+// Room for message framing and the namespace besides block bytes.
+constexpr uint64_t kMessageSlack = 64 << 10;
+
+void ToProto(const storage::NamespaceSpec& ns, v1::Namespace* out) {
+  out->set_model_id(ns.model_id);
+  out->set_weight_revision(ns.weight_revision);
+  out->set_codec(ns.codec);
+  out->set_codec_id(ns.codec_id);
+  out->set_codebook_hash(ns.codebook_hash);
+  out->set_block_tokens(ns.block_tokens);
+  out->set_layers(ns.layers);
+  out->set_kv_heads(ns.kv_heads);
+  out->set_head_dim(ns.head_dim);
+  out->set_dtype(static_cast<v1::DType>(ns.dtype));
+}
+
+class GrpcBackend : public Backend {
+ public:
+  GrpcBackend(const GrpcBackendOptions& options,
+              std::shared_ptr<grpc::Channel> channel)
+      : options_(options),
+        stub_(v1::KVCache::NewStub(std::move(channel))),
+        describe_(absl::StrCat("grpc:", options.target)) {}
+
+  absl::StatusOr<std::vector<bool>> Lookup(
+      const storage::NamespaceSpec& ns,
+      absl::Span<const storage::BlockHash> hashes, uint32_t lease_ms,
+      absl::Time deadline) override {
+    v1::LookupRequest req;
+    ToProto(ns, req.mutable_namespace_());
+    for (const auto& h : hashes) req.add_hashes(h.ToString());
+    req.set_lease_ms(lease_ms);
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline);
+    absl::Status s = FromGrpc(stub_->Lookup(&ctx, req, &resp), "Lookup");
+    if (!s.ok()) return s;
+    if (static_cast<size_t>(resp.present_size()) != hashes.size()) {
+      return absl::InternalError(
+          absl::StrCat(describe_, ": Lookup answered ", resp.present_size(),
+                       " entries for ", hashes.size(), " hashes"));
+    }
+    return std::vector<bool>(resp.present().begin(), resp.present().end());
+  }
+
+  absl::StatusOr<std::vector<absl::Status>> Put(
+      const storage::NamespaceSpec& ns, absl::Span<const PutItem> blocks,
+      absl::Time deadline) override {
+    std::vector<absl::Status> out;
+    out.reserve(blocks.size());
+    const uint64_t budget = options_.max_message_bytes > 2 * kMessageSlack
+                                ? options_.max_message_bytes - kMessageSlack
+                                : options_.max_message_bytes / 2;
+    size_t i = 0;
+    while (i < blocks.size()) {
+      v1::PutBlocksRequest req;
+      ToProto(ns, req.mutable_namespace_());
+      uint64_t bytes = 0;
+      size_t j = i;
+      // At least one block per message; the server rejects what is too big.
+      while (j < blocks.size() &&
+             (j == i || bytes + blocks[j].data.size() + 64 <= budget)) {
+        v1::Block* b = req.add_blocks();
+        b->set_hash(blocks[j].hash.ToString());
+        b->set_data(blocks[j].data.data(), blocks[j].data.size());
+        b->set_chain_position(blocks[j].chain_position);
+        bytes += blocks[j].data.size() + 64;
+        ++j;
+      }
+      v1::PutBlocksResponse resp;
+      grpc::ClientContext ctx;
+      Prepare(&ctx, deadline);
+      grpc::Status gs = stub_->PutBlocks(&ctx, req, &resp);
+      if (!gs.ok()) {
+        // "Every block failed with one code" arrives as a call error with
+        // no results: report it per block so quota exhaustion is a result.
+        const auto code = static_cast<absl::StatusCode>(gs.error_code());
+        if (code == absl::StatusCode::kResourceExhausted ||
+            code == absl::StatusCode::kAlreadyExists) {
+          for (size_t k = i; k < j; ++k) {
+            out.push_back(absl::Status(code, gs.error_message()));
+          }
+          i = j;
+          continue;
+        }
+        return FromGrpc(gs, "PutBlocks");
+      }
+      if (static_cast<size_t>(resp.results_size()) != j - i) {
+        return absl::InternalError(absl::StrCat(
+            describe_, ": PutBlocks answered ", resp.results_size(),
+            " results for ", j - i, " blocks"));
+      }
+      for (const v1::PutResult& r : resp.results()) {
+        out.push_back(
+            absl::Status(static_cast<absl::StatusCode>(r.code()), r.message()));
+      }
+      i = j;
+    }
+    return out;
+  }
+
+  absl::StatusOr<std::vector<GetItem>> Get(
+      const storage::NamespaceSpec& ns,
+      absl::Span<const storage::BlockHash> hashes,
+      absl::Time deadline) override {
+    std::vector<GetItem> out(hashes.size(),
+                             absl::UnavailableError("not fetched"));
+    std::vector<size_t> pending(hashes.size());
+    for (size_t i = 0; i < pending.size(); ++i) pending[i] = i;
+    while (!pending.empty()) {
+      v1::GetBlocksRequest req;
+      ToProto(ns, req.mutable_namespace_());
+      for (size_t i : pending) req.add_hashes(hashes[i].ToString());
+      v1::GetBlocksResponse resp;
+      grpc::ClientContext ctx;
+      Prepare(&ctx, deadline);
+      absl::Status s =
+          FromGrpc(stub_->GetBlocks(&ctx, req, &resp), "GetBlocks");
+      if (!s.ok()) return s;
+      std::vector<size_t> again;
+      for (v1::BlockData& b : *resp.mutable_blocks()) {
+        if (b.index() >= pending.size()) {
+          return absl::InternalError(
+              absl::StrCat(describe_, ": GetBlocks answered index ", b.index(),
+                           " of ", pending.size()));
+        }
+        const size_t i = pending[b.index()];
+        const auto code = static_cast<absl::StatusCode>(b.code());
+        if (code == absl::StatusCode::kOk) {
+          out[i] = std::move(*b.mutable_data());
+        } else if (code == absl::StatusCode::kResourceExhausted) {
+          again.push_back(i);  // left out for size: ask again
+        } else {
+          out[i] = absl::Status(
+              code, absl::StrCat("block ", i, ": ", CodeText(code)));
+        }
+      }
+      if (again.size() == pending.size()) {
+        // No progress: even one block does not fit a message.
+        for (size_t i : again) {
+          out[i] = absl::ResourceExhaustedError(
+              "block larger than the message limit");
+        }
+        break;
+      }
+      pending = std::move(again);
+    }
+    return out;
+  }
+
+  absl::Status PutCodebook(uint64_t hash, absl::string_view data,
+                           absl::Time deadline) override {
+    v1::PutCodebooksRequest req;
+    v1::Codebook* c = req.add_codebooks();
+    c->set_hash(hash);
+    c->set_data(data.data(), data.size());
+    v1::PutCodebooksResponse resp;
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline);
+    absl::Status s =
+        FromGrpc(stub_->PutCodebooks(&ctx, req, &resp), "PutCodebooks");
+    if (!s.ok()) return s;
+    if (resp.results_size() != 1) {
+      return absl::InternalError(describe_ + ": PutCodebooks: no result");
+    }
+    const auto code = static_cast<absl::StatusCode>(resp.results(0).code());
+    if (code == absl::StatusCode::kOk ||
+        code == absl::StatusCode::kAlreadyExists) {
+      return absl::OkStatus();
+    }
+    return absl::Status(
+        code,
+        absl::StrCat(describe_, ": PutCodebooks: ", resp.results(0).message()));
+  }
+
+  absl::StatusOr<std::string> GetCodebook(uint64_t hash,
+                                          absl::Time deadline) override {
+    v1::GetCodebooksRequest req;
+    req.add_hashes(hash);
+    v1::GetCodebooksResponse resp;
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline);
+    absl::Status s =
+        FromGrpc(stub_->GetCodebooks(&ctx, req, &resp), "GetCodebooks");
+    if (!s.ok()) return s;
+    if (resp.codebooks_size() != 1 || !resp.codebooks(0).found()) {
+      return absl::NotFoundError(absl::StrCat(describe_, ": codebook set ",
+                                              absl::Hex(hash, absl::kZeroPad16),
+                                              " is not registered"));
+    }
+    return std::move(*resp.mutable_codebooks(0)->mutable_data());
+  }
+
+  std::string Describe() const override { return describe_; }
+
+ private:
+  static const char* CodeText(absl::StatusCode code) {
+    switch (code) {
+      case absl::StatusCode::kNotFound:
+        return "not found";
+      case absl::StatusCode::kDataLoss:
+        return "stored copy was corrupt";
+      case absl::StatusCode::kUnavailable:
+        return "storage unavailable";
+      default:
+        return "failed";
+    }
+  }
+
+  void Prepare(grpc::ClientContext* ctx, absl::Time deadline) const {
+    if (deadline != absl::InfiniteFuture()) {
+      ctx->set_deadline(absl::ToChronoTime(deadline));
+    }
+    if (!options_.auth_token.empty()) {
+      ctx->AddMetadata("authorization", "Bearer " + options_.auth_token);
+    }
+  }
+
+  absl::Status FromGrpc(const grpc::Status& s, const char* method) const {
+    if (s.ok()) return absl::OkStatus();
+    return absl::Status(
+        static_cast<absl::StatusCode>(s.error_code()),
+        absl::StrCat(describe_, ": ", method, ": ", s.error_message()));
+  }
+
+  const GrpcBackendOptions options_;
+  std::unique_ptr<v1::KVCache::Stub> stub_;
+  const std::string describe_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> NewGrpcBackend(
+    const GrpcBackendOptions& options) {
+  if (options.target.empty()) {
+    return absl::InvalidArgumentError("the server address is empty");
+  }
+  grpc::ChannelArguments args;
+  const int limit = static_cast<int>(
+      std::min<uint64_t>(options.max_message_bytes, INT32_MAX));
+  args.SetMaxReceiveMessageSize(limit);
+  args.SetMaxSendMessageSize(limit);
+  // Reconnect quickly after a server restart: a cache that comes back
+  // should be used again within about a second.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options.tls_root_certs.empty()) {
+    creds = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certs;
+    creds = grpc::SslCredentials(ssl);
+  }
+  return std::unique_ptr<Backend>(std::make_unique<GrpcBackend>(
+      options, grpc::CreateCustomChannel(options.target, creds, args)));
+}
+
+}  // namespace vqkv::client

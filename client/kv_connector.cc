@@ -1,0 +1,334 @@
+#include "client/kv_connector.h"
+
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace vqkv::client {
+
+struct KvConnector::LoadBatch {
+  std::vector<LoadSpec> specs;
+  absl::Mutex mu;
+  bool done ABSL_GUARDED_BY(mu) = false;
+  std::thread thread;
+};
+
+struct KvConnector::PendingSave {
+  SaveSpec spec;
+  std::vector<BlockHash> hashes;
+  int64_t first_block = 0;  // blocks [first_block, hashes.size()) are saved
+  int64_t reserved = 0;     // staging bytes reserved with the client
+  // [block][layer][block_tokens][kv_head][head_dim], block from first_block.
+  std::vector<float> keys, values;
+};
+
+namespace {
+
+// Engine pages holding tokens [t0, t1) of a request.
+void AppendPages(const std::vector<int32_t>& block_ids, int64_t page_size,
+                 int64_t t0, int64_t t1, std::vector<int32_t>* out) {
+  if (t1 <= t0) return;
+  for (int64_t p = t0 / page_size; p <= (t1 - 1) / page_size; ++p) {
+    if (p < static_cast<int64_t>(block_ids.size()))
+      out->push_back(block_ids[p]);
+  }
+}
+
+absl::Status CheckPages(const std::string& id,
+                        const std::vector<int32_t>& block_ids,
+                        int64_t page_size, int64_t num_blocks, int64_t tokens) {
+  if (tokens <= 0) return absl::OkStatus();
+  const int64_t need = (tokens + page_size - 1) / page_size;
+  if (static_cast<int64_t>(block_ids.size()) < need) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request ", id, ": ", tokens, " tokens need ", need,
+                     " pages of ", page_size, ", got ", block_ids.size()));
+  }
+  for (int64_t i = 0; i < need; ++i) {
+    if (block_ids[i] < 0 || block_ids[i] >= num_blocks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("request ", id, ": page id ", block_ids[i],
+                       " is outside 0..", num_blocks - 1));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+KvConnector::KvConnector(CacheClient* client) : client_(client) {}
+
+KvConnector::~KvConnector() { Shutdown(absl::Seconds(5)); }
+
+absl::Status KvConnector::RegisterKvCaches(PagedKvCaches caches) {
+  absl::Status s = caches.Validate(client_->layout());
+  if (!s.ok()) return s;
+  if (caches.device == Device::kCuda) {
+    return absl::UnimplementedError(
+        "KV caches in CUDA device memory need the CUDA path, which this "
+        "build does not have; register host caches");
+  }
+  absl::MutexLock lock(&mu_);
+  if (registered_) {
+    return absl::FailedPreconditionError("KV caches are already registered");
+  }
+  caches_ = std::move(caches);
+  registered_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status KvConnector::StartLoad(std::vector<LoadSpec> loads) {
+  std::shared_ptr<LoadBatch> previous;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!registered_) {
+      return absl::FailedPreconditionError("RegisterKvCaches first");
+    }
+    previous = load_;
+  }
+  const int64_t B = client_->block_tokens();
+  for (const LoadSpec& l : loads) {
+    if (l.num_tokens < 0 || l.num_tokens % B != 0 ||
+        l.num_tokens > static_cast<int64_t>(l.tokens.size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("request ", l.request_id, ": num_tokens ", l.num_tokens,
+                       " must be a multiple of ", B, " within the request's ",
+                       l.tokens.size(), " tokens"));
+    }
+    absl::Status s = CheckPages(l.request_id, l.block_ids, caches_.block_size,
+                                caches_.num_blocks, l.num_tokens);
+    if (!s.ok()) return s;
+  }
+  // The engine waited for every layer of the previous pass: join its thread.
+  if (previous != nullptr && previous->thread.joinable()) {
+    previous->thread.join();
+  }
+  auto batch = std::make_shared<LoadBatch>();
+  batch->specs = std::move(loads);
+  {
+    absl::MutexLock lock(&mu_);
+    load_ = batch;
+    stats_.loads_started += static_cast<int64_t>(batch->specs.size());
+  }
+  batch->thread = std::thread([this, batch] { RunLoad(batch); });
+  return absl::OkStatus();
+}
+
+void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
+  const KvLayout& l = client_->layout();
+  const int64_t B = client_->block_tokens();
+  const int64_t row = int64_t{l.kv_heads} * l.head_dim;
+  std::vector<float> bk(static_cast<size_t>(l.layers * B * row));
+  std::vector<float> bv(bk.size());
+  for (const LoadSpec& spec : batch->specs) {
+    std::vector<int32_t> failed_pages;
+    const int64_t blocks = spec.num_tokens / B;
+    int64_t good = 0;
+    absl::StatusOr<std::vector<BlockHash>> hashes = client_->HashTokens(
+        absl::MakeConstSpan(spec.tokens)
+            .subspan(0, static_cast<size_t>(spec.num_tokens)),
+        spec.salt);
+    if (hashes.ok() && blocks > 0) {
+      std::vector<GetItem> got = client_->GetBlocks(*hashes);
+      for (; good < blocks; ++good) {
+        absl::Status s = got[good].status();
+        if (s.ok())
+          s = client_->VerifyAndDecode(*got[good], bk.data(), bv.data());
+        if (!s.ok()) break;
+        for (int layer = 0; layer < l.layers; ++layer) {
+          const size_t off = static_cast<size_t>(layer * B * row);
+          ScatterLayer(caches_, layer, spec.block_ids, good * B, B,
+                       bk.data() + off, bv.data() + off);
+        }
+      }
+    }
+    AppendPages(spec.block_ids, caches_.block_size, good * B, spec.num_tokens,
+                &failed_pages);
+    absl::MutexLock lock(&mu_);
+    if (good < blocks) ++stats_.loads_failed;
+    if (cancelled_.erase(spec.request_id) > 0) continue;
+    load_errors_.insert(load_errors_.end(), failed_pages.begin(),
+                        failed_pages.end());
+    finished_.loaded.push_back(spec.request_id);
+  }
+  absl::MutexLock lock(&batch->mu);
+  batch->done = true;
+}
+
+absl::Status KvConnector::WaitForLayerLoad(int layer) {
+  std::shared_ptr<LoadBatch> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    batch = load_;
+  }
+  if (layer < 0 || layer >= client_->layout().layers) {
+    return absl::InvalidArgumentError(absl::StrCat("no layer ", layer));
+  }
+  if (batch == nullptr) return absl::OkStatus();
+  // The CPU path decodes every layer of a block at once, so all layers
+  // become ready together.
+  absl::MutexLock lock(&batch->mu);
+  batch->mu.Await(absl::Condition(&batch->done));
+  return absl::OkStatus();
+}
+
+absl::Status KvConnector::SaveLayer(int layer,
+                                    const std::vector<SaveSpec>& saves) {
+  const KvLayout& l = client_->layout();
+  const int64_t B = client_->block_tokens();
+  const int64_t row = int64_t{l.kv_heads} * l.head_dim;
+  absl::MutexLock lock(&mu_);
+  if (!registered_) {
+    return absl::FailedPreconditionError("RegisterKvCaches first");
+  }
+  if (layer != next_save_layer_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "SaveLayer(", layer, ") called, expected layer ", next_save_layer_));
+  }
+  if (layer == 0) {
+    saving_.clear();
+    for (const SaveSpec& spec : saves) {
+      const int64_t full = static_cast<int64_t>(spec.tokens.size()) / B * B;
+      absl::Status s = CheckPages(spec.request_id, spec.block_ids,
+                                  caches_.block_size, caches_.num_blocks, full);
+      if (!s.ok()) return s;
+      absl::StatusOr<std::vector<BlockHash>> hashes =
+          client_->HashTokens(spec.tokens, spec.salt);
+      if (!hashes.ok()) return hashes.status();
+      auto p = std::make_shared<PendingSave>();
+      p->spec = spec;
+      p->hashes = *std::move(hashes);
+      p->first_block = std::max<int64_t>(0, spec.skip_tokens) / B;
+      const int64_t n = static_cast<int64_t>(p->hashes.size()) - p->first_block;
+      if (n <= 0) {
+        finished_.saved.push_back(spec.request_id);
+        continue;
+      }
+      const int64_t floats = n * l.layers * B * row;
+      p->reserved = 2 * floats * static_cast<int64_t>(sizeof(float));
+      ++stats_.saves_started;
+      if (!client_->TryReserve(static_cast<uint64_t>(p->reserved))) {
+        ++stats_.saves_dropped;
+        client_->CountDroppedSave();
+        finished_.saved.push_back(spec.request_id);
+        continue;
+      }
+      p->keys.resize(static_cast<size_t>(floats));
+      p->values.resize(static_cast<size_t>(floats));
+      saving_.push_back(std::move(p));
+    }
+  } else if (saves.size() < saving_.size()) {
+    return absl::InvalidArgumentError(
+        "SaveLayer must get the same requests for every layer");
+  }
+  for (const std::shared_ptr<PendingSave>& p : saving_) {
+    const int64_t n = static_cast<int64_t>(p->hashes.size()) - p->first_block;
+    for (int64_t i = 0; i < n; ++i) {
+      const size_t off =
+          static_cast<size_t>(((i * l.layers) + layer) * B * row);
+      GatherLayer(caches_, layer, p->spec.block_ids, (p->first_block + i) * B,
+                  B, p->keys.data() + off, p->values.data() + off);
+    }
+  }
+  next_save_layer_ = layer + 1;
+  if (next_save_layer_ < l.layers) return absl::OkStatus();
+  next_save_layer_ = 0;
+  for (std::shared_ptr<PendingSave>& p : saving_) {
+    auto job = [this, p]() {
+      bool cancelled;
+      {
+        absl::MutexLock lock(&mu_);
+        cancelled = cancelled_.erase(p->spec.request_id) > 0;
+      }
+      const KvLayout& lay = client_->layout();
+      const int64_t bt = client_->block_tokens();
+      const int64_t r = int64_t{lay.kv_heads} * lay.head_dim;
+      if (!cancelled) {
+        const int64_t n =
+            static_cast<int64_t>(p->hashes.size()) - p->first_block;
+        const std::vector<bool> present = client_->Present(
+            absl::MakeConstSpan(p->hashes).subspan(p->first_block), 0);
+        std::vector<EncodedBlock> encoded;
+        for (int64_t i = 0; i < n; ++i) {
+          if (present[i]) continue;
+          const size_t off = static_cast<size_t>(i * lay.layers * bt * r);
+          absl::StatusOr<EncodedBlock> e = client_->EncodeBlock(
+              p->hashes[p->first_block + i],
+              static_cast<uint32_t>(p->first_block + i), p->keys.data() + off,
+              p->values.data() + off);
+          if (e.ok()) encoded.push_back(*std::move(e));
+        }
+        p->keys = {};
+        p->values = {};
+        client_->PutBlocks(encoded);
+      }
+      client_->Release(static_cast<uint64_t>(p->reserved));
+      absl::MutexLock lock(&mu_);
+      if (!cancelled) finished_.saved.push_back(p->spec.request_id);
+    };
+    if (!client_->RunInBackground(job)) {
+      client_->Release(static_cast<uint64_t>(p->reserved));
+      ++stats_.saves_dropped;
+      client_->CountDroppedSave();
+    }
+  }
+  saving_.clear();
+  return absl::OkStatus();
+}
+
+absl::Status KvConnector::WaitForSave() {
+  absl::MutexLock lock(&mu_);
+  // SaveLayer copies the pages synchronously, so the pages are free now.
+  if (next_save_layer_ != 0) {
+    const int stopped_at = next_save_layer_;
+    for (const auto& p : saving_) {
+      client_->Release(static_cast<uint64_t>(p->reserved));
+      finished_.saved.push_back(p->spec.request_id);
+      ++stats_.saves_dropped;
+      client_->CountDroppedSave();
+    }
+    saving_.clear();
+    next_save_layer_ = 0;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "WaitForSave after ", stopped_at, " of ", client_->layout().layers,
+        " layers were saved; those saves were dropped"));
+  }
+  return absl::OkStatus();
+}
+
+FinishedRequests KvConnector::GetFinished() {
+  absl::MutexLock lock(&mu_);
+  FinishedRequests out = std::move(finished_);
+  finished_ = {};
+  return out;
+}
+
+std::vector<int32_t> KvConnector::TakeLoadErrorBlockIds() {
+  absl::MutexLock lock(&mu_);
+  std::vector<int32_t> out = std::move(load_errors_);
+  load_errors_.clear();
+  return out;
+}
+
+void KvConnector::Cancel(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  cancelled_.insert(request_id);
+}
+
+void KvConnector::Shutdown(absl::Duration timeout) {
+  std::shared_ptr<LoadBatch> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    batch = load_;
+  }
+  if (batch != nullptr && batch->thread.joinable()) batch->thread.join();
+  client_->WaitIdle(timeout);
+}
+
+ConnectorStats KvConnector::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+}  // namespace vqkv::client

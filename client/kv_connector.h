@@ -1,0 +1,144 @@
+// KvConnector: the worker side of an engine integration, one method per
+// method of vLLM's KV connector v1 worker interface, so an engine adapter is
+// a thin shim (docs/CLIENT.md maps them one by one):
+//
+//   register_kv_caches          -> RegisterKvCaches
+//   start_load_kv               -> StartLoad
+//   wait_for_layer_load(layer)  -> WaitForLayerLoad
+//   save_kv_layer(layer, ...)   -> SaveLayer
+//   wait_for_save               -> WaitForSave
+//   get_finished                -> GetFinished
+//   get_block_ids_with_load_errors -> TakeLoadErrorBlockIds
+//   (request aborted)           -> Cancel;  (engine shutdown) -> Shutdown
+//
+// One forward pass: StartLoad(loads) -> for each layer: WaitForLayerLoad(l),
+// attention, SaveLayer(l, saves) -> WaitForSave(). Loads fetch, verify and
+// decode on a background thread and write into the engine's pages; saves
+// copy the new full blocks out of the pages during SaveLayer (so
+// WaitForSave returns as soon as the pages may be reused) and encode and
+// send them in the background. When staging is full (max_inflight_bytes) a
+// save is dropped and counted, never waited for. A load that fails part
+// way reports the engine block ids from the first bad vqkv block on, so the
+// engine recomputes from the valid prefix; no unverified byte is written.
+//
+// CPU path: pages in host memory, the CPU codec. Device (CUDA) pages are
+// rejected with kUnimplemented in this build (docs/CLIENT.md).
+//
+// Thread safety: the engine calls these from its worker thread, one forward
+// pass at a time; GetFinished / TakeLoadErrorBlockIds / Cancel may be called
+// from another thread.
+#ifndef VQKV_CLIENT_KV_CONNECTOR_H_
+#define VQKV_CLIENT_KV_CONNECTOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "client/cache_client.h"
+#include "client/paged_kv.h"
+
+namespace vqkv::client {
+
+// A request's blocks to load: its tokens, salt, the engine pages that hold
+// (or will hold) them, and how many leading tokens to load (the scheduler's
+// Lookup answer; a multiple of block_tokens).
+struct LoadSpec {
+  std::string request_id;
+  std::vector<int32_t> tokens;
+  std::string salt;
+  std::vector<int32_t> block_ids;
+  int64_t num_tokens = 0;
+};
+
+// A request's KV to save: the full vqkv blocks of tokens
+// [skip_tokens, tokens.size()) are saved (skip_tokens: what was loaded or
+// is known cached; rounded down to a block).
+struct SaveSpec {
+  std::string request_id;
+  std::vector<int32_t> tokens;
+  std::string salt;
+  std::vector<int32_t> block_ids;
+  int64_t skip_tokens = 0;
+};
+
+struct FinishedRequests {
+  std::vector<std::string> saved;   // background save done (or dropped)
+  std::vector<std::string> loaded;  // load done (check the error block ids)
+};
+
+struct ConnectorStats {
+  int64_t loads_started = 0;
+  int64_t loads_failed = 0;  // requests with at least one failed block
+  int64_t saves_started = 0;
+  int64_t saves_dropped = 0;
+};
+
+class KvConnector {
+ public:
+  // `client` must outlive the connector.
+  explicit KvConnector(CacheClient* client);
+  ~KvConnector();
+
+  // Records the engine's page tensors. Errors: kInvalidArgument when they do
+  // not match the client's layout; kUnimplemented for device memory in a
+  // build without CUDA.
+  absl::Status RegisterKvCaches(PagedKvCaches caches);
+
+  // Starts loading each spec's first num_tokens tokens into its pages.
+  // Errors: kFailedPrecondition before RegisterKvCaches; kInvalidArgument for
+  // a spec whose block_ids do not cover num_tokens or name a page out of
+  // range, or num_tokens not a multiple of block_tokens.
+  absl::Status StartLoad(std::vector<LoadSpec> loads);
+  // Returns once `layer` of every load started by the last StartLoad is in
+  // the pages (or has failed). No-op when nothing is loading.
+  absl::Status WaitForLayerLoad(int layer);
+
+  // Copies `layer` of each spec's new full blocks into staging. Call for
+  // layers 0..layers-1 in order with the same specs; after the last layer
+  // the blocks are encoded and sent in the background.
+  // Errors: kFailedPrecondition before RegisterKvCaches or out of order;
+  // kInvalidArgument for bad specs.
+  absl::Status SaveLayer(int layer, const std::vector<SaveSpec>& saves);
+  // Returns once the pages of this pass's saves may be reused.
+  absl::Status WaitForSave();
+
+  // Requests whose load or save finished since the last call.
+  FinishedRequests GetFinished();
+  // Engine block ids whose load failed since the last call.
+  std::vector<int32_t> TakeLoadErrorBlockIds();
+  // Forgets a request: a save not yet sent is dropped; a load in progress
+  // completes (its pages are written) but is not reported.
+  void Cancel(const std::string& request_id);
+  // Waits up to `timeout` for background work, then stops.
+  void Shutdown(absl::Duration timeout);
+
+  ConnectorStats stats() const;
+
+ private:
+  struct LoadBatch;
+  struct PendingSave;
+  void RunLoad(std::shared_ptr<LoadBatch> batch);
+
+  CacheClient* const client_;
+  mutable absl::Mutex mu_;
+  bool registered_ ABSL_GUARDED_BY(mu_) = false;
+  PagedKvCaches caches_;  // written once by RegisterKvCaches
+  std::shared_ptr<LoadBatch> load_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<PendingSave>> saving_ ABSL_GUARDED_BY(mu_);
+  int next_save_layer_ ABSL_GUARDED_BY(mu_) = 0;
+  FinishedRequests finished_ ABSL_GUARDED_BY(mu_);
+  std::vector<int32_t> load_errors_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> cancelled_ ABSL_GUARDED_BY(mu_);
+  ConnectorStats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace vqkv::client
+
+#endif  // VQKV_CLIENT_KV_CONNECTOR_H_
