@@ -1,0 +1,420 @@
+// The C API (client/include/vqkv/vqkv.h) over vqkv::client::CacheClient.
+// Every entry point converts its arguments, calls the C++ client inside
+// Guard (which turns any exception into a status code) and records the
+// message for vqkv_last_error() in a thread-local string.
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <exception>
+#include <iterator>
+#include <memory>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "client/cache_client.h"
+#include "client/client_factory.h"
+#include "client/include/vqkv/vqkv.h"
+
+struct vqkv_client {
+  std::unique_ptr<vqkv::client::CacheClient> impl;
+  absl::Duration shutdown_timeout;
+};
+
+namespace {
+
+using vqkv::client::CacheClient;
+
+// The size of each struct in the first version of vqkv.h: its fields up to
+// and including the last one that version had.
+#define VQKV_V1_SIZE(type, last_field) \
+  (offsetof(type, last_field) + sizeof(static_cast<type*>(nullptr)->last_field))
+constexpr size_t kOptionsV1Size =
+    VQKV_V1_SIZE(vqkv_client_options_t, embedded_memory_bytes);
+constexpr size_t kStoreResultV1Size =
+    VQKV_V1_SIZE(vqkv_store_result_t, bytes_sent);
+constexpr size_t kLoadResultV1Size =
+    VQKV_V1_SIZE(vqkv_load_result_t, bytes_received);
+constexpr size_t kStatsV1Size = VQKV_V1_SIZE(vqkv_stats_t, circuit_open);
+#undef VQKV_V1_SIZE
+
+thread_local std::string last_error;
+
+void SetLastError(absl::string_view message) noexcept {
+  try {
+    last_error.assign(message.data(), message.size());
+  } catch (...) {
+    last_error.clear();  // out of memory for the message itself
+  }
+}
+
+vqkv_status_code Report(const absl::Status& status) noexcept {
+  SetLastError(status.message());
+  return static_cast<vqkv_status_code>(status.code());
+}
+
+// Runs fn (returning absl::Status) so that no exception escapes.
+template <typename Fn>
+vqkv_status_code Guard(Fn&& fn) noexcept {
+  try {
+    return Report(fn());
+  } catch (const std::bad_alloc&) {
+    SetLastError("vqkv: out of memory");
+    return VQKV_RESOURCE_EXHAUSTED;
+  } catch (const std::exception& e) {
+    SetLastError(std::string("vqkv: unexpected exception: ") + e.what());
+    return VQKV_INTERNAL;
+  } catch (...) {
+    SetLastError("vqkv: unexpected exception");
+    return VQKV_INTERNAL;
+  }
+}
+
+absl::Status NullArgument(absl::string_view name) {
+  return absl::InvalidArgumentError(absl::StrCat(name, " is NULL"));
+}
+
+absl::Status BadStructSize(absl::string_view name, size_t got, size_t v1) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      name, "->struct_size is ", got, "; it must be at least ", v1,
+      " (set it to sizeof the struct, or use the *_init function)"));
+}
+
+// Copies a caller's input struct of in->struct_size bytes over *out (which
+// holds this library's defaults for fields the caller's version lacks).
+template <typename T>
+absl::Status ReadVersioned(const T* in, size_t v1_size, absl::string_view name,
+                           T* out) {
+  if (in == nullptr) return NullArgument(name);
+  const size_t size = in->struct_size;
+  if (size < v1_size) return BadStructSize(name, size, v1_size);
+  const auto* bytes = reinterpret_cast<const unsigned char*>(in);
+  for (size_t i = sizeof(T); i < size; ++i) {
+    if (bytes[i] != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " sets fields this library (vqkv ", VQKV_VERSION_STRING,
+          ") does not know: byte ", i, " of ", size, " is not zero"));
+    }
+  }
+  std::memcpy(out, in, std::min(size, sizeof(T)));
+  out->struct_size = sizeof(T);
+  return absl::OkStatus();
+}
+
+// Writes `value` into a caller's output struct of out->struct_size bytes;
+// bytes past this library's struct are zeroed.
+template <typename T>
+absl::Status WriteVersioned(T value, size_t v1_size, absl::string_view name,
+                            T* out) {
+  if (out == nullptr) return NullArgument(name);
+  const size_t size = out->struct_size;
+  if (size < v1_size) return BadStructSize(name, size, v1_size);
+  value.struct_size = size;
+  std::memcpy(out, &value, std::min(size, sizeof(T)));
+  if (size > sizeof(T)) {
+    std::memset(reinterpret_cast<unsigned char*>(out) + sizeof(T), 0,
+                size - sizeof(T));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckResultSize(const size_t* struct_size, size_t v1_size,
+                             absl::string_view name) {
+  if (struct_size != nullptr && *struct_size < v1_size) {
+    return BadStructSize(name, *struct_size, v1_size);
+  }
+  return absl::OkStatus();
+}
+
+std::string Str(const char* s) { return s == nullptr ? std::string() : s; }
+
+absl::StatusOr<vqkv::storage::KvDtype> ToDtype(int32_t dtype) {
+  switch (dtype) {
+    case VQKV_KV_FLOAT16:
+      return vqkv::storage::KvDtype::kFloat16;
+    case VQKV_KV_BFLOAT16:
+      return vqkv::storage::KvDtype::kBfloat16;
+    case VQKV_KV_FLOAT32:
+      return vqkv::storage::KvDtype::kFloat32;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "kv_dtype must be 1 (float16), 2 (bfloat16) or 3 (float32), got ",
+          dtype));
+  }
+}
+
+absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
+    const vqkv_client_options_t& o) {
+  vqkv::client::ClientConfig config;
+  config.server = Str(o.server);
+  config.auth_token = Str(o.auth_token);
+  config.codec = o.codec == nullptr ? "fp16" : o.codec;
+  config.codebook_path = Str(o.codebook_path);
+  config.codebook_hash = o.codebook_hash;
+  config.layout = {o.layers, o.kv_heads, o.head_dim};
+  if (o.embedded_memory_bytes != 0) {
+    config.embedded_memory_bytes = o.embedded_memory_bytes;
+  }
+  vqkv::client::CacheClientOptions& options = config.options;
+  options.model_id = Str(o.model_id);
+  options.weight_revision = Str(o.weight_revision);
+  options.block_tokens = o.block_tokens;
+  options.sink_tokens = o.sink_tokens;
+  absl::StatusOr<vqkv::storage::KvDtype> dtype = ToDtype(o.kv_dtype);
+  if (!dtype.ok()) return dtype.status();
+  options.dtype = *dtype;
+  if (o.lookup_timeout_ms != 0) {
+    options.lookup_timeout = absl::Milliseconds(o.lookup_timeout_ms);
+  }
+  if (o.io_timeout_ms != 0) {
+    options.io_timeout = absl::Milliseconds(o.io_timeout_ms);
+  }
+  return config;
+}
+
+// Common checks of the token-taking calls.
+absl::Status CheckTokens(const vqkv_client_t* client, const int32_t* tokens,
+                         size_t num_tokens) {
+  if (client == nullptr) return NullArgument("client");
+  if (tokens == nullptr && num_tokens > 0) return NullArgument("tokens");
+  return absl::OkStatus();
+}
+
+absl::Status CheckBuffers(const void* keys, const void* values,
+                          size_t num_tokens) {
+  if (num_tokens == 0) return absl::OkStatus();
+  if (keys == nullptr) return NullArgument("keys");
+  if (values == nullptr) return NullArgument("values");
+  return absl::OkStatus();
+}
+
+absl::Span<const int32_t> Tokens(const int32_t* tokens, size_t num_tokens) {
+  return absl::Span<const int32_t>(tokens, num_tokens);
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* vqkv_last_error(void) { return last_error.c_str(); }
+
+const char* vqkv_status_code_name(vqkv_status_code code) {
+  static constexpr const char* kNames[] = {
+      "OK",
+      "CANCELLED",
+      "UNKNOWN",
+      "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED",
+      "NOT_FOUND",
+      "ALREADY_EXISTS",
+      "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED",
+      "FAILED_PRECONDITION",
+      "ABORTED",
+      "OUT_OF_RANGE",
+      "UNIMPLEMENTED",
+      "INTERNAL",
+      "UNAVAILABLE",
+      "DATA_LOSS",
+      "UNAUTHENTICATED",
+  };
+  const int i = static_cast<int>(code);
+  if (i < 0 || i >= static_cast<int>(std::size(kNames))) return "UNKNOWN_CODE";
+  return kNames[i];
+}
+
+const char* vqkv_version(void) { return VQKV_VERSION_STRING; }
+
+void vqkv_client_options_init(vqkv_client_options_t* options) {
+  if (options == nullptr) return;
+  std::memset(options, 0, sizeof(*options));
+  options->struct_size = sizeof(*options);
+  options->block_tokens = 64;
+  options->sink_tokens = 4;
+  options->kv_dtype = VQKV_KV_FLOAT16;
+}
+
+vqkv_status_code vqkv_client_create(const vqkv_client_options_t* options,
+                                    vqkv_client_t** out) {
+  return Guard([&]() -> absl::Status {
+    if (out == nullptr) return NullArgument("out");
+    *out = nullptr;
+    vqkv_client_options_t o;
+    vqkv_client_options_init(&o);
+    if (absl::Status s = ReadVersioned(options, kOptionsV1Size, "options", &o);
+        !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<vqkv::client::ClientConfig> config = ToConfig(o);
+    if (!config.ok()) return config.status();
+    const absl::Duration io_timeout = config->options.io_timeout;
+    absl::StatusOr<std::unique_ptr<CacheClient>> impl =
+        vqkv::client::OpenCacheClient(*std::move(config));
+    if (!impl.ok()) return impl.status();
+    *out = new vqkv_client{*std::move(impl), io_timeout};
+    return absl::OkStatus();
+  });
+}
+
+void vqkv_client_destroy(vqkv_client_t* client) {
+  if (client == nullptr) return;
+  try {
+    client->impl->Shutdown(client->shutdown_timeout);
+  } catch (...) {
+    // Destroying anyway: nothing can be reported from here.
+  }
+  delete client;
+}
+
+int32_t vqkv_client_block_tokens(const vqkv_client_t* client) {
+  return client == nullptr ? 0
+                           : static_cast<int32_t>(client->impl->block_tokens());
+}
+
+vqkv_status_code vqkv_client_namespace_id(const vqkv_client_t* client,
+                                          uint8_t out[VQKV_HASH_BYTES]) {
+  return Guard([&]() -> absl::Status {
+    if (client == nullptr) return NullArgument("client");
+    if (out == nullptr) return NullArgument("out");
+    const vqkv::storage::NamespaceId id =
+        vqkv::storage::ComputeNamespaceId("", client->impl->namespace_spec());
+    std::memcpy(out, id.bytes.data(), VQKV_HASH_BYTES);
+    return absl::OkStatus();
+  });
+}
+
+vqkv_status_code vqkv_hash_chain(const vqkv_client_t* client,
+                                 const int32_t* tokens, size_t num_tokens,
+                                 const char* salt, uint8_t* hashes,
+                                 size_t capacity, size_t* num_hashes) {
+  return Guard([&]() -> absl::Status {
+    if (absl::Status s = CheckTokens(client, tokens, num_tokens); !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<std::vector<vqkv::client::BlockHash>> chain =
+        client->impl->HashTokens(Tokens(tokens, num_tokens), Str(salt));
+    if (!chain.ok()) return chain.status();
+    if (num_hashes != nullptr) *num_hashes = chain->size();
+    if (hashes == nullptr) return absl::OkStatus();
+    if (capacity < chain->size()) {
+      return absl::OutOfRangeError(absl::StrCat("hashes has room for ",
+                                                capacity, " hashes; ",
+                                                chain->size(), " are needed"));
+    }
+    for (size_t i = 0; i < chain->size(); ++i) {
+      std::memcpy(hashes + i * VQKV_HASH_BYTES, (*chain)[i].bytes.data(),
+                  VQKV_HASH_BYTES);
+    }
+    return absl::OkStatus();
+  });
+}
+
+vqkv_status_code vqkv_lookup(vqkv_client_t* client, const int32_t* tokens,
+                             size_t num_tokens, const char* salt,
+                             int64_t* cached_tokens) {
+  return Guard([&]() -> absl::Status {
+    if (absl::Status s = CheckTokens(client, tokens, num_tokens); !s.ok()) {
+      return s;
+    }
+    if (cached_tokens == nullptr) return NullArgument("cached_tokens");
+    *cached_tokens = 0;
+    absl::StatusOr<int64_t> found =
+        client->impl->Lookup(Tokens(tokens, num_tokens), Str(salt));
+    if (!found.ok()) return found.status();
+    *cached_tokens = *found;
+    return absl::OkStatus();
+  });
+}
+
+vqkv_status_code vqkv_store(vqkv_client_t* client, const int32_t* tokens,
+                            size_t num_tokens, const char* salt,
+                            const float* keys, const float* values,
+                            vqkv_store_result_t* result) {
+  return Guard([&]() -> absl::Status {
+    if (absl::Status s = CheckTokens(client, tokens, num_tokens); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = CheckBuffers(keys, values, num_tokens); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s =
+            CheckResultSize(result == nullptr ? nullptr : &result->struct_size,
+                            kStoreResultV1Size, "result");
+        !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<vqkv::client::StoreResult> stored = client->impl->Store(
+        Tokens(tokens, num_tokens), Str(salt), keys, values);
+    if (!stored.ok()) return stored.status();
+    if (result == nullptr) return absl::OkStatus();
+    vqkv_store_result_t r{};
+    r.blocks = stored->blocks;
+    r.stored = stored->stored;
+    r.already_present = stored->already_present;
+    r.failed = stored->failed;
+    r.bytes_sent = stored->bytes_sent;
+    return WriteVersioned(r, kStoreResultV1Size, "result", result);
+  });
+}
+
+vqkv_status_code vqkv_load(vqkv_client_t* client, const int32_t* tokens,
+                           size_t num_tokens, const char* salt, float* keys,
+                           float* values, int64_t* loaded_tokens,
+                           vqkv_load_result_t* result) {
+  return Guard([&]() -> absl::Status {
+    if (loaded_tokens != nullptr) *loaded_tokens = 0;
+    if (absl::Status s = CheckTokens(client, tokens, num_tokens); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = CheckBuffers(keys, values, num_tokens); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s =
+            CheckResultSize(result == nullptr ? nullptr : &result->struct_size,
+                            kLoadResultV1Size, "result");
+        !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<vqkv::client::LoadResult> loaded =
+        client->impl->Load(Tokens(tokens, num_tokens), Str(salt), keys, values);
+    if (!loaded.ok()) return loaded.status();
+    if (loaded_tokens != nullptr) *loaded_tokens = loaded->tokens;
+    if (result == nullptr) return absl::OkStatus();
+    vqkv_load_result_t r{};
+    r.tokens = loaded->tokens;
+    r.blocks = loaded->blocks;
+    r.bytes_received = loaded->bytes_received;
+    return WriteVersioned(r, kLoadResultV1Size, "result", result);
+  });
+}
+
+vqkv_status_code vqkv_client_stats(const vqkv_client_t* client,
+                                   vqkv_stats_t* stats) {
+  return Guard([&]() -> absl::Status {
+    if (client == nullptr) return NullArgument("client");
+    if (stats == nullptr) return NullArgument("stats");
+    const vqkv::client::CacheClientStats s = client->impl->stats();
+    vqkv_stats_t r{};
+    r.lookups = s.lookups;
+    r.lookup_errors = s.lookup_errors;
+    r.blocks_stored = s.blocks_stored;
+    r.blocks_already_present = s.blocks_already_present;
+    r.blocks_store_failed = s.blocks_store_failed;
+    r.saves_dropped = s.saves_dropped;
+    r.blocks_loaded = s.blocks_loaded;
+    r.blocks_load_failed = s.blocks_load_failed;
+    r.bytes_sent = s.bytes_sent;
+    r.bytes_received = s.bytes_received;
+    r.fp16_equivalent_bytes = s.fp16_equivalent_bytes;
+    r.circuit_open = s.circuit_open ? 1 : 0;
+    return WriteVersioned(r, kStatsV1Size, "stats", stats);
+  });
+}
+
+}  // extern "C"

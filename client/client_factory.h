@@ -1,0 +1,61 @@
+// Opening a CacheClient from plain settings: the one place that turns a
+// server string, a codec name and a codebook file into a backend, a codec
+// and a client, shared by the C API (client/include/vqkv/vqkv.h) and the
+// Python binding (client/python/vqkv_py.cc) so both accept exactly the same
+// settings and report the same errors.
+//
+// Server strings:
+//   "", "embedded"    an in-process, memory-only store (EmbeddedBackend)
+//   "embedded:DIR"    an in-process store with its RocksDB tier in DIR
+//   anything else     a vqkv-server gRPC target, e.g. "127.0.0.1:50051"
+//
+// Thread safety: pure functions.
+#ifndef VQKV_CLIENT_CLIENT_FACTORY_H_
+#define VQKV_CLIENT_CLIENT_FACTORY_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "client/backend.h"
+#include "client/cache_client.h"
+#include "kernels/codec.h"
+
+namespace vqkv::client {
+
+struct ClientConfig {
+  std::string server = "embedded";
+  // Bearer token for a vqkv-server (ignored by the embedded store).
+  std::string auth_token;
+  // "fp16", "kivi2", "kivi4" or "vq" (kernels/codec_factory.h).
+  std::string codec = "fp16";
+  // vq only: the codebook file (docs/CODEBOOK_FORMAT.md), or, when empty,
+  // the content hash of a set registered with the backend. Both empty is an
+  // error for vq; either set is an error for the other codecs.
+  std::string codebook_path;
+  uint64_t codebook_hash = 0;
+  KvLayout layout;
+  // Memory budget of an embedded store.
+  uint64_t embedded_memory_bytes = uint64_t{256} << 20;
+  // model_id, block_tokens, sink_tokens, timeouts, ...
+  CacheClientOptions options;
+};
+
+// The backend named by `server` (see above).
+// Errors: kInvalidArgument for "embedded:" without a directory; the store's
+// Open errors; NewGrpcBackend's errors.
+absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
+    const std::string& server, const std::string& auth_token,
+    uint64_t embedded_memory_bytes);
+
+// A client for `config`. Errors: kInvalidArgument for a bad layout, an
+// unknown codec, missing or unexpected codebooks, and CacheClient::Create's
+// option errors (messages name the setting); kNotFound / kDataLoss for a
+// codebook file that cannot be read or parsed; CacheClient's errors.
+absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
+    ClientConfig config);
+
+}  // namespace vqkv::client
+
+#endif  // VQKV_CLIENT_CLIENT_FACTORY_H_

@@ -1,0 +1,250 @@
+/* vqkv.h: the C API of the vqkv client library (libvqkv_client), the stable
+ * ABI for serving engines and language bindings. C99; usable from C++.
+ *
+ * A vqkv_client_t names the blocks of a token stream by their chain hash,
+ * asks a cache (a vqkv-server, or a store embedded in the process) how long
+ * a prefix it holds, and stores / loads the KV of those blocks, encoded with
+ * a vqkv codec. It wraps vqkv::client::CacheClient (client/cache_client.h),
+ * whose contract holds here too: only configuration faults are errors; an
+ * unreachable, slow, full or corrupt cache is a miss or a dropped save,
+ * counted in the stats.
+ *
+ * Tensor layout of store / load: float32 keys and values, each contiguous
+ * [layer][token][kv_head][head_dim] over num_tokens tokens. Only full blocks
+ * of block_tokens tokens are stored or loaded.
+ *
+ * Errors: every function that can fail returns a vqkv_status_code, whose
+ * values equal absl::StatusCode and grpc::StatusCode. vqkv_last_error()
+ * gives the message of the last call made on the calling thread. No C++
+ * exception crosses this API: an unexpected one is VQKV_INTERNAL (or
+ * VQKV_RESOURCE_EXHAUSTED when memory ran out).
+ *
+ * ABI growth: every struct passed in or out begins with `size_t struct_size`,
+ * which the caller sets to sizeof the struct it was compiled with (the
+ * *_init functions do it). The library reads or writes only that many bytes,
+ * so a program built against an older vqkv.h keeps working with a newer
+ * library; a struct_size smaller than the first version's is
+ * VQKV_INVALID_ARGUMENT, and one larger than this library knows is accepted
+ * only when the unknown trailing bytes are zero.
+ *
+ * Thread safety: every function may be called concurrently, on the same
+ * client too, except vqkv_client_destroy, which must not overlap any other
+ * call on the same client.
+ */
+#ifndef VQKV_VQKV_H_
+#define VQKV_VQKV_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32) && defined(VQKV_BUILDING_LIBRARY)
+#define VQKV_EXPORT __declspec(dllexport)
+#elif defined(_WIN32)
+#define VQKV_EXPORT __declspec(dllimport)
+#elif defined(__GNUC__)
+#define VQKV_EXPORT __attribute__((visibility("default")))
+#else
+#define VQKV_EXPORT
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Numerically equal to absl::StatusCode and grpc::StatusCode. */
+typedef enum vqkv_status_code {
+  VQKV_OK = 0,
+  VQKV_CANCELLED = 1,
+  VQKV_UNKNOWN = 2,
+  VQKV_INVALID_ARGUMENT = 3,
+  VQKV_DEADLINE_EXCEEDED = 4,
+  VQKV_NOT_FOUND = 5,
+  VQKV_ALREADY_EXISTS = 6,
+  VQKV_PERMISSION_DENIED = 7,
+  VQKV_RESOURCE_EXHAUSTED = 8,
+  VQKV_FAILED_PRECONDITION = 9,
+  VQKV_ABORTED = 10,
+  VQKV_OUT_OF_RANGE = 11,
+  VQKV_UNIMPLEMENTED = 12,
+  VQKV_INTERNAL = 13,
+  VQKV_UNAVAILABLE = 14,
+  VQKV_DATA_LOSS = 15,
+  VQKV_UNAUTHENTICATED = 16
+} vqkv_status_code;
+
+/* Element types of an engine's KV cache (values of vqkv.v1.DType). */
+typedef enum vqkv_kv_dtype {
+  VQKV_KV_FLOAT16 = 1,
+  VQKV_KV_BFLOAT16 = 2,
+  VQKV_KV_FLOAT32 = 3
+} vqkv_kv_dtype;
+
+/* Bytes of one block hash. */
+#define VQKV_HASH_BYTES 16
+
+/* The message of the last call on this thread that returned an error ("" if
+ * that call succeeded). Valid until the next vqkv call on this thread. Never
+ * NULL. */
+VQKV_EXPORT const char* vqkv_last_error(void);
+
+/* "OK", "INVALID_ARGUMENT", ... ("UNKNOWN_CODE" for other values). */
+VQKV_EXPORT const char* vqkv_status_code_name(vqkv_status_code code);
+
+/* The library's version, e.g. "0.1.0". */
+VQKV_EXPORT const char* vqkv_version(void);
+
+/* An open client. Opaque. */
+typedef struct vqkv_client vqkv_client_t;
+
+typedef struct vqkv_client_options {
+  size_t struct_size; /* sizeof(vqkv_client_options_t) */
+
+  /* NULL, "" or "embedded": a memory-only store in this process;
+   * "embedded:DIR": an in-process store with its disk tier in DIR;
+   * anything else: a vqkv-server gRPC target, e.g. "127.0.0.1:50051". */
+  const char* server;
+  /* Bearer token for the server; NULL or "" for none. */
+  const char* auth_token;
+
+  /* "fp16", "kivi2", "kivi4" or "vq"; NULL means "fp16". */
+  const char* codec;
+  /* vq only: the codebook file, or NULL and codebook_hash != 0 to fetch a
+   * set registered with the server under that content hash. */
+  const char* codebook_path;
+  uint64_t codebook_hash;
+
+  /* Names the model weights (required) and their revision (may be NULL). */
+  const char* model_id;
+  const char* weight_revision;
+
+  /* The KV layout: each 1..65535. */
+  int32_t layers;
+  int32_t kv_heads;
+  int32_t head_dim;
+  /* Tokens per block: a positive multiple of 16 (default 64). */
+  int32_t block_tokens;
+  /* Leading tokens of the first block kept exact: 0..block_tokens
+   * (default 4). */
+  int32_t sink_tokens;
+  /* The engine's KV element type, part of the namespace (blocks of engines
+   * with different types never mix): a vqkv_kv_dtype. */
+  int32_t kv_dtype;
+
+  /* Deadlines in milliseconds; 0 means the default (lookup 500, I/O
+   * 10000). A late answer is a miss. */
+  uint32_t lookup_timeout_ms;
+  uint32_t io_timeout_ms;
+  /* Memory budget of an embedded store in bytes; 0 means 256 MiB. */
+  uint64_t embedded_memory_bytes;
+} vqkv_client_options_t;
+
+/* Zeroes *options, then sets struct_size and the defaults: embedded server,
+ * fp16 codec, block_tokens 64, sink_tokens 4, kv_dtype VQKV_KV_FLOAT16. The
+ * layout and model_id are left zero / NULL: the caller must set them. */
+VQKV_EXPORT void vqkv_client_options_init(vqkv_client_options_t* options);
+
+/* Opens a client. On success *out owns it (vqkv_client_destroy); on error
+ * *out is NULL. Errors: VQKV_INVALID_ARGUMENT for NULL arguments, a bad
+ * struct_size, a bad layout, block_tokens or sink_tokens, an empty model_id,
+ * an unknown codec, missing or unexpected codebooks; VQKV_NOT_FOUND /
+ * VQKV_DATA_LOSS for a codebook file that cannot be read or parsed; a store
+ * that cannot be opened (its directory) gives the store's error. */
+VQKV_EXPORT vqkv_status_code
+vqkv_client_create(const vqkv_client_options_t* options, vqkv_client_t** out);
+
+/* Waits up to the I/O timeout for background work, then frees the client.
+ * NULL is a no-op. */
+VQKV_EXPORT void vqkv_client_destroy(vqkv_client_t* client);
+
+/* The client's block size in tokens; 0 for NULL. */
+VQKV_EXPORT int32_t vqkv_client_block_tokens(const vqkv_client_t* client);
+
+/* The 16-byte id of the client's namespace (tenant ""), which roots its
+ * hash chains (client/hash.h). */
+VQKV_EXPORT vqkv_status_code vqkv_client_namespace_id(
+    const vqkv_client_t* client, uint8_t out[VQKV_HASH_BYTES]);
+
+/* The chain hashes of the full blocks of tokens[0, num_tokens) under the
+ * client's namespace and `salt` (NULL means ""): num_tokens / block_tokens
+ * hashes of VQKV_HASH_BYTES bytes each, written consecutively to `hashes`,
+ * which has room for `capacity` hashes. *num_hashes (if not NULL) gets the
+ * number of full blocks, also when `hashes` is NULL (a size query).
+ * Errors: VQKV_INVALID_ARGUMENT for a NULL client, NULL tokens with
+ * num_tokens > 0, or a negative token; VQKV_OUT_OF_RANGE when capacity is
+ * too small (nothing is written). */
+VQKV_EXPORT vqkv_status_code vqkv_hash_chain(
+    const vqkv_client_t* client, const int32_t* tokens, size_t num_tokens,
+    const char* salt, uint8_t* hashes, size_t capacity, size_t* num_hashes);
+
+/* How many leading tokens of tokens[0, num_tokens) are cached under `salt`
+ * (a multiple of block_tokens; 0 when the cache cannot answer in time).
+ * The found blocks are leased for a following load. Errors:
+ * VQKV_INVALID_ARGUMENT for NULL arguments or a negative token. */
+VQKV_EXPORT vqkv_status_code vqkv_lookup(vqkv_client_t* client,
+                                         const int32_t* tokens,
+                                         size_t num_tokens, const char* salt,
+                                         int64_t* cached_tokens);
+
+typedef struct vqkv_store_result {
+  size_t struct_size;      /* sizeof(vqkv_store_result_t), set by the caller */
+  int64_t blocks;          /* full blocks of the tokens */
+  int64_t stored;          /* newly stored */
+  int64_t already_present; /* present before the call */
+  int64_t failed;          /* not stored (quota, capacity, unreachable) */
+  int64_t bytes_sent;      /* encoded bytes put */
+} vqkv_store_result_t;
+
+/* Stores the full blocks of tokens[0, num_tokens) whose KV is in
+ * keys/values (layout at the top, num_tokens tokens) and that the cache does
+ * not hold yet. Synchronous. `result` may be NULL. Errors:
+ * VQKV_INVALID_ARGUMENT for NULL arguments, a bad result struct_size or a
+ * negative token. */
+VQKV_EXPORT vqkv_status_code vqkv_store(vqkv_client_t* client,
+                                        const int32_t* tokens,
+                                        size_t num_tokens, const char* salt,
+                                        const float* keys, const float* values,
+                                        vqkv_store_result_t* result);
+
+typedef struct vqkv_load_result {
+  size_t struct_size;     /* sizeof(vqkv_load_result_t), set by the caller */
+  int64_t tokens;         /* leading tokens written to keys/values */
+  int64_t blocks;         /* blocks loaded */
+  int64_t bytes_received; /* encoded bytes fetched */
+} vqkv_load_result_t;
+
+/* Loads the longest cached prefix of tokens[0, num_tokens) into keys/values
+ * (layout at the top, room for num_tokens tokens): *loaded_tokens leading
+ * tokens of every layer are written, the rest is untouched. Either output
+ * pointer may be NULL. Errors: as vqkv_store. */
+VQKV_EXPORT vqkv_status_code vqkv_load(vqkv_client_t* client,
+                                       const int32_t* tokens, size_t num_tokens,
+                                       const char* salt, float* keys,
+                                       float* values, int64_t* loaded_tokens,
+                                       vqkv_load_result_t* result);
+
+typedef struct vqkv_stats {
+  size_t struct_size; /* sizeof(vqkv_stats_t), set by the caller */
+  int64_t lookups;
+  int64_t lookup_errors; /* lookups answered 0 because of an error */
+  int64_t blocks_stored;
+  int64_t blocks_already_present;
+  int64_t blocks_store_failed;
+  int64_t saves_dropped;
+  int64_t blocks_loaded;
+  int64_t blocks_load_failed; /* looked up but missing, corrupt or late */
+  int64_t bytes_sent;
+  int64_t bytes_received;
+  int64_t fp16_equivalent_bytes; /* fp16 K+V of the blocks put or fetched */
+  int32_t circuit_open;          /* 1 while the backend's circuit is open */
+} vqkv_stats_t;
+
+/* Counters since create. Errors: VQKV_INVALID_ARGUMENT for NULL arguments
+ * or a bad struct_size. */
+VQKV_EXPORT vqkv_status_code vqkv_client_stats(const vqkv_client_t* client,
+                                               vqkv_stats_t* stats);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* VQKV_VQKV_H_ */

@@ -1,0 +1,448 @@
+// `import vqkv`: the Python binding of the client library (pybind11).
+//
+//   c = vqkv.Client("embedded", model_id="m", layers=2, kv_heads=2,
+//                   head_dim=64, codec="fp16", block_tokens=16)
+//   c.store(tokens, keys, values, salt="")   # numpy float32 arrays
+//   c.lookup(tokens) -> tokens cached; c.load(tokens, k_out, v_out) -> tokens
+//   vqkv.hash_chain(tokens, block_tokens, namespace_id=c.namespace_id)
+//
+// Arrays are float32, C-contiguous, shape (layers, tokens, kv_heads,
+// head_dim), i.e. the C++ layout [layer][token][kv_head][head_dim]
+// (client/cache_client.h); anything else is a ValueError naming the array.
+// Errors: kInvalidArgument becomes ValueError; every other absl status
+// becomes vqkv.Error (a RuntimeError) whose `code` is the absl / gRPC code
+// number and `code_name` its name.
+//
+// Thread safety: a Client may be used from several Python threads; the GIL
+// is released during lookups, stores, loads, opening and closing. close()
+// while another thread is in a call lets that call finish first.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "client/cache_client.h"
+#include "client/client_factory.h"
+#include "client/hash.h"
+#include "kernels/codec_factory.h"
+
+namespace py = pybind11;
+
+namespace vqkv::python {
+namespace {
+
+using client::BlockHash;
+using client::CacheClient;
+
+// An absl error on its way to Python (see the translator in the module).
+class StatusError : public std::runtime_error {
+ public:
+  explicit StatusError(absl::Status status)
+      : std::runtime_error(std::string(status.message())),
+        status_(std::move(status)) {}
+  const absl::Status& status() const { return status_; }
+
+ private:
+  absl::Status status_;
+};
+
+PyObject* error_type = nullptr;  // vqkv.Error; owned by the module
+
+void ThrowIfError(const absl::Status& status) {
+  if (!status.ok()) throw StatusError(status);
+}
+
+template <typename T>
+T ValueOrThrow(absl::StatusOr<T> value) {
+  ThrowIfError(value.status());
+  return *std::move(value);
+}
+
+// Token ids from a sequence of ints or a 1-d integer numpy array.
+std::vector<int32_t> ToTokens(const py::handle& tokens) {
+  std::vector<int32_t> out;
+  auto append = [&out](int64_t v) {
+    if (v < std::numeric_limits<int32_t>::min() ||
+        v > std::numeric_limits<int32_t>::max()) {
+      throw py::value_error(absl::StrCat("token ", out.size(), " is ", v,
+                                         ": token ids are int32"));
+    }
+    out.push_back(static_cast<int32_t>(v));
+  };
+  if (py::isinstance<py::array>(tokens)) {
+    const py::array a = py::reinterpret_borrow<py::array>(tokens);
+    const char kind = a.dtype().kind();
+    if ((kind != 'i' && kind != 'u') || a.ndim() != 1) {
+      throw py::value_error(
+          "tokens must be a 1-d integer array or a sequence of ints");
+    }
+    const auto ints =
+        py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(
+            a);
+    if (!ints) throw py::value_error("tokens: cannot convert to int64");
+    out.reserve(ints.size());
+    for (py::ssize_t i = 0; i < ints.size(); ++i) append(ints.data()[i]);
+    return out;
+  }
+  if (!py::isinstance<py::sequence>(tokens) ||
+      py::isinstance<py::str>(tokens)) {
+    throw py::value_error(
+        "tokens must be a 1-d integer array or a sequence of ints");
+  }
+  const py::sequence seq = py::reinterpret_borrow<py::sequence>(tokens);
+  out.reserve(seq.size());
+  for (const py::handle item : seq) {
+    if (!PyLong_Check(item.ptr())) {
+      throw py::value_error(absl::StrCat(
+          "token ", out.size(), " is not an int (",
+          std::string(py::str(item.get_type().attr("__name__"))), ")"));
+    }
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(item.ptr(), &overflow);
+    if (overflow != 0) {
+      throw py::value_error(
+          absl::StrCat("token ", out.size(), " is out of the int32 range"));
+    }
+    append(v);
+  }
+  return out;
+}
+
+std::string ShapeText(const py::array& a) {
+  std::vector<std::string> dims;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    dims.push_back(absl::StrCat(a.shape(i)));
+  }
+  return absl::StrCat("(", absl::StrJoin(dims, ", "),
+                      a.ndim() == 1 ? ",)" : ")");
+}
+
+// Checks one K or V array against the client's layout and returns it.
+py::array CheckKv(const py::handle& obj, const char* name,
+                  const KvLayout& layout, size_t tokens, bool writable) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::value_error(
+        absl::StrCat(name, " must be a numpy array, got ",
+                     std::string(py::str(obj.get_type().attr("__name__")))));
+  }
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<float>())) {
+    throw py::value_error(absl::StrCat(name, " must be float32, got ",
+                                       std::string(py::str(a.dtype()))));
+  }
+  const py::ssize_t want[4] = {layout.layers, static_cast<py::ssize_t>(tokens),
+                               layout.kv_heads, layout.head_dim};
+  bool shape_ok = a.ndim() == 4;
+  for (int i = 0; shape_ok && i < 4; ++i) shape_ok = a.shape(i) == want[i];
+  if (!shape_ok) {
+    throw py::value_error(absl::StrCat(
+        name, " must have shape (layers, tokens, kv_heads, head_dim) = (",
+        want[0], ", ", want[1], ", ", want[2], ", ", want[3], "), got ",
+        ShapeText(a)));
+  }
+  if ((a.flags() & py::array::c_style) == 0) {
+    throw py::value_error(absl::StrCat(
+        name, " must be C-contiguous (use numpy.ascontiguousarray)"));
+  }
+  if (writable && !a.writeable()) {
+    throw py::value_error(absl::StrCat(name, " must be writeable"));
+  }
+  return a;
+}
+
+py::list HashList(const std::vector<BlockHash>& hashes) {
+  py::list out;
+  for (const BlockHash& h : hashes) {
+    out.append(py::bytes(h.view().data(), h.view().size()));
+  }
+  return out;
+}
+
+absl::StatusOr<storage::KvDtype> ParseDtype(const std::string& name) {
+  if (name == "float16") return storage::KvDtype::kFloat16;
+  if (name == "bfloat16") return storage::KvDtype::kBfloat16;
+  if (name == "float32") return storage::KvDtype::kFloat32;
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype must be float16, bfloat16 or float32, got ", name));
+}
+
+absl::Duration Seconds(double s, const char* name) {
+  if (!(s > 0)) {
+    throw py::value_error(absl::StrCat(name, " must be > 0 seconds"));
+  }
+  return absl::Seconds(s);
+}
+
+// vqkv.Client: one CacheClient. The shared_ptr lets close() run while
+// another thread (GIL released) is still inside a call.
+class PyClient {
+ public:
+  explicit PyClient(client::ClientConfig config)
+      : io_timeout_(config.options.io_timeout) {
+    absl::StatusOr<std::unique_ptr<CacheClient>> opened;
+    {
+      py::gil_scoped_release release;
+      opened = client::OpenCacheClient(std::move(config));
+    }
+    client_ = ValueOrThrow(std::move(opened));
+  }
+
+  std::shared_ptr<CacheClient> Get() const {
+    if (client_ == nullptr) {
+      throw StatusError(absl::FailedPreconditionError("the client is closed"));
+    }
+    return client_;
+  }
+
+  py::list HashTokens(const py::handle& tokens, const std::string& salt) {
+    const std::vector<int32_t> t = ToTokens(tokens);
+    return HashList(ValueOrThrow(Get()->HashTokens(t, salt)));
+  }
+
+  int64_t Lookup(const py::handle& tokens, const std::string& salt,
+                 bool lease) {
+    const std::vector<int32_t> t = ToTokens(tokens);
+    std::shared_ptr<CacheClient> c = Get();
+    absl::StatusOr<int64_t> found;
+    {
+      py::gil_scoped_release release;
+      found = c->Lookup(t, salt, lease);
+    }
+    return ValueOrThrow(std::move(found));
+  }
+
+  py::dict Store(const py::handle& tokens, const py::handle& keys,
+                 const py::handle& values, const std::string& salt) {
+    const std::vector<int32_t> t = ToTokens(tokens);
+    std::shared_ptr<CacheClient> c = Get();
+    const py::array k = CheckKv(keys, "keys", c->layout(), t.size(), false);
+    const py::array v = CheckKv(values, "values", c->layout(), t.size(), false);
+    absl::StatusOr<client::StoreResult> stored;
+    {
+      py::gil_scoped_release release;
+      stored = c->Store(t, salt, static_cast<const float*>(k.data()),
+                        static_cast<const float*>(v.data()));
+    }
+    const client::StoreResult r = ValueOrThrow(std::move(stored));
+    py::dict out;
+    out["blocks"] = r.blocks;
+    out["stored"] = r.stored;
+    out["already_present"] = r.already_present;
+    out["failed"] = r.failed;
+    out["bytes_sent"] = r.bytes_sent;
+    return out;
+  }
+
+  int64_t Load(const py::handle& tokens, const py::handle& keys_out,
+               const py::handle& values_out, const std::string& salt) {
+    const std::vector<int32_t> t = ToTokens(tokens);
+    std::shared_ptr<CacheClient> c = Get();
+    py::array k = CheckKv(keys_out, "keys_out", c->layout(), t.size(), true);
+    py::array v =
+        CheckKv(values_out, "values_out", c->layout(), t.size(), true);
+    absl::StatusOr<client::LoadResult> loaded;
+    {
+      py::gil_scoped_release release;
+      loaded = c->Load(t, salt, static_cast<float*>(k.mutable_data()),
+                       static_cast<float*>(v.mutable_data()));
+    }
+    return ValueOrThrow(std::move(loaded)).tokens;
+  }
+
+  py::dict Stats() const {
+    const client::CacheClientStats s = Get()->stats();
+    py::dict out;
+    out["lookups"] = s.lookups;
+    out["lookup_errors"] = s.lookup_errors;
+    out["blocks_stored"] = s.blocks_stored;
+    out["blocks_already_present"] = s.blocks_already_present;
+    out["blocks_store_failed"] = s.blocks_store_failed;
+    out["saves_dropped"] = s.saves_dropped;
+    out["blocks_loaded"] = s.blocks_loaded;
+    out["blocks_load_failed"] = s.blocks_load_failed;
+    out["bytes_sent"] = s.bytes_sent;
+    out["bytes_received"] = s.bytes_received;
+    out["fp16_equivalent_bytes"] = s.fp16_equivalent_bytes;
+    out["circuit_open"] = s.circuit_open;
+    return out;
+  }
+
+  py::dict Namespace() const {
+    const storage::NamespaceSpec& ns = Get()->namespace_spec();
+    py::dict out;
+    out["model_id"] = ns.model_id;
+    out["weight_revision"] = ns.weight_revision;
+    out["codec"] = ns.codec;
+    out["codec_id"] = ns.codec_id;
+    out["codebook_hash"] = ns.codebook_hash;
+    out["block_tokens"] = ns.block_tokens;
+    out["layers"] = ns.layers;
+    out["kv_heads"] = ns.kv_heads;
+    out["head_dim"] = ns.head_dim;
+    out["dtype"] = static_cast<uint32_t>(ns.dtype);
+    return out;
+  }
+
+  py::bytes NamespaceIdBytes() const {
+    const storage::NamespaceId id =
+        storage::ComputeNamespaceId("", Get()->namespace_spec());
+    return py::bytes(id.view().data(), id.view().size());
+  }
+
+  // Waits up to the I/O timeout for background work; idempotent.
+  void Close() {
+    std::shared_ptr<CacheClient> c = std::move(client_);
+    client_ = nullptr;
+    if (c == nullptr) return;
+    py::gil_scoped_release release;
+    c->Shutdown(io_timeout_);
+    c.reset();
+  }
+
+  bool closed() const { return client_ == nullptr; }
+
+ private:
+  const absl::Duration io_timeout_;
+  std::shared_ptr<CacheClient> client_;
+};
+
+std::unique_ptr<PyClient> MakeClient(
+    const std::string& server, const std::string& codec,
+    const py::object& codebooks, uint64_t codebook_hash,
+    const std::string& model_id, int layers, int kv_heads, int head_dim,
+    int block_tokens, int sink_tokens, const std::string& dtype,
+    const std::string& weight_revision,
+    const std::optional<std::string>& auth_token, double lookup_timeout,
+    double io_timeout, uint64_t memory_bytes) {
+  client::ClientConfig config;
+  config.server = server;
+  config.codec = codec;
+  if (!codebooks.is_none()) {
+    config.codebook_path =
+        py::module_::import("os").attr("fspath")(codebooks).cast<std::string>();
+  }
+  config.codebook_hash = codebook_hash;
+  config.layout = {layers, kv_heads, head_dim};
+  config.auth_token = auth_token.value_or("");
+  if (memory_bytes == 0) throw py::value_error("memory_bytes must be > 0");
+  config.embedded_memory_bytes = memory_bytes;
+  client::CacheClientOptions& o = config.options;
+  o.model_id = model_id;
+  o.weight_revision = weight_revision;
+  o.block_tokens = block_tokens;
+  o.sink_tokens = sink_tokens;
+  o.dtype = ValueOrThrow(ParseDtype(dtype));
+  o.lookup_timeout = Seconds(lookup_timeout, "lookup_timeout");
+  o.io_timeout = Seconds(io_timeout, "io_timeout");
+  return std::make_unique<PyClient>(std::move(config));
+}
+
+py::list HashChain(const py::handle& tokens, int64_t block_tokens,
+                   const std::string& salt, const py::bytes& namespace_id) {
+  const std::vector<int32_t> t = ToTokens(tokens);
+  const storage::NamespaceId ns =
+      ValueOrThrow(storage::NamespaceId::FromBytes(std::string(namespace_id)));
+  return HashList(ValueOrThrow(client::HashChain(t, block_tokens, salt, ns)));
+}
+
+void TranslateStatusError(std::exception_ptr p) {
+  try {
+    if (p) std::rethrow_exception(p);
+  } catch (const StatusError& e) {
+    const absl::StatusCode code = e.status().code();
+    if (code == absl::StatusCode::kInvalidArgument) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+      return;
+    }
+    py::object err = py::reinterpret_borrow<py::object>(error_type)(e.what());
+    err.attr("code") = static_cast<int>(code);
+    err.attr("code_name") = absl::StatusCodeToString(code);
+    PyErr_SetObject(error_type, err.ptr());
+  }
+}
+
+}  // namespace
+}  // namespace vqkv::python
+
+PYBIND11_MODULE(vqkv, m) {
+  namespace vp = vqkv::python;
+  m.doc() =
+      "vqkv: the KV-cache offload client (prefix hashing, lookup, store, "
+      "load of compressed KV blocks).";
+  m.attr("__version__") = VQKV_VERSION_STRING;
+  m.attr("CODECS") = vqkv::CodecNames();
+
+  vp::error_type =
+      PyErr_NewException("vqkv.Error", PyExc_RuntimeError, nullptr);
+  m.attr("Error") = py::handle(vp::error_type);  // the module holds a ref
+  py::register_exception_translator(&vp::TranslateStatusError);
+
+  m.def("hash_chain", &vp::HashChain, py::arg("tokens"),
+        py::arg("block_tokens"), py::arg("salt") = "", py::kw_only(),
+        py::arg("namespace_id"),
+        "The chain hashes (16-byte bytes) of the full blocks of `tokens`, "
+        "rooted at the 16-byte `namespace_id` (Client.namespace_id) and "
+        "`salt` (client/hash.h).");
+
+  py::class_<vp::PyClient>(m, "Client")
+      .def(py::init(&vp::MakeClient), py::arg("server") = "embedded",
+           py::kw_only(), py::arg("codec") = "fp16",
+           py::arg("codebooks") = py::none(), py::arg("codebook_hash") = 0,
+           py::arg("model_id"), py::arg("layers"), py::arg("kv_heads"),
+           py::arg("head_dim"), py::arg("block_tokens") = 64,
+           py::arg("sink_tokens") = 4, py::arg("dtype") = "float16",
+           py::arg("weight_revision") = "", py::arg("auth_token") = py::none(),
+           py::arg("lookup_timeout") = 0.5, py::arg("io_timeout") = 10.0,
+           py::arg("memory_bytes") = uint64_t{256} << 20,
+           "Opens a client. server: 'embedded' (in-memory store in this "
+           "process), 'embedded:DIR' (with a disk tier in DIR) or a "
+           "vqkv-server 'host:port'. codec: fp16, kivi2, kivi4 or vq (vq "
+           "needs codebooks=path or codebook_hash=). Timeouts in seconds.")
+      .def("hash_tokens", &vp::PyClient::HashTokens, py::arg("tokens"),
+           py::arg("salt") = "",
+           "Chain hashes (16-byte bytes) of the full blocks of `tokens`.")
+      .def("lookup", &vp::PyClient::Lookup, py::arg("tokens"),
+           py::arg("salt") = "", py::arg("lease") = true,
+           "Leading tokens of `tokens` cached (a multiple of block_tokens).")
+      .def("store", &vp::PyClient::Store, py::arg("tokens"), py::arg("keys"),
+           py::arg("values"), py::arg("salt") = "",
+           "Stores the full blocks; keys/values float32 (layers, "
+           "len(tokens), kv_heads, head_dim). Returns counts as a dict.")
+      .def("load", &vp::PyClient::Load, py::arg("tokens"), py::arg("keys_out"),
+           py::arg("values_out"), py::arg("salt") = "",
+           "Loads the longest cached prefix into keys_out/values_out; "
+           "returns the number of leading tokens written.")
+      .def("stats", &vp::PyClient::Stats, "Counters since the client opened.")
+      .def("close", &vp::PyClient::Close,
+           "Waits for background work (up to io_timeout) and closes.")
+      .def_property_readonly("closed", &vp::PyClient::closed)
+      .def_property_readonly("namespace", &vp::PyClient::Namespace)
+      .def_property_readonly("namespace_id", &vp::PyClient::NamespaceIdBytes)
+      .def_property_readonly(
+          "block_tokens",
+          [](const vp::PyClient& c) { return c.Get()->block_tokens(); })
+      .def_property_readonly(
+          "layers",
+          [](const vp::PyClient& c) { return c.Get()->layout().layers; })
+      .def_property_readonly(
+          "kv_heads",
+          [](const vp::PyClient& c) { return c.Get()->layout().kv_heads; })
+      .def_property_readonly(
+          "head_dim",
+          [](const vp::PyClient& c) { return c.Get()->layout().head_dim; })
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](vp::PyClient& c, const py::args&) { c.Close(); });
+}

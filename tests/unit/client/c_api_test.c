@@ -1,0 +1,356 @@
+/* The C API (client/include/vqkv/vqkv.h), compiled as C99: a store / lookup
+ * / load round trip through the embedded store with the fp16 codec (exact
+ * for values representable in fp16), salt isolation, hash chains, bad
+ * options and NULL arguments. Prints one line per failed check; exits 1 if
+ * any failed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vqkv/vqkv.h"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                           \
+  do {                                                                        \
+    if (!(cond)) {                                                            \
+      fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__, \
+              __LINE__, #cond, vqkv_last_error());                            \
+      ++failures;                                                             \
+    }                                                                         \
+  } while (0)
+
+#define CHECK_CODE(expr, code)                                         \
+  do {                                                                 \
+    vqkv_status_code got_ = (expr);                                    \
+    if (got_ != (code)) {                                              \
+      fprintf(stderr, "%s:%d: %s gave %s, want %s (last error: %s)\n", \
+              __FILE__, __LINE__, #expr, vqkv_status_code_name(got_),  \
+              vqkv_status_code_name(code), vqkv_last_error());         \
+      ++failures;                                                      \
+    }                                                                  \
+  } while (0)
+
+/* The last error message contains `part`. */
+#define CHECK_ERROR_MENTIONS(part)                                          \
+  do {                                                                      \
+    if (strstr(vqkv_last_error(), (part)) == NULL) {                        \
+      fprintf(stderr, "%s:%d: last error \"%s\" does not mention \"%s\"\n", \
+              __FILE__, __LINE__, vqkv_last_error(), (part));               \
+      ++failures;                                                           \
+    }                                                                       \
+  } while (0)
+
+enum { kLayers = 2, kHeads = 2, kDim = 8, kBlock = 16, kTokens = 40 };
+enum { kPerToken = kHeads * kDim };
+enum { kElems = kLayers * kTokens * kPerToken };
+
+static void InitOptions(vqkv_client_options_t* o) {
+  vqkv_client_options_init(o);
+  o->server = "embedded";
+  o->codec = "fp16";
+  o->model_id = "c-api-test-model";
+  o->layers = kLayers;
+  o->kv_heads = kHeads;
+  o->head_dim = kDim;
+  o->block_tokens = kBlock;
+}
+
+static vqkv_client_t* OpenClient(void) {
+  vqkv_client_options_t o;
+  vqkv_client_t* client = NULL;
+  InitOptions(&o);
+  CHECK_CODE(vqkv_client_create(&o, &client), VQKV_OK);
+  CHECK(client != NULL);
+  return client;
+}
+
+static void TestRoundTrip(void) {
+  static float keys[kElems], values[kElems], keys_out[kElems],
+      values_out[kElems];
+  int32_t tokens[kTokens];
+  vqkv_client_t* client = OpenClient();
+  vqkv_store_result_t stored;
+  vqkv_load_result_t loaded;
+  vqkv_stats_t stats;
+  int64_t cached = -1, loaded_tokens = -1;
+  int i, layer, t;
+  if (client == NULL) return;
+
+  for (i = 0; i < kTokens; ++i) tokens[i] = 1000 + 7 * i;
+  for (i = 0; i < kElems; ++i) {
+    /* Multiples of 1/8 in [-64, 64): exact in fp16. */
+    keys[i] = (float)((i * 37) % 1024 - 512) / 8.0f;
+    values[i] = (float)((i * 91) % 1024 - 512) / 8.0f;
+    keys_out[i] = values_out[i] = -1000.0f;
+  }
+
+  CHECK_CODE(vqkv_lookup(client, tokens, kTokens, "", &cached), VQKV_OK);
+  CHECK(cached == 0);
+
+  memset(&stored, 0, sizeof(stored));
+  stored.struct_size = sizeof(stored);
+  CHECK_CODE(vqkv_store(client, tokens, kTokens, "", keys, values, &stored),
+             VQKV_OK);
+  CHECK(stored.blocks == 2);
+  CHECK(stored.stored == 2);
+  CHECK(stored.failed == 0);
+  CHECK(stored.bytes_sent > 0);
+  /* Again: already present. */
+  CHECK_CODE(vqkv_store(client, tokens, kTokens, NULL, keys, values, &stored),
+             VQKV_OK);
+  CHECK(stored.already_present == 2);
+  CHECK(stored.stored == 0);
+
+  CHECK_CODE(vqkv_lookup(client, tokens, kTokens, NULL, &cached), VQKV_OK);
+  CHECK(cached == 2 * kBlock);
+
+  memset(&loaded, 0, sizeof(loaded));
+  loaded.struct_size = sizeof(loaded);
+  CHECK_CODE(vqkv_load(client, tokens, kTokens, "", keys_out, values_out,
+                       &loaded_tokens, &loaded),
+             VQKV_OK);
+  CHECK(loaded_tokens == 2 * kBlock);
+  CHECK(loaded.tokens == 2 * kBlock);
+  CHECK(loaded.blocks == 2);
+  for (layer = 0; layer < kLayers; ++layer) {
+    for (t = 0; t < kTokens; ++t) {
+      const int base = (layer * kTokens + t) * kPerToken;
+      for (i = 0; i < kPerToken; ++i) {
+        if (t < 2 * kBlock) {
+          CHECK(keys_out[base + i] == keys[base + i]);
+          CHECK(values_out[base + i] == values[base + i]);
+        } else { /* beyond the loaded prefix: untouched */
+          CHECK(keys_out[base + i] == -1000.0f);
+          CHECK(values_out[base + i] == -1000.0f);
+        }
+      }
+    }
+  }
+
+  /* Another salt is another chain: nothing cached, nothing loaded. */
+  CHECK_CODE(vqkv_lookup(client, tokens, kTokens, "tenant-b", &cached),
+             VQKV_OK);
+  CHECK(cached == 0);
+  CHECK_CODE(vqkv_load(client, tokens, kTokens, "tenant-b", keys_out,
+                       values_out, &loaded_tokens, NULL),
+             VQKV_OK);
+  CHECK(loaded_tokens == 0);
+
+  memset(&stats, 0, sizeof(stats));
+  stats.struct_size = sizeof(stats);
+  CHECK_CODE(vqkv_client_stats(client, &stats), VQKV_OK);
+  CHECK(stats.blocks_stored == 2);
+  CHECK(stats.blocks_loaded == 2);
+  CHECK(stats.lookups >= 3);
+  CHECK(stats.circuit_open == 0);
+  vqkv_client_destroy(client);
+}
+
+static void TestHashChain(void) {
+  int32_t tokens[kTokens];
+  uint8_t a[3 * VQKV_HASH_BYTES], b[3 * VQKV_HASH_BYTES],
+      salted[3 * VQKV_HASH_BYTES], ns[VQKV_HASH_BYTES];
+  size_t n = 99;
+  int i;
+  vqkv_client_t* client = OpenClient();
+  vqkv_client_t* other = OpenClient();
+  if (client == NULL || other == NULL) return;
+  for (i = 0; i < kTokens; ++i) tokens[i] = i;
+
+  CHECK(vqkv_client_block_tokens(client) == kBlock);
+  CHECK(vqkv_client_block_tokens(NULL) == 0);
+  /* Size query. */
+  CHECK_CODE(vqkv_hash_chain(client, tokens, kTokens, "", NULL, 0, &n),
+             VQKV_OK);
+  CHECK(n == 2);
+  CHECK_CODE(vqkv_hash_chain(client, tokens, kTokens, "", a, 3, &n), VQKV_OK);
+  CHECK(n == 2);
+  /* Deterministic across clients of the same namespace. */
+  CHECK_CODE(vqkv_hash_chain(other, tokens, kTokens, NULL, b, 3, NULL),
+             VQKV_OK);
+  CHECK(memcmp(a, b, 2 * VQKV_HASH_BYTES) == 0);
+  CHECK(memcmp(a, a + VQKV_HASH_BYTES, VQKV_HASH_BYTES) != 0);
+  CHECK_CODE(vqkv_hash_chain(client, tokens, kTokens, "s", salted, 3, NULL),
+             VQKV_OK);
+  CHECK(memcmp(a, salted, VQKV_HASH_BYTES) != 0);
+  /* Too little room: an error, nothing written. */
+  memset(b, 0xab, sizeof(b));
+  CHECK_CODE(vqkv_hash_chain(client, tokens, kTokens, "", b, 1, &n),
+             VQKV_OUT_OF_RANGE);
+  CHECK(b[0] == 0xab);
+  CHECK_ERROR_MENTIONS("room");
+  /* A negative token. */
+  tokens[3] = -5;
+  CHECK_CODE(vqkv_hash_chain(client, tokens, kTokens, "", a, 3, &n),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("token 3");
+  /* The namespace id is 16 bytes, not all zero. */
+  memset(ns, 0, sizeof(ns));
+  CHECK_CODE(vqkv_client_namespace_id(client, ns), VQKV_OK);
+  for (i = 0, n = 0; i < VQKV_HASH_BYTES; ++i) n += ns[i] != 0;
+  CHECK(n > 0);
+  vqkv_client_destroy(other);
+  vqkv_client_destroy(client);
+}
+
+static void ExpectCreateError(const vqkv_client_options_t* o,
+                              vqkv_status_code code, const char* mention) {
+  vqkv_client_t* client = (vqkv_client_t*)&failures; /* must become NULL */
+  CHECK_CODE(vqkv_client_create(o, &client), code);
+  CHECK(client == NULL);
+  CHECK(vqkv_last_error()[0] != '\0');
+  CHECK_ERROR_MENTIONS(mention);
+}
+
+static void TestBadOptions(void) {
+  vqkv_client_options_t o;
+  unsigned char bigger[sizeof(vqkv_client_options_t) + 8];
+  vqkv_client_t* client = NULL;
+
+  InitOptions(&o);
+  o.struct_size = 0;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "struct_size");
+
+  InitOptions(&o);
+  o.block_tokens = 17;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "block_tokens");
+
+  InitOptions(&o);
+  o.codec = "nope";
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "nope");
+
+  InitOptions(&o);
+  o.model_id = NULL;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "model_id");
+
+  InitOptions(&o);
+  o.head_dim = 0;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "head_dim");
+
+  InitOptions(&o);
+  o.codec = "vq"; /* without codebooks */
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "codebook");
+
+  InitOptions(&o);
+  o.codebook_path = "/nonexistent/file.vqcb"; /* fp16 takes none */
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "codebooks");
+
+  InitOptions(&o);
+  o.codec = "vq";
+  o.codebook_path = "/nonexistent/file.vqcb";
+  ExpectCreateError(&o, VQKV_NOT_FOUND, "/nonexistent/file.vqcb");
+
+  InitOptions(&o);
+  o.kv_dtype = 9;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "kv_dtype");
+
+  InitOptions(&o);
+  o.server = "embedded:";
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "directory");
+
+  /* A newer caller's bigger struct: fine while the unknown tail is zero. */
+  InitOptions(&o);
+  memset(bigger, 0, sizeof(bigger));
+  memcpy(bigger, &o, sizeof(o));
+  ((vqkv_client_options_t*)bigger)->struct_size = sizeof(bigger);
+  CHECK_CODE(vqkv_client_create((vqkv_client_options_t*)bigger, &client),
+             VQKV_OK);
+  vqkv_client_destroy(client);
+  bigger[sizeof(o) + 3] = 1;
+  ExpectCreateError((vqkv_client_options_t*)bigger, VQKV_INVALID_ARGUMENT,
+                    "does not know");
+
+  /* A good create clears the last error. */
+  InitOptions(&o);
+  client = NULL;
+  CHECK_CODE(vqkv_client_create(&o, &client), VQKV_OK);
+  CHECK(strcmp(vqkv_last_error(), "") == 0);
+  vqkv_client_destroy(client);
+}
+
+static void TestNullArguments(void) {
+  vqkv_client_options_t o;
+  vqkv_client_t* client = OpenClient();
+  vqkv_client_t* unused = (vqkv_client_t*)&failures; /* must become NULL */
+  int32_t tokens[kBlock] = {0};
+  float kv[kLayers * kBlock * kPerToken] = {0};
+  int64_t cached = 0;
+  vqkv_stats_t stats;
+  vqkv_store_result_t small;
+  if (client == NULL) return;
+
+  InitOptions(&o);
+  CHECK_CODE(vqkv_client_create(NULL, &unused), VQKV_INVALID_ARGUMENT);
+  CHECK(unused == NULL);
+  CHECK_ERROR_MENTIONS("options");
+  CHECK_CODE(vqkv_client_create(&o, NULL), VQKV_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("out");
+
+  CHECK_CODE(vqkv_lookup(NULL, tokens, kBlock, "", &cached),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("client");
+  CHECK_CODE(vqkv_lookup(client, NULL, kBlock, "", &cached),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("tokens");
+  CHECK_CODE(vqkv_lookup(client, tokens, kBlock, "", NULL),
+             VQKV_INVALID_ARGUMENT);
+  /* No tokens: NULL is fine. */
+  CHECK_CODE(vqkv_lookup(client, NULL, 0, NULL, &cached), VQKV_OK);
+  CHECK(cached == 0);
+
+  CHECK_CODE(vqkv_store(client, tokens, kBlock, "", NULL, kv, NULL),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("keys");
+  CHECK_CODE(vqkv_store(client, tokens, kBlock, "", kv, NULL, NULL),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("values");
+  CHECK_CODE(vqkv_load(client, tokens, kBlock, "", NULL, kv, NULL, NULL),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_CODE(vqkv_load(NULL, tokens, kBlock, "", kv, kv, NULL, NULL),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_CODE(vqkv_store(client, NULL, 0, NULL, NULL, NULL, NULL), VQKV_OK);
+
+  /* Result structs too small to be any version. */
+  memset(&small, 0, sizeof(small));
+  small.struct_size = 4;
+  CHECK_CODE(vqkv_store(client, tokens, kBlock, "", kv, kv, &small),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("struct_size");
+  memset(&stats, 0, sizeof(stats));
+  CHECK_CODE(vqkv_client_stats(client, &stats), VQKV_INVALID_ARGUMENT);
+  CHECK_CODE(vqkv_client_stats(client, NULL), VQKV_INVALID_ARGUMENT);
+  CHECK_CODE(vqkv_client_stats(NULL, &stats), VQKV_INVALID_ARGUMENT);
+  CHECK_CODE(vqkv_client_namespace_id(client, NULL), VQKV_INVALID_ARGUMENT);
+  CHECK_CODE(vqkv_hash_chain(NULL, tokens, kBlock, "", NULL, 0, NULL),
+             VQKV_INVALID_ARGUMENT);
+
+  vqkv_client_destroy(NULL); /* a no-op */
+  vqkv_client_options_init(NULL);
+  vqkv_client_destroy(client);
+}
+
+static void TestNames(void) {
+  CHECK(strcmp(vqkv_status_code_name(VQKV_OK), "OK") == 0);
+  CHECK(strcmp(vqkv_status_code_name(VQKV_INVALID_ARGUMENT),
+               "INVALID_ARGUMENT") == 0);
+  CHECK(strcmp(vqkv_status_code_name(VQKV_UNAUTHENTICATED),
+               "UNAUTHENTICATED") == 0);
+  CHECK(strcmp(vqkv_status_code_name((vqkv_status_code)77), "UNKNOWN_CODE") ==
+        0);
+  CHECK(vqkv_version()[0] != '\0');
+}
+
+int main(void) {
+  TestNames();
+  TestRoundTrip();
+  TestHashChain();
+  TestBadOptions();
+  TestNullArguments();
+  if (failures != 0) {
+    fprintf(stderr, "c_api_test: %d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("c_api_test: all checks passed (vqkv %s)\n", vqkv_version());
+  return 0;
+}

@@ -1,0 +1,345 @@
+"""Tests of the Python binding `import vqkv` (client/python/vqkv_py.cc).
+
+Run by ctest (python_binding_test) with PYTHONPATH at the module's build
+directory and VQKV_C_LIBRARY at libvqkv_client.so; by hand:
+  PYTHONPATH=build/client/python \
+  VQKV_C_LIBRARY=build/client/libvqkv_client.so \
+  /usr/bin/python3 tests/unit/client/python/test_vqkv_py.py -v
+
+Covers: store / lookup / load round trip through the embedded store with the
+fp16 codec (exact for fp16-representable values), salt isolation, argument
+errors (shapes, dtypes, contiguity, tokens, options), and the block hash
+chain against an independent Python implementation of the spec in
+client/hash.h (python3-xxhash) and against the C API (ctypes).
+"""
+
+import ctypes
+import os
+import struct
+import tempfile
+import threading
+import unittest
+
+import numpy as np
+import vqkv
+
+try:
+    import xxhash
+except ImportError:  # python3-xxhash (scripts/setup.sh)
+    xxhash = None
+
+LAYERS, HEADS, DIM, BLOCK = 2, 2, 8, 16
+
+
+def make_client(**overrides):
+    args = dict(model_id="py-test-model", layers=LAYERS, kv_heads=HEADS,
+                head_dim=DIM, block_tokens=BLOCK, codec="fp16")
+    args.update(overrides)
+    server = args.pop("server", "embedded")
+    return vqkv.Client(server, **args)
+
+
+def make_kv(tokens, seed=0):
+    """Keys and values of `tokens` tokens, multiples of 1/8: exact in fp16."""
+    rng = np.random.default_rng(seed)
+    shape = (LAYERS, tokens, HEADS, DIM)
+    keys = (rng.integers(-512, 512, size=shape) / 8).astype(np.float32)
+    values = (rng.integers(-512, 512, size=shape) / 8).astype(np.float32)
+    return keys, values
+
+
+# --- The hash chain, reimplemented from the spec (client/hash.h and
+# storage/namespace.h) -------------------------------------------------------
+
+SEED = 0x766B7176  # "vqkv"
+
+
+def _str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("<I", len(b)) + b
+
+
+def reference_namespace_id(ns, tenant=""):
+    data = (b"vqkv.ns.v1" + _str(tenant) + _str(ns["model_id"]) +
+            _str(ns["weight_revision"]) + _str(ns["codec"]) +
+            struct.pack("<IQIIIII", ns["codec_id"], ns["codebook_hash"],
+                        ns["block_tokens"], ns["layers"], ns["kv_heads"],
+                        ns["head_dim"], ns["dtype"]))
+    return xxhash.xxh3_128_digest(data, seed=0)
+
+
+def reference_hash_chain(tokens, block_tokens, salt, namespace_id):
+    salt = salt.encode()
+    prev = xxhash.xxh3_128_digest(
+        b"vqkv.chain.v1" + namespace_id + struct.pack("<I", len(salt)) + salt,
+        seed=SEED)
+    out = []
+    for b in range(len(tokens) // block_tokens):
+        block = tokens[b * block_tokens:(b + 1) * block_tokens]
+        prev = xxhash.xxh3_128_digest(
+            prev + struct.pack("<I", block_tokens) +
+            struct.pack("<%dI" % block_tokens, *block), seed=SEED)
+        out.append(prev)
+    return out
+
+
+# --- The C API through ctypes (client/include/vqkv/vqkv.h) ------------------
+
+class _Options(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("server", ctypes.c_char_p),
+        ("auth_token", ctypes.c_char_p),
+        ("codec", ctypes.c_char_p),
+        ("codebook_path", ctypes.c_char_p),
+        ("codebook_hash", ctypes.c_uint64),
+        ("model_id", ctypes.c_char_p),
+        ("weight_revision", ctypes.c_char_p),
+        ("layers", ctypes.c_int32),
+        ("kv_heads", ctypes.c_int32),
+        ("head_dim", ctypes.c_int32),
+        ("block_tokens", ctypes.c_int32),
+        ("sink_tokens", ctypes.c_int32),
+        ("kv_dtype", ctypes.c_int32),
+        ("lookup_timeout_ms", ctypes.c_uint32),
+        ("io_timeout_ms", ctypes.c_uint32),
+        ("embedded_memory_bytes", ctypes.c_uint64),
+    ]
+
+
+def c_api_hash_chain(library, tokens, salt, model_id):
+    lib = ctypes.CDLL(library)
+    lib.vqkv_last_error.restype = ctypes.c_char_p
+    opts = _Options()
+    lib.vqkv_client_options_init(ctypes.byref(opts))
+    opts.model_id = model_id.encode()
+    opts.codec = b"fp16"
+    opts.layers, opts.kv_heads, opts.head_dim = LAYERS, HEADS, DIM
+    opts.block_tokens = BLOCK
+    client = ctypes.c_void_p()
+    rc = lib.vqkv_client_create(ctypes.byref(opts), ctypes.byref(client))
+    if rc != 0:
+        raise RuntimeError(lib.vqkv_last_error().decode())
+    try:
+        n = len(tokens) // BLOCK
+        arr = (ctypes.c_int32 * len(tokens))(*tokens)
+        out = (ctypes.c_uint8 * (16 * n))()
+        count = ctypes.c_size_t()
+        rc = lib.vqkv_hash_chain(client, arr, ctypes.c_size_t(len(tokens)),
+                                 salt.encode(), out, ctypes.c_size_t(n),
+                                 ctypes.byref(count))
+        if rc != 0:
+            raise RuntimeError(lib.vqkv_last_error().decode())
+        raw = bytes(out)
+        return [raw[16 * i:16 * (i + 1)] for i in range(count.value)]
+    finally:
+        lib.vqkv_client_destroy(client)
+
+
+class RoundTripTest(unittest.TestCase):
+
+    def test_store_lookup_load_exact(self):
+        tokens = list(range(500, 540))  # two full blocks and 8 more tokens
+        keys, values = make_kv(len(tokens))
+        with make_client() as c:
+            self.assertEqual(c.lookup(tokens), 0)
+            r = c.store(tokens, keys, values)
+            self.assertEqual(r["blocks"], 2)
+            self.assertEqual(r["stored"], 2)
+            self.assertEqual(r["failed"], 0)
+            self.assertEqual(c.lookup(tokens), 2 * BLOCK)
+            # A numpy token array works too.
+            self.assertEqual(c.lookup(np.array(tokens, dtype=np.int64)),
+                             2 * BLOCK)
+            k_out = np.full_like(keys, -1000.0)
+            v_out = np.full_like(values, -1000.0)
+            self.assertEqual(c.load(tokens, k_out, v_out), 2 * BLOCK)
+            np.testing.assert_array_equal(k_out[:, :32], keys[:, :32])
+            np.testing.assert_array_equal(v_out[:, :32], values[:, :32])
+            self.assertTrue((k_out[:, 32:] == -1000.0).all())
+            self.assertTrue((v_out[:, 32:] == -1000.0).all())
+            self.assertEqual(c.store(tokens, keys, values)["already_present"],
+                             2)
+            stats = c.stats()
+            self.assertEqual(stats["blocks_stored"], 2)
+            self.assertEqual(stats["blocks_loaded"], 2)
+            self.assertFalse(stats["circuit_open"])
+        self.assertTrue(c.closed)
+
+    def test_salt_isolation(self):
+        tokens = list(range(32))
+        keys, values = make_kv(len(tokens), seed=1)
+        c = make_client()
+        c.store(tokens, keys, values, salt="tenant-a")
+        self.assertEqual(c.lookup(tokens, salt="tenant-a"), 32)
+        self.assertEqual(c.lookup(tokens, salt="tenant-b"), 0)
+        self.assertEqual(c.lookup(tokens), 0)
+        k_out, v_out = np.zeros_like(keys), np.zeros_like(values)
+        self.assertEqual(c.load(tokens, k_out, v_out, salt="tenant-b"), 0)
+        self.assertFalse(k_out.any())
+        c.close()
+        c.close()  # idempotent
+
+    def test_embedded_directory(self):
+        tokens = list(range(16))
+        keys, values = make_kv(16, seed=2)
+        with tempfile.TemporaryDirectory() as d:
+            with make_client(server="embedded:" + d) as c:
+                self.assertEqual(c.store(tokens, keys, values)["stored"], 1)
+                self.assertEqual(c.lookup(tokens), 16)
+
+    def test_concurrent_calls(self):
+        tokens = list(range(64))
+        keys, values = make_kv(64, seed=3)
+        c = make_client()
+        c.store(tokens, keys, values)
+        results, errors = [], []
+
+        def work():
+            try:
+                for _ in range(20):
+                    k, v = np.zeros_like(keys), np.zeros_like(values)
+                    results.append((c.lookup(tokens), c.load(tokens, k, v)))
+            except Exception as e:  # pylint: disable=broad-except
+                errors.append(e)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(set(results), {(64, 64)})
+        c.close()
+
+
+class ErrorTest(unittest.TestCase):
+
+    def setUp(self):
+        self.c = make_client()
+        self.tokens = list(range(32))
+        self.keys, self.values = make_kv(32)
+
+    def tearDown(self):
+        self.c.close()
+
+    def assert_value_error(self, fn, *mentions):
+        with self.assertRaises(ValueError) as cm:
+            fn()
+        for m in mentions:
+            self.assertIn(m, str(cm.exception))
+
+    def test_shapes(self):
+        t, k, v = self.tokens, self.keys, self.values
+        self.assert_value_error(lambda: self.c.store(t[:16], k, v), "keys",
+                                "(2, 16, 2, 8)", "(2, 32, 2, 8)")
+        self.assert_value_error(
+            lambda: self.c.store(t, k, v.reshape(LAYERS, 32, HEADS * DIM)),
+            "values", "shape")
+        self.assert_value_error(
+            lambda: self.c.store(t, k.transpose(1, 0, 2, 3).copy(), v), "keys",
+            "shape")
+
+    def test_dtype(self):
+        self.assert_value_error(
+            lambda: self.c.store(self.tokens, self.keys.astype(np.float64),
+                                 self.values), "keys", "float32", "float64")
+        self.assert_value_error(
+            lambda: self.c.store(self.tokens, self.keys.tolist(), self.values),
+            "keys", "numpy array")
+
+    def test_contiguity_and_writeable(self):
+        wide_k, _ = make_kv(64)
+        strided = wide_k[:, ::2]  # right shape, not contiguous
+        self.assertEqual(strided.shape, self.keys.shape)
+        self.assert_value_error(
+            lambda: self.c.store(self.tokens, strided, self.values), "keys",
+            "contiguous")
+        read_only = np.zeros_like(self.values)
+        read_only.setflags(write=False)
+        self.assert_value_error(
+            lambda: self.c.load(self.tokens, np.zeros_like(self.keys),
+                                read_only), "values_out", "writeable")
+
+    def test_tokens(self):
+        self.assert_value_error(lambda: self.c.lookup([1, -2] + [3] * 30),
+                                "token 1")
+        self.assert_value_error(lambda: self.c.lookup([1, "a"]), "token 1")
+        self.assert_value_error(lambda: self.c.lookup([2**40]), "int32")
+        self.assert_value_error(lambda: self.c.lookup(np.zeros(4)), "integer")
+        self.assertEqual(self.c.lookup([]), 0)
+
+    def test_bad_options(self):
+        self.assert_value_error(lambda: make_client(block_tokens=17),
+                                "block_tokens")
+        self.assert_value_error(lambda: make_client(codec="nope"), "nope")
+        self.assert_value_error(lambda: make_client(model_id=""), "model_id")
+        self.assert_value_error(lambda: make_client(codec="vq"), "codebook")
+        self.assert_value_error(lambda: make_client(dtype="int8"), "dtype")
+        with self.assertRaises(vqkv.Error) as cm:
+            make_client(codec="vq", codebooks="/nonexistent/x.vqcb")
+        self.assertEqual(cm.exception.code, 5)  # NOT_FOUND
+        self.assertEqual(cm.exception.code_name, "NOT_FOUND")
+        self.assertIn("/nonexistent/x.vqcb", str(cm.exception))
+        with self.assertRaises(TypeError):
+            vqkv.Client(layers=2)  # model_id, kv_heads, head_dim missing
+
+    def test_closed_client(self):
+        self.c.close()
+        with self.assertRaises(vqkv.Error) as cm:
+            self.c.lookup(self.tokens)
+        self.assertEqual(cm.exception.code, 9)  # FAILED_PRECONDITION
+        self.assertIsInstance(cm.exception, RuntimeError)
+
+
+class HashChainTest(unittest.TestCase):
+
+    def setUp(self):
+        self.c = make_client()
+        self.tokens = [(i * 7919) % 50000 for i in range(70)]
+
+    def tearDown(self):
+        self.c.close()
+
+    def test_binding_forms_agree(self):
+        hashes = self.c.hash_tokens(self.tokens, salt="s")
+        self.assertEqual(len(hashes), 70 // BLOCK)
+        self.assertTrue(all(isinstance(h, bytes) and len(h) == 16
+                            for h in hashes))
+        self.assertEqual(
+            vqkv.hash_chain(self.tokens, BLOCK, "s",
+                            namespace_id=self.c.namespace_id), hashes)
+        self.assertNotEqual(self.c.hash_tokens(self.tokens), hashes)
+        with self.assertRaises(ValueError):
+            vqkv.hash_chain(self.tokens, BLOCK, namespace_id=b"short")
+        with self.assertRaises(ValueError):
+            vqkv.hash_chain(self.tokens, 0, namespace_id=self.c.namespace_id)
+
+    @unittest.skipIf(xxhash is None, "python3-xxhash is not installed")
+    def test_matches_spec(self):
+        ns = self.c.namespace
+        self.assertEqual(ns["block_tokens"], BLOCK)
+        self.assertEqual(reference_namespace_id(ns), self.c.namespace_id)
+        for salt in ("", "tenant-a"):
+            self.assertEqual(
+                self.c.hash_tokens(self.tokens, salt=salt),
+                reference_hash_chain(self.tokens, BLOCK, salt,
+                                     self.c.namespace_id))
+        # Any namespace id, any block size.
+        ns_id = bytes(range(16))
+        self.assertEqual(
+            vqkv.hash_chain(self.tokens, 5, "x", namespace_id=ns_id),
+            reference_hash_chain(self.tokens, 5, "x", ns_id))
+
+    @unittest.skipUnless(os.environ.get("VQKV_C_LIBRARY"),
+                         "VQKV_C_LIBRARY (libvqkv_client.so) not set")
+    def test_matches_c_api(self):
+        for salt in ("", "tenant-a"):
+            self.assertEqual(
+                c_api_hash_chain(os.environ["VQKV_C_LIBRARY"], self.tokens,
+                                 salt, "py-test-model"),
+                self.c.hash_tokens(self.tokens, salt=salt))
+
+
+if __name__ == "__main__":
+    unittest.main()
