@@ -1,0 +1,310 @@
+// CacheClient over an in-process store: round trips, partial prefixes,
+// isolation, verification, the circuit breaker and codebook exchange.
+#include "client/cache_client.h"
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "client/embedded_backend.h"
+#include "gtest/gtest.h"
+#include "tests/unit/client/client_test_util.h"
+
+namespace vqkv::client {
+namespace {
+
+using testing::ControlledBackend;
+using testing::ExactKv;
+using testing::Fp16;
+using testing::MemoryStore;
+using testing::Options;
+using testing::SmallLayout;
+using testing::Tokens;
+
+class CacheClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override { store_ = MemoryStore(); }
+
+  std::unique_ptr<CacheClient> NewClient(
+      CacheClientOptions options = Options(),
+      std::shared_ptr<const Codec> codec = nullptr,
+      std::string codebooks = "") {
+    if (codec == nullptr) codec = Fp16(SmallLayout());
+    auto c = CacheClient::Create(
+        std::move(options), std::move(codec), std::move(codebooks),
+        std::make_unique<EmbeddedBackend>(store_.get()));
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  // KV buffers for n tokens in the simple API's layout.
+  static std::vector<float> Kv(int n, uint32_t seed) {
+    return ExactKv(n * SmallLayout().ElementsPerToken(), seed);
+  }
+
+  std::unique_ptr<storage::TieredStore> store_;
+};
+
+TEST_F(CacheClientTest, StoreThenLoadIsExactWithFp16) {
+  auto client = NewClient();
+  const int n = 100;  // 3 full blocks of 32 and a partial one
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> k = Kv(n, 1), v = Kv(n, 2);
+  auto stored = client->Store(tokens, "", k.data(), v.data());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->blocks, 3);
+  EXPECT_EQ(stored->stored, 3);
+  EXPECT_GT(stored->bytes_sent, 0);
+
+  auto cached = client->Lookup(tokens, "");
+  ASSERT_TRUE(cached.ok());
+  EXPECT_EQ(*cached, 96);
+
+  std::vector<float> k2(k.size(), -99.0f), v2(v.size(), -99.0f);
+  auto loaded = client->Load(tokens, "", k2.data(), v2.data());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->tokens, 96);
+  EXPECT_EQ(loaded->blocks, 3);
+  const KvLayout l = SmallLayout();
+  const int row = l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    for (int t = 0; t < n; ++t) {
+      for (int e = 0; e < row; ++e) {
+        const size_t i = (static_cast<size_t>(layer) * n + t) * row + e;
+        if (t < 96) {
+          ASSERT_EQ(k2[i], k[i]) << "layer " << layer << " token " << t;
+          ASSERT_EQ(v2[i], v[i]);
+        } else {
+          ASSERT_EQ(k2[i], -99.0f) << "the partial block must be untouched";
+        }
+      }
+    }
+  }
+  // Storing again stores nothing new.
+  auto again = client->Store(tokens, "", k.data(), v.data());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->stored, 0);
+  EXPECT_EQ(again->already_present, 3);
+}
+
+TEST_F(CacheClientTest, PartialPrefixAndDivergence) {
+  auto client = NewClient();
+  const std::vector<int32_t> doc = Tokens(64);
+  const std::vector<float> k = Kv(64, 3), v = Kv(64, 4);
+  ASSERT_TRUE(client->Store(doc, "", k.data(), v.data()).ok());
+  // The same 64 tokens then a different continuation: 2 blocks cached.
+  std::vector<int32_t> longer = doc;
+  for (int i = 0; i < 64; ++i) longer.push_back(5000 + i);
+  EXPECT_EQ(*client->Lookup(longer, ""), 64);
+  // A different token in block 1: only block 0 is shared.
+  std::vector<int32_t> diverged = doc;
+  diverged[40] = 7;
+  EXPECT_EQ(*client->Lookup(diverged, ""), 32);
+  // Fewer tokens than a block: nothing to look up.
+  EXPECT_EQ(*client->Lookup(Tokens(31), ""), 0);
+}
+
+TEST_F(CacheClientTest, SaltAndModelIsolation) {
+  auto client = NewClient();
+  const std::vector<int32_t> t = Tokens(64);
+  const std::vector<float> k = Kv(64, 5), v = Kv(64, 6);
+  ASSERT_TRUE(client->Store(t, "alice", k.data(), v.data()).ok());
+  EXPECT_EQ(*client->Lookup(t, "alice"), 64);
+  EXPECT_EQ(*client->Lookup(t, "bob"), 0);
+  EXPECT_EQ(*client->Lookup(t, ""), 0);
+  CacheClientOptions other = Options();
+  other.model_id = "another-model";
+  auto client2 = NewClient(other);
+  EXPECT_EQ(*client2->Lookup(t, "alice"), 0);
+  // Another block size is another namespace too.
+  auto client3 = NewClient(Options(16));
+  EXPECT_EQ(*client3->Lookup(t, "alice"), 0);
+}
+
+TEST_F(CacheClientTest, ConfigurationFaultsAreErrors) {
+  auto bad = [&](CacheClientOptions o) {
+    return CacheClient::Create(std::move(o), Fp16(SmallLayout()), "",
+                               std::make_unique<EmbeddedBackend>(store_.get()))
+        .status()
+        .code();
+  };
+  CacheClientOptions o = Options();
+  o.block_tokens = 17;
+  EXPECT_EQ(bad(o), absl::StatusCode::kInvalidArgument);
+  o = Options();
+  o.model_id = "";
+  EXPECT_EQ(bad(o), absl::StatusCode::kInvalidArgument);
+  o = Options();
+  o.sink_tokens = 33;
+  EXPECT_EQ(bad(o), absl::StatusCode::kInvalidArgument);
+
+  auto client = NewClient();
+  std::vector<int32_t> t = Tokens(64);
+  t[5] = -3;
+  EXPECT_EQ(client->Lookup(t, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<float> k = Kv(64, 1);
+  EXPECT_EQ(client->Store(t, "", k.data(), k.data()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client->Store(Tokens(64), "", nullptr, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CacheClientTest, CorruptBlockNeverReachesTheBuffers) {
+  storage::TieredStore* store = store_.get();
+  EmbeddedBackend inner(store);
+  auto controlled = std::make_unique<ControlledBackend>(&inner);
+  ControlledBackend* ctl = controlled.get();
+  auto c = CacheClient::Create(Options(), Fp16(SmallLayout()), "",
+                               std::move(controlled));
+  ASSERT_TRUE(c.ok());
+  auto& client = *c;
+  const std::vector<int32_t> t = Tokens(64);
+  const std::vector<float> k = Kv(64, 9), v = Kv(64, 10);
+  ASSERT_TRUE(client->Store(t, "", k.data(), v.data()).ok());
+  ctl->corrupt = true;
+  std::vector<float> k2(k.size(), 1.5f), v2(v.size(), 1.5f);
+  auto loaded = client->Load(t, "", k2.data(), v2.data());
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(loaded->tokens, 0);
+  EXPECT_TRUE(
+      std::all_of(k2.begin(), k2.end(), [](float x) { return x == 1.5f; }));
+  EXPECT_TRUE(
+      std::all_of(v2.begin(), v2.end(), [](float x) { return x == 1.5f; }));
+  EXPECT_EQ(client->stats().blocks_load_failed, 2);
+}
+
+TEST_F(CacheClientTest, CircuitOpensThenRecoversAfterAProbe) {
+  EmbeddedBackend inner(store_.get());
+  auto controlled = std::make_unique<ControlledBackend>(&inner);
+  ControlledBackend* ctl = controlled.get();
+  absl::Time now = absl::FromUnixSeconds(1000);
+  CacheClientOptions o = Options();
+  o.circuit.failures_to_open = 3;
+  o.circuit.probe_interval = absl::Seconds(1);
+  o.circuit.clock = [&now] { return now; };
+  auto c =
+      CacheClient::Create(o, Fp16(SmallLayout()), "", std::move(controlled));
+  ASSERT_TRUE(c.ok());
+  auto& client = *c;
+  const std::vector<int32_t> t = Tokens(64);
+  const std::vector<float> k = Kv(64, 11), v = Kv(64, 12);
+  ASSERT_TRUE(client->Store(t, "", k.data(), v.data()).ok());
+
+  ctl->fail = true;
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(*client->Lookup(t, ""), 0);
+  EXPECT_TRUE(client->stats().circuit_open);
+  const int calls = ctl->calls;
+  // Open: misses at once, without calling the backend.
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(*client->Lookup(t, ""), 0);
+  EXPECT_EQ(ctl->calls, calls);
+  std::vector<float> k2(k.size());
+  EXPECT_EQ(client->Load(t, "", k2.data(), k2.data())->tokens, 0);
+  EXPECT_EQ(ctl->calls, calls);
+
+  // The backend is back; after the probe interval one call closes it.
+  ctl->fail = false;
+  EXPECT_EQ(*client->Lookup(t, ""), 0);  // still before the probe time
+  now += absl::Seconds(1);
+  EXPECT_EQ(*client->Lookup(t, ""), 64);
+  EXPECT_FALSE(client->stats().circuit_open);
+  EXPECT_GE(client->stats().lookup_errors, 13);
+}
+
+TEST_F(CacheClientTest, UnreachableServerIsAMissNotAnError) {
+  EmbeddedBackend inner(store_.get());
+  auto controlled = std::make_unique<ControlledBackend>(&inner);
+  controlled->fail = true;
+  auto c = CacheClient::Create(Options(), Fp16(SmallLayout()), "",
+                               std::move(controlled));
+  ASSERT_TRUE(c.ok());
+  const std::vector<int32_t> t = Tokens(64);
+  const std::vector<float> k = Kv(64, 1);
+  auto s = (*c)->Store(t, "", k.data(), k.data());
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->stored, 0);
+  EXPECT_EQ(s->failed, 2);
+  EXPECT_EQ(*(*c)->Lookup(t, ""), 0);
+}
+
+TEST_F(CacheClientTest, LookupAsyncAnswers) {
+  auto client = NewClient();
+  const std::vector<int32_t> t = Tokens(64);
+  const std::vector<float> k = Kv(64, 1);
+  ASSERT_TRUE(client->Store(t, "", k.data(), k.data()).ok());
+  absl::Notification done;
+  int64_t got = -1;
+  client->LookupAsync(t, "", [&](absl::StatusOr<int64_t> r) {
+    got = r.ok() ? *r : -2;
+    done.Notify();
+  });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(got, 64);
+}
+
+TEST_F(CacheClientTest, VqBlocksRoundTripAndASecondClientFetchesCodebooks) {
+  const testing::FittedVq vq = testing::FitVq(SmallLayout());
+  auto first = NewClient(Options(), vq.codec, vq.file);
+  ASSERT_NE(first, nullptr);
+  const std::vector<int32_t> t = Tokens(64);
+  const std::vector<float> k = Kv(64, 21), v = Kv(64, 22);
+  auto stored = first->Store(t, "", k.data(), v.data());
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->stored, 2);
+  // Stored blocks are much smaller than fp16 (4+4 bits x 2 stages... of 16
+  // dims), with the sink section in block 0.
+  EXPECT_LT(stored->bytes_sent, 64 * SmallLayout().ElementsPerToken() * 2);
+
+  std::vector<float> k1(k.size()), v1(v.size());
+  ASSERT_EQ(first->Load(t, "", k1.data(), v1.data())->tokens, 64);
+
+  // A second client knows only the hash: it fetches and verifies the set.
+  auto second = CacheClient::CreateFromCodebookHash(
+      Options(), vq.codec->codebook_hash(), SmallLayout(),
+      std::make_unique<EmbeddedBackend>(store_.get()));
+  ASSERT_TRUE(second.ok()) << second.status();
+  std::vector<float> k2(k.size()), v2(v.size());
+  auto loaded = (*second)->Load(t, "", k2.data(), v2.data());
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(loaded->tokens, 64);
+  EXPECT_EQ(k1, k2);
+  EXPECT_EQ(v1, v2);
+  // The sink tokens of block 0 are exact; coded tokens are approximations.
+  const int row = SmallLayout().kv_heads * SmallLayout().head_dim;
+  for (int e = 0; e < 4 * row; ++e) EXPECT_EQ(k1[e], k[e]);
+  EXPECT_NE(std::vector<float>(k1.begin() + 4 * row, k1.begin() + 32 * row),
+            std::vector<float>(k.begin() + 4 * row, k.begin() + 32 * row));
+}
+
+TEST_F(CacheClientTest, CodebookFetchErrors) {
+  auto missing = CacheClient::CreateFromCodebookHash(
+      Options(), 0x1234, SmallLayout(),
+      std::make_unique<EmbeddedBackend>(store_.get()));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+
+  // Pre-RoPE codebooks are refused: engines cache post-RoPE keys.
+  const testing::FittedVq pre = testing::FitVq(SmallLayout(), false);
+  auto c = CacheClient::Create(Options(), pre.codec, pre.file,
+                               std::make_unique<EmbeddedBackend>(store_.get()));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
+  // A codebook file that is not the codec's.
+  const testing::FittedVq a = testing::FitVq(SmallLayout(), true, 1);
+  const testing::FittedVq b = testing::FitVq(SmallLayout(), true, 2);
+  ASSERT_NE(a.codec->codebook_hash(), b.codec->codebook_hash());
+  c = CacheClient::Create(Options(), a.codec, b.file,
+                          std::make_unique<EmbeddedBackend>(store_.get()));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  // A set made for another layout.
+  auto other = CacheClient::CreateFromCodebookHash(
+      Options(),
+      [&] {
+        auto x = NewClient(Options(), a.codec, a.file);  // registers a
+        return a.codec->codebook_hash();
+      }(),
+      KvLayout{4, 2, 16}, std::make_unique<EmbeddedBackend>(store_.get()));
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace vqkv::client

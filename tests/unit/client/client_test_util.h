@@ -1,0 +1,148 @@
+// Shared pieces of the client tests: a small layout, KV that survives fp16
+// exactly, a tiny fitted VQ codec, and backends that fail on command.
+#ifndef VQKV_TESTS_UNIT_CLIENT_CLIENT_TEST_UTIL_H_
+#define VQKV_TESTS_UNIT_CLIENT_CLIENT_TEST_UTIL_H_
+
+#include <atomic>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "client/backend.h"
+#include "client/cache_client.h"
+#include "client/embedded_backend.h"
+#include "gtest/gtest.h"
+#include "kernels/codec_factory.h"
+#include "kernels/vq_codec.h"
+#include "storage/tiered_store.h"
+
+namespace vqkv::client::testing {
+
+inline KvLayout SmallLayout() { return KvLayout{3, 2, 16}; }
+
+// Values k/64 in [-4, 4): exact in fp16 and in bf16.
+inline std::vector<float> ExactKv(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(-256, 255);
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(d(rng)) / 64.0f;
+  return v;
+}
+
+inline std::vector<int32_t> Tokens(int n, int32_t start = 100) {
+  std::vector<int32_t> t(n);
+  for (int i = 0; i < n; ++i) t[i] = start + i;
+  return t;
+}
+
+inline std::unique_ptr<storage::TieredStore> MemoryStore(
+    uint64_t bytes = uint64_t{64} << 20) {
+  storage::TieredStoreOptions o;
+  o.memory_bytes = bytes;
+  o.memory_shards = 1;
+  o.log_to_stderr = false;
+  auto s = storage::TieredStore::Open(std::move(o));
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *std::move(s) : nullptr;
+}
+
+inline CacheClientOptions Options(int block_tokens = 32) {
+  CacheClientOptions o;
+  o.model_id = "test-model";
+  o.block_tokens = block_tokens;
+  return o;
+}
+
+inline std::shared_ptr<const Codec> Fp16(const KvLayout& layout) {
+  auto c = MakeCodec("fp16", layout, nullptr);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return std::shared_ptr<const Codec>(*std::move(c));
+}
+
+// A small VQ codec fitted on random data, and its codebook file.
+struct FittedVq {
+  std::shared_ptr<const VqCodec> codec;
+  std::string file;
+};
+inline FittedVq FitVq(const KvLayout& layout, bool keys_post_rope = true,
+                      uint64_t seed = 1) {
+  VqConfig cfg;
+  cfg.key_stages = 2;
+  cfg.key_bits = 4;
+  cfg.value_stages = 2;
+  cfg.value_bits = 4;
+  cfg.keys_post_rope = keys_post_rope;
+  auto c = VqCodec::Create(layout, cfg);
+  EXPECT_TRUE(c.ok()) << c.status();
+  const int64_t tokens = 256;
+  std::vector<float> k = ExactKv(tokens * layout.ElementsPerToken(), 7);
+  std::vector<float> v = ExactKv(tokens * layout.ElementsPerToken(), 8);
+  FitOptions fo;
+  fo.seed = seed;
+  EXPECT_TRUE((*c)->Fit(k.data(), v.data(), tokens, fo).ok());
+  auto file = (*c)->codebooks().Serialize();
+  EXPECT_TRUE(file.ok());
+  return {std::shared_ptr<const VqCodec>(*std::move(c)), *file};
+}
+
+// Forwards to another backend unless told to fail (UNAVAILABLE), or to
+// corrupt the blocks it returns; counts calls.
+class ControlledBackend : public Backend {
+ public:
+  explicit ControlledBackend(Backend* inner) : inner_(inner) {}
+  std::atomic<bool> fail{false};
+  std::atomic<bool> corrupt{false};
+  std::atomic<int> calls{0};
+
+  absl::StatusOr<std::vector<bool>> Lookup(
+      const storage::NamespaceSpec& ns,
+      absl::Span<const storage::BlockHash> hashes, uint32_t lease_ms,
+      absl::Time deadline) override {
+    ++calls;
+    if (fail) return absl::UnavailableError("injected");
+    return inner_->Lookup(ns, hashes, lease_ms, deadline);
+  }
+  absl::StatusOr<std::vector<absl::Status>> Put(
+      const storage::NamespaceSpec& ns, absl::Span<const PutItem> blocks,
+      absl::Time deadline) override {
+    ++calls;
+    if (fail) return absl::UnavailableError("injected");
+    return inner_->Put(ns, blocks, deadline);
+  }
+  absl::StatusOr<std::vector<GetItem>> Get(
+      const storage::NamespaceSpec& ns,
+      absl::Span<const storage::BlockHash> hashes,
+      absl::Time deadline) override {
+    ++calls;
+    if (fail) return absl::UnavailableError("injected");
+    auto r = inner_->Get(ns, hashes, deadline);
+    if (r.ok() && corrupt) {
+      for (GetItem& g : *r) {
+        if (g.ok() && g->size() > 100) (*g)[100] ^= 0x5a;
+      }
+    }
+    return r;
+  }
+  absl::Status PutCodebook(uint64_t hash, absl::string_view data,
+                           absl::Time deadline) override {
+    ++calls;
+    if (fail) return absl::UnavailableError("injected");
+    return inner_->PutCodebook(hash, data, deadline);
+  }
+  absl::StatusOr<std::string> GetCodebook(uint64_t hash,
+                                          absl::Time deadline) override {
+    ++calls;
+    if (fail) return absl::UnavailableError("injected");
+    return inner_->GetCodebook(hash, deadline);
+  }
+  std::string Describe() const override { return "controlled"; }
+
+ private:
+  Backend* inner_;
+};
+
+}  // namespace vqkv::client::testing
+
+#endif  // VQKV_TESTS_UNIT_CLIENT_CLIENT_TEST_UTIL_H_

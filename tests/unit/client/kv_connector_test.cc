@@ -1,0 +1,314 @@
+// KvConnector: the vLLM-style paged API on host memory, for NHD and HND
+// page layouts and fp16 / bf16 / fp32 pages.
+#include "client/kv_connector.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "client/embedded_backend.h"
+#include "client/paged_kv.h"
+#include "gtest/gtest.h"
+#include "kernels/fp16.h"
+#include "tests/unit/client/client_test_util.h"
+
+namespace vqkv::client {
+namespace {
+
+using testing::ExactKv;
+using testing::MemoryStore;
+using testing::Options;
+using testing::SmallLayout;
+using testing::Tokens;
+
+constexpr int kPages = 32;
+constexpr int kPageSize = 16;
+
+// One engine's pages: per layer a K and a V byte buffer.
+struct Pages {
+  Pages(DType dtype, bool hnd) : dtype(dtype), hnd(hnd) {
+    const KvLayout l = SmallLayout();
+    const size_t bytes = static_cast<size_t>(kPages) * kPageSize * l.kv_heads *
+                         l.head_dim * DTypeBytes(dtype);
+    k.assign(l.layers, std::vector<uint8_t>(bytes, 0));
+    v.assign(l.layers, std::vector<uint8_t>(bytes, 0));
+  }
+  PagedKvCaches Caches() {
+    std::vector<void*> kp, vp;
+    for (auto& x : k) kp.push_back(x.data());
+    for (auto& x : v) vp.push_back(x.data());
+    const KvLayout l = SmallLayout();
+    return hnd ? PagedKvCaches::Hnd(kp, vp, kPages, kPageSize, l.kv_heads,
+                                    l.head_dim, dtype)
+               : PagedKvCaches::Nhd(kp, vp, kPages, kPageSize, l.kv_heads,
+                                    l.head_dim, dtype);
+  }
+  DType dtype;
+  bool hnd;
+  std::vector<std::vector<uint8_t>> k, v;
+};
+
+// Writes float rows [token][head][dim] of every layer into a request's
+// pages, through ScatterLayer (tested against a direct index below).
+void Fill(const PagedKvCaches& c, const std::vector<int32_t>& ids, int n,
+          const std::vector<float>& k, const std::vector<float>& v) {
+  const KvLayout l = SmallLayout();
+  const size_t per_layer = static_cast<size_t>(n) * l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ScatterLayer(c, layer, ids, 0, n, k.data() + layer * per_layer,
+                 v.data() + layer * per_layer);
+  }
+}
+
+std::vector<float> Read(const PagedKvCaches& c, const std::vector<int32_t>& ids,
+                        int n, bool keys) {
+  const KvLayout l = SmallLayout();
+  const size_t per_layer = static_cast<size_t>(n) * l.kv_heads * l.head_dim;
+  std::vector<float> k(per_layer * l.layers), v(k.size());
+  for (int layer = 0; layer < l.layers; ++layer) {
+    GatherLayer(c, layer, ids, 0, n, k.data() + layer * per_layer,
+                v.data() + layer * per_layer);
+  }
+  return keys ? k : v;
+}
+
+std::vector<int32_t> ShuffledPages(uint32_t seed) {
+  std::vector<int32_t> ids(kPages);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(seed));
+  return ids;
+}
+
+TEST(PagedKvTest, LayoutsAddressTheDocumentedElement) {
+  const KvLayout l = SmallLayout();
+  for (bool hnd : {false, true}) {
+    Pages p(DType::kFloat32, hnd);
+    PagedKvCaches c = p.Caches();
+    ASSERT_TRUE(c.Validate(l).ok());
+    // Token 19 lives in page ids[1] = 5, slot 3.
+    const std::vector<int32_t> ids = {9, 5};
+    std::vector<float> rows(2 * 20 * l.kv_heads * l.head_dim, 0.0f);
+    std::vector<float> k1(20 * l.kv_heads * l.head_dim, 0.0f), v1 = k1;
+    k1[(19 * l.kv_heads + 1) * l.head_dim + 7] = 42.0f;
+    ScatterLayer(c, 0, ids, 0, 20, k1.data(), v1.data());
+    const float* base = reinterpret_cast<const float*>(p.k[0].data());
+    const size_t idx =
+        hnd ? ((5 * l.kv_heads + 1) * kPageSize + 3) * l.head_dim + 7
+            : ((5 * kPageSize + 3) * l.kv_heads + 1) * l.head_dim + 7;
+    EXPECT_EQ(base[idx], 42.0f) << (hnd ? "HND" : "NHD");
+  }
+}
+
+TEST(PagedKvTest, Conversions) {
+  for (float f : {0.0f, 1.0f, -2.5f, 3.125f, 65536.0f, -0.0078125f}) {
+    EXPECT_EQ(Bf16ToFloat(FloatToBf16(f)), f);
+  }
+  EXPECT_EQ(Bf16ToFloat(FloatToBf16(1.00390625f)), 1.0f);  // ties to even
+  EXPECT_TRUE(std::isnan(Bf16ToFloat(FloatToBf16(std::nanf("")))));
+}
+
+TEST(PagedKvTest, ValidateRejectsBadCaches) {
+  const KvLayout l = SmallLayout();
+  Pages p(DType::kFloat16, false);
+  PagedKvCaches c = p.Caches();
+  c.layers.pop_back();
+  EXPECT_EQ(c.Validate(l).code(), absl::StatusCode::kInvalidArgument);
+  c = p.Caches();
+  c.layers[1].values = nullptr;
+  EXPECT_EQ(c.Validate(l).code(), absl::StatusCode::kInvalidArgument);
+  c = p.Caches();
+  c.layers[0].key_strides[2] = 1;  // heads overlap dims
+  EXPECT_EQ(c.Validate(l).code(), absl::StatusCode::kInvalidArgument);
+  c = p.Caches();
+  c.head_dim = 32;
+  EXPECT_EQ(c.Validate(l).code(), absl::StatusCode::kInvalidArgument);
+}
+
+class KvConnectorTest
+    : public ::testing::TestWithParam<std::tuple<DType, bool>> {
+ protected:
+  void SetUp() override {
+    store_ = MemoryStore();
+    auto c =
+        CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
+                            std::make_unique<EmbeddedBackend>(store_.get()));
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = *std::move(c);
+  }
+  std::unique_ptr<storage::TieredStore> store_;
+  std::unique_ptr<CacheClient> client_;
+};
+
+// Engine 1 computes 80 tokens into shuffled pages and saves them layer by
+// layer; engine 2 (other pages, another connector) looks them up and loads
+// 64 of them (2 vqkv blocks of 32) into its own pages.
+TEST_P(KvConnectorTest, SaveThenLoadIntoOtherPages) {
+  const auto [dtype, hnd] = GetParam();
+  const KvLayout l = SmallLayout();
+  const int n = 80;
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 1);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 2);
+
+  Pages p1(dtype, hnd);
+  KvConnector engine1(client_.get());
+  ASSERT_TRUE(engine1.RegisterKvCaches(p1.Caches()).ok());
+  const std::vector<int32_t> ids1 = ShuffledPages(1);
+  Fill(p1.Caches(), ids1, n, k, v);
+  SaveSpec save{"req-1", tokens, "", ids1, 0};
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine1.SaveLayer(layer, {save}).ok());
+  }
+  ASSERT_TRUE(engine1.WaitForSave().ok());
+  ASSERT_TRUE(client_->WaitIdle(absl::Seconds(30)));
+  FinishedRequests f = engine1.GetFinished();
+  ASSERT_EQ(f.saved, std::vector<std::string>{"req-1"});
+
+  auto cached = client_->Lookup(tokens, "");
+  ASSERT_TRUE(cached.ok());
+  ASSERT_EQ(*cached, 64);
+
+  Pages p2(dtype, hnd);
+  KvConnector engine2(client_.get());
+  ASSERT_TRUE(engine2.RegisterKvCaches(p2.Caches()).ok());
+  const std::vector<int32_t> ids2 = ShuffledPages(2);
+  ASSERT_TRUE(
+      engine2.StartLoad({LoadSpec{"req-2", tokens, "", ids2, 64}}).ok());
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine2.WaitForLayerLoad(layer).ok());
+  }
+  EXPECT_TRUE(engine2.TakeLoadErrorBlockIds().empty());
+  EXPECT_EQ(engine2.GetFinished().loaded, std::vector<std::string>{"req-2"});
+  const std::vector<float> got_k = Read(p2.Caches(), ids2, 64, true);
+  const std::vector<float> got_v = Read(p2.Caches(), ids2, 64, false);
+  const size_t per_layer_n = static_cast<size_t>(n) * l.kv_heads * l.head_dim;
+  const size_t per_layer_64 = 64u * l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    for (size_t i = 0; i < per_layer_64; ++i) {
+      ASSERT_EQ(got_k[layer * per_layer_64 + i], k[layer * per_layer_n + i]);
+      ASSERT_EQ(got_v[layer * per_layer_64 + i], v[layer * per_layer_n + i]);
+    }
+  }
+  // Pages past the loaded tokens stay untouched (zero).
+  const std::vector<int32_t> tail = {ids2[4]};
+  std::vector<float> tk(kPageSize * l.kv_heads * l.head_dim), tv(tk.size());
+  GatherLayer(p2.Caches(), 0, tail, 0, kPageSize, tk.data(), tv.data());
+  EXPECT_TRUE(
+      std::all_of(tk.begin(), tk.end(), [](float x) { return x == 0; }));
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorTest,
+                         ::testing::Combine(::testing::Values(DType::kFloat16,
+                                                              DType::kBfloat16,
+                                                              DType::kFloat32),
+                                            ::testing::Bool()),
+                         [](const auto& info) {
+                           const DType d = std::get<0>(info.param);
+                           return std::string(d == DType::kFloat16 ? "fp16"
+                                              : d == DType::kBfloat16
+                                                  ? "bf16"
+                                                  : "fp32") +
+                                  (std::get<1>(info.param) ? "_HND" : "_NHD");
+                         });
+
+TEST(KvConnectorErrorsTest, MissingBlockReportsPagesFromThereOn) {
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok());
+  auto& client = *c;
+  const KvLayout l = SmallLayout();
+  const std::vector<int32_t> tokens = Tokens(96);
+  const std::vector<float> k = ExactKv(96 * l.ElementsPerToken(), 3);
+  ASSERT_TRUE(client->Store(tokens, "", k.data(), k.data()).ok());
+  // Block 1 disappears between lookup and load.
+  auto hashes = client->HashTokens(tokens, "");
+  ASSERT_TRUE(hashes.ok());
+  const auto ns = storage::ComputeNamespaceId("", client->namespace_spec());
+  ASSERT_TRUE(store->DeleteBlock("", {ns, (*hashes)[1]}).ok());
+
+  Pages p(DType::kFloat16, false);
+  KvConnector engine(client.get());
+  ASSERT_TRUE(engine.RegisterKvCaches(p.Caches()).ok());
+  const std::vector<int32_t> ids = {3, 4, 5, 6, 7, 8};
+  ASSERT_TRUE(engine.StartLoad({LoadSpec{"r", tokens, "", ids, 96}}).ok());
+  ASSERT_TRUE(engine.WaitForLayerLoad(l.layers - 1).ok());
+  // Tokens 32..95 failed: pages 2..5 of the request.
+  EXPECT_EQ(engine.TakeLoadErrorBlockIds(), (std::vector<int32_t>{5, 6, 7, 8}));
+  EXPECT_EQ(engine.stats().loads_failed, 1);
+  // Block 0 arrived.
+  std::vector<float> got(32 * l.kv_heads * l.head_dim), gv(got.size());
+  GatherLayer(p.Caches(), 0, ids, 0, 32, got.data(), gv.data());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], k[i]);
+  // Page 5 (block 1) was not written.
+  std::vector<float> p5(kPageSize * l.kv_heads * l.head_dim), p5v(p5.size());
+  GatherLayer(p.Caches(), 0, std::vector<int32_t>{5}, 0, kPageSize, p5.data(),
+              p5v.data());
+  EXPECT_TRUE(
+      std::all_of(p5.begin(), p5.end(), [](float x) { return x == 0; }));
+}
+
+TEST(KvConnectorErrorsTest, TinyStagingDropsSavesWithoutStalling) {
+  auto store = MemoryStore();
+  CacheClientOptions o = Options(32);
+  o.max_inflight_bytes = 1024;  // less than one block
+  auto c = CacheClient::Create(o, testing::Fp16(SmallLayout()), "",
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok());
+  auto& client = *c;
+  const KvLayout l = SmallLayout();
+  Pages p(DType::kFloat16, false);
+  KvConnector engine(client.get());
+  ASSERT_TRUE(engine.RegisterKvCaches(p.Caches()).ok());
+  SaveSpec save{"r", Tokens(64), "", {0, 1, 2, 3}, 0};
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine.SaveLayer(layer, {save}).ok());
+  }
+  ASSERT_TRUE(engine.WaitForSave().ok());
+  ASSERT_TRUE(client->WaitIdle(absl::Seconds(30)));
+  EXPECT_EQ(engine.stats().saves_dropped, 1);
+  EXPECT_EQ(client->stats().saves_dropped, 1);
+  EXPECT_EQ(client->stats().blocks_stored, 0);
+  EXPECT_EQ(engine.GetFinished().saved, std::vector<std::string>{"r"});
+  EXPECT_EQ(*client->Lookup(Tokens(64), ""), 0);
+}
+
+TEST(KvConnectorErrorsTest, MisuseIsReported) {
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok());
+  KvConnector engine(c->get());
+  EXPECT_EQ(engine.StartLoad({}).code(), absl::StatusCode::kFailedPrecondition);
+  Pages p(DType::kFloat16, false);
+  PagedKvCaches dev = p.Caches();
+  dev.device = Device::kCuda;
+  EXPECT_EQ(engine.RegisterKvCaches(dev).code(),
+            absl::StatusCode::kUnimplemented);
+  ASSERT_TRUE(engine.RegisterKvCaches(p.Caches()).ok());
+  EXPECT_EQ(engine.SaveLayer(1, {}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // 64 tokens need 4 pages of 16; 2 given.
+  EXPECT_EQ(
+      engine.StartLoad({LoadSpec{"r", Tokens(64), "", {0, 1}, 64}}).code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine.StartLoad({LoadSpec{"r", Tokens(64), "", {0, 1, 2, 99}, 64}})
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine.StartLoad({LoadSpec{"r", Tokens(64), "", {0, 1, 2, 3}, 40}})
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  // Saving stops half way: WaitForSave reports it and drops the save.
+  SaveSpec save{"s", Tokens(64), "", {0, 1, 2, 3}, 0};
+  ASSERT_TRUE(engine.SaveLayer(0, {save}).ok());
+  EXPECT_EQ(engine.WaitForSave().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(engine.SaveLayer(0, {save}).ok());  // a new pass starts clean
+}
+
+}  // namespace
+}  // namespace vqkv::client
