@@ -258,6 +258,8 @@ absl::StatusOr<std::unique_ptr<Backend>> NewGrpcBackend(
   // should be used again within about a second.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 500);
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (options.tls_root_certs.empty()) {
     creds = grpc::InsecureChannelCredentials();

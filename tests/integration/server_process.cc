@@ -62,8 +62,12 @@ std::string TempDir::WriteFile(const std::string& name,
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const std::vector<std::string>& args) {
-  std::vector<std::string> argv_s = {VQKV_SERVER_PATH, "--listen",
-                                     "127.0.0.1:0"};
+  return StartOn("127.0.0.1:0", args);
+}
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::StartOn(
+    const std::string& listen, const std::vector<std::string>& args) {
+  std::vector<std::string> argv_s = {VQKV_SERVER_PATH, "--listen", listen};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (std::string& a : argv_s) argv.push_back(a.data());

@@ -41,6 +41,10 @@ class ServerProcess {
   // port. Errors: kInternal when it exits or never prints the line.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       const std::vector<std::string>& args);
+  // The same on a given address, e.g. "127.0.0.1:<port>" to restart a
+  // server where its clients expect it.
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> StartOn(
+      const std::string& listen, const std::vector<std::string>& args);
   // Kills the server (SIGKILL) if it still runs.
   ~ServerProcess();
 

@@ -1,0 +1,144 @@
+// The client library against a real vqkv-server process over gRPC: round
+// trips, a codebook fetched by a second client, and a server that dies in
+// the middle of loads: misses and failed page ids, never wrong data, and
+// recovery once it is back.
+#include <csignal>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "client/cache_client.h"
+#include "client/grpc/grpc_backend.h"
+#include "client/kv_connector.h"
+#include "client/paged_kv.h"
+#include "gtest/gtest.h"
+#include "tests/integration/server_process.h"
+#include "tests/unit/client/client_test_util.h"
+
+namespace vqkv::client {
+namespace {
+
+using testing::ExactKv;
+using testing::SmallLayout;
+using testing::Tokens;
+using ::vqkv::testing::ServerProcess;
+using ::vqkv::testing::TempDir;
+
+std::unique_ptr<Backend> Grpc(const std::string& target) {
+  auto b = NewGrpcBackend({.target = target});
+  EXPECT_TRUE(b.ok()) << b.status();
+  return *std::move(b);
+}
+
+CacheClientOptions FastFailOptions() {
+  CacheClientOptions o = testing::Options(32);
+  o.lookup_timeout = absl::Milliseconds(500);
+  o.io_timeout = absl::Seconds(2);
+  o.circuit.failures_to_open = 2;
+  o.circuit.probe_interval = absl::Milliseconds(200);
+  o.circuit.max_probe_interval = absl::Milliseconds(400);
+  return o;
+}
+
+TEST(ClientServerTest, VqRoundTripAndCodebookFetchOverGrpc) {
+  auto server = ServerProcess::Start({"--memory-bytes", "64MiB"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const testing::FittedVq vq = testing::FitVq(SmallLayout());
+  auto first = CacheClient::Create(testing::Options(32), vq.codec, vq.file,
+                                   Grpc((*server)->address()));
+  ASSERT_TRUE(first.ok()) << first.status();
+  const KvLayout l = SmallLayout();
+  const std::vector<int32_t> t = Tokens(128);
+  const std::vector<float> k = ExactKv(128 * l.ElementsPerToken(), 1);
+  const std::vector<float> v = ExactKv(128 * l.ElementsPerToken(), 2);
+  auto stored = (*first)->Store(t, "s", k.data(), v.data());
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->stored, 4);
+
+  auto second = CacheClient::CreateFromCodebookHash(
+      testing::Options(32), vq.codec->codebook_hash(), l,
+      Grpc((*server)->address()));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(*(*second)->Lookup(t, "s"), 128);
+  std::vector<float> k1(k.size()), v1(v.size()), k2(k.size()), v2(v.size());
+  ASSERT_EQ((*first)->Load(t, "s", k1.data(), v1.data())->tokens, 128);
+  ASSERT_EQ((*second)->Load(t, "s", k2.data(), v2.data())->tokens, 128);
+  EXPECT_EQ(k1, k2);
+  EXPECT_EQ(v1, v2);
+  EXPECT_GT((*second)->stats().bytes_received, 0);
+}
+
+TEST(ClientServerTest, ServerKilledMidLoadGivesMissesThenRecovers) {
+  TempDir dir;
+  auto server =
+      ServerProcess::Start({"--data-dir", dir.path(), "--durability", "sync"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  auto c = CacheClient::Create(FastFailOptions(), testing::Fp16(SmallLayout()),
+                               "", Grpc(address));
+  ASSERT_TRUE(c.ok());
+  auto& client = *c;
+  const KvLayout l = SmallLayout();
+  const std::vector<int32_t> t = Tokens(96);
+  const std::vector<float> k = ExactKv(96 * l.ElementsPerToken(), 3);
+  ASSERT_EQ(client->Store(t, "", k.data(), k.data())->stored, 3);
+  ASSERT_EQ(*client->Lookup(t, ""), 96);
+
+  // The scheduler saw 96 cached tokens; the server dies before the load.
+  EXPECT_EQ((*server)->StopWith(SIGKILL), 128 + SIGKILL);
+  std::vector<std::vector<uint8_t>> pages(
+      l.layers, std::vector<uint8_t>(8 * 16 * l.kv_heads * l.head_dim * 2));
+  std::vector<void*> kp, vp;
+  for (auto& p : pages) kp.push_back(p.data());
+  std::vector<std::vector<uint8_t>> vpages = pages;
+  for (auto& p : vpages) vp.push_back(p.data());
+  KvConnector engine(client.get());
+  ASSERT_TRUE(engine
+                  .RegisterKvCaches(PagedKvCaches::Nhd(
+                      kp, vp, 8, 16, l.kv_heads, l.head_dim, DType::kFloat16))
+                  .ok());
+  const std::vector<int32_t> ids = {0, 1, 2, 3, 4, 5};
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(engine.StartLoad({LoadSpec{"r", t, "", ids, 96}}).ok());
+  ASSERT_TRUE(engine.WaitForLayerLoad(l.layers - 1).ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "a load must not hang";
+  EXPECT_EQ(engine.TakeLoadErrorBlockIds(), ids);
+  for (const auto& p : pages) {
+    for (uint8_t b : p) ASSERT_EQ(b, 0) << "no byte may be written";
+  }
+  std::vector<float> buf(k.size(), 7.0f);
+  EXPECT_EQ(client->Load(t, "", buf.data(), buf.data())->tokens, 0);
+  EXPECT_EQ(*client->Lookup(t, ""), 0);
+  EXPECT_TRUE(client->stats().circuit_open);
+
+  // Back on the same address with the same data: the circuit's probe finds
+  // it and the blocks load again.
+  auto again = ServerProcess::StartOn(address, {"--data-dir", dir.path()});
+  ASSERT_TRUE(again.ok()) << again.status();
+  int64_t cached = 0;
+  for (int i = 0; i < 100 && cached == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    cached = *client->Lookup(t, "");
+  }
+  EXPECT_EQ(cached, 96);
+  auto loaded = client->Load(t, "", buf.data(), buf.data());
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(loaded->tokens, 96);
+  EXPECT_FALSE(client->stats().circuit_open);
+}
+
+TEST(ClientServerTest, UnreachableServerCostsOneDeadline) {
+  // Nothing listens on port 1 of loopback: calls fail fast, the circuit
+  // opens and later lookups miss at once.
+  auto c = CacheClient::Create(FastFailOptions(), testing::Fp16(SmallLayout()),
+                               "", Grpc("127.0.0.1:1"));
+  ASSERT_TRUE(c.ok());
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(*(*c)->Lookup(Tokens(64), ""), 0);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_TRUE((*c)->stats().circuit_open);
+}
+
+}  // namespace
+}  // namespace vqkv::client
