@@ -6,7 +6,7 @@
 //    hash, block size in tokens, KV layout). Computed by the client and the
 //    service; storage treats it as opaque bytes.
 //  - BlockHash: 16 bytes, the XXH3-128 chain hash of the block's tokens and
-//    its predecessors (DESIGN.md "Block key"). Opaque to storage.
+//    its predecessors (docs/DESIGN.md "Block hash chain"). Opaque to storage.
 //
 // BlockKey::Encode() is the 32-byte key used on disk: namespace bytes then
 // hash bytes, so all blocks of a namespace are one contiguous key range
