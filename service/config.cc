@@ -100,6 +100,8 @@ absl::Status ApplyYamlNode(const YAML::Node& root, absl::string_view origin,
       c->workers = v.as<int>();
     } else if (key == "shutdown_grace_seconds") {
       c->shutdown_grace_seconds = v.as<double>();
+    } else if (key == "max_lease_ms") {
+      c->max_lease_ms = v.as<uint64_t>();
     } else if (key == "tenants") {
       if (!v.IsMap()) {
         return absl::InvalidArgumentError(
@@ -170,6 +172,10 @@ absl::Status ServerConfig::Validate() const {
   if (!(shutdown_grace_seconds >= 0) || shutdown_grace_seconds > 3600) {
     return absl::InvalidArgumentError(
         "shutdown_grace_seconds must be in [0, 3600]");
+  }
+  if (max_lease_ms > kMaxLeaseMsLimit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_lease_ms must be in [0, ", kMaxLeaseMsLimit, "]"));
   }
   return absl::OkStatus();
 }
@@ -259,6 +265,7 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
       write_policy, metrics_listen, tokens_file, tls_cert, tls_key, max_message,
       ttl;
   int workers = 0;
+  uint64_t max_lease_ms = 0;
   app.add_option("--config", config_file, "YAML config file (flags override)");
   app.add_option("--listen", listen, "gRPC host:port (port 0 = any free port)");
   app.add_option("--data-dir", data_dir, "RocksDB directory");
@@ -284,6 +291,8 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
   app.add_option("--ttl-seconds", ttl,
                  "expire blocks after N seconds (0 = never)");
   app.add_option("--workers", workers, "storage worker threads (0 = auto)");
+  app.add_option("--max-lease-ms", max_lease_ms,
+                 "cap on a Lookup's lease_ms (default 10000; 0 = no leases)");
   app.set_version_flag("--version", "vqkv-server 0.1.0");
   try {
     app.parse(argc, argv);
@@ -319,6 +328,7 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
   if (app.count("--tls-cert")) c.tls_cert = tls_cert;
   if (app.count("--tls-key")) c.tls_key = tls_key;
   if (app.count("--workers")) c.workers = workers;
+  if (app.count("--max-lease-ms")) c.max_lease_ms = max_lease_ms;
   if (app.count("--durability")) {
     absl::Status s = ParseDurability(durability, &c.durability);
     if (!s.ok()) return s;

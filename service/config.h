@@ -50,6 +50,10 @@ struct ServerConfig {
   int workers = 0;
   // Seconds SIGTERM waits for in-flight RPCs before cancelling them.
   double shutdown_grace_seconds = 10;
+  // Cap on LookupRequest.lease_ms, in milliseconds; 0 turns leases off.
+  // At most kMaxLeaseMsLimit.
+  uint64_t max_lease_ms = 10000;
+  static constexpr uint64_t kMaxLeaseMsLimit = 3'600'000;  // one hour
 
   // Test seam, not settable from flags or YAML: the file system RocksDB
   // uses (null = the real one), e.g. a storage::FaultInjectionFileSystem for
@@ -70,7 +74,7 @@ absl::StatusOr<uint64_t> ParseBytes(absl::string_view text);
 //   listen, data_dir, memory_bytes, disk_bytes, durability (async|sync),
 //   write_policy (spill|write_through),
 //   metrics_listen, tokens_file, tls_cert, tls_key, max_message_bytes,
-//   ttl_seconds, workers, shutdown_grace_seconds,
+//   ttl_seconds, workers, shutdown_grace_seconds, max_lease_ms,
 //   tenants: { default_quota_bytes: N, quotas: { <tenant>: N, ... } }
 // Byte sizes accept ParseBytes syntax. Unknown keys are an error (typos must
 // not silently fall back to defaults).

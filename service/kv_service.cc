@@ -1,5 +1,6 @@
 #include "service/kv_service.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -282,7 +283,10 @@ absl::Status KvCacheService::DoLookup(const std::string& tenant,
   if (!hashes.ok()) return hashes.status();
   const storage::NamespaceId ns_id =
       ComputeNamespaceId(tenant, req.namespace_());
-  const storage::LookupResult r = store_->Lookup(tenant, ns_id, *hashes);
+  // The lease is capped by the server; 0 (or leases off) means none.
+  const absl::Duration lease =
+      std::min(absl::Milliseconds(req.lease_ms()), options_.max_lease);
+  const storage::LookupResult r = store_->Lookup(tenant, ns_id, *hashes, lease);
   resp->set_prefix_blocks(static_cast<uint32_t>(r.prefix_blocks));
   resp->mutable_present()->Reserve(static_cast<int>(r.present.size()));
   for (bool p : r.present) resp->add_present(p);

@@ -37,6 +37,9 @@ struct KvServiceOptions {
   uint64_t max_message_bytes = uint64_t{64} << 20;
   // Worker threads for storage work.
   int workers = 8;
+  // Cap on LookupRequest.lease_ms: a Lookup leases its prefix for
+  // min(lease_ms, max_lease). Zero: leases are off (lease_ms is ignored).
+  absl::Duration max_lease = absl::Seconds(10);
 };
 
 class KvCacheService final : public v1::KVCache::CallbackService {

@@ -49,13 +49,15 @@ int main(int argc, char** argv) {
   std::fprintf(
       stderr,
       "vqkv-server: data_dir=%s memory_bytes=%llu disk_bytes=%llu "
-      "durability=%s write_policy=%s max_message_bytes=%llu%s\n",
+      "durability=%s write_policy=%s max_message_bytes=%llu "
+      "max_lease_ms=%llu%s\n",
       config->data_dir.c_str(),
       static_cast<unsigned long long>(config->memory_bytes),
       static_cast<unsigned long long>(config->disk_bytes),
       std::string(vqkv::storage::DurabilityName(config->durability)).c_str(),
       std::string(vqkv::storage::WritePolicyName(config->write_policy)).c_str(),
       static_cast<unsigned long long>(config->max_message_bytes),
+      static_cast<unsigned long long>(config->max_lease_ms),
       config->tls_cert.empty() ? "" : " tls=on");
   if ((*server)->metrics_port() != 0) {
     const std::string& m = config->metrics_listen;

@@ -80,6 +80,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
           ? config.workers
           : std::max(8,
                      2 * static_cast<int>(std::thread::hardware_concurrency()));
+  sopt.max_lease = absl::Milliseconds(config.max_lease_ms);
   server->service_ = std::make_unique<KvCacheService>(
       server->store_.get(), &server->tokens_, &server->metrics_, sopt);
 

@@ -30,17 +30,55 @@ MemoryTier::Shard& MemoryTier::ShardFor(const BlockKey& key) const {
   return *shards_[h % shards_.size()];
 }
 
-void MemoryTier::EvictForLocked(Shard& shard, uint64_t incoming,
-                                std::vector<EvictedBlock>* out) {
+absl::Status MemoryTier::EvictForLocked(Shard& shard, uint64_t incoming,
+                                        std::vector<EvictedBlock>* out) {
+  if (shard.bytes + incoming <= shard.capacity) return absl::OkStatus();
+  LeaseTable* const leases =
+      options_.leases != nullptr && options_.leases->MayHaveLeases()
+          ? options_.leases.get()
+          : nullptr;
+  const absl::Time now = leases != nullptr ? leases->Now() : absl::Time();
+  auto leased = [&](const Entry& e) {
+    return leases != nullptr && leases->IsLeased(e.key, now);
+  };
+  if (leases != nullptr) {
+    // Can the unleased blocks make room? Checked first, so that a put that
+    // fails evicts nothing. Walks from the least recently used end and stops
+    // as soon as enough is freeable (usually after the first few blocks).
+    uint64_t freeable = 0;
+    for (auto it = shard.lru.rbegin();
+         it != shard.lru.rend() &&
+         shard.bytes - freeable + incoming > shard.capacity;
+         ++it) {
+      if (!leased(*it)) freeable += it->bytes->size();
+    }
+    if (shard.bytes - freeable + incoming > shard.capacity) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "memory tier: no room for ", incoming, " bytes: the shard holds ",
+          shard.bytes, " of ", shard.capacity, " bytes and only ", freeable,
+          " of them are not leased (leased blocks are not evicted)"));
+    }
+  }
   const int window = std::max(options_.eviction_candidates, 1);
-  while (!shard.lru.empty() && shard.bytes + incoming > shard.capacity) {
-    // Among the `window` least recently used entries (at the back), pick the
-    // greatest chain position; on ties keep the least recently used.
-    auto victim = std::prev(shard.lru.end());
-    auto it = victim;
-    for (int i = 1; i < window && it != shard.lru.begin(); ++i) {
+  while (shard.bytes + incoming > shard.capacity) {
+    // Among the `window` least recently used unleased entries (at the back),
+    // pick the greatest chain position; on ties keep the least recently
+    // used.
+    auto victim = shard.lru.end();
+    int seen = 0;
+    for (auto it = shard.lru.end(); seen < window && it != shard.lru.begin();) {
       --it;
-      if (it->chain_position > victim->chain_position) victim = it;
+      if (leased(*it)) continue;
+      ++seen;
+      if (victim == shard.lru.end() ||
+          it->chain_position > victim->chain_position) {
+        victim = it;
+      }
+    }
+    if (victim == shard.lru.end()) {
+      // Only leased blocks are left: a lease was granted after the check.
+      return absl::ResourceExhaustedError(
+          "memory tier: no room: every remaining block is leased");
     }
     if (options_.on_evict_locked) {
       options_.on_evict_locked(
@@ -54,6 +92,7 @@ void MemoryTier::EvictForLocked(Shard& shard, uint64_t incoming,
     shard.lru.erase(victim);
     evictions_.fetch_add(1, std::memory_order_relaxed);
   }
+  return absl::OkStatus();
 }
 
 absl::Status MemoryTier::Put(const BlockKey& key, uint32_t chain_position,
@@ -82,22 +121,26 @@ absl::Status MemoryTier::PutShared(const BlockKey& key, uint32_t chain_position,
   }
   std::vector<EvictedBlock> local;
   std::vector<EvictedBlock>* out = evicted != nullptr ? evicted : &local;
+  absl::Status status;
   {
     absl::MutexLock lock(&shard.mu);
     auto found = shard.index.find(key);
     if (found != shard.index.end()) {
       return absl::OkStatus();  // idempotent; keep the bytes we have
     }
-    EvictForLocked(shard, size, out);
-    shard.lru.push_front(Entry{key, chain_position, std::move(bytes)});
-    shard.index.emplace(key, shard.lru.begin());
-    shard.bytes += size;
-    total_bytes_.fetch_add(size, std::memory_order_relaxed);
+    status = EvictForLocked(shard, size, out);
+    if (status.ok()) {
+      shard.lru.push_front(Entry{key, chain_position, std::move(bytes)});
+      shard.index.emplace(key, shard.lru.begin());
+      shard.bytes += size;
+      total_bytes_.fetch_add(size, std::memory_order_relaxed);
+    }
   }
+  // Blocks evicted before a failure are gone all the same: report them.
   if (evicted == nullptr && options_.on_evict) {
     for (const EvictedBlock& e : local) options_.on_evict(e);
   }
-  return absl::OkStatus();
+  return status;
 }
 
 absl::StatusOr<SharedBytes> MemoryTier::Get(const BlockKey& key) {

@@ -15,6 +15,12 @@
 // position, ties broken by least recent use. With eviction_candidates = 1
 // this is plain LRU. Get() marks a block used; Contains() does not.
 //
+// Leases (storage/lease_table.h): with options.leases, eviction passes over
+// every leased block (the window above counts unleased blocks only). A put
+// that cannot make room from unleased blocks fails with kResourceExhausted
+// and evicts nothing: a lease is never broken for room. Delete and
+// DeleteNamespace remove leased blocks like any other.
+//
 // Evicted blocks are handed to on_evict (so a tiered store can spill them to
 // disk), called on the thread that caused the eviction, after the shard lock
 // is released, so on_evict may call back into this tier.
@@ -36,6 +42,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "storage/keys.h"
+#include "storage/lease_table.h"
 #include "storage/tier.h"
 
 namespace vqkv::storage {
@@ -61,6 +68,8 @@ struct MemoryTierOptions {
   // evicted block visible elsewhere without a gap. Must be short, must not
   // call into this tier. May be empty.
   std::function<void(const EvictedBlock&)> on_evict_locked;
+  // Leases eviction must respect; null: none. Shared with other tiers.
+  std::shared_ptr<LeaseTable> leases;
 };
 
 class MemoryTier : public Tier {
@@ -82,7 +91,8 @@ class MemoryTier : public Tier {
   // on_evict (the caller handles them, e.g. after releasing its own locks).
   // Returns OK for a key already held (idempotent, existing bytes kept).
   // Errors: kInvalidArgument for null or empty bytes; kResourceExhausted
-  // when the block is larger than a shard's share of the budget.
+  // when the block is larger than a shard's share of the budget, or when
+  // making room would take evicting leased blocks (then nothing is evicted).
   absl::Status PutShared(const BlockKey& key, uint32_t chain_position,
                          SharedBytes bytes,
                          std::vector<EvictedBlock>* evicted = nullptr);
@@ -127,9 +137,13 @@ class MemoryTier : public Tier {
   };
 
   Shard& ShardFor(const BlockKey& key) const;
-  // Evicts from `shard` until `incoming` more bytes fit its capacity.
-  void EvictForLocked(Shard& shard, uint64_t incoming,
-                      std::vector<EvictedBlock>* out)
+  // Evicts unleased blocks from `shard` until `incoming` more bytes fit its
+  // capacity. kResourceExhausted when the unleased blocks cannot free
+  // enough; then nothing is evicted, except when a lease was granted
+  // concurrently, after the check that room can be made (the blocks evicted
+  // before that are in `out` all the same).
+  absl::Status EvictForLocked(Shard& shard, uint64_t incoming,
+                              std::vector<EvictedBlock>* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
 
   const MemoryTierOptions options_;

@@ -334,11 +334,21 @@ std::vector<absl::Status> RocksDbTier::PutBatch(
       }
       uint64_t bytes_after = bytes_;
       int expired_taken = 0;
+      LeaseTable* const leases =
+          options_.leases != nullptr && options_.leases->MayHaveLeases()
+              ? options_.leases.get()
+              : nullptr;
+      const absl::Time lease_now =
+          leases != nullptr ? leases->Now() : absl::Time();
       for (const auto& [t, k] : by_age_) {
         const Record& r = index_.at(k);
         const bool expired = ExpiredAt(r, now);
         const bool over = bytes_after + incoming > options_.capacity_bytes;
         if (!(expired && expired_taken < kMaxExpiredPerPut) && !over) break;
+        // Budget eviction passes over leased records (the TTL does not).
+        if (!expired && leases != nullptr && leases->IsLeased(k, lease_now)) {
+          continue;
+        }
         if (expired) ++expired_taken;
         removed.push_back(k);
         bytes_after -= r.bytes;
@@ -350,6 +360,16 @@ std::vector<absl::Status> RocksDbTier::PutBatch(
         }
         drops.push_back(DroppedBlock{
             k, r.bytes, expired ? DropReason::kExpired : DropReason::kEvicted});
+      }
+      if (bytes_after + incoming > options_.capacity_bytes) {
+        // Only leased records are left to evict: a lease is never broken
+        // for room. Nothing is written or removed (expired records go on a
+        // later put or sweep).
+        const absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
+            "rocksdb tier: no room for ", incoming,
+            " bytes: the rest of the disk budget is held by leased blocks"));
+        for (size_t i : writes) results[i] = full;
+        return results;
       }
     }
     for (const BlockKey& k : removed) {

@@ -17,6 +17,11 @@
 // write batch; a single block larger than the whole budget is refused with
 // kResourceExhausted.
 //
+// Leases (storage/lease_table.h): with options.leases, budget eviction
+// passes over leased records; a batch that could only fit by evicting leased
+// records fails with kResourceExhausted and evicts nothing. Leases do not
+// stop TTL expiry, Delete or DeleteNamespace.
+//
 // TTL: each record's write time (from options.clock) is kept in its
 // metadata record. Records at least `ttl` old are never served (Get:
 // kNotFound, Contains: false) and are removed: lazily when met by Get, at
@@ -66,6 +71,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "storage/keys.h"
+#include "storage/lease_table.h"
 #include "storage/tier.h"
 
 namespace rocksdb {
@@ -112,6 +118,9 @@ struct RocksDbTierOptions {
   // tier's locks are released, on the thread that triggered the removal.
   // May be empty; must be thread-safe.
   std::function<void(const DroppedBlock&)> on_drop;
+  // Leases budget eviction must respect; null: none. Shared with other
+  // tiers; consulted under the index lock (its locks are leaves).
+  std::shared_ptr<LeaseTable> leases;
 };
 
 class RocksDbTier : public Tier {

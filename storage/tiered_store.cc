@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/block.h"
+#include "storage/lease_table.h"
 #include "storage/memory_tier.h"
 #include "storage/rocksdb_tier.h"
 
@@ -69,7 +70,7 @@ class TieredStore::Impl {
       absl::Span<const BlockHash> hashes);
   bool PutMayTouchDisk(uint64_t bytes) const;
   LookupResult Lookup(absl::string_view tenant, const NamespaceId& ns,
-                      absl::Span<const BlockHash> hashes);
+                      absl::Span<const BlockHash> hashes, absl::Duration lease);
   absl::Status DeleteBlock(absl::string_view tenant, const BlockKey& key);
   absl::StatusOr<NamespaceInfo> DeleteNamespace(absl::string_view tenant,
                                                 const NamespaceId& ns);
@@ -127,8 +128,15 @@ class TieredStore::Impl {
     return options_.write_policy == WritePolicy::kWriteThrough;
   }
   bool sync() const { return options_.durability == Durability::kSync; }
+  // Whether `key` is held in memory, being spilled, or on disk.
+  bool Held(const BlockKey& key) {
+    return memory_->Contains(key) || FindPending(key) != nullptr ||
+           (disk_ != nullptr && disk_->Contains(key));
+  }
 
   TieredStoreOptions options_;
+  // Leases of looked-up blocks, consulted by both tiers' eviction.
+  std::shared_ptr<LeaseTable> leases_;
   std::unique_ptr<MemoryTier> memory_;
   std::unique_ptr<RocksDbTier> disk_;  // null: memory only
   std::array<absl::Mutex, kStripes> stripes_;
@@ -181,9 +189,14 @@ absl::Status TieredStore::Impl::Init() {
     return absl::InvalidArgumentError("memory_shards must be at least 1");
   }
   quotas_ = options_.tenant_quotas;
+  LeaseTableOptions lease_options;
+  lease_options.clock = options_.clock;
+  lease_options.max_leases = std::max<size_t>(options_.max_leases, 1);
+  leases_ = std::make_shared<LeaseTable>(std::move(lease_options));
   MemoryTierOptions mem;
   mem.capacity_bytes = options_.memory_bytes;
   mem.shards = options_.memory_shards;
+  mem.leases = leases_;
   if (!options_.data_dir.empty()) {
     // Evicted blocks stay visible (pending_) until they are on disk.
     mem.on_evict_locked = [this](const EvictedBlock& e) {
@@ -211,6 +224,7 @@ absl::Status TieredStore::Impl::Init() {
   disk.clock = options_.clock;
   disk.file_system = options_.file_system;
   disk.on_drop = [this](const DroppedBlock& d) { OnDiskDrop(d); };
+  disk.leases = leases_;
   absl::StatusOr<std::unique_ptr<RocksDbTier>> opened =
       RocksDbTier::Open(std::move(disk));
   if (!opened.ok()) return opened.status();
@@ -401,7 +415,8 @@ absl::Status TieredStore::Impl::PutBlock(absl::string_view tenant,
     absl::Status mem =
         memory_->PutShared(key, put.chain_position, bytes, &evicted);
     if (!mem.ok()) {
-      // Too large for memory: disk only, if there is one.
+      // Too large for memory, or memory's room is held by leased blocks:
+      // disk only, if there is one.
       absl::Status s = mem;
       if (disk_ != nullptr) {
         s = disk_->Put(key, put.chain_position, put.block);
@@ -505,7 +520,7 @@ std::vector<absl::Status> TieredStore::Impl::PutBlocksWriteThrough(
       ChargeLocked(key.ns, size);
     }
     auto bytes = std::make_shared<const std::string>(put.block);
-    // Too large for memory: disk only.
+    // Too large for memory (or its room leased): disk only.
     in_memory.push_back(
         memory_->PutShared(key, put.chain_position, bytes, &evicted).ok());
     disk_puts.push_back(put);
@@ -632,7 +647,8 @@ bool TieredStore::Impl::PutMayTouchDisk(uint64_t bytes) const {
 
 LookupResult TieredStore::Impl::Lookup(absl::string_view tenant,
                                        const NamespaceId& ns,
-                                       absl::Span<const BlockHash> hashes) {
+                                       absl::Span<const BlockHash> hashes,
+                                       absl::Duration lease) {
   LookupResult result;
   result.present.assign(hashes.size(), false);
   if (hashes.empty() || !OwnedBy(tenant, ns)) return result;
@@ -660,6 +676,27 @@ LookupResult TieredStore::Impl::Lookup(absl::string_view tenant,
          result.present[result.prefix_blocks]) {
     ++result.prefix_blocks;
   }
+  if (lease <= absl::ZeroDuration() || result.prefix_blocks == 0) {
+    return result;
+  }
+  // Lease first, then check again that each leased block is still held:
+  // memory eviction checks the lease and removes a block under one lock, so
+  // a block found held after its lease was granted stays until the lease
+  // ends (the disk tier has a short gap, see the header comment).
+  const absl::Time until = leases_->Now() + lease;
+  int64_t leased = 0;
+  while (leased < result.prefix_blocks && leases_->Lease(keys[leased], until)) {
+    ++leased;
+  }
+  for (int64_t i = 0; i < leased; ++i) {
+    if (!Held(keys[i])) {
+      // Evicted between the first check and its lease: the prefix ends
+      // here. (The lease just granted on it ends on its own.)
+      result.present[i] = false;
+      result.prefix_blocks = i;
+      break;
+    }
+  }
   return result;
 }
 
@@ -669,6 +706,7 @@ absl::Status TieredStore::Impl::DeleteBlock(absl::string_view tenant,
     return absl::NotFoundError("block not found");
   }
   absl::MutexLock stripe(&StripeFor(key));
+  leases_->Release(key);
   uint64_t in_memory = memory_->Delete(key).value_or(0);
   if (SharedBytes pending = ErasePending(key, nullptr)) {
     in_memory = std::max<uint64_t>(in_memory, pending->size());
@@ -693,6 +731,7 @@ absl::StatusOr<NamespaceInfo> TieredStore::Impl::DeleteNamespace(
   if (!OwnedBy(tenant, ns)) {
     return absl::NotFoundError("namespace not found");
   }
+  leases_->ReleaseNamespace(ns);
   memory_->DeleteNamespace(ns).IgnoreError();
   {
     absl::MutexLock lock(&pending_mu_);
@@ -861,6 +900,7 @@ StoreStats TieredStore::Impl::Stats() const {
   s.spills = spills_.load();
   s.dropped = dropped_.load();
   s.promotions = promotions_.load();
+  s.leases = leases_->size();
   s.disk_faults = disk_faults_.load();
   s.disk_fault = s.disk_faults > 0;
   {
@@ -926,8 +966,9 @@ bool TieredStore::PutMayTouchDisk(uint64_t bytes) const {
 
 LookupResult TieredStore::Lookup(absl::string_view tenant,
                                  const NamespaceId& ns,
-                                 absl::Span<const BlockHash> hashes) {
-  return impl_->Lookup(tenant, ns, hashes);
+                                 absl::Span<const BlockHash> hashes,
+                                 absl::Duration lease) {
+  return impl_->Lookup(tenant, ns, hashes, lease);
 }
 
 absl::Status TieredStore::DeleteBlock(absl::string_view tenant,

@@ -35,6 +35,18 @@
 // dropped, counted in Stats::corrupt_dropped, and reported as kDataLoss
 // once; afterwards the key is kNotFound.
 //
+// Leases: a Lookup with a lease leases the blocks of the prefix it returns
+// (storage/lease_table.h), in whichever tier they are. Until the lease ends
+// neither memory eviction nor disk budget eviction removes them, so a
+// GetBlocks that follows finds them. A lease is a hint, not a reservation:
+// a put that could only make room in memory by evicting leased blocks goes
+// to disk instead (whatever the write policy), and without a disk tier, or
+// when the disk's budget is leased too, fails with kResourceExhausted;
+// DeleteBlock / DeleteNamespace and the disk TTL still remove leased blocks.
+// One gap: the disk tier picks its budget victims before it writes its
+// batch, so a lease granted during that write does not save a record already
+// picked (memory eviction has no such gap).
+//
 // Thread safety: all methods are thread-safe.
 #ifndef VQKV_STORAGE_TIERED_STORE_H_
 #define VQKV_STORAGE_TIERED_STORE_H_
@@ -110,7 +122,12 @@ struct TieredStoreOptions {
   uint64_t default_tenant_quota = 0;
   absl::flat_hash_map<std::string, uint64_t> tenant_quotas;
 
-  // Seams for tests. clock: the time used for TTL (default absl::Now).
+  // At most this many leases are held at once (live ones, and expired ones
+  // not yet dropped); a lookup past it still answers, without leasing.
+  size_t max_leases = size_t{1} << 20;
+
+  // Seams for tests. clock: the time used for TTL and leases (default
+  // absl::Now).
   // file_system: the RocksDB file system (default: the real one), e.g. a
   // storage::FaultInjectionFileSystem.
   std::function<absl::Time()> clock;
@@ -148,6 +165,8 @@ struct StoreStats {
   uint64_t disk_faults = 0;     // number of failed disk operations
   std::string last_disk_error;  // the latest one's status text
 
+  uint64_t leases = 0;      // lease entries held (live, or expired and not
+                            // yet dropped)
   uint64_t namespaces = 0;  // registered namespaces
   uint64_t codebooks = 0;   // registered codebook sets
 };
@@ -185,8 +204,9 @@ class TieredStore {
   //    owned by `tenant`: else kPermissionDenied;
   //  - the tenant's quota: else kResourceExhausted.
   // A put of a key already held is idempotent: OK, no double counting.
-  // Also kResourceExhausted when the block fits neither tier, and in kSync
-  // mode the disk's error when the durable write fails.
+  // Also kResourceExhausted when the block fits neither tier (room held by
+  // leased blocks counts as no room), and in kSync mode the disk's error
+  // when the durable write fails.
   absl::Status PutBlock(absl::string_view tenant, const BlockPut& put);
 
   // PutBlock for each element; one status per put, in order.
@@ -224,15 +244,24 @@ class TieredStore {
 
   // Which of `hashes` (an ordered prefix chain in namespace `ns`) are held,
   // and how many leading ones. One batched call; no payload I/O.
+  // With lease > 0, each block of the returned prefix is leased until
+  // clock() + lease (an existing later lease is kept): eviction passes over
+  // it until then (see the header comment). The prefix is checked again
+  // after leasing, so a block evicted meanwhile shortens it rather than
+  // being reported with a lease it cannot have. When the lease table is
+  // full (max_leases) the rest of the prefix is reported unleased.
   LookupResult Lookup(absl::string_view tenant, const NamespaceId& ns,
-                      absl::Span<const BlockHash> hashes);
+                      absl::Span<const BlockHash> hashes,
+                      absl::Duration lease = absl::ZeroDuration());
 
-  // Removes one block. Errors: kNotFound when absent or not the tenant's;
+  // Removes one block (leased or not) and its lease.
+  // Errors: kNotFound when absent or not the tenant's;
   // kUnavailable when the disk delete fails (memory copy already removed).
   absl::Status DeleteBlock(absl::string_view tenant, const BlockKey& key);
 
-  // Removes a namespace: its blocks in both tiers and its owner record, so a
-  // later put may claim it anew. Returns what was removed.
+  // Removes a namespace: its blocks in both tiers (leased or not), their
+  // leases and its owner record, so a later put may claim it anew. Returns
+  // what was removed.
   // Errors: kNotFound when the namespace is unknown or not the tenant's;
   // kUnavailable when the disk delete fails.
   absl::StatusOr<NamespaceInfo> DeleteNamespace(absl::string_view tenant,

@@ -3,6 +3,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -923,6 +925,111 @@ TEST_F(KvServiceTest, DeleteBlocksAndNamespace) {
   EXPECT_EQ(resp.deleted(), 4u);
   ASSERT_TRUE(c.Lookup(ns, HashesOf(blocks), &lk).ok());
   EXPECT_EQ(lk.prefix_blocks(), 0u);
+}
+
+// --- Leases (LookupRequest.lease_ms) ---------------------------------------
+
+// Tiers small enough that a few hundred blocks (~2 KiB each) flush both:
+// memory (one shard) holds ~60 blocks, disk ~30. (The server always has a
+// disk tier; a tiny one makes evicted blocks leave the store all the same.)
+const std::vector<std::string> kTinyTiers = {"--memory-bytes", "128KiB",
+                                             "--disk-bytes", "64KiB"};
+
+grpc::Status LookupWithLease(const Client& c, const v1::Namespace& ns,
+                             const std::vector<std::string>& hashes,
+                             uint32_t lease_ms, v1::LookupResponse* resp) {
+  v1::LookupRequest req;
+  *req.mutable_namespace_() = ns;
+  for (const auto& h : hashes) req.add_hashes(h);
+  req.set_lease_ms(lease_ms);
+  return c.stub->Lookup(c.Ctx().get(), req, resp);
+}
+
+// Puts `n` unrelated blocks, all at chain position 0, so that eviction is
+// plain LRU and pushes every unleased block out of both tiers.
+void PutFiller(const Client& c, int n, uint64_t seed) {
+  const v1::Namespace ns = TestNamespace("filler");
+  for (int done = 0; done < n; done += 40) {
+    v1::PutBlocksRequest req;
+    *req.mutable_namespace_() = ns;
+    for (int i = done; i < std::min(n, done + 40); ++i) {
+      v1::Block* b = req.add_blocks();
+      b->set_hash(Hash(seed + i, seed));
+      b->set_data(MakeBlock(seed + i));
+      b->set_chain_position(0);
+    }
+    v1::PutBlocksResponse resp;
+    grpc::Status s = c.stub->PutBlocks(c.Ctx().get(), req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_EQ(resp.stored(), static_cast<uint32_t>(req.blocks_size()));
+  }
+}
+
+// How many of `blocks` GetBlocks serves bit-exact.
+int CountServed(
+    const Client& c, const v1::Namespace& ns,
+    const std::vector<std::pair<std::string, std::string>>& blocks) {
+  v1::GetBlocksResponse got;
+  grpc::Status s = c.Get(ns, HashesOf(blocks), &got);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  int served = 0;
+  for (const v1::BlockData& b : got.blocks()) {
+    if (b.code() == 0 && b.data() == blocks[b.index()].second) ++served;
+  }
+  return served;
+}
+
+TEST_F(KvServiceTest, LookupLeaseKeepsThePrefixForTheFollowingGet) {
+  auto server = StartServer(kTinyTiers);
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  // The same prefix in two namespaces; only the first is looked up with a
+  // lease, the second is the control.
+  const v1::Namespace leased_ns = TestNamespace("leased");
+  const v1::Namespace plain_ns = TestNamespace("plain");
+  const auto prefix = Blocks(8, 3000);
+  for (const v1::Namespace& ns : {leased_ns, plain_ns}) {
+    v1::PutBlocksResponse put;
+    ASSERT_TRUE(c.Put(ns, prefix, &put).ok());
+    ASSERT_EQ(put.stored(), 8u);
+  }
+  v1::LookupResponse lk;
+  ASSERT_TRUE(LookupWithLease(c, leased_ns, HashesOf(prefix), 10000, &lk).ok());
+  EXPECT_EQ(lk.prefix_blocks(), 8u);
+  ASSERT_TRUE(c.Lookup(plain_ns, HashesOf(prefix), &lk).ok());
+  EXPECT_EQ(lk.prefix_blocks(), 8u);
+  // Several times what both tiers hold.
+  PutFiller(c, 240, 100000);
+  const v1::StatsResponse st = c.Stats();
+  EXPECT_GT(st.tiers(0).evictions(), 100u);
+  EXPECT_EQ(CountServed(c, leased_ns, prefix), 8);
+  EXPECT_EQ(CountServed(c, plain_ns, prefix), 0);  // without a lease: lost
+}
+
+TEST_F(KvServiceTest, LookupLeaseIsCappedByMaxLeaseMs) {
+  std::vector<std::string> args = kTinyTiers;
+  args.insert(args.end(), {"--max-lease-ms", "1000"});
+  auto server = StartServer(args);
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  const auto prefix = Blocks(8, 4000);
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(c.Put(ns, prefix, &put).ok());
+  ASSERT_EQ(put.stored(), 8u);
+  // Ask for ten minutes; the server grants one second.
+  const auto asked = std::chrono::steady_clock::now();
+  v1::LookupResponse lk;
+  ASSERT_TRUE(LookupWithLease(c, ns, HashesOf(prefix), 600000, &lk).ok());
+  ASSERT_EQ(lk.prefix_blocks(), 8u);
+  PutFiller(c, 240, 200000);
+  if (std::chrono::steady_clock::now() - asked <
+      std::chrono::milliseconds(800)) {
+    EXPECT_EQ(CountServed(c, ns, prefix), 8);  // the lease holds meanwhile
+  }  // (else the machine is too slow to tell; the check below still runs)
+  std::this_thread::sleep_until(asked + std::chrono::milliseconds(1500));
+  PutFiller(c, 240, 300000);
+  EXPECT_EQ(CountServed(c, ns, prefix), 0);  // the capped lease has ended
 }
 
 TEST_F(KvServiceTest, MetricsHealthAndGrpcHealthService) {

@@ -104,6 +104,29 @@ TEST(ConfigTest, DefaultsAreTheEmbeddedLocalServer) {
   EXPECT_EQ(c->max_message_bytes, 64u << 20);
 }
 
+TEST(ConfigTest, MaxLeaseMsFromFlagAndYaml) {
+  ServerConfig c;
+  EXPECT_EQ(c.max_lease_ms, 10000u);  // the default
+  ASSERT_TRUE(ApplyYamlConfig("max_lease_ms: 2500\n", "test", &c).ok());
+  EXPECT_EQ(c.max_lease_ms, 2500u);
+  EXPECT_TRUE(c.Validate().ok());
+  c.max_lease_ms = ServerConfig::kMaxLeaseMsLimit + 1;
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
+
+  std::string a0 = "vqkv-server", a1 = "--max-lease-ms", a2 = "250";
+  char* argv[] = {a0.data(), a1.data(), a2.data()};
+  bool exit_now = false;
+  auto parsed = ParseCommandLine(3, argv, &exit_now);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->max_lease_ms, 250u);
+  std::string b2 = "soon";
+  char* bad[] = {a0.data(), a1.data(), b2.data()};
+  EXPECT_FALSE(ParseCommandLine(3, bad, &exit_now).ok());
+  std::string c2 = "3600001";
+  char* too_long[] = {a0.data(), a1.data(), c2.data()};
+  EXPECT_FALSE(ParseCommandLine(3, too_long, &exit_now).ok());
+}
+
 TEST(TokenStoreTest, LineAndYamlFormats) {
   auto lines = TokenStore::Parse(
       "# comment\n\nalpha-token-1 alice  # trailing\nbeta-token-22\tbob\n",

@@ -1,20 +1,25 @@
 #include "storage/memory_tier.h"
 
 #include <atomic>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "storage/keys.h"
+#include "storage/lease_table.h"
 #include "tests/unit/storage/storage_test_util.h"
 
 namespace vqkv::storage {
 namespace {
 
 using testing::BlockBytes;
+using testing::FakeClock;
 using testing::Hash;
 using testing::Key;
 using testing::MakeBlock;
@@ -234,6 +239,230 @@ TEST(MemoryTierTest, ConcurrentPutsAndGets) {
   const TierUsage usage = tier.Usage();
   EXPECT_LE(usage.bytes, o.capacity_bytes);
   EXPECT_EQ(usage.blocks + evictions.load(), uint64_t{kThreads * kPerThread});
+}
+
+// --- Leases ---------------------------------------------------------------
+
+std::shared_ptr<LeaseTable> Leases(FakeClock& clock, size_t max_leases = 1024) {
+  LeaseTableOptions o;
+  o.clock = clock.AsFunction();
+  o.max_leases = max_leases;
+  return std::make_shared<LeaseTable>(std::move(o));
+}
+
+TEST(LeaseTableTest, LeaseExtendsNeverShortensAndExpires) {
+  FakeClock clock;
+  auto leases = Leases(clock);
+  const absl::Time t0 = clock.Now();
+  EXPECT_FALSE(leases->MayHaveLeases());
+  EXPECT_FALSE(leases->IsLeased(Key(1, 1)));
+  ASSERT_TRUE(leases->Lease(Key(1, 1), t0 + absl::Seconds(10)));
+  // A shorter lease later keeps the longer one.
+  ASSERT_TRUE(leases->Lease(Key(1, 1), t0 + absl::Seconds(1)));
+  clock.Advance(absl::Seconds(5));
+  EXPECT_TRUE(leases->IsLeased(Key(1, 1)));
+  EXPECT_FALSE(leases->IsLeased(Key(1, 2)));
+  // A longer one extends it.
+  ASSERT_TRUE(leases->Lease(Key(1, 1), t0 + absl::Seconds(20)));
+  clock.Advance(absl::Seconds(10));  // t0 + 15s
+  EXPECT_TRUE(leases->IsLeased(Key(1, 1)));
+  clock.Advance(absl::Seconds(5));  // t0 + 20s: the lease has ended
+  EXPECT_FALSE(leases->IsLeased(Key(1, 1)));
+  // The expired entry was dropped when met.
+  EXPECT_EQ(leases->size(), 0u);
+  EXPECT_FALSE(leases->MayHaveLeases());
+}
+
+TEST(LeaseTableTest, BoundedAndExpiredEntriesAreReclaimed) {
+  FakeClock clock;
+  LeaseTableOptions o;
+  o.clock = clock.AsFunction();
+  o.max_leases = 8;
+  o.shards = 1;
+  LeaseTable leases(std::move(o));
+  const absl::Time until = clock.Now() + absl::Seconds(1);
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(leases.Lease(Key(1, i), until));
+  // Full of live leases: a new key is refused, an existing one extends.
+  EXPECT_FALSE(leases.Lease(Key(1, 8), until));
+  EXPECT_FALSE(leases.IsLeased(Key(1, 8)));
+  EXPECT_TRUE(leases.Lease(Key(1, 0), until + absl::Seconds(1)));
+  EXPECT_EQ(leases.size(), 8u);
+  // Once they expire, their entries make room for new leases.
+  clock.Advance(absl::Seconds(1));
+  EXPECT_TRUE(leases.Lease(Key(1, 8), clock.Now() + absl::Seconds(1)));
+  EXPECT_EQ(leases.size(), 2u);  // Key(1, 0) (extended) and Key(1, 8)
+  clock.Advance(absl::Seconds(5));
+  EXPECT_EQ(leases.SweepExpired(), 2u);
+  EXPECT_EQ(leases.size(), 0u);
+}
+
+TEST(LeaseTableTest, ReleaseAndReleaseNamespace) {
+  FakeClock clock;
+  auto leases = Leases(clock);
+  const absl::Time until = clock.Now() + absl::Seconds(10);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(leases->Lease(Key(1, i), until));
+    ASSERT_TRUE(leases->Lease(Key(2, i), until));
+  }
+  leases->Release(Key(1, 0));
+  EXPECT_FALSE(leases->IsLeased(Key(1, 0)));
+  leases->ReleaseNamespace(Ns(2));
+  EXPECT_EQ(leases->size(), 2u);
+  EXPECT_TRUE(leases->IsLeased(Key(1, 1)));
+  EXPECT_FALSE(leases->IsLeased(Key(2, 1)));
+}
+
+TEST(MemoryTierTest, LeasedBlocksSurviveEvictionPressure) {
+  FakeClock clock;
+  std::vector<BlockKey> evicted;
+  MemoryTierOptions o = SmallTier(8 * BlockBytes(4), /*window=*/4);
+  o.leases = Leases(clock);
+  o.on_evict = [&](const EvictedBlock& e) { evicted.push_back(e.key); };
+  MemoryTier tier(o);
+  for (uint32_t pos = 0; pos < 8; ++pos) {
+    ASSERT_TRUE(tier.Put(Key(1, pos), pos, MakeBlock(pos)).ok());
+  }
+  // Lease the least recently used blocks, the first eviction candidates.
+  const absl::Time until = clock.Now() + absl::Seconds(10);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(o.leases->Lease(Key(1, i), until));
+  // Enough other blocks to evict everything several times over.
+  for (uint32_t i = 0; i < 40; ++i) {
+    ASSERT_TRUE(tier.Put(Key(2, i), i, MakeBlock(100 + i)).ok()) << i;
+  }
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(tier.Contains(Key(1, i))) << i;
+    auto got = tier.Get(Key(1, i));
+    ASSERT_TRUE(got.ok()) << i;
+    EXPECT_EQ(**got, MakeBlock(i));
+  }
+  // Every unleased block of the first chain was evicted; no leased one was.
+  for (int i = 3; i < 8; ++i) EXPECT_FALSE(tier.Contains(Key(1, i))) << i;
+  for (const BlockKey& k : evicted) {
+    EXPECT_FALSE(k == Key(1, 0) || k == Key(1, 1) || k == Key(1, 2));
+  }
+  // One eviction per put: the 5 unleased blocks of the chain, then 35 of
+  // the new ones.
+  EXPECT_EQ(evicted.size(), 40u);
+  EXPECT_LE(tier.Usage().bytes, 8 * BlockBytes(4));
+}
+
+TEST(MemoryTierTest, ExpiredLeaseMakesBlockEvictableAgain) {
+  FakeClock clock;
+  MemoryTierOptions o = SmallTier(4 * BlockBytes(4), /*window=*/1);
+  o.leases = Leases(clock);
+  MemoryTier tier(o);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(tier.Put(Key(1, i), 0, MakeBlock(i)).ok());
+  }
+  ASSERT_TRUE(
+      o.leases->Lease(Key(1, 0), clock.Now() + absl::Milliseconds(100)));
+  ASSERT_TRUE(tier.Put(Key(2, 0), 0, MakeBlock(20)).ok());
+  EXPECT_TRUE(tier.Contains(Key(1, 0)));   // leased: passed over
+  EXPECT_FALSE(tier.Contains(Key(1, 1)));  // the next in LRU order went
+  clock.Advance(absl::Milliseconds(100));  // the lease ends
+  ASSERT_TRUE(tier.Put(Key(2, 1), 0, MakeBlock(21)).ok());
+  EXPECT_FALSE(tier.Contains(Key(1, 0)));  // plain LRU again
+  EXPECT_TRUE(tier.Contains(Key(1, 2)));
+  EXPECT_EQ(o.leases->size(), 0u);  // the expired lease was dropped
+}
+
+TEST(MemoryTierTest, PutThatCouldOnlyEvictLeasedBlocksIsResourceExhausted) {
+  FakeClock clock;
+  int callbacks = 0;
+  MemoryTierOptions o = SmallTier(3 * BlockBytes(4));
+  o.leases = Leases(clock);
+  o.on_evict = [&](const EvictedBlock&) { ++callbacks; };
+  MemoryTier tier(o);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(tier.Put(Key(1, i), 0, MakeBlock(i)).ok());
+  }
+  const absl::Time until = clock.Now() + absl::Seconds(10);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(o.leases->Lease(Key(1, i), until));
+  absl::Status s = tier.Put(Key(2, 0), 0, MakeBlock(20));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  std::vector<EvictedBlock> out;
+  s = tier.PutShared(Key(2, 0), 0,
+                     std::make_shared<const std::string>(MakeBlock(20)), &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  // Nothing was evicted, nothing was stored.
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(callbacks, 0);
+  EXPECT_EQ(tier.evictions(), 0u);
+  EXPECT_FALSE(tier.Contains(Key(2, 0)));
+  EXPECT_EQ(tier.Usage().blocks, 3u);
+  // A block that needs two slots when only one is unleased: refused too, and
+  // the unleased block is not evicted for nothing.
+  o.leases->Release(Key(1, 2));
+  s = tier.Put(Key(2, 1), 0, MakeBlock(21, 8));  // more than one block
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_TRUE(tier.Contains(Key(1, 2)));
+  EXPECT_EQ(callbacks, 0);
+  // One slot's worth fits by evicting the unleased block.
+  ASSERT_TRUE(tier.Put(Key(2, 0), 0, MakeBlock(20)).ok());
+  EXPECT_FALSE(tier.Contains(Key(1, 2)));
+  EXPECT_EQ(callbacks, 1);
+  // After the leases end, puts evict as usual.
+  clock.Advance(absl::Seconds(10));
+  ASSERT_TRUE(tier.Put(Key(2, 1), 0, MakeBlock(21, 8)).ok());
+  EXPECT_TRUE(tier.Contains(Key(2, 1)));
+}
+
+TEST(MemoryTierTest, DeleteRemovesLeasedBlocks) {
+  FakeClock clock;
+  MemoryTierOptions o = SmallTier(1 << 20);
+  o.leases = Leases(clock);
+  MemoryTier tier(o);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(tier.Put(Key(1, i), 0, MakeBlock(i)).ok());
+    ASSERT_TRUE(o.leases->Lease(Key(1, i), clock.Now() + absl::Seconds(10)));
+  }
+  EXPECT_EQ(*tier.Delete(Key(1, 0)), BlockBytes(4));
+  EXPECT_FALSE(tier.Contains(Key(1, 0)));
+  EXPECT_EQ(tier.DeleteNamespace(Ns(1))->blocks, 1u);
+  EXPECT_EQ(tier.Usage().blocks, 0u);
+}
+
+TEST(MemoryTierTest, ConcurrentLeasesAndPutsNeverEvictALeasedBlock) {
+  // Real clock, long leases, granted while other threads put (and evict). A
+  // block found present after its lease was granted must never be evicted.
+  MemoryTierOptions o;
+  o.capacity_bytes = 64 * BlockBytes(4);
+  o.shards = 1;
+  o.leases = std::make_shared<LeaseTable>();
+  MemoryTier tier(o);
+  std::atomic<bool> stop{false};
+  std::atomic<int> errors{0};
+  std::vector<std::thread> putters;
+  for (int t = 0; t < 2; ++t) {
+    putters.emplace_back([&, t] {
+      const std::string block = MakeBlock(t);
+      for (uint32_t i = 0; !stop.load(); ++i) {
+        if (!tier.Put(Key(10 + t, i), 0, block).ok()) errors.fetch_add(1);
+      }
+    });
+  }
+  auto wait_for_evictions = [&](uint64_t n) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (tier.evictions() < n && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  };
+  wait_for_evictions(100);
+  std::vector<BlockKey> pinned;
+  for (uint32_t i = 0; i < 32; ++i) {
+    const BlockKey key = Key(1, i);
+    ASSERT_TRUE(tier.Put(key, 0, MakeBlock(i)).ok());
+    ASSERT_TRUE(o.leases->Lease(key, absl::Now() + absl::Hours(1)));
+    if (tier.Contains(key)) pinned.push_back(key);
+  }
+  // Many times the tier's capacity goes through it meanwhile.
+  wait_for_evictions(tier.evictions() + 2000);
+  stop.store(true);
+  for (auto& th : putters) th.join();
+  EXPECT_GE(pinned.size(), 16u);
+  for (const BlockKey& k : pinned) EXPECT_TRUE(tier.Contains(k));
+  EXPECT_EQ(errors.load(), 0);  // 32 leased of 64 blocks: room remains
+  EXPECT_LE(tier.Usage().bytes, o.capacity_bytes);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "storage/fault_injection_fs.h"
 #include "storage/keys.h"
+#include "storage/lease_table.h"
 #include "tests/unit/storage/storage_test_util.h"
 
 namespace vqkv::storage {
@@ -126,6 +127,49 @@ TEST(RocksDbTierTest, DiskBudgetEvictsOldestAndRefusesHugeBlocks) {
   EXPECT_EQ(tier->Put(Key(1, 9), 0, MakeBlock(9, 20)).code(),
             absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(tier->Contains(Key(1, 1)));
+}
+
+TEST(RocksDbTierTest, DiskBudgetPassesOverLeasedRecords) {
+  TempDir dir;
+  FakeClock clock;
+  std::vector<DroppedBlock> drops;
+  LeaseTableOptions lo;
+  lo.clock = clock.AsFunction();
+  auto leases = std::make_shared<LeaseTable>(std::move(lo));
+  RocksDbTierOptions o = Options(dir);
+  o.capacity_bytes = 3 * BlockBytes(4);
+  o.clock = clock.AsFunction();
+  o.leases = leases;
+  o.on_drop = [&](const DroppedBlock& d) { drops.push_back(d); };
+  auto tier = OpenTier(o);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(tier->Put(Key(1, i), 0, MakeBlock(i)).ok());
+    clock.Advance(absl::Seconds(1));
+  }
+  // The two oldest are leased: the third oldest goes instead.
+  const absl::Time until = clock.Now() + absl::Seconds(10);
+  ASSERT_TRUE(leases->Lease(Key(1, 0), until));
+  ASSERT_TRUE(leases->Lease(Key(1, 1), until));
+  ASSERT_TRUE(tier->Put(Key(1, 3), 0, MakeBlock(3)).ok());
+  ASSERT_EQ(drops.size(), 1u);
+  EXPECT_EQ(drops[0].key, Key(1, 2));
+  EXPECT_EQ(tier->Contains({Key(1, 0), Key(1, 1), Key(1, 3)}),
+            std::vector<bool>({true, true, true}));
+  // With every record leased there is no room: refused, nothing removed.
+  ASSERT_TRUE(leases->Lease(Key(1, 3), until));
+  const absl::Status s = tier->Put(Key(1, 4), 0, MakeBlock(4));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(drops.size(), 1u);
+  EXPECT_EQ(tier->Usage().blocks, 3u);
+  EXPECT_FALSE(tier->Contains(Key(1, 4)));
+  // Delete still removes a leased record; after the leases end, the oldest
+  // goes first again.
+  EXPECT_EQ(*tier->Delete(Key(1, 3)), BlockBytes(4));
+  ASSERT_TRUE(tier->Put(Key(1, 4), 0, MakeBlock(4)).ok());
+  clock.Advance(absl::Seconds(10));
+  ASSERT_TRUE(tier->Put(Key(1, 5), 0, MakeBlock(5)).ok());
+  ASSERT_EQ(drops.size(), 2u);
+  EXPECT_EQ(drops[1].key, Key(1, 0));
 }
 
 TEST(RocksDbTierTest, TtlExpiresRecords) {

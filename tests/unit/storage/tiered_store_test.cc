@@ -169,6 +169,172 @@ TEST(TieredStoreTest, MemoryOnlyEvictionDropsBlocksAndTheirUsage) {
   EXPECT_EQ(store->GetNamespaceInfo(Ns(1))->blocks, 3u);
 }
 
+// --- Leases (LookupRequest.lease_ms) ---------------------------------------
+
+std::vector<BlockHash> Chain(int n) {
+  std::vector<BlockHash> chain;
+  for (int i = 0; i < n; ++i) chain.push_back(Hash(i));
+  return chain;
+}
+
+TEST(TieredStoreTest, LookupLeaseKeepsThePrefixThroughEvictionMemoryOnly) {
+  FakeClock clock;
+  TieredStoreOptions o = SmallOptions(8);
+  o.clock = clock.AsFunction();
+  auto store = OpenStore(o);
+  // The same chain in namespaces 1 and 2; only namespace 1's is leased.
+  for (uint32_t pos = 0; pos < 4; ++pos) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, pos), MakeBlock(pos), pos).ok());
+    ASSERT_TRUE(Put(*store, kAlice, Key(2, pos), MakeBlock(pos), pos).ok());
+  }
+  const std::vector<BlockHash> chain = Chain(4);
+  EXPECT_EQ(store->Lookup(kAlice, Ns(1), chain, absl::Seconds(5)).prefix_blocks,
+            4);
+  EXPECT_EQ(store->Lookup(kAlice, Ns(2), chain).prefix_blocks, 4);
+  EXPECT_EQ(store->Stats().leases, 4u);
+  // Enough other blocks to evict the whole memory tier several times.
+  for (uint32_t i = 0; i < 24; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(3, i), MakeBlock(100 + i)).ok());
+  }
+  auto leased = store->GetBlocks(kAlice, Ns(1), chain);
+  auto plain = store->GetBlocks(kAlice, Ns(2), chain);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(leased[i].ok()) << i << leased[i].status();
+    EXPECT_EQ(**leased[i], MakeBlock(i));
+    EXPECT_EQ(plain[i].status().code(), absl::StatusCode::kNotFound) << i;
+  }
+  // When the lease ends the blocks are evictable again.
+  clock.Advance(absl::Seconds(5));
+  for (uint32_t i = 0; i < 24; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(4, i), MakeBlock(200 + i)).ok());
+  }
+  const LookupResult after = store->Lookup(kAlice, Ns(1), chain);
+  EXPECT_EQ(after.present, std::vector<bool>(4, false));
+  EXPECT_EQ(store->Stats().leases, 0u);  // expired leases were dropped
+}
+
+TEST(TieredStoreTest, LookupLeasesOnlyThePrefixAndAnswersWhenLeasesAreFull) {
+  FakeClock clock;
+  TieredStoreOptions o = SmallOptions(16);
+  o.clock = clock.AsFunction();
+  auto store = OpenStore(o);
+  for (uint32_t pos : {0u, 1u, 3u}) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, pos), MakeBlock(pos), pos).ok());
+  }
+  LookupResult r = store->Lookup(kAlice, Ns(1), Chain(4), absl::Seconds(5));
+  EXPECT_EQ(r.prefix_blocks, 2);
+  EXPECT_EQ(r.present, std::vector<bool>({true, true, false, true}));
+  EXPECT_EQ(store->Stats().leases, 2u);  // block 3 is past the prefix
+  // Another tenant's lookup leases nothing.
+  EXPECT_EQ(
+      store->Lookup(kBob, Ns(1), Chain(4), absl::Seconds(5)).prefix_blocks, 0);
+  EXPECT_EQ(store->Stats().leases, 2u);
+  // A lease is a hint: with the lease table full the lookup still answers.
+  o.max_leases = 1;
+  auto small = OpenStore(o);
+  for (uint32_t pos = 0; pos < 4; ++pos) {
+    ASSERT_TRUE(Put(*small, kAlice, Key(1, pos), MakeBlock(pos), pos).ok());
+  }
+  r = small->Lookup(kAlice, Ns(1), Chain(4), absl::Seconds(5));
+  EXPECT_EQ(r.prefix_blocks, 4);
+  EXPECT_EQ(small->Stats().leases, 1u);
+}
+
+TEST(TieredStoreTest, PutThatCouldOnlyEvictLeasedBlocksIsResourceExhausted) {
+  FakeClock clock;
+  TieredStoreOptions o = SmallOptions(4);
+  o.clock = clock.AsFunction();
+  auto store = OpenStore(o);
+  for (uint32_t pos = 0; pos < 4; ++pos) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, pos), MakeBlock(pos), pos).ok());
+  }
+  ASSERT_EQ(
+      store->Lookup(kAlice, Ns(1), Chain(4), absl::Seconds(10)).prefix_blocks,
+      4);
+  const absl::Status s = Put(*store, kAlice, Key(2, 0), MakeBlock(20));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  StoreStats stats = store->Stats();
+  EXPECT_EQ(stats.puts_rejected, 1u);
+  EXPECT_EQ(stats.dropped, 0u);
+  EXPECT_EQ(stats.memory.blocks, 4u);
+  // The refused put is not charged to the tenant.
+  EXPECT_EQ(store->TenantUsage(kAlice), 4 * BlockBytes(4));
+  for (auto& got : store->GetBlocks(kAlice, Ns(1), Chain(4))) {
+    EXPECT_TRUE(got.ok()) << got.status();
+  }
+  clock.Advance(absl::Seconds(10));
+  EXPECT_TRUE(Put(*store, kAlice, Key(2, 0), MakeBlock(20)).ok());
+}
+
+TEST(TieredStoreTest, DeleteRemovesLeasedBlocksAndTheirLeases) {
+  FakeClock clock;
+  TieredStoreOptions o = SmallOptions(4);
+  o.clock = clock.AsFunction();
+  auto store = OpenStore(o);
+  for (uint32_t pos = 0; pos < 4; ++pos) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, pos), MakeBlock(pos), pos).ok());
+  }
+  ASSERT_EQ(
+      store->Lookup(kAlice, Ns(1), Chain(4), absl::Seconds(10)).prefix_blocks,
+      4);
+  ASSERT_TRUE(store->DeleteBlock(kAlice, Key(1, 0)).ok());
+  EXPECT_EQ(store->GetBlock(kAlice, Key(1, 0)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->Stats().leases, 3u);
+  auto removed = store->DeleteNamespace(kAlice, Ns(1));
+  ASSERT_TRUE(removed.ok());
+  EXPECT_EQ(removed->blocks, 3u);
+  EXPECT_EQ(store->Stats().leases, 0u);
+  // A block put again after its delete is not leased: memory evicts it
+  // (the tail of a chain goes first).
+  ASSERT_TRUE(Put(*store, kAlice, Key(1, 1), MakeBlock(1), 9).ok());
+  for (uint32_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(2, i), MakeBlock(20 + i)).ok());
+  }
+  EXPECT_EQ(store->GetBlock(kAlice, Key(1, 1)).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(TieredStoreTest, LeasedBlocksSurviveDiskBudgetEviction) {
+  FakeClock clock;
+  TempDir dir;
+  TieredStoreOptions o = SmallOptions(2, dir.Sub("db"));
+  o.disk_bytes = 6 * BlockBytes(4);
+  o.clock = clock.AsFunction();
+  auto store = OpenStore(o);
+  // A chain of 4: two blocks in memory, two spilled to disk.
+  for (uint32_t pos = 0; pos < 4; ++pos) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, pos), MakeBlock(pos), pos).ok());
+  }
+  ASSERT_EQ(store->Stats().disk.blocks, 2u);
+  ASSERT_EQ(
+      store->Lookup(kAlice, Ns(1), Chain(4), absl::Seconds(10)).prefix_blocks,
+      4);
+  // Many more blocks than both tiers hold: memory is all leased, so they go
+  // to disk, whose budget evicts every unleased record in turn.
+  // (The clock ticks so that the disk's oldest-first order is defined.)
+  for (uint32_t i = 0; i < 20; ++i) {
+    clock.Advance(absl::Milliseconds(1));
+    ASSERT_TRUE(Put(*store, kAlice, Key(2, i), MakeBlock(100 + i)).ok()) << i;
+  }
+  StoreStats stats = store->Stats();
+  EXPECT_GT(stats.dropped, 0u);
+  EXPECT_LE(stats.disk.bytes, 6 * BlockBytes(4));
+  auto got = store->GetBlocks(kAlice, Ns(1), Chain(4));
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(got[i].ok()) << i << got[i].status();
+    EXPECT_EQ(**got[i], MakeBlock(i));
+  }
+  // Without the lease the same pressure loses them.
+  clock.Advance(absl::Seconds(10));
+  for (uint32_t i = 0; i < 20; ++i) {
+    clock.Advance(absl::Milliseconds(1));
+    ASSERT_TRUE(Put(*store, kAlice, Key(3, i), MakeBlock(200 + i)).ok()) << i;
+  }
+  EXPECT_EQ(store->Lookup(kAlice, Ns(1), Chain(4)).present,
+            std::vector<bool>(4, false));
+}
+
 TEST(TieredStoreTest, TenantsOwnTheirNamespaces) {
   auto store = OpenStore(SmallOptions(8));
   ASSERT_TRUE(Put(*store, kAlice, Key(1, 1), MakeBlock(1)).ok());
