@@ -22,12 +22,13 @@ EmbeddedBackend::~EmbeddedBackend() {
 
 absl::StatusOr<std::vector<bool>> EmbeddedBackend::Lookup(
     const storage::NamespaceSpec& ns,
-    absl::Span<const storage::BlockHash> hashes, uint32_t /*lease_ms*/,
+    absl::Span<const storage::BlockHash> hashes, uint32_t lease_ms,
     absl::Time /*deadline*/) {
   absl::Status s = storage::ValidateNamespaceSpec(ns);
   if (!s.ok()) return s;
   storage::LookupResult r =
-      store_->Lookup("", storage::ComputeNamespaceId("", ns), hashes);
+      store_->Lookup("", storage::ComputeNamespaceId("", ns), hashes,
+                     absl::Milliseconds(lease_ms));
   return std::move(r.present);
 }
 

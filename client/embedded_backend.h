@@ -2,7 +2,8 @@
 // and RocksDB tiers as vqkv-server, without a network hop. For tools
 // (`vqkv generate --store DIR`), tests, and engines that want a local cache.
 // Blocks are stored for the tenant "" (there is no authentication in
-// process); the deadline is ignored, since every call is local.
+// process); the deadline is ignored, since every call is local. Lookup
+// leases are passed to the store as asked (no server cap applies).
 //
 // Thread safety: as Backend.
 #ifndef VQKV_CLIENT_EMBEDDED_BACKEND_H_

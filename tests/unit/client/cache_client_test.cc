@@ -228,6 +228,34 @@ TEST_F(CacheClientTest, UnreachableServerIsAMissNotAnError) {
   EXPECT_EQ(*(*c)->Lookup(t, ""), 0);
 }
 
+// The scheduler's lookup leases the prefix; saves of other requests that
+// fill the cache before the load do not evict it. Without the lease they do.
+TEST_F(CacheClientTest, LeaseKeepsLookedUpBlocksThroughEvictionPressure) {
+  const int64_t block_bytes = 64 + 4 * 32 * SmallLayout().ElementsPerToken();
+  for (bool lease : {true, false}) {
+    store_ = MemoryStore(static_cast<uint64_t>(6 * block_bytes));
+    auto client = NewClient();
+    const std::vector<int32_t> doc = Tokens(64);
+    const std::vector<float> k = Kv(64, 31);
+    ASSERT_EQ(client->Store(doc, "", k.data(), k.data())->stored, 2);
+    ASSERT_EQ(*client->Lookup(doc, "", lease), 64);
+    // Other requests' blocks, three times the memory budget.
+    for (int r = 0; r < 9; ++r) {
+      const std::vector<int32_t> other = Tokens(64, 10000 + 100 * r);
+      client->Store(other, "", k.data(), k.data()).IgnoreError();
+    }
+    std::vector<float> out(k.size());
+    auto loaded = client->Load(doc, "", out.data(), out.data());
+    ASSERT_TRUE(loaded.ok());
+    if (lease) {
+      EXPECT_EQ(loaded->tokens, 64) << "leased blocks were evicted";
+      EXPECT_EQ(out, k);
+    } else {
+      EXPECT_EQ(loaded->tokens, 0) << "the control should lose its blocks";
+    }
+  }
+}
+
 TEST_F(CacheClientTest, LookupAsyncAnswers) {
   auto client = NewClient();
   const std::vector<int32_t> t = Tokens(64);
