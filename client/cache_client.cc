@@ -50,6 +50,20 @@ absl::Status CheckOptions(const CacheClientOptions& o) {
   return absl::OkStatus();
 }
 
+// Calls fn(sequence offset, block offset, count) for each layer's slice of
+// one block of B tokens starting at token t0: in a sequence buffer
+// [layer][total][kv_head][head_dim] and a block buffer
+// [layer][B][kv_head][head_dim].
+template <typename Fn>
+void ForEachLayerSlice(const KvLayout& l, int64_t B, int64_t total, int64_t t0,
+                       Fn fn) {
+  const int64_t row = int64_t{l.kv_heads} * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    fn(static_cast<size_t>((layer * total + t0) * row),
+       static_cast<size_t>(layer * B * row), static_cast<size_t>(B * row));
+  }
+}
+
 }  // namespace
 
 // A fixed pool of threads running closures in FIFO order, with a way to wait
@@ -412,12 +426,11 @@ absl::StatusOr<StoreResult> CacheClient::Store(absl::Span<const int32_t> tokens,
       ++result.already_present;
       continue;
     }
-    for (int layer = 0; layer < l.layers; ++layer) {
-      const size_t src = static_cast<size_t>((layer * total + b * B) * row);
-      const size_t dst = static_cast<size_t>(layer * B * row);
-      std::copy_n(keys + src, B * row, bk.data() + dst);
-      std::copy_n(values + src, B * row, bv.data() + dst);
-    }
+    ForEachLayerSlice(l, B, total, b * B,
+                      [&](size_t seq, size_t blk, size_t n) {
+                        std::copy_n(keys + seq, n, bk.data() + blk);
+                        std::copy_n(values + seq, n, bv.data() + blk);
+                      });
     absl::StatusOr<EncodedBlock> e = EncodeBlock(
         (*hashes)[b], static_cast<uint32_t>(b), bk.data(), bv.data());
     if (!e.ok()) return e.status();  // codec errors are configuration faults
@@ -469,12 +482,11 @@ absl::StatusOr<LoadResult> CacheClient::Load(absl::Span<const int32_t> tokens,
       blocks_load_failed_.fetch_add(static_cast<int64_t>(prefix - b));
       break;
     }
-    for (int layer = 0; layer < l.layers; ++layer) {
-      const size_t dst = static_cast<size_t>((layer * total + b * B) * row);
-      const size_t src = static_cast<size_t>(layer * B * row);
-      std::copy_n(bk.data() + src, B * row, keys + dst);
-      std::copy_n(bv.data() + src, B * row, values + dst);
-    }
+    ForEachLayerSlice(l, B, total, b * B,
+                      [&](size_t seq, size_t blk, size_t n) {
+                        std::copy_n(bk.data() + blk, n, keys + seq);
+                        std::copy_n(bv.data() + blk, n, values + seq);
+                      });
     ++result.blocks;
     result.tokens += B;
     result.bytes_received += static_cast<int64_t>(got[b]->size());
