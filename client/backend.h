@@ -73,6 +73,24 @@ class Backend {
   virtual absl::StatusOr<std::string> GetCodebook(uint64_t hash,
                                                   absl::Time deadline) = 0;
 
+  // Rendezvous (kvcache.proto PutRendezvous): sets `key` of the caller's
+  // tenant to `value` for `ttl` (capped by the cache at 10 minutes),
+  // replacing an entry already there. For processes that meet through the
+  // cache, e.g. to exchange an NCCL unique id (client/nccl/).
+  // Errors: kInvalidArgument for a key not 1..256 bytes, a value not
+  // 1..4096 bytes or a ttl under 1 ms; kResourceExhausted when the tenant
+  // (or the cache) holds its maximum of entries; the call-level errors above.
+  virtual absl::Status PutRendezvous(absl::string_view key,
+                                     absl::string_view value,
+                                     absl::Duration ttl,
+                                     absl::Time deadline) = 0;
+
+  // The live value of rendezvous `key`. Errors: kNotFound when the key is
+  // absent, expired, or another tenant's; kInvalidArgument for a key not
+  // 1..256 bytes; the call-level errors above.
+  virtual absl::StatusOr<std::string> GetRendezvous(absl::string_view key,
+                                                    absl::Time deadline) = 0;
+
   // For logs and errors, e.g. "grpc:127.0.0.1:50051" or "embedded".
   virtual std::string Describe() const = 0;
 };

@@ -79,4 +79,18 @@ absl::StatusOr<std::string> EmbeddedBackend::GetCodebook(
   return **got;
 }
 
+absl::Status EmbeddedBackend::PutRendezvous(absl::string_view key,
+                                            absl::string_view value,
+                                            absl::Duration ttl,
+                                            absl::Time /*deadline*/) {
+  return rendezvous_.Put("", key, value, ttl).status();
+}
+
+absl::StatusOr<std::string> EmbeddedBackend::GetRendezvous(
+    absl::string_view key, absl::Time /*deadline*/) {
+  absl::StatusOr<storage::RendezvousEntry> got = rendezvous_.Get("", key);
+  if (!got.ok()) return got.status();
+  return std::move(got->value);
+}
+
 }  // namespace vqkv::client

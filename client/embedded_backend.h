@@ -4,6 +4,9 @@
 // Blocks are stored for the tenant "" (there is no authentication in
 // process); the deadline is ignored, since every call is local. Lookup
 // leases are passed to the store as asked (no server cap applies).
+// Rendezvous entries live in a storage::RendezvousTable of the backend's own
+// (default bounds), so they are shared only by users of this one backend
+// object.
 //
 // Thread safety: as Backend.
 #ifndef VQKV_CLIENT_EMBEDDED_BACKEND_H_
@@ -14,6 +17,7 @@
 #include <vector>
 
 #include "client/backend.h"
+#include "storage/rendezvous_table.h"
 #include "storage/tiered_store.h"
 
 namespace vqkv::client {
@@ -42,6 +46,10 @@ class EmbeddedBackend : public Backend {
                            absl::Time deadline) override;
   absl::StatusOr<std::string> GetCodebook(uint64_t hash,
                                           absl::Time deadline) override;
+  absl::Status PutRendezvous(absl::string_view key, absl::string_view value,
+                             absl::Duration ttl, absl::Time deadline) override;
+  absl::StatusOr<std::string> GetRendezvous(absl::string_view key,
+                                            absl::Time deadline) override;
   std::string Describe() const override { return "embedded"; }
 
   storage::TieredStore* store() { return store_; }
@@ -49,6 +57,7 @@ class EmbeddedBackend : public Backend {
  private:
   std::unique_ptr<storage::TieredStore> owned_;
   storage::TieredStore* store_;
+  storage::RendezvousTable rendezvous_;
 };
 
 }  // namespace vqkv::client

@@ -76,7 +76,8 @@ KvCacheService::KvCacheService(storage::TieredStore* store,
       tokens_(tokens),
       metrics_(metrics),
       options_(options),
-      work_(options.workers < 1 ? 1 : options.workers) {}
+      work_(options.workers < 1 ? 1 : options.workers),
+      rendezvous_(options.rendezvous) {}
 
 KvCacheService::~KvCacheService() { work_.Stop(); }
 
@@ -255,6 +256,31 @@ grpc::ServerUnaryReactor* KvCacheService::Stats(
       ctx, "Stats",
       [this, response](const std::string& tenant) {
         return std::optional<absl::Status>(DoStats(tenant, response));
+      },
+      [](const std::string&) { return absl::OkStatus(); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::PutRendezvous(
+    grpc::CallbackServerContext* ctx, const v1::PutRendezvousRequest* request,
+    v1::PutRendezvousResponse* response) {
+  // The rendezvous table is in memory: always inline.
+  return RunUnary(
+      ctx, "PutRendezvous",
+      [this, request, response](const std::string& tenant) {
+        return std::optional<absl::Status>(
+            DoPutRendezvous(tenant, *request, response));
+      },
+      [](const std::string&) { return absl::OkStatus(); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::GetRendezvous(
+    grpc::CallbackServerContext* ctx, const v1::GetRendezvousRequest* request,
+    v1::GetRendezvousResponse* response) {
+  return RunUnary(
+      ctx, "GetRendezvous",
+      [this, request, response](const std::string& tenant) {
+        return std::optional<absl::Status>(
+            DoGetRendezvous(tenant, *request, response));
       },
       [](const std::string&) { return absl::OkStatus(); });
 }
@@ -564,6 +590,37 @@ absl::Status KvCacheService::DoStats(const std::string& tenant,
   resp->set_storage_faults(st.disk_faults);
   resp->set_last_fault(st.last_disk_error);
   resp->set_codebooks(st.codebooks);
+  return absl::OkStatus();
+}
+
+absl::Status KvCacheService::DoPutRendezvous(
+    const std::string& tenant, const v1::PutRendezvousRequest& req,
+    v1::PutRendezvousResponse* resp) {
+  // The table checks key, value and ttl_ms and names the bad field.
+  absl::StatusOr<absl::Duration> granted = rendezvous_.Put(
+      tenant, req.key(), req.value(), absl::Milliseconds(req.ttl_ms()));
+  if (!granted.ok()) return granted.status();
+  resp->set_ttl_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(*granted)));
+  return absl::OkStatus();
+}
+
+absl::Status KvCacheService::DoGetRendezvous(
+    const std::string& tenant, const v1::GetRendezvousRequest& req,
+    v1::GetRendezvousResponse* resp) {
+  absl::StatusOr<storage::RendezvousEntry> got =
+      rendezvous_.Get(tenant, req.key());
+  if (!got.ok()) {
+    if (got.status().code() == absl::StatusCode::kNotFound) {
+      resp->set_found(false);
+      return absl::OkStatus();
+    }
+    return got.status();
+  }
+  resp->set_found(true);
+  resp->set_remaining_ttl_ms(static_cast<uint32_t>(
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(absl::Ceil(
+                               got->remaining_ttl, absl::Milliseconds(1))))));
+  *resp->mutable_value() = std::move(got->value);
   return absl::OkStatus();
 }
 

@@ -1,7 +1,7 @@
 // The KVCache gRPC service (proto/vqkv/v1/kvcache.proto) on top of the tiered
 // store, with the callback API: each handler authenticates inline; work that
-// needs no disk I/O (Lookup, Stats, memory hits, puts that cannot spill)
-// also runs inline on the gRPC thread, the rest goes to a WorkQueue and
+// needs no disk I/O (Lookup, Stats, rendezvous, memory hits, puts that cannot
+// spill) also runs inline on the gRPC thread, the rest goes to a WorkQueue and
 // finishes the reactor from there, so gRPC threads never block on disk.
 //
 // Status mapping: storage and validation errors are absl::Status codes,
@@ -26,6 +26,7 @@
 #include "service/auth.h"
 #include "service/metrics.h"
 #include "service/work_queue.h"
+#include "storage/rendezvous_table.h"
 #include "storage/tiered_store.h"
 #include "vqkv/v1/kvcache.grpc.pb.h"
 
@@ -40,6 +41,9 @@ struct KvServiceOptions {
   // Cap on LookupRequest.lease_ms: a Lookup leases its prefix for
   // min(lease_ms, max_lease). Zero: leases are off (lease_ms is ignored).
   absl::Duration max_lease = absl::Seconds(10);
+  // Bounds and TTL cap of the rendezvous table (PutRendezvous); the clock
+  // is injectable for tests.
+  storage::RendezvousTableOptions rendezvous;
 };
 
 class KvCacheService final : public v1::KVCache::CallbackService {
@@ -86,6 +90,12 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
                                   const v1::StatsRequest* request,
                                   v1::StatsResponse* response) override;
+  grpc::ServerUnaryReactor* PutRendezvous(
+      grpc::CallbackServerContext* ctx, const v1::PutRendezvousRequest* request,
+      v1::PutRendezvousResponse* response) override;
+  grpc::ServerUnaryReactor* GetRendezvous(
+      grpc::CallbackServerContext* ctx, const v1::GetRendezvousRequest* request,
+      v1::GetRendezvousResponse* response) override;
 
  private:
   class PutStreamReactor;
@@ -139,6 +149,12 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   absl::Status DoDelete(const std::string& tenant, const v1::DeleteRequest& req,
                         v1::DeleteResponse* resp);
   absl::Status DoStats(const std::string& tenant, v1::StatsResponse* resp);
+  absl::Status DoPutRendezvous(const std::string& tenant,
+                               const v1::PutRendezvousRequest& req,
+                               v1::PutRendezvousResponse* resp);
+  absl::Status DoGetRendezvous(const std::string& tenant,
+                               const v1::GetRendezvousRequest& req,
+                               v1::GetRendezvousResponse* resp);
 
   // Checks a namespace for a put: valid, and its codebook set registered
   // (FAILED_PRECONDITION otherwise).
@@ -149,6 +165,8 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   Metrics* const metrics_;
   const KvServiceOptions options_;
   WorkQueue work_;
+  // Rendezvous entries (memory only; thread-safe on its own).
+  storage::RendezvousTable rendezvous_;
   absl::Mutex drain_mu_;
   bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
   int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -203,6 +205,39 @@ class GrpcBackend : public Backend {
                                               " is not registered"));
     }
     return std::move(*resp.mutable_codebooks(0)->mutable_data());
+  }
+
+  absl::Status PutRendezvous(absl::string_view key, absl::string_view value,
+                             absl::Duration ttl, absl::Time deadline) override {
+    v1::PutRendezvousRequest req;
+    req.set_key(key.data(), key.size());
+    req.set_value(value.data(), value.size());
+    // Below 1 ms (or negative) goes as 0, which the server rejects; above
+    // the wire's range goes as the largest value, which the server caps.
+    const int64_t ms = absl::ToInt64Milliseconds(ttl);
+    req.set_ttl_ms(static_cast<uint32_t>(
+        std::clamp<int64_t>(ms, 0, std::numeric_limits<uint32_t>::max())));
+    v1::PutRendezvousResponse resp;
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline);
+    return FromGrpc(stub_->PutRendezvous(&ctx, req, &resp), "PutRendezvous");
+  }
+
+  absl::StatusOr<std::string> GetRendezvous(absl::string_view key,
+                                            absl::Time deadline) override {
+    v1::GetRendezvousRequest req;
+    req.set_key(key.data(), key.size());
+    v1::GetRendezvousResponse resp;
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline);
+    absl::Status s =
+        FromGrpc(stub_->GetRendezvous(&ctx, req, &resp), "GetRendezvous");
+    if (!s.ok()) return s;
+    if (!resp.found()) {
+      return absl::NotFoundError(
+          absl::StrCat(describe_, ": rendezvous key not found"));
+    }
+    return std::move(*resp.mutable_value());
   }
 
   std::string Describe() const override { return describe_; }

@@ -137,6 +137,18 @@ class ControlledBackend : public Backend {
     if (fail) return absl::UnavailableError("injected");
     return inner_->GetCodebook(hash, deadline);
   }
+  absl::Status PutRendezvous(absl::string_view key, absl::string_view value,
+                             absl::Duration ttl, absl::Time deadline) override {
+    ++calls;
+    if (fail) return absl::UnavailableError("injected");
+    return inner_->PutRendezvous(key, value, ttl, deadline);
+  }
+  absl::StatusOr<std::string> GetRendezvous(absl::string_view key,
+                                            absl::Time deadline) override {
+    ++calls;
+    if (fail) return absl::UnavailableError("injected");
+    return inner_->GetRendezvous(key, deadline);
+  }
   std::string Describe() const override { return "controlled"; }
 
  private:
