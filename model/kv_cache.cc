@@ -101,6 +101,47 @@ absl::Status ExactKvCache::EndChunk() {
   return absl::OkStatus();
 }
 
+absl::Status ExactKvCache::AppendTokens(int64_t n, const float* keys,
+                                        const float* values) {
+  if (chunk_ != 0) {
+    return absl::FailedPreconditionError("AppendTokens while a chunk is open");
+  }
+  if (n < 0 || (n > 0 && (keys == nullptr || values == nullptr))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AppendTokens of ", n, " tokens without arrays"));
+  }
+  if (n == 0) return absl::OkStatus();
+  const KvLayout& lay = store_.layout();
+  const int64_t layer_floats = n * lay.kv_heads * lay.head_dim;
+  for (int l = 0; l < lay.layers; ++l) {
+    store_.Append(l, n, keys + l * layer_floats, values + l * layer_floats);
+  }
+  tokens_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status ExactKvCache::ReadTokens(int64_t begin, int64_t end, float* keys,
+                                      float* values) const {
+  if (chunk_ != 0) {
+    return absl::FailedPreconditionError("ReadTokens while a chunk is open");
+  }
+  if (begin < 0 || begin > end || end > tokens_) {
+    return absl::OutOfRangeError(absl::StrCat("ReadTokens [", begin, ", ", end,
+                                              ") of a cache of ", tokens_,
+                                              " tokens"));
+  }
+  const KvLayout& lay = store_.layout();
+  const int64_t row = int64_t{lay.kv_heads} * lay.head_dim;
+  const int64_t n = end - begin;
+  const size_t bytes = static_cast<size_t>(n * row) * sizeof(float);
+  if (bytes == 0) return absl::OkStatus();
+  for (int l = 0; l < lay.layers; ++l) {
+    std::memcpy(keys + l * n * row, store_.keys(l) + begin * row, bytes);
+    std::memcpy(values + l * n * row, store_.values(l) + begin * row, bytes);
+  }
+  return absl::OkStatus();
+}
+
 void ExactKvCache::Clear() {
   store_.Clear();
   tokens_ = 0;

@@ -125,6 +125,25 @@ class ExactKvCache : public KvCache {
   absl::Status EndChunk() override;
   void Clear() override;
 
+  // Appends n positions whose K/V were computed elsewhere (loaded from a KV
+  // cache service, copied from another cache) without running the forward
+  // pass: positions [tokens(), tokens() + n) of every layer, and tokens()
+  // grows by n. keys (post-RoPE) and values are float32
+  // [layer][n][kv_head][head_dim] (the codec layout, kernels/codec.h); they
+  // are rounded to fp16 when the cache rounds, as Append does. A forward
+  // pass that follows attends to them exactly as if it had computed them.
+  // Errors: kInvalidArgument for n < 0 or null arrays with n > 0;
+  // kFailedPrecondition while a chunk is open. n == 0 does nothing.
+  absl::Status AppendTokens(int64_t n, const float* keys, const float* values);
+
+  // Copies positions [begin, end) of every layer into keys/values, float32
+  // [layer][end - begin][kv_head][head_dim] (post-RoPE keys): the layout
+  // AppendTokens takes and CacheClient::Store expects.
+  // Errors: kOutOfRange unless 0 <= begin <= end <= tokens();
+  // kFailedPrecondition while a chunk is open.
+  absl::Status ReadTokens(int64_t begin, int64_t end, float* keys,
+                          float* values) const;
+
  private:
   ExactKvStore store_;
   int64_t tokens_ = 0;
