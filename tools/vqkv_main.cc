@@ -4,6 +4,8 @@
 //   vqkv eval --model M.gguf --text F --codec fp16|vq|kivi2|kivi4 [--json]
 //   vqkv eval --task passkey --model M.gguf --codec vq --codebooks C.vqcb
 //   vqkv eval --memory --model M.gguf --codec vq --codebooks C.vqcb
+//   vqkv generate --model M.gguf --prompt-file F --max-new-tokens N
+//       --store DIR | --server HOST:PORT | --no-cache | --roundtrip
 //
 // Every failure ends in one "vqkv: error: ..." line on stderr and exit 1.
 #include <cblas.h>
@@ -15,6 +17,7 @@
 #include "CLI/CLI.hpp"
 #include "tools/calibrate_command.h"
 #include "tools/eval_command.h"
+#include "tools/generate_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"vqkv: VQ KV-cache compression tools"};
@@ -25,6 +28,7 @@ int main(int argc, char** argv) {
   std::vector<std::function<int()>> commands = {
       vqkv::tools::AddCalibrateCommand(&app),
       vqkv::tools::AddEvalCommand(&app),
+      vqkv::tools::AddGenerateCommand(&app),
   };
   try {
     app.parse(argc, argv);
