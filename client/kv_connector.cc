@@ -59,6 +59,22 @@ absl::Status CheckPages(const std::string& id,
 
 KvConnector::KvConnector(CacheClient* client) : client_(client) {}
 
+// Counts one background save of a connector while it lives.
+class KvConnector::PendingGuard {
+ public:
+  explicit PendingGuard(KvConnector* c) : c_(c) {
+    absl::MutexLock lock(&c_->pending_mu_);
+    ++c_->pending_saves_;
+  }
+  ~PendingGuard() {
+    absl::MutexLock lock(&c_->pending_mu_);
+    --c_->pending_saves_;
+  }
+
+ private:
+  KvConnector* const c_;
+};
+
 KvConnector::~KvConnector() { Shutdown(absl::Seconds(5)); }
 
 absl::Status KvConnector::RegisterKvCaches(PagedKvCaches caches) {
@@ -235,11 +251,19 @@ absl::Status KvConnector::SaveLayer(int layer,
   if (next_save_layer_ < l.layers) return absl::OkStatus();
   next_save_layer_ = 0;
   for (std::shared_ptr<PendingSave>& p : saving_) {
-    auto job = [this, p]() {
+    // The guard counts the job as pending until the closure is destroyed,
+    // whether it ran or was dropped by a client shutdown, so Shutdown can
+    // wait for every job that still refers to this connector.
+    auto guard = std::make_shared<PendingGuard>(this);
+    auto job = [this, p, guard]() {
       bool cancelled;
       {
         absl::MutexLock lock(&mu_);
         cancelled = cancelled_.erase(p->spec.request_id) > 0;
+      }
+      if (!cancelled && stopping_.load()) {
+        client_->CountDroppedSave();  // shutting down: drop, and count it
+        cancelled = true;
       }
       const KvLayout& lay = client_->layout();
       const int64_t bt = client_->block_tokens();
@@ -324,6 +348,12 @@ void KvConnector::Shutdown(absl::Duration timeout) {
   }
   if (batch != nullptr && batch->thread.joinable()) batch->thread.join();
   client_->WaitIdle(timeout);
+  // Saves that have not started skip their work now; wait for the ones that
+  // run (bounded by the client's io_timeout) before this object can go.
+  stopping_ = true;
+  absl::MutexLock lock(&pending_mu_);
+  pending_mu_.Await(absl::Condition(
+      +[](int* pending) { return *pending == 0; }, &pending_saves_));
 }
 
 ConnectorStats KvConnector::stats() const {

@@ -30,6 +30,7 @@
 #ifndef VQKV_CLIENT_KV_CONNECTOR_H_
 #define VQKV_CLIENT_KV_CONNECTOR_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -116,7 +117,8 @@ class KvConnector {
   // Forgets a request: a save not yet sent is dropped; a load in progress
   // completes (its pages are written) but is not reported.
   void Cancel(const std::string& request_id);
-  // Waits up to `timeout` for background work, then stops.
+  // Waits up to `timeout` for background work; saves not started by then
+  // are dropped, and it returns once no save refers to this object.
   void Shutdown(absl::Duration timeout);
 
   ConnectorStats stats() const;
@@ -124,6 +126,7 @@ class KvConnector {
  private:
   struct LoadBatch;
   struct PendingSave;
+  class PendingGuard;
   void RunLoad(std::shared_ptr<LoadBatch> batch);
 
   CacheClient* const client_;
@@ -137,6 +140,11 @@ class KvConnector {
   std::vector<int32_t> load_errors_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> cancelled_ ABSL_GUARDED_BY(mu_);
   ConnectorStats stats_ ABSL_GUARDED_BY(mu_);
+  // Background saves that may still touch this object. pending_mu_ is a
+  // leaf lock: nothing is called while holding it.
+  absl::Mutex pending_mu_;
+  int pending_saves_ ABSL_GUARDED_BY(pending_mu_) = 0;
+  std::atomic<bool> stopping_{false};
 };
 
 }  // namespace vqkv::client

@@ -312,3 +312,38 @@ TEST(KvConnectorErrorsTest, MisuseIsReported) {
 
 }  // namespace
 }  // namespace vqkv::client
+
+namespace vqkv::client {
+namespace {
+
+// Saves still queued when the engine shuts down are dropped, and the
+// connector can go away at once (no save refers to it afterwards).
+TEST(KvConnectorErrorsTest, ShutdownWithQueuedSaves) {
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok());
+  auto& client = *c;
+  const KvLayout l = SmallLayout();
+  Pages p(DType::kFloat16, false);
+  {
+    KvConnector engine(client.get());
+    ASSERT_TRUE(engine.RegisterKvCaches(p.Caches()).ok());
+    for (int r = 0; r < 8; ++r) {
+      SaveSpec save{"r" + std::to_string(r), Tokens(64, 1000 * r), "",
+                    {0, 1, 2, 3}, 0};
+      for (int layer = 0; layer < l.layers; ++layer) {
+        ASSERT_TRUE(engine.SaveLayer(layer, {save}).ok());
+      }
+      ASSERT_TRUE(engine.WaitForSave().ok());
+    }
+    client->Shutdown(absl::ZeroDuration());  // drops what is queued
+    engine.Shutdown(absl::ZeroDuration());
+  }
+  // Everything is accounted for: stored, or dropped and counted.
+  const CacheClientStats s = client->stats();
+  EXPECT_EQ(s.blocks_stored / 2 + s.saves_dropped, 8);
+}
+
+}  // namespace
+}  // namespace vqkv::client
