@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the whole test suite (this is what CI runs).
+# Sets up, builds and runs the whole test suite (this is what CI runs), then
+# the sanitizer pass: the client and storage unit tests (threads, buffers and
+# wire bytes) under ASan + UBSan in build-asan/. scripts/sanitize.sh alone
+# runs the whole suite sanitized.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/get-model.sh
 bash scripts/build.sh
-cd "${BUILD_DIR:-build}"
-ctest --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 900
+(cd "${BUILD_DIR:-build}" &&
+  ctest --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 900)
+
+if [[ "${VQKV_SKIP_SANITIZE:-0}" != 1 ]]; then
+  VQKV_SANITIZE_TARGETS="storage_memory_tier_test storage_rocksdb_tier_test
+    storage_tiered_store_test storage_rendezvous_table_test client_hash_test
+    cache_client_test kv_connector_test nccl_rendezvous_test c_api_test" \
+  VQKV_SANITIZE_EXCLUDE="NOT_BUILT|install|python" \
+    BUILD_DIR=build-asan bash scripts/sanitize.sh 'client|storage'
+fi
