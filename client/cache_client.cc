@@ -44,6 +44,10 @@ absl::Status CheckOptions(const CacheClientOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sink_tokens must be in 0..block_tokens, got ", o.sink_tokens));
   }
+  if (o.decode_threads < 1 || o.decode_threads > 64) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "decode_threads must be in 1..64, got ", o.decode_threads));
+  }
   if (o.save_threads < 1) {
     return absl::InvalidArgumentError("save_threads must be >= 1");
   }
@@ -469,32 +473,63 @@ absl::StatusOr<LoadResult> CacheClient::Load(absl::Span<const int32_t> tokens,
   const KvLayout& l = layout();
   const int64_t total = static_cast<int64_t>(tokens.size());
   const int64_t B = options_.block_tokens;
-  const int64_t row = int64_t{l.kv_heads} * l.head_dim;
-  std::vector<float> bk(static_cast<size_t>(l.layers * B * row));
-  std::vector<float> bv(bk.size());
-  const int64_t fp16_bytes = int64_t{4} * B * l.ElementsPerToken();
-  for (size_t b = 0; b < prefix; ++b) {
-    // Decode into scratch first: nothing reaches the caller's buffers
-    // unless the whole block verified and decoded.
-    absl::Status s = got[b].status();
-    if (s.ok()) s = VerifyAndDecode(*got[b], bk.data(), bv.data());
-    if (!s.ok()) {
-      blocks_load_failed_.fetch_add(static_cast<int64_t>(prefix - b));
-      break;
-    }
-    ForEachLayerSlice(l, B, total, b * B,
-                      [&](size_t seq, size_t blk, size_t n) {
-                        std::copy_n(bk.data() + blk, n, keys + seq);
-                        std::copy_n(bv.data() + blk, n, values + seq);
-                      });
-    ++result.blocks;
-    result.tokens += B;
-    result.bytes_received += static_cast<int64_t>(got[b]->size());
-    blocks_loaded_.fetch_add(1);
-    bytes_received_.fetch_add(static_cast<int64_t>(got[b]->size()));
-    fp16_equivalent_bytes_.fetch_add(fp16_bytes);
-  }
+  result.blocks =
+      DecodePrefix(got, [&](int64_t b, const float* bk, const float* bv) {
+        ForEachLayerSlice(l, B, total, b * B,
+                          [&](size_t seq, size_t blk, size_t n) {
+                            std::copy_n(bk + blk, n, keys + seq);
+                            std::copy_n(bv + blk, n, values + seq);
+                          });
+        result.bytes_received += static_cast<int64_t>(got[b]->size());
+      });
+  result.tokens = result.blocks * B;
   return result;
+}
+
+int64_t CacheClient::DecodePrefix(
+    absl::Span<const GetItem> blocks,
+    const std::function<void(int64_t, const float*, const float*)>& deliver) {
+  const KvLayout& l = layout();
+  const int64_t n = static_cast<int64_t>(blocks.size());
+  const size_t floats = static_cast<size_t>(l.layers) * options_.block_tokens *
+                        l.kv_heads * l.head_dim;
+  const int64_t fp16_bytes =
+      int64_t{4} * options_.block_tokens * l.ElementsPerToken();
+  const int threads = std::max(1, options_.decode_threads);
+  // Scratch for one round of `threads` blocks: decoded in parallel, then
+  // delivered in order, so memory stays bounded and nothing past a bad
+  // block reaches the caller.
+  std::vector<std::vector<float>> keys(threads), values(threads);
+  std::vector<absl::Status> status(threads);
+  int64_t delivered = 0;
+  for (int64_t first = 0; first < n; first += threads) {
+    const int count = static_cast<int>(std::min<int64_t>(threads, n - first));
+    auto decode = [&](int j) {
+      keys[j].resize(floats);
+      values[j].resize(floats);
+      const GetItem& item = blocks[first + j];
+      status[j] = item.ok()
+                      ? VerifyAndDecode(*item, keys[j].data(), values[j].data())
+                      : item.status();
+    };
+    std::vector<std::thread> workers;
+    for (int j = 1; j < count; ++j) workers.emplace_back(decode, j);
+    decode(0);
+    for (std::thread& t : workers) t.join();
+    for (int j = 0; j < count; ++j) {
+      if (!status[j].ok()) {
+        blocks_load_failed_.fetch_add(n - delivered);
+        return delivered;
+      }
+      deliver(first + j, keys[j].data(), values[j].data());
+      ++delivered;
+      blocks_loaded_.fetch_add(1);
+      bytes_received_.fetch_add(
+          static_cast<int64_t>(blocks[first + j]->size()));
+      fp16_equivalent_bytes_.fetch_add(fp16_bytes);
+    }
+  }
+  return delivered;
 }
 
 bool CacheClient::TryReserve(uint64_t bytes) {

@@ -76,6 +76,8 @@ struct CacheClientOptions {
   uint64_t max_inflight_bytes = uint64_t{256} << 20;
   // Threads that encode and send background saves.
   int save_threads = 1;
+  // Threads that verify and decode the blocks of one load in parallel.
+  int decode_threads = 2;
 
   CircuitBreakerOptions circuit;
 };
@@ -204,6 +206,15 @@ class CacheClient {
   // kFailedPrecondition for a block that must not be used.
   absl::Status VerifyAndDecode(absl::string_view data, float* keys,
                                float* values) const;
+  // Verifies and decodes fetched blocks (a chain prefix), decode_threads at
+  // a time, and calls deliver(i, keys, values) in chain order for blocks
+  // 0, 1, ... while every block before them decoded: the first missing or
+  // bad block ends the prefix, and nothing after it is delivered. keys and
+  // values are the layout of EncodeBlock, valid during the call. Counts
+  // loaded and failed blocks in stats(). Returns the blocks delivered.
+  int64_t DecodePrefix(
+      absl::Span<const GetItem> blocks,
+      const std::function<void(int64_t, const float*, const float*)>& deliver);
   // Puts encoded blocks; one status per block. Respects the circuit.
   std::vector<absl::Status> PutBlocks(absl::Span<const EncodedBlock> blocks);
   // Fetches blocks; one result per hash (a miss is kNotFound; an open

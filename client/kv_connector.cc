@@ -135,8 +135,6 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
   const KvLayout& l = client_->layout();
   const int64_t B = client_->block_tokens();
   const int64_t row = int64_t{l.kv_heads} * l.head_dim;
-  std::vector<float> bk(static_cast<size_t>(l.layers * B * row));
-  std::vector<float> bv(bk.size());
   for (const LoadSpec& spec : batch->specs) {
     std::vector<int32_t> failed_pages;
     const int64_t blocks = spec.num_tokens / B;
@@ -146,18 +144,15 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
             .subspan(0, static_cast<size_t>(spec.num_tokens)),
         spec.salt);
     if (hashes.ok() && blocks > 0) {
-      std::vector<GetItem> got = client_->GetBlocks(*hashes);
-      for (; good < blocks; ++good) {
-        absl::Status s = got[good].status();
-        if (s.ok())
-          s = client_->VerifyAndDecode(*got[good], bk.data(), bv.data());
-        if (!s.ok()) break;
-        for (int layer = 0; layer < l.layers; ++layer) {
-          const size_t off = static_cast<size_t>(layer * B * row);
-          ScatterLayer(caches_, layer, spec.block_ids, good * B, B,
-                       bk.data() + off, bv.data() + off);
-        }
-      }
+      const std::vector<GetItem> got = client_->GetBlocks(*hashes);
+      good = client_->DecodePrefix(
+          got, [&](int64_t b, const float* bk, const float* bv) {
+            for (int layer = 0; layer < l.layers; ++layer) {
+              const size_t off = static_cast<size_t>(layer * B * row);
+              ScatterLayer(caches_, layer, spec.block_ids, b * B, B, bk + off,
+                           bv + off);
+            }
+          });
     }
     AppendPages(spec.block_ids, caches_.block_size, good * B, spec.num_tokens,
                 &failed_pages);

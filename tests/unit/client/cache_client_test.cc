@@ -175,6 +175,46 @@ TEST_F(CacheClientTest, CorruptBlockNeverReachesTheBuffers) {
   EXPECT_EQ(client->stats().blocks_load_failed, 2);
 }
 
+// Blocks decode in parallel, but delivery stops at the first bad one: the
+// blocks before it are written, nothing after it is.
+TEST_F(CacheClientTest, ParallelDecodeStopsAtTheFirstBadBlock) {
+  EmbeddedBackend inner(store_.get());
+  auto controlled = std::make_unique<ControlledBackend>(&inner);
+  ControlledBackend* ctl = controlled.get();
+  CacheClientOptions o = Options();
+  o.decode_threads = 4;
+  auto c =
+      CacheClient::Create(o, Fp16(SmallLayout()), "", std::move(controlled));
+  ASSERT_TRUE(c.ok());
+  auto& client = *c;
+  const int n = 7 * 32;
+  const std::vector<int32_t> t = Tokens(n);
+  const std::vector<float> k = Kv(n, 41), v = Kv(n, 42);
+  ASSERT_EQ(client->Store(t, "", k.data(), v.data())->stored, 7);
+  ctl->corrupt = true;
+  ctl->corrupt_index = 5;
+  std::vector<float> k2(k.size(), 2.5f), v2(v.size(), 2.5f);
+  auto loaded = client->Load(t, "", k2.data(), v2.data());
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(loaded->tokens, 5 * 32);
+  const KvLayout l = SmallLayout();
+  const int row = l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    for (int tok = 0; tok < n; ++tok) {
+      const size_t i = (static_cast<size_t>(layer) * n + tok) * row;
+      if (tok < 160) {
+        ASSERT_EQ(k2[i], k[i]);
+        ASSERT_EQ(v2[i + row - 1], v[i + row - 1]);
+      } else {
+        ASSERT_EQ(k2[i], 2.5f) << "token " << tok << " was written";
+        ASSERT_EQ(v2[i], 2.5f);
+      }
+    }
+  }
+  EXPECT_EQ(client->stats().blocks_loaded, 5);
+  EXPECT_EQ(client->stats().blocks_load_failed, 2);
+}
+
 TEST_F(CacheClientTest, CircuitOpensThenRecoversAfterAProbe) {
   EmbeddedBackend inner(store_.get());
   auto controlled = std::make_unique<ControlledBackend>(&inner);

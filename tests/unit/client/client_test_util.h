@@ -94,6 +94,7 @@ class ControlledBackend : public Backend {
   explicit ControlledBackend(Backend* inner) : inner_(inner) {}
   std::atomic<bool> fail{false};
   std::atomic<bool> corrupt{false};
+  std::atomic<int> corrupt_index{-1};  // corrupt only this block when >= 0
   std::atomic<int> calls{0};
 
   absl::StatusOr<std::vector<bool>> Lookup(
@@ -119,7 +120,10 @@ class ControlledBackend : public Backend {
     if (fail) return absl::UnavailableError("injected");
     auto r = inner_->Get(ns, hashes, deadline);
     if (r.ok() && corrupt) {
-      for (GetItem& g : *r) {
+      for (size_t i = 0; i < r->size(); ++i) {
+        GetItem& g = (*r)[i];
+        if (corrupt_index >= 0 && static_cast<int>(i) != corrupt_index)
+          continue;
         if (g.ok() && g->size() > 100) (*g)[100] ^= 0x5a;
       }
     }
