@@ -330,8 +330,8 @@ TEST(KvConnectorErrorsTest, ShutdownWithQueuedSaves) {
     KvConnector engine(client.get());
     ASSERT_TRUE(engine.RegisterKvCaches(p.Caches()).ok());
     for (int r = 0; r < 8; ++r) {
-      SaveSpec save{"r" + std::to_string(r), Tokens(64, 1000 * r), "",
-                    {0, 1, 2, 3}, 0};
+      SaveSpec save{
+          "r" + std::to_string(r), Tokens(64, 1000 * r), "", {0, 1, 2, 3}, 0};
       for (int layer = 0; layer < l.layers; ++layer) {
         ASSERT_TRUE(engine.SaveLayer(layer, {save}).ok());
       }
