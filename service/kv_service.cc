@@ -491,6 +491,23 @@ absl::Status KvCacheService::DoPutCodebooks(const v1::PutCodebooksRequest& req,
   return absl::OkStatus();
 }
 
+absl::Status KvCacheService::DoPutOneCodebook(uint64_t hash,
+                                              const std::string& data,
+                                              v1::PutCodebooksResponse* resp) {
+  absl::Status s = ValidateCodebook(hash, data, 0);
+  if (!s.ok()) return s;
+  v1::PutResult* r = resp->add_results();
+  if (store_->HasCodebook(hash)) {
+    r->set_code(static_cast<int32_t>(absl::StatusCode::kAlreadyExists));
+    r->set_message("already registered");
+    return absl::OkStatus();
+  }
+  s = store_->PutCodebooks(hash, data);
+  r->set_code(static_cast<int32_t>(s.code()));
+  if (!s.ok()) r->set_message(std::string(s.message()));
+  return absl::OkStatus();
+}
+
 absl::Status KvCacheService::DoGetCodebooks(const v1::GetCodebooksRequest& req,
                                             v1::GetCodebooksResponse* resp) {
   const int n = req.hashes_size();
@@ -846,6 +863,233 @@ grpc::ServerWriteReactor<v1::GetBlocksResponse>*
 KvCacheService::GetBlocksStream(grpc::CallbackServerContext* ctx,
                                 const v1::GetBlocksRequest* request) {
   return new GetStreamReactor(this, request, Authenticate(ctx));
+}
+
+// ---------------------------------------------------------------------------
+// PutCodebookStream: append chunks on the gRPC thread (a copy, no I/O), then
+// validate and store the assembled file on a worker.
+
+class KvCacheService::PutCodebookStreamReactor
+    : public grpc::ServerReadReactor<v1::CodebookChunk> {
+ public:
+  PutCodebookStreamReactor(KvCacheService* svc, v1::PutCodebooksResponse* resp,
+                           const absl::StatusOr<std::string>& tenant)
+      : svc_(svc), resp_(resp), start_(absl::Now()), entered_(svc->Enter()) {
+    if (!entered_) {
+      FinishWith(ShuttingDown());
+      return;
+    }
+    if (!tenant.ok()) {
+      FinishWith(tenant.status());
+      return;
+    }
+    StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The client half-closed (or the call was cancelled).
+      if (chunks_ == 0) {
+        FinishWith(
+            absl::InvalidArgumentError("PutCodebookStream carried no chunks"));
+        return;
+      }
+      if (data_.size() != total_) {
+        FinishWith(absl::InvalidArgumentError(
+            absl::StrCat("total_bytes: the stream ended after ", data_.size(),
+                         " of ", total_, " bytes")));
+        return;
+      }
+      svc_->work_.Submit(
+          [this] { FinishWith(svc_->DoPutOneCodebook(hash_, data_, resp_)); });
+      return;
+    }
+    absl::Status s = Append();
+    if (!s.ok()) {
+      FinishWith(s);
+      return;
+    }
+    StartRead(&chunk_);
+  }
+
+  void OnDone() override {
+    svc_->metrics_->RecordRpc("PutCodebookStream", code_, SecondsSince(start_));
+    if (entered_) svc_->Exit();
+    delete this;
+  }
+
+ private:
+  // Checks chunk_ against the stream so far and appends its data.
+  absl::Status Append() {
+    const std::string where = absl::StrCat("chunk ", chunks_, ": ");
+    if (chunks_ == 0) {
+      if (chunk_.hash() == 0) {
+        return absl::InvalidArgumentError(
+            where + "hash must be non-zero in the first chunk");
+      }
+      if (chunk_.total_bytes() == 0) {
+        return absl::InvalidArgumentError(
+            where + "total_bytes must be non-zero in the first chunk");
+      }
+      if (chunk_.total_bytes() > svc_->options_.max_codebook_bytes) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat(where, "total_bytes ", chunk_.total_bytes(),
+                         " exceeds the server's codebook limit of ",
+                         svc_->options_.max_codebook_bytes, " bytes"));
+      }
+      hash_ = chunk_.hash();
+      total_ = chunk_.total_bytes();
+    } else {
+      if (chunk_.hash() != 0 && chunk_.hash() != hash_) {
+        return absl::InvalidArgumentError(
+            where + "hash differs from the first chunk's");
+      }
+      if (chunk_.total_bytes() != 0 && chunk_.total_bytes() != total_) {
+        return absl::InvalidArgumentError(
+            where + "total_bytes differs from the first chunk's");
+      }
+    }
+    if (chunk_.offset() != data_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, "offset must be ", data_.size(),
+          " (chunks in order, contiguous), got ", chunk_.offset()));
+    }
+    if (chunk_.data().size() > total_ - data_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, "data of ", chunk_.data().size(), " bytes at offset ",
+          chunk_.offset(), " runs past total_bytes ", total_));
+    }
+    data_.append(chunk_.data());
+    ++chunks_;
+    return absl::OkStatus();
+  }
+
+  void FinishWith(const absl::Status& s) {
+    code_ = static_cast<int>(s.code());
+    Finish(ToGrpcStatus(s));
+  }
+
+  KvCacheService* const svc_;
+  v1::PutCodebooksResponse* const resp_;
+  const absl::Time start_;
+  const bool entered_;
+  v1::CodebookChunk chunk_;
+  uint64_t hash_ = 0;
+  uint64_t total_ = 0;
+  std::string data_;
+  int64_t chunks_ = 0;
+  int code_ = 0;
+};
+
+grpc::ServerReadReactor<v1::CodebookChunk>* KvCacheService::PutCodebookStream(
+    grpc::CallbackServerContext* ctx, v1::PutCodebooksResponse* response) {
+  return new PutCodebookStreamReactor(this, response, Authenticate(ctx));
+}
+
+// ---------------------------------------------------------------------------
+// GetCodebookStream: read the set on a worker, then write it in chunks.
+
+class KvCacheService::GetCodebookStreamReactor
+    : public grpc::ServerWriteReactor<v1::CodebookChunk> {
+ public:
+  GetCodebookStreamReactor(KvCacheService* svc,
+                           const v1::GetCodebookStreamRequest* req,
+                           const absl::StatusOr<std::string>& tenant)
+      : svc_(svc), req_(req), start_(absl::Now()), entered_(svc->Enter()) {
+    if (!entered_) {
+      FinishWith(ShuttingDown());
+      return;
+    }
+    if (!tenant.ok()) {
+      FinishWith(tenant.status());
+      return;
+    }
+    chunk_bytes_ = std::max<uint64_t>(1, svc_->options_.max_message_bytes / 4);
+    svc_->work_.Submit([this] {
+      absl::Status s = Prepare();
+      if (!s.ok()) {
+        FinishWith(s);
+        return;
+      }
+      Next();
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      FinishWith(absl::CancelledError("the client stopped reading"));
+      return;
+    }
+    Next();
+  }
+
+  void OnDone() override {
+    svc_->metrics_->RecordRpc("GetCodebookStream", code_, SecondsSince(start_));
+    svc_->metrics_->AddBytesSent(offset_);
+    if (entered_) svc_->Exit();
+    delete this;
+  }
+
+ private:
+  absl::Status Prepare() {
+    if (req_->hash() == 0) {
+      return absl::InvalidArgumentError("hash must be non-zero");
+    }
+    absl::StatusOr<storage::SharedBytes> got =
+        svc_->store_->GetCodebooks(req_->hash());
+    if (!got.ok()) {
+      if (got.status().code() == absl::StatusCode::kNotFound) {
+        return absl::NotFoundError(absl::StrCat(
+            "codebook set ", absl::Hex(req_->hash(), absl::kZeroPad16),
+            " is not registered"));
+      }
+      return got.status();
+    }
+    file_ = *std::move(got);
+    return absl::OkStatus();
+  }
+
+  // Writes the next chunk, or finishes when the whole file was sent.
+  void Next() {
+    if (chunks_ > 0 && offset_ >= file_->size()) {
+      FinishWith(absl::OkStatus());
+      return;
+    }
+    chunk_.Clear();
+    if (offset_ == 0) {
+      chunk_.set_hash(req_->hash());
+      chunk_.set_total_bytes(file_->size());
+    }
+    chunk_.set_offset(offset_);
+    const uint64_t n =
+        std::min<uint64_t>(chunk_bytes_, file_->size() - offset_);
+    chunk_.set_data(file_->data() + offset_, n);
+    offset_ += n;
+    ++chunks_;
+    StartWrite(&chunk_);
+  }
+
+  void FinishWith(const absl::Status& s) {
+    code_ = static_cast<int>(s.code());
+    Finish(ToGrpcStatus(s));
+  }
+
+  KvCacheService* const svc_;
+  const v1::GetCodebookStreamRequest* const req_;
+  const absl::Time start_;
+  const bool entered_;
+  uint64_t chunk_bytes_ = 1;
+  storage::SharedBytes file_;
+  uint64_t offset_ = 0;
+  int64_t chunks_ = 0;  // written so far (at least one, even when empty)
+  v1::CodebookChunk chunk_;
+  int code_ = 0;
+};
+
+grpc::ServerWriteReactor<v1::CodebookChunk>* KvCacheService::GetCodebookStream(
+    grpc::CallbackServerContext* ctx,
+    const v1::GetCodebookStreamRequest* request) {
+  return new GetCodebookStreamReactor(this, request, Authenticate(ctx));
 }
 
 }  // namespace vqkv::service

@@ -36,6 +36,10 @@ struct KvServiceOptions {
   // Largest message the server sends; unary GetBlocks stops adding block data
   // before a response would exceed it.
   uint64_t max_message_bytes = uint64_t{64} << 20;
+  // Largest codebook file PutCodebookStream accepts (its declared
+  // total_bytes); a larger one fails with RESOURCE_EXHAUSTED before anything
+  // is buffered.
+  uint64_t max_codebook_bytes = uint64_t{4} << 30;
   // Worker threads for storage work.
   int workers = 8;
   // Cap on LookupRequest.lease_ms: a Lookup leases its prefix for
@@ -84,6 +88,15 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   grpc::ServerUnaryReactor* GetCodebooks(
       grpc::CallbackServerContext* ctx, const v1::GetCodebooksRequest* request,
       v1::GetCodebooksResponse* response) override;
+  // Streamed codebook transfer for sets larger than a message (proto
+  // comments). Both buffer the whole file in memory (bounded by
+  // max_codebook_bytes); validation and storage run on a worker.
+  grpc::ServerReadReactor<v1::CodebookChunk>* PutCodebookStream(
+      grpc::CallbackServerContext* ctx,
+      v1::PutCodebooksResponse* response) override;
+  grpc::ServerWriteReactor<v1::CodebookChunk>* GetCodebookStream(
+      grpc::CallbackServerContext* ctx,
+      const v1::GetCodebookStreamRequest* request) override;
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
                                    const v1::DeleteRequest* request,
                                    v1::DeleteResponse* response) override;
@@ -100,6 +113,8 @@ class KvCacheService final : public v1::KVCache::CallbackService {
  private:
   class PutStreamReactor;
   class GetStreamReactor;
+  class PutCodebookStreamReactor;
+  class GetCodebookStreamReactor;
 
   // Admission for drain: Enter() counts an accepted call (false once
   // draining); Exit() when it has finished.
@@ -144,6 +159,11 @@ class KvCacheService final : public v1::KVCache::CallbackService {
                                           v1::GetBlocksResponse* resp);
   absl::Status DoPutCodebooks(const v1::PutCodebooksRequest& req,
                               v1::PutCodebooksResponse* resp);
+  // Validates one assembled codebook file (ValidateCodebook) and stores it,
+  // appending one result to resp (ALREADY_EXISTS when registered before).
+  // Errors: ValidateCodebook's, with no result appended.
+  absl::Status DoPutOneCodebook(uint64_t hash, const std::string& data,
+                                v1::PutCodebooksResponse* resp);
   absl::Status DoGetCodebooks(const v1::GetCodebooksRequest& req,
                               v1::GetCodebooksResponse* resp);
   absl::Status DoDelete(const std::string& tenant, const v1::DeleteRequest& req,

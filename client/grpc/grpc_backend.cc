@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -164,8 +166,14 @@ class GrpcBackend : public Backend {
     return out;
   }
 
+  // Sets larger than half a message go through PutCodebookStream in chunks
+  // of at most a quarter of max_message_bytes; smaller ones through the
+  // unary PutCodebooks. `deadline` bounds the whole call.
   absl::Status PutCodebook(uint64_t hash, absl::string_view data,
                            absl::Time deadline) override {
+    if (data.size() > options_.max_message_bytes / 2) {
+      return PutCodebookStreamed(hash, data, deadline);
+    }
     v1::PutCodebooksRequest req;
     v1::Codebook* c = req.add_codebooks();
     c->set_hash(hash);
@@ -189,8 +197,15 @@ class GrpcBackend : public Backend {
         absl::StrCat(describe_, ": PutCodebooks: ", resp.results(0).message()));
   }
 
+  // Fetches the set through GetCodebookStream (its size is not known in
+  // advance), falling back to the unary GetCodebooks for a server without
+  // the stream (UNIMPLEMENTED). `deadline` bounds the whole call.
   absl::StatusOr<std::string> GetCodebook(uint64_t hash,
                                           absl::Time deadline) override {
+    absl::StatusOr<std::string> streamed = GetCodebookStreamed(hash, deadline);
+    if (streamed.status().code() != absl::StatusCode::kUnimplemented) {
+      return streamed;
+    }
     v1::GetCodebooksRequest req;
     req.add_hashes(hash);
     v1::GetCodebooksResponse resp;
@@ -243,6 +258,93 @@ class GrpcBackend : public Backend {
   std::string Describe() const override { return describe_; }
 
  private:
+  uint64_t ChunkBytes() const {
+    return std::max<uint64_t>(1, options_.max_message_bytes / 4);
+  }
+
+  // PutCodebookStream: the file in chunks of ChunkBytes(), in order. Errors:
+  // the call's status, or the one result's code (ALREADY_EXISTS is OK).
+  absl::Status PutCodebookStreamed(uint64_t hash, absl::string_view data,
+                                   absl::Time deadline) {
+    v1::PutCodebooksResponse resp;
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline);
+    std::unique_ptr<grpc::ClientWriter<v1::CodebookChunk>> writer =
+        stub_->PutCodebookStream(&ctx, &resp);
+    const uint64_t chunk_bytes = ChunkBytes();
+    uint64_t offset = 0;
+    do {
+      v1::CodebookChunk chunk;
+      if (offset == 0) {
+        chunk.set_hash(hash);
+        chunk.set_total_bytes(data.size());
+      }
+      chunk.set_offset(offset);
+      const uint64_t n = std::min<uint64_t>(chunk_bytes, data.size() - offset);
+      chunk.set_data(data.data() + offset, n);
+      offset += n;
+      // A failed write means the call is over; Finish says why.
+      if (!writer->Write(chunk)) break;
+    } while (offset < data.size());
+    writer->WritesDone();
+    absl::Status s = FromGrpc(writer->Finish(), "PutCodebookStream");
+    if (!s.ok()) return s;
+    if (resp.results_size() != 1) {
+      return absl::InternalError(describe_ + ": PutCodebookStream: no result");
+    }
+    const auto code = static_cast<absl::StatusCode>(resp.results(0).code());
+    if (code == absl::StatusCode::kOk ||
+        code == absl::StatusCode::kAlreadyExists) {
+      return absl::OkStatus();
+    }
+    return absl::Status(code, absl::StrCat(describe_, ": PutCodebookStream: ",
+                                           resp.results(0).message()));
+  }
+
+  // GetCodebookStream: the assembled file. Errors: the call's status
+  // (NOT_FOUND for an unregistered set, UNIMPLEMENTED for an older server);
+  // kInternal for chunks that are out of order or do not add up.
+  absl::StatusOr<std::string> GetCodebookStreamed(uint64_t hash,
+                                                  absl::Time deadline) {
+    v1::GetCodebookStreamRequest req;
+    req.set_hash(hash);
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline);
+    std::unique_ptr<grpc::ClientReader<v1::CodebookChunk>> reader =
+        stub_->GetCodebookStream(&ctx, req);
+    std::string out;
+    uint64_t total = 0;
+    int64_t chunks = 0;
+    v1::CodebookChunk chunk;
+    absl::Status bad;
+    while (reader->Read(&chunk)) {
+      if (chunks == 0) total = chunk.total_bytes();
+      if (chunk.offset() != out.size() ||
+          chunk.data().size() > total - out.size() ||
+          (chunks == 0 && chunk.hash() != hash)) {
+        bad = absl::InternalError(
+            absl::StrCat(describe_, ": GetCodebookStream: chunk ", chunks,
+                         " is out of order or past total_bytes"));
+        ctx.TryCancel();
+        break;
+      }
+      // The total is the server's word; reserve no more than 1 GiB on it.
+      if (chunks == 0)
+        out.reserve(std::min<uint64_t>(total, uint64_t{1} << 30));
+      out.append(chunk.data());
+      ++chunks;
+    }
+    absl::Status s = FromGrpc(reader->Finish(), "GetCodebookStream");
+    if (!bad.ok()) return bad;
+    if (!s.ok()) return s;
+    if (chunks == 0 || out.size() != total) {
+      return absl::InternalError(
+          absl::StrCat(describe_, ": GetCodebookStream: got ", out.size(),
+                       " of ", total, " bytes"));
+    }
+    return out;
+  }
+
   static const char* CodeText(absl::StatusCode code) {
     switch (code) {
       case absl::StatusCode::kNotFound:
