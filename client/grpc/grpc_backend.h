@@ -4,7 +4,9 @@
 // DEADLINE_EXCEEDED, ...) with the target in the message. Large batches are
 // split so each message stays under max_message_bytes; blocks the server
 // left out of a unary GetBlocks answer for size (per-block
-// RESOURCE_EXHAUSTED) are fetched again in a following call.
+// RESOURCE_EXHAUSTED) are fetched again in a following call. Codebook sets
+// (hundreds of MiB at the paper rate) travel through PutCodebookStream /
+// GetCodebookStream in chunks of a quarter of max_message_bytes.
 //
 // Thread safety: as Backend; one channel shared by all calls.
 #ifndef VQKV_CLIENT_GRPC_GRPC_BACKEND_H_
