@@ -111,10 +111,8 @@ absl::StatusOr<std::unique_ptr<vqkv::client::CacheClient>> MakeClient(
   if (path == "server") {
     vqkv::client::GrpcBackendOptions go;
     go.target = f.server;
-    // A paper-rate codebook set of SmolLM2-135M is 135 MiB: registering it
-    // needs a larger message than the 64 MiB default (start the server with
-    // --max-message-bytes 268435456 too).
-    go.max_message_bytes = uint64_t{256} << 20;
+    // The 135 MiB paper-rate codebook set of SmolLM2-135M travels in
+    // chunks (PutCodebookStream); the default message limit is enough.
     absl::StatusOr<std::unique_ptr<vqkv::client::Backend>> b =
         vqkv::client::NewGrpcBackend(go);
     if (!b.ok()) return b.status();

@@ -278,8 +278,8 @@ std::function<int()> AddGenerateCommand(CLI::App* app) {
   cmd->add_option("--auth-token", args->auth_token,
                   "bearer token for --server");
   cmd->add_option("--max-message-bytes", args->max_message_bytes,
-                  "largest gRPC message to --server (a paper-rate codebook "
-                  "set can exceed the 64 MiB default; raise the server's too)")
+                  "largest gRPC message to --server (codebook sets of any "
+                  "size travel in chunks of a quarter of it)")
       ->capture_default_str();
   cmd->add_flag("--no-cache", args->no_cache,
                 "run without a cache (the reference)");
