@@ -18,30 +18,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "tests/unit/tools/cli_test_base.h"
 
 namespace vqkv {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int exit_code = -1;
-  bool signaled = false;
-  std::string out;
-  std::string err;
-};
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void WriteAll(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f << bytes;
-}
+using testing::CliResult;
+using testing::ReadAll;
+using testing::WriteAll;
+using Result = CliResult;
 
 double JsonNumber(const std::string& json, const std::string& key) {
   std::smatch m;
@@ -68,51 +55,8 @@ std::vector<int> JsonTokens(const std::string& json) {
   return out;
 }
 
-class GenerateCliTest : public ::testing::Test {
+class GenerateCliTest : public testing::CliTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           absl::StrCat(
-               "vqkv_generate_test_", getpid(), "_",
-               ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const { return dir_ / name; }
-
-  Result Run(const std::string& args) const {
-    const std::string out = Path("stdout"), err = Path("stderr");
-    // One BLAS thread: ctest runs tests in parallel, and every run must
-    // use the same sgemm partitioning to be comparable bit for bit.
-    const std::string cmd =
-        absl::StrCat("OPENBLAS_NUM_THREADS=1 '", VQKV_BINARY, "' ", args, " >'",
-                     out, "' 2>'", err, "'");
-    const int status = std::system(cmd.c_str());
-    Result r;
-    if (WIFEXITED(status)) {
-      r.exit_code = WEXITSTATUS(status);
-      r.signaled = r.exit_code > 128;
-    } else {
-      r.signaled = true;
-    }
-    r.out = ReadAll(out);
-    r.err = ReadAll(err);
-    return r;
-  }
-
-  static void ExpectCleanError(const Result& r, const std::string& needle) {
-    EXPECT_FALSE(r.signaled) << r.err;
-    EXPECT_NE(r.exit_code, 0);
-    std::vector<std::string> lines =
-        absl::StrSplit(r.err, '\n', absl::SkipEmpty());
-    ASSERT_EQ(lines.size(), 1u) << r.err;
-    EXPECT_EQ(lines[0].rfind("vqkv: error: ", 0), 0u) << lines[0];
-    EXPECT_NE(lines[0].find(needle), std::string::npos)
-        << "expected '" << needle << "' in: " << lines[0];
-  }
-
-  static bool HaveModel() { return fs::exists(VQKV_MODEL_PATH); }
   static std::string Model() { return VQKV_MODEL_PATH; }
 
   // Writes two prompts that share about 1000 tokens of a book and differ in
@@ -141,8 +85,6 @@ class GenerateCliTest : public ::testing::Test {
     EXPECT_EQ(r.err, "");
     return r.out;
   }
-
-  fs::path dir_;
 };
 
 TEST_F(GenerateCliTest, BadFlags) {

@@ -19,6 +19,7 @@
 #include "gguf_writer.h"
 #include "gtest/gtest.h"
 #include "kernels/vq_codec.h"
+#include "tests/unit/tools/cli_test_base.h"
 
 namespace vqkv {
 namespace {
@@ -26,78 +27,16 @@ namespace {
 namespace fs = std::filesystem;
 using model::testing::GgufWriter;
 
-struct Result {
-  int exit_code = -1;
-  bool signaled = false;
-  std::string out;
-  std::string err;
-};
+using testing::CliResult;
+using testing::ReadAll;
+using testing::WriteAll;
+using Result = CliResult;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void WriteAll(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f << bytes;
-}
-
-class VqkvCliTest : public ::testing::Test {
+class VqkvCliTest : public testing::CliTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           absl::StrCat(
-               "vqkv_cli_test_", getpid(), "_",
-               ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const { return dir_ / name; }
-
-  // Runs vqkv with `args` (already shell-quoted where needed).
-  Result Run(const std::string& args) const {
-    const std::string out = Path("stdout"), err = Path("stderr");
-    // One BLAS thread: ctest runs tests in parallel.
-    const std::string cmd =
-        absl::StrCat("OPENBLAS_NUM_THREADS=1 '", VQKV_BINARY, "' ", args, " >'",
-                     out, "' 2>'", err, "'");
-    const int status = std::system(cmd.c_str());
-    Result r;
-    if (WIFEXITED(status)) {
-      r.exit_code = WEXITSTATUS(status);
-      // The shell reports a child killed by a signal as 128 + signal.
-      r.signaled = r.exit_code > 128;
-    } else {
-      r.signaled = true;
-    }
-    r.out = ReadAll(out);
-    r.err = ReadAll(err);
-    return r;
-  }
-
-  // The failure contract: non-zero exit, no crash, one error line that
-  // contains `needle`.
-  static void ExpectCleanError(const Result& r, const std::string& needle) {
-    EXPECT_FALSE(r.signaled) << r.err;
-    EXPECT_NE(r.exit_code, 0);
-    std::vector<std::string> lines =
-        absl::StrSplit(r.err, '\n', absl::SkipEmpty());
-    ASSERT_EQ(lines.size(), 1u) << r.err;
-    EXPECT_EQ(lines[0].rfind("vqkv: error: ", 0), 0u) << lines[0];
-    EXPECT_NE(lines[0].find(needle), std::string::npos)
-        << "expected '" << needle << "' in: " << lines[0];
-  }
-
-  static bool HaveModel() { return fs::exists(VQKV_MODEL_PATH); }
   static std::string Text(const std::string& name) {
     return absl::StrCat(VQKV_TEXT_DIR, "/", name);
   }
-
-  fs::path dir_;
 };
 
 // A GGUF with the llama hyperparameters of a tiny model and one tensor.
