@@ -198,6 +198,20 @@ absl::Span<const int32_t> Tokens(const int32_t* tokens, size_t num_tokens) {
   return absl::Span<const int32_t>(tokens, num_tokens);
 }
 
+// The argument checks store and load share: the client and tokens, the KV
+// buffers, and the caller's result struct size (null result allowed).
+absl::Status CheckIo(const vqkv_client_t* client, const int32_t* tokens,
+                     size_t num_tokens, const float* keys, const float* values,
+                     const size_t* result_size, size_t v1_size) {
+  if (absl::Status s = CheckTokens(client, tokens, num_tokens); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckBuffers(keys, values, num_tokens); !s.ok()) {
+    return s;
+  }
+  return CheckResultSize(result_size, v1_size, "result");
+}
+
 }  // namespace
 
 extern "C" {
@@ -337,15 +351,9 @@ vqkv_status_code vqkv_store(vqkv_client_t* client, const int32_t* tokens,
                             const float* keys, const float* values,
                             vqkv_store_result_t* result) {
   return Guard([&]() -> absl::Status {
-    if (absl::Status s = CheckTokens(client, tokens, num_tokens); !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = CheckBuffers(keys, values, num_tokens); !s.ok()) {
-      return s;
-    }
-    if (absl::Status s =
-            CheckResultSize(result == nullptr ? nullptr : &result->struct_size,
-                            kStoreResultV1Size, "result");
+    if (absl::Status s = CheckIo(client, tokens, num_tokens, keys, values,
+                                 result ? &result->struct_size : nullptr,
+                                 kStoreResultV1Size);
         !s.ok()) {
       return s;
     }
@@ -369,15 +377,9 @@ vqkv_status_code vqkv_load(vqkv_client_t* client, const int32_t* tokens,
                            vqkv_load_result_t* result) {
   return Guard([&]() -> absl::Status {
     if (loaded_tokens != nullptr) *loaded_tokens = 0;
-    if (absl::Status s = CheckTokens(client, tokens, num_tokens); !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = CheckBuffers(keys, values, num_tokens); !s.ok()) {
-      return s;
-    }
     if (absl::Status s =
-            CheckResultSize(result == nullptr ? nullptr : &result->struct_size,
-                            kLoadResultV1Size, "result");
+            CheckIo(client, tokens, num_tokens, keys, values,
+                    result ? &result->struct_size : nullptr, kLoadResultV1Size);
         !s.ok()) {
       return s;
     }
