@@ -48,25 +48,8 @@ TEST(ClientServerTest, VqRoundTripAndCodebookFetchOverGrpc) {
   auto first = CacheClient::Create(testing::Options(32), vq.codec, vq.file,
                                    Grpc((*server)->address()));
   ASSERT_TRUE(first.ok()) << first.status();
-  const KvLayout l = SmallLayout();
-  const std::vector<int32_t> t = Tokens(128);
-  const std::vector<float> k = ExactKv(128 * l.ElementsPerToken(), 1);
-  const std::vector<float> v = ExactKv(128 * l.ElementsPerToken(), 2);
-  auto stored = (*first)->Store(t, "s", k.data(), v.data());
-  ASSERT_TRUE(stored.ok());
-  EXPECT_EQ(stored->stored, 4);
-
-  auto second = CacheClient::CreateFromCodebookHash(
-      testing::Options(32), vq.codec->codebook_hash(), l,
-      Grpc((*server)->address()));
-  ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_EQ(*(*second)->Lookup(t, "s"), 128);
-  std::vector<float> k1(k.size()), v1(v.size()), k2(k.size()), v2(v.size());
-  ASSERT_EQ((*first)->Load(t, "s", k1.data(), v1.data())->tokens, 128);
-  ASSERT_EQ((*second)->Load(t, "s", k2.data(), v2.data())->tokens, 128);
-  EXPECT_EQ(k1, k2);
-  EXPECT_EQ(v1, v2);
-  EXPECT_GT((*second)->stats().bytes_received, 0);
+  testing::ExpectSecondClientSharesBlocks(
+      first->get(), vq.codec->codebook_hash(), Grpc((*server)->address()));
 }
 
 TEST(ClientServerTest, ServerKilledMidLoadGivesMissesThenRecovers) {

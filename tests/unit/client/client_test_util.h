@@ -87,6 +87,31 @@ inline FittedVq FitVq(const KvLayout& layout, bool keys_post_rope = true,
   return {std::shared_ptr<const VqCodec>(*std::move(c)), *file};
 }
 
+// `first` stores 128 tokens (4 blocks of 32) under salt "s"; a client that
+// knows only the codebook hash, over `backend`, must find and decode them
+// exactly as `first` does.
+inline void ExpectSecondClientSharesBlocks(CacheClient* first,
+                                           uint64_t codebook_hash,
+                                           std::unique_ptr<Backend> backend) {
+  const KvLayout l = SmallLayout();
+  const std::vector<int32_t> t = Tokens(128);
+  const std::vector<float> k = ExactKv(128 * l.ElementsPerToken(), 1);
+  const std::vector<float> v = ExactKv(128 * l.ElementsPerToken(), 2);
+  auto stored = first->Store(t, "s", k.data(), v.data());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->stored, 4) << "blocks are stored only once the set is";
+  auto second = CacheClient::CreateFromCodebookHash(Options(32), codebook_hash,
+                                                    l, std::move(backend));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(*(*second)->Lookup(t, "s"), 128);
+  std::vector<float> k1(k.size()), v1(v.size()), k2(k.size()), v2(v.size());
+  ASSERT_EQ(first->Load(t, "s", k1.data(), v1.data())->tokens, 128);
+  ASSERT_EQ((*second)->Load(t, "s", k2.data(), v2.data())->tokens, 128);
+  EXPECT_EQ(k1, k2);
+  EXPECT_EQ(v1, v2);
+  EXPECT_GT((*second)->stats().bytes_received, 0);
+}
+
 // Forwards to another backend unless told to fail (UNAVAILABLE), or to
 // corrupt the blocks it returns; counts calls.
 class ControlledBackend : public Backend {
