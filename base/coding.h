@@ -1,0 +1,76 @@
+// Fixed-width integer coding for every on-disk and hashed format.
+//
+// Little-endian is the project's byte order (docs/DESIGN.md: block headers,
+// codebook files, RocksDB records, the hash chain input). The one exception
+// is big-endian for keys that must sort in numeric order under bytewise
+// comparison (RocksDB's default comparator).
+//
+// Encode* write exactly 4 or 8 bytes at `dst`; Decode* read exactly as many
+// from `src` (callers check lengths first); Put* append to a string. All are
+// pure functions, safe from any thread.
+#ifndef VQKV_BASE_CODING_H_
+#define VQKV_BASE_CODING_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/strings/string_view.h"
+
+namespace vqkv::base {
+
+inline void EncodeFixed32(char* dst, uint32_t v) {
+  for (int i = 0; i < 4; ++i) dst[i] = static_cast<char>(v >> (8 * i));
+}
+
+inline void EncodeFixed64(char* dst, uint64_t v) {
+  for (int i = 0; i < 8; ++i) dst[i] = static_cast<char>(v >> (8 * i));
+}
+
+inline uint32_t DecodeFixed32(const char* src) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) {
+    v |= uint32_t{static_cast<uint8_t>(src[i])} << (8 * i);
+  }
+  return v;
+}
+
+inline uint64_t DecodeFixed64(const char* src) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) {
+    v |= uint64_t{static_cast<uint8_t>(src[i])} << (8 * i);
+  }
+  return v;
+}
+
+inline void PutFixed32(std::string* dst, uint32_t v) {
+  char buf[4];
+  EncodeFixed32(buf, v);
+  dst->append(buf, 4);
+}
+
+inline void PutFixed64(std::string* dst, uint64_t v) {
+  char buf[8];
+  EncodeFixed64(buf, v);
+  dst->append(buf, 8);
+}
+
+// A u32 byte count, then the bytes.
+inline void PutLengthPrefixed(std::string* dst, absl::string_view s) {
+  PutFixed32(dst, static_cast<uint32_t>(s.size()));
+  dst->append(s.data(), s.size());
+}
+
+// Big-endian, for sortable keys.
+inline void EncodeBigEndian64(char* dst, uint64_t v) {
+  for (int i = 0; i < 8; ++i) dst[i] = static_cast<char>(v >> (56 - 8 * i));
+}
+
+inline uint64_t DecodeBigEndian64(const char* src) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(src[i]);
+  return v;
+}
+
+}  // namespace vqkv::base
+
+#endif  // VQKV_BASE_CODING_H_
