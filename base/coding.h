@@ -5,7 +5,7 @@
 // is big-endian for keys that must sort in numeric order under bytewise
 // comparison (RocksDB's default comparator).
 //
-// Encode* write exactly 4 or 8 bytes at `dst`; Decode* read exactly as many
+// Encode* write exactly sizeof(T), 4 or 8 bytes at `dst`; Decode* read as many
 // from `src` (callers check lengths first); Put* append to a string. All are
 // pure functions, safe from any thread.
 #ifndef VQKV_BASE_CODING_H_
@@ -13,33 +13,38 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "absl/strings/string_view.h"
 
 namespace vqkv::base {
 
-inline void EncodeFixed32(char* dst, uint32_t v) {
-  for (int i = 0; i < 4; ++i) dst[i] = static_cast<char>(v >> (8 * i));
-}
-
-inline void EncodeFixed64(char* dst, uint64_t v) {
-  for (int i = 0; i < 8; ++i) dst[i] = static_cast<char>(v >> (8 * i));
-}
-
-inline uint32_t DecodeFixed32(const char* src) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) {
-    v |= uint32_t{static_cast<uint8_t>(src[i])} << (8 * i);
+// T is an unsigned integer type (uint8_t .. uint64_t).
+template <typename T>
+inline void EncodeFixed(char* dst, T v) {
+  static_assert(std::is_unsigned_v<T>);
+  for (size_t i = 0; i < sizeof(T); ++i) {
+    dst[i] = static_cast<char>(static_cast<uint64_t>(v) >> (8 * i));
   }
-  return v;
 }
 
-inline uint64_t DecodeFixed64(const char* src) {
+template <typename T>
+inline T DecodeFixed(const char* src) {
+  static_assert(std::is_unsigned_v<T>);
   uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) {
+  for (size_t i = 0; i < sizeof(T); ++i) {
     v |= uint64_t{static_cast<uint8_t>(src[i])} << (8 * i);
   }
-  return v;
+  return static_cast<T>(v);
+}
+
+inline void EncodeFixed32(char* dst, uint32_t v) { EncodeFixed(dst, v); }
+inline void EncodeFixed64(char* dst, uint64_t v) { EncodeFixed(dst, v); }
+inline uint32_t DecodeFixed32(const char* src) {
+  return DecodeFixed<uint32_t>(src);
+}
+inline uint64_t DecodeFixed64(const char* src) {
+  return DecodeFixed<uint64_t>(src);
 }
 
 inline void PutFixed32(std::string* dst, uint32_t v) {

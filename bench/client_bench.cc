@@ -30,10 +30,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +40,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "base/file.h"
 #include "client/cache_client.h"
 #include "client/embedded_backend.h"
 #include "client/grpc/grpc_backend.h"
@@ -230,10 +229,9 @@ int Run(const Flags& f) {
     spec.name = name;
     spec.codec = std::shared_ptr<const vqkv::Codec>(std::move(c->codec));
     if (!c->codebooks.empty()) {
-      std::ifstream in(c->codebooks, std::ios::binary);
-      std::stringstream ss;
-      ss << in.rdbuf();
-      spec.file = ss.str();
+      absl::StatusOr<std::string> file = vqkv::base::ReadFile(c->codebooks);
+      if (!file.ok()) return vqkv::tools::Fail(file.status());
+      spec.file = *std::move(file);
     }
     codecs.push_back(std::move(spec));
   }

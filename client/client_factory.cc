@@ -1,12 +1,11 @@
 #include "client/client_factory.h"
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
 #include "client/embedded_backend.h"
 #include "client/grpc/grpc_backend.h"
 #include "kernels/codebook_set.h"
@@ -17,21 +16,6 @@ namespace vqkv::client {
 namespace {
 
 constexpr absl::string_view kEmbedded = "embedded";
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("codebook file ", path, " cannot be opened"));
-  }
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  if (in.bad()) {
-    return absl::DataLossError(
-        absl::StrCat("codebook file ", path, " cannot be read"));
-  }
-  return std::move(bytes).str();
-}
 
 absl::Status WithPrefix(const absl::Status& s, absl::string_view prefix) {
   return absl::Status(s.code(), absl::StrCat(prefix, s.message()));
@@ -84,7 +68,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
   std::string codebook_file;
   CodebookSet codebooks;
   if (vq && !config.codebook_path.empty()) {
-    absl::StatusOr<std::string> bytes = ReadFile(config.codebook_path);
+    absl::StatusOr<std::string> bytes = base::ReadFile(config.codebook_path);
     if (!bytes.ok()) return bytes.status();
     absl::StatusOr<CodebookSet> set = CodebookSet::Deserialize(*bytes);
     if (!set.ok()) {

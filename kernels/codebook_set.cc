@@ -10,6 +10,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/coding.h"
+#include "base/file.h"
+#include "base/status_macros.h"
 
 namespace vqkv {
 namespace {
@@ -35,13 +38,11 @@ struct HashSink {
 
 template <typename T>
 void Put(uint8_t* h, size_t off, T v) {
-  std::memcpy(h + off, &v, sizeof(T));
+  base::EncodeFixed<T>(reinterpret_cast<char*>(h) + off, v);
 }
 template <typename T>
 T Get(const uint8_t* h, size_t off) {
-  T v;
-  std::memcpy(&v, h + off, sizeof(T));
-  return v;
+  return base::DecodeFixed<T>(reinterpret_cast<const char*>(h) + off);
 }
 
 uint64_t BodyBytes(const CodebookConfig& c,
@@ -356,45 +357,12 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
 }
 
 absl::Status CodebookSet::Save(const std::string& path) const {
-  absl::StatusOr<std::string> bytes = Serialize();
-  if (!bytes.ok()) return bytes.status();
-  // Write then rename, so a reader never sees a half-written file.
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
-  }
-  const bool wrote =
-      std::fwrite(bytes->data(), 1, bytes->size(), f) == bytes->size();
-  const bool closed = std::fclose(f) == 0;
-  if (!wrote || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::UnavailableError(
-        absl::StrCat("cannot write codebook file ", path));
-  }
-  return absl::OkStatus();
+  VQKV_ASSIGN_OR_RETURN(const std::string bytes, Serialize());
+  return base::WriteFileAtomically(path, bytes);
 }
 
 absl::StatusOr<CodebookSet> CodebookSet::Load(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) {
-    const int err = errno;
-    const std::string msg = absl::StrCat("cannot open codebook file ", path,
-                                         ": ", std::strerror(err));
-    return err == ENOENT ? absl::NotFoundError(msg)
-                         : absl::UnavailableError(msg);
-  }
-  std::string bytes;
-  char buf[1 << 16];
-  size_t got;
-  while ((got = std::fread(buf, 1, sizeof(buf), f)) > 0) bytes.append(buf, got);
-  const bool failed = std::ferror(f) != 0;
-  std::fclose(f);
-  if (failed) {
-    return absl::UnavailableError(
-        absl::StrCat("error reading codebook file ", path));
-  }
+  VQKV_ASSIGN_OR_RETURN(const std::string bytes, base::ReadFile(path));
   return Deserialize(bytes);
 }
 

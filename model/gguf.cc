@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/fp16.h"
 
 namespace vqkv::model {
@@ -58,13 +59,6 @@ class Cursor {
   size_t size_;
   size_t pos_ = 0;
 };
-
-#define VQKV_RETURN_IF_ERROR(expr)            \
-  do {                                        \
-    if (absl::Status _s = (expr); !_s.ok()) { \
-      return _s;                              \
-    }                                         \
-  } while (0)
 
 // Smallest encoded size of one value of `type`, used to reject array
 // lengths that could not possibly fit before allocating for them.

@@ -9,17 +9,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "model/attention.h"
 
 namespace vqkv::model {
 namespace {
-
-#define VQKV_RETURN_IF_ERROR(expr)            \
-  do {                                        \
-    if (absl::Status _s = (expr); !_s.ok()) { \
-      return _s;                              \
-    }                                         \
-  } while (0)
 
 // Y[n][out] = X[n][in] . W[out][in]^T, with row strides.
 void Linear(const float* x, int64_t n, int in, const float* w, int out,

@@ -4,14 +4,14 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/file.h"
+#include "base/status_macros.h"
 #include "kernels/codebook_set.h"
 #include "kernels/codec_factory.h"
 
@@ -52,11 +52,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path) {
 }
 
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat("cannot read text ", path));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  std::string text = ss.str();
+  VQKV_ASSIGN_OR_RETURN(std::string text, base::ReadFile(path));
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat("text ", path, " is empty"));
   }

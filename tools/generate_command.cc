@@ -2,9 +2,7 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
+#include "base/status_macros.h"
 #include "client/cache_client.h"
 #include "client/embedded_backend.h"
 #include "client/grpc/grpc_backend.h"
@@ -44,13 +44,6 @@ struct GenerateArgs {
   bool ignore_eos = false;
   bool json = false;
 };
-
-std::string ReadBinaryFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 absl::Status CheckArgs(const GenerateArgs& a) {
   const int modes = (a.server.empty() ? 0 : 1) + (a.store.empty() ? 0 : 1) +
@@ -128,7 +121,7 @@ absl::StatusOr<std::unique_ptr<client::CacheClient>> MakeClient(
   if (!codec.ok()) return codec.status();
   std::string codebook_file;
   if (!codec->codebooks.empty()) {
-    codebook_file = ReadBinaryFile(codec->codebooks);
+    VQKV_ASSIGN_OR_RETURN(codebook_file, base::ReadFile(codec->codebooks));
   }
   absl::StatusOr<std::unique_ptr<client::Backend>> backend = MakeBackend(a);
   if (!backend.ok()) return backend.status();
