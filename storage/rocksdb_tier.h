@@ -101,7 +101,7 @@ struct DroppedBlock {
 struct RocksDbTierOptions {
   // Database directory; created if missing.
   std::string path;
-  uint64_t capacity_bytes = uint64_t{16} << 30;
+  uint64_t capacity_bytes = kDefaultDiskBytes;
   // fsync the WAL on every write (see the header comment).
   bool sync_writes = false;
   // Zero: records never expire.

@@ -23,6 +23,10 @@
 
 namespace vqkv::storage {
 
+// The default disk budget (TieredStoreOptions::disk_bytes,
+// RocksDbTierOptions::capacity_bytes): 16 GiB.
+inline constexpr uint64_t kDefaultDiskBytes = uint64_t{16} << 30;
+
 // Bytes and blocks a tier currently holds (payload bytes: the sizes of the
 // stored blocks, not counting index or per-record overhead).
 struct TierUsage {

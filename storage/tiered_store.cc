@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cstdio>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -15,9 +14,13 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "base/logging.h"
+#include "base/status_macros.h"
 #include "kernels/block.h"
+#include "storage/codebook_registry.h"
 #include "storage/lease_table.h"
 #include "storage/memory_tier.h"
+#include "storage/namespace_ledger.h"
 #include "storage/rocksdb_tier.h"
 
 namespace vqkv::storage {
@@ -44,15 +47,20 @@ absl::StatusOr<WritePolicy> ParseWritePolicy(absl::string_view text) {
       "write policy must be 'spill' or 'write_through', got '", text, "'"));
 }
 
+// The store places blocks in its tiers; the namespace ledger
+// (storage/namespace_ledger.h) keeps owners, usage and quotas, the codebook
+// registry (storage/codebook_registry.h) the codebook files.
+//
 // Locking: a put, promotion, delete or spill of key K holds stripe(K) while
-// it checks and changes where K lives, so the per-namespace ledger counts
-// each block exactly once. mu_ guards the ledger, namespaces, quotas and
-// the codebook registry; it is only held for short in-memory work and never
-// while calling into a tier that could call back (disk drops call
-// OnDiskDrop, which takes mu_).
+// it checks and changes where K lives, so the ledger counts each block
+// exactly once. The ledger's and the registry's locks are leaves, held only
+// for short in-memory work; no store lock but the stripes is held while
+// calling into a tier that could call back (disk drops call OnDiskDrop).
 class TieredStore::Impl {
  public:
-  explicit Impl(TieredStoreOptions options) : options_(std::move(options)) {
+  explicit Impl(TieredStoreOptions options)
+      : options_(std::move(options)),
+        ledger_(options_.default_tenant_quota, options_.tenant_quotas) {
     if (options_.durability == Durability::kSync) {
       options_.write_policy = WritePolicy::kWriteThrough;
     }
@@ -60,7 +68,9 @@ class TieredStore::Impl {
 
   absl::Status Init();
 
-  absl::Status PutBlock(absl::string_view tenant, const BlockPut& put);
+  absl::Status PutBlock(absl::string_view tenant, const BlockPut& put) {
+    return Put(tenant, absl::MakeConstSpan(&put, 1))[0];
+  }
   std::vector<absl::Status> PutBlocks(absl::string_view tenant,
                                       absl::Span<const BlockPut> puts);
   absl::StatusOr<SharedBytes> GetBlock(absl::string_view tenant,
@@ -74,14 +84,14 @@ class TieredStore::Impl {
   absl::Status DeleteBlock(absl::string_view tenant, const BlockKey& key);
   absl::StatusOr<NamespaceInfo> DeleteNamespace(absl::string_view tenant,
                                                 const NamespaceId& ns);
-  absl::StatusOr<NamespaceInfo> GetNamespaceInfo(const NamespaceId& ns) const;
+  absl::StatusOr<NamespaceInfo> GetNamespaceInfo(const NamespaceId& ns) const {
+    return ledger_.Info(ns);
+  }
 
-  absl::Status PutCodebooks(uint64_t hash, absl::string_view bytes);
-  absl::StatusOr<SharedBytes> GetCodebooks(uint64_t hash);
-  bool HasCodebook(uint64_t hash) const;
-
-  void SetTenantQuota(absl::string_view tenant, uint64_t bytes);
-  uint64_t TenantUsage(absl::string_view tenant) const;
+  CodebookRegistry& codebooks() { return *codebooks_; }
+  const CodebookRegistry& codebooks() const { return *codebooks_; }
+  NamespaceLedger& ledger() { return ledger_; }
+  const NamespaceLedger& ledger() const { return ledger_; }
 
   absl::Status Flush();
   uint64_t SweepExpired() { return disk_ ? disk_->SweepExpired() : 0; }
@@ -89,41 +99,57 @@ class TieredStore::Impl {
   const TieredStoreOptions& options() const { return options_; }
 
  private:
-  struct NsState {
-    bool owned = false;  // false: has blocks on disk but no owner record
-    std::string tenant;
-    uint64_t bytes = 0;
-    uint64_t blocks = 0;
-  };
   static constexpr size_t kStripes = 64;
+  class StripeLocks;
+  // A put that passed admission: charged to its tenant, and held in memory
+  // when `memory` is OK (else memory refused it: too large, or its room is
+  // held by leased blocks).
+  struct Admitted {
+    size_t index;  // into the puts
+    absl::Status memory;
+  };
 
-  absl::Mutex& StripeFor(const BlockKey& key) {
-    return stripes_[absl::Hash<BlockKey>{}(key) % kStripes];
+  static size_t StripeIndex(const BlockKey& key) {
+    return absl::Hash<BlockKey>{}(key) % kStripes;
   }
-  bool OwnedBy(absl::string_view tenant, const NamespaceId& ns) const;
-  uint64_t QuotaForLocked(absl::string_view tenant) const
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  void ChargeLocked(const NamespaceId& ns, uint64_t bytes)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Uncharge(const NamespaceId& ns, uint64_t bytes);
+  absl::Mutex& StripeFor(const BlockKey& key) {
+    return stripes_[StripeIndex(key)];
+  }
+  // Init's disk part: creates data_dir and opens the RocksDB tier.
+  absl::Status OpenDisk();
   // Verification and the codebook check of a put (no locks needed).
   absl::Status CheckBlock(const BlockPut& put) const;
   // Claims `ns` for `tenant` if unowned, else checks the owner.
   // kPermissionDenied for another tenant's namespace; in sync mode the
   // owner record's disk error. REQUIRES: a stripe lock of a key in `ns`.
   absl::Status ClaimNamespace(absl::string_view tenant, const NamespaceId& ns);
-  // PutBlocks with a disk write per batch: the blocks of one call go to
-  // RocksDB in one write batch (one fsync in sync mode) instead of one each.
-  // REQUIRES: write_through() and a disk tier.
-  std::vector<absl::Status> PutBlocksWriteThrough(
-      absl::string_view tenant, absl::Span<const BlockPut> puts);
+  // The one admission path, for PutBlock and PutBlocks: verifies each put,
+  // locks the stripes of all its keys, admits each (namespace, duplicate,
+  // quota, memory), then writes the admitted blocks that go to disk in one
+  // RocksDB write batch (one fsync in sync mode). One status per put.
+  std::vector<absl::Status> Put(absl::string_view tenant,
+                                absl::Span<const BlockPut> puts);
+  // Admission of the puts whose results are OK; sets results[i] for those
+  // refused. REQUIRES: the stripes of their keys.
+  std::vector<Admitted> Admit(absl::string_view tenant,
+                              absl::Span<const BlockPut> puts,
+                              std::vector<absl::Status>& results,
+                              std::vector<EvictedBlock>& evicted);
+  // Writes to disk the admitted blocks that go there (all with
+  // write-through, else those memory refused); undoes and fails the puts
+  // that end up stored nowhere (or, in sync mode, not on disk).
+  // REQUIRES: the stripes of their keys.
+  void StoreOnDisk(absl::Span<const BlockPut> puts,
+                   absl::Span<const Admitted> admitted,
+                   std::vector<absl::Status>& results);
+  // Whether a put of `key` is a duplicate: held in memory, being spilled,
+  // or on disk (an expired disk record is dropped first, to be replaced).
+  bool HeldForPut(const BlockKey& key);
   // Takes care of blocks the memory tier evicted: spill to disk, or drop
   // them from the ledger. REQUIRES: no stripe lock held.
   void HandleEvictions(std::vector<EvictedBlock>& evicted);
   void OnDiskDrop(const DroppedBlock& drop);
   void NoteDiskFault(const absl::Status& status, absl::string_view what);
-  void CacheCodebookLocked(uint64_t hash, SharedBytes bytes)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool write_through() const {
     return options_.write_policy == WritePolicy::kWriteThrough;
   }
@@ -140,6 +166,8 @@ class TieredStore::Impl {
   std::unique_ptr<MemoryTier> memory_;
   std::unique_ptr<RocksDbTier> disk_;  // null: memory only
   std::array<absl::Mutex, kStripes> stripes_;
+  NamespaceLedger ledger_;
+  std::unique_ptr<CodebookRegistry> codebooks_;  // set by Init
 
   // Blocks evicted from memory and not yet spilled (or dropped): still
   // served, so a spill in progress never shows as a miss.
@@ -163,15 +191,6 @@ class TieredStore::Impl {
   absl::flat_hash_map<BlockKey, SharedBytes> pending_
       ABSL_GUARDED_BY(pending_mu_);
 
-  mutable absl::Mutex mu_;
-  absl::flat_hash_map<NamespaceId, NsState> namespaces_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> tenant_usage_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> quotas_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<uint64_t> codebooks_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, SharedBytes> codebook_cache_
-      ABSL_GUARDED_BY(mu_);
-  uint64_t codebook_cache_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-
   mutable absl::Mutex fault_mu_;
   std::string last_disk_error_ ABSL_GUARDED_BY(fault_mu_);
   bool fault_logged_ ABSL_GUARDED_BY(fault_mu_) = false;
@@ -181,6 +200,33 @@ class TieredStore::Impl {
       spills_{0}, dropped_{0}, promotions_{0}, disk_faults_{0};
 };
 
+// Locks the stripes of `keys` in ascending order (no other path holds two
+// stripes, so this cannot deadlock) until destroyed.
+class TieredStore::Impl::StripeLocks {
+ public:
+  StripeLocks(Impl& store, absl::Span<const BlockPut> puts,
+              const std::vector<absl::Status>& results)
+      : store_(store) {
+    for (size_t i = 0; i < puts.size(); ++i) {
+      if (results[i].ok()) ids_.push_back(StripeIndex(puts[i].key));
+    }
+    std::sort(ids_.begin(), ids_.end());
+    ids_.erase(std::unique(ids_.begin(), ids_.end()), ids_.end());
+    for (size_t id : ids_) store_.stripes_[id].Lock();
+  }
+  ~StripeLocks() {
+    for (auto it = ids_.rbegin(); it != ids_.rend(); ++it) {
+      store_.stripes_[*it].Unlock();
+    }
+  }
+  StripeLocks(const StripeLocks&) = delete;
+  StripeLocks& operator=(const StripeLocks&) = delete;
+
+ private:
+  Impl& store_;
+  std::vector<size_t> ids_;
+};
+
 absl::Status TieredStore::Impl::Init() {
   if (options_.memory_bytes == 0) {
     return absl::InvalidArgumentError("memory_bytes must be positive");
@@ -188,7 +234,6 @@ absl::Status TieredStore::Impl::Init() {
   if (options_.memory_shards < 1) {
     return absl::InvalidArgumentError("memory_shards must be at least 1");
   }
-  quotas_ = options_.tenant_quotas;
   LeaseTableOptions lease_options;
   lease_options.clock = options_.clock;
   lease_options.max_leases = std::max<size_t>(options_.max_leases, 1);
@@ -205,8 +250,22 @@ absl::Status TieredStore::Impl::Init() {
     };
   }
   memory_ = std::make_unique<MemoryTier>(std::move(mem));
-  if (options_.data_dir.empty()) return absl::OkStatus();
+  if (!options_.data_dir.empty()) {
+    VQKV_RETURN_IF_ERROR(OpenDisk());
+    ledger_.Load(disk_->Namespaces());
+  }
+  CodebookRegistryOptions registry;
+  registry.disk = disk_.get();
+  registry.cache_bytes = options_.codebook_cache_bytes;
+  registry.on_disk_fault = [this](const absl::Status& s,
+                                  absl::string_view what) {
+    NoteDiskFault(s, what);
+  };
+  codebooks_ = std::make_unique<CodebookRegistry>(std::move(registry));
+  return absl::OkStatus();
+}
 
+absl::Status TieredStore::Impl::OpenDisk() {
   if (options_.disk_bytes == 0) {
     return absl::InvalidArgumentError("disk_bytes must be positive");
   }
@@ -225,78 +284,31 @@ absl::Status TieredStore::Impl::Init() {
   disk.file_system = options_.file_system;
   disk.on_drop = [this](const DroppedBlock& d) { OnDiskDrop(d); };
   disk.leases = leases_;
-  absl::StatusOr<std::unique_ptr<RocksDbTier>> opened =
-      RocksDbTier::Open(std::move(disk));
-  if (!opened.ok()) return opened.status();
-  disk_ = std::move(*opened);
-
-  absl::MutexLock lock(&mu_);
-  for (auto& [ns, info] : disk_->Namespaces()) {
-    NsState& state = namespaces_[ns];
-    state.owned = info.has_owner || info.blocks == 0;
-    state.tenant = info.tenant;
-    state.bytes = info.bytes;
-    state.blocks = info.blocks;
-    if (state.owned) tenant_usage_[state.tenant] += state.bytes;
-  }
-  for (uint64_t hash : disk_->CodebookHashes()) codebooks_.insert(hash);
+  VQKV_ASSIGN_OR_RETURN(disk_, RocksDbTier::Open(std::move(disk)));
   return absl::OkStatus();
-}
-
-bool TieredStore::Impl::OwnedBy(absl::string_view tenant,
-                                const NamespaceId& ns) const {
-  absl::ReaderMutexLock lock(&mu_);
-  auto it = namespaces_.find(ns);
-  return it != namespaces_.end() && it->second.owned &&
-         it->second.tenant == tenant;
-}
-
-uint64_t TieredStore::Impl::QuotaForLocked(absl::string_view tenant) const {
-  auto it = quotas_.find(tenant);
-  return it != quotas_.end() ? it->second : options_.default_tenant_quota;
-}
-
-void TieredStore::Impl::ChargeLocked(const NamespaceId& ns, uint64_t bytes) {
-  NsState& state = namespaces_[ns];
-  state.bytes += bytes;
-  ++state.blocks;
-  if (state.owned) tenant_usage_[state.tenant] += bytes;
-}
-
-void TieredStore::Impl::Uncharge(const NamespaceId& ns, uint64_t bytes) {
-  absl::MutexLock lock(&mu_);
-  auto it = namespaces_.find(ns);
-  if (it == namespaces_.end()) return;
-  NsState& state = it->second;
-  const uint64_t b = std::min(bytes, state.bytes);
-  state.bytes -= b;
-  if (state.blocks > 0) --state.blocks;
-  if (state.owned) {
-    uint64_t& usage = tenant_usage_[state.tenant];
-    usage -= std::min(usage, b);
-  }
 }
 
 void TieredStore::Impl::NoteDiskFault(const absl::Status& status,
                                       absl::string_view what) {
   disk_faults_.fetch_add(1);
-  absl::MutexLock lock(&fault_mu_);
-  last_disk_error_ = absl::StrCat(what, ": ", status.ToString());
-  if (!fault_logged_) {
-    fault_logged_ = true;
-    if (options_.log_to_stderr) {
-      std::fprintf(stderr,
-                   "vqkv storage: disk tier fault (first occurrence; serving "
-                   "from memory, further faults counted in stats): %s\n",
-                   last_disk_error_.c_str());
-    }
+  const std::string error = absl::StrCat(what, ": ", status.ToString());
+  bool first = false;
+  {
+    absl::MutexLock lock(&fault_mu_);
+    last_disk_error_ = error;
+    first = !std::exchange(fault_logged_, true);
+  }
+  if (first) {
+    VQKV_LOG(kWarning) << "disk tier fault (first occurrence; serving from "
+                          "memory, further faults counted in stats): "
+                       << error;
   }
 }
 
 void TieredStore::Impl::OnDiskDrop(const DroppedBlock& drop) {
   if (drop.reason == DropReason::kEvicted) dropped_.fetch_add(1);
   // The block left the store unless memory still holds it.
-  if (!memory_->Contains(drop.key)) Uncharge(drop.key.ns, drop.bytes);
+  if (!memory_->Contains(drop.key)) ledger_.Uncharge(drop.key.ns, drop.bytes);
 }
 
 void TieredStore::Impl::HandleEvictions(std::vector<EvictedBlock>& evicted) {
@@ -304,7 +316,7 @@ void TieredStore::Impl::HandleEvictions(std::vector<EvictedBlock>& evicted) {
     absl::MutexLock stripe(&StripeFor(e.key));
     if (disk_ == nullptr) {
       if (!memory_->Contains(e.key)) dropped_.fetch_add(1);
-      Uncharge(e.key.ns, e.bytes->size());
+      ledger_.Uncharge(e.key.ns, e.bytes->size());
       continue;
     }
     // Still pending? If not, a delete removed it meanwhile.
@@ -321,7 +333,7 @@ void TieredStore::Impl::HandleEvictions(std::vector<EvictedBlock>& evicted) {
     } else {
       NoteDiskFault(s, "spill");
       dropped_.fetch_add(1);
-      Uncharge(e.key.ns, e.bytes->size());
+      ledger_.Uncharge(e.key.ns, e.bytes->size());
     }
     ErasePending(e.key, e.bytes);
   }
@@ -330,11 +342,11 @@ void TieredStore::Impl::HandleEvictions(std::vector<EvictedBlock>& evicted) {
 
 absl::Status TieredStore::Impl::CheckBlock(const BlockPut& put) const {
   const auto* data = reinterpret_cast<const uint8_t*>(put.block.data());
-  absl::StatusOr<BlockHeader> header = VerifyBlock(data, put.block.size());
-  if (!header.ok()) return header.status();
-  if (header->codebook_hash != 0 && !HasCodebook(header->codebook_hash)) {
+  VQKV_ASSIGN_OR_RETURN(const BlockHeader header,
+                        VerifyBlock(data, put.block.size()));
+  if (header.codebook_hash != 0 && !codebooks_->Has(header.codebook_hash)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "block refers to codebook set ", absl::Hex(header->codebook_hash),
+        "block refers to codebook set ", absl::Hex(header.codebook_hash),
         ", which is not registered (PutCodebooks first)"));
   }
   return absl::OkStatus();
@@ -342,111 +354,22 @@ absl::Status TieredStore::Impl::CheckBlock(const BlockPut& put) const {
 
 absl::Status TieredStore::Impl::ClaimNamespace(absl::string_view tenant,
                                                const NamespaceId& ns) {
-  bool claimed = false;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = namespaces_.find(ns);
-    if (it != namespaces_.end() && it->second.owned) {
-      if (it->second.tenant != tenant) {
-        return absl::PermissionDeniedError(
-            "namespace belongs to another tenant");
-      }
-    } else {
-      NsState& state = namespaces_[ns];
-      state.owned = true;
-      state.tenant = std::string(tenant);
-      tenant_usage_[state.tenant] += state.bytes;
-      claimed = true;
-    }
-  }
-  if (claimed && disk_ != nullptr) {
-    absl::Status s = disk_->PutNamespaceOwner(ns, tenant);
-    if (!s.ok()) {
-      NoteDiskFault(s, "namespace owner");
-      if (sync()) return s;
-    }
+  VQKV_ASSIGN_OR_RETURN(const bool claimed, ledger_.Claim(tenant, ns));
+  if (!claimed || disk_ == nullptr) return absl::OkStatus();
+  absl::Status s = disk_->PutNamespaceOwner(ns, tenant);
+  if (!s.ok()) {
+    NoteDiskFault(s, "namespace owner");
+    if (sync()) return s;
   }
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Impl::PutBlock(absl::string_view tenant,
-                                         const BlockPut& put) {
-  auto reject = [this](absl::Status s) {
-    puts_rejected_.fetch_add(1);
-    return s;
-  };
-  if (absl::Status s = CheckBlock(put); !s.ok()) return reject(s);
-  const BlockKey& key = put.key;
-  const uint64_t size = put.block.size();
-
-  std::vector<EvictedBlock> evicted;
-  absl::Status result;
-  {
-    absl::MutexLock stripe(&StripeFor(key));
-    if (absl::Status s = ClaimNamespace(tenant, key.ns); !s.ok()) {
-      return reject(s);
-    }
-
-    if (memory_->Contains(key) || FindPending(key) != nullptr) {
-      duplicate_puts_.fetch_add(1);
-      return absl::OkStatus();
-    }
-    if (disk_ != nullptr) {
-      disk_->DropIfExpired(key);
-      if (disk_->Contains(key)) {
-        duplicate_puts_.fetch_add(1);
-        return absl::OkStatus();
-      }
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      const uint64_t quota = QuotaForLocked(tenant);
-      const uint64_t used = tenant_usage_[std::string(tenant)];
-      if (quota != 0 && used + size > quota) {
-        quota_rejections_.fetch_add(1);
-        return reject(absl::ResourceExhaustedError(
-            absl::StrCat("tenant quota exceeded: ", used, " + ", size, " > ",
-                         quota, " bytes")));
-      }
-      ChargeLocked(key.ns, size);
-    }
-
-    auto bytes = std::make_shared<const std::string>(put.block);
-    absl::Status mem =
-        memory_->PutShared(key, put.chain_position, bytes, &evicted);
-    if (!mem.ok()) {
-      // Too large for memory, or memory's room is held by leased blocks:
-      // disk only, if there is one.
-      absl::Status s = mem;
-      if (disk_ != nullptr) {
-        s = disk_->Put(key, put.chain_position, put.block);
-        if (!s.ok()) NoteDiskFault(s, "put");
-      }
-      if (!s.ok()) {
-        Uncharge(key.ns, size);
-        result = reject(s);
-      }
-    } else if (write_through() && disk_ != nullptr) {
-      absl::Status s = disk_->Put(key, put.chain_position, put.block);
-      if (!s.ok()) {
-        NoteDiskFault(s, "write-through put");
-        if (sync()) {
-          memory_->Delete(key).IgnoreError();
-          Uncharge(key.ns, size);
-          result = reject(s);
-        }
-      }
-    }
-    if (result.ok()) puts_.fetch_add(1);
-  }
-  HandleEvictions(evicted);
-  return result;
-}
-
 std::vector<absl::Status> TieredStore::Impl::PutBlocks(
     absl::string_view tenant, absl::Span<const BlockPut> puts) {
+  // With write-through the batch shares one disk write; otherwise each put
+  // holds only its own stripe.
   if (puts.size() > 1 && write_through() && disk_ != nullptr) {
-    return PutBlocksWriteThrough(tenant, puts);
+    return Put(tenant, puts);
   }
   std::vector<absl::Status> out;
   out.reserve(puts.size());
@@ -454,114 +377,106 @@ std::vector<absl::Status> TieredStore::Impl::PutBlocks(
   return out;
 }
 
-std::vector<absl::Status> TieredStore::Impl::PutBlocksWriteThrough(
+std::vector<absl::Status> TieredStore::Impl::Put(
     absl::string_view tenant, absl::Span<const BlockPut> puts) {
   std::vector<absl::Status> results(puts.size());
   for (size_t i = 0; i < puts.size(); ++i) results[i] = CheckBlock(puts[i]);
-
-  // The stripes of every key in the batch, locked in ascending order (no
-  // other path holds two stripes, so this cannot deadlock) and held until
-  // the batch is on disk, as PutBlock holds its one stripe: a concurrent put
-  // of the same key waits, so it is never acknowledged before the block is
-  // durable, and a concurrent delete cannot slip between memory and disk.
-  std::vector<size_t> stripe_ids;
-  for (size_t i = 0; i < puts.size(); ++i) {
-    if (!results[i].ok()) continue;
-    stripe_ids.push_back(absl::Hash<BlockKey>{}(puts[i].key) % kStripes);
-  }
-  std::sort(stripe_ids.begin(), stripe_ids.end());
-  stripe_ids.erase(std::unique(stripe_ids.begin(), stripe_ids.end()),
-                   stripe_ids.end());
-  for (size_t id : stripe_ids) stripes_[id].Lock();
-
   std::vector<EvictedBlock> evicted;
-  // The puts this call writes to disk, and whether each is also in memory.
-  std::vector<BlockPut> disk_puts;
-  std::vector<size_t> disk_index;
-  std::vector<bool> in_memory;
-  absl::flat_hash_set<BlockKey> seen;
-  absl::flat_hash_set<NamespaceId> claimed;
-  for (size_t i = 0; i < puts.size(); ++i) {
-    if (!results[i].ok()) continue;
-    const BlockPut& put = puts[i];
-    const BlockKey& key = put.key;
-    const uint64_t size = put.block.size();
-    if (!claimed.contains(key.ns)) {
-      absl::Status s = ClaimNamespace(tenant, key.ns);
-      if (!s.ok()) {
-        results[i] = s;
-        continue;
-      }
-      claimed.insert(key.ns);
-    }
-    // A key repeated in the batch is a duplicate of its first occurrence
-    // (acknowledged with it, after the batch write).
-    if (!seen.insert(key).second || memory_->Contains(key) ||
-        FindPending(key) != nullptr) {
-      duplicate_puts_.fetch_add(1);
-      continue;
-    }
-    disk_->DropIfExpired(key);
-    if (disk_->Contains(key)) {
-      duplicate_puts_.fetch_add(1);
-      continue;
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      const uint64_t quota = QuotaForLocked(tenant);
-      const uint64_t used = tenant_usage_[std::string(tenant)];
-      if (quota != 0 && used + size > quota) {
-        quota_rejections_.fetch_add(1);
-        results[i] = absl::ResourceExhaustedError(
-            absl::StrCat("tenant quota exceeded: ", used, " + ", size, " > ",
-                         quota, " bytes"));
-        continue;
-      }
-      ChargeLocked(key.ns, size);
-    }
-    auto bytes = std::make_shared<const std::string>(put.block);
-    // Too large for memory (or its room leased): disk only.
-    in_memory.push_back(
-        memory_->PutShared(key, put.chain_position, bytes, &evicted).ok());
-    disk_puts.push_back(put);
-    disk_index.push_back(i);
-  }
-
-  if (!disk_puts.empty()) {
-    std::vector<absl::Status> written = disk_->PutBatch(disk_puts);
-    for (size_t j = 0; j < disk_puts.size(); ++j) {
-      const absl::Status& s = written[j];
-      const size_t i = disk_index[j];
-      if (s.ok()) continue;
-      NoteDiskFault(s, in_memory[j] ? "write-through put" : "put");
-      // In async write-through a block held in memory is still stored; in
-      // sync mode, or with no memory copy, the put fails.
-      if (sync() || !in_memory[j]) {
-        // A later block of the batch may have evicted it already.
-        if (in_memory[j]) memory_->Delete(disk_puts[j].key).IgnoreError();
-        ErasePending(disk_puts[j].key, nullptr);
-        Uncharge(disk_puts[j].key.ns, disk_puts[j].block.size());
-        results[i] = s;
-      }
+  uint64_t stored = 0;
+  {
+    // Held until the blocks are on disk: a concurrent put of the same key
+    // waits, so it is never acknowledged before the block is durable, and a
+    // concurrent delete cannot slip between memory and disk.
+    StripeLocks stripes(*this, puts, results);
+    const std::vector<Admitted> admitted =
+        Admit(tenant, puts, results, evicted);
+    StoreOnDisk(puts, admitted, results);
+    for (const Admitted& a : admitted) {
+      if (results[a.index].ok()) ++stored;
     }
   }
-  for (auto it = stripe_ids.rbegin(); it != stripe_ids.rend(); ++it) {
-    stripes_[*it].Unlock();
-  }
+  puts_.fetch_add(stored);
   for (const absl::Status& s : results) {
-    if (s.ok()) continue;
-    puts_rejected_.fetch_add(1);
-  }
-  for (size_t j = 0; j < disk_puts.size(); ++j) {
-    if (results[disk_index[j]].ok()) puts_.fetch_add(1);
+    if (!s.ok()) puts_rejected_.fetch_add(1);
   }
   HandleEvictions(evicted);
   return results;
 }
 
+std::vector<TieredStore::Impl::Admitted> TieredStore::Impl::Admit(
+    absl::string_view tenant, absl::Span<const BlockPut> puts,
+    std::vector<absl::Status>& results, std::vector<EvictedBlock>& evicted) {
+  std::vector<Admitted> admitted;
+  absl::flat_hash_set<BlockKey> seen;
+  absl::flat_hash_set<NamespaceId> claimed;
+  for (size_t i = 0; i < puts.size(); ++i) {
+    if (!results[i].ok()) continue;
+    const BlockPut& put = puts[i];
+    if (!claimed.contains(put.key.ns)) {
+      results[i] = ClaimNamespace(tenant, put.key.ns);
+      if (!results[i].ok()) continue;
+      claimed.insert(put.key.ns);
+    }
+    // A key repeated in the batch is a duplicate of its first occurrence
+    // (acknowledged with it).
+    if (!seen.insert(put.key).second || HeldForPut(put.key)) {
+      duplicate_puts_.fetch_add(1);
+      continue;
+    }
+    results[i] = ledger_.Charge(tenant, put.key.ns, put.block.size());
+    if (!results[i].ok()) {
+      quota_rejections_.fetch_add(1);
+      continue;
+    }
+    auto bytes = std::make_shared<const std::string>(put.block);
+    admitted.push_back(Admitted{
+        i, memory_->PutShared(put.key, put.chain_position, bytes, &evicted)});
+  }
+  return admitted;
+}
+
+bool TieredStore::Impl::HeldForPut(const BlockKey& key) {
+  if (memory_->Contains(key) || FindPending(key) != nullptr) return true;
+  if (disk_ == nullptr) return false;
+  disk_->DropIfExpired(key);
+  return disk_->Contains(key);
+}
+
+void TieredStore::Impl::StoreOnDisk(absl::Span<const BlockPut> puts,
+                                    absl::Span<const Admitted> admitted,
+                                    std::vector<absl::Status>& results) {
+  std::vector<BlockPut> disk_puts;
+  std::vector<const Admitted*> disk_admitted;
+  for (const Admitted& a : admitted) {
+    const BlockPut& put = puts[a.index];
+    if (disk_ != nullptr && (write_through() || !a.memory.ok())) {
+      disk_puts.push_back(put);
+      disk_admitted.push_back(&a);
+    } else if (!a.memory.ok()) {
+      ledger_.Uncharge(put.key.ns, put.block.size());
+      results[a.index] = a.memory;
+    }
+  }
+  if (disk_puts.empty()) return;
+  const std::vector<absl::Status> written = disk_->PutBatch(disk_puts);
+  for (size_t j = 0; j < disk_puts.size(); ++j) {
+    if (written[j].ok()) continue;
+    const bool in_memory = disk_admitted[j]->memory.ok();
+    NoteDiskFault(written[j], in_memory ? "write-through put" : "put");
+    // In async write-through a block held in memory is still stored; in
+    // sync mode, or with no memory copy, the put fails.
+    if (in_memory && !sync()) continue;
+    const BlockPut& put = disk_puts[j];
+    // A later block of the batch may have evicted it already.
+    if (in_memory) memory_->Delete(put.key).IgnoreError();
+    ErasePending(put.key, nullptr);
+    ledger_.Uncharge(put.key.ns, put.block.size());
+    results[disk_admitted[j]->index] = written[j];
+  }
+}
 absl::StatusOr<SharedBytes> TieredStore::Impl::GetBlock(
     absl::string_view tenant, const BlockKey& key) {
-  if (!OwnedBy(tenant, key.ns)) {
+  if (!ledger_.OwnedBy(tenant, key.ns)) {
     misses_.fetch_add(1);
     return absl::NotFoundError("block not found");
   }
@@ -609,7 +524,7 @@ TieredStore::Impl::GetBlocksFromMemory(absl::string_view tenant,
                                        absl::Span<const BlockHash> hashes) {
   std::vector<absl::StatusOr<SharedBytes>> out;
   out.reserve(hashes.size());
-  if (!OwnedBy(tenant, ns)) {
+  if (!ledger_.OwnedBy(tenant, ns)) {
     misses_.fetch_add(hashes.size());
     out.assign(hashes.size(), absl::NotFoundError("block not found"));
     return out;
@@ -651,7 +566,7 @@ LookupResult TieredStore::Impl::Lookup(absl::string_view tenant,
                                        absl::Duration lease) {
   LookupResult result;
   result.present.assign(hashes.size(), false);
-  if (hashes.empty() || !OwnedBy(tenant, ns)) return result;
+  if (hashes.empty() || !ledger_.OwnedBy(tenant, ns)) return result;
   std::vector<BlockKey> keys;
   keys.reserve(hashes.size());
   for (const BlockHash& h : hashes) keys.push_back(BlockKey{ns, h});
@@ -702,7 +617,7 @@ LookupResult TieredStore::Impl::Lookup(absl::string_view tenant,
 
 absl::Status TieredStore::Impl::DeleteBlock(absl::string_view tenant,
                                             const BlockKey& key) {
-  if (!OwnedBy(tenant, key.ns)) {
+  if (!ledger_.OwnedBy(tenant, key.ns)) {
     return absl::NotFoundError("block not found");
   }
   absl::MutexLock stripe(&StripeFor(key));
@@ -722,13 +637,13 @@ absl::Status TieredStore::Impl::DeleteBlock(absl::string_view tenant,
   }
   const uint64_t size = std::max(in_memory, on_disk);
   if (size == 0) return absl::NotFoundError("block not found");
-  Uncharge(key.ns, size);
+  ledger_.Uncharge(key.ns, size);
   return absl::OkStatus();
 }
 
 absl::StatusOr<NamespaceInfo> TieredStore::Impl::DeleteNamespace(
     absl::string_view tenant, const NamespaceId& ns) {
-  if (!OwnedBy(tenant, ns)) {
+  if (!ledger_.OwnedBy(tenant, ns)) {
     return absl::NotFoundError("namespace not found");
   }
   leases_->ReleaseNamespace(ns);
@@ -752,106 +667,7 @@ absl::StatusOr<NamespaceInfo> TieredStore::Impl::DeleteNamespace(
       return s;
     }
   }
-  absl::MutexLock lock(&mu_);
-  NamespaceInfo info;
-  auto it = namespaces_.find(ns);
-  if (it != namespaces_.end()) {
-    info =
-        NamespaceInfo{it->second.tenant, it->second.bytes, it->second.blocks};
-    if (it->second.owned) {
-      uint64_t& usage = tenant_usage_[it->second.tenant];
-      usage -= std::min(usage, it->second.bytes);
-    }
-    namespaces_.erase(it);
-  }
-  return info;
-}
-
-absl::StatusOr<NamespaceInfo> TieredStore::Impl::GetNamespaceInfo(
-    const NamespaceId& ns) const {
-  absl::ReaderMutexLock lock(&mu_);
-  auto it = namespaces_.find(ns);
-  if (it == namespaces_.end() || !it->second.owned) {
-    return absl::NotFoundError("namespace not found");
-  }
-  return NamespaceInfo{it->second.tenant, it->second.bytes, it->second.blocks};
-}
-
-void TieredStore::Impl::CacheCodebookLocked(uint64_t hash, SharedBytes bytes) {
-  if (codebook_cache_.contains(hash)) return;
-  const uint64_t size = bytes->size();
-  if (disk_ != nullptr) {
-    if (size > options_.codebook_cache_bytes) return;
-    while (codebook_cache_bytes_ + size > options_.codebook_cache_bytes &&
-           !codebook_cache_.empty()) {
-      auto victim = codebook_cache_.begin();
-      codebook_cache_bytes_ -= victim->second->size();
-      codebook_cache_.erase(victim);
-    }
-  }
-  codebook_cache_bytes_ += size;
-  codebook_cache_.emplace(hash, std::move(bytes));
-}
-
-absl::Status TieredStore::Impl::PutCodebooks(uint64_t hash,
-                                             absl::string_view bytes) {
-  if (hash == 0) {
-    return absl::InvalidArgumentError("codebook hash 0 is reserved for none");
-  }
-  if (bytes.empty()) return absl::InvalidArgumentError("empty codebook file");
-  if (HasCodebook(hash)) return absl::OkStatus();
-  if (disk_ != nullptr) {
-    absl::Status s = disk_->PutCodebook(hash, bytes);
-    if (!s.ok()) {
-      NoteDiskFault(s, "put codebook");
-      return s;
-    }
-  }
-  auto shared = std::make_shared<const std::string>(bytes);
-  absl::MutexLock lock(&mu_);
-  codebooks_.insert(hash);
-  CacheCodebookLocked(hash, std::move(shared));
-  return absl::OkStatus();
-}
-
-absl::StatusOr<SharedBytes> TieredStore::Impl::GetCodebooks(uint64_t hash) {
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    if (!codebooks_.contains(hash)) {
-      return absl::NotFoundError(
-          absl::StrCat("codebook set ", absl::Hex(hash), " not registered"));
-    }
-    auto it = codebook_cache_.find(hash);
-    if (it != codebook_cache_.end()) return it->second;
-  }
-  if (disk_ == nullptr) return absl::NotFoundError("codebook set not found");
-  absl::StatusOr<SharedBytes> got = disk_->GetCodebook(hash);
-  if (!got.ok()) {
-    if (!absl::IsNotFound(got.status())) {
-      NoteDiskFault(got.status(), "get codebook");
-    }
-    return got.status();
-  }
-  absl::MutexLock lock(&mu_);
-  CacheCodebookLocked(hash, *got);
-  return got;
-}
-
-bool TieredStore::Impl::HasCodebook(uint64_t hash) const {
-  absl::ReaderMutexLock lock(&mu_);
-  return codebooks_.contains(hash);
-}
-
-void TieredStore::Impl::SetTenantQuota(absl::string_view tenant,
-                                       uint64_t bytes) {
-  absl::MutexLock lock(&mu_);
-  quotas_[std::string(tenant)] = bytes;
-}
-
-uint64_t TieredStore::Impl::TenantUsage(absl::string_view tenant) const {
-  absl::ReaderMutexLock lock(&mu_);
-  auto it = tenant_usage_.find(tenant);
-  return it == tenant_usage_.end() ? 0 : it->second;
+  return ledger_.Remove(ns).value_or(NamespaceInfo{});
 }
 
 absl::Status TieredStore::Impl::Flush() {
@@ -907,11 +723,8 @@ StoreStats TieredStore::Impl::Stats() const {
     absl::MutexLock lock(&fault_mu_);
     s.last_disk_error = last_disk_error_;
   }
-  absl::ReaderMutexLock lock(&mu_);
-  for (const auto& [ns, state] : namespaces_) {
-    if (state.owned) ++s.namespaces;
-  }
-  s.codebooks = codebooks_.size();
+  s.namespaces = ledger_.namespaces();
+  s.codebooks = codebooks_->size();
   return s;
 }
 
@@ -920,7 +733,7 @@ StoreStats TieredStore::Impl::Stats() const {
 absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Open(
     TieredStoreOptions options) {
   auto impl = std::make_unique<Impl>(std::move(options));
-  if (absl::Status s = impl->Init(); !s.ok()) return s;
+  VQKV_RETURN_IF_ERROR(impl->Init());
   return std::unique_ptr<TieredStore>(new TieredStore(std::move(impl)));
 }
 
@@ -987,23 +800,27 @@ absl::StatusOr<NamespaceInfo> TieredStore::GetNamespaceInfo(
 }
 
 absl::Status TieredStore::PutCodebooks(uint64_t hash, absl::string_view bytes) {
-  return impl_->PutCodebooks(hash, bytes);
+  return impl_->codebooks().Put(hash, bytes);
 }
 
 absl::StatusOr<SharedBytes> TieredStore::GetCodebooks(uint64_t hash) {
-  return impl_->GetCodebooks(hash);
+  return impl_->codebooks().Get(hash);
 }
 
 bool TieredStore::HasCodebook(uint64_t hash) const {
-  return impl_->HasCodebook(hash);
+  return impl_->codebooks().Has(hash);
 }
 
 void TieredStore::SetTenantQuota(absl::string_view tenant, uint64_t bytes) {
-  impl_->SetTenantQuota(tenant, bytes);
+  impl_->ledger().SetQuota(tenant, bytes);
 }
 
 uint64_t TieredStore::TenantUsage(absl::string_view tenant) const {
-  return impl_->TenantUsage(tenant);
+  return impl_->ledger().Usage(tenant);
+}
+
+uint64_t TieredStore::TenantQuota(absl::string_view tenant) const {
+  return impl_->ledger().Quota(tenant);
 }
 
 absl::Status TieredStore::Flush() { return impl_->Flush(); }

@@ -1,7 +1,8 @@
 // TieredStore: the storage facade the cache service uses. A memory tier
 // (storage/memory_tier.h) in front of an optional RocksDB tier
-// (storage/rocksdb_tier.h), plus the codebook registry, namespace ownership
-// and per-tenant quotas.
+// (storage/rocksdb_tier.h), plus the codebook registry
+// (storage/codebook_registry.h) and namespace ownership and per-tenant
+// quotas (storage/namespace_ledger.h).
 //
 // Writes go to memory. Blocks evicted from memory are spilled to disk
 // (WritePolicy::kSpill), or every put is also written to disk at once
@@ -26,7 +27,8 @@
 //
 // Disk faults: when the disk tier fails (I/O error, disk full), the store
 // keeps serving from memory. The fault is counted in Stats (disk_faults,
-// disk_fault, last_disk_error) and its first occurrence is logged to stderr.
+// disk_fault, last_disk_error) and its first occurrence is logged as a
+// warning (base/logging.h).
 // In kAsync mode a put whose disk write fails still succeeds (the block is in
 // memory); in kSync mode it fails with the disk's error (kUnavailable or
 // kResourceExhausted), since sync promises the block survives a crash.
@@ -105,7 +107,7 @@ struct TieredStoreOptions {
   std::string data_dir;
   // Disk budget over stored block bytes; the oldest records are evicted to
   // make room (storage/rocksdb_tier.h).
-  uint64_t disk_bytes = uint64_t{16} << 30;  // 16 GiB
+  uint64_t disk_bytes = kDefaultDiskBytes;  // 16 GiB
   Durability durability = Durability::kAsync;
   // Ignored (treated as kWriteThrough) when durability is kSync.
   WritePolicy write_policy = WritePolicy::kSpill;
@@ -132,9 +134,6 @@ struct TieredStoreOptions {
   // storage::FaultInjectionFileSystem.
   std::function<absl::Time()> clock;
   std::shared_ptr<rocksdb::FileSystem> file_system;
-
-  // Log the first disk fault (and other notable events) to stderr.
-  bool log_to_stderr = true;
 };
 
 // Counters since Open (usage fields are current values).
@@ -290,6 +289,10 @@ class TieredStore {
   void SetTenantQuota(absl::string_view tenant, uint64_t bytes);
   // Bytes of the tenant's blocks held in the store.
   uint64_t TenantUsage(absl::string_view tenant) const;
+  // The tenant's quota in bytes (0: unlimited): the last SetTenantQuota,
+  // else options().tenant_quotas, else options().default_tenant_quota.
+  // (options() itself is never changed by SetTenantQuota.)
+  uint64_t TenantQuota(absl::string_view tenant) const;
 
   // --- Maintenance --------------------------------------------------------
 

@@ -42,7 +42,6 @@ inline std::unique_ptr<storage::TieredStore> MemoryStore(
   storage::TieredStoreOptions o;
   o.memory_bytes = bytes;
   o.memory_shards = 1;
-  o.log_to_stderr = false;
   auto s = storage::TieredStore::Open(std::move(o));
   EXPECT_TRUE(s.ok()) << s.status();
   return s.ok() ? *std::move(s) : nullptr;

@@ -13,6 +13,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "base/logging.h"
 #include "gtest/gtest.h"
 #include "storage/fault_injection_fs.h"
 #include "storage/keys.h"
@@ -34,7 +36,6 @@ constexpr char kAlice[] = "alice";
 constexpr char kBob[] = "bob";
 
 std::unique_ptr<TieredStore> OpenStore(TieredStoreOptions o) {
-  o.log_to_stderr = false;
   auto store = TieredStore::Open(std::move(o));
   EXPECT_TRUE(store.ok()) << store.status();
   return store.ok() ? std::move(*store) : nullptr;
@@ -48,6 +49,28 @@ TieredStoreOptions SmallOptions(int blocks, const std::string& data_dir = "") {
   o.disk_bytes = 1 << 20;
   return o;
 }
+
+// Captures the log lines emitted while it lives.
+class LogCapture {
+ public:
+  LogCapture() {
+    previous_ =
+        base::SetLogSink([this](base::LogSeverity, absl::string_view line) {
+          absl::MutexLock lock(&mu_);
+          lines_.emplace_back(line);
+        });
+  }
+  ~LogCapture() { base::SetLogSink(std::move(previous_)); }
+  std::vector<std::string> lines() const {
+    absl::MutexLock lock(&mu_);
+    return lines_;
+  }
+
+ private:
+  base::LogSink previous_;
+  mutable absl::Mutex mu_;
+  std::vector<std::string> lines_;
+};
 
 absl::Status Put(TieredStore& s, absl::string_view tenant, BlockKey key,
                  const std::string& block, uint32_t pos = 0) {
@@ -390,6 +413,27 @@ TEST(TieredStoreTest, TenantQuotasRejectPutsOverTheLimit) {
             absl::StatusCode::kPermissionDenied);  // owners persisted
 }
 
+TEST(TieredStoreTest, TenantQuotaReportsSetTenantQuota) {
+  TieredStoreOptions o = SmallOptions(16);
+  o.default_tenant_quota = 10 * BlockBytes(4);
+  o.tenant_quotas[kAlice] = 3 * BlockBytes(4);
+  auto store = OpenStore(o);
+  EXPECT_EQ(store->TenantQuota(kAlice), 3 * BlockBytes(4));
+  EXPECT_EQ(store->TenantQuota(kBob), 10 * BlockBytes(4));
+  store->SetTenantQuota(kBob, BlockBytes(4));
+  store->SetTenantQuota(kAlice, 0);  // unlimited
+  EXPECT_EQ(store->TenantQuota(kBob), BlockBytes(4));
+  EXPECT_EQ(store->TenantQuota(kAlice), 0u);
+  // The options stay as given; the store enforces what it reports.
+  EXPECT_EQ(store->options().tenant_quotas.at(kAlice), 3 * BlockBytes(4));
+  ASSERT_TRUE(Put(*store, kBob, Key(2, 0), MakeBlock(0)).ok());
+  EXPECT_EQ(Put(*store, kBob, Key(2, 1), MakeBlock(1)).code(),
+            absl::StatusCode::kResourceExhausted);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
+  }
+}
+
 TEST(TieredStoreTest, FlushPersistsMemoryOnlyBlocksInSpillMode) {
   TempDir dir;
   TieredStoreOptions o = SmallOptions(8, dir.Sub("db"));
@@ -539,8 +583,10 @@ TEST(TieredStoreTest, KeepsServingFromMemoryWhenDiskWritesFail) {
   TieredStoreOptions o = SmallOptions(4, dir.Sub("db"));
   o.write_policy = WritePolicy::kWriteThrough;
   o.file_system = fs;
+  LogCapture log;
   auto store = OpenStore(o);
   ASSERT_TRUE(Put(*store, kAlice, Key(1, 0), MakeBlock(0)).ok());
+  EXPECT_TRUE(log.lines().empty());
   fs->SetFailWrites(true);
   for (int i = 1; i < 3; ++i) {
     ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
@@ -559,6 +605,10 @@ TEST(TieredStoreTest, KeepsServingFromMemoryWhenDiskWritesFail) {
   EXPECT_NE(s.last_disk_error.find("injected"), std::string::npos)
       << s.last_disk_error;
   EXPECT_EQ(s.puts, 4u);
+  // Only the first fault is logged.
+  const std::vector<std::string> lines = log.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find("disk tier fault"), std::string::npos) << lines[0];
   // A spill that fails drops the evicted block (counted) and the store goes
   // on: memory keeps its newest blocks.
   for (int i = 4; i < 8; ++i) {
