@@ -52,6 +52,20 @@ CacheFactory ExactCacheFactory(const model::LlamaModel& model) {
   };
 }
 
+CacheFactory CompressedCacheFactory(const model::LlamaModel& model,
+                                    const Codec* codec,
+                                    const CompressedKvCacheOptions& options) {
+  const model::LlamaModel* m = &model;
+  return
+      [m, codec, options]() -> absl::StatusOr<std::unique_ptr<model::KvCache>> {
+        absl::StatusOr<std::unique_ptr<CompressedKvCache>> cache =
+            CompressedKvCache::Create(m->config().kv_layout(), codec,
+                                      &m->rope(), options);
+        if (!cache.ok()) return cache.status();
+        return std::unique_ptr<model::KvCache>(*std::move(cache));
+      };
+}
+
 int64_t WindowCount(int64_t tokens, const WindowOptions& o) {
   if (o.ctx < 1 || tokens < o.ctx + 1) return 0;
   int64_t n = (tokens - 1) / o.ctx;

@@ -21,7 +21,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "eval/compressed_kv_cache.h"
 #include "eval/kv_collector.h"
+#include "kernels/codec.h"
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
 
@@ -33,6 +35,14 @@ using CacheFactory =
 
 // A factory of ExactKvCache for `model` (fp16-rounded).
 CacheFactory ExactCacheFactory(const model::LlamaModel& model);
+
+// A factory of CompressedKvCache over `codec` for `model` (its layout and
+// RoPE). `model` and `codec` are not owned and must outlive the factory and
+// its caches. Option errors surface from the first call, as
+// CompressedKvCache::Create reports them.
+CacheFactory CompressedCacheFactory(const model::LlamaModel& model,
+                                    const Codec* codec,
+                                    const CompressedKvCacheOptions& options);
 
 struct WindowOptions {
   int64_t ctx = 512;

@@ -1,4 +1,3 @@
-#include "tools/calibrate_command.h"
 
 #include <cstdio>
 #include <memory>
@@ -9,6 +8,7 @@
 #include "eval/evaluate.h"
 #include "eval/kv_collector.h"
 #include "kernels/vq_codec.h"
+#include "tools/commands.h"
 #include "tools/common.h"
 
 namespace vqkv::tools {

@@ -1,4 +1,3 @@
-#include "tools/eval_command.h"
 
 #include <chrono>
 #include <cmath>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "eval/compressed_kv_cache.h"
 #include "eval/evaluate.h"
+#include "tools/commands.h"
 #include "tools/common.h"
 #include "tools/memory.h"
 #include "tools/passkey.h"
@@ -207,18 +207,9 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
     co.window = a.window;
     co.block_tokens = std::min(a.block_tokens, a.window + 1);
     co.keys_pre_rope = c.keys_pre_rope;
-    const model::LlamaModel* mp = &model;
-    const Codec* cp = c.codec.get();
-    eval::CacheFactory make_test =
-        [mp, cp, co]() -> absl::StatusOr<std::unique_ptr<model::KvCache>> {
-      absl::StatusOr<std::unique_ptr<eval::CompressedKvCache>> cache =
-          eval::CompressedKvCache::Create(mp->config().kv_layout(), cp,
-                                          &mp->rope(), co);
-      if (!cache.ok()) return cache.status();
-      return std::unique_ptr<model::KvCache>(std::move(*cache));
-    };
-    absl::StatusOr<eval::CompareResult> r = eval::Compare(
-        model, *ids, wo, eval::ExactCacheFactory(model), make_test);
+    absl::StatusOr<eval::CompareResult> r =
+        eval::Compare(model, *ids, wo, eval::ExactCacheFactory(model),
+                      eval::CompressedCacheFactory(model, c.codec.get(), co));
     if (!r.ok()) return Fail(r.status());
     const double seconds = Seconds(t0);
     const MemoryReport mem = Memory(c, a, fp16, a.ctx);

@@ -115,9 +115,8 @@ absl::StatusOr<std::vector<PasskeyTrial>> RunPasskey(
           co.window = options.window;
           co.block_tokens = options.block_tokens;
           co.keys_pre_rope = c.keys_pre_rope;
-          absl::StatusOr<std::unique_ptr<eval::CompressedKvCache>> cc =
-              eval::CompressedKvCache::Create(model.config().kv_layout(),
-                                              c.codec, &model.rope(), co);
+          absl::StatusOr<std::unique_ptr<model::KvCache>> cc =
+              eval::CompressedCacheFactory(model, c.codec, co)();
           if (!cc.ok()) return cc.status();
           cache = *std::move(cc);
         }

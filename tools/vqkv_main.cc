@@ -6,6 +6,7 @@
 //   vqkv eval --memory --model M.gguf --codec vq --codebooks C.vqcb
 //   vqkv generate --model M.gguf --prompt-file F --max-new-tokens N
 //       --store DIR | --server HOST:PORT | --no-cache | --roundtrip
+//   vqkv tokenize --model M.gguf --text F [--ids-out IDS]
 //
 // Every failure ends in one "vqkv: error: ..." line on stderr and exit 1.
 #include <cblas.h>
@@ -15,9 +16,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
-#include "tools/calibrate_command.h"
-#include "tools/eval_command.h"
-#include "tools/generate_command.h"
+#include "tools/commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"vqkv: VQ KV-cache compression tools"};
@@ -29,6 +28,7 @@ int main(int argc, char** argv) {
       vqkv::tools::AddCalibrateCommand(&app),
       vqkv::tools::AddEvalCommand(&app),
       vqkv::tools::AddGenerateCommand(&app),
+      vqkv::tools::AddTokenizeCommand(&app),
   };
   try {
     app.parse(argc, argv);

@@ -4,6 +4,7 @@
 // round trip must print sane JSON.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -119,6 +120,30 @@ TEST_F(VqkvCliTest, EmptyText) {
       "is empty");
   ExpectCleanError(Run("eval --model " + std::string(VQKV_MODEL_PATH) +
                        " --text " + Path("missing.txt") + " --codec kivi2"),
+                   "missing.txt");
+}
+
+TEST_F(VqkvCliTest, TokenizeCountsChecksAndWritesIds) {
+  if (!HaveModel()) GTEST_SKIP() << "model not fetched (scripts/get-model.sh)";
+  const std::string text = "Hello, world. Caf\xc3\xa9 \xe2\x82\xac 42!\n";
+  WriteAll(Path("t.txt"), text);
+  const CliResult r =
+      Run("tokenize --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Path("t.txt") + " --ids-out " + Path("ids.txt"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find(absl::StrCat(text.size(), " bytes -> ")),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("decode: identical"), std::string::npos) << r.out;
+  // One id per line, as many as the summary says.
+  const std::string ids = ReadAll(Path("ids.txt"));
+  const int64_t lines = std::count(ids.begin(), ids.end(), '\n');
+  EXPECT_GT(lines, 5);
+  EXPECT_NE(r.out.find(absl::StrCat("-> ", lines, " tokens")),
+            std::string::npos)
+      << r.out;
+  ExpectCleanError(Run("tokenize --model " + std::string(VQKV_MODEL_PATH) +
+                       " --text " + Path("missing.txt")),
                    "missing.txt");
 }
 
