@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/cpu_features.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define VQKV_SOFTMAX_X86 1
@@ -84,18 +86,13 @@ __attribute__((target("avx2,fma"))) void SoftmaxAvx2(float* x, int64_t n) {
   for (int64_t j = n8; j < n; ++j) x[j] *= 1.0f / sum;
 }
 
-bool HasAvx2Fma() {
-  static const bool has =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
 }  // namespace
 #endif
 
 void SoftmaxInPlace(float* x, int64_t n) {
 #ifdef VQKV_SOFTMAX_X86
-  if (HasAvx2Fma()) {
+  // The kernels' one dispatch, so VQKV_SIMD=scalar caps this loop too.
+  if (cpu::Features().avx2) {
     SoftmaxAvx2(x, n);
     return;
   }

@@ -1,6 +1,7 @@
 // Softmax of one row in place, the inner loop of attention. Uses AVX2+FMA
-// when the CPU has them (chosen at run time; a Cephes-style exp accurate to
-// a few ulp), a scalar std::exp loop otherwise.
+// when kernels/cpu/cpu_features.h allows it (the CPU has them and VQKV_SIMD
+// does not cap below avx2; a Cephes-style exp accurate to a few ulp), a
+// scalar std::exp loop otherwise.
 //
 // Thread safety: pure functions.
 #ifndef VQKV_MODEL_SOFTMAX_H_

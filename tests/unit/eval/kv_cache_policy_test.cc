@@ -1,5 +1,4 @@
-// The exact/decoded policy of CompressedKvCache as attention sees it, and
-// CausalAttention against a scalar reference.
+// The exact/decoded policy of CompressedKvCache as attention sees it.
 #include <cmath>
 #include <memory>
 #include <random>
@@ -10,7 +9,6 @@
 #include "model/attention.h"
 #include "model/kv_cache.h"
 #include "model/rope.h"
-#include "model/softmax.h"
 #include "tests/unit/eval/offset_codec.h"
 
 namespace vqkv::eval {
@@ -19,97 +17,6 @@ namespace {
 using testing::OffsetCodec;
 
 constexpr int kHeadDim = 64;
-
-// Scalar causal GQA attention over exact K/V, the reference.
-std::vector<float> ReferenceAttention(const std::vector<float>& q, int64_t n,
-                                      int64_t pos0, int heads, int kv_heads,
-                                      const float* k, const float* v) {
-  const int group = heads / kv_heads;
-  std::vector<float> out(q.size(), 0.0f);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t t = pos0 + i;
-    for (int h = 0; h < heads; ++h) {
-      const float* qi = q.data() + (i * heads + h) * kHeadDim;
-      const int g = h / group;
-      std::vector<double> w(static_cast<size_t>(t + 1));
-      double mx = -1e30;
-      for (int64_t s = 0; s <= t; ++s) {
-        double dot = 0;
-        for (int d = 0; d < kHeadDim; ++d) {
-          dot += double{qi[d]} * k[(s * kv_heads + g) * kHeadDim + d];
-        }
-        w[s] = dot / std::sqrt(double{kHeadDim});
-        mx = std::max(mx, w[s]);
-      }
-      double sum = 0;
-      for (double& x : w) sum += (x = std::exp(x - mx));
-      float* o = out.data() + (i * heads + h) * kHeadDim;
-      for (int64_t s = 0; s <= t; ++s) {
-        for (int d = 0; d < kHeadDim; ++d) {
-          o[d] += static_cast<float>(w[s] / sum *
-                                     v[(s * kv_heads + g) * kHeadDim + d]);
-        }
-      }
-    }
-  }
-  return out;
-}
-
-TEST(AttentionTest, MatchesScalarReferenceAcrossChunksAndTiles) {
-  const KvLayout layout{1, 2, kHeadDim};
-  const model::AttentionShape shape{6, 2, kHeadDim};
-  std::mt19937 rng(7);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  model::ExactKvCache cache(layout, /*round_to_fp16=*/false);
-  std::vector<float> all_k, all_v;
-  model::AttentionScratch scratch;
-  // Chunks of 5, then 70 (more than one query tile), then 1.
-  for (int64_t n : {5, 70, 1}) {
-    const int64_t pos0 = cache.tokens();
-    std::vector<float> q(static_cast<size_t>(n * 6 * kHeadDim));
-    std::vector<float> k(static_cast<size_t>(n * 2 * kHeadDim)), v(k.size());
-    for (float& x : q) x = nd(rng);
-    for (float& x : k) x = nd(rng);
-    for (float& x : v) x = nd(rng);
-    all_k.insert(all_k.end(), k.begin(), k.end());
-    all_v.insert(all_v.end(), v.begin(), v.end());
-    ASSERT_TRUE(cache.BeginChunk(n).ok());
-    ASSERT_TRUE(cache.Append(0, k.data(), k.data(), v.data()).ok());
-    std::vector<float> out(q.size());
-    ASSERT_TRUE(model::CausalAttention(q.data(), n, pos0, shape, cache.View(0),
-                                       out.data(), &scratch)
-                    .ok());
-    const std::vector<float> ref =
-        ReferenceAttention(q, n, pos0, 6, 2, all_k.data(), all_v.data());
-    for (size_t i = 0; i < out.size(); ++i) {
-      ASSERT_NEAR(out[i], ref[i], 1e-4) << "chunk " << n << " element " << i;
-    }
-    ASSERT_TRUE(cache.EndChunk().ok());
-  }
-}
-
-TEST(SoftmaxTest, MatchesDoublePrecision) {
-  std::mt19937 rng(11);
-  std::normal_distribution<float> nd(0.0f, 8.0f);
-  for (int64_t n : {1, 7, 8, 9, 64, 1000}) {
-    std::vector<float> x(static_cast<size_t>(n));
-    for (float& v : x) v = nd(rng);
-    x[0] = -200.0f;  // far below the max: underflows to ~0
-    std::vector<double> ref(x.begin(), x.end());
-    const double mx = *std::max_element(ref.begin(), ref.end());
-    double sum = 0;
-    for (double& v : ref) sum += (v = std::exp(v - mx));
-    std::vector<float> fast = x, scalar = x;
-    model::SoftmaxInPlace(fast.data(), n);
-    model::SoftmaxInPlaceRef(scalar.data(), n);
-    for (int64_t i = 0; i < n; ++i) {
-      const double want = ref[i] / sum;
-      // Float rounding of x - max alone costs |x - max| * 2^-24 relative.
-      EXPECT_NEAR(fast[i], want, 1e-5 * want + 1e-12) << n << " " << i;
-      EXPECT_NEAR(scalar[i], want, 1e-5 * want + 1e-12) << n << " " << i;
-    }
-  }
-}
 
 struct PolicyCase {
   int64_t sinks, window, block, chunk;  // chunk 0 = MaxChunkTokens()
