@@ -27,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "base/coding.h"
 
 namespace vqkv::storage {
 
@@ -131,10 +132,9 @@ absl::StatusOr<Id128<Tag>> Id128<Tag>::FromBytes(absl::string_view data) {
 template <typename Tag>
 Id128<Tag> Id128<Tag>::FromPair(uint64_t hi, uint64_t lo) {
   Id128 id;
-  for (int i = 0; i < 8; ++i) {
-    id.bytes[i] = static_cast<uint8_t>(hi >> (56 - 8 * i));
-    id.bytes[8 + i] = static_cast<uint8_t>(lo >> (56 - 8 * i));
-  }
+  char* out = reinterpret_cast<char*>(id.bytes.data());
+  base::EncodeBigEndian64(out, hi);
+  base::EncodeBigEndian64(out + 8, lo);
   return id;
 }
 

@@ -5,22 +5,9 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "base/coding.h"
 
 namespace vqkv::storage {
-namespace {
-
-void PutU32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutU64(std::string* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutStr(std::string* out, absl::string_view s) {
-  PutU32(out, static_cast<uint32_t>(s.size()));
-  out->append(s.data(), s.size());
-}
-
-}  // namespace
 
 absl::Status ValidateNamespaceSpec(const NamespaceSpec& ns) {
   if (ns.model_id.empty() || ns.model_id.size() > 256) {
@@ -68,17 +55,17 @@ absl::Status ValidateNamespaceSpec(const NamespaceSpec& ns) {
 std::string CanonicalNamespace(absl::string_view tenant,
                                const NamespaceSpec& ns) {
   std::string out = "vqkv.ns.v1";
-  PutStr(&out, tenant);
-  PutStr(&out, ns.model_id);
-  PutStr(&out, ns.weight_revision);
-  PutStr(&out, ns.codec);
-  PutU32(&out, ns.codec_id);
-  PutU64(&out, ns.codebook_hash);
-  PutU32(&out, ns.block_tokens);
-  PutU32(&out, ns.layers);
-  PutU32(&out, ns.kv_heads);
-  PutU32(&out, ns.head_dim);
-  PutU32(&out, static_cast<uint32_t>(ns.dtype));
+  base::PutLengthPrefixed(&out, tenant);
+  base::PutLengthPrefixed(&out, ns.model_id);
+  base::PutLengthPrefixed(&out, ns.weight_revision);
+  base::PutLengthPrefixed(&out, ns.codec);
+  base::PutFixed32(&out, ns.codec_id);
+  base::PutFixed64(&out, ns.codebook_hash);
+  base::PutFixed32(&out, ns.block_tokens);
+  base::PutFixed32(&out, ns.layers);
+  base::PutFixed32(&out, ns.kv_heads);
+  base::PutFixed32(&out, ns.head_dim);
+  base::PutFixed32(&out, static_cast<uint32_t>(ns.dtype));
   return out;
 }
 

@@ -1,12 +1,14 @@
 #include "storage/rocksdb_tier.h"
 
 #include <algorithm>
-#include <cstring>
 #include <exception>
 #include <string>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "base/coding.h"
+#include "base/status_macros.h"
 #include "kernels/block.h"
 #include "rocksdb/db.h"
 #include "rocksdb/env.h"
@@ -22,21 +24,9 @@ constexpr char kBlocksCf[] = "blocks";
 constexpr char kCodebooksCf[] = "codebooks";
 constexpr char kMetadataCf[] = "metadata";
 constexpr char kBlockRecordTag = 'b';
-constexpr char kNamespaceTag = 'n';
 constexpr size_t kRecordBytes = 24;
 // Expired records removed per Put at most (the rest go lazily or by sweep).
 constexpr int kMaxExpiredPerPut = 1024;
-
-void PutFixed64(char* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(v >> (8 * i));
-}
-uint64_t GetFixed64(const char* in) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) {
-    v |= uint64_t{static_cast<uint8_t>(in[i])} << (8 * i);
-  }
-  return v;
-}
 
 std::string BlockRecordKey(const BlockKey& key) {
   std::string out(1 + BlockKey::kEncodedSize, kBlockRecordTag);
@@ -44,27 +34,45 @@ std::string BlockRecordKey(const BlockKey& key) {
   return out;
 }
 
-std::string NamespaceKey(const NamespaceId& ns) {
-  return absl::StrCat(absl::string_view(&kNamespaceTag, 1), ns.view());
-}
-
-std::string CodebookKey(uint64_t hash) {
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(hash >> (56 - 8 * i));
-  return out;
-}
-
-uint64_t DecodeCodebookKey(absl::string_view k) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(k[i]);
-  return v;
-}
-
 rocksdb::Slice ToSlice(absl::string_view s) {
   return rocksdb::Slice(s.data(), s.size());
 }
 
 }  // namespace
+
+struct RocksDbTier::Write {
+  rocksdb::WriteBatch batch;
+  std::string what;  // for the error message
+};
+
+struct RocksDbTier::PutPlan {
+  std::vector<size_t> writes;  // indices of the puts to write
+  // Keys the batch writes, including those trimmed off for lack of room.
+  absl::flat_hash_set<BlockKey> keys;
+  std::vector<BlockKey> removed;    // records removed (room, expiry)
+  std::vector<DroppedBlock> drops;  // of those, the ones to report
+  uint64_t replaced_expired = 0;    // expired records of keys in the batch
+  std::vector<Record> records;      // one per write, once built
+};
+
+std::string RocksDbTier::Record::Encode() const {
+  std::string out;
+  base::PutFixed64(&out, static_cast<uint64_t>(write_micros));
+  base::PutFixed64(&out, bytes);
+  base::PutFixed64(&out, chain_position);
+  return out;
+}
+
+std::optional<RocksDbTier::Record> RocksDbTier::Record::Decode(
+    absl::string_view value) {
+  if (value.size() != kRecordBytes) return std::nullopt;
+  Record r;
+  r.write_micros = static_cast<int64_t>(base::DecodeFixed64(value.data()));
+  r.bytes = base::DecodeFixed64(value.data() + 8);
+  r.chain_position =
+      static_cast<uint32_t>(base::DecodeFixed64(value.data() + 16));
+  return r;
+}
 
 RocksDbTier::RocksDbTier(RocksDbTierOptions options)
     : options_(std::move(options)) {}
@@ -87,8 +95,8 @@ absl::StatusOr<std::unique_ptr<RocksDbTier>> RocksDbTier::Open(
   try {
     absl::MutexLock write_lock(&tier->write_mu_);
     absl::MutexLock db_lock(&tier->db_mu_);
-    if (absl::Status s = tier->OpenDb(); !s.ok()) return s;
-    if (absl::Status s = tier->LoadIndex(); !s.ok()) return s;
+    VQKV_RETURN_IF_ERROR(tier->OpenDb());
+    VQKV_RETURN_IF_ERROR(tier->LoadIndex());
   } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("rocksdb tier: exception while opening: ", e.what()));
@@ -145,46 +153,48 @@ absl::Status RocksDbTier::LoadIndex() {
   index_.clear();
   by_age_.clear();
   bytes_ = 0;
-  codebooks_.clear();
-  owners_.clear();
-  {
-    std::unique_ptr<rocksdb::Iterator> it(
-        db_->NewIterator(rocksdb::ReadOptions(), metadata_cf_));
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      const rocksdb::Slice k = it->key();
-      const rocksdb::Slice v = it->value();
-      if (k.size() == 1 + BlockKey::kEncodedSize && k[0] == kBlockRecordTag &&
-          v.size() == kRecordBytes) {
-        auto key = BlockKey::Decode(
-            absl::string_view(k.data() + 1, BlockKey::kEncodedSize));
-        if (!key.ok()) continue;
-        Record r;
-        r.write_micros = static_cast<int64_t>(GetFixed64(v.data()));
-        r.bytes = GetFixed64(v.data() + 8);
-        r.chain_position = static_cast<uint32_t>(GetFixed64(v.data() + 16));
-        index_[*key] = r;
-        by_age_.emplace(r.write_micros, *key);
-        bytes_ += r.bytes;
-      } else if (k.size() == 1 + NamespaceId::kSize && k[0] == kNamespaceTag) {
-        auto ns = NamespaceId::FromBytes(
-            absl::string_view(k.data() + 1, NamespaceId::kSize));
-        if (ns.ok()) owners_[*ns] = v.ToString();
-      }
-    }
-    if (!it->status().ok()) return Convert(it->status(), "loading metadata");
+  catalog_.Clear();
+  VQKV_RETURN_IF_ERROR(
+      ForEach(metadata_cf_, "loading metadata",
+              [this](absl::string_view k, absl::string_view v) {
+                LoadMetadataLocked(k, v);
+              }));
+  return ForEach(codebooks_cf_, "loading codebooks",
+                 [this](absl::string_view k, absl::string_view) {
+                   catalog_.LoadCodebookKey(k);
+                 });
+}
+
+void RocksDbTier::LoadMetadataLocked(absl::string_view k, absl::string_view v) {
+  if (catalog_.LoadOwner(k, v)) return;
+  if (k.size() != 1 + BlockKey::kEncodedSize || k[0] != kBlockRecordTag) {
+    return;
   }
-  {
-    std::unique_ptr<rocksdb::Iterator> it(
-        db_->NewIterator(rocksdb::ReadOptions(), codebooks_cf_));
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      if (it->key().size() == 8) {
-        codebooks_.insert(DecodeCodebookKey(
-            absl::string_view(it->key().data(), it->key().size())));
-      }
-    }
-    if (!it->status().ok()) return Convert(it->status(), "loading codebooks");
+  absl::StatusOr<BlockKey> key = BlockKey::Decode(k.substr(1));
+  std::optional<Record> r = Record::Decode(v);
+  if (!key.ok() || !r.has_value()) return;
+  index_[*key] = *r;
+  by_age_.emplace(r->write_micros, *key);
+  bytes_ += r->bytes;
+}
+
+absl::Status RocksDbTier::ForEach(
+    rocksdb::ColumnFamilyHandle* cf, absl::string_view what,
+    absl::FunctionRef<void(absl::string_view, absl::string_view)> fn) {
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), cf));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    fn(absl::string_view(it->key().data(), it->key().size()),
+       absl::string_view(it->value().data(), it->value().size()));
   }
-  return absl::OkStatus();
+  return it->status().ok() ? absl::OkStatus() : Convert(it->status(), what);
+}
+
+rocksdb::Status RocksDbTier::Read(rocksdb::ColumnFamilyHandle* RocksDbTier::*cf,
+                                  absl::string_view key, std::string* value) {
+  absl::ReaderMutexLock db_lock(&db_mu_);
+  if (db_ == nullptr) return rocksdb::Status::IOError("database closed");
+  return db_->Get(rocksdb::ReadOptions(), this->*cf, ToSlice(key), value);
 }
 
 int64_t RocksDbTier::NowMicros() const {
@@ -252,6 +262,26 @@ rocksdb::Status RocksDbTier::WriteLocked(rocksdb::WriteBatch* batch) {
   return s;
 }
 
+absl::Status RocksDbTier::Mutate(absl::FunctionRef<absl::Status(Write&)> build,
+                                 absl::FunctionRef<void()> commit) {
+  absl::MutexLock write_lock(&write_mu_);
+  MaybeResumeLocked();
+  Write w;
+  VQKV_RETURN_IF_ERROR(build(w));
+  if (w.batch.Count() == 0) return absl::OkStatus();
+  rocksdb::Status s = WriteLocked(&w.batch);
+  if (!s.ok()) return Convert(s, w.what);
+  absl::MutexLock lock(&mu_);
+  commit();
+  return absl::OkStatus();
+}
+
+void RocksDbTier::DeleteRecord(rocksdb::WriteBatch& batch,
+                               const BlockKey& key) const {
+  batch.Delete(blocks_cf_, key.Encode()).PermitUncheckedError();
+  batch.Delete(metadata_cf_, BlockRecordKey(key)).PermitUncheckedError();
+}
+
 void RocksDbTier::CloseDbLocked() {
   if (db_ == nullptr) return;
   for (rocksdb::ColumnFamilyHandle* h : handles_) {
@@ -285,10 +315,6 @@ absl::Status RocksDbTier::Put(const BlockKey& key, uint32_t chain_position,
 std::vector<absl::Status> RocksDbTier::PutBatch(
     absl::Span<const BlockPut> puts) {
   std::vector<absl::Status> results(puts.size());
-  // Indices of the puts this batch writes (valid, not already held, first
-  // occurrence of their key).
-  std::vector<size_t> writes;
-  uint64_t incoming = 0;
   for (size_t i = 0; i < puts.size(); ++i) {
     const absl::string_view block = puts[i].block;
     if (block.empty()) {
@@ -300,156 +326,151 @@ std::vector<absl::Status> RocksDbTier::PutBatch(
                        options_.capacity_bytes, " bytes"));
     }
   }
-  std::vector<DroppedBlock> drops;
-  {
-    absl::MutexLock write_lock(&write_mu_);
-    MaybeResumeLocked();
-    const int64_t now = NowMicros();
-    rocksdb::WriteBatch batch;
-    std::vector<BlockKey> removed;
-    uint64_t expired_here = 0;
-    {
-      absl::ReaderMutexLock lock(&mu_);
-      absl::flat_hash_set<BlockKey> in_batch;
-      for (size_t i = 0; i < puts.size(); ++i) {
-        if (!results[i].ok()) continue;
-        auto found = index_.find(puts[i].key);
-        if (found != index_.end() && !ExpiredAt(found->second, now)) {
-          continue;  // idempotent
+  PutPlan plan;
+  const absl::Status written = Mutate(
+      [&](Write& w) {
+        const int64_t now = NowMicros();
+        {
+          absl::ReaderMutexLock lock(&mu_);
+          PlanPutLocked(puts, now, results, plan);
         }
-        if (!in_batch.insert(puts[i].key).second) continue;  // repeated key
-        writes.push_back(i);
-        incoming += puts[i].block.size();
-      }
-      if (writes.empty()) return results;
-      // Make room for the whole batch at once, oldest records first. A batch
-      // larger than the budget evicts everything older and keeps only what
-      // fits, newest last (the caller sees kResourceExhausted for the rest).
-      while (incoming > options_.capacity_bytes) {
-        const size_t i = writes.front();
-        incoming -= puts[i].block.size();
-        results[i] = absl::ResourceExhaustedError(
-            "rocksdb tier: the batch is larger than the disk budget");
-        writes.erase(writes.begin());
-      }
-      uint64_t bytes_after = bytes_;
-      int expired_taken = 0;
-      LeaseTable* const leases =
-          options_.leases != nullptr && options_.leases->MayHaveLeases()
-              ? options_.leases.get()
-              : nullptr;
-      const absl::Time lease_now =
-          leases != nullptr ? leases->Now() : absl::Time();
-      for (const auto& [t, k] : by_age_) {
-        const Record& r = index_.at(k);
-        const bool expired = ExpiredAt(r, now);
-        const bool over = bytes_after + incoming > options_.capacity_bytes;
-        if (!(expired && expired_taken < kMaxExpiredPerPut) && !over) break;
-        // Budget eviction passes over leased records (the TTL does not).
-        if (!expired && leases != nullptr && leases->IsLeased(k, lease_now)) {
-          continue;
+        if (plan.writes.empty()) return absl::OkStatus();
+        for (const BlockKey& k : plan.removed) DeleteRecord(w.batch, k);
+        for (size_t i : plan.writes) {
+          const BlockPut& p = puts[i];
+          plan.records.push_back(Record{now, p.block.size(), p.chain_position});
+          // Block and record in one batch: both or neither reach the WAL.
+          w.batch.Put(blocks_cf_, p.key.Encode(), ToSlice(p.block))
+              .PermitUncheckedError();
+          w.batch
+              .Put(metadata_cf_, BlockRecordKey(p.key),
+                   plan.records.back().Encode())
+              .PermitUncheckedError();
         }
-        if (expired) ++expired_taken;
-        removed.push_back(k);
-        bytes_after -= r.bytes;
-        // A key's own expired record is replaced, not dropped: it stays in
-        // the store, so it is counted but not reported.
-        if (in_batch.contains(k)) {
-          ++expired_here;
-          continue;
+        w.what =
+            plan.writes.size() == 1
+                ? absl::StrCat("put ", puts[plan.writes[0]].key.DebugString())
+                : absl::StrCat("put of ", plan.writes.size(), " blocks");
+        return absl::OkStatus();
+      },
+      [&] {
+        for (const BlockKey& k : plan.removed) EraseFromIndexLocked(k);
+        for (size_t j = 0; j < plan.writes.size(); ++j) {
+          const BlockKey& key = puts[plan.writes[j]].key;
+          index_[key] = plan.records[j];
+          by_age_.emplace(plan.records[j].write_micros, key);
+          bytes_ += plan.records[j].bytes;
         }
-        drops.push_back(DroppedBlock{
-            k, r.bytes, expired ? DropReason::kExpired : DropReason::kEvicted});
-      }
-      if (bytes_after + incoming > options_.capacity_bytes) {
-        // Only leased records are left to evict: a lease is never broken
-        // for room. Nothing is written or removed (expired records go on a
-        // later put or sweep).
-        const absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
-            "rocksdb tier: no room for ", incoming,
-            " bytes: the rest of the disk budget is held by leased blocks"));
-        for (size_t i : writes) results[i] = full;
-        return results;
-      }
-    }
-    for (const BlockKey& k : removed) {
-      const std::string encoded = k.Encode();
-      batch.Delete(blocks_cf_, encoded).PermitUncheckedError();
-      batch.Delete(metadata_cf_, BlockRecordKey(k)).PermitUncheckedError();
-    }
-    std::vector<Record> records;
-    records.reserve(writes.size());
-    for (size_t i : writes) {
-      const BlockPut& p = puts[i];
-      Record record{now, p.block.size(), p.chain_position};
-      char value[kRecordBytes];
-      PutFixed64(value, static_cast<uint64_t>(record.write_micros));
-      PutFixed64(value + 8, record.bytes);
-      PutFixed64(value + 16, record.chain_position);
-      // Block and record in one batch: both or neither reach the WAL.
-      batch.Put(blocks_cf_, p.key.Encode(), ToSlice(p.block))
-          .PermitUncheckedError();
-      batch
-          .Put(metadata_cf_, BlockRecordKey(p.key),
-               rocksdb::Slice(value, kRecordBytes))
-          .PermitUncheckedError();
-      records.push_back(record);
-    }
-
-    // One write (one fsync in sync mode) for the whole batch.
-    rocksdb::Status s = WriteLocked(&batch);
-    if (!s.ok()) {
-      const absl::Status err = Convert(
-          s, writes.size() == 1
-                 ? absl::StrCat("put ", puts[writes[0]].key.DebugString())
-                 : absl::StrCat("put of ", writes.size(), " blocks"));
-      for (size_t i : writes) results[i] = err;
-      return results;
-    }
-    absl::MutexLock lock(&mu_);
-    for (const BlockKey& k : removed) EraseFromIndexLocked(k);
-    for (size_t j = 0; j < writes.size(); ++j) {
-      const BlockKey& key = puts[writes[j]].key;
-      index_[key] = records[j];
-      by_age_.emplace(records[j].write_micros, key);
-      bytes_ += records[j].bytes;
-    }
-    for (const DroppedBlock& d : drops) {
-      (d.reason == DropReason::kExpired ? expired_ : evicted_).fetch_add(1);
-    }
-    expired_.fetch_add(expired_here);
+        for (const DroppedBlock& d : plan.drops) {
+          (d.reason == DropReason::kExpired ? expired_ : evicted_).fetch_add(1);
+        }
+        expired_.fetch_add(plan.replaced_expired);
+      });
+  if (!written.ok()) {
+    for (size_t i : plan.writes) results[i] = written;
+    return results;
   }
-  ReportDrops(drops);
+  ReportDrops(plan.drops);
   return results;
+}
+
+void RocksDbTier::PlanPutLocked(absl::Span<const BlockPut> puts, int64_t now,
+                                std::vector<absl::Status>& results,
+                                PutPlan& plan) {
+  uint64_t incoming = 0;
+  for (size_t i = 0; i < puts.size(); ++i) {
+    if (!results[i].ok()) continue;
+    auto found = index_.find(puts[i].key);
+    if (found != index_.end() && !ExpiredAt(found->second, now)) {
+      continue;  // idempotent
+    }
+    if (!plan.keys.insert(puts[i].key).second) continue;  // repeated key
+    plan.writes.push_back(i);
+    incoming += puts[i].block.size();
+  }
+  if (plan.writes.empty()) return;
+  // Make room for the whole batch at once, oldest records first. A batch
+  // larger than the budget evicts everything older and keeps only what
+  // fits, newest last (the caller sees kResourceExhausted for the rest).
+  while (incoming > options_.capacity_bytes) {
+    const size_t i = plan.writes.front();
+    incoming -= puts[i].block.size();
+    results[i] = absl::ResourceExhaustedError(
+        "rocksdb tier: the batch is larger than the disk budget");
+    plan.writes.erase(plan.writes.begin());
+  }
+  if (ChooseVictimsLocked(incoming, now, plan)) return;
+  // Only leased records are left to evict: a lease is never broken for
+  // room. Nothing is written or removed (expired records go on a later put
+  // or sweep).
+  const absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
+      "rocksdb tier: no room for ", incoming,
+      " bytes: the rest of the disk budget is held by leased blocks"));
+  for (size_t i : plan.writes) results[i] = full;
+  plan = PutPlan();
+}
+
+bool RocksDbTier::ChooseVictimsLocked(uint64_t incoming, int64_t now,
+                                      PutPlan& plan) {
+  uint64_t bytes_after = bytes_;
+  int expired_taken = 0;
+  LeaseTable* const leases =
+      options_.leases != nullptr && options_.leases->MayHaveLeases()
+          ? options_.leases.get()
+          : nullptr;
+  const absl::Time lease_now = leases != nullptr ? leases->Now() : absl::Time();
+  for (const auto& [t, k] : by_age_) {
+    const Record& r = index_.at(k);
+    const bool expired = ExpiredAt(r, now);
+    const bool over = bytes_after + incoming > options_.capacity_bytes;
+    if (!(expired && expired_taken < kMaxExpiredPerPut) && !over) break;
+    // Budget eviction passes over leased records (the TTL does not).
+    if (!expired && leases != nullptr && leases->IsLeased(k, lease_now)) {
+      continue;
+    }
+    if (expired) ++expired_taken;
+    plan.removed.push_back(k);
+    bytes_after -= r.bytes;
+    // A key's own expired record is replaced, not dropped: it stays in the
+    // store, so it is counted but not reported.
+    if (plan.keys.contains(k)) {
+      ++plan.replaced_expired;
+      continue;
+    }
+    plan.drops.push_back(DroppedBlock{
+        k, r.bytes, expired ? DropReason::kExpired : DropReason::kEvicted});
+  }
+  return bytes_after + incoming <= options_.capacity_bytes;
+}
+
+absl::StatusOr<uint64_t> RocksDbTier::EraseRecord(
+    const BlockKey& key, std::optional<int64_t> write_micros,
+    absl::string_view what) {
+  uint64_t bytes = 0;
+  VQKV_RETURN_IF_ERROR(Mutate(
+      [&](Write& w) {
+        absl::ReaderMutexLock lock(&mu_);
+        auto found = index_.find(key);
+        if (found == index_.end() ||
+            (write_micros.has_value() &&
+             found->second.write_micros != *write_micros)) {
+          return absl::OkStatus();  // absent, or replaced
+        }
+        bytes = found->second.bytes;
+        DeleteRecord(w.batch, key);
+        w.what = std::string(what);
+        return absl::OkStatus();
+      },
+      [&] { EraseFromIndexLocked(key); }));
+  return bytes;
 }
 
 void RocksDbTier::DropRecord(const BlockKey& key, int64_t write_micros,
                              DropReason reason) {
-  uint64_t bytes = 0;
-  {
-    absl::MutexLock write_lock(&write_mu_);
-    MaybeResumeLocked();
-    {
-      absl::ReaderMutexLock lock(&mu_);
-      auto found = index_.find(key);
-      if (found == index_.end() || found->second.write_micros != write_micros) {
-        return;  // already gone or replaced
-      }
-      bytes = found->second.bytes;
-    }
-    rocksdb::WriteBatch batch;
-    batch.Delete(blocks_cf_, key.Encode()).PermitUncheckedError();
-    batch.Delete(metadata_cf_, BlockRecordKey(key)).PermitUncheckedError();
-    rocksdb::Status s = WriteLocked(&batch);
-    if (!s.ok()) {
-      // The record stays indexed; it is still never served (expired records
-      // are filtered, corrupt ones fail verification again).
-      Convert(s, "drop").IgnoreError();
-      return;
-    }
-    absl::MutexLock lock(&mu_);
-    EraseFromIndexLocked(key);
-  }
+  // On a failed write the record stays indexed; it is still never served
+  // (expired records are filtered, corrupt ones fail verification again).
+  absl::StatusOr<uint64_t> bytes = EraseRecord(key, write_micros, "drop");
+  if (!bytes.ok() || *bytes == 0) return;
   switch (reason) {
     case DropReason::kExpired:
       expired_.fetch_add(1);
@@ -461,7 +482,7 @@ void RocksDbTier::DropRecord(const BlockKey& key, int64_t write_micros,
       evicted_.fetch_add(1);
       break;
   }
-  ReportDrops({DroppedBlock{key, bytes, reason}});
+  ReportDrops({DroppedBlock{key, *bytes, reason}});
 }
 
 absl::StatusOr<SharedBytes> RocksDbTier::Get(const BlockKey& key) {
@@ -479,13 +500,8 @@ absl::StatusOr<SharedBytes> RocksDbTier::Get(const BlockKey& key) {
     return absl::NotFoundError("rocksdb tier: block expired");
   }
   auto value = std::make_shared<std::string>();
-  rocksdb::Status s;
-  {
-    absl::ReaderMutexLock db_lock(&db_mu_);
-    s = db_ == nullptr ? rocksdb::Status::IOError("database closed")
-                       : db_->Get(rocksdb::ReadOptions(), blocks_cf_,
-                                  key.Encode(), value.get());
-  }
+  const rocksdb::Status s =
+      Read(&RocksDbTier::blocks_cf_, key.Encode(), value.get());
   if (s.IsNotFound()) {
     return absl::NotFoundError("rocksdb tier: block not found");
   }
@@ -558,51 +574,31 @@ bool RocksDbTier::DropIfExpired(const BlockKey& key) {
 }
 
 absl::StatusOr<uint64_t> RocksDbTier::Delete(const BlockKey& key) {
-  absl::MutexLock write_lock(&write_mu_);
-  MaybeResumeLocked();
-  uint64_t bytes = 0;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    auto found = index_.find(key);
-    if (found == index_.end()) return uint64_t{0};
-    bytes = found->second.bytes;
-  }
-  rocksdb::WriteBatch batch;
-  batch.Delete(blocks_cf_, key.Encode()).PermitUncheckedError();
-  batch.Delete(metadata_cf_, BlockRecordKey(key)).PermitUncheckedError();
-  rocksdb::Status s = WriteLocked(&batch);
-  if (!s.ok()) return Convert(s, absl::StrCat("delete ", key.DebugString()));
-  absl::MutexLock lock(&mu_);
-  EraseFromIndexLocked(key);
-  return bytes;
+  return EraseRecord(key, std::nullopt,
+                     absl::StrCat("delete ", key.DebugString()));
 }
 
 absl::StatusOr<TierUsage> RocksDbTier::DeleteNamespace(const NamespaceId& ns) {
-  absl::MutexLock write_lock(&write_mu_);
-  MaybeResumeLocked();
   std::vector<BlockKey> keys;
   TierUsage removed;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    for (auto it = index_.lower_bound(BlockKey{ns, BlockHash{}});
-         it != index_.end() && it->first.ns == ns; ++it) {
-      keys.push_back(it->first);
-      removed.bytes += it->second.bytes;
-      ++removed.blocks;
-    }
-  }
-  if (keys.empty()) return removed;
-  rocksdb::WriteBatch batch;
-  for (const BlockKey& k : keys) {
-    batch.Delete(blocks_cf_, k.Encode()).PermitUncheckedError();
-    batch.Delete(metadata_cf_, BlockRecordKey(k)).PermitUncheckedError();
-  }
-  rocksdb::Status s = WriteLocked(&batch);
-  if (!s.ok()) {
-    return Convert(s, absl::StrCat("delete namespace ", ns.ToHex()));
-  }
-  absl::MutexLock lock(&mu_);
-  for (const BlockKey& k : keys) EraseFromIndexLocked(k);
+  VQKV_RETURN_IF_ERROR(Mutate(
+      [&](Write& w) {
+        {
+          absl::ReaderMutexLock lock(&mu_);
+          for (auto it = index_.lower_bound(BlockKey{ns, BlockHash{}});
+               it != index_.end() && it->first.ns == ns; ++it) {
+            keys.push_back(it->first);
+            removed.bytes += it->second.bytes;
+            ++removed.blocks;
+          }
+        }
+        for (const BlockKey& k : keys) DeleteRecord(w.batch, k);
+        w.what = absl::StrCat("delete namespace ", ns.ToHex());
+        return absl::OkStatus();
+      },
+      [&] {
+        for (const BlockKey& k : keys) EraseFromIndexLocked(k);
+      }));
   return removed;
 }
 
@@ -616,33 +612,27 @@ uint64_t RocksDbTier::SweepExpired() {
   uint64_t total = 0;
   while (true) {
     std::vector<DroppedBlock> drops;
-    {
-      absl::MutexLock write_lock(&write_mu_);
-      MaybeResumeLocked();
-      const int64_t now = NowMicros();
-      {
-        absl::ReaderMutexLock lock(&mu_);
-        for (const auto& [t, k] : by_age_) {
-          const Record& r = index_.at(k);
-          if (!ExpiredAt(r, now) || drops.size() >= kMaxExpiredPerPut) break;
-          drops.push_back(DroppedBlock{k, r.bytes, DropReason::kExpired});
-        }
-      }
-      if (drops.empty()) break;
-      rocksdb::WriteBatch batch;
-      for (const DroppedBlock& d : drops) {
-        batch.Delete(blocks_cf_, d.key.Encode()).PermitUncheckedError();
-        batch.Delete(metadata_cf_, BlockRecordKey(d.key))
-            .PermitUncheckedError();
-      }
-      rocksdb::Status s = WriteLocked(&batch);
-      if (!s.ok()) {
-        Convert(s, "sweep").IgnoreError();
-        break;
-      }
-      absl::MutexLock lock(&mu_);
-      for (const DroppedBlock& d : drops) EraseFromIndexLocked(d.key);
-    }
+    const absl::Status s = Mutate(
+        [&](Write& w) {
+          const int64_t now = NowMicros();
+          {
+            absl::ReaderMutexLock lock(&mu_);
+            for (const auto& [t, k] : by_age_) {
+              const Record& r = index_.at(k);
+              if (!ExpiredAt(r, now) || drops.size() >= kMaxExpiredPerPut) {
+                break;
+              }
+              drops.push_back(DroppedBlock{k, r.bytes, DropReason::kExpired});
+            }
+          }
+          for (const DroppedBlock& d : drops) DeleteRecord(w.batch, d.key);
+          w.what = "sweep";
+          return absl::OkStatus();
+        },
+        [&] {
+          for (const DroppedBlock& d : drops) EraseFromIndexLocked(d.key);
+        });
+    if (!s.ok() || drops.empty()) break;
     expired_.fetch_add(drops.size());
     total += drops.size();
     ReportDrops(drops);
@@ -669,79 +659,65 @@ absl::Status RocksDbTier::PutCodebook(uint64_t hash, absl::string_view bytes) {
   if (bytes.empty()) {
     return absl::InvalidArgumentError("rocksdb tier: empty codebook");
   }
-  absl::MutexLock write_lock(&write_mu_);
-  MaybeResumeLocked();
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    if (codebooks_.contains(hash)) return absl::OkStatus();
-  }
-  rocksdb::WriteBatch batch;
-  batch.Put(codebooks_cf_, CodebookKey(hash), ToSlice(bytes))
-      .PermitUncheckedError();
-  rocksdb::Status s = WriteLocked(&batch);
-  if (!s.ok()) return Convert(s, "put codebook");
-  absl::MutexLock lock(&mu_);
-  codebooks_.insert(hash);
-  return absl::OkStatus();
+  return Mutate(
+      [&](Write& w) {
+        if (catalog_.HasCodebook(hash)) return absl::OkStatus();
+        w.batch
+            .Put(codebooks_cf_, DiskCatalog::CodebookKey(hash), ToSlice(bytes))
+            .PermitUncheckedError();
+        w.what = "put codebook";
+        return absl::OkStatus();
+      },
+      [&] { catalog_.AddCodebook(hash); });
 }
 
 absl::StatusOr<SharedBytes> RocksDbTier::GetCodebook(uint64_t hash) {
   auto value = std::make_shared<std::string>();
-  rocksdb::Status s;
-  {
-    absl::ReaderMutexLock db_lock(&db_mu_);
-    s = db_ == nullptr ? rocksdb::Status::IOError("database closed")
-                       : db_->Get(rocksdb::ReadOptions(), codebooks_cf_,
-                                  CodebookKey(hash), value.get());
-  }
+  const rocksdb::Status s = Read(&RocksDbTier::codebooks_cf_,
+                                 DiskCatalog::CodebookKey(hash), value.get());
   if (!s.ok()) return Convert(s, "get codebook");
   return SharedBytes(std::move(value));
 }
 
 bool RocksDbTier::HasCodebook(uint64_t hash) const {
-  absl::ReaderMutexLock lock(&mu_);
-  return codebooks_.contains(hash);
+  return catalog_.HasCodebook(hash);
 }
 
 std::vector<uint64_t> RocksDbTier::CodebookHashes() const {
-  absl::ReaderMutexLock lock(&mu_);
-  return std::vector<uint64_t>(codebooks_.begin(), codebooks_.end());
+  return catalog_.CodebookHashes();
 }
 
 absl::Status RocksDbTier::PutNamespaceOwner(const NamespaceId& ns,
                                             absl::string_view tenant) {
-  absl::MutexLock write_lock(&write_mu_);
-  MaybeResumeLocked();
-  rocksdb::WriteBatch batch;
-  batch.Put(metadata_cf_, NamespaceKey(ns), ToSlice(tenant))
-      .PermitUncheckedError();
-  rocksdb::Status s = WriteLocked(&batch);
-  if (!s.ok()) return Convert(s, "put namespace owner");
-  absl::MutexLock lock(&mu_);
-  owners_[ns] = std::string(tenant);
-  return absl::OkStatus();
+  return Mutate(
+      [&](Write& w) {
+        w.batch.Put(metadata_cf_, DiskCatalog::OwnerKey(ns), ToSlice(tenant))
+            .PermitUncheckedError();
+        w.what = "put namespace owner";
+        return absl::OkStatus();
+      },
+      [&] { catalog_.SetOwner(ns, tenant); });
 }
 
 absl::Status RocksDbTier::DeleteNamespaceOwner(const NamespaceId& ns) {
-  absl::MutexLock write_lock(&write_mu_);
-  MaybeResumeLocked();
-  rocksdb::WriteBatch batch;
-  batch.Delete(metadata_cf_, NamespaceKey(ns)).PermitUncheckedError();
-  rocksdb::Status s = WriteLocked(&batch);
-  if (!s.ok()) return Convert(s, "delete namespace owner");
-  absl::MutexLock lock(&mu_);
-  owners_.erase(ns);
-  return absl::OkStatus();
+  return Mutate(
+      [&](Write& w) {
+        w.batch.Delete(metadata_cf_, DiskCatalog::OwnerKey(ns))
+            .PermitUncheckedError();
+        w.what = "delete namespace owner";
+        return absl::OkStatus();
+      },
+      [&] { catalog_.EraseOwner(ns); });
 }
 
 absl::flat_hash_map<NamespaceId, NamespaceInfo> RocksDbTier::Namespaces()
     const {
   absl::flat_hash_map<NamespaceId, NamespaceInfo> out;
-  absl::ReaderMutexLock lock(&mu_);
-  for (const auto& [ns, tenant] : owners_) {
-    out[ns].tenant = tenant;
+  for (auto& [ns, tenant] : catalog_.Owners()) {
+    out[ns].tenant = std::move(tenant);
     out[ns].has_owner = true;
   }
+  absl::ReaderMutexLock lock(&mu_);
   for (const auto& [key, record] : index_) {
     NamespaceInfo& info = out[key.ns];
     info.bytes += record.bytes;
@@ -752,12 +728,12 @@ absl::flat_hash_map<NamespaceId, NamespaceInfo> RocksDbTier::Namespaces()
 
 absl::Status RocksDbTier::TEST_OverwriteBlockValue(const BlockKey& key,
                                                    absl::string_view raw) {
-  absl::MutexLock write_lock(&write_mu_);
-  MaybeResumeLocked();
-  if (!Contains(key)) return absl::NotFoundError("not stored");
-  rocksdb::WriteBatch batch;
-  batch.Put(blocks_cf_, key.Encode(), ToSlice(raw)).PermitUncheckedError();
-  return Convert(WriteLocked(&batch), "test overwrite");
+  return Mutate([&](Write& w) {
+    if (!Contains(key)) return absl::NotFoundError("not stored");
+    w.batch.Put(blocks_cf_, key.Encode(), ToSlice(raw)).PermitUncheckedError();
+    w.what = "test overwrite";
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace vqkv::storage

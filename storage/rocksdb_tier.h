@@ -4,9 +4,10 @@
 // Column families:
 //   blocks     BlockKey::Encode() (32 bytes) -> the block bytes, as stored.
 //   codebooks  8-byte big-endian codebook hash -> the codebook file bytes.
-//   metadata   'b' + 32-byte key -> BlockRecord (write time, size, chain
+//   metadata   'b' + 32-byte key -> Record (write time, size, chain
 //              position), written in the same atomic WriteBatch as the
 //              block; 'n' + 16-byte namespace id -> owning tenant.
+// (Codebook and owner records: storage/disk_catalog.h.)
 // At Open the metadata records are scanned into an in-memory index, so
 // Contains, Usage, TTL checks and eviction need no disk I/O; per-namespace
 // usage is recomputed from it (never trusted from a stored counter).
@@ -65,11 +66,12 @@
 #include "absl/container/btree_map.h"
 #include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "storage/disk_catalog.h"
 #include "storage/keys.h"
 #include "storage/lease_table.h"
 #include "storage/tier.h"
@@ -196,21 +198,64 @@ class RocksDbTier : public Tier {
                                         absl::string_view raw);
 
  private:
+  // The metadata record of a stored block.
   struct Record {
     int64_t write_micros = 0;
     uint64_t bytes = 0;
     uint32_t chain_position = 0;
+
+    // 24 bytes: the three fields as little-endian u64s.
+    std::string Encode() const;
+    // nullopt unless `value` is an encoded record.
+    static std::optional<Record> Decode(absl::string_view value);
   };
+  // A write batch and what it does (for the error message).
+  struct Write;
+  // What one PutBatch writes and removes.
+  struct PutPlan;
 
   explicit RocksDbTier(RocksDbTierOptions options);
   // Open/close the DB and (re)build the index from it.
   absl::Status OpenDb() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   void CloseDbLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status LoadIndex() ABSL_SHARED_LOCKS_REQUIRED(db_mu_);
+  void LoadMetadataLocked(absl::string_view key, absl::string_view value)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Calls `fn` with each key and value of column family `cf`.
+  absl::Status ForEach(
+      rocksdb::ColumnFamilyHandle* cf, absl::string_view what,
+      absl::FunctionRef<void(absl::string_view key, absl::string_view value)>
+          fn) ABSL_SHARED_LOCKS_REQUIRED(db_mu_);
+  // Reads the value of `key` in the column family `cf` names.
+  rocksdb::Status Read(rocksdb::ColumnFamilyHandle* RocksDbTier::*cf,
+                       absl::string_view key, std::string* value)
+      ABSL_LOCKS_EXCLUDED(db_mu_);
+
+  // The write sequence of every mutation. Under write_mu_ (after resuming
+  // the database if an earlier write failed), `build` fills a batch from
+  // what the index holds (taking mu_ itself); an empty batch writes
+  // nothing. The batch is written with the configured durability; once it
+  // is, `commit` updates the in-memory state under mu_.
+  // Errors: `build`'s (nothing written), or the failed write's (Convert).
+  absl::Status Mutate(
+      absl::FunctionRef<absl::Status(Write&)> build,
+      absl::FunctionRef<void()> commit = [] {}) ABSL_LOCKS_EXCLUDED(write_mu_);
   // Applies `batch` with the configured durability. After a failed write
   // the next call first resumes (or reopens) the database.
   rocksdb::Status WriteLocked(rocksdb::WriteBatch* batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Adds the removal of `key`'s block and its metadata record to `batch`.
+  void DeleteRecord(rocksdb::WriteBatch& batch, const BlockKey& key) const;
+  // PutBatch's plan, from the index: which puts to write, which records to
+  // remove for room. Leaves the plan's writes empty (and sets their
+  // results) when only leased records could make room.
+  void PlanPutLocked(absl::Span<const BlockPut> puts, int64_t now,
+                     std::vector<absl::Status>& results, PutPlan& plan)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Picks the records to remove so `incoming` bytes fit (and expired ones,
+  // up to a limit). False when the budget cannot be met without leased ones.
+  bool ChooseVictimsLocked(uint64_t incoming, int64_t now, PutPlan& plan)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   int64_t NowMicros() const;
   bool ExpiredAt(const Record& r, int64_t now_micros) const;
   // Maps a RocksDB status and counts I/O errors.
@@ -218,8 +263,13 @@ class RocksDbTier : public Tier {
   // Call before a write: after an earlier failed write, resumes the DB, or
   // reopens it when RocksDB considers the error unrecoverable.
   void MaybeResumeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
-  // Removes `key` from disk and index if it is still the record written at
-  // write_micros; reports it through on_drop.
+  // Removes `key` from disk and index, if present and (with write_micros)
+  // still the record written then. Returns the bytes removed (0: none).
+  absl::StatusOr<uint64_t> EraseRecord(const BlockKey& key,
+                                       std::optional<int64_t> write_micros,
+                                       absl::string_view what);
+  // Removes `key` if it is still the record written at write_micros;
+  // reports it through on_drop.
   void DropRecord(const BlockKey& key, int64_t write_micros, DropReason reason);
   void ReportDrops(const std::vector<DroppedBlock>& drops);
   void EraseFromIndexLocked(const BlockKey& key)
@@ -245,8 +295,8 @@ class RocksDbTier : public Tier {
   // (write time, key), oldest first: eviction and expiry order.
   absl::btree_set<std::pair<int64_t, BlockKey>> by_age_ ABSL_GUARDED_BY(mu_);
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::flat_hash_set<uint64_t> codebooks_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<NamespaceId, std::string> owners_ ABSL_GUARDED_BY(mu_);
+  // Codebook hashes and namespace owners (its own lock, after mu_).
+  DiskCatalog catalog_;
 
   std::atomic<uint64_t> expired_{0};
   std::atomic<uint64_t> corrupt_dropped_{0};
