@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "service/auth.h"
+#include "service/kv_service_options.h"
 #include "service/metrics.h"
 #include "service/work_queue.h"
 #include "storage/rendezvous_table.h"
@@ -31,24 +32,6 @@
 #include "vqkv/v1/kvcache.grpc.pb.h"
 
 namespace vqkv::service {
-
-struct KvServiceOptions {
-  // Largest message the server sends; unary GetBlocks stops adding block data
-  // before a response would exceed it.
-  uint64_t max_message_bytes = uint64_t{64} << 20;
-  // Largest codebook file PutCodebookStream accepts (its declared
-  // total_bytes); a larger one fails with RESOURCE_EXHAUSTED before anything
-  // is buffered.
-  uint64_t max_codebook_bytes = uint64_t{4} << 30;
-  // Worker threads for storage work.
-  int workers = 8;
-  // Cap on LookupRequest.lease_ms: a Lookup leases its prefix for
-  // min(lease_ms, max_lease). Zero: leases are off (lease_ms is ignored).
-  absl::Duration max_lease = absl::Seconds(10);
-  // Bounds and TTL cap of the rendezvous table (PutRendezvous); the clock
-  // is injectable for tests.
-  storage::RendezvousTableOptions rendezvous;
-};
 
 class KvCacheService final : public v1::KVCache::CallbackService {
  public:
@@ -111,6 +94,13 @@ class KvCacheService final : public v1::KVCache::CallbackService {
       v1::GetRendezvousResponse* response) override;
 
  private:
+  // Admission and the final status, shared by every handler
+  // (kv_service_internal.h).
+  class Call;
+  // The stream reactors: one base (admission, finish, metrics, work on a
+  // worker) under the four streaming RPCs (stream_reactors.cc).
+  template <typename GrpcReactor>
+  class StreamReactor;
   class PutStreamReactor;
   class GetStreamReactor;
   class PutCodebookStreamReactor;
@@ -128,17 +118,31 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   absl::StatusOr<std::string> Authenticate(
       const grpc::CallbackServerContext* ctx) const;
 
-  // After authenticating, runs `try_inline(tenant)` on the calling gRPC
-  // thread; when it returns nullopt (the call needs disk I/O), runs
-  // `work(tenant)` on a worker. Finishes the reactor with the status and
-  // records metrics. The second form always uses a worker.
-  template <typename Inline, typename Work>
-  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx,
-                                     const char* method, Inline try_inline,
-                                     Work work);
-  template <typename Work>
-  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx,
-                                     const char* method, Work work);
+  // The three ways a unary handler runs, each admitting the call (drain,
+  // auth), finishing the reactor with the status `fn` returns and recording
+  // metrics. RunInline: `fn(tenant)` on the calling gRPC thread (no disk
+  // I/O). RunOnWorker: on a worker. RunInlineOrOnWorker: `try_inline(tenant)`
+  // on the gRPC thread; when it returns nullopt (the call needs disk I/O),
+  // `fn(tenant)` on a worker.
+  template <typename Fn>
+  grpc::ServerUnaryReactor* RunInline(grpc::CallbackServerContext* ctx,
+                                      const char* method, Fn fn);
+  template <typename Fn>
+  grpc::ServerUnaryReactor* RunOnWorker(grpc::CallbackServerContext* ctx,
+                                        const char* method, Fn fn);
+  template <typename TryInline, typename Fn>
+  grpc::ServerUnaryReactor* RunInlineOrOnWorker(
+      grpc::CallbackServerContext* ctx, const char* method,
+      TryInline try_inline, Fn fn);
+  // A Do* method bound to one call's request and response, as the Run*
+  // functions take it: fn(tenant) = (this->*do_fn)(tenant, *req, resp).
+  template <typename Req, typename Resp>
+  auto Bind(absl::Status (KvCacheService::*do_fn)(const std::string&,
+                                                  const Req&, Resp*),
+            const Req* req, Resp* resp);
+  // Runs `fn(tenant)` on a worker and finishes the admitted `call` with it.
+  template <typename Fn>
+  void FinishOnWorker(grpc::ServerUnaryReactor* reactor, Call call, Fn fn);
 
   absl::Status DoLookup(const std::string& tenant, const v1::LookupRequest& req,
                         v1::LookupResponse* resp);
@@ -157,18 +161,26 @@ class KvCacheService final : public v1::KVCache::CallbackService {
                                           const v1::GetBlocksRequest& req,
                                           bool memory_only,
                                           v1::GetBlocksResponse* resp);
-  absl::Status DoPutCodebooks(const v1::PutCodebooksRequest& req,
+  // The codebook registry is shared by all tenants: the Do*Codebooks
+  // methods ignore `tenant`.
+  absl::Status DoPutCodebooks(const std::string& tenant,
+                              const v1::PutCodebooksRequest& req,
                               v1::PutCodebooksResponse* resp);
   // Validates one assembled codebook file (ValidateCodebook) and stores it,
   // appending one result to resp (ALREADY_EXISTS when registered before).
   // Errors: ValidateCodebook's, with no result appended.
   absl::Status DoPutOneCodebook(uint64_t hash, const std::string& data,
                                 v1::PutCodebooksResponse* resp);
-  absl::Status DoGetCodebooks(const v1::GetCodebooksRequest& req,
+  // Stores one validated codebook file, appending its result to resp.
+  void StoreCodebook(uint64_t hash, const std::string& data,
+                     v1::PutCodebooksResponse* resp);
+  absl::Status DoGetCodebooks(const std::string& tenant,
+                              const v1::GetCodebooksRequest& req,
                               v1::GetCodebooksResponse* resp);
   absl::Status DoDelete(const std::string& tenant, const v1::DeleteRequest& req,
                         v1::DeleteResponse* resp);
-  absl::Status DoStats(const std::string& tenant, v1::StatsResponse* resp);
+  absl::Status DoStats(const std::string& tenant, const v1::StatsRequest& req,
+                       v1::StatsResponse* resp);
   absl::Status DoPutRendezvous(const std::string& tenant,
                                const v1::PutRendezvousRequest& req,
                                v1::PutRendezvousResponse* resp);
@@ -192,7 +204,8 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;
 };
 
-// absl::Status -> grpc::Status, code for code.
+// absl::Status -> grpc::Status, code for code, except kPermissionDenied,
+// which becomes NOT_FOUND (HideOtherTenants, kv_service_internal.h).
 grpc::Status ToGrpcStatus(const absl::Status& s);
 
 }  // namespace vqkv::service

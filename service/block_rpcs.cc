@@ -1,0 +1,279 @@
+// The work of the block RPCs (Lookup, PutBlocks, GetBlocks, Delete) and of
+// Stats; kv_service.cc routes the calls here, stream_reactors.cc reuses
+// DoPutBlocks and BlockDataBuilder for the streamed forms.
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "kernels/block_format.h"
+#include "service/kv_service.h"
+#include "service/kv_service_internal.h"
+#include "service/validate.h"
+
+namespace vqkv::service {
+namespace {
+
+// Bytes a BlockData entry adds to a response besides its data.
+constexpr uint64_t kEntryOverhead = 32;
+
+uint32_t HeaderTokens(const std::string& block) {
+  if (block.size() < sizeof(BlockHeader)) return 0;
+  BlockHeader h;
+  std::memcpy(&h, block.data(), sizeof(h));
+  return h.tokens;
+}
+
+}  // namespace
+
+uint64_t BlockDataBuilder::EntryBytes(const Got& got) {
+  return kEntryOverhead + (got.ok() ? (*got)->size() : uint64_t{0});
+}
+
+uint64_t BlockDataBuilder::Add(size_t index, const Got& got, bool over_budget,
+                               v1::GetBlocksResponse* resp) {
+  v1::BlockData* d = resp->add_blocks();
+  d->set_index(static_cast<uint32_t>(index));
+  if (!got.ok()) {
+    d->set_code(WireCode(got.status()));
+    ++miss_;
+    return kEntryOverhead;
+  }
+  const std::string& block = **got;
+  ++hit_;
+  hit_tokens_ += HeaderTokens(block);
+  if (over_budget) {
+    d->set_code(static_cast<int32_t>(absl::StatusCode::kResourceExhausted));
+    return kEntryOverhead;
+  }
+  d->set_code(0);
+  d->set_data(block);
+  resp->set_found(resp->found() + 1);
+  sent_ += block.size();
+  return kEntryOverhead + block.size();
+}
+
+void BlockDataBuilder::Record(Metrics* metrics, uint64_t block_tokens) const {
+  metrics->RecordHits("get", hit_, miss_, hit_tokens_, miss_ * block_tokens);
+  metrics->AddBytesSent(sent_);
+}
+
+// ---------------------------------------------------------------------------
+// The work behind the handlers (kv_service.cc).
+
+absl::Status KvCacheService::CheckNamespaceForPut(const v1::Namespace& ns,
+                                                  bool present) {
+  VQKV_RETURN_IF_ERROR(ValidateNamespace(ns, present));
+  if (ns.codebook_hash() != 0 && !store_->HasCodebook(ns.codebook_hash())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "codebook set ", absl::Hex(ns.codebook_hash(), absl::kZeroPad16),
+        " is not registered; register it with PutCodebooks first"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvCacheService::DoLookup(const std::string& tenant,
+                                      const v1::LookupRequest& req,
+                                      v1::LookupResponse* resp) {
+  VQKV_ASSIGN_OR_RETURN(const BlockRequest r, ParseBlockRequest(tenant, req));
+  // The lease is capped by the server; 0 (or leases off) means none.
+  const absl::Duration lease =
+      std::min(absl::Milliseconds(req.lease_ms()), options_.max_lease);
+  const storage::LookupResult found =
+      store_->Lookup(tenant, r.ns_id, r.hashes, lease);
+  resp->set_prefix_blocks(static_cast<uint32_t>(found.prefix_blocks));
+  resp->mutable_present()->Reserve(static_cast<int>(found.present.size()));
+  for (bool p : found.present) resp->add_present(p);
+  const uint64_t n = r.hashes.size();
+  const uint64_t hit = static_cast<uint64_t>(found.prefix_blocks);
+  const uint64_t bt = req.namespace_().block_tokens();
+  metrics_->RecordHits("lookup", hit, n - hit, hit * bt, (n - hit) * bt);
+  return absl::OkStatus();
+}
+
+absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
+                                         const v1::Namespace& ns,
+                                         const storage::NamespaceId& ns_id,
+                                         const v1::PutBlocksRequest& req,
+                                         bool fail_if_all_failed,
+                                         v1::PutBlocksResponse* resp) {
+  const int n = req.blocks_size();
+  if (n == 0) return absl::InvalidArgumentError("blocks must not be empty");
+  if (static_cast<size_t>(n) > kMaxBlocksPerMessage) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "at most ", kMaxBlocksPerMessage, " blocks per message, got ", n));
+  }
+  // Validate everything before storing anything.
+  std::vector<storage::BlockHash> hashes;
+  hashes.reserve(n);
+  absl::flat_hash_set<storage::BlockHash> seen;
+  seen.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    const v1::Block& b = req.blocks(i);
+    VQKV_ASSIGN_OR_RETURN(storage::BlockHash h,
+                          ParseBlockHash(b.hash(), "blocks.hash", i));
+    if (!seen.insert(h).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "blocks[", i, "]: hash ", h.ToHex(), " appears twice in the batch"));
+    }
+    VQKV_RETURN_IF_ERROR(ValidateBlock(ns, b.data(), i).status());
+    hashes.push_back(h);
+  }
+  // Blocks already held are reported as ALREADY_EXISTS and not re-put.
+  const storage::LookupResult present = store_->Lookup(tenant, ns_id, hashes);
+  std::vector<absl::Status> results(n, absl::OkStatus());
+  std::vector<storage::BlockPut> puts;
+  std::vector<int> put_index;
+  puts.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    if (present.present[i]) {
+      results[i] = absl::AlreadyExistsError(
+          "a block with this hash is already stored; kept the stored copy");
+      continue;
+    }
+    storage::BlockPut p;
+    p.key = storage::BlockKey{ns_id, hashes[i]};
+    p.chain_position = req.blocks(i).chain_position();
+    p.block = req.blocks(i).data();
+    puts.push_back(p);
+    put_index.push_back(i);
+  }
+  if (!puts.empty()) {
+    std::vector<absl::Status> put_results = store_->PutBlocks(tenant, puts);
+    for (size_t j = 0; j < puts.size(); ++j) {
+      results[put_index[j]] = HideOtherTenants(put_results[j]);
+    }
+  }
+  uint32_t stored = 0;
+  uint64_t stored_bytes = 0;
+  bool all_same_failure = true;
+  for (int i = 0; i < n; ++i) {
+    const absl::Status& s = results[i];
+    if (s.ok()) {
+      ++stored;
+      stored_bytes += req.blocks(i).data().size();
+    }
+    if (s.ok() || s.code() == absl::StatusCode::kAlreadyExists ||
+        s.code() != results[0].code()) {
+      all_same_failure = false;
+    }
+  }
+  metrics_->AddBlocksStored(stored);
+  metrics_->AddBytesReceived(stored_bytes);
+  if (fail_if_all_failed && all_same_failure) {
+    return absl::Status(
+        results[0].code(),
+        absl::StrCat("no block stored: all ", n, " failed with ",
+                     absl::StatusCodeToString(results[0].code()),
+                     "; first: ", results[0].message()));
+  }
+  resp->mutable_results()->Reserve(resp->results_size() + n);
+  for (const absl::Status& s : results) {
+    v1::PutResult* r = resp->add_results();
+    r->set_code(static_cast<int32_t>(s.code()));
+    if (!s.ok()) r->set_message(std::string(s.message()));
+  }
+  resp->set_stored(resp->stored() + stored);
+  return absl::OkStatus();
+}
+
+std::optional<absl::Status> KvCacheService::DoGetBlocks(
+    const std::string& tenant, const v1::GetBlocksRequest& req,
+    bool memory_only, v1::GetBlocksResponse* resp) {
+  VQKV_ASSIGN_OR_RETURN(const BlockRequest r, ParseBlockRequest(tenant, req));
+  std::vector<BlockDataBuilder::Got> got;
+  if (memory_only) {
+    auto from_memory = store_->GetBlocksFromMemory(tenant, r.ns_id, r.hashes);
+    if (!from_memory.has_value()) return std::nullopt;
+    got = *std::move(from_memory);
+  } else {
+    got = store_->GetBlocks(tenant, r.ns_id, r.hashes);
+  }
+  const uint64_t budget = UnaryGetBlocksBudget(options_.max_message_bytes);
+  BlockDataBuilder builder;
+  uint64_t bytes = 0;
+  resp->mutable_blocks()->Reserve(static_cast<int>(got.size()));
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool over_budget =
+        bytes + BlockDataBuilder::EntryBytes(got[i]) > budget;
+    bytes += builder.Add(i, got[i], over_budget, resp);
+  }
+  builder.Record(metrics_, req.namespace_().block_tokens());
+  return absl::OkStatus();
+}
+
+absl::Status KvCacheService::DoDelete(const std::string& tenant,
+                                      const v1::DeleteRequest& req,
+                                      v1::DeleteResponse* resp) {
+  VQKV_RETURN_IF_ERROR(
+      ValidateNamespace(req.namespace_(), req.has_namespace_()));
+  const storage::NamespaceId ns_id =
+      ComputeNamespaceId(tenant, req.namespace_());
+  // Another tenant's data counts as absent: nothing deleted, no error.
+  auto absent = [](const absl::Status& s) {
+    return HideOtherTenants(s).code() == absl::StatusCode::kNotFound;
+  };
+  if (req.whole_namespace()) {
+    if (!req.hashes().empty()) {
+      return absl::InvalidArgumentError(
+          "hashes must be empty when whole_namespace is set");
+    }
+    auto info = store_->DeleteNamespace(tenant, ns_id);
+    if (!info.ok() && !absent(info.status())) return info.status();
+    resp->set_deleted(info.ok() ? info->blocks : 0);
+    return absl::OkStatus();
+  }
+  VQKV_ASSIGN_OR_RETURN(const std::vector<storage::BlockHash> hashes,
+                        ParseHashes(req.hashes()));
+  uint64_t deleted = 0;
+  for (const storage::BlockHash& h : hashes) {
+    const absl::Status d = store_->DeleteBlock(tenant, {ns_id, h});
+    if (d.ok()) {
+      ++deleted;
+    } else if (!absent(d)) {
+      return d;
+    }
+  }
+  resp->set_deleted(deleted);
+  return absl::OkStatus();
+}
+
+absl::Status KvCacheService::DoStats(const std::string& tenant,
+                                     const v1::StatsRequest& /*req*/,
+                                     v1::StatsResponse* resp) {
+  const storage::StoreStats st = store_->Stats();
+  const storage::TieredStoreOptions& opt = store_->options();
+  resp->set_tenant(tenant);
+  resp->set_tenant_bytes(store_->TenantUsage(tenant));
+  auto q = opt.tenant_quotas.find(tenant);
+  resp->set_tenant_quota_bytes(
+      q == opt.tenant_quotas.end() ? opt.default_tenant_quota : q->second);
+  v1::TierStats* mem = resp->add_tiers();
+  mem->set_name("memory");
+  mem->set_blocks(st.memory.blocks);
+  mem->set_bytes(st.memory.bytes);
+  mem->set_capacity_bytes(opt.memory_bytes);
+  mem->set_evictions(st.memory_evictions);
+  if (st.has_disk) {
+    v1::TierStats* disk = resp->add_tiers();
+    disk->set_name("disk");
+    disk->set_blocks(st.disk.blocks);
+    disk->set_bytes(st.disk.bytes);
+    disk->set_capacity_bytes(opt.disk_bytes);
+    disk->set_evictions(st.dropped);
+  }
+  resp->set_block_hits(st.memory_hits + st.disk_hits);
+  resp->set_block_misses(st.misses);
+  resp->set_corrupt_blocks(st.corrupt_dropped);
+  resp->set_storage_faults(st.disk_faults);
+  resp->set_last_fault(st.last_disk_error);
+  resp->set_codebooks(st.codebooks);
+  return absl::OkStatus();
+}
+
+}  // namespace vqkv::service

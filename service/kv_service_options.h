@@ -1,0 +1,36 @@
+// Settings of the KVCache service (service/kv_service.h); vqkv-server's
+// ServerConfig embeds them.
+//
+// Thread safety: plain values.
+#ifndef VQKV_SERVICE_KV_SERVICE_OPTIONS_H_
+#define VQKV_SERVICE_KV_SERVICE_OPTIONS_H_
+
+#include <cstdint>
+
+#include "absl/time/time.h"
+#include "storage/rendezvous_table.h"
+
+namespace vqkv::service {
+
+struct KvServiceOptions {
+  // Largest message the server sends; unary GetBlocks stops adding block data
+  // before a response would exceed it. vqkv-server also makes it the gRPC
+  // server's send and receive limit.
+  uint64_t max_message_bytes = uint64_t{64} << 20;
+  // Largest codebook file PutCodebookStream accepts (its declared
+  // total_bytes); a larger one fails with RESOURCE_EXHAUSTED before anything
+  // is buffered.
+  uint64_t max_codebook_bytes = uint64_t{4} << 30;
+  // Worker threads for storage work; 0 = max(8, 2 x hardware threads).
+  int workers = 0;
+  // Cap on LookupRequest.lease_ms: a Lookup leases its prefix for
+  // min(lease_ms, max_lease). Zero: leases are off (lease_ms is ignored).
+  absl::Duration max_lease = absl::Seconds(10);
+  // Bounds and TTL cap of the rendezvous table (PutRendezvous); the clock
+  // is injectable for tests.
+  storage::RendezvousTableOptions rendezvous;
+};
+
+}  // namespace vqkv::service
+
+#endif  // VQKV_SERVICE_KV_SERVICE_OPTIONS_H_

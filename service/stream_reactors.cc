@@ -1,0 +1,381 @@
+// The streaming RPCs: PutBlocksStream, GetBlocksStream, PutCodebookStream,
+// GetCodebookStream. One base (StreamReactor) holds what they share:
+// admission, the final status, the metrics when done, steps on a worker.
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "service/kv_service.h"
+#include "service/kv_service_internal.h"
+#include "service/validate.h"
+
+namespace vqkv::service {
+
+// GrpcReactor: grpc::ServerReadReactor<Request> or
+// grpc::ServerWriteReactor<Response>. A subclass's constructor calls
+// Admitted() first and starts nothing when it returns false.
+template <typename GrpcReactor>
+class KvCacheService::StreamReactor : public GrpcReactor {
+ public:
+  void OnDone() override {
+    RecordStreamMetrics();
+    call_.End();
+    delete this;
+  }
+
+ protected:
+  StreamReactor(KvCacheService* svc, grpc::CallbackServerContext* ctx,
+                const char* method)
+      : svc_(svc), call_(svc, ctx, method) {}
+
+  // False, after finishing the call, when it was refused (draining, auth).
+  bool Admitted() {
+    if (call_.tenant().ok()) return true;
+    FinishWith(call_.tenant().status());
+    return false;
+  }
+  // REQUIRES: Admitted().
+  const std::string& tenant() const { return *call_.tenant(); }
+
+  void FinishWith(const absl::Status& s) { this->Finish(call_.Status(s)); }
+
+  // Runs `step` on a worker; when it fails, finishes the call with its
+  // status, else runs `next` there too.
+  template <typename Step, typename Next>
+  void OnWorker(Step step, Next next) {
+    svc_->work_.Submit([this, step, next] {
+      const absl::Status s = step();
+      if (!s.ok()) {
+        FinishWith(s);
+        return;
+      }
+      next();
+    });
+  }
+
+  // For write streams, from OnWriteDone: false, after finishing the call
+  // (CANCELLED), when the write did not go out.
+  bool Written(bool ok) {
+    if (!ok) FinishWith(absl::CancelledError("the client stopped reading"));
+    return ok;
+  }
+
+  // Metrics beyond the call's own, recorded when the call is done.
+  virtual void RecordStreamMetrics() {}
+
+  KvCacheService* const svc_;
+
+ private:
+  Call call_;
+};
+
+// ---------------------------------------------------------------------------
+// PutBlocksStream: read a message, store it on a worker, read the next.
+
+class KvCacheService::PutStreamReactor
+    : public StreamReactor<grpc::ServerReadReactor<v1::PutBlocksRequest>> {
+ public:
+  PutStreamReactor(KvCacheService* svc, grpc::CallbackServerContext* ctx,
+                   v1::PutBlocksResponse* resp)
+      : StreamReactor(svc, ctx, "PutBlocksStream"), resp_(resp) {
+    if (Admitted()) StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The client half-closed (or the call was cancelled).
+      FinishWith(messages_ == 0
+                     ? absl::InvalidArgumentError(
+                           "PutBlocksStream carried no messages (empty batch)")
+                     : absl::OkStatus());
+      return;
+    }
+    OnWorker([this] { return Process(); }, [this] { StartRead(&req_); });
+  }
+
+ private:
+  absl::Status Process() {
+    if (messages_ == 0) {
+      VQKV_RETURN_IF_ERROR(
+          svc_->CheckNamespaceForPut(req_.namespace_(), req_.has_namespace_()));
+      ns_ = req_.namespace_();
+      ns_id_ = ComputeNamespaceId(tenant(), ns_);
+    } else if (req_.has_namespace_() &&
+               ComputeNamespaceId(tenant(), req_.namespace_()) != ns_id_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("message ", messages_,
+                       ": the namespace differs from the first message's"));
+    }
+    const absl::Status s =
+        svc_->DoPutBlocks(tenant(), ns_, ns_id_, req_,
+                          /*fail_if_all_failed=*/false, resp_);
+    if (!s.ok()) {
+      return absl::Status(
+          s.code(), absl::StrCat("message ", messages_, ": ", s.message()));
+    }
+    ++messages_;
+    return absl::OkStatus();
+  }
+
+  v1::PutBlocksResponse* const resp_;
+  v1::PutBlocksRequest req_;
+  v1::Namespace ns_;
+  storage::NamespaceId ns_id_;
+  int messages_ = 0;
+};
+
+grpc::ServerReadReactor<v1::PutBlocksRequest>* KvCacheService::PutBlocksStream(
+    grpc::CallbackServerContext* ctx, v1::PutBlocksResponse* response) {
+  return new PutStreamReactor(this, ctx, response);
+}
+
+// ---------------------------------------------------------------------------
+// GetBlocksStream: fetch a run of blocks on a worker, write it, repeat.
+
+class KvCacheService::GetStreamReactor
+    : public StreamReactor<grpc::ServerWriteReactor<v1::GetBlocksResponse>> {
+ public:
+  GetStreamReactor(KvCacheService* svc, grpc::CallbackServerContext* ctx,
+                   const v1::GetBlocksRequest* req)
+      : StreamReactor(svc, ctx, "GetBlocksStream"), req_(req) {
+    if (Admitted()) OnWorker([this] { return Prepare(); }, [this] { Next(); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (Written(ok)) svc_->work_.Submit([this] { Next(); });
+  }
+
+ private:
+  void RecordStreamMetrics() override {
+    builder_.Record(svc_->metrics_, req_->namespace_().block_tokens());
+  }
+
+  absl::Status Prepare() {
+    VQKV_ASSIGN_OR_RETURN(r_, ParseBlockRequest(tenant(), *req_));
+    budget_ = StreamGetBlocksBudget(svc_->options_.max_message_bytes,
+                                    req_->max_response_bytes());
+    return absl::OkStatus();
+  }
+
+  // Builds the next response message, or finishes when all were sent. A
+  // message holds at least one entry, then as many as fit the budget.
+  void Next() {
+    if (next_ >= r_.hashes.size()) {
+      FinishWith(absl::OkStatus());
+      return;
+    }
+    resp_.Clear();
+    uint64_t bytes = 0;
+    while (next_ < r_.hashes.size()) {
+      BlockDataBuilder::Got got =
+          pending_.has_value()
+              ? *std::move(pending_)
+              : svc_->store_->GetBlock(tenant(), {r_.ns_id, r_.hashes[next_]});
+      pending_.reset();
+      if (resp_.blocks_size() > 0 &&
+          bytes + BlockDataBuilder::EntryBytes(got) > budget_) {
+        pending_ = std::move(got);
+        break;
+      }
+      bytes += builder_.Add(next_, got, /*over_budget=*/false, &resp_);
+      ++next_;
+    }
+    StartWrite(&resp_);
+  }
+
+  const v1::GetBlocksRequest* const req_;
+  BlockRequest r_;
+  uint64_t budget_ = 0;
+  size_t next_ = 0;
+  // A block fetched that did not fit the last message: the next one's first.
+  std::optional<BlockDataBuilder::Got> pending_;
+  v1::GetBlocksResponse resp_;
+  BlockDataBuilder builder_;
+};
+
+grpc::ServerWriteReactor<v1::GetBlocksResponse>*
+KvCacheService::GetBlocksStream(grpc::CallbackServerContext* ctx,
+                                const v1::GetBlocksRequest* request) {
+  return new GetStreamReactor(this, ctx, request);
+}
+
+// ---------------------------------------------------------------------------
+// PutCodebookStream: append chunks on the gRPC thread (a copy, no I/O), then
+// validate and store the assembled file on a worker.
+
+class KvCacheService::PutCodebookStreamReactor
+    : public StreamReactor<grpc::ServerReadReactor<v1::CodebookChunk>> {
+ public:
+  PutCodebookStreamReactor(KvCacheService* svc,
+                           grpc::CallbackServerContext* ctx,
+                           v1::PutCodebooksResponse* resp)
+      : StreamReactor(svc, ctx, "PutCodebookStream"), resp_(resp) {
+    if (Admitted()) StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      const absl::Status s = Append();
+      if (s.ok()) {
+        StartRead(&chunk_);
+      } else {
+        FinishWith(s);
+      }
+      return;
+    }
+    // The client half-closed (or the call was cancelled).
+    if (chunks_ == 0) {
+      FinishWith(
+          absl::InvalidArgumentError("PutCodebookStream carried no chunks"));
+    } else if (data_.size() != total_) {
+      FinishWith(absl::InvalidArgumentError(
+          absl::StrCat("total_bytes: the stream ended after ", data_.size(),
+                       " of ", total_, " bytes")));
+    } else {
+      OnWorker([this] { return svc_->DoPutOneCodebook(hash_, data_, resp_); },
+               [this] { FinishWith(absl::OkStatus()); });
+    }
+  }
+
+ private:
+  // Checks chunk_ against the stream so far and appends its data.
+  absl::Status Append() {
+    const std::string where = absl::StrCat("chunk ", chunks_, ": ");
+    if (chunks_ == 0) {
+      VQKV_RETURN_IF_ERROR(CheckFirstChunk(where));
+      hash_ = chunk_.hash();
+      total_ = chunk_.total_bytes();
+    } else {
+      if (chunk_.hash() != 0 && chunk_.hash() != hash_) {
+        return absl::InvalidArgumentError(
+            where + "hash differs from the first chunk's");
+      }
+      if (chunk_.total_bytes() != 0 && chunk_.total_bytes() != total_) {
+        return absl::InvalidArgumentError(
+            where + "total_bytes differs from the first chunk's");
+      }
+    }
+    if (chunk_.offset() != data_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, "offset must be ", data_.size(),
+          " (chunks in order, contiguous), got ", chunk_.offset()));
+    }
+    if (chunk_.data().size() > total_ - data_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, "data of ", chunk_.data().size(), " bytes at offset ",
+          chunk_.offset(), " runs past total_bytes ", total_));
+    }
+    data_.append(chunk_.data());
+    ++chunks_;
+    return absl::OkStatus();
+  }
+
+  // The first chunk names the file: its hash and size (within the limit).
+  absl::Status CheckFirstChunk(const std::string& where) const {
+    if (chunk_.hash() == 0) {
+      return absl::InvalidArgumentError(
+          where + "hash must be non-zero in the first chunk");
+    }
+    if (chunk_.total_bytes() == 0) {
+      return absl::InvalidArgumentError(
+          where + "total_bytes must be non-zero in the first chunk");
+    }
+    if (chunk_.total_bytes() > svc_->options_.max_codebook_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(where, "total_bytes ", chunk_.total_bytes(),
+                       " exceeds the server's codebook limit of ",
+                       svc_->options_.max_codebook_bytes, " bytes"));
+    }
+    return absl::OkStatus();
+  }
+
+  v1::PutCodebooksResponse* const resp_;
+  v1::CodebookChunk chunk_;
+  uint64_t hash_ = 0;
+  uint64_t total_ = 0;
+  std::string data_;
+  int64_t chunks_ = 0;
+};
+
+grpc::ServerReadReactor<v1::CodebookChunk>* KvCacheService::PutCodebookStream(
+    grpc::CallbackServerContext* ctx, v1::PutCodebooksResponse* response) {
+  return new PutCodebookStreamReactor(this, ctx, response);
+}
+
+// ---------------------------------------------------------------------------
+// GetCodebookStream: read the set on a worker, then write it in chunks.
+
+class KvCacheService::GetCodebookStreamReactor
+    : public StreamReactor<grpc::ServerWriteReactor<v1::CodebookChunk>> {
+ public:
+  GetCodebookStreamReactor(KvCacheService* svc,
+                           grpc::CallbackServerContext* ctx,
+                           const v1::GetCodebookStreamRequest* req)
+      : StreamReactor(svc, ctx, "GetCodebookStream"),
+        req_(req),
+        chunk_bytes_(
+            std::max<uint64_t>(1, svc->options_.max_message_bytes / 4)) {
+    if (Admitted()) OnWorker([this] { return Prepare(); }, [this] { Next(); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (Written(ok)) Next();
+  }
+
+ private:
+  void RecordStreamMetrics() override { svc_->metrics_->AddBytesSent(offset_); }
+
+  absl::Status Prepare() {
+    if (req_->hash() == 0) {
+      return absl::InvalidArgumentError("hash must be non-zero");
+    }
+    absl::StatusOr<storage::SharedBytes> got =
+        svc_->store_->GetCodebooks(req_->hash());
+    if (got.status().code() == absl::StatusCode::kNotFound) {
+      return absl::NotFoundError(absl::StrCat(
+          "codebook set ", absl::Hex(req_->hash(), absl::kZeroPad16),
+          " is not registered"));
+    }
+    VQKV_ASSIGN_OR_RETURN(file_, std::move(got));
+    return absl::OkStatus();
+  }
+
+  // Writes the next chunk, or finishes when the whole file was sent.
+  void Next() {
+    if (chunks_ > 0 && offset_ >= file_->size()) {
+      FinishWith(absl::OkStatus());
+      return;
+    }
+    chunk_.Clear();
+    if (offset_ == 0) {
+      chunk_.set_hash(req_->hash());
+      chunk_.set_total_bytes(file_->size());
+    }
+    chunk_.set_offset(offset_);
+    const uint64_t n =
+        std::min<uint64_t>(chunk_bytes_, file_->size() - offset_);
+    chunk_.set_data(file_->data() + offset_, n);
+    offset_ += n;
+    ++chunks_;
+    StartWrite(&chunk_);
+  }
+
+  const v1::GetCodebookStreamRequest* const req_;
+  const uint64_t chunk_bytes_;
+  storage::SharedBytes file_;
+  uint64_t offset_ = 0;
+  int64_t chunks_ = 0;  // written so far (at least one, even when empty)
+  v1::CodebookChunk chunk_;
+};
+
+grpc::ServerWriteReactor<v1::CodebookChunk>* KvCacheService::GetCodebookStream(
+    grpc::CallbackServerContext* ctx,
+    const v1::GetCodebookStreamRequest* request) {
+  return new GetCodebookStreamReactor(this, ctx, request);
+}
+
+}  // namespace vqkv::service
