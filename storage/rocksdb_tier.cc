@@ -34,6 +34,25 @@ std::string BlockRecordKey(const BlockKey& key) {
   return out;
 }
 
+// One status per put: kInvalidArgument for an empty block,
+// kResourceExhausted for one larger than the whole budget, else OK.
+std::vector<absl::Status> CheckSizes(absl::Span<const BlockPut> puts,
+                                     uint64_t capacity_bytes) {
+  std::vector<absl::Status> results(puts.size());
+  for (size_t i = 0; i < puts.size(); ++i) {
+    const absl::string_view block = puts[i].block;
+    if (block.empty()) {
+      results[i] = absl::InvalidArgumentError("rocksdb tier: empty block");
+    } else if (block.size() > capacity_bytes) {
+      results[i] = absl::ResourceExhaustedError(
+          absl::StrCat("rocksdb tier: a block of ", block.size(),
+                       " bytes is larger than the disk budget of ",
+                       capacity_bytes, " bytes"));
+    }
+  }
+  return results;
+}
+
 rocksdb::Slice ToSlice(absl::string_view s) {
   return rocksdb::Slice(s.data(), s.size());
 }
@@ -314,18 +333,7 @@ absl::Status RocksDbTier::Put(const BlockKey& key, uint32_t chain_position,
 
 std::vector<absl::Status> RocksDbTier::PutBatch(
     absl::Span<const BlockPut> puts) {
-  std::vector<absl::Status> results(puts.size());
-  for (size_t i = 0; i < puts.size(); ++i) {
-    const absl::string_view block = puts[i].block;
-    if (block.empty()) {
-      results[i] = absl::InvalidArgumentError("rocksdb tier: empty block");
-    } else if (block.size() > options_.capacity_bytes) {
-      results[i] = absl::ResourceExhaustedError(
-          absl::StrCat("rocksdb tier: a block of ", block.size(),
-                       " bytes is larger than the disk budget of ",
-                       options_.capacity_bytes, " bytes"));
-    }
-  }
+  std::vector<absl::Status> results = CheckSizes(puts, options_.capacity_bytes);
   PutPlan plan;
   const absl::Status written = Mutate(
       [&](Write& w) {
