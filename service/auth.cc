@@ -2,8 +2,6 @@
 
 #include <exception>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <system_error>
 #include <vector>
 
@@ -12,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/file.h"
+#include "base/status_macros.h"
 #include "yaml-cpp/yaml.h"
 
 namespace vqkv::service {
@@ -35,14 +35,11 @@ bool ValidToken(absl::string_view t) {
   return true;
 }
 
-absl::StatusOr<std::string> ReadFile(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read '", p.string(), "'"));
-  }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// base::ReadFile, every failure as kNotFound (auth.h, server.h).
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  absl::StatusOr<std::string> text = base::ReadFile(path);
+  if (!text.ok()) return absl::NotFoundError(text.status().message());
+  return text;
 }
 
 }  // namespace
@@ -87,13 +84,12 @@ absl::StatusOr<TokenStore> TokenStore::Parse(absl::string_view text,
         const std::string tenant = kv.first.as<std::string>();
         if (kv.second.IsSequence()) {
           for (const auto& tok : kv.second) {
-            absl::Status s = store.Add(tok.as<std::string>(), tenant, origin);
-            if (!s.ok()) return s;
+            VQKV_RETURN_IF_ERROR(
+                store.Add(tok.as<std::string>(), tenant, origin));
           }
         } else if (kv.second.IsScalar()) {
-          absl::Status s =
-              store.Add(kv.second.as<std::string>(), tenant, origin);
-          if (!s.ok()) return s;
+          VQKV_RETURN_IF_ERROR(
+              store.Add(kv.second.as<std::string>(), tenant, origin));
         } else {
           return absl::InvalidArgumentError(absl::StrCat(
               origin, ": tenant '", tenant, "' needs a token or a list"));
@@ -122,9 +118,8 @@ absl::StatusOr<TokenStore> TokenStore::Parse(absl::string_view text,
             absl::StrCat(origin, ":", line_no,
                          ": expected '<token> <tenant>' (two fields)"));
       }
-      absl::Status s =
-          store.Add(fields[0], fields[1], absl::StrCat(origin, ":", line_no));
-      if (!s.ok()) return s;
+      VQKV_RETURN_IF_ERROR(
+          store.Add(fields[0], fields[1], absl::StrCat(origin, ":", line_no)));
     }
   }
   if (!store.enabled()) {
@@ -143,9 +138,8 @@ absl::StatusOr<TokenStore> TokenStore::Load(const std::string& path) {
         absl::StrCat("tokens file '", path, "' does not exist"));
   }
   if (!fs::is_directory(st)) {
-    auto text = ReadFile(path);
-    if (!text.ok()) return text.status();
-    return Parse(*text, path);
+    VQKV_ASSIGN_OR_RETURN(const std::string text, ReadTokenFile(path));
+    return Parse(text, path);
   }
   // A directory of files named by tenant (Kubernetes Secret volume: the
   // entries are symlinks into a hidden ..data directory, so follow links and
@@ -156,11 +150,10 @@ absl::StatusOr<TokenStore> TokenStore::Load(const std::string& path) {
     if (name.empty() || name[0] == '.') continue;
     std::error_code fec;
     if (!fs::is_regular_file(entry.path(), fec)) continue;
-    auto text = ReadFile(entry.path());
-    if (!text.ok()) return text.status();
-    absl::Status s = store.Add(absl::StripAsciiWhitespace(*text), name,
-                               entry.path().string());
-    if (!s.ok()) return s;
+    VQKV_ASSIGN_OR_RETURN(const std::string text,
+                          ReadTokenFile(entry.path().string()));
+    VQKV_RETURN_IF_ERROR(store.Add(absl::StripAsciiWhitespace(text), name,
+                                   entry.path().string()));
   }
   if (ec) {
     return absl::NotFoundError(

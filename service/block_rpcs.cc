@@ -250,9 +250,7 @@ absl::Status KvCacheService::DoStats(const std::string& tenant,
   const storage::TieredStoreOptions& opt = store_->options();
   resp->set_tenant(tenant);
   resp->set_tenant_bytes(store_->TenantUsage(tenant));
-  auto q = opt.tenant_quotas.find(tenant);
-  resp->set_tenant_quota_bytes(
-      q == opt.tenant_quotas.end() ? opt.default_tenant_quota : q->second);
+  resp->set_tenant_quota_bytes(store_->TenantQuota(tenant));
   v1::TierStats* mem = resp->add_tiers();
   mem->set_name("memory");
   mem->set_blocks(st.memory.blocks);

@@ -1,35 +1,101 @@
 #include "service/config.h"
 
+#include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <exception>
-#include <fstream>
+#include <functional>
+#include <map>
 #include <sstream>
 #include <string>
-#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "base/file.h"
+#include "base/status_macros.h"
 #include "yaml-cpp/yaml.h"
 
 namespace vqkv::service {
 namespace {
 
-absl::Status ParseDurability(absl::string_view text, storage::Durability* out) {
-  auto d = storage::ParseDurability(text);
-  if (!d.ok()) return d.status();
-  *out = *d;
-  return absl::OkStatus();
+// ttl_seconds and max_lease_ms (plain integers in flags and YAML) as the
+// options' durations. A lease past the limit stays past it (Validate
+// rejects it) instead of wrapping around.
+absl::Duration TtlFromSeconds(uint64_t seconds) {
+  return absl::Seconds(static_cast<int64_t>(seconds));
+}
+absl::Duration LeaseFromMs(uint64_t ms) {
+  return absl::Milliseconds(static_cast<int64_t>(
+      std::min<uint64_t>(ms, ServerConfig::kMaxLeaseMsLimit + 1)));
 }
 
-absl::Status ParseWritePolicy(absl::string_view text,
-                              storage::WritePolicy* out) {
-  auto p = storage::ParseWritePolicy(text);
-  if (!p.ok()) return p.status();
-  *out = *p;
+// A default for --help: "64GiB", "1MiB", or plain bytes.
+std::string BytesText(uint64_t n) {
+  if (n != 0 && n % (uint64_t{1} << 30) == 0) {
+    return absl::StrCat(n >> 30, "GiB");
+  }
+  if (n != 0 && n % (uint64_t{1} << 20) == 0) {
+    return absl::StrCat(n >> 20, "MiB");
+  }
+  return absl::StrCat(n);
+}
+
+// A YAML value as a string or a byte size; kInvalidArgument naming the key.
+absl::StatusOr<std::string> YamlString(const YAML::Node& n,
+                                       absl::string_view origin,
+                                       absl::string_view key) {
+  if (!n.IsScalar()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": '", key, "' must be a string"));
+  }
+  return n.Scalar();
+}
+
+absl::StatusOr<uint64_t> YamlBytes(const YAML::Node& n,
+                                   absl::string_view origin,
+                                   absl::string_view key) {
+  if (!n.IsScalar()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": '", key, "' must be a byte size"));
+  }
+  auto v = ParseBytes(n.Scalar());
+  if (!v.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": '", key, "': ", v.status().message()));
+  }
+  return *v;
+}
+
+// The `tenants` mapping: default_quota_bytes and quotas.
+absl::Status ApplyYamlTenants(const YAML::Node& v, absl::string_view origin,
+                              storage::TieredStoreOptions* store) {
+  if (!v.IsMap()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": 'tenants' must be a mapping"));
+  }
+  for (const auto& tkv : v) {
+    const std::string tkey = tkv.first.as<std::string>();
+    if (tkey == "default_quota_bytes") {
+      VQKV_ASSIGN_OR_RETURN(
+          store->default_tenant_quota,
+          YamlBytes(tkv.second, origin, "tenants.default_quota_bytes"));
+    } else if (tkey == "quotas") {
+      if (!tkv.second.IsMap()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            origin, ": 'tenants.quotas' must map tenant -> bytes"));
+      }
+      for (const auto& q : tkv.second) {
+        const std::string tenant = q.first.as<std::string>();
+        VQKV_ASSIGN_OR_RETURN(
+            store->tenant_quotas[tenant],
+            YamlBytes(q.second, origin, "tenants.quotas." + tenant));
+      }
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin, ": unknown key 'tenants.", tkey, "'"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -41,116 +107,104 @@ absl::Status ApplyYamlNode(const YAML::Node& root, absl::string_view origin,
     return absl::InvalidArgumentError(
         absl::StrCat(origin, ": the top level must be a mapping"));
   }
-  auto bytes = [&](const YAML::Node& n, const std::string& key,
-                   uint64_t* out) -> absl::Status {
-    if (!n.IsScalar()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(origin, ": '", key, "' must be a byte size"));
-    }
-    auto v = ParseBytes(n.Scalar());
-    if (!v.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(origin, ": '", key, "': ", v.status().message()));
-    }
-    *out = *v;
-    return absl::OkStatus();
+  // One setter per key: it converts the value and stores it.
+  using Setter =
+      std::function<absl::Status(const YAML::Node&, const std::string&)>;
+  auto str = [origin](std::string* out) -> Setter {
+    return [origin, out](const YAML::Node& v, const std::string& key) {
+      VQKV_ASSIGN_OR_RETURN(*out, YamlString(v, origin, key));
+      return absl::OkStatus();
+    };
   };
-  auto str = [&](const YAML::Node& n, const std::string& key,
-                 std::string* out) -> absl::Status {
-    if (!n.IsScalar()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(origin, ": '", key, "' must be a string"));
-    }
-    *out = n.Scalar();
-    return absl::OkStatus();
+  auto bytes = [origin](uint64_t* out) -> Setter {
+    return [origin, out](const YAML::Node& v, const std::string& key) {
+      VQKV_ASSIGN_OR_RETURN(*out, YamlBytes(v, origin, key));
+      return absl::OkStatus();
+    };
+  };
+  // A string parsed into an enum (storage::ParseDurability, ...).
+  auto parsed = [origin](auto* out, auto parse) -> Setter {
+    return [origin, out, parse](const YAML::Node& v, const std::string& key) {
+      VQKV_ASSIGN_OR_RETURN(const std::string text, YamlString(v, origin, key));
+      VQKV_ASSIGN_OR_RETURN(*out, parse(text));
+      return absl::OkStatus();
+    };
+  };
+  const std::map<std::string, Setter> setters = {
+      {"listen", str(&c->listen)},
+      {"data_dir", str(&c->store.data_dir)},
+      {"memory_bytes", bytes(&c->store.memory_bytes)},
+      {"disk_bytes", bytes(&c->store.disk_bytes)},
+      {"durability", parsed(&c->store.durability, &storage::ParseDurability)},
+      {"write_policy",
+       parsed(&c->store.write_policy, &storage::ParseWritePolicy)},
+      {"metrics_listen", str(&c->metrics_listen)},
+      {"tokens_file", str(&c->tokens_file)},
+      {"tls_cert", str(&c->tls_cert)},
+      {"tls_key", str(&c->tls_key)},
+      {"max_message_bytes", bytes(&c->service.max_message_bytes)},
+      {"ttl_seconds",
+       [&](const YAML::Node& v, const std::string& key) {
+         // A plain integer (ParseBytes accepts it).
+         VQKV_ASSIGN_OR_RETURN(const uint64_t seconds,
+                               YamlBytes(v, origin, key));
+         c->store.ttl = TtlFromSeconds(seconds);
+         return absl::OkStatus();
+       }},
+      {"workers",
+       [&](const YAML::Node& v, const std::string&) {
+         c->service.workers = v.as<int>();
+         return absl::OkStatus();
+       }},
+      {"shutdown_grace_seconds",
+       [&](const YAML::Node& v, const std::string&) {
+         c->shutdown_grace_seconds = v.as<double>();
+         return absl::OkStatus();
+       }},
+      {"max_lease_ms",
+       [&](const YAML::Node& v, const std::string&) {
+         c->service.max_lease = LeaseFromMs(v.as<uint64_t>());
+         return absl::OkStatus();
+       }},
+      {"tenants",
+       [&](const YAML::Node& v, const std::string&) {
+         return ApplyYamlTenants(v, origin, &c->store);
+       }},
   };
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
-    const YAML::Node& v = kv.second;
-    absl::Status s;
-    if (key == "listen") {
-      s = str(v, key, &c->listen);
-    } else if (key == "data_dir") {
-      s = str(v, key, &c->data_dir);
-    } else if (key == "memory_bytes") {
-      s = bytes(v, key, &c->memory_bytes);
-    } else if (key == "disk_bytes") {
-      s = bytes(v, key, &c->disk_bytes);
-    } else if (key == "durability") {
-      std::string d;
-      s = str(v, key, &d);
-      if (s.ok()) s = ParseDurability(d, &c->durability);
-    } else if (key == "write_policy") {
-      std::string p;
-      s = str(v, key, &p);
-      if (s.ok()) s = ParseWritePolicy(p, &c->write_policy);
-    } else if (key == "metrics_listen") {
-      s = str(v, key, &c->metrics_listen);
-    } else if (key == "tokens_file") {
-      s = str(v, key, &c->tokens_file);
-    } else if (key == "tls_cert") {
-      s = str(v, key, &c->tls_cert);
-    } else if (key == "tls_key") {
-      s = str(v, key, &c->tls_key);
-    } else if (key == "max_message_bytes") {
-      s = bytes(v, key, &c->max_message_bytes);
-    } else if (key == "ttl_seconds") {
-      s = bytes(v, key, &c->ttl_seconds);  // plain integer
-    } else if (key == "workers") {
-      c->workers = v.as<int>();
-    } else if (key == "shutdown_grace_seconds") {
-      c->shutdown_grace_seconds = v.as<double>();
-    } else if (key == "max_lease_ms") {
-      c->max_lease_ms = v.as<uint64_t>();
-    } else if (key == "tenants") {
-      if (!v.IsMap()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(origin, ": 'tenants' must be a mapping"));
-      }
-      for (const auto& tkv : v) {
-        const std::string tkey = tkv.first.as<std::string>();
-        if (tkey == "default_quota_bytes") {
-          s = bytes(tkv.second, "tenants.default_quota_bytes",
-                    &c->default_quota_bytes);
-        } else if (tkey == "quotas") {
-          if (!tkv.second.IsMap()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                origin, ": 'tenants.quotas' must map tenant -> bytes"));
-          }
-          for (const auto& q : tkv.second) {
-            const std::string tenant = q.first.as<std::string>();
-            uint64_t quota = 0;
-            s = bytes(q.second, "tenants.quotas." + tenant, &quota);
-            if (!s.ok()) return s;
-            c->tenant_quotas[tenant] = quota;
-          }
-        } else {
-          return absl::InvalidArgumentError(
-              absl::StrCat(origin, ": unknown key 'tenants.", tkey, "'"));
-        }
-        if (!s.ok()) return s;
-      }
-    } else {
+    auto it = setters.find(key);
+    if (it == setters.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat(origin, ": unknown key '", key, "'"));
     }
-    if (!s.ok()) return s;
+    VQKV_RETURN_IF_ERROR(it->second(kv.second, key));
   }
   return absl::OkStatus();
 }
 
 }  // namespace
 
+storage::TieredStoreOptions ServerConfig::DefaultStoreOptions() {
+  storage::TieredStoreOptions store;
+  store.data_dir = "./vqkv-data";
+  return store;
+}
+
 absl::Status ServerConfig::Validate() const {
   if (listen.empty() || listen.rfind(':') == std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("listen must be host:port, got '", listen, "'"));
   }
-  if (data_dir.empty()) {
+  if (store.data_dir.empty()) {
     return absl::InvalidArgumentError("data_dir must not be empty");
   }
-  if (memory_bytes == 0) {
+  if (store.memory_bytes == 0) {
     return absl::InvalidArgumentError("memory_bytes must be positive");
+  }
+  if (store.disk_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "disk_bytes must be positive (the disk tier has no unlimited mode)");
   }
   if (!metrics_listen.empty() &&
       metrics_listen.rfind(':') == std::string::npos) {
@@ -161,28 +215,24 @@ absl::Status ServerConfig::Validate() const {
     return absl::InvalidArgumentError(
         "tls_cert and tls_key must be given together");
   }
-  if (max_message_bytes < (uint64_t{1} << 16) ||
-      max_message_bytes > (uint64_t{2} << 30) - 1) {
+  if (service.max_message_bytes < (uint64_t{1} << 16) ||
+      service.max_message_bytes > (uint64_t{2} << 30) - 1) {
     return absl::InvalidArgumentError(
         "max_message_bytes must be in [64KiB, 2GiB)");
   }
-  if (workers < 0 || workers > 1024) {
+  if (service.workers < 0 || service.workers > 1024) {
     return absl::InvalidArgumentError("workers must be in [0, 1024]");
   }
   if (!(shutdown_grace_seconds >= 0) || shutdown_grace_seconds > 3600) {
     return absl::InvalidArgumentError(
         "shutdown_grace_seconds must be in [0, 3600]");
   }
-  if (max_lease_ms > kMaxLeaseMsLimit) {
+  if (service.max_lease < absl::ZeroDuration() ||
+      service.max_lease > absl::Milliseconds(kMaxLeaseMsLimit)) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_lease_ms must be in [0, ", kMaxLeaseMsLimit, "]"));
   }
   return absl::OkStatus();
-}
-
-uint64_t ServerConfig::QuotaFor(const std::string& tenant) const {
-  auto it = tenant_quotas.find(tenant);
-  return it == tenant_quotas.end() ? default_quota_bytes : it->second;
 }
 
 absl::StatusOr<uint64_t> ParseBytes(absl::string_view text) {
@@ -244,14 +294,12 @@ absl::Status ApplyYamlConfig(absl::string_view yaml, absl::string_view origin,
 
 absl::Status ApplyYamlConfigFile(const std::string& path,
                                  ServerConfig* config) {
-  std::ifstream in(path);
-  if (!in) {
+  absl::StatusOr<std::string> text = base::ReadFile(path);
+  if (!text.ok()) {
     return absl::NotFoundError(
-        absl::StrCat("cannot read config file '", path, "'"));
+        absl::StrCat("config file: ", text.status().message()));
   }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ApplyYamlConfig(ss.str(), path, config);
+  return ApplyYamlConfig(*text, path, config);
 }
 
 absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
@@ -261,6 +309,7 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
       "vqkv-server: the vqkv KV-cache service (gRPC, memory + RocksDB "
       "tiers).\nWith no arguments: listens on 127.0.0.1:50051, stores under "
       "./vqkv-data, auth off."};
+  const ServerConfig defaults;
   std::string config_file, listen, data_dir, memory, disk, durability,
       write_policy, metrics_listen, tokens_file, tls_cert, tls_key, max_message,
       ttl;
@@ -270,9 +319,11 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
   app.add_option("--listen", listen, "gRPC host:port (port 0 = any free port)");
   app.add_option("--data-dir", data_dir, "RocksDB directory");
   app.add_option("--memory-bytes", memory,
-                 "memory tier budget, e.g. 1GiB (default 1GiB)");
+                 absl::StrCat("memory tier budget, e.g. 1GiB (default ",
+                              BytesText(defaults.store.memory_bytes), ")"));
   app.add_option("--disk-bytes", disk,
-                 "disk tier budget, 0 = unlimited (default 64GiB)");
+                 absl::StrCat("disk tier budget, positive (default ",
+                              BytesText(defaults.store.disk_bytes), ")"));
   app.add_option("--durability", durability,
                  "async (default) or sync (fsync'd WAL before acknowledging)");
   app.add_option("--write-policy", write_policy,
@@ -286,13 +337,19 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
                  "auth off");
   app.add_option("--tls-cert", tls_cert, "PEM certificate chain");
   app.add_option("--tls-key", tls_key, "PEM private key");
-  app.add_option("--max-message-bytes", max_message,
-                 "largest gRPC message (default 64MiB)");
+  app.add_option(
+      "--max-message-bytes", max_message,
+      absl::StrCat("largest gRPC message (default ",
+                   BytesText(defaults.service.max_message_bytes), ")"));
   app.add_option("--ttl-seconds", ttl,
                  "expire blocks after N seconds (0 = never)");
-  app.add_option("--workers", workers, "storage worker threads (0 = auto)");
-  app.add_option("--max-lease-ms", max_lease_ms,
-                 "cap on a Lookup's lease_ms (default 10000; 0 = no leases)");
+  app.add_option("--workers", workers,
+                 "storage worker threads (0 = max(8, 2 x hardware threads))");
+  app.add_option(
+      "--max-lease-ms", max_lease_ms,
+      absl::StrCat("cap on a Lookup's lease_ms (default ",
+                   absl::ToInt64Milliseconds(defaults.service.max_lease),
+                   "; 0 = no leases)"));
   app.set_version_flag("--version", "vqkv-server 0.1.0");
   try {
     app.parse(argc, argv);
@@ -307,9 +364,9 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
   }
   ServerConfig c;
   if (!config_file.empty()) {
-    absl::Status s = ApplyYamlConfigFile(config_file, &c);
-    if (!s.ok()) return s;
+    VQKV_RETURN_IF_ERROR(ApplyYamlConfigFile(config_file, &c));
   }
+  // A byte-size flag, when given.
   auto set_bytes = [&](const char* flag, const std::string& v,
                        uint64_t* out) -> absl::Status {
     if (app.count(flag) == 0) return absl::OkStatus();
@@ -322,30 +379,33 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
     return absl::OkStatus();
   };
   if (app.count("--listen")) c.listen = listen;
-  if (app.count("--data-dir")) c.data_dir = data_dir;
+  if (app.count("--data-dir")) c.store.data_dir = data_dir;
   if (app.count("--metrics-listen")) c.metrics_listen = metrics_listen;
   if (app.count("--tokens-file")) c.tokens_file = tokens_file;
   if (app.count("--tls-cert")) c.tls_cert = tls_cert;
   if (app.count("--tls-key")) c.tls_key = tls_key;
-  if (app.count("--workers")) c.workers = workers;
-  if (app.count("--max-lease-ms")) c.max_lease_ms = max_lease_ms;
+  if (app.count("--workers")) c.service.workers = workers;
+  if (app.count("--max-lease-ms"))
+    c.service.max_lease = LeaseFromMs(max_lease_ms);
   if (app.count("--durability")) {
-    absl::Status s = ParseDurability(durability, &c.durability);
-    if (!s.ok()) return s;
+    VQKV_ASSIGN_OR_RETURN(c.store.durability,
+                          storage::ParseDurability(durability));
   }
   if (app.count("--write-policy")) {
-    absl::Status s = ParseWritePolicy(write_policy, &c.write_policy);
-    if (!s.ok()) return s;
+    VQKV_ASSIGN_OR_RETURN(c.store.write_policy,
+                          storage::ParseWritePolicy(write_policy));
   }
-  for (absl::Status s :
-       {set_bytes("--memory-bytes", memory, &c.memory_bytes),
-        set_bytes("--disk-bytes", disk, &c.disk_bytes),
-        set_bytes("--max-message-bytes", max_message, &c.max_message_bytes),
-        set_bytes("--ttl-seconds", ttl, &c.ttl_seconds)}) {
-    if (!s.ok()) return s;
+  VQKV_RETURN_IF_ERROR(
+      set_bytes("--memory-bytes", memory, &c.store.memory_bytes));
+  VQKV_RETURN_IF_ERROR(set_bytes("--disk-bytes", disk, &c.store.disk_bytes));
+  VQKV_RETURN_IF_ERROR(set_bytes("--max-message-bytes", max_message,
+                                 &c.service.max_message_bytes));
+  if (app.count("--ttl-seconds")) {
+    uint64_t seconds = 0;
+    VQKV_RETURN_IF_ERROR(set_bytes("--ttl-seconds", ttl, &seconds));
+    c.store.ttl = TtlFromSeconds(seconds);
   }
-  absl::Status s = c.Validate();
-  if (!s.ok()) return s;
+  VQKV_RETURN_IF_ERROR(c.Validate());
   return c;
 }
 

@@ -4,6 +4,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -14,34 +15,44 @@ namespace {
 
 std::string Num(double v) { return absl::StrFormat("%.9g", v); }
 
-void Header(std::string* out, absl::string_view name, absl::string_view type,
-            absl::string_view help) {
-  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type,
-                  "\n");
+// A status code's name as labels show it: "OK", "RESOURCE_EXHAUSTED", ...
+std::string CodeName(int code) {
+  std::string name =
+      absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  return name.empty() ? "UNKNOWN" : name;
 }
 
 }  // namespace
 
-absl::string_view StatusCodeName(int code) {
-  static constexpr absl::string_view kNames[] = {"OK",
-                                                 "CANCELLED",
-                                                 "UNKNOWN",
-                                                 "INVALID_ARGUMENT",
-                                                 "DEADLINE_EXCEEDED",
-                                                 "NOT_FOUND",
-                                                 "ALREADY_EXISTS",
-                                                 "PERMISSION_DENIED",
-                                                 "RESOURCE_EXHAUSTED",
-                                                 "FAILED_PRECONDITION",
-                                                 "ABORTED",
-                                                 "OUT_OF_RANGE",
-                                                 "UNIMPLEMENTED",
-                                                 "INTERNAL",
-                                                 "UNAVAILABLE",
-                                                 "DATA_LOSS",
-                                                 "UNAUTHENTICATED"};
-  if (code < 0 || code > 16) return "UNKNOWN";
-  return kNames[code];
+void AppendMetricHeader(std::string* out, absl::string_view name,
+                        absl::string_view type, absl::string_view help) {
+  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type,
+                  "\n");
+}
+
+void AppendMetricSample(std::string* out, absl::string_view name,
+                        absl::string_view labels, uint64_t value) {
+  if (labels.empty()) {
+    absl::StrAppend(out, name, " ", value, "\n");
+  } else {
+    absl::StrAppend(out, name, "{", labels, "} ", value, "\n");
+  }
+}
+
+void AppendMetricSample(std::string* out, absl::string_view name,
+                        absl::string_view labels, double value) {
+  if (labels.empty()) {
+    absl::StrAppend(out, name, " ", Num(value), "\n");
+  } else {
+    absl::StrAppend(out, name, "{", labels, "} ", Num(value), "\n");
+  }
+}
+
+void AppendMetric(std::string* out, absl::string_view name,
+                  absl::string_view type, absl::string_view help,
+                  uint64_t value) {
+  AppendMetricHeader(out, name, type, help);
+  AppendMetricSample(out, name, "", value);
 }
 
 void Metrics::RecordRpc(absl::string_view method, int code, double seconds) {
@@ -73,34 +84,38 @@ void Metrics::RecordHits(absl::string_view op, uint64_t hit_blocks,
 std::string Metrics::Render() const {
   std::string out;
   absl::MutexLock lock(&mu_);
-  Header(&out, "vqkv_requests_total", "counter",
-         "RPCs finished, by method and gRPC status code.");
+  AppendMetricHeader(&out, "vqkv_requests_total", "counter",
+                     "RPCs finished, by method and gRPC status code.");
   for (const auto& [key, n] : requests_) {
-    absl::StrAppend(&out, "vqkv_requests_total{method=\"", key.first,
-                    "\",code=\"", StatusCodeName(key.second), "\"} ", n, "\n");
+    AppendMetricSample(&out, "vqkv_requests_total",
+                       absl::StrCat("method=\"", key.first, "\",code=\"",
+                                    CodeName(key.second), "\""),
+                       n);
   }
-  Header(&out, "vqkv_errors_total", "counter",
-         "RPCs finished with a non-OK status, by code.");
+  AppendMetricHeader(&out, "vqkv_errors_total", "counter",
+                     "RPCs finished with a non-OK status, by code.");
   for (const auto& [code, n] : errors_) {
-    absl::StrAppend(&out, "vqkv_errors_total{code=\"", StatusCodeName(code),
-                    "\"} ", n, "\n");
+    AppendMetricSample(&out, "vqkv_errors_total",
+                       absl::StrCat("code=\"", CodeName(code), "\""), n);
   }
-  Header(&out, "vqkv_request_duration_seconds", "histogram",
-         "RPC latency from arrival to completion, by method.");
+  constexpr absl::string_view kLatency = "vqkv_request_duration_seconds";
+  AppendMetricHeader(&out, kLatency, "histogram",
+                     "RPC latency from arrival to completion, by method.");
   for (const auto& [method, h] : latency_) {
+    const std::string label = absl::StrCat("method=\"", method, "\"");
+    const std::string bucket = absl::StrCat(kLatency, "_bucket");
     uint64_t cumulative = 0;
     for (size_t i = 0; i < kLatencyBuckets.size(); ++i) {
       cumulative += h.buckets[i];
-      absl::StrAppend(&out, "vqkv_request_duration_seconds_bucket{method=\"",
-                      method, "\",le=\"", Num(kLatencyBuckets[i]), "\"} ",
-                      cumulative, "\n");
+      AppendMetricSample(
+          &out, bucket,
+          absl::StrCat(label, ",le=\"", Num(kLatencyBuckets[i]), "\""),
+          cumulative);
     }
-    absl::StrAppend(&out, "vqkv_request_duration_seconds_bucket{method=\"",
-                    method, "\",le=\"+Inf\"} ", h.count, "\n");
-    absl::StrAppend(&out, "vqkv_request_duration_seconds_sum{method=\"", method,
-                    "\"} ", Num(h.sum), "\n");
-    absl::StrAppend(&out, "vqkv_request_duration_seconds_count{method=\"",
-                    method, "\"} ", h.count, "\n");
+    AppendMetricSample(&out, bucket, absl::StrCat(label, ",le=\"+Inf\""),
+                       h.count);
+    AppendMetricSample(&out, absl::StrCat(kLatency, "_sum"), label, h.sum);
+    AppendMetricSample(&out, absl::StrCat(kLatency, "_count"), label, h.count);
   }
   struct Field {
     const char* name;
@@ -121,22 +136,18 @@ std::string Metrics::Render() const {
        &HitCounters::miss_tokens},
   };
   for (const Field& f : kFields) {
-    Header(&out, f.name, "counter", f.help);
+    AppendMetricHeader(&out, f.name, "counter", f.help);
     for (const auto& [op, c] : hits_) {
-      absl::StrAppend(&out, f.name, "{op=\"", op, "\"} ", c.*(f.member), "\n");
+      AppendMetricSample(&out, f.name, absl::StrCat("op=\"", op, "\""),
+                         c.*(f.member));
     }
   }
-  Header(&out, "vqkv_bytes_received_total", "counter",
-         "Encoded block bytes received by puts.");
-  absl::StrAppend(&out, "vqkv_bytes_received_total ", bytes_received_.load(),
-                  "\n");
-  Header(&out, "vqkv_bytes_sent_total", "counter",
-         "Encoded block bytes sent by gets.");
-  absl::StrAppend(&out, "vqkv_bytes_sent_total ", bytes_sent_.load(), "\n");
-  Header(&out, "vqkv_blocks_stored_total", "counter",
-         "Blocks newly stored by puts.");
-  absl::StrAppend(&out, "vqkv_blocks_stored_total ", blocks_stored_.load(),
-                  "\n");
+  AppendMetric(&out, "vqkv_bytes_received_total", "counter",
+               "Encoded block bytes received by puts.", bytes_received_.load());
+  AppendMetric(&out, "vqkv_bytes_sent_total", "counter",
+               "Encoded block bytes sent by gets.", bytes_sent_.load());
+  AppendMetric(&out, "vqkv_blocks_stored_total", "counter",
+               "Blocks newly stored by puts.", blocks_stored_.load());
   return out;
 }
 

@@ -37,8 +37,21 @@ class Server;
 
 namespace vqkv::service {
 
-// "OK", "CANCELLED", ... for gRPC status codes 0..16; "UNKNOWN" otherwise.
-absl::string_view StatusCodeName(int code);
+// The Prometheus text writer (exposition format 0.0.4), used by
+// Metrics::Render and by whatever a render callback appends (the server's
+// store gauges). AppendMetricHeader starts a metric family:
+// "# HELP name help\n# TYPE name type\n". AppendMetricSample writes one
+// sample, "name{labels} value\n"; labels are `tier="disk"` pairs without the
+// braces, empty for none. AppendMetric is a family of one unlabelled sample.
+void AppendMetricHeader(std::string* out, absl::string_view name,
+                        absl::string_view type, absl::string_view help);
+void AppendMetricSample(std::string* out, absl::string_view name,
+                        absl::string_view labels, uint64_t value);
+void AppendMetricSample(std::string* out, absl::string_view name,
+                        absl::string_view labels, double value);
+void AppendMetric(std::string* out, absl::string_view name,
+                  absl::string_view type, absl::string_view help,
+                  uint64_t value);
 
 class Metrics {
  public:

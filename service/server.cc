@@ -1,12 +1,12 @@
 #include "service/server.h"
 
-#include <cstdio>
-#include <fstream>
-#include <sstream>
-#include <thread>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
+#include "base/logging.h"
+#include "base/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 
@@ -14,84 +14,50 @@ namespace vqkv::service {
 namespace {
 
 absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  absl::StatusOr<std::string> pem = base::ReadFile(path);
+  if (!pem.ok()) {
     return absl::NotFoundError(
-        absl::StrCat("cannot read TLS ", what, " '", path, "'"));
+        absl::StrCat("TLS ", what, ": ", pem.status().message()));
   }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string pem = ss.str();
-  if (pem.find("-----BEGIN") == std::string::npos) {
+  if (pem->find("-----BEGIN") == std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("TLS ", what, " '", path, "' is not PEM"));
   }
   return pem;
 }
 
-void Gauge(std::string* out, absl::string_view name, absl::string_view type,
-           absl::string_view help, absl::string_view labels, uint64_t value) {
-  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type,
-                  "\n", name, labels, " ", value, "\n");
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerConfig& config) {
-  absl::Status s = config.Validate();
-  if (!s.ok()) return s;
+  VQKV_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<Server> server(new Server(config));
 
   if (!config.tokens_file.empty()) {
-    auto tokens = TokenStore::Load(config.tokens_file);
-    if (!tokens.ok()) return tokens.status();
-    server->tokens_ = *std::move(tokens);
-    std::fprintf(stderr, "vqkv-server: auth on: %zu token(s) from %s\n",
-                 server->tokens_.size(), config.tokens_file.c_str());
+    VQKV_ASSIGN_OR_RETURN(server->tokens_,
+                          TokenStore::Load(config.tokens_file));
+    VQKV_LOG(kInfo) << "auth on: " << server->tokens_.size()
+                    << " token(s) from " << config.tokens_file;
   } else {
-    std::fprintf(stderr,
-                 "vqkv-server: WARNING: AUTH IS OFF (no --tokens-file): every "
-                 "caller is the anonymous tenant and can read and write all "
-                 "of its data. Use --tokens-file for anything but a local "
-                 "test.\n");
+    VQKV_LOG(kWarning)
+        << "AUTH IS OFF (no --tokens-file): every caller is the anonymous "
+           "tenant and can read and write all of its data. Use --tokens-file "
+           "for anything but a local test.";
   }
 
-  storage::TieredStoreOptions opt;
-  opt.memory_bytes = config.memory_bytes;
-  opt.data_dir = config.data_dir;
-  opt.disk_bytes = config.disk_bytes;
-  opt.durability = config.durability;
-  opt.write_policy = config.write_policy;
-  opt.ttl = absl::Seconds(static_cast<int64_t>(config.ttl_seconds));
-  opt.default_tenant_quota = config.default_quota_bytes;
-  opt.file_system = config.file_system;
-  for (const auto& [tenant, quota] : config.tenant_quotas) {
-    opt.tenant_quotas[tenant] = quota;
-  }
-  auto store = storage::TieredStore::Open(std::move(opt));
-  if (!store.ok()) return store.status();
-  server->store_ = *std::move(store);
-
-  KvServiceOptions sopt;
-  sopt.max_message_bytes = config.max_message_bytes;
-  sopt.workers =
-      config.workers > 0
-          ? config.workers
-          : std::max(8,
-                     2 * static_cast<int>(std::thread::hardware_concurrency()));
-  sopt.max_lease = absl::Milliseconds(config.max_lease_ms);
-  server->service_ = std::make_unique<KvCacheService>(
-      server->store_.get(), &server->tokens_, &server->metrics_, sopt);
+  VQKV_ASSIGN_OR_RETURN(server->store_,
+                        storage::TieredStore::Open(config.store));
+  server->service_ =
+      std::make_unique<KvCacheService>(server->store_.get(), &server->tokens_,
+                                       &server->metrics_, config.service);
 
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (!config.tls_cert.empty()) {
-    auto cert = ReadPem(config.tls_cert, "certificate");
-    if (!cert.ok()) return cert.status();
-    auto key = ReadPem(config.tls_key, "key");
-    if (!key.ok()) return key.status();
+    VQKV_ASSIGN_OR_RETURN(std::string cert,
+                          ReadPem(config.tls_cert, "certificate"));
+    VQKV_ASSIGN_OR_RETURN(std::string key, ReadPem(config.tls_key, "key"));
     grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    ssl.pem_key_cert_pairs.push_back({key, cert});
     creds = grpc::SslServerCredentials(ssl);
   } else {
     creds = grpc::InsecureServerCredentials();
@@ -102,7 +68,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(config.listen, creds, &port);
-  const int max_msg = static_cast<int>(config.max_message_bytes);
+  const int max_msg = static_cast<int>(config.service.max_message_bytes);
   builder.SetMaxReceiveMessageSize(max_msg);
   builder.SetMaxSendMessageSize(max_msg);
   builder.RegisterService(server->service_.get());
@@ -147,9 +113,8 @@ absl::Status Server::Shutdown(absl::Duration grace) {
     // through the workers, which keep running until every call is done.
     service_->BeginDrain();
     if (!service_->WaitIdle(grace)) {
-      std::fprintf(stderr,
-                   "vqkv-server: calls still running after the grace "
-                   "period; cancelling them\n");
+      VQKV_LOG(kWarning)
+          << "calls still running after the grace period; cancelling them";
     }
     grpc_->Shutdown(absl::ToChronoTime(absl::Now()));
     grpc_->Wait();
@@ -164,46 +129,48 @@ absl::Status Server::Shutdown(absl::Duration grace) {
 std::string Server::RenderMetrics() const {
   std::string out = metrics_.Render();
   const storage::StoreStats st = store_->Stats();
-  absl::StrAppend(&out,
-                  "# HELP vqkv_tier_bytes Block bytes held per tier.\n"
-                  "# TYPE vqkv_tier_bytes gauge\n",
-                  "vqkv_tier_bytes{tier=\"memory\"} ", st.memory.bytes, "\n",
-                  "vqkv_tier_bytes{tier=\"disk\"} ", st.disk.bytes, "\n");
-  absl::StrAppend(&out,
-                  "# HELP vqkv_tier_blocks Blocks held per tier.\n"
-                  "# TYPE vqkv_tier_blocks gauge\n",
-                  "vqkv_tier_blocks{tier=\"memory\"} ", st.memory.blocks, "\n",
-                  "vqkv_tier_blocks{tier=\"disk\"} ", st.disk.blocks, "\n");
-  Gauge(&out, "vqkv_memory_evictions_total", "counter",
-        "Blocks evicted from the memory tier.", "", st.memory_evictions);
-  Gauge(&out, "vqkv_spills_total", "counter",
-        "Blocks evicted from memory and written to disk.", "", st.spills);
-  Gauge(&out, "vqkv_dropped_total", "counter",
-        "Blocks that left the store for lack of room.", "", st.dropped);
-  Gauge(&out, "vqkv_promotions_total", "counter",
-        "Disk hits copied back into memory.", "", st.promotions);
-  Gauge(&out, "vqkv_store_hits_total", "counter", "Store reads by tier.",
-        "{tier=\"memory\"}", st.memory_hits);
-  absl::StrAppend(&out, "vqkv_store_hits_total{tier=\"disk\"} ", st.disk_hits,
-                  "\n");
-  Gauge(&out, "vqkv_store_misses_total", "counter", "Store reads that missed.",
-        "", st.misses);
-  Gauge(&out, "vqkv_expired_total", "counter",
-        "Disk records dropped by the TTL.", "", st.expired);
-  Gauge(&out, "vqkv_corrupt_dropped_total", "counter",
-        "Disk records that failed verification (dropped, never served).", "",
-        st.corrupt_dropped);
-  Gauge(&out, "vqkv_disk_faults_total", "counter",
-        "Failed disk operations (the store keeps serving from memory).", "",
-        st.disk_faults);
-  Gauge(&out, "vqkv_quota_rejections_total", "counter",
-        "Puts refused by a tenant quota.", "", st.quota_rejections);
-  Gauge(&out, "vqkv_namespaces", "gauge", "Registered namespaces.", "",
-        st.namespaces);
-  Gauge(&out, "vqkv_codebooks", "gauge", "Registered codebook sets.", "",
-        st.codebooks);
-  Gauge(&out, "vqkv_up", "gauge", "1 while serving.", "",
-        serving_.load() ? 1 : 0);
+  AppendMetricHeader(&out, "vqkv_tier_bytes", "gauge",
+                     "Block bytes held per tier.");
+  AppendMetricSample(&out, "vqkv_tier_bytes", "tier=\"memory\"",
+                     st.memory.bytes);
+  AppendMetricSample(&out, "vqkv_tier_bytes", "tier=\"disk\"", st.disk.bytes);
+  AppendMetricHeader(&out, "vqkv_tier_blocks", "gauge",
+                     "Blocks held per tier.");
+  AppendMetricSample(&out, "vqkv_tier_blocks", "tier=\"memory\"",
+                     st.memory.blocks);
+  AppendMetricSample(&out, "vqkv_tier_blocks", "tier=\"disk\"", st.disk.blocks);
+  AppendMetric(&out, "vqkv_memory_evictions_total", "counter",
+               "Blocks evicted from the memory tier.", st.memory_evictions);
+  AppendMetric(&out, "vqkv_spills_total", "counter",
+               "Blocks evicted from memory and written to disk.", st.spills);
+  AppendMetric(&out, "vqkv_dropped_total", "counter",
+               "Blocks that left the store for lack of room.", st.dropped);
+  AppendMetric(&out, "vqkv_promotions_total", "counter",
+               "Disk hits copied back into memory.", st.promotions);
+  AppendMetricHeader(&out, "vqkv_store_hits_total", "counter",
+                     "Store reads by tier.");
+  AppendMetricSample(&out, "vqkv_store_hits_total", "tier=\"memory\"",
+                     st.memory_hits);
+  AppendMetricSample(&out, "vqkv_store_hits_total", "tier=\"disk\"",
+                     st.disk_hits);
+  AppendMetric(&out, "vqkv_store_misses_total", "counter",
+               "Store reads that missed.", st.misses);
+  AppendMetric(&out, "vqkv_expired_total", "counter",
+               "Disk records dropped by the TTL.", st.expired);
+  AppendMetric(&out, "vqkv_corrupt_dropped_total", "counter",
+               "Disk records that failed verification (dropped, never served).",
+               st.corrupt_dropped);
+  AppendMetric(&out, "vqkv_disk_faults_total", "counter",
+               "Failed disk operations (the store keeps serving from memory).",
+               st.disk_faults);
+  AppendMetric(&out, "vqkv_quota_rejections_total", "counter",
+               "Puts refused by a tenant quota.", st.quota_rejections);
+  AppendMetric(&out, "vqkv_namespaces", "gauge", "Registered namespaces.",
+               st.namespaces);
+  AppendMetric(&out, "vqkv_codebooks", "gauge", "Registered codebook sets.",
+               st.codebooks);
+  AppendMetric(&out, "vqkv_up", "gauge", "1 while serving.",
+               uint64_t{serving_.load() ? 1u : 0u});
   return out;
 }
 

@@ -107,10 +107,11 @@ TEST(ServerInProcessTest, DiskFaultUnderARunningServerKeepsServingMemory) {
   TempDir dir;
   auto fs = std::make_shared<storage::FaultInjectionFileSystem>();
   service::ServerConfig config;
-  config.data_dir = dir.path() + "/data";
-  config.write_policy = storage::WritePolicy::kWriteThrough;  // disk on puts
+  config.store.data_dir = dir.path() + "/data";
+  config.store.write_policy =
+      storage::WritePolicy::kWriteThrough;  // disk on puts
   config.metrics_listen = "127.0.0.1:0";
-  config.file_system = fs;
+  config.store.file_system = fs;
   auto server = StartServer(config);
   ASSERT_NE(server, nullptr);
   auto stub = v1::KVCache::NewStub(ChannelTo(*server));

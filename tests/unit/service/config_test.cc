@@ -1,0 +1,151 @@
+// Byte sizes, the YAML config file and the command line of vqkv-server.
+#include "service/config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/tiered_store.h"
+
+namespace vqkv::service {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ParseBytesTest, UnitsAndErrors) {
+  EXPECT_EQ(*ParseBytes("1048576"), 1048576u);
+  EXPECT_EQ(*ParseBytes("64MiB"), 64u << 20);
+  EXPECT_EQ(*ParseBytes("64M"), 64u << 20);
+  EXPECT_EQ(*ParseBytes("1.5GiB"), 3u << 29);
+  EXPECT_EQ(*ParseBytes("10GB"), 10'000'000'000u);
+  EXPECT_EQ(*ParseBytes(" 2 KiB "), 2048u);
+  EXPECT_FALSE(ParseBytes("").ok());
+  EXPECT_FALSE(ParseBytes("-1").ok());
+  EXPECT_FALSE(ParseBytes("12 parsecs").ok());
+  EXPECT_FALSE(ParseBytes("0.5").ok());  // fractional bytes
+}
+
+TEST(ConfigTest, YamlAppliesAndRejectsUnknownKeys) {
+  ServerConfig c;
+  ASSERT_TRUE(ApplyYamlConfig(R"(
+listen: 0.0.0.0:6000
+data_dir: /var/lib/vqkv
+memory_bytes: 2GiB
+durability: sync
+write_policy: write_through
+metrics_listen: 127.0.0.1:9100
+max_message_bytes: 16MiB
+ttl_seconds: 3600
+tenants:
+  default_quota_bytes: 1GiB
+  quotas:
+    alice: 10GiB
+)",
+                              "test", &c)
+                  .ok());
+  EXPECT_EQ(c.listen, "0.0.0.0:6000");
+  EXPECT_EQ(c.store.memory_bytes, uint64_t{2} << 30);
+  EXPECT_EQ(c.store.durability, storage::Durability::kSync);
+  EXPECT_EQ(c.store.write_policy, storage::WritePolicy::kWriteThrough);
+  EXPECT_EQ(c.service.max_message_bytes, 16u << 20);
+  EXPECT_EQ(c.store.ttl, absl::Seconds(3600));
+  // The quotas land in the store's options (TieredStore owns the lookup).
+  EXPECT_EQ(c.store.tenant_quotas.at("alice"), uint64_t{10} << 30);
+  EXPECT_FALSE(c.store.tenant_quotas.contains("bob"));
+  EXPECT_EQ(c.store.default_tenant_quota, uint64_t{1} << 30);
+  EXPECT_TRUE(c.Validate().ok());
+
+  absl::Status s = ApplyYamlConfig("memory_byts: 1GiB\n", "f.yaml", &c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("memory_byts"));
+  s = ApplyYamlConfig("durability: maybe\n", "f.yaml", &c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  s = ApplyYamlConfig("listen: [unclosed\n", "f.yaml", &c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ConfigTest, FlagsOverrideTheConfigFile) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "vqkv-config-test.yaml")
+          .string();
+  std::ofstream(path) << "listen: 127.0.0.1:7000\nmemory_bytes: 1MiB\n";
+  std::string a0 = "vqkv-server", a1 = "--config", a2 = path,
+              a3 = "--memory-bytes", a4 = "8MiB";
+  char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), a4.data()};
+  bool exit_now = true;
+  auto c = ParseCommandLine(5, argv, &exit_now);
+  std::filesystem::remove(path);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(exit_now);
+  EXPECT_EQ(c->listen, "127.0.0.1:7000");       // from the file
+  EXPECT_EQ(c->store.memory_bytes, 8u << 20);   // the flag wins
+  EXPECT_EQ(c->store.data_dir, "./vqkv-data");  // default
+
+  std::string b1 = "--no-such-flag";
+  char* bad[] = {a0.data(), b1.data()};
+  EXPECT_FALSE(ParseCommandLine(2, bad, &exit_now).ok());
+}
+
+TEST(ConfigTest, DefaultsAreTheEmbeddedLocalServer) {
+  std::string a0 = "vqkv-server";
+  char* argv[] = {a0.data()};
+  bool exit_now = false;
+  auto c = ParseCommandLine(1, argv, &exit_now);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->listen, "127.0.0.1:50051");
+  EXPECT_EQ(c->store.data_dir, "./vqkv-data");
+  EXPECT_TRUE(c->tokens_file.empty());
+  EXPECT_EQ(c->service.max_message_bytes, 64u << 20);
+}
+
+TEST(ConfigTest, MaxLeaseMsFromFlagAndYaml) {
+  ServerConfig c;
+  EXPECT_EQ(c.service.max_lease, absl::Milliseconds(10000));  // the default
+  ASSERT_TRUE(ApplyYamlConfig("max_lease_ms: 2500\n", "test", &c).ok());
+  EXPECT_EQ(c.service.max_lease, absl::Milliseconds(2500));
+  EXPECT_TRUE(c.Validate().ok());
+  c.service.max_lease = absl::Milliseconds(ServerConfig::kMaxLeaseMsLimit + 1);
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
+
+  std::string a0 = "vqkv-server", a1 = "--max-lease-ms", a2 = "250";
+  char* argv[] = {a0.data(), a1.data(), a2.data()};
+  bool exit_now = false;
+  auto parsed = ParseCommandLine(3, argv, &exit_now);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->service.max_lease, absl::Milliseconds(250));
+  std::string b2 = "soon";
+  char* bad[] = {a0.data(), a1.data(), b2.data()};
+  EXPECT_FALSE(ParseCommandLine(3, bad, &exit_now).ok());
+  std::string c2 = "3600001";
+  char* too_long[] = {a0.data(), a1.data(), c2.data()};
+  EXPECT_FALSE(ParseCommandLine(3, too_long, &exit_now).ok());
+}
+
+TEST(ConfigTest, DefaultsComeFromTheLowerLayersOptions) {
+  // One source per setting: the store's and the service's option structs.
+  const ServerConfig c;
+  const storage::TieredStoreOptions store;
+  const KvServiceOptions service;
+  EXPECT_EQ(c.store.memory_bytes, store.memory_bytes);
+  EXPECT_EQ(c.store.disk_bytes, store.disk_bytes);
+  EXPECT_EQ(c.service.max_message_bytes, service.max_message_bytes);
+  EXPECT_EQ(c.service.workers, 0);  // auto
+  EXPECT_EQ(c.service.max_lease, service.max_lease);
+  EXPECT_EQ(c.store.data_dir, "./vqkv-data");  // the server's own default
+}
+
+TEST(ConfigTest, DiskBytesZeroIsRejected) {
+  // The disk tier has no unlimited mode (docs/SERVICE.md).
+  std::string a0 = "vqkv-server", a1 = "--disk-bytes", a2 = "0";
+  char* argv[] = {a0.data(), a1.data(), a2.data()};
+  bool exit_now = false;
+  auto c = ParseCommandLine(3, argv, &exit_now);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("disk_bytes"));
+}
+
+}  // namespace
+}  // namespace vqkv::service
