@@ -297,7 +297,7 @@ bool RunDim(const Data& data, const Options& opt) {
 
   vqkv::VqConfig config;  // paper rate for this D
   if (opt.kmeans_iterations > 0) {
-    config.kmeans_iterations = opt.kmeans_iterations;
+    config.training.kmeans_iterations = opt.kmeans_iterations;
   }
   auto vq = vqkv::VqCodec::Create(layout, config);
   if (!vq.ok()) {
@@ -333,10 +333,10 @@ bool RunDim(const Data& data, const Options& opt) {
   if (!opt.skip_faiss) {
     auto resolved = vqkv::VqCodec::ResolveConfig(layout, config);
     if (!resolved.ok()) return false;
-    FaissPair fp =
-        TrainFaiss(data, resolved->key_stages(), resolved->value_stages,
-                   opt.faiss_iterations > 0 ? opt.faiss_iterations
-                                            : config.kmeans_iterations);
+    FaissPair fp = TrainFaiss(
+        data, resolved->key_stages(), resolved->value_stages,
+        opt.faiss_iterations > 0 ? opt.faiss_iterations
+                                 : config.training.kmeans_iterations);
     PrintRow(D, data.n_test, MeasureFaiss("faiss greedy", fp, 1, data));
     Row beam_row = MeasureFaiss("faiss beam" + std::to_string(opt.beam), fp,
                                 opt.beam, data);

@@ -223,13 +223,13 @@ int main(int argc, char** argv) {
   split.key_split = vqkv::KeySplit::kRopeHalfRotate;
   if (!RunVq("vq split 14+14", split, d)) return 1;
   vqkv::VqConfig refine = base;
-  refine.refine_passes = 2;
+  refine.training.refine_passes = 2;
   if (!RunVq("vq refine2", refine, d)) return 1;
   if (!skip_old) {
     vqkv::VqConfig old = base;
-    old.kmeanspp_seeding = true;
-    old.kmeans_iterations = 6;
-    old.max_points_per_centroid = 32;
+    old.training.kmeanspp_seeding = true;
+    old.training.kmeans_iterations = 6;
+    old.training.max_points_per_centroid = 32;
     if (!RunVq("vq kmeans++ (old)", old, d)) return 1;
   }
   if (!skip_faiss) RunFaiss(d, faiss_iterations);

@@ -20,12 +20,14 @@
 
 namespace vqkv {
 
+// The project's k-means defaults; RvqTraining (kernels/rvq.h) takes its
+// defaults from here, so codec training and plain k-means agree.
 struct KMeansParams {
   int k = 256;         // number of centroids, >= 1
-  int iterations = 6;  // Lloyd iterations after seeding, >= 0
+  int iterations = 2;  // Lloyd iterations after seeding, >= 0
   // Train on a random subsample of at most max_points_per_centroid * k
   // points; more points barely move the centroids but cost linear time.
-  int max_points_per_centroid = 32;
+  int max_points_per_centroid = 128;
   // k-means++ seeding runs on at most seeding_points_per_centroid * k
   // points, so seeding stays O(k^2 * dim * this) even for k = 1024.
   int seeding_points_per_centroid = 4;

@@ -56,15 +56,16 @@ absl::Status RvqParams::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("RVQ bits per stage must be in 1..16, got ", bits));
   }
-  if (kmeans_iterations < 0 || max_points_per_centroid < 1 ||
-      seeding_points_per_centroid < 1 || max_training_points < 0 ||
-      refine_passes < 0 || refine_passes > 100) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("RVQ training params out of range: kmeans_iterations ",
-                     kmeans_iterations, ", max_points_per_centroid ",
-                     max_points_per_centroid, ", seeding_points_per_centroid ",
-                     seeding_points_per_centroid, ", max_training_points ",
-                     max_training_points, ", refine_passes ", refine_passes));
+  const RvqTraining& t = training;
+  if (t.kmeans_iterations < 0 || t.max_points_per_centroid < 1 ||
+      t.seeding_points_per_centroid < 1 || t.max_training_points < 0 ||
+      t.refine_passes < 0 || t.refine_passes > 100) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RVQ training params out of range: kmeans_iterations ",
+        t.kmeans_iterations, ", max_points_per_centroid ",
+        t.max_points_per_centroid, ", seeding_points_per_centroid ",
+        t.seeding_points_per_centroid, ", max_training_points ",
+        t.max_training_points, ", refine_passes ", t.refine_passes));
   }
   if (beam_width < 1 || beam_width > 4096) {
     return absl::InvalidArgumentError(
@@ -127,8 +128,9 @@ absl::Status ResidualQuantizer::Fit(
   // The training set, as residuals updated in place stage after stage.
   std::mt19937_64 rng(params.seed ^ 0x9e3779b97f4a7c15ULL);
   int64_t m = n;
-  if (params.max_training_points > 0 && params.max_training_points < n) {
-    m = std::max<int64_t>(params.max_training_points, K);
+  if (params.training.max_training_points > 0 &&
+      params.training.max_training_points < n) {
+    m = std::max<int64_t>(params.training.max_training_points, K);
   }
   std::vector<float> res(static_cast<size_t>(m) * dim);
   if (m == n) {
@@ -147,15 +149,15 @@ absl::Status ResidualQuantizer::Fit(
   }
   // The training rows before any stage, for refinement.
   std::vector<float> train;
-  if (params.refine_passes > 0) train = res;
+  if (params.training.refine_passes > 0) train = res;
   double energy = 0;
   for (int64_t i = 0; i < m * dim; ++i) energy += double{res[i]} * res[i];
 
   // One random sample of the training rows, shared by every stage: its
   // first K rows seed each stage's codebook, and all of it is the k-means
   // sample (max_points_per_centroid * K rows) of each stage.
-  const int64_t sample =
-      std::min<int64_t>(m, int64_t{params.max_points_per_centroid} * K);
+  const int64_t sample = std::min<int64_t>(
+      m, int64_t{params.training.max_points_per_centroid} * K);
   std::vector<int64_t> order(m);
   std::iota(order.begin(), order.end(), 0);
   for (int64_t i = 0; i < sample; ++i) {
@@ -170,8 +172,9 @@ absl::Status ResidualQuantizer::Fit(
   codebooks_.assign(static_cast<size_t>(params.stages) * K * dim, 0.0f);
   norms_.assign(static_cast<size_t>(params.stages) * K, 0.0f);
   std::vector<int32_t> assign(m);
-  std::vector<uint16_t> codes(
-      params.refine_passes > 0 ? static_cast<size_t>(m) * params.stages : 0);
+  std::vector<uint16_t> codes(params.training.refine_passes > 0
+                                  ? static_cast<size_t>(m) * params.stages
+                                  : 0);
   auto report = [&](int done) {
     if (progress) {
       progress(FitProgress{absl::StrCat("rvq stage ", done, "/", params.stages),
@@ -181,13 +184,14 @@ absl::Status ResidualQuantizer::Fit(
   for (int s = 0; s < params.stages; ++s) {
     KMeansParams kp;
     kp.k = K;
-    kp.iterations = params.kmeans_iterations;
-    kp.max_points_per_centroid = params.max_points_per_centroid;
-    kp.seeding_points_per_centroid = params.seeding_points_per_centroid;
+    kp.iterations = params.training.kmeans_iterations;
+    kp.max_points_per_centroid = params.training.max_points_per_centroid;
+    kp.seeding_points_per_centroid =
+        params.training.seeding_points_per_centroid;
     kp.seed = params.seed + 0x100000001b3ULL * static_cast<uint64_t>(s + 1);
     absl::StatusOr<KMeansResult> km;
     bool assigned = false;
-    if (params.kmeanspp_seeding) {
+    if (params.training.kmeanspp_seeding) {
       km = KMeans(res.data(), m, dim, kp);
     } else {
       std::vector<float> init(static_cast<size_t>(K) * dim);
@@ -227,16 +231,18 @@ absl::Status ResidualQuantizer::Fit(
       }
     }
     // With refinement the last stage is reported once refinement is done.
-    if (s + 1 < params.stages || params.refine_passes == 0) report(s + 1);
+    if (s + 1 < params.stages || params.training.refine_passes == 0)
+      report(s + 1);
   }
   fitted_ = true;
-  if (params.refine_passes > 0) {
-    Refine(train.data(), m, params.refine_passes, codes.data(), res.data());
+  if (params.training.refine_passes > 0) {
+    Refine(train.data(), m, params.training.refine_passes, codes.data(),
+           res.data());
   }
   double err = 0;
   for (int64_t i = 0; i < m * dim; ++i) err += double{res[i]} * res[i];
   training_mse_ = energy > 0 ? err / energy : 0;
-  if (params.refine_passes > 0) report(params.stages);
+  if (params.training.refine_passes > 0) report(params.stages);
   return absl::OkStatus();
 }
 

@@ -21,21 +21,19 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/codec.h"
+#include "kernels/kmeans.h"
 
 namespace vqkv {
 
-struct RvqParams {
-  int dim = 0;     // vector length, 1..65535
-  int stages = 0;  // 1..4096
-  int bits = 8;    // bits per stage index, 1..16 (K = 2^bits)
-
-  // Training (see KMeansParams and docs/CODEC.md).
-  // Defaults: 2 Lloyd iterations on up to 128 * K vectors. With the shared
-  // seeding below, more iterations lower the training error but not the
-  // held-out error (they overfit), and cost one assignment pass each
-  // (docs/CODEC.md, "Fit").
-  int kmeans_iterations = 2;
-  int max_points_per_centroid = 128;
+// How a residual quantizer is fitted (docs/CODEC.md, "Fit"): the one
+// definition of the training defaults, embedded by RvqParams and VqConfig.
+struct RvqTraining {
+  // Lloyd iterations per stage on up to max_points_per_centroid * K
+  // vectors (KMeansParams' defaults: 2 and 128). With the shared seeding
+  // below, more iterations lower the training error but not the held-out
+  // error (they overfit), and cost one assignment pass each.
+  int kmeans_iterations = KMeansParams{}.iterations;
+  int max_points_per_centroid = KMeansParams{}.max_points_per_centroid;
   // Seeding. false (default): every stage starts its k-means from the
   // current residuals of one random sample of K training vectors, the same
   // vectors at every stage. Then the initial codewords of successive stages
@@ -46,7 +44,8 @@ struct RvqParams {
   // true: independent k-means++ per stage on seeding_points_per_centroid * K
   // residuals (the first implementation's behaviour).
   bool kmeanspp_seeding = false;
-  int seeding_points_per_centroid = 4;  // k-means++ only
+  int seeding_points_per_centroid =  // k-means++ only
+      KMeansParams{}.seeding_points_per_centroid;
   // After all stages are fitted: passes of codebook refinement by block
   // coordinate descent (each codeword := mean over its training vectors of
   // x minus the other stages' codewords, stage after stage), each pass
@@ -57,6 +56,14 @@ struct RvqParams {
   // Fit uses at most this many of the given vectors (a deterministic random
   // subset); 0 = all of them.
   int64_t max_training_points = 0;
+};
+
+struct RvqParams {
+  int dim = 0;     // vector length, 1..65535
+  int stages = 0;  // 1..4096
+  int bits = 8;    // bits per stage index, 1..16 (K = 2^bits)
+
+  RvqTraining training;
   uint64_t seed = 0x5eed;
 
   // Encode(): 1 = greedy; B > 1 = beam search keeping the B best partial

@@ -42,12 +42,7 @@ RvqParams TrainParams(const VqConfig& c, int dim, int stages, int bits,
   p.dim = dim;
   p.stages = stages;
   p.bits = bits;
-  p.kmeans_iterations = c.kmeans_iterations;
-  p.max_points_per_centroid = c.max_points_per_centroid;
-  p.seeding_points_per_centroid = c.seeding_points_per_centroid;
-  p.kmeanspp_seeding = c.kmeanspp_seeding;
-  p.refine_passes = c.refine_passes;
-  p.max_training_points = c.max_training_points;
+  p.training = c.training;
   p.seed = seed;
   p.beam_width = c.beam_width;
   return p;

@@ -61,16 +61,12 @@ struct VqConfig {
   // greedy and beam encoders share blocks.
   int beam_width = 1;
 
-  // Training parameters (kernels/rvq.h, docs/CODEC.md). Defaults: shared
-  // seeding, 2 Lloyd iterations on up to 128 points per centroid, no
-  // refinement: on synthetic KV-like data this matches or beats faiss's
-  // ResidualQuantizer error in about half its fit time (bench/codec_bench).
-  int kmeans_iterations = 2;
-  int max_points_per_centroid = 128;
-  int seeding_points_per_centroid = 4;  // only with kmeanspp_seeding
-  bool kmeanspp_seeding = false;
-  int refine_passes = 0;
-  int64_t max_training_points = 0;  // per quantizer; 0 = all given vectors
+  // How each quantizer is fitted (kernels/rvq.h; max_training_points is per
+  // quantizer). The defaults, shared seeding and 2 Lloyd iterations on up to
+  // 128 points per centroid without refinement, match or beat faiss's
+  // ResidualQuantizer error on synthetic KV-like data in about half its fit
+  // time (bench/codec_bench).
+  RvqTraining training;
 };
 
 class VqCodec : public Codec {

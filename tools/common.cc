@@ -97,12 +97,14 @@ void AddCodecFlags(CLI::App* app, CodecFlags* f) {
   app->add_flag("--per-head", f->per_head, "one codebook per KV head");
   app->add_option("--keys", f->keys, "code keys pre or post RoPE")
       ->capture_default_str();
-  app->add_option("--kmeans-iters", f->kmeans_iters, "Lloyd iterations")
+  app->add_option("--kmeans-iters", f->training.kmeans_iterations,
+                  "Lloyd iterations")
       ->capture_default_str();
-  app->add_option("--max-points-per-centroid", f->max_points_per_centroid,
+  app->add_option("--max-points-per-centroid",
+                  f->training.max_points_per_centroid,
                   "k-means training sample per centroid")
       ->capture_default_str();
-  app->add_option("--max-training-points", f->max_training_points,
+  app->add_option("--max-training-points", f->training.max_training_points,
                   "cap on training vectors per quantizer (0 = all)");
 }
 
@@ -135,9 +137,7 @@ absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& f) {
   }
   c.keys_post_rope = f.keys == "post";
   c.beam_width = f.beam_width;
-  c.kmeans_iterations = f.kmeans_iters;
-  c.max_points_per_centroid = f.max_points_per_centroid;
-  c.max_training_points = f.max_training_points;
+  c.training = f.training;
   return c;
 }
 

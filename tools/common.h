@@ -59,12 +59,11 @@ struct CodecFlags {
   bool per_head = false;
   std::string keys = "post";  // pre | post (RoPE)
   int beam_width = 1;
-  // Cheaper than VqConfig's training defaults (6 iterations, 32 points per
-  // centroid): the paper rate for SmolLM2's 30 layers then fits in 2.5 CPU
-  // minutes (docs/FIDELITY.md), within +3% perplexity of fp16.
-  int kmeans_iters = 4;
-  int max_points_per_centroid = 8;
-  int64_t max_training_points = 0;
+  // Training: 4 Lloyd iterations on up to 8 points per centroid, cheaper
+  // than RvqTraining's defaults (2 iterations on up to 128): the paper rate
+  // for SmolLM2's 30 layers then fits in 2.5 CPU minutes (docs/FIDELITY.md),
+  // within +3% perplexity of fp16.
+  RvqTraining training = {.kmeans_iterations = 4, .max_points_per_centroid = 8};
 };
 void AddCodecFlags(CLI::App* app, CodecFlags* flags);
 absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& flags);

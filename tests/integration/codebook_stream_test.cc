@@ -52,7 +52,7 @@ testing::FittedVq LargeVq() {
   cfg.key_bits = 10;
   cfg.value_stages = 16;
   cfg.value_bits = 10;
-  cfg.kmeans_iterations = 1;
+  cfg.training.kmeans_iterations = 1;
   auto c = VqCodec::Create(layout, cfg);
   EXPECT_TRUE(c.ok()) << c.status();
   const int64_t tokens = 1024;

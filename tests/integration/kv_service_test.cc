@@ -822,7 +822,7 @@ std::unique_ptr<VqCodec> TinyVqCodec() {
   cfg.key_bits = 4;
   cfg.value_stages = 1;
   cfg.value_bits = 4;
-  cfg.kmeans_iterations = 2;
+  cfg.training.kmeans_iterations = 2;
   auto codec = VqCodec::Create(kLayout, cfg);
   EXPECT_TRUE(codec.ok()) << codec.status();
   const int tokens = 128;

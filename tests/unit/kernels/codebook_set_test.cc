@@ -37,7 +37,7 @@ CodebookSet FittedSet(const CodebookConfig& c, uint64_t seed) {
         p.stages = c.key_group_stages[g];
         p.bits = c.key_bits;
         p.seed = seed + l * 10 + s;
-        p.kmeans_iterations = 2;
+        p.training.kmeans_iterations = 2;
         const std::vector<float> x =
             testing::KeyLikeVectors(200, p.dim, p.seed);
         ResidualQuantizer q;
@@ -49,7 +49,7 @@ CodebookSet FittedSet(const CodebookConfig& c, uint64_t seed) {
       p.stages = c.value_stages;
       p.bits = c.value_bits;
       p.seed = seed + 100 + l;
-      p.kmeans_iterations = 2;
+      p.training.kmeans_iterations = 2;
       const std::vector<float> x = testing::KeyLikeVectors(200, p.dim, p.seed);
       ResidualQuantizer q;
       EXPECT_TRUE(q.Fit(p, x.data(), 200).ok());

@@ -16,7 +16,7 @@ RvqParams Small(int dim, int stages, int bits) {
   p.dim = dim;
   p.stages = stages;
   p.bits = bits;
-  p.kmeans_iterations = 6;
+  p.training.kmeans_iterations = 6;
   p.seed = 7;
   return p;
 }
@@ -175,10 +175,10 @@ TEST(RvqTest, ProgressReportsEveryStage) {
 TEST(RvqTest, TrainingSubsetIsUsed) {
   const std::vector<float> x = testing::KeyLikeVectors(5000, 4, 1);
   RvqParams p = Small(4, 2, 4);
-  p.max_training_points = 300;
+  p.training.max_training_points = 300;
   ResidualQuantizer a, b;
   ASSERT_TRUE(a.Fit(p, x.data(), 5000).ok());
-  p.max_training_points = 0;
+  p.training.max_training_points = 0;
   ASSERT_TRUE(b.Fit(p, x.data(), 5000).ok());
   EXPECT_NE(a.codebooks(), b.codebooks());
   EXPECT_LT(RoundTripMse(a, x), 0.5);
@@ -200,7 +200,7 @@ TEST(RvqTest, RefinementNeverIncreasesTrainingError) {
     RvqParams p = Small(8, 4, 6);
     ResidualQuantizer plain, refined;
     ASSERT_TRUE(plain.Fit(p, x.data(), 4000).ok());
-    p.refine_passes = passes;
+    p.training.refine_passes = passes;
     ASSERT_TRUE(refined.Fit(p, x.data(), 4000).ok());
     EXPECT_LE(refined.training_mse(), plain.training_mse() * (1 + 1e-6))
         << passes << " passes";
@@ -211,7 +211,7 @@ TEST(RvqTest, RefinementNeverIncreasesTrainingError) {
 TEST(RvqTest, RefinementIsDeterministicAndReportsEveryStage) {
   const std::vector<float> x = testing::KeyLikeVectors(2000, 4, 7);
   RvqParams p = Small(4, 3, 4);
-  p.refine_passes = 2;
+  p.training.refine_passes = 2;
   std::vector<int64_t> done;
   ResidualQuantizer a, b;
   ASSERT_TRUE(a.Fit(p, x.data(), 2000, [&](const FitProgress& f) {
@@ -228,7 +228,7 @@ TEST(RvqTest, BothSeedingsAreDeterministicAndDiffer) {
   ResidualQuantizer shared_a, shared_b, pp_a, pp_b;
   ASSERT_TRUE(shared_a.Fit(p, x.data(), 3000).ok());
   ASSERT_TRUE(shared_b.Fit(p, x.data(), 3000).ok());
-  p.kmeanspp_seeding = true;
+  p.training.kmeanspp_seeding = true;
   ASSERT_TRUE(pp_a.Fit(p, x.data(), 3000).ok());
   ASSERT_TRUE(pp_b.Fit(p, x.data(), 3000).ok());
   EXPECT_EQ(shared_a.codebooks(), shared_b.codebooks());
@@ -243,7 +243,7 @@ TEST(RvqTest, SubsampledKMeansStillAssignsEveryVector) {
   // encoding.
   const std::vector<float> x = testing::KeyLikeVectors(2000, 8, 9);
   RvqParams p = Small(8, 3, 5);
-  p.max_points_per_centroid = 8;
+  p.training.max_points_per_centroid = 8;
   ResidualQuantizer q;
   ASSERT_TRUE(q.Fit(p, x.data(), 2000).ok());
   EXPECT_NEAR(q.training_mse(), RoundTripMse(q, x), 1e-4);
@@ -252,9 +252,9 @@ TEST(RvqTest, SubsampledKMeansStillAssignsEveryVector) {
 
 TEST(RvqTest, RejectsBadRefinePasses) {
   RvqParams p = Small(4, 2, 3);
-  p.refine_passes = -1;
+  p.training.refine_passes = -1;
   EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
-  p.refine_passes = 101;
+  p.training.refine_passes = 101;
   EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 

@@ -114,7 +114,7 @@ VqConfig SmallConfig() {
   cfg.key_bits = 6;
   cfg.value_stages = 3;
   cfg.value_bits = 5;
-  cfg.kmeans_iterations = 4;
+  cfg.training.kmeans_iterations = 4;
   return cfg;
 }
 
