@@ -1,7 +1,6 @@
 #include "kernels/block.h"
 
 #include <cstring>
-#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/fp16.h"
@@ -42,9 +41,9 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
                                                  const BlockOptions& options) {
   const KvLayout& layout = codec.layout();
   if (absl::Status s = layout.Validate(); !s.ok()) return s;
-  if (tokens < 1 || tokens > std::numeric_limits<uint32_t>::max()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a block holds 1..2^32-1 tokens, got ", tokens));
+  if (tokens < 1 || tokens > kMaxCodecTokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a block holds 1..", kMaxCodecTokens, " tokens, got ", tokens));
   }
   if (options.fp16_tokens < 0 || options.fp16_tokens > tokens) {
     return absl::InvalidArgumentError(absl::StrCat(

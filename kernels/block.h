@@ -27,7 +27,7 @@ struct BlockOptions {
 
 // Encodes `tokens` tokens (keys/values float32 [layer][token][kv_head][dim]
 // in codec.layout()) into a sealed block.
-// Errors: kInvalidArgument for tokens outside 1..2^32-1 or fp16_tokens
+// Errors: kInvalidArgument for tokens outside 1..kMaxCodecTokens or fp16_tokens
 // outside 0..tokens; whatever codec.Encode returns.
 absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
                                                  const float* keys,

@@ -21,6 +21,11 @@
 
 namespace vqkv {
 
+// Largest token count one Encode, Decode or EncodedBytes call accepts, for
+// every codec: what the u32 token field of a block header holds
+// (kernels/block_format.h). Byte counts derived from it fit in int64.
+inline constexpr int64_t kMaxCodecTokens = int64_t{0xFFFFFFFF};
+
 // Shape of one model's KV cache.
 struct KvLayout {
   int layers = 0;
@@ -82,7 +87,8 @@ class Codec {
   // 1 - bits / 16: the paper's compression ratio against fp16.
   double CompressionRatio() const { return 1.0 - BitsPerElement() / 16.0; }
 
-  // Exact payload size in bytes for `tokens` tokens.
+  // Exact payload size in bytes for `tokens` tokens (0 outside
+  // 0..kMaxCodecTokens).
   virtual size_t EncodedBytes(int64_t tokens) const = 0;
 
   // Learns the codec's state from a sample of `tokens` tokens in the layout

@@ -226,7 +226,7 @@ double VqCodec::ValueBitsPerElement() const {
 }
 
 size_t VqCodec::EncodedBytes(int64_t tokens) const {
-  if (tokens <= 0) return 0;
+  if (tokens <= 0 || tokens > kMaxCodecTokens) return 0;
   const CodebookConfig& c = set_.config();
   const int64_t vectors = tokens * layout_.layers * layout_.kv_heads;
   return PackedBytes(vectors * c.key_stages(), c.key_bits) +
@@ -344,10 +344,10 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
         "VqCodec::Encode before every layer was fitted");
   }
   if (keys == nullptr || values == nullptr || out == nullptr || tokens < 1 ||
-      tokens > (int64_t{1} << 32)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "VqCodec::Encode needs non-null buffers and 1..2^32 tokens, got ",
-        tokens));
+      tokens > kMaxCodecTokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("VqCodec::Encode needs non-null buffers and 1..",
+                     kMaxCodecTokens, " tokens, got ", tokens));
   }
   const size_t need = EncodedBytes(tokens);
   if (out_bytes < need) {
@@ -425,10 +425,10 @@ absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
         "VqCodec::Decode before every layer was fitted");
   }
   if (in == nullptr || keys == nullptr || values == nullptr || tokens < 1 ||
-      tokens > (int64_t{1} << 32)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "VqCodec::Decode needs non-null buffers and 1..2^32 tokens, got ",
-        tokens));
+      tokens > kMaxCodecTokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("VqCodec::Decode needs non-null buffers and 1..",
+                     kMaxCodecTokens, " tokens, got ", tokens));
   }
   if (in_bytes != EncodedBytes(tokens)) {
     return absl::InvalidArgumentError(

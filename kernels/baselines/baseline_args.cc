@@ -6,9 +6,9 @@ namespace vqkv::baselines_internal {
 
 absl::Status CheckTensorArgs(const char* what, const void* keys,
                              const void* values, int64_t tokens) {
-  if (tokens < 1 || tokens > kMaxTokens) {
+  if (tokens < 1 || tokens > kMaxCodecTokens) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what, ": tokens must be in 1..", kMaxTokens, ", got ", tokens));
+        what, ": tokens must be in 1..", kMaxCodecTokens, ", got ", tokens));
   }
   if (keys == nullptr || values == nullptr) {
     return absl::InvalidArgumentError(

@@ -10,12 +10,8 @@
 
 namespace vqkv::baselines_internal {
 
-// Largest token count a baseline accepts, so that every byte count derived
-// from it fits comfortably in int64 and size_t.
-inline constexpr int64_t kMaxTokens = int64_t{1} << 31;
-
-// kInvalidArgument unless 1 <= tokens <= kMaxTokens and the two pointers are
-// non-null. `what` names the call in the message.
+// kInvalidArgument unless 1 <= tokens <= kMaxCodecTokens and the two pointers
+// are non-null. `what` names the call in the message.
 absl::Status CheckTensorArgs(const char* what, const void* keys,
                              const void* values, int64_t tokens);
 

@@ -9,7 +9,6 @@
 namespace vqkv {
 
 using baselines_internal::CheckTensorArgs;
-using baselines_internal::kMaxTokens;
 
 absl::StatusOr<std::unique_ptr<Fp16Codec>> Fp16Codec::Create(
     const KvLayout& layout) {
@@ -18,7 +17,7 @@ absl::StatusOr<std::unique_ptr<Fp16Codec>> Fp16Codec::Create(
 }
 
 size_t Fp16Codec::EncodedBytes(int64_t tokens) const {
-  if (tokens < 0 || tokens > kMaxTokens) return 0;
+  if (tokens < 0 || tokens > kMaxCodecTokens) return 0;
   return static_cast<size_t>(tokens * layout_.ElementsPerToken()) * 2 * 2;
 }
 

@@ -14,7 +14,6 @@ namespace vqkv {
 namespace {
 
 using baselines_internal::CheckTensorArgs;
-using baselines_internal::kMaxTokens;
 
 constexpr float kHalfMax = 65504.0f;
 
@@ -111,7 +110,7 @@ double KiviCodec::ValueBitsPerElement() const {
 }
 
 size_t KiviCodec::EncodedBytes(int64_t tokens) const {
-  if (tokens < 0 || tokens > kMaxTokens) return 0;
+  if (tokens < 0 || tokens > kMaxCodecTokens) return 0;
   const int64_t L = layout_.layers, H = layout_.kv_heads, D = layout_.head_dim;
   const int64_t key_params = L * KeyGroups(tokens) * H * D * 4;
   const int64_t value_params = L * tokens * H * ValueGroupsPerVector() * 4;
