@@ -17,6 +17,32 @@ const char* KeySplitName(KeySplit split) {
   return "unknown";
 }
 
+const char* KeySplitNames() {
+  return "none, rope (= rope-adjacent = rope_adjacent_pairs, the GGUF "
+         "layout), rope-half (= rope_half_rotate)";
+}
+
+absl::StatusOr<KeySplit> ParseKeySplit(absl::string_view name) {
+  struct Alias {
+    absl::string_view name;
+    KeySplit split;
+  };
+  static constexpr Alias kAliases[] = {
+      {"rope", KeySplit::kRopeAdjacentPairs},
+      {"rope-adjacent", KeySplit::kRopeAdjacentPairs},
+      {"rope-half", KeySplit::kRopeHalfRotate},
+  };
+  for (KeySplit s : {KeySplit::kNone, KeySplit::kRopeAdjacentPairs,
+                     KeySplit::kRopeHalfRotate}) {
+    if (name == KeySplitName(s)) return s;
+  }
+  for (const Alias& a : kAliases) {
+    if (name == a.name) return a.split;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown key split '", name, "': use ", KeySplitNames()));
+}
+
 absl::StatusOr<std::vector<std::vector<int>>> KeyGroupDims(KeySplit split,
                                                            int head_dim) {
   if (head_dim < 1) {

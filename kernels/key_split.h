@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace vqkv {
 
@@ -22,7 +23,19 @@ enum class KeySplit : uint8_t {
   // [0, D/4) and [D/2, 3D/4); the rest is the low-frequency group.
   kRopeHalfRotate = 2,
 };
+// The canonical name, used in codec descriptors and error messages:
+// "none", "rope_adjacent_pairs", "rope_half_rotate".
 const char* KeySplitName(KeySplit split);
+
+// The split named `name`: a canonical name, or one of the command line's
+// short forms "rope" and "rope-adjacent" (kRopeAdjacentPairs) and
+// "rope-half" (kRopeHalfRotate). Errors: kInvalidArgument listing the
+// accepted names (KeySplitNames()).
+absl::StatusOr<KeySplit> ParseKeySplit(absl::string_view name);
+
+// "none, rope (= rope-adjacent = rope_adjacent_pairs, the GGUF layout),
+// rope-half (= rope_half_rotate)", for help texts and errors.
+const char* KeySplitNames();
 
 // The dimensions of each group, in increasing order; one group for kNone,
 // two (high frequency first) otherwise.

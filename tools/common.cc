@@ -14,6 +14,7 @@
 #include "base/status_macros.h"
 #include "kernels/codebook_set.h"
 #include "kernels/codec_factory.h"
+#include "kernels/key_split.h"
 
 namespace vqkv::tools {
 
@@ -86,8 +87,7 @@ void AddCodecFlags(CLI::App* app, CodecFlags* f) {
                   "RVQ stages for values (0 = paper rate: head_dim*16/128)");
   app->add_option("--value-bits", f->value_bits, "bits per value code");
   app->add_option("--key-split", f->key_split,
-                  "key dimension groups: none, rope (= rope-adjacent, the "
-                  "GGUF layout) or rope-half")
+                  absl::StrCat("key dimension groups: ", KeySplitNames()))
       ->capture_default_str();
   app->add_option("--key-group-stages", f->key_group_stages,
                   "stages of the high- and low-frequency key groups "
@@ -114,18 +114,12 @@ absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& f) {
   c.key_bits = f.key_bits;
   c.value_stages = f.value_stages;
   c.value_bits = f.value_bits;
-  if (f.key_split == "none") {
-    c.key_split = KeySplit::kNone;
-  } else if (f.key_split == "rope" || f.key_split == "rope-adjacent") {
-    c.key_split = KeySplit::kRopeAdjacentPairs;
-  } else if (f.key_split == "rope-half") {
-    c.key_split = KeySplit::kRopeHalfRotate;
-  } else {
+  absl::StatusOr<KeySplit> split = ParseKeySplit(f.key_split);
+  if (!split.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--key-split must be none, rope, rope-adjacent or "
-                     "rope-half, not '",
-                     f.key_split, "'"));
+        absl::StrCat("--key-split: ", split.status().message()));
   }
+  c.key_split = *split;
   if (f.key_group_stages.size() == 2) {
     c.key_group_stages[0] = f.key_group_stages[0];
     c.key_group_stages[1] = f.key_group_stages[1];

@@ -54,7 +54,7 @@ struct CodecFlags {
   int key_bits = 10;
   int value_stages = 0;
   int value_bits = 9;
-  std::string key_split = "rope";     // none | rope | rope-adjacent | rope-half
+  std::string key_split = "rope";     // ParseKeySplit (kernels/key_split.h)
   std::vector<int> key_group_stages;  // empty = proportional
   bool per_head = false;
   std::string keys = "post";  // pre | post (RoPE)
