@@ -43,7 +43,7 @@ timeout 240 cmake --build "$BUILD_DIR" -j "$JOBS" \
 
 status=0
 log "CUDA kernels vs CPU reference"
-VQKV_REQUIRE_GPU=1 timeout 120 "$BUILD_DIR/tests/unit/cuda/rvq_cuda_test" \
+VQKV_REQUIRE_GPU=1 timeout 120 "$BUILD_DIR/tests/unit/kernels/cuda/rvq_cuda_test" \
   --gtest_output="xml:$RESULTS/rvq_cuda_test.xml" \
   >"$RESULTS/rvq_cuda_test.log" 2>&1 || status=1
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests? ran" "$RESULTS/rvq_cuda_test.log" |

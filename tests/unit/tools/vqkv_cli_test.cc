@@ -17,7 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "gguf_writer.h"
+#include "tests/unit/model/gguf_writer.h"
 #include "gtest/gtest.h"
 #include "kernels/vq_codec.h"
 #include "tests/unit/tools/cli_test_base.h"
