@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the whole test suite (this is what CI runs), then
-# the sanitizer pass: the client and storage unit tests (threads, buffers and
+# the sanitizer pass: the base, client and storage unit tests (threads, buffers and
 # wire bytes) under ASan + UBSan in build-asan/. scripts/sanitize.sh alone
 # runs the whole suite sanitized.
 set -euo pipefail
