@@ -29,6 +29,52 @@ uint32_t HeaderTokens(const std::string& block) {
   return h.tokens;
 }
 
+// A PutBlocks message's blocks, checked before any is stored: 1 to
+// kMaxBlocksPerMessage of them, each with a valid hash that appears once and
+// a block valid for `ns`. Returns the parsed hashes.
+absl::StatusOr<std::vector<storage::BlockHash>> ValidatePutBatch(
+    const v1::Namespace& ns, const v1::PutBlocksRequest& req) {
+  const int n = req.blocks_size();
+  if (n == 0) return absl::InvalidArgumentError("blocks must not be empty");
+  if (static_cast<size_t>(n) > kMaxBlocksPerMessage) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "at most ", kMaxBlocksPerMessage, " blocks per message, got ", n));
+  }
+  std::vector<storage::BlockHash> hashes;
+  hashes.reserve(n);
+  absl::flat_hash_set<storage::BlockHash> seen;
+  seen.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    const v1::Block& b = req.blocks(i);
+    VQKV_ASSIGN_OR_RETURN(storage::BlockHash h,
+                          ParseBlockHash(b.hash(), "blocks.hash", i));
+    if (!seen.insert(h).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "blocks[", i, "]: hash ", h.ToHex(), " appears twice in the batch"));
+    }
+    VQKV_RETURN_IF_ERROR(ValidateBlock(ns, b.data(), i).status());
+    hashes.push_back(h);
+  }
+  return hashes;
+}
+
+// The unary PutBlocks rule: when every block failed with one code (not
+// ALREADY_EXISTS), the call fails with it; OK otherwise.
+absl::Status AllFailedTheSame(const std::vector<absl::Status>& results) {
+  const absl::Status& first = results[0];
+  for (const absl::Status& s : results) {
+    if (s.ok() || s.code() == absl::StatusCode::kAlreadyExists ||
+        s.code() != first.code()) {
+      return absl::OkStatus();
+    }
+  }
+  return absl::Status(
+      first.code(),
+      absl::StrCat("no block stored: all ", results.size(), " failed with ",
+                   absl::StatusCodeToString(first.code()),
+                   "; first: ", first.message()));
+}
+
 }  // namespace
 
 uint64_t BlockDataBuilder::EntryBytes(const Got& got) {
@@ -102,28 +148,10 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
                                          const v1::PutBlocksRequest& req,
                                          bool fail_if_all_failed,
                                          v1::PutBlocksResponse* resp) {
-  const int n = req.blocks_size();
-  if (n == 0) return absl::InvalidArgumentError("blocks must not be empty");
-  if (static_cast<size_t>(n) > kMaxBlocksPerMessage) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "at most ", kMaxBlocksPerMessage, " blocks per message, got ", n));
-  }
   // Validate everything before storing anything.
-  std::vector<storage::BlockHash> hashes;
-  hashes.reserve(n);
-  absl::flat_hash_set<storage::BlockHash> seen;
-  seen.reserve(n);
-  for (int i = 0; i < n; ++i) {
-    const v1::Block& b = req.blocks(i);
-    VQKV_ASSIGN_OR_RETURN(storage::BlockHash h,
-                          ParseBlockHash(b.hash(), "blocks.hash", i));
-    if (!seen.insert(h).second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "blocks[", i, "]: hash ", h.ToHex(), " appears twice in the batch"));
-    }
-    VQKV_RETURN_IF_ERROR(ValidateBlock(ns, b.data(), i).status());
-    hashes.push_back(h);
-  }
+  VQKV_ASSIGN_OR_RETURN(const std::vector<storage::BlockHash> hashes,
+                        ValidatePutBatch(ns, req));
+  const int n = req.blocks_size();
   // Blocks already held are reported as ALREADY_EXISTS and not re-put.
   const storage::LookupResult present = store_->Lookup(tenant, ns_id, hashes);
   std::vector<absl::Status> results(n, absl::OkStatus());
@@ -151,27 +179,14 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
   }
   uint32_t stored = 0;
   uint64_t stored_bytes = 0;
-  bool all_same_failure = true;
   for (int i = 0; i < n; ++i) {
-    const absl::Status& s = results[i];
-    if (s.ok()) {
-      ++stored;
-      stored_bytes += req.blocks(i).data().size();
-    }
-    if (s.ok() || s.code() == absl::StatusCode::kAlreadyExists ||
-        s.code() != results[0].code()) {
-      all_same_failure = false;
-    }
+    if (!results[i].ok()) continue;
+    ++stored;
+    stored_bytes += req.blocks(i).data().size();
   }
   metrics_->AddBlocksStored(stored);
   metrics_->AddBytesReceived(stored_bytes);
-  if (fail_if_all_failed && all_same_failure) {
-    return absl::Status(
-        results[0].code(),
-        absl::StrCat("no block stored: all ", n, " failed with ",
-                     absl::StatusCodeToString(results[0].code()),
-                     "; first: ", results[0].message()));
-  }
+  if (fail_if_all_failed) VQKV_RETURN_IF_ERROR(AllFailedTheSame(results));
   resp->mutable_results()->Reserve(resp->results_size() + n);
   for (const absl::Status& s : results) {
     v1::PutResult* r = resp->add_results();

@@ -183,6 +183,103 @@ absl::Status ApplyYamlNode(const YAML::Node& root, absl::string_view origin,
   return absl::OkStatus();
 }
 
+// The command line's values, as given, before they apply over the config
+// file (only the flags given do).
+struct Flags {
+  std::string config_file, listen, data_dir, memory, disk, durability,
+      write_policy, metrics_listen, tokens_file, tls_cert, tls_key, max_message,
+      ttl;
+  int workers = 0;
+  uint64_t max_lease_ms = 0;
+};
+
+// Declares the flags; the help texts show the defaults of ServerConfig.
+void AddFlags(CLI::App* app, Flags* f) {
+  const ServerConfig defaults;
+  app->add_option("--config", f->config_file,
+                  "YAML config file (flags override)");
+  app->add_option("--listen", f->listen,
+                  "gRPC host:port (port 0 = any free port)");
+  app->add_option("--data-dir", f->data_dir, "RocksDB directory");
+  app->add_option("--memory-bytes", f->memory,
+                  absl::StrCat("memory tier budget, e.g. 1GiB (default ",
+                               BytesText(defaults.store.memory_bytes), ")"));
+  app->add_option("--disk-bytes", f->disk,
+                  absl::StrCat("disk tier budget, positive (default ",
+                               BytesText(defaults.store.disk_bytes), ")"));
+  app->add_option("--durability", f->durability,
+                  "async (default) or sync (fsync'd WAL before acknowledging)");
+  app->add_option("--write-policy", f->write_policy,
+                  "spill (default: memory evictions go to disk) or "
+                  "write_through (every put also goes to disk)");
+  app->add_option("--metrics-listen", f->metrics_listen,
+                  "HTTP host:port for /metrics and /healthz (default off)");
+  app->add_option("--tokens-file", f->tokens_file,
+                  "bearer tokens: YAML, 'token tenant' lines, or a directory "
+                  "(Kubernetes Secret) of files named by tenant; default: "
+                  "auth off");
+  app->add_option("--tls-cert", f->tls_cert, "PEM certificate chain");
+  app->add_option("--tls-key", f->tls_key, "PEM private key");
+  app->add_option(
+      "--max-message-bytes", f->max_message,
+      absl::StrCat("largest gRPC message (default ",
+                   BytesText(defaults.service.max_message_bytes), ")"));
+  app->add_option("--ttl-seconds", f->ttl,
+                  "expire blocks after N seconds (0 = never)");
+  app->add_option("--workers", f->workers,
+                  "storage worker threads (0 = max(8, 2 x hardware threads))");
+  app->add_option(
+      "--max-lease-ms", f->max_lease_ms,
+      absl::StrCat("cap on a Lookup's lease_ms (default ",
+                   absl::ToInt64Milliseconds(defaults.service.max_lease),
+                   "; 0 = no leases)"));
+}
+
+// Applies the flags given on the command line over `c`.
+absl::Status ApplyFlags(const CLI::App& app, const Flags& f, ServerConfig* c) {
+  // A byte-size flag, when given.
+  auto set_bytes = [&](const char* flag, const std::string& v,
+                       uint64_t* out) -> absl::Status {
+    if (app.count(flag) == 0) return absl::OkStatus();
+    auto b = ParseBytes(v);
+    if (!b.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, ": ", b.status().message()));
+    }
+    *out = *b;
+    return absl::OkStatus();
+  };
+  if (app.count("--listen")) c->listen = f.listen;
+  if (app.count("--data-dir")) c->store.data_dir = f.data_dir;
+  if (app.count("--metrics-listen")) c->metrics_listen = f.metrics_listen;
+  if (app.count("--tokens-file")) c->tokens_file = f.tokens_file;
+  if (app.count("--tls-cert")) c->tls_cert = f.tls_cert;
+  if (app.count("--tls-key")) c->tls_key = f.tls_key;
+  if (app.count("--workers")) c->service.workers = f.workers;
+  if (app.count("--max-lease-ms")) {
+    c->service.max_lease = LeaseFromMs(f.max_lease_ms);
+  }
+  if (app.count("--durability")) {
+    VQKV_ASSIGN_OR_RETURN(c->store.durability,
+                          storage::ParseDurability(f.durability));
+  }
+  if (app.count("--write-policy")) {
+    VQKV_ASSIGN_OR_RETURN(c->store.write_policy,
+                          storage::ParseWritePolicy(f.write_policy));
+  }
+  VQKV_RETURN_IF_ERROR(
+      set_bytes("--memory-bytes", f.memory, &c->store.memory_bytes));
+  VQKV_RETURN_IF_ERROR(set_bytes("--disk-bytes", f.disk, &c->store.disk_bytes));
+  VQKV_RETURN_IF_ERROR(set_bytes("--max-message-bytes", f.max_message,
+                                 &c->service.max_message_bytes));
+  if (app.count("--ttl-seconds")) {
+    uint64_t seconds = 0;
+    VQKV_RETURN_IF_ERROR(set_bytes("--ttl-seconds", f.ttl, &seconds));
+    c->store.ttl = TtlFromSeconds(seconds);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 storage::TieredStoreOptions ServerConfig::DefaultStoreOptions() {
@@ -309,47 +406,8 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
       "vqkv-server: the vqkv KV-cache service (gRPC, memory + RocksDB "
       "tiers).\nWith no arguments: listens on 127.0.0.1:50051, stores under "
       "./vqkv-data, auth off."};
-  const ServerConfig defaults;
-  std::string config_file, listen, data_dir, memory, disk, durability,
-      write_policy, metrics_listen, tokens_file, tls_cert, tls_key, max_message,
-      ttl;
-  int workers = 0;
-  uint64_t max_lease_ms = 0;
-  app.add_option("--config", config_file, "YAML config file (flags override)");
-  app.add_option("--listen", listen, "gRPC host:port (port 0 = any free port)");
-  app.add_option("--data-dir", data_dir, "RocksDB directory");
-  app.add_option("--memory-bytes", memory,
-                 absl::StrCat("memory tier budget, e.g. 1GiB (default ",
-                              BytesText(defaults.store.memory_bytes), ")"));
-  app.add_option("--disk-bytes", disk,
-                 absl::StrCat("disk tier budget, positive (default ",
-                              BytesText(defaults.store.disk_bytes), ")"));
-  app.add_option("--durability", durability,
-                 "async (default) or sync (fsync'd WAL before acknowledging)");
-  app.add_option("--write-policy", write_policy,
-                 "spill (default: memory evictions go to disk) or "
-                 "write_through (every put also goes to disk)");
-  app.add_option("--metrics-listen", metrics_listen,
-                 "HTTP host:port for /metrics and /healthz (default off)");
-  app.add_option("--tokens-file", tokens_file,
-                 "bearer tokens: YAML, 'token tenant' lines, or a directory "
-                 "(Kubernetes Secret) of files named by tenant; default: "
-                 "auth off");
-  app.add_option("--tls-cert", tls_cert, "PEM certificate chain");
-  app.add_option("--tls-key", tls_key, "PEM private key");
-  app.add_option(
-      "--max-message-bytes", max_message,
-      absl::StrCat("largest gRPC message (default ",
-                   BytesText(defaults.service.max_message_bytes), ")"));
-  app.add_option("--ttl-seconds", ttl,
-                 "expire blocks after N seconds (0 = never)");
-  app.add_option("--workers", workers,
-                 "storage worker threads (0 = max(8, 2 x hardware threads))");
-  app.add_option(
-      "--max-lease-ms", max_lease_ms,
-      absl::StrCat("cap on a Lookup's lease_ms (default ",
-                   absl::ToInt64Milliseconds(defaults.service.max_lease),
-                   "; 0 = no leases)"));
+  Flags flags;
+  AddFlags(&app, &flags);
   app.set_version_flag("--version", "vqkv-server 0.1.0");
   try {
     app.parse(argc, argv);
@@ -363,48 +421,10 @@ absl::StatusOr<ServerConfig> ParseCommandLine(int argc, char** argv,
     return absl::InvalidArgumentError(err.str().empty() ? e.what() : err.str());
   }
   ServerConfig c;
-  if (!config_file.empty()) {
-    VQKV_RETURN_IF_ERROR(ApplyYamlConfigFile(config_file, &c));
+  if (!flags.config_file.empty()) {
+    VQKV_RETURN_IF_ERROR(ApplyYamlConfigFile(flags.config_file, &c));
   }
-  // A byte-size flag, when given.
-  auto set_bytes = [&](const char* flag, const std::string& v,
-                       uint64_t* out) -> absl::Status {
-    if (app.count(flag) == 0) return absl::OkStatus();
-    auto b = ParseBytes(v);
-    if (!b.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(flag, ": ", b.status().message()));
-    }
-    *out = *b;
-    return absl::OkStatus();
-  };
-  if (app.count("--listen")) c.listen = listen;
-  if (app.count("--data-dir")) c.store.data_dir = data_dir;
-  if (app.count("--metrics-listen")) c.metrics_listen = metrics_listen;
-  if (app.count("--tokens-file")) c.tokens_file = tokens_file;
-  if (app.count("--tls-cert")) c.tls_cert = tls_cert;
-  if (app.count("--tls-key")) c.tls_key = tls_key;
-  if (app.count("--workers")) c.service.workers = workers;
-  if (app.count("--max-lease-ms"))
-    c.service.max_lease = LeaseFromMs(max_lease_ms);
-  if (app.count("--durability")) {
-    VQKV_ASSIGN_OR_RETURN(c.store.durability,
-                          storage::ParseDurability(durability));
-  }
-  if (app.count("--write-policy")) {
-    VQKV_ASSIGN_OR_RETURN(c.store.write_policy,
-                          storage::ParseWritePolicy(write_policy));
-  }
-  VQKV_RETURN_IF_ERROR(
-      set_bytes("--memory-bytes", memory, &c.store.memory_bytes));
-  VQKV_RETURN_IF_ERROR(set_bytes("--disk-bytes", disk, &c.store.disk_bytes));
-  VQKV_RETURN_IF_ERROR(set_bytes("--max-message-bytes", max_message,
-                                 &c.service.max_message_bytes));
-  if (app.count("--ttl-seconds")) {
-    uint64_t seconds = 0;
-    VQKV_RETURN_IF_ERROR(set_bytes("--ttl-seconds", ttl, &seconds));
-    c.store.ttl = TtlFromSeconds(seconds);
-  }
+  VQKV_RETURN_IF_ERROR(ApplyFlags(app, flags, &c));
   VQKV_RETURN_IF_ERROR(c.Validate());
   return c;
 }
