@@ -219,28 +219,19 @@ extern "C" {
 const char* vqkv_last_error(void) { return last_error.c_str(); }
 
 const char* vqkv_status_code_name(vqkv_status_code code) {
-  static constexpr const char* kNames[] = {
-      "OK",
-      "CANCELLED",
-      "UNKNOWN",
-      "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED",
-      "NOT_FOUND",
-      "ALREADY_EXISTS",
-      "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED",
-      "FAILED_PRECONDITION",
-      "ABORTED",
-      "OUT_OF_RANGE",
-      "UNIMPLEMENTED",
-      "INTERNAL",
-      "UNAVAILABLE",
-      "DATA_LOSS",
-      "UNAUTHENTICATED",
-  };
+  // The C codes are absl's (and gRPC's) numbers; the names are absl's.
+  static const std::vector<std::string>* const kNames = [] {
+    auto* names = new std::vector<std::string>();
+    for (int i = 0; i <= static_cast<int>(absl::StatusCode::kUnauthenticated);
+         ++i) {
+      names->push_back(
+          absl::StatusCodeToString(static_cast<absl::StatusCode>(i)));
+    }
+    return names;
+  }();
   const int i = static_cast<int>(code);
-  if (i < 0 || i >= static_cast<int>(std::size(kNames))) return "UNKNOWN_CODE";
-  return kNames[i];
+  if (i < 0 || i >= static_cast<int>(kNames->size())) return "UNKNOWN_CODE";
+  return (*kNames)[i].c_str();
 }
 
 const char* vqkv_version(void) { return VQKV_VERSION_STRING; }

@@ -1,12 +1,15 @@
 #include "kernels/vq_codec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "kernels/bitpack.h"
 
 namespace vqkv {
@@ -84,6 +87,49 @@ void Scatter(const float* in, int64_t tokens, int kv_heads, int head_dim,
       ++row;
     }
   }
+}
+
+// One quantizer's share of a block: the layer, head slot and dimensions it
+// codes, and where its stages sit among a vector's Nk key or Nv value codes.
+struct QuantizerJob {
+  const ResidualQuantizer* q;
+  int layer;
+  int slot;  // the head when per_head, else -1 (all heads)
+  const std::vector<int>* dims;
+  bool values;       // false: a key group
+  int stage_offset;  // of q's first stage within the vector's codes
+};
+
+// Calls fn for every quantizer of `set`, layer by layer, key groups before
+// values, stopping at the first error. `all_dims` is 0..head_dim-1.
+absl::Status ForEachQuantizer(
+    const CodebookSet& set, const std::vector<int>& all_dims,
+    const std::function<absl::Status(const QuantizerJob&)>& fn) {
+  const CodebookConfig& c = set.config();
+  const std::vector<std::vector<int>>& groups = set.key_group_dims();
+  for (int l = 0; l < c.layout.layers; ++l) {
+    for (int s = 0; s < c.slots_per_layer(); ++s) {
+      const int slot = c.per_head ? s : -1;
+      int stage_offset = 0;
+      for (size_t g = 0; g < groups.size(); ++g) {
+        const ResidualQuantizer& q = set.key(l, s, static_cast<int>(g));
+        VQKV_RETURN_IF_ERROR(
+            fn({&q, l, slot, &groups[g], /*values=*/false, stage_offset}));
+        stage_offset += q.stages();
+      }
+      VQKV_RETURN_IF_ERROR(
+          fn({&set.value(l, s), l, slot, &all_dims, /*values=*/true, 0}));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Index of row r of a job's gathered rows among the block's vectors
+// ([layer][token][head]).
+int64_t JobRowVectorIndex(const QuantizerJob& j, int64_t tokens, int H,
+                          int64_t r) {
+  return SlotRowVectorIndex(j.slot >= 0, j.layer, std::max(j.slot, 0), tokens,
+                            H, r);
 }
 
 }  // namespace
@@ -356,10 +402,8 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
   }
   const CodebookConfig& c = set_.config();
   const int L = layout_.layers, H = layout_.kv_heads, D = layout_.head_dim;
-  const int slots = c.slots_per_layer();
   const int64_t rows = c.per_head ? tokens : tokens * H;
   const int Nk = c.key_stages(), Nv = c.value_stages;
-  const std::vector<std::vector<int>>& groups = set_.key_group_dims();
   std::vector<int> all_dims(D);
   for (int d = 0; d < D; ++d) all_dims[d] = d;
 
@@ -369,45 +413,23 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
   std::vector<float> buf;
   std::vector<uint16_t> codes;
   const int64_t per_layer = tokens * H * D;
-  for (int l = 0; l < L; ++l) {
-    for (int s = 0; s < slots; ++s) {
-      const int slot = c.per_head ? s : -1;
-      auto vector_index = [&](int64_t r) {
-        return SlotRowVectorIndex(c.per_head, l, s, tokens, H, r);
-      };
-      int stage_offset = 0;
-      for (size_t g = 0; g < groups.size(); ++g) {
-        const ResidualQuantizer& q = set_.key(l, s, int(g));
-        const int dim = q.dim(), S = q.stages();
-        buf.resize(static_cast<size_t>(rows) * dim);
+  VQKV_RETURN_IF_ERROR(ForEachQuantizer(
+      set_, all_dims, [&](const QuantizerJob& j) -> absl::Status {
+        const int S = j.q->stages(), stride = j.values ? Nv : Nk;
+        uint16_t* all_codes = j.values ? vcodes.data() : kcodes.data();
+        buf.resize(static_cast<size_t>(rows) * j.q->dim());
         codes.resize(static_cast<size_t>(rows) * S);
-        Gather(keys + l * per_layer, tokens, H, D, slot, groups[g], buf.data());
-        if (absl::Status st = q.EncodeBeam(buf.data(), rows, config_.beam_width,
-                                           codes.data());
-            !st.ok()) {
-          return st;
-        }
+        Gather((j.values ? values : keys) + j.layer * per_layer, tokens, H, D,
+               j.slot, *j.dims, buf.data());
+        VQKV_RETURN_IF_ERROR(j.q->EncodeBeam(buf.data(), rows,
+                                             config_.beam_width, codes.data()));
         for (int64_t r = 0; r < rows; ++r) {
-          std::memcpy(kcodes.data() + vector_index(r) * Nk + stage_offset,
+          std::memcpy(all_codes + JobRowVectorIndex(j, tokens, H, r) * stride +
+                          j.stage_offset,
                       codes.data() + r * S, sizeof(uint16_t) * S);
         }
-        stage_offset += S;
-      }
-      const ResidualQuantizer& q = set_.value(l, s);
-      buf.resize(static_cast<size_t>(rows) * D);
-      codes.resize(static_cast<size_t>(rows) * Nv);
-      Gather(values + l * per_layer, tokens, H, D, slot, all_dims, buf.data());
-      if (absl::Status st =
-              q.EncodeBeam(buf.data(), rows, config_.beam_width, codes.data());
-          !st.ok()) {
-        return st;
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        std::memcpy(vcodes.data() + vector_index(r) * Nv, codes.data() + r * Nv,
-                    sizeof(uint16_t) * Nv);
-      }
-    }
-  }
+        return absl::OkStatus();
+      }));
   const size_t kbytes = PackedBytes(vectors * Nk, c.key_bits);
   if (absl::Status st =
           PackBits(kcodes.data(), vectors * Nk, c.key_bits, out, kbytes);
@@ -437,10 +459,8 @@ absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
   }
   const CodebookConfig& c = set_.config();
   const int L = layout_.layers, H = layout_.kv_heads, D = layout_.head_dim;
-  const int slots = c.slots_per_layer();
   const int64_t rows = c.per_head ? tokens : tokens * H;
   const int Nk = c.key_stages(), Nv = c.value_stages;
-  const std::vector<std::vector<int>>& groups = set_.key_group_dims();
   std::vector<int> all_dims(D);
   for (int d = 0; d < D; ++d) all_dims[d] = d;
 
@@ -461,46 +481,23 @@ absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
   std::vector<float> buf;
   std::vector<uint16_t> codes;
   const int64_t per_layer = tokens * H * D;
-  for (int l = 0; l < L; ++l) {
-    for (int s = 0; s < slots; ++s) {
-      const int slot = c.per_head ? s : -1;
-      auto vector_index = [&](int64_t r) {
-        return SlotRowVectorIndex(c.per_head, l, s, tokens, H, r);
-      };
-      int stage_offset = 0;
-      for (size_t g = 0; g < groups.size(); ++g) {
-        const ResidualQuantizer& q = set_.key(l, s, int(g));
-        const int dim = q.dim(), S = q.stages();
+  return ForEachQuantizer(
+      set_, all_dims, [&](const QuantizerJob& j) -> absl::Status {
+        const int S = j.q->stages(), stride = j.values ? Nv : Nk;
+        const uint16_t* all_codes = j.values ? vcodes.data() : kcodes.data();
         codes.resize(static_cast<size_t>(rows) * S);
-        buf.resize(static_cast<size_t>(rows) * dim);
+        buf.resize(static_cast<size_t>(rows) * j.q->dim());
         for (int64_t r = 0; r < rows; ++r) {
           std::memcpy(codes.data() + r * S,
-                      kcodes.data() + vector_index(r) * Nk + stage_offset,
+                      all_codes + JobRowVectorIndex(j, tokens, H, r) * stride +
+                          j.stage_offset,
                       sizeof(uint16_t) * S);
         }
-        if (absl::Status st = q.Decode(codes.data(), rows, buf.data());
-            !st.ok()) {
-          return st;
-        }
-        Scatter(buf.data(), tokens, H, D, slot, groups[g],
-                keys + l * per_layer);
-        stage_offset += S;
-      }
-      const ResidualQuantizer& q = set_.value(l, s);
-      codes.resize(static_cast<size_t>(rows) * Nv);
-      buf.resize(static_cast<size_t>(rows) * D);
-      for (int64_t r = 0; r < rows; ++r) {
-        std::memcpy(codes.data() + r * Nv, vcodes.data() + vector_index(r) * Nv,
-                    sizeof(uint16_t) * Nv);
-      }
-      if (absl::Status st = q.Decode(codes.data(), rows, buf.data());
-          !st.ok()) {
-        return st;
-      }
-      Scatter(buf.data(), tokens, H, D, slot, all_dims, values + l * per_layer);
-    }
-  }
-  return absl::OkStatus();
+        VQKV_RETURN_IF_ERROR(j.q->Decode(codes.data(), rows, buf.data()));
+        Scatter(buf.data(), tokens, H, D, j.slot, *j.dims,
+                (j.values ? values : keys) + j.layer * per_layer);
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace vqkv

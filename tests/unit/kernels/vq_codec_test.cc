@@ -282,5 +282,83 @@ TEST(VqCodecTest, FromSavedCodebookSet) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// The payload layout of vq_codec.h, checked against each quantizer encoding
+// its own vectors: K codes [layer][token][kv_head][group][stage], then V
+// codes [layer][token][kv_head][stage].
+TEST(VqCodecTest, PayloadLayoutIsTheDocumentedOne) {
+  for (bool per_head : {false, true}) {
+    SCOPED_TRACE(per_head ? "per head" : "shared");
+    const int L = 2, H = 2, D = 8, T = 3;
+    VqConfig cfg;
+    cfg.key_split = KeySplit::kRopeHalfRotate;
+    cfg.key_stages = 4;
+    cfg.key_group_stages[0] = 3;
+    cfg.key_group_stages[1] = 1;
+    cfg.key_bits = 3;
+    cfg.value_stages = 2;
+    cfg.value_bits = 5;
+    cfg.per_head = per_head;
+    auto codec = VqCodec::Create(KvLayout{L, H, D}, cfg);
+    ASSERT_TRUE(codec.ok()) << codec.status();
+    std::vector<float> fit_k(64 * L * H * D), fit_v(fit_k.size());
+    for (size_t i = 0; i < fit_k.size(); ++i) {
+      fit_k[i] = std::sin(0.37f * static_cast<float>(i));
+      fit_v[i] = std::cos(0.11f * static_cast<float>(i * i % 97));
+    }
+    ASSERT_TRUE((*codec)->Fit(fit_k.data(), fit_v.data(), 64, {}).ok());
+    const std::vector<float> k(fit_k.begin() + 5 * L * H * D,
+                               fit_k.begin() + (5 + T) * L * H * D);
+    const std::vector<float> v(fit_v.begin() + 9 * L * H * D,
+                               fit_v.begin() + (9 + T) * L * H * D);
+    std::vector<uint8_t> payload((*codec)->EncodedBytes(T));
+    ASSERT_TRUE(
+        (*codec)
+            ->Encode(k.data(), v.data(), T, payload.data(), payload.size())
+            .ok());
+
+    const CodebookSet& set = (*codec)->codebooks();
+    const int Nk = 4, Nv = 2;
+    const int64_t vectors = int64_t{L} * T * H;
+    std::vector<uint16_t> kc(vectors * Nk), vc(vectors * Nv);
+    const size_t kbytes = PackedBytes(vectors * Nk, 3);
+    ASSERT_TRUE(
+        UnpackBits(payload.data(), kbytes, vectors * Nk, 3, kc.data()).ok());
+    ASSERT_TRUE(UnpackBits(payload.data() + kbytes, payload.size() - kbytes,
+                           vectors * Nv, 5, vc.data())
+                    .ok());
+    for (int l = 0; l < L; ++l) {
+      for (int t = 0; t < T; ++t) {
+        for (int h = 0; h < H; ++h) {
+          const int64_t vec = (int64_t{l} * T + t) * H + h;
+          const float* kx = k.data() + vec * D;
+          const int slot = per_head ? h : 0;
+          std::vector<uint16_t> want;
+          for (size_t g = 0; g < set.key_group_dims().size(); ++g) {
+            const std::vector<int>& dims = set.key_group_dims()[g];
+            std::vector<float> x;
+            for (int d : dims) x.push_back(kx[d]);
+            const ResidualQuantizer& q = set.key(l, slot, static_cast<int>(g));
+            std::vector<uint16_t> c(q.stages());
+            ASSERT_TRUE(q.Encode(x.data(), 1, c.data()).ok());
+            want.insert(want.end(), c.begin(), c.end());
+          }
+          EXPECT_EQ(std::vector<uint16_t>(kc.begin() + vec * Nk,
+                                          kc.begin() + (vec + 1) * Nk),
+                    want)
+              << "keys of layer " << l << " token " << t << " head " << h;
+          std::vector<uint16_t> vwant(Nv);
+          ASSERT_TRUE(set.value(l, slot)
+                          .Encode(v.data() + vec * D, 1, vwant.data())
+                          .ok());
+          EXPECT_EQ(std::vector<uint16_t>(vc.begin() + vec * Nv,
+                                          vc.begin() + (vec + 1) * Nv),
+                    vwant)
+              << "values of layer " << l << " token " << t << " head " << h;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace vqkv
