@@ -7,6 +7,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
@@ -99,38 +100,41 @@ absl::Status ApplyYamlTenants(const YAML::Node& v, absl::string_view origin,
   return absl::OkStatus();
 }
 
-// yaml-cpp throws; everything below runs inside one try block.
-absl::Status ApplyYamlNode(const YAML::Node& root, absl::string_view origin,
-                           ServerConfig* c) {
-  if (!root.IsMap()) {
-    if (root.IsNull()) return absl::OkStatus();  // empty file
-    return absl::InvalidArgumentError(
-        absl::StrCat(origin, ": the top level must be a mapping"));
-  }
-  // One setter per key: it converts the value and stores it.
-  using Setter =
-      std::function<absl::Status(const YAML::Node&, const std::string&)>;
-  auto str = [origin](std::string* out) -> Setter {
+using YamlSetter =
+    std::function<absl::Status(const YAML::Node&, const std::string& key)>;
+
+// The setter of each top-level YAML key: it converts the value and stores it
+// in *c. yaml-cpp's own conversions (`as`) throw on a bad value;
+// ApplyYamlConfig catches that.
+std::map<std::string, YamlSetter> YamlSetters(absl::string_view origin,
+                                              ServerConfig* c) {
+  auto str = [origin](std::string* out) -> YamlSetter {
     return [origin, out](const YAML::Node& v, const std::string& key) {
       VQKV_ASSIGN_OR_RETURN(*out, YamlString(v, origin, key));
       return absl::OkStatus();
     };
   };
-  auto bytes = [origin](uint64_t* out) -> Setter {
+  auto bytes = [origin](uint64_t* out) -> YamlSetter {
     return [origin, out](const YAML::Node& v, const std::string& key) {
       VQKV_ASSIGN_OR_RETURN(*out, YamlBytes(v, origin, key));
       return absl::OkStatus();
     };
   };
   // A string parsed into an enum (storage::ParseDurability, ...).
-  auto parsed = [origin](auto* out, auto parse) -> Setter {
+  auto parsed = [origin](auto* out, auto parse) -> YamlSetter {
     return [origin, out, parse](const YAML::Node& v, const std::string& key) {
       VQKV_ASSIGN_OR_RETURN(const std::string text, YamlString(v, origin, key));
       VQKV_ASSIGN_OR_RETURN(*out, parse(text));
       return absl::OkStatus();
     };
   };
-  const std::map<std::string, Setter> setters = {
+  auto as = [](auto* out) -> YamlSetter {
+    return [out](const YAML::Node& v, const std::string&) {
+      *out = v.as<std::remove_pointer_t<decltype(out)>>();
+      return absl::OkStatus();
+    };
+  };
+  return {
       {"listen", str(&c->listen)},
       {"data_dir", str(&c->store.data_dir)},
       {"memory_bytes", bytes(&c->store.memory_bytes)},
@@ -144,33 +148,36 @@ absl::Status ApplyYamlNode(const YAML::Node& root, absl::string_view origin,
       {"tls_key", str(&c->tls_key)},
       {"max_message_bytes", bytes(&c->service.max_message_bytes)},
       {"ttl_seconds",
-       [&](const YAML::Node& v, const std::string& key) {
+       [origin, c](const YAML::Node& v, const std::string& key) {
          // A plain integer (ParseBytes accepts it).
          VQKV_ASSIGN_OR_RETURN(const uint64_t seconds,
                                YamlBytes(v, origin, key));
          c->store.ttl = TtlFromSeconds(seconds);
          return absl::OkStatus();
        }},
-      {"workers",
-       [&](const YAML::Node& v, const std::string&) {
-         c->service.workers = v.as<int>();
-         return absl::OkStatus();
-       }},
-      {"shutdown_grace_seconds",
-       [&](const YAML::Node& v, const std::string&) {
-         c->shutdown_grace_seconds = v.as<double>();
-         return absl::OkStatus();
-       }},
+      {"workers", as(&c->service.workers)},
+      {"shutdown_grace_seconds", as(&c->shutdown_grace_seconds)},
       {"max_lease_ms",
-       [&](const YAML::Node& v, const std::string&) {
+       [c](const YAML::Node& v, const std::string&) {
          c->service.max_lease = LeaseFromMs(v.as<uint64_t>());
          return absl::OkStatus();
        }},
       {"tenants",
-       [&](const YAML::Node& v, const std::string&) {
+       [origin, c](const YAML::Node& v, const std::string&) {
          return ApplyYamlTenants(v, origin, &c->store);
        }},
   };
+}
+
+// yaml-cpp throws; everything below runs inside one try block.
+absl::Status ApplyYamlNode(const YAML::Node& root, absl::string_view origin,
+                           ServerConfig* c) {
+  if (!root.IsMap()) {
+    if (root.IsNull()) return absl::OkStatus();  // empty file
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": the top level must be a mapping"));
+  }
+  const std::map<std::string, YamlSetter> setters = YamlSetters(origin, c);
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     auto it = setters.find(key);

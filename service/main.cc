@@ -14,6 +14,29 @@
 #include "service/config.h"
 #include "service/server.h"
 
+namespace {
+
+// One line on stderr with the settings that matter most to an operator.
+void PrintSettings(const vqkv::service::ServerConfig& config) {
+  const vqkv::storage::TieredStoreOptions& store = config.store;
+  std::fprintf(
+      stderr,
+      "vqkv-server: data_dir=%s memory_bytes=%llu disk_bytes=%llu "
+      "durability=%s write_policy=%s max_message_bytes=%llu "
+      "max_lease_ms=%lld%s\n",
+      store.data_dir.c_str(),
+      static_cast<unsigned long long>(store.memory_bytes),
+      static_cast<unsigned long long>(store.disk_bytes),
+      std::string(vqkv::storage::DurabilityName(store.durability)).c_str(),
+      std::string(vqkv::storage::WritePolicyName(store.write_policy)).c_str(),
+      static_cast<unsigned long long>(config.service.max_message_bytes),
+      static_cast<long long>(
+          absl::ToInt64Milliseconds(config.service.max_lease)),
+      config.tls_cert.empty() ? "" : " tls=on");
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   bool exit_now = false;
   auto config = vqkv::service::ParseCommandLine(argc, argv, &exit_now);
@@ -46,21 +69,7 @@ int main(int argc, char** argv) {
   }
   const std::string& listen = config->listen;
   const std::string host = listen.substr(0, listen.rfind(':'));
-  const vqkv::storage::TieredStoreOptions& store = config->store;
-  std::fprintf(
-      stderr,
-      "vqkv-server: data_dir=%s memory_bytes=%llu disk_bytes=%llu "
-      "durability=%s write_policy=%s max_message_bytes=%llu "
-      "max_lease_ms=%lld%s\n",
-      store.data_dir.c_str(),
-      static_cast<unsigned long long>(store.memory_bytes),
-      static_cast<unsigned long long>(store.disk_bytes),
-      std::string(vqkv::storage::DurabilityName(store.durability)).c_str(),
-      std::string(vqkv::storage::WritePolicyName(store.write_policy)).c_str(),
-      static_cast<unsigned long long>(config->service.max_message_bytes),
-      static_cast<long long>(
-          absl::ToInt64Milliseconds(config->service.max_lease)),
-      config->tls_cert.empty() ? "" : " tls=on");
+  PrintSettings(*config);
   if ((*server)->metrics_port() != 0) {
     const std::string& m = config->metrics_listen;
     std::printf("vqkv-server metrics on http://%s:%d/metrics\n",

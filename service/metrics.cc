@@ -98,8 +98,20 @@ std::string Metrics::Render() const {
     AppendMetricSample(&out, "vqkv_errors_total",
                        absl::StrCat("code=\"", CodeName(code), "\""), n);
   }
+  RenderLatencyLocked(&out);
+  RenderHitsLocked(&out);
+  AppendMetric(&out, "vqkv_bytes_received_total", "counter",
+               "Encoded block bytes received by puts.", bytes_received_.load());
+  AppendMetric(&out, "vqkv_bytes_sent_total", "counter",
+               "Encoded block bytes sent by gets.", bytes_sent_.load());
+  AppendMetric(&out, "vqkv_blocks_stored_total", "counter",
+               "Blocks newly stored by puts.", blocks_stored_.load());
+  return out;
+}
+
+void Metrics::RenderLatencyLocked(std::string* out) const {
   constexpr absl::string_view kLatency = "vqkv_request_duration_seconds";
-  AppendMetricHeader(&out, kLatency, "histogram",
+  AppendMetricHeader(out, kLatency, "histogram",
                      "RPC latency from arrival to completion, by method.");
   for (const auto& [method, h] : latency_) {
     const std::string label = absl::StrCat("method=\"", method, "\"");
@@ -108,15 +120,18 @@ std::string Metrics::Render() const {
     for (size_t i = 0; i < kLatencyBuckets.size(); ++i) {
       cumulative += h.buckets[i];
       AppendMetricSample(
-          &out, bucket,
+          out, bucket,
           absl::StrCat(label, ",le=\"", Num(kLatencyBuckets[i]), "\""),
           cumulative);
     }
-    AppendMetricSample(&out, bucket, absl::StrCat(label, ",le=\"+Inf\""),
+    AppendMetricSample(out, bucket, absl::StrCat(label, ",le=\"+Inf\""),
                        h.count);
-    AppendMetricSample(&out, absl::StrCat(kLatency, "_sum"), label, h.sum);
-    AppendMetricSample(&out, absl::StrCat(kLatency, "_count"), label, h.count);
+    AppendMetricSample(out, absl::StrCat(kLatency, "_sum"), label, h.sum);
+    AppendMetricSample(out, absl::StrCat(kLatency, "_count"), label, h.count);
   }
+}
+
+void Metrics::RenderHitsLocked(std::string* out) const {
   struct Field {
     const char* name;
     const char* help;
@@ -136,19 +151,12 @@ std::string Metrics::Render() const {
        &HitCounters::miss_tokens},
   };
   for (const Field& f : kFields) {
-    AppendMetricHeader(&out, f.name, "counter", f.help);
+    AppendMetricHeader(out, f.name, "counter", f.help);
     for (const auto& [op, c] : hits_) {
-      AppendMetricSample(&out, f.name, absl::StrCat("op=\"", op, "\""),
+      AppendMetricSample(out, f.name, absl::StrCat("op=\"", op, "\""),
                          c.*(f.member));
     }
   }
-  AppendMetric(&out, "vqkv_bytes_received_total", "counter",
-               "Encoded block bytes received by puts.", bytes_received_.load());
-  AppendMetric(&out, "vqkv_bytes_sent_total", "counter",
-               "Encoded block bytes sent by gets.", bytes_sent_.load());
-  AppendMetric(&out, "vqkv_blocks_stored_total", "counter",
-               "Blocks newly stored by puts.", blocks_stored_.load());
-  return out;
 }
 
 MetricsHttpServer::MetricsHttpServer(std::function<std::string()> render,

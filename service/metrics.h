@@ -82,6 +82,12 @@ class Metrics {
     uint64_t hit_blocks = 0, miss_blocks = 0, hit_tokens = 0, miss_tokens = 0;
   };
 
+  // Render's latency histogram and hit counters.
+  void RenderLatencyLocked(std::string* out) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RenderHitsLocked(std::string* out) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   mutable absl::Mutex mu_;
   std::map<std::pair<std::string, int>, uint64_t> requests_
       ABSL_GUARDED_BY(mu_);

@@ -1,5 +1,6 @@
 #include "service/server.h"
 
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -24,6 +25,18 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
         absl::StrCat("TLS ", what, " '", path, "' is not PEM"));
   }
   return pem;
+}
+
+// TLS from config.tls_cert / tls_key, or plaintext when they are empty.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
+    const ServerConfig& config) {
+  if (config.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  VQKV_ASSIGN_OR_RETURN(std::string cert,
+                        ReadPem(config.tls_cert, "certificate"));
+  VQKV_ASSIGN_OR_RETURN(std::string key, ReadPem(config.tls_key, "key"));
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({key, cert});
+  return grpc::SslServerCredentials(ssl);
 }
 
 }  // namespace
@@ -51,17 +64,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       std::make_unique<KvCacheService>(server->store_.get(), &server->tokens_,
                                        &server->metrics_, config.service);
 
-  std::shared_ptr<grpc::ServerCredentials> creds;
-  if (!config.tls_cert.empty()) {
-    VQKV_ASSIGN_OR_RETURN(std::string cert,
-                          ReadPem(config.tls_cert, "certificate"));
-    VQKV_ASSIGN_OR_RETURN(std::string key, ReadPem(config.tls_key, "key"));
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({key, cert});
-    creds = grpc::SslServerCredentials(ssl);
-  } else {
-    creds = grpc::InsecureServerCredentials();
-  }
+  VQKV_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
+                        Credentials(config));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -26,7 +26,7 @@ namespace vqkv::service {
 
 class Server {
  public:
-  // Opens the store under config.data_dir, loads tokens, binds the gRPC port
+  // Opens the store (config.store), loads tokens, binds the gRPC port
   // and (when configured) the metrics port, and starts serving.
   // Errors: kInvalidArgument for a bad config; the store's open error;
   // kNotFound / kInvalidArgument for a bad tokens file or TLS file;
