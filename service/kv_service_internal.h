@@ -33,10 +33,11 @@ namespace vqkv::service {
 // The one place that hides other tenants: kPermissionDenied from the store
 // means "another tenant's namespace", which the caller must not learn of, so
 // it becomes NOT_FOUND ("not found"). Every status and per-item code a client
-// sees passes through here (Call::Status, WireCode).
+// sees passes through here: call statuses in Call::Status, BlockData codes
+// in WireCode, put results (code and message) in DoPutBlocks.
 absl::Status HideOtherTenants(const absl::Status& s);
 
-// The code of a per-item result (PutResult.code, BlockData.code).
+// The wire code of a per-item result (BlockData.code).
 inline int32_t WireCode(const absl::Status& s) {
   return static_cast<int32_t>(HideOtherTenants(s).code());
 }
