@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -38,6 +39,33 @@ inline std::string ReadAll(const std::string& path) {
 inline void WriteAll(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);
   f << bytes;
+}
+
+// The number after "key": in a --json line; a test failure when absent.
+inline double JsonNumber(const std::string& json, const std::string& key) {
+  std::smatch m;
+  const std::regex re("\"" + key + "\":(-?[0-9.eE+-]+)");
+  if (!std::regex_search(json, m, re)) {
+    ADD_FAILURE() << "no key " << key << " in " << json;
+    return -1;
+  }
+  return std::stod(m[1].str());
+}
+
+// The "tokens":[...] array of a --json line; a test failure when absent.
+inline std::vector<int> JsonTokens(const std::string& json) {
+  std::smatch m;
+  const std::regex re("\"tokens\":\\[([0-9,]*)\\]");
+  if (!std::regex_search(json, m, re)) {
+    ADD_FAILURE() << "no tokens in " << json;
+    return {};
+  }
+  std::vector<int> out;
+  for (absl::string_view t :
+       absl::StrSplit(m[1].str(), ',', absl::SkipEmpty())) {
+    out.push_back(std::stoi(std::string(t)));
+  }
+  return out;
 }
 
 class CliTest : public ::testing::Test {

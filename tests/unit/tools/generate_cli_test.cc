@@ -29,31 +29,8 @@ using testing::CliResult;
 using testing::ReadAll;
 using testing::WriteAll;
 using Result = CliResult;
-
-double JsonNumber(const std::string& json, const std::string& key) {
-  std::smatch m;
-  const std::regex re("\"" + key + "\":(-?[0-9.eE+-]+)");
-  if (!std::regex_search(json, m, re)) {
-    ADD_FAILURE() << "no key " << key << " in " << json;
-    return -1;
-  }
-  return std::stod(m[1].str());
-}
-
-std::vector<int> JsonTokens(const std::string& json) {
-  std::smatch m;
-  const std::regex re("\"tokens\":\\[([0-9,]*)\\]");
-  if (!std::regex_search(json, m, re)) {
-    ADD_FAILURE() << "no tokens in " << json;
-    return {};
-  }
-  std::vector<int> out;
-  for (absl::string_view t :
-       absl::StrSplit(m[1].str(), ',', absl::SkipEmpty())) {
-    out.push_back(std::stoi(std::string(t)));
-  }
-  return out;
-}
+using testing::JsonNumber;
+using testing::JsonTokens;
 
 class GenerateCliTest : public testing::CliTest {
  protected:

@@ -17,9 +17,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "tests/unit/model/gguf_writer.h"
 #include "gtest/gtest.h"
 #include "kernels/vq_codec.h"
+#include "tests/unit/model/gguf_writer.h"
 #include "tests/unit/tools/cli_test_base.h"
 
 namespace vqkv {
@@ -29,6 +29,7 @@ namespace fs = std::filesystem;
 using model::testing::GgufWriter;
 
 using testing::CliResult;
+using testing::JsonNumber;
 using testing::ReadAll;
 using testing::WriteAll;
 using Result = CliResult;
@@ -190,16 +191,6 @@ TEST_F(VqkvCliTest, CodebooksForAnotherModel) {
   ExpectCleanError(Run("eval --model " + std::string(VQKV_MODEL_PATH) +
                        " --text " + Text("frankenstein.txt") + " --codec zip"),
                    "--codec must be");
-}
-
-double JsonNumber(const std::string& json, const std::string& key) {
-  std::smatch m;
-  const std::regex re("\"" + key + "\":(-?[0-9.eE+-]+)");
-  if (!std::regex_search(json, m, re)) {
-    ADD_FAILURE() << "no key " << key << " in " << json;
-    return -1;
-  }
-  return std::stod(m[1].str());
 }
 
 TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
