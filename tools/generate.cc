@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 namespace vqkv::tools {
 namespace {
@@ -143,6 +144,15 @@ absl::StatusOr<GenerateResult> Generate(const model::LlamaModel& model,
   const int64_t cap = (n - 1) / block * block;
   std::unique_ptr<model::ExactKvCache> cache = model.NewExactCache();
 
+  // Loads the first `want` tokens' blocks into `cache`, timed.
+  auto load = [&](int64_t want) -> absl::Status {
+    const Clock::time_point t1 = Clock::now();
+    VQKV_ASSIGN_OR_RETURN(r.reused_tokens, LoadPrefix(*client, prompt, want,
+                                                      o.salt, cache.get(), &r));
+    r.load_seconds = Since(t1);
+    return absl::OkStatus();
+  };
+
   const Clock::time_point t0 = Clock::now();
   if (o.mode == ReuseMode::kCache) {
     absl::StatusOr<int64_t> found = client->Lookup(prompt, o.salt);
@@ -150,14 +160,7 @@ absl::StatusOr<GenerateResult> Generate(const model::LlamaModel& model,
     r.lookup_tokens = *found;
     r.lookup_seconds = Since(t0);
     const int64_t want = std::min(*found, cap);
-    if (want > 0) {
-      const Clock::time_point t1 = Clock::now();
-      absl::StatusOr<int64_t> loaded =
-          LoadPrefix(*client, prompt, want, o.salt, cache.get(), &r);
-      if (!loaded.ok()) return loaded.status();
-      r.reused_tokens = *loaded;
-      r.load_seconds = Since(t1);
-    }
+    if (want > 0) VQKV_RETURN_IF_ERROR(load(want));
   } else if (o.mode == ReuseMode::kRoundtrip) {
     int64_t want = cap;
     if (o.roundtrip_tokens >= 0) {
@@ -174,12 +177,7 @@ absl::StatusOr<GenerateResult> Generate(const model::LlamaModel& model,
       s = StorePrefix(*client, prompt, want, o.salt, *exact, &r);
       if (!s.ok()) return s;
       r.lookup_tokens = want;
-      const Clock::time_point t1 = Clock::now();
-      absl::StatusOr<int64_t> loaded =
-          LoadPrefix(*client, prompt, want, o.salt, cache.get(), &r);
-      if (!loaded.ok()) return loaded.status();
-      r.reused_tokens = *loaded;
-      r.load_seconds = Since(t1);
+      VQKV_RETURN_IF_ERROR(load(want));
     }
   }
 
