@@ -15,11 +15,11 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "CLI/CLI.hpp"
 #include "kernels/cpu/rvq_kernels.h"
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/cuda/rvq_cuda.cuh"
@@ -175,30 +175,56 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  CLI::App app{"Throughput of the CUDA RVQ kernels at the paper configuration"};
-  int64_t n = 65536;
-  int reps = 5;
-  int64_t check = 256;
-  app.add_option("--vectors", n, "vectors per run")->check(CLI::PositiveNumber);
-  app.add_option("--reps", reps, "timed runs per kernel (after one warm-up)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--check", check, "vectors compared with the CPU encoder")
-      ->check(CLI::NonNegativeNumber);
-  CLI11_PARSE(app, argc, argv);
+// Parses "--name VALUE" or "--name=VALUE" into a positive (or, with
+// allow_zero, non-negative) integer. No CLI library: this program also builds
+// in the CUDA-only GPU check (tests/gpu/), which has only the toolkit.
+bool ParseFlag(int argc, char** argv, int* i, const char* name, int64_t* out,
+               bool allow_zero) {
+  const std::string arg = argv[*i], flag = std::string("--") + name;
+  std::string value;
+  if (arg == flag && *i + 1 < argc) {
+    value = argv[++*i];
+  } else if (arg.rfind(flag + "=", 0) == 0) {
+    value = arg.substr(flag.size() + 1);
+  } else {
+    return false;
+  }
+  char* end = nullptr;
+  const long long v = std::strtoll(value.c_str(), &end, 10);
+  if (value.empty() || *end != '\0' || v < (allow_zero ? 0 : 1)) {
+    std::fprintf(stderr,
+                 "cuda_codec_bench: --%s needs a %s integer, not '%s'\n", name,
+                 allow_zero ? "non-negative" : "positive", value.c_str());
+    std::exit(2);
+  }
+  *out = v;
+  return true;
+}
 
-  absl::StatusOr<int> devices = vqkv::cuda::CudaDeviceCount();
-  if (!devices.ok()) {
-    std::fprintf(stderr, "cuda_codec_bench: %s\n",
-                 std::string(devices.status().message()).c_str());
+int main(int argc, char** argv) {
+  int64_t n = 65536, reps = 5, check = 256;
+  for (int i = 1; i < argc; ++i) {
+    if (ParseFlag(argc, argv, &i, "vectors", &n, false) ||
+        ParseFlag(argc, argv, &i, "reps", &reps, false) ||
+        ParseFlag(argc, argv, &i, "check", &check, true)) {
+      continue;
+    }
+    std::fprintf(stderr,
+                 "usage: cuda_codec_bench [--vectors N] [--reps R] "
+                 "[--check N]\n");
+    return std::string(argv[i]) == "--help" ? 0 : 2;
+  }
+
+  std::string why_not;
+  if (vqkv::cuda::CudaDeviceCount(&why_not) == 0) {
+    std::fprintf(stderr, "cuda_codec_bench: %s\n", why_not.c_str());
     return 1;
   }
-  absl::StatusOr<std::string> desc = vqkv::cuda::CudaDeviceDescription(0);
-  std::printf("device: %s\n", desc.ok() ? desc->c_str() : "unknown");
+  std::printf("device: %s\n", vqkv::cuda::CudaDeviceDescription(0).c_str());
   std::printf(
       "vectors per run: %lld, timed runs: %d (CUDA events, device "
       "time, data resident on the GPU)\n",
-      static_cast<long long>(n), reps);
+      static_cast<long long>(n), static_cast<int>(reps));
   std::printf("%-20s %-14s %10s %10s %14s %10s\n", "quantizer", "op", "vectors",
               "ms/run", "vectors/s", "GB/s fp16");
 
@@ -214,7 +240,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   for (const Quantizer& q : quantizers) {
-    if (!Run(q, n, reps, check, stream)) return 1;
+    if (!Run(q, n, static_cast<int>(reps), check, stream)) return 1;
   }
   cudaStreamDestroy(stream);
   return 0;
