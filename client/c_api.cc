@@ -175,6 +175,11 @@ absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
   if (o.io_timeout_ms != 0) {
     options.io_timeout = absl::Milliseconds(o.io_timeout_ms);
   }
+  if (o.replicas < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options->replicas is ", o.replicas, "; it must be >= 1 (0: 2)"));
+  }
+  if (o.replicas != 0) config.replicas = o.replicas;
   return config;
 }
 
@@ -243,6 +248,7 @@ void vqkv_client_options_init(vqkv_client_options_t* options) {
   options->block_tokens = 64;
   options->sink_tokens = 4;
   options->kv_dtype = VQKV_KV_FLOAT16;
+  options->replicas = 2;
 }
 
 vqkv_status_code vqkv_client_create(const vqkv_client_options_t* options,

@@ -3,7 +3,9 @@
 // so a dead or black-holed cache costs nothing per request. Every
 // `probe_interval` one call is let through (half-open); its success closes
 // the circuit, its failure reopens it with the interval doubled, up to
-// `max_probe_interval`.
+// `max_probe_interval`. With `jitter` > 0 each wait is scaled by a random
+// factor in [1 - jitter, 1 + jitter], so many clients of one node that
+// failed together do not probe it in lockstep.
 //
 // Thread safety: all methods may be called concurrently.
 #ifndef VQKV_CLIENT_CIRCUIT_BREAKER_H_
@@ -12,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -25,6 +28,8 @@ struct CircuitBreakerOptions {
   int failures_to_open = 3;
   absl::Duration probe_interval = absl::Seconds(1);
   absl::Duration max_probe_interval = absl::Seconds(30);
+  // 0..1: random spread of each probe wait (0: exact intervals).
+  double jitter = 0;
   // Test seam: the time source (default absl::Now).
   std::function<absl::Time()> clock;
 };
@@ -59,11 +64,11 @@ class CircuitBreaker {
     ++total_failures_;
     if (open_) {
       interval_ = std::min(interval_ * 2, options_.max_probe_interval);
-      next_probe_ = Now() + interval_;
+      next_probe_ = Now() + Jittered(interval_);
     } else if (consecutive_failures_ >= options_.failures_to_open) {
       open_ = true;
       ++times_opened_;
-      next_probe_ = Now() + interval_;
+      next_probe_ = Now() + Jittered(interval_);
     }
   }
 
@@ -77,6 +82,11 @@ class CircuitBreaker {
   }
 
  private:
+  absl::Duration Jittered(absl::Duration d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (options_.jitter <= 0) return d;
+    std::uniform_real_distribution<double> u(-options_.jitter, options_.jitter);
+    return d * (1.0 + u(rng_));
+  }
   absl::Time Now() const {
     return options_.clock ? options_.clock() : absl::Now();
   }
@@ -89,6 +99,7 @@ class CircuitBreaker {
   int64_t times_opened_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration interval_ ABSL_GUARDED_BY(mu_);
   absl::Time next_probe_ ABSL_GUARDED_BY(mu_);
+  std::minstd_rand rng_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
 };
 
 }  // namespace vqkv::client

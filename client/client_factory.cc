@@ -6,6 +6,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/file.h"
+#include "client/cluster/cluster_backend.h"
+#include "client/cluster/membership.h"
 #include "client/embedded_backend.h"
 #include "client/grpc/grpc_backend.h"
 #include "kernels/codebook_set.h"
@@ -26,10 +28,20 @@ absl::Status WithPrefix(const absl::Status& s, absl::string_view prefix) {
 absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
     const std::string& server, const std::string& auth_token,
     uint64_t embedded_memory_bytes) {
+  BackendConfig config;
+  config.server = server;
+  config.auth_token = auth_token;
+  config.embedded_memory_bytes = embedded_memory_bytes;
+  return OpenBackend(config);
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
+    const BackendConfig& config) {
+  const std::string& server = config.server;
   if (server.empty() || server == kEmbedded ||
       absl::StartsWith(server, absl::StrCat(kEmbedded, ":"))) {
     storage::TieredStoreOptions options;
-    options.memory_bytes = embedded_memory_bytes;
+    options.memory_bytes = config.embedded_memory_bytes;
     if (server.size() > kEmbedded.size()) {
       options.data_dir = server.substr(kEmbedded.size() + 1);
       if (options.data_dir.empty()) {
@@ -46,7 +58,17 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
   }
   GrpcBackendOptions options;
   options.target = server;
-  options.auth_token = auth_token;
+  options.auth_token = config.auth_token;
+  options.max_message_bytes = config.max_message_bytes;
+  if (cluster::IsClusterSpec(server)) {
+    cluster::ClusterBackendOptions co;
+    co.replicas = config.replicas;
+    co.grpc = options;
+    absl::StatusOr<std::unique_ptr<cluster::ClusterBackend>> backend =
+        cluster::ClusterBackend::Create(server, std::move(co));
+    if (!backend.ok()) return backend.status();
+    return std::unique_ptr<Backend>(std::move(*backend));
+  }
   return NewGrpcBackend(options);
 }
 
@@ -97,8 +119,13 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
     }
   }
 
-  absl::StatusOr<std::unique_ptr<Backend>> backend = OpenBackend(
-      config.server, config.auth_token, config.embedded_memory_bytes);
+  BackendConfig backend_config;
+  backend_config.server = config.server;
+  backend_config.auth_token = config.auth_token;
+  backend_config.embedded_memory_bytes = config.embedded_memory_bytes;
+  backend_config.replicas = config.replicas;
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      OpenBackend(backend_config);
   if (!backend.ok()) return backend.status();
   if (codec == nullptr) {
     return CacheClient::CreateFromCodebookHash(

@@ -7,7 +7,12 @@
 // Server strings:
 //   "", "embedded"    an in-process, memory-only store (EmbeddedBackend)
 //   "embedded:DIR"    an in-process store with its RocksDB tier in DIR
-//   anything else     a vqkv-server gRPC target, e.g. "127.0.0.1:50051"
+//   "h1:p1,h2:p2,..." a cluster of vqkv-servers (client/cluster/), each
+//                     block on `replicas` of them
+//   "dns:///name:port" a cluster whose members are the addresses `name`
+//                     resolves to (e.g. a Kubernetes headless Service),
+//                     re-resolved every 30 s
+//   anything else     one vqkv-server's gRPC target, e.g. "127.0.0.1:50051"
 //
 // Thread safety: pure functions.
 #ifndef VQKV_CLIENT_CLIENT_FACTORY_H_
@@ -24,6 +29,19 @@
 
 namespace vqkv::client {
 
+// Where a backend lives and how to talk to it.
+struct BackendConfig {
+  std::string server = "embedded";
+  // Bearer token for vqkv-servers (ignored by the embedded store).
+  std::string auth_token;
+  // Largest gRPC message sent or accepted (GrpcBackendOptions).
+  uint64_t max_message_bytes = uint64_t{64} << 20;
+  // Memory budget of an embedded store.
+  uint64_t embedded_memory_bytes = uint64_t{256} << 20;
+  // Clusters only: owners of each block (>= 1; capped at the node count).
+  int replicas = 2;
+};
+
 struct ClientConfig {
   std::string server = "embedded";
   // Bearer token for a vqkv-server (ignored by the embedded store).
@@ -38,13 +56,19 @@ struct ClientConfig {
   KvLayout layout;
   // Memory budget of an embedded store.
   uint64_t embedded_memory_bytes = uint64_t{256} << 20;
+  // Clusters only (a server list or dns:///): owners of each block.
+  int replicas = 2;
   // model_id, block_tokens, sink_tokens, timeouts, ...
   CacheClientOptions options;
 };
 
-// The backend named by `server` (see above).
-// Errors: kInvalidArgument for "embedded:" without a directory; the store's
-// Open errors; NewGrpcBackend's errors.
+// The backend named by `config.server` (see above).
+// Errors: kInvalidArgument for "embedded:" without a directory, a bad
+// server list (client/cluster/membership.h ParseMembership) or replicas < 1;
+// the store's Open errors; NewGrpcBackend's errors.
+absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
+    const BackendConfig& config);
+// The same with the other settings at their defaults.
 absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
     const std::string& server, const std::string& auth_token,
     uint64_t embedded_memory_bytes);

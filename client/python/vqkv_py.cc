@@ -326,9 +326,10 @@ std::unique_ptr<PyClient> MakeClient(
     int block_tokens, int sink_tokens, const std::string& dtype,
     const std::string& weight_revision,
     const std::optional<std::string>& auth_token, double lookup_timeout,
-    double io_timeout, uint64_t memory_bytes) {
+    double io_timeout, uint64_t memory_bytes, int replicas) {
   client::ClientConfig config;
   config.server = server;
+  config.replicas = replicas;
   config.codec = codec;
   if (!codebooks.is_none()) {
     config.codebook_path =
@@ -407,9 +408,12 @@ PYBIND11_MODULE(vqkv, m) {
            py::arg("weight_revision") = "", py::arg("auth_token") = py::none(),
            py::arg("lookup_timeout") = 0.5, py::arg("io_timeout") = 10.0,
            py::arg("memory_bytes") = uint64_t{256} << 20,
+           py::arg("replicas") = 2,
            "Opens a client. server: 'embedded' (in-memory store in this "
-           "process), 'embedded:DIR' (with a disk tier in DIR) or a "
-           "vqkv-server 'host:port'. codec: fp16, kivi2, kivi4 or vq (vq "
+           "process), 'embedded:DIR' (with a disk tier in DIR), a "
+           "vqkv-server 'host:port', or a cluster: 'host:port,host:port' or "
+           "'dns:///name:port' (each block on `replicas` servers). codec: "
+           "fp16, kivi2, kivi4 or vq (vq "
            "needs codebooks=path or codebook_hash=). Timeouts in seconds.")
       .def("hash_tokens", &vp::PyClient::HashTokens, py::arg("tokens"),
            py::arg("salt") = "",

@@ -101,6 +101,10 @@ typedef struct vqkv_client_options {
 
   /* NULL, "" or "embedded": a memory-only store in this process;
    * "embedded:DIR": an in-process store with its disk tier in DIR;
+   * "host:port,host:port,...": a cluster of vqkv-servers, each block on
+   * `replicas` of them (docs/CLIENT.md "Clusters");
+   * "dns:///name:port": a cluster of the addresses `name` resolves to
+   * (e.g. a Kubernetes headless Service), re-resolved every 30 s;
    * anything else: a vqkv-server gRPC target, e.g. "127.0.0.1:50051". */
   const char* server;
   /* Bearer token for the server; NULL or "" for none. */
@@ -136,10 +140,16 @@ typedef struct vqkv_client_options {
   uint32_t io_timeout_ms;
   /* Memory budget of an embedded store in bytes; 0 means 256 MiB. */
   uint64_t embedded_memory_bytes;
+
+  /* Added after the first version (a caller compiled without it gets the
+   * default). Clusters only: servers that hold each block, >= 1; 0 means
+   * the default, 2. */
+  int32_t replicas;
 } vqkv_client_options_t;
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,
- * fp16 codec, block_tokens 64, sink_tokens 4, kv_dtype VQKV_KV_FLOAT16. The
+ * fp16 codec, block_tokens 64, sink_tokens 4, kv_dtype VQKV_KV_FLOAT16,
+ * replicas 2. The
  * layout and model_id are left zero / NULL: the caller must set them. */
 VQKV_EXPORT void vqkv_client_options_init(vqkv_client_options_t* options);
 

@@ -1,0 +1,194 @@
+// A Backend over several vqkv-servers: each block lives on the R nodes of
+// highest rendezvous weight for its hash (client/cluster/rendezvous.h), so
+// CacheClient works on a cluster unchanged.
+//
+// Contract:
+// - Lookup sends one batched Lookup per node (the hashes it owns, in chain
+//   order) in parallel; a block is present when any owner has it.
+// - Put sends each block to its R owners in parallel; a block is stored
+//   when at least one owner stored it (the per-block status is then OK or
+//   kAlreadyExists); failures of the other owners are counted
+//   (ClusterStats::replica_put_failures), not reported.
+// - Get asks each block's owners in rendezvous order, one round per replica,
+//   the blocks of a round batched per node and sent in parallel; a miss or
+//   an error moves the block to its next owner. For `previous_owner_window`
+//   after a membership change the owners under the previous node set are
+//   asked too (after the current ones), so a scale-up is no miss storm.
+// - Codebooks are registered on every node (and remembered, so a node that
+//   joins or comes back gets them before its first Put) and fetched from any.
+// - Rendezvous entries go to their key's owners like blocks.
+// - Health: a circuit breaker per node (client/circuit_breaker.h, with
+//   jitter); a node whose circuit is open is skipped without a network
+//   call, probed again after an exponential backoff, and readmitted on the
+//   probe's success. Only kUnavailable and kDeadlineExceeded count as node
+//   failures.
+// - Deadlines: every node call gets the caller's deadline, and the fan-out
+//   returns at the deadline even if a node's call has not (it is then
+//   counted as kDeadlineExceeded), so a hung node costs one deadline.
+//
+// Errors: Create returns ParseMembership's kInvalidArgument, or the node
+// factory's error. A call-level error (kUnavailable, kDeadlineExceeded, ...)
+// means no node could answer: every node asked failed, or none was healthy.
+//
+// Thread safety: every method may be called concurrently. A background
+// thread re-resolves a DNS membership every `refresh_interval`.
+#ifndef VQKV_CLIENT_CLUSTER_CLUSTER_BACKEND_H_
+#define VQKV_CLIENT_CLUSTER_CLUSTER_BACKEND_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "client/backend.h"
+#include "client/circuit_breaker.h"
+#include "client/cluster/membership.h"
+#include "client/grpc/grpc_backend.h"
+
+namespace vqkv::client::cluster {
+
+// Opens the Backend of one node, given its "host:port".
+using NodeBackendFactory =
+    std::function<absl::StatusOr<std::unique_ptr<Backend>>(
+        const std::string& endpoint)>;
+
+struct ClusterBackendOptions {
+  // Owners of each block (1..nodes; more than the nodes means all of them).
+  int replicas = 2;
+  // How often a dns:/// membership is re-resolved (0: only on
+  // RefreshMembership()).
+  absl::Duration refresh_interval = absl::Seconds(30);
+  // How long after a membership change reads also ask the previous owners.
+  absl::Duration previous_owner_window = absl::Minutes(5);
+  // Per node. Backoff: probe_interval doubling up to max_probe_interval,
+  // each wait spread by `jitter`.
+  CircuitBreakerOptions circuit = {.failures_to_open = 2,
+                                   .probe_interval = absl::Seconds(1),
+                                   .max_probe_interval = absl::Seconds(30),
+                                   .jitter = 0.2};
+  // Settings of every node's GrpcBackend (the target is the node's).
+  GrpcBackendOptions grpc;
+  // Test seams: per-node backends (default NewGrpcBackend with `grpc`), the
+  // DNS resolver (default SystemResolver) and the clock (default absl::Now).
+  NodeBackendFactory node_factory;
+  Resolver resolver;
+  std::function<absl::Time()> clock;
+};
+
+// Latency buckets of NodeStats::latency_buckets: upper bounds in ms (the
+// last bucket has no bound).
+inline constexpr double kNodeLatencyBoundsMs[] = {1, 5, 25, 100, 500, 2500};
+inline constexpr int kNodeLatencyBuckets = 7;
+
+struct NodeStats {
+  std::string endpoint;
+  bool member = false;  // in the current set (else: a previous owner)
+  bool circuit_open = false;
+  int64_t requests = 0;  // calls sent
+  int64_t errors = 0;    // calls that failed (call-level status)
+  int64_t skipped = 0;   // calls not sent: circuit open
+  int64_t times_opened = 0;
+  double latency_sum_ms = 0;
+  int64_t latency_count = 0;
+  int64_t latency_buckets[kNodeLatencyBuckets] = {};
+};
+
+struct ClusterStats {
+  uint64_t membership_version = 0;
+  int64_t membership_changes = 0;
+  int64_t replica_put_failures = 0;  // owner writes that failed, block stored
+  int64_t fallback_reads = 0;        // blocks found on a later owner
+  int64_t previous_owner_reads = 0;  // of which on a previous owner
+  std::vector<NodeStats> nodes;      // current members first, then previous
+};
+
+class ClusterBackend : public Backend {
+ public:
+  // `server`: "host:port,host:port..." or "dns:///name:port"
+  // (client/cluster/membership.h). A DNS name is resolved once here; a
+  // failure leaves the cluster empty (every call kUnavailable) until a
+  // refresh succeeds.
+  static absl::StatusOr<std::unique_ptr<ClusterBackend>> Create(
+      const std::string& server, ClusterBackendOptions options);
+  ~ClusterBackend() override;
+
+  absl::StatusOr<std::vector<bool>> Lookup(
+      const storage::NamespaceSpec& ns,
+      absl::Span<const storage::BlockHash> hashes, uint32_t lease_ms,
+      absl::Time deadline) override;
+  absl::StatusOr<std::vector<absl::Status>> Put(
+      const storage::NamespaceSpec& ns, absl::Span<const PutItem> blocks,
+      absl::Time deadline) override;
+  absl::StatusOr<std::vector<GetItem>> Get(
+      const storage::NamespaceSpec& ns,
+      absl::Span<const storage::BlockHash> hashes,
+      absl::Time deadline) override;
+  absl::Status PutCodebook(uint64_t hash, absl::string_view data,
+                           absl::Time deadline) override;
+  absl::StatusOr<std::string> GetCodebook(uint64_t hash,
+                                          absl::Time deadline) override;
+  absl::Status PutRendezvous(absl::string_view key, absl::string_view value,
+                             absl::Duration ttl, absl::Time deadline) override;
+  absl::StatusOr<std::string> GetRendezvous(absl::string_view key,
+                                            absl::Time deadline) override;
+  // "cluster(R=2, 3 nodes: a:1 ok 10 req 0 err 0.4 ms, ...)".
+  std::string Describe() const override;
+
+  // Re-resolves the membership now (a static list never changes); a changed
+  // set takes effect for the next call. Returns whether it changed.
+  absl::StatusOr<bool> RefreshMembership();
+
+  // Per-node counters and the cluster's.
+  ClusterStats Stats() const;
+  std::vector<NodeStats> NodeStatsList() const { return Stats().nodes; }
+
+  // The current owners of a block, highest weight first (for tests and
+  // tools).
+  std::vector<std::string> OwnersOf(const storage::BlockHash& hash) const;
+
+  struct Node;
+  struct View;
+  struct CodebookRegistry;
+
+ private:
+  ClusterBackend(std::unique_ptr<Membership> membership,
+                 ClusterBackendOptions options);
+  absl::Status ApplyMembership() ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<const View> Snapshot() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Nodes to ask for `key`, in order: current owners, then (inside the
+  // window) previous owners not among them.
+  std::vector<Node*> ReadOrder(const View& view, absl::string_view key) const;
+  void RefreshLoop();
+  absl::Time Now() const;
+
+  const std::unique_ptr<Membership> membership_;
+  const ClusterBackendOptions options_;
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const View> view_ ABSL_GUARDED_BY(mu_);
+  // Every node ever created, by endpoint (a node that left keeps its stats
+  // and can come back).
+  absl::flat_hash_map<std::string, std::shared_ptr<Node>> nodes_
+      ABSL_GUARDED_BY(mu_);
+  int64_t membership_changes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Codebook sets registered through this backend (shared with node calls
+  // that may outlive this object).
+  const std::shared_ptr<CodebookRegistry> codebooks_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::atomic<int64_t> replica_put_failures_{0};
+  std::atomic<int64_t> fallback_reads_{0};
+  std::atomic<int64_t> previous_owner_reads_{0};
+  std::unique_ptr<std::thread> refresher_;
+};
+
+}  // namespace vqkv::client::cluster
+
+#endif  // VQKV_CLIENT_CLUSTER_CLUSTER_BACKEND_H_
