@@ -20,7 +20,8 @@
 // Each run uses a fresh salt, so nothing is served from an earlier run.
 //
 // Usage: client_bench [--model M] [--text T] [--lengths 512,2048,8192]
-//          [--codebooks C.vqcb] [--server HOST:PORT] [--block-sizes 16,64,256]
+//          [--codebooks C.vqcb] [--server HOST:PORT[,...]] [--replicas 2]
+//          [--block-sizes 16,64,256]
 //          [--block-length 2048 (0: no block rows)] [--suffix 64]
 //          [--repeats 3] [--threads N]
 // Progress goes to stderr, the tables to stdout.
@@ -42,8 +43,8 @@
 #include "absl/time/clock.h"
 #include "base/file.h"
 #include "client/cache_client.h"
+#include "client/client_factory.h"
 #include "client/embedded_backend.h"
-#include "client/grpc/grpc_backend.h"
 #include "tools/common.h"
 #include "tools/generate.h"
 
@@ -71,6 +72,7 @@ struct Flags {
   std::vector<int64_t> lengths = {512, 2048, 8192};
   std::string codebooks;
   std::string server;
+  int replicas = 2;
   std::vector<int> block_sizes = {16, 64, 256};
   int64_t block_length = 2048;
   int64_t suffix = 64;
@@ -108,12 +110,14 @@ absl::StatusOr<std::unique_ptr<vqkv::client::CacheClient>> MakeClient(
     const std::string& path, int block) {
   std::unique_ptr<vqkv::client::Backend> backend;
   if (path == "server") {
-    vqkv::client::GrpcBackendOptions go;
-    go.target = f.server;
-    // The 135 MiB paper-rate codebook set of SmolLM2-135M travels in
-    // chunks (PutCodebookStream); the default message limit is enough.
+    // One server, a list or dns:/// (client/client_factory.h). The 135 MiB
+    // paper-rate codebook set of SmolLM2-135M travels in chunks
+    // (PutCodebookStream); the default message limit is enough.
+    vqkv::client::BackendConfig bc;
+    bc.server = f.server;
+    bc.replicas = f.replicas;
     absl::StatusOr<std::unique_ptr<vqkv::client::Backend>> b =
-        vqkv::client::NewGrpcBackend(go);
+        vqkv::client::OpenBackend(bc);
     if (!b.ok()) return b.status();
     backend = *std::move(b);
   } else {
@@ -423,7 +427,13 @@ int main(int argc, char** argv) {
   app.add_option("--codebooks", f.codebooks,
                  "vq codebook file (post-RoPE keys); without it no vq rows");
   app.add_option("--server", f.server,
-                 "a running vqkv-server (host:port) for the server rows");
+                 "a running vqkv-server (host:port), or a cluster "
+                 "(host:port,host:port,... or dns:///name:port), for the "
+                 "server rows");
+  app.add_option("--replicas", f.replicas,
+                 "cluster --server: servers that hold each block")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--block-sizes", f.block_sizes,
                  "block sizes compared at --block-length (empty: none)")
       ->delimiter(',');

@@ -5,7 +5,8 @@
 // blocks, generate. The end-to-end check of the whole system on one model:
 //
 //   vqkv generate --model M --prompt-file F --max-new-tokens N
-//       [--store DIR | --server HOST:PORT | --no-cache | --roundtrip]
+//       [--store DIR | --server HOST:PORT[,...] [--replicas R] | --no-cache
+//        | --roundtrip]
 //       [--codec fp16|vq|kivi2|kivi4] [--codebooks C] [--block-tokens 64]
 //       [--salt S] [--json]
 //
@@ -33,8 +34,8 @@
 #include "base/file.h"
 #include "base/status_macros.h"
 #include "client/cache_client.h"
+#include "client/client_factory.h"
 #include "client/embedded_backend.h"
-#include "client/grpc/grpc_backend.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 #include "tools/generate.h"
@@ -62,6 +63,7 @@ struct GenerateArgs {
   std::string weight_revision;
   std::string auth_token;
   uint64_t max_message_bytes = uint64_t{64} << 20;
+  int replicas = 2;
   bool ignore_eos = false;
   bool json = false;
 };
@@ -116,11 +118,13 @@ absl::Status CheckArgs(const GenerateArgs& a) {
 absl::StatusOr<std::unique_ptr<client::Backend>> MakeBackend(
     const GenerateArgs& a) {
   if (!a.server.empty()) {
-    client::GrpcBackendOptions go;
-    go.target = a.server;
-    go.auth_token = a.auth_token;
-    go.max_message_bytes = a.max_message_bytes;
-    return client::NewGrpcBackend(go);
+    // One server, a list or dns:/// (client/client_factory.h).
+    client::BackendConfig bc;
+    bc.server = a.server;
+    bc.auth_token = a.auth_token;
+    bc.max_message_bytes = a.max_message_bytes;
+    bc.replicas = a.replicas;
+    return client::OpenBackend(bc);
   }
   storage::TieredStoreOptions so;
   so.data_dir = a.store;  // empty for --roundtrip: memory only
@@ -288,7 +292,13 @@ std::function<int()> AddGenerateCommand(CLI::App* app) {
       ->capture_default_str();
   cmd->add_option("--store", args->store,
                   "cache blocks in this RocksDB directory (in process)");
-  cmd->add_option("--server", args->server, "a vqkv-server's host:port");
+  cmd->add_option("--server", args->server,
+                  "a vqkv-server's host:port, or a cluster: "
+                  "host:port,host:port,... or dns:///name:port");
+  cmd->add_option("--replicas", args->replicas,
+                  "cluster --server: servers that hold each block")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--auth-token", args->auth_token,
                   "bearer token for --server");
   cmd->add_option("--max-message-bytes", args->max_message_bytes,

@@ -85,7 +85,7 @@ R CallNode(Node* node, Fn&& fn) {
   while (b < kNodeLatencyBuckets - 1 && ms > kNodeLatencyBoundsMs[b]) ++b;
   ++node->buckets[b];
   const absl::Status s = StatusOf(r);
-  if (!s.ok()) ++node->errors;
+  if (!s.ok() && !absl::IsNotFound(s)) ++node->errors;  // a miss is no error
   const bool failed = IsNodeFailure(s);
   node->breaker.Record(!failed);
   if (failed) {
@@ -180,6 +180,29 @@ struct Groups {
 absl::Status NoNodeError(const std::optional<absl::Status>& first) {
   if (first.has_value()) return *first;
   return absl::UnavailableError("cluster: no node to ask");
+}
+
+// Asks `nodes` one after the other: the first success, else the most telling
+// error (a miss over a transient failure).
+template <typename Fn>
+absl::StatusOr<std::string> FirstAnswer(const std::vector<Node*>& nodes,
+                                        Fn&& ask) {
+  std::optional<absl::Status> error;
+  for (Node* n : nodes) {
+    absl::StatusOr<std::string> r =
+        CallNode<absl::StatusOr<std::string>>(n, [&] { return ask(n); });
+    if (r.ok()) return r;
+    if (!error.has_value() || absl::IsNotFound(r.status())) error = r.status();
+  }
+  return NoNodeError(error);
+}
+
+// OK when any call succeeded, else the first call's error.
+absl::Status AnyOk(const std::vector<absl::Status>& results) {
+  for (const absl::Status& s : results) {
+    if (s.ok()) return s;
+  }
+  return results.empty() ? NoNodeError(std::nullopt) : results.front();
 }
 
 }  // namespace
@@ -570,28 +593,19 @@ absl::Status ClusterBackend::PutCodebook(uint64_t hash, absl::string_view data,
       return s;
     });
   }
-  std::vector<absl::Status> results = FanOut(std::move(tasks), nodes, deadline);
-  for (const absl::Status& s : results) {
-    if (s.ok()) return s;
-  }
-  return results.front();
+  return AnyOk(FanOut(std::move(tasks), nodes, deadline));
 }
 
 absl::StatusOr<std::string> ClusterBackend::GetCodebook(uint64_t hash,
                                                         absl::Time deadline) {
   std::shared_ptr<const View> view = Snapshot();
-  std::optional<absl::Status> first_error;
   // Every node holds the sets: ask them in rendezvous order of the hash.
+  std::vector<Node*> order;
   for (int i : view->ring.Owners(CodebookKey(hash), 0)) {
-    Node* n = view->nodes[i].get();
-    absl::StatusOr<std::string> r = CallNode<absl::StatusOr<std::string>>(
-        n, [&] { return n->backend->GetCodebook(hash, deadline); });
-    if (r.ok()) return r;
-    if (!first_error.has_value() || absl::IsNotFound(r.status())) {
-      first_error = r.status();
-    }
+    order.push_back(view->nodes[i].get());
   }
-  return NoNodeError(first_error);
+  return FirstAnswer(
+      order, [&](Node* n) { return n->backend->GetCodebook(hash, deadline); });
 }
 
 absl::Status ClusterBackend::PutRendezvous(absl::string_view key,
@@ -612,26 +626,15 @@ absl::Status ClusterBackend::PutRendezvous(absl::string_view key,
           n, [&] { return n->backend->PutRendezvous(*k, *v, ttl, deadline); });
     });
   }
-  std::vector<absl::Status> results = FanOut(std::move(tasks), nodes, deadline);
-  for (const absl::Status& s : results) {
-    if (s.ok()) return s;
-  }
-  return results.front();
+  return AnyOk(FanOut(std::move(tasks), nodes, deadline));
 }
 
 absl::StatusOr<std::string> ClusterBackend::GetRendezvous(absl::string_view key,
                                                           absl::Time deadline) {
   std::shared_ptr<const View> view = Snapshot();
-  std::optional<absl::Status> first_error;
-  for (Node* n : ReadOrder(*view, key)) {
-    absl::StatusOr<std::string> r = CallNode<absl::StatusOr<std::string>>(
-        n, [&] { return n->backend->GetRendezvous(key, deadline); });
-    if (r.ok()) return r;
-    if (!first_error.has_value() || absl::IsNotFound(r.status())) {
-      first_error = r.status();
-    }
-  }
-  return NoNodeError(first_error);
+  return FirstAnswer(ReadOrder(*view, key), [&](Node* n) {
+    return n->backend->GetRendezvous(key, deadline);
+  });
 }
 
 ClusterStats ClusterBackend::Stats() const {

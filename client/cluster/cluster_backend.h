@@ -92,7 +92,7 @@ struct NodeStats {
   bool member = false;  // in the current set (else: a previous owner)
   bool circuit_open = false;
   int64_t requests = 0;  // calls sent
-  int64_t errors = 0;    // calls that failed (call-level status)
+  int64_t errors = 0;    // calls that failed (call-level, not kNotFound)
   int64_t skipped = 0;   // calls not sent: circuit open
   int64_t times_opened = 0;
   double latency_sum_ms = 0;
