@@ -3,6 +3,7 @@
  * for values representable in fp16), salt isolation, hash chains, bad
  * options and NULL arguments. Prints one line per failed check; exits 1 if
  * any failed. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,6 +249,38 @@ static void TestBadOptions(void) {
   InitOptions(&o);
   o.server = "embedded:";
   ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "directory");
+
+  InitOptions(&o);
+  o.replicas = -1;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "replicas");
+
+  InitOptions(&o);
+  o.server = "127.0.0.1:1,,127.0.0.1:2";
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "empty entry");
+
+  /* A cluster of servers that are not there: the client opens (fp16 needs
+   * no codebook registration) and a lookup is a miss, not an error. */
+  InitOptions(&o);
+  o.server = "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3";
+  o.replicas = 2;
+  client = NULL;
+  CHECK_CODE(vqkv_client_create(&o, &client), VQKV_OK);
+  {
+    int32_t tokens[2 * 64];
+    int64_t cached = -1;
+    int i;
+    for (i = 0; i < 2 * 64; ++i) tokens[i] = i;
+    CHECK_CODE(vqkv_lookup(client, tokens, 2 * 64, "", &cached), VQKV_OK);
+    CHECK(cached == 0);
+  }
+  vqkv_client_destroy(client);
+
+  /* A first-version caller, without the replicas field: the default. */
+  InitOptions(&o);
+  o.struct_size = offsetof(vqkv_client_options_t, replicas);
+  client = NULL;
+  CHECK_CODE(vqkv_client_create(&o, &client), VQKV_OK);
+  vqkv_client_destroy(client);
 
   /* A newer caller's bigger struct: fine while the unknown tail is zero. */
   InitOptions(&o);

@@ -284,6 +284,19 @@ class ErrorTest(unittest.TestCase):
         with self.assertRaises(TypeError):
             vqkv.Client(layers=2)  # model_id, kv_heads, head_dim missing
 
+    def test_cluster_server_strings(self):
+        # A server list or dns:/// makes a cluster client (docs/CLIENT.md
+        # "Clusters"); servers that are not there are a miss, not an error.
+        c = make_client(server="127.0.0.1:1,127.0.0.1:2", replicas=2)
+        self.assertEqual(c.lookup(list(range(2 * BLOCK))), 0)
+        c.close()
+        self.assert_value_error(
+            lambda: make_client(server="127.0.0.1:1,,127.0.0.1:2"),
+            "empty entry")
+        self.assert_value_error(
+            lambda: make_client(server="127.0.0.1:1,127.0.0.1:2", replicas=0),
+            "replicas")
+
     def test_closed_client(self):
         self.c.close()
         with self.assertRaises(vqkv.Error) as cm:
