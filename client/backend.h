@@ -91,6 +91,15 @@ class Backend {
   virtual absl::StatusOr<std::string> GetRendezvous(absl::string_view key,
                                                     absl::Time deadline) = 0;
 
+  // Whether the cache can serve: OK, or kUnavailable (not serving,
+  // unreachable) / kDeadlineExceeded. GrpcBackend asks the server's
+  // grpc.health.v1 Health service; a backend in this process is always
+  // healthy. The cluster client readmits a failed node by this check.
+  virtual absl::Status CheckHealth(absl::Time deadline) {
+    (void)deadline;
+    return absl::OkStatus();
+  }
+
   // For logs and errors, e.g. "grpc:127.0.0.1:50051" or "embedded".
   virtual std::string Describe() const = 0;
 };

@@ -24,6 +24,7 @@ struct ClusterBackend::Node {
   std::atomic<int64_t> requests{0};
   std::atomic<int64_t> errors{0};
   std::atomic<int64_t> skipped{0};
+  std::atomic<int64_t> health_checks{0};
   std::atomic<int64_t> latency_us{0};
   std::atomic<int64_t> latency_count{0};
   std::atomic<int64_t> buckets[kNodeLatencyBuckets] = {};
@@ -67,13 +68,27 @@ bool IsNodeFailure(const absl::Status& s) {
 absl::string_view KeyOf(const storage::BlockHash& h) { return h.view(); }
 
 // Calls `fn` on `node` if its circuit lets a call through; records the
-// outcome, latency and health. A skipped call is kUnavailable.
+// outcome, latency and health. A skipped call is kUnavailable. The call that
+// probes an open circuit first asks the node's health check
+// (Backend::CheckHealth: grpc.health.v1 for a server), so a node is
+// readmitted when it says it serves, not by risking a real request on it.
 template <typename R, typename Fn>
-R CallNode(Node* node, Fn&& fn) {
+R CallNode(Node* node, absl::Time deadline, Fn&& fn) {
+  const bool probe = node->breaker.open();
   if (!node->breaker.Allow()) {
     ++node->skipped;
     return R(absl::UnavailableError(
         absl::StrCat(node->endpoint, ": circuit open (node unhealthy)")));
+  }
+  if (probe) {
+    ++node->health_checks;
+    const absl::Status health = node->backend->CheckHealth(deadline);
+    node->breaker.Record(health.ok());
+    if (!health.ok()) {
+      ++node->skipped;
+      return R(absl::UnavailableError(absl::StrCat(
+          node->endpoint, ": health check failed: ", health.message())));
+    }
   }
   ++node->requests;
   const absl::Time start = absl::Now();
@@ -108,7 +123,7 @@ void EnsureCodebooks(CodebookRegistry* registry, Node* node,
     }
   }
   for (const auto& [hash, data] : todo) {
-    absl::Status s = CallNode<absl::Status>(node, [&] {
+    absl::Status s = CallNode<absl::Status>(node, deadline, [&] {
       return node->backend->PutCodebook(hash, *data, deadline);
     });
     if (!s.ok()) return;
@@ -186,11 +201,11 @@ absl::Status NoNodeError(const std::optional<absl::Status>& first) {
 // error (a miss over a transient failure).
 template <typename Fn>
 absl::StatusOr<std::string> FirstAnswer(const std::vector<Node*>& nodes,
-                                        Fn&& ask) {
+                                        absl::Time deadline, Fn&& ask) {
   std::optional<absl::Status> error;
   for (Node* n : nodes) {
-    absl::StatusOr<std::string> r =
-        CallNode<absl::StatusOr<std::string>>(n, [&] { return ask(n); });
+    absl::StatusOr<std::string> r = CallNode<absl::StatusOr<std::string>>(
+        n, deadline, [&] { return ask(n); });
     if (r.ok()) return r;
     if (!error.has_value() || absl::IsNotFound(r.status())) error = r.status();
   }
@@ -370,7 +385,7 @@ absl::StatusOr<std::vector<bool>> ClusterBackend::Lookup(
     Node* n = groups.nodes[g];
     tasks.push_back(
         [n, view, shared_ns, sub = std::move(sub), lease_ms, deadline] {
-          return CallNode<absl::StatusOr<std::vector<bool>>>(n, [&] {
+          return CallNode<absl::StatusOr<std::vector<bool>>>(n, deadline, [&] {
             return n->backend->Lookup(*shared_ns, sub, lease_ms, deadline);
           });
         });
@@ -438,7 +453,8 @@ absl::StatusOr<std::vector<absl::Status>> ClusterBackend::Put(
             PutItem{owned->hashes[i], owned->data[i], owned->positions[i]});
       }
       return CallNode<absl::StatusOr<std::vector<absl::Status>>>(
-          n, [&] { return n->backend->Put(owned->ns, sub, deadline); });
+          n, deadline,
+          [&] { return n->backend->Put(owned->ns, sub, deadline); });
     });
   }
   std::vector<absl::StatusOr<std::vector<absl::Status>>> results =
@@ -527,9 +543,9 @@ absl::StatusOr<std::vector<GetItem>> ClusterBackend::Get(
       for (int i : groups.items[g]) sub.push_back(hashes[i]);
       Node* node = groups.nodes[g];
       tasks.push_back([node, view, shared_ns, sub = std::move(sub), deadline] {
-        return CallNode<absl::StatusOr<std::vector<GetItem>>>(node, [&] {
-          return node->backend->Get(*shared_ns, sub, deadline);
-        });
+        return CallNode<absl::StatusOr<std::vector<GetItem>>>(
+            node, deadline,
+            [&] { return node->backend->Get(*shared_ns, sub, deadline); });
       });
     }
     std::vector<absl::StatusOr<std::vector<GetItem>>> results =
@@ -584,8 +600,9 @@ absl::Status ClusterBackend::PutCodebook(uint64_t hash, absl::string_view data,
     Node* n = node.get();
     nodes.push_back(n);
     tasks.push_back([n, view, owned, hash, deadline] {
-      absl::Status s = CallNode<absl::Status>(
-          n, [&] { return n->backend->PutCodebook(hash, *owned, deadline); });
+      absl::Status s = CallNode<absl::Status>(n, deadline, [&] {
+        return n->backend->PutCodebook(hash, *owned, deadline);
+      });
       if (s.ok()) {
         absl::MutexLock lock(&n->mu);
         n->codebooks.insert(hash);
@@ -604,8 +621,9 @@ absl::StatusOr<std::string> ClusterBackend::GetCodebook(uint64_t hash,
   for (int i : view->ring.Owners(CodebookKey(hash), 0)) {
     order.push_back(view->nodes[i].get());
   }
-  return FirstAnswer(
-      order, [&](Node* n) { return n->backend->GetCodebook(hash, deadline); });
+  return FirstAnswer(order, deadline, [&](Node* n) {
+    return n->backend->GetCodebook(hash, deadline);
+  });
 }
 
 absl::Status ClusterBackend::PutRendezvous(absl::string_view key,
@@ -622,8 +640,9 @@ absl::Status ClusterBackend::PutRendezvous(absl::string_view key,
     Node* n = view->nodes[i].get();
     nodes.push_back(n);
     tasks.push_back([n, view, k, v, ttl, deadline] {
-      return CallNode<absl::Status>(
-          n, [&] { return n->backend->PutRendezvous(*k, *v, ttl, deadline); });
+      return CallNode<absl::Status>(n, deadline, [&] {
+        return n->backend->PutRendezvous(*k, *v, ttl, deadline);
+      });
     });
   }
   return AnyOk(FanOut(std::move(tasks), nodes, deadline));
@@ -632,7 +651,7 @@ absl::Status ClusterBackend::PutRendezvous(absl::string_view key,
 absl::StatusOr<std::string> ClusterBackend::GetRendezvous(absl::string_view key,
                                                           absl::Time deadline) {
   std::shared_ptr<const View> view = Snapshot();
-  return FirstAnswer(ReadOrder(*view, key), [&](Node* n) {
+  return FirstAnswer(ReadOrder(*view, key), deadline, [&](Node* n) {
     return n->backend->GetRendezvous(key, deadline);
   });
 }
@@ -667,6 +686,7 @@ ClusterStats ClusterBackend::Stats() const {
     s.requests = n.requests.load();
     s.errors = n.errors.load();
     s.skipped = n.skipped.load();
+    s.health_checks = n.health_checks.load();
     s.times_opened = n.breaker.times_opened();
     s.latency_sum_ms = static_cast<double>(n.latency_us.load()) / 1000.0;
     s.latency_count = n.latency_count.load();

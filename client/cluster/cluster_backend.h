@@ -19,9 +19,10 @@
 // - Rendezvous entries go to their key's owners like blocks.
 // - Health: a circuit breaker per node (client/circuit_breaker.h, with
 //   jitter); a node whose circuit is open is skipped without a network
-//   call, probed again after an exponential backoff, and readmitted on the
-//   probe's success. Only kUnavailable and kDeadlineExceeded count as node
-//   failures.
+//   call and probed again after an exponential backoff: the probe is the
+//   node's health check (Backend::CheckHealth, grpc.health.v1 for a
+//   server), and the node is readmitted when it reports SERVING. Only
+//   kUnavailable and kDeadlineExceeded count as node failures.
 // - Deadlines: every node call gets the caller's deadline, and the fan-out
 //   returns at the deadline even if a node's call has not (it is then
 //   counted as kDeadlineExceeded), so a hung node costs one deadline.
@@ -93,7 +94,8 @@ struct NodeStats {
   bool circuit_open = false;
   int64_t requests = 0;  // calls sent
   int64_t errors = 0;    // calls that failed (call-level, not kNotFound)
-  int64_t skipped = 0;   // calls not sent: circuit open
+  int64_t skipped = 0;   // calls not sent: circuit open, health check failed
+  int64_t health_checks = 0;  // grpc.health.v1 checks that probed the circuit
   int64_t times_opened = 0;
   double latency_sum_ms = 0;
   int64_t latency_count = 0;

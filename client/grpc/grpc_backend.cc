@@ -3,13 +3,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <future>
 #include <limits>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "vqkv/v1/kvcache.grpc.pb.h"
 
@@ -37,6 +40,7 @@ class GrpcBackend : public Backend {
   GrpcBackend(const GrpcBackendOptions& options,
               std::shared_ptr<grpc::Channel> channel)
       : options_(options),
+        channel_(channel),
         stub_(v1::KVCache::NewStub(std::move(channel))),
         describe_(absl::StrCat("grpc:", options.target)) {}
 
@@ -255,6 +259,39 @@ class GrpcBackend : public Backend {
     return std::move(*resp.mutable_value());
   }
 
+  // grpc.health.v1.Health/Check for the whole server (service ""), sent as
+  // raw bytes through a generic stub: the request is the empty message, and
+  // the response's field 1 (a varint) is the status, SERVING = 1.
+  absl::Status CheckHealth(absl::Time deadline) override {
+    grpc::GenericStub stub(channel_);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(deadline));
+    grpc::Slice empty("");
+    const grpc::ByteBuffer request(&empty, 1);
+    grpc::ByteBuffer response;
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                   &request, &response,
+                   [&done](grpc::Status s) { done.set_value(std::move(s)); });
+    absl::Status s = FromGrpc(done.get_future().get(), "Health/Check");
+    if (!s.ok()) return s;
+    std::vector<grpc::Slice> slices;
+    if (!response.Dump(&slices).ok()) {
+      return absl::UnavailableError(
+          absl::StrCat(describe_, ": unreadable health response"));
+    }
+    std::string bytes;
+    for (const grpc::Slice& slice : slices) {
+      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    }
+    const int status = bytes.size() == 2 && bytes[0] == '\x08' ? bytes[1] : 0;
+    if (status != 1) {
+      return absl::UnavailableError(absl::StrCat(
+          describe_, ": health check says not serving (status ", status, ")"));
+    }
+    return absl::OkStatus();
+  }
+
   std::string Describe() const override { return describe_; }
 
  private:
@@ -375,6 +412,7 @@ class GrpcBackend : public Backend {
   }
 
   const GrpcBackendOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;  // for the health check
   std::unique_ptr<v1::KVCache::Stub> stub_;
   const std::string describe_;
 };

@@ -111,6 +111,20 @@ TEST(ClientServerTest, ServerKilledMidLoadGivesMissesThenRecovers) {
   EXPECT_FALSE(client->stats().circuit_open);
 }
 
+// CheckHealth asks the server's grpc.health.v1 service: SERVING while it
+// runs, kUnavailable once it is gone (what the cluster client readmits by).
+TEST(ClientServerTest, HealthCheckFollowsTheServer) {
+  auto server = ServerProcess::Start({"--memory-bytes", "64MiB"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::unique_ptr<Backend> b = Grpc((*server)->address());
+  const absl::Status up = b->CheckHealth(absl::Now() + absl::Seconds(5));
+  EXPECT_TRUE(up.ok()) << up;
+  EXPECT_EQ((*server)->StopWith(SIGKILL), 128 + SIGKILL);
+  const absl::Status down = b->CheckHealth(absl::Now() + absl::Seconds(5));
+  EXPECT_TRUE(absl::IsUnavailable(down) || absl::IsDeadlineExceeded(down))
+      << down;
+}
+
 TEST(ClientServerTest, UnreachableServerCostsOneDeadline) {
   // Nothing listens on port 1 of loopback: calls fail fast, the circuit
   // opens and later lookups miss at once.

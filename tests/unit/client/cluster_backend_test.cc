@@ -31,7 +31,8 @@ class FakeNode {
  public:
   std::atomic<bool> fail{false};
   std::atomic<int> hang_ms{0};
-  std::atomic<int> lookups{0}, puts{0}, gets{0}, codebook_puts{0};
+  std::atomic<int> lookups{0}, puts{0}, gets{0}, codebook_puts{0},
+      health_checks{0};
 
   absl::Status Enter() {
     if (int ms = hang_ms.load(); ms > 0) absl::SleepFor(absl::Milliseconds(ms));
@@ -102,6 +103,10 @@ class FakeBackend : public Backend {
       }
     }
     return out;
+  }
+  absl::Status CheckHealth(absl::Time) override {
+    ++n_->health_checks;
+    return n_->Enter();
   }
   absl::Status PutCodebook(uint64_t hash, absl::string_view data,
                            absl::Time) override {
@@ -340,19 +345,26 @@ TEST(ClusterBackendTest, FailedNodeIsSkippedThenReadmittedAfterBackoff) {
   EXPECT_NE(b->Describe().find("n1:1 open"), std::string::npos)
       << b->Describe();
 
-  // Still down at the first probe (1 s +- 20%): backoff doubles.
+  EXPECT_EQ(f.node(1).health_checks, 0);
+
+  // Still down at the first probe (1 s +- 20%): the probe is a health check,
+  // which fails, so no request is risked on the node and the backoff doubles.
   f.Advance(absl::Milliseconds(1300));
   EXPECT_EQ(Found(b.get(), hashes), 60);
-  EXPECT_EQ(f.node(1).gets + f.node(1).lookups, calls + 1) << "one probe";
+  EXPECT_EQ(f.node(1).health_checks, 1) << "one probe";
+  EXPECT_EQ(f.node(1).gets + f.node(1).lookups, calls)
+      << "a failed health check sends no request";
   // Back up; the next probe (2 s +- 20% later) readmits it.
   f.node(1).fail = false;
   f.Advance(absl::Milliseconds(1500));
   (void)Found(b.get(), hashes);
-  EXPECT_EQ(f.node(1).gets + f.node(1).lookups, calls + 1) << "backoff doubled";
+  EXPECT_EQ(f.node(1).health_checks, 1) << "backoff doubled";
   f.Advance(absl::Milliseconds(1100));
   EXPECT_EQ(Found(b.get(), hashes), 60);
+  EXPECT_EQ(f.node(1).health_checks, 2) << "the second probe";
   s = b->Stats();
   EXPECT_FALSE(s.nodes[1].circuit_open);
+  EXPECT_EQ(s.nodes[1].health_checks, 2);
   const int after = f.node(1).gets;
   EXPECT_EQ(Found(b.get(), hashes), 60);
   EXPECT_GT(f.node(1).gets, after) << "readmitted";
