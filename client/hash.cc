@@ -6,13 +6,10 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "base/coding.h"
 
 namespace vqkv::client {
 namespace {
-
-void PutU32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
 
 BlockHash FromXxh(const XXH128_hash_t& h) {
   return BlockHash::FromPair(h.high64, h.low64);
@@ -23,8 +20,7 @@ BlockHash FromXxh(const XXH128_hash_t& h) {
 BlockHash ChainRoot(const NamespaceId& ns_digest, absl::string_view salt) {
   std::string in = "vqkv.chain.v1";
   in.append(ns_digest.view().data(), NamespaceId::kSize);
-  PutU32(&in, static_cast<uint32_t>(salt.size()));
-  in.append(salt.data(), salt.size());
+  base::PutLengthPrefixed(&in, salt);
   return FromXxh(XXH3_128bits_withSeed(in.data(), in.size(), kHashSeed));
 }
 
@@ -50,9 +46,9 @@ absl::StatusOr<std::vector<BlockHash>> HashChain(
   for (int64_t b = 0; b < blocks; ++b) {
     in.clear();
     in.append(prev.view().data(), BlockHash::kSize);
-    PutU32(&in, static_cast<uint32_t>(block_tokens));
+    base::PutFixed32(&in, static_cast<uint32_t>(block_tokens));
     for (int64_t t = b * block_tokens; t < (b + 1) * block_tokens; ++t) {
-      PutU32(&in, static_cast<uint32_t>(tokens[t]));
+      base::PutFixed32(&in, static_cast<uint32_t>(tokens[t]));
     }
     prev = FromXxh(XXH3_128bits_withSeed(in.data(), in.size(), kHashSeed));
     out.push_back(prev);
