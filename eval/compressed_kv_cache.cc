@@ -98,12 +98,22 @@ absl::Status CompressedKvCache::CodeBlock() {
     return s;
   }
   for (int l = 0; l < lay.layers; ++l) {
+    const bool layer_coded =
+        l >= options_.coded_layers_begin && l < options_.coded_layers_end;
     decoded_.Resize(l, begin + b);
     float* k = decoded_.mutable_keys(l) + begin * row;
-    std::memcpy(k, block_keys_.data() + l * b * row, sizeof(float) * b * row);
-    std::memcpy(decoded_.mutable_values(l) + begin * row,
-                block_values_.data() + l * b * row, sizeof(float) * b * row);
-    if (options_.keys_pre_rope) {
+    float* v = decoded_.mutable_values(l) + begin * row;
+    if (layer_coded && options_.code_keys) {
+      std::memcpy(k, block_keys_.data() + l * b * row, sizeof(float) * b * row);
+    } else {
+      std::memcpy(k, exact_.keys(l) + begin * row, sizeof(float) * b * row);
+    }
+    std::memcpy(v,
+                layer_coded && options_.code_values
+                    ? block_values_.data() + l * b * row
+                    : exact_.values(l) + begin * row,
+                sizeof(float) * b * row);
+    if (options_.keys_pre_rope && layer_coded && options_.code_keys) {
       for (int64_t i = 0; i < b; ++i) {
         rope_->Apply(k + i * row, lay.kv_heads, begin + i);
       }

@@ -45,6 +45,13 @@ struct CompressedKvCacheOptions {
   bool keys_pre_rope = false;
   // Round the exact copies (and what the codec is given) to fp16.
   bool round_to_fp16 = true;
+  // Diagnostic ablation (vqkv eval --task diagnose): the parts left out here
+  // are read exact even where the policy says decoded, so a retrieval loss
+  // can be traced to keys or values and to a range of layers.
+  bool code_keys = true;
+  bool code_values = true;
+  int coded_layers_begin = 0;
+  int coded_layers_end = 1 << 16;  // exclusive; clamped to the layer count
 };
 
 class CompressedKvCache : public model::KvCache {

@@ -232,6 +232,7 @@ absl::Status LlamaModel::ForwardChunk(const int32_t* tokens, int64_t n,
     }
     if (options.observer != nullptr) {
       options.observer->OnKv(l, pos0, n, k_pre.data(), k.data(), v.data());
+      options.observer->OnQueries(l, pos0, n, q.data());
     }
     VQKV_RETURN_IF_ERROR(cache->Append(l, k_pre.data(), k.data(), v.data()));
     VQKV_RETURN_IF_ERROR(CausalAttention(

@@ -52,6 +52,12 @@ class KvObserver {
   virtual void OnKv(int layer, int64_t pos0, int64_t n,
                     const float* keys_pre_rope, const float* keys,
                     const float* values) = 0;
+  // The layer's queries after RoPE, [n][heads][head_dim], called after OnKv
+  // (for attention diagnostics and query-aware calibration).
+  virtual void OnQueries(int layer, int64_t pos0, int64_t n,
+                         const float* queries) {
+    (void)layer, (void)pos0, (void)n, (void)queries;
+  }
 };
 
 enum class OutputRows {
