@@ -15,7 +15,8 @@ const char* CodecNames() { return "fp16, kivi2, kivi4, vq"; }
 absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(std::string_view name,
                                                  const KvLayout& layout,
                                                  const CodebookSet* codebooks,
-                                                 int beam_width) {
+                                                 int beam_width,
+                                                 int key_sketch_bits) {
   if (name == "fp16") {
     absl::StatusOr<std::unique_ptr<Fp16Codec>> c = Fp16Codec::Create(layout);
     if (!c.ok()) return c.status();
@@ -41,7 +42,7 @@ absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(std::string_view name,
           layout.head_dim));
     }
     absl::StatusOr<std::unique_ptr<VqCodec>> c =
-        VqCodec::FromCodebookSet(*codebooks, beam_width);
+        VqCodec::FromCodebookSet(*codebooks, beam_width, key_sketch_bits);
     if (!c.ok()) return c.status();
     return std::unique_ptr<Codec>(*std::move(c));
   }

@@ -208,11 +208,12 @@ absl::StatusOr<std::unique_ptr<VqCodec>> VqCodec::Create(
     codec->config_.key_group_stages[1] = cc->key_group_stages[1];
   }
   codec->set_ = *std::move(set);
+  VQKV_RETURN_IF_ERROR(codec->InitSketch());
   return codec;
 }
 
 absl::StatusOr<std::unique_ptr<VqCodec>> VqCodec::FromCodebookSet(
-    CodebookSet set, int beam_width) {
+    CodebookSet set, int beam_width, int key_sketch_bits) {
   if (!set.complete()) {
     return absl::FailedPreconditionError(
         "VqCodec needs a complete codebook set");
@@ -237,9 +238,20 @@ absl::StatusOr<std::unique_ptr<VqCodec>> VqCodec::FromCodebookSet(
   c.per_head = cc.per_head;
   c.keys_post_rope = cc.keys_post_rope;
   c.beam_width = beam_width;
+  c.key_sketch_bits = key_sketch_bits;
   codec->set_ = std::move(set);
+  VQKV_RETURN_IF_ERROR(codec->InitSketch());
   if (absl::Status s = codec->Finalize(); !s.ok()) return s;
   return codec;
+}
+
+absl::Status VqCodec::InitSketch() {
+  if (config_.key_sketch_bits == 0) return absl::OkStatus();
+  absl::StatusOr<SignSketch> s =
+      SignSketch::Create(layout_.head_dim, config_.key_sketch_bits);
+  if (!s.ok()) return s.status();
+  sketch_ = *std::move(s);
+  return absl::OkStatus();
 }
 
 absl::Status VqCodec::Finalize() {
@@ -258,11 +270,14 @@ std::string VqCodec::Descriptor() const {
       ":split=", KeySplitName(c.key_split), ":v=", c.value_stages, "x",
       c.value_bits, ":ph=", c.per_head ? 1 : 0,
       ":rope=", c.keys_post_rope ? "post" : "pre",
-      ":cb=", absl::Hex(hash_, absl::kZeroPad16));
+      ":cb=", absl::Hex(hash_, absl::kZeroPad16),
+      sketch_ ? absl::StrCat(":ks=", sketch_->bits()) : "");
 }
 
 double VqCodec::KeyBitsPerElement() const {
-  return double(set_.config().key_stages()) * set_.config().key_bits /
+  const double sketch = sketch_ ? 8.0 * sketch_->BytesPerVector() : 0;
+  return (double(set_.config().key_stages()) * set_.config().key_bits +
+          sketch) /
          layout_.head_dim;
 }
 
@@ -276,7 +291,9 @@ size_t VqCodec::EncodedBytes(int64_t tokens) const {
   const CodebookConfig& c = set_.config();
   const int64_t vectors = tokens * layout_.layers * layout_.kv_heads;
   return PackedBytes(vectors * c.key_stages(), c.key_bits) +
-         PackedBytes(vectors * c.value_stages, c.value_bits);
+         PackedBytes(vectors * c.value_stages, c.value_bits) +
+         (sketch_ ? static_cast<size_t>(vectors) * sketch_->BytesPerVector()
+                  : 0);
 }
 
 absl::Status VqCodec::Fit(const float* keys, const float* values,
@@ -431,13 +448,54 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
         return absl::OkStatus();
       }));
   const size_t kbytes = PackedBytes(vectors * Nk, c.key_bits);
-  if (absl::Status st =
-          PackBits(kcodes.data(), vectors * Nk, c.key_bits, out, kbytes);
-      !st.ok()) {
-    return st;
+  const size_t vbytes = PackedBytes(vectors * Nv, c.value_bits);
+  VQKV_RETURN_IF_ERROR(
+      PackBits(kcodes.data(), vectors * Nk, c.key_bits, out, kbytes));
+  VQKV_RETURN_IF_ERROR(PackBits(vcodes.data(), vectors * Nv, c.value_bits,
+                                out + kbytes, vbytes));
+  if (!sketch_) return absl::OkStatus();
+  // The sketch codes what the key codes leave: keys minus their
+  // reconstruction, exactly as Decode will rebuild it.
+  std::vector<float> residual(static_cast<size_t>(vectors) * D);
+  VQKV_RETURN_IF_ERROR(
+      Reconstruct(kcodes.data(), nullptr, tokens, residual.data(), nullptr));
+  for (size_t i = 0; i < residual.size(); ++i) {
+    residual[i] = keys[i] - residual[i];
   }
-  return PackBits(vcodes.data(), vectors * Nv, c.value_bits, out + kbytes,
-                  need - kbytes);
+  sketch_->Encode(residual.data(), vectors, out + kbytes + vbytes);
+  return absl::OkStatus();
+}
+
+absl::Status VqCodec::Reconstruct(const uint16_t* kcodes,
+                                  const uint16_t* vcodes, int64_t tokens,
+                                  float* keys, float* values) const {
+  const CodebookConfig& c = set_.config();
+  const int H = layout_.kv_heads, D = layout_.head_dim;
+  const int64_t rows = c.per_head ? tokens : tokens * H;
+  const int Nk = c.key_stages(), Nv = c.value_stages;
+  std::vector<int> all_dims(D);
+  for (int d = 0; d < D; ++d) all_dims[d] = d;
+  std::vector<float> buf;
+  std::vector<uint16_t> codes;
+  const int64_t per_layer = tokens * H * D;
+  return ForEachQuantizer(
+      set_, all_dims, [&](const QuantizerJob& j) -> absl::Status {
+        if (j.values && vcodes == nullptr) return absl::OkStatus();
+        const int S = j.q->stages(), stride = j.values ? Nv : Nk;
+        const uint16_t* all_codes = j.values ? vcodes : kcodes;
+        codes.resize(static_cast<size_t>(rows) * S);
+        buf.resize(static_cast<size_t>(rows) * j.q->dim());
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(codes.data() + r * S,
+                      all_codes + JobRowVectorIndex(j, tokens, H, r) * stride +
+                          j.stage_offset,
+                      sizeof(uint16_t) * S);
+        }
+        VQKV_RETURN_IF_ERROR(j.q->Decode(codes.data(), rows, buf.data()));
+        Scatter(buf.data(), tokens, H, D, j.slot, *j.dims,
+                (j.values ? values : keys) + j.layer * per_layer);
+        return absl::OkStatus();
+      });
 }
 
 absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
@@ -458,13 +516,8 @@ absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
                      tokens, " tokens need ", EncodedBytes(tokens)));
   }
   const CodebookConfig& c = set_.config();
-  const int L = layout_.layers, H = layout_.kv_heads, D = layout_.head_dim;
-  const int64_t rows = c.per_head ? tokens : tokens * H;
   const int Nk = c.key_stages(), Nv = c.value_stages;
-  std::vector<int> all_dims(D);
-  for (int d = 0; d < D; ++d) all_dims[d] = d;
-
-  const int64_t vectors = int64_t{L} * tokens * H;
+  const int64_t vectors = int64_t{layout_.layers} * tokens * layout_.kv_heads;
   std::vector<uint16_t> kcodes(static_cast<size_t>(vectors) * Nk);
   std::vector<uint16_t> vcodes(static_cast<size_t>(vectors) * Nv);
   const size_t kbytes = PackedBytes(vectors * Nk, c.key_bits);
@@ -473,31 +526,13 @@ absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
       !st.ok()) {
     return st;
   }
-  if (absl::Status st = UnpackBits(in + kbytes, in_bytes - kbytes, vectors * Nv,
-                                   c.value_bits, vcodes.data());
-      !st.ok()) {
-    return st;
-  }
-  std::vector<float> buf;
-  std::vector<uint16_t> codes;
-  const int64_t per_layer = tokens * H * D;
-  return ForEachQuantizer(
-      set_, all_dims, [&](const QuantizerJob& j) -> absl::Status {
-        const int S = j.q->stages(), stride = j.values ? Nv : Nk;
-        const uint16_t* all_codes = j.values ? vcodes.data() : kcodes.data();
-        codes.resize(static_cast<size_t>(rows) * S);
-        buf.resize(static_cast<size_t>(rows) * j.q->dim());
-        for (int64_t r = 0; r < rows; ++r) {
-          std::memcpy(codes.data() + r * S,
-                      all_codes + JobRowVectorIndex(j, tokens, H, r) * stride +
-                          j.stage_offset,
-                      sizeof(uint16_t) * S);
-        }
-        VQKV_RETURN_IF_ERROR(j.q->Decode(codes.data(), rows, buf.data()));
-        Scatter(buf.data(), tokens, H, D, j.slot, *j.dims,
-                (j.values ? values : keys) + j.layer * per_layer);
-        return absl::OkStatus();
-      });
+  const size_t vbytes = PackedBytes(vectors * Nv, c.value_bits);
+  VQKV_RETURN_IF_ERROR(UnpackBits(in + kbytes, vbytes, vectors * Nv,
+                                  c.value_bits, vcodes.data()));
+  VQKV_RETURN_IF_ERROR(
+      Reconstruct(kcodes.data(), vcodes.data(), tokens, keys, values));
+  if (sketch_) sketch_->DecodeAdd(in + kbytes + vbytes, vectors, keys);
+  return absl::OkStatus();
 }
 
 }  // namespace vqkv

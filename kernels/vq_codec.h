@@ -7,9 +7,13 @@
 //              PackBits at key_bits (kernels/bitpack.h), zero-padded to a
 //              whole byte;
 //   V section: value codes in order [layer][token][kv_head][stage],
-//              PackBits at value_bits, zero-padded to a whole byte.
+//              PackBits at value_bits, zero-padded to a whole byte;
+//   key sketch section (only when key_sketch_bits > 0): per key vector, in
+//              order [layer][token][kv_head], the SignSketch code
+//              (kernels/sign_sketch.h) of what the key codes leave of it.
 // EncodedBytes(T) = PackedBytes(L*T*H*key_stages, key_bits)
-//                 + PackedBytes(L*T*H*value_stages, value_bits).
+//                 + PackedBytes(L*T*H*value_stages, value_bits)
+//                 + L*T*H*(2 + key_sketch_bits/8).
 //
 // Thread safety: as Codec (codec.h). FitLayer is a Fit.
 #ifndef VQKV_KERNELS_VQ_CODEC_H_
@@ -17,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -24,6 +29,7 @@
 #include "kernels/codebook_set.h"
 #include "kernels/codec.h"
 #include "kernels/key_split.h"
+#include "kernels/sign_sketch.h"
 
 namespace vqkv {
 
@@ -56,6 +62,13 @@ struct VqConfig {
   bool per_head = false;
   bool keys_post_rope = true;
 
+  // Bits of a sign sketch of each key's VQ residual (kernels/sign_sketch.h):
+  // 0 = none; else a multiple of 8. It makes attention logits over decoded
+  // keys unbiased, which retrieval needs (docs/FIDELITY.md). Costs
+  // (16 + key_sketch_bits) / head_dim bits per key element. An encoding
+  // setting, not part of the codebooks: it is in the descriptor.
+  int key_sketch_bits = 0;
+
   // Encode: 1 = greedy, B > 1 = beam search of width B. Not part of the
   // descriptor: it changes which codes are chosen, not how codes decode, so
   // greedy and beam encoders share blocks.
@@ -74,11 +87,12 @@ class VqCodec : public Codec {
   // An unfitted codec. Errors: kInvalidArgument for a bad layout or config.
   static absl::StatusOr<std::unique_ptr<VqCodec>> Create(
       const KvLayout& layout, const VqConfig& config);
-  // A codec that encodes with a complete, loaded codebook set. config
-  // supplies beam_width only (the rest comes from the set).
-  // Errors: kFailedPrecondition for an incomplete set.
+  // A codec that encodes with a complete, loaded codebook set; beam_width
+  // and key_sketch_bits as in VqConfig (the rest comes from the set).
+  // Errors: kFailedPrecondition for an incomplete set; kInvalidArgument for
+  // a bad beam width or sketch size.
   static absl::StatusOr<std::unique_ptr<VqCodec>> FromCodebookSet(
-      CodebookSet set, int beam_width = 1);
+      CodebookSet set, int beam_width = 1, int key_sketch_bits = 0);
 
   // The codebook config this codec's config resolves to (stages filled in).
   static absl::StatusOr<CodebookConfig> ResolveConfig(const KvLayout& layout,
@@ -87,7 +101,8 @@ class VqCodec : public Codec {
   CodecId id() const override { return CodecId::kVq; }
   // "vq:L=<layers>:H=<kv_heads>:D=<head_dim>:k=<stages per group joined by
   // '+'>x<bits>:split=<name>:v=<stages>x<bits>:ph=<0|1>:rope=<pre|post>:
-  // cb=<16 hex digits>".
+  // cb=<16 hex digits>", followed by ":ks=<key_sketch_bits>" when that is
+  // not 0.
   std::string Descriptor() const override;
   const KvLayout& layout() const override { return layout_; }
   uint64_t codebook_hash() const override { return hash_; }
@@ -117,12 +132,18 @@ class VqCodec : public Codec {
  private:
   VqCodec() = default;
   absl::Status Finalize();
+  absl::Status InitSketch();
+  // Sums the codewords of key codes [vector][Nk] into keys and, when
+  // vcodes is not null, of value codes into values.
+  absl::Status Reconstruct(const uint16_t* kcodes, const uint16_t* vcodes,
+                           int64_t tokens, float* keys, float* values) const;
 
   KvLayout layout_;
   VqConfig config_;
   CodebookSet set_;
   bool fitted_ = false;
   uint64_t hash_ = 0;
+  std::optional<SignSketch> sketch_;  // when config_.key_sketch_bits > 0
 };
 
 }  // namespace vqkv

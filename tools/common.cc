@@ -137,8 +137,8 @@ absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& f) {
 
 absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
                                         const std::string& codebooks,
-                                        const KvLayout& layout,
-                                        int beam_width) {
+                                        const KvLayout& layout, int beam_width,
+                                        int key_sketch_bits) {
   EvalCodec out;
   out.name = name;
   std::optional<CodebookSet> set;
@@ -159,8 +159,8 @@ absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
     out.codebook_bytes = static_cast<int64_t>(bytes->size());
     out.codebooks = codebooks;
   }
-  absl::StatusOr<std::unique_ptr<Codec>> c =
-      MakeCodec(name, layout, set ? &*set : nullptr, beam_width);
+  absl::StatusOr<std::unique_ptr<Codec>> c = MakeCodec(
+      name, layout, set ? &*set : nullptr, beam_width, key_sketch_bits);
   if (!c.ok()) {
     if (name == "vq") {
       return absl::Status(

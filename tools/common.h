@@ -69,8 +69,9 @@ void AddCodecFlags(CLI::App* app, CodecFlags* flags);
 absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& flags);
 
 // A codec for evaluation. `name` is fp16, kivi2, kivi4 or vq; vq loads the
-// codebook file `codebooks` (beam width `beam_width`) and checks that it was
-// made for `layout`. *keys_pre_rope tells how the codec wants its keys.
+// codebook file `codebooks` (beam width `beam_width`, key sketch of
+// `key_sketch_bits` bits, VqConfig) and checks that it was made for `layout`.
+// *keys_pre_rope tells how the codec wants its keys.
 struct EvalCodec {
   std::string name;
   std::unique_ptr<Codec> codec;
@@ -80,7 +81,8 @@ struct EvalCodec {
 };
 absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
                                         const std::string& codebooks,
-                                        const KvLayout& layout, int beam_width);
+                                        const KvLayout& layout, int beam_width,
+                                        int key_sketch_bits = 0);
 
 // A progress bar with ETA on stderr. On a terminal it redraws one line; to a
 // file or pipe it writes a line at most every 10 s, so logs stay readable.

@@ -15,6 +15,7 @@
 #include "tools/common.h"
 #include "tools/memory.h"
 #include "tools/passkey.h"
+#include "tools/retrieval_diagnostic.h"
 
 namespace vqkv::tools {
 namespace {
@@ -22,7 +23,7 @@ namespace {
 struct EvalArgs {
   std::string model;
   std::string text;
-  std::string task = "ppl";  // ppl | passkey
+  std::string task = "ppl";  // ppl | passkey | diagnose
   bool memory = false;
   std::vector<std::string> codecs = {"vq"};
   std::string codebooks;
@@ -33,6 +34,7 @@ struct EvalArgs {
   int64_t max_tokens = 0;   // 0 = the whole text
   int64_t max_windows = 0;  // 0 = as many as the text holds
   int beam_width = 1;
+  int key_sketch_bits = 0;
   bool json = false;
   // passkey
   int trials = 10;
@@ -41,6 +43,7 @@ struct EvalArgs {
   // fall in the coded region with the default options.
   std::vector<int64_t> lengths = {1536, 2048};
   bool verbose = false;
+  bool ablation = true;  // diagnose
   // memory
   double budget_gib = 1.0;
   std::vector<int64_t> memory_ctx = {2048, 8192, 32768, 131072};
@@ -55,8 +58,8 @@ absl::StatusOr<std::vector<EvalCodec>> MakeCodecs(const EvalArgs& a,
                                                   const KvLayout& layout) {
   std::vector<EvalCodec> out;
   for (const std::string& name : a.codecs) {
-    absl::StatusOr<EvalCodec> c =
-        MakeEvalCodec(name, a.codebooks, layout, a.beam_width);
+    absl::StatusOr<EvalCodec> c = MakeEvalCodec(
+        name, a.codebooks, layout, a.beam_width, a.key_sketch_bits);
     if (!c.ok()) return c.status();
     out.push_back(*std::move(c));
   }
@@ -357,10 +360,47 @@ int RunPasskeyTask(const EvalArgs& a, const LoadedModel& m,
   return 0;
 }
 
-int Run(const EvalArgs& a) {
-  if (a.task != "ppl" && a.task != "passkey") {
+int RunDiagnoseTask(const EvalArgs& a, const LoadedModel& m,
+                    const std::vector<EvalCodec>& codecs) {
+  const EvalCodec* coded = nullptr;
+  for (const EvalCodec& c : codecs) {
+    if (c.name != "fp16") coded = &c;
+  }
+  if (coded == nullptr || codecs.size() != 1) {
     return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--task must be ppl or passkey, not '", a.task, "'")));
+        "--task diagnose takes one compressed --codec (vq, kivi2 or kivi4)"));
+  }
+  DiagnosticOptions o;
+  o.length = a.lengths.front();
+  o.trials = a.trials;
+  o.seed = a.seed;
+  o.sinks = a.sinks;
+  o.window = a.window;
+  o.block_tokens = std::min(a.block_tokens, a.window + 1);
+  o.keys_pre_rope = coded->keys_pre_rope;
+  o.ablation = a.ablation;
+  ProgressBar bar("diagnose", 1);
+  absl::StatusOr<DiagnosticReport> r = RunRetrievalDiagnostic(
+      *m.model, *m.tokenizer, *coded->codec, o,
+      [&bar](int64_t done, int64_t total) {
+        bar.Update(static_cast<double>(done) / total,
+                   absl::StrFormat("%d/%d runs", done, total));
+      });
+  if (!r.ok()) return Fail(r.status());
+  bar.Finish();
+  if (a.json) {
+    std::printf("%s\n",
+                DiagnosticJson(*r, o, coded->codec->Descriptor()).c_str());
+  } else {
+    std::printf("%s", FormatDiagnostic(*r, o).c_str());
+  }
+  return 0;
+}
+
+int Run(const EvalArgs& a) {
+  if (a.task != "ppl" && a.task != "passkey" && a.task != "diagnose") {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--task must be ppl, passkey or diagnose, not '", a.task, "'")));
   }
   absl::StatusOr<LoadedModel> m = LoadModel(a.model);
   if (!m.ok()) return Fail(m.status());
@@ -371,6 +411,7 @@ int Run(const EvalArgs& a) {
   if (!fp16.ok()) return Fail(fp16.status());
   if (a.memory) return RunMemory(a, layout, *codecs, *fp16->codec);
   if (a.task == "passkey") return RunPasskeyTask(a, *m, *codecs);
+  if (a.task == "diagnose") return RunDiagnoseTask(a, *m, *codecs);
   return RunPerplexity(a, *m, *codecs, *fp16->codec);
 }
 
@@ -382,7 +423,9 @@ std::function<int()> AddEvalCommand(CLI::App* app) {
       "eval", "Measure a compressed KV cache against fp16 on a model");
   cmd->add_option("--model", args->model, "GGUF model file")->required();
   cmd->add_option("--text", args->text, "text for perplexity");
-  cmd->add_option("--task", args->task, "ppl or passkey")
+  cmd->add_option("--task", args->task,
+                  "ppl, passkey, or diagnose (where retrieval breaks: "
+                  "per-layer reconstruction error of the needle, ablations)")
       ->capture_default_str();
   cmd->add_flag("--memory", args->memory,
                 "print the KV memory account instead of running the model");
@@ -390,6 +433,10 @@ std::function<int()> AddEvalCommand(CLI::App* app) {
                   "fp16, vq, kivi2 or kivi4 (comma-separated for several)")
       ->delimiter(',');
   cmd->add_option("--codebooks", args->codebooks, "codebook file for vq");
+  cmd->add_option("--key-sketch-bits", args->key_sketch_bits,
+                  "vq: bits of the sign sketch of each key's residual (0 = "
+                  "none; a multiple of 8)")
+      ->capture_default_str();
   cmd->add_option("--beam-width", args->beam_width, "vq encoder beam width")
       ->capture_default_str();
   cmd->add_option("--ctx", args->ctx, "window of tokens per run")
@@ -413,6 +460,9 @@ std::function<int()> AddEvalCommand(CLI::App* app) {
       ->delimiter(',');
   cmd->add_flag("--verbose", args->verbose,
                 "passkey: print every trial on stderr");
+  cmd->add_flag("--ablation,!--no-ablation", args->ablation,
+                "diagnose: also run passkey with only keys, only values or a "
+                "third of the layers coded (default on)");
   cmd->add_option("--budget-gib", args->budget_gib,
                   "KV budget for the longest-context figure")
       ->capture_default_str();

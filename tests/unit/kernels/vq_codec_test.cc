@@ -362,3 +362,61 @@ TEST(VqCodecTest, PayloadLayoutIsTheDocumentedOne) {
 
 }  // namespace
 }  // namespace vqkv
+
+namespace vqkv {
+namespace {
+
+// The key sketch (VqConfig::key_sketch_bits): its bytes follow the value
+// codes, it is named in the descriptor, counted in the rate, and it restores
+// what the codebooks cannot represent. Keys fitted with a zero last
+// dimension and coded with a large one lose it entirely without the sketch
+// and keep it, on average, with it.
+TEST(VqCodecTest, KeySketchRestoresDirectionsTheCodebooksMiss) {
+  VqConfig plain_cfg = SmallConfig();
+  VqConfig sketch_cfg = plain_cfg;
+  sketch_cfg.key_sketch_bits = 32;
+  Fixture plain(plain_cfg), sketched(sketch_cfg);
+  const int D = plain.layout.head_dim;
+  for (Fixture* f : {&plain, &sketched}) {
+    for (size_t i = D - 1; i < f->keys.size(); i += D) f->keys[i] = 0;
+    ASSERT_TRUE(
+        f->codec->Fit(f->keys.data(), f->values.data(), f->tokens, {}).ok());
+  }
+  const int64_t T = 40;
+  const int64_t n = T * plain.layout.layers * plain.layout.kv_heads;
+  EXPECT_EQ(sketched.codec->EncodedBytes(T),
+            plain.codec->EncodedBytes(T) + n * (2 + 32 / 8));
+  EXPECT_EQ(sketched.codec->KeyBitsPerElement(),
+            plain.codec->KeyBitsPerElement() + (16.0 + 32) / D);
+  EXPECT_EQ(sketched.codec->Descriptor(), plain.codec->Descriptor() + ":ks=32");
+  EXPECT_FALSE(VqCodec::FromCodebookSet(plain.codec->codebooks(), 1, 12).ok());
+
+  std::vector<float> k = testing::KeyLikeVectors(n, D, 21);
+  std::vector<float> v = testing::KeyLikeVectors(n, D, 22);
+  double rms = 0;
+  for (int64_t i = 0; i < n; ++i) rms += double(k[i * D]) * k[i * D];
+  rms = std::sqrt(rms / n);
+  for (int64_t i = 0; i < n; ++i) k[i * D + D - 1] = static_cast<float>(rms);
+  double recovered[2] = {0, 0};
+  int which = 0;
+  for (Fixture* f : {&plain, &sketched}) {
+    std::vector<uint8_t> payload(f->codec->EncodedBytes(T));
+    ASSERT_TRUE(
+        f->codec->Encode(k.data(), v.data(), T, payload.data(), payload.size())
+            .ok());
+    std::vector<float> k2(k.size()), v2(v.size());
+    ASSERT_TRUE(
+        f->codec
+            ->Decode(payload.data(), payload.size(), T, k2.data(), v2.data())
+            .ok());
+    for (int64_t i = 0; i < n; ++i) recovered[which] += k2[i * D + D - 1];
+    recovered[which] /= n * rms;
+    ++which;
+  }
+  EXPECT_LT(std::abs(recovered[0]), 0.1);  // the codebooks miss it
+  EXPECT_GT(recovered[1], 0.6);            // the sketch brings it back
+  EXPECT_LT(recovered[1], 1.4);
+}
+
+}  // namespace
+}  // namespace vqkv
