@@ -227,7 +227,7 @@ int Run(const Flags& f) {
       continue;
     }
     absl::StatusOr<vqkv::tools::EvalCodec> c =
-        vqkv::tools::MakeEvalCodec(name, f.codebooks, layout, 1);
+        vqkv::tools::MakeEvalCodec(name, f.codebooks, lm->identity, 1);
     if (!c.ok()) return vqkv::tools::Fail(c.status());
     CodecSpec spec;
     spec.name = name;

@@ -21,8 +21,15 @@ static_assert(std::endian::native == std::endian::little,
               "the codebook file is little-endian; add byte swapping to "
               "support big-endian hosts");
 
+// Version 1's header; version 2 appends the model identity to it.
 constexpr size_t kHeaderBytes = 64;
+constexpr size_t kHeaderBytesV2 = 128;
+constexpr size_t kMaxHeaderBytes = kHeaderBytesV2;
 constexpr size_t kTrailerBytes = 8;
+// Identity fields of the version-2 header.
+constexpr size_t kFingerprintOffset = 64;
+constexpr size_t kArchitectureBytesOffset = 72;
+constexpr size_t kArchitectureOffset = 80;
 
 struct StringSink {
   std::string* out;
@@ -57,11 +64,19 @@ uint64_t BodyBytes(const CodebookConfig& c,
   return floats * 4 * c.layout.layers * c.slots_per_layer();
 }
 
-void EncodeHeader(const CodebookConfig& c, uint64_t body_bytes, uint8_t* h) {
-  std::memset(h, 0, kHeaderBytes);
+size_t HeaderBytes(const std::optional<ModelIdentity>& identity) {
+  return identity ? kHeaderBytesV2 : kHeaderBytes;
+}
+
+// Writes HeaderBytes(identity) bytes at h.
+void EncodeHeader(const CodebookConfig& c,
+                  const std::optional<ModelIdentity>& identity,
+                  uint64_t body_bytes, uint8_t* h) {
+  const size_t header_bytes = HeaderBytes(identity);
+  std::memset(h, 0, header_bytes);
   Put<uint32_t>(h, 0, kCodebookMagic);
-  Put<uint16_t>(h, 4, kCodebookFormatVersion);
-  Put<uint16_t>(h, 6, kHeaderBytes);
+  Put<uint16_t>(h, 4, identity ? 2 : 1);
+  Put<uint16_t>(h, 6, static_cast<uint16_t>(header_bytes));
   Put<uint32_t>(h, 8, c.layout.layers);
   Put<uint32_t>(h, 12, c.layout.kv_heads);
   Put<uint32_t>(h, 16, c.layout.head_dim);
@@ -76,6 +91,13 @@ void EncodeHeader(const CodebookConfig& c, uint64_t body_bytes, uint8_t* h) {
   Put<uint32_t>(h, 40,
                 c.key_group_stages.size() < 2 ? 0 : c.key_group_stages[1]);
   Put<uint64_t>(h, 48, body_bytes);
+  if (identity) {
+    Put<uint64_t>(h, kFingerprintOffset, identity->fingerprint);
+    Put<uint8_t>(h, kArchitectureBytesOffset,
+                 static_cast<uint8_t>(identity->architecture.size()));
+    std::memcpy(h + kArchitectureOffset, identity->architecture.data(),
+                identity->architecture.size());
+  }
 }
 
 }  // namespace
@@ -169,6 +191,27 @@ absl::Status CodebookSet::SetValue(int layer, int slot, ResidualQuantizer q) {
   return absl::OkStatus();
 }
 
+absl::Status CodebookSet::SetIdentity(ModelIdentity identity) {
+  if (absl::Status s = identity.Validate(); !s.ok()) return s;
+  if (identity.layout != config_.layout) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model identity ", identity.ToString(),
+        " does not match the codebook layout ", config_.layout.layers, "x",
+        config_.layout.kv_heads, "x", config_.layout.head_dim));
+  }
+  identity_ = std::move(identity);
+  return absl::OkStatus();
+}
+
+absl::Status CodebookSet::CheckModel(const ModelIdentity& model,
+                                     std::string_view label) const {
+  if (!identity_ || *identity_ == model) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      std::string(label), " were fitted for ", identity_->ToString(), ", keys ",
+      config_.keys_post_rope ? "post" : "pre", "-RoPE; this model is ",
+      model.ToString()));
+}
+
 bool CodebookSet::layer_complete(int layer) const {
   if (layer < 0 || layer >= config_.layout.layers) return false;
   const size_t slots = config_.slots_per_layer();
@@ -196,9 +239,9 @@ namespace {
 template <typename Sink>
 void WriteContent(const CodebookSet& set, Sink& sink) {
   const CodebookConfig& c = set.config();
-  uint8_t header[kHeaderBytes];
-  EncodeHeader(c, BodyBytes(c, set.key_group_dims()), header);
-  sink.Append(header, kHeaderBytes);
+  uint8_t header[kMaxHeaderBytes];
+  EncodeHeader(c, set.identity(), BodyBytes(c, set.key_group_dims()), header);
+  sink.Append(header, HeaderBytes(set.identity()));
   const int groups = static_cast<int>(set.key_group_dims().size());
   for (int l = 0; l < c.layout.layers; ++l) {
     for (int s = 0; s < c.slots_per_layer(); ++s) {
@@ -234,7 +277,7 @@ absl::StatusOr<std::string> CodebookSet::Serialize() const {
         "codebook set serialize needs every quantizer fitted");
   }
   std::string out;
-  out.reserve(kHeaderBytes + BodyBytes(config_, key_group_dims_) +
+  out.reserve(HeaderBytes(identity_) + BodyBytes(config_, key_group_dims_) +
               kTrailerBytes);
   StringSink sink{&out};
   WriteContent(*this, sink);
@@ -257,21 +300,24 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
         absl::StrCat("codebook file truncated: ", bytes.size(),
                      " bytes, header needs ", kHeaderBytes + kTrailerBytes));
   }
-  if (const uint16_t v = Get<uint16_t>(p, 4); v != kCodebookFormatVersion) {
+  const uint16_t version = Get<uint16_t>(p, 4);
+  if (version != 1 && version != 2) {
     return absl::FailedPreconditionError(
-        absl::StrCat("codebook file format version ", v,
-                     " is not supported (this build reads version ",
+        absl::StrCat("codebook file format version ", version,
+                     " is not supported (this build reads versions 1 to ",
                      kCodebookFormatVersion, ")"));
   }
+  const size_t header_bytes = version == 1 ? kHeaderBytes : kHeaderBytesV2;
   const uint64_t body = Get<uint64_t>(p, 48);
-  if (Get<uint16_t>(p, 6) != kHeaderBytes ||
-      body > bytes.size() - kHeaderBytes - kTrailerBytes ||
-      bytes.size() != kHeaderBytes + body + kTrailerBytes) {
+  if (Get<uint16_t>(p, 6) != header_bytes ||
+      bytes.size() < header_bytes + kTrailerBytes ||
+      body > bytes.size() - header_bytes - kTrailerBytes ||
+      bytes.size() != header_bytes + body + kTrailerBytes) {
     return absl::DataLossError(absl::StrCat(
         "codebook file size ", bytes.size(), " does not match its header (",
-        kHeaderBytes, " + ", body, " + ", kTrailerBytes, " bytes)"));
+        header_bytes, " + ", body, " + ", kTrailerBytes, " bytes)"));
   }
-  const size_t content = kHeaderBytes + body;
+  const size_t content = header_bytes + body;
   const uint64_t stored = Get<uint64_t>(p, content);
   const uint64_t actual = XXH3_64bits(p, content);
   if (stored != actual) {
@@ -318,8 +364,33 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
   }
   absl::StatusOr<CodebookSet> set = Create(c);
   if (!set.ok()) return absl::DataLossError(set.status().message());
+  if (version == 2) {
+    ModelIdentity id;
+    id.layout = c.layout;
+    id.fingerprint = Get<uint64_t>(p, kFingerprintOffset);
+    const size_t arch_bytes = Get<uint8_t>(p, kArchitectureBytesOffset);
+    // Every other identity byte is zero, so one identity has one encoding
+    // (and one hash).
+    bool canonical = arch_bytes <= size_t{kMaxArchitectureBytes};
+    for (size_t i = kArchitectureBytesOffset + 1; i < kHeaderBytesV2; ++i) {
+      const bool in_name =
+          i >= kArchitectureOffset && i < kArchitectureOffset + arch_bytes;
+      if (!in_name && p[i] != 0) canonical = false;
+    }
+    if (!canonical) {
+      return absl::DataLossError(
+          "codebook file model identity has nonzero padding or an "
+          "architecture over 32 bytes");
+    }
+    id.architecture.assign(
+        reinterpret_cast<const char*>(p + kArchitectureOffset), arch_bytes);
+    if (absl::Status st = set->SetIdentity(std::move(id)); !st.ok()) {
+      return absl::DataLossError(absl::StrCat(
+          "codebook file model identity does not parse: ", st.message()));
+    }
+  }
 
-  const uint8_t* at = p + kHeaderBytes;
+  const uint8_t* at = p + header_bytes;
   auto take = [&at](size_t floats) {
     std::vector<float> v(floats);
     std::memcpy(v.data(), at, floats * sizeof(float));

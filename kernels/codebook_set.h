@@ -7,12 +7,19 @@
 // (docs/CODEBOOK_FORMAT.md). Encoded blocks and cache namespaces carry this
 // hash, so codes are never decoded with codebooks other than their own.
 //
+// A set may carry the identity of the model it was fitted for
+// (kernels/model_identity.h). A set with one serializes as format version 2,
+// which stores it (so the hash covers it: codebooks for two models never
+// share a hash); a set without one serializes as version 1, byte for byte
+// what builds before version 2 wrote, so its hash is unchanged.
+//
 // Thread safety: const methods may run concurrently; Set* must not run
 // concurrently with anything else on the same object.
 #ifndef VQKV_KERNELS_CODEBOOK_SET_H_
 #define VQKV_KERNELS_CODEBOOK_SET_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,12 +28,15 @@
 #include "absl/status/statusor.h"
 #include "kernels/codec.h"
 #include "kernels/key_split.h"
+#include "kernels/model_identity.h"
 #include "kernels/rvq.h"
 
 namespace vqkv {
 
 inline constexpr uint32_t kCodebookMagic = 0x42435156;  // "VQCB" little-endian
-inline constexpr uint16_t kCodebookFormatVersion = 1;
+// The newest version this build reads and writes; it also reads (and, for a
+// set without a model identity, writes) version 1.
+inline constexpr uint16_t kCodebookFormatVersion = 2;
 
 struct CodebookConfig {
   KvLayout layout;
@@ -78,6 +88,21 @@ class CodebookSet {
     return values_[static_cast<size_t>(layer) * config_.slots_per_layer() +
                    slot];
   }
+  // The model the set was fitted for; nullopt when unknown (a version-1
+  // file, or a set built without a model, as in unit tests).
+  const std::optional<ModelIdentity>& identity() const { return identity_; }
+  // Records the model the set was fitted for. Errors: kInvalidArgument when
+  // the identity does not validate or its layout is not the config's.
+  absl::Status SetIdentity(ModelIdentity identity);
+
+  // Whether codebooks named `label` (e.g. "codebooks models/x.vqcb") may be
+  // used with `model`. OK when the set's identity equals `model`, and when
+  // the set has none (the caller still checks the layout and may warn).
+  // Errors: kFailedPrecondition naming both identities and the set's key
+  // position (pre/post RoPE) when they differ.
+  absl::Status CheckModel(const ModelIdentity& model,
+                          std::string_view label) const;
+
   // True when every quantizer of every layer has been set.
   bool complete() const;
   bool layer_complete(int layer) const;
@@ -88,9 +113,10 @@ class CodebookSet {
   // The codebook file, hash trailer included.
   // Errors: kFailedPrecondition unless complete().
   absl::StatusOr<std::string> Serialize() const;
+  // Reads format version 1 (no identity) and 2.
   // Errors: kInvalidArgument for a wrong magic, kFailedPrecondition for an
   // unsupported version, kDataLoss for a truncated/oversized file, a hash
-  // mismatch or a config that does not parse.
+  // mismatch or a config or identity that does not parse.
   static absl::StatusOr<CodebookSet> Deserialize(std::string_view bytes);
 
   // Errors as Serialize/Deserialize, plus kNotFound / kUnavailable for I/O.
@@ -99,6 +125,7 @@ class CodebookSet {
 
  private:
   CodebookConfig config_;
+  std::optional<ModelIdentity> identity_;
   std::vector<std::vector<int>> key_group_dims_;
   std::vector<ResidualQuantizer> keys_;    // [layer][slot][group]
   std::vector<ResidualQuantizer> values_;  // [layer][slot]

@@ -530,7 +530,7 @@ const GgufTensorInfo* GgufFile::FindTensor(std::string_view name) const {
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
 }
 
-absl::StatusOr<std::vector<float>> GgufFile::ReadTensorF32(
+absl::StatusOr<std::string_view> GgufFile::TensorData(
     std::string_view name) const {
   const GgufTensorInfo* t = FindTensor(name);
   if (t == nullptr) {
@@ -544,7 +544,17 @@ absl::StatusOr<std::vector<float>> GgufFile::ReadTensorF32(
     return absl::DataLossError(absl::StrCat("tensor '", std::string(name),
                                             "' runs past the end of the file"));
   }
-  const uint8_t* src = data_ + data_offset_ + t->offset;
+  return std::string_view(
+      reinterpret_cast<const char*>(data_ + data_offset_ + t->offset),
+      static_cast<size_t>(*bytes));
+}
+
+absl::StatusOr<std::vector<float>> GgufFile::ReadTensorF32(
+    std::string_view name) const {
+  absl::StatusOr<std::string_view> data = TensorData(name);
+  if (!data.ok()) return data.status();
+  const GgufTensorInfo* t = FindTensor(name);
+  const auto* src = reinterpret_cast<const uint8_t*>(data->data());
   const int64_t n = t->elements();
   std::vector<float> out(static_cast<size_t>(n));
   switch (static_cast<GgmlType>(t->type)) {

@@ -121,6 +121,12 @@ class GgufFile {
   // than F32, F16, Q4_0, Q4_1, Q8_0).
   absl::StatusOr<std::vector<float>> ReadTensorF32(std::string_view name) const;
 
+  // A tensor's data exactly as stored (quantized blocks as they are), a view
+  // into the file image valid as long as the GgufFile. Errors: kNotFound (no
+  // such tensor), kUnimplemented (element type of unknown size), kDataLoss
+  // (the data runs past the end of the file).
+  absl::StatusOr<std::string_view> TensorData(std::string_view name) const;
+
   // Bytes one tensor occupies in the file; kUnimplemented for unknown types.
   static absl::StatusOr<uint64_t> TensorBytes(const GgufTensorInfo& info);
 

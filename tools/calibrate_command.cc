@@ -76,12 +76,13 @@ int Run(const CalibrateArgs& a) {
                                     resolved->value_stages,
                                     resolved->value_bits, layout.head_dim);
   std::fprintf(stderr,
-               "vqkv calibrate: %s, %d layers x %d kv heads x %d; keys %d "
+               "vqkv calibrate: %s (%s), %d layers x %d kv heads x %d; keys %d "
                "stages x %d bits (%s split, %s-RoPE), values %d x %d bits: "
                "%.4f bits/element, %.1f%% smaller than fp16; %zu text "
                "tokens, collecting up to %lld\n",
-               model.config().name.c_str(), layout.layers, layout.kv_heads,
-               layout.head_dim, resolved->key_stages(), resolved->key_bits,
+               model.config().name.c_str(), m->identity.ToString().c_str(),
+               layout.layers, layout.kv_heads, layout.head_dim,
+               resolved->key_stages(), resolved->key_bits,
                a.codec.key_split.c_str(), a.codec.keys.c_str(),
                resolved->value_stages, resolved->value_bits,
                rate.bits_per_element, 100 * rate.compression_ratio, ids->size(),
@@ -146,11 +147,17 @@ int Run(const CalibrateArgs& a) {
     bar.Update(layer + 1.0, absl::StrFormat("layer %d fitted", layer));
   }
   bar.Finish(absl::StrFormat("%d layers", layout.layers));
-  if (absl::Status s = (*codec)->codebooks().Save(a.out); !s.ok()) {
-    return Fail(s);
-  }
-  std::fprintf(stderr, "wrote %s (%s)\n", a.out.c_str(),
-               (*codec)->Descriptor().c_str());
+  // The file records the model, so eval and generate refuse another one.
+  CodebookSet set = (*codec)->codebooks();
+  if (absl::Status s = set.SetIdentity(m->identity); !s.ok()) return Fail(s);
+  if (absl::Status s = set.Save(a.out); !s.ok()) return Fail(s);
+  // The identity is hashed, so the file's codec descriptor (cb=) is that of
+  // the identified set, not of the codec that was fitted.
+  absl::StatusOr<std::unique_ptr<VqCodec>> saved =
+      VqCodec::FromCodebookSet(std::move(set));
+  if (!saved.ok()) return Fail(saved.status());
+  std::fprintf(stderr, "wrote %s (%s), fitted for %s\n", a.out.c_str(),
+               (*saved)->Descriptor().c_str(), m->identity.ToString().c_str());
   return 0;
 }
 

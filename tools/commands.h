@@ -4,7 +4,9 @@
 // prints one "vqkv: error: ..." line on stderr and gives 1.
 //
 //   calibrate  runs a GGUF model over text, collects its keys and values,
-//              fits a VQ codebook set layer by layer and writes it.
+//              fits a VQ codebook set layer by layer and writes it with
+//              the model's identity (eval and generate refuse codebooks
+//              fitted for another model, docs/CODEBOOK_FORMAT.md).
 //   eval       perplexity, top-1 agreement and KL of a compressed KV cache
 //              against fp16 (default), needle retrieval (--task passkey),
 //              and the KV memory account (--memory).

@@ -11,10 +11,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/file.h"
+#include "base/logging.h"
 #include "base/status_macros.h"
 #include "kernels/codebook_set.h"
 #include "kernels/codec_factory.h"
 #include "kernels/key_split.h"
+#include "model/fingerprint.h"
 
 namespace vqkv::tools {
 
@@ -49,6 +51,10 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path) {
       model::Tokenizer::FromGguf(*out.gguf);
   if (!tok.ok()) return prefix(tok.status());
   out.tokenizer = *std::move(tok);
+  absl::StatusOr<ModelIdentity> id =
+      model::IdentifyModel(*out.gguf, out.model->config().kv_layout());
+  if (!id.ok()) return prefix(id.status());
+  out.identity = *std::move(id);
   return out;
 }
 
@@ -137,8 +143,10 @@ absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& f) {
 
 absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
                                         const std::string& codebooks,
-                                        const KvLayout& layout, int beam_width,
-                                        int key_sketch_bits) {
+                                        const ModelIdentity& model,
+                                        int beam_width, int key_sketch_bits) {
+  const KvLayout& layout = model.layout;
+  const std::string label = absl::StrCat("codebooks ", codebooks);
   EvalCodec out;
   out.name = name;
   std::optional<CodebookSet> set;
@@ -153,6 +161,8 @@ absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
                                        loaded.status().message()));
     }
     set = *std::move(loaded);
+    // Before the layout check: a recorded identity names both models.
+    VQKV_RETURN_IF_ERROR(set->CheckModel(model, label));
     out.keys_pre_rope = !set->config().keys_post_rope;
     absl::StatusOr<std::string> bytes = set->Serialize();
     if (!bytes.ok()) return bytes.status();
@@ -171,6 +181,15 @@ absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
         "--codec must be fp16, vq, kivi2 or kivi4, not '", name, "'"));
   }
   out.codec = *std::move(c);
+  if (set && !set->identity()) {
+    // Layout matched; a version-1 file cannot say more. Not an error, so
+    // codebooks fitted before identities existed keep working.
+    VQKV_LOG(kWarning) << label
+                       << " do not record the model they were fitted for "
+                          "(codebook format version 1); only their layout "
+                          "was checked against "
+                       << model.ToString();
+  }
   return out;
 }
 

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/codec.h"
+#include "kernels/model_identity.h"
 #include "kernels/vq_codec.h"
 #include "model/gguf.h"
 #include "model/llama_model.h"
@@ -32,9 +33,12 @@ struct LoadedModel {
   std::unique_ptr<model::GgufFile> gguf;
   std::unique_ptr<model::Tokenizer> tokenizer;
   std::unique_ptr<model::LlamaModel> model;
+  // What codebook files record and are checked against (model/fingerprint.h).
+  ModelIdentity identity;
 };
 
-// Opens a GGUF model and its tokenizer. Every failure names the file.
+// Opens a GGUF model and its tokenizer, and identifies it. Every failure
+// names the file.
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path);
 
 // Reads a whole text file. kNotFound when unreadable, kInvalidArgument when
@@ -70,8 +74,11 @@ absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& flags);
 
 // A codec for evaluation. `name` is fp16, kivi2, kivi4 or vq; vq loads the
 // codebook file `codebooks` (beam width `beam_width`, key sketch of
-// `key_sketch_bits` bits, VqConfig) and checks that it was made for `layout`.
-// *keys_pre_rope tells how the codec wants its keys.
+// `key_sketch_bits` bits, VqConfig) and checks that it was fitted for
+// `model`: kFailedPrecondition naming both models when the file records
+// another model; a file that records none (format version 1) is checked for
+// model.layout only, with one logged warning. keys_pre_rope tells how the
+// codec wants its keys.
 struct EvalCodec {
   std::string name;
   std::unique_ptr<Codec> codec;
@@ -81,7 +88,8 @@ struct EvalCodec {
 };
 absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
                                         const std::string& codebooks,
-                                        const KvLayout& layout, int beam_width,
+                                        const ModelIdentity& model,
+                                        int beam_width,
                                         int key_sketch_bits = 0);
 
 // A progress bar with ETA on stderr. On a terminal it redraws one line; to a

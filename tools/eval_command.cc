@@ -55,11 +55,11 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
 }
 
 absl::StatusOr<std::vector<EvalCodec>> MakeCodecs(const EvalArgs& a,
-                                                  const KvLayout& layout) {
+                                                  const ModelIdentity& model) {
   std::vector<EvalCodec> out;
   for (const std::string& name : a.codecs) {
     absl::StatusOr<EvalCodec> c = MakeEvalCodec(
-        name, a.codebooks, layout, a.beam_width, a.key_sketch_bits);
+        name, a.codebooks, model, a.beam_width, a.key_sketch_bits);
     if (!c.ok()) return c.status();
     out.push_back(*std::move(c));
   }
@@ -405,9 +405,9 @@ int Run(const EvalArgs& a) {
   absl::StatusOr<LoadedModel> m = LoadModel(a.model);
   if (!m.ok()) return Fail(m.status());
   const KvLayout layout = m->model->config().kv_layout();
-  absl::StatusOr<std::vector<EvalCodec>> codecs = MakeCodecs(a, layout);
+  absl::StatusOr<std::vector<EvalCodec>> codecs = MakeCodecs(a, m->identity);
   if (!codecs.ok()) return Fail(codecs.status());
-  absl::StatusOr<EvalCodec> fp16 = MakeEvalCodec("fp16", "", layout, 1);
+  absl::StatusOr<EvalCodec> fp16 = MakeEvalCodec("fp16", "", m->identity, 1);
   if (!fp16.ok()) return Fail(fp16.status());
   if (a.memory) return RunMemory(a, layout, *codecs, *fp16->codec);
   if (a.task == "passkey") return RunPasskeyTask(a, *m, *codecs);

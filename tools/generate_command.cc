@@ -140,9 +140,9 @@ absl::StatusOr<std::unique_ptr<client::Backend>> MakeBackend(
 
 absl::StatusOr<std::unique_ptr<client::CacheClient>> MakeClient(
     const GenerateArgs& a, const std::string& model_path,
-    const model::LlamaConfig& config) {
+    const model::LlamaConfig& config, const ModelIdentity& identity) {
   absl::StatusOr<EvalCodec> codec =
-      MakeEvalCodec(a.codec, a.codebooks, config.kv_layout(), 1);
+      MakeEvalCodec(a.codec, a.codebooks, identity, 1);
   if (!codec.ok()) return codec.status();
   std::string codebook_file;
   if (!codec->codebooks.empty()) {
@@ -212,7 +212,7 @@ int Run(const GenerateArgs& a) {
   go.mode = ReuseMode::kNone;
   if (!a.no_cache) {
     absl::StatusOr<std::unique_ptr<client::CacheClient>> c =
-        MakeClient(a, a.model, m->model->config());
+        MakeClient(a, a.model, m->model->config(), m->identity);
     if (!c.ok()) return Fail(c.status());
     client = *std::move(c);
     go.mode = a.roundtrip ? ReuseMode::kRoundtrip : ReuseMode::kCache;

@@ -8,6 +8,10 @@
 #include "gtest/gtest.h"
 #include "tests/unit/kernels/rvq_test_data.h"
 
+// Header-only: the test computes file hashes independently of the library.
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 namespace vqkv {
 namespace {
 
@@ -164,9 +168,177 @@ TEST(CodebookSetTest, WrongMagicAndVersion) {
   EXPECT_EQ(CodebookSet::Deserialize(magic).status().code(),
             absl::StatusCode::kInvalidArgument);
   std::string version = bytes;
-  version[4] = 2;
+  version[4] = 3;
   EXPECT_EQ(CodebookSet::Deserialize(version).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+ModelIdentity SmallModel(uint64_t fingerprint) {
+  return ModelIdentity{.architecture = "llama",
+                       .layout = KvLayout{2, 2, 8},
+                       .fingerprint = fingerprint};
+}
+
+// Rewrites a file's trailing hash after its content was edited.
+void Rehash(std::string* bytes) {
+  const uint64_t h = XXH3_64bits(bytes->data(), bytes->size() - 8);
+  std::memcpy(bytes->data() + bytes->size() - 8, &h, 8);
+}
+
+TEST(CodebookSetTest, IdentityRoundTripWritesVersion2) {
+  CodebookSet set = FittedSet(SmallConfig(KeySplit::kRopeHalfRotate, true), 7);
+  const std::string v1 = *set.Serialize();
+  ASSERT_TRUE(set.SetIdentity(SmallModel(0x0123456789abcdefULL)).ok());
+  const std::string v2 = *set.Serialize();
+  EXPECT_EQ(v2[4], 2);
+  EXPECT_EQ(static_cast<uint8_t>(v2[6]), 128);
+  EXPECT_EQ(v2.size(), v1.size() + 64);
+  // The body is the same bytes, after the longer header.
+  EXPECT_EQ(v2.substr(128, v2.size() - 136), v1.substr(64, v1.size() - 72));
+  absl::StatusOr<CodebookSet> back = CodebookSet::Deserialize(v2);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(back->identity().has_value());
+  EXPECT_EQ(*back->identity(), SmallModel(0x0123456789abcdefULL));
+  EXPECT_EQ(*back->Serialize(), v2);
+  EXPECT_EQ(*back->Hash(), *set.Hash());
+}
+
+TEST(CodebookSetTest, NoIdentityWritesVersion1) {
+  const CodebookSet set = FittedSet(SmallConfig(KeySplit::kNone, false), 8);
+  EXPECT_FALSE(set.identity().has_value());
+  const std::string bytes = *set.Serialize();
+  EXPECT_EQ(bytes[4], 1);
+  EXPECT_EQ(static_cast<uint8_t>(bytes[6]), 64);
+  absl::StatusOr<CodebookSet> back = CodebookSet::Deserialize(bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_FALSE(back->identity().has_value());
+}
+
+// A version-1 file written byte by byte from docs/CODEBOOK_FORMAT.md: one
+// layer, one KV head, D = 2, no key split, one 1-bit key stage and one
+// 1-bit value stage.
+TEST(CodebookSetTest, HandWrittenVersion1FileLoads) {
+  std::string f(64, '\0');
+  auto put32 = [&f](size_t off, uint32_t v) { std::memcpy(&f[off], &v, 4); };
+  put32(0, 0x42435156);
+  f[4] = 1;      // version
+  f[6] = 64;     // header_bytes
+  put32(8, 1);   // layers
+  put32(12, 1);  // kv_heads
+  put32(16, 2);  // head_dim
+  f[20] = 0;     // key_split none
+  f[21] = 1;     // key_groups
+  f[22] = 0;     // per_head
+  f[23] = 0;     // keys pre-RoPE
+  put32(24, 1);  // key_bits
+  put32(28, 1);  // value_stages
+  put32(32, 1);  // value_bits
+  put32(36, 1);  // key_stages[0]
+  const uint64_t body = 4 * (1 * 2 * 2 + 1 * 2 * 2);
+  std::memcpy(&f[48], &body, 8);
+  const float cb[8] = {1, 2, 3, 4, -1, -2, -3, -4};
+  f.append(reinterpret_cast<const char*>(cb), sizeof(cb));
+  f.append(8, '\0');
+  Rehash(&f);
+  absl::StatusOr<CodebookSet> set = CodebookSet::Deserialize(f);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_FALSE(set->identity().has_value());
+  EXPECT_FALSE(set->config().keys_post_rope);
+  EXPECT_EQ(set->key(0, 0, 0).codebooks(), std::vector<float>({1, 2, 3, 4}));
+  EXPECT_EQ(set->value(0, 0).codebooks(), std::vector<float>({-1, -2, -3, -4}));
+  // Unknown identity: any model passes the identity check.
+  EXPECT_TRUE(set->CheckModel(SmallModel(1), "codebooks c.vqcb").ok());
+  // Re-serialized as version 1, byte for byte.
+  EXPECT_EQ(*set->Serialize(), f);
+}
+
+TEST(CodebookSetTest, HashCoversIdentity) {
+  CodebookSet a = FittedSet(SmallConfig(KeySplit::kNone, false), 9);
+  CodebookSet b = a;
+  CodebookSet c = a;
+  CodebookSet d = a;
+  ASSERT_TRUE(b.SetIdentity(SmallModel(1)).ok());
+  ASSERT_TRUE(c.SetIdentity(SmallModel(2)).ok());
+  ModelIdentity other = SmallModel(1);
+  other.architecture = "qwen2";
+  ASSERT_TRUE(d.SetIdentity(other).ok());
+  const uint64_t ha = *a.Hash(), hb = *b.Hash(), hc = *c.Hash(), hd = *d.Hash();
+  EXPECT_NE(ha, hb);
+  EXPECT_NE(hb, hc);
+  EXPECT_NE(hb, hd);
+  EXPECT_NE(ha, hd);
+}
+
+TEST(CodebookSetTest, SetIdentityChecksIt) {
+  CodebookSet set = FittedSet(SmallConfig(KeySplit::kNone, false), 10);
+  ModelIdentity id = SmallModel(1);
+  id.layout.layers = 3;
+  EXPECT_EQ(set.SetIdentity(id).code(), absl::StatusCode::kInvalidArgument);
+  id = SmallModel(1);
+  id.architecture = "";
+  EXPECT_EQ(set.SetIdentity(id).code(), absl::StatusCode::kInvalidArgument);
+  id.architecture = "has space";
+  EXPECT_EQ(set.SetIdentity(id).code(), absl::StatusCode::kInvalidArgument);
+  id.architecture = std::string(33, 'a');
+  EXPECT_EQ(set.SetIdentity(id).code(), absl::StatusCode::kInvalidArgument);
+  id.architecture = std::string(32, 'a');
+  EXPECT_TRUE(set.SetIdentity(id).ok());
+  absl::StatusOr<CodebookSet> back = CodebookSet::Deserialize(*set.Serialize());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->identity()->architecture, std::string(32, 'a'));
+}
+
+TEST(CodebookSetTest, CheckModelNamesBothModels) {
+  CodebookSet set = FittedSet(SmallConfig(KeySplit::kNone, false), 11);
+  ASSERT_TRUE(set.SetIdentity(SmallModel(0x0123456789abcdefULL)).ok());
+  EXPECT_TRUE(
+      set.CheckModel(SmallModel(0x0123456789abcdefULL), "codebooks x").ok());
+  ModelIdentity other = SmallModel(0xfedcba9876543210ULL);
+  other.layout = KvLayout{30, 3, 64};
+  const absl::Status s = set.CheckModel(other, "codebooks models/x.vqcb");
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.message(),
+            "codebooks models/x.vqcb were fitted for llama 2x2x8 model "
+            "fingerprint 0123456789abcdef, keys post-RoPE; this model is "
+            "llama 30x3x64 model fingerprint fedcba9876543210");
+}
+
+TEST(CodebookSetTest, CorruptIdentityIsDataLoss) {
+  CodebookSet set = FittedSet(SmallConfig(KeySplit::kNone, false), 12);
+  ASSERT_TRUE(set.SetIdentity(SmallModel(5)).ok());
+  const std::string bytes = *set.Serialize();
+  {
+    std::string bad = bytes;
+    bad[72] = 33;  // architecture longer than 32 bytes
+    Rehash(&bad);
+    EXPECT_EQ(CodebookSet::Deserialize(bad).status().code(),
+              absl::StatusCode::kDataLoss);
+  }
+  for (size_t at : {73, 80 + 5, 120}) {  // reserved, name padding, reserved
+    std::string bad = bytes;
+    bad[at] = 'x';
+    Rehash(&bad);
+    EXPECT_EQ(CodebookSet::Deserialize(bad).status().code(),
+              absl::StatusCode::kDataLoss)
+        << "byte " << at;
+  }
+  {
+    std::string bad = bytes;
+    bad[80] = ' ';  // not printable-without-space
+    Rehash(&bad);
+    EXPECT_EQ(CodebookSet::Deserialize(bad).status().code(),
+              absl::StatusCode::kDataLoss);
+  }
+  {
+    std::string bad = bytes;
+    bad[6] = 64;  // a version-2 file must have the 128-byte header
+    Rehash(&bad);
+    EXPECT_EQ(CodebookSet::Deserialize(bad).status().code(),
+              absl::StatusCode::kDataLoss);
+  }
+  // A version-2 file cut to its header's first 100 bytes.
+  EXPECT_EQ(CodebookSet::Deserialize(bytes.substr(0, 100)).status().code(),
+            absl::StatusCode::kDataLoss);
 }
 
 TEST(CodebookSetTest, IncompleteSetHasNoHash) {

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "kernels/codebook_set.h"
 #include "kernels/vq_codec.h"
 #include "tests/unit/model/gguf_writer.h"
 #include "tests/unit/tools/cli_test_base.h"
@@ -193,6 +195,69 @@ TEST_F(VqkvCliTest, CodebooksForAnotherModel) {
                    "--codec must be");
 }
 
+// A complete set in SmolLM2-135M's layout (30 x 3 x 64), recorded (when
+// `fingerprint` is set) as fitted for another llama model of that shape.
+std::string SameShapeCodebooks(const std::string& path,
+                               std::optional<uint64_t> fingerprint) {
+  const KvLayout layout{30, 3, 64};
+  VqConfig c;
+  c.key_stages = 1;
+  c.key_bits = 1;
+  c.value_stages = 1;
+  c.value_bits = 1;
+  auto codec = VqCodec::Create(layout, c);
+  if (!codec.ok()) return codec.status().ToString();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n;
+  std::vector<float> k(size_t{16} * layout.ElementsPerToken()), v(k.size());
+  for (float& x : k) x = n(rng);
+  for (float& x : v) x = n(rng);
+  if (auto s = (*codec)->Fit(k.data(), v.data(), 16, {}); !s.ok()) {
+    return s.ToString();
+  }
+  CodebookSet set = (*codec)->codebooks();
+  if (fingerprint) {
+    auto s = set.SetIdentity({"llama", layout, *fingerprint});
+    if (!s.ok()) return s.ToString();
+  }
+  if (auto s = set.Save(path); !s.ok()) return s.ToString();
+  return "";
+}
+
+TEST_F(VqkvCliTest, CodebooksFittedForAnotherModelOfTheSameShape) {
+  if (!HaveModel()) GTEST_SKIP() << "model not fetched (scripts/get-model.sh)";
+  ASSERT_EQ(SameShapeCodebooks(Path("other.vqcb"), 0xdeadbeef), "");
+  const std::string fitted_for =
+      "codebooks " + Path("other.vqcb") +
+      " were fitted for llama 30x3x64 model fingerprint 00000000deadbeef, "
+      "keys post-RoPE; this model is llama 30x3x64 model fingerprint ";
+  ExpectCleanError(Run("eval --model " + std::string(VQKV_MODEL_PATH) +
+                       " --text " + Text("frankenstein.txt") +
+                       " --codec vq --codebooks " + Path("other.vqcb")),
+                   fitted_for);
+  ExpectCleanError(Run("generate --model " + std::string(VQKV_MODEL_PATH) +
+                       " --prompt hello --max-new-tokens 1 --roundtrip "
+                       "--codec vq --codebooks " +
+                       Path("other.vqcb")),
+                   fitted_for);
+
+  // The same codebooks with no recorded model (a version-1 file): the
+  // layout fits, so they are used, with one warning.
+  ASSERT_EQ(SameShapeCodebooks(Path("v1.vqcb"), std::nullopt), "");
+  ASSERT_EQ(ReadAll(Path("v1.vqcb"))[4], 1);
+  Result r = Run("generate --model " + std::string(VQKV_MODEL_PATH) +
+                 " --prompt hello --max-new-tokens 1 --roundtrip --json "
+                 "--codec vq --codebooks " +
+                 Path("v1.vqcb"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::vector<std::string> lines =
+      absl::StrSplit(r.err, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 1u) << r.err;
+  EXPECT_NE(lines[0].find("do not record the model they were fitted for"),
+            std::string::npos)
+      << lines[0];
+}
+
 TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   if (!HaveModel()) GTEST_SKIP() << "model not fetched (scripts/get-model.sh)";
   if (!fs::exists(Text("pride_and_prejudice.txt"))) {
@@ -206,7 +271,12 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
           "--value-bits 4 --max-tokens 500 --ctx 256");
   ASSERT_EQ(cal.exit_code, 0) << cal.err;
   EXPECT_NE(cal.err.find("wrote"), std::string::npos) << cal.err;
+  EXPECT_NE(cal.err.find("fitted for llama 30x3x64 model fingerprint "),
+            std::string::npos)
+      << cal.err;
   ASSERT_TRUE(fs::exists(Path("tiny.vqcb")));
+  // Calibrate records the model: a version-2 file.
+  ASSERT_EQ(ReadAll(Path("tiny.vqcb"))[4], 2);
 
   Result ev =
       Run("eval --model " + std::string(VQKV_MODEL_PATH) + " --text " +
