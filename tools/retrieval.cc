@@ -18,6 +18,18 @@ int64_t FloorDiv(int64_t a, int64_t b) {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return -FloorDiv(-a, b); }
 
+absl::StatusOr<std::unique_ptr<model::KvCache>> MakeCache(
+    const model::LlamaModel& model, const RetrievalCodec& c,
+    const RetrievalOptions& options) {
+  if (c.codec == nullptr) return model.NewExactCache();
+  eval::CompressedKvCacheOptions co;
+  co.sinks = options.sinks;
+  co.window = options.window;
+  co.block_tokens = options.block_tokens;
+  co.keys_pre_rope = c.keys_pre_rope;
+  return eval::CompressedCacheFactory(model, c.codec, co)();
+}
+
 }  // namespace
 
 absl::StatusOr<Haystack> BuildHaystack(const model::Tokenizer& tokenizer,
@@ -160,26 +172,35 @@ absl::StatusOr<std::vector<RetrievalTrial>> RunRetrieval(
       trial.key = p->expected;
       trial.detail = p->detail;
       for (const RetrievalCodec& c : codecs) {
-        std::unique_ptr<model::KvCache> cache;
-        if (c.codec == nullptr) {
-          cache = model.NewExactCache();
-        } else {
-          eval::CompressedKvCacheOptions co;
-          co.sinks = options.sinks;
-          co.window = options.window;
-          co.block_tokens = options.block_tokens;
-          co.keys_pre_rope = c.keys_pre_rope;
-          absl::StatusOr<std::unique_ptr<model::KvCache>> cc =
-              eval::CompressedCacheFactory(model, c.codec, co)();
-          if (!cc.ok()) return cc.status();
-          cache = *std::move(cc);
+        absl::StatusOr<std::unique_ptr<model::KvCache>> first =
+            MakeCache(model, c, options);
+        if (!first.ok()) return first.status();
+        std::unique_ptr<model::KvCache> cache = *std::move(first);
+        std::vector<int32_t> ids = p->ids;
+        std::string answer, transcript;
+        for (int round = 0;; ++round) {
+          if (round > 0) {
+            // A fresh cache of the same kind: the follow-up prompt is run
+            // from the start, so every round reads the haystack back
+            // through the codec.
+            absl::StatusOr<std::unique_ptr<model::KvCache>> next =
+                MakeCache(model, c, options);
+            if (!next.ok()) return next.status();
+            cache = *std::move(next);
+          }
+          absl::StatusOr<std::vector<int32_t>> gen =
+              eval::GenerateGreedy(model, ids, options.max_new_tokens,
+                                   tokenizer.eos_id(), cache.get());
+          if (!gen.ok()) return gen.status();
+          answer = tokenizer.Decode(*gen);
+          absl::StrAppend(&transcript, round > 0 ? " |" : "", answer);
+          if (!task.follow_up || round + 1 >= task.max_rounds) break;
+          const std::string more = task.follow_up(answer);
+          if (more.empty()) break;
+          const std::vector<int32_t> extra = tokenizer.Encode(more);
+          ids.insert(ids.end(), extra.begin(), extra.end());
         }
-        absl::StatusOr<std::vector<int32_t>> gen =
-            eval::GenerateGreedy(model, p->ids, options.max_new_tokens,
-                                 tokenizer.eos_id(), cache.get());
-        if (!gen.ok()) return gen.status();
-        const std::string answer = tokenizer.Decode(*gen);
-        trial.answers.push_back(answer);
+        trial.answers.push_back(transcript);
         trial.correct.push_back(task.check(answer, *p));
         if (progress) progress(++done, total);
       }

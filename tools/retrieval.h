@@ -92,8 +92,14 @@ struct RetrievalTask {
       int64_t length, int trial, int trials, const NeedleRegion& region,
       std::mt19937_64& rng)>
       build;
+  // Judges the last round's answer.
   std::function<bool(const std::string& answer, const RetrievalPrompt& prompt)>
       check;
+  // Multi-round tasks: after a round's answer, the text to append (after the
+  // prompt and the rounds so far) for another greedy decode in a fresh
+  // cache, or "" to stop. Empty function or max_rounds 1: one round.
+  std::function<std::string(const std::string& answer)> follow_up;
+  int max_rounds = 1;
 };
 
 // A random 5-digit number without a leading zero.
@@ -126,10 +132,11 @@ struct RetrievalTrial {
   // Every needle the answer depends on lies wholly in the coded region
   // (SpansCoded with options.sinks and options.window).
   bool needle_coded = false;
-  std::string key;                   // the expected answer
-  std::string detail;                // RetrievalPrompt::detail
-  std::vector<std::string> answers;  // per codec, in order
-  std::vector<bool> correct;         // per codec
+  std::string key;     // the expected answer
+  std::string detail;  // RetrievalPrompt::detail
+  // Per codec, in order; the rounds of a multi-round task joined by " | ".
+  std::vector<std::string> answers;
+  std::vector<bool> correct;  // per codec
 };
 
 // Runs options.trials prompts of `task` per length through every codec;

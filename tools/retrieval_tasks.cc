@@ -1,6 +1,7 @@
 #include "tools/retrieval_tasks.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <set>
 #include <utility>
@@ -8,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 
 namespace vqkv::tools {
 namespace {
@@ -37,10 +39,30 @@ constexpr const char* kWords[kMultiKeyWords] = {
 constexpr char kVarTrackIntro[] =
     "Memorize and track the chain of variable assignments hidden in the "
     "following text. I will ask you about the value of one variable.";
-constexpr char kVarRoot[] = " VAR %s = %s.";
-constexpr char kVarCopy[] = " VAR %s = %s.";
-constexpr char kVarQuestion[] =
-    " What is the value of VAR %s? The value of VAR %s is";
+// Templates: {X} the assigned variable, {V} the value, {Y} the source.
+// Stated twice like the pass key; with one statement SmolLM2-135M answers
+// "1." instead of retrieving anything.
+constexpr char kVarRoot[] = " VAR {X} = {V}. Remember it. {X} is {V}.";
+constexpr char kVarCopy[] = " VAR {X} = {Y}. Remember it. {X} is {Y}.";
+constexpr char kVarQuestion[] = " What is the value of {X}? {X} is";
+
+// The first word of exactly three upper-case letters in `text` ("" when
+// none): the variable an answer names.
+std::string FirstVariable(const std::string& text) {
+  auto upper = [&text](size_t i) {
+    return i < text.size() && std::isupper(static_cast<unsigned char>(text[i]));
+  };
+  auto alnum = [&text](size_t i) {
+    return i < text.size() && std::isalnum(static_cast<unsigned char>(text[i]));
+  };
+  for (size_t i = 0; i + 3 <= text.size(); ++i) {
+    if ((i == 0 || !alnum(i - 1)) && upper(i) && upper(i + 1) && upper(i + 2) &&
+        !alnum(i + 3)) {
+      return text.substr(i, 3);
+    }
+  }
+  return "";
+}
 
 // `n` distinct 5-digit numbers.
 std::vector<std::string> DistinctNumbers(int n, std::mt19937_64& rng) {
@@ -82,6 +104,15 @@ std::vector<std::pair<double, int>> SpreadNeedles(int needles, int trial,
     out.emplace_back(d, i);
   }
   std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<double> SlidingDepths(int statements, int trial, int trials) {
+  std::vector<double> out;
+  const double start = 0.5 * SpreadDepth(trial, trials);
+  for (int k = 0; k < statements; ++k) {
+    out.push_back(statements > 1 ? start + 0.5 * k / (statements - 1) : start);
+  }
   return out;
 }
 
@@ -197,13 +228,16 @@ absl::StatusOr<VarTrackPrompt> BuildVarTrackPrompt(
     ++next[static_cast<size_t>(c)];
     if (c == asked) asked_slots.push_back(spec.needles.size());
     spec.needles.push_back(
-        hop == 0 ? absl::StrFormat(kVarRoot, chain[0],
-                                   values[static_cast<size_t>(c)])
-                 : absl::StrFormat(kVarCopy, chain[static_cast<size_t>(hop)],
-                                   chain[static_cast<size_t>(hop - 1)]));
+        hop == 0
+            ? absl::StrReplaceAll(
+                  kVarRoot,
+                  {{"{X}", chain[0]}, {"{V}", values[static_cast<size_t>(c)]}})
+            : absl::StrReplaceAll(
+                  kVarCopy, {{"{X}", chain[static_cast<size_t>(hop)]},
+                             {"{Y}", chain[static_cast<size_t>(hop - 1)]}}));
   }
   const std::string& target = chains[static_cast<size_t>(asked)].back();
-  spec.question = absl::StrFormat(kVarQuestion, target, target);
+  spec.question = absl::StrReplaceAll(kVarQuestion, {{"{X}", target}});
   absl::StatusOr<Haystack> h = BuildHaystack(tokenizer, length, spec, region);
   if (!h.ok()) return h.status();
   VarTrackPrompt p;
@@ -249,11 +283,8 @@ RetrievalTask VarTrackTask(const model::Tokenizer& tokenizer, int chains,
       std::shuffle(perm.begin(), perm.end(), rng);
       for (int c : perm) order.emplace_back(c, h);
     }
-    std::vector<double> depths;
-    for (const auto& [depth, index] :
-         SpreadNeedles(static_cast<int>(order.size()), trial, trials)) {
-      depths.push_back(depth);
-    }
+    const std::vector<double> depths =
+        SlidingDepths(static_cast<int>(order.size()), trial, trials);
     absl::StatusOr<VarTrackPrompt> p = BuildVarTrackPrompt(
         tokenizer, length, ch, values, order, depths, 0, region);
     if (!p.ok()) return p.status();
@@ -275,7 +306,24 @@ RetrievalTask VarTrackTask(const model::Tokenizer& tokenizer, int chains,
   task.check = [](const std::string& answer, const RetrievalPrompt& p) {
     return CheckNumberAnswer(answer, p.expected);
   };
+  task.max_rounds = hops + 1;
+  task.follow_up = [](const std::string& answer) {
+    return VarTrackFollowUp(answer);
+  };
   return task;
+}
+
+std::string VarTrackFollowUp(const std::string& answer) {
+  if (!FirstFiveDigits(answer).empty()) return "";
+  // Keep the answer's first sentence, which names the variable, and drop
+  // the filler the model may ramble on with.
+  const size_t dot = answer.find('.');
+  const std::string sentence =
+      dot == std::string::npos ? answer : answer.substr(0, dot + 1);
+  const std::string var = FirstVariable(sentence);
+  if (var.empty()) return "";
+  return absl::StrCat(sentence,
+                      absl::StrReplaceAll(kVarQuestion, {{"{X}", var}}));
 }
 
 }  // namespace vqkv::tools

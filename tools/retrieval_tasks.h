@@ -11,10 +11,20 @@
 //
 // vartrack (variable tracking): `chains` chains of assignments, each a root
 // "VAR AAA = NNNNN." followed by `hops` copies "VAR BBB = AAA." in prompt
-// order; the question asks for the value of the last variable of one chain,
-// so the model has to follow the copies to the right number rather than
-// copy any number in sight. RULER asks which variables hold a value; a
-// 135M model cannot list names, so this variant asks for the value instead.
+// order (each stated twice, like the pass key); the question asks for the
+// value of the last variable of one chain, so the model has to follow the
+// copies to the right number rather than copy any number in sight, and the
+// other chains are distractors. SmolLM2-135M answers "What is the value of
+// BBB? BBB is" with " AAA." (the hop, correctly) but never composes the hop
+// with the lookup in one answer, so the task asks again: while an answer
+// names a variable and no number, the runner appends that answer's first
+// sentence and "What is the value of AAA? AAA is" and decodes once more, up
+// to hops + 1 rounds. Every round reads the whole chain back from the same
+// (compressed) cache, and a wrong name sends the model down the wrong
+// chain. The statements sit evenly over half of the coded region, a half
+// that slides from its start to its end across the trials (SlidingDepths).
+// RULER instead asks which variables hold a value; a 135M model cannot list
+// names.
 //
 // Thread safety: the tasks hold a reference to the tokenizer, which must
 // outlive them, and are otherwise stateless.
@@ -61,6 +71,12 @@ bool CheckNumberAnswer(const std::string& answer, const std::string& number);
 std::vector<std::pair<double, int>> SpreadNeedles(int needles, int trial,
                                                   int trials);
 
+// The depths of `statements` statements for trial `trial` of `trials`:
+// evenly over half of the region, a half that slides from the start
+// (start = 0.5 * SpreadDepth(trial, trials)), so that a whole chain moves
+// through the coded region across trials.
+std::vector<double> SlidingDepths(int statements, int trial, int trials);
+
 // The mkniah task: `keys` needles (2..kMultiKeyWords), words and numbers
 // drawn from the rng.
 inline constexpr int kMultiKeyWords = 16;
@@ -88,6 +104,11 @@ absl::StatusOr<VarTrackPrompt> BuildVarTrackPrompt(
     const std::vector<std::string>& values,
     const std::vector<std::pair<int, int>>& order,
     const std::vector<double>& depths, int asked, const NeedleRegion& region);
+
+// The follow-up text after a vartrack answer: "" when the answer holds a
+// 5-digit number or names no variable (three upper-case letters), else the
+// answer's first sentence and the question about the named variable.
+std::string VarTrackFollowUp(const std::string& answer);
 
 // The vartrack task: `chains` (1..4) chains of `hops` (1..4) copies each,
 // three-letter variable names and values drawn from the rng; chain 0 is

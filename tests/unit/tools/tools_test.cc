@@ -282,7 +282,7 @@ TEST(VarTrackTest, PromptChainsAssignmentsInOrder) {
   EXPECT_LT(p->chain_end[0], p->chain_pos[1]);
   EXPECT_TRUE(SpansCoded(p->chain_pos, p->chain_end, n, region));
   const std::string tail = Piece(*tok, p->ids, n - 20, n);
-  EXPECT_NE(tail.find("value of VAR RTY?"), std::string::npos) << tail;
+  EXPECT_NE(tail.find("value of RTY? RTY is"), std::string::npos) << tail;
   // A copy before its source is rejected.
   EXPECT_FALSE(BuildVarTrackPrompt(*tok, 1024, chains, values,
                                    {{0, 1}, {0, 0}, {1, 0}, {1, 1}},
@@ -298,6 +298,8 @@ TEST(VarTrackTest, TaskAsksTheFirstChainsValue) {
   if (!tok) GTEST_SKIP() << "model not fetched";
   const RetrievalTask task = VarTrackTask(*tok, 2, 2);
   EXPECT_EQ(task.name, "vartrack");
+  EXPECT_EQ(task.max_rounds, 3);  // one per hop, then the value
+  ASSERT_TRUE(task.follow_up);
   std::mt19937_64 rng(3);
   const NeedleRegion region{4, 256};
   for (int t = 0; t < 6; ++t) {
@@ -315,6 +317,30 @@ TEST(VarTrackTest, TaskAsksTheFirstChainsValue) {
     EXPECT_FALSE(task.check(" VAR", *p));
   }
   EXPECT_FALSE(VarTrackTask(*tok, 2, 0).build(1024, 0, 1, region, rng).ok());
+}
+
+TEST(VarTrackTest, FollowUpAsksAboutTheNamedVariable) {
+  // The answer names the source: ask about it, keeping the first sentence.
+  EXPECT_EQ(VarTrackFollowUp(" DDL. The grass is green."),
+            " DDL. What is the value of DDL? DDL is");
+  // A number ends the rounds, and so does an answer naming no variable.
+  EXPECT_EQ(VarTrackFollowUp(" 50560. The"), "");
+  EXPECT_EQ(VarTrackFollowUp(" 1. The grass is green."), "");
+  EXPECT_EQ(VarTrackFollowUp(" VARX is it"), "");  // four letters: no name
+  EXPECT_EQ(VarTrackFollowUp(" the same as KEP"),
+            " the same as KEP What is the value of KEP? KEP is");
+}
+
+TEST(VarTrackTest, SlidingDepthsMoveAcrossTheRegion) {
+  const std::vector<double> first = SlidingDepths(3, 0, 4);
+  ASSERT_EQ(first.size(), 3u);
+  EXPECT_DOUBLE_EQ(first[0], 0.0625);  // 0.5 * 0.125
+  EXPECT_DOUBLE_EQ(first[1], 0.3125);
+  EXPECT_DOUBLE_EQ(first[2], 0.5625);
+  const std::vector<double> last = SlidingDepths(3, 3, 4);
+  EXPECT_DOUBLE_EQ(last[0], 0.4375);
+  EXPECT_DOUBLE_EQ(last[2], 0.9375);
+  EXPECT_EQ(SlidingDepths(1, 0, 1), std::vector<double>{0.25});
 }
 
 }  // namespace
