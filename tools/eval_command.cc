@@ -1,4 +1,5 @@
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -191,8 +192,14 @@ WindowIntervals OverWindows(const eval::CompareResult& r) {
     top1.push_back(static_cast<double>(w.top1_agree) / n);
     kl.push_back(w.kl_sum / n);
   }
-  return {static_cast<int64_t>(diff.size()), eval::Mean95(diff),
-          eval::Mean95(top1), eval::Mean95(kl)};
+  WindowIntervals w{static_cast<int64_t>(diff.size()), eval::Mean95(diff),
+                    eval::Mean95(top1), eval::Mean95(kl)};
+  // A t interval over a few windows can cross the measure's range; a
+  // fraction stays in [0, 1] and a divergence >= 0.
+  w.top1.ci95.lo = std::max(w.top1.ci95.lo, 0.0);
+  w.top1.ci95.hi = std::min(w.top1.ci95.hi, 1.0);
+  w.kl.ci95.lo = std::max(w.kl.ci95.lo, 0.0);
+  return w;
 }
 
 // A log-ppl difference interval as a perplexity change in percent.
@@ -272,7 +279,9 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
         intervals = absl::StrFormat(
             ",\"log_ppl_diff\":%.6f,\"log_ppl_diff_ci95\":%s,"
             "\"ppl_change_pct_ci95\":%s,\"top1_ci95\":%s,\"kl_ci95\":%s",
-            wi.log_ppl_diff.mean, JsonInterval(wi.log_ppl_diff.ci95),
+            wi.log_ppl_diff.mean,
+            absl::StrFormat("[%.6f,%.6f]", wi.log_ppl_diff.ci95.lo,
+                            wi.log_ppl_diff.ci95.hi),
             JsonInterval(ChangePct(wi.log_ppl_diff.ci95)),
             JsonInterval(wi.top1.ci95),
             absl::StrFormat("[%.6f,%.6f]", wi.kl.ci95.lo, wi.kl.ci95.hi));
@@ -421,7 +430,7 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
   }
   if (!a.json) {
     std::printf(
-        "%s%s: %d trials per length (needles spread evenly over the coded "
+        "%s%s: %d trials per length (needle depths spread over the coded "
         "region), seed %llu, sinks %lld + window %lld fp16; correct/trials "
         "[Wilson 95%% interval]; coded: trials whose needles all lie in the "
         "coded region\n",
