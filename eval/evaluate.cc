@@ -189,6 +189,7 @@ absl::StatusOr<CompareResult> Compare(const model::LlamaModel& model,
       if (!h.ok()) return h.status();
       hidden[i] = *std::move(h);
     }
+    WindowCompare win;
     for (int64_t r0 = options.score_from; r0 < options.ctx; r0 += kRowBlock) {
       const int64_t rows = std::min(kRowBlock, options.ctx - r0);
       model.Logits(hidden[0].data() + r0 * d, rows, lr.data());
@@ -199,17 +200,23 @@ absl::StatusOr<CompareResult> Compare(const model::LlamaModel& model,
         const int32_t top_a = LogSoftmaxInPlace(a, vocab);
         const int32_t top_b = LogSoftmaxInPlace(b, vocab);
         const int32_t target = tokens[w * options.ctx + r0 + r + 1];
-        result.reference.nll_sum -= a[target];
-        result.test.nll_sum -= b[target];
-        agree += top_a == top_b ? 1 : 0;
+        win.reference_nll_sum -= a[target];
+        win.test_nll_sum -= b[target];
+        win.top1_agree += top_a == top_b ? 1 : 0;
         double kl = 0.0;
         for (int64_t j = 0; j < vocab; ++j) {
           kl += std::exp(double{a[j]}) * (double{a[j]} - double{b[j]});
         }
-        kl_sum += std::max(kl, 0.0);
-        ++result.tokens_scored;
+        win.kl_sum += std::max(kl, 0.0);
+        ++win.tokens_scored;
       }
     }
+    result.reference.nll_sum += win.reference_nll_sum;
+    result.test.nll_sum += win.test_nll_sum;
+    agree += win.top1_agree;
+    kl_sum += win.kl_sum;
+    result.tokens_scored += win.tokens_scored;
+    result.per_window.push_back(win);
     ++result.reference.windows;
     ++result.test.windows;
   }

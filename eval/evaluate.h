@@ -79,12 +79,23 @@ absl::StatusOr<PerplexityResult> Perplexity(const model::LlamaModel& model,
                                             const WindowOptions& options,
                                             const CacheFactory& make_cache);
 
+// The same measures restricted to one window, so that callers can put an
+// interval over windows (eval/stats.h); windows are disjoint text.
+struct WindowCompare {
+  int64_t tokens_scored = 0;
+  double reference_nll_sum = 0;
+  double test_nll_sum = 0;
+  int64_t top1_agree = 0;
+  double kl_sum = 0;
+};
+
 struct CompareResult {
   PerplexityResult reference;
   PerplexityResult test;
   int64_t tokens_scored = 0;
   double top1_agreement = 0;  // fraction of rows with equal argmax
   double mean_kl = 0;         // mean KL(p_reference || p_test), nats
+  std::vector<WindowCompare> per_window;  // in window order
 };
 
 // Runs every window twice, in a reference cache and in a test cache, and

@@ -1,4 +1,5 @@
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -11,11 +12,14 @@
 #include "absl/strings/str_join.h"
 #include "eval/compressed_kv_cache.h"
 #include "eval/evaluate.h"
+#include "eval/stats.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 #include "tools/memory.h"
 #include "tools/passkey.h"
+#include "tools/retrieval.h"
 #include "tools/retrieval_diagnostic.h"
+#include "tools/retrieval_tasks.h"
 
 namespace vqkv::tools {
 namespace {
@@ -23,7 +27,7 @@ namespace {
 struct EvalArgs {
   std::string model;
   std::string text;
-  std::string task = "ppl";  // ppl | passkey | diagnose
+  std::string task = "ppl";  // ppl | passkey | mkniah | vartrack | diagnose
   bool memory = false;
   std::vector<std::string> codecs = {"vq"};
   std::string codebooks;
@@ -36,13 +40,19 @@ struct EvalArgs {
   int beam_width = 1;
   int key_sketch_bits = 0;
   bool json = false;
-  // passkey
+  // retrieval tasks
   int trials = 10;
   uint64_t seed = 1;
   // Both above the default sinks + window (4 + 1024), so the needle can
   // fall in the coded region with the default options.
   std::vector<int64_t> lengths = {1536, 2048};
   bool verbose = false;
+  // The defaults are the largest variants on which SmolLM2-135M with an
+  // fp16 cache scores well enough at 1024 tokens to compare codecs
+  // (eval/README.md).
+  int keys = 2;          // mkniah needles
+  int chains = 1;        // vartrack chains
+  int hops = 1;          // vartrack copies per chain
   bool ablation = true;  // diagnose
   // memory
   double budget_gib = 1.0;
@@ -163,6 +173,43 @@ int RunMemory(const EvalArgs& a, const KvLayout& layout,
   return 0;
 }
 
+std::string JsonInterval(const eval::Interval& i) {
+  return absl::StrFormat("[%.4f,%.4f]", i.lo, i.hi);
+}
+
+// Intervals over windows: each window is disjoint text, so its log-ppl
+// difference, top-1 agreement and mean KL are independent samples.
+struct WindowIntervals {
+  int64_t windows = 0;
+  eval::MeanInterval log_ppl_diff;  // test minus fp16, nats per token
+  eval::MeanInterval top1;
+  eval::MeanInterval kl;
+};
+
+WindowIntervals OverWindows(const eval::CompareResult& r) {
+  std::vector<double> diff, top1, kl;
+  for (const eval::WindowCompare& w : r.per_window) {
+    if (w.tokens_scored == 0) continue;
+    const double n = static_cast<double>(w.tokens_scored);
+    diff.push_back((w.test_nll_sum - w.reference_nll_sum) / n);
+    top1.push_back(static_cast<double>(w.top1_agree) / n);
+    kl.push_back(w.kl_sum / n);
+  }
+  WindowIntervals w{static_cast<int64_t>(diff.size()), eval::Mean95(diff),
+                    eval::Mean95(top1), eval::Mean95(kl)};
+  // A t interval over a few windows can cross the measure's range; a
+  // fraction stays in [0, 1] and a divergence >= 0.
+  w.top1.ci95.lo = std::max(w.top1.ci95.lo, 0.0);
+  w.top1.ci95.hi = std::min(w.top1.ci95.hi, 1.0);
+  w.kl.ci95.lo = std::max(w.kl.ci95.lo, 0.0);
+  return w;
+}
+
+// A log-ppl difference interval as a perplexity change in percent.
+eval::Interval ChangePct(const eval::Interval& log_diff) {
+  return {100.0 * std::expm1(log_diff.lo), 100.0 * std::expm1(log_diff.hi)};
+}
+
 int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
                   const std::vector<EvalCodec>& codecs, const Codec& fp16) {
   const model::LlamaModel& model = *m.model;
@@ -201,9 +248,16 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
         static_cast<long long>(
             eval::WindowCount(static_cast<int64_t>(ids->size()), wo)),
         static_cast<long long>(wo.score_from));
-    std::printf("%-8s %9s %8s %10s %10s %9s %8s %10s %12s %8s\n", "codec",
-                "bits/elt", "ratio", "ppl", "ppl fp16", "change", "top-1",
-                "KL (nats)", "B/token@ctx", "tokens");
+    std::string head =
+        absl::StrFormat("%-8s %9s %8s %10s %10s %9s %8s %10s %12s %8s", "codec",
+                        "bits/elt", "ratio", "ppl", "ppl fp16", "change",
+                        "top-1", "KL (nats)", "B/token@ctx", "tokens");
+    if (wo.max_windows != 1) {
+      // 95% t intervals over windows, printed when there are >= 2.
+      absl::StrAppend(&head, absl::StrFormat(" %18s %18s %20s", "change CI95",
+                                             "top-1 CI95", "KL CI95"));
+    }
+    std::printf("%s\n", head.c_str());
   }
   for (const EvalCodec& c : codecs) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -221,7 +275,20 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
     const double ppl = r->test.ppl();
     const double ppl_ref = r->reference.ppl();
     const double change = 100.0 * (ppl / ppl_ref - 1.0);
+    const WindowIntervals wi = OverWindows(*r);
     if (a.json) {
+      std::string intervals;
+      if (wi.windows >= 2) {
+        intervals = absl::StrFormat(
+            ",\"log_ppl_diff\":%.6f,\"log_ppl_diff_ci95\":%s,"
+            "\"ppl_change_pct_ci95\":%s,\"top1_ci95\":%s,\"kl_ci95\":%s",
+            wi.log_ppl_diff.mean,
+            absl::StrFormat("[%.6f,%.6f]", wi.log_ppl_diff.ci95.lo,
+                            wi.log_ppl_diff.ci95.hi),
+            JsonInterval(ChangePct(wi.log_ppl_diff.ci95)),
+            JsonInterval(wi.top1.ci95),
+            absl::StrFormat("[%.6f,%.6f]", wi.kl.ci95.lo, wi.kl.ci95.hi));
+      }
       std::printf(
           "{\"task\":\"ppl\",\"codec\":%s,\"descriptor\":%s,\"codebooks\":%s,"
           "\"beam_width\":%d,"
@@ -235,7 +302,7 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
           "\"payload_bytes_per_token\":%.4f,"
           "\"kv_bytes_per_token_at_ctx\":%.4f,\"budget_bytes\":%lld,"
           "\"max_tokens_in_budget\":%lld,\"fp16_max_tokens_in_budget\":%lld,"
-          "\"seconds\":%.1f}\n",
+          "\"seconds\":%.1f%s}\n",
           JsonString(c.name).c_str(), JsonString(c.codec->Descriptor()).c_str(),
           JsonString(c.codebooks).c_str(), a.beam_width,
           c.keys_pre_rope ? "pre" : "post", JsonString(a.text).c_str(),
@@ -251,30 +318,82 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
           mem.payload_bytes_per_token, mem.bytes_per_token_at_ctx,
           static_cast<long long>(mem.budget_bytes),
           static_cast<long long>(mem.max_tokens),
-          static_cast<long long>(mem.fp16_max_tokens), seconds);
+          static_cast<long long>(mem.fp16_max_tokens), seconds,
+          intervals.c_str());
     } else {
-      std::printf(
+      std::string row = absl::StrFormat(
           "%-8s %9.4f %7.1f%% %10.3f %10.3f %+8.2f%% %8.4f %10.5f %12.1f "
-          "%8lld\n",
-          c.name.c_str(), c.codec->BitsPerElement(),
-          100 * c.codec->CompressionRatio(), ppl, ppl_ref, change,
-          r->top1_agreement, r->mean_kl, mem.bytes_per_token_at_ctx,
-          static_cast<long long>(r->tokens_scored));
+          "%8lld",
+          c.name, c.codec->BitsPerElement(), 100 * c.codec->CompressionRatio(),
+          ppl, ppl_ref, change, r->top1_agreement, r->mean_kl,
+          mem.bytes_per_token_at_ctx, static_cast<long long>(r->tokens_scored));
+      if (wi.windows >= 2) {
+        const eval::Interval pct = ChangePct(wi.log_ppl_diff.ci95);
+        absl::StrAppend(
+            &row,
+            absl::StrFormat(
+                " %18s %18s %20s",
+                absl::StrFormat("[%+.2f,%+.2f]%%", pct.lo, pct.hi),
+                absl::StrFormat("[%.4f,%.4f]", wi.top1.ci95.lo,
+                                wi.top1.ci95.hi),
+                absl::StrFormat("[%.5f,%.5f]", wi.kl.ci95.lo, wi.kl.ci95.hi)));
+      } else if (wo.max_windows != 1) {
+        absl::StrAppend(&row, "  (1 window: no interval)");
+      }
+      std::printf("%s\n", row.c_str());
     }
     std::fflush(stdout);
   }
   return 0;
 }
 
-int RunPasskeyTask(const EvalArgs& a, const LoadedModel& m,
-                   const std::vector<EvalCodec>& codecs) {
-  std::vector<PasskeyCodec> runs = {{"fp16", nullptr, false}};
+// "k/n [lo, hi]" with the Wilson 95% interval in percent.
+std::string CountWithInterval(int k, int n) {
+  const eval::Interval ci = eval::Wilson95(k, n);
+  return absl::StrFormat("%d/%d [%.0f,%.0f]%%", k, n, 100 * ci.lo, 100 * ci.hi);
+}
+
+absl::StatusOr<RetrievalTask> MakeRetrievalTask(const EvalArgs& a,
+                                                const model::Tokenizer& tok) {
+  if (a.task == "passkey") return PasskeyTask(tok);
+  if (a.task == "mkniah") {
+    if (a.keys < 2 || a.keys > kMultiKeyWords) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--keys must be in [2, %d], not %d", kMultiKeyWords, a.keys));
+    }
+    return MultiKeyTask(tok, a.keys);
+  }
+  if (a.chains < 1 || a.chains > 4 || a.hops < 1 || a.hops > 4) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--chains and --hops must be in [1, 4], not %d and %d",
+                        a.chains, a.hops));
+  }
+  return VarTrackTask(tok, a.chains, a.hops);
+}
+
+// The task's parameters for the table header and the JSON line.
+std::string TaskParams(const EvalArgs& a, bool json) {
+  if (a.task == "mkniah") {
+    return json ? absl::StrFormat(",\"keys\":%d", a.keys)
+                : absl::StrFormat(", %d keys", a.keys);
+  }
+  if (a.task == "vartrack") {
+    return json
+               ? absl::StrFormat(",\"chains\":%d,\"hops\":%d", a.chains, a.hops)
+               : absl::StrFormat(", %d chains x %d hops", a.chains, a.hops);
+  }
+  return "";
+}
+
+int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
+                     const std::vector<EvalCodec>& codecs) {
+  std::vector<RetrievalCodec> runs = {{"fp16", nullptr, false}};
   for (const EvalCodec& c : codecs) {
     // The fp16 codec through the compressed cache is the reference itself.
     if (c.name == "fp16") continue;
     runs.push_back({c.name, c.codec.get(), c.keys_pre_rope});
   }
-  PasskeyOptions o;
+  RetrievalOptions o;
   o.lengths = a.lengths;
   o.trials = a.trials;
   o.seed = a.seed;
@@ -284,25 +403,27 @@ int RunPasskeyTask(const EvalArgs& a, const LoadedModel& m,
   for (int64_t len : o.lengths) {
     if (len <= a.window + a.sinks) {
       return Fail(absl::InvalidArgumentError(absl::StrFormat(
-          "passkey length %d must exceed --sinks + --window (%d) so the "
+          "%s length %d must exceed --sinks + --window (%d) so the "
           "needle can fall in the coded region",
-          len, a.sinks + a.window)));
+          a.task, len, a.sinks + a.window)));
     }
   }
-  ProgressBar bar("passkey", 1);
-  absl::StatusOr<std::vector<PasskeyTrial>> trials = RunPasskey(
-      *m.model, *m.tokenizer, runs, o, [&bar](int64_t done, int64_t total) {
-        bar.Update(static_cast<double>(done) / total,
-                   absl::StrFormat("%d/%d runs", done, total));
-      });
+  absl::StatusOr<RetrievalTask> task = MakeRetrievalTask(a, *m.tokenizer);
+  if (!task.ok()) return Fail(task.status());
+  ProgressBar bar(a.task, 1);
+  absl::StatusOr<std::vector<RetrievalTrial>> trials =
+      RunRetrieval(*m.model, *m.tokenizer, runs, o, *task,
+                   [&bar](int64_t done, int64_t total) {
+                     bar.Update(static_cast<double>(done) / total,
+                                absl::StrFormat("%d/%d runs", done, total));
+                   });
   if (!trials.ok()) return Fail(trials.status());
   bar.Finish();
   if (a.verbose) {
-    for (const PasskeyTrial& t : *trials) {
+    for (const RetrievalTrial& t : *trials) {
       std::string line = absl::StrFormat(
-          "len %d (%d tokens) needle at %d (%s) key %s:", t.length,
-          t.prompt_tokens, t.needle_pos, t.needle_coded ? "coded" : "exact",
-          t.key);
+          "len %d (%d tokens) needle at %d (%s) %s:", t.length, t.prompt_tokens,
+          t.needle_pos, t.needle_coded ? "coded" : "exact", t.detail);
       for (size_t i = 0; i < runs.size(); ++i) {
         absl::StrAppend(&line, " ", runs[i].name, "=", JsonString(t.answers[i]),
                         t.correct[i] ? " ok" : " X");
@@ -312,18 +433,20 @@ int RunPasskeyTask(const EvalArgs& a, const LoadedModel& m,
   }
   if (!a.json) {
     std::printf(
-        "passkey: %d trials per length, seed %llu, sinks %lld + window %lld "
-        "fp16 (accuracy; in brackets: trials whose needle lies in the coded "
-        "region)\n",
-        a.trials, static_cast<unsigned long long>(a.seed),
+        "%s%s: %d trials per length (needle depths spread over the coded "
+        "region), seed %llu, sinks %lld + window %lld fp16; correct/trials "
+        "[Wilson 95%% interval]; coded: trials whose needles all lie in the "
+        "coded region\n",
+        a.task.c_str(), TaskParams(a, false).c_str(), a.trials,
+        static_cast<unsigned long long>(a.seed),
         static_cast<long long>(a.sinks), static_cast<long long>(a.window));
-    std::printf("%-8s %8s %10s %18s\n", "codec", "length", "accuracy",
-                "coded-needle acc");
+    std::printf("%-8s %8s %20s %20s\n", "codec", "length", "accuracy",
+                "coded accuracy");
   }
   for (size_t i = 0; i < runs.size(); ++i) {
     for (int64_t len : a.lengths) {
       int n = 0, ok = 0, nc = 0, okc = 0, ok_ref = 0, okc_ref = 0;
-      for (const PasskeyTrial& t : *trials) {
+      for (const RetrievalTrial& t : *trials) {
         if (t.length != len) continue;
         ++n;
         ok += t.correct[i];
@@ -336,24 +459,30 @@ int RunPasskeyTask(const EvalArgs& a, const LoadedModel& m,
       }
       if (a.json) {
         std::printf(
-            "{\"task\":\"passkey\",\"codec\":%s,\"descriptor\":%s,"
+            "{\"task\":%s,\"codec\":%s,\"descriptor\":%s,"
             "\"length\":%lld,\"trials\":%d,\"seed\":%llu,\"window\":%lld,"
-            "\"sinks\":%lld,\"accuracy\":%.4f,\"fp16_accuracy\":%.4f,"
-            "\"coded_trials\":%d,\"accuracy_coded\":%.4f,"
+            "\"sinks\":%lld%s,\"correct\":%d,\"accuracy\":%.4f,\"ci95\":%s,"
+            "\"fp16_accuracy\":%.4f,\"coded_trials\":%d,\"correct_coded\":%d,"
+            "\"accuracy_coded\":%.4f,\"ci95_coded\":%s,"
             "\"fp16_accuracy_coded\":%.4f}\n",
-            JsonString(runs[i].name).c_str(),
+            JsonString(a.task).c_str(), JsonString(runs[i].name).c_str(),
             JsonString(runs[i].codec ? runs[i].codec->Descriptor() : "fp16")
                 .c_str(),
             static_cast<long long>(len), n,
             static_cast<unsigned long long>(a.seed),
             static_cast<long long>(a.window), static_cast<long long>(a.sinks),
+            TaskParams(a, true).c_str(), ok,
             n ? static_cast<double>(ok) / n : 0.0,
-            n ? static_cast<double>(ok_ref) / n : 0.0, nc,
+            JsonInterval(eval::Wilson95(ok, n)).c_str(),
+            n ? static_cast<double>(ok_ref) / n : 0.0, nc, okc,
             nc ? static_cast<double>(okc) / nc : 0.0,
+            JsonInterval(eval::Wilson95(okc, nc)).c_str(),
             nc ? static_cast<double>(okc_ref) / nc : 0.0);
       } else {
-        std::printf("%-8s %8lld %4d/%-5d %10d/%-7d\n", runs[i].name.c_str(),
-                    static_cast<long long>(len), ok, n, okc, nc);
+        std::printf("%-8s %8lld %20s %20s\n", runs[i].name.c_str(),
+                    static_cast<long long>(len),
+                    CountWithInterval(ok, n).c_str(),
+                    CountWithInterval(okc, nc).c_str());
       }
     }
   }
@@ -398,9 +527,11 @@ int RunDiagnoseTask(const EvalArgs& a, const LoadedModel& m,
 }
 
 int Run(const EvalArgs& a) {
-  if (a.task != "ppl" && a.task != "passkey" && a.task != "diagnose") {
+  if (a.task != "ppl" && a.task != "passkey" && a.task != "mkniah" &&
+      a.task != "vartrack" && a.task != "diagnose") {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
-        "--task must be ppl, passkey or diagnose, not '", a.task, "'")));
+        "--task must be ppl, passkey, mkniah, vartrack or diagnose, not '",
+        a.task, "'")));
   }
   absl::StatusOr<LoadedModel> m = LoadModel(a.model);
   if (!m.ok()) return Fail(m.status());
@@ -410,8 +541,8 @@ int Run(const EvalArgs& a) {
   absl::StatusOr<EvalCodec> fp16 = MakeEvalCodec("fp16", "", m->identity, 1);
   if (!fp16.ok()) return Fail(fp16.status());
   if (a.memory) return RunMemory(a, layout, *codecs, *fp16->codec);
-  if (a.task == "passkey") return RunPasskeyTask(a, *m, *codecs);
   if (a.task == "diagnose") return RunDiagnoseTask(a, *m, *codecs);
+  if (a.task != "ppl") return RunRetrievalTask(a, *m, *codecs);
   return RunPerplexity(a, *m, *codecs, *fp16->codec);
 }
 
@@ -424,8 +555,9 @@ std::function<int()> AddEvalCommand(CLI::App* app) {
   cmd->add_option("--model", args->model, "GGUF model file")->required();
   cmd->add_option("--text", args->text, "text for perplexity");
   cmd->add_option("--task", args->task,
-                  "ppl, passkey, or diagnose (where retrieval breaks: "
-                  "per-layer reconstruction error of the needle, ablations)")
+                  "ppl, a retrieval task: passkey, mkniah (multi-key "
+                  "needle), vartrack (variable tracking), or diagnose (where "
+                  "passkey retrieval breaks under a codec)")
       ->capture_default_str();
   cmd->add_flag("--memory", args->memory,
                 "print the KV memory account instead of running the model");
@@ -453,13 +585,27 @@ std::function<int()> AddEvalCommand(CLI::App* app) {
   cmd->add_option("--max-windows", args->max_windows,
                   "at most this many ctx windows (0 = all)");
   cmd->add_flag("--json", args->json, "one JSON object per line on stdout");
-  cmd->add_option("--trials", args->trials, "passkey trials per length")
+  cmd->add_option("--trials", args->trials,
+                  "retrieval trials per length (needle depths spread evenly "
+                  "over the coded region)")
       ->capture_default_str();
-  cmd->add_option("--seed", args->seed, "passkey seed")->capture_default_str();
-  cmd->add_option("--lengths", args->lengths, "passkey prompt lengths")
+  cmd->add_option("--seed", args->seed, "retrieval seed (keys and names)")
+      ->capture_default_str();
+  cmd->add_option("--lengths", args->lengths, "retrieval prompt lengths")
       ->delimiter(',');
   cmd->add_flag("--verbose", args->verbose,
-                "passkey: print every trial on stderr");
+                "retrieval: print every trial on stderr");
+  cmd->add_option("--keys", args->keys,
+                  "mkniah: needles per prompt (one asked, the rest "
+                  "distractors)")
+      ->capture_default_str();
+  cmd->add_option("--chains", args->chains,
+                  "vartrack: assignment chains (the others are distractors)")
+      ->capture_default_str();
+  cmd->add_option("--hops", args->hops,
+                  "vartrack: copies per chain (the model gets hops + 1 "
+                  "rounds)")
+      ->capture_default_str();
   cmd->add_flag("--ablation,!--no-ablation", args->ablation,
                 "diagnose: also run passkey with only keys, only values or a "
                 "third of the layers coded (default on)");

@@ -234,6 +234,21 @@ TEST_F(LlamaModelTest, CompareOfIdenticalCachesAgreesFully) {
   EXPECT_EQ(r->top1_agreement, 1.0);
   EXPECT_LT(r->mean_kl, 1e-9);
   EXPECT_EQ(r->reference.nll_sum, r->test.nll_sum);
+  // The per-window sums add up to the totals, one entry per window.
+  ASSERT_EQ(static_cast<int64_t>(r->per_window.size()),
+            WindowCount(tokens.size(), wo));
+  int64_t scored = 0, agree = 0;
+  double nll = 0;
+  for (const WindowCompare& w : r->per_window) {
+    EXPECT_EQ(w.tokens_scored, 15);
+    EXPECT_EQ(w.reference_nll_sum, w.test_nll_sum);
+    scored += w.tokens_scored;
+    agree += w.top1_agree;
+    nll += w.reference_nll_sum;
+  }
+  EXPECT_EQ(scored, r->tokens_scored);
+  EXPECT_EQ(agree, r->tokens_scored);
+  EXPECT_NEAR(nll, r->reference.nll_sum, 1e-9 * std::abs(nll));
 }
 
 TEST_F(LlamaModelTest, BadInputIsAnError) {

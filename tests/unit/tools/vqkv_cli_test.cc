@@ -109,6 +109,7 @@ TEST_F(VqkvCliTest, BadOptions) {
   ExpectCleanError(Run("calibrate --model m.gguf --text t --out x "
                        "--key-split diagonal"),
                    "--key-split");
+  ExpectCleanError(Run("eval --model m.gguf --task ruler"), "mkniah");
 }
 
 TEST_F(VqkvCliTest, EmptyText) {
@@ -310,6 +311,33 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   EXPECT_GE(acc, 0.0);
   EXPECT_LE(acc, 1.0);
   EXPECT_NE(pk.out.find("\"codec\":\"fp16\""), std::string::npos) << pk.out;
+  EXPECT_NE(pk.out.find("\"ci95\":["), std::string::npos) << pk.out;
+
+  // The RULER-style tasks, one short trial each, with their intervals.
+  for (const char* task : {"mkniah", "vartrack"}) {
+    Result r =
+        Run(absl::StrCat("eval --task ", task, " --model ", VQKV_MODEL_PATH,
+                         " --codec vq ", "--codebooks ", Path("tiny.vqcb"),
+                         " --lengths 200 --trials 1 --window 32 --json"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find(absl::StrCat("\"task\":\"", task, "\"")),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("\"ci95_coded\":["), std::string::npos) << r.out;
+    EXPECT_EQ(JsonNumber(r.out, "trials"), 1);
+  }
+
+  // Two windows: the ppl line adds t intervals over windows.
+  Result two =
+      Run("eval --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Text("frankenstein.txt") + " --codec vq --codebooks " +
+          Path("tiny.vqcb") + " --ctx 160 --window 64 --max-windows 2 --json");
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  EXPECT_EQ(JsonNumber(two.out, "windows"), 2);
+  EXPECT_NE(two.out.find("\"ppl_change_pct_ci95\":["), std::string::npos)
+      << two.out;
+  EXPECT_NE(two.out.find("\"kl_ci95\":["), std::string::npos) << two.out;
+  EXPECT_EQ(ev.out.find("ci95"), std::string::npos) << ev.out;  // 1 window
 }
 
 }  // namespace
