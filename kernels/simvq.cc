@@ -1,5 +1,7 @@
 #include "kernels/simvq.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -103,6 +105,9 @@ absl::StatusOr<SimVqResult> SimVqFit(const float* x, int64_t n, int dim,
   std::vector<int64_t> counts(k);
   std::vector<double> gram(dd), cross(dd), factor(dd), w_new(dd), gw(dd);
   std::vector<int32_t> prev(params.iterations > 0 ? n : 0);
+  std::vector<double> basis_d(params.iterations > 0 ? kd : 0);
+  std::vector<double> scaled(params.iterations > 0 ? kd : 0);
+  for (size_t i = 0; i < basis_d.size(); ++i) basis_d[i] = basis[i];
   // The loss of map m under the current assignment, from the accumulated
   // statistics: (sum ||x||^2 - 2 tr(m^T X) + tr(m^T G m)) / n.
   auto objective = [&](const std::vector<double>& m) {
@@ -134,26 +139,18 @@ absl::StatusOr<SimVqResult> SimVqFit(const float* x, int64_t n, int dim,
       const float* p = x + i * dim;
       for (int d = 0; d < dim; ++d) s[d] += p[d];
     }
-    // G = B^T N B, X = B^T S.
-    std::fill(gram.begin(), gram.end(), 0.0);
-    std::fill(cross.begin(), cross.end(), 0.0);
+    // G = B^T N B, X = B^T S: two dgemms over the K basis rows (scalar
+    // loops here cost as much as the assignment pass at D = 32).
     for (int j = 0; j < k; ++j) {
-      if (counts[j] == 0) continue;
-      const float* b = basis + static_cast<size_t>(j) * dim;
-      const double* s = sums.data() + static_cast<size_t>(j) * dim;
       const double c = static_cast<double>(counts[j]);
-      for (int p = 0; p < dim; ++p) {
-        const double bp = b[p];
-        if (bp == 0) continue;
-        double* g = gram.data() + static_cast<size_t>(p) * dim;
-        double* xr = cross.data() + static_cast<size_t>(p) * dim;
-        const double cbp = c * bp;
-        for (int q = 0; q < dim; ++q) {
-          g[q] += cbp * b[q];
-          xr[q] += bp * s[q];
-        }
-      }
+      const double* b = basis_d.data() + static_cast<size_t>(j) * dim;
+      double* nb = scaled.data() + static_cast<size_t>(j) * dim;
+      for (int d = 0; d < dim; ++d) nb[d] = c * b[d];
     }
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, dim, dim, k, 1.0,
+                basis_d.data(), dim, scaled.data(), dim, 0.0, gram.data(), dim);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, dim, dim, k, 1.0,
+                basis_d.data(), dim, sums.data(), dim, 0.0, cross.data(), dim);
     double trace = 0;
     for (int d = 0; d < dim; ++d)
       trace += gram[static_cast<size_t>(d) * dim + d];
@@ -174,17 +171,11 @@ absl::StatusOr<SimVqResult> SimVqFit(const float* x, int64_t n, int dim,
     r.step_loss.push_back(after);
     ++r.iterations;
 
-    // Materialise C = B W (double accumulation) and reassign.
-    for (int j = 0; j < k; ++j) {
-      const float* b = basis + static_cast<size_t>(j) * dim;
-      float* c = r.codebook.data() + static_cast<size_t>(j) * dim;
-      for (int q = 0; q < dim; ++q) {
-        double v = 0;
-        for (int p = 0; p < dim; ++p) {
-          v += double{b[p]} * w[static_cast<size_t>(p) * dim + q];
-        }
-        c[q] = static_cast<float>(v);
-      }
+    // Materialise C = B W (in double) and reassign.
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, k, dim, dim, 1.0,
+                basis_d.data(), dim, w.data(), dim, 0.0, scaled.data(), dim);
+    for (size_t i = 0; i < kd; ++i) {
+      r.codebook[i] = static_cast<float>(scaled[i]);
     }
     std::memcpy(prev.data(), a, sizeof(int32_t) * n);
     r.loss.push_back(assign_all());
