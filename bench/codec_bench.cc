@@ -15,6 +15,9 @@
 //   kivi-2/4     KiviCodec, group 32: keys per channel, values per token
 //   vq greedy    VqCodec (kernels/vq_codec.h), greedy encode
 //   vq beamB     the same codebooks, beam search of width B
+//   vq simvq     VqCodec fitted with RvqFit::kSimVq (kernels/simvq.h) from
+//                the same seeds, --simvq-iterations map updates, greedy
+//   vq simvq+km  the same followed by the k-means rows' Lloyd iterations
 //   faiss greedy faiss::ResidualQuantizer, same stages/bits, fitted on the
 //                same training vectors: train_type Train_default (plain
 //                k-means per stage: random init, faiss's 256 points per
@@ -76,6 +79,8 @@ struct Options {
   std::string keys_file, values_file;
   int file_dim = 0;
   bool skip_faiss = false;
+  bool skip_simvq = false;
+  int simvq_iterations = -1;  // -1 = RvqTraining's default
 };
 
 // Train and test vectors of one D, keys and values, [n][D] each.
@@ -299,36 +304,68 @@ bool RunDim(const Data& data, const Options& opt) {
   if (opt.kmeans_iterations > 0) {
     config.training.kmeans_iterations = opt.kmeans_iterations;
   }
-  auto vq = vqkv::VqCodec::Create(layout, config);
-  if (!vq.ok()) {
-    std::fprintf(stderr, "VqCodec: %s\n", vq.status().ToString().c_str());
-    return false;
-  }
-  vqkv::FitOptions fit;
-  fit.seed = opt.seed;
-  fit.progress = [D](const vqkv::FitProgress& p) {
-    std::fprintf(stderr, "\r[D=%d] vq fit: %s (%lld/%lld)        ", D,
-                 p.phase.c_str(), static_cast<long long>(p.done),
-                 static_cast<long long>(p.total));
+  // Fits a VQ codec with `c` on the training vectors; prints the fit time.
+  auto fit_vq = [&](const std::string& name, const vqkv::VqConfig& c,
+                    double* fit_s) -> std::unique_ptr<vqkv::VqCodec> {
+    auto vq = vqkv::VqCodec::Create(layout, c);
+    if (!vq.ok()) {
+      std::fprintf(stderr, "VqCodec: %s\n", vq.status().ToString().c_str());
+      return nullptr;
+    }
+    vqkv::FitOptions fit;
+    fit.seed = opt.seed;
+    fit.progress = [D, &name](const vqkv::FitProgress& p) {
+      std::fprintf(stderr, "\r[D=%d] %s fit: %s (%lld/%lld)        ", D,
+                   name.c_str(), p.phase.c_str(),
+                   static_cast<long long>(p.done),
+                   static_cast<long long>(p.total));
+    };
+    const auto t0 = Clock::now();
+    absl::Status s =
+        (*vq)->Fit(data.train_k.data(), data.train_v.data(), data.n_train, fit);
+    *fit_s = Seconds(t0, Clock::now());
+    std::fprintf(stderr, "\n[D=%d] %s fit: %.1f s\n", D, name.c_str(), *fit_s);
+    if (!s.ok()) {
+      std::fprintf(stderr, "VqCodec::Fit: %s\n", s.ToString().c_str());
+      return nullptr;
+    }
+    return *std::move(vq);
   };
-  const auto t0 = Clock::now();
-  absl::Status s =
-      (*vq)->Fit(data.train_k.data(), data.train_v.data(), data.n_train, fit);
-  const double vq_fit_s = Seconds(t0, Clock::now());
-  std::fprintf(stderr, "\n[D=%d] vq fit: %.1f s\n", D, vq_fit_s);
-  if (!s.ok()) {
-    std::fprintf(stderr, "VqCodec::Fit: %s\n", s.ToString().c_str());
+  double vq_fit_s = 0;
+  std::unique_ptr<vqkv::VqCodec> vq = fit_vq("vq", config, &vq_fit_s);
+  if (vq == nullptr || !MeasureCodec("vq greedy", *vq, data, &row)) {
     return false;
   }
-  if (!MeasureCodec("vq greedy", **vq, data, &row)) return false;
   row.fit_s = vq_fit_s;
   PrintRow(D, data.n_test, row);
-  auto beam = vqkv::VqCodec::FromCodebookSet((*vq)->codebooks(), opt.beam);
+  auto beam = vqkv::VqCodec::FromCodebookSet(vq->codebooks(), opt.beam);
   if (!beam.ok() ||
       !MeasureCodec("vq beam" + std::to_string(opt.beam), **beam, data, &row)) {
     return false;
   }
   PrintRow(D, data.n_test, row);
+
+  // The SimVQ fit (RvqFit::kSimVq) from the same seeds: pure, and followed
+  // by the k-means rows' Lloyd iterations (the hybrid), greedy encode.
+  if (!opt.skip_simvq) {
+    for (bool hybrid : {false, true}) {
+      vqkv::VqConfig sc = config;
+      sc.training.fit = vqkv::RvqFit::kSimVq;
+      if (opt.simvq_iterations >= 0) {
+        sc.training.simvq_iterations = opt.simvq_iterations;
+      }
+      sc.training.simvq_lloyd_iterations =
+          hybrid ? config.training.kmeans_iterations : 0;
+      const std::string name = hybrid ? "vq simvq+km" : "vq simvq";
+      double fit_s = 0;
+      std::unique_ptr<vqkv::VqCodec> simvq = fit_vq(name, sc, &fit_s);
+      if (simvq == nullptr || !MeasureCodec(name, *simvq, data, &row)) {
+        return false;
+      }
+      row.fit_s = fit_s;
+      PrintRow(D, data.n_test, row);
+    }
+  }
 
   if (!opt.skip_faiss) {
     auto resolved = vqkv::VqCodec::ResolveConfig(layout, config);
@@ -375,6 +412,10 @@ int main(int argc, char** argv) {
                  "raw float32 [n][D] value vectors");
   app.add_option("--file-dim", opt.file_dim, "D of the vectors in the files");
   app.add_flag("--skip-faiss", opt.skip_faiss, "do not run faiss");
+  app.add_flag("--skip-simvq", opt.skip_simvq, "do not run the SimVQ fits");
+  app.add_option("--simvq-iterations", opt.simvq_iterations,
+                 "SimVQ map updates per stage (-1 = RvqTraining default)")
+      ->check(CLI::Range(-1, 1000));
   CLI11_PARSE(app, argc, argv);
 
   omp_set_num_threads(opt.threads);

@@ -8,6 +8,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -41,7 +42,87 @@ float SquaredNorm(const float* r, int dim) {
   return s;
 }
 
+// One stage of the SimVQ fit (RvqFit::kSimVq). The basis is what k-means
+// would start from (the current residuals of the shared seed rows, or
+// k-means++ with kmeanspp_seeding), so the two fits differ only in the
+// update. It is fitted on the stage's k-means sample: res itself when
+// order (the sample's row indices) covers all m rows, else the rows gathered
+// into *sample_rows. Sets *km like the k-means path does, and *assigned when
+// assign [m] already holds every row's nearest final codeword.
+absl::Status FitSimVqStage(const RvqParams& params, const KMeansParams& kp,
+                           const float* res, int64_t m,
+                           const std::vector<int64_t>& seeds,
+                           const std::vector<int64_t>& order,
+                           std::vector<float>* sample_rows, int32_t* assign,
+                           bool* assigned, absl::StatusOr<KMeansResult>* km) {
+  const int K = params.K(), dim = params.dim;
+  const RvqTraining& t = params.training;
+  std::vector<float> basis;
+  if (t.kmeanspp_seeding) {
+    KMeansParams seeding = kp;
+    seeding.iterations = 0;
+    absl::StatusOr<KMeansResult> seeded = KMeans(res, m, dim, seeding);
+    if (!seeded.ok()) return seeded.status();
+    basis = std::move(seeded->centroids);
+  } else {
+    basis.resize(static_cast<size_t>(K) * dim);
+    for (int k = 0; k < K; ++k) {
+      std::memcpy(basis.data() + static_cast<size_t>(k) * dim,
+                  res + seeds[k] * dim, sizeof(float) * dim);
+    }
+  }
+  const int64_t sample = static_cast<int64_t>(order.size());
+  const float* rows = res;
+  if (sample < m) {
+    for (int64_t i = 0; i < sample; ++i) {
+      std::memcpy(sample_rows->data() + i * dim, res + order[i] * dim,
+                  sizeof(float) * dim);
+    }
+    rows = sample_rows->data();
+  }
+  const bool all_rows = sample == m;
+  const bool lloyd = t.simvq_lloyd_iterations > 0;
+  absl::StatusOr<SimVqResult> fit = SimVqFit(
+      rows, sample, dim, basis.data(), K,
+      SimVqParams{.iterations = t.simvq_iterations, .ridge = t.simvq_ridge},
+      all_rows && !lloyd ? assign : nullptr);
+  if (!fit.ok()) return fit.status();
+  if (lloyd) {
+    KMeansParams lp = kp;
+    lp.iterations = t.simvq_lloyd_iterations;
+    *km = KMeansFromCentroids(rows, sample, dim, lp, std::move(fit->codebook),
+                              all_rows ? assign : nullptr);
+  } else {
+    KMeansResult r;
+    r.centroids = std::move(fit->codebook);
+    r.initial_inertia = fit->loss.front();
+    r.inertia = fit->loss.back();
+    r.training_points = sample;
+    *km = std::move(r);
+  }
+  *assigned = all_rows;
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+std::string_view RvqFitName(RvqFit fit) {
+  switch (fit) {
+    case RvqFit::kKMeans:
+      return "kmeans";
+    case RvqFit::kSimVq:
+      return "simvq";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<RvqFit> ParseRvqFit(std::string_view name) {
+  for (RvqFit fit : {RvqFit::kKMeans, RvqFit::kSimVq}) {
+    if (name == RvqFitName(fit)) return fit;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown RVQ fit '", std::string(name), "'; expected kmeans or simvq"));
+}
 
 absl::Status RvqParams::Validate() const {
   if (dim < 1 || dim > 65535) {
@@ -66,6 +147,18 @@ absl::Status RvqParams::Validate() const {
         t.max_points_per_centroid, ", seeding_points_per_centroid ",
         t.seeding_points_per_centroid, ", max_training_points ",
         t.max_training_points, ", refine_passes ", t.refine_passes));
+  }
+  if (t.fit != RvqFit::kKMeans && t.fit != RvqFit::kSimVq) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RVQ fit must be kKMeans or kSimVq, got ", static_cast<int>(t.fit)));
+  }
+  if (t.simvq_iterations < 0 || t.simvq_iterations > 1000 ||
+      t.simvq_lloyd_iterations < 0 || t.simvq_lloyd_iterations > 1000 ||
+      !(t.simvq_ridge >= 0) || !std::isfinite(t.simvq_ridge)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RVQ SimVQ params out of range: simvq_iterations ", t.simvq_iterations,
+        " (0..1000), simvq_lloyd_iterations ", t.simvq_lloyd_iterations,
+        " (0..1000), simvq_ridge ", t.simvq_ridge, " (finite, >= 0)"));
   }
   if (beam_width < 1 || beam_width > 4096) {
     return absl::InvalidArgumentError(
@@ -191,7 +284,12 @@ absl::Status ResidualQuantizer::Fit(
     kp.seed = params.seed + 0x100000001b3ULL * static_cast<uint64_t>(s + 1);
     absl::StatusOr<KMeansResult> km;
     bool assigned = false;
-    if (params.training.kmeanspp_seeding) {
+    if (params.training.fit == RvqFit::kSimVq) {
+      absl::Status fitted =
+          FitSimVqStage(params, kp, res.data(), m, seeds, order, &sample_rows,
+                        assign.data(), &assigned, &km);
+      if (!fitted.ok()) return fitted;
+    } else if (params.training.kmeanspp_seeding) {
       km = KMeans(res.data(), m, dim, kp);
     } else {
       std::vector<float> init(static_cast<size_t>(K) * dim);

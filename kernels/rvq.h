@@ -3,7 +3,8 @@
 // Stage s holds a codebook of K = 2^bits codewords. Encoding picks, stage by
 // stage, a codeword for the current residual and subtracts it; the code of a
 // vector is one index per stage; decoding sums the chosen codewords.
-// Training fits stage s by k-means on the residuals left by stages 0..s-1.
+// Training fits stage s by k-means (or SimVQ, RvqFit) on the residuals left
+// by stages 0..s-1.
 //
 // Layouts: x / out float [n][dim]; codes uint16 [n][stages];
 // codebooks float [stages][K][dim].
@@ -16,14 +17,25 @@
 
 #include <cstdint>
 #include <functional>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/codec.h"
 #include "kernels/kmeans.h"
+#include "kernels/simvq.h"
 
 namespace vqkv {
+
+// The update that fits each stage's codebook from its seeds.
+enum class RvqFit {
+  kKMeans,  // Lloyd iterations: each codeword := mean of its vectors
+  kSimVq,   // SimVQ: codebook = seeds x a learned map (kernels/simvq.h)
+};
+// "kmeans" / "simvq", and back; kInvalidArgument naming the valid names.
+std::string_view RvqFitName(RvqFit fit);
+absl::StatusOr<RvqFit> ParseRvqFit(std::string_view name);
 
 // How a residual quantizer is fitted (docs/CODEC.md, "Fit"): the one
 // definition of the training defaults, embedded by RvqParams and VqConfig.
@@ -46,6 +58,16 @@ struct RvqTraining {
   bool kmeanspp_seeding = false;
   int seeding_points_per_centroid =  // k-means++ only
       KMeansParams{}.seeding_points_per_centroid;
+  // The stage update (docs/CODEC.md, "SimVQ fit"). kKMeans runs
+  // kmeans_iterations Lloyd iterations from the seeds. kSimVq freezes the
+  // seeds as the basis B, fits C = B W by simvq_iterations closed-form
+  // least-squares updates of W (on the same k-means sample), then runs
+  // simvq_lloyd_iterations Lloyd iterations from C (0 = pure SimVQ; > 0 =
+  // the hybrid). kmeans_iterations is unused by kSimVq.
+  RvqFit fit = RvqFit::kKMeans;
+  int simvq_iterations = SimVqParams{}.iterations;
+  int simvq_lloyd_iterations = 0;
+  double simvq_ridge = SimVqParams{}.ridge;
   // After all stages are fitted: passes of codebook refinement by block
   // coordinate descent (each codeword := mean over its training vectors of
   // x minus the other stages' codewords, stage after stage), each pass

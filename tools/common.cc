@@ -112,6 +112,18 @@ void AddCodecFlags(CLI::App* app, CodecFlags* f) {
       ->capture_default_str();
   app->add_option("--max-training-points", f->training.max_training_points,
                   "cap on training vectors per quantizer (0 = all)");
+  app->add_option("--fit", f->fit,
+                  "codebook update per stage: kmeans (Lloyd) or simvq "
+                  "(seeds x a learned linear map, docs/CODEC.md)")
+      ->capture_default_str();
+  app->add_option("--simvq-iters", f->training.simvq_iterations,
+                  "SimVQ map updates per stage (--fit simvq)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  app->add_option("--simvq-lloyd-iters", f->training.simvq_lloyd_iterations,
+                  "Lloyd iterations after the SimVQ updates (--fit simvq)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
 }
 
 absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& f) {
@@ -138,6 +150,12 @@ absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& f) {
   c.keys_post_rope = f.keys == "post";
   c.beam_width = f.beam_width;
   c.training = f.training;
+  absl::StatusOr<RvqFit> fit = ParseRvqFit(f.fit);
+  if (!fit.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--fit: ", fit.status().message()));
+  }
+  c.training.fit = *fit;
   return c;
 }
 

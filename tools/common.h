@@ -68,6 +68,8 @@ struct CodecFlags {
   // for SmolLM2's 30 layers then fits in 2.5 CPU minutes (docs/FIDELITY.md),
   // within +3% perplexity of fp16.
   RvqTraining training = {.kmeans_iterations = 4, .max_points_per_centroid = 8};
+  // RvqTraining::fit by name (ParseRvqFit): kmeans | simvq.
+  std::string fit = "kmeans";
 };
 void AddCodecFlags(CLI::App* app, CodecFlags* flags);
 absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& flags);

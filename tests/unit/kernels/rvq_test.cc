@@ -258,5 +258,102 @@ TEST(RvqTest, RejectsBadRefinePasses) {
   EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 
+RvqParams SimVq(int dim, int stages, int bits, int iterations) {
+  RvqParams p = Small(dim, stages, bits);
+  p.training.fit = RvqFit::kSimVq;
+  p.training.simvq_iterations = iterations;
+  return p;
+}
+
+TEST(RvqSimVqTest, IsDeterministicForASeed) {
+  const std::vector<float> x = testing::KeyLikeVectors(3000, 8, 31);
+  ResidualQuantizer a, b, c, km;
+  ASSERT_TRUE(a.Fit(SimVq(8, 3, 6, 4), x.data(), 3000).ok());
+  ASSERT_TRUE(b.Fit(SimVq(8, 3, 6, 4), x.data(), 3000).ok());
+  RvqParams other = SimVq(8, 3, 6, 4);
+  other.seed = 8;
+  ASSERT_TRUE(c.Fit(other, x.data(), 3000).ok());
+  ASSERT_TRUE(km.Fit(Small(8, 3, 6), x.data(), 3000).ok());
+  EXPECT_EQ(a.codebooks(), b.codebooks());
+  EXPECT_NE(a.codebooks(), c.codebooks());
+  EXPECT_NE(a.codebooks(), km.codebooks());
+}
+
+TEST(RvqSimVqTest, NoWorseThanItsInitialisation) {
+  // One stage: the training error is the stage's loss, which SimVQ never
+  // raises from its basis (the k-means++ or shared seeds, simvq_iterations
+  // = 0). Also through a subsample (8 points per centroid < n / K).
+  const std::vector<float> x = testing::KeyLikeVectors(4000, 16, 32);
+  for (bool kmeanspp : {false, true}) {
+    for (int per_centroid : {128, 8}) {
+      RvqParams p = SimVq(16, 1, 6, 0);
+      p.training.kmeanspp_seeding = kmeanspp;
+      p.training.max_points_per_centroid = per_centroid;
+      ResidualQuantizer init, fitted;
+      ASSERT_TRUE(init.Fit(p, x.data(), 4000).ok());
+      p.training.simvq_iterations = 6;
+      ASSERT_TRUE(fitted.Fit(p, x.data(), 4000).ok());
+      EXPECT_LT(fitted.training_mse(), init.training_mse())
+          << "kmeans++ " << kmeanspp << ", " << per_centroid;
+      EXPECT_NEAR(fitted.training_mse(), RoundTripMse(fitted, x), 1e-4);
+    }
+  }
+}
+
+TEST(RvqSimVqTest, BeatsTheSeedsAndTracksKMeansOnHeldOutData) {
+  const int dim = 16;
+  const std::vector<float> train = testing::KeyLikeVectors(6000, dim, 33);
+  const std::vector<float> test = testing::KeyLikeVectors(2000, dim, 34);
+  ResidualQuantizer seeds, simvq, hybrid, kmeans;
+  ASSERT_TRUE(seeds.Fit(SimVq(dim, 4, 6, 0), train.data(), 6000).ok());
+  ASSERT_TRUE(simvq.Fit(SimVq(dim, 4, 6, 6), train.data(), 6000).ok());
+  RvqParams h = SimVq(dim, 4, 6, 2);
+  h.training.simvq_lloyd_iterations = 2;
+  ASSERT_TRUE(hybrid.Fit(h, train.data(), 6000).ok());
+  RvqParams k = Small(dim, 4, 6);
+  k.training.kmeans_iterations = 2;
+  ASSERT_TRUE(kmeans.Fit(k, train.data(), 6000).ok());
+  const double e_seeds = RoundTripMse(seeds, test);
+  const double e_simvq = RoundTripMse(simvq, test);
+  const double e_hybrid = RoundTripMse(hybrid, test);
+  const double e_kmeans = RoundTripMse(kmeans, test);
+  EXPECT_LT(e_simvq, e_seeds);
+  // The hybrid ends with the same Lloyd steps as k-means: it should land
+  // close to it, not far behind.
+  EXPECT_LT(e_hybrid, 1.1 * e_kmeans);
+  EXPECT_LT(e_hybrid, e_seeds);
+}
+
+TEST(RvqSimVqTest, RejectsBadParams) {
+  RvqParams p = SimVq(4, 2, 3, -1);
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  p = SimVq(4, 2, 3, 1001);
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  p = SimVq(4, 2, 3, 4);
+  p.training.simvq_lloyd_iterations = -1;
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  p = SimVq(4, 2, 3, 4);
+  p.training.simvq_ridge = -1e-3;
+  absl::Status s = p.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("simvq_ridge"), std::string::npos) << s;
+  p.training.simvq_ridge = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  p = SimVq(4, 2, 3, 4);
+  p.training.fit = static_cast<RvqFit>(7);
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RvqSimVqTest, FitNamesRoundTrip) {
+  for (RvqFit fit : {RvqFit::kKMeans, RvqFit::kSimVq}) {
+    absl::StatusOr<RvqFit> parsed = ParseRvqFit(RvqFitName(fit));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, fit);
+  }
+  absl::StatusOr<RvqFit> bad = ParseRvqFit("sgd");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("kmeans or simvq"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace vqkv

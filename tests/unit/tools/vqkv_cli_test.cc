@@ -110,6 +110,11 @@ TEST_F(VqkvCliTest, BadOptions) {
                        "--key-split diagonal"),
                    "--key-split");
   ExpectCleanError(Run("eval --model m.gguf --task ruler"), "mkniah");
+  ExpectCleanError(Run("calibrate --model m.gguf --text t --out x --fit sgd"),
+                   "--fit: unknown RVQ fit 'sgd'; expected kmeans or simvq");
+  ExpectCleanError(Run("calibrate --model m.gguf --text t --out x --fit simvq "
+                       "--simvq-iters -1"),
+                   "--simvq-iters");
 }
 
 TEST_F(VqkvCliTest, EmptyText) {
