@@ -63,7 +63,8 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
   h.header_bytes = sizeof(BlockHeader);
   h.codec_id = static_cast<uint32_t>(codec.id());
   h.flags = (fp16_tokens > 0 ? kBlockHasFp16Section : 0u) |
-            (options.keys_post_rope ? kBlockKeysPostRope : 0u);
+            (options.keys_post_rope ? kBlockKeysPostRope : 0u) |
+            (codec.PayloadFlags() & kCodecPayloadFlags);
   h.codebook_hash = codec.codebook_hash();
   h.tokens = static_cast<uint32_t>(tokens);
   h.fp16_tokens = static_cast<uint32_t>(fp16_tokens);
@@ -184,6 +185,13 @@ absl::Status DecodeBlock(const Codec& codec, const uint8_t* data, size_t size,
     return absl::FailedPreconditionError(absl::StrCat(
         "block needs codebook set 0x", absl::Hex(h.codebook_hash),
         " but the codec has 0x", absl::Hex(codec.codebook_hash())));
+  }
+  if ((h.flags & kCodecPayloadFlags) !=
+      (codec.PayloadFlags() & kCodecPayloadFlags)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "block payload flags 0x", absl::Hex(h.flags & kCodecPayloadFlags),
+        " (key sketch ", (h.flags & kBlockHasKeySketch) ? "on" : "off",
+        ") differ from the codec's ", codec.Descriptor()));
   }
   const KvLayout& layout = codec.layout();
   if (h.layers != layout.layers || h.kv_heads != layout.kv_heads ||

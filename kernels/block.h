@@ -46,7 +46,8 @@ absl::StatusOr<BlockHeader> VerifyBlock(const uint8_t* data, size_t size);
 // Verifies and decodes a block into keys/values, which must hold
 // header.tokens tokens in codec.layout().
 // Errors: those of VerifyBlock; kFailedPrecondition when the block was made by
-// another codec or codebook set (codec id or codebook hash differ);
+// another codec or codebook set (codec id or codebook hash differ) or with
+// other payload flags (a key sketch the codec lacks, or the reverse);
 // kInvalidArgument when its layout differs from codec.layout() or
 // out_tokens != header.tokens.
 absl::Status DecodeBlock(const Codec& codec, const uint8_t* data, size_t size,

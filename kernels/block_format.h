@@ -22,9 +22,15 @@ enum BlockFlags : uint32_t {
   kBlockHasFp16Section = 1u << 0,
   // Keys were captured after RoPE was applied (else before).
   kBlockKeysPostRope = 1u << 1,
+  // The VQ payload ends with a key sketch section (VqConfig::key_sketch_bits,
+  // docs/BLOCK_FORMAT.md). Readers that predate it reject the block as an
+  // unknown flag instead of misreading it.
+  kBlockHasKeySketch = 1u << 2,
 };
 inline constexpr uint32_t kKnownBlockFlags =
-    kBlockHasFp16Section | kBlockKeysPostRope;
+    kBlockHasFp16Section | kBlockKeysPostRope | kBlockHasKeySketch;
+// The flags a codec's payload layout sets (Codec::PayloadFlags).
+inline constexpr uint32_t kCodecPayloadFlags = kBlockHasKeySketch;
 
 // All integers little-endian. 64 bytes, 8-byte aligned fields.
 struct BlockHeader {

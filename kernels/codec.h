@@ -87,6 +87,11 @@ class Codec {
   // 1 - bits / 16: the paper's compression ratio against fp16.
   double CompressionRatio() const { return 1.0 - BitsPerElement() / 16.0; }
 
+  // Block header flags (kernels/block_format.h, kCodecPayloadFlags) that
+  // describe this codec's payload layout; a block is decoded only by a codec
+  // with the same ones.
+  virtual uint32_t PayloadFlags() const { return 0; }
+
   // Exact payload size in bytes for `tokens` tokens (0 outside
   // 0..kMaxCodecTokens).
   virtual size_t EncodedBytes(int64_t tokens) const = 0;

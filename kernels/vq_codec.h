@@ -26,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/block_format.h"
 #include "kernels/codebook_set.h"
 #include "kernels/codec.h"
 #include "kernels/key_split.h"
@@ -109,6 +110,9 @@ class VqCodec : public Codec {
   double KeyBitsPerElement() const override;
   double ValueBitsPerElement() const override;
   size_t EncodedBytes(int64_t tokens) const override;
+  uint32_t PayloadFlags() const override {
+    return sketch_ ? uint32_t{kBlockHasKeySketch} : 0u;
+  }
 
   // keys/values: [layer][token][kv_head][head_dim], tokens >= 1 per layer.
   absl::Status Fit(const float* keys, const float* values, int64_t tokens,

@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/bitpack.h"
+#include "kernels/block.h"
 #include "kernels/rvq.h"
 #include "tests/unit/kernels/rvq_test_data.h"
 
@@ -413,6 +414,26 @@ TEST(VqCodecTest, KeySketchRestoresDirectionsTheCodebooksMiss) {
     recovered[which] /= n * rms;
     ++which;
   }
+  // Blocks say whether they carry a sketch; a codec without one (or with
+  // one where the block has none) refuses them.
+  absl::StatusOr<std::vector<uint8_t>> block =
+      EncodeBlock(*sketched.codec, k.data(), v.data(), T, {});
+  ASSERT_TRUE(block.ok()) << block.status();
+  absl::StatusOr<BlockHeader> h = VerifyBlock(block->data(), block->size());
+  ASSERT_TRUE(h.ok());
+  EXPECT_TRUE(h->flags & kBlockHasKeySketch);
+  std::vector<float> bk(k.size()), bv(v.size());
+  EXPECT_TRUE(DecodeBlock(*sketched.codec, block->data(), block->size(), T,
+                          bk.data(), bv.data())
+                  .ok());
+  absl::StatusOr<std::unique_ptr<VqCodec>> same_books =
+      VqCodec::FromCodebookSet(sketched.codec->codebooks());
+  ASSERT_TRUE(same_books.ok());
+  EXPECT_EQ(DecodeBlock(**same_books, block->data(), block->size(), T,
+                        bk.data(), bv.data())
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+
   EXPECT_LT(std::abs(recovered[0]), 0.1);  // the codebooks miss it
   EXPECT_GT(recovered[1], 0.6);            // the sketch brings it back
   EXPECT_LT(recovered[1], 1.4);
