@@ -332,6 +332,24 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
     EXPECT_EQ(JsonNumber(r.out, "trials"), 1);
   }
 
+  // The retrieval diagnostic, one short trial, with a key sketch: every
+  // layer's errors, the attention table and the six ablations.
+  Result dg = Run(absl::StrCat("eval --task diagnose --model ", VQKV_MODEL_PATH,
+                               " --codec vq --codebooks ", Path("tiny.vqcb"),
+                               " --key-sketch-bits 16 --lengths 200 --trials 1 "
+                               "--window 32 --json"));
+  ASSERT_EQ(dg.exit_code, 0) << dg.err;
+  EXPECT_NE(dg.out.find("\"task\":\"diagnose\""), std::string::npos);
+  EXPECT_NE(dg.out.find(":ks=16\""), std::string::npos) << dg.out;
+  EXPECT_NE(dg.out.find("{\"layer\":29,\"k_digits\""), std::string::npos);
+  EXPECT_NE(dg.out.find("{\"layer\":29,\"head\":8,"), std::string::npos);
+  EXPECT_NE(dg.out.find("{\"what\":\"layers 20-29\""), std::string::npos);
+  EXPECT_EQ(JsonNumber(dg.out, "trials"), 1);
+  ExpectCleanError(
+      Run(absl::StrCat("eval --task diagnose --model ", VQKV_MODEL_PATH,
+                       " --codec vq,kivi2 --codebooks ", Path("tiny.vqcb"))),
+      "--task diagnose takes one compressed --codec");
+
   // Two windows: the ppl line adds t intervals over windows.
   Result two =
       Run("eval --model " + std::string(VQKV_MODEL_PATH) + " --text " +
