@@ -55,6 +55,7 @@ struct GenerateArgs {
   int64_t roundtrip_tokens = -1;
   std::string codec = "fp16";
   std::string codebooks;
+  int key_sketch_bits = 0;  // vq: VqConfig::key_sketch_bits
   int block_tokens = 64;
   int sink_tokens = 4;
   int64_t prefill_chunk = 0;
@@ -142,7 +143,7 @@ absl::StatusOr<std::unique_ptr<client::CacheClient>> MakeClient(
     const GenerateArgs& a, const std::string& model_path,
     const model::LlamaConfig& config, const ModelIdentity& identity) {
   absl::StatusOr<EvalCodec> codec =
-      MakeEvalCodec(a.codec, a.codebooks, identity, 1);
+      MakeEvalCodec(a.codec, a.codebooks, identity, 1, a.key_sketch_bits);
   if (!codec.ok()) return codec.status();
   std::string codebook_file;
   if (!codec->codebooks.empty()) {
@@ -316,6 +317,10 @@ std::function<int()> AddGenerateCommand(CLI::App* app) {
   cmd->add_option("--codec", args->codec, "fp16, vq, kivi2 or kivi4")
       ->capture_default_str();
   cmd->add_option("--codebooks", args->codebooks, "codebook file for vq");
+  cmd->add_option("--key-sketch-bits", args->key_sketch_bits,
+                  "vq: bits of the sign sketch of each key's residual (0 = "
+                  "none; a multiple of 8; docs/CODEC.md)")
+      ->capture_default_str();
   cmd->add_option("--block-tokens", args->block_tokens,
                   "tokens per cached block (a multiple of 16)")
       ->capture_default_str();
