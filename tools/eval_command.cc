@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,6 +59,14 @@ struct EvalArgs {
   double budget_gib = 1.0;
   std::vector<int64_t> memory_ctx = {2048, 8192, 32768, 131072};
 };
+
+// A progress callback (runs done, runs in all) that draws on `bar`.
+std::function<void(int64_t, int64_t)> RunsProgress(ProgressBar* bar) {
+  return [bar](int64_t done, int64_t total) {
+    bar->Update(static_cast<double>(done) / total,
+                absl::StrFormat("%d/%d runs", done, total));
+  };
+}
 
 double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
@@ -412,11 +421,7 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
   if (!task.ok()) return Fail(task.status());
   ProgressBar bar(a.task, 1);
   absl::StatusOr<std::vector<RetrievalTrial>> trials =
-      RunRetrieval(*m.model, *m.tokenizer, runs, o, *task,
-                   [&bar](int64_t done, int64_t total) {
-                     bar.Update(static_cast<double>(done) / total,
-                                absl::StrFormat("%d/%d runs", done, total));
-                   });
+      RunRetrieval(*m.model, *m.tokenizer, runs, o, *task, RunsProgress(&bar));
   if (!trials.ok()) return Fail(trials.status());
   bar.Finish();
   if (a.verbose) {
@@ -510,11 +515,7 @@ int RunDiagnoseTask(const EvalArgs& a, const LoadedModel& m,
   o.ablation = a.ablation;
   ProgressBar bar("diagnose", 1);
   absl::StatusOr<DiagnosticReport> r = RunRetrievalDiagnostic(
-      *m.model, *m.tokenizer, *coded->codec, o,
-      [&bar](int64_t done, int64_t total) {
-        bar.Update(static_cast<double>(done) / total,
-                   absl::StrFormat("%d/%d runs", done, total));
-      });
+      *m.model, *m.tokenizer, *coded->codec, o, RunsProgress(&bar));
   if (!r.ok()) return Fail(r.status());
   bar.Finish();
   if (a.json) {
