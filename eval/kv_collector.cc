@@ -9,12 +9,16 @@ KvCollector::KvCollector(const KvLayout& layout,
     : layout_(layout),
       options_(options),
       keys_(static_cast<size_t>(layout.layers)),
-      values_(static_cast<size_t>(layout.layers)) {}
+      values_(static_cast<size_t>(layout.layers)) {
+  for (int layer = 0; layer < layout_.layers; ++layer) {
+    if (collects(layer)) last_layer_ = layer;
+  }
+}
 
 void KvCollector::OnKv(int layer, int64_t pos0, int64_t n,
                        const float* keys_pre_rope, const float* keys,
                        const float* values) {
-  if (layer < 0 || layer >= layout_.layers) return;
+  if (layer < 0 || layer >= layout_.layers || !collects(layer)) return;
   const int64_t row = int64_t{layout_.kv_heads} * layout_.head_dim;
   std::vector<float>& kd = keys_[layer];
   std::vector<float>& vd = values_[layer];
@@ -32,15 +36,23 @@ void KvCollector::OnKv(int layer, int64_t pos0, int64_t n,
   const float* v = values + skip * row;
   kd.insert(kd.end(), k, k + take * row);
   vd.insert(vd.end(), v, v + take * row);
+  if (options_.progress && layer == last_layer_) options_.progress(tokens());
 }
 
 int64_t KvCollector::tokens() const {
   const int64_t row = int64_t{layout_.kv_heads} * layout_.head_dim;
   int64_t t = options_.max_tokens;
-  for (const std::vector<float>& k : keys_) {
-    t = std::min(t, static_cast<int64_t>(k.size()) / row);
+  for (int layer = 0; layer < layout_.layers; ++layer) {
+    if (!collects(layer)) continue;
+    t = std::min(t, static_cast<int64_t>(keys_[layer].size()) / row);
   }
   return t;
+}
+
+bool KvCollector::collects(int layer) const {
+  return options_.layers.empty() ||
+         std::find(options_.layers.begin(), options_.layers.end(), layer) !=
+             options_.layers.end();
 }
 
 void KvCollector::Take(std::vector<float>* keys, std::vector<float>* values) {
@@ -52,12 +64,35 @@ void KvCollector::Take(std::vector<float>* keys, std::vector<float>* values) {
     dst->clear();
     dst->reserve(per_layer * layout_.layers);
     for (std::vector<float>& layer : src) {
+      if (layer.empty()) continue;
       dst->insert(dst->end(), layer.begin(), layer.begin() + per_layer);
       std::vector<float>().swap(layer);
     }
   };
   gather(keys_, keys);
   gather(values_, values);
+}
+
+absl::Status CollectWindows(const model::LlamaModel& model,
+                            absl::Span<const int32_t> ids, int64_t ctx,
+                            KvCollector* collector) {
+  if (ctx < 1) return absl::InvalidArgumentError("ctx must be >= 1");
+  const int64_t total = static_cast<int64_t>(ids.size());
+  const int64_t skip = collector->options().skip_positions_below;
+  const int64_t max_tokens = collector->options().max_tokens;
+  for (int64_t start = 0; start + skip + 1 < total && !collector->full();
+       start += ctx) {
+    const int64_t n = std::min(ctx, total - start);
+    const int64_t want = std::min(n, max_tokens - collector->tokens() + skip);
+    auto cache = model.NewExactCache();
+    model::ForwardOptions fo;
+    fo.output = model::OutputRows::kNone;
+    fo.observer = collector;
+    absl::Status s =
+        model.Forward(ids.subspan(start, want), cache.get(), fo, nullptr);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace vqkv::eval

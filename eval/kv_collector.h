@@ -10,8 +10,11 @@
 #define VQKV_EVAL_KV_COLLECTOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "kernels/codec.h"
 #include "model/llama_model.h"
 
@@ -23,6 +26,12 @@ struct KvCollectorOptions {
   // Positions below this (within each run, e.g. the attention sinks at the
   // start of every window) are not collected.
   int64_t skip_positions_below = 0;
+  // Layers collected; empty = all. The others are ignored (their buffers
+  // stay empty), so a study of a few layers does not hold all of them.
+  std::vector<int> layers;
+  // Called with tokens() after the last collected layer of each forward
+  // chunk (a progress bar); may be empty.
+  std::function<void(int64_t tokens)> progress;
 };
 
 class KvCollector : public model::KvObserver {
@@ -32,7 +41,7 @@ class KvCollector : public model::KvObserver {
   void OnKv(int layer, int64_t pos0, int64_t n, const float* keys_pre_rope,
             const float* keys, const float* values) override;
 
-  // Tokens collected in every layer so far.
+  // Tokens collected in every collected layer so far.
   int64_t tokens() const;
   bool full() const { return tokens() >= options_.max_tokens; }
   const KvLayout& layout() const { return layout_; }
@@ -46,16 +55,29 @@ class KvCollector : public model::KvObserver {
   }
 
   // Moves the collection out as [layer][tokens()][kv_head][head_dim] and
-  // empties the collector. Per-layer buffers are released as they are
-  // copied, so peak memory stays near one copy.
+  // empties the collector (a layer not collected contributes no rows).
+  // Per-layer buffers are released as they are copied, so peak memory stays
+  // near one copy.
   void Take(std::vector<float>* keys, std::vector<float>* values);
 
  private:
+  bool collects(int layer) const;
+
   KvLayout layout_;
   KvCollectorOptions options_;
+  int last_layer_ = -1;
   std::vector<std::vector<float>> keys_;
   std::vector<std::vector<float>> values_;
 };
+
+// Runs `ids` through `model` in windows of ctx tokens, each from position 0
+// (so post-RoPE keys cover the positions an evaluation codes), into
+// `collector` until it is full or the text ends. A window runs only as many
+// tokens as the collector still takes, plus its skipped positions.
+// Errors: kInvalidArgument for ctx < 1; the model's errors.
+absl::Status CollectWindows(const model::LlamaModel& model,
+                            absl::Span<const int32_t> ids, int64_t ctx,
+                            KvCollector* collector);
 
 }  // namespace vqkv::eval
 

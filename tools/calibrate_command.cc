@@ -8,6 +8,7 @@
 #include "eval/evaluate.h"
 #include "eval/kv_collector.h"
 #include "kernels/vq_codec.h"
+#include "tools/calibration_study.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 
@@ -26,31 +27,66 @@ struct CalibrateArgs {
   int64_t ctx = 2048;
   int64_t skip = 4;
   uint64_t seed = 0x5eed;
+  // The calibration-size study (tools/calibration_study.h): with
+  // --study-sizes, no codebook file is written.
+  std::vector<int64_t> study_sizes;
+  std::vector<int> study_layers;
+  std::string holdout;
+  int64_t holdout_tokens = 8192;
+  bool study_all_points = false;
+  bool json = false;
 };
 
-// A KvObserver that forwards to a collector and advances a progress bar.
-class ProgressCollector : public model::KvObserver {
- public:
-  ProgressCollector(eval::KvCollector* collector, ProgressBar* bar, int layers)
-      : collector_(collector), bar_(bar), layers_(layers) {}
-  void OnKv(int layer, int64_t pos0, int64_t n, const float* keys_pre_rope,
-            const float* keys, const float* values) override {
-    collector_->OnKv(layer, pos0, n, keys_pre_rope, keys, values);
-    if (layer == layers_ - 1) {
-      bar_->Update(static_cast<double>(collector_->tokens()),
-                   absl::StrFormat("%d tokens", collector_->tokens()));
-    }
+int RunStudy(const CalibrateArgs& a, const VqConfig& config) {
+  if (a.holdout.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "--study-sizes needs --holdout, a text never used for calibration"));
   }
-
- private:
-  eval::KvCollector* collector_;
-  ProgressBar* bar_;
-  int layers_;
-};
+  absl::StatusOr<LoadedModel> m = LoadModel(a.model);
+  if (!m.ok()) return Fail(m.status());
+  const int layers = m->model->config().kv_layout().layers;
+  CalibrationStudyOptions o;
+  o.config = config;
+  o.sizes = a.study_sizes;
+  // Default: first, middle and last layer.
+  o.layers = a.study_layers.empty()
+                 ? std::vector<int>{0, layers / 2, layers - 1}
+                 : a.study_layers;
+  o.holdout_tokens = a.holdout_tokens;
+  o.ctx = a.ctx;
+  o.skip = a.skip;
+  o.seed = a.seed;
+  o.all_points = a.study_all_points;
+  absl::StatusOr<std::vector<int32_t>> calib =
+      TokenizeFiles(*m->tokenizer, a.texts, a.skip + 2);
+  if (!calib.ok()) return Fail(calib.status());
+  absl::StatusOr<std::vector<int32_t>> held =
+      TokenizeFiles(*m->tokenizer, {a.holdout}, a.skip + 2);
+  if (!held.ok()) return Fail(held.status());
+  ProgressBar bar("study", 1);
+  absl::StatusOr<std::vector<CalibrationStudyRow>> rows = RunCalibrationStudy(
+      *m->model, *calib, *held, o,
+      [&bar](double f, const std::string& detail) { bar.Update(f, detail); });
+  if (!rows.ok()) return Fail(rows.status());
+  bar.Finish(absl::StrFormat("%d sizes", rows->size()));
+  if (a.json) {
+    for (const CalibrationStudyRow& r : *rows) {
+      std::printf("%s\n", CalibrationStudyJson(o, r).c_str());
+    }
+  } else {
+    std::printf("%s", FormatCalibrationStudy(o, *rows).c_str());
+  }
+  return 0;
+}
 
 int Run(const CalibrateArgs& a) {
   absl::StatusOr<VqConfig> config = ToVqConfig(a.codec);
   if (!config.ok()) return Fail(config.status());
+  if (!a.study_sizes.empty()) return RunStudy(a, *config);
+  if (a.out.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "--out is required (unless --study-sizes runs the size study)"));
+  }
   if (a.max_tokens < 1) {
     return Fail(absl::InvalidArgumentError("--max-tokens must be >= 1"));
   }
@@ -92,33 +128,18 @@ int Run(const CalibrateArgs& a) {
   ko.max_tokens = a.max_tokens;
   ko.keys_pre_rope = !config->keys_post_rope;
   ko.skip_positions_below = a.skip;
+  // Collection: whole windows of ctx tokens, as eval sees them.
+  ProgressBar collect_bar("collect", static_cast<double>(std::min<int64_t>(
+                                         a.max_tokens, ids->size())));
+  ko.progress = [&collect_bar](int64_t t) {
+    collect_bar.Update(static_cast<double>(t), absl::StrFormat("%d tokens", t));
+  };
   eval::KvCollector collector(layout, ko);
-  // Collection: whole windows of ctx tokens (as eval sees them), each run
-  // from position 0 so post-RoPE keys cover the positions eval codes.
-  {
-    const int64_t expect =
-        std::min<int64_t>(a.max_tokens, static_cast<int64_t>(ids->size()));
-    ProgressBar bar("collect", static_cast<double>(expect));
-    ProgressCollector observer(&collector, &bar, layout.layers);
-    const int64_t total = static_cast<int64_t>(ids->size());
-    for (int64_t start = 0; start + a.skip + 1 < total && !collector.full();
-         start += a.ctx) {
-      const int64_t n = std::min(a.ctx, total - start);
-      // Only as many tokens as the collector still takes (plus the skipped
-      // sink positions), so the last window is not run in full for nothing.
-      const int64_t want =
-          std::min(n, a.max_tokens - collector.tokens() + a.skip);
-      auto cache = model.NewExactCache();
-      model::ForwardOptions fo;
-      fo.output = model::OutputRows::kNone;
-      fo.observer = &observer;
-      absl::Status s =
-          model.Forward(absl::Span<const int32_t>(ids->data() + start, want),
-                        cache.get(), fo, nullptr);
-      if (!s.ok()) return Fail(s);
-    }
-    bar.Finish(absl::StrFormat("%d tokens of K/V", collector.tokens()));
+  if (absl::Status s = eval::CollectWindows(model, *ids, a.ctx, &collector);
+      !s.ok()) {
+    return Fail(s);
   }
+  collect_bar.Finish(absl::StrFormat("%d tokens of K/V", collector.tokens()));
   const int64_t tokens = std::min(collector.tokens(), a.max_tokens);
   if (tokens < 1) {
     return Fail(absl::InvalidArgumentError(
@@ -170,7 +191,7 @@ std::function<int()> AddCalibrateCommand(CLI::App* app) {
   cmd->add_option("--model", args->model, "GGUF model file")->required();
   cmd->add_option("--text", args->texts, "calibration text (repeatable)")
       ->required();
-  cmd->add_option("--out", args->out, "codebook file to write")->required();
+  cmd->add_option("--out", args->out, "codebook file to write");
   AddCodecFlags(cmd, &args->codec);
   cmd->add_option("--max-tokens", args->max_tokens, "tokens of K/V to collect")
       ->capture_default_str();
@@ -181,6 +202,21 @@ std::function<int()> AddCalibrateCommand(CLI::App* app) {
                   "attention sinks, which stay fp16)")
       ->capture_default_str();
   cmd->add_option("--seed", args->seed, "k-means seed")->capture_default_str();
+  cmd->add_option("--study-sizes", args->study_sizes,
+                  "calibration-size study instead of a file: fit on each "
+                  "many tokens, print training and held-out error")
+      ->delimiter(',');
+  cmd->add_option("--study-layers", args->study_layers,
+                  "layers the study fits (default: first, middle, last)")
+      ->delimiter(',');
+  cmd->add_option("--holdout", args->holdout,
+                  "held-out text for the study (never a calibration text)");
+  cmd->add_option("--holdout-tokens", args->holdout_tokens,
+                  "held-out tokens the study measures on")
+      ->capture_default_str();
+  cmd->add_flag("--study-all-points", args->study_all_points,
+                "study: k-means on every collected vector, not a sample");
+  cmd->add_flag("--json", args->json, "study: one JSON object per row");
   return [cmd, args]() { return cmd->parsed() ? Run(*args) : -1; };
 }
 

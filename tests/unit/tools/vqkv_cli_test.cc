@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
@@ -115,6 +116,58 @@ TEST_F(VqkvCliTest, BadOptions) {
   ExpectCleanError(Run("calibrate --model m.gguf --text t --out x --fit simvq "
                        "--simvq-iters -1"),
                    "--simvq-iters");
+  ExpectCleanError(Run("calibrate --model m.gguf --text t"), "--out");
+  ExpectCleanError(Run("calibrate --model m.gguf --text t --study-sizes 64"),
+                   "--holdout");
+}
+
+// The calibration-size study: more calibration tokens lower the held-out
+// error of a small codebook (16 codewords overfit 40 vectors, not 600);
+// sizes must ascend and fit in the text.
+TEST_F(VqkvCliTest, CalibrationSizeStudy) {
+  if (!HaveModel()) GTEST_SKIP() << "model not fetched (scripts/get-model.sh)";
+  if (!fs::exists(Text("pride_and_prejudice.txt"))) {
+    GTEST_SKIP() << "eval texts not found in " << VQKV_TEXT_DIR;
+  }
+  const std::string base =
+      "calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+      Text("pride_and_prejudice.txt") + " --holdout " +
+      Text("frankenstein.txt") +
+      " --key-stages 4 --key-bits 4 --value-stages 2 --value-bits 4 --ctx 128"
+      " --holdout-tokens 200 --study-layers 3,20";
+  Result r = Run(base + " --study-sizes 16,400 --study-all-points --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // One row per size with the default sample (8 points per centroid), and
+  // a second, on every vector, where that sample is smaller than the data.
+  const std::vector<std::string> rows =
+      absl::StrSplit(absl::StripTrailingAsciiWhitespace(r.out), '\n');
+  ASSERT_EQ(rows.size(), 3u) << r.out;
+  const std::string& small = rows[0];
+  const std::string& capped = rows[1];
+  const std::string& large = rows[2];
+  EXPECT_EQ(JsonNumber(small, "tokens"), 16);
+  EXPECT_EQ(JsonNumber(small, "sample"), 48);  // 16 tokens x 3 kv heads
+  EXPECT_NE(small.find("\"all_points\":false"), std::string::npos);
+  EXPECT_EQ(JsonNumber(capped, "tokens"), 400);
+  EXPECT_EQ(JsonNumber(capped, "sample"), 128);  // 8 x 16 codewords
+  EXPECT_EQ(JsonNumber(large, "tokens"), 400);
+  EXPECT_EQ(JsonNumber(large, "sample"), 1200);
+  EXPECT_NE(large.find("\"all_points\":true"), std::string::npos);
+  // Overfitting: the small fit is better on its own tokens, worse held out.
+  EXPECT_LT(JsonNumber(small, "key_train"), JsonNumber(large, "key_train"));
+  EXPECT_GT(JsonNumber(small, "key_holdout"), JsonNumber(large, "key_holdout"));
+  EXPECT_GT(JsonNumber(small, "value_holdout"),
+            JsonNumber(large, "value_holdout"));
+  EXPECT_GT(JsonNumber(large, "key_holdout"), 0);
+
+  Result table = Run(base + " --study-sizes 100");
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_NE(table.out.find("K held-out"), std::string::npos) << table.out;
+  ExpectCleanError(Run(base + " --study-sizes 400,16"), "ascending");
+  ExpectCleanError(Run(base + " --study-sizes 16 --study-layers 30"),
+                   "outside the model's 0..29");
+  ExpectCleanError(Run(base + " --study-sizes 100000000"),
+                   "fewer than the 100000000 asked for");
 }
 
 TEST_F(VqkvCliTest, EmptyText) {
