@@ -397,10 +397,12 @@ std::string TaskParams(const EvalArgs& a, bool json) {
 int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
                      const std::vector<EvalCodec>& codecs) {
   std::vector<RetrievalCodec> runs = {{"fp16", nullptr, false}};
+  std::vector<std::string> run_codebooks = {""};  // per run, for --json
   for (const EvalCodec& c : codecs) {
     // The fp16 codec through the compressed cache is the reference itself.
     if (c.name == "fp16") continue;
     runs.push_back({c.name, c.codec.get(), c.keys_pre_rope});
+    run_codebooks.push_back(c.codebooks);
   }
   RetrievalOptions o;
   o.lengths = a.lengths;
@@ -464,8 +466,9 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
       }
       if (a.json) {
         std::printf(
-            "{\"task\":%s,\"codec\":%s,\"descriptor\":%s,"
-            "\"length\":%lld,\"trials\":%d,\"seed\":%llu,\"window\":%lld,"
+            "{\"task\":%s,\"codec\":%s,\"descriptor\":%s,\"codebooks\":%s,"
+            "\"bits_per_element\":%.6f,\"length\":%lld,\"trials\":%d,\"seed\":%"
+            "llu,\"window\":%lld,"
             "\"sinks\":%lld%s,\"correct\":%d,\"accuracy\":%.4f,\"ci95\":%s,"
             "\"fp16_accuracy\":%.4f,\"coded_trials\":%d,\"correct_coded\":%d,"
             "\"accuracy_coded\":%.4f,\"ci95_coded\":%s,"
@@ -473,6 +476,8 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
             JsonString(a.task).c_str(), JsonString(runs[i].name).c_str(),
             JsonString(runs[i].codec ? runs[i].codec->Descriptor() : "fp16")
                 .c_str(),
+            JsonString(run_codebooks[i]).c_str(),
+            runs[i].codec ? runs[i].codec->BitsPerElement() : 16.0,
             static_cast<long long>(len), n,
             static_cast<unsigned long long>(a.seed),
             static_cast<long long>(a.window), static_cast<long long>(a.sinks),

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Regenerates the measured tables and the plot of docs/FIDELITY.md: fits the
+# codebooks, runs the calibration-size study, perplexity/top-1/KL and the
+# retrieval tasks, then rewrites the part of docs/FIDELITY.md between the
+# "fidelity.sh" markers and docs/fidelity_tradeoff.png (scripts/fidelity_report.py).
+#
+# usage: scripts/fidelity.sh [--quick] [--results DIR] [--no-docs]
+#   --quick      a small sample (one window per text at ctx 2048, retrieval
+#                at 1024 tokens with 4 trials, two study sizes): a check that
+#                every step runs, about 30 CPU minutes on 2 cores.
+#   (default)    the issue's sample: 4 windows per text at ctx 2048 and one
+#                at 8192, retrieval at 1k-8k with 20 trials per length,
+#                study sizes 4k-64k. Many CPU hours on 2 cores.
+#   --results    where the JSON lines go (default fidelity-results/, or
+#                fidelity-results-quick/ with --quick). Steps whose file
+#                exists are skipped, so an interrupted run resumes.
+#   --no-docs    measure only; leave docs/ alone.
+# Environment: VQKV (the vqkv binary, default build/tools/vqkv, built by
+# scripts/build.sh when missing), TEXT_DIR (default ../shared/data/text).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+results=""
+docs=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --results) results="$2"; shift ;;
+    --no-docs) docs=0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "fidelity.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [[ $quick == 1 ]]; then
+  results=${results:-fidelity-results-quick}
+  ppl_runs=("2048 256 1" "2048 1024 1")      # ctx window max-windows
+  lengths=1024; trials=4; study_sizes=4096,8192
+else
+  results=${results:-fidelity-results}
+  ppl_runs=("2048 256 4" "2048 1024 4" "8192 256 1" "8192 1024 1")
+  lengths=1024,2048,4096,8192; trials=20
+  study_sizes=4096,8192,16384,32768,65536
+fi
+
+VQKV=${VQKV:-build/tools/vqkv}
+[[ -x $VQKV ]] || bash scripts/build.sh
+bash scripts/get-model.sh >/dev/null
+M=models/SmolLM2-135M-Instruct.Q4_1.gguf
+T=${TEXT_DIR:-../shared/data/text}
+CAL=$T/pride_and_prejudice.txt          # calibration, never evaluated on
+EVAL_TEXTS=(frankenstein sherlock_holmes)
+mkdir -p "$results/codebooks"
+cb=$results/codebooks
+echo "fidelity.sh: results in $results/ ($(nproc) cores, $(date -u +%FT%TZ))"
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc)"
+  echo "quick: $quick"
+} >"$results/machine.txt"
+
+# step NAME CMD...: runs CMD once, its stdout into $results/NAME.jsonl.
+step() {
+  local name=$1 out="$results/$1.jsonl"
+  shift
+  if [[ -s $out ]]; then echo "  have $name"; return; fi
+  echo "  run  $name: $*"
+  local t0=$SECONDS
+  "$@" >"$out.tmp"
+  mv "$out.tmp" "$out"
+  echo "  done $name in $((SECONDS - t0)) s"
+}
+
+# Codebooks: the default options (the paper's rate), ~2 bits, and 20 key
+# stages, which with a 64-bit key sketch is again 2.75 bits/element.
+calibrate() {
+  local name=$1
+  shift
+  if [[ -s $cb/$name.vqcb ]]; then echo "  have $name.vqcb"; return; fi
+  echo "  fit  $name.vqcb $*"
+  "$VQKV" calibrate --model "$M" --text "$CAL" --out "$cb/$name.vqcb" "$@"
+}
+echo "codebooks"
+calibrate default
+calibrate k20v6 --key-stages 20 --value-stages 6
+calibrate k20 --key-stages 20
+
+# The codecs compared: label, then eval flags.
+codecs=(
+  "kivi:--codec kivi2,kivi4"
+  "vq-default:--codec vq --codebooks $cb/default.vqcb"
+  "vq-k20-ks64:--codec vq --codebooks $cb/k20.vqcb --key-sketch-bits 64"
+  "vq-default-ks64:--codec vq --codebooks $cb/default.vqcb --key-sketch-bits 64"
+  "vq-k20v6:--codec vq --codebooks $cb/k20v6.vqcb"
+)
+
+echo "calibration size"
+step study "$VQKV" calibrate --model "$M" --text "$CAL" \
+  --holdout "$T/frankenstein.txt" --study-sizes "$study_sizes" \
+  --study-all-points --json
+
+echo "perplexity"
+for run in "${ppl_runs[@]}"; do
+  read -r ctx window windows <<<"$run"
+  for text in "${EVAL_TEXTS[@]}"; do
+    for c in "${codecs[@]}"; do
+      label=${c%%:*}
+      # shellcheck disable=SC2086
+      step "ppl_${text}_ctx${ctx}_w${window}_${label}" "$VQKV" eval \
+        --model "$M" --text "$T/$text.txt" ${c#*:} --ctx "$ctx" \
+        --window "$window" --max-windows "$windows" --json
+    done
+  done
+done
+
+echo "retrieval"
+for task in passkey mkniah vartrack; do
+  for c in "${codecs[@]}"; do
+    label=${c%%:*}
+    # Every run also scores fp16 on the same prompts (its fp16_* fields).
+    # shellcheck disable=SC2086
+    step "${task}_${label}" "$VQKV" eval --task "$task" --model "$M" \
+      ${c#*:} --lengths "$lengths" --trials "$trials" --window 256 \
+      --seed 5 --json
+  done
+done
+
+if [[ $docs == 1 ]]; then
+  /usr/bin/python3 scripts/fidelity_report.py "$results" docs/FIDELITY.md \
+    docs/fidelity_tradeoff.png
+  echo "fidelity.sh: rewrote docs/FIDELITY.md (generated section) and" \
+    "docs/fidelity_tradeoff.png"
+fi
