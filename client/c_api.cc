@@ -180,6 +180,7 @@ absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
         "options->replicas is ", o.replicas, "; it must be >= 1 (0: 2)"));
   }
   if (o.replicas != 0) config.replicas = o.replicas;
+  config.key_sketch_bits = o.key_sketch_bits;
   return config;
 }
 

@@ -189,7 +189,8 @@ absl::StatusOr<std::unique_ptr<CacheClient>>
 CacheClient::CreateFromCodebookHash(CacheClientOptions options,
                                     uint64_t codebook_hash,
                                     const KvLayout& layout,
-                                    std::unique_ptr<Backend> backend) {
+                                    std::unique_ptr<Backend> backend,
+                                    int key_sketch_bits) {
   if (backend == nullptr) {
     return absl::InvalidArgumentError("backend is null");
   }
@@ -211,7 +212,7 @@ CacheClient::CreateFromCodebookHash(CacheClientOptions options,
                      ", not ", absl::Hex(codebook_hash, absl::kZeroPad16)));
   }
   absl::StatusOr<std::unique_ptr<Codec>> codec =
-      MakeCodec("vq", layout, &*set, /*beam_width=*/1);
+      MakeCodec("vq", layout, &*set, /*beam_width=*/1, key_sketch_bits);
   if (!codec.ok()) return codec.status();
   return Create(std::move(options),
                 std::shared_ptr<const Codec>(*std::move(codec)),

@@ -137,14 +137,15 @@ class CacheClient {
 
   // A client for a model whose VQ codebook set is known only by hash: fetches
   // the set from the backend, checks its content hash and layout, and builds
-  // the codec (beam width 1).
+  // the codec (beam width 1, a key sketch of key_sketch_bits, 0 = none).
   // Errors: kNotFound when the backend has no such set; kDataLoss when the
   // fetched bytes do not hash to `codebook_hash`; kInvalidArgument for a set
   // made for another layout; kUnavailable / kDeadlineExceeded when the
   // backend cannot be reached.
   static absl::StatusOr<std::unique_ptr<CacheClient>> CreateFromCodebookHash(
       CacheClientOptions options, uint64_t codebook_hash,
-      const KvLayout& layout, std::unique_ptr<Backend> backend);
+      const KvLayout& layout, std::unique_ptr<Backend> backend,
+      int key_sketch_bits = 0);
 
   ~CacheClient();
   CacheClient(const CacheClient&) = delete;

@@ -82,6 +82,10 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
     return absl::InvalidArgumentError(absl::StrCat(
         "codec ", config.codec, " takes no codebooks (only vq does)"));
   }
+  if (!vq && config.key_sketch_bits != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "codec ", config.codec, " takes no key sketch (only vq does)"));
+  }
   if (vq && config.codebook_path.empty() && config.codebook_hash == 0) {
     return absl::InvalidArgumentError(
         "codec vq needs a codebook file or the hash of a registered set");
@@ -106,7 +110,8 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
   std::shared_ptr<const Codec> codec;
   if (!vq || !codebook_file.empty()) {
     absl::StatusOr<std::unique_ptr<Codec>> made =
-        MakeCodec(config.codec, config.layout, vq ? &codebooks : nullptr);
+        MakeCodec(config.codec, config.layout, vq ? &codebooks : nullptr,
+                  /*beam_width=*/1, config.key_sketch_bits);
     if (!made.ok()) return made.status();
     codec = *std::move(made);
     if (config.codebook_hash != 0 &&
@@ -130,7 +135,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
   if (codec == nullptr) {
     return CacheClient::CreateFromCodebookHash(
         std::move(config.options), config.codebook_hash, config.layout,
-        *std::move(backend));
+        *std::move(backend), config.key_sketch_bits);
   }
   return CacheClient::Create(std::move(config.options), std::move(codec),
                              std::move(codebook_file), *std::move(backend));

@@ -53,6 +53,10 @@ struct ClientConfig {
   // error for vq; either set is an error for the other codecs.
   std::string codebook_path;
   uint64_t codebook_hash = 0;
+  // vq only: bits of the key sketch (VqConfig::key_sketch_bits; docs/CODEC.md
+  // "Key sketch"), 0 = none. It is part of the codec descriptor, so clients
+  // with different sketches never share blocks.
+  int key_sketch_bits = 0;
   KvLayout layout;
   // Memory budget of an embedded store.
   uint64_t embedded_memory_bytes = uint64_t{256} << 20;
@@ -74,7 +78,8 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
     uint64_t embedded_memory_bytes);
 
 // A client for `config`. Errors: kInvalidArgument for a bad layout, an
-// unknown codec, missing or unexpected codebooks, and CacheClient::Create's
+// unknown codec, missing or unexpected codebooks, a key sketch for a codec
+// other than vq or of a size VqConfig refuses, and CacheClient::Create's
 // option errors (messages name the setting); kNotFound / kDataLoss for a
 // codebook file that cannot be read or parsed; CacheClient's errors.
 absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(

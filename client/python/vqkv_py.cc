@@ -326,10 +326,12 @@ std::unique_ptr<PyClient> MakeClient(
     int block_tokens, int sink_tokens, const std::string& dtype,
     const std::string& weight_revision,
     const std::optional<std::string>& auth_token, double lookup_timeout,
-    double io_timeout, uint64_t memory_bytes, int replicas) {
+    double io_timeout, uint64_t memory_bytes, int replicas,
+    int key_sketch_bits) {
   client::ClientConfig config;
   config.server = server;
   config.replicas = replicas;
+  config.key_sketch_bits = key_sketch_bits;
   config.codec = codec;
   if (!codebooks.is_none()) {
     config.codebook_path =
@@ -408,13 +410,14 @@ PYBIND11_MODULE(vqkv, m) {
            py::arg("weight_revision") = "", py::arg("auth_token") = py::none(),
            py::arg("lookup_timeout") = 0.5, py::arg("io_timeout") = 10.0,
            py::arg("memory_bytes") = uint64_t{256} << 20,
-           py::arg("replicas") = 2,
+           py::arg("replicas") = 2, py::arg("key_sketch_bits") = 0,
            "Opens a client. server: 'embedded' (in-memory store in this "
            "process), 'embedded:DIR' (with a disk tier in DIR), a "
            "vqkv-server 'host:port', or a cluster: 'host:port,host:port' or "
            "'dns:///name:port' (each block on `replicas` servers). codec: "
            "fp16, kivi2, kivi4 or vq (vq "
-           "needs codebooks=path or codebook_hash=). Timeouts in seconds.")
+           "needs codebooks=path or codebook_hash=; key_sketch_bits=64 adds "
+           "the key sketch, docs/CODEC.md). Timeouts in seconds.")
       .def("hash_tokens", &vp::PyClient::HashTokens, py::arg("tokens"),
            py::arg("salt") = "",
            "Chain hashes (16-byte bytes) of the full blocks of `tokens`.")

@@ -145,6 +145,12 @@ typedef struct vqkv_client_options {
    * default). Clusters only: servers that hold each block, >= 1; 0 means
    * the default, 2. */
   int32_t replicas;
+  /* Added after `replicas`. vq only: bits of the key sketch, a 1-bit random
+   * projection of each key's VQ residual that keeps attention scores
+   * unbiased (docs/CODEC.md "Key sketch"): a multiple of 8 in 8..4096,
+   * costing (16 + key_sketch_bits) / head_dim bits per key element; 0 =
+   * none. docs/FIDELITY.md measures 64. */
+  int32_t key_sketch_bits;
 } vqkv_client_options_t;
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,
@@ -156,9 +162,10 @@ VQKV_EXPORT void vqkv_client_options_init(vqkv_client_options_t* options);
 /* Opens a client. On success *out owns it (vqkv_client_destroy); on error
  * *out is NULL. Errors: VQKV_INVALID_ARGUMENT for NULL arguments, a bad
  * struct_size, a bad layout, block_tokens or sink_tokens, an empty model_id,
- * an unknown codec, missing or unexpected codebooks; VQKV_NOT_FOUND /
- * VQKV_DATA_LOSS for a codebook file that cannot be read or parsed; a store
- * that cannot be opened (its directory) gives the store's error. */
+ * an unknown codec, missing or unexpected codebooks, a bad key_sketch_bits;
+ * VQKV_NOT_FOUND / VQKV_DATA_LOSS for a codebook file that cannot be read or
+ * parsed; a store that cannot be opened (its directory) gives the store's
+ * error. */
 VQKV_EXPORT vqkv_status_code
 vqkv_client_create(const vqkv_client_options_t* options, vqkv_client_t** out);
 

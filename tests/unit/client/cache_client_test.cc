@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/notification.h"
 #include "client/embedded_backend.h"
 #include "gtest/gtest.h"
@@ -343,6 +344,36 @@ TEST_F(CacheClientTest, VqBlocksRoundTripAndASecondClientFetchesCodebooks) {
   for (int e = 0; e < 4 * row; ++e) EXPECT_EQ(k1[e], k[e]);
   EXPECT_NE(std::vector<float>(k1.begin() + 4 * row, k1.begin() + 32 * row),
             std::vector<float>(k.begin() + 4 * row, k.begin() + 32 * row));
+}
+
+// The key sketch is an encoding setting in the codec descriptor: a client
+// with it reads and writes its own blocks, never those of a client without.
+TEST_F(CacheClientTest, KeySketchClientsHaveTheirOwnNamespace) {
+  const testing::FittedVq vq = testing::FitVq(SmallLayout());
+  auto plain = NewClient(Options(), vq.codec, vq.file);
+  ASSERT_NE(plain, nullptr);
+  const std::vector<int32_t> t = Tokens(64);
+  const std::vector<float> k = Kv(64, 31), v = Kv(64, 32);
+  ASSERT_TRUE(plain->Store(t, "", k.data(), v.data()).ok());
+
+  auto sketched = CacheClient::CreateFromCodebookHash(
+      Options(), vq.codec->codebook_hash(), SmallLayout(),
+      std::make_unique<EmbeddedBackend>(store_.get()), /*key_sketch_bits=*/16);
+  ASSERT_TRUE(sketched.ok()) << sketched.status();
+  EXPECT_TRUE(absl::EndsWith((*sketched)->namespace_spec().codec, ":ks=16"))
+      << (*sketched)->namespace_spec().codec;
+  EXPECT_EQ(*(*sketched)->Lookup(t, ""), 0);
+  ASSERT_TRUE((*sketched)->Store(t, "", k.data(), v.data()).ok());
+  std::vector<float> k1(k.size()), v1(v.size()), k2(k.size()), v2(v.size());
+  ASSERT_EQ(plain->Load(t, "", k1.data(), v1.data())->tokens, 64);
+  ASSERT_EQ((*sketched)->Load(t, "", k2.data(), v2.data())->tokens, 64);
+  EXPECT_EQ(v1, v2);  // values are coded alike
+  EXPECT_NE(k1, k2);  // keys carry the sketch's correction
+
+  auto bad = CacheClient::CreateFromCodebookHash(
+      Options(), vq.codec->codebook_hash(), SmallLayout(),
+      std::make_unique<EmbeddedBackend>(store_.get()), /*key_sketch_bits=*/12);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(CacheClientTest, CodebookFetchErrors) {

@@ -276,6 +276,8 @@ class ErrorTest(unittest.TestCase):
         self.assert_value_error(lambda: make_client(model_id=""), "model_id")
         self.assert_value_error(lambda: make_client(codec="vq"), "codebook")
         self.assert_value_error(lambda: make_client(dtype="int8"), "dtype")
+        self.assert_value_error(lambda: make_client(key_sketch_bits=64),
+                                "takes no key sketch")
         with self.assertRaises(vqkv.Error) as cm:
             make_client(codec="vq", codebooks="/nonexistent/x.vqcb")
         self.assertEqual(cm.exception.code, 5)  # NOT_FOUND
