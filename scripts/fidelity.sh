@@ -6,8 +6,7 @@
 #
 # usage: scripts/fidelity.sh [--quick] [--results DIR] [--no-docs]
 #   --quick      a small sample (one window per text at ctx 2048, retrieval
-#                at 1024 tokens with 4 trials, two study sizes): a check that
-#                every step runs, about 30 CPU minutes on 2 cores.
+#                at 1024 tokens with 4 trials, the study on one layer).
 #   (default)    the issue's sample: 4 windows per text at ctx 2048 and one
 #                at 8192, retrieval at 1k-8k with 20 trials per length,
 #                study sizes 4k-64k. Many CPU hours on 2 cores.
@@ -37,12 +36,13 @@ done
 if [[ $quick == 1 ]]; then
   results=${results:-fidelity-results-quick}
   ppl_runs=("2048 256 1" "2048 1024 1")      # ctx window max-windows
-  lengths=1024; trials=4; study_sizes=4096,8192
+  lengths=1024; trials=4
+  study=(--study-sizes 4096,16384,65536 --study-layers 15)
 else
   results=${results:-fidelity-results}
   ppl_runs=("2048 256 4" "2048 1024 4" "8192 256 1" "8192 1024 1")
   lengths=1024,2048,4096,8192; trials=20
-  study_sizes=4096,8192,16384,32768,65536
+  study=(--study-sizes 4096,8192,16384,32768,65536)  # layers 0, 15, 29
 fi
 
 VQKV=${VQKV:-build/tools/vqkv}
@@ -97,11 +97,6 @@ codecs=(
   "vq-k20v6:--codec vq --codebooks $cb/k20v6.vqcb"
 )
 
-echo "calibration size"
-step study "$VQKV" calibrate --model "$M" --text "$CAL" \
-  --holdout "$T/frankenstein.txt" --study-sizes "$study_sizes" \
-  --study-all-points --json
-
 echo "perplexity"
 for run in "${ppl_runs[@]}"; do
   read -r ctx window windows <<<"$run"
@@ -127,6 +122,11 @@ for task in passkey mkniah vartrack; do
       --seed 5 --json
   done
 done
+
+# Last: the longest step (all-point k-means on up to 64k tokens).
+echo "calibration size"
+step study "$VQKV" calibrate --model "$M" --text "$CAL" \
+  --holdout "$T/frankenstein.txt" "${study[@]}" --study-all-points --json
 
 if [[ $docs == 1 ]]; then
   /usr/bin/python3 scripts/fidelity_report.py "$results" docs/FIDELITY.md \
