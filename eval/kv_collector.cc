@@ -73,26 +73,4 @@ void KvCollector::Take(std::vector<float>* keys, std::vector<float>* values) {
   gather(values_, values);
 }
 
-absl::Status CollectWindows(const model::LlamaModel& model,
-                            absl::Span<const int32_t> ids, int64_t ctx,
-                            KvCollector* collector) {
-  if (ctx < 1) return absl::InvalidArgumentError("ctx must be >= 1");
-  const int64_t total = static_cast<int64_t>(ids.size());
-  const int64_t skip = collector->options().skip_positions_below;
-  const int64_t max_tokens = collector->options().max_tokens;
-  for (int64_t start = 0; start + skip + 1 < total && !collector->full();
-       start += ctx) {
-    const int64_t n = std::min(ctx, total - start);
-    const int64_t want = std::min(n, max_tokens - collector->tokens() + skip);
-    auto cache = model.NewExactCache();
-    model::ForwardOptions fo;
-    fo.output = model::OutputRows::kNone;
-    fo.observer = collector;
-    absl::Status s =
-        model.Forward(ids.subspan(start, want), cache.get(), fo, nullptr);
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace vqkv::eval

@@ -13,8 +13,6 @@
 #include <functional>
 #include <vector>
 
-#include "absl/status/status.h"
-#include "absl/types/span.h"
 #include "kernels/codec.h"
 #include "model/llama_model.h"
 
@@ -69,15 +67,6 @@ class KvCollector : public model::KvObserver {
   std::vector<std::vector<float>> keys_;
   std::vector<std::vector<float>> values_;
 };
-
-// Runs `ids` through `model` in windows of ctx tokens, each from position 0
-// (so post-RoPE keys cover the positions an evaluation codes), into
-// `collector` until it is full or the text ends. A window runs only as many
-// tokens as the collector still takes, plus its skipped positions.
-// Errors: kInvalidArgument for ctx < 1; the model's errors.
-absl::Status CollectWindows(const model::LlamaModel& model,
-                            absl::Span<const int32_t> ids, int64_t ctx,
-                            KvCollector* collector);
 
 }  // namespace vqkv::eval
 

@@ -135,9 +135,10 @@ int Run(const CalibrateArgs& a) {
     collect_bar.Update(static_cast<double>(t), absl::StrFormat("%d tokens", t));
   };
   eval::KvCollector collector(layout, ko);
-  if (absl::Status s = eval::CollectWindows(model, *ids, a.ctx, &collector);
-      !s.ok()) {
-    return Fail(s);
+  if (absl::StatusOr<int64_t> run =
+          eval::CollectKv(model, *ids, a.ctx, &collector);
+      !run.ok()) {
+    return Fail(run.status());
   }
   collect_bar.Finish(absl::StrFormat("%d tokens of K/V", collector.tokens()));
   const int64_t tokens = std::min(collector.tokens(), a.max_tokens);

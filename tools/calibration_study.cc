@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "eval/evaluate.h"
 #include "eval/kv_collector.h"
 #include "kernels/rvq.h"
 #include "tools/common.h"
@@ -40,8 +41,9 @@ absl::StatusOr<std::unique_ptr<eval::KvCollector>> Collect(
   }
   auto collector =
       std::make_unique<eval::KvCollector>(model.config().kv_layout(), ko);
-  absl::Status s = eval::CollectWindows(model, ids, o.ctx, collector.get());
-  if (!s.ok()) return s;
+  absl::StatusOr<int64_t> run =
+      eval::CollectKv(model, ids, o.ctx, collector.get());
+  if (!run.ok()) return run.status();
   if (collector->tokens() < max_tokens) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "the %s text gives %d tokens of K/V (windows of %d, %d skipped per "

@@ -221,6 +221,34 @@ TEST_F(LlamaModelTest, CollectorGathersEveryLayerAndHead) {
   }
 }
 
+// A collector of some layers holds only those, identical to the same layers
+// of a full collection, and reports progress after the last of them.
+TEST_F(LlamaModelTest, CollectorOfSomeLayers) {
+  const std::vector<int32_t> tokens = Tokens();
+  const KvLayout layout = model_->config().kv_layout();
+  const size_t row = static_cast<size_t>(layout.kv_heads) * layout.head_dim;
+  KvCollectorOptions all_opt;
+  all_opt.max_tokens = 30;
+  KvCollector all(layout, all_opt);
+  KvCollectorOptions some_opt = all_opt;
+  some_opt.layers = {3, 17};
+  std::vector<int64_t> progress;
+  some_opt.progress = [&](int64_t t) { progress.push_back(t); };
+  KvCollector some(layout, some_opt);
+  ASSERT_TRUE(CollectKv(*model_, tokens, 20, &all).ok());
+  ASSERT_TRUE(CollectKv(*model_, tokens, 20, &some).ok());
+  EXPECT_EQ(some.tokens(), 30);
+  EXPECT_EQ(progress, (std::vector<int64_t>{20, 30}));  // one per window
+  EXPECT_TRUE(some.layer_keys(0).empty());
+  for (int l : {3, 17}) {
+    EXPECT_EQ(some.layer_keys(l), all.layer_keys(l)) << l;
+    EXPECT_EQ(some.layer_values(l), all.layer_values(l)) << l;
+  }
+  std::vector<float> k, v;
+  some.Take(&k, &v);
+  EXPECT_EQ(k.size(), 2 * 30 * row);
+}
+
 TEST_F(LlamaModelTest, CompareOfIdenticalCachesAgreesFully) {
   const std::vector<int32_t> tokens = Tokens();
   WindowOptions wo;
