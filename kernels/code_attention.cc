@@ -1,7 +1,5 @@
 #include "kernels/code_attention.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -10,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/bitpack.h"
+#include "kernels/cpu/code_attention_kernels.h"
 #include "kernels/cpu/softmax.h"
 #include "kernels/fp16.h"
 
@@ -36,12 +35,23 @@ uint32_t ScoreTokens(const float* key_lut, int nk, int bits,
   uint32_t seen = 0;
   for (int64_t t = 0; t < tok.n; ++t) {
     const uint16_t* c = tok.key_codes + t * tok.key_stride;
-    float acc[kGp] = {};
-    for (int s = 0; s < nk; ++s) {
-      seen |= c[s];
-      const float* row = key_lut + ((int64_t{s} << bits) + (c[s] & mask)) * kGp;
-      for (int h = 0; h < kGp; ++h) acc[h] += row[h];
+    // Two accumulators (even and odd stages) halve the add chain.
+    float acc[kGp] = {}, acc1[kGp] = {};
+    int s = 0;
+    for (; s + 1 < nk; s += 2) {
+      seen |= c[s] | c[s + 1];
+      const float* r0 = key_lut + ((int64_t{s} << bits) + (c[s] & mask)) * kGp;
+      const float* r1 =
+          key_lut + ((int64_t{s + 1} << bits) + (c[s + 1] & mask)) * kGp;
+      for (int h = 0; h < kGp; ++h) acc[h] += r0[h];
+      for (int h = 0; h < kGp; ++h) acc1[h] += r1[h];
     }
+    if (s < nk) {
+      seen |= c[s];
+      const float* r0 = key_lut + ((int64_t{s} << bits) + (c[s] & mask)) * kGp;
+      for (int h = 0; h < kGp; ++h) acc[h] += r0[h];
+    }
+    for (int h = 0; h < kGp; ++h) acc[h] += acc1[h];
     if (sketch_lut != nullptr) {
       const uint8_t* sk = tok.sketch + t * tok.sketch_stride;
       const float w = SketchScale(sk);
@@ -110,7 +120,8 @@ uint32_t AccumulateWeights(const float* p, const CodedTokens& tok, int nv,
   uint32_t seen = 0;
   float total[kGp] = {};
   for (int64_t t = 0; t < tok.n; ++t) {
-    const float* pt = p + t * kGp;
+    float pt[kGp];  // a local copy: no aliasing with weights, so it vectorizes
+    std::copy_n(p + t * kGp, kGp, pt);
     const uint16_t* c = tok.value_codes + t * tok.value_stride;
     for (int h = 0; h < kGp; ++h) total[h] += pt[h];
     for (int s = 0; s < nv; ++s) {
@@ -281,21 +292,20 @@ absl::Status CodeAttention::Attend(const float* q, int group, float scale,
   const int kbits = key_groups_[0].q->bits();
   const int64_t kk = int64_t{1} << kbits;
 
-  // Key tables [Nk][K][gp]: for each group, codebooks [S*K][dg] times the
-  // queries' group dims [gp][dg]^T, scaled.
+  // Key tables [Nk][K][gp]: every codeword of each group against the
+  // queries' dims of that group, scaled.
   scratch->key_lut.resize(static_cast<size_t>(key_stages_ * kk * gp));
   for (const KeyGroup& kg : key_groups_) {
     const int dg = static_cast<int>(kg.dims.size());
-    scratch->qg.assign(static_cast<size_t>(gp) * dg, 0.0f);
+    scratch->qg.resize(static_cast<size_t>(group) * dg);
     for (int h = 0; h < group; ++h) {
       for (int d = 0; d < dg; ++d) {
         scratch->qg[static_cast<size_t>(h) * dg + d] = q[h * D + kg.dims[d]];
       }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
-                static_cast<int>(kg.q->stages() * kk), gp, dg, scale,
-                kg.q->codebooks().data(), dg, scratch->qg.data(), dg, 0.0f,
-                scratch->key_lut.data() + kg.stage_offset * kk * gp, gp);
+    cpu::QueryTable(kg.q->codebooks().data(), kg.q->stages() * kk, dg,
+                    scratch->qg.data(), group, gp, scale,
+                    scratch->key_lut.data() + kg.stage_offset * kk * gp);
   }
 
   // Sketch tables [m/8][256][gp]: entry x of byte j is
@@ -305,12 +315,9 @@ absl::Status CodeAttention::Attend(const float* q, int group, float scale,
   if (sketch_ != nullptr) {
     const int m = sketch_->bits();
     sketch_bytes = m / 8;
-    scratch->qg.assign(static_cast<size_t>(gp) * D, 0.0f);
-    std::copy_n(q, static_cast<size_t>(group) * D, scratch->qg.begin());
     scratch->proj.resize(static_cast<size_t>(m) * gp);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, gp, D, scale,
-                sketch_->matrix().data(), D, scratch->qg.data(), D, 0.0f,
-                scratch->proj.data(), gp);
+    cpu::QueryTable(sketch_->matrix().data(), m, D, q, group, gp, scale,
+                    scratch->proj.data());
     scratch->sketch_lut.resize(static_cast<size_t>(sketch_bytes) * 256 * gp);
     for (int j = 0; j < sketch_bytes; ++j) {
       float* tab =
@@ -397,9 +404,8 @@ absl::Status CodeAttention::Attend(const float* q, int group, float scale,
                                                scratch->weights.data(), su);
     if ((seen >> vbits) != 0) return CodeOutOfRange("value", vbits);
     // out [group][D] = weights^T [group][Nv*K] . codebooks [Nv*K][D].
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, group, D,
-                static_cast<int>(nv * vk), 1.0f, scratch->weights.data(), gp,
-                vcb, D, 0.0f, out->out.data(), D);
+    cpu::WeightedCodewordSum(scratch->weights.data(), gp, group, vcb, nv * vk,
+                             D, out->out.data());
   }
   for (int h = 0; h < group; ++h) out->sum[h] = su[h];
   return absl::OkStatus();

@@ -22,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "kernels/bitpack.h"
 #include "kernels/codebook_set.h"
+#include "kernels/cpu/code_attention_kernels.h"
 #include "kernels/fp16.h"
 
 namespace vqkv {
@@ -384,6 +385,49 @@ TEST(CodeAttentionTest, CodeChangeIsDetected) {
   const std::vector<double> want = DecodedAttention(
       f.keys, f.values, 200, 1, 64, 0, 0, q.data(), 1, scale, 200);
   EXPECT_GT(RelErr(y, want, f.vmax), 100 * kTol);
+}
+
+// The dispatching CPU kernels against their scalar references (the AVX2
+// paths when the CPU has them; the scalar_cap run checks the fallback).
+TEST(CodeAttentionKernelsTest, MatchReferences) {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int dim : {8, 32, 64, 12}) {
+    for (int group : {1, 3, 4, 7}) {
+      const int gp = (group + 3) / 4 * 4;
+      const int64_t rows = 300;
+      std::vector<float> cb(static_cast<size_t>(rows) * dim);
+      std::vector<float> q(static_cast<size_t>(group) * dim);
+      for (float& x : cb) x = nd(rng);
+      for (float& x : q) x = nd(rng);
+      std::vector<float> t1(static_cast<size_t>(rows) * gp, 9.0f), t2 = t1;
+      cpu::QueryTable(cb.data(), rows, dim, q.data(), group, gp, 0.5f,
+                      t1.data());
+      cpu::QueryTableRef(cb.data(), rows, dim, q.data(), group, gp, 0.5f,
+                         t2.data());
+      for (size_t i = 0; i < t1.size(); ++i) {
+        // Sums of dim products of unit normals: |error| ~ dim * 2^-24 * 4.
+        EXPECT_NEAR(t1[i], t2[i], 1e-5 * dim)
+            << dim << " " << group << " " << i;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int h = group; h < gp; ++h) EXPECT_EQ(t1[r * gp + h], 0.0f);
+      }
+      // Weights with zero rows (skipped) and zero padding lanes.
+      std::vector<float> w(static_cast<size_t>(rows) * gp, 0.0f);
+      for (int64_t r = 0; r < rows; r += 3) {
+        for (int h = 0; h < group; ++h) w[r * gp + h] = std::abs(nd(rng));
+      }
+      std::vector<float> o1(static_cast<size_t>(group) * dim, 1.0f), o2 = o1;
+      cpu::WeightedCodewordSum(w.data(), gp, group, cb.data(), rows, dim,
+                               o1.data());
+      cpu::WeightedCodewordSumRef(w.data(), gp, group, cb.data(), rows, dim,
+                                  o2.data());
+      for (size_t i = 0; i < o1.size(); ++i) {
+        EXPECT_NEAR(o1[i], o2[i], 1e-4) << dim << " " << group << " " << i;
+      }
+    }
+  }
 }
 
 TEST(CodeAttentionTest, InvalidArguments) {
