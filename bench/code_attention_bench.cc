@@ -13,7 +13,9 @@
 // codec rate (keys 14 + 14 stages x 10 bits with the RoPE split, values 8 x 9
 // bits); random codebooks and codes (timing does not depend on their
 // values). One thread (OpenBLAS too, --threads). Times are medians over
-// --repeats runs after --warmup runs, in ms per layer per step. The
+// --repeats runs after --warmup runs, in ms per layer per step, wall time
+// and, in parentheses, the thread's CPU time (steadier on a shared
+// machine). The
 // "max |diff|" column is codes vs exact attention over the decoded K/V.
 //
 //   code_attention_bench [--lengths 1024,4096,16384,65536] [--repeats 15]
@@ -24,6 +26,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -56,17 +59,30 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+double ThreadCpuMs() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+// Median wall and thread CPU milliseconds of f over `repeats` runs after
+// `warmup` runs. On a shared machine the CPU time is the steadier measure.
+struct Timing {
+  double wall = 0, cpu = 0;
+};
 template <typename F>
-double TimeMs(int warmup, int repeats, F&& f) {
+Timing TimeMs(int warmup, int repeats, F&& f) {
   for (int i = 0; i < warmup; ++i) f();
-  std::vector<double> t;
+  std::vector<double> wall, cpu;
   for (int i = 0; i < repeats; ++i) {
     const Clock::time_point a = Clock::now();
+    const double c = ThreadCpuMs();
     f();
-    t.push_back(
+    cpu.push_back(ThreadCpuMs() - c);
+    wall.push_back(
         std::chrono::duration<double, std::milli>(Clock::now() - a).count());
   }
-  return Median(t);
+  return Timing{Median(wall), Median(cpu)};
 }
 
 std::string CpuName() {
@@ -215,12 +231,13 @@ int main(int argc, char** argv) {
   std::printf(
       "code_attention_bench: %s, %d cores online, SIMD %s, 1 thread; "
       "SmolLM2-135M shape (%d heads, %d kv heads, D %d), codec %s\n"
-      "ms per layer for one decode step (median of %d after %d warm-up)\n\n",
+      "ms per layer for one decode step: wall (thread CPU), median of %d "
+      "after %d warm-up\n\n",
       CpuName().c_str(), static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)),
       vqkv::cpu::SimdLevelName(), kHeads, kKvHeads, kDim,
       codec->Descriptor().c_str(), repeats, warmup);
   std::printf(
-      "| tokens | codes (ms) | decode+attend (ms) | exact fp32 (ms) | "
+      "| tokens | codes ms | decode+attend ms | exact fp32 ms | "
       "codes / exact | K+V bytes codes / fp16 | max |diff| |\n"
       "|---:|---:|---:|---:|---:|---:|---:|\n");
 
@@ -254,7 +271,7 @@ int main(int argc, char** argv) {
     std::vector<float> out_codes(static_cast<size_t>(kHeads) * kDim);
     vqkv::CodeAttentionScratch scratch;
     vqkv::AttentionPartial partial;
-    const double t_codes = TimeMs(warmup, repeats, [&] {
+    const Timing t_codes = TimeMs(warmup, repeats, [&] {
       for (int h = 0; h < kKvHeads; ++h) {
         const vqkv::CodedTokens tok = CodedTokensOf(*codec, *codes, n, 0, h);
         Check(atts[h].Attend(q.data() + h * group * kDim, group, scale, tok,
@@ -269,7 +286,7 @@ int main(int argc, char** argv) {
     vqkv::model::AttentionScratch ascratch;
     std::vector<float> out_dec(q.size()), out_exact(q.size());
     std::vector<float> dk(elems), dv(elems);
-    const double t_decode = TimeMs(warmup, repeats, [&] {
+    const Timing t_decode = TimeMs(warmup, repeats, [&] {
       DecodeCodes(*codec, *codes, n, &gcodes, &gbuf, dk.data(), dv.data());
       vqkv::model::KvCache::LayerView view;
       view.tokens = n;
@@ -278,7 +295,7 @@ int main(int argc, char** argv) {
       Check(vqkv::model::CausalAttention(q.data(), 1, n - 1, shape, view,
                                          out_dec.data(), &ascratch));
     });
-    const double t_exact = TimeMs(warmup, repeats, [&] {
+    const Timing t_exact = TimeMs(warmup, repeats, [&] {
       vqkv::model::KvCache::LayerView view;
       view.tokens = n;
       view.keys = exact_k.data();
@@ -294,10 +311,11 @@ int main(int argc, char** argv) {
         static_cast<double>(codec->EncodedBytes(n));  // packed, all heads
     const double fp16_bytes = 2.0 * 2 * static_cast<double>(elems);
     std::printf(
-        "| %ld | %.3f | %.3f | %.3f | %.2fx | %.0f KiB / %.0f KiB | "
-        "%.1e |\n",
-        static_cast<long>(n), t_codes, t_decode, t_exact, t_codes / t_exact,
-        code_bytes / 1024, fp16_bytes / 1024, diff);
+        "| %ld | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.2fx (%.2fx) | "
+        "%.0f KiB / %.0f KiB | %.1e |\n",
+        static_cast<long>(n), t_codes.wall, t_codes.cpu, t_decode.wall,
+        t_decode.cpu, t_exact.wall, t_exact.cpu, t_codes.wall / t_exact.wall,
+        t_codes.cpu / t_exact.cpu, code_bytes / 1024, fp16_bytes / 1024, diff);
     std::fflush(stdout);
   }
   return 0;
