@@ -35,23 +35,28 @@ uint32_t ScoreTokens(const float* key_lut, int nk, int bits,
   uint32_t seen = 0;
   for (int64_t t = 0; t < tok.n; ++t) {
     const uint16_t* c = tok.key_codes + t * tok.key_stride;
-    // Two accumulators (even and odd stages) halve the add chain.
-    float acc[kGp] = {}, acc1[kGp] = {};
+    // Four accumulators (stages mod 4) split the add chain.
+    float a0[kGp] = {}, a1[kGp] = {}, a2[kGp] = {}, a3[kGp] = {};
+    auto row = [&](int st) {
+      return key_lut + ((int64_t{st} << bits) + (c[st] & mask)) * kGp;
+    };
     int s = 0;
-    for (; s + 1 < nk; s += 2) {
-      seen |= c[s] | c[s + 1];
-      const float* r0 = key_lut + ((int64_t{s} << bits) + (c[s] & mask)) * kGp;
-      const float* r1 =
-          key_lut + ((int64_t{s + 1} << bits) + (c[s + 1] & mask)) * kGp;
-      for (int h = 0; h < kGp; ++h) acc[h] += r0[h];
-      for (int h = 0; h < kGp; ++h) acc1[h] += r1[h];
+    for (; s + 3 < nk; s += 4) {
+      seen |= c[s] | c[s + 1] | c[s + 2] | c[s + 3];
+      const float *r0 = row(s), *r1 = row(s + 1), *r2 = row(s + 2),
+                  *r3 = row(s + 3);
+      for (int h = 0; h < kGp; ++h) a0[h] += r0[h];
+      for (int h = 0; h < kGp; ++h) a1[h] += r1[h];
+      for (int h = 0; h < kGp; ++h) a2[h] += r2[h];
+      for (int h = 0; h < kGp; ++h) a3[h] += r3[h];
     }
-    if (s < nk) {
+    for (; s < nk; ++s) {
       seen |= c[s];
-      const float* r0 = key_lut + ((int64_t{s} << bits) + (c[s] & mask)) * kGp;
-      for (int h = 0; h < kGp; ++h) acc[h] += r0[h];
+      const float* r0 = row(s);
+      for (int h = 0; h < kGp; ++h) a0[h] += r0[h];
     }
-    for (int h = 0; h < kGp; ++h) acc[h] += acc1[h];
+    float acc[kGp];
+    for (int h = 0; h < kGp; ++h) acc[h] = (a0[h] + a1[h]) + (a2[h] + a3[h]);
     if (sketch_lut != nullptr) {
       const uint8_t* sk = tok.sketch + t * tok.sketch_stride;
       const float w = SketchScale(sk);
