@@ -30,8 +30,33 @@ absl::StatusOr<std::unique_ptr<CompressedKvCache>> CompressedKvCache::Create(
     return absl::InvalidArgumentError(
         "keys_pre_rope needs the model's model::Rope to rotate decoded keys");
   }
-  return std::unique_ptr<CompressedKvCache>(
+  std::unique_ptr<CompressedKvCache> cache(
       new CompressedKvCache(layout, codec, rope, options));
+  if (options.attend_codes) {
+    const VqCodec* vq = dynamic_cast<const VqCodec*>(codec);
+    if (vq == nullptr || !vq->fitted()) {
+      return absl::InvalidArgumentError("attend_codes needs a fitted VQ codec");
+    }
+    if (options.keys_pre_rope || !options.code_keys || !options.code_values ||
+        options.coded_layers_begin > 0 ||
+        options.coded_layers_end < layout.layers) {
+      return absl::InvalidArgumentError(
+          "attend_codes needs post-RoPE keys and no ablation (code_keys, "
+          "code_values, all layers coded)");
+    }
+    cache->vq_ = vq;
+    for (int l = 0; l < layout.layers; ++l) {
+      for (int h = 0; h < layout.kv_heads; ++h) {
+        absl::StatusOr<CodeAttention> a = CodeAttention::Create(*vq, l, h);
+        if (!a.ok()) return a.status();
+        cache->code_heads_.push_back(*std::move(a));
+      }
+    }
+    cache->key_codes_.resize(static_cast<size_t>(layout.layers));
+    cache->value_codes_.resize(static_cast<size_t>(layout.layers));
+    cache->sketch_codes_.resize(static_cast<size_t>(layout.layers));
+  }
+  return cache;
 }
 
 CompressedKvCache::CompressedKvCache(const KvLayout& layout, const Codec* codec,
@@ -92,6 +117,29 @@ absl::Status CompressedKvCache::CodeBlock() {
       !s.ok()) {
     return s;
   }
+  if (vq_ != nullptr) {
+    // Keep the codes, layer by layer ([layer][token][kv_head][stages] in
+    // the payload); no decoded copy.
+    absl::StatusOr<VqCodes> codes =
+        UnpackVqCodes(*vq_, payload_.data(), payload_.size(), b);
+    if (!codes.ok()) return codes.status();
+    const size_t kper = codes->keys.size() / lay.layers;
+    const size_t vper = codes->values.size() / lay.layers;
+    const size_t sper = codes->sketch.size() / lay.layers;
+    for (int l = 0; l < lay.layers; ++l) {
+      key_codes_[l].insert(key_codes_[l].end(), codes->keys.begin() + l * kper,
+                           codes->keys.begin() + (l + 1) * kper);
+      value_codes_[l].insert(value_codes_[l].end(),
+                             codes->values.begin() + l * vper,
+                             codes->values.begin() + (l + 1) * vper);
+      sketch_codes_[l].insert(sketch_codes_[l].end(),
+                              codes->sketch.begin() + l * sper,
+                              codes->sketch.begin() + (l + 1) * sper);
+    }
+    encoded_bytes_ += payload_.size();
+    coded_end_ += b;
+    return absl::OkStatus();
+  }
   if (absl::Status s = codec_->Decode(payload_.data(), payload_.size(), b,
                                       block_keys_.data(), block_values_.data());
       !s.ok()) {
@@ -147,6 +195,21 @@ model::KvCache::LayerView CompressedKvCache::View(int layer) const {
   v.values = exact_.values(layer);
   v.sinks = options_.sinks;
   v.window = options_.window;
+  if (vq_ != nullptr && coded_end_ > options_.sinks) {
+    const CodebookConfig& c = vq_->codebooks().config();
+    v.coded.heads = code_heads_.data() +
+                    static_cast<size_t>(layer) * exact_.layout().kv_heads;
+    v.coded.key_codes = key_codes_[layer].data();
+    v.coded.value_codes = value_codes_[layer].data();
+    v.coded.key_stages = c.key_stages();
+    v.coded.value_stages = c.value_stages;
+    if (!sketch_codes_[layer].empty()) {
+      v.coded.sketch = sketch_codes_[layer].data();
+      v.coded.sketch_bytes =
+          static_cast<int>(vq_->key_sketch()->BytesPerVector());
+    }
+    v.decoded_end = coded_end_;
+  }
   if (decoded_.tokens(layer) > 0) {
     v.decoded_keys = decoded_.keys(layer);
     v.decoded_values = decoded_.values(layer);
@@ -172,6 +235,9 @@ void CompressedKvCache::Clear() {
   exact_.Clear();
   raw_keys_.Clear();
   decoded_.Clear();
+  for (auto& c : key_codes_) c.clear();
+  for (auto& c : value_codes_) c.clear();
+  for (auto& c : sketch_codes_) c.clear();
   tokens_ = 0;
   chunk_ = 0;
   coded_end_ = options_.sinks;

@@ -20,6 +20,9 @@
 // Keys: by default the post-RoPE keys are coded. With keys_pre_rope, the raw
 // (pre-RoPE) keys are coded and RoPE is applied to the decoded keys.
 //
+// With attend_codes, a coded block is kept as its VQ codes only, and
+// attention reads coded positions from the codes (model/attention.h).
+//
 // Thread safety: not thread-safe (see KvCache). The codec is only used
 // through its const methods and may be shared with other caches.
 #ifndef VQKV_EVAL_COMPRESSED_KV_CACHE_H_
@@ -30,7 +33,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/code_attention.h"
 #include "kernels/codec.h"
+#include "kernels/vq_codec.h"
 #include "model/kv_cache.h"
 #include "model/rope.h"
 
@@ -52,13 +57,22 @@ struct CompressedKvCacheOptions {
   bool code_values = true;
   int coded_layers_begin = 0;
   int coded_layers_end = 1 << 16;  // exclusive; clamped to the layer count
+  // Attention over codes: keep each coded block as its unpacked VQ codes
+  // (no decoded copy) and let attention read the coded positions from them
+  // (KvCache::LayerView::coded, kernels/code_attention.h). Needs a VqCodec
+  // whose keys are coded after RoPE (so keys_pre_rope false), and no
+  // diagnostic ablation (code_keys, code_values, all layers).
+  bool attend_codes = false;
 };
 
 class CompressedKvCache : public model::KvCache {
  public:
   // `codec` and `rope` are not owned and must outlive the cache; rope may be
   // null unless keys_pre_rope. Errors: kInvalidArgument for bad options, a
-  // missing rope, or a codec whose layout differs from `layout`.
+  // missing rope, or a codec whose layout differs from `layout`, or
+  // attend_codes with a codec other than a fitted VqCodec, keys_pre_rope or
+  // an ablation; kUnimplemented for attend_codes with codebooks of pre-RoPE
+  // keys.
   static absl::StatusOr<std::unique_ptr<CompressedKvCache>> Create(
       const KvLayout& layout, const Codec* codec, const model::Rope* rope,
       const CompressedKvCacheOptions& options);
@@ -100,6 +114,12 @@ class CompressedKvCache : public model::KvCache {
   uint64_t encoded_bytes_ = 0;
   std::vector<float> block_keys_, block_values_;
   std::vector<uint8_t> payload_;
+  // attend_codes only: [layer][kv_head] kernels, and per layer the codes of
+  // positions [sinks, coded_end_) as [position][kv_head][stages].
+  const VqCodec* vq_ = nullptr;
+  std::vector<CodeAttention> code_heads_;
+  std::vector<std::vector<uint16_t>> key_codes_, value_codes_;
+  std::vector<std::vector<uint8_t>> sketch_codes_;
 };
 
 }  // namespace vqkv::eval

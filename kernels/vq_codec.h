@@ -132,6 +132,8 @@ class VqCodec : public Codec {
 
   const CodebookSet& codebooks() const { return set_; }
   const VqConfig& config() const { return config_; }
+  // The key sketch; nullptr when key_sketch_bits is 0.
+  const SignSketch* key_sketch() const { return sketch_ ? &*sketch_ : nullptr; }
 
  private:
   VqCodec() = default;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/softmax.h"
 #include "model/softmax.h"
 
 namespace vqkv::model {
@@ -33,6 +34,81 @@ void GemmNN(int m, int64_t c0, int64_t c1, int n, const float* a, int64_t lda,
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n,
               static_cast<int>(c1 - c0), 1.0f, a + c0, static_cast<int>(lda),
               b + c0 * ldb, static_cast<int>(ldb), 1.0f, c, ldc);
+}
+
+// The queries [i0, i1) when the view carries codes: per query and kv head,
+// the softmax state over the coded rows [sinks, DecodedLimit(t)) from
+// CodeAttention, merged with the state over the exact rows [0, sinks) and
+// [max(limit, sinks), t].
+absl::Status CodedRowsAttention(const float* q, int64_t i0, int64_t i1,
+                                int64_t pos0, const AttentionShape& shape,
+                                const KvCache::LayerView& view, float* out,
+                                AttentionScratch* scratch) {
+  const int kv_heads = shape.kv_heads;
+  const int hd = shape.head_dim;
+  const int group = shape.heads / kv_heads;
+  const int64_t kv_row = int64_t{kv_heads} * hd;
+  const int64_t q_row = int64_t{shape.heads} * hd;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const KvCache::LayerView::CodedRows& c = view.coded;
+  AttentionPartial& part = scratch->coded_part;
+  AttentionPartial& exact = scratch->exact_part;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t t = pos0 + i;
+    const int64_t lim = view.DecodedLimit(t);
+    // Exact rows: [0, e1) and [e2, t].
+    const int64_t e1 = std::min(view.sinks, t + 1);
+    const int64_t e2 = std::min(std::max(lim, view.sinks), t + 1);
+    const int64_t ctx = t + 1;
+    scratch->scores.resize(static_cast<size_t>(group) * ctx);
+    float* s = scratch->scores.data();
+    for (int g = 0; g < kv_heads; ++g) {
+      const float* qh = q + i * q_row + int64_t{g} * group * hd;
+      if (lim > view.sinks) {
+        CodedTokens tok;
+        tok.n = lim - view.sinks;
+        tok.key_codes = c.key_codes + int64_t{g} * c.key_stages;
+        tok.key_stride = int64_t{kv_heads} * c.key_stages;
+        tok.value_codes = c.value_codes + int64_t{g} * c.value_stages;
+        tok.value_stride = int64_t{kv_heads} * c.value_stages;
+        if (c.sketch != nullptr) {
+          tok.sketch = c.sketch + int64_t{g} * c.sketch_bytes;
+          tok.sketch_stride = int64_t{kv_heads} * c.sketch_bytes;
+        }
+        if (absl::Status st = c.heads[g].Attend(qh, group, scale, tok, &part,
+                                                &scratch->code_scratch);
+            !st.ok()) {
+          return st;
+        }
+      } else {
+        part.Reset(group, hd);
+      }
+      const float* ke = view.keys + int64_t{g} * hd;
+      const float* ve = view.values + int64_t{g} * hd;
+      GemmNT(group, 0, e1, hd, scale, qh, hd, ke, kv_row, 0.0f, s, ctx);
+      GemmNT(group, e2, ctx, hd, scale, qh, hd, ke, kv_row, 0.0f, s, ctx);
+      exact.Reset(group, hd);
+      for (int h = 0; h < group; ++h) {
+        float* row = s + int64_t{h} * ctx;
+        float mx = exact.max[h];
+        for (int64_t j = 0; j < e1; ++j) mx = std::max(mx, row[j]);
+        for (int64_t j = e2; j < ctx; ++j) mx = std::max(mx, row[j]);
+        if (e1 == 0 && e2 == ctx) continue;  // no exact rows
+        for (int64_t j = 0; j < e1; ++j) row[j] -= mx;
+        for (int64_t j = e2; j < ctx; ++j) row[j] -= mx;
+        exact.max[h] = mx;
+        exact.sum[h] =
+            cpu::ExpInPlace(row, e1) + cpu::ExpInPlace(row + e2, ctx - e2);
+      }
+      GemmNN(group, 0, e1, hd, s, ctx, ve, kv_row, exact.out.data(), hd);
+      GemmNN(group, e2, ctx, hd, s, ctx, ve, kv_row, exact.out.data(), hd);
+      if (absl::Status st = MergeAttentionPartial(exact, &part); !st.ok()) {
+        return st;
+      }
+      part.Normalize(out + i * q_row + int64_t{g} * group * hd);
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -74,6 +150,14 @@ absl::Status CausalAttention(const float* q, int64_t n, int64_t pos0,
     const int64_t d_lo = view.DecodedLimit(pos0 + i0);
     const int64_t d_hi = view.DecodedLimit(pos0 + i1 - 1);
     const bool any_decoded = d_hi > sinks;
+    if (any_decoded && view.coded.heads != nullptr) {
+      if (absl::Status st =
+              CodedRowsAttention(q, i0, i1, pos0, shape, view, out, scratch);
+          !st.ok()) {
+        return st;
+      }
+      continue;
+    }
 
     scratch->q.resize(static_cast<size_t>(rows) * hd);
     scratch->scores.resize(static_cast<size_t>(rows) * ctx);

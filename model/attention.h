@@ -24,14 +24,21 @@ struct AttentionShape {
 struct AttentionScratch {
   std::vector<float> q, scores, out, merged_k, merged_v;
   std::vector<char> key_differs, value_differs;
+  // Attention over codes (view.coded).
+  AttentionPartial coded_part, exact_part;
+  CodeAttentionScratch code_scratch;
 };
 
 // q: post-RoPE queries [n][heads][head_dim] at positions pos0 .. pos0+n-1.
 // out: [n][heads][head_dim]. The query at t attends to positions [0, t],
 // reading position s from the view's decoded arrays when
-// view.ReadsDecoded(t, s), from the exact arrays otherwise.
+// view.ReadsDecoded(t, s), from the exact arrays otherwise. When the view
+// carries codes (view.coded.heads), the decoded positions are attended from
+// the codes (CodeAttention, one query at a time) and merged with the exact
+// positions' softmax state; otherwise query tiles go through sgemm.
 // Errors: kInvalidArgument when the view holds fewer than pos0 + n tokens,
-// kFailedPrecondition when a needed decoded row is not available.
+// kFailedPrecondition when a needed decoded row is not available; code
+// attention's errors.
 absl::Status CausalAttention(const float* q, int64_t n, int64_t pos0,
                              const AttentionShape& shape,
                              const KvCache::LayerView& view, float* out,

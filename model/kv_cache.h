@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/code_attention.h"
 #include "kernels/codec.h"
 
 namespace vqkv::model {
@@ -44,10 +45,30 @@ class KvCache {
     int64_t sinks = 0;
     int64_t window = std::numeric_limits<int64_t>::max();
 
+    // Attention over codes: when heads is not null, the decoded rows
+    // [sinks, decoded_end) are read as VQ codes (kernels/code_attention.h)
+    // instead of decoded_keys / decoded_values (which may then be null).
+    // Row r of the codes is position sinks + r: key codes
+    // key_codes[(r * kv_heads + h) * key_stages + i], values likewise,
+    // sketch bytes sketch[(r * kv_heads + h) * sketch_bytes + b].
+    struct CodedRows {
+      const CodeAttention* heads = nullptr;  // [kv_heads], this layer's
+      const uint16_t* key_codes = nullptr;
+      const uint16_t* value_codes = nullptr;
+      const uint8_t* sketch = nullptr;  // null without a key sketch
+      int key_stages = 0;
+      int value_stages = 0;
+      int sketch_bytes = 0;
+    };
+    CodedRows coded;
+
     // First position past the decoded range of a query at t: the query
     // reads [sinks, DecodedLimit(t)) decoded.
     int64_t DecodedLimit(int64_t t) const {
-      if (decoded_keys == nullptr || t - sinks <= window) return sinks;
+      if ((decoded_keys == nullptr && coded.heads == nullptr) ||
+          t - sinks <= window) {
+        return sinks;
+      }
       return t - window;
     }
     bool ReadsDecoded(int64_t t, int64_t s) const {

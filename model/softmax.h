@@ -1,7 +1,6 @@
-// Softmax of one row in place, the inner loop of attention. Uses AVX2+FMA
-// when kernels/cpu/cpu_features.h allows it (the CPU has them and VQKV_SIMD
-// does not cap below avx2; a Cephes-style exp accurate to a few ulp), a
-// scalar std::exp loop otherwise.
+// Softmax of one row in place, the inner loop of attention: the model
+// runtime's name for kernels/cpu/softmax.h (AVX2+FMA when
+// kernels/cpu/cpu_features.h allows it, a scalar std::exp loop otherwise).
 //
 // Thread safety: pure functions.
 #ifndef VQKV_MODEL_SOFTMAX_H_

@@ -14,6 +14,7 @@
 #include "eval/compressed_kv_cache.h"
 #include "eval/evaluate.h"
 #include "eval/stats.h"
+#include "kernels/vq_codec.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 #include "tools/memory.h"
@@ -36,6 +37,7 @@ struct EvalArgs {
   int64_t window = 1024;
   int64_t sinks = 4;
   int64_t block_tokens = 32;
+  bool attend_codes = false;
   int64_t max_tokens = 0;   // 0 = the whole text
   int64_t max_windows = 0;  // 0 = as many as the text holds
   int beam_width = 1;
@@ -275,6 +277,9 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
     co.window = a.window;
     co.block_tokens = std::min(a.block_tokens, a.window + 1);
     co.keys_pre_rope = c.keys_pre_rope;
+    // Only the VQ codec has codes to attend over; other codecs decode.
+    co.attend_codes = a.attend_codes &&
+                      dynamic_cast<const VqCodec*>(c.codec.get()) != nullptr;
     absl::StatusOr<eval::CompareResult> r =
         eval::Compare(model, *ids, wo, eval::ExactCacheFactory(model),
                       eval::CompressedCacheFactory(model, c.codec.get(), co));
@@ -586,6 +591,9 @@ std::function<int()> AddEvalCommand(CLI::App* app) {
   cmd->add_option("--block-tokens", args->block_tokens,
                   "tokens per codec block")
       ->capture_default_str();
+  cmd->add_flag("--attend-codes", args->attend_codes,
+                "perplexity with vq: attend over the coded positions' VQ "
+                "codes instead of decoded copies (kernels/code_attention.h)");
   cmd->add_option("--max-tokens", args->max_tokens,
                   "use only the first N tokens of the text (0 = all)");
   cmd->add_option("--max-windows", args->max_windows,

@@ -1,11 +1,13 @@
 // The exact/decoded policy of CompressedKvCache as attention sees it.
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <random>
 #include <vector>
 
 #include "eval/compressed_kv_cache.h"
 #include "gtest/gtest.h"
+#include "kernels/vq_codec.h"
 #include "model/attention.h"
 #include "model/kv_cache.h"
 #include "model/rope.h"
@@ -160,6 +162,120 @@ TEST(CompressedKvCacheTest, RejectsBadConfigurations) {
   EXPECT_EQ((*cache)->Append(1, x.data(), x.data(), x.data()).code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ((*cache)->EndChunk().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// A small fitted VQ codec (keys 2 + 2 stages x 6 bits with the RoPE split,
+// values 2 x 5 bits) on random data.
+std::unique_ptr<VqCodec> SmallVqCodec(const KvLayout& layout, int sketch_bits) {
+  VqConfig cfg;
+  cfg.key_stages = 4;
+  cfg.key_bits = 6;
+  cfg.value_stages = 2;
+  cfg.value_bits = 5;
+  cfg.key_split = KeySplit::kRopeAdjacentPairs;
+  cfg.key_sketch_bits = sketch_bits;
+  absl::StatusOr<std::unique_ptr<VqCodec>> codec = VqCodec::Create(layout, cfg);
+  EXPECT_TRUE(codec.ok()) << codec.status();
+  const int64_t n = 128;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> k(static_cast<size_t>(n * layout.ElementsPerToken()));
+  std::vector<float> v(k.size());
+  for (float& x : k) x = nd(rng);
+  for (float& x : v) x = nd(rng);
+  EXPECT_TRUE((*codec)->Fit(k.data(), v.data(), n, FitOptions{}).ok());
+  return *std::move(codec);
+}
+
+// attend_codes: attention reads the coded positions from the VQ codes
+// (no decoded copy) and matches attention over the decoded copies, query by
+// query, through prefill chunks and single-token steps.
+TEST(CompressedKvCacheTest, AttentionOverCodesMatchesDecodedCopies) {
+  const KvLayout layout{2, 2, kHeadDim};
+  const model::AttentionShape shape{6, 2, kHeadDim};
+  for (int sketch_bits : {0, 64}) {
+    std::unique_ptr<VqCodec> codec = SmallVqCodec(layout, sketch_bits);
+    CompressedKvCacheOptions opt;
+    opt.sinks = 4;
+    opt.window = 16;
+    opt.block_tokens = 8;
+    absl::StatusOr<std::unique_ptr<CompressedKvCache>> decoded =
+        CompressedKvCache::Create(layout, codec.get(), nullptr, opt);
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    opt.attend_codes = true;
+    absl::StatusOr<std::unique_ptr<CompressedKvCache>> coded =
+        CompressedKvCache::Create(layout, codec.get(), nullptr, opt);
+    ASSERT_TRUE(coded.ok()) << coded.status();
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    model::AttentionScratch s1, s2;
+    int64_t pos0 = 0, checked = 0;
+    double worst = 0, vmax = 0;
+    // Prefill in chunks of up to MaxChunkTokens, then one token per step.
+    for (int64_t n : {10, 10, 10, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}) {
+      const size_t m = static_cast<size_t>(n) * 2 * kHeadDim;
+      ASSERT_TRUE((*decoded)->BeginChunk(n).ok());
+      ASSERT_TRUE((*coded)->BeginChunk(n).ok());
+      for (int l = 0; l < layout.layers; ++l) {
+        std::vector<float> k(m), v(m), q(static_cast<size_t>(n) * 6 * kHeadDim);
+        for (float& x : k) x = nd(rng);
+        for (float& x : v) x = nd(rng);
+        for (float& x : q) x = 2.0f * nd(rng);
+        for (float x : v) vmax = std::max(vmax, double(std::abs(x)));
+        ASSERT_TRUE((*decoded)->Append(l, k.data(), k.data(), v.data()).ok());
+        ASSERT_TRUE((*coded)->Append(l, k.data(), k.data(), v.data()).ok());
+        const model::KvCache::LayerView vd = (*decoded)->View(l);
+        const model::KvCache::LayerView vc = (*coded)->View(l);
+        EXPECT_EQ(vc.decoded_keys, nullptr);
+        EXPECT_EQ(vc.decoded_end, vd.decoded_end);
+        std::vector<float> o1(q.size()), o2(q.size());
+        ASSERT_TRUE(
+            model::CausalAttention(q.data(), n, pos0, shape, vd, o1.data(), &s1)
+                .ok());
+        ASSERT_TRUE(
+            model::CausalAttention(q.data(), n, pos0, shape, vc, o2.data(), &s2)
+                .ok());
+        for (size_t i = 0; i < o1.size(); ++i) {
+          worst = std::max(worst, double(std::abs(o1[i] - o2[i])));
+        }
+        if (vc.coded.heads != nullptr) ++checked;
+      }
+      ASSERT_TRUE((*decoded)->EndChunk().ok());
+      ASSERT_TRUE((*coded)->EndChunk().ok());
+      pos0 += n;
+    }
+    EXPECT_GT(checked, 10);  // most steps read codes
+    EXPECT_EQ((*coded)->coded_tokens(), (*decoded)->coded_tokens());
+    EXPECT_EQ((*coded)->encoded_bytes(), (*decoded)->encoded_bytes());
+    // Same tolerance as tests/unit/kernels/code_attention_test.cc.
+    std::printf("sketch %d: max |diff| %.3g, max |v| %.3g\n", sketch_bits,
+                worst, vmax);
+    EXPECT_LE(worst, 2e-5 * vmax) << "sketch bits " << sketch_bits;
+  }
+}
+
+TEST(CompressedKvCacheTest, AttendCodesNeedsAPostRopeVqCodec) {
+  const KvLayout layout{2, 1, kHeadDim};
+  CompressedKvCacheOptions opt;
+  opt.window = 8;
+  opt.block_tokens = 4;
+  opt.attend_codes = true;
+  OffsetCodec offset(layout, 0.0f, 0.0f);
+  EXPECT_EQ(
+      CompressedKvCache::Create(layout, &offset, nullptr, opt).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  std::unique_ptr<VqCodec> vq = SmallVqCodec(layout, 0);
+  EXPECT_TRUE(CompressedKvCache::Create(layout, vq.get(), nullptr, opt).ok());
+  const model::Rope rope(kHeadDim, kHeadDim, 10000.0);
+  opt.keys_pre_rope = true;
+  EXPECT_EQ(
+      CompressedKvCache::Create(layout, vq.get(), &rope, opt).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  opt.keys_pre_rope = false;
+  opt.code_values = false;
+  EXPECT_EQ(
+      CompressedKvCache::Create(layout, vq.get(), nullptr, opt).status().code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
