@@ -256,6 +256,9 @@ def main():
         "",
     ]
     body += study_table(rows) + ppl_tables(rows) + retrieval_tables(rows)
+    if len(args) >= 3 and any(r.get("task") == "ppl" for r in rows):
+        body += [f"![perplexity change against bits per element]"
+                 f"({os.path.basename(args[2])})", ""]
     body.append(END)
     text = "\n".join(body) + "\n"
     if len(args) < 2:
