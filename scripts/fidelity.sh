@@ -15,7 +15,8 @@
 #                exists are skipped, so an interrupted run resumes.
 #   --no-docs    measure only; leave docs/ alone.
 # Environment: VQKV (the vqkv binary, default build/tools/vqkv, built by
-# scripts/build.sh when missing), TEXT_DIR (default ../shared/data/text).
+# scripts/build.sh when missing), TEXT_DIR (default ../shared/data/text),
+# TRIALS (retrieval trials per length; default 4 with --quick, else 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,7 @@ while [[ $# -gt 0 ]]; do
     --quick) quick=1 ;;
     --results) results="$2"; shift ;;
     --no-docs) docs=0 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "fidelity.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -36,12 +37,12 @@ done
 if [[ $quick == 1 ]]; then
   results=${results:-fidelity-results-quick}
   ppl_runs=("2048 256 1" "2048 1024 1")      # ctx window max-windows
-  lengths=1024; trials=4
+  lengths=1024; trials=${TRIALS:-4}
   study=(--study-sizes 4096,16384,65536 --study-layers 15)
 else
   results=${results:-fidelity-results}
   ppl_runs=("2048 256 4" "2048 1024 4" "8192 256 1" "8192 1024 1")
-  lengths=1024,2048,4096,8192; trials=20
+  lengths=1024,2048,4096,8192; trials=${TRIALS:-20}
   study=(--study-sizes 4096,8192,16384,32768,65536)  # layers 0, 15, 29
 fi
 
@@ -93,13 +94,16 @@ codecs=(
   "kivi:--codec kivi2,kivi4"
   "vq-default:--codec vq --codebooks $cb/default.vqcb"
   "vq-k20-ks64:--codec vq --codebooks $cb/k20.vqcb --key-sketch-bits 64"
-  "vq-default-ks64:--codec vq --codebooks $cb/default.vqcb --key-sketch-bits 64"
   "vq-k20v6:--codec vq --codebooks $cb/k20v6.vqcb"
 )
+# The sketch on the default codebooks (3.375 bits/element): full runs only.
+[[ $quick == 1 ]] || codecs+=(
+  "vq-default-ks64:--codec vq --codebooks $cb/default.vqcb --key-sketch-bits 64")
 
-echo "perplexity"
-for run in "${ppl_runs[@]}"; do
-  read -r ctx window windows <<<"$run"
+# ppl CTX WINDOW WINDOWS: perplexity of every codec on every text.
+ppl() {
+  local ctx=$1 window=$2 windows=$3 text c label
+  echo "perplexity, ctx $ctx, window $window"
   for text in "${EVAL_TEXTS[@]}"; do
     for c in "${codecs[@]}"; do
       label=${c%%:*}
@@ -109,18 +113,31 @@ for run in "${ppl_runs[@]}"; do
         --window "$window" --max-windows "$windows" --json
     done
   done
-done
+}
 
-echo "retrieval"
-for task in passkey mkniah vartrack; do
-  for c in "${codecs[@]}"; do
-    label=${c%%:*}
-    # Every run also scores fp16 on the same prompts (its fp16_* fields).
-    # shellcheck disable=SC2086
-    step "${task}_${label}" "$VQKV" eval --task "$task" --model "$M" \
-      ${c#*:} --lengths "$lengths" --trials "$trials" --window 256 \
-      --seed 5 --json
+retrieval() {
+  local task c label
+  echo "retrieval"
+  for task in passkey mkniah vartrack; do
+    for c in "${codecs[@]}"; do
+      label=${c%%:*}
+      # Every run also scores fp16 on the same prompts (its fp16_* fields).
+      # shellcheck disable=SC2086
+      step "${task}_${label}" "$VQKV" eval --task "$task" --model "$M" \
+        ${c#*:} --lengths "$lengths" --trials "$trials" --window 256 \
+        --seed 5 --json
+    done
   done
+}
+
+# The tighter window first, then retrieval, then the rest, so a partial
+# run has the headline numbers.
+# shellcheck disable=SC2086
+ppl ${ppl_runs[0]}
+retrieval
+for run in "${ppl_runs[@]:1}"; do
+  # shellcheck disable=SC2086
+  ppl $run
 done
 
 # Last: the longest step (all-point k-means on up to 64k tokens).
