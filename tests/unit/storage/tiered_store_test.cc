@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "storage/fault_injection_fs.h"
 #include "storage/keys.h"
+#include "storage/memory_tier.h"
 #include "storage/rocksdb_tier.h"
 #include "tests/unit/storage/storage_test_util.h"
 
@@ -41,10 +42,15 @@ std::unique_ptr<TieredStore> OpenStore(TieredStoreOptions o) {
   return store.ok() ? std::move(*store) : nullptr;
 }
 
+// What the memory budget charges for a block of `tokens` tokens.
+uint64_t MemCost(int tokens) {
+  return BlockBytes(tokens) + kEntryOverheadBytes;
+}
+
 // Memory for `blocks` blocks of 4 tokens (one shard: a tiny budget).
 TieredStoreOptions SmallOptions(int blocks, const std::string& data_dir = "") {
   TieredStoreOptions o;
-  o.memory_bytes = blocks * BlockBytes(4);
+  o.memory_bytes = blocks * MemCost(4);
   o.data_dir = data_dir;
   o.disk_bytes = 1 << 20;
   return o;
@@ -631,7 +637,7 @@ TEST(TieredStoreTest, DiskReadFaultsAreUnavailableAndMemoryStillServes) {
   TieredStoreOptions o = SmallOptions(2, dir.Sub("db"));
   // Blocks big enough that each sits in its own blob file region (no
   // shared cached data block), so every disk read touches the file system.
-  o.memory_bytes = 2 * BlockBytes(200);
+  o.memory_bytes = 2 * MemCost(200);
   o.file_system = fs;
   {
     auto store = OpenStore(o);
@@ -847,7 +853,7 @@ constexpr char kChildFdEnv[] = "VQKV_STORAGE_KILL9_CHILD_FD";
 
 TieredStoreOptions SyncOptions(const std::string& dir) {
   TieredStoreOptions o;
-  o.memory_bytes = 64 * BlockBytes(16);
+  o.memory_bytes = 64 * MemCost(16);
   o.data_dir = dir;
   o.durability = Durability::kSync;
   return o;
