@@ -132,6 +132,10 @@ absl::Status RocksDbTier::OpenDb() {
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.keep_log_file_num = 2;
+  // One cap on the memtables of all column families (each would otherwise
+  // take up to 2 x 64 MiB): with small blocks kept inline, memtables are
+  // the largest RAM user after the index.
+  db_options.db_write_buffer_size = options_.memtable_bytes;
   db_options.max_manifest_file_size = 64 << 20;
   if (options_.file_system != nullptr) {
     env_ = rocksdb::NewCompositeEnv(options_.file_system);

@@ -121,6 +121,10 @@ struct RocksDbTierOptions {
   uint64_t capacity_bytes = kDefaultDiskBytes;
   // At most this many block records (the index's RAM bound); > 0.
   uint64_t max_records = kDefaultDiskMaxRecords;
+  // Bound on RocksDB's memtables, all column families together
+  // (DBOptions::db_write_buffer_size); 0: RocksDB's default (no shared cap,
+  // up to 2 x 64 MiB per column family).
+  uint64_t memtable_bytes = uint64_t{32} << 20;
   // fsync the WAL on every write (see the header comment).
   bool sync_writes = false;
   // Zero: records never expire.

@@ -25,6 +25,10 @@
 
 namespace vqkv::storage {
 
+uint64_t DiskMaxRecordsFor(uint64_t memory_bytes) {
+  return std::max<uint64_t>(4096, memory_bytes / 4 / kIndexBytesPerRecord);
+}
+
 absl::string_view DurabilityName(Durability d) {
   return d == Durability::kSync ? "sync" : "async";
 }
@@ -311,9 +315,6 @@ absl::Status TieredStore::Impl::Init() {
   lease_options.clock = options_.clock;
   lease_options.max_leases = std::max<size_t>(options_.max_leases, 1);
   leases_ = std::make_shared<LeaseTable>(std::move(lease_options));
-  if (options_.disk_max_records == 0) {
-    return absl::InvalidArgumentError("disk_max_records must be positive");
-  }
   MemoryTierOptions mem;
   mem.capacity_bytes = options_.memory_bytes;
   mem.shards = options_.memory_shards;
@@ -360,7 +361,9 @@ absl::Status TieredStore::Impl::OpenDisk() {
   RocksDbTierOptions disk;
   disk.path = options_.data_dir;
   disk.capacity_bytes = options_.disk_bytes;
-  disk.max_records = options_.disk_max_records;
+  disk.max_records = options_.disk_max_records != 0
+                         ? options_.disk_max_records
+                         : DiskMaxRecordsFor(options_.memory_bytes);
   disk.sync_writes = sync();
   disk.ttl = options_.ttl;
   disk.clock = options_.clock;

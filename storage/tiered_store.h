@@ -29,7 +29,8 @@
 // memory tier's per-entry overhead (storage/memory_tier.h,
 // kEntryOverheadBytes), so it bounds the heap the blocks take, tiny blocks
 // included. The disk tier's in-memory index is bounded by disk_max_records
-// (storage/rocksdb_tier.h, kIndexBytesPerRecord). docs/RELIABILITY.md.
+// (storage/rocksdb_tier.h, kIndexBytesPerRecord), by default to a quarter
+// of the memory budget. docs/RELIABILITY.md.
 //
 // Namespaces: a put claims an unowned namespace only once its tenant's
 // quota admits it, so a tenant over quota creates none; a tenant owns at
@@ -128,6 +129,11 @@ absl::StatusOr<Durability> ParseDurability(absl::string_view text);
 absl::string_view WritePolicyName(WritePolicy p);
 absl::StatusOr<WritePolicy> ParseWritePolicy(absl::string_view text);
 
+// The default disk record bound for a memory budget: an index of at most
+// memory_bytes / 4 (kIndexBytesPerRecord a record), at least 4096 records.
+// E.g. 1 GiB: 1,398,101 records; 64 MiB: 87,381.
+uint64_t DiskMaxRecordsFor(uint64_t memory_bytes);
+
 struct TieredStoreOptions {
   // Memory tier budget (hard) and shard count.
   uint64_t memory_bytes = uint64_t{1} << 30;  // 1 GiB
@@ -140,8 +146,9 @@ struct TieredStoreOptions {
   // make room (storage/rocksdb_tier.h).
   uint64_t disk_bytes = kDefaultDiskBytes;  // 16 GiB
   // Bound on disk records, i.e. on the RAM of the disk tier's index
-  // (RocksDbTierOptions::max_records); > 0.
-  uint64_t disk_max_records = kDefaultDiskMaxRecords;
+  // (RocksDbTierOptions::max_records). 0: DiskMaxRecordsFor(memory_bytes),
+  // an index of at most a quarter of the memory budget.
+  uint64_t disk_max_records = 0;
   Durability durability = Durability::kAsync;
   // Ignored (treated as kWriteThrough) when durability is kSync.
   WritePolicy write_policy = WritePolicy::kSpill;

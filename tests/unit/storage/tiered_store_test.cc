@@ -977,6 +977,30 @@ TEST(TieredStoreHardeningTest, MemoryBudgetBoundsHeapOfTinyBlocks) {
   EXPECT_EQ(store->TenantUsage(kAlice), st.memory.bytes);
 }
 
+// Item 1: the disk tier's record count (its index's RAM) is bounded, by
+// default to an index of a quarter of the memory budget; spilled records
+// past the bound evict the oldest and leave the ledger.
+TEST(TieredStoreHardeningTest, DiskRecordsAreBounded) {
+  EXPECT_EQ(DiskMaxRecordsFor(uint64_t{1} << 30), 1398101u);
+  EXPECT_EQ(DiskMaxRecordsFor(uint64_t{64} << 20), 87381u);
+  EXPECT_EQ(DiskMaxRecordsFor(1), 4096u);
+  TempDir dir;
+  FakeClock clock;
+  TieredStoreOptions o = SmallOptions(2, dir.Sub("db"));
+  o.disk_max_records = 8;
+  o.clock = clock.AsFunction();
+  auto store = OpenStore(o);
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_TRUE(Put(*store, kAlice, Key(1, i), MakeBlock(i)).ok());
+    clock.Advance(absl::Seconds(1));
+  }
+  const StoreStats st = store->Stats();
+  EXPECT_EQ(st.disk.blocks, 8u);
+  EXPECT_EQ(st.memory.blocks, 2u);
+  EXPECT_EQ(store->TenantUsage(kAlice), 10 * BlockBytes(4));
+  EXPECT_EQ(store->GetNamespaceInfo(Ns(1))->blocks, 10u);
+}
+
 // Item 3: a put the quota refuses claims no namespace, so a tenant over
 // quota cannot create namespaces (before: one per refused put, forever).
 TEST(TieredStoreHardeningTest, QuotaRefusalCreatesNoNamespace) {
