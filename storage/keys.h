@@ -104,6 +104,10 @@ struct BlockPut {
   // The sealed encoded block (kernels/block.h); not owned, must stay valid
   // for the duration of the call.
   absl::string_view block;
+  // For the disk tier: the record's write time (Unix micros) when it is not
+  // now, i.e. a block re-spilled after a promotion keeps its first write
+  // time, so the TTL counts from it. 0: now.
+  int64_t write_micros = 0;
 };
 
 // What the store knows about one namespace: its owner and its usage. A

@@ -30,9 +30,21 @@ MemoryTier::Shard& MemoryTier::ShardFor(const BlockKey& key) const {
   return *shards_[h % shards_.size()];
 }
 
+MemoryTier::Entry MemoryTier::RemoveLocked(Shard& shard,
+                                           std::list<Entry>::iterator it) {
+  const uint64_t charge = ChargeFor(*it);
+  shard.bytes -= it->bytes->size();
+  shard.charged -= charge;
+  total_bytes_.fetch_sub(charge, std::memory_order_relaxed);
+  shard.index.erase(it->key);
+  Entry out = std::move(*it);
+  shard.lru.erase(it);
+  return out;
+}
+
 absl::Status MemoryTier::EvictForLocked(Shard& shard, uint64_t incoming,
                                         std::vector<EvictedBlock>* out) {
-  if (shard.bytes + incoming <= shard.capacity) return absl::OkStatus();
+  if (shard.charged + incoming <= shard.capacity) return absl::OkStatus();
   LeaseTable* const leases =
       options_.leases != nullptr && options_.leases->MayHaveLeases()
           ? options_.leases.get()
@@ -48,19 +60,20 @@ absl::Status MemoryTier::EvictForLocked(Shard& shard, uint64_t incoming,
     uint64_t freeable = 0;
     for (auto it = shard.lru.rbegin();
          it != shard.lru.rend() &&
-         shard.bytes - freeable + incoming > shard.capacity;
+         shard.charged - freeable + incoming > shard.capacity;
          ++it) {
-      if (!leased(*it)) freeable += it->bytes->size();
+      if (!leased(*it)) freeable += ChargeFor(*it);
     }
-    if (shard.bytes - freeable + incoming > shard.capacity) {
+    if (shard.charged - freeable + incoming > shard.capacity) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "memory tier: no room for ", incoming, " bytes: the shard holds ",
-          shard.bytes, " of ", shard.capacity, " bytes and only ", freeable,
+          "memory tier: no room for ", incoming,
+          " bytes: the shard is charged ", shard.charged, " of ",
+          shard.capacity, " bytes and only ", freeable,
           " of them are not leased (leased blocks are not evicted)"));
     }
   }
   const int window = std::max(options_.eviction_candidates, 1);
-  while (shard.bytes + incoming > shard.capacity) {
+  while (shard.charged + incoming > shard.capacity) {
     // Among the `window` least recently used unleased entries (at the back),
     // pick the greatest chain position; on ties keep the least recently
     // used.
@@ -81,15 +94,13 @@ absl::Status MemoryTier::EvictForLocked(Shard& shard, uint64_t incoming,
           "memory tier: no room: every remaining block is leased");
     }
     if (options_.on_evict_locked) {
-      options_.on_evict_locked(
-          EvictedBlock{victim->key, victim->chain_position, victim->bytes});
+      options_.on_evict_locked(EvictedBlock{victim->key, victim->chain_position,
+                                            victim->bytes,
+                                            victim->written_micros});
     }
-    shard.bytes -= victim->bytes->size();
-    total_bytes_.fetch_sub(victim->bytes->size(), std::memory_order_relaxed);
-    shard.index.erase(victim->key);
-    out->push_back(EvictedBlock{victim->key, victim->chain_position,
-                                std::move(victim->bytes)});
-    shard.lru.erase(victim);
+    Entry e = RemoveLocked(shard, victim);
+    out->push_back(EvictedBlock{e.key, e.chain_position, std::move(e.bytes),
+                                e.written_micros});
     evictions_.fetch_add(1, std::memory_order_relaxed);
   }
   return absl::OkStatus();
@@ -107,17 +118,19 @@ absl::Status MemoryTier::Put(const BlockKey& key, uint32_t chain_position,
 
 absl::Status MemoryTier::PutShared(const BlockKey& key, uint32_t chain_position,
                                    SharedBytes bytes,
-                                   std::vector<EvictedBlock>* evicted) {
+                                   std::vector<EvictedBlock>* evicted,
+                                   int64_t written_micros) {
   if (bytes == nullptr || bytes->empty()) {
     return absl::InvalidArgumentError("memory tier: empty block");
   }
   Shard& shard = ShardFor(key);
   const uint64_t size = bytes->size();
-  if (size > shard.capacity) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("memory tier: a block of ", size,
-                     " bytes is larger than a shard's budget of ",
-                     shard.capacity, " bytes"));
+  const uint64_t charge = size + options_.entry_overhead_bytes;
+  if (charge > shard.capacity) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "memory tier: a block of ", size, " bytes (", charge,
+        " with the entry overhead) is larger than a shard's budget of ",
+        shard.capacity, " bytes"));
   }
   std::vector<EvictedBlock> local;
   std::vector<EvictedBlock>* out = evicted != nullptr ? evicted : &local;
@@ -128,12 +141,14 @@ absl::Status MemoryTier::PutShared(const BlockKey& key, uint32_t chain_position,
     if (found != shard.index.end()) {
       return absl::OkStatus();  // idempotent; keep the bytes we have
     }
-    status = EvictForLocked(shard, size, out);
+    status = EvictForLocked(shard, charge, out);
     if (status.ok()) {
-      shard.lru.push_front(Entry{key, chain_position, std::move(bytes)});
+      shard.lru.push_front(
+          Entry{key, chain_position, std::move(bytes), written_micros});
       shard.index.emplace(key, shard.lru.begin());
       shard.bytes += size;
-      total_bytes_.fetch_add(size, std::memory_order_relaxed);
+      shard.charged += charge;
+      total_bytes_.fetch_add(charge, std::memory_order_relaxed);
     }
   }
   // Blocks evicted before a failure are gone all the same: report them.
@@ -172,12 +187,9 @@ absl::StatusOr<uint64_t> MemoryTier::Delete(const BlockKey& key) {
   absl::MutexLock lock(&shard.mu);
   auto found = shard.index.find(key);
   if (found == shard.index.end()) return uint64_t{0};
-  const uint64_t size = found->second->bytes->size();
-  doomed = std::move(found->second->bytes);
-  shard.lru.erase(found->second);
-  shard.index.erase(found);
-  shard.bytes -= size;
-  total_bytes_.fetch_sub(size, std::memory_order_relaxed);
+  Entry e = RemoveLocked(shard, found->second);
+  const uint64_t size = e.bytes->size();
+  doomed = std::move(e.bytes);
   return size;
 }
 
@@ -190,10 +202,7 @@ absl::StatusOr<TierUsage> MemoryTier::DeleteNamespace(const NamespaceId& ns) {
       if (it->key.ns == ns) {
         removed.bytes += it->bytes->size();
         ++removed.blocks;
-        shard.bytes -= it->bytes->size();
-        total_bytes_.fetch_sub(it->bytes->size(), std::memory_order_relaxed);
-        shard.index.erase(it->key);
-        it = shard.lru.erase(it);
+        RemoveLocked(shard, it++);
       } else {
         ++it;
       }
@@ -212,12 +221,22 @@ TierUsage MemoryTier::Usage() const {
   return usage;
 }
 
+uint64_t MemoryTier::charged_bytes() const {
+  uint64_t charged = 0;
+  for (const auto& shard_ptr : shards_) {
+    absl::MutexLock lock(&shard_ptr->mu);
+    charged += shard_ptr->charged;
+  }
+  return charged;
+}
+
 std::vector<EvictedBlock> MemoryTier::Snapshot() const {
   std::vector<EvictedBlock> out;
   for (const auto& shard_ptr : shards_) {
     absl::MutexLock lock(&shard_ptr->mu);
     for (const Entry& e : shard_ptr->lru) {
-      out.push_back(EvictedBlock{e.key, e.chain_position, e.bytes});
+      out.push_back(
+          EvictedBlock{e.key, e.chain_position, e.bytes, e.written_micros});
     }
   }
   return out;

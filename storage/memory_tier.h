@@ -1,12 +1,19 @@
 // MemoryTier: blocks in RAM, sharded, LRU by bytes under a hard budget.
 //
 // Budget: capacity_bytes is split evenly across the shards (a key's shard is
-// chosen by its hash), and each shard keeps the bytes it holds at or below
-// its share: a put evicts until the new block fits. A block larger than a
-// shard's share can never fit and is refused with kResourceExhausted. The
-// shard count is clamped so that every shard gets at least kMinShardBytes
-// (a 1 MiB tier has one shard), so the largest storable block is
-// capacity_bytes / shards.
+// chosen by its hash), and each shard keeps the bytes it is charged at or
+// below its share: a put evicts until the new block fits. Each block is
+// charged its size plus options.entry_overhead_bytes (default
+// kEntryOverheadBytes: the heap the tier spends per entry besides the block
+// bytes: the shared_ptr control block and string object, the LRU list node,
+// the hash index slot, allocator rounding), so the budget bounds the tier's
+// total heap, not just its payload: many tiny blocks cannot overrun it.
+// Usage() reports payload bytes (the block sizes); charged_bytes() what the
+// budget counts. A block whose charge is larger than a shard's share can
+// never fit and is refused with kResourceExhausted. The shard count is
+// clamped so that every shard gets at least kMinShardBytes (a 1 MiB tier has
+// one shard), so the largest storable block is
+// capacity_bytes / shards - entry_overhead_bytes.
 //
 // Eviction policy ("the tail of a prefix before its head"): a prefix chain is
 // only useful from its first block, so losing block i makes blocks i+1.. of
@@ -52,11 +59,25 @@ struct EvictedBlock {
   BlockKey key;
   uint32_t chain_position = 0;
   SharedBytes bytes;
+  // Write time (Unix micros) of the disk record this copy was promoted
+  // from, 0 when it was not: a re-spill keeps it, so the disk TTL still
+  // counts from the original write.
+  int64_t written_micros = 0;
 };
+
+// Heap bytes the memory tier spends per entry besides the block bytes:
+// measured 229 (100,000 entries) to 269 (57,345 entries, just after the
+// hash index grew) for 96-byte blocks with glibc malloc
+// (tests/unit/storage/memory_tier_test.cc `EntryOverheadCoversMeasuredHeap`,
+// docs/RELIABILITY.md); rounded up, with room for the allocator's rounding
+// of other block sizes (up to 24 bytes).
+inline constexpr uint64_t kEntryOverheadBytes = 288;
 
 struct MemoryTierOptions {
   uint64_t capacity_bytes = uint64_t{1} << 30;
   int shards = 16;
+  // Charged per entry on top of its block bytes (see the header comment).
+  uint64_t entry_overhead_bytes = kEntryOverheadBytes;
   // LRU window the tail-first policy picks its victim from; >= 1.
   int eviction_candidates = 4;
   // Called once per evicted block (not for Delete/DeleteNamespace). May be
@@ -93,9 +114,11 @@ class MemoryTier : public Tier {
   // Errors: kInvalidArgument for null or empty bytes; kResourceExhausted
   // when the block is larger than a shard's share of the budget, or when
   // making room would take evicting leased blocks (then nothing is evicted).
+  // written_micros: see EvictedBlock (0: not promoted from disk).
   absl::Status PutShared(const BlockKey& key, uint32_t chain_position,
                          SharedBytes bytes,
-                         std::vector<EvictedBlock>* evicted = nullptr);
+                         std::vector<EvictedBlock>* evicted = nullptr,
+                         int64_t written_micros = 0);
 
   absl::StatusOr<SharedBytes> Get(const BlockKey& key) override;
   std::vector<bool> Contains(absl::Span<const BlockKey> keys) override;
@@ -108,9 +131,15 @@ class MemoryTier : public Tier {
   std::vector<EvictedBlock> Snapshot() const;
 
   int num_shards() const { return static_cast<int>(shards_.size()); }
-  // The largest block this tier can hold.
+  // The largest charge (block bytes + entry overhead) this tier can hold.
   uint64_t shard_capacity() const { return shard_capacity_; }
-  // Bytes held now, without taking the shard locks (Usage() takes them all):
+  uint64_t entry_overhead_bytes() const {
+    return options_.entry_overhead_bytes;
+  }
+  // What the budget counts now: block bytes plus the entry overhead of
+  // every entry (takes the shard locks).
+  uint64_t charged_bytes() const;
+  // Bytes charged now (as charged_bytes()), without taking the shard locks:
   // a relaxed counter, for hints on hot paths.
   uint64_t approximate_bytes() const {
     return total_bytes_.load(std::memory_order_relaxed);
@@ -125,6 +154,7 @@ class MemoryTier : public Tier {
     BlockKey key;
     uint32_t chain_position;
     SharedBytes bytes;
+    int64_t written_micros;
   };
   struct Shard {
     mutable absl::Mutex mu;
@@ -132,14 +162,21 @@ class MemoryTier : public Tier {
     std::list<Entry> lru ABSL_GUARDED_BY(mu);
     absl::flat_hash_map<BlockKey, std::list<Entry>::iterator> index
         ABSL_GUARDED_BY(mu);
-    uint64_t bytes ABSL_GUARDED_BY(mu) = 0;
+    uint64_t bytes ABSL_GUARDED_BY(mu) = 0;    // block bytes
+    uint64_t charged ABSL_GUARDED_BY(mu) = 0;  // + entry overheads
     uint64_t capacity = 0;
   };
 
   Shard& ShardFor(const BlockKey& key) const;
-  // Evicts unleased blocks from `shard` until `incoming` more bytes fit its
-  // capacity. kResourceExhausted when the unleased blocks cannot free
-  // enough; then nothing is evicted, except when a lease was granted
+  uint64_t ChargeFor(const Entry& e) const {
+    return e.bytes->size() + options_.entry_overhead_bytes;
+  }
+  // Unlinks `it` from `shard` and its accounting; returns the entry.
+  Entry RemoveLocked(Shard& shard, std::list<Entry>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  // Evicts unleased blocks from `shard` until a charge of `incoming` more
+  // bytes fits its capacity. kResourceExhausted when the unleased blocks cannot
+  // free enough; then nothing is evicted, except when a lease was granted
   // concurrently, after the check that room can be made (the blocks evicted
   // before that are in `out` all the same).
   absl::Status EvictForLocked(Shard& shard, uint64_t incoming,

@@ -110,6 +110,9 @@ absl::StatusOr<std::unique_ptr<RocksDbTier>> RocksDbTier::Open(
   if (options.capacity_bytes == 0) {
     return absl::InvalidArgumentError("rocksdb tier: zero capacity");
   }
+  if (options.max_records == 0) {
+    return absl::InvalidArgumentError("rocksdb tier: zero max_records");
+  }
   std::unique_ptr<RocksDbTier> tier(new RocksDbTier(std::move(options)));
   try {
     absl::MutexLock write_lock(&tier->write_mu_);
@@ -129,6 +132,10 @@ absl::Status RocksDbTier::OpenDb() {
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.keep_log_file_num = 2;
+  // One cap on the memtables of all column families (each would otherwise
+  // take up to 2 x 64 MiB): with small blocks kept inline, memtables are
+  // the largest RAM user after the index.
+  db_options.db_write_buffer_size = options_.memtable_bytes;
   db_options.max_manifest_file_size = 64 << 20;
   if (options_.file_system != nullptr) {
     env_ = rocksdb::NewCompositeEnv(options_.file_system);
@@ -186,6 +193,7 @@ absl::Status RocksDbTier::LoadIndex() {
 
 void RocksDbTier::LoadMetadataLocked(absl::string_view k, absl::string_view v) {
   if (catalog_.LoadOwner(k, v)) return;
+  if (catalog_.LoadCodebookRef(k, v)) return;
   if (k.size() != 1 + BlockKey::kEncodedSize || k[0] != kBlockRecordTag) {
     return;
   }
@@ -346,7 +354,9 @@ std::vector<absl::Status> RocksDbTier::PutBatch(
         for (const BlockKey& k : plan.removed) DeleteRecord(w.batch, k);
         for (size_t i : plan.writes) {
           const BlockPut& p = puts[i];
-          plan.records.push_back(Record{now, p.block.size(), p.chain_position});
+          plan.records.push_back(
+              Record{p.write_micros != 0 ? p.write_micros : now, p.block.size(),
+                     p.chain_position});
           // Block and record in one batch: both or neither reach the WAL.
           w.batch.Put(blocks_cf_, p.key.Encode(), ToSlice(p.block))
               .PermitUncheckedError();
@@ -371,6 +381,7 @@ std::vector<absl::Status> RocksDbTier::PutBatch(
         }
         for (const DroppedBlock& d : plan.drops) {
           (d.reason == DropReason::kExpired ? expired_ : evicted_).fetch_add(1);
+          if (options_.on_drop_committed) options_.on_drop_committed(d);
         }
         expired_.fetch_add(plan.replaced_expired);
       });
@@ -400,14 +411,15 @@ void RocksDbTier::PlanPutLocked(absl::Span<const BlockPut> puts, int64_t now,
   // Make room for the whole batch at once, oldest records first. A batch
   // larger than the budget evicts everything older and keeps only what
   // fits, newest last (the caller sees kResourceExhausted for the rest).
-  while (incoming > options_.capacity_bytes) {
+  while (incoming > options_.capacity_bytes ||
+         plan.writes.size() > options_.max_records) {
     const size_t i = plan.writes.front();
     incoming -= puts[i].block.size();
     results[i] = absl::ResourceExhaustedError(
         "rocksdb tier: the batch is larger than the disk budget");
     plan.writes.erase(plan.writes.begin());
   }
-  if (ChooseVictimsLocked(incoming, now, plan)) return;
+  if (ChooseVictimsLocked(incoming, plan.writes.size(), now, plan)) return;
   // Only leased records are left to evict: a lease is never broken for
   // room. Nothing is written or removed (expired records go on a later put
   // or sweep).
@@ -418,9 +430,15 @@ void RocksDbTier::PlanPutLocked(absl::Span<const BlockPut> puts, int64_t now,
   plan = PutPlan();
 }
 
-bool RocksDbTier::ChooseVictimsLocked(uint64_t incoming, int64_t now,
+bool RocksDbTier::ChooseVictimsLocked(uint64_t incoming,
+                                      uint64_t incoming_records, int64_t now,
                                       PutPlan& plan) {
   uint64_t bytes_after = bytes_;
+  uint64_t records_after = index_.size();
+  auto over_budget = [&] {
+    return bytes_after + incoming > options_.capacity_bytes ||
+           records_after + incoming_records > options_.max_records;
+  };
   int expired_taken = 0;
   LeaseTable* const leases =
       options_.leases != nullptr && options_.leases->MayHaveLeases()
@@ -430,7 +448,7 @@ bool RocksDbTier::ChooseVictimsLocked(uint64_t incoming, int64_t now,
   for (const auto& [t, k] : by_age_) {
     const Record& r = index_.at(k);
     const bool expired = ExpiredAt(r, now);
-    const bool over = bytes_after + incoming > options_.capacity_bytes;
+    const bool over = over_budget();
     if (!(expired && expired_taken < kMaxExpiredPerPut) && !over) break;
     // Budget eviction passes over leased records (the TTL does not).
     if (!expired && leases != nullptr && leases->IsLeased(k, lease_now)) {
@@ -439,6 +457,7 @@ bool RocksDbTier::ChooseVictimsLocked(uint64_t incoming, int64_t now,
     if (expired) ++expired_taken;
     plan.removed.push_back(k);
     bytes_after -= r.bytes;
+    --records_after;
     // A key's own expired record is replaced, not dropped: it stays in the
     // store, so it is counted but not reported.
     if (plan.keys.contains(k)) {
@@ -448,12 +467,12 @@ bool RocksDbTier::ChooseVictimsLocked(uint64_t incoming, int64_t now,
     plan.drops.push_back(DroppedBlock{
         k, r.bytes, expired ? DropReason::kExpired : DropReason::kEvicted});
   }
-  return bytes_after + incoming <= options_.capacity_bytes;
+  return !over_budget();
 }
 
 absl::StatusOr<uint64_t> RocksDbTier::EraseRecord(
     const BlockKey& key, std::optional<int64_t> write_micros,
-    absl::string_view what) {
+    absl::string_view what, std::optional<DropReason> reason) {
   uint64_t bytes = 0;
   VQKV_RETURN_IF_ERROR(Mutate(
       [&](Write& w) {
@@ -469,7 +488,12 @@ absl::StatusOr<uint64_t> RocksDbTier::EraseRecord(
         w.what = std::string(what);
         return absl::OkStatus();
       },
-      [&] { EraseFromIndexLocked(key); }));
+      [&] {
+        EraseFromIndexLocked(key);
+        if (reason.has_value() && bytes > 0 && options_.on_drop_committed) {
+          options_.on_drop_committed(DroppedBlock{key, bytes, *reason});
+        }
+      }));
   return bytes;
 }
 
@@ -477,7 +501,8 @@ void RocksDbTier::DropRecord(const BlockKey& key, int64_t write_micros,
                              DropReason reason) {
   // On a failed write the record stays indexed; it is still never served
   // (expired records are filtered, corrupt ones fail verification again).
-  absl::StatusOr<uint64_t> bytes = EraseRecord(key, write_micros, "drop");
+  absl::StatusOr<uint64_t> bytes =
+      EraseRecord(key, write_micros, "drop", reason);
   if (!bytes.ok() || *bytes == 0) return;
   switch (reason) {
     case DropReason::kExpired:
@@ -537,6 +562,11 @@ absl::StatusOr<SharedBytes> RocksDbTier::Get(const BlockKey& key) {
                      " failed verification (", bad.message(), "); dropped"));
   }
   return SharedBytes(std::move(value));
+}
+
+bool RocksDbTier::HasRecord(const BlockKey& key) const {
+  absl::ReaderMutexLock lock(&mu_);
+  return index_.contains(key);
 }
 
 bool RocksDbTier::Contains(const BlockKey& key) {
@@ -638,7 +668,10 @@ uint64_t RocksDbTier::SweepExpired() {
           return absl::OkStatus();
         },
         [&] {
-          for (const DroppedBlock& d : drops) EraseFromIndexLocked(d.key);
+          for (const DroppedBlock& d : drops) {
+            EraseFromIndexLocked(d.key);
+            if (options_.on_drop_committed) options_.on_drop_committed(d);
+          }
         });
     if (!s.ok() || drops.empty()) break;
     expired_.fetch_add(drops.size());
@@ -677,6 +710,74 @@ absl::Status RocksDbTier::PutCodebook(uint64_t hash, absl::string_view bytes) {
         return absl::OkStatus();
       },
       [&] { catalog_.AddCodebook(hash); });
+}
+
+absl::Status RocksDbTier::PutCodebookRef(uint64_t hash, absl::string_view bytes,
+                                         absl::string_view tenant) {
+  if (bytes.empty()) {
+    return absl::InvalidArgumentError("rocksdb tier: empty codebook");
+  }
+  std::string size;
+  base::PutFixed64(&size, bytes.size());
+  return Mutate(
+      [&](Write& w) {
+        if (!catalog_.HasCodebook(hash)) {
+          w.batch
+              .Put(codebooks_cf_, DiskCatalog::CodebookKey(hash),
+                   ToSlice(bytes))
+              .PermitUncheckedError();
+        }
+        w.batch
+            .Put(metadata_cf_, DiskCatalog::CodebookRefKey(hash, tenant),
+                 ToSlice(size))
+            .PermitUncheckedError();
+        w.what = "put codebook";
+        return absl::OkStatus();
+      },
+      [&] {
+        catalog_.AddCodebook(hash);
+        catalog_.AddCodebookRef(hash, tenant, bytes.size());
+      });
+}
+
+absl::Status RocksDbTier::DeleteCodebookRef(uint64_t hash,
+                                            absl::string_view tenant,
+                                            bool delete_file) {
+  return Mutate(
+      [&](Write& w) {
+        w.batch.Delete(metadata_cf_, DiskCatalog::CodebookRefKey(hash, tenant))
+            .PermitUncheckedError();
+        if (delete_file) {
+          w.batch.Delete(codebooks_cf_, DiskCatalog::CodebookKey(hash))
+              .PermitUncheckedError();
+        }
+        w.what = "delete codebook";
+        return absl::OkStatus();
+      },
+      [&] {
+        catalog_.EraseCodebookRef(hash, tenant);
+        if (delete_file) catalog_.EraseCodebook(hash);
+      });
+}
+
+absl::Status RocksDbTier::DeleteCodebook(uint64_t hash) {
+  return Mutate(
+      [&](Write& w) {
+        for (const std::string& tenant : catalog_.CodebookTenants(hash)) {
+          w.batch
+              .Delete(metadata_cf_, DiskCatalog::CodebookRefKey(hash, tenant))
+              .PermitUncheckedError();
+        }
+        w.batch.Delete(codebooks_cf_, DiskCatalog::CodebookKey(hash))
+            .PermitUncheckedError();
+        w.what = "delete codebook";
+        return absl::OkStatus();
+      },
+      [&] { catalog_.EraseCodebook(hash); });
+}
+
+std::vector<CodebookRef> RocksDbTier::CodebookRefs() const {
+  return catalog_.CodebookRefs();
 }
 
 absl::StatusOr<SharedBytes> RocksDbTier::GetCodebook(uint64_t hash) {
@@ -739,6 +840,17 @@ absl::Status RocksDbTier::TEST_OverwriteBlockValue(const BlockKey& key,
   return Mutate([&](Write& w) {
     if (!Contains(key)) return absl::NotFoundError("not stored");
     w.batch.Put(blocks_cf_, key.Encode(), ToSlice(raw)).PermitUncheckedError();
+    w.what = "test overwrite";
+    return absl::OkStatus();
+  });
+}
+
+absl::Status RocksDbTier::TEST_OverwriteCodebookValue(uint64_t hash,
+                                                      absl::string_view raw) {
+  return Mutate([&](Write& w) {
+    if (!catalog_.HasCodebook(hash)) return absl::NotFoundError("not stored");
+    w.batch.Put(codebooks_cf_, DiskCatalog::CodebookKey(hash), ToSlice(raw))
+        .PermitUncheckedError();
     w.what = "test overwrite";
     return absl::OkStatus();
   });

@@ -13,10 +13,13 @@
 // usage is recomputed from it (never trusted from a stored counter).
 //
 // Disk budget: capacity_bytes bounds the sum of stored block sizes (logical
-// bytes; RocksDB's own space amplification is not counted). A put that would
-// exceed it evicts the oldest records (by write time, FIFO) in the same
-// write batch; a single block larger than the whole budget is refused with
-// kResourceExhausted.
+// bytes; RocksDB's own space amplification is not counted), and max_records
+// bounds the number of records, since the in-memory index costs about
+// kIndexBytesPerRecord of RAM per record whatever the block size (so RAM
+// for the index is at most max_records * kIndexBytesPerRecord). A put that
+// would exceed either evicts the oldest records (by write time, FIFO) in the
+// same write batch; a single block larger than the whole budget is refused
+// with kResourceExhausted.
 //
 // Leases (storage/lease_table.h): with options.leases, budget eviction
 // passes over leased records; a batch that could only fit by evicting leased
@@ -27,7 +30,9 @@
 // metadata record. Records at least `ttl` old are never served (Get:
 // kNotFound, Contains: false) and are removed: lazily when met by Get, at
 // the start of every Put, and by SweepExpired(). A duplicate put does not
-// refresh a record's write time.
+// refresh a record's write time. A put may give the write time
+// (BlockPut::write_micros), e.g. the first write time of a block spilled
+// again after a promotion.
 //
 // Durability: WAL always on. sync_writes = false: WriteOptions.sync = false
 // (a crash of the process loses nothing already written, a power loss may
@@ -100,10 +105,26 @@ struct DroppedBlock {
   DropReason reason = DropReason::kEvicted;
 };
 
+// RAM the index spends per record (index_ and by_age_ entries, b-tree node
+// overhead included): measured 162 bytes per record of an opened database,
+// RocksDB's cached metadata blocks included (tests/unit/storage/
+// rocksdb_tier_test.cc `IndexBytesPerRecordIsBounded`,
+// docs/RELIABILITY.md); rounded up.
+inline constexpr uint64_t kIndexBytesPerRecord = 192;
+// Default bound on disk records: 2^20 records, at most 192 MiB of index
+// (16 KiB a record on average fills the default 16 GiB disk budget).
+inline constexpr uint64_t kDefaultDiskMaxRecords = uint64_t{1} << 20;
+
 struct RocksDbTierOptions {
   // Database directory; created if missing.
   std::string path;
   uint64_t capacity_bytes = kDefaultDiskBytes;
+  // At most this many block records (the index's RAM bound); > 0.
+  uint64_t max_records = kDefaultDiskMaxRecords;
+  // Bound on RocksDB's memtables, all column families together
+  // (DBOptions::db_write_buffer_size); 0: RocksDB's default (no shared cap,
+  // up to 2 x 64 MiB per column family).
+  uint64_t memtable_bytes = uint64_t{32} << 20;
   // fsync the WAL on every write (see the header comment).
   bool sync_writes = false;
   // Zero: records never expire.
@@ -120,6 +141,11 @@ struct RocksDbTierOptions {
   // tier's locks are released, on the thread that triggered the removal.
   // May be empty; must be thread-safe.
   std::function<void(const DroppedBlock&)> on_drop;
+  // Called for the same removals as on_drop, but at the moment the record
+  // leaves the index, under the tier's index lock (so a caller can tell
+  // "record present" and "drop reported" apart atomically). Must be short
+  // and must not call into this tier. May be empty.
+  std::function<void(const DroppedBlock&)> on_drop_committed;
   // Leases budget eviction must respect; null: none. Shared with other
   // tiers; consulted under the index lock (its locks are leaves).
   std::shared_ptr<LeaseTable> leases;
@@ -149,6 +175,9 @@ class RocksDbTier : public Tier {
   absl::StatusOr<SharedBytes> Get(const BlockKey& key) override;
   std::vector<bool> Contains(absl::Span<const BlockKey> keys) override;
   bool Contains(const BlockKey& key);
+  // Whether the index has a record of `key`, expired or not (an expired one
+  // is still to be dropped, and reported through on_drop when it is).
+  bool HasRecord(const BlockKey& key) const;
   // What the index knows about a stored, unexpired record.
   struct RecordInfo {
     uint64_t bytes = 0;
@@ -172,6 +201,17 @@ class RocksDbTier : public Tier {
   // --- Codebooks (content-addressed by their 8-byte hash) -----------------
   // Idempotent. Errors: kInvalidArgument for empty bytes; I/O errors.
   absl::Status PutCodebook(uint64_t hash, absl::string_view bytes);
+  // PutCodebook plus `tenant`'s reference to it (storage/disk_catalog.h), in
+  // one atomic write.
+  absl::Status PutCodebookRef(uint64_t hash, absl::string_view bytes,
+                              absl::string_view tenant);
+  // Removes `tenant`'s reference and, with delete_file, the file too.
+  absl::Status DeleteCodebookRef(uint64_t hash, absl::string_view tenant,
+                                 bool delete_file);
+  // Removes the file and every reference to it (e.g. a corrupt file).
+  absl::Status DeleteCodebook(uint64_t hash);
+  // Every stored reference (to a stored file).
+  std::vector<CodebookRef> CodebookRefs() const;
   // Errors: kNotFound when absent; I/O errors.
   absl::StatusOr<SharedBytes> GetCodebook(uint64_t hash);
   bool HasCodebook(uint64_t hash) const;
@@ -196,6 +236,9 @@ class RocksDbTier : public Tier {
   // kNotFound when the key is not stored.
   absl::Status TEST_OverwriteBlockValue(const BlockKey& key,
                                         absl::string_view raw);
+  // The same for a stored codebook file.
+  absl::Status TEST_OverwriteCodebookValue(uint64_t hash,
+                                           absl::string_view raw);
 
  private:
   // The metadata record of a stored block.
@@ -252,9 +295,11 @@ class RocksDbTier : public Tier {
   void PlanPutLocked(absl::Span<const BlockPut> puts, int64_t now,
                      std::vector<absl::Status>& results, PutPlan& plan)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // Picks the records to remove so `incoming` bytes fit (and expired ones,
-  // up to a limit). False when the budget cannot be met without leased ones.
-  bool ChooseVictimsLocked(uint64_t incoming, int64_t now, PutPlan& plan)
+  // Picks the records to remove so `incoming` bytes in `incoming_records`
+  // records fit (and expired ones, up to a limit). False when the budget
+  // cannot be met without leased ones.
+  bool ChooseVictimsLocked(uint64_t incoming, uint64_t incoming_records,
+                           int64_t now, PutPlan& plan)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   int64_t NowMicros() const;
   bool ExpiredAt(const Record& r, int64_t now_micros) const;
@@ -265,9 +310,10 @@ class RocksDbTier : public Tier {
   void MaybeResumeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Removes `key` from disk and index, if present and (with write_micros)
   // still the record written then. Returns the bytes removed (0: none).
-  absl::StatusOr<uint64_t> EraseRecord(const BlockKey& key,
-                                       std::optional<int64_t> write_micros,
-                                       absl::string_view what);
+  // With `reason`, reports the removal to on_drop_committed.
+  absl::StatusOr<uint64_t> EraseRecord(
+      const BlockKey& key, std::optional<int64_t> write_micros,
+      absl::string_view what, std::optional<DropReason> reason = std::nullopt);
   // Removes `key` if it is still the record written at write_micros;
   // reports it through on_drop.
   void DropRecord(const BlockKey& key, int64_t write_micros, DropReason reason);

@@ -25,6 +25,10 @@
 
 namespace vqkv::storage {
 
+uint64_t DiskMaxRecordsFor(uint64_t memory_bytes) {
+  return std::max<uint64_t>(4096, memory_bytes / 4 / kIndexBytesPerRecord);
+}
+
 absl::string_view DurabilityName(Durability d) {
   return d == Durability::kSync ? "sync" : "async";
 }
@@ -53,14 +57,27 @@ absl::StatusOr<WritePolicy> ParseWritePolicy(absl::string_view text) {
 //
 // Locking: a put, promotion, delete or spill of key K holds stripe(K) while
 // it checks and changes where K lives, so the ledger counts each block
-// exactly once. The ledger's and the registry's locks are leaves, held only
-// for short in-memory work; no store lock but the stripes is held while
-// calling into a tier that could call back (disk drops call OnDiskDrop).
+// exactly once; DeleteNamespace holds every stripe. The ledger's and the
+// registry's locks are leaves, held only for short in-memory work; no store
+// lock but the stripes (and owner_mu_, for owner records) is held while
+// calling into a tier that could call back.
+//
+// Disk drops (budget eviction, TTL, corruption) are reported by the disk
+// tier on whatever thread caused them, possibly one holding stripes. They
+// are queued (OnDiskDrop) and settled under the dropped key's stripe
+// (SettleDropLocked): the block left the store, and is uncharged, only if
+// neither memory, nor a pending spill, nor a newer disk record holds it
+// then. Every path that could charge K again (a put) or store K elsewhere
+// (spill, promotion) settles K's queued drop first, under stripe(K), so a
+// drop that races a memory eviction is never uncharged while its spill
+// brings the block back, and a block put again after its drop is never
+// charged twice.
 class TieredStore::Impl {
  public:
   explicit Impl(TieredStoreOptions options)
       : options_(std::move(options)),
-        ledger_(options_.default_tenant_quota, options_.tenant_quotas) {
+        ledger_(options_.default_tenant_quota, options_.tenant_quotas,
+                options_.max_namespaces_per_tenant) {
     if (options_.durability == Durability::kSync) {
       options_.write_policy = WritePolicy::kWriteThrough;
     }
@@ -68,11 +85,13 @@ class TieredStore::Impl {
 
   absl::Status Init();
 
-  absl::Status PutBlock(absl::string_view tenant, const BlockPut& put) {
-    return Put(tenant, absl::MakeConstSpan(&put, 1))[0];
+  absl::Status PutBlock(absl::string_view tenant, const BlockPut& put,
+                        DuplicatePut duplicate) {
+    return Put(tenant, absl::MakeConstSpan(&put, 1), duplicate)[0];
   }
   std::vector<absl::Status> PutBlocks(absl::string_view tenant,
-                                      absl::Span<const BlockPut> puts);
+                                      absl::Span<const BlockPut> puts,
+                                      DuplicatePut duplicate);
   absl::StatusOr<SharedBytes> GetBlock(absl::string_view tenant,
                                        const BlockKey& key);
   std::optional<std::vector<absl::StatusOr<SharedBytes>>> GetBlocksFromMemory(
@@ -84,9 +103,12 @@ class TieredStore::Impl {
   absl::Status DeleteBlock(absl::string_view tenant, const BlockKey& key);
   absl::StatusOr<NamespaceInfo> DeleteNamespace(absl::string_view tenant,
                                                 const NamespaceId& ns);
-  absl::StatusOr<NamespaceInfo> GetNamespaceInfo(const NamespaceId& ns) const {
+  absl::StatusOr<NamespaceInfo> GetNamespaceInfo(const NamespaceId& ns) {
+    SettleDrops();
     return ledger_.Info(ns);
   }
+  // Settles every queued disk drop. REQUIRES: no stripe lock held.
+  void SettleDrops();
 
   CodebookRegistry& codebooks() { return *codebooks_; }
   const CodebookRegistry& codebooks() const { return *codebooks_; }
@@ -94,13 +116,18 @@ class TieredStore::Impl {
   const NamespaceLedger& ledger() const { return ledger_; }
 
   absl::Status Flush();
-  uint64_t SweepExpired() { return disk_ ? disk_->SweepExpired() : 0; }
+  uint64_t SweepExpired() {
+    const uint64_t n = disk_ ? disk_->SweepExpired() : 0;
+    SettleDrops();
+    return n;
+  }
   StoreStats Stats() const;
   const TieredStoreOptions& options() const { return options_; }
 
  private:
   static constexpr size_t kStripes = 64;
   class StripeLocks;
+  class AllStripesLock;
   // A put that passed admission: charged to its tenant, and held in memory
   // when `memory` is OK (else memory refused it: too large, or its room is
   // held by leased blocks).
@@ -119,20 +146,38 @@ class TieredStore::Impl {
   absl::Status OpenDisk();
   // Verification and the codebook check of a put (no locks needed).
   absl::Status CheckBlock(const BlockPut& put) const;
-  // Claims `ns` for `tenant` if unowned, else checks the owner.
-  // kPermissionDenied for another tenant's namespace; in sync mode the
-  // owner record's disk error. REQUIRES: a stripe lock of a key in `ns`.
-  absl::Status ClaimNamespace(absl::string_view tenant, const NamespaceId& ns);
+  // Writes (or deletes) the owner record of `ns` as the ledger has it now;
+  // a failure leaves `ns` dirty, to be written again by the next put into
+  // it and by Flush. Returns the disk's status.
+  absl::Status SyncOwner(const NamespaceId& ns);
+  bool OwnerDirty(const NamespaceId& ns);
+  // Settles the queued drop of `key`, if any (see the comment above Impl).
+  // REQUIRES: stripe(key).
+  void SettleDropLocked(const BlockKey& key);
+  // Whether a disk record, a pending spill or memory holds `key` (an expired
+  // disk record counts: its own drop is still to come).
+  bool HeldForSettle(const BlockKey& key) {
+    return memory_->Contains(key) || FindPending(key) != nullptr ||
+           (disk_ != nullptr && disk_->HasRecord(key));
+  }
+  // `key`'s copy in memory or pending is gone: uncharge it, unless a disk
+  // record of it remains (its own drop will). REQUIRES: stripe(key).
+  void ReleaseChargeLocked(const BlockKey& key, uint64_t bytes);
+  // Whether a disk record written at `written_micros` (0: now) is past the
+  // TTL now.
+  bool ExpiredForSpill(int64_t written_micros) const;
   // The one admission path, for PutBlock and PutBlocks: verifies each put,
   // locks the stripes of all its keys, admits each (namespace, duplicate,
   // quota, memory), then writes the admitted blocks that go to disk in one
   // RocksDB write batch (one fsync in sync mode). One status per put.
   std::vector<absl::Status> Put(absl::string_view tenant,
-                                absl::Span<const BlockPut> puts);
+                                absl::Span<const BlockPut> puts,
+                                DuplicatePut duplicate);
   // Admission of the puts whose results are OK; sets results[i] for those
   // refused. REQUIRES: the stripes of their keys.
   std::vector<Admitted> Admit(absl::string_view tenant,
                               absl::Span<const BlockPut> puts,
+                              DuplicatePut duplicate,
                               std::vector<absl::Status>& results,
                               std::vector<EvictedBlock>& evicted);
   // Writes to disk the admitted blocks that go there (all with
@@ -191,13 +236,26 @@ class TieredStore::Impl {
   absl::flat_hash_map<BlockKey, SharedBytes> pending_
       ABSL_GUARDED_BY(pending_mu_);
 
+  // Disk drops not yet settled: key -> bytes of the dropped record.
+  absl::Mutex drops_mu_;
+  absl::flat_hash_map<BlockKey, uint64_t> queued_drops_
+      ABSL_GUARDED_BY(drops_mu_);
+
+  // Owner records to write again (their last write failed). Held across
+  // the owner record's disk write, so records reach the disk in the order
+  // of the ledger changes they reflect.
+  absl::Mutex owner_mu_;
+  absl::flat_hash_set<NamespaceId> dirty_owners_ ABSL_GUARDED_BY(owner_mu_);
+  std::atomic<uint64_t> dirty_owner_count_{0};
+
   mutable absl::Mutex fault_mu_;
   std::string last_disk_error_ ABSL_GUARDED_BY(fault_mu_);
   bool fault_logged_ ABSL_GUARDED_BY(fault_mu_) = false;
 
   std::atomic<uint64_t> puts_{0}, duplicate_puts_{0}, puts_rejected_{0},
       quota_rejections_{0}, memory_hits_{0}, disk_hits_{0}, misses_{0},
-      spills_{0}, dropped_{0}, promotions_{0}, disk_faults_{0};
+      spills_{0}, dropped_{0}, promotions_{0}, disk_faults_{0},
+      expired_on_spill_{0};
 };
 
 // Locks the stripes of `keys` in ascending order (no other path holds two
@@ -225,6 +283,25 @@ class TieredStore::Impl::StripeLocks {
  private:
   Impl& store_;
   std::vector<size_t> ids_;
+};
+
+// Locks every stripe, in ascending order, until destroyed.
+class TieredStore::Impl::AllStripesLock {
+ public:
+  explicit AllStripesLock(Impl& store) : store_(store) {
+    for (absl::Mutex& m : store_.stripes_) m.Lock();
+  }
+  ~AllStripesLock() {
+    for (auto it = store_.stripes_.rbegin(); it != store_.stripes_.rend();
+         ++it) {
+      it->Unlock();
+    }
+  }
+  AllStripesLock(const AllStripesLock&) = delete;
+  AllStripesLock& operator=(const AllStripesLock&) = delete;
+
+ private:
+  Impl& store_;
 };
 
 absl::Status TieredStore::Impl::Init() {
@@ -257,6 +334,12 @@ absl::Status TieredStore::Impl::Init() {
   CodebookRegistryOptions registry;
   registry.disk = disk_.get();
   registry.cache_bytes = options_.codebook_cache_bytes;
+  registry.quota = options_.codebook_quota;
+  registry.verify =
+      options_.codebook_verifier
+          ? options_.codebook_verifier
+          : std::function<absl::Status(uint64_t, absl::string_view)>(
+                VerifyCodebookFile);
   registry.on_disk_fault = [this](const absl::Status& s,
                                   absl::string_view what) {
     NoteDiskFault(s, what);
@@ -278,11 +361,15 @@ absl::Status TieredStore::Impl::OpenDisk() {
   RocksDbTierOptions disk;
   disk.path = options_.data_dir;
   disk.capacity_bytes = options_.disk_bytes;
+  disk.max_records = options_.disk_max_records != 0
+                         ? options_.disk_max_records
+                         : DiskMaxRecordsFor(options_.memory_bytes);
   disk.sync_writes = sync();
   disk.ttl = options_.ttl;
   disk.clock = options_.clock;
   disk.file_system = options_.file_system;
-  disk.on_drop = [this](const DroppedBlock& d) { OnDiskDrop(d); };
+  // Queued as the record leaves the index (see the comment above Impl).
+  disk.on_drop_committed = [this](const DroppedBlock& d) { OnDiskDrop(d); };
   disk.leases = leases_;
   VQKV_ASSIGN_OR_RETURN(disk_, RocksDbTier::Open(std::move(disk)));
   return absl::OkStatus();
@@ -307,13 +394,51 @@ void TieredStore::Impl::NoteDiskFault(const absl::Status& status,
 
 void TieredStore::Impl::OnDiskDrop(const DroppedBlock& drop) {
   if (drop.reason == DropReason::kEvicted) dropped_.fetch_add(1);
-  // The block left the store unless memory still holds it.
-  if (!memory_->Contains(drop.key)) ledger_.Uncharge(drop.key.ns, drop.bytes);
+  // Settled later, under the key's stripe (this thread may hold stripes).
+  absl::MutexLock lock(&drops_mu_);
+  queued_drops_[drop.key] = drop.bytes;
+}
+
+void TieredStore::Impl::SettleDropLocked(const BlockKey& key) {
+  uint64_t bytes = 0;
+  {
+    absl::MutexLock lock(&drops_mu_);
+    auto it = queued_drops_.find(key);
+    if (it == queued_drops_.end()) return;
+    bytes = it->second;
+    queued_drops_.erase(it);
+  }
+  // Still held (memory, a pending spill, a newer disk record): the one
+  // charge stays with that copy.
+  if (!HeldForSettle(key)) ledger_.Uncharge(key.ns, bytes);
+}
+
+void TieredStore::Impl::SettleDrops() {
+  std::vector<BlockKey> keys;
+  {
+    absl::MutexLock lock(&drops_mu_);
+    if (queued_drops_.empty()) return;
+    keys.reserve(queued_drops_.size());
+    for (const auto& [key, bytes] : queued_drops_) keys.push_back(key);
+  }
+  for (const BlockKey& key : keys) {
+    absl::MutexLock stripe(&StripeFor(key));
+    SettleDropLocked(key);
+  }
+}
+
+bool TieredStore::Impl::ExpiredForSpill(int64_t written_micros) const {
+  if (written_micros == 0 || options_.ttl <= absl::ZeroDuration()) {
+    return false;
+  }
+  const absl::Time now = options_.clock ? options_.clock() : absl::Now();
+  return now - absl::FromUnixMicros(written_micros) >= options_.ttl;
 }
 
 void TieredStore::Impl::HandleEvictions(std::vector<EvictedBlock>& evicted) {
   for (EvictedBlock& e : evicted) {
     absl::MutexLock stripe(&StripeFor(e.key));
+    SettleDropLocked(e.key);
     if (disk_ == nullptr) {
       if (!memory_->Contains(e.key)) dropped_.fetch_add(1);
       ledger_.Uncharge(e.key.ns, e.bytes->size());
@@ -327,17 +452,48 @@ void TieredStore::Impl::HandleEvictions(std::vector<EvictedBlock>& evicted) {
       ErasePending(e.key, e.bytes);
       continue;
     }
-    absl::Status s = disk_->Put(e.key, e.chain_position, *e.bytes);
+    if (ExpiredForSpill(e.written_micros)) {
+      // Promoted from a disk record that is now past the TTL: the TTL
+      // counts from that first write, so the block expires instead of
+      // being written again.
+      expired_on_spill_.fetch_add(1);
+      ErasePending(e.key, e.bytes);
+      ReleaseChargeLocked(e.key, e.bytes->size());
+      continue;
+    }
+    if (options_.before_spill_write) options_.before_spill_write(e.key);
+    const BlockPut put{e.key, e.chain_position, *e.bytes, e.written_micros};
+    absl::Status s = disk_->PutBatch(absl::MakeConstSpan(&put, 1))[0];
     if (s.ok()) {
       spills_.fetch_add(1);
     } else {
       NoteDiskFault(s, "spill");
       dropped_.fetch_add(1);
-      ledger_.Uncharge(e.key.ns, e.bytes->size());
+      ErasePending(e.key, e.bytes);
+      ReleaseChargeLocked(e.key, e.bytes->size());
+      continue;
     }
     ErasePending(e.key, e.bytes);
   }
   evicted.clear();
+}
+
+void TieredStore::Impl::ReleaseChargeLocked(const BlockKey& key,
+                                            uint64_t bytes) {
+  // A record still indexed: its drop, queued when it leaves the index, is
+  // settled later and uncharges then. Checked first: a record that left the
+  // index before this check had its drop queued already (atomically).
+  if (disk_ != nullptr && disk_->HasRecord(key)) return;
+  bool queued = false;
+  {
+    absl::MutexLock lock(&drops_mu_);
+    queued = queued_drops_.contains(key);
+  }
+  if (queued) {
+    SettleDropLocked(key);  // nothing holds it now: uncharges once
+  } else {
+    ledger_.Uncharge(key.ns, bytes);
+  }
 }
 
 absl::Status TieredStore::Impl::CheckBlock(const BlockPut& put) const {
@@ -352,33 +508,44 @@ absl::Status TieredStore::Impl::CheckBlock(const BlockPut& put) const {
   return absl::OkStatus();
 }
 
-absl::Status TieredStore::Impl::ClaimNamespace(absl::string_view tenant,
-                                               const NamespaceId& ns) {
-  VQKV_ASSIGN_OR_RETURN(const bool claimed, ledger_.Claim(tenant, ns));
-  if (!claimed || disk_ == nullptr) return absl::OkStatus();
-  absl::Status s = disk_->PutNamespaceOwner(ns, tenant);
-  if (!s.ok()) {
+absl::Status TieredStore::Impl::SyncOwner(const NamespaceId& ns) {
+  if (disk_ == nullptr) return absl::OkStatus();
+  absl::MutexLock lock(&owner_mu_);
+  absl::StatusOr<NamespaceInfo> info = ledger_.Info(ns);
+  absl::Status s = info.ok() ? disk_->PutNamespaceOwner(ns, info->tenant)
+                             : disk_->DeleteNamespaceOwner(ns);
+  if (s.ok()) {
+    if (dirty_owners_.erase(ns) > 0) dirty_owner_count_.fetch_sub(1);
+  } else {
     NoteDiskFault(s, "namespace owner");
-    if (sync()) return s;
+    if (dirty_owners_.insert(ns).second) dirty_owner_count_.fetch_add(1);
   }
-  return absl::OkStatus();
+  return s;
+}
+
+bool TieredStore::Impl::OwnerDirty(const NamespaceId& ns) {
+  if (dirty_owner_count_.load() == 0) return false;
+  absl::MutexLock lock(&owner_mu_);
+  return dirty_owners_.contains(ns);
 }
 
 std::vector<absl::Status> TieredStore::Impl::PutBlocks(
-    absl::string_view tenant, absl::Span<const BlockPut> puts) {
+    absl::string_view tenant, absl::Span<const BlockPut> puts,
+    DuplicatePut duplicate) {
   // With write-through the batch shares one disk write; otherwise each put
   // holds only its own stripe.
   if (puts.size() > 1 && write_through() && disk_ != nullptr) {
-    return Put(tenant, puts);
+    return Put(tenant, puts, duplicate);
   }
   std::vector<absl::Status> out;
   out.reserve(puts.size());
-  for (const BlockPut& p : puts) out.push_back(PutBlock(tenant, p));
+  for (const BlockPut& p : puts) out.push_back(PutBlock(tenant, p, duplicate));
   return out;
 }
 
 std::vector<absl::Status> TieredStore::Impl::Put(
-    absl::string_view tenant, absl::Span<const BlockPut> puts) {
+    absl::string_view tenant, absl::Span<const BlockPut> puts,
+    DuplicatePut duplicate) {
   std::vector<absl::Status> results(puts.size());
   for (size_t i = 0; i < puts.size(); ++i) results[i] = CheckBlock(puts[i]);
   std::vector<EvictedBlock> evicted;
@@ -389,7 +556,7 @@ std::vector<absl::Status> TieredStore::Impl::Put(
     // concurrent delete cannot slip between memory and disk.
     StripeLocks stripes(*this, puts, results);
     const std::vector<Admitted> admitted =
-        Admit(tenant, puts, results, evicted);
+        Admit(tenant, puts, duplicate, results, evicted);
     StoreOnDisk(puts, admitted, results);
     for (const Admitted& a : admitted) {
       if (results[a.index].ok()) ++stored;
@@ -400,32 +567,54 @@ std::vector<absl::Status> TieredStore::Impl::Put(
     if (!s.ok()) puts_rejected_.fetch_add(1);
   }
   HandleEvictions(evicted);
+  SettleDrops();
   return results;
 }
 
 std::vector<TieredStore::Impl::Admitted> TieredStore::Impl::Admit(
     absl::string_view tenant, absl::Span<const BlockPut> puts,
-    std::vector<absl::Status>& results, std::vector<EvictedBlock>& evicted) {
+    DuplicatePut duplicate, std::vector<absl::Status>& results,
+    std::vector<EvictedBlock>& evicted) {
   std::vector<Admitted> admitted;
   absl::flat_hash_set<BlockKey> seen;
-  absl::flat_hash_set<NamespaceId> claimed;
   for (size_t i = 0; i < puts.size(); ++i) {
     if (!results[i].ok()) continue;
     const BlockPut& put = puts[i];
-    if (!claimed.contains(put.key.ns)) {
-      results[i] = ClaimNamespace(tenant, put.key.ns);
-      if (!results[i].ok()) continue;
-      claimed.insert(put.key.ns);
-    }
+    const NamespaceId& ns = put.key.ns;
     // A key repeated in the batch is a duplicate of its first occurrence
     // (acknowledged with it).
-    if (!seen.insert(put.key).second || HeldForPut(put.key)) {
-      duplicate_puts_.fetch_add(1);
+    const bool repeated = !seen.insert(put.key).second;
+    const bool held = repeated || HeldForPut(put.key);
+    // A queued drop of this key is settled before it can be charged again.
+    if (!repeated) SettleDropLocked(put.key);
+    // Ownership, the quota, the namespace bound and the charge in one step:
+    // nothing is claimed for a put the quota refuses.
+    absl::StatusOr<NamespaceLedger::Admission> admission =
+        ledger_.Admit(tenant, ns, held ? 0 : put.block.size(), !held);
+    if (!admission.ok()) {
+      results[i] = admission.status();
+      if (absl::IsResourceExhausted(results[i])) quota_rejections_.fetch_add(1);
       continue;
     }
-    results[i] = ledger_.Charge(tenant, put.key.ns, put.block.size());
-    if (!results[i].ok()) {
-      quota_rejections_.fetch_add(1);
+    for (const NamespaceId& gone : admission->reclaimed) {
+      SyncOwner(gone).IgnoreError();  // dirty on failure, retried
+    }
+    if (admission->claimed || OwnerDirty(ns)) {
+      absl::Status owner = SyncOwner(ns);
+      if (!owner.ok() && sync()) {
+        // Sync promises the block is readable after a crash, which takes
+        // its owner record.
+        if (!held) ledger_.Uncharge(ns, put.block.size());
+        results[i] = owner;
+        continue;
+      }
+    }
+    if (held) {
+      duplicate_puts_.fetch_add(1);
+      if (duplicate == DuplicatePut::kAlreadyExists) {
+        results[i] = absl::AlreadyExistsError(
+            "a block with this hash is already stored; kept the stored copy");
+      }
       continue;
     }
     auto bytes = std::make_shared<const std::string>(put.block);
@@ -495,6 +684,7 @@ absl::StatusOr<SharedBytes> TieredStore::Impl::GetBlock(
   }
   absl::StatusOr<SharedBytes> got = disk_->Get(key);
   if (!got.ok()) {
+    SettleDrops();  // an expired or corrupt record was dropped
     if (absl::IsNotFound(got.status())) {
       misses_.fetch_add(1);
       return absl::NotFoundError("block not found");
@@ -508,13 +698,19 @@ absl::StatusOr<SharedBytes> TieredStore::Impl::GetBlock(
   std::vector<EvictedBlock> evicted;
   {
     absl::MutexLock stripe(&StripeFor(key));
+    SettleDropLocked(key);
     std::optional<RocksDbTier::RecordInfo> info = disk_->Stat(key);
+    // The copy keeps the record's write time, for the TTL of a re-spill.
     if (info.has_value() && !memory_->Contains(key) &&
-        memory_->PutShared(key, info->chain_position, *got, &evicted).ok()) {
+        memory_
+            ->PutShared(key, info->chain_position, *got, &evicted,
+                        absl::ToUnixMicros(info->write_time))
+            .ok()) {
       promotions_.fetch_add(1);
     }
   }
   HandleEvictions(evicted);
+  SettleDrops();
   return got;
 }
 
@@ -621,6 +817,7 @@ absl::Status TieredStore::Impl::DeleteBlock(absl::string_view tenant,
     return absl::NotFoundError("block not found");
   }
   absl::MutexLock stripe(&StripeFor(key));
+  SettleDropLocked(key);
   leases_->Release(key);
   uint64_t in_memory = memory_->Delete(key).value_or(0);
   if (SharedBytes pending = ErasePending(key, nullptr)) {
@@ -646,28 +843,40 @@ absl::StatusOr<NamespaceInfo> TieredStore::Impl::DeleteNamespace(
   if (!ledger_.OwnedBy(tenant, ns)) {
     return absl::NotFoundError("namespace not found");
   }
-  leases_->ReleaseNamespace(ns);
-  memory_->DeleteNamespace(ns).IgnoreError();
+  std::optional<NamespaceInfo> removed;
   {
-    absl::MutexLock lock(&pending_mu_);
-    for (auto it = pending_.begin(); it != pending_.end();) {
-      if (it->first.ns == ns) {
-        pending_.erase(it++);
-      } else {
-        ++it;
+    // Every stripe: no put, promotion or spill of a block of `ns` is half
+    // done while the namespace goes (a spill that had passed its checks
+    // would otherwise write a deleted block back, uncharged).
+    AllStripesLock all(*this);
+    if (!ledger_.OwnedBy(tenant, ns)) {
+      return absl::NotFoundError("namespace not found");
+    }
+    leases_->ReleaseNamespace(ns);
+    memory_->DeleteNamespace(ns).IgnoreError();
+    {
+      absl::MutexLock lock(&pending_mu_);
+      absl::erase_if(pending_,
+                     [&](const auto& entry) { return entry.first.ns == ns; });
+    }
+    {
+      absl::MutexLock lock(&drops_mu_);
+      absl::erase_if(queued_drops_,
+                     [&](const auto& entry) { return entry.first.ns == ns; });
+    }
+    if (disk_ != nullptr) {
+      absl::StatusOr<TierUsage> d = disk_->DeleteNamespace(ns);
+      if (!d.ok()) {
+        NoteDiskFault(d.status(), "delete namespace");
+        return d.status();
       }
     }
+    removed = ledger_.Remove(ns);
+    // The owner record goes too (rewritten by a later failed-write retry
+    // if this write fails).
+    VQKV_RETURN_IF_ERROR(SyncOwner(ns));
   }
-  if (disk_ != nullptr) {
-    absl::StatusOr<TierUsage> d = disk_->DeleteNamespace(ns);
-    absl::Status s = d.status();
-    if (s.ok()) s = disk_->DeleteNamespaceOwner(ns);
-    if (!s.ok()) {
-      NoteDiskFault(s, "delete namespace");
-      return s;
-    }
-  }
-  return ledger_.Remove(ns).value_or(NamespaceInfo{});
+  return removed.value_or(NamespaceInfo{});
 }
 
 absl::Status TieredStore::Impl::Flush() {
@@ -679,8 +888,11 @@ absl::Status TieredStore::Impl::Flush() {
   std::reverse(blocks.begin(), blocks.end());
   for (const EvictedBlock& b : blocks) {
     absl::MutexLock stripe(&StripeFor(b.key));
+    SettleDropLocked(b.key);
     if (disk_->Contains(b.key) || !memory_->Contains(b.key)) continue;
-    absl::Status s = disk_->Put(b.key, b.chain_position, *b.bytes);
+    if (ExpiredForSpill(b.written_micros)) continue;  // kept in memory only
+    const BlockPut put{b.key, b.chain_position, *b.bytes, b.written_micros};
+    absl::Status s = disk_->PutBatch(absl::MakeConstSpan(&put, 1))[0];
     if (s.ok()) {
       spills_.fetch_add(1);
     } else {
@@ -688,11 +900,22 @@ absl::Status TieredStore::Impl::Flush() {
       if (first.ok()) first = s;
     }
   }
+  // Owner records whose write failed earlier.
+  std::vector<NamespaceId> dirty;
+  {
+    absl::MutexLock lock(&owner_mu_);
+    dirty.assign(dirty_owners_.begin(), dirty_owners_.end());
+  }
+  for (const NamespaceId& ns : dirty) {
+    absl::Status s = SyncOwner(ns);
+    if (!s.ok() && first.ok()) first = s;
+  }
   absl::Status s = disk_->Flush();
   if (!s.ok()) {
     NoteDiskFault(s, "flush");
     if (first.ok()) first = s;
   }
+  SettleDrops();
   return first;
 }
 
@@ -702,7 +925,7 @@ StoreStats TieredStore::Impl::Stats() const {
   s.has_disk = disk_ != nullptr;
   if (disk_ != nullptr) {
     s.disk = disk_->Usage();
-    s.expired = disk_->expired();
+    s.expired = disk_->expired() + expired_on_spill_.load();
     s.corrupt_dropped = disk_->corrupt_dropped();
   }
   s.puts = puts_.load();
@@ -725,6 +948,7 @@ StoreStats TieredStore::Impl::Stats() const {
   }
   s.namespaces = ledger_.namespaces();
   s.codebooks = codebooks_->size();
+  s.codebooks_corrupt_dropped = codebooks_->corrupt_dropped();
   return s;
 }
 
@@ -741,13 +965,15 @@ TieredStore::TieredStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 TieredStore::~TieredStore() = default;
 
 absl::Status TieredStore::PutBlock(absl::string_view tenant,
-                                   const BlockPut& put) {
-  return impl_->PutBlock(tenant, put);
+                                   const BlockPut& put,
+                                   DuplicatePut duplicate) {
+  return impl_->PutBlock(tenant, put, duplicate);
 }
 
 std::vector<absl::Status> TieredStore::PutBlocks(
-    absl::string_view tenant, absl::Span<const BlockPut> puts) {
-  return impl_->PutBlocks(tenant, puts);
+    absl::string_view tenant, absl::Span<const BlockPut> puts,
+    DuplicatePut duplicate) {
+  return impl_->PutBlocks(tenant, puts, duplicate);
 }
 
 absl::StatusOr<SharedBytes> TieredStore::GetBlock(absl::string_view tenant,
@@ -799,8 +1025,22 @@ absl::StatusOr<NamespaceInfo> TieredStore::GetNamespaceInfo(
   return impl_->GetNamespaceInfo(ns);
 }
 
+absl::Status TieredStore::PutCodebooks(absl::string_view tenant, uint64_t hash,
+                                       absl::string_view bytes) {
+  return impl_->codebooks().Put(tenant, hash, bytes);
+}
+
 absl::Status TieredStore::PutCodebooks(uint64_t hash, absl::string_view bytes) {
-  return impl_->codebooks().Put(hash, bytes);
+  return impl_->codebooks().Put("", hash, bytes);
+}
+
+absl::Status TieredStore::DeleteCodebooks(absl::string_view tenant,
+                                          uint64_t hash) {
+  return impl_->codebooks().Delete(tenant, hash);
+}
+
+CodebookUsage TieredStore::TenantCodebookUsage(absl::string_view tenant) const {
+  return impl_->codebooks().Usage(tenant);
 }
 
 absl::StatusOr<SharedBytes> TieredStore::GetCodebooks(uint64_t hash) {
@@ -816,6 +1056,7 @@ void TieredStore::SetTenantQuota(absl::string_view tenant, uint64_t bytes) {
 }
 
 uint64_t TieredStore::TenantUsage(absl::string_view tenant) const {
+  impl_->SettleDrops();
   return impl_->ledger().Usage(tenant);
 }
 
@@ -827,7 +1068,10 @@ absl::Status TieredStore::Flush() { return impl_->Flush(); }
 
 uint64_t TieredStore::SweepExpired() { return impl_->SweepExpired(); }
 
-StoreStats TieredStore::Stats() const { return impl_->Stats(); }
+StoreStats TieredStore::Stats() const {
+  impl_->SettleDrops();
+  return impl_->Stats();
+}
 
 const TieredStoreOptions& TieredStore::options() const {
   return impl_->options();

@@ -25,6 +25,26 @@
 // tenant past its quota fails with kResourceExhausted. After a restart,
 // usage is recomputed from what the disk holds.
 //
+// Memory bound: the memory budget charges every block its size plus the
+// memory tier's per-entry overhead (storage/memory_tier.h,
+// kEntryOverheadBytes), so it bounds the heap the blocks take, tiny blocks
+// included. The disk tier's in-memory index is bounded by disk_max_records
+// (storage/rocksdb_tier.h, kIndexBytesPerRecord), by default to a quarter
+// of the memory budget. docs/RELIABILITY.md.
+//
+// Namespaces: a put claims an unowned namespace only once its tenant's
+// quota admits it, so a tenant over quota creates none; a tenant owns at
+// most max_namespaces_per_tenant, and a claim at that bound reclaims the
+// tenant's empty namespaces (storage/namespace_ledger.h). An owner record
+// whose disk write failed is written again by the next put into the
+// namespace (which, in kSync mode, fails unless it succeeds) and by Flush.
+//
+// Duplicates: a put of a key already held keeps the stored copy; it
+// returns OK (idempotent, DuplicatePut::kOk) or kAlreadyExists
+// (DuplicatePut::kAlreadyExists). The decision is made under the key's
+// lock, so of two racing puts of one key exactly one stores it and, with
+// kAlreadyExists, the other gets kAlreadyExists.
+//
 // Disk faults: when the disk tier fails (I/O error, disk full), the store
 // keeps serving from memory. The fault is counted in Stats (disk_faults,
 // disk_fault, last_disk_error) and its first occurrence is logged as a
@@ -45,6 +65,9 @@
 // to disk instead (whatever the write policy), and without a disk tier, or
 // when the disk's budget is leased too, fails with kResourceExhausted;
 // DeleteBlock / DeleteNamespace and the disk TTL still remove leased blocks.
+// The TTL counts from a block's first disk write: a block promoted from
+// disk into memory and evicted again keeps its record's write time, and is
+// dropped instead of spilled when that is past the TTL.
 // One gap: the disk tier picks its budget victims before it writes its
 // batch, so a lease granted during that write does not save a record already
 // picked (memory eviction has no such gap).
@@ -66,7 +89,10 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "storage/codebook_registry.h"
 #include "storage/keys.h"
+#include "storage/namespace_ledger.h"
+#include "storage/rocksdb_tier.h"
 #include "storage/tier.h"
 
 namespace rocksdb {
@@ -83,6 +109,12 @@ enum class Durability {
   kSync,
 };
 
+// What a put of a key already held returns (see the header comment).
+enum class DuplicatePut {
+  kOk,             // OK: idempotent
+  kAlreadyExists,  // kAlreadyExists
+};
+
 enum class WritePolicy {
   // Blocks go to disk when memory evicts them (and on Flush()).
   kSpill,
@@ -97,6 +129,11 @@ absl::StatusOr<Durability> ParseDurability(absl::string_view text);
 absl::string_view WritePolicyName(WritePolicy p);
 absl::StatusOr<WritePolicy> ParseWritePolicy(absl::string_view text);
 
+// The default disk record bound for a memory budget: an index of at most
+// memory_bytes / 4 (kIndexBytesPerRecord a record), at least 4096 records.
+// E.g. 1 GiB: 1,398,101 records; 64 MiB: 87,381.
+uint64_t DiskMaxRecordsFor(uint64_t memory_bytes);
+
 struct TieredStoreOptions {
   // Memory tier budget (hard) and shard count.
   uint64_t memory_bytes = uint64_t{1} << 30;  // 1 GiB
@@ -108,6 +145,10 @@ struct TieredStoreOptions {
   // Disk budget over stored block bytes; the oldest records are evicted to
   // make room (storage/rocksdb_tier.h).
   uint64_t disk_bytes = kDefaultDiskBytes;  // 16 GiB
+  // Bound on disk records, i.e. on the RAM of the disk tier's index
+  // (RocksDbTierOptions::max_records). 0: DiskMaxRecordsFor(memory_bytes),
+  // an index of at most a quarter of the memory budget.
+  uint64_t disk_max_records = 0;
   Durability durability = Durability::kAsync;
   // Ignored (treated as kWriteThrough) when durability is kSync.
   WritePolicy write_policy = WritePolicy::kSpill;
@@ -118,11 +159,15 @@ struct TieredStoreOptions {
   // always known; their bytes are read from disk on a cache miss). Without
   // a disk tier every codebook stays in memory regardless.
   uint64_t codebook_cache_bytes = uint64_t{256} << 20;
+  // Each tenant's bound on registered codebook sets (count and bytes).
+  CodebookQuota codebook_quota;
 
   // Per-tenant byte quotas; tenants not listed get default_tenant_quota.
   // 0 means unlimited.
   uint64_t default_tenant_quota = 0;
   absl::flat_hash_map<std::string, uint64_t> tenant_quotas;
+  // Namespaces one tenant may own (0: unlimited); see the header comment.
+  uint64_t max_namespaces_per_tenant = kDefaultMaxNamespacesPerTenant;
 
   // At most this many leases are held at once (live ones, and expired ones
   // not yet dropped); a lookup past it still answers, without leasing.
@@ -132,8 +177,16 @@ struct TieredStoreOptions {
   // absl::Now).
   // file_system: the RocksDB file system (default: the real one), e.g. a
   // storage::FaultInjectionFileSystem.
+  // codebook_verifier: checks each codebook file read from disk (default:
+  // VerifyCodebookFile, the content hash; tests that store stand-in bytes
+  // replace it).
+  // before_spill_write: called with a block's stripe lock held, between the
+  // spill's checks and its disk write (for interleaving tests). Empty: none.
   std::function<absl::Time()> clock;
   std::shared_ptr<rocksdb::FileSystem> file_system;
+  std::function<absl::Status(uint64_t hash, absl::string_view bytes)>
+      codebook_verifier;
+  std::function<void(const BlockKey&)> before_spill_write;
 };
 
 // Counters since Open (usage fields are current values).
@@ -159,6 +212,7 @@ struct StoreStats {
   uint64_t promotions = 0;        // disk hits copied into memory
   uint64_t expired = 0;           // disk records dropped by the TTL
   uint64_t corrupt_dropped = 0;   // disk records that failed verification
+  uint64_t codebooks_corrupt_dropped = 0;  // codebook files that failed it
 
   bool disk_fault = false;      // a disk operation has failed since Open
   uint64_t disk_faults = 0;     // number of failed disk operations
@@ -206,11 +260,15 @@ class TieredStore {
   // Also kResourceExhausted when the block fits neither tier (room held by
   // leased blocks counts as no room), and in kSync mode the disk's error
   // when the durable write fails.
-  absl::Status PutBlock(absl::string_view tenant, const BlockPut& put);
+  // With DuplicatePut::kAlreadyExists a put of a key already held returns
+  // kAlreadyExists instead.
+  absl::Status PutBlock(absl::string_view tenant, const BlockPut& put,
+                        DuplicatePut duplicate = DuplicatePut::kOk);
 
   // PutBlock for each element; one status per put, in order.
-  std::vector<absl::Status> PutBlocks(absl::string_view tenant,
-                                      absl::Span<const BlockPut> puts);
+  std::vector<absl::Status> PutBlocks(
+      absl::string_view tenant, absl::Span<const BlockPut> puts,
+      DuplicatePut duplicate = DuplicatePut::kOk);
 
   // Returns the block stored under `key` if `tenant` owns its namespace.
   // Errors: kNotFound (absent, expired, or another tenant's namespace);
@@ -270,17 +328,30 @@ class TieredStore {
   absl::StatusOr<NamespaceInfo> GetNamespaceInfo(const NamespaceId& ns) const;
 
   // --- Codebook registry (content-addressed, shared by all tenants) -------
+  // (storage/codebook_registry.h: references, quotas, verification.)
 
   // Registers a codebook file under its hash (the set's content hash,
-  // kernels/codebook_set.h; the caller checks that hash matches the bytes).
-  // Idempotent for an already registered hash. Persisted when there is a
+  // kernels/codebook_set.h; the caller checks that hash matches the bytes)
+  // with a reference for `tenant`, counted against its codebook quota.
+  // Idempotent when the tenant already holds one. Persisted when there is a
   // disk tier. Errors: kInvalidArgument for hash 0 or empty bytes;
-  // kUnavailable / kResourceExhausted when the disk write fails.
+  // kResourceExhausted over the tenant's codebook quota; kUnavailable /
+  // kResourceExhausted when the disk write fails.
+  absl::Status PutCodebooks(absl::string_view tenant, uint64_t hash,
+                            absl::string_view bytes);
+  // PutCodebooks for the anonymous tenant "".
   absl::Status PutCodebooks(uint64_t hash, absl::string_view bytes);
-  // Errors: kNotFound when not registered; kDataLoss / kUnavailable for a
-  // disk read failure.
+  // Drops `tenant`'s reference (the file goes with the last one). Blocks
+  // that refer to the set stay; new puts of such blocks fail with
+  // kFailedPrecondition until it is registered again.
+  // Errors: kNotFound when the tenant holds no reference; disk errors.
+  absl::Status DeleteCodebooks(absl::string_view tenant, uint64_t hash);
+  // Errors: kNotFound when not registered; kDataLoss when the file on disk
+  // failed verification (it is dropped) or the read failed so;
+  // kUnavailable for a disk read failure.
   absl::StatusOr<SharedBytes> GetCodebooks(uint64_t hash);
   bool HasCodebook(uint64_t hash) const;
+  CodebookUsage TenantCodebookUsage(absl::string_view tenant) const;
 
   // --- Tenants ------------------------------------------------------------
 

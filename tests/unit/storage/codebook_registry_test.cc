@@ -85,7 +85,9 @@ TEST(CodebookRegistryTest, CachedBytesStayWithinTheBound) {
   auto disk = OpenTier(dir);
   ASSERT_NE(disk, nullptr);
   constexpr uint64_t kBound = 100;
-  CodebookRegistry registry(WithDisk(disk.get(), kBound));
+  CodebookRegistryOptions o = WithDisk(disk.get(), kBound);
+  o.quota = CodebookQuota{0, 0};  // 40 sets: more than the default quota
+  CodebookRegistry registry(o);
   std::vector<std::string> files;
   std::mt19937 rng(1);
   for (uint64_t h = 1; h <= 40; ++h) {

@@ -1,6 +1,9 @@
 #include "storage/memory_tier.h"
 
+#include <malloc.h>
+
 #include <atomic>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
@@ -49,6 +52,10 @@ TEST(KeysTest, EncodeDecodeAndOrderMatchBytes) {
   EXPECT_EQ(set.size(), 3u);
 }
 
+// What the budget charges for a block of `tokens` tokens: its bytes plus the
+// per-entry overhead.
+size_t Cost(int tokens) { return BlockBytes(tokens) + kEntryOverheadBytes; }
+
 MemoryTierOptions SmallTier(uint64_t capacity, int window = 1) {
   MemoryTierOptions o;
   o.capacity_bytes = capacity;
@@ -84,7 +91,7 @@ TEST(MemoryTierTest, DuplicatePutIsIdempotent) {
 }
 
 TEST(MemoryTierTest, LruByBytesStaysWithinBudget) {
-  const size_t bs = BlockBytes(4);
+  const size_t bs = Cost(4);
   std::vector<EvictedBlock> evicted;
   absl::Mutex mu;
   MemoryTierOptions o = SmallTier(3 * bs);
@@ -118,7 +125,7 @@ TEST(MemoryTierTest, LruByBytesStaysWithinBudget) {
 }
 
 TEST(MemoryTierTest, BlockLargerThanBudgetIsResourceExhausted) {
-  MemoryTier tier(SmallTier(BlockBytes(4)));
+  MemoryTier tier(SmallTier(Cost(4)));
   ASSERT_TRUE(tier.Put(Key(1, 1), 0, MakeBlock(1)).ok());
   absl::Status s = tier.Put(Key(1, 2), 0, MakeBlock(2, 5));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
@@ -127,7 +134,7 @@ TEST(MemoryTierTest, BlockLargerThanBudgetIsResourceExhausted) {
 }
 
 TEST(MemoryTierTest, EvictsTailOfPrefixBeforeHead) {
-  const size_t bs = BlockBytes(4);
+  const size_t bs = Cost(4);
   std::vector<BlockKey> evicted;
   MemoryTierOptions o = SmallTier(4 * bs, /*window=*/4);
   o.on_evict = [&](const EvictedBlock& e) { evicted.push_back(e.key); };
@@ -151,7 +158,7 @@ TEST(MemoryTierTest, EvictsTailOfPrefixBeforeHead) {
 
 TEST(MemoryTierTest, WindowOfOneIsPlainLru) {
   std::vector<BlockKey> evicted;
-  MemoryTierOptions o = SmallTier(4 * BlockBytes(4), /*window=*/1);
+  MemoryTierOptions o = SmallTier(4 * Cost(4), /*window=*/1);
   o.on_evict = [&](const EvictedBlock& e) { evicted.push_back(e.key); };
   MemoryTier tier(o);
   for (uint32_t pos = 0; pos < 5; ++pos) {
@@ -163,7 +170,7 @@ TEST(MemoryTierTest, WindowOfOneIsPlainLru) {
 
 TEST(MemoryTierTest, PutSharedReturnsEvictionsToCaller) {
   int callbacks = 0;
-  MemoryTierOptions o = SmallTier(BlockBytes(4));
+  MemoryTierOptions o = SmallTier(Cost(4));
   o.on_evict = [&](const EvictedBlock&) { ++callbacks; };
   MemoryTier tier(o);
   ASSERT_TRUE(tier.Put(Key(1, 1), 0, MakeBlock(1)).ok());
@@ -178,7 +185,7 @@ TEST(MemoryTierTest, PutSharedReturnsEvictionsToCaller) {
 }
 
 TEST(MemoryTierTest, BytesStayValidAfterEviction) {
-  MemoryTier tier(SmallTier(BlockBytes(4)));
+  MemoryTier tier(SmallTier(Cost(4)));
   ASSERT_TRUE(tier.Put(Key(1, 1), 0, MakeBlock(1)).ok());
   SharedBytes held = *tier.Get(Key(1, 1));
   ASSERT_TRUE(tier.Put(Key(1, 2), 0, MakeBlock(2)).ok());
@@ -214,7 +221,7 @@ TEST(MemoryTierTest, ShardsSplitTheBudget) {
 
 TEST(MemoryTierTest, ConcurrentPutsAndGets) {
   MemoryTierOptions o;
-  o.capacity_bytes = 200 * BlockBytes(4);
+  o.capacity_bytes = 200 * Cost(4);
   o.shards = 4;
   std::atomic<int> evictions{0};
   o.on_evict = [&](const EvictedBlock&) { evictions.fetch_add(1); };
@@ -315,7 +322,7 @@ TEST(LeaseTableTest, ReleaseAndReleaseNamespace) {
 TEST(MemoryTierTest, LeasedBlocksSurviveEvictionPressure) {
   FakeClock clock;
   std::vector<BlockKey> evicted;
-  MemoryTierOptions o = SmallTier(8 * BlockBytes(4), /*window=*/4);
+  MemoryTierOptions o = SmallTier(8 * Cost(4), /*window=*/4);
   o.leases = Leases(clock);
   o.on_evict = [&](const EvictedBlock& e) { evicted.push_back(e.key); };
   MemoryTier tier(o);
@@ -343,12 +350,12 @@ TEST(MemoryTierTest, LeasedBlocksSurviveEvictionPressure) {
   // One eviction per put: the 5 unleased blocks of the chain, then 35 of
   // the new ones.
   EXPECT_EQ(evicted.size(), 40u);
-  EXPECT_LE(tier.Usage().bytes, 8 * BlockBytes(4));
+  EXPECT_LE(tier.Usage().bytes, 8 * Cost(4));
 }
 
 TEST(MemoryTierTest, ExpiredLeaseMakesBlockEvictableAgain) {
   FakeClock clock;
-  MemoryTierOptions o = SmallTier(4 * BlockBytes(4), /*window=*/1);
+  MemoryTierOptions o = SmallTier(4 * Cost(4), /*window=*/1);
   o.leases = Leases(clock);
   MemoryTier tier(o);
   for (int i = 0; i < 4; ++i) {
@@ -369,7 +376,7 @@ TEST(MemoryTierTest, ExpiredLeaseMakesBlockEvictableAgain) {
 TEST(MemoryTierTest, PutThatCouldOnlyEvictLeasedBlocksIsResourceExhausted) {
   FakeClock clock;
   int callbacks = 0;
-  MemoryTierOptions o = SmallTier(3 * BlockBytes(4));
+  MemoryTierOptions o = SmallTier(3 * Cost(4));
   o.leases = Leases(clock);
   o.on_evict = [&](const EvictedBlock&) { ++callbacks; };
   MemoryTier tier(o);
@@ -426,7 +433,7 @@ TEST(MemoryTierTest, ConcurrentLeasesAndPutsNeverEvictALeasedBlock) {
   // Real clock, long leases, granted while other threads put (and evict). A
   // block found present after its lease was granted must never be evicted.
   MemoryTierOptions o;
-  o.capacity_bytes = 64 * BlockBytes(4);
+  o.capacity_bytes = 64 * Cost(4);
   o.shards = 1;
   o.leases = std::make_shared<LeaseTable>();
   MemoryTier tier(o);
@@ -463,6 +470,66 @@ TEST(MemoryTierTest, ConcurrentLeasesAndPutsNeverEvictALeasedBlock) {
   for (const BlockKey& k : pinned) EXPECT_TRUE(tier.Contains(k));
   EXPECT_EQ(errors.load(), 0);  // 32 leased of 64 blocks: room remains
   EXPECT_LE(tier.Usage().bytes, o.capacity_bytes);
+}
+
+// Heap bytes in use (glibc: all arenas, mmapped chunks included).
+uint64_t HeapInUse() {
+  const struct mallinfo2 m = mallinfo2();
+  return m.uordblks + m.hblkhd;
+}
+
+// The documented per-entry overhead covers what an entry really costs:
+// the heap a tier of N header-sized blocks takes, less their bytes, per
+// block. (Measured, so the constant stays honest if the entry grows.) N is
+// just past a growth of the hash index (57344 = 7/8 of 65535 slots), where
+// the index is emptiest, so this is the worst case.
+TEST(MemoryTierTest, EntryOverheadCoversMeasuredHeap) {
+  constexpr int kBlocks = 57345;
+  const std::string block = MakeBlock(1, /*tokens=*/1);  // 96 bytes
+  MemoryTierOptions o = SmallTier(uint64_t{1} << 30);
+  o.shards = 1;
+  const uint64_t before = HeapInUse();
+  {
+    MemoryTier tier(o);
+    for (int i = 0; i < kBlocks; ++i) {
+      ASSERT_TRUE(tier.Put(Key(1, i), 0, block).ok());
+    }
+    const uint64_t per_block = (HeapInUse() - before) / kBlocks;
+    const uint64_t overhead = per_block - block.size();
+    std::printf(
+        "memory tier: %llu heap bytes per %zu-byte block, overhead "
+        "%llu (charged %llu)\n",
+        static_cast<unsigned long long>(per_block), block.size(),
+        static_cast<unsigned long long>(overhead),
+        static_cast<unsigned long long>(kEntryOverheadBytes));
+    EXPECT_LE(overhead, kEntryOverheadBytes);
+    // Not wildly above it either (the budget would waste memory).
+    EXPECT_GE(overhead, kEntryOverheadBytes / 2);
+  }
+}
+
+// Regression (issue 11): with only block bytes counted, tiny blocks took
+// several times the budget in heap. Now the heap the tier holds stays
+// within its budget (plus 10% for the hash table's growth step).
+TEST(MemoryTierTest, TinyBlocksStayWithinBudgetInHeap) {
+  constexpr uint64_t kBudget = uint64_t{8} << 20;
+  const std::string block = MakeBlock(1, /*tokens=*/1);
+  MemoryTierOptions o = SmallTier(kBudget);
+  o.shards = 1;
+  const uint64_t before = HeapInUse();
+  MemoryTier tier(o);
+  for (int i = 0; i < 300000; ++i) {
+    ASSERT_TRUE(tier.Put(Key(1, i), 0, block).ok());
+  }
+  const uint64_t heap = HeapInUse() - before;
+  std::printf("memory tier, %llu-byte budget: %llu blocks, %llu heap bytes\n",
+              static_cast<unsigned long long>(kBudget),
+              static_cast<unsigned long long>(tier.Usage().blocks),
+              static_cast<unsigned long long>(heap));
+  EXPECT_LE(tier.charged_bytes(), kBudget);
+  EXPECT_EQ(tier.charged_bytes(),
+            tier.Usage().bytes + tier.Usage().blocks * kEntryOverheadBytes);
+  EXPECT_LE(heap, kBudget + kBudget / 10);
 }
 
 }  // namespace

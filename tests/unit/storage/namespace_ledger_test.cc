@@ -92,5 +92,43 @@ TEST(NamespaceLedgerTest, LoadKeepsUnownedDiskBlocksForTheFirstClaimer) {
   EXPECT_EQ(ledger.Info(Ns(2))->blocks, 2u);
 }
 
+// Issue 11 item 3: Admit claims only what the quota admits, and bounds the
+// namespaces a tenant owns, reclaiming its empty ones at the bound.
+TEST(NamespaceLedgerTest, AdmitChecksTheQuotaBeforeClaiming) {
+  NamespaceLedger ledger(/*default_quota=*/100, {},
+                         /*max_namespaces_per_tenant=*/2);
+  absl::StatusOr<NamespaceLedger::Admission> a =
+      ledger.Admit(kAlice, Ns(1), 60, /*count_block=*/true);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(a->claimed);
+  EXPECT_EQ(ledger.Admit(kAlice, Ns(2), 60, true).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(ledger.OwnedBy(kAlice, Ns(2)));
+  EXPECT_EQ(ledger.namespaces(kAlice), 1u);
+  EXPECT_EQ(ledger.Admit(kBob, Ns(1), 1, true).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // A duplicate (nothing counted) stays OK even at the quota.
+  ledger.SetQuota(kAlice, 10);
+  EXPECT_TRUE(ledger.Admit(kAlice, Ns(1), 0, /*count_block=*/false).ok());
+}
+
+TEST(NamespaceLedgerTest, AdmitReclaimsEmptyNamespacesAtTheBound) {
+  NamespaceLedger ledger(0, {}, /*max_namespaces_per_tenant=*/2);
+  ASSERT_TRUE(ledger.Admit(kAlice, Ns(1), 10, true).ok());
+  ASSERT_TRUE(ledger.Admit(kAlice, Ns(2), 10, true).ok());
+  ASSERT_TRUE(ledger.Admit(kBob, Ns(9), 10, true).ok());  // Bob's own bound
+  EXPECT_EQ(ledger.Admit(kAlice, Ns(3), 10, true).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  ledger.Uncharge(Ns(1), 10);  // Ns(1) is empty now
+  absl::StatusOr<NamespaceLedger::Admission> a =
+      ledger.Admit(kAlice, Ns(3), 10, true);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(a->reclaimed.size(), 1u);
+  EXPECT_EQ(a->reclaimed[0], Ns(1));
+  EXPECT_FALSE(ledger.OwnedBy(kAlice, Ns(1)));
+  EXPECT_EQ(ledger.namespaces(kAlice), 2u);
+  EXPECT_EQ(ledger.Usage(kAlice), 20u);
+}
+
 }  // namespace
 }  // namespace vqkv::storage

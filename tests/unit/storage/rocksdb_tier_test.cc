@@ -1,5 +1,8 @@
 #include "storage/rocksdb_tier.h"
 
+#include <malloc.h>
+
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -344,6 +347,96 @@ TEST(RocksDbTierTest, RejectsBadOptionsAndEmptyBlocks) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(tier->PutCodebook(1, "").code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Issue 11 item 1: the index grows with the record count, not the bytes;
+// max_records bounds it. The oldest records go first, as for bytes, and a
+// batch of more records than the bound keeps only the newest.
+TEST(RocksDbTierTest, MaxRecordsBoundsTheIndex) {
+  TempDir dir;
+  FakeClock clock;
+  std::vector<DroppedBlock> drops;
+  RocksDbTierOptions o = Options(dir);
+  o.max_records = 10;
+  o.clock = clock.AsFunction();
+  o.on_drop = [&](const DroppedBlock& d) { drops.push_back(d); };
+  auto tier = OpenTier(o);
+  const std::string block = MakeBlock(1, /*tokens=*/1);
+  for (int i = 0; i < 25; ++i) {
+    ASSERT_TRUE(tier->Put(Key(1, i), 0, block).ok());
+    clock.Advance(absl::Seconds(1));
+    EXPECT_LE(tier->Usage().blocks, 10u);
+  }
+  EXPECT_EQ(tier->Usage().blocks, 10u);
+  ASSERT_EQ(drops.size(), 15u);
+  EXPECT_EQ(drops[0].key, Key(1, 0));
+  EXPECT_EQ(drops[0].reason, DropReason::kEvicted);
+  EXPECT_FALSE(tier->Contains(Key(1, 14)));
+  EXPECT_TRUE(tier->Contains(Key(1, 15)));
+  std::vector<BlockPut> batch;
+  for (int i = 100; i < 112; ++i) batch.push_back({Key(1, i), 0, block});
+  const std::vector<absl::Status> results = tier->PutBatch(batch);
+  EXPECT_EQ(results[0].code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(results[11].ok());
+  EXPECT_EQ(tier->Usage().blocks, 10u);
+  // Reopened, the bound holds for what was stored.
+  tier.reset();
+  tier = OpenTier(o);
+  EXPECT_EQ(tier->Usage().blocks, 10u);
+  o.max_records = 0;
+  EXPECT_EQ(RocksDbTier::Open(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+uint64_t HeapInUse() {
+  const struct mallinfo2 m = mallinfo2();
+  return m.uordblks + m.hblkhd;
+}
+
+// Heap the tier takes once open on a database of `records` tiny blocks
+// (flushed to SST files, so no WAL replay into memtables).
+uint64_t OpenedHeap(int records) {
+  TempDir dir;
+  RocksDbTierOptions o = Options(dir);
+  {
+    auto tier = OpenTier(o);
+    const std::string block = MakeBlock(1, /*tokens=*/1);
+    std::vector<BlockPut> batch;
+    for (int i = 0; i < records; ++i) {
+      batch.push_back({Key(1, i), 0, block});
+      if (batch.size() == 1000 || i + 1 == records) {
+        for (const absl::Status& s : tier->PutBatch(batch)) {
+          EXPECT_TRUE(s.ok()) << s;
+        }
+        batch.clear();
+      }
+    }
+    EXPECT_TRUE(tier->Flush().ok());
+  }
+  const uint64_t before = HeapInUse();
+  auto tier = OpenTier(o);
+  EXPECT_EQ(tier->Usage().blocks, static_cast<uint64_t>(records));
+  return HeapInUse() - before;
+}
+
+// kIndexBytesPerRecord covers what one more record costs the open tier in
+// RAM: measured as the heap difference between two databases of different
+// record counts, so RocksDB's fixed costs cancel. (It includes RocksDB's
+// cached metadata blocks read while loading the index, so it is an upper
+// bound for the index itself.)
+TEST(RocksDbTierTest, IndexBytesPerRecordIsBounded) {
+  constexpr int kSmall = 20000, kLarge = 120000;
+  const uint64_t small = OpenedHeap(kSmall);
+  const uint64_t large = OpenedHeap(kLarge);
+  const uint64_t per_record = (large - small) / (kLarge - kSmall);
+  std::printf(
+      "rocksdb tier index: %llu heap bytes per record (%d records: "
+      "%llu, %d records: %llu; charged %llu)\n",
+      static_cast<unsigned long long>(per_record), kSmall,
+      static_cast<unsigned long long>(small), kLarge,
+      static_cast<unsigned long long>(large),
+      static_cast<unsigned long long>(kIndexBytesPerRecord));
+  EXPECT_LE(per_record, kIndexBytesPerRecord);
 }
 
 }  // namespace
