@@ -10,6 +10,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "base/status_macros.h"
 #include "kernels/block_format.h"
 #include "service/kv_service.h"
@@ -81,7 +82,7 @@ uint64_t BlockDataBuilder::EntryBytes(const Got& got) {
   return kEntryOverhead + (got.ok() ? (*got)->size() : uint64_t{0});
 }
 
-uint64_t BlockDataBuilder::Add(size_t index, const Got& got, bool over_budget,
+uint64_t BlockDataBuilder::Add(size_t index, const Got& got,
                                v1::GetBlocksResponse* resp) {
   v1::BlockData* d = resp->add_blocks();
   d->set_index(static_cast<uint32_t>(index));
@@ -93,15 +94,19 @@ uint64_t BlockDataBuilder::Add(size_t index, const Got& got, bool over_budget,
   const std::string& block = **got;
   ++hit_;
   hit_tokens_ += HeaderTokens(block);
-  if (over_budget) {
-    d->set_code(static_cast<int32_t>(absl::StatusCode::kResourceExhausted));
-    return kEntryOverhead;
-  }
   d->set_code(0);
   d->set_data(block);
   resp->set_found(resp->found() + 1);
   sent_ += block.size();
   return kEntryOverhead + block.size();
+}
+
+uint64_t BlockDataBuilder::AddNotSent(size_t index,
+                                      v1::GetBlocksResponse* resp) {
+  v1::BlockData* d = resp->add_blocks();
+  d->set_index(static_cast<uint32_t>(index));
+  d->set_code(static_cast<int32_t>(absl::StatusCode::kResourceExhausted));
+  return kEntryOverhead;
 }
 
 void BlockDataBuilder::Record(Metrics* metrics, uint64_t block_tokens) const {
@@ -147,6 +152,7 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
                                          const storage::NamespaceId& ns_id,
                                          const v1::PutBlocksRequest& req,
                                          bool fail_if_all_failed,
+                                         PutResultsBudget* text_budget,
                                          v1::PutBlocksResponse* resp) {
   // Validate everything before storing anything.
   VQKV_ASSIGN_OR_RETURN(const std::vector<storage::BlockHash> hashes,
@@ -191,7 +197,19 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
   for (const absl::Status& s : results) {
     v1::PutResult* r = resp->add_results();
     r->set_code(static_cast<int32_t>(s.code()));
-    if (!s.ok()) r->set_message(std::string(s.message()));
+    if (s.ok()) continue;
+    if (text_budget == nullptr) {
+      r->set_message(std::string(s.message()));
+      continue;
+    }
+    // Tag and length of the field, then the text.
+    const uint64_t cost = s.message().size() + 4;
+    if (s.code() == absl::StatusCode::kAlreadyExists ||
+        cost > text_budget->text_bytes) {
+      continue;
+    }
+    text_budget->text_bytes -= cost;
+    r->set_message(std::string(s.message()));
   }
   resp->set_stored(resp->stored() + stored);
   return absl::OkStatus();
@@ -199,26 +217,46 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
 
 std::optional<absl::Status> KvCacheService::DoGetBlocks(
     const std::string& tenant, const v1::GetBlocksRequest& req,
-    bool memory_only, v1::GetBlocksResponse* resp) {
-  VQKV_ASSIGN_OR_RETURN(const BlockRequest r, ParseBlockRequest(tenant, req));
-  std::vector<BlockDataBuilder::Got> got;
-  if (memory_only) {
-    auto from_memory = store_->GetBlocksFromMemory(tenant, r.ns_id, r.hashes);
-    if (!from_memory.has_value()) return std::nullopt;
-    got = *std::move(from_memory);
-  } else {
-    got = store_->GetBlocks(tenant, r.ns_id, r.hashes);
+    bool memory_only, GetBlocksProgress* progress,
+    v1::GetBlocksResponse* resp) {
+  if (!progress->parsed) {
+    VQKV_ASSIGN_OR_RETURN(progress->request, ParseBlockRequest(tenant, req));
+    progress->parsed = true;
+    resp->mutable_blocks()->Reserve(
+        static_cast<int>(progress->request.hashes.size()));
   }
+  const BlockRequest& r = progress->request;
   const uint64_t budget = UnaryGetBlocksBudget(options_.max_message_bytes);
-  BlockDataBuilder builder;
-  uint64_t bytes = 0;
-  resp->mutable_blocks()->Reserve(static_cast<int>(got.size()));
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool over_budget =
-        bytes + BlockDataBuilder::EntryBytes(got[i]) > budget;
-    bytes += builder.Add(i, got[i], over_budget, resp);
+  // Blocks are read one at a time, in request order, and reading stops at
+  // the first found block that does not fit the budget: nothing past the
+  // budget is read from disk (or promoted into memory), and the rest is
+  // reported as not sent (RESOURCE_EXHAUSTED) without being looked at.
+  while (progress->next < r.hashes.size() && !progress->full) {
+    const size_t i = progress->next;
+    BlockDataBuilder::Got got;
+    if (memory_only) {
+      auto from_memory = store_->GetBlocksFromMemory(
+          tenant, r.ns_id, absl::MakeConstSpan(&r.hashes[i], 1));
+      // Needs disk I/O: the caller continues on a worker from block i.
+      if (!from_memory.has_value()) return std::nullopt;
+      got = std::move((*from_memory)[0]);
+    } else {
+      got = store_->GetBlock(tenant, {r.ns_id, r.hashes[i]});
+    }
+    ++progress->next;
+    if (got.ok() &&
+        progress->bytes + BlockDataBuilder::EntryBytes(got) > budget) {
+      progress->full = true;
+      progress->builder.AddNotSent(i, resp);
+      break;
+    }
+    progress->bytes += progress->builder.Add(i, got, resp);
   }
-  builder.Record(metrics_, req.namespace_().block_tokens());
+  for (size_t i = progress->next; i < r.hashes.size(); ++i) {
+    progress->builder.AddNotSent(i, resp);
+  }
+  progress->next = r.hashes.size();
+  progress->builder.Record(metrics_, req.namespace_().block_tokens());
   return absl::OkStatus();
 }
 

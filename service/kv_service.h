@@ -33,6 +33,9 @@
 
 namespace vqkv::service {
 
+struct GetBlocksProgress;  // kv_service_internal.h
+struct PutResultsBudget;   // kv_service_internal.h
+
 class KvCacheService final : public v1::KVCache::CallbackService {
  public:
   KvCacheService(storage::TieredStore* store, const TokenStore* tokens,
@@ -50,48 +53,13 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   // Returns true when idle.
   bool WaitIdle(absl::Duration timeout);
 
-  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx,
-                                   const v1::LookupRequest* request,
-                                   v1::LookupResponse* response) override;
-  grpc::ServerUnaryReactor* PutBlocks(grpc::CallbackServerContext* ctx,
-                                      const v1::PutBlocksRequest* request,
-                                      v1::PutBlocksResponse* response) override;
-  grpc::ServerUnaryReactor* GetBlocks(grpc::CallbackServerContext* ctx,
-                                      const v1::GetBlocksRequest* request,
-                                      v1::GetBlocksResponse* response) override;
-  grpc::ServerReadReactor<v1::PutBlocksRequest>* PutBlocksStream(
-      grpc::CallbackServerContext* ctx,
-      v1::PutBlocksResponse* response) override;
-  grpc::ServerWriteReactor<v1::GetBlocksResponse>* GetBlocksStream(
-      grpc::CallbackServerContext* ctx,
-      const v1::GetBlocksRequest* request) override;
-  grpc::ServerUnaryReactor* PutCodebooks(
-      grpc::CallbackServerContext* ctx, const v1::PutCodebooksRequest* request,
-      v1::PutCodebooksResponse* response) override;
-  grpc::ServerUnaryReactor* GetCodebooks(
-      grpc::CallbackServerContext* ctx, const v1::GetCodebooksRequest* request,
-      v1::GetCodebooksResponse* response) override;
-  // Streamed codebook transfer for sets larger than a message (proto
-  // comments). Both buffer the whole file in memory (bounded by
-  // max_codebook_bytes); validation and storage run on a worker.
-  grpc::ServerReadReactor<v1::CodebookChunk>* PutCodebookStream(
-      grpc::CallbackServerContext* ctx,
-      v1::PutCodebooksResponse* response) override;
-  grpc::ServerWriteReactor<v1::CodebookChunk>* GetCodebookStream(
-      grpc::CallbackServerContext* ctx,
-      const v1::GetCodebookStreamRequest* request) override;
-  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
-                                   const v1::DeleteRequest* request,
-                                   v1::DeleteResponse* response) override;
-  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
-                                  const v1::StatsRequest* request,
-                                  v1::StatsResponse* response) override;
-  grpc::ServerUnaryReactor* PutRendezvous(
-      grpc::CallbackServerContext* ctx, const v1::PutRendezvousRequest* request,
-      v1::PutRendezvousResponse* response) override;
-  grpc::ServerUnaryReactor* GetRendezvous(
-      grpc::CallbackServerContext* ctx, const v1::GetRendezvousRequest* request,
-      v1::GetRendezvousResponse* response) override;
+  // Every method is served as a raw callback method (grpc::ByteBuffer in
+  // and out): the service authenticates a call before it parses the request,
+  // and a request that is not a valid protobuf message fails with
+  // INVALID_ARGUMENT naming the expected message type (gRPC's typed
+  // callback handlers answer UNIMPLEMENTED with an empty message instead).
+  // The handlers below are registered by the constructor; each parses its
+  // message type and runs the matching Do* method.
 
  private:
   // Admission and the final status, shared by every handler
@@ -118,48 +86,97 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   absl::StatusOr<std::string> Authenticate(
       const grpc::CallbackServerContext* ctx) const;
 
+  // Registration of the raw handlers (constructor).
+  using RawUnaryHandler = grpc::ServerUnaryReactor* (
+      KvCacheService::*)(grpc::CallbackServerContext*, const grpc::ByteBuffer*,
+                         grpc::ByteBuffer*);
+  void RegisterUnary(const char* method, RawUnaryHandler handler);
+  void RegisterStreams();
+
+  // The unary handlers: parse, run (inline or on a worker), serialize.
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* PutBlocks(grpc::CallbackServerContext* ctx,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* GetBlocks(grpc::CallbackServerContext* ctx,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* PutCodebooks(grpc::CallbackServerContext* ctx,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* GetCodebooks(grpc::CallbackServerContext* ctx,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* PutRendezvous(grpc::CallbackServerContext* ctx,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* GetRendezvous(grpc::CallbackServerContext* ctx,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response);
+
   // The three ways a unary handler runs, each admitting the call (drain,
-  // auth), finishing the reactor with the status `fn` returns and recording
-  // metrics. RunInline: `fn(tenant)` on the calling gRPC thread (no disk
-  // I/O). RunOnWorker: on a worker. RunInlineOrOnWorker: `try_inline(tenant)`
-  // on the gRPC thread; when it returns nullopt (the call needs disk I/O),
-  // `fn(tenant)` on a worker.
-  template <typename Fn>
+  // auth), then parsing the request into a Req (INVALID_ARGUMENT when it is
+  // not one), running `fn(tenant, req, &resp)`, serializing the response and
+  // finishing the reactor with the status, and recording metrics. RunInline:
+  // on the calling gRPC thread (no disk I/O). RunOnWorker: on a worker.
+  // RunInlineOrOnWorker: `try_inline(tenant, req, &resp)` on the gRPC thread;
+  // when it returns nullopt (the call needs disk I/O), `fn` on a worker.
+  template <typename Req, typename Resp, typename Fn>
   grpc::ServerUnaryReactor* RunInline(grpc::CallbackServerContext* ctx,
-                                      const char* method, Fn fn);
-  template <typename Fn>
+                                      const char* method,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response, Fn fn);
+  template <typename Req, typename Resp, typename Fn>
   grpc::ServerUnaryReactor* RunOnWorker(grpc::CallbackServerContext* ctx,
-                                        const char* method, Fn fn);
-  template <typename TryInline, typename Fn>
+                                        const char* method,
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response, Fn fn);
+  template <typename Req, typename Resp, typename TryInline, typename Fn>
   grpc::ServerUnaryReactor* RunInlineOrOnWorker(
       grpc::CallbackServerContext* ctx, const char* method,
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response,
       TryInline try_inline, Fn fn);
-  // A Do* method bound to one call's request and response, as the Run*
-  // functions take it: fn(tenant) = (this->*do_fn)(tenant, *req, resp).
+  // Runs `fn(call)` on a worker and finishes the admitted `call` with the
+  // status it returns; when the work queue is full (max_queued_work),
+  // finishes it at once with RESOURCE_EXHAUSTED instead.
+  template <typename Fn>
+  void SubmitOrFinish(grpc::ServerUnaryReactor* reactor, Call call, Fn fn);
+  // A Do* method as the Run* functions take it.
   template <typename Req, typename Resp>
   auto Bind(absl::Status (KvCacheService::*do_fn)(const std::string&,
-                                                  const Req&, Resp*),
-            const Req* req, Resp* resp);
-  // Runs `fn(tenant)` on a worker and finishes the admitted `call` with it.
-  template <typename Fn>
-  void FinishOnWorker(grpc::ServerUnaryReactor* reactor, Call call, Fn fn);
+                                                  const Req&, Resp*));
 
   absl::Status DoLookup(const std::string& tenant, const v1::LookupRequest& req,
                         v1::LookupResponse* resp);
   // Validates and stores one message's blocks, appending one result per
   // block to resp. ns_id: the namespace id (already validated). With
   // fail_if_all_failed, a batch whose every block failed with one code
-  // becomes that status (the unary PutBlocks rule).
+  // becomes that status (the unary PutBlocks rule). With a text budget (the
+  // stream), results carry their message only while it lasts, and
+  // ALREADY_EXISTS none; without one (nullptr), every failed result does.
   absl::Status DoPutBlocks(const std::string& tenant, const v1::Namespace& ns,
                            const storage::NamespaceId& ns_id,
                            const v1::PutBlocksRequest& req,
                            bool fail_if_all_failed,
+                           PutResultsBudget* text_budget,
                            v1::PutBlocksResponse* resp);
-  // With memory_only, returns nullopt (resp untouched) when a block would
-  // have to be read from disk; never nullopt otherwise.
+  // Reads the requested blocks in order into resp until the message budget
+  // (UnaryGetBlocksBudget) is reached; the rest are reported as not sent
+  // without being read. With memory_only, returns nullopt when the next
+  // block would have to be read from disk: `progress` says where to go on
+  // (with memory_only false, on a worker); never nullopt otherwise.
   std::optional<absl::Status> DoGetBlocks(const std::string& tenant,
                                           const v1::GetBlocksRequest& req,
                                           bool memory_only,
+                                          GetBlocksProgress* progress,
                                           v1::GetBlocksResponse* resp);
   // The codebook registry is shared by all tenants: the Do*Codebooks
   // methods ignore `tenant`.
