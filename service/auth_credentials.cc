@@ -20,11 +20,16 @@ absl::string_view SliceView(const grpc_slice& s) {
 
 // grpc_auth_metadata_processor.process: runs for every call, on the thread
 // that received its initial metadata, and answers at once (no blocking).
+struct AuthState {
+  const TokenStore* tokens;
+  Metrics* metrics;
+};
+
 void ProcessAuthMetadata(void* state, grpc_auth_context* context,
                          const grpc_metadata* md, size_t num_md,
                          grpc_process_auth_metadata_done_cb cb,
                          void* user_data) {
-  const auto* tokens = static_cast<const TokenStore*>(state);
+  const auto* auth = static_cast<const AuthState*>(state);
   bool present = false;
   absl::string_view header;
   for (size_t i = 0; i < num_md; ++i) {
@@ -35,8 +40,9 @@ void ProcessAuthMetadata(void* state, grpc_auth_context* context,
     }
   }
   const absl::StatusOr<std::string> tenant =
-      tokens->Authenticate(present, header);
+      auth->tokens->Authenticate(present, header);
   if (!tenant.ok()) {
+    auth->metrics->AddAuthFailure();
     const std::string message(tenant.status().message());
     cb(user_data, nullptr, 0, nullptr, 0, GRPC_STATUS_UNAUTHENTICATED,
        message.c_str());
@@ -51,7 +57,8 @@ void ProcessAuthMetadata(void* state, grpc_auth_context* context,
 // constructor body creates the core credentials.
 class AuthenticatingCredentials final : public grpc::ServerCredentials {
  public:
-  AuthenticatingCredentials(const TokenStore* tokens, const TlsPem& tls) {
+  AuthenticatingCredentials(const TokenStore* tokens, Metrics* metrics,
+                            const TlsPem& tls) {
     if (tls.key.empty()) {
       creds_ = grpc_insecure_server_credentials_create();
     } else {
@@ -62,8 +69,12 @@ class AuthenticatingCredentials final : public grpc::ServerCredentials {
     }
     grpc_auth_metadata_processor processor;
     processor.process = &ProcessAuthMetadata;
-    processor.destroy = nullptr;  // the TokenStore is borrowed
-    processor.state = const_cast<TokenStore*>(tokens);
+    // The core credentials own the state (they outlive this object: the
+    // server's listeners hold them); the tokens and metrics are borrowed.
+    processor.destroy = [](void* state) {
+      delete static_cast<AuthState*>(state);
+    };
+    processor.state = new AuthState{tokens, metrics};
     grpc_server_credentials_set_auth_metadata_processor(creds_, processor);
   }
   ~AuthenticatingCredentials() override {
@@ -90,8 +101,8 @@ class AuthenticatingCredentials final : public grpc::ServerCredentials {
 }  // namespace
 
 std::shared_ptr<grpc::ServerCredentials> AuthenticatingServerCredentials(
-    const TokenStore* tokens, const TlsPem& tls) {
-  return std::make_shared<AuthenticatingCredentials>(tokens, tls);
+    const TokenStore* tokens, Metrics* metrics, const TlsPem& tls) {
+  return std::make_shared<AuthenticatingCredentials>(tokens, metrics, tls);
 }
 
 }  // namespace vqkv::service

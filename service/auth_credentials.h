@@ -19,6 +19,7 @@
 
 #include "grpcpp/security/server_credentials.h"
 #include "service/auth.h"
+#include "service/metrics.h"
 
 namespace vqkv::service {
 
@@ -32,10 +33,11 @@ struct TlsPem {
 };
 
 // Plaintext (tls.key empty) or TLS server credentials whose every call is
-// authenticated by `tokens`. REQUIRES: tokens->enabled(); `tokens` outlives
-// every server the credentials are added to.
+// authenticated by `tokens`; each refused call is counted in `metrics`
+// (AddAuthFailure). REQUIRES: tokens->enabled(); `tokens` and `metrics`
+// outlive every server the credentials are added to.
 std::shared_ptr<grpc::ServerCredentials> AuthenticatingServerCredentials(
-    const TokenStore* tokens, const TlsPem& tls);
+    const TokenStore* tokens, Metrics* metrics, const TlsPem& tls);
 
 }  // namespace vqkv::service
 

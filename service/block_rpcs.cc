@@ -3,6 +3,7 @@
 // DoPutBlocks and BlockDataBuilder for the streamed forms.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -257,6 +258,7 @@ std::optional<absl::Status> KvCacheService::DoGetBlocks(
   }
   progress->next = r.hashes.size();
   progress->builder.Record(metrics_, req.namespace_().block_tokens());
+  CountTenantGets(tenant, progress->builder.hits(), progress->builder.misses());
   return absl::OkStatus();
 }
 
@@ -296,33 +298,75 @@ absl::Status KvCacheService::DoDelete(const std::string& tenant,
   return absl::OkStatus();
 }
 
+void KvCacheService::CountTenantGets(const std::string& tenant, uint64_t hits,
+                                     uint64_t misses) {
+  if (hits == 0 && misses == 0) return;
+  absl::MutexLock lock(&tenant_gets_mu_);
+  TenantGets& g = tenant_gets_[tenant];
+  g.hits += hits;
+  g.misses += misses;
+}
+
+bool KvCacheService::SeesWholeCache(const std::string& tenant) const {
+  if (!tokens_->enabled()) return true;  // one (anonymous) tenant
+  return !options_.admin_tenant.empty() && tenant == options_.admin_tenant;
+}
+
+// What a tenant sees: its own usage, quota and get hits/misses; of the
+// cache, the tier capacities, fault and corruption counts and the codebook
+// count (the registry is shared). The tiers' usage, the store's hit/miss
+// counters and the last disk error's text (which names the namespace and
+// block it failed on, possibly another tenant's) only to the admin tenant.
 absl::Status KvCacheService::DoStats(const std::string& tenant,
                                      const v1::StatsRequest& /*req*/,
                                      v1::StatsResponse* resp) {
   const storage::StoreStats st = store_->Stats();
   const storage::TieredStoreOptions& opt = store_->options();
+  const bool whole = SeesWholeCache(tenant);
   resp->set_tenant(tenant);
   resp->set_tenant_bytes(store_->TenantUsage(tenant));
   resp->set_tenant_quota_bytes(store_->TenantQuota(tenant));
   v1::TierStats* mem = resp->add_tiers();
   mem->set_name("memory");
-  mem->set_blocks(st.memory.blocks);
-  mem->set_bytes(st.memory.bytes);
   mem->set_capacity_bytes(opt.memory_bytes);
-  mem->set_evictions(st.memory_evictions);
+  if (whole) {
+    mem->set_blocks(st.memory.blocks);
+    mem->set_bytes(st.memory.bytes);
+    mem->set_evictions(st.memory_evictions);
+  }
   if (st.has_disk) {
     v1::TierStats* disk = resp->add_tiers();
     disk->set_name("disk");
-    disk->set_blocks(st.disk.blocks);
-    disk->set_bytes(st.disk.bytes);
-    disk->set_capacity_bytes(opt.disk_bytes);
-    disk->set_evictions(st.dropped);
+    // 0 = unlimited (the proto's convention; disk_bytes 0 in the config).
+    disk->set_capacity_bytes(opt.disk_bytes ==
+                                     std::numeric_limits<uint64_t>::max()
+                                 ? 0
+                                 : opt.disk_bytes);
+    if (whole) {
+      disk->set_blocks(st.disk.blocks);
+      disk->set_bytes(st.disk.bytes);
+      disk->set_evictions(st.dropped);
+    }
   }
-  resp->set_block_hits(st.memory_hits + st.disk_hits);
-  resp->set_block_misses(st.misses);
+  if (whole) {
+    resp->set_block_hits(st.memory_hits + st.disk_hits);
+    resp->set_block_misses(st.misses);
+    resp->set_last_fault(st.last_disk_error);
+  } else {
+    absl::MutexLock lock(&tenant_gets_mu_);
+    auto it = tenant_gets_.find(tenant);
+    if (it != tenant_gets_.end()) {
+      resp->set_block_hits(it->second.hits);
+      resp->set_block_misses(it->second.misses);
+    }
+    if (st.disk_faults > 0) {
+      resp->set_last_fault(
+          "the disk tier has failed (details in the server log and in the "
+          "admin tenant's Stats)");
+    }
+  }
   resp->set_corrupt_blocks(st.corrupt_dropped);
   resp->set_storage_faults(st.disk_faults);
-  resp->set_last_fault(st.last_disk_error);
   resp->set_codebooks(st.codebooks);
   return absl::OkStatus();
 }

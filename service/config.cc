@@ -162,7 +162,7 @@ std::map<std::string, YamlSetter> YamlSetters(absl::string_view origin,
        }},
       {"workers", as(&c->service.workers)},
       {"allow_insecure_public", as(&c->allow_insecure_public)},
-      {"admin_tenant", str(&c->admin_tenant)},
+      {"admin_tenant", str(&c->service.admin_tenant)},
       {"max_stream_blocks", as(&c->service.max_stream_blocks)},
       {"max_queued_work", as(&c->service.max_queued_work)},
       {"max_concurrent_streams", as(&c->max_concurrent_streams)},
@@ -303,7 +303,7 @@ absl::Status ApplyFlags(const CLI::App& app, const Flags& f, ServerConfig* c) {
   if (app.count("--allow-insecure-public")) {
     c->allow_insecure_public = f.allow_insecure_public;
   }
-  if (app.count("--admin-tenant")) c->admin_tenant = f.admin_tenant;
+  if (app.count("--admin-tenant")) c->service.admin_tenant = f.admin_tenant;
   if (app.count("--max-stream-blocks")) {
     c->service.max_stream_blocks = f.max_stream_blocks;
   }

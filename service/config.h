@@ -32,7 +32,8 @@ struct ServerConfig {
   // disk fails under it).
   storage::TieredStoreOptions store = DefaultStoreOptions();
   // The KVCache service: max_message_bytes (also the gRPC message limit),
-  // workers and max_lease come from flags and YAML (service/
+  // workers, max_lease, max_stream_blocks, max_queued_work and admin_tenant
+  // come from flags and YAML (service/
   // kv_service_options.h documents each and holds its default).
   KvServiceOptions service;
   // host:port for the Prometheus/health HTTP endpoint; empty = off.
@@ -42,11 +43,6 @@ struct ServerConfig {
   // Auth off on an address other than loopback is refused (Validate) unless
   // this is set: every caller could read, write and delete everything.
   bool allow_insecure_public = false;
-  // The tenant whose token sees the whole cache's Stats (every tier, store
-  // counters, the last disk error); every other tenant sees only its own.
-  // Empty: none. With auth off the anonymous tenant is the only one and sees
-  // everything.
-  std::string admin_tenant;
   // gRPC transport bounds: HTTP/2 streams (calls) open at once per client
   // connection, and the memory gRPC may use for its buffers (a
   // grpc::ResourceQuota; 0 = gRPC's default, unbounded).

@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -209,6 +210,14 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   // (FAILED_PRECONDITION otherwise).
   absl::Status CheckNamespaceForPut(const v1::Namespace& ns, bool present);
 
+  // Blocks a tenant's GetBlocks / GetBlocksStream calls returned (hits) and
+  // did not find (misses): what Stats shows a tenant that is not the admin.
+  void CountTenantGets(const std::string& tenant, uint64_t hits,
+                       uint64_t misses);
+  // Whether `tenant` sees the whole cache in Stats (admin_tenant, or the
+  // anonymous tenant with auth off).
+  bool SeesWholeCache(const std::string& tenant) const;
+
   storage::TieredStore* const store_;
   const TokenStore* const tokens_;
   Metrics* const metrics_;
@@ -216,6 +225,14 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   WorkQueue work_;
   // Rendezvous entries (memory only; thread-safe on its own).
   storage::RendezvousTable rendezvous_;
+  struct TenantGets {
+    uint64_t hits = 0;
+    uint64_t misses = 0;
+  };
+  // One entry per tenant that fetched blocks (bounded by the token file).
+  mutable absl::Mutex tenant_gets_mu_;
+  absl::flat_hash_map<std::string, TenantGets> tenant_gets_
+      ABSL_GUARDED_BY(tenant_gets_mu_);
   absl::Mutex drain_mu_;
   bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
   int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;

@@ -298,6 +298,8 @@ class BlockDataBuilder {
 
   // Records the hits, misses and bytes sent of every entry added ("get").
   void Record(Metrics* metrics, uint64_t block_tokens) const;
+  uint64_t hits() const { return hit_; }
+  uint64_t misses() const { return miss_; }
 
  private:
   uint64_t hit_ = 0, miss_ = 0, hit_tokens_ = 0, sent_ = 0;

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "absl/time/time.h"
 #include "storage/rendezvous_table.h"
@@ -38,6 +39,12 @@ struct KvServiceOptions {
   // Cap on LookupRequest.lease_ms: a Lookup leases its prefix for
   // min(lease_ms, max_lease). Zero: leases are off (lease_ms is ignored).
   absl::Duration max_lease = absl::Seconds(10);
+  // The tenant whose Stats show the whole cache (every tier's usage, the
+  // store's hit/miss/fault counters, the last disk error text). Every other
+  // tenant sees its own usage and hits only (KvCacheService::DoStats). Empty:
+  // no tenant does. With auth off, the anonymous tenant is the only tenant
+  // and sees everything.
+  std::string admin_tenant;
   // Bounds and TTL cap of the rendezvous table (PutRendezvous); the clock
   // is injectable for tests.
   storage::RendezvousTableOptions rendezvous;

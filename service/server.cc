@@ -32,14 +32,16 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
 // With auth on, the credentials authenticate every call from its metadata
 // before its request is read (service/auth_credentials.h).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
-    const ServerConfig& config, const TokenStore& tokens) {
+    const ServerConfig& config, const TokenStore& tokens, Metrics* metrics) {
   TlsPem tls;
   if (!config.tls_cert.empty()) {
     VQKV_ASSIGN_OR_RETURN(tls.cert_chain,
                           ReadPem(config.tls_cert, "certificate"));
     VQKV_ASSIGN_OR_RETURN(tls.key, ReadPem(config.tls_key, "key"));
   }
-  if (tokens.enabled()) return AuthenticatingServerCredentials(&tokens, tls);
+  if (tokens.enabled()) {
+    return AuthenticatingServerCredentials(&tokens, metrics, tls);
+  }
   if (tls.key.empty()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions ssl;
   ssl.pem_key_cert_pairs.push_back({tls.key, tls.cert_chain});
@@ -81,8 +83,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       std::make_unique<KvCacheService>(server->store_.get(), &server->tokens_,
                                        &server->metrics_, config.service);
 
-  VQKV_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
-                        Credentials(config, server->tokens_));
+  VQKV_ASSIGN_OR_RETURN(
+      std::shared_ptr<grpc::ServerCredentials> creds,
+      Credentials(config, server->tokens_, &server->metrics_));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -44,6 +44,7 @@ class KvCacheService::StreamReactor : public GrpcReactor {
   }
   // REQUIRES: Admitted().
   const std::string& tenant() const { return *call_.tenant(); }
+  bool admitted() const { return call_.tenant().ok(); }
 
   void FinishWith(const absl::Status& s) { this->Finish(call_.Status(s)); }
 
@@ -189,6 +190,9 @@ class KvCacheService::GetStreamReactor
  private:
   void RecordStreamMetrics() override {
     builder_.Record(svc_->metrics_, req_.namespace_().block_tokens());
+    if (admitted()) {
+      svc_->CountTenantGets(tenant(), builder_.hits(), builder_.misses());
+    }
   }
 
   absl::Status Prepare() {

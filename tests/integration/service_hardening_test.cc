@@ -12,6 +12,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -19,12 +20,16 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "kernels/baselines/fp16_codec.h"
 #include "kernels/block.h"
 #include "service/config.h"
 #include "service/server.h"
+#include "service/validate.h"
+#include "storage/fault_injection_fs.h"
 #include "storage/keys.h"
 #include "tests/integration/server_process.h"
 #include "vqkv/v1/kvcache.grpc.pb.h"
@@ -367,6 +372,353 @@ TEST(ServiceHardeningTest, GarbageRequestIsInvalidArgumentNamingTheType) {
   EXPECT_TRUE(RawCall(channel.get(), "/vqkv.v1.KVCache/Stats",
                       {stats.SerializeAsString()})
                   .ok());
+}
+
+// ---------------------------------------------------------------------------
+// 4. Auth: calls without a valid token are refused before a handler runs;
+// plaintext tokens on a public address are warned about.
+
+constexpr char kTokens[] =
+    "alice-token-123 alice\nbob-token-4567 bob\nops-token-8910 ops\n";
+
+// Runs `fn` with stderr redirected to a file; returns what it wrote.
+template <typename Fn>
+std::string CaptureStderr(const std::string& path, Fn fn) {
+  std::fflush(stderr);
+  const int saved = dup(STDERR_FILENO);
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  dup2(fd, STDERR_FILENO);
+  close(fd);
+  fn();
+  std::fflush(stderr);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+TEST(ServiceHardeningTest, UnauthenticatedCallIsRefusedBeforeItsHandler) {
+  TempDir dir;
+  service::ServerConfig config = BaseConfig(dir);
+  config.tokens_file = dir.WriteFile("tokens", kTokens);
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KVCache::NewStub(ChannelTo(*server));
+
+  // A 48 MiB PutBlocks without a token (and one with a wrong token).
+  v1::PutBlocksRequest big;
+  *big.mutable_namespace_() = TestNamespace();
+  for (int i = 0; i < 24; ++i) {
+    v1::Block* b = big.add_blocks();
+    b->set_hash(Hash(i));
+    b->set_data(std::string(size_t{2} << 20, static_cast<char>('a' + i)));
+  }
+  for (const std::string token : {"", "not-a-token-0000"}) {
+    SCOPED_TRACE(token);
+    v1::PutBlocksResponse resp;
+    const auto start = std::chrono::steady_clock::now();
+    const grpc::Status s = stub->PutBlocks(Ctx(token).get(), big, &resp);
+    const double ms = std::chrono::duration<double, std::milli>(
+                          std::chrono::steady_clock::now() - start)
+                          .count();
+    std::printf(
+        "unauthenticated 48 MiB PutBlocks (token '%s'): %s in %.1f ms\n",
+        token.c_str(), s.error_message().c_str(), ms);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // No handler ran for them (it would have counted the call per method):
+  // the server's credentials refused them from their metadata.
+  EXPECT_EQ(MetricValue(*server, "vqkv_auth_failures_total"), 2);
+  EXPECT_FALSE(
+      absl::StrContains(server->RenderMetrics(),
+                        "method=\"PutBlocks\",code=\"UNAUTHENTICATED\""));
+  // A valid token goes through, to the right tenant.
+  v1::StatsResponse st;
+  ASSERT_TRUE(
+      stub->Stats(Ctx("bob-token-4567").get(), v1::StatsRequest(), &st).ok());
+  EXPECT_EQ(st.tenant(), "bob");
+}
+
+TEST(ServiceHardeningTest, PlaintextTokensOnAPublicAddressAreWarnedAbout) {
+  TempDir dir;
+  service::ServerConfig config = BaseConfig(dir);
+  config.tokens_file = dir.WriteFile("tokens", kTokens);
+  config.metrics_listen.clear();
+  config.listen = "0.0.0.0:0";
+  std::unique_ptr<service::Server> server;
+  std::string log = CaptureStderr(dir.path() + "/public.txt",
+                                  [&] { server = StartServer(config); });
+  ASSERT_NE(server, nullptr);
+  EXPECT_TRUE(absl::StrContains(log, "PLAINTEXT")) << log;
+  server.reset();
+
+  config.listen = "127.0.0.1:0";  // loopback: no warning
+  log = CaptureStderr(dir.path() + "/loopback.txt",
+                      [&] { server = StartServer(config); });
+  ASSERT_NE(server, nullptr);
+  EXPECT_FALSE(absl::StrContains(log, "PLAINTEXT")) << log;
+  server.reset();
+
+  // Auth off on a public address: refused unless explicitly allowed.
+  config.tokens_file.clear();
+  config.listen = "0.0.0.0:0";
+  auto refused = service::Server::Start(config);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  config.allow_insecure_public = true;
+  EXPECT_NE(StartServer(config), nullptr);
+}
+
+// ---------------------------------------------------------------------------
+// 5. Stats: a tenant sees its own usage and hits, never another tenant's
+// activity or the text of a disk error (which names a namespace and block).
+
+TEST(ServiceHardeningTest, StatsShowATenantOnlyItsOwn) {
+  TempDir dir;
+  auto fs = std::make_shared<storage::FaultInjectionFileSystem>();
+  service::ServerConfig config = BaseConfig(dir);
+  config.tokens_file = dir.WriteFile("tokens", kTokens);
+  config.service.admin_tenant = "ops";
+  config.store.write_policy = storage::WritePolicy::kWriteThrough;
+  config.store.file_system = fs;
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KVCache::NewStub(ChannelTo(*server));
+  const v1::Namespace ns = TestNamespace();
+
+  // alice stores a block while the disk fails: the fault's text names her
+  // namespace and block.
+  fs->SetFailWrites(true);
+  PutRange(stub.get(), ns, 7, 1, "alice-token-123");
+  fs->SetFailWrites(false);
+  const std::string key =
+      storage::BlockKey{service::ComputeNamespaceId("alice", ns),
+                        storage::BlockHash::FromPair(0x4a4d, 7)}
+          .DebugString();
+  // alice reads it (1 hit); bob asks for two blocks he does not have.
+  v1::GetBlocksRequest get;
+  *get.mutable_namespace_() = ns;
+  get.add_hashes(Hash(7));
+  v1::GetBlocksResponse got;
+  ASSERT_TRUE(stub->GetBlocks(Ctx("alice-token-123").get(), get, &got).ok());
+  ASSERT_EQ(got.found(), 1u);
+  get.add_hashes(Hash(8));
+  ASSERT_TRUE(stub->GetBlocks(Ctx("bob-token-4567").get(), get, &got).ok());
+  ASSERT_EQ(got.found(), 0u);
+
+  auto stats = [&](const std::string& token) {
+    v1::StatsResponse st;
+    EXPECT_TRUE(stub->Stats(Ctx(token).get(), v1::StatsRequest(), &st).ok());
+    return st;
+  };
+  const v1::StatsResponse admin = stats("ops-token-8910");
+  EXPECT_TRUE(absl::StrContains(admin.last_fault(), key)) << admin.last_fault();
+  EXPECT_GE(admin.tiers(0).blocks(), 1u);
+
+  const v1::StatsResponse bob = stats("bob-token-4567");
+  EXPECT_EQ(bob.tenant(), "bob");
+  EXPECT_GE(bob.storage_faults(), 1u);
+  EXPECT_FALSE(absl::StrContains(bob.last_fault(), key)) << bob.last_fault();
+  EXPECT_FALSE(absl::StrContains(
+      bob.last_fault(), service::ComputeNamespaceId("alice", ns).ToHex()));
+  EXPECT_FALSE(bob.last_fault().empty());  // says that the disk failed
+  EXPECT_EQ(bob.block_hits(), 0u);
+  EXPECT_EQ(bob.block_misses(), 2u);
+  EXPECT_EQ(bob.tenant_bytes(), 0u);
+  for (const v1::TierStats& t : bob.tiers()) {
+    EXPECT_EQ(t.blocks(), 0u) << t.name();
+    EXPECT_EQ(t.bytes(), 0u) << t.name();
+    EXPECT_GT(t.capacity_bytes(), 0u) << t.name();
+  }
+  const v1::StatsResponse alice = stats("alice-token-123");
+  EXPECT_EQ(alice.block_hits(), 1u);
+  EXPECT_EQ(alice.block_misses(), 0u);
+  EXPECT_GT(alice.tenant_bytes(), 0u);
+  EXPECT_FALSE(absl::StrContains(alice.last_fault(), key));
+}
+
+// ---------------------------------------------------------------------------
+// 6. Admission control: a full work queue refuses new calls; the gRPC
+// stream limit is applied.
+
+// A file system whose WAL syncs wait while the gate is closed, so a sync
+// put holds its storage worker for as long as the test wants.
+class GatedFileSystem : public storage::FaultInjectionFileSystem {
+ public:
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    open_ = false;
+  }
+  void Open() {
+    absl::MutexLock lock(&mu_);
+    open_ = true;
+  }
+  // Waits until `n` syncs are held at the gate.
+  bool WaitForWaiters(int n) {
+    absl::MutexLock lock(&mu_);
+    auto reached = [this, n] {
+      mu_.AssertHeld();
+      return waiting_ >= n;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(30));
+  }
+
+  rocksdb::IOStatus NewWritableFile(
+      const std::string& fname, const rocksdb::FileOptions& options,
+      std::unique_ptr<rocksdb::FSWritableFile>* result,
+      rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus s = storage::FaultInjectionFileSystem::NewWritableFile(
+        fname, options, result, dbg);
+    if (s.ok() && absl::EndsWith(fname, ".log")) {
+      *result = std::make_unique<GatedFile>(std::move(*result), this);
+    }
+    return s;
+  }
+
+ private:
+  class GatedFile : public rocksdb::FSWritableFileOwnerWrapper {
+   public:
+    GatedFile(std::unique_ptr<rocksdb::FSWritableFile> file,
+              GatedFileSystem* fs)
+        : FSWritableFileOwnerWrapper(std::move(file)), fs_(fs) {}
+    rocksdb::IOStatus Sync(const rocksdb::IOOptions& options,
+                           rocksdb::IODebugContext* dbg) override {
+      fs_->Pass();
+      return target()->Sync(options, dbg);
+    }
+    rocksdb::IOStatus Fsync(const rocksdb::IOOptions& options,
+                            rocksdb::IODebugContext* dbg) override {
+      fs_->Pass();
+      return target()->Fsync(options, dbg);
+    }
+
+   private:
+    GatedFileSystem* const fs_;
+  };
+
+  void Pass() {
+    absl::MutexLock lock(&mu_);
+    ++waiting_;
+    mu_.Await(absl::Condition(&open_));
+    --waiting_;
+  }
+
+  absl::Mutex mu_;
+  bool open_ = true;
+  int waiting_ = 0;
+};
+
+TEST(ServiceHardeningTest, FullWorkQueueRefusesNewCalls) {
+  TempDir dir;
+  auto fs = std::make_shared<GatedFileSystem>();
+  service::ServerConfig config = BaseConfig(dir);
+  config.store.durability = storage::Durability::kSync;  // puts on a worker
+  config.store.file_system = fs;
+  config.service.workers = 1;
+  config.service.max_queued_work = 2;
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  auto channel = ChannelTo(*server);
+  const v1::Namespace ns = TestNamespace();
+  auto put = [&](uint64_t i) {
+    auto stub = v1::KVCache::NewStub(channel);
+    v1::PutBlocksRequest req;
+    *req.mutable_namespace_() = ns;
+    v1::Block* b = req.add_blocks();
+    b->set_hash(Hash(i));
+    b->set_data(MakeBlock(i));
+    v1::PutBlocksResponse resp;
+    return stub->PutBlocks(Ctx().get(), req, &resp);
+  };
+  ASSERT_TRUE(put(100).ok());  // the namespace exists, the WAL is open
+
+  fs->Close();
+  std::vector<grpc::Status> results(10);
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] { results[0] = put(0); });
+  ASSERT_TRUE(fs->WaitForWaiters(1));  // the one worker is held
+  absl::Mutex mu;
+  int done = 0;
+  for (int i = 1; i < 10; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = put(i);
+      absl::MutexLock lock(&mu);
+      ++done;
+    });
+  }
+  {
+    // Two calls wait in the queue; the other seven are refused at once.
+    absl::MutexLock lock(&mu);
+    auto seven_done = [&done] { return done >= 7; };
+    EXPECT_TRUE(
+        mu.AwaitWithTimeout(absl::Condition(&seven_done), absl::Seconds(30)));
+  }
+  fs->Open();
+  for (std::thread& t : threads) t.join();
+  int ok = 0, refused = 0;
+  for (const grpc::Status& s : results) {
+    if (s.ok()) {
+      ++ok;
+    } else {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+      EXPECT_TRUE(absl::StrContains(s.error_message(), "overloaded"))
+          << s.error_message();
+      ++refused;
+    }
+  }
+  EXPECT_EQ(ok, 3);
+  EXPECT_EQ(refused, 7);
+}
+
+TEST(ServiceHardeningTest, MaxConcurrentStreamsIsApplied) {
+  TempDir dir;
+  service::ServerConfig config = BaseConfig(dir);
+  config.max_concurrent_streams = 1;
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KVCache::NewStub(ChannelTo(*server));
+  v1::StatsResponse st;
+  ASSERT_TRUE(stub->Stats(Ctx().get(), v1::StatsRequest(), &st).ok());
+  // One open stream takes the connection's only slot: another call on the
+  // same connection waits (here past its deadline) until it closes.
+  v1::PutBlocksResponse resp;
+  auto ctx = Ctx();
+  auto writer = stub->PutBlocksStream(ctx.get(), &resp);
+  v1::PutBlocksRequest req;
+  *req.mutable_namespace_() = TestNamespace();
+  v1::Block* b = req.add_blocks();
+  b->set_hash(Hash(1));
+  b->set_data(MakeBlock(1));
+  ASSERT_TRUE(writer->Write(req));
+  grpc::ClientContext short_ctx;
+  short_ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(500));
+  EXPECT_EQ(stub->Stats(&short_ctx, v1::StatsRequest(), &st).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  writer->WritesDone();
+  ASSERT_TRUE(writer->Finish().ok());
+  EXPECT_TRUE(stub->Stats(Ctx().get(), v1::StatsRequest(), &st).ok());
+}
+
+// ---------------------------------------------------------------------------
+// 7. disk_bytes 0: an unlimited disk tier.
+
+TEST(ServiceHardeningTest, DiskBytesZeroIsAnUnlimitedDiskTier) {
+  TempDir dir;
+  service::ServerConfig config = BaseConfig(dir);
+  config.store.disk_bytes = 0;
+  config.store.write_policy = storage::WritePolicy::kWriteThrough;
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KVCache::NewStub(ChannelTo(*server));
+  PutRange(stub.get(), TestNamespace(), 0, 10);
+  v1::StatsResponse st;
+  ASSERT_TRUE(stub->Stats(Ctx().get(), v1::StatsRequest(), &st).ok());
+  ASSERT_EQ(st.tiers_size(), 2);
+  EXPECT_EQ(st.tiers(1).name(), "disk");
+  EXPECT_EQ(st.tiers(1).capacity_bytes(), 0u);  // 0 = unlimited
+  EXPECT_EQ(st.tiers(1).blocks(), 10u);
 }
 
 }  // namespace

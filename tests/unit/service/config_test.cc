@@ -214,7 +214,7 @@ TEST(ConfigTest, AdmissionLimitsFromFlagsAndYaml) {
   EXPECT_EQ(c.service.max_queued_work, 64u);
   EXPECT_EQ(c.max_concurrent_streams, 8);
   EXPECT_EQ(c.grpc_memory_bytes, uint64_t{512} << 20);
-  EXPECT_EQ(c.admin_tenant, "ops");
+  EXPECT_EQ(c.service.admin_tenant, "ops");
   EXPECT_TRUE(c.Validate().ok());
   c.grpc_memory_bytes = 1 << 20;  // below twice the message limit
   EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
@@ -231,7 +231,7 @@ TEST(ConfigTest, AdmissionLimitsFromFlagsAndYaml) {
   EXPECT_EQ(parsed->service.max_queued_work, 7u);
   EXPECT_EQ(parsed->max_concurrent_streams, 3);
   EXPECT_EQ(parsed->service.max_stream_blocks, 99u);
-  EXPECT_EQ(parsed->admin_tenant, "root");
+  EXPECT_EQ(parsed->service.admin_tenant, "root");
 }
 
 }  // namespace
