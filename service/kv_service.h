@@ -1,8 +1,12 @@
 // The KVCache gRPC service (proto/vqkv/v1/kvcache.proto) on top of the tiered
-// store, with the callback API: each handler authenticates inline; work that
-// needs no disk I/O (Lookup, Stats, rendezvous, memory hits, puts that cannot
-// spill) also runs inline on the gRPC thread, the rest goes to a WorkQueue and
-// finishes the reactor from there, so gRPC threads never block on disk.
+// store, with the callback API and raw (ByteBuffer) methods: each handler
+// admits and authenticates the call (the server's credentials have usually
+// refused a bad token already, service/auth_credentials.h), then parses its
+// request; work that needs no disk I/O (Lookup, Stats, rendezvous, memory
+// hits, puts that cannot spill) runs inline on the gRPC thread, the rest goes
+// to a bounded WorkQueue (a full queue refuses new calls with
+// RESOURCE_EXHAUSTED) and finishes the reactor from there, so gRPC threads
+// never block on disk.
 //
 // Status mapping: storage and validation errors are absl::Status codes,
 // passed 1:1 to grpc::Status, except kPermissionDenied from the store
