@@ -7,7 +7,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -468,6 +470,42 @@ TEST(ServiceHardeningTest, PlaintextTokensOnAPublicAddressAreWarnedAbout) {
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   config.allow_insecure_public = true;
   EXPECT_NE(StartServer(config), nullptr);
+}
+
+TEST(ServiceHardeningTest, TlsWithTokensAuthenticatesThroughTheCredentials) {
+  // The TLS credentials are built on gRPC's C API too
+  // (service/auth_credentials.cc): the token check runs there as well.
+  if (system("command -v openssl >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "openssl CLI not installed (scripts/setup.sh installs it)";
+  }
+  TempDir dir;
+  const std::string cert = dir.path() + "/cert.pem";
+  const std::string key = dir.path() + "/key.pem";
+  const std::string cmd = absl::StrCat(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ",
+      key, " -out ", cert, " >/dev/null 2>&1");
+  ASSERT_EQ(system(cmd.c_str()), 0);
+  service::ServerConfig config = BaseConfig(dir);
+  config.tokens_file = dir.WriteFile("tokens", kTokens);
+  config.tls_cert = cert;
+  config.tls_key = key;
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  std::ifstream in(cert);
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs.assign(std::istreambuf_iterator<char>(in),
+                            std::istreambuf_iterator<char>());
+  auto stub = v1::KVCache::NewStub(
+      grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server->port()),
+                                grpc::SslCredentials(ssl), TestChannelArgs()));
+  v1::StatsResponse st;
+  ASSERT_TRUE(
+      stub->Stats(Ctx("alice-token-123").get(), v1::StatsRequest(), &st).ok());
+  EXPECT_EQ(st.tenant(), "alice");
+  EXPECT_EQ(stub->Stats(Ctx().get(), v1::StatsRequest(), &st).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(MetricValue(*server, "vqkv_auth_failures_total"), 1);
 }
 
 // ---------------------------------------------------------------------------
