@@ -179,11 +179,31 @@ absl::StatusOr<std::string> TokenStore::Authenticate(
         "the authorization metadata must use the Bearer scheme");
   }
   absl::string_view token = absl::StripAsciiWhitespace(h.substr(7));
-  auto it = tenant_by_token_.find(token);
-  if (it == tenant_by_token_.end()) {
+  // Every stored token is compared, each in constant time, with no early
+  // exit: the time taken does not depend on which token matched or on how
+  // much of a guess was right (a hash-map lookup would leak both).
+  const std::string* tenant = nullptr;
+  for (const auto& [stored, name] : tenant_by_token_) {
+    if (ConstantTimeEquals(stored, token)) tenant = &name;
+  }
+  if (tenant == nullptr) {
     return absl::UnauthenticatedError("unknown bearer token");
   }
-  return it->second;
+  return *tenant;
+}
+
+bool ConstantTimeEquals(absl::string_view secret, absl::string_view guess) {
+  // Runs over all of `guess` whatever the contents; the secret's bytes are
+  // read cyclically so that a length mismatch costs the same time as a
+  // content mismatch. The compiler may not skip the loop: `diff` is
+  // accumulated through a volatile.
+  volatile unsigned char diff = secret.size() == guess.size() ? 0 : 1;
+  if (secret.empty()) return guess.empty();
+  for (size_t i = 0; i < guess.size(); ++i) {
+    diff =
+        diff | static_cast<unsigned char>(secret[i % secret.size()] ^ guess[i]);
+  }
+  return diff == 0;
 }
 
 }  // namespace vqkv::service

@@ -49,7 +49,9 @@ class TokenStore {
   // ("Bearer <token>", scheme case-insensitive). With auth disabled, returns
   // "" whatever the header. `present` says whether the header was sent.
   // Errors: kUnauthenticated for a missing header, another scheme or an
-  // unknown token (the message never echoes the token).
+  // unknown token (the message never echoes the token). The token is
+  // compared with every stored one in constant time (ConstantTimeEquals),
+  // so the time taken reveals nothing about the stored tokens.
   absl::StatusOr<std::string> Authenticate(bool present,
                                            absl::string_view header) const;
 
@@ -59,6 +61,11 @@ class TokenStore {
 
   absl::flat_hash_map<std::string, std::string> tenant_by_token_;
 };
+
+// Whether `guess` equals `secret`, in time that depends only on
+// guess.size() (never on where the first difference is). For comparing
+// presented credentials with stored ones.
+bool ConstantTimeEquals(absl::string_view secret, absl::string_view guess);
 
 }  // namespace vqkv::service
 

@@ -3,6 +3,7 @@
 // DoPutBlocks and BlockDataBuilder for the streamed forms.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -10,6 +11,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "base/status_macros.h"
 #include "kernels/block_format.h"
 #include "service/kv_service.h"
@@ -81,7 +83,7 @@ uint64_t BlockDataBuilder::EntryBytes(const Got& got) {
   return kEntryOverhead + (got.ok() ? (*got)->size() : uint64_t{0});
 }
 
-uint64_t BlockDataBuilder::Add(size_t index, const Got& got, bool over_budget,
+uint64_t BlockDataBuilder::Add(size_t index, const Got& got,
                                v1::GetBlocksResponse* resp) {
   v1::BlockData* d = resp->add_blocks();
   d->set_index(static_cast<uint32_t>(index));
@@ -93,15 +95,19 @@ uint64_t BlockDataBuilder::Add(size_t index, const Got& got, bool over_budget,
   const std::string& block = **got;
   ++hit_;
   hit_tokens_ += HeaderTokens(block);
-  if (over_budget) {
-    d->set_code(static_cast<int32_t>(absl::StatusCode::kResourceExhausted));
-    return kEntryOverhead;
-  }
   d->set_code(0);
   d->set_data(block);
   resp->set_found(resp->found() + 1);
   sent_ += block.size();
   return kEntryOverhead + block.size();
+}
+
+uint64_t BlockDataBuilder::AddNotSent(size_t index,
+                                      v1::GetBlocksResponse* resp) {
+  v1::BlockData* d = resp->add_blocks();
+  d->set_index(static_cast<uint32_t>(index));
+  d->set_code(static_cast<int32_t>(absl::StatusCode::kResourceExhausted));
+  return kEntryOverhead;
 }
 
 void BlockDataBuilder::Record(Metrics* metrics, uint64_t block_tokens) const {
@@ -147,6 +153,7 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
                                          const storage::NamespaceId& ns_id,
                                          const v1::PutBlocksRequest& req,
                                          bool fail_if_all_failed,
+                                         PutResultsBudget* text_budget,
                                          v1::PutBlocksResponse* resp) {
   // Validate everything before storing anything.
   VQKV_ASSIGN_OR_RETURN(const std::vector<storage::BlockHash> hashes,
@@ -191,7 +198,19 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
   for (const absl::Status& s : results) {
     v1::PutResult* r = resp->add_results();
     r->set_code(static_cast<int32_t>(s.code()));
-    if (!s.ok()) r->set_message(std::string(s.message()));
+    if (s.ok()) continue;
+    if (text_budget == nullptr) {
+      r->set_message(std::string(s.message()));
+      continue;
+    }
+    // Tag and length of the field, then the text.
+    const uint64_t cost = s.message().size() + 4;
+    if (s.code() == absl::StatusCode::kAlreadyExists ||
+        cost > text_budget->text_bytes) {
+      continue;
+    }
+    text_budget->text_bytes -= cost;
+    r->set_message(std::string(s.message()));
   }
   resp->set_stored(resp->stored() + stored);
   return absl::OkStatus();
@@ -199,26 +218,47 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
 
 std::optional<absl::Status> KvCacheService::DoGetBlocks(
     const std::string& tenant, const v1::GetBlocksRequest& req,
-    bool memory_only, v1::GetBlocksResponse* resp) {
-  VQKV_ASSIGN_OR_RETURN(const BlockRequest r, ParseBlockRequest(tenant, req));
-  std::vector<BlockDataBuilder::Got> got;
-  if (memory_only) {
-    auto from_memory = store_->GetBlocksFromMemory(tenant, r.ns_id, r.hashes);
-    if (!from_memory.has_value()) return std::nullopt;
-    got = *std::move(from_memory);
-  } else {
-    got = store_->GetBlocks(tenant, r.ns_id, r.hashes);
+    bool memory_only, GetBlocksProgress* progress,
+    v1::GetBlocksResponse* resp) {
+  if (!progress->parsed) {
+    VQKV_ASSIGN_OR_RETURN(progress->request, ParseBlockRequest(tenant, req));
+    progress->parsed = true;
+    resp->mutable_blocks()->Reserve(
+        static_cast<int>(progress->request.hashes.size()));
   }
+  const BlockRequest& r = progress->request;
   const uint64_t budget = UnaryGetBlocksBudget(options_.max_message_bytes);
-  BlockDataBuilder builder;
-  uint64_t bytes = 0;
-  resp->mutable_blocks()->Reserve(static_cast<int>(got.size()));
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool over_budget =
-        bytes + BlockDataBuilder::EntryBytes(got[i]) > budget;
-    bytes += builder.Add(i, got[i], over_budget, resp);
+  // Blocks are read one at a time, in request order, and reading stops at
+  // the first found block that does not fit the budget: nothing past the
+  // budget is read from disk (or promoted into memory), and the rest is
+  // reported as not sent (RESOURCE_EXHAUSTED) without being looked at.
+  while (progress->next < r.hashes.size() && !progress->full) {
+    const size_t i = progress->next;
+    BlockDataBuilder::Got got;
+    if (memory_only) {
+      auto from_memory = store_->GetBlocksFromMemory(
+          tenant, r.ns_id, absl::MakeConstSpan(&r.hashes[i], 1));
+      // Needs disk I/O: the caller continues on a worker from block i.
+      if (!from_memory.has_value()) return std::nullopt;
+      got = std::move((*from_memory)[0]);
+    } else {
+      got = store_->GetBlock(tenant, {r.ns_id, r.hashes[i]});
+    }
+    ++progress->next;
+    if (got.ok() &&
+        progress->bytes + BlockDataBuilder::EntryBytes(got) > budget) {
+      progress->full = true;
+      progress->builder.AddNotSent(i, resp);
+      break;
+    }
+    progress->bytes += progress->builder.Add(i, got, resp);
   }
-  builder.Record(metrics_, req.namespace_().block_tokens());
+  for (size_t i = progress->next; i < r.hashes.size(); ++i) {
+    progress->builder.AddNotSent(i, resp);
+  }
+  progress->next = r.hashes.size();
+  progress->builder.Record(metrics_, req.namespace_().block_tokens());
+  CountTenantGets(tenant, progress->builder.hits(), progress->builder.misses());
   return absl::OkStatus();
 }
 
@@ -258,33 +298,75 @@ absl::Status KvCacheService::DoDelete(const std::string& tenant,
   return absl::OkStatus();
 }
 
+void KvCacheService::CountTenantGets(const std::string& tenant, uint64_t hits,
+                                     uint64_t misses) {
+  if (hits == 0 && misses == 0) return;
+  absl::MutexLock lock(&tenant_gets_mu_);
+  TenantGets& g = tenant_gets_[tenant];
+  g.hits += hits;
+  g.misses += misses;
+}
+
+bool KvCacheService::SeesWholeCache(const std::string& tenant) const {
+  if (!tokens_->enabled()) return true;  // one (anonymous) tenant
+  return !options_.admin_tenant.empty() && tenant == options_.admin_tenant;
+}
+
+// What a tenant sees: its own usage, quota and get hits/misses; of the
+// cache, the tier capacities, fault and corruption counts and the codebook
+// count (the registry is shared). The tiers' usage, the store's hit/miss
+// counters and the last disk error's text (which names the namespace and
+// block it failed on, possibly another tenant's) only to the admin tenant.
 absl::Status KvCacheService::DoStats(const std::string& tenant,
                                      const v1::StatsRequest& /*req*/,
                                      v1::StatsResponse* resp) {
   const storage::StoreStats st = store_->Stats();
   const storage::TieredStoreOptions& opt = store_->options();
+  const bool whole = SeesWholeCache(tenant);
   resp->set_tenant(tenant);
   resp->set_tenant_bytes(store_->TenantUsage(tenant));
   resp->set_tenant_quota_bytes(store_->TenantQuota(tenant));
   v1::TierStats* mem = resp->add_tiers();
   mem->set_name("memory");
-  mem->set_blocks(st.memory.blocks);
-  mem->set_bytes(st.memory.bytes);
   mem->set_capacity_bytes(opt.memory_bytes);
-  mem->set_evictions(st.memory_evictions);
+  if (whole) {
+    mem->set_blocks(st.memory.blocks);
+    mem->set_bytes(st.memory.bytes);
+    mem->set_evictions(st.memory_evictions);
+  }
   if (st.has_disk) {
     v1::TierStats* disk = resp->add_tiers();
     disk->set_name("disk");
-    disk->set_blocks(st.disk.blocks);
-    disk->set_bytes(st.disk.bytes);
-    disk->set_capacity_bytes(opt.disk_bytes);
-    disk->set_evictions(st.dropped);
+    // 0 = unlimited (the proto's convention; disk_bytes 0 in the config).
+    disk->set_capacity_bytes(opt.disk_bytes ==
+                                     std::numeric_limits<uint64_t>::max()
+                                 ? 0
+                                 : opt.disk_bytes);
+    if (whole) {
+      disk->set_blocks(st.disk.blocks);
+      disk->set_bytes(st.disk.bytes);
+      disk->set_evictions(st.dropped);
+    }
   }
-  resp->set_block_hits(st.memory_hits + st.disk_hits);
-  resp->set_block_misses(st.misses);
+  if (whole) {
+    resp->set_block_hits(st.memory_hits + st.disk_hits);
+    resp->set_block_misses(st.misses);
+    resp->set_last_fault(st.last_disk_error);
+  } else {
+    absl::MutexLock lock(&tenant_gets_mu_);
+    auto it = tenant_gets_.find(tenant);
+    if (it != tenant_gets_.end()) {
+      resp->set_block_hits(it->second.hits);
+      resp->set_block_misses(it->second.misses);
+    }
+    if (st.disk_faults > 0) {
+      resp->set_last_fault(
+          "the disk tier has failed (details in the server log and in the "
+          "admin tenant's Stats)");
+    }
+  }
   resp->set_corrupt_blocks(st.corrupt_dropped);
   resp->set_storage_faults(st.disk_faults);
-  resp->set_last_fault(st.last_disk_error);
   resp->set_codebooks(st.codebooks);
   return absl::OkStatus();
 }

@@ -4,15 +4,20 @@
 #include <cmath>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "base/file.h"
 #include "base/status_macros.h"
 #include "yaml-cpp/yaml.h"
@@ -156,6 +161,12 @@ std::map<std::string, YamlSetter> YamlSetters(absl::string_view origin,
          return absl::OkStatus();
        }},
       {"workers", as(&c->service.workers)},
+      {"allow_insecure_public", as(&c->allow_insecure_public)},
+      {"admin_tenant", str(&c->service.admin_tenant)},
+      {"max_stream_blocks", as(&c->service.max_stream_blocks)},
+      {"max_queued_work", as(&c->service.max_queued_work)},
+      {"max_concurrent_streams", as(&c->max_concurrent_streams)},
+      {"grpc_memory_bytes", bytes(&c->grpc_memory_bytes)},
       {"shutdown_grace_seconds", as(&c->shutdown_grace_seconds)},
       {"max_lease_ms",
        [c](const YAML::Node& v, const std::string&) {
@@ -195,9 +206,13 @@ absl::Status ApplyYamlNode(const YAML::Node& root, absl::string_view origin,
 struct Flags {
   std::string config_file, listen, data_dir, memory, disk, durability,
       write_policy, metrics_listen, tokens_file, tls_cert, tls_key, max_message,
-      ttl;
+      ttl, admin_tenant, grpc_memory;
   int workers = 0;
   uint64_t max_lease_ms = 0;
+  bool allow_insecure_public = false;
+  uint64_t max_stream_blocks = 0;
+  size_t max_queued_work = 0;
+  int max_concurrent_streams = 0;
 };
 
 // Declares the flags; the help texts show the defaults of ServerConfig.
@@ -212,7 +227,7 @@ void AddFlags(CLI::App* app, Flags* f) {
                   absl::StrCat("memory tier budget, e.g. 1GiB (default ",
                                BytesText(defaults.store.memory_bytes), ")"));
   app->add_option("--disk-bytes", f->disk,
-                  absl::StrCat("disk tier budget, positive (default ",
+                  absl::StrCat("disk tier budget, 0 = unlimited (default ",
                                BytesText(defaults.store.disk_bytes), ")"));
   app->add_option("--durability", f->durability,
                   "async (default) or sync (fsync'd WAL before acknowledging)");
@@ -225,6 +240,28 @@ void AddFlags(CLI::App* app, Flags* f) {
                   "bearer tokens: YAML, 'token tenant' lines, or a directory "
                   "(Kubernetes Secret) of files named by tenant; default: "
                   "auth off");
+  app->add_flag("--allow-insecure-public", f->allow_insecure_public,
+                "allow auth off on a non-loopback --listen address (anyone "
+                "who can connect reads and writes everything)");
+  app->add_option("--admin-tenant", f->admin_tenant,
+                  "tenant whose token sees whole-cache Stats (default none)");
+  app->add_option("--max-stream-blocks", f->max_stream_blocks,
+                  absl::StrCat("blocks per PutBlocksStream (default ",
+                               defaults.service.max_stream_blocks,
+                               "; at most max-message-bytes / 8)"));
+  app->add_option(
+      "--max-queued-work", f->max_queued_work,
+      absl::StrCat("calls waiting for a storage worker before new ones get "
+                   "RESOURCE_EXHAUSTED (default ",
+                   defaults.service.max_queued_work, "; 0 = no bound)"));
+  app->add_option("--max-concurrent-streams", f->max_concurrent_streams,
+                  absl::StrCat("calls open at once per client connection "
+                               "(default ",
+                               defaults.max_concurrent_streams, ")"));
+  app->add_option(
+      "--grpc-memory-bytes", f->grpc_memory,
+      absl::StrCat("memory gRPC may use for its buffers (default ",
+                   BytesText(defaults.grpc_memory_bytes), "; 0 = unbounded)"));
   app->add_option("--tls-cert", f->tls_cert, "PEM certificate chain");
   app->add_option("--tls-key", f->tls_key, "PEM private key");
   app->add_option(
@@ -263,6 +300,21 @@ absl::Status ApplyFlags(const CLI::App& app, const Flags& f, ServerConfig* c) {
   if (app.count("--tls-cert")) c->tls_cert = f.tls_cert;
   if (app.count("--tls-key")) c->tls_key = f.tls_key;
   if (app.count("--workers")) c->service.workers = f.workers;
+  if (app.count("--allow-insecure-public")) {
+    c->allow_insecure_public = f.allow_insecure_public;
+  }
+  if (app.count("--admin-tenant")) c->service.admin_tenant = f.admin_tenant;
+  if (app.count("--max-stream-blocks")) {
+    c->service.max_stream_blocks = f.max_stream_blocks;
+  }
+  if (app.count("--max-queued-work")) {
+    c->service.max_queued_work = f.max_queued_work;
+  }
+  if (app.count("--max-concurrent-streams")) {
+    c->max_concurrent_streams = f.max_concurrent_streams;
+  }
+  VQKV_RETURN_IF_ERROR(
+      set_bytes("--grpc-memory-bytes", f.grpc_memory, &c->grpc_memory_bytes));
   if (app.count("--max-lease-ms")) {
     c->service.max_lease = LeaseFromMs(f.max_lease_ms);
   }
@@ -306,14 +358,33 @@ absl::Status ServerConfig::Validate() const {
   if (store.memory_bytes == 0) {
     return absl::InvalidArgumentError("memory_bytes must be positive");
   }
-  if (store.disk_bytes == 0) {
-    return absl::InvalidArgumentError(
-        "disk_bytes must be positive (the disk tier has no unlimited mode)");
-  }
+  // disk_bytes 0 means unlimited (StoreDiskBytes).
   if (!metrics_listen.empty() &&
       metrics_listen.rfind(':') == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(
         "metrics_listen must be host:port, got '", metrics_listen, "'"));
+  }
+  if (tokens_file.empty() && !allow_insecure_public &&
+      !IsLoopbackListen(listen)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "auth is off (no tokens_file) but listen '", listen,
+        "' is not a loopback address: anyone who can connect could read, "
+        "write and delete every block. Give --tokens-file, listen on "
+        "127.0.0.1, or pass --allow-insecure-public (YAML "
+        "allow_insecure_public: true) to accept that"));
+  }
+  if (service.max_stream_blocks == 0) {
+    return absl::InvalidArgumentError("max_stream_blocks must be positive");
+  }
+  if (max_concurrent_streams < 1) {
+    return absl::InvalidArgumentError(
+        "max_concurrent_streams must be positive");
+  }
+  if (grpc_memory_bytes != 0 &&
+      grpc_memory_bytes < 2 * service.max_message_bytes) {
+    return absl::InvalidArgumentError(
+        "grpc_memory_bytes must be 0 (unbounded) or at least twice "
+        "max_message_bytes");
   }
   if (tls_cert.empty() != tls_key.empty()) {
     return absl::InvalidArgumentError(
@@ -337,6 +408,34 @@ absl::Status ServerConfig::Validate() const {
         absl::StrCat("max_lease_ms must be in [0, ", kMaxLeaseMsLimit, "]"));
   }
   return absl::OkStatus();
+}
+
+bool IsLoopbackListen(absl::string_view listen) {
+  if (absl::StartsWith(listen, "unix:") ||
+      absl::StartsWith(listen, "unix-abstract:")) {
+    return true;
+  }
+  const size_t colon = listen.rfind(':');
+  absl::string_view host =
+      colon == absl::string_view::npos ? listen : listen.substr(0, colon);
+  if (absl::ConsumePrefix(&host, "[")) {
+    if (!absl::ConsumeSuffix(&host, "]")) return false;
+  }
+  if (absl::AsciiStrToLower(host) == "localhost" || host == "::1") return true;
+  // 127.0.0.0/8 as a dotted quad.
+  std::vector<absl::string_view> parts = absl::StrSplit(host, '.');
+  if (parts.size() != 4 || parts[0] != "127") return false;
+  for (absl::string_view p : parts) {
+    int v = 0;
+    if (p.empty() || !absl::SimpleAtoi(p, &v) || v < 0 || v > 255) {
+      return false;
+    }
+  }
+  return true;
+}
+
+uint64_t StoreDiskBytes(uint64_t disk_bytes) {
+  return disk_bytes == 0 ? std::numeric_limits<uint64_t>::max() : disk_bytes;
 }
 
 absl::StatusOr<uint64_t> ParseBytes(absl::string_view text) {

@@ -32,13 +32,22 @@ struct ServerConfig {
   // disk fails under it).
   storage::TieredStoreOptions store = DefaultStoreOptions();
   // The KVCache service: max_message_bytes (also the gRPC message limit),
-  // workers and max_lease come from flags and YAML (service/
+  // workers, max_lease, max_stream_blocks, max_queued_work and admin_tenant
+  // come from flags and YAML (service/
   // kv_service_options.h documents each and holds its default).
   KvServiceOptions service;
   // host:port for the Prometheus/health HTTP endpoint; empty = off.
   std::string metrics_listen;
   // Bearer tokens (service/auth.h formats); empty = auth off.
   std::string tokens_file;
+  // Auth off on an address other than loopback is refused (Validate) unless
+  // this is set: every caller could read, write and delete everything.
+  bool allow_insecure_public = false;
+  // gRPC transport bounds: HTTP/2 streams (calls) open at once per client
+  // connection, and the memory gRPC may use for its buffers (a
+  // grpc::ResourceQuota; 0 = gRPC's default, unbounded).
+  int max_concurrent_streams = 100;
+  uint64_t grpc_memory_bytes = uint64_t{2} << 30;
   // PEM certificate chain and private key; both or neither. Empty = plaintext.
   std::string tls_cert;
   std::string tls_key;
@@ -51,6 +60,15 @@ struct ServerConfig {
   absl::Status Validate() const;
 };
 
+// Whether a listen address (host:port, [v6]:port or unix:path) only accepts
+// connections from this machine: localhost, 127.0.0.0/8, ::1, or a Unix
+// socket. Wildcards (0.0.0.0, [::]) and every other address are not.
+bool IsLoopbackListen(absl::string_view listen);
+
+// The disk budget the store gets for ServerConfig's disk_bytes: 0 means
+// unlimited (the largest budget the store accepts).
+uint64_t StoreDiskBytes(uint64_t disk_bytes);
+
 // "1048576", "64MiB", "64M", "1.5GiB", "10GB" (powers of 1000 for kB/MB/GB/TB,
 // of 1024 for K/M/G/T and KiB/MiB/GiB/TiB). kInvalidArgument otherwise.
 absl::StatusOr<uint64_t> ParseBytes(absl::string_view text);
@@ -60,6 +78,8 @@ absl::StatusOr<uint64_t> ParseBytes(absl::string_view text);
 //   write_policy (spill|write_through),
 //   metrics_listen, tokens_file, tls_cert, tls_key, max_message_bytes,
 //   ttl_seconds, workers, shutdown_grace_seconds, max_lease_ms,
+//   allow_insecure_public, admin_tenant, max_stream_blocks,
+//   max_queued_work, max_concurrent_streams, grpc_memory_bytes,
 //   tenants: { default_quota_bytes: N, quotas: { <tenant>: N, ... } }
 // (docs/SERVICE.md; the store's and the service's keys set the fields of the
 // same name in `store` and `service`, ttl_seconds sets store.ttl,

@@ -6,6 +6,9 @@
 #include "service/kv_service.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -15,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "service/auth_credentials.h"
 #include "service/kv_service_internal.h"
 #include "service/validate.h"
 
@@ -27,6 +31,26 @@ int WorkerCount(int configured) {
 }
 
 }  // namespace
+
+absl::Status QueueFullError(size_t max_queued) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "server overloaded: ", max_queued,
+      " calls are already waiting for a storage worker; retry with backoff"));
+}
+
+int MethodIndex(absl::string_view method) {
+  const google::protobuf::ServiceDescriptor* service =
+      v1::LookupRequest::descriptor()->file()->FindServiceByName("KVCache");
+  const google::protobuf::MethodDescriptor* m =
+      service == nullptr ? nullptr
+                         : service->FindMethodByName(std::string(method));
+  if (m == nullptr) {
+    std::fprintf(stderr, "vqkv.v1.KVCache has no method %s\n",
+                 std::string(method).c_str());
+    std::abort();
+  }
+  return m->index();
+}
 
 absl::Status HideOtherTenants(const absl::Status& s) {
   if (s.code() == absl::StatusCode::kPermissionDenied) {
@@ -69,8 +93,19 @@ KvCacheService::KvCacheService(storage::TieredStore* store,
       tokens_(tokens),
       metrics_(metrics),
       options_(options),
-      work_(WorkerCount(options.workers)),
-      rendezvous_(options.rendezvous) {}
+      work_(WorkerCount(options.workers), options.max_queued_work),
+      rendezvous_(options.rendezvous) {
+  RegisterUnary("Lookup", &KvCacheService::Lookup);
+  RegisterUnary("PutBlocks", &KvCacheService::PutBlocks);
+  RegisterUnary("GetBlocks", &KvCacheService::GetBlocks);
+  RegisterUnary("PutCodebooks", &KvCacheService::PutCodebooks);
+  RegisterUnary("GetCodebooks", &KvCacheService::GetCodebooks);
+  RegisterUnary("Delete", &KvCacheService::Delete);
+  RegisterUnary("Stats", &KvCacheService::Stats);
+  RegisterUnary("PutRendezvous", &KvCacheService::PutRendezvous);
+  RegisterUnary("GetRendezvous", &KvCacheService::GetRendezvous);
+  RegisterStreams();
+}
 
 KvCacheService::~KvCacheService() { work_.Stop(); }
 
@@ -100,6 +135,15 @@ bool KvCacheService::WaitIdle(absl::Duration timeout) {
 absl::StatusOr<std::string> KvCacheService::Authenticate(
     const grpc::CallbackServerContext* ctx) const {
   if (!tokens_->enabled()) return std::string();
+  // Normally the server's credentials authenticated the call already
+  // (service/auth_credentials.h) and left the tenant in the auth context.
+  if (const std::shared_ptr<const grpc::AuthContext> auth =
+          ctx->auth_context()) {
+    const std::vector<grpc::string_ref> tenant =
+        auth->FindPropertyValues(kTenantProperty);
+    if (tenant.size() == 1)
+      return std::string(tenant[0].data(), tenant[0].size());
+  }
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return tokens_->Authenticate(false, "");
@@ -112,93 +156,121 @@ absl::StatusOr<std::string> KvCacheService::Authenticate(
 // needs no disk I/O, on a worker otherwise. The work itself is in
 // block_rpcs.cc, codebook_rpcs.cc and rendezvous_rpcs.cc.
 
+void KvCacheService::RegisterUnary(const char* method,
+                                   RawUnaryHandler handler) {
+  MarkMethodRawCallback(
+      MethodIndex(method),
+      new grpc::internal::CallbackUnaryHandler<grpc::ByteBuffer,
+                                               grpc::ByteBuffer>(
+          [this, handler](grpc::CallbackServerContext* ctx,
+                          const grpc::ByteBuffer* request,
+                          grpc::ByteBuffer* response) {
+            return (this->*handler)(ctx, request, response);
+          }));
+}
+
 grpc::ServerUnaryReactor* KvCacheService::Lookup(
-    grpc::CallbackServerContext* ctx, const v1::LookupRequest* request,
-    v1::LookupResponse* response) {
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   // Lookup reads the memory tier and the disk tier's in-memory index only.
-  return RunInline(ctx, "Lookup",
-                   Bind(&KvCacheService::DoLookup, request, response));
+  return RunInline<v1::LookupRequest, v1::LookupResponse>(
+      ctx, "Lookup", request, response, Bind(&KvCacheService::DoLookup));
 }
 
 grpc::ServerUnaryReactor* KvCacheService::PutBlocks(
-    grpc::CallbackServerContext* ctx, const v1::PutBlocksRequest* request,
-    v1::PutBlocksResponse* response) {
-  auto put = [this, request, response](const std::string& tenant) {
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  auto put = [this](const std::string& tenant, const v1::PutBlocksRequest& req,
+                    v1::PutBlocksResponse* resp) {
     VQKV_RETURN_IF_ERROR(
-        CheckNamespaceForPut(request->namespace_(), request->has_namespace_()));
+        CheckNamespaceForPut(req.namespace_(), req.has_namespace_()));
     const storage::NamespaceId ns_id =
-        ComputeNamespaceId(tenant, request->namespace_());
-    return DoPutBlocks(tenant, request->namespace_(), ns_id, *request,
-                       /*fail_if_all_failed=*/true, response);
+        ComputeNamespaceId(tenant, req.namespace_());
+    return DoPutBlocks(tenant, req.namespace_(), ns_id, req,
+                       /*fail_if_all_failed=*/true, /*text_budget=*/nullptr,
+                       resp);
   };
   // A put that cannot spill is a memory copy: inline.
   auto put_unless_disk =
-      [this, request,
-       put](const std::string& tenant) -> std::optional<absl::Status> {
+      [this, put](const std::string& tenant, const v1::PutBlocksRequest& req,
+                  v1::PutBlocksResponse* resp) -> std::optional<absl::Status> {
     uint64_t bytes = 0;
-    for (const v1::Block& b : request->blocks()) bytes += b.data().size();
+    for (const v1::Block& b : req.blocks()) bytes += b.data().size();
     if (store_->PutMayTouchDisk(bytes)) return std::nullopt;
-    return put(tenant);
+    return put(tenant, req, resp);
   };
-  return RunInlineOrOnWorker(ctx, "PutBlocks", put_unless_disk, put);
+  return RunInlineOrOnWorker<v1::PutBlocksRequest, v1::PutBlocksResponse>(
+      ctx, "PutBlocks", request, response, put_unless_disk, put);
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetBlocks(
-    grpc::CallbackServerContext* ctx, const v1::GetBlocksRequest* request,
-    v1::GetBlocksResponse* response) {
-  // Memory hits inline; a block only on disk sends the call to a worker.
-  return RunInlineOrOnWorker(
-      ctx, "GetBlocks",
-      [this, request, response](const std::string& tenant) {
-        return DoGetBlocks(tenant, *request, /*memory_only=*/true, response);
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  // Memory hits inline; at the first block only on disk, the call goes on
+  // on a worker from that block.
+  auto progress = std::make_shared<GetBlocksProgress>();
+  return RunInlineOrOnWorker<v1::GetBlocksRequest, v1::GetBlocksResponse>(
+      ctx, "GetBlocks", request, response,
+      [this, progress](const std::string& tenant,
+                       const v1::GetBlocksRequest& req,
+                       v1::GetBlocksResponse* resp) {
+        return DoGetBlocks(tenant, req, /*memory_only=*/true, progress.get(),
+                           resp);
       },
-      [this, request, response](const std::string& tenant) {
-        return *DoGetBlocks(tenant, *request, /*memory_only=*/false, response);
+      [this, progress](const std::string& tenant,
+                       const v1::GetBlocksRequest& req,
+                       v1::GetBlocksResponse* resp) {
+        return *DoGetBlocks(tenant, req, /*memory_only=*/false, progress.get(),
+                            resp);
       });
 }
 
 grpc::ServerUnaryReactor* KvCacheService::Delete(
-    grpc::CallbackServerContext* ctx, const v1::DeleteRequest* request,
-    v1::DeleteResponse* response) {
-  return RunOnWorker(ctx, "Delete",
-                     Bind(&KvCacheService::DoDelete, request, response));
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return RunOnWorker<v1::DeleteRequest, v1::DeleteResponse>(
+      ctx, "Delete", request, response, Bind(&KvCacheService::DoDelete));
 }
 
 grpc::ServerUnaryReactor* KvCacheService::Stats(
-    grpc::CallbackServerContext* ctx, const v1::StatsRequest* request,
-    v1::StatsResponse* response) {
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   // Stats reads counters and in-memory usage only.
-  return RunInline(ctx, "Stats",
-                   Bind(&KvCacheService::DoStats, request, response));
+  return RunInline<v1::StatsRequest, v1::StatsResponse>(
+      ctx, "Stats", request, response, Bind(&KvCacheService::DoStats));
 }
 
 grpc::ServerUnaryReactor* KvCacheService::PutCodebooks(
-    grpc::CallbackServerContext* ctx, const v1::PutCodebooksRequest* request,
-    v1::PutCodebooksResponse* response) {
-  return RunOnWorker(ctx, "PutCodebooks",
-                     Bind(&KvCacheService::DoPutCodebooks, request, response));
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return RunOnWorker<v1::PutCodebooksRequest, v1::PutCodebooksResponse>(
+      ctx, "PutCodebooks", request, response,
+      Bind(&KvCacheService::DoPutCodebooks));
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetCodebooks(
-    grpc::CallbackServerContext* ctx, const v1::GetCodebooksRequest* request,
-    v1::GetCodebooksResponse* response) {
-  return RunOnWorker(ctx, "GetCodebooks",
-                     Bind(&KvCacheService::DoGetCodebooks, request, response));
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return RunOnWorker<v1::GetCodebooksRequest, v1::GetCodebooksResponse>(
+      ctx, "GetCodebooks", request, response,
+      Bind(&KvCacheService::DoGetCodebooks));
 }
 
 // The rendezvous table is in memory: always inline.
 grpc::ServerUnaryReactor* KvCacheService::PutRendezvous(
-    grpc::CallbackServerContext* ctx, const v1::PutRendezvousRequest* request,
-    v1::PutRendezvousResponse* response) {
-  return RunInline(ctx, "PutRendezvous",
-                   Bind(&KvCacheService::DoPutRendezvous, request, response));
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return RunInline<v1::PutRendezvousRequest, v1::PutRendezvousResponse>(
+      ctx, "PutRendezvous", request, response,
+      Bind(&KvCacheService::DoPutRendezvous));
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetRendezvous(
-    grpc::CallbackServerContext* ctx, const v1::GetRendezvousRequest* request,
-    v1::GetRendezvousResponse* response) {
-  return RunInline(ctx, "GetRendezvous",
-                   Bind(&KvCacheService::DoGetRendezvous, request, response));
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return RunInline<v1::GetRendezvousRequest, v1::GetRendezvousResponse>(
+      ctx, "GetRendezvous", request, response,
+      Bind(&KvCacheService::DoGetRendezvous));
 }
 
 // ---------------------------------------------------------------------------

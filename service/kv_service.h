@@ -1,8 +1,12 @@
 // The KVCache gRPC service (proto/vqkv/v1/kvcache.proto) on top of the tiered
-// store, with the callback API: each handler authenticates inline; work that
-// needs no disk I/O (Lookup, Stats, rendezvous, memory hits, puts that cannot
-// spill) also runs inline on the gRPC thread, the rest goes to a WorkQueue and
-// finishes the reactor from there, so gRPC threads never block on disk.
+// store, with the callback API and raw (ByteBuffer) methods: each handler
+// admits and authenticates the call (the server's credentials have usually
+// refused a bad token already, service/auth_credentials.h), then parses its
+// request; work that needs no disk I/O (Lookup, Stats, rendezvous, memory
+// hits, puts that cannot spill) runs inline on the gRPC thread, the rest goes
+// to a bounded WorkQueue (a full queue refuses new calls with
+// RESOURCE_EXHAUSTED) and finishes the reactor from there, so gRPC threads
+// never block on disk.
 //
 // Status mapping: storage and validation errors are absl::Status codes,
 // passed 1:1 to grpc::Status, except kPermissionDenied from the store
@@ -19,6 +23,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -32,6 +37,9 @@
 #include "vqkv/v1/kvcache.grpc.pb.h"
 
 namespace vqkv::service {
+
+struct GetBlocksProgress;  // kv_service_internal.h
+struct PutResultsBudget;   // kv_service_internal.h
 
 class KvCacheService final : public v1::KVCache::CallbackService {
  public:
@@ -50,48 +58,13 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   // Returns true when idle.
   bool WaitIdle(absl::Duration timeout);
 
-  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx,
-                                   const v1::LookupRequest* request,
-                                   v1::LookupResponse* response) override;
-  grpc::ServerUnaryReactor* PutBlocks(grpc::CallbackServerContext* ctx,
-                                      const v1::PutBlocksRequest* request,
-                                      v1::PutBlocksResponse* response) override;
-  grpc::ServerUnaryReactor* GetBlocks(grpc::CallbackServerContext* ctx,
-                                      const v1::GetBlocksRequest* request,
-                                      v1::GetBlocksResponse* response) override;
-  grpc::ServerReadReactor<v1::PutBlocksRequest>* PutBlocksStream(
-      grpc::CallbackServerContext* ctx,
-      v1::PutBlocksResponse* response) override;
-  grpc::ServerWriteReactor<v1::GetBlocksResponse>* GetBlocksStream(
-      grpc::CallbackServerContext* ctx,
-      const v1::GetBlocksRequest* request) override;
-  grpc::ServerUnaryReactor* PutCodebooks(
-      grpc::CallbackServerContext* ctx, const v1::PutCodebooksRequest* request,
-      v1::PutCodebooksResponse* response) override;
-  grpc::ServerUnaryReactor* GetCodebooks(
-      grpc::CallbackServerContext* ctx, const v1::GetCodebooksRequest* request,
-      v1::GetCodebooksResponse* response) override;
-  // Streamed codebook transfer for sets larger than a message (proto
-  // comments). Both buffer the whole file in memory (bounded by
-  // max_codebook_bytes); validation and storage run on a worker.
-  grpc::ServerReadReactor<v1::CodebookChunk>* PutCodebookStream(
-      grpc::CallbackServerContext* ctx,
-      v1::PutCodebooksResponse* response) override;
-  grpc::ServerWriteReactor<v1::CodebookChunk>* GetCodebookStream(
-      grpc::CallbackServerContext* ctx,
-      const v1::GetCodebookStreamRequest* request) override;
-  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
-                                   const v1::DeleteRequest* request,
-                                   v1::DeleteResponse* response) override;
-  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
-                                  const v1::StatsRequest* request,
-                                  v1::StatsResponse* response) override;
-  grpc::ServerUnaryReactor* PutRendezvous(
-      grpc::CallbackServerContext* ctx, const v1::PutRendezvousRequest* request,
-      v1::PutRendezvousResponse* response) override;
-  grpc::ServerUnaryReactor* GetRendezvous(
-      grpc::CallbackServerContext* ctx, const v1::GetRendezvousRequest* request,
-      v1::GetRendezvousResponse* response) override;
+  // Every method is served as a raw callback method (grpc::ByteBuffer in
+  // and out): the service authenticates a call before it parses the request,
+  // and a request that is not a valid protobuf message fails with
+  // INVALID_ARGUMENT naming the expected message type (gRPC's typed
+  // callback handlers answer UNIMPLEMENTED with an empty message instead).
+  // The handlers below are registered by the constructor; each parses its
+  // message type and runs the matching Do* method.
 
  private:
   // Admission and the final status, shared by every handler
@@ -118,48 +91,97 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   absl::StatusOr<std::string> Authenticate(
       const grpc::CallbackServerContext* ctx) const;
 
+  // Registration of the raw handlers (constructor).
+  using RawUnaryHandler = grpc::ServerUnaryReactor* (
+      KvCacheService::*)(grpc::CallbackServerContext*, const grpc::ByteBuffer*,
+                         grpc::ByteBuffer*);
+  void RegisterUnary(const char* method, RawUnaryHandler handler);
+  void RegisterStreams();
+
+  // The unary handlers: parse, run (inline or on a worker), serialize.
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* PutBlocks(grpc::CallbackServerContext* ctx,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* GetBlocks(grpc::CallbackServerContext* ctx,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* PutCodebooks(grpc::CallbackServerContext* ctx,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* GetCodebooks(grpc::CallbackServerContext* ctx,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* PutRendezvous(grpc::CallbackServerContext* ctx,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response);
+  grpc::ServerUnaryReactor* GetRendezvous(grpc::CallbackServerContext* ctx,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response);
+
   // The three ways a unary handler runs, each admitting the call (drain,
-  // auth), finishing the reactor with the status `fn` returns and recording
-  // metrics. RunInline: `fn(tenant)` on the calling gRPC thread (no disk
-  // I/O). RunOnWorker: on a worker. RunInlineOrOnWorker: `try_inline(tenant)`
-  // on the gRPC thread; when it returns nullopt (the call needs disk I/O),
-  // `fn(tenant)` on a worker.
-  template <typename Fn>
+  // auth), then parsing the request into a Req (INVALID_ARGUMENT when it is
+  // not one), running `fn(tenant, req, &resp)`, serializing the response and
+  // finishing the reactor with the status, and recording metrics. RunInline:
+  // on the calling gRPC thread (no disk I/O). RunOnWorker: on a worker.
+  // RunInlineOrOnWorker: `try_inline(tenant, req, &resp)` on the gRPC thread;
+  // when it returns nullopt (the call needs disk I/O), `fn` on a worker.
+  template <typename Req, typename Resp, typename Fn>
   grpc::ServerUnaryReactor* RunInline(grpc::CallbackServerContext* ctx,
-                                      const char* method, Fn fn);
-  template <typename Fn>
+                                      const char* method,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response, Fn fn);
+  template <typename Req, typename Resp, typename Fn>
   grpc::ServerUnaryReactor* RunOnWorker(grpc::CallbackServerContext* ctx,
-                                        const char* method, Fn fn);
-  template <typename TryInline, typename Fn>
+                                        const char* method,
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response, Fn fn);
+  template <typename Req, typename Resp, typename TryInline, typename Fn>
   grpc::ServerUnaryReactor* RunInlineOrOnWorker(
       grpc::CallbackServerContext* ctx, const char* method,
+      const grpc::ByteBuffer* request, grpc::ByteBuffer* response,
       TryInline try_inline, Fn fn);
-  // A Do* method bound to one call's request and response, as the Run*
-  // functions take it: fn(tenant) = (this->*do_fn)(tenant, *req, resp).
+  // Runs `fn(call)` on a worker and finishes the admitted `call` with the
+  // status it returns; when the work queue is full (max_queued_work),
+  // finishes it at once with RESOURCE_EXHAUSTED instead.
+  template <typename Fn>
+  void SubmitOrFinish(grpc::ServerUnaryReactor* reactor, Call call, Fn fn);
+  // A Do* method as the Run* functions take it.
   template <typename Req, typename Resp>
   auto Bind(absl::Status (KvCacheService::*do_fn)(const std::string&,
-                                                  const Req&, Resp*),
-            const Req* req, Resp* resp);
-  // Runs `fn(tenant)` on a worker and finishes the admitted `call` with it.
-  template <typename Fn>
-  void FinishOnWorker(grpc::ServerUnaryReactor* reactor, Call call, Fn fn);
+                                                  const Req&, Resp*));
 
   absl::Status DoLookup(const std::string& tenant, const v1::LookupRequest& req,
                         v1::LookupResponse* resp);
   // Validates and stores one message's blocks, appending one result per
   // block to resp. ns_id: the namespace id (already validated). With
   // fail_if_all_failed, a batch whose every block failed with one code
-  // becomes that status (the unary PutBlocks rule).
+  // becomes that status (the unary PutBlocks rule). With a text budget (the
+  // stream), results carry their message only while it lasts, and
+  // ALREADY_EXISTS none; without one (nullptr), every failed result does.
   absl::Status DoPutBlocks(const std::string& tenant, const v1::Namespace& ns,
                            const storage::NamespaceId& ns_id,
                            const v1::PutBlocksRequest& req,
                            bool fail_if_all_failed,
+                           PutResultsBudget* text_budget,
                            v1::PutBlocksResponse* resp);
-  // With memory_only, returns nullopt (resp untouched) when a block would
-  // have to be read from disk; never nullopt otherwise.
+  // Reads the requested blocks in order into resp until the message budget
+  // (UnaryGetBlocksBudget) is reached; the rest are reported as not sent
+  // without being read. With memory_only, returns nullopt when the next
+  // block would have to be read from disk: `progress` says where to go on
+  // (with memory_only false, on a worker); never nullopt otherwise.
   std::optional<absl::Status> DoGetBlocks(const std::string& tenant,
                                           const v1::GetBlocksRequest& req,
                                           bool memory_only,
+                                          GetBlocksProgress* progress,
                                           v1::GetBlocksResponse* resp);
   // The codebook registry is shared by all tenants: the Do*Codebooks
   // methods ignore `tenant`.
@@ -192,6 +214,14 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   // (FAILED_PRECONDITION otherwise).
   absl::Status CheckNamespaceForPut(const v1::Namespace& ns, bool present);
 
+  // Blocks a tenant's GetBlocks / GetBlocksStream calls returned (hits) and
+  // did not find (misses): what Stats shows a tenant that is not the admin.
+  void CountTenantGets(const std::string& tenant, uint64_t hits,
+                       uint64_t misses);
+  // Whether `tenant` sees the whole cache in Stats (admin_tenant, or the
+  // anonymous tenant with auth off).
+  bool SeesWholeCache(const std::string& tenant) const;
+
   storage::TieredStore* const store_;
   const TokenStore* const tokens_;
   Metrics* const metrics_;
@@ -199,6 +229,14 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   WorkQueue work_;
   // Rendezvous entries (memory only; thread-safe on its own).
   storage::RendezvousTable rendezvous_;
+  struct TenantGets {
+    uint64_t hits = 0;
+    uint64_t misses = 0;
+  };
+  // One entry per tenant that fetched blocks (bounded by the token file).
+  mutable absl::Mutex tenant_gets_mu_;
+  absl::flat_hash_map<std::string, TenantGets> tenant_gets_
+      ABSL_GUARDED_BY(tenant_gets_mu_);
   absl::Mutex drain_mu_;
   bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
   int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;

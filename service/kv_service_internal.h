@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -18,6 +19,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "base/status_macros.h"
 #include "grpcpp/grpcpp.h"
@@ -36,6 +39,11 @@ namespace vqkv::service {
 // sees passes through here: call statuses in Call::Status, BlockData codes
 // in WireCode, put results (code and message) in DoPutBlocks.
 absl::Status HideOtherTenants(const absl::Status& s);
+
+// The index of `method` in the vqkv.v1.KVCache service descriptor (the
+// index gRPC's generated service registers it under). Aborts for an unknown
+// name (a programming error).
+int MethodIndex(absl::string_view method);
 
 // The wire code of a per-item result (BlockData.code).
 inline int32_t WireCode(const absl::Status& s) {
@@ -97,50 +105,132 @@ class KvCacheService::Call {
   absl::StatusCode code_ = absl::StatusCode::kOk;
 };
 
-template <typename Fn>
+// A message of type `Msg` from the raw bytes of a request (or of one message
+// of a client stream). kInvalidArgument naming the expected type, with
+// `where` ("message 3: ") in front, when the bytes are not one.
+template <typename Msg>
+absl::Status ParseMessage(const grpc::ByteBuffer& raw, absl::string_view where,
+                          Msg* msg) {
+  grpc::ByteBuffer copy(raw);  // Deserialize consumes its buffer (slices
+                               // are reference-counted: no data copy)
+  if (!grpc::SerializationTraits<Msg>::Deserialize(&copy, msg).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, "the request is not a valid ", msg->GetTypeName(),
+                     " message (protobuf parse failed)"));
+  }
+  return absl::OkStatus();
+}
+
+// `msg` as the raw bytes of a response message, replacing what `raw` held
+// (a stream reuses one buffer). kInternal when it cannot be serialized
+// (over 2 GiB).
+template <typename Msg>
+absl::Status SerializeMessage(const Msg& msg, grpc::ByteBuffer* raw) {
+  raw->Clear();  // gRPC's large-message writer requires an empty buffer
+  bool own = false;
+  const grpc::Status s =
+      grpc::SerializationTraits<Msg>::Serialize(msg, raw, &own);
+  if (!s.ok()) {
+    return absl::InternalError(absl::StrCat("cannot serialize the ",
+                                            msg.GetTypeName(),
+                                            " response: ", s.error_message()));
+  }
+  return absl::OkStatus();
+}
+
+// One unary call's request and response: parsed from and serialized into
+// the raw buffers gRPC owns (valid until the call is done).
+template <typename Req, typename Resp>
+struct UnaryIo {
+  UnaryIo(const grpc::ByteBuffer* in, grpc::ByteBuffer* out)
+      : in(in), out(out) {}
+  // Parses the request on first use.
+  absl::Status Parse() {
+    if (parsed) return absl::OkStatus();
+    VQKV_RETURN_IF_ERROR(ParseMessage(*in, "", &req));
+    parsed = true;
+    return absl::OkStatus();
+  }
+  // Runs fn(tenant, req, &resp) on the parsed request, then serializes the
+  // response when it succeeded.
+  template <typename Fn>
+  absl::Status Run(Fn& fn, const std::string& tenant) {
+    VQKV_RETURN_IF_ERROR(Parse());
+    VQKV_RETURN_IF_ERROR(fn(tenant, req, &resp));
+    return SerializeMessage(resp, out);
+  }
+  // The same for a try_inline function: nullopt when it returned nullopt.
+  template <typename Fn>
+  std::optional<absl::Status> TryRun(Fn& fn, const std::string& tenant) {
+    VQKV_RETURN_IF_ERROR(Parse());
+    std::optional<absl::Status> done = fn(tenant, req, &resp);
+    if (!done.has_value() || !done->ok()) return done;
+    return SerializeMessage(resp, out);
+  }
+
+  const grpc::ByteBuffer* const in;
+  grpc::ByteBuffer* const out;
+  bool parsed = false;
+  Req req;
+  Resp resp;
+};
+
+template <typename Req, typename Resp, typename Fn>
 grpc::ServerUnaryReactor* KvCacheService::RunInline(
-    grpc::CallbackServerContext* ctx, const char* method, Fn fn) {
+    grpc::CallbackServerContext* ctx, const char* method,
+    const grpc::ByteBuffer* request, grpc::ByteBuffer* response, Fn fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   Call call(this, ctx, method);
-  call.FinishUnary(reactor, call.tenant().ok() ? fn(*call.tenant())
-                                               : call.tenant().status());
+  if (!call.tenant().ok()) {
+    call.FinishUnary(reactor, call.tenant().status());
+    return reactor;
+  }
+  UnaryIo<Req, Resp> io(request, response);
+  call.FinishUnary(reactor, io.Run(fn, *call.tenant()));
   return reactor;
 }
 
 template <typename Req, typename Resp>
 auto KvCacheService::Bind(absl::Status (KvCacheService::*do_fn)(
-                              const std::string&, const Req&, Resp*),
-                          const Req* req, Resp* resp) {
-  return [this, do_fn, req, resp](const std::string& tenant) {
-    return (this->*do_fn)(tenant, *req, resp);
+    const std::string&, const Req&, Resp*)) {
+  return [this, do_fn](const std::string& tenant, const Req& req, Resp* resp) {
+    return (this->*do_fn)(tenant, req, resp);
   };
 }
 
+// The status of a call refused because the work queue is full.
+absl::Status QueueFullError(size_t max_queued);
+
 template <typename Fn>
-void KvCacheService::FinishOnWorker(grpc::ServerUnaryReactor* reactor,
+void KvCacheService::SubmitOrFinish(grpc::ServerUnaryReactor* reactor,
                                     Call call, Fn fn) {
-  work_.Submit([reactor, call = std::move(call), fn = std::move(fn)]() mutable {
-    call.FinishUnary(reactor, fn(*call.tenant()));
-  });
-}
-
-template <typename Fn>
-grpc::ServerUnaryReactor* KvCacheService::RunOnWorker(
-    grpc::CallbackServerContext* ctx, const char* method, Fn fn) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  Call call(this, ctx, method);
-  if (!call.tenant().ok()) {
-    call.FinishUnary(reactor, call.tenant().status());
-  } else {
-    FinishOnWorker(reactor, std::move(call), std::move(fn));
+  auto shared = std::make_shared<Call>(std::move(call));
+  const bool queued =
+      work_.TrySubmit([reactor, shared, fn = std::move(fn)]() mutable {
+        shared->FinishUnary(reactor, fn(*shared));
+      });
+  if (!queued) {
+    shared->FinishUnary(reactor, QueueFullError(work_.max_queued()));
   }
-  return reactor;
 }
 
-template <typename TryInline, typename Fn>
+template <typename Req, typename Resp, typename Fn>
+grpc::ServerUnaryReactor* KvCacheService::RunOnWorker(
+    grpc::CallbackServerContext* ctx, const char* method,
+    const grpc::ByteBuffer* request, grpc::ByteBuffer* response, Fn fn) {
+  return RunInlineOrOnWorker<Req, Resp>(
+      ctx, method, request, response,
+      [](const std::string&, const Req&, Resp*) -> std::optional<absl::Status> {
+        return std::nullopt;
+      },
+      std::move(fn));
+}
+
+template <typename Req, typename Resp, typename TryInline, typename Fn>
 grpc::ServerUnaryReactor* KvCacheService::RunInlineOrOnWorker(
-    grpc::CallbackServerContext* ctx, const char* method, TryInline try_inline,
-    Fn fn) {
+    grpc::CallbackServerContext* ctx, const char* method,
+    const grpc::ByteBuffer* request, grpc::ByteBuffer* response,
+    TryInline try_inline, Fn fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   Call call(this, ctx, method);
   if (!call.tenant().ok()) {
@@ -149,11 +239,16 @@ grpc::ServerUnaryReactor* KvCacheService::RunInlineOrOnWorker(
   }
   // Work that needs no disk I/O finishes here, on the gRPC thread: a hop to
   // a worker costs two context switches, more than a memory hit itself.
-  if (std::optional<absl::Status> done = try_inline(*call.tenant())) {
+  auto io = std::make_shared<UnaryIo<Req, Resp>>(request, response);
+  if (std::optional<absl::Status> done =
+          io->TryRun(try_inline, *call.tenant())) {
     call.FinishUnary(reactor, *done);
-  } else {
-    FinishOnWorker(reactor, std::move(call), std::move(fn));
+    return reactor;
   }
+  SubmitOrFinish(reactor, std::move(call),
+                 [io, fn = std::move(fn)](Call& call) mutable {
+                   return io->Run(fn, *call.tenant());
+                 });
   return reactor;
 }
 
@@ -170,6 +265,20 @@ inline uint64_t StreamGetBlocksBudget(uint64_t max_message_bytes,
   return std::min(requested, UnaryGetBlocksBudget(max_message_bytes));
 }
 
+// The bounds of PutBlocksStream's one response. Each result costs at most
+// 4 bytes on the wire without its message text (code < 128), so
+// max_message_bytes / 8 results take at most half a message; result texts
+// are added while they fit in a quarter of the message, and are left out
+// (the code alone) past that. The response never exceeds the limit.
+inline uint64_t PutStreamBlockLimit(uint64_t max_message_bytes,
+                                    uint64_t max_stream_blocks) {
+  return std::min(max_stream_blocks, max_message_bytes / 8);
+}
+struct PutResultsBudget {
+  // Bytes of result messages (text and framing) still allowed.
+  uint64_t text_bytes = 0;
+};
+
 // Builds the BlockData entries of GetBlocks responses (unary and streamed)
 // and counts what they carry, for the metrics.
 class BlockDataBuilder {
@@ -180,16 +289,32 @@ class BlockDataBuilder {
   static uint64_t EntryBytes(const Got& got);
 
   // Appends entry `index` to `resp`: the block's data, or its error code
-  // (WireCode). With over_budget, a found block is reported as
-  // RESOURCE_EXHAUSTED without its data. Returns the bytes it added.
-  uint64_t Add(size_t index, const Got& got, bool over_budget,
-               v1::GetBlocksResponse* resp);
+  // (WireCode). Returns the bytes it added.
+  uint64_t Add(size_t index, const Got& got, v1::GetBlocksResponse* resp);
+  // Appends entry `index` as not sent (RESOURCE_EXHAUSTED: the response
+  // reached its budget); counted neither as a hit nor as a miss, since the
+  // block may not even have been read. Returns the bytes it added.
+  static uint64_t AddNotSent(size_t index, v1::GetBlocksResponse* resp);
 
   // Records the hits, misses and bytes sent of every entry added ("get").
   void Record(Metrics* metrics, uint64_t block_tokens) const;
+  uint64_t hits() const { return hit_; }
+  uint64_t misses() const { return miss_; }
 
  private:
   uint64_t hit_ = 0, miss_ = 0, hit_tokens_ = 0, sent_ = 0;
+};
+
+// How far one unary GetBlocks got: it starts on the gRPC thread (memory
+// hits) and, at the first block that needs disk I/O, continues on a worker
+// from where it stopped, so no block is read (or counted) twice.
+struct GetBlocksProgress {
+  bool parsed = false;
+  BlockRequest request;
+  size_t next = 0;     // the next hash to read
+  uint64_t bytes = 0;  // of the response so far (BlockDataBuilder::Add)
+  bool full = false;   // a found block did not fit: nothing more is read
+  BlockDataBuilder builder;
 };
 
 }  // namespace vqkv::service

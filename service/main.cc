@@ -21,12 +21,13 @@ void PrintSettings(const vqkv::service::ServerConfig& config) {
   const vqkv::storage::TieredStoreOptions& store = config.store;
   std::fprintf(
       stderr,
-      "vqkv-server: data_dir=%s memory_bytes=%llu disk_bytes=%llu "
+      "vqkv-server: data_dir=%s memory_bytes=%llu disk_bytes=%llu%s "
       "durability=%s write_policy=%s max_message_bytes=%llu "
       "max_lease_ms=%lld%s\n",
       store.data_dir.c_str(),
       static_cast<unsigned long long>(store.memory_bytes),
       static_cast<unsigned long long>(store.disk_bytes),
+      store.disk_bytes == 0 ? " (unlimited)" : "",
       std::string(vqkv::storage::DurabilityName(store.durability)).c_str(),
       std::string(vqkv::storage::WritePolicyName(store.write_policy)).c_str(),
       static_cast<unsigned long long>(config.service.max_message_bytes),

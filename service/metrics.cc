@@ -106,6 +106,10 @@ std::string Metrics::Render() const {
                "Encoded block bytes sent by gets.", bytes_sent_.load());
   AppendMetric(&out, "vqkv_blocks_stored_total", "counter",
                "Blocks newly stored by puts.", blocks_stored_.load());
+  AppendMetric(&out, "vqkv_auth_failures_total", "counter",
+               "Calls refused before their handler ran: no or an unknown "
+               "bearer token.",
+               auth_failures_.load());
   return out;
 }
 

@@ -9,6 +9,7 @@
 //                                             op = lookup | get
 //   vqkv_bytes_received_total / vqkv_bytes_sent_total   block payload bytes
 //   vqkv_blocks_stored_total                  blocks newly stored by puts
+//   vqkv_auth_failures_total                  calls refused for their token
 // plus whatever the server appends (store gauges: bytes per tier,
 // evictions, faults) through the render callback.
 //
@@ -68,6 +69,9 @@ class Metrics {
   void AddBytesReceived(uint64_t n) { bytes_received_ += n; }
   void AddBytesSent(uint64_t n) { bytes_sent_ += n; }
   void AddBlocksStored(uint64_t n) { blocks_stored_ += n; }
+  // A call refused before its handler ran: no or an unknown bearer token
+  // (service/auth_credentials.h).
+  void AddAuthFailure() { auth_failures_ += 1; }
 
   // The exposition text of every metric above.
   std::string Render() const;
@@ -97,6 +101,7 @@ class Metrics {
   std::atomic<uint64_t> bytes_received_{0};
   std::atomic<uint64_t> bytes_sent_{0};
   std::atomic<uint64_t> blocks_stored_{0};
+  std::atomic<uint64_t> auth_failures_{0};
 };
 
 // A small HTTP server on its own thread: GET /metrics (Prometheus text from

@@ -10,6 +10,7 @@
 #include "base/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "service/auth_credentials.h"
 
 namespace vqkv::service {
 namespace {
@@ -28,14 +29,22 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
 }
 
 // TLS from config.tls_cert / tls_key, or plaintext when they are empty.
+// With auth on, the credentials authenticate every call from its metadata
+// before its request is read (service/auth_credentials.h).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
-    const ServerConfig& config) {
-  if (config.tls_cert.empty()) return grpc::InsecureServerCredentials();
-  VQKV_ASSIGN_OR_RETURN(std::string cert,
-                        ReadPem(config.tls_cert, "certificate"));
-  VQKV_ASSIGN_OR_RETURN(std::string key, ReadPem(config.tls_key, "key"));
+    const ServerConfig& config, const TokenStore& tokens, Metrics* metrics) {
+  TlsPem tls;
+  if (!config.tls_cert.empty()) {
+    VQKV_ASSIGN_OR_RETURN(tls.cert_chain,
+                          ReadPem(config.tls_cert, "certificate"));
+    VQKV_ASSIGN_OR_RETURN(tls.key, ReadPem(config.tls_key, "key"));
+  }
+  if (tokens.enabled()) {
+    return AuthenticatingServerCredentials(&tokens, metrics, tls);
+  }
+  if (tls.key.empty()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions ssl;
-  ssl.pem_key_cert_pairs.push_back({key, cert});
+  ssl.pem_key_cert_pairs.push_back({tls.key, tls.cert_chain});
   return grpc::SslServerCredentials(ssl);
 }
 
@@ -51,6 +60,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                           TokenStore::Load(config.tokens_file));
     VQKV_LOG(kInfo) << "auth on: " << server->tokens_.size()
                     << " token(s) from " << config.tokens_file;
+    if (config.tls_cert.empty() && !IsLoopbackListen(config.listen)) {
+      VQKV_LOG(kWarning)
+          << "bearer tokens travel in PLAINTEXT: " << config.listen
+          << " is not a loopback address and TLS is off, so anyone on the "
+             "network path can read the tokens and act as their tenants. "
+             "Give --tls-cert and --tls-key (or terminate TLS in front of "
+             "the server on this host).";
+    }
   } else {
     VQKV_LOG(kWarning)
         << "AUTH IS OFF (no --tokens-file): every caller is the anonymous "
@@ -58,14 +75,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
            "for anything but a local test.";
   }
 
+  storage::TieredStoreOptions store_options = config.store;
+  store_options.disk_bytes = StoreDiskBytes(config.store.disk_bytes);
   VQKV_ASSIGN_OR_RETURN(server->store_,
-                        storage::TieredStore::Open(config.store));
+                        storage::TieredStore::Open(std::move(store_options)));
   server->service_ =
       std::make_unique<KvCacheService>(server->store_.get(), &server->tokens_,
                                        &server->metrics_, config.service);
 
-  VQKV_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
-                        Credentials(config));
+  VQKV_ASSIGN_OR_RETURN(
+      std::shared_ptr<grpc::ServerCredentials> creds,
+      Credentials(config, server->tokens_, &server->metrics_));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -75,6 +95,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   const int max_msg = static_cast<int>(config.service.max_message_bytes);
   builder.SetMaxReceiveMessageSize(max_msg);
   builder.SetMaxSendMessageSize(max_msg);
+  // Admission at the transport: calls open at once per connection, and the
+  // memory gRPC may hold in buffers (requests being received, responses
+  // being sent) across all connections.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             config.max_concurrent_streams);
+  if (config.grpc_memory_bytes != 0) {
+    grpc::ResourceQuota quota("vqkv-server");
+    quota.Resize(static_cast<size_t>(config.grpc_memory_bytes));
+    builder.SetResourceQuota(quota);
+  }
   builder.RegisterService(server->service_.get());
   server->grpc_ = builder.BuildAndStart();
   if (server->grpc_ == nullptr || port == 0) {

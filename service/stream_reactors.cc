@@ -1,6 +1,10 @@
 // The streaming RPCs: PutBlocksStream, GetBlocksStream, PutCodebookStream,
 // GetCodebookStream. One base (StreamReactor) holds what they share:
 // admission, the final status, the metrics when done, steps on a worker.
+// They are raw methods (grpc::ByteBuffer messages): each reactor parses what
+// it reads and serializes what it writes, so that a message that is not the
+// expected type fails with INVALID_ARGUMENT naming it (a typed read reactor
+// cannot tell a bad message from the end of the stream).
 #include <algorithm>
 #include <optional>
 #include <string>
@@ -15,8 +19,8 @@
 
 namespace vqkv::service {
 
-// GrpcReactor: grpc::ServerReadReactor<Request> or
-// grpc::ServerWriteReactor<Response>. A subclass's constructor calls
+// GrpcReactor: grpc::ServerReadReactor<grpc::ByteBuffer> or
+// grpc::ServerWriteReactor<grpc::ByteBuffer>. A subclass's constructor calls
 // Admitted() first and starts nothing when it returns false.
 template <typename GrpcReactor>
 class KvCacheService::StreamReactor : public GrpcReactor {
@@ -40,21 +44,30 @@ class KvCacheService::StreamReactor : public GrpcReactor {
   }
   // REQUIRES: Admitted().
   const std::string& tenant() const { return *call_.tenant(); }
+  bool admitted() const { return call_.tenant().ok(); }
 
   void FinishWith(const absl::Status& s) { this->Finish(call_.Status(s)); }
 
   // Runs `step` on a worker; when it fails, finishes the call with its
-  // status, else runs `next` there too.
+  // status, else runs `next` there too. The first work of a call is
+  // admission-controlled (admit = true): when the work queue is full the
+  // call finishes at once with RESOURCE_EXHAUSTED; later work of an
+  // admitted call is always queued.
   template <typename Step, typename Next>
-  void OnWorker(Step step, Next next) {
-    svc_->work_.Submit([this, step, next] {
+  void OnWorker(Step step, Next next, bool admit = false) {
+    auto work = [this, step, next] {
       const absl::Status s = step();
       if (!s.ok()) {
         FinishWith(s);
         return;
       }
       next();
-    });
+    };
+    if (!admit) {
+      svc_->work_.Submit(work);
+    } else if (!svc_->work_.TrySubmit(work)) {
+      FinishWith(QueueFullError(svc_->work_.max_queued()));
+    }
   }
 
   // For write streams, from OnWriteDone: false, after finishing the call
@@ -77,12 +90,16 @@ class KvCacheService::StreamReactor : public GrpcReactor {
 // PutBlocksStream: read a message, store it on a worker, read the next.
 
 class KvCacheService::PutStreamReactor
-    : public StreamReactor<grpc::ServerReadReactor<v1::PutBlocksRequest>> {
+    : public StreamReactor<grpc::ServerReadReactor<grpc::ByteBuffer>> {
  public:
   PutStreamReactor(KvCacheService* svc, grpc::CallbackServerContext* ctx,
-                   v1::PutBlocksResponse* resp)
-      : StreamReactor(svc, ctx, "PutBlocksStream"), resp_(resp) {
-    if (Admitted()) StartRead(&req_);
+                   grpc::ByteBuffer* raw_resp)
+      : StreamReactor(svc, ctx, "PutBlocksStream"),
+        raw_resp_(raw_resp),
+        block_limit_(PutStreamBlockLimit(svc->options_.max_message_bytes,
+                                         svc->options_.max_stream_blocks)) {
+    text_budget_.text_bytes = svc->options_.max_message_bytes / 4;
+    if (Admitted()) StartRead(&raw_req_);
   }
 
   void OnReadDone(bool ok) override {
@@ -91,10 +108,27 @@ class KvCacheService::PutStreamReactor
       FinishWith(messages_ == 0
                      ? absl::InvalidArgumentError(
                            "PutBlocksStream carried no messages (empty batch)")
-                     : absl::OkStatus());
+                     : SerializeMessage(resp_, raw_resp_));
       return;
     }
-    OnWorker([this] { return Process(); }, [this] { StartRead(&req_); });
+    req_.Clear();
+    const absl::Status parsed = ParseMessage(
+        raw_req_, absl::StrCat("message ", messages_, ": "), &req_);
+    if (!parsed.ok()) {
+      FinishWith(parsed);
+      return;
+    }
+    // The per-stream bound, before any work on the message.
+    const uint64_t after = blocks_ + static_cast<uint64_t>(req_.blocks_size());
+    if (after > block_limit_) {
+      FinishWith(absl::ResourceExhaustedError(absl::StrCat(
+          "message ", messages_, ": PutBlocksStream takes at most ",
+          block_limit_, " blocks per stream (this message would bring it to ",
+          after, "); send the rest in another stream")));
+      return;
+    }
+    OnWorker([this] { return Process(); }, [this] { StartRead(&raw_req_); },
+             /*admit=*/messages_ == 0);
   }
 
  private:
@@ -112,37 +146,41 @@ class KvCacheService::PutStreamReactor
     }
     const absl::Status s =
         svc_->DoPutBlocks(tenant(), ns_, ns_id_, req_,
-                          /*fail_if_all_failed=*/false, resp_);
+                          /*fail_if_all_failed=*/false, &text_budget_, &resp_);
     if (!s.ok()) {
       return absl::Status(
           s.code(), absl::StrCat("message ", messages_, ": ", s.message()));
     }
     ++messages_;
+    blocks_ += static_cast<uint64_t>(req_.blocks_size());
     return absl::OkStatus();
   }
 
-  v1::PutBlocksResponse* const resp_;
+  grpc::ByteBuffer* const raw_resp_;
+  const uint64_t block_limit_;
+  PutResultsBudget text_budget_;
+  grpc::ByteBuffer raw_req_;
   v1::PutBlocksRequest req_;
+  v1::PutBlocksResponse resp_;
   v1::Namespace ns_;
   storage::NamespaceId ns_id_;
-  int messages_ = 0;
+  int64_t messages_ = 0;
+  uint64_t blocks_ = 0;  // stored or reported so far
 };
-
-grpc::ServerReadReactor<v1::PutBlocksRequest>* KvCacheService::PutBlocksStream(
-    grpc::CallbackServerContext* ctx, v1::PutBlocksResponse* response) {
-  return new PutStreamReactor(this, ctx, response);
-}
 
 // ---------------------------------------------------------------------------
 // GetBlocksStream: fetch a run of blocks on a worker, write it, repeat.
 
 class KvCacheService::GetStreamReactor
-    : public StreamReactor<grpc::ServerWriteReactor<v1::GetBlocksResponse>> {
+    : public StreamReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>> {
  public:
   GetStreamReactor(KvCacheService* svc, grpc::CallbackServerContext* ctx,
-                   const v1::GetBlocksRequest* req)
-      : StreamReactor(svc, ctx, "GetBlocksStream"), req_(req) {
-    if (Admitted()) OnWorker([this] { return Prepare(); }, [this] { Next(); });
+                   const grpc::ByteBuffer* raw_req)
+      : StreamReactor(svc, ctx, "GetBlocksStream"), raw_req_(raw_req) {
+    if (Admitted()) {
+      OnWorker([this] { return Prepare(); }, [this] { Next(); },
+               /*admit=*/true);
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -151,13 +189,17 @@ class KvCacheService::GetStreamReactor
 
  private:
   void RecordStreamMetrics() override {
-    builder_.Record(svc_->metrics_, req_->namespace_().block_tokens());
+    builder_.Record(svc_->metrics_, req_.namespace_().block_tokens());
+    if (admitted()) {
+      svc_->CountTenantGets(tenant(), builder_.hits(), builder_.misses());
+    }
   }
 
   absl::Status Prepare() {
-    VQKV_ASSIGN_OR_RETURN(r_, ParseBlockRequest(tenant(), *req_));
+    VQKV_RETURN_IF_ERROR(ParseMessage(*raw_req_, "", &req_));
+    VQKV_ASSIGN_OR_RETURN(r_, ParseBlockRequest(tenant(), req_));
     budget_ = StreamGetBlocksBudget(svc_->options_.max_message_bytes,
-                                    req_->max_response_bytes());
+                                    req_.max_response_bytes());
     return absl::OkStatus();
   }
 
@@ -181,13 +223,20 @@ class KvCacheService::GetStreamReactor
         pending_ = std::move(got);
         break;
       }
-      bytes += builder_.Add(next_, got, /*over_budget=*/false, &resp_);
+      bytes += builder_.Add(next_, got, &resp_);
       ++next_;
     }
-    StartWrite(&resp_);
+    const absl::Status s = SerializeMessage(resp_, &out_);
+    if (!s.ok()) {
+      FinishWith(s);
+      return;
+    }
+    StartWrite(&out_);
   }
 
-  const v1::GetBlocksRequest* const req_;
+  const grpc::ByteBuffer* const raw_req_;
+  v1::GetBlocksRequest req_;
+  grpc::ByteBuffer out_;
   BlockRequest r_;
   uint64_t budget_ = 0;
   size_t next_ = 0;
@@ -197,31 +246,28 @@ class KvCacheService::GetStreamReactor
   BlockDataBuilder builder_;
 };
 
-grpc::ServerWriteReactor<v1::GetBlocksResponse>*
-KvCacheService::GetBlocksStream(grpc::CallbackServerContext* ctx,
-                                const v1::GetBlocksRequest* request) {
-  return new GetStreamReactor(this, ctx, request);
-}
-
 // ---------------------------------------------------------------------------
 // PutCodebookStream: append chunks on the gRPC thread (a copy, no I/O), then
 // validate and store the assembled file on a worker.
 
 class KvCacheService::PutCodebookStreamReactor
-    : public StreamReactor<grpc::ServerReadReactor<v1::CodebookChunk>> {
+    : public StreamReactor<grpc::ServerReadReactor<grpc::ByteBuffer>> {
  public:
   PutCodebookStreamReactor(KvCacheService* svc,
                            grpc::CallbackServerContext* ctx,
-                           v1::PutCodebooksResponse* resp)
-      : StreamReactor(svc, ctx, "PutCodebookStream"), resp_(resp) {
-    if (Admitted()) StartRead(&chunk_);
+                           grpc::ByteBuffer* raw_resp)
+      : StreamReactor(svc, ctx, "PutCodebookStream"), raw_resp_(raw_resp) {
+    if (Admitted()) StartRead(&raw_chunk_);
   }
 
   void OnReadDone(bool ok) override {
     if (ok) {
-      const absl::Status s = Append();
+      chunk_.Clear();
+      absl::Status s = ParseMessage(
+          raw_chunk_, absl::StrCat("chunk ", chunks_, ": "), &chunk_);
+      if (s.ok()) s = Append();
       if (s.ok()) {
-        StartRead(&chunk_);
+        StartRead(&raw_chunk_);
       } else {
         FinishWith(s);
       }
@@ -236,8 +282,9 @@ class KvCacheService::PutCodebookStreamReactor
           absl::StrCat("total_bytes: the stream ended after ", data_.size(),
                        " of ", total_, " bytes")));
     } else {
-      OnWorker([this] { return svc_->DoPutOneCodebook(hash_, data_, resp_); },
-               [this] { FinishWith(absl::OkStatus()); });
+      OnWorker([this] { return svc_->DoPutOneCodebook(hash_, data_, &resp_); },
+               [this] { FinishWith(SerializeMessage(resp_, raw_resp_)); },
+               /*admit=*/true);
     }
   }
 
@@ -293,7 +340,9 @@ class KvCacheService::PutCodebookStreamReactor
     return absl::OkStatus();
   }
 
-  v1::PutCodebooksResponse* const resp_;
+  grpc::ByteBuffer* const raw_resp_;
+  v1::PutCodebooksResponse resp_;
+  grpc::ByteBuffer raw_chunk_;
   v1::CodebookChunk chunk_;
   uint64_t hash_ = 0;
   uint64_t total_ = 0;
@@ -301,25 +350,23 @@ class KvCacheService::PutCodebookStreamReactor
   int64_t chunks_ = 0;
 };
 
-grpc::ServerReadReactor<v1::CodebookChunk>* KvCacheService::PutCodebookStream(
-    grpc::CallbackServerContext* ctx, v1::PutCodebooksResponse* response) {
-  return new PutCodebookStreamReactor(this, ctx, response);
-}
-
 // ---------------------------------------------------------------------------
 // GetCodebookStream: read the set on a worker, then write it in chunks.
 
 class KvCacheService::GetCodebookStreamReactor
-    : public StreamReactor<grpc::ServerWriteReactor<v1::CodebookChunk>> {
+    : public StreamReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>> {
  public:
   GetCodebookStreamReactor(KvCacheService* svc,
                            grpc::CallbackServerContext* ctx,
-                           const v1::GetCodebookStreamRequest* req)
+                           const grpc::ByteBuffer* raw_req)
       : StreamReactor(svc, ctx, "GetCodebookStream"),
-        req_(req),
+        raw_req_(raw_req),
         chunk_bytes_(
             std::max<uint64_t>(1, svc->options_.max_message_bytes / 4)) {
-    if (Admitted()) OnWorker([this] { return Prepare(); }, [this] { Next(); });
+    if (Admitted()) {
+      OnWorker([this] { return Prepare(); }, [this] { Next(); },
+               /*admit=*/true);
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -330,14 +377,15 @@ class KvCacheService::GetCodebookStreamReactor
   void RecordStreamMetrics() override { svc_->metrics_->AddBytesSent(offset_); }
 
   absl::Status Prepare() {
-    if (req_->hash() == 0) {
+    VQKV_RETURN_IF_ERROR(ParseMessage(*raw_req_, "", &req_));
+    if (req_.hash() == 0) {
       return absl::InvalidArgumentError("hash must be non-zero");
     }
     absl::StatusOr<storage::SharedBytes> got =
-        svc_->store_->GetCodebooks(req_->hash());
+        svc_->store_->GetCodebooks(req_.hash());
     if (got.status().code() == absl::StatusCode::kNotFound) {
       return absl::NotFoundError(absl::StrCat(
-          "codebook set ", absl::Hex(req_->hash(), absl::kZeroPad16),
+          "codebook set ", absl::Hex(req_.hash(), absl::kZeroPad16),
           " is not registered"));
     }
     VQKV_ASSIGN_OR_RETURN(file_, std::move(got));
@@ -352,7 +400,7 @@ class KvCacheService::GetCodebookStreamReactor
     }
     chunk_.Clear();
     if (offset_ == 0) {
-      chunk_.set_hash(req_->hash());
+      chunk_.set_hash(req_.hash());
       chunk_.set_total_bytes(file_->size());
     }
     chunk_.set_offset(offset_);
@@ -361,10 +409,17 @@ class KvCacheService::GetCodebookStreamReactor
     chunk_.set_data(file_->data() + offset_, n);
     offset_ += n;
     ++chunks_;
-    StartWrite(&chunk_);
+    const absl::Status s = SerializeMessage(chunk_, &out_);
+    if (!s.ok()) {
+      FinishWith(s);
+      return;
+    }
+    StartWrite(&out_);
   }
 
-  const v1::GetCodebookStreamRequest* const req_;
+  const grpc::ByteBuffer* const raw_req_;
+  v1::GetCodebookStreamRequest req_;
+  grpc::ByteBuffer out_;
   const uint64_t chunk_bytes_;
   storage::SharedBytes file_;
   uint64_t offset_ = 0;
@@ -372,10 +427,39 @@ class KvCacheService::GetCodebookStreamReactor
   v1::CodebookChunk chunk_;
 };
 
-grpc::ServerWriteReactor<v1::CodebookChunk>* KvCacheService::GetCodebookStream(
-    grpc::CallbackServerContext* ctx,
-    const v1::GetCodebookStreamRequest* request) {
-  return new GetCodebookStreamReactor(this, ctx, request);
+// ---------------------------------------------------------------------------
+
+void KvCacheService::RegisterStreams() {
+  using grpc::ByteBuffer;
+  using grpc::CallbackServerContext;
+  MarkMethodRawCallback(
+      MethodIndex("PutBlocksStream"),
+      new grpc::internal::CallbackClientStreamingHandler<ByteBuffer,
+                                                         ByteBuffer>(
+          [this](CallbackServerContext* ctx, ByteBuffer* response) {
+            return new PutStreamReactor(this, ctx, response);
+          }));
+  MarkMethodRawCallback(
+      MethodIndex("GetBlocksStream"),
+      new grpc::internal::CallbackServerStreamingHandler<ByteBuffer,
+                                                         ByteBuffer>(
+          [this](CallbackServerContext* ctx, const ByteBuffer* request) {
+            return new GetStreamReactor(this, ctx, request);
+          }));
+  MarkMethodRawCallback(
+      MethodIndex("PutCodebookStream"),
+      new grpc::internal::CallbackClientStreamingHandler<ByteBuffer,
+                                                         ByteBuffer>(
+          [this](CallbackServerContext* ctx, ByteBuffer* response) {
+            return new PutCodebookStreamReactor(this, ctx, response);
+          }));
+  MarkMethodRawCallback(
+      MethodIndex("GetCodebookStream"),
+      new grpc::internal::CallbackServerStreamingHandler<ByteBuffer,
+                                                         ByteBuffer>(
+          [this](CallbackServerContext* ctx, const ByteBuffer* request) {
+            return new GetCodebookStreamReactor(this, ctx, request);
+          }));
 }
 
 }  // namespace vqkv::service

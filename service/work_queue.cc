@@ -4,7 +4,7 @@
 
 namespace vqkv::service {
 
-WorkQueue::WorkQueue(int threads) {
+WorkQueue::WorkQueue(int threads, size_t max_queued) : max_queued_(max_queued) {
   threads_.reserve(threads);
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
 }
@@ -20,6 +20,24 @@ void WorkQueue::Submit(std::function<void()> fn) {
     }
   }
   fn();
+}
+
+bool WorkQueue::TrySubmit(std::function<void()> fn) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      if (max_queued_ != 0 && queue_.size() >= max_queued_) return false;
+      queue_.push_back(std::move(fn));
+      return true;
+    }
+  }
+  fn();
+  return true;
+}
+
+size_t WorkQueue::queued() const {
+  absl::MutexLock lock(&mu_);
+  return queue_.size();
 }
 
 void WorkQueue::Stop() {

@@ -43,5 +43,40 @@ TEST(TokenStoreTest, LineAndYamlFormats) {
   EXPECT_EQ(*off.Authenticate(false, ""), "");
 }
 
+TEST(TokenStoreTest, ConstantTimeEquals) {
+  EXPECT_TRUE(ConstantTimeEquals("alpha-token-1", "alpha-token-1"));
+  EXPECT_FALSE(ConstantTimeEquals("alpha-token-1", "alpha-token-2"));
+  EXPECT_FALSE(ConstantTimeEquals("alpha-token-1", "Alpha-token-1"));
+  // Prefixes and extensions differ in length: never equal, even when the
+  // cyclic read of the secret would match byte for byte.
+  EXPECT_FALSE(ConstantTimeEquals("alpha-token-1", "alpha-token-"));
+  EXPECT_FALSE(ConstantTimeEquals("alpha-token-1", "alpha-token-1x"));
+  EXPECT_FALSE(ConstantTimeEquals("abab", "ab"));
+  EXPECT_FALSE(ConstantTimeEquals("ab", "abab"));
+  EXPECT_FALSE(ConstantTimeEquals("alpha-token-1", ""));
+  EXPECT_FALSE(ConstantTimeEquals("", "x"));
+  EXPECT_TRUE(ConstantTimeEquals("", ""));
+}
+
+TEST(TokenStoreTest, EveryTokenOfManyAuthenticates) {
+  // Authenticate scans all tokens (no map lookup): each still finds its own
+  // tenant, and near misses fail.
+  std::string text;
+  for (int i = 0; i < 200; ++i) {
+    text += "token-number-" + std::to_string(i) + " tenant" +
+            std::to_string(i % 7) + "\n";
+  }
+  auto store = TokenStore::Parse(text, "t");
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (int i = 0; i < 200; ++i) {
+    auto t =
+        store->Authenticate(true, "Bearer token-number-" + std::to_string(i));
+    ASSERT_TRUE(t.ok()) << i;
+    EXPECT_EQ(*t, "tenant" + std::to_string(i % 7));
+  }
+  EXPECT_FALSE(store->Authenticate(true, "Bearer token-number-200").ok());
+  EXPECT_FALSE(store->Authenticate(true, "Bearer token-number-").ok());
+}
+
 }  // namespace
 }  // namespace vqkv::service

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 
 #include "absl/time/time.h"
@@ -32,6 +33,7 @@ TEST(ConfigTest, YamlAppliesAndRejectsUnknownKeys) {
   ServerConfig c;
   ASSERT_TRUE(ApplyYamlConfig(R"(
 listen: 0.0.0.0:6000
+allow_insecure_public: true
 data_dir: /var/lib/vqkv
 memory_bytes: 2GiB
 durability: sync
@@ -137,14 +139,99 @@ TEST(ConfigTest, DefaultsComeFromTheLowerLayersOptions) {
   EXPECT_EQ(c.store.data_dir, "./vqkv-data");  // the server's own default
 }
 
-TEST(ConfigTest, DiskBytesZeroIsRejected) {
-  // The disk tier has no unlimited mode (docs/SERVICE.md).
+TEST(ConfigTest, DiskBytesZeroIsUnlimited) {
+  // docs/SERVICE.md: 0 = unlimited, from the flag and from YAML.
   std::string a0 = "vqkv-server", a1 = "--disk-bytes", a2 = "0";
   char* argv[] = {a0.data(), a1.data(), a2.data()};
   bool exit_now = false;
   auto c = ParseCommandLine(3, argv, &exit_now);
-  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(c.status().message(), HasSubstr("disk_bytes"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->store.disk_bytes, 0u);
+  EXPECT_EQ(StoreDiskBytes(c->store.disk_bytes),
+            std::numeric_limits<uint64_t>::max());
+  EXPECT_EQ(StoreDiskBytes(uint64_t{1} << 30), uint64_t{1} << 30);
+
+  ServerConfig y;
+  ASSERT_TRUE(ApplyYamlConfig("disk_bytes: 0\n", "test", &y).ok());
+  EXPECT_EQ(y.store.disk_bytes, 0u);
+  EXPECT_TRUE(y.Validate().ok());
+}
+
+TEST(ConfigTest, LoopbackAddresses) {
+  EXPECT_TRUE(IsLoopbackListen("127.0.0.1:50051"));
+  EXPECT_TRUE(IsLoopbackListen("127.10.0.3:0"));
+  EXPECT_TRUE(IsLoopbackListen("localhost:50051"));
+  EXPECT_TRUE(IsLoopbackListen("[::1]:50051"));
+  EXPECT_TRUE(IsLoopbackListen("unix:/run/vqkv.sock"));
+  EXPECT_FALSE(IsLoopbackListen("0.0.0.0:50051"));
+  EXPECT_FALSE(IsLoopbackListen("[::]:50051"));
+  EXPECT_FALSE(IsLoopbackListen(":50051"));
+  EXPECT_FALSE(IsLoopbackListen("10.1.2.3:50051"));
+  EXPECT_FALSE(IsLoopbackListen("128.0.0.1:50051"));
+  EXPECT_FALSE(IsLoopbackListen("127.0.0.1.example.com:50051"));
+  EXPECT_FALSE(IsLoopbackListen("cache.example.com:50051"));
+}
+
+TEST(ConfigTest, AuthOffOnAPublicAddressNeedsTheExplicitFlag) {
+  std::string a0 = "vqkv-server", a1 = "--listen", a2 = "0.0.0.0:50051";
+  char* argv[] = {a0.data(), a1.data(), a2.data()};
+  bool exit_now = false;
+  auto refused = ParseCommandLine(3, argv, &exit_now);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("--allow-insecure-public"));
+
+  std::string a3 = "--allow-insecure-public";
+  char* allowed_argv[] = {a0.data(), a1.data(), a2.data(), a3.data()};
+  auto allowed = ParseCommandLine(4, allowed_argv, &exit_now);
+  ASSERT_TRUE(allowed.ok()) << allowed.status();
+  EXPECT_TRUE(allowed->allow_insecure_public);
+
+  std::string a4 = "--tokens-file", a5 = "/etc/vqkv/tokens";
+  char* auth_argv[] = {a0.data(), a1.data(), a2.data(), a4.data(), a5.data()};
+  EXPECT_TRUE(ParseCommandLine(5, auth_argv, &exit_now).ok());
+
+  ServerConfig y;
+  ASSERT_TRUE(ApplyYamlConfig("listen: 0.0.0.0:1\n", "test", &y).ok());
+  EXPECT_EQ(y.Validate().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(
+      ApplyYamlConfig("allow_insecure_public: true\n", "test", &y).ok());
+  EXPECT_TRUE(y.Validate().ok());
+}
+
+TEST(ConfigTest, AdmissionLimitsFromFlagsAndYaml) {
+  ServerConfig c;
+  EXPECT_EQ(c.service.max_stream_blocks, uint64_t{1} << 20);
+  EXPECT_EQ(c.service.max_queued_work, 4096u);
+  EXPECT_EQ(c.max_concurrent_streams, 100);
+  EXPECT_EQ(c.grpc_memory_bytes, uint64_t{2} << 30);
+  ASSERT_TRUE(
+      ApplyYamlConfig("max_stream_blocks: 5000\nmax_queued_work: 64\n"
+                      "max_concurrent_streams: 8\ngrpc_memory_bytes: 512MiB\n"
+                      "admin_tenant: ops\n",
+                      "test", &c)
+          .ok());
+  EXPECT_EQ(c.service.max_stream_blocks, 5000u);
+  EXPECT_EQ(c.service.max_queued_work, 64u);
+  EXPECT_EQ(c.max_concurrent_streams, 8);
+  EXPECT_EQ(c.grpc_memory_bytes, uint64_t{512} << 20);
+  EXPECT_EQ(c.service.admin_tenant, "ops");
+  EXPECT_TRUE(c.Validate().ok());
+  c.grpc_memory_bytes = 1 << 20;  // below twice the message limit
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
+
+  std::string a0 = "vqkv-server", a1 = "--max-queued-work", a2 = "7",
+              a3 = "--max-concurrent-streams", a4 = "3",
+              a5 = "--max-stream-blocks", a6 = "99", a7 = "--admin-tenant",
+              a8 = "root";
+  char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), a4.data(),
+                  a5.data(), a6.data(), a7.data(), a8.data()};
+  bool exit_now = false;
+  auto parsed = ParseCommandLine(9, argv, &exit_now);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->service.max_queued_work, 7u);
+  EXPECT_EQ(parsed->max_concurrent_streams, 3);
+  EXPECT_EQ(parsed->service.max_stream_blocks, 99u);
+  EXPECT_EQ(parsed->service.admin_tenant, "root");
 }
 
 }  // namespace

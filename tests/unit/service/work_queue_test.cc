@@ -1,8 +1,7 @@
 // service/work_queue.h: submitted work runs on the workers, all of them at
 // once; Stop (and the destructor) drain what is queued and join; work
-// submitted after Stop runs inline. The queue has no bound: Submit never
-// blocks or refuses (the header documents no backpressure), which the last
-// test pins down.
+// submitted after Stop runs inline. Submit never blocks or refuses;
+// TrySubmit (admission of new calls) refuses past max_queued.
 #include "service/work_queue.h"
 
 #include <atomic>
@@ -99,6 +98,32 @@ TEST(WorkQueueTest, SubmitNeverBlocksWhileWorkersAreBusy) {
   release.Notify();
   queue.Stop();
   EXPECT_EQ(ran.load(), 10000);
+}
+
+TEST(WorkQueueTest, TrySubmitRefusesPastTheBound) {
+  // One worker held, a bound of 3: three closures wait, the fourth is
+  // refused (and never runs); Submit (admitted calls) still queues.
+  WorkQueue queue(1, /*max_queued=*/3);
+  absl::Notification started, release;
+  std::atomic<int> ran{0};
+  ASSERT_TRUE(queue.TrySubmit([&] {
+    started.Notify();
+    release.WaitForNotification();
+  }));
+  started.WaitForNotification();  // the worker holds it: the queue is empty
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(queue.TrySubmit([&] { ran.fetch_add(1); }));
+  }
+  EXPECT_EQ(queue.queued(), 3u);
+  EXPECT_FALSE(queue.TrySubmit([&] { ran.fetch_add(100); }));
+  queue.Submit([&] { ran.fetch_add(1); });
+  EXPECT_EQ(queue.queued(), 4u);
+  release.Notify();
+  queue.Stop();
+  EXPECT_EQ(ran.load(), 4);
+  // Room again once the queue drained (after Stop, work runs inline).
+  EXPECT_TRUE(queue.TrySubmit([&] { ran.fetch_add(1); }));
+  EXPECT_EQ(ran.load(), 5);
 }
 
 }  // namespace
