@@ -28,7 +28,7 @@ absl::Status CheckCount(int n, absl::string_view field,
 
 }  // namespace
 
-absl::Status KvCacheService::DoPutCodebooks(const std::string& /*tenant*/,
+absl::Status KvCacheService::DoPutCodebooks(const std::string& tenant,
                                             const v1::PutCodebooksRequest& req,
                                             v1::PutCodebooksResponse* resp) {
   const int n = req.codebooks_size();
@@ -38,30 +38,36 @@ absl::Status KvCacheService::DoPutCodebooks(const std::string& /*tenant*/,
         ValidateCodebook(req.codebooks(i).hash(), req.codebooks(i).data(), i));
   }
   for (const v1::Codebook& c : req.codebooks()) {
-    StoreCodebook(c.hash(), c.data(), resp);
+    StoreCodebook(tenant, c.hash(), c.data(), resp);
   }
   return absl::OkStatus();
 }
 
-absl::Status KvCacheService::DoPutOneCodebook(uint64_t hash,
+absl::Status KvCacheService::DoPutOneCodebook(const std::string& tenant,
+                                              uint64_t hash,
                                               const std::string& data,
                                               v1::PutCodebooksResponse* resp) {
   VQKV_RETURN_IF_ERROR(ValidateCodebook(hash, data, 0));
-  StoreCodebook(hash, data, resp);
+  StoreCodebook(tenant, hash, data, resp);
   return absl::OkStatus();
 }
 
-void KvCacheService::StoreCodebook(uint64_t hash, const std::string& data,
+void KvCacheService::StoreCodebook(const std::string& tenant, uint64_t hash,
+                                   const std::string& data,
                                    v1::PutCodebooksResponse* resp) {
   v1::PutResult* r = resp->add_results();
-  if (store_->HasCodebook(hash)) {
+  const bool existed = store_->HasCodebook(hash);
+  // Even a set registered before takes the tenant's reference, so every
+  // tenant's sets count against its own quota and survive another tenant's
+  // delete.
+  const absl::Status s = store_->PutCodebooks(tenant, hash, data);
+  if (!s.ok()) {
+    r->set_code(static_cast<int32_t>(s.code()));
+    r->set_message(std::string(s.message()));
+  } else if (existed) {
     r->set_code(static_cast<int32_t>(absl::StatusCode::kAlreadyExists));
     r->set_message("already registered");
-    return;
   }
-  const absl::Status s = store_->PutCodebooks(hash, data);
-  r->set_code(static_cast<int32_t>(s.code()));
-  if (!s.ok()) r->set_message(std::string(s.message()));
 }
 
 absl::Status KvCacheService::DoGetCodebooks(const std::string& /*tenant*/,

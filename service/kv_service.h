@@ -191,11 +191,16 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   // Validates one assembled codebook file (ValidateCodebook) and stores it,
   // appending one result to resp (ALREADY_EXISTS when registered before).
   // Errors: ValidateCodebook's, with no result appended.
-  absl::Status DoPutOneCodebook(uint64_t hash, const std::string& data,
+  absl::Status DoPutOneCodebook(const std::string& tenant, uint64_t hash,
+                                const std::string& data,
                                 v1::PutCodebooksResponse* resp);
-  // Stores one validated codebook file, appending its result to resp.
-  void StoreCodebook(uint64_t hash, const std::string& data,
-                     v1::PutCodebooksResponse* resp);
+  // Stores one validated codebook file with a reference for `tenant`,
+  // counted against its codebook quota (storage/codebook_registry.h), and
+  // appends its result to resp: OK, ALREADY_EXISTS when the set was
+  // registered before (the tenant now holds a reference too), or the
+  // store's error (RESOURCE_EXHAUSTED over the tenant's quota).
+  void StoreCodebook(const std::string& tenant, uint64_t hash,
+                     const std::string& data, v1::PutCodebooksResponse* resp);
   absl::Status DoGetCodebooks(const std::string& tenant,
                               const v1::GetCodebooksRequest& req,
                               v1::GetCodebooksResponse* resp);

@@ -282,9 +282,12 @@ class KvCacheService::PutCodebookStreamReactor
           absl::StrCat("total_bytes: the stream ended after ", data_.size(),
                        " of ", total_, " bytes")));
     } else {
-      OnWorker([this] { return svc_->DoPutOneCodebook(hash_, data_, &resp_); },
-               [this] { FinishWith(SerializeMessage(resp_, raw_resp_)); },
-               /*admit=*/true);
+      OnWorker(
+          [this] {
+            return svc_->DoPutOneCodebook(tenant(), hash_, data_, &resp_);
+          },
+          [this] { FinishWith(SerializeMessage(resp_, raw_resp_)); },
+          /*admit=*/true);
     }
   }
 

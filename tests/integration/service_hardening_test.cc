@@ -28,6 +28,8 @@
 #include "gtest/gtest.h"
 #include "kernels/baselines/fp16_codec.h"
 #include "kernels/block.h"
+#include "kernels/codebook_set.h"
+#include "kernels/vq_codec.h"
 #include "service/config.h"
 #include "service/server.h"
 #include "service/validate.h"
@@ -757,6 +759,63 @@ TEST(ServiceHardeningTest, DiskBytesZeroIsAnUnlimitedDiskTier) {
   EXPECT_EQ(st.tiers(1).name(), "disk");
   EXPECT_EQ(st.tiers(1).capacity_bytes(), 0u);  // 0 = unlimited
   EXPECT_EQ(st.tiers(1).blocks(), 10u);
+}
+
+// ---------------------------------------------------------------------------
+// Codebook sets count against the registering tenant's own quota, also when
+// another tenant registered the same set first.
+
+std::string TinyCodebookFile(uint64_t seed) {
+  VqConfig cfg;
+  cfg.key_stages = 2;
+  cfg.key_bits = 4;
+  cfg.value_stages = 1;
+  cfg.value_bits = 4;
+  cfg.training.kmeans_iterations = 1;
+  auto codec = VqCodec::Create(kLayout, cfg);
+  EXPECT_TRUE(codec.ok()) << codec.status();
+  const int tokens = 64;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist;
+  std::vector<float> k(tokens * kLayout.ElementsPerToken()), v(k.size());
+  for (float& x : k) x = dist(rng);
+  for (float& x : v) x = dist(rng);
+  EXPECT_TRUE((*codec)->Fit(k.data(), v.data(), tokens, FitOptions{}).ok());
+  auto file = (*codec)->codebooks().Serialize();
+  EXPECT_TRUE(file.ok()) << file.status();
+  return *file;
+}
+
+TEST(ServiceHardeningTest, CodebookQuotaIsPerTenant) {
+  TempDir dir;
+  service::ServerConfig config = BaseConfig(dir);
+  config.tokens_file = dir.WriteFile("tokens", kTokens);
+  config.store.codebook_quota.max_sets = 1;
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KVCache::NewStub(ChannelTo(*server));
+  const std::string a = TinyCodebookFile(1), b = TinyCodebookFile(2);
+  auto put = [&](const std::string& token, const std::string& file) {
+    v1::PutCodebooksRequest req;
+    v1::Codebook* cb = req.add_codebooks();
+    auto set = CodebookSet::Deserialize(file);
+    EXPECT_TRUE(set.ok()) << set.status();
+    cb->set_hash(*set->Hash());
+    cb->set_data(file);
+    v1::PutCodebooksResponse resp;
+    const grpc::Status s = stub->PutCodebooks(Ctx(token).get(), req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.results_size() == 1 ? resp.results(0).code() : -1;
+  };
+  const int kOk = 0,
+            kExists = static_cast<int>(grpc::StatusCode::ALREADY_EXISTS),
+            kExhausted = static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(put("alice-token-123", a), kOk);
+  EXPECT_EQ(put("alice-token-123", a), kExists);     // her own, again
+  EXPECT_EQ(put("alice-token-123", b), kExhausted);  // her one set is used
+  EXPECT_EQ(put("bob-token-4567", b), kOk);          // bob's own quota
+  EXPECT_EQ(put("bob-token-4567", a), kExhausted);   // a counts for bob too
+  EXPECT_EQ(put("ops-token-8910", a), kExists);      // registered, now ops' too
 }
 
 }  // namespace
