@@ -20,10 +20,10 @@ struct CalibrateArgs {
   std::vector<std::string> texts;
   std::string out;
   CodecFlags codec;
-  // 8k tokens x 3 heads = 24k vectors per layer quantizer, three times the
-  // k-means sample of the default fit (8 per centroid x 1024); the quality
-  // against 4k tokens is in docs/FIDELITY.md.
-  int64_t max_tokens = 8192;
+  // 16k tokens x 3 heads = 48k vectors per layer quantizer, all of which
+  // the default fit uses (48 per centroid x 1024): held-out error against
+  // calibration size in docs/FIDELITY.md ("Calibration size").
+  int64_t max_tokens = 16384;
   int64_t ctx = 2048;
   int64_t skip = 4;
   uint64_t seed = 0x5eed;

@@ -137,7 +137,7 @@ TEST_F(VqkvCliTest, CalibrationSizeStudy) {
       " --holdout-tokens 200 --study-layers 3,20";
   Result r = Run(base + " --study-sizes 16,400 --study-all-points --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  // One row per size with the default sample (8 points per centroid), and
+  // One row per size with the default sample (48 points per centroid), and
   // a second, on every vector, where that sample is smaller than the data.
   const std::vector<std::string> rows =
       absl::StrSplit(absl::StripTrailingAsciiWhitespace(r.out), '\n');
@@ -149,7 +149,7 @@ TEST_F(VqkvCliTest, CalibrationSizeStudy) {
   EXPECT_EQ(JsonNumber(small, "sample"), 48);  // 16 tokens x 3 kv heads
   EXPECT_NE(small.find("\"all_points\":false"), std::string::npos);
   EXPECT_EQ(JsonNumber(capped, "tokens"), 400);
-  EXPECT_EQ(JsonNumber(capped, "sample"), 128);  // 8 x 16 codewords
+  EXPECT_EQ(JsonNumber(capped, "sample"), 768);  // 48 x 16 codewords
   EXPECT_EQ(JsonNumber(large, "tokens"), 400);
   EXPECT_EQ(JsonNumber(large, "sample"), 1200);
   EXPECT_NE(large.find("\"all_points\":true"), std::string::npos);
