@@ -24,6 +24,7 @@
 #include "kernels/vq_codec.h"
 #include "storage/keys.h"
 #include "tests/integration/server_process.h"
+#include "tests/integration/test_blocks.h"
 #include "vqkv/v1/kvcache.grpc.pb.h"
 
 namespace vqkv::testing {
@@ -35,18 +36,7 @@ constexpr KvLayout kLayout{2, 2, 8};
 constexpr int kBlockTokens = 16;
 
 v1::Namespace TestNamespace(const std::string& model = "test-model") {
-  v1::Namespace ns;
-  ns.set_model_id(model);
-  ns.set_weight_revision("r1");
-  ns.set_codec("fp16");
-  ns.set_codec_id(static_cast<uint32_t>(CodecId::kFp16));
-  ns.set_codebook_hash(0);
-  ns.set_block_tokens(kBlockTokens);
-  ns.set_layers(kLayout.layers);
-  ns.set_kv_heads(kLayout.kv_heads);
-  ns.set_head_dim(kLayout.head_dim);
-  ns.set_dtype(v1::DTYPE_FLOAT16);
-  return ns;
+  return Fp16Namespace(model, kLayout, kBlockTokens);
 }
 
 const Codec& TestCodec() {

@@ -25,6 +25,7 @@
 #include "storage/fault_injection_fs.h"
 #include "storage/keys.h"
 #include "tests/integration/server_process.h"
+#include "tests/integration/test_blocks.h"
 #include "vqkv/v1/kvcache.grpc.pb.h"
 
 namespace vqkv::testing {
@@ -34,32 +35,11 @@ constexpr KvLayout kLayout{2, 2, 8};
 constexpr int kBlockTokens = 16;
 
 v1::Namespace TestNamespace() {
-  v1::Namespace ns;
-  ns.set_model_id("inprocess-model");
-  ns.set_weight_revision("r1");
-  ns.set_codec("fp16");
-  ns.set_codec_id(static_cast<uint32_t>(CodecId::kFp16));
-  ns.set_block_tokens(kBlockTokens);
-  ns.set_layers(kLayout.layers);
-  ns.set_kv_heads(kLayout.kv_heads);
-  ns.set_head_dim(kLayout.head_dim);
-  ns.set_dtype(v1::DTYPE_FLOAT16);
-  return ns;
+  return Fp16Namespace("inprocess-model", kLayout, kBlockTokens);
 }
 
 std::string MakeBlock(uint64_t seed) {
-  static const Codec* codec = Fp16Codec::Create(kLayout)->release();
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  const size_t n =
-      static_cast<size_t>(kBlockTokens) * codec->layout().ElementsPerToken();
-  std::vector<float> k(n), v(n);
-  for (float& x : k) x = dist(rng);
-  for (float& x : v) x = dist(rng);
-  auto block =
-      EncodeBlock(*codec, k.data(), v.data(), kBlockTokens, BlockOptions{});
-  EXPECT_TRUE(block.ok()) << block.status();
-  return std::string(block->begin(), block->end());
+  return RandomFp16Block(kLayout, kBlockTokens, seed);
 }
 
 std::string Hash(uint64_t i) {
