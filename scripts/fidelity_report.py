@@ -70,8 +70,9 @@ def study_table(rows):
         f"options), error measured on those tokens (train) and on "
         f"{r0['holdout_tokens']} tokens of frankenstein (held out). "
         "Relative squared error sum ||x - x'||^2 / sum ||x||^2, mean over "
-        "the layers. `sample`: k-means on the default sample of 8 points per "
-        "centroid; `all`: on every vector.",
+        "the layers. `sample`: k-means on the sample the training options "
+        "allow (points per centroid x codewords, the `vectors` column); "
+        "`all`: on every vector.",
         "",
         "| tokens | k-means on | vectors | K train | K held-out | V train | V held-out | fit s |",
         "|---|---|---|---|---|---|---|---|",
