@@ -49,6 +49,8 @@ fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
 cleanup() {
   for h in "${!PIDS[@]}"; do kill -9 "${PIDS[$h]}" 2>/dev/null; done
+  # And any server of this run that outlived its pid (by its data dir).
+  pkill -9 -f -- "--data-dir $WORK/data" 2>/dev/null
   wait 2>/dev/null
   for ns in $(ip netns list | awk '{print $1}' | grep "^$TAG"); do
     ip netns del "$ns" 2>/dev/null
@@ -91,7 +93,9 @@ start_server() {
   local h=$1
   mkdir -p "$WORK/data$h"
   # Auth off on the namespaces' private network: allowed explicitly.
-  in_ns "${TAG}h$h" "$SERVER" --listen "$(addr_of "$h"):$PORT" \
+  # `ip netns exec` (not the in_ns function, which would run in a forked
+  # subshell) execs the server, so $! is the server and SIGKILL reaches it.
+  ip netns exec "${TAG}h$h" "$SERVER" --listen "$(addr_of "$h"):$PORT" \
     --allow-insecure-public --data-dir "$WORK/data$h" --memory-bytes 256MiB \
     >>"$WORK/server$h.log" 2>&1 &
   PIDS[$h]=$!
