@@ -472,29 +472,26 @@ TEST(MemoryTierTest, ConcurrentLeasesAndPutsNeverEvictALeasedBlock) {
   EXPECT_LE(tier.Usage().bytes, o.capacity_bytes);
 }
 
-// Heap bytes in use (glibc: all arenas, mmapped chunks included).
-uint64_t HeapInUse() {
-  const struct mallinfo2 m = mallinfo2();
-  return m.uordblks + m.hblkhd;
-}
-
 // The documented per-entry overhead covers what an entry really costs:
 // the heap a tier of N header-sized blocks takes, less their bytes, per
 // block. (Measured, so the constant stays honest if the entry grows.) N is
 // just past a growth of the hash index (57344 = 7/8 of 65535 slots), where
 // the index is emptiest, so this is the worst case.
 TEST(MemoryTierTest, EntryOverheadCoversMeasuredHeap) {
+  if (!testing::kHeapMeasurable)
+    GTEST_SKIP() << "heap is not measurable under a sanitizer";
+
   constexpr int kBlocks = 57345;
   const std::string block = MakeBlock(1, /*tokens=*/1);  // 96 bytes
   MemoryTierOptions o = SmallTier(uint64_t{1} << 30);
   o.shards = 1;
-  const uint64_t before = HeapInUse();
+  const uint64_t before = testing::HeapInUse();
   {
     MemoryTier tier(o);
     for (int i = 0; i < kBlocks; ++i) {
       ASSERT_TRUE(tier.Put(Key(1, i), 0, block).ok());
     }
-    const uint64_t per_block = (HeapInUse() - before) / kBlocks;
+    const uint64_t per_block = (testing::HeapInUse() - before) / kBlocks;
     const uint64_t overhead = per_block - block.size();
     std::printf(
         "memory tier: %llu heap bytes per %zu-byte block, overhead "
@@ -512,16 +509,19 @@ TEST(MemoryTierTest, EntryOverheadCoversMeasuredHeap) {
 // several times the budget in heap. Now the heap the tier holds stays
 // within its budget (plus 10% for the hash table's growth step).
 TEST(MemoryTierTest, TinyBlocksStayWithinBudgetInHeap) {
+  if (!testing::kHeapMeasurable)
+    GTEST_SKIP() << "heap is not measurable under a sanitizer";
+
   constexpr uint64_t kBudget = uint64_t{8} << 20;
   const std::string block = MakeBlock(1, /*tokens=*/1);
   MemoryTierOptions o = SmallTier(kBudget);
   o.shards = 1;
-  const uint64_t before = HeapInUse();
+  const uint64_t before = testing::HeapInUse();
   MemoryTier tier(o);
   for (int i = 0; i < 300000; ++i) {
     ASSERT_TRUE(tier.Put(Key(1, i), 0, block).ok());
   }
-  const uint64_t heap = HeapInUse() - before;
+  const uint64_t heap = testing::HeapInUse() - before;
   std::printf("memory tier, %llu-byte budget: %llu blocks, %llu heap bytes\n",
               static_cast<unsigned long long>(kBudget),
               static_cast<unsigned long long>(tier.Usage().blocks),

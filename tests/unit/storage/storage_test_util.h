@@ -3,6 +3,7 @@
 #ifndef VQKV_TESTS_UNIT_STORAGE_STORAGE_TEST_UTIL_H_
 #define VQKV_TESTS_UNIT_STORAGE_STORAGE_TEST_UTIL_H_
 
+#include <malloc.h>
 #include <stdlib.h>
 
 #include <atomic>
@@ -24,6 +25,28 @@ namespace vqkv::storage::testing {
 
 // Payload = K then V as raw float32: blocks of exactly known size.
 using ::vqkv::testing::RawFloatCodec;
+
+// Whether HeapInUse sees this process's allocations: not under a sanitizer,
+// whose allocator glibc's statistics do not cover; tests that measure heap
+// skip there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kHeapMeasurable = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer)
+inline constexpr bool kHeapMeasurable = false;
+#else
+inline constexpr bool kHeapMeasurable = true;
+#endif
+#else
+inline constexpr bool kHeapMeasurable = true;
+#endif
+
+// Heap bytes in use (glibc: all arenas, mmapped chunks included).
+inline uint64_t HeapInUse() {
+  const struct mallinfo2 m = mallinfo2();
+  return m.uordblks + m.hblkhd;
+}
 
 inline constexpr KvLayout kTestLayout{
     .layers = 1, .kv_heads = 1, .head_dim = 4};

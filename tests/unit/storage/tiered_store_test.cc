@@ -933,12 +933,6 @@ TEST(TieredStoreKill9Test, SyncPutsAcknowledgedBeforeKillSurvive) {
 // --- Issue 11 (hardening) regression tests -------------------------------
 // docs/RELIABILITY.md says what each one exercises and shows.
 
-// Heap bytes in use (glibc: all arenas, mmapped chunks included).
-uint64_t HeapInUse() {
-  const struct mallinfo2 m = mallinfo2();
-  return m.uordblks + m.hblkhd;
-}
-
 // Resident set size of this process, from /proc/self/statm.
 uint64_t ResidentBytes() {
   std::ifstream statm("/proc/self/statm");
@@ -951,18 +945,21 @@ uint64_t ResidentBytes() {
 // only block bytes counted the store held ~700k of them in ~240 MB of heap;
 // now the per-entry overhead is charged and the heap stays near the budget.
 TEST(TieredStoreHardeningTest, MemoryBudgetBoundsHeapOfTinyBlocks) {
+  if (!testing::kHeapMeasurable)
+    GTEST_SKIP() << "heap is not measurable under a sanitizer";
+
   constexpr uint64_t kBudget = uint64_t{64} << 20;
   constexpr int kBlocks = 1000000;
   TieredStoreOptions o;
   o.memory_bytes = kBudget;                              // memory only
   const std::string block = MakeBlock(1, /*tokens=*/1);  // 96 bytes
-  const uint64_t heap_before = HeapInUse();
+  const uint64_t heap_before = testing::HeapInUse();
   const uint64_t rss_before = ResidentBytes();
   auto store = OpenStore(o);
   for (int i = 0; i < kBlocks; ++i) {
     ASSERT_TRUE(Put(*store, kAlice, Key(1, i), block).ok());
   }
-  const uint64_t heap = HeapInUse() - heap_before;
+  const uint64_t heap = testing::HeapInUse() - heap_before;
   const uint64_t rss = ResidentBytes() - rss_before;
   const StoreStats st = store->Stats();
   std::printf(
