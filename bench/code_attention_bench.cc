@@ -38,9 +38,9 @@
 #include "kernels/code_attention.h"
 #include "kernels/codebook_set.h"
 #include "kernels/cpu/cpu_features.h"
-#include "kernels/fp16.h"
 #include "model/attention.h"
 #include "model/kv_cache.h"
+#include "tests/testing/random_vq_codec.h"
 
 // Present when the BLAS in use is OpenBLAS; weak so other BLASes link too.
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
@@ -103,77 +103,24 @@ void Check(const absl::Status& s) {
   }
 }
 
-vqkv::ResidualQuantizer RandomRvq(int dim, int stages, int bits,
-                                  std::mt19937& rng) {
-  vqkv::RvqParams p;
-  p.dim = dim;
-  p.stages = stages;
-  p.bits = bits;
-  std::vector<float> cb(static_cast<size_t>(stages) * p.K() * dim);
-  for (int s = 0; s < stages; ++s) {
-    std::normal_distribution<float> nd(0.0f, 0.5f * std::pow(0.8f, s));
-    for (int64_t i = 0; i < int64_t{p.K()} * dim; ++i) {
-      cb[s * int64_t{p.K()} * dim + i] = nd(rng);
-    }
-  }
-  absl::StatusOr<vqkv::ResidualQuantizer> q =
-      vqkv::ResidualQuantizer::FromCodebooks(p, std::move(cb));
-  Check(q.status());
-  return *std::move(q);
-}
-
 std::unique_ptr<VqCodec> MakeCodec(int sketch_bits) {
-  vqkv::VqConfig cfg;
-  cfg.key_split = vqkv::KeySplit::kRopeAdjacentPairs;
-  absl::StatusOr<vqkv::CodebookConfig> cc =
-      VqCodec::ResolveConfig(KvLayout{1, kKvHeads, kDim}, cfg);
-  Check(cc.status());
-  absl::StatusOr<vqkv::CodebookSet> set = vqkv::CodebookSet::Create(*cc);
-  Check(set.status());
-  std::mt19937 rng(1);
-  for (size_t g = 0; g < cc->key_group_stages.size(); ++g) {
-    Check(
-        set->SetKey(0, 0, static_cast<int>(g),
-                    RandomRvq(static_cast<int>(set->key_group_dims()[g].size()),
-                              cc->key_group_stages[g], cc->key_bits, rng)));
-  }
-  Check(set->SetValue(0, 0,
-                      RandomRvq(kDim, cc->value_stages, cc->value_bits, rng)));
+  vqkv::testing::RandomVqCodecSpec spec;
+  spec.split = vqkv::KeySplit::kRopeAdjacentPairs;
+  spec.layers = 1;
+  spec.kv_heads = kKvHeads;
+  spec.head_dim = kDim;
+  spec.sketch_bits = sketch_bits;
   absl::StatusOr<std::unique_ptr<VqCodec>> codec =
-      VqCodec::FromCodebookSet(*std::move(set), 1, sketch_bits);
+      vqkv::testing::RandomVqCodec(spec, 1);
   Check(codec.status());
   return *std::move(codec);
 }
 
 std::vector<uint8_t> RandomPayload(const VqCodec& codec, int64_t tokens) {
-  const vqkv::CodebookConfig& c = codec.codebooks().config();
-  const int64_t vectors = tokens * kKvHeads;
-  std::mt19937 rng(2);
-  std::vector<uint16_t> k(static_cast<size_t>(vectors * c.key_stages()));
-  std::vector<uint16_t> v(static_cast<size_t>(vectors * c.value_stages));
-  for (uint16_t& x : k) x = static_cast<uint16_t>(rng() % (1u << c.key_bits));
-  for (uint16_t& x : v) {
-    x = static_cast<uint16_t>(rng() % (1u << c.value_bits));
-  }
-  std::vector<uint8_t> out(codec.EncodedBytes(tokens));
-  const size_t kb = vqkv::PackedBytes(vectors * c.key_stages(), c.key_bits);
-  const size_t vb = vqkv::PackedBytes(vectors * c.value_stages, c.value_bits);
-  Check(vqkv::PackBits(k.data(), static_cast<int64_t>(k.size()), c.key_bits,
-                       out.data(), kb));
-  Check(vqkv::PackBits(v.data(), static_cast<int64_t>(v.size()), c.value_bits,
-                       out.data() + kb, vb));
-  if (const vqkv::SignSketch* sk = codec.key_sketch(); sk != nullptr) {
-    for (int64_t i = 0; i < vectors; ++i) {
-      uint8_t* p = out.data() + kb + vb + i * sk->BytesPerVector();
-      const uint16_t h = vqkv::FloatToHalfRef(0.01f);
-      p[0] = static_cast<uint8_t>(h & 0xff);
-      p[1] = static_cast<uint8_t>(h >> 8);
-      for (size_t b = 2; b < sk->BytesPerVector(); ++b) {
-        p[b] = static_cast<uint8_t>(rng());
-      }
-    }
-  }
-  return out;
+  absl::StatusOr<std::vector<uint8_t>> p =
+      vqkv::testing::RandomVqPayload(codec, tokens, 2);
+  Check(p.status());
+  return *std::move(p);
 }
 
 // Decodes the unpacked codes of all kv heads into keys/values

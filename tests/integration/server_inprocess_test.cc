@@ -1,16 +1,12 @@
 // vqkv-server in-process (service/server.h, the library main.cc wraps): a
 // disk that fails under a running server (storage/fault_injection_fs.h
 // through the config's test seam).
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -63,24 +59,6 @@ std::unique_ptr<grpc::ClientContext> Ctx() {
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::seconds(60));
   return ctx;
-}
-
-// Runs `fn` with stderr redirected to a file; returns what it wrote.
-template <typename Fn>
-std::string CaptureStderr(const std::string& path, Fn fn) {
-  std::fflush(stderr);
-  const int saved = dup(STDERR_FILENO);
-  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  dup2(fd, STDERR_FILENO);
-  close(fd);
-  fn();
-  std::fflush(stderr);
-  dup2(saved, STDERR_FILENO);
-  close(saved);
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 TEST(ServerInProcessTest, DiskFaultUnderARunningServerKeepsServingMemory) {

@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -83,6 +84,12 @@ struct HttpResult {
   std::string body;
 };
 HttpResult HttpGet(int port, const std::string& path);
+
+// Runs `fn` with this process's stderr redirected to the file `path`, and
+// returns what was written there (e.g. an in-process server's log lines).
+// Not thread-safe: stderr is process-wide.
+std::string CaptureStderr(const std::string& path,
+                          const std::function<void()>& fn);
 
 }  // namespace vqkv::testing
 

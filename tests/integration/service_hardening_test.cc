@@ -2,8 +2,6 @@
 // (service/server.h): resource bounds of GetBlocks and PutBlocksStream,
 // malformed requests, auth before the request body, what Stats shows a
 // tenant, admission control and config edge cases. Each test pins one fix.
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -12,7 +10,6 @@
 #include <iterator>
 #include <memory>
 #include <random>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -364,24 +361,6 @@ TEST(ServiceHardeningTest, GarbageRequestIsInvalidArgumentNamingTheType) {
 
 constexpr char kTokens[] =
     "alice-token-123 alice\nbob-token-4567 bob\nops-token-8910 ops\n";
-
-// Runs `fn` with stderr redirected to a file; returns what it wrote.
-template <typename Fn>
-std::string CaptureStderr(const std::string& path, Fn fn) {
-  std::fflush(stderr);
-  const int saved = dup(STDERR_FILENO);
-  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  dup2(fd, STDERR_FILENO);
-  close(fd);
-  fn();
-  std::fflush(stderr);
-  dup2(saved, STDERR_FILENO);
-  close(saved);
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 TEST(ServiceHardeningTest, UnauthenticatedCallIsRefusedBeforeItsHandler) {
   TempDir dir;

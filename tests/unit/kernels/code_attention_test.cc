@@ -21,112 +21,30 @@
 
 #include "gtest/gtest.h"
 #include "kernels/bitpack.h"
-#include "kernels/codebook_set.h"
 #include "kernels/cpu/code_attention_kernels.h"
 #include "kernels/fp16.h"
+#include "tests/testing/random_vq_codec.h"
 
 namespace vqkv {
 namespace {
 
 constexpr double kTol = 2e-5;
 
-struct TestCodec {
-  KeySplit split = KeySplit::kNone;
-  bool per_head = false;
-  int sketch_bits = 0;
-  bool post_rope = true;
-  int layers = 2;
-  int kv_heads = 2;
-  int head_dim = 64;
-};
-
-// Random codebooks: stage s entries N(0, 0.5 * 0.8^s), as fitted residual
-// codebooks shrink stage by stage.
-ResidualQuantizer RandomRvq(int dim, int stages, int bits, std::mt19937& rng) {
-  RvqParams p;
-  p.dim = dim;
-  p.stages = stages;
-  p.bits = bits;
-  std::vector<float> cb(static_cast<size_t>(stages) * p.K() * dim);
-  for (int s = 0; s < stages; ++s) {
-    std::normal_distribution<float> nd(0.0f, 0.5f * std::pow(0.8f, s));
-    for (int64_t i = 0; i < int64_t{p.K()} * dim; ++i) {
-      cb[s * int64_t{p.K()} * dim + i] = nd(rng);
-    }
-  }
-  absl::StatusOr<ResidualQuantizer> q =
-      ResidualQuantizer::FromCodebooks(p, std::move(cb));
-  EXPECT_TRUE(q.ok()) << q.status();
-  return *std::move(q);
-}
+using TestCodec = testing::RandomVqCodecSpec;
 
 std::unique_ptr<VqCodec> MakeCodec(const TestCodec& su, uint32_t seed) {
-  VqConfig cfg;
-  cfg.key_split = su.split;
-  cfg.per_head = su.per_head;
-  cfg.keys_post_rope = su.post_rope;
-  absl::StatusOr<CodebookConfig> cc = VqCodec::ResolveConfig(
-      KvLayout{su.layers, su.kv_heads, su.head_dim}, cfg);
-  EXPECT_TRUE(cc.ok()) << cc.status();
-  absl::StatusOr<CodebookSet> set = CodebookSet::Create(*cc);
-  EXPECT_TRUE(set.ok()) << set.status();
-  std::mt19937 rng(seed);
-  for (int l = 0; l < su.layers; ++l) {
-    for (int s = 0; s < cc->slots_per_layer(); ++s) {
-      for (size_t g = 0; g < cc->key_group_stages.size(); ++g) {
-        const int dim = static_cast<int>(set->key_group_dims()[g].size());
-        EXPECT_TRUE(set->SetKey(l, s, static_cast<int>(g),
-                                RandomRvq(dim, cc->key_group_stages[g],
-                                          cc->key_bits, rng))
-                        .ok());
-      }
-      EXPECT_TRUE(set->SetValue(l, s,
-                                RandomRvq(su.head_dim, cc->value_stages,
-                                          cc->value_bits, rng))
-                      .ok());
-    }
-  }
   absl::StatusOr<std::unique_ptr<VqCodec>> codec =
-      VqCodec::FromCodebookSet(*std::move(set), 1, su.sketch_bits);
+      testing::RandomVqCodec(su, seed);
   EXPECT_TRUE(codec.ok()) << codec.status();
-  return *std::move(codec);
+  return codec.ok() ? *std::move(codec) : nullptr;
 }
 
-// A payload of random codes (and random sketches) in the codec's layout.
 std::vector<uint8_t> RandomPayload(const VqCodec& codec, int64_t tokens,
                                    uint32_t seed) {
-  const CodebookConfig& c = codec.codebooks().config();
-  const int64_t vectors =
-      tokens * codec.layout().layers * codec.layout().kv_heads;
-  std::mt19937 rng(seed);
-  std::vector<uint16_t> k(static_cast<size_t>(vectors * c.key_stages()));
-  std::vector<uint16_t> v(static_cast<size_t>(vectors * c.value_stages));
-  for (uint16_t& x : k) x = static_cast<uint16_t>(rng() % (1u << c.key_bits));
-  for (uint16_t& x : v) {
-    x = static_cast<uint16_t>(rng() % (1u << c.value_bits));
-  }
-  std::vector<uint8_t> out(codec.EncodedBytes(tokens));
-  const size_t kb = PackedBytes(vectors * c.key_stages(), c.key_bits);
-  const size_t vb = PackedBytes(vectors * c.value_stages, c.value_bits);
-  EXPECT_TRUE(PackBits(k.data(), static_cast<int64_t>(k.size()), c.key_bits,
-                       out.data(), kb)
-                  .ok());
-  EXPECT_TRUE(PackBits(v.data(), static_cast<int64_t>(v.size()), c.value_bits,
-                       out.data() + kb, vb)
-                  .ok());
-  if (const SignSketch* sk = codec.key_sketch(); sk != nullptr) {
-    std::uniform_real_distribution<float> scale(0.0f, 0.02f);
-    for (int64_t i = 0; i < vectors; ++i) {
-      uint8_t* p = out.data() + kb + vb + i * sk->BytesPerVector();
-      const uint16_t h = FloatToHalfRef(scale(rng));
-      p[0] = static_cast<uint8_t>(h & 0xff);
-      p[1] = static_cast<uint8_t>(h >> 8);
-      for (size_t b = 2; b < sk->BytesPerVector(); ++b) {
-        p[b] = static_cast<uint8_t>(rng());
-      }
-    }
-  }
-  return out;
+  absl::StatusOr<std::vector<uint8_t>> p =
+      testing::RandomVqPayload(codec, tokens, seed);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? *std::move(p) : std::vector<uint8_t>();
 }
 
 std::vector<float> RandomQueries(int group, int dim, uint32_t seed) {
