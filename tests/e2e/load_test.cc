@@ -44,7 +44,6 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "client/hash.h"
 #include "grpcpp/grpcpp.h"
@@ -184,7 +183,7 @@ struct Tally {
     ++*counter;
     if (messages.size() < 5) messages.push_back(what);
   }
-  void Merge(Tally& o) {
+  void Merge(const Tally& o) {
     for (int i = 0; i < kNumOps; ++i) {
       micros[i].insert(micros[i].end(), o.micros[i].begin(), o.micros[i].end());
     }
@@ -205,7 +204,7 @@ struct Tally {
     corrupt += o.corrupt;
     cross_tenant += o.cross_tenant;
     stats_leaks += o.stats_leaks;
-    for (auto& m : o.messages) {
+    for (const std::string& m : o.messages) {
       if (messages.size() < 10) messages.push_back(m);
     }
   }
