@@ -337,6 +337,46 @@ TEST(TlsTest, ServerPicksUpRotatedCertificatesWithoutRestart) {
   EXPECT_EQ((*server)->StopWith(SIGTERM), 0);
 }
 
+// A reload that finds the files missing (here: the link swapped to an empty
+// directory) keeps the certificate the server had: new connections still
+// get it. Files that come back later are picked up as usual.
+TEST(TlsTest, ServerKeepsItsCertificateWhileTheFilesAreMissing) {
+  if (!HaveOpenssl()) GTEST_SKIP() << "openssl CLI not installed";
+  TempDir tmp;
+  const std::string& d = tmp.path();
+  for (const char* sub : {"/v1", "/v2", "/empty"}) {
+    ASSERT_EQ(::mkdir((d + sub).c_str(), 0700), 0);
+  }
+  const Pem ca_a = MakeCa(d, "a");
+  const Pem ca_b = MakeCa(d, "b");
+  MakeLeaf(tmp, d + "/v1", ca_a, "server", true);
+  MakeLeaf(tmp, d + "/v2", ca_b, "server", true);
+  ASSERT_FALSE(HasFailure());
+  const std::string current = d + "/current";
+  SwapLink("v1", current);
+  auto server = ServerProcess::Start(
+      {"--data-dir", d + "/data", "--tls-cert", current + "/server.crt",
+       "--tls-key", current + "/server.key", "--tls-reload-seconds", "1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(Call(Connect(**server, ca_a.cert, nullptr).get()).ok());
+
+  SwapLink("empty", current);
+  absl::SleepFor(absl::Milliseconds(2500));  // two reloads without files
+  const absl::Status kept = Call(Connect(**server, ca_a.cert, nullptr).get());
+  EXPECT_TRUE(kept.ok()) << kept;
+
+  SwapLink("v2", current);
+  const absl::Time swapped = absl::Now();
+  absl::Status status = absl::UnknownError("not tried");
+  while (absl::Now() - swapped < absl::Seconds(15)) {
+    status = Call(Connect(**server, ca_b.cert, nullptr).get());
+    if (status.ok()) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(status.ok()) << "certificate B never served: " << status;
+  EXPECT_EQ((*server)->StopWith(SIGTERM), 0);
+}
+
 // The client re-reads its own files too: after both sides rotate (the
 // server restarted on the same port with B and c2, the client's files
 // swapped under it), the same client reconnects with the new CA bundle and

@@ -159,7 +159,7 @@ typedef struct vqkv_client_options {
    * tls_key_file: PEM client certificate chain and key, both or neither, for
    * servers that require client certificates (vqkv-server --tls-client-ca).
    * tls_server_name: the name the server certificates carry when the
-   * clients dials addresses (a dns:/// cluster's members). The files are
+   * client dials addresses (a dns:/// cluster's members). The files are
    * re-read every tls_reload_seconds (0 = 60; at most 86400), so rotated
    * certificates apply to new connections without reopening the client. */
   const char* tls_ca_file;
@@ -182,8 +182,8 @@ VQKV_EXPORT void vqkv_client_options_init(vqkv_client_options_t* options);
  * bad TLS settings (a certificate without a key, a file that is not PEM,
  * TLS settings for an embedded store); VQKV_NOT_FOUND for a TLS file that
  * cannot be read; VQKV_NOT_FOUND / VQKV_DATA_LOSS for a codebook file that
- * cannot be read or parsed; a store that cannot be opened (its directory) gives the store's
- * error. */
+ * cannot be read or parsed; a store that cannot be opened (its directory)
+ * gives the store's error. */
 VQKV_EXPORT vqkv_status_code
 vqkv_client_create(const vqkv_client_options_t* options, vqkv_client_t** out);
 
