@@ -181,6 +181,13 @@ absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
   }
   if (o.replicas != 0) config.replicas = o.replicas;
   config.key_sketch_bits = o.key_sketch_bits;
+  config.tls.ca_file = Str(o.tls_ca_file);
+  config.tls.cert_file = Str(o.tls_cert_file);
+  config.tls.key_file = Str(o.tls_key_file);
+  config.tls.server_name = Str(o.tls_server_name);
+  if (o.tls_reload_seconds != 0) {
+    config.tls.reload_seconds = o.tls_reload_seconds;
+  }
   return config;
 }
 

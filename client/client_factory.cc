@@ -40,6 +40,12 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
   const std::string& server = config.server;
   if (server.empty() || server == kEmbedded ||
       absl::StartsWith(server, absl::StrCat(kEmbedded, ":"))) {
+    const TlsClientOptions& tls = config.tls;
+    if (tls.enabled() || !tls.cert_file.empty() || !tls.key_file.empty() ||
+        !tls.server_name.empty()) {
+      return absl::InvalidArgumentError(
+          "TLS settings are for vqkv-servers, not the embedded store");
+    }
     storage::TieredStoreOptions options;
     options.memory_bytes = config.embedded_memory_bytes;
     if (server.size() > kEmbedded.size()) {
@@ -59,6 +65,10 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
   GrpcBackendOptions options;
   options.target = server;
   options.auth_token = config.auth_token;
+  options.tls = config.tls;
+  if (absl::Status s = ValidateTlsClientOptions(options.tls); !s.ok()) {
+    return s;
+  }
   options.max_message_bytes = config.max_message_bytes;
   if (cluster::IsClusterSpec(server)) {
     cluster::ClusterBackendOptions co;
@@ -127,6 +137,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
   BackendConfig backend_config;
   backend_config.server = config.server;
   backend_config.auth_token = config.auth_token;
+  backend_config.tls = config.tls;
   backend_config.embedded_memory_bytes = config.embedded_memory_bytes;
   backend_config.replicas = config.replicas;
   absl::StatusOr<std::unique_ptr<Backend>> backend =

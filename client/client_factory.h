@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "client/backend.h"
 #include "client/cache_client.h"
+#include "client/grpc/grpc_backend.h"
 #include "kernels/codec.h"
 
 namespace vqkv::client {
@@ -34,6 +35,8 @@ struct BackendConfig {
   std::string server = "embedded";
   // Bearer token for vqkv-servers (ignored by the embedded store).
   std::string auth_token;
+  // TLS to vqkv-servers (client/grpc/grpc_backend.h); off by default.
+  TlsClientOptions tls;
   // Largest gRPC message sent or accepted (GrpcBackendOptions).
   uint64_t max_message_bytes = uint64_t{64} << 20;
   // Memory budget of an embedded store.
@@ -46,6 +49,8 @@ struct ClientConfig {
   std::string server = "embedded";
   // Bearer token for a vqkv-server (ignored by the embedded store).
   std::string auth_token;
+  // TLS to vqkv-servers (client/grpc/grpc_backend.h); off by default.
+  TlsClientOptions tls;
   // "fp16", "kivi2", "kivi4" or "vq" (kernels/codec_factory.h).
   std::string codec = "fp16";
   // vq only: the codebook file (docs/CODEBOOK_FORMAT.md), or, when empty,
@@ -67,9 +72,11 @@ struct ClientConfig {
 };
 
 // The backend named by `config.server` (see above).
-// Errors: kInvalidArgument for "embedded:" without a directory, a bad
-// server list (client/cluster/membership.h ParseMembership) or replicas < 1;
-// the store's Open errors; NewGrpcBackend's errors.
+// Errors: kInvalidArgument for "embedded:" without a directory, TLS settings
+// for the embedded store, a bad server list (client/cluster/membership.h
+// ParseMembership) or replicas < 1; ValidateTlsClientOptions's errors (also
+// for a cluster, before any member is dialled); the store's Open errors;
+// NewGrpcBackend's errors.
 absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
     const BackendConfig& config);
 // The same with the other settings at their defaults.

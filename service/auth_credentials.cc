@@ -53,20 +53,40 @@ void ProcessAuthMetadata(void* state, grpc_auth_context* context,
   cb(user_data, nullptr, 0, nullptr, 0, GRPC_STATUS_OK, nullptr);
 }
 
+// TLS core credentials whose certificates come from files re-read every
+// tls.reload_seconds (header comment).
+grpc_server_credentials* TlsCoreCredentials(const TlsFiles& tls) {
+  grpc_tls_certificate_provider* provider =
+      grpc_tls_certificate_provider_file_watcher_create(
+          tls.key.c_str(), tls.cert.c_str(),
+          tls.client_ca.empty() ? nullptr : tls.client_ca.c_str(),
+          tls.reload_seconds);
+  grpc_tls_credentials_options* options = grpc_tls_credentials_options_create();
+  // The options take their own reference to the provider.
+  grpc_tls_credentials_options_set_certificate_provider(options, provider);
+  grpc_tls_certificate_provider_release(provider);
+  grpc_tls_credentials_options_watch_identity_key_cert_pairs(options);
+  if (tls.client_ca.empty()) {
+    grpc_tls_credentials_options_set_cert_request_type(
+        options, GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    grpc_tls_credentials_options_watch_root_certs(options);
+    grpc_tls_credentials_options_set_cert_request_type(
+        options, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  // Takes ownership of the options.
+  return grpc_tls_server_credentials_create(options);
+}
+
 // The base class (grpc::GrpcLibraryCodegen) initializes gRPC before the
 // constructor body creates the core credentials.
-class AuthenticatingCredentials final : public grpc::ServerCredentials {
+class CoreServerCredentials final : public grpc::ServerCredentials {
  public:
-  AuthenticatingCredentials(const TokenStore* tokens, Metrics* metrics,
-                            const TlsPem& tls) {
-    if (tls.key.empty()) {
-      creds_ = grpc_insecure_server_credentials_create();
-    } else {
-      grpc_ssl_pem_key_cert_pair pair{tls.key.c_str(), tls.cert_chain.c_str()};
-      creds_ = grpc_ssl_server_credentials_create_ex(
-          /*pem_root_certs=*/nullptr, &pair, 1,
-          GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE, nullptr);
-    }
+  CoreServerCredentials(const TokenStore* tokens, Metrics* metrics,
+                        const TlsFiles* tls) {
+    creds_ = tls == nullptr ? grpc_insecure_server_credentials_create()
+                            : TlsCoreCredentials(*tls);
+    if (tokens == nullptr) return;
     grpc_auth_metadata_processor processor;
     processor.process = &ProcessAuthMetadata;
     // The core credentials own the state (they outlive this object: the
@@ -77,12 +97,9 @@ class AuthenticatingCredentials final : public grpc::ServerCredentials {
     processor.state = new AuthState{tokens, metrics};
     grpc_server_credentials_set_auth_metadata_processor(creds_, processor);
   }
-  ~AuthenticatingCredentials() override {
-    grpc_server_credentials_release(creds_);
-  }
-  AuthenticatingCredentials(const AuthenticatingCredentials&) = delete;
-  AuthenticatingCredentials& operator=(const AuthenticatingCredentials&) =
-      delete;
+  ~CoreServerCredentials() override { grpc_server_credentials_release(creds_); }
+  CoreServerCredentials(const CoreServerCredentials&) = delete;
+  CoreServerCredentials& operator=(const CoreServerCredentials&) = delete;
 
   // The processor is fixed at construction.
   void SetAuthMetadataProcessor(
@@ -100,9 +117,12 @@ class AuthenticatingCredentials final : public grpc::ServerCredentials {
 
 }  // namespace
 
-std::shared_ptr<grpc::ServerCredentials> AuthenticatingServerCredentials(
-    const TokenStore* tokens, Metrics* metrics, const TlsPem& tls) {
-  return std::make_shared<AuthenticatingCredentials>(tokens, metrics, tls);
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
+    const TokenStore* tokens, Metrics* metrics, const TlsFiles* tls) {
+  if (tokens == nullptr && tls == nullptr) {
+    return grpc::InsecureServerCredentials();
+  }
+  return std::make_shared<CoreServerCredentials>(tokens, metrics, tls);
 }
 
 }  // namespace vqkv::service

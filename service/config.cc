@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "base/file.h"
+#include "base/net.h"
 #include "base/status_macros.h"
 #include "yaml-cpp/yaml.h"
 
@@ -151,6 +152,8 @@ std::map<std::string, YamlSetter> YamlSetters(absl::string_view origin,
       {"tokens_file", str(&c->tokens_file)},
       {"tls_cert", str(&c->tls_cert)},
       {"tls_key", str(&c->tls_key)},
+      {"tls_client_ca", str(&c->tls_client_ca)},
+      {"tls_reload_seconds", as(&c->tls_reload_seconds)},
       {"max_message_bytes", bytes(&c->service.max_message_bytes)},
       {"ttl_seconds",
        [origin, c](const YAML::Node& v, const std::string& key) {
@@ -205,14 +208,15 @@ absl::Status ApplyYamlNode(const YAML::Node& root, absl::string_view origin,
 // file (only the flags given do).
 struct Flags {
   std::string config_file, listen, data_dir, memory, disk, durability,
-      write_policy, metrics_listen, tokens_file, tls_cert, tls_key, max_message,
-      ttl, admin_tenant, grpc_memory;
+      write_policy, metrics_listen, tokens_file, tls_cert, tls_key,
+      tls_client_ca, max_message, ttl, admin_tenant, grpc_memory;
   int workers = 0;
   uint64_t max_lease_ms = 0;
   bool allow_insecure_public = false;
   uint64_t max_stream_blocks = 0;
   size_t max_queued_work = 0;
   int max_concurrent_streams = 0;
+  unsigned tls_reload_seconds = 0;
 };
 
 // Declares the flags; the help texts show the defaults of ServerConfig.
@@ -264,6 +268,15 @@ void AddFlags(CLI::App* app, Flags* f) {
                    BytesText(defaults.grpc_memory_bytes), "; 0 = unbounded)"));
   app->add_option("--tls-cert", f->tls_cert, "PEM certificate chain");
   app->add_option("--tls-key", f->tls_key, "PEM private key");
+  app->add_option("--tls-client-ca", f->tls_client_ca,
+                  "PEM CA bundle for client certificates: mTLS, every "
+                  "connection must present a certificate it signed "
+                  "(default off)");
+  app->add_option("--tls-reload-seconds", f->tls_reload_seconds,
+                  absl::StrCat("re-read the TLS files every N seconds, so "
+                               "rotated certificates apply without a restart "
+                               "(default ",
+                               defaults.tls_reload_seconds, ")"));
   app->add_option(
       "--max-message-bytes", f->max_message,
       absl::StrCat("largest gRPC message (default ",
@@ -299,6 +312,10 @@ absl::Status ApplyFlags(const CLI::App& app, const Flags& f, ServerConfig* c) {
   if (app.count("--tokens-file")) c->tokens_file = f.tokens_file;
   if (app.count("--tls-cert")) c->tls_cert = f.tls_cert;
   if (app.count("--tls-key")) c->tls_key = f.tls_key;
+  if (app.count("--tls-client-ca")) c->tls_client_ca = f.tls_client_ca;
+  if (app.count("--tls-reload-seconds")) {
+    c->tls_reload_seconds = f.tls_reload_seconds;
+  }
   if (app.count("--workers")) c->service.workers = f.workers;
   if (app.count("--allow-insecure-public")) {
     c->allow_insecure_public = f.allow_insecure_public;
@@ -390,6 +407,14 @@ absl::Status ServerConfig::Validate() const {
     return absl::InvalidArgumentError(
         "tls_cert and tls_key must be given together");
   }
+  if (!tls_client_ca.empty() && tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "tls_client_ca (mTLS) needs tls_cert and tls_key");
+  }
+  if (tls_reload_seconds < 1 || tls_reload_seconds > 86400) {
+    return absl::InvalidArgumentError(
+        "tls_reload_seconds must be in [1, 86400]");
+  }
   if (service.max_message_bytes < (uint64_t{1} << 16) ||
       service.max_message_bytes > (uint64_t{2} << 30) - 1) {
     return absl::InvalidArgumentError(
@@ -411,27 +436,7 @@ absl::Status ServerConfig::Validate() const {
 }
 
 bool IsLoopbackListen(absl::string_view listen) {
-  if (absl::StartsWith(listen, "unix:") ||
-      absl::StartsWith(listen, "unix-abstract:")) {
-    return true;
-  }
-  const size_t colon = listen.rfind(':');
-  absl::string_view host =
-      colon == absl::string_view::npos ? listen : listen.substr(0, colon);
-  if (absl::ConsumePrefix(&host, "[")) {
-    if (!absl::ConsumeSuffix(&host, "]")) return false;
-  }
-  if (absl::AsciiStrToLower(host) == "localhost" || host == "::1") return true;
-  // 127.0.0.0/8 as a dotted quad.
-  std::vector<absl::string_view> parts = absl::StrSplit(host, '.');
-  if (parts.size() != 4 || parts[0] != "127") return false;
-  for (absl::string_view p : parts) {
-    int v = 0;
-    if (p.empty() || !absl::SimpleAtoi(p, &v) || v < 0 || v > 255) {
-      return false;
-    }
-  }
-  return true;
+  return base::IsLoopbackAddress(listen);
 }
 
 uint64_t StoreDiskBytes(uint64_t disk_bytes) {

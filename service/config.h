@@ -51,6 +51,13 @@ struct ServerConfig {
   // PEM certificate chain and private key; both or neither. Empty = plaintext.
   std::string tls_cert;
   std::string tls_key;
+  // PEM CA bundle for client certificates (mTLS): when set, every connection
+  // must present a certificate that chains to it. REQUIRES tls_cert.
+  std::string tls_client_ca;
+  // Seconds between re-reads of tls_cert, tls_key and tls_client_ca (a
+  // rotated certificate is used for new connections without a restart);
+  // 1..86400.
+  unsigned tls_reload_seconds = 60;
   // Seconds SIGTERM waits for in-flight RPCs before cancelling them.
   double shutdown_grace_seconds = 10;
   // Upper bound of service.max_lease (max_lease_ms in flags and YAML).
@@ -76,7 +83,8 @@ absl::StatusOr<uint64_t> ParseBytes(absl::string_view text);
 // Applies a YAML config file on top of `config`. Keys (all optional):
 //   listen, data_dir, memory_bytes, disk_bytes, durability (async|sync),
 //   write_policy (spill|write_through),
-//   metrics_listen, tokens_file, tls_cert, tls_key, max_message_bytes,
+//   metrics_listen, tokens_file, tls_cert, tls_key, tls_client_ca,
+//   tls_reload_seconds, max_message_bytes,
 //   ttl_seconds, workers, shutdown_grace_seconds, max_lease_ms,
 //   allow_insecure_public, admin_tenant, max_stream_blocks,
 //   max_queued_work, max_concurrent_streams, grpc_memory_bytes,

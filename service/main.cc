@@ -8,7 +8,9 @@
 
 #include <cstdio>
 #include <cstring>
+#include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "service/config.h"
@@ -17,6 +19,13 @@
 namespace {
 
 // One line on stderr with the settings that matter most to an operator.
+// " tls=on (reload 60s)", " tls=mtls (reload 60s)" or "".
+std::string TlsSummary(const vqkv::service::ServerConfig& config) {
+  if (config.tls_cert.empty()) return "";
+  return absl::StrCat(config.tls_client_ca.empty() ? " tls=on" : " tls=mtls",
+                      " (reload ", config.tls_reload_seconds, "s)");
+}
+
 void PrintSettings(const vqkv::service::ServerConfig& config) {
   const vqkv::storage::TieredStoreOptions& store = config.store;
   std::fprintf(
@@ -33,7 +42,7 @@ void PrintSettings(const vqkv::service::ServerConfig& config) {
       static_cast<unsigned long long>(config.service.max_message_bytes),
       static_cast<long long>(
           absl::ToInt64Milliseconds(config.service.max_lease)),
-      config.tls_cert.empty() ? "" : " tls=on");
+      TlsSummary(config).c_str());
 }
 
 }  // namespace

@@ -28,24 +28,29 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
   return pem;
 }
 
-// TLS from config.tls_cert / tls_key, or plaintext when they are empty.
-// With auth on, the credentials authenticate every call from its metadata
-// before its request is read (service/auth_credentials.h).
+// TLS from config.tls_cert / tls_key (and tls_client_ca for mTLS), or
+// plaintext when they are empty. The files are read here once so a missing
+// or non-PEM file fails the start instead of every handshake; gRPC reads
+// them again every tls_reload_seconds (service/auth_credentials.h). With
+// auth on, the credentials authenticate every call from its metadata before
+// its request is read.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
     const ServerConfig& config, const TokenStore& tokens, Metrics* metrics) {
-  TlsPem tls;
-  if (!config.tls_cert.empty()) {
-    VQKV_ASSIGN_OR_RETURN(tls.cert_chain,
-                          ReadPem(config.tls_cert, "certificate"));
-    VQKV_ASSIGN_OR_RETURN(tls.key, ReadPem(config.tls_key, "key"));
+  const TokenStore* auth = tokens.enabled() ? &tokens : nullptr;
+  if (config.tls_cert.empty()) {
+    return MakeServerCredentials(auth, metrics, nullptr);
   }
-  if (tokens.enabled()) {
-    return AuthenticatingServerCredentials(&tokens, metrics, tls);
+  VQKV_RETURN_IF_ERROR(ReadPem(config.tls_cert, "certificate").status());
+  VQKV_RETURN_IF_ERROR(ReadPem(config.tls_key, "key").status());
+  if (!config.tls_client_ca.empty()) {
+    VQKV_RETURN_IF_ERROR(ReadPem(config.tls_client_ca, "client CA").status());
   }
-  if (tls.key.empty()) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions ssl;
-  ssl.pem_key_cert_pairs.push_back({tls.key, tls.cert_chain});
-  return grpc::SslServerCredentials(ssl);
+  TlsFiles tls;
+  tls.cert = config.tls_cert;
+  tls.key = config.tls_key;
+  tls.client_ca = config.tls_client_ca;
+  tls.reload_seconds = config.tls_reload_seconds;
+  return MakeServerCredentials(auth, metrics, &tls);
 }
 
 }  // namespace

@@ -12,8 +12,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/file.h"
+#include "base/logging.h"
+#include "base/net.h"
+#include "base/status_macros.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_certificate_verifier.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "vqkv/v1/kvcache.grpc.pb.h"
 
 namespace vqkv::client {
@@ -417,7 +425,71 @@ class GrpcBackend : public Backend {
   const std::string describe_;
 };
 
+// Checks that `path` holds PEM; `what` names the setting in messages.
+absl::Status CheckPemFile(const std::string& path, const char* what) {
+  absl::StatusOr<std::string> pem = base::ReadFile(path);
+  if (!pem.ok()) {
+    return absl::NotFoundError(
+        absl::StrCat("TLS ", what, ": ", pem.status().message()));
+  }
+  if (pem->find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TLS ", what, " '", path, "' is not PEM"));
+  }
+  return absl::OkStatus();
+}
+
+// TLS channel credentials from files re-read every tls.reload_seconds (by a
+// thread of the provider, which the credentials keep alive). The server's
+// certificate must chain to tls.ca_file and carry the target's name.
+std::shared_ptr<grpc::ChannelCredentials> TlsCredentials(
+    const TlsClientOptions& tls) {
+  namespace ge = grpc::experimental;
+  std::shared_ptr<ge::CertificateProviderInterface> provider;
+  if (tls.cert_file.empty()) {
+    provider = std::make_shared<ge::FileWatcherCertificateProvider>(
+        tls.ca_file, tls.reload_seconds);
+  } else {
+    provider = std::make_shared<ge::FileWatcherCertificateProvider>(
+        tls.key_file, tls.cert_file, tls.ca_file, tls.reload_seconds);
+  }
+  ge::TlsChannelCredentialsOptions options;
+  options.set_certificate_provider(std::move(provider));
+  options.watch_root_certs();
+  if (!tls.cert_file.empty()) options.watch_identity_key_cert_pairs();
+  options.set_verify_server_certs(true);
+  // Explicit, so the name check does not depend on gRPC's default.
+  options.set_certificate_verifier(
+      std::make_shared<ge::HostNameCertificateVerifier>());
+  return ge::TlsCredentials(options);
+}
+
 }  // namespace
+
+absl::Status ValidateTlsClientOptions(const TlsClientOptions& tls) {
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "TLS client certificate and key must be given together");
+  }
+  if (!tls.enabled()) {
+    if (!tls.cert_file.empty() || !tls.server_name.empty()) {
+      return absl::InvalidArgumentError(
+          "a TLS client certificate or server name needs a CA file (TLS "
+          "is off without one)");
+    }
+    return absl::OkStatus();
+  }
+  if (tls.reload_seconds < 1 || tls.reload_seconds > 86400) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TLS reload_seconds must be in [1, 86400], got ", tls.reload_seconds));
+  }
+  VQKV_RETURN_IF_ERROR(CheckPemFile(tls.ca_file, "CA file"));
+  if (!tls.cert_file.empty()) {
+    VQKV_RETURN_IF_ERROR(CheckPemFile(tls.cert_file, "client certificate"));
+    VQKV_RETURN_IF_ERROR(CheckPemFile(tls.key_file, "client key"));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<Backend>> NewGrpcBackend(
     const GrpcBackendOptions& options) {
@@ -435,13 +507,23 @@ absl::StatusOr<std::unique_ptr<Backend>> NewGrpcBackend(
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 500);
+  VQKV_RETURN_IF_ERROR(ValidateTlsClientOptions(options.tls));
   std::shared_ptr<grpc::ChannelCredentials> creds;
-  if (options.tls_root_certs.empty()) {
+  if (!options.tls.enabled()) {
     creds = grpc::InsecureChannelCredentials();
+    if (!options.auth_token.empty() &&
+        !base::IsLoopbackAddress(options.target)) {
+      // The server warns as well, but only the client knows what it sends.
+      VQKV_LOG(kWarning)
+          << "bearer token sent in PLAINTEXT to " << options.target
+          << ": anyone on the network path can read it and act as its "
+             "tenant. Give the client a TLS CA file (docs/CLIENT.md \"TLS\").";
+    }
   } else {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = options.tls_root_certs;
-    creds = grpc::SslCredentials(ssl);
+    creds = TlsCredentials(options.tls);
+    if (!options.tls.server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls.server_name);
+    }
   }
   return std::unique_ptr<Backend>(std::make_unique<GrpcBackend>(
       options, grpc::CreateCustomChannel(options.target, creds, args)));

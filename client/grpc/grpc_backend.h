@@ -17,22 +17,56 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "client/backend.h"
 
 namespace vqkv::client {
+
+// TLS to the server: a CA bundle the server's certificate must chain to,
+// with its name checked against the target's host (or server_name), and
+// for servers that require client certificates (vqkv-server
+// --tls-client-ca) a certificate and key to present. gRPC re-reads the
+// files every reload_seconds, so a rotated client certificate or CA bundle
+// is used for new connections without restarting the engine.
+struct TlsClientOptions {
+  // PEM CA bundle; non-empty turns TLS on.
+  std::string ca_file;
+  // PEM client certificate chain and its private key: both or neither.
+  std::string cert_file;
+  std::string key_file;
+  // The name the server's certificate must carry, when it differs from the
+  // target's host (a cluster's members are dialled by address, e.g. the
+  // pods behind dns:///vqkv-headless...: give the name their certificates
+  // have). Empty = the target's host.
+  std::string server_name;
+  // Seconds between re-reads of the files; 1..86400.
+  unsigned reload_seconds = 60;
+
+  bool enabled() const { return !ca_file.empty(); }
+};
+
+// Checks `tls` without connecting: the fields' combinations and that every
+// file named is readable PEM. Errors: kInvalidArgument for a client
+// certificate without a key (or the reverse), client files or a server
+// name without ca_file, reload_seconds out of range, a file that is not
+// PEM; kNotFound for a file that cannot be read.
+absl::Status ValidateTlsClientOptions(const TlsClientOptions& tls);
 
 struct GrpcBackendOptions {
   // "host:port" (or any gRPC target, e.g. "dns:///cache:50051").
   std::string target;
   // Sent as "authorization: Bearer <token>" when non-empty.
   std::string auth_token;
-  // PEM root certificates: non-empty means TLS, verified against them.
-  std::string tls_root_certs;
+  // TLS (off when tls.ca_file is empty: plaintext).
+  TlsClientOptions tls;
   // Largest message sent or accepted (the server's default is 64 MiB).
   uint64_t max_message_bytes = uint64_t{64} << 20;
 };
 
-// Errors: kInvalidArgument for an empty target.
+// Without TLS, a bearer token for a target that is not loopback
+// (base::IsLoopbackAddress) is sent anyway, with a warning in the log.
+// Errors: kInvalidArgument for an empty target; ValidateTlsClientOptions's
+// errors.
 absl::StatusOr<std::unique_ptr<Backend>> NewGrpcBackend(
     const GrpcBackendOptions& options);
 

@@ -326,8 +326,11 @@ std::unique_ptr<PyClient> MakeClient(
     int block_tokens, int sink_tokens, const std::string& dtype,
     const std::string& weight_revision,
     const std::optional<std::string>& auth_token, double lookup_timeout,
-    double io_timeout, uint64_t memory_bytes, int replicas,
-    int key_sketch_bits) {
+    double io_timeout, uint64_t memory_bytes, int replicas, int key_sketch_bits,
+    const py::object& tls_ca_file, const py::object& tls_cert_file,
+    const py::object& tls_key_file,
+    const std::optional<std::string>& tls_server_name,
+    unsigned tls_reload_seconds) {
   client::ClientConfig config;
   config.server = server;
   config.replicas = replicas;
@@ -340,6 +343,18 @@ std::unique_ptr<PyClient> MakeClient(
   config.codebook_hash = codebook_hash;
   config.layout = {layers, kv_heads, head_dim};
   config.auth_token = auth_token.value_or("");
+  // Paths as str or os.PathLike, like `codebooks`.
+  auto path = [](const py::object& p) {
+    return p.is_none() ? std::string()
+                       : py::module_::import("os")
+                             .attr("fspath")(p)
+                             .cast<std::string>();
+  };
+  config.tls.ca_file = path(tls_ca_file);
+  config.tls.cert_file = path(tls_cert_file);
+  config.tls.key_file = path(tls_key_file);
+  config.tls.server_name = tls_server_name.value_or("");
+  config.tls.reload_seconds = tls_reload_seconds;
   if (memory_bytes == 0) throw py::value_error("memory_bytes must be > 0");
   config.embedded_memory_bytes = memory_bytes;
   client::CacheClientOptions& o = config.options;
@@ -411,13 +426,23 @@ PYBIND11_MODULE(vqkv, m) {
            py::arg("lookup_timeout") = 0.5, py::arg("io_timeout") = 10.0,
            py::arg("memory_bytes") = uint64_t{256} << 20,
            py::arg("replicas") = 2, py::arg("key_sketch_bits") = 0,
+           py::arg("tls_ca_file") = py::none(),
+           py::arg("tls_cert_file") = py::none(),
+           py::arg("tls_key_file") = py::none(),
+           py::arg("tls_server_name") = py::none(),
+           py::arg("tls_reload_seconds") = 60,
            "Opens a client. server: 'embedded' (in-memory store in this "
            "process), 'embedded:DIR' (with a disk tier in DIR), a "
            "vqkv-server 'host:port', or a cluster: 'host:port,host:port' or "
            "'dns:///name:port' (each block on `replicas` servers). codec: "
            "fp16, kivi2, kivi4 or vq (vq "
            "needs codebooks=path or codebook_hash=; key_sketch_bits=64 adds "
-           "the key sketch, docs/CODEC.md). Timeouts in seconds.")
+           "the key sketch, docs/CODEC.md). Timeouts in seconds. TLS to "
+           "servers: tls_ca_file (turns TLS on), tls_cert_file + "
+           "tls_key_file for servers that require client certificates, "
+           "tls_server_name when the certificates name another host than "
+           "the address dialled; the files are re-read every "
+           "tls_reload_seconds (docs/CLIENT.md \"TLS\").")
       .def("hash_tokens", &vp::PyClient::HashTokens, py::arg("tokens"),
            py::arg("salt") = "",
            "Chain hashes (16-byte bytes) of the full blocks of `tokens`.")

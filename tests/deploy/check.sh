@@ -117,6 +117,9 @@ for dir in "${overlays[@]}"; do
       openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
         -keyout "$d/tls.key" -out "$d/tls.crt" 2>/dev/null
       flags+=(--tls-cert "$d/tls.crt" --tls-key "$d/tls.key")
+      if grep -qE '^tls_client_ca:' "$d/vqkv.yaml"; then # any PEM CA will do
+        flags+=(--tls-client-ca "$d/tls.crt")
+      fi
     fi
     "$SERVER" "${flags[@]}" >"$d/server.out" 2>"$d/server.err" &
     server_pid=$!

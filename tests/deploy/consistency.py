@@ -2,8 +2,8 @@
 no schema sees. Usage: consistency.py RENDERED.yaml OUT_DIR
 
 Checks that the StatefulSet's --config path is the ConfigMap's mount, that
-every path of the config (data_dir, tokens_file, tls_cert, tls_key) lies on a
-mounted volume, that ports and probes match the config's listen and
+every path of the config (data_dir, tokens_file, tls_cert, tls_key,
+tls_client_ca) lies on a mounted volume, that ports and probes match the config's listen and
 metrics_listen, that terminationGracePeriodSeconds exceeds
 shutdown_grace_seconds, memory_bytes the memory limit's share and
 disk_bytes the volume claim, that Services, the PodDisruptionBudget, the
@@ -83,7 +83,7 @@ def main():
     data_dir = cfg["data_dir"]
     check(under(data_dir, [m for m, n in mounts.items() if n in claims]),
           f"data_dir {data_dir} is on the pod's PersistentVolumeClaim")
-    for key in ("tokens_file", "tls_cert", "tls_key"):
+    for key in ("tokens_file", "tls_cert", "tls_key", "tls_client_ca"):
         if key in cfg:
             p = cfg[key]
             m = [mp for mp in mounts if under(p, [mp])]
@@ -92,6 +92,8 @@ def main():
     check("tls_cert" in cfg and "tls_key" in cfg or
           "tls_cert" not in cfg and "tls_key" not in cfg,
           "tls_cert and tls_key: both or neither")
+    check("tls_client_ca" not in cfg or "tls_cert" in cfg,
+          "tls_client_ca (mTLS) only with tls_cert")
 
     # Ports and probes.
     ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}

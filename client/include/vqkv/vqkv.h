@@ -151,6 +151,22 @@ typedef struct vqkv_client_options {
    * costing (16 + key_sketch_bits) / head_dim bits per key element; 0 =
    * none. docs/FIDELITY.md measures 64. */
   int32_t key_sketch_bits;
+
+  /* Added after `key_sketch_bits`. TLS to vqkv-servers (docs/CLIENT.md
+   * "TLS"); all NULL or "" = plaintext. tls_ca_file: PEM CA bundle the
+   * server's certificate must chain to, whose name must match the server's
+   * host (or tls_server_name); setting it turns TLS on. tls_cert_file and
+   * tls_key_file: PEM client certificate chain and key, both or neither, for
+   * servers that require client certificates (vqkv-server --tls-client-ca).
+   * tls_server_name: the name the server certificates carry when the
+   * client dials addresses (a dns:/// cluster's members). The files are
+   * re-read every tls_reload_seconds (0 = 60; at most 86400), so rotated
+   * certificates apply to new connections without reopening the client. */
+  const char* tls_ca_file;
+  const char* tls_cert_file;
+  const char* tls_key_file;
+  const char* tls_server_name;
+  uint32_t tls_reload_seconds;
 } vqkv_client_options_t;
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,
@@ -162,10 +178,12 @@ VQKV_EXPORT void vqkv_client_options_init(vqkv_client_options_t* options);
 /* Opens a client. On success *out owns it (vqkv_client_destroy); on error
  * *out is NULL. Errors: VQKV_INVALID_ARGUMENT for NULL arguments, a bad
  * struct_size, a bad layout, block_tokens or sink_tokens, an empty model_id,
- * an unknown codec, missing or unexpected codebooks, a bad key_sketch_bits;
- * VQKV_NOT_FOUND / VQKV_DATA_LOSS for a codebook file that cannot be read or
- * parsed; a store that cannot be opened (its directory) gives the store's
- * error. */
+ * an unknown codec, missing or unexpected codebooks, a bad key_sketch_bits,
+ * bad TLS settings (a certificate without a key, a file that is not PEM,
+ * TLS settings for an embedded store); VQKV_NOT_FOUND for a TLS file that
+ * cannot be read; VQKV_NOT_FOUND / VQKV_DATA_LOSS for a codebook file that
+ * cannot be read or parsed; a store that cannot be opened (its directory)
+ * gives the store's error. */
 VQKV_EXPORT vqkv_status_code
 vqkv_client_create(const vqkv_client_options_t* options, vqkv_client_t** out);
 

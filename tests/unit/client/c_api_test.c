@@ -258,6 +258,22 @@ static void TestBadOptions(void) {
   o.server = "127.0.0.1:1,,127.0.0.1:2";
   ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "empty entry");
 
+  /* TLS settings (tests/integration/tls_test.cc uses them against a real
+   * server): checked when the client opens, before anything is dialled. */
+  InitOptions(&o);
+  o.server = "127.0.0.1:1";
+  o.tls_ca_file = "/nonexistent/ca.pem";
+  ExpectCreateError(&o, VQKV_NOT_FOUND, "/nonexistent/ca.pem");
+
+  InitOptions(&o); /* a cluster: checked before any member is dialled */
+  o.server = "127.0.0.1:1,127.0.0.1:2";
+  o.tls_cert_file = "/nonexistent/client.pem";
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "together");
+
+  InitOptions(&o);
+  o.tls_ca_file = "/nonexistent/ca.pem"; /* the embedded store has no TLS */
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "embedded");
+
   /* A cluster of servers that are not there: the client opens (fp16 needs
    * no codebook registration) and a lookup is a miss, not an error. */
   InitOptions(&o);

@@ -234,5 +234,40 @@ TEST(ConfigTest, AdmissionLimitsFromFlagsAndYaml) {
   EXPECT_EQ(parsed->service.admin_tenant, "root");
 }
 
+TEST(ConfigTest, TlsSettingsFromFlagsAndYaml) {
+  ServerConfig c;
+  EXPECT_EQ(c.tls_reload_seconds, 60u);
+  EXPECT_TRUE(c.tls_client_ca.empty());
+  ASSERT_TRUE(ApplyYamlConfig("tls_cert: /t/tls.crt\ntls_key: /t/tls.key\n"
+                              "tls_client_ca: /t/ca.crt\n"
+                              "tls_reload_seconds: 300\n",
+                              "test", &c)
+                  .ok());
+  EXPECT_EQ(c.tls_client_ca, "/t/ca.crt");
+  EXPECT_EQ(c.tls_reload_seconds, 300u);
+  EXPECT_TRUE(c.Validate().ok());
+  c.tls_reload_seconds = 0;  // gRPC's file watcher needs an interval
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
+  c.tls_reload_seconds = 86401;
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
+  c.tls_reload_seconds = 60;
+  c.tls_cert.clear();
+  c.tls_key.clear();  // client certificates without TLS
+  const absl::Status no_tls = c.Validate();
+  EXPECT_EQ(no_tls.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(no_tls.message(), HasSubstr("tls_client_ca"));
+
+  std::string a0 = "vqkv-server", a1 = "--tls-cert", a2 = "c.pem",
+              a3 = "--tls-key", a4 = "k.pem", a5 = "--tls-client-ca",
+              a6 = "ca.pem", a7 = "--tls-reload-seconds", a8 = "5";
+  char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), a4.data(),
+                  a5.data(), a6.data(), a7.data(), a8.data()};
+  bool exit_now = false;
+  auto parsed = ParseCommandLine(9, argv, &exit_now);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->tls_client_ca, "ca.pem");
+  EXPECT_EQ(parsed->tls_reload_seconds, 5u);
+}
+
 }  // namespace
 }  // namespace vqkv::service

@@ -104,6 +104,15 @@ class _Options(ctypes.Structure):
         ("lookup_timeout_ms", ctypes.c_uint32),
         ("io_timeout_ms", ctypes.c_uint32),
         ("embedded_memory_bytes", ctypes.c_uint64),
+        # Every field of this version of vqkv.h: vqkv_client_options_init
+        # writes the library's sizeof(vqkv_client_options_t) bytes.
+        ("replicas", ctypes.c_int32),
+        ("key_sketch_bits", ctypes.c_int32),
+        ("tls_ca_file", ctypes.c_char_p),
+        ("tls_cert_file", ctypes.c_char_p),
+        ("tls_key_file", ctypes.c_char_p),
+        ("tls_server_name", ctypes.c_char_p),
+        ("tls_reload_seconds", ctypes.c_uint32),
     ]
 
 
@@ -285,6 +294,17 @@ class ErrorTest(unittest.TestCase):
         self.assertIn("/nonexistent/x.vqcb", str(cm.exception))
         with self.assertRaises(TypeError):
             vqkv.Client(layers=2)  # model_id, kv_heads, head_dim missing
+        # TLS settings are checked when the client opens (a real server:
+        # tests/integration/tls_test.cc).
+        with self.assertRaises(vqkv.Error) as cm:
+            make_client(server="127.0.0.1:1", tls_ca_file="/nonexistent/ca")
+        self.assertEqual(cm.exception.code_name, "NOT_FOUND")
+        self.assert_value_error(
+            lambda: make_client(server="127.0.0.1:1",
+                                tls_cert_file="/nonexistent/c.pem"),
+            "together")
+        self.assert_value_error(
+            lambda: make_client(tls_ca_file="/nonexistent/ca"), "embedded")
 
     def test_cluster_server_strings(self):
         # A server list or dns:/// makes a cluster client (docs/CLIENT.md
