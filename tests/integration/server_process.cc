@@ -119,6 +119,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::StartOn(
     }
     if (!p->Running()) break;
   }
+  // It closed stdout: give it a moment to exit, so the error has its code.
+  for (int i = 0; i < 50 && p->Running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   return absl::InternalError(
       absl::StrCat("vqkv-server did not report a listening port (exit code ",
                    p->exit_code_, ")"));

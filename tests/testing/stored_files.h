@@ -80,6 +80,20 @@ class StoredFiles {
     return n;
   }
 
+  // Flips the lowest bit of the byte `from_end` bytes before the end of
+  // every loaded file whose name ends in `suffix` (e.g. ".sst", 1: the last
+  // byte of each table file's footer magic). Returns the files changed.
+  int FlipNearEnd(absl::string_view suffix, uint64_t from_end) {
+    int changed = 0;
+    for (auto& [path, bytes] : files_) {
+      if (!absl::EndsWith(path, suffix) || bytes.size() < from_end) continue;
+      bytes[bytes.size() - from_end] ^= 1;
+      dirty_[path] = true;
+      ++changed;
+    }
+    return changed;
+  }
+
   // Writes the changed files back. Returns false if one could not be
   // written.
   bool Save() {
