@@ -50,10 +50,10 @@ constexpr int kBlocksPerPut = 8;
 constexpr int kMinWriteMs = 100;
 constexpr int kMaxWriteMs = 300;
 // Blocks of the whole run, spread over the cycles (the writers of a cycle
-// stop at their share; at 100 cycles the kill comes first on the 2-core
-// dev VM): well under the disk tier's record bound for --memory-bytes
-// 256MiB (349,525 records, storage::DiskMaxRecordsFor), which would
-// otherwise evict acknowledged blocks legitimately.
+// stop at their share, paced to last kMaxWriteMs): well under the disk tier's
+// record bound for --memory-bytes 256MiB (349,525 records,
+// storage::DiskMaxRecordsFor), which would otherwise evict acknowledged blocks
+// legitimately.
 constexpr uint64_t kMaxRunBlocks = 150000;
 // Older acknowledged blocks re-read after each restart (besides all of the
 // previous cycle's).
@@ -131,13 +131,20 @@ struct CycleLog {
 // Puts batches of fresh blocks until the cycle ends (or `budget` blocks are
 // used up); records each block as acknowledged or not. A call cancelled at
 // the kill counts as not acknowledged, even if the server had answered.
+// Puts are paced to spread the budget over kMaxWriteMs, so that the kill
+// finds puts in flight however small a cycle's share is.
 void Writer(const std::string& address, int cycle, int writer,
             std::atomic<int64_t>& budget, CycleLog& log) {
   auto stub = v1::KVCache::NewStub(grpc::CreateCustomChannel(
       address, grpc::InsecureChannelCredentials(), TestChannelArgs()));
   const v1::Namespace ns = CrashNamespace();
+  const auto start = std::chrono::steady_clock::now();
+  const auto interval =
+      std::chrono::microseconds(int64_t{kMaxWriteMs} * 1000 * kBlocksPerPut *
+                                kWriters / std::max<int64_t>(budget.load(), 1));
   uint64_t seq = 0;
-  while (budget.fetch_sub(kBlocksPerPut) >= kBlocksPerPut) {
+  for (int64_t n = 0; budget.fetch_sub(kBlocksPerPut) >= kBlocksPerPut; ++n) {
+    std::this_thread::sleep_until(start + n * interval);
     v1::PutBlocksRequest req;
     *req.mutable_namespace_() = ns;
     std::vector<uint64_t> ids;
