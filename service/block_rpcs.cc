@@ -159,31 +159,22 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
   VQKV_ASSIGN_OR_RETURN(const std::vector<storage::BlockHash> hashes,
                         ValidatePutBatch(ns, req));
   const int n = req.blocks_size();
-  // Blocks already held are reported as ALREADY_EXISTS and not re-put.
-  const storage::LookupResult present = store_->Lookup(tenant, ns_id, hashes);
-  std::vector<absl::Status> results(n, absl::OkStatus());
-  std::vector<storage::BlockPut> puts;
-  std::vector<int> put_index;
-  puts.reserve(n);
+  // Blocks already held are reported as ALREADY_EXISTS and not re-put. The
+  // store decides under each key's lock, which a put holds until its block
+  // is on disk in sync mode: a duplicate of a block still being written
+  // waits for that write, so ALREADY_EXISTS, like OK, is only answered for
+  // a block that is stored (durably, in sync mode). (A lookup first would
+  // answer it for a block whose write could still fail or be cut by a
+  // crash.)
+  std::vector<storage::BlockPut> puts(n);
   for (int i = 0; i < n; ++i) {
-    if (present.present[i]) {
-      results[i] = absl::AlreadyExistsError(
-          "a block with this hash is already stored; kept the stored copy");
-      continue;
-    }
-    storage::BlockPut p;
-    p.key = storage::BlockKey{ns_id, hashes[i]};
-    p.chain_position = req.blocks(i).chain_position();
-    p.block = req.blocks(i).data();
-    puts.push_back(p);
-    put_index.push_back(i);
+    puts[i].key = storage::BlockKey{ns_id, hashes[i]};
+    puts[i].chain_position = req.blocks(i).chain_position();
+    puts[i].block = req.blocks(i).data();
   }
-  if (!puts.empty()) {
-    std::vector<absl::Status> put_results = store_->PutBlocks(tenant, puts);
-    for (size_t j = 0; j < puts.size(); ++j) {
-      results[put_index[j]] = HideOtherTenants(put_results[j]);
-    }
-  }
+  std::vector<absl::Status> results =
+      store_->PutBlocks(tenant, puts, storage::DuplicatePut::kAlreadyExists);
+  for (absl::Status& s : results) s = HideOtherTenants(s);
   uint32_t stored = 0;
   uint64_t stored_bytes = 0;
   for (int i = 0; i < n; ++i) {

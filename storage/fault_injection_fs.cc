@@ -71,12 +71,14 @@ class FaultyWritableFile : public rocksdb::FSWritableFileOwnerWrapper {
     return target()->Flush(options, dbg);
   }
   IOStatus Sync(const IOOptions& options, IODebugContext* dbg) override {
+    fs_->WaitWhileSyncsHeld();
     if (IOStatus s = fs_->WriteFault("sync"); !s.ok()) return s;
     IOStatus s = target()->Sync(options, dbg);
     if (s.ok()) fs_->RecordSync(fname_);
     return s;
   }
   IOStatus Fsync(const IOOptions& options, IODebugContext* dbg) override {
+    fs_->WaitWhileSyncsHeld();
     if (IOStatus s = fs_->WriteFault("fsync"); !s.ok()) return s;
     IOStatus s = target()->Fsync(options, dbg);
     if (s.ok()) fs_->RecordSync(fname_);
@@ -173,6 +175,25 @@ IOStatus FaultInjectionFileSystem::WriteFault(const char* op) {
     return IOStatus::IOError("injected write error", op);
   }
   return IOStatus::OK();
+}
+
+void FaultInjectionFileSystem::SetHoldSyncs(bool on) {
+  absl::MutexLock lock(&hold_mu_);
+  hold_syncs_ = on;
+}
+
+int FaultInjectionFileSystem::held_syncs() const {
+  absl::MutexLock lock(&hold_mu_);
+  return held_syncs_;
+}
+
+void FaultInjectionFileSystem::WaitWhileSyncsHeld() {
+  absl::MutexLock lock(&hold_mu_);
+  if (!hold_syncs_) return;
+  ++held_syncs_;
+  hold_mu_.Await(absl::Condition(
+      +[](bool* hold) { return !*hold; }, &hold_syncs_));
+  --held_syncs_;
 }
 
 IOStatus FaultInjectionFileSystem::ReadFault(const char* op) {

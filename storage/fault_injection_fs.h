@@ -10,6 +10,10 @@
 //   disk_full:   the same operations fail with IOStatus::NoSpace.
 //   fail_reads:  opening files for reading and reading from them fails with
 //                IOStatus::IOError.
+//   hold_syncs:  Sync/Fsync of written files wait until it is turned off,
+//                then go on (and fail if a write switch is on by then):
+//                holds a durable write between its append and its sync,
+//                for interleaving tests.
 // DropUnsyncedData() simulates a power loss: every file written through this
 // file system is truncated to the length it had at its last Sync/Fsync.
 //
@@ -43,6 +47,9 @@ class FaultInjectionFileSystem : public rocksdb::FileSystemWrapper {
   void SetFailWrites(bool on) { fail_writes_.store(on); }
   void SetDiskFull(bool on) { disk_full_.store(on); }
   void SetFailReads(bool on) { fail_reads_.store(on); }
+  void SetHoldSyncs(bool on);
+  // Sync/Fsync calls waiting on hold_syncs now.
+  int held_syncs() const;
 
   // Successful Sync/Fsync calls on written files so far (e.g. to check that
   // a batch of puts costs one WAL sync, not one per block).
@@ -91,6 +98,8 @@ class FaultInjectionFileSystem : public rocksdb::FileSystemWrapper {
   // The error a write should fail with now, or OK.
   rocksdb::IOStatus WriteFault(const char* op);
   rocksdb::IOStatus ReadFault(const char* op);
+  // Returns once hold_syncs is off.
+  void WaitWhileSyncsHeld();
   void RecordAppend(const std::string& fname, uint64_t end_offset);
   void RecordSync(const std::string& fname);
   void RecordTruncate(const std::string& fname, uint64_t size);
@@ -110,6 +119,10 @@ class FaultInjectionFileSystem : public rocksdb::FileSystemWrapper {
   std::atomic<uint64_t> write_errors_{0};
   std::atomic<uint64_t> syncs_{0};
   std::atomic<uint64_t> read_errors_{0};
+
+  mutable absl::Mutex hold_mu_;
+  bool hold_syncs_ ABSL_GUARDED_BY(hold_mu_) = false;
+  int held_syncs_ ABSL_GUARDED_BY(hold_mu_) = 0;
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);

@@ -220,7 +220,10 @@ absl::Status RocksDbTier::ForEach(
 rocksdb::Status RocksDbTier::Read(rocksdb::ColumnFamilyHandle* RocksDbTier::*cf,
                                   absl::string_view key, std::string* value) {
   absl::ReaderMutexLock db_lock(&db_mu_);
-  if (db_ == nullptr) return rocksdb::Status::IOError("database closed");
+  if (db_ == nullptr) {
+    return rocksdb::Status::IOError(
+        "database closed after a fault; reopening failed", reopen_error_);
+  }
   return db_->Get(rocksdb::ReadOptions(), this->*cf, ToSlice(key), value);
 }
 
@@ -686,7 +689,11 @@ absl::Status RocksDbTier::Flush() {
   MaybeResumeLocked();
   absl::ReaderMutexLock db_lock(&db_mu_);
   if (db_ == nullptr) {
-    return Convert(rocksdb::Status::IOError("database closed"), "flush");
+    // Name the fault that keeps it closed, not only that it is.
+    return Convert(
+        rocksdb::Status::IOError(
+            "database closed after a fault; reopening failed", reopen_error_),
+        "flush");
   }
   rocksdb::Status s = db_->FlushWAL(/*sync=*/true);
   if (!s.ok()) return Convert(s, "flush WAL");

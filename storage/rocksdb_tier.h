@@ -332,9 +332,11 @@ class RocksDbTier : public Tier {
   // Serializes mutations. Lock order: write_mu_, db_mu_, mu_.
   absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(db_mu_);
   bool needs_resume_ ABSL_GUARDED_BY(write_mu_) = false;
-  std::string reopen_error_ ABSL_GUARDED_BY(write_mu_);
   // Shared by every use of db_; exclusive to (re)open or close it.
   mutable absl::Mutex db_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // Why the last reopen failed (db_ is null then): named in the errors of
+  // the writes and reads that find the database closed.
+  std::string reopen_error_ ABSL_GUARDED_BY(db_mu_);
 
   mutable absl::Mutex mu_;
   absl::btree_map<BlockKey, Record> index_ ABSL_GUARDED_BY(mu_);

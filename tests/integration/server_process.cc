@@ -121,6 +121,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::StartOn(
     }
     if (!p->Running()) break;
   }
+  // It closed stdout: give it a moment to exit, so the error has its code.
+  for (int i = 0; i < 50 && p->Running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   return absl::InternalError(
       absl::StrCat("vqkv-server did not report a listening port (exit code ",
                    p->exit_code_, ")"));
@@ -147,9 +151,11 @@ bool ServerProcess::Running() {
 int ServerProcess::StopWith(int sig) {
   if (!Running()) return exit_code_;
   kill(pid_, sig);
-  for (int i = 0; i < 600; ++i) {
+  // Polled every 10 ms: a killed server is gone in a few (crash-cycle tests
+  // stop one a hundred times).
+  for (int i = 0; i < 6000; ++i) {
     if (!Running()) return exit_code_;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   kill(pid_, SIGKILL);
   int status = 0;

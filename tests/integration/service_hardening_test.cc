@@ -3,6 +3,7 @@
 // malformed requests, auth before the request body, what Stats shows a
 // tenant, admission control and config edge cases. Each test pins one fix.
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -775,6 +776,98 @@ TEST(ServiceHardeningTest, CodebookQuotaIsPerTenant) {
   EXPECT_EQ(put("bob-token-4567", b), kOk);          // bob's own quota
   EXPECT_EQ(put("bob-token-4567", a), kExhausted);   // a counts for bob too
   EXPECT_EQ(put("ops-token-8910", a), kExists);      // registered, now ops' too
+}
+
+// ---------------------------------------------------------------------------
+// 8. Sync durability: a duplicate put is not acknowledged (ALREADY_EXISTS)
+// before the block it duplicates is durable. Before: the service looked the
+// blocks up first and answered ALREADY_EXISTS for a block another put had
+// only in memory, its WAL sync still pending; when that sync failed (or the
+// server was killed) the "already stored" block was gone.
+
+TEST(ServiceHardeningTest, SyncDuplicatePutWaitsForTheFirstToBeDurable) {
+  TempDir dir;
+  auto fs = std::make_shared<storage::FaultInjectionFileSystem>();
+  service::ServerConfig config = BaseConfig(dir);
+  config.store.durability = storage::Durability::kSync;
+  config.store.file_system = fs;
+  config.service.workers = 4;
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KVCache::NewStub(ChannelTo(*server));
+  const v1::Namespace ns = TestNamespace();
+  PutRange(stub.get(), ns, 0, 1);  // claims the namespace
+
+  struct Outcome {
+    grpc::Status status;
+    int32_t code = -1;
+    std::atomic<bool> done{false};
+  };
+  auto put = [&](Outcome* out) {
+    v1::PutBlocksRequest req;
+    *req.mutable_namespace_() = ns;
+    v1::Block* b = req.add_blocks();
+    b->set_hash(Hash(1));
+    b->set_data(MakeBlock(1));
+    v1::PutBlocksResponse resp;
+    out->status = stub->PutBlocks(Ctx().get(), req, &resp);
+    if (out->status.ok() && resp.results_size() == 1) {
+      out->code = resp.results(0).code();
+    }
+    out->done.store(true);
+  };
+  // The first put of block 1 stops in its WAL sync.
+  fs->SetHoldSyncs(true);
+  Outcome first, second;
+  std::thread a(put, &first);
+  for (int i = 0; i < 1000 && fs->held_syncs() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GT(fs->held_syncs(), 0) << "the first put never reached its sync";
+  // A second put of the same block, while the first is not durable.
+  std::thread b(put, &second);
+  for (int i = 0; i < 50 && !second.done.load(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const bool answered_early = second.done.load();
+  // The first put's sync fails.
+  fs->SetFailWrites(true);
+  fs->SetHoldSyncs(false);
+  a.join();
+  b.join();
+  fs->SetFailWrites(false);
+
+  EXPECT_FALSE(answered_early)
+      << "the duplicate was answered (code " << second.code
+      << ") while the first put's write was not durable";
+  EXPECT_EQ(first.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << first.status.error_message();
+  // Whatever the second put was told, it must be true: acknowledged means
+  // the block is served.
+  const bool second_acked =
+      second.status.ok() && (second.code == 0 || second.code == 6);
+  v1::GetBlocksRequest get;
+  *get.mutable_namespace_() = ns;
+  get.add_hashes(Hash(1));
+  v1::GetBlocksResponse got;
+  ASSERT_TRUE(stub->GetBlocks(Ctx().get(), get, &got).ok());
+  EXPECT_EQ(got.found() == 1, second_acked)
+      << "second put: " << second.status.error_message() << " code "
+      << second.code << "; found " << got.found();
+  // With the disk healthy again, a put is acknowledged (OK, or
+  // ALREADY_EXISTS when the reopened database replayed the failed put's WAL
+  // record: an unacknowledged put may or may not be stored) and the block
+  // is served.
+  for (int round = 0; round < 2; ++round) {
+    Outcome again;
+    put(&again);
+    ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+    EXPECT_TRUE(again.code == 0 || again.code == 6) << again.code;
+    ASSERT_TRUE(stub->GetBlocks(Ctx().get(), get, &got).ok());
+    ASSERT_EQ(got.found(), 1u);
+    EXPECT_TRUE(got.blocks(0).data() == MakeBlock(1));
+  }
+  EXPECT_TRUE(server->Shutdown(absl::Seconds(5)).ok());
 }
 
 }  // namespace
