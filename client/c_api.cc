@@ -249,14 +249,23 @@ const char* vqkv_status_code_name(vqkv_status_code code) {
 
 const char* vqkv_version(void) { return VQKV_VERSION_STRING; }
 
-void vqkv_client_options_init(vqkv_client_options_t* options) {
+void vqkv_client_options_init_sized(vqkv_client_options_t* options,
+                                    size_t struct_size) {
   if (options == nullptr) return;
-  std::memset(options, 0, sizeof(*options));
-  options->struct_size = sizeof(*options);
-  options->block_tokens = 64;
-  options->sink_tokens = 4;
-  options->kv_dtype = VQKV_KV_FLOAT16;
-  options->replicas = 2;
+  vqkv_client_options_t d;
+  std::memset(&d, 0, sizeof(d));
+  d.block_tokens = 64;
+  d.sink_tokens = 4;
+  d.kv_dtype = VQKV_KV_FLOAT16;
+  d.replicas = 2;
+  // The caller's struct is struct_size bytes: fields this library does not
+  // know (a newer header) are zeroed, fields the caller does not have (an
+  // older header) are not written.
+  std::memset(options, 0, struct_size);
+  std::memcpy(options, &d, std::min(struct_size, sizeof(d)));
+  if (struct_size >= sizeof(options->struct_size)) {
+    options->struct_size = struct_size;
+  }
 }
 
 vqkv_status_code vqkv_client_create(const vqkv_client_options_t* options,

@@ -171,9 +171,18 @@ typedef struct vqkv_client_options {
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,
  * fp16 codec, block_tokens 64, sink_tokens 4, kv_dtype VQKV_KV_FLOAT16,
- * replicas 2. The
- * layout and model_id are left zero / NULL: the caller must set them. */
-VQKV_EXPORT void vqkv_client_options_init(vqkv_client_options_t* options);
+ * replicas 2. The layout and model_id are left zero / NULL: the caller must
+ * set them.
+ *
+ * vqkv_client_options_init is a macro passing the struct's size as the
+ * caller's vqkv.h declares it: the library writes exactly that many bytes,
+ * so a program built against an older (smaller) struct never has memory past
+ * it overwritten. Bindings that cannot use the macro (ctypes) call
+ * vqkv_client_options_init_sized with the size of their copy of the struct. */
+VQKV_EXPORT void vqkv_client_options_init_sized(vqkv_client_options_t* options,
+                                                size_t struct_size);
+#define vqkv_client_options_init(options) \
+  vqkv_client_options_init_sized((options), sizeof(vqkv_client_options_t))
 
 /* Opens a client. On success *out owns it (vqkv_client_destroy); on error
  * *out is NULL. Errors: VQKV_INVALID_ARGUMENT for NULL arguments, a bad

@@ -298,6 +298,29 @@ static void TestBadOptions(void) {
   CHECK_CODE(vqkv_client_create(&o, &client), VQKV_OK);
   vqkv_client_destroy(client);
 
+  /* Init for a first-version caller writes only its fields: the bytes
+   * after its struct (here the rest of a bigger buffer) stay untouched. */
+  {
+    const size_t v1 = offsetof(vqkv_client_options_t, replicas);
+    unsigned char buf[sizeof(vqkv_client_options_t) + 16];
+    size_t k;
+    memset(buf, 0xAB, sizeof(buf));
+    vqkv_client_options_init_sized((vqkv_client_options_t*)buf, v1);
+    for (k = v1; k < sizeof(buf); ++k) CHECK(buf[k] == 0xAB);
+    CHECK(((vqkv_client_options_t*)buf)->struct_size == v1);
+    CHECK(((vqkv_client_options_t*)buf)->block_tokens == 64);
+    /* A newer caller's bigger struct: its unknown tail is zeroed. */
+    memset(buf, 0xAB, sizeof(buf));
+    vqkv_client_options_init_sized((vqkv_client_options_t*)buf,
+                                   sizeof(buf) - 8);
+    for (k = sizeof(vqkv_client_options_t); k < sizeof(buf) - 8; ++k) {
+      CHECK(buf[k] == 0);
+    }
+    for (k = sizeof(buf) - 8; k < sizeof(buf); ++k) CHECK(buf[k] == 0xAB);
+    CHECK(((vqkv_client_options_t*)buf)->struct_size == sizeof(buf) - 8);
+    CHECK(((vqkv_client_options_t*)buf)->replicas == 2);
+  }
+
   /* A newer caller's bigger struct: fine while the unknown tail is zero. */
   InitOptions(&o);
   memset(bigger, 0, sizeof(bigger));

@@ -104,8 +104,8 @@ class _Options(ctypes.Structure):
         ("lookup_timeout_ms", ctypes.c_uint32),
         ("io_timeout_ms", ctypes.c_uint32),
         ("embedded_memory_bytes", ctypes.c_uint64),
-        # Every field of this version of vqkv.h: vqkv_client_options_init
-        # writes the library's sizeof(vqkv_client_options_t) bytes.
+        # Added after the first version (vqkv_client_options_init_sized
+        # writes only the fields of the size it is given).
         ("replicas", ctypes.c_int32),
         ("key_sketch_bits", ctypes.c_int32),
         ("tls_ca_file", ctypes.c_char_p),
@@ -120,7 +120,8 @@ def c_api_hash_chain(library, tokens, salt, model_id):
     lib = ctypes.CDLL(library)
     lib.vqkv_last_error.restype = ctypes.c_char_p
     opts = _Options()
-    lib.vqkv_client_options_init(ctypes.byref(opts))
+    lib.vqkv_client_options_init_sized(ctypes.byref(opts),
+                                       ctypes.sizeof(opts))
     opts.model_id = model_id.encode()
     opts.codec = b"fp16"
     opts.layers, opts.kv_heads, opts.head_dim = LAYERS, HEADS, DIM
