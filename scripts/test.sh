@@ -15,7 +15,8 @@ if [[ "${VQKV_SKIP_SANITIZE:-0}" != 1 ]]; then
   VQKV_SANITIZE_TARGETS="base_test storage_memory_tier_test
     storage_rocksdb_tier_test storage_tiered_store_test
     storage_rendezvous_table_test storage_namespace_ledger_test
-    storage_codebook_registry_test storage_disk_catalog_test client_hash_test
+    storage_codebook_registry_test storage_disk_catalog_test
+    storage_fault_campaign_test client_hash_test
     cache_client_test kv_connector_test nccl_rendezvous_test c_api_test
     cluster_placement_test cluster_backend_test" \
   VQKV_SANITIZE_EXCLUDE="NOT_BUILT|install|python" \
