@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the whole test suite (this is what CI runs), then
 # the sanitizer pass: the base, client and storage unit tests (threads, buffers and
-# wire bytes) under ASan + UBSan in build-asan/. scripts/sanitize.sh alone
-# runs the whole suite sanitized.
+# wire bytes) under ASan + UBSan in build-asan/, then a short run of every
+# fuzz target (scripts/fuzz.sh, clang + libFuzzer in build-fuzz/).
+# scripts/sanitize.sh alone runs the whole suite sanitized.
+# VQKV_SKIP_SANITIZE=1 / VQKV_SKIP_FUZZ=1 leave those passes out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,4 +22,8 @@ if [[ "${VQKV_SKIP_SANITIZE:-0}" != 1 ]]; then
     cluster_placement_test cluster_backend_test" \
   VQKV_SANITIZE_EXCLUDE="NOT_BUILT|install|python" \
     BUILD_DIR=build-asan bash scripts/sanitize.sh 'base|client|storage'
+fi
+
+if [[ "${VQKV_SKIP_FUZZ:-0}" != 1 ]]; then
+  FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash scripts/fuzz.sh
 fi

@@ -9,9 +9,9 @@
 // enabled; ParseBytes of the decimal rendering of its result gives it back.
 #include <cstdint>
 #include <string>
-#include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "service/auth.h"
 #include "service/config.h"
 #include "tests/fuzz/fuzz_common.h"
@@ -19,8 +19,8 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace vqkv::service;
   if (size == 0) return 0;
-  const std::string_view text(reinterpret_cast<const char*>(data + 1),
-                              size - 1);
+  const absl::string_view text(reinterpret_cast<const char*>(data + 1),
+                               size - 1);
   switch (data[0] % 3) {
     case 0: {
       ServerConfig config;

@@ -8,6 +8,8 @@
 // -rss_limit_mb/-malloc_limit_mb; a tensor whose data the reader returns
 // lies inside the image; a tokenizer that loads round-trips a short text.
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -58,6 +60,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (total_elements <= (int64_t{1} << 18)) {
     absl::StatusOr<std::unique_ptr<LlamaModel>> m = LlamaModel::FromGguf(f);
     if (m.ok()) (void)IdentifyModel(f, (*m)->config().kv_layout());
+    if (std::getenv("VQKV_FUZZ_VERBOSE") != nullptr) {
+      std::fprintf(stderr, "tokenizer: %s; model: %s\n",
+                   tok.status().ToString().c_str(),
+                   m.status().ToString().c_str());
+    }
   }
   return 0;
 }

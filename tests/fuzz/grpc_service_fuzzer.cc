@@ -196,7 +196,14 @@ std::vector<std::string_view> Messages(std::string_view rest) {
   return out;
 }
 
-void CheckStatus(const grpc::Status& status) {
+// VQKV_FUZZ_VERBOSE=1 prints each call's method and status (to see what a
+// corpus or a regression input reaches).
+void CheckStatus(const Method& m, const grpc::Status& status) {
+  static const bool verbose = std::getenv("VQKV_FUZZ_VERBOSE") != nullptr;
+  if (verbose) {
+    std::fprintf(stderr, "%s: %d %s\n", m.path, status.error_code(),
+                 status.error_message().c_str());
+  }
   if (status.error_code() == grpc::StatusCode::UNKNOWN) {
     std::fprintf(stderr, "UNKNOWN: %s\n", status.error_message().c_str());
   }
@@ -226,7 +233,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           gi::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
               channel, gi::RpcMethod(m.path, gi::RpcMethod::NORMAL_RPC),
               ctx.get(), request, &response);
-      CheckStatus(status);
+      CheckStatus(m, status);
       if (status.ok()) FUZZ_CHECK(m.parses(String(response)));
       break;
     }
@@ -240,7 +247,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       writer->WritesDone();
       const grpc::Status status = writer->Finish();
-      CheckStatus(status);
+      CheckStatus(m, status);
       if (status.ok()) FUZZ_CHECK(m.parses(String(response)));
       break;
     }
@@ -251,7 +258,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
               channel, gi::RpcMethod(m.path, gi::RpcMethod::SERVER_STREAMING),
               ctx.get(), request));
       while (reader->Read(&response)) FUZZ_CHECK(m.parses(String(response)));
-      CheckStatus(reader->Finish());
+      CheckStatus(m, reader->Finish());
       break;
     }
   }

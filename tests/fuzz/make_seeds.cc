@@ -202,6 +202,9 @@ void Run() {
       stream += r.SerializeAsString();
     }
     Write("grpc_service", "03-put-blocks-stream", Call(3, kAlpha, stream));
+    // Again once 05 registered the codebook set: now the blocks are stored.
+    Write("grpc_service", "13-put-blocks-stream-registered",
+          Call(3, kAlpha, stream));
   }
   {
     v1::GetBlocksRequest r;

@@ -3,7 +3,8 @@
 // on every file of every directory named (in name order, not recursive), so
 // ctest replays the seed corpora and the regression inputs with any
 // compiler. Exit status 0 when all ran; a failing input aborts (FUZZ_CHECK)
-// or trips a sanitizer, after printing its path.
+// or trips a sanitizer, after printing its path. Files whose names start
+// with '.' are skipped.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -25,7 +26,12 @@ int main(int argc, char** argv) {
     if (std::filesystem::is_directory(p)) {
       std::vector<std::filesystem::path> in_dir;
       for (const auto& e : std::filesystem::directory_iterator(p)) {
-        if (e.is_regular_file()) in_dir.push_back(e.path());
+        // Dot files (.keep, which holds an empty directory in git) are not
+        // inputs.
+        if (e.is_regular_file() &&
+            e.path().filename().string().rfind('.', 0) != 0) {
+          in_dir.push_back(e.path());
+        }
       }
       std::sort(in_dir.begin(), in_dir.end());
       files.insert(files.end(), in_dir.begin(), in_dir.end());
