@@ -26,7 +26,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::string_view(reinterpret_cast<const char*>(data), size));
   if (!gguf.ok()) return 0;
   const GgufFile& f = **gguf;
-  FUZZ_CHECK(f.data_offset() <= size);
+  // data_offset() may lie past the end of a file without tensor data (the
+  // header's padding cut off): every read checks it (gguf.h), so it is not
+  // asserted here. regressions/gguf/no-tensors-data-offset-past-end.
 
   for (const auto& [key, value] : f.metadata()) {
     (void)f.GetUint(key);
