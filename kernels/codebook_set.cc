@@ -344,6 +344,15 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
       Get<uint8_t>(p, 23) > 1) {
     return absl::DataLossError("codebook file header has invalid flags");
   }
+  // Reserved fields, and the second group's stages of a one-group set, are
+  // zero: one set has one encoding, hence one content hash (found by
+  // tests/fuzz/codebook_set_fuzzer: nonzero reserved bytes gave the same
+  // codebooks a second hash).
+  if (Get<uint32_t>(p, 44) != 0 || Get<uint64_t>(p, 56) != 0 ||
+      (groups == 1 && Get<uint32_t>(p, 40) != 0)) {
+    return absl::DataLossError(
+        "codebook file header has a nonzero reserved field");
+  }
   if (absl::Status st = c.Validate(); !st.ok()) {
     return absl::DataLossError(
         absl::StrCat("codebook file header does not parse: ", st.message()));

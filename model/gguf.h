@@ -96,6 +96,10 @@ class GgufFile {
 
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
+  // Where the tensor data section starts: the end of the tensor infos,
+  // rounded up to alignment(). May exceed the file size when the file holds
+  // no tensor data and its final padding is missing (Open accepts that;
+  // TensorData and ReadTensorF32 check every tensor against the file end).
   uint64_t data_offset() const { return data_offset_; }
   const std::map<std::string, GgufValue>& metadata() const { return metadata_; }
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }

@@ -15,6 +15,7 @@ PACKAGES=(
   libfaiss-dev
   redis-server libhiredis-dev
   openssl  # the TLS integration test makes a self-signed certificate
+  clang libclang-rt-14-dev  # scripts/fuzz.sh: clang with libFuzzer (tests/fuzz/)
   python3 python3-grpcio python3-protobuf python3-numpy python3-matplotlib
   # the Python module `vqkv` (client/python/) and its tests
   python3-dev pybind11-dev python3-pybind11 python3-xxhash

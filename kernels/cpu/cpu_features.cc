@@ -1,5 +1,7 @@
 #include "kernels/cpu/cpu_features.h"
 
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -13,7 +15,12 @@ CpuFeatures Detect() {
   f.avx512 = __builtin_cpu_supports("avx512f") &&
              __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && f.avx2;
-  f.f16c = __builtin_cpu_supports("f16c");
+  // F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know
+  // "f16c"); its VEX encoding needs the OS's AVX state support, which
+  // __builtin_cpu_supports("avx") checks.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  f.f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 &&
+           (ecx & bit_F16C) != 0 && __builtin_cpu_supports("avx");
   if (const char* cap = std::getenv("VQKV_SIMD")) {
     if (std::strcmp(cap, "scalar") == 0) {
       f.avx2 = f.avx512 = f.f16c = false;

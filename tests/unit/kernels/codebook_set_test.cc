@@ -185,6 +185,24 @@ void Rehash(std::string* bytes) {
   std::memcpy(bytes->data() + bytes->size() - 8, &h, 8);
 }
 
+// One set, one encoding: a nonzero reserved field (or second group's stage
+// count of a one-group set) with a valid hash is refused, or the same
+// codebooks would load under a second content hash. Found by
+// tests/fuzz/codebook_set_fuzzer.
+TEST(CodebookSetTest, NonzeroReservedFieldIsDataLoss) {
+  const std::string bytes =
+      *FittedSet(SmallConfig(KeySplit::kNone, false), 5).Serialize();
+  ASSERT_TRUE(CodebookSet::Deserialize(bytes).ok());
+  for (size_t offset : {40, 44, 47, 56, 63}) {
+    std::string edited = bytes;
+    edited[offset] = 1;
+    Rehash(&edited);
+    EXPECT_EQ(CodebookSet::Deserialize(edited).status().code(),
+              absl::StatusCode::kDataLoss)
+        << "offset " << offset;
+  }
+}
+
 TEST(CodebookSetTest, IdentityRoundTripWritesVersion2) {
   CodebookSet set = FittedSet(SmallConfig(KeySplit::kRopeHalfRotate, true), 7);
   const std::string v1 = *set.Serialize();
