@@ -36,7 +36,7 @@ BENCHMARKS = {
         "computed directly on the VQ codes (`kernels/code_attention.h`), "
         "SmolLM2-135M shape, one thread; ms per layer per step, wall and "
         "thread CPU time.",
-        "Decode-then-attend, and exact fp32 attention over fp16-rounded "
+        "decode-then-attend, and exact fp32 attention over fp16-rounded "
         "K/V (what the runtime's exact cache does)."),
     "kv_service_bench": (
         "Put/get throughput (blocks/s, MB/s, KV tokens/s) and per-request "
