@@ -153,7 +153,12 @@ for b in "${selected[@]}"; do
       "faiss, cuda_codec_bench CUDA)"
     { echo "exit: not built"; echo "seconds: 0"; } >>"$meta.tmp"
     : >"$results/$b.txt"
-    echo "$bin is not built in this configuration" >"$results/$b.err"
+    case $b in
+      cuda_codec_bench) why="needs nvcc and VQKV_ENABLE_CUDA=ON" ;;
+      codec_bench|vq_fit_bench) why="needs faiss (libfaiss-dev)" ;;
+      *) why="VQKV_BUILD_BENCH=OFF, or the build failed" ;;
+    esac
+    echo "$bin is not built in this configuration ($why)" >"$results/$b.err"
     mv "$meta.tmp" "$meta"
     continue
   fi

@@ -49,17 +49,17 @@ BENCHMARKS = {
         "Store and load throughput and latency of a `CacheClient` over a "
         "`ClusterBackend` of 1, 2 and 3 loopback vqkv-server processes, "
         "with 1 and 2 replicas.",
-        "The 1-node, R=1 row: a single server through the same client."),
+        "the 1-node, R=1 row: a single server through the same client."),
     "client_bench": (
         "Time to first token on SmolLM2-135M on the CPU when a shared "
         "prefix is loaded from the cache through the client library, and "
         "the client's encode+put and get+decode throughput.",
-        "Recompute: prefill of the whole prompt from an empty cache."),
+        "recompute: the prefill of the whole prompt from an empty cache."),
     "cuda_codec_bench": (
         "Device-time throughput of the CUDA RVQ encode and float32/fp16 "
         "decode kernels at the paper configuration (D=64 and D=128); the "
         "first vectors' GPU codes are checked against the CPU encoder.",
-        "The CPU kernels (codec_bench's vq greedy rows)."),
+        "the CPU kernels (codec_bench's vq greedy rows)."),
 }
 
 
@@ -97,7 +97,10 @@ def load_results(results):
 
 
 def loaded(meta):
-    """Whether the 1-minute load average at the start exceeded the cores."""
+    """Whether the 1-minute load average at the start exceeded the cores
+    (only for a benchmark that ran: a skip measured nothing)."""
+    if meta.get("exit") in ("77", "not built"):
+        return False
     try:
         return float(meta["load"].split()[0]) > int(meta["cores"])
     except (KeyError, ValueError, IndexError):

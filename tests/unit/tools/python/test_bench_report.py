@@ -91,6 +91,16 @@ class BenchReportTest(unittest.TestCase):
         self.assertIn("cannot start vqkv-server or redis-server", s)
         self.assertIn("What it printed before failing", s)
 
+    def test_skips_are_not_noisy_runs(self):
+        write(f"{self.dir}/cuda_codec_bench.meta",
+              meta("build/bench/cuda_codec_bench", "9.0 9.0 9.0", 77))
+        write(f"{self.dir}/vq_fit_bench.meta",
+              meta("build/bench/vq_fit_bench", "9.0 9.0 9.0", "not built"))
+        doc = self.render()
+        self.assertIn("1 of 4 benchmarks", doc)
+        self.assertNotIn("a noisy run", self.section(doc, "cuda_codec_bench"))
+        self.assertIn("status: not built", self.section(doc, "vq_fit_bench"))
+
     def test_skip_gives_the_reason(self):
         s = self.section(self.render(), "cuda_codec_bench")
         self.assertIn("status: skipped", s)
