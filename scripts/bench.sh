@@ -149,15 +149,14 @@ for b in "${selected[@]}"; do
     echo "quick: $quick"
   } >"$meta.tmp"
   if [[ ! -x $bin ]]; then
-    log "skip $b: $bin was not built (codec_bench and vq_fit_bench need" \
-      "faiss, cuda_codec_bench CUDA)"
-    { echo "exit: not built"; echo "seconds: 0"; } >>"$meta.tmp"
-    : >"$results/$b.txt"
     case $b in
       cuda_codec_bench) why="needs nvcc and VQKV_ENABLE_CUDA=ON" ;;
       codec_bench|vq_fit_bench) why="needs faiss (libfaiss-dev)" ;;
       *) why="VQKV_BUILD_BENCH=OFF, or the build failed" ;;
     esac
+    log "skip $b: $bin is not built ($why)"
+    { echo "exit: not built"; echo "seconds: 0"; } >>"$meta.tmp"
+    : >"$results/$b.txt"
     echo "$bin is not built in this configuration ($why)" >"$results/$b.err"
     mv "$meta.tmp" "$meta"
     continue
