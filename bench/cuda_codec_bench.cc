@@ -10,7 +10,9 @@
 // are compared with the CPU greedy encoder.
 //
 // Usage: cuda_codec_bench [--vectors N] [--reps R] [--check N]
-// Exits 1 (with the reason) when there is no usable CUDA device.
+// Exits 77 (skipped, with the reason on stderr) when there is no usable CUDA
+// device, as rvq_cuda_test does, so its smoke test (tests/bench/) and
+// scripts/bench.sh skip it on a CPU-only machine.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -217,8 +219,8 @@ int main(int argc, char** argv) {
 
   std::string why_not;
   if (vqkv::cuda::CudaDeviceCount(&why_not) == 0) {
-    std::fprintf(stderr, "cuda_codec_bench: %s\n", why_not.c_str());
-    return 1;
+    std::fprintf(stderr, "cuda_codec_bench: skipped: %s\n", why_not.c_str());
+    return 77;
   }
   std::printf("device: %s\n", vqkv::cuda::CudaDeviceDescription(0).c_str());
   std::printf(

@@ -242,6 +242,15 @@ int main(int argc, char** argv) {
             devnull);
   if (vpid <= 0 || vport == 0 || rpid <= 0) {
     std::fprintf(stderr, "cannot start vqkv-server or redis-server\n");
+    // Whichever did start must not outlive the benchmark.
+    for (const pid_t pid : {vpid, rpid}) {
+      if (pid > 0) {
+        kill(pid, SIGTERM);
+        waitpid(pid, nullptr, 0);
+      }
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
     return 1;
   }
   // Wait for Redis to answer PING (bounded).
