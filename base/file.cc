@@ -41,6 +41,20 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return bytes;
 }
 
+absl::StatusOr<std::string> ReadPemFile(const std::string& path,
+                                        absl::string_view what) {
+  absl::StatusOr<std::string> pem = ReadFile(path);
+  if (!pem.ok()) {
+    return absl::NotFoundError(
+        absl::StrCat("TLS ", what, ": ", pem.status().message()));
+  }
+  if (pem->find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TLS ", what, " '", path, "' is not PEM"));
+  }
+  return pem;
+}
+
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view bytes) {
   const std::string tmp = path + ".tmp";

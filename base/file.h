@@ -19,6 +19,13 @@ namespace vqkv::base {
 // "cannot read <path>: <strerror>".
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 
+// The bytes of a PEM file (a TLS certificate, key or CA bundle) at `path`;
+// `what` names the setting in messages ("TLS <what>: ..."). Errors:
+// kNotFound when it cannot be read (ReadFile's message), kInvalidArgument
+// when it holds no "-----BEGIN" line.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path,
+                                        absl::string_view what);
+
 // Writes `bytes` to `path` + ".tmp", then renames it over `path`, so a
 // reader sees the old file or the whole new one, never a torn one.
 // Errors: kUnavailable "cannot write <path>: <strerror>" (the temporary file

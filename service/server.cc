@@ -15,19 +15,6 @@
 namespace vqkv::service {
 namespace {
 
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
-  absl::StatusOr<std::string> pem = base::ReadFile(path);
-  if (!pem.ok()) {
-    return absl::NotFoundError(
-        absl::StrCat("TLS ", what, ": ", pem.status().message()));
-  }
-  if (pem->find("-----BEGIN") == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("TLS ", what, " '", path, "' is not PEM"));
-  }
-  return pem;
-}
-
 // TLS from config.tls_cert / tls_key (and tls_client_ca for mTLS), or
 // plaintext when they are empty. The files are read here once so a missing
 // or non-PEM file fails the start instead of every handshake; gRPC reads
@@ -40,10 +27,12 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
   if (config.tls_cert.empty()) {
     return MakeServerCredentials(auth, metrics, nullptr);
   }
-  VQKV_RETURN_IF_ERROR(ReadPem(config.tls_cert, "certificate").status());
-  VQKV_RETURN_IF_ERROR(ReadPem(config.tls_key, "key").status());
+  VQKV_RETURN_IF_ERROR(
+      base::ReadPemFile(config.tls_cert, "certificate").status());
+  VQKV_RETURN_IF_ERROR(base::ReadPemFile(config.tls_key, "key").status());
   if (!config.tls_client_ca.empty()) {
-    VQKV_RETURN_IF_ERROR(ReadPem(config.tls_client_ca, "client CA").status());
+    VQKV_RETURN_IF_ERROR(
+        base::ReadPemFile(config.tls_client_ca, "client CA").status());
   }
   TlsFiles tls;
   tls.cert = config.tls_cert;

@@ -425,20 +425,6 @@ class GrpcBackend : public Backend {
   const std::string describe_;
 };
 
-// Checks that `path` holds PEM; `what` names the setting in messages.
-absl::Status CheckPemFile(const std::string& path, const char* what) {
-  absl::StatusOr<std::string> pem = base::ReadFile(path);
-  if (!pem.ok()) {
-    return absl::NotFoundError(
-        absl::StrCat("TLS ", what, ": ", pem.status().message()));
-  }
-  if (pem->find("-----BEGIN") == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("TLS ", what, " '", path, "' is not PEM"));
-  }
-  return absl::OkStatus();
-}
-
 // TLS channel credentials from files re-read every tls.reload_seconds (by a
 // thread of the provider, which the credentials keep alive). The server's
 // certificate must chain to tls.ca_file and carry the target's name.
@@ -483,10 +469,12 @@ absl::Status ValidateTlsClientOptions(const TlsClientOptions& tls) {
     return absl::InvalidArgumentError(absl::StrCat(
         "TLS reload_seconds must be in [1, 86400], got ", tls.reload_seconds));
   }
-  VQKV_RETURN_IF_ERROR(CheckPemFile(tls.ca_file, "CA file"));
+  VQKV_RETURN_IF_ERROR(base::ReadPemFile(tls.ca_file, "CA file").status());
   if (!tls.cert_file.empty()) {
-    VQKV_RETURN_IF_ERROR(CheckPemFile(tls.cert_file, "client certificate"));
-    VQKV_RETURN_IF_ERROR(CheckPemFile(tls.key_file, "client key"));
+    VQKV_RETURN_IF_ERROR(
+        base::ReadPemFile(tls.cert_file, "client certificate").status());
+    VQKV_RETURN_IF_ERROR(
+        base::ReadPemFile(tls.key_file, "client key").status());
   }
   return absl::OkStatus();
 }

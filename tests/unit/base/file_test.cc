@@ -59,6 +59,30 @@ TEST_F(FileTest, DirectoryIsAnErrorNotEmptyBytes) {
   EXPECT_NE(read.status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(FileTest, PemFileIsReadOrNamedInTheError) {
+  const std::string pem = dir_ + "/ca.pem";
+  const std::string text =
+      "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+  ASSERT_TRUE(WriteFileAtomically(pem, text).ok());
+  absl::StatusOr<std::string> got = ReadPemFile(pem, "CA file");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, text);
+
+  const std::string der = dir_ + "/ca.der";
+  ASSERT_TRUE(WriteFileAtomically(der, std::string("\x30\x82\x01", 3)).ok());
+  got = ReadPemFile(der, "CA file");
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(got.status().message().find("TLS CA file '" + der + "' is not PEM"),
+            std::string::npos)
+      << got.status();
+
+  got = ReadPemFile(dir_ + "/missing.pem", "client key");
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(got.status().message().find("TLS client key: cannot read"),
+            std::string::npos)
+      << got.status();
+}
+
 TEST_F(FileTest, WriteIntoMissingDirectoryFails) {
   const absl::Status s = WriteFileAtomically(dir_ + "/no/such/f", "x");
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
