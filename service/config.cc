@@ -169,6 +169,10 @@ std::map<std::string, YamlSetter> YamlSetters(absl::string_view origin,
       {"max_stream_blocks", as(&c->service.max_stream_blocks)},
       {"max_queued_work", as(&c->service.max_queued_work)},
       {"max_concurrent_streams", as(&c->max_concurrent_streams)},
+      {"disk_max_records", as(&c->store.disk_max_records)},
+      {"max_namespaces_per_tenant", as(&c->store.max_namespaces_per_tenant)},
+      {"codebook_max_sets", as(&c->store.codebook_quota.max_sets)},
+      {"codebook_max_bytes", bytes(&c->store.codebook_quota.max_bytes)},
       {"grpc_memory_bytes", bytes(&c->grpc_memory_bytes)},
       {"shutdown_grace_seconds", as(&c->shutdown_grace_seconds)},
       {"max_lease_ms",
@@ -209,7 +213,8 @@ absl::Status ApplyYamlNode(const YAML::Node& root, absl::string_view origin,
 struct Flags {
   std::string config_file, listen, data_dir, memory, disk, durability,
       write_policy, metrics_listen, tokens_file, tls_cert, tls_key,
-      tls_client_ca, max_message, ttl, admin_tenant, grpc_memory;
+      tls_client_ca, max_message, ttl, admin_tenant, grpc_memory,
+      codebook_max_bytes;
   int workers = 0;
   uint64_t max_lease_ms = 0;
   bool allow_insecure_public = false;
@@ -217,6 +222,9 @@ struct Flags {
   size_t max_queued_work = 0;
   int max_concurrent_streams = 0;
   unsigned tls_reload_seconds = 0;
+  uint64_t disk_max_records = 0;
+  uint64_t max_namespaces_per_tenant = 0;
+  uint64_t codebook_max_sets = 0;
 };
 
 // Declares the flags; the help texts show the defaults of ServerConfig.
@@ -266,6 +274,27 @@ void AddFlags(CLI::App* app, Flags* f) {
       "--grpc-memory-bytes", f->grpc_memory,
       absl::StrCat("memory gRPC may use for its buffers (default ",
                    BytesText(defaults.grpc_memory_bytes), "; 0 = unbounded)"));
+  app->add_option(
+      "--disk-max-records", f->disk_max_records,
+      "records the disk tier keeps, which bounds its in-memory index (up to "
+      "192 bytes a record; default 0 = as many as fit a quarter of "
+      "--memory-bytes)");
+  app->add_option(
+      "--max-namespaces-per-tenant", f->max_namespaces_per_tenant,
+      absl::StrCat("namespaces one tenant may own; a new one past it "
+                   "reclaims the tenant's empty ones, else RESOURCE_EXHAUSTED "
+                   "(default ",
+                   defaults.store.max_namespaces_per_tenant,
+                   "; 0 = unlimited)"));
+  app->add_option(
+      "--codebook-max-sets", f->codebook_max_sets,
+      absl::StrCat("codebook sets one tenant may register (default ",
+                   defaults.store.codebook_quota.max_sets, "; 0 = unlimited)"));
+  app->add_option(
+      "--codebook-max-bytes", f->codebook_max_bytes,
+      absl::StrCat("bytes of codebook sets one tenant may register (default ",
+                   BytesText(defaults.store.codebook_quota.max_bytes),
+                   "; 0 = unlimited)"));
   app->add_option("--tls-cert", f->tls_cert, "PEM certificate chain");
   app->add_option("--tls-key", f->tls_key, "PEM private key");
   app->add_option("--tls-client-ca", f->tls_client_ca,
@@ -332,6 +361,17 @@ absl::Status ApplyFlags(const CLI::App& app, const Flags& f, ServerConfig* c) {
   }
   VQKV_RETURN_IF_ERROR(
       set_bytes("--grpc-memory-bytes", f.grpc_memory, &c->grpc_memory_bytes));
+  if (app.count("--disk-max-records")) {
+    c->store.disk_max_records = f.disk_max_records;
+  }
+  if (app.count("--max-namespaces-per-tenant")) {
+    c->store.max_namespaces_per_tenant = f.max_namespaces_per_tenant;
+  }
+  if (app.count("--codebook-max-sets")) {
+    c->store.codebook_quota.max_sets = f.codebook_max_sets;
+  }
+  VQKV_RETURN_IF_ERROR(set_bytes("--codebook-max-bytes", f.codebook_max_bytes,
+                                 &c->store.codebook_quota.max_bytes));
   if (app.count("--max-lease-ms")) {
     c->service.max_lease = LeaseFromMs(f.max_lease_ms);
   }

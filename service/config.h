@@ -25,7 +25,8 @@ struct ServerConfig {
   // host:port for gRPC. Port 0 picks a free port (printed when listening).
   std::string listen = "127.0.0.1:50051";
   // The tiered store: data_dir, memory_bytes, disk_bytes, durability,
-  // write_policy, ttl, default_tenant_quota and tenant_quotas come from
+  // write_policy, ttl, disk_max_records, max_namespaces_per_tenant,
+  // codebook_quota, default_tenant_quota and tenant_quotas come from
   // flags and YAML; storage/tiered_store.h documents each and holds its
   // default. file_system is a test seam, not settable from flags or YAML
   // (e.g. a storage::FaultInjectionFileSystem for an in-process server whose
@@ -88,6 +89,8 @@ absl::StatusOr<uint64_t> ParseBytes(absl::string_view text);
 //   ttl_seconds, workers, shutdown_grace_seconds, max_lease_ms,
 //   allow_insecure_public, admin_tenant, max_stream_blocks,
 //   max_queued_work, max_concurrent_streams, grpc_memory_bytes,
+//   disk_max_records, max_namespaces_per_tenant, codebook_max_sets,
+//   codebook_max_bytes (store.codebook_quota),
 //   tenants: { default_quota_bytes: N, quotas: { <tenant>: N, ... } }
 // (docs/SERVICE.md; the store's and the service's keys set the fields of the
 // same name in `store` and `service`, ttl_seconds sets store.ttl,

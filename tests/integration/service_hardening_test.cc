@@ -778,6 +778,38 @@ TEST(ServiceHardeningTest, CodebookQuotaIsPerTenant) {
   EXPECT_EQ(put("ops-token-8910", a), kExists);      // registered, now ops' too
 }
 
+// The namespace bound of a tenant, as the server's flag sets it: at the
+// bound a tenant still writes to the namespaces it owns, one past it is
+// refused (its namespaces all hold blocks, so none can be reclaimed), and
+// another tenant's bound is its own.
+TEST(ServiceHardeningTest, NamespaceLimitIsPerTenant) {
+  TempDir dir;
+  service::ServerConfig config = BaseConfig(dir);
+  config.tokens_file = dir.WriteFile("tokens", kTokens);
+  config.store.max_namespaces_per_tenant = 2;
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KVCache::NewStub(ChannelTo(*server));
+  auto put = [&](const std::string& token, const std::string& model) {
+    v1::PutBlocksRequest req;
+    *req.mutable_namespace_() = TestNamespace(model);
+    v1::Block* b = req.add_blocks();
+    b->set_hash(Hash(1));
+    b->set_data(MakeBlock(1));
+    v1::PutBlocksResponse resp;
+    const grpc::Status s = stub->PutBlocks(Ctx(token).get(), req, &resp);
+    return s.ok() ? 0 : static_cast<int>(s.error_code());
+  };
+  const int kExhausted = static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(put("alice-token-123", "m1"), 0);
+  EXPECT_EQ(put("alice-token-123", "m2"), 0);           // at the bound
+  EXPECT_EQ(put("alice-token-123", "m3"), kExhausted);  // one past it
+  EXPECT_EQ(put("alice-token-123", "m1"), 0);  // owned ones still take puts
+  EXPECT_EQ(put("bob-token-4567", "m3"), 0);   // bob's own bound
+  EXPECT_EQ(put("bob-token-4567", "m4"), 0);
+  EXPECT_EQ(put("bob-token-4567", "m5"), kExhausted);
+}
+
 // ---------------------------------------------------------------------------
 // 8. Sync durability: a duplicate put is not acknowledged (ALREADY_EXISTS)
 // before the block it duplicates is durable. Before: the service looked the

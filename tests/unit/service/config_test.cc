@@ -234,6 +234,40 @@ TEST(ConfigTest, AdmissionLimitsFromFlagsAndYaml) {
   EXPECT_EQ(parsed->service.admin_tenant, "root");
 }
 
+TEST(ConfigTest, StorageLimitsFromFlagsAndYaml) {
+  ServerConfig c;
+  EXPECT_EQ(c.store.disk_max_records, 0u);  // a quarter of memory_bytes
+  EXPECT_EQ(c.store.max_namespaces_per_tenant, 4096u);
+  EXPECT_EQ(c.store.codebook_quota.max_sets, 32u);
+  EXPECT_EQ(c.store.codebook_quota.max_bytes, uint64_t{8} << 30);
+  ASSERT_TRUE(ApplyYamlConfig("disk_max_records: 100000\n"
+                              "max_namespaces_per_tenant: 12\n"
+                              "codebook_max_sets: 3\n"
+                              "codebook_max_bytes: 64MiB\n",
+                              "test", &c)
+                  .ok());
+  EXPECT_EQ(c.store.disk_max_records, 100000u);
+  EXPECT_EQ(c.store.max_namespaces_per_tenant, 12u);
+  EXPECT_EQ(c.store.codebook_quota.max_sets, 3u);
+  EXPECT_EQ(c.store.codebook_quota.max_bytes, uint64_t{64} << 20);
+  EXPECT_EQ(ApplyYamlConfig("codebook_max_bytes: lots\n", "test", &c).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  std::string a0 = "vqkv-server", a1 = "--disk-max-records", a2 = "5",
+              a3 = "--max-namespaces-per-tenant", a4 = "0",
+              a5 = "--codebook-max-sets", a6 = "0", a7 = "--codebook-max-bytes",
+              a8 = "1MiB";
+  char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), a4.data(),
+                  a5.data(), a6.data(), a7.data(), a8.data()};
+  bool exit_now = false;
+  auto parsed = ParseCommandLine(9, argv, &exit_now);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->store.disk_max_records, 5u);
+  EXPECT_EQ(parsed->store.max_namespaces_per_tenant, 0u);  // unlimited
+  EXPECT_EQ(parsed->store.codebook_quota.max_sets, 0u);
+  EXPECT_EQ(parsed->store.codebook_quota.max_bytes, uint64_t{1} << 20);
+}
+
 TEST(ConfigTest, TlsSettingsFromFlagsAndYaml) {
   ServerConfig c;
   EXPECT_EQ(c.tls_reload_seconds, 60u);
