@@ -240,12 +240,11 @@ TEST(ConfigTest, StorageLimitsFromFlagsAndYaml) {
   EXPECT_EQ(c.store.max_namespaces_per_tenant, 4096u);
   EXPECT_EQ(c.store.codebook_quota.max_sets, 32u);
   EXPECT_EQ(c.store.codebook_quota.max_bytes, uint64_t{8} << 30);
-  ASSERT_TRUE(ApplyYamlConfig("disk_max_records: 100000\n"
-                              "max_namespaces_per_tenant: 12\n"
-                              "codebook_max_sets: 3\n"
-                              "codebook_max_bytes: 64MiB\n",
-                              "test", &c)
-                  .ok());
+  const absl::Status applied = ApplyYamlConfig(
+      "disk_max_records: 100000\nmax_namespaces_per_tenant: 12\n"
+      "codebook_max_sets: 3\ncodebook_max_bytes: 64MiB\n",
+      "test", &c);
+  ASSERT_TRUE(applied.ok()) << applied;
   EXPECT_EQ(c.store.disk_max_records, 100000u);
   EXPECT_EQ(c.store.max_namespaces_per_tenant, 12u);
   EXPECT_EQ(c.store.codebook_quota.max_sets, 3u);

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -286,6 +287,9 @@ TEST(StorageFaultTest, DiskFullAndWriteErrorsUnderLoadKeepMemoryServing) {
   };
   std::vector<Counts> counts(kThreads);
   std::atomic<uint64_t> next_id{0};
+  // Puts per phase, for the main thread to wait on (Counts are the
+  // workers' own until they are joined).
+  std::atomic<uint64_t> phase_puts[kDone] = {};
   auto worker = [&](int t) {
     Counts& c = counts[t];
     std::mt19937_64 rng(t);
@@ -298,6 +302,7 @@ TEST(StorageFaultTest, DiskFullAndWriteErrorsUnderLoadKeepMemoryServing) {
           store->PutBlock(kTenant, BlockPut{Key(1, id), 0, block});
       ++c.puts;
       ++c.puts_in[p];
+      phase_puts[p].fetch_add(1);
       if (!put.ok()) {
         if (c.put_errors++ == 0) c.first_problem = put.ToString();
         continue;
@@ -333,11 +338,25 @@ TEST(StorageFaultTest, DiskFullAndWriteErrorsUnderLoadKeepMemoryServing) {
   };
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) threads.emplace_back(worker, t);
-  auto run_for = [](int ms) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  // Each phase runs for `ms` and until `ready` (and the phase has seen
+  // puts), so a slow machine (a sanitizer build, a loaded CI runner) still
+  // exercises every phase; at most a minute.
+  auto run_for = [&](int ms, const std::function<bool()>& ready = nullptr) {
+    const auto start = std::chrono::steady_clock::now();
+    const int p = phase.load();
+    while (true) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      const auto elapsed = std::chrono::steady_clock::now() - start;
+      if (elapsed > std::chrono::seconds(60)) return;
+      if (elapsed < std::chrono::milliseconds(ms)) continue;
+      if (phase_puts[p].load() < 16) continue;
+      if (ready && !ready()) continue;
+      return;
+    }
   };
 
-  run_for(300);
+  // Healthy until the memory tier has spilled to disk.
+  run_for(300, [&] { return store->Stats().spills > 0; });
   const StoreStats healthy = store->Stats();
   fs->SetDiskFull(true);
   phase.store(kDiskFull);
