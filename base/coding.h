@@ -65,6 +65,16 @@ inline void PutLengthPrefixed(std::string* dst, absl::string_view s) {
   dst->append(s.data(), s.size());
 }
 
+// A base-128 varint (protobuf's encoding: 7 bits a byte, low first, high
+// bit set on all bytes but the last); at most 10 bytes.
+inline void PutVarint64(std::string* dst, uint64_t v) {
+  while (v >= 0x80) {
+    dst->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  dst->push_back(static_cast<char>(v));
+}
+
 // Big-endian, for sortable keys.
 inline void EncodeBigEndian64(char* dst, uint64_t v) {
   for (int i = 0; i < 8; ++i) dst[i] = static_cast<char>(v >> (56 - 8 * i));

@@ -84,29 +84,24 @@ uint64_t BlockDataBuilder::EntryBytes(const Got& got) {
 }
 
 uint64_t BlockDataBuilder::Add(size_t index, const Got& got,
-                               v1::GetBlocksResponse* resp) {
-  v1::BlockData* d = resp->add_blocks();
-  d->set_index(static_cast<uint32_t>(index));
+                               GetBlocksResponseWriter* resp) {
   if (!got.ok()) {
-    d->set_code(WireCode(got.status()));
+    resp->AddCode(static_cast<uint32_t>(index), WireCode(got.status()));
     ++miss_;
     return kEntryOverhead;
   }
   const std::string& block = **got;
   ++hit_;
   hit_tokens_ += HeaderTokens(block);
-  d->set_code(0);
-  d->set_data(block);
-  resp->set_found(resp->found() + 1);
+  resp->AddBlock(static_cast<uint32_t>(index), *got);
   sent_ += block.size();
   return kEntryOverhead + block.size();
 }
 
 uint64_t BlockDataBuilder::AddNotSent(size_t index,
-                                      v1::GetBlocksResponse* resp) {
-  v1::BlockData* d = resp->add_blocks();
-  d->set_index(static_cast<uint32_t>(index));
-  d->set_code(static_cast<int32_t>(absl::StatusCode::kResourceExhausted));
+                                      GetBlocksResponseWriter* resp) {
+  resp->AddCode(static_cast<uint32_t>(index),
+                static_cast<int32_t>(absl::StatusCode::kResourceExhausted));
   return kEntryOverhead;
 }
 
@@ -210,12 +205,10 @@ absl::Status KvCacheService::DoPutBlocks(const std::string& tenant,
 std::optional<absl::Status> KvCacheService::DoGetBlocks(
     const std::string& tenant, const v1::GetBlocksRequest& req,
     bool memory_only, GetBlocksProgress* progress,
-    v1::GetBlocksResponse* resp) {
+    GetBlocksResponseWriter* resp) {
   if (!progress->parsed) {
     VQKV_ASSIGN_OR_RETURN(progress->request, ParseBlockRequest(tenant, req));
     progress->parsed = true;
-    resp->mutable_blocks()->Reserve(
-        static_cast<int>(progress->request.hashes.size()));
   }
   const BlockRequest& r = progress->request;
   const uint64_t budget = UnaryGetBlocksBudget(options_.max_message_bytes);

@@ -209,17 +209,17 @@ grpc::ServerUnaryReactor* KvCacheService::GetBlocks(
   // Memory hits inline; at the first block only on disk, the call goes on
   // on a worker from that block.
   auto progress = std::make_shared<GetBlocksProgress>();
-  return RunInlineOrOnWorker<v1::GetBlocksRequest, v1::GetBlocksResponse>(
+  return RunInlineOrOnWorker<v1::GetBlocksRequest, GetBlocksResponseWriter>(
       ctx, "GetBlocks", request, response,
       [this, progress](const std::string& tenant,
                        const v1::GetBlocksRequest& req,
-                       v1::GetBlocksResponse* resp) {
+                       GetBlocksResponseWriter* resp) {
         return DoGetBlocks(tenant, req, /*memory_only=*/true, progress.get(),
                            resp);
       },
       [this, progress](const std::string& tenant,
                        const v1::GetBlocksRequest& req,
-                       v1::GetBlocksResponse* resp) {
+                       GetBlocksResponseWriter* resp) {
         return *DoGetBlocks(tenant, req, /*memory_only=*/false, progress.get(),
                             resp);
       });

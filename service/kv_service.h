@@ -38,8 +38,9 @@
 
 namespace vqkv::service {
 
-struct GetBlocksProgress;  // kv_service_internal.h
-struct PutResultsBudget;   // kv_service_internal.h
+struct GetBlocksProgress;       // kv_service_internal.h
+struct PutResultsBudget;        // kv_service_internal.h
+class GetBlocksResponseWriter;  // get_blocks_response.h
 
 class KvCacheService final : public v1::KVCache::CallbackService {
  public:
@@ -182,7 +183,7 @@ class KvCacheService final : public v1::KVCache::CallbackService {
                                           const v1::GetBlocksRequest& req,
                                           bool memory_only,
                                           GetBlocksProgress* progress,
-                                          v1::GetBlocksResponse* resp);
+                                          GetBlocksResponseWriter* resp);
   // The codebook registry is shared by all tenants: the Do*Codebooks
   // methods ignore `tenant`.
   absl::Status DoPutCodebooks(const std::string& tenant,

@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "base/status_macros.h"
 #include "grpcpp/grpcpp.h"
+#include "service/get_blocks_response.h"
 #include "service/kv_service.h"
 #include "service/metrics.h"
 #include "service/validate.h"
@@ -138,6 +139,18 @@ absl::Status SerializeMessage(const Msg& msg, grpc::ByteBuffer* raw) {
   return absl::OkStatus();
 }
 
+// Writes a unary response into the raw buffer gRPC sends: protobuf messages
+// through SerializeMessage, GetBlocks' writer as the slices it built.
+template <typename Msg>
+absl::Status WriteResponse(Msg* msg, grpc::ByteBuffer* raw) {
+  return SerializeMessage(*msg, raw);
+}
+inline absl::Status WriteResponse(GetBlocksResponseWriter* writer,
+                                  grpc::ByteBuffer* raw) {
+  writer->Finish(raw);
+  return absl::OkStatus();
+}
+
 // One unary call's request and response: parsed from and serialized into
 // the raw buffers gRPC owns (valid until the call is done).
 template <typename Req, typename Resp>
@@ -157,7 +170,7 @@ struct UnaryIo {
   absl::Status Run(Fn& fn, const std::string& tenant) {
     VQKV_RETURN_IF_ERROR(Parse());
     VQKV_RETURN_IF_ERROR(fn(tenant, req, &resp));
-    return SerializeMessage(resp, out);
+    return WriteResponse(&resp, out);
   }
   // The same for a try_inline function: nullopt when it returned nullopt.
   template <typename Fn>
@@ -165,7 +178,7 @@ struct UnaryIo {
     VQKV_RETURN_IF_ERROR(Parse());
     std::optional<absl::Status> done = fn(tenant, req, &resp);
     if (!done.has_value() || !done->ok()) return done;
-    return SerializeMessage(resp, out);
+    return WriteResponse(&resp, out);
   }
 
   const grpc::ByteBuffer* const in;
@@ -290,11 +303,11 @@ class BlockDataBuilder {
 
   // Appends entry `index` to `resp`: the block's data, or its error code
   // (WireCode). Returns the bytes it added.
-  uint64_t Add(size_t index, const Got& got, v1::GetBlocksResponse* resp);
+  uint64_t Add(size_t index, const Got& got, GetBlocksResponseWriter* resp);
   // Appends entry `index` as not sent (RESOURCE_EXHAUSTED: the response
   // reached its budget); counted neither as a hit nor as a miss, since the
   // block may not even have been read. Returns the bytes it added.
-  static uint64_t AddNotSent(size_t index, v1::GetBlocksResponse* resp);
+  static uint64_t AddNotSent(size_t index, GetBlocksResponseWriter* resp);
 
   // Records the hits, misses and bytes sent of every entry added ("get").
   void Record(Metrics* metrics, uint64_t block_tokens) const;

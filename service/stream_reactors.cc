@@ -210,7 +210,6 @@ class KvCacheService::GetStreamReactor
       FinishWith(absl::OkStatus());
       return;
     }
-    resp_.Clear();
     uint64_t bytes = 0;
     while (next_ < r_.hashes.size()) {
       BlockDataBuilder::Got got =
@@ -218,7 +217,7 @@ class KvCacheService::GetStreamReactor
               ? *std::move(pending_)
               : svc_->store_->GetBlock(tenant(), {r_.ns_id, r_.hashes[next_]});
       pending_.reset();
-      if (resp_.blocks_size() > 0 &&
+      if (resp_.entries() > 0 &&
           bytes + BlockDataBuilder::EntryBytes(got) > budget_) {
         pending_ = std::move(got);
         break;
@@ -226,11 +225,7 @@ class KvCacheService::GetStreamReactor
       bytes += builder_.Add(next_, got, &resp_);
       ++next_;
     }
-    const absl::Status s = SerializeMessage(resp_, &out_);
-    if (!s.ok()) {
-      FinishWith(s);
-      return;
-    }
+    resp_.Finish(&out_);
     StartWrite(&out_);
   }
 
@@ -242,7 +237,7 @@ class KvCacheService::GetStreamReactor
   size_t next_ = 0;
   // A block fetched that did not fit the last message: the next one's first.
   std::optional<BlockDataBuilder::Got> pending_;
-  v1::GetBlocksResponse resp_;
+  GetBlocksResponseWriter resp_;
   BlockDataBuilder builder_;
 };
 

@@ -46,5 +46,21 @@ TEST(CodingTest, LengthPrefixed) {
                            7));
 }
 
+// Protobuf's varint: the bytes its documentation gives for 1, 150 and 300,
+// and the 10-byte form of the largest value.
+TEST(CodingTest, VarintBytesAreProtobufs) {
+  auto varint = [](uint64_t v) {
+    std::string s;
+    PutVarint64(&s, v);
+    return s;
+  };
+  EXPECT_EQ(varint(0), std::string("\x00", 1));
+  EXPECT_EQ(varint(1), "\x01");
+  EXPECT_EQ(varint(127), "\x7f");
+  EXPECT_EQ(varint(150), "\x96\x01");
+  EXPECT_EQ(varint(300), "\xac\x02");
+  EXPECT_EQ(varint(~uint64_t{0}), "\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01");
+}
+
 }  // namespace
 }  // namespace vqkv::base
