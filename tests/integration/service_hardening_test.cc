@@ -810,6 +810,103 @@ TEST(ServiceHardeningTest, NamespaceLimitIsPerTenant) {
   EXPECT_EQ(put("bob-token-4567", "m5"), kExhausted);
 }
 
+// The per-request counts (service/validate.h), each at its limit and one
+// past it: hashes per Lookup/GetBlocks, blocks per PutBlocks message,
+// codebook sets per PutCodebooks. Past the limit the call fails with
+// INVALID_ARGUMENT naming the limit, and nothing of it is stored.
+TEST(ServiceHardeningTest, RequestCountLimitsAtAndPastThem) {
+  TempDir dir;
+  service::ServerConfig config = BaseConfig(dir);
+  config.store.codebook_quota = storage::CodebookQuota{0, 0};  // unlimited
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KVCache::NewStub(ChannelTo(*server));
+  const int kInvalid = static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT);
+  auto code_of = [](const grpc::Status& s) {
+    return static_cast<int>(s.error_code());
+  };
+
+  // Hashes: 2^20 per Lookup (16 MiB of hashes) and GetBlocks.
+  for (const size_t n :
+       {service::kMaxHashesPerRequest, service::kMaxHashesPerRequest + 1}) {
+    v1::LookupRequest req;
+    *req.mutable_namespace_() = TestNamespace();
+    for (size_t i = 0; i < n; ++i) req.add_hashes(Hash(i));
+    v1::LookupResponse resp;
+    const grpc::Status s = stub->Lookup(Ctx().get(), req, &resp);
+    if (n == service::kMaxHashesPerRequest) {
+      EXPECT_TRUE(s.ok()) << s.error_message();
+      EXPECT_EQ(resp.present_size(), static_cast<int>(n));
+    } else {
+      EXPECT_EQ(code_of(s), kInvalid);
+      EXPECT_TRUE(absl::StrContains(s.error_message(), "at most 1048576"))
+          << s.error_message();
+    }
+  }
+  {
+    v1::GetBlocksRequest req;
+    *req.mutable_namespace_() = TestNamespace();
+    for (size_t i = 0; i <= service::kMaxHashesPerRequest; ++i) {
+      req.add_hashes(Hash(i));
+    }
+    v1::GetBlocksResponse resp;
+    EXPECT_EQ(code_of(stub->GetBlocks(Ctx().get(), req, &resp)), kInvalid);
+  }
+
+  // Blocks: 2^16 per PutBlocks message, small ones (a 1-layer, 1-head,
+  // 4-wide layout) so that the limit, not the message size, is what binds.
+  constexpr KvLayout kSmall{1, 1, 4};
+  const v1::Namespace small_ns =
+      Fp16Namespace("count-limits", kSmall, kBlockTokens);
+  const std::string block = RandomFp16Block(kSmall, kBlockTokens, 1);
+  for (const size_t n :
+       {service::kMaxBlocksPerMessage + 1, service::kMaxBlocksPerMessage}) {
+    v1::PutBlocksRequest req;
+    *req.mutable_namespace_() = small_ns;
+    for (size_t i = 0; i < n; ++i) {
+      v1::Block* b = req.add_blocks();
+      b->set_hash(Hash(i));
+      b->set_data(block);
+    }
+    v1::PutBlocksResponse resp;
+    const grpc::Status s = stub->PutBlocks(Ctx().get(), req, &resp);
+    if (n == service::kMaxBlocksPerMessage) {
+      EXPECT_TRUE(s.ok()) << s.error_message();
+      EXPECT_EQ(resp.stored(), n);  // none was stored by the refused one
+    } else {
+      EXPECT_EQ(code_of(s), kInvalid);
+      EXPECT_TRUE(absl::StrContains(s.error_message(), "at most 65536 blocks"))
+          << s.error_message();
+    }
+  }
+
+  // Codebook sets: 64 per PutCodebooks (one set, repeated: the count is
+  // checked before the sets are).
+  const std::string file = TinyCodebookFile(3);
+  auto set = CodebookSet::Deserialize(file);
+  ASSERT_TRUE(set.ok()) << set.status();
+  for (const size_t n : {service::kMaxCodebooksPerRequest + 1,
+                         service::kMaxCodebooksPerRequest}) {
+    v1::PutCodebooksRequest req;
+    for (size_t i = 0; i < n; ++i) {
+      v1::Codebook* cb = req.add_codebooks();
+      cb->set_hash(*set->Hash());
+      cb->set_data(file);
+    }
+    v1::PutCodebooksResponse resp;
+    const grpc::Status s = stub->PutCodebooks(Ctx().get(), req, &resp);
+    if (n == service::kMaxCodebooksPerRequest) {
+      EXPECT_TRUE(s.ok()) << s.error_message();
+      ASSERT_EQ(resp.results_size(), static_cast<int>(n));
+      EXPECT_EQ(resp.results(0).code(), 0);  // the refused call stored none
+    } else {
+      EXPECT_EQ(code_of(s), kInvalid);
+      EXPECT_TRUE(absl::StrContains(s.error_message(), "at most 64"))
+          << s.error_message();
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // 8. Sync durability: a duplicate put is not acknowledged (ALREADY_EXISTS)
 // before the block it duplicates is durable. Before: the service looked the
