@@ -18,7 +18,7 @@
 
 #include "kernels/codebook_set.h"
 #include "kernels/rvq.h"
-#include "tests/unit/kernels/rvq_test_data.h"
+#include "tests/testing/fitted_codebook_set.h"
 #include "tests/unit/model/gguf_writer.h"
 
 // A property the code under test must keep: on failure, prints where and
@@ -44,46 +44,13 @@ inline constexpr KvLayout kTinyLayout{2, 2, 8};
 // on synthetic vectors seeded by `seed`. Aborts if fitting fails (a bug).
 inline CodebookSet TinyCodebookSet(KeySplit split, bool per_head,
                                    uint64_t seed) {
-  CodebookConfig c;
-  c.layout = kTinyLayout;
-  c.key_split = split;
-  c.key_group_stages =
-      split == KeySplit::kNone ? std::vector<int>{3} : std::vector<int>{2, 1};
-  c.key_bits = 4;
-  c.value_stages = 2;
-  c.value_bits = 3;
-  c.per_head = per_head;
-  absl::StatusOr<CodebookSet> set = CodebookSet::Create(c);
-  FUZZ_CHECK(set.ok());
-  auto fit = [&](int dim, int stages, int bits, uint64_t s) {
-    RvqParams p;
-    p.dim = dim;
-    p.stages = stages;
-    p.bits = bits;
-    p.seed = s;
-    p.training.kmeans_iterations = 2;
-    const std::vector<float> x = testing::KeyLikeVectors(64, dim, s);
-    ResidualQuantizer q;
-    FUZZ_CHECK(q.Fit(p, x.data(), 64).ok());
-    return q;
-  };
-  for (int l = 0; l < c.layout.layers; ++l) {
-    for (int s = 0; s < c.slots_per_layer(); ++s) {
-      for (size_t g = 0; g < set->key_group_dims().size(); ++g) {
-        FUZZ_CHECK(
-            set->SetKey(l, s, static_cast<int>(g),
-                        fit(static_cast<int>(set->key_group_dims()[g].size()),
-                            c.key_group_stages[g], c.key_bits,
-                            seed + 10 * l + s + 100 * g))
-                .ok());
-      }
-      FUZZ_CHECK(set->SetValue(l, s,
-                               fit(c.layout.head_dim, c.value_stages,
-                                   c.value_bits, seed + 1000 + 10 * l + s))
-                     .ok());
-    }
-  }
-  FUZZ_CHECK(set->complete());
+  const CodebookConfig c = testing::TinyCodebookConfig(split, per_head);
+  FUZZ_CHECK(c.layout == kTinyLayout);
+  absl::StatusOr<CodebookSet> set = testing::FitSyntheticCodebookSet(
+      c, 64,
+      {[seed](int l, int s, int g) { return seed + 10 * l + s + 100 * g; },
+       [seed](int l, int s) { return seed + 1000 + 10 * l + s; }});
+  FUZZ_CHECK(set.ok() && set->complete());
   return *std::move(set);
 }
 

@@ -13,6 +13,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -132,6 +133,39 @@ absl::Status Call(Backend* backend) {
     return s;
   }
   return backend->GetRendezvous("tls-test", deadline).status();
+}
+
+// The CAs of a rotation: the server's certificate moves from one of CA a
+// to one of CA b, the client certificates it accepts from CA c1's to c2's.
+struct RotationCas {
+  Pem a, b, c1, c2;
+};
+RotationCas MakeRotationCas(const std::string& dir) {
+  return {MakeCa(dir, "a"), MakeCa(dir, "b"), MakeCa(dir, "c1"),
+          MakeCa(dir, "c2")};
+}
+
+// dir/v1 and dir/v2, the two versions of the files a link swaps between.
+void MakeVersionDirs(const std::string& dir) {
+  for (const char* sub : {"/v1", "/v2"}) {
+    ASSERT_EQ(::mkdir((dir + sub).c_str(), 0700), 0) << sub;
+  }
+}
+
+// Calls `call` every 200 ms until it succeeds, for at most 15 s (a reload
+// takes up to its interval, plus the new connection). Returns its last
+// status; *took is how long it took.
+absl::Status RetryUntilOk(const std::function<absl::Status()>& call,
+                          absl::Duration* took = nullptr) {
+  const absl::Time start = absl::Now();
+  absl::Status status = absl::UnknownError("not tried");
+  while (absl::Now() - start < absl::Seconds(15)) {
+    status = call();
+    if (status.ok()) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  if (took != nullptr) *took = absl::Now() - start;
+  return status;
 }
 
 TEST(TlsTest, ClientCertificatesAreRequiredAndVerified) {
@@ -287,13 +321,9 @@ TEST(TlsTest, ServerPicksUpRotatedCertificatesWithoutRestart) {
   if (!HaveOpenssl()) GTEST_SKIP() << "openssl CLI not installed";
   TempDir tmp;
   const std::string& d = tmp.path();
-  ASSERT_EQ(::mkdir((d + "/v1").c_str(), 0700), 0);
-  ASSERT_EQ(::mkdir((d + "/v2").c_str(), 0700), 0);
+  MakeVersionDirs(d);
   // v1: server certificate A of CA "a", client CA "c1"; v2: B of "b", "c2".
-  const Pem ca_a = MakeCa(d, "a");
-  const Pem ca_b = MakeCa(d, "b");
-  const Pem ca_c1 = MakeCa(d, "c1");
-  const Pem ca_c2 = MakeCa(d, "c2");
+  const auto [ca_a, ca_b, ca_c1, ca_c2] = MakeRotationCas(d);
   MakeLeaf(tmp, d + "/v1", ca_a, "server", true);
   MakeLeaf(tmp, d + "/v2", ca_b, "server", true);
   ASSERT_TRUE(RunQuiet(absl::StrCat("cp ", ca_c1.cert, " ", d,
@@ -317,16 +347,13 @@ TEST(TlsTest, ServerPicksUpRotatedCertificatesWithoutRestart) {
   EXPECT_FALSE(Call(Connect(**server, ca_b.cert, &engine2).get()).ok());
 
   SwapLink("v2", current);
-  const absl::Time swapped = absl::Now();
-  absl::Status status = absl::UnknownError("not tried");
-  while (absl::Now() - swapped < absl::Seconds(15)) {
-    status = Call(Connect(**server, ca_b.cert, &engine2).get());
-    if (status.ok()) break;
-    absl::SleepFor(absl::Milliseconds(200));
-  }
+  absl::Duration took;
+  const absl::Status status = RetryUntilOk(
+      [&] { return Call(Connect(**server, ca_b.cert, &engine2).get()); },
+      &took);
   ASSERT_TRUE(status.ok()) << "certificate B never served: " << status;
   std::printf("certificate B served %.2f s after the swap (reload 1 s)\n",
-              absl::ToDoubleSeconds(absl::Now() - swapped));
+              absl::ToDoubleSeconds(took));
 
   // After: new connections get B (a client trusting only A fails) and need
   // a certificate of c2 (one of c1 fails).
@@ -344,9 +371,8 @@ TEST(TlsTest, ServerKeepsItsCertificateWhileTheFilesAreMissing) {
   if (!HaveOpenssl()) GTEST_SKIP() << "openssl CLI not installed";
   TempDir tmp;
   const std::string& d = tmp.path();
-  for (const char* sub : {"/v1", "/v2", "/empty"}) {
-    ASSERT_EQ(::mkdir((d + sub).c_str(), 0700), 0);
-  }
+  MakeVersionDirs(d);
+  ASSERT_EQ(::mkdir((d + "/empty").c_str(), 0700), 0);
   const Pem ca_a = MakeCa(d, "a");
   const Pem ca_b = MakeCa(d, "b");
   MakeLeaf(tmp, d + "/v1", ca_a, "server", true);
@@ -366,13 +392,8 @@ TEST(TlsTest, ServerKeepsItsCertificateWhileTheFilesAreMissing) {
   EXPECT_TRUE(kept.ok()) << kept;
 
   SwapLink("v2", current);
-  const absl::Time swapped = absl::Now();
-  absl::Status status = absl::UnknownError("not tried");
-  while (absl::Now() - swapped < absl::Seconds(15)) {
-    status = Call(Connect(**server, ca_b.cert, nullptr).get());
-    if (status.ok()) break;
-    absl::SleepFor(absl::Milliseconds(200));
-  }
+  const absl::Status status = RetryUntilOk(
+      [&] { return Call(Connect(**server, ca_b.cert, nullptr).get()); });
   EXPECT_TRUE(status.ok()) << "certificate B never served: " << status;
   EXPECT_EQ((*server)->StopWith(SIGTERM), 0);
 }
@@ -385,12 +406,8 @@ TEST(TlsTest, ClientPicksUpRotatedCertificatesWithoutReopening) {
   if (!HaveOpenssl()) GTEST_SKIP() << "openssl CLI not installed";
   TempDir tmp;
   const std::string& d = tmp.path();
-  ASSERT_EQ(::mkdir((d + "/v1").c_str(), 0700), 0);
-  ASSERT_EQ(::mkdir((d + "/v2").c_str(), 0700), 0);
-  const Pem ca_a = MakeCa(d, "a");
-  const Pem ca_b = MakeCa(d, "b");
-  const Pem ca_c1 = MakeCa(d, "c1");
-  const Pem ca_c2 = MakeCa(d, "c2");
+  MakeVersionDirs(d);
+  const auto [ca_a, ca_b, ca_c1, ca_c2] = MakeRotationCas(d);
   const Pem server_a = MakeLeaf(tmp, d, ca_a, "server-a", true);
   const Pem server_b = MakeLeaf(tmp, d, ca_b, "server-b", true);
   // The client's files: v1 trusts a and holds a certificate of c1, v2
@@ -420,13 +437,7 @@ TEST(TlsTest, ClientPicksUpRotatedCertificatesWithoutReopening) {
       listen, {"--data-dir", d + "/data", "--tls-cert", server_b.cert,
                "--tls-key", server_b.key, "--tls-client-ca", ca_c2.cert});
   ASSERT_TRUE(server_v2.ok()) << server_v2.status();
-  const absl::Time start = absl::Now();
-  absl::Status status = absl::UnknownError("not tried");
-  while (absl::Now() - start < absl::Seconds(15)) {
-    status = Call(client.get());
-    if (status.ok()) break;
-    absl::SleepFor(absl::Milliseconds(200));
-  }
+  const absl::Status status = RetryUntilOk([&] { return Call(client.get()); });
   EXPECT_TRUE(status.ok()) << "the client never used its new files: " << status;
   EXPECT_EQ((*server_v2)->StopWith(SIGTERM), 0);
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/testing/fitted_codebook_set.h"
 #include "tests/unit/kernels/rvq_test_data.h"
 
 // Header-only: the test computes file hashes independently of the library.
@@ -16,50 +17,16 @@ namespace vqkv {
 namespace {
 
 CodebookConfig SmallConfig(KeySplit split, bool per_head) {
-  CodebookConfig c;
-  c.layout = KvLayout{2, 2, 8};
-  c.key_split = split;
-  c.key_group_stages =
-      split == KeySplit::kNone ? std::vector<int>{3} : std::vector<int>{2, 1};
-  c.key_bits = 4;
-  c.value_stages = 2;
-  c.value_bits = 3;
-  c.per_head = per_head;
-  c.keys_post_rope = true;
-  return c;
+  return testing::TinyCodebookConfig(split, per_head);
 }
 
 // A complete set with codebooks fitted on synthetic data.
 CodebookSet FittedSet(const CodebookConfig& c, uint64_t seed) {
-  absl::StatusOr<CodebookSet> set = CodebookSet::Create(c);
+  absl::StatusOr<CodebookSet> set = testing::FitSyntheticCodebookSet(
+      c, 200,
+      {[seed](int l, int s, int) { return seed + l * 10 + s; },
+       [seed](int l, int) { return seed + 100 + l; }});
   EXPECT_TRUE(set.ok()) << set.status();
-  for (int l = 0; l < c.layout.layers; ++l) {
-    for (int s = 0; s < c.slots_per_layer(); ++s) {
-      for (size_t g = 0; g < set->key_group_dims().size(); ++g) {
-        RvqParams p;
-        p.dim = static_cast<int>(set->key_group_dims()[g].size());
-        p.stages = c.key_group_stages[g];
-        p.bits = c.key_bits;
-        p.seed = seed + l * 10 + s;
-        p.training.kmeans_iterations = 2;
-        const std::vector<float> x =
-            testing::KeyLikeVectors(200, p.dim, p.seed);
-        ResidualQuantizer q;
-        EXPECT_TRUE(q.Fit(p, x.data(), 200).ok());
-        EXPECT_TRUE(set->SetKey(l, s, int(g), std::move(q)).ok());
-      }
-      RvqParams p;
-      p.dim = c.layout.head_dim;
-      p.stages = c.value_stages;
-      p.bits = c.value_bits;
-      p.seed = seed + 100 + l;
-      p.training.kmeans_iterations = 2;
-      const std::vector<float> x = testing::KeyLikeVectors(200, p.dim, p.seed);
-      ResidualQuantizer q;
-      EXPECT_TRUE(q.Fit(p, x.data(), 200).ok());
-      EXPECT_TRUE(set->SetValue(l, s, std::move(q)).ok());
-    }
-  }
   return *std::move(set);
 }
 
