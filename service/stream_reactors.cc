@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "base/tsan.h"
 #include "service/kv_service.h"
 #include "service/kv_service_internal.h"
 #include "service/validate.h"
@@ -26,6 +27,7 @@ template <typename GrpcReactor>
 class KvCacheService::StreamReactor : public GrpcReactor {
  public:
   void OnDone() override {
+    AfterHandOff();
     RecordStreamMetrics();
     call_.End();
     delete this;
@@ -46,7 +48,24 @@ class KvCacheService::StreamReactor : public GrpcReactor {
   const std::string& tenant() const { return *call_.tenant(); }
   bool admitted() const { return call_.tenant().ok(); }
 
-  void FinishWith(const absl::Status& s) { this->Finish(call_.Status(s)); }
+  void FinishWith(const absl::Status& s) {
+    const grpc::Status status = call_.Status(s);
+    base::TsanRelease(this);
+    this->Finish(status);
+  }
+
+  // gRPC runs the callback a Start* or Finish leads to on a thread of its
+  // own, after a hand-off TSan cannot see (base/tsan.h). Read, Write and
+  // FinishWith release; every callback begins with AfterHandOff.
+  void Read(grpc::ByteBuffer* buffer) {
+    base::TsanRelease(this);
+    this->StartRead(buffer);
+  }
+  void Write(const grpc::ByteBuffer* buffer) {
+    base::TsanRelease(this);
+    this->StartWrite(buffer);
+  }
+  void AfterHandOff() { base::TsanAcquire(this); }
 
   // Runs `step` on a worker; when it fails, finishes the call with its
   // status, else runs `next` there too. The first work of a call is
@@ -99,10 +118,11 @@ class KvCacheService::PutStreamReactor
         block_limit_(PutStreamBlockLimit(svc->options_.max_message_bytes,
                                          svc->options_.max_stream_blocks)) {
     text_budget_.text_bytes = svc->options_.max_message_bytes / 4;
-    if (Admitted()) StartRead(&raw_req_);
+    if (Admitted()) Read(&raw_req_);
   }
 
   void OnReadDone(bool ok) override {
+    AfterHandOff();
     if (!ok) {
       // The client half-closed (or the call was cancelled).
       FinishWith(messages_ == 0
@@ -127,7 +147,7 @@ class KvCacheService::PutStreamReactor
           after, "); send the rest in another stream")));
       return;
     }
-    OnWorker([this] { return Process(); }, [this] { StartRead(&raw_req_); },
+    OnWorker([this] { return Process(); }, [this] { Read(&raw_req_); },
              /*admit=*/messages_ == 0);
   }
 
@@ -184,6 +204,7 @@ class KvCacheService::GetStreamReactor
   }
 
   void OnWriteDone(bool ok) override {
+    AfterHandOff();
     if (Written(ok)) svc_->work_.Submit([this] { Next(); });
   }
 
@@ -226,7 +247,7 @@ class KvCacheService::GetStreamReactor
       ++next_;
     }
     resp_.Finish(&out_);
-    StartWrite(&out_);
+    Write(&out_);
   }
 
   const grpc::ByteBuffer* const raw_req_;
@@ -252,17 +273,18 @@ class KvCacheService::PutCodebookStreamReactor
                            grpc::CallbackServerContext* ctx,
                            grpc::ByteBuffer* raw_resp)
       : StreamReactor(svc, ctx, "PutCodebookStream"), raw_resp_(raw_resp) {
-    if (Admitted()) StartRead(&raw_chunk_);
+    if (Admitted()) Read(&raw_chunk_);
   }
 
   void OnReadDone(bool ok) override {
+    AfterHandOff();
     if (ok) {
       chunk_.Clear();
       absl::Status s = ParseMessage(
           raw_chunk_, absl::StrCat("chunk ", chunks_, ": "), &chunk_);
       if (s.ok()) s = Append();
       if (s.ok()) {
-        StartRead(&raw_chunk_);
+        Read(&raw_chunk_);
       } else {
         FinishWith(s);
       }
@@ -368,6 +390,7 @@ class KvCacheService::GetCodebookStreamReactor
   }
 
   void OnWriteDone(bool ok) override {
+    AfterHandOff();
     if (Written(ok)) Next();
   }
 
@@ -412,7 +435,7 @@ class KvCacheService::GetCodebookStreamReactor
       FinishWith(s);
       return;
     }
-    StartWrite(&out_);
+    Write(&out_);
   }
 
   const grpc::ByteBuffer* const raw_req_;
