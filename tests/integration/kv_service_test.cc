@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -202,6 +203,27 @@ std::vector<std::string> HashesOf(
   return out;
 }
 
+// Runs `clients` threads at once, each with its own Client, calling
+// round(client, t, r) for r in [0, rounds); a thread stops at the first
+// round that returns a problem (non-empty). Expects none.
+void RunClientsConcurrently(
+    const ServerProcess& server, int clients, int rounds,
+    const std::function<std::string(const Client&, int t, int round)>& round) {
+  std::vector<std::thread> threads;
+  std::vector<std::string> problems(clients);
+  for (int t = 0; t < clients; ++t) {
+    threads.emplace_back([&, t] {
+      Client c(server);
+      for (int r = 0; r < rounds && problems[t].empty(); ++r) {
+        problems[t] = round(c, t, r);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < clients; ++t)
+    EXPECT_EQ(problems[t], "") << "client " << t;
+}
+
 // Expects every block to be served bit-exact.
 void ExpectAllServed(
     const Client& c, const v1::Namespace& ns,
@@ -328,40 +350,30 @@ TEST_F(KvServiceTest, ConcurrentStreams) {
   auto server = StartServer();
   ASSERT_NE(server, nullptr);
   const v1::Namespace ns = TestNamespace();
-  constexpr int kClients = 8;
-  std::vector<std::thread> threads;
-  std::vector<std::string> problems(kClients);
-  for (int t = 0; t < kClients; ++t) {
-    threads.emplace_back([&, t] {
-      Client c(*server);
-      for (int round = 0; round < 3; ++round) {
+  RunClientsConcurrently(
+      *server, /*clients=*/8, /*rounds=*/3,
+      [&](const Client& c, int t, int round) -> std::string {
         auto blocks = Blocks(12, 50000 + 1000 * t + 100 * round,
                              /*chain=*/5000 + 100 * t + round);
         v1::PutBlocksResponse put;
         grpc::Status s = c.PutStream(ns, blocks, 4, &put);
         if (!s.ok() || put.stored() != blocks.size()) {
-          problems[t] = "put: " + s.error_message();
-          return;
+          return "put: " + s.error_message();
         }
         std::vector<v1::BlockData> entries;
         int messages = 0;
         s = c.GetStream(ns, HashesOf(blocks), 2 * blocks[0].second.size() + 200,
                         &entries, &messages);
         if (!s.ok() || entries.size() != blocks.size()) {
-          problems[t] = "get: " + s.error_message();
-          return;
+          return "get: " + s.error_message();
         }
         for (size_t i = 0; i < blocks.size(); ++i) {
           if (entries[i].data() != blocks[i].second) {
-            problems[t] = "block " + std::to_string(i) + " differs";
-            return;
+            return "block " + std::to_string(i) + " differs";
           }
         }
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  for (int t = 0; t < kClients; ++t) EXPECT_EQ(problems[t], "") << t;
+        return "";
+      });
 }
 
 TEST_F(KvServiceTest, EvictionUnderSmallMemoryLosesNothingAcknowledged) {
@@ -526,28 +538,25 @@ TEST_F(KvServiceTest, ConcurrentClients) {
   auto server = StartServer();
   ASSERT_NE(server, nullptr);
   const v1::Namespace ns = TestNamespace();
-  constexpr int kClients = 16;
-  std::vector<std::thread> threads;
-  std::vector<int> ok(kClients, 0);
-  for (int t = 0; t < kClients; ++t) {
-    threads.emplace_back([&, t] {
-      Client c(*server);
-      for (int round = 0; round < 5; ++round) {
-        auto blocks = Blocks(4, 100000 + 1000 * t + 10 * round,
-                             /*chain=*/1000 + 100 * t + round);
-        v1::PutBlocksResponse put;
-        if (!c.Put(ns, blocks, &put).ok() || put.stored() != 4) return;
-        v1::GetBlocksResponse got;
-        if (!c.Get(ns, HashesOf(blocks), &got).ok()) return;
-        for (int i = 0; i < 4; ++i) {
-          if (got.blocks(i).data() != blocks[i].second) return;
-        }
-      }
-      ok[t] = 1;
-    });
-  }
-  for (auto& th : threads) th.join();
-  for (int t = 0; t < kClients; ++t) EXPECT_EQ(ok[t], 1) << "client " << t;
+  RunClientsConcurrently(*server, /*clients=*/16, /*rounds=*/5,
+                         [&](const Client& c, int t, int round) -> std::string {
+                           auto blocks =
+                               Blocks(4, 100000 + 1000 * t + 10 * round,
+                                      /*chain=*/1000 + 100 * t + round);
+                           v1::PutBlocksResponse put;
+                           grpc::Status s = c.Put(ns, blocks, &put);
+                           if (!s.ok() || put.stored() != 4)
+                             return "put: " + s.error_message();
+                           v1::GetBlocksResponse got;
+                           s = c.Get(ns, HashesOf(blocks), &got);
+                           if (!s.ok()) return "get: " + s.error_message();
+                           for (int i = 0; i < 4; ++i) {
+                             if (got.blocks(i).data() != blocks[i].second) {
+                               return "block " + std::to_string(i) + " differs";
+                             }
+                           }
+                           return "";
+                         });
 }
 
 TEST_F(KvServiceTest, TenantsAreIsolatedAndAuthenticated) {
