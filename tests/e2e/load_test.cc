@@ -36,6 +36,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -304,6 +305,28 @@ grpc::Status Timed(Tally* t, Op op, Fn fn) {
   return s;
 }
 
+// Lookup of `hashes` with a lease, as the holder of `token`; counts the
+// blocks asked for and the prefix found. Nullopt on an RPC error (counted).
+std::optional<v1::LookupResponse> LeasedLookup(
+    v1::KVCache::Stub* stub, const Env& env, const std::string& token,
+    const std::vector<BlockHash>& hashes, Tally* t) {
+  v1::LookupRequest lookup;
+  *lookup.mutable_namespace_() = env.ns;
+  for (const BlockHash& h : hashes) lookup.add_hashes(h.ToString());
+  lookup.set_lease_ms(kLeaseMs);
+  v1::LookupResponse found;
+  const grpc::Status s = Timed(t, kLookup, [&] {
+    return stub->Lookup(Ctx(token).get(), lookup, &found);
+  });
+  if (!s.ok()) {
+    t->Error(&t->rpc_errors, "Lookup: " + s.error_message());
+    return std::nullopt;
+  }
+  t->lookup_blocks += hashes.size();
+  t->lookup_hits += found.prefix_blocks();
+  return found;
+}
+
 // GetBlocks of `hashes` as `reader`; checks every returned block. Returns
 // the per-hash codes (or empty on an RPC error, counted).
 std::vector<int> GetAndCheck(v1::KVCache::Stub* stub, const Env& env,
@@ -417,21 +440,10 @@ void VictimClient(Env* env, int id, Tally* t) {
     }
     const std::vector<BlockHash> hashes = Chain(*env, tokens);
 
-    v1::LookupRequest lookup;
-    *lookup.mutable_namespace_() = env->ns;
-    for (const BlockHash& h : hashes) lookup.add_hashes(h.ToString());
-    lookup.set_lease_ms(kLeaseMs);
-    v1::LookupResponse found;
-    const grpc::Status s = Timed(t, kLookup, [&] {
-      return stub->Lookup(Ctx(kVictimToken).get(), lookup, &found);
-    });
-    if (!s.ok()) {
-      t->Error(&t->rpc_errors, absl::StrCat("Lookup: ", s.error_message()));
-      continue;
-    }
-    const size_t prefix = found.prefix_blocks();
-    t->lookup_blocks += hashes.size();
-    t->lookup_hits += prefix;
+    const std::optional<v1::LookupResponse> found =
+        LeasedLookup(stub.get(), *env, kVictimToken, hashes, t);
+    if (!found.has_value()) continue;
+    const size_t prefix = found->prefix_blocks();
     // This client's own earlier turns were acknowledged: still there?
     if (prefix < known) {
       t->Error(&t->lost, absl::StrCat("prefix ", prefix, " < ", known));
@@ -488,20 +500,10 @@ void HostileClient(Env* env, int id, Tally* t) {
       const std::vector<BlockHash> probe =
           env->acked.SampleSuffixes(rng, kProbeBlocks);
       if (!probe.empty()) {
-        v1::LookupRequest lookup;
-        *lookup.mutable_namespace_() = env->ns;
-        for (const BlockHash& h : probe) lookup.add_hashes(h.ToString());
-        lookup.set_lease_ms(kLeaseMs);
-        v1::LookupResponse found;
-        const grpc::Status s = Timed(t, kLookup, [&] {
-          return stub->Lookup(Ctx(kHostileToken).get(), lookup, &found);
-        });
-        if (!s.ok()) {
-          t->Error(&t->rpc_errors, "Lookup: " + s.error_message());
-        } else {
-          t->lookup_blocks += probe.size();
-          t->lookup_hits += found.prefix_blocks();
-          for (bool p : found.present()) {
+        const std::optional<v1::LookupResponse> found =
+            LeasedLookup(stub.get(), *env, kHostileToken, probe, t);
+        if (found.has_value()) {
+          for (bool p : found->present()) {
             if (p) t->Error(&t->cross_tenant, "Lookup saw alice's block");
           }
         }
