@@ -25,6 +25,14 @@
 //                the VQ codec's), greedy training (max_beam_size 1), encode
 //                max_beam_size 1
 //   faiss beamB  the same faiss codebooks, encode max_beam_size B
+//   memcpy       a floor: the test vectors (float32, as Encode reads and
+//                Decode writes them) copied with memcpy, best of 5 runs. The
+//                test set is --test x 2 x D x 4 bytes, so it sits in cache.
+// After the table, a line puts vq greedy decode next to two floors: that
+// memcpy of its output, and the codeword rows it gathers (stages x D x 4
+// bytes per vector, from codebooks of 7 MiB at D=64 and 33 MiB at D=128,
+// past the caches) at the DRAM copy rate (a 256 MiB memcpy, measured once
+// at the start, bytes read plus written per second).
 // VQ and faiss rows show their fit time (wall seconds, keys + values) in the
 // "fit s" column; throughput is encode/decode only. All methods run with
 // --threads threads (OpenMP and OpenBLAS; 1 by default for a per-core
@@ -41,6 +49,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -149,6 +158,8 @@ struct Row {
   double encode_s = 0, decode_s = 0;
   double mse_k = 0, mse_v = 0;
   double fit_s = 0;  // 0 = no fit
+  // A row that only moves bytes (memcpy): bits, ratio and errors print "-".
+  bool copy_only = false;
 };
 
 void PrintHeader() {
@@ -163,6 +174,16 @@ void PrintRow(int dim, int64_t n, const Row& r) {
   const double bits = 0.5 * (r.key_bits + r.value_bits);
   char fit[32] = "-";
   if (r.fit_s > 0) std::snprintf(fit, sizeof(fit), "%.1f", r.fit_s);
+  if (r.copy_only) {
+    std::printf(
+        "%-5d %-13s %7s %7s %7s %7s %11.4g %8.3f %11.4g %8.3f %10s "
+        "%10s %7s\n",
+        dim, r.method.c_str(), "-", "-", "-", "-", vectors / r.encode_s,
+        bytes / r.encode_s / 1e9, vectors / r.decode_s,
+        bytes / r.decode_s / 1e9, "-", "-", fit);
+    std::fflush(stdout);
+    return;
+  }
   std::printf(
       "%-5d %-13s %7.3f %7.3f %7.3f %6.2f%% %11.4g %8.3f %11.4g %8.3f %10.4g "
       "%10.4g %7s\n",
@@ -171,6 +192,47 @@ void PrintRow(int dim, int64_t n, const Row& r) {
       bytes / r.encode_s / 1e9, vectors / r.decode_s, bytes / r.decode_s / 1e9,
       r.mse_k, r.mse_v, fit);
   std::fflush(stdout);
+}
+
+// Bytes read plus written per second by a memcpy of 256 MiB (past every
+// cache): the rate DRAM moves data at on this machine. Best of 3.
+double DramCopyRate() {
+  const size_t n = size_t{256} << 20;
+  std::vector<char> a(n, 1), b(n, 2);
+  double best = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = Clock::now();
+    std::memcpy(b.data(), a.data(), n);
+    best = std::min(best, Seconds(t0, Clock::now()));
+  }
+  if (b[n / 2] != 1) std::fprintf(stderr, "memcpy: copy mismatch\n");
+  return 2.0 * n / best;
+}
+
+// The cache floor: the float32 test vectors copied with memcpy, the bytes
+// Encode reads and Decode writes. Best of 5 (a copy this small is noisy),
+// the same time in the encode and decode columns.
+Row MeasureMemcpy(const Data& data) {
+  std::vector<float> k(data.test_k.size()), v(data.test_v.size());
+  const size_t kb = k.size() * sizeof(float), vb = v.size() * sizeof(float);
+  std::memcpy(k.data(), data.test_k.data(), kb);  // warm-up: fault pages in
+  std::memcpy(v.data(), data.test_v.data(), vb);
+  double best = 1e30;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = Clock::now();
+    std::memcpy(k.data(), data.test_k.data(), kb);
+    std::memcpy(v.data(), data.test_v.data(), vb);
+    best = std::min(best, Seconds(t0, Clock::now()));
+  }
+  // Keep the copies observable so they are not optimised away.
+  if (k[0] != data.test_k[0] || v.back() != data.test_v.back()) {
+    std::fprintf(stderr, "memcpy: copy mismatch\n");
+  }
+  Row r;
+  r.method = "memcpy";
+  r.copy_only = true;
+  r.encode_s = r.decode_s = best;
+  return r;
 }
 
 // Encodes and decodes the test set through the Codec interface.
@@ -281,7 +343,7 @@ Row MeasureFaiss(const std::string& name, FaissPair& p, int beam,
              p.fit_s};
 }
 
-bool RunDim(const Data& data, const Options& opt) {
+bool RunDim(const Data& data, const Options& opt, double dram_rate) {
   const int D = data.dim;
   const vqkv::KvLayout layout{.layers = 1, .kv_heads = 1, .head_dim = D};
   std::vector<Row> rows;
@@ -338,6 +400,7 @@ bool RunDim(const Data& data, const Options& opt) {
   }
   row.fit_s = vq_fit_s;
   PrintRow(D, data.n_test, row);
+  const double vq_decode_s = row.decode_s;
   auto beam = vqkv::VqCodec::FromCodebookSet(vq->codebooks(), opt.beam);
   if (!beam.ok() ||
       !MeasureCodec("vq beam" + std::to_string(opt.beam), **beam, data, &row)) {
@@ -380,6 +443,22 @@ bool RunDim(const Data& data, const Options& opt) {
     beam_row.fit_s = 0;  // same codebooks as the greedy row
     PrintRow(D, data.n_test, beam_row);
   }
+  const Row floor = MeasureMemcpy(data);
+  PrintRow(D, data.n_test, floor);
+  auto resolved = vqkv::VqCodec::ResolveConfig(layout, config);
+  if (!resolved.ok() || resolved->key_split != vqkv::KeySplit::kNone) {
+    std::fprintf(stderr, "codec_bench: expected keys in one group\n");
+    return false;
+  }
+  const double gathered =
+      4.0 * D * data.n_test * (resolved->key_stages() + resolved->value_stages);
+  std::printf(
+      "D=%d: vq greedy decode %.2f ms = %.1fx the memcpy of its output "
+      "(%.0f KiB of float32); it gathers %.1f MiB of codeword rows, %.2f ms "
+      "at the DRAM copy rate (%.1fx)\n",
+      D, 1e3 * vq_decode_s, vq_decode_s / floor.decode_s,
+      2.0 * data.n_test * D * sizeof(float) / 1024.0, gathered / (1 << 20),
+      1e3 * gathered / dram_rate, vq_decode_s / (gathered / dram_rate));
   return true;
 }
 
@@ -476,20 +555,22 @@ int main(int argc, char** argv) {
     }
   }
 
+  const double dram_rate = DramCopyRate();
   std::printf(
       "codec_bench: %d thread(s); fit on %lld vectors, measure %lld "
       "(token, head) pairs = %lld vectors; a vector is one K or V "
-      "head vector; GB/s of fp16 (2 B/element)\n",
+      "head vector; GB/s of fp16 (2 B/element); DRAM copy rate %.1f GB/s "
+      "(memcpy of 256 MiB, read + write)\n",
       opt.threads, static_cast<long long>(sets[0].n_train),
       static_cast<long long>(sets[0].n_test),
-      static_cast<long long>(2 * sets[0].n_test));
+      static_cast<long long>(2 * sets[0].n_test), dram_rate / 1e9);
   for (const Data& d : sets) {
     std::printf(
         "\nD=%d, %s; VQ and faiss at keys %dx1024, values %dx512; faiss: "
         "Train_default, greedy training, same training vectors\n",
         d.dim, d.source.c_str(), d.dim * 56 / 128, d.dim * 16 / 128);
     PrintHeader();
-    if (!RunDim(d, opt)) return 1;
+    if (!RunDim(d, opt, dram_rate)) return 1;
   }
   return 0;
 }
