@@ -10,7 +10,10 @@
 // SmolLM2-135M (30 layers, 3 KV heads, head_dim 64) and LLaMA3.1-8B (32, 8,
 // 128), at the paper rate (2.75 bits/element) and as raw fp16 (16
 // bits/element). "KV tok/s" is blocks/s x tokens per block: the effective KV
-// bandwidth, which is where compression pays.
+// bandwidth, which is where compression pays. "srv us" and "srv cs" are
+// what each request cost the server process itself (CPU time and context
+// switches over all its threads, read from /proc before and after a row):
+// where the time goes when the client and both servers share the cores.
 //
 // Usage: kv_service_bench [--seconds S] [--max-gib-per-run G] [--batch N]
 //                         [--single-only] [--quick]
@@ -30,6 +33,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -148,12 +152,45 @@ pid_t StartVqkv(const std::string& server, const std::string& data_dir,
 struct Result {
   double ops_per_s = 0, mb_per_s = 0, p50_ms = 0, p99_ms = 0;
   int64_t ops = 0;
+  // The server process's own cost per request, all its threads: CPU time
+  // and context switches (voluntary + involuntary) during the run.
+  double server_cpu_us = 0, server_switches = 0;
 };
+
+// CPU time and context switches of a process so far, summed over its
+// threads (/proc/<pid>/task/*/schedstat and status). Threads that exit
+// during a run drop out of the sum; the servers' pools are long-lived.
+struct ProcessCost {
+  double cpu_s = 0;
+  int64_t switches = 0;
+};
+
+ProcessCost ReadProcessCost(pid_t pid) {
+  ProcessCost cost;
+  std::error_code ec;
+  const std::filesystem::path tasks = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& task : std::filesystem::directory_iterator(tasks, ec)) {
+    std::ifstream sched(task.path() / "schedstat");
+    uint64_t on_cpu_ns = 0;
+    if (sched >> on_cpu_ns) cost.cpu_s += on_cpu_ns * 1e-9;
+    std::ifstream status(task.path() / "status");
+    std::string line;
+    while (std::getline(status, line)) {
+      if (line.find("ctxt_switches:") != std::string::npos) {
+        cost.switches += std::atoll(line.c_str() + line.find(':') + 1);
+      }
+    }
+  }
+  return cost;
+}
 
 // Runs `clients` threads calling op(thread, i) until `seconds` passed or
 // `max_ops` operations were done in all. op returns false on failure.
+// `server` is the pid of the server the ops call, whose cost is measured.
 template <typename Op>
-Result Run(int clients, double seconds, int64_t max_ops, size_t bytes, Op op) {
+Result Run(pid_t server, int clients, double seconds, int64_t max_ops,
+           size_t bytes, Op op) {
+  const ProcessCost before = ReadProcessCost(server);
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
   std::vector<std::vector<double>> lat(clients);
@@ -189,6 +226,10 @@ Result Run(int clients, double seconds, int64_t max_ops, size_t bytes, Op op) {
   r.mb_per_s = r.ops_per_s * bytes / 1e6;
   r.p50_ms = all[all.size() / 2];
   r.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+  const ProcessCost after = ReadProcessCost(server);
+  r.server_cpu_us = 1e6 * (after.cpu_s - before.cpu_s) / r.ops;
+  r.server_switches =
+      static_cast<double>(after.switches - before.switches) / r.ops;
   return r;
 }
 
@@ -289,15 +330,18 @@ int main(int argc, char** argv) {
       "block, redis SET/GET)\n"
       "batch %d: %d blocks per request (vqkv PutBlocks/GetBlocks, redis "
       "MSET/MGET), fewer when %d blocks would pass 64 MiB\n"
-      "blocks/s and MB/s count blocks; p50/p99 are per request\n\n",
+      "blocks/s and MB/s count blocks; p50/p99 are per request; srv us and "
+      "srv cs are the server process's CPU microseconds and context "
+      "switches per request (all its threads, from /proc)\n\n",
       vport,
       durability == "sync" ? "sync: write-through, fsync per request"
                            : "async: memory tier, spill to RocksDB",
       rport, seconds, std::thread::hardware_concurrency(), batch_blocks,
       batch_blocks, batch_blocks);
-  std::printf("%-13s %-6s %4s %10s %5s %-6s %-4s %3s %9s %9s %8s %8s %11s\n",
-              "model", "format", "tok", "bytes", "batch", "server", "op", "cli",
-              "blocks/s", "MB/s", "p50 ms", "p99 ms", "KV tok/s");
+  std::printf(
+      "%-13s %-6s %4s %10s %5s %-6s %-4s %3s %9s %9s %8s %8s %11s %8s %7s\n",
+      "model", "format", "tok", "bytes", "batch", "server", "op", "cli",
+      "blocks/s", "MB/s", "p50 ms", "p99 ms", "KV tok/s", "srv us", "srv cs");
 
   auto ctx_deadline = [] {
     return std::chrono::system_clock::now() + std::chrono::seconds(60);
@@ -349,94 +393,98 @@ int main(int argc, char** argv) {
                              const Result& r) {
               std::printf(
                   "%-13s %-6s %4d %10zu %5d %-6s %-4s %3d %9.0f %9.1f %8.3f "
-                  "%8.3f %11.0f%s\n",
+                  "%8.3f %11.0f %8.1f %7.2f%s\n",
                   m.name, vq ? "2.75b" : "fp16", tokens, bytes, batch, server,
                   op, clients, r.ops_per_s * batch, r.mb_per_s * batch,
                   r.p50_ms, r.p99_ms, r.ops_per_s * batch * tokens,
+                  r.server_cpu_us, r.server_switches,
                   r.ops == 0 ? "  (FAILED)" : "");
               std::fflush(stdout);
             };
             // Request i covers keys [i*batch, (i+1)*batch).
-            Result r = Run(
-                clients, seconds, max_requests, bytes, [&](int t, int64_t i) {
-                  vqkv::v1::PutBlocksRequest req;
-                  *req.mutable_namespace_() = ns;
-                  for (int b = 0; b < batch; ++b) {
-                    const int64_t k = i * batch + b;
-                    auto* blk = req.add_blocks();
-                    blk->set_hash(Key(k));
-                    blk->set_data(blocks[k % blocks.size()]);
-                  }
-                  vqkv::v1::PutBlocksResponse resp;
-                  grpc::ClientContext ctx;
-                  ctx.set_deadline(ctx_deadline());
-                  return stubs[t]->PutBlocks(&ctx, req, &resp).ok() &&
-                         resp.stored() == static_cast<uint32_t>(batch);
-                });
+            Result r =
+                Run(vpid, clients, seconds, max_requests, bytes,
+                    [&](int t, int64_t i) {
+                      vqkv::v1::PutBlocksRequest req;
+                      *req.mutable_namespace_() = ns;
+                      for (int b = 0; b < batch; ++b) {
+                        const int64_t k = i * batch + b;
+                        auto* blk = req.add_blocks();
+                        blk->set_hash(Key(k));
+                        blk->set_data(blocks[k % blocks.size()]);
+                      }
+                      vqkv::v1::PutBlocksResponse resp;
+                      grpc::ClientContext ctx;
+                      ctx.set_deadline(ctx_deadline());
+                      return stubs[t]->PutBlocks(&ctx, req, &resp).ok() &&
+                             resp.stored() == static_cast<uint32_t>(batch);
+                    });
             const int64_t vq_put = std::max<int64_t>(r.ops, 1);
             print("vqkv", "put", r);
-            r = Run(clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
-              vqkv::v1::GetBlocksRequest req;
-              *req.mutable_namespace_() = ns;
-              for (int b = 0; b < batch; ++b) {
-                req.add_hashes(Key((i % vq_put) * batch + b));
-              }
-              vqkv::v1::GetBlocksResponse resp;
-              grpc::ClientContext ctx;
-              ctx.set_deadline(ctx_deadline());
-              return stubs[t]->GetBlocks(&ctx, req, &resp).ok() &&
-                     resp.found() == static_cast<uint32_t>(batch);
-            });
+            r = Run(vpid, clients, seconds, 1 << 30, bytes,
+                    [&](int t, int64_t i) {
+                      vqkv::v1::GetBlocksRequest req;
+                      *req.mutable_namespace_() = ns;
+                      for (int b = 0; b < batch; ++b) {
+                        req.add_hashes(Key((i % vq_put) * batch + b));
+                      }
+                      vqkv::v1::GetBlocksResponse resp;
+                      grpc::ClientContext ctx;
+                      ctx.set_deadline(ctx_deadline());
+                      return stubs[t]->GetBlocks(&ctx, req, &resp).ok() &&
+                             resp.found() == static_cast<uint32_t>(batch);
+                    });
             print("vqkv", "get", r);
             // Redis, same payloads, key = namespace-ish prefix + hash.
             const std::string prefix = ns.model_id() + ":";
+            r = Run(rpid, clients, seconds, max_requests, bytes,
+                    [&](int t, int64_t i) {
+                      std::vector<std::string> keys;
+                      std::vector<const char*> argv = {"MSET"};
+                      std::vector<size_t> lens = {4};
+                      keys.reserve(batch);
+                      for (int b = 0; b < batch; ++b) {
+                        const int64_t k = i * batch + b;
+                        keys.push_back(prefix + Key(k));
+                        const std::string& v = blocks[k % blocks.size()];
+                        argv.push_back(keys.back().data());
+                        lens.push_back(keys.back().size());
+                        argv.push_back(v.data());
+                        lens.push_back(v.size());
+                      }
+                      auto* rep = static_cast<redisReply*>(redisCommandArgv(
+                          redis[t], static_cast<int>(argv.size()), argv.data(),
+                          lens.data()));
+                      const bool ok =
+                          rep != nullptr && rep->type == REDIS_REPLY_STATUS;
+                      if (rep) freeReplyObject(rep);
+                      return ok;
+                    });
+            const int64_t redis_put = std::max<int64_t>(r.ops, 1);
+            print("redis", "put", r);
             r = Run(
-                clients, seconds, max_requests, bytes, [&](int t, int64_t i) {
+                rpid, clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
                   std::vector<std::string> keys;
-                  std::vector<const char*> argv = {"MSET"};
+                  std::vector<const char*> argv = {"MGET"};
                   std::vector<size_t> lens = {4};
                   keys.reserve(batch);
                   for (int b = 0; b < batch; ++b) {
-                    const int64_t k = i * batch + b;
-                    keys.push_back(prefix + Key(k));
-                    const std::string& v = blocks[k % blocks.size()];
+                    keys.push_back(prefix + Key((i % redis_put) * batch + b));
                     argv.push_back(keys.back().data());
                     lens.push_back(keys.back().size());
-                    argv.push_back(v.data());
-                    lens.push_back(v.size());
                   }
                   auto* rep = static_cast<redisReply*>(
                       redisCommandArgv(redis[t], static_cast<int>(argv.size()),
                                        argv.data(), lens.data()));
-                  const bool ok =
-                      rep != nullptr && rep->type == REDIS_REPLY_STATUS;
+                  bool ok = rep != nullptr && rep->type == REDIS_REPLY_ARRAY &&
+                            rep->elements == static_cast<size_t>(batch);
+                  for (size_t e = 0; ok && e < rep->elements; ++e) {
+                    ok = rep->element[e]->type == REDIS_REPLY_STRING &&
+                         static_cast<size_t>(rep->element[e]->len) == bytes;
+                  }
                   if (rep) freeReplyObject(rep);
                   return ok;
                 });
-            const int64_t redis_put = std::max<int64_t>(r.ops, 1);
-            print("redis", "put", r);
-            r = Run(clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
-              std::vector<std::string> keys;
-              std::vector<const char*> argv = {"MGET"};
-              std::vector<size_t> lens = {4};
-              keys.reserve(batch);
-              for (int b = 0; b < batch; ++b) {
-                keys.push_back(prefix + Key((i % redis_put) * batch + b));
-                argv.push_back(keys.back().data());
-                lens.push_back(keys.back().size());
-              }
-              auto* rep = static_cast<redisReply*>(
-                  redisCommandArgv(redis[t], static_cast<int>(argv.size()),
-                                   argv.data(), lens.data()));
-              bool ok = rep != nullptr && rep->type == REDIS_REPLY_ARRAY &&
-                        rep->elements == static_cast<size_t>(batch);
-              for (size_t e = 0; ok && e < rep->elements; ++e) {
-                ok = rep->element[e]->type == REDIS_REPLY_STRING &&
-                     static_cast<size_t>(rep->element[e]->len) == bytes;
-              }
-              if (rep) freeReplyObject(rep);
-              return ok;
-            });
             print("redis", "get", r);
             // Free memory before the next row.
             {
