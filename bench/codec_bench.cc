@@ -90,6 +90,7 @@ struct Options {
   bool skip_faiss = false;
   bool skip_simvq = false;
   int simvq_iterations = -1;  // -1 = RvqTraining's default
+  bool kmeanspp = false;      // RvqTraining::kmeanspp_seeding for the VQ rows
 };
 
 // Train and test vectors of one D, keys and values, [n][D] each.
@@ -366,6 +367,7 @@ bool RunDim(const Data& data, const Options& opt, double dram_rate) {
   if (opt.kmeans_iterations > 0) {
     config.training.kmeans_iterations = opt.kmeans_iterations;
   }
+  config.training.kmeanspp_seeding = opt.kmeanspp;
   // Fits a VQ codec with `c` on the training vectors; prints the fit time.
   auto fit_vq = [&](const std::string& name, const vqkv::VqConfig& c,
                     double* fit_s) -> std::unique_ptr<vqkv::VqCodec> {
@@ -492,6 +494,9 @@ int main(int argc, char** argv) {
   app.add_option("--file-dim", opt.file_dim, "D of the vectors in the files");
   app.add_flag("--skip-faiss", opt.skip_faiss, "do not run faiss");
   app.add_flag("--skip-simvq", opt.skip_simvq, "do not run the SimVQ fits");
+  app.add_flag("--kmeanspp", opt.kmeanspp,
+               "VQ rows: independent k-means++ seeding per stage instead of "
+               "the default shared seeds (RvqTraining::kmeanspp_seeding)");
   app.add_option("--simvq-iterations", opt.simvq_iterations,
                  "SimVQ map updates per stage (-1 = RvqTraining default)")
       ->check(CLI::Range(-1, 1000));
