@@ -12,11 +12,15 @@
 // bits/element). "KV tok/s" is blocks/s x tokens per block: the effective KV
 // bandwidth, which is where compression pays. "srv us" and "srv cs" are
 // what each request cost the server process itself (CPU time and context
-// switches over all its threads, read from /proc before and after a row):
-// where the time goes when the client and both servers share the cores.
+// switches over all its threads, read from /proc before and after a row),
+// and "cli us" what it cost this process, the clients (CPU time): where the
+// time goes when the clients and both servers share the cores.
 //
 // Usage: kv_service_bench [--seconds S] [--max-gib-per-run G] [--batch N]
 //                         [--single-only] [--quick]
+//                         [--server BIN [--server-arg=ARG]...]
+// --server runs another binary in vqkv-server's place, e.g. the gRPC floor
+// (bench/grpc_floor_server.cc); its rows are still labelled "vqkv".
 // Progress goes to stderr, the table to stdout.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -32,6 +36,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -41,6 +46,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/status.h"
 #include "grpcpp/grpcpp.h"
 #include "hiredis/hiredis.h"
 #include "kernels/block.h"
@@ -121,15 +127,18 @@ pid_t Spawn(std::vector<std::string> args, int stdout_fd) {
 }
 
 // Starts vqkv-server with --listen 127.0.0.1:0 and reads its port.
+// `extra_args` follow the bench's own flags.
 pid_t StartVqkv(const std::string& server, const std::string& data_dir,
-                const std::string& durability, int* port) {
+                const std::string& durability,
+                const std::vector<std::string>& extra_args, int* port) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
-  const pid_t pid =
-      Spawn({server, "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-             "--memory-bytes", "6GiB", "--max-message-bytes", "128MiB",
-             "--durability", durability},
-            fds[1]);
+  std::vector<std::string> args = {
+      server,   "--listen",       "127.0.0.1:0", "--data-dir",
+      data_dir, "--memory-bytes", "6GiB",        "--max-message-bytes",
+      "128MiB", "--durability",   durability};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  const pid_t pid = Spawn(std::move(args), fds[1]);
   close(fds[1]);
   std::string out;
   char c;
@@ -155,6 +164,8 @@ struct Result {
   // The server process's own cost per request, all its threads: CPU time
   // and context switches (voluntary + involuntary) during the run.
   double server_cpu_us = 0, server_switches = 0;
+  // This process's (the clients') CPU time per request.
+  double client_cpu_us = 0;
 };
 
 // CPU time and context switches of a process so far, summed over its
@@ -184,6 +195,14 @@ ProcessCost ReadProcessCost(pid_t pid) {
   return cost;
 }
 
+// This process's CPU time so far, its exited threads (the clients of
+// earlier rows) included, unlike a sum over /proc/self/task.
+double OwnCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
+}
+
 // Runs `clients` threads calling op(thread, i) until `seconds` passed or
 // `max_ops` operations were done in all. op returns false on failure.
 // `server` is the pid of the server the ops call, whose cost is measured.
@@ -191,6 +210,7 @@ template <typename Op>
 Result Run(pid_t server, int clients, double seconds, int64_t max_ops,
            size_t bytes, Op op) {
   const ProcessCost before = ReadProcessCost(server);
+  const double client_before = OwnCpuSeconds();
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
   std::vector<std::vector<double>> lat(clients);
@@ -228,9 +248,29 @@ Result Run(pid_t server, int clients, double seconds, int64_t max_ops,
   r.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
   const ProcessCost after = ReadProcessCost(server);
   r.server_cpu_us = 1e6 * (after.cpu_s - before.cpu_s) / r.ops;
+  r.client_cpu_us = 1e6 * (OwnCpuSeconds() - client_before) / r.ops;
   r.server_switches =
       static_cast<double>(after.switches - before.switches) / r.ops;
   return r;
+}
+
+// Whether a vqkv call stored or found all `want` blocks; says why not on
+// stderr (a failed row prints "(FAILED)" and nothing else).
+bool Succeeded(const char* method, const grpc::Status& status, uint32_t got,
+               int want) {
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s failed: %s: %s\n", method,
+                 absl::StatusCodeToString(
+                     static_cast<absl::StatusCode>(status.error_code()))
+                     .c_str(),
+                 status.error_message().c_str());
+    return false;
+  }
+  if (got != static_cast<uint32_t>(want)) {
+    std::fprintf(stderr, "%s: %u of %d blocks\n", method, got, want);
+    return false;
+  }
+  return true;
 }
 
 std::string Key(int64_t i) {
@@ -258,6 +298,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"async", "sync"}));
   app.add_option("--server", server,
                  "vqkv-server binary (default: the one built with the bench)");
+  std::vector<std::string> server_args;
+  app.add_option("--server-arg", server_args,
+                 "one more argument for the server (repeatable), e.g. "
+                 "--server build/bench/grpc_floor_server "
+                 "--server-arg=--threading=cq");
   app.add_option("--seconds", seconds, "time per measurement (default 1.0)");
   app.add_option("--batch", batch_blocks,
                  "blocks per request in the batched rows (default 16)")
@@ -273,7 +318,8 @@ int main(int argc, char** argv) {
   char tmpl[] = "/tmp/vqkv-bench-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
   int vport = 0;
-  const pid_t vpid = StartVqkv(server, dir + "/data", durability, &vport);
+  const pid_t vpid =
+      StartVqkv(server, dir + "/data", durability, server_args, &vport);
   const int rport = FreePort();
   const int devnull = open("/dev/null", O_WRONLY);
   const pid_t rpid =
@@ -332,16 +378,19 @@ int main(int argc, char** argv) {
       "MSET/MGET), fewer when %d blocks would pass 64 MiB\n"
       "blocks/s and MB/s count blocks; p50/p99 are per request; srv us and "
       "srv cs are the server process's CPU microseconds and context "
-      "switches per request (all its threads, from /proc)\n\n",
+      "switches per request (all its threads, from /proc); cli us is this "
+      "process's (the clients')\n\n",
       vport,
       durability == "sync" ? "sync: write-through, fsync per request"
                            : "async: memory tier, spill to RocksDB",
       rport, seconds, std::thread::hardware_concurrency(), batch_blocks,
       batch_blocks, batch_blocks);
   std::printf(
-      "%-13s %-6s %4s %10s %5s %-6s %-4s %3s %9s %9s %8s %8s %11s %8s %7s\n",
+      "%-13s %-6s %4s %10s %5s %-6s %-4s %3s %9s %9s %8s %8s %11s %8s %7s "
+      "%8s\n",
       "model", "format", "tok", "bytes", "batch", "server", "op", "cli",
-      "blocks/s", "MB/s", "p50 ms", "p99 ms", "KV tok/s", "srv us", "srv cs");
+      "blocks/s", "MB/s", "p50 ms", "p99 ms", "KV tok/s", "srv us", "srv cs",
+      "cli us");
 
   auto ctx_deadline = [] {
     return std::chrono::system_clock::now() + std::chrono::seconds(60);
@@ -393,47 +442,49 @@ int main(int argc, char** argv) {
                              const Result& r) {
               std::printf(
                   "%-13s %-6s %4d %10zu %5d %-6s %-4s %3d %9.0f %9.1f %8.3f "
-                  "%8.3f %11.0f %8.1f %7.2f%s\n",
+                  "%8.3f %11.0f %8.1f %7.2f %8.1f%s\n",
                   m.name, vq ? "2.75b" : "fp16", tokens, bytes, batch, server,
                   op, clients, r.ops_per_s * batch, r.mb_per_s * batch,
                   r.p50_ms, r.p99_ms, r.ops_per_s * batch * tokens,
-                  r.server_cpu_us, r.server_switches,
+                  r.server_cpu_us, r.server_switches, r.client_cpu_us,
                   r.ops == 0 ? "  (FAILED)" : "");
               std::fflush(stdout);
             };
             // Request i covers keys [i*batch, (i+1)*batch).
-            Result r =
-                Run(vpid, clients, seconds, max_requests, bytes,
-                    [&](int t, int64_t i) {
-                      vqkv::v1::PutBlocksRequest req;
-                      *req.mutable_namespace_() = ns;
-                      for (int b = 0; b < batch; ++b) {
-                        const int64_t k = i * batch + b;
-                        auto* blk = req.add_blocks();
-                        blk->set_hash(Key(k));
-                        blk->set_data(blocks[k % blocks.size()]);
-                      }
-                      vqkv::v1::PutBlocksResponse resp;
-                      grpc::ClientContext ctx;
-                      ctx.set_deadline(ctx_deadline());
-                      return stubs[t]->PutBlocks(&ctx, req, &resp).ok() &&
-                             resp.stored() == static_cast<uint32_t>(batch);
-                    });
+            Result r = Run(vpid, clients, seconds, max_requests, bytes,
+                           [&](int t, int64_t i) {
+                             vqkv::v1::PutBlocksRequest req;
+                             *req.mutable_namespace_() = ns;
+                             for (int b = 0; b < batch; ++b) {
+                               const int64_t k = i * batch + b;
+                               auto* blk = req.add_blocks();
+                               blk->set_hash(Key(k));
+                               blk->set_data(blocks[k % blocks.size()]);
+                             }
+                             vqkv::v1::PutBlocksResponse resp;
+                             grpc::ClientContext ctx;
+                             ctx.set_deadline(ctx_deadline());
+                             const grpc::Status status =
+                                 stubs[t]->PutBlocks(&ctx, req, &resp);
+                             return Succeeded("PutBlocks", status,
+                                              resp.stored(), batch);
+                           });
             const int64_t vq_put = std::max<int64_t>(r.ops, 1);
             print("vqkv", "put", r);
-            r = Run(vpid, clients, seconds, 1 << 30, bytes,
-                    [&](int t, int64_t i) {
-                      vqkv::v1::GetBlocksRequest req;
-                      *req.mutable_namespace_() = ns;
-                      for (int b = 0; b < batch; ++b) {
-                        req.add_hashes(Key((i % vq_put) * batch + b));
-                      }
-                      vqkv::v1::GetBlocksResponse resp;
-                      grpc::ClientContext ctx;
-                      ctx.set_deadline(ctx_deadline());
-                      return stubs[t]->GetBlocks(&ctx, req, &resp).ok() &&
-                             resp.found() == static_cast<uint32_t>(batch);
-                    });
+            r = Run(
+                vpid, clients, seconds, 1 << 30, bytes, [&](int t, int64_t i) {
+                  vqkv::v1::GetBlocksRequest req;
+                  *req.mutable_namespace_() = ns;
+                  for (int b = 0; b < batch; ++b) {
+                    req.add_hashes(Key((i % vq_put) * batch + b));
+                  }
+                  vqkv::v1::GetBlocksResponse resp;
+                  grpc::ClientContext ctx;
+                  ctx.set_deadline(ctx_deadline());
+                  const grpc::Status status =
+                      stubs[t]->GetBlocks(&ctx, req, &resp);
+                  return Succeeded("GetBlocks", status, resp.found(), batch);
+                });
             print("vqkv", "get", r);
             // Redis, same payloads, key = namespace-ish prefix + hash.
             const std::string prefix = ns.model_id() + ":";
