@@ -47,11 +47,9 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "bench/sealed_block.h"
 #include "grpcpp/grpcpp.h"
 #include "hiredis/hiredis.h"
-#include "kernels/block.h"
-#include "kernels/block_format.h"
-#include "kernels/codec.h"
 #include "vqkv/v1/kvcache.grpc.pb.h"
 
 extern char** environ;
@@ -70,29 +68,9 @@ constexpr Model kModels[] = {{"SmolLM2-135M", 30, 3, 64},
 // A sealed block with a payload of `payload_bytes` random bytes.
 std::string MakeBlock(const Model& m, int tokens, bool vq,
                       uint64_t payload_bytes, uint64_t seed) {
-  vqkv::BlockHeader h{};
-  h.magic = vqkv::kBlockMagic;
-  h.format_version = vqkv::kBlockFormatVersion;
-  h.header_bytes = sizeof(vqkv::BlockHeader);
-  h.codec_id =
-      static_cast<uint32_t>(vq ? vqkv::CodecId::kVq : vqkv::CodecId::kFp16);
-  h.tokens = tokens;
-  h.layers = m.layers;
-  h.kv_heads = m.kv_heads;
-  h.head_dim = m.head_dim;
-  h.codes_bytes = payload_bytes;
-  h.payload_bytes = payload_bytes;
-  std::string block(sizeof(h) + payload_bytes, '\0');
-  std::mt19937_64 rng(seed);
-  for (size_t i = sizeof(h); i + 8 <= block.size(); i += 8) {
-    const uint64_t r = rng();
-    std::memcpy(&block[i], &r, 8);
-  }
-  h.checksum = vqkv::BlockChecksum(
-      h, reinterpret_cast<const uint8_t*>(block.data()) + sizeof(h),
-      payload_bytes);
-  std::memcpy(block.data(), &h, sizeof(h));
-  return block;
+  return vqkv::bench::MakeSealedBlock(
+      m.layers, m.kv_heads, m.head_dim, tokens,
+      vq ? vqkv::CodecId::kVq : vqkv::CodecId::kFp16, payload_bytes, seed);
 }
 
 int FreePort() {

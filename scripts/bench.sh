@@ -7,8 +7,8 @@
 # usage: scripts/bench.sh [--quick] [--results DIR] [--force] [--no-build]
 #                         [--no-docs] [BENCH...]
 #   BENCH        benchmarks to run (default all): codec_bench vq_fit_bench
-#                code_attention_bench kv_service_bench cluster_bench
-#                client_bench cuda_codec_bench. The report covers every
+#                code_attention_bench kv_service_bench store_scale_bench
+#                cluster_bench client_bench cuda_codec_bench. The report covers every
 #                result in the results directory, so runs can be split.
 #   --quick      small sizes (a few minutes on 2 cores); the numbers are
 #                indicative only. Default: each benchmark's documented
@@ -28,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all=(codec_bench vq_fit_bench code_attention_bench kv_service_bench
-     cluster_bench client_bench cuda_codec_bench)
+     store_scale_bench cluster_bench client_bench cuda_codec_bench)
 quick=0
 results=""
 force=0
@@ -76,6 +76,8 @@ args() {
         --warmup 1 ;;
     kv_service_bench)
       [[ $q == 1 ]] && printf '%s\n' --quick --seconds 0.5 ;;
+    store_scale_bench)
+      [[ $q == 1 ]] && printf '%s\n' --ops 5000 ;;
     cluster_bench)
       [[ $q == 1 ]] && printf '%s\n' --ops 16 ;;
     client_bench)

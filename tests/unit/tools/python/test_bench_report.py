@@ -116,8 +116,8 @@ class BenchReportTest(unittest.TestCase):
                       "2026-12-01T12:00:00Z |", doc)
         # Every benchmark has its section, in the fixed order.
         names = ["codec_bench", "vq_fit_bench", "code_attention_bench",
-                 "kv_service_bench", "cluster_bench", "client_bench",
-                 "cuda_codec_bench"]
+                 "kv_service_bench", "store_scale_bench", "cluster_bench",
+                 "client_bench", "cuda_codec_bench"]
         positions = [doc.index(f"## {n}\n") for n in names]
         self.assertEqual(positions, sorted(positions))
 
