@@ -22,6 +22,9 @@
 # Environment: BUILD_DIR (default build), JOBS (build jobs, default nproc),
 # CODEBOOKS (a .vqcb file: client_bench adds its vq rows), BENCH_MACHINE (a
 # label for the machine in the report, e.g. "2-core dev VM").
+# client_bench also gets its server rows: this script starts a vqkv-server
+# (memory tier, data in a temporary directory) on a free loopback port for
+# it and stops it afterwards.
 # Progress goes to stderr. Exits 1 when a benchmark failed (the report
 # still says so), 0 otherwise; a skip (exit 77, e.g. no GPU) is not a failure.
 set -euo pipefail
@@ -84,11 +87,12 @@ args() {
       # The README's command; --quick: one prefix, no block-size rows.
       printf '%s\n' --model "$MODEL" --text "$TEXT"
       if [[ $q == 1 ]]; then
-        printf '%s\n' --lengths 512 --block-length 0 --repeats 1
+        printf '%s\n' --lengths 512 --block-length 0 --repeats 3
       else
         printf '%s\n' --lengths 512,2048
       fi
-      [[ -z ${CODEBOOKS:-} ]] || printf '%s\n' --codebooks "$CODEBOOKS" ;;
+      [[ -z ${CODEBOOKS:-} ]] || printf '%s\n' --codebooks "$CODEBOOKS"
+      [[ -z $server_addr ]] || printf '%s\n' --server "$server_addr" ;;
     cuda_codec_bench)
       [[ $q == 1 ]] && printf '%s\n' --vectors 8192 --reps 2 ;;
   esac
@@ -96,6 +100,40 @@ args() {
 }
 
 log() { echo "bench.sh: $*" >&2; }
+
+# A vqkv-server for client_bench's server rows: start_server sets
+# server_addr (empty when it cannot start; the rows are then skipped, and
+# client_bench says so); stop_server stops it.
+server_pid=""
+server_addr=""
+server_dir=""
+start_server() {
+  local bin=$BUILD_DIR/service/vqkv-server
+  [[ -x $bin ]] || { log "no $bin: client_bench without server rows"; return 0; }
+  server_dir=$(mktemp -d /tmp/vqkv-bench-server-XXXXXX)
+  "$bin" --listen 127.0.0.1:0 --data-dir "$server_dir/data" \
+    --memory-bytes 2GiB >"$server_dir/log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do
+    server_addr=$(sed -n 's/^vqkv-server listening on //p' "$server_dir/log")
+    [[ -z $server_addr ]] || { log "vqkv-server on $server_addr"; return 0; }
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  log "vqkv-server did not start ($server_dir/log): no server rows"
+  stop_server
+}
+stop_server() {
+  if [[ -n $server_pid ]]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  [[ -z $server_dir ]] || rm -rf "$server_dir"
+  server_pid=""
+  server_addr=""
+  server_dir=""
+}
+trap stop_server EXIT
 
 if [[ $build == 1 ]]; then
   log "configuring $BUILD_DIR (Release)"
@@ -107,6 +145,8 @@ if [[ $build == 1 ]]; then
   for b in "${selected[@]}"; do
     grep -qx "bench/$b\|$b" <<<"$have" && targets+=("$b")
   done
+  # client_bench's server rows need the server.
+  [[ " ${targets[*]} " != *" client_bench "* ]] || targets+=(vqkv-server)
   if [[ ${#targets[@]} -gt 0 ]]; then
     log "building ${targets[*]}"
     cmake --build "$BUILD_DIR" -j "${JOBS:-$(nproc)}" --target "${targets[@]}" >&2
@@ -135,6 +175,7 @@ for b in "${selected[@]}"; do
     log "have $b ($meta; --force reruns it)"
     continue
   fi
+  [[ $b != client_bench ]] || start_server
   mapfile -t a < <(args "$b")
   bin="$BUILD_DIR/bench/$b"
   cmd="$bin${a[*]:+ ${a[*]}}"
@@ -161,6 +202,7 @@ for b in "${selected[@]}"; do
     : >"$results/$b.txt"
     echo "$bin is not built in this configuration ($why)" >"$results/$b.err"
     mv "$meta.tmp" "$meta"
+    stop_server
     continue
   fi
   log "run  $b: $cmd (load $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -170,6 +212,7 @@ for b in "${selected[@]}"; do
   "$bin" "${a[@]}" 2>&1 >"$results/$b.txt" | tee "$results/$b.err" >&2
   rc=${PIPESTATUS[0]}
   set -e
+  [[ $b != client_bench ]] || stop_server
   { echo "exit: $rc"; echo "seconds: $((SECONDS - t0))"; } >>"$meta.tmp"
   mv "$meta.tmp" "$meta"
   case $rc in
