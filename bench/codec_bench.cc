@@ -195,17 +195,26 @@ void PrintRow(int dim, int64_t n, const Row& r) {
   std::fflush(stdout);
 }
 
+// The shortest of `reps` timed runs of `fn`, in seconds (copies are noisy;
+// the fastest run is the one the machine did not disturb).
+template <typename Fn>
+double BestSeconds(int reps, Fn fn) {
+  double best = 1e30;
+  for (int rep = 0; rep < reps; ++rep) {
+    const auto t0 = Clock::now();
+    fn();
+    best = std::min(best, Seconds(t0, Clock::now()));
+  }
+  return best;
+}
+
 // Bytes read plus written per second by a memcpy of 256 MiB (past every
 // cache): the rate DRAM moves data at on this machine. Best of 3.
 double DramCopyRate() {
   const size_t n = size_t{256} << 20;
   std::vector<char> a(n, 1), b(n, 2);
-  double best = 1e30;
-  for (int rep = 0; rep < 3; ++rep) {
-    const auto t0 = Clock::now();
-    std::memcpy(b.data(), a.data(), n);
-    best = std::min(best, Seconds(t0, Clock::now()));
-  }
+  const double best =
+      BestSeconds(3, [&] { std::memcpy(b.data(), a.data(), n); });
   if (b[n / 2] != 1) std::fprintf(stderr, "memcpy: copy mismatch\n");
   return 2.0 * n / best;
 }
@@ -218,13 +227,10 @@ Row MeasureMemcpy(const Data& data) {
   const size_t kb = k.size() * sizeof(float), vb = v.size() * sizeof(float);
   std::memcpy(k.data(), data.test_k.data(), kb);  // warm-up: fault pages in
   std::memcpy(v.data(), data.test_v.data(), vb);
-  double best = 1e30;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = Clock::now();
+  const double best = BestSeconds(5, [&] {
     std::memcpy(k.data(), data.test_k.data(), kb);
     std::memcpy(v.data(), data.test_v.data(), vb);
-    best = std::min(best, Seconds(t0, Clock::now()));
-  }
+  });
   // Keep the copies observable so they are not optimised away.
   if (k[0] != data.test_k[0] || v.back() != data.test_v.back()) {
     std::fprintf(stderr, "memcpy: copy mismatch\n");
