@@ -42,6 +42,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "base/file.h"
+#include "client/allocator_tuning.h"
 #include "client/cache_client.h"
 #include "client/client_factory.h"
 #include "client/embedded_backend.h"
@@ -79,6 +80,7 @@ struct Flags {
   int64_t prefill_chunk = 512;
   int repeats = 3;
   int threads = 0;
+  bool tune_allocator = false;
 };
 
 struct CodecSpec {
@@ -341,10 +343,12 @@ int Run(const Flags& f) {
   // --- Tables ---------------------------------------------------------
   std::printf(
       "client_bench: %s (%d layers x %d kv heads x %d), suffix %ld tokens, "
-      "prefill chunk %ld, OpenBLAS threads %d, median of %d hit runs\n",
+      "prefill chunk %ld, OpenBLAS threads %d, median of %d hit runs, "
+      "allocator %s\n",
       model_name.c_str(), layout.layers, layout.kv_heads, layout.head_dim,
       static_cast<long>(f.suffix), static_cast<long>(f.prefill_chunk),
-      openblas_get_num_threads(), f.repeats);
+      openblas_get_num_threads(), f.repeats,
+      f.tune_allocator ? "tuned" : "default");
   for (const std::string& n : notes) std::printf("note: %s\n", n.c_str());
   std::printf(
       "\nTime to first token, block 64. recompute = prefill of prefix + "
@@ -447,7 +451,18 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", f.repeats, "hit and load runs (median)")
       ->capture_default_str();
   app.add_option("--threads", f.threads, "OpenBLAS threads (0 = default)");
+  app.add_flag("--tune-allocator", f.tune_allocator,
+               "vqkv::client::TuneAllocatorForLargeMessages() first "
+               "(docs/CLIENT.md, Allocator)");
   CLI11_PARSE(app, argc, argv);
+  if (f.tune_allocator) {
+    const absl::Status tuned = vqkv::client::TuneAllocatorForLargeMessages();
+    if (!tuned.ok()) {
+      std::fprintf(stderr, "client_bench: %s\n",
+                   std::string(tuned.message()).c_str());
+      return 1;
+    }
+  }
   if (f.lengths.empty() || f.suffix < 1 || f.repeats < 1 ||
       f.prefill_chunk < 1) {
     std::fprintf(stderr,

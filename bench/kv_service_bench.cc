@@ -48,6 +48,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "bench/sealed_block.h"
+#include "client/allocator_tuning.h"
 #include "grpcpp/grpcpp.h"
 #include "hiredis/hiredis.h"
 #include "vqkv/v1/kvcache.grpc.pb.h"
@@ -281,6 +282,11 @@ int main(int argc, char** argv) {
                  "one more argument for the server (repeatable), e.g. "
                  "--server build/bench/grpc_floor_server "
                  "--server-arg=--threading=cq");
+  bool tune_allocator = false;
+  app.add_flag("--tune-allocator", tune_allocator,
+               "tune this process's malloc first, as "
+               "vqkv::client::TuneAllocatorForLargeMessages() does (the "
+               "clients of both servers; docs/CLIENT.md, Allocator)");
   app.add_option("--seconds", seconds, "time per measurement (default 1.0)");
   app.add_option("--batch", batch_blocks,
                  "blocks per request in the batched rows (default 16)")
@@ -291,6 +297,14 @@ int main(int argc, char** argv) {
                  "cap on bytes put per measurement (default 1 GiB)");
   app.add_flag("--quick", quick, "SmolLM2 16-token blocks only");
   CLI11_PARSE(app, argc, argv);
+  if (tune_allocator) {
+    const absl::Status tuned = vqkv::client::TuneAllocatorForLargeMessages();
+    if (!tuned.ok()) {
+      std::fprintf(stderr, "kv_service_bench: %s\n",
+                   std::string(tuned.message()).c_str());
+      return 1;
+    }
+  }
   signal(SIGPIPE, SIG_IGN);
 
   char tmpl[] = "/tmp/vqkv-bench-XXXXXX";
@@ -357,12 +371,13 @@ int main(int argc, char** argv) {
       "blocks/s and MB/s count blocks; p50/p99 are per request; srv us and "
       "srv cs are the server process's CPU microseconds and context "
       "switches per request (all its threads, from /proc); cli us is this "
-      "process's (the clients')\n\n",
+      "process's (the clients'), whose malloc is %s\n\n",
       vport,
       durability == "sync" ? "sync: write-through, fsync per request"
                            : "async: memory tier, spill to RocksDB",
       rport, seconds, std::thread::hardware_concurrency(), batch_blocks,
-      batch_blocks, batch_blocks);
+      batch_blocks, batch_blocks,
+      tune_allocator ? "tuned (--tune-allocator)" : "glibc's default");
   std::printf(
       "%-13s %-6s %4s %10s %5s %-6s %-4s %3s %9s %9s %8s %8s %11s %8s %7s "
       "%8s\n",

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "client/allocator_tuning.h"
 #include "client/cache_client.h"
 #include "client/client_factory.h"
 #include "client/include/vqkv/vqkv.h"
@@ -248,6 +249,10 @@ const char* vqkv_status_code_name(vqkv_status_code code) {
 }
 
 const char* vqkv_version(void) { return VQKV_VERSION_STRING; }
+
+vqkv_status_code vqkv_tune_allocator(void) {
+  return Guard([] { return vqkv::client::TuneAllocatorForLargeMessages(); });
+}
 
 void vqkv_client_options_init_sized(vqkv_client_options_t* options,
                                     size_t struct_size) {

@@ -34,6 +34,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "client/allocator_tuning.h"
 #include "client/cache_client.h"
 #include "client/client_factory.h"
 #include "client/hash.h"
@@ -408,6 +409,13 @@ PYBIND11_MODULE(vqkv, m) {
   m.attr("Error") = py::handle(vp::error_type);  // the module holds a ref
   py::register_exception_translator(&vp::TranslateStatusError);
 
+  m.def(
+      "tune_allocator",
+      [] { vp::ThrowIfError(vqkv::client::TuneAllocatorForLargeMessages()); },
+      "Opt-in, process-wide: sets glibc's malloc thresholds (mmap 32 MiB, "
+      "trim 256 MiB) so that large loads reuse memory instead of faulting in "
+      "fresh pages each time (docs/CLIENT.md, Allocator). Call once at "
+      "startup; raises vqkv.Error when the C library is not glibc.");
   m.def("hash_chain", &vp::HashChain, py::arg("tokens"),
         py::arg("block_tokens"), py::arg("salt") = "", py::kw_only(),
         py::arg("namespace_id"),

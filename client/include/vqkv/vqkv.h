@@ -93,6 +93,13 @@ VQKV_EXPORT const char* vqkv_status_code_name(vqkv_status_code code);
 /* The library's version, e.g. "0.1.0". */
 VQKV_EXPORT const char* vqkv_version(void);
 
+/* Opt-in, process-wide: sets glibc's malloc thresholds (mmap 32 MiB, trim
+ * 256 MiB) so that the large responses of loads reuse memory instead of
+ * faulting in fresh pages each time; up to 256 MiB of freed heap stays
+ * mapped. Call once at startup. VQKV_UNIMPLEMENTED (nothing changed) when
+ * the C library is not glibc. See docs/CLIENT.md "Allocator". */
+VQKV_EXPORT vqkv_status_code vqkv_tune_allocator(void);
+
 /* An open client. Opaque. */
 typedef struct vqkv_client vqkv_client_t;
 

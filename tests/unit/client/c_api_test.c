@@ -413,8 +413,23 @@ static void TestNames(void) {
   CHECK(vqkv_version()[0] != '\0');
 }
 
+/* Opt-in allocator tuning: glibc takes it (OK); elsewhere, and under a
+ * sanitizer's malloc, it says it did nothing (UNIMPLEMENTED) and why. */
+static void TestTuneAllocator(void) {
+  const vqkv_status_code code = vqkv_tune_allocator();
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(__SANITIZE_THREAD__)
+  CHECK(code == VQKV_OK);
+  CHECK(vqkv_last_error()[0] == '\0');
+#else
+  CHECK(code == VQKV_UNIMPLEMENTED);
+  CHECK(vqkv_last_error()[0] != '\0');
+#endif
+}
+
 int main(void) {
   TestNames();
+  TestTuneAllocator();
   TestRoundTrip();
   TestHashChain();
   TestBadOptions();
