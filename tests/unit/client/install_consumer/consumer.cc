@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "client/allocator_tuning.h"
 #include "client/backend.h"
 #include "client/cache_client.h"
 #include "client/circuit_breaker.h"
@@ -39,6 +40,11 @@ int Fail(const char* what, const absl::Status& status) {
 
 int main() {
   using vqkv::client::CacheClient;
+  // Exported and callable; a sanitizer build says it did nothing.
+  const absl::Status tuned = vqkv::client::TuneAllocatorForLargeMessages();
+  if (!tuned.ok() && tuned.code() != absl::StatusCode::kUnimplemented) {
+    return Fail("TuneAllocatorForLargeMessages", tuned);
+  }
   const vqkv::KvLayout layout{2, 2, 64};
   auto codec = vqkv::MakeCodec("fp16", layout, nullptr);
   if (!codec.ok()) return Fail("MakeCodec", codec.status());
