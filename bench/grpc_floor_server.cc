@@ -135,24 +135,16 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx,
   return reactor;
 }
 
-// The callback model: each handler answers inline on the thread gRPC calls
-// it on, finishing the context's default reactor.
-class CallbackFloor final
-    : public vqkv::v1::KVCache::WithRawCallbackMethod_PutBlocks<
-          vqkv::v1::KVCache::WithRawCallbackMethod_GetBlocks<
-              vqkv::v1::KVCache::WithRawCallbackMethod_Delete<
-                  vqkv::v1::KVCache::CallbackService>>> {
+// PutBlocks and Delete answered inline on the thread gRPC calls them on,
+// over a `Base` that declares both as raw callback methods.
+template <typename Base>
+class CallbackPutDelete : public Base {
  public:
-  explicit CallbackFloor(BlockMap* map) : map_(map) {}
+  explicit CallbackPutDelete(BlockMap* map) : map_(map) {}
   grpc::ServerUnaryReactor* PutBlocks(grpc::CallbackServerContext* ctx,
                                       const grpc::ByteBuffer* request,
                                       grpc::ByteBuffer* response) override {
     return Answer(ctx, map_->Put(*request, response));
-  }
-  grpc::ServerUnaryReactor* GetBlocks(grpc::CallbackServerContext* ctx,
-                                      const grpc::ByteBuffer* request,
-                                      grpc::ByteBuffer* response) override {
-    return Answer(ctx, map_->Get(*request, response));
   }
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
                                    const grpc::ByteBuffer* request,
@@ -160,8 +152,24 @@ class CallbackFloor final
     return Answer(ctx, map_->Delete(*request, response));
   }
 
- private:
+ protected:
   BlockMap* const map_;
+};
+
+// The callback model: all three methods on callbacks.
+class CallbackFloor final
+    : public CallbackPutDelete<
+          vqkv::v1::KVCache::WithRawCallbackMethod_PutBlocks<
+              vqkv::v1::KVCache::WithRawCallbackMethod_GetBlocks<
+                  vqkv::v1::KVCache::WithRawCallbackMethod_Delete<
+                      vqkv::v1::KVCache::CallbackService>>>> {
+ public:
+  using CallbackPutDelete::CallbackPutDelete;
+  grpc::ServerUnaryReactor* GetBlocks(grpc::CallbackServerContext* ctx,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override {
+    return Answer(ctx, map_->Get(*request, response));
+  }
 };
 
 // The completion-queue model: the three methods raw, every other method
@@ -171,31 +179,15 @@ using CqService = vqkv::v1::KVCache::WithRawMethod_PutBlocks<
         vqkv::v1::KVCache::WithRawMethod_Delete<
             vqkv::v1::KVCache::AsyncService>>>;
 
-// The hybrid: GetBlocks raw on the queues, PutBlocks and Delete as in
-// CallbackFloor, the rest async and never requested. (Built up from
+// The hybrid: GetBlocks raw on the queues, PutBlocks and Delete on
+// callbacks, the rest async and never requested. (Built up from
 // AsyncService: gRPC 1.51 does not turn a callback method back into an
 // async one, so GetBlocks must never have been a callback method.)
-class HybridFloor final
-    : public vqkv::v1::KVCache::WithRawCallbackMethod_PutBlocks<
-          vqkv::v1::KVCache::WithRawCallbackMethod_Delete<
-              vqkv::v1::KVCache::WithRawMethod_GetBlocks<
-                  vqkv::v1::KVCache::AsyncService>>> {
- public:
-  explicit HybridFloor(BlockMap* map) : map_(map) {}
-  grpc::ServerUnaryReactor* PutBlocks(grpc::CallbackServerContext* ctx,
-                                      const grpc::ByteBuffer* request,
-                                      grpc::ByteBuffer* response) override {
-    return Answer(ctx, map_->Put(*request, response));
-  }
-  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
-                                   const grpc::ByteBuffer* request,
-                                   grpc::ByteBuffer* response) override {
-    return Answer(ctx, map_->Delete(*request, response));
-  }
-
- private:
-  BlockMap* const map_;
-};
+using HybridFloor =
+    CallbackPutDelete<vqkv::v1::KVCache::WithRawCallbackMethod_PutBlocks<
+        vqkv::v1::KVCache::WithRawCallbackMethod_Delete<
+            vqkv::v1::KVCache::WithRawMethod_GetBlocks<
+                vqkv::v1::KVCache::AsyncService>>>>;
 
 enum class Method { kPut, kGet, kDelete };
 
