@@ -3,25 +3,16 @@
 #include <climits>
 
 #include "absl/strings/str_cat.h"
+#include "base/malloc.h"
 
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
 
-// Sanitizer runtimes replace malloc (and answer mallopt themselves).
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define VQKV_MALLOC_REPLACED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
-    __has_feature(memory_sanitizer)
-#define VQKV_MALLOC_REPLACED 1
-#endif
-#endif
-
 namespace vqkv::client {
 
 absl::Status TuneAllocatorForLargeMessages(const AllocatorTuning& tuning) {
-#if defined(VQKV_MALLOC_REPLACED)
+#if defined(VQKV_SANITIZER_MALLOC)  // it answers mallopt itself
   (void)tuning;
   return absl::UnimplementedError(
       "allocator tuning: a sanitizer's malloc is in use; nothing changed");

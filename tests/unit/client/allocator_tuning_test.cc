@@ -6,23 +6,13 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "base/malloc.h"
 #include "gtest/gtest.h"
 
 namespace vqkv::client {
 namespace {
 
-// Sanitizers replace malloc: glibc's settings and statistics do not apply.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kGlibcMalloc = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kGlibcMalloc = false;
-#else
-constexpr bool kGlibcMalloc = true;
-#endif
-#else
-constexpr bool kGlibcMalloc = true;
-#endif
+using ::vqkv::base::kGlibcMalloc;
 
 TEST(AllocatorTuningTest, SaysWhenItCannotTune) {
   const absl::Status s = TuneAllocatorForLargeMessages();

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "base/malloc.h"
 #include "gtest/gtest.h"
 #include "kernels/block.h"
 #include "kernels/codec.h"
@@ -29,18 +30,7 @@ using ::vqkv::testing::RawFloatCodec;
 // Whether HeapInUse sees this process's allocations: not under a sanitizer,
 // whose allocator glibc's statistics do not cover; tests that measure heap
 // skip there.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-inline constexpr bool kHeapMeasurable = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
-    __has_feature(memory_sanitizer)
-inline constexpr bool kHeapMeasurable = false;
-#else
-inline constexpr bool kHeapMeasurable = true;
-#endif
-#else
-inline constexpr bool kHeapMeasurable = true;
-#endif
+inline constexpr bool kHeapMeasurable = ::vqkv::base::kGlibcMalloc;
 
 // Heap bytes in use (glibc: all arenas, mmapped chunks included).
 inline uint64_t HeapInUse() {
