@@ -1,7 +1,7 @@
 // grpc_floor_server: the gRPC floor under vqkv-server's read path. A stand-in
 // KVCache server that keeps blocks in a plain hash map and answers
 // PutBlocks, GetBlocks and Delete with the same raw (ByteBuffer) handlers and
-// the same zero-copy response writer as vqkv-server, under one of two gRPC
+// the same zero-copy response writer as vqkv-server, under one of three gRPC
 // threading models:
 //
 //   --threading callback  the callback API, as vqkv-server is served
