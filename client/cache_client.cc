@@ -327,22 +327,72 @@ absl::StatusOr<EncodedBlock> CacheClient::EncodeBlock(
   return out;
 }
 
-absl::Status CacheClient::VerifyAndDecode(absl::string_view data, float* keys,
-                                          float* values) const {
-  const auto* bytes = reinterpret_cast<const uint8_t*>(data.data());
-  absl::StatusOr<BlockHeader> h = VerifyBlock(bytes, data.size());
+namespace {
+
+absl::StatusOr<BlockHeader> VerifyForLoad(const Codec& codec,
+                                          absl::string_view data,
+                                          int64_t block_tokens) {
+  absl::StatusOr<BlockHeader> h =
+      VerifyBlock(reinterpret_cast<const uint8_t*>(data.data()), data.size());
   if (!h.ok()) return h.status();
-  if (h->tokens != static_cast<uint32_t>(options_.block_tokens)) {
-    return absl::InvalidArgumentError(absl::StrCat("block holds ", h->tokens,
-                                                   " tokens, expected ",
-                                                   options_.block_tokens));
+  if (h->tokens != static_cast<uint32_t>(block_tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block holds ", h->tokens, " tokens, expected ", block_tokens));
   }
   if ((h->flags & kBlockKeysPostRope) == 0) {
     return absl::InvalidArgumentError("block holds pre-RoPE keys");
   }
-  // DecodeBlock checks codec id, codebook hash and layout.
-  return DecodeBlock(*codec_, bytes, data.size(), options_.block_tokens, keys,
-                     values);
+  // Codec id, codebook hash, payload flags and layout.
+  if (absl::Status s = CheckBlockForCodec(codec, *h, block_tokens); !s.ok()) {
+    return s;
+  }
+  return h;
+}
+
+}  // namespace
+
+absl::Status CacheClient::VerifyAndDecode(absl::string_view data, float* keys,
+                                          float* values) const {
+  absl::StatusOr<BlockHeader> h =
+      VerifyForLoad(*codec_, data, options_.block_tokens);
+  if (!h.ok()) return h.status();
+  return DecodeVerifiedLayers(data, *h, 0, layout().layers, keys, values);
+}
+
+int64_t CacheClient::VerifyPrefix(absl::Span<const GetItem> blocks,
+                                  std::vector<BlockHeader>* headers) const {
+  headers->clear();
+  for (const GetItem& item : blocks) {
+    if (!item.ok()) break;
+    absl::StatusOr<BlockHeader> h =
+        VerifyForLoad(*codec_, *item, options_.block_tokens);
+    if (!h.ok()) break;
+    headers->push_back(*h);
+  }
+  return static_cast<int64_t>(headers->size());
+}
+
+absl::Status CacheClient::DecodeVerifiedLayers(absl::string_view data,
+                                               const BlockHeader& header,
+                                               int first_layer, int num_layers,
+                                               float* keys,
+                                               float* values) const {
+  return DecodeVerifiedBlockLayers(
+      *codec_, header, reinterpret_cast<const uint8_t*>(data.data()),
+      data.size(), options_.block_tokens, first_layer, num_layers, keys,
+      values);
+}
+
+void CacheClient::CountLoad(absl::Span<const GetItem> blocks, int64_t loaded) {
+  const int64_t n = static_cast<int64_t>(blocks.size());
+  const int64_t fp16_bytes =
+      int64_t{4} * options_.block_tokens * layout().ElementsPerToken();
+  for (int64_t b = 0; b < loaded; ++b) {
+    bytes_received_.fetch_add(static_cast<int64_t>(blocks[b]->size()));
+  }
+  blocks_loaded_.fetch_add(loaded);
+  fp16_equivalent_bytes_.fetch_add(fp16_bytes * loaded);
+  if (loaded < n) blocks_load_failed_.fetch_add(n - loaded);
 }
 
 std::vector<absl::Status> CacheClient::PutBlocks(
@@ -491,11 +541,10 @@ int64_t CacheClient::DecodePrefix(
     absl::Span<const GetItem> blocks,
     const std::function<void(int64_t, const float*, const float*)>& deliver) {
   const KvLayout& l = layout();
-  const int64_t n = static_cast<int64_t>(blocks.size());
+  std::vector<BlockHeader> headers;
+  const int64_t n = VerifyPrefix(blocks, &headers);
   const size_t floats = static_cast<size_t>(l.layers) * options_.block_tokens *
                         l.kv_heads * l.head_dim;
-  const int64_t fp16_bytes =
-      int64_t{4} * options_.block_tokens * l.ElementsPerToken();
   const int threads = std::max(1, options_.decode_threads);
   // Scratch for one round of `threads` blocks: decoded in parallel, then
   // delivered in order, so memory stays bounded and nothing past a bad
@@ -508,10 +557,9 @@ int64_t CacheClient::DecodePrefix(
     auto decode = [&](int j) {
       keys[j].resize(floats);
       values[j].resize(floats);
-      const GetItem& item = blocks[first + j];
-      status[j] = item.ok()
-                      ? VerifyAndDecode(*item, keys[j].data(), values[j].data())
-                      : item.status();
+      status[j] =
+          DecodeVerifiedLayers(*blocks[first + j], headers[first + j], 0,
+                               l.layers, keys[j].data(), values[j].data());
     };
     std::vector<std::thread> workers;
     for (int j = 1; j < count; ++j) workers.emplace_back(decode, j);
@@ -519,17 +567,14 @@ int64_t CacheClient::DecodePrefix(
     for (std::thread& t : workers) t.join();
     for (int j = 0; j < count; ++j) {
       if (!status[j].ok()) {
-        blocks_load_failed_.fetch_add(n - delivered);
+        CountLoad(blocks, delivered);
         return delivered;
       }
       deliver(first + j, keys[j].data(), values[j].data());
       ++delivered;
-      blocks_loaded_.fetch_add(1);
-      bytes_received_.fetch_add(
-          static_cast<int64_t>(blocks[first + j]->size()));
-      fp16_equivalent_bytes_.fetch_add(fp16_bytes);
     }
   }
+  CountLoad(blocks, delivered);
   return delivered;
 }
 

@@ -44,6 +44,7 @@
 #include "client/backend.h"
 #include "client/circuit_breaker.h"
 #include "client/hash.h"
+#include "kernels/block_format.h"
 #include "kernels/codec.h"
 #include "storage/namespace.h"
 
@@ -216,6 +217,23 @@ class CacheClient {
   int64_t DecodePrefix(
       absl::Span<const GetItem> blocks,
       const std::function<void(int64_t, const float*, const float*)>& deliver);
+  // The two halves of VerifyAndDecode, for a loader that decodes a layer at
+  // a time. VerifyPrefix checks fetched blocks 0, 1, ... (checksum, header
+  // against this client's codec and namespace) without decoding, fills one
+  // header per accepted block and returns how many blocks that is: the
+  // first missing or bad block ends the prefix.
+  int64_t VerifyPrefix(absl::Span<const GetItem> blocks,
+                       std::vector<BlockHeader>* headers) const;
+  // Decodes layers [first_layer, first_layer + num_layers) of a block
+  // VerifyPrefix accepted (with its header) into keys/values
+  // [num_layers][block_tokens][kv_head][head_dim].
+  absl::Status DecodeVerifiedLayers(absl::string_view data,
+                                    const BlockHeader& header, int first_layer,
+                                    int num_layers, float* keys,
+                                    float* values) const;
+  // Counts a load in stats(): blocks [0, loaded) of `blocks` reached the
+  // caller, the rest failed.
+  void CountLoad(absl::Span<const GetItem> blocks, int64_t loaded);
   // Puts encoded blocks; one status per block. Respects the circuit.
   std::vector<absl::Status> PutBlocks(absl::Span<const EncodedBlock> blocks);
   // Fetches blocks; one result per hash (a miss is kNotFound; an open

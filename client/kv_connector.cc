@@ -1,5 +1,6 @@
 #include "client/kv_connector.h"
 
+#include <algorithm>
 #include <thread>
 #include <utility>
 
@@ -10,6 +11,7 @@ namespace vqkv::client {
 struct KvConnector::LoadBatch {
   std::vector<LoadSpec> specs;
   absl::Mutex mu;
+  int layers_ready ABSL_GUARDED_BY(mu) = 0;  // layers [0, this) are written
   bool done ABSL_GUARDED_BY(mu) = false;
   std::thread thread;
 };
@@ -135,29 +137,81 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
   const KvLayout& l = client_->layout();
   const int64_t B = client_->block_tokens();
   const int64_t row = int64_t{l.kv_heads} * l.head_dim;
-  for (const LoadSpec& spec : batch->specs) {
-    std::vector<int32_t> failed_pages;
-    const int64_t blocks = spec.num_tokens / B;
-    int64_t good = 0;
+  // Fetch and verify every request's blocks first, then decode layer by
+  // layer across all of them, so that WaitForLayerLoad(0) returns while the
+  // later layers are still decoding (attention of layer 0 overlaps them).
+  struct Fetched {
+    std::vector<GetItem> got;
+    std::vector<BlockHeader> headers;
+    int64_t good = 0;  // blocks [0, good) verified and decoded so far
+  };
+  std::vector<Fetched> fetched(batch->specs.size());
+  struct Job {
+    size_t spec;
+    int64_t block;
+  };
+  std::vector<Job> jobs;
+  for (size_t i = 0; i < batch->specs.size(); ++i) {
+    const LoadSpec& spec = batch->specs[i];
+    if (spec.num_tokens / B == 0) continue;
     absl::StatusOr<std::vector<BlockHash>> hashes = client_->HashTokens(
         absl::MakeConstSpan(spec.tokens)
             .subspan(0, static_cast<size_t>(spec.num_tokens)),
         spec.salt);
-    if (hashes.ok() && blocks > 0) {
-      const std::vector<GetItem> got = client_->GetBlocks(*hashes);
-      good = client_->DecodePrefix(
-          got, [&](int64_t b, const float* bk, const float* bv) {
-            for (int layer = 0; layer < l.layers; ++layer) {
-              const size_t off = static_cast<size_t>(layer * B * row);
-              ScatterLayer(caches_, layer, spec.block_ids, b * B, B, bk + off,
-                           bv + off);
-            }
-          });
+    if (!hashes.ok()) continue;
+    Fetched& f = fetched[i];
+    f.got = client_->GetBlocks(*hashes);
+    f.good = client_->VerifyPrefix(f.got, &f.headers);
+    for (int64_t b = 0; b < f.good; ++b) jobs.push_back({i, b});
+  }
+  // Each layer's blocks are split among decode_threads threads; a block
+  // that fails to decode ends its request's prefix for every later layer.
+  const int threads = static_cast<int>(std::min<int64_t>(
+      std::max(1, client_->options().decode_threads),
+      std::max<int64_t>(1, static_cast<int64_t>(jobs.size()))));
+  absl::Mutex fail_mu;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    auto decode = [&](int t) {
+      std::vector<float> k(static_cast<size_t>(B * row)), v(k.size());
+      for (size_t j = t; j < jobs.size(); j += threads) {
+        const LoadSpec& spec = batch->specs[jobs[j].spec];
+        Fetched& f = fetched[jobs[j].spec];
+        const int64_t b = jobs[j].block;
+        {
+          absl::MutexLock lock(&fail_mu);
+          if (b >= f.good) continue;
+        }
+        const absl::Status st = client_->DecodeVerifiedLayers(
+            *f.got[b], f.headers[b], layer, 1, k.data(), v.data());
+        if (!st.ok()) {
+          absl::MutexLock lock(&fail_mu);
+          f.good = std::min(f.good, b);
+          continue;
+        }
+        ScatterLayer(caches_, layer, spec.block_ids, b * B, B, k.data(),
+                     v.data());
+      }
+    };
+    std::vector<std::thread> workers;
+    for (int t = 1; t < threads; ++t) workers.emplace_back(decode, t);
+    decode(0);
+    for (std::thread& w : workers) w.join();
+    {
+      absl::MutexLock lock(&batch->mu);
+      batch->layers_ready = layer + 1;
     }
-    AppendPages(spec.block_ids, caches_.block_size, good * B, spec.num_tokens,
+    if (layer_loaded_hook_) layer_loaded_hook_(layer);
+  }
+  for (size_t i = 0; i < batch->specs.size(); ++i) {
+    const LoadSpec& spec = batch->specs[i];
+    const Fetched& f = fetched[i];
+    const int64_t blocks = spec.num_tokens / B;
+    client_->CountLoad(f.got, f.good);
+    std::vector<int32_t> failed_pages;
+    AppendPages(spec.block_ids, caches_.block_size, f.good * B, spec.num_tokens,
                 &failed_pages);
     absl::MutexLock lock(&mu_);
-    if (good < blocks) ++stats_.loads_failed;
+    if (f.good < blocks) ++stats_.loads_failed;
     if (cancelled_.erase(spec.request_id) > 0) continue;
     load_errors_.insert(load_errors_.end(), failed_pages.begin(),
                         failed_pages.end());
@@ -177,10 +231,14 @@ absl::Status KvConnector::WaitForLayerLoad(int layer) {
     return absl::InvalidArgumentError(absl::StrCat("no layer ", layer));
   }
   if (batch == nullptr) return absl::OkStatus();
-  // The CPU path decodes every layer of a block at once, so all layers
-  // become ready together.
+  // The last layer waits for the whole load, so that the failed block ids
+  // and finished requests are recorded once the forward pass is over.
+  const bool last = layer == client_->layout().layers - 1;
   absl::MutexLock lock(&batch->mu);
-  batch->mu.Await(absl::Condition(&batch->done));
+  auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(batch->mu) {
+    return batch->done || (!last && batch->layers_ready > layer);
+  };
+  batch->mu.Await(absl::Condition(&ready));
   return absl::OkStatus();
 }
 

@@ -12,8 +12,10 @@
 //   (request aborted)           -> Cancel;  (engine shutdown) -> Shutdown
 //
 // One forward pass: StartLoad(loads) -> for each layer: WaitForLayerLoad(l),
-// attention, SaveLayer(l, saves) -> WaitForSave(). Loads fetch, verify and
-// decode on a background thread and write into the engine's pages; saves
+// attention, SaveLayer(l, saves) -> WaitForSave(). Loads fetch and verify
+// every block on a background thread, then decode and write them into the
+// engine's pages one layer at a time, so layer l's attention overlaps the
+// decoding of layers after it; saves
 // copy the new full blocks out of the pages during SaveLayer (so
 // WaitForSave returns as soon as the pages may be reused) and encode and
 // send them in the background. When staging is full (max_inflight_bytes) a
@@ -32,6 +34,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -98,7 +101,9 @@ class KvConnector {
   // range, or num_tokens not a multiple of block_tokens.
   absl::Status StartLoad(std::vector<LoadSpec> loads);
   // Returns once `layer` of every load started by the last StartLoad is in
-  // the pages (or has failed). No-op when nothing is loading.
+  // the pages (or has failed), while later layers may still be decoding;
+  // the last layer returns once the whole load is done and its failed block
+  // ids are recorded. No-op when nothing is loading.
   absl::Status WaitForLayerLoad(int layer);
 
   // Copies `layer` of each spec's new full blocks into staging. Call for
@@ -123,6 +128,13 @@ class KvConnector {
 
   ConnectorStats stats() const;
 
+  // Test seam: called on the load thread each time a layer of a load is in
+  // the pages (WaitForLayerLoad(layer) may return from then on); the load
+  // goes on when it returns. Set before StartLoad.
+  void SetLayerLoadedHookForTesting(std::function<void(int layer)> hook) {
+    layer_loaded_hook_ = std::move(hook);
+  }
+
  private:
   struct LoadBatch;
   struct PendingSave;
@@ -133,6 +145,7 @@ class KvConnector {
   mutable absl::Mutex mu_;
   bool registered_ ABSL_GUARDED_BY(mu_) = false;
   PagedKvCaches caches_;  // written once by RegisterKvCaches
+  std::function<void(int)> layer_loaded_hook_;  // set before StartLoad
   std::shared_ptr<LoadBatch> load_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<PendingSave>> saving_ ABSL_GUARDED_BY(mu_);
   int next_save_layer_ ABSL_GUARDED_BY(mu_) = 0;

@@ -170,11 +170,8 @@ absl::StatusOr<BlockHeader> VerifyBlock(const uint8_t* data, size_t size) {
   return h;
 }
 
-absl::Status DecodeBlock(const Codec& codec, const uint8_t* data, size_t size,
-                         int64_t out_tokens, float* keys, float* values) {
-  absl::StatusOr<BlockHeader> header = VerifyBlock(data, size);
-  if (!header.ok()) return header.status();
-  const BlockHeader& h = *header;
+absl::Status CheckBlockForCodec(const Codec& codec, const BlockHeader& h,
+                                int64_t out_tokens) {
   if (h.codec_id != static_cast<uint32_t>(codec.id())) {
     return absl::FailedPreconditionError(
         absl::StrCat("block was encoded with codec ",
@@ -205,6 +202,35 @@ absl::Status DecodeBlock(const Codec& codec, const uint8_t* data, size_t size,
     return absl::InvalidArgumentError(absl::StrCat(
         "output holds ", out_tokens, " tokens, block has ", h.tokens));
   }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeBlock(const Codec& codec, const uint8_t* data, size_t size,
+                         int64_t out_tokens, float* keys, float* values) {
+  absl::StatusOr<BlockHeader> header = VerifyBlock(data, size);
+  if (!header.ok()) return header.status();
+  return DecodeVerifiedBlockLayers(codec, *header, data, size, out_tokens, 0,
+                                   codec.layout().layers, keys, values);
+}
+
+absl::Status DecodeVerifiedBlockLayers(const Codec& codec, const BlockHeader& h,
+                                       const uint8_t* data, size_t size,
+                                       int64_t out_tokens, int first_layer,
+                                       int num_layers, float* keys,
+                                       float* values) {
+  if (absl::Status s = CheckBlockForCodec(codec, h, out_tokens); !s.ok()) {
+    return s;
+  }
+  const KvLayout& layout = codec.layout();
+  if (absl::Status s = CheckLayerRange(layout, first_layer, num_layers);
+      !s.ok()) {
+    return s;
+  }
+  if (size != sizeof(BlockHeader) + h.payload_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block of ", size, " bytes, its header says ",
+                     sizeof(BlockHeader) + h.payload_bytes));
+  }
   const int64_t tokens = h.tokens;
   const int64_t fp16_tokens = h.fp16_tokens;
   const int64_t coded_tokens = tokens - fp16_tokens;
@@ -217,12 +243,14 @@ absl::Status DecodeBlock(const Codec& codec, const uint8_t* data, size_t size,
           codec.EncodedBytes(coded_tokens), " for ", coded_tokens, " tokens"));
     }
     if (fp16_tokens == 0) {
-      return codec.Decode(payload, h.codes_bytes, coded_tokens, keys, values);
+      return codec.DecodeLayers(payload, h.codes_bytes, coded_tokens,
+                                first_layer, num_layers, keys, values);
     }
-    std::vector<float> k_part(coded_tokens * layout.layers * row);
+    std::vector<float> k_part(coded_tokens * num_layers * row);
     std::vector<float> v_part(k_part.size());
-    if (absl::Status s = codec.Decode(payload, h.codes_bytes, coded_tokens,
-                                      k_part.data(), v_part.data());
+    if (absl::Status s = codec.DecodeLayers(
+            payload, h.codes_bytes, coded_tokens, first_layer, num_layers,
+            k_part.data(), v_part.data());
         !s.ok()) {
       return s;
     }
@@ -230,26 +258,31 @@ absl::Status DecodeBlock(const Codec& codec, const uint8_t* data, size_t size,
       std::memcpy(d, s, n * sizeof(float));
     };
     CopyTokenRange(k_part.data(), coded_tokens, 0, keys, tokens, fp16_tokens,
-                   coded_tokens, layout.layers, row, copy);
+                   coded_tokens, num_layers, row, copy);
     CopyTokenRange(v_part.data(), coded_tokens, 0, values, tokens, fp16_tokens,
-                   coded_tokens, layout.layers, row, copy);
+                   coded_tokens, num_layers, row, copy);
   } else if (h.codes_bytes != 0) {
     return absl::DataLossError("block with no coded tokens has code bytes");
   }
   if (fp16_tokens > 0) {
-    const uint8_t* base = payload + h.codes_bytes;
-    const size_t half_count = fp16_tokens * layout.layers * row;
+    // The fp16 section is [layer][token][row], keys then values.
+    const size_t layer_halves = fp16_tokens * row;
+    const size_t half_count = layer_halves * layout.layers;
+    const size_t range_halves = layer_halves * num_layers;
+    const uint8_t* k_base =
+        payload + h.codes_bytes + 2 * layer_halves * first_layer;
+    const uint8_t* v_base = k_base + 2 * half_count;
     // The payload is not necessarily 2-byte aligned: copy before converting.
-    std::vector<uint16_t> k16(half_count), v16(half_count);
-    std::memcpy(k16.data(), base, half_count * 2);
-    std::memcpy(v16.data(), base + half_count * 2, half_count * 2);
+    std::vector<uint16_t> k16(range_halves), v16(range_halves);
+    std::memcpy(k16.data(), k_base, range_halves * 2);
+    std::memcpy(v16.data(), v_base, range_halves * 2);
     auto to_float = [](const uint16_t* s, int64_t n, float* d) {
       HalfToFloat(s, n, d);
     };
     CopyTokenRange(k16.data(), fp16_tokens, 0, keys, tokens, 0, fp16_tokens,
-                   layout.layers, row, to_float);
+                   num_layers, row, to_float);
     CopyTokenRange(v16.data(), fp16_tokens, 0, values, tokens, 0, fp16_tokens,
-                   layout.layers, row, to_float);
+                   num_layers, row, to_float);
   }
   return absl::OkStatus();
 }

@@ -53,6 +53,26 @@ absl::StatusOr<BlockHeader> VerifyBlock(const uint8_t* data, size_t size);
 absl::Status DecodeBlock(const Codec& codec, const uint8_t* data, size_t size,
                          int64_t out_tokens, float* keys, float* values);
 
+// The checks DecodeBlock makes of a verified header against `codec` before
+// it decodes (codec id, codebook hash, payload flags, layout, out_tokens),
+// with its errors: a loader that verifies first can refuse a block before
+// it writes anything.
+absl::Status CheckBlockForCodec(const Codec& codec, const BlockHeader& header,
+                                int64_t out_tokens);
+
+// DecodeBlock of layers [first_layer, first_layer + num_layers) only, into
+// keys/values of [num_layers][header.tokens][kv_heads][head_dim], for a
+// block whose `header` VerifyBlock returned for these very bytes (so a
+// loader checksums a block once and decodes it a layer at a time).
+// Errors: those of DecodeBlock after verification; kInvalidArgument for a
+// layer range outside the layout or a size the header does not describe.
+absl::Status DecodeVerifiedBlockLayers(const Codec& codec,
+                                       const BlockHeader& header,
+                                       const uint8_t* data, size_t size,
+                                       int64_t out_tokens, int first_layer,
+                                       int num_layers, float* keys,
+                                       float* values);
+
 // XXH3-64 (seed 0) of header bytes [0, 56) followed by the payload.
 uint64_t BlockChecksum(const BlockHeader& header, const uint8_t* payload,
                        size_t payload_bytes);

@@ -49,6 +49,11 @@ enum class CodecId : uint32_t {
 };
 const char* CodecIdName(CodecId id);
 
+// OK when [first_layer, first_layer + num_layers) is a non-empty range of
+// layout's layers; kInvalidArgument, naming the range, otherwise.
+absl::Status CheckLayerRange(const KvLayout& layout, int first_layer,
+                             int num_layers);
+
 // Progress of a long Fit, reported through FitOptions::progress.
 struct FitProgress {
   std::string phase;  // e.g. "layer 3 keys[0] stage 12/28"
@@ -114,6 +119,19 @@ class Codec {
   virtual absl::Status Decode(const uint8_t* in, size_t in_bytes,
                               int64_t tokens, float* keys,
                               float* values) const = 0;
+
+  // Reconstructs only layers [first_layer, first_layer + num_layers) of the
+  // payload, into keys/values of [num_layers][tokens][kv_heads][head_dim],
+  // equal to those layers of Decode's output. Lets a loader hand layer 0 to
+  // the model before the later layers are decoded. The default decodes
+  // every layer and copies the range out; codecs whose payload is laid out
+  // by layer override it to decode the range alone.
+  // Errors: those of Decode; kInvalidArgument for a range outside
+  // 0..layout().layers.
+  virtual absl::Status DecodeLayers(const uint8_t* in, size_t in_bytes,
+                                    int64_t tokens, int first_layer,
+                                    int num_layers, float* keys,
+                                    float* values) const;
 };
 
 }  // namespace vqkv

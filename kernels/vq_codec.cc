@@ -100,14 +100,17 @@ struct QuantizerJob {
   int stage_offset;  // of q's first stage within the vector's codes
 };
 
-// Calls fn for every quantizer of `set`, layer by layer, key groups before
-// values, stopping at the first error. `all_dims` is 0..head_dim-1.
+// Calls fn for every quantizer of `set` in layers [first_layer, end_layer)
+// (end_layer -1: every layer), layer by layer, key groups before values,
+// stopping at the first error. `all_dims` is 0..head_dim-1.
 absl::Status ForEachQuantizer(
     const CodebookSet& set, const std::vector<int>& all_dims,
-    const std::function<absl::Status(const QuantizerJob&)>& fn) {
+    const std::function<absl::Status(const QuantizerJob&)>& fn,
+    int first_layer = 0, int end_layer = -1) {
   const CodebookConfig& c = set.config();
   const std::vector<std::vector<int>>& groups = set.key_group_dims();
-  for (int l = 0; l < c.layout.layers; ++l) {
+  if (end_layer < 0) end_layer = c.layout.layers;
+  for (int l = first_layer; l < end_layer; ++l) {
     for (int s = 0; s < c.slots_per_layer(); ++s) {
       const int slot = c.per_head ? s : -1;
       int stage_offset = 0;
@@ -468,7 +471,8 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
 
 absl::Status VqCodec::Reconstruct(const uint16_t* kcodes,
                                   const uint16_t* vcodes, int64_t tokens,
-                                  float* keys, float* values) const {
+                                  float* keys, float* values, int first_layer,
+                                  int num_layers) const {
   const CodebookConfig& c = set_.config();
   const int H = layout_.kv_heads, D = layout_.head_dim;
   const int64_t rows = c.per_head ? tokens : tokens * H;
@@ -478,28 +482,43 @@ absl::Status VqCodec::Reconstruct(const uint16_t* kcodes,
   std::vector<float> buf;
   std::vector<uint16_t> codes;
   const int64_t per_layer = tokens * H * D;
+  if (num_layers < 0) num_layers = layout_.layers - first_layer;
+  // The codes and outputs start at first_layer's first vector.
+  const int64_t first_vector = int64_t{first_layer} * tokens * H;
   return ForEachQuantizer(
-      set_, all_dims, [&](const QuantizerJob& j) -> absl::Status {
+      set_, all_dims,
+      [&](const QuantizerJob& j) -> absl::Status {
         if (j.values && vcodes == nullptr) return absl::OkStatus();
         const int S = j.q->stages(), stride = j.values ? Nv : Nk;
         const uint16_t* all_codes = j.values ? vcodes : kcodes;
         codes.resize(static_cast<size_t>(rows) * S);
         buf.resize(static_cast<size_t>(rows) * j.q->dim());
         for (int64_t r = 0; r < rows; ++r) {
-          std::memcpy(codes.data() + r * S,
-                      all_codes + JobRowVectorIndex(j, tokens, H, r) * stride +
-                          j.stage_offset,
-                      sizeof(uint16_t) * S);
+          std::memcpy(
+              codes.data() + r * S,
+              all_codes +
+                  (JobRowVectorIndex(j, tokens, H, r) - first_vector) * stride +
+                  j.stage_offset,
+              sizeof(uint16_t) * S);
         }
         VQKV_RETURN_IF_ERROR(j.q->Decode(codes.data(), rows, buf.data()));
-        Scatter(buf.data(), tokens, H, D, j.slot, *j.dims,
-                (j.values ? values : keys) + j.layer * per_layer);
+        Scatter(
+            buf.data(), tokens, H, D, j.slot, *j.dims,
+            (j.values ? values : keys) + (j.layer - first_layer) * per_layer);
         return absl::OkStatus();
-      });
+      },
+      first_layer, first_layer + num_layers);
 }
 
 absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
                              float* keys, float* values) const {
+  return DecodeLayers(in, in_bytes, tokens, 0, layout_.layers, keys, values);
+}
+
+absl::Status VqCodec::DecodeLayers(const uint8_t* in, size_t in_bytes,
+                                   int64_t tokens, int first_layer,
+                                   int num_layers, float* keys,
+                                   float* values) const {
   if (!fitted_) {
     return absl::FailedPreconditionError(
         "VqCodec::Decode before every layer was fitted");
@@ -515,23 +534,47 @@ absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
         absl::StrCat("VqCodec::Decode payload is ", in_bytes, " bytes, ",
                      tokens, " tokens need ", EncodedBytes(tokens)));
   }
+  VQKV_RETURN_IF_ERROR(CheckLayerRange(layout_, first_layer, num_layers));
+  const CodebookConfig& c = set_.config();
+  const int64_t layer_vectors = tokens * layout_.kv_heads;
+  const int64_t first_vector = first_layer * layer_vectors;
+  const bool aligned = first_vector * c.key_stages() * c.key_bits % 8 == 0 &&
+                       first_vector * c.value_stages * c.value_bits % 8 == 0;
+  if (aligned) {
+    return DecodeRange(in, tokens, first_layer, num_layers, keys, values);
+  }
+  return Codec::DecodeLayers(in, in_bytes, tokens, first_layer, num_layers,
+                             keys, values);
+}
+
+absl::Status VqCodec::DecodeRange(const uint8_t* in, int64_t tokens,
+                                  int first_layer, int num_layers, float* keys,
+                                  float* values) const {
   const CodebookConfig& c = set_.config();
   const int Nk = c.key_stages(), Nv = c.value_stages;
-  const int64_t vectors = int64_t{layout_.layers} * tokens * layout_.kv_heads;
+  // Payload: key codes of every vector, then value codes, then the sketch;
+  // vectors in (layer, token, head) order, so a layer range is a slice of
+  // each section.
+  const int64_t layer_vectors = tokens * layout_.kv_heads;
+  const int64_t all = int64_t{layout_.layers} * layer_vectors;
+  const int64_t first = first_layer * layer_vectors;
+  const int64_t vectors = num_layers * layer_vectors;
+  const size_t kbytes = PackedBytes(all * Nk, c.key_bits);
+  const size_t vbytes = PackedBytes(all * Nv, c.value_bits);
+  const uint8_t* kin = in + first * Nk * c.key_bits / 8;
+  const uint8_t* vin = in + kbytes + first * Nv * c.value_bits / 8;
   std::vector<uint16_t> kcodes(static_cast<size_t>(vectors) * Nk);
   std::vector<uint16_t> vcodes(static_cast<size_t>(vectors) * Nv);
-  const size_t kbytes = PackedBytes(vectors * Nk, c.key_bits);
-  if (absl::Status st =
-          UnpackBits(in, kbytes, vectors * Nk, c.key_bits, kcodes.data());
-      !st.ok()) {
-    return st;
+  VQKV_RETURN_IF_ERROR(UnpackBits(kin, PackedBytes(vectors * Nk, c.key_bits),
+                                  vectors * Nk, c.key_bits, kcodes.data()));
+  VQKV_RETURN_IF_ERROR(UnpackBits(vin, PackedBytes(vectors * Nv, c.value_bits),
+                                  vectors * Nv, c.value_bits, vcodes.data()));
+  VQKV_RETURN_IF_ERROR(Reconstruct(kcodes.data(), vcodes.data(), tokens, keys,
+                                   values, first_layer, num_layers));
+  if (sketch_) {
+    sketch_->DecodeAdd(in + kbytes + vbytes + first * sketch_->BytesPerVector(),
+                       vectors, keys);
   }
-  const size_t vbytes = PackedBytes(vectors * Nv, c.value_bits);
-  VQKV_RETURN_IF_ERROR(UnpackBits(in + kbytes, vbytes, vectors * Nv,
-                                  c.value_bits, vcodes.data()));
-  VQKV_RETURN_IF_ERROR(
-      Reconstruct(kcodes.data(), vcodes.data(), tokens, keys, values));
-  if (sketch_) sketch_->DecodeAdd(in + kbytes + vbytes, vectors, keys);
   return absl::OkStatus();
 }
 

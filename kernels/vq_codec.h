@@ -129,6 +129,12 @@ class VqCodec : public Codec {
                       uint8_t* out, size_t out_bytes) const override;
   absl::Status Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
                       float* keys, float* values) const override;
+  // Unpacks and sums only the range's codes (and key sketch) when its layers
+  // start on a byte boundary of both code sections, which holds whenever
+  // tokens is a multiple of 8; otherwise decodes every layer.
+  absl::Status DecodeLayers(const uint8_t* in, size_t in_bytes, int64_t tokens,
+                            int first_layer, int num_layers, float* keys,
+                            float* values) const override;
 
   const CodebookSet& codebooks() const { return set_; }
   const VqConfig& config() const { return config_; }
@@ -140,9 +146,15 @@ class VqCodec : public Codec {
   absl::Status Finalize();
   absl::Status InitSketch();
   // Sums the codewords of key codes [vector][Nk] into keys and, when
-  // vcodes is not null, of value codes into values.
+  // vcodes is not null, of value codes into values, for layers
+  // [first_layer, first_layer + num_layers) (-1: every layer); codes and
+  // outputs hold that range's vectors only.
   absl::Status Reconstruct(const uint16_t* kcodes, const uint16_t* vcodes,
-                           int64_t tokens, float* keys, float* values) const;
+                           int64_t tokens, float* keys, float* values,
+                           int first_layer = 0, int num_layers = -1) const;
+  // Decode of a validated payload, layers [first_layer, +num_layers).
+  absl::Status DecodeRange(const uint8_t* in, int64_t tokens, int first_layer,
+                           int num_layers, float* keys, float* values) const;
 
   KvLayout layout_;
   VqConfig config_;

@@ -59,6 +59,13 @@ absl::Status Fp16Codec::Encode(const float* keys, const float* values,
 absl::Status Fp16Codec::Decode(const uint8_t* in, size_t in_bytes,
                                int64_t tokens, float* keys,
                                float* values) const {
+  return DecodeLayers(in, in_bytes, tokens, 0, layout_.layers, keys, values);
+}
+
+absl::Status Fp16Codec::DecodeLayers(const uint8_t* in, size_t in_bytes,
+                                     int64_t tokens, int first_layer,
+                                     int num_layers, float* keys,
+                                     float* values) const {
   if (absl::Status s =
           CheckTensorArgs("Fp16Codec::Decode", keys, values, tokens);
       !s.ok()) {
@@ -70,7 +77,15 @@ absl::Status Fp16Codec::Decode(const uint8_t* in, size_t in_bytes,
         absl::StrCat("Fp16Codec::Decode: payload has ", in_bytes,
                      " bytes, expected ", need, " for ", tokens, " tokens"));
   }
-  const size_t n = static_cast<size_t>(tokens * layout_.ElementsPerToken());
+  if (absl::Status s = CheckLayerRange(layout_, first_layer, num_layers);
+      !s.ok()) {
+    return s;
+  }
+  // Each section is [layer][token][kv_head][dim]: a layer range is a slice.
+  const size_t all = static_cast<size_t>(tokens * layout_.ElementsPerToken());
+  const size_t per_layer = all / layout_.layers;
+  const size_t first = per_layer * first_layer;
+  const size_t n = per_layer * num_layers;
   uint16_t buf[1024];
   auto convert = [&](const uint8_t* src, float* dst) {
     for (size_t i = 0; i < n; i += 1024) {
@@ -79,8 +94,8 @@ absl::Status Fp16Codec::Decode(const uint8_t* in, size_t in_bytes,
       HalfToFloat(buf, m, dst + i);
     }
   };
-  convert(in, keys);
-  convert(in + 2 * n, values);
+  convert(in + 2 * first, keys);
+  convert(in + 2 * (all + first), values);
   return absl::OkStatus();
 }
 

@@ -42,6 +42,10 @@ class Fp16Codec final : public Codec {
                       uint8_t* out, size_t out_bytes) const override;
   absl::Status Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
                       float* keys, float* values) const override;
+  // A layer range is a slice of each section: converts only that.
+  absl::Status DecodeLayers(const uint8_t* in, size_t in_bytes, int64_t tokens,
+                            int first_layer, int num_layers, float* keys,
+                            float* values) const override;
 
  private:
   explicit Fp16Codec(const KvLayout& layout) : layout_(layout) {}

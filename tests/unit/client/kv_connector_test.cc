@@ -3,6 +3,7 @@
 #include "client/kv_connector.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -11,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "client/embedded_backend.h"
 #include "client/paged_kv.h"
 #include "gtest/gtest.h"
@@ -251,6 +253,69 @@ TEST(KvConnectorErrorsTest, MissingBlockReportsPagesFromThereOn) {
               p5v.data());
   EXPECT_TRUE(
       std::all_of(p5.begin(), p5.end(), [](float x) { return x == 0; }));
+}
+
+// Layer-granular loads: WaitForLayerLoad(0) returns while the later layers
+// are not decoded yet. The hook holds the load thread after layer 0 until
+// the engine thread has come back from WaitForLayerLoad(0) (a loader that
+// finished every layer first would keep it waiting until the timeout).
+TEST(KvConnectorLayersTest, LayerZeroIsReadyBeforeTheLastLayerIsDecoded) {
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok());
+  auto& client = *c;
+  const KvLayout l = SmallLayout();
+  ASSERT_GE(l.layers, 2);
+  const int n = 64;
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 5);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 6);
+  ASSERT_TRUE(client->Store(tokens, "", k.data(), v.data()).ok());
+
+  Pages p(DType::kFloat32, false);
+  KvConnector engine(client.get());
+  ASSERT_TRUE(engine.RegisterKvCaches(p.Caches()).ok());
+  absl::Notification engine_has_layer_0;
+  std::atomic<bool> held_until_engine_returned{false};
+  std::vector<int> layers_seen;
+  engine.SetLayerLoadedHookForTesting([&](int layer) {
+    layers_seen.push_back(layer);
+    if (layer == 0) {
+      held_until_engine_returned =
+          engine_has_layer_0.WaitForNotificationWithTimeout(absl::Seconds(20));
+    }
+  });
+  const std::vector<int32_t> ids = ShuffledPages(3);
+  ASSERT_TRUE(engine.StartLoad({LoadSpec{"r", tokens, "", ids, n}}).ok());
+  ASSERT_TRUE(engine.WaitForLayerLoad(0).ok());
+  const size_t per_layer = static_cast<size_t>(n) * l.kv_heads * l.head_dim;
+  std::vector<float> gk(per_layer), gv(per_layer);
+  // Layer 0 is in the pages; the last layer is not yet.
+  GatherLayer(p.Caches(), 0, ids, 0, n, gk.data(), gv.data());
+  for (size_t i = 0; i < per_layer; ++i) {
+    ASSERT_EQ(gk[i], k[i]);
+    ASSERT_EQ(gv[i], v[i]);
+  }
+  GatherLayer(p.Caches(), l.layers - 1, ids, 0, n, gk.data(), gv.data());
+  EXPECT_TRUE(
+      std::all_of(gk.begin(), gk.end(), [](float x) { return x == 0; }));
+  engine_has_layer_0.Notify();
+  for (int layer = 1; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine.WaitForLayerLoad(layer).ok());
+  }
+  EXPECT_TRUE(held_until_engine_returned);
+  std::vector<int> want(l.layers);
+  std::iota(want.begin(), want.end(), 0);
+  EXPECT_EQ(layers_seen, want);
+  EXPECT_TRUE(engine.TakeLoadErrorBlockIds().empty());
+  EXPECT_EQ(engine.GetFinished().loaded, std::vector<std::string>{"r"});
+  // Every layer arrived.
+  GatherLayer(p.Caches(), l.layers - 1, ids, 0, n, gk.data(), gv.data());
+  for (size_t i = 0; i < per_layer; ++i) {
+    ASSERT_EQ(gk[i], k[(l.layers - 1) * per_layer + i]);
+    ASSERT_EQ(gv[i], v[(l.layers - 1) * per_layer + i]);
+  }
 }
 
 TEST(KvConnectorErrorsTest, TinyStagingDropsSavesWithoutStalling) {

@@ -91,6 +91,59 @@ TEST(BlockTest, Fp16SectionHoldsLeadingTokens) {
   }
 }
 
+// A verified block decodes a layer range at a time, fp16 sink section
+// included, into exactly those layers of DecodeBlock's output.
+TEST(BlockTest, VerifiedBlockDecodesLayerRanges) {
+  RawFloatCodec codec(kLayout, 0x77);
+  const int64_t tokens = 7;
+  const int64_t per_layer = tokens * kLayout.kv_heads * kLayout.head_dim;
+  for (int64_t sinks : {0, 3, 7}) {
+    Kv kv = RandomKv(kLayout, tokens, 9);
+    auto block = EncodeBlock(codec, kv.k.data(), kv.v.data(), tokens,
+                             {.fp16_tokens = sinks});
+    ASSERT_TRUE(block.ok()) << block.status();
+    auto header = VerifyBlock(block->data(), block->size());
+    ASSERT_TRUE(header.ok());
+    Kv all{std::vector<float>(kv.k.size()), std::vector<float>(kv.v.size())};
+    ASSERT_TRUE(DecodeBlock(codec, block->data(), block->size(), tokens,
+                            all.k.data(), all.v.data())
+                    .ok());
+    for (int first = 0; first < kLayout.layers; ++first) {
+      for (int num = 1; first + num <= kLayout.layers; ++num) {
+        std::vector<float> k(per_layer * num), v(k.size());
+        ASSERT_TRUE(DecodeVerifiedBlockLayers(codec, *header, block->data(),
+                                              block->size(), tokens, first, num,
+                                              k.data(), v.data())
+                        .ok());
+        EXPECT_EQ(k,
+                  std::vector<float>(all.k.begin() + first * per_layer,
+                                     all.k.begin() + (first + num) * per_layer))
+            << sinks << " sinks, layers " << first << "+" << num;
+        EXPECT_EQ(
+            v, std::vector<float>(all.v.begin() + first * per_layer,
+                                  all.v.begin() + (first + num) * per_layer));
+      }
+    }
+    std::vector<float> k(per_layer), v(per_layer);
+    EXPECT_EQ(
+        DecodeVerifiedBlockLayers(codec, *header, block->data(), block->size(),
+                                  tokens, 3, 1, k.data(), v.data())
+            .code(),
+        absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(DecodeVerifiedBlockLayers(codec, *header, block->data(),
+                                        block->size() - 1, tokens, 0, 1,
+                                        k.data(), v.data())
+                  .code(),
+              absl::StatusCode::kInvalidArgument);
+    RawFloatCodec other(kLayout, 0x78);
+    EXPECT_EQ(
+        DecodeVerifiedBlockLayers(other, *header, block->data(), block->size(),
+                                  tokens, 0, 1, k.data(), v.data())
+            .code(),
+        absl::StatusCode::kFailedPrecondition);
+  }
+}
+
 TEST(BlockTest, AllTokensFp16) {
   RawFloatCodec codec(kLayout);
   Kv kv = RandomKv(kLayout, 2, 3);

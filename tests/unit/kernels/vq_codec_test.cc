@@ -3,8 +3,10 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/bitpack.h"
 #include "kernels/block.h"
@@ -91,14 +93,14 @@ TEST(VqCodecTest, RejectsImpossibleConfigs) {
             absl::StatusCode::kInvalidArgument);
 }
 
-// A small codec fitted on synthetic data: L=2, H=2, D=16.
+// A small codec fitted on synthetic data: L=2, H=2, D=16 unless given.
 struct Fixture {
   KvLayout layout{2, 2, 16};
   int64_t tokens = 600;
   std::vector<float> keys, values;
   std::unique_ptr<VqCodec> codec;
 
-  explicit Fixture(VqConfig cfg) {
+  explicit Fixture(VqConfig cfg, KvLayout l = KvLayout{2, 2, 16}) : layout(l) {
     const int64_t n = tokens * layout.layers * layout.kv_heads;
     keys = testing::KeyLikeVectors(n, layout.head_dim, 1);
     testing::ApplyRope(keys, layout.head_dim, testing::RopeLayout::kHalfRotate);
@@ -167,6 +169,73 @@ TEST(VqCodecTest, EncodeDecodeRoundTrip) {
                         .Decode(codes.data(), 1, y.data())
                         .ok());
         for (int d = 0; d < 16; ++d) EXPECT_EQ(y[d], k2[d]);
+      }
+    }
+  }
+}
+
+// DecodeLayers is Decode restricted to a layer range, bit for bit: on the
+// fast path (the range starts on a byte of both code sections: 16 tokens)
+// and on the fallback (5 tokens: 15-bit value codes leave layer 1 mid-byte),
+// with split keys, per-head codebooks and the key sketch.
+TEST(VqCodecTest, DecodeLayersIsTheSliceOfDecode) {
+  const KvLayout layout{4, 2, 16};
+  for (KeySplit split : {KeySplit::kNone, KeySplit::kRopeHalfRotate}) {
+    for (bool per_head : {false, true}) {
+      for (int sketch_bits : {0, 32}) {
+        VqConfig cfg = SmallConfig();
+        cfg.key_split = split;
+        cfg.per_head = per_head;
+        cfg.key_sketch_bits = sketch_bits;
+        Fixture f(cfg, layout);
+        ASSERT_TRUE(
+            f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+        for (int64_t T : {16, 5}) {
+          const int64_t n = T * layout.layers * layout.kv_heads;
+          const int64_t per_layer = T * layout.kv_heads * layout.head_dim;
+          std::vector<float> k = testing::KeyLikeVectors(n, 16, 31);
+          std::vector<float> v = testing::KeyLikeVectors(n, 16, 32);
+          std::vector<uint8_t> payload(f.codec->EncodedBytes(T));
+          ASSERT_TRUE(f.codec
+                          ->Encode(k.data(), v.data(), T, payload.data(),
+                                   payload.size())
+                          .ok());
+          std::vector<float> k_all(k.size()), v_all(v.size());
+          ASSERT_TRUE(f.codec
+                          ->Decode(payload.data(), payload.size(), T,
+                                   k_all.data(), v_all.data())
+                          .ok());
+          for (int first = 0; first < layout.layers; ++first) {
+            for (int num = 1; first + num <= layout.layers; ++num) {
+              std::vector<float> kr(per_layer * num), vr(kr.size());
+              ASSERT_TRUE(f.codec
+                              ->DecodeLayers(payload.data(), payload.size(), T,
+                                             first, num, kr.data(), vr.data())
+                              .ok());
+              const std::string where = absl::StrCat(
+                  KeySplitName(split), " per_head ", per_head, " sketch ",
+                  sketch_bits, " tokens ", T, " layers ", first, "+", num);
+              ASSERT_EQ(kr, std::vector<float>(
+                                k_all.begin() + first * per_layer,
+                                k_all.begin() + (first + num) * per_layer))
+                  << where;
+              ASSERT_EQ(vr, std::vector<float>(
+                                v_all.begin() + first * per_layer,
+                                v_all.begin() + (first + num) * per_layer))
+                  << where;
+            }
+          }
+          std::vector<float> kr(per_layer * 2), vr(kr.size());
+          for (auto [first, num] : {std::pair{-1, 1}, std::pair{0, 0},
+                                    std::pair{3, 2}, std::pair{4, 1}}) {
+            EXPECT_EQ(f.codec
+                          ->DecodeLayers(payload.data(), payload.size(), T,
+                                         first, num, kr.data(), vr.data())
+                          .code(),
+                      absl::StatusCode::kInvalidArgument)
+                << first << "+" << num;
+          }
+        }
       }
     }
   }

@@ -53,6 +53,41 @@ TEST(Fp16CodecTest, RoundTripEqualsHalfCast) {
   }
 }
 
+TEST(Fp16CodecTest, DecodeLayersIsTheSliceOfDecode) {
+  auto codec = Fp16Codec::Create(kLayout);
+  ASSERT_TRUE(codec.ok()) << codec.status();
+  const int64_t tokens = 5, n = tokens * kLayout.ElementsPerToken();
+  const int64_t per_layer = n / kLayout.layers;
+  const std::vector<float> k = RandomTensor(n, 3), v = RandomTensor(n, 4);
+  std::vector<uint8_t> payload((*codec)->EncodedBytes(tokens));
+  ASSERT_TRUE(
+      (*codec)
+          ->Encode(k.data(), v.data(), tokens, payload.data(), payload.size())
+          .ok());
+  std::vector<float> k_all(n), v_all(n);
+  ASSERT_TRUE((*codec)
+                  ->Decode(payload.data(), payload.size(), tokens, k_all.data(),
+                           v_all.data())
+                  .ok());
+  for (int layer = 0; layer < kLayout.layers; ++layer) {
+    std::vector<float> k1(per_layer), v1(per_layer);
+    ASSERT_TRUE((*codec)
+                    ->DecodeLayers(payload.data(), payload.size(), tokens,
+                                   layer, 1, k1.data(), v1.data())
+                    .ok());
+    EXPECT_EQ(k1, std::vector<float>(k_all.begin() + layer * per_layer,
+                                     k_all.begin() + (layer + 1) * per_layer));
+    EXPECT_EQ(v1, std::vector<float>(v_all.begin() + layer * per_layer,
+                                     v_all.begin() + (layer + 1) * per_layer));
+  }
+  std::vector<float> k1(per_layer), v1(per_layer);
+  EXPECT_EQ((*codec)
+                ->DecodeLayers(payload.data(), payload.size(), tokens,
+                               kLayout.layers, 1, k1.data(), v1.data())
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(Fp16CodecTest, BitsAndRatio) {
   auto codec = Fp16Codec::Create(kLayout);
   ASSERT_TRUE(codec.ok());
