@@ -87,6 +87,36 @@ void SeedPlusPlus(const float* p, int64_t s, int dim, int k,
   }
 }
 
+constexpr uint64_t kSplitSeed = 1234;
+
+// The cluster an empty one takes half of. Clusters are scanned from index 0,
+// round and round, each taken with probability (size - 1) / (n - k), by a
+// generator restarted from the same seed at every round of splits: faiss's
+// rule. Measured on codec_bench's D=128 keys (56 x 1024 codewords, 20
+// training vectors per codeword, seeds 11 and 22; docs/CODEC.md): held-out
+// error 0.00240 / 0.00250 when the largest cluster is always split, 0.00226
+// / 0.00237 with an exact size-proportional draw, 0.00221 / 0.00232 with
+// this rule (faiss 0.00219 / 0.00225). Splitting one cluster over and over
+// leaves near-identical codewords that mostly empty again; why the scan's
+// preference for low indices, the same ones at every stage, helps further
+// is not known (with shared seeding, codeword i of every stage starts from
+// the same training row).
+int ClusterToSplit(const std::vector<int64_t>& counts, int64_t n,
+                   std::mt19937_64& rng) {
+  const int k = static_cast<int>(counts.size());
+  int64_t spare = 0;  // points beyond one per cluster
+  for (int64_t c : counts) spare += std::max<int64_t>(c - 1, 0);
+  if (spare <= 0 || n <= k) {
+    return static_cast<int>(std::max_element(counts.begin(), counts.end()) -
+                            counts.begin());
+  }
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  const double scale = 1.0 / static_cast<double>(n - k);
+  for (int j = 0;; j = (j + 1) % k) {
+    if (uniform(rng) < static_cast<double>(counts[j] - 1) * scale) return j;
+  }
+}
+
 // Lloyd iterations on c [k][dim] over all n points; fills the inertia
 // fields of result and, if assign_out is not null, the final assignment.
 void Lloyd(const float* x, int64_t n, int dim, int k, int iterations, float* c,
@@ -116,12 +146,12 @@ void Lloyd(const float* x, int64_t n, int dim, int k, int iterations, float* c,
             static_cast<float>(sums[static_cast<size_t>(j) * dim + d] * inv);
       }
     }
-    // Empty clusters: split the currently largest cluster in two by nudging
+    // Empty clusters: split a cluster ClusterToSplit picks in two by nudging
     // its centroid apart along a fixed +-eps pattern (deterministic).
+    std::mt19937_64 split_rng(kSplitSeed);
     for (int j = 0; j < k; ++j) {
       if (counts[j] != 0) continue;
-      const int big = static_cast<int>(
-          std::max_element(counts.begin(), counts.end()) - counts.begin());
+      const int big = ClusterToSplit(counts, n, split_rng);
       float* cb = c + static_cast<size_t>(big) * dim;
       float* cj = c + static_cast<size_t>(j) * dim;
       constexpr float kEps = 1.0f / 1024;

@@ -102,6 +102,25 @@ TEST(KMeansTest, HandlesDuplicatePoints) {
   EXPECT_LT(r->inertia, 1e-6);
 }
 
+TEST(KMeansTest, EmptyClustersSplitClustersOfSeveralPoints) {
+  // Two singletons (at 0 and 10) and 98 points spread around 100, with
+  // three seeds far away that no point picks: each empty cluster takes half
+  // of a cluster of several points, never a singleton, so both singletons
+  // keep their own exact centroid.
+  std::vector<float> x = {0.0f, 10.0f};
+  for (int i = 0; i < 98; ++i) x.push_back(100.0f + 0.01f * (i - 49));
+  KMeansParams p;
+  p.k = 6;
+  p.iterations = 1;
+  const std::vector<float> init = {0.0f, 10.0f, 100.0f, 1e6f, 2e6f, 3e6f};
+  absl::StatusOr<KMeansResult> r =
+      KMeansFromCentroids(x.data(), 100, 1, p, init, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->centroids[0], 0.0f);
+  EXPECT_EQ(r->centroids[1], 10.0f);
+  for (int j = 2; j < 6; ++j) EXPECT_NEAR(r->centroids[j], 100.0f, 0.5f) << j;
+}
+
 TEST(KMeansTest, RejectsBadArguments) {
   const std::vector<float> x(40, 1.0f);
   KMeansParams p;
