@@ -5,8 +5,10 @@
 // — from an in-process store (EmbeddedBackend over a memory-only
 // TieredStore) and, with --server, from a running vqkv-server over gRPC —
 // for the fp16 codec (the raw path) and vq (with --codebooks). Also the
-// client's encode+put and get+decode throughput, and block sizes
-// (--block-sizes) at one prefix length, to justify the default.
+// client's encode+put and get+decode throughput, the connector path's load
+// (KvConnector into paged host caches: time until layer 0 is in the pages
+// vs until every layer is), and block sizes (--block-sizes) at one prefix
+// length, to justify the default.
 //
 // Method (also printed above each table):
 // - recompute: the whole prompt prefilled from an empty cache (one run).
@@ -46,6 +48,8 @@
 #include "client/cache_client.h"
 #include "client/client_factory.h"
 #include "client/embedded_backend.h"
+#include "client/kv_connector.h"
+#include "client/paged_kv.h"
 #include "tools/common.h"
 #include "tools/generate.h"
 
@@ -104,8 +108,68 @@ struct Row {
   int64_t fp16_bytes = 0;
   double store_seconds = 0;
   double load_seconds = 0;
+  // KvConnector (the vLLM worker path): StartLoad to layer 0 in the pages,
+  // and to every layer (medians).
+  double conn_layer0_seconds = 0;
+  double conn_all_seconds = 0;
   std::string note;
 };
+
+// The connector path of a hit: StartLoad of the prefix into fp16 NHD host
+// pages of 16 tokens (vLLM's default block), then WaitForLayerLoad for each
+// layer in turn, as an engine's forward pass would. Fills the conn_* fields
+// of `row` with the medians of `repeats` loads.
+absl::Status MeasureConnector(vqkv::client::CacheClient& c,
+                              absl::Span<const int32_t> prefix,
+                              const std::string& salt, int repeats, Row* row) {
+  namespace vc = vqkv::client;
+  const vqkv::KvLayout& l = c.layout();
+  constexpr int64_t kPage = 16;
+  const int64_t n =
+      static_cast<int64_t>(prefix.size()) / c.block_tokens() * c.block_tokens();
+  if (n == 0) return absl::OkStatus();
+  const int64_t pages = n / kPage;
+  const size_t bytes =
+      static_cast<size_t>(pages * kPage * l.kv_heads * l.head_dim * 2);  // fp16
+  std::vector<std::vector<uint8_t>> kp(l.layers, std::vector<uint8_t>(bytes));
+  std::vector<std::vector<uint8_t>> vp(l.layers, std::vector<uint8_t>(bytes));
+  std::vector<void*> kptr, vptr;
+  for (int i = 0; i < l.layers; ++i) {
+    kptr.push_back(kp[i].data());
+    vptr.push_back(vp[i].data());
+  }
+  vc::KvConnector conn(&c);
+  if (absl::Status s = conn.RegisterKvCaches(
+          vc::PagedKvCaches::Nhd(kptr, vptr, pages, kPage, l.kv_heads,
+                                 l.head_dim, vc::DType::kFloat16));
+      !s.ok()) {
+    return s;
+  }
+  std::vector<int32_t> ids(pages);
+  for (int64_t i = 0; i < pages; ++i) ids[i] = static_cast<int32_t>(i);
+  const std::vector<int32_t> tokens(prefix.begin(), prefix.end());
+  std::vector<double> first, all;
+  for (int i = 0; i < repeats; ++i) {
+    const Clock::time_point t0 = Clock::now();
+    if (absl::Status s = conn.StartLoad(
+            {vc::LoadSpec{absl::StrCat("r", i), tokens, salt, ids, n}});
+        !s.ok()) {
+      return s;
+    }
+    for (int layer = 0; layer < l.layers; ++layer) {
+      if (absl::Status s = conn.WaitForLayerLoad(layer); !s.ok()) return s;
+      if (layer == 0) first.push_back(Since(t0));
+    }
+    all.push_back(Since(t0));
+    if (!conn.TakeLoadErrorBlockIds().empty() && row->note.empty()) {
+      row->note = "connector load failed part way";
+    }
+  }
+  conn.Shutdown(absl::Seconds(10));
+  row->conn_layer0_seconds = Median(first);
+  row->conn_all_seconds = Median(all);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<vqkv::client::CacheClient>> MakeClient(
     const Flags& f, const std::string& model_name, const CodecSpec& codec,
@@ -187,6 +251,10 @@ absl::StatusOr<Row> Measure(const Flags& f, const vqkv::model::LlamaModel& m,
     }
   }
   row.load_seconds = Median(loads);
+  if (absl::Status s = MeasureConnector(c, prefix, salt, f.repeats, &row);
+      !s.ok()) {
+    return s;
+  }
   for (int i = 0; i < f.repeats; ++i) {
     GenerateOptions go;
     go.mode = ReuseMode::kCache;
@@ -392,6 +460,25 @@ int Run(const Flags& f) {
                 r.store_seconds > 0 ? r.blocks / r.store_seconds : 0,
                 MibPerSecond(r.fp16_bytes, r.load_seconds),
                 r.load_seconds > 0 ? r.blocks / r.load_seconds : 0);
+  }
+
+  std::printf(
+      "\nConnector load, block 64: KvConnector::StartLoad of the prefix into "
+      "fp16 NHD host pages of 16 tokens, then WaitForLayerLoad for each layer "
+      "in turn (an engine's forward pass); median. layer 0 = until the first "
+      "layer's attention may run; all = until the last layer is in the "
+      "pages (what every layer waited for before loads were layer by "
+      "layer).\n");
+  std::printf("%8s %-6s %-9s %6s %11s %9s %8s\n", "prefix", "codec", "path",
+              "blocks", "layer 0 s", "all s", "all/l0");
+  for (const Row& r : rows) {
+    if (r.path == "recompute") continue;
+    std::printf(
+        "%8ld %-6s %-9s %6ld %11.4f %9.4f %7.1fx\n",
+        static_cast<long>(r.length), r.codec.c_str(), r.path.c_str(),
+        static_cast<long>(r.blocks), r.conn_layer0_seconds, r.conn_all_seconds,
+        r.conn_layer0_seconds > 0 ? r.conn_all_seconds / r.conn_layer0_seconds
+                                  : 0.0);
   }
 
   if (!block_table.empty()) {

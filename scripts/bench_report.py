@@ -59,9 +59,11 @@ BENCHMARKS = {
         "the 1-node, R=1 row: a single server through the same client."),
     "client_bench": (
         "Time to first token on SmolLM2-135M on the CPU when a shared "
-        "prefix is loaded from the cache through the client library, and "
-        "the client's encode+put and get+decode throughput.",
-        "recompute: the prefill of the whole prompt from an empty cache."),
+        "prefix is loaded from the cache through the client library, "
+        "the client's encode+put and get+decode throughput, and the "
+        "connector's layer-by-layer load.",
+        "recompute: the prefill of the whole prompt from an empty cache; "
+        "for the connector, the wait for every layer."),
     "cuda_codec_bench": (
         "Device-time throughput of the CUDA RVQ encode and float32/fp16 "
         "decode kernels at the paper configuration (D=64 and D=128); the "
