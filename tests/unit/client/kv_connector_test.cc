@@ -131,19 +131,26 @@ TEST(PagedKvTest, ValidateRejectsBadCaches) {
   EXPECT_EQ(c.Validate(l).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// An fp16 client of SmallLayout over an in-process memory store.
+struct EmbeddedClient {
+  explicit EmbeddedClient(CacheClientOptions o = Options(32))
+      : store(MemoryStore()) {
+    auto c =
+        CacheClient::Create(o, testing::Fp16(SmallLayout()), "",
+                            std::make_unique<EmbeddedBackend>(store.get()));
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (c.ok()) client = *std::move(c);
+  }
+  std::unique_ptr<storage::TieredStore> store;
+  std::unique_ptr<CacheClient> client;
+};
+
 class KvConnectorTest
     : public ::testing::TestWithParam<std::tuple<DType, bool>> {
  protected:
-  void SetUp() override {
-    store_ = MemoryStore();
-    auto c =
-        CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
-                            std::make_unique<EmbeddedBackend>(store_.get()));
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = *std::move(c);
-  }
-  std::unique_ptr<storage::TieredStore> store_;
-  std::unique_ptr<CacheClient> client_;
+  void SetUp() override { ASSERT_NE(embedded_.client, nullptr); }
+  EmbeddedClient embedded_;
+  std::unique_ptr<CacheClient>& client_ = embedded_.client;
 };
 
 // Engine 1 computes 80 tokens into shuffled pages and saves them layer by
@@ -219,11 +226,9 @@ INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorTest,
                          });
 
 TEST(KvConnectorErrorsTest, MissingBlockReportsPagesFromThereOn) {
-  auto store = MemoryStore();
-  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
-                               std::make_unique<EmbeddedBackend>(store.get()));
-  ASSERT_TRUE(c.ok());
-  auto& client = *c;
+  EmbeddedClient ec;
+  ASSERT_NE(ec.client, nullptr);
+  auto& client = ec.client;
   const KvLayout l = SmallLayout();
   const std::vector<int32_t> tokens = Tokens(96);
   const std::vector<float> k = ExactKv(96 * l.ElementsPerToken(), 3);
@@ -232,7 +237,7 @@ TEST(KvConnectorErrorsTest, MissingBlockReportsPagesFromThereOn) {
   auto hashes = client->HashTokens(tokens, "");
   ASSERT_TRUE(hashes.ok());
   const auto ns = storage::ComputeNamespaceId("", client->namespace_spec());
-  ASSERT_TRUE(store->DeleteBlock("", {ns, (*hashes)[1]}).ok());
+  ASSERT_TRUE(ec.store->DeleteBlock("", {ns, (*hashes)[1]}).ok());
 
   Pages p(DType::kFloat16, false);
   KvConnector engine(client.get());
@@ -260,11 +265,9 @@ TEST(KvConnectorErrorsTest, MissingBlockReportsPagesFromThereOn) {
 // the engine thread has come back from WaitForLayerLoad(0) (a loader that
 // finished every layer first would keep it waiting until the timeout).
 TEST(KvConnectorLayersTest, LayerZeroIsReadyBeforeTheLastLayerIsDecoded) {
-  auto store = MemoryStore();
-  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
-                               std::make_unique<EmbeddedBackend>(store.get()));
-  ASSERT_TRUE(c.ok());
-  auto& client = *c;
+  EmbeddedClient ec;
+  ASSERT_NE(ec.client, nullptr);
+  auto& client = ec.client;
   const KvLayout l = SmallLayout();
   ASSERT_GE(l.layers, 2);
   const int n = 64;
@@ -319,13 +322,11 @@ TEST(KvConnectorLayersTest, LayerZeroIsReadyBeforeTheLastLayerIsDecoded) {
 }
 
 TEST(KvConnectorErrorsTest, TinyStagingDropsSavesWithoutStalling) {
-  auto store = MemoryStore();
   CacheClientOptions o = Options(32);
   o.max_inflight_bytes = 1024;  // less than one block
-  auto c = CacheClient::Create(o, testing::Fp16(SmallLayout()), "",
-                               std::make_unique<EmbeddedBackend>(store.get()));
-  ASSERT_TRUE(c.ok());
-  auto& client = *c;
+  EmbeddedClient ec(o);
+  ASSERT_NE(ec.client, nullptr);
+  auto& client = ec.client;
   const KvLayout l = SmallLayout();
   Pages p(DType::kFloat16, false);
   KvConnector engine(client.get());
@@ -344,11 +345,9 @@ TEST(KvConnectorErrorsTest, TinyStagingDropsSavesWithoutStalling) {
 }
 
 TEST(KvConnectorErrorsTest, MisuseIsReported) {
-  auto store = MemoryStore();
-  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
-                               std::make_unique<EmbeddedBackend>(store.get()));
-  ASSERT_TRUE(c.ok());
-  KvConnector engine(c->get());
+  EmbeddedClient ec;
+  ASSERT_NE(ec.client, nullptr);
+  KvConnector engine(ec.client.get());
   EXPECT_EQ(engine.StartLoad({}).code(), absl::StatusCode::kFailedPrecondition);
   Pages p(DType::kFloat16, false);
   PagedKvCaches dev = p.Caches();
@@ -384,11 +383,9 @@ namespace {
 // Saves still queued when the engine shuts down are dropped, and the
 // connector can go away at once (no save refers to it afterwards).
 TEST(KvConnectorErrorsTest, ShutdownWithQueuedSaves) {
-  auto store = MemoryStore();
-  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
-                               std::make_unique<EmbeddedBackend>(store.get()));
-  ASSERT_TRUE(c.ok());
-  auto& client = *c;
+  EmbeddedClient ec;
+  ASSERT_NE(ec.client, nullptr);
+  auto& client = ec.client;
   const KvLayout l = SmallLayout();
   Pages p(DType::kFloat16, false);
   {
