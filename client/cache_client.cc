@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/parallel.h"
 #include "kernels/block.h"
 #include "kernels/codebook_set.h"
 #include "kernels/codec_factory.h"
@@ -561,10 +562,7 @@ int64_t CacheClient::DecodePrefix(
           DecodeVerifiedLayers(*blocks[first + j], headers[first + j], 0,
                                l.layers, keys[j].data(), values[j].data());
     };
-    std::vector<std::thread> workers;
-    for (int j = 1; j < count; ++j) workers.emplace_back(decode, j);
-    decode(0);
-    for (std::thread& t : workers) t.join();
+    base::RunParts(count, decode);
     for (int j = 0; j < count; ++j) {
       if (!status[j].ok()) {
         CountLoad(blocks, delivered);

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/parallel.h"
 
 namespace vqkv::client {
 
@@ -192,10 +193,7 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
                      v.data());
       }
     };
-    std::vector<std::thread> workers;
-    for (int t = 1; t < threads; ++t) workers.emplace_back(decode, t);
-    decode(0);
-    for (std::thread& w : workers) w.join();
+    base::RunParts(threads, decode);
     {
       absl::MutexLock lock(&batch->mu);
       batch->layers_ready = layer + 1;
