@@ -336,14 +336,10 @@ absl::StatusOr<BlockHeader> VerifyForLoad(const Codec& codec,
   absl::StatusOr<BlockHeader> h =
       VerifyBlock(reinterpret_cast<const uint8_t*>(data.data()), data.size());
   if (!h.ok()) return h.status();
-  if (h->tokens != static_cast<uint32_t>(block_tokens)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "block holds ", h->tokens, " tokens, expected ", block_tokens));
-  }
   if ((h->flags & kBlockKeysPostRope) == 0) {
     return absl::InvalidArgumentError("block holds pre-RoPE keys");
   }
-  // Codec id, codebook hash, payload flags and layout.
+  // Codec id, codebook hash, payload flags, layout and token count.
   if (absl::Status s = CheckBlockForCodec(codec, *h, block_tokens); !s.ok()) {
     return s;
   }
