@@ -146,6 +146,18 @@ absl::StatusOr<BlockHeader> VerifyBlock(const uint8_t* data, size_t size) {
                      h.fp16_tokens, " fp16), ", h.layers, " layers, ",
                      h.kv_heads, " kv heads, head_dim ", h.head_dim));
   }
+  // The fp16 section lies inside the payload, so a header whose section
+  // would be larger than payload_bytes is malformed. Checked by division
+  // first: the product can pass 2^64 (2^32 tokens of a 65535^3 layout), and
+  // a wrapped size must not match a forged payload_bytes.
+  const uint64_t fp16_bytes_per_token =
+      Fp16SectionBytes(1, h.layers, h.kv_heads, h.head_dim);
+  if (h.fp16_tokens > h.payload_bytes / fp16_bytes_per_token) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed block header: a ", h.payload_bytes,
+                     "-byte payload cannot hold ", h.fp16_tokens,
+                     " fp16 tokens of ", fp16_bytes_per_token, " bytes"));
+  }
   const uint64_t fp16_bytes =
       Fp16SectionBytes(h.fp16_tokens, h.layers, h.kv_heads, h.head_dim);
   if (h.payload_bytes < h.codes_bytes ||

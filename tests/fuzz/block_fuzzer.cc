@@ -56,7 +56,8 @@ const Codecs& TinyCodecs() {
 void TryDecode(const Codec& codec, const std::vector<uint8_t>& block,
                const BlockHeader& h) {
   const int64_t per_token = codec.layout().ElementsPerToken();
-  if (int64_t{h.tokens} * per_token > (int64_t{1} << 20)) return;
+  constexpr int64_t kMaxElements = int64_t{1} << 20;
+  if (per_token > kMaxElements || h.tokens > kMaxElements / per_token) return;
   std::vector<float> k(static_cast<size_t>(h.tokens * per_token));
   std::vector<float> v(k.size());
   const absl::Status s = DecodeBlock(codec, block.data(), block.size(),

@@ -203,6 +203,28 @@ TEST(BlockTest, GarbageIsNotABlock) {
   EXPECT_NE(h.status().message().find("not a vqkv block"), std::string::npos);
 }
 
+// 4 * 2^17 tokens * 32768^3 elements = 2^64 bytes of fp16 section: the
+// size wraps to 0 in 64 bits. A header claiming it with an empty payload
+// (and a correct checksum) must still be refused.
+TEST(BlockTest, Fp16SectionSizeThatWrapsIsMalformed) {
+  BlockHeader h{};
+  h.magic = kBlockMagic;
+  h.format_version = kBlockFormatVersion;
+  h.header_bytes = sizeof(BlockHeader);
+  h.codec_id = static_cast<uint32_t>(CodecId::kFp16);
+  h.flags = kBlockHasFp16Section;
+  h.tokens = h.fp16_tokens = 1u << 17;
+  h.layers = h.kv_heads = h.head_dim = 32768;
+  ASSERT_EQ(Fp16SectionBytes(h.fp16_tokens, h.layers, h.kv_heads, h.head_dim),
+            0u);
+  h.checksum = BlockChecksum(h, nullptr, 0);
+  std::vector<uint8_t> block(sizeof(h));
+  std::memcpy(block.data(), &h, sizeof(h));
+  auto verified = VerifyBlock(block.data(), block.size());
+  EXPECT_EQ(verified.status().code(), absl::StatusCode::kInvalidArgument)
+      << verified.status();
+}
+
 TEST(BlockTest, WrongCodebookOrCodecIsFailedPrecondition) {
   RawFloatCodec maker(kLayout, 0xAAAA);
   Kv kv = RandomKv(kLayout, 2, 6);
