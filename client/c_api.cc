@@ -182,6 +182,7 @@ absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
   }
   if (o.replicas != 0) config.replicas = o.replicas;
   config.key_sketch_bits = o.key_sketch_bits;
+  config.key_sketch_first_layer = o.key_sketch_first_layer;
   config.tls.ca_file = Str(o.tls_ca_file);
   config.tls.cert_file = Str(o.tls_cert_file);
   config.tls.key_file = Str(o.tls_key_file);

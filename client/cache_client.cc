@@ -191,7 +191,8 @@ CacheClient::CreateFromCodebookHash(CacheClientOptions options,
                                     uint64_t codebook_hash,
                                     const KvLayout& layout,
                                     std::unique_ptr<Backend> backend,
-                                    int key_sketch_bits) {
+                                    int key_sketch_bits,
+                                    int key_sketch_first_layer) {
   if (backend == nullptr) {
     return absl::InvalidArgumentError("backend is null");
   }
@@ -213,7 +214,8 @@ CacheClient::CreateFromCodebookHash(CacheClientOptions options,
                      ", not ", absl::Hex(codebook_hash, absl::kZeroPad16)));
   }
   absl::StatusOr<std::unique_ptr<Codec>> codec =
-      MakeCodec("vq", layout, &*set, /*beam_width=*/1, key_sketch_bits);
+      MakeCodec("vq", layout, &*set, /*beam_width=*/1, key_sketch_bits,
+                key_sketch_first_layer);
   if (!codec.ok()) return codec.status();
   return Create(std::move(options),
                 std::shared_ptr<const Codec>(*std::move(codec)),

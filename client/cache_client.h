@@ -138,7 +138,8 @@ class CacheClient {
 
   // A client for a model whose VQ codebook set is known only by hash: fetches
   // the set from the backend, checks its content hash and layout, and builds
-  // the codec (beam width 1, a key sketch of key_sketch_bits, 0 = none).
+  // the codec (beam width 1, a key sketch of key_sketch_bits on layers
+  // key_sketch_first_layer.., VqConfig; 0 bits = none).
   // Errors: kNotFound when the backend has no such set; kDataLoss when the
   // fetched bytes do not hash to `codebook_hash`; kInvalidArgument for a set
   // made for another layout; kUnavailable / kDeadlineExceeded when the
@@ -146,7 +147,7 @@ class CacheClient {
   static absl::StatusOr<std::unique_ptr<CacheClient>> CreateFromCodebookHash(
       CacheClientOptions options, uint64_t codebook_hash,
       const KvLayout& layout, std::unique_ptr<Backend> backend,
-      int key_sketch_bits = 0);
+      int key_sketch_bits = 0, int key_sketch_first_layer = 0);
 
   ~CacheClient();
   CacheClient(const CacheClient&) = delete;

@@ -92,7 +92,8 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
     return absl::InvalidArgumentError(absl::StrCat(
         "codec ", config.codec, " takes no codebooks (only vq does)"));
   }
-  if (!vq && config.key_sketch_bits != 0) {
+  if (!vq &&
+      (config.key_sketch_bits != 0 || config.key_sketch_first_layer != 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "codec ", config.codec, " takes no key sketch (only vq does)"));
   }
@@ -121,7 +122,8 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
   if (!vq || !codebook_file.empty()) {
     absl::StatusOr<std::unique_ptr<Codec>> made =
         MakeCodec(config.codec, config.layout, vq ? &codebooks : nullptr,
-                  /*beam_width=*/1, config.key_sketch_bits);
+                  /*beam_width=*/1, config.key_sketch_bits,
+                  config.key_sketch_first_layer);
     if (!made.ok()) return made.status();
     codec = *std::move(made);
     if (config.codebook_hash != 0 &&
@@ -146,7 +148,8 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
   if (codec == nullptr) {
     return CacheClient::CreateFromCodebookHash(
         std::move(config.options), config.codebook_hash, config.layout,
-        *std::move(backend), config.key_sketch_bits);
+        *std::move(backend), config.key_sketch_bits,
+        config.key_sketch_first_layer);
   }
   return CacheClient::Create(std::move(config.options), std::move(codec),
                              std::move(codebook_file), *std::move(backend));

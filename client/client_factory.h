@@ -62,6 +62,9 @@ struct ClientConfig {
   // "Key sketch"), 0 = none. It is part of the codec descriptor, so clients
   // with different sketches never share blocks.
   int key_sketch_bits = 0;
+  // vq only: the sketch covers layers key_sketch_first_layer.. only
+  // (VqConfig::key_sketch_first_layer); in the descriptor too.
+  int key_sketch_first_layer = 0;
   KvLayout layout;
   // Memory budget of an embedded store.
   uint64_t embedded_memory_bytes = uint64_t{256} << 20;

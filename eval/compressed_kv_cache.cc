@@ -125,16 +125,19 @@ absl::Status CompressedKvCache::CodeBlock() {
     if (!codes.ok()) return codes.status();
     const size_t kper = codes->keys.size() / lay.layers;
     const size_t vper = codes->values.size() / lay.layers;
-    const size_t sper = codes->sketch.size() / lay.layers;
+    // The sketch section holds the sketched layers only.
+    const int sketch_from = vq_->KeySketchFirstLayer();
+    const size_t sper = codes->sketch.size() / (lay.layers - sketch_from);
     for (int l = 0; l < lay.layers; ++l) {
       key_codes_[l].insert(key_codes_[l].end(), codes->keys.begin() + l * kper,
                            codes->keys.begin() + (l + 1) * kper);
       value_codes_[l].insert(value_codes_[l].end(),
                              codes->values.begin() + l * vper,
                              codes->values.begin() + (l + 1) * vper);
-      sketch_codes_[l].insert(sketch_codes_[l].end(),
-                              codes->sketch.begin() + l * sper,
-                              codes->sketch.begin() + (l + 1) * sper);
+      if (l < sketch_from) continue;
+      const size_t s = static_cast<size_t>(l - sketch_from) * sper;
+      sketch_codes_[l].insert(sketch_codes_[l].end(), codes->sketch.begin() + s,
+                              codes->sketch.begin() + s + sper);
     }
     encoded_bytes_ += payload_.size();
     coded_end_ += b;

@@ -66,6 +66,10 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
             (options.keys_post_rope ? kBlockKeysPostRope : 0u) |
             (codec.PayloadFlags() & kCodecPayloadFlags);
   h.codebook_hash = codec.codebook_hash();
+  h.key_sketch_first_layer =
+      (h.flags & kBlockHasKeySketch)
+          ? static_cast<uint16_t>(codec.KeySketchFirstLayer())
+          : 0;
   h.tokens = static_cast<uint32_t>(tokens);
   h.fp16_tokens = static_cast<uint32_t>(fp16_tokens);
   h.layers = static_cast<uint16_t>(layout.layers);
@@ -132,11 +136,15 @@ absl::StatusOr<BlockHeader> VerifyBlock(const uint8_t* data, size_t size) {
         absl::StrCat("unsupported block format version ", h.format_version,
                      " (this build reads version ", kBlockFormatVersion, ")"));
   }
-  if (h.header_bytes != sizeof(BlockHeader) || h.reserved0 != 0 ||
-      (h.flags & ~kKnownBlockFlags) != 0) {
+  if (h.header_bytes != sizeof(BlockHeader) ||
+      (h.flags & ~kKnownBlockFlags) != 0 ||
+      (h.key_sketch_first_layer != 0 &&
+       ((h.flags & kBlockHasKeySketch) == 0 ||
+        h.key_sketch_first_layer >= h.layers))) {
     return absl::InvalidArgumentError(absl::StrCat(
         "malformed block header: header_bytes ", h.header_bytes, ", flags 0x",
-        absl::Hex(h.flags), ", reserved ", h.reserved0));
+        absl::Hex(h.flags), ", key sketch from layer ",
+        h.key_sketch_first_layer, " of ", h.layers));
   }
   if (h.tokens == 0 || h.layers == 0 || h.kv_heads == 0 || h.head_dim == 0 ||
       h.fp16_tokens > h.tokens ||
@@ -201,6 +209,13 @@ absl::Status CheckBlockForCodec(const Codec& codec, const BlockHeader& h,
         "block payload flags 0x", absl::Hex(h.flags & kCodecPayloadFlags),
         " (key sketch ", (h.flags & kBlockHasKeySketch) ? "on" : "off",
         ") differ from the codec's ", codec.Descriptor()));
+  }
+  if ((h.flags & kBlockHasKeySketch) &&
+      h.key_sketch_first_layer != codec.KeySketchFirstLayer()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "block has a key sketch from layer ", h.key_sketch_first_layer,
+        ", the codec ", codec.Descriptor(), " from layer ",
+        codec.KeySketchFirstLayer()));
   }
   const KvLayout& layout = codec.layout();
   if (h.layers != layout.layers || h.kv_heads != layout.kv_heads ||

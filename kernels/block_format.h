@@ -23,8 +23,9 @@ enum BlockFlags : uint32_t {
   // Keys were captured after RoPE was applied (else before).
   kBlockKeysPostRope = 1u << 1,
   // The VQ payload ends with a key sketch section (VqConfig::key_sketch_bits,
-  // docs/BLOCK_FORMAT.md). Readers that predate it reject the block as an
-  // unknown flag instead of misreading it.
+  // docs/BLOCK_FORMAT.md) for layers key_sketch_first_layer.. of the block.
+  // Readers that predate it reject the block as an unknown flag instead of
+  // misreading it.
   kBlockHasKeySketch = 1u << 2,
 };
 inline constexpr uint32_t kKnownBlockFlags =
@@ -45,11 +46,12 @@ struct BlockHeader {
   uint16_t layers;          // 32
   uint16_t kv_heads;        // 34
   uint16_t head_dim;        // 36
-  uint16_t reserved0;       // 38: zero
-  uint64_t codes_bytes;     // 40: codec payload bytes (codes + side info)
-  uint64_t payload_bytes;   // 48: codes_bytes + fp16 section bytes
-  uint64_t checksum;        // 56: XXH3-64 (seed 0) of header bytes [0, 56)
-                            //     followed by the payload
+  uint16_t key_sketch_first_layer;  // 38: first layer with a key sketch
+                                    //     (kBlockHasKeySketch), else 0
+  uint64_t codes_bytes;    // 40: codec payload bytes (codes + side info)
+  uint64_t payload_bytes;  // 48: codes_bytes + fp16 section bytes
+  uint64_t checksum;       // 56: XXH3-64 (seed 0) of header bytes [0, 56)
+                           //     followed by the payload
 };
 
 static_assert(sizeof(BlockHeader) == 64, "BlockHeader must be 64 bytes");

@@ -249,7 +249,7 @@ absl::StatusOr<CodeAttention> CodeAttention::Create(const VqCodec& codec,
   }
   a.key_stages_ = offset;
   a.values_ = &set.value(layer, slot);
-  a.sketch_ = codec.key_sketch();
+  a.sketch_ = codec.key_sketch_for_layer(layer);
   return a;
 }
 
@@ -514,10 +514,9 @@ CodedTokens CodedTokensOf(const VqCodec& codec, const VqCodes& codes,
   const CodebookConfig& c = codec.codebooks().config();
   const int H = codec.layout().kv_heads;
   const int64_t vec = int64_t{layer} * tokens * H + kv_head;
+  const SignSketch* sketch = codec.key_sketch_for_layer(layer);
   const int64_t sb =
-      codec.key_sketch() != nullptr
-          ? static_cast<int64_t>(codec.key_sketch()->BytesPerVector())
-          : 0;
+      sketch != nullptr ? static_cast<int64_t>(sketch->BytesPerVector()) : 0;
   CodedTokens t;
   t.n = tokens;
   t.key_codes = codes.keys.data() + vec * c.key_stages();
@@ -525,7 +524,10 @@ CodedTokens CodedTokensOf(const VqCodec& codec, const VqCodes& codes,
   t.value_codes = codes.values.data() + vec * c.value_stages;
   t.value_stride = int64_t{H} * c.value_stages;
   if (sb > 0) {
-    t.sketch = codes.sketch.data() + vec * sb;
+    // The sketch section starts at the first sketched layer.
+    const int64_t sketch_vec =
+        int64_t{layer - codec.KeySketchFirstLayer()} * tokens * H + kv_head;
+    t.sketch = codes.sketch.data() + sketch_vec * sb;
     t.sketch_stride = H * sb;
   }
   return t;

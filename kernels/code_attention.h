@@ -9,8 +9,9 @@
 // every codeword (scale included); a token's logit is then Nk table look-ups.
 // With a key sketch (VqConfig::key_sketch_bits = m), the sketch adds
 // scale_t * sum_b sign_tb (S q)_b, read from m/8 tables of 256 entries (one
-// per sign byte). Values: the softmax weights are summed per (stage,
-// codeword), and the output is those sums times the value codebooks, once.
+// per sign byte), on the layers the codec sketches. Values: the softmax weights
+// are summed per (stage, codeword), and the output is those sums times the
+// value codebooks, once.
 //
 // Scope: one (layer, kv head) and the `group` query heads that share it
 // (GQA); keys must have been coded after RoPE (with pre-RoPE codes the
@@ -136,7 +137,8 @@ class CodeAttention {
 
 // The codes of a VqCodec payload of `tokens` tokens, unpacked:
 // keys uint16 [layer][token][kv_head][Nk], values [layer][token][kv_head][Nv],
-// sketch bytes [layer][token][kv_head][sketch bytes] (empty without one).
+// sketch bytes [layer][token][kv_head][sketch bytes] for the sketched
+// layers (VqCodec::KeySketchFirstLayer() on; empty without a sketch).
 struct VqCodes {
   std::vector<uint16_t> keys, values;
   std::vector<uint8_t> sketch;

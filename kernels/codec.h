@@ -96,6 +96,10 @@ class Codec {
   // describe this codec's payload layout; a block is decoded only by a codec
   // with the same ones.
   virtual uint32_t PayloadFlags() const { return 0; }
+  // With kBlockHasKeySketch: the first layer whose keys carry a sketch
+  // (BlockHeader::key_sketch_first_layer); a block is decoded only by a
+  // codec with the same one. 0 otherwise.
+  virtual int KeySketchFirstLayer() const { return 0; }
 
   // Exact payload size in bytes for `tokens` tokens (0 outside
   // 0..kMaxCodecTokens).

@@ -12,11 +12,9 @@ namespace vqkv {
 
 const char* CodecNames() { return "fp16, kivi2, kivi4, vq"; }
 
-absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(std::string_view name,
-                                                 const KvLayout& layout,
-                                                 const CodebookSet* codebooks,
-                                                 int beam_width,
-                                                 int key_sketch_bits) {
+absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(
+    std::string_view name, const KvLayout& layout, const CodebookSet* codebooks,
+    int beam_width, int key_sketch_bits, int key_sketch_first_layer) {
   if (name == "fp16") {
     absl::StatusOr<std::unique_ptr<Fp16Codec>> c = Fp16Codec::Create(layout);
     if (!c.ok()) return c.status();
@@ -41,8 +39,8 @@ absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(std::string_view name,
           cb.layers, cb.kv_heads, cb.head_dim, layout.layers, layout.kv_heads,
           layout.head_dim));
     }
-    absl::StatusOr<std::unique_ptr<VqCodec>> c =
-        VqCodec::FromCodebookSet(*codebooks, beam_width, key_sketch_bits);
+    absl::StatusOr<std::unique_ptr<VqCodec>> c = VqCodec::FromCodebookSet(
+        *codebooks, beam_width, key_sketch_bits, key_sketch_first_layer);
     if (!c.ok()) return c.status();
     return std::unique_ptr<Codec>(*std::move(c));
   }

@@ -21,15 +21,15 @@ const char* CodecNames();
 
 // A codec named `name` for `layout`. "vq" needs `codebooks` (a complete set
 // made for `layout`), encoding with beam width `beam_width` and a key sketch
-// of `key_sketch_bits` (VqConfig); the others ignore all three.
+// of `key_sketch_bits` on layers `key_sketch_first_layer`.. (VqConfig); the
+// others ignore all four.
 // Errors: kInvalidArgument for an unknown name, a missing set, or a set made
 // for another layout (the message gives both shapes); the codecs' Create
 // errors.
-absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(std::string_view name,
-                                                 const KvLayout& layout,
-                                                 const CodebookSet* codebooks,
-                                                 int beam_width = 1,
-                                                 int key_sketch_bits = 0);
+absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(
+    std::string_view name, const KvLayout& layout, const CodebookSet* codebooks,
+    int beam_width = 1, int key_sketch_bits = 0,
+    int key_sketch_first_layer = 0);
 
 }  // namespace vqkv
 

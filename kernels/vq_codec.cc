@@ -216,7 +216,8 @@ absl::StatusOr<std::unique_ptr<VqCodec>> VqCodec::Create(
 }
 
 absl::StatusOr<std::unique_ptr<VqCodec>> VqCodec::FromCodebookSet(
-    CodebookSet set, int beam_width, int key_sketch_bits) {
+    CodebookSet set, int beam_width, int key_sketch_bits,
+    int key_sketch_first_layer) {
   if (!set.complete()) {
     return absl::FailedPreconditionError(
         "VqCodec needs a complete codebook set");
@@ -242,6 +243,7 @@ absl::StatusOr<std::unique_ptr<VqCodec>> VqCodec::FromCodebookSet(
   c.keys_post_rope = cc.keys_post_rope;
   c.beam_width = beam_width;
   c.key_sketch_bits = key_sketch_bits;
+  c.key_sketch_first_layer = key_sketch_first_layer;
   codec->set_ = std::move(set);
   VQKV_RETURN_IF_ERROR(codec->InitSketch());
   if (absl::Status s = codec->Finalize(); !s.ok()) return s;
@@ -249,6 +251,14 @@ absl::StatusOr<std::unique_ptr<VqCodec>> VqCodec::FromCodebookSet(
 }
 
 absl::Status VqCodec::InitSketch() {
+  const int first = config_.key_sketch_first_layer;
+  if (first != 0 &&
+      (config_.key_sketch_bits == 0 || first < 0 || first >= layout_.layers)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key_sketch_first_layer must be in 0..", layout_.layers - 1,
+        " with a key sketch and 0 without one; got ", first, " with ",
+        config_.key_sketch_bits, " sketch bits"));
+  }
   if (config_.key_sketch_bits == 0) return absl::OkStatus();
   absl::StatusOr<SignSketch> s =
       SignSketch::Create(layout_.head_dim, config_.key_sketch_bits);
@@ -274,11 +284,22 @@ std::string VqCodec::Descriptor() const {
       c.value_bits, ":ph=", c.per_head ? 1 : 0,
       ":rope=", c.keys_post_rope ? "post" : "pre",
       ":cb=", absl::Hex(hash_, absl::kZeroPad16),
-      sketch_ ? absl::StrCat(":ks=", sketch_->bits()) : "");
+      sketch_ ? absl::StrCat(":ks=", sketch_->bits()) : "",
+      KeySketchFirstLayer() != 0 ? absl::StrCat("@", KeySketchFirstLayer())
+                                 : "");
+}
+
+int64_t VqCodec::SketchedVectors(int64_t tokens) const {
+  if (!sketch_) return 0;
+  return tokens * (layout_.layers - KeySketchFirstLayer()) * layout_.kv_heads;
 }
 
 double VqCodec::KeyBitsPerElement() const {
-  const double sketch = sketch_ ? 8.0 * sketch_->BytesPerVector() : 0;
+  // Averaged over the layers: those below the first sketched one have none.
+  const double sketch = sketch_ ? 8.0 * sketch_->BytesPerVector() *
+                                      (layout_.layers - KeySketchFirstLayer()) /
+                                      layout_.layers
+                                : 0;
   return (double(set_.config().key_stages()) * set_.config().key_bits +
           sketch) /
          layout_.head_dim;
@@ -295,7 +316,8 @@ size_t VqCodec::EncodedBytes(int64_t tokens) const {
   const int64_t vectors = tokens * layout_.layers * layout_.kv_heads;
   return PackedBytes(vectors * c.key_stages(), c.key_bits) +
          PackedBytes(vectors * c.value_stages, c.value_bits) +
-         (sketch_ ? static_cast<size_t>(vectors) * sketch_->BytesPerVector()
+         (sketch_ ? static_cast<size_t>(SketchedVectors(tokens)) *
+                        sketch_->BytesPerVector()
                   : 0);
 }
 
@@ -458,14 +480,20 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
                                 out + kbytes, vbytes));
   if (!sketch_) return absl::OkStatus();
   // The sketch codes what the key codes leave: keys minus their
-  // reconstruction, exactly as Decode will rebuild it.
-  std::vector<float> residual(static_cast<size_t>(vectors) * D);
-  VQKV_RETURN_IF_ERROR(
-      Reconstruct(kcodes.data(), nullptr, tokens, residual.data(), nullptr));
+  // reconstruction, exactly as Decode will rebuild it, for the sketched
+  // layers only.
+  const int first = KeySketchFirstLayer();
+  const int64_t sketched = SketchedVectors(tokens);
+  const int64_t skipped = vectors - sketched;
+  std::vector<float> residual(static_cast<size_t>(sketched) * D);
+  VQKV_RETURN_IF_ERROR(Reconstruct(kcodes.data() + skipped * Nk, nullptr,
+                                   tokens, residual.data(), nullptr, first,
+                                   L - first));
+  const float* sketched_keys = keys + skipped * D;
   for (size_t i = 0; i < residual.size(); ++i) {
-    residual[i] = keys[i] - residual[i];
+    residual[i] = sketched_keys[i] - residual[i];
   }
-  sketch_->Encode(residual.data(), vectors, out + kbytes + vbytes);
+  sketch_->Encode(residual.data(), sketched, out + kbytes + vbytes);
   return absl::OkStatus();
 }
 
@@ -571,9 +599,15 @@ absl::Status VqCodec::DecodeRange(const uint8_t* in, int64_t tokens,
                                   vectors * Nv, c.value_bits, vcodes.data()));
   VQKV_RETURN_IF_ERROR(Reconstruct(kcodes.data(), vcodes.data(), tokens, keys,
                                    values, first_layer, num_layers));
-  if (sketch_) {
-    sketch_->DecodeAdd(in + kbytes + vbytes + first * sketch_->BytesPerVector(),
-                       vectors, keys);
+  // The sketch section starts at the first sketched layer's first vector.
+  const int sketch_from = std::max(first_layer, KeySketchFirstLayer());
+  const int sketch_layers = first_layer + num_layers - sketch_from;
+  if (sketch_ && sketch_layers > 0) {
+    const int64_t skip = (sketch_from - KeySketchFirstLayer()) * layer_vectors;
+    sketch_->DecodeAdd(
+        in + kbytes + vbytes + skip * sketch_->BytesPerVector(),
+        sketch_layers * layer_vectors,
+        keys + (sketch_from - first_layer) * layer_vectors * layout_.head_dim);
   }
   return absl::OkStatus();
 }

@@ -8,12 +8,13 @@
 //              whole byte;
 //   V section: value codes in order [layer][token][kv_head][stage],
 //              PackBits at value_bits, zero-padded to a whole byte;
-//   key sketch section (only when key_sketch_bits > 0): per key vector, in
-//              order [layer][token][kv_head], the SignSketch code
+//   key sketch section (only when key_sketch_bits > 0): per key vector of
+//              layers F = key_sketch_first_layer .. L-1, in order
+//              [layer][token][kv_head], the SignSketch code
 //              (kernels/sign_sketch.h) of what the key codes leave of it.
 // EncodedBytes(T) = PackedBytes(L*T*H*key_stages, key_bits)
 //                 + PackedBytes(L*T*H*value_stages, value_bits)
-//                 + L*T*H*(2 + key_sketch_bits/8).
+//                 + (L-F)*T*H*(2 + key_sketch_bits/8).
 //
 // Thread safety: as Codec (codec.h). FitLayer is a Fit.
 #ifndef VQKV_KERNELS_VQ_CODEC_H_
@@ -69,6 +70,13 @@ struct VqConfig {
   // (16 + key_sketch_bits) / head_dim bits per key element. An encoding
   // setting, not part of the codebooks: it is in the descriptor.
   int key_sketch_bits = 0;
+  // The sketch covers layers key_sketch_first_layer..layers-1 only; the
+  // earlier layers' keys decode without it. On SmolLM2-135M the sketch's
+  // noise costs perplexity on the first half of the layers while retrieval
+  // needs it on the second (docs/FIDELITY.md, "The key sketch on the later
+  // layers only"). 0 (every layer) unless key_sketch_bits > 0; in the
+  // descriptor when not 0.
+  int key_sketch_first_layer = 0;
 
   // Encode: 1 = greedy, B > 1 = beam search of width B. Not part of the
   // descriptor: it changes which codes are chosen, not how codes decode, so
@@ -88,12 +96,13 @@ class VqCodec : public Codec {
   // An unfitted codec. Errors: kInvalidArgument for a bad layout or config.
   static absl::StatusOr<std::unique_ptr<VqCodec>> Create(
       const KvLayout& layout, const VqConfig& config);
-  // A codec that encodes with a complete, loaded codebook set; beam_width
-  // and key_sketch_bits as in VqConfig (the rest comes from the set).
-  // Errors: kFailedPrecondition for an incomplete set; kInvalidArgument for
-  // a bad beam width or sketch size.
+  // A codec that encodes with a complete, loaded codebook set; beam_width,
+  // key_sketch_bits and key_sketch_first_layer as in VqConfig (the rest
+  // comes from the set). Errors: kFailedPrecondition for an incomplete set;
+  // kInvalidArgument for a bad beam width, sketch size or sketch layer.
   static absl::StatusOr<std::unique_ptr<VqCodec>> FromCodebookSet(
-      CodebookSet set, int beam_width = 1, int key_sketch_bits = 0);
+      CodebookSet set, int beam_width = 1, int key_sketch_bits = 0,
+      int key_sketch_first_layer = 0);
 
   // The codebook config this codec's config resolves to (stages filled in).
   static absl::StatusOr<CodebookConfig> ResolveConfig(const KvLayout& layout,
@@ -103,7 +112,7 @@ class VqCodec : public Codec {
   // "vq:L=<layers>:H=<kv_heads>:D=<head_dim>:k=<stages per group joined by
   // '+'>x<bits>:split=<name>:v=<stages>x<bits>:ph=<0|1>:rope=<pre|post>:
   // cb=<16 hex digits>", followed by ":ks=<key_sketch_bits>" when that is
-  // not 0.
+  // not 0, and then by "@<key_sketch_first_layer>" when that is not 0.
   std::string Descriptor() const override;
   const KvLayout& layout() const override { return layout_; }
   uint64_t codebook_hash() const override { return hash_; }
@@ -112,6 +121,9 @@ class VqCodec : public Codec {
   size_t EncodedBytes(int64_t tokens) const override;
   uint32_t PayloadFlags() const override {
     return sketch_ ? uint32_t{kBlockHasKeySketch} : 0u;
+  }
+  int KeySketchFirstLayer() const override {
+    return sketch_ ? config_.key_sketch_first_layer : 0;
   }
 
   // keys/values: [layer][token][kv_head][head_dim], tokens >= 1 per layer.
@@ -140,6 +152,12 @@ class VqCodec : public Codec {
   const VqConfig& config() const { return config_; }
   // The key sketch; nullptr when key_sketch_bits is 0.
   const SignSketch* key_sketch() const { return sketch_ ? &*sketch_ : nullptr; }
+  // The sketch of `layer`'s keys: nullptr below key_sketch_first_layer.
+  const SignSketch* key_sketch_for_layer(int layer) const {
+    return layer >= KeySketchFirstLayer() ? key_sketch() : nullptr;
+  }
+  // Key vectors with a sketch in a payload of `tokens` tokens.
+  int64_t SketchedVectors(int64_t tokens) const;
 
  private:
   VqCodec() = default;

@@ -162,7 +162,8 @@ absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& f) {
 absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
                                         const std::string& codebooks,
                                         const ModelIdentity& model,
-                                        int beam_width, int key_sketch_bits) {
+                                        int beam_width, int key_sketch_bits,
+                                        int key_sketch_first_layer) {
   const KvLayout& layout = model.layout;
   const std::string label = absl::StrCat("codebooks ", codebooks);
   EvalCodec out;
@@ -187,8 +188,9 @@ absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
     out.codebook_bytes = static_cast<int64_t>(bytes->size());
     out.codebooks = codebooks;
   }
-  absl::StatusOr<std::unique_ptr<Codec>> c = MakeCodec(
-      name, layout, set ? &*set : nullptr, beam_width, key_sketch_bits);
+  absl::StatusOr<std::unique_ptr<Codec>> c =
+      MakeCodec(name, layout, set ? &*set : nullptr, beam_width,
+                key_sketch_bits, key_sketch_first_layer);
   if (!c.ok()) {
     if (name == "vq") {
       return absl::Status(

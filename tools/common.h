@@ -79,7 +79,8 @@ absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& flags);
 
 // A codec for evaluation. `name` is fp16, kivi2, kivi4 or vq; vq loads the
 // codebook file `codebooks` (beam width `beam_width`, key sketch of
-// `key_sketch_bits` bits, VqConfig) and checks that it was fitted for
+// `key_sketch_bits` bits on layers `key_sketch_first_layer`.., VqConfig)
+// and checks that it was fitted for
 // `model`: kFailedPrecondition naming both models when the file records
 // another model; a file that records none (format version 1) is checked for
 // model.layout only, with one logged warning. keys_pre_rope tells how the
@@ -94,8 +95,8 @@ struct EvalCodec {
 absl::StatusOr<EvalCodec> MakeEvalCodec(const std::string& name,
                                         const std::string& codebooks,
                                         const ModelIdentity& model,
-                                        int beam_width,
-                                        int key_sketch_bits = 0);
+                                        int beam_width, int key_sketch_bits = 0,
+                                        int key_sketch_first_layer = 0);
 
 // A progress bar with ETA on stderr. On a terminal it redraws one line; to a
 // file or pipe it writes a line at most every 10 s, so logs stay readable.

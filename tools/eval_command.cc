@@ -42,6 +42,7 @@ struct EvalArgs {
   int64_t max_windows = 0;  // 0 = as many as the text holds
   int beam_width = 1;
   int key_sketch_bits = 0;
+  int key_sketch_from_layer = 0;
   bool json = false;
   // retrieval tasks
   int trials = 10;
@@ -79,8 +80,9 @@ absl::StatusOr<std::vector<EvalCodec>> MakeCodecs(const EvalArgs& a,
                                                   const ModelIdentity& model) {
   std::vector<EvalCodec> out;
   for (const std::string& name : a.codecs) {
-    absl::StatusOr<EvalCodec> c = MakeEvalCodec(
-        name, a.codebooks, model, a.beam_width, a.key_sketch_bits);
+    absl::StatusOr<EvalCodec> c =
+        MakeEvalCodec(name, a.codebooks, model, a.beam_width, a.key_sketch_bits,
+                      a.key_sketch_from_layer);
     if (!c.ok()) return c.status();
     out.push_back(*std::move(c));
   }
@@ -579,6 +581,10 @@ std::function<int()> AddEvalCommand(CLI::App* app) {
   cmd->add_option("--key-sketch-bits", args->key_sketch_bits,
                   "vq: bits of the sign sketch of each key's residual (0 = "
                   "none; a multiple of 8)")
+      ->capture_default_str();
+  cmd->add_option("--key-sketch-from-layer", args->key_sketch_from_layer,
+                  "vq: the sketch covers this layer and the later ones only "
+                  "(docs/CODEC.md, Key sketch)")
       ->capture_default_str();
   cmd->add_option("--beam-width", args->beam_width, "vq encoder beam width")
       ->capture_default_str();

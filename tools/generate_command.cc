@@ -55,7 +55,8 @@ struct GenerateArgs {
   int64_t roundtrip_tokens = -1;
   std::string codec = "fp16";
   std::string codebooks;
-  int key_sketch_bits = 0;  // vq: VqConfig::key_sketch_bits
+  int key_sketch_bits = 0;        // vq: VqConfig::key_sketch_bits
+  int key_sketch_from_layer = 0;  // vq: VqConfig::key_sketch_first_layer
   int block_tokens = 64;
   int sink_tokens = 4;
   int64_t prefill_chunk = 0;
@@ -143,7 +144,8 @@ absl::StatusOr<std::unique_ptr<client::CacheClient>> MakeClient(
     const GenerateArgs& a, const std::string& model_path,
     const model::LlamaConfig& config, const ModelIdentity& identity) {
   absl::StatusOr<EvalCodec> codec =
-      MakeEvalCodec(a.codec, a.codebooks, identity, 1, a.key_sketch_bits);
+      MakeEvalCodec(a.codec, a.codebooks, identity, 1, a.key_sketch_bits,
+                    a.key_sketch_from_layer);
   if (!codec.ok()) return codec.status();
   std::string codebook_file;
   if (!codec->codebooks.empty()) {
@@ -320,6 +322,9 @@ std::function<int()> AddGenerateCommand(CLI::App* app) {
   cmd->add_option("--key-sketch-bits", args->key_sketch_bits,
                   "vq: bits of the sign sketch of each key's residual (0 = "
                   "none; a multiple of 8; docs/CODEC.md)")
+      ->capture_default_str();
+  cmd->add_option("--key-sketch-from-layer", args->key_sketch_from_layer,
+                  "vq: the sketch covers this layer and the later ones only")
       ->capture_default_str();
   cmd->add_option("--block-tokens", args->block_tokens,
                   "tokens per cached block (a multiple of 16)")

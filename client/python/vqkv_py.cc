@@ -331,11 +331,12 @@ std::unique_ptr<PyClient> MakeClient(
     const py::object& tls_ca_file, const py::object& tls_cert_file,
     const py::object& tls_key_file,
     const std::optional<std::string>& tls_server_name,
-    unsigned tls_reload_seconds) {
+    unsigned tls_reload_seconds, int key_sketch_first_layer) {
   client::ClientConfig config;
   config.server = server;
   config.replicas = replicas;
   config.key_sketch_bits = key_sketch_bits;
+  config.key_sketch_first_layer = key_sketch_first_layer;
   config.codec = codec;
   if (!codebooks.is_none()) {
     config.codebook_path =
@@ -439,13 +440,15 @@ PYBIND11_MODULE(vqkv, m) {
            py::arg("tls_key_file") = py::none(),
            py::arg("tls_server_name") = py::none(),
            py::arg("tls_reload_seconds") = 60,
+           py::arg("key_sketch_first_layer") = 0,
            "Opens a client. server: 'embedded' (in-memory store in this "
            "process), 'embedded:DIR' (with a disk tier in DIR), a "
            "vqkv-server 'host:port', or a cluster: 'host:port,host:port' or "
            "'dns:///name:port' (each block on `replicas` servers). codec: "
            "fp16, kivi2, kivi4 or vq (vq "
            "needs codebooks=path or codebook_hash=; key_sketch_bits=64 adds "
-           "the key sketch, docs/CODEC.md). Timeouts in seconds. TLS to "
+           "the key sketch, key_sketch_first_layer=16 keeps it to layers 16.., "
+           "docs/CODEC.md). Timeouts in seconds. TLS to "
            "servers: tls_ca_file (turns TLS on), tls_cert_file + "
            "tls_key_file for servers that require client certificates, "
            "tls_server_name when the certificates name another host than "

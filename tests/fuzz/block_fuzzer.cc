@@ -5,14 +5,15 @@
 // decoders behind it are what needs the fuzzing). A block that verifies is
 // decoded by every codec that could have written it: fp16 and KIVI for its
 // own layout, VQ (with and without a key sketch, per-layer and per-head
-// codebooks) for the tiny layout whose codebook hash the seeds carry, and by
-// one codec of another layout, which must refuse it. Properties: no crash or
-// sanitizer report; VerifyBlock of the fixed-up block agrees with the
-// header; a decode that succeeds wrote finite or fp16-representable output
-// only into the buffers sized from the header.
+// codebooks, the sketch on every layer or the last) for the tiny layout whose
+// codebook hash the seeds carry, and by one codec of another layout, which must
+// refuse it. Properties: no crash or sanitizer report; VerifyBlock of the
+// fixed-up block agrees with the header; a decode that succeeds wrote finite or
+// fp16-representable output only into the buffers sized from the header.
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels/block.h"
@@ -38,8 +39,9 @@ const Codecs& TinyCodecs() {
       c->tiny.push_back(*std::move(codec));
     }
     for (const CodebookSet& set : c->sets) {
-      for (int sketch : {0, 16}) {
-        auto codec = MakeCodec("vq", kTinyLayout, &set, 1, sketch);
+      for (auto [sketch, from] : {std::pair{0, 0}, std::pair{16, 0},
+                                  std::pair{16, kTinyLayout.layers - 1}}) {
+        auto codec = MakeCodec("vq", kTinyLayout, &set, 1, sketch, from);
         FUZZ_CHECK(codec.ok());
         c->tiny.push_back(*std::move(codec));
       }

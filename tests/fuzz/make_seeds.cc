@@ -86,9 +86,10 @@ void Run() {
   auto kivi4 = MakeCodec("kivi4", kTinyLayout, nullptr);
   auto vq1 = MakeCodec("vq", kTinyLayout, &set1, 1, 0);
   auto vq1s = MakeCodec("vq", kTinyLayout, &set1, 1, 16);
+  auto vq1s1 = MakeCodec("vq", kTinyLayout, &set1, 1, 16, 1);
   auto vq2 = MakeCodec("vq", kTinyLayout, &set2, 1, 0);
   FUZZ_CHECK(fp16.ok() && kivi2.ok() && kivi4.ok() && vq1.ok() && vq1s.ok() &&
-             vq2.ok());
+             vq1s1.ok() && vq2.ok());
 
   // block_fuzzer
   Write("block", "fp16-4tok", Block(**fp16, 4, 0, 1));
@@ -97,6 +98,7 @@ void Run() {
   Write("block", "vq-4tok", Block(**vq1, 4, 0, 4));
   Write("block", "vq-sketch-4tok-fp16sink", Block(**vq1s, 4, 2, 5));
   Write("block", "vq-perhead-split-2tok", Block(**vq2, 2, 0, 6));
+  Write("block", "vq-sketch-last-layer-3tok", Block(**vq1s1, 3, 0, 7));
 
   // codebook_set_fuzzer
   Write("codebook_set", "none-per-layer", *set1.Serialize());

@@ -47,6 +47,7 @@ struct RandomVqCodecSpec {
   KeySplit split = KeySplit::kNone;
   bool per_head = false;
   int sketch_bits = 0;
+  int sketch_first_layer = 0;  // VqConfig::key_sketch_first_layer
   bool post_rope = true;
   int layers = 2;
   int kv_heads = 2;
@@ -84,7 +85,8 @@ inline absl::StatusOr<std::unique_ptr<VqCodec>> RandomVqCodec(
       if (!st.ok()) return st;
     }
   }
-  return VqCodec::FromCodebookSet(*std::move(set), 1, spec.sketch_bits);
+  return VqCodec::FromCodebookSet(*std::move(set), 1, spec.sketch_bits,
+                                  spec.sketch_first_layer);
 }
 
 // The payload of `tokens` tokens of uniformly random codes in `codec`'s
@@ -113,7 +115,7 @@ inline absl::StatusOr<std::vector<uint8_t>> RandomVqPayload(
   if (!st.ok()) return st;
   if (const SignSketch* sk = codec.key_sketch(); sk != nullptr) {
     std::uniform_real_distribution<float> scale(0.0f, 0.02f);
-    for (int64_t i = 0; i < vectors; ++i) {
+    for (int64_t i = 0; i < codec.SketchedVectors(tokens); ++i) {
       uint8_t* p = out.data() + kb + vb + i * sk->BytesPerVector();
       const uint16_t h = FloatToHalfRef(scale(rng));
       p[0] = static_cast<uint8_t>(h & 0xff);

@@ -174,6 +174,12 @@ typedef struct vqkv_client_options {
   const char* tls_key_file;
   const char* tls_server_name;
   uint32_t tls_reload_seconds;
+
+  /* Added after `tls_reload_seconds`. vq only: the key sketch covers this
+   * layer and the later ones only (0 = every layer; must be 0 without a
+   * sketch). docs/FIDELITY.md measures 64 bits from layer 16 of 30 on
+   * SmolLM2-135M. */
+  int32_t key_sketch_first_layer;
 } vqkv_client_options_t;
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,

@@ -370,10 +370,34 @@ TEST_F(CacheClientTest, KeySketchClientsHaveTheirOwnNamespace) {
   EXPECT_EQ(v1, v2);  // values are coded alike
   EXPECT_NE(k1, k2);  // keys carry the sketch's correction
 
+  // The sketch on layers 2.. only: a namespace of its own again; layers 0-1
+  // load as without a sketch, layer 2 as with it everywhere.
+  auto later = CacheClient::CreateFromCodebookHash(
+      Options(), vq.codec->codebook_hash(), SmallLayout(),
+      std::make_unique<EmbeddedBackend>(store_.get()), /*key_sketch_bits=*/16,
+      /*key_sketch_first_layer=*/2);
+  ASSERT_TRUE(later.ok()) << later.status();
+  EXPECT_TRUE(absl::EndsWith((*later)->namespace_spec().codec, ":ks=16@2"))
+      << (*later)->namespace_spec().codec;
+  EXPECT_EQ(*(*later)->Lookup(t, ""), 0);
+  ASSERT_TRUE((*later)->Store(t, "", k.data(), v.data()).ok());
+  std::vector<float> k3(k.size()), v3(v.size());
+  ASSERT_EQ((*later)->Load(t, "", k3.data(), v3.data())->tokens, 64);
+  const size_t two_layers = k.size() / 3 * 2;
+  EXPECT_TRUE(std::equal(k3.begin(), k3.begin() + two_layers, k1.begin()));
+  EXPECT_TRUE(
+      std::equal(k3.begin() + two_layers, k3.end(), k2.begin() + two_layers));
+  EXPECT_EQ(v3, v1);
+
   auto bad = CacheClient::CreateFromCodebookHash(
       Options(), vq.codec->codebook_hash(), SmallLayout(),
       std::make_unique<EmbeddedBackend>(store_.get()), /*key_sketch_bits=*/12);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  auto past_the_end = CacheClient::CreateFromCodebookHash(
+      Options(), vq.codec->codebook_hash(), SmallLayout(),
+      std::make_unique<EmbeddedBackend>(store_.get()), /*key_sketch_bits=*/16,
+      /*key_sketch_first_layer=*/3);
+  EXPECT_EQ(past_the_end.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(CacheClientTest, CodebookFetchErrors) {

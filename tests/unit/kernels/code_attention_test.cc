@@ -190,6 +190,9 @@ TEST(CodeAttentionTest, MatchesDecodeThenAttendHalfRotateWithSketch) {
   su.split = KeySplit::kNone;
   su.sketch_bits = 128;
   CheckAgainstDecode(su, 300, {1, 9}, {1, 300}, 4);
+  // The sketch on the last layer only: layer 0 scores without one.
+  su.sketch_first_layer = su.layers - 1;
+  CheckAgainstDecode(su, 300, {1, 9}, {1, 300}, 5);
 }
 
 TEST(CodeAttentionTest, GroupSizes) {

@@ -182,11 +182,13 @@ TEST(VqCodecTest, DecodeLayersIsTheSliceOfDecode) {
   const KvLayout layout{4, 2, 16};
   for (KeySplit split : {KeySplit::kNone, KeySplit::kRopeHalfRotate}) {
     for (bool per_head : {false, true}) {
-      for (int sketch_bits : {0, 32}) {
+      for (auto [sketch_bits, sketch_from] :
+           {std::pair{0, 0}, std::pair{32, 0}, std::pair{32, 2}}) {
         VqConfig cfg = SmallConfig();
         cfg.key_split = split;
         cfg.per_head = per_head;
         cfg.key_sketch_bits = sketch_bits;
+        cfg.key_sketch_first_layer = sketch_from;
         Fixture f(cfg, layout);
         ASSERT_TRUE(
             f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
@@ -212,9 +214,10 @@ TEST(VqCodecTest, DecodeLayersIsTheSliceOfDecode) {
                               ->DecodeLayers(payload.data(), payload.size(), T,
                                              first, num, kr.data(), vr.data())
                               .ok());
-              const std::string where = absl::StrCat(
-                  KeySplitName(split), " per_head ", per_head, " sketch ",
-                  sketch_bits, " tokens ", T, " layers ", first, "+", num);
+              const std::string where =
+                  absl::StrCat(KeySplitName(split), " per_head ", per_head,
+                               " sketch ", sketch_bits, "@", sketch_from,
+                               " tokens ", T, " layers ", first, "+", num);
               ASSERT_EQ(kr, std::vector<float>(
                                 k_all.begin() + first * per_layer,
                                 k_all.begin() + (first + num) * per_layer))
@@ -506,6 +509,91 @@ TEST(VqCodecTest, KeySketchRestoresDirectionsTheCodebooksMiss) {
   EXPECT_LT(std::abs(recovered[0]), 0.1);  // the codebooks miss it
   EXPECT_GT(recovered[1], 0.6);            // the sketch brings it back
   EXPECT_LT(recovered[1], 1.4);
+}
+
+// The sketch on the later layers only (VqConfig::key_sketch_first_layer):
+// the payload holds sketch bytes for those layers alone, the rate and the
+// descriptor say so, the earlier layers decode exactly as without a sketch
+// and the later ones exactly as with it everywhere, and the block header
+// carries the first layer so a codec that sketches other layers refuses
+// the block.
+TEST(VqCodecTest, KeySketchOnTheLaterLayersOnly) {
+  const KvLayout layout{4, 2, 16};
+  Fixture f(SmallConfig(), layout);
+  ASSERT_TRUE(f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+  const CodebookSet& books = f.codec->codebooks();
+  auto plain = VqCodec::FromCodebookSet(books);
+  auto everywhere = VqCodec::FromCodebookSet(books, 1, 32, 0);
+  auto later = VqCodec::FromCodebookSet(books, 1, 32, 2);
+  ASSERT_TRUE(plain.ok() && everywhere.ok() && later.ok());
+  const int D = layout.head_dim;
+  const int64_t T = 24;
+  const int64_t per_layer = T * layout.kv_heads * D;
+  const int64_t sketched = T * 2 * layout.kv_heads;  // layers 2 and 3
+  EXPECT_EQ((*later)->SketchedVectors(T), sketched);
+  EXPECT_EQ((*later)->EncodedBytes(T),
+            (*plain)->EncodedBytes(T) + sketched * (2 + 32 / 8));
+  EXPECT_DOUBLE_EQ((*later)->KeyBitsPerElement(),
+                   (*plain)->KeyBitsPerElement() + (16.0 + 32) / D * 2 / 4);
+  EXPECT_EQ((*later)->Descriptor(), (*plain)->Descriptor() + ":ks=32@2");
+  EXPECT_EQ((*everywhere)->Descriptor(), (*plain)->Descriptor() + ":ks=32");
+  EXPECT_EQ((*later)->KeySketchFirstLayer(), 2);
+  EXPECT_EQ((*later)->key_sketch_for_layer(1), nullptr);
+  EXPECT_NE((*later)->key_sketch_for_layer(2), nullptr);
+
+  const int64_t n = T * layout.layers * layout.kv_heads;
+  std::vector<float> k = testing::KeyLikeVectors(n, D, 41);
+  std::vector<float> v = testing::KeyLikeVectors(n, D, 42);
+  std::vector<std::vector<float>> keys;
+  for (const auto* c : {&*plain, &*everywhere, &*later}) {
+    std::vector<uint8_t> payload((*c)->EncodedBytes(T));
+    ASSERT_TRUE(
+        (*c)->Encode(k.data(), v.data(), T, payload.data(), payload.size())
+            .ok());
+    std::vector<float> k2(k.size()), v2(v.size());
+    ASSERT_TRUE(
+        (*c)->Decode(payload.data(), payload.size(), T, k2.data(), v2.data())
+            .ok());
+    keys.push_back(std::move(k2));
+  }
+  const auto mid = keys[2].begin() + 2 * per_layer;
+  EXPECT_EQ(
+      std::vector<float>(keys[2].begin(), mid),
+      std::vector<float>(keys[0].begin(), keys[0].begin() + 2 * per_layer));
+  EXPECT_EQ(std::vector<float>(mid, keys[2].end()),
+            std::vector<float>(keys[1].begin() + 2 * per_layer, keys[1].end()));
+  EXPECT_NE(keys[0], keys[1]);  // the sketch does change the later layers
+
+  absl::StatusOr<std::vector<uint8_t>> block =
+      EncodeBlock(**later, k.data(), v.data(), T, {});
+  ASSERT_TRUE(block.ok()) << block.status();
+  absl::StatusOr<BlockHeader> h = VerifyBlock(block->data(), block->size());
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->key_sketch_first_layer, 2);
+  std::vector<float> bk(k.size()), bv(v.size());
+  EXPECT_TRUE(DecodeBlock(**later, block->data(), block->size(), T, bk.data(),
+                          bv.data())
+                  .ok());
+  EXPECT_EQ(bk, keys[2]);
+  absl::Status other = DecodeBlock(**everywhere, block->data(), block->size(),
+                                   T, bk.data(), bv.data());
+  EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition) << other;
+  EXPECT_NE(other.message().find("from layer 2"), std::string::npos) << other;
+  absl::StatusOr<std::vector<uint8_t>> block0 =
+      EncodeBlock(**everywhere, k.data(), v.data(), T, {});
+  ASSERT_TRUE(block0.ok());
+  EXPECT_EQ(DecodeBlock(**later, block0->data(), block0->size(), T, bk.data(),
+                        bv.data())
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // A first layer past the last, or one without a sketch, is refused.
+  EXPECT_EQ(VqCodec::FromCodebookSet(books, 1, 32, 4).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(VqCodec::FromCodebookSet(books, 1, 32, -1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(VqCodec::FromCodebookSet(books, 1, 0, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

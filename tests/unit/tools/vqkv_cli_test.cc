@@ -385,15 +385,17 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
     EXPECT_EQ(JsonNumber(r.out, "trials"), 1);
   }
 
-  // The retrieval diagnostic, one short trial, with a key sketch: every
-  // layer's errors, the attention table and the six ablations.
-  Result dg = Run(absl::StrCat("eval --task diagnose --model ", VQKV_MODEL_PATH,
-                               " --codec vq --codebooks ", Path("tiny.vqcb"),
-                               " --key-sketch-bits 16 --lengths 200 --trials 1 "
-                               "--window 32 --json"));
+  // The retrieval diagnostic, one short trial, with a key sketch on layers
+  // 20..29: every layer's errors, the attention table and the six
+  // ablations.
+  Result dg =
+      Run(absl::StrCat("eval --task diagnose --model ", VQKV_MODEL_PATH,
+                       " --codec vq --codebooks ", Path("tiny.vqcb"),
+                       " --key-sketch-bits 16 --key-sketch-from-layer "
+                       "20 --lengths 200 --trials 1 --window 32 --json"));
   ASSERT_EQ(dg.exit_code, 0) << dg.err;
   EXPECT_NE(dg.out.find("\"task\":\"diagnose\""), std::string::npos);
-  EXPECT_NE(dg.out.find(":ks=16\""), std::string::npos) << dg.out;
+  EXPECT_NE(dg.out.find(":ks=16@20\""), std::string::npos) << dg.out;
   EXPECT_NE(dg.out.find("{\"layer\":29,\"k_digits\""), std::string::npos);
   EXPECT_NE(dg.out.find("{\"layer\":29,\"head\":8,"), std::string::npos);
   EXPECT_NE(dg.out.find("{\"what\":\"layers 20-29\""), std::string::npos);

@@ -113,6 +113,7 @@ class _Options(ctypes.Structure):
         ("tls_key_file", ctypes.c_char_p),
         ("tls_server_name", ctypes.c_char_p),
         ("tls_reload_seconds", ctypes.c_uint32),
+        ("key_sketch_first_layer", ctypes.c_int32),
     ]
 
 
@@ -308,6 +309,9 @@ class ErrorTest(unittest.TestCase):
         self.assert_value_error(lambda: make_client(dtype="int8"), "dtype")
         self.assert_value_error(lambda: make_client(key_sketch_bits=64),
                                 "takes no key sketch")
+        self.assert_value_error(
+            lambda: make_client(key_sketch_first_layer=1),
+            "takes no key sketch")
         with self.assertRaises(vqkv.Error) as cm:
             make_client(codec="vq", codebooks="/nonexistent/x.vqcb")
         self.assertEqual(cm.exception.code, 5)  # NOT_FOUND
