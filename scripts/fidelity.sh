@@ -95,6 +95,8 @@ codecs=(
   "vq-default:--codec vq --codebooks $cb/default.vqcb"
   "vq-k20-ks64:--codec vq --codebooks $cb/k20.vqcb --key-sketch-bits 64"
   "vq-k20v6:--codec vq --codebooks $cb/k20v6.vqcb"
+  # The sketch where retrieval needs it, layers 16-29 (3.04 bits/element).
+  "vq-default-ks64-from16:--codec vq --codebooks $cb/default.vqcb --key-sketch-bits 64 --key-sketch-from-layer 16"
 )
 # The sketch on the default codebooks (3.375 bits/element): full runs only.
 [[ $quick == 1 ]] || codecs+=(

@@ -27,8 +27,11 @@ def label(r):
     if r["codec"] != "vq":
         return r["codec"]
     name = os.path.basename(r.get("codebooks", "")).removesuffix(".vqcb")
-    m = re.search(r":ks=(\d+)", r["descriptor"])
-    return f"vq {name}" + (f" + {m.group(1)}-bit key sketch" if m else "")
+    m = re.search(r":ks=(\d+)(?:@(\d+))?", r["descriptor"])
+    if not m:
+        return f"vq {name}"
+    layers = f" on layers {m.group(2)}+" if m.group(2) else ""
+    return f"vq {name} + {m.group(1)}-bit key sketch{layers}"
 
 
 def load(results):

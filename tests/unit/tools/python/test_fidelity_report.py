@@ -40,6 +40,8 @@ class FidelityReportTest(unittest.TestCase):
             ppl("vq", "sherlock_holmes", 26.0, 26.0, 3000, 3.375,
                 "/x/default.vqcb", vq),
             ppl("kivi2", "frankenstein", 28.0, 27.0, 1000, 3.0),
+            ppl("vq", "frankenstein", 28.0, 27.0, 1000, 3.04,
+                "/x/default.vqcb", vq + "@16"),
             passkey("fp16", "fp16", "", 16, 12, 12),
             passkey("vq", vq, "/x/default.vqcb", 3.375, 9, 12),
             {"task": "calibration_size", "tokens": 4096, "all_points": True,
@@ -64,6 +66,8 @@ class FidelityReportTest(unittest.TestCase):
         pooled = 100 * (math.exp(0.25 * math.log(30 / 27)) - 1)
         self.assertIn(f"**{pooled:+.2f}%**", out)
         self.assertIn("| vq default + 64-bit key sketch | 3.375 |", out)
+        self.assertIn("| vq default + 64-bit key sketch on layers 16+ | 3.040 |",
+                      out)
         self.assertIn("+11.11%", out)  # frankenstein alone
         # 9 of 12 with its Wilson interval, fp16 12 of 12.
         self.assertIn("9/12 [47, 91]% (9/12)", out)
