@@ -67,28 +67,16 @@ bool IsNodeFailure(const absl::Status& s) {
 
 absl::string_view KeyOf(const storage::BlockHash& h) { return h.view(); }
 
-// Calls `fn` on `node` if its circuit lets a call through; records the
-// outcome, latency and health. A skipped call is kUnavailable. The call that
-// probes an open circuit first asks the node's health check
-// (Backend::CheckHealth: grpc.health.v1 for a server), so a node is
-// readmitted when it says it serves, not by risking a real request on it.
+// Calls `fn` on `node` unless its circuit is open; records the outcome,
+// latency and health. A skipped call is kUnavailable. An open circuit is
+// probed by ProbeOpenNodes, never here: the caller's request does not wait
+// for a health check.
 template <typename R, typename Fn>
-R CallNode(Node* node, absl::Time deadline, Fn&& fn) {
-  const bool probe = node->breaker.open();
-  if (!node->breaker.Allow()) {
+R CallNode(Node* node, Fn&& fn) {
+  if (node->breaker.open()) {
     ++node->skipped;
     return R(absl::UnavailableError(
         absl::StrCat(node->endpoint, ": circuit open (node unhealthy)")));
-  }
-  if (probe) {
-    ++node->health_checks;
-    const absl::Status health = node->backend->CheckHealth(deadline);
-    node->breaker.Record(health.ok());
-    if (!health.ok()) {
-      ++node->skipped;
-      return R(absl::UnavailableError(absl::StrCat(
-          node->endpoint, ": health check failed: ", health.message())));
-    }
   }
   ++node->requests;
   const absl::Time start = absl::Now();
@@ -123,7 +111,7 @@ void EnsureCodebooks(CodebookRegistry* registry, Node* node,
     }
   }
   for (const auto& [hash, data] : todo) {
-    absl::Status s = CallNode<absl::Status>(node, deadline, [&] {
+    absl::Status s = CallNode<absl::Status>(node, [&] {
       return node->backend->PutCodebook(hash, *data, deadline);
     });
     if (!s.ok()) return;
@@ -201,11 +189,11 @@ absl::Status NoNodeError(const std::optional<absl::Status>& first) {
 // error (a miss over a transient failure).
 template <typename Fn>
 absl::StatusOr<std::string> FirstAnswer(const std::vector<Node*>& nodes,
-                                        absl::Time deadline, Fn&& ask) {
+                                        Fn&& ask) {
   std::optional<absl::Status> error;
   for (Node* n : nodes) {
-    absl::StatusOr<std::string> r = CallNode<absl::StatusOr<std::string>>(
-        n, deadline, [&] { return ask(n); });
+    absl::StatusOr<std::string> r =
+        CallNode<absl::StatusOr<std::string>>(n, [&] { return ask(n); });
     if (r.ok()) return r;
     if (!error.has_value() || absl::IsNotFound(r.status())) error = r.status();
   }
@@ -248,10 +236,14 @@ absl::StatusOr<std::unique_ptr<ClusterBackend>> ClusterBackend::Create(
   std::unique_ptr<ClusterBackend> backend(
       new ClusterBackend(std::move(membership), std::move(options)));
   if (absl::Status s = backend->ApplyMembership(); !s.ok()) return s;
+  ClusterBackend* self = backend.get();
   if (dns && backend->options_.refresh_interval > absl::ZeroDuration()) {
-    ClusterBackend* self = backend.get();
     backend->refresher_ =
         std::make_unique<std::thread>([self] { self->RefreshLoop(); });
+  }
+  if (backend->options_.probe_tick > absl::ZeroDuration()) {
+    backend->prober_ =
+        std::make_unique<std::thread>([self] { self->ProbeLoop(); });
   }
   return backend;
 }
@@ -269,6 +261,7 @@ ClusterBackend::~ClusterBackend() {
     stop_ = true;
   }
   if (refresher_ != nullptr) refresher_->join();
+  if (prober_ != nullptr) prober_->join();
 }
 
 absl::Time ClusterBackend::Now() const {
@@ -284,6 +277,36 @@ void ClusterBackend::RefreshLoop() {
     }
     (void)RefreshMembership();
   }
+}
+
+void ClusterBackend::ProbeLoop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), options_.probe_tick);
+      if (stop_) return;
+    }
+    (void)ProbeOpenNodes();
+  }
+}
+
+int ClusterBackend::ProbeOpenNodes() {
+  std::vector<std::shared_ptr<Node>> nodes;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [ep, node] : nodes_) nodes.push_back(node);
+  }
+  int readmitted = 0;
+  for (const std::shared_ptr<Node>& n : nodes) {
+    // Allow() on an open circuit answers true once per backoff interval.
+    if (!n->breaker.open() || !n->breaker.Allow()) continue;
+    ++n->health_checks;
+    const absl::Status health =
+        n->backend->CheckHealth(absl::Now() + options_.health_check_timeout);
+    n->breaker.Record(health.ok());
+    if (health.ok()) ++readmitted;
+  }
+  return readmitted;
 }
 
 absl::StatusOr<bool> ClusterBackend::RefreshMembership() {
@@ -385,7 +408,7 @@ absl::StatusOr<std::vector<bool>> ClusterBackend::Lookup(
     Node* n = groups.nodes[g];
     tasks.push_back(
         [n, view, shared_ns, sub = std::move(sub), lease_ms, deadline] {
-          return CallNode<absl::StatusOr<std::vector<bool>>>(n, deadline, [&] {
+          return CallNode<absl::StatusOr<std::vector<bool>>>(n, [&] {
             return n->backend->Lookup(*shared_ns, sub, lease_ms, deadline);
           });
         });
@@ -453,8 +476,7 @@ absl::StatusOr<std::vector<absl::Status>> ClusterBackend::Put(
             PutItem{owned->hashes[i], owned->data[i], owned->positions[i]});
       }
       return CallNode<absl::StatusOr<std::vector<absl::Status>>>(
-          n, deadline,
-          [&] { return n->backend->Put(owned->ns, sub, deadline); });
+          n, [&] { return n->backend->Put(owned->ns, sub, deadline); });
     });
   }
   std::vector<absl::StatusOr<std::vector<absl::Status>>> results =
@@ -543,9 +565,9 @@ absl::StatusOr<std::vector<GetItem>> ClusterBackend::Get(
       for (int i : groups.items[g]) sub.push_back(hashes[i]);
       Node* node = groups.nodes[g];
       tasks.push_back([node, view, shared_ns, sub = std::move(sub), deadline] {
-        return CallNode<absl::StatusOr<std::vector<GetItem>>>(
-            node, deadline,
-            [&] { return node->backend->Get(*shared_ns, sub, deadline); });
+        return CallNode<absl::StatusOr<std::vector<GetItem>>>(node, [&] {
+          return node->backend->Get(*shared_ns, sub, deadline);
+        });
       });
     }
     std::vector<absl::StatusOr<std::vector<GetItem>>> results =
@@ -600,9 +622,8 @@ absl::Status ClusterBackend::PutCodebook(uint64_t hash, absl::string_view data,
     Node* n = node.get();
     nodes.push_back(n);
     tasks.push_back([n, view, owned, hash, deadline] {
-      absl::Status s = CallNode<absl::Status>(n, deadline, [&] {
-        return n->backend->PutCodebook(hash, *owned, deadline);
-      });
+      absl::Status s = CallNode<absl::Status>(
+          n, [&] { return n->backend->PutCodebook(hash, *owned, deadline); });
       if (s.ok()) {
         absl::MutexLock lock(&n->mu);
         n->codebooks.insert(hash);
@@ -621,9 +642,8 @@ absl::StatusOr<std::string> ClusterBackend::GetCodebook(uint64_t hash,
   for (int i : view->ring.Owners(CodebookKey(hash), 0)) {
     order.push_back(view->nodes[i].get());
   }
-  return FirstAnswer(order, deadline, [&](Node* n) {
-    return n->backend->GetCodebook(hash, deadline);
-  });
+  return FirstAnswer(
+      order, [&](Node* n) { return n->backend->GetCodebook(hash, deadline); });
 }
 
 absl::Status ClusterBackend::PutRendezvous(absl::string_view key,
@@ -640,9 +660,8 @@ absl::Status ClusterBackend::PutRendezvous(absl::string_view key,
     Node* n = view->nodes[i].get();
     nodes.push_back(n);
     tasks.push_back([n, view, k, v, ttl, deadline] {
-      return CallNode<absl::Status>(n, deadline, [&] {
-        return n->backend->PutRendezvous(*k, *v, ttl, deadline);
-      });
+      return CallNode<absl::Status>(
+          n, [&] { return n->backend->PutRendezvous(*k, *v, ttl, deadline); });
     });
   }
   return AnyOk(FanOut(std::move(tasks), nodes, deadline));
@@ -651,7 +670,7 @@ absl::Status ClusterBackend::PutRendezvous(absl::string_view key,
 absl::StatusOr<std::string> ClusterBackend::GetRendezvous(absl::string_view key,
                                                           absl::Time deadline) {
   std::shared_ptr<const View> view = Snapshot();
-  return FirstAnswer(ReadOrder(*view, key), deadline, [&](Node* n) {
+  return FirstAnswer(ReadOrder(*view, key), [&](Node* n) {
     return n->backend->GetRendezvous(key, deadline);
   });
 }

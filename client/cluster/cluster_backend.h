@@ -19,10 +19,13 @@
 // - Rendezvous entries go to their key's owners like blocks.
 // - Health: a circuit breaker per node (client/circuit_breaker.h, with
 //   jitter); a node whose circuit is open is skipped without a network
-//   call and probed again after an exponential backoff: the probe is the
-//   node's health check (Backend::CheckHealth, grpc.health.v1 for a
-//   server), and the node is readmitted when it reports SERVING. Only
-//   kUnavailable and kDeadlineExceeded count as node failures.
+//   call. A background thread probes it again after an exponential
+//   backoff: the probe is the node's health check (Backend::CheckHealth,
+//   grpc.health.v1 for a server), and the node is readmitted when it
+//   reports SERVING. Probes never run inside a caller's request, so a
+//   black-holed node costs no request its deadline, and a node that gets
+//   no traffic is still readmitted (Stats, metrics). Only kUnavailable and
+//   kDeadlineExceeded count as node failures.
 // - Deadlines: every node call gets the caller's deadline, and the fan-out
 //   returns at the deadline even if a node's call has not (it is then
 //   counted as kDeadlineExceeded), so a hung node costs one deadline.
@@ -31,8 +34,9 @@
 // factory's error. A call-level error (kUnavailable, kDeadlineExceeded, ...)
 // means no node could answer: every node asked failed, or none was healthy.
 //
-// Thread safety: every method may be called concurrently. A background
-// thread re-resolves a DNS membership every `refresh_interval`.
+// Thread safety: every method may be called concurrently. Background
+// threads re-resolve a DNS membership every `refresh_interval` and probe
+// open circuits every `probe_tick`.
 #ifndef VQKV_CLIENT_CLUSTER_CLUSTER_BACKEND_H_
 #define VQKV_CLIENT_CLUSTER_CLUSTER_BACKEND_H_
 
@@ -68,6 +72,10 @@ struct ClusterBackendOptions {
   absl::Duration refresh_interval = absl::Seconds(30);
   // How long after a membership change reads also ask the previous owners.
   absl::Duration previous_owner_window = absl::Minutes(5);
+  // How often the prober looks for open circuits whose backoff has passed
+  // (0: only on ProbeOpenNodes()), and the deadline of one health check.
+  absl::Duration probe_tick = absl::Milliseconds(100);
+  absl::Duration health_check_timeout = absl::Seconds(1);
   // Per node. Backoff: probe_interval doubling up to max_probe_interval,
   // each wait spread by `jitter`.
   CircuitBreakerOptions circuit = {.failures_to_open = 2,
@@ -92,10 +100,10 @@ struct NodeStats {
   std::string endpoint;
   bool member = false;  // in the current set (else: a previous owner)
   bool circuit_open = false;
-  int64_t requests = 0;  // calls sent
-  int64_t errors = 0;    // calls that failed (call-level, not kNotFound)
-  int64_t skipped = 0;   // calls not sent: circuit open, health check failed
-  int64_t health_checks = 0;  // grpc.health.v1 checks that probed the circuit
+  int64_t requests = 0;       // calls sent
+  int64_t errors = 0;         // calls that failed (call-level, not kNotFound)
+  int64_t skipped = 0;        // calls not sent: circuit open
+  int64_t health_checks = 0;  // the prober's grpc.health.v1 checks
   int64_t times_opened = 0;
   double latency_sum_ms = 0;
   int64_t latency_count = 0;
@@ -147,6 +155,11 @@ class ClusterBackend : public Backend {
   // set takes effect for the next call. Returns whether it changed.
   absl::StatusOr<bool> RefreshMembership();
 
+  // Health-checks, one after another, every node whose circuit is open and
+  // whose backoff has passed, and readmits those that serve. Returns how
+  // many were readmitted. The prober thread calls it every probe_tick.
+  int ProbeOpenNodes();
+
   // Per-node counters and the cluster's.
   ClusterStats Stats() const;
   std::vector<NodeStats> NodeStatsList() const { return Stats().nodes; }
@@ -168,6 +181,7 @@ class ClusterBackend : public Backend {
   // window) previous owners not among them.
   std::vector<Node*> ReadOrder(const View& view, absl::string_view key) const;
   void RefreshLoop();
+  void ProbeLoop();
   absl::Time Now() const;
 
   const std::unique_ptr<Membership> membership_;
@@ -189,6 +203,7 @@ class ClusterBackend : public Backend {
   std::atomic<int64_t> fallback_reads_{0};
   std::atomic<int64_t> previous_owner_reads_{0};
   std::unique_ptr<std::thread> refresher_;
+  std::unique_ptr<std::thread> prober_;
 };
 
 }  // namespace vqkv::client::cluster

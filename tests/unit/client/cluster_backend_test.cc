@@ -104,9 +104,14 @@ class FakeBackend : public Backend {
     }
     return out;
   }
-  absl::Status CheckHealth(absl::Time) override {
+  absl::Status CheckHealth(absl::Time deadline) override {
     ++n_->health_checks;
-    return n_->Enter();
+    const absl::Status s = n_->Enter();
+    // A hung node's check ends at its deadline, as a gRPC call's would.
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError("injected: health check hung");
+    }
+    return s;
   }
   absl::Status PutCodebook(uint64_t hash, absl::string_view data,
                            absl::Time) override {
@@ -159,6 +164,7 @@ struct Fixture {
     ClusterBackendOptions o;
     o.replicas = replicas;
     o.refresh_interval = absl::ZeroDuration();
+    o.probe_tick = absl::ZeroDuration();  // tests call ProbeOpenNodes()
     o.circuit.failures_to_open = 1;
     o.circuit.probe_interval = absl::Seconds(1);
     o.circuit.max_probe_interval = absl::Seconds(4);
@@ -344,22 +350,30 @@ TEST(ClusterBackendTest, FailedNodeIsSkippedThenReadmittedAfterBackoff) {
       << b->Describe();
 
   EXPECT_EQ(f.node(1).health_checks, 0);
+  EXPECT_EQ(b->ProbeOpenNodes(), 0);
+  EXPECT_EQ(f.node(1).health_checks, 0) << "not before the backoff";
 
   // Still down at the first probe (1 s +- 20%): the probe is a health check,
   // which fails, so no request is risked on the node and the backoff doubles.
+  // Calls never probe: only ProbeOpenNodes (the prober thread) does.
   f.Advance(absl::Milliseconds(1300));
   EXPECT_EQ(Found(b.get(), hashes), 60);
+  EXPECT_EQ(f.node(1).health_checks, 0) << "a call does not probe";
+  EXPECT_EQ(b->ProbeOpenNodes(), 0);
   EXPECT_EQ(f.node(1).health_checks, 1) << "one probe";
+  EXPECT_EQ(b->ProbeOpenNodes(), 0);
+  EXPECT_EQ(f.node(1).health_checks, 1) << "one probe per interval";
   EXPECT_EQ(f.node(1).gets + f.node(1).lookups, calls)
       << "a failed health check sends no request";
   // Back up; the next probe (2 s +- 20% later) readmits it.
   f.node(1).fail = false;
   f.Advance(absl::Milliseconds(1500));
-  (void)Found(b.get(), hashes);
+  EXPECT_EQ(b->ProbeOpenNodes(), 0);
   EXPECT_EQ(f.node(1).health_checks, 1) << "backoff doubled";
   f.Advance(absl::Milliseconds(1100));
-  EXPECT_EQ(Found(b.get(), hashes), 60);
+  EXPECT_EQ(b->ProbeOpenNodes(), 1);
   EXPECT_EQ(f.node(1).health_checks, 2) << "the second probe";
+  EXPECT_EQ(Found(b.get(), hashes), 60);
   s = b->Stats();
   EXPECT_FALSE(s.nodes[1].circuit_open);
   EXPECT_EQ(s.nodes[1].health_checks, 2);
@@ -369,6 +383,48 @@ TEST(ClusterBackendTest, FailedNodeIsSkippedThenReadmittedAfterBackoff) {
   EXPECT_GT(s.nodes[1].requests, 0);
   EXPECT_GT(s.nodes[1].errors, 0);
   EXPECT_GT(s.nodes[0].latency_count, 0);
+}
+
+// The prober thread readmits a node that recovered while no call was
+// routed to it, and a black-holed node's health check never delays a call.
+TEST(ClusterBackendTest, TheProberReadmitsAnIdleNodeOffTheRequestPath) {
+  Fixture f;
+  ClusterBackendOptions o = f.Options(2);
+  o.probe_tick = absl::Milliseconds(5);
+  o.health_check_timeout = absl::Milliseconds(200);
+  auto made = ClusterBackend::Create("n0:1,n1:1,n2:1", o);
+  ASSERT_TRUE(made.ok()) << made.status();
+  ClusterBackend* b = made->get();
+  const std::vector<BlockHash> hashes = Hashes(60);
+  PutAll(b, hashes);
+  f.node(1).hang_ms = 1000;  // black-holed: calls and health checks hang
+  const absl::Time hang_start = absl::Now();
+  ASSERT_TRUE(b->Lookup(Ns(), hashes, 0, Soon(absl::Milliseconds(300))).ok());
+  ASSERT_TRUE(b->Stats().nodes[1].circuit_open);
+  // Past the backoff the prober's health check hangs on the node; calls
+  // meanwhile skip it without waiting.
+  f.Advance(absl::Milliseconds(1300));
+  const absl::Time probing_by = absl::Now() + absl::Seconds(10);
+  while (f.node(1).health_checks == 0 && absl::Now() < probing_by) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_GT(f.node(1).health_checks, 0) << "the prober ran";
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(Found(b, hashes, absl::Seconds(5)), 60);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500))
+      << "a call waited for the hung node's health check (it hangs 1 s)";
+  // The node recovers; no call goes to it, yet the prober readmits it.
+  absl::SleepFor(hang_start + absl::Milliseconds(1100) - absl::Now());
+  f.node(1).hang_ms = 0;
+  const absl::Time readmit_by = absl::Now() + absl::Seconds(20);
+  bool open = true;
+  while (open && absl::Now() < readmit_by) {
+    f.Advance(absl::Milliseconds(500));  // let the doubled backoffs pass
+    absl::SleepFor(absl::Milliseconds(20));
+    open = b->Stats().nodes[1].circuit_open;
+  }
+  EXPECT_FALSE(open) << b->Describe();
+  EXPECT_NE(b->Describe().find("n1:1 ok"), std::string::npos) << b->Describe();
 }
 
 TEST(ClusterBackendTest, PreviousOwnersAreReadForAWindowAfterAChange) {
