@@ -238,12 +238,16 @@ absl::StatusOr<std::unique_ptr<ClusterBackend>> ClusterBackend::Create(
   if (absl::Status s = backend->ApplyMembership(); !s.ok()) return s;
   ClusterBackend* self = backend.get();
   if (dns && backend->options_.refresh_interval > absl::ZeroDuration()) {
-    backend->refresher_ =
-        std::make_unique<std::thread>([self] { self->RefreshLoop(); });
+    backend->refresher_ = std::make_unique<std::thread>([self] {
+      self->RunEvery(self->options_.refresh_interval,
+                     [self] { (void)self->RefreshMembership(); });
+    });
   }
   if (backend->options_.probe_tick > absl::ZeroDuration()) {
-    backend->prober_ =
-        std::make_unique<std::thread>([self] { self->ProbeLoop(); });
+    backend->prober_ = std::make_unique<std::thread>([self] {
+      self->RunEvery(self->options_.probe_tick,
+                     [self] { (void)self->ProbeOpenNodes(); });
+    });
   }
   return backend;
 }
@@ -268,25 +272,15 @@ absl::Time ClusterBackend::Now() const {
   return options_.clock ? options_.clock() : absl::Now();
 }
 
-void ClusterBackend::RefreshLoop() {
+void ClusterBackend::RunEvery(absl::Duration interval,
+                              const std::function<void()>& fn) {
   for (;;) {
     {
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&stop_), options_.refresh_interval);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), interval);
       if (stop_) return;
     }
-    (void)RefreshMembership();
-  }
-}
-
-void ClusterBackend::ProbeLoop() {
-  for (;;) {
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&stop_), options_.probe_tick);
-      if (stop_) return;
-    }
-    (void)ProbeOpenNodes();
+    fn();
   }
 }
 

@@ -180,8 +180,10 @@ class ClusterBackend : public Backend {
   // Nodes to ask for `key`, in order: current owners, then (inside the
   // window) previous owners not among them.
   std::vector<Node*> ReadOrder(const View& view, absl::string_view key) const;
-  void RefreshLoop();
-  void ProbeLoop();
+  // Calls `fn` every `interval` until the destructor stops the backend (the
+  // refresher's and the prober's loop).
+  void RunEvery(absl::Duration interval, const std::function<void()>& fn)
+      ABSL_LOCKS_EXCLUDED(mu_);
   absl::Time Now() const;
 
   const std::unique_ptr<Membership> membership_;
