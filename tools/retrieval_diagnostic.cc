@@ -162,6 +162,52 @@ double DigitMass(const float* q, const float* keys, int64_t n, int kv_heads,
   return mass / sum;
 }
 
+// How the logits of query q move from `exact` to `decoded` keys over the
+// coded positions [begin, end) of one KV head (see HeadAttention).
+struct LogitShift {
+  double digit_shift = 0, filler_noise = 0, slope = 0;
+};
+LogitShift MeasureLogitShift(const float* q, const float* exact,
+                             const float* decoded, int64_t begin, int64_t end,
+                             int kv_heads, int kv_head, int dim,
+                             const std::vector<int>& token_class) {
+  const double scale = 1.0 / std::sqrt(double(dim));
+  double digit_sum = 0, filler_sum = 0, filler_sq = 0;
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  int64_t digits = 0, fillers = 0;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t off = (t * kv_heads + kv_head) * dim;
+    double x = 0, y = 0;
+    for (int d = 0; d < dim; ++d) {
+      x += double(q[d]) * exact[off + d];
+      y += double(q[d]) * decoded[off + d];
+    }
+    x *= scale;
+    y *= scale;
+    if (token_class[t] == kKeyDigits) {
+      digit_sum += y - x;
+      ++digits;
+    } else if (token_class[t] == kFiller) {
+      filler_sum += y - x;
+      filler_sq += (y - x) * (y - x);
+      sx += x;
+      sy += y;
+      sxx += x * x;
+      sxy += x * y;
+      ++fillers;
+    }
+  }
+  LogitShift s;
+  if (digits == 0 || fillers < 2) return s;
+  const double fm = filler_sum / fillers;
+  s.digit_shift = digit_sum / digits - fm;
+  s.filler_noise = std::sqrt(std::max(0.0, filler_sq / fillers - fm * fm));
+  const double vx = sxx / fillers - (sx / fillers) * (sx / fillers);
+  const double cxy = sxy / fillers - (sx / fillers) * (sy / fillers);
+  s.slope = vx > 0 ? cxy / vx : 0;
+  return s;
+}
+
 }  // namespace
 
 const char* TokenClassName(int c) {
@@ -252,6 +298,9 @@ absl::StatusOr<DiagnosticReport> RunRetrievalDiagnostic(
       r.attention.resize(static_cast<size_t>(lay.layers) * heads);
     }
     const int group = heads / lay.kv_heads;
+    // AddReconstructionErrors codes whole blocks from the sinks on.
+    const int64_t coded_end =
+        o.sinks + (n - o.window - o.sinks) / o.block_tokens * o.block_tokens;
     for (int l = 0; l < lay.layers; ++l) {
       for (int j = 0; j < heads; ++j) {
         const float* q = collector.queries().data() +
@@ -264,6 +313,13 @@ absl::StatusOr<DiagnosticReport> RunRetrievalDiagnostic(
         ha.coded +=
             DigitMass(q, decoded_keys.data() + l * n * row, n, lay.kv_heads,
                       j / group, lay.head_dim, token_class);
+        const LogitShift ls = MeasureLogitShift(
+            q, keys.data() + l * n * row, decoded_keys.data() + l * n * row,
+            o.sinks, coded_end, lay.kv_heads, j / group, lay.head_dim,
+            token_class);
+        ha.digit_shift += ls.digit_shift;
+        ha.filler_noise += ls.filler_noise;
+        ha.slope += ls.slope;
       }
     }
     if (progress) progress(++done, total);
@@ -300,8 +356,12 @@ absl::StatusOr<DiagnosticReport> RunRetrievalDiagnostic(
     }
   }
   for (HeadAttention& ha : r.attention) {
-    ha.exact /= std::max(r.coded_trials, 1);
-    ha.coded /= std::max(r.coded_trials, 1);
+    const double trials = std::max(r.coded_trials, 1);
+    ha.exact /= trials;
+    ha.coded /= trials;
+    ha.digit_shift /= trials;
+    ha.filler_noise /= trials;
+    ha.slope /= trials;
   }
   if (r.coded_trials == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -374,12 +434,17 @@ std::string FormatDiagnostic(const DiagnosticReport& r,
   absl::StrAppendFormat(
       &out,
       "\nattention of the last query on the key's digit tokens (softmax mass, "
-      "mean over prompts), the %d heads that attend to them most:\n"
-      "%-11s %8s %8s\n",
-      static_cast<int>(top.size()), "layer.head", "exact", "coded");
+      "mean over prompts), the %d heads that attend to them most; the "
+      "change of its logits q.k/sqrt(d) when the keys are decoded: on the "
+      "digits relative to the filler, its spread over the filler, and the "
+      "filler's coded-on-exact slope:\n"
+      "%-11s %8s %8s %12s %12s %8s\n",
+      static_cast<int>(top.size()), "layer.head", "exact", "coded",
+      "digit shift", "filler noise", "slope");
   for (const HeadAttention& h : top) {
-    absl::StrAppendFormat(&out, "%5d.%-5d %8.4f %8.4f\n", h.layer, h.head,
-                          h.exact, h.coded);
+    absl::StrAppendFormat(&out, "%5d.%-5d %8.4f %8.4f %12.3f %12.3f %8.3f\n",
+                          h.layer, h.head, h.exact, h.coded, h.digit_shift,
+                          h.filler_noise, h.slope);
   }
   if (!r.ablations.empty()) {
     absl::StrAppendFormat(
@@ -421,10 +486,12 @@ std::string DiagnosticJson(const DiagnosticReport& r,
   for (size_t i = 0; i < r.attention.size(); ++i) {
     absl::StrAppendFormat(&attention,
                           "%s{\"layer\":%d,\"head\":%d,\"exact\":%.5f,"
-                          "\"coded\":%.5f}",
+                          "\"coded\":%.5f,\"digit_shift\":%.4f,"
+                          "\"filler_noise\":%.4f,\"slope\":%.4f}",
                           i ? "," : "", r.attention[i].layer,
                           r.attention[i].head, r.attention[i].exact,
-                          r.attention[i].coded);
+                          r.attention[i].coded, r.attention[i].digit_shift,
+                          r.attention[i].filler_noise, r.attention[i].slope);
   }
   return absl::StrFormat(
       "{\"task\":\"diagnose\",\"descriptor\":\"%s\",\"length\":%d,"

@@ -65,12 +65,20 @@ struct LayerErrors {
   std::vector<std::vector<ClassError>> head_keys, head_values;
 };
 
-// Mean over trials of the last query's attention mass on the key digits.
+// Mean over trials of the last query's attention mass on the key digits,
+// and how its logits q.k/sqrt(d) move when the keys are decoded: the mean
+// change on the digits minus the mean change on the coded filler (softmax
+// ignores a shift shared by all tokens, so this is what moves the mass),
+// the spread of the change over the coded filler, and the slope of the
+// coded filler logits regressed on the exact ones (1 = no shrinkage).
 struct HeadAttention {
   int layer = 0;
   int head = 0;  // query head
   double exact = 0;
   double coded = 0;
+  double digit_shift = 0;   // mean over trials
+  double filler_noise = 0;  // standard deviation, mean over trials
+  double slope = 0;         // mean over trials
 };
 
 struct AblationRow {
