@@ -250,6 +250,10 @@ absl::StatusOr<CodeAttention> CodeAttention::Create(const VqCodec& codec,
   a.key_stages_ = offset;
   a.values_ = &set.value(layer, slot);
   a.sketch_ = codec.key_sketch_for_layer(layer);
+  if (set.has_key_gains()) {
+    a.key_gain_ = set.key_gain(layer, kv_head);
+    a.key_centre_ = set.key_centre(layer, kv_head);
+  }
   return a;
 }
 
@@ -309,7 +313,7 @@ absl::Status CodeAttention::Attend(const float* q, int group, float scale,
       }
     }
     cpu::QueryTable(kg.q->codebooks().data(), kg.q->stages() * kk, dg,
-                    scratch->qg.data(), group, gp, scale,
+                    scratch->qg.data(), group, gp, scale * key_gain_,
                     scratch->key_lut.data() + kg.stage_offset * kk * gp);
   }
 
@@ -351,6 +355,19 @@ absl::Status CodeAttention::Attend(const float* q, int group, float scale,
       ScoreTokensAny(gp, scratch->key_lut.data(), key_stages_, kbits, tok,
                      sketch_lut, sketch_bytes, logits);
   if ((kseen >> kbits) != 0) return CodeOutOfRange("key", kbits);
+  if (key_gain_ != 1.0f) {
+    // The gain's constant term, scale * (1 - gain) * q.centre, per head.
+    scratch->qg.assign(static_cast<size_t>(group), 0.0f);
+    for (int h = 0; h < group; ++h) {
+      double dot = 0;
+      for (int d = 0; d < D; ++d) dot += double(q[h * D + d]) * key_centre_[d];
+      scratch->qg[h] =
+          static_cast<float>(double(scale) * (1.0 - key_gain_) * dot);
+    }
+    for (int64_t t = 0; t < tok.n; ++t) {
+      for (int h = 0; h < group; ++h) logits[t * gp + h] += scratch->qg[h];
+    }
+  }
 
   // Softmax numerators exp(x - max), per head; padding lanes stay 0.
   std::vector<float>& mx = out->max;
@@ -439,6 +456,11 @@ absl::Status CodeAttention::AttendRef(const float* q, int group, float scale,
                             (static_cast<int64_t>(s) * kg.q->K() + code) * dg;
           for (int d = 0; d < dg; ++d) dot += double(qh[kg.dims[d]]) * cw[d];
         }
+      }
+      if (key_centre_ != nullptr) {
+        double qc = 0;
+        for (int d = 0; d < D; ++d) qc += double(qh[d]) * key_centre_[d];
+        dot = key_gain_ * dot + (1.0 - double(key_gain_)) * qc;
       }
       if (sketch_ != nullptr) {
         // The sketch adds w * sum_b (+-1) S_b to the key (SignSketch::

@@ -133,6 +133,10 @@ class CodeAttention {
   std::vector<KeyGroup> key_groups_;
   const ResidualQuantizer* values_ = nullptr;
   const SignSketch* sketch_ = nullptr;  // owned by the codec
+  // The key gain (CodebookSet::SetKeyGain): q.k = gain * q.codewords +
+  // (1 - gain) * q.centre; 1 and null without gains.
+  float key_gain_ = 1.0f;
+  const float* key_centre_ = nullptr;  // owned by the codec's set
 };
 
 // The codes of a VqCodec payload of `tokens` tokens, unpacked:

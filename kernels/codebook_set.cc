@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cmath>
@@ -21,7 +22,8 @@ static_assert(std::endian::native == std::endian::little,
               "the codebook file is little-endian; add byte swapping to "
               "support big-endian hosts");
 
-// Version 1's header; version 2 appends the model identity to it.
+// Version 1's header; version 2 appends the model identity to it, and
+// version 3 (the same header) appends the key gains to the body.
 constexpr size_t kHeaderBytes = 64;
 constexpr size_t kHeaderBytesV2 = 128;
 constexpr size_t kMaxHeaderBytes = kHeaderBytesV2;
@@ -64,18 +66,27 @@ uint64_t BodyBytes(const CodebookConfig& c,
   return floats * 4 * c.layout.layers * c.slots_per_layer();
 }
 
-size_t HeaderBytes(const std::optional<ModelIdentity>& identity) {
-  return identity ? kHeaderBytesV2 : kHeaderBytes;
+uint64_t KeyGainBytes(const CodebookConfig& c) {
+  return uint64_t{4} * c.layout.layers * c.layout.kv_heads *
+         (1 + uint64_t(c.layout.head_dim));
 }
 
-// Writes HeaderBytes(identity) bytes at h.
+uint16_t Version(const std::optional<ModelIdentity>& identity, bool key_gains) {
+  return key_gains ? 3 : identity ? 2 : 1;
+}
+
+size_t HeaderBytes(uint16_t version) {
+  return version == 1 ? kHeaderBytes : kHeaderBytesV2;
+}
+
+// Writes HeaderBytes(version) bytes at h.
 void EncodeHeader(const CodebookConfig& c,
                   const std::optional<ModelIdentity>& identity,
-                  uint64_t body_bytes, uint8_t* h) {
-  const size_t header_bytes = HeaderBytes(identity);
+                  uint16_t version, uint64_t body_bytes, uint8_t* h) {
+  const size_t header_bytes = HeaderBytes(version);
   std::memset(h, 0, header_bytes);
   Put<uint32_t>(h, 0, kCodebookMagic);
-  Put<uint16_t>(h, 4, identity ? 2 : 1);
+  Put<uint16_t>(h, 4, version);
   Put<uint16_t>(h, 6, static_cast<uint16_t>(header_bytes));
   Put<uint32_t>(h, 8, c.layout.layers);
   Put<uint32_t>(h, 12, c.layout.kv_heads);
@@ -203,6 +214,36 @@ absl::Status CodebookSet::SetIdentity(ModelIdentity identity) {
   return absl::OkStatus();
 }
 
+absl::Status CodebookSet::SetKeyGain(int layer, int kv_head, float gain,
+                                     const std::vector<float>& centre) {
+  const KvLayout& lay = config_.layout;
+  if (layer < 0 || layer >= lay.layers || kv_head < 0 ||
+      kv_head >= lay.kv_heads ||
+      centre.size() != static_cast<size_t>(lay.head_dim)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key gain of layer ", layer, ", kv head ", kv_head,
+                     " with a ", centre.size(), "-float centre does not fit a ",
+                     lay.layers, "x", lay.kv_heads, "x", lay.head_dim, " set"));
+  }
+  if (!(gain > 0 && gain <= kMaxKeyGain) ||
+      !std::all_of(centre.begin(), centre.end(),
+                   [](float x) { return std::isfinite(x); })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key gain must be in (0, ", kMaxKeyGain,
+                     "] with a finite centre; got ", gain));
+  }
+  if (key_gains_.empty()) {
+    key_gains_.assign(KeyGainBytes(config_) / 4, 0.0f);
+    for (size_t i = 0; i < key_gains_.size(); i += 1 + lay.head_dim) {
+      key_gains_[i] = 1.0f;
+    }
+  }
+  const size_t at = GainIndex(layer, kv_head);
+  key_gains_[at] = gain;
+  std::copy(centre.begin(), centre.end(), key_gains_.begin() + at + 1);
+  return absl::OkStatus();
+}
+
 absl::Status CodebookSet::CheckModel(const ModelIdentity& model,
                                      std::string_view label) const {
   if (!identity_ || *identity_ == model) return absl::OkStatus();
@@ -239,9 +280,13 @@ namespace {
 template <typename Sink>
 void WriteContent(const CodebookSet& set, Sink& sink) {
   const CodebookConfig& c = set.config();
+  const uint16_t version = Version(set.identity(), set.has_key_gains());
   uint8_t header[kMaxHeaderBytes];
-  EncodeHeader(c, set.identity(), BodyBytes(c, set.key_group_dims()), header);
-  sink.Append(header, HeaderBytes(set.identity()));
+  EncodeHeader(c, set.identity(), version,
+               BodyBytes(c, set.key_group_dims()) +
+                   (set.has_key_gains() ? KeyGainBytes(c) : 0),
+               header);
+  sink.Append(header, HeaderBytes(version));
   const int groups = static_cast<int>(set.key_group_dims().size());
   for (int l = 0; l < c.layout.layers; ++l) {
     for (int s = 0; s < c.slots_per_layer(); ++s) {
@@ -251,6 +296,15 @@ void WriteContent(const CodebookSet& set, Sink& sink) {
       }
       const std::vector<float>& cb = set.value(l, s).codebooks();
       sink.Append(cb.data(), cb.size() * sizeof(float));
+    }
+  }
+  if (set.has_key_gains()) {
+    for (int l = 0; l < c.layout.layers; ++l) {
+      for (int h = 0; h < c.layout.kv_heads; ++h) {
+        const float gain = set.key_gain(l, h);
+        sink.Append(&gain, sizeof(gain));
+        sink.Append(set.key_centre(l, h), sizeof(float) * c.layout.head_dim);
+      }
     }
   }
 }
@@ -277,8 +331,8 @@ absl::StatusOr<std::string> CodebookSet::Serialize() const {
         "codebook set serialize needs every quantizer fitted");
   }
   std::string out;
-  out.reserve(HeaderBytes(identity_) + BodyBytes(config_, key_group_dims_) +
-              kTrailerBytes);
+  out.reserve(kMaxHeaderBytes + BodyBytes(config_, key_group_dims_) +
+              (has_key_gains() ? KeyGainBytes(config_) : 0) + kTrailerBytes);
   StringSink sink{&out};
   WriteContent(*this, sink);
   const uint64_t h = XXH3_64bits(out.data(), out.size());
@@ -301,13 +355,13 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
                      " bytes, header needs ", kHeaderBytes + kTrailerBytes));
   }
   const uint16_t version = Get<uint16_t>(p, 4);
-  if (version != 1 && version != 2) {
+  if (version < 1 || version > kCodebookFormatVersion) {
     return absl::FailedPreconditionError(
         absl::StrCat("codebook file format version ", version,
                      " is not supported (this build reads versions 1 to ",
                      kCodebookFormatVersion, ")"));
   }
-  const size_t header_bytes = version == 1 ? kHeaderBytes : kHeaderBytesV2;
+  const size_t header_bytes = HeaderBytes(version);
   const uint64_t body = Get<uint64_t>(p, 48);
   if (Get<uint16_t>(p, 6) != header_bytes ||
       bytes.size() < header_bytes + kTrailerBytes ||
@@ -367,13 +421,21 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
            c.layout.head_dim +
        double(c.value_stages) * std::ldexp(1.0, c.value_bits) *
            c.layout.head_dim);
-  if (estimate > 0x1p62 || BodyBytes(c, dims0) != body) {
+  const uint64_t gain_bytes = version == 3 ? KeyGainBytes(c) : 0;
+  if (estimate > 0x1p62 || BodyBytes(c, dims0) + gain_bytes != body) {
     return absl::DataLossError(
         "codebook file body size does not match its config");
   }
   absl::StatusOr<CodebookSet> set = Create(c);
   if (!set.ok()) return absl::DataLossError(set.status().message());
-  if (version == 2) {
+  // Version 3 may have no identity: then every identity byte is zero.
+  bool has_identity = version == 2;
+  if (version == 3) {
+    for (size_t i = kFingerprintOffset; i < kHeaderBytesV2; ++i) {
+      if (p[i] != 0) has_identity = true;
+    }
+  }
+  if (has_identity) {
     ModelIdentity id;
     id.layout = c.layout;
     id.fingerprint = Get<uint64_t>(p, kFingerprintOffset);
@@ -430,6 +492,21 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
       if (!q.ok()) return absl::DataLossError(q.status().message());
       if (absl::Status st = set->SetValue(l, s, *std::move(q)); !st.ok()) {
         return absl::DataLossError(st.message());
+      }
+    }
+  }
+  if (version == 3) {
+    const int D = c.layout.head_dim;
+    for (int l = 0; l < c.layout.layers; ++l) {
+      for (int h = 0; h < c.layout.kv_heads; ++h) {
+        const std::vector<float> entry = take(1 + size_t(D));
+        if (absl::Status st = set->SetKeyGain(
+                l, h, entry[0],
+                std::vector<float>(entry.begin() + 1, entry.end()));
+            !st.ok()) {
+          return absl::DataLossError(
+              absl::StrCat("codebook file key gain: ", st.message()));
+        }
       }
     }
   }

@@ -13,6 +13,13 @@
 // share a hash); a set without one serializes as version 1, byte for byte
 // what builds before version 2 wrote, so its hash is unchanged.
 //
+// A set may also carry key gains (SetKeyGain): per layer and KV head a
+// decoded key is read as centre + gain * (codewords - centre), which undoes
+// the shrinkage of k-means codewords toward the calibration keys' mean that
+// costs retrieval (docs/CODEC.md, "Key gain"). A set with gains serializes
+// as version 3 (version 2's header, the gains after the codebooks); sets
+// without keep their version and hash.
+//
 // Thread safety: const methods may run concurrently; Set* must not run
 // concurrently with anything else on the same object.
 #ifndef VQKV_KERNELS_CODEBOOK_SET_H_
@@ -34,9 +41,11 @@
 namespace vqkv {
 
 inline constexpr uint32_t kCodebookMagic = 0x42435156;  // "VQCB" little-endian
-// The newest version this build reads and writes; it also reads (and, for a
-// set without a model identity, writes) version 1.
-inline constexpr uint16_t kCodebookFormatVersion = 2;
+// The newest version this build reads and writes; it also reads and writes
+// versions 1 (no model identity, no key gains) and 2 (no key gains).
+inline constexpr uint16_t kCodebookFormatVersion = 3;
+// Largest key gain a set accepts.
+inline constexpr float kMaxKeyGain = 16.0f;
 
 struct CodebookConfig {
   KvLayout layout;
@@ -103,6 +112,24 @@ class CodebookSet {
   absl::Status CheckModel(const ModelIdentity& model,
                           std::string_view label) const;
 
+  // Sets the key gain of (layer, kv_head): decoded keys of that head read
+  // centre + gain * (reconstruction - centre); centre has head_dim floats
+  // (the space the keys are coded in: pre- or post-RoPE). Until the first
+  // call the set has no gains; then every other head's gain is 1.
+  // Errors: kInvalidArgument for an out-of-range index, a centre of the
+  // wrong size, a gain outside (0, kMaxKeyGain] or a non-finite value.
+  absl::Status SetKeyGain(int layer, int kv_head, float gain,
+                          const std::vector<float>& centre);
+  bool has_key_gains() const { return !key_gains_.empty(); }
+  // REQUIRES: has_key_gains() and indices in range (unchecked).
+  float key_gain(int layer, int kv_head) const {
+    return key_gains_[GainIndex(layer, kv_head)];
+  }
+  // head_dim floats.
+  const float* key_centre(int layer, int kv_head) const {
+    return key_gains_.data() + GainIndex(layer, kv_head) + 1;
+  }
+
   // True when every quantizer of every layer has been set.
   bool complete() const;
   bool layer_complete(int layer) const;
@@ -113,7 +140,7 @@ class CodebookSet {
   // The codebook file, hash trailer included.
   // Errors: kFailedPrecondition unless complete().
   absl::StatusOr<std::string> Serialize() const;
-  // Reads format version 1 (no identity) and 2.
+  // Reads format versions 1 (no identity), 2 and 3 (key gains).
   // Errors: kInvalidArgument for a wrong magic, kFailedPrecondition for an
   // unsupported version, kDataLoss for a truncated/oversized file, a hash
   // mismatch or a config or identity that does not parse.
@@ -124,11 +151,18 @@ class CodebookSet {
   static absl::StatusOr<CodebookSet> Load(const std::string& path);
 
  private:
+  size_t GainIndex(int layer, int kv_head) const {
+    return (static_cast<size_t>(layer) * config_.layout.kv_heads + kv_head) *
+           (1 + config_.layout.head_dim);
+  }
+
   CodebookConfig config_;
   std::optional<ModelIdentity> identity_;
   std::vector<std::vector<int>> key_group_dims_;
   std::vector<ResidualQuantizer> keys_;    // [layer][slot][group]
   std::vector<ResidualQuantizer> values_;  // [layer][slot]
+  // Empty, or [layer][kv_head] of {gain, centre[head_dim]}.
+  std::vector<float> key_gains_;
 };
 
 }  // namespace vqkv

@@ -10,55 +10,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/kmeans.h"
+#include "kernels/linalg.h"
 
 namespace vqkv {
-namespace {
-
-// Solves A X = B for symmetric positive definite A [d][d] and d right-hand
-// sides (the columns of B [d][d]), in double: A is overwritten by its
-// Cholesky factor, B by X. false when A is not numerically positive
-// definite. A hand-written factorisation because d <= 128 and the project
-// links BLAS but not LAPACK; this costs d^3/3 flops, noise next to one
-// assignment pass.
-bool CholeskySolve(int d, double* a, double* b) {
-  for (int j = 0; j < d; ++j) {
-    double diag = a[j * d + j];
-    for (int p = 0; p < j; ++p) diag -= a[j * d + p] * a[j * d + p];
-    if (!(diag > 0) || !std::isfinite(diag)) return false;
-    const double l = std::sqrt(diag);
-    a[j * d + j] = l;
-    for (int i = j + 1; i < d; ++i) {
-      double v = a[i * d + j];
-      for (int p = 0; p < j; ++p) v -= a[i * d + p] * a[j * d + p];
-      a[i * d + j] = v / l;
-    }
-  }
-  // Forward (L Y = B) then backward (L^T X = Y) substitution, all columns
-  // of B at once, row by row.
-  for (int i = 0; i < d; ++i) {
-    double* bi = b + i * d;
-    for (int p = 0; p < i; ++p) {
-      const double l = a[i * d + p];
-      const double* bp = b + p * d;
-      for (int q = 0; q < d; ++q) bi[q] -= l * bp[q];
-    }
-    const double inv = 1.0 / a[i * d + i];
-    for (int q = 0; q < d; ++q) bi[q] *= inv;
-  }
-  for (int i = d - 1; i >= 0; --i) {
-    double* bi = b + i * d;
-    for (int p = i + 1; p < d; ++p) {
-      const double l = a[p * d + i];
-      const double* bp = b + p * d;
-      for (int q = 0; q < d; ++q) bi[q] -= l * bp[q];
-    }
-    const double inv = 1.0 / a[i * d + i];
-    for (int q = 0; q < d; ++q) bi[q] *= inv;
-  }
-  return true;
-}
-
-}  // namespace
 
 absl::StatusOr<SimVqResult> SimVqFit(const float* x, int64_t n, int dim,
                                      const float* basis, int k,

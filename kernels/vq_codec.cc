@@ -538,6 +538,60 @@ absl::Status VqCodec::Reconstruct(const uint16_t* kcodes,
       first_layer, first_layer + num_layers);
 }
 
+void VqCodec::ApplyKeyGains(int64_t tokens, int first_layer, int num_layers,
+                            float* keys) const {
+  if (!set_.has_key_gains()) return;
+  const int H = layout_.kv_heads, D = layout_.head_dim;
+  for (int l = 0; l < num_layers; ++l) {
+    for (int h = 0; h < H; ++h) {
+      const float g = set_.key_gain(first_layer + l, h);
+      if (g == 1.0f) continue;
+      const float* c = set_.key_centre(first_layer + l, h);
+      for (int64_t t = 0; t < tokens; ++t) {
+        float* k = keys + ((int64_t{l} * tokens + t) * H + h) * D;
+        for (int d = 0; d < D; ++d) k[d] = c[d] + g * (k[d] - c[d]);
+      }
+    }
+  }
+}
+
+absl::Status VqCodec::ReconstructLayerKeys(int layer, const float* keys,
+                                           int64_t tokens, float* out) const {
+  if (layer < 0 || layer >= layout_.layers || tokens < 1 || keys == nullptr ||
+      out == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ReconstructLayerKeys needs a layer in 0..", layout_.layers - 1,
+        ", tokens >= 1 and non-null buffers; got layer ", layer, ", ", tokens,
+        " tokens"));
+  }
+  if (!set_.layer_complete(layer)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ReconstructLayerKeys: layer ", layer, " is not fitted"));
+  }
+  const CodebookConfig& c = set_.config();
+  const int H = layout_.kv_heads, D = layout_.head_dim;
+  const int slots = c.slots_per_layer();
+  const int64_t rows = c.per_head ? tokens : tokens * H;
+  std::vector<float> buf, dec;
+  std::vector<uint16_t> codes;
+  for (int s = 0; s < slots; ++s) {
+    const int slot = c.per_head ? s : -1;
+    for (size_t g = 0; g < set_.key_group_dims().size(); ++g) {
+      const std::vector<int>& dims = set_.key_group_dims()[g];
+      const ResidualQuantizer& q = set_.key(layer, s, static_cast<int>(g));
+      buf.resize(static_cast<size_t>(rows) * dims.size());
+      dec.resize(buf.size());
+      codes.resize(static_cast<size_t>(rows) * q.stages());
+      Gather(keys, tokens, H, D, slot, dims, buf.data());
+      VQKV_RETURN_IF_ERROR(
+          q.EncodeBeam(buf.data(), rows, config_.beam_width, codes.data()));
+      VQKV_RETURN_IF_ERROR(q.Decode(codes.data(), rows, dec.data()));
+      Scatter(dec.data(), tokens, H, D, slot, dims, out);
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status VqCodec::Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
                              float* keys, float* values) const {
   return DecodeLayers(in, in_bytes, tokens, 0, layout_.layers, keys, values);
@@ -599,6 +653,7 @@ absl::Status VqCodec::DecodeRange(const uint8_t* in, int64_t tokens,
                                   vectors * Nv, c.value_bits, vcodes.data()));
   VQKV_RETURN_IF_ERROR(Reconstruct(kcodes.data(), vcodes.data(), tokens, keys,
                                    values, first_layer, num_layers));
+  ApplyKeyGains(tokens, first_layer, num_layers, keys);
   // The sketch section starts at the first sketched layer's first vector.
   const int sketch_from = std::max(first_layer, KeySketchFirstLayer());
   const int sketch_layers = first_layer + num_layers - sketch_from;

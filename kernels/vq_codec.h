@@ -12,6 +12,9 @@
 //              layers F = key_sketch_first_layer .. L-1, in order
 //              [layer][token][kv_head], the SignSketch code
 //              (kernels/sign_sketch.h) of what the key codes leave of it.
+// Decode sums each vector's codewords; with key gains in the codebook set
+// (CodebookSet::SetKeyGain) a key then reads centre + gain * (sum - centre)
+// before the sketch's correction is added.
 // EncodedBytes(T) = PackedBytes(L*T*H*key_stages, key_bits)
 //                 + PackedBytes(L*T*H*value_stages, value_bits)
 //                 + (L-F)*T*H*(2 + key_sketch_bits/8).
@@ -148,6 +151,15 @@ class VqCodec : public Codec {
                             int first_layer, int num_layers, float* keys,
                             float* values) const override;
 
+  // What one layer's key codes reconstruct: keys [token][kv_head][head_dim]
+  // of `layer` encoded (greedy or beam, as Encode) and decoded, without
+  // key gains or sketch, into out (same layout). For fitting key gains
+  // while the later layers are not yet fitted (tools/key_gain_fit.h).
+  // Errors: kFailedPrecondition when the layer is not fitted;
+  // kInvalidArgument for a bad layer, tokens < 1 or null buffers.
+  absl::Status ReconstructLayerKeys(int layer, const float* keys,
+                                    int64_t tokens, float* out) const;
+
   const CodebookSet& codebooks() const { return set_; }
   const VqConfig& config() const { return config_; }
   // The key sketch; nullptr when key_sketch_bits is 0.
@@ -170,6 +182,10 @@ class VqCodec : public Codec {
   absl::Status Reconstruct(const uint16_t* kcodes, const uint16_t* vcodes,
                            int64_t tokens, float* keys, float* values,
                            int first_layer = 0, int num_layers = -1) const;
+  // centre + gain * (k - centre) for the keys of layers [first_layer,
+  // +num_layers) when the set has key gains.
+  void ApplyKeyGains(int64_t tokens, int first_layer, int num_layers,
+                     float* keys) const;
   // Decode of a validated payload, layers [first_layer, +num_layers).
   absl::Status DecodeRange(const uint8_t* in, int64_t tokens, int first_layer,
                            int num_layers, float* keys, float* values) const;

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "eval/evaluate.h"
 #include "eval/kv_collector.h"
@@ -11,6 +12,7 @@
 #include "tools/calibration_study.h"
 #include "tools/commands.h"
 #include "tools/common.h"
+#include "tools/key_gain_fit.h"
 
 namespace vqkv::tools {
 namespace {
@@ -26,6 +28,18 @@ struct CalibrateArgs {
   int64_t max_tokens = 16384;
   int64_t ctx = 2048;
   int64_t skip = 4;
+  // Key gains (tools/key_gain_fit.h), fitted on the gain_tokens that follow
+  // the fitted ones, for layers from key_gain_from_layer (-1: half the
+  // layers: on SmolLM2-135M the gain on the first half costs perplexity and
+  // retrieval needs it on the second; docs/FIDELITY.md, "The key gain").
+  int64_t gain_tokens = 4096;
+  int key_gain_from_layer = -1;
+  // Keep this file's codebooks and fit only the key gains.
+  std::string refit_gains;
+  // Fit the gains on this text instead of the calibration text's next
+  // tokens: text unlike the calibration text shows the shrinkage that text
+  // a deployment serves will see.
+  std::string gain_text;
   uint64_t seed = 0x5eed;
   // The calibration-size study (tools/calibration_study.h): with
   // --study-sizes, no codebook file is written.
@@ -93,20 +107,45 @@ int Run(const CalibrateArgs& a) {
   if (a.ctx <= a.skip) {
     return Fail(absl::InvalidArgumentError("--ctx must exceed --skip"));
   }
+  if (a.gain_tokens < 0) {
+    return Fail(absl::InvalidArgumentError("--key-gain-tokens must be >= 0"));
+  }
   absl::StatusOr<LoadedModel> m = LoadModel(a.model);
   if (!m.ok()) return Fail(m.status());
   const model::LlamaModel& model = *m->model;
   const KvLayout layout = model.config().kv_layout();
-  // Validate the codec config before spending minutes on collection.
+  // Validate the codec config (or load the codebooks whose gains are
+  // refitted) before spending minutes on collection.
   absl::StatusOr<std::unique_ptr<VqCodec>> codec =
       VqCodec::Create(layout, *config);
+  if (!a.refit_gains.empty()) {
+    if (a.gain_tokens == 0) {
+      return Fail(absl::InvalidArgumentError(
+          "--refit-gains needs --key-gain-tokens > 0"));
+    }
+    absl::StatusOr<CodebookSet> loaded = CodebookSet::Load(a.refit_gains);
+    if (!loaded.ok()) return Fail(loaded.status());
+    if (absl::Status s = loaded->CheckModel(
+            m->identity, absl::StrCat("codebooks ", a.refit_gains));
+        !s.ok()) {
+      return Fail(s);
+    }
+    if (loaded->config().layout != layout) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "codebooks ", a.refit_gains, " do not match the model's layout")));
+    }
+    config->keys_post_rope = loaded->config().keys_post_rope;
+    codec = VqCodec::FromCodebookSet(*std::move(loaded));
+  }
   if (!codec.ok()) return Fail(codec.status());
   absl::StatusOr<std::vector<int32_t>> ids =
       TokenizeFiles(*m->tokenizer, a.texts, a.skip + 2);
   if (!ids.ok()) return Fail(ids.status());
 
   absl::StatusOr<CodebookConfig> resolved =
-      VqCodec::ResolveConfig(layout, *config);
+      a.refit_gains.empty()
+          ? VqCodec::ResolveConfig(layout, *config)
+          : absl::StatusOr<CodebookConfig>((*codec)->codebooks().config());
   if (!resolved.ok()) return Fail(resolved.status());
   const VqRate rate = ComputeVqRate(resolved->key_stages(), resolved->key_bits,
                                     resolved->value_stages,
@@ -124,13 +163,17 @@ int Run(const CalibrateArgs& a) {
                rate.bits_per_element, 100 * rate.compression_ratio, ids->size(),
                static_cast<long long>(a.max_tokens));
 
+  const int gain_from =
+      a.key_gain_from_layer < 0 ? layout.layers / 2 : a.key_gain_from_layer;
+  const bool gains = a.gain_tokens > 0 && gain_from < layout.layers;
+  const bool own_gain_text = gains && !a.gain_text.empty();
   eval::KvCollectorOptions ko;
-  ko.max_tokens = a.max_tokens;
+  ko.max_tokens = a.max_tokens + (gains && !own_gain_text ? a.gain_tokens : 0);
   ko.keys_pre_rope = !config->keys_post_rope;
   ko.skip_positions_below = a.skip;
   // Collection: whole windows of ctx tokens, as eval sees them.
   ProgressBar collect_bar("collect", static_cast<double>(std::min<int64_t>(
-                                         a.max_tokens, ids->size())));
+                                         ko.max_tokens, ids->size())));
   ko.progress = [&collect_bar](int64_t t) {
     collect_bar.Update(static_cast<double>(t), absl::StrFormat("%d tokens", t));
   };
@@ -141,36 +184,87 @@ int Run(const CalibrateArgs& a) {
     return Fail(run.status());
   }
   collect_bar.Finish(absl::StrFormat("%d tokens of K/V", collector.tokens()));
-  const int64_t tokens = std::min(collector.tokens(), a.max_tokens);
-  if (tokens < 1) {
+  // Fit on the first max_tokens; the gains on the rest. A text too short
+  // for both gives the gains a fifth of what there is.
+  int64_t tokens = std::min(collector.tokens(), a.max_tokens);
+  int64_t held = gains && !own_gain_text ? collector.tokens() - tokens : 0;
+  std::unique_ptr<eval::KvCollector> gain_collector;
+  if (own_gain_text) {
+    absl::StatusOr<std::vector<int32_t>> gain_ids =
+        TokenizeFiles(*m->tokenizer, {a.gain_text}, a.skip + 2);
+    if (!gain_ids.ok()) return Fail(gain_ids.status());
+    eval::KvCollectorOptions go = ko;
+    go.max_tokens = a.gain_tokens;
+    go.progress = nullptr;
+    gain_collector = std::make_unique<eval::KvCollector>(layout, go);
+    if (absl::StatusOr<int64_t> run =
+            eval::CollectKv(model, *gain_ids, a.ctx, gain_collector.get());
+        !run.ok()) {
+      return Fail(run.status());
+    }
+    held = gain_collector->tokens();
+  } else if (gains && held < a.gain_tokens) {
+    held = std::min(a.gain_tokens, collector.tokens() / 5);
+    tokens = collector.tokens() - held;
+    std::fprintf(stderr,
+                 "vqkv calibrate: the text holds %lld tokens past the sinks, "
+                 "fewer than --max-tokens + --key-gain-tokens; fitting on "
+                 "%lld, key gains on the last %lld\n",
+                 static_cast<long long>(collector.tokens()),
+                 static_cast<long long>(tokens), static_cast<long long>(held));
+  }
+  if (tokens < 1 || (gains && held < 1)) {
     return Fail(absl::InvalidArgumentError(
         "the text is too short: no token past the sink positions"));
   }
 
   // Fitting, layer by layer (FitLayer); each layer's buffers are dropped
   // once fitted.
-  ProgressBar bar("fit", static_cast<double>(layout.layers));
   const int64_t per_token = int64_t{layout.kv_heads} * layout.head_dim;
-  for (int layer = 0; layer < layout.layers; ++layer) {
-    FitOptions fo;
-    fo.seed = a.seed + static_cast<uint64_t>(layer);
-    fo.progress = [&bar, layer](const FitProgress& p) {
-      const double f =
-          p.total > 0 ? static_cast<double>(p.done) / p.total : 0.0;
-      bar.Update(layer + f, absl::StrFormat("layer %d: %s", layer, p.phase));
-    };
-    const std::vector<float>& k = collector.layer_keys(layer);
-    const std::vector<float>& v = collector.layer_values(layer);
-    if (static_cast<int64_t>(k.size()) < tokens * per_token) {
-      return Fail(absl::InternalError("collector holds too few tokens"));
+  if (a.refit_gains.empty()) {
+    ProgressBar bar("fit", static_cast<double>(layout.layers));
+    for (int layer = 0; layer < layout.layers; ++layer) {
+      FitOptions fo;
+      fo.seed = a.seed + static_cast<uint64_t>(layer);
+      fo.progress = [&bar, layer](const FitProgress& p) {
+        const double f =
+            p.total > 0 ? static_cast<double>(p.done) / p.total : 0.0;
+        bar.Update(layer + f, absl::StrFormat("layer %d: %s", layer, p.phase));
+      };
+      const std::vector<float>& k = collector.layer_keys(layer);
+      const std::vector<float>& v = collector.layer_values(layer);
+      if (static_cast<int64_t>(k.size()) < tokens * per_token) {
+        return Fail(absl::InternalError("collector holds too few tokens"));
+      }
+      absl::Status s =
+          (*codec)->FitLayer(layer, k.data(), v.data(), tokens, fo);
+      if (!s.ok()) return Fail(s);
+      bar.Update(layer + 1.0, absl::StrFormat("layer %d fitted", layer));
     }
-    absl::Status s = (*codec)->FitLayer(layer, k.data(), v.data(), tokens, fo);
-    if (!s.ok()) return Fail(s);
-    bar.Update(layer + 1.0, absl::StrFormat("layer %d fitted", layer));
+    bar.Finish(absl::StrFormat("%d layers", layout.layers));
   }
-  bar.Finish(absl::StrFormat("%d layers", layout.layers));
   // The file records the model, so eval and generate refuse another one.
   CodebookSet set = (*codec)->codebooks();
+  if (gains) {
+    KeyGainReport report;
+    const eval::KvCollector& gc = own_gain_text ? *gain_collector : collector;
+    for (int layer = gain_from; layer < layout.layers; ++layer) {
+      const float* k = collector.layer_keys(layer).data();
+      const float* h =
+          own_gain_text ? gc.layer_keys(layer).data() : k + tokens * per_token;
+      if (absl::Status s = FitLayerKeyGains(**codec, layer, k, tokens, h, held,
+                                            &set, &report);
+          !s.ok()) {
+        return Fail(s);
+      }
+    }
+    std::fprintf(stderr,
+                 "vqkv calibrate: key gains of layers %d-%d on %lld held-out "
+                 "tokens%s: %.4f to %.4f, mean %.4f\n",
+                 gain_from, layout.layers - 1, static_cast<long long>(held),
+                 own_gain_text ? absl::StrCat(" of ", a.gain_text).c_str() : "",
+                 report.min_gain, report.max_gain, report.mean_gain);
+  }
   if (absl::Status s = set.SetIdentity(m->identity); !s.ok()) return Fail(s);
   if (absl::Status s = set.Save(a.out); !s.ok()) return Fail(s);
   // The identity is hashed, so the file's codec descriptor (cb=) is that of
@@ -203,6 +297,19 @@ std::function<int()> AddCalibrateCommand(CLI::App* app) {
                   "attention sinks, which stay fp16)")
       ->capture_default_str();
   cmd->add_option("--seed", args->seed, "k-means seed")->capture_default_str();
+  cmd->add_option("--key-gain-tokens", args->gain_tokens,
+                  "tokens after the fitted ones that the key gains are "
+                  "fitted on (0: no key gains)")
+      ->capture_default_str();
+  cmd->add_option("--refit-gains", args->refit_gains,
+                  "keep this codebook file's codebooks and fit only the key "
+                  "gains (the codec flags are ignored)");
+  cmd->add_option("--key-gain-text", args->gain_text,
+                  "text the key gains are fitted on (default: the "
+                  "calibration text's tokens after the fitted ones)");
+  cmd->add_option("--key-gain-from-layer", args->key_gain_from_layer,
+                  "first layer with a key gain (default or negative: half the "
+                  "layers; the layer count or more: no key gains)");
   cmd->add_option("--study-sizes", args->study_sizes,
                   "calibration-size study instead of a file: fit on each "
                   "many tokens, print training and held-out error")

@@ -103,6 +103,11 @@ void Run() {
   // codebook_set_fuzzer
   Write("codebook_set", "none-per-layer", *set1.Serialize());
   Write("codebook_set", "rope-per-head", *set2.Serialize());
+  CodebookSet set3 = set2;  // version 3: key gains
+  FUZZ_CHECK(set3.SetKeyGain(1, 0, 1.25f,
+                             std::vector<float>(kTinyLayout.head_dim, 0.5f))
+                 .ok());
+  Write("codebook_set", "key-gains", *set3.Serialize());
 
   // gguf_fuzzer
   Write("gguf", "tokenizer-smollm", TokenizerGguf("smollm"));

@@ -49,6 +49,9 @@ struct RandomVqCodecSpec {
   int sketch_bits = 0;
   int sketch_first_layer = 0;  // VqConfig::key_sketch_first_layer
   bool post_rope = true;
+  // Random key gains (CodebookSet::SetKeyGain) in [0.8, 1.6) with centres
+  // drawn from N(0, 0.5), on every (layer, kv head) but the first.
+  bool key_gains = false;
   int layers = 2;
   int kv_heads = 2;
   int head_dim = 64;
@@ -83,6 +86,19 @@ inline absl::StatusOr<std::unique_ptr<VqCodec>> RandomVqCodec(
       if (!q.ok()) return q.status();
       absl::Status st = set->SetValue(l, s, *std::move(q));
       if (!st.ok()) return st;
+    }
+  }
+  if (spec.key_gains) {
+    std::uniform_real_distribution<float> gain(0.8f, 1.6f);
+    std::normal_distribution<float> centre(0.0f, 0.5f);
+    for (int l = 0; l < spec.layers; ++l) {
+      for (int h = 0; h < spec.kv_heads; ++h) {
+        if (l == 0 && h == 0) continue;
+        std::vector<float> c(static_cast<size_t>(spec.head_dim));
+        for (float& x : c) x = centre(rng);
+        absl::Status st = set->SetKeyGain(l, h, gain(rng), c);
+        if (!st.ok()) return st;
+      }
     }
   }
   return VqCodec::FromCodebookSet(*std::move(set), 1, spec.sketch_bits,

@@ -195,6 +195,19 @@ TEST(CodeAttentionTest, MatchesDecodeThenAttendHalfRotateWithSketch) {
   CheckAgainstDecode(su, 300, {1, 9}, {1, 300}, 5);
 }
 
+// Key gains scale the codeword tables and add the centre's constant term:
+// still decode-then-attend, with and without the sketch and a split.
+TEST(CodeAttentionTest, MatchesDecodeThenAttendWithKeyGains) {
+  TestCodec su;
+  su.key_gains = true;
+  CheckAgainstDecode(su, 600, {1, 3, 20}, {1, 37, 600}, 6);
+  su.split = KeySplit::kRopeAdjacentPairs;
+  su.per_head = true;
+  su.sketch_bits = 64;
+  su.sketch_first_layer = 1;
+  CheckAgainstDecode(su, 300, {3}, {1, 300}, 7);
+}
+
 TEST(CodeAttentionTest, GroupSizes) {
   TestCodec su;
   su.layers = 1;

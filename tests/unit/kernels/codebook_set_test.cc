@@ -1,5 +1,6 @@
 #include "kernels/codebook_set.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -135,7 +136,7 @@ TEST(CodebookSetTest, WrongMagicAndVersion) {
   EXPECT_EQ(CodebookSet::Deserialize(magic).status().code(),
             absl::StatusCode::kInvalidArgument);
   std::string version = bytes;
-  version[4] = 3;
+  version[4] = kCodebookFormatVersion + 1;
   EXPECT_EQ(CodebookSet::Deserialize(version).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
@@ -168,6 +169,87 @@ TEST(CodebookSetTest, NonzeroReservedFieldIsDataLoss) {
               absl::StatusCode::kDataLoss)
         << "offset " << offset;
   }
+}
+
+// Key gains: version 3, the gains after the codebooks, identity optional;
+// every head not set reads gain 1.
+TEST(CodebookSetTest, KeyGainsRoundTripAsVersion3) {
+  for (bool identity : {false, true}) {
+    CodebookSet set =
+        FittedSet(SmallConfig(KeySplit::kRopeHalfRotate, true), 9);
+    if (identity) {
+      ASSERT_TRUE(set.SetIdentity(SmallModel(42)).ok());
+    }
+    const std::string before = *set.Serialize();
+    const uint64_t hash_before = *set.Hash();
+    EXPECT_FALSE(set.has_key_gains());
+    const std::vector<float> centre = {1, -2, 3, -4, 5, -6, 7, -8};
+    ASSERT_TRUE(set.SetKeyGain(1, 0, 1.25f, centre).ok());
+    ASSERT_TRUE(set.has_key_gains());
+    EXPECT_EQ(set.key_gain(0, 0), 1.0f);
+    EXPECT_EQ(set.key_gain(0, 1), 1.0f);
+    EXPECT_EQ(set.key_gain(1, 1), 1.0f);
+    EXPECT_EQ(set.key_gain(1, 0), 1.25f);
+    EXPECT_EQ(
+        std::vector<float>(set.key_centre(1, 0), set.key_centre(1, 0) + 8),
+        centre);
+    const std::string bytes = *set.Serialize();
+    EXPECT_EQ(bytes[4], 3);
+    EXPECT_EQ(static_cast<uint8_t>(bytes[6]), 128);
+    // 2 layers x 2 heads x (gain + 8 centre floats).
+    EXPECT_EQ(bytes.size(),
+              before.size() + (identity ? 0 : 64) + 2 * 2 * 9 * 4);
+    EXPECT_NE(*set.Hash(), hash_before);
+    absl::StatusOr<CodebookSet> back = CodebookSet::Deserialize(bytes);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->identity().has_value(), identity);
+    ASSERT_TRUE(back->has_key_gains());
+    EXPECT_EQ(back->key_gain(1, 0), 1.25f);
+    EXPECT_EQ(back->key_centre(1, 0)[3], -4.0f);
+    EXPECT_EQ(*back->Serialize(), bytes);
+    EXPECT_EQ(*back->Hash(), *set.Hash());
+  }
+}
+
+TEST(CodebookSetTest, SetKeyGainChecksItsArguments) {
+  CodebookSet set = FittedSet(SmallConfig(KeySplit::kNone, false), 10);
+  const std::vector<float> centre(8, 0.5f);
+  EXPECT_EQ(set.SetKeyGain(2, 0, 1.1f, centre).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(set.SetKeyGain(0, 2, 1.1f, centre).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(set.SetKeyGain(0, 0, 1.1f, std::vector<float>(7)).code(),
+            absl::StatusCode::kInvalidArgument);
+  for (float bad : {0.0f, -1.0f, kMaxKeyGain * 2, std::nanf("")}) {
+    EXPECT_EQ(set.SetKeyGain(0, 0, bad, centre).code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+  std::vector<float> inf = centre;
+  inf[2] = INFINITY;
+  EXPECT_EQ(set.SetKeyGain(0, 0, 1.1f, inf).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(set.has_key_gains());
+}
+
+// A version-3 file whose gain is out of range (hash rewritten to match) is
+// refused as corrupt, as is a version-2 file claiming version 3's body.
+TEST(CodebookSetTest, BadKeyGainInFileIsDataLoss) {
+  CodebookSet set = FittedSet(SmallConfig(KeySplit::kNone, false), 11);
+  ASSERT_TRUE(set.SetKeyGain(0, 1, 2.0f, std::vector<float>(8, 0.0f)).ok());
+  const std::string bytes = *set.Serialize();
+  // The last entry is (layer 1, head 1): gain at -8 - 9*4.
+  std::string edited = bytes;
+  const float nan = std::nanf("");
+  std::memcpy(edited.data() + edited.size() - 8 - 9 * 4, &nan, 4);
+  Rehash(&edited);
+  EXPECT_EQ(CodebookSet::Deserialize(edited).status().code(),
+            absl::StatusCode::kDataLoss);
+  std::string v2 = bytes;
+  v2[4] = 2;
+  Rehash(&v2);
+  EXPECT_EQ(CodebookSet::Deserialize(v2).status().code(),
+            absl::StatusCode::kDataLoss);
 }
 
 TEST(CodebookSetTest, IdentityRoundTripWritesVersion2) {

@@ -597,4 +597,101 @@ TEST(VqCodecTest, KeySketchOnTheLaterLayersOnly) {
 }
 
 }  // namespace
+// Key gains (CodebookSet::SetKeyGain): a head with gain g and centre c
+// decodes its keys as c + g * (codewords - c), before the sketch adds its
+// correction; values, the other heads, the payload and ReconstructLayerKeys
+// (the codewords alone) are unchanged, and every layer range decodes as
+// the slice of the whole.
+TEST(VqCodecTest, KeyGainsRescaleDecodedKeysAroundTheCentre) {
+  const KvLayout layout{4, 2, 16};
+  const int D = layout.head_dim, H = layout.kv_heads;
+  for (int sketch_bits : {0, 32}) {
+    VqConfig cfg = SmallConfig();
+    cfg.key_split = KeySplit::kRopeHalfRotate;
+    Fixture f(cfg, layout);
+    ASSERT_TRUE(
+        f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+    CodebookSet books = f.codec->codebooks();
+    std::vector<float> centre(D);
+    for (int d = 0; d < D; ++d) centre[d] = 0.1f * d - 0.5f;
+    ASSERT_TRUE(books.SetKeyGain(2, 1, 1.5f, centre).ok());
+    auto plain = VqCodec::FromCodebookSet(f.codec->codebooks(), 1, sketch_bits);
+    auto gained = VqCodec::FromCodebookSet(books, 1, sketch_bits);
+    ASSERT_TRUE(plain.ok() && gained.ok());
+    EXPECT_NE((*gained)->codebook_hash(), (*plain)->codebook_hash());
+    const int64_t T = 16;
+    const int64_t n = T * layout.layers * H;
+    const int64_t per_layer = T * H * D;
+    std::vector<float> k = testing::KeyLikeVectors(n, D, 41);
+    std::vector<float> v = testing::KeyLikeVectors(n, D, 42);
+    std::vector<uint8_t> p1((*plain)->EncodedBytes(T));
+    std::vector<uint8_t> p2((*gained)->EncodedBytes(T));
+    ASSERT_TRUE(
+        (*plain)->Encode(k.data(), v.data(), T, p1.data(), p1.size()).ok());
+    ASSERT_TRUE(
+        (*gained)->Encode(k.data(), v.data(), T, p2.data(), p2.size()).ok());
+    EXPECT_EQ(p1, p2);  // the gain changes how keys read, not the codes
+    std::vector<float> k1(k.size()), v1(v.size()), k2(k.size()), v2(v.size());
+    ASSERT_TRUE(
+        (*plain)->Decode(p1.data(), p1.size(), T, k1.data(), v1.data()).ok());
+    ASSERT_TRUE(
+        (*gained)->Decode(p2.data(), p2.size(), T, k2.data(), v2.data()).ok());
+    EXPECT_EQ(v1, v2);
+    // Without the sketch k1 is the codeword sum; with it, sum + r.
+    std::vector<float> sums(per_layer);
+    ASSERT_TRUE(
+        (*plain)
+            ->ReconstructLayerKeys(2, k.data() + 2 * per_layer, T, sums.data())
+            .ok());
+    for (int l = 0; l < layout.layers; ++l) {
+      for (int64_t t = 0; t < T; ++t) {
+        for (int h = 0; h < H; ++h) {
+          for (int d = 0; d < D; ++d) {
+            const size_t i = ((l * T + t) * H + h) * D + d;
+            if (l != 2 || h != 1) {
+              ASSERT_EQ(k2[i], k1[i]) << l << " " << t << " " << h;
+              continue;
+            }
+            const float sum = sums[(t * H + h) * D + d];
+            if (sketch_bits == 0) {
+              ASSERT_EQ(k1[i], sum);
+            }
+            const float want = centre[d] + 1.5f * (sum - centre[d]) +
+                               (k1[i] - sum);  // the sketch's share
+            ASSERT_NEAR(k2[i], want, 1e-4f * (1 + std::abs(want)))
+                << "t " << t << " d " << d << " sketch " << sketch_bits;
+          }
+        }
+      }
+    }
+    for (int first = 0; first < layout.layers; ++first) {
+      std::vector<float> kr(per_layer), vr(per_layer);
+      ASSERT_TRUE((*gained)
+                      ->DecodeLayers(p2.data(), p2.size(), T, first, 1,
+                                     kr.data(), vr.data())
+                      .ok());
+      EXPECT_EQ(kr, std::vector<float>(k2.begin() + first * per_layer,
+                                       k2.begin() + (first + 1) * per_layer));
+    }
+  }
+}
+
+TEST(VqCodecTest, ReconstructLayerKeysNeedsAFittedLayer) {
+  Fixture f(SmallConfig());
+  std::vector<float> out(f.tokens * 2 * 16);
+  EXPECT_EQ(
+      f.codec->ReconstructLayerKeys(0, f.keys.data(), f.tokens, out.data())
+          .code(),
+      absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(
+      f.codec->FitLayer(0, f.keys.data(), f.values.data(), f.tokens, {}).ok());
+  EXPECT_TRUE(
+      f.codec->ReconstructLayerKeys(0, f.keys.data(), f.tokens, out.data())
+          .ok());
+  EXPECT_EQ(
+      f.codec->ReconstructLayerKeys(2, f.keys.data(), f.tokens, out.data())
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace vqkv

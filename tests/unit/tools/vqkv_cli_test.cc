@@ -327,15 +327,33 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
       Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
           Text("pride_and_prejudice.txt") + " --out " + Path("tiny.vqcb") +
           " --key-stages 8 --key-bits 4 --value-stages 2 "
-          "--value-bits 4 --max-tokens 500 --ctx 256");
+          "--value-bits 4 --max-tokens 500 --ctx 256 --key-gain-tokens 300");
   ASSERT_EQ(cal.exit_code, 0) << cal.err;
   EXPECT_NE(cal.err.find("wrote"), std::string::npos) << cal.err;
   EXPECT_NE(cal.err.find("fitted for llama 30x3x64 model fingerprint "),
             std::string::npos)
       << cal.err;
+  // Key gains on the second half of the layers, from the 300 tokens after
+  // the fitted 500.
+  EXPECT_NE(cal.err.find("key gains of layers 15-29 on 300 held-out tokens"),
+            std::string::npos)
+      << cal.err;
   ASSERT_TRUE(fs::exists(Path("tiny.vqcb")));
-  // Calibrate records the model: a version-2 file.
-  ASSERT_EQ(ReadAll(Path("tiny.vqcb"))[4], 2);
+  // Calibrate records the model and the gains: a version-3 file.
+  ASSERT_EQ(ReadAll(Path("tiny.vqcb"))[4], 3);
+  // Without gains, version 2 (the model only), and another hash.
+  Result plain =
+      Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Text("pride_and_prejudice.txt") + " --out " + Path("plain.vqcb") +
+          " --key-stages 8 --key-bits 4 --value-stages 2 "
+          "--value-bits 4 --max-tokens 500 --ctx 256 --key-gain-tokens 0");
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(plain.err.find("key gains"), std::string::npos) << plain.err;
+  ASSERT_EQ(ReadAll(Path("plain.vqcb"))[4], 2);
+  ExpectCleanError(Run("calibrate --model " + std::string(VQKV_MODEL_PATH) +
+                       " --text " + Text("pride_and_prejudice.txt") +
+                       " --out " + Path("bad.vqcb") + " --key-gain-tokens -1"),
+                   "--key-gain-tokens must be >= 0");
 
   Result ev =
       Run("eval --model " + std::string(VQKV_MODEL_PATH) + " --text " +

@@ -1,0 +1,92 @@
+#include "tools/key_gain_fit.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/linalg.h"
+
+namespace vqkv::tools {
+namespace {
+
+// tr(A^-1 B) for symmetric positive definite A [d][d]; NaN when A is not.
+double TraceOfSolve(int d, std::vector<double> a, std::vector<double> b) {
+  if (!CholeskySolve(d, a.data(), b.data())) return std::nan("");
+  double tr = 0;
+  for (int i = 0; i < d; ++i) tr += b[static_cast<size_t>(i) * d + i];
+  return tr;
+}
+
+}  // namespace
+
+absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
+                              const float* fit_keys, int64_t fit_tokens,
+                              const float* held_keys, int64_t held_tokens,
+                              CodebookSet* set, KeyGainReport* report) {
+  if (fit_tokens < 1 || held_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key gains need fitted and held-out keys; got ",
+                     fit_tokens, " and ", held_tokens, " tokens"));
+  }
+  const KvLayout& lay = codec.layout();
+  const int H = lay.kv_heads, D = lay.head_dim;
+  std::vector<float> decoded(static_cast<size_t>(held_tokens) * H * D);
+  if (absl::Status s = codec.ReconstructLayerKeys(layer, held_keys, held_tokens,
+                                                  decoded.data());
+      !s.ok()) {
+    return s;
+  }
+  const size_t dd = static_cast<size_t>(D) * D;
+  for (int h = 0; h < H; ++h) {
+    std::vector<double> mu(D, 0.0);
+    for (int64_t t = 0; t < fit_tokens; ++t) {
+      const float* k = fit_keys + (t * H + h) * D;
+      for (int d = 0; d < D; ++d) mu[d] += k[d];
+    }
+    for (double& v : mu) v /= double(fit_tokens);
+    std::vector<double> cxx(dd, 0.0), cxy(dd, 0.0), x(D), y(D);
+    for (int64_t t = 0; t < held_tokens; ++t) {
+      const float* k = held_keys + (t * H + h) * D;
+      const float* r = decoded.data() + (t * H + h) * D;
+      for (int d = 0; d < D; ++d) {
+        x[d] = k[d] - mu[d];
+        y[d] = r[d] - mu[d];
+      }
+      for (int a = 0; a < D; ++a) {
+        for (int b = 0; b < D; ++b) {
+          cxx[a * D + b] += x[a] * x[b];
+          cxy[a * D + b] += x[a] * y[b];
+        }
+      }
+    }
+    std::vector<double> w = cxx;  // Cxx + ridge, to be inverted
+    double tr = 0;
+    for (int a = 0; a < D; ++a) tr += cxx[a * D + a];
+    for (int a = 0; a < D; ++a) w[a * D + a] += 1e-3 * tr / D;
+    const double num = TraceOfSolve(D, w, cxx);
+    const double den = TraceOfSolve(D, w, cxy);
+    double gain = 1.0;
+    if (den > 0 && std::isfinite(num / den)) {
+      gain = std::clamp(num / den, 1.0 / kMaxKeyGain, double{kMaxKeyGain});
+    }
+    if (absl::Status st =
+            set->SetKeyGain(layer, h, static_cast<float>(gain),
+                            std::vector<float>(mu.begin(), mu.end()));
+        !st.ok()) {
+      return st;
+    }
+    if (report != nullptr) {
+      report->min_gain =
+          report->heads ? std::min(report->min_gain, gain) : gain;
+      report->max_gain =
+          report->heads ? std::max(report->max_gain, gain) : gain;
+      report->mean_gain =
+          (report->mean_gain * report->heads + gain) / (report->heads + 1);
+      ++report->heads;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace vqkv::tools

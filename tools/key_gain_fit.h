@@ -1,0 +1,53 @@
+// Fitting key gains (CodebookSet::SetKeyGain) at calibration.
+//
+// k-means codewords are means of calibration keys, so a decoded key is
+// pulled toward what calibration keys have in common: a query's logits over
+// decoded keys are its exact logits shrunk toward their mean, and a needle
+// that stands out (the token a retrieval head looks for) loses most
+// (docs/FIDELITY.md, "The key gain"). The gain undoes that on average. Per
+// layer and KV head, with centre mu the mean of the keys the layer was
+// fitted on, x = k - mu for keys k it was not fitted on (on their own
+// training keys codebooks shrink far less) and y = k' - mu for their
+// reconstructions,
+//
+//   gain = tr(W Cxx) / tr(W Cxy),  Cxx = E[x x^T], Cxy = E[x y^T],
+//   W = (Cxx + 1e-3 tr(Cxx)/D I)^-1,
+//
+// the inverse of the mean slope of y on x over the whitened directions of
+// key space: every direction counts the same, as it does for a query that
+// looks for what is unusual. (Weighting by the keys' own or the queries'
+// second moment lets the high-variance directions, where the codebooks lose
+// least, decide: gains of 1.003-1.01 that leave retrieval where it was.)
+//
+// Thread safety: a pure function of its arguments except for `set`.
+#ifndef VQKV_TOOLS_KEY_GAIN_FIT_H_
+#define VQKV_TOOLS_KEY_GAIN_FIT_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/vq_codec.h"
+
+namespace vqkv::tools {
+
+struct KeyGainReport {
+  double min_gain = 0, max_gain = 0, mean_gain = 0;  // over the fitted heads
+  int heads = 0;
+};
+
+// Fits and sets the key gains of `layer`'s KV heads. fit_keys
+// [fit_tokens][kv_head][head_dim] are the keys the layer was fitted on
+// (their mean is the centre), held_keys [held_tokens][...] keys it was not.
+// A head whose covariance is singular or whose slope is not positive keeps
+// gain 1; gains are clamped to [1/kMaxKeyGain, kMaxKeyGain]. `report` may
+// be null.
+// Errors: kInvalidArgument for fit_tokens or held_tokens < 1; from
+// codec.ReconstructLayerKeys and set->SetKeyGain.
+absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
+                              const float* fit_keys, int64_t fit_tokens,
+                              const float* held_keys, int64_t held_tokens,
+                              CodebookSet* set, KeyGainReport* report);
+
+}  // namespace vqkv::tools
+
+#endif  // VQKV_TOOLS_KEY_GAIN_FIT_H_
