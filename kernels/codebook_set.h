@@ -121,6 +121,8 @@ class CodebookSet {
   absl::Status SetKeyGain(int layer, int kv_head, float gain,
                           const std::vector<float>& centre);
   bool has_key_gains() const { return !key_gains_.empty(); }
+  // Removes every key gain (the set then serializes as version 1 or 2).
+  void ClearKeyGains() { key_gains_.clear(); }
   // REQUIRES: has_key_gains() and indices in range (unchecked).
   float key_gain(int layer, int kv_head) const {
     return key_gains_[GainIndex(layer, kv_head)];

@@ -245,6 +245,7 @@ int Run(const CalibrateArgs& a) {
   }
   // The file records the model, so eval and generate refuse another one.
   CodebookSet set = (*codec)->codebooks();
+  set.ClearKeyGains();  // --refit-gains replaces every gain of the file
   if (gains) {
     KeyGainReport report;
     const eval::KvCollector& gc = own_gain_text ? *gain_collector : collector;

@@ -208,6 +208,9 @@ TEST(CodebookSetTest, KeyGainsRoundTripAsVersion3) {
     EXPECT_EQ(back->key_centre(1, 0)[3], -4.0f);
     EXPECT_EQ(*back->Serialize(), bytes);
     EXPECT_EQ(*back->Hash(), *set.Hash());
+    back->ClearKeyGains();
+    EXPECT_FALSE(back->has_key_gains());
+    EXPECT_EQ(*back->Serialize(), before);
   }
 }
 

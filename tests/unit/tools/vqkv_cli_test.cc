@@ -350,6 +350,30 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
   EXPECT_EQ(plain.err.find("key gains"), std::string::npos) << plain.err;
   ASSERT_EQ(ReadAll(Path("plain.vqcb"))[4], 2);
+  // Gains for an existing set, its codebooks kept: same body before the
+  // gains, gains from layer 20 only.
+  Result refit =
+      Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Text("pride_and_prejudice.txt") + " --out " + Path("refit.vqcb") +
+          " --refit-gains " + Path("plain.vqcb") +
+          " --max-tokens 500 --ctx 256 --key-gain-tokens 300 "
+          "--key-gain-from-layer 20");
+  ASSERT_EQ(refit.exit_code, 0) << refit.err;
+  EXPECT_NE(refit.err.find("key gains of layers 20-29 on 300 held-out"),
+            std::string::npos)
+      << refit.err;
+  const std::string plain_file = ReadAll(Path("plain.vqcb"));
+  const std::string refit_file = ReadAll(Path("refit.vqcb"));
+  ASSERT_EQ(refit_file[4], 3);
+  // 30 layers x 3 heads x (gain + 64 centre floats) more.
+  ASSERT_EQ(refit_file.size(), plain_file.size() + 30 * 3 * 65 * 4);
+  EXPECT_EQ(refit_file.substr(128, plain_file.size() - 136),
+            plain_file.substr(128, plain_file.size() - 136));
+  ExpectCleanError(
+      Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Text("pride_and_prejudice.txt") + " --out " + Path("bad.vqcb") +
+          " --refit-gains " + Path("missing.vqcb")),
+      "missing.vqcb");
   ExpectCleanError(Run("calibrate --model " + std::string(VQKV_MODEL_PATH) +
                        " --text " + Text("pride_and_prejudice.txt") +
                        " --out " + Path("bad.vqcb") + " --key-gain-tokens -1"),
