@@ -38,7 +38,8 @@ TEST_F(GenerateServerTest, SecondProcessLoadsVqBlocksFromTheServer) {
   Vqkv(absl::StrCat("calibrate --model ", model, " --text ", VQKV_TEXT_DIR,
                     "/pride_and_prejudice.txt --out ", dir_.string(),
                     "/tiny.vqcb --key-stages 8 --key-bits 4 --value-stages 2 "
-                    "--value-bits 4 --max-tokens 500 --ctx 256"));
+                    "--value-bits 4 --max-tokens 500 --ctx 256 "
+                    "--key-gain-tokens 300"));
   const std::string vq = absl::StrCat(" --codec vq --codebooks ", dir_.string(),
                                       "/tiny.vqcb --max-new-tokens 6 --json");
 

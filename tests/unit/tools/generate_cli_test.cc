@@ -165,7 +165,8 @@ TEST_F(GenerateCliTest, SecondProcessReusesTheDocumentVq) {
       Run(absl::StrCat("calibrate --model ", Model(), " --text ", VQKV_TEXT_DIR,
                        "/pride_and_prejudice.txt --out ", Path("tiny.vqcb"),
                        " --key-stages 8 --key-bits 4 --value-stages 2 "
-                       "--value-bits 4 --max-tokens 500 --ctx 256"));
+                       "--value-bits 4 --max-tokens 500 --ctx 256 "
+                       "--key-gain-tokens 300"));
   ASSERT_EQ(cal.exit_code, 0) << cal.err;
   const std::string vq = "--codec vq --codebooks " + Path("tiny.vqcb");
   const std::string store = vq + " --store " + Path("store");
