@@ -12,15 +12,21 @@ namespace vqkv::tools {
 namespace {
 
 // Few, small stages: decoded keys are strongly shrunk toward the mean.
-std::unique_ptr<VqCodec> CoarseCodec(const KvLayout& layout,
-                                     const std::vector<float>& keys,
-                                     int64_t tokens) {
+VqConfig CoarseConfig() {
   VqConfig cfg;
   cfg.key_stages = 2;
   cfg.key_bits = 3;
   cfg.value_stages = 1;
   cfg.value_bits = 2;
-  absl::StatusOr<std::unique_ptr<VqCodec>> codec = VqCodec::Create(layout, cfg);
+  return cfg;
+}
+
+// A codec whose layer 0 is fitted on `keys` (as keys and values).
+std::unique_ptr<VqCodec> CoarseCodec(const KvLayout& layout,
+                                     const std::vector<float>& keys,
+                                     int64_t tokens) {
+  absl::StatusOr<std::unique_ptr<VqCodec>> codec =
+      VqCodec::Create(layout, CoarseConfig());
   EXPECT_TRUE(codec.ok()) << codec.status();
   EXPECT_TRUE((*codec)->FitLayer(0, keys.data(), keys.data(), tokens, {}).ok());
   return *std::move(codec);
@@ -94,22 +100,15 @@ TEST(KeyGainFitTest, UndoesTheShrinkageOfHeldOutKeys) {
 TEST(KeyGainFitTest, BadArguments) {
   const KvLayout layout{2, 2, 8};
   const std::vector<float> keys = testing::KeyLikeVectors(100 * 2, 8, 5);
-  VqConfig cfg;
-  cfg.key_stages = 2;
-  cfg.key_bits = 3;
-  cfg.value_stages = 1;
-  cfg.value_bits = 2;
-  absl::StatusOr<std::unique_ptr<VqCodec>> codec = VqCodec::Create(layout, cfg);
-  ASSERT_TRUE(codec.ok());
-  ASSERT_TRUE((*codec)->FitLayer(0, keys.data(), keys.data(), 100, {}).ok());
+  std::unique_ptr<VqCodec> codec = CoarseCodec(layout, keys, 100);
   absl::StatusOr<CodebookSet> set =
-      CodebookSet::Create(*VqCodec::ResolveConfig(layout, cfg));
+      CodebookSet::Create(*VqCodec::ResolveConfig(layout, CoarseConfig()));
   ASSERT_TRUE(set.ok());
-  EXPECT_EQ(FitLayerKeyGains(**codec, 1, keys.data(), 50, keys.data() + 800, 50,
+  EXPECT_EQ(FitLayerKeyGains(*codec, 1, keys.data(), 50, keys.data() + 800, 50,
                              &*set, nullptr)
                 .code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(FitLayerKeyGains(**codec, 0, keys.data(), 50, keys.data() + 800, 0,
+  EXPECT_EQ(FitLayerKeyGains(*codec, 0, keys.data(), 50, keys.data() + 800, 0,
                              &*set, nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);

@@ -323,11 +323,15 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
     GTEST_SKIP() << "eval texts not found in " << VQKV_TEXT_DIR;
   }
   // A tiny config: 4+4 key stages and 2 value stages of 16 codewords.
-  Result cal =
-      Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
-          Text("pride_and_prejudice.txt") + " --out " + Path("tiny.vqcb") +
-          " --key-stages 8 --key-bits 4 --value-stages 2 "
-          "--value-bits 4 --max-tokens 500 --ctx 256 --key-gain-tokens 300");
+  const auto calibrate = [this](const std::string& out,
+                                const std::string& more) {
+    return Run("calibrate --model " + std::string(VQKV_MODEL_PATH) +
+               " --text " + Text("pride_and_prejudice.txt") + " --out " +
+               Path(out) + " --max-tokens 500 --ctx 256 " + more);
+  };
+  const std::string tiny =
+      "--key-stages 8 --key-bits 4 --value-stages 2 --value-bits 4 ";
+  Result cal = calibrate("tiny.vqcb", tiny + "--key-gain-tokens 300");
   ASSERT_EQ(cal.exit_code, 0) << cal.err;
   EXPECT_NE(cal.err.find("wrote"), std::string::npos) << cal.err;
   EXPECT_NE(cal.err.find("fitted for llama 30x3x64 model fingerprint "),
@@ -342,22 +346,15 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   // Calibrate records the model and the gains: a version-3 file.
   ASSERT_EQ(ReadAll(Path("tiny.vqcb"))[4], 3);
   // Without gains, version 2 (the model only), and another hash.
-  Result plain =
-      Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
-          Text("pride_and_prejudice.txt") + " --out " + Path("plain.vqcb") +
-          " --key-stages 8 --key-bits 4 --value-stages 2 "
-          "--value-bits 4 --max-tokens 500 --ctx 256 --key-gain-tokens 0");
+  Result plain = calibrate("plain.vqcb", tiny + "--key-gain-tokens 0");
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
   EXPECT_EQ(plain.err.find("key gains"), std::string::npos) << plain.err;
   ASSERT_EQ(ReadAll(Path("plain.vqcb"))[4], 2);
   // Gains for an existing set, its codebooks kept: same body before the
   // gains, gains from layer 20 only.
-  Result refit =
-      Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
-          Text("pride_and_prejudice.txt") + " --out " + Path("refit.vqcb") +
-          " --refit-gains " + Path("plain.vqcb") +
-          " --max-tokens 500 --ctx 256 --key-gain-tokens 300 "
-          "--key-gain-from-layer 20");
+  Result refit = calibrate("refit.vqcb", "--refit-gains " + Path("plain.vqcb") +
+                                             " --key-gain-tokens 300 "
+                                             "--key-gain-from-layer 20");
   ASSERT_EQ(refit.exit_code, 0) << refit.err;
   EXPECT_NE(refit.err.find("key gains of layers 20-29 on 300 held-out"),
             std::string::npos)
@@ -370,13 +367,9 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   EXPECT_EQ(refit_file.substr(128, plain_file.size() - 136),
             plain_file.substr(128, plain_file.size() - 136));
   ExpectCleanError(
-      Run("calibrate --model " + std::string(VQKV_MODEL_PATH) + " --text " +
-          Text("pride_and_prejudice.txt") + " --out " + Path("bad.vqcb") +
-          " --refit-gains " + Path("missing.vqcb")),
+      calibrate("bad.vqcb", "--refit-gains " + Path("missing.vqcb")),
       "missing.vqcb");
-  ExpectCleanError(Run("calibrate --model " + std::string(VQKV_MODEL_PATH) +
-                       " --text " + Text("pride_and_prejudice.txt") +
-                       " --out " + Path("bad.vqcb") + " --key-gain-tokens -1"),
+  ExpectCleanError(calibrate("bad.vqcb", "--key-gain-tokens -1"),
                    "--key-gain-tokens must be >= 0");
 
   Result ev =
