@@ -66,10 +66,8 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
             (options.keys_post_rope ? kBlockKeysPostRope : 0u) |
             (codec.PayloadFlags() & kCodecPayloadFlags);
   h.codebook_hash = codec.codebook_hash();
-  h.key_sketch_first_layer =
-      (h.flags & kBlockHasKeySketch)
-          ? static_cast<uint16_t>(codec.KeySketchFirstLayer())
-          : 0;
+  // 0 without a sketch (Codec::KeySketchFirstLayer's contract).
+  h.key_sketch_first_layer = static_cast<uint16_t>(codec.KeySketchFirstLayer());
   h.tokens = static_cast<uint32_t>(tokens);
   h.fp16_tokens = static_cast<uint32_t>(fp16_tokens);
   h.layers = static_cast<uint16_t>(layout.layers);
@@ -210,8 +208,8 @@ absl::Status CheckBlockForCodec(const Codec& codec, const BlockHeader& h,
         " (key sketch ", (h.flags & kBlockHasKeySketch) ? "on" : "off",
         ") differ from the codec's ", codec.Descriptor()));
   }
-  if ((h.flags & kBlockHasKeySketch) &&
-      h.key_sketch_first_layer != codec.KeySketchFirstLayer()) {
+  // Both are 0 without a sketch (the header check, the codec's contract).
+  if (h.key_sketch_first_layer != codec.KeySketchFirstLayer()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "block has a key sketch from layer ", h.key_sketch_first_layer,
         ", the codec ", codec.Descriptor(), " from layer ",

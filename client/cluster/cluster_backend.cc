@@ -285,10 +285,16 @@ void ClusterBackend::RunEvery(absl::Duration interval,
 }
 
 int ClusterBackend::ProbeOpenNodes() {
-  std::vector<std::shared_ptr<Node>> nodes;
-  {
-    absl::MutexLock lock(&mu_);
-    for (const auto& [ep, node] : nodes_) nodes.push_back(node);
+  // Only nodes a call can reach: the members, and the previous owners while
+  // reads still ask them. A node that left is probed again once it is back.
+  std::shared_ptr<const View> view = Snapshot();
+  std::vector<std::shared_ptr<Node>> nodes = view->nodes;
+  if (Now() < view->changed_at + options_.previous_owner_window) {
+    for (const std::shared_ptr<Node>& n : view->prev_nodes) {
+      if (std::find(nodes.begin(), nodes.end(), n) == nodes.end()) {
+        nodes.push_back(n);
+      }
+    }
   }
   int readmitted = 0;
   for (const std::shared_ptr<Node>& n : nodes) {

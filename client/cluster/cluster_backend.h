@@ -155,9 +155,11 @@ class ClusterBackend : public Backend {
   // set takes effect for the next call. Returns whether it changed.
   absl::StatusOr<bool> RefreshMembership();
 
-  // Health-checks, one after another, every node whose circuit is open and
-  // whose backoff has passed, and readmits those that serve. Returns how
-  // many were readmitted. The prober thread calls it every probe_tick.
+  // Health-checks, one after another, every node a call can reach (the
+  // members, and inside previous_owner_window the previous owners) whose
+  // circuit is open and whose backoff has passed, and readmits those that
+  // serve. Returns how many were readmitted. The prober thread calls it
+  // every probe_tick.
   int ProbeOpenNodes();
 
   // Per-node counters and the cluster's.

@@ -462,6 +462,36 @@ TEST(ClusterBackendTest, PreviousOwnersAreReadForAWindowAfterAChange) {
   EXPECT_EQ(Found(b.get(), hashes), 400 - moved);
 }
 
+// The prober checks the nodes a call can reach: a node that left is
+// checked while it is a previous owner, not after, and again once it is back.
+TEST(ClusterBackendTest, TheProberSkipsNodesThatLeft) {
+  Fixture f;
+  f.SetDns({"n0:1", "n1:1", "n2:1"});
+  auto b = f.Open("dns:///svc:1", 2);
+  const std::vector<BlockHash> hashes = Hashes(60);
+  PutAll(b.get(), hashes);
+  f.node(1).fail = true;
+  EXPECT_EQ(Found(b.get(), hashes), 60);
+  ASSERT_TRUE(b->Stats().nodes[1].circuit_open);
+
+  f.SetDns({"n0:1", "n2:1"});
+  ASSERT_EQ(*b->RefreshMembership(), true);
+  f.Advance(absl::Milliseconds(1300));
+  EXPECT_EQ(b->ProbeOpenNodes(), 0);
+  EXPECT_EQ(f.node(1).health_checks, 1) << "a previous owner is probed";
+
+  f.Advance(absl::Minutes(5) + absl::Seconds(1));  // past window and backoff
+  EXPECT_EQ(b->ProbeOpenNodes(), 0);
+  EXPECT_EQ(f.node(1).health_checks, 1) << "a node that left is not probed";
+
+  f.node(1).fail = false;
+  f.SetDns({"n0:1", "n1:1", "n2:1"});
+  ASSERT_EQ(*b->RefreshMembership(), true);
+  EXPECT_EQ(b->ProbeOpenNodes(), 1) << "back in the membership: readmitted";
+  EXPECT_EQ(f.node(1).health_checks, 2);
+  EXPECT_EQ(Found(b.get(), hashes), 60);
+}
+
 TEST(ClusterBackendTest, ReResolvesPeriodically) {
   Fixture f;
   f.SetDns({"n0:1", "n1:1"});
