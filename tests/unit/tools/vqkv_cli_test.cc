@@ -366,6 +366,27 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   ASSERT_EQ(refit_file.size(), plain_file.size() + 30 * 3 * 65 * 4);
   EXPECT_EQ(refit_file.substr(128, plain_file.size() - 136),
             plain_file.substr(128, plain_file.size() - 136));
+  // Gains fitted on another text (--key-gain-text): its first 300 tokens,
+  // the same codebooks, other gains.
+  const std::string other_text = Text("tinyshakespeare.txt");
+  Result other = calibrate(
+      "gain_text.vqcb", "--refit-gains " + Path("plain.vqcb") +
+                            " --key-gain-tokens 300 --key-gain-from-layer 20 "
+                            "--key-gain-text " +
+                            other_text);
+  ASSERT_EQ(other.exit_code, 0) << other.err;
+  EXPECT_NE(other.err.find("key gains of layers 20-29 on 300 held-out tokens "
+                           "of " +
+                           other_text),
+            std::string::npos)
+      << other.err;
+  const std::string other_file = ReadAll(Path("gain_text.vqcb"));
+  ASSERT_EQ(other_file.size(), refit_file.size());
+  EXPECT_EQ(other_file.substr(128, plain_file.size() - 136),
+            plain_file.substr(128, plain_file.size() - 136));
+  EXPECT_NE(other_file.substr(plain_file.size() - 8),
+            refit_file.substr(plain_file.size() - 8))
+      << "gains fitted on another text are other gains";
   ExpectCleanError(
       calibrate("bad.vqcb", "--refit-gains " + Path("missing.vqcb")),
       "missing.vqcb");
