@@ -1,5 +1,6 @@
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -110,6 +111,19 @@ int Run(const CalibrateArgs& a) {
   }
   if (a.gain_tokens < 0) {
     return Fail(absl::InvalidArgumentError("--key-gain-tokens must be >= 0"));
+  }
+  // Gains fitted on keys the codebooks were fitted on come out near 1
+  // (tools/key_gain_fit.h), so a calibration text is refused here.
+  for (const std::string& text : a.texts) {
+    std::error_code ec;
+    if (!a.gain_text.empty() &&
+        std::filesystem::equivalent(a.gain_text, text, ec)) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--key-gain-text ", a.gain_text,
+          " is a calibration text; the gains need text the codebooks were "
+          "not fitted on (without --key-gain-text they use the calibration "
+          "text's tokens after the fitted ones)")));
+    }
   }
   absl::StatusOr<LoadedModel> m = LoadModel(a.model);
   if (!m.ok()) return Fail(m.status());

@@ -392,6 +392,9 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
       "missing.vqcb");
   ExpectCleanError(calibrate("bad.vqcb", "--key-gain-tokens -1"),
                    "--key-gain-tokens must be >= 0");
+  ExpectCleanError(calibrate("bad.vqcb", "--key-gain-text " +
+                                             Text("pride_and_prejudice.txt")),
+                   "is a calibration text");
 
   Result ev =
       Run("eval --model " + std::string(VQKV_MODEL_PATH) + " --text " +
