@@ -289,7 +289,7 @@ int ClusterBackend::ProbeOpenNodes() {
   // reads still ask them. A node that left is probed again once it is back.
   std::shared_ptr<const View> view = Snapshot();
   std::vector<std::shared_ptr<Node>> nodes = view->nodes;
-  if (Now() < view->changed_at + options_.previous_owner_window) {
+  if (ReadsPreviousOwners(*view)) {
     for (const std::shared_ptr<Node>& n : view->prev_nodes) {
       if (std::find(nodes.begin(), nodes.end(), n) == nodes.end()) {
         nodes.push_back(n);
@@ -361,14 +361,18 @@ std::shared_ptr<const ClusterBackend::View> ClusterBackend::Snapshot() const {
   return view_;
 }
 
+bool ClusterBackend::ReadsPreviousOwners(const View& view) const {
+  return !view.prev_nodes.empty() &&
+         Now() < view.changed_at + options_.previous_owner_window;
+}
+
 std::vector<Node*> ClusterBackend::ReadOrder(const View& view,
                                              absl::string_view key) const {
   std::vector<Node*> out;
   for (int i : view.ring.Owners(key, options_.replicas)) {
     out.push_back(view.nodes[i].get());
   }
-  if (!view.prev_nodes.empty() &&
-      Now() < view.changed_at + options_.previous_owner_window) {
+  if (ReadsPreviousOwners(view)) {
     for (int i : view.prev_ring.Owners(key, options_.replicas)) {
       Node* n = view.prev_nodes[i].get();
       if (std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);

@@ -179,6 +179,9 @@ class ClusterBackend : public Backend {
                  ClusterBackendOptions options);
   absl::Status ApplyMembership() ABSL_LOCKS_EXCLUDED(mu_);
   std::shared_ptr<const View> Snapshot() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether reads still ask `view`'s previous owners (a change less than
+  // previous_owner_window ago).
+  bool ReadsPreviousOwners(const View& view) const;
   // Nodes to ask for `key`, in order: current owners, then (inside the
   // window) previous owners not among them.
   std::vector<Node*> ReadOrder(const View& view, absl::string_view key) const;
