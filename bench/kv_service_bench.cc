@@ -17,7 +17,7 @@
 // time goes when the clients and both servers share the cores.
 //
 // Usage: kv_service_bench [--seconds S] [--max-gib-per-run G] [--batch N]
-//                         [--single-only] [--quick]
+//                         [--single-only] [--quick] [--clients 1,16]
 //                         [--server BIN [--server-arg=ARG]...]
 // --server runs another binary in vqkv-server's place, e.g. the gRPC floor
 // (bench/grpc_floor_server.cc); its rows are still labelled "vqkv".
@@ -295,6 +295,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-gib-per-run", max_gib,
                  "cap on bytes put per measurement (default 1 GiB)");
   app.add_flag("--quick", quick, "SmolLM2 16-token blocks only");
+  std::vector<int> client_counts = {1, 16};
+  app.add_option("--clients", client_counts,
+                 "client thread counts: one row per count (default 1,16)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 256));
   CLI11_PARSE(app, argc, argv);
   if (tune_allocator) {
     const absl::Status tuned = vqkv::client::TuneAllocatorForLargeMessages();
@@ -346,10 +351,11 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 
-  constexpr int kMaxClients = 16;
+  const int max_clients =
+      *std::max_element(client_counts.begin(), client_counts.end());
   std::vector<std::unique_ptr<vqkv::v1::KVCache::Stub>> stubs;
   std::vector<redisContext*> redis;
-  for (int t = 0; t < kMaxClients; ++t) {
+  for (int t = 0; t < max_clients; ++t) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(256 << 20);
     args.SetMaxSendMessageSize(256 << 20);
@@ -410,7 +416,7 @@ int main(int argc, char** argv) {
         std::vector<int> batches = {1};
         if (big_batch > 1 && !single_only) batches.push_back(big_batch);
         for (int batch : batches) {
-          for (int clients : {1, 16}) {
+          for (int clients : client_counts) {
             std::fprintf(stderr,
                          "[%d] %s %s %d tokens, %d block(s)/request, %d "
                          "client(s)\n",

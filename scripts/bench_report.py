@@ -9,10 +9,15 @@ seconds), NAME.txt (its stdout: the table) and NAME.err (its stderr). The
 whole of OUT.md is rewritten: an introduction (with a warning when a
 benchmark started on a machine whose load average exceeded its cores), a
 summary, then one section per benchmark in a fixed order; benchmarks with no
-result say how to run them. Nothing is measured here.
+result say how to run them. Next to OUT.md it draws the curves the tables
+hold as PNG files (performance_NAME.png: attention cost against context
+length, store latency against store size, service throughput against
+clients), where a table has two or more points and matplotlib is there.
+Nothing is measured here.
 """
 import argparse
 import os
+import re
 import sys
 
 # name -> (what it measures, its peer), in the report's order.
@@ -143,7 +148,166 @@ def load_str(meta):
     return ", ".join(parts) + " (1, 5, 15 min)"
 
 
-def section(name, r, quick):
+def parse_code_attention(table):
+    """[(tokens, codes ms, decode+attend ms, exact ms)] from the markdown
+    table (each ms cell is "wall (thread CPU)")."""
+    pts = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or not cells[0].isdigit():
+            continue
+        try:
+            pts.append((int(cells[0]),
+                        *[float(c.split()[0]) for c in cells[1:4]]))
+        except (ValueError, IndexError):
+            continue
+    return pts
+
+
+STORE_ROW = re.compile(r"^(hash map|TieredStore)\s+(\d+)\s+([\d.\s]+)$")
+
+
+def parse_store_scale(table):
+    """{store: [(blocks, put p50, get p50, lookup p50, heap B/block)]}."""
+    out = {}
+    for line in table.splitlines():
+        m = STORE_ROW.match(line.strip())
+        if not m:
+            continue
+        v = [float(x) for x in m.group(3).split()]
+        if len(v) < 9:
+            continue
+        # put/s, put p50, put p99, get p50, get p99, look p50, look p99,
+        # heap B/block, over
+        out.setdefault(m.group(1), []).append(
+            (int(m.group(2)), v[1], v[3], v[5], v[7]))
+    return out
+
+
+def parse_kv_service(table):
+    """{(model, format, tokens, batch, server, op): [(clients, blocks/s)]}."""
+    out = {}
+    for line in table.splitlines():
+        f = line.split()
+        if len(f) < 9 or f[5] not in ("vqkv", "redis"):
+            continue
+        try:
+            key = (f[0], f[1], int(f[2]), int(f[4]), f[5], f[6])
+            out.setdefault(key, []).append((int(f[7]), float(f[8])))
+        except ValueError:
+            continue
+    return out
+
+
+def plot_code_attention(table, path, plt):
+    pts = sorted(parse_code_attention(table))
+    if len(pts) < 2:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    x = [p[0] for p in pts]
+    for i, label in enumerate(("attention over codes", "decode, then attend",
+                               "exact fp32 (fp16-rounded K/V)")):
+        ax.plot(x, [p[i + 1] for p in pts], "o-", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("past tokens")
+    ax.set_ylabel("ms per layer per decode step (median wall)")
+    ax.set_title("code_attention_bench: cost against context length")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_store_scale(table, path, plt):
+    rows = parse_store_scale(table)
+    if not rows or max(len(v) for v in rows.values()) < 2:
+        return False
+    fig, (lat, mem) = plt.subplots(1, 2, figsize=(9.5, 4))
+    for store, pts in sorted(rows.items()):
+        pts.sort()
+        x = [p[0] for p in pts]
+        for j, op in enumerate(("put", "get", "16-block lookup")):
+            lat.plot(x, [p[j + 1] for p in pts],
+                     ("o-" if store == "TieredStore" else "s--"),
+                     label=f"{store} {op}")
+        mem.plot(x, [p[4] for p in pts],
+                 ("o-" if store == "TieredStore" else "s--"), label=store)
+    for ax in (lat, mem):
+        ax.set_xscale("log")
+        ax.set_xlabel("blocks stored")
+    lat.set_ylabel("p50 latency (us)")
+    lat.set_title("latency against store size")
+    lat.legend(fontsize=7)
+    mem.set_ylabel("heap bytes per 1 KiB block")
+    mem.set_title("memory per block")
+    mem.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_kv_service(table, path, plt):
+    rows = parse_kv_service(table)
+    if not rows or max(len(v) for v in rows.values()) < 2:
+        return False
+    # The first model, format and block size the table has: one panel per
+    # operation, a line per server and batch.
+    first = next(iter(rows))
+    sel = {k: v for k, v in rows.items() if k[:3] == first[:3]}
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4), sharey=True)
+    for ax, op in zip(axes, ("get", "put")):
+        for (_, _, _, batch, server, o), pts in sorted(sel.items()):
+            if o != op:
+                continue
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts],
+                    "o-" if server == "vqkv" else "s--",
+                    label=f"{server}, {batch} block(s)/request")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("client threads")
+        ax.set_title(f"{op}s")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("blocks/s")
+    fig.suptitle(f"kv_service_bench: {first[0]} {first[1]}, "
+                 f"{first[2]}-token blocks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+PLOTS = {
+    "code_attention_bench": plot_code_attention,
+    "store_scale_bench": plot_store_scale,
+    "kv_service_bench": plot_kv_service,
+}
+
+
+def draw_plots(res, out_dir):
+    """name -> PNG file name, for each plot drawn (none without
+    matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench_report.py: no matplotlib: no plots", file=sys.stderr)
+        return {}
+    drawn = {}
+    for name, fn in PLOTS.items():
+        r = res.get(name)
+        if r is None or status(r) != "ok":
+            continue
+        png = f"performance_{name}.png"
+        if fn(r["table"], os.path.join(out_dir, png), plt):
+            drawn[name] = png
+    return drawn
+
+
+def section(name, r, quick, png=None):
     what, peer = BENCHMARKS[name]
     out = [f"## {name}\n", f"{what}\n", f"Peer: {peer}\n"]
     if r is None:
@@ -166,6 +330,8 @@ def section(name, r, quick):
     st = status(r)
     if st == "ok":
         out.append(fence(r["table"]))
+        if png:
+            out.append(f"![{name}]({png})\n")
     elif st in ("skipped", "not built"):
         out.append(f"Why: {last_lines(r['err'], 1) or 'no reason printed'}\n")
     else:
@@ -177,8 +343,9 @@ def section(name, r, quick):
     return "\n".join(out)
 
 
-def render(results, quick):
+def render(results, quick, out_dir=None):
     res = load_results(results)
+    pngs = draw_plots(res, out_dir) if out_dir is not None else {}
     noisy = [n for n, r in res.items() if loaded(r["meta"])]
     mode = ("`scripts/bench.sh --quick` (small sizes: the numbers are "
             "indicative only)" if quick else
@@ -221,7 +388,7 @@ def render(results, quick):
                        f"{m.get('seconds', '?')} |")
     out.append("")
     for name in BENCHMARKS:
-        out.append(section(name, res.get(name), quick))
+        out.append(section(name, res.get(name), quick, pngs.get(name)))
     return "\n".join(out).rstrip("\n") + "\n"
 
 
@@ -235,7 +402,8 @@ def main(argv):
     if not os.path.isdir(a.results):
         print(f"bench_report.py: no directory {a.results}", file=sys.stderr)
         return 2
-    text = render(a.results, a.quick)
+    text = render(a.results, a.quick,
+                  os.path.dirname(os.path.abspath(a.out)))
     tmp = a.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -121,6 +121,40 @@ class BenchReportTest(unittest.TestCase):
         positions = [doc.index(f"## {n}\n") for n in names]
         self.assertEqual(positions, sorted(positions))
 
+    def test_curves_are_drawn_next_to_the_report(self):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            self.skipTest("no matplotlib (scripts/setup.sh installs it)")
+        r = self.dir
+        write(f"{r}/code_attention_bench.meta",
+              meta("build/bench/code_attention_bench", "0.1 0.1 0.1", 0))
+        write(f"{r}/code_attention_bench.txt",
+              "| tokens | codes ms | decode+attend ms | exact fp32 ms |\n"
+              "|---:|---:|---:|---:|\n"
+              "| 1024 | 0.98 (0.97) | 2.37 (2.36) | 0.12 (0.12) |\n"
+              "| 4096 | 1.70 (1.70) | 9.66 (9.66) | 0.66 (0.66) |\n")
+        # One size only: no curve to draw, so no plot.
+        write(f"{r}/store_scale_bench.meta",
+              meta("build/bench/store_scale_bench", "0.1 0.1 0.1", 0))
+        write(f"{r}/store_scale_bench.txt",
+              "store blocks put/s ...\n"
+              "hash map 1000 1186012 0.12 4.77 0.06 0.10 0.20 0.29 1206 181\n"
+              "TieredStore 1000 507053 1.55 6.57 0.18 0.71 1.10 1.75 1281 "
+              "257\n")
+        doc = self.render()
+        png = os.path.join(r, "performance_code_attention_bench.png")
+        with open(png, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        self.assertIn("![code_attention_bench]"
+                      "(performance_code_attention_bench.png)",
+                      self.section(doc, "code_attention_bench"))
+        self.assertFalse(os.path.exists(
+            os.path.join(r, "performance_store_scale_bench.png")))
+        self.assertNotIn(".png", self.section(doc, "store_scale_bench"))
+        # A failed run draws nothing.
+        self.assertNotIn(".png", self.section(doc, "kv_service_bench"))
+
     def test_missing_results_directory_is_an_error(self):
         p = subprocess.run([sys.executable, REPORT, self.dir + "/nope",
                             self.out], capture_output=True, text=True)
