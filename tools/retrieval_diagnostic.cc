@@ -55,12 +55,20 @@ void Accumulate(const float* x, const float* y, int dim, ClassError* e) {
 }
 
 // Codes positions [sinks, sinks + n*block) of one prompt's K/V (as the
-// compressed cache would) and adds their errors to `layers` by class.
+// compressed cache would) and adds their errors to r's layers by class and
+// to its by-position rows.
 absl::Status AddReconstructionErrors(
     const Codec& codec, const std::vector<float>& keys,
     const std::vector<float>& values, int64_t tokens,
     const std::vector<int>& token_class, const DiagnosticOptions& o,
-    std::vector<LayerErrors>* layers, std::vector<float>* decoded_keys) {
+    DiagnosticReport* r, std::vector<float>* decoded_keys) {
+  std::vector<LayerErrors>* layers = &r->layers;
+  const size_t buckets = static_cast<size_t>(
+      (tokens + kPositionBucketTokens - 1) / kPositionBucketTokens);
+  if (r->keys_by_position.size() < buckets) {
+    r->keys_by_position.resize(buckets);
+    r->values_by_position.resize(buckets);
+  }
   const KvLayout& lay = codec.layout();
   const int64_t row = int64_t{lay.kv_heads} * lay.head_dim;
   const int64_t b = o.block_tokens;
@@ -96,6 +104,8 @@ absl::Status AddReconstructionErrors(
       LayerErrors& le = (*layers)[l];
       for (int64_t t = 0; t < b; ++t) {
         const int c = token_class[begin + t];
+        const size_t bucket =
+            static_cast<size_t>((begin + t) / kPositionBucketTokens);
         for (int h = 0; h < lay.kv_heads; ++h) {
           const int64_t off = (l * b + t) * row + int64_t{h} * lay.head_dim;
           for (bool is_value : {false, true}) {
@@ -105,6 +115,9 @@ absl::Status AddReconstructionErrors(
                        &(is_value ? le.values : le.keys)[c]);
             Accumulate(x, y, lay.head_dim,
                        &(is_value ? le.head_values : le.head_keys)[h][c]);
+            Accumulate(x, y, lay.head_dim,
+                       &(is_value ? r->values_by_position
+                                  : r->keys_by_position)[bucket]);
           }
         }
       }
@@ -278,7 +291,7 @@ absl::StatusOr<DiagnosticReport> RunRetrievalDiagnostic(
     std::vector<float> keys, values, decoded_keys;
     collector.Take(&keys, &values);
     if (absl::Status s = AddReconstructionErrors(
-            codec, keys, values, n, token_class, o, &r.layers, &decoded_keys);
+            codec, keys, values, n, token_class, o, &r, &decoded_keys);
         !s.ok()) {
       return s;
     }
@@ -425,6 +438,20 @@ std::string FormatDiagnostic(const DiagnosticReport& r,
       all.keys[kKeyDigits].relative(), all.keys[kNeedleOther].relative(),
       all.keys[kFiller].relative(), all.values[kKeyDigits].relative(),
       all.values[kNeedleOther].relative(), all.values[kFiller].relative());
+  absl::StrAppendFormat(
+      &out,
+      "\nreconstruction by position in the prompt (all layers and token "
+      "classes; coded positions only):\n%15s | %8s %8s | %8s\n",
+      "positions", "keys", "values", "vectors");
+  for (size_t i = 0; i < r.keys_by_position.size(); ++i) {
+    const ClassError& k = r.keys_by_position[i];
+    if (k.vectors == 0) continue;
+    absl::StrAppendFormat(
+        &out, "%6d - %6d | %8.4f %8.4f | %8d\n",
+        static_cast<int64_t>(i) * kPositionBucketTokens,
+        static_cast<int64_t>(i + 1) * kPositionBucketTokens - 1, k.relative(),
+        r.values_by_position[i].relative(), k.vectors);
+  }
   std::vector<HeadAttention> top = r.attention;
   std::sort(top.begin(), top.end(),
             [](const HeadAttention& a, const HeadAttention& b) {
@@ -474,6 +501,15 @@ std::string DiagnosticJson(const DiagnosticReport& r,
     }
     layers += "}";
   }
+  std::string by_position;
+  for (size_t i = 0; i < r.keys_by_position.size(); ++i) {
+    if (r.keys_by_position[i].vectors == 0) continue;
+    absl::StrAppendFormat(&by_position, "%s{\"from\":%d,\"k\":%.6f,\"v\":%.6f}",
+                          by_position.empty() ? "" : ",",
+                          static_cast<int64_t>(i) * kPositionBucketTokens,
+                          r.keys_by_position[i].relative(),
+                          r.values_by_position[i].relative());
+  }
   std::string ablations;
   for (size_t i = 0; i < r.ablations.size(); ++i) {
     absl::StrAppendFormat(&ablations,
@@ -496,10 +532,10 @@ std::string DiagnosticJson(const DiagnosticReport& r,
   return absl::StrFormat(
       "{\"task\":\"diagnose\",\"descriptor\":\"%s\",\"length\":%d,"
       "\"trials\":%d,\"seed\":%d,\"sinks\":%d,\"window\":%d,"
-      "\"fp16_correct\":%d,\"layers\":[%s],\"attention\":[%s],\"ablations\":[%"
-      "s]}",
+      "\"fp16_correct\":%d,\"layers\":[%s],\"by_position\":[%s],"
+      "\"attention\":[%s],\"ablations\":[%s]}",
       descriptor, o.length, r.coded_trials, o.seed, o.sinks, o.window,
-      r.fp16_correct, layers, attention, ablations);
+      r.fp16_correct, layers, by_position, attention, ablations);
 }
 
 }  // namespace vqkv::tools

@@ -6,7 +6,8 @@
 //    the compressed cache codes them (blocks of block_tokens from `sinks`
 //    on), and the relative error ||x - x'||^2 / ||x||^2 of three token
 //    classes: the key's digit tokens, the needle's other tokens, and the
-//    filler. Per layer, keys and values apart, with the worst head.
+//    filler. Per layer, keys and values apart, with the worst head; and
+//    over all layers by position in the prompt.
 //  - Attention: the prompt's last query (the one that must retrieve the
 //    key) per layer and query head, and the softmax mass it puts on the
 //    key's digit tokens with exact keys and with the coded positions' keys
@@ -87,8 +88,16 @@ struct AblationRow {
   int trials = 0;
 };
 
+// Tokens per row of the error-by-position table: post-RoPE keys at
+// positions the calibration windows never reached (past its --ctx) are
+// coded worse, which this shows.
+inline constexpr int64_t kPositionBucketTokens = 512;
+
 struct DiagnosticReport {
   std::vector<LayerErrors> layers;
+  // Every coded vector's error, all layers and classes, by position:
+  // [position / kPositionBucketTokens].
+  std::vector<ClassError> keys_by_position, values_by_position;
   std::vector<HeadAttention> attention;  // [layer * heads + head]
   std::vector<AblationRow> ablations;    // first row: the whole cache coded
   int coded_trials = 0;

@@ -461,6 +461,12 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   EXPECT_NE(dg.out.find("{\"layer\":29,\"k_digits\""), std::string::npos);
   EXPECT_NE(dg.out.find("{\"layer\":29,\"head\":8,"), std::string::npos);
   EXPECT_NE(dg.out.find("{\"what\":\"layers 20-29\""), std::string::npos);
+  // 200 tokens: one row of the by-position table, with a nonzero key error.
+  EXPECT_NE(dg.out.find("\"by_position\":[{\"from\":0,\"k\":"),
+            std::string::npos);
+  EXPECT_EQ(dg.out.find("\"by_position\":[{\"from\":0,\"k\":0.000000"),
+            std::string::npos);
+  EXPECT_EQ(dg.out.find("{\"from\":512,"), std::string::npos);
   EXPECT_EQ(JsonNumber(dg.out, "trials"), 1);
   ExpectCleanError(
       Run(absl::StrCat("eval --task diagnose --model ", VQKV_MODEL_PATH,
