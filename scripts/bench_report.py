@@ -46,8 +46,8 @@ BENCHMARKS = {
     "kv_service_bench": (
         "Put/get throughput (blocks/s, MB/s, KV tokens/s) and per-request "
         "p50/p99 latency of vqkv-server over loopback gRPC, one block per "
-        "request and batched, with 1 and 16 clients; the benchmark starts "
-        "and stops both servers.",
+        "request and batched, with 1 and 16 clients (the full run: 1, 4, 16 "
+        "and 64); the benchmark starts and stops both servers.",
         "redis-server (no persistence) with the same payloads over hiredis: "
         "SET/GET and MSET/MGET."),
     "store_scale_bench": (
