@@ -199,6 +199,20 @@ def parse_kv_service(table):
     return out
 
 
+def save(fig, path, plt):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def labels(ax, x, y, title, fontsize=8):
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.legend(fontsize=fontsize)
+
+
 def plot_code_attention(table, path, plt):
     pts = sorted(parse_code_attention(table))
     if len(pts) < 2:
@@ -210,14 +224,9 @@ def plot_code_attention(table, path, plt):
         ax.plot(x, [p[i + 1] for p in pts], "o-", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("past tokens")
-    ax.set_ylabel("ms per layer per decode step (median wall)")
-    ax.set_title("code_attention_bench: cost against context length")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    labels(ax, "past tokens", "ms per layer per decode step (median wall)",
+           "code_attention_bench: cost against context length")
+    return save(fig, path, plt)
 
 
 def plot_store_scale(table, path, plt):
@@ -234,19 +243,13 @@ def plot_store_scale(table, path, plt):
                      label=f"{store} {op}")
         mem.plot(x, [p[4] for p in pts],
                  ("o-" if store == "TieredStore" else "s--"), label=store)
-    for ax in (lat, mem):
-        ax.set_xscale("log")
-        ax.set_xlabel("blocks stored")
-    lat.set_ylabel("p50 latency (us)")
-    lat.set_title("latency against store size")
-    lat.legend(fontsize=7)
-    mem.set_ylabel("heap bytes per 1 KiB block")
-    mem.set_title("memory per block")
-    mem.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    lat.set_xscale("log")
+    mem.set_xscale("log")
+    labels(lat, "blocks stored", "p50 latency (us)",
+           "latency against store size", 7)
+    labels(mem, "blocks stored", "heap bytes per 1 KiB block",
+           "memory per block", 7)
+    return save(fig, path, plt)
 
 
 def plot_kv_service(table, path, plt):
@@ -267,16 +270,11 @@ def plot_kv_service(table, path, plt):
                     "o-" if server == "vqkv" else "s--",
                     label=f"{server}, {batch} block(s)/request")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("client threads")
-        ax.set_title(f"{op}s")
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("blocks/s")
+        labels(ax, "client threads", "blocks/s" if op == "get" else "",
+               f"{op}s", 7)
     fig.suptitle(f"kv_service_bench: {first[0]} {first[1]}, "
                  f"{first[2]}-token blocks")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save(fig, path, plt)
 
 
 PLOTS = {
