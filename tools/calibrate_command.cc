@@ -306,7 +306,10 @@ std::function<int()> AddCalibrateCommand(CLI::App* app) {
   AddCodecFlags(cmd, &args->codec);
   cmd->add_option("--max-tokens", args->max_tokens, "tokens of K/V to collect")
       ->capture_default_str();
-  cmd->add_option("--ctx", args->ctx, "window length the text is run in")
+  cmd->add_option("--ctx", args->ctx,
+                  "window length the text is run in; post-RoPE keys are "
+                  "coded well only at positions below it (docs/FIDELITY.md, "
+                  "\"Past the calibration windows\")")
       ->capture_default_str();
   cmd->add_option("--skip", args->skip,
                   "leading positions of each window not collected (the "

@@ -101,7 +101,11 @@ void AddCodecFlags(CLI::App* app, CodecFlags* f) {
       ->expected(2)
       ->delimiter(',');
   app->add_flag("--per-head", f->per_head, "one codebook per KV head");
-  app->add_option("--keys", f->keys, "code keys pre or post RoPE")
+  app->add_option("--keys", f->keys,
+                  "code keys pre or post RoPE (post: what serving engines "
+                  "cache, and what the client library needs; pre: no "
+                  "position dependence, better retrieval in vqkv's own "
+                  "runtime; docs/FIDELITY.md)")
       ->capture_default_str();
   app->add_option("--kmeans-iters", f->training.kmeans_iterations,
                   "Lloyd iterations")
