@@ -364,8 +364,10 @@ def render(results, quick, out_dir=None):
             f"**These numbers were taken on a loaded machine**: "
             f"{len(noisy)} of {len(res)} benchmarks started with a 1-minute "
             "load average above the number of cores "
-            f"({', '.join(noisy)}), so they got a fraction of the CPU and "
-            "their throughputs are low and noisy. To regenerate on an idle "
+            f"({', '.join(noisy)}), so they may have got a fraction of the "
+            "CPU and their throughputs may be low and noisy (the load "
+            "average trails by a minute: part of it can be the previous "
+            "benchmark's own threads). To regenerate on an idle "
             "machine: `scripts/bench.sh` (full sizes) or "
             "`scripts/bench.sh --quick`, optionally naming benchmarks "
             "(`scripts/bench.sh --quick codec_bench`).\n")
