@@ -35,9 +35,9 @@
 #include "absl/status/statusor.h"
 #include "kernels/code_attention.h"
 #include "kernels/codec.h"
+#include "kernels/rope.h"
 #include "kernels/vq_codec.h"
 #include "model/kv_cache.h"
-#include "model/rope.h"
 
 namespace vqkv::eval {
 
@@ -74,7 +74,7 @@ class CompressedKvCache : public model::KvCache {
   // an ablation; kUnimplemented for attend_codes with codebooks of pre-RoPE
   // keys.
   static absl::StatusOr<std::unique_ptr<CompressedKvCache>> Create(
-      const KvLayout& layout, const Codec* codec, const model::Rope* rope,
+      const KvLayout& layout, const Codec* codec, const Rope* rope,
       const CompressedKvCacheOptions& options);
 
   const KvLayout& layout() const override { return exact_.layout(); }
@@ -96,12 +96,11 @@ class CompressedKvCache : public model::KvCache {
 
  private:
   CompressedKvCache(const KvLayout& layout, const Codec* codec,
-                    const model::Rope* rope,
-                    const CompressedKvCacheOptions& options);
+                    const Rope* rope, const CompressedKvCacheOptions& options);
   absl::Status CodeBlock();
 
   const Codec* codec_;
-  const model::Rope* rope_;
+  const Rope* rope_;
   CompressedKvCacheOptions options_;
   model::ExactKvStore exact_;
   model::ExactKvStore

@@ -55,8 +55,7 @@ absl::Status ReadInt(const GgufFile& gguf, const std::string& key, int* out) {
 }  // namespace
 
 LlamaModel::LlamaModel(const LlamaConfig& config)
-    : config_(config),
-      rope_(config.head_dim, config.rope_dims, config.rope_theta) {}
+    : config_(config), rope_(config.head_dim, config.rope_spec()) {}
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(
     const std::string& path) {
@@ -98,14 +97,14 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromGguf(
     VQKV_RETURN_IF_ERROR(
         ReadInt(gguf, "llama.rope.dimension_count", &c.rope_dims));
   }
-  if (c.rope_dims > c.head_dim || c.rope_dims % 2 != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("rope dimension count ", c.rope_dims, " is invalid"));
-  }
   if (gguf.Find("llama.rope.freq_base") != nullptr) {
     absl::StatusOr<double> theta = gguf.GetFloat("llama.rope.freq_base");
     if (!theta.ok()) return theta.status();
     c.rope_theta = *theta;
+  }
+  if (absl::Status s = c.rope_spec().Validate(c.head_dim); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the model's RoPE: ", s.message()));
   }
   if (gguf.Find("llama.attention.layer_norm_rms_epsilon") != nullptr) {
     absl::StatusOr<double> eps =

@@ -18,9 +18,9 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/codec.h"
+#include "kernels/rope.h"
 #include "model/gguf.h"
 #include "model/kv_cache.h"
-#include "model/rope.h"
 
 namespace vqkv::model {
 
@@ -40,6 +40,10 @@ struct LlamaConfig {
   bool tied_output = false;
 
   KvLayout kv_layout() const { return KvLayout{layers, kv_heads, head_dim}; }
+  // GGUF LLaMA rotates adjacent dimension pairs (kernels/rope.h).
+  RopeSpec rope_spec() const {
+    return RopeSpec{rope_theta, rope_dims, RopePairs::kAdjacent};
+  }
 };
 
 // Receives every layer's K/V as the forward pass computes them (the KV

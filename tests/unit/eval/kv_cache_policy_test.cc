@@ -7,10 +7,10 @@
 
 #include "eval/compressed_kv_cache.h"
 #include "gtest/gtest.h"
+#include "kernels/rope.h"
 #include "kernels/vq_codec.h"
 #include "model/attention.h"
 #include "model/kv_cache.h"
-#include "model/rope.h"
 #include "tests/unit/eval/offset_codec.h"
 
 namespace vqkv::eval {
@@ -97,7 +97,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(CompressedKvCacheTest, PreRopeKeysAreRotatedAfterDecoding) {
   const KvLayout layout{1, 2, kHeadDim};
-  const model::Rope rope(kHeadDim, kHeadDim, 10000.0);
+  const Rope rope(kHeadDim, RopeSpec{10000.0, kHeadDim});
   OffsetCodec codec(layout, 0.0f, 0.0f);
   CompressedKvCacheOptions opt;
   opt.sinks = 2;
@@ -266,7 +266,7 @@ TEST(CompressedKvCacheTest, AttendCodesNeedsAPostRopeVqCodec) {
       absl::StatusCode::kInvalidArgument);
   std::unique_ptr<VqCodec> vq = SmallVqCodec(layout, 0);
   EXPECT_TRUE(CompressedKvCache::Create(layout, vq.get(), nullptr, opt).ok());
-  const model::Rope rope(kHeadDim, kHeadDim, 10000.0);
+  const Rope rope(kHeadDim, RopeSpec{10000.0, kHeadDim});
   opt.keys_pre_rope = true;
   EXPECT_EQ(
       CompressedKvCache::Create(layout, vq.get(), &rope, opt).status().code(),
