@@ -22,8 +22,9 @@ static_assert(std::endian::native == std::endian::little,
               "the codebook file is little-endian; add byte swapping to "
               "support big-endian hosts");
 
-// Version 1's header; version 2 appends the model identity to it, and
-// version 3 (the same header) appends the key gains to the body.
+// Version 1's header; version 2 appends the model identity to it, version 3
+// (the same header) appends the key gains to the body, and version 4 adds
+// the key RoPE in reserved header fields.
 constexpr size_t kHeaderBytes = 64;
 constexpr size_t kHeaderBytesV2 = 128;
 constexpr size_t kMaxHeaderBytes = kHeaderBytesV2;
@@ -32,6 +33,13 @@ constexpr size_t kTrailerBytes = 8;
 constexpr size_t kFingerprintOffset = 64;
 constexpr size_t kArchitectureBytesOffset = 72;
 constexpr size_t kArchitectureOffset = 80;
+// Version-4 fields: in version 1-3 reserved (zero) bytes.
+constexpr size_t kRopeDimsOffset = 44;
+constexpr size_t kRopeThetaOffset = 56;
+constexpr size_t kRopePairsOffset = 112;
+constexpr size_t kHasKeyGainsOffset = 113;
+// End of the identity fields: version 4 uses the bytes after them.
+constexpr size_t kIdentityEndV4 = kRopePairsOffset;
 
 struct StringSink {
   std::string* out;
@@ -71,8 +79,9 @@ uint64_t KeyGainBytes(const CodebookConfig& c) {
          (1 + uint64_t(c.layout.head_dim));
 }
 
-uint16_t Version(const std::optional<ModelIdentity>& identity, bool key_gains) {
-  return key_gains ? 3 : identity ? 2 : 1;
+uint16_t Version(const CodebookSet& set) {
+  if (set.key_rope()) return 4;
+  return set.has_key_gains() ? 3 : set.identity() ? 2 : 1;
 }
 
 size_t HeaderBytes(uint16_t version) {
@@ -80,9 +89,10 @@ size_t HeaderBytes(uint16_t version) {
 }
 
 // Writes HeaderBytes(version) bytes at h.
-void EncodeHeader(const CodebookConfig& c,
-                  const std::optional<ModelIdentity>& identity,
-                  uint16_t version, uint64_t body_bytes, uint8_t* h) {
+void EncodeHeader(const CodebookSet& set, uint16_t version, uint64_t body_bytes,
+                  uint8_t* h) {
+  const CodebookConfig& c = set.config();
+  const std::optional<ModelIdentity>& identity = set.identity();
   const size_t header_bytes = HeaderBytes(version);
   std::memset(h, 0, header_bytes);
   Put<uint32_t>(h, 0, kCodebookMagic);
@@ -108,6 +118,13 @@ void EncodeHeader(const CodebookConfig& c,
                  static_cast<uint8_t>(identity->architecture.size()));
     std::memcpy(h + kArchitectureOffset, identity->architecture.data(),
                 identity->architecture.size());
+  }
+  if (version == 4) {
+    const RopeSpec& rope = *set.key_rope();
+    Put<uint32_t>(h, kRopeDimsOffset, static_cast<uint32_t>(rope.rot_dims));
+    Put<uint64_t>(h, kRopeThetaOffset, std::bit_cast<uint64_t>(rope.theta));
+    Put<uint8_t>(h, kRopePairsOffset, static_cast<uint8_t>(rope.pairs));
+    Put<uint8_t>(h, kHasKeyGainsOffset, set.has_key_gains() ? 1 : 0);
   }
 }
 
@@ -244,6 +261,18 @@ absl::Status CodebookSet::SetKeyGain(int layer, int kv_head, float gain,
   return absl::OkStatus();
 }
 
+absl::Status CodebookSet::SetKeyRope(const RopeSpec& rope) {
+  if (config_.keys_post_rope) {
+    return absl::FailedPreconditionError(
+        "a key RoPE is recorded for sets of pre-RoPE keys only");
+  }
+  if (absl::Status s = rope.Validate(config_.layout.head_dim); !s.ok()) {
+    return s;
+  }
+  key_rope_ = rope;
+  return absl::OkStatus();
+}
+
 absl::Status CodebookSet::CheckModel(const ModelIdentity& model,
                                      std::string_view label) const {
   if (!identity_ || *identity_ == model) return absl::OkStatus();
@@ -280,9 +309,9 @@ namespace {
 template <typename Sink>
 void WriteContent(const CodebookSet& set, Sink& sink) {
   const CodebookConfig& c = set.config();
-  const uint16_t version = Version(set.identity(), set.has_key_gains());
+  const uint16_t version = Version(set);
   uint8_t header[kMaxHeaderBytes];
-  EncodeHeader(c, set.identity(), version,
+  EncodeHeader(set, version,
                BodyBytes(c, set.key_group_dims()) +
                    (set.has_key_gains() ? KeyGainBytes(c) : 0),
                header);
@@ -402,7 +431,8 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
   // zero: one set has one encoding, hence one content hash (found by
   // tests/fuzz/codebook_set_fuzzer: nonzero reserved bytes gave the same
   // codebooks a second hash).
-  if (Get<uint32_t>(p, 44) != 0 || Get<uint64_t>(p, 56) != 0 ||
+  if ((version < 4 && (Get<uint32_t>(p, kRopeDimsOffset) != 0 ||
+                       Get<uint64_t>(p, kRopeThetaOffset) != 0)) ||
       (groups == 1 && Get<uint32_t>(p, 40) != 0)) {
     return absl::DataLossError(
         "codebook file header has a nonzero reserved field");
@@ -421,17 +451,43 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
            c.layout.head_dim +
        double(c.value_stages) * std::ldexp(1.0, c.value_bits) *
            c.layout.head_dim);
-  const uint64_t gain_bytes = version == 3 ? KeyGainBytes(c) : 0;
+  std::optional<RopeSpec> rope;
+  bool has_gains = version == 3;
+  if (version == 4) {
+    RopeSpec r;
+    r.rot_dims = static_cast<int>(Get<uint32_t>(p, kRopeDimsOffset));
+    r.theta = std::bit_cast<double>(Get<uint64_t>(p, kRopeThetaOffset));
+    r.pairs = static_cast<RopePairs>(Get<uint8_t>(p, kRopePairsOffset));
+    const uint8_t gains_flag = Get<uint8_t>(p, kHasKeyGainsOffset);
+    bool reserved_zero = true;
+    for (size_t i = kHasKeyGainsOffset + 1; i < kHeaderBytesV2; ++i) {
+      if (p[i] != 0) reserved_zero = false;
+    }
+    if (c.keys_post_rope || gains_flag > 1 || !reserved_zero) {
+      return absl::DataLossError(
+          "codebook file key RoPE on post-RoPE keys, or nonzero reserved "
+          "bytes");
+    }
+    if (absl::Status st = r.Validate(c.layout.head_dim); !st.ok()) {
+      return absl::DataLossError(
+          absl::StrCat("codebook file key RoPE: ", st.message()));
+    }
+    rope = r;
+    has_gains = gains_flag == 1;
+  }
+  const uint64_t gain_bytes = has_gains ? KeyGainBytes(c) : 0;
   if (estimate > 0x1p62 || BodyBytes(c, dims0) + gain_bytes != body) {
     return absl::DataLossError(
         "codebook file body size does not match its config");
   }
   absl::StatusOr<CodebookSet> set = Create(c);
   if (!set.ok()) return absl::DataLossError(set.status().message());
-  // Version 3 may have no identity: then every identity byte is zero.
+  // Versions 3 and 4 may have no identity: then every identity byte is
+  // zero.
+  const size_t identity_end = version == 4 ? kIdentityEndV4 : kHeaderBytesV2;
   bool has_identity = version == 2;
-  if (version == 3) {
-    for (size_t i = kFingerprintOffset; i < kHeaderBytesV2; ++i) {
+  if (version >= 3) {
+    for (size_t i = kFingerprintOffset; i < identity_end; ++i) {
       if (p[i] != 0) has_identity = true;
     }
   }
@@ -443,7 +499,7 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
     // Every other identity byte is zero, so one identity has one encoding
     // (and one hash).
     bool canonical = arch_bytes <= size_t{kMaxArchitectureBytes};
-    for (size_t i = kArchitectureBytesOffset + 1; i < kHeaderBytesV2; ++i) {
+    for (size_t i = kArchitectureBytesOffset + 1; i < identity_end; ++i) {
       const bool in_name =
           i >= kArchitectureOffset && i < kArchitectureOffset + arch_bytes;
       if (!in_name && p[i] != 0) canonical = false;
@@ -495,7 +551,12 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
       }
     }
   }
-  if (version == 3) {
+  if (rope) {
+    if (absl::Status st = set->SetKeyRope(*rope); !st.ok()) {
+      return absl::DataLossError(st.message());
+    }
+  }
+  if (has_gains) {
     const int D = c.layout.head_dim;
     for (int l = 0; l < c.layout.layers; ++l) {
       for (int h = 0; h < c.layout.kv_heads; ++h) {

@@ -20,6 +20,12 @@
 // as version 3 (version 2's header, the gains after the codebooks); sets
 // without keep their version and hash.
 //
+// A set of pre-RoPE keys may record the rotation the model applies after
+// them (SetKeyRope): then a client can code the post-RoPE keys an engine
+// caches by un-rotating them first, and rotate decoded keys back. Such a set
+// serializes as version 4 (version 3 with the RoPE fields and a flag for the
+// gains).
+//
 // Thread safety: const methods may run concurrently; Set* must not run
 // concurrently with anything else on the same object.
 #ifndef VQKV_KERNELS_CODEBOOK_SET_H_
@@ -36,14 +42,16 @@
 #include "kernels/codec.h"
 #include "kernels/key_split.h"
 #include "kernels/model_identity.h"
+#include "kernels/rope.h"
 #include "kernels/rvq.h"
 
 namespace vqkv {
 
 inline constexpr uint32_t kCodebookMagic = 0x42435156;  // "VQCB" little-endian
 // The newest version this build reads and writes; it also reads and writes
-// versions 1 (no model identity, no key gains) and 2 (no key gains).
-inline constexpr uint16_t kCodebookFormatVersion = 3;
+// versions 1 (no model identity, no key gains), 2 (no key gains) and 3 (no
+// key RoPE).
+inline constexpr uint16_t kCodebookFormatVersion = 4;
 // Largest key gain a set accepts.
 inline constexpr float kMaxKeyGain = 16.0f;
 
@@ -112,6 +120,13 @@ class CodebookSet {
   absl::Status CheckModel(const ModelIdentity& model,
                           std::string_view label) const;
 
+  // The rotation the model applies to the pre-RoPE keys the set codes;
+  // nullopt when not recorded (always for post-RoPE sets).
+  const std::optional<RopeSpec>& key_rope() const { return key_rope_; }
+  // Records it. Errors: kFailedPrecondition for a set of post-RoPE keys;
+  // kInvalidArgument for a spec that does not validate for the head_dim.
+  absl::Status SetKeyRope(const RopeSpec& rope);
+
   // Sets the key gain of (layer, kv_head): decoded keys of that head read
   // centre + gain * (reconstruction - centre); centre has head_dim floats
   // (the space the keys are coded in: pre- or post-RoPE). Until the first
@@ -121,7 +136,8 @@ class CodebookSet {
   absl::Status SetKeyGain(int layer, int kv_head, float gain,
                           const std::vector<float>& centre);
   bool has_key_gains() const { return !key_gains_.empty(); }
-  // Removes every key gain (the set then serializes as version 1 or 2).
+  // Removes every key gain (the set then serializes without them: version
+  // 1 or 2, or 4 with a key RoPE).
   void ClearKeyGains() { key_gains_.clear(); }
   // REQUIRES: has_key_gains() and indices in range (unchecked).
   float key_gain(int layer, int kv_head) const {
@@ -142,7 +158,8 @@ class CodebookSet {
   // The codebook file, hash trailer included.
   // Errors: kFailedPrecondition unless complete().
   absl::StatusOr<std::string> Serialize() const;
-  // Reads format versions 1 (no identity), 2 and 3 (key gains).
+  // Reads format versions 1 (no identity), 2, 3 (key gains) and 4 (key
+  // RoPE).
   // Errors: kInvalidArgument for a wrong magic, kFailedPrecondition for an
   // unsupported version, kDataLoss for a truncated/oversized file, a hash
   // mismatch or a config or identity that does not parse.
@@ -160,6 +177,7 @@ class CodebookSet {
 
   CodebookConfig config_;
   std::optional<ModelIdentity> identity_;
+  std::optional<RopeSpec> key_rope_;
   std::vector<std::vector<int>> key_group_dims_;
   std::vector<ResidualQuantizer> keys_;    // [layer][slot][group]
   std::vector<ResidualQuantizer> values_;  // [layer][slot]

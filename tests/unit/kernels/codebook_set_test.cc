@@ -255,6 +255,99 @@ TEST(CodebookSetTest, BadKeyGainInFileIsDataLoss) {
             absl::StatusCode::kDataLoss);
 }
 
+CodebookConfig PreRopeConfig() {
+  CodebookConfig c = SmallConfig(KeySplit::kRopeHalfRotate, true);
+  c.keys_post_rope = false;
+  return c;
+}
+
+// Key RoPE: version 4, the spec in header fields that are reserved in
+// versions 1-3, gains and identity optional.
+TEST(CodebookSetTest, KeyRopeRoundTripsAsVersion4) {
+  const RopeSpec rope{500000.0, 6, RopePairs::kHalf};
+  for (bool gains : {false, true}) {
+    for (bool identity : {false, true}) {
+      CodebookSet set = FittedSet(PreRopeConfig(), 12);
+      if (identity) {
+        ASSERT_TRUE(set.SetIdentity(SmallModel(7)).ok());
+      }
+      if (gains) {
+        ASSERT_TRUE(set.SetKeyGain(0, 1, 1.5f, std::vector<float>(8)).ok());
+      }
+      const std::string before = *set.Serialize();
+      const uint64_t hash_before = *set.Hash();
+      ASSERT_TRUE(set.SetKeyRope(rope).ok());
+      const std::string bytes = *set.Serialize();
+      EXPECT_EQ(bytes[4], 4);
+      EXPECT_EQ(static_cast<uint8_t>(bytes[6]), 128);
+      EXPECT_EQ(static_cast<uint8_t>(bytes[44]), 6);
+      double theta;
+      std::memcpy(&theta, bytes.data() + 56, 8);
+      EXPECT_EQ(theta, 500000.0);
+      EXPECT_EQ(bytes[112], 1);
+      EXPECT_EQ(bytes[113], gains ? 1 : 0);
+      // The body is the earlier version's, after the 128-byte header.
+      const size_t old_header = static_cast<uint8_t>(before[6]);
+      EXPECT_EQ(bytes.substr(128, bytes.size() - 136),
+                before.substr(old_header, before.size() - old_header - 8));
+      EXPECT_NE(*set.Hash(), hash_before);
+      absl::StatusOr<CodebookSet> back = CodebookSet::Deserialize(bytes);
+      ASSERT_TRUE(back.ok()) << back.status();
+      ASSERT_TRUE(back->key_rope().has_value());
+      EXPECT_EQ(*back->key_rope(), rope);
+      EXPECT_EQ(back->has_key_gains(), gains);
+      EXPECT_EQ(back->identity().has_value(), identity);
+      EXPECT_EQ(*back->Serialize(), bytes);
+      EXPECT_EQ(*back->Hash(), *set.Hash());
+    }
+  }
+}
+
+TEST(CodebookSetTest, SetKeyRopeChecksItsArguments) {
+  CodebookSet post = FittedSet(SmallConfig(KeySplit::kNone, false), 13);
+  EXPECT_EQ(post.SetKeyRope(RopeSpec{10000.0, 8}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  CodebookSet pre = FittedSet(PreRopeConfig(), 13);
+  EXPECT_EQ(pre.SetKeyRope(RopeSpec{10000.0, 10}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pre.SetKeyRope(RopeSpec{0.5, 8}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(pre.key_rope().has_value());
+}
+
+// Edits of a version-4 header, hash rewritten to match: every one is refused
+// as corrupt, as are RoPE fields in a version-3 file.
+TEST(CodebookSetTest, BadKeyRopeInFileIsDataLoss) {
+  CodebookSet set = FittedSet(PreRopeConfig(), 14);
+  ASSERT_TRUE(set.SetKeyGain(1, 1, 1.5f, std::vector<float>(8)).ok());
+  const std::string v3 = *set.Serialize();
+  ASSERT_EQ(v3[4], 3);
+  ASSERT_TRUE(set.SetKeyRope(RopeSpec{10000.0, 8}).ok());
+  const std::string v4 = *set.Serialize();
+  ASSERT_TRUE(CodebookSet::Deserialize(v4).ok());
+  auto edit = [](std::string bytes, size_t offset, uint8_t value) {
+    bytes[offset] = static_cast<char>(value);
+    Rehash(&bytes);
+    return bytes;
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"odd rotary dims", edit(v4, 44, 7)},
+      {"rotary dims past head_dim", edit(v4, 44, 10)},
+      {"theta not finite", edit(edit(v4, 62, 0xf0), 63, 0x7f)},
+      {"pair layout 2", edit(v4, 112, 2)},
+      {"gains flag 2", edit(v4, 113, 2)},
+      {"gains flag off with gains in the body", edit(v4, 113, 0)},
+      {"reserved byte", edit(v4, 120, 1)},
+      {"post-RoPE keys", edit(v4, 23, 1)},
+      {"RoPE dims in version 3", edit(v3, 44, 8)},
+  };
+  for (const auto& [name, bytes] : cases) {
+    EXPECT_EQ(CodebookSet::Deserialize(bytes).status().code(),
+              absl::StatusCode::kDataLoss)
+        << name;
+  }
+}
+
 TEST(CodebookSetTest, IdentityRoundTripWritesVersion2) {
   CodebookSet set = FittedSet(SmallConfig(KeySplit::kRopeHalfRotate, true), 7);
   const std::string v1 = *set.Serialize();
