@@ -155,6 +155,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(
   if (!s.ok()) return s;
   s = codec->layout().Validate();
   if (!s.ok()) return s;
+  std::optional<RopeSpec> key_rope;
   if (codec->codebook_hash() != 0) {
     if (codebook_file.empty()) {
       return absl::InvalidArgumentError(
@@ -172,14 +173,20 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(
           absl::Hex(codec->codebook_hash(), absl::kZeroPad16)));
     }
     if (!set->config().keys_post_rope) {
-      return absl::FailedPreconditionError(
-          "the codebooks were fitted on pre-RoPE keys, but engines cache "
-          "post-RoPE keys: calibrate with --keys post");
+      if (!set->key_rope()) {
+        return absl::FailedPreconditionError(
+            "the codebooks were fitted on pre-RoPE keys but do not record "
+            "the model's RoPE (codebook format version 4), which the client "
+            "needs to code the post-RoPE keys engines cache: rewrite them "
+            "with this build's `vqkv calibrate --refit-gains FILE`, or "
+            "calibrate again");
+      }
+      key_rope = *set->key_rope();
     }
   }
   auto client = std::unique_ptr<CacheClient>(
       new CacheClient(std::move(options), std::move(codec),
-                      std::move(codebook_file), std::move(backend)));
+                      std::move(codebook_file), std::move(backend), key_rope));
   s = storage::ValidateNamespaceSpec(client->ns_);
   if (!s.ok()) return s;
   client->EnsureCodebookRegistered();
@@ -225,7 +232,8 @@ CacheClient::CreateFromCodebookHash(CacheClientOptions options,
 CacheClient::CacheClient(CacheClientOptions options,
                          std::shared_ptr<const Codec> codec,
                          std::string codebook_file,
-                         std::unique_ptr<Backend> backend)
+                         std::unique_ptr<Backend> backend,
+                         const std::optional<RopeSpec>& key_rope)
     : options_(std::move(options)),
       codec_(std::move(codec)),
       codebook_file_(std::move(codebook_file)),
@@ -234,6 +242,7 @@ CacheClient::CacheClient(CacheClientOptions options,
       executor_(std::make_unique<Executor>(options_.save_threads)),
       lookup_executor_(std::make_unique<Executor>(2)) {
   const KvLayout& l = codec_->layout();
+  if (key_rope) key_rope_.emplace(l.head_dim, *key_rope);
   ns_.model_id = options_.model_id;
   ns_.weight_revision = options_.weight_revision;
   ns_.codec = codec_->Descriptor();
@@ -319,7 +328,16 @@ absl::StatusOr<EncodedBlock> CacheClient::EncodeBlock(
     const float* values) const {
   BlockOptions bo;
   bo.fp16_tokens = chain_position == 0 ? options_.sink_tokens : 0;
-  bo.keys_post_rope = true;
+  bo.keys_post_rope = !key_rope_.has_value();
+  std::vector<float> unrotated;
+  if (key_rope_) {
+    const KvLayout& l = layout();
+    const int64_t B = options_.block_tokens;
+    unrotated.assign(keys, keys + l.layers * B * l.kv_heads * l.head_dim);
+    key_rope_->InvertBlock(unrotated.data(), l.layers, B, l.kv_heads,
+                           FirstPosition(chain_position));
+    keys = unrotated.data();
+  }
   absl::StatusOr<std::vector<uint8_t>> block =
       vqkv::EncodeBlock(*codec_, keys, values, options_.block_tokens, bo);
   if (!block.ok()) return block.status();
@@ -334,12 +352,16 @@ namespace {
 
 absl::StatusOr<BlockHeader> VerifyForLoad(const Codec& codec,
                                           absl::string_view data,
-                                          int64_t block_tokens) {
+                                          int64_t block_tokens,
+                                          bool keys_post_rope) {
   absl::StatusOr<BlockHeader> h =
       VerifyBlock(reinterpret_cast<const uint8_t*>(data.data()), data.size());
   if (!h.ok()) return h.status();
-  if ((h->flags & kBlockKeysPostRope) == 0) {
-    return absl::InvalidArgumentError("block holds pre-RoPE keys");
+  if (((h->flags & kBlockKeysPostRope) != 0) != keys_post_rope) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block holds ", keys_post_rope ? "pre" : "post",
+                     "-RoPE keys; this client codes ",
+                     keys_post_rope ? "post" : "pre", "-RoPE keys"));
   }
   // Codec id, codebook hash, payload flags, layout and token count.
   if (absl::Status s = CheckBlockForCodec(codec, *h, block_tokens); !s.ok()) {
@@ -350,12 +372,14 @@ absl::StatusOr<BlockHeader> VerifyForLoad(const Codec& codec,
 
 }  // namespace
 
-absl::Status CacheClient::VerifyAndDecode(absl::string_view data, float* keys,
+absl::Status CacheClient::VerifyAndDecode(absl::string_view data,
+                                          uint32_t chain_position, float* keys,
                                           float* values) const {
-  absl::StatusOr<BlockHeader> h =
-      VerifyForLoad(*codec_, data, options_.block_tokens);
+  absl::StatusOr<BlockHeader> h = VerifyForLoad(
+      *codec_, data, options_.block_tokens, !key_rope_.has_value());
   if (!h.ok()) return h.status();
-  return DecodeVerifiedLayers(data, *h, 0, layout().layers, keys, values);
+  return DecodeVerifiedLayers(data, *h, chain_position, 0, layout().layers,
+                              keys, values);
 }
 
 int64_t CacheClient::VerifyPrefix(absl::Span<const GetItem> blocks,
@@ -363,23 +387,26 @@ int64_t CacheClient::VerifyPrefix(absl::Span<const GetItem> blocks,
   headers->clear();
   for (const GetItem& item : blocks) {
     if (!item.ok()) break;
-    absl::StatusOr<BlockHeader> h =
-        VerifyForLoad(*codec_, *item, options_.block_tokens);
+    absl::StatusOr<BlockHeader> h = VerifyForLoad(
+        *codec_, *item, options_.block_tokens, !key_rope_.has_value());
     if (!h.ok()) break;
     headers->push_back(*h);
   }
   return static_cast<int64_t>(headers->size());
 }
 
-absl::Status CacheClient::DecodeVerifiedLayers(absl::string_view data,
-                                               const BlockHeader& header,
-                                               int first_layer, int num_layers,
-                                               float* keys,
-                                               float* values) const {
-  return DecodeVerifiedBlockLayers(
+absl::Status CacheClient::DecodeVerifiedLayers(
+    absl::string_view data, const BlockHeader& header, uint32_t chain_position,
+    int first_layer, int num_layers, float* keys, float* values) const {
+  absl::Status s = DecodeVerifiedBlockLayers(
       *codec_, header, reinterpret_cast<const uint8_t*>(data.data()),
       data.size(), options_.block_tokens, first_layer, num_layers, keys,
       values);
+  if (s.ok() && key_rope_) {
+    key_rope_->ApplyBlock(keys, num_layers, options_.block_tokens,
+                          layout().kv_heads, FirstPosition(chain_position));
+  }
+  return s;
 }
 
 void CacheClient::CountLoad(absl::Span<const GetItem> blocks, int64_t loaded) {
@@ -557,8 +584,9 @@ int64_t CacheClient::DecodePrefix(
       keys[j].resize(floats);
       values[j].resize(floats);
       status[j] =
-          DecodeVerifiedLayers(*blocks[first + j], headers[first + j], 0,
-                               l.layers, keys[j].data(), values[j].data());
+          DecodeVerifiedLayers(*blocks[first + j], headers[first + j],
+                               static_cast<uint32_t>(first + j), 0, l.layers,
+                               keys[j].data(), values[j].data());
     };
     base::RunParts(count, decode);
     for (int j = 0; j < count; ++j) {

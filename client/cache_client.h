@@ -20,6 +20,12 @@
 //   to 30 s while it keeps failing) succeeds.
 // - Only full blocks are stored; the first block keeps its first
 //   `sink_tokens` tokens exact in the block's fp16 section (attention sinks).
+// - Keys are post-RoPE, as engines cache them; block n of a chain holds the
+//   tokens at positions n * block_tokens .. (n + 1) * block_tokens - 1.
+//   With codebooks fitted on pre-RoPE keys (they record the model's RoPE,
+//   codebook format version 4) the client un-rotates each key by its
+//   position before encoding and rotates decoded keys back, so the codes
+//   do not depend on position (docs/CODEC.md, "Key position").
 //
 // Tensor layout of the simple API (Store / Load): float32 keys and values,
 // each contiguous [layer][token][kv_head][head_dim] over tokens.size()
@@ -33,6 +39,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +53,7 @@
 #include "client/hash.h"
 #include "kernels/block_format.h"
 #include "kernels/codec.h"
+#include "kernels/rope.h"
 #include "storage/namespace.h"
 
 namespace vqkv::client {
@@ -130,8 +138,8 @@ class CacheClient {
   // Errors: kInvalidArgument for bad options (block_tokens not a positive
   // multiple of 16, sink_tokens out of range, empty model_id) or a codebook
   // file whose hash is not codec->codebook_hash(); kFailedPrecondition for a
-  // VQ codec whose codebooks were fitted on pre-RoPE keys (engines cache
-  // post-RoPE keys).
+  // VQ codec whose codebooks were fitted on pre-RoPE keys without recording
+  // the model's RoPE (older codebook files).
   static absl::StatusOr<std::unique_ptr<CacheClient>> Create(
       CacheClientOptions options, std::shared_ptr<const Codec> codec,
       std::string codebook_file, std::unique_ptr<Backend> backend);
@@ -199,16 +207,18 @@ class CacheClient {
   // --- Blocks (the layer under both APIs) ---------------------------------
 
   // Encodes one block: keys/values float32 [layer][block_tokens][kv_head]
-  // [head_dim]; chain_position 0 keeps the sink tokens exact.
+  // [head_dim], block `chain_position` of its chain (it places the keys for
+  // pre-RoPE codebooks); chain_position 0 keeps the sink tokens exact.
   absl::StatusOr<EncodedBlock> EncodeBlock(const BlockHash& hash,
                                            uint32_t chain_position,
                                            const float* keys,
                                            const float* values) const;
-  // Verifies `data` against this client's namespace and decodes it into
-  // keys/values (layout of EncodeBlock). kDataLoss / kInvalidArgument /
-  // kFailedPrecondition for a block that must not be used.
-  absl::Status VerifyAndDecode(absl::string_view data, float* keys,
-                               float* values) const;
+  // Verifies `data`, block `chain_position` of its chain, against this
+  // client's namespace and decodes it into keys/values (layout of
+  // EncodeBlock). kDataLoss / kInvalidArgument / kFailedPrecondition for a
+  // block that must not be used.
+  absl::Status VerifyAndDecode(absl::string_view data, uint32_t chain_position,
+                               float* keys, float* values) const;
   // Verifies and decodes fetched blocks (a chain prefix), decode_threads at
   // a time, and calls deliver(i, keys, values) in chain order for blocks
   // 0, 1, ... while every block before them decoded: the first missing or
@@ -226,10 +236,11 @@ class CacheClient {
   int64_t VerifyPrefix(absl::Span<const GetItem> blocks,
                        std::vector<BlockHeader>* headers) const;
   // Decodes layers [first_layer, first_layer + num_layers) of a block
-  // VerifyPrefix accepted (with its header) into keys/values
-  // [num_layers][block_tokens][kv_head][head_dim].
+  // VerifyPrefix accepted (with its header), block `chain_position` of its
+  // chain, into keys/values [num_layers][block_tokens][kv_head][head_dim].
   absl::Status DecodeVerifiedLayers(absl::string_view data,
-                                    const BlockHeader& header, int first_layer,
+                                    const BlockHeader& header,
+                                    uint32_t chain_position, int first_layer,
                                     int num_layers, float* keys,
                                     float* values) const;
   // Counts a load in stats(): blocks [0, loaded) of `blocks` reached the
@@ -264,7 +275,11 @@ class CacheClient {
  private:
   class Executor;
   CacheClient(CacheClientOptions options, std::shared_ptr<const Codec> codec,
-              std::string codebook_file, std::unique_ptr<Backend> backend);
+              std::string codebook_file, std::unique_ptr<Backend> backend,
+              const std::optional<RopeSpec>& key_rope);
+  int64_t FirstPosition(uint32_t chain_position) const {
+    return int64_t{chain_position} * options_.block_tokens;
+  }
   // Registers the codebook file once; true when registered.
   bool EnsureCodebookRegistered();
   absl::Time Deadline(absl::Duration timeout) const {
@@ -275,6 +290,8 @@ class CacheClient {
   const std::shared_ptr<const Codec> codec_;
   const std::string codebook_file_;
   const std::unique_ptr<Backend> backend_;
+  // Set for pre-RoPE codebooks: keys are un-rotated before encoding.
+  std::optional<Rope> key_rope_;
   storage::NamespaceSpec ns_;
   NamespaceId ns_digest_;
   CircuitBreaker circuit_;

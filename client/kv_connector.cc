@@ -183,7 +183,8 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
           if (b >= f.good) continue;
         }
         const absl::Status st = client_->DecodeVerifiedLayers(
-            *f.got[b], f.headers[b], layer, 1, k.data(), v.data());
+            *f.got[b], f.headers[b], static_cast<uint32_t>(b), layer, 1,
+            k.data(), v.data());
         if (!st.ok()) {
           absl::MutexLock lock(&fail_mu);
           f.good = std::min(f.good, b);

@@ -3,6 +3,7 @@
 #include "client/cache_client.h"
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -10,6 +11,8 @@
 #include "absl/synchronization/notification.h"
 #include "client/embedded_backend.h"
 #include "gtest/gtest.h"
+#include "kernels/block.h"
+#include "kernels/rope.h"
 #include "tests/unit/client/client_test_util.h"
 
 namespace vqkv::client {
@@ -400,17 +403,112 @@ TEST_F(CacheClientTest, KeySketchClientsHaveTheirOwnNamespace) {
   EXPECT_EQ(past_the_end.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Codebooks of pre-RoPE keys that record the model's RoPE: the client takes
+// the post-RoPE keys engines cache, un-rotates each by its position
+// (block n holds positions n * block_tokens ..), codes it, and rotates the
+// decoded key back. Exactly that, block by block, is what Load returns.
+TEST_F(CacheClientTest, PreRopeCodebooksCodeKeysWithoutTheirPosition) {
+  const KvLayout l = SmallLayout();
+  const RopeSpec spec{10000.0, l.head_dim, RopePairs::kAdjacent};
+  const Rope rope(l.head_dim, spec);
+  const testing::FittedVq vq = testing::FitVq(l, false, 1, spec);
+  auto client = NewClient(Options(), vq.codec, vq.file);
+  ASSERT_NE(client, nullptr);
+  constexpr int kTokens = 96, kB = 32;
+  const int64_t row = int64_t{l.kv_heads} * l.head_dim;
+  // Pre-RoPE keys like the calibration keys; the engine holds them rotated
+  // by position ([layer][token][head][dim]).
+  const std::vector<float> pre_keys = Kv(kTokens, 41);
+  std::vector<float> k = pre_keys;
+  rope.ApplyBlock(k.data(), l.layers, kTokens, l.kv_heads, 0);
+  const std::vector<float> v = Kv(kTokens, 42);
+  const std::vector<int32_t> t = Tokens(kTokens);
+  auto stored = client->Store(t, "", k.data(), v.data());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->stored, 3);
+  std::vector<float> got_k(k.size()), got_v(v.size());
+  ASSERT_EQ(client->Load(t, "", got_k.data(), got_v.data())->tokens, kTokens);
+
+  double err_loaded = 0, err_direct = 0;
+  for (int b = 0; b < kTokens / kB; ++b) {
+    // The block's keys and values, [layer][kB][head][dim].
+    std::vector<float> bk(static_cast<size_t>(l.layers * kB * row)), bv(bk);
+    std::vector<float> pre(bk.size());
+    for (int layer = 0; layer < l.layers; ++layer) {
+      const size_t from = static_cast<size_t>((layer * kTokens + b * kB) * row);
+      const size_t to = static_cast<size_t>(layer * kB * row);
+      std::copy_n(k.begin() + from, kB * row, bk.begin() + to);
+      std::copy_n(v.begin() + from, kB * row, bv.begin() + to);
+      std::copy_n(pre_keys.begin() + from, kB * row, pre.begin() + to);
+    }
+    std::vector<float> unrotated = bk;
+    rope.InvertBlock(unrotated.data(), l.layers, kB, l.kv_heads, b * kB);
+    BlockOptions bo;
+    bo.fp16_tokens = b == 0 ? Options().sink_tokens : 0;
+    auto block = EncodeBlock(*vq.codec, unrotated.data(), bv.data(), kB, bo);
+    ASSERT_TRUE(block.ok()) << block.status();
+    BlockHeader header;
+    std::memcpy(&header, block->data(), sizeof(header));
+    EXPECT_EQ(header.flags & kBlockKeysPostRope, 0u);
+    std::vector<float> dk(bk.size()), dv(bv.size());
+    ASSERT_TRUE(DecodeBlock(*vq.codec, block->data(), block->size(), kB,
+                            dk.data(), dv.data())
+                    .ok());
+    // The same error as coding the pre-RoPE keys themselves: rotation
+    // keeps lengths.
+    for (size_t i = 0; i < dk.size(); ++i) {
+      err_direct += (dk[i] - pre[i]) * (dk[i] - pre[i]);
+    }
+    rope.ApplyBlock(dk.data(), l.layers, kB, l.kv_heads, b * kB);
+    for (int layer = 0; layer < l.layers; ++layer) {
+      for (int64_t i = 0; i < kB * row; ++i) {
+        const size_t at =
+            static_cast<size_t>((layer * kTokens + b * kB) * row + i);
+        const size_t in = static_cast<size_t>(layer * kB * row + i);
+        ASSERT_EQ(got_k[at], dk[in]) << "block " << b << " layer " << layer;
+        ASSERT_EQ(got_v[at], dv[in]);
+        err_loaded += (got_k[at] - k[at]) * (got_k[at] - k[at]);
+      }
+    }
+  }
+  EXPECT_GT(err_direct, 0);
+  EXPECT_NEAR(err_loaded, err_direct, 1e-3 * err_direct);
+
+  // The blocks say they hold pre-RoPE keys; a post-RoPE client refuses one.
+  auto hashes = client->HashTokens(t, "");
+  ASSERT_TRUE(hashes.ok());
+  std::vector<GetItem> items = client->GetBlocks(*hashes);
+  ASSERT_TRUE(items[1].ok());
+  // VerifyAndDecode places block 1 as Load did.
+  std::vector<float> k1(static_cast<size_t>(l.layers * kB * row)), v1(k1);
+  ASSERT_TRUE(client->VerifyAndDecode(*items[1], 1, k1.data(), v1.data()).ok());
+  for (int layer = 0; layer < l.layers; ++layer) {
+    EXPECT_TRUE(std::equal(k1.begin() + layer * kB * row,
+                           k1.begin() + (layer + 1) * kB * row,
+                           got_k.begin() + (layer * kTokens + kB) * row));
+  }
+  auto post = NewClient(Options(), Fp16(l), "");
+  ASSERT_NE(post, nullptr);
+  const absl::Status refused =
+      post->VerifyAndDecode(*items[1], 1, k1.data(), v1.data());
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("pre-RoPE"), std::string::npos) << refused;
+}
+
 TEST_F(CacheClientTest, CodebookFetchErrors) {
   auto missing = CacheClient::CreateFromCodebookHash(
       Options(), 0x1234, SmallLayout(),
       std::make_unique<EmbeddedBackend>(store_.get()));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 
-  // Pre-RoPE codebooks are refused: engines cache post-RoPE keys.
+  // Pre-RoPE codebooks that do not record the model's RoPE are refused:
+  // engines cache post-RoPE keys, and the client could not un-rotate them.
   const testing::FittedVq pre = testing::FitVq(SmallLayout(), false);
   auto c = CacheClient::Create(Options(), pre.codec, pre.file,
                                std::make_unique<EmbeddedBackend>(store_.get()));
   EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(c.status().message().find("--refit-gains"), std::string::npos)
+      << c.status();
   // A codebook file that is not the codec's.
   const testing::FittedVq a = testing::FitVq(SmallLayout(), true, 1);
   const testing::FittedVq b = testing::FitVq(SmallLayout(), true, 2);

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -65,8 +66,10 @@ struct FittedVq {
   std::shared_ptr<const VqCodec> codec;
   std::string file;
 };
+// With pre-RoPE keys, `key_rope` (when given) is recorded in the set.
 inline FittedVq FitVq(const KvLayout& layout, bool keys_post_rope = true,
-                      uint64_t seed = 1) {
+                      uint64_t seed = 1,
+                      std::optional<RopeSpec> key_rope = std::nullopt) {
   VqConfig cfg;
   cfg.key_stages = 2;
   cfg.key_bits = 4;
@@ -81,6 +84,12 @@ inline FittedVq FitVq(const KvLayout& layout, bool keys_post_rope = true,
   FitOptions fo;
   fo.seed = seed;
   EXPECT_TRUE((*c)->Fit(k.data(), v.data(), tokens, fo).ok());
+  if (key_rope) {
+    CodebookSet set = (*c)->codebooks();
+    EXPECT_TRUE(set.SetKeyRope(*key_rope).ok());
+    c = VqCodec::FromCodebookSet(std::move(set));
+    EXPECT_TRUE(c.ok()) << c.status();
+  }
   auto file = (*c)->codebooks().Serialize();
   EXPECT_TRUE(file.ok());
   return {std::shared_ptr<const VqCodec>(*std::move(c)), *file};

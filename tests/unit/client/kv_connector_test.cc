@@ -17,6 +17,7 @@
 #include "client/paged_kv.h"
 #include "gtest/gtest.h"
 #include "kernels/fp16.h"
+#include "kernels/rope.h"
 #include "tests/unit/client/client_test_util.h"
 
 namespace vqkv::client {
@@ -318,6 +319,66 @@ TEST(KvConnectorLayersTest, LayerZeroIsReadyBeforeTheLastLayerIsDecoded) {
   for (size_t i = 0; i < per_layer; ++i) {
     ASSERT_EQ(gk[i], k[(l.layers - 1) * per_layer + i]);
     ASSERT_EQ(gv[i], v[(l.layers - 1) * per_layer + i]);
+  }
+}
+
+// With pre-RoPE codebooks the connector's saves (staged per layer) and its
+// layer-by-layer loads place each block's keys at the block's positions:
+// what engine 2's pages get is what the simple API loads
+// (CacheClientTest.PreRopeCodebooksCodeKeysWithoutTheirPosition checks
+// that against the codec block by block).
+TEST(KvConnectorRopeTest, PreRopeCodebooksLoadAsTheSimpleApi) {
+  const KvLayout l = SmallLayout();
+  const testing::FittedVq vq =
+      testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(Options(32), vq.codec, vq.file,
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::unique_ptr<CacheClient> client = *std::move(c);
+  const int n = 96;
+  const std::vector<int32_t> tokens = Tokens(n);
+  std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 7);
+  const Rope rope(l.head_dim, RopeSpec{10000.0, l.head_dim});
+  rope.ApplyBlock(k.data(), l.layers, n, l.kv_heads, 0);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 8);
+
+  Pages p1(DType::kFloat32, false);
+  KvConnector engine1(client.get());
+  ASSERT_TRUE(engine1.RegisterKvCaches(p1.Caches()).ok());
+  const std::vector<int32_t> ids1 = ShuffledPages(4);
+  Fill(p1.Caches(), ids1, n, k, v);
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(
+        engine1.SaveLayer(layer, {SaveSpec{"w", tokens, "", ids1, 0}}).ok());
+  }
+  ASSERT_TRUE(engine1.WaitForSave().ok());
+  ASSERT_TRUE(client->WaitIdle(absl::Seconds(30)));
+  ASSERT_EQ(*client->Lookup(tokens, ""), n);
+
+  Pages p2(DType::kFloat32, true);
+  KvConnector engine2(client.get());
+  ASSERT_TRUE(engine2.RegisterKvCaches(p2.Caches()).ok());
+  const std::vector<int32_t> ids2 = ShuffledPages(5);
+  ASSERT_TRUE(engine2.StartLoad({LoadSpec{"r", tokens, "", ids2, n}}).ok());
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine2.WaitForLayerLoad(layer).ok());
+  }
+  EXPECT_TRUE(engine2.TakeLoadErrorBlockIds().empty());
+  const std::vector<float> paged = Read(p2.Caches(), ids2, n, true);
+  std::vector<float> simple(k.size()), simple_v(v.size());
+  ASSERT_EQ(client->Load(tokens, "", simple.data(), simple_v.data())->tokens,
+            n);
+  EXPECT_EQ(paged, simple);
+  EXPECT_EQ(Read(p2.Caches(), ids2, n, false), simple_v);
+  // The sink tokens (exact, fp16, stored un-rotated) come back rotated to
+  // the engine's keys.
+  const size_t per_layer = static_cast<size_t>(n) * l.kv_heads * l.head_dim;
+  const size_t sinks = 4u * l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    for (size_t i = 0; i < sinks; ++i) {
+      ASSERT_NEAR(paged[layer * per_layer + i], k[layer * per_layer + i], 4e-3);
+    }
   }
 }
 
