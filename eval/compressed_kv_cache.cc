@@ -8,7 +8,7 @@
 namespace vqkv::eval {
 
 absl::StatusOr<std::unique_ptr<CompressedKvCache>> CompressedKvCache::Create(
-    const KvLayout& layout, const Codec* codec, const model::Rope* rope,
+    const KvLayout& layout, const Codec* codec, const Rope* rope,
     const CompressedKvCacheOptions& options) {
   if (codec == nullptr) return absl::InvalidArgumentError("no codec given");
   if (!(codec->layout() == layout)) {
@@ -28,7 +28,7 @@ absl::StatusOr<std::unique_ptr<CompressedKvCache>> CompressedKvCache::Create(
   if (options.keys_pre_rope &&
       (rope == nullptr || rope->head_dim() != layout.head_dim)) {
     return absl::InvalidArgumentError(
-        "keys_pre_rope needs the model's model::Rope to rotate decoded keys");
+        "keys_pre_rope needs the model's Rope to rotate decoded keys");
   }
   std::unique_ptr<CompressedKvCache> cache(
       new CompressedKvCache(layout, codec, rope, options));
@@ -41,8 +41,9 @@ absl::StatusOr<std::unique_ptr<CompressedKvCache>> CompressedKvCache::Create(
         options.coded_layers_begin > 0 ||
         options.coded_layers_end < layout.layers) {
       return absl::InvalidArgumentError(
-          "attend_codes needs post-RoPE keys and no ablation (code_keys, "
-          "code_values, all layers coded)");
+          "attend_codes needs post-RoPE keys (codebooks calibrated with "
+          "--keys post) and no ablation (code_keys, code_values, all layers "
+          "coded)");
     }
     cache->vq_ = vq;
     for (int l = 0; l < layout.layers; ++l) {
@@ -60,7 +61,7 @@ absl::StatusOr<std::unique_ptr<CompressedKvCache>> CompressedKvCache::Create(
 }
 
 CompressedKvCache::CompressedKvCache(const KvLayout& layout, const Codec* codec,
-                                     const model::Rope* rope,
+                                     const Rope* rope,
                                      const CompressedKvCacheOptions& options)
     : codec_(codec),
       rope_(rope),

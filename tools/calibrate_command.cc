@@ -282,14 +282,26 @@ int Run(const CalibrateArgs& a) {
                  report.min_gain, report.max_gain, report.mean_gain);
   }
   if (absl::Status s = set.SetIdentity(m->identity); !s.ok()) return Fail(s);
+  // Pre-RoPE codebooks record the model's rotation, so the client library
+  // can code the post-RoPE keys engines cache with them.
+  if (!set.config().keys_post_rope) {
+    if (absl::Status s = set.SetKeyRope(model.config().rope_spec()); !s.ok()) {
+      return Fail(s);
+    }
+  }
   if (absl::Status s = set.Save(a.out); !s.ok()) return Fail(s);
   // The identity is hashed, so the file's codec descriptor (cb=) is that of
   // the identified set, not of the codec that was fitted.
   absl::StatusOr<std::unique_ptr<VqCodec>> saved =
       VqCodec::FromCodebookSet(std::move(set));
   if (!saved.ok()) return Fail(saved.status());
-  std::fprintf(stderr, "wrote %s (%s), fitted for %s\n", a.out.c_str(),
-               (*saved)->Descriptor().c_str(), m->identity.ToString().c_str());
+  std::fprintf(stderr, "wrote %s (%s), fitted for %s%s\n", a.out.c_str(),
+               (*saved)->Descriptor().c_str(), m->identity.ToString().c_str(),
+               (*saved)->codebooks().key_rope()
+                   ? absl::StrCat(", key RoPE ",
+                                  (*saved)->codebooks().key_rope()->ToString())
+                         .c_str()
+                   : "");
   return 0;
 }
 

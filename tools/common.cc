@@ -102,10 +102,11 @@ void AddCodecFlags(CLI::App* app, CodecFlags* f) {
       ->delimiter(',');
   app->add_flag("--per-head", f->per_head, "one codebook per KV head");
   app->add_option("--keys", f->keys,
-                  "code keys pre or post RoPE (post: what serving engines "
-                  "cache, and what the client library needs; pre: no "
-                  "position dependence, better retrieval in vqkv's own "
-                  "runtime; docs/FIDELITY.md)")
+                  "code keys pre or post RoPE (pre: codes without position, "
+                  "flat error at every context length; the client library "
+                  "un-rotates an engine's post-RoPE keys for them; post: "
+                  "needed by eval --attend-codes; docs/CODEC.md \"Key "
+                  "position\")")
       ->capture_default_str();
   app->add_option("--kmeans-iters", f->training.kmeans_iterations,
                   "Lloyd iterations")

@@ -61,7 +61,7 @@ struct CodecFlags {
   std::string key_split = "rope";     // ParseKeySplit (kernels/key_split.h)
   std::vector<int> key_group_stages;  // empty = proportional
   bool per_head = false;
-  std::string keys = "post";  // pre | post (RoPE)
+  std::string keys = "pre";  // pre | post (RoPE)
   int beam_width = 1;
   // Training: 4 Lloyd iterations on up to 48 points per centroid, i.e. on
   // every key vector of calibrate's default 16384 tokens x 3 KV heads with

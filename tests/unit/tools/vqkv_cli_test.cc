@@ -134,7 +134,9 @@ TEST_F(VqkvCliTest, CalibrationSizeStudy) {
       Text("pride_and_prejudice.txt") + " --holdout " +
       Text("frankenstein.txt") +
       " --key-stages 4 --key-bits 4 --value-stages 2 --value-bits 4 --ctx 128"
-      " --holdout-tokens 200 --study-layers 3,20";
+      " --holdout-tokens 200 --study-layers 3,20 --keys post";
+  // Post-RoPE keys: their 16-token fit overfits in both directions below
+  // (with pre-RoPE keys its training error is not the lower one).
   Result r = Run(base + " --study-sizes 16,400 --study-all-points --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // One row per size with the default sample (48 points per centroid), and
@@ -342,14 +344,26 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   EXPECT_NE(cal.err.find("key gains of layers 15-29 on 300 held-out tokens"),
             std::string::npos)
       << cal.err;
+  // Pre-RoPE keys (the default) record the model's RoPE, for the client.
+  EXPECT_NE(cal.err.find(", key RoPE theta "), std::string::npos) << cal.err;
+  EXPECT_NE(cal.err.find(", 64 dims, adjacent pairs"), std::string::npos)
+      << cal.err;
   ASSERT_TRUE(fs::exists(Path("tiny.vqcb")));
-  // Calibrate records the model and the gains: a version-3 file.
-  ASSERT_EQ(ReadAll(Path("tiny.vqcb"))[4], 3);
-  // Without gains, version 2 (the model only), and another hash.
+  // Calibrate records the model, the key RoPE and the gains: version 4.
+  ASSERT_EQ(ReadAll(Path("tiny.vqcb"))[4], 4);
+  ASSERT_EQ(ReadAll(Path("tiny.vqcb"))[113], 1);  // has_key_gains
+  // Without gains, version 4 still (the gains flag off), another hash.
   Result plain = calibrate("plain.vqcb", tiny + "--key-gain-tokens 0");
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
   EXPECT_EQ(plain.err.find("key gains"), std::string::npos) << plain.err;
-  ASSERT_EQ(ReadAll(Path("plain.vqcb"))[4], 2);
+  ASSERT_EQ(ReadAll(Path("plain.vqcb"))[4], 4);
+  ASSERT_EQ(ReadAll(Path("plain.vqcb"))[113], 0);
+  // Post-RoPE keys record no RoPE: version 2 without gains (3 with).
+  Result post =
+      calibrate("post.vqcb", tiny + "--key-gain-tokens 0 --keys post");
+  ASSERT_EQ(post.exit_code, 0) << post.err;
+  EXPECT_EQ(post.err.find("key RoPE"), std::string::npos) << post.err;
+  ASSERT_EQ(ReadAll(Path("post.vqcb"))[4], 2);
   // Gains for an existing set, its codebooks kept: same body before the
   // gains, gains from layer 20 only.
   Result refit = calibrate("refit.vqcb", "--refit-gains " + Path("plain.vqcb") +
@@ -362,11 +376,12 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   const std::string plain_file = ReadAll(Path("plain.vqcb"));
   const std::string refit_file = ReadAll(Path("refit.vqcb"));
   // The codebooks: the bytes after the 128-byte header up to plain.vqcb's
-  // 8-byte trailer, where a version-3 file's gains begin.
+  // 8-byte trailer, where the gains begin.
   const auto codebooks = [&plain_file](const std::string& file) {
     return file.substr(128, plain_file.size() - 136);
   };
-  ASSERT_EQ(refit_file[4], 3);
+  ASSERT_EQ(refit_file[4], 4);
+  ASSERT_EQ(refit_file[113], 1);
   // 30 layers x 3 heads x (gain + 64 centre floats) more.
   ASSERT_EQ(refit_file.size(), plain_file.size() + 30 * 3 * 65 * 4);
   EXPECT_EQ(codebooks(refit_file), codebooks(plain_file));
