@@ -3,9 +3,11 @@
 // With no arguments: gRPC on 127.0.0.1:50051, RocksDB under ./vqkv-data, auth
 // off (loudly logged). SIGTERM / SIGINT: stop accepting, drain in-flight
 // calls, flush the store, exit 0.
-#include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -45,6 +47,17 @@ void PrintSettings(const vqkv::service::ServerConfig& config) {
       TlsSummary(config).c_str());
 }
 
+// The write end of the self-pipe the shutdown signals are reported on.
+int g_signal_pipe = -1;
+
+// Async-signal-safe: runs on whichever thread the kernel picked.
+void OnShutdownSignal(int sig) {
+  const int saved = errno;
+  const unsigned char b = static_cast<unsigned char>(sig);
+  (void)!write(g_signal_pipe, &b, 1);
+  errno = saved;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -62,13 +75,25 @@ int main(int argc, char** argv) {
   // binary; it shows up in server profiles. Tests keep it on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
-  // Block the shutdown signals before any thread starts, so every thread
-  // inherits the mask and only sigwait below receives them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // SIGTERM / SIGINT run a handler that reports them on a pipe main waits
+  // on. A handler, not a blocked mask and sigwait: threads that libraries
+  // start before main (or that reset their mask) would otherwise take the
+  // signal's default action and kill the process without its flush (seen
+  // as a rare exit 130 in tests).
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) {
+    std::perror("vqkv-server: pipe");
+    return 1;
+  }
+  // Non-blocking: signals past the pipe's capacity are dropped, never wait.
+  fcntl(pipe_fds[1], F_SETFL, O_NONBLOCK);
+  g_signal_pipe = pipe_fds[1];
+  struct sigaction sa = {};
+  sa.sa_handler = OnShutdownSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   auto server = vqkv::service::Server::Start(*config);
@@ -89,17 +114,14 @@ int main(int argc, char** argv) {
               (*server)->port());
   std::fflush(stdout);
 
-  int sig = 0;
-  while (sigwait(&signals, &sig) != 0) {
+  unsigned char sig = 0;
+  while (read(pipe_fds[0], &sig, 1) != 1) {
   }
   std::fprintf(stderr, "vqkv-server: %s: draining and flushing\n",
                strsignal(sig));
   // Further SIGTERM/SIGINT during the drain (an impatient supervisor, a
-  // second Ctrl-C) are ignored, so the drain and the flush always finish:
-  // some library threads do not inherit the blocked mask, and the default
-  // action there would kill the process mid-flush. SIGKILL still works.
-  signal(SIGTERM, SIG_IGN);
-  signal(SIGINT, SIG_IGN);
+  // second Ctrl-C) only write to the pipe nobody reads any more, so the
+  // drain and the flush always finish. SIGKILL still works.
   const absl::Status flushed =
       (*server)->Shutdown(absl::Seconds(config->shutdown_grace_seconds));
   server->reset();
