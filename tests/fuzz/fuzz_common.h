@@ -41,10 +41,12 @@ inline constexpr KvLayout kTinyLayout{2, 2, 8};
 
 // A complete codebook set for kTinyLayout: keys 3 stages x 4 bits (split in
 // two RoPE groups when `split`), values 2 stages x 3 bits, fitted by k-means
-// on synthetic vectors seeded by `seed`. Aborts if fitting fails (a bug).
-inline CodebookSet TinyCodebookSet(KeySplit split, bool per_head,
-                                   uint64_t seed) {
-  const CodebookConfig c = testing::TinyCodebookConfig(split, per_head);
+// on synthetic vectors seeded by `seed`, for post- or pre-RoPE keys. Aborts
+// if fitting fails (a bug).
+inline CodebookSet TinyCodebookSet(KeySplit split, bool per_head, uint64_t seed,
+                                   bool keys_post_rope = true) {
+  CodebookConfig c = testing::TinyCodebookConfig(split, per_head);
+  c.keys_post_rope = keys_post_rope;
   FUZZ_CHECK(c.layout == kTinyLayout);
   absl::StatusOr<CodebookSet> set = testing::FitSyntheticCodebookSet(
       c, 64,

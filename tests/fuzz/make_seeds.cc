@@ -108,6 +108,14 @@ void Run() {
                              std::vector<float>(kTinyLayout.head_dim, 0.5f))
                  .ok());
   Write("codebook_set", "key-gains", *set3.Serialize());
+  // Version 4: pre-RoPE keys with the model's RoPE, with and without gains.
+  CodebookSet set4 = TinyCodebookSet(KeySplit::kRopeHalfRotate, true, 3, false);
+  FUZZ_CHECK(set4.SetKeyRope(RopeSpec{10000.0, 6, RopePairs::kHalf}).ok());
+  Write("codebook_set", "key-rope", *set4.Serialize());
+  FUZZ_CHECK(set4.SetKeyGain(0, 1, 1.5f,
+                             std::vector<float>(kTinyLayout.head_dim, -0.25f))
+                 .ok());
+  Write("codebook_set", "key-rope-gains", *set4.Serialize());
 
   // gguf_fuzzer
   Write("gguf", "tokenizer-smollm", TokenizerGguf("smollm"));
