@@ -22,7 +22,8 @@
 // Each run uses a fresh salt, so nothing is served from an earlier run.
 //
 // Usage: client_bench [--model M] [--text T] [--lengths 512,2048,8192]
-//          [--codebooks C.vqcb] [--server HOST:PORT[,...]] [--replicas 2]
+//          [--codebooks C.vqcb[,D.vqcb]] [--server HOST:PORT[,...]]
+//          [--replicas 2]
 //          [--block-sizes 16,64,256]
 //          [--block-length 2048 (0: no block rows)] [--suffix 64]
 //          [--repeats 3] [--threads N]
@@ -75,7 +76,7 @@ struct Flags {
   std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   std::string text = "../shared/data/text/frankenstein.txt";
   std::vector<int64_t> lengths = {512, 2048, 8192};
-  std::string codebooks;
+  std::vector<std::string> codebooks;
   std::string server;
   int replicas = 2;
   std::vector<int> block_sizes = {16, 64, 256};
@@ -291,16 +292,22 @@ int Run(const Flags& f) {
 
   std::vector<CodecSpec> codecs;
   std::vector<std::string> notes;
-  for (const std::string name : {"fp16", "vq"}) {
-    if (name == std::string("vq") && f.codebooks.empty()) {
-      notes.push_back("vq rows skipped: no --codebooks given");
-      continue;
-    }
+  if (f.codebooks.empty()) {
+    notes.push_back("vq rows skipped: no --codebooks given");
+  }
+  // fp16, then vq once per codebook file; with several files each vq row
+  // names its key position (pre-RoPE codebooks add the client's rotations).
+  std::vector<std::pair<std::string, std::string>> codec_rows = {{"fp16", ""}};
+  for (const std::string& cb : f.codebooks) codec_rows.push_back({"vq", cb});
+  for (const auto& [name, codebooks] : codec_rows) {
     absl::StatusOr<vqkv::tools::EvalCodec> c =
-        vqkv::tools::MakeEvalCodec(name, f.codebooks, lm->identity, 1);
+        vqkv::tools::MakeEvalCodec(name, codebooks, lm->identity, 1);
     if (!c.ok()) return vqkv::tools::Fail(c.status());
     CodecSpec spec;
     spec.name = name;
+    if (name == "vq" && f.codebooks.size() > 1) {
+      spec.name = c->keys_pre_rope ? "vq-pre" : "vq-post";
+    }
     spec.codec = std::shared_ptr<const vqkv::Codec>(std::move(c->codec));
     if (!c->codebooks.empty()) {
       absl::StatusOr<std::string> file = vqkv::base::ReadFile(c->codebooks);
@@ -424,7 +431,7 @@ int Run(const Flags& f) {
       "decode) + AppendTokens + prefill of the suffix + logits. embedded = "
       "memory-only store in process; server = vqkv-server over gRPC. "
       "'same 1st' = the hit's first token equals recompute's.\n");
-  std::printf("%8s %-6s %-10s %9s %8s %8s %11s %11s %8s  %s\n", "prefix",
+  std::printf("%8s %-7s %-10s %9s %8s %8s %11s %11s %8s  %s\n", "prefix",
               "codec", "path", "TTFT s", "speedup", "reused", "loaded MiB",
               "fp16 MiB", "same 1st", "note");
   std::map<int64_t, double> recompute;
@@ -434,7 +441,7 @@ int Run(const Flags& f) {
   for (const Row& r : rows) {
     const bool rec = r.path == "recompute";
     std::printf(
-        "%8ld %-6s %-10s %9.3f %7.1fx %8ld %11s %11s %8s  %s\n",
+        "%8ld %-7s %-10s %9.3f %7.1fx %8ld %11s %11s %8s  %s\n",
         static_cast<long>(r.length), r.codec.c_str(), r.path.c_str(), r.ttft,
         recompute[r.length] / r.ttft, static_cast<long>(rec ? 0 : r.reused),
         rec ? "-" : Mib(r.bytes).c_str(), Mib(r.fp16_bytes).c_str(),
@@ -446,12 +453,12 @@ int Run(const Flags& f) {
       "prefix (hash, presence, encode, seal, put; 1 run); get+decode = "
       "CacheClient::Load (presence + lease, get, verify, decode; median). "
       "MiB/s of fp16-equivalent K+V; fp16 is the raw path.\n");
-  std::printf("%8s %-6s %-9s %6s %10s %8s %11s %9s %11s %9s\n", "prefix",
+  std::printf("%8s %-7s %-9s %6s %10s %8s %11s %9s %11s %9s\n", "prefix",
               "codec", "path", "blocks", "B/block", "ratio", "put MiB/s",
               "put blk/s", "get MiB/s", "get blk/s");
   for (const Row& r : rows) {
     if (r.path == "recompute") continue;
-    std::printf("%8ld %-6s %-9s %6ld %10ld %7.1fx %11.1f %9.1f %11.1f %9.1f\n",
+    std::printf("%8ld %-7s %-9s %6ld %10ld %7.1fx %11.1f %9.1f %11.1f %9.1f\n",
                 static_cast<long>(r.length), r.codec.c_str(), r.path.c_str(),
                 static_cast<long>(r.blocks),
                 static_cast<long>(r.blocks ? r.bytes / r.blocks : 0),
@@ -469,12 +476,12 @@ int Run(const Flags& f) {
       "layer's attention may run; all = until the last layer is in the "
       "pages (what every layer waited for before loads were layer by "
       "layer).\n");
-  std::printf("%8s %-6s %-9s %6s %11s %9s %8s\n", "prefix", "codec", "path",
+  std::printf("%8s %-7s %-9s %6s %11s %9s %8s\n", "prefix", "codec", "path",
               "blocks", "layer 0 s", "all s", "all/l0");
   for (const Row& r : rows) {
     if (r.path == "recompute") continue;
     std::printf(
-        "%8ld %-6s %-9s %6ld %11.4f %9.4f %7.1fx\n",
+        "%8ld %-7s %-9s %6ld %11.4f %9.4f %7.1fx\n",
         static_cast<long>(r.length), r.codec.c_str(), r.path.c_str(),
         static_cast<long>(r.blocks), r.conn_layer0_seconds, r.conn_all_seconds,
         r.conn_layer0_seconds > 0 ? r.conn_all_seconds / r.conn_layer0_seconds
@@ -488,12 +495,12 @@ int Run(const Flags& f) {
         "random point loses on average (block-1)/2 tokens to rounding down "
         "to a block: 7.5 at 16, 31.5 at 64, 127.5 at 256.\n",
         static_cast<long>(f.block_length));
-    std::printf("%6s %-6s %-9s %9s %8s %6s %10s %11s %9s %9s  %s\n", "block",
+    std::printf("%6s %-7s %-9s %9s %8s %6s %10s %11s %9s %9s  %s\n", "block",
                 "codec", "path", "TTFT s", "speedup", "blocks", "B/block",
                 "loaded MiB", "store s", "load s", "note");
     for (const Row& r : block_table) {
       std::printf(
-          "%6d %-6s %-9s %9.3f %7.1fx %6ld %10ld %11s %9.3f %9.3f  %s\n",
+          "%6d %-7s %-9s %9.3f %7.1fx %6ld %10ld %11s %9.3f %9.3f  %s\n",
           r.block, r.codec.c_str(), r.path.c_str(), r.ttft,
           recompute.count(r.length) ? recompute[r.length] / r.ttft : 0.0,
           static_cast<long>(r.blocks),
@@ -516,7 +523,9 @@ int main(int argc, char** argv) {
   app.add_option("--lengths", f.lengths, "shared prefix lengths (tokens)")
       ->delimiter(',');
   app.add_option("--codebooks", f.codebooks,
-                 "vq codebook file (post-RoPE keys); without it no vq rows");
+                 "vq codebook file; repeat (or comma-separate) for rows of "
+                 "each (vq-pre, vq-post); without it no vq rows")
+      ->delimiter(',');
   app.add_option("--server", f.server,
                  "a running vqkv-server (host:port), or a cluster "
                  "(host:port,host:port,... or dns:///name:port), for the "
