@@ -183,6 +183,16 @@ absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
   if (o.replicas != 0) config.replicas = o.replicas;
   config.key_sketch_bits = o.key_sketch_bits;
   config.key_sketch_first_layer = o.key_sketch_first_layer;
+  if (o.key_pairs != VQKV_KEY_PAIRS_ADJACENT &&
+      o.key_pairs != VQKV_KEY_PAIRS_HALF) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options->key_pairs must be 0 (VQKV_KEY_PAIRS_ADJACENT) or 1 "
+        "(VQKV_KEY_PAIRS_HALF), got ",
+        o.key_pairs));
+  }
+  options.engine_key_pairs = o.key_pairs == VQKV_KEY_PAIRS_HALF
+                                 ? vqkv::RopePairs::kHalf
+                                 : vqkv::RopePairs::kAdjacent;
   config.tls.ca_file = Str(o.tls_ca_file);
   config.tls.cert_file = Str(o.tls_cert_file);
   config.tls.key_file = Str(o.tls_key_file);

@@ -52,6 +52,12 @@ absl::Status CheckOptions(const CacheClientOptions& o) {
   if (o.save_threads < 1) {
     return absl::InvalidArgumentError("save_threads must be >= 1");
   }
+  if (o.engine_key_pairs != RopePairs::kAdjacent &&
+      o.engine_key_pairs != RopePairs::kHalf) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine_key_pairs must be adjacent (0) or half (1), got ",
+                     static_cast<int>(o.engine_key_pairs)));
+  }
   return absl::OkStatus();
 }
 
@@ -184,6 +190,13 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(
       key_rope = *set->key_rope();
     }
   }
+  if (options.engine_key_pairs !=
+          (key_rope ? key_rope->pairs : RopePairs::kAdjacent) &&
+      codec->layout().head_dim % 2 != 0 && !key_rope) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine_key_pairs asks to reorder key pairs, but head_dim ",
+        codec->layout().head_dim, " is odd"));
+  }
   auto client = std::unique_ptr<CacheClient>(
       new CacheClient(std::move(options), std::move(codec),
                       std::move(codebook_file), std::move(backend), key_rope));
@@ -243,6 +256,9 @@ CacheClient::CacheClient(CacheClientOptions options,
       lookup_executor_(std::make_unique<Executor>(2)) {
   const KvLayout& l = codec_->layout();
   if (key_rope) key_rope_.emplace(l.head_dim, *key_rope);
+  block_key_pairs_ = key_rope ? key_rope->pairs : RopePairs::kAdjacent;
+  key_rot_dims_ = key_rope ? key_rope->rot_dims : l.head_dim;
+  reorder_keys_ = options_.engine_key_pairs != block_key_pairs_;
   ns_.model_id = options_.model_id;
   ns_.weight_revision = options_.weight_revision;
   ns_.codec = codec_->Descriptor();
@@ -329,14 +345,23 @@ absl::StatusOr<EncodedBlock> CacheClient::EncodeBlock(
   BlockOptions bo;
   bo.fp16_tokens = chain_position == 0 ? options_.sink_tokens : 0;
   bo.keys_post_rope = !key_rope_.has_value();
-  std::vector<float> unrotated;
-  if (key_rope_) {
+  // The keys as blocks hold them: in the codebooks' dimension order, and
+  // without their rotation for pre-RoPE codebooks.
+  std::vector<float> block_keys;
+  if (key_rope_ || reorder_keys_) {
     const KvLayout& l = layout();
     const int64_t B = options_.block_tokens;
-    unrotated.assign(keys, keys + l.layers * B * l.kv_heads * l.head_dim);
-    key_rope_->InvertBlock(unrotated.data(), l.layers, B, l.kv_heads,
-                           FirstPosition(chain_position));
-    keys = unrotated.data();
+    block_keys.assign(keys, keys + l.layers * B * l.kv_heads * l.head_dim);
+    if (reorder_keys_) {
+      ReorderRopePairs(block_keys.data(), l.layers * B * l.kv_heads, l.head_dim,
+                       key_rot_dims_, options_.engine_key_pairs,
+                       block_key_pairs_);
+    }
+    if (key_rope_) {
+      key_rope_->InvertBlock(block_keys.data(), l.layers, B, l.kv_heads,
+                             FirstPosition(chain_position));
+    }
+    keys = block_keys.data();
   }
   absl::StatusOr<std::vector<uint8_t>> block =
       vqkv::EncodeBlock(*codec_, keys, values, options_.block_tokens, bo);
@@ -402,9 +427,16 @@ absl::Status CacheClient::DecodeVerifiedLayers(
       *codec_, header, reinterpret_cast<const uint8_t*>(data.data()),
       data.size(), options_.block_tokens, first_layer, num_layers, keys,
       values);
-  if (s.ok() && key_rope_) {
-    key_rope_->ApplyBlock(keys, num_layers, options_.block_tokens,
-                          layout().kv_heads, FirstPosition(chain_position));
+  if (!s.ok()) return s;
+  const KvLayout& l = layout();
+  if (key_rope_) {
+    key_rope_->ApplyBlock(keys, num_layers, options_.block_tokens, l.kv_heads,
+                          FirstPosition(chain_position));
+  }
+  if (reorder_keys_) {
+    ReorderRopePairs(
+        keys, int64_t{num_layers} * options_.block_tokens * l.kv_heads,
+        l.head_dim, key_rot_dims_, block_key_pairs_, options_.engine_key_pairs);
   }
   return s;
 }

@@ -20,7 +20,8 @@
 //   to 30 s while it keeps failing) succeeds.
 // - Only full blocks are stored; the first block keeps its first
 //   `sink_tokens` tokens exact in the block's fp16 section (attention sinks).
-// - Keys are post-RoPE, as engines cache them; block n of a chain holds the
+// - Keys are post-RoPE, as engines cache them, in the dimension order of
+//   options.engine_key_pairs; block n of a chain holds the
 //   tokens at positions n * block_tokens .. (n + 1) * block_tokens - 1.
 //   With codebooks fitted on pre-RoPE keys (they record the model's RoPE,
 //   codebook format version 4) the client un-rotates each key by its
@@ -70,6 +71,16 @@ struct CacheClientOptions {
   storage::KvDtype dtype = storage::KvDtype::kFloat16;
   // Leading tokens of the first block kept exact (fp16), 0..block_tokens.
   int sink_tokens = 4;
+  // How the engine's key head dimensions pair under RoPE. Blocks hold keys
+  // in the codebooks' order: the pairing of their recorded RoPE, else
+  // adjacent pairs (2i, 2i+1), the GGUF / llama.cpp order `vqkv calibrate`
+  // fits on. Engines that load Hugging Face checkpoints (vLLM, SGLang:
+  // "neox-style" rotary) cache keys in rotate-half order (i, i + rot/2):
+  // with kHalf the client moves each key head's pairs into the blocks'
+  // order before encoding and back after decoding (a permutation: exact),
+  // over the recorded rotary dimensions, else the whole head. Engines of
+  // either kind then share codebooks and blocks. Not part of the namespace.
+  RopePairs engine_key_pairs = RopePairs::kAdjacent;
 
   // Deadlines of backend calls. A lookup is on the scheduler's critical
   // path, so it is short; a late answer is a miss.
@@ -292,6 +303,11 @@ class CacheClient {
   const std::unique_ptr<Backend> backend_;
   // Set for pre-RoPE codebooks: keys are un-rotated before encoding.
   std::optional<Rope> key_rope_;
+  // The key order of blocks (options_.engine_key_pairs) and the dimensions
+  // it covers; reorder_keys_ when it is not the engine's.
+  RopePairs block_key_pairs_ = RopePairs::kAdjacent;
+  int key_rot_dims_ = 0;
+  bool reorder_keys_ = false;
   storage::NamespaceSpec ns_;
   NamespaceId ns_digest_;
   CircuitBreaker circuit_;

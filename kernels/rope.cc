@@ -1,5 +1,6 @@
 #include "kernels/rope.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/container/inlined_vector.h"
@@ -118,6 +119,28 @@ void Rope::ApplyBlock(float* x, int layers, int64_t tokens, int heads,
 void Rope::InvertBlock(float* x, int layers, int64_t tokens, int heads,
                        int64_t first_pos) const {
   RotateBlock(x, layers, tokens, heads, first_pos, -1.0f);
+}
+
+void ReorderRopePairs(float* x, int64_t vectors, int head_dim, int rot_dims,
+                      RopePairs from, RopePairs to) {
+  if (from == to) return;
+  const int pairs = rot_dims / 2;
+  absl::InlinedVector<float, 256> tmp(static_cast<size_t>(rot_dims));
+  for (int64_t v = 0; v < vectors; ++v) {
+    float* h = x + v * head_dim;
+    std::copy(h, h + rot_dims, tmp.begin());
+    if (from == RopePairs::kAdjacent) {  // to kHalf
+      for (int i = 0; i < pairs; ++i) {
+        h[i] = tmp[2 * i];
+        h[i + pairs] = tmp[2 * i + 1];
+      }
+    } else {  // kHalf to kAdjacent
+      for (int i = 0; i < pairs; ++i) {
+        h[2 * i] = tmp[i];
+        h[2 * i + 1] = tmp[i + pairs];
+      }
+    }
+  }
 }
 
 }  // namespace vqkv

@@ -80,6 +80,16 @@ class Rope {
   std::vector<double> inv_freq_;  // rot_dims / 2 entries
 };
 
+// Moves the rotary pairs of `vectors` consecutive head vectors of head_dim
+// floats from layout `from` to layout `to`, in place: pair i's two values
+// go from where `from` keeps them to where `to` does (dimensions past
+// rot_dims stay). The same keys in another layout: a Hugging Face engine
+// ("rotate half") caches the keys of a GGUF model's weights permuted this
+// way. A no-op when from == to.
+// REQUIRES: rot_dims even, 2 <= rot_dims <= head_dim.
+void ReorderRopePairs(float* x, int64_t vectors, int head_dim, int rot_dims,
+                      RopePairs from, RopePairs to);
+
 }  // namespace vqkv
 
 #endif  // VQKV_KERNELS_ROPE_H_

@@ -331,7 +331,8 @@ std::unique_ptr<PyClient> MakeClient(
     const py::object& tls_ca_file, const py::object& tls_cert_file,
     const py::object& tls_key_file,
     const std::optional<std::string>& tls_server_name,
-    unsigned tls_reload_seconds, int key_sketch_first_layer) {
+    unsigned tls_reload_seconds, int key_sketch_first_layer,
+    const std::string& key_pairs) {
   client::ClientConfig config;
   config.server = server;
   config.replicas = replicas;
@@ -364,6 +365,12 @@ std::unique_ptr<PyClient> MakeClient(
   o.weight_revision = weight_revision;
   o.block_tokens = block_tokens;
   o.sink_tokens = sink_tokens;
+  if (key_pairs == "half") {
+    o.engine_key_pairs = RopePairs::kHalf;
+  } else if (key_pairs != "adjacent") {
+    throw py::value_error("key_pairs must be 'adjacent' or 'half', not '" +
+                          key_pairs + "'");
+  }
   o.dtype = ValueOrThrow(ParseDtype(dtype));
   o.lookup_timeout = Seconds(lookup_timeout, "lookup_timeout");
   o.io_timeout = Seconds(io_timeout, "io_timeout");
@@ -441,6 +448,7 @@ PYBIND11_MODULE(vqkv, m) {
            py::arg("tls_server_name") = py::none(),
            py::arg("tls_reload_seconds") = 60,
            py::arg("key_sketch_first_layer") = 0,
+           py::arg("key_pairs") = "adjacent",
            "Opens a client. server: 'embedded' (in-memory store in this "
            "process), 'embedded:DIR' (with a disk tier in DIR), a "
            "vqkv-server 'host:port', or a cluster: 'host:port,host:port' or "
@@ -453,7 +461,11 @@ PYBIND11_MODULE(vqkv, m) {
            "tls_key_file for servers that require client certificates, "
            "tls_server_name when the certificates name another host than "
            "the address dialled; the files are re-read every "
-           "tls_reload_seconds (docs/CLIENT.md \"TLS\").")
+           "tls_reload_seconds (docs/CLIENT.md \"TLS\"). key_pairs: how "
+           "the engine's key dimensions pair under RoPE, 'adjacent' (GGUF, "
+           "llama.cpp) or 'half' (Hugging Face checkpoints in vLLM or "
+           "SGLang); blocks are shared either way (docs/CLIENT.md \"Key "
+           "position\").")
       .def("hash_tokens", &vp::PyClient::HashTokens, py::arg("tokens"),
            py::arg("salt") = "",
            "Chain hashes (16-byte bytes) of the full blocks of `tokens`.")

@@ -79,6 +79,16 @@ typedef enum vqkv_kv_dtype {
   VQKV_KV_FLOAT32 = 3
 } vqkv_kv_dtype;
 
+/* How an engine's key head dimensions pair under RoPE (docs/CLIENT.md "Key
+ * position"). */
+typedef enum vqkv_key_pairs {
+  /* (2i, 2i+1): GGUF / llama.cpp, and vqkv's own model runtime. */
+  VQKV_KEY_PAIRS_ADJACENT = 0,
+  /* (i, i + rot/2), "rotate half": Hugging Face checkpoints in vLLM or
+   * SGLang ("neox-style" rotary). */
+  VQKV_KEY_PAIRS_HALF = 1
+} vqkv_key_pairs;
+
 /* Bytes of one block hash. */
 #define VQKV_HASH_BYTES 16
 
@@ -180,6 +190,13 @@ typedef struct vqkv_client_options {
    * sketch). docs/FIDELITY.md measures 64 bits from layer 16 of 30 on
    * SmolLM2-135M. */
   int32_t key_sketch_first_layer;
+
+  /* Added after `key_sketch_first_layer`. How the engine's keys pair their
+   * dimensions under RoPE, a vqkv_key_pairs (0 = adjacent). Blocks hold
+   * keys in the codebooks' order; a rotate-half engine's client moves each
+   * key head's pairs into it and back (exact), so engines of both kinds
+   * share blocks and codebooks. */
+  int32_t key_pairs;
 } vqkv_client_options_t;
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,

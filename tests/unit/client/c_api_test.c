@@ -230,6 +230,10 @@ static void TestBadOptions(void) {
   ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "head_dim");
 
   InitOptions(&o);
+  o.key_pairs = 2;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "key_pairs");
+
+  InitOptions(&o);
   o.codec = "vq"; /* without codebooks */
   ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "codebook");
 
@@ -427,12 +431,59 @@ static void TestTuneAllocator(void) {
 #endif
 }
 
+/* A rotate-half engine's client: the same namespace as an adjacent one
+ * (its blocks are shared), and its own keys come back exactly. */
+static void TestHalfKeyPairs(void) {
+  static float keys[kElems], values[kElems], keys_out[kElems],
+      values_out[kElems];
+  int32_t tokens[kTokens];
+  uint8_t adjacent_ns[VQKV_HASH_BYTES], half_ns[VQKV_HASH_BYTES];
+  vqkv_client_options_t o;
+  vqkv_client_t* half = NULL;
+  vqkv_client_t* adjacent = OpenClient();
+  int64_t loaded_tokens = -1;
+  int i;
+  InitOptions(&o);
+  o.key_pairs = VQKV_KEY_PAIRS_HALF;
+  CHECK_CODE(vqkv_client_create(&o, &half), VQKV_OK);
+  if (half == NULL || adjacent == NULL) {
+    vqkv_client_destroy(half);
+    vqkv_client_destroy(adjacent);
+    return;
+  }
+  CHECK_CODE(vqkv_client_namespace_id(adjacent, adjacent_ns), VQKV_OK);
+  CHECK_CODE(vqkv_client_namespace_id(half, half_ns), VQKV_OK);
+  CHECK(memcmp(adjacent_ns, half_ns, VQKV_HASH_BYTES) == 0);
+
+  for (i = 0; i < kTokens; ++i) tokens[i] = 3000 + 11 * i;
+  for (i = 0; i < kElems; ++i) {
+    keys[i] = (float)((i * 53) % 1024 - 512) / 8.0f; /* exact in fp16 */
+    values[i] = (float)((i * 29) % 1024 - 512) / 8.0f;
+  }
+  CHECK_CODE(vqkv_store(half, tokens, kTokens, "", keys, values, NULL),
+             VQKV_OK);
+  CHECK_CODE(vqkv_load(half, tokens, kTokens, "", keys_out, values_out,
+                       &loaded_tokens, NULL),
+             VQKV_OK);
+  CHECK(loaded_tokens == 2 * kBlock);
+  for (i = 0; i < kLayers * 2 * kBlock * kPerToken; ++i) {
+    /* Layer 0's first 2 blocks; layer 1 starts at kTokens rows. */
+    const int layer = i / (2 * kBlock * kPerToken);
+    const int at = layer * kTokens * kPerToken + i % (2 * kBlock * kPerToken);
+    CHECK(keys_out[at] == keys[at]);
+    CHECK(values_out[at] == values[at]);
+  }
+  vqkv_client_destroy(half);
+  vqkv_client_destroy(adjacent);
+}
+
 int main(void) {
   TestNames();
   TestTuneAllocator();
   TestRoundTrip();
   TestHashChain();
   TestBadOptions();
+  TestHalfKeyPairs();
   TestNullArguments();
   if (failures != 0) {
     fprintf(stderr, "c_api_test: %d check(s) failed\n", failures);

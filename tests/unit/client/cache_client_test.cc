@@ -142,6 +142,9 @@ TEST_F(CacheClientTest, ConfigurationFaultsAreErrors) {
   o = Options();
   o.sink_tokens = 33;
   EXPECT_EQ(bad(o), absl::StatusCode::kInvalidArgument);
+  o = Options();
+  o.engine_key_pairs = static_cast<RopePairs>(2);
+  EXPECT_EQ(bad(o), absl::StatusCode::kInvalidArgument);
 
   auto client = NewClient();
   std::vector<int32_t> t = Tokens(64);
@@ -493,6 +496,60 @@ TEST_F(CacheClientTest, PreRopeCodebooksCodeKeysWithoutTheirPosition) {
       post->VerifyAndDecode(*items[1], 1, k1.data(), v1.data());
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(refused.message().find("pre-RoPE"), std::string::npos) << refused;
+}
+
+// An engine that caches keys in rotate-half order (Hugging Face
+// checkpoints) shares blocks with one in adjacent order (GGUF): its client
+// moves the pairs into the blocks' order and back, so either engine loads
+// the other's blocks as it would its own, with pre-RoPE codebooks and with
+// the fp16 codec.
+TEST_F(CacheClientTest, HalfPairEnginesShareBlocksWithAdjacentOnes) {
+  const KvLayout l = SmallLayout();
+  const RopeSpec spec{10000.0, l.head_dim, RopePairs::kAdjacent};
+  const Rope rope(l.head_dim, spec);
+  const testing::FittedVq vq = testing::FitVq(l, false, 1, spec);
+  constexpr int kTokens = 64;
+  const int64_t vectors = int64_t{l.layers} * kTokens * l.kv_heads;
+  std::vector<float> adjacent_k = Kv(kTokens, 51);
+  rope.ApplyBlock(adjacent_k.data(), l.layers, kTokens, l.kv_heads, 0);
+  std::vector<float> half_k = adjacent_k;
+  ReorderRopePairs(half_k.data(), vectors, l.head_dim, l.head_dim,
+                   RopePairs::kAdjacent, RopePairs::kHalf);
+  ASSERT_NE(half_k, adjacent_k);
+  const std::vector<float> v = Kv(kTokens, 52);
+  const std::vector<int32_t> t = Tokens(kTokens);
+  CacheClientOptions half_options = Options();
+  half_options.engine_key_pairs = RopePairs::kHalf;
+
+  for (const bool use_vq : {true, false}) {
+    SCOPED_TRACE(use_vq ? "vq, pre-RoPE codebooks" : "fp16");
+    std::shared_ptr<const Codec> codec = use_vq ? vq.codec : Fp16(l);
+    const std::string file = use_vq ? vq.file : "";
+    auto adjacent = NewClient(Options(), codec, file);
+    auto half = NewClient(half_options, codec, file);
+    ASSERT_NE(adjacent, nullptr);
+    ASSERT_NE(half, nullptr);
+    EXPECT_EQ(half->namespace_spec(), adjacent->namespace_spec());
+
+    // What the adjacent engine gets back from its own blocks.
+    ASSERT_TRUE(adjacent->Store(t, "a", adjacent_k.data(), v.data()).ok());
+    std::vector<float> own_k(adjacent_k.size()), own_v(v.size());
+    ASSERT_EQ(adjacent->Load(t, "a", own_k.data(), own_v.data())->tokens,
+              kTokens);
+    // The half engine loads them in its own order.
+    std::vector<float> got_k(adjacent_k.size()), got_v(v.size());
+    ASSERT_EQ(half->Load(t, "a", got_k.data(), got_v.data())->tokens, kTokens);
+    ReorderRopePairs(got_k.data(), vectors, l.head_dim, l.head_dim,
+                     RopePairs::kHalf, RopePairs::kAdjacent);
+    EXPECT_EQ(got_k, own_k);
+    EXPECT_EQ(got_v, own_v);
+    // And blocks the half engine stores are the adjacent engine's blocks.
+    ASSERT_TRUE(half->Store(t, "h", half_k.data(), v.data()).ok());
+    ASSERT_EQ(adjacent->Load(t, "h", got_k.data(), got_v.data())->tokens,
+              kTokens);
+    EXPECT_EQ(got_k, own_k);
+    EXPECT_EQ(got_v, own_v);
+  }
 }
 
 TEST_F(CacheClientTest, CodebookFetchErrors) {

@@ -77,6 +77,37 @@ TEST(RopeTest, HalfLayoutIsAdjacentLayoutPermuted) {
   }
 }
 
+// ReorderRopePairs moves whole pairs: rotating in one layout then reordering
+// equals reordering then rotating in the other, and the two directions
+// undo each other exactly.
+TEST(RopeTest, ReorderRopePairsMapsOneLayoutOntoTheOther) {
+  constexpr int kDim = 16, kRot = 12, kHeads = 3;
+  const Rope adjacent(kDim, RopeSpec{10000.0, kRot, RopePairs::kAdjacent});
+  const Rope half(kDim, RopeSpec{10000.0, kRot, RopePairs::kHalf});
+  const std::vector<float> x = RandomVector(kHeads * kDim, 2);
+  std::vector<float> h = x;
+  ReorderRopePairs(h.data(), kHeads, kDim, kRot, RopePairs::kAdjacent,
+                   RopePairs::kHalf);
+  for (int v = 0; v < kHeads; ++v) {
+    for (int i = 0; i < kRot / 2; ++i) {
+      EXPECT_EQ(h[v * kDim + i], x[v * kDim + 2 * i]);
+      EXPECT_EQ(h[v * kDim + i + kRot / 2], x[v * kDim + 2 * i + 1]);
+    }
+    for (int d = kRot; d < kDim; ++d)
+      EXPECT_EQ(h[v * kDim + d], x[v * kDim + d]);
+  }
+  std::vector<float> a = x;
+  adjacent.Apply(a.data(), kHeads, 300);
+  half.Apply(h.data(), kHeads, 300);
+  ReorderRopePairs(h.data(), kHeads, kDim, kRot, RopePairs::kHalf,
+                   RopePairs::kAdjacent);
+  EXPECT_EQ(h, a);
+  std::vector<float> same = x;
+  ReorderRopePairs(same.data(), kHeads, kDim, kRot, RopePairs::kHalf,
+                   RopePairs::kHalf);
+  EXPECT_EQ(same, x);
+}
+
 // What the client relies on: Invert undoes Apply, and <Rq, Rk> depends on
 // the positions' difference only, so coding un-rotated keys loses nothing.
 TEST(RopeTest, InvertUndoesApplyAndDotsDependOnDistance) {

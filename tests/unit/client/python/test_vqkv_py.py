@@ -114,6 +114,7 @@ class _Options(ctypes.Structure):
         ("tls_server_name", ctypes.c_char_p),
         ("tls_reload_seconds", ctypes.c_uint32),
         ("key_sketch_first_layer", ctypes.c_int32),
+        ("key_pairs", ctypes.c_int32),
     ]
 
 
@@ -196,6 +197,22 @@ class RoundTripTest(unittest.TestCase):
             self.assertEqual(stats["blocks_loaded"], 2)
             self.assertFalse(stats["circuit_open"])
         self.assertTrue(c.closed)
+
+    def test_rotate_half_engine(self):
+        # A rotate-half engine (Hugging Face checkpoints) shares the
+        # adjacent engine's namespace, and gets its own keys back exactly.
+        tokens = list(range(900, 900 + 2 * BLOCK))
+        keys, values = make_kv(len(tokens), seed=4)
+        with make_client(key_pairs="half") as half, make_client() as adj:
+            self.assertEqual(half.namespace_id, adj.namespace_id)
+            self.assertEqual(half.store(tokens, keys, values)["stored"], 2)
+            k_out, v_out = np.zeros_like(keys), np.zeros_like(values)
+            self.assertEqual(half.load(tokens, k_out, v_out), 2 * BLOCK)
+            np.testing.assert_array_equal(k_out, keys)
+            np.testing.assert_array_equal(v_out, values)
+        with self.assertRaises(ValueError) as cm:
+            make_client(key_pairs="neox")
+        self.assertIn("key_pairs", str(cm.exception))
 
     def test_salt_isolation(self):
         tokens = list(range(32))
