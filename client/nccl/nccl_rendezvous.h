@@ -6,11 +6,10 @@
 // (Backend::PutRendezvous / GetRendezvous, kvcache.proto PutRendezvous),
 // scoped to the caller's tenant and kept for a TTL.
 //
-// NOT IMPLEMENTED in this build: the NCCL transfer of KV blocks between
-// prefill and decode GPUs. Only this exchange of the id exists; the id is
-// handled as 128 opaque bytes (NCCL_UNIQUE_ID_BYTES), so this file needs no
-// NCCL header or library. Creating the communicator and moving blocks over it
-// are the caller's (docs/CLIENT.md, "What is not here yet").
+// The id is handled as 128 opaque bytes (NCCL_UNIQUE_ID_BYTES), so this file
+// needs no NCCL header or library and builds everywhere. The transfer on top
+// of it, NcclKvChannel (client/nccl/nccl_kv_channel.h), is built only with
+// CUDA and NCCL.
 //
 // Thread safety: the functions may be called concurrently (Backend is
 // thread-safe); AwaitNcclId blocks the calling thread while it polls.
