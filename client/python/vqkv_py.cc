@@ -5,6 +5,7 @@
 //   c.store(tokens, keys, values, salt="")   # numpy float32 arrays
 //   c.lookup(tokens) -> tokens cached; c.load(tokens, k_out, v_out) -> tokens
 //   vqkv.hash_chain(tokens, block_tokens, namespace_id=c.namespace_id)
+//   vqkv.Connector(c): the paged, layer-wise API (connector_py.cc)
 //
 // Arrays are float32, C-contiguous, shape (layers, tokens, kv_heads,
 // head_dim), i.e. the C++ layout [layer][token][kv_head][head_dim]
@@ -38,89 +39,15 @@
 #include "client/cache_client.h"
 #include "client/client_factory.h"
 #include "client/hash.h"
+#include "client/python/connector_py.h"
+#include "client/python/py_client.h"
+#include "client/python/py_common.h"
 #include "kernels/codec_factory.h"
 
 namespace py = pybind11;
 
 namespace vqkv::python {
 namespace {
-
-using client::BlockHash;
-using client::CacheClient;
-
-// An absl error on its way to Python (see the translator in the module).
-class StatusError : public std::runtime_error {
- public:
-  explicit StatusError(absl::Status status)
-      : std::runtime_error(std::string(status.message())),
-        status_(std::move(status)) {}
-  const absl::Status& status() const { return status_; }
-
- private:
-  absl::Status status_;
-};
-
-PyObject* error_type = nullptr;  // vqkv.Error; owned by the module
-
-void ThrowIfError(const absl::Status& status) {
-  if (!status.ok()) throw StatusError(status);
-}
-
-template <typename T>
-T ValueOrThrow(absl::StatusOr<T> value) {
-  ThrowIfError(value.status());
-  return *std::move(value);
-}
-
-// Token ids from a sequence of ints or a 1-d integer numpy array.
-std::vector<int32_t> ToTokens(const py::handle& tokens) {
-  std::vector<int32_t> out;
-  auto append = [&out](int64_t v) {
-    if (v < std::numeric_limits<int32_t>::min() ||
-        v > std::numeric_limits<int32_t>::max()) {
-      throw py::value_error(absl::StrCat("token ", out.size(), " is ", v,
-                                         ": token ids are int32"));
-    }
-    out.push_back(static_cast<int32_t>(v));
-  };
-  if (py::isinstance<py::array>(tokens)) {
-    const py::array a = py::reinterpret_borrow<py::array>(tokens);
-    const char kind = a.dtype().kind();
-    if ((kind != 'i' && kind != 'u') || a.ndim() != 1) {
-      throw py::value_error(
-          "tokens must be a 1-d integer array or a sequence of ints");
-    }
-    const auto ints =
-        py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(
-            a);
-    if (!ints) throw py::value_error("tokens: cannot convert to int64");
-    out.reserve(ints.size());
-    for (py::ssize_t i = 0; i < ints.size(); ++i) append(ints.data()[i]);
-    return out;
-  }
-  if (!py::isinstance<py::sequence>(tokens) ||
-      py::isinstance<py::str>(tokens)) {
-    throw py::value_error(
-        "tokens must be a 1-d integer array or a sequence of ints");
-  }
-  const py::sequence seq = py::reinterpret_borrow<py::sequence>(tokens);
-  out.reserve(seq.size());
-  for (const py::handle item : seq) {
-    if (!PyLong_Check(item.ptr())) {
-      throw py::value_error(absl::StrCat(
-          "token ", out.size(), " is not an int (",
-          std::string(py::str(item.get_type().attr("__name__"))), ")"));
-    }
-    int overflow = 0;
-    const long long v = PyLong_AsLongLongAndOverflow(item.ptr(), &overflow);
-    if (overflow != 0) {
-      throw py::value_error(
-          absl::StrCat("token ", out.size(), " is out of the int32 range"));
-    }
-    append(v);
-  }
-  return out;
-}
 
 std::string ShapeText(const py::array& a) {
   std::vector<std::string> dims;
@@ -131,7 +58,8 @@ std::string ShapeText(const py::array& a) {
                       a.ndim() == 1 ? ",)" : ")");
 }
 
-// Checks one K or V array against the client's layout and returns it.
+}  // namespace
+
 py::array CheckKv(const py::handle& obj, const char* name,
                   const KvLayout& layout, size_t tokens, bool writable) {
   if (!py::isinstance<py::array>(obj)) {
@@ -172,6 +100,8 @@ py::list HashList(const std::vector<BlockHash>& hashes) {
   return out;
 }
 
+namespace {
+
 absl::StatusOr<storage::KvDtype> ParseDtype(const std::string& name) {
   if (name == "float16") return storage::KvDtype::kFloat16;
   if (name == "bfloat16") return storage::KvDtype::kBfloat16;
@@ -186,139 +116,6 @@ absl::Duration Seconds(double s, const char* name) {
   }
   return absl::Seconds(s);
 }
-
-// vqkv.Client: one CacheClient. The shared_ptr lets close() run while
-// another thread (GIL released) is still inside a call.
-class PyClient {
- public:
-  explicit PyClient(client::ClientConfig config)
-      : io_timeout_(config.options.io_timeout) {
-    absl::StatusOr<std::unique_ptr<CacheClient>> opened;
-    {
-      py::gil_scoped_release release;
-      opened = client::OpenCacheClient(std::move(config));
-    }
-    client_ = ValueOrThrow(std::move(opened));
-  }
-
-  std::shared_ptr<CacheClient> Get() const {
-    if (client_ == nullptr) {
-      throw StatusError(absl::FailedPreconditionError("the client is closed"));
-    }
-    return client_;
-  }
-
-  py::list HashTokens(const py::handle& tokens, const std::string& salt) {
-    const std::vector<int32_t> t = ToTokens(tokens);
-    return HashList(ValueOrThrow(Get()->HashTokens(t, salt)));
-  }
-
-  int64_t Lookup(const py::handle& tokens, const std::string& salt,
-                 bool lease) {
-    const std::vector<int32_t> t = ToTokens(tokens);
-    std::shared_ptr<CacheClient> c = Get();
-    absl::StatusOr<int64_t> found;
-    {
-      py::gil_scoped_release release;
-      found = c->Lookup(t, salt, lease);
-    }
-    return ValueOrThrow(std::move(found));
-  }
-
-  py::dict Store(const py::handle& tokens, const py::handle& keys,
-                 const py::handle& values, const std::string& salt) {
-    const std::vector<int32_t> t = ToTokens(tokens);
-    std::shared_ptr<CacheClient> c = Get();
-    const py::array k = CheckKv(keys, "keys", c->layout(), t.size(), false);
-    const py::array v = CheckKv(values, "values", c->layout(), t.size(), false);
-    absl::StatusOr<client::StoreResult> stored;
-    {
-      py::gil_scoped_release release;
-      stored = c->Store(t, salt, static_cast<const float*>(k.data()),
-                        static_cast<const float*>(v.data()));
-    }
-    const client::StoreResult r = ValueOrThrow(std::move(stored));
-    py::dict out;
-    out["blocks"] = r.blocks;
-    out["stored"] = r.stored;
-    out["already_present"] = r.already_present;
-    out["failed"] = r.failed;
-    out["bytes_sent"] = r.bytes_sent;
-    return out;
-  }
-
-  int64_t Load(const py::handle& tokens, const py::handle& keys_out,
-               const py::handle& values_out, const std::string& salt) {
-    const std::vector<int32_t> t = ToTokens(tokens);
-    std::shared_ptr<CacheClient> c = Get();
-    py::array k = CheckKv(keys_out, "keys_out", c->layout(), t.size(), true);
-    py::array v =
-        CheckKv(values_out, "values_out", c->layout(), t.size(), true);
-    absl::StatusOr<client::LoadResult> loaded;
-    {
-      py::gil_scoped_release release;
-      loaded = c->Load(t, salt, static_cast<float*>(k.mutable_data()),
-                       static_cast<float*>(v.mutable_data()));
-    }
-    return ValueOrThrow(std::move(loaded)).tokens;
-  }
-
-  py::dict Stats() const {
-    const client::CacheClientStats s = Get()->stats();
-    py::dict out;
-    out["lookups"] = s.lookups;
-    out["lookup_errors"] = s.lookup_errors;
-    out["blocks_stored"] = s.blocks_stored;
-    out["blocks_already_present"] = s.blocks_already_present;
-    out["blocks_store_failed"] = s.blocks_store_failed;
-    out["saves_dropped"] = s.saves_dropped;
-    out["blocks_loaded"] = s.blocks_loaded;
-    out["blocks_load_failed"] = s.blocks_load_failed;
-    out["bytes_sent"] = s.bytes_sent;
-    out["bytes_received"] = s.bytes_received;
-    out["fp16_equivalent_bytes"] = s.fp16_equivalent_bytes;
-    out["circuit_open"] = s.circuit_open;
-    return out;
-  }
-
-  py::dict Namespace() const {
-    const storage::NamespaceSpec& ns = Get()->namespace_spec();
-    py::dict out;
-    out["model_id"] = ns.model_id;
-    out["weight_revision"] = ns.weight_revision;
-    out["codec"] = ns.codec;
-    out["codec_id"] = ns.codec_id;
-    out["codebook_hash"] = ns.codebook_hash;
-    out["block_tokens"] = ns.block_tokens;
-    out["layers"] = ns.layers;
-    out["kv_heads"] = ns.kv_heads;
-    out["head_dim"] = ns.head_dim;
-    out["dtype"] = static_cast<uint32_t>(ns.dtype);
-    return out;
-  }
-
-  py::bytes NamespaceIdBytes() const {
-    const storage::NamespaceId id =
-        storage::ComputeNamespaceId("", Get()->namespace_spec());
-    return py::bytes(id.view().data(), id.view().size());
-  }
-
-  // Waits up to the I/O timeout for background work; idempotent.
-  void Close() {
-    std::shared_ptr<CacheClient> c = std::move(client_);
-    client_ = nullptr;
-    if (c == nullptr) return;
-    py::gil_scoped_release release;
-    c->Shutdown(io_timeout_);
-    c.reset();
-  }
-
-  bool closed() const { return client_ == nullptr; }
-
- private:
-  const absl::Duration io_timeout_;
-  std::shared_ptr<CacheClient> client_;
-};
 
 std::unique_ptr<PyClient> MakeClient(
     const std::string& server, const std::string& codec,
@@ -498,6 +295,11 @@ PYBIND11_MODULE(vqkv, m) {
       .def_property_readonly(
           "head_dim",
           [](const vp::PyClient& c) { return c.Get()->layout().head_dim; })
+      .def("wait_idle", &vp::PyClient::WaitIdle, py::arg("timeout") = 10.0,
+           "Waits up to `timeout` seconds for background saves; True when "
+           "none is left.")
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](vp::PyClient& c, const py::args&) { c.Close(); });
+
+  vp::BindConnector(m);
 }

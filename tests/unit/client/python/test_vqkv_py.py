@@ -6,7 +6,9 @@ directory and VQKV_C_LIBRARY at libvqkv_client.so; by hand:
   VQKV_C_LIBRARY=build/client/libvqkv_client.so \
   /usr/bin/python3 tests/unit/client/python/test_vqkv_py.py -v
 
-Covers: store / lookup / load round trip through the embedded store with the
+Covers: the paged Connector (save from one engine's pages, load into
+another's, NHD and HND, float16, float32 and bfloat16 bits); store / lookup /
+load round trip through the embedded store with the
 fp16 codec (exact for fp16-representable values), salt isolation, argument
 errors (shapes, dtypes, contiguity, tokens, options), and the block hash
 chain against an independent Python implementation of the spec in
@@ -416,6 +418,143 @@ class HashChainTest(unittest.TestCase):
                 c_api_hash_chain(os.environ["VQKV_C_LIBRARY"], self.tokens,
                                  salt, "py-test-model"),
                 self.c.hash_tokens(self.tokens, salt=salt))
+
+
+# --- vqkv.Connector: the paged, layer-wise worker API ------------------------
+
+PAGES, PAGE = 8, 16  # engine pages of 16 tokens (vLLM's default)
+
+
+def page_arrays(layout, dtype):
+    """One K and one V page array per layer, zeroed."""
+    shape = ((PAGES, PAGE, HEADS, DIM) if layout == "NHD" else
+             (PAGES, HEADS, PAGE, DIM))
+    return ([np.zeros(shape, dtype) for _ in range(LAYERS)],
+            [np.zeros(shape, dtype) for _ in range(LAYERS)])
+
+
+def to_bf16_bits(x):
+    return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def from_bf16_bits(b):
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def page_view(pages, layout, page, slot):
+    return pages[page, slot] if layout == "NHD" else pages[page, :, slot]
+
+
+class ConnectorTest(unittest.TestCase):
+    """Engine 1 saves a request's KV from its pages layer by layer; engine 2
+    (other pages, another layout) loads it into its own, as vLLM's worker
+    side would."""
+
+    def round_trip(self, dtype, save_layout, load_layout):
+        n = 2 * BLOCK + 5  # two full vqkv blocks and a partial one
+        tokens = list(range(2000, 2000 + n))
+        rng = np.random.default_rng(7)
+        # Multiples of 1/8 in [-16, 16): exact in fp16 and bf16.
+        kv = (rng.integers(-128, 128, size=(2, LAYERS, n, HEADS, DIM)) /
+              8).astype(np.float32)
+        store = to_bf16_bits if dtype == "bfloat16" else (
+            lambda x: x.astype(dtype))
+        read = from_bf16_bits if dtype == "bfloat16" else (
+            lambda x: x.astype(np.float32))
+        array_dtype = np.int16 if dtype == "bfloat16" else dtype
+        ids1, ids2 = [5, 2, 7], [1, 6, 0]
+        with make_client() as c:
+            k1, v1 = page_arrays(save_layout, array_dtype)
+            for layer in range(LAYERS):
+                for t in range(n):
+                    p, s = ids1[t // PAGE], t % PAGE
+                    page_view(k1[layer], save_layout, p, s)[:] = store(
+                        kv[0, layer, t]).view(array_dtype)
+                    page_view(v1[layer], save_layout, p, s)[:] = store(
+                        kv[1, layer, t]).view(array_dtype)
+            engine1 = vqkv.Connector(c)
+            engine1.register_kv_caches(
+                k1, v1, layout=save_layout,
+                dtype="bfloat16" if dtype == "bfloat16" else "")
+            save = vqkv.SaveSpec("r1", tokens, ids1)
+            for layer in range(LAYERS):
+                engine1.save_layer(layer, [save])
+            engine1.wait_for_save()
+            self.assertTrue(c.wait_idle(30))
+            self.assertEqual(engine1.get_finished(), (["r1"], []))
+            self.assertEqual(c.lookup(tokens), 2 * BLOCK)
+
+            k2, v2 = page_arrays(load_layout, array_dtype)
+            engine2 = vqkv.Connector(c)
+            engine2.register_kv_caches(
+                k2, v2, layout=load_layout,
+                dtype="bfloat16" if dtype == "bfloat16" else "")
+            engine2.start_load([vqkv.LoadSpec("r2", tokens, ids2, 2 * BLOCK)])
+            for layer in range(LAYERS):
+                engine2.wait_for_layer_load(layer)
+            self.assertEqual(engine2.take_load_error_block_ids(), [])
+            self.assertEqual(engine2.get_finished(), ([], ["r2"]))
+            for layer in range(LAYERS):
+                for t in range(2 * BLOCK):
+                    p, s = ids2[t // PAGE], t % PAGE
+                    np.testing.assert_array_equal(
+                        read(page_view(k2[layer], load_layout, p, s)),
+                        kv[0, layer, t])
+                    np.testing.assert_array_equal(
+                        read(page_view(v2[layer], load_layout, p, s)),
+                        kv[1, layer, t])
+            # The page past the loaded tokens stays untouched.
+            self.assertFalse(k2[0][ids2[2]].any())
+            self.assertEqual(engine2.stats()["loads_started"], 1)
+            engine1.shutdown()
+            engine2.shutdown()
+
+    def test_float16_nhd_to_hnd(self):
+        self.round_trip(np.float16, "NHD", "HND")
+
+    def test_float32_hnd_to_nhd(self):
+        self.round_trip(np.float32, "HND", "NHD")
+
+    def test_bfloat16_bits(self):
+        self.round_trip("bfloat16", "NHD", "NHD")
+
+    def test_views_of_one_tensor(self):
+        # vLLM-style: K and V of a layer are views into one (2, ...) tensor.
+        with make_client() as c:
+            kv = [np.zeros((2, PAGES, PAGE, HEADS, DIM), np.float16)
+                  for _ in range(LAYERS)]
+            conn = vqkv.Connector(c)
+            conn.register_kv_caches([x[0] for x in kv], [x[1] for x in kv])
+            conn.shutdown()
+
+    def test_errors(self):
+        with make_client() as c:
+            conn = vqkv.Connector(c)
+            with self.assertRaises(vqkv.Error) as cm:
+                conn.start_load([vqkv.LoadSpec("r", [1] * BLOCK, [0], BLOCK)])
+            self.assertEqual(cm.exception.code_name, "FAILED_PRECONDITION")
+            k, v = page_arrays("NHD", np.float64)
+            with self.assertRaises(ValueError) as cm:
+                conn.register_kv_caches(k, v)
+            self.assertIn("float16 or float32", str(cm.exception))
+            k, v = page_arrays("NHD", np.float16)
+            with self.assertRaises(ValueError) as cm:
+                conn.register_kv_caches(k, v, layout="XYZ")
+            self.assertIn("NHD", str(cm.exception))
+            with self.assertRaises(ValueError) as cm:
+                conn.register_kv_caches(k, v[:1])
+            self.assertIn("equal length", str(cm.exception))
+            with self.assertRaises(ValueError) as cm:
+                conn.register_kv_caches(k, v, dtype="bfloat16")
+            self.assertIn("2-byte integer", str(cm.exception))
+            with self.assertRaises(ValueError) as cm:
+                vqkv.LoadSpec("r", [1], ["x"], 16)
+            self.assertIn("block id 0", str(cm.exception))
+            conn.register_kv_caches(k, v)
+            with self.assertRaises(vqkv.Error) as cm:
+                conn.register_kv_caches(k, v)
+            self.assertEqual(cm.exception.code_name, "FAILED_PRECONDITION")
+            conn.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,318 @@
+// vqkv.Connector over host page arrays:
+//
+//   conn = vqkv.Connector(client)
+//   conn.register_kv_caches(keys, values, layout="NHD")  # lists of arrays
+//   conn.start_load([vqkv.LoadSpec("r1", tokens, block_ids, num_tokens)])
+//   for layer in range(layers):
+//       conn.wait_for_layer_load(layer)  # then the layer's attention
+//       conn.save_layer(layer, [vqkv.SaveSpec("r1", tokens, block_ids)])
+//   conn.wait_for_save()
+//   conn.get_finished() -> (saved ids, loaded ids)
+//
+// Page arrays: one K and one V numpy array per layer, 4-d, NHD (num_blocks,
+// block_size, kv_heads, head_dim) or HND (num_blocks, kv_heads, block_size,
+// head_dim), float16 or float32, or 2-byte integers holding bfloat16 bits
+// with dtype="bfloat16" (numpy has no bfloat16; a torch CPU tensor gives
+// one with t.view(torch.int16).numpy()). Any element strides (views of a
+// larger tensor are fine); writeable, since loads write them. The connector
+// keeps the arrays alive; their memory must not move while it is open.
+//
+// Thread safety: as KvConnector; the GIL is released while a call waits or
+// copies pages.
+#include "client/python/connector_py.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "client/kv_connector.h"
+#include "client/paged_kv.h"
+#include "client/python/py_client.h"
+#include "client/python/py_common.h"
+
+namespace vqkv::python {
+namespace {
+
+using client::DType;
+using client::KvConnector;
+using client::LoadSpec;
+using client::PagedKvCaches;
+using client::PagedLayer;
+using client::SaveSpec;
+
+std::string TypeName(const py::handle& obj) {
+  return std::string(py::str(obj.get_type().attr("__name__")));
+}
+
+// The element type of a page array: float16 / float32 from the array, or
+// bfloat16 bits in 2-byte integers when asked for.
+DType PageDType(const py::array& a, const std::string& dtype,
+                const std::string& name) {
+  const char kind = a.dtype().kind();
+  const py::ssize_t size = a.itemsize();
+  if (dtype == "bfloat16") {
+    if ((kind == 'i' || kind == 'u') && size == 2) return DType::kBfloat16;
+    throw py::value_error(absl::StrCat(
+        name,
+        ": dtype='bfloat16' needs 2-byte integer arrays holding the "
+        "bits (t.view(torch.int16).numpy()), got ",
+        std::string(py::str(a.dtype()))));
+  }
+  if (kind == 'f' && size == 2 && (dtype.empty() || dtype == "float16")) {
+    return DType::kFloat16;
+  }
+  if (kind == 'f' && size == 4 && (dtype.empty() || dtype == "float32")) {
+    return DType::kFloat32;
+  }
+  throw py::value_error(absl::StrCat(
+      name,
+      " must be float16 or float32 (or bfloat16 bits with "
+      "dtype='bfloat16'), got ",
+      std::string(py::str(a.dtype())),
+      dtype.empty() ? "" : absl::StrCat(" for dtype='", dtype, "'")));
+}
+
+class PyConnector {
+ public:
+  explicit PyConnector(const PyClient& client)
+      : client_(client.Get()),
+        connector_(std::make_unique<KvConnector>(client_.get())) {}
+
+  ~PyConnector() {
+    // Background loads write into the arrays: stop them before the arrays
+    // go (members are destroyed after this body).
+    py::gil_scoped_release release;
+    connector_.reset();
+  }
+
+  void Register(const py::list& keys, const py::list& values,
+                const std::string& layout, const std::string& dtype) {
+    if (layout != "NHD" && layout != "HND") {
+      throw py::value_error(
+          absl::StrCat("layout must be 'NHD' or 'HND', got '", layout, "'"));
+    }
+    if (keys.empty() || keys.size() != values.size()) {
+      throw py::value_error(
+          absl::StrCat("keys and values must be non-empty lists of one array "
+                       "per layer of equal length, got ",
+                       keys.size(), " and ", values.size()));
+    }
+    const bool hnd = layout == "HND";
+    PagedKvCaches caches;
+    py::list arrays;
+    for (size_t l = 0; l < keys.size(); ++l) {
+      PagedLayer pl;
+      for (int kv = 0; kv < 2; ++kv) {
+        const py::handle obj = kv == 0 ? keys[l] : values[l];
+        const std::string name =
+            absl::StrCat(kv == 0 ? "keys[" : "values[", l, "]");
+        if (!py::isinstance<py::array>(obj)) {
+          throw py::value_error(absl::StrCat(
+              name, " must be a numpy array, got ", TypeName(obj)));
+        }
+        py::array a = py::reinterpret_borrow<py::array>(obj);
+        if (a.ndim() != 4) {
+          throw py::value_error(absl::StrCat(name, " must be 4-d (", layout,
+                                             "), got ", a.ndim(), "-d"));
+        }
+        if (!a.writeable()) {
+          throw py::value_error(absl::StrCat(name, " must be writeable"));
+        }
+        const DType d = PageDType(a, dtype, name);
+        const int64_t blocks = a.shape(0);
+        const int64_t slots = a.shape(hnd ? 2 : 1);
+        const int64_t heads = a.shape(hnd ? 1 : 2);
+        const int64_t dim = a.shape(3);
+        if (arrays.empty()) {
+          caches.dtype = d;
+          caches.num_blocks = blocks;
+          caches.block_size = slots;
+          caches.kv_heads = static_cast<int>(heads);
+          caches.head_dim = static_cast<int>(dim);
+        } else if (d != caches.dtype || blocks != caches.num_blocks ||
+                   slots != caches.block_size || heads != caches.kv_heads ||
+                   dim != caches.head_dim) {
+          throw py::value_error(absl::StrCat(
+              name,
+              " differs from keys[0] in dtype or shape: every page "
+              "array must be alike"));
+        }
+        int64_t strides[4];
+        for (int i = 0; i < 4; ++i) {
+          if (a.strides(i) < 0 || a.strides(i) % a.itemsize() != 0) {
+            throw py::value_error(
+                absl::StrCat(name,
+                             ": strides must be non-negative multiples of the "
+                             "element size"));
+          }
+          strides[i] = a.strides(i) / a.itemsize();
+        }
+        // (block, slot, kv_head, dim), whatever the layout.
+        const int64_t ordered[4] = {strides[0], strides[hnd ? 2 : 1],
+                                    strides[hnd ? 1 : 2], strides[3]};
+        int64_t* out = kv == 0 ? pl.key_strides : pl.value_strides;
+        for (int i = 0; i < 4; ++i) out[i] = ordered[i];
+        (kv == 0 ? pl.keys : pl.values) = a.mutable_data();
+        arrays.append(a);
+      }
+      caches.layers.push_back(pl);
+    }
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = connector_->RegisterKvCaches(std::move(caches));
+    }
+    ThrowIfError(s);
+    arrays_ = std::move(arrays);
+  }
+
+  void StartLoad(std::vector<LoadSpec> loads) {
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = connector_->StartLoad(std::move(loads));
+    }
+    ThrowIfError(s);
+  }
+
+  void WaitForLayerLoad(int layer) {
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = connector_->WaitForLayerLoad(layer);
+    }
+    ThrowIfError(s);
+  }
+
+  void SaveLayer(int layer, const std::vector<SaveSpec>& saves) {
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = connector_->SaveLayer(layer, saves);
+    }
+    ThrowIfError(s);
+  }
+
+  void WaitForSave() {
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = connector_->WaitForSave();
+    }
+    ThrowIfError(s);
+  }
+
+  py::tuple GetFinished() {
+    client::FinishedRequests f = connector_->GetFinished();
+    return py::make_tuple(f.saved, f.loaded);
+  }
+
+  std::vector<int32_t> TakeLoadErrorBlockIds() {
+    return connector_->TakeLoadErrorBlockIds();
+  }
+
+  void Cancel(const std::string& request_id) { connector_->Cancel(request_id); }
+
+  void Shutdown(double timeout) {
+    py::gil_scoped_release release;
+    connector_->Shutdown(absl::Seconds(timeout));
+  }
+
+  py::dict Stats() const {
+    const client::ConnectorStats s = connector_->stats();
+    py::dict out;
+    out["loads_started"] = s.loads_started;
+    out["loads_failed"] = s.loads_failed;
+    out["saves_started"] = s.saves_started;
+    out["saves_dropped"] = s.saves_dropped;
+    return out;
+  }
+
+ private:
+  std::shared_ptr<CacheClient> client_;
+  py::list arrays_;  // the registered pages, kept alive
+  std::unique_ptr<KvConnector> connector_;
+};
+
+}  // namespace
+
+void BindConnector(py::module_& m) {
+  py::class_<LoadSpec>(m, "LoadSpec",
+                       "A request's cached blocks to load into its pages.")
+      .def(py::init([](std::string request_id, const py::handle& tokens,
+                       const py::handle& block_ids, int64_t num_tokens,
+                       std::string salt) {
+             return LoadSpec{
+                 std::move(request_id), ToTokens(tokens), std::move(salt),
+                 ToInt32s(block_ids, "block id", "block_ids"), num_tokens};
+           }),
+           py::arg("request_id"), py::arg("tokens"), py::arg("block_ids"),
+           py::arg("num_tokens"), py::arg("salt") = "",
+           "num_tokens: the leading tokens to load (Client.lookup's answer, "
+           "a multiple of block_tokens); block_ids: the engine pages that "
+           "hold them, in order.")
+      .def_readonly("request_id", &LoadSpec::request_id)
+      .def_readonly("tokens", &LoadSpec::tokens)
+      .def_readonly("salt", &LoadSpec::salt)
+      .def_readonly("block_ids", &LoadSpec::block_ids)
+      .def_readonly("num_tokens", &LoadSpec::num_tokens);
+
+  py::class_<SaveSpec>(m, "SaveSpec", "A request's KV to save from its pages.")
+      .def(py::init([](std::string request_id, const py::handle& tokens,
+                       const py::handle& block_ids, int64_t skip_tokens,
+                       std::string salt) {
+             return SaveSpec{
+                 std::move(request_id), ToTokens(tokens), std::move(salt),
+                 ToInt32s(block_ids, "block id", "block_ids"), skip_tokens};
+           }),
+           py::arg("request_id"), py::arg("tokens"), py::arg("block_ids"),
+           py::arg("skip_tokens") = 0, py::arg("salt") = "",
+           "The full blocks of tokens[skip_tokens:] are saved (skip_tokens: "
+           "loaded or known cached; rounded down to a block).")
+      .def_readonly("request_id", &SaveSpec::request_id)
+      .def_readonly("tokens", &SaveSpec::tokens)
+      .def_readonly("salt", &SaveSpec::salt)
+      .def_readonly("block_ids", &SaveSpec::block_ids)
+      .def_readonly("skip_tokens", &SaveSpec::skip_tokens);
+
+  py::class_<PyConnector>(
+      m, "Connector",
+      "The worker side of an engine integration (vLLM's KV connector v1): "
+      "layer-wise loads into and saves from the engine's paged KV cache in "
+      "host memory. docs/CLIENT.md maps it method by method.")
+      .def(py::init<const PyClient&>(), py::arg("client"))
+      .def("register_kv_caches", &PyConnector::Register, py::arg("keys"),
+           py::arg("values"), py::arg("layout") = "NHD", py::arg("dtype") = "",
+           "One K and one V page array per layer (NHD or HND); dtype "
+           "'bfloat16' for 2-byte integer arrays holding bfloat16 bits.")
+      .def("start_load", &PyConnector::StartLoad, py::arg("loads"),
+           "Starts loading each LoadSpec's tokens into its pages.")
+      .def("wait_for_layer_load", &PyConnector::WaitForLayerLoad,
+           py::arg("layer"),
+           "Returns once `layer` of every load started last is in the pages.")
+      .def("save_layer", &PyConnector::SaveLayer, py::arg("layer"),
+           py::arg("saves"),
+           "Copies `layer` of each SaveSpec's new full blocks out of the "
+           "pages; after the last layer they are encoded and sent in the "
+           "background.")
+      .def("wait_for_save", &PyConnector::WaitForSave,
+           "Returns once this pass's pages may be reused.")
+      .def("get_finished", &PyConnector::GetFinished,
+           "(saved request ids, loaded request ids) since the last call.")
+      .def("take_load_error_block_ids", &PyConnector::TakeLoadErrorBlockIds,
+           "Engine block ids whose load failed since the last call (the "
+           "engine recomputes them).")
+      .def("cancel", &PyConnector::Cancel, py::arg("request_id"))
+      .def("shutdown", &PyConnector::Shutdown, py::arg("timeout") = 5.0,
+           "Waits up to `timeout` seconds for background work; saves not "
+           "started by then are dropped.")
+      .def("stats", &PyConnector::Stats);
+}
+
+}  // namespace vqkv::python
