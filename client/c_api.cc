@@ -19,17 +19,18 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/allocator_tuning.h"
+#include "client/c_api_internal.h"
 #include "client/cache_client.h"
 #include "client/client_factory.h"
 #include "client/include/vqkv/vqkv.h"
 
-struct vqkv_client {
-  std::unique_ptr<vqkv::client::CacheClient> impl;
-  absl::Duration shutdown_timeout;
-};
-
 namespace {
 
+using vqkv::c_api::BadStructSize;
+using vqkv::c_api::Guard;
+using vqkv::c_api::NullArgument;
+using vqkv::c_api::ReadVersioned;
+using vqkv::c_api::WriteVersioned;
 using vqkv::client::CacheClient;
 
 // The size of each struct in the first version of vqkv.h: its fields up to
@@ -44,86 +45,6 @@ constexpr size_t kLoadResultV1Size =
     VQKV_V1_SIZE(vqkv_load_result_t, bytes_received);
 constexpr size_t kStatsV1Size = VQKV_V1_SIZE(vqkv_stats_t, circuit_open);
 #undef VQKV_V1_SIZE
-
-thread_local std::string last_error;
-
-void SetLastError(absl::string_view message) noexcept {
-  try {
-    last_error.assign(message.data(), message.size());
-  } catch (...) {
-    last_error.clear();  // out of memory for the message itself
-  }
-}
-
-vqkv_status_code Report(const absl::Status& status) noexcept {
-  SetLastError(status.message());
-  return static_cast<vqkv_status_code>(status.code());
-}
-
-// Runs fn (returning absl::Status) so that no exception escapes.
-template <typename Fn>
-vqkv_status_code Guard(Fn&& fn) noexcept {
-  try {
-    return Report(fn());
-  } catch (const std::bad_alloc&) {
-    SetLastError("vqkv: out of memory");
-    return VQKV_RESOURCE_EXHAUSTED;
-  } catch (const std::exception& e) {
-    SetLastError(std::string("vqkv: unexpected exception: ") + e.what());
-    return VQKV_INTERNAL;
-  } catch (...) {
-    SetLastError("vqkv: unexpected exception");
-    return VQKV_INTERNAL;
-  }
-}
-
-absl::Status NullArgument(absl::string_view name) {
-  return absl::InvalidArgumentError(absl::StrCat(name, " is NULL"));
-}
-
-absl::Status BadStructSize(absl::string_view name, size_t got, size_t v1) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      name, "->struct_size is ", got, "; it must be at least ", v1,
-      " (set it to sizeof the struct, or use the *_init function)"));
-}
-
-// Copies a caller's input struct of in->struct_size bytes over *out (which
-// holds this library's defaults for fields the caller's version lacks).
-template <typename T>
-absl::Status ReadVersioned(const T* in, size_t v1_size, absl::string_view name,
-                           T* out) {
-  if (in == nullptr) return NullArgument(name);
-  const size_t size = in->struct_size;
-  if (size < v1_size) return BadStructSize(name, size, v1_size);
-  const auto* bytes = reinterpret_cast<const unsigned char*>(in);
-  for (size_t i = sizeof(T); i < size; ++i) {
-    if (bytes[i] != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, " sets fields this library (vqkv ", VQKV_VERSION_STRING,
-          ") does not know: byte ", i, " of ", size, " is not zero"));
-    }
-  }
-  std::memcpy(out, in, std::min(size, sizeof(T)));
-  out->struct_size = sizeof(T);
-  return absl::OkStatus();
-}
-
-// Writes `value` into a caller's output struct of out->struct_size bytes;
-// bytes past this library's struct are zeroed.
-template <typename T>
-absl::Status WriteVersioned(T value, size_t v1_size, absl::string_view name,
-                            T* out) {
-  if (out == nullptr) return NullArgument(name);
-  const size_t size = out->struct_size;
-  if (size < v1_size) return BadStructSize(name, size, v1_size);
-  value.struct_size = size;
-  std::memcpy(out, &value, std::min(size, sizeof(T)));
-  if (size > sizeof(T)) {
-    std::memset(reinterpret_cast<unsigned char*>(out) + sizeof(T), 0,
-                size - sizeof(T));
-  }
-  return absl::OkStatus();
-}
 
 absl::Status CheckResultSize(const size_t* struct_size, size_t v1_size,
                              absl::string_view name) {
@@ -241,7 +162,7 @@ absl::Status CheckIo(const vqkv_client_t* client, const int32_t* tokens,
 
 extern "C" {
 
-const char* vqkv_last_error(void) { return last_error.c_str(); }
+const char* vqkv_last_error(void) { return vqkv::c_api::LastError(); }
 
 const char* vqkv_status_code_name(vqkv_status_code code) {
   // The C codes are absl's (and gRPC's) numbers; the names are absl's.

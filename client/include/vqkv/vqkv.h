@@ -317,6 +317,137 @@ typedef struct vqkv_stats {
 VQKV_EXPORT vqkv_status_code vqkv_client_stats(const vqkv_client_t* client,
                                                vqkv_stats_t* stats);
 
+/* --- The paged, layer-wise worker API (client/kv_connector.h) ------------
+ *
+ * One call per method of vLLM's KV connector v1 worker interface
+ * (docs/CLIENT.md maps them): register the engine's page tensors once;
+ * per forward pass, start the loads, wait for each layer before its
+ * attention, save each layer after it, and wait for the saves' copies.
+ * Pages are in host memory. Loads decode into the pages layer by layer on
+ * a background thread; saves copy out of the pages during save_layer and
+ * are encoded and sent in the background (dropped and counted when staging
+ * is full). A failed load reports the engine block ids from its first bad
+ * block on; nothing unverified is written. */
+
+/* An open connector over a client. Opaque. */
+typedef struct vqkv_connector vqkv_connector_t;
+
+/* One layer's K and V page tensors and their element strides, in the order
+ * (block, slot, kv_head, dim): NHD [num_blocks][block_size][kv_heads]
+ * [head_dim] is {block_size*kv_heads*head_dim, kv_heads*head_dim, head_dim,
+ * 1}; HND swaps the middle two. A fixed layout (no struct_size). */
+typedef struct vqkv_paged_layer {
+  void* keys;
+  void* values;
+  int64_t key_strides[4];
+  int64_t value_strides[4];
+} vqkv_paged_layer_t;
+
+typedef struct vqkv_paged_caches {
+  size_t struct_size; /* sizeof(vqkv_paged_caches_t) */
+  int64_t num_blocks; /* engine pages */
+  int64_t block_size; /* tokens per engine page */
+  int32_t kv_heads;
+  int32_t head_dim;
+  int32_t kv_dtype;   /* a vqkv_kv_dtype */
+  int32_t num_layers; /* entries of `layers`: the client's layer count */
+  const vqkv_paged_layer_t* layers;
+} vqkv_paged_caches_t;
+
+/* A request's cached tokens to load into its pages: the first load_tokens
+ * of tokens (vqkv_lookup's answer, a multiple of block_tokens), page
+ * block_ids[t / block_size] holding token t. A fixed layout. */
+typedef struct vqkv_load_spec {
+  const char* request_id;
+  const int32_t* tokens;
+  size_t num_tokens;
+  const char* salt; /* NULL means "" */
+  const int32_t* block_ids;
+  size_t num_block_ids;
+  int64_t load_tokens;
+} vqkv_load_spec_t;
+
+/* A request's KV to save from its pages: the full blocks of tokens
+ * [skip_tokens, num_tokens) (skip_tokens: loaded or known cached, rounded
+ * down to a block). A fixed layout. */
+typedef struct vqkv_save_spec {
+  const char* request_id;
+  const int32_t* tokens;
+  size_t num_tokens;
+  const char* salt; /* NULL means "" */
+  const int32_t* block_ids;
+  size_t num_block_ids;
+  int64_t skip_tokens;
+} vqkv_save_spec_t;
+
+/* Opens a connector over `client`, which must outlive it. Errors:
+ * VQKV_INVALID_ARGUMENT for NULL arguments. */
+VQKV_EXPORT vqkv_status_code vqkv_connector_create(vqkv_client_t* client,
+                                                   vqkv_connector_t** out);
+/* Waits up to 5 s for background work (loads, saves), then frees the
+ * connector. NULL is a no-op. */
+VQKV_EXPORT void vqkv_connector_destroy(vqkv_connector_t* connector);
+
+/* Records the engine's page tensors (once). Errors: VQKV_INVALID_ARGUMENT
+ * for a bad struct_size, NULL pointers or tensors that do not match the
+ * client's layout (the message names the problem); VQKV_FAILED_PRECONDITION
+ * when already registered. */
+VQKV_EXPORT vqkv_status_code vqkv_connector_register_kv_caches(
+    vqkv_connector_t* connector, const vqkv_paged_caches_t* caches);
+
+/* Starts loading each spec's tokens into its pages and returns. Errors:
+ * VQKV_FAILED_PRECONDITION before register; VQKV_INVALID_ARGUMENT for bad
+ * specs (NULL arrays, too few block ids, a page out of range, load_tokens
+ * not a multiple of block_tokens). */
+VQKV_EXPORT vqkv_status_code
+vqkv_connector_start_load(vqkv_connector_t* connector,
+                          const vqkv_load_spec_t* loads, size_t num_loads);
+
+/* Returns once `layer` of every load started last is in the pages (or has
+ * failed); the last layer once the whole load is done. */
+VQKV_EXPORT vqkv_status_code
+vqkv_connector_wait_for_layer_load(vqkv_connector_t* connector, int32_t layer);
+
+/* Copies `layer` of each spec's new full blocks out of the pages; call for
+ * layers 0, 1, ... in order with the same specs. After the last layer they
+ * are encoded and sent in the background. Errors: as start_load, and
+ * VQKV_FAILED_PRECONDITION for a layer out of order. */
+VQKV_EXPORT vqkv_status_code
+vqkv_connector_save_layer(vqkv_connector_t* connector, int32_t layer,
+                          const vqkv_save_spec_t* saves, size_t num_saves);
+
+/* Returns once this pass's pages may be reused (never waits for the
+ * network). */
+VQKV_EXPORT vqkv_status_code
+vqkv_connector_wait_for_save(vqkv_connector_t* connector);
+
+/* Called once per request id; the string lives during the call. */
+typedef void (*vqkv_request_fn)(void* context, const char* request_id);
+
+/* Requests whose save (`saved`) or load (`loaded`) finished since the last
+ * call, one call of the function each; either function may be NULL. */
+VQKV_EXPORT vqkv_status_code
+vqkv_connector_get_finished(vqkv_connector_t* connector, vqkv_request_fn saved,
+                            vqkv_request_fn loaded, void* context);
+
+/* Engine block ids whose load failed since the last call: up to `capacity`
+ * of them into ids[], their count into *count; ids that do not fit stay for
+ * the next call, and *pending (if not NULL) says how many. The engine
+ * recomputes those pages. */
+VQKV_EXPORT vqkv_status_code vqkv_connector_take_load_error_block_ids(
+    vqkv_connector_t* connector, int32_t* ids, size_t capacity, size_t* count,
+    size_t* pending);
+
+/* Forgets a request: a save not yet sent is dropped; a load in progress
+ * completes but is not reported. */
+VQKV_EXPORT vqkv_status_code vqkv_connector_cancel(vqkv_connector_t* connector,
+                                                   const char* request_id);
+
+/* Waits up to timeout_ms for background work; saves not started by then are
+ * dropped. */
+VQKV_EXPORT vqkv_status_code
+vqkv_connector_shutdown(vqkv_connector_t* connector, uint32_t timeout_ms);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -1,12 +1,14 @@
 /* The C API (client/include/vqkv/vqkv.h), compiled as C99: a store / lookup
  * / load round trip through the embedded store with the fp16 codec (exact
  * for values representable in fp16), salt isolation, hash chains, bad
- * options and NULL arguments. Prints one line per failed check; exits 1 if
- * any failed. */
+ * options and NULL arguments, a rotate-half engine's client, and the paged
+ * connector (save from one engine's pages, load into another's). Prints one
+ * line per failed check; exits 1 if any failed. */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "vqkv/vqkv.h"
 
@@ -477,6 +479,156 @@ static void TestHalfKeyPairs(void) {
   vqkv_client_destroy(adjacent);
 }
 
+/* The paged connector: engine 1 saves a request's KV from its float32 NHD
+ * pages, engine 2 (another connector, HND pages) loads its two full blocks
+ * into other pages. */
+enum { kPages = 4, kPageElems = kPages * kBlock * kPerToken };
+static float pages_k1[kLayers][kPageElems], pages_v1[kLayers][kPageElems];
+static float pages_k2[kLayers][kPageElems], pages_v2[kLayers][kPageElems];
+
+static void CountRequest(void* context, const char* request_id) {
+  (void)request_id;
+  ++*(int*)context;
+}
+
+static void FillCaches(vqkv_paged_caches_t* c, vqkv_paged_layer_t* layers,
+                       float (*k)[kPageElems], float (*v)[kPageElems],
+                       int hnd) {
+  int l, i;
+  /* (block, slot, head, dim) strides in elements. */
+  const int64_t nhd[4] = {kBlock * kPerToken, kPerToken, kDim, 1};
+  const int64_t hnd_s[4] = {kBlock * kPerToken, kDim, kBlock * kDim, 1};
+  memset(c, 0, sizeof(*c));
+  c->struct_size = sizeof(*c);
+  c->num_blocks = kPages;
+  c->block_size = kBlock;
+  c->kv_heads = kHeads;
+  c->head_dim = kDim;
+  c->kv_dtype = VQKV_KV_FLOAT32;
+  c->num_layers = kLayers;
+  c->layers = layers;
+  for (l = 0; l < kLayers; ++l) {
+    layers[l].keys = k[l];
+    layers[l].values = v[l];
+    for (i = 0; i < 4; ++i) {
+      layers[l].key_strides[i] = hnd ? hnd_s[i] : nhd[i];
+      layers[l].value_strides[i] = hnd ? hnd_s[i] : nhd[i];
+    }
+  }
+}
+
+/* Offset of (page, slot, head, dim) in a layer's pages. */
+static int PageAt(int hnd, int page, int slot, int head, int dim) {
+  return hnd ? ((page * kHeads + head) * kBlock + slot) * kDim + dim
+             : ((page * kBlock + slot) * kHeads + head) * kDim + dim;
+}
+
+static void TestConnector(void) {
+  const int32_t ids1[3] = {2, 0, 3}, ids2[2] = {3, 1};
+  int32_t tokens[kTokens];
+  vqkv_client_t* client = OpenClient();
+  vqkv_connector_t *engine1 = NULL, *engine2 = NULL;
+  vqkv_paged_layer_t layers1[kLayers], layers2[kLayers];
+  vqkv_paged_caches_t caches1, caches2;
+  vqkv_save_spec_t save;
+  vqkv_load_spec_t load;
+  int saved = 0, loaded = 0, l, t, h, d;
+  int32_t failed[4];
+  size_t count = 99, pending = 99;
+  int64_t cached = -1;
+  clock_t start;
+  if (client == NULL) return;
+  for (t = 0; t < kTokens; ++t) tokens[t] = 5000 + 3 * t;
+  for (l = 0; l < kLayers; ++l) {
+    for (t = 0; t < kTokens; ++t) {
+      for (h = 0; h < kHeads; ++h) {
+        for (d = 0; d < kDim; ++d) {
+          const int at = PageAt(0, ids1[t / kBlock], t % kBlock, h, d);
+          pages_k1[l][at] = (float)((l * 31 + t * 7 + h * 3 + d) % 97) / 8.0f;
+          pages_v1[l][at] = (float)((l * 13 + t * 5 + h + d * 11) % 89) / 8.0f;
+        }
+      }
+    }
+  }
+  CHECK_CODE(vqkv_connector_create(client, &engine1), VQKV_OK);
+  CHECK_CODE(vqkv_connector_create(client, &engine2), VQKV_OK);
+  if (engine1 == NULL || engine2 == NULL) {
+    vqkv_connector_destroy(engine1);
+    vqkv_connector_destroy(engine2);
+    vqkv_client_destroy(client);
+    return;
+  }
+  FillCaches(&caches1, layers1, pages_k1, pages_v1, 0);
+  FillCaches(&caches2, layers2, pages_k2, pages_v2, 1);
+
+  /* Loading before the pages are registered is a misuse. */
+  memset(&load, 0, sizeof(load));
+  load.request_id = "r2";
+  load.tokens = tokens;
+  load.num_tokens = kTokens;
+  load.block_ids = ids2;
+  load.num_block_ids = 2;
+  load.load_tokens = 2 * kBlock;
+  CHECK_CODE(vqkv_connector_start_load(engine2, &load, 1),
+             VQKV_FAILED_PRECONDITION);
+  caches1.kv_dtype = 9;
+  CHECK_CODE(vqkv_connector_register_kv_caches(engine1, &caches1),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("kv_dtype");
+  caches1.kv_dtype = VQKV_KV_FLOAT32;
+  CHECK_CODE(vqkv_connector_register_kv_caches(engine1, &caches1), VQKV_OK);
+  CHECK_CODE(vqkv_connector_register_kv_caches(engine2, &caches2), VQKV_OK);
+
+  memset(&save, 0, sizeof(save));
+  save.request_id = "r1";
+  save.tokens = tokens;
+  save.num_tokens = kTokens;
+  save.block_ids = ids1;
+  save.num_block_ids = 3;
+  for (l = 0; l < kLayers; ++l) {
+    CHECK_CODE(vqkv_connector_save_layer(engine1, l, &save, 1), VQKV_OK);
+  }
+  CHECK_CODE(vqkv_connector_wait_for_save(engine1), VQKV_OK);
+  /* The save goes on in the background; wait (at most 10 s) for it. */
+  start = clock();
+  while (saved == 0 && clock() - start < 10 * CLOCKS_PER_SEC) {
+    CHECK_CODE(vqkv_connector_get_finished(engine1, CountRequest, NULL, &saved),
+               VQKV_OK);
+  }
+  CHECK(saved == 1);
+  CHECK_CODE(vqkv_lookup(client, tokens, kTokens, NULL, &cached), VQKV_OK);
+  CHECK(cached == 2 * kBlock);
+
+  CHECK_CODE(vqkv_connector_start_load(engine2, &load, 1), VQKV_OK);
+  for (l = 0; l < kLayers; ++l) {
+    CHECK_CODE(vqkv_connector_wait_for_layer_load(engine2, l), VQKV_OK);
+  }
+  CHECK_CODE(vqkv_connector_get_finished(engine2, NULL, CountRequest, &loaded),
+             VQKV_OK);
+  CHECK(loaded == 1);
+  CHECK_CODE(vqkv_connector_take_load_error_block_ids(engine2, failed, 4,
+                                                      &count, &pending),
+             VQKV_OK);
+  CHECK(count == 0 && pending == 0);
+  for (l = 0; l < kLayers; ++l) {
+    for (t = 0; t < 2 * kBlock; ++t) {
+      for (h = 0; h < kHeads; ++h) {
+        for (d = 0; d < kDim; ++d) {
+          const int from = PageAt(0, ids1[t / kBlock], t % kBlock, h, d);
+          const int to = PageAt(1, ids2[t / kBlock], t % kBlock, h, d);
+          CHECK(pages_k2[l][to] == pages_k1[l][from]);
+          CHECK(pages_v2[l][to] == pages_v1[l][from]);
+        }
+      }
+    }
+  }
+  CHECK_CODE(vqkv_connector_cancel(engine1, NULL), VQKV_INVALID_ARGUMENT);
+  CHECK_CODE(vqkv_connector_shutdown(engine1, 1000), VQKV_OK);
+  vqkv_connector_destroy(engine1);
+  vqkv_connector_destroy(engine2);
+  vqkv_client_destroy(client);
+}
+
 int main(void) {
   TestNames();
   TestTuneAllocator();
@@ -484,6 +636,7 @@ int main(void) {
   TestHashChain();
   TestBadOptions();
   TestHalfKeyPairs();
+  TestConnector();
   TestNullArguments();
   if (failures != 0) {
     fprintf(stderr, "c_api_test: %d check(s) failed\n", failures);
