@@ -249,6 +249,10 @@ absl::StatusOr<std::unique_ptr<ClusterBackend>> ClusterBackend::Create(
                      [self] { (void)self->ProbeOpenNodes(); });
     });
   }
+  if (backend->options_.read_repair) {
+    backend->repairer_ =
+        std::make_unique<std::thread>([self] { self->RunRepairs(); });
+  }
   return backend;
 }
 
@@ -266,6 +270,77 @@ ClusterBackend::~ClusterBackend() {
   }
   if (refresher_ != nullptr) refresher_->join();
   if (prober_ != nullptr) prober_->join();
+  {
+    absl::MutexLock lock(&repair_mu_);
+    repair_stop_ = true;
+  }
+  if (repairer_ != nullptr) repairer_->join();
+}
+
+void ClusterBackend::EnqueueRepair(Repair repair) {
+  const int64_t blocks = static_cast<int64_t>(repair.hashes.size());
+  absl::MutexLock lock(&repair_mu_);
+  if (repair_stop_ ||
+      repair_bytes_ + repair.bytes > options_.max_repair_bytes) {
+    read_repairs_dropped_ += blocks;
+    return;
+  }
+  repair_bytes_ += repair.bytes;
+  repairs_.push_back(std::move(repair));
+}
+
+void ClusterBackend::RunRepairs() {
+  for (;;) {
+    Repair r;
+    {
+      absl::MutexLock lock(&repair_mu_);
+      repair_mu_.Await(absl::Condition(
+          +[](ClusterBackend* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->repair_mu_) {
+            return b->repair_stop_ || !b->repairs_.empty();
+          },
+          this));
+      if (repair_stop_) {
+        for (const Repair& left : repairs_) {
+          read_repairs_dropped_ += static_cast<int64_t>(left.hashes.size());
+        }
+        repairs_.clear();
+        repair_bytes_ = 0;
+        return;
+      }
+      r = std::move(repairs_.front());
+      repairs_.pop_front();
+      repairing_ = true;
+    }
+    const absl::Time deadline = absl::Now() + options_.repair_timeout;
+    EnsureCodebooks(codebooks_.get(), r.node.get(), deadline);
+    std::vector<PutItem> items;
+    for (size_t i = 0; i < r.hashes.size(); ++i) {
+      items.push_back(PutItem{r.hashes[i], r.data[i], r.positions[i]});
+    }
+    Node* node = r.node.get();
+    absl::StatusOr<std::vector<absl::Status>> put =
+        CallNode<absl::StatusOr<std::vector<absl::Status>>>(
+            node, [&] { return node->backend->Put(*r.ns, items, deadline); });
+    for (size_t i = 0; i < items.size(); ++i) {
+      const bool stored = put.ok() && put->size() == items.size() &&
+                          ((*put)[i].ok() || absl::IsAlreadyExists((*put)[i]));
+      ++(stored ? read_repairs_ : read_repairs_dropped_);
+    }
+    absl::MutexLock lock(&repair_mu_);
+    repair_bytes_ -= r.bytes;
+    repairing_ = false;
+  }
+}
+
+bool ClusterBackend::WaitForRepairs(absl::Duration timeout) {
+  absl::MutexLock lock(&repair_mu_);
+  return repair_mu_.AwaitWithTimeout(
+      absl::Condition(
+          +[](ClusterBackend* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->repair_mu_) {
+            return b->repairs_.empty() && !b->repairing_;
+          },
+          this),
+      timeout);
 }
 
 absl::Time ClusterBackend::Now() const {
@@ -550,6 +625,26 @@ absl::StatusOr<std::vector<GetItem>> ClusterBackend::Get(
   absl::flat_hash_set<Node*> failed_nodes;
   std::optional<absl::Status> first_error;
   bool any_ok = false;
+  // Read repair: current owners that answered "not found" for a block, and
+  // the copies to write back to each node once a later owner had it.
+  std::vector<std::vector<Node*>> missed(n);
+  absl::flat_hash_map<Node*, Repair> repairs;
+  auto plan_repair = [&](size_t i, const std::string& data) {
+    for (Node* m : missed[i]) {
+      Repair& r = repairs[m];
+      if (r.node == nullptr) {
+        for (const std::shared_ptr<Node>& sp : view->nodes) {
+          if (sp.get() == m) r.node = sp;
+        }
+        r.ns = shared_ns;
+      }
+      if (r.node == nullptr) continue;  // not a member (cannot happen)
+      r.hashes.push_back(hashes[i]);
+      r.data.push_back(data);
+      r.positions.push_back(static_cast<uint32_t>(i));
+      r.bytes += data.size();
+    }
+  };
   while (absl::Now() < deadline) {
     Groups groups;
     for (size_t i = 0; i < n; ++i) {
@@ -594,9 +689,15 @@ absl::StatusOr<std::vector<GetItem>> ClusterBackend::Get(
         if (item.ok()) {
           if (next[i] > 0) ++fallback_reads_;
           if (next[i] >= current_owners[i]) ++previous_owner_reads_;
+          if (options_.read_repair && !missed[i].empty()) {
+            plan_repair(i, *item);
+          }
           out[i] = std::move(item);
           done[i] = true;
           continue;
+        }
+        if (absl::IsNotFound(item.status()) && next[i] < current_owners[i]) {
+          missed[i].push_back(groups.nodes[g]);
         }
         // Keep the most telling answer: a miss over a transient error.
         if (!answered[i] || !absl::IsNotFound(out[i].status())) {
@@ -606,6 +707,9 @@ absl::StatusOr<std::vector<GetItem>> ClusterBackend::Get(
         ++next[i];
       }
     }
+  }
+  for (auto& [node, repair] : repairs) {
+    if (repair.node != nullptr) EnqueueRepair(std::move(repair));
   }
   if (!any_ok) return NoNodeError(first_error);
   return out;
@@ -700,6 +804,8 @@ ClusterStats ClusterBackend::Stats() const {
   out.membership_version = view->version;
   out.replica_put_failures = replica_put_failures_.load();
   out.fallback_reads = fallback_reads_.load();
+  out.read_repairs = read_repairs_.load();
+  out.read_repairs_dropped = read_repairs_dropped_.load();
   out.previous_owner_reads = previous_owner_reads_.load();
   auto add = [&](const Node& n, bool member) {
     NodeStats s;

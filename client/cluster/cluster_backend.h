@@ -14,6 +14,15 @@
 //   an error moves the block to its next owner. For `previous_owner_window`
 //   after a membership change the owners under the previous node set are
 //   asked too (after the current ones), so a scale-up is no miss storm.
+// - Read repair: a block a Get found on a later owner is written back, in
+//   the background, to the current owners asked before it that answered
+//   "not found" (one that was down when the block was stored, or its new
+//   owner after a membership change), so the copies reads go to first heal
+//   as they are read. Owners after the one that had it are not asked, so
+//   a lost second copy stays lost until that block is stored again. At most
+//   max_repair_bytes wait for the repair thread; more are dropped and
+//   counted. The block's index in the Get is its chain position hint
+//   (loads fetch a prefix from its first block).
 // - Codebooks are registered on every node (and remembered, so a node that
 //   joins or comes back gets them before its first Put) and fetched from any.
 // - Rendezvous entries go to their key's owners like blocks.
@@ -42,6 +51,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -82,6 +92,11 @@ struct ClusterBackendOptions {
                                    .probe_interval = absl::Seconds(1),
                                    .max_probe_interval = absl::Seconds(30),
                                    .jitter = 0.2};
+  // Read repair (above) and the bytes of blocks that may wait for it.
+  bool read_repair = true;
+  uint64_t max_repair_bytes = uint64_t{64} << 20;
+  // Deadline of one repair write.
+  absl::Duration repair_timeout = absl::Seconds(10);
   // Settings of every node's GrpcBackend (the target is the node's).
   GrpcBackendOptions grpc;
   // Test seams: per-node backends (default NewGrpcBackend with `grpc`), the
@@ -116,6 +131,8 @@ struct ClusterStats {
   int64_t replica_put_failures = 0;  // owner writes that failed, block stored
   int64_t fallback_reads = 0;        // blocks found on a later owner
   int64_t previous_owner_reads = 0;  // of which on a previous owner
+  int64_t read_repairs = 0;          // blocks written back to an owner
+  int64_t read_repairs_dropped = 0;  // not written: queue full, write failed
   std::vector<NodeStats> nodes;      // current members first, then previous
 };
 
@@ -166,6 +183,10 @@ class ClusterBackend : public Backend {
   ClusterStats Stats() const;
   std::vector<NodeStats> NodeStatsList() const { return Stats().nodes; }
 
+  // Waits until no read repair is queued or running, or `timeout` passed;
+  // true when idle (for tests and orderly shutdowns).
+  bool WaitForRepairs(absl::Duration timeout);
+
   // The current owners of a block, highest weight first (for tests and
   // tools).
   std::vector<std::string> OwnersOf(const storage::BlockHash& hash) const;
@@ -191,6 +212,21 @@ class ClusterBackend : public Backend {
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::Time Now() const;
 
+  // Blocks to write back to one node (read repair).
+  struct Repair {
+    std::shared_ptr<Node> node;
+    std::shared_ptr<const storage::NamespaceSpec> ns;
+    std::vector<storage::BlockHash> hashes;
+    std::vector<std::string> data;
+    std::vector<uint32_t> positions;
+    uint64_t bytes = 0;
+  };
+  // Queues `repair` unless the queue would pass max_repair_bytes (then it
+  // is dropped and counted).
+  void EnqueueRepair(Repair repair) ABSL_LOCKS_EXCLUDED(repair_mu_);
+  // The repair thread's loop: writes queued repairs until the destructor.
+  void RunRepairs() ABSL_LOCKS_EXCLUDED(repair_mu_);
+
   const std::unique_ptr<Membership> membership_;
   const ClusterBackendOptions options_;
 
@@ -209,8 +245,16 @@ class ClusterBackend : public Backend {
   std::atomic<int64_t> replica_put_failures_{0};
   std::atomic<int64_t> fallback_reads_{0};
   std::atomic<int64_t> previous_owner_reads_{0};
+  std::atomic<int64_t> read_repairs_{0};
+  std::atomic<int64_t> read_repairs_dropped_{0};
+  absl::Mutex repair_mu_;
+  std::deque<Repair> repairs_ ABSL_GUARDED_BY(repair_mu_);
+  uint64_t repair_bytes_ ABSL_GUARDED_BY(repair_mu_) = 0;
+  bool repairing_ ABSL_GUARDED_BY(repair_mu_) = false;  // one in flight
+  bool repair_stop_ ABSL_GUARDED_BY(repair_mu_) = false;
   std::unique_ptr<std::thread> refresher_;
   std::unique_ptr<std::thread> prober_;
+  std::unique_ptr<std::thread> repairer_;
 };
 
 }  // namespace vqkv::client::cluster

@@ -456,10 +456,67 @@ TEST(ClusterBackendTest, PreviousOwnersAreReadForAWindowAfterAChange) {
   PutAll(b.get(), hashes);
   EXPECT_EQ(f.node(3).size(), static_cast<size_t>(moved));
   EXPECT_TRUE(f.node(3).HasCodebook(cb));
-  // After the window the old copies are not asked; the new node has them.
+  // After the window the old copies are not asked; the new node has them
+  // (read repair copied them there too: let it finish before erasing).
+  ASSERT_TRUE(b->WaitForRepairs(absl::Seconds(10)));
   for (const auto& h : hashes) f.node(3).Erase(h);
   f.Advance(absl::Minutes(5) + absl::Seconds(1));
   EXPECT_EQ(Found(b.get(), hashes), 400 - moved);
+}
+
+// A node that was down while blocks were stored gets the copies it serves
+// first (the blocks it is the primary owner of) back as they are read from
+// the other owner (read repair, in the background); a read that finds the
+// primary needs no repair; off, or over the queue's byte budget, nothing
+// is written back and the drop is counted.
+TEST(ClusterBackendTest, ReadRepairHealsAnOwnerThatMissedTheWrite) {
+  Fixture f;
+  auto b = f.Open("n0:1,n1:1,n2:1", 2);
+  const std::vector<BlockHash> hashes = Hashes(120);
+  f.node(0).fail = true;
+  PutAll(b.get(), hashes);  // n0's blocks went to their other owner only
+  f.node(0).fail = false;
+  f.Advance(absl::Milliseconds(1300));
+  ASSERT_EQ(b->ProbeOpenNodes(), 1);
+  std::vector<BlockHash> on_n0;  // n0 first: reads ask it before the other
+  for (const auto& h : hashes) {
+    if (b->OwnersOf(h)[0] == "n0:1") on_n0.push_back(h);
+  }
+  ASSERT_GT(on_n0.size(), 20u);
+  ASSERT_EQ(f.node(0).size(), 0u);
+
+  EXPECT_EQ(Found(b.get(), hashes), 120);
+  ASSERT_TRUE(b->WaitForRepairs(absl::Seconds(10)));
+  EXPECT_EQ(f.node(0).size(), on_n0.size());
+  for (const auto& h : on_n0) {
+    absl::MutexLock l(&f.node(0).mu);
+    auto it = f.node(0).blocks.find(h);
+    ASSERT_NE(it, f.node(0).blocks.end());
+    EXPECT_EQ(it->second, Data(h));
+  }
+  ClusterStats s = b->Stats();
+  EXPECT_EQ(s.read_repairs, static_cast<int64_t>(on_n0.size()));
+  EXPECT_EQ(s.read_repairs_dropped, 0);
+  // The copies are where they belong now: nothing more to repair.
+  EXPECT_EQ(Found(b.get(), hashes), 120);
+  ASSERT_TRUE(b->WaitForRepairs(absl::Seconds(10)));
+  EXPECT_EQ(b->Stats().read_repairs, static_cast<int64_t>(on_n0.size()));
+
+  for (const bool off : {true, false}) {
+    SCOPED_TRACE(off ? "read_repair off" : "budget of one byte");
+    for (const auto& h : on_n0) f.node(0).Erase(h);
+    ClusterBackendOptions o = f.Options(2);
+    o.read_repair = !off;
+    o.max_repair_bytes = off ? o.max_repair_bytes : 1;
+    auto c = ClusterBackend::Create("n0:1,n1:1,n2:1", o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(Found(c->get(), hashes), 120);
+    ASSERT_TRUE((*c)->WaitForRepairs(absl::Seconds(10)));
+    EXPECT_EQ(f.node(0).size(), 0u);
+    EXPECT_EQ((*c)->Stats().read_repairs, 0);
+    EXPECT_EQ((*c)->Stats().read_repairs_dropped,
+              off ? 0 : static_cast<int64_t>(on_n0.size()));
+  }
 }
 
 // The prober checks the nodes a call can reach: a node that left is
