@@ -30,6 +30,7 @@ using vqkv::c_api::BadStructSize;
 using vqkv::c_api::Guard;
 using vqkv::c_api::NullArgument;
 using vqkv::c_api::ReadVersioned;
+using vqkv::c_api::Str;
 using vqkv::c_api::WriteVersioned;
 using vqkv::client::CacheClient;
 
@@ -53,8 +54,6 @@ absl::Status CheckResultSize(const size_t* struct_size, size_t v1_size,
   }
   return absl::OkStatus();
 }
-
-std::string Str(const char* s) { return s == nullptr ? std::string() : s; }
 
 absl::StatusOr<vqkv::storage::KvDtype> ToDtype(int32_t dtype) {
   switch (dtype) {

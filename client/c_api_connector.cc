@@ -27,13 +27,12 @@ namespace {
 
 using vqkv::c_api::Guard;
 using vqkv::c_api::NullArgument;
+using vqkv::c_api::Str;
 using vqkv::client::LoadSpec;
 using vqkv::client::SaveSpec;
 
 constexpr size_t kPagedCachesV1Size =
     offsetof(vqkv_paged_caches_t, layers) + sizeof(void*);
-
-std::string Str(const char* s) { return s == nullptr ? std::string() : s; }
 
 absl::Status CheckConnector(const vqkv_connector_t* c) {
   return c == nullptr ? NullArgument("connector") : absl::OkStatus();

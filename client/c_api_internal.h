@@ -52,6 +52,11 @@ vqkv_status_code Guard(Fn&& fn) noexcept {
   }
 }
 
+// A C string argument, NULL as "".
+inline std::string Str(const char* s) {
+  return s == nullptr ? std::string() : s;
+}
+
 inline absl::Status NullArgument(absl::string_view name) {
   return absl::InvalidArgumentError(absl::StrCat(name, " is NULL"));
 }

@@ -190,9 +190,10 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(
       key_rope = *set->key_rope();
     }
   }
-  if (options.engine_key_pairs !=
-          (key_rope ? key_rope->pairs : RopePairs::kAdjacent) &&
-      codec->layout().head_dim % 2 != 0 && !key_rope) {
+  // With a recorded RoPE the pairs span its (validated, even) rotary
+  // dimensions; otherwise the whole head, which must then pair up.
+  if (!key_rope && options.engine_key_pairs != RopePairs::kAdjacent &&
+      codec->layout().head_dim % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "engine_key_pairs asks to reorder key pairs, but head_dim ",
         codec->layout().head_dim, " is odd"));

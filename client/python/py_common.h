@@ -51,7 +51,7 @@ T ValueOrThrow(absl::StatusOr<T> value) {
 
 // int32 values from a sequence of ints or a 1-d integer numpy array; errors
 // name them as `what` ("tokens") and one of them as `item_name` ("token").
-inline std::vector<int32_t> ToInt32s(const py::handle& tokens,
+inline std::vector<int32_t> ToInt32s(const py::handle& obj,
                                      const char* item_name, const char* what) {
   std::vector<int32_t> out;
   auto append = [&](int64_t v) {
@@ -62,8 +62,8 @@ inline std::vector<int32_t> ToInt32s(const py::handle& tokens,
     }
     out.push_back(static_cast<int32_t>(v));
   };
-  if (py::isinstance<py::array>(tokens)) {
-    const py::array a = py::reinterpret_borrow<py::array>(tokens);
+  if (py::isinstance<py::array>(obj)) {
+    const py::array a = py::reinterpret_borrow<py::array>(obj);
     const char kind = a.dtype().kind();
     if ((kind != 'i' && kind != 'u') || a.ndim() != 1) {
       throw py::value_error(absl::StrCat(
@@ -78,12 +78,11 @@ inline std::vector<int32_t> ToInt32s(const py::handle& tokens,
     for (py::ssize_t i = 0; i < ints.size(); ++i) append(ints.data()[i]);
     return out;
   }
-  if (!py::isinstance<py::sequence>(tokens) ||
-      py::isinstance<py::str>(tokens)) {
+  if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::str>(obj)) {
     throw py::value_error(absl::StrCat(
         what, " must be a 1-d integer array or a sequence of ints"));
   }
-  const py::sequence seq = py::reinterpret_borrow<py::sequence>(tokens);
+  const py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
   out.reserve(seq.size());
   for (const py::handle item : seq) {
     if (!PyLong_Check(item.ptr())) {
