@@ -130,23 +130,6 @@ void ScatterOne(const PagedKvCaches& c, void* dst, const int64_t strides[4],
 
 int DTypeBytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
-float Bf16ToFloat(uint16_t h) {
-  const uint32_t bits = uint32_t{h} << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-uint16_t FloatToBf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) {
-    return static_cast<uint16_t>((bits >> 16) | 0x40);  // quiet NaN
-  }
-  const uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>((bits + rounding) >> 16);
-}
-
 PagedKvCaches PagedKvCaches::Nhd(std::vector<void*> keys,
                                  std::vector<void*> values, int64_t num_blocks,
                                  int64_t block_size, int kv_heads, int head_dim,

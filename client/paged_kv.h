@@ -80,10 +80,6 @@ void ScatterLayer(const PagedKvCaches& caches, int layer,
                   absl::Span<const int32_t> block_ids, int64_t t0, int64_t n,
                   const float* keys, const float* values);
 
-// Conversions used above (and by tests): IEEE binary16 and bfloat16.
-float Bf16ToFloat(uint16_t h);
-uint16_t FloatToBf16(float f);
-
 }  // namespace vqkv::client
 
 #endif  // VQKV_CLIENT_PAGED_KV_H_

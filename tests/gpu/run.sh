@@ -11,8 +11,9 @@
 #
 # Every result goes under $OUT (else build-gpu/results): run.log (commit,
 # device, driver, clocks, nvcc, each step's outcome), configure.log,
-# build.log, rvq_cuda_test.log and .xml (VQKV_REQUIRE_GPU=1: no device is a
-# failure, not a skip), cuda_codec_bench.txt. A failed step is logged and the
+# build.log, rvq_cuda_test.log and .xml, paged_copy_cuda_test.log and .xml
+# (VQKV_REQUIRE_GPU=1: no device is a failure, not a skip),
+# cuda_codec_bench.txt. A failed step is logged and the
 # later steps still run; the exit status is 0 only if every step passed.
 # Budget: about 3 minutes on 16 cores, under 8 with every timeout reached.
 set -uo pipefail
@@ -58,7 +59,7 @@ built=0
 if step "configure ($BUILD_DIR, CUDA archs $CUDA_ARCHS)" 120 \
   "$RESULTS/configure.log" cmake -S tests/gpu -B "$BUILD_DIR" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS"; then
-  step "build rvq_cuda_test cuda_codec_bench" 300 "$RESULTS/build.log" \
+  step "build rvq_cuda_test paged_copy_cuda_test cuda_codec_bench" 300 "$RESULTS/build.log" \
     cmake --build "$BUILD_DIR" -j "$JOBS" && built=1
 fi
 
@@ -74,6 +75,11 @@ if [[ $built == 1 ]]; then
     "--xml=$RESULTS/rvq_cuda_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
     "$RESULTS/rvq_cuda_test.log" | tee -a "$RESULTS/run.log"
+  step "paged KV gather/scatter vs reference" 60 \
+    "$RESULTS/paged_copy_cuda_test.log" "$BUILD_DIR/paged_copy_cuda_test" \
+    "--xml=$RESULTS/paged_copy_cuda_test.xml"
+  grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
+    "$RESULTS/paged_copy_cuda_test.log" | tee -a "$RESULTS/run.log"
   step "throughput at the paper configuration" 120 \
     "$RESULTS/cuda_codec_bench.txt" "$BUILD_DIR/cuda_codec_bench"
   cat "$RESULTS/cuda_codec_bench.txt" >>"$RESULTS/run.log"

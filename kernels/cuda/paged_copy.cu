@@ -1,0 +1,102 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/paged_copy.cuh"
+
+namespace vqkv::cuda {
+namespace {
+
+__device__ float LoadElement(const void* data, int32_t dtype, int64_t off) {
+  switch (dtype) {
+    case kPageF16:
+      return __half2float(static_cast<const __half*>(data)[off]);
+    case kPageBf16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[off]);
+    default:
+      return static_cast<const float*>(data)[off];
+  }
+}
+
+__device__ void StoreElement(void* data, int32_t dtype, int64_t off, float v) {
+  switch (dtype) {
+    case kPageF16:
+      static_cast<__half*>(data)[off] = __float2half_rn(v);
+      return;
+    case kPageBf16:
+      static_cast<__nv_bfloat16*>(data)[off] = __float2bfloat16_rn(v);
+      return;
+    default:
+      static_cast<float*>(data)[off] = v;
+  }
+}
+
+// One thread per (row, head, d) element of K and of V, grid-stride over the
+// 2 * n * kv_heads * head_dim elements; consecutive threads take consecutive
+// d, so row buffers are read and written coalesced.
+template <bool kGather>
+__global__ void PagedCopyKernel(PageTensor keys, PageTensor values,
+                                const PagedRow* rows, int64_t n, int kv_heads,
+                                int head_dim) {
+  const int64_t per_row = int64_t{kv_heads} * head_dim;
+  const int64_t total = 2 * n * per_row;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const bool is_value = i >= n * per_row;
+    const int64_t j = is_value ? i - n * per_row : i;
+    const int64_t r = j / per_row;
+    const int64_t e = j - r * per_row;
+    const int h = static_cast<int>(e / head_dim);
+    const int d = static_cast<int>(e - int64_t{h} * head_dim);
+    const PageTensor& t = is_value ? values : keys;
+    const PagedRow row = rows[r];
+    const int64_t off = row.page * t.strides[0] + row.slot * t.strides[1] +
+                        h * t.strides[2] + d * t.strides[3];
+    float* buf = is_value ? row.values : row.keys;
+    if constexpr (kGather) {
+      buf[e] = LoadElement(t.data, t.dtype, off);
+    } else {
+      StoreElement(t.data, t.dtype, off, buf[e]);
+    }
+  }
+}
+
+bool Valid(const PageTensor& t) {
+  return t.data != nullptr &&
+         (t.dtype == kPageF16 || t.dtype == kPageBf16 || t.dtype == kPageF32);
+}
+
+template <bool kGather>
+cudaError_t LaunchPagedCopy(const PageTensor& keys, const PageTensor& values,
+                            const PagedRow* d_rows, int64_t n, int kv_heads,
+                            int head_dim, cudaStream_t stream) {
+  if (n < 0 || kv_heads < 1 || head_dim < 1) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  if (d_rows == nullptr || !Valid(keys) || !Valid(values)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t total = 2 * n * kv_heads * int64_t{head_dim};
+  constexpr int kThreads = 256;
+  const int64_t wanted = (total + kThreads - 1) / kThreads;
+  const int blocks = static_cast<int>(wanted < 65535 * 8 ? wanted : 65535 * 8);
+  PagedCopyKernel<kGather><<<blocks, kThreads, 0, stream>>>(
+      keys, values, d_rows, n, kv_heads, head_dim);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t LaunchPagedGather(const PageTensor& keys, const PageTensor& values,
+                              const PagedRow* d_rows, int64_t n, int kv_heads,
+                              int head_dim, cudaStream_t stream) {
+  return LaunchPagedCopy<true>(keys, values, d_rows, n, kv_heads, head_dim,
+                               stream);
+}
+
+cudaError_t LaunchPagedScatter(const PageTensor& keys, const PageTensor& values,
+                               const PagedRow* d_rows, int64_t n, int kv_heads,
+                               int head_dim, cudaStream_t stream) {
+  return LaunchPagedCopy<false>(keys, values, d_rows, n, kv_heads, head_dim,
+                                stream);
+}
+
+}  // namespace vqkv::cuda
