@@ -14,6 +14,8 @@ struct KvConnector::LoadBatch {
   absl::Mutex mu;
   int layers_ready ABSL_GUARDED_BY(mu) = 0;  // layers [0, this) are written
   bool done ABSL_GUARDED_BY(mu) = false;
+  // Device pages: each layer's copy into the pages (0: none was needed).
+  std::vector<KvDevice::Event> layer_events ABSL_GUARDED_BY(mu);
   std::thread thread;
 };
 
@@ -22,8 +24,10 @@ struct KvConnector::PendingSave {
   std::vector<BlockHash> hashes;
   int64_t first_block = 0;  // blocks [first_block, hashes.size()) are saved
   int64_t reserved = 0;     // staging bytes reserved with the client
-  // [block][layer][block_tokens][kv_head][head_dim], block from first_block.
-  std::vector<float> keys, values;
+  // [block][layer][block_tokens][kv_head][head_dim], block from first_block;
+  // for device pages, staging of the KvDevice, complete once `gathered` is.
+  std::shared_ptr<float[]> keys, values;
+  KvDevice::Event gathered = 0;
 };
 
 namespace {
@@ -83,14 +87,15 @@ KvConnector::~KvConnector() { Shutdown(absl::Seconds(5)); }
 absl::Status KvConnector::RegisterKvCaches(PagedKvCaches caches) {
   absl::Status s = caches.Validate(client_->layout());
   if (!s.ok()) return s;
-  if (caches.device == Device::kCuda) {
-    return absl::UnimplementedError(
-        "KV caches in CUDA device memory need the CUDA path, which this "
-        "build does not have; register host caches");
-  }
   absl::MutexLock lock(&mu_);
   if (registered_) {
     return absl::FailedPreconditionError("KV caches are already registered");
+  }
+  if (caches.device == Device::kCuda) {
+    absl::StatusOr<std::unique_ptr<KvDevice>> device =
+        device_factory_ ? device_factory_(caches) : NewKvDevice(caches);
+    if (!device.ok()) return device.status();
+    device_ = *std::move(device);
   }
   caches_ = std::move(caches);
   registered_ = true;
@@ -125,6 +130,11 @@ absl::Status KvConnector::StartLoad(std::vector<LoadSpec> loads) {
   }
   auto batch = std::make_shared<LoadBatch>();
   batch->specs = std::move(loads);
+  if (device_ != nullptr) {
+    // The loads' pages may still be read by kernels of earlier passes.
+    absl::Status s = device_->OrderAfterCompute();
+    if (!s.ok()) return s;
+  }
   {
     absl::MutexLock lock(&mu_);
     load_ = batch;
@@ -171,10 +181,46 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
       std::max(1, client_->options().decode_threads),
       std::max<int64_t>(1, static_cast<int64_t>(jobs.size()))));
   absl::Mutex fail_mu;
+  // Any failure of the device fails every block of the batch: the pages
+  // may hold part of a copy.
+  bool device_failed = false;
+  auto fail_all = [&] {
+    device_failed = true;
+    absl::MutexLock lock(&fail_mu);
+    for (Fetched& f : fetched) f.good = 0;
+  };
+  // Device pages: a layer's blocks are decoded into staging (two buffers,
+  // so layer l + 1 decodes while layer l is copied) and copied in one go.
+  const size_t job_floats = static_cast<size_t>(B * row);
+  const size_t stage_floats = jobs.size() * job_floats;  // keys or values
+  std::shared_ptr<float[]> stage[2];
+  KvDevice::Event stage_event[2] = {0, 0};
+  KvDevice::Event last_event = 0;
+  if (device_ != nullptr && !jobs.empty()) {
+    for (auto& st : stage) {
+      st = device_->NewStaging(2 * stage_floats);
+      if (st == nullptr) fail_all();
+    }
+  }
+  std::vector<char> decoded(jobs.size());
   for (int layer = 0; layer < l.layers; ++layer) {
+    float* stage_k = nullptr;
+    if (device_ != nullptr && !device_failed && !jobs.empty()) {
+      const int which = layer % 2;
+      if (stage_event[which] != 0 && !device_->Wait(stage_event[which]).ok()) {
+        fail_all();
+      } else {
+        stage_k = stage[which].get();
+      }
+    }
     auto decode = [&](int t) {
-      std::vector<float> k(static_cast<size_t>(B * row)), v(k.size());
+      std::vector<float> own_k, own_v;
+      if (stage_k == nullptr) {
+        own_k.resize(job_floats);
+        own_v.resize(job_floats);
+      }
       for (size_t j = t; j < jobs.size(); j += threads) {
+        decoded[j] = 0;
         const LoadSpec& spec = batch->specs[jobs[j].spec];
         Fetched& f = fetched[jobs[j].spec];
         const int64_t b = jobs[j].block;
@@ -182,25 +228,48 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
           absl::MutexLock lock(&fail_mu);
           if (b >= f.good) continue;
         }
+        float* k = stage_k != nullptr ? stage_k + j * job_floats : own_k.data();
+        float* v = stage_k != nullptr ? stage_k + stage_floats + j * job_floats
+                                      : own_v.data();
         const absl::Status st = client_->DecodeVerifiedLayers(
-            *f.got[b], f.headers[b], static_cast<uint32_t>(b), layer, 1,
-            k.data(), v.data());
+            *f.got[b], f.headers[b], static_cast<uint32_t>(b), layer, 1, k, v);
         if (!st.ok()) {
           absl::MutexLock lock(&fail_mu);
           f.good = std::min(f.good, b);
           continue;
         }
-        ScatterLayer(caches_, layer, spec.block_ids, b * B, B, k.data(),
-                     v.data());
+        decoded[j] = 1;
+        if (stage_k == nullptr && device_ == nullptr) {
+          ScatterLayer(caches_, layer, spec.block_ids, b * B, B, k, v);
+        }
       }
     };
-    base::RunParts(threads, decode);
+    if (!device_failed) base::RunParts(threads, decode);
+    KvDevice::Event event = 0;
+    if (stage_k != nullptr && !device_failed) {
+      std::vector<KvDevice::Rows> rows;
+      for (size_t j = 0; j < jobs.size(); ++j) {
+        if (!decoded[j]) continue;
+        rows.push_back({batch->specs[jobs[j].spec].block_ids, jobs[j].block * B,
+                        B, stage_k + j * job_floats,
+                        stage_k + stage_floats + j * job_floats});
+      }
+      absl::StatusOr<KvDevice::Event> e = device_->Scatter(layer, rows);
+      if (e.ok()) {
+        event = last_event = stage_event[layer % 2] = *e;
+      } else {
+        fail_all();
+      }
+    }
     {
       absl::MutexLock lock(&batch->mu);
+      batch->layer_events.push_back(event);
       batch->layers_ready = layer + 1;
     }
     if (layer_loaded_hook_) layer_loaded_hook_(layer);
   }
+  // The staging goes only once the device is done with it.
+  if (last_event != 0 && !device_->Wait(last_event).ok()) fail_all();
   for (size_t i = 0; i < batch->specs.size(); ++i) {
     const LoadSpec& spec = batch->specs[i];
     const Fetched& f = fetched[i];
@@ -233,11 +302,20 @@ absl::Status KvConnector::WaitForLayerLoad(int layer) {
   // The last layer waits for the whole load, so that the failed block ids
   // and finished requests are recorded once the forward pass is over.
   const bool last = layer == client_->layout().layers - 1;
-  absl::MutexLock lock(&batch->mu);
-  auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(batch->mu) {
-    return batch->done || (!last && batch->layers_ready > layer);
-  };
-  batch->mu.Await(absl::Condition(&ready));
+  KvDevice::Event event = 0;
+  {
+    absl::MutexLock lock(&batch->mu);
+    auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(batch->mu) {
+      return batch->done || (!last && batch->layers_ready > layer);
+    };
+    batch->mu.Await(absl::Condition(&ready));
+    if (layer < static_cast<int>(batch->layer_events.size())) {
+      event = batch->layer_events[layer];
+    }
+  }
+  // Device pages: the layer's copy is enqueued; the engine's kernels wait
+  // for it on the GPU, not the host.
+  if (event != 0) return device_->ComputeStreamWaitFor(event);
   return absl::OkStatus();
 }
 
@@ -282,22 +360,53 @@ absl::Status KvConnector::SaveLayer(int layer,
         finished_.saved.push_back(spec.request_id);
         continue;
       }
-      p->keys.resize(static_cast<size_t>(floats));
-      p->values.resize(static_cast<size_t>(floats));
+      if (device_ != nullptr) {
+        p->keys = device_->NewStaging(static_cast<size_t>(floats));
+        p->values = device_->NewStaging(static_cast<size_t>(floats));
+      } else {
+        p->keys = std::make_shared_for_overwrite<float[]>(floats);
+        p->values = std::make_shared_for_overwrite<float[]>(floats);
+      }
+      if (p->keys == nullptr || p->values == nullptr) {
+        client_->Release(static_cast<uint64_t>(p->reserved));
+        ++stats_.saves_dropped;
+        client_->CountDroppedSave();
+        finished_.saved.push_back(spec.request_id);
+        continue;
+      }
       saving_.push_back(std::move(p));
     }
   } else if (saves.size() < saving_.size()) {
     return absl::InvalidArgumentError(
         "SaveLayer must get the same requests for every layer");
   }
+  std::vector<KvDevice::Rows> rows;
   for (const std::shared_ptr<PendingSave>& p : saving_) {
     const int64_t n = static_cast<int64_t>(p->hashes.size()) - p->first_block;
     for (int64_t i = 0; i < n; ++i) {
       const size_t off =
           static_cast<size_t>(((i * l.layers) + layer) * B * row);
-      GatherLayer(caches_, layer, p->spec.block_ids, (p->first_block + i) * B,
-                  B, p->keys.data() + off, p->values.data() + off);
+      const int64_t t0 = (p->first_block + i) * B;
+      if (device_ != nullptr) {
+        rows.push_back({p->spec.block_ids, t0, B, p->keys.get() + off,
+                        p->values.get() + off});
+      } else {
+        GatherLayer(caches_, layer, p->spec.block_ids, t0, B,
+                    p->keys.get() + off, p->values.get() + off);
+      }
     }
+  }
+  if (!rows.empty()) {
+    // After the layer's computation, which the engine has enqueued by now.
+    absl::Status s = device_->OrderAfterCompute();
+    absl::StatusOr<KvDevice::Event> e =
+        s.ok() ? device_->Gather(layer, rows) : s;
+    if (!e.ok()) {
+      DropSavingLocked();
+      return e.status();
+    }
+    last_gather_ = *e;
+    for (const std::shared_ptr<PendingSave>& p : saving_) p->gathered = *e;
   }
   next_save_layer_ = layer + 1;
   if (next_save_layer_ < l.layers) return absl::OkStatus();
@@ -320,6 +429,10 @@ absl::Status KvConnector::SaveLayer(int layer,
       const KvLayout& lay = client_->layout();
       const int64_t bt = client_->block_tokens();
       const int64_t r = int64_t{lay.kv_heads} * lay.head_dim;
+      if (!cancelled && p->gathered != 0 && !device_->Wait(p->gathered).ok()) {
+        client_->CountDroppedSave();  // the copy out of the pages failed
+        cancelled = true;
+      }
       if (!cancelled) {
         const int64_t n =
             static_cast<int64_t>(p->hashes.size()) - p->first_block;
@@ -329,14 +442,14 @@ absl::Status KvConnector::SaveLayer(int layer,
         for (int64_t i = 0; i < n; ++i) {
           if (present[i]) continue;
           const size_t off = static_cast<size_t>(i * lay.layers * bt * r);
-          absl::StatusOr<EncodedBlock> e = client_->EncodeBlock(
-              p->hashes[p->first_block + i],
-              static_cast<uint32_t>(p->first_block + i), p->keys.data() + off,
-              p->values.data() + off);
+          absl::StatusOr<EncodedBlock> e =
+              client_->EncodeBlock(p->hashes[p->first_block + i],
+                                   static_cast<uint32_t>(p->first_block + i),
+                                   p->keys.get() + off, p->values.get() + off);
           if (e.ok()) encoded.push_back(*std::move(e));
         }
-        p->keys = {};
-        p->values = {};
+        p->keys = nullptr;
+        p->values = nullptr;
         client_->PutBlocks(encoded);
       }
       client_->Release(static_cast<uint64_t>(p->reserved));
@@ -355,22 +468,36 @@ absl::Status KvConnector::SaveLayer(int layer,
 
 absl::Status KvConnector::WaitForSave() {
   absl::MutexLock lock(&mu_);
-  // SaveLayer copies the pages synchronously, so the pages are free now.
   if (next_save_layer_ != 0) {
     const int stopped_at = next_save_layer_;
-    for (const auto& p : saving_) {
-      client_->Release(static_cast<uint64_t>(p->reserved));
-      finished_.saved.push_back(p->spec.request_id);
-      ++stats_.saves_dropped;
-      client_->CountDroppedSave();
-    }
-    saving_.clear();
-    next_save_layer_ = 0;
+    DropSavingLocked();
     return absl::FailedPreconditionError(absl::StrCat(
         "WaitForSave after ", stopped_at, " of ", client_->layout().layers,
         " layers were saved; those saves were dropped"));
   }
+  // Host pages were copied by SaveLayer itself; device pages are free for
+  // the kernels that wait for the last copy out of them.
+  if (last_gather_ != 0) {
+    const KvDevice::Event e = last_gather_;
+    last_gather_ = 0;
+    return device_->ComputeStreamWaitFor(e);
+  }
   return absl::OkStatus();
+}
+
+void KvConnector::DropSavingLocked() {
+  // Copies into the staging may still be in flight: let them finish before
+  // the staging goes back (an error here changes nothing: all are dropped).
+  if (last_gather_ != 0) device_->Wait(last_gather_).IgnoreError();
+  last_gather_ = 0;
+  for (const auto& p : saving_) {
+    client_->Release(static_cast<uint64_t>(p->reserved));
+    finished_.saved.push_back(p->spec.request_id);
+    ++stats_.saves_dropped;
+    client_->CountDroppedSave();
+  }
+  saving_.clear();
+  next_save_layer_ = 0;
 }
 
 FinishedRequests KvConnector::GetFinished() {

@@ -23,8 +23,13 @@
 // way reports the engine block ids from the first bad vqkv block on, so the
 // engine recomputes from the valid prefix; no unverified byte is written.
 //
-// CPU path: pages in host memory, the CPU codec. Device (CUDA) pages are
-// rejected with kUnimplemented in this build (docs/CLIENT.md).
+// Pages in host memory are read and written directly. Pages in CUDA device
+// memory (PagedKvCaches::device kCuda, in a build with CUDA) go through a
+// KvDevice (client/kv_device.h): copies on a stream of the connector's own,
+// ordered with the engine's compute stream by events, between the pages and
+// pinned host staging; SaveLayer and WaitForLayerLoad enqueue stream waits
+// instead of blocking the host on the GPU. The codec runs on the CPU in both
+// cases (docs/CLIENT.md, "CUDA device pages").
 //
 // Thread safety: the engine calls these from its worker thread, one forward
 // pass at a time; GetFinished / TakeLoadErrorBlockIds / Cancel may be called
@@ -46,6 +51,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/cache_client.h"
+#include "client/kv_device.h"
 #include "client/paged_kv.h"
 
 namespace vqkv::client {
@@ -91,8 +97,8 @@ class KvConnector {
   ~KvConnector();
 
   // Records the engine's page tensors. Errors: kInvalidArgument when they do
-  // not match the client's layout; kUnimplemented for device memory in a
-  // build without CUDA.
+  // not match the client's layout; for device memory, kUnimplemented in a
+  // build without CUDA and kFailedPrecondition when the GPU cannot be used.
   absl::Status RegisterKvCaches(PagedKvCaches caches);
 
   // Starts loading each spec's first num_tokens tokens into its pages.
@@ -103,7 +109,9 @@ class KvConnector {
   // Returns once `layer` of every load started by the last StartLoad is in
   // the pages (or has failed), while later layers may still be decoding;
   // the last layer returns once the whole load is done and its failed block
-  // ids are recorded. No-op when nothing is loading.
+  // ids are recorded. No-op when nothing is loading. Device pages: returns
+  // once the layer's copy is enqueued, having made the compute stream wait
+  // for it.
   absl::Status WaitForLayerLoad(int layer);
 
   // Copies `layer` of each spec's new full blocks into staging. Call for
@@ -112,7 +120,8 @@ class KvConnector {
   // Errors: kFailedPrecondition before RegisterKvCaches or out of order;
   // kInvalidArgument for bad specs.
   absl::Status SaveLayer(int layer, const std::vector<SaveSpec>& saves);
-  // Returns once the pages of this pass's saves may be reused.
+  // Returns once the pages of this pass's saves may be reused (device
+  // pages: by work enqueued on the compute stream from now on).
   absl::Status WaitForSave();
 
   // Requests whose load or save finished since the last call.
@@ -134,17 +143,31 @@ class KvConnector {
   void SetLayerLoadedHookForTesting(std::function<void(int layer)> hook) {
     layer_loaded_hook_ = std::move(hook);
   }
+  // Test seam: makes the KvDevice for device caches (default NewKvDevice).
+  // Set before RegisterKvCaches.
+  using KvDeviceFactory =
+      std::function<absl::StatusOr<std::unique_ptr<KvDevice>>(
+          const PagedKvCaches&)>;
+  void SetKvDeviceFactoryForTesting(KvDeviceFactory factory) {
+    device_factory_ = std::move(factory);
+  }
 
  private:
   struct LoadBatch;
   struct PendingSave;
   class PendingGuard;
   void RunLoad(std::shared_ptr<LoadBatch> batch);
+  // Drops the saves of this pass that are not yet handed to the background
+  // (released, counted, reported finished).
+  void DropSavingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   CacheClient* const client_;
   mutable absl::Mutex mu_;
   bool registered_ ABSL_GUARDED_BY(mu_) = false;
-  PagedKvCaches caches_;  // written once by RegisterKvCaches
+  PagedKvCaches caches_;              // written once by RegisterKvCaches
+  std::unique_ptr<KvDevice> device_;  // device caches only; ditto
+  KvDeviceFactory device_factory_;
+  KvDevice::Event last_gather_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void(int)> layer_loaded_hook_;  // set before StartLoad
   std::shared_ptr<LoadBatch> load_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<PendingSave>> saving_ ABSL_GUARDED_BY(mu_);

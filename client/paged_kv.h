@@ -9,7 +9,8 @@
 //
 // Gather/Scatter convert between the pages (fp16, bf16 or fp32) and the
 // float32 [token][kv_head][head_dim] rows the codec works on. They are the
-// CPU path; device memory (kCuda) needs the CUDA path (docs/CLIENT.md).
+// CPU path; pages in device memory (kCuda) are copied by a KvDevice
+// (client/kv_device.h) with the same conversions.
 //
 // Thread safety: plain values and pure functions; concurrent Scatter calls
 // must write disjoint pages.
@@ -48,6 +49,10 @@ struct PagedKvCaches {
   DType dtype = DType::kFloat16;
   Device device = Device::kHost;
   int cuda_device = 0;
+  // kCuda only: the engine's compute stream (a cudaStream_t), which the
+  // connector's copies are ordered with; null means the legacy default
+  // stream.
+  void* cuda_stream = nullptr;
   std::vector<PagedLayer> layers;
 
   // Contiguous NHD / HND tensors for every layer: keys[l], values[l] point

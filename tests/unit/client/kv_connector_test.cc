@@ -19,6 +19,7 @@
 #include "kernels/fp16.h"
 #include "kernels/rope.h"
 #include "tests/unit/client/client_test_util.h"
+#include "tests/unit/client/fake_kv_device.h"
 
 namespace vqkv::client {
 namespace {
@@ -146,6 +147,16 @@ struct EmbeddedClient {
   std::unique_ptr<CacheClient> client;
 };
 
+// "fp16_NHD" etc., for the names of parameterised tests.
+std::string LayoutName(
+    const ::testing::TestParamInfo<std::tuple<DType, bool>>& info) {
+  const DType d = std::get<0>(info.param);
+  return std::string(d == DType::kFloat16    ? "fp16"
+                     : d == DType::kBfloat16 ? "bf16"
+                                             : "fp32") +
+         (std::get<1>(info.param) ? "_HND" : "_NHD");
+}
+
 class KvConnectorTest
     : public ::testing::TestWithParam<std::tuple<DType, bool>> {
  protected:
@@ -217,14 +228,7 @@ INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorTest,
                                                               DType::kBfloat16,
                                                               DType::kFloat32),
                                             ::testing::Bool()),
-                         [](const auto& info) {
-                           const DType d = std::get<0>(info.param);
-                           return std::string(d == DType::kFloat16 ? "fp16"
-                                              : d == DType::kBfloat16
-                                                  ? "bf16"
-                                                  : "fp32") +
-                                  (std::get<1>(info.param) ? "_HND" : "_NHD");
-                         });
+                         LayoutName);
 
 TEST(KvConnectorErrorsTest, MissingBlockReportsPagesFromThereOn) {
   EmbeddedClient ec;
@@ -413,8 +417,13 @@ TEST(KvConnectorErrorsTest, MisuseIsReported) {
   Pages p(DType::kFloat16, false);
   PagedKvCaches dev = p.Caches();
   dev.device = Device::kCuda;
-  EXPECT_EQ(engine.RegisterKvCaches(dev).code(),
-            absl::StatusCode::kUnimplemented);
+  // Host arrays called device pages: refused without CUDA (kUnimplemented),
+  // without a GPU, and on a GPU because they are not device memory
+  // (kFailedPrecondition).
+  const absl::Status dev_status = engine.RegisterKvCaches(dev);
+  EXPECT_TRUE(dev_status.code() == absl::StatusCode::kUnimplemented ||
+              dev_status.code() == absl::StatusCode::kFailedPrecondition)
+      << dev_status;
   ASSERT_TRUE(engine.RegisterKvCaches(p.Caches()).ok());
   EXPECT_EQ(engine.SaveLayer(1, {}).code(),
             absl::StatusCode::kFailedPrecondition);
@@ -466,6 +475,152 @@ TEST(KvConnectorErrorsTest, ShutdownWithQueuedSaves) {
   // Everything is accounted for: stored, or dropped and counted.
   const CacheClientStats s = client->stats();
   EXPECT_EQ(s.blocks_stored / 2 + s.saves_dropped, 8);
+}
+
+}  // namespace
+}  // namespace vqkv::client
+
+namespace vqkv::client {
+namespace {
+
+// Registers `pages` as device pages through a FakeKvDevice; *device is the
+// fake, owned by the connector.
+absl::Status RegisterOnFakeDevice(KvConnector* engine, Pages* pages,
+                                  testing::FakeKvDevice** device) {
+  engine->SetKvDeviceFactoryForTesting(
+      [device](
+          const PagedKvCaches& c) -> absl::StatusOr<std::unique_ptr<KvDevice>> {
+        auto d = std::make_unique<testing::FakeKvDevice>(c);
+        *device = d.get();
+        return d;
+      });
+  PagedKvCaches caches = pages->Caches();
+  caches.device = Device::kCuda;
+  return engine->RegisterKvCaches(caches);
+}
+
+class KvConnectorDeviceTest
+    : public ::testing::TestWithParam<std::tuple<DType, bool>> {};
+
+// The device path against the host path: engine 1 saves from device pages
+// and reuses them as soon as its compute stream may; engine 2 loads into
+// device pages and reads each layer as soon as its compute stream may; the
+// pages must be byte for byte what a host-page engine loads. The fake device
+// runs each copy 2 ms late, so a missing stream wait shows as stale pages.
+TEST_P(KvConnectorDeviceTest, DevicePagesSaveAndLoadAsHostPagesDo) {
+  const auto [dtype, hnd] = GetParam();
+  EmbeddedClient ec;
+  ASSERT_NE(ec.client, nullptr);
+  const KvLayout l = SmallLayout();
+  const int n = 80;
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 5);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 6);
+
+  Pages p1(dtype, hnd);
+  KvConnector engine1(ec.client.get());
+  testing::FakeKvDevice* dev1 = nullptr;
+  ASSERT_TRUE(RegisterOnFakeDevice(&engine1, &p1, &dev1).ok());
+  const std::vector<int32_t> ids1 = ShuffledPages(3);
+  Fill(p1.Caches(), ids1, n, k, v);
+  SaveSpec save{"save", tokens, "", ids1, 0};
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine1.SaveLayer(layer, {save}).ok());
+  }
+  ASSERT_TRUE(engine1.WaitForSave().ok());
+  // The engine's next kernels overwrite the pages once the stream allows.
+  dev1->SyncCompute();
+  for (auto& layer : p1.k) std::fill(layer.begin(), layer.end(), 0xab);
+  for (auto& layer : p1.v) std::fill(layer.begin(), layer.end(), 0xab);
+  ASSERT_TRUE(ec.client->WaitIdle(absl::Seconds(30)));
+  EXPECT_EQ(engine1.GetFinished().saved, std::vector<std::string>{"save"});
+  EXPECT_EQ(dev1->bad_rows(), 0);
+  EXPECT_GE(dev1->order_after_compute(), 1);
+  auto cached = ec.client->Lookup(tokens, "");
+  ASSERT_TRUE(cached.ok());
+  ASSERT_EQ(*cached, 64);
+
+  // Reference: a host-page engine loads the 64 cached tokens.
+  const std::vector<int32_t> ids2 = ShuffledPages(4);
+  Pages host(dtype, hnd);
+  KvConnector engine3(ec.client.get());
+  ASSERT_TRUE(engine3.RegisterKvCaches(host.Caches()).ok());
+  ASSERT_TRUE(engine3.StartLoad({LoadSpec{"r", tokens, "", ids2, 64}}).ok());
+  ASSERT_TRUE(engine3.WaitForLayerLoad(l.layers - 1).ok());
+  ASSERT_TRUE(engine3.TakeLoadErrorBlockIds().empty());
+  // And it holds what engine 1 computed.
+  const std::vector<float> ref_k = Read(host.Caches(), ids2, 64, true);
+  const size_t per_layer_n = static_cast<size_t>(n) * l.kv_heads * l.head_dim;
+  const size_t per_layer_64 = 64u * l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    for (size_t i = 0; i < per_layer_64; ++i) {
+      ASSERT_EQ(ref_k[layer * per_layer_64 + i], k[layer * per_layer_n + i]);
+    }
+  }
+
+  Pages p2(dtype, hnd);
+  KvConnector engine2(ec.client.get());
+  testing::FakeKvDevice* dev2 = nullptr;
+  ASSERT_TRUE(RegisterOnFakeDevice(&engine2, &p2, &dev2).ok());
+  ASSERT_TRUE(engine2.StartLoad({LoadSpec{"r", tokens, "", ids2, 64}}).ok());
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine2.WaitForLayerLoad(layer).ok());
+    dev2->SyncCompute();  // the layer's attention runs now
+    EXPECT_EQ(p2.k[layer], host.k[layer]) << "keys of layer " << layer;
+    EXPECT_EQ(p2.v[layer], host.v[layer]) << "values of layer " << layer;
+  }
+  EXPECT_TRUE(engine2.TakeLoadErrorBlockIds().empty());
+  EXPECT_EQ(engine2.GetFinished().loaded, std::vector<std::string>{"r"});
+  EXPECT_EQ(dev2->bad_rows(), 0);
+  EXPECT_GE(dev2->order_after_compute(), 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceTest,
+                         ::testing::Combine(::testing::Values(DType::kFloat16,
+                                                              DType::kBfloat16,
+                                                              DType::kFloat32),
+                                            ::testing::Bool()),
+                         LayoutName);
+
+// A device that fails: a refused copy into the pages fails every block of
+// the load (the pages may hold part of it); a refused copy out of them
+// drops the pass's saves, counted, and the next pass works.
+TEST(KvConnectorDeviceTest, DeviceFailuresFailTheLoadAndDropTheSave) {
+  EmbeddedClient ec;
+  ASSERT_NE(ec.client, nullptr);
+  const KvLayout l = SmallLayout();
+  const std::vector<int32_t> tokens = Tokens(64);
+  const std::vector<float> k = ExactKv(64 * l.ElementsPerToken(), 7);
+  ASSERT_TRUE(ec.client->Store(tokens, "", k.data(), k.data()).ok());
+
+  Pages p(DType::kFloat16, false);
+  KvConnector engine(ec.client.get());
+  testing::FakeKvDevice* dev = nullptr;
+  ASSERT_TRUE(RegisterOnFakeDevice(&engine, &p, &dev).ok());
+  dev->FailScatterOfLayer(1);
+  const std::vector<int32_t> ids = {4, 5, 6, 7};
+  ASSERT_TRUE(engine.StartLoad({LoadSpec{"r", tokens, "", ids, 64}}).ok());
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine.WaitForLayerLoad(layer).ok());
+  }
+  EXPECT_EQ(engine.TakeLoadErrorBlockIds(), ids);
+  EXPECT_EQ(engine.stats().loads_failed, 1);
+  dev->FailScatterOfLayer(-1);
+
+  dev->FailNextGather();
+  SaveSpec save{"s", Tokens(64, 99), "", {0, 1, 2, 3}, 0};
+  EXPECT_EQ(engine.SaveLayer(0, {save}).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(engine.stats().saves_dropped, 1);
+  EXPECT_EQ(engine.GetFinished().saved, std::vector<std::string>{"s"});
+  EXPECT_TRUE(engine.WaitForSave().ok());
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine.SaveLayer(layer, {save}).ok());
+  }
+  ASSERT_TRUE(engine.WaitForSave().ok());
+  ASSERT_TRUE(ec.client->WaitIdle(absl::Seconds(30)));
+  EXPECT_EQ(engine.GetFinished().saved, std::vector<std::string>{"s"});
+  EXPECT_EQ(engine.stats().saves_dropped, 1);
+  EXPECT_EQ(dev->bad_rows(), 0);
 }
 
 }  // namespace

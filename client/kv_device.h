@@ -1,0 +1,93 @@
+// KvDevice: how the connector reaches KV caches in device (CUDA) memory. It
+// moves one layer's rows between the engine's pages and host float32 rows,
+// ordered with the engine's compute stream, so that neither a save nor a
+// load makes the forward pass wait on the host:
+//
+//   SaveLayer(l):        OrderAfterCompute(), Gather(l, rows): after the
+//                        layer's compute; the encoder Waits for it on a
+//                        background thread.
+//   WaitForSave():       ComputeStreamWaitFor(last gather): later kernels
+//                        may overwrite the pages only once they are copied.
+//   StartLoad():         OrderAfterCompute(): the pages may still be read
+//                        by kernels of earlier passes.
+//   load thread:         decodes layer l into staging, Scatter(l, rows).
+//   WaitForLayerLoad(l): ComputeStreamWaitFor(layer l's scatter).
+//
+// Ordering model: a device runs the operations it is given in submission
+// order on its own queue (for CUDA, a stream of its own). An Event names a
+// submitted operation; it is done once that operation and every one before
+// it are. Host rows must come from NewStaging (memory the device reads and
+// writes directly: pinned and mapped for CUDA) and must stay alive and
+// untouched until the operation's event is done.
+//
+// Implementations: client/cuda/cuda_kv_device.h (CUDA); a host emulation
+// in the tests (tests/unit/client/fake_kv_device.h).
+//
+// Thread safety: every method may be called from any thread.
+#ifndef VQKV_CLIENT_KV_DEVICE_H_
+#define VQKV_CLIENT_KV_DEVICE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "client/paged_kv.h"
+
+namespace vqkv::client {
+
+class KvDevice {
+ public:
+  using Event = uint64_t;
+
+  // A run of a request's tokens [t0, t0 + n) of one layer, and the host rows
+  // ([n][kv_heads][head_dim] float32 each) they come from or go to.
+  struct Rows {
+    absl::Span<const int32_t> block_ids;  // the request's engine pages
+    int64_t t0 = 0;
+    int64_t n = 0;
+    float* keys = nullptr;
+    float* values = nullptr;
+  };
+
+  virtual ~KvDevice() = default;
+
+  // `floats` float32s of host memory the device can read and write, freed
+  // when the last copy of the pointer goes; null when none can be had.
+  virtual std::shared_ptr<float[]> NewStaging(size_t floats) = 0;
+
+  // Makes the operations submitted from now on run after all the work the
+  // engine has submitted to its compute stream so far. Call it from the
+  // thread that drives the engine's stream, never from a thread that may
+  // run while the engine enqueues work that waits for this device (that
+  // would order the device after work that waits for it).
+  // Errors: the device's (kInternal naming the CUDA error).
+  virtual absl::Status OrderAfterCompute() = 0;
+
+  // Enqueues the copy of `layer`'s rows into rows[i].keys/values.
+  virtual absl::StatusOr<Event> Gather(int layer,
+                                       absl::Span<const Rows> rows) = 0;
+  // Enqueues the copy of rows[i].keys/values into `layer`'s pages (rounded
+  // to the pages' dtype as ScatterLayer does).
+  virtual absl::StatusOr<Event> Scatter(int layer,
+                                        absl::Span<const Rows> rows) = 0;
+  // Blocks the calling thread until `event` is done; an error if the
+  // operations up to it failed on the device.
+  virtual absl::Status Wait(Event event) = 0;
+  // Makes the work the engine submits to its compute stream from now on
+  // wait for `event`, without blocking the calling thread.
+  virtual absl::Status ComputeStreamWaitFor(Event event) = 0;
+};
+
+// The device for `caches` (caches.device == Device::kCuda): a CUDA device
+// in a build with CUDA. Errors: kUnimplemented in a build without CUDA;
+// kFailedPrecondition when caches.cuda_device is not a usable GPU (the
+// message says why, e.g. no driver).
+absl::StatusOr<std::unique_ptr<KvDevice>> NewKvDevice(
+    const PagedKvCaches& caches);
+
+}  // namespace vqkv::client
+
+#endif  // VQKV_CLIENT_KV_DEVICE_H_
