@@ -87,7 +87,14 @@ absl::Status ToCaches(const vqkv_paged_caches_t* in,
   out->kv_heads = c.kv_heads;
   out->head_dim = c.head_dim;
   out->dtype = static_cast<vqkv::client::DType>(c.kv_dtype);
-  out->device = vqkv::client::Device::kHost;
+  if (c.device != VQKV_DEVICE_HOST && c.device != VQKV_DEVICE_CUDA) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "caches->device must be 0 (host) or 1 (CUDA), got ", c.device));
+  }
+  out->device = c.device == VQKV_DEVICE_CUDA ? vqkv::client::Device::kCuda
+                                             : vqkv::client::Device::kHost;
+  out->cuda_device = c.cuda_device;
+  out->cuda_stream = c.cuda_stream;
   out->layers.resize(static_cast<size_t>(c.num_layers));
   for (int32_t l = 0; l < c.num_layers; ++l) {
     vqkv::client::PagedLayer& pl = out->layers[l];

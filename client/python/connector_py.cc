@@ -1,4 +1,4 @@
-// vqkv.Connector over host page arrays:
+// vqkv.Connector over the engine's page arrays:
 //
 //   conn = vqkv.Connector(client)
 //   conn.register_kv_caches(keys, values, layout="NHD")  # lists of arrays
@@ -16,6 +16,10 @@
 // one with t.view(torch.int16).numpy()). Any element strides (views of a
 // larger tensor are fine); writeable, since loads write them. The connector
 // keeps the arrays alive; their memory must not move while it is open.
+// CUDA pages: objects with __cuda_array_interface__ (torch CUDA tensors;
+// bfloat16 as t.view(torch.int16)), with cuda_device and the engine's
+// compute stream (cuda_stream=torch.cuda.current_stream().cuda_stream);
+// copies are then ordered on the GPU (client/kv_device.h).
 //
 // Thread safety: as KvConnector; the GIL is released while a call waits or
 // copies pages.
@@ -50,19 +54,18 @@ std::string TypeName(const py::handle& obj) {
   return std::string(py::str(obj.get_type().attr("__name__")));
 }
 
-// The element type of a page array: float16 / float32 from the array, or
-// bfloat16 bits in 2-byte integers when asked for.
-DType PageDType(const py::array& a, const std::string& dtype,
-                const std::string& name) {
-  const char kind = a.dtype().kind();
-  const py::ssize_t size = a.itemsize();
+// The element type of a page array of numpy kind `kind` ('f', 'i', 'u')
+// and `size` bytes: float16 / float32, or bfloat16 bits in 2-byte integers
+// when asked for. `shown` is the array's type for messages.
+DType PageDType(char kind, int64_t size, const std::string& shown,
+                const std::string& dtype, const std::string& name) {
   if (dtype == "bfloat16") {
     if ((kind == 'i' || kind == 'u') && size == 2) return DType::kBfloat16;
     throw py::value_error(absl::StrCat(
         name,
         ": dtype='bfloat16' needs 2-byte integer arrays holding the "
-        "bits (t.view(torch.int16).numpy()), got ",
-        std::string(py::str(a.dtype()))));
+        "bits (t.view(torch.int16)), got ",
+        shown));
   }
   if (kind == 'f' && size == 2 && (dtype.empty() || dtype == "float16")) {
     return DType::kFloat16;
@@ -74,8 +77,91 @@ DType PageDType(const py::array& a, const std::string& dtype,
       name,
       " must be float16 or float32 (or bfloat16 bits with "
       "dtype='bfloat16'), got ",
-      std::string(py::str(a.dtype())),
-      dtype.empty() ? "" : absl::StrCat(" for dtype='", dtype, "'")));
+      shown, dtype.empty() ? "" : absl::StrCat(" for dtype='", dtype, "'")));
+}
+
+// A 4-d page array as the connector needs it: where, its shape, element
+// strides and type.
+struct PageArray {
+  void* data = nullptr;
+  int64_t shape[4] = {0, 0, 0, 0};
+  int64_t strides[4] = {0, 0, 0, 0};  // elements
+  DType dtype = DType::kFloat16;
+  bool cuda = false;
+};
+
+void SetStrides(const int64_t bytes[4], int64_t itemsize,
+                const std::string& name, PageArray* out) {
+  for (int i = 0; i < 4; ++i) {
+    if (bytes[i] < 0 || bytes[i] % itemsize != 0) {
+      throw py::value_error(absl::StrCat(
+          name,
+          ": strides must be non-negative multiples of the element "
+          "size"));
+    }
+    out->strides[i] = bytes[i] / itemsize;
+  }
+}
+
+PageArray FromNumpy(py::array a, const std::string& dtype,
+                    const std::string& name) {
+  if (a.ndim() != 4) {
+    throw py::value_error(
+        absl::StrCat(name, " must be 4-d, got ", a.ndim(), "-d"));
+  }
+  if (!a.writeable()) {
+    throw py::value_error(absl::StrCat(name, " must be writeable"));
+  }
+  PageArray p;
+  p.dtype = PageDType(a.dtype().kind(), a.itemsize(),
+                      std::string(py::str(a.dtype())), dtype, name);
+  int64_t bytes[4];
+  for (int i = 0; i < 4; ++i) {
+    p.shape[i] = a.shape(i);
+    bytes[i] = a.strides(i);
+  }
+  SetStrides(bytes, a.itemsize(), name, &p);
+  p.data = a.mutable_data();
+  return p;
+}
+
+// An object with __cuda_array_interface__ (a torch CUDA tensor, CuPy, Numba):
+// its typestr ('<f2', '<f4', '<i2'), shape, strides in bytes (None: C
+// order) and data (pointer, read-only flag).
+PageArray FromCudaArrayInterface(const py::handle& obj,
+                                 const std::string& dtype,
+                                 const std::string& name) {
+  const py::dict cai = obj.attr("__cuda_array_interface__");
+  const py::tuple shape = cai["shape"];
+  if (shape.size() != 4) {
+    throw py::value_error(
+        absl::StrCat(name, " must be 4-d, got ", shape.size(), "-d"));
+  }
+  const std::string typestr = py::str(cai["typestr"]);
+  if (typestr.size() < 3 || (typestr[0] != '<' && typestr[0] != '|')) {
+    throw py::value_error(absl::StrCat(name, ": typestr '", typestr,
+                                       "' is not a little-endian type"));
+  }
+  const int64_t itemsize = std::stoll(typestr.substr(2));
+  PageArray p;
+  p.cuda = true;
+  p.dtype = PageDType(typestr[1], itemsize, typestr, dtype, name);
+  const py::tuple data = cai["data"];
+  if (py::cast<bool>(data[1])) {
+    throw py::value_error(absl::StrCat(name, " must be writeable"));
+  }
+  p.data = reinterpret_cast<void*>(py::cast<uintptr_t>(data[0]));
+  int64_t bytes[4];
+  for (int i = 0; i < 4; ++i) p.shape[i] = py::cast<int64_t>(shape[i]);
+  if (!cai.contains("strides") || cai["strides"].is_none()) {
+    bytes[3] = itemsize;
+    for (int i = 2; i >= 0; --i) bytes[i] = bytes[i + 1] * p.shape[i + 1];
+  } else {
+    const py::tuple st = cai["strides"];
+    for (int i = 0; i < 4; ++i) bytes[i] = py::cast<int64_t>(st[i]);
+  }
+  SetStrides(bytes, itemsize, name, &p);
+  return p;
 }
 
 class PyConnector {
@@ -92,7 +178,8 @@ class PyConnector {
   }
 
   void Register(const py::list& keys, const py::list& values,
-                const std::string& layout, const std::string& dtype) {
+                const std::string& layout, const std::string& dtype,
+                int cuda_device, uintptr_t cuda_stream) {
     if (layout != "NHD" && layout != "HND") {
       throw py::value_error(
           absl::StrCat("layout must be 'NHD' or 'HND', got '", layout, "'"));
@@ -112,57 +199,51 @@ class PyConnector {
         const py::handle obj = kv == 0 ? keys[l] : values[l];
         const std::string name =
             absl::StrCat(kv == 0 ? "keys[" : "values[", l, "]");
-        if (!py::isinstance<py::array>(obj)) {
+        PageArray a;
+        if (py::isinstance<py::array>(obj)) {
+          a = FromNumpy(py::reinterpret_borrow<py::array>(obj), dtype, name);
+        } else if (py::hasattr(obj, "__cuda_array_interface__")) {
+          a = FromCudaArrayInterface(obj, dtype, name);
+        } else {
           throw py::value_error(absl::StrCat(
-              name, " must be a numpy array, got ", TypeName(obj)));
+              name,
+              " must be a numpy array or a CUDA array (an object with "
+              "__cuda_array_interface__, e.g. a torch CUDA tensor), got ",
+              TypeName(obj)));
         }
-        py::array a = py::reinterpret_borrow<py::array>(obj);
-        if (a.ndim() != 4) {
-          throw py::value_error(absl::StrCat(name, " must be 4-d (", layout,
-                                             "), got ", a.ndim(), "-d"));
-        }
-        if (!a.writeable()) {
-          throw py::value_error(absl::StrCat(name, " must be writeable"));
-        }
-        const DType d = PageDType(a, dtype, name);
-        const int64_t blocks = a.shape(0);
-        const int64_t slots = a.shape(hnd ? 2 : 1);
-        const int64_t heads = a.shape(hnd ? 1 : 2);
-        const int64_t dim = a.shape(3);
+        const int64_t blocks = a.shape[0];
+        const int64_t slots = a.shape[hnd ? 2 : 1];
+        const int64_t heads = a.shape[hnd ? 1 : 2];
+        const int64_t dim = a.shape[3];
         if (arrays.empty()) {
-          caches.dtype = d;
+          caches.dtype = a.dtype;
           caches.num_blocks = blocks;
           caches.block_size = slots;
           caches.kv_heads = static_cast<int>(heads);
           caches.head_dim = static_cast<int>(dim);
-        } else if (d != caches.dtype || blocks != caches.num_blocks ||
+          caches.device =
+              a.cuda ? client::Device::kCuda : client::Device::kHost;
+        } else if (a.dtype != caches.dtype || blocks != caches.num_blocks ||
                    slots != caches.block_size || heads != caches.kv_heads ||
-                   dim != caches.head_dim) {
+                   dim != caches.head_dim ||
+                   a.cuda != (caches.device == client::Device::kCuda)) {
           throw py::value_error(absl::StrCat(
               name,
-              " differs from keys[0] in dtype or shape: every page "
+              " differs from keys[0] in dtype, shape or device: every page "
               "array must be alike"));
         }
-        int64_t strides[4];
-        for (int i = 0; i < 4; ++i) {
-          if (a.strides(i) < 0 || a.strides(i) % a.itemsize() != 0) {
-            throw py::value_error(
-                absl::StrCat(name,
-                             ": strides must be non-negative multiples of the "
-                             "element size"));
-          }
-          strides[i] = a.strides(i) / a.itemsize();
-        }
         // (block, slot, kv_head, dim), whatever the layout.
-        const int64_t ordered[4] = {strides[0], strides[hnd ? 2 : 1],
-                                    strides[hnd ? 1 : 2], strides[3]};
+        const int64_t ordered[4] = {a.strides[0], a.strides[hnd ? 2 : 1],
+                                    a.strides[hnd ? 1 : 2], a.strides[3]};
         int64_t* out = kv == 0 ? pl.key_strides : pl.value_strides;
         for (int i = 0; i < 4; ++i) out[i] = ordered[i];
-        (kv == 0 ? pl.keys : pl.values) = a.mutable_data();
-        arrays.append(a);
+        (kv == 0 ? pl.keys : pl.values) = a.data;
+        arrays.append(obj);
       }
       caches.layers.push_back(pl);
     }
+    caches.cuda_device = cuda_device;
+    caches.cuda_stream = reinterpret_cast<void*>(cuda_stream);
     absl::Status s;
     {
       py::gil_scoped_release release;
@@ -285,12 +366,18 @@ void BindConnector(py::module_& m) {
       m, "Connector",
       "The worker side of an engine integration (vLLM's KV connector v1): "
       "layer-wise loads into and saves from the engine's paged KV cache in "
-      "host memory. docs/CLIENT.md maps it method by method.")
+      "host or CUDA memory. docs/CLIENT.md maps it method by method.")
       .def(py::init<const PyClient&>(), py::arg("client"))
       .def("register_kv_caches", &PyConnector::Register, py::arg("keys"),
            py::arg("values"), py::arg("layout") = "NHD", py::arg("dtype") = "",
-           "One K and one V page array per layer (NHD or HND); dtype "
-           "'bfloat16' for 2-byte integer arrays holding bfloat16 bits.")
+           py::arg("cuda_device") = 0, py::arg("cuda_stream") = 0,
+           "One K and one V page array per layer (NHD or HND), numpy arrays "
+           "or CUDA arrays (__cuda_array_interface__: torch CUDA tensors); "
+           "dtype 'bfloat16' for 2-byte integer arrays holding bfloat16 "
+           "bits. CUDA pages: cuda_device is their device index and "
+           "cuda_stream the engine's compute stream as an integer "
+           "(torch.cuda.current_stream().cuda_stream; 0: the legacy default "
+           "stream).")
       .def("start_load", &PyConnector::StartLoad, py::arg("loads"),
            "Starts loading each LoadSpec's tokens into its pages.")
       .def("wait_for_layer_load", &PyConnector::WaitForLayerLoad,

@@ -323,10 +323,12 @@ VQKV_EXPORT vqkv_status_code vqkv_client_stats(const vqkv_client_t* client,
  * (docs/CLIENT.md maps them): register the engine's page tensors once;
  * per forward pass, start the loads, wait for each layer before its
  * attention, save each layer after it, and wait for the saves' copies.
- * Pages are in host memory. Loads decode into the pages layer by layer on
- * a background thread; saves copy out of the pages during save_layer and
- * are encoded and sent in the background (dropped and counted when staging
- * is full). A failed load reports the engine block ids from its first bad
+ * Pages are in host memory, or in CUDA device memory (then copies run on
+ * a stream of the connector's own, and wait_for_layer_load and
+ * wait_for_save make the engine's compute stream wait instead of blocking).
+ * Loads decode into the pages layer by layer on a background thread; saves
+ * copy out of the pages during save_layer and are encoded and sent in the
+ * background (dropped and counted when staging is full). A failed load reports the engine block ids from its first bad
  * block on; nothing unverified is written. */
 
 /* An open connector over a client. Opaque. */
@@ -352,7 +354,23 @@ typedef struct vqkv_paged_caches {
   int32_t kv_dtype;   /* a vqkv_kv_dtype */
   int32_t num_layers; /* entries of `layers`: the client's layer count */
   const vqkv_paged_layer_t* layers;
+  /* Where the pages are, a vqkv_device (0 = host; a struct_size that ends
+   * before this field means host pages); for VQKV_DEVICE_CUDA the CUDA
+   * device index and the engine's compute stream (a cudaStream_t; NULL:
+   * the legacy default stream) that the connector's copies are ordered
+   * with. */
+  int32_t device;
+  int32_t cuda_device;
+  void* cuda_stream;
 } vqkv_paged_caches_t;
+
+/* Where page tensors live. CUDA pages need a library built with CUDA
+ * (VQKV_UNIMPLEMENTED otherwise) and a usable GPU (VQKV_FAILED_PRECONDITION
+ * otherwise, the message says why). */
+typedef enum vqkv_device {
+  VQKV_DEVICE_HOST = 0,
+  VQKV_DEVICE_CUDA = 1
+} vqkv_device;
 
 /* A request's cached tokens to load into its pages: the first load_tokens
  * of tokens (vqkv_lookup's answer, a multiple of block_tokens), page
@@ -389,9 +407,10 @@ VQKV_EXPORT vqkv_status_code vqkv_connector_create(vqkv_client_t* client,
 VQKV_EXPORT void vqkv_connector_destroy(vqkv_connector_t* connector);
 
 /* Records the engine's page tensors (once). Errors: VQKV_INVALID_ARGUMENT
- * for a bad struct_size, NULL pointers or tensors that do not match the
- * client's layout (the message names the problem); VQKV_FAILED_PRECONDITION
- * when already registered. */
+ * for a bad struct_size, NULL pointers, an unknown device or tensors that
+ * do not match the client's layout (the message names the problem);
+ * VQKV_FAILED_PRECONDITION when already registered or the GPU cannot be
+ * used; VQKV_UNIMPLEMENTED for CUDA pages in a build without CUDA. */
 VQKV_EXPORT vqkv_status_code vqkv_connector_register_kv_caches(
     vqkv_connector_t* connector, const vqkv_paged_caches_t* caches);
 

@@ -576,6 +576,20 @@ static void TestConnector(void) {
              VQKV_INVALID_ARGUMENT);
   CHECK_ERROR_MENTIONS("kv_dtype");
   caches1.kv_dtype = VQKV_KV_FLOAT32;
+  caches1.device = 7;
+  CHECK_CODE(vqkv_connector_register_kv_caches(engine1, &caches1),
+             VQKV_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("device");
+  /* Host arrays passed as CUDA pages: no CUDA in the build, no GPU, or not
+   * device memory; never accepted. */
+  caches1.device = VQKV_DEVICE_CUDA;
+  {
+    const vqkv_status_code code =
+        vqkv_connector_register_kv_caches(engine1, &caches1);
+    CHECK(code == VQKV_UNIMPLEMENTED || code == VQKV_FAILED_PRECONDITION);
+  }
+  /* An old caller's struct, which ends before `device`: host pages. */
+  caches1.struct_size = offsetof(vqkv_paged_caches_t, device);
   CHECK_CODE(vqkv_connector_register_kv_caches(engine1, &caches1), VQKV_OK);
   CHECK_CODE(vqkv_connector_register_kv_caches(engine2, &caches2), VQKV_OK);
 

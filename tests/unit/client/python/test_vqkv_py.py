@@ -556,6 +556,49 @@ class ConnectorTest(unittest.TestCase):
             self.assertEqual(cm.exception.code_name, "FAILED_PRECONDITION")
             conn.shutdown()
 
+    def test_cuda_arrays_reach_the_device_path(self):
+        """Objects with __cuda_array_interface__ are CUDA pages. Here they
+        describe host memory, which is refused: by a build without CUDA, by
+        a machine without a GPU, or by a GPU as not its memory."""
+
+        class FakeCudaArray:
+            def __init__(self, a, readonly=False, typestr=None, strides=True):
+                self.__cuda_array_interface__ = {
+                    "shape": a.shape,
+                    "typestr": typestr or a.dtype.str,
+                    "data": (a.ctypes.data, readonly),
+                    "strides": a.strides if strides else None,
+                    "version": 3,
+                }
+
+        k, v = page_arrays("NHD", np.float16)
+        with make_client() as c:
+            conn = vqkv.Connector(c)
+            with self.assertRaises(vqkv.Error) as cm:
+                conn.register_kv_caches(
+                    [FakeCudaArray(a, strides=False) for a in k],
+                    [FakeCudaArray(a) for a in v], cuda_stream=0)
+            self.assertIn(cm.exception.code_name,
+                          ("UNIMPLEMENTED", "FAILED_PRECONDITION"))
+            with self.assertRaises(ValueError) as cm:
+                conn.register_kv_caches([FakeCudaArray(a) for a in k], v)
+            self.assertIn("device", str(cm.exception))
+            with self.assertRaises(ValueError) as cm:
+                conn.register_kv_caches(
+                    [FakeCudaArray(a, readonly=True) for a in k],
+                    [FakeCudaArray(a) for a in v])
+            self.assertIn("writeable", str(cm.exception))
+            with self.assertRaises(ValueError) as cm:
+                conn.register_kv_caches(
+                    [FakeCudaArray(a, typestr=">f2") for a in k],
+                    [FakeCudaArray(a) for a in v])
+            self.assertIn("little-endian", str(cm.exception))
+            with self.assertRaises(ValueError) as cm:
+                conn.register_kv_caches([object()] * len(k), v)
+            self.assertIn("__cuda_array_interface__", str(cm.exception))
+            conn.register_kv_caches(k, v)  # host pages still register
+            conn.shutdown()
+
 
 if __name__ == "__main__":
     unittest.main()
