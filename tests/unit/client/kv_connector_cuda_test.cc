@@ -1,0 +1,155 @@
+// The connector's CUDA path on a real GPU (client/cuda/cuda_kv_device.h):
+// pages in device memory, saved and loaded through KvConnector, must end up
+// byte for byte what the host path gives. Built with CUDA only; skips with
+// the reason where there is no GPU (the CUDA-only check, tests/gpu/run.sh,
+// cannot build it: it needs the client's Abseil and gRPC).
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "client/embedded_backend.h"
+#include "client/kv_connector.h"
+#include "client/paged_kv.h"
+#include "gtest/gtest.h"
+#include "kernels/cuda/cuda_device.h"
+#include "tests/unit/client/client_test_util.h"
+
+namespace vqkv::client {
+namespace {
+
+using testing::ExactKv;
+using testing::MemoryStore;
+using testing::Options;
+using testing::SmallLayout;
+using testing::Tokens;
+
+constexpr int kPages = 16;
+constexpr int kPageSize = 16;
+
+// NHD fp16 pages of every layer, in host or device memory.
+struct Pages {
+  explicit Pages(bool on_device) : on_device(on_device) {
+    const KvLayout l = SmallLayout();
+    bytes = size_t{kPages} * kPageSize * l.kv_heads * l.head_dim * 2;
+    for (int i = 0; i < 2 * l.layers; ++i) {
+      void* p = nullptr;
+      if (on_device) {
+        EXPECT_EQ(cudaMalloc(&p, bytes), cudaSuccess);
+        EXPECT_EQ(cudaMemset(p, 0, bytes), cudaSuccess);
+      } else {
+        p = calloc(bytes, 1);
+      }
+      (i % 2 == 0 ? k : v).push_back(p);
+    }
+  }
+  ~Pages() {
+    for (auto* list : {&k, &v}) {
+      for (void* p : *list) on_device ? (void)cudaFree(p) : free(p);
+    }
+  }
+  PagedKvCaches Caches() const {
+    const KvLayout l = SmallLayout();
+    PagedKvCaches c = PagedKvCaches::Nhd(k, v, kPages, kPageSize, l.kv_heads,
+                                         l.head_dim, DType::kFloat16);
+    if (on_device) c.device = Device::kCuda;
+    return c;
+  }
+  // Layer `layer`'s keys (or values) as bytes on the host.
+  std::vector<uint8_t> Bytes(int layer, bool keys) const {
+    std::vector<uint8_t> out(bytes);
+    const void* src = (keys ? k : v)[layer];
+    if (on_device) {
+      EXPECT_EQ(cudaMemcpy(out.data(), src, bytes, cudaMemcpyDeviceToHost),
+                cudaSuccess);
+    } else {
+      std::memcpy(out.data(), src, bytes);
+    }
+    return out;
+  }
+  bool on_device;
+  size_t bytes;
+  std::vector<void*> k, v;
+};
+
+TEST(KvConnectorCudaTest, DevicePagesSaveAndLoadAsHostPagesDo) {
+  std::string why_not;
+  if (cuda::CudaDeviceCount(&why_not) == 0) GTEST_SKIP() << why_not;
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::unique_ptr<CacheClient> client = *std::move(c);
+  const KvLayout l = SmallLayout();
+  const int n = 64;
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> kv = ExactKv(n * l.ElementsPerToken(), 9);
+  std::vector<int32_t> ids(kPages);
+  std::iota(ids.rbegin(), ids.rend(), 0);  // pages in reverse order
+
+  // Engine 1 computes into device pages (uploaded from host pages) and saves.
+  Pages host1(false), dev1(true);
+  const size_t per_layer = size_t{n} * l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ScatterLayer(host1.Caches(), layer, ids, 0, n,
+                 kv.data() + layer * per_layer, kv.data() + layer * per_layer);
+    ASSERT_EQ(cudaMemcpy(dev1.k[layer], host1.k[layer], host1.bytes,
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dev1.v[layer], host1.v[layer], host1.bytes,
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+  }
+  KvConnector engine1(client.get());
+  ASSERT_TRUE(engine1.RegisterKvCaches(dev1.Caches()).ok());
+  SaveSpec save{"s", tokens, "", ids, 0};
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine1.SaveLayer(layer, {save}).ok());
+  }
+  ASSERT_TRUE(engine1.WaitForSave().ok());
+  ASSERT_TRUE(client->WaitIdle(absl::Seconds(30)));
+  ASSERT_EQ(engine1.stats().saves_dropped, 0);
+
+  // Engine 2 loads into device pages; engine 3 into host pages.
+  Pages dev2(true), host3(false);
+  KvConnector engine2(client.get()), engine3(client.get());
+  ASSERT_TRUE(engine2.RegisterKvCaches(dev2.Caches()).ok());
+  ASSERT_TRUE(engine3.RegisterKvCaches(host3.Caches()).ok());
+  for (KvConnector* e : {&engine2, &engine3}) {
+    ASSERT_TRUE(e->StartLoad({LoadSpec{"r", tokens, "", ids, n}}).ok());
+    for (int layer = 0; layer < l.layers; ++layer) {
+      ASSERT_TRUE(e->WaitForLayerLoad(layer).ok());
+    }
+    EXPECT_TRUE(e->TakeLoadErrorBlockIds().empty());
+  }
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (int layer = 0; layer < l.layers; ++layer) {
+    EXPECT_EQ(dev2.Bytes(layer, true), host3.Bytes(layer, true));
+    EXPECT_EQ(dev2.Bytes(layer, false), host3.Bytes(layer, false));
+    EXPECT_EQ(host3.Bytes(layer, true), host1.Bytes(layer, true));
+  }
+}
+
+TEST(KvConnectorCudaTest, HostMemoryIsNotDevicePages) {
+  std::string why_not;
+  if (cuda::CudaDeviceCount(&why_not) == 0) GTEST_SKIP() << why_not;
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  Pages host(false);
+  PagedKvCaches caches = host.Caches();
+  caches.device = Device::kCuda;
+  KvConnector engine(c->get());
+  const absl::Status s = engine.RegisterKvCaches(caches);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("not memory of CUDA device"), std::string::npos)
+      << s;
+}
+
+}  // namespace
+}  // namespace vqkv::client
