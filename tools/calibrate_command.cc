@@ -36,6 +36,8 @@ struct CalibrateArgs {
   // key gain").
   int64_t gain_tokens = 4096;
   int key_gain_from_layer = -1;
+  // Gains set to 1 + strength (fitted - 1) (tools/key_gain_fit.h).
+  double gain_strength = 1.0;
   // Keep this file's codebooks and fit only the key gains.
   std::string refit_gains;
   // Fit the gains on this text instead of the calibration text's next
@@ -269,7 +271,7 @@ int Run(const CalibrateArgs& a) {
       const float* h =
           own_gain_text ? gc.layer_keys(layer).data() : k + tokens * per_token;
       if (absl::Status s = FitLayerKeyGains(**codec, layer, k, tokens, h, held,
-                                            &set, &report);
+                                            a.gain_strength, &set, &report);
           !s.ok()) {
         return Fail(s);
       }
@@ -338,6 +340,12 @@ std::function<int()> AddCalibrateCommand(CLI::App* app) {
   cmd->add_option("--key-gain-text", args->gain_text,
                   "text the key gains are fitted on (default: the "
                   "calibration text's tokens after the fitted ones)");
+  cmd->add_option("--key-gain-strength", args->gain_strength,
+                  "scale of the key gains' correction: gain = 1 + strength x "
+                  "(fitted gain - 1); above 1 trades agreement for retrieval "
+                  "(docs/FIDELITY.md, \"Gain strength\")")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--key-gain-from-layer", args->key_gain_from_layer,
                   "first layer with a key gain (default or negative: half the "
                   "layers; the layer count or more: no key gains)");

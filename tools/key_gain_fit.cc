@@ -23,11 +23,16 @@ double TraceOfSolve(int d, std::vector<double> a, std::vector<double> b) {
 absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
                               const float* fit_keys, int64_t fit_tokens,
                               const float* held_keys, int64_t held_tokens,
-                              CodebookSet* set, KeyGainReport* report) {
+                              double strength, CodebookSet* set,
+                              KeyGainReport* report) {
   if (fit_tokens < 1 || held_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("key gains need fitted and held-out keys; got ",
                      fit_tokens, " and ", held_tokens, " tokens"));
+  }
+  if (!(strength >= 0 && strength <= 10)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key gain strength must be in [0, 10], got ", strength));
   }
   const KvLayout& lay = codec.layout();
   const int H = lay.kv_heads, D = lay.head_dim;
@@ -68,7 +73,8 @@ absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
     const double den = TraceOfSolve(D, w, cxy);
     double gain = 1.0;
     if (den > 0 && std::isfinite(num / den)) {
-      gain = std::clamp(num / den, 1.0 / kMaxKeyGain, double{kMaxKeyGain});
+      gain = std::clamp(1.0 + strength * (num / den - 1.0), 1.0 / kMaxKeyGain,
+                        double{kMaxKeyGain});
     }
     if (absl::Status st =
             set->SetKeyGain(layer, h, static_cast<float>(gain),

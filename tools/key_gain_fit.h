@@ -19,6 +19,11 @@
 // second moment lets the high-variance directions, where the codebooks lose
 // least, decide: gains of 1.003-1.01 that leave retrieval where it was.)
 //
+// `strength` s scales the correction: the gain set is 1 + s (gain - 1).
+// Held-out text of the calibration's own kind measures the shrinkage of
+// keys like it; a needle unlike the text is shrunk more, and s > 1 buys
+// retrieval with agreement (docs/FIDELITY.md, "Gain strength").
+//
 // Thread safety: a pure function of its arguments except for `set`.
 #ifndef VQKV_TOOLS_KEY_GAIN_FIT_H_
 #define VQKV_TOOLS_KEY_GAIN_FIT_H_
@@ -41,12 +46,14 @@ struct KeyGainReport {
 // A head whose covariance is singular or whose slope is not positive keeps
 // gain 1; gains are clamped to [1/kMaxKeyGain, kMaxKeyGain]. `report` may
 // be null.
-// Errors: kInvalidArgument for fit_tokens or held_tokens < 1; from
+// Errors: kInvalidArgument for fit_tokens or held_tokens < 1 or strength
+// outside [0, 10]; from
 // codec.ReconstructLayerKeys and set->SetKeyGain.
 absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
                               const float* fit_keys, int64_t fit_tokens,
                               const float* held_keys, int64_t held_tokens,
-                              CodebookSet* set, KeyGainReport* report);
+                              double strength, CodebookSet* set,
+                              KeyGainReport* report);
 
 }  // namespace vqkv::tools
 

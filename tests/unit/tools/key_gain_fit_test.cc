@@ -59,7 +59,7 @@ TEST(KeyGainFitTest, UndoesTheShrinkageOfHeldOutKeys) {
   CodebookSet set = codec->codebooks();
   KeyGainReport report;
   ASSERT_TRUE(FitLayerKeyGains(*codec, 0, fit_keys.data(), fit,
-                               held_keys.data(), held, &set, &report)
+                               held_keys.data(), held, 1.0, &set, &report)
                   .ok());
   ASSERT_TRUE(set.has_key_gains());
   EXPECT_EQ(report.heads, H);
@@ -90,10 +90,23 @@ TEST(KeyGainFitTest, UndoesTheShrinkageOfHeldOutKeys) {
   // gain, which is why the gains are fitted on held-out keys.
   CodebookSet in_sample = codec->codebooks();
   ASSERT_TRUE(FitLayerKeyGains(*codec, 0, fit_keys.data(), fit, fit_keys.data(),
-                               fit, &in_sample, nullptr)
+                               fit, 1.0, &in_sample, nullptr)
                   .ok());
   for (int h = 0; h < H; ++h) {
     EXPECT_LT(in_sample.key_gain(0, h), set.key_gain(0, h)) << "head " << h;
+  }
+  // Strength scales the correction: 1 + s (g - 1); 0 leaves every gain 1.
+  for (double strength : {0.0, 2.5}) {
+    CodebookSet scaled = codec->codebooks();
+    ASSERT_TRUE(FitLayerKeyGains(*codec, 0, fit_keys.data(), fit,
+                                 held_keys.data(), held, strength, &scaled,
+                                 nullptr)
+                    .ok());
+    for (int h = 0; h < H; ++h) {
+      EXPECT_NEAR(scaled.key_gain(0, h),
+                  1.0 + strength * (set.key_gain(0, h) - 1.0), 1e-5)
+          << "strength " << strength << " head " << h;
+    }
   }
 }
 
@@ -105,11 +118,15 @@ TEST(KeyGainFitTest, BadArguments) {
       CodebookSet::Create(*VqCodec::ResolveConfig(layout, CoarseConfig()));
   ASSERT_TRUE(set.ok());
   EXPECT_EQ(FitLayerKeyGains(*codec, 1, keys.data(), 50, keys.data() + 800, 50,
-                             &*set, nullptr)
+                             1.0, &*set, nullptr)
                 .code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(FitLayerKeyGains(*codec, 0, keys.data(), 50, keys.data() + 800, 0,
-                             &*set, nullptr)
+                             1.0, &*set, nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FitLayerKeyGains(*codec, 0, keys.data(), 50, keys.data() + 800, 50,
+                             -1.0, &*set, nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(set->has_key_gains());
