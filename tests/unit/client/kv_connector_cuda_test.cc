@@ -76,14 +76,21 @@ struct Pages {
   std::vector<void*> k, v;
 };
 
+// An fp16 client of SmallLayout over `store`; null (and a failure) if it
+// cannot be made.
+std::unique_ptr<CacheClient> NewClient(storage::TieredStore* store) {
+  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
+                               std::make_unique<EmbeddedBackend>(store));
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *std::move(c) : nullptr;
+}
+
 TEST(KvConnectorCudaTest, DevicePagesSaveAndLoadAsHostPagesDo) {
   std::string why_not;
   if (cuda::CudaDeviceCount(&why_not) == 0) GTEST_SKIP() << why_not;
   auto store = MemoryStore();
-  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
-                               std::make_unique<EmbeddedBackend>(store.get()));
-  ASSERT_TRUE(c.ok()) << c.status();
-  std::unique_ptr<CacheClient> client = *std::move(c);
+  std::unique_ptr<CacheClient> client = NewClient(store.get());
+  ASSERT_NE(client, nullptr);
   const KvLayout l = SmallLayout();
   const int n = 64;
   const std::vector<int32_t> tokens = Tokens(n);
@@ -138,13 +145,12 @@ TEST(KvConnectorCudaTest, HostMemoryIsNotDevicePages) {
   std::string why_not;
   if (cuda::CudaDeviceCount(&why_not) == 0) GTEST_SKIP() << why_not;
   auto store = MemoryStore();
-  auto c = CacheClient::Create(Options(32), testing::Fp16(SmallLayout()), "",
-                               std::make_unique<EmbeddedBackend>(store.get()));
-  ASSERT_TRUE(c.ok()) << c.status();
+  std::unique_ptr<CacheClient> client = NewClient(store.get());
+  ASSERT_NE(client, nullptr);
   Pages host(false);
   PagedKvCaches caches = host.Caches();
   caches.device = Device::kCuda;
-  KvConnector engine(c->get());
+  KvConnector engine(client.get());
   const absl::Status s = engine.RegisterKvCaches(caches);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_NE(s.message().find("not memory of CUDA device"), std::string::npos)
