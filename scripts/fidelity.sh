@@ -88,15 +88,14 @@ echo "codebooks"
 calibrate default
 calibrate k20v6 --key-stages 20 --value-stages 6
 calibrate k20 --key-stages 20
-# The default codebooks with key gains fitted on text of another kind than
-# the calibration text (the Python tutorial from scripts/get-texts.sh):
-# larger gains, which buy retrieval with a little agreement
-# (docs/FIDELITY.md, "The key gain"). Skipped when texts/ cannot be made.
-gain_cb=$cb/default-tutorial-gains.vqcb
-if [[ ! -s $gain_cb ]] && bash scripts/get-texts.sh >/dev/null; then
-  echo "  fit  default-tutorial-gains.vqcb (key gains only)"
+# The default codebooks with the key gains at strength 1 (the default
+# before 2026-12-03; docs/FIDELITY.md, "Gain strength"): the same fit, half
+# the correction, which buys agreement with retrieval.
+gain_cb=$cb/default-gain-strength-1.vqcb
+if [[ ! -s $gain_cb ]]; then
+  echo "  fit  default-gain-strength-1.vqcb (key gains only)"
   "$VQKV" calibrate --model "$M" --text "$CAL" --refit-gains "$cb/default.vqcb" \
-    --key-gain-text texts/python-tutorial.txt --out "$gain_cb"
+    --key-gain-strength 1 --out "$gain_cb"
 fi
 
 # The codecs compared: label, then eval flags.
@@ -108,9 +107,7 @@ codecs=(
   # The sketch where retrieval needs it, layers 16-29 (3.04 bits/element).
   "vq-default-ks64-from16:--codec vq --codebooks $cb/default.vqcb --key-sketch-bits 64 --key-sketch-from-layer 16"
 )
-if [[ -s $gain_cb ]]; then
-  codecs+=("vq-default-tutorial-gains:--codec vq --codebooks $gain_cb")
-fi
+codecs+=("vq-default-gain-strength-1:--codec vq --codebooks $gain_cb")
 # The sketch on the default codebooks (3.375 bits/element): full runs only.
 [[ $quick == 1 ]] || codecs+=(
   "vq-default-ks64:--codec vq --codebooks $cb/default.vqcb --key-sketch-bits 64")

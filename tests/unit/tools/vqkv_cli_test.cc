@@ -385,6 +385,20 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   // 30 layers x 3 heads x (gain + 64 centre floats) more.
   ASSERT_EQ(refit_file.size(), plain_file.size() + 30 * 3 * 65 * 4);
   EXPECT_EQ(codebooks(refit_file), codebooks(plain_file));
+  // The default strength is 2: spelling it out writes the same file, and
+  // strength 1 other gains on the same codebooks.
+  const std::string refit_flags = "--refit-gains " + Path("plain.vqcb") +
+                                  " --key-gain-tokens 300 "
+                                  "--key-gain-from-layer 20 ";
+  ASSERT_EQ(
+      calibrate("s2.vqcb", refit_flags + "--key-gain-strength 2").exit_code, 0);
+  EXPECT_EQ(ReadAll(Path("s2.vqcb")), refit_file);
+  ASSERT_EQ(
+      calibrate("s1.vqcb", refit_flags + "--key-gain-strength 1").exit_code, 0);
+  const std::string s1_file = ReadAll(Path("s1.vqcb"));
+  ASSERT_EQ(s1_file.size(), refit_file.size());
+  EXPECT_EQ(codebooks(s1_file), codebooks(plain_file));
+  EXPECT_NE(s1_file, refit_file) << "strength 1 writes other gains";
   // Gains fitted on another text (--key-gain-text): its first 300 tokens,
   // the same codebooks, other gains.
   const std::string other_text = Text("tinyshakespeare.txt");
