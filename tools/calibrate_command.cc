@@ -344,8 +344,10 @@ std::function<int()> AddCalibrateCommand(CLI::App* app) {
                   "calibration text's tokens after the fitted ones)");
   cmd->add_option("--key-gain-strength", args->gain_strength,
                   "scale of the key gains' correction: gain = 1 + strength x "
-                  "(fitted gain - 1); above 1 trades agreement for retrieval "
-                  "(docs/FIDELITY.md, \"Gain strength\")")
+                  "(fitted gain - 1); above 1 trades agreement for retrieval; "
+                  "2 suits the paper's rate, 1 sets with fewer key stages or "
+                  "meant for --key-sketch-bits (docs/FIDELITY.md, \"Gain "
+                  "strength\")")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--key-gain-from-layer", args->key_gain_from_layer,
