@@ -36,10 +36,10 @@ struct CalibrateArgs {
   // key gain").
   int64_t gain_tokens = 4096;
   int key_gain_from_layer = -1;
-  // Gains set to 1 + strength (fitted - 1) (tools/key_gain_fit.h). 2: on
-  // SmolLM2-135M passkey 18/20 against 6/20 at 1, perplexity +0.9-1.0%
-  // against +0.4-0.7% (docs/FIDELITY.md, "Gain strength").
-  double gain_strength = 2.0;
+  // Gains set to 1 + strength (fitted - 1) (tools/key_gain_fit.h); negative:
+  // AutoKeyGainStrength of the gains fitted at 1 (docs/FIDELITY.md, "Gain
+  // strength").
+  double gain_strength = -1.0;
   // Keep this file's codebooks and fit only the key gains.
   std::string refit_gains;
   // Fit the gains on this text instead of the calibration text's next
@@ -266,24 +266,45 @@ int Run(const CalibrateArgs& a) {
   CodebookSet set = (*codec)->codebooks();
   set.ClearKeyGains();  // --refit-gains replaces every gain of the file
   if (gains) {
-    KeyGainReport report;
     const eval::KvCollector& gc = own_gain_text ? *gain_collector : collector;
-    for (int layer = gain_from; layer < layout.layers; ++layer) {
-      const float* k = collector.layer_keys(layer).data();
-      const float* h =
-          own_gain_text ? gc.layer_keys(layer).data() : k + tokens * per_token;
-      if (absl::Status s = FitLayerKeyGains(**codec, layer, k, tokens, h, held,
-                                            a.gain_strength, &set, &report);
-          !s.ok()) {
-        return Fail(s);
+    const auto fit_gains = [&](double strength,
+                               KeyGainReport* report) -> absl::Status {
+      for (int layer = gain_from; layer < layout.layers; ++layer) {
+        const float* k = collector.layer_keys(layer).data();
+        const float* h = own_gain_text ? gc.layer_keys(layer).data()
+                                       : k + tokens * per_token;
+        if (absl::Status s = FitLayerKeyGains(**codec, layer, k, tokens, h,
+                                              held, strength, &set, report);
+            !s.ok()) {
+          return s;
+        }
+      }
+      return absl::OkStatus();
+    };
+    const bool auto_strength = a.gain_strength < 0;
+    double strength = auto_strength ? 1.0 : a.gain_strength;
+    KeyGainReport report;
+    if (absl::Status s = fit_gains(strength, &report); !s.ok()) return Fail(s);
+    const double fitted_mean = report.mean_gain;
+    if (auto_strength) {
+      strength = AutoKeyGainStrength(fitted_mean);
+      if (strength != 1.0) {
+        report = KeyGainReport{};
+        if (absl::Status s = fit_gains(strength, &report); !s.ok()) {
+          return Fail(s);
+        }
       }
     }
-    std::fprintf(stderr,
-                 "vqkv calibrate: key gains of layers %d-%d on %lld held-out "
-                 "tokens%s: %.4f to %.4f, mean %.4f\n",
-                 gain_from, layout.layers - 1, static_cast<long long>(held),
-                 own_gain_text ? absl::StrCat(" of ", a.gain_text).c_str() : "",
-                 report.min_gain, report.max_gain, report.mean_gain);
+    std::fprintf(
+        stderr,
+        "vqkv calibrate: key gains of layers %d-%d on %lld held-out "
+        "tokens%s: %.4f to %.4f, mean %.4f; strength %.3f%s\n",
+        gain_from, layout.layers - 1, static_cast<long long>(held),
+        own_gain_text ? absl::StrCat(" of ", a.gain_text).c_str() : "",
+        report.min_gain, report.max_gain, report.mean_gain, strength,
+        auto_strength
+            ? absl::StrFormat(" (auto: fitted mean %.4f)", fitted_mean).c_str()
+            : "");
   }
   if (absl::Status s = set.SetIdentity(m->identity); !s.ok()) return Fail(s);
   // Pre-RoPE codebooks record the model's rotation, so the client library
@@ -344,11 +365,11 @@ std::function<int()> AddCalibrateCommand(CLI::App* app) {
                   "calibration text's tokens after the fitted ones)");
   cmd->add_option("--key-gain-strength", args->gain_strength,
                   "scale of the key gains' correction: gain = 1 + strength x "
-                  "(fitted gain - 1); above 1 trades agreement for retrieval; "
-                  "2 suits the paper's rate, 1 sets with fewer key stages or "
+                  "(fitted gain - 1); above 1 trades agreement for retrieval. "
+                  "Default: scaled until the mean gain is 1.065, between 1 "
+                  "and 2 (2 at the paper's rate on SmolLM2-135M); 1 for sets "
                   "meant for --key-sketch-bits (docs/FIDELITY.md, \"Gain "
                   "strength\")")
-      ->capture_default_str()
       ->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--key-gain-from-layer", args->key_gain_from_layer,
                   "first layer with a key gain (default or negative: half the "

@@ -95,4 +95,9 @@ absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
   return absl::OkStatus();
 }
 
+double AutoKeyGainStrength(double mean_gain) {
+  if (!(mean_gain > 1.0)) return 1.0;
+  return std::clamp(kAutoKeyGainExcess / (mean_gain - 1.0), 1.0, 2.0);
+}
+
 }  // namespace vqkv::tools

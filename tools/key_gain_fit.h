@@ -55,6 +55,16 @@ absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
                               double strength, CodebookSet* set,
                               KeyGainReport* report);
 
+// The strength `vqkv calibrate` uses unless told one: the correction scaled
+// until the gains' mean is 1 + kAutoKeyGainExcess, never below the fit (1)
+// nor past twice it (2). `mean_gain` is the mean of the gains fitted at
+// strength 1; at or below 1 the answer is 1. On SmolLM2-135M this doubles
+// the paper-rate set's gains (fitted mean 1.032: passkey 18/20 against
+// 6/20) and keeps the 20-stage set's (mean 1.066), which doubling costs
+// +3.5-4.3 points of perplexity (docs/FIDELITY.md, "Gain strength").
+inline constexpr double kAutoKeyGainExcess = 0.065;
+double AutoKeyGainStrength(double mean_gain);
+
 }  // namespace vqkv::tools
 
 #endif  // VQKV_TOOLS_KEY_GAIN_FIT_H_

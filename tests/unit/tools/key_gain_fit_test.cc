@@ -2,6 +2,7 @@
 // held-out keys, averaged over the whitened directions of key space.
 #include "tools/key_gain_fit.h"
 
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -108,6 +109,21 @@ TEST(KeyGainFitTest, UndoesTheShrinkageOfHeldOutKeys) {
           << "strength " << strength << " head " << h;
     }
   }
+}
+
+TEST(KeyGainFitTest, AutoStrengthScalesTowardTheTargetMeanWithinOneAndTwo) {
+  // Small fitted gains are doubled, large ones kept, between them the mean
+  // lands on 1 + kAutoKeyGainExcess.
+  EXPECT_EQ(AutoKeyGainStrength(1.0315), 2.0);
+  EXPECT_EQ(AutoKeyGainStrength(1.0662), 1.0);
+  const double s = AutoKeyGainStrength(1.05);
+  EXPECT_GT(s, 1.0);
+  EXPECT_LT(s, 2.0);
+  EXPECT_NEAR(1.0 + s * 0.05, 1.0 + kAutoKeyGainExcess, 1e-12);
+  // No shrinkage measured (or an expansion): nothing to scale.
+  EXPECT_EQ(AutoKeyGainStrength(1.0), 1.0);
+  EXPECT_EQ(AutoKeyGainStrength(0.98), 1.0);
+  EXPECT_EQ(AutoKeyGainStrength(std::nan("")), 1.0);
 }
 
 TEST(KeyGainFitTest, BadArguments) {

@@ -385,20 +385,39 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   // 30 layers x 3 heads x (gain + 64 centre floats) more.
   ASSERT_EQ(refit_file.size(), plain_file.size() + 30 * 3 * 65 * 4);
   EXPECT_EQ(codebooks(refit_file), codebooks(plain_file));
-  // The default strength is 2: spelling it out writes the same file, and
-  // strength 1 other gains on the same codebooks.
+  // By default the strength follows the fitted gains (AutoKeyGainStrength,
+  // between 1 and 2); spelling out the strength it chose writes the same
+  // file, and another strength other gains on the same codebooks.
+  const std::regex auto_line(
+      R"(strength (\d\.\d{3}) \(auto: fitted mean (\d\.\d{4})\))");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(refit.err, m, auto_line)) << refit.err;
+  const double chosen = std::stod(m[1].str());
+  const double fitted_mean = std::stod(m[2].str());
+  EXPECT_GE(chosen, 1.0);
+  EXPECT_LE(chosen, 2.0);
+  EXPECT_NEAR(chosen,
+              std::clamp(0.065 / std::max(fitted_mean - 1.0, 1e-9), 1.0, 2.0),
+              0.01);
   const std::string refit_flags = "--refit-gains " + Path("plain.vqcb") +
                                   " --key-gain-tokens 300 "
                                   "--key-gain-from-layer 20 ";
-  ASSERT_EQ(
-      calibrate("s2.vqcb", refit_flags + "--key-gain-strength 2").exit_code, 0);
-  EXPECT_EQ(ReadAll(Path("s2.vqcb")), refit_file);
-  ASSERT_EQ(
-      calibrate("s1.vqcb", refit_flags + "--key-gain-strength 1").exit_code, 0);
-  const std::string s1_file = ReadAll(Path("s1.vqcb"));
-  ASSERT_EQ(s1_file.size(), refit_file.size());
-  EXPECT_EQ(codebooks(s1_file), codebooks(plain_file));
-  EXPECT_NE(s1_file, refit_file) << "strength 1 writes other gains";
+  if (chosen == 1.0 || chosen == 2.0) {
+    Result same = calibrate("same.vqcb",
+                            refit_flags + "--key-gain-strength " + m[1].str());
+    ASSERT_EQ(same.exit_code, 0) << same.err;
+    EXPECT_EQ(same.err.find("auto"), std::string::npos) << same.err;
+    EXPECT_EQ(ReadAll(Path("same.vqcb")), refit_file);
+  }
+  const std::string other_strength = chosen > 1.5 ? "1" : "3";
+  ASSERT_EQ(calibrate("s_other.vqcb",
+                      refit_flags + "--key-gain-strength " + other_strength)
+                .exit_code,
+            0);
+  const std::string s_file = ReadAll(Path("s_other.vqcb"));
+  ASSERT_EQ(s_file.size(), refit_file.size());
+  EXPECT_EQ(codebooks(s_file), codebooks(plain_file));
+  EXPECT_NE(s_file, refit_file) << "another strength writes other gains";
   // Gains fitted on another text (--key-gain-text): its first 300 tokens,
   // the same codebooks, other gains.
   const std::string other_text = Text("tinyshakespeare.txt");
