@@ -24,6 +24,7 @@
 #include "kernels/vq_codec.h"
 #include "tests/unit/model/gguf_writer.h"
 #include "tests/unit/tools/cli_test_base.h"
+#include "tools/key_gain_fit.h"
 
 namespace vqkv {
 namespace {
@@ -396,9 +397,7 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   const double fitted_mean = std::stod(m[2].str());
   EXPECT_GE(chosen, 1.0);
   EXPECT_LE(chosen, 2.0);
-  EXPECT_NEAR(chosen,
-              std::clamp(0.065 / std::max(fitted_mean - 1.0, 1e-9), 1.0, 2.0),
-              0.01);
+  EXPECT_NEAR(chosen, tools::AutoKeyGainStrength(fitted_mean), 0.01);
   const std::string refit_flags = "--refit-gains " + Path("plain.vqcb") +
                                   " --key-gain-tokens 300 "
                                   "--key-gain-from-layer 20 ";
