@@ -3,9 +3,44 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace vqkv::eval {
+
+absl::StatusOr<CodedParts> ParseCodedParts(const std::string& parts,
+                                           const std::string& layers) {
+  CodedParts c;
+  if (parts == "keys") {
+    c.values = false;
+  } else if (parts == "values") {
+    c.keys = false;
+  } else if (parts != "all") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--coded must be all, keys or values, not '", parts, "'"));
+  }
+  if (layers.empty()) return c;
+  const std::vector<std::string> be = absl::StrSplit(layers, '-');
+  int b = 0, e = 0;
+  if (be.size() != 2 || !absl::SimpleAtoi(be[0], &b) ||
+      !absl::SimpleAtoi(be[1], &e) || b < 0 || e < b) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--coded-layers must be B-E with 0 <= B <= E (inclusive), not '",
+        layers, "'"));
+  }
+  c.layers_begin = b;
+  c.layers_end = e + 1;
+  return c;
+}
+
+std::string DescribeCodedParts(const CodedParts& c) {
+  std::string s = c.keys && c.values ? "all" : c.keys ? "keys" : "values";
+  if (c.layers_begin > 0 || c.layers_end < CodedParts::kAllLayers) {
+    absl::StrAppend(&s, ", layers ", c.layers_begin, "-", c.layers_end - 1);
+  }
+  return s;
+}
 
 absl::StatusOr<std::unique_ptr<CompressedKvCache>> CompressedKvCache::Create(
     const KvLayout& layout, const Codec* codec, const Rope* rope,
@@ -37,13 +72,10 @@ absl::StatusOr<std::unique_ptr<CompressedKvCache>> CompressedKvCache::Create(
     if (vq == nullptr || !vq->fitted()) {
       return absl::InvalidArgumentError("attend_codes needs a fitted VQ codec");
     }
-    if (options.keys_pre_rope || !options.code_keys || !options.code_values ||
-        options.coded_layers_begin > 0 ||
-        options.coded_layers_end < layout.layers) {
+    if (options.keys_pre_rope || !options.coded.everything(layout.layers)) {
       return absl::InvalidArgumentError(
           "attend_codes needs post-RoPE keys (codebooks calibrated with "
-          "--keys post) and no ablation (code_keys, code_values, all layers "
-          "coded)");
+          "--keys post) and everything coded (no ablation)");
     }
     cache->vq_ = vq;
     for (int l = 0; l < layout.layers; ++l) {
@@ -150,22 +182,20 @@ absl::Status CompressedKvCache::CodeBlock() {
     return s;
   }
   for (int l = 0; l < lay.layers; ++l) {
-    const bool layer_coded =
-        l >= options_.coded_layers_begin && l < options_.coded_layers_end;
+    const bool keys_coded = options_.coded.keys_in(l);
     decoded_.Resize(l, begin + b);
     float* k = decoded_.mutable_keys(l) + begin * row;
     float* v = decoded_.mutable_values(l) + begin * row;
-    if (layer_coded && options_.code_keys) {
+    if (keys_coded) {
       std::memcpy(k, block_keys_.data() + l * b * row, sizeof(float) * b * row);
     } else {
       std::memcpy(k, exact_.keys(l) + begin * row, sizeof(float) * b * row);
     }
     std::memcpy(v,
-                layer_coded && options_.code_values
-                    ? block_values_.data() + l * b * row
-                    : exact_.values(l) + begin * row,
+                options_.coded.values_in(l) ? block_values_.data() + l * b * row
+                                            : exact_.values(l) + begin * row,
                 sizeof(float) * b * row);
-    if (options_.keys_pre_rope && layer_coded && options_.code_keys) {
+    if (options_.keys_pre_rope && keys_coded) {
       for (int64_t i = 0; i < b; ++i) {
         rope_->Apply(k + i * row, lay.kv_heads, begin + i);
       }

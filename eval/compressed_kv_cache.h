@@ -30,6 +30,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -41,6 +42,37 @@
 
 namespace vqkv::eval {
 
+// Which parts of the cache a compressed cache reads through the codec, so
+// that a loss can be traced to keys or values and to a range of layers; the
+// rest is read exact. The default codes everything.
+struct CodedParts {
+  static constexpr int kAllLayers = 1 << 16;
+
+  bool keys = true;
+  bool values = true;
+  int layers_begin = 0;
+  int layers_end = kAllLayers;  // exclusive; clamped to the layer count
+
+  bool everything(int layers) const {
+    return keys && values && layers_begin <= 0 && layers_end >= layers;
+  }
+  bool keys_in(int layer) const {
+    return keys && layer >= layers_begin && layer < layers_end;
+  }
+  bool values_in(int layer) const {
+    return values && layer >= layers_begin && layer < layers_end;
+  }
+};
+
+// Parses what `vqkv eval --coded` and `--coded-layers` take: parts "all",
+// "keys" or "values"; layers "" (all) or "B-E" (inclusive, 0-based).
+// Errors: kInvalidArgument naming the bad value.
+absl::StatusOr<CodedParts> ParseCodedParts(const std::string& parts,
+                                           const std::string& layers);
+
+// "all", or e.g. "values, layers 0-9" (the inverse of ParseCodedParts).
+std::string DescribeCodedParts(const CodedParts& c);
+
 struct CompressedKvCacheOptions {
   int64_t sinks = 4;
   int64_t window = 1024;
@@ -50,13 +82,9 @@ struct CompressedKvCacheOptions {
   bool keys_pre_rope = false;
   // Round the exact copies (and what the codec is given) to fp16.
   bool round_to_fp16 = true;
-  // Diagnostic ablation (vqkv eval --task diagnose): the parts left out here
-  // are read exact even where the policy says decoded, so a retrieval loss
-  // can be traced to keys or values and to a range of layers.
-  bool code_keys = true;
-  bool code_values = true;
-  int coded_layers_begin = 0;
-  int coded_layers_end = 1 << 16;  // exclusive; clamped to the layer count
+  // Ablation (vqkv eval --coded, --coded-layers, --task diagnose): the parts
+  // left out are read exact even where the policy says decoded.
+  CodedParts coded;
   // Attention over codes: keep each coded block as its unpacked VQ codes
   // (no decoded copy) and let attention read the coded positions from them
   // (KvCache::LayerView::coded, kernels/code_attention.h). Needs a VqCodec

@@ -58,6 +58,11 @@ struct EvalArgs {
   int chains = 1;        // vartrack chains
   int hops = 1;          // vartrack copies per chain
   bool ablation = true;  // diagnose
+  // Parts read through the codec (eval::ParseCodedParts); parsed into
+  // coded_parts by Run.
+  std::string coded = "all";
+  std::string coded_layers;
+  eval::CodedParts coded_parts;
   // memory
   double budget_gib = 1.0;
   std::vector<int64_t> memory_ctx = {2048, 8192, 32768, 131072};
@@ -223,6 +228,16 @@ eval::Interval ChangePct(const eval::Interval& log_diff) {
   return {100.0 * std::expm1(log_diff.lo), 100.0 * std::expm1(log_diff.hi)};
 }
 
+// What --coded and --coded-layers left exact, for the table header ("; ..."
+// ) or the JSON line (",\"coded\":..."); empty when everything is coded.
+std::string CodedNote(const EvalArgs& a, bool json) {
+  if (a.coded_parts.everything(eval::CodedParts::kAllLayers)) return "";
+  const std::string d = eval::DescribeCodedParts(a.coded_parts);
+  return json ? absl::StrCat(",\"coded\":", JsonString(d))
+              : absl::StrCat("; read through the codec: ", d,
+                             " (the rest exact)");
+}
+
 int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
                   const std::vector<EvalCodec>& codecs, const Codec& fp16) {
   const model::LlamaModel& model = *m.model;
@@ -255,12 +270,12 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
   if (!a.json) {
     std::printf(
         "%s, ctx %lld, sinks %lld + window %lld fp16, %lld windows, rows "
-        ">= %lld scored (their past holds coded tokens)\n",
+        ">= %lld scored (their past holds coded tokens)%s\n",
         a.text.c_str(), static_cast<long long>(a.ctx),
         static_cast<long long>(a.sinks), static_cast<long long>(a.window),
         static_cast<long long>(
             eval::WindowCount(static_cast<int64_t>(ids->size()), wo)),
-        static_cast<long long>(wo.score_from));
+        static_cast<long long>(wo.score_from), CodedNote(a, false).c_str());
     std::string head =
         absl::StrFormat("%-8s %9s %8s %10s %10s %9s %8s %10s %12s %8s", "codec",
                         "bits/elt", "ratio", "ppl", "ppl fp16", "change",
@@ -279,6 +294,7 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
     co.window = a.window;
     co.block_tokens = std::min(a.block_tokens, a.window + 1);
     co.keys_pre_rope = c.keys_pre_rope;
+    co.coded = a.coded_parts;
     // Only the VQ codec has codes to attend over; other codecs decode.
     co.attend_codes = a.attend_codes &&
                       dynamic_cast<const VqCodec*>(c.codec.get()) != nullptr;
@@ -318,7 +334,7 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
           "\"payload_bytes_per_token\":%.4f,"
           "\"kv_bytes_per_token_at_ctx\":%.4f,\"budget_bytes\":%lld,"
           "\"max_tokens_in_budget\":%lld,\"fp16_max_tokens_in_budget\":%lld,"
-          "\"seconds\":%.1f%s}\n",
+          "\"seconds\":%.1f%s%s}\n",
           JsonString(c.name).c_str(), JsonString(c.codec->Descriptor()).c_str(),
           JsonString(c.codebooks).c_str(), a.beam_width,
           c.keys_pre_rope ? "pre" : "post", JsonString(a.text).c_str(),
@@ -335,7 +351,7 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
           static_cast<long long>(mem.budget_bytes),
           static_cast<long long>(mem.max_tokens),
           static_cast<long long>(mem.fp16_max_tokens), seconds,
-          intervals.c_str());
+          intervals.c_str(), CodedNote(a, true).c_str());
     } else {
       std::string row = absl::StrFormat(
           "%-8s %9.4f %7.1f%% %10.3f %10.3f %+8.2f%% %8.4f %10.5f %12.1f "
@@ -418,6 +434,7 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
   o.sinks = a.sinks;
   o.window = a.window;
   o.block_tokens = std::min(a.block_tokens, a.window + 1);
+  o.coded = a.coded_parts;
   for (int64_t len : o.lengths) {
     if (len <= a.window + a.sinks) {
       return Fail(absl::InvalidArgumentError(absl::StrFormat(
@@ -450,10 +467,11 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
         "%s%s: %d trials per length (needle depths spread over the coded "
         "region), seed %llu, sinks %lld + window %lld fp16; correct/trials "
         "[Wilson 95%% interval]; coded: trials whose needles all lie in the "
-        "coded region\n",
+        "coded region%s\n",
         a.task.c_str(), TaskParams(a, false).c_str(), a.trials,
         static_cast<unsigned long long>(a.seed),
-        static_cast<long long>(a.sinks), static_cast<long long>(a.window));
+        static_cast<long long>(a.sinks), static_cast<long long>(a.window),
+        CodedNote(a, false).c_str());
     std::printf("%-8s %8s %20s %20s\n", "codec", "length", "accuracy",
                 "coded accuracy");
   }
@@ -479,7 +497,7 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
             "\"sinks\":%lld%s,\"correct\":%d,\"accuracy\":%.4f,\"ci95\":%s,"
             "\"fp16_accuracy\":%.4f,\"coded_trials\":%d,\"correct_coded\":%d,"
             "\"accuracy_coded\":%.4f,\"ci95_coded\":%s,"
-            "\"fp16_accuracy_coded\":%.4f}\n",
+            "\"fp16_accuracy_coded\":%.4f%s}\n",
             JsonString(a.task).c_str(), JsonString(runs[i].name).c_str(),
             JsonString(runs[i].codec ? runs[i].codec->Descriptor() : "fp16")
                 .c_str(),
@@ -494,7 +512,8 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
             n ? static_cast<double>(ok_ref) / n : 0.0, nc, okc,
             nc ? static_cast<double>(okc) / nc : 0.0,
             JsonInterval(eval::Wilson95(okc, nc)).c_str(),
-            nc ? static_cast<double>(okc_ref) / nc : 0.0);
+            nc ? static_cast<double>(okc_ref) / nc : 0.0,
+            CodedNote(a, true).c_str());
       } else {
         std::printf("%-8s %8lld %20s %20s\n", runs[i].name.c_str(),
                     static_cast<long long>(len),
@@ -539,7 +558,17 @@ int RunDiagnoseTask(const EvalArgs& a, const LoadedModel& m,
   return 0;
 }
 
-int Run(const EvalArgs& a) {
+int Run(EvalArgs a) {
+  absl::StatusOr<eval::CodedParts> coded =
+      eval::ParseCodedParts(a.coded, a.coded_layers);
+  if (!coded.ok()) return Fail(coded.status());
+  a.coded_parts = *coded;
+  if (a.task == "diagnose" &&
+      !a.coded_parts.everything(eval::CodedParts::kAllLayers)) {
+    return Fail(absl::InvalidArgumentError(
+        "--task diagnose runs its own ablations; drop --coded and "
+        "--coded-layers"));
+  }
   if (a.task != "ppl" && a.task != "passkey" && a.task != "mkniah" &&
       a.task != "vartrack" && a.task != "diagnose") {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
@@ -629,6 +658,13 @@ std::function<int()> AddEvalCommand(CLI::App* app) {
   cmd->add_flag("--ablation,!--no-ablation", args->ablation,
                 "diagnose: also run passkey with only keys, only values or a "
                 "third of the layers coded (default on)");
+  cmd->add_option("--coded", args->coded,
+                  "ablation: the parts read through the codec, all, keys or "
+                  "values (the rest exact)")
+      ->capture_default_str();
+  cmd->add_option("--coded-layers", args->coded_layers,
+                  "ablation: only layers B-E (inclusive, 0-based) read "
+                  "through the codec (default: all)");
   cmd->add_option("--budget-gib", args->budget_gib,
                   "KV budget for the longest-context figure")
       ->capture_default_str();

@@ -27,6 +27,7 @@ absl::StatusOr<std::unique_ptr<model::KvCache>> MakeCache(
   co.window = options.window;
   co.block_tokens = options.block_tokens;
   co.keys_pre_rope = c.keys_pre_rope;
+  co.coded = options.coded;
   return eval::CompressedCacheFactory(model, c.codec, co)();
 }
 

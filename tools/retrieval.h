@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "eval/compressed_kv_cache.h"
 #include "kernels/codec.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
@@ -123,6 +124,7 @@ struct RetrievalOptions {
   int64_t window = 256;
   int64_t block_tokens = 32;
   int64_t max_new_tokens = 8;
+  eval::CodedParts coded;  // ablation: the rest is read exact
 };
 
 struct RetrievalTrial {

@@ -20,19 +20,17 @@ namespace {
 // One ablation: which part of the cache is read decoded.
 struct Variant {
   std::string what;
-  bool keys = true;
-  bool values = true;
-  int layers_begin = 0;
-  int layers_end = 1 << 16;
+  eval::CodedParts coded;
 };
 
 std::vector<Variant> Variants(int layers) {
-  std::vector<Variant> v = {
-      {"all coded"}, {"keys only", true, false}, {"values only", false, true}};
+  std::vector<Variant> v = {{"all coded", {}},
+                            {"keys only", {true, false}},
+                            {"values only", {false, true}}};
   const int third = (layers + 2) / 3;
   for (int b = 0; b < layers; b += third) {
     const int e = std::min(layers, b + third);
-    v.push_back({absl::StrCat("layers ", b, "-", e - 1), true, true, b, e});
+    v.push_back({absl::StrCat("layers ", b, "-", e - 1), {true, true, b, e}});
   }
   return v;
 }
@@ -354,10 +352,7 @@ absl::StatusOr<DiagnosticReport> RunRetrievalDiagnostic(
       co.window = o.window;
       co.block_tokens = o.block_tokens;
       co.keys_pre_rope = o.keys_pre_rope;
-      co.code_keys = variants[i].keys;
-      co.code_values = variants[i].values;
-      co.coded_layers_begin = variants[i].layers_begin;
-      co.coded_layers_end = variants[i].layers_end;
+      co.coded = variants[i].coded;
       absl::StatusOr<std::unique_ptr<model::KvCache>> cache =
           eval::CompressedCacheFactory(model, &codec, co)();
       if (!cache.ok()) return cache.status();

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "eval/compressed_kv_cache.h"
@@ -129,6 +131,66 @@ TEST(CompressedKvCacheTest, PreRopeKeysAreRotatedAfterDecoding) {
                 view.keys[s * 2 * kHeadDim + i])
           << "position " << s;
     }
+  }
+}
+
+TEST(CompressedKvCacheTest, CodedPartsLeaveTheRestExact) {
+  const KvLayout layout{3, 1, kHeadDim};
+  OffsetCodec codec(layout, 1.0f, 2.0f);
+  CompressedKvCacheOptions opt;
+  opt.sinks = 1;
+  opt.window = 2;
+  opt.block_tokens = 2;
+  absl::StatusOr<CodedParts> parts = ParseCodedParts("values", "1-1");
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  opt.coded = *parts;
+  absl::StatusOr<std::unique_ptr<CompressedKvCache>> cache =
+      CompressedKvCache::Create(layout, &codec, nullptr, opt);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const std::vector<float> zero(kHeadDim, 0.0f);
+  for (int64_t t = 0; t < 12; ++t) {
+    ASSERT_TRUE((*cache)->BeginChunk(1).ok());
+    for (int l = 0; l < layout.layers; ++l) {
+      ASSERT_TRUE(
+          (*cache)->Append(l, zero.data(), zero.data(), zero.data()).ok());
+    }
+    ASSERT_TRUE((*cache)->EndChunk().ok());
+  }
+  for (int l = 0; l < layout.layers; ++l) {
+    const model::KvCache::LayerView view = (*cache)->View(l);
+    ASSERT_GT(view.decoded_end, opt.sinks);
+    for (int64_t s = opt.sinks; s < view.decoded_end; ++s) {
+      EXPECT_EQ(view.decoded_keys[s * kHeadDim], 0.0f) << "layer " << l;
+      EXPECT_EQ(view.decoded_values[s * kHeadDim], l == 1 ? 2.0f : 0.0f)
+          << "layer " << l << " position " << s;
+    }
+  }
+}
+
+TEST(CompressedKvCacheTest, CodedPartsParseAndDescribe) {
+  absl::StatusOr<CodedParts> all = ParseCodedParts("all", "");
+  ASSERT_TRUE(all.ok());
+  EXPECT_TRUE(all->everything(30));
+  EXPECT_EQ(DescribeCodedParts(*all), "all");
+  absl::StatusOr<CodedParts> keys = ParseCodedParts("keys", "10-19");
+  ASSERT_TRUE(keys.ok());
+  EXPECT_TRUE(keys->keys_in(10));
+  EXPECT_TRUE(keys->keys_in(19));
+  EXPECT_FALSE(keys->keys_in(20));
+  EXPECT_FALSE(keys->keys_in(9));
+  EXPECT_FALSE(keys->values_in(15));
+  EXPECT_FALSE(keys->everything(30));
+  EXPECT_EQ(DescribeCodedParts(*keys), "keys, layers 10-19");
+  EXPECT_EQ(DescribeCodedParts(*ParseCodedParts("values", "")), "values");
+  for (const auto& [parts, layers] :
+       std::vector<std::pair<std::string, std::string>>{{"both", ""},
+                                                        {"all", "5"},
+                                                        {"all", "9-3"},
+                                                        {"all", "-1-3"},
+                                                        {"all", "a-b"}}) {
+    EXPECT_EQ(ParseCodedParts(parts, layers).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << parts << " " << layers;
   }
 }
 
@@ -272,7 +334,7 @@ TEST(CompressedKvCacheTest, AttendCodesNeedsAPostRopeVqCodec) {
       CompressedKvCache::Create(layout, vq.get(), &rope, opt).status().code(),
       absl::StatusCode::kInvalidArgument);
   opt.keys_pre_rope = false;
-  opt.code_values = false;
+  opt.coded.values = false;  // attend_codes needs everything coded
   EXPECT_EQ(
       CompressedKvCache::Create(layout, vq.get(), nullptr, opt).status().code(),
       absl::StatusCode::kInvalidArgument);

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -468,6 +469,32 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
             JsonNumber(ev.out, "fp16_max_tokens_in_budget"));
   EXPECT_NE(ev.out.find("\"codec\":\"vq\""), std::string::npos) << ev.out;
 
+  // An ablation: only the keys of layers 0-9 read through the codec. The
+  // reference is the same run's, and the tiny codebooks' error shrinks with
+  // the coded share.
+  Result part = Run("eval --model " + std::string(VQKV_MODEL_PATH) +
+                    " --text " + Text("frankenstein.txt") +
+                    " --codec vq --codebooks " + Path("tiny.vqcb") +
+                    " --ctx 160 --window 64 --max-windows 1 --json "
+                    "--coded keys --coded-layers 0-9");
+  ASSERT_EQ(part.exit_code, 0) << part.err;
+  EXPECT_NE(part.out.find("\"coded\":\"keys, layers 0-9\""), std::string::npos)
+      << part.out;
+  EXPECT_EQ(ev.out.find("\"coded\""), std::string::npos) << ev.out;
+  EXPECT_EQ(JsonNumber(part.out, "ppl_fp16"), ppl16);
+  EXPECT_LT(std::abs(JsonNumber(part.out, "ppl") - ppl16),
+            std::abs(ppl - ppl16));
+  ExpectCleanError(
+      Run("eval --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Text("frankenstein.txt") + " --codec vq --codebooks " +
+          Path("tiny.vqcb") + " --coded both"),
+      "--coded must be all, keys or values");
+  ExpectCleanError(
+      Run("eval --model " + std::string(VQKV_MODEL_PATH) + " --text " +
+          Text("frankenstein.txt") + " --codec vq --codebooks " +
+          Path("tiny.vqcb") + " --coded-layers 9-3"),
+      "--coded-layers must be B-E");
+
   // Passkey end to end, one short trial.
   Result pk =
       Run("eval --task passkey --model " + std::string(VQKV_MODEL_PATH) +
@@ -481,17 +508,22 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   EXPECT_NE(pk.out.find("\"ci95\":["), std::string::npos) << pk.out;
 
   // The RULER-style tasks, one short trial each, with their intervals.
+  // vartrack with only the values coded, which the JSON line says.
   for (const char* task : {"mkniah", "vartrack"}) {
+    const bool values = std::string(task) == "vartrack";
     Result r =
         Run(absl::StrCat("eval --task ", task, " --model ", VQKV_MODEL_PATH,
                          " --codec vq ", "--codebooks ", Path("tiny.vqcb"),
-                         " --lengths 200 --trials 1 --window 32 --json"));
+                         " --lengths 200 --trials 1 --window 32 --json",
+                         values ? " --coded values" : ""));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find(absl::StrCat("\"task\":\"", task, "\"")),
               std::string::npos)
         << r.out;
     EXPECT_NE(r.out.find("\"ci95_coded\":["), std::string::npos) << r.out;
     EXPECT_EQ(JsonNumber(r.out, "trials"), 1);
+    EXPECT_EQ(r.out.find("\"coded\":\"values\"") != std::string::npos, values)
+        << r.out;
   }
 
   // The retrieval diagnostic, one short trial, with a key sketch on layers
@@ -519,6 +551,10 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
       Run(absl::StrCat("eval --task diagnose --model ", VQKV_MODEL_PATH,
                        " --codec vq,kivi2 --codebooks ", Path("tiny.vqcb"))),
       "--task diagnose takes one compressed --codec");
+  ExpectCleanError(Run(absl::StrCat("eval --task diagnose --model ",
+                                    VQKV_MODEL_PATH, " --codec vq --codebooks ",
+                                    Path("tiny.vqcb"), " --coded values")),
+                   "--task diagnose runs its own ablations");
 
   // Two windows: the ppl line adds t intervals over windows.
   Result two =
