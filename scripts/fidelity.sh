@@ -75,8 +75,11 @@ step() {
   echo "  done $name in $((SECONDS - t0)) s"
 }
 
-# Codebooks: the default options (the paper's rate), ~2 bits, and 20 key
-# stages, which with a 64-bit key sketch is again 2.75 bits/element.
+# Codebooks: the default options (keys 20 and values 16 stages on
+# SmolLM2's 64 dims, 2.69 bits/element), the paper's split of the same rate
+# (keys 28, values 8: the default before 2026-12-04), ~2 bits, and 20 key
+# stages with the paper's 8 value stages, which with a 64-bit key sketch is
+# again 2.75 bits/element.
 calibrate() {
   local name=$1
   shift
@@ -86,28 +89,20 @@ calibrate() {
 }
 echo "codebooks"
 calibrate default
+calibrate paper-split --key-stages 28 --value-stages 8
 calibrate k20v6 --key-stages 20 --value-stages 6
-calibrate k20 --key-stages 20
-# The default codebooks with the key gains at strength 1 (the default
-# before 2026-12-03; docs/FIDELITY.md, "Gain strength"): the same fit, half
-# the correction, which buys agreement with retrieval.
-gain_cb=$cb/default-gain-strength-1.vqcb
-if [[ ! -s $gain_cb ]]; then
-  echo "  fit  default-gain-strength-1.vqcb (key gains only)"
-  "$VQKV" calibrate --model "$M" --text "$CAL" --refit-gains "$cb/default.vqcb" \
-    --key-gain-strength 1 --out "$gain_cb"
-fi
+calibrate k20v8 --key-stages 20 --value-stages 8
 
 # The codecs compared: label, then eval flags.
 codecs=(
   "kivi:--codec kivi2,kivi4"
   "vq-default:--codec vq --codebooks $cb/default.vqcb"
-  "vq-k20-ks64:--codec vq --codebooks $cb/k20.vqcb --key-sketch-bits 64"
+  "vq-paper-split:--codec vq --codebooks $cb/paper-split.vqcb"
+  "vq-k20v8-ks64:--codec vq --codebooks $cb/k20v8.vqcb --key-sketch-bits 64"
   "vq-k20v6:--codec vq --codebooks $cb/k20v6.vqcb"
-  # The sketch where retrieval needs it, layers 16-29 (3.04 bits/element).
+  # The sketch where retrieval needs it, layers 16-29 (+0.29 bits/element).
   "vq-default-ks64-from16:--codec vq --codebooks $cb/default.vqcb --key-sketch-bits 64 --key-sketch-from-layer 16"
 )
-codecs+=("vq-default-gain-strength-1:--codec vq --codebooks $gain_cb")
 # The sketch on the default codebooks (3.375 bits/element): full runs only.
 [[ $quick == 1 ]] || codecs+=(
   "vq-default-ks64:--codec vq --codebooks $cb/default.vqcb --key-sketch-bits 64")

@@ -66,7 +66,8 @@ int RunStudy(const CalibrateArgs& a, const VqConfig& config) {
   if (!m.ok()) return Fail(m.status());
   const int layers = m->model->config().kv_layout().layers;
   CalibrationStudyOptions o;
-  o.config = config;
+  o.config =
+      WithCalibrateStages(config, m->model->config().kv_layout().head_dim);
   o.sizes = a.study_sizes;
   // Default: first, middle and last layer.
   o.layers = a.study_layers.empty()
@@ -100,7 +101,7 @@ int RunStudy(const CalibrateArgs& a, const VqConfig& config) {
 }
 
 int Run(const CalibrateArgs& a) {
-  absl::StatusOr<VqConfig> config = ToVqConfig(a.codec);
+  absl::StatusOr<VqConfig> config = ToVqConfig(a.codec);  // stages: below
   if (!config.ok()) return Fail(config.status());
   if (!a.study_sizes.empty()) return RunStudy(a, *config);
   if (a.out.empty()) {
@@ -133,6 +134,7 @@ int Run(const CalibrateArgs& a) {
   if (!m.ok()) return Fail(m.status());
   const model::LlamaModel& model = *m->model;
   const KvLayout layout = model.config().kv_layout();
+  *config = WithCalibrateStages(*config, layout.head_dim);
   // Validate the codec config (or load the codebooks whose gains are
   // refitted) before spending minutes on collection.
   absl::StatusOr<std::unique_ptr<VqCodec>> codec =

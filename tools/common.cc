@@ -87,10 +87,14 @@ absl::StatusOr<std::vector<int32_t>> TokenizeFiles(
 
 void AddCodecFlags(CLI::App* app, CodecFlags* f) {
   app->add_option("--key-stages", f->key_stages,
-                  "RVQ stages for keys (0 = paper rate: head_dim*56/128)");
+                  absl::StrCat("RVQ stages for keys (0 = head_dim*",
+                               kCalibrateKeyStagesPer128,
+                               "/128; the paper's split is 56)"));
   app->add_option("--key-bits", f->key_bits, "bits per key code (log2 K)");
   app->add_option("--value-stages", f->value_stages,
-                  "RVQ stages for values (0 = paper rate: head_dim*16/128)");
+                  absl::StrCat("RVQ stages for values (0 = head_dim*",
+                               kCalibrateValueStagesPer128,
+                               "/128; the paper's split is 16)"));
   app->add_option("--value-bits", f->value_bits, "bits per value code");
   app->add_option("--key-split", f->key_split,
                   absl::StrCat("key dimension groups: ", KeySplitNames()))
@@ -129,6 +133,20 @@ void AddCodecFlags(CLI::App* app, CodecFlags* f) {
                   "Lloyd iterations after the SimVQ updates (--fit simvq)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1000));
+}
+
+VqConfig WithCalibrateStages(VqConfig config, int head_dim) {
+  // Explicit group stages fix the key stages themselves.
+  const bool groups_set =
+      config.key_group_stages[0] != 0 || config.key_group_stages[1] != 0;
+  if (config.key_stages == 0 && !groups_set) {
+    config.key_stages = std::max(1, kCalibrateKeyStagesPer128 * head_dim / 128);
+  }
+  if (config.value_stages == 0) {
+    config.value_stages =
+        std::max(1, kCalibrateValueStagesPer128 * head_dim / 128);
+  }
+  return config;
 }
 
 absl::StatusOr<VqConfig> ToVqConfig(const CodecFlags& f) {

@@ -51,12 +51,28 @@ absl::StatusOr<std::vector<int32_t>> TokenizeFiles(
     const model::Tokenizer& tokenizer, const std::vector<std::string>& paths,
     int64_t min_tokens);
 
+// How `vqkv calibrate` splits the bits between keys and values unless told:
+// stages per 128 dimensions, at 10 bits per key code and 9 per value code.
+// The paper's split (56 and 16: keys 4.375, values 1.125 bits per element,
+// the codec's own default) lost variable tracking on SmolLM2-135M, whose
+// copies read the needle through its values (8/20 against fp16's 15/20);
+// keys 40 and values 32 (3.125 + 2.25 bits, 2.69 in all) found 14/20 and
+// every pass key, at lower perplexity (docs/FIDELITY.md, "Bits between keys
+// and values").
+inline constexpr int kCalibrateKeyStagesPer128 = 40;
+inline constexpr int kCalibrateValueStagesPer128 = 32;
+
+// `config` with calibrate's stage defaults filled in for `head_dim`: a zero
+// key_stages (unless key_group_stages set them) or value_stages becomes the
+// constant above times head_dim / 128 (at least 1).
+VqConfig WithCalibrateStages(VqConfig config, int head_dim);
+
 // The VQ codec options of `vqkv calibrate` (kept here so every subcommand
 // that builds a VqConfig spells them the same way).
 struct CodecFlags {
-  int key_stages = 0;  // 0 = the paper's rate for the head_dim
+  int key_stages = 0;  // 0 = kCalibrateKeyStagesPer128 * head_dim / 128
   int key_bits = 10;
-  int value_stages = 0;
+  int value_stages = 0;  // 0 = kCalibrateValueStagesPer128 * head_dim / 128
   int value_bits = 9;
   std::string key_split = "rope";     // ParseKeySplit (kernels/key_split.h)
   std::vector<int> key_group_stages;  // empty = proportional

@@ -10,8 +10,10 @@
 #include "gtest/gtest.h"
 #include "kernels/baselines/fp16_codec.h"
 #include "kernels/baselines/kivi_codec.h"
+#include "kernels/vq_codec.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
+#include "tools/common.h"
 #include "tools/memory.h"
 #include "tools/passkey.h"
 #include "tools/retrieval.h"
@@ -21,6 +23,40 @@ namespace vqkv::tools {
 namespace {
 
 constexpr KvLayout kSmol{30, 3, 64};
+
+TEST(CalibrateStagesTest, DefaultsSplitTheRateAndKeepWhatWasAsked) {
+  VqConfig none;
+  const VqConfig d64 = WithCalibrateStages(none, 64);
+  EXPECT_EQ(d64.key_stages, 20);
+  EXPECT_EQ(d64.value_stages, 16);
+  const VqConfig d128 = WithCalibrateStages(none, 128);
+  EXPECT_EQ(d128.key_stages, 40);
+  EXPECT_EQ(d128.value_stages, 32);
+  // 10-bit key and 9-bit value codes: 2.6875 bits/element at both sizes.
+  for (int d : {64, 128}) {
+    const VqConfig c = WithCalibrateStages(none, d);
+    EXPECT_DOUBLE_EQ(
+        ComputeVqRate(c.key_stages, c.key_bits, c.value_stages, c.value_bits, d)
+            .bits_per_element,
+        2.6875)
+        << d;
+  }
+  VqConfig asked;
+  asked.key_stages = 28;
+  asked.value_stages = 8;
+  const VqConfig kept = WithCalibrateStages(asked, 64);
+  EXPECT_EQ(kept.key_stages, 28);
+  EXPECT_EQ(kept.value_stages, 8);
+  // Group stages fix the key stages (the codec sums them); values still
+  // take the default.
+  VqConfig groups;
+  groups.key_group_stages[0] = 10;
+  groups.key_group_stages[1] = 6;
+  const VqConfig g = WithCalibrateStages(groups, 64);
+  EXPECT_EQ(g.key_stages, 0);
+  EXPECT_EQ(g.value_stages, 16);
+  EXPECT_EQ(WithCalibrateStages(none, 2).value_stages, 1);  // never 0
+}
 
 TEST(MemoryTest, Fp16IsTwoBytesPerElementForKeysAndValues) {
   auto fp16 = Fp16Codec::Create(kSmol);
