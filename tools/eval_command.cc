@@ -58,11 +58,9 @@ struct EvalArgs {
   int chains = 1;        // vartrack chains
   int hops = 1;          // vartrack copies per chain
   bool ablation = true;  // diagnose
-  // Parts read through the codec (eval::ParseCodedParts); parsed into
-  // coded_parts by Run.
+  // Parts read through the codec (eval::ParseCodedParts).
   std::string coded = "all";
   std::string coded_layers;
-  eval::CodedParts coded_parts;
   // memory
   double budget_gib = 1.0;
   std::vector<int64_t> memory_ctx = {2048, 8192, 32768, 131072};
@@ -230,16 +228,17 @@ eval::Interval ChangePct(const eval::Interval& log_diff) {
 
 // What --coded and --coded-layers left exact, for the table header ("; ..."
 // ) or the JSON line (",\"coded\":..."); empty when everything is coded.
-std::string CodedNote(const EvalArgs& a, bool json) {
-  if (a.coded_parts.everything(eval::CodedParts::kAllLayers)) return "";
-  const std::string d = eval::DescribeCodedParts(a.coded_parts);
+std::string CodedNote(const eval::CodedParts& coded, bool json) {
+  if (coded.everything(eval::CodedParts::kAllLayers)) return "";
+  const std::string d = eval::DescribeCodedParts(coded);
   return json ? absl::StrCat(",\"coded\":", JsonString(d))
               : absl::StrCat("; read through the codec: ", d,
                              " (the rest exact)");
 }
 
-int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
-                  const std::vector<EvalCodec>& codecs, const Codec& fp16) {
+int RunPerplexity(const EvalArgs& a, const eval::CodedParts& coded,
+                  const LoadedModel& m, const std::vector<EvalCodec>& codecs,
+                  const Codec& fp16) {
   const model::LlamaModel& model = *m.model;
   if (a.ctx < 2) return Fail(absl::InvalidArgumentError("--ctx must be >= 2"));
   if (a.sinks < 0 || a.window < 1 || a.sinks + a.window + 1 >= a.ctx) {
@@ -275,7 +274,7 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
         static_cast<long long>(a.sinks), static_cast<long long>(a.window),
         static_cast<long long>(
             eval::WindowCount(static_cast<int64_t>(ids->size()), wo)),
-        static_cast<long long>(wo.score_from), CodedNote(a, false).c_str());
+        static_cast<long long>(wo.score_from), CodedNote(coded, false).c_str());
     std::string head =
         absl::StrFormat("%-8s %9s %8s %10s %10s %9s %8s %10s %12s %8s", "codec",
                         "bits/elt", "ratio", "ppl", "ppl fp16", "change",
@@ -294,7 +293,7 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
     co.window = a.window;
     co.block_tokens = std::min(a.block_tokens, a.window + 1);
     co.keys_pre_rope = c.keys_pre_rope;
-    co.coded = a.coded_parts;
+    co.coded = coded;
     // Only the VQ codec has codes to attend over; other codecs decode.
     co.attend_codes = a.attend_codes &&
                       dynamic_cast<const VqCodec*>(c.codec.get()) != nullptr;
@@ -351,7 +350,7 @@ int RunPerplexity(const EvalArgs& a, const LoadedModel& m,
           static_cast<long long>(mem.budget_bytes),
           static_cast<long long>(mem.max_tokens),
           static_cast<long long>(mem.fp16_max_tokens), seconds,
-          intervals.c_str(), CodedNote(a, true).c_str());
+          intervals.c_str(), CodedNote(coded, true).c_str());
     } else {
       std::string row = absl::StrFormat(
           "%-8s %9.4f %7.1f%% %10.3f %10.3f %+8.2f%% %8.4f %10.5f %12.1f "
@@ -417,7 +416,8 @@ std::string TaskParams(const EvalArgs& a, bool json) {
   return "";
 }
 
-int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
+int RunRetrievalTask(const EvalArgs& a, const eval::CodedParts& coded,
+                     const LoadedModel& m,
                      const std::vector<EvalCodec>& codecs) {
   std::vector<RetrievalCodec> runs = {{"fp16", nullptr, false}};
   std::vector<std::string> run_codebooks = {""};  // per run, for --json
@@ -434,7 +434,7 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
   o.sinks = a.sinks;
   o.window = a.window;
   o.block_tokens = std::min(a.block_tokens, a.window + 1);
-  o.coded = a.coded_parts;
+  o.coded = coded;
   for (int64_t len : o.lengths) {
     if (len <= a.window + a.sinks) {
       return Fail(absl::InvalidArgumentError(absl::StrFormat(
@@ -471,7 +471,7 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
         a.task.c_str(), TaskParams(a, false).c_str(), a.trials,
         static_cast<unsigned long long>(a.seed),
         static_cast<long long>(a.sinks), static_cast<long long>(a.window),
-        CodedNote(a, false).c_str());
+        CodedNote(coded, false).c_str());
     std::printf("%-8s %8s %20s %20s\n", "codec", "length", "accuracy",
                 "coded accuracy");
   }
@@ -513,7 +513,7 @@ int RunRetrievalTask(const EvalArgs& a, const LoadedModel& m,
             nc ? static_cast<double>(okc) / nc : 0.0,
             JsonInterval(eval::Wilson95(okc, nc)).c_str(),
             nc ? static_cast<double>(okc_ref) / nc : 0.0,
-            CodedNote(a, true).c_str());
+            CodedNote(coded, true).c_str());
       } else {
         std::printf("%-8s %8lld %20s %20s\n", runs[i].name.c_str(),
                     static_cast<long long>(len),
@@ -558,13 +558,12 @@ int RunDiagnoseTask(const EvalArgs& a, const LoadedModel& m,
   return 0;
 }
 
-int Run(EvalArgs a) {
+int Run(const EvalArgs& a) {
   absl::StatusOr<eval::CodedParts> coded =
       eval::ParseCodedParts(a.coded, a.coded_layers);
   if (!coded.ok()) return Fail(coded.status());
-  a.coded_parts = *coded;
   if (a.task == "diagnose" &&
-      !a.coded_parts.everything(eval::CodedParts::kAllLayers)) {
+      !coded->everything(eval::CodedParts::kAllLayers)) {
     return Fail(absl::InvalidArgumentError(
         "--task diagnose runs its own ablations; drop --coded and "
         "--coded-layers"));
@@ -584,8 +583,8 @@ int Run(EvalArgs a) {
   if (!fp16.ok()) return Fail(fp16.status());
   if (a.memory) return RunMemory(a, layout, *codecs, *fp16->codec);
   if (a.task == "diagnose") return RunDiagnoseTask(a, *m, *codecs);
-  if (a.task != "ppl") return RunRetrievalTask(a, *m, *codecs);
-  return RunPerplexity(a, *m, *codecs, *fp16->codec);
+  if (a.task != "ppl") return RunRetrievalTask(a, *coded, *m, *codecs);
+  return RunPerplexity(a, *coded, *m, *codecs, *fp16->codec);
 }
 
 }  // namespace
