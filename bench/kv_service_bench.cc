@@ -42,10 +42,12 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "bench/sealed_block.h"
 #include "client/allocator_tuning.h"
 #include "grpcpp/grpcpp.h"
@@ -281,6 +283,11 @@ int main(int argc, char** argv) {
                  "one more argument for the server (repeatable), e.g. "
                  "--server build/bench/grpc_floor_server "
                  "--server-arg=--threading=cq");
+  std::vector<std::string> channel_args;
+  app.add_option("--channel-arg", channel_args,
+                 "one more integer gRPC channel argument for the bench's "
+                 "clients, KEY=VALUE (repeatable), e.g. "
+                 "--channel-arg=grpc.enable_retries=0");
   bool tune_allocator = false;
   app.add_flag("--tune-allocator", tune_allocator,
                "tune this process's malloc first, as "
@@ -301,6 +308,20 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(CLI::Range(1, 256));
   CLI11_PARSE(app, argc, argv);
+  std::vector<std::pair<std::string, int>> int_channel_args;
+  for (const std::string& kv : channel_args) {
+    const size_t eq = kv.find('=');
+    int value = 0;
+    if (eq == std::string::npos || eq == 0 ||
+        !absl::SimpleAtoi(kv.substr(eq + 1), &value)) {
+      std::fprintf(stderr,
+                   "kv_service_bench: --channel-arg wants KEY=INTEGER, got "
+                   "'%s'\n",
+                   kv.c_str());
+      return 2;
+    }
+    int_channel_args.emplace_back(kv.substr(0, eq), value);
+  }
   if (tune_allocator) {
     const absl::Status tuned = vqkv::client::TuneAllocatorForLargeMessages();
     if (!tuned.ok()) {
@@ -361,6 +382,7 @@ int main(int argc, char** argv) {
     args.SetMaxReceiveMessageSize(256 << 20);
     args.SetMaxSendMessageSize(256 << 20);
     args.SetInt("vqkv.bench.client", t);  // one connection per client
+    for (const auto& [key, value] : int_channel_args) args.SetInt(key, value);
     channels.push_back(
         grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(vport),
                                   grpc::InsecureChannelCredentials(), args));
