@@ -124,6 +124,16 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromGguf(
   c.vocab = static_cast<int>(embd->ne[1]);
   c.tied_output = gguf.FindTensor("output.weight") == nullptr;
 
+  // Each layer has nine tensors: a block count the file cannot back is an
+  // error before anything is allocated for it.
+  constexpr size_t kTensorsPerLayer = 9;
+  if (static_cast<size_t>(c.layers) >
+      gguf.tensors().size() / kTensorsPerLayer) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "llama.block_count = ", c.layers, " but the file has ",
+        gguf.tensors().size(), " tensors (", kTensorsPerLayer, " per layer)"));
+  }
+
   std::unique_ptr<LlamaModel> m(new LlamaModel(c));
   const int64_t kv_dim = int64_t{c.kv_heads} * c.head_dim;
   VQKV_RETURN_IF_ERROR(ReadShaped(gguf, "token_embd.weight", {c.embd, c.vocab},
