@@ -18,6 +18,7 @@
 //
 // Usage: kv_service_bench [--seconds S] [--max-gib-per-run G] [--batch N]
 //                         [--single-only] [--quick] [--clients 1,16]
+//                         [--connections N] [--channel-arg KEY=INT]...
 //                         [--server BIN [--server-arg=ARG]...]
 // --server runs another binary in vqkv-server's place, e.g. the gRPC floor
 // (bench/grpc_floor_server.cc); its rows are still labelled "vqkv".
@@ -302,6 +303,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-gib-per-run", max_gib,
                  "cap on bytes put per measurement (default 1 GiB)");
   app.add_flag("--quick", quick, "SmolLM2 16-token blocks only");
+  int connections = 0;
+  app.add_option("--connections", connections,
+                 "gRPC connections the client threads share, thread t on "
+                 "connection t mod N (default: one per thread, as Redis's "
+                 "clients have; an engine's CacheClient shares one)")
+      ->check(CLI::Range(1, 256));
   std::vector<int> client_counts = {1, 16};
   app.add_option("--clients", client_counts,
                  "client thread counts: one row per count (default 1,16)")
@@ -377,16 +384,20 @@ int main(int argc, char** argv) {
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   std::vector<std::unique_ptr<vqkv::v1::KVCache::Stub>> stubs;
   std::vector<redisContext*> redis;
-  for (int t = 0; t < max_clients; ++t) {
+  const int channel_count =
+      connections > 0 ? std::min(connections, max_clients) : max_clients;
+  for (int t = 0; t < channel_count; ++t) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(256 << 20);
     args.SetMaxSendMessageSize(256 << 20);
-    args.SetInt("vqkv.bench.client", t);  // one connection per client
+    args.SetInt("vqkv.bench.client", t);  // one connection per channel
     for (const auto& [key, value] : int_channel_args) args.SetInt(key, value);
     channels.push_back(
         grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(vport),
                                   grpc::InsecureChannelCredentials(), args));
-    stubs.push_back(vqkv::v1::KVCache::NewStub(channels.back()));
+  }
+  for (int t = 0; t < max_clients; ++t) {
+    stubs.push_back(vqkv::v1::KVCache::NewStub(channels[t % channel_count]));
     redis.push_back(redisConnect("127.0.0.1", rport));
   }
   // Every client connects before the first row, so no row pays for (or
@@ -421,13 +432,15 @@ int main(int argc, char** argv) {
       "blocks/s and MB/s count blocks; p50/p99 are per request; srv us and "
       "srv cs are the server process's CPU microseconds and context "
       "switches per request (all its threads, from /proc); cli us is this "
-      "process's (the clients'), whose malloc is %s\n\n",
+      "process's (the clients'), whose malloc is %s; vqkv's clients use "
+      "%d gRPC connection(s), Redis's one each\n\n",
       vport,
       durability == "sync" ? "sync: write-through, fsync per request"
                            : "async: memory tier, spill to RocksDB",
       rport, seconds, std::thread::hardware_concurrency(), batch_blocks,
       batch_blocks, batch_blocks,
-      tune_allocator ? "tuned (--tune-allocator)" : "glibc's default");
+      tune_allocator ? "tuned (--tune-allocator)" : "glibc's default",
+      channel_count);
   std::printf(
       "%-13s %-6s %4s %10s %5s %-6s %-4s %3s %9s %9s %8s %8s %11s %8s %7s "
       "%8s\n",
