@@ -28,6 +28,21 @@ using testing::Options;
 using testing::SmallLayout;
 using testing::Tokens;
 
+// Skips without a GPU, or fails when VQKV_REQUIRE_GPU=1 (tests/gpu/run.sh
+// sets it, so a GPU run cannot pass by skipping).
+#define SKIP_WITHOUT_GPU()                                                 \
+  do {                                                                     \
+    std::string why_not_;                                                  \
+    if (cuda::CudaDeviceCount(&why_not_) == 0) {                           \
+      const char* require_ = std::getenv("VQKV_REQUIRE_GPU");              \
+      if (require_ != nullptr && std::string(require_) == "1") {           \
+        FAIL() << why_not_;                                                \
+      }                                                                    \
+      GTEST_SKIP() << why_not_ << " (tests/gpu/run.sh runs this on a GPU " \
+                   << "machine, from tests/gpu/bundle.sh's bundle)";       \
+    }                                                                      \
+  } while (0)
+
 constexpr int kPages = 16;
 constexpr int kPageSize = 16;
 
@@ -86,8 +101,7 @@ std::unique_ptr<CacheClient> NewClient(storage::TieredStore* store) {
 }
 
 TEST(KvConnectorCudaTest, DevicePagesSaveAndLoadAsHostPagesDo) {
-  std::string why_not;
-  if (cuda::CudaDeviceCount(&why_not) == 0) GTEST_SKIP() << why_not;
+  SKIP_WITHOUT_GPU();
   auto store = MemoryStore();
   std::unique_ptr<CacheClient> client = NewClient(store.get());
   ASSERT_NE(client, nullptr);
@@ -142,8 +156,7 @@ TEST(KvConnectorCudaTest, DevicePagesSaveAndLoadAsHostPagesDo) {
 }
 
 TEST(KvConnectorCudaTest, HostMemoryIsNotDevicePages) {
-  std::string why_not;
-  if (cuda::CudaDeviceCount(&why_not) == 0) GTEST_SKIP() << why_not;
+  SKIP_WITHOUT_GPU();
   auto store = MemoryStore();
   std::unique_ptr<CacheClient> client = NewClient(store.get());
   ASSERT_NE(client, nullptr);
