@@ -21,7 +21,7 @@ if [[ "${VQKV_SKIP_SANITIZE:-0}" != 1 ]]; then
     storage_fault_campaign_test client_hash_test
     cache_client_test kv_connector_test nccl_rendezvous_test c_api_test
     cluster_placement_test cluster_backend_test" \
-  VQKV_SANITIZE_EXCLUDE="NOT_BUILT|install|python" \
+  VQKV_SANITIZE_EXCLUDE="NOT_BUILT|install|python|gpu_bundle" \
     BUILD_DIR=build-asan bash scripts/sanitize.sh 'base|client|storage'
 fi
 
