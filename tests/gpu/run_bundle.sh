@@ -31,6 +31,12 @@ kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 f.extractall(sys.argv[2], **kw)' "$bundle" "$dir" || exit 1
 fi
 sed -n '1,3p' "$dir/MANIFEST"
+# A bundle made at another commit tests other code: say so, run it anyway.
+made_at=$(sed -n 's/^commit: //p' "$dir/MANIFEST")
+head=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ $made_at != "$head" ]]; then
+  echo "warning: the bundle was made at $made_at, this tree is at $head"
+fi
 status=0
 for t in "$dir"/bin/*; do
   name=$(basename "$t")
