@@ -124,14 +124,13 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromGguf(
   c.vocab = static_cast<int>(embd->ne[1]);
   c.tied_output = gguf.FindTensor("output.weight") == nullptr;
 
-  // Each layer has nine tensors: a block count the file cannot back is an
-  // error before anything is allocated for it.
-  constexpr size_t kTensorsPerLayer = 9;
-  if (static_cast<size_t>(c.layers) >
-      gguf.tensors().size() / kTensorsPerLayer) {
+  // A block count no file of this size could back is an error before the
+  // layer table is sized from it (each layer needs tensors of its own;
+  // which one is missing is reported below).
+  if (static_cast<size_t>(c.layers) > gguf.tensors().size()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "llama.block_count = ", c.layers, " but the file has ",
-        gguf.tensors().size(), " tensors (", kTensorsPerLayer, " per layer)"));
+        "llama.block_count = ", c.layers, " but the file has only ",
+        gguf.tensors().size(), " tensors"));
   }
 
   std::unique_ptr<LlamaModel> m(new LlamaModel(c));

@@ -1,11 +1,10 @@
-#include "model/llama_model.h"
-
 #include <cstdint>
 #include <memory>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "model/gguf.h"
+#include "model/llama_model.h"
 #include "tests/unit/model/gguf_writer.h"
 
 namespace vqkv::model {
@@ -63,7 +62,7 @@ TEST(LlamaModelLoadTest, LoadsATinyModel) {
 // Found by gguf_fuzzer: a block count the file's tensors cannot back used
 // to size the layer table first (16M layers: 2.3 GB) and fail afterwards.
 TEST(LlamaModelLoadTest, BlockCountBeyondTheTensorsFailsBeforeAllocating) {
-  for (uint32_t layers : {3u, 16000000u}) {
+  for (uint32_t layers : {21u, 16000000u}) {  // the file has 20 tensors
     GgufWriter w = Header(layers);
     AddLayer(&w, 0);
     AddLayer(&w, 1);
@@ -72,6 +71,15 @@ TEST(LlamaModelLoadTest, BlockCountBeyondTheTensorsFailsBeforeAllocating) {
     EXPECT_NE(m.status().message().find("llama.block_count"), std::string::npos)
         << m.status();
   }
+  // Within that bound, the first missing tensor is named.
+  GgufWriter w = Header(3);
+  AddLayer(&w, 0);
+  AddLayer(&w, 1);
+  absl::StatusOr<std::unique_ptr<LlamaModel>> m = Load(w);
+  ASSERT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(m.status().message().find("blk.2.attn_norm.weight"),
+            std::string::npos)
+      << m.status();
 }
 
 TEST(LlamaModelLoadTest, AMissingLayerTensorIsNamed) {
