@@ -17,6 +17,7 @@
 #include "client/paged_kv.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_device.h"
+#include "tests/testing/require_gpu.h"
 #include "tests/unit/client/client_test_util.h"
 
 namespace vqkv::client {
@@ -28,16 +29,13 @@ using testing::Options;
 using testing::SmallLayout;
 using testing::Tokens;
 
-// Skips without a GPU, or fails when VQKV_REQUIRE_GPU=1 (tests/gpu/run.sh
-// sets it, so a GPU run cannot pass by skipping).
+// Skips without a GPU, or fails when the run requires one
+// (tests/testing/require_gpu.h).
 #define SKIP_WITHOUT_GPU()                                                 \
   do {                                                                     \
     std::string why_not_;                                                  \
     if (cuda::CudaDeviceCount(&why_not_) == 0) {                           \
-      const char* require_ = std::getenv("VQKV_REQUIRE_GPU");              \
-      if (require_ != nullptr && std::string(require_) == "1") {           \
-        FAIL() << why_not_;                                                \
-      }                                                                    \
+      if (::vqkv::testing::RequireGpu()) FAIL() << why_not_;               \
       GTEST_SKIP() << why_not_ << " (tests/gpu/run.sh runs this on a GPU " \
                    << "machine, from tests/gpu/bundle.sh's bundle)";       \
     }                                                                      \

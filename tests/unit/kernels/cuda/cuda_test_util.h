@@ -13,13 +13,11 @@
 
 #include "kernels/cuda/cuda_device.h"
 #include "tests/testing/mini_test.h"
+#include "tests/testing/require_gpu.h"
 
 namespace vqkv::cuda {
 
-inline bool RequireGpu() {
-  const char* v = std::getenv("VQKV_REQUIRE_GPU");
-  return v != nullptr && std::string(v) == "1";
-}
+using ::vqkv::testing::RequireGpu;
 
 // Skips the test when there is no GPU, or fails it when the environment sets
 // VQKV_REQUIRE_GPU=1 (tests/gpu/run.sh does, so a GPU run cannot pass by
