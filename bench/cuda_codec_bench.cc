@@ -2,14 +2,23 @@
 // paper's configuration, on one GPU:
 //   D=64:  keys 28 stages x 1024 codewords, values 8 x 512
 //   D=128: keys 56 x 1024,                  values 16 x 512
-// For each quantizer it times greedy encode and float32 / fp16 decode with
-// CUDA events (device time, data already on the GPU) and prints vectors/s
-// and GB/s of fp16 KV (n * dim * 2 bytes). Codebooks are random with a
-// per-stage scale that shrinks like a fitted RVQ's; the kernels' cost does
-// not depend on the values. As a sanity check, the first vectors' GPU codes
-// are compared with the CPU greedy encoder.
+// For each quantizer it times greedy encode (float32 cores; tensor cores
+// from float32 and from fp16 input) and float32 / fp16 decode with CUDA
+// events (device time, data already on the GPU) and prints vectors/s and
+// GB/s of fp16 KV (n * dim * 2 bytes). The peer of decode is a device
+// memcpy of the bytes decode must move at least (the codes read and the
+// fp16 output written): its row is the memory-bandwidth floor. Codebooks are
+// random with a per-stage scale that shrinks like a fitted RVQ's; the
+// kernels' cost does not depend on the values. As a sanity check, the first
+// vectors' GPU codes (both encoders) are compared with the CPU encoder.
+//
+// --llama3-8b-128k instead encodes a whole 128k-token LLaMA-3.1-8B-shaped
+// cache on the tensor cores (32 layers x 8 KV heads = 33.5M key and as many
+// value vectors of 128 fp16 values; keys 56 x 1024, values 16 x 512), keys
+// and values timed separately and summed (about 13 GB of device memory).
 //
 // Usage: cuda_codec_bench [--vectors N] [--reps R] [--check N]
+//                         [--llama3-8b-128k]
 // Exits 77 (skipped, with the reason on stderr) when there is no usable CUDA
 // device, as rvq_cuda_test does, so its smoke test (tests/bench/) and
 // scripts/bench.sh skip it on a CPU-only machine.
@@ -20,11 +29,13 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cpu/rvq_kernels.h"
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/cuda/rvq_cuda.cuh"
+#include "kernels/fp16.h"
 
 namespace {
 
@@ -78,26 +89,34 @@ void PrintRow(const char* quantizer, const char* op, int64_t n, int dim,
               static_cast<long long>(n), ms, vps, gbps);
 }
 
+// Random codebooks whose scale shrinks by 0.9 per stage, and their norms.
+void MakeCodebooks(const Quantizer& q, std::mt19937* rng,
+                   std::vector<float>* cb, std::vector<float>* norms) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  cb->resize(static_cast<size_t>(q.stages) * q.K * q.dim);
+  norms->resize(static_cast<size_t>(q.stages) * q.K);
+  float scale = 1.0f;
+  for (int s = 0; s < q.stages; ++s, scale *= 0.9f) {
+    for (int k = 0; k < q.K; ++k) {
+      float* c = &(*cb)[(static_cast<size_t>(s) * q.K + k) * q.dim];
+      float norm = 0;
+      for (int d = 0; d < q.dim; ++d) {
+        c[d] = scale * normal(*rng);
+        norm += c[d] * c[d];
+      }
+      (*norms)[static_cast<size_t>(s) * q.K + k] = norm;
+    }
+  }
+}
+
 bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
          cudaStream_t stream) {
   std::mt19937 rng(q.dim * 1000 + q.stages);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> x(static_cast<size_t>(n) * q.dim);
   for (float& v : x) v = normal(rng);
-  const size_t cb_size = static_cast<size_t>(q.stages) * q.K * q.dim;
-  std::vector<float> cb(cb_size), norms(static_cast<size_t>(q.stages) * q.K);
-  float scale = 1.0f;
-  for (int s = 0; s < q.stages; ++s, scale *= 0.9f) {
-    for (int k = 0; k < q.K; ++k) {
-      float* c = &cb[(static_cast<size_t>(s) * q.K + k) * q.dim];
-      float norm = 0;
-      for (int d = 0; d < q.dim; ++d) {
-        c[d] = scale * normal(rng);
-        norm += c[d] * c[d];
-      }
-      norms[static_cast<size_t>(s) * q.K + k] = norm;
-    }
-  }
+  std::vector<float> cb, norms;
+  MakeCodebooks(q, &rng, &cb, &norms);
 
   float* d_x = DeviceAlloc<float>(x.size());
   float* d_cb = DeviceAlloc<float>(cb.size());
@@ -126,6 +145,40 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
     return false;
   }
   PrintRow(q.name, "encode greedy", n, q.dim, ms);
+
+  using vqkv::cuda::InputType;
+  void* d_tc = DeviceAlloc<uint8_t>(
+      vqkv::cuda::RvqTcCodebookBytes(q.stages, q.K, q.dim));
+  uint16_t* d_tc_codes =
+      DeviceAlloc<uint16_t>(static_cast<size_t>(n) * q.stages);
+  if (!d_tc || !d_tc_codes) {
+    std::fprintf(stderr, "cudaMalloc failed\n");
+    return false;
+  }
+  CHECK_CUDA(vqkv::cuda::LaunchRvqPrepareTcCodebooks(d_cb, q.stages, q.K, q.dim,
+                                                     d_tc, stream));
+  // fp16 copy of the input, made on the host (no kernel in this file).
+  std::vector<uint16_t> x_half(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    x_half[i] = vqkv::FloatToHalfRef(x[i]);
+  }
+  CHECK_CUDA(cudaMemcpy(d_half, x_half.data(), x_half.size() * 2,
+                        cudaMemcpyHostToDevice));
+  for (const auto& [type, label, input] :
+       {std::tuple{InputType::kFloat16, "encode tc fp16", (const void*)d_half},
+        std::tuple{InputType::kFloat32, "encode tc f32", (const void*)d_x}}) {
+    if (!TimeMs(
+            stream, reps,
+            [&] {
+              return vqkv::cuda::LaunchRvqEncodeGreedyTc(
+                  input, type, n, q.dim, d_cb, d_norms, d_tc, q.stages, q.K,
+                  d_tc_codes, stream);
+            },
+            &ms)) {
+      return false;
+    }
+    PrintRow(q.name, label, n, q.dim, ms);
+  }
   if (!TimeMs(
           stream, reps,
           [&] {
@@ -146,6 +199,20 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
     return false;
   }
   PrintRow(q.name, "decode fp16", n, q.dim, ms);
+  // The floor of decode: one device copy of the codes read plus the fp16
+  // output written.
+  const size_t floor_bytes =
+      static_cast<size_t>(n) * (q.stages + q.dim) * sizeof(uint16_t);
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            return cudaMemcpyAsync(d_out, d_x, floor_bytes,
+                                   cudaMemcpyDeviceToDevice, stream);
+          },
+          &ms)) {
+    return false;
+  }
+  PrintRow(q.name, "memcpy (floor)", n, q.dim, ms);
 
   // Sanity check against the CPU encoder on the first vectors.
   const int64_t m = check < n ? check : n;
@@ -165,6 +232,23 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
   }
   std::fprintf(stderr, "%s: %lld of %lld checked vectors have the CPU codes\n",
                q.name, static_cast<long long>(same), static_cast<long long>(m));
+  // The tensor-core codes (of the float32 input, the last run) likewise.
+  CHECK_CUDA(cudaMemcpy(gpu.data(), d_tc_codes, gpu.size() * 2,
+                        cudaMemcpyDeviceToHost));
+  same = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    bool eq = true;
+    for (int s = 0; s < q.stages; ++s) {
+      eq = eq && gpu[i * q.stages + s] == cpu[i * q.stages + s];
+    }
+    same += eq;
+  }
+  std::fprintf(stderr,
+               "%s: %lld of %lld checked vectors have the CPU codes (tensor "
+               "cores)\n",
+               q.name, static_cast<long long>(same), static_cast<long long>(m));
+  cudaFree(d_tc);
+  cudaFree(d_tc_codes);
 
   cudaFree(d_x);
   cudaFree(d_cb);
@@ -172,6 +256,81 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
   cudaFree(d_codes);
   cudaFree(d_out);
   cudaFree(d_half);
+  return true;
+}
+
+// The whole 128k-token cache of a LLaMA-3.1-8B-shaped model (32 layers x 8
+// KV heads x head_dim 128), fp16, encoded on the tensor cores: keys at
+// 56 x 1024, then values at 16 x 512, one launch each. The input repeats a
+// 65536-vector random block (the cost does not depend on the values).
+bool RunLlama128k(cudaStream_t stream) {
+  constexpr int64_t kTokens = 131072, kLayers = 32, kHeads = 8, kDim = 128;
+  constexpr int64_t n = kTokens * kLayers * kHeads;
+  constexpr int64_t kBase = 65536;
+  std::mt19937 rng(8);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint16_t> base(static_cast<size_t>(kBase) * kDim);
+  for (uint16_t& h : base) h = vqkv::FloatToHalfRef(normal(rng));
+  uint16_t* d_x = DeviceAlloc<uint16_t>(static_cast<size_t>(n) * kDim);
+  uint16_t* d_codes = DeviceAlloc<uint16_t>(static_cast<size_t>(n) * 56);
+  if (!d_x || !d_codes) {
+    std::fprintf(stderr, "cudaMalloc failed (needs about 13 GB)\n");
+    return false;
+  }
+  CHECK_CUDA(
+      cudaMemcpy(d_x, base.data(), base.size() * 2, cudaMemcpyHostToDevice));
+  for (int64_t filled = kBase; filled < n;) {
+    const int64_t count = filled < n - filled ? filled : n - filled;
+    CHECK_CUDA(cudaMemcpy(d_x + filled * kDim, d_x,
+                          static_cast<size_t>(count) * kDim * 2,
+                          cudaMemcpyDeviceToDevice));
+    filled += count;
+  }
+  std::printf(
+      "LLaMA-3.1-8B shape, 128k tokens: %lld key and %lld value "
+      "vectors of 128 fp16, tensor-core encode\n",
+      static_cast<long long>(n), static_cast<long long>(n));
+  std::printf("%-20s %10s %14s\n", "part", "seconds", "vectors/s");
+  double total_s = 0;
+  for (const Quantizer& q : {Quantizer{"keys 56x1024", 128, 56, 1024},
+                             Quantizer{"values 16x512", 128, 16, 512}}) {
+    std::vector<float> cb, norms;
+    MakeCodebooks(q, &rng, &cb, &norms);
+    float* d_cb = DeviceAlloc<float>(cb.size());
+    float* d_norms = DeviceAlloc<float>(norms.size());
+    void* d_tc = DeviceAlloc<uint8_t>(
+        vqkv::cuda::RvqTcCodebookBytes(q.stages, q.K, q.dim));
+    if (!d_cb || !d_norms || !d_tc) return false;
+    CHECK_CUDA(
+        cudaMemcpy(d_cb, cb.data(), cb.size() * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(d_norms, norms.data(), norms.size() * 4,
+                          cudaMemcpyHostToDevice));
+    CHECK_CUDA(vqkv::cuda::LaunchRvqPrepareTcCodebooks(d_cb, q.stages, q.K,
+                                                       q.dim, d_tc, stream));
+    // Warm-up on the first 1M vectors, then one timed run over all of them.
+    CHECK_CUDA(vqkv::cuda::LaunchRvqEncodeGreedyTc(
+        d_x, vqkv::cuda::InputType::kFloat16, int64_t{1} << 20, q.dim, d_cb,
+        d_norms, d_tc, q.stages, q.K, d_codes, stream));
+    double ms = 0;
+    if (!TimeMs(
+            stream, 1,
+            [&] {
+              return vqkv::cuda::LaunchRvqEncodeGreedyTc(
+                  d_x, vqkv::cuda::InputType::kFloat16, n, q.dim, d_cb, d_norms,
+                  d_tc, q.stages, q.K, d_codes, stream);
+            },
+            &ms)) {
+      return false;
+    }
+    std::printf("%-20s %10.3f %14.4g\n", q.name, ms / 1e3, n / (ms * 1e-3));
+    total_s += ms / 1e3;
+    cudaFree(d_cb);
+    cudaFree(d_norms);
+    cudaFree(d_tc);
+  }
+  std::printf("%-20s %10.3f\n", "total", total_s);
+  cudaFree(d_x);
+  cudaFree(d_codes);
   return true;
 }
 
@@ -205,7 +364,12 @@ bool ParseFlag(int argc, char** argv, int* i, const char* name, int64_t* out,
 
 int main(int argc, char** argv) {
   int64_t n = 65536, reps = 5, check = 256;
+  bool llama = false;
   for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--llama3-8b-128k") {
+      llama = true;
+      continue;
+    }
     if (ParseFlag(argc, argv, &i, "vectors", &n, false) ||
         ParseFlag(argc, argv, &i, "reps", &reps, false) ||
         ParseFlag(argc, argv, &i, "check", &check, true)) {
@@ -213,7 +377,7 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr,
                  "usage: cuda_codec_bench [--vectors N] [--reps R] "
-                 "[--check N]\n");
+                 "[--check N] [--llama3-8b-128k]\n");
     return std::string(argv[i]) == "--help" ? 0 : 2;
   }
 
@@ -223,6 +387,13 @@ int main(int argc, char** argv) {
     return 77;
   }
   std::printf("device: %s\n", vqkv::cuda::CudaDeviceDescription(0).c_str());
+  if (llama) {
+    cudaStream_t stream;
+    if (cudaStreamCreate(&stream) != cudaSuccess) return 1;
+    const bool ok = RunLlama128k(stream);
+    cudaStreamDestroy(stream);
+    return ok ? 0 : 1;
+  }
   std::printf(
       "vectors per run: %lld, timed runs: %d (CUDA events, device "
       "time, data resident on the GPU)\n",

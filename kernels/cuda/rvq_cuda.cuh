@@ -30,6 +30,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace vqkv::cuda {
@@ -60,6 +61,43 @@ cudaError_t LaunchRvqDecode(const uint16_t* d_codes, int64_t n, int stages,
 cudaError_t LaunchRvqDecodeHalf(const uint16_t* d_codes, int64_t n, int stages,
                                 const float* d_codebooks, int K, int dim,
                                 uint16_t* d_out, cudaStream_t stream);
+
+// Element type of the vectors the tensor-core encoder reads.
+enum class InputType { kFloat32, kFloat16, kBFloat16 };
+
+// Largest head dimension the tensor-core encoder accepts (its residual
+// fragments live in registers).
+inline constexpr int kMaxTcEncodeDim = 128;
+
+// Bytes of the tensor-core copy of a codebook set (bf16, in the operand
+// order of the mma instruction, dimensions padded to 32, 64, 96 or 128 and
+// codewords to a multiple of 8); 0 for shapes the tensor-core encoder does
+// not take (dim > kMaxTcEncodeDim, K > 65536, stages or K < 1).
+size_t RvqTcCodebookBytes(int stages, int K, int dim);
+
+// Writes that copy of d_codebooks ([stages][K][dim] float32) into d_tc
+// (RvqTcCodebookBytes bytes of device memory). Once per codebook set.
+// Errors: cudaErrorInvalidValue for a shape RvqTcCodebookBytes refuses or
+// null pointers.
+cudaError_t LaunchRvqPrepareTcCodebooks(const float* d_codebooks, int stages,
+                                        int K, int dim, void* d_tc,
+                                        cudaStream_t stream);
+
+// Greedy RVQ encode on tensor cores (compute capability 8.0 or later): the
+// layouts of LaunchRvqEncodeGreedy, but x [n][dim] may be float32, fp16 or
+// bf16 (converted to float32 on load), and d_tc must be the set's
+// tensor-core copy. Each stage scores every codeword by a bf16 product with
+// float32 accumulation, keeps a few best candidates per vector and rescores
+// them in float32 like LaunchRvqEncodeGreedy, so codes differ from the
+// reference only at float near-ties or where bf16 rounding pushed the
+// nearest codeword out of the candidates (rare; rvq_cuda_test measures it).
+// Errors: cudaErrorInvalidValue as LaunchRvqEncodeGreedy or for a shape
+// RvqTcCodebookBytes refuses; cudaErrorNotSupported on an older GPU.
+cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
+                                    int dim, const float* d_codebooks,
+                                    const float* d_norms, const void* d_tc,
+                                    int stages, int K, uint16_t* d_codes,
+                                    cudaStream_t stream);
 
 }  // namespace vqkv::cuda
 
