@@ -76,7 +76,8 @@ inline constexpr int kMaxTcEncodeDim = 128;
 size_t RvqTcCodebookBytes(int stages, int K, int dim);
 
 // Writes that copy of d_codebooks ([stages][K][dim] float32) into d_tc
-// (RvqTcCodebookBytes bytes of device memory). Once per codebook set.
+// (RvqTcCodebookBytes bytes of device memory, 16-byte aligned as cudaMalloc
+// returns it). Once per codebook set.
 // Errors: cudaErrorInvalidValue for a shape RvqTcCodebookBytes refuses or
 // null pointers.
 cudaError_t LaunchRvqPrepareTcCodebooks(const float* d_codebooks, int stages,
@@ -91,8 +92,8 @@ cudaError_t LaunchRvqPrepareTcCodebooks(const float* d_codebooks, int stages,
 // them in float32 like LaunchRvqEncodeGreedy, so codes differ from the
 // reference only at float near-ties or where bf16 rounding pushed the
 // nearest codeword out of the candidates (rare; rvq_cuda_test measures it).
-// Errors: cudaErrorInvalidValue as LaunchRvqEncodeGreedy or for a shape
-// RvqTcCodebookBytes refuses; cudaErrorNotSupported on an older GPU.
+// Errors: cudaErrorInvalidValue as LaunchRvqEncodeGreedy, for a shape
+// RvqTcCodebookBytes refuses or a d_tc not 16-byte aligned; cudaErrorNotSupported on an older GPU.
 cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
                                     int dim, const float* d_codebooks,
                                     const float* d_norms, const void* d_tc,

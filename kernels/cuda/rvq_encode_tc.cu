@@ -1,19 +1,22 @@
 // Tensor-core greedy RVQ encode; launchers declared in rvq_cuda.cuh.
 //
 // Per stage, the distances of a tile of residuals to every codeword are a
-// matrix product. Each warp owns 32 vectors (two 16-row m-tiles): their
-// residuals stay in shared memory as float32 for the whole encode, and at
-// the start of a stage they are rounded once to bf16 into the warp's A
-// fragments, which stay in registers while the stage's codebook streams
-// past. The codebook is read straight from global memory (L2-resident: a
-// stage is K x dim x 2 bytes) in the fragment order of mma.m16n8k16
-// (LaunchRvqPrepareTcCodebooks), one coalesced 8-byte load per lane per
-// 16 x 8 tile. After each 8-codeword tile every lane folds its 8 scores
-// (norms[k] - 2 <r, c_k>) into a short sorted candidate list per vector,
-// so no score matrix is written anywhere. At the end of the stage the
-// candidates of the four lanes that share a vector are rescored in float32
-// against the float32 residual and codebook, and the best (ties to the
-// lowest index) is subtracted from the residual, as the reference does.
+// matrix product. A block of 4 warps encodes 128 vectors; each warp owns 32
+// of them (two 16-row m-tiles): their residuals stay in shared memory as
+// float32 for the whole encode, and at the start of a stage they are
+// rounded once to bf16 into the warp's A fragments, which stay in registers
+// while the stage's codebook streams past. The codebook, prepared once in
+// the fragment order of mma.m16n8k16 (LaunchRvqPrepareTcCodebooks), streams
+// through shared memory in chunks of 64 codewords, copied asynchronously
+// (cp.async) one chunk ahead, so all four warps share each load from L2;
+// a lane's operand for a 16 x 8 tile is then one 8-byte shared load. After
+// each 8-codeword tile every lane folds its scores (norms[k] - 2 <r, c_k>)
+// into a short sorted candidate list per vector, so no score matrix is
+// written anywhere. At the end of the stage the candidates of the four
+// lanes that share a vector are rescored in float32 against the float32
+// residual and codebook, and the best (ties to the lowest index) is
+// subtracted from the residual, as the reference does; the next stage's
+// first chunk is already in flight meanwhile.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -25,15 +28,27 @@
 namespace vqkv::cuda {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kRowsPerWarp = 32;  // two m16 tiles
+// One m16 tile per warp: more warps fit per multiprocessor (the residual
+// rows in shared memory are the limit), which hides the latency of each
+// warp's chain of products and candidate updates.
+constexpr int kRowsPerWarp = 16;
 constexpr int kMTiles = kRowsPerWarp / 16;
 constexpr int kRowsPerBlock = kRowsPerWarp * kWarps;
 // Candidates each lane keeps per vector; a vector is rescored over the
 // lists of its four lanes (each lane sees a quarter of the codewords).
 constexpr int kTopPerLane = 2;
 constexpr int kCandidates = 4 * kTopPerLane;
+// A row's candidate codes, then their bf16-product scores (as float bits);
+// the odd stride spreads the rows over the banks.
+constexpr int kCandStride = 2 * kCandidates + 1;
+// Bound on |bf16-product score - float32 score| per unit of ||r|| ||c||:
+// rounding r and c to bf16 (relative error u = 2^-8 each) moves each
+// product r_i c_i by at most (2u + u^2) |r_i c_i|, so 2 <r, c> by at most
+// 2 (2u + u^2) ||r|| ||c||; 1% more covers the float32 accumulation of up
+// to 128 terms on either side.
+constexpr float kScoreErrorPerNorm = 2.0f * (2.0f / 256 + 1.0f / 65536) * 1.01f;
 constexpr int kNoCode = INT32_MAX;
 
 // Floats per residual row in shared memory: an odd stride spreads the
@@ -42,9 +57,62 @@ __host__ __device__ constexpr int RowStride(int k_steps) {
   return k_steps * 16 + 1;
 }
 
+// Codeword tiles (of 8) per shared-memory chunk of the codebook.
+constexpr int kChunkTiles = 8;
+
+__host__ __device__ constexpr int ChunkUint2s(int k_steps) {
+  return kChunkTiles * k_steps * 32;
+}
+
+// Residuals, candidate lists, two codebook chunks, then the two chunks'
+// norms. Each part's size is a multiple of 16 bytes (128 rows), so the
+// chunks are 16-byte aligned.
 size_t TcSharedBytes(int k_steps) {
   return sizeof(float) * kRowsPerBlock * RowStride(k_steps) +
-         sizeof(int) * kRowsPerBlock * kCandidates;
+         sizeof(int) * ((kRowsPerBlock * kCandStride + 3) / 4 * 4) +
+         sizeof(uint2) * 2 * ChunkUint2s(k_steps) +
+         sizeof(float) * 2 * kChunkTiles * 8;
+}
+
+__device__ __forceinline__ void CpAsync4(void* shared_dst,
+                                         const void* global_src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst =
+      static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst),
+               "l"(global_src));
+#else
+  __trap();
+#endif
+}
+
+// 16 bytes from global to shared memory without passing through registers;
+// completes at CpAsyncWait.
+__device__ __forceinline__ void CpAsync16(void* shared_dst,
+                                          const void* global_src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst =
+      static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst),
+               "l"(global_src));
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ void CpAsyncCommit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most `kPending` of this thread's committed groups are
+// still in flight.
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
 }
 
 __device__ __forceinline__ float ToFloat(float v) { return v; }
@@ -121,6 +189,59 @@ __global__ void PrepareTcKernel(const float* __restrict__ codebooks, int stages,
   }
 }
 
+// <r, c> in float32, fused multiply-adds over increasing dimensions (the
+// float32 kernel's order). r is a shared-memory row, c a codeword in global
+// memory; the loop is unrolled to kDimPad so the codeword's loads are all in
+// flight at once.
+template <int kDimPad>
+__device__ __forceinline__ float Dot(const float* r, const float* c, int dim) {
+  float dot = 0.0f;
+  if (dim % 4 == 0) {
+#pragma unroll
+    for (int d = 0; d < kDimPad; d += 4) {
+      if (d < dim) {
+        const float4 cv = __ldg(reinterpret_cast<const float4*>(c + d));
+        dot = fmaf(r[d], cv.x, dot);
+        dot = fmaf(r[d + 1], cv.y, dot);
+        dot = fmaf(r[d + 2], cv.z, dot);
+        dot = fmaf(r[d + 3], cv.w, dot);
+      }
+    }
+  } else {
+    for (int d = 0; d < dim; ++d) dot = fmaf(r[d], __ldg(c + d), dot);
+  }
+  return dot;
+}
+
+// r -= c (as the reference: one float subtraction per element); returns
+// the new ||r||^2.
+template <int kDimPad>
+__device__ __forceinline__ float Subtract(float* r, const float* c, int dim) {
+  float rr = 0.0f;
+  if (dim % 4 == 0) {
+#pragma unroll
+    for (int d = 0; d < kDimPad; d += 4) {
+      if (d < dim) {
+        const float4 cv = __ldg(reinterpret_cast<const float4*>(c + d));
+        r[d] -= cv.x;
+        r[d + 1] -= cv.y;
+        r[d + 2] -= cv.z;
+        r[d + 3] -= cv.w;
+        rr = fmaf(r[d], r[d], rr);
+        rr = fmaf(r[d + 1], r[d + 1], rr);
+        rr = fmaf(r[d + 2], r[d + 2], rr);
+        rr = fmaf(r[d + 3], r[d + 3], rr);
+      }
+    }
+  } else {
+    for (int d = 0; d < dim; ++d) {
+      r[d] -= __ldg(c + d);
+      rr = fmaf(r[d], r[d], rr);
+    }
+  }
+  return rr;
+}
+
 template <int kSteps, typename In>
 __global__ void __launch_bounds__(kThreads)
     RvqEncodeTcKernel(const In* __restrict__ x, int64_t n, int dim,
@@ -130,19 +251,25 @@ __global__ void __launch_bounds__(kThreads)
                       uint16_t* __restrict__ codes) {
   constexpr int kDimPad = kSteps * 16;
   constexpr int kStride = RowStride(kSteps);
-  extern __shared__ float smem[];
+  constexpr int kChunk = ChunkUint2s(kSteps);
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Warp-private: the warp's rows and their candidate lists. Warps never
-  // touch each other's rows, so only __syncwarp is needed below.
+  // The warp's own rows and candidate lists: only __syncwarp guards them.
   float* rs = smem + warp * kRowsPerWarp * kStride;
-  int* cand = reinterpret_cast<int*>(smem + kRowsPerBlock * kStride) +
-              warp * kRowsPerWarp * kCandidates;
+  int* cand_base = reinterpret_cast<int*>(smem + kRowsPerBlock * kStride);
+  int* cand = cand_base + warp * kRowsPerWarp * kCandStride;
+  // The codebook chunks, shared by the block: guarded by __syncthreads.
+  uint2* chunk_buf = reinterpret_cast<uint2*>(
+      cand_base + (kRowsPerBlock * kCandStride + 3) / 4 * 4);
+  float* norm_buf = reinterpret_cast<float*>(chunk_buf + 2 * kChunk);
+  // Lane l < kRowsPerWarp rescores and updates row l.
+  const bool owns_row = lane < kRowsPerWarp;
+
   const int64_t row0 =
       static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp * kRowsPerWarp;
   const int rows = static_cast<int>(
       n - row0 < kRowsPerWarp ? (n - row0 > 0 ? n - row0 : 0) : kRowsPerWarp);
-  if (rows == 0) return;  // warp-uniform; no block-wide barrier follows
-
   for (int e = lane; e < kRowsPerWarp * kDimPad; e += 32) {
     const int r = e / kDimPad, d = e % kDimPad;
     float v = 0.0f;
@@ -150,10 +277,39 @@ __global__ void __launch_bounds__(kThreads)
     rs[r * kStride + d] = v;
   }
   __syncwarp();
+  // ||r||^2 of row `lane`, for the error bound of its scores.
+  float rr = 0.0f;
+  if (owns_row) {
+    for (int d = 0; d < dim; ++d) {
+      rr = fmaf(rs[lane * kStride + d], rs[lane * kStride + d], rr);
+    }
+  }
+
+  const int tiles = (K + 7) / 8;
+  const int chunks = (tiles + kChunkTiles - 1) / kChunkTiles;
+  const int64_t total_chunks = static_cast<int64_t>(stages) * chunks;
+  // Chunk i of the whole encode (stage i / chunks) into buffer i % 2.
+  auto fetch = [&](int64_t i) {
+    const int s = static_cast<int>(i / chunks),
+              c = static_cast<int>(i % chunks);
+    const int t0 = c * kChunkTiles;
+    const int nt = tiles - t0 < kChunkTiles ? tiles - t0 : kChunkTiles;
+    const uint2* src =
+        tc + (static_cast<int64_t>(s) * tiles + t0) * kSteps * 32;
+    uint2* dst = chunk_buf + (i & 1) * kChunk;
+    for (int p = threadIdx.x; p < nt * kSteps * 16; p += kThreads) {
+      CpAsync16(dst + 2 * p, src + 2 * p);
+    }
+    const int k = t0 * 8 + static_cast<int>(threadIdx.x);
+    if (threadIdx.x < kChunkTiles * 8 && k < K) {
+      CpAsync4(norm_buf + (i & 1) * kChunkTiles * 8 + threadIdx.x,
+               norms + static_cast<int64_t>(s) * K + k);
+    }
+    CpAsyncCommit();
+  };
+  fetch(0);
 
   const int g = lane / 4, q = lane % 4;
-  const int tiles = (K + 7) / 8;
-  const bool vec4 = (dim % 4) == 0;
   for (int s = 0; s < stages; ++s) {
     uint32_t a[kMTiles][kSteps][4];
 #pragma unroll
@@ -181,51 +337,60 @@ __global__ void __launch_bounds__(kThreads)
           best_k[mt][h][i] = kNoCode;
         }
 
-    const uint2* stage_tc =
-        tc + static_cast<int64_t>(s) * tiles * kSteps * 32 + lane;
     const float* stage_norms = norms + static_cast<int64_t>(s) * K;
-    uint2 b[kSteps];
-#pragma unroll
-    for (int j = 0; j < kSteps; ++j) b[j] = __ldg(stage_tc + j * 32);
-    for (int t = 0; t < tiles; ++t) {
-      // Next tile's operand in flight while this one multiplies.
-      uint2 next[kSteps];
-      if (t + 1 < tiles) {
-        const uint2* p = stage_tc + static_cast<int64_t>(t + 1) * kSteps * 32;
-#pragma unroll
-        for (int j = 0; j < kSteps; ++j) next[j] = __ldg(p + j * 32);
+    for (int c = 0; c < chunks; ++c) {
+      const int64_t i = static_cast<int64_t>(s) * chunks + c;
+      if (i + 1 < total_chunks) {
+        fetch(i + 1);
+        CpAsyncWait<1>();
+      } else {
+        CpAsyncWait<0>();
       }
-      float acc[kMTiles][4];
+      __syncthreads();  // chunk i has landed for every thread's copies
+      const uint2* chunk = chunk_buf + (i & 1) * kChunk + lane;
+      const float* chunk_norms = norm_buf + (i & 1) * kChunkTiles * 8;
+      const int t0 = c * kChunkTiles;
+      const int nt = tiles - t0 < kChunkTiles ? tiles - t0 : kChunkTiles;
+      for (int tl = 0; tl < nt; ++tl) {
+        uint2 b[kSteps];
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
+        for (int j = 0; j < kSteps; ++j) b[j] = chunk[(tl * kSteps + j) * 32];
+        // Even and odd k-steps accumulate apart: two independent chains
+        // per m-tile keep the tensor pipe busy.
+        float acc[2][kMTiles][4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[mt][e] = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kSteps; ++j)
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) MmaBf16(acc[mt], a[mt][j], b[j]);
-
-      // Accumulator e of tile mt: row 16 mt + g + 8 (e / 2), codeword
-      // 8 t + 2 q + e % 2.
-      const int k0 = 8 * t + 2 * q;
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int k = k0 + c;
-        if (k < K) {
-          const float nk = __ldg(stage_norms + k);
+        for (int par = 0; par < 2; ++par)
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              Insert(nk - 2.0f * acc[mt][2 * h + c], k, best_s[mt][h],
-                     best_k[mt][h]);
-            }
+            for (int e = 0; e < 4; ++e) acc[par][mt][e] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kSteps; ++j)
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            MmaBf16(acc[j % 2][mt], a[mt][j], b[j]);
+          }
+
+        // Accumulator e of m-tile mt: row 16 mt + g + 8 (e / 2), codeword
+        // 8 t + 2 q + e % 2.
+        const int k0 = 8 * (t0 + tl) + 2 * q;
+#pragma unroll
+        for (int cc = 0; cc < 2; ++cc) {
+          const int k = k0 + cc;
+          if (k < K) {
+            const float nk = chunk_norms[8 * tl + 2 * q + cc];
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const float dot =
+                    acc[0][mt][2 * h + cc] + acc[1][mt][2 * h + cc];
+                Insert(nk - 2.0f * dot, k, best_s[mt][h], best_k[mt][h]);
+              }
+          }
         }
       }
-      if (t + 1 < tiles) {
-#pragma unroll
-        for (int j = 0; j < kSteps; ++j) b[j] = next[j];
-      }
+      __syncthreads();  // buffer i % 2 is free for chunk i + 2
     }
 
 #pragma unroll
@@ -234,45 +399,67 @@ __global__ void __launch_bounds__(kThreads)
       for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int i = 0; i < kTopPerLane; ++i) {
-          cand[(16 * mt + g + 8 * h) * kCandidates + q * kTopPerLane + i] =
-              best_k[mt][h][i];
+          int* row_cand = cand + (16 * mt + g + 8 * h) * kCandStride;
+          row_cand[q * kTopPerLane + i] = best_k[mt][h][i];
+          row_cand[kCandidates + q * kTopPerLane + i] =
+              __float_as_int(best_s[mt][h][i]);
         }
     __syncwarp();
 
-    // Rescoring: lane l owns row l. Scores in float32 with fused
-    // multiply-adds over increasing dimensions, as the float32 kernel.
-    const float* stage_cb = codebooks + static_cast<int64_t>(s) * K * dim;
-    float* r = rs + lane * kStride;
-    float best = FLT_MAX;
-    int best_code = kNoCode;
-    for (int i = 0; i < kCandidates; ++i) {
-      const int k = cand[lane * kCandidates + i];
-      if (k == kNoCode) continue;
-      const float* c = stage_cb + static_cast<int64_t>(k) * dim;
-      float dot = 0.0f;
-      if (vec4) {
-        for (int d = 0; d < dim; d += 4) {
-          const float4 cv = __ldg(reinterpret_cast<const float4*>(c + d));
-          dot = fmaf(r[d], cv.x, dot);
-          dot = fmaf(r[d + 1], cv.y, dot);
-          dot = fmaf(r[d + 2], cv.z, dot);
-          dot = fmaf(r[d + 3], cv.w, dot);
+    // Lane l < 16 decides row l. Only candidates whose bf16-product score is
+    // within twice the error bound of the lowest can be the float32 best;
+    // when that is one candidate (the common case), it is the pick. Else
+    // those few are rescored in float32 with fused multiply-adds over
+    // increasing dimensions, as the float32 kernel, ties to the lowest index.
+    if (owns_row) {
+      const float* stage_cb = codebooks + static_cast<int64_t>(s) * K * dim;
+      float* r = rs + lane * kStride;
+      const int* row_cand = cand + lane * kCandStride;
+      float lowest = FLT_MAX, max_norm = 0.0f;
+      for (int i = 0; i < kCandidates; ++i) {
+        const int k = row_cand[i];
+        if (k == kNoCode) continue;
+        lowest = fminf(lowest, __int_as_float(row_cand[kCandidates + i]));
+        max_norm = fmaxf(max_norm, __ldg(stage_norms + k));
+      }
+      const float cutoff =
+          lowest + 2.0f * kScoreErrorPerNorm * sqrtf(rr * max_norm);
+      int contenders = 0, contender = kNoCode;
+      for (int i = 0; i < kCandidates; ++i) {
+        const int k = row_cand[i];
+        if (k != kNoCode &&
+            __int_as_float(row_cand[kCandidates + i]) <= cutoff) {
+          ++contenders;
+          contender = k;
         }
-      } else {
-        for (int d = 0; d < dim; ++d) dot = fmaf(r[d], __ldg(c + d), dot);
       }
-      const float score = __ldg(stage_norms + k) - 2.0f * dot;
-      if (score < best || (score == best && k < best_code)) {
-        best = score;
-        best_code = k;
+      // No candidate at all: a NaN residual; codeword 0, as the reference.
+      int best_code = contenders == 0 ? 0 : contender;
+      if (contenders > 1) {
+        float best = FLT_MAX;
+        best_code = kNoCode;
+        for (int i = 0; i < kCandidates; ++i) {
+          const int k = row_cand[i];
+          if (k == kNoCode ||
+              !(__int_as_float(row_cand[kCandidates + i]) <= cutoff)) {
+            continue;
+          }
+          const float score =
+              __ldg(stage_norms + k) -
+              2.0f * Dot<kDimPad>(r, stage_cb + static_cast<int64_t>(k) * dim,
+                                  dim);
+          if (score < best || (score == best && k < best_code)) {
+            best = score;
+            best_code = k;
+          }
+        }
+        if (best_code == kNoCode) best_code = contender;  // scores overflowed
       }
-    }
-    // A NaN residual has no candidate: codeword 0, as the reference.
-    if (best_code == kNoCode) best_code = 0;
-    if (lane < rows) {
-      codes[(row0 + lane) * stages + s] = static_cast<uint16_t>(best_code);
-      const float* c = stage_cb + static_cast<int64_t>(best_code) * dim;
-      for (int d = 0; d < dim; ++d) r[d] -= __ldg(c + d);
+      if (lane < rows) {
+        codes[(row0 + lane) * stages + s] = static_cast<uint16_t>(best_code);
+        rr = Subtract<kDimPad>(
+            r, stage_cb + static_cast<int64_t>(best_code) * dim, dim);
+      }
     }
     __syncwarp();
   }
@@ -375,7 +562,8 @@ cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
   }
   if (n == 0) return cudaSuccess;
   if (d_x == nullptr || d_codebooks == nullptr || d_norms == nullptr ||
-      d_tc == nullptr || d_codes == nullptr) {
+      d_tc == nullptr || d_codes == nullptr ||
+      reinterpret_cast<uintptr_t>(d_tc) % 16 != 0) {
     return cudaErrorInvalidValue;
   }
   if ((n + kRowsPerBlock - 1) / kRowsPerBlock > INT32_MAX) {
