@@ -93,12 +93,47 @@ cudaError_t LaunchRvqPrepareTcCodebooks(const float* d_codebooks, int stages,
 // reference only at float near-ties or where bf16 rounding pushed the
 // nearest codeword out of the candidates (rare; rvq_cuda_test measures it).
 // Errors: cudaErrorInvalidValue as LaunchRvqEncodeGreedy, for a shape
-// RvqTcCodebookBytes refuses or a d_tc not 16-byte aligned; cudaErrorNotSupported on an older GPU.
+// RvqTcCodebookBytes refuses or a d_tc not 16-byte aligned;
+// cudaErrorNotSupported on an older GPU.
 cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
                                     int dim, const float* d_codebooks,
                                     const float* d_norms, const void* d_tc,
                                     int stages, int K, uint16_t* d_codes,
                                     cudaStream_t stream);
+
+// One encode of a batch: n vectors x [n][dim] (of the batch's input type)
+// under one codebook set, as the arguments of LaunchRvqEncodeGreedyTc; all
+// pointers in device memory.
+struct RvqTcJob {
+  const void* x = nullptr;
+  int64_t n = 0;
+  int dim = 0, stages = 0, K = 0;
+  const float* codebooks = nullptr;
+  const float* norms = nullptr;
+  const void* tc = nullptr;  // the set's tensor-core copy, 16-byte aligned
+  uint16_t* codes = nullptr;
+};
+
+// Device scratch a batch of `count` jobs needs (its job table).
+size_t RvqTcBatchScratchBytes(int count);
+// Grid blocks a job of n vectors takes (128 vectors each).
+int64_t RvqTcJobBlocks(int64_t n);
+
+// Every job of `jobs` (host memory) in one launch, so that many small
+// encodes (each layer's keys and values of a few blocks) fill the GPU
+// together; the results are those of one LaunchRvqEncodeGreedyTc per job.
+// The job table is copied to d_scratch (RvqTcBatchScratchBytes(count)
+// bytes of device memory) on `stream`; it must stay untouched until the
+// launch completes. Jobs with n == 0 are skipped.
+// Errors: cudaErrorInvalidValue for a job LaunchRvqEncodeGreedyTc would
+// refuse, for jobs whose dims fall in different classes of 1-32, 33-64,
+// 65-96 and 97-128 (the tensor-core copy's layout differs between them:
+// launch one batch per class), or for too small a scratch;
+// cudaErrorNotSupported on a GPU older than compute capability 8.0.
+cudaError_t LaunchRvqEncodeGreedyTcBatch(const RvqTcJob* jobs, int count,
+                                         InputType type, void* d_scratch,
+                                         size_t scratch_bytes,
+                                         cudaStream_t stream);
 
 }  // namespace vqkv::cuda
 

@@ -22,6 +22,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cuda/rvq_cuda.cuh"
 
@@ -242,13 +243,14 @@ __device__ __forceinline__ float Subtract(float* r, const float* c, int dim) {
   return rr;
 }
 
+// Encodes rows [block * kRowsPerBlock, +kRowsPerBlock) of x. Called by
+// every thread of the block (it synchronises the block).
 template <int kSteps, typename In>
-__global__ void __launch_bounds__(kThreads)
-    RvqEncodeTcKernel(const In* __restrict__ x, int64_t n, int dim,
-                      const float* __restrict__ codebooks,
-                      const float* __restrict__ norms,
-                      const uint2* __restrict__ tc, int stages, int K,
-                      uint16_t* __restrict__ codes) {
+__device__ __forceinline__ void EncodeTcBlock(
+    const In* __restrict__ x, int64_t n, int dim,
+    const float* __restrict__ codebooks, const float* __restrict__ norms,
+    const uint2* __restrict__ tc, int stages, int K,
+    uint16_t* __restrict__ codes, int64_t block) {
   constexpr int kDimPad = kSteps * 16;
   constexpr int kStride = RowStride(kSteps);
   constexpr int kChunk = ChunkUint2s(kSteps);
@@ -266,8 +268,7 @@ __global__ void __launch_bounds__(kThreads)
   // Lane l < kRowsPerWarp rescores and updates row l.
   const bool owns_row = lane < kRowsPerWarp;
 
-  const int64_t row0 =
-      static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp * kRowsPerWarp;
+  const int64_t row0 = block * kRowsPerBlock + warp * kRowsPerWarp;
   const int rows = static_cast<int>(
       n - row0 < kRowsPerWarp ? (n - row0 > 0 ? n - row0 : 0) : kRowsPerWarp);
   for (int e = lane; e < kRowsPerWarp * kDimPad; e += 32) {
@@ -465,7 +466,78 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <int kSteps, typename In>
+__global__ void __launch_bounds__(kThreads)
+    RvqEncodeTcKernel(const In* __restrict__ x, int64_t n, int dim,
+                      const float* __restrict__ codebooks,
+                      const float* __restrict__ norms,
+                      const uint2* __restrict__ tc, int stages, int K,
+                      uint16_t* __restrict__ codes) {
+  EncodeTcBlock<kSteps, In>(x, n, dim, codebooks, norms, tc, stages, K, codes,
+                            blockIdx.x);
+}
+
+// A batch job and the first grid block it takes.
+struct BatchEntry {
+  RvqTcJob job;
+  int64_t first_block;
+};
+
+template <int kSteps, typename In>
+__global__ void __launch_bounds__(kThreads)
+    RvqEncodeTcBatchKernel(const BatchEntry* __restrict__ entries, int count) {
+  // The job whose blocks include this one: the last entry starting at or
+  // before it (binary search; first_block ascends).
+  const int64_t b = blockIdx.x;
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (entries[mid].first_block <= b) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const RvqTcJob& j = entries[lo].job;
+  EncodeTcBlock<kSteps, In>(static_cast<const In*>(j.x), j.n, j.dim,
+                            j.codebooks, j.norms,
+                            static_cast<const uint2*>(j.tc), j.stages, j.K,
+                            j.codes, b - entries[lo].first_block);
+}
+
 int KSteps(int dim) { return (dim + 15) / 16; }
+
+template <int kSteps, typename In>
+cudaError_t LaunchTcBatch(const BatchEntry* d_entries, int count,
+                          int64_t blocks, cudaStream_t stream) {
+  const size_t smem = TcSharedBytes(kSteps);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        RvqEncodeTcBatchKernel<kSteps, In>,
+        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  RvqEncodeTcBatchKernel<kSteps, In>
+      <<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(d_entries,
+                                                                  count);
+  return cudaGetLastError();
+}
+
+template <typename In>
+cudaError_t LaunchTcBatchForSteps(int k_steps, const BatchEntry* d_entries,
+                                  int count, int64_t blocks,
+                                  cudaStream_t stream) {
+  switch (k_steps) {
+    case 2:
+      return LaunchTcBatch<2, In>(d_entries, count, blocks, stream);
+    case 4:
+      return LaunchTcBatch<4, In>(d_entries, count, blocks, stream);
+    case 6:
+      return LaunchTcBatch<6, In>(d_entries, count, blocks, stream);
+    default:
+      return LaunchTcBatch<8, In>(d_entries, count, blocks, stream);
+  }
+}
 
 template <int kSteps, typename In>
 cudaError_t LaunchTc(const In* x, int64_t n, int dim, const float* codebooks,
@@ -583,6 +655,74 @@ cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
       return LaunchTcForDim(static_cast<const __nv_bfloat16*>(d_x), n, dim,
                             d_codebooks, d_norms, tc, stages, K, d_codes,
                             stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+int64_t RvqTcJobBlocks(int64_t n) {
+  return n <= 0 ? 0 : (n + kRowsPerBlock - 1) / kRowsPerBlock;
+}
+
+size_t RvqTcBatchScratchBytes(int count) {
+  return count <= 0 ? 0 : sizeof(BatchEntry) * static_cast<size_t>(count);
+}
+
+cudaError_t LaunchRvqEncodeGreedyTcBatch(const RvqTcJob* jobs, int count,
+                                         InputType type, void* d_scratch,
+                                         size_t scratch_bytes,
+                                         cudaStream_t stream) {
+  if (count < 0 || (count > 0 && jobs == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  std::vector<BatchEntry> entries;
+  entries.reserve(static_cast<size_t>(count));
+  int64_t blocks = 0;
+  int k_steps = 0;
+  for (int i = 0; i < count; ++i) {
+    const RvqTcJob& j = jobs[i];
+    if (j.n < 0 || RvqTcCodebookBytes(j.stages, j.K, j.dim) == 0) {
+      return cudaErrorInvalidValue;
+    }
+    if (j.n == 0) continue;
+    if (j.x == nullptr || j.codebooks == nullptr || j.norms == nullptr ||
+        j.tc == nullptr || j.codes == nullptr ||
+        reinterpret_cast<uintptr_t>(j.tc) % 16 != 0) {
+      return cudaErrorInvalidValue;
+    }
+    // One kernel instance per launch: every job's codebooks must be laid
+    // out for the same k-steps.
+    if (k_steps != 0 && UsedKSteps(j.dim) != k_steps) {
+      return cudaErrorInvalidValue;
+    }
+    k_steps = UsedKSteps(j.dim);
+    entries.push_back({j, blocks});
+    blocks += RvqTcJobBlocks(j.n);
+  }
+  if (entries.empty()) return cudaSuccess;
+  if (blocks > INT32_MAX || d_scratch == nullptr ||
+      scratch_bytes <
+          RvqTcBatchScratchBytes(static_cast<int>(entries.size()))) {
+    return cudaErrorInvalidValue;
+  }
+  if (!TensorCoresAvailable()) return cudaErrorNotSupported;
+  // From pageable memory, the copy is staged before the call returns, so
+  // `entries` may go when it does.
+  cudaError_t err = cudaMemcpyAsync(d_scratch, entries.data(),
+                                    sizeof(BatchEntry) * entries.size(),
+                                    cudaMemcpyHostToDevice, stream);
+  if (err != cudaSuccess) return err;
+  const auto* d_entries = static_cast<const BatchEntry*>(d_scratch);
+  const int n = static_cast<int>(entries.size());
+  switch (type) {
+    case InputType::kFloat32:
+      return LaunchTcBatchForSteps<float>(k_steps, d_entries, n, blocks,
+                                          stream);
+    case InputType::kFloat16:
+      return LaunchTcBatchForSteps<__half>(k_steps, d_entries, n, blocks,
+                                           stream);
+    case InputType::kBFloat16:
+      return LaunchTcBatchForSteps<__nv_bfloat16>(k_steps, d_entries, n, blocks,
+                                                  stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -300,6 +301,88 @@ TEST(RvqEncodeTcTest, BadArgumentsAreRejectedBeforeLaunch) {
   EXPECT_EQ(launch(1, 64, &f, 2, 65537), cudaErrorInvalidValue);
   EXPECT_EQ(launch(1, 64, nullptr, 2, 256), cudaErrorInvalidValue);
   EXPECT_EQ(launch(0, 64, nullptr, 2, 256), cudaSuccess);  // nothing to do
+}
+
+// A batch of jobs of different sizes (empty, one vector, partial and whole
+// blocks) and codebooks, in one launch, gives each job the codes of its
+// own launch.
+TEST(RvqEncodeTcTest, BatchGivesEachJobTheCodesOfItsOwnLaunch) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<Problem> problems = {
+      MakeProblem(128, 1024, 9, 300, 51), MakeProblem(128, 512, 4, 0, 52),
+      MakeProblem(112, 256, 3, 1, 53),    MakeProblem(128, 1024, 9, 128, 54),
+      MakeProblem(100, 64, 5, 129, 55),   MakeProblem(128, 512, 16, 1000, 56)};
+  // A job's device buffers.
+  struct Device {
+    explicit Device(const Problem& p)
+        : x(p.x.size()),
+          cb(p.codebooks.size()),
+          norms(p.norms.size()),
+          tc(RvqTcCodebookBytes(p.stages, p.K, p.dim)),
+          codes(static_cast<size_t>(p.n) * p.stages) {}
+    DeviceBuffer<float> x, cb, norms;
+    DeviceBuffer<uint8_t> tc;
+    DeviceBuffer<uint16_t> codes;
+  };
+  std::vector<std::unique_ptr<Device>> dev;
+  std::vector<RvqTcJob> jobs;
+  for (const Problem& p : problems) {
+    dev.push_back(std::make_unique<Device>(p));
+    Device& d = *dev.back();
+    if (!p.x.empty()) {
+      ASSERT_CUDA(d.x.Upload(p.x));
+    }
+    ASSERT_CUDA(d.cb.Upload(p.codebooks));
+    ASSERT_CUDA(d.norms.Upload(p.norms));
+    ASSERT_CUDA(LaunchRvqPrepareTcCodebooks(d.cb.get(), p.stages, p.K, p.dim,
+                                            d.tc.get(), nullptr));
+    jobs.push_back({d.x.get(), p.n, p.dim, p.stages, p.K, d.cb.get(),
+                    d.norms.get(), d.tc.get(), d.codes.get()});
+  }
+  DeviceBuffer<uint8_t> scratch(RvqTcBatchScratchBytes(jobs.size()));
+  ASSERT_CUDA(LaunchRvqEncodeGreedyTcBatch(
+      jobs.data(), static_cast<int>(jobs.size()), InputType::kFloat32,
+      scratch.get(), RvqTcBatchScratchBytes(jobs.size()), nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  for (size_t i = 0; i < problems.size(); ++i) {
+    SCOPED_TRACE("job " + std::to_string(i));
+    if (problems[i].n == 0) continue;
+    std::vector<uint16_t> batched;
+    ASSERT_CUDA(dev[i]->codes.Download(&batched));
+    EXPECT_TRUE(batched == TcEncode(problems[i]));
+  }
+}
+
+// Batch arguments are checked on the host before any CUDA call.
+TEST(RvqEncodeTcTest, BatchRejectsMixedDimClassesAndSmallScratch) {
+  float f[4] = {0, 0, 0, 0};
+  uint16_t c = 0;
+  alignas(16) uint8_t tc[16] = {};
+  const RvqTcJob a{f, 1, 64, 2, 256, f, f, tc, &c};
+  RvqTcJob b = a;
+  b.dim = 128;  // another layout class
+  const RvqTcJob mixed[] = {a, b};
+  uint8_t scratch[256];
+  EXPECT_EQ(LaunchRvqEncodeGreedyTcBatch(mixed, 2, InputType::kFloat32, scratch,
+                                         sizeof(scratch), nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(
+      LaunchRvqEncodeGreedyTcBatch(&a, 1, InputType::kFloat32, scratch,
+                                   RvqTcBatchScratchBytes(1) - 1, nullptr),
+      cudaErrorInvalidValue);
+  RvqTcJob bad = a;
+  bad.tc = tc + 4;  // misaligned
+  EXPECT_EQ(LaunchRvqEncodeGreedyTcBatch(&bad, 1, InputType::kFloat32, scratch,
+                                         sizeof(scratch), nullptr),
+            cudaErrorInvalidValue);
+  RvqTcJob empty = a;
+  empty.n = 0;
+  EXPECT_EQ(LaunchRvqEncodeGreedyTcBatch(&empty, 1, InputType::kFloat32,
+                                         nullptr, 0, nullptr),
+            cudaSuccess);
+  EXPECT_EQ(RvqTcJobBlocks(0), 0);
+  EXPECT_EQ(RvqTcJobBlocks(128), 1);
+  EXPECT_EQ(RvqTcJobBlocks(129), 2);
 }
 
 }  // namespace
