@@ -359,6 +359,7 @@ absl::Status VqCodec::FitLayer(int layer, const float* keys,
         "VqCodec::FitLayer needs non-null keys/values and tokens >= 1, got ",
         tokens, " tokens"));
   }
+  batch_encoder_ = nullptr;  // it may hold copies of the old codebooks
   const CodebookConfig& c = set_.config();
   const int H = layout_.kv_heads, D = layout_.head_dim;
   const int slots = c.slots_per_layer();
@@ -452,26 +453,44 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
   const int64_t vectors = int64_t{L} * tokens * H;
   std::vector<uint16_t> kcodes(static_cast<size_t>(vectors) * Nk);
   std::vector<uint16_t> vcodes(static_cast<size_t>(vectors) * Nv);
-  std::vector<float> buf;
-  std::vector<uint16_t> codes;
   const int64_t per_layer = tokens * H * D;
+  // Gather every quantizer's rows, encode them (all at once through the
+  // batch encoder, else one quantizer at a time), then place the codes.
+  std::vector<QuantizerJob> jobs;
   VQKV_RETURN_IF_ERROR(ForEachQuantizer(
       set_, all_dims, [&](const QuantizerJob& j) -> absl::Status {
-        const int S = j.q->stages(), stride = j.values ? Nv : Nk;
-        uint16_t* all_codes = j.values ? vcodes.data() : kcodes.data();
-        buf.resize(static_cast<size_t>(rows) * j.q->dim());
-        codes.resize(static_cast<size_t>(rows) * S);
-        Gather((j.values ? values : keys) + j.layer * per_layer, tokens, H, D,
-               j.slot, *j.dims, buf.data());
-        VQKV_RETURN_IF_ERROR(j.q->EncodeBeam(buf.data(), rows,
-                                             config_.beam_width, codes.data()));
-        for (int64_t r = 0; r < rows; ++r) {
-          std::memcpy(all_codes + JobRowVectorIndex(j, tokens, H, r) * stride +
-                          j.stage_offset,
-                      codes.data() + r * S, sizeof(uint16_t) * S);
-        }
+        jobs.push_back(j);
         return absl::OkStatus();
       }));
+  std::vector<std::vector<float>> inputs(jobs.size());
+  std::vector<std::vector<uint16_t>> job_codes(jobs.size());
+  std::vector<RvqBatchEncoder::Job> batch;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const QuantizerJob& j = jobs[i];
+    inputs[i].resize(static_cast<size_t>(rows) * j.q->dim());
+    job_codes[i].resize(static_cast<size_t>(rows) * j.q->stages());
+    Gather((j.values ? values : keys) + j.layer * per_layer, tokens, H, D,
+           j.slot, *j.dims, inputs[i].data());
+    batch.push_back({j.q, inputs[i].data(), rows, job_codes[i].data()});
+  }
+  if (batch_encoder_ != nullptr && config_.beam_width == 1) {
+    VQKV_RETURN_IF_ERROR(batch_encoder_->EncodeGreedy(batch));
+  } else {
+    for (const RvqBatchEncoder::Job& b : batch) {
+      VQKV_RETURN_IF_ERROR(
+          b.q->EncodeBeam(b.x, b.n, config_.beam_width, b.codes));
+    }
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const QuantizerJob& j = jobs[i];
+    const int S = j.q->stages(), stride = j.values ? Nv : Nk;
+    uint16_t* all_codes = j.values ? vcodes.data() : kcodes.data();
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(all_codes + JobRowVectorIndex(j, tokens, H, r) * stride +
+                      j.stage_offset,
+                  job_codes[i].data() + r * S, sizeof(uint16_t) * S);
+    }
+  }
   const size_t kbytes = PackedBytes(vectors * Nk, c.key_bits);
   const size_t vbytes = PackedBytes(vectors * Nv, c.value_bits);
   VQKV_RETURN_IF_ERROR(

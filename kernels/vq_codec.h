@@ -27,6 +27,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -34,6 +35,7 @@
 #include "kernels/codebook_set.h"
 #include "kernels/codec.h"
 #include "kernels/key_split.h"
+#include "kernels/rvq_batch_encoder.h"
 #include "kernels/sign_sketch.h"
 
 namespace vqkv {
@@ -151,6 +153,16 @@ class VqCodec : public Codec {
                             int first_layer, int num_layers, float* keys,
                             float* values) const override;
 
+  // Runs the greedy RVQ encodes of every later Encode through `encoder`
+  // (kernels/rvq_batch_encoder.h; null: on the CPU, the default). Only with
+  // beam width 1: a beam encoder keeps the CPU. Fit and FitLayer drop it
+  // (the encoder may hold copies of the old codebooks). Not thread-safe
+  // against concurrent Encodes: set it before sharing the codec.
+  void SetBatchEncoder(std::shared_ptr<RvqBatchEncoder> encoder) {
+    batch_encoder_ = std::move(encoder);
+  }
+  bool has_batch_encoder() const { return batch_encoder_ != nullptr; }
+
   // What one layer's key codes reconstruct: keys [token][kv_head][head_dim]
   // of `layer` encoded (greedy or beam, as Encode) and decoded, without
   // key gains or sketch, into out (same layout). For fitting key gains
@@ -196,6 +208,7 @@ class VqCodec : public Codec {
   bool fitted_ = false;
   uint64_t hash_ = 0;
   std::optional<SignSketch> sketch_;  // when config_.key_sketch_bits > 0
+  std::shared_ptr<RvqBatchEncoder> batch_encoder_;
 };
 
 }  // namespace vqkv

@@ -1,0 +1,144 @@
+// VqCodec with a batch encoder (kernels/rvq_batch_encoder.h): one call per
+// Encode with every quantizer's job, the same payload as the CPU path, its
+// errors passed on, and never for beam search.
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "kernels/codebook_set.h"
+#include "kernels/rvq_batch_encoder.h"
+#include "kernels/vq_codec.h"
+#include "tests/testing/fitted_codebook_set.h"
+
+namespace vqkv {
+namespace {
+
+// Encodes each job with its quantizer on the CPU, as the codec would, and
+// counts the calls and jobs; or fails every call with `error`.
+class RecordingEncoder : public RvqBatchEncoder {
+ public:
+  absl::Status EncodeGreedy(absl::Span<const Job> jobs) override {
+    ++calls;
+    job_count += static_cast<int>(jobs.size());
+    if (!error.ok()) return error;
+    for (const Job& j : jobs) {
+      if (absl::Status s = j.q->EncodeGreedy(j.x, j.n, j.codes); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+  int calls = 0, job_count = 0;
+  absl::Status error;
+};
+
+CodebookSet TinySet(KeySplit split, bool per_head) {
+  absl::StatusOr<CodebookSet> set = testing::FitSyntheticCodebookSet(
+      testing::TinyCodebookConfig(split, per_head), 64,
+      {[](int l, int s, int g) { return uint64_t(100 * l + 10 * s + g); },
+       [](int l, int s) { return uint64_t(1000 + 100 * l + 10 * s); }});
+  EXPECT_TRUE(set.ok()) << set.status();
+  return *std::move(set);
+}
+
+std::vector<float> RandomFloats(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& f : v) f = normal(rng);
+  return v;
+}
+
+TEST(VqCodecBatchEncoderTest, OneCallPerEncodeAndTheCpuPayload) {
+  for (const KeySplit split : {KeySplit::kNone, KeySplit::kRopeAdjacentPairs}) {
+    for (const bool per_head : {false, true}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "split " << int(split) << " per_head " << per_head);
+      const CodebookSet set = TinySet(split, per_head);
+      absl::StatusOr<std::unique_ptr<VqCodec>> cpu =
+          VqCodec::FromCodebookSet(set);
+      absl::StatusOr<std::unique_ptr<VqCodec>> batched =
+          VqCodec::FromCodebookSet(set);
+      ASSERT_TRUE(cpu.ok() && batched.ok());
+      auto encoder = std::make_shared<RecordingEncoder>();
+      (*batched)->SetBatchEncoder(encoder);
+      const KvLayout& l = (*cpu)->layout();
+      constexpr int64_t kTokens = 5;
+      const size_t floats =
+          size_t{1} * l.layers * kTokens * l.kv_heads * l.head_dim;
+      const std::vector<float> keys = RandomFloats(floats, 1);
+      const std::vector<float> values = RandomFloats(floats, 2);
+      std::vector<uint8_t> a((*cpu)->EncodedBytes(kTokens)),
+          b((*batched)->EncodedBytes(kTokens));
+      ASSERT_TRUE(
+          (*cpu)
+              ->Encode(keys.data(), values.data(), kTokens, a.data(), a.size())
+              .ok());
+      ASSERT_TRUE(
+          (*batched)
+              ->Encode(keys.data(), values.data(), kTokens, b.data(), b.size())
+              .ok());
+      EXPECT_EQ(a, b);
+      EXPECT_EQ(encoder->calls, 1);
+      const int groups = split == KeySplit::kNone ? 1 : 2;
+      const int slots = per_head ? l.kv_heads : 1;
+      EXPECT_EQ(encoder->job_count, l.layers * slots * (groups + 1));
+    }
+  }
+}
+
+TEST(VqCodecBatchEncoderTest, EncoderErrorsFailTheEncode) {
+  absl::StatusOr<std::unique_ptr<VqCodec>> codec =
+      VqCodec::FromCodebookSet(TinySet(KeySplit::kNone, false));
+  ASSERT_TRUE(codec.ok());
+  auto encoder = std::make_shared<RecordingEncoder>();
+  encoder->error = absl::InternalError("device lost");
+  (*codec)->SetBatchEncoder(encoder);
+  const KvLayout& l = (*codec)->layout();
+  const std::vector<float> kv =
+      RandomFloats(size_t{1} * l.layers * 2 * l.kv_heads * l.head_dim, 3);
+  std::vector<uint8_t> out((*codec)->EncodedBytes(2));
+  const absl::Status s =
+      (*codec)->Encode(kv.data(), kv.data(), 2, out.data(), out.size());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(s.message(), "device lost");
+}
+
+TEST(VqCodecBatchEncoderTest, BeamSearchStaysOnTheCpu) {
+  absl::StatusOr<std::unique_ptr<VqCodec>> codec =
+      VqCodec::FromCodebookSet(TinySet(KeySplit::kNone, false), 2);
+  ASSERT_TRUE(codec.ok());
+  auto encoder = std::make_shared<RecordingEncoder>();
+  (*codec)->SetBatchEncoder(encoder);
+  const KvLayout& l = (*codec)->layout();
+  const std::vector<float> kv =
+      RandomFloats(size_t{1} * l.layers * 3 * l.kv_heads * l.head_dim, 4);
+  std::vector<uint8_t> out((*codec)->EncodedBytes(3));
+  ASSERT_TRUE(
+      (*codec)->Encode(kv.data(), kv.data(), 3, out.data(), out.size()).ok());
+  EXPECT_EQ(encoder->calls, 0);
+}
+
+TEST(VqCodecBatchEncoderTest, RefittingDropsTheEncoder) {
+  VqConfig config;
+  config.key_stages = 2;
+  config.key_bits = 3;
+  config.value_stages = 2;
+  config.value_bits = 3;
+  absl::StatusOr<std::unique_ptr<VqCodec>> codec =
+      VqCodec::Create(KvLayout{1, 1, 8}, config);
+  ASSERT_TRUE(codec.ok()) << codec.status();
+  const std::vector<float> kv = RandomFloats(64 * 8, 5);
+  ASSERT_TRUE((*codec)->Fit(kv.data(), kv.data(), 64, {}).ok());
+  (*codec)->SetBatchEncoder(std::make_shared<RecordingEncoder>());
+  EXPECT_TRUE((*codec)->has_batch_encoder());
+  ASSERT_TRUE((*codec)->FitLayer(0, kv.data(), kv.data(), 64, {}).ok());
+  EXPECT_FALSE((*codec)->has_batch_encoder());
+}
+
+}  // namespace
+}  // namespace vqkv
