@@ -113,6 +113,14 @@ absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
   options.engine_key_pairs = o.key_pairs == VQKV_KEY_PAIRS_HALF
                                  ? vqkv::RopePairs::kHalf
                                  : vqkv::RopePairs::kAdjacent;
+  if (o.encode_on_cuda != 0) {
+    if (o.encode_cuda_device < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "options->encode_cuda_device is ", o.encode_cuda_device,
+          "; a CUDA device index is >= 0"));
+    }
+    options.encode_cuda_device = o.encode_cuda_device;
+  }
   config.tls.ca_file = Str(o.tls_ca_file);
   config.tls.cert_file = Str(o.tls_cert_file);
   config.tls.key_file = Str(o.tls_key_file);

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/parallel.h"
+#include "client/gpu_encoder.h"
 #include "kernels/block.h"
 #include "kernels/codebook_set.h"
 #include "kernels/codec_factory.h"
@@ -238,6 +239,11 @@ CacheClient::CreateFromCodebookHash(CacheClientOptions options,
       MakeCodec("vq", layout, &*set, /*beam_width=*/1, key_sketch_bits,
                 key_sketch_first_layer);
   if (!codec.ok()) return codec.status();
+  if (absl::Status st =
+          AttachCudaEncoder(options.encode_cuda_device, codec->get());
+      !st.ok()) {
+    return st;
+  }
   return Create(std::move(options),
                 std::shared_ptr<const Codec>(*std::move(codec)),
                 *std::move(file), std::move(backend));

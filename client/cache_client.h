@@ -98,6 +98,12 @@ struct CacheClientOptions {
   int save_threads = 1;
   // Threads that verify and decode the blocks of one load in parallel.
   int decode_threads = 2;
+  // The CUDA device whose tensor cores run the RVQ searches of every save
+  // (client/gpu_encoder.h): an engine on a GPU passes its own, so saving
+  // does not load the host's cores; -1 (default): the CPU. Codes are the
+  // CPU's up to float near-ties, so blocks are shared either way. Needs a
+  // build with CUDA.
+  int encode_cuda_device = -1;
 
   CircuitBreakerOptions circuit;
 };

@@ -9,6 +9,7 @@
 #include "client/cluster/cluster_backend.h"
 #include "client/cluster/membership.h"
 #include "client/embedded_backend.h"
+#include "client/gpu_encoder.h"
 #include "client/grpc/grpc_backend.h"
 #include "kernels/codebook_set.h"
 #include "kernels/codec_factory.h"
@@ -125,6 +126,11 @@ absl::StatusOr<std::unique_ptr<CacheClient>> OpenCacheClient(
                   /*beam_width=*/1, config.key_sketch_bits,
                   config.key_sketch_first_layer);
     if (!made.ok()) return made.status();
+    if (absl::Status st =
+            AttachCudaEncoder(config.options.encode_cuda_device, made->get());
+        !st.ok()) {
+      return st;
+    }
     codec = *std::move(made);
     if (config.codebook_hash != 0 &&
         codec->codebook_hash() != config.codebook_hash) {

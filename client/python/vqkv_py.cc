@@ -129,7 +129,7 @@ std::unique_ptr<PyClient> MakeClient(
     const py::object& tls_key_file,
     const std::optional<std::string>& tls_server_name,
     unsigned tls_reload_seconds, int key_sketch_first_layer,
-    const std::string& key_pairs) {
+    const std::string& key_pairs, int encode_cuda_device) {
   client::ClientConfig config;
   config.server = server;
   config.replicas = replicas;
@@ -162,6 +162,7 @@ std::unique_ptr<PyClient> MakeClient(
   o.weight_revision = weight_revision;
   o.block_tokens = block_tokens;
   o.sink_tokens = sink_tokens;
+  o.encode_cuda_device = encode_cuda_device;
   if (key_pairs == "half") {
     o.engine_key_pairs = RopePairs::kHalf;
   } else if (key_pairs != "adjacent") {
@@ -246,6 +247,7 @@ PYBIND11_MODULE(vqkv, m) {
            py::arg("tls_reload_seconds") = 60,
            py::arg("key_sketch_first_layer") = 0,
            py::arg("key_pairs") = "adjacent",
+           py::arg("encode_cuda_device") = -1,
            "Opens a client. server: 'embedded' (in-memory store in this "
            "process), 'embedded:DIR' (with a disk tier in DIR), a "
            "vqkv-server 'host:port', or a cluster: 'host:port,host:port' or "
@@ -262,7 +264,9 @@ PYBIND11_MODULE(vqkv, m) {
            "the engine's key dimensions pair under RoPE, 'adjacent' (GGUF, "
            "llama.cpp) or 'half' (Hugging Face checkpoints in vLLM or "
            "SGLang); blocks are shared either way (docs/CLIENT.md \"Key "
-           "position\").")
+           "position\"). encode_cuda_device: a CUDA device whose tensor "
+           "cores run the vq searches of saves (-1: the CPU; needs a build "
+           "with CUDA).")
       .def("hash_tokens", &vp::PyClient::HashTokens, py::arg("tokens"),
            py::arg("salt") = "",
            "Chain hashes (16-byte bytes) of the full blocks of `tokens`.")

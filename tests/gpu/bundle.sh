@@ -2,8 +2,8 @@
 # Packs GPU tests of the full build for the bare GPU machine. The full build
 # needs absl, RocksDB, OpenBLAS and the rest of the Debian -dev packages,
 # which that machine lacks, so the tests that exercise client/ on a GPU
-# (default: kv_connector_cuda_test) cannot be built there. This copies them,
-# every shared library they load (the CUDA runtime too; not the driver,
+# (default: kv_connector_cuda_test, cuda_rvq_encoder_test) cannot be built
+# there. This copies them, every shared library they load (the CUDA runtime too; not the driver,
 # libcuda, which is the GPU machine's own) and this machine's dynamic loader
 # into one archive; tests/gpu/run.sh unpacks it and runs each binary through
 # the packed loader, so neither the GPU machine's libraries nor its glibc
@@ -35,7 +35,7 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
-((${#targets[@]})) || targets=(kv_connector_cuda_test)
+((${#targets[@]})) || targets=(kv_connector_cuda_test cuda_rvq_encoder_test)
 BUILD_DIR=${BUILD_DIR:-build}
 
 rm -rf "$out/bin" "$out/lib" "$out/bundle.tar.xz"

@@ -197,6 +197,14 @@ typedef struct vqkv_client_options {
    * key head's pairs into it and back (exact), so engines of both kinds
    * share blocks and codebooks. */
   int32_t key_pairs;
+
+  /* Added after `key_pairs`. vq only: nonzero runs the RVQ searches of
+   * every save on the tensor cores of CUDA device encode_cuda_device (an
+   * engine on a GPU passes its own), instead of the host's cores; codes
+   * are the CPU's up to float near-ties, so blocks are shared either way.
+   * Needs a build with CUDA (else vqkv_client_open fails, saying so). */
+  int32_t encode_on_cuda;
+  int32_t encode_cuda_device;
 } vqkv_client_options_t;
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,

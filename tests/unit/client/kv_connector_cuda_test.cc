@@ -17,8 +17,8 @@
 #include "client/paged_kv.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_device.h"
-#include "tests/testing/require_gpu.h"
 #include "tests/unit/client/client_test_util.h"
+#include "tests/unit/client/skip_without_gpu.h"
 
 namespace vqkv::client {
 namespace {
@@ -28,18 +28,6 @@ using testing::MemoryStore;
 using testing::Options;
 using testing::SmallLayout;
 using testing::Tokens;
-
-// Skips without a GPU, or fails when the run requires one
-// (tests/testing/require_gpu.h).
-#define SKIP_WITHOUT_GPU()                                                 \
-  do {                                                                     \
-    std::string why_not_;                                                  \
-    if (cuda::CudaDeviceCount(&why_not_) == 0) {                           \
-      if (::vqkv::testing::RequireGpu()) FAIL() << why_not_;               \
-      GTEST_SKIP() << why_not_ << " (tests/gpu/run.sh runs this on a GPU " \
-                   << "machine, from tests/gpu/bundle.sh's bundle)";       \
-    }                                                                      \
-  } while (0)
 
 constexpr int kPages = 16;
 constexpr int kPageSize = 16;
