@@ -11,16 +11,17 @@
 #
 # Every result goes under $OUT (else build-gpu/results): run.log (commit,
 # device, driver, clocks, nvcc, each step's outcome), configure.log,
-# build.log, rvq_cuda_test.log and .xml, rvq_encode_tc_test.log and .xml,
-# paged_copy_cuda_test.log and .xml (VQKV_REQUIRE_GPU=1: no device is a
-# failure, not a skip), cuda_codec_bench.txt, llama_encode_bench.txt; with a full-build bundle (tests/gpu/bundle.sh,
-# carried as build-gpu-bundle/bundle.tar.xz) also <test>.log and .xml for
-# each test in it. A failed step is logged and the
-# later steps still run; the exit status is 0 only if every step passed.
-# Budget: under a minute on an H200 with 16 cores (2026-12-04: configure
-# 4 s, build 6 s, tests 10 s); the step timeouts add up to 8 minutes
-# (30 + 120 + 60 + 60 + 30 + 75 + 45 + 60 s), so a rerun fits in the
-# device time.
+# build.log, <test>.log and .xml of rvq_cuda_test, rvq_encode_tc_test,
+# code_attention_cuda_test and paged_copy_cuda_test (VQKV_REQUIRE_GPU=1: no
+# device is a failure, not a skip), cuda_codec_bench.txt,
+# cuda_attention_bench.txt, llama_encode_bench.txt; with a full-build
+# bundle (tests/gpu/bundle.sh, carried as build-gpu-bundle/bundle.tar.xz)
+# also <test>.log and .xml for each test in it. A failed step is logged and
+# the later steps still run; the exit status is 0 only if every step passed.
+# Budget: about a minute on an H200 with 16 cores (2026-12-04: configure
+# 4 s, build 9 s, kernel tests 25 s, benchmarks 20 s); the step timeouts
+# add up to 8 minutes (30 + 90 + 45 + 45 + 45 + 30 + 45 + 45 + 45 + 60 s),
+# so a rerun fits in the device time.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -65,7 +66,7 @@ built=0
 if step "configure ($BUILD_DIR, CUDA archs $CUDA_ARCHS)" 30 \
   "$RESULTS/configure.log" cmake -S tests/gpu -B "$BUILD_DIR" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS"; then
-  step "build the CUDA tests and benchmark" 120 "$RESULTS/build.log" \
+  step "build the CUDA tests and benchmark" 90 "$RESULTS/build.log" \
     cmake --build "$BUILD_DIR" -j "$JOBS" && built=1
 fi
 
@@ -76,24 +77,33 @@ fi
 
 if [[ $built == 1 ]]; then
   export VQKV_REQUIRE_GPU=1
-  step "CUDA kernels vs CPU reference" 60 \
+  step "CUDA kernels vs CPU reference" 45 \
     "$RESULTS/rvq_cuda_test.log" "$BUILD_DIR/rvq_cuda_test" \
     "--xml=$RESULTS/rvq_cuda_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
     "$RESULTS/rvq_cuda_test.log" | tee -a "$RESULTS/run.log"
-  step "tensor-core encode vs CPU reference" 60 \
+  step "tensor-core encode vs CPU reference" 45 \
     "$RESULTS/rvq_encode_tc_test.log" "$BUILD_DIR/rvq_encode_tc_test" \
     "--xml=$RESULTS/rvq_encode_tc_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed|identical to the" \
     "$RESULTS/rvq_encode_tc_test.log" | tee -a "$RESULTS/run.log"
+  step "attention over codes vs reference" 45 \
+    "$RESULTS/code_attention_cuda_test.log" \
+    "$BUILD_DIR/code_attention_cuda_test" \
+    "--xml=$RESULTS/code_attention_cuda_test.xml"
+  grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
+    "$RESULTS/code_attention_cuda_test.log" | tee -a "$RESULTS/run.log"
   step "paged KV gather/scatter vs reference" 30 \
     "$RESULTS/paged_copy_cuda_test.log" "$BUILD_DIR/paged_copy_cuda_test" \
     "--xml=$RESULTS/paged_copy_cuda_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
     "$RESULTS/paged_copy_cuda_test.log" | tee -a "$RESULTS/run.log"
-  step "throughput at the paper configuration" 75 \
+  step "throughput at the paper configuration" 45 \
     "$RESULTS/cuda_codec_bench.txt" "$BUILD_DIR/cuda_codec_bench"
   cat "$RESULTS/cuda_codec_bench.txt" >>"$RESULTS/run.log"
+  step "attention over codes against decode-then-attend" 45 \
+    "$RESULTS/cuda_attention_bench.txt" "$BUILD_DIR/cuda_attention_bench"
+  cat "$RESULTS/cuda_attention_bench.txt" >>"$RESULTS/run.log"
   step "a 128k-token LLaMA-3.1-8B cache on the tensor cores" 45 \
     "$RESULTS/llama_encode_bench.txt" "$BUILD_DIR/cuda_codec_bench" \
     --llama3-8b-128k
