@@ -100,9 +100,9 @@ struct CacheClientOptions {
   int decode_threads = 2;
   // The CUDA device whose tensor cores run the RVQ searches of every save
   // (client/gpu_encoder.h): an engine on a GPU passes its own, so saving
-  // does not load the host's cores; -1 (default): the CPU. Codes are the
-  // CPU's up to float near-ties, so blocks are shared either way. Needs a
-  // build with CUDA.
+  // does not load the host's cores; -1 (default): the CPU. Each pick is the
+  // CPU's or within bf16 rounding of it (kernels/cuda/rvq_cuda.cuh), and
+  // blocks are shared either way. Needs a build with CUDA.
   int encode_cuda_device = -1;
 
   CircuitBreakerOptions circuit;

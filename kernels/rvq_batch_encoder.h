@@ -5,11 +5,13 @@
 // when codebooks are per head), so a GPU can encode them all in one launch
 // (client/cuda/cuda_rvq_encoder.h).
 //
-// Contract: EncodeGreedy writes, for every job, the codes
-// job.q->EncodeGreedy would write, up to float near-ties (two codewords
-// whose float32 scores differ by rounding only may resolve either way). The
-// codec builds the same block from either, so blocks encoded with and
-// without a batch encoder decode alike and share the store.
+// Contract: EncodeGreedy writes, for every job, greedy codes: at each stage
+// the nearest codeword, or one whose score is within the implementation's
+// stated bound of the nearest (job.q->EncodeGreedy's picks up to float
+// near-ties; the CUDA encoder's within its bf16 bound). The codec builds a
+// valid block from either; blocks are found by their tokens' hashes, not
+// their bytes, so blocks encoded with and without a batch encoder share the
+// store.
 //
 // Errors: any status; the codec's Encode then fails with it (it does not
 // fall back to the CPU, so a broken device is visible as failed encodes,

@@ -11,8 +11,9 @@
 // the encoder's life: use one encoder per codec (VqCodec::SetBatchEncoder
 // guarantees the quantizers do not change under it). Quantizers with more
 // than 128 dimensions, or a GPU older than compute capability 8.0, fall
-// back to the float32 CUDA kernel; the codes are the CPU's up to float
-// near-ties either way.
+// back to the float32 CUDA kernel (the CPU's codes up to float near-ties);
+// the tensor cores' picks are within their bf16 bound of the nearest
+// codeword (kernels/cuda/rvq_cuda.cuh).
 //
 // Device memory: the codebooks (fp32 plus their bf16 copy: 1.5x the set's
 // float32 size) and staging that grows to the largest call.

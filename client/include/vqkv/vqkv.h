@@ -200,8 +200,9 @@ typedef struct vqkv_client_options {
 
   /* Added after `key_pairs`. vq only: nonzero runs the RVQ searches of
    * every save on the tensor cores of CUDA device encode_cuda_device (an
-   * engine on a GPU passes its own), instead of the host's cores; codes
-   * are the CPU's up to float near-ties, so blocks are shared either way.
+   * engine on a GPU passes its own), instead of the host's cores; each pick
+   * is the CPU's or within bf16 rounding of it, and blocks are shared
+   * either way.
    * Needs a build with CUDA (else vqkv_client_open fails, saying so). */
   int32_t encode_on_cuda;
   int32_t encode_cuda_device;

@@ -1,6 +1,7 @@
 // Encoding saves on a GPU (client/cuda/cuda_rvq_encoder.h, reached through
-// CacheClientOptions::encode_cuda_device): the same blocks as the CPU, from
-// a VqCodec and through a whole client; clear refusals without a GPU.
+// CacheClientOptions::encode_cuda_device): blocks that decode as well as the
+// CPU's (picks within bf16 rounding of the CPU's, mostly the same), from a
+// VqCodec and through a whole client; clear refusals without a GPU.
 // Built with CUDA only; the GPU cases skip with the reason where there is
 // none (tests/gpu/run.sh runs them from tests/gpu/bundle.sh's bundle).
 #include "client/cuda/cuda_rvq_encoder.h"
@@ -64,7 +65,25 @@ std::vector<uint8_t> Encode(const VqCodec& codec, const std::vector<float>& k,
   return out;
 }
 
-TEST(CudaRvqEncoderTest, SameBlocksAsTheCpu) {
+// Mean squared error of what `payload` decodes to against k and v.
+double DecodedError(const VqCodec& codec, const std::vector<uint8_t>& payload,
+                    const std::vector<float>& k, const std::vector<float>& v,
+                    int64_t tokens) {
+  std::vector<float> dk(k.size()), dv(v.size());
+  const absl::Status s = codec.Decode(payload.data(), payload.size(), tokens,
+                                      dk.data(), dv.data());
+  EXPECT_TRUE(s.ok()) << s;
+  double e = 0;
+  for (size_t i = 0; i < k.size(); ++i) {
+    e += (dk[i] - k[i]) * (dk[i] - k[i]) + (dv[i] - v[i]) * (dv[i] - v[i]);
+  }
+  return e / (2.0 * k.size());
+}
+
+// Blocks as good as the CPU's: decoding error within 2% of theirs (a pick
+// the bf16 products change is a near-equal codeword), and most bytes the
+// same.
+TEST(CudaRvqEncoderTest, BlocksDecodeAsWellAsTheCpus) {
   SKIP_WITHOUT_GPU();
   for (const KeySplit split : {KeySplit::kNone, KeySplit::kRopeAdjacentPairs}) {
     for (const bool per_head : {false, true}) {
@@ -84,8 +103,20 @@ TEST(CudaRvqEncoderTest, SameBlocksAsTheCpu) {
             size_t{1} * l.layers * tokens * l.kv_heads * l.head_dim;
         const std::vector<float> k = RandomFloats(n, 11 + tokens);
         const std::vector<float> v = RandomFloats(n, 13 + tokens);
-        EXPECT_EQ(Encode(**cpu, k, v, tokens), Encode(**gpu, k, v, tokens))
-            << tokens << " tokens";
+        const std::vector<uint8_t> a = Encode(**cpu, k, v, tokens);
+        const std::vector<uint8_t> b = Encode(**gpu, k, v, tokens);
+        ASSERT_EQ(a.size(), b.size());
+        size_t same = 0;
+        for (size_t i = 0; i < a.size(); ++i) same += a[i] == b[i];
+        const double cpu_error = DecodedError(**cpu, a, k, v, tokens);
+        const double gpu_error = DecodedError(**gpu, b, k, v, tokens);
+        std::printf(
+            "  %lld tokens: %zu of %zu payload bytes as the CPU's, "
+            "decoding error %.6g (CPU %.6g)\n",
+            static_cast<long long>(tokens), same, a.size(), gpu_error,
+            cpu_error);
+        EXPECT_LE(gpu_error, cpu_error * 1.02) << tokens << " tokens";
+        EXPECT_GE(same * 2, a.size()) << tokens << " tokens";
       }
     }
   }
@@ -121,10 +152,9 @@ TEST(CudaRvqEncoderTest, ConcurrentEncodesFromSeveralThreads) {
   for (int t = 0; t < kThreads; ++t) EXPECT_EQ(together[t], alone[t]);
 }
 
-// A client opened with encode_cuda_device stores blocks that a CPU client
-// of the same store would have stored: what it loads back is what a CPU
-// client loads of the same tokens.
-TEST(CudaRvqEncoderTest, ClientWithEncodeCudaDeviceStoresTheCpuBlocks) {
+// A client opened with encode_cuda_device stores every block, and what it
+// loads back is as close to the KV as what a CPU client loads.
+TEST(CudaRvqEncoderTest, ClientWithEncodeCudaDeviceStoresAndLoads) {
   SKIP_WITHOUT_GPU();
   const CodebookSet set = PaperLikeSet(KeySplit::kRopeAdjacentPairs, false);
   const std::string path = ::testing::TempDir() + "/cuda_rvq_encoder_test.vqcb";
@@ -162,7 +192,14 @@ TEST(CudaRvqEncoderTest, ClientWithEncodeCudaDeviceStoresTheCpuBlocks) {
   }
   std::remove(path.c_str());
   ASSERT_EQ(loaded.size(), 2u);
-  EXPECT_TRUE(loaded[0] == loaded[1]);
+  double error[2] = {0, 0};
+  for (int c = 0; c < 2; ++c) {
+    for (size_t i = 0; i < n; ++i) {
+      error[c] += (loaded[c][i] - k[i]) * (loaded[c][i] - k[i]) +
+                  (loaded[c][n + i] - v[i]) * (loaded[c][n + i] - v[i]);
+    }
+  }
+  EXPECT_LE(error[1], error[0] * 1.02);
 }
 
 // Without a usable device the encoder is refused with the reason; -1 and

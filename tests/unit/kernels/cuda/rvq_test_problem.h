@@ -61,11 +61,14 @@ inline Problem MakeProblem(int dim, int K, int stages, int64_t n, uint32_t seed,
 // stages then diverge), but almost every vector must match exactly.
 // With many stages a near-tie anywhere changes the rest of a vector's
 // codes, so fewer vectors match exactly: `min_identical_percent`. The
-// count of identical vectors goes to *identical_out when given.
+// count of identical vectors goes to *identical_out when given. An encoder
+// with products of lower precision states its bound per unit of
+// ||r|| max ||c||: tol_per_norm widens tol by that.
 inline void ExpectCodesMatchReference(const Problem& p,
                                       const std::vector<uint16_t>& gpu,
                                       int min_identical_percent = 98,
-                                      int64_t* identical_out = nullptr) {
+                                      int64_t* identical_out = nullptr,
+                                      double tol_per_norm = 0.0) {
   std::vector<uint16_t> ref(static_cast<size_t>(p.n) * p.stages);
   cpu::RvqEncodeGreedyRef(p.x.data(), p.n, p.dim, p.codebooks.data(),
                           p.norms.data(), p.stages, p.K, ref.data());
@@ -90,7 +93,8 @@ inline void ExpectCodesMatchReference(const Problem& p,
         best = std::min(best, score[k]);
         max_norm = std::max<double>(max_norm, nm[k]);
       }
-      const double tol = 1e-5 * (rr + max_norm);
+      const double tol =
+          1e-5 * (rr + max_norm) + tol_per_norm * std::sqrt(rr * max_norm);
       ASSERT_LE(score[g[s]] - best, tol)
           << "vector " << i << " stage " << s << ": GPU chose " << g[s]
           << ", not a near-tie with the nearest codeword";
