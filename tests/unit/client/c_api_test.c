@@ -253,6 +253,11 @@ static void TestBadOptions(void) {
   ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "kv_dtype");
 
   InitOptions(&o);
+  o.encode_on_cuda = 1;
+  o.encode_cuda_device = -1;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "encode_cuda_device");
+
+  InitOptions(&o);
   o.server = "embedded:";
   ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "directory");
 

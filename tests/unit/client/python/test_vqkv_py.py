@@ -336,6 +336,10 @@ class ErrorTest(unittest.TestCase):
         self.assertEqual(cm.exception.code, 5)  # NOT_FOUND
         self.assertEqual(cm.exception.code_name, "NOT_FOUND")
         self.assertIn("/nonexistent/x.vqcb", str(cm.exception))
+        # fp16 has no vq search to move to a GPU: the option is accepted
+        # there and changes nothing, with or without a GPU.
+        self.assertEqual(make_client(encode_cuda_device=0).lookup([1] * 16),
+                         0)
         with self.assertRaises(TypeError):
             vqkv.Client(layers=2)  # model_id, kv_heads, head_dim missing
         # TLS settings are checked when the client opens (a real server:
