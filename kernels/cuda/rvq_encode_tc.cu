@@ -1,22 +1,24 @@
 // Tensor-core greedy RVQ encode; launchers declared in rvq_cuda.cuh.
 //
 // Per stage, the distances of a tile of residuals to every codeword are a
-// matrix product. A block of 4 warps encodes 128 vectors; each warp owns 32
-// of them (two 16-row m-tiles): their residuals stay in shared memory as
+// matrix product. A block of 8 warps encodes 128 vectors; each warp owns 16
+// of them (one 16-row m-tile): their residuals stay in shared memory as
 // float32 for the whole encode, and at the start of a stage they are
 // rounded once to bf16 into the warp's A fragments, which stay in registers
 // while the stage's codebook streams past. The codebook, prepared once in
 // the fragment order of mma.m16n8k16 (LaunchRvqPrepareTcCodebooks), streams
-// through shared memory in chunks of 64 codewords, copied asynchronously
-// (cp.async) one chunk ahead, so all four warps share each load from L2;
-// a lane's operand for a 16 x 8 tile is then one 8-byte shared load. After
-// each 8-codeword tile every lane folds its scores (norms[k] - 2 <r, c_k>)
-// into a short sorted candidate list per vector, so no score matrix is
-// written anywhere. At the end of the stage the candidates of the four
-// lanes that share a vector are rescored in float32 against the float32
-// residual and codebook, and the best (ties to the lowest index) is
-// subtracted from the residual, as the reference does; the next stage's
-// first chunk is already in flight meanwhile.
+// through shared memory in chunks of 64 codewords with their norms, copied
+// asynchronously (cp.async) one chunk ahead, so all eight warps share each
+// load from L2; a lane's operand for a 16 x 8 tile is then one 8-byte
+// shared load. After each 8-codeword tile every lane folds its scores
+// (norms[k] - 2 <r, c_k>) into a short sorted candidate list per vector, so
+// no score matrix is written anywhere. At the end of the stage the owner
+// lane of each vector takes the candidates of the four lanes that share it:
+// those within twice the bf16 error bound of the lowest are the only ones
+// that can be the nearest among them; one is taken as it is, several are
+// rescored in float32 against the float32 residual and codebook (ties to
+// the lowest index). The pick is subtracted from the residual, as the
+// reference does; the next stage's first chunk is already in flight.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
