@@ -349,34 +349,53 @@ void CacheClient::LookupAsync(
 absl::StatusOr<EncodedBlock> CacheClient::EncodeBlock(
     const BlockHash& hash, uint32_t chain_position, const float* keys,
     const float* values) const {
-  BlockOptions bo;
-  bo.fp16_tokens = chain_position == 0 ? options_.sink_tokens : 0;
-  bo.keys_post_rope = !key_rope_.has_value();
+  const BlockToEncode block{hash, chain_position, keys, values};
+  absl::StatusOr<std::vector<EncodedBlock>> out =
+      EncodeBlocks(absl::MakeConstSpan(&block, 1));
+  if (!out.ok()) return out.status();
+  return std::move((*out)[0]);
+}
+
+absl::StatusOr<std::vector<EncodedBlock>> CacheClient::EncodeBlocks(
+    absl::Span<const BlockToEncode> blocks) const {
+  const KvLayout& l = layout();
+  const int64_t B = options_.block_tokens;
   // The keys as blocks hold them: in the codebooks' dimension order, and
   // without their rotation for pre-RoPE codebooks.
-  std::vector<float> block_keys;
-  if (key_rope_ || reorder_keys_) {
-    const KvLayout& l = layout();
-    const int64_t B = options_.block_tokens;
-    block_keys.assign(keys, keys + l.layers * B * l.kv_heads * l.head_dim);
-    if (reorder_keys_) {
-      ReorderRopePairs(block_keys.data(), l.layers * B * l.kv_heads, l.head_dim,
-                       key_rot_dims_, options_.engine_key_pairs,
-                       block_key_pairs_);
+  std::vector<std::vector<float>> block_keys(blocks.size());
+  std::vector<BlockInput> inputs;
+  inputs.reserve(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const BlockToEncode& b = blocks[i];
+    BlockInput in{b.keys, b.values, {}};
+    in.options.fp16_tokens = b.chain_position == 0 ? options_.sink_tokens : 0;
+    in.options.keys_post_rope = !key_rope_.has_value();
+    if (key_rope_ || reorder_keys_) {
+      block_keys[i].assign(b.keys,
+                           b.keys + l.layers * B * l.kv_heads * l.head_dim);
+      if (reorder_keys_) {
+        ReorderRopePairs(block_keys[i].data(), l.layers * B * l.kv_heads,
+                         l.head_dim, key_rot_dims_, options_.engine_key_pairs,
+                         block_key_pairs_);
+      }
+      if (key_rope_) {
+        key_rope_->InvertBlock(block_keys[i].data(), l.layers, B, l.kv_heads,
+                               FirstPosition(b.chain_position));
+      }
+      in.keys = block_keys[i].data();
     }
-    if (key_rope_) {
-      key_rope_->InvertBlock(block_keys.data(), l.layers, B, l.kv_heads,
-                             FirstPosition(chain_position));
-    }
-    keys = block_keys.data();
+    inputs.push_back(in);
   }
-  absl::StatusOr<std::vector<uint8_t>> block =
-      vqkv::EncodeBlock(*codec_, keys, values, options_.block_tokens, bo);
-  if (!block.ok()) return block.status();
-  EncodedBlock out;
-  out.hash = hash;
-  out.chain_position = chain_position;
-  out.data.assign(reinterpret_cast<const char*>(block->data()), block->size());
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> sealed =
+      vqkv::EncodeBlocks(*codec_, inputs, B);
+  if (!sealed.ok()) return sealed.status();
+  std::vector<EncodedBlock> out(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    out[i].hash = blocks[i].hash;
+    out[i].chain_position = blocks[i].chain_position;
+    out[i].data.assign(reinterpret_cast<const char*>((*sealed)[i].data()),
+                       (*sealed)[i].size());
+  }
   return out;
 }
 
@@ -538,23 +557,40 @@ absl::StatusOr<StoreResult> CacheClient::Store(absl::Span<const int32_t> tokens,
   const int64_t total = static_cast<int64_t>(tokens.size());
   const int64_t B = options_.block_tokens;
   const int64_t row = int64_t{l.kv_heads} * l.head_dim;
-  std::vector<float> bk(static_cast<size_t>(l.layers * B * row));
-  std::vector<float> bv(bk.size());
-  std::vector<EncodedBlock> encoded;
+  // Missing blocks' KV in block layout, then one EncodeBlocks per group of
+  // up to kEncodeGroup blocks (one GPU launch for each group with
+  // encode_cuda_device; the group bounds the staging).
+  constexpr size_t kEncodeGroup = 64;
+  const size_t block_floats = static_cast<size_t>(l.layers * B * row);
+  std::vector<size_t> missing;
   for (size_t b = 0; b < hashes->size(); ++b) {
     if (present[b]) {
       ++result.already_present;
-      continue;
+    } else {
+      missing.push_back(b);
     }
-    ForEachLayerSlice(l, B, total, b * B,
-                      [&](size_t seq, size_t blk, size_t n) {
-                        std::copy_n(keys + seq, n, bk.data() + blk);
-                        std::copy_n(values + seq, n, bv.data() + blk);
-                      });
-    absl::StatusOr<EncodedBlock> e = EncodeBlock(
-        (*hashes)[b], static_cast<uint32_t>(b), bk.data(), bv.data());
+  }
+  std::vector<EncodedBlock> encoded;
+  std::vector<float> bk, bv;
+  for (size_t first = 0; first < missing.size(); first += kEncodeGroup) {
+    const size_t n = std::min(kEncodeGroup, missing.size() - first);
+    bk.resize(n * block_floats);
+    bv.resize(bk.size());
+    std::vector<BlockToEncode> group;
+    for (size_t m = 0; m < n; ++m) {
+      const size_t b = missing[first + m];
+      float* k = bk.data() + m * block_floats;
+      float* v = bv.data() + m * block_floats;
+      ForEachLayerSlice(l, B, total, b * B,
+                        [&](size_t seq, size_t blk, size_t len) {
+                          std::copy_n(keys + seq, len, k + blk);
+                          std::copy_n(values + seq, len, v + blk);
+                        });
+      group.push_back({(*hashes)[b], static_cast<uint32_t>(b), k, v});
+    }
+    absl::StatusOr<std::vector<EncodedBlock>> e = EncodeBlocks(group);
     if (!e.ok()) return e.status();  // codec errors are configuration faults
-    encoded.push_back(*std::move(e));
+    for (EncodedBlock& block : *e) encoded.push_back(std::move(block));
   }
   const std::vector<absl::Status> put = PutBlocks(encoded);
   for (size_t i = 0; i < put.size(); ++i) {

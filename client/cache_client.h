@@ -230,6 +230,17 @@ class CacheClient {
                                            uint32_t chain_position,
                                            const float* keys,
                                            const float* values) const;
+  // EncodeBlock for many blocks at once: with encode_cuda_device, all of
+  // their RVQ searches go to the GPU in one launch. Errors: EncodeBlock's,
+  // for the first failing block; none is returned then.
+  struct BlockToEncode {
+    BlockHash hash;
+    uint32_t chain_position = 0;
+    const float* keys = nullptr;
+    const float* values = nullptr;
+  };
+  absl::StatusOr<std::vector<EncodedBlock>> EncodeBlocks(
+      absl::Span<const BlockToEncode> blocks) const;
   // Verifies `data`, block `chain_position` of its chain, against this
   // client's namespace and decodes it into keys/values (layout of
   // EncodeBlock). kDataLoss / kInvalidArgument / kFailedPrecondition for a

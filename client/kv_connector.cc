@@ -438,19 +438,25 @@ absl::Status KvConnector::SaveLayer(int layer,
             static_cast<int64_t>(p->hashes.size()) - p->first_block;
         const std::vector<bool> present = client_->Present(
             absl::MakeConstSpan(p->hashes).subspan(p->first_block), 0);
-        std::vector<EncodedBlock> encoded;
+        // Every missing block in one EncodeBlocks: with encode_cuda_device,
+        // one GPU launch for the whole save.
+        std::vector<CacheClient::BlockToEncode> to_encode;
         for (int64_t i = 0; i < n; ++i) {
           if (present[i]) continue;
           const size_t off = static_cast<size_t>(i * lay.layers * bt * r);
-          absl::StatusOr<EncodedBlock> e =
-              client_->EncodeBlock(p->hashes[p->first_block + i],
-                                   static_cast<uint32_t>(p->first_block + i),
-                                   p->keys.get() + off, p->values.get() + off);
-          if (e.ok()) encoded.push_back(*std::move(e));
+          to_encode.push_back({p->hashes[p->first_block + i],
+                               static_cast<uint32_t>(p->first_block + i),
+                               p->keys.get() + off, p->values.get() + off});
         }
+        absl::StatusOr<std::vector<EncodedBlock>> encoded =
+            client_->EncodeBlocks(to_encode);
         p->keys = nullptr;
         p->values = nullptr;
-        client_->PutBlocks(encoded);
+        if (encoded.ok()) {
+          client_->PutBlocks(*encoded);
+        } else {
+          client_->CountDroppedSave();  // the encoder failed: drop, count
+        }
       }
       client_->Release(static_cast<uint64_t>(p->reserved));
       absl::MutexLock lock(&mu_);

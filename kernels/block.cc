@@ -1,8 +1,10 @@
 #include "kernels/block.h"
 
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/fp16.h"
 #define XXH_STATIC_LINKING_ONLY  // for a stack-allocated XXH3_state_t
 #include "xxhash.h"
@@ -34,17 +36,28 @@ uint64_t BlockChecksum(const BlockHeader& header, const uint8_t* payload,
   return XXH3_64bits_digest(&state);
 }
 
-absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
-                                                 const float* keys,
-                                                 const float* values,
-                                                 int64_t tokens,
-                                                 const BlockOptions& options) {
+namespace {
+
+// A block being encoded: its header and bytes, and the coded tokens' KV
+// (copied past the fp16 tokens when there are some).
+struct PendingBlock {
+  BlockHeader header{};
+  std::vector<uint8_t> bytes;
+  int64_t coded_tokens = 0;
+  const float* coded_keys = nullptr;
+  const float* coded_values = nullptr;
+  std::vector<float> k_part, v_part;
+};
+
+absl::Status StartBlock(const Codec& codec, const BlockInput& in,
+                        int64_t tokens, PendingBlock* p) {
   const KvLayout& layout = codec.layout();
   if (absl::Status s = layout.Validate(); !s.ok()) return s;
   if (tokens < 1 || tokens > kMaxCodecTokens) {
     return absl::InvalidArgumentError(absl::StrCat(
         "a block holds 1..", kMaxCodecTokens, " tokens, got ", tokens));
   }
+  const BlockOptions& options = in.options;
   if (options.fp16_tokens < 0 || options.fp16_tokens > tokens) {
     return absl::InvalidArgumentError(absl::StrCat(
         "fp16_tokens must be in 0..", tokens, ", got ", options.fp16_tokens));
@@ -57,7 +70,7 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
   const uint64_t fp16_bytes = Fp16SectionBytes(
       fp16_tokens, layout.layers, layout.kv_heads, layout.head_dim);
 
-  BlockHeader h{};
+  BlockHeader& h = p->header;
   h.magic = kBlockMagic;
   h.format_version = kBlockFormatVersion;
   h.header_bytes = sizeof(BlockHeader);
@@ -75,45 +88,85 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
   h.head_dim = static_cast<uint16_t>(layout.head_dim);
   h.codes_bytes = codes_bytes;
   h.payload_bytes = codes_bytes + fp16_bytes;
-
-  std::vector<uint8_t> block(sizeof(BlockHeader) + h.payload_bytes);
-  uint8_t* payload = block.data() + sizeof(BlockHeader);
-  if (coded_tokens > 0) {
-    const float* k = keys;
-    const float* v = values;
-    std::vector<float> k_part, v_part;
-    if (fp16_tokens > 0) {  // the codec sees only the coded tokens
-      k_part.resize(coded_tokens * layout.layers * row);
-      v_part.resize(k_part.size());
-      auto copy = [](const float* s, int64_t n, float* d) {
-        std::memcpy(d, s, n * sizeof(float));
-      };
-      CopyTokenRange(keys, tokens, fp16_tokens, k_part.data(), coded_tokens, 0,
-                     coded_tokens, layout.layers, row, copy);
-      CopyTokenRange(values, tokens, fp16_tokens, v_part.data(), coded_tokens,
-                     0, coded_tokens, layout.layers, row, copy);
-      k = k_part.data();
-      v = v_part.data();
-    }
-    if (absl::Status s = codec.Encode(k, v, coded_tokens, payload, codes_bytes);
-        !s.ok()) {
-      return s;
-    }
+  p->bytes.resize(sizeof(BlockHeader) + h.payload_bytes);
+  p->coded_tokens = coded_tokens;
+  p->coded_keys = in.keys;
+  p->coded_values = in.values;
+  if (coded_tokens > 0 && fp16_tokens > 0) {
+    // The codec sees only the coded tokens.
+    p->k_part.resize(coded_tokens * layout.layers * row);
+    p->v_part.resize(p->k_part.size());
+    auto copy = [](const float* s, int64_t n, float* d) {
+      std::memcpy(d, s, n * sizeof(float));
+    };
+    CopyTokenRange(in.keys, tokens, fp16_tokens, p->k_part.data(), coded_tokens,
+                   0, coded_tokens, layout.layers, row, copy);
+    CopyTokenRange(in.values, tokens, fp16_tokens, p->v_part.data(),
+                   coded_tokens, 0, coded_tokens, layout.layers, row, copy);
+    p->coded_keys = p->k_part.data();
+    p->coded_values = p->v_part.data();
   }
+  return absl::OkStatus();
+}
+
+// Writes the fp16 section and the checksum once the codes are in place.
+std::vector<uint8_t> FinishBlock(const Codec& codec, const BlockInput& in,
+                                 int64_t tokens, PendingBlock* p) {
+  const KvLayout& layout = codec.layout();
+  const int64_t row = int64_t{layout.kv_heads} * layout.head_dim;
+  BlockHeader& h = p->header;
+  uint8_t* payload = p->bytes.data() + sizeof(BlockHeader);
+  const int64_t fp16_tokens = h.fp16_tokens;
   if (fp16_tokens > 0) {
-    uint16_t* k16 = reinterpret_cast<uint16_t*>(payload + codes_bytes);
+    uint16_t* k16 = reinterpret_cast<uint16_t*>(payload + h.codes_bytes);
     uint16_t* v16 = k16 + fp16_tokens * layout.layers * row;
     auto to_half = [](const float* s, int64_t n, uint16_t* d) {
       FloatToHalf(s, n, d);
     };
-    CopyTokenRange(keys, tokens, 0, k16, fp16_tokens, 0, fp16_tokens,
+    CopyTokenRange(in.keys, tokens, 0, k16, fp16_tokens, 0, fp16_tokens,
                    layout.layers, row, to_half);
-    CopyTokenRange(values, tokens, 0, v16, fp16_tokens, 0, fp16_tokens,
+    CopyTokenRange(in.values, tokens, 0, v16, fp16_tokens, 0, fp16_tokens,
                    layout.layers, row, to_half);
   }
   h.checksum = BlockChecksum(h, payload, h.payload_bytes);
-  std::memcpy(block.data(), &h, sizeof(h));
-  return block;
+  std::memcpy(p->bytes.data(), &h, sizeof(h));
+  return std::move(p->bytes);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
+                                                 const float* keys,
+                                                 const float* values,
+                                                 int64_t tokens,
+                                                 const BlockOptions& options) {
+  const BlockInput in{keys, values, options};
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> blocks =
+      EncodeBlocks(codec, absl::MakeConstSpan(&in, 1), tokens);
+  if (!blocks.ok()) return blocks.status();
+  return std::move((*blocks)[0]);
+}
+
+absl::StatusOr<std::vector<std::vector<uint8_t>>> EncodeBlocks(
+    const Codec& codec, absl::Span<const BlockInput> inputs, int64_t tokens) {
+  std::vector<PendingBlock> pending(inputs.size());
+  std::vector<Codec::EncodeRequest> requests;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    VQKV_RETURN_IF_ERROR(StartBlock(codec, inputs[i], tokens, &pending[i]));
+    PendingBlock& p = pending[i];
+    if (p.coded_tokens > 0) {
+      requests.push_back({p.coded_keys, p.coded_values, p.coded_tokens,
+                          p.bytes.data() + sizeof(BlockHeader),
+                          static_cast<size_t>(p.header.codes_bytes)});
+    }
+  }
+  VQKV_RETURN_IF_ERROR(codec.EncodeMany(requests));
+  std::vector<std::vector<uint8_t>> blocks;
+  blocks.reserve(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    blocks.push_back(FinishBlock(codec, inputs[i], tokens, &pending[i]));
+  }
+  return blocks;
 }
 
 absl::StatusOr<BlockHeader> VerifyBlock(const uint8_t* data, size_t size) {

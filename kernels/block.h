@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "kernels/block_format.h"
 #include "kernels/codec.h"
 
@@ -34,6 +35,20 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlock(const Codec& codec,
                                                  const float* values,
                                                  int64_t tokens,
                                                  const BlockOptions& options);
+
+// One block's KV and options, for EncodeBlocks.
+struct BlockInput {
+  const float* keys = nullptr;
+  const float* values = nullptr;
+  BlockOptions options;
+};
+
+// EncodeBlock for each input, all `tokens` tokens long, with the codec's
+// payloads encoded together (Codec::EncodeMany: one device launch for all
+// of them when the codec has a GPU encoder). Errors: EncodeBlock's, for the
+// first failing input; no block is returned then.
+absl::StatusOr<std::vector<std::vector<uint8_t>>> EncodeBlocks(
+    const Codec& codec, absl::Span<const BlockInput> inputs, int64_t tokens);
 
 // Checks a block's framing without decoding it: size at least the header,
 // magic, format version, header_bytes, known flags, shape fields in range,

@@ -28,6 +28,16 @@ absl::Status CheckLayerRange(const KvLayout& layout, int first_layer,
   return absl::OkStatus();
 }
 
+absl::Status Codec::EncodeMany(absl::Span<const EncodeRequest> requests) const {
+  for (const EncodeRequest& r : requests) {
+    if (absl::Status s = Encode(r.keys, r.values, r.tokens, r.out, r.out_bytes);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Codec::DecodeLayers(const uint8_t* in, size_t in_bytes,
                                  int64_t tokens, int first_layer,
                                  int num_layers, float* keys,

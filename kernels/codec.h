@@ -18,6 +18,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 
 namespace vqkv {
 
@@ -117,6 +118,22 @@ class Codec {
   virtual absl::Status Encode(const float* keys, const float* values,
                               int64_t tokens, uint8_t* out,
                               size_t out_bytes) const = 0;
+
+  // One Encode's arguments.
+  struct EncodeRequest {
+    const float* keys = nullptr;
+    const float* values = nullptr;
+    int64_t tokens = 0;
+    uint8_t* out = nullptr;
+    size_t out_bytes = 0;
+  };
+  // Encodes each request as Encode would. Codecs that gain from seeing
+  // many at once override it (VqCodec with a batch encoder: one device
+  // launch for all of them); the default encodes them in turn. Errors:
+  // Encode's, for the first request that fails (outputs of the others are
+  // then unspecified).
+  virtual absl::Status EncodeMany(
+      absl::Span<const EncodeRequest> requests) const;
 
   // Reconstructs `tokens` tokens from in[0, in_bytes) into keys/values.
   // Errors: kInvalidArgument when in_bytes != EncodedBytes(tokens).

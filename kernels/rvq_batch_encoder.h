@@ -1,9 +1,9 @@
 // RvqBatchEncoder: where a VqCodec runs the greedy RVQ encodes of one
-// Encode call. By default the codec encodes quantizer by quantizer on the
-// CPU; with a batch encoder (VqCodec::SetBatchEncoder) it hands every job of
-// the call over at once (each layer's key groups and values, each head's
-// when codebooks are per head), so a GPU can encode them all in one launch
-// (client/cuda/cuda_rvq_encoder.h).
+// Encode or EncodeMany call. By default the codec encodes quantizer by
+// quantizer on the CPU; with a batch encoder (VqCodec::SetBatchEncoder) it
+// hands every job of the call over at once (each payload's layers' key
+// groups and values, each head's when codebooks are per head), so a GPU can
+// encode them all in one launch (client/cuda/cuda_rvq_encoder.h).
 //
 // Contract: EncodeGreedy writes, for every job, greedy codes: at each stage
 // the nearest codeword, or one whose score is within the implementation's

@@ -428,50 +428,63 @@ absl::Status VqCodec::FitLayer(int layer, const float* keys,
 absl::Status VqCodec::Encode(const float* keys, const float* values,
                              int64_t tokens, uint8_t* out,
                              size_t out_bytes) const {
+  const EncodeRequest request{keys, values, tokens, out, out_bytes};
+  return EncodeMany(absl::MakeConstSpan(&request, 1));
+}
+
+absl::Status VqCodec::EncodeMany(
+    absl::Span<const EncodeRequest> requests) const {
   if (!fitted_) {
     return absl::FailedPreconditionError(
         "VqCodec::Encode before every layer was fitted");
   }
-  if (keys == nullptr || values == nullptr || out == nullptr || tokens < 1 ||
-      tokens > kMaxCodecTokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("VqCodec::Encode needs non-null buffers and 1..",
-                     kMaxCodecTokens, " tokens, got ", tokens));
-  }
-  const size_t need = EncodedBytes(tokens);
-  if (out_bytes < need) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "VqCodec::Encode output too small: ", out_bytes, " bytes for ", need));
+  for (const EncodeRequest& r : requests) {
+    if (r.keys == nullptr || r.values == nullptr || r.out == nullptr ||
+        r.tokens < 1 || r.tokens > kMaxCodecTokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("VqCodec::Encode needs non-null buffers and 1..",
+                       kMaxCodecTokens, " tokens, got ", r.tokens));
+    }
+    const size_t need = EncodedBytes(r.tokens);
+    if (r.out_bytes < need) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("VqCodec::Encode output too small: ", r.out_bytes,
+                       " bytes for ", need));
+    }
   }
   const CodebookConfig& c = set_.config();
   const int L = layout_.layers, H = layout_.kv_heads, D = layout_.head_dim;
-  const int64_t rows = c.per_head ? tokens : tokens * H;
   const int Nk = c.key_stages(), Nv = c.value_stages;
   std::vector<int> all_dims(D);
   for (int d = 0; d < D; ++d) all_dims[d] = d;
 
-  const int64_t vectors = int64_t{L} * tokens * H;
-  std::vector<uint16_t> kcodes(static_cast<size_t>(vectors) * Nk);
-  std::vector<uint16_t> vcodes(static_cast<size_t>(vectors) * Nv);
-  const int64_t per_layer = tokens * H * D;
-  // Gather every quantizer's rows, encode them (all at once through the
-  // batch encoder, else one quantizer at a time), then place the codes.
+  // Gather every request's rows for every quantizer, encode them all (at
+  // once through the batch encoder, else one job at a time), then place
+  // each request's codes and pack its payload.
   std::vector<QuantizerJob> jobs;
   VQKV_RETURN_IF_ERROR(ForEachQuantizer(
       set_, all_dims, [&](const QuantizerJob& j) -> absl::Status {
         jobs.push_back(j);
         return absl::OkStatus();
       }));
-  std::vector<std::vector<float>> inputs(jobs.size());
-  std::vector<std::vector<uint16_t>> job_codes(jobs.size());
+  const size_t count = requests.size() * jobs.size();
+  std::vector<std::vector<float>> inputs(count);
+  std::vector<std::vector<uint16_t>> job_codes(count);
   std::vector<RvqBatchEncoder::Job> batch;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    const QuantizerJob& j = jobs[i];
-    inputs[i].resize(static_cast<size_t>(rows) * j.q->dim());
-    job_codes[i].resize(static_cast<size_t>(rows) * j.q->stages());
-    Gather((j.values ? values : keys) + j.layer * per_layer, tokens, H, D,
-           j.slot, *j.dims, inputs[i].data());
-    batch.push_back({j.q, inputs[i].data(), rows, job_codes[i].data()});
+  batch.reserve(count);
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const EncodeRequest& req = requests[r];
+    const int64_t rows = c.per_head ? req.tokens : req.tokens * H;
+    const int64_t per_layer = req.tokens * H * D;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const QuantizerJob& j = jobs[i];
+      const size_t slot = r * jobs.size() + i;
+      inputs[slot].resize(static_cast<size_t>(rows) * j.q->dim());
+      job_codes[slot].resize(static_cast<size_t>(rows) * j.q->stages());
+      Gather((j.values ? req.values : req.keys) + j.layer * per_layer,
+             req.tokens, H, D, j.slot, *j.dims, inputs[slot].data());
+      batch.push_back({j.q, inputs[slot].data(), rows, job_codes[slot].data()});
+    }
   }
   if (batch_encoder_ != nullptr && config_.beam_width == 1) {
     VQKV_RETURN_IF_ERROR(batch_encoder_->EncodeGreedy(batch));
@@ -481,38 +494,50 @@ absl::Status VqCodec::Encode(const float* keys, const float* values,
           b.q->EncodeBeam(b.x, b.n, config_.beam_width, b.codes));
     }
   }
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    const QuantizerJob& j = jobs[i];
-    const int S = j.q->stages(), stride = j.values ? Nv : Nk;
-    uint16_t* all_codes = j.values ? vcodes.data() : kcodes.data();
-    for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(all_codes + JobRowVectorIndex(j, tokens, H, r) * stride +
-                      j.stage_offset,
-                  job_codes[i].data() + r * S, sizeof(uint16_t) * S);
+  inputs.clear();
+
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const int64_t tokens = requests[r].tokens;
+    const float* keys = requests[r].keys;
+    uint8_t* out = requests[r].out;
+    const int64_t rows = c.per_head ? tokens : tokens * H;
+    const int64_t vectors = int64_t{L} * tokens * H;
+    std::vector<uint16_t> kcodes(static_cast<size_t>(vectors) * Nk);
+    std::vector<uint16_t> vcodes(static_cast<size_t>(vectors) * Nv);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const QuantizerJob& j = jobs[i];
+      const uint16_t* codes = job_codes[r * jobs.size() + i].data();
+      const int S = j.q->stages(), stride = j.values ? Nv : Nk;
+      uint16_t* all_codes = j.values ? vcodes.data() : kcodes.data();
+      for (int64_t row = 0; row < rows; ++row) {
+        std::memcpy(all_codes + JobRowVectorIndex(j, tokens, H, row) * stride +
+                        j.stage_offset,
+                    codes + row * S, sizeof(uint16_t) * S);
+      }
     }
+    const size_t kbytes = PackedBytes(vectors * Nk, c.key_bits);
+    const size_t vbytes = PackedBytes(vectors * Nv, c.value_bits);
+    VQKV_RETURN_IF_ERROR(
+        PackBits(kcodes.data(), vectors * Nk, c.key_bits, out, kbytes));
+    VQKV_RETURN_IF_ERROR(PackBits(vcodes.data(), vectors * Nv, c.value_bits,
+                                  out + kbytes, vbytes));
+    if (!sketch_) continue;
+    // The sketch codes what the key codes leave: keys minus their
+    // reconstruction, exactly as Decode will rebuild it, for the sketched
+    // layers only.
+    const int first = KeySketchFirstLayer();
+    const int64_t sketched = SketchedVectors(tokens);
+    const int64_t skipped = vectors - sketched;
+    std::vector<float> residual(static_cast<size_t>(sketched) * D);
+    VQKV_RETURN_IF_ERROR(Reconstruct(kcodes.data() + skipped * Nk, nullptr,
+                                     tokens, residual.data(), nullptr, first,
+                                     L - first));
+    const float* sketched_keys = keys + skipped * D;
+    for (size_t i = 0; i < residual.size(); ++i) {
+      residual[i] = sketched_keys[i] - residual[i];
+    }
+    sketch_->Encode(residual.data(), sketched, out + kbytes + vbytes);
   }
-  const size_t kbytes = PackedBytes(vectors * Nk, c.key_bits);
-  const size_t vbytes = PackedBytes(vectors * Nv, c.value_bits);
-  VQKV_RETURN_IF_ERROR(
-      PackBits(kcodes.data(), vectors * Nk, c.key_bits, out, kbytes));
-  VQKV_RETURN_IF_ERROR(PackBits(vcodes.data(), vectors * Nv, c.value_bits,
-                                out + kbytes, vbytes));
-  if (!sketch_) return absl::OkStatus();
-  // The sketch codes what the key codes leave: keys minus their
-  // reconstruction, exactly as Decode will rebuild it, for the sketched
-  // layers only.
-  const int first = KeySketchFirstLayer();
-  const int64_t sketched = SketchedVectors(tokens);
-  const int64_t skipped = vectors - sketched;
-  std::vector<float> residual(static_cast<size_t>(sketched) * D);
-  VQKV_RETURN_IF_ERROR(Reconstruct(kcodes.data() + skipped * Nk, nullptr,
-                                   tokens, residual.data(), nullptr, first,
-                                   L - first));
-  const float* sketched_keys = keys + skipped * D;
-  for (size_t i = 0; i < residual.size(); ++i) {
-    residual[i] = sketched_keys[i] - residual[i];
-  }
-  sketch_->Encode(residual.data(), sketched, out + kbytes + vbytes);
   return absl::OkStatus();
 }
 

@@ -144,6 +144,10 @@ class VqCodec : public Codec {
 
   absl::Status Encode(const float* keys, const float* values, int64_t tokens,
                       uint8_t* out, size_t out_bytes) const override;
+  // Every request's RVQ searches go to the batch encoder in one call (or
+  // run on the CPU one quantizer at a time); payloads as Encode gives them.
+  absl::Status EncodeMany(
+      absl::Span<const EncodeRequest> requests) const override;
   absl::Status Decode(const uint8_t* in, size_t in_bytes, int64_t tokens,
                       float* keys, float* values) const override;
   // Unpacks and sums only the range's codes (and key sketch) when its layers

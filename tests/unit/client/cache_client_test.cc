@@ -3,6 +3,7 @@
 #include "client/cache_client.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -13,6 +14,8 @@
 #include "gtest/gtest.h"
 #include "kernels/block.h"
 #include "kernels/rope.h"
+#include "kernels/rvq_batch_encoder.h"
+#include "kernels/vq_codec.h"
 #include "tests/unit/client/client_test_util.h"
 
 namespace vqkv::client {
@@ -350,6 +353,54 @@ TEST_F(CacheClientTest, VqBlocksRoundTripAndASecondClientFetchesCodebooks) {
   for (int e = 0; e < 4 * row; ++e) EXPECT_EQ(k1[e], k[e]);
   EXPECT_NE(std::vector<float>(k1.begin() + 4 * row, k1.begin() + 32 * row),
             std::vector<float>(k.begin() + 4 * row, k.begin() + 32 * row));
+}
+
+// Counts EncodeGreedy calls and encodes each job on the CPU.
+class CountingEncoder : public RvqBatchEncoder {
+ public:
+  absl::Status EncodeGreedy(absl::Span<const Job> jobs) override {
+    calls.fetch_add(1);
+    for (const Job& j : jobs) {
+      if (absl::Status s = j.q->EncodeGreedy(j.x, j.n, j.codes); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+  std::atomic<int> calls{0};
+};
+
+// Store hands all its missing blocks to the codec at once: one batch
+// encoder call (one GPU launch with encode_cuda_device), the same blocks.
+TEST_F(CacheClientTest, StoreEncodesItsBlocksInOneBatch) {
+  const testing::FittedVq vq = testing::FitVq(SmallLayout());
+  absl::StatusOr<std::unique_ptr<VqCodec>> batched =
+      VqCodec::FromCodebookSet(vq.codec->codebooks());
+  ASSERT_TRUE(batched.ok());
+  auto encoder = std::make_shared<CountingEncoder>();
+  (*batched)->SetBatchEncoder(encoder);
+  auto client = NewClient(
+      Options(), std::shared_ptr<const Codec>(*std::move(batched)), vq.file);
+  ASSERT_NE(client, nullptr);
+  const std::vector<int32_t> t = Tokens(96);
+  const std::vector<float> k = Kv(96, 31), v = Kv(96, 32);
+  auto stored = client->Store(t, "", k.data(), v.data());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->stored, 3);
+  EXPECT_EQ(encoder->calls.load(), 1);
+  std::vector<float> kb(k.size()), vb(v.size());
+  ASSERT_EQ(client->Load(t, "", kb.data(), vb.data())->tokens, 96);
+
+  // A CPU client of another store: the same blocks decode the same.
+  client.reset();  // before the store it reads goes
+  store_ = MemoryStore();
+  auto cpu = NewClient(Options(), vq.codec, vq.file);
+  ASSERT_NE(cpu, nullptr);
+  ASSERT_TRUE(cpu->Store(t, "", k.data(), v.data()).ok());
+  std::vector<float> kc(k.size()), vc(v.size());
+  ASSERT_EQ(cpu->Load(t, "", kc.data(), vc.data())->tokens, 96);
+  EXPECT_EQ(kb, kc);
+  EXPECT_EQ(vb, vc);
 }
 
 // The key sketch is an encoding setting in the codec descriptor: a client

@@ -18,6 +18,8 @@
 #include "gtest/gtest.h"
 #include "kernels/fp16.h"
 #include "kernels/rope.h"
+#include "kernels/rvq_batch_encoder.h"
+#include "kernels/vq_codec.h"
 #include "tests/unit/client/client_test_util.h"
 #include "tests/unit/client/fake_kv_device.h"
 
@@ -324,6 +326,56 @@ TEST(KvConnectorLayersTest, LayerZeroIsReadyBeforeTheLastLayerIsDecoded) {
     ASSERT_EQ(gk[i], k[(l.layers - 1) * per_layer + i]);
     ASSERT_EQ(gv[i], v[(l.layers - 1) * per_layer + i]);
   }
+}
+
+// Counts batch encoder calls, encoding each job on the CPU.
+class CountingEncoder : public RvqBatchEncoder {
+ public:
+  absl::Status EncodeGreedy(absl::Span<const Job> jobs) override {
+    calls.fetch_add(1);
+    for (const Job& j : jobs) {
+      if (absl::Status s = j.q->EncodeGreedy(j.x, j.n, j.codes); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+  std::atomic<int> calls{0};
+};
+
+// A save's blocks reach the codec together: one batch encoder call (one GPU
+// launch with encode_cuda_device) for the three blocks of a request.
+TEST(KvConnectorBatchTest, ASaveEncodesItsBlocksInOneBatch) {
+  const KvLayout l = SmallLayout();
+  const testing::FittedVq vq = testing::FitVq(l);
+  absl::StatusOr<std::unique_ptr<VqCodec>> codec =
+      VqCodec::FromCodebookSet(vq.codec->codebooks());
+  ASSERT_TRUE(codec.ok());
+  auto encoder = std::make_shared<CountingEncoder>();
+  (*codec)->SetBatchEncoder(encoder);
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(
+      Options(32), std::shared_ptr<const Codec>(*std::move(codec)), vq.file,
+      std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::unique_ptr<CacheClient> client = *std::move(c);
+  const int n = 96;
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 9);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 10);
+  Pages pages(DType::kFloat32, false);
+  KvConnector engine(client.get());
+  ASSERT_TRUE(engine.RegisterKvCaches(pages.Caches()).ok());
+  const std::vector<int32_t> ids = ShuffledPages(6);
+  Fill(pages.Caches(), ids, n, k, v);
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(
+        engine.SaveLayer(layer, {SaveSpec{"b", tokens, "", ids, 0}}).ok());
+  }
+  ASSERT_TRUE(engine.WaitForSave().ok());
+  ASSERT_TRUE(client->WaitIdle(absl::Seconds(30)));
+  EXPECT_EQ(*client->Lookup(tokens, ""), n);
+  EXPECT_EQ(encoder->calls.load(), 1);
 }
 
 // With pre-RoPE codebooks the connector's saves (staged per layer) and its

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "kernels/block.h"
 #include "kernels/codebook_set.h"
 #include "kernels/rvq_batch_encoder.h"
 #include "kernels/vq_codec.h"
@@ -88,6 +89,66 @@ TEST(VqCodecBatchEncoderTest, OneCallPerEncodeAndTheCpuPayload) {
       const int slots = per_head ? l.kv_heads : 1;
       EXPECT_EQ(encoder->job_count, l.layers * slots * (groups + 1));
     }
+  }
+}
+
+// Many payloads (and whole blocks, with the first one's sink tokens kept
+// in fp16) in one encoder call, each as its own Encode gives it.
+TEST(VqCodecBatchEncoderTest, EncodeManyAndEncodeBlocksMakeOneCall) {
+  const CodebookSet set = TinySet(KeySplit::kRopeAdjacentPairs, false);
+  absl::StatusOr<std::unique_ptr<VqCodec>> cpu = VqCodec::FromCodebookSet(set);
+  absl::StatusOr<std::unique_ptr<VqCodec>> batched =
+      VqCodec::FromCodebookSet(set);
+  ASSERT_TRUE(cpu.ok() && batched.ok());
+  auto encoder = std::make_shared<RecordingEncoder>();
+  (*batched)->SetBatchEncoder(encoder);
+  const KvLayout& l = (*cpu)->layout();
+  const size_t per_token = size_t{1} * l.layers * l.kv_heads * l.head_dim;
+  const int64_t tokens[] = {1, 5, 16};
+  std::vector<std::vector<float>> k, v;
+  std::vector<std::vector<uint8_t>> want, got;
+  std::vector<Codec::EncodeRequest> requests;
+  for (int i = 0; i < 3; ++i) {
+    k.push_back(RandomFloats(per_token * tokens[i], 10 + i));
+    v.push_back(RandomFloats(per_token * tokens[i], 20 + i));
+    want.emplace_back((*cpu)->EncodedBytes(tokens[i]));
+    got.emplace_back(want.back().size());
+    ASSERT_TRUE((*cpu)
+                    ->Encode(k[i].data(), v[i].data(), tokens[i],
+                             want[i].data(), want[i].size())
+                    .ok());
+  }
+  for (int i = 0; i < 3; ++i) {
+    requests.push_back(
+        {k[i].data(), v[i].data(), tokens[i], got[i].data(), got[i].size()});
+  }
+  ASSERT_TRUE((*batched)->EncodeMany(requests).ok());
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(encoder->calls, 1);
+  const int jobs_per_payload = l.layers * 3;  // two key groups + values
+  EXPECT_EQ(encoder->job_count, 3 * jobs_per_payload);
+
+  // Blocks of 16 tokens, the first keeping 4 in fp16.
+  std::vector<BlockInput> inputs;
+  for (int i = 0; i < 3; ++i) {
+    k[i] = RandomFloats(per_token * 16, 30 + i);
+    v[i] = RandomFloats(per_token * 16, 40 + i);
+    BlockOptions o;
+    o.fp16_tokens = i == 0 ? 4 : 0;
+    o.keys_post_rope = true;
+    inputs.push_back({k[i].data(), v[i].data(), o});
+  }
+  encoder->calls = 0;
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> blocks =
+      EncodeBlocks(**batched, inputs, 16);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  EXPECT_EQ(encoder->calls, 1);
+  ASSERT_EQ(blocks->size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<std::vector<uint8_t>> one =
+        EncodeBlock(**cpu, k[i].data(), v[i].data(), 16, inputs[i].options);
+    ASSERT_TRUE(one.ok());
+    EXPECT_EQ((*blocks)[i], *one) << "block " << i;
   }
 }
 
