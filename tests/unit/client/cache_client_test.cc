@@ -3,7 +3,6 @@
 #include "client/cache_client.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -14,8 +13,8 @@
 #include "gtest/gtest.h"
 #include "kernels/block.h"
 #include "kernels/rope.h"
-#include "kernels/rvq_batch_encoder.h"
 #include "kernels/vq_codec.h"
+#include "tests/testing/counting_batch_encoder.h"
 #include "tests/unit/client/client_test_util.h"
 
 namespace vqkv::client {
@@ -355,21 +354,6 @@ TEST_F(CacheClientTest, VqBlocksRoundTripAndASecondClientFetchesCodebooks) {
             std::vector<float>(k.begin() + 4 * row, k.begin() + 32 * row));
 }
 
-// Counts EncodeGreedy calls and encodes each job on the CPU.
-class CountingEncoder : public RvqBatchEncoder {
- public:
-  absl::Status EncodeGreedy(absl::Span<const Job> jobs) override {
-    calls.fetch_add(1);
-    for (const Job& j : jobs) {
-      if (absl::Status s = j.q->EncodeGreedy(j.x, j.n, j.codes); !s.ok()) {
-        return s;
-      }
-    }
-    return absl::OkStatus();
-  }
-  std::atomic<int> calls{0};
-};
-
 // Store hands all its missing blocks to the codec at once: one batch
 // encoder call (one GPU launch with encode_cuda_device), the same blocks.
 TEST_F(CacheClientTest, StoreEncodesItsBlocksInOneBatch) {
@@ -377,7 +361,7 @@ TEST_F(CacheClientTest, StoreEncodesItsBlocksInOneBatch) {
   absl::StatusOr<std::unique_ptr<VqCodec>> batched =
       VqCodec::FromCodebookSet(vq.codec->codebooks());
   ASSERT_TRUE(batched.ok());
-  auto encoder = std::make_shared<CountingEncoder>();
+  auto encoder = std::make_shared<::vqkv::testing::CountingBatchEncoder>();
   (*batched)->SetBatchEncoder(encoder);
   auto client = NewClient(
       Options(), std::shared_ptr<const Codec>(*std::move(batched)), vq.file);

@@ -18,8 +18,8 @@
 #include "gtest/gtest.h"
 #include "kernels/fp16.h"
 #include "kernels/rope.h"
-#include "kernels/rvq_batch_encoder.h"
 #include "kernels/vq_codec.h"
+#include "tests/testing/counting_batch_encoder.h"
 #include "tests/unit/client/client_test_util.h"
 #include "tests/unit/client/fake_kv_device.h"
 
@@ -328,21 +328,6 @@ TEST(KvConnectorLayersTest, LayerZeroIsReadyBeforeTheLastLayerIsDecoded) {
   }
 }
 
-// Counts batch encoder calls, encoding each job on the CPU.
-class CountingEncoder : public RvqBatchEncoder {
- public:
-  absl::Status EncodeGreedy(absl::Span<const Job> jobs) override {
-    calls.fetch_add(1);
-    for (const Job& j : jobs) {
-      if (absl::Status s = j.q->EncodeGreedy(j.x, j.n, j.codes); !s.ok()) {
-        return s;
-      }
-    }
-    return absl::OkStatus();
-  }
-  std::atomic<int> calls{0};
-};
-
 // A save's blocks reach the codec together: one batch encoder call (one GPU
 // launch with encode_cuda_device) for the three blocks of a request.
 TEST(KvConnectorBatchTest, ASaveEncodesItsBlocksInOneBatch) {
@@ -351,7 +336,7 @@ TEST(KvConnectorBatchTest, ASaveEncodesItsBlocksInOneBatch) {
   absl::StatusOr<std::unique_ptr<VqCodec>> codec =
       VqCodec::FromCodebookSet(vq.codec->codebooks());
   ASSERT_TRUE(codec.ok());
-  auto encoder = std::make_shared<CountingEncoder>();
+  auto encoder = std::make_shared<::vqkv::testing::CountingBatchEncoder>();
   (*codec)->SetBatchEncoder(encoder);
   auto store = MemoryStore();
   auto c = CacheClient::Create(

@@ -13,29 +13,11 @@
 #include "kernels/codebook_set.h"
 #include "kernels/rvq_batch_encoder.h"
 #include "kernels/vq_codec.h"
+#include "tests/testing/counting_batch_encoder.h"
 #include "tests/testing/fitted_codebook_set.h"
 
 namespace vqkv {
 namespace {
-
-// Encodes each job with its quantizer on the CPU, as the codec would, and
-// counts the calls and jobs; or fails every call with `error`.
-class RecordingEncoder : public RvqBatchEncoder {
- public:
-  absl::Status EncodeGreedy(absl::Span<const Job> jobs) override {
-    ++calls;
-    job_count += static_cast<int>(jobs.size());
-    if (!error.ok()) return error;
-    for (const Job& j : jobs) {
-      if (absl::Status s = j.q->EncodeGreedy(j.x, j.n, j.codes); !s.ok()) {
-        return s;
-      }
-    }
-    return absl::OkStatus();
-  }
-  int calls = 0, job_count = 0;
-  absl::Status error;
-};
 
 CodebookSet TinySet(KeySplit split, bool per_head) {
   absl::StatusOr<CodebookSet> set = testing::FitSyntheticCodebookSet(
@@ -65,7 +47,7 @@ TEST(VqCodecBatchEncoderTest, OneCallPerEncodeAndTheCpuPayload) {
       absl::StatusOr<std::unique_ptr<VqCodec>> batched =
           VqCodec::FromCodebookSet(set);
       ASSERT_TRUE(cpu.ok() && batched.ok());
-      auto encoder = std::make_shared<RecordingEncoder>();
+      auto encoder = std::make_shared<testing::CountingBatchEncoder>();
       (*batched)->SetBatchEncoder(encoder);
       const KvLayout& l = (*cpu)->layout();
       constexpr int64_t kTokens = 5;
@@ -84,10 +66,10 @@ TEST(VqCodecBatchEncoderTest, OneCallPerEncodeAndTheCpuPayload) {
               ->Encode(keys.data(), values.data(), kTokens, b.data(), b.size())
               .ok());
       EXPECT_EQ(a, b);
-      EXPECT_EQ(encoder->calls, 1);
+      EXPECT_EQ(encoder->calls.load(), 1);
       const int groups = split == KeySplit::kNone ? 1 : 2;
       const int slots = per_head ? l.kv_heads : 1;
-      EXPECT_EQ(encoder->job_count, l.layers * slots * (groups + 1));
+      EXPECT_EQ(encoder->job_count.load(), l.layers * slots * (groups + 1));
     }
   }
 }
@@ -100,7 +82,7 @@ TEST(VqCodecBatchEncoderTest, EncodeManyAndEncodeBlocksMakeOneCall) {
   absl::StatusOr<std::unique_ptr<VqCodec>> batched =
       VqCodec::FromCodebookSet(set);
   ASSERT_TRUE(cpu.ok() && batched.ok());
-  auto encoder = std::make_shared<RecordingEncoder>();
+  auto encoder = std::make_shared<testing::CountingBatchEncoder>();
   (*batched)->SetBatchEncoder(encoder);
   const KvLayout& l = (*cpu)->layout();
   const size_t per_token = size_t{1} * l.layers * l.kv_heads * l.head_dim;
@@ -124,9 +106,9 @@ TEST(VqCodecBatchEncoderTest, EncodeManyAndEncodeBlocksMakeOneCall) {
   }
   ASSERT_TRUE((*batched)->EncodeMany(requests).ok());
   EXPECT_EQ(got, want);
-  EXPECT_EQ(encoder->calls, 1);
+  EXPECT_EQ(encoder->calls.load(), 1);
   const int jobs_per_payload = l.layers * 3;  // two key groups + values
-  EXPECT_EQ(encoder->job_count, 3 * jobs_per_payload);
+  EXPECT_EQ(encoder->job_count.load(), 3 * jobs_per_payload);
 
   // Blocks of 16 tokens, the first keeping 4 in fp16.
   std::vector<BlockInput> inputs;
@@ -138,11 +120,11 @@ TEST(VqCodecBatchEncoderTest, EncodeManyAndEncodeBlocksMakeOneCall) {
     o.keys_post_rope = true;
     inputs.push_back({k[i].data(), v[i].data(), o});
   }
-  encoder->calls = 0;
+  encoder->calls.store(0);
   absl::StatusOr<std::vector<std::vector<uint8_t>>> blocks =
       EncodeBlocks(**batched, inputs, 16);
   ASSERT_TRUE(blocks.ok()) << blocks.status();
-  EXPECT_EQ(encoder->calls, 1);
+  EXPECT_EQ(encoder->calls.load(), 1);
   ASSERT_EQ(blocks->size(), 3u);
   for (int i = 0; i < 3; ++i) {
     absl::StatusOr<std::vector<uint8_t>> one =
@@ -156,7 +138,7 @@ TEST(VqCodecBatchEncoderTest, EncoderErrorsFailTheEncode) {
   absl::StatusOr<std::unique_ptr<VqCodec>> codec =
       VqCodec::FromCodebookSet(TinySet(KeySplit::kNone, false));
   ASSERT_TRUE(codec.ok());
-  auto encoder = std::make_shared<RecordingEncoder>();
+  auto encoder = std::make_shared<testing::CountingBatchEncoder>();
   encoder->error = absl::InternalError("device lost");
   (*codec)->SetBatchEncoder(encoder);
   const KvLayout& l = (*codec)->layout();
@@ -173,7 +155,7 @@ TEST(VqCodecBatchEncoderTest, BeamSearchStaysOnTheCpu) {
   absl::StatusOr<std::unique_ptr<VqCodec>> codec =
       VqCodec::FromCodebookSet(TinySet(KeySplit::kNone, false), 2);
   ASSERT_TRUE(codec.ok());
-  auto encoder = std::make_shared<RecordingEncoder>();
+  auto encoder = std::make_shared<testing::CountingBatchEncoder>();
   (*codec)->SetBatchEncoder(encoder);
   const KvLayout& l = (*codec)->layout();
   const std::vector<float> kv =
@@ -181,7 +163,7 @@ TEST(VqCodecBatchEncoderTest, BeamSearchStaysOnTheCpu) {
   std::vector<uint8_t> out((*codec)->EncodedBytes(3));
   ASSERT_TRUE(
       (*codec)->Encode(kv.data(), kv.data(), 3, out.data(), out.size()).ok());
-  EXPECT_EQ(encoder->calls, 0);
+  EXPECT_EQ(encoder->calls.load(), 0);
 }
 
 TEST(VqCodecBatchEncoderTest, RefittingDropsTheEncoder) {
@@ -195,7 +177,7 @@ TEST(VqCodecBatchEncoderTest, RefittingDropsTheEncoder) {
   ASSERT_TRUE(codec.ok()) << codec.status();
   const std::vector<float> kv = RandomFloats(64 * 8, 5);
   ASSERT_TRUE((*codec)->Fit(kv.data(), kv.data(), 64, {}).ok());
-  (*codec)->SetBatchEncoder(std::make_shared<RecordingEncoder>());
+  (*codec)->SetBatchEncoder(std::make_shared<testing::CountingBatchEncoder>());
   EXPECT_TRUE((*codec)->has_batch_encoder());
   ASSERT_TRUE((*codec)->FitLayer(0, kv.data(), kv.data(), 64, {}).ok());
   EXPECT_FALSE((*codec)->has_batch_encoder());
