@@ -95,9 +95,9 @@ cudaError_t LaunchRvqPrepareTcCodebooks(const float* d_codebooks, int stages,
 // bf16 rounding of r and c moves 2 <r, c> by at most half that). Measured
 // on an H200 (rvq_encode_tc_test): identical to the CPU reference on every
 // vector of random codebooks (9,107 vectors, at and near the paper's stage
-// counts);
-// on codebooks with tight clusters of near-equal codewords (k-means on few
-// points) picks within a cluster can differ, within the bound.
+// counts); on codebooks with tight clusters of near-equal codewords
+// (k-means on few points) picks within a cluster can differ, within the
+// bound.
 // Errors: cudaErrorInvalidValue as LaunchRvqEncodeGreedy, for a shape
 // RvqTcCodebookBytes refuses or a d_tc not 16-byte aligned;
 // cudaErrorNotSupported on an older GPU.
