@@ -115,9 +115,9 @@ absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
                                  : vqkv::RopePairs::kAdjacent;
   if (o.encode_on_cuda != 0) {
     if (o.encode_cuda_device < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "options->encode_cuda_device is ", o.encode_cuda_device,
-          "; a CUDA device index is >= 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("options->encode_cuda_device is ", o.encode_cuda_device,
+                       "; a CUDA device index is >= 0"));
     }
     options.encode_cuda_device = o.encode_cuda_device;
   }

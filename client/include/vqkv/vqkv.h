@@ -337,8 +337,9 @@ VQKV_EXPORT vqkv_status_code vqkv_client_stats(const vqkv_client_t* client,
  * wait_for_save make the engine's compute stream wait instead of blocking).
  * Loads decode into the pages layer by layer on a background thread; saves
  * copy out of the pages during save_layer and are encoded and sent in the
- * background (dropped and counted when staging is full). A failed load reports the engine block ids from its first bad
- * block on; nothing unverified is written. */
+ * background (dropped and counted when staging is full). A failed load reports
+ * the engine block ids from its first bad block on; nothing unverified is
+ * written. */
 
 /* An open connector over a client. Opaque. */
 typedef struct vqkv_connector vqkv_connector_t;
