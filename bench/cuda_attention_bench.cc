@@ -32,21 +32,12 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_check.h"
 #include "kernels/cuda/code_attention_cuda.cuh"
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/cuda/rvq_cuda.cuh"
 
 namespace {
-
-#define CHECK_CUDA(expr)                                                 \
-  do {                                                                   \
-    const cudaError_t err_ = (expr);                                     \
-    if (err_ != cudaSuccess) {                                           \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, \
-                   #expr, cudaGetErrorString(err_));                     \
-      return false;                                                      \
-    }                                                                    \
-  } while (0)
 
 struct Config {
   int dim = 128, kv_heads = 8, group = 4, reps = 20, warmup = 3, split = 0;

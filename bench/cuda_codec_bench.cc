@@ -32,6 +32,7 @@
 #include <tuple>
 #include <vector>
 
+#include "bench/cuda_check.h"
 #include "kernels/cpu/rvq_kernels.h"
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/cuda/rvq_cuda.cuh"
@@ -50,16 +51,6 @@ T* DeviceAlloc(size_t n) {
   if (cudaMalloc(&p, n * sizeof(T)) != cudaSuccess) return nullptr;
   return static_cast<T*>(p);
 }
-
-#define CHECK_CUDA(expr)                                                 \
-  do {                                                                   \
-    const cudaError_t err_ = (expr);                                     \
-    if (err_ != cudaSuccess) {                                           \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, \
-                   #expr, cudaGetErrorString(err_));                     \
-      return false;                                                      \
-    }                                                                    \
-  } while (0)
 
 // Times `launch` (reps runs after one warm-up) in milliseconds per run.
 template <typename F>

@@ -30,21 +30,28 @@ absl::Status CudaError(absl::string_view what, cudaError_t e) {
     if (err_ != cudaSuccess) return CudaError(#expr, err_); \
   } while (0)
 
-// Device memory that grows to the largest request and is reused.
-class DeviceBuffer {
+cudaError_t DeviceAlloc(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
+cudaError_t PinnedAlloc(void** p, size_t bytes) {
+  return cudaHostAlloc(p, bytes, cudaHostAllocDefault);
+}
+
+// Memory from Alloc / Free that grows to the largest request and is reused
+// (its contents are not kept when it grows).
+template <cudaError_t (*Alloc)(void**, size_t), cudaError_t (*Free)(void*)>
+class GrowingBuffer {
  public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
+  GrowingBuffer() = default;
+  GrowingBuffer(const GrowingBuffer&) = delete;
+  GrowingBuffer& operator=(const GrowingBuffer&) = delete;
+  ~GrowingBuffer() {
+    if (ptr_ != nullptr) Free(ptr_);
   }
   absl::Status Reserve(size_t bytes) {
     if (bytes <= bytes_) return absl::OkStatus();
-    if (ptr_ != nullptr) cudaFree(ptr_);
+    if (ptr_ != nullptr) Free(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
-    VQKV_CUDA_RETURN_IF_ERROR(cudaMalloc(&ptr_, bytes));
+    VQKV_CUDA_RETURN_IF_ERROR(Alloc(&ptr_, bytes));
     bytes_ = bytes;
     return absl::OkStatus();
   }
@@ -59,34 +66,8 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// Pinned host memory that grows likewise.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() {
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-  }
-  absl::Status Reserve(size_t bytes) {
-    if (bytes <= bytes_) return absl::OkStatus();
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-    VQKV_CUDA_RETURN_IF_ERROR(
-        cudaHostAlloc(&ptr_, bytes, cudaHostAllocDefault));
-    bytes_ = bytes;
-    return absl::OkStatus();
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
+using DeviceBuffer = GrowingBuffer<DeviceAlloc, cudaFree>;
+using PinnedBuffer = GrowingBuffer<PinnedAlloc, cudaFreeHost>;
 
 // A quantizer's codebooks on the device: float32 (rescoring, residual
 // updates) and the tensor-core copy (empty when dim > 128).

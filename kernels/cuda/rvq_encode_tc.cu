@@ -24,6 +24,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/rvq_cuda.cuh"
@@ -509,85 +510,53 @@ __global__ void __launch_bounds__(kThreads)
 
 int KSteps(int dim) { return (dim + 15) / 16; }
 
-template <int kSteps, typename In>
-cudaError_t LaunchTcBatch(const BatchEntry* d_entries, int count,
-                          int64_t blocks, cudaStream_t stream) {
-  const size_t smem = TcSharedBytes(kSteps);
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        RvqEncodeTcBatchKernel<kSteps, In>,
-        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  RvqEncodeTcBatchKernel<kSteps, In>
-      <<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(d_entries,
-                                                                  count);
-  return cudaGetLastError();
-}
-
-template <typename In>
-cudaError_t LaunchTcBatchForSteps(int k_steps, const BatchEntry* d_entries,
-                                  int count, int64_t blocks,
-                                  cudaStream_t stream) {
-  switch (k_steps) {
-    case 2:
-      return LaunchTcBatch<2, In>(d_entries, count, blocks, stream);
-    case 4:
-      return LaunchTcBatch<4, In>(d_entries, count, blocks, stream);
-    case 6:
-      return LaunchTcBatch<6, In>(d_entries, count, blocks, stream);
-    default:
-      return LaunchTcBatch<8, In>(d_entries, count, blocks, stream);
-  }
-}
-
-template <int kSteps, typename In>
-cudaError_t LaunchTc(const In* x, int64_t n, int dim, const float* codebooks,
-                     const float* norms, const uint2* tc, int stages, int K,
-                     uint16_t* codes, cudaStream_t stream) {
-  const size_t smem = TcSharedBytes(kSteps);
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        RvqEncodeTcKernel<kSteps, In>,
-        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-  RvqEncodeTcKernel<kSteps, In>
-      <<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
-          x, n, dim, codebooks, norms, tc, stages, K, codes);
-  return cudaGetLastError();
-}
-
-template <typename In>
-cudaError_t LaunchTcForDim(const In* x, int64_t n, int dim,
-                           const float* codebooks, const float* norms,
-                           const uint2* tc, int stages, int K, uint16_t* codes,
-                           cudaStream_t stream) {
-  switch (KSteps(dim)) {
-    case 1:
-    case 2:
-      return LaunchTc<2, In>(x, n, dim, codebooks, norms, tc, stages, K, codes,
-                             stream);
-    case 3:
-    case 4:
-      return LaunchTc<4, In>(x, n, dim, codebooks, norms, tc, stages, K, codes,
-                             stream);
-    case 5:
-    case 6:
-      return LaunchTc<6, In>(x, n, dim, codebooks, norms, tc, stages, K, codes,
-                             stream);
-    default:
-      return LaunchTc<8, In>(x, n, dim, codebooks, norms, tc, stages, K, codes,
-                             stream);
-  }
-}
-
 // The k-steps the kernel uses for `dim`: the fragment layout is made for
 // these (a 1..32-dim codebook is padded to 32, and so on).
 int UsedKSteps(int dim) {
   const int ks = KSteps(dim);
   return ks <= 2 ? 2 : ks <= 4 ? 4 : ks <= 6 ? 6 : 8;
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls launch(std::integral_constant<int, kSteps>{}, TypeTag<In>{}) with
+// the kernel instance's k-steps (`k_steps`, as UsedKSteps gives) and input
+// type, so each launcher is written once for every instance.
+template <typename F>
+cudaError_t ForKernelInstance(int k_steps, InputType type, F launch) {
+  auto with_steps = [&](auto steps) -> cudaError_t {
+    switch (type) {
+      case InputType::kFloat32:
+        return launch(steps, TypeTag<float>{});
+      case InputType::kFloat16:
+        return launch(steps, TypeTag<__half>{});
+      case InputType::kBFloat16:
+        return launch(steps, TypeTag<__nv_bfloat16>{});
+    }
+    return cudaErrorInvalidValue;
+  };
+  switch (k_steps) {
+    case 2:
+      return with_steps(std::integral_constant<int, 2>{});
+    case 4:
+      return with_steps(std::integral_constant<int, 4>{});
+    case 6:
+      return with_steps(std::integral_constant<int, 6>{});
+    default:
+      return with_steps(std::integral_constant<int, 8>{});
+  }
+}
+
+// Above 48 KiB, dynamic shared memory must be opted into per kernel.
+template <typename Kernel>
+cudaError_t AllowSharedBytes(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel,
+                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(bytes));
 }
 
 bool TensorCoresAvailable() {
@@ -645,20 +614,21 @@ cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
   }
   if (!TensorCoresAvailable()) return cudaErrorNotSupported;
   const auto* tc = static_cast<const uint2*>(d_tc);
-  switch (type) {
-    case InputType::kFloat32:
-      return LaunchTcForDim(static_cast<const float*>(d_x), n, dim, d_codebooks,
-                            d_norms, tc, stages, K, d_codes, stream);
-    case InputType::kFloat16:
-      return LaunchTcForDim(static_cast<const __half*>(d_x), n, dim,
-                            d_codebooks, d_norms, tc, stages, K, d_codes,
-                            stream);
-    case InputType::kBFloat16:
-      return LaunchTcForDim(static_cast<const __nv_bfloat16*>(d_x), n, dim,
-                            d_codebooks, d_norms, tc, stages, K, d_codes,
-                            stream);
-  }
-  return cudaErrorInvalidValue;
+  const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  return ForKernelInstance(
+      UsedKSteps(dim), type, [&](auto steps, auto tag) -> cudaError_t {
+        constexpr int kSteps = decltype(steps)::value;
+        using In = typename decltype(tag)::type;
+        const size_t smem = TcSharedBytes(kSteps);
+        const cudaError_t err =
+            AllowSharedBytes(RvqEncodeTcKernel<kSteps, In>, smem);
+        if (err != cudaSuccess) return err;
+        RvqEncodeTcKernel<kSteps, In>
+            <<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
+                static_cast<const In*>(d_x), n, dim, d_codebooks, d_norms, tc,
+                stages, K, d_codes);
+        return cudaGetLastError();
+      });
 }
 
 int64_t RvqTcJobBlocks(int64_t n) {
@@ -715,18 +685,19 @@ cudaError_t LaunchRvqEncodeGreedyTcBatch(const RvqTcJob* jobs, int count,
   if (err != cudaSuccess) return err;
   const auto* d_entries = static_cast<const BatchEntry*>(d_scratch);
   const int n = static_cast<int>(entries.size());
-  switch (type) {
-    case InputType::kFloat32:
-      return LaunchTcBatchForSteps<float>(k_steps, d_entries, n, blocks,
-                                          stream);
-    case InputType::kFloat16:
-      return LaunchTcBatchForSteps<__half>(k_steps, d_entries, n, blocks,
-                                           stream);
-    case InputType::kBFloat16:
-      return LaunchTcBatchForSteps<__nv_bfloat16>(k_steps, d_entries, n, blocks,
-                                                  stream);
-  }
-  return cudaErrorInvalidValue;
+  return ForKernelInstance(
+      k_steps, type, [&](auto steps, auto tag) -> cudaError_t {
+        constexpr int kSteps = decltype(steps)::value;
+        using In = typename decltype(tag)::type;
+        const size_t smem = TcSharedBytes(kSteps);
+        const cudaError_t e =
+            AllowSharedBytes(RvqEncodeTcBatchKernel<kSteps, In>, smem);
+        if (e != cudaSuccess) return e;
+        RvqEncodeTcBatchKernel<kSteps, In>
+            <<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
+                d_entries, n);
+        return cudaGetLastError();
+      });
 }
 
 }  // namespace vqkv::cuda

@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 #include <utility>
@@ -22,6 +21,7 @@
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/vq_codec.h"
 #include "tests/testing/fitted_codebook_set.h"
+#include "tests/testing/normal_floats.h"
 #include "tests/unit/client/skip_without_gpu.h"
 
 namespace vqkv::client {
@@ -46,14 +46,6 @@ CodebookSet PaperLikeSet(KeySplit split, bool per_head) {
        [](int l, int s) { return uint64_t(900 + 100 * l + 10 * s); }});
   EXPECT_TRUE(set.ok()) << set.status();
   return *std::move(set);
-}
-
-std::vector<float> RandomFloats(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& f : v) f = normal(rng);
-  return v;
 }
 
 std::vector<uint8_t> Encode(const VqCodec& codec, const std::vector<float>& k,
@@ -101,8 +93,10 @@ TEST(CudaRvqEncoderTest, BlocksDecodeAsWellAsTheCpus) {
       for (const int64_t tokens : {int64_t{1}, int64_t{16}, int64_t{200}}) {
         const size_t n =
             size_t{1} * l.layers * tokens * l.kv_heads * l.head_dim;
-        const std::vector<float> k = RandomFloats(n, 11 + tokens);
-        const std::vector<float> v = RandomFloats(n, 13 + tokens);
+        const std::vector<float> k =
+            ::vqkv::testing::NormalFloats(n, 11 + tokens);
+        const std::vector<float> v =
+            ::vqkv::testing::NormalFloats(n, 13 + tokens);
         const std::vector<uint8_t> a = Encode(**cpu, k, v, tokens);
         const std::vector<uint8_t> b = Encode(**gpu, k, v, tokens);
         ASSERT_EQ(a.size(), b.size());
@@ -137,8 +131,8 @@ TEST(CudaRvqEncoderTest, ConcurrentEncodesFromSeveralThreads) {
   std::vector<std::vector<float>> k, v;
   std::vector<std::vector<uint8_t>> alone, together(kThreads);
   for (int t = 0; t < kThreads; ++t) {
-    k.push_back(RandomFloats(n, 100 + t));
-    v.push_back(RandomFloats(n, 200 + t));
+    k.push_back(::vqkv::testing::NormalFloats(n, 100 + t));
+    v.push_back(::vqkv::testing::NormalFloats(n, 200 + t));
     alone.push_back(Encode(**gpu, k[t], v[t], kTokens));
   }
   std::vector<std::thread> threads;
@@ -164,7 +158,8 @@ TEST(CudaRvqEncoderTest, ClientWithEncodeCudaDeviceStoresAndLoads) {
   std::vector<int32_t> tokens(kTokens);
   for (int64_t i = 0; i < kTokens; ++i) tokens[i] = static_cast<int32_t>(i * 7);
   const size_t n = size_t{1} * l.layers * kTokens * l.kv_heads * l.head_dim;
-  const std::vector<float> k = RandomFloats(n, 21), v = RandomFloats(n, 22);
+  const std::vector<float> k = ::vqkv::testing::NormalFloats(n, 21),
+                           v = ::vqkv::testing::NormalFloats(n, 22);
   std::vector<std::vector<float>> loaded;
   for (const int device : {-1, 0}) {
     SCOPED_TRACE(::testing::Message() << "encode_cuda_device " << device);

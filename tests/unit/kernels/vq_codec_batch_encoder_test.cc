@@ -3,7 +3,6 @@
 // errors passed on, and never for beam search.
 #include <cstdint>
 #include <memory>
-#include <random>
 #include <utility>
 #include <vector>
 
@@ -15,6 +14,7 @@
 #include "kernels/vq_codec.h"
 #include "tests/testing/counting_batch_encoder.h"
 #include "tests/testing/fitted_codebook_set.h"
+#include "tests/testing/normal_floats.h"
 
 namespace vqkv {
 namespace {
@@ -26,14 +26,6 @@ CodebookSet TinySet(KeySplit split, bool per_head) {
        [](int l, int s) { return uint64_t(1000 + 100 * l + 10 * s); }});
   EXPECT_TRUE(set.ok()) << set.status();
   return *std::move(set);
-}
-
-std::vector<float> RandomFloats(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& f : v) f = normal(rng);
-  return v;
 }
 
 TEST(VqCodecBatchEncoderTest, OneCallPerEncodeAndTheCpuPayload) {
@@ -53,8 +45,8 @@ TEST(VqCodecBatchEncoderTest, OneCallPerEncodeAndTheCpuPayload) {
       constexpr int64_t kTokens = 5;
       const size_t floats =
           size_t{1} * l.layers * kTokens * l.kv_heads * l.head_dim;
-      const std::vector<float> keys = RandomFloats(floats, 1);
-      const std::vector<float> values = RandomFloats(floats, 2);
+      const std::vector<float> keys = testing::NormalFloats(floats, 1);
+      const std::vector<float> values = testing::NormalFloats(floats, 2);
       std::vector<uint8_t> a((*cpu)->EncodedBytes(kTokens)),
           b((*batched)->EncodedBytes(kTokens));
       ASSERT_TRUE(
@@ -91,8 +83,8 @@ TEST(VqCodecBatchEncoderTest, EncodeManyAndEncodeBlocksMakeOneCall) {
   std::vector<std::vector<uint8_t>> want, got;
   std::vector<Codec::EncodeRequest> requests;
   for (int i = 0; i < 3; ++i) {
-    k.push_back(RandomFloats(per_token * tokens[i], 10 + i));
-    v.push_back(RandomFloats(per_token * tokens[i], 20 + i));
+    k.push_back(testing::NormalFloats(per_token * tokens[i], 10 + i));
+    v.push_back(testing::NormalFloats(per_token * tokens[i], 20 + i));
     want.emplace_back((*cpu)->EncodedBytes(tokens[i]));
     got.emplace_back(want.back().size());
     ASSERT_TRUE((*cpu)
@@ -113,8 +105,8 @@ TEST(VqCodecBatchEncoderTest, EncodeManyAndEncodeBlocksMakeOneCall) {
   // Blocks of 16 tokens, the first keeping 4 in fp16.
   std::vector<BlockInput> inputs;
   for (int i = 0; i < 3; ++i) {
-    k[i] = RandomFloats(per_token * 16, 30 + i);
-    v[i] = RandomFloats(per_token * 16, 40 + i);
+    k[i] = testing::NormalFloats(per_token * 16, 30 + i);
+    v[i] = testing::NormalFloats(per_token * 16, 40 + i);
     BlockOptions o;
     o.fp16_tokens = i == 0 ? 4 : 0;
     o.keys_post_rope = true;
@@ -142,8 +134,8 @@ TEST(VqCodecBatchEncoderTest, EncoderErrorsFailTheEncode) {
   encoder->error = absl::InternalError("device lost");
   (*codec)->SetBatchEncoder(encoder);
   const KvLayout& l = (*codec)->layout();
-  const std::vector<float> kv =
-      RandomFloats(size_t{1} * l.layers * 2 * l.kv_heads * l.head_dim, 3);
+  const std::vector<float> kv = testing::NormalFloats(
+      size_t{1} * l.layers * 2 * l.kv_heads * l.head_dim, 3);
   std::vector<uint8_t> out((*codec)->EncodedBytes(2));
   const absl::Status s =
       (*codec)->Encode(kv.data(), kv.data(), 2, out.data(), out.size());
@@ -158,8 +150,8 @@ TEST(VqCodecBatchEncoderTest, BeamSearchStaysOnTheCpu) {
   auto encoder = std::make_shared<testing::CountingBatchEncoder>();
   (*codec)->SetBatchEncoder(encoder);
   const KvLayout& l = (*codec)->layout();
-  const std::vector<float> kv =
-      RandomFloats(size_t{1} * l.layers * 3 * l.kv_heads * l.head_dim, 4);
+  const std::vector<float> kv = testing::NormalFloats(
+      size_t{1} * l.layers * 3 * l.kv_heads * l.head_dim, 4);
   std::vector<uint8_t> out((*codec)->EncodedBytes(3));
   ASSERT_TRUE(
       (*codec)->Encode(kv.data(), kv.data(), 3, out.data(), out.size()).ok());
@@ -175,7 +167,7 @@ TEST(VqCodecBatchEncoderTest, RefittingDropsTheEncoder) {
   absl::StatusOr<std::unique_ptr<VqCodec>> codec =
       VqCodec::Create(KvLayout{1, 1, 8}, config);
   ASSERT_TRUE(codec.ok()) << codec.status();
-  const std::vector<float> kv = RandomFloats(64 * 8, 5);
+  const std::vector<float> kv = testing::NormalFloats(64 * 8, 5);
   ASSERT_TRUE((*codec)->Fit(kv.data(), kv.data(), 64, {}).ok());
   (*codec)->SetBatchEncoder(std::make_shared<testing::CountingBatchEncoder>());
   EXPECT_TRUE((*codec)->has_batch_encoder());

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -63,6 +64,22 @@ class DeviceBuffer {
   T* ptr_ = nullptr;
   size_t n_;
 };
+
+// Fills data[0, total) on the device by repeating its first `base` elements
+// (already there), with doubling device-to-device copies: large inputs
+// without a host copy of them.
+template <typename T>
+cudaError_t RepeatOnDevice(T* data, int64_t base, int64_t total) {
+  for (int64_t filled = base; filled < total;) {
+    const int64_t count = std::min(filled, total - filled);
+    const cudaError_t e =
+        cudaMemcpy(data + filled, data, static_cast<size_t>(count) * sizeof(T),
+                   cudaMemcpyDeviceToDevice);
+    if (e != cudaSuccess) return e;
+    filled += count;
+  }
+  return cudaSuccess;
+}
 
 }  // namespace vqkv::cuda
 

@@ -288,13 +288,7 @@ TEST(RvqCudaTest, LargeNPastInt32Offsets) {
   ASSERT_CUDA(norms.Upload(base.norms));
   ASSERT_CUDA(cudaMemcpy(x.get(), base.x.data(), base.x.size() * sizeof(float),
                          cudaMemcpyHostToDevice));
-  for (int64_t filled = kBase; filled < n;) {  // doubling copies
-    const int64_t count = std::min(filled, n - filled);
-    ASSERT_CUDA(cudaMemcpy(x.get() + filled * kDim, x.get(),
-                           static_cast<size_t>(count) * kDim * sizeof(float),
-                           cudaMemcpyDeviceToDevice));
-    filled += count;
-  }
+  ASSERT_CUDA(RepeatOnDevice(x.get(), kBase * kDim, n * kDim));
   ASSERT_CUDA(LaunchRvqEncodeGreedy(x.get(), n, kDim, cb.get(), norms.get(),
                                     kStages, kK, codes.get(), nullptr));
   ASSERT_CUDA(LaunchRvqDecode(codes.get(), n, kStages, cb.get(), kK, kDim,

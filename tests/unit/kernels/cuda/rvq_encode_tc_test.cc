@@ -249,13 +249,7 @@ TEST(RvqEncodeTcTest, LargeNPastInt32Offsets) {
   ASSERT_CUDA(norms.Upload(base.norms));
   ASSERT_CUDA(cudaMemcpy(x.get(), half.data(), half.size() * 2,
                          cudaMemcpyHostToDevice));
-  for (int64_t filled = kBase; filled < n;) {  // doubling copies
-    const int64_t count = std::min(filled, n - filled);
-    ASSERT_CUDA(cudaMemcpy(x.get() + filled * kDim, x.get(),
-                           static_cast<size_t>(count) * kDim * 2,
-                           cudaMemcpyDeviceToDevice));
-    filled += count;
-  }
+  ASSERT_CUDA(RepeatOnDevice(x.get(), kBase * kDim, n * kDim));
   ASSERT_CUDA(LaunchRvqPrepareTcCodebooks(cb.get(), kStages, kK, kDim, tc.get(),
                                           nullptr));
   ASSERT_CUDA(LaunchRvqEncodeGreedyTc(x.get(), InputType::kFloat16, n, kDim,
