@@ -52,6 +52,8 @@ class Rope {
 
   int head_dim() const { return head_dim_; }
   const RopeSpec& spec() const { return spec_; }
+  // Pair i's angle per position, theta^(-2i/rot_dims); rot_dims / 2 entries.
+  const std::vector<double>& inv_freq() const { return inv_freq_; }
 
   // Rotates `heads` consecutive head vectors of one token at position `pos`
   // in place (forward), or undoes the rotation (inverse).

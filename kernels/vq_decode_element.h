@@ -1,0 +1,159 @@
+// One element of a VqCodec decode, as a function both the host and a CUDA
+// kernel run: the scalar reference of kernels/cuda/paged_decode.cuh is the
+// same code the kernel executes, so a host test of it
+// (tests/unit/kernels/vq_decode_plan_test.cc, against VqCodec::DecodeLayers
+// followed by the client's rotation and pair reorder) checks the kernel's
+// arithmetic, and the GPU test only has to check the threads and memory.
+//
+// A VqDecodeView is a VqDecodePlan (kernels/vq_decode_plan.h) as plain
+// pointers, host or device. Codes are read straight from a block's packed
+// K and V sections (kernels/bitpack.h layout), sliced to one layer: vector v
+// = token * kv_heads + head of that layer.
+//
+// Arithmetic, in the CPU decode's order: the codeword sum of each key group
+// from stage 0 up, in float; then centre + gain * (sum - centre) when the
+// head's gain is not 1; then, for codebooks of pre-RoPE keys, the rotation
+// of each pair (a, b) by pos * inv_freq[i] (angle and its cos/sin in double,
+// rounded to float, as Rope::Apply does) as a*c - b*s, a*s + b*c; then the
+// pairs are read in the engine's layout. Equal to the CPU path within float
+// rounding: FMA contraction on the device, and Rope::ApplyBlock's angle
+// recurrence on the host, move results by a few ulp.
+//
+// Header only, no dependencies: nvcc compiles it into the kernel.
+#ifndef VQKV_KERNELS_VQ_DECODE_ELEMENT_H_
+#define VQKV_KERNELS_VQ_DECODE_ELEMENT_H_
+
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define VQKV_HD __host__ __device__
+#else
+#define VQKV_HD
+#endif
+
+namespace vqkv {
+
+inline constexpr int kMaxDecodeKeyGroups = 2;
+
+// RopePairs values (kernels/rope.h), for the view.
+inline constexpr int32_t kDecodeAdjacentPairs = 0;
+inline constexpr int32_t kDecodeHalfPairs = 1;
+
+struct VqDecodeView {
+  int32_t kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t slots = 1;  // quantizers per layer: kv_heads when per head, else 1
+  int32_t key_groups = 1;
+  int32_t key_bits = 0;
+  int32_t value_bits = 0;
+  int32_t key_stages = 0;    // Nk, all groups
+  int32_t value_stages = 0;  // Nv
+  int32_t group_stages[kMaxDecodeKeyGroups] = {0, 0};
+  int32_t group_offset[kMaxDecodeKeyGroups] = {0, 0};  // stage of group g
+  int32_t group_dims[kMaxDecodeKeyGroups] = {0, 0};
+  // [head_dim]: which group a head dimension is in, and its index there.
+  const int32_t* dim_group = nullptr;
+  const int32_t* dim_index = nullptr;
+  // [layers * slots * key_groups] and [layers * slots]: each quantizer's
+  // codebooks, [stages][K][dims] floats.
+  const float* const* key_codebooks = nullptr;
+  const float* const* value_codebooks = nullptr;
+  // [layers][kv_heads][1 + head_dim]: gain, then centre; null: no gains.
+  const float* key_gains = nullptr;
+  // Rotary pairs: rot_dims leading dimensions; block_pairs is the layout of
+  // the decoded keys, engine_pairs the one to write; rotate when the
+  // codebooks are of pre-RoPE keys (inv_freq[rot_dims / 2] is then set).
+  int32_t rot_dims = 0;
+  int32_t block_pairs = kDecodeAdjacentPairs;
+  int32_t engine_pairs = kDecodeAdjacentPairs;
+  int32_t rotate = 0;
+  const double* inv_freq = nullptr;
+};
+
+// Index i of a packed array of `bits`-bit codes (1..16), reading only the
+// bytes that hold it.
+VQKV_HD inline uint32_t UnpackCodeAt(const uint8_t* packed, int64_t i,
+                                     int bits) {
+  const int64_t bit = i * bits;
+  const uint8_t* p = packed + (bit >> 3);
+  const int shift = static_cast<int>(bit & 7);
+  const int bytes = (shift + bits + 7) >> 3;
+  uint32_t word = p[0];
+  if (bytes > 1) word |= uint32_t{p[1]} << 8;
+  if (bytes > 2) word |= uint32_t{p[2]} << 16;
+  return (word >> shift) & ((1u << bits) - 1u);
+}
+
+// Block-layout dimension d of key vector v of `layer` (codes: that layer's
+// slice of the K section), after the key gain; before rotation.
+VQKV_HD inline float VqDecodeKeyDim(const VqDecodeView& w, int layer,
+                                    const uint8_t* codes, int64_t v, int d) {
+  const int head = static_cast<int>(v % w.kv_heads);
+  const int slot = w.slots == 1 ? 0 : head;
+  const int g = w.dim_group[d];
+  const int gi = w.dim_index[d];
+  const int gd = w.group_dims[g];
+  const int K = 1 << w.key_bits;
+  const float* cb =
+      w.key_codebooks[(int64_t{layer} * w.slots + slot) * w.key_groups + g];
+  const int64_t first = v * w.key_stages + w.group_offset[g];
+  float sum = 0.0f;
+  for (int s = 0; s < w.group_stages[g]; ++s) {
+    const uint32_t code = UnpackCodeAt(codes, first + s, w.key_bits);
+    sum += cb[(int64_t{s} * K + code) * gd + gi];
+  }
+  if (w.key_gains != nullptr) {
+    const float* gc =
+        w.key_gains + (int64_t{layer} * w.kv_heads + head) * (1 + w.head_dim);
+    const float gain = gc[0];
+    if (gain != 1.0f) sum = gc[1 + d] + gain * (sum - gc[1 + d]);
+  }
+  return sum;
+}
+
+// Engine-layout dimension e of key vector v, token position pos.
+VQKV_HD inline float VqDecodeKeyElement(const VqDecodeView& w, int layer,
+                                        const uint8_t* codes, int64_t v,
+                                        int64_t pos, int e) {
+  if (e >= w.rot_dims) return VqDecodeKeyDim(w, layer, codes, v, e);
+  const int pairs = w.rot_dims / 2;
+  int i, side;
+  if (w.engine_pairs == kDecodeAdjacentPairs) {
+    i = e / 2;
+    side = e % 2;
+  } else {
+    i = e % pairs;
+    side = e / pairs;
+  }
+  const int a = w.block_pairs == kDecodeAdjacentPairs ? 2 * i : i;
+  const int b = w.block_pairs == kDecodeAdjacentPairs ? 2 * i + 1 : i + pairs;
+  if (!w.rotate) return VqDecodeKeyDim(w, layer, codes, v, side ? b : a);
+  const float xa = VqDecodeKeyDim(w, layer, codes, v, a);
+  const float xb = VqDecodeKeyDim(w, layer, codes, v, b);
+  const double angle = static_cast<double>(pos) * w.inv_freq[i];
+  const float c = static_cast<float>(cos(angle));
+  const float s = static_cast<float>(sin(angle));
+  return side ? xa * s + xb * c : xa * c - xb * s;
+}
+
+// Dimension d of value vector v of `layer` (codes: that layer's slice of
+// the V section).
+VQKV_HD inline float VqDecodeValueElement(const VqDecodeView& w, int layer,
+                                          const uint8_t* codes, int64_t v,
+                                          int d) {
+  const int slot = w.slots == 1 ? 0 : static_cast<int>(v % w.kv_heads);
+  const int K = 1 << w.value_bits;
+  const float* cb = w.value_codebooks[int64_t{layer} * w.slots + slot];
+  const int64_t first = v * w.value_stages;
+  float sum = 0.0f;
+  for (int s = 0; s < w.value_stages; ++s) {
+    const uint32_t code = UnpackCodeAt(codes, first + s, w.value_bits);
+    sum += cb[(int64_t{s} * K + code) * w.head_dim + d];
+  }
+  return sum;
+}
+
+}  // namespace vqkv
+
+#endif  // VQKV_KERNELS_VQ_DECODE_ELEMENT_H_

@@ -1,0 +1,86 @@
+// VqDecodePlan: a VqCodec's decode flattened into arrays a device can hold,
+// so a GPU decodes loaded blocks straight into an engine's paged KV cache
+// (kernels/cuda/paged_decode.cuh) instead of the host decoding them and
+// copying float rows over. The plan covers what the client does after
+// VqCodec::DecodeLayers as well: the rotation of keys coded before RoPE and
+// the reorder of rotary pairs into the engine's layout (client/cache_client.h,
+// "Key position" in docs/CLIENT.md).
+//
+// A plan refers to the codec's codebooks (it does not copy them): it is
+// valid as long as the codec lives and is not refitted. view() is the host
+// form (VqDecodeView, kernels/vq_decode_element.h); a device makes its own
+// by uploading codebooks(), dim_group, dim_index, key_gains and inv_freq.
+//
+// What a plan cannot express is refused when it is made: a codec with a key
+// sketch (its correction is a random projection per vector; the CPU adds it)
+// and more than two key groups.
+//
+// Thread safety: immutable after MakeVqDecodePlan.
+#ifndef VQKV_KERNELS_VQ_DECODE_PLAN_H_
+#define VQKV_KERNELS_VQ_DECODE_PLAN_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/rope.h"
+#include "kernels/vq_codec.h"
+#include "kernels/vq_decode_element.h"
+
+namespace vqkv {
+
+struct VqDecodePlan {
+  int layers = 0;
+  // The scalars of view(); its pointers are filled by view().
+  VqDecodeView shape;
+  std::vector<int32_t> dim_group, dim_index;   // [head_dim]
+  std::vector<const float*> key_codebooks;     // [layers][slots][groups]
+  std::vector<const float*> value_codebooks;   // [layers][slots]
+  std::vector<size_t> key_codebook_floats;     // sizes of the above
+  std::vector<size_t> value_codebook_floats;
+  std::vector<float> key_gains;  // [layers][kv_heads][1 + head_dim] or empty
+  std::vector<double> inv_freq;  // [rot_dims / 2] when rotating
+
+  // Where one layer's codes are in a payload of `tokens` tokens: byte offset
+  // and size of its slice of the K and of the V section. REQUIRES: the
+  // slices start on a byte (tokens a multiple of 8 does it; block_tokens,
+  // a multiple of 16, always does).
+  struct LayerSlices {
+    size_t key_offset = 0, key_bytes = 0;
+    size_t value_offset = 0, value_bytes = 0;
+  };
+  LayerSlices Slices(int64_t tokens, int layer) const;
+
+  // The plan with host pointers.
+  VqDecodeView view() const;
+};
+
+// The plan for `codec`'s payloads as the client delivers them: keys rotated
+// by `key_rope` when set (codebooks of pre-RoPE keys; its pairs are the
+// blocks' layout), else left as coded with rot_dims = head_dim in adjacent
+// layout; then rotary pairs written in `engine_pairs`.
+// Errors: kFailedPrecondition for an unfitted codec; kUnimplemented for a
+// codec with a key sketch or more than two key groups.
+absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
+    const VqCodec& codec, const std::optional<RopeSpec>& key_rope,
+    RopePairs engine_pairs);
+
+// The scalar reference of the device decode: rows[i] is token `token` of a
+// block whose layer slices are key_codes / value_codes, at position
+// `position`; writes its keys and values, [kv_heads][head_dim] floats each,
+// into keys + i * kv_heads * head_dim and the same of values.
+struct CodedToken {
+  const uint8_t* key_codes = nullptr;    // the layer's K slice of the block
+  const uint8_t* value_codes = nullptr;  // the layer's V slice
+  int32_t token = 0;                     // within the block
+  int64_t position = 0;                  // in the sequence
+};
+void VqDecodeTokensRef(const VqDecodeView& view, int layer,
+                       const CodedToken* rows, int64_t n, float* keys,
+                       float* values);
+
+}  // namespace vqkv
+
+#endif  // VQKV_KERNELS_VQ_DECODE_PLAN_H_

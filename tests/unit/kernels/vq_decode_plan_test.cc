@@ -1,0 +1,151 @@
+#include "kernels/vq_decode_plan.h"
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/bitpack.h"
+#include "kernels/rope.h"
+#include "tests/testing/random_vq_codec.h"
+
+namespace vqkv {
+namespace {
+
+using testing::RandomVqCodec;
+using testing::RandomVqCodecSpec;
+using testing::RandomVqPayload;
+
+// Every code of every width, read from a buffer of exactly PackedBytes
+// bytes, so that reading past the last byte is an ASan error.
+TEST(VqDecodePlanTest, UnpackCodeAtReadsEveryWidthWithinTheBuffer) {
+  std::mt19937 rng(3);
+  for (int bits = 1; bits <= 16; ++bits) {
+    for (int64_t n : {1, 7, 8, 33, 200}) {
+      std::vector<uint16_t> codes(n);
+      for (uint16_t& c : codes) c = static_cast<uint16_t>(rng() % (1u << bits));
+      std::vector<uint8_t> packed(PackedBytes(n, bits));
+      ASSERT_TRUE(PackBits(codes.data(), n, bits, packed.data(), packed.size())
+                      .ok());
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(UnpackCodeAt(packed.data(), i, bits), codes[i])
+            << bits << " bits, code " << i << " of " << n;
+      }
+    }
+  }
+}
+
+struct Case {
+  const char* name;
+  RandomVqCodecSpec spec;
+  std::optional<RopeSpec> rope;  // pre-RoPE codebooks: rotate on decode
+  RopePairs engine_pairs;
+};
+
+std::vector<Case> Cases() {
+  std::vector<Case> cases;
+  RandomVqCodecSpec plain;
+  plain.layers = 3;
+  cases.push_back({"post-RoPE keys, no split, GGUF engine", plain,
+                   std::nullopt, RopePairs::kAdjacent});
+  cases.push_back({"post-RoPE keys, no split, Hugging Face engine", plain,
+                   std::nullopt, RopePairs::kHalf});
+  RandomVqCodecSpec split = plain;
+  split.split = KeySplit::kRopeAdjacentPairs;
+  split.per_head = true;
+  split.key_gains = true;
+  split.post_rope = false;
+  cases.push_back({"pre-RoPE split per head with gains, GGUF engine", split,
+                   RopeSpec{10000.0, 64, RopePairs::kAdjacent},
+                   RopePairs::kAdjacent});
+  cases.push_back({"pre-RoPE split per head with gains, Hugging Face engine",
+                   split, RopeSpec{10000.0, 64, RopePairs::kAdjacent},
+                   RopePairs::kHalf});
+  RandomVqCodecSpec half = plain;
+  half.split = KeySplit::kRopeHalfRotate;
+  half.key_gains = true;
+  half.post_rope = false;
+  half.kv_heads = 3;
+  // Partial rotary: the last 16 dimensions pass through.
+  cases.push_back({"pre-RoPE half split, partial rotary, GGUF engine", half,
+                   RopeSpec{500000.0, 48, RopePairs::kHalf},
+                   RopePairs::kAdjacent});
+  return cases;
+}
+
+// The plan's element functions give what the client's CPU path gives:
+// VqCodec::DecodeLayers for one layer, then Rope::ApplyBlock from the
+// block's first position (pre-RoPE codebooks), then ReorderRopePairs into
+// the engine's layout (CacheClient::DecodeVerifiedLayers). Values exactly;
+// keys within float rounding of the angles.
+TEST(VqDecodePlanTest, MatchesTheCpuDecodeRotationAndReorder) {
+  constexpr int64_t kTokens = 32;
+  constexpr int64_t kFirstPosition = 5 * kTokens;
+  for (const Case& c : Cases()) {
+    SCOPED_TRACE(c.name);
+    auto codec = RandomVqCodec(c.spec, 11);
+    ASSERT_TRUE(codec.ok()) << codec.status();
+    auto payload = RandomVqPayload(**codec, kTokens, 12);
+    ASSERT_TRUE(payload.ok()) << payload.status();
+    auto plan = MakeVqDecodePlan(**codec, c.rope, c.engine_pairs);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const VqDecodeView view = plan->view();
+    const KvLayout& l = (*codec)->layout();
+    const int64_t n = kTokens * l.kv_heads * l.head_dim;
+    const RopePairs block_pairs =
+        c.rope ? c.rope->pairs : RopePairs::kAdjacent;
+    const int rot_dims = c.rope ? c.rope->rot_dims : l.head_dim;
+    for (int layer = 0; layer < l.layers; ++layer) {
+      std::vector<float> want_k(n), want_v(n);
+      ASSERT_TRUE((*codec)
+                      ->DecodeLayers(payload->data(), payload->size(), kTokens,
+                                     layer, 1, want_k.data(), want_v.data())
+                      .ok());
+      if (c.rope) {
+        Rope(l.head_dim, *c.rope)
+            .ApplyBlock(want_k.data(), 1, kTokens, l.kv_heads, kFirstPosition);
+      }
+      ReorderRopePairs(want_k.data(), kTokens * l.kv_heads, l.head_dim,
+                       rot_dims, block_pairs, c.engine_pairs);
+
+      const VqDecodePlan::LayerSlices s = plan->Slices(kTokens, layer);
+      ASSERT_LE(s.value_offset + s.value_bytes, payload->size());
+      std::vector<CodedToken> rows(kTokens);
+      for (int t = 0; t < kTokens; ++t) {
+        rows[t] = {payload->data() + s.key_offset,
+                   payload->data() + s.value_offset, t, kFirstPosition + t};
+      }
+      std::vector<float> got_k(n), got_v(n);
+      VqDecodeTokensRef(view, layer, rows.data(), kTokens, got_k.data(),
+                        got_v.data());
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(got_v[i], want_v[i]) << "layer " << layer << " value " << i;
+        ASSERT_NEAR(got_k[i], want_k[i], 1e-5f * (1.0f + std::fabs(want_k[i])))
+            << "layer " << layer << " key element " << i;
+      }
+    }
+  }
+}
+
+TEST(VqDecodePlanTest, RefusesWhatItCannotExpress) {
+  RandomVqCodecSpec sketched;
+  sketched.sketch_bits = 64;
+  auto codec = RandomVqCodec(sketched, 4);
+  ASSERT_TRUE(codec.ok()) << codec.status();
+  auto plan = MakeVqDecodePlan(**codec, std::nullopt, RopePairs::kAdjacent);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(plan.status().message().find("sketch"), std::string::npos);
+
+  auto unfitted = VqCodec::Create(KvLayout{2, 2, 64}, VqConfig{});
+  ASSERT_TRUE(unfitted.ok());
+  EXPECT_EQ(MakeVqDecodePlan(**unfitted, std::nullopt, RopePairs::kAdjacent)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace vqkv
