@@ -154,6 +154,36 @@ VQKV_HD inline float VqDecodeValueElement(const VqDecodeView& w, int layer,
   return sum;
 }
 
+// A token to decode: token `token` of a block whose layer slices are
+// key_codes / value_codes, at position `position` of its sequence.
+struct CodedToken {
+  const uint8_t* key_codes = nullptr;    // the layer's K slice of the block
+  const uint8_t* value_codes = nullptr;  // the layer's V slice
+  int32_t token = 0;                     // within the block
+  int64_t position = 0;                  // in the sequence
+};
+
+// The scalar reference of the device decode (kernels/cuda/paged_decode.cuh):
+// writes rows[i]'s keys and values, [kv_heads][head_dim] floats each, into
+// keys + i * kv_heads * head_dim and the same of values.
+inline void VqDecodeTokensRef(const VqDecodeView& w, int layer,
+                              const CodedToken* rows, int64_t n, float* keys,
+                              float* values) {
+  const int H = w.kv_heads, D = w.head_dim;
+  for (int64_t r = 0; r < n; ++r) {
+    const CodedToken& t = rows[r];
+    for (int h = 0; h < H; ++h) {
+      const int64_t v = int64_t{t.token} * H + h;
+      float* k = keys + (r * H + h) * D;
+      float* x = values + (r * H + h) * D;
+      for (int d = 0; d < D; ++d) {
+        k[d] = VqDecodeKeyElement(w, layer, t.key_codes, v, t.position, d);
+        x[d] = VqDecodeValueElement(w, layer, t.value_codes, v, d);
+      }
+    }
+  }
+}
+
 }  // namespace vqkv
 
 #endif  // VQKV_KERNELS_VQ_DECODE_ELEMENT_H_

@@ -70,9 +70,8 @@ absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
                        per_head);
     for (int l = 0; l < layout.layers; ++l) {
       for (int h = 0; h < layout.kv_heads; ++h) {
-        float* out =
-            p.key_gains.data() +
-            (static_cast<size_t>(l) * layout.kv_heads + h) * per_head;
+        float* out = p.key_gains.data() +
+                     (static_cast<size_t>(l) * layout.kv_heads + h) * per_head;
         out[0] = set.key_gain(l, h);
         const float* centre = set.key_centre(l, h);
         std::copy(centre, centre + layout.head_dim, out + 1);
@@ -99,12 +98,12 @@ VqDecodePlan::LayerSlices VqDecodePlan::Slices(int64_t tokens,
   const int64_t first = layer * layer_vectors;
   const int64_t all = int64_t{layers} * layer_vectors;
   LayerSlices s;
-  s.key_offset = static_cast<size_t>(first * shape.key_stages *
-                                     shape.key_bits / 8);
+  s.key_offset =
+      static_cast<size_t>(first * shape.key_stages * shape.key_bits / 8);
   s.key_bytes = PackedBytes(layer_vectors * shape.key_stages, shape.key_bits);
-  s.value_offset = PackedBytes(all * shape.key_stages, shape.key_bits) +
-                   static_cast<size_t>(first * shape.value_stages *
-                                       shape.value_bits / 8);
+  s.value_offset =
+      PackedBytes(all * shape.key_stages, shape.key_bits) +
+      static_cast<size_t>(first * shape.value_stages * shape.value_bits / 8);
   s.value_bytes =
       PackedBytes(layer_vectors * shape.value_stages, shape.value_bits);
   return s;
@@ -119,24 +118,6 @@ VqDecodeView VqDecodePlan::view() const {
   w.key_gains = key_gains.empty() ? nullptr : key_gains.data();
   w.inv_freq = inv_freq.empty() ? nullptr : inv_freq.data();
   return w;
-}
-
-void VqDecodeTokensRef(const VqDecodeView& view, int layer,
-                       const CodedToken* rows, int64_t n, float* keys,
-                       float* values) {
-  const int H = view.kv_heads, D = view.head_dim;
-  for (int64_t r = 0; r < n; ++r) {
-    const CodedToken& t = rows[r];
-    for (int h = 0; h < H; ++h) {
-      const int64_t v = int64_t{t.token} * H + h;
-      float* k = keys + (r * H + h) * D;
-      float* x = values + (r * H + h) * D;
-      for (int d = 0; d < D; ++d) {
-        k[d] = VqDecodeKeyElement(view, layer, t.key_codes, v, t.position, d);
-        x[d] = VqDecodeValueElement(view, layer, t.value_codes, v, d);
-      }
-    }
-  }
 }
 
 }  // namespace vqkv

@@ -35,10 +35,10 @@ struct VqDecodePlan {
   int layers = 0;
   // The scalars of view(); its pointers are filled by view().
   VqDecodeView shape;
-  std::vector<int32_t> dim_group, dim_index;   // [head_dim]
-  std::vector<const float*> key_codebooks;     // [layers][slots][groups]
-  std::vector<const float*> value_codebooks;   // [layers][slots]
-  std::vector<size_t> key_codebook_floats;     // sizes of the above
+  std::vector<int32_t> dim_group, dim_index;  // [head_dim]
+  std::vector<const float*> key_codebooks;    // [layers][slots][groups]
+  std::vector<const float*> value_codebooks;  // [layers][slots]
+  std::vector<size_t> key_codebook_floats;    // sizes of the above
   std::vector<size_t> value_codebook_floats;
   std::vector<float> key_gains;  // [layers][kv_heads][1 + head_dim] or empty
   std::vector<double> inv_freq;  // [rot_dims / 2] when rotating
@@ -66,20 +66,6 @@ struct VqDecodePlan {
 absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
     const VqCodec& codec, const std::optional<RopeSpec>& key_rope,
     RopePairs engine_pairs);
-
-// The scalar reference of the device decode: rows[i] is token `token` of a
-// block whose layer slices are key_codes / value_codes, at position
-// `position`; writes its keys and values, [kv_heads][head_dim] floats each,
-// into keys + i * kv_heads * head_dim and the same of values.
-struct CodedToken {
-  const uint8_t* key_codes = nullptr;    // the layer's K slice of the block
-  const uint8_t* value_codes = nullptr;  // the layer's V slice
-  int32_t token = 0;                     // within the block
-  int64_t position = 0;                  // in the sequence
-};
-void VqDecodeTokensRef(const VqDecodeView& view, int layer,
-                       const CodedToken* rows, int64_t n, float* keys,
-                       float* values);
 
 }  // namespace vqkv
 

@@ -1,34 +1,8 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "kernels/cuda/page_element.cuh"
 #include "kernels/cuda/paged_copy.cuh"
 
 namespace vqkv::cuda {
 namespace {
-
-__device__ float LoadElement(const void* data, int32_t dtype, int64_t off) {
-  switch (dtype) {
-    case kPageF16:
-      return __half2float(static_cast<const __half*>(data)[off]);
-    case kPageBf16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[off]);
-    default:
-      return static_cast<const float*>(data)[off];
-  }
-}
-
-__device__ void StoreElement(void* data, int32_t dtype, int64_t off, float v) {
-  switch (dtype) {
-    case kPageF16:
-      static_cast<__half*>(data)[off] = __float2half_rn(v);
-      return;
-    case kPageBf16:
-      static_cast<__nv_bfloat16*>(data)[off] = __float2bfloat16_rn(v);
-      return;
-    default:
-      static_cast<float*>(data)[off] = v;
-  }
-}
 
 // One thread per (row, head, d) element of K and of V, grid-stride over the
 // 2 * n * kv_heads * head_dim elements; consecutive threads take consecutive
@@ -53,16 +27,11 @@ __global__ void PagedCopyKernel(PageTensor keys, PageTensor values,
                         h * t.strides[2] + d * t.strides[3];
     float* buf = is_value ? row.values : row.keys;
     if constexpr (kGather) {
-      buf[e] = LoadElement(t.data, t.dtype, off);
+      buf[e] = LoadPageElement(t.data, t.dtype, off);
     } else {
-      StoreElement(t.data, t.dtype, off, buf[e]);
+      StorePageElement(t.data, t.dtype, off, buf[e]);
     }
   }
-}
-
-bool Valid(const PageTensor& t) {
-  return t.data != nullptr &&
-         (t.dtype == kPageF16 || t.dtype == kPageBf16 || t.dtype == kPageF32);
 }
 
 template <bool kGather>
@@ -71,14 +40,11 @@ cudaError_t LaunchPagedCopy(const PageTensor& keys, const PageTensor& values,
                             int head_dim, cudaStream_t stream) {
   if (n < 0 || kv_heads < 1 || head_dim < 1) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  if (d_rows == nullptr || !Valid(keys) || !Valid(values)) {
+  if (d_rows == nullptr || !ValidPageTensor(keys) || !ValidPageTensor(values)) {
     return cudaErrorInvalidValue;
   }
   const int64_t total = 2 * n * kv_heads * int64_t{head_dim};
-  constexpr int kThreads = 256;
-  const int64_t wanted = (total + kThreads - 1) / kThreads;
-  const int blocks = static_cast<int>(wanted < 65535 * 8 ? wanted : 65535 * 8);
-  PagedCopyKernel<kGather><<<blocks, kThreads, 0, stream>>>(
+  PagedCopyKernel<kGather><<<PageGridBlocks(total), kPageThreads, 0, stream>>>(
       keys, values, d_rows, n, kv_heads, head_dim);
   return cudaGetLastError();
 }

@@ -12,16 +12,17 @@
 # Every result goes under $OUT (else build-gpu/results): run.log (commit,
 # device, driver, clocks, nvcc, each step's outcome), configure.log,
 # build.log, <test>.log and .xml of rvq_cuda_test, rvq_encode_tc_test,
-# code_attention_cuda_test and paged_copy_cuda_test (VQKV_REQUIRE_GPU=1: no
-# device is a failure, not a skip), cuda_codec_bench.txt,
+# code_attention_cuda_test, paged_copy_cuda_test and paged_decode_cuda_test
+# (VQKV_REQUIRE_GPU=1: no device is a failure, not a skip),
+# cuda_codec_bench.txt,
 # cuda_attention_bench.txt, llama_encode_bench.txt; with a full-build
 # bundle (tests/gpu/bundle.sh, carried as build-gpu-bundle/bundle.tar.xz)
 # also <test>.log and .xml for each test in it. A failed step is logged and
 # the later steps still run; the exit status is 0 only if every step passed.
 # Budget: about a minute on an H200 with 16 cores (2026-12-04: configure
 # 4 s, build 9 s, kernel tests 25 s, benchmarks 20 s); the step timeouts
-# add up to 8 minutes (30 + 90 + 45 + 45 + 45 + 30 + 45 + 45 + 45 + 60 s),
-# so a rerun fits in the device time.
+# add up to 8 minutes (30 + 75 + 45 + 45 + 30 + 30 + 30 + 45 + 45 + 45 +
+# 60 s), so a rerun fits in the device time.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -66,7 +67,7 @@ built=0
 if step "configure ($BUILD_DIR, CUDA archs $CUDA_ARCHS)" 30 \
   "$RESULTS/configure.log" cmake -S tests/gpu -B "$BUILD_DIR" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS"; then
-  step "build the CUDA tests and benchmark" 90 "$RESULTS/build.log" \
+  step "build the CUDA tests and benchmark" 75 "$RESULTS/build.log" \
     cmake --build "$BUILD_DIR" -j "$JOBS" && built=1
 fi
 
@@ -87,7 +88,7 @@ if [[ $built == 1 ]]; then
     "--xml=$RESULTS/rvq_encode_tc_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed|identical to the" \
     "$RESULTS/rvq_encode_tc_test.log" | tee -a "$RESULTS/run.log"
-  step "attention over codes vs reference" 45 \
+  step "attention over codes vs reference" 30 \
     "$RESULTS/code_attention_cuda_test.log" \
     "$BUILD_DIR/code_attention_cuda_test" \
     "--xml=$RESULTS/code_attention_cuda_test.xml"
@@ -98,6 +99,11 @@ if [[ $built == 1 ]]; then
     "--xml=$RESULTS/paged_copy_cuda_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
     "$RESULTS/paged_copy_cuda_test.log" | tee -a "$RESULTS/run.log"
+  step "decode of codes into pages vs reference" 30 \
+    "$RESULTS/paged_decode_cuda_test.log" "$BUILD_DIR/paged_decode_cuda_test" \
+    "--xml=$RESULTS/paged_decode_cuda_test.xml"
+  grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
+    "$RESULTS/paged_decode_cuda_test.log" | tee -a "$RESULTS/run.log"
   step "throughput at the paper configuration" 45 \
     "$RESULTS/cuda_codec_bench.txt" "$BUILD_DIR/cuda_codec_bench"
   cat "$RESULTS/cuda_codec_bench.txt" >>"$RESULTS/run.log"

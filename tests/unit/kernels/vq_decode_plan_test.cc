@@ -28,8 +28,8 @@ TEST(VqDecodePlanTest, UnpackCodeAtReadsEveryWidthWithinTheBuffer) {
       std::vector<uint16_t> codes(n);
       for (uint16_t& c : codes) c = static_cast<uint16_t>(rng() % (1u << bits));
       std::vector<uint8_t> packed(PackedBytes(n, bits));
-      ASSERT_TRUE(PackBits(codes.data(), n, bits, packed.data(), packed.size())
-                      .ok());
+      ASSERT_TRUE(
+          PackBits(codes.data(), n, bits, packed.data(), packed.size()).ok());
       for (int64_t i = 0; i < n; ++i) {
         ASSERT_EQ(UnpackCodeAt(packed.data(), i, bits), codes[i])
             << bits << " bits, code " << i << " of " << n;
@@ -49,8 +49,8 @@ std::vector<Case> Cases() {
   std::vector<Case> cases;
   RandomVqCodecSpec plain;
   plain.layers = 3;
-  cases.push_back({"post-RoPE keys, no split, GGUF engine", plain,
-                   std::nullopt, RopePairs::kAdjacent});
+  cases.push_back({"post-RoPE keys, no split, GGUF engine", plain, std::nullopt,
+                   RopePairs::kAdjacent});
   cases.push_back({"post-RoPE keys, no split, Hugging Face engine", plain,
                    std::nullopt, RopePairs::kHalf});
   RandomVqCodecSpec split = plain;
@@ -95,8 +95,7 @@ TEST(VqDecodePlanTest, MatchesTheCpuDecodeRotationAndReorder) {
     const VqDecodeView view = plan->view();
     const KvLayout& l = (*codec)->layout();
     const int64_t n = kTokens * l.kv_heads * l.head_dim;
-    const RopePairs block_pairs =
-        c.rope ? c.rope->pairs : RopePairs::kAdjacent;
+    const RopePairs block_pairs = c.rope ? c.rope->pairs : RopePairs::kAdjacent;
     const int rot_dims = c.rope ? c.rope->rot_dims : l.head_dim;
     for (int layer = 0; layer < l.layers; ++layer) {
       std::vector<float> want_k(n), want_v(n);

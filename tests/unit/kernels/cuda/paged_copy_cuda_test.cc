@@ -14,60 +14,10 @@
 #include "kernels/fp16.h"
 #include "tests/testing/mini_test.h"
 #include "tests/unit/kernels/cuda/cuda_test_util.h"
+#include "tests/unit/kernels/cuda/host_pages.h"
 
 namespace vqkv::cuda {
 namespace {
-
-// One layer's page tensor in host memory, with padded strides so that
-// nothing is contiguous by accident: (page, slot, head, d) for NHD or
-// (page, head, slot, d) for HND.
-struct Pages {
-  int32_t dtype;
-  int64_t pages, slots, heads, dim;
-  bool hnd;
-  int64_t strides[4];
-  std::vector<uint8_t> bytes;
-
-  Pages(int32_t dt, int64_t p, int64_t s, int64_t h, int64_t d, bool h_first)
-      : dtype(dt), pages(p), slots(s), heads(h), dim(d), hnd(h_first) {
-    const int64_t dim_pad = d + 3;
-    if (!hnd) {
-      strides[3] = 1;
-      strides[2] = dim_pad;
-      strides[1] = h * dim_pad;
-      strides[0] = s * h * dim_pad + 5;
-    } else {
-      strides[3] = 1;
-      strides[1] = dim_pad;
-      strides[2] = s * dim_pad;
-      strides[0] = h * s * dim_pad + 5;
-    }
-    bytes.assign(static_cast<size_t>(p * strides[0] * ElementBytes()), 0);
-  }
-  int ElementBytes() const { return dtype == kPageF32 ? 4 : 2; }
-  int64_t Offset(int64_t page, int64_t slot, int64_t h, int64_t d) const {
-    return page * strides[0] + slot * strides[1] + h * strides[2] +
-           d * strides[3];
-  }
-  float Get(int64_t off) const {
-    if (dtype == kPageF32) {
-      float f;
-      std::memcpy(&f, &bytes[off * 4], 4);
-      return f;
-    }
-    uint16_t u;
-    std::memcpy(&u, &bytes[off * 2], 2);
-    return dtype == kPageF16 ? HalfToFloatRef(u) : Bf16ToFloat(u);
-  }
-  void Set(int64_t off, float v) {  // the reference rounding
-    if (dtype == kPageF32) {
-      std::memcpy(&bytes[off * 4], &v, 4);
-      return;
-    }
-    const uint16_t u = dtype == kPageF16 ? FloatToHalfRef(v) : FloatToBf16(v);
-    std::memcpy(&bytes[off * 2], &u, 2);
-  }
-};
 
 // Values that exercise rounding: random normals, a few large and tiny ones
 // (fp16 overflow and subnormals) and a NaN.
@@ -89,8 +39,8 @@ bool SameFloat(float a, float b) {
 void CheckRoundTrip(int32_t dtype, bool hnd) {
   SCOPED_TRACE("dtype " + std::to_string(dtype) + (hnd ? " HND" : " NHD"));
   const int64_t pages = 7, slots = 16, heads = 3, dim = 64;
-  Pages k(dtype, pages, slots, heads, dim, hnd);
-  Pages v(dtype, pages, slots, heads, dim, hnd);
+  HostPages k(dtype, pages, slots, heads, dim, hnd);
+  HostPages v(dtype, pages, slots, heads, dim, hnd);
   std::mt19937 rng(7);
   for (int64_t p = 0; p < pages; ++p)
     for (int64_t s = 0; s < slots; ++s)
@@ -135,8 +85,8 @@ void CheckRoundTrip(int32_t dtype, bool hnd) {
   // Scatter rows of new values (not yet representable in the dtype) into
   // zeroed pages; compare with the reference rounding.
   for (int64_t i = 0; i < 2 * n * row; ++i) host[i] = 1.0f / 3 + Sample(rng, i);
-  Pages k2(dtype, pages, slots, heads, dim, hnd);
-  Pages v2(dtype, pages, slots, heads, dim, hnd);
+  HostPages k2(dtype, pages, slots, heads, dim, hnd);
+  HostPages v2(dtype, pages, slots, heads, dim, hnd);
   ASSERT_CUDA(dk.Upload(k2.bytes));
   ASSERT_CUDA(dv.Upload(v2.bytes));
   ASSERT_CUDA(LaunchPagedScatter(tk, tv, d_rows.get(), n, heads, dim, nullptr));
@@ -150,7 +100,7 @@ void CheckRoundTrip(int32_t dtype, bool hnd) {
         k2.Set(off, rows[i].keys[h * dim + d]);
         v2.Set(off, rows[i].values[h * dim + d]);
       }
-  Pages gk = k2, gv = v2;
+  HostPages gk = k2, gv = v2;
   gk.bytes = got_k;
   gv.bytes = got_v;
   bad = 0;
