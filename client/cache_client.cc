@@ -13,6 +13,7 @@
 #include "kernels/block.h"
 #include "kernels/codebook_set.h"
 #include "kernels/codec_factory.h"
+#include "kernels/vq_codec.h"
 
 namespace vqkv::client {
 namespace {
@@ -465,6 +466,17 @@ absl::Status CacheClient::DecodeVerifiedLayers(
         l.head_dim, key_rot_dims_, block_key_pairs_, options_.engine_key_pairs);
   }
   return s;
+}
+
+absl::StatusOr<VqDecodePlan> CacheClient::DecodePlan() const {
+  const auto* vq = dynamic_cast<const VqCodec*>(codec_.get());
+  if (vq == nullptr) {
+    return absl::UnimplementedError(absl::StrCat(
+        "only vq blocks decode on a device, not ", codec_->Descriptor()));
+  }
+  std::optional<RopeSpec> rope;
+  if (key_rope_) rope = key_rope_->spec();
+  return MakeVqDecodePlan(*vq, rope, options_.engine_key_pairs);
 }
 
 void CacheClient::CountLoad(absl::Span<const GetItem> blocks, int64_t loaded) {

@@ -55,6 +55,7 @@
 #include "kernels/block_format.h"
 #include "kernels/codec.h"
 #include "kernels/rope.h"
+#include "kernels/vq_decode_plan.h"
 #include "storage/namespace.h"
 
 namespace vqkv::client {
@@ -104,6 +105,16 @@ struct CacheClientOptions {
   // CPU's or within bf16 rounding of it (kernels/cuda/rvq_cuda.cuh), and
   // blocks are shared either way. Needs a build with CUDA.
   int encode_cuda_device = -1;
+  // Loads into CUDA device pages decode on that GPU
+  // (kernels/cuda/paged_decode.cuh): the codes cross PCIe instead of
+  // float32 rows, and the host's cores do not decode. A chain's first block
+  // (its exact sink tokens) still decodes on the CPU. Needs a vq codec
+  // without a key sketch (else RegisterKvCaches fails with kUnimplemented)
+  // and the codebooks' size in GPU memory (float32: 1.07 GB for
+  // LLaMA-3.1-8B at the paper's rate, 0.25 GB for SmolLM2-135M). Ignored
+  // for host pages. Off by default: the kernel has not yet run on a GPU
+  // (docs/CLIENT.md, "Decoding loads on the GPU").
+  bool decode_on_device = false;
 
   CircuitBreakerOptions circuit;
 };
@@ -271,6 +282,12 @@ class CacheClient {
                                     uint32_t chain_position, int first_layer,
                                     int num_layers, float* keys,
                                     float* values) const;
+  // What a device needs to decode this client's blocks as
+  // DecodeVerifiedLayers does (rotation and pair order included), for
+  // blocks without an fp16 section; the plan refers to the codec's
+  // codebooks, valid while the client lives. Errors: kUnimplemented for a
+  // codec other than vq, or one with a key sketch (MakeVqDecodePlan).
+  absl::StatusOr<VqDecodePlan> DecodePlan() const;
   // Counts a load in stats(): blocks [0, loaded) of `blocks` reached the
   // caller, the rest failed.
   void CountLoad(absl::Span<const GetItem> blocks, int64_t loaded);

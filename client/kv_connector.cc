@@ -95,6 +95,20 @@ absl::Status KvConnector::RegisterKvCaches(PagedKvCaches caches) {
     absl::StatusOr<std::unique_ptr<KvDevice>> device =
         device_factory_ ? device_factory_(caches) : NewKvDevice(caches);
     if (!device.ok()) return device.status();
+    if (client_->options().decode_on_device) {
+      absl::StatusOr<VqDecodePlan> plan = client_->DecodePlan();
+      if (!plan.ok()) {
+        return absl::Status(
+            plan.status().code(),
+            absl::StrCat("decode_on_device: ", plan.status().message()));
+      }
+      absl::Status e = (*device)->EnableDecode(*plan);
+      if (!e.ok()) {
+        return absl::Status(e.code(),
+                            absl::StrCat("decode_on_device: ", e.message()));
+      }
+      decode_plan_ = *std::move(plan);
+    }
     device_ = *std::move(device);
   }
   caches_ = std::move(caches);
@@ -175,11 +189,20 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
     f.good = client_->VerifyPrefix(f.got, &f.headers);
     for (int64_t b = 0; b < f.good; ++b) jobs.push_back({i, b});
   }
-  // Each layer's blocks are split among decode_threads threads; a block
-  // that fails to decode ends its request's prefix for every later layer.
+  // With decode_on_device, blocks without an fp16 section go to the device
+  // as codes (ScatterCoded); the rest (a chain's first block, with its
+  // exact sink tokens) are decoded here.
+  std::vector<size_t> host_jobs, device_jobs;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const BlockHeader& h = fetched[jobs[j].spec].headers[jobs[j].block];
+    (decode_plan_ && h.fp16_tokens == 0 ? device_jobs : host_jobs).push_back(j);
+  }
+  // Each layer's host blocks are split among decode_threads threads; a
+  // block that fails to decode ends its request's prefix for every later
+  // layer.
   const int threads = static_cast<int>(std::min<int64_t>(
       std::max(1, client_->options().decode_threads),
-      std::max<int64_t>(1, static_cast<int64_t>(jobs.size()))));
+      std::max<int64_t>(1, static_cast<int64_t>(host_jobs.size()))));
   absl::Mutex fail_mu;
   // Any failure of the device fails every block of the batch: the pages
   // may hold part of a copy.
@@ -189,23 +212,24 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
     absl::MutexLock lock(&fail_mu);
     for (Fetched& f : fetched) f.good = 0;
   };
-  // Device pages: a layer's blocks are decoded into staging (two buffers,
-  // so layer l + 1 decodes while layer l is copied) and copied in one go.
+  // Device pages: a layer's host blocks are decoded into staging (two
+  // buffers, so layer l + 1 decodes while layer l is copied) and copied in
+  // one go.
   const size_t job_floats = static_cast<size_t>(B * row);
-  const size_t stage_floats = jobs.size() * job_floats;  // keys or values
+  const size_t stage_floats = host_jobs.size() * job_floats;  // keys or values
   std::shared_ptr<float[]> stage[2];
   KvDevice::Event stage_event[2] = {0, 0};
   KvDevice::Event last_event = 0;
-  if (device_ != nullptr && !jobs.empty()) {
+  if (device_ != nullptr && !host_jobs.empty()) {
     for (auto& st : stage) {
       st = device_->NewStaging(2 * stage_floats);
       if (st == nullptr) fail_all();
     }
   }
-  std::vector<char> decoded(jobs.size());
+  std::vector<char> decoded(host_jobs.size());
   for (int layer = 0; layer < l.layers; ++layer) {
     float* stage_k = nullptr;
-    if (device_ != nullptr && !device_failed && !jobs.empty()) {
+    if (device_ != nullptr && !device_failed && !host_jobs.empty()) {
       const int which = layer % 2;
       if (stage_event[which] != 0 && !device_->Wait(stage_event[which]).ok()) {
         fail_all();
@@ -219,17 +243,18 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
         own_k.resize(job_floats);
         own_v.resize(job_floats);
       }
-      for (size_t j = t; j < jobs.size(); j += threads) {
-        decoded[j] = 0;
-        const LoadSpec& spec = batch->specs[jobs[j].spec];
-        Fetched& f = fetched[jobs[j].spec];
-        const int64_t b = jobs[j].block;
+      for (size_t c = t; c < host_jobs.size(); c += threads) {
+        decoded[c] = 0;
+        const Job& job = jobs[host_jobs[c]];
+        const LoadSpec& spec = batch->specs[job.spec];
+        Fetched& f = fetched[job.spec];
+        const int64_t b = job.block;
         {
           absl::MutexLock lock(&fail_mu);
           if (b >= f.good) continue;
         }
-        float* k = stage_k != nullptr ? stage_k + j * job_floats : own_k.data();
-        float* v = stage_k != nullptr ? stage_k + stage_floats + j * job_floats
+        float* k = stage_k != nullptr ? stage_k + c * job_floats : own_k.data();
+        float* v = stage_k != nullptr ? stage_k + stage_floats + c * job_floats
                                       : own_v.data();
         const absl::Status st = client_->DecodeVerifiedLayers(
             *f.got[b], f.headers[b], static_cast<uint32_t>(b), layer, 1, k, v);
@@ -238,25 +263,54 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
           f.good = std::min(f.good, b);
           continue;
         }
-        decoded[j] = 1;
+        decoded[c] = 1;
         if (stage_k == nullptr && device_ == nullptr) {
           ScatterLayer(caches_, layer, spec.block_ids, b * B, B, k, v);
         }
       }
     };
-    if (!device_failed) base::RunParts(threads, decode);
+    if (!device_failed && !host_jobs.empty()) base::RunParts(threads, decode);
     KvDevice::Event event = 0;
     if (stage_k != nullptr && !device_failed) {
       std::vector<KvDevice::Rows> rows;
-      for (size_t j = 0; j < jobs.size(); ++j) {
-        if (!decoded[j]) continue;
-        rows.push_back({batch->specs[jobs[j].spec].block_ids, jobs[j].block * B,
-                        B, stage_k + j * job_floats,
-                        stage_k + stage_floats + j * job_floats});
+      for (size_t c = 0; c < host_jobs.size(); ++c) {
+        if (!decoded[c]) continue;
+        const Job& job = jobs[host_jobs[c]];
+        rows.push_back({batch->specs[job.spec].block_ids, job.block * B, B,
+                        stage_k + c * job_floats,
+                        stage_k + stage_floats + c * job_floats});
       }
       absl::StatusOr<KvDevice::Event> e = device_->Scatter(layer, rows);
       if (e.ok()) {
         event = last_event = stage_event[layer % 2] = *e;
+      } else {
+        fail_all();
+      }
+    }
+    if (!device_jobs.empty() && !device_failed) {
+      std::vector<KvDevice::CodedRows> rows;
+      const VqDecodePlan::LayerSlices s = decode_plan_->Slices(B, layer);
+      for (size_t j : device_jobs) {
+        Fetched& f = fetched[jobs[j].spec];
+        const int64_t b = jobs[j].block;
+        if (b >= f.good) continue;  // only this thread lowers it now
+        const BlockHeader& h = f.headers[b];
+        const std::string& data = *f.got[b];
+        if (h.tokens != B || s.value_offset + s.value_bytes > h.codes_bytes ||
+            data.size() < sizeof(BlockHeader) + h.codes_bytes) {
+          f.good = std::min(f.good, b);
+          continue;
+        }
+        const auto* codes =
+            reinterpret_cast<const uint8_t*>(data.data()) + sizeof(BlockHeader);
+        rows.push_back(
+            {batch->specs[jobs[j].spec].block_ids, b * B, B,
+             absl::MakeConstSpan(codes + s.key_offset, s.key_bytes),
+             absl::MakeConstSpan(codes + s.value_offset, s.value_bytes)});
+      }
+      absl::StatusOr<KvDevice::Event> e = device_->ScatterCoded(layer, rows);
+      if (e.ok()) {
+        event = last_event = *e;
       } else {
         fail_all();
       }
@@ -270,6 +324,14 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
   }
   // The staging goes only once the device is done with it.
   if (last_event != 0 && !device_->Wait(last_event).ok()) fail_all();
+  int64_t on_device = 0;
+  for (size_t j : device_jobs) {
+    on_device += jobs[j].block < fetched[jobs[j].spec].good;
+  }
+  if (on_device > 0) {
+    absl::MutexLock lock(&mu_);
+    stats_.blocks_decoded_on_device += on_device;
+  }
   for (size_t i = 0; i < batch->specs.size(); ++i) {
     const LoadSpec& spec = batch->specs[i];
     const Fetched& f = fetched[i];

@@ -29,7 +29,9 @@
 // ordered with the engine's compute stream by events, between the pages and
 // pinned host staging; SaveLayer and WaitForLayerLoad enqueue stream waits
 // instead of blocking the host on the GPU. The codec runs on the CPU in both
-// cases (docs/CLIENT.md, "CUDA device pages").
+// cases (docs/CLIENT.md, "CUDA device pages"), unless the client encodes on
+// the GPU (encode_cuda_device) or decodes loads there (decode_on_device:
+// the codes go to the device, which decodes them into the pages).
 //
 // Thread safety: the engine calls these from its worker thread, one forward
 // pass at a time; GetFinished / TakeLoadErrorBlockIds / Cancel may be called
@@ -41,6 +43,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -88,6 +91,9 @@ struct ConnectorStats {
   int64_t loads_failed = 0;  // requests with at least one failed block
   int64_t saves_started = 0;
   int64_t saves_dropped = 0;
+  // Blocks a load decoded on the device (CacheClientOptions::
+  // decode_on_device); the others of a load were decoded on the host.
+  int64_t blocks_decoded_on_device = 0;
 };
 
 class KvConnector {
@@ -98,7 +104,9 @@ class KvConnector {
 
   // Records the engine's page tensors. Errors: kInvalidArgument when they do
   // not match the client's layout; for device memory, kUnimplemented in a
-  // build without CUDA and kFailedPrecondition when the GPU cannot be used.
+  // build without CUDA and kFailedPrecondition when the GPU cannot be used;
+  // with decode_on_device, kUnimplemented when the codec cannot decode on
+  // the device and the device's error when its codebooks cannot be loaded.
   absl::Status RegisterKvCaches(PagedKvCaches caches);
 
   // Starts loading each spec's first num_tokens tokens into its pages.
@@ -166,6 +174,8 @@ class KvConnector {
   bool registered_ ABSL_GUARDED_BY(mu_) = false;
   PagedKvCaches caches_;              // written once by RegisterKvCaches
   std::unique_ptr<KvDevice> device_;  // device caches only; ditto
+  // Set when loads decode on the device (decode_on_device); ditto.
+  std::optional<VqDecodePlan> decode_plan_;
   KvDeviceFactory device_factory_;
   KvDevice::Event last_gather_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void(int)> layer_loaded_hook_;  // set before StartLoad

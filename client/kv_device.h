@@ -10,7 +10,9 @@
 //                        may overwrite the pages only once they are copied.
 //   StartLoad():         OrderAfterCompute(): the pages may still be read
 //                        by kernels of earlier passes.
-//   load thread:         decodes layer l into staging, Scatter(l, rows).
+//   load thread:         decodes layer l into staging, Scatter(l, rows);
+//                        or, with EnableDecode, ScatterCoded(l, coded rows):
+//                        the device decodes the codes into the pages.
 //   WaitForLayerLoad(l): ComputeStreamWaitFor(layer l's scatter).
 //
 // Ordering model: a device runs the operations it is given in submission
@@ -36,6 +38,10 @@
 #include "absl/types/span.h"
 #include "client/paged_kv.h"
 
+namespace vqkv {
+struct VqDecodePlan;  // kernels/vq_decode_plan.h
+}  // namespace vqkv
+
 namespace vqkv::client {
 
 class KvDevice {
@@ -50,6 +56,17 @@ class KvDevice {
     int64_t n = 0;
     float* keys = nullptr;
     float* values = nullptr;
+  };
+
+  // One block's codes for one layer: the block holds the request's tokens
+  // [t0, t0 + n) (at those positions: a chain starts at position 0), and
+  // key_codes / value_codes are its VqDecodePlan::Slices of that layer.
+  struct CodedRows {
+    absl::Span<const int32_t> block_ids;  // the request's engine pages
+    int64_t t0 = 0;
+    int64_t n = 0;
+    absl::Span<const uint8_t> key_codes;
+    absl::Span<const uint8_t> value_codes;
   };
 
   virtual ~KvDevice() = default;
@@ -73,6 +90,24 @@ class KvDevice {
   // to the pages' dtype as ScatterLayer does).
   virtual absl::StatusOr<Event> Scatter(int layer,
                                         absl::Span<const Rows> rows) = 0;
+  // Makes ScatterCoded decode with `plan` (copying what it needs: the plan
+  // may go afterwards). Call once, before any ScatterCoded.
+  // Errors: kUnimplemented for a device that cannot decode; the device's
+  // (kResourceExhausted when the codebooks do not fit, kInternal).
+  virtual absl::Status EnableDecode(const VqDecodePlan& plan) {
+    (void)plan;
+    return absl::UnimplementedError("this KV device does not decode codes");
+  }
+  // Enqueues decoding `layer` of each rows[i] into its pages (rounded to
+  // the pages' dtype as Scatter rounds). The codes are copied before it
+  // returns. Errors: kFailedPrecondition before EnableDecode;
+  // kInvalidArgument for code slices of the wrong size; the device's.
+  virtual absl::StatusOr<Event> ScatterCoded(int layer,
+                                             absl::Span<const CodedRows> rows) {
+    (void)layer;
+    (void)rows;
+    return absl::FailedPreconditionError("ScatterCoded before EnableDecode");
+  }
   // Blocks the calling thread until `event` is done; an error if the
   // operations up to it failed on the device.
   virtual absl::Status Wait(Event event) = 0;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -14,6 +15,8 @@
 #include "absl/synchronization/mutex.h"
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/cuda/paged_copy.cuh"
+#include "kernels/cuda/paged_decode.cuh"
+#include "kernels/vq_decode_plan.h"
 
 namespace vqkv::client {
 namespace {
@@ -97,6 +100,8 @@ class CudaKvDevice final : public KvDevice {
   ~CudaKvDevice() override {
     cudaSetDevice(caches_.cuda_device);
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    for (void* p : decode_memory_) cudaFree(p);
+    if (scratch_ != nullptr) cudaFree(scratch_);
     for (Slot& s : ring_) {
       if (s.event != nullptr) cudaEventDestroy(s.event);
     }
@@ -168,6 +173,137 @@ class CudaKvDevice final : public KvDevice {
   absl::StatusOr<Event> Scatter(int layer,
                                 absl::Span<const Rows> rows) override {
     return Submit(layer, rows, /*gather=*/false);
+  }
+
+  absl::Status EnableDecode(const VqDecodePlan& plan) override {
+    absl::MutexLock lock(&mu_);
+    if (decode_ready_) {
+      return absl::FailedPreconditionError("EnableDecode was already called");
+    }
+    cudaError_t e = cudaSetDevice(caches_.cuda_device);
+    if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
+    size_t floats = 0;
+    for (size_t n : plan.key_codebook_floats) floats += n;
+    for (size_t n : plan.value_codebook_floats) floats += n;
+    float* books = nullptr;
+    if (absl::Status st =
+            UploadLocked<float>(nullptr, floats * sizeof(float), &books);
+        !st.ok()) {
+      return st;
+    }
+    // Codebooks into one allocation; the views' pointer arrays into it.
+    std::vector<const float*> key_ptrs, value_ptrs;
+    float* at = books;
+    for (size_t i = 0; i < plan.key_codebooks.size(); ++i) {
+      e = cudaMemcpy(at, plan.key_codebooks[i],
+                     plan.key_codebook_floats[i] * sizeof(float),
+                     cudaMemcpyHostToDevice);
+      if (e != cudaSuccess) return CudaError("codebook upload", e);
+      key_ptrs.push_back(at);
+      at += plan.key_codebook_floats[i];
+    }
+    for (size_t i = 0; i < plan.value_codebooks.size(); ++i) {
+      e = cudaMemcpy(at, plan.value_codebooks[i],
+                     plan.value_codebook_floats[i] * sizeof(float),
+                     cudaMemcpyHostToDevice);
+      if (e != cudaSuccess) return CudaError("codebook upload", e);
+      value_ptrs.push_back(at);
+      at += plan.value_codebook_floats[i];
+    }
+    view_ = plan.shape;
+    absl::Status st = UploadVectorLocked(key_ptrs, &view_.key_codebooks);
+    if (st.ok()) st = UploadVectorLocked(value_ptrs, &view_.value_codebooks);
+    if (st.ok()) st = UploadVectorLocked(plan.dim_group, &view_.dim_group);
+    if (st.ok()) st = UploadVectorLocked(plan.dim_index, &view_.dim_index);
+    if (st.ok() && !plan.key_gains.empty()) {
+      st = UploadVectorLocked(plan.key_gains, &view_.key_gains);
+    }
+    if (st.ok() && !plan.inv_freq.empty()) {
+      st = UploadVectorLocked(plan.inv_freq, &view_.inv_freq);
+    }
+    if (!st.ok()) return st;
+    decode_layers_ = plan.layers;
+    decode_ready_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Event> ScatterCoded(
+      int layer, absl::Span<const CodedRows> rows) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!decode_ready_) {
+        return absl::FailedPreconditionError(
+            "ScatterCoded before EnableDecode");
+      }
+    }
+    if (layer < 0 || layer >= decode_layers_) {
+      return absl::InvalidArgumentError(absl::StrCat("no layer ", layer));
+    }
+    // One pinned buffer, copied to the device in one transfer: the row
+    // table, then every block's codes (16-byte aligned).
+    int64_t n = 0;
+    size_t code_bytes = 0;
+    for (const CodedRows& r : rows) {
+      const int64_t vectors = r.n * view_.kv_heads;
+      const size_t kb = static_cast<size_t>(
+          (vectors * view_.key_stages * view_.key_bits + 7) / 8);
+      const size_t vb = static_cast<size_t>(
+          (vectors * view_.value_stages * view_.value_bits + 7) / 8);
+      if (r.key_codes.size() != kb || r.value_codes.size() != vb) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("coded rows of ", r.n, " tokens need ", kb, " + ", vb,
+                         " code bytes, got ", r.key_codes.size(), " + ",
+                         r.value_codes.size()));
+      }
+      n += r.n;
+      code_bytes += Align16(kb) + Align16(vb);
+    }
+    const size_t table_bytes =
+        Align16(static_cast<size_t>(n) * sizeof(cuda::CodedPageRow));
+    const size_t bytes = table_bytes + code_bytes;
+    std::shared_ptr<float[]> staging;
+    if (n > 0) {
+      staging = pool_->Get((bytes + 3) / 4);
+      if (staging == nullptr) {
+        return absl::ResourceExhaustedError("no pinned memory for codes");
+      }
+    }
+    auto* host = reinterpret_cast<uint8_t*>(staging.get());
+    const PagedLayer& p = caches_.layers[layer];
+    const cuda::PageTensor k = Tensor(caches_, p.keys, p.key_strides);
+    const cuda::PageTensor v = Tensor(caches_, p.values, p.value_strides);
+    absl::MutexLock lock(&mu_);
+    cudaError_t e = cudaSetDevice(caches_.cuda_device);
+    if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
+    if (n > 0) {
+      if (absl::Status st = EnsureScratchLocked(bytes); !st.ok()) return st;
+      // The table holds device addresses into the scratch copy.
+      auto* table = reinterpret_cast<cuda::CodedPageRow*>(host);
+      size_t at = table_bytes;
+      int64_t i = 0;
+      for (const CodedRows& r : rows) {
+        const uint8_t* dk = scratch_ + at;
+        std::memcpy(host + at, r.key_codes.data(), r.key_codes.size());
+        at += Align16(r.key_codes.size());
+        const uint8_t* dv = scratch_ + at;
+        std::memcpy(host + at, r.value_codes.data(), r.value_codes.size());
+        at += Align16(r.value_codes.size());
+        for (int64_t t = 0; t < r.n; ++t, ++i) {
+          const int64_t pos = r.t0 + t;
+          table[i].page = r.block_ids[pos / caches_.block_size];
+          table[i].slot = static_cast<int32_t>(pos % caches_.block_size);
+          table[i].token = {dk, dv, static_cast<int32_t>(t), pos};
+        }
+      }
+      e = cudaMemcpyAsync(scratch_, host, bytes, cudaMemcpyHostToDevice,
+                          stream_);
+      if (e != cudaSuccess) return CudaError("code upload", e);
+      e = cuda::LaunchVqDecodeToPages(
+          view_, layer, k, v,
+          reinterpret_cast<const cuda::CodedPageRow*>(scratch_), n, stream_);
+      if (e != cudaSuccess) return CudaError("decode launch", e);
+    }
+    return RecordLocked(std::move(staging));
   }
 
   absl::Status Wait(Event event) override {
@@ -248,6 +384,14 @@ class CudaKvDevice final : public KvDevice {
                                    caches_.head_dim, stream_);
     }
     if (e != cudaSuccess) return CudaError("KV page copy launch", e);
+    return RecordLocked(std::move(table_buf));
+  }
+
+  // Records the event of the operations enqueued so far in the next ring
+  // slot, which keeps `keep` (what they read) alive until it is reused.
+  absl::StatusOr<Event> RecordLocked(std::shared_ptr<float[]> keep)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    cudaError_t e = cudaSuccess;
     const Event ordinal = ++next_;
     Slot& s = ring_[ordinal % kRing];
     if (s.event == nullptr) {
@@ -264,8 +408,63 @@ class CudaKvDevice final : public KvDevice {
     e = cudaEventRecord(s.event, stream_);
     if (e != cudaSuccess) return CudaError("cudaEventRecord", e);
     s.ordinal = ordinal;
-    s.table = std::move(table_buf);
+    s.table = std::move(keep);
     return ordinal;
+  }
+
+  static size_t Align16(size_t n) { return (n + 15) & ~size_t{15}; }
+
+  // A device allocation of `bytes` holding `host` (when not null), owned by
+  // this device until it goes.
+  template <typename T>
+  absl::Status UploadLocked(const T* host, size_t bytes, T** out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot allocate ", bytes, " bytes on CUDA device ",
+          caches_.cuda_device, " for decoding: ", cudaGetErrorString(e)));
+    }
+    decode_memory_.push_back(p);
+    if (host != nullptr && bytes > 0) {
+      e = cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice);
+      if (e != cudaSuccess) return CudaError("decode table upload", e);
+    }
+    *out = static_cast<T*>(p);
+    return absl::OkStatus();
+  }
+  template <typename T>
+  absl::Status UploadVectorLocked(const std::vector<T>& v, const T** out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    T* p = nullptr;
+    absl::Status s = UploadLocked(v.data(), v.size() * sizeof(T), &p);
+    *out = p;
+    return s;
+  }
+
+  // Device scratch of at least `bytes` for the codes of one ScatterCoded.
+  // Earlier decodes read it in stream order, so growing it waits for them.
+  absl::Status EnsureScratchLocked(size_t bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (bytes <= scratch_bytes_) return absl::OkStatus();
+    const size_t grown = std::bit_ceil(std::max(bytes, size_t{1} << 20));
+    cudaError_t e = cudaStreamSynchronize(stream_);
+    if (e != cudaSuccess) return CudaError("KV device stream", e);
+    if (scratch_ != nullptr) cudaFree(scratch_);
+    scratch_ = nullptr;
+    scratch_bytes_ = 0;
+    e = cudaMalloc(reinterpret_cast<void**>(&scratch_), grown);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      scratch_ = nullptr;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot allocate ", grown, " bytes of code scratch on CUDA device ",
+          caches_.cuda_device));
+    }
+    scratch_bytes_ = grown;
+    return absl::OkStatus();
   }
 
   const PagedKvCaches caches_;
@@ -276,6 +475,14 @@ class CudaKvDevice final : public KvDevice {
   cudaEvent_t compute_mark_ = nullptr;  // recorded under mu_
   std::array<Slot, kRing> ring_ ABSL_GUARDED_BY(mu_);
   Event next_ ABSL_GUARDED_BY(mu_) = 0;
+  // Decoding (EnableDecode): the view with device pointers, the memory it
+  // points to, and the scratch the codes are copied into.
+  bool decode_ready_ ABSL_GUARDED_BY(mu_) = false;
+  int decode_layers_ = 0;  // written once, before decode_ready_
+  VqDecodeView view_;      // ditto
+  std::vector<void*> decode_memory_ ABSL_GUARDED_BY(mu_);
+  uint8_t* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;
+  size_t scratch_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace

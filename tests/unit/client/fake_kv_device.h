@@ -6,7 +6,9 @@
 // by SyncCompute(), which returns once every event the connector told the
 // compute stream to wait for is done (what the engine's kernels would wait
 // for). It also checks that the rows are staging it handed out, and can be
-// made to fail.
+// made to fail. It decodes codes (EnableDecode, ScatterCoded) with the
+// device kernel's host reference (kernels/vq_decode_element.h), rounding
+// into the pages as Scatter does.
 //
 // Thread safety: all methods may be called from any thread.
 #ifndef VQKV_TESTS_UNIT_CLIENT_FAKE_KV_DEVICE_H_
@@ -18,6 +20,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -30,6 +33,7 @@
 #include "absl/time/time.h"
 #include "client/kv_device.h"
 #include "client/paged_kv.h"
+#include "kernels/vq_decode_plan.h"
 
 namespace vqkv::client::testing {
 
@@ -68,6 +72,66 @@ class FakeKvDevice : public KvDevice {
   absl::StatusOr<Event> Scatter(int layer,
                                 absl::Span<const Rows> rows) override {
     return Submit(layer, rows, false);
+  }
+
+  absl::Status EnableDecode(const VqDecodePlan& plan) override {
+    absl::MutexLock lock(&mu_);
+    if (refuse_decode_) {
+      return absl::ResourceExhaustedError("fake device: no memory to decode");
+    }
+    plan_ = plan;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Event> ScatterCoded(
+      int layer, absl::Span<const CodedRows> rows) override {
+    absl::MutexLock lock(&mu_);
+    if (!plan_) {
+      return absl::FailedPreconditionError("ScatterCoded before EnableDecode");
+    }
+    if (fail_scatter_layer_ == layer) {
+      return absl::InternalError("fake device: coded scatter refused");
+    }
+    // The codes are copied now, as the contract says; the decode runs later.
+    struct Block {
+      std::vector<int32_t> ids;
+      int64_t t0, n;
+      std::vector<uint8_t> k, v;
+    };
+    std::vector<Block> blocks;
+    for (const CodedRows& r : rows) {
+      blocks.push_back(
+          {std::vector<int32_t>(r.block_ids.begin(), r.block_ids.end()), r.t0,
+           r.n, std::vector<uint8_t>(r.key_codes.begin(), r.key_codes.end()),
+           std::vector<uint8_t>(r.value_codes.begin(), r.value_codes.end())});
+    }
+    coded_scatters_ += static_cast<int>(rows.size());
+    queue_.push_back([this, layer, blocks = std::move(blocks)] {
+      const VqDecodeView view = plan_->view();
+      const int64_t row = int64_t{caches_.kv_heads} * caches_.head_dim;
+      for (const Block& b : blocks) {
+        std::vector<CodedToken> tokens(b.n);
+        for (int64_t t = 0; t < b.n; ++t) {
+          tokens[t] = {b.k.data(), b.v.data(), static_cast<int32_t>(t),
+                       b.t0 + t};
+        }
+        std::vector<float> k(b.n * row), v(b.n * row);
+        VqDecodeTokensRef(view, layer, tokens.data(), b.n, k.data(), v.data());
+        ScatterLayer(caches_, layer, b.ids, b.t0, b.n, k.data(), v.data());
+      }
+    });
+    return ++submitted_;
+  }
+
+  // EnableDecode fails (as a GPU without room for the codebooks would).
+  void RefuseDecode() {
+    absl::MutexLock lock(&mu_);
+    refuse_decode_ = true;
+  }
+  // Blocks handed to ScatterCoded so far (one per block and layer).
+  int coded_scatters() {
+    absl::MutexLock lock(&mu_);
+    return coded_scatters_;
   }
 
   absl::Status Wait(Event event) override {
@@ -199,6 +263,9 @@ class FakeKvDevice : public KvDevice {
   int order_after_compute_ ABSL_GUARDED_BY(mu_) = 0;
   int staging_handed_out_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<VqDecodePlan> plan_;  // set under mu_, then only read
+  bool refuse_decode_ ABSL_GUARDED_BY(mu_) = false;
+  int coded_scatters_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread worker_;
 };
 

@@ -5,6 +5,7 @@
 // cannot build it: it needs the client's Abseil and gRPC).
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "client/paged_kv.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_device.h"
+#include "kernels/rope.h"
 #include "tests/unit/client/client_test_util.h"
 #include "tests/unit/client/skip_without_gpu.h"
 
@@ -138,6 +140,69 @@ TEST(KvConnectorCudaTest, DevicePagesSaveAndLoadAsHostPagesDo) {
     EXPECT_EQ(dev2.Bytes(layer, true), host3.Bytes(layer, true));
     EXPECT_EQ(dev2.Bytes(layer, false), host3.Bytes(layer, false));
     EXPECT_EQ(host3.Bytes(layer, true), host1.Bytes(layer, true));
+  }
+}
+
+// decode_on_device on the GPU (kernels/cuda/paged_decode.cuh): a vq client
+// with pre-RoPE codebooks and an engine in rotate-half order loads into
+// device pages; they must hold what the host path loads into host pages
+// within one fp16 unit in the last place (the device computes each RoPE
+// angle directly, the host by recurrence), and every block but the
+// chain's first (its exact sink tokens) must have decoded on the GPU.
+TEST(KvConnectorCudaTest, LoadsDecodeOnTheGpuAsOnTheHost) {
+  SKIP_WITHOUT_GPU();
+  const KvLayout l = SmallLayout();
+  const testing::FittedVq vq =
+      testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
+  auto store = MemoryStore();
+  CacheClientOptions o = Options(32);
+  o.engine_key_pairs = RopePairs::kHalf;
+  o.decode_on_device = true;
+  auto c = CacheClient::Create(o, vq.codec, vq.file,
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::unique_ptr<CacheClient> client = *std::move(c);
+  const int n = 96;
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 3);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 4);
+  ASSERT_TRUE(client->Store(tokens, "", k.data(), v.data()).ok());
+  std::vector<int32_t> ids(kPages);
+  std::iota(ids.rbegin(), ids.rend(), 0);
+
+  Pages dev(true), host(false);
+  KvConnector on_gpu(client.get()), on_host(client.get());
+  ASSERT_TRUE(on_gpu.RegisterKvCaches(dev.Caches()).ok());
+  ASSERT_TRUE(on_host.RegisterKvCaches(host.Caches()).ok());
+  for (KvConnector* e : {&on_gpu, &on_host}) {
+    ASSERT_TRUE(e->StartLoad({LoadSpec{"r", tokens, "", ids, n}}).ok());
+    for (int layer = 0; layer < l.layers; ++layer) {
+      ASSERT_TRUE(e->WaitForLayerLoad(layer).ok());
+    }
+    EXPECT_TRUE(e->TakeLoadErrorBlockIds().empty());
+  }
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(on_gpu.stats().blocks_decoded_on_device, n / 32 - 1);
+  const size_t per_layer = size_t{n} * l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    for (bool keys : {true, false}) {
+      Pages got(false), want(false);
+      const std::vector<uint8_t> gb = dev.Bytes(layer, keys);
+      const std::vector<uint8_t> wb = host.Bytes(layer, keys);
+      std::vector<float> gf(per_layer), wf(per_layer), unused(per_layer);
+      std::memcpy((keys ? got.k : got.v)[layer], gb.data(), gb.size());
+      std::memcpy((keys ? want.k : want.v)[layer], wb.data(), wb.size());
+      GatherLayer(got.Caches(), layer, ids, 0, n,
+                  keys ? gf.data() : unused.data(),
+                  keys ? unused.data() : gf.data());
+      GatherLayer(want.Caches(), layer, ids, 0, n,
+                  keys ? wf.data() : unused.data(),
+                  keys ? unused.data() : wf.data());
+      for (size_t i = 0; i < per_layer; ++i) {
+        ASSERT_LE(std::fabs(gf[i] - wf[i]), (1e-3f + std::fabs(wf[i])) / 1024)
+            << "layer " << layer << (keys ? " key " : " value ") << i;
+      }
+    }
   }
 }
 

@@ -619,6 +619,126 @@ INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceTest,
                                             ::testing::Bool()),
                          LayoutName);
 
+// decode_on_device: a load's blocks go to the device as codes and are
+// decoded there (the fake runs the CUDA kernel's host reference), except a
+// chain's first block, whose exact sink tokens the host decodes. The pages
+// must hold what a host-page engine loads: values bit for bit, keys
+// (rotated back from pre-RoPE codebooks, in the engine's rotate-half
+// order) within one unit of the dtype's last place, since the device
+// computes each angle directly where the host uses a recurrence.
+class KvConnectorDeviceDecodeTest
+    : public ::testing::TestWithParam<std::tuple<DType, bool>> {};
+
+TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
+  const auto [dtype, hnd] = GetParam();
+  const KvLayout l = SmallLayout();
+  const testing::FittedVq vq =
+      testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
+  auto store = MemoryStore();
+  CacheClientOptions o = Options(32);
+  o.engine_key_pairs = RopePairs::kHalf;
+  o.decode_on_device = true;
+  auto c = CacheClient::Create(o, vq.codec, vq.file,
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::unique_ptr<CacheClient> client = *std::move(c);
+  const int n = 96;
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 3);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 4);
+  ASSERT_TRUE(client->Store(tokens, "", k.data(), v.data()).ok());
+
+  const std::vector<int32_t> ids = ShuffledPages(6);
+  Pages host(dtype, hnd);
+  KvConnector reference(client.get());
+  ASSERT_TRUE(reference.RegisterKvCaches(host.Caches()).ok());
+  ASSERT_TRUE(reference.StartLoad({LoadSpec{"h", tokens, "", ids, n}}).ok());
+  ASSERT_TRUE(reference.WaitForLayerLoad(l.layers - 1).ok());
+  ASSERT_TRUE(reference.TakeLoadErrorBlockIds().empty());
+  EXPECT_EQ(reference.stats().blocks_decoded_on_device, 0);
+
+  Pages pages(dtype, hnd);
+  KvConnector engine(client.get());
+  testing::FakeKvDevice* dev = nullptr;
+  ASSERT_TRUE(RegisterOnFakeDevice(&engine, &pages, &dev).ok());
+  ASSERT_TRUE(engine.StartLoad({LoadSpec{"d", tokens, "", ids, n}}).ok());
+  const float ulp = dtype == DType::kFloat32   ? 1e-5f
+                    : dtype == DType::kFloat16 ? 1.0f / 1024
+                                               : 1.0f / 128;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(engine.WaitForLayerLoad(layer).ok());
+    dev->SyncCompute();  // the layer's attention runs now
+    EXPECT_EQ(pages.v[layer], host.v[layer]) << "values of layer " << layer;
+    std::vector<float> got(n * l.kv_heads * l.head_dim), want(got.size()),
+        unused(got.size());
+    GatherLayer(pages.Caches(), layer, ids, 0, n, got.data(), unused.data());
+    GatherLayer(host.Caches(), layer, ids, 0, n, want.data(), unused.data());
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_NEAR(got[i], want[i], ulp * (1e-3f + std::fabs(want[i])))
+          << "layer " << layer << " key element " << i;
+    }
+  }
+  EXPECT_TRUE(engine.TakeLoadErrorBlockIds().empty());
+  EXPECT_EQ(engine.GetFinished().loaded, std::vector<std::string>{"d"});
+  // Blocks 1 and 2 on the device, for every layer; block 0 on the host.
+  EXPECT_EQ(dev->coded_scatters(), 2 * l.layers);
+  EXPECT_EQ(engine.stats().blocks_decoded_on_device, 2);
+  EXPECT_EQ(dev->bad_rows(), 0);
+
+  // A device that refuses the layer's decode fails the whole load.
+  Pages again(dtype, hnd);
+  KvConnector engine2(client.get());
+  testing::FakeKvDevice* dev2 = nullptr;
+  ASSERT_TRUE(RegisterOnFakeDevice(&engine2, &again, &dev2).ok());
+  dev2->FailScatterOfLayer(1);
+  ASSERT_TRUE(engine2.StartLoad({LoadSpec{"f", tokens, "", ids, n}}).ok());
+  ASSERT_TRUE(engine2.WaitForLayerLoad(l.layers - 1).ok());
+  EXPECT_EQ(engine2.TakeLoadErrorBlockIds(),
+            std::vector<int32_t>(ids.begin(), ids.begin() + n / kPageSize));
+  EXPECT_EQ(engine2.stats().blocks_decoded_on_device, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceDecodeTest,
+                         ::testing::Combine(::testing::Values(DType::kFloat16,
+                                                              DType::kBfloat16,
+                                                              DType::kFloat32),
+                                            ::testing::Bool()),
+                         LayoutName);
+
+// decode_on_device is refused, naming the option, when the codec cannot
+// decode on a device (fp16 blocks) or the device cannot take the codebooks.
+TEST(KvConnectorDeviceDecodeErrorsTest, RefusalsNameTheOption) {
+  CacheClientOptions o = Options(32);
+  o.decode_on_device = true;
+  EmbeddedClient fp16(o);
+  ASSERT_NE(fp16.client, nullptr);
+  Pages p(DType::kFloat16, false);
+  KvConnector engine(fp16.client.get());
+  testing::FakeKvDevice* dev = nullptr;
+  const absl::Status s = RegisterOnFakeDevice(&engine, &p, &dev);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  EXPECT_NE(s.message().find("decode_on_device"), std::string::npos) << s;
+
+  const testing::FittedVq vq = testing::FitVq(SmallLayout());
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(o, vq.codec, vq.file,
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  KvConnector engine2(c->get());
+  engine2.SetKvDeviceFactoryForTesting(
+      [](const PagedKvCaches& caches)
+          -> absl::StatusOr<std::unique_ptr<KvDevice>> {
+        auto d = std::make_unique<testing::FakeKvDevice>(caches);
+        d->RefuseDecode();
+        return d;
+      });
+  PagedKvCaches caches = p.Caches();
+  caches.device = Device::kCuda;
+  const absl::Status r = engine2.RegisterKvCaches(caches);
+  EXPECT_EQ(r.code(), absl::StatusCode::kResourceExhausted) << r;
+  EXPECT_NE(r.message().find("decode_on_device"), std::string::npos) << r;
+}
+
 // A device that fails: a refused copy into the pages fails every block of
 // the load (the pages may hold part of it); a refused copy out of them
 // drops the pass's saves, counted, and the next pass works.
