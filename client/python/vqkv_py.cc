@@ -129,7 +129,8 @@ std::unique_ptr<PyClient> MakeClient(
     const py::object& tls_key_file,
     const std::optional<std::string>& tls_server_name,
     unsigned tls_reload_seconds, int key_sketch_first_layer,
-    const std::string& key_pairs, int encode_cuda_device) {
+    const std::string& key_pairs, int encode_cuda_device,
+    bool decode_on_device) {
   client::ClientConfig config;
   config.server = server;
   config.replicas = replicas;
@@ -163,6 +164,7 @@ std::unique_ptr<PyClient> MakeClient(
   o.block_tokens = block_tokens;
   o.sink_tokens = sink_tokens;
   o.encode_cuda_device = encode_cuda_device;
+  o.decode_on_device = decode_on_device;
   if (key_pairs == "half") {
     o.engine_key_pairs = RopePairs::kHalf;
   } else if (key_pairs != "adjacent") {
@@ -248,6 +250,7 @@ PYBIND11_MODULE(vqkv, m) {
            py::arg("key_sketch_first_layer") = 0,
            py::arg("key_pairs") = "adjacent",
            py::arg("encode_cuda_device") = -1,
+           py::arg("decode_on_device") = false,
            "Opens a client. server: 'embedded' (in-memory store in this "
            "process), 'embedded:DIR' (with a disk tier in DIR), a "
            "vqkv-server 'host:port', or a cluster: 'host:port,host:port' or "
@@ -266,7 +269,8 @@ PYBIND11_MODULE(vqkv, m) {
            "SGLang); blocks are shared either way (docs/CLIENT.md \"Key "
            "position\"). encode_cuda_device: a CUDA device whose tensor "
            "cores run the vq searches of saves (-1: the CPU; needs a build "
-           "with CUDA).")
+           "with CUDA). decode_on_device: vq loads into CUDA pages decode "
+           "on the GPU (docs/CLIENT.md \"Decoding loads on the GPU\").")
       .def("hash_tokens", &vp::PyClient::HashTokens, py::arg("tokens"),
            py::arg("salt") = "",
            "Chain hashes (16-byte bytes) of the full blocks of `tokens`.")

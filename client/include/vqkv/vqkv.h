@@ -206,6 +206,14 @@ typedef struct vqkv_client_options {
    * Needs a build with CUDA (else vqkv_client_open fails, saying so). */
   int32_t encode_on_cuda;
   int32_t encode_cuda_device;
+
+  /* Added after `encode_cuda_device`. vq only: nonzero decodes loads into
+   * CUDA device pages on that GPU (the codes cross PCIe, not float rows);
+   * a chain's first block still decodes on the host. Registering CUDA
+   * pages fails with VQKV_UNIMPLEMENTED for codecs that cannot (fp16, a key
+   * sketch). Off by default: the kernel has not yet run on a GPU
+   * (docs/CLIENT.md, "Decoding loads on the GPU"). */
+  int32_t decode_on_device;
 } vqkv_client_options_t;
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,

@@ -602,6 +602,17 @@ class ConnectorTest(unittest.TestCase):
             self.assertIn("__cuda_array_interface__", str(cm.exception))
             conn.register_kv_caches(k, v)  # host pages still register
             conn.shutdown()
+        # decode_on_device reaches the client; host pages ignore it.
+        with make_client(decode_on_device=True) as c:
+            conn = vqkv.Connector(c)
+            with self.assertRaises(vqkv.Error) as cm:
+                conn.register_kv_caches([FakeCudaArray(a) for a in k],
+                                        [FakeCudaArray(a) for a in v],
+                                        cuda_stream=0)
+            self.assertIn(cm.exception.code_name,
+                          ("UNIMPLEMENTED", "FAILED_PRECONDITION"))
+            conn.register_kv_caches(k, v)
+            conn.shutdown()
 
 
 if __name__ == "__main__":
