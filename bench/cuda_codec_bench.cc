@@ -12,6 +12,10 @@
 // kernels' cost does not depend on the values. As a sanity check, the first
 // vectors' GPU codes (both encoders) are compared with the CPU encoder.
 //
+// After the quantizers it times a paged load of one LLaMA-3.1-8B layer
+// (RunPagedLoad below): the client's device decode against the float path
+// it replaces and the memcpy floor.
+//
 // --llama3-8b-128k instead encodes a whole 128k-token LLaMA-3.1-8B-shaped
 // cache on the tensor cores (32 layers x 8 KV heads = 33.5M key and as many
 // value vectors of 128 fp16 values; keys 56 x 1024, values 16 x 512), keys
@@ -24,6 +28,7 @@
 // scripts/bench.sh skip it on a CPU-only machine.
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -35,8 +40,11 @@
 #include "bench/cuda_check.h"
 #include "kernels/cpu/rvq_kernels.h"
 #include "kernels/cuda/cuda_device.h"
+#include "kernels/cuda/paged_copy.cuh"
+#include "kernels/cuda/paged_decode.cuh"
 #include "kernels/cuda/rvq_cuda.cuh"
 #include "kernels/fp16.h"
+#include "tests/testing/random_decode_view.h"
 
 namespace {
 
@@ -250,6 +258,164 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
   return true;
 }
 
+// A load of one LLaMA-3.1-8B layer into vLLM-style pages: 256 blocks of 16
+// tokens (4,096 tokens, 8 KV heads x 128), keys 56 x 1024 coded before
+// RoPE (rotated back on decode, written in rotate-half order) with key
+// gains, values 16 x 512, fp16 NHD pages of 16 slots out of order. Rows:
+// the client's device decode (LaunchVqDecodeToPages, codes on the device);
+// the code bytes' trip from pinned host memory over PCIe; the float path it
+// replaces on the GPU (LaunchPagedScatter from float32 rows in pinned,
+// mapped host memory); the host's part of the float path, the codeword sums
+// alone on one core (cpu::RvqDecode; the rotation comes on top); and the
+// device memcpy of the bytes the decode must move (codes in, fp16 out).
+bool RunPagedLoad(cudaStream_t stream, int reps) {
+  constexpr int kBlocks = 256, kBlockTokens = 16, kHeads = 8, kDim = 128;
+  constexpr int64_t kTokens = int64_t{kBlocks} * kBlockTokens;
+  constexpr int64_t kRow = int64_t{kHeads} * kDim;
+  vqkv::testing::RandomDecodeSpec spec;
+  spec.layers = 1;
+  spec.kv_heads = kHeads;
+  spec.head_dim = kDim;
+  spec.key_stages = 56;
+  spec.value_stages = 16;
+  spec.key_gains = true;
+  spec.rot_dims = kDim;
+  spec.engine_pairs = vqkv::kDecodeHalfPairs;
+  vqkv::testing::RandomDecodeView view(spec);
+  CHECK_CUDA(view.Upload());
+  const size_t kb = view.KeyBytes(kBlockTokens),
+               vb = view.ValueBytes(kBlockTokens);
+  const size_t code_bytes = kBlocks * (kb + vb);
+  std::mt19937 rng(17);
+  uint8_t* h_codes = nullptr;
+  CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&h_codes), code_bytes,
+                           cudaHostAllocDefault));
+  for (size_t i = 0; i < code_bytes; ++i)
+    h_codes[i] = static_cast<uint8_t>(rng());
+  uint8_t* d_codes = DeviceAlloc<uint8_t>(code_bytes);
+  CHECK_CUDA(cudaMemcpy(d_codes, h_codes, code_bytes, cudaMemcpyHostToDevice));
+  // Pages: one more page than needed, blocks placed in reverse order.
+  const size_t page_elems = size_t{kBlocks + 1} * kBlockTokens * kRow;
+  uint16_t* d_pk = DeviceAlloc<uint16_t>(page_elems);
+  uint16_t* d_pv = DeviceAlloc<uint16_t>(page_elems);
+  float* h_rows = nullptr;  // float32 rows for the float path
+  CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&h_rows),
+                           2 * kTokens * kRow * sizeof(float),
+                           cudaHostAllocMapped));
+  for (int64_t i = 0; i < 2 * kTokens * kRow; ++i) h_rows[i] = 0.01f * (i % 97);
+  if (!d_codes || !d_pk || !d_pv) {
+    std::fprintf(stderr, "cudaMalloc failed\n");
+    return false;
+  }
+  std::vector<vqkv::cuda::CodedPageRow> coded(kTokens);
+  std::vector<vqkv::cuda::PagedRow> plain(kTokens);
+  for (int b = 0; b < kBlocks; ++b) {
+    const uint8_t* k = d_codes + b * (kb + vb);
+    for (int t = 0; t < kBlockTokens; ++t) {
+      const int64_t i = int64_t{b} * kBlockTokens + t;
+      const int32_t page = kBlocks - b;
+      coded[i] = {page, t, {k, k + kb, t, i}};
+      plain[i] = {page, t, h_rows + i * kRow, h_rows + (kTokens + i) * kRow};
+    }
+  }
+  vqkv::cuda::CodedPageRow* d_coded =
+      DeviceAlloc<vqkv::cuda::CodedPageRow>(coded.size());
+  vqkv::cuda::PagedRow* d_plain =
+      DeviceAlloc<vqkv::cuda::PagedRow>(plain.size());
+  CHECK_CUDA(cudaMemcpy(d_coded, coded.data(), coded.size() * sizeof(coded[0]),
+                        cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(d_plain, plain.data(), plain.size() * sizeof(plain[0]),
+                        cudaMemcpyHostToDevice));
+  vqkv::cuda::PageTensor tk{
+      d_pk, vqkv::cuda::kPageF16, {kBlockTokens * kRow, kRow, kDim, 1}};
+  vqkv::cuda::PageTensor tv = tk;
+  tv.data = d_pv;
+
+  std::printf(
+      "\npaged load of one LLaMA-3.1-8B layer: %lld tokens (%d blocks "
+      "of %d), keys 56x1024 pre-RoPE with gains, values 16x512, fp16 "
+      "pages; %zu code bytes (fp16: %lld)\n",
+      static_cast<long long>(kTokens), kBlocks, kBlockTokens, code_bytes,
+      static_cast<long long>(2 * kTokens * kRow * 2));
+  std::printf("%-44s %10s %14s\n", "op", "ms/layer", "tokens/s");
+  auto row = [&](const char* op, double ms) {
+    std::printf("%-44s %10.3f %14.4g\n", op, ms, kTokens / (ms * 1e-3));
+  };
+  double ms = 0;
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            return vqkv::cuda::LaunchVqDecodeToPages(view.device(), 0, tk, tv,
+                                                     d_coded, kTokens, stream);
+          },
+          &ms)) {
+    return false;
+  }
+  row("decode codes into pages (GPU)", ms);
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            return cudaMemcpyAsync(d_codes, h_codes, code_bytes,
+                                   cudaMemcpyHostToDevice, stream);
+          },
+          &ms)) {
+    return false;
+  }
+  row("codes host -> device (pinned, PCIe)", ms);
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            return vqkv::cuda::LaunchPagedScatter(tk, tv, d_plain, kTokens,
+                                                  kHeads, kDim, stream);
+          },
+          &ms)) {
+    return false;
+  }
+  row("float path: scatter from mapped host rows", ms);
+  const size_t floor_bytes = code_bytes + size_t{2} * kTokens * kRow * 2;
+  uint8_t* d_floor = DeviceAlloc<uint8_t>(2 * floor_bytes);
+  if (d_floor == nullptr) return false;
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            return cudaMemcpyAsync(d_floor, d_floor + floor_bytes, floor_bytes,
+                                   cudaMemcpyDeviceToDevice, stream);
+          },
+          &ms)) {
+    return false;
+  }
+  row("memcpy of codes + fp16 pages (floor)", ms);
+  // The host's codeword sums for the same layer, one core, as unpacked
+  // codes (the unpacking and the rotation come on top).
+  std::vector<uint16_t> kcodes(kTokens * kHeads * 56),
+      vcodes(kTokens * kHeads * 16);
+  for (auto& c : kcodes) c = static_cast<uint16_t>(rng() % 1024);
+  for (auto& c : vcodes) c = static_cast<uint16_t>(rng() % 512);
+  std::vector<float> kcb(size_t{56} * 1024 * kDim),
+      vcb(size_t{16} * 512 * kDim);
+  for (auto& x : kcb) x = 0.01f * static_cast<float>(rng() % 100);
+  for (auto& x : vcb) x = 0.01f * static_cast<float>(rng() % 100);
+  std::vector<float> out(kTokens * kRow);
+  const auto t0 = std::chrono::steady_clock::now();
+  vqkv::cpu::RvqDecode(kcodes.data(), kTokens * kHeads, 56, kcb.data(), 1024,
+                       kDim, out.data());
+  vqkv::cpu::RvqDecode(vcodes.data(), kTokens * kHeads, 16, vcb.data(), 512,
+                       kDim, out.data());
+  const double cpu_ms = std::chrono::duration<double, std::milli>(
+                            std::chrono::steady_clock::now() - t0)
+                            .count();
+  row("float path: host codeword sums (1 core)", cpu_ms);
+  cudaFree(d_floor);
+  cudaFree(d_coded);
+  cudaFree(d_plain);
+  cudaFree(d_codes);
+  cudaFree(d_pk);
+  cudaFree(d_pv);
+  cudaFreeHost(h_codes);
+  cudaFreeHost(h_rows);
+  return true;
+}
+
 // The whole 128k-token cache of a LLaMA-3.1-8B-shaped model (32 layers x 8
 // KV heads x head_dim 128), fp16, encoded on the tensor cores: keys at
 // 56 x 1024, then values at 16 x 512, one launch each. The input repeats a
@@ -406,6 +572,7 @@ int main(int argc, char** argv) {
   for (const Quantizer& q : quantizers) {
     if (!Run(q, n, static_cast<int>(reps), check, stream)) return 1;
   }
+  if (!RunPagedLoad(stream, static_cast<int>(reps))) return 1;
   cudaStreamDestroy(stream);
   return 0;
 }

@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,142 +14,33 @@
 #include "kernels/cuda/paged_decode.cuh"
 #include "kernels/vq_decode_element.h"
 #include "tests/testing/mini_test.h"
+#include "tests/testing/random_decode_view.h"
 #include "tests/unit/kernels/cuda/cuda_test_util.h"
 #include "tests/unit/kernels/cuda/host_pages.h"
 
 namespace vqkv::cuda {
 namespace {
 
-constexpr int kLayers = 2, kHeads = 3, kDim = 64;
+constexpr int kHeads = 3, kDim = 64;
 
-// A decode view over random codebooks, with host and device copies of every
-// array: two key groups (the "rotate half" split: frequency pairs [0, 16)
-// high, the rest low), per-head quantizers, key gains, and keys rotated by
-// RoPE in half layout over 48 dims, written in adjacent layout; or, with
-// `plain`, one group, shared quantizers, no gains and no rotation, written
-// in half layout (the reorder alone).
-struct RandomView {
-  VqDecodeView host, device;
-  std::vector<int32_t> dim_group, dim_index;
-  std::vector<std::vector<float>> books;  // key quantizers, then values
-  std::vector<const float*> host_keys, host_values;
-  std::vector<float> gains;
-  std::vector<double> inv_freq;
-  // Device copies.
-  std::vector<std::unique_ptr<DeviceBuffer<float>>> d_books;
-  std::unique_ptr<DeviceBuffer<const float*>> d_keys, d_values;
-  std::unique_ptr<DeviceBuffer<int32_t>> d_group, d_index;
-  std::unique_ptr<DeviceBuffer<float>> d_gains;
-  std::unique_ptr<DeviceBuffer<double>> d_freq;
-
-  explicit RandomView(bool plain) {
-    std::mt19937 rng(plain ? 21 : 22);
-    VqDecodeView& w = host;
-    w.kv_heads = kHeads;
-    w.head_dim = kDim;
-    w.slots = plain ? 1 : kHeads;
-    w.key_groups = plain ? 1 : 2;
-    w.key_bits = 10;
-    w.value_bits = 9;
-    w.key_stages = 28;
-    w.value_stages = 8;
-    dim_group.resize(kDim);
-    dim_index.resize(kDim);
-    if (plain) {
-      w.group_stages[0] = 28;
-      w.group_dims[0] = kDim;
-      for (int d = 0; d < kDim; ++d) dim_group[d] = 0, dim_index[d] = d;
-    } else {
-      w.group_stages[0] = 14;
-      w.group_stages[1] = 14;
-      w.group_offset[1] = 14;
-      int count[2] = {0, 0};
-      for (int d = 0; d < kDim; ++d) {
-        const int g = (d % (kDim / 2)) < kDim / 4 ? 0 : 1;
-        dim_group[d] = g;
-        dim_index[d] = count[g]++;
-      }
-      w.group_dims[0] = count[0];
-      w.group_dims[1] = count[1];
-    }
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    auto book = [&](int stages, int bits, int dims) {
-      std::vector<float> b(static_cast<size_t>(stages) << bits);
-      b.resize(b.size() * dims);
-      for (float& x : b) x = 0.3f * normal(rng);
-      books.push_back(std::move(b));
-    };
-    for (int l = 0; l < kLayers; ++l)
-      for (int s = 0; s < w.slots; ++s)
-        for (int g = 0; g < w.key_groups; ++g)
-          book(w.group_stages[g], w.key_bits, w.group_dims[g]);
-    const size_t key_books = books.size();
-    for (int l = 0; l < kLayers; ++l)
-      for (int s = 0; s < w.slots; ++s)
-        book(w.value_stages, w.value_bits, kDim);
-    for (size_t i = 0; i < books.size(); ++i) {
-      (i < key_books ? host_keys : host_values).push_back(books[i].data());
-    }
-    if (!plain) {
-      gains.resize(static_cast<size_t>(kLayers) * kHeads * (1 + kDim));
-      for (size_t i = 0; i < gains.size(); ++i) {
-        gains[i] = i % (1 + kDim) == 0 ? 1.0f + 0.1f * static_cast<float>(i % 7)
-                                       : 0.5f * normal(rng);
-      }
-      w.rotate = 1;
-      w.rot_dims = 48;
-      w.block_pairs = kDecodeHalfPairs;
-      w.engine_pairs = kDecodeAdjacentPairs;
-      for (int i = 0; i < w.rot_dims / 2; ++i) {
-        inv_freq.push_back(std::pow(10000.0, -2.0 * i / w.rot_dims));
-      }
-    } else {
-      w.rot_dims = kDim;
-      w.engine_pairs = kDecodeHalfPairs;
-    }
-    w.dim_group = dim_group.data();
-    w.dim_index = dim_index.data();
-    w.key_codebooks = host_keys.data();
-    w.value_codebooks = host_values.data();
-    w.key_gains = gains.empty() ? nullptr : gains.data();
-    w.inv_freq = inv_freq.empty() ? nullptr : inv_freq.data();
+// Two views: two key groups (the "rotate half" split), per-head codebooks,
+// key gains, and keys rotated by RoPE in half order over 48 of 64 dims,
+// written in adjacent order; or (`plain`) one group, shared codebooks, no
+// gains and no rotation, written in half order (the pair reorder alone).
+testing::RandomDecodeSpec Spec(bool plain) {
+  testing::RandomDecodeSpec s;
+  s.kv_heads = kHeads;
+  s.head_dim = kDim;
+  s.seed = plain ? 21 : 22;
+  if (plain) {
+    s.engine_pairs = kDecodeHalfPairs;
+  } else {
+    s.split = s.per_head = s.key_gains = true;
+    s.rot_dims = 48;
+    s.block_pairs = kDecodeHalfPairs;
   }
-
-  cudaError_t Upload() {
-    std::vector<const float*> dk, dv;
-    for (size_t i = 0; i < books.size(); ++i) {
-      d_books.push_back(std::make_unique<DeviceBuffer<float>>(books[i].size()));
-      if (cudaError_t e = d_books.back()->Upload(books[i]); e != cudaSuccess) {
-        return e;
-      }
-      (i < host_keys.size() ? dk : dv).push_back(d_books.back()->get());
-    }
-    d_keys = std::make_unique<DeviceBuffer<const float*>>(dk.size());
-    d_values = std::make_unique<DeviceBuffer<const float*>>(dv.size());
-    d_group = std::make_unique<DeviceBuffer<int32_t>>(kDim);
-    d_index = std::make_unique<DeviceBuffer<int32_t>>(kDim);
-    cudaError_t e = d_keys->Upload(dk);
-    if (e == cudaSuccess) e = d_values->Upload(dv);
-    if (e == cudaSuccess) e = d_group->Upload(dim_group);
-    if (e == cudaSuccess) e = d_index->Upload(dim_index);
-    device = host;
-    device.dim_group = d_group->get();
-    device.dim_index = d_index->get();
-    device.key_codebooks = d_keys->get();
-    device.value_codebooks = d_values->get();
-    if (!gains.empty()) {
-      d_gains = std::make_unique<DeviceBuffer<float>>(gains.size());
-      if (e == cudaSuccess) e = d_gains->Upload(gains);
-      device.key_gains = d_gains->get();
-    }
-    if (!inv_freq.empty()) {
-      d_freq = std::make_unique<DeviceBuffer<double>>(inv_freq.size());
-      if (e == cudaSuccess) e = d_freq->Upload(inv_freq);
-      device.inv_freq = d_freq->get();
-    }
-    return e;
-  }
-};
+  return s;
+}
 
 // Three blocks of 32 tokens (random code bytes: every value is a valid code
 // at these widths) decoded for layer 1 into pages of 16 slots, out of page
@@ -160,19 +50,12 @@ struct RandomView {
 void CheckDecode(bool plain, int32_t dtype, bool hnd) {
   SCOPED_TRACE(std::string(plain ? "plain" : "split+gains+rope") + " dtype " +
                std::to_string(dtype) + (hnd ? " HND" : " NHD"));
-  RandomView view(plain);
+  testing::RandomDecodeView view(Spec(plain));
   ASSERT_CUDA(view.Upload());
   constexpr int kBlocks = 3, kTokens = 32, kSlots = 16, kLayer = 1;
   const int64_t pages = 8;
-  const size_t key_bytes =
-      (int64_t{kTokens} * kHeads * view.host.key_stages * view.host.key_bits +
-       7) /
-      8;
-  const size_t value_bytes =
-      (int64_t{kTokens} * kHeads * view.host.value_stages *
-           view.host.value_bits +
-       7) /
-      8;
+  const size_t key_bytes = view.KeyBytes(kTokens);
+  const size_t value_bytes = view.ValueBytes(kTokens);
   std::mt19937 rng(5);
   std::vector<uint8_t> codes(kBlocks * (key_bytes + value_bytes));
   for (uint8_t& b : codes) b = static_cast<uint8_t>(rng());
@@ -195,7 +78,7 @@ void CheckDecode(bool plain, int32_t dtype, bool hnd) {
   }
   const int64_t n = static_cast<int64_t>(d_rows_host.size());
   std::vector<float> want_k(n * kHeads * kDim), want_v(want_k.size());
-  VqDecodeTokensRef(view.host, kLayer, ref_rows.data(), n, want_k.data(),
+  VqDecodeTokensRef(view.host(), kLayer, ref_rows.data(), n, want_k.data(),
                     want_v.data());
 
   HostPages k(dtype, pages, kSlots, kHeads, kDim, hnd);
@@ -207,7 +90,7 @@ void CheckDecode(bool plain, int32_t dtype, bool hnd) {
   ASSERT_CUDA(d_rows.Upload(d_rows_host));
   PageTensor tk{dk.get(), dtype, {}}, tv{dv.get(), dtype, {}};
   for (int i = 0; i < 4; ++i) tk.strides[i] = tv.strides[i] = k.strides[i];
-  ASSERT_CUDA(LaunchVqDecodeToPages(view.device, kLayer, tk, tv, d_rows.get(),
+  ASSERT_CUDA(LaunchVqDecodeToPages(view.device(), kLayer, tk, tv, d_rows.get(),
                                     n, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
   HostPages gk = k, gv = v;
@@ -253,8 +136,8 @@ TEST(PagedDecodeCudaTest, MatchesTheHostReferenceForEveryDtypeAndLayout) {
 
 TEST(PagedDecodeCudaTest, EmptyIsANoOpAndBadArgumentsAreRejected) {
   // Argument checks come before any device call, so they run without a GPU.
-  RandomView view(true);
-  const VqDecodeView& w = view.host;  // pointers are not dereferenced
+  testing::RandomDecodeView view(Spec(true));
+  const VqDecodeView& w = view.host();  // pointers are not dereferenced
   PageTensor t{reinterpret_cast<void*>(16), kPageF16, {1, 1, 1, 1}};
   const CodedPageRow* rows = reinterpret_cast<const CodedPageRow*>(16);
   EXPECT_EQ(LaunchVqDecodeToPages(w, 0, t, t, nullptr, 0, nullptr),
