@@ -52,9 +52,12 @@ struct VqDecodeView {
   int32_t group_stages[kMaxDecodeKeyGroups] = {0, 0};
   int32_t group_offset[kMaxDecodeKeyGroups] = {0, 0};  // stage of group g
   int32_t group_dims[kMaxDecodeKeyGroups] = {0, 0};
-  // [head_dim]: which group a head dimension is in, and its index there.
+  // [head_dim]: which group a head dimension is in, and its index there;
+  // and the inverse, [group_dims[g]]: the head dimension of each index
+  // (for encoding, kernels/vq_encode_element.h).
   const int32_t* dim_group = nullptr;
   const int32_t* dim_index = nullptr;
+  const int32_t* group_dim[kMaxDecodeKeyGroups] = {nullptr, nullptr};
   // [layers * slots * key_groups] and [layers * slots]: each quantizer's
   // codebooks, [stages][K][dims] floats.
   const float* const* key_codebooks = nullptr;

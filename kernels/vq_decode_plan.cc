@@ -50,6 +50,7 @@ absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
     for (size_t i = 0; i < groups[g].size(); ++i) {
       p.dim_group[groups[g][i]] = static_cast<int32_t>(g);
       p.dim_index[groups[g][i]] = static_cast<int32_t>(i);
+      p.group_dim[g].push_back(groups[g][i]);
     }
   }
   for (int l = 0; l < layout.layers; ++l) {
@@ -113,6 +114,9 @@ VqDecodeView VqDecodePlan::view() const {
   VqDecodeView w = shape;
   w.dim_group = dim_group.data();
   w.dim_index = dim_index.data();
+  for (int g = 0; g < kMaxDecodeKeyGroups; ++g) {
+    w.group_dim[g] = group_dim[g].empty() ? nullptr : group_dim[g].data();
+  }
   w.key_codebooks = key_codebooks.data();
   w.value_codebooks = value_codebooks.data();
   w.key_gains = key_gains.empty() ? nullptr : key_gains.data();

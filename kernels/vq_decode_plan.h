@@ -9,7 +9,8 @@
 // A plan refers to the codec's codebooks (it does not copy them): it is
 // valid as long as the codec lives and is not refitted. view() is the host
 // form (VqDecodeView, kernels/vq_decode_element.h); a device makes its own
-// by uploading codebooks(), dim_group, dim_index, key_gains and inv_freq.
+// by uploading codebooks(), dim_group, dim_index, group_dim, key_gains and
+// inv_freq.
 //
 // What a plan cannot express is refused when it is made: a codec with a key
 // sketch (its correction is a random projection per vector; the CPU adds it)
@@ -35,7 +36,8 @@ struct VqDecodePlan {
   int layers = 0;
   // The scalars of view(); its pointers are filled by view().
   VqDecodeView shape;
-  std::vector<int32_t> dim_group, dim_index;  // [head_dim]
+  std::vector<int32_t> dim_group, dim_index;            // [head_dim]
+  std::vector<int32_t> group_dim[kMaxDecodeKeyGroups];  // [group_dims[g]]
   std::vector<const float*> key_codebooks;    // [layers][slots][groups]
   std::vector<const float*> value_codebooks;  // [layers][slots]
   std::vector<size_t> key_codebook_floats;    // sizes of the above

@@ -1,5 +1,6 @@
 #include "kernels/vq_decode_plan.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -10,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "kernels/bitpack.h"
 #include "kernels/rope.h"
+#include "kernels/vq_layer_encode.h"
 #include "tests/testing/random_vq_codec.h"
 
 namespace vqkv {
@@ -124,6 +126,79 @@ TEST(VqDecodePlanTest, MatchesTheCpuDecodeRotationAndReorder) {
         ASSERT_EQ(got_v[i], want_v[i]) << "layer " << layer << " value " << i;
         ASSERT_NEAR(got_k[i], want_k[i], 1e-5f * (1.0f + std::fabs(want_k[i])))
             << "layer " << layer << " key element " << i;
+      }
+    }
+  }
+}
+
+// The encode reference (the device encode's arithmetic) against the
+// client's CPU path: keys reordered into the blocks' pair order and
+// un-rotated token by token (Rope::Invert), then VqCodec::Encode. Two
+// blocks of different lengths in one batch; every layer slice byte for byte.
+TEST(VqLayerEncodeTest, MatchesTheCpuReorderRotationAndEncode) {
+  const int64_t kTokens[2] = {16, 32};
+  const int64_t kFirstPosition[2] = {0, 7 * 32};
+  for (const Case& c : Cases()) {
+    SCOPED_TRACE(c.name);
+    auto codec = RandomVqCodec(c.spec, 13);
+    ASSERT_TRUE(codec.ok()) << codec.status();
+    auto plan = MakeVqDecodePlan(**codec, c.rope, c.engine_pairs);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const KvLayout& l = (*codec)->layout();
+    const int64_t row = int64_t{l.kv_heads} * l.head_dim;
+    const RopePairs block_pairs = c.rope ? c.rope->pairs : RopePairs::kAdjacent;
+    const int rot_dims = c.rope ? c.rope->rot_dims : l.head_dim;
+    std::mt19937 rng(9);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (int layer = 0; layer < l.layers; ++layer) {
+      std::vector<float> keys[2], values[2];
+      std::vector<uint8_t> got_k[2], got_v[2];
+      std::vector<LayerBlockToEncode> batch;
+      const VqDecodePlan::LayerSlices s0 = plan->Slices(kTokens[0], layer);
+      const VqDecodePlan::LayerSlices s1 = plan->Slices(kTokens[1], layer);
+      const VqDecodePlan::LayerSlices* slices[2] = {&s0, &s1};
+      for (int b = 0; b < 2; ++b) {
+        keys[b].resize(kTokens[b] * row);
+        values[b].resize(kTokens[b] * row);
+        for (float& x : keys[b]) x = normal(rng);
+        for (float& x : values[b]) x = normal(rng);
+        got_k[b].assign(slices[b]->key_bytes, 0xee);
+        got_v[b].assign(slices[b]->value_bytes, 0xee);
+        batch.push_back({keys[b].data(), values[b].data(), kTokens[b],
+                         kFirstPosition[b], got_k[b].data(), got_v[b].data()});
+      }
+      ASSERT_TRUE(VqEncodeLayerRef(**codec, *plan, layer, batch).ok());
+      for (int b = 0; b < 2; ++b) {
+        // The CPU path: every layer of the block (this one placed at
+        // `layer`, the others zero), prepared as the client prepares keys.
+        std::vector<float> k(l.layers * kTokens[b] * row, 0.0f), v(k.size());
+        float* kl = k.data() + layer * kTokens[b] * row;
+        std::copy(keys[b].begin(), keys[b].end(), kl);
+        std::copy(values[b].begin(), values[b].end(),
+                  v.data() + layer * kTokens[b] * row);
+        ReorderRopePairs(kl, kTokens[b] * l.kv_heads, l.head_dim, rot_dims,
+                         c.engine_pairs, block_pairs);
+        if (c.rope) {
+          const Rope rope(l.head_dim, *c.rope);
+          for (int64_t t = 0; t < kTokens[b]; ++t) {
+            rope.Invert(kl + t * row, l.kv_heads, kFirstPosition[b] + t);
+          }
+        }
+        std::vector<uint8_t> payload((*codec)->EncodedBytes(kTokens[b]));
+        ASSERT_TRUE((*codec)
+                        ->Encode(k.data(), v.data(), kTokens[b], payload.data(),
+                                 payload.size())
+                        .ok());
+        const VqDecodePlan::LayerSlices& s = *slices[b];
+        EXPECT_EQ(got_k[b], std::vector<uint8_t>(
+                                payload.begin() + s.key_offset,
+                                payload.begin() + s.key_offset + s.key_bytes))
+            << "layer " << layer << " block " << b << " keys";
+        EXPECT_EQ(got_v[b],
+                  std::vector<uint8_t>(
+                      payload.begin() + s.value_offset,
+                      payload.begin() + s.value_offset + s.value_bytes))
+            << "layer " << layer << " block " << b << " values";
       }
     }
   }

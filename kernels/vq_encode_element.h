@@ -1,0 +1,163 @@
+// The element functions of a VqCodec encode of one layer straight from an
+// engine's KV (the inverse of kernels/vq_decode_element.h), shared by the
+// host reference below and the CUDA kernels of kernels/cuda/paged_encode.cuh,
+// so host tests check the kernels' arithmetic.
+//
+// A layer of a batch of blocks is encoded in three steps:
+//   1. inputs: every quantizer job's rows (VqEncodeInput): key dimensions
+//      read from the engine's post-RoPE keys in its pair order, moved into
+//      the blocks' order and un-rotated for codebooks of pre-RoPE keys
+//      (VqPrepareKeyDim), gathered per key group; values as they are;
+//   2. greedy RVQ codes of each job (the CPU's ResidualQuantizer or the
+//      tensor cores);
+//   3. packing (VqPackedKeyByte / VqPackedValueByte): each block's slice of
+//      its payload's K and V sections for the layer, in the payload's order
+//      (kernels/vq_codec.h: [token][kv_head][group][stage], PackBits).
+//
+// Jobs of a layer (VqEncodeJobCount): for slot s (a kv head when codebooks
+// are per head, else the one slot 0), its key groups s * key_groups + g,
+// then the value jobs key_jobs + s. A job's rows are the batch's tokens
+// (per head) or its (token, head) vectors in that order (shared codebooks);
+// tokens are the concatenation of the blocks' tokens.
+//
+// Un-rotation computes each angle directly in double, as Rope::Invert does
+// (not Rope::InvertBlock's recurrence), so the host reference gives the
+// same floats as the client's CPU path with Rope::Invert.
+//
+// Header only, no dependencies: nvcc compiles it into the kernels.
+#ifndef VQKV_KERNELS_VQ_ENCODE_ELEMENT_H_
+#define VQKV_KERNELS_VQ_ENCODE_ELEMENT_H_
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/vq_decode_element.h"
+
+namespace vqkv {
+
+VQKV_HD inline int VqEncodeJobCount(const VqDecodeView& w) {
+  return w.slots * (w.key_groups + 1);
+}
+VQKV_HD inline int VqEncodeKeyJobs(const VqDecodeView& w) {
+  return w.slots * w.key_groups;
+}
+// Rows of every job for `tokens` tokens.
+VQKV_HD inline int64_t VqEncodeJobRows(const VqDecodeView& w, int64_t tokens) {
+  return w.slots == 1 ? tokens * w.kv_heads : tokens;
+}
+// Dimensions and stages of job j.
+VQKV_HD inline int VqEncodeJobDims(const VqDecodeView& w, int j) {
+  return j < VqEncodeKeyJobs(w) ? w.group_dims[j % w.key_groups] : w.head_dim;
+}
+VQKV_HD inline int VqEncodeJobStages(const VqDecodeView& w, int j) {
+  return j < VqEncodeKeyJobs(w) ? w.group_stages[j % w.key_groups]
+                                : w.value_stages;
+}
+
+// Block-layout dimension d of a key before coding, from the engine's key
+// (engine(e): its dimension e, post-RoPE, in engine pair order) at `pos`.
+template <typename EngineKey>
+VQKV_HD inline float VqPrepareKeyDim(const VqDecodeView& w, EngineKey engine,
+                                     int64_t pos, int d) {
+  if (d >= w.rot_dims) return engine(d);
+  const int pairs = w.rot_dims / 2;
+  int i, side;
+  if (w.block_pairs == kDecodeAdjacentPairs) {
+    i = d / 2;
+    side = d % 2;
+  } else {
+    i = d % pairs;
+    side = d / pairs;
+  }
+  const int ea = w.engine_pairs == kDecodeAdjacentPairs ? 2 * i : i;
+  const int eb = w.engine_pairs == kDecodeAdjacentPairs ? 2 * i + 1 : i + pairs;
+  if (!w.rotate) return engine(side ? eb : ea);
+  const float ya = engine(ea);
+  const float yb = engine(eb);
+  const double angle = static_cast<double>(pos) * w.inv_freq[i];
+  const float c = static_cast<float>(cos(angle));
+  const float s = -static_cast<float>(sin(angle));
+  // Rope::Invert: (a, b) -> (a c - b s, a s + b c) with s = -sin.
+  return side ? ya * s + yb * c : ya * c - yb * s;
+}
+
+// One token's engine key as VqPrepareKeyDim reads it.
+template <typename Kv>
+struct VqTokenKey {
+  Kv kv;
+  int64_t token;
+  int head;
+  VQKV_HD float operator()(int e) const { return kv(token, head, e, false); }
+};
+
+// Element i of row r of job j. kv(token, head, e, value) reads the engine's
+// key (value when `value`) dimension e of a token of the batch; pos(token)
+// is its position.
+template <typename Kv, typename Pos>
+VQKV_HD inline float VqEncodeInput(const VqDecodeView& w, int j, int64_t r,
+                                   int i, Kv kv, Pos pos) {
+  const int key_jobs = VqEncodeKeyJobs(w);
+  const int slot = j < key_jobs ? j / w.key_groups : j - key_jobs;
+  const int64_t token = w.slots == 1 ? r / w.kv_heads : r;
+  const int head = w.slots == 1 ? static_cast<int>(r % w.kv_heads) : slot;
+  if (j >= key_jobs) return kv(token, head, i, true);
+  const int d = w.group_dim[j % w.key_groups][i];
+  return VqPrepareKeyDim(w, VqTokenKey<Kv>{kv, token, head}, pos(token), d);
+}
+
+// Byte `byte` of one block's packed K slice of the layer: the block holds
+// the batch's tokens [first_token, first_token + tokens); codes[j] are job
+// j's codes, [rows][stages].
+VQKV_HD inline uint8_t VqPackedKeyByte(const VqDecodeView& w,
+                                       const uint16_t* const* codes,
+                                       int64_t first_token, int64_t tokens,
+                                       int64_t byte) {
+  const int64_t n = tokens * w.kv_heads * w.key_stages;
+  uint32_t out = 0;
+  for (int bit = 0; bit < 8; ++bit) {
+    const int64_t b = byte * 8 + bit;
+    const int64_t i = b / w.key_bits;
+    if (i >= n) break;
+    const int64_t v = i / w.key_stages;
+    int stage = static_cast<int>(i - v * w.key_stages);
+    const int64_t token = first_token + v / w.kv_heads;
+    const int head = static_cast<int>(v % w.kv_heads);
+    int g = 0;
+    while (g + 1 < w.key_groups && stage >= w.group_offset[g + 1]) ++g;
+    stage -= w.group_offset[g];
+    const int slot = w.slots == 1 ? 0 : head;
+    const int64_t row = w.slots == 1 ? token * w.kv_heads + head : token;
+    const uint32_t code =
+        codes[slot * w.key_groups + g][row * w.group_stages[g] + stage];
+    out |= ((code >> (b - i * w.key_bits)) & 1u) << bit;
+  }
+  return static_cast<uint8_t>(out);
+}
+
+// The same for the V slice.
+VQKV_HD inline uint8_t VqPackedValueByte(const VqDecodeView& w,
+                                         const uint16_t* const* codes,
+                                         int64_t first_token, int64_t tokens,
+                                         int64_t byte) {
+  const int64_t n = tokens * w.kv_heads * w.value_stages;
+  uint32_t out = 0;
+  for (int bit = 0; bit < 8; ++bit) {
+    const int64_t b = byte * 8 + bit;
+    const int64_t i = b / w.value_bits;
+    if (i >= n) break;
+    const int64_t v = i / w.value_stages;
+    const int stage = static_cast<int>(i - v * w.value_stages);
+    const int64_t token = first_token + v / w.kv_heads;
+    const int head = static_cast<int>(v % w.kv_heads);
+    const int slot = w.slots == 1 ? 0 : head;
+    const int64_t row = w.slots == 1 ? token * w.kv_heads + head : token;
+    const uint32_t code =
+        codes[VqEncodeKeyJobs(w) + slot][row * w.value_stages + stage];
+    out |= ((code >> (b - i * w.value_bits)) & 1u) << bit;
+  }
+  return static_cast<uint8_t>(out);
+}
+
+}  // namespace vqkv
+
+#endif  // VQKV_KERNELS_VQ_ENCODE_ELEMENT_H_

@@ -1,0 +1,98 @@
+#include "kernels/vq_layer_encode.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/vq_encode_element.h"
+
+namespace vqkv {
+namespace {
+
+// The batch's tokens as one array, as VqEncodeInput reads them.
+struct BatchKv {
+  const std::vector<const LayerBlockToEncode*>* block_of;  // per token
+  const std::vector<int64_t>* index_in;                    // per token
+  int heads, dim;
+
+  float operator()(int64_t token, int head, int e, bool value) const {
+    const LayerBlockToEncode& b = *(*block_of)[token];
+    const int64_t at = ((*index_in)[token] * heads + head) * dim + e;
+    return (value ? b.values : b.keys)[at];
+  }
+};
+
+struct BatchPos {
+  const std::vector<const LayerBlockToEncode*>* block_of;
+  const std::vector<int64_t>* index_in;
+
+  int64_t operator()(int64_t token) const {
+    return (*block_of)[token]->first_position + (*index_in)[token];
+  }
+};
+
+}  // namespace
+
+absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
+                              int layer,
+                              absl::Span<const LayerBlockToEncode> blocks) {
+  const VqDecodeView w = plan.view();
+  if (layer < 0 || layer >= plan.layers) {
+    return absl::InvalidArgumentError(absl::StrCat("no layer ", layer));
+  }
+  std::vector<const LayerBlockToEncode*> block_of;
+  std::vector<int64_t> index_in;
+  for (const LayerBlockToEncode& b : blocks) {
+    if (b.tokens < 1 || b.keys == nullptr || b.values == nullptr ||
+        b.key_codes == nullptr || b.value_codes == nullptr) {
+      return absl::InvalidArgumentError(
+          "VqEncodeLayerRef needs blocks of >= 1 token with all buffers");
+    }
+    for (int64_t t = 0; t < b.tokens; ++t) {
+      block_of.push_back(&b);
+      index_in.push_back(t);
+    }
+  }
+  const int64_t tokens = static_cast<int64_t>(block_of.size());
+  const int64_t rows = VqEncodeJobRows(w, tokens);
+  const BatchKv kv{&block_of, &index_in, w.kv_heads, w.head_dim};
+  const BatchPos pos{&block_of, &index_in};
+  const CodebookSet& set = codec.codebooks();
+  std::vector<std::vector<uint16_t>> codes(VqEncodeJobCount(w));
+  std::vector<const uint16_t*> code_ptrs;
+  std::vector<float> x;
+  for (int j = 0; j < VqEncodeJobCount(w); ++j) {
+    const int dims = VqEncodeJobDims(w, j);
+    x.resize(static_cast<size_t>(rows) * dims);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int i = 0; i < dims; ++i) {
+        x[r * dims + i] = VqEncodeInput(w, j, r, i, kv, pos);
+      }
+    }
+    const int key_jobs = VqEncodeKeyJobs(w);
+    const ResidualQuantizer& q =
+        j < key_jobs ? set.key(layer, j / w.key_groups, j % w.key_groups)
+                     : set.value(layer, j - key_jobs);
+    codes[j].resize(static_cast<size_t>(rows) * q.stages());
+    if (absl::Status s = q.EncodeGreedy(x.data(), rows, codes[j].data());
+        !s.ok()) {
+      return s;
+    }
+    code_ptrs.push_back(codes[j].data());
+  }
+  int64_t first = 0;
+  for (const LayerBlockToEncode& b : blocks) {
+    const VqDecodePlan::LayerSlices s = plan.Slices(b.tokens, layer);
+    for (size_t i = 0; i < s.key_bytes; ++i) {
+      b.key_codes[i] = VqPackedKeyByte(w, code_ptrs.data(), first, b.tokens,
+                                       static_cast<int64_t>(i));
+    }
+    for (size_t i = 0; i < s.value_bytes; ++i) {
+      b.value_codes[i] = VqPackedValueByte(w, code_ptrs.data(), first, b.tokens,
+                                           static_cast<int64_t>(i));
+    }
+    first += b.tokens;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace vqkv
