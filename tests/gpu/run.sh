@@ -12,8 +12,9 @@
 # Every result goes under $OUT (else build-gpu/results): run.log (commit,
 # device, driver, clocks, nvcc, each step's outcome), configure.log,
 # build.log, <test>.log and .xml of rvq_cuda_test, rvq_encode_tc_test,
-# code_attention_cuda_test, paged_copy_cuda_test and paged_decode_cuda_test
-# (VQKV_REQUIRE_GPU=1: no device is a failure, not a skip),
+# code_attention_cuda_test, paged_copy_cuda_test, paged_decode_cuda_test and
+# paged_encode_cuda_test (VQKV_REQUIRE_GPU=1: no device is a failure, not a
+# skip),
 # cuda_codec_bench.txt,
 # cuda_attention_bench.txt, llama_encode_bench.txt; with a full-build
 # bundle (tests/gpu/bundle.sh, carried as build-gpu-bundle/bundle.tar.xz)
@@ -21,8 +22,8 @@
 # the later steps still run; the exit status is 0 only if every step passed.
 # Budget: about a minute on an H200 with 16 cores (2026-12-04: configure
 # 4 s, build 9 s, kernel tests 25 s, benchmarks 20 s); the step timeouts
-# add up to 8 minutes (30 + 75 + 45 + 45 + 30 + 30 + 30 + 45 + 45 + 45 +
-# 60 s), so a rerun fits in the device time.
+# add up to 8 minutes (30 + 75 + 45 + 45 + 20 + 20 + 20 + 20 + 45 + 45 +
+# 45 + 60 s), so a rerun fits in the device time.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -88,22 +89,27 @@ if [[ $built == 1 ]]; then
     "--xml=$RESULTS/rvq_encode_tc_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed|identical to the" \
     "$RESULTS/rvq_encode_tc_test.log" | tee -a "$RESULTS/run.log"
-  step "attention over codes vs reference" 30 \
+  step "attention over codes vs reference" 20 \
     "$RESULTS/code_attention_cuda_test.log" \
     "$BUILD_DIR/code_attention_cuda_test" \
     "--xml=$RESULTS/code_attention_cuda_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
     "$RESULTS/code_attention_cuda_test.log" | tee -a "$RESULTS/run.log"
-  step "paged KV gather/scatter vs reference" 30 \
+  step "paged KV gather/scatter vs reference" 20 \
     "$RESULTS/paged_copy_cuda_test.log" "$BUILD_DIR/paged_copy_cuda_test" \
     "--xml=$RESULTS/paged_copy_cuda_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
     "$RESULTS/paged_copy_cuda_test.log" | tee -a "$RESULTS/run.log"
-  step "decode of codes into pages vs reference" 30 \
+  step "decode of codes into pages vs reference" 20 \
     "$RESULTS/paged_decode_cuda_test.log" "$BUILD_DIR/paged_decode_cuda_test" \
     "--xml=$RESULTS/paged_decode_cuda_test.xml"
   grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
     "$RESULTS/paged_decode_cuda_test.log" | tee -a "$RESULTS/run.log"
+  step "encode inputs from pages and code packing vs reference" 20 \
+    "$RESULTS/paged_encode_cuda_test.log" "$BUILD_DIR/paged_encode_cuda_test" \
+    "--xml=$RESULTS/paged_encode_cuda_test.xml"
+  grep -E "^\[  (FAILED|SKIPPED) |passed, .* failed" \
+    "$RESULTS/paged_encode_cuda_test.log" | tee -a "$RESULTS/run.log"
   step "throughput at the paper configuration" 45 \
     "$RESULTS/cuda_codec_bench.txt" "$BUILD_DIR/cuda_codec_bench"
   cat "$RESULTS/cuda_codec_bench.txt" >>"$RESULTS/run.log"

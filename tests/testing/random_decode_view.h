@@ -1,8 +1,8 @@
 // RandomDecodeView: a VqDecodeView (kernels/vq_decode_element.h) over random
-// codebooks, with host and device copies of every array, for the CUDA test
-// and benchmark of the paged decode (kernels/cuda/paged_decode.cuh). Needs
-// only the CUDA runtime and the standard library, so the CUDA-only GPU
-// check (tests/gpu/CMakeLists.txt) builds what uses it.
+// codebooks, with host and device copies of every array, for the CUDA tests
+// and benchmark of the paged decode and encode (kernels/cuda/paged_decode.cuh,
+// paged_encode.cuh). Needs only the CUDA runtime and the standard library,
+// so the CUDA-only GPU check (tests/gpu/CMakeLists.txt) builds what uses it.
 //
 // Thread safety: none; one owner.
 #ifndef VQKV_TESTS_TESTING_RANDOM_DECODE_VIEW_H_
@@ -58,7 +58,11 @@ class RandomDecodeView {
     if (!spec.split) {
       w.group_stages[0] = spec.key_stages;
       w.group_dims[0] = D;
-      for (int d = 0; d < D; ++d) dim_group_[d] = 0, dim_index_[d] = d;
+      for (int d = 0; d < D; ++d) {
+        dim_group_[d] = 0;
+        dim_index_[d] = d;
+        group_dim_[0].push_back(d);
+      }
     } else {
       w.group_stages[0] = spec.key_stages / 2;
       w.group_stages[1] = spec.key_stages - spec.key_stages / 2;
@@ -68,6 +72,7 @@ class RandomDecodeView {
         const int g = (d % (D / 2)) < D / 4 ? 0 : 1;
         dim_group_[d] = g;
         dim_index_[d] = count[g]++;
+        group_dim_[g].push_back(d);
       }
       w.group_dims[0] = count[0];
       w.group_dims[1] = count[1];
@@ -110,6 +115,8 @@ class RandomDecodeView {
     w.engine_pairs = spec.engine_pairs;
     w.dim_group = dim_group_.data();
     w.dim_index = dim_index_.data();
+    for (int g = 0; g < w.key_groups; ++g)
+      w.group_dim[g] = group_dim_[g].data();
     w.key_codebooks = host_keys_.data();
     w.value_codebooks = host_values_.data();
     w.key_gains = gains_.empty() ? nullptr : gains_.data();
@@ -141,6 +148,9 @@ class RandomDecodeView {
     if (e == cudaSuccess) e = Copy(dv, &device_.value_codebooks);
     if (e == cudaSuccess) e = Copy(dim_group_, &device_.dim_group);
     if (e == cudaSuccess) e = Copy(dim_index_, &device_.dim_index);
+    for (int g = 0; g < host_.key_groups && e == cudaSuccess; ++g) {
+      e = Copy(group_dim_[g], &device_.group_dim[g]);
+    }
     device_.key_gains = nullptr;
     if (e == cudaSuccess && !gains_.empty()) {
       e = Copy(gains_, &device_.key_gains);
@@ -177,6 +187,7 @@ class RandomDecodeView {
 
   VqDecodeView host_, device_;
   std::vector<int32_t> dim_group_, dim_index_;
+  std::vector<int32_t> group_dim_[kMaxDecodeKeyGroups];
   std::vector<std::vector<float>> books_;  // key quantizers, then values
   size_t key_books_ = 0;
   std::vector<const float*> host_keys_, host_values_;

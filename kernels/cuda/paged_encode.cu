@@ -1,0 +1,134 @@
+#include "kernels/cuda/page_element.cuh"
+#include "kernels/cuda/paged_encode.cuh"
+#include "kernels/vq_encode_element.h"
+
+namespace vqkv::cuda {
+namespace {
+
+// The engine's K and V as VqEncodeInput reads them.
+struct PagesKv {
+  PageTensor keys, values;
+  const EncodeTokenRow* rows;
+
+  __device__ float operator()(int64_t token, int head, int e,
+                              bool value) const {
+    const PageTensor& t = value ? values : keys;
+    const EncodeTokenRow& r = rows[token];
+    return LoadPageElement(t.data, t.dtype,
+                           r.page * t.strides[0] + r.slot * t.strides[1] +
+                               head * t.strides[2] + e * t.strides[3]);
+  }
+};
+
+struct RowPos {
+  const EncodeTokenRow* rows;
+  __device__ int64_t operator()(int64_t token) const {
+    return rows[token].position;
+  }
+};
+
+// One thread per input element of every job, grid-stride; within a job,
+// consecutive threads take consecutive dimensions of a row.
+__global__ void VqEncodeInputsKernel(VqDecodeView w, PagesKv kv, int64_t n,
+                                     float* const* inputs) {
+  const int jobs = VqEncodeJobCount(w);
+  const int64_t rows = VqEncodeJobRows(w, n);
+  const int64_t total = 2 * n * w.kv_heads * int64_t{w.head_dim};
+  const RowPos pos{kv.rows};
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    int64_t at = i;
+    int j = 0;
+    for (; j < jobs; ++j) {
+      const int64_t size = rows * VqEncodeJobDims(w, j);
+      if (at < size) break;
+      at -= size;
+    }
+    if (j == jobs) continue;  // unreachable: the jobs cover total
+    const int dims = VqEncodeJobDims(w, j);
+    const int64_t r = at / dims;
+    const int d = static_cast<int>(at - r * dims);
+    inputs[j][at] = VqEncodeInput(w, j, r, d, kv, pos);
+  }
+}
+
+// One thread per output byte of every block's K slice, then V slice.
+__global__ void VqPackLayerKernel(VqDecodeView w, const uint16_t* const* codes,
+                                  const PackBlock* blocks, int count,
+                                  int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    int64_t at = i;
+    for (int b = 0; b < count; ++b) {
+      const PackBlock& blk = blocks[b];
+      const int64_t vectors = blk.tokens * w.kv_heads;
+      const int64_t kb = (vectors * w.key_stages * w.key_bits + 7) / 8;
+      const int64_t vb = (vectors * w.value_stages * w.value_bits + 7) / 8;
+      if (at < kb) {
+        blk.key_codes[at] =
+            VqPackedKeyByte(w, codes, blk.first_token, blk.tokens, at);
+        break;
+      }
+      at -= kb;
+      if (at < vb) {
+        blk.value_codes[at] =
+            VqPackedValueByte(w, codes, blk.first_token, blk.tokens, at);
+        break;
+      }
+      at -= vb;
+    }
+  }
+}
+
+bool ValidView(const VqDecodeView& w) {
+  if (w.kv_heads < 1 || w.head_dim < 1 || w.slots < 1 || w.key_groups < 1 ||
+      w.key_groups > kMaxDecodeKeyGroups) {
+    return false;
+  }
+  if (w.key_bits < 1 || w.key_bits > 16 || w.value_bits < 1 ||
+      w.value_bits > 16 || w.key_stages < 1 || w.value_stages < 1) {
+    return false;
+  }
+  for (int g = 0; g < w.key_groups; ++g) {
+    if (w.group_dim[g] == nullptr || w.group_dims[g] < 1) return false;
+  }
+  if (w.rot_dims < 0 || w.rot_dims > w.head_dim || w.rot_dims % 2 != 0) {
+    return false;
+  }
+  return !w.rotate || w.inv_freq != nullptr;
+}
+
+}  // namespace
+
+cudaError_t LaunchVqEncodeInputs(const VqDecodeView& view,
+                                 const PageTensor& keys,
+                                 const PageTensor& values,
+                                 const EncodeTokenRow* d_rows, int64_t n,
+                                 float* const* d_inputs, cudaStream_t stream) {
+  if (n < 0 || !ValidView(view)) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  if (d_rows == nullptr || d_inputs == nullptr || !ValidPageTensor(keys) ||
+      !ValidPageTensor(values)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t total = 2 * n * view.kv_heads * int64_t{view.head_dim};
+  VqEncodeInputsKernel<<<PageGridBlocks(total), kPageThreads, 0, stream>>>(
+      view, PagesKv{keys, values, d_rows}, n, d_inputs);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchVqPackLayer(const VqDecodeView& view,
+                              const uint16_t* const* d_codes,
+                              const PackBlock* d_blocks, int count,
+                              int64_t total_bytes, cudaStream_t stream) {
+  if (count < 0 || total_bytes < 0 || !ValidView(view)) {
+    return cudaErrorInvalidValue;
+  }
+  if (count == 0 || total_bytes == 0) return cudaSuccess;
+  if (d_codes == nullptr || d_blocks == nullptr) return cudaErrorInvalidValue;
+  VqPackLayerKernel<<<PageGridBlocks(total_bytes), kPageThreads, 0, stream>>>(
+      view, d_codes, d_blocks, count, total_bytes);
+  return cudaGetLastError();
+}
+
+}  // namespace vqkv::cuda
