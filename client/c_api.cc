@@ -122,6 +122,7 @@ absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
     options.encode_cuda_device = o.encode_cuda_device;
   }
   options.decode_on_device = o.decode_on_device != 0;
+  options.encode_on_device = o.encode_on_device != 0;
   config.tls.ca_file = Str(o.tls_ca_file);
   config.tls.cert_file = Str(o.tls_cert_file);
   config.tls.key_file = Str(o.tls_key_file);

@@ -468,6 +468,22 @@ absl::Status CacheClient::DecodeVerifiedLayers(
   return s;
 }
 
+absl::StatusOr<EncodedBlock> CacheClient::SealPayload(
+    const BlockHash& hash, uint32_t chain_position,
+    absl::Span<const uint8_t> payload) const {
+  BlockOptions options;
+  options.keys_post_rope = !key_rope_.has_value();
+  absl::StatusOr<std::vector<uint8_t>> sealed =
+      SealBlock(*codec_, payload, options_.block_tokens, options);
+  if (!sealed.ok()) return sealed.status();
+  EncodedBlock out;
+  out.hash = hash;
+  out.chain_position = chain_position;
+  out.data.assign(reinterpret_cast<const char*>(sealed->data()),
+                  sealed->size());
+  return out;
+}
+
 absl::StatusOr<VqDecodePlan> CacheClient::DecodePlan() const {
   const auto* vq = dynamic_cast<const VqCodec*>(codec_.get());
   if (vq == nullptr) {

@@ -115,6 +115,16 @@ struct CacheClientOptions {
   // for host pages. Off by default: the kernel has not yet run on a GPU
   // (docs/CLIENT.md, "Decoding loads on the GPU").
   bool decode_on_device = false;
+  // Saves from CUDA device pages encode on that GPU straight from the pages
+  // (kernels/cuda/paged_encode.cuh and the tensor cores): no float32 copy
+  // of the rows to the host and back, the host only seals and sends the
+  // codes. A chain's first block (its exact sink tokens) is still gathered
+  // and encoded as before. The same needs as decode_on_device (a vq codec
+  // without a key sketch, with at most 128 dimensions per quantizer; the
+  // codebooks in GPU memory, 1.5x their float32 size with the tensor
+  // cores' copy). Ignored for host pages. Off by default: its kernels have
+  // not yet run on a GPU (docs/CLIENT.md, "Encoding saves from the pages").
+  bool encode_on_device = false;
 
   CircuitBreakerOptions circuit;
 };
@@ -282,11 +292,18 @@ class CacheClient {
                                     uint32_t chain_position, int first_layer,
                                     int num_layers, float* keys,
                                     float* values) const;
+  // Seals a payload coded elsewhere (a device, from the pages) as the
+  // block `chain_position` of its chain with hash `hash`, as EncodeBlocks
+  // would for a block without sink tokens. Errors: SealBlock's.
+  absl::StatusOr<EncodedBlock> SealPayload(
+      const BlockHash& hash, uint32_t chain_position,
+      absl::Span<const uint8_t> payload) const;
   // What a device needs to decode this client's blocks as
-  // DecodeVerifiedLayers does (rotation and pair order included), for
-  // blocks without an fp16 section; the plan refers to the codec's
-  // codebooks, valid while the client lives. Errors: kUnimplemented for a
-  // codec other than vq, or one with a key sketch (MakeVqDecodePlan).
+  // DecodeVerifiedLayers does (rotation and pair order included), and to
+  // encode them as EncodeBlocks does, for blocks without an fp16 section; the
+  // plan refers to the codec's codebooks, valid while the client lives. Errors:
+  // kUnimplemented for a codec other than vq, or one with a key sketch
+  // (MakeVqDecodePlan).
   absl::StatusOr<VqDecodePlan> DecodePlan() const;
   // Counts a load in stats(): blocks [0, loaded) of `blocks` reached the
   // caller, the rest failed.

@@ -24,9 +24,17 @@ struct KvConnector::PendingSave {
   std::vector<BlockHash> hashes;
   int64_t first_block = 0;  // blocks [first_block, hashes.size()) are saved
   int64_t reserved = 0;     // staging bytes reserved with the client
-  // [block][layer][block_tokens][kv_head][head_dim], block from first_block;
-  // for device pages, staging of the KvDevice, complete once `gathered` is.
+  // Indices i of the saved blocks (block first_block + i) whose rows are
+  // copied out and encoded on the host, and (encode_on_device) those the
+  // device encodes from the pages.
+  std::vector<int64_t> host_blocks, device_blocks;
+  // [host block][layer][block_tokens][kv_head][head_dim], in host_blocks'
+  // order; for device pages, staging of the KvDevice, complete once
+  // `gathered` is.
   std::shared_ptr<float[]> keys, values;
+  // The device blocks' payloads, EncodedBytes(block_tokens) each in
+  // device_blocks' order (KvDevice staging), complete once `gathered` is.
+  std::shared_ptr<float[]> codes;
   KvDevice::Event gathered = 0;
 };
 
@@ -95,19 +103,28 @@ absl::Status KvConnector::RegisterKvCaches(PagedKvCaches caches) {
     absl::StatusOr<std::unique_ptr<KvDevice>> device =
         device_factory_ ? device_factory_(caches) : NewKvDevice(caches);
     if (!device.ok()) return device.status();
-    if (client_->options().decode_on_device) {
+    const CacheClientOptions& o = client_->options();
+    auto named = [](const char* option, const absl::Status& e) {
+      return absl::Status(e.code(), absl::StrCat(option, ": ", e.message()));
+    };
+    const char* first =
+        o.decode_on_device ? "decode_on_device" : "encode_on_device";
+    if (o.decode_on_device || o.encode_on_device) {
       absl::StatusOr<VqDecodePlan> plan = client_->DecodePlan();
-      if (!plan.ok()) {
-        return absl::Status(
-            plan.status().code(),
-            absl::StrCat("decode_on_device: ", plan.status().message()));
-      }
-      absl::Status e = (*device)->EnableDecode(*plan);
-      if (!e.ok()) {
-        return absl::Status(e.code(),
-                            absl::StrCat("decode_on_device: ", e.message()));
-      }
-      decode_plan_ = *std::move(plan);
+      if (!plan.ok()) return named(first, plan.status());
+      plan_ = *std::move(plan);
+    }
+    if (o.decode_on_device) {
+      absl::Status e = (*device)->EnableDecode(*plan_);
+      if (!e.ok()) return named("decode_on_device", e);
+      decode_on_device_ = true;
+    }
+    if (o.encode_on_device) {
+      // DecodePlan succeeded, so the codec is a VqCodec.
+      const auto& vq = dynamic_cast<const VqCodec&>(client_->codec());
+      absl::Status e = (*device)->EnableEncode(*plan_, vq);
+      if (!e.ok()) return named("encode_on_device", e);
+      encode_on_device_ = true;
     }
     device_ = *std::move(device);
   }
@@ -195,7 +212,8 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
   std::vector<size_t> host_jobs, device_jobs;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const BlockHeader& h = fetched[jobs[j].spec].headers[jobs[j].block];
-    (decode_plan_ && h.fp16_tokens == 0 ? device_jobs : host_jobs).push_back(j);
+    (decode_on_device_ && h.fp16_tokens == 0 ? device_jobs : host_jobs)
+        .push_back(j);
   }
   // Each layer's host blocks are split among decode_threads threads; a
   // block that fails to decode ends its request's prefix for every later
@@ -289,7 +307,7 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
     }
     if (!device_jobs.empty() && !device_failed) {
       std::vector<KvDevice::CodedRows> rows;
-      const VqDecodePlan::LayerSlices s = decode_plan_->Slices(B, layer);
+      const VqDecodePlan::LayerSlices s = plan_->Slices(B, layer);
       for (size_t j : device_jobs) {
         Fetched& f = fetched[jobs[j].spec];
         const int64_t b = jobs[j].block;
@@ -413,8 +431,21 @@ absl::Status KvConnector::SaveLayer(int layer,
         finished_.saved.push_back(spec.request_id);
         continue;
       }
-      const int64_t floats = n * l.layers * B * row;
-      p->reserved = 2 * floats * static_cast<int64_t>(sizeof(float));
+      for (int64_t i = 0; i < n; ++i) {
+        // A chain's first block keeps its sink tokens exact: the host
+        // encodes it.
+        const bool sinks =
+            p->first_block + i == 0 && client_->options().sink_tokens > 0;
+        (encode_on_device_ && !sinks ? p->device_blocks : p->host_blocks)
+            .push_back(i);
+      }
+      const int64_t floats =
+          static_cast<int64_t>(p->host_blocks.size()) * l.layers * B * row;
+      const int64_t code_bytes =
+          static_cast<int64_t>(p->device_blocks.size()) *
+          static_cast<int64_t>(client_->codec().EncodedBytes(B));
+      p->reserved =
+          2 * floats * static_cast<int64_t>(sizeof(float)) + code_bytes;
       ++stats_.saves_started;
       if (!client_->TryReserve(static_cast<uint64_t>(p->reserved))) {
         ++stats_.saves_dropped;
@@ -422,14 +453,20 @@ absl::Status KvConnector::SaveLayer(int layer,
         finished_.saved.push_back(spec.request_id);
         continue;
       }
-      if (device_ != nullptr) {
+      bool staged = true;
+      if (floats > 0 && device_ != nullptr) {
         p->keys = device_->NewStaging(static_cast<size_t>(floats));
         p->values = device_->NewStaging(static_cast<size_t>(floats));
-      } else {
+        staged = p->keys != nullptr && p->values != nullptr;
+      } else if (floats > 0) {
         p->keys = std::make_shared_for_overwrite<float[]>(floats);
         p->values = std::make_shared_for_overwrite<float[]>(floats);
       }
-      if (p->keys == nullptr || p->values == nullptr) {
+      if (code_bytes > 0) {
+        p->codes = device_->NewStaging(static_cast<size_t>(code_bytes + 3) / 4);
+        staged = staged && p->codes != nullptr;
+      }
+      if (!staged) {
         client_->Release(static_cast<uint64_t>(p->reserved));
         ++stats_.saves_dropped;
         client_->CountDroppedSave();
@@ -443,12 +480,15 @@ absl::Status KvConnector::SaveLayer(int layer,
         "SaveLayer must get the same requests for every layer");
   }
   std::vector<KvDevice::Rows> rows;
+  std::vector<KvDevice::EncodeRows> encode;
+  const size_t payload = client_->codec().EncodedBytes(B);
+  const VqDecodePlan::LayerSlices slices =
+      encode_on_device_ ? plan_->Slices(B, layer) : VqDecodePlan::LayerSlices{};
   for (const std::shared_ptr<PendingSave>& p : saving_) {
-    const int64_t n = static_cast<int64_t>(p->hashes.size()) - p->first_block;
-    for (int64_t i = 0; i < n; ++i) {
+    for (size_t h = 0; h < p->host_blocks.size(); ++h) {
       const size_t off =
-          static_cast<size_t>(((i * l.layers) + layer) * B * row);
-      const int64_t t0 = (p->first_block + i) * B;
+          static_cast<size_t>(((h * l.layers) + layer) * B * row);
+      const int64_t t0 = (p->first_block + p->host_blocks[h]) * B;
       if (device_ != nullptr) {
         rows.push_back({p->spec.block_ids, t0, B, p->keys.get() + off,
                         p->values.get() + off});
@@ -457,18 +497,34 @@ absl::Status KvConnector::SaveLayer(int layer,
                     p->keys.get() + off, p->values.get() + off);
       }
     }
+    auto* codes = reinterpret_cast<uint8_t*>(p->codes.get());
+    for (size_t d = 0; d < p->device_blocks.size(); ++d) {
+      uint8_t* block = codes + d * payload;
+      encode.push_back(
+          {p->spec.block_ids, (p->first_block + p->device_blocks[d]) * B, B,
+           block + slices.key_offset, block + slices.value_offset});
+    }
   }
-  if (!rows.empty()) {
+  if (!rows.empty() || !encode.empty()) {
     // After the layer's computation, which the engine has enqueued by now.
     absl::Status s = device_->OrderAfterCompute();
-    absl::StatusOr<KvDevice::Event> e =
-        s.ok() ? device_->Gather(layer, rows) : s;
-    if (!e.ok()) {
-      DropSavingLocked();
-      return e.status();
+    KvDevice::Event last = 0;
+    if (s.ok() && !rows.empty()) {
+      absl::StatusOr<KvDevice::Event> e = device_->Gather(layer, rows);
+      s = e.status();
+      if (e.ok()) last = *e;
     }
-    last_gather_ = *e;
-    for (const std::shared_ptr<PendingSave>& p : saving_) p->gathered = *e;
+    if (s.ok() && !encode.empty()) {
+      absl::StatusOr<KvDevice::Event> e = device_->EncodeLayer(layer, encode);
+      s = e.status();
+      if (e.ok()) last = *e;
+    }
+    if (!s.ok()) {
+      DropSavingLocked();
+      return s;
+    }
+    last_gather_ = last;
+    for (const std::shared_ptr<PendingSave>& p : saving_) p->gathered = last;
   }
   next_save_layer_ = layer + 1;
   if (next_save_layer_ < l.layers) return absl::OkStatus();
@@ -496,26 +552,45 @@ absl::Status KvConnector::SaveLayer(int layer,
         cancelled = true;
       }
       if (!cancelled) {
-        const int64_t n =
-            static_cast<int64_t>(p->hashes.size()) - p->first_block;
         const std::vector<bool> present = client_->Present(
             absl::MakeConstSpan(p->hashes).subspan(p->first_block), 0);
-        // Every missing block in one EncodeBlocks: with encode_cuda_device,
-        // one GPU launch for the whole save.
+        // Every missing host block in one EncodeBlocks: with
+        // encode_cuda_device, one GPU launch for the whole save.
         std::vector<CacheClient::BlockToEncode> to_encode;
-        for (int64_t i = 0; i < n; ++i) {
+        for (size_t h = 0; h < p->host_blocks.size(); ++h) {
+          const int64_t i = p->host_blocks[h];
           if (present[i]) continue;
-          const size_t off = static_cast<size_t>(i * lay.layers * bt * r);
+          const size_t off = static_cast<size_t>(h * lay.layers * bt * r);
           to_encode.push_back({p->hashes[p->first_block + i],
                                static_cast<uint32_t>(p->first_block + i),
                                p->keys.get() + off, p->values.get() + off});
         }
         absl::StatusOr<std::vector<EncodedBlock>> encoded =
             client_->EncodeBlocks(to_encode);
+        // The device's payloads, sealed.
+        const size_t bytes = client_->codec().EncodedBytes(bt);
+        const auto* codes = reinterpret_cast<const uint8_t*>(p->codes.get());
+        for (size_t d = 0; d < p->device_blocks.size() && encoded.ok(); ++d) {
+          const int64_t i = p->device_blocks[d];
+          if (present[i]) continue;
+          absl::StatusOr<EncodedBlock> b = client_->SealPayload(
+              p->hashes[p->first_block + i],
+              static_cast<uint32_t>(p->first_block + i),
+              absl::MakeConstSpan(codes + d * bytes, bytes));
+          if (!b.ok()) {
+            encoded = b.status();
+            break;
+          }
+          encoded->push_back(*std::move(b));
+        }
         p->keys = nullptr;
         p->values = nullptr;
+        p->codes = nullptr;
         if (encoded.ok()) {
           client_->PutBlocks(*encoded);
+          absl::MutexLock lock(&mu_);
+          stats_.blocks_encoded_on_device +=
+              static_cast<int64_t>(p->device_blocks.size());
         } else {
           client_->CountDroppedSave();  // the encoder failed: drop, count
         }

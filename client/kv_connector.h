@@ -29,9 +29,10 @@
 // ordered with the engine's compute stream by events, between the pages and
 // pinned host staging; SaveLayer and WaitForLayerLoad enqueue stream waits
 // instead of blocking the host on the GPU. The codec runs on the CPU in both
-// cases (docs/CLIENT.md, "CUDA device pages"), unless the client encodes on
-// the GPU (encode_cuda_device) or decodes loads there (decode_on_device:
-// the codes go to the device, which decodes them into the pages).
+// cases (docs/CLIENT.md, "CUDA device pages"), unless the client searches
+// on the GPU (encode_cuda_device), encodes saves from the pages there
+// (encode_on_device: only the codes come back) or decodes loads there
+// (decode_on_device: only the codes go to the device).
 //
 // Thread safety: the engine calls these from its worker thread, one forward
 // pass at a time; GetFinished / TakeLoadErrorBlockIds / Cancel may be called
@@ -94,6 +95,9 @@ struct ConnectorStats {
   // Blocks a load decoded on the device (CacheClientOptions::
   // decode_on_device); the others of a load were decoded on the host.
   int64_t blocks_decoded_on_device = 0;
+  // Blocks a save encoded on the device from the pages (encode_on_device)
+  // and handed to the background, stored or found present.
+  int64_t blocks_encoded_on_device = 0;
 };
 
 class KvConnector {
@@ -105,8 +109,9 @@ class KvConnector {
   // Records the engine's page tensors. Errors: kInvalidArgument when they do
   // not match the client's layout; for device memory, kUnimplemented in a
   // build without CUDA and kFailedPrecondition when the GPU cannot be used;
-  // with decode_on_device, kUnimplemented when the codec cannot decode on
-  // the device and the device's error when its codebooks cannot be loaded.
+  // with decode_on_device or encode_on_device, kUnimplemented when the
+  // codec cannot be run on the device and the device's error when its
+  // codebooks cannot be loaded; the message names the option.
   absl::Status RegisterKvCaches(PagedKvCaches caches);
 
   // Starts loading each spec's first num_tokens tokens into its pages.
@@ -172,10 +177,14 @@ class KvConnector {
   CacheClient* const client_;
   mutable absl::Mutex mu_;
   bool registered_ ABSL_GUARDED_BY(mu_) = false;
-  PagedKvCaches caches_;              // written once by RegisterKvCaches
+  PagedKvCaches caches_;  // written once by RegisterKvCaches
+  // The codec's device plan when loads decode (decode_on_device) or saves
+  // encode (encode_on_device) on the device; ditto. Declared before
+  // device_, which may refer to it until it goes.
+  std::optional<VqDecodePlan> plan_;
+  bool decode_on_device_ = false;     // ditto
+  bool encode_on_device_ = false;     // ditto
   std::unique_ptr<KvDevice> device_;  // device caches only; ditto
-  // Set when loads decode on the device (decode_on_device); ditto.
-  std::optional<VqDecodePlan> decode_plan_;
   KvDeviceFactory device_factory_;
   KvDevice::Event last_gather_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void(int)> layer_loaded_hook_;  // set before StartLoad

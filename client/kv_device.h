@@ -13,6 +13,9 @@
 //   load thread:         decodes layer l into staging, Scatter(l, rows);
 //                        or, with EnableDecode, ScatterCoded(l, coded rows):
 //                        the device decodes the codes into the pages.
+//   SaveLayer(l), with EnableEncode: OrderAfterCompute(), EncodeLayer(l,
+//                        rows): the device codes the pages' rows and writes
+//                        each block's slices of the layer into staging.
 //   WaitForLayerLoad(l): ComputeStreamWaitFor(layer l's scatter).
 //
 // Ordering model: a device runs the operations it is given in submission
@@ -40,6 +43,7 @@
 
 namespace vqkv {
 struct VqDecodePlan;  // kernels/vq_decode_plan.h
+class VqCodec;        // kernels/vq_codec.h
 }  // namespace vqkv
 
 namespace vqkv::client {
@@ -67,6 +71,17 @@ class KvDevice {
     int64_t n = 0;
     absl::Span<const uint8_t> key_codes;
     absl::Span<const uint8_t> value_codes;
+  };
+
+  // One block to encode from the pages: the request's tokens [t0, t0 + n)
+  // (at those positions), and where its slices of the layer go (the sizes of
+  // VqDecodePlan::Slices(n, layer), in staging from NewStaging).
+  struct EncodeRows {
+    absl::Span<const int32_t> block_ids;  // the request's engine pages
+    int64_t t0 = 0;
+    int64_t n = 0;
+    uint8_t* key_codes = nullptr;
+    uint8_t* value_codes = nullptr;
   };
 
   virtual ~KvDevice() = default;
@@ -107,6 +122,26 @@ class KvDevice {
     (void)layer;
     (void)rows;
     return absl::FailedPreconditionError("ScatterCoded before EnableDecode");
+  }
+  // Makes EncodeLayer encode with `codec`'s quantizers as `plan` (made from
+  // it) lays them out; both must outlive the device. Call once, before any
+  // EncodeLayer. Errors: kUnimplemented for a device that cannot encode (or
+  // a shape its encoder refuses, naming it); the device's.
+  virtual absl::Status EnableEncode(const VqDecodePlan& plan,
+                                    const VqCodec& codec) {
+    (void)plan;
+    (void)codec;
+    return absl::UnimplementedError("this KV device does not encode");
+  }
+  // Enqueues encoding `layer` of each rows[i] from the pages into its
+  // slices (kernels/vq_layer_encode.h's arithmetic; each pick the CPU's or
+  // within the device encoder's stated bound of it). Errors:
+  // kFailedPrecondition before EnableEncode; the device's.
+  virtual absl::StatusOr<Event> EncodeLayer(int layer,
+                                            absl::Span<const EncodeRows> rows) {
+    (void)layer;
+    (void)rows;
+    return absl::FailedPreconditionError("EncodeLayer before EnableEncode");
   }
   // Blocks the calling thread until `event` is done; an error if the
   // operations up to it failed on the device.

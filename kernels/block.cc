@@ -169,6 +169,26 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> EncodeBlocks(
   return blocks;
 }
 
+absl::StatusOr<std::vector<uint8_t>> SealBlock(
+    const Codec& codec, absl::Span<const uint8_t> payload, int64_t tokens,
+    const BlockOptions& options) {
+  if (options.fp16_tokens != 0) {
+    return absl::InvalidArgumentError(
+        "SealBlock takes payloads without an fp16 section (fp16_tokens 0)");
+  }
+  const BlockInput in{nullptr, nullptr, options};
+  PendingBlock p;
+  VQKV_RETURN_IF_ERROR(StartBlock(codec, in, tokens, &p));
+  if (payload.size() != p.header.codes_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a payload of ", tokens, " tokens is ",
+                     p.header.codes_bytes, " bytes, got ", payload.size()));
+  }
+  std::memcpy(p.bytes.data() + sizeof(BlockHeader), payload.data(),
+              payload.size());
+  return FinishBlock(codec, in, tokens, &p);
+}
+
 absl::StatusOr<BlockHeader> VerifyBlock(const uint8_t* data, size_t size) {
   if (data == nullptr || size < sizeof(BlockHeader)) {
     return absl::DataLossError(absl::StrCat("block truncated: ", size,

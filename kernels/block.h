@@ -50,6 +50,15 @@ struct BlockInput {
 absl::StatusOr<std::vector<std::vector<uint8_t>>> EncodeBlocks(
     const Codec& codec, absl::Span<const BlockInput> inputs, int64_t tokens);
 
+// Seals a payload the codec's Encode would write for `tokens` tokens (coded
+// elsewhere, e.g. on a device: kernels/vq_layer_encode.h) into a block with
+// `options` (fp16_tokens must be 0: the payload has no fp16 section).
+// Errors: kInvalidArgument for tokens outside 1..kMaxCodecTokens, fp16
+// tokens, or a payload of the wrong size.
+absl::StatusOr<std::vector<uint8_t>> SealBlock(
+    const Codec& codec, absl::Span<const uint8_t> payload, int64_t tokens,
+    const BlockOptions& options);
+
 // Checks a block's framing without decoding it: size at least the header,
 // magic, format version, header_bytes, known flags, shape fields in range,
 // payload_bytes == size - 64, fp16 section size consistent with the shape,

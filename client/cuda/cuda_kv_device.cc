@@ -16,7 +16,11 @@
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/cuda/paged_copy.cuh"
 #include "kernels/cuda/paged_decode.cuh"
+#include "kernels/cuda/paged_encode.cuh"
+#include "kernels/cuda/rvq_cuda.cuh"
+#include "kernels/vq_codec.h"
 #include "kernels/vq_decode_plan.h"
+#include "kernels/vq_encode_element.h"
 
 namespace vqkv::client {
 namespace {
@@ -180,51 +184,199 @@ class CudaKvDevice final : public KvDevice {
     if (decode_ready_) {
       return absl::FailedPreconditionError("EnableDecode was already called");
     }
+    if (absl::Status st = UploadViewLocked(plan); !st.ok()) return st;
+    decode_ready_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::Status EnableEncode(const VqDecodePlan& plan,
+                            const VqCodec& codec) override {
+    absl::MutexLock lock(&mu_);
+    if (encode_ready_) {
+      return absl::FailedPreconditionError("EnableEncode was already called");
+    }
     cudaError_t e = cudaSetDevice(caches_.cuda_device);
     if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
-    size_t floats = 0;
-    for (size_t n : plan.key_codebook_floats) floats += n;
-    for (size_t n : plan.value_codebook_floats) floats += n;
-    float* books = nullptr;
-    if (absl::Status st =
-            UploadLocked<float>(nullptr, floats * sizeof(float), &books);
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                           caches_.cuda_device);
+    if (major < 8) {
+      return absl::UnimplementedError(absl::StrCat(
+          "encoding from the pages needs tensor cores of compute capability "
+          "8.0 or newer; CUDA device ",
+          caches_.cuda_device, " is ", major, ".x"));
+    }
+    const VqDecodeView& w = plan.shape;
+    for (int g = 0; g < w.key_groups; ++g) {
+      if (w.group_dims[g] > cuda::kMaxTcEncodeDim) {
+        return absl::UnimplementedError(absl::StrCat(
+            "encoding from the pages takes quantizers of at most ",
+            cuda::kMaxTcEncodeDim, " dimensions, not ", w.group_dims[g]));
+      }
+    }
+    if (w.head_dim > cuda::kMaxTcEncodeDim) {
+      return absl::UnimplementedError(
+          absl::StrCat("encoding from the pages takes quantizers of at most ",
+                       cuda::kMaxTcEncodeDim, " dimensions, not ", w.head_dim));
+    }
+    if (absl::Status st = UploadViewLocked(plan); !st.ok()) return st;
+    // Per quantizer, in the plan's order (keys [layer][slot][group], then
+    // values [layer][slot]): its norms and the tensor cores' copy.
+    const CodebookSet& set = codec.codebooks();
+    std::vector<const ResidualQuantizer*> quantizers;
+    for (int l = 0; l < plan.layers; ++l)
+      for (int sl = 0; sl < w.slots; ++sl)
+        for (int g = 0; g < w.key_groups; ++g)
+          quantizers.push_back(&set.key(l, sl, g));
+    for (int l = 0; l < plan.layers; ++l)
+      for (int sl = 0; sl < w.slots; ++sl)
+        quantizers.push_back(&set.value(l, sl));
+    for (size_t i = 0; i < quantizers.size(); ++i) {
+      const ResidualQuantizer& q = *quantizers[i];
+      Quantizer d;
+      d.codebooks = i < key_books_.size() ? key_books_[i]
+                                          : value_books_[i - key_books_.size()];
+      d.stages = q.stages();
+      d.K = q.K();
+      d.dim = q.dim();
+      float* norms = nullptr;
+      if (absl::Status st = UploadLocked<float>(
+              q.norms().data(), q.norms().size() * sizeof(float), &norms);
+          !st.ok()) {
+        return st;
+      }
+      d.norms = norms;
+      void* tc = nullptr;
+      const size_t tc_bytes = cuda::RvqTcCodebookBytes(d.stages, d.K, d.dim);
+      if (absl::Status st = UploadLocked<void>(nullptr, tc_bytes, &tc);
+          !st.ok()) {
+        return st;
+      }
+      e = cuda::LaunchRvqPrepareTcCodebooks(d.codebooks, d.stages, d.K, d.dim,
+                                            tc, stream_);
+      if (e != cudaSuccess) return CudaError("tensor-core codebooks", e);
+      d.tc = tc;
+      quantizers_.push_back(d);
+    }
+    e = cudaStreamSynchronize(stream_);
+    if (e != cudaSuccess) return CudaError("tensor-core codebooks", e);
+    encode_ready_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Event> EncodeLayer(
+      int layer, absl::Span<const EncodeRows> rows) override {
+    absl::MutexLock lock(&mu_);
+    if (!encode_ready_) {
+      return absl::FailedPreconditionError("EncodeLayer before EnableEncode");
+    }
+    if (layer < 0 || layer >= decode_layers_) {
+      return absl::InvalidArgumentError(absl::StrCat("no layer ", layer));
+    }
+    cudaError_t e = cudaSetDevice(caches_.cuda_device);
+    if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
+    const VqDecodeView& w = view_;
+    int64_t n = 0;
+    int64_t pack_bytes = 0;
+    for (const EncodeRows& r : rows) {
+      const int64_t vectors = r.n * w.kv_heads;
+      n += r.n;
+      pack_bytes += (vectors * w.key_stages * w.key_bits + 7) / 8 +
+                    (vectors * w.value_stages * w.value_bits + 7) / 8;
+    }
+    if (n == 0) return RecordLocked(nullptr);
+    const int jobs = VqEncodeJobCount(w);
+    const int64_t job_rows = VqEncodeJobRows(w, n);
+    // Device scratch: the tables (copied from pinned staging in one
+    // transfer), then each job's inputs and codes, then the tensor-core
+    // batch's job table.
+    const size_t tokens_at = 0;
+    const size_t inputs_table_at =
+        Align16(tokens_at + n * sizeof(cuda::EncodeTokenRow));
+    const size_t codes_table_at =
+        Align16(inputs_table_at + jobs * sizeof(void*));
+    const size_t blocks_at = Align16(codes_table_at + jobs * sizeof(void*));
+    const size_t tables_bytes =
+        Align16(blocks_at + rows.size() * sizeof(cuda::PackBlock));
+    std::vector<size_t> input_at(jobs), codes_at(jobs);
+    size_t at = tables_bytes;
+    for (int j = 0; j < jobs; ++j) {
+      input_at[j] = at;
+      at = Align16(at + job_rows * VqEncodeJobDims(w, j) * sizeof(float));
+    }
+    for (int j = 0; j < jobs; ++j) {
+      codes_at[j] = at;
+      at = Align16(at + job_rows * VqEncodeJobStages(w, j) * sizeof(uint16_t));
+    }
+    const size_t batch_at = at;
+    const size_t batch_bytes = cuda::RvqTcBatchScratchBytes(jobs);
+    if (absl::Status st = EnsureScratchLocked(batch_at + batch_bytes);
         !st.ok()) {
       return st;
     }
-    // Codebooks into one allocation; the views' pointer arrays into it.
-    std::vector<const float*> key_ptrs, value_ptrs;
-    float* at = books;
-    for (size_t i = 0; i < plan.key_codebooks.size(); ++i) {
-      e = cudaMemcpy(at, plan.key_codebooks[i],
-                     plan.key_codebook_floats[i] * sizeof(float),
-                     cudaMemcpyHostToDevice);
-      if (e != cudaSuccess) return CudaError("codebook upload", e);
-      key_ptrs.push_back(at);
-      at += plan.key_codebook_floats[i];
+    std::shared_ptr<float[]> staging = pool_->Get((tables_bytes + 3) / 4);
+    if (staging == nullptr) {
+      return absl::ResourceExhaustedError("no pinned memory for encode tables");
     }
-    for (size_t i = 0; i < plan.value_codebooks.size(); ++i) {
-      e = cudaMemcpy(at, plan.value_codebooks[i],
-                     plan.value_codebook_floats[i] * sizeof(float),
-                     cudaMemcpyHostToDevice);
-      if (e != cudaSuccess) return CudaError("codebook upload", e);
-      value_ptrs.push_back(at);
-      at += plan.value_codebook_floats[i];
+    auto* host = reinterpret_cast<uint8_t*>(staging.get());
+    auto* tokens = reinterpret_cast<cuda::EncodeTokenRow*>(host + tokens_at);
+    auto* inputs = reinterpret_cast<float**>(host + inputs_table_at);
+    auto* codes = reinterpret_cast<uint16_t**>(host + codes_table_at);
+    auto* blocks = reinterpret_cast<cuda::PackBlock*>(host + blocks_at);
+    int64_t i = 0;
+    for (size_t b = 0; b < rows.size(); ++b) {
+      const EncodeRows& r = rows[b];
+      blocks[b] = {i, r.n, r.key_codes, r.value_codes};
+      for (int64_t t = 0; t < r.n; ++t, ++i) {
+        const int64_t pos = r.t0 + t;
+        tokens[i] = {r.block_ids[pos / caches_.block_size],
+                     static_cast<int32_t>(pos % caches_.block_size), pos};
+      }
     }
-    view_ = plan.shape;
-    absl::Status st = UploadVectorLocked(key_ptrs, &view_.key_codebooks);
-    if (st.ok()) st = UploadVectorLocked(value_ptrs, &view_.value_codebooks);
-    if (st.ok()) st = UploadVectorLocked(plan.dim_group, &view_.dim_group);
-    if (st.ok()) st = UploadVectorLocked(plan.dim_index, &view_.dim_index);
-    if (st.ok() && !plan.key_gains.empty()) {
-      st = UploadVectorLocked(plan.key_gains, &view_.key_gains);
+    for (int j = 0; j < jobs; ++j) {
+      inputs[j] = reinterpret_cast<float*>(scratch_ + input_at[j]);
+      codes[j] = reinterpret_cast<uint16_t*>(scratch_ + codes_at[j]);
     }
-    if (st.ok() && !plan.inv_freq.empty()) {
-      st = UploadVectorLocked(plan.inv_freq, &view_.inv_freq);
+    e = cudaMemcpyAsync(scratch_, host, tables_bytes, cudaMemcpyHostToDevice,
+                        stream_);
+    if (e != cudaSuccess) return CudaError("encode tables upload", e);
+    const PagedLayer& p = caches_.layers[layer];
+    e = cuda::LaunchVqEncodeInputs(
+        w, Tensor(caches_, p.keys, p.key_strides),
+        Tensor(caches_, p.values, p.value_strides),
+        reinterpret_cast<const cuda::EncodeTokenRow*>(scratch_ + tokens_at), n,
+        reinterpret_cast<float* const*>(scratch_ + inputs_table_at), stream_);
+    if (e != cudaSuccess) return CudaError("encode inputs launch", e);
+    // One tensor-core launch per head-dimension class (1-32, 33-64, ...).
+    const int per_layer = static_cast<int>(quantizers_.size()) / decode_layers_;
+    const int key_per_layer = w.slots * w.key_groups;
+    for (int dim_class = 0; dim_class < 4; ++dim_class) {
+      std::vector<cuda::RvqTcJob> batch;
+      for (int j = 0; j < jobs; ++j) {
+        // Plan order: all layers' keys, then all layers' values.
+        const size_t qi =
+            j < key_per_layer
+                ? static_cast<size_t>(layer) * key_per_layer + j
+                : static_cast<size_t>(decode_layers_) * key_per_layer +
+                      static_cast<size_t>(layer) * (per_layer - key_per_layer) +
+                      (j - key_per_layer);
+        const Quantizer& q = quantizers_[qi];
+        if ((q.dim - 1) / 32 != dim_class) continue;
+        batch.push_back({inputs[j], job_rows, q.dim, q.stages, q.K, q.codebooks,
+                         q.norms, q.tc, codes[j]});
+      }
+      if (batch.empty()) continue;
+      e = cuda::LaunchRvqEncodeGreedyTcBatch(
+          batch.data(), static_cast<int>(batch.size()),
+          cuda::InputType::kFloat32, scratch_ + batch_at, batch_bytes, stream_);
+      if (e != cudaSuccess) return CudaError("tensor-core encode launch", e);
     }
-    if (!st.ok()) return st;
-    decode_layers_ = plan.layers;
-    decode_ready_ = true;
-    return absl::OkStatus();
+    e = cuda::LaunchVqPackLayer(
+        w, reinterpret_cast<const uint16_t* const*>(scratch_ + codes_table_at),
+        reinterpret_cast<const cuda::PackBlock*>(scratch_ + blocks_at),
+        static_cast<int>(rows.size()), pack_bytes, stream_);
+    if (e != cudaSuccess) return CudaError("code packing launch", e);
+    return RecordLocked(std::move(staging));
   }
 
   absl::StatusOr<Event> ScatterCoded(
@@ -412,6 +564,59 @@ class CudaKvDevice final : public KvDevice {
     return ordinal;
   }
 
+  // The plan's arrays on the device, once (EnableDecode and EnableEncode
+  // share them): codebooks in one allocation, the view's tables.
+  absl::Status UploadViewLocked(const VqDecodePlan& plan)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (view_ready_) return absl::OkStatus();
+    cudaError_t e = cudaSetDevice(caches_.cuda_device);
+    if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
+    size_t floats = 0;
+    for (size_t n : plan.key_codebook_floats) floats += n;
+    for (size_t n : plan.value_codebook_floats) floats += n;
+    float* books = nullptr;
+    if (absl::Status st =
+            UploadLocked<float>(nullptr, floats * sizeof(float), &books);
+        !st.ok()) {
+      return st;
+    }
+    float* at = books;
+    for (size_t i = 0; i < plan.key_codebooks.size(); ++i) {
+      e = cudaMemcpy(at, plan.key_codebooks[i],
+                     plan.key_codebook_floats[i] * sizeof(float),
+                     cudaMemcpyHostToDevice);
+      if (e != cudaSuccess) return CudaError("codebook upload", e);
+      key_books_.push_back(at);
+      at += plan.key_codebook_floats[i];
+    }
+    for (size_t i = 0; i < plan.value_codebooks.size(); ++i) {
+      e = cudaMemcpy(at, plan.value_codebooks[i],
+                     plan.value_codebook_floats[i] * sizeof(float),
+                     cudaMemcpyHostToDevice);
+      if (e != cudaSuccess) return CudaError("codebook upload", e);
+      value_books_.push_back(at);
+      at += plan.value_codebook_floats[i];
+    }
+    view_ = plan.shape;
+    absl::Status st = UploadVectorLocked(key_books_, &view_.key_codebooks);
+    if (st.ok()) st = UploadVectorLocked(value_books_, &view_.value_codebooks);
+    if (st.ok()) st = UploadVectorLocked(plan.dim_group, &view_.dim_group);
+    if (st.ok()) st = UploadVectorLocked(plan.dim_index, &view_.dim_index);
+    for (int g = 0; st.ok() && g < plan.shape.key_groups; ++g) {
+      st = UploadVectorLocked(plan.group_dim[g], &view_.group_dim[g]);
+    }
+    if (st.ok() && !plan.key_gains.empty()) {
+      st = UploadVectorLocked(plan.key_gains, &view_.key_gains);
+    }
+    if (st.ok() && !plan.inv_freq.empty()) {
+      st = UploadVectorLocked(plan.inv_freq, &view_.inv_freq);
+    }
+    if (!st.ok()) return st;
+    decode_layers_ = plan.layers;
+    view_ready_ = true;
+    return absl::OkStatus();
+  }
+
   static size_t Align16(size_t n) { return (n + 15) & ~size_t{15}; }
 
   // A device allocation of `bytes` holding `host` (when not null), owned by
@@ -477,9 +682,20 @@ class CudaKvDevice final : public KvDevice {
   Event next_ ABSL_GUARDED_BY(mu_) = 0;
   // Decoding (EnableDecode): the view with device pointers, the memory it
   // points to, and the scratch the codes are copied into.
+  // One quantizer on the device, for encoding.
+  struct Quantizer {
+    const float* codebooks = nullptr;
+    const float* norms = nullptr;
+    const void* tc = nullptr;
+    int stages = 0, K = 0, dim = 0;
+  };
+  bool view_ready_ ABSL_GUARDED_BY(mu_) = false;
   bool decode_ready_ ABSL_GUARDED_BY(mu_) = false;
-  int decode_layers_ = 0;  // written once, before decode_ready_
+  bool encode_ready_ ABSL_GUARDED_BY(mu_) = false;
+  int decode_layers_ = 0;  // written once, before view_ready_
   VqDecodeView view_;      // ditto
+  std::vector<const float*> key_books_, value_books_;  // ditto
+  std::vector<Quantizer> quantizers_;  // plan order; before encode_ready_
   std::vector<void*> decode_memory_ ABSL_GUARDED_BY(mu_);
   uint8_t* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;
   size_t scratch_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -129,8 +129,8 @@ std::unique_ptr<PyClient> MakeClient(
     const py::object& tls_key_file,
     const std::optional<std::string>& tls_server_name,
     unsigned tls_reload_seconds, int key_sketch_first_layer,
-    const std::string& key_pairs, int encode_cuda_device,
-    bool decode_on_device) {
+    const std::string& key_pairs, int encode_cuda_device, bool decode_on_device,
+    bool encode_on_device) {
   client::ClientConfig config;
   config.server = server;
   config.replicas = replicas;
@@ -165,6 +165,7 @@ std::unique_ptr<PyClient> MakeClient(
   o.sink_tokens = sink_tokens;
   o.encode_cuda_device = encode_cuda_device;
   o.decode_on_device = decode_on_device;
+  o.encode_on_device = encode_on_device;
   if (key_pairs == "half") {
     o.engine_key_pairs = RopePairs::kHalf;
   } else if (key_pairs != "adjacent") {
@@ -251,6 +252,7 @@ PYBIND11_MODULE(vqkv, m) {
            py::arg("key_pairs") = "adjacent",
            py::arg("encode_cuda_device") = -1,
            py::arg("decode_on_device") = false,
+           py::arg("encode_on_device") = false,
            "Opens a client. server: 'embedded' (in-memory store in this "
            "process), 'embedded:DIR' (with a disk tier in DIR), a "
            "vqkv-server 'host:port', or a cluster: 'host:port,host:port' or "
@@ -270,7 +272,9 @@ PYBIND11_MODULE(vqkv, m) {
            "position\"). encode_cuda_device: a CUDA device whose tensor "
            "cores run the vq searches of saves (-1: the CPU; needs a build "
            "with CUDA). decode_on_device: vq loads into CUDA pages decode "
-           "on the GPU (docs/CLIENT.md \"Decoding loads on the GPU\").")
+           "on the GPU (docs/CLIENT.md \"Decoding loads on the GPU\"). "
+           "encode_on_device: vq saves from CUDA pages encode on the GPU "
+           "from the pages (\"Encoding saves from the pages\").")
       .def("hash_tokens", &vp::PyClient::HashTokens, py::arg("tokens"),
            py::arg("salt") = "",
            "Chain hashes (16-byte bytes) of the full blocks of `tokens`.")

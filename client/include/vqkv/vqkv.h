@@ -214,6 +214,15 @@ typedef struct vqkv_client_options {
    * sketch). Off by default: the kernel has not yet run on a GPU
    * (docs/CLIENT.md, "Decoding loads on the GPU"). */
   int32_t decode_on_device;
+
+  /* Added after `decode_on_device`. vq only: nonzero encodes saves from
+   * CUDA device pages on that GPU, straight from the pages (no float copy
+   * to the host and back); a chain's first block is still encoded on the
+   * host. Registering CUDA pages fails with VQKV_UNIMPLEMENTED where it
+   * cannot (fp16, a key sketch, a GPU older than compute capability 8.0).
+   * Off by default: its kernels have not yet run on a GPU (docs/CLIENT.md,
+   * "Encoding saves from the pages"). */
+  int32_t encode_on_device;
 } vqkv_client_options_t;
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,

@@ -257,11 +257,14 @@ static void TestBadOptions(void) {
   o.encode_cuda_device = -1;
   ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "encode_cuda_device");
 
-  /* decode_on_device defaults to off and opens a client either way (it
-   * matters when CUDA pages register: kv_connector_test.cc). */
+  /* decode_on_device and encode_on_device default to off and open a client
+   * either way (they matter when CUDA pages register:
+   * kv_connector_test.cc). */
   InitOptions(&o);
   CHECK(o.decode_on_device == 0);
+  CHECK(o.encode_on_device == 0);
   o.decode_on_device = 1;
+  o.encode_on_device = 1;
   client = NULL;
   CHECK_CODE(vqkv_client_create(&o, &client), VQKV_OK);
   vqkv_client_destroy(client);

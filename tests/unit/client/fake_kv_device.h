@@ -8,7 +8,9 @@
 // for). It also checks that the rows are staging it handed out, and can be
 // made to fail. It decodes codes (EnableDecode, ScatterCoded) with the
 // device kernel's host reference (kernels/vq_decode_element.h), rounding
-// into the pages as Scatter does.
+// into the pages as Scatter does; and encodes pages (EnableEncode,
+// EncodeLayer) with the device encode's host reference
+// (kernels/vq_layer_encode.h).
 //
 // Thread safety: all methods may be called from any thread.
 #ifndef VQKV_TESTS_UNIT_CLIENT_FAKE_KV_DEVICE_H_
@@ -34,6 +36,7 @@
 #include "client/kv_device.h"
 #include "client/paged_kv.h"
 #include "kernels/vq_decode_plan.h"
+#include "kernels/vq_layer_encode.h"
 
 namespace vqkv::client::testing {
 
@@ -121,6 +124,64 @@ class FakeKvDevice : public KvDevice {
       }
     });
     return ++submitted_;
+  }
+
+  absl::Status EnableEncode(const VqDecodePlan& plan,
+                            const VqCodec& codec) override {
+    absl::MutexLock lock(&mu_);
+    if (refuse_decode_) {
+      return absl::ResourceExhaustedError("fake device: no memory to encode");
+    }
+    encode_plan_ = &plan;
+    encode_codec_ = &codec;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Event> EncodeLayer(
+      int layer, absl::Span<const EncodeRows> rows) override {
+    absl::MutexLock lock(&mu_);
+    if (encode_codec_ == nullptr) {
+      return absl::FailedPreconditionError("EncodeLayer before EnableEncode");
+    }
+    if (fail_gather_) {
+      fail_gather_ = false;
+      return absl::InternalError("fake device: encode refused");
+    }
+    struct Block {
+      std::vector<int32_t> ids;
+      int64_t t0, n;
+      uint8_t *k, *v;
+    };
+    std::vector<Block> blocks;
+    for (const EncodeRows& r : rows) {
+      blocks.push_back(
+          {std::vector<int32_t>(r.block_ids.begin(), r.block_ids.end()), r.t0,
+           r.n, r.key_codes, r.value_codes});
+    }
+    encoded_blocks_ += static_cast<int>(rows.size());
+    // Runs later, reading the pages as they are then (a missing stream
+    // order shows as codes of stale pages).
+    queue_.push_back([this, layer, blocks = std::move(blocks)] {
+      const int64_t row = int64_t{caches_.kv_heads} * caches_.head_dim;
+      std::vector<std::vector<float>> k(blocks.size()), v(blocks.size());
+      std::vector<LayerBlockToEncode> batch;
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        const Block& b = blocks[i];
+        k[i].resize(b.n * row);
+        v[i].resize(b.n * row);
+        GatherLayer(caches_, layer, b.ids, b.t0, b.n, k[i].data(), v[i].data());
+        batch.push_back({k[i].data(), v[i].data(), b.n, b.t0, b.k, b.v});
+      }
+      VqEncodeLayerRef(*encode_codec_, *encode_plan_, layer, batch)
+          .IgnoreError();
+    });
+    return ++submitted_;
+  }
+
+  // Blocks handed to EncodeLayer so far (one per block and layer).
+  int encoded_blocks() {
+    absl::MutexLock lock(&mu_);
+    return encoded_blocks_;
   }
 
   // EnableDecode fails (as a GPU without room for the codebooks would).
@@ -266,6 +327,9 @@ class FakeKvDevice : public KvDevice {
   std::optional<VqDecodePlan> plan_;  // set under mu_, then only read
   bool refuse_decode_ ABSL_GUARDED_BY(mu_) = false;
   int coded_scatters_ ABSL_GUARDED_BY(mu_) = 0;
+  const VqDecodePlan* encode_plan_ = nullptr;  // set under mu_, then read
+  const VqCodec* encode_codec_ = nullptr;      // ditto
+  int encoded_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread worker_;
 };
 

@@ -206,6 +206,87 @@ TEST(KvConnectorCudaTest, LoadsDecodeOnTheGpuAsOnTheHost) {
   }
 }
 
+// encode_on_device on the GPU (kernels/cuda/paged_encode.cuh and the
+// tensor cores): a save from device pages stores blocks that reconstruct
+// the KV within 2% of the error of the blocks a host-page save stores (the
+// tensor cores pick within their bf16 bound of the CPU's codeword, so the
+// bytes may differ), and every block but the chain's first was encoded on
+// the GPU.
+TEST(KvConnectorCudaTest, SavesEncodeOnTheGpuAsWellAsOnTheHost) {
+  SKIP_WITHOUT_GPU();
+  const KvLayout l = SmallLayout();
+  const testing::FittedVq vq =
+      testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
+  CacheClientOptions o = Options(32);
+  o.engine_key_pairs = RopePairs::kHalf;
+  CacheClientOptions od = o;
+  od.encode_on_device = true;
+  auto store_dev = MemoryStore(), store_host = MemoryStore();
+  auto cd =
+      CacheClient::Create(od, vq.codec, vq.file,
+                          std::make_unique<EmbeddedBackend>(store_dev.get()));
+  auto ch =
+      CacheClient::Create(o, vq.codec, vq.file,
+                          std::make_unique<EmbeddedBackend>(store_host.get()));
+  ASSERT_TRUE(cd.ok() && ch.ok());
+  std::unique_ptr<CacheClient> on_dev = *std::move(cd),
+                               on_host = *std::move(ch);
+  const int n = 96;
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> kv = ExactKv(n * l.ElementsPerToken(), 11);
+  std::vector<int32_t> ids(kPages);
+  std::iota(ids.rbegin(), ids.rend(), 0);
+  const size_t per_layer = size_t{n} * l.kv_heads * l.head_dim;
+
+  Pages host(false), dev(true);
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ScatterLayer(host.Caches(), layer, ids, 0, n, kv.data() + layer * per_layer,
+                 kv.data() + layer * per_layer);
+    ASSERT_EQ(cudaMemcpy(dev.k[layer], host.k[layer], host.bytes,
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dev.v[layer], host.v[layer], host.bytes,
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+  }
+  KvConnector on_gpu(on_dev.get()), on_cpu(on_host.get());
+  ASSERT_TRUE(on_gpu.RegisterKvCaches(dev.Caches()).ok());
+  ASSERT_TRUE(on_cpu.RegisterKvCaches(host.Caches()).ok());
+  const SaveSpec save{"s", tokens, "", ids, 0};
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(on_gpu.SaveLayer(layer, {save}).ok());
+    ASSERT_TRUE(on_cpu.SaveLayer(layer, {save}).ok());
+  }
+  ASSERT_TRUE(on_gpu.WaitForSave().ok());
+  ASSERT_TRUE(on_cpu.WaitForSave().ok());
+  ASSERT_TRUE(on_dev->WaitIdle(absl::Seconds(30)));
+  ASSERT_TRUE(on_host->WaitIdle(absl::Seconds(30)));
+  EXPECT_EQ(on_gpu.stats().blocks_encoded_on_device, n / 32 - 1);
+  ASSERT_EQ(*on_dev->Lookup(tokens, ""), n);
+
+  // The pages' KV as fp16 rounded it, and both stores' reconstructions.
+  std::vector<float> want_k(per_layer * l.layers), want_v(want_k.size());
+  for (int layer = 0; layer < l.layers; ++layer) {
+    GatherLayer(host.Caches(), layer, ids, 0, n,
+                want_k.data() + layer * per_layer,
+                want_v.data() + layer * per_layer);
+  }
+  double err[2] = {0, 0};
+  CacheClient* clients[2] = {on_dev.get(), on_host.get()};
+  for (int c = 0; c < 2; ++c) {
+    std::vector<float> k(want_k.size()), v(want_v.size());
+    auto loaded = clients[c]->Load(tokens, "", k.data(), v.data());
+    ASSERT_TRUE(loaded.ok());
+    ASSERT_EQ(loaded->tokens, n);
+    for (size_t i = 0; i < k.size(); ++i) {
+      err[c] += (k[i] - want_k[i]) * (k[i] - want_k[i]) +
+                (v[i] - want_v[i]) * (v[i] - want_v[i]);
+    }
+  }
+  EXPECT_LE(err[0], 1.02 * err[1] + 1e-9)
+      << "GPU-encoded blocks reconstruct worse than CPU-encoded ones";
+}
+
 TEST(KvConnectorCudaTest, HostMemoryIsNotDevicePages) {
   SKIP_WITHOUT_GPU();
   auto store = MemoryStore();

@@ -705,6 +705,76 @@ INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceDecodeTest,
                                             ::testing::Bool()),
                          LayoutName);
 
+// encode_on_device: a save's blocks are encoded by the device straight
+// from the pages (the fake runs the device encode's host reference), except
+// a chain's first block (its exact sink tokens), which the host encodes.
+// The stored blocks must be the ones a host-page engine stores for the same
+// KV (pre-RoPE codebooks, a rotate-half engine), byte for byte; the pages
+// are overwritten as soon as the compute stream may, so an encode that
+// read them late would store other codes.
+TEST(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
+  const KvLayout l = SmallLayout();
+  const testing::FittedVq vq =
+      testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
+  CacheClientOptions o = Options(32);
+  o.engine_key_pairs = RopePairs::kHalf;
+  auto store_dev = MemoryStore(), store_host = MemoryStore();
+  CacheClientOptions od = o;
+  od.encode_on_device = true;
+  auto cd =
+      CacheClient::Create(od, vq.codec, vq.file,
+                          std::make_unique<EmbeddedBackend>(store_dev.get()));
+  auto ch =
+      CacheClient::Create(o, vq.codec, vq.file,
+                          std::make_unique<EmbeddedBackend>(store_host.get()));
+  ASSERT_TRUE(cd.ok() && ch.ok());
+  std::unique_ptr<CacheClient> on_dev = *std::move(cd),
+                               on_host = *std::move(ch);
+  const int n = 96;
+  const std::vector<int32_t> tokens = Tokens(n);
+  std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 5);
+  const Rope rope(l.head_dim, RopeSpec{10000.0, l.head_dim});
+  rope.ApplyBlock(k.data(), l.layers, n, l.kv_heads, 0);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 6);
+  const std::vector<int32_t> ids = ShuffledPages(7);
+
+  Pages host(DType::kFloat32, false);
+  KvConnector host_engine(on_host.get());
+  ASSERT_TRUE(host_engine.RegisterKvCaches(host.Caches()).ok());
+  Fill(host.Caches(), ids, n, k, v);
+  Pages pages(DType::kFloat32, false);
+  KvConnector engine(on_dev.get());
+  testing::FakeKvDevice* dev = nullptr;
+  ASSERT_TRUE(RegisterOnFakeDevice(&engine, &pages, &dev).ok());
+  Fill(pages.Caches(), ids, n, k, v);
+  const SaveSpec save{"s", tokens, "", ids, 0};
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(host_engine.SaveLayer(layer, {save}).ok());
+    ASSERT_TRUE(engine.SaveLayer(layer, {save}).ok());
+  }
+  ASSERT_TRUE(host_engine.WaitForSave().ok());
+  ASSERT_TRUE(engine.WaitForSave().ok());
+  dev->SyncCompute();
+  for (auto& layer : pages.k) std::fill(layer.begin(), layer.end(), 0xab);
+  for (auto& layer : pages.v) std::fill(layer.begin(), layer.end(), 0xab);
+  ASSERT_TRUE(on_host->WaitIdle(absl::Seconds(30)));
+  ASSERT_TRUE(on_dev->WaitIdle(absl::Seconds(30)));
+  EXPECT_EQ(engine.GetFinished().saved, std::vector<std::string>{"s"});
+  EXPECT_EQ(dev->encoded_blocks(), 2 * l.layers);
+  EXPECT_EQ(engine.stats().blocks_encoded_on_device, 2);
+  EXPECT_EQ(dev->bad_rows(), 0);
+
+  auto hashes = on_dev->HashTokens(tokens, "");
+  ASSERT_TRUE(hashes.ok());
+  const std::vector<GetItem> got = on_dev->GetBlocks(*hashes);
+  const std::vector<GetItem> want = on_host->GetBlocks(*hashes);
+  ASSERT_EQ(got.size(), 3u);
+  for (size_t b = 0; b < got.size(); ++b) {
+    ASSERT_TRUE(got[b].ok() && want[b].ok()) << "block " << b;
+    EXPECT_TRUE(*got[b] == *want[b]) << "block " << b << " differs";
+  }
+}
+
 // decode_on_device is refused, naming the option, when the codec cannot
 // decode on a device (fp16 blocks) or the device cannot take the codebooks.
 TEST(KvConnectorDeviceDecodeErrorsTest, RefusalsNameTheOption) {

@@ -59,6 +59,31 @@ TEST(BlockTest, RoundTripIsBitExactAndHeaderIsFilled) {
   EXPECT_EQ(out.v, kv.v);
 }
 
+// A payload coded elsewhere, sealed, is the block EncodeBlock makes.
+TEST(BlockTest, SealBlockOfAnEncodedPayloadIsEncodeBlock) {
+  RawFloatCodec codec(kLayout, 0x77);
+  Kv kv = RandomKv(kLayout, 6, 4);
+  BlockOptions options;
+  options.keys_post_rope = true;
+  auto want = EncodeBlock(codec, kv.k.data(), kv.v.data(), 6, options);
+  ASSERT_TRUE(want.ok()) << want.status();
+  std::vector<uint8_t> payload(codec.EncodedBytes(6));
+  ASSERT_TRUE(
+      codec.Encode(kv.k.data(), kv.v.data(), 6, payload.data(), payload.size())
+          .ok());
+  auto got = SealBlock(codec, payload, 6, options);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, *want);
+  EXPECT_EQ(
+      SealBlock(codec, absl::MakeConstSpan(payload).subspan(1), 6, options)
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  options.fp16_tokens = 2;
+  EXPECT_EQ(SealBlock(codec, payload, 6, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(BlockTest, Fp16SectionHoldsLeadingTokens) {
   RawFloatCodec codec(kLayout);
   const int64_t tokens = 7, sinks = 3;

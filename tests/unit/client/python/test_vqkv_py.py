@@ -602,8 +602,9 @@ class ConnectorTest(unittest.TestCase):
             self.assertIn("__cuda_array_interface__", str(cm.exception))
             conn.register_kv_caches(k, v)  # host pages still register
             conn.shutdown()
-        # decode_on_device reaches the client; host pages ignore it.
-        with make_client(decode_on_device=True) as c:
+        # decode_on_device and encode_on_device reach the client; host
+        # pages ignore them.
+        with make_client(decode_on_device=True, encode_on_device=True) as c:
             conn = vqkv.Connector(c)
             with self.assertRaises(vqkv.Error) as cm:
                 conn.register_kv_caches([FakeCudaArray(a) for a in k],
