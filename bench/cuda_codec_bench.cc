@@ -12,9 +12,9 @@
 // kernels' cost does not depend on the values. As a sanity check, the first
 // vectors' GPU codes (both encoders) are compared with the CPU encoder.
 //
-// After the quantizers it times a paged load of one LLaMA-3.1-8B layer
-// (RunPagedLoad below): the client's device decode against the float path
-// it replaces and the memcpy floor.
+// After the quantizers it times a paged load and a paged save of one
+// LLaMA-3.1-8B layer (RunPagedLoad, RunPagedSave below): the client's
+// device decode and encode against the float path they replace.
 //
 // --llama3-8b-128k instead encodes a whole 128k-token LLaMA-3.1-8B-shaped
 // cache on the tensor cores (32 layers x 8 KV heads = 33.5M key and as many
@@ -42,8 +42,10 @@
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/cuda/paged_copy.cuh"
 #include "kernels/cuda/paged_decode.cuh"
+#include "kernels/cuda/paged_encode.cuh"
 #include "kernels/cuda/rvq_cuda.cuh"
 #include "kernels/fp16.h"
+#include "kernels/vq_encode_element.h"
 #include "tests/testing/random_decode_view.h"
 
 namespace {
@@ -268,10 +270,14 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
 // mapped host memory); the host's part of the float path, the codeword sums
 // alone on one core (cpu::RvqDecode; the rotation comes on top); and the
 // device memcpy of the bytes the decode must move (codes in, fp16 out).
-bool RunPagedLoad(cudaStream_t stream, int reps) {
-  constexpr int kBlocks = 256, kBlockTokens = 16, kHeads = 8, kDim = 128;
-  constexpr int64_t kTokens = int64_t{kBlocks} * kBlockTokens;
-  constexpr int64_t kRow = int64_t{kHeads} * kDim;
+constexpr int kBlocks = 256, kBlockTokens = 16, kHeads = 8, kDim = 128;
+constexpr int64_t kTokens = int64_t{kBlocks} * kBlockTokens;
+constexpr int64_t kRow = int64_t{kHeads} * kDim;
+
+// One LLaMA-3.1-8B layer's codec as the client runs it on a GPU: keys
+// 56 x 1024 of pre-RoPE codebooks with gains, values 16 x 512, an engine
+// in rotate-half order.
+vqkv::testing::RandomDecodeSpec LlamaLayerSpec() {
   vqkv::testing::RandomDecodeSpec spec;
   spec.layers = 1;
   spec.kv_heads = kHeads;
@@ -281,7 +287,11 @@ bool RunPagedLoad(cudaStream_t stream, int reps) {
   spec.key_gains = true;
   spec.rot_dims = kDim;
   spec.engine_pairs = vqkv::kDecodeHalfPairs;
-  vqkv::testing::RandomDecodeView view(spec);
+  return spec;
+}
+
+bool RunPagedLoad(cudaStream_t stream, int reps) {
+  vqkv::testing::RandomDecodeView view(LlamaLayerSpec());
   CHECK_CUDA(view.Upload());
   const size_t kb = view.KeyBytes(kBlockTokens),
                vb = view.ValueBytes(kBlockTokens);
@@ -412,6 +422,196 @@ bool RunPagedLoad(cudaStream_t stream, int reps) {
   cudaFree(d_pk);
   cudaFree(d_pv);
   cudaFreeHost(h_codes);
+  cudaFreeHost(h_rows);
+  return true;
+}
+
+// A save of the same layer from the pages (encode_on_device): the job
+// inputs read from the pages, the tensor-core encode of every job (one
+// launch per head-dimension class) and the packing into pinned host
+// staging, against the PCIe round trip of the float path it replaces (the
+// rows gathered into mapped host memory, then copied back for the GPU
+// encoder) and the same tensor-core encode alone.
+bool RunPagedSave(cudaStream_t stream, int reps) {
+  namespace vc = vqkv::cuda;
+  vqkv::testing::RandomDecodeView view(LlamaLayerSpec());
+  CHECK_CUDA(view.Upload());
+  const vqkv::VqDecodeView& w = view.host();
+  const int jobs = vqkv::VqEncodeJobCount(w);
+  const int64_t job_rows = vqkv::VqEncodeJobRows(w, kTokens);
+  // Per quantizer (one key group and the values): norms, tensor-core copy.
+  std::vector<vc::RvqTcJob> tc_jobs;
+  std::vector<void*> owned;
+  for (int j = 0; j < jobs; ++j) {
+    const std::vector<float>& cb = view.books()[j];
+    const int stages = vqkv::VqEncodeJobStages(w, j);
+    const int dim = vqkv::VqEncodeJobDims(w, j);
+    const int K =
+        1 << (j < vqkv::VqEncodeKeyJobs(w) ? w.key_bits : w.value_bits);
+    std::vector<float> norms(static_cast<size_t>(stages) * K);
+    for (size_t c = 0; c < norms.size(); ++c) {
+      float sum = 0;
+      for (int d = 0; d < dim; ++d) sum += cb[c * dim + d] * cb[c * dim + d];
+      norms[c] = sum;
+    }
+    float* d_norms = DeviceAlloc<float>(norms.size());
+    void* d_tc = DeviceAlloc<uint8_t>(vc::RvqTcCodebookBytes(stages, K, dim));
+    float* d_in = DeviceAlloc<float>(job_rows * dim);
+    uint16_t* d_out = DeviceAlloc<uint16_t>(job_rows * stages);
+    if (!d_norms || !d_tc || !d_in || !d_out) return false;
+    owned.insert(owned.end(), {d_norms, d_tc, d_in, d_out});
+    CHECK_CUDA(cudaMemcpy(d_norms, norms.data(), norms.size() * 4,
+                          cudaMemcpyHostToDevice));
+    CHECK_CUDA(vc::LaunchRvqPrepareTcCodebooks(view.device_books()[j], stages,
+                                               K, dim, d_tc, stream));
+    tc_jobs.push_back({d_in, job_rows, dim, stages, K, view.device_books()[j],
+                       d_norms, d_tc, d_out});
+  }
+  std::vector<float*> inputs;
+  std::vector<const uint16_t*> codes;
+  for (const vc::RvqTcJob& j : tc_jobs) {
+    inputs.push_back(static_cast<float*>(const_cast<void*>(j.x)));
+    codes.push_back(j.codes);
+  }
+  float** d_inputs = DeviceAlloc<float*>(inputs.size());
+  const uint16_t** d_codes = DeviceAlloc<const uint16_t*>(codes.size());
+  const size_t batch_bytes = vc::RvqTcBatchScratchBytes(jobs);
+  void* d_batch = DeviceAlloc<uint8_t>(batch_bytes);
+  uint16_t* d_pk =
+      DeviceAlloc<uint16_t>(size_t{kBlocks + 1} * kBlockTokens * kRow);
+  uint16_t* d_pv =
+      DeviceAlloc<uint16_t>(size_t{kBlocks + 1} * kBlockTokens * kRow);
+  if (!d_inputs || !d_codes || !d_batch || !d_pk || !d_pv) return false;
+  CHECK_CUDA(cudaMemcpy(d_inputs, inputs.data(), inputs.size() * sizeof(void*),
+                        cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(d_codes, codes.data(), codes.size() * sizeof(void*),
+                        cudaMemcpyHostToDevice));
+  CHECK_CUDA(
+      cudaMemset(d_pk, 0x3c, size_t{kBlocks + 1} * kBlockTokens * kRow * 2));
+  CHECK_CUDA(
+      cudaMemset(d_pv, 0x3c, size_t{kBlocks + 1} * kBlockTokens * kRow * 2));
+  vc::PageTensor tk{d_pk, vc::kPageF16, {kBlockTokens * kRow, kRow, kDim, 1}};
+  vc::PageTensor tv = tk;
+  tv.data = d_pv;
+  // Token rows, pack blocks (slices into pinned, mapped host memory), and
+  // the float path's rows (mapped host memory).
+  const size_t kb = view.KeyBytes(kBlockTokens),
+               vb = view.ValueBytes(kBlockTokens);
+  uint8_t* h_slices = nullptr;
+  float* h_rows = nullptr;
+  CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&h_slices),
+                           kBlocks * (kb + vb), cudaHostAllocMapped));
+  CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&h_rows),
+                           2 * kTokens * kRow * sizeof(float),
+                           cudaHostAllocMapped));
+  std::vector<vc::EncodeTokenRow> rows(kTokens);
+  std::vector<vc::PackBlock> blocks(kBlocks);
+  std::vector<vc::PagedRow> plain(kTokens);
+  for (int b = 0; b < kBlocks; ++b) {
+    blocks[b] = {int64_t{b} * kBlockTokens, kBlockTokens,
+                 h_slices + b * (kb + vb), h_slices + b * (kb + vb) + kb};
+    for (int t = 0; t < kBlockTokens; ++t) {
+      const int64_t i = int64_t{b} * kBlockTokens + t;
+      rows[i] = {kBlocks - b, t, i};
+      plain[i] = {kBlocks - b, t, h_rows + i * kRow,
+                  h_rows + (kTokens + i) * kRow};
+    }
+  }
+  auto* d_rows = DeviceAlloc<vc::EncodeTokenRow>(rows.size());
+  auto* d_blocks = DeviceAlloc<vc::PackBlock>(blocks.size());
+  auto* d_plain = DeviceAlloc<vc::PagedRow>(plain.size());
+  float* d_float_rows = DeviceAlloc<float>(2 * kTokens * kRow);
+  if (!d_rows || !d_blocks || !d_plain || !d_float_rows) return false;
+  CHECK_CUDA(cudaMemcpy(d_rows, rows.data(), rows.size() * sizeof(rows[0]),
+                        cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(d_blocks, blocks.data(),
+                        blocks.size() * sizeof(blocks[0]),
+                        cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(d_plain, plain.data(), plain.size() * sizeof(plain[0]),
+                        cudaMemcpyHostToDevice));
+  const int64_t pack_bytes = kBlocks * static_cast<int64_t>(kb + vb);
+  auto encode_all = [&]() -> cudaError_t {
+    for (int dim_class = 0; dim_class < 4; ++dim_class) {
+      std::vector<vc::RvqTcJob> batch;
+      for (const vc::RvqTcJob& j : tc_jobs) {
+        if ((j.dim - 1) / 32 == dim_class) batch.push_back(j);
+      }
+      if (batch.empty()) continue;
+      const cudaError_t e = vc::LaunchRvqEncodeGreedyTcBatch(
+          batch.data(), static_cast<int>(batch.size()), vc::InputType::kFloat32,
+          d_batch, batch_bytes, stream);
+      if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+  };
+
+  std::printf(
+      "\npaged save of one LLaMA-3.1-8B layer: %lld tokens (%d blocks "
+      "of %d), the codec above, fp16 pages\n",
+      static_cast<long long>(kTokens), kBlocks, kBlockTokens);
+  std::printf("%-44s %10s %14s\n", "op", "ms/layer", "tokens/s");
+  auto row = [&](const char* op, double ms) {
+    std::printf("%-44s %10.3f %14.4g\n", op, ms, kTokens / (ms * 1e-3));
+  };
+  double ms = 0;
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            cudaError_t e = vc::LaunchVqEncodeInputs(
+                view.device(), tk, tv, d_rows, kTokens, d_inputs, stream);
+            if (e == cudaSuccess) e = encode_all();
+            if (e == cudaSuccess) {
+              e = vc::LaunchVqPackLayer(view.device(), d_codes, d_blocks,
+                                        kBlocks, pack_bytes, stream);
+            }
+            return e;
+          },
+          &ms)) {
+    return false;
+  }
+  row("encode from pages (inputs + encode + pack)", ms);
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            return vc::LaunchVqEncodeInputs(view.device(), tk, tv, d_rows,
+                                            kTokens, d_inputs, stream);
+          },
+          &ms)) {
+    return false;
+  }
+  row("  of which: inputs from the pages", ms);
+  if (!TimeMs(stream, reps, encode_all, &ms)) return false;
+  row("  of which: tensor-core encode", ms);
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            return vc::LaunchPagedGather(tk, tv, d_plain, kTokens, kHeads, kDim,
+                                         stream);
+          },
+          &ms)) {
+    return false;
+  }
+  row("float path: gather into mapped host rows", ms);
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            return cudaMemcpyAsync(d_float_rows, h_rows,
+                                   2 * kTokens * kRow * sizeof(float),
+                                   cudaMemcpyHostToDevice, stream);
+          },
+          &ms)) {
+    return false;
+  }
+  row("float path: rows back to the GPU encoder", ms);
+  for (void* p : owned) cudaFree(p);
+  for (void* p :
+       {static_cast<void*>(d_inputs), static_cast<void*>(d_codes), d_batch,
+        static_cast<void*>(d_pk), static_cast<void*>(d_pv),
+        static_cast<void*>(d_rows), static_cast<void*>(d_blocks),
+        static_cast<void*>(d_plain), static_cast<void*>(d_float_rows)}) {
+    cudaFree(p);
+  }
+  cudaFreeHost(h_slices);
   cudaFreeHost(h_rows);
   return true;
 }
@@ -573,6 +773,7 @@ int main(int argc, char** argv) {
     if (!Run(q, n, static_cast<int>(reps), check, stream)) return 1;
   }
   if (!RunPagedLoad(stream, static_cast<int>(reps))) return 1;
+  if (!RunPagedSave(stream, static_cast<int>(reps))) return 1;
   cudaStreamDestroy(stream);
   return 0;
 }

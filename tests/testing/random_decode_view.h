@@ -138,10 +138,12 @@ class RandomDecodeView {
   cudaError_t Upload() {
     std::vector<const float*> dk, dv;
     cudaError_t e = cudaSuccess;
+    device_books_.clear();
     for (size_t i = 0; i < books_.size() && e == cudaSuccess; ++i) {
       const float* p = nullptr;
       e = Copy(books_[i], &p);
       (i < key_books_ ? dk : dv).push_back(p);
+      device_books_.push_back(p);
     }
     device_ = host_;
     if (e == cudaSuccess) e = Copy(dk, &device_.key_codebooks);
@@ -160,6 +162,15 @@ class RandomDecodeView {
       e = Copy(inv_freq_, &device_.inv_freq);
     }
     return e;
+  }
+
+  // The codebooks, [stages][K][dims] floats each: the key quantizers in
+  // the view's order ([layer][slot][group]), then the values'.
+  const std::vector<std::vector<float>>& books() const { return books_; }
+  size_t key_books() const { return key_books_; }
+  // Device copies of books() in the same order; valid after Upload().
+  const std::vector<const float*>& device_books() const {
+    return device_books_;
   }
 
   // Bytes of one layer's packed K (or V) codes of `tokens` tokens.
@@ -190,7 +201,7 @@ class RandomDecodeView {
   std::vector<int32_t> group_dim_[kMaxDecodeKeyGroups];
   std::vector<std::vector<float>> books_;  // key quantizers, then values
   size_t key_books_ = 0;
-  std::vector<const float*> host_keys_, host_values_;
+  std::vector<const float*> host_keys_, host_values_, device_books_;
   std::vector<float> gains_;
   std::vector<double> inv_freq_;
   std::vector<void*> device_memory_;
