@@ -290,6 +290,14 @@ vqkv::testing::RandomDecodeSpec LlamaLayerSpec() {
   return spec;
 }
 
+// The columns of the paged load and save tables: per layer of kTokens.
+void PrintLayerHeader() {
+  std::printf("%-44s %10s %14s\n", "op", "ms/layer", "tokens/s");
+}
+void PrintLayerRow(const char* op, double ms) {
+  std::printf("%-44s %10.3f %14.4g\n", op, ms, kTokens / (ms * 1e-3));
+}
+
 bool RunPagedLoad(cudaStream_t stream, int reps) {
   vqkv::testing::RandomDecodeView view(LlamaLayerSpec());
   CHECK_CUDA(view.Upload());
@@ -347,10 +355,7 @@ bool RunPagedLoad(cudaStream_t stream, int reps) {
       "pages; %zu code bytes (fp16: %lld)\n",
       static_cast<long long>(kTokens), kBlocks, kBlockTokens, code_bytes,
       static_cast<long long>(2 * kTokens * kRow * 2));
-  std::printf("%-44s %10s %14s\n", "op", "ms/layer", "tokens/s");
-  auto row = [&](const char* op, double ms) {
-    std::printf("%-44s %10.3f %14.4g\n", op, ms, kTokens / (ms * 1e-3));
-  };
+  PrintLayerHeader();
   double ms = 0;
   if (!TimeMs(
           stream, reps,
@@ -361,7 +366,7 @@ bool RunPagedLoad(cudaStream_t stream, int reps) {
           &ms)) {
     return false;
   }
-  row("decode codes into pages (GPU)", ms);
+  PrintLayerRow("decode codes into pages (GPU)", ms);
   if (!TimeMs(
           stream, reps,
           [&] {
@@ -371,7 +376,7 @@ bool RunPagedLoad(cudaStream_t stream, int reps) {
           &ms)) {
     return false;
   }
-  row("codes host -> device (pinned, PCIe)", ms);
+  PrintLayerRow("codes host -> device (pinned, PCIe)", ms);
   if (!TimeMs(
           stream, reps,
           [&] {
@@ -381,7 +386,7 @@ bool RunPagedLoad(cudaStream_t stream, int reps) {
           &ms)) {
     return false;
   }
-  row("float path: scatter from mapped host rows", ms);
+  PrintLayerRow("float path: scatter from mapped host rows", ms);
   const size_t floor_bytes = code_bytes + size_t{2} * kTokens * kRow * 2;
   uint8_t* d_floor = DeviceAlloc<uint8_t>(2 * floor_bytes);
   if (d_floor == nullptr) return false;
@@ -394,7 +399,7 @@ bool RunPagedLoad(cudaStream_t stream, int reps) {
           &ms)) {
     return false;
   }
-  row("memcpy of codes + fp16 pages (floor)", ms);
+  PrintLayerRow("memcpy of codes + fp16 pages (floor)", ms);
   // The host's codeword sums for the same layer, one core, as unpacked
   // codes (the unpacking and the rotation come on top).
   std::vector<uint16_t> kcodes(kTokens * kHeads * 56),
@@ -414,7 +419,7 @@ bool RunPagedLoad(cudaStream_t stream, int reps) {
   const double cpu_ms = std::chrono::duration<double, std::milli>(
                             std::chrono::steady_clock::now() - t0)
                             .count();
-  row("float path: host codeword sums (1 core)", cpu_ms);
+  PrintLayerRow("float path: host codeword sums (1 core)", cpu_ms);
   cudaFree(d_floor);
   cudaFree(d_coded);
   cudaFree(d_plain);
@@ -549,10 +554,7 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
       "\npaged save of one LLaMA-3.1-8B layer: %lld tokens (%d blocks "
       "of %d), the codec above, fp16 pages\n",
       static_cast<long long>(kTokens), kBlocks, kBlockTokens);
-  std::printf("%-44s %10s %14s\n", "op", "ms/layer", "tokens/s");
-  auto row = [&](const char* op, double ms) {
-    std::printf("%-44s %10.3f %14.4g\n", op, ms, kTokens / (ms * 1e-3));
-  };
+  PrintLayerHeader();
   double ms = 0;
   if (!TimeMs(
           stream, reps,
@@ -569,7 +571,7 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
           &ms)) {
     return false;
   }
-  row("encode from pages (inputs + encode + pack)", ms);
+  PrintLayerRow("encode from pages (inputs + encode + pack)", ms);
   if (!TimeMs(
           stream, reps,
           [&] {
@@ -579,9 +581,9 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
           &ms)) {
     return false;
   }
-  row("  of which: inputs from the pages", ms);
+  PrintLayerRow("  of which: inputs from the pages", ms);
   if (!TimeMs(stream, reps, encode_all, &ms)) return false;
-  row("  of which: tensor-core encode", ms);
+  PrintLayerRow("  of which: tensor-core encode", ms);
   if (!TimeMs(
           stream, reps,
           [&] {
@@ -591,7 +593,7 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
           &ms)) {
     return false;
   }
-  row("float path: gather into mapped host rows", ms);
+  PrintLayerRow("float path: gather into mapped host rows", ms);
   if (!TimeMs(
           stream, reps,
           [&] {
@@ -602,7 +604,7 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
           &ms)) {
     return false;
   }
-  row("float path: rows back to the GPU encoder", ms);
+  PrintLayerRow("float path: rows back to the GPU encoder", ms);
   for (void* p : owned) cudaFree(p);
   for (void* p :
        {static_cast<void*>(d_inputs), static_cast<void*>(d_codes), d_batch,

@@ -88,6 +88,26 @@ VQKV_HD inline uint32_t UnpackCodeAt(const uint8_t* packed, int64_t i,
   return (word >> shift) & ((1u << bits) - 1u);
 }
 
+// The rotary pair i of dimension d < rot_dims, and which of its two
+// dimensions d is (side 0 or 1), in pair layout `pairs` (kernels/rope.h).
+VQKV_HD inline void RotaryPairOf(int32_t pairs, int rot_dims, int d, int* i,
+                                 int* side) {
+  if (pairs == kDecodeAdjacentPairs) {
+    *i = d / 2;
+    *side = d % 2;
+  } else {
+    *i = d % (rot_dims / 2);
+    *side = d / (rot_dims / 2);
+  }
+}
+
+// The two dimensions of rotary pair i in pair layout `pairs`.
+VQKV_HD inline void RotaryPairDims(int32_t pairs, int rot_dims, int i, int* a,
+                                   int* b) {
+  *a = pairs == kDecodeAdjacentPairs ? 2 * i : i;
+  *b = pairs == kDecodeAdjacentPairs ? 2 * i + 1 : i + rot_dims / 2;
+}
+
 // Block-layout dimension d of key vector v of `layer` (codes: that layer's
 // slice of the K section), after the key gain; before rotation.
 VQKV_HD inline float VqDecodeKeyDim(const VqDecodeView& w, int layer,
@@ -120,17 +140,9 @@ VQKV_HD inline float VqDecodeKeyElement(const VqDecodeView& w, int layer,
                                         const uint8_t* codes, int64_t v,
                                         int64_t pos, int e) {
   if (e >= w.rot_dims) return VqDecodeKeyDim(w, layer, codes, v, e);
-  const int pairs = w.rot_dims / 2;
-  int i, side;
-  if (w.engine_pairs == kDecodeAdjacentPairs) {
-    i = e / 2;
-    side = e % 2;
-  } else {
-    i = e % pairs;
-    side = e / pairs;
-  }
-  const int a = w.block_pairs == kDecodeAdjacentPairs ? 2 * i : i;
-  const int b = w.block_pairs == kDecodeAdjacentPairs ? 2 * i + 1 : i + pairs;
+  int i, side, a, b;
+  RotaryPairOf(w.engine_pairs, w.rot_dims, e, &i, &side);
+  RotaryPairDims(w.block_pairs, w.rot_dims, i, &a, &b);
   if (!w.rotate) return VqDecodeKeyDim(w, layer, codes, v, side ? b : a);
   const float xa = VqDecodeKeyDim(w, layer, codes, v, a);
   const float xb = VqDecodeKeyDim(w, layer, codes, v, b);

@@ -60,17 +60,9 @@ template <typename EngineKey>
 VQKV_HD inline float VqPrepareKeyDim(const VqDecodeView& w, EngineKey engine,
                                      int64_t pos, int d) {
   if (d >= w.rot_dims) return engine(d);
-  const int pairs = w.rot_dims / 2;
-  int i, side;
-  if (w.block_pairs == kDecodeAdjacentPairs) {
-    i = d / 2;
-    side = d % 2;
-  } else {
-    i = d % pairs;
-    side = d / pairs;
-  }
-  const int ea = w.engine_pairs == kDecodeAdjacentPairs ? 2 * i : i;
-  const int eb = w.engine_pairs == kDecodeAdjacentPairs ? 2 * i + 1 : i + pairs;
+  int i, side, ea, eb;
+  RotaryPairOf(w.block_pairs, w.rot_dims, d, &i, &side);
+  RotaryPairDims(w.engine_pairs, w.rot_dims, i, &ea, &eb);
   if (!w.rotate) return engine(side ? eb : ea);
   const float ya = engine(ea);
   const float yb = engine(eb);
@@ -105,6 +97,47 @@ VQKV_HD inline float VqEncodeInput(const VqDecodeView& w, int j, int64_t r,
   return VqPrepareKeyDim(w, VqTokenKey<Kv>{kv, token, head}, pos(token), d);
 }
 
+// Byte `byte` of n codes of `bits` bits packed as PackBits packs them
+// (kernels/bitpack.h); code(i) is code i.
+template <typename Code>
+VQKV_HD inline uint8_t PackedByteAt(int64_t n, int bits, int64_t byte,
+                                    Code code) {
+  uint32_t out = 0;
+  for (int bit = 0; bit < 8; ++bit) {
+    const int64_t b = byte * 8 + bit;
+    const int64_t i = b / bits;
+    if (i >= n) break;
+    out |= ((code(i) >> (b - i * bits)) & 1u) << bit;
+  }
+  return static_cast<uint8_t>(out);
+}
+
+// Code i of a block's K (values: V) section slice, in the payload's order
+// [token][kv_head][stage], from the jobs' codes.
+struct VqSliceCode {
+  const VqDecodeView* w;
+  const uint16_t* const* codes;
+  int64_t first_token;
+  bool values;
+
+  VQKV_HD uint32_t operator()(int64_t i) const {
+    const int stages = values ? w->value_stages : w->key_stages;
+    const int64_t v = i / stages;
+    int stage = static_cast<int>(i - v * stages);
+    const int64_t token = first_token + v / w->kv_heads;
+    const int head = static_cast<int>(v % w->kv_heads);
+    const int slot = w->slots == 1 ? 0 : head;
+    const int64_t row = w->slots == 1 ? token * w->kv_heads + head : token;
+    if (values) {
+      return codes[VqEncodeKeyJobs(*w) + slot][row * stages + stage];
+    }
+    int g = 0;
+    while (g + 1 < w->key_groups && stage >= w->group_offset[g + 1]) ++g;
+    stage -= w->group_offset[g];
+    return codes[slot * w->key_groups + g][row * w->group_stages[g] + stage];
+  }
+};
+
 // Byte `byte` of one block's packed K slice of the layer: the block holds
 // the batch's tokens [first_token, first_token + tokens); codes[j] are job
 // j's codes, [rows][stages].
@@ -112,26 +145,8 @@ VQKV_HD inline uint8_t VqPackedKeyByte(const VqDecodeView& w,
                                        const uint16_t* const* codes,
                                        int64_t first_token, int64_t tokens,
                                        int64_t byte) {
-  const int64_t n = tokens * w.kv_heads * w.key_stages;
-  uint32_t out = 0;
-  for (int bit = 0; bit < 8; ++bit) {
-    const int64_t b = byte * 8 + bit;
-    const int64_t i = b / w.key_bits;
-    if (i >= n) break;
-    const int64_t v = i / w.key_stages;
-    int stage = static_cast<int>(i - v * w.key_stages);
-    const int64_t token = first_token + v / w.kv_heads;
-    const int head = static_cast<int>(v % w.kv_heads);
-    int g = 0;
-    while (g + 1 < w.key_groups && stage >= w.group_offset[g + 1]) ++g;
-    stage -= w.group_offset[g];
-    const int slot = w.slots == 1 ? 0 : head;
-    const int64_t row = w.slots == 1 ? token * w.kv_heads + head : token;
-    const uint32_t code =
-        codes[slot * w.key_groups + g][row * w.group_stages[g] + stage];
-    out |= ((code >> (b - i * w.key_bits)) & 1u) << bit;
-  }
-  return static_cast<uint8_t>(out);
+  return PackedByteAt(tokens * w.kv_heads * w.key_stages, w.key_bits, byte,
+                      VqSliceCode{&w, codes, first_token, false});
 }
 
 // The same for the V slice.
@@ -139,23 +154,8 @@ VQKV_HD inline uint8_t VqPackedValueByte(const VqDecodeView& w,
                                          const uint16_t* const* codes,
                                          int64_t first_token, int64_t tokens,
                                          int64_t byte) {
-  const int64_t n = tokens * w.kv_heads * w.value_stages;
-  uint32_t out = 0;
-  for (int bit = 0; bit < 8; ++bit) {
-    const int64_t b = byte * 8 + bit;
-    const int64_t i = b / w.value_bits;
-    if (i >= n) break;
-    const int64_t v = i / w.value_stages;
-    const int stage = static_cast<int>(i - v * w.value_stages);
-    const int64_t token = first_token + v / w.kv_heads;
-    const int head = static_cast<int>(v % w.kv_heads);
-    const int slot = w.slots == 1 ? 0 : head;
-    const int64_t row = w.slots == 1 ? token * w.kv_heads + head : token;
-    const uint32_t code =
-        codes[VqEncodeKeyJobs(w) + slot][row * w.value_stages + stage];
-    out |= ((code >> (b - i * w.value_bits)) & 1u) << bit;
-  }
-  return static_cast<uint8_t>(out);
+  return PackedByteAt(tokens * w.kv_heads * w.value_stages, w.value_bits, byte,
+                      VqSliceCode{&w, codes, first_token, true});
 }
 
 }  // namespace vqkv

@@ -340,10 +340,9 @@ class CudaKvDevice final : public KvDevice {
     e = cudaMemcpyAsync(scratch_, host, tables_bytes, cudaMemcpyHostToDevice,
                         stream_);
     if (e != cudaSuccess) return CudaError("encode tables upload", e);
-    const PagedLayer& p = caches_.layers[layer];
+    const auto [keys, values] = LayerTensors(layer);
     e = cuda::LaunchVqEncodeInputs(
-        w, Tensor(caches_, p.keys, p.key_strides),
-        Tensor(caches_, p.values, p.value_strides),
+        w, keys, values,
         reinterpret_cast<const cuda::EncodeTokenRow*>(scratch_ + tokens_at), n,
         reinterpret_cast<float* const*>(scratch_ + inputs_table_at), stream_);
     if (e != cudaSuccess) return CudaError("encode inputs launch", e);
@@ -421,9 +420,7 @@ class CudaKvDevice final : public KvDevice {
       }
     }
     auto* host = reinterpret_cast<uint8_t*>(staging.get());
-    const PagedLayer& p = caches_.layers[layer];
-    const cuda::PageTensor k = Tensor(caches_, p.keys, p.key_strides);
-    const cuda::PageTensor v = Tensor(caches_, p.values, p.value_strides);
+    const auto [k, v] = LayerTensors(layer);
     absl::MutexLock lock(&mu_);
     cudaError_t e = cudaSetDevice(caches_.cuda_device);
     if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
@@ -522,9 +519,7 @@ class CudaKvDevice final : public KvDevice {
         }
       }
     }
-    const PagedLayer& p = caches_.layers[layer];
-    const cuda::PageTensor k = Tensor(caches_, p.keys, p.key_strides);
-    const cuda::PageTensor v = Tensor(caches_, p.values, p.value_strides);
+    const auto [k, v] = LayerTensors(layer);
     absl::MutexLock lock(&mu_);
     cudaError_t e = cudaSetDevice(caches_.cuda_device);
     if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
@@ -581,21 +576,27 @@ class CudaKvDevice final : public KvDevice {
       return st;
     }
     float* at = books;
-    for (size_t i = 0; i < plan.key_codebooks.size(); ++i) {
-      e = cudaMemcpy(at, plan.key_codebooks[i],
-                     plan.key_codebook_floats[i] * sizeof(float),
-                     cudaMemcpyHostToDevice);
-      if (e != cudaSuccess) return CudaError("codebook upload", e);
-      key_books_.push_back(at);
-      at += plan.key_codebook_floats[i];
+    auto upload = [&](const std::vector<const float*>& src,
+                      const std::vector<size_t>& sizes,
+                      std::vector<const float*>* out) {
+      for (size_t i = 0; i < src.size(); ++i) {
+        const cudaError_t err = cudaMemcpy(at, src[i], sizes[i] * sizeof(float),
+                                           cudaMemcpyHostToDevice);
+        if (err != cudaSuccess) return CudaError("codebook upload", err);
+        out->push_back(at);
+        at += sizes[i];
+      }
+      return absl::OkStatus();
+    };
+    if (absl::Status st =
+            upload(plan.key_codebooks, plan.key_codebook_floats, &key_books_);
+        !st.ok()) {
+      return st;
     }
-    for (size_t i = 0; i < plan.value_codebooks.size(); ++i) {
-      e = cudaMemcpy(at, plan.value_codebooks[i],
-                     plan.value_codebook_floats[i] * sizeof(float),
-                     cudaMemcpyHostToDevice);
-      if (e != cudaSuccess) return CudaError("codebook upload", e);
-      value_books_.push_back(at);
-      at += plan.value_codebook_floats[i];
+    if (absl::Status st = upload(plan.value_codebooks,
+                                 plan.value_codebook_floats, &value_books_);
+        !st.ok()) {
+      return st;
     }
     view_ = plan.shape;
     absl::Status st = UploadVectorLocked(key_books_, &view_.key_codebooks);
@@ -615,6 +616,13 @@ class CudaKvDevice final : public KvDevice {
     decode_layers_ = plan.layers;
     view_ready_ = true;
     return absl::OkStatus();
+  }
+
+  // Layer `layer`'s K and V page tensors.
+  std::pair<cuda::PageTensor, cuda::PageTensor> LayerTensors(int layer) const {
+    const PagedLayer& p = caches_.layers[layer];
+    return {Tensor(caches_, p.keys, p.key_strides),
+            Tensor(caches_, p.values, p.value_strides)};
   }
 
   static size_t Align16(size_t n) { return (n + 15) & ~size_t{15}; }

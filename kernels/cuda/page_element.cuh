@@ -40,6 +40,35 @@ __device__ inline void StorePageElement(void* data, int32_t dtype, int64_t off,
   }
 }
 
+// Element i of the K-then-V elements of n rows of kv_heads x head_dim, the
+// order the page kernels' grid-stride loops take: whether it is a value,
+// its row, its offset e in the row's [kv_heads][head_dim] and its head and
+// dimension (consecutive i: consecutive d).
+struct RowElement {
+  bool is_value;
+  int64_t row, e;
+  int head, d;
+};
+__device__ inline RowElement SplitRowElement(int64_t i, int64_t n, int kv_heads,
+                                             int head_dim) {
+  const int64_t per_row = int64_t{kv_heads} * head_dim;
+  RowElement x;
+  x.is_value = i >= n * per_row;
+  const int64_t j = x.is_value ? i - n * per_row : i;
+  x.row = j / per_row;
+  x.e = j - x.row * per_row;
+  x.head = static_cast<int>(x.e / head_dim);
+  x.d = static_cast<int>(x.e - int64_t{x.head} * head_dim);
+  return x;
+}
+
+// The offset of (page, slot, head, d) in a page tensor.
+__device__ inline int64_t PageOffset(const PageTensor& t, int64_t page,
+                                     int64_t slot, int64_t head, int64_t d) {
+  return page * t.strides[0] + slot * t.strides[1] + head * t.strides[2] +
+         d * t.strides[3];
+}
+
 // A page tensor's arguments are usable: data set and a known dtype.
 inline bool ValidPageTensor(const PageTensor& t) {
   return t.data != nullptr &&

@@ -11,21 +11,15 @@ template <bool kGather>
 __global__ void PagedCopyKernel(PageTensor keys, PageTensor values,
                                 const PagedRow* rows, int64_t n, int kv_heads,
                                 int head_dim) {
-  const int64_t per_row = int64_t{kv_heads} * head_dim;
-  const int64_t total = 2 * n * per_row;
+  const int64_t total = 2 * n * kv_heads * int64_t{head_dim};
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const bool is_value = i >= n * per_row;
-    const int64_t j = is_value ? i - n * per_row : i;
-    const int64_t r = j / per_row;
-    const int64_t e = j - r * per_row;
-    const int h = static_cast<int>(e / head_dim);
-    const int d = static_cast<int>(e - int64_t{h} * head_dim);
-    const PageTensor& t = is_value ? values : keys;
-    const PagedRow row = rows[r];
-    const int64_t off = row.page * t.strides[0] + row.slot * t.strides[1] +
-                        h * t.strides[2] + d * t.strides[3];
-    float* buf = is_value ? row.values : row.keys;
+    const RowElement x = SplitRowElement(i, n, kv_heads, head_dim);
+    const PageTensor& t = x.is_value ? values : keys;
+    const PagedRow row = rows[x.row];
+    const int64_t off = PageOffset(t, row.page, row.slot, x.head, x.d);
+    float* buf = x.is_value ? row.values : row.keys;
+    const int64_t e = x.e;
     if constexpr (kGather) {
       buf[e] = LoadPageElement(t.data, t.dtype, off);
     } else {

@@ -10,25 +10,19 @@ namespace {
 __global__ void VqDecodeToPagesKernel(VqDecodeView w, int layer,
                                       PageTensor keys, PageTensor values,
                                       const CodedPageRow* rows, int64_t n) {
-  const int64_t per_row = int64_t{w.kv_heads} * w.head_dim;
-  const int64_t total = 2 * n * per_row;
+  const int64_t total = 2 * n * w.kv_heads * int64_t{w.head_dim};
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const bool is_value = i >= n * per_row;
-    const int64_t j = is_value ? i - n * per_row : i;
-    const int64_t r = j / per_row;
-    const int64_t e = j - r * per_row;
-    const int h = static_cast<int>(e / w.head_dim);
-    const int d = static_cast<int>(e - int64_t{h} * w.head_dim);
-    const CodedPageRow row = rows[r];
-    const int64_t v = int64_t{row.token.token} * w.kv_heads + h;
-    const PageTensor& t = is_value ? values : keys;
-    const int64_t off = row.page * t.strides[0] + row.slot * t.strides[1] +
-                        h * t.strides[2] + d * t.strides[3];
+    const RowElement el = SplitRowElement(i, n, w.kv_heads, w.head_dim);
+    const CodedPageRow row = rows[el.row];
+    const int64_t v = int64_t{row.token.token} * w.kv_heads + el.head;
+    const PageTensor& t = el.is_value ? values : keys;
+    const int64_t off = PageOffset(t, row.page, row.slot, el.head, el.d);
     const float x =
-        is_value ? VqDecodeValueElement(w, layer, row.token.value_codes, v, d)
-                 : VqDecodeKeyElement(w, layer, row.token.key_codes, v,
-                                      row.token.position, d);
+        el.is_value
+            ? VqDecodeValueElement(w, layer, row.token.value_codes, v, el.d)
+            : VqDecodeKeyElement(w, layer, row.token.key_codes, v,
+                                 row.token.position, el.d);
     StorePageElement(t.data, t.dtype, off, x);
   }
 }

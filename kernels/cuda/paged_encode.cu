@@ -15,8 +15,7 @@ struct PagesKv {
     const PageTensor& t = value ? values : keys;
     const EncodeTokenRow& r = rows[token];
     return LoadPageElement(t.data, t.dtype,
-                           r.page * t.strides[0] + r.slot * t.strides[1] +
-                               head * t.strides[2] + e * t.strides[3]);
+                           PageOffset(t, r.page, r.slot, head, e));
   }
 };
 

@@ -95,6 +95,25 @@ inline FittedVq FitVq(const KvLayout& layout, bool keys_post_rope = true,
   return {std::shared_ptr<const VqCodec>(*std::move(c)), *file};
 }
 
+// A client of `vq` (its codec and codebook file) over the in-process
+// `store`; null, and a test failure, when it cannot be made.
+inline std::unique_ptr<CacheClient> NewVqClient(
+    const FittedVq& vq, storage::TieredStore* store,
+    const CacheClientOptions& options) {
+  auto c = CacheClient::Create(options, vq.codec, vq.file,
+                               std::make_unique<EmbeddedBackend>(store));
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *std::move(c) : nullptr;
+}
+
+// Options of a client whose engine caches keys in rotate-half order (a
+// Hugging Face checkpoint in vLLM or SGLang), 32-token blocks.
+inline CacheClientOptions HalfPairOptions() {
+  CacheClientOptions o = Options(32);
+  o.engine_key_pairs = RopePairs::kHalf;
+  return o;
+}
+
 // `first` stores 128 tokens (4 blocks of 32) under salt "s"; a client that
 // knows only the codebook hash, over `backend`, must find and decode them
 // exactly as `first` does.

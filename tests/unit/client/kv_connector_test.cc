@@ -635,13 +635,11 @@ TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
   const testing::FittedVq vq =
       testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
   auto store = MemoryStore();
-  CacheClientOptions o = Options(32);
-  o.engine_key_pairs = RopePairs::kHalf;
+  CacheClientOptions o = testing::HalfPairOptions();
   o.decode_on_device = true;
-  auto c = CacheClient::Create(o, vq.codec, vq.file,
-                               std::make_unique<EmbeddedBackend>(store.get()));
-  ASSERT_TRUE(c.ok()) << c.status();
-  std::unique_ptr<CacheClient> client = *std::move(c);
+  std::unique_ptr<CacheClient> client =
+      testing::NewVqClient(vq, store.get(), o);
+  ASSERT_NE(client, nullptr);
   const int n = 96;
   const std::vector<int32_t> tokens = Tokens(n);
   const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 3);
@@ -716,20 +714,15 @@ TEST(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
   const KvLayout l = SmallLayout();
   const testing::FittedVq vq =
       testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
-  CacheClientOptions o = Options(32);
-  o.engine_key_pairs = RopePairs::kHalf;
-  auto store_dev = MemoryStore(), store_host = MemoryStore();
+  const CacheClientOptions o = testing::HalfPairOptions();
   CacheClientOptions od = o;
   od.encode_on_device = true;
-  auto cd =
-      CacheClient::Create(od, vq.codec, vq.file,
-                          std::make_unique<EmbeddedBackend>(store_dev.get()));
-  auto ch =
-      CacheClient::Create(o, vq.codec, vq.file,
-                          std::make_unique<EmbeddedBackend>(store_host.get()));
-  ASSERT_TRUE(cd.ok() && ch.ok());
-  std::unique_ptr<CacheClient> on_dev = *std::move(cd),
-                               on_host = *std::move(ch);
+  auto store_dev = MemoryStore(), store_host = MemoryStore();
+  std::unique_ptr<CacheClient> on_dev =
+      testing::NewVqClient(vq, store_dev.get(), od);
+  std::unique_ptr<CacheClient> on_host =
+      testing::NewVqClient(vq, store_host.get(), o);
+  ASSERT_TRUE(on_dev != nullptr && on_host != nullptr);
   const int n = 96;
   const std::vector<int32_t> tokens = Tokens(n);
   std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 5);
