@@ -507,24 +507,26 @@ absl::Status KvConnector::SaveLayer(int layer,
   }
   if (!rows.empty() || !encode.empty()) {
     // After the layer's computation, which the engine has enqueued by now.
+    // last_gather_ follows every submission at once: a failure drops the
+    // pass's staging only after what was submitted is done with it.
     absl::Status s = device_->OrderAfterCompute();
-    KvDevice::Event last = 0;
     if (s.ok() && !rows.empty()) {
       absl::StatusOr<KvDevice::Event> e = device_->Gather(layer, rows);
       s = e.status();
-      if (e.ok()) last = *e;
+      if (e.ok()) last_gather_ = *e;
     }
     if (s.ok() && !encode.empty()) {
       absl::StatusOr<KvDevice::Event> e = device_->EncodeLayer(layer, encode);
       s = e.status();
-      if (e.ok()) last = *e;
+      if (e.ok()) last_gather_ = *e;
     }
     if (!s.ok()) {
       DropSavingLocked();
       return s;
     }
-    last_gather_ = last;
-    for (const std::shared_ptr<PendingSave>& p : saving_) p->gathered = last;
+    for (const std::shared_ptr<PendingSave>& p : saving_) {
+      p->gathered = last_gather_;
+    }
   }
   next_save_layer_ = layer + 1;
   if (next_save_layer_ < l.layers) return absl::OkStatus();

@@ -766,6 +766,15 @@ TEST(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
     ASSERT_TRUE(got[b].ok() && want[b].ok()) << "block " << b;
     EXPECT_TRUE(*got[b] == *want[b]) << "block " << b << " differs";
   }
+
+  // A refused encode drops the pass's saves, counted (blocks 1 and 2 of
+  // another chain: no host block, so the encode meets the refusal).
+  dev->FailNextGather();
+  const SaveSpec other{"t", Tokens(n, 99), "", ids, 32};
+  EXPECT_EQ(engine.SaveLayer(0, {other}).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(engine.stats().saves_dropped, 1);
+  EXPECT_EQ(engine.GetFinished().saved, std::vector<std::string>{"t"});
+  EXPECT_TRUE(engine.WaitForSave().ok());
 }
 
 // decode_on_device is refused, naming the option, when the codec cannot
