@@ -710,7 +710,11 @@ INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceDecodeTest,
 // KV (pre-RoPE codebooks, a rotate-half engine), byte for byte; the pages
 // are overwritten as soon as the compute stream may, so an encode that
 // read them late would store other codes.
-TEST(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
+class KvConnectorDeviceEncodeTest
+    : public ::testing::TestWithParam<std::tuple<DType, bool>> {};
+
+TEST_P(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
+  const auto [dtype, hnd] = GetParam();
   const KvLayout l = SmallLayout();
   const testing::FittedVq vq =
       testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
@@ -731,11 +735,11 @@ TEST(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
   const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 6);
   const std::vector<int32_t> ids = ShuffledPages(7);
 
-  Pages host(DType::kFloat32, false);
+  Pages host(dtype, hnd);
   KvConnector host_engine(on_host.get());
   ASSERT_TRUE(host_engine.RegisterKvCaches(host.Caches()).ok());
   Fill(host.Caches(), ids, n, k, v);
-  Pages pages(DType::kFloat32, false);
+  Pages pages(dtype, hnd);
   KvConnector engine(on_dev.get());
   testing::FakeKvDevice* dev = nullptr;
   ASSERT_TRUE(RegisterOnFakeDevice(&engine, &pages, &dev).ok());
@@ -776,6 +780,13 @@ TEST(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
   EXPECT_EQ(engine.GetFinished().saved, std::vector<std::string>{"t"});
   EXPECT_TRUE(engine.WaitForSave().ok());
 }
+
+INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceEncodeTest,
+                         ::testing::Combine(::testing::Values(DType::kFloat16,
+                                                              DType::kBfloat16,
+                                                              DType::kFloat32),
+                                            ::testing::Bool()),
+                         LayoutName);
 
 // decode_on_device is refused, naming the option, when the codec cannot
 // decode on a device (fp16 blocks) or the device cannot take the codebooks.
