@@ -53,17 +53,16 @@ absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
       p.group_dim[g].push_back(groups[g][i]);
     }
   }
-  for (int l = 0; l < layout.layers; ++l) {
-    for (int s = 0; s < w.slots; ++s) {
-      for (size_t g = 0; g < groups.size(); ++g) {
-        const ResidualQuantizer& q = set.key(l, s, static_cast<int>(g));
-        p.key_codebooks.push_back(q.codebooks().data());
-        p.key_codebook_floats.push_back(q.codebooks().size());
-      }
-      const ResidualQuantizer& q = set.value(l, s);
-      p.value_codebooks.push_back(q.codebooks().data());
-      p.value_codebook_floats.push_back(q.codebooks().size());
-    }
+  const std::vector<const ResidualQuantizer*> quantizers =
+      PlanQuantizers(codec);
+  const size_t key_quantizers =
+      static_cast<size_t>(layout.layers) * w.slots * groups.size();
+  for (size_t i = 0; i < quantizers.size(); ++i) {
+    const std::vector<float>& cb = quantizers[i]->codebooks();
+    (i < key_quantizers ? p.key_codebooks : p.value_codebooks)
+        .push_back(cb.data());
+    (i < key_quantizers ? p.key_codebook_floats : p.value_codebook_floats)
+        .push_back(cb.size());
   }
   if (set.has_key_gains()) {
     const size_t per_head = 1 + static_cast<size_t>(layout.head_dim);
@@ -108,6 +107,30 @@ VqDecodePlan::LayerSlices VqDecodePlan::Slices(int64_t tokens,
   s.value_bytes =
       PackedBytes(layer_vectors * shape.value_stages, shape.value_bits);
   return s;
+}
+
+size_t VqDecodePlan::JobQuantizer(int layer, int j) const {
+  const size_t keys_per_layer =
+      static_cast<size_t>(shape.slots) * shape.key_groups;
+  if (static_cast<size_t>(j) < keys_per_layer) {
+    return static_cast<size_t>(layer) * keys_per_layer + j;
+  }
+  return static_cast<size_t>(layers) * keys_per_layer +
+         static_cast<size_t>(layer) * shape.slots + (j - keys_per_layer);
+}
+
+std::vector<const ResidualQuantizer*> PlanQuantizers(const VqCodec& codec) {
+  const CodebookSet& set = codec.codebooks();
+  const int layers = codec.layout().layers;
+  const int slots = set.config().slots_per_layer();
+  const int groups = static_cast<int>(set.key_group_dims().size());
+  std::vector<const ResidualQuantizer*> out;
+  for (int l = 0; l < layers; ++l)
+    for (int s = 0; s < slots; ++s)
+      for (int g = 0; g < groups; ++g) out.push_back(&set.key(l, s, g));
+  for (int l = 0; l < layers; ++l)
+    for (int s = 0; s < slots; ++s) out.push_back(&set.value(l, s));
+  return out;
 }
 
 VqDecodeView VqDecodePlan::view() const {

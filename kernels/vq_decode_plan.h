@@ -57,7 +57,16 @@ struct VqDecodePlan {
 
   // The plan with host pointers.
   VqDecodeView view() const;
+
+  // The plan's quantizer order is key_codebooks' ([layer][slot][group])
+  // then value_codebooks' ([layer][slot]). The index there of the quantizer
+  // of job j of `layer`'s encode (kernels/vq_encode_element.h: key jobs
+  // slot * key_groups + group, then the value jobs).
+  size_t JobQuantizer(int layer, int j) const;
 };
+
+// `codec`'s quantizers in the plan's order (the plan made from it).
+std::vector<const ResidualQuantizer*> PlanQuantizers(const VqCodec& codec);
 
 // The plan for `codec`'s payloads as the client delivers them: keys rotated
 // by `key_rope` when set (codebooks of pre-RoPE keys; its pairs are the

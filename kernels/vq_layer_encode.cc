@@ -56,7 +56,8 @@ absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
   const int64_t rows = VqEncodeJobRows(w, tokens);
   const BatchKv kv{&block_of, &index_in, w.kv_heads, w.head_dim};
   const BatchPos pos{&block_of, &index_in};
-  const CodebookSet& set = codec.codebooks();
+  const std::vector<const ResidualQuantizer*> quantizers =
+      PlanQuantizers(codec);
   std::vector<std::vector<uint16_t>> codes(VqEncodeJobCount(w));
   std::vector<const uint16_t*> code_ptrs;
   std::vector<float> x;
@@ -68,10 +69,7 @@ absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
         x[r * dims + i] = VqEncodeInput(w, j, r, i, kv, pos);
       }
     }
-    const int key_jobs = VqEncodeKeyJobs(w);
-    const ResidualQuantizer& q =
-        j < key_jobs ? set.key(layer, j / w.key_groups, j % w.key_groups)
-                     : set.value(layer, j - key_jobs);
+    const ResidualQuantizer& q = *quantizers[plan.JobQuantizer(layer, j)];
     codes[j].resize(static_cast<size_t>(rows) * q.stages());
     if (absl::Status s = q.EncodeGreedy(x.data(), rows, codes[j].data());
         !s.ok()) {

@@ -220,17 +220,12 @@ class CudaKvDevice final : public KvDevice {
                        cuda::kMaxTcEncodeDim, " dimensions, not ", w.head_dim));
     }
     if (absl::Status st = UploadViewLocked(plan); !st.ok()) return st;
+    job_order_.layers = plan.layers;
+    job_order_.shape = plan.shape;
     // Per quantizer, in the plan's order (keys [layer][slot][group], then
     // values [layer][slot]): its norms and the tensor cores' copy.
-    const CodebookSet& set = codec.codebooks();
-    std::vector<const ResidualQuantizer*> quantizers;
-    for (int l = 0; l < plan.layers; ++l)
-      for (int sl = 0; sl < w.slots; ++sl)
-        for (int g = 0; g < w.key_groups; ++g)
-          quantizers.push_back(&set.key(l, sl, g));
-    for (int l = 0; l < plan.layers; ++l)
-      for (int sl = 0; sl < w.slots; ++sl)
-        quantizers.push_back(&set.value(l, sl));
+    const std::vector<const ResidualQuantizer*> quantizers =
+        PlanQuantizers(codec);
     for (size_t i = 0; i < quantizers.size(); ++i) {
       const ResidualQuantizer& q = *quantizers[i];
       Quantizer d;
@@ -347,19 +342,10 @@ class CudaKvDevice final : public KvDevice {
         reinterpret_cast<float* const*>(scratch_ + inputs_table_at), stream_);
     if (e != cudaSuccess) return CudaError("encode inputs launch", e);
     // One tensor-core launch per head-dimension class (1-32, 33-64, ...).
-    const int per_layer = static_cast<int>(quantizers_.size()) / decode_layers_;
-    const int key_per_layer = w.slots * w.key_groups;
     for (int dim_class = 0; dim_class < 4; ++dim_class) {
       std::vector<cuda::RvqTcJob> batch;
       for (int j = 0; j < jobs; ++j) {
-        // Plan order: all layers' keys, then all layers' values.
-        const size_t qi =
-            j < key_per_layer
-                ? static_cast<size_t>(layer) * key_per_layer + j
-                : static_cast<size_t>(decode_layers_) * key_per_layer +
-                      static_cast<size_t>(layer) * (per_layer - key_per_layer) +
-                      (j - key_per_layer);
-        const Quantizer& q = quantizers_[qi];
+        const Quantizer& q = quantizers_[job_order_.JobQuantizer(layer, j)];
         if ((q.dim - 1) / 32 != dim_class) continue;
         batch.push_back({inputs[j], job_rows, q.dim, q.stages, q.K, q.codebooks,
                          q.norms, q.tc, codes[j]});
@@ -704,6 +690,7 @@ class CudaKvDevice final : public KvDevice {
   VqDecodeView view_;      // ditto
   std::vector<const float*> key_books_, value_books_;  // ditto
   std::vector<Quantizer> quantizers_;  // plan order; before encode_ready_
+  VqDecodePlan job_order_;  // the plan's shape alone (JobQuantizer); ditto
   std::vector<void*> decode_memory_ ABSL_GUARDED_BY(mu_);
   uint8_t* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;
   size_t scratch_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "kernels/bitpack.h"
 #include "kernels/rope.h"
+#include "kernels/vq_encode_element.h"
 #include "kernels/vq_layer_encode.h"
 #include "tests/testing/random_vq_codec.h"
 
@@ -199,6 +200,42 @@ TEST(VqLayerEncodeTest, MatchesTheCpuReorderRotationAndEncode) {
                       payload.begin() + s.value_offset,
                       payload.begin() + s.value_offset + s.value_bytes))
             << "layer " << layer << " block " << b << " values";
+      }
+    }
+  }
+}
+
+// The encode's job j of a layer maps to the quantizer the codec uses for
+// it: key jobs slot * groups + group, then the value jobs, per layer; and
+// the plan's codebook pointers are those quantizers' codebooks.
+TEST(VqDecodePlanTest, JobQuantizerIsTheCodecsQuantizer) {
+  for (const Case& c : Cases()) {
+    SCOPED_TRACE(c.name);
+    auto codec = RandomVqCodec(c.spec, 17);
+    ASSERT_TRUE(codec.ok()) << codec.status();
+    auto plan = MakeVqDecodePlan(**codec, c.rope, c.engine_pairs);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const std::vector<const ResidualQuantizer*> q = PlanQuantizers(**codec);
+    const CodebookSet& set = (*codec)->codebooks();
+    const VqDecodeView w = plan->view();
+    ASSERT_EQ(q.size(),
+              plan->key_codebooks.size() + plan->value_codebooks.size());
+    for (int layer = 0; layer < plan->layers; ++layer) {
+      for (int j = 0; j < VqEncodeJobCount(w); ++j) {
+        const int key_jobs = VqEncodeKeyJobs(w);
+        const ResidualQuantizer* want =
+            j < key_jobs ? &set.key(layer, j / w.key_groups, j % w.key_groups)
+                         : &set.value(layer, j - key_jobs);
+        const size_t i = plan->JobQuantizer(layer, j);
+        ASSERT_LT(i, q.size());
+        EXPECT_EQ(q[i], want) << "layer " << layer << " job " << j;
+        const float* books =
+            i < plan->key_codebooks.size()
+                ? plan->key_codebooks[i]
+                : plan->value_codebooks[i - plan->key_codebooks.size()];
+        EXPECT_EQ(books, want->codebooks().data());
+        EXPECT_EQ(VqEncodeJobStages(w, j), want->stages());
+        EXPECT_EQ(VqEncodeJobDims(w, j), want->dim());
       }
     }
   }
