@@ -312,6 +312,8 @@ class PyConnector {
     out["loads_failed"] = s.loads_failed;
     out["saves_started"] = s.saves_started;
     out["saves_dropped"] = s.saves_dropped;
+    out["blocks_decoded_on_device"] = s.blocks_decoded_on_device;
+    out["blocks_encoded_on_device"] = s.blocks_encoded_on_device;
     return out;
   }
 

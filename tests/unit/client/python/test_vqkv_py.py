@@ -510,6 +510,9 @@ class ConnectorTest(unittest.TestCase):
             # The page past the loaded tokens stays untouched.
             self.assertFalse(k2[0][ids2[2]].any())
             self.assertEqual(engine2.stats()["loads_started"], 1)
+            # Host pages: nothing is decoded or encoded on a device.
+            self.assertEqual(engine2.stats()["blocks_decoded_on_device"], 0)
+            self.assertEqual(engine1.stats()["blocks_encoded_on_device"], 0)
             engine1.shutdown()
             engine2.shutdown()
 
