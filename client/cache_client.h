@@ -111,7 +111,8 @@ struct CacheClientOptions {
   // (its exact sink tokens) still decodes on the CPU. Needs a vq codec
   // without a key sketch (else RegisterKvCaches fails with kUnimplemented)
   // and the codebooks' size in GPU memory (float32: 1.07 GB for
-  // LLaMA-3.1-8B at the paper's rate, 0.25 GB for SmolLM2-135M). Ignored
+  // LLaMA-3.1-8B at the paper's rate, 0.14 GB for SmolLM2-135M with the
+  // default calibration). Ignored
   // for host pages. Off by default: the kernel has not yet run on a GPU
   // (docs/CLIENT.md, "Decoding loads on the GPU").
   bool decode_on_device = false;
