@@ -112,9 +112,9 @@ struct CacheClientOptions {
   // without a key sketch (else RegisterKvCaches fails with kUnimplemented)
   // and the codebooks' size in GPU memory (float32: 1.07 GB for
   // LLaMA-3.1-8B at the paper's rate, 0.14 GB for SmolLM2-135M with the
-  // default calibration). Ignored
-  // for host pages. Off by default: the kernel has not yet run on a GPU
-  // (docs/CLIENT.md, "Decoding loads on the GPU").
+  // default calibration). Ignored for host pages. Off by default: the
+  // kernel has not yet run on a GPU (docs/CLIENT.md, "Decoding loads on
+  // the GPU").
   bool decode_on_device = false;
   // Saves from CUDA device pages encode on that GPU straight from the pages
   // (kernels/cuda/paged_encode.cuh and the tensor cores): no float32 copy
@@ -301,10 +301,10 @@ class CacheClient {
       absl::Span<const uint8_t> payload) const;
   // What a device needs to decode this client's blocks as
   // DecodeVerifiedLayers does (rotation and pair order included), and to
-  // encode them as EncodeBlocks does, for blocks without an fp16 section; the
-  // plan refers to the codec's codebooks, valid while the client lives. Errors:
-  // kUnimplemented for a codec other than vq, or one with a key sketch
-  // (MakeVqDecodePlan).
+  // encode them as EncodeBlocks does, for blocks without an fp16 section.
+  // The plan refers to the codec's codebooks, valid while the client lives.
+  // Errors: kUnimplemented for a codec other than vq, or one with a key
+  // sketch (MakeVqDecodePlan).
   absl::StatusOr<VqDecodePlan> DecodePlan() const;
   // Counts a load in stats(): blocks [0, loaded) of `blocks` reached the
   // caller, the rest failed.
