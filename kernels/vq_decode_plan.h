@@ -9,8 +9,9 @@
 // A plan refers to the codec's codebooks (it does not copy them): it is
 // valid as long as the codec lives and is not refitted. view() is the host
 // form (VqDecodeView, kernels/vq_decode_element.h); a device makes its own
-// by uploading codebooks(), dim_group, dim_index, group_dim, key_gains and
-// inv_freq.
+// by uploading the codebooks, dim_group, dim_index, group_dim, key_gains
+// and inv_freq. The device encode from the pages (kernels/vq_encode_element.h)
+// runs on the same plan: its jobs map to quantizers by JobQuantizer.
 //
 // What a plan cannot express is refused when it is made: a codec with a key
 // sketch (its correction is a random projection per vector; the CPU adds it)
