@@ -39,6 +39,26 @@ struct RandomDecodeSpec {
   uint32_t seed = 1;
 };
 
+// The two shapes the paged kernels' tests cover, 3 KV heads of 64: two key
+// groups (the "rotate half" split), per-head codebooks, key gains, and keys
+// rotated by RoPE in half order over 48 of the 64 dimensions, read and
+// written in adjacent order; or (`plain`) one group, shared codebooks, no
+// gains and no rotation, in half order (the pair reorder alone).
+inline RandomDecodeSpec PagedTestSpec(bool plain, uint32_t seed) {
+  RandomDecodeSpec s;
+  s.kv_heads = 3;
+  s.head_dim = 64;
+  s.seed = seed;
+  if (plain) {
+    s.engine_pairs = kDecodeHalfPairs;
+  } else {
+    s.split = s.per_head = s.key_gains = true;
+    s.rot_dims = 48;
+    s.block_pairs = kDecodeHalfPairs;
+  }
+  return s;
+}
+
 class RandomDecodeView {
  public:
   explicit RandomDecodeView(const RandomDecodeSpec& spec) {

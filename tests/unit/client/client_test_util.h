@@ -114,6 +114,30 @@ inline CacheClientOptions HalfPairOptions() {
   return o;
 }
 
+// The setup of the device-decode tests: a vq client with pre-RoPE
+// codebooks (recording the model's RoPE), an engine in rotate-half order,
+// `options` on top, over its own memory store, which holds `n` tokens of
+// ExactKv KV (keys seed 3, values 4) stored through the simple API.
+struct StoredPreRopeChain {
+  std::unique_ptr<storage::TieredStore> store;
+  std::unique_ptr<CacheClient> client;
+  std::vector<int32_t> tokens;
+};
+inline StoredPreRopeChain StorePreRopeChain(const KvLayout& l, int n,
+                                            CacheClientOptions options) {
+  const FittedVq vq = FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
+  options.engine_key_pairs = RopePairs::kHalf;
+  StoredPreRopeChain c;
+  c.store = MemoryStore();
+  c.client = NewVqClient(vq, c.store.get(), options);
+  c.tokens = Tokens(n);
+  if (c.client == nullptr) return c;
+  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 3);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 4);
+  EXPECT_TRUE(c.client->Store(c.tokens, "", k.data(), v.data()).ok());
+  return c;
+}
+
 // `first` stores 128 tokens (4 blocks of 32) under salt "s"; a client that
 // knows only the codebook hash, over `backend`, must find and decode them
 // exactly as `first` does.

@@ -152,24 +152,18 @@ TEST(KvConnectorCudaTest, DevicePagesSaveAndLoadAsHostPagesDo) {
 TEST(KvConnectorCudaTest, LoadsDecodeOnTheGpuAsOnTheHost) {
   SKIP_WITHOUT_GPU();
   const KvLayout l = SmallLayout();
-  const testing::FittedVq vq =
-      testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
-  auto store = MemoryStore();
-  CacheClientOptions o = testing::HalfPairOptions();
-  o.decode_on_device = true;
-  std::unique_ptr<CacheClient> client =
-      testing::NewVqClient(vq, store.get(), o);
-  ASSERT_NE(client, nullptr);
   const int n = 96;
-  const std::vector<int32_t> tokens = Tokens(n);
-  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 3);
-  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 4);
-  ASSERT_TRUE(client->Store(tokens, "", k.data(), v.data()).ok());
+  CacheClientOptions o = Options(32);
+  o.decode_on_device = true;
+  testing::StoredPreRopeChain chain = testing::StorePreRopeChain(l, n, o);
+  ASSERT_NE(chain.client, nullptr);
+  CacheClient* client = chain.client.get();
+  const std::vector<int32_t>& tokens = chain.tokens;
   std::vector<int32_t> ids(kPages);
   std::iota(ids.rbegin(), ids.rend(), 0);
 
   Pages dev(true), host(false);
-  KvConnector on_gpu(client.get()), on_host(client.get());
+  KvConnector on_gpu(client), on_host(client);
   ASSERT_TRUE(on_gpu.RegisterKvCaches(dev.Caches()).ok());
   ASSERT_TRUE(on_host.RegisterKvCaches(host.Caches()).ok());
   for (KvConnector* e : {&on_gpu, &on_host}) {

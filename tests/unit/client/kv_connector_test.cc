@@ -632,23 +632,17 @@ class KvConnectorDeviceDecodeTest
 TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
   const auto [dtype, hnd] = GetParam();
   const KvLayout l = SmallLayout();
-  const testing::FittedVq vq =
-      testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
-  auto store = MemoryStore();
-  CacheClientOptions o = testing::HalfPairOptions();
-  o.decode_on_device = true;
-  std::unique_ptr<CacheClient> client =
-      testing::NewVqClient(vq, store.get(), o);
-  ASSERT_NE(client, nullptr);
   const int n = 96;
-  const std::vector<int32_t> tokens = Tokens(n);
-  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 3);
-  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 4);
-  ASSERT_TRUE(client->Store(tokens, "", k.data(), v.data()).ok());
+  CacheClientOptions o = Options(32);
+  o.decode_on_device = true;
+  testing::StoredPreRopeChain chain = testing::StorePreRopeChain(l, n, o);
+  ASSERT_NE(chain.client, nullptr);
+  CacheClient* client = chain.client.get();
+  const std::vector<int32_t>& tokens = chain.tokens;
 
   const std::vector<int32_t> ids = ShuffledPages(6);
   Pages host(dtype, hnd);
-  KvConnector reference(client.get());
+  KvConnector reference(client);
   ASSERT_TRUE(reference.RegisterKvCaches(host.Caches()).ok());
   ASSERT_TRUE(reference.StartLoad({LoadSpec{"h", tokens, "", ids, n}}).ok());
   ASSERT_TRUE(reference.WaitForLayerLoad(l.layers - 1).ok());
@@ -656,7 +650,7 @@ TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
   EXPECT_EQ(reference.stats().blocks_decoded_on_device, 0);
 
   Pages pages(dtype, hnd);
-  KvConnector engine(client.get());
+  KvConnector engine(client);
   testing::FakeKvDevice* dev = nullptr;
   ASSERT_TRUE(RegisterOnFakeDevice(&engine, &pages, &dev).ok());
   ASSERT_TRUE(engine.StartLoad({LoadSpec{"d", tokens, "", ids, n}}).ok());
@@ -685,7 +679,7 @@ TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
 
   // A device that refuses the layer's decode fails the whole load.
   Pages again(dtype, hnd);
-  KvConnector engine2(client.get());
+  KvConnector engine2(client);
   testing::FakeKvDevice* dev2 = nullptr;
   ASSERT_TRUE(RegisterOnFakeDevice(&engine2, &again, &dev2).ok());
   dev2->FailScatterOfLayer(1);

@@ -23,23 +23,8 @@ namespace {
 
 constexpr int kHeads = 3, kDim = 64;
 
-// Two views: two key groups (the "rotate half" split), per-head codebooks,
-// key gains, and keys rotated by RoPE in half order over 48 of 64 dims,
-// written in adjacent order; or (`plain`) one group, shared codebooks, no
-// gains and no rotation, written in half order (the pair reorder alone).
 testing::RandomDecodeSpec Spec(bool plain) {
-  testing::RandomDecodeSpec s;
-  s.kv_heads = kHeads;
-  s.head_dim = kDim;
-  s.seed = plain ? 21 : 22;
-  if (plain) {
-    s.engine_pairs = kDecodeHalfPairs;
-  } else {
-    s.split = s.per_head = s.key_gains = true;
-    s.rot_dims = 48;
-    s.block_pairs = kDecodeHalfPairs;
-  }
-  return s;
+  return testing::PagedTestSpec(plain, plain ? 21 : 22);
 }
 
 // Three blocks of 32 tokens (random code bytes: every value is a valid code

@@ -26,22 +26,8 @@ namespace {
 constexpr int kHeads = 3, kDim = 64, kBlocks = 3, kTokens = 32, kSlots = 16;
 const int32_t kBlockPages[kBlocks][2] = {{6, 1}, {3, 7}, {0, 4}};
 
-// Split keys, per-head codebooks, RoPE over 48 of 64 dims in rotate-half
-// order read from adjacent order; or (`plain`) one group, shared
-// codebooks, the pair reorder alone.
 testing::RandomDecodeSpec Spec(bool plain) {
-  testing::RandomDecodeSpec s;
-  s.kv_heads = kHeads;
-  s.head_dim = kDim;
-  s.seed = plain ? 31 : 32;
-  if (plain) {
-    s.engine_pairs = kDecodeHalfPairs;
-  } else {
-    s.split = s.per_head = true;
-    s.rot_dims = 48;
-    s.block_pairs = kDecodeHalfPairs;
-  }
-  return s;
+  return testing::PagedTestSpec(plain, plain ? 31 : 32);
 }
 
 // The batch's tokens: three blocks of 32, pages of 16 slots out of order,
