@@ -138,6 +138,26 @@ inline StoredPreRopeChain StorePreRopeChain(const KvLayout& l, int n,
   return c;
 }
 
+// The setup of the device-encode tests: two clients of one pre-RoPE vq
+// codec (an engine in rotate-half order), each over a memory store of its
+// own; `on_dev` encodes saves from CUDA pages on the device
+// (encode_on_device), `on_host` does not.
+struct DeviceAndHostEncoders {
+  std::unique_ptr<storage::TieredStore> store_dev, store_host;
+  std::unique_ptr<CacheClient> on_dev, on_host;
+};
+inline DeviceAndHostEncoders MakeDeviceAndHostEncoders(const KvLayout& l) {
+  const FittedVq vq = FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
+  CacheClientOptions o = HalfPairOptions();
+  DeviceAndHostEncoders e;
+  e.store_dev = MemoryStore();
+  e.store_host = MemoryStore();
+  e.on_host = NewVqClient(vq, e.store_host.get(), o);
+  o.encode_on_device = true;
+  e.on_dev = NewVqClient(vq, e.store_dev.get(), o);
+  return e;
+}
+
 // `first` stores 128 tokens (4 blocks of 32) under salt "s"; a client that
 // knows only the codebook hash, over `backend`, must find and decode them
 // exactly as `first` does.

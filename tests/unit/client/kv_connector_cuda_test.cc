@@ -207,17 +207,11 @@ TEST(KvConnectorCudaTest, LoadsDecodeOnTheGpuAsOnTheHost) {
 TEST(KvConnectorCudaTest, SavesEncodeOnTheGpuAsWellAsOnTheHost) {
   SKIP_WITHOUT_GPU();
   const KvLayout l = SmallLayout();
-  const testing::FittedVq vq =
-      testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
-  const CacheClientOptions o = testing::HalfPairOptions();
-  CacheClientOptions od = o;
-  od.encode_on_device = true;
-  auto store_dev = MemoryStore(), store_host = MemoryStore();
-  std::unique_ptr<CacheClient> on_dev =
-      testing::NewVqClient(vq, store_dev.get(), od);
-  std::unique_ptr<CacheClient> on_host =
-      testing::NewVqClient(vq, store_host.get(), o);
-  ASSERT_TRUE(on_dev != nullptr && on_host != nullptr);
+  testing::DeviceAndHostEncoders clients =
+      testing::MakeDeviceAndHostEncoders(l);
+  ASSERT_TRUE(clients.on_dev != nullptr && clients.on_host != nullptr);
+  CacheClient* on_dev = clients.on_dev.get();
+  CacheClient* on_host = clients.on_host.get();
   const int n = 96;
   const std::vector<int32_t> tokens = Tokens(n);
   const std::vector<float> kv = ExactKv(n * l.ElementsPerToken(), 11);
@@ -236,7 +230,7 @@ TEST(KvConnectorCudaTest, SavesEncodeOnTheGpuAsWellAsOnTheHost) {
                          cudaMemcpyHostToDevice),
               cudaSuccess);
   }
-  KvConnector on_gpu(on_dev.get()), on_cpu(on_host.get());
+  KvConnector on_gpu(on_dev), on_cpu(on_host);
   ASSERT_TRUE(on_gpu.RegisterKvCaches(dev.Caches()).ok());
   ASSERT_TRUE(on_cpu.RegisterKvCaches(host.Caches()).ok());
   const SaveSpec save{"s", tokens, "", ids, 0};
@@ -259,10 +253,10 @@ TEST(KvConnectorCudaTest, SavesEncodeOnTheGpuAsWellAsOnTheHost) {
                 want_v.data() + layer * per_layer);
   }
   double err[2] = {0, 0};
-  CacheClient* clients[2] = {on_dev.get(), on_host.get()};
+  CacheClient* both[2] = {on_dev, on_host};
   for (int c = 0; c < 2; ++c) {
     std::vector<float> k(want_k.size()), v(want_v.size());
-    auto loaded = clients[c]->Load(tokens, "", k.data(), v.data());
+    auto loaded = both[c]->Load(tokens, "", k.data(), v.data());
     ASSERT_TRUE(loaded.ok());
     ASSERT_EQ(loaded->tokens, n);
     for (size_t i = 0; i < k.size(); ++i) {

@@ -710,17 +710,11 @@ class KvConnectorDeviceEncodeTest
 TEST_P(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
   const auto [dtype, hnd] = GetParam();
   const KvLayout l = SmallLayout();
-  const testing::FittedVq vq =
-      testing::FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
-  const CacheClientOptions o = testing::HalfPairOptions();
-  CacheClientOptions od = o;
-  od.encode_on_device = true;
-  auto store_dev = MemoryStore(), store_host = MemoryStore();
-  std::unique_ptr<CacheClient> on_dev =
-      testing::NewVqClient(vq, store_dev.get(), od);
-  std::unique_ptr<CacheClient> on_host =
-      testing::NewVqClient(vq, store_host.get(), o);
-  ASSERT_TRUE(on_dev != nullptr && on_host != nullptr);
+  testing::DeviceAndHostEncoders clients =
+      testing::MakeDeviceAndHostEncoders(l);
+  ASSERT_TRUE(clients.on_dev != nullptr && clients.on_host != nullptr);
+  CacheClient* on_dev = clients.on_dev.get();
+  CacheClient* on_host = clients.on_host.get();
   const int n = 96;
   const std::vector<int32_t> tokens = Tokens(n);
   std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 5);
@@ -730,11 +724,11 @@ TEST_P(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
   const std::vector<int32_t> ids = ShuffledPages(7);
 
   Pages host(dtype, hnd);
-  KvConnector host_engine(on_host.get());
+  KvConnector host_engine(on_host);
   ASSERT_TRUE(host_engine.RegisterKvCaches(host.Caches()).ok());
   Fill(host.Caches(), ids, n, k, v);
   Pages pages(dtype, hnd);
-  KvConnector engine(on_dev.get());
+  KvConnector engine(on_dev);
   testing::FakeKvDevice* dev = nullptr;
   ASSERT_TRUE(RegisterOnFakeDevice(&engine, &pages, &dev).ok());
   Fill(pages.Caches(), ids, n, k, v);
