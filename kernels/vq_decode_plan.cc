@@ -5,6 +5,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/bitpack.h"
+#include "kernels/vq_encode_element.h"
 
 namespace vqkv {
 
@@ -110,13 +111,7 @@ VqDecodePlan::LayerSlices VqDecodePlan::Slices(int64_t tokens,
 }
 
 size_t VqDecodePlan::JobQuantizer(int layer, int j) const {
-  const size_t keys_per_layer =
-      static_cast<size_t>(shape.slots) * shape.key_groups;
-  if (static_cast<size_t>(j) < keys_per_layer) {
-    return static_cast<size_t>(layer) * keys_per_layer + j;
-  }
-  return static_cast<size_t>(layers) * keys_per_layer +
-         static_cast<size_t>(layer) * shape.slots + (j - keys_per_layer);
+  return static_cast<size_t>(VqEncodeJobQuantizer(shape, layers, layer, j));
 }
 
 std::vector<const ResidualQuantizer*> PlanQuantizers(const VqCodec& codec) {

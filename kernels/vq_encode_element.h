@@ -41,6 +41,17 @@ VQKV_HD inline int VqEncodeJobCount(const VqDecodeView& w) {
 VQKV_HD inline int VqEncodeKeyJobs(const VqDecodeView& w) {
   return w.slots * w.key_groups;
 }
+// The index of job j's quantizer in the plan's order over `layers` layers:
+// every layer's key quantizers ([layer][slot][group]), then every layer's
+// value quantizers ([layer][slot]) (kernels/vq_decode_plan.h).
+VQKV_HD inline int64_t VqEncodeJobQuantizer(const VqDecodeView& w, int layers,
+                                            int layer, int j) {
+  const int64_t keys_per_layer = VqEncodeKeyJobs(w);
+  if (j < keys_per_layer) return layer * keys_per_layer + j;
+  return layers * keys_per_layer + int64_t{layer} * w.slots +
+         (j - keys_per_layer);
+}
+
 // Rows of every job for `tokens` tokens.
 VQKV_HD inline int64_t VqEncodeJobRows(const VqDecodeView& w, int64_t tokens) {
   return w.slots == 1 ? tokens * w.kv_heads : tokens;

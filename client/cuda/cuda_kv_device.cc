@@ -220,8 +220,6 @@ class CudaKvDevice final : public KvDevice {
                        cuda::kMaxTcEncodeDim, " dimensions, not ", w.head_dim));
     }
     if (absl::Status st = UploadViewLocked(plan); !st.ok()) return st;
-    job_order_.layers = plan.layers;
-    job_order_.shape = plan.shape;
     // Per quantizer, in the plan's order (keys [layer][slot][group], then
     // values [layer][slot]): its norms and the tensor cores' copy.
     const std::vector<const ResidualQuantizer*> quantizers =
@@ -345,7 +343,8 @@ class CudaKvDevice final : public KvDevice {
     for (int dim_class = 0; dim_class < 4; ++dim_class) {
       std::vector<cuda::RvqTcJob> batch;
       for (int j = 0; j < jobs; ++j) {
-        const Quantizer& q = quantizers_[job_order_.JobQuantizer(layer, j)];
+        const Quantizer& q =
+            quantizers_[VqEncodeJobQuantizer(w, decode_layers_, layer, j)];
         if ((q.dim - 1) / 32 != dim_class) continue;
         batch.push_back({inputs[j], job_rows, q.dim, q.stages, q.K, q.codebooks,
                          q.norms, q.tc, codes[j]});
@@ -690,7 +689,6 @@ class CudaKvDevice final : public KvDevice {
   VqDecodeView view_;      // ditto
   std::vector<const float*> key_books_, value_books_;  // ditto
   std::vector<Quantizer> quantizers_;  // plan order; before encode_ready_
-  VqDecodePlan job_order_;  // the plan's shape alone (JobQuantizer); ditto
   std::vector<void*> decode_memory_ ABSL_GUARDED_BY(mu_);
   uint8_t* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;
   size_t scratch_bytes_ ABSL_GUARDED_BY(mu_) = 0;

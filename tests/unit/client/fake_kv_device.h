@@ -79,7 +79,7 @@ class FakeKvDevice : public KvDevice {
 
   absl::Status EnableDecode(const VqDecodePlan& plan) override {
     absl::MutexLock lock(&mu_);
-    if (refuse_decode_) {
+    if (refuse_codebooks_) {
       return absl::ResourceExhaustedError("fake device: no memory to decode");
     }
     plan_ = plan;
@@ -129,7 +129,7 @@ class FakeKvDevice : public KvDevice {
   absl::Status EnableEncode(const VqDecodePlan& plan,
                             const VqCodec& codec) override {
     absl::MutexLock lock(&mu_);
-    if (refuse_decode_) {
+    if (refuse_codebooks_) {
       return absl::ResourceExhaustedError("fake device: no memory to encode");
     }
     encode_plan_ = &plan;
@@ -184,10 +184,11 @@ class FakeKvDevice : public KvDevice {
     return encoded_blocks_;
   }
 
-  // EnableDecode fails (as a GPU without room for the codebooks would).
-  void RefuseDecode() {
+  // EnableDecode and EnableEncode fail (as a GPU without room for the
+  // codebooks would).
+  void RefuseCodebooks() {
     absl::MutexLock lock(&mu_);
-    refuse_decode_ = true;
+    refuse_codebooks_ = true;
   }
   // Blocks handed to ScatterCoded so far (one per block and layer).
   int coded_scatters() {
@@ -325,7 +326,7 @@ class FakeKvDevice : public KvDevice {
   int staging_handed_out_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<VqDecodePlan> plan_;  // set under mu_, then only read
-  bool refuse_decode_ ABSL_GUARDED_BY(mu_) = false;
+  bool refuse_codebooks_ ABSL_GUARDED_BY(mu_) = false;
   int coded_scatters_ ABSL_GUARDED_BY(mu_) = 0;
   const VqDecodePlan* encode_plan_ = nullptr;  // set under mu_, then read
   const VqCodec* encode_codec_ = nullptr;      // ditto

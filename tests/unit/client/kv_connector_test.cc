@@ -800,7 +800,7 @@ TEST(KvConnectorDeviceDecodeErrorsTest, RefusalsNameTheOption) {
       [](const PagedKvCaches& caches)
           -> absl::StatusOr<std::unique_ptr<KvDevice>> {
         auto d = std::make_unique<testing::FakeKvDevice>(caches);
-        d->RefuseDecode();
+        d->RefuseCodebooks();
         return d;
       });
   PagedKvCaches caches = p.Caches();
