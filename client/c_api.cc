@@ -10,6 +10,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -121,8 +122,29 @@ absl::StatusOr<vqkv::client::ClientConfig> ToConfig(
     }
     options.encode_cuda_device = o.encode_cuda_device;
   }
-  options.decode_on_device = o.decode_on_device != 0;
-  options.encode_on_device = o.encode_on_device != 0;
+  for (auto [value, name, use] :
+       {std::tuple{o.decode_on_device, "decode_on_device",
+                   &options.decode_on_device},
+        std::tuple{o.encode_on_device, "encode_on_device",
+                   &options.encode_on_device}}) {
+    switch (value) {
+      case VQKV_ON_DEVICE_OFF:
+        *use = vqkv::client::DeviceUse::kOff;
+        break;
+      case VQKV_ON_DEVICE_AUTO:
+        *use = vqkv::client::DeviceUse::kAuto;
+        break;
+      case VQKV_ON_DEVICE_ON:
+        *use = vqkv::client::DeviceUse::kOn;
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "options->", name,
+            " must be VQKV_ON_DEVICE_OFF (0), "
+            "VQKV_ON_DEVICE_ON (1) or VQKV_ON_DEVICE_AUTO (2), got ",
+            value));
+    }
+  }
   config.tls.ca_file = Str(o.tls_ca_file);
   config.tls.cert_file = Str(o.tls_cert_file);
   config.tls.key_file = Str(o.tls_key_file);
@@ -204,6 +226,8 @@ void vqkv_client_options_init_sized(vqkv_client_options_t* options,
   d.sink_tokens = 4;
   d.kv_dtype = VQKV_KV_FLOAT16;
   d.replicas = 2;
+  d.decode_on_device = VQKV_ON_DEVICE_AUTO;
+  d.encode_on_device = VQKV_ON_DEVICE_AUTO;
   // The caller's struct is struct_size bytes: fields this library does not
   // know (a newer header) are zeroed, fields the caller does not have (an
   // older header) are not written.

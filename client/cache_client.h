@@ -60,6 +60,13 @@
 
 namespace vqkv::client {
 
+// Whether a codec path runs on the GPU that holds CUDA device pages.
+enum class DeviceUse {
+  kOff,   // on the host
+  kAuto,  // on the GPU where the codec and the GPU allow it, else the host
+  kOn,    // on the GPU; registering pages fails where it cannot
+};
+
 struct CacheClientOptions {
   // Names the model weights; blocks of different models or revisions never
   // mix. model_id is required.
@@ -109,23 +116,25 @@ struct CacheClientOptions {
   // (kernels/cuda/paged_decode.cuh): the codes cross PCIe instead of
   // float32 rows, and the host's cores do not decode. A chain's first block
   // (its exact sink tokens) still decodes on the CPU. Needs a vq codec
-  // without a key sketch (else RegisterKvCaches fails with kUnimplemented)
-  // and the codebooks' size in GPU memory (float32: 1.07 GB for
-  // LLaMA-3.1-8B at the paper's rate, 0.14 GB for SmolLM2-135M with the
-  // default calibration). Ignored for host pages. Off by default: the
-  // kernel has not yet run on a GPU (docs/CLIENT.md, "Decoding loads on
-  // the GPU").
-  bool decode_on_device = false;
+  // without a key sketch and the codebooks' size in GPU memory (float32:
+  // 1.07 GB for LLaMA-3.1-8B at the paper's rate, 0.14 GB for SmolLM2-135M
+  // with the default calibration). Ignored for host pages. kAuto: where
+  // the codec and the GPU allow it (KvConnector::device_paths says which
+  // path was taken and why); kOn: RegisterKvCaches fails, naming the
+  // option, where they do not. Checked on an H200 2026-12-04
+  // (docs/CLIENT.md, "Decoding loads on the GPU").
+  DeviceUse decode_on_device = DeviceUse::kAuto;
   // Saves from CUDA device pages encode on that GPU straight from the pages
   // (kernels/cuda/paged_encode.cuh and the tensor cores): no float32 copy
   // of the rows to the host and back, the host only seals and sends the
   // codes. A chain's first block (its exact sink tokens) is still gathered
-  // and encoded as before. The same needs as decode_on_device (a vq codec
-  // without a key sketch, with at most 128 dimensions per quantizer; the
-  // codebooks in GPU memory, 1.5x their float32 size with the tensor
-  // cores' copy). Ignored for host pages. Off by default: its kernels have
-  // not yet run on a GPU (docs/CLIENT.md, "Encoding saves from the pages").
-  bool encode_on_device = false;
+  // and encoded as before. The same needs as decode_on_device, and a GPU of
+  // compute capability 8.0 or later and at most 128 dimensions per
+  // quantizer; the codebooks take 1.5x their float32 size with the tensor
+  // cores' copy. Ignored for host pages; kAuto and kOn as above. Checked
+  // on an H200 2026-12-04 (docs/CLIENT.md, "Encoding saves from the
+  // pages").
+  DeviceUse encode_on_device = DeviceUse::kAuto;
 
   CircuitBreakerOptions circuit;
 };

@@ -103,34 +103,73 @@ absl::Status KvConnector::RegisterKvCaches(PagedKvCaches caches) {
     absl::StatusOr<std::unique_ptr<KvDevice>> device =
         device_factory_ ? device_factory_(caches) : NewKvDevice(caches);
     if (!device.ok()) return device.status();
-    const CacheClientOptions& o = client_->options();
-    auto named = [](const char* option, const absl::Status& e) {
-      return absl::Status(e.code(), absl::StrCat(option, ": ", e.message()));
-    };
-    const char* first =
-        o.decode_on_device ? "decode_on_device" : "encode_on_device";
-    if (o.decode_on_device || o.encode_on_device) {
-      absl::StatusOr<VqDecodePlan> plan = client_->DecodePlan();
-      if (!plan.ok()) return named(first, plan.status());
-      plan_ = *std::move(plan);
-    }
-    if (o.decode_on_device) {
-      absl::Status e = (*device)->EnableDecode(*plan_);
-      if (!e.ok()) return named("decode_on_device", e);
-      decode_on_device_ = true;
-    }
-    if (o.encode_on_device) {
-      // DecodePlan succeeded, so the codec is a VqCodec.
-      const auto& vq = dynamic_cast<const VqCodec&>(client_->codec());
-      absl::Status e = (*device)->EnableEncode(*plan_, vq);
-      if (!e.ok()) return named("encode_on_device", e);
-      encode_on_device_ = true;
-    }
+    paths_ = DevicePaths{};
+    plan_.reset();
+    absl::Status chosen = ChooseDevicePaths(device->get());
+    if (!chosen.ok()) return chosen;
     device_ = *std::move(device);
   }
   caches_ = std::move(caches);
   registered_ = true;
   return absl::OkStatus();
+}
+
+absl::Status KvConnector::ChooseDevicePaths(KvDevice* device) {
+  const CacheClientOptions& o = client_->options();
+  // A refusal fails registration under kOn and leaves the path on the host
+  // under kAuto, with its reason.
+  auto refused = [](const char* option, DeviceUse use, const absl::Status& e,
+                    std::string* because) {
+    if (use == DeviceUse::kOn) {
+      return absl::Status(e.code(), absl::StrCat(option, ": ", e.message()));
+    }
+    *because = std::string(e.message());
+    return absl::OkStatus();
+  };
+  const bool decode = o.decode_on_device != DeviceUse::kOff;
+  const bool encode = o.encode_on_device != DeviceUse::kOff;
+  if (!decode && !encode) return absl::OkStatus();
+  absl::StatusOr<VqDecodePlan> plan = client_->DecodePlan();
+  if (!plan.ok()) {
+    absl::Status s =
+        decode ? refused("decode_on_device", o.decode_on_device, plan.status(),
+                         &paths_.decode_on_host_because)
+               : absl::OkStatus();
+    if (s.ok() && encode) {
+      s = refused("encode_on_device", o.encode_on_device, plan.status(),
+                  &paths_.encode_on_host_because);
+    }
+    return s;
+  }
+  plan_ = *std::move(plan);
+  if (decode) {
+    absl::Status e = device->EnableDecode(*plan_);
+    if (e.ok()) {
+      paths_.decode_on_device = true;
+    } else if (absl::Status s = refused("decode_on_device", o.decode_on_device,
+                                        e, &paths_.decode_on_host_because);
+               !s.ok()) {
+      return s;
+    }
+  }
+  if (encode) {
+    // DecodePlan succeeded, so the codec is a VqCodec.
+    const auto& vq = dynamic_cast<const VqCodec&>(client_->codec());
+    absl::Status e = device->EnableEncode(*plan_, vq);
+    if (e.ok()) {
+      paths_.encode_on_device = true;
+    } else if (absl::Status s = refused("encode_on_device", o.encode_on_device,
+                                        e, &paths_.encode_on_host_because);
+               !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+DevicePaths KvConnector::device_paths() const {
+  absl::MutexLock lock(&mu_);
+  return registered_ ? paths_ : DevicePaths{};
 }
 
 absl::Status KvConnector::StartLoad(std::vector<LoadSpec> loads) {
@@ -212,7 +251,7 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
   std::vector<size_t> host_jobs, device_jobs;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const BlockHeader& h = fetched[jobs[j].spec].headers[jobs[j].block];
-    (decode_on_device_ && h.fp16_tokens == 0 ? device_jobs : host_jobs)
+    (paths_.decode_on_device && h.fp16_tokens == 0 ? device_jobs : host_jobs)
         .push_back(j);
   }
   // Each layer's host blocks are split among decode_threads threads; a
@@ -436,7 +475,7 @@ absl::Status KvConnector::SaveLayer(int layer,
         // encodes it.
         const bool sinks =
             p->first_block + i == 0 && client_->options().sink_tokens > 0;
-        (encode_on_device_ && !sinks ? p->device_blocks : p->host_blocks)
+        (paths_.encode_on_device && !sinks ? p->device_blocks : p->host_blocks)
             .push_back(i);
       }
       const int64_t floats =
@@ -482,8 +521,9 @@ absl::Status KvConnector::SaveLayer(int layer,
   std::vector<KvDevice::Rows> rows;
   std::vector<KvDevice::EncodeRows> encode;
   const size_t payload = client_->codec().EncodedBytes(B);
-  const VqDecodePlan::LayerSlices slices =
-      encode_on_device_ ? plan_->Slices(B, layer) : VqDecodePlan::LayerSlices{};
+  const VqDecodePlan::LayerSlices slices = paths_.encode_on_device
+                                               ? plan_->Slices(B, layer)
+                                               : VqDecodePlan::LayerSlices{};
   for (const std::shared_ptr<PendingSave>& p : saving_) {
     for (size_t h = 0; h < p->host_blocks.size(); ++h) {
       const size_t off =

@@ -100,6 +100,16 @@ struct ConnectorStats {
   int64_t blocks_encoded_on_device = 0;
 };
 
+// Which codec paths run on the GPU of registered CUDA pages (both false for
+// host pages), and, for a path left on the host under DeviceUse::kAuto,
+// why (the refusal's message; empty when the option was kOff).
+struct DevicePaths {
+  bool decode_on_device = false;
+  bool encode_on_device = false;
+  std::string decode_on_host_because;
+  std::string encode_on_host_because;
+};
+
 class KvConnector {
  public:
   // `client` must outlive the connector.
@@ -109,10 +119,13 @@ class KvConnector {
   // Records the engine's page tensors. Errors: kInvalidArgument when they do
   // not match the client's layout; for device memory, kUnimplemented in a
   // build without CUDA and kFailedPrecondition when the GPU cannot be used;
-  // with decode_on_device or encode_on_device, kUnimplemented when the
+  // with decode_on_device or encode_on_device kOn, kUnimplemented when the
   // codec cannot be run on the device and the device's error when its
-  // codebooks cannot be loaded; the message names the option.
+  // codebooks cannot be loaded; the message names the option. Under kAuto
+  // those refusals leave the path on the host (device_paths()).
   absl::Status RegisterKvCaches(PagedKvCaches caches);
+  // What RegisterKvCaches chose; all false before it.
+  DevicePaths device_paths() const;
 
   // Starts loading each spec's first num_tokens tokens into its pages.
   // Errors: kFailedPrecondition before RegisterKvCaches; kInvalidArgument for
@@ -173,6 +186,10 @@ class KvConnector {
   // Drops the saves of this pass that are not yet handed to the background
   // (released, counted, reported finished).
   void DropSavingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Enables the device's decode and encode as the options ask (plan_,
+  // paths_); RegisterKvCaches' errors for them.
+  absl::Status ChooseDevicePaths(KvDevice* device)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   CacheClient* const client_;
   mutable absl::Mutex mu_;
@@ -182,8 +199,7 @@ class KvConnector {
   // encode (encode_on_device) on the device; ditto. Declared before
   // device_, which may refer to it until it goes.
   std::optional<VqDecodePlan> plan_;
-  bool decode_on_device_ = false;     // ditto
-  bool encode_on_device_ = false;     // ditto
+  DevicePaths paths_;                 // ditto
   std::unique_ptr<KvDevice> device_;  // device caches only; ditto
   KvDeviceFactory device_factory_;
   KvDevice::Event last_gather_ ABSL_GUARDED_BY(mu_) = 0;

@@ -317,6 +317,16 @@ class PyConnector {
     return out;
   }
 
+  py::dict DevicePaths() const {
+    const client::DevicePaths p = connector_->device_paths();
+    py::dict out;
+    out["decode_on_device"] = p.decode_on_device;
+    out["encode_on_device"] = p.encode_on_device;
+    out["decode_on_host_because"] = p.decode_on_host_because;
+    out["encode_on_host_because"] = p.encode_on_host_because;
+    return out;
+  }
+
  private:
   std::shared_ptr<CacheClient> client_;
   py::list arrays_;  // the registered pages, kept alive
@@ -401,7 +411,10 @@ void BindConnector(py::module_& m) {
       .def("shutdown", &PyConnector::Shutdown, py::arg("timeout") = 5.0,
            "Waits up to `timeout` seconds for background work; saves not "
            "started by then are dropped.")
-      .def("stats", &PyConnector::Stats);
+      .def("stats", &PyConnector::Stats)
+      .def("device_paths", &PyConnector::DevicePaths,
+           "Whether loads decode and saves encode on the GPU of the "
+           "registered CUDA pages, and for a path left on the host, why.");
 }
 
 }  // namespace vqkv::python

@@ -129,8 +129,9 @@ std::unique_ptr<PyClient> MakeClient(
     const py::object& tls_key_file,
     const std::optional<std::string>& tls_server_name,
     unsigned tls_reload_seconds, int key_sketch_first_layer,
-    const std::string& key_pairs, int encode_cuda_device, bool decode_on_device,
-    bool encode_on_device) {
+    const std::string& key_pairs, int encode_cuda_device,
+    std::optional<bool> decode_on_device,
+    std::optional<bool> encode_on_device) {
   client::ClientConfig config;
   config.server = server;
   config.replicas = replicas;
@@ -164,8 +165,14 @@ std::unique_ptr<PyClient> MakeClient(
   o.block_tokens = block_tokens;
   o.sink_tokens = sink_tokens;
   o.encode_cuda_device = encode_cuda_device;
-  o.decode_on_device = decode_on_device;
-  o.encode_on_device = encode_on_device;
+  // None: where possible; True: required; False: never.
+  auto use = [](std::optional<bool> v) {
+    return !v.has_value() ? client::DeviceUse::kAuto
+           : *v           ? client::DeviceUse::kOn
+                          : client::DeviceUse::kOff;
+  };
+  o.decode_on_device = use(decode_on_device);
+  o.encode_on_device = use(encode_on_device);
   if (key_pairs == "half") {
     o.engine_key_pairs = RopePairs::kHalf;
   } else if (key_pairs != "adjacent") {
@@ -251,8 +258,8 @@ PYBIND11_MODULE(vqkv, m) {
            py::arg("key_sketch_first_layer") = 0,
            py::arg("key_pairs") = "adjacent",
            py::arg("encode_cuda_device") = -1,
-           py::arg("decode_on_device") = false,
-           py::arg("encode_on_device") = false,
+           py::arg("decode_on_device") = py::none(),
+           py::arg("encode_on_device") = py::none(),
            "Opens a client. server: 'embedded' (in-memory store in this "
            "process), 'embedded:DIR' (with a disk tier in DIR), a "
            "vqkv-server 'host:port', or a cluster: 'host:port,host:port' or "
@@ -274,7 +281,10 @@ PYBIND11_MODULE(vqkv, m) {
            "with CUDA). decode_on_device: vq loads into CUDA pages decode "
            "on the GPU (docs/CLIENT.md \"Decoding loads on the GPU\"). "
            "encode_on_device: vq saves from CUDA pages encode on the GPU "
-           "from the pages (\"Encoding saves from the pages\").")
+           "from the pages (\"Encoding saves from the pages\"). Both: "
+           "None (default) where the codec and GPU allow it, True to "
+           "require it, False for the host; Connector.device_paths() says "
+           "which was taken.")
       .def("hash_tokens", &vp::PyClient::HashTokens, py::arg("tokens"),
            py::arg("salt") = "",
            "Chain hashes (16-byte bytes) of the full blocks of `tokens`.")

@@ -89,6 +89,18 @@ typedef enum vqkv_key_pairs {
   VQKV_KEY_PAIRS_HALF = 1
 } vqkv_key_pairs;
 
+/* Where a codec path runs when the KV caches are CUDA device pages
+ * (vqkv_client_options_t decode_on_device, encode_on_device). */
+typedef enum vqkv_on_device {
+  /* On the host. */
+  VQKV_ON_DEVICE_OFF = 0,
+  /* On the GPU; registering the pages fails where it cannot. */
+  VQKV_ON_DEVICE_ON = 1,
+  /* On the GPU where the codec and the GPU allow it, else on the host
+   * (the default). */
+  VQKV_ON_DEVICE_AUTO = 2
+} vqkv_on_device;
+
 /* Bytes of one block hash. */
 #define VQKV_HASH_BYTES 16
 
@@ -207,27 +219,28 @@ typedef struct vqkv_client_options {
   int32_t encode_on_cuda;
   int32_t encode_cuda_device;
 
-  /* Added after `encode_cuda_device`. vq only: nonzero decodes loads into
-   * CUDA device pages on that GPU (the codes cross PCIe, not float rows);
-   * a chain's first block still decodes on the host. Registering CUDA
-   * pages fails with VQKV_UNIMPLEMENTED for codecs that cannot (fp16, a key
-   * sketch). Off by default: the kernel has not yet run on a GPU
-   * (docs/CLIENT.md, "Decoding loads on the GPU"). */
+  /* Added after `encode_cuda_device`. A vqkv_on_device: whether vq loads
+   * into CUDA device pages decode on that GPU (the codes cross PCIe, not
+   * float rows); a chain's first block still decodes on the host. AUTO
+   * (the default) where the codec allows it (not fp16, no key sketch); ON
+   * makes registering CUDA pages fail with VQKV_UNIMPLEMENTED where it
+   * does not (docs/CLIENT.md, "Decoding loads on the GPU"). */
   int32_t decode_on_device;
 
-  /* Added after `decode_on_device`. vq only: nonzero encodes saves from
-   * CUDA device pages on that GPU, straight from the pages (no float copy
-   * to the host and back); a chain's first block is still encoded on the
-   * host. Registering CUDA pages fails with VQKV_UNIMPLEMENTED where it
-   * cannot (fp16, a key sketch, a GPU older than compute capability 8.0).
-   * Off by default: its kernels have not yet run on a GPU (docs/CLIENT.md,
-   * "Encoding saves from the pages"). */
+  /* Added after `decode_on_device`. A vqkv_on_device: whether vq saves
+   * from CUDA device pages encode on that GPU, straight from the pages (no
+   * float copy to the host and back); a chain's first block is still
+   * encoded on the host. AUTO (the default) where the codec and the GPU
+   * allow it (not fp16, no key sketch, compute capability 8.0 or later);
+   * ON makes registering CUDA pages fail with VQKV_UNIMPLEMENTED where
+   * they do not (docs/CLIENT.md, "Encoding saves from the pages"). */
   int32_t encode_on_device;
 } vqkv_client_options_t;
 
 /* Zeroes *options, then sets struct_size and the defaults: embedded server,
  * fp16 codec, block_tokens 64, sink_tokens 4, kv_dtype VQKV_KV_FLOAT16,
- * replicas 2. The layout and model_id are left zero / NULL: the caller must
+ * replicas 2, decode_on_device and encode_on_device VQKV_ON_DEVICE_AUTO.
+ * The layout and model_id are left zero / NULL: the caller must
  * set them.
  *
  * vqkv_client_options_init is a macro passing the struct's size as the

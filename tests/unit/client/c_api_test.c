@@ -257,17 +257,25 @@ static void TestBadOptions(void) {
   o.encode_cuda_device = -1;
   ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "encode_cuda_device");
 
-  /* decode_on_device and encode_on_device default to off and open a client
-   * either way (they matter when CUDA pages register:
-   * kv_connector_test.cc). */
+  /* decode_on_device and encode_on_device default to AUTO and open a
+   * client at every valid value (they matter when CUDA pages register:
+   * kv_connector_test.cc); other values are refused, naming the field. */
   InitOptions(&o);
-  CHECK(o.decode_on_device == 0);
-  CHECK(o.encode_on_device == 0);
-  o.decode_on_device = 1;
-  o.encode_on_device = 1;
-  client = NULL;
-  CHECK_CODE(vqkv_client_create(&o, &client), VQKV_OK);
-  vqkv_client_destroy(client);
+  CHECK(o.decode_on_device == VQKV_ON_DEVICE_AUTO);
+  CHECK(o.encode_on_device == VQKV_ON_DEVICE_AUTO);
+  for (int32_t use = VQKV_ON_DEVICE_OFF; use <= VQKV_ON_DEVICE_AUTO; ++use) {
+    o.decode_on_device = use;
+    o.encode_on_device = use;
+    client = NULL;
+    CHECK_CODE(vqkv_client_create(&o, &client), VQKV_OK);
+    vqkv_client_destroy(client);
+  }
+  InitOptions(&o);
+  o.decode_on_device = 3;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "decode_on_device");
+  InitOptions(&o);
+  o.encode_on_device = -1;
+  ExpectCreateError(&o, VQKV_INVALID_ARGUMENT, "encode_on_device");
 
   InitOptions(&o);
   o.server = "embedded:";

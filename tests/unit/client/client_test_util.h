@@ -152,8 +152,9 @@ inline DeviceAndHostEncoders MakeDeviceAndHostEncoders(const KvLayout& l) {
   DeviceAndHostEncoders e;
   e.store_dev = MemoryStore();
   e.store_host = MemoryStore();
+  o.encode_on_device = DeviceUse::kOff;
   e.on_host = NewVqClient(vq, e.store_host.get(), o);
-  o.encode_on_device = true;
+  o.encode_on_device = DeviceUse::kOn;
   e.on_dev = NewVqClient(vq, e.store_dev.get(), o);
   return e;
 }

@@ -154,7 +154,7 @@ TEST(KvConnectorCudaTest, LoadsDecodeOnTheGpuAsOnTheHost) {
   const KvLayout l = SmallLayout();
   const int n = 96;
   CacheClientOptions o = Options(32);
-  o.decode_on_device = true;
+  o.decode_on_device = DeviceUse::kOn;
   testing::StoredPreRopeChain chain = testing::StorePreRopeChain(l, n, o);
   ASSERT_NE(chain.client, nullptr);
   CacheClient* client = chain.client.get();

@@ -634,7 +634,7 @@ TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
   const KvLayout l = SmallLayout();
   const int n = 96;
   CacheClientOptions o = Options(32);
-  o.decode_on_device = true;
+  o.decode_on_device = DeviceUse::kOn;
   testing::StoredPreRopeChain chain = testing::StorePreRopeChain(l, n, o);
   ASSERT_NE(chain.client, nullptr);
   CacheClient* client = chain.client.get();
@@ -780,7 +780,7 @@ INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceEncodeTest,
 // decode on a device (fp16 blocks) or the device cannot take the codebooks.
 TEST(KvConnectorDeviceDecodeErrorsTest, RefusalsNameTheOption) {
   CacheClientOptions o = Options(32);
-  o.decode_on_device = true;
+  o.decode_on_device = DeviceUse::kOn;
   EmbeddedClient fp16(o);
   ASSERT_NE(fp16.client, nullptr);
   Pages p(DType::kFloat16, false);
@@ -808,6 +808,77 @@ TEST(KvConnectorDeviceDecodeErrorsTest, RefusalsNameTheOption) {
   const absl::Status r = engine2.RegisterKvCaches(caches);
   EXPECT_EQ(r.code(), absl::StatusCode::kResourceExhausted) << r;
   EXPECT_NE(r.message().find("decode_on_device"), std::string::npos) << r;
+}
+
+// Under the default, DeviceUse::kAuto, loads decode and saves encode on the
+// device wherever the codec and the device allow it, and registration
+// never fails for them: fp16 blocks and a device without room for the
+// codebooks leave both paths on the host, with the reason in
+// device_paths(). Host pages never use the device.
+TEST(KvConnectorDeviceAutoTest, AutoTakesTheDeviceWhereItCanAndSaysWhyNot) {
+  const CacheClientOptions o = Options(32);
+  ASSERT_EQ(o.decode_on_device, DeviceUse::kAuto);
+  ASSERT_EQ(o.encode_on_device, DeviceUse::kAuto);
+  EmbeddedClient fp16(o);
+  ASSERT_NE(fp16.client, nullptr);
+  Pages p(DType::kFloat16, false);
+  {
+    KvConnector engine(fp16.client.get());
+    EXPECT_FALSE(engine.device_paths().decode_on_device) << "unregistered";
+    testing::FakeKvDevice* dev = nullptr;
+    ASSERT_TRUE(RegisterOnFakeDevice(&engine, &p, &dev).ok());
+    const DevicePaths paths = engine.device_paths();
+    EXPECT_FALSE(paths.decode_on_device);
+    EXPECT_FALSE(paths.encode_on_device);
+    EXPECT_NE(paths.decode_on_host_because.find("vq"), std::string::npos)
+        << paths.decode_on_host_because;
+    EXPECT_EQ(paths.encode_on_host_because, paths.decode_on_host_because);
+  }
+
+  const testing::FittedVq vq = testing::FitVq(SmallLayout());
+  auto store = MemoryStore();
+  auto c = CacheClient::Create(o, vq.codec, vq.file,
+                               std::make_unique<EmbeddedBackend>(store.get()));
+  ASSERT_TRUE(c.ok()) << c.status();
+  {
+    KvConnector engine(c->get());
+    testing::FakeKvDevice* dev = nullptr;
+    ASSERT_TRUE(RegisterOnFakeDevice(&engine, &p, &dev).ok());
+    const DevicePaths paths = engine.device_paths();
+    EXPECT_TRUE(paths.decode_on_device);
+    EXPECT_TRUE(paths.encode_on_device);
+    EXPECT_EQ(paths.decode_on_host_because, "");
+    EXPECT_EQ(paths.encode_on_host_because, "");
+  }
+  {
+    KvConnector engine(c->get());
+    engine.SetKvDeviceFactoryForTesting(
+        [](const PagedKvCaches& caches)
+            -> absl::StatusOr<std::unique_ptr<KvDevice>> {
+          auto d = std::make_unique<testing::FakeKvDevice>(caches);
+          d->RefuseCodebooks();
+          return d;
+        });
+    PagedKvCaches caches = p.Caches();
+    caches.device = Device::kCuda;
+    ASSERT_TRUE(engine.RegisterKvCaches(caches).ok());
+    const DevicePaths paths = engine.device_paths();
+    EXPECT_FALSE(paths.decode_on_device);
+    EXPECT_FALSE(paths.encode_on_device);
+    EXPECT_NE(paths.decode_on_host_because.find("no memory to decode"),
+              std::string::npos)
+        << paths.decode_on_host_because;
+    EXPECT_NE(paths.encode_on_host_because.find("no memory to encode"),
+              std::string::npos)
+        << paths.encode_on_host_because;
+  }
+  {
+    KvConnector engine(c->get());
+    ASSERT_TRUE(engine.RegisterKvCaches(p.Caches()).ok());
+    const DevicePaths paths = engine.device_paths();
+    EXPECT_FALSE(paths.decode_on_device);
+    EXPECT_FALSE(paths.encode_on_device);
+  }
 }
 
 // A device that fails: a refused copy into the pages fails every block of

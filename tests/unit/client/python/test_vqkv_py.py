@@ -607,6 +607,14 @@ class ConnectorTest(unittest.TestCase):
             conn.shutdown()
         # decode_on_device and encode_on_device reach the client; host
         # pages ignore them.
+        with make_client() as c:
+            conn = vqkv.Connector(c)
+            conn.register_kv_caches(k, v)
+            self.assertEqual(conn.device_paths(), {
+                "decode_on_device": False, "encode_on_device": False,
+                "decode_on_host_because": "",
+                "encode_on_host_because": ""})
+            conn.shutdown()
         with make_client(decode_on_device=True, encode_on_device=True) as c:
             conn = vqkv.Connector(c)
             with self.assertRaises(vqkv.Error) as cm:

@@ -31,7 +31,8 @@ testing::RandomDecodeSpec Spec(bool plain) {
 // at these widths) decoded for layer 1 into pages of 16 slots, out of page
 // order; every written element matches the reference rounded to the dtype
 // (fp32 within float rounding of the head's largest key element,
-// fp16/bf16 within one unit of the last place), and every other byte of the pages stays zero.
+// fp16/bf16 within one unit of the last place), and every other byte of the
+// pages stays zero.
 void CheckDecode(bool plain, int32_t dtype, bool hnd) {
   SCOPED_TRACE(std::string(plain ? "plain" : "split+gains+rope") + " dtype " +
                std::to_string(dtype) + (hnd ? " HND" : " NHD"));
@@ -107,9 +108,8 @@ void CheckDecode(bool plain, int32_t dtype, bool hnd) {
         const float rk = round.Get(0);
         round.Set(0, want_v[i]);
         const float rv = round.Get(0);
-        const float k_tol =
-            ulp * (1e-3f + std::fabs(rk)) +
-            (dtype == kPageF32 ? ulp * key_scale : 0.0f);
+        const float k_tol = ulp * (1e-3f + std::fabs(rk)) +
+                            (dtype == kPageF32 ? ulp * key_scale : 0.0f);
         bad += std::fabs(gk.Get(off) - rk) > k_tol;
         bad += std::fabs(gv.Get(off) - rv) > ulp * (1e-3f + std::fabs(rv));
         written += 2;
