@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/parallel.h"
+#include "client/peer/peer_message.h"
 
 namespace vqkv::client {
 
@@ -214,6 +215,50 @@ absl::Status KvConnector::StartLoad(std::vector<LoadSpec> loads) {
   return absl::OkStatus();
 }
 
+std::vector<GetItem> KvConnector::FetchFromPeer(
+    const LoadSpec& spec, absl::Span<const BlockHash> hashes,
+    absl::Time deadline, size_t* peer_first, size_t* peer_n) {
+  absl::StatusOr<PeerTransfer> t =
+      inbox_ != nullptr
+          ? inbox_->Take(spec.request_id, deadline)
+          : absl::FailedPreconditionError("no peer is attached (AttachPeer)");
+  // The handoff's blocks must be the request's own: the same hashes at the
+  // same chain positions. Anything else comes from the cache service.
+  size_t first = hashes.size(), n = 0;
+  if (t.ok()) {
+    first = std::min<size_t>(t->first_block, hashes.size());
+    while (first + n < hashes.size() && n < t->blocks.size() &&
+           t->blocks[n].hash == hashes[first + n]) {
+      ++n;
+    }
+  }
+  if (!t.ok() || n == 0 ||
+      (n < t->blocks.size() && first + n < hashes.size())) {
+    absl::MutexLock lock(&mu_);
+    ++stats_.peer_handoffs_missed;
+  }
+  *peer_first = first;
+  *peer_n = n;
+  std::vector<GetItem> got(hashes.size());
+  std::vector<BlockHash> rest;
+  std::vector<size_t> rest_at;
+  for (size_t b = 0; b < hashes.size(); ++b) {
+    if (b >= first && b < first + n) {
+      got[b] = std::move(t->blocks[b - first].data);
+    } else {
+      rest.push_back(hashes[b]);
+      rest_at.push_back(b);
+    }
+  }
+  if (!rest.empty()) {
+    std::vector<GetItem> fetched = client_->GetBlocks(rest);
+    for (size_t j = 0; j < rest.size(); ++j) {
+      got[rest_at[j]] = std::move(fetched[j]);
+    }
+  }
+  return got;
+}
+
 void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
   const KvLayout& l = client_->layout();
   const int64_t B = client_->block_tokens();
@@ -225,6 +270,9 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
     std::vector<GetItem> got;
     std::vector<BlockHeader> headers;
     int64_t good = 0;  // blocks [0, good) verified and decoded so far
+    // from_peer: blocks [peer_first, peer_first + peer_n) came from the
+    // peer's handoff.
+    size_t peer_first = 0, peer_n = 0;
   };
   std::vector<Fetched> fetched(batch->specs.size());
   struct Job {
@@ -232,6 +280,8 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
     int64_t block;
   };
   std::vector<Job> jobs;
+  // One wait for every from_peer load of the batch.
+  const absl::Time peer_deadline = absl::Now() + peer_options_.wait;
   for (size_t i = 0; i < batch->specs.size(); ++i) {
     const LoadSpec& spec = batch->specs[i];
     if (spec.num_tokens / B == 0) continue;
@@ -241,7 +291,9 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
         spec.salt);
     if (!hashes.ok()) continue;
     Fetched& f = fetched[i];
-    f.got = client_->GetBlocks(*hashes);
+    f.got = spec.from_peer ? FetchFromPeer(spec, *hashes, peer_deadline,
+                                           &f.peer_first, &f.peer_n)
+                           : client_->GetBlocks(*hashes);
     f.good = client_->VerifyPrefix(f.got, &f.headers);
     for (int64_t b = 0; b < f.good; ++b) jobs.push_back({i, b});
   }
@@ -394,6 +446,13 @@ void KvConnector::RunLoad(std::shared_ptr<LoadBatch> batch) {
     const Fetched& f = fetched[i];
     const int64_t blocks = spec.num_tokens / B;
     client_->CountLoad(f.got, f.good);
+    if (spec.from_peer) {
+      absl::MutexLock lock(&mu_);
+      stats_.peer_blocks_loaded += std::max<int64_t>(
+          0, std::min<int64_t>(f.good,
+                               static_cast<int64_t>(f.peer_first + f.peer_n)) -
+                 static_cast<int64_t>(f.peer_first));
+    }
     std::vector<int32_t> failed_pages;
     AppendPages(spec.block_ids, caches_.block_size, f.good * B, spec.num_tokens,
                 &failed_pages);
@@ -578,9 +637,11 @@ absl::Status KvConnector::SaveLayer(int layer,
     auto guard = std::make_shared<PendingGuard>(this);
     auto job = [this, p, guard]() {
       bool cancelled;
+      std::shared_ptr<KvPeerLink> peer;
       {
         absl::MutexLock lock(&mu_);
         cancelled = cancelled_.erase(p->spec.request_id) > 0;
+        if (p->spec.send_to_peer) peer = peer_;
       }
       if (!cancelled && stopping_.load()) {
         client_->CountDroppedSave();  // shutting down: drop, and count it
@@ -601,7 +662,7 @@ absl::Status KvConnector::SaveLayer(int layer,
         std::vector<CacheClient::BlockToEncode> to_encode;
         for (size_t h = 0; h < p->host_blocks.size(); ++h) {
           const int64_t i = p->host_blocks[h];
-          if (present[i]) continue;
+          if (present[i] && peer == nullptr) continue;
           const size_t off = static_cast<size_t>(h * lay.layers * bt * r);
           to_encode.push_back({p->hashes[p->first_block + i],
                                static_cast<uint32_t>(p->first_block + i),
@@ -614,7 +675,7 @@ absl::Status KvConnector::SaveLayer(int layer,
         const auto* codes = reinterpret_cast<const uint8_t*>(p->codes.get());
         for (size_t d = 0; d < p->device_blocks.size() && encoded.ok(); ++d) {
           const int64_t i = p->device_blocks[d];
-          if (present[i]) continue;
+          if (present[i] && peer == nullptr) continue;
           absl::StatusOr<EncodedBlock> b = client_->SealPayload(
               p->hashes[p->first_block + i],
               static_cast<uint32_t>(p->first_block + i),
@@ -628,6 +689,14 @@ absl::Status KvConnector::SaveLayer(int layer,
         p->keys = nullptr;
         p->values = nullptr;
         p->codes = nullptr;
+        if (encoded.ok() && peer != nullptr) {
+          // Every block goes to the peer; the cache gets those it lacks.
+          SendToPeer(peer.get(), p->spec.request_id,
+                     static_cast<uint32_t>(p->first_block), &*encoded);
+          std::erase_if(*encoded, [&](const EncodedBlock& b) {
+            return present[b.chain_position - p->first_block];
+          });
+        }
         if (encoded.ok()) {
           client_->PutBlocks(*encoded);
           absl::MutexLock lock(&mu_);
@@ -648,6 +717,56 @@ absl::Status KvConnector::SaveLayer(int layer,
     }
   }
   saving_.clear();
+  return absl::OkStatus();
+}
+
+void KvConnector::SendToPeer(KvPeerLink* peer, const std::string& request_id,
+                             uint32_t first_block,
+                             std::vector<EncodedBlock>* blocks) {
+  std::sort(blocks->begin(), blocks->end(),
+            [](const EncodedBlock& a, const EncodedBlock& b) {
+              return a.chain_position < b.chain_position;
+            });
+  absl::StatusOr<std::vector<std::string>> messages = EncodePeerMessages(
+      request_id, first_block, *blocks, peer->max_message_bytes());
+  bool ok = messages.ok();
+  for (size_t m = 0; ok && m < messages->size(); ++m) {
+    ok = peer->Send((*messages)[m]).ok();
+  }
+  absl::MutexLock lock(&mu_);
+  if (ok) {
+    stats_.peer_blocks_sent += static_cast<int64_t>(blocks->size());
+  } else {
+    ++stats_.peer_sends_failed;
+  }
+}
+
+void KvConnector::ReceiveFromPeer() {
+  while (!stopping_.load()) {
+    absl::StatusOr<std::string> m = peer_->Receive(absl::Milliseconds(200));
+    if (absl::IsDeadlineExceeded(m.status())) continue;
+    if (!m.ok()) return;  // closed, send-only, or a broken transport
+    absl::StatusOr<PeerMessage> parsed = ParsePeerMessage(*m);
+    if (!parsed.ok()) {
+      absl::MutexLock lock(&mu_);
+      ++stats_.peer_messages_rejected;
+      continue;
+    }
+    inbox_->Add(*std::move(parsed));
+  }
+}
+
+absl::Status KvConnector::AttachPeer(std::shared_ptr<KvPeerLink> link,
+                                     const PeerOptions& options) {
+  if (link == nullptr) return absl::InvalidArgumentError("null peer link");
+  absl::MutexLock lock(&mu_);
+  if (peer_ != nullptr) {
+    return absl::FailedPreconditionError("a peer is already attached");
+  }
+  peer_ = std::move(link);
+  peer_options_ = options;
+  inbox_ = std::make_unique<PeerInbox>(options.inbox);
+  peer_receiver_ = std::thread([this] { ReceiveFromPeer(); });
   return absl::OkStatus();
 }
 
@@ -712,6 +831,16 @@ void KvConnector::Shutdown(absl::Duration timeout) {
   }
   if (batch != nullptr && batch->thread.joinable()) batch->thread.join();
   client_->WaitIdle(timeout);
+  std::shared_ptr<KvPeerLink> peer;
+  {
+    absl::MutexLock lock(&mu_);
+    peer = peer_;
+  }
+  if (peer != nullptr) {
+    peer->Close();
+    inbox_->Close();
+    if (peer_receiver_.joinable()) peer_receiver_.join();
+  }
   // Saves that have not started skip their work now; wait for the ones that
   // run (bounded by the client's io_timeout) before this object can go.
   stopping_ = true;

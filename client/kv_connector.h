@@ -46,6 +46,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -57,6 +58,8 @@
 #include "client/cache_client.h"
 #include "client/kv_device.h"
 #include "client/paged_kv.h"
+#include "client/peer/peer_inbox.h"
+#include "client/peer/peer_link.h"
 
 namespace vqkv::client {
 
@@ -69,6 +72,11 @@ struct LoadSpec {
   std::string salt;
   std::vector<int32_t> block_ids;
   int64_t num_tokens = 0;
+  // Disaggregated serving (AttachPeer): the blocks come from the handoff a
+  // prefill engine sent under this request_id, waiting for it up to
+  // PeerOptions::wait; the blocks before the handoff's first one, and all of
+  // them if it did not come or was dropped, come from the cache service.
+  bool from_peer = false;
 };
 
 // A request's KV to save: the full vqkv blocks of tokens
@@ -80,6 +88,18 @@ struct SaveSpec {
   std::string salt;
   std::vector<int32_t> block_ids;
   int64_t skip_tokens = 0;
+  // Disaggregated serving (AttachPeer): the saved blocks are also sent to
+  // the peer under request_id after the last layer, all of them, whether
+  // or not the cache already has them.
+  bool send_to_peer = false;
+};
+
+// The handoff between a prefill and a decode engine (AttachPeer).
+struct PeerOptions {
+  // How long a load with LoadSpec::from_peer waits for its handoff.
+  absl::Duration wait = absl::Seconds(30);
+  // Where received handoffs wait for their load.
+  PeerInbox::Options inbox;
 };
 
 struct FinishedRequests {
@@ -98,6 +118,16 @@ struct ConnectorStats {
   // Blocks a save encoded on the device from the pages (encode_on_device)
   // and handed to the background, stored or found present.
   int64_t blocks_encoded_on_device = 0;
+  // AttachPeer: blocks sent to the peer; blocks of from_peer loads that
+  // came from a handoff and were verified; from_peer loads whose handoff
+  // did not come in time, was dropped or did not match their tokens (they
+  // loaded from the cache service instead); messages from the peer that
+  // could not be parsed; sends that failed.
+  int64_t peer_blocks_sent = 0;
+  int64_t peer_blocks_loaded = 0;
+  int64_t peer_handoffs_missed = 0;
+  int64_t peer_messages_rejected = 0;
+  int64_t peer_sends_failed = 0;
 };
 
 // Which codec paths run on the GPU of registered CUDA pages (both false for
@@ -126,6 +156,19 @@ class KvConnector {
   absl::Status RegisterKvCaches(PagedKvCaches caches);
   // What RegisterKvCaches chose; all false before it.
   DevicePaths device_paths() const;
+
+  // Connects this engine to another for disaggregated serving (client/
+  // peer/peer_link.h): saves with SaveSpec::send_to_peer send their sealed
+  // blocks through `link` in the background after their last layer, and a
+  // thread of this connector receives the peer's handoffs into an inbox
+  // (PeerInbox) for loads with LoadSpec::from_peer. Every block from the
+  // peer is verified as a block from the cache is, and its hash checked
+  // against the request's own tokens, before it reaches the pages. Call
+  // once, before the first load or save that uses it; Shutdown closes the
+  // link. Errors: kInvalidArgument for a null link; kFailedPrecondition
+  // when one is attached already.
+  absl::Status AttachPeer(std::shared_ptr<KvPeerLink> link,
+                          const PeerOptions& options = {});
 
   // Starts loading each spec's first num_tokens tokens into its pages.
   // Errors: kFailedPrecondition before RegisterKvCaches; kInvalidArgument for
@@ -183,6 +226,19 @@ class KvConnector {
   struct PendingSave;
   class PendingGuard;
   void RunLoad(std::shared_ptr<LoadBatch> batch);
+  // A from_peer load's blocks: its handoff's (blocks [*peer_first,
+  // *peer_first + *peer_n), those whose hashes are the request's), the rest
+  // from the cache service.
+  std::vector<GetItem> FetchFromPeer(const LoadSpec& spec,
+                                     absl::Span<const BlockHash> hashes,
+                                     absl::Time deadline, size_t* peer_first,
+                                     size_t* peer_n);
+  // AttachPeer's receiver thread: the link's messages into inbox_.
+  void ReceiveFromPeer();
+  // Sends a save's blocks (every chain position from first_block, sorted
+  // here) to the peer; counts the outcome.
+  void SendToPeer(KvPeerLink* peer, const std::string& request_id,
+                  uint32_t first_block, std::vector<EncodedBlock>* blocks);
   // Drops the saves of this pass that are not yet handed to the background
   // (released, counted, reported finished).
   void DropSavingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -216,6 +272,11 @@ class KvConnector {
   absl::Mutex pending_mu_;
   int pending_saves_ ABSL_GUARDED_BY(pending_mu_) = 0;
   std::atomic<bool> stopping_{false};
+  // AttachPeer: written once, before use.
+  std::shared_ptr<KvPeerLink> peer_;
+  PeerOptions peer_options_;
+  std::unique_ptr<PeerInbox> inbox_;
+  std::thread peer_receiver_;
 };
 
 }  // namespace vqkv::client
