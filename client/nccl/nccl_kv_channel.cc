@@ -103,9 +103,16 @@ absl::StatusOr<std::unique_ptr<NcclKvChannel>> NcclKvChannel::Open(
 NcclKvChannel::~NcclKvChannel() {
   // Teardown errors cannot be reported; the device may already be gone.
   (void)cudaSetDevice(device_);
-  if (comm_ != nullptr) (void)ncclCommDestroy(comm_);
+  if (comm_ != nullptr && !aborted_.load()) (void)ncclCommDestroy(comm_);
   if (device_frames_ != nullptr) (void)cudaFree(device_frames_);
   if (host_frame_ != nullptr) (void)cudaFreeHost(host_frame_);
+}
+
+void NcclKvChannel::Abort() {
+  broken_ = true;
+  if (comm_ != nullptr && !aborted_.exchange(true)) {
+    (void)ncclCommAbort(comm_);  // frees the communicator's resources too
+  }
 }
 
 absl::Status NcclKvChannel::Usable(Role needed) const {

@@ -30,6 +30,7 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -116,6 +117,12 @@ class NcclKvChannel {
   absl::StatusOr<uint64_t> ReceiveLayer(int layer, void* device_buffer,
                                         uint64_t capacity, cudaStream_t stream);
 
+  // Aborts the communicator (ncclCommAbort): a SendLayer or ReceiveLayer
+  // blocked on the peer returns an error, and the channel is broken from
+  // then on. The one call that may run concurrently with the others (from
+  // another thread, e.g. a shutdown). Idempotent.
+  void Abort();
+
  private:
   NcclKvChannel(Role role, int device) : role_(role), device_(device) {}
   absl::Status Usable(Role needed) const;
@@ -129,7 +136,8 @@ class NcclKvChannel {
   // Device frames: kSendFrames for a sender, one for a receiver.
   NcclLayerFrame* device_frames_ = nullptr;
   uint64_t sent_ = 0;
-  bool broken_ = false;
+  std::atomic<bool> broken_{false};
+  std::atomic<bool> aborted_{false};
 };
 
 }  // namespace vqkv::client

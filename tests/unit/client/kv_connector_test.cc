@@ -15,6 +15,7 @@
 #include "absl/synchronization/notification.h"
 #include "client/embedded_backend.h"
 #include "client/paged_kv.h"
+#include "client/peer/peer_link.h"
 #include "gtest/gtest.h"
 #include "kernels/fp16.h"
 #include "kernels/rope.h"
@@ -519,6 +520,112 @@ TEST(KvConnectorErrorsTest, ShutdownWithQueuedSaves) {
 
 namespace vqkv::client {
 namespace {
+
+// Disaggregated serving over an in-process link: a prefill engine saves
+// with send_to_peer, a decode engine whose own cache is empty loads with
+// from_peer, and gets exactly the prefill's KV. A handoff that starts past
+// block 0 (skip_tokens) is completed from the decode side's cache; one
+// whose hashes are not the load's tokens' (another salt) or that never
+// comes is not used: those pages fail, and the engine recomputes them.
+TEST(KvConnectorPeerTest, DecodeEngineLoadsThePrefillEnginesHandoff) {
+  const KvLayout l = SmallLayout();
+  const int n = 96;  // 3 vqkv blocks of 32
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 11);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 12);
+  EmbeddedClient prefill_client, decode_client;
+  ASSERT_NE(prefill_client.client, nullptr);
+  ASSERT_NE(decode_client.client, nullptr);
+  auto [to_decode, from_prefill] = NewLoopbackPeerLinks();
+  Pages pp(DType::kFloat16, false), dp(DType::kFloat16, true);
+  KvConnector prefill(prefill_client.client.get());
+  KvConnector decode(decode_client.client.get());
+  ASSERT_TRUE(prefill.RegisterKvCaches(pp.Caches()).ok());
+  ASSERT_TRUE(decode.RegisterKvCaches(dp.Caches()).ok());
+  PeerOptions po;
+  po.wait = absl::Seconds(2);
+  ASSERT_TRUE(prefill.AttachPeer(std::move(to_decode), po).ok());
+  ASSERT_TRUE(decode.AttachPeer(std::move(from_prefill), po).ok());
+  EXPECT_EQ(decode.AttachPeer(NewLoopbackPeerLinks().first).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(decode.AttachPeer(nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // The prefill engine computes and saves two requests: r1 whole, r2 past
+  // its first block (as if that block had been loaded from the cache).
+  const std::vector<int32_t> ids = ShuffledPages(3);
+  Fill(pp.Caches(), ids, n, k, v);
+  SaveSpec r1{"r1", tokens, "", ids, 0};
+  r1.send_to_peer = true;
+  SaveSpec r2{"r2", tokens, "", ids, 32};
+  r2.send_to_peer = true;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(prefill.SaveLayer(layer, {r1, r2}).ok());
+  }
+  ASSERT_TRUE(prefill.WaitForSave().ok());
+  ASSERT_TRUE(prefill_client.client->WaitIdle(absl::Seconds(30)));
+  EXPECT_EQ(prefill.stats().peer_blocks_sent, 3 + 2);
+  EXPECT_EQ(prefill.stats().peer_sends_failed, 0);
+  // The decode side's cache has none of it.
+  EXPECT_EQ(*decode_client.client->Lookup(tokens, ""), 0);
+
+  auto expect_pages = [&](const std::vector<int32_t>& at) {
+    const std::vector<float> got_k = Read(dp.Caches(), at, n, true);
+    const std::vector<float> got_v = Read(dp.Caches(), at, n, false);
+    ASSERT_EQ(got_k, k);
+    ASSERT_EQ(got_v, v);
+  };
+  auto load = [&](LoadSpec spec) {
+    spec.from_peer = true;
+    EXPECT_TRUE(decode.StartLoad({spec}).ok());
+    for (int layer = 0; layer < l.layers; ++layer) {
+      EXPECT_TRUE(decode.WaitForLayerLoad(layer).ok());
+    }
+    return decode.TakeLoadErrorBlockIds();
+  };
+  const std::vector<int32_t> ids1 = ShuffledPages(4);
+  EXPECT_TRUE(load({"r1", tokens, "", ids1, n}).empty());
+  expect_pages(ids1);
+  EXPECT_EQ(decode.stats().peer_blocks_loaded, 3);
+
+  // r2's first block comes from the decode side's cache.
+  std::vector<float> k0, v0;
+  const size_t per_layer = static_cast<size_t>(n) * l.kv_heads * l.head_dim;
+  const size_t block = 32u * l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    k0.insert(k0.end(), k.begin() + layer * per_layer,
+              k.begin() + layer * per_layer + block);
+    v0.insert(v0.end(), v.begin() + layer * per_layer,
+              v.begin() + layer * per_layer + block);
+  }
+  const std::vector<int32_t> first_block(tokens.begin(), tokens.begin() + 32);
+  ASSERT_TRUE(
+      decode_client.client->Store(first_block, "", k0.data(), v0.data()).ok());
+  const std::vector<int32_t> ids2 = ShuffledPages(5);
+  EXPECT_TRUE(load({"r2", tokens, "", ids2, n}).empty());
+  expect_pages(ids2);
+  EXPECT_EQ(decode.stats().peer_blocks_loaded, 3 + 2);
+  EXPECT_EQ(decode.stats().peer_handoffs_missed, 0);
+
+  // A handoff under another salt is not this load's: its blocks are not
+  // used, and the decode cache has only block 0 of the other salt's chain
+  // (none of this one's).
+  SaveSpec r3{"r3", tokens, "", ids, 0};
+  r3.send_to_peer = true;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(prefill.SaveLayer(layer, {r3}).ok());
+  }
+  ASSERT_TRUE(prefill.WaitForSave().ok());
+  ASSERT_TRUE(prefill_client.client->WaitIdle(absl::Seconds(30)));
+  const std::vector<int32_t> ids3 = ShuffledPages(6);
+  EXPECT_EQ(load({"r3", tokens, "salted", ids3, n}).size(), 6u)
+      << "every page of the load fails";
+  // No handoff at all: the load waits PeerOptions::wait, then fails.
+  EXPECT_EQ(load({"r4", tokens, "salted", ids3, n}).size(), 6u);
+  EXPECT_EQ(decode.stats().peer_handoffs_missed, 2);
+  EXPECT_EQ(decode.stats().peer_blocks_loaded, 3 + 2);
+  EXPECT_EQ(decode.stats().peer_messages_rejected, 0);
+}
 
 // Registers `pages` as device pages through a FakeKvDevice; *device is the
 // fake, owned by the connector.

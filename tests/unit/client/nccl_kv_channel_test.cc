@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "client/embedded_backend.h"
+#include "client/nccl/nccl_peer_link.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_device.h"
 #include "tests/unit/client/client_test_util.h"
@@ -114,6 +115,58 @@ TEST(NcclKvChannelTest, LayersCrossBetweenTwoGpus) {
   EXPECT_TRUE(sender_status.ok()) << sender_status;
   cudaFree(dev);
   cudaStreamDestroy(stream);
+}
+
+// The connector's handoff link over NCCL: messages of several sizes from
+// GPU 0 to GPU 1 whole and in order; a sender cannot receive; Close wakes a
+// receiver blocked on a sender that sends no more.
+TEST(NcclPeerLinkTest, MessagesCrossBetweenTwoGpus) {
+  std::string why_not;
+  const int devices = cuda::CudaDeviceCount(&why_not);
+  if (devices < 2) {
+    GTEST_SKIP() << "needs two CUDA devices, found " << devices
+                 << (why_not.empty() ? "" : ": " + why_not)
+                 << " (the handoff runs GPU to GPU)";
+  }
+  std::unique_ptr<storage::TieredStore> store = testing::MemoryStore();
+  EmbeddedBackend backend(store.get());
+  const std::vector<std::string> messages = {"", std::string(4097, 'a'),
+                                             std::string(1 << 20, 'b'), "last"};
+  constexpr uint64_t kMax = uint64_t{2} << 20;
+  absl::Status sender_status;
+  std::thread sender([&] {
+    sender_status = [&]() -> absl::Status {
+      auto link = NcclPeerLink::Open(&backend, "peer-link",
+                                     NcclKvChannel::Role::kSender, 0, kMax);
+      if (!link.ok()) return link.status();
+      if ((*link)->Receive(absl::Seconds(1)).status().code() !=
+          absl::StatusCode::kFailedPrecondition) {
+        return absl::InternalError("a sending link received");
+      }
+      for (const std::string& m : messages) {
+        absl::Status s = (*link)->Send(m);
+        if (!s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }();
+  });
+  auto link = NcclPeerLink::Open(&backend, "peer-link",
+                                 NcclKvChannel::Role::kReceiver, 1, kMax);
+  ASSERT_TRUE(link.ok()) << link.status();
+  for (const std::string& m : messages) {
+    absl::StatusOr<std::string> got = (*link)->Receive(absl::Seconds(30));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, m);
+  }
+  sender.join();
+  ASSERT_TRUE(sender_status.ok()) << sender_status;
+  std::thread closer([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    (*link)->Close();
+  });
+  EXPECT_EQ((*link)->Receive(absl::Seconds(1)).status().code(),
+            absl::StatusCode::kCancelled);
+  closer.join();
 }
 
 }  // namespace
