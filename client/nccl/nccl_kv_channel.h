@@ -14,8 +14,8 @@
 // is opaque here: verifying and decoding it is the receiver's, as for blocks
 // from the service.
 //
-// Built only with CUDA and NCCL (cmake/Cuda.cmake: VQKV_HAVE_NCCL). Not yet
-// wired into KvConnector (docs/CLIENT.md, "What is not here yet").
+// Built only with CUDA and NCCL (cmake/Cuda.cmake: VQKV_HAVE_NCCL). The
+// connector's handoff link runs on it (nccl_peer_link.h).
 //
 // Errors: a failed NCCL or CUDA call gives kInternal naming the call and
 // NCCL's or CUDA's message, and leaves the channel broken: every later call
