@@ -8,6 +8,8 @@
 #   tests/gpu/run.sh               # build, test, benchmark
 #   tests/gpu/run.sh --build-only  # build only (checked on machines without
 #                                  # a GPU before any GPU time is spent)
+#   tests/gpu/run.sh --sanitize    # build, then only compute-sanitizer on
+#                                  # the kernel tests' small cases
 #
 # Every result goes under $OUT (else build-gpu/results): run.log (commit,
 # device, driver, clocks, nvcc, each step's outcome), configure.log,
@@ -28,7 +30,9 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 BUILD_ONLY=0
+SANITIZE=0
 [[ "${1:-}" == "--build-only" ]] && BUILD_ONLY=1
+[[ "${1:-}" == "--sanitize" ]] && SANITIZE=1
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 CUDA_ARCHS=${CUDA_ARCHS:-90}
 RESULTS=${OUT:-$BUILD_DIR/results}
@@ -57,7 +61,8 @@ step() {
 }
 
 log "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)," \
-  "mode $([[ $BUILD_ONLY == 1 ]] && echo build-only || echo full)"
+  "mode $([[ $BUILD_ONLY == 1 ]] && echo build-only ||
+    { [[ $SANITIZE == 1 ]] && echo sanitize || echo full; })"
 if [[ $BUILD_ONLY == 0 ]]; then
   { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit \
       --format=csv || echo "nvidia-smi failed"; } 2>&1 | tee -a "$RESULTS/run.log"
@@ -74,6 +79,36 @@ fi
 
 if [[ $BUILD_ONLY == 1 ]]; then
   log "build only: done, status $status"
+  exit $status
+fi
+
+# compute-sanitizer (from the toolkit) on the kernel tests' small cases:
+# memcheck (out-of-bounds and misaligned accesses) on every kernel,
+# racecheck and synccheck (shared-memory hazards, barriers) on those that
+# use shared memory. Step timeouts add up to 7 minutes.
+if [[ $SANITIZE == 1 ]]; then
+  if [[ $built == 1 ]]; then
+    export VQKV_REQUIRE_GPU=1
+    sanitize() {  # NAME TIMEOUT TOOL TEST FILTER
+      step "compute-sanitizer --tool $3: $4 $5" "$2" \
+        "$RESULTS/sanitize-$1.log" compute-sanitizer --tool "$3" \
+        --error-exitcode 86 "$BUILD_DIR/$4" "--filter=$5"
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed, .* failed" \
+        "$RESULTS/sanitize-$1.log" | tee -a "$RESULTS/run.log"
+    }
+    sanitize tc-odd-mem 60 memcheck rvq_encode_tc_test OddShapes
+    sanitize tc-nan-mem 30 memcheck rvq_encode_tc_test NanInput
+    sanitize tc-nan-race 60 racecheck rvq_encode_tc_test NanInput
+    sanitize tc-nan-sync 30 synccheck rvq_encode_tc_test NanInput
+    sanitize tc-batch-mem 45 memcheck rvq_encode_tc_test BatchGivesEachJob
+    sanitize decode-mem 45 memcheck rvq_cuda_test RvqCudaDecodeTest
+    sanitize paged-decode-mem 30 memcheck paged_decode_cuda_test PagedDecode
+    sanitize paged-encode-mem 30 memcheck paged_encode_cuda_test PagedEncode
+    sanitize attention-mem 45 memcheck code_attention_cuda_test OddShapes
+    sanitize attention-race 60 racecheck code_attention_cuda_test OddShapes
+    sanitize paged-copy-mem 20 memcheck paged_copy_cuda_test PagedCopy
+  fi
+  log "sanitize: done, status $status; results in $RESULTS"
   exit $status
 fi
 

@@ -199,6 +199,11 @@ TEST(RvqCudaDecodeTest, FloatAndHalfMatchReference) {
       }
     }
   }
+  // The vectorised kernel's other group sizes (12: 4 lanes a vector; 96: 24
+  // of 32 lanes busy) and the scalar kernel (17, 132).
+  for (int dim : {12, 96, 17, 132}) {
+    ExpectDecodeMatchesReference({dim, 256, 28});
+  }
 }
 
 // The paper's shapes at their stage counts: keys of head_dim 64 at 28
