@@ -108,11 +108,14 @@ VQKV_HD inline void RotaryPairDims(int32_t pairs, int rot_dims, int i, int* a,
   *b = pairs == kDecodeAdjacentPairs ? 2 * i + 1 : i + rot_dims / 2;
 }
 
-// Block-layout dimension d of key vector v of `layer` (codes: that layer's
-// slice of the K section), after the key gain; before rotation.
-VQKV_HD inline float VqDecodeKeyDim(const VqDecodeView& w, int layer,
-                                    const uint8_t* codes, int64_t v, int d) {
-  const int head = static_cast<int>(v % w.kv_heads);
+// Block-layout dimension d of a key vector of `layer` and `head`, after the
+// key gain, before rotation; code(s) is the vector's code of stage s (0 ..
+// key_stages - 1, all groups). One function for every way of holding the
+// codes: packed in the block (VqDecodeKeyDim) or unpacked once per vector
+// (the device kernel), so both sum in the same order.
+template <typename Code>
+VQKV_HD inline float VqKeyDimFromCodes(const VqDecodeView& w, int layer,
+                                       int head, int d, const Code& code) {
   const int slot = w.slots == 1 ? 0 : head;
   const int g = w.dim_group[d];
   const int gi = w.dim_index[d];
@@ -120,11 +123,10 @@ VQKV_HD inline float VqDecodeKeyDim(const VqDecodeView& w, int layer,
   const int K = 1 << w.key_bits;
   const float* cb =
       w.key_codebooks[(int64_t{layer} * w.slots + slot) * w.key_groups + g];
-  const int64_t first = v * w.key_stages + w.group_offset[g];
   float sum = 0.0f;
   for (int s = 0; s < w.group_stages[g]; ++s) {
-    const uint32_t code = UnpackCodeAt(codes, first + s, w.key_bits);
-    sum += cb[(int64_t{s} * K + code) * gd + gi];
+    const uint32_t c = code(w.group_offset[g] + s);
+    sum += cb[(int64_t{s} * K + c) * gd + gi];
   }
   if (w.key_gains != nullptr) {
     const float* gc =
@@ -135,38 +137,66 @@ VQKV_HD inline float VqDecodeKeyDim(const VqDecodeView& w, int layer,
   return sum;
 }
 
-// Engine-layout dimension e of key vector v, token position pos.
-VQKV_HD inline float VqDecodeKeyElement(const VqDecodeView& w, int layer,
-                                        const uint8_t* codes, int64_t v,
-                                        int64_t pos, int e) {
-  if (e >= w.rot_dims) return VqDecodeKeyDim(w, layer, codes, v, e);
+// Block-layout dimension d of key vector v of `layer` (codes: that layer's
+// slice of the K section), after the key gain; before rotation.
+VQKV_HD inline float VqDecodeKeyDim(const VqDecodeView& w, int layer,
+                                    const uint8_t* codes, int64_t v, int d) {
+  const int64_t first = v * w.key_stages;
+  return VqKeyDimFromCodes(
+      w, layer, static_cast<int>(v % w.kv_heads), d,
+      [&](int s) { return UnpackCodeAt(codes, first + s, w.key_bits); });
+}
+
+// Engine-layout dimension e of a key vector at token position pos, from its
+// block-layout dimensions dim(d) (VqKeyDimFromCodes).
+template <typename Dim>
+VQKV_HD inline float VqKeyElementFromDims(const VqDecodeView& w, int64_t pos,
+                                          int e, const Dim& dim) {
+  if (e >= w.rot_dims) return dim(e);
   int i, side, a, b;
   RotaryPairOf(w.engine_pairs, w.rot_dims, e, &i, &side);
   RotaryPairDims(w.block_pairs, w.rot_dims, i, &a, &b);
-  if (!w.rotate) return VqDecodeKeyDim(w, layer, codes, v, side ? b : a);
-  const float xa = VqDecodeKeyDim(w, layer, codes, v, a);
-  const float xb = VqDecodeKeyDim(w, layer, codes, v, b);
+  if (!w.rotate) return dim(side ? b : a);
+  const float xa = dim(a);
+  const float xb = dim(b);
   const double angle = static_cast<double>(pos) * w.inv_freq[i];
   const float c = static_cast<float>(cos(angle));
   const float s = static_cast<float>(sin(angle));
   return side ? xa * s + xb * c : xa * c - xb * s;
 }
 
-// Dimension d of value vector v of `layer` (codes: that layer's slice of
+// Engine-layout dimension e of key vector v, token position pos.
+VQKV_HD inline float VqDecodeKeyElement(const VqDecodeView& w, int layer,
+                                        const uint8_t* codes, int64_t v,
+                                        int64_t pos, int e) {
+  return VqKeyElementFromDims(
+      w, pos, e, [&](int d) { return VqDecodeKeyDim(w, layer, codes, v, d); });
+}
+
+// Dimension d of a value vector of `layer` and `head`; code(s) is its code
+// of stage s.
+template <typename Code>
+VQKV_HD inline float VqValueDimFromCodes(const VqDecodeView& w, int layer,
+                                         int head, int d, const Code& code) {
+  const int slot = w.slots == 1 ? 0 : head;
+  const int K = 1 << w.value_bits;
+  const float* cb = w.value_codebooks[int64_t{layer} * w.slots + slot];
+  float sum = 0.0f;
+  for (int s = 0; s < w.value_stages; ++s) {
+    sum += cb[(int64_t{s} * K + code(s)) * w.head_dim + d];
+  }
+  return sum;
+}
+
+// Dimension d of value vector v of `layer` (codes: the layer's slice of
 // the V section).
 VQKV_HD inline float VqDecodeValueElement(const VqDecodeView& w, int layer,
                                           const uint8_t* codes, int64_t v,
                                           int d) {
-  const int slot = w.slots == 1 ? 0 : static_cast<int>(v % w.kv_heads);
-  const int K = 1 << w.value_bits;
-  const float* cb = w.value_codebooks[int64_t{layer} * w.slots + slot];
   const int64_t first = v * w.value_stages;
-  float sum = 0.0f;
-  for (int s = 0; s < w.value_stages; ++s) {
-    const uint32_t code = UnpackCodeAt(codes, first + s, w.value_bits);
-    sum += cb[(int64_t{s} * K + code) * w.head_dim + d];
-  }
-  return sum;
+  return VqValueDimFromCodes(
+      w, layer, static_cast<int>(v % w.kv_heads), d,
+      [&](int s) { return UnpackCodeAt(codes, first + s, w.value_bits); });
 }
 
 // A token to decode: token `token` of a block whose layer slices are

@@ -4,9 +4,9 @@
 namespace vqkv::cuda {
 namespace {
 
-// One thread per (row, head, d) element of K, then of V; consecutive threads
-// take consecutive d, so codebook rows are read and pages written coalesced
-// (NHD pages; HND pages too within a head).
+// Any shape: one thread per (row, head, d) element of K, then of V;
+// consecutive threads take consecutive d, so codebook rows are read and
+// pages written coalesced (NHD pages; HND pages too within a head).
 __global__ void VqDecodeToPagesKernel(VqDecodeView w, int layer,
                                       PageTensor keys, PageTensor values,
                                       const CodedPageRow* rows, int64_t n) {
@@ -24,6 +24,70 @@ __global__ void VqDecodeToPagesKernel(VqDecodeView w, int layer,
             : VqDecodeKeyElement(w, layer, row.token.key_codes, v,
                                  row.token.position, el.d);
     StorePageElement(t.data, t.dtype, off, x);
+  }
+}
+
+// One warp per (row, head) vector, keys then values: the vector's codes are
+// unpacked once into shared memory (not once per element and stage), a
+// key's block-layout dimensions are decoded once each into shared memory
+// (not twice, once per side of its rotary pair), and the rotation reads
+// them from there. Same element functions, same sums: the results are
+// VqDecodeToPagesKernel's. For vectors of at most kMaxWarpStages stages
+// and kMaxWarpDims dimensions.
+constexpr int kWarpsPerBlock = 8;
+constexpr int kMaxWarpStages = 256;
+constexpr int kMaxWarpDims = 256;
+
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    VqDecodeToPagesWarpKernel(VqDecodeView w, int layer, PageTensor keys,
+                              PageTensor values, const CodedPageRow* rows,
+                              int64_t n) {
+  __shared__ uint16_t codes_s[kWarpsPerBlock][kMaxWarpStages];
+  __shared__ float dims_s[kWarpsPerBlock][kMaxWarpDims];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  uint16_t* codes = codes_s[warp];
+  float* dims = dims_s[warp];
+  const int64_t per_half = n * w.kv_heads;
+  // The job index is the same for every lane of a warp: __syncwarp below
+  // sees all of them.
+  for (int64_t job = int64_t{blockIdx.x} * kWarpsPerBlock + warp;
+       job < 2 * per_half; job += int64_t{gridDim.x} * kWarpsPerBlock) {
+    const bool is_value = job >= per_half;
+    const int64_t j = is_value ? job - per_half : job;
+    const int64_t r = j / w.kv_heads;
+    const int head = static_cast<int>(j - r * w.kv_heads);
+    const CodedPageRow row = rows[r];
+    const int64_t v = int64_t{row.token.token} * w.kv_heads + head;
+    const int stages = is_value ? w.value_stages : w.key_stages;
+    const int bits = is_value ? w.value_bits : w.key_bits;
+    const uint8_t* packed =
+        is_value ? row.token.value_codes : row.token.key_codes;
+    for (int s = lane; s < stages; s += 32) {
+      codes[s] =
+          static_cast<uint16_t>(UnpackCodeAt(packed, v * stages + s, bits));
+    }
+    __syncwarp();
+    auto code = [&](int s) { return uint32_t{codes[s]}; };
+    const PageTensor& t = is_value ? values : keys;
+    if (is_value) {
+      for (int d = lane; d < w.head_dim; d += 32) {
+        StorePageElement(t.data, t.dtype,
+                         PageOffset(t, row.page, row.slot, head, d),
+                         VqValueDimFromCodes(w, layer, head, d, code));
+      }
+    } else {
+      for (int d = lane; d < w.head_dim; d += 32) {
+        dims[d] = VqKeyDimFromCodes(w, layer, head, d, code);
+      }
+      __syncwarp();
+      auto dim = [&](int d) { return dims[d]; };
+      for (int e = lane; e < w.head_dim; e += 32) {
+        StorePageElement(t.data, t.dtype,
+                         PageOffset(t, row.page, row.slot, head, e),
+                         VqKeyElementFromDims(w, row.token.position, e, dim));
+      }
+    }
+    __syncwarp();  // the next job overwrites codes and dims
   }
 }
 
@@ -57,6 +121,16 @@ cudaError_t LaunchVqDecodeToPages(const VqDecodeView& view, int layer,
   if (n == 0) return cudaSuccess;
   if (d_rows == nullptr || !ValidPageTensor(keys) || !ValidPageTensor(values)) {
     return cudaErrorInvalidValue;
+  }
+  if (view.key_stages <= kMaxWarpStages &&
+      view.value_stages <= kMaxWarpStages && view.head_dim <= kMaxWarpDims) {
+    const int64_t jobs = 2 * n * view.kv_heads;
+    const int64_t needed = (jobs + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    const int blocks =
+        static_cast<int>(needed < 65535 * 8 ? needed : 65535 * 8);
+    VqDecodeToPagesWarpKernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
+        view, layer, keys, values, d_rows, n);
+    return cudaGetLastError();
   }
   const int64_t total = 2 * n * view.kv_heads * int64_t{view.head_dim};
   VqDecodeToPagesKernel<<<PageGridBlocks(total), kPageThreads, 0, stream>>>(
