@@ -370,6 +370,17 @@ bool RunPagedLoad(cudaStream_t stream, int reps) {
   if (!TimeMs(
           stream, reps,
           [&] {
+            return vqkv::cuda::LaunchVqDecodeToPages(
+                view.device(), 0, tk, tv, d_coded, kTokens, stream,
+                vqkv::cuda::PagedDecodeKernel::kPerElement);
+          },
+          &ms)) {
+    return false;
+  }
+  PrintLayerRow("  the same, one thread per element", ms);
+  if (!TimeMs(
+          stream, reps,
+          [&] {
             return cudaMemcpyAsync(d_codes, h_codes, code_bytes,
                                    cudaMemcpyHostToDevice, stream);
           },

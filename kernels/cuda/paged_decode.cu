@@ -116,13 +116,14 @@ cudaError_t LaunchVqDecodeToPages(const VqDecodeView& view, int layer,
                                   const PageTensor& keys,
                                   const PageTensor& values,
                                   const CodedPageRow* d_rows, int64_t n,
-                                  cudaStream_t stream) {
+                                  cudaStream_t stream,
+                                  PagedDecodeKernel kernel) {
   if (n < 0 || !ValidView(view, layer)) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (d_rows == nullptr || !ValidPageTensor(keys) || !ValidPageTensor(values)) {
     return cudaErrorInvalidValue;
   }
-  if (view.key_stages <= kMaxWarpStages &&
+  if (kernel == PagedDecodeKernel::kAuto && view.key_stages <= kMaxWarpStages &&
       view.value_stages <= kMaxWarpStages && view.head_dim <= kMaxWarpDims) {
     const int64_t jobs = 2 * n * view.kv_heads;
     const int64_t needed = (jobs + kWarpsPerBlock - 1) / kWarpsPerBlock;

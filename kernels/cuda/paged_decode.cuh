@@ -11,8 +11,12 @@
 //
 // `view` holds device pointers (codebooks, dimension maps, gains, angles);
 // rows[i] (device-readable) names the page slot of one token and where its
-// block's layer slices of codes are (device memory). One thread per output
-// element, grid-stride, so any n works.
+// block's layer slices of codes are (device memory). Grid-stride, so any n
+// works. Two kernels, equal results: by default one warp per (token, head)
+// vector, its codes unpacked once and a key's dimensions decoded once, in
+// shared memory (vectors of at most 256 stages and dimensions); and one
+// thread per output element (any shape; PagedDecodeKernel::kPerElement
+// asks for it, for tests and benchmarks).
 //
 // Enqueues on `stream` and returns; cudaErrorInvalidValue (checked before
 // touching the device) for n < 0, a view without its arrays or with bits
@@ -39,11 +43,12 @@ struct CodedPageRow {
   CodedToken token;  // codes in device memory
 };
 
-cudaError_t LaunchVqDecodeToPages(const VqDecodeView& view, int layer,
-                                  const PageTensor& keys,
-                                  const PageTensor& values,
-                                  const CodedPageRow* d_rows, int64_t n,
-                                  cudaStream_t stream);
+enum class PagedDecodeKernel { kAuto, kPerElement };
+
+cudaError_t LaunchVqDecodeToPages(
+    const VqDecodeView& view, int layer, const PageTensor& keys,
+    const PageTensor& values, const CodedPageRow* d_rows, int64_t n,
+    cudaStream_t stream, PagedDecodeKernel kernel = PagedDecodeKernel::kAuto);
 
 }  // namespace vqkv::cuda
 

@@ -33,9 +33,12 @@ testing::RandomDecodeSpec Spec(bool plain) {
 // (fp32 within float rounding of the head's largest key element,
 // fp16/bf16 within one unit of the last place), and every other byte of the
 // pages stays zero.
-void CheckDecode(bool plain, int32_t dtype, bool hnd) {
+void CheckDecode(bool plain, int32_t dtype, bool hnd,
+                 PagedDecodeKernel kernel) {
   SCOPED_TRACE(std::string(plain ? "plain" : "split+gains+rope") + " dtype " +
-               std::to_string(dtype) + (hnd ? " HND" : " NHD"));
+               std::to_string(dtype) + (hnd ? " HND" : " NHD") +
+               (kernel == PagedDecodeKernel::kAuto ? " warp per vector"
+                                                   : " thread per element"));
   testing::RandomDecodeView view(Spec(plain));
   ASSERT_CUDA(view.Upload());
   constexpr int kBlocks = 3, kTokens = 32, kSlots = 16, kLayer = 1;
@@ -77,7 +80,7 @@ void CheckDecode(bool plain, int32_t dtype, bool hnd) {
   PageTensor tk{dk.get(), dtype, {}}, tv{dv.get(), dtype, {}};
   for (int i = 0; i < 4; ++i) tk.strides[i] = tv.strides[i] = k.strides[i];
   ASSERT_CUDA(LaunchVqDecodeToPages(view.device(), kLayer, tk, tv, d_rows.get(),
-                                    n, nullptr));
+                                    n, nullptr, kernel));
   ASSERT_CUDA(cudaDeviceSynchronize());
   HostPages gk = k, gv = v;
   ASSERT_CUDA(dk.Download(&gk.bytes));
@@ -127,7 +130,10 @@ TEST(PagedDecodeCudaTest, MatchesTheHostReferenceForEveryDtypeAndLayout) {
   SKIP_WITHOUT_GPU();
   for (bool plain : {false, true})
     for (int32_t dtype : {kPageF16, kPageBf16, kPageF32})
-      for (bool hnd : {false, true}) CheckDecode(plain, dtype, hnd);
+      for (bool hnd : {false, true})
+        for (PagedDecodeKernel kernel :
+             {PagedDecodeKernel::kAuto, PagedDecodeKernel::kPerElement})
+          CheckDecode(plain, dtype, hnd, kernel);
 }
 
 TEST(PagedDecodeCudaTest, EmptyIsANoOpAndBadArgumentsAreRejected) {
