@@ -314,7 +314,24 @@ class PyConnector {
     out["saves_dropped"] = s.saves_dropped;
     out["blocks_decoded_on_device"] = s.blocks_decoded_on_device;
     out["blocks_encoded_on_device"] = s.blocks_encoded_on_device;
+    out["peer_blocks_sent"] = s.peer_blocks_sent;
+    out["peer_blocks_loaded"] = s.peer_blocks_loaded;
+    out["peer_handoffs_missed"] = s.peer_handoffs_missed;
+    out["peer_messages_rejected"] = s.peer_messages_rejected;
+    out["peer_sends_failed"] = s.peer_sends_failed;
     return out;
+  }
+
+  void AttachPeer(std::shared_ptr<client::KvPeerLink> link, double wait,
+                  uint64_t inbox_bytes, double inbox_ttl) {
+    if (wait < 0 || inbox_ttl <= 0) {
+      throw py::value_error("wait must be >= 0 and inbox_ttl > 0 seconds");
+    }
+    client::PeerOptions o;
+    o.wait = absl::Seconds(wait);
+    o.inbox.max_bytes = inbox_bytes;
+    o.inbox.ttl = absl::Seconds(inbox_ttl);
+    ThrowIfError(connector_->AttachPeer(std::move(link), o));
   }
 
   py::dict DevicePaths() const {
@@ -340,39 +357,73 @@ void BindConnector(py::module_& m) {
                        "A request's cached blocks to load into its pages.")
       .def(py::init([](std::string request_id, const py::handle& tokens,
                        const py::handle& block_ids, int64_t num_tokens,
-                       std::string salt) {
-             return LoadSpec{
-                 std::move(request_id), ToTokens(tokens), std::move(salt),
-                 ToInt32s(block_ids, "block id", "block_ids"), num_tokens};
+                       std::string salt, bool from_peer) {
+             return LoadSpec{std::move(request_id),
+                             ToTokens(tokens),
+                             std::move(salt),
+                             ToInt32s(block_ids, "block id", "block_ids"),
+                             num_tokens,
+                             from_peer};
            }),
            py::arg("request_id"), py::arg("tokens"), py::arg("block_ids"),
            py::arg("num_tokens"), py::arg("salt") = "",
+           py::arg("from_peer") = false,
            "num_tokens: the leading tokens to load (Client.lookup's answer, "
            "a multiple of block_tokens); block_ids: the engine pages that "
-           "hold them, in order.")
+           "hold them, in order. from_peer: the blocks come from the "
+           "handoff a prefill engine sent under this request_id "
+           "(Connector.attach_peer), the rest from the cache.")
       .def_readonly("request_id", &LoadSpec::request_id)
       .def_readonly("tokens", &LoadSpec::tokens)
       .def_readonly("salt", &LoadSpec::salt)
       .def_readonly("block_ids", &LoadSpec::block_ids)
-      .def_readonly("num_tokens", &LoadSpec::num_tokens);
+      .def_readonly("num_tokens", &LoadSpec::num_tokens)
+      .def_readonly("from_peer", &LoadSpec::from_peer);
 
   py::class_<SaveSpec>(m, "SaveSpec", "A request's KV to save from its pages.")
       .def(py::init([](std::string request_id, const py::handle& tokens,
                        const py::handle& block_ids, int64_t skip_tokens,
-                       std::string salt) {
-             return SaveSpec{
-                 std::move(request_id), ToTokens(tokens), std::move(salt),
-                 ToInt32s(block_ids, "block id", "block_ids"), skip_tokens};
+                       std::string salt, bool send_to_peer) {
+             return SaveSpec{std::move(request_id),
+                             ToTokens(tokens),
+                             std::move(salt),
+                             ToInt32s(block_ids, "block id", "block_ids"),
+                             skip_tokens,
+                             send_to_peer};
            }),
            py::arg("request_id"), py::arg("tokens"), py::arg("block_ids"),
            py::arg("skip_tokens") = 0, py::arg("salt") = "",
+           py::arg("send_to_peer") = false,
            "The full blocks of tokens[skip_tokens:] are saved (skip_tokens: "
-           "loaded or known cached; rounded down to a block).")
+           "loaded or known cached; rounded down to a block). "
+           "send_to_peer: they also go to the attached peer engine "
+           "(Connector.attach_peer).")
       .def_readonly("request_id", &SaveSpec::request_id)
       .def_readonly("tokens", &SaveSpec::tokens)
       .def_readonly("salt", &SaveSpec::salt)
       .def_readonly("block_ids", &SaveSpec::block_ids)
-      .def_readonly("skip_tokens", &SaveSpec::skip_tokens);
+      .def_readonly("skip_tokens", &SaveSpec::skip_tokens)
+      .def_readonly("send_to_peer", &SaveSpec::send_to_peer);
+
+  py::class_<client::KvPeerLink, std::shared_ptr<client::KvPeerLink>>(
+      m, "PeerLink",
+      "One end of a link between a prefill and a decode engine "
+      "(disaggregated serving), for Connector.attach_peer.")
+      .def_property_readonly("max_message_bytes",
+                             &client::KvPeerLink::max_message_bytes)
+      .def("close", &client::KvPeerLink::Close,
+           py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "loopback_peer_links",
+      [](uint64_t max_message_bytes) {
+        auto [a, b] = client::NewLoopbackPeerLinks(max_message_bytes);
+        return py::make_tuple(
+            std::shared_ptr<client::KvPeerLink>(std::move(a)),
+            std::shared_ptr<client::KvPeerLink>(std::move(b)));
+      },
+      py::arg("max_message_bytes") = uint64_t{64} << 20,
+      "Two connected PeerLinks in this process: what one end's connector "
+      "sends, the other's receives.");
 
   py::class_<PyConnector>(
       m, "Connector",
@@ -411,6 +462,15 @@ void BindConnector(py::module_& m) {
       .def("shutdown", &PyConnector::Shutdown, py::arg("timeout") = 5.0,
            "Waits up to `timeout` seconds for background work; saves not "
            "started by then are dropped.")
+      .def("attach_peer", &PyConnector::AttachPeer, py::arg("link"),
+           py::arg("wait") = 30.0, py::arg("inbox_bytes") = uint64_t{1} << 30,
+           py::arg("inbox_ttl") = 60.0,
+           "Connects this engine to another for disaggregated serving "
+           "(docs/CLIENT.md \"Prefill to decode\"): SaveSpecs with "
+           "send_to_peer send their blocks through `link`; LoadSpecs with "
+           "from_peer wait up to `wait` seconds for the peer's handoff, "
+           "received into an inbox of inbox_bytes that drops handoffs not "
+           "loaded within inbox_ttl seconds.")
       .def("stats", &PyConnector::Stats)
       .def("device_paths", &PyConnector::DevicePaths,
            "Whether loads decode and saves encode on the GPU of the "

@@ -516,6 +516,61 @@ class ConnectorTest(unittest.TestCase):
             engine1.shutdown()
             engine2.shutdown()
 
+    def test_peer_handoff(self):
+        # Disaggregated serving: a prefill engine hands a request's KV to a
+        # decode engine whose own cache is empty, through a loopback link.
+        n = 2 * BLOCK
+        tokens = list(range(3000, 3000 + n))
+        kv = make_kv(n, seed=3)
+        ids = [4, 1]
+        with make_client() as prefill_client, make_client() as decode_client:
+            to_decode, from_prefill = vqkv.loopback_peer_links()
+            self.assertEqual(to_decode.max_message_bytes, 64 << 20)
+            k1, v1 = page_arrays("NHD", np.float16)
+            for layer in range(LAYERS):
+                for t in range(n):
+                    p, s = ids[t // PAGE], t % PAGE
+                    page_view(k1[layer], "NHD", p, s)[:] = kv[0][layer, t]
+                    page_view(v1[layer], "NHD", p, s)[:] = kv[1][layer, t]
+            prefill = vqkv.Connector(prefill_client)
+            prefill.register_kv_caches(k1, v1)
+            prefill.attach_peer(to_decode)
+            with self.assertRaises(vqkv.Error):
+                prefill.attach_peer(from_prefill)  # one peer per connector
+            save = vqkv.SaveSpec("r", tokens, ids, send_to_peer=True)
+            self.assertTrue(save.send_to_peer)
+            for layer in range(LAYERS):
+                prefill.save_layer(layer, [save])
+            prefill.wait_for_save()
+            self.assertTrue(prefill_client.wait_idle(30))
+            self.assertEqual(prefill.stats()["peer_blocks_sent"], 2)
+
+            k2, v2 = page_arrays("HND", np.float16)
+            decode = vqkv.Connector(decode_client)
+            decode.register_kv_caches(k2, v2, layout="HND")
+            decode.attach_peer(from_prefill, wait=5.0)
+            self.assertEqual(decode_client.lookup(tokens), 0)
+            decode.start_load(
+                [vqkv.LoadSpec("r", tokens, ids, n, from_peer=True)])
+            for layer in range(LAYERS):
+                decode.wait_for_layer_load(layer)
+            self.assertEqual(decode.take_load_error_block_ids(), [])
+            for layer in range(LAYERS):
+                for t in range(n):
+                    p, s = ids[t // PAGE], t % PAGE
+                    np.testing.assert_array_equal(
+                        page_view(k2[layer], "HND", p, s).astype(np.float32),
+                        kv[0][layer, t])
+                    np.testing.assert_array_equal(
+                        page_view(v2[layer], "HND", p, s).astype(np.float32),
+                        kv[1][layer, t])
+            self.assertEqual(decode.stats()["peer_blocks_loaded"], 2)
+            self.assertEqual(decode.stats()["peer_handoffs_missed"], 0)
+            with self.assertRaises(ValueError):
+                decode.attach_peer(to_decode, wait=-1)
+            prefill.shutdown()
+            decode.shutdown()
+
     def test_float16_nhd_to_hnd(self):
         self.round_trip(np.float16, "NHD", "HND")
 
