@@ -145,6 +145,18 @@ vqkv_status_code vqkv_connector_register_kv_caches(
   });
 }
 
+vqkv_status_code vqkv_connector_device_paths(vqkv_connector_t* connector,
+                                             int32_t* decode_on_device,
+                                             int32_t* encode_on_device) {
+  return Guard([&]() -> absl::Status {
+    if (absl::Status s = CheckConnector(connector); !s.ok()) return s;
+    const vqkv::client::DevicePaths p = connector->impl->device_paths();
+    if (decode_on_device != nullptr) *decode_on_device = p.decode_on_device;
+    if (encode_on_device != nullptr) *encode_on_device = p.encode_on_device;
+    return absl::OkStatus();
+  });
+}
+
 vqkv_status_code vqkv_connector_start_load(vqkv_connector_t* connector,
                                            const vqkv_load_spec_t* loads,
                                            size_t num_loads) {

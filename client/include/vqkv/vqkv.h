@@ -454,6 +454,14 @@ VQKV_EXPORT void vqkv_connector_destroy(vqkv_connector_t* connector);
 VQKV_EXPORT vqkv_status_code vqkv_connector_register_kv_caches(
     vqkv_connector_t* connector, const vqkv_paged_caches_t* caches);
 
+/* Whether loads decode (*decode_on_device) and saves encode
+ * (*encode_on_device) on the GPU of the registered CUDA pages: 1 or 0 (0
+ * for host pages and before register). Under VQKV_ON_DEVICE_AUTO a path
+ * the codec or GPU refused stays on the host. Either pointer may be NULL. */
+VQKV_EXPORT vqkv_status_code vqkv_connector_device_paths(
+    vqkv_connector_t* connector, int32_t* decode_on_device,
+    int32_t* encode_on_device);
+
 /* Starts loading each spec's tokens into its pages and returns. Errors:
  * VQKV_FAILED_PRECONDITION before register; VQKV_INVALID_ARGUMENT for bad
  * specs (NULL arrays, too few block ids, a page out of range, load_tokens

@@ -617,6 +617,15 @@ static void TestConnector(void) {
   caches1.struct_size = offsetof(vqkv_paged_caches_t, device);
   CHECK_CODE(vqkv_connector_register_kv_caches(engine1, &caches1), VQKV_OK);
   CHECK_CODE(vqkv_connector_register_kv_caches(engine2, &caches2), VQKV_OK);
+  {
+    /* Host pages: neither path is on a device. */
+    int32_t decode = -1, encode = -1;
+    CHECK_CODE(vqkv_connector_device_paths(engine1, &decode, &encode), VQKV_OK);
+    CHECK(decode == 0 && encode == 0);
+    CHECK_CODE(vqkv_connector_device_paths(engine1, NULL, NULL), VQKV_OK);
+    CHECK_CODE(vqkv_connector_device_paths(NULL, &decode, &encode),
+               VQKV_INVALID_ARGUMENT);
+  }
 
   memset(&save, 0, sizeof(save));
   save.request_id = "r1";
