@@ -200,6 +200,28 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
     return false;
   }
   PrintRow(q.name, "decode fp16", n, q.dim, ms);
+  // fp16 output from fp16 codebooks (rounded here, on the host).
+  std::vector<uint16_t> cb_half(cb.size());
+  for (size_t i = 0; i < cb.size(); ++i) {
+    cb_half[i] = vqkv::FloatToHalfRef(cb[i]);
+  }
+  uint16_t* d_cb_half = DeviceAlloc<uint16_t>(cb_half.size());
+  if (d_cb_half == nullptr) {
+    std::fprintf(stderr, "cudaMalloc failed\n");
+    return false;
+  }
+  CHECK_CUDA(cudaMemcpy(d_cb_half, cb_half.data(), cb_half.size() * 2,
+                        cudaMemcpyHostToDevice));
+  if (!TimeMs(
+          stream, reps,
+          [&] {
+            return vqkv::cuda::LaunchRvqDecodeHalfCodebooks(
+                d_codes, n, q.stages, d_cb_half, q.K, q.dim, d_half, stream);
+          },
+          &ms)) {
+    return false;
+  }
+  PrintRow(q.name, "decode fp16 cb", n, q.dim, ms);
   // The floor of decode: one device copy of the codes read plus the fp16
   // output written.
   const size_t floor_bytes =
@@ -253,6 +275,7 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
 
   cudaFree(d_x);
   cudaFree(d_cb);
+  cudaFree(d_cb_half);
   cudaFree(d_norms);
   cudaFree(d_codes);
   cudaFree(d_out);

@@ -181,11 +181,29 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------
+// Codebook entries as float32, from float32 or fp16 codebooks (CB).
+__device__ __forceinline__ float CodebookFloat(const float* cb, int64_t i) {
+  return cb[i];
+}
+__device__ __forceinline__ float CodebookFloat(const __half* cb, int64_t i) {
+  return __half2float(cb[i]);
+}
+// Entries i .. i + 3 (16-byte aligned for float32, 8 for fp16).
+__device__ __forceinline__ float4 CodebookFloat4(const float* cb, int64_t i) {
+  return __ldg(reinterpret_cast<const float4*>(cb + i));
+}
+__device__ __forceinline__ float4 CodebookFloat4(const __half* cb, int64_t i) {
+  const uint2 u = __ldg(reinterpret_cast<const uint2*>(cb + i));
+  const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+  const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // Decode, any shape: a block of threads covers a few vectors; threads run
 // along the dimension (coalesced codebook reads) and sum the stages in order.
-template <bool kHalfOut>
+template <typename CB, bool kHalfOut>
 __global__ void RvqDecodeKernel(const uint16_t* __restrict__ codes, int64_t n,
-                                int stages, const float* __restrict__ codebooks,
+                                int stages, const CB* __restrict__ codebooks,
                                 int K, int dim, void* __restrict__ out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.y;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
@@ -196,7 +214,8 @@ __global__ void RvqDecodeKernel(const uint16_t* __restrict__ codes, int64_t n,
       for (int s = 0; s < stages; ++s) {
         const int k = code[s];
         if (k < K) {
-          acc += codebooks[(static_cast<int64_t>(s) * K + k) * dim + d];
+          acc += CodebookFloat(codebooks,
+                               (static_cast<int64_t>(s) * K + k) * dim + d);
         }
       }
       if constexpr (kHalfOut) {
@@ -216,10 +235,10 @@ __global__ void RvqDecodeKernel(const uint16_t* __restrict__ codes, int64_t n,
 // one stage per lane, and handed round the group by shuffles. Each element
 // still sums its stages in increasing order: the results are the scalar
 // kernel's, bit for bit.
-template <bool kHalfOut>
+template <typename CB, bool kHalfOut>
 __global__ void RvqDecodeVec4Kernel(const uint16_t* __restrict__ codes,
                                     int64_t n, int stages,
-                                    const float* __restrict__ codebooks, int K,
+                                    const CB* __restrict__ codebooks, int K,
                                     int dim, int g, void* __restrict__ out) {
   const int lane = threadIdx.x & 31;
   const int sub = lane % g;     // this lane's 4 dimensions: 4 sub ..
@@ -243,9 +262,9 @@ __global__ void RvqDecodeVec4Kernel(const uint16_t* __restrict__ codes,
       for (int j = 0; j < m; ++j) {
         const int k = __shfl_sync(0xffffffffu, own, j, g);
         if (active && k < K) {
-          const float4 w = __ldg(reinterpret_cast<const float4*>(
-              codebooks + (static_cast<int64_t>(s0 + j) * K + k) * dim +
-              4 * sub));
+          const float4 w = CodebookFloat4(
+              codebooks,
+              (static_cast<int64_t>(s0 + j) * K + k) * dim + 4 * sub);
           acc.x += w.x;
           acc.y += w.y;
           acc.z += w.z;
@@ -269,9 +288,9 @@ bool ValidCommon(int64_t n, int stages, int K, int dim) {
   return n >= 0 && stages >= 1 && K >= 1 && K <= 65536 && dim >= 1;
 }
 
-template <bool kHalfOut>
+template <typename CB, bool kHalfOut>
 cudaError_t LaunchDecode(const uint16_t* d_codes, int64_t n, int stages,
-                         const float* d_codebooks, int K, int dim, void* d_out,
+                         const CB* d_codebooks, int K, int dim, void* d_out,
                          cudaStream_t stream) {
   if (!ValidCommon(n, stages, K, dim)) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
@@ -282,7 +301,7 @@ cudaError_t LaunchDecode(const uint16_t* d_codes, int64_t n, int stages,
   // aligned; else the scalar one.
   const size_t out_align = kHalfOut ? 8 : 16;
   if (dim % 4 == 0 && dim <= 128 &&
-      reinterpret_cast<uintptr_t>(d_codebooks) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(d_codebooks) % (4 * sizeof(CB)) == 0 &&
       reinterpret_cast<uintptr_t>(d_out) % out_align == 0) {
     int g = 1;
     while (g < dim / 4) g *= 2;
@@ -291,7 +310,7 @@ cudaError_t LaunchDecode(const uint16_t* d_codes, int64_t n, int stages,
     const int64_t needed = (n + per_block - 1) / per_block;
     const int blocks =
         static_cast<int>(needed < 65535 * 8 ? needed : 65535 * 8);
-    RvqDecodeVec4Kernel<kHalfOut><<<blocks, kThreads, 0, stream>>>(
+    RvqDecodeVec4Kernel<CB, kHalfOut><<<blocks, kThreads, 0, stream>>>(
         d_codes, n, stages, d_codebooks, K, dim, g, d_out);
     return cudaGetLastError();
   }
@@ -303,7 +322,7 @@ cudaError_t LaunchDecode(const uint16_t* d_codes, int64_t n, int stages,
   const int64_t blocks_needed = (n + by - 1) / by;
   const int blocks =
       static_cast<int>(blocks_needed < 65535 * 8 ? blocks_needed : 65535 * 8);
-  RvqDecodeKernel<kHalfOut><<<blocks, dim3(bx, by), 0, stream>>>(
+  RvqDecodeKernel<CB, kHalfOut><<<blocks, dim3(bx, by), 0, stream>>>(
       d_codes, n, stages, d_codebooks, K, dim, d_out);
   return cudaGetLastError();
 }
@@ -341,15 +360,25 @@ cudaError_t LaunchRvqEncodeGreedy(const float* d_x, int64_t n, int dim,
 cudaError_t LaunchRvqDecode(const uint16_t* d_codes, int64_t n, int stages,
                             const float* d_codebooks, int K, int dim,
                             float* d_out, cudaStream_t stream) {
-  return LaunchDecode<false>(d_codes, n, stages, d_codebooks, K, dim, d_out,
-                             stream);
+  return LaunchDecode<float, false>(d_codes, n, stages, d_codebooks, K, dim,
+                                    d_out, stream);
 }
 
 cudaError_t LaunchRvqDecodeHalf(const uint16_t* d_codes, int64_t n, int stages,
                                 const float* d_codebooks, int K, int dim,
                                 uint16_t* d_out, cudaStream_t stream) {
-  return LaunchDecode<true>(d_codes, n, stages, d_codebooks, K, dim, d_out,
-                            stream);
+  return LaunchDecode<float, true>(d_codes, n, stages, d_codebooks, K, dim,
+                                   d_out, stream);
+}
+
+cudaError_t LaunchRvqDecodeHalfCodebooks(const uint16_t* d_codes, int64_t n,
+                                         int stages,
+                                         const uint16_t* d_codebooks_f16, int K,
+                                         int dim, uint16_t* d_out,
+                                         cudaStream_t stream) {
+  return LaunchDecode<__half, true>(
+      d_codes, n, stages, reinterpret_cast<const __half*>(d_codebooks_f16), K,
+      dim, d_out, stream);
 }
 
 }  // namespace vqkv::cuda

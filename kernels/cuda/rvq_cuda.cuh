@@ -62,6 +62,19 @@ cudaError_t LaunchRvqDecodeHalf(const uint16_t* d_codes, int64_t n, int stages,
                                 const float* d_codebooks, int K, int dim,
                                 uint16_t* d_out, cudaStream_t stream);
 
+// The same fp16 output from fp16 codebooks (binary16 bit patterns, the
+// float32 codebooks rounded to nearest even): half the codebook bytes
+// each vector gathers, which is what bounds decode (docs/CUDA.md,
+// "Results"). Sums in float32 as above: equal to LaunchRvqDecodeHalf on
+// the rounded codebooks. Each codeword entry moves by at most 2^-11 of its
+// magnitude, far below the codec's own error (held-out relative squared
+// errors of 0.002 to 0.33 by layer and tensor, docs/FIDELITY.md).
+cudaError_t LaunchRvqDecodeHalfCodebooks(const uint16_t* d_codes, int64_t n,
+                                         int stages,
+                                         const uint16_t* d_codebooks_f16, int K,
+                                         int dim, uint16_t* d_out,
+                                         cudaStream_t stream);
+
 // Element type of the vectors the tensor-core encoder reads.
 enum class InputType { kFloat32, kFloat16, kBFloat16 };
 

@@ -190,6 +190,48 @@ void ExpectDecodeMatchesReference(const Shape& shape) {
   }
 }
 
+// fp16 codebooks: the fp16 output of the float32 reference on the
+// codebooks rounded to fp16 (within one unit where float sums differ).
+void ExpectHalfCodebookDecodeMatchesReference(const Shape& shape) {
+  SCOPED_TRACE(Describe(shape) + ", fp16 codebooks");
+  const auto [dim, K, stages] = shape;
+  const int64_t n = 517;
+  Problem p = MakeProblem(dim, K, stages, 1, dim + K + stages + 1);
+  std::vector<uint16_t> cb_half(p.codebooks.size());
+  for (size_t i = 0; i < cb_half.size(); ++i) {
+    cb_half[i] = FloatToHalfRef(p.codebooks[i]);
+    p.codebooks[i] = HalfToFloatRef(cb_half[i]);
+  }
+  std::mt19937 rng(dim * K + stages + 1);
+  std::uniform_int_distribution<int> pick(0, K - 1);
+  std::vector<uint16_t> codes(n * stages);
+  for (uint16_t& c : codes) c = static_cast<uint16_t>(pick(rng));
+  std::vector<uint16_t> ref(n * dim);
+  cpu::RvqDecodeHalfRef(codes.data(), n, stages, p.codebooks.data(), K, dim,
+                        ref.data());
+  DeviceBuffer<uint16_t> d_codes(codes.size()), d_cb(cb_half.size()),
+      d_out(n * dim);
+  ASSERT_CUDA(d_codes.Upload(codes));
+  ASSERT_CUDA(d_cb.Upload(cb_half));
+  ASSERT_CUDA(LaunchRvqDecodeHalfCodebooks(d_codes.get(), n, stages, d_cb.get(),
+                                           K, dim, d_out.get(), nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<uint16_t> out;
+  ASSERT_CUDA(d_out.Download(&out));
+  for (size_t e = 0; e < out.size(); ++e) {
+    ASSERT_LE(std::abs(int{out[e]} - int{ref[e]}), 1) << "element " << e;
+  }
+}
+
+TEST(RvqCudaDecodeTest, HalfCodebooksMatchReferenceOnRoundedCodebooks) {
+  SKIP_WITHOUT_GPU();
+  for (const Shape& shape :
+       {Shape{64, 1024, 28}, Shape{128, 1024, 56}, Shape{128, 512, 16},
+        Shape{12, 256, 8}, Shape{17, 256, 8}}) {
+    ExpectHalfCodebookDecodeMatchesReference(shape);
+  }
+}
+
 TEST(RvqCudaDecodeTest, FloatAndHalfMatchReference) {
   SKIP_WITHOUT_GPU();
   for (int dim : {64, 128}) {
