@@ -37,6 +37,8 @@ struct KvConnector::PendingSave {
   // device_blocks' order (KvDevice staging), complete once `gathered` is.
   std::shared_ptr<float[]> codes;
   KvDevice::Event gathered = 0;
+  // Layer slices of its device blocks were queued to the peer.
+  bool slices_sent = false;
 };
 
 namespace {
@@ -228,7 +230,8 @@ std::vector<GetItem> KvConnector::FetchFromPeer(
   if (t.ok()) {
     first = std::min<size_t>(t->first_block, hashes.size());
     while (first + n < hashes.size() && n < t->blocks.size() &&
-           t->blocks[n].hash == hashes[first + n]) {
+           t->blocks[n].hash == hashes[first + n] &&
+           !t->blocks[n].data.empty()) {
       ++n;
     }
   }
@@ -549,6 +552,10 @@ absl::Status KvConnector::SaveLayer(int layer,
         ++stats_.saves_dropped;
         client_->CountDroppedSave();
         finished_.saved.push_back(spec.request_id);
+        if (spec.send_to_peer && peer_ != nullptr) {
+          QueuePeerEnd(peer_, spec.request_id,
+                       static_cast<uint32_t>(p->first_block));
+        }
         continue;
       }
       bool staged = true;
@@ -569,6 +576,10 @@ absl::Status KvConnector::SaveLayer(int layer,
         ++stats_.saves_dropped;
         client_->CountDroppedSave();
         finished_.saved.push_back(spec.request_id);
+        if (spec.send_to_peer && peer_ != nullptr) {
+          QueuePeerEnd(peer_, spec.request_id,
+                       static_cast<uint32_t>(p->first_block));
+        }
         continue;
       }
       saving_.push_back(std::move(p));
@@ -617,7 +628,10 @@ absl::Status KvConnector::SaveLayer(int layer,
     if (s.ok() && !encode.empty()) {
       absl::StatusOr<KvDevice::Event> e = device_->EncodeLayer(layer, encode);
       s = e.status();
-      if (e.ok()) last_gather_ = *e;
+      if (e.ok()) {
+        last_gather_ = *e;
+        if (peer_ != nullptr) QueuePeerLayerLocked(layer, *e, slices);
+      }
     }
     if (!s.ok()) {
       DropSavingLocked();
@@ -690,12 +704,23 @@ absl::Status KvConnector::SaveLayer(int layer,
         p->values = nullptr;
         p->codes = nullptr;
         if (encoded.ok() && peer != nullptr) {
-          // Every block goes to the peer; the cache gets those it lacks.
-          SendToPeer(peer.get(), p->spec.request_id,
-                     static_cast<uint32_t>(p->first_block), &*encoded);
+          // Every block goes to the peer (those whose layers went as slices
+          // as headers); the cache gets those it lacks.
+          std::vector<int64_t> header_only;
+          if (p->slices_sent) {
+            for (int64_t i : p->device_blocks) {
+              header_only.push_back(p->first_block + i);
+            }
+          }
+          QueuePeerBlocks(peer, p->spec.request_id,
+                          static_cast<uint32_t>(p->first_block), *encoded,
+                          header_only);
           std::erase_if(*encoded, [&](const EncodedBlock& b) {
             return present[b.chain_position - p->first_block];
           });
+        } else if (peer != nullptr) {
+          QueuePeerEnd(peer, p->spec.request_id,
+                       static_cast<uint32_t>(p->first_block));
         }
         if (encoded.ok()) {
           client_->PutBlocks(*encoded);
@@ -705,6 +730,10 @@ absl::Status KvConnector::SaveLayer(int layer,
         } else {
           client_->CountDroppedSave();  // the encoder failed: drop, count
         }
+      }
+      if (cancelled && peer != nullptr) {
+        QueuePeerEnd(peer, p->spec.request_id,
+                     static_cast<uint32_t>(p->first_block));
       }
       client_->Release(static_cast<uint64_t>(p->reserved));
       absl::MutexLock lock(&mu_);
@@ -720,25 +749,126 @@ absl::Status KvConnector::SaveLayer(int layer,
   return absl::OkStatus();
 }
 
-void KvConnector::SendToPeer(KvPeerLink* peer, const std::string& request_id,
-                             uint32_t first_block,
-                             std::vector<EncodedBlock>* blocks) {
-  std::sort(blocks->begin(), blocks->end(),
+namespace {
+
+// Sends messages in order; false at the first that fails.
+bool SendAll(KvPeerLink* peer, const std::vector<std::string>& messages) {
+  for (const std::string& m : messages) {
+    if (!peer->Send(m).ok()) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void KvConnector::QueuePeerJob(std::function<void()> job) {
+  absl::MutexLock lock(&peer_mu_);
+  peer_jobs_.push_back(std::move(job));
+}
+
+void KvConnector::SendPeerJobs() {
+  while (true) {
+    std::function<void()> job;
+    {
+      absl::MutexLock lock(&peer_mu_);
+      auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(peer_mu_) {
+        return peer_stop_ || !peer_jobs_.empty();
+      };
+      peer_mu_.Await(absl::Condition(&ready));
+      if (peer_jobs_.empty()) return;  // stopping, and nothing left
+      job = std::move(peer_jobs_.front());
+      peer_jobs_.pop_front();
+      peer_busy_ = true;
+    }
+    job();
+    absl::MutexLock lock(&peer_mu_);
+    peer_busy_ = false;
+  }
+}
+
+void KvConnector::QueuePeerLayerLocked(
+    int layer, KvDevice::Event event, const VqDecodePlan::LayerSlices& slices) {
+  const size_t payload = client_->codec().EncodedBytes(client_->block_tokens());
+  for (const std::shared_ptr<PendingSave>& p : saving_) {
+    if (!p->spec.send_to_peer || p->device_blocks.empty()) continue;
+    p->slices_sent = true;
+    // The job holds the staging (the save may release its own reference
+    // first) and reads it once the device's encode of the layer is done.
+    QueuePeerJob([this, p, codes = p->codes, peer = peer_, layer, event, slices,
+                  payload] {
+      bool ok = device_->Wait(event).ok();
+      if (ok) {
+        const auto* base = reinterpret_cast<const char*>(codes.get());
+        std::vector<PeerSlice> out(p->device_blocks.size());
+        for (size_t d = 0; d < out.size(); ++d) {
+          const int64_t index = p->first_block + p->device_blocks[d];
+          const char* block = base + d * payload;
+          PeerSlice& sl = out[d];
+          sl.hash = p->hashes[index];
+          sl.chain_position = static_cast<uint32_t>(index);
+          sl.payload_bytes = static_cast<uint32_t>(payload);
+          sl.key_offset = static_cast<uint32_t>(slices.key_offset);
+          sl.key.assign(block + slices.key_offset, slices.key_bytes);
+          sl.value_offset = static_cast<uint32_t>(slices.value_offset);
+          sl.value.assign(block + slices.value_offset, slices.value_bytes);
+        }
+        absl::StatusOr<std::vector<std::string>> messages =
+            EncodePeerLayerMessages(p->spec.request_id, layer, out,
+                                    peer->max_message_bytes());
+        ok = messages.ok() && SendAll(peer.get(), *messages);
+      }
+      absl::MutexLock lock(&mu_);
+      ++(ok ? stats_.peer_layers_sent : stats_.peer_sends_failed);
+    });
+  }
+}
+
+void KvConnector::QueuePeerBlocks(
+    std::shared_ptr<KvPeerLink> peer, const std::string& request_id,
+    uint32_t first_block, std::vector<EncodedBlock> blocks,
+    const std::vector<int64_t>& header_only_positions) {
+  std::sort(blocks.begin(), blocks.end(),
             [](const EncodedBlock& a, const EncodedBlock& b) {
               return a.chain_position < b.chain_position;
             });
+  std::vector<bool> header_only(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    header_only[i] =
+        std::find(header_only_positions.begin(), header_only_positions.end(),
+                  blocks[i].chain_position) != header_only_positions.end();
+    if (header_only[i]) blocks[i].data.resize(sizeof(BlockHeader));
+  }
   absl::StatusOr<std::vector<std::string>> messages = EncodePeerMessages(
-      request_id, first_block, *blocks, peer->max_message_bytes());
-  bool ok = messages.ok();
-  for (size_t m = 0; ok && m < messages->size(); ++m) {
-    ok = peer->Send((*messages)[m]).ok();
-  }
-  absl::MutexLock lock(&mu_);
-  if (ok) {
-    stats_.peer_blocks_sent += static_cast<int64_t>(blocks->size());
-  } else {
+      request_id, first_block, blocks, peer->max_message_bytes(), header_only);
+  if (!messages.ok()) {
+    absl::MutexLock lock(&mu_);
     ++stats_.peer_sends_failed;
+    return;
   }
+  QueuePeerJob([this, peer, messages = *std::move(messages),
+                n = static_cast<int64_t>(blocks.size())] {
+    const bool ok = SendAll(peer.get(), messages);
+    absl::MutexLock lock(&mu_);
+    if (ok) {
+      stats_.peer_blocks_sent += n;
+    } else {
+      ++stats_.peer_sends_failed;
+    }
+  });
+}
+
+void KvConnector::QueuePeerEnd(std::shared_ptr<KvPeerLink> peer,
+                               const std::string& request_id,
+                               uint32_t first_block) {
+  absl::StatusOr<std::vector<std::string>> messages = EncodePeerMessages(
+      request_id, first_block, {}, peer->max_message_bytes());
+  if (!messages.ok()) return;  // only a request id over 1 KiB
+  QueuePeerJob([this, peer, messages = *std::move(messages)] {
+    if (!SendAll(peer.get(), messages)) {
+      absl::MutexLock lock(&mu_);
+      ++stats_.peer_sends_failed;
+    }
+  });
 }
 
 void KvConnector::ReceiveFromPeer() {
@@ -767,6 +897,7 @@ absl::Status KvConnector::AttachPeer(std::shared_ptr<KvPeerLink> link,
   peer_options_ = options;
   inbox_ = std::make_unique<PeerInbox>(options.inbox);
   peer_receiver_ = std::thread([this] { ReceiveFromPeer(); });
+  peer_sender_ = std::thread([this] { SendPeerJobs(); });
   return absl::OkStatus();
 }
 
@@ -797,6 +928,10 @@ void KvConnector::DropSavingLocked() {
   for (const auto& p : saving_) {
     client_->Release(static_cast<uint64_t>(p->reserved));
     finished_.saved.push_back(p->spec.request_id);
+    if (p->spec.send_to_peer && peer_ != nullptr) {
+      QueuePeerEnd(peer_, p->spec.request_id,
+                   static_cast<uint32_t>(p->first_block));
+    }
     ++stats_.saves_dropped;
     client_->CountDroppedSave();
   }
@@ -837,8 +972,19 @@ void KvConnector::Shutdown(absl::Duration timeout) {
     peer = peer_;
   }
   if (peer != nullptr) {
+    // What is queued for the peer goes first (within the timeout); then the
+    // link closes, which ends a send or receive blocked on the peer.
+    {
+      absl::MutexLock lock(&peer_mu_);
+      auto drained = [this]() ABSL_SHARED_LOCKS_REQUIRED(peer_mu_) {
+        return peer_jobs_.empty() && !peer_busy_;
+      };
+      peer_mu_.AwaitWithTimeout(absl::Condition(&drained), timeout);
+      peer_stop_ = true;
+    }
     peer->Close();
     inbox_->Close();
+    if (peer_sender_.joinable()) peer_sender_.join();
     if (peer_receiver_.joinable()) peer_receiver_.join();
   }
   // Saves that have not started skip their work now; wait for the ones that

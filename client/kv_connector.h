@@ -42,6 +42,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -124,6 +125,9 @@ struct ConnectorStats {
   // loaded from the cache service instead); messages from the peer that
   // could not be parsed; sends that failed.
   int64_t peer_blocks_sent = 0;
+  // Layers of device-encoded saves sent as slices as soon as each was
+  // encoded (one per save and layer).
+  int64_t peer_layers_sent = 0;
   int64_t peer_blocks_loaded = 0;
   int64_t peer_handoffs_missed = 0;
   int64_t peer_messages_rejected = 0;
@@ -235,10 +239,27 @@ class KvConnector {
                                      size_t* peer_n);
   // AttachPeer's receiver thread: the link's messages into inbox_.
   void ReceiveFromPeer();
-  // Sends a save's blocks (every chain position from first_block, sorted
-  // here) to the peer; counts the outcome.
-  void SendToPeer(KvPeerLink* peer, const std::string& request_id,
-                  uint32_t first_block, std::vector<EncodedBlock>* blocks);
+  // The final message(s) of a save's handoff: its blocks (every chain
+  // position from first_block, sorted here), those whose layers went as
+  // slices (header_only_positions) as their headers alone; queued to the
+  // peer sender.
+  void QueuePeerBlocks(std::shared_ptr<KvPeerLink> peer,
+                       const std::string& request_id, uint32_t first_block,
+                       std::vector<EncodedBlock> blocks,
+                       const std::vector<int64_t>& header_only_positions);
+  // An empty final message: the peer's load stops waiting for a handoff
+  // that will not come.
+  void QueuePeerEnd(std::shared_ptr<KvPeerLink> peer,
+                    const std::string& request_id, uint32_t first_block);
+  // SaveLayer: queues `layer`'s slices of the device-encoded blocks of the
+  // pass's send_to_peer saves, to go once `event` (their encode) is done.
+  void QueuePeerLayerLocked(int layer, KvDevice::Event event,
+                            const VqDecodePlan::LayerSlices& slices)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The peer sender thread: runs peer_jobs_ in order, so a request's layer
+  // messages leave before its final one.
+  void SendPeerJobs();
+  void QueuePeerJob(std::function<void()> job);
   // Drops the saves of this pass that are not yet handed to the background
   // (released, counted, reported finished).
   void DropSavingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -277,6 +298,11 @@ class KvConnector {
   PeerOptions peer_options_;
   std::unique_ptr<PeerInbox> inbox_;
   std::thread peer_receiver_;
+  absl::Mutex peer_mu_;
+  std::deque<std::function<void()>> peer_jobs_ ABSL_GUARDED_BY(peer_mu_);
+  bool peer_busy_ ABSL_GUARDED_BY(peer_mu_) = false;
+  bool peer_stop_ ABSL_GUARDED_BY(peer_mu_) = false;
+  std::thread peer_sender_;
 };
 
 }  // namespace vqkv::client

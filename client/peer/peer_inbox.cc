@@ -1,5 +1,6 @@
 #include "client/peer/peer_inbox.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,6 +11,7 @@ void PeerInbox::DropLocked(Entry* e, absl::Status why) {
   stats_.bytes -= e->bytes;
   ++stats_.transfers_dropped;
   e->transfer = {};
+  e->assembling.clear();
   e->bytes = 0;
   e->complete = false;
   e->dropped = std::move(why);
@@ -49,8 +51,29 @@ void PeerInbox::Add(PeerMessage m) {
     e = Entry{};
     fresh = true;
   }
-  if (fresh) {
-    e.since = now;
+  if (fresh) e.since = now;
+  if (m.is_layer) {
+    uint64_t bytes = 0;
+    for (const PeerSlice& sl : m.slices) {
+      if (!e.assembling.contains(sl.chain_position)) bytes += sl.payload_bytes;
+    }
+    if (stats_.bytes + bytes > options_.max_bytes) {
+      DropLocked(&e, absl::ResourceExhaustedError(absl::StrCat(
+                         "the peer inbox is full (", options_.max_bytes,
+                         " bytes); the handoff was dropped")));
+      return;
+    }
+    e.bytes += bytes;
+    stats_.bytes += bytes;
+    if (!AddSlicesLocked(&e, &m)) {
+      DropLocked(&e, absl::DataLossError(
+                         "a layer slice of the peer's handoff does not fit "
+                         "the block it names"));
+    }
+    return;
+  }
+  if (!e.blocks_started) {
+    e.blocks_started = true;
     e.transfer.first_block = m.first_block;
   }
   const uint32_t expected =
@@ -60,6 +83,24 @@ void PeerInbox::Add(PeerMessage m) {
                        absl::StrCat("the peer's handoff skipped from block ",
                                     expected, " to ", m.first_block)));
     return;
+  }
+  // Header-only blocks take their assembled payloads (whose bytes are
+  // already counted).
+  for (size_t i = 0; i < m.blocks.size(); ++i) {
+    if (i >= m.header_only.size() || !m.header_only[i]) continue;
+    EncodedBlock& b = m.blocks[i];
+    auto a = e.assembling.find(b.chain_position);
+    if (a != e.assembling.end() && a->second.hash == b.hash &&
+        a->second.covered == a->second.payload.size()) {
+      b.data += a->second.payload;
+    } else {
+      b.data.clear();  // incomplete: the loader fetches it from the cache
+    }
+    if (a != e.assembling.end()) {
+      e.bytes -= a->second.payload.size();
+      stats_.bytes -= a->second.payload.size();
+      e.assembling.erase(a);
+    }
   }
   uint64_t bytes = 0;
   for (const EncodedBlock& b : m.blocks) bytes += b.data.size();
@@ -75,7 +116,42 @@ void PeerInbox::Add(PeerMessage m) {
   if (m.last) {
     e.complete = true;
     ++stats_.transfers_received;
+    ClearAssembliesLocked(&e);  // slices of blocks the handoff did not seal
   }
+}
+
+void PeerInbox::ClearAssembliesLocked(Entry* e) {
+  for (const auto& [position, a] : e->assembling) {
+    e->bytes -= a.payload.size();
+    stats_.bytes -= a.payload.size();
+  }
+  e->assembling.clear();
+}
+
+bool PeerInbox::AddSlicesLocked(Entry* e, PeerMessage* m) {
+  for (PeerSlice& sl : m->slices) {
+    auto [it, fresh] = e->assembling.try_emplace(sl.chain_position);
+    Assembly& a = it->second;
+    if (fresh) {
+      a.hash = sl.hash;
+      a.payload.assign(sl.payload_bytes, '\0');
+    }
+    if (a.hash != sl.hash || a.payload.size() != sl.payload_bytes ||
+        uint64_t{sl.key_offset} + sl.key.size() > a.payload.size() ||
+        uint64_t{sl.value_offset} + sl.value.size() > a.payload.size()) {
+      return false;
+    }
+    // A layer sent twice writes the same bytes again; it counts once.
+    if (std::find(a.layers.begin(), a.layers.end(), m->layer) !=
+        a.layers.end()) {
+      continue;
+    }
+    a.layers.push_back(m->layer);
+    a.payload.replace(sl.key_offset, sl.key.size(), sl.key);
+    a.payload.replace(sl.value_offset, sl.value.size(), sl.value);
+    a.covered += sl.key.size() + sl.value.size();
+  }
+  return true;
 }
 
 absl::StatusOr<PeerTransfer> PeerInbox::Take(const std::string& request_id,

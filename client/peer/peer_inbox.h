@@ -1,7 +1,11 @@
 // PeerInbox: the decode side's store of KV handoffs received from a prefill
 // engine (peer_link.h), until the load of their request takes them. A
 // request's messages (peer_message.h) accumulate until its last one; Take
-// waits for that. Bounded: a message that would take the inbox over
+// waits for that. Layer messages' slices are assembled into their blocks'
+// payloads; a header-only block entry then seals its block (header, then
+// the assembled payload). A block whose payload is incomplete by then (a
+// layer missing) is handed over empty, and the loader takes it from the
+// cache instead. Bounded: a message that would take the inbox over
 // max_bytes drops its request's whole handoff, and a handoff nobody takes
 // within ttl is dropped, so a decode engine that never loads a request does
 // not leak it. A dropped handoff's Take answers at once (the engine then
@@ -69,8 +73,17 @@ class PeerInbox {
   PeerInboxStats stats() const;
 
  private:
+  // A block's payload being assembled from layer slices.
+  struct Assembly {
+    BlockHash hash;
+    std::string payload;
+    std::vector<int32_t> layers;  // received, so each counts once
+    uint64_t covered = 0;         // bytes written
+  };
   struct Entry {
     PeerTransfer transfer;
+    bool blocks_started = false;  // a blocks message came
+    absl::flat_hash_map<uint32_t, Assembly> assembling;  // by chain position
     bool complete = false;
     absl::Status dropped;  // not ok once dropped (a tombstone until ttl)
     uint64_t bytes = 0;
@@ -79,6 +92,11 @@ class PeerInbox {
   void DropLocked(Entry* e, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees an entry's assemblies.
+  void ClearAssembliesLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Files a layer message's slices; false when one does not fit its block.
+  bool AddSlicesLocked(Entry* e, PeerMessage* m)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   mutable absl::Mutex mu_;

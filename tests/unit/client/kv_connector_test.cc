@@ -564,8 +564,6 @@ TEST(KvConnectorPeerTest, DecodeEngineLoadsThePrefillEnginesHandoff) {
   }
   ASSERT_TRUE(prefill.WaitForSave().ok());
   ASSERT_TRUE(prefill_client.client->WaitIdle(absl::Seconds(30)));
-  EXPECT_EQ(prefill.stats().peer_blocks_sent, 3 + 2);
-  EXPECT_EQ(prefill.stats().peer_sends_failed, 0);
   // The decode side's cache has none of it.
   EXPECT_EQ(*decode_client.client->Lookup(tokens, ""), 0);
 
@@ -625,6 +623,9 @@ TEST(KvConnectorPeerTest, DecodeEngineLoadsThePrefillEnginesHandoff) {
   EXPECT_EQ(decode.stats().peer_handoffs_missed, 2);
   EXPECT_EQ(decode.stats().peer_blocks_loaded, 3 + 2);
   EXPECT_EQ(decode.stats().peer_messages_rejected, 0);
+  prefill.Shutdown(absl::Seconds(5));  // sends what is queued, then stops
+  EXPECT_EQ(prefill.stats().peer_blocks_sent, 3 + 2 + 3);
+  EXPECT_EQ(prefill.stats().peer_sends_failed, 0);
 }
 
 // Registers `pages` as device pages through a FakeKvDevice; *device is the
@@ -641,6 +642,74 @@ absl::Status RegisterOnFakeDevice(KvConnector* engine, Pages* pages,
   PagedKvCaches caches = pages->Caches();
   caches.device = Device::kCuda;
   return engine->RegisterKvCaches(caches);
+}
+
+// With saves encoded on the device from the pages (encode_on_device), each
+// layer's slices go to the peer as soon as that layer is encoded (the fake
+// device encodes 2 ms late, so a send before the encode is done would
+// carry stale bytes), and the final message carries the blocks' headers
+// (the first block, with its exact sink tokens, whole). The decode engine,
+// over an empty cache of its own, seals the blocks from them and loads
+// exactly what the prefill engine's cache holds.
+TEST(KvConnectorPeerTest, DeviceEncodedSavesSendEachLayerAsItIsEncoded) {
+  const KvLayout l = SmallLayout();
+  testing::DeviceAndHostEncoders clients =
+      testing::MakeDeviceAndHostEncoders(l);
+  ASSERT_TRUE(clients.on_dev != nullptr && clients.on_host != nullptr);
+  CacheClient* prefill_client = clients.on_dev.get();
+  CacheClient* decode_client = clients.on_host.get();
+  const int n = 96;
+  const std::vector<int32_t> tokens = Tokens(n);
+  std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 15);
+  const Rope rope(l.head_dim, RopeSpec{10000.0, l.head_dim});
+  rope.ApplyBlock(k.data(), l.layers, n, l.kv_heads, 0);
+  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 16);
+  const std::vector<int32_t> ids = ShuffledPages(8);
+  auto [to_decode, from_prefill] = NewLoopbackPeerLinks();
+
+  Pages pages(DType::kFloat16, false);
+  KvConnector prefill(prefill_client);
+  testing::FakeKvDevice* dev = nullptr;
+  ASSERT_TRUE(RegisterOnFakeDevice(&prefill, &pages, &dev).ok());
+  ASSERT_TRUE(prefill.device_paths().encode_on_device);
+  Fill(pages.Caches(), ids, n, k, v);
+  ASSERT_TRUE(prefill.AttachPeer(std::move(to_decode)).ok());
+  SaveSpec save{"r", tokens, "", ids, 0};
+  save.send_to_peer = true;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(prefill.SaveLayer(layer, {save}).ok());
+  }
+  ASSERT_TRUE(prefill.WaitForSave().ok());
+  ASSERT_TRUE(prefill_client->WaitIdle(absl::Seconds(30)));
+  EXPECT_EQ(prefill.stats().blocks_encoded_on_device, 2);
+
+  // What the prefill engine's own cache holds, loaded into host pages.
+  const std::vector<int32_t> at = ShuffledPages(9);
+  Pages want(DType::kFloat16, false);
+  KvConnector reference(prefill_client);
+  ASSERT_TRUE(reference.RegisterKvCaches(want.Caches()).ok());
+  ASSERT_TRUE(reference.StartLoad({LoadSpec{"w", tokens, "", at, n}}).ok());
+  ASSERT_TRUE(reference.WaitForLayerLoad(l.layers - 1).ok());
+  ASSERT_TRUE(reference.TakeLoadErrorBlockIds().empty());
+
+  Pages got(DType::kFloat16, false);
+  KvConnector decode(decode_client);
+  ASSERT_TRUE(decode.RegisterKvCaches(got.Caches()).ok());
+  PeerOptions po;
+  po.wait = absl::Seconds(10);
+  ASSERT_TRUE(decode.AttachPeer(std::move(from_prefill), po).ok());
+  LoadSpec load{"r", tokens, "", at, n};
+  load.from_peer = true;
+  ASSERT_TRUE(decode.StartLoad({load}).ok());
+  ASSERT_TRUE(decode.WaitForLayerLoad(l.layers - 1).ok());
+  EXPECT_TRUE(decode.TakeLoadErrorBlockIds().empty());
+  prefill.Shutdown(absl::Seconds(5));
+  EXPECT_EQ(prefill.stats().peer_layers_sent, l.layers);
+  EXPECT_EQ(prefill.stats().peer_blocks_sent, 3);
+  EXPECT_EQ(decode.stats().peer_blocks_loaded, 3);
+  EXPECT_EQ(*decode_client->Lookup(tokens, ""), 0) << "nothing came from it";
+  EXPECT_TRUE(got.k == want.k);
+  EXPECT_TRUE(got.v == want.v);
 }
 
 class KvConnectorDeviceTest

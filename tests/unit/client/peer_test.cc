@@ -86,6 +86,30 @@ TEST(PeerMessageTest, RefusesWhatIsNotAMessage) {
   }
   EXPECT_EQ(ParsePeerMessage(good + "x").status().code(),
             absl::StatusCode::kDataLoss);
+  PeerSlice slice;
+  slice.payload_bytes = 8;
+  slice.key = "kk";
+  slice.value_offset = 4;
+  slice.value = "vv";
+  const std::string layer =
+      (*EncodePeerLayerMessages("req", 3, {slice}, 1 << 20))[0];
+  auto parsed_layer = ParsePeerMessage(layer);
+  ASSERT_TRUE(parsed_layer.ok()) << parsed_layer.status();
+  EXPECT_TRUE(parsed_layer->is_layer);
+  EXPECT_EQ(parsed_layer->layer, 3);
+  ASSERT_EQ(parsed_layer->slices.size(), 1u);
+  EXPECT_EQ(parsed_layer->slices[0].value, "vv");
+  for (size_t cut = 0; cut < layer.size(); ++cut) {
+    EXPECT_EQ(ParsePeerMessage(layer.substr(0, cut)).status().code(),
+              absl::StatusCode::kDataLoss)
+        << "layer message cut at " << cut;
+  }
+  slice.value_offset = 7;  // 2 bytes at 7 of an 8-byte payload
+  EXPECT_EQ(ParsePeerMessage(
+                (*EncodePeerLayerMessages("req", 3, {slice}, 1 << 20))[0])
+                .status()
+                .code(),
+            absl::StatusCode::kDataLoss);
   std::string bad = good;
   bad[0] ^= 1;
   EXPECT_EQ(ParsePeerMessage(bad).status().code(), absl::StatusCode::kDataLoss);
@@ -156,6 +180,71 @@ TEST(PeerInboxTest, DropsAndSaysWhy) {
       inbox.Take("never", absl::Now() + absl::Seconds(30)).status().code(),
       absl::StatusCode::kCancelled);
   closer.join();
+}
+
+// Layer messages' slices are assembled into their blocks' payloads and
+// sealed by the header-only entries of the final message: the blocks come
+// out as header + payload. A block missing a layer comes out empty (the
+// loader then takes it from the cache); a slice outside its payload drops
+// the handoff.
+TEST(PeerInboxTest, AssemblesLayerSlicesIntoSealedBlocks) {
+  // Two blocks of a 2-layer payload: [K0 K1 V0 V1], 3 bytes each.
+  const std::string header(64, 'h');
+  const std::string payload[2] = {"k0-k1-v0-v1-", "K0-K1-V0-V1-"};
+  auto layer_message = [&](int layer, std::vector<int> blocks) {
+    PeerMessage m;
+    m.request_id = "r";
+    m.is_layer = true;
+    m.layer = layer;
+    for (int b : blocks) {
+      PeerSlice sl;
+      sl.hash = BlockHash::FromPair(1, b);
+      sl.chain_position = static_cast<uint32_t>(b);
+      sl.payload_bytes = 12;
+      sl.key_offset = 3 * layer;
+      sl.key = payload[b].substr(3 * layer, 3);
+      sl.value_offset = 6 + 3 * layer;
+      sl.value = payload[b].substr(6 + 3 * layer, 3);
+      m.slices.push_back(sl);
+    }
+    // Through the wire format, as the connector sends them.
+    auto bytes = EncodePeerLayerMessages(m.request_id, layer, m.slices, 1000);
+    EXPECT_TRUE(bytes.ok() && bytes->size() == 1u);
+    auto parsed = ParsePeerMessage((*bytes)[0]);
+    EXPECT_TRUE(parsed.ok()) << parsed.status();
+    return *parsed;
+  };
+  auto final_message = [&] {
+    std::vector<EncodedBlock> blocks(2);
+    for (int b = 0; b < 2; ++b) {
+      blocks[b].hash = BlockHash::FromPair(1, b);
+      blocks[b].data = header;
+    }
+    auto bytes = EncodePeerMessages("r", 0, blocks, 1000, {true, true});
+    EXPECT_TRUE(bytes.ok() && bytes->size() == 1u);
+    auto parsed = ParsePeerMessage((*bytes)[0]);
+    EXPECT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(parsed->header_only, (std::vector<bool>{true, true}));
+    return *parsed;
+  };
+  PeerInbox inbox({});
+  inbox.Add(layer_message(0, {0, 1}));
+  inbox.Add(layer_message(1, {0}));  // block 1 never gets layer 1
+  inbox.Add(layer_message(1, {0}));  // a layer twice counts once
+  EXPECT_EQ(inbox.stats().bytes, 24u);
+  inbox.Add(final_message());
+  auto t = inbox.Take("r", absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_EQ(t->blocks.size(), 2u);
+  EXPECT_EQ(t->blocks[0].data, header + payload[0]);
+  EXPECT_EQ(t->blocks[1].data, "") << "incomplete: left to the cache";
+  EXPECT_EQ(inbox.stats().bytes, 0u);
+
+  PeerMessage bad = layer_message(0, {0});
+  bad.slices[0].key_offset = 11;  // 3 bytes at 11 of a 12-byte payload
+  inbox.Add(bad);
+  EXPECT_EQ(inbox.Take("r", absl::Now() + absl::Seconds(30)).status().code(),
+            absl::StatusCode::kDataLoss);
 }
 
 // The in-process link: both ways, in order, bounded, closable.
