@@ -90,8 +90,9 @@ struct SaveSpec {
   std::vector<int32_t> block_ids;
   int64_t skip_tokens = 0;
   // Disaggregated serving (AttachPeer): the saved blocks are also sent to
-  // the peer under request_id after the last layer, all of them, whether
-  // or not the cache already has them.
+  // the peer under request_id, all of them, whether or not the cache
+  // already has them: layer by layer as each is encoded when the save is
+  // encoded on the device from the pages, else after the last layer.
   bool send_to_peer = false;
 };
 
