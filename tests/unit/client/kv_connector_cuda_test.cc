@@ -16,6 +16,7 @@
 #include "client/embedded_backend.h"
 #include "client/kv_connector.h"
 #include "client/paged_kv.h"
+#include "client/peer/peer_link.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/rope.h"
@@ -266,6 +267,78 @@ TEST(KvConnectorCudaTest, SavesEncodeOnTheGpuAsWellAsOnTheHost) {
   }
   EXPECT_LE(err[0], 1.02 * err[1] + 1e-9)
       << "GPU-encoded blocks reconstruct worse than CPU-encoded ones";
+}
+
+// Disaggregated serving on one GPU: a prefill engine whose saves encode on
+// the GPU from its pages sends each layer's slices as soon as the GPU has
+// encoded it (client/peer/); a decode engine with an empty cache loads the
+// handoff into its own device pages (decoding on the GPU), and gets what a
+// third engine loading the prefill's cache gets, byte for byte.
+TEST(KvConnectorCudaTest, HandsOffLayerByLayerBetweenTwoEngines) {
+  SKIP_WITHOUT_GPU();
+  const KvLayout l = SmallLayout();
+  testing::DeviceAndHostEncoders clients =
+      testing::MakeDeviceAndHostEncoders(l);
+  ASSERT_TRUE(clients.on_dev != nullptr && clients.on_host != nullptr);
+  CacheClient* prefill_client = clients.on_dev.get();
+  CacheClient* decode_client = clients.on_host.get();  // an empty cache
+  const int n = 96;
+  const std::vector<int32_t> tokens = Tokens(n);
+  const std::vector<float> kv = ExactKv(n * l.ElementsPerToken(), 13);
+  std::vector<int32_t> ids(kPages);
+  std::iota(ids.rbegin(), ids.rend(), 0);
+  const size_t per_layer = size_t{n} * l.kv_heads * l.head_dim;
+
+  Pages host(false), pages(true);
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ScatterLayer(host.Caches(), layer, ids, 0, n, kv.data() + layer * per_layer,
+                 kv.data() + layer * per_layer);
+    ASSERT_EQ(cudaMemcpy(pages.k[layer], host.k[layer], host.bytes,
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(pages.v[layer], host.v[layer], host.bytes,
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+  }
+  auto [to_decode, from_prefill] = NewLoopbackPeerLinks();
+  KvConnector prefill(prefill_client);
+  ASSERT_TRUE(prefill.RegisterKvCaches(pages.Caches()).ok());
+  ASSERT_TRUE(prefill.device_paths().encode_on_device);
+  ASSERT_TRUE(prefill.AttachPeer(std::move(to_decode)).ok());
+  SaveSpec save{"r", tokens, "", ids, 0};
+  save.send_to_peer = true;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ASSERT_TRUE(prefill.SaveLayer(layer, {save}).ok());
+  }
+  ASSERT_TRUE(prefill.WaitForSave().ok());
+  ASSERT_TRUE(prefill_client->WaitIdle(absl::Seconds(30)));
+
+  Pages want(true), got(true);
+  KvConnector reference(prefill_client), decode(decode_client);
+  ASSERT_TRUE(reference.RegisterKvCaches(want.Caches()).ok());
+  ASSERT_TRUE(decode.RegisterKvCaches(got.Caches()).ok());
+  PeerOptions po;
+  po.wait = absl::Seconds(20);
+  ASSERT_TRUE(decode.AttachPeer(std::move(from_prefill), po).ok());
+  LoadSpec load{"r", tokens, "", ids, n};
+  ASSERT_TRUE(reference.StartLoad({load}).ok());
+  ASSERT_TRUE(reference.WaitForLayerLoad(l.layers - 1).ok());
+  load.from_peer = true;
+  ASSERT_TRUE(decode.StartLoad({load}).ok());
+  ASSERT_TRUE(decode.WaitForLayerLoad(l.layers - 1).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_TRUE(reference.TakeLoadErrorBlockIds().empty());
+  EXPECT_TRUE(decode.TakeLoadErrorBlockIds().empty());
+  prefill.Shutdown(absl::Seconds(5));
+  EXPECT_EQ(prefill.stats().peer_layers_sent, l.layers);
+  EXPECT_EQ(decode.stats().peer_blocks_loaded, n / 32);
+  EXPECT_EQ(*decode_client->Lookup(tokens, ""), 0);
+  for (int layer = 0; layer < l.layers; ++layer) {
+    for (bool keys : {true, false}) {
+      EXPECT_TRUE(got.Bytes(layer, keys) == want.Bytes(layer, keys))
+          << "layer " << layer << (keys ? " keys" : " values");
+    }
+  }
 }
 
 TEST(KvConnectorCudaTest, HostMemoryIsNotDevicePages) {
