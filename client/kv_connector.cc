@@ -119,53 +119,46 @@ absl::Status KvConnector::RegisterKvCaches(PagedKvCaches caches) {
 
 absl::Status KvConnector::ChooseDevicePaths(KvDevice* device) {
   const CacheClientOptions& o = client_->options();
-  // A refusal fails registration under kOn and leaves the path on the host
-  // under kAuto, with its reason.
-  auto refused = [](const char* option, DeviceUse use, const absl::Status& e,
-                    std::string* because) {
-    if (use == DeviceUse::kOn) {
-      return absl::Status(e.code(), absl::StrCat(option, ": ", e.message()));
+  // Each path: the outcome of enabling it (the plan's first); a refusal
+  // fails registration under kOn and leaves the path on the host under
+  // kAuto, with its reason.
+  struct Path {
+    const char* option;
+    DeviceUse use;
+    bool* on;
+    std::string* because;
+  };
+  const Path paths[2] = {
+      {"decode_on_device", o.decode_on_device, &paths_.decode_on_device,
+       &paths_.decode_on_host_because},
+      {"encode_on_device", o.encode_on_device, &paths_.encode_on_device,
+       &paths_.encode_on_host_because}};
+  auto settle = [](const Path& p, const absl::Status& e) {
+    if (e.ok()) {
+      *p.on = true;
+    } else if (p.use == DeviceUse::kOn) {
+      return absl::Status(e.code(), absl::StrCat(p.option, ": ", e.message()));
+    } else {
+      *p.because = std::string(e.message());
     }
-    *because = std::string(e.message());
     return absl::OkStatus();
   };
-  const bool decode = o.decode_on_device != DeviceUse::kOff;
-  const bool encode = o.encode_on_device != DeviceUse::kOff;
-  if (!decode && !encode) return absl::OkStatus();
+  if (o.decode_on_device == DeviceUse::kOff &&
+      o.encode_on_device == DeviceUse::kOff) {
+    return absl::OkStatus();
+  }
   absl::StatusOr<VqDecodePlan> plan = client_->DecodePlan();
-  if (!plan.ok()) {
-    absl::Status s =
-        decode ? refused("decode_on_device", o.decode_on_device, plan.status(),
-                         &paths_.decode_on_host_because)
-               : absl::OkStatus();
-    if (s.ok() && encode) {
-      s = refused("encode_on_device", o.encode_on_device, plan.status(),
-                  &paths_.encode_on_host_because);
+  if (plan.ok()) plan_ = *std::move(plan);
+  for (int i = 0; i < 2; ++i) {
+    if (paths[i].use == DeviceUse::kOff) continue;
+    absl::Status e = plan.status();
+    if (e.ok() && i == 0) e = device->EnableDecode(*plan_);
+    if (e.ok() && i == 1) {
+      // DecodePlan succeeded, so the codec is a VqCodec.
+      e = device->EnableEncode(*plan_,
+                               dynamic_cast<const VqCodec&>(client_->codec()));
     }
-    return s;
-  }
-  plan_ = *std::move(plan);
-  if (decode) {
-    absl::Status e = device->EnableDecode(*plan_);
-    if (e.ok()) {
-      paths_.decode_on_device = true;
-    } else if (absl::Status s = refused("decode_on_device", o.decode_on_device,
-                                        e, &paths_.decode_on_host_because);
-               !s.ok()) {
-      return s;
-    }
-  }
-  if (encode) {
-    // DecodePlan succeeded, so the codec is a VqCodec.
-    const auto& vq = dynamic_cast<const VqCodec&>(client_->codec());
-    absl::Status e = device->EnableEncode(*plan_, vq);
-    if (e.ok()) {
-      paths_.encode_on_device = true;
-    } else if (absl::Status s = refused("encode_on_device", o.encode_on_device,
-                                        e, &paths_.encode_on_host_because);
-               !s.ok()) {
-      return s;
-    }
+    if (absl::Status s = settle(paths[i], e); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

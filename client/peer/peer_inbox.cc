@@ -57,14 +57,7 @@ void PeerInbox::Add(PeerMessage m) {
     for (const PeerSlice& sl : m.slices) {
       if (!e.assembling.contains(sl.chain_position)) bytes += sl.payload_bytes;
     }
-    if (stats_.bytes + bytes > options_.max_bytes) {
-      DropLocked(&e, absl::ResourceExhaustedError(absl::StrCat(
-                         "the peer inbox is full (", options_.max_bytes,
-                         " bytes); the handoff was dropped")));
-      return;
-    }
-    e.bytes += bytes;
-    stats_.bytes += bytes;
+    if (!ReserveLocked(&e, bytes)) return;
     if (!AddSlicesLocked(&e, &m)) {
       DropLocked(&e, absl::DataLossError(
                          "a layer slice of the peer's handoff does not fit "
@@ -104,20 +97,25 @@ void PeerInbox::Add(PeerMessage m) {
   }
   uint64_t bytes = 0;
   for (const EncodedBlock& b : m.blocks) bytes += b.data.size();
-  if (stats_.bytes + bytes > options_.max_bytes) {
-    DropLocked(&e, absl::ResourceExhaustedError(absl::StrCat(
-                       "the peer inbox is full (", options_.max_bytes,
-                       " bytes); the handoff was dropped")));
-    return;
-  }
-  e.bytes += bytes;
-  stats_.bytes += bytes;
+  if (!ReserveLocked(&e, bytes)) return;
   for (EncodedBlock& b : m.blocks) e.transfer.blocks.push_back(std::move(b));
   if (m.last) {
     e.complete = true;
     ++stats_.transfers_received;
     ClearAssembliesLocked(&e);  // slices of blocks the handoff did not seal
   }
+}
+
+bool PeerInbox::ReserveLocked(Entry* e, uint64_t bytes) {
+  if (stats_.bytes + bytes > options_.max_bytes) {
+    DropLocked(e, absl::ResourceExhaustedError(absl::StrCat(
+                      "the peer inbox is full (", options_.max_bytes,
+                      " bytes); the handoff was dropped")));
+    return false;
+  }
+  e->bytes += bytes;
+  stats_.bytes += bytes;
+  return true;
 }
 
 void PeerInbox::ClearAssembliesLocked(Entry* e) {

@@ -92,6 +92,10 @@ class PeerInbox {
   void DropLocked(Entry* e, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts `bytes` more for the entry, or drops its handoff (false) when
+  // they would take the inbox over max_bytes.
+  bool ReserveLocked(Entry* e, uint64_t bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees an entry's assemblies.
   void ClearAssembliesLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Files a layer message's slices; false when one does not fit its block.

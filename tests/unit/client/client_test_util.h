@@ -14,6 +14,7 @@
 #include "client/backend.h"
 #include "client/cache_client.h"
 #include "client/embedded_backend.h"
+#include "client/kv_connector.h"
 #include "gtest/gtest.h"
 #include "kernels/codec_factory.h"
 #include "kernels/vq_codec.h"
@@ -157,6 +158,18 @@ inline DeviceAndHostEncoders MakeDeviceAndHostEncoders(const KvLayout& l) {
   o.encode_on_device = DeviceUse::kOn;
   e.on_dev = NewVqClient(vq, e.store_dev.get(), o);
   return e;
+}
+
+// Saves `saves` from every layer of `engine`'s pages, as a forward pass
+// would, then WaitForSave: the first error of either.
+inline absl::Status SaveEveryLayer(KvConnector* engine,
+                                   const std::vector<SaveSpec>& saves,
+                                   int layers) {
+  for (int layer = 0; layer < layers; ++layer) {
+    absl::Status s = engine->SaveLayer(layer, saves);
+    if (!s.ok()) return s;
+  }
+  return engine->WaitForSave();
 }
 
 // `first` stores 128 tokens (4 blocks of 32) under salt "s"; a client that

@@ -80,6 +80,24 @@ struct Pages {
   std::vector<void*> k, v;
 };
 
+// Writes `kv` ([layer][token][head][dim], keys and values alike) for tokens
+// [0, n) into host pages at `ids`, and copies them to the device pages.
+void FillBoth(Pages* host, Pages* dev, const std::vector<int32_t>& ids, int n,
+              const std::vector<float>& kv) {
+  const KvLayout l = SmallLayout();
+  const size_t per_layer = static_cast<size_t>(n) * l.kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.layers; ++layer) {
+    ScatterLayer(host->Caches(), layer, ids, 0, n,
+                 kv.data() + layer * per_layer, kv.data() + layer * per_layer);
+    ASSERT_EQ(cudaMemcpy(dev->k[layer], host->k[layer], host->bytes,
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dev->v[layer], host->v[layer], host->bytes,
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+  }
+}
+
 // An fp16 client of SmallLayout over `store`; null (and a failure) if it
 // cannot be made.
 std::unique_ptr<CacheClient> NewClient(storage::TieredStore* store) {
@@ -103,17 +121,7 @@ TEST(KvConnectorCudaTest, DevicePagesSaveAndLoadAsHostPagesDo) {
 
   // Engine 1 computes into device pages (uploaded from host pages) and saves.
   Pages host1(false), dev1(true);
-  const size_t per_layer = size_t{n} * l.kv_heads * l.head_dim;
-  for (int layer = 0; layer < l.layers; ++layer) {
-    ScatterLayer(host1.Caches(), layer, ids, 0, n,
-                 kv.data() + layer * per_layer, kv.data() + layer * per_layer);
-    ASSERT_EQ(cudaMemcpy(dev1.k[layer], host1.k[layer], host1.bytes,
-                         cudaMemcpyHostToDevice),
-              cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(dev1.v[layer], host1.v[layer], host1.bytes,
-                         cudaMemcpyHostToDevice),
-              cudaSuccess);
-  }
+  ASSERT_NO_FATAL_FAILURE(FillBoth(&host1, &dev1, ids, n, kv));
   KvConnector engine1(client.get());
   ASSERT_TRUE(engine1.RegisterKvCaches(dev1.Caches()).ok());
   SaveSpec save{"s", tokens, "", ids, 0};
@@ -221,16 +229,7 @@ TEST(KvConnectorCudaTest, SavesEncodeOnTheGpuAsWellAsOnTheHost) {
   const size_t per_layer = size_t{n} * l.kv_heads * l.head_dim;
 
   Pages host(false), dev(true);
-  for (int layer = 0; layer < l.layers; ++layer) {
-    ScatterLayer(host.Caches(), layer, ids, 0, n, kv.data() + layer * per_layer,
-                 kv.data() + layer * per_layer);
-    ASSERT_EQ(cudaMemcpy(dev.k[layer], host.k[layer], host.bytes,
-                         cudaMemcpyHostToDevice),
-              cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(dev.v[layer], host.v[layer], host.bytes,
-                         cudaMemcpyHostToDevice),
-              cudaSuccess);
-  }
+  ASSERT_NO_FATAL_FAILURE(FillBoth(&host, &dev, ids, n, kv));
   KvConnector on_gpu(on_dev), on_cpu(on_host);
   ASSERT_TRUE(on_gpu.RegisterKvCaches(dev.Caches()).ok());
   ASSERT_TRUE(on_cpu.RegisterKvCaches(host.Caches()).ok());
@@ -287,19 +286,9 @@ TEST(KvConnectorCudaTest, HandsOffLayerByLayerBetweenTwoEngines) {
   const std::vector<float> kv = ExactKv(n * l.ElementsPerToken(), 13);
   std::vector<int32_t> ids(kPages);
   std::iota(ids.rbegin(), ids.rend(), 0);
-  const size_t per_layer = size_t{n} * l.kv_heads * l.head_dim;
 
   Pages host(false), pages(true);
-  for (int layer = 0; layer < l.layers; ++layer) {
-    ScatterLayer(host.Caches(), layer, ids, 0, n, kv.data() + layer * per_layer,
-                 kv.data() + layer * per_layer);
-    ASSERT_EQ(cudaMemcpy(pages.k[layer], host.k[layer], host.bytes,
-                         cudaMemcpyHostToDevice),
-              cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(pages.v[layer], host.v[layer], host.bytes,
-                         cudaMemcpyHostToDevice),
-              cudaSuccess);
-  }
+  ASSERT_NO_FATAL_FAILURE(FillBoth(&host, &pages, ids, n, kv));
   auto [to_decode, from_prefill] = NewLoopbackPeerLinks();
   KvConnector prefill(prefill_client);
   ASSERT_TRUE(prefill.RegisterKvCaches(pages.Caches()).ok());
@@ -307,10 +296,7 @@ TEST(KvConnectorCudaTest, HandsOffLayerByLayerBetweenTwoEngines) {
   ASSERT_TRUE(prefill.AttachPeer(std::move(to_decode)).ok());
   SaveSpec save{"r", tokens, "", ids, 0};
   save.send_to_peer = true;
-  for (int layer = 0; layer < l.layers; ++layer) {
-    ASSERT_TRUE(prefill.SaveLayer(layer, {save}).ok());
-  }
-  ASSERT_TRUE(prefill.WaitForSave().ok());
+  ASSERT_TRUE(testing::SaveEveryLayer(&prefill, {save}, l.layers).ok());
   ASSERT_TRUE(prefill_client->WaitIdle(absl::Seconds(30)));
 
   Pages want(true), got(true);

@@ -676,10 +676,7 @@ TEST(KvConnectorPeerTest, DeviceEncodedSavesSendEachLayerAsItIsEncoded) {
   ASSERT_TRUE(prefill.AttachPeer(std::move(to_decode)).ok());
   SaveSpec save{"r", tokens, "", ids, 0};
   save.send_to_peer = true;
-  for (int layer = 0; layer < l.layers; ++layer) {
-    ASSERT_TRUE(prefill.SaveLayer(layer, {save}).ok());
-  }
-  ASSERT_TRUE(prefill.WaitForSave().ok());
+  ASSERT_TRUE(testing::SaveEveryLayer(&prefill, {save}, l.layers).ok());
   ASSERT_TRUE(prefill_client->WaitIdle(absl::Seconds(30)));
   EXPECT_EQ(prefill.stats().blocks_encoded_on_device, 2);
 
