@@ -17,6 +17,7 @@
 #include "client/kv_connector.h"
 #include "gtest/gtest.h"
 #include "kernels/codec_factory.h"
+#include "kernels/rope.h"
 #include "kernels/vq_codec.h"
 #include "storage/tiered_store.h"
 
@@ -37,6 +38,20 @@ inline std::vector<int32_t> Tokens(int n, int32_t start = 100) {
   std::vector<int32_t> t(n);
   for (int i = 0; i < n; ++i) t[i] = start + i;
   return t;
+}
+
+// What an engine computes for n tokens at positions 0 .. n - 1 under RoPE
+// (base 10000, every dimension rotated), [layer][token][head][dim]: keys
+// (ExactKv(seed), rotated) and values (ExactKv(seed + 1)).
+struct RotatedKv {
+  std::vector<float> k, v;
+};
+inline RotatedKv MakeRotatedKv(const KvLayout& l, int n, uint32_t seed) {
+  RotatedKv kv{ExactKv(n * l.ElementsPerToken(), seed),
+               ExactKv(n * l.ElementsPerToken(), seed + 1)};
+  const Rope rope(l.head_dim, RopeSpec{10000.0, l.head_dim});
+  rope.ApplyBlock(kv.k.data(), l.layers, n, l.kv_heads, 0);
+  return kv;
 }
 
 inline std::unique_ptr<storage::TieredStore> MemoryStore(

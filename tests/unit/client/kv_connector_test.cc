@@ -380,10 +380,7 @@ TEST(KvConnectorRopeTest, PreRopeCodebooksLoadAsTheSimpleApi) {
   std::unique_ptr<CacheClient> client = *std::move(c);
   const int n = 96;
   const std::vector<int32_t> tokens = Tokens(n);
-  std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 7);
-  const Rope rope(l.head_dim, RopeSpec{10000.0, l.head_dim});
-  rope.ApplyBlock(k.data(), l.layers, n, l.kv_heads, 0);
-  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 8);
+  const auto [k, v] = testing::MakeRotatedKv(l, n, 7);
 
   Pages p1(DType::kFloat32, false);
   KvConnector engine1(client.get());
@@ -660,10 +657,7 @@ TEST(KvConnectorPeerTest, DeviceEncodedSavesSendEachLayerAsItIsEncoded) {
   CacheClient* decode_client = clients.on_host.get();
   const int n = 96;
   const std::vector<int32_t> tokens = Tokens(n);
-  std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 15);
-  const Rope rope(l.head_dim, RopeSpec{10000.0, l.head_dim});
-  rope.ApplyBlock(k.data(), l.layers, n, l.kv_heads, 0);
-  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 16);
+  const auto [k, v] = testing::MakeRotatedKv(l, n, 15);
   const std::vector<int32_t> ids = ShuffledPages(8);
   auto [to_decode, from_prefill] = NewLoopbackPeerLinks();
 
@@ -890,10 +884,7 @@ TEST_P(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
   CacheClient* on_host = clients.on_host.get();
   const int n = 96;
   const std::vector<int32_t> tokens = Tokens(n);
-  std::vector<float> k = ExactKv(n * l.ElementsPerToken(), 5);
-  const Rope rope(l.head_dim, RopeSpec{10000.0, l.head_dim});
-  rope.ApplyBlock(k.data(), l.layers, n, l.kv_heads, 0);
-  const std::vector<float> v = ExactKv(n * l.ElementsPerToken(), 6);
+  const auto [k, v] = testing::MakeRotatedKv(l, n, 5);
   const std::vector<int32_t> ids = ShuffledPages(7);
 
   Pages host(dtype, hnd);
