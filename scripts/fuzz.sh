@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build-fuzz}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
-FUZZ_TARGETS=${FUZZ_TARGETS:-block codebook_set gguf tokenizer config grpc_service}
+FUZZ_TARGETS=${FUZZ_TARGETS:-block codebook_set gguf tokenizer config grpc_service peer_message}
 FUZZ_WORK=${FUZZ_WORK:-$BUILD_DIR/fuzz-work}
 
 CC=clang CXX=clang++ cmake -S . -B "$BUILD_DIR" -G Ninja -DVQKV_FUZZ=ON \

@@ -19,7 +19,7 @@ if [[ "${VQKV_SKIP_SANITIZE:-0}" != 1 ]]; then
     storage_rendezvous_table_test storage_namespace_ledger_test
     storage_codebook_registry_test storage_disk_catalog_test
     storage_fault_campaign_test client_hash_test
-    cache_client_test kv_connector_test nccl_rendezvous_test c_api_test
+    cache_client_test kv_connector_test peer_test nccl_rendezvous_test c_api_test
     cluster_placement_test cluster_backend_test" \
   VQKV_SANITIZE_EXCLUDE="NOT_BUILT|install|python|gpu_bundle" \
     BUILD_DIR=build-asan bash scripts/sanitize.sh 'base|client|storage'
@@ -29,6 +29,6 @@ fi
 # build behind it takes about 4 min on the 2-core VM (docs/RELIABILITY.md,
 # "Fuzzing"). VQKV_FUZZ_TARGETS="..." picks the targets run here.
 if [[ "${VQKV_SKIP_FUZZ:-0}" != 1 ]]; then
-  FUZZ_TARGETS=${VQKV_FUZZ_TARGETS:-block codebook_set gguf tokenizer config grpc_service} \
+  FUZZ_TARGETS=${VQKV_FUZZ_TARGETS:-block codebook_set gguf tokenizer config grpc_service peer_message} \
     FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash scripts/fuzz.sh
 fi

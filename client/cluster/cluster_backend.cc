@@ -111,9 +111,11 @@ void EnsureCodebooks(CodebookRegistry* registry, Node* node,
     }
   }
   for (const auto& [hash, data] : todo) {
-    absl::Status s = CallNode<absl::Status>(node, [&] {
-      return node->backend->PutCodebook(hash, *data, deadline);
-    });
+    // Named captures: clang before 16 cannot capture structured bindings.
+    absl::Status s =
+        CallNode<absl::Status>(node, [&, &hash = hash, &data = data] {
+          return node->backend->PutCodebook(hash, *data, deadline);
+        });
     if (!s.ok()) return;
     absl::MutexLock lock(&node->mu);
     node->codebooks.insert(hash);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "client/peer/peer_message.h"
 #include "kernels/block.h"
 #include "kernels/codec_factory.h"
 #include "storage/keys.h"
@@ -289,6 +290,39 @@ void Run() {
     r.set_key("nccl-id/job-1");
     Write("grpc_service", "12-get-rendezvous",
           Call(12, kAlpha, r.SerializeAsString()));
+  }
+
+  // peer_message_fuzzer: the handoff's messages (client/peer/).
+  {
+    std::vector<client::EncodedBlock> blocks(2);
+    for (int i = 0; i < 2; ++i) {
+      blocks[i].hash = storage::BlockHash::FromPair(0, 10 + i);
+      blocks[i].data = std::string(96 + i, static_cast<char>('a' + i));
+    }
+    auto sealed = client::EncodePeerMessages("req-1", 0, blocks, 1 << 20);
+    FUZZ_CHECK(sealed.ok() && sealed->size() == 1);
+    Write("peer_message", "blocks", (*sealed)[0]);
+    auto empty = client::EncodePeerMessages("req-1", 3, {}, 1 << 20);
+    FUZZ_CHECK(empty.ok() && empty->size() == 1);
+    Write("peer_message", "empty-last", (*empty)[0]);
+    for (auto& b : blocks) b.data.resize(64);
+    auto headers =
+        client::EncodePeerMessages("req-2", 1, blocks, 1 << 20, {true, false});
+    FUZZ_CHECK(headers.ok() && headers->size() == 1);
+    Write("peer_message", "header-only", (*headers)[0]);
+    std::vector<client::PeerSlice> slices(2);
+    for (int i = 0; i < 2; ++i) {
+      slices[i].hash = storage::BlockHash::FromPair(0, 20 + i);
+      slices[i].chain_position = static_cast<uint32_t>(1 + i);
+      slices[i].payload_bytes = 16;
+      slices[i].key_offset = 4;
+      slices[i].key = "kkkk";
+      slices[i].value_offset = 12;
+      slices[i].value = "vvvv";
+    }
+    auto layer = client::EncodePeerLayerMessages("req-2", 1, slices, 1 << 20);
+    FUZZ_CHECK(layer.ok() && layer->size() == 1);
+    Write("peer_message", "layer", (*layer)[0]);
   }
 }
 
