@@ -541,7 +541,9 @@ absl::Status KvConnector::SaveLayer(int layer,
       p->reserved =
           2 * floats * static_cast<int64_t>(sizeof(float)) + code_bytes;
       ++stats_.saves_started;
-      if (!client_->TryReserve(static_cast<uint64_t>(p->reserved))) {
+      // A save dropped here is counted, reported finished, and ended for
+      // the peer.
+      auto drop = [&] {
         ++stats_.saves_dropped;
         client_->CountDroppedSave();
         finished_.saved.push_back(spec.request_id);
@@ -549,6 +551,9 @@ absl::Status KvConnector::SaveLayer(int layer,
           QueuePeerEnd(peer_, spec.request_id,
                        static_cast<uint32_t>(p->first_block));
         }
+      };
+      if (!client_->TryReserve(static_cast<uint64_t>(p->reserved))) {
+        drop();
         continue;
       }
       bool staged = true;
@@ -566,13 +571,7 @@ absl::Status KvConnector::SaveLayer(int layer,
       }
       if (!staged) {
         client_->Release(static_cast<uint64_t>(p->reserved));
-        ++stats_.saves_dropped;
-        client_->CountDroppedSave();
-        finished_.saved.push_back(spec.request_id);
-        if (spec.send_to_peer && peer_ != nullptr) {
-          QueuePeerEnd(peer_, spec.request_id,
-                       static_cast<uint32_t>(p->first_block));
-        }
+        drop();
         continue;
       }
       saving_.push_back(std::move(p));
@@ -708,12 +707,10 @@ absl::Status KvConnector::SaveLayer(int layer,
           QueuePeerBlocks(peer, p->spec.request_id,
                           static_cast<uint32_t>(p->first_block), *encoded,
                           header_only);
+          peer = nullptr;  // handed off: no empty final message below
           std::erase_if(*encoded, [&](const EncodedBlock& b) {
             return present[b.chain_position - p->first_block];
           });
-        } else if (peer != nullptr) {
-          QueuePeerEnd(peer, p->spec.request_id,
-                       static_cast<uint32_t>(p->first_block));
         }
         if (encoded.ok()) {
           client_->PutBlocks(*encoded);
@@ -724,7 +721,8 @@ absl::Status KvConnector::SaveLayer(int layer,
           client_->CountDroppedSave();  // the encoder failed: drop, count
         }
       }
-      if (cancelled && peer != nullptr) {
+      // Cancelled, or the encode failed: the peer stops waiting.
+      if (peer != nullptr) {
         QueuePeerEnd(peer, p->spec.request_id,
                      static_cast<uint32_t>(p->first_block));
       }
@@ -736,6 +734,10 @@ absl::Status KvConnector::SaveLayer(int layer,
       client_->Release(static_cast<uint64_t>(p->reserved));
       ++stats_.saves_dropped;
       client_->CountDroppedSave();
+      if (p->spec.send_to_peer && peer_ != nullptr) {
+        QueuePeerEnd(peer_, p->spec.request_id,
+                     static_cast<uint32_t>(p->first_block));
+      }
     }
   }
   saving_.clear();
