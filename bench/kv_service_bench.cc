@@ -3,7 +3,9 @@
 // through hiredis) in the same run: one block per request (PutBlocks/GetBlocks
 // with one block vs SET/GET), and batches of --batch blocks per request
 // (PutBlocks/GetBlocks vs MSET/MGET), since a serving engine fetches a cached
-// prefix of many blocks at once.
+// prefix of many blocks at once. vqkv's gets are measured twice: unary
+// GetBlocks calls ("get") and the same requests over one GetBlocksSession
+// stream per client ("sget"), the read path client/grpc uses.
 //
 // Payloads are sealed encoded blocks (kernels/block_format.h header + payload
 // of the exact encoded size, random bytes) for 16- and 256-token blocks of
@@ -19,6 +21,7 @@
 // Usage: kv_service_bench [--seconds S] [--max-gib-per-run G] [--batch N]
 //                         [--single-only] [--quick] [--clients 1,16]
 //                         [--connections N] [--channel-arg KEY=INT]...
+//                         [--no-sessions]
 //                         [--server BIN [--server-arg=ARG]...]
 // --server runs another binary in vqkv-server's place, e.g. the gRPC floor
 // (bench/grpc_floor_server.cc); its rows are still labelled "vqkv".
@@ -254,6 +257,14 @@ bool Succeeded(const char* method, const grpc::Status& status, uint32_t got,
   return true;
 }
 
+// One client's GetBlocksSession for a row.
+struct Session {
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<vqkv::v1::GetBlocksRequest,
+                                           vqkv::v1::GetBlocksResponse>>
+      stream;
+};
+
 std::string Key(int64_t i) {
   char buf[16];
   std::memset(buf, 0, sizeof(buf));
@@ -289,6 +300,10 @@ int main(int argc, char** argv) {
                  "one more integer gRPC channel argument for the bench's "
                  "clients, KEY=VALUE (repeatable), e.g. "
                  "--channel-arg=grpc.enable_retries=0");
+  bool gets_over_sessions = true;
+  app.add_flag("!--no-sessions", gets_over_sessions,
+               "leave out the sget rows (gets over one GetBlocksSession per "
+               "client)");
   bool tune_allocator = false;
   app.add_flag("--tune-allocator", tune_allocator,
                "tune this process's malloc first, as "
@@ -544,6 +559,40 @@ int main(int argc, char** argv) {
                   return Succeeded("GetBlocks", status, resp.found(), batch);
                 });
             print("vqkv", "get", r);
+            // The same gets over one GetBlocksSession per client: a request
+            // and its answer per round trip, no new call each time (what
+            // client/grpc's backend does for gets).
+            if (gets_over_sessions) {
+              std::vector<Session> sessions(clients);
+              r = Run(vpid, clients, seconds, 1 << 30, bytes,
+                      [&](int t, int64_t i) {
+                        Session& session = sessions[t];
+                        if (!session.stream) {
+                          prepare(&session.ctx);
+                          session.stream =
+                              stubs[t]->GetBlocksSession(&session.ctx);
+                        }
+                        vqkv::v1::GetBlocksRequest req;
+                        *req.mutable_namespace_() = ns;
+                        for (int b = 0; b < batch; ++b) {
+                          req.add_hashes(Key((i % vq_put) * batch + b));
+                        }
+                        vqkv::v1::GetBlocksResponse resp;
+                        if (!session.stream->Write(req) ||
+                            !session.stream->Read(&resp)) {
+                          return Succeeded("GetBlocksSession",
+                                           session.stream->Finish(), 0, batch);
+                        }
+                        return Succeeded("GetBlocksSession", grpc::Status::OK,
+                                         resp.found(), batch);
+                      });
+              for (Session& session : sessions) {
+                if (!session.stream) continue;
+                session.stream->WritesDone();
+                (void)session.stream->Finish();
+              }
+              print("vqkv", "sget", r);
+            }
             // Redis, same payloads, key = namespace-ish prefix + hash.
             const std::string prefix = ns.model_id() + ":";
             r = Run(rpid, clients, seconds, max_requests, bytes,

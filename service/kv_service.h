@@ -72,11 +72,12 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   // (kv_service_internal.h).
   class Call;
   // The stream reactors: one base (admission, finish, metrics, work on a
-  // worker) under the four streaming RPCs (stream_reactors.cc).
+  // worker) under the five streaming RPCs (stream_reactors.cc).
   template <typename GrpcReactor>
   class StreamReactor;
   class PutStreamReactor;
   class GetStreamReactor;
+  class GetSessionReactor;
   class PutCodebookStreamReactor;
   class GetCodebookStreamReactor;
 
@@ -220,8 +221,9 @@ class KvCacheService final : public v1::KVCache::CallbackService {
   // (FAILED_PRECONDITION otherwise).
   absl::Status CheckNamespaceForPut(const v1::Namespace& ns, bool present);
 
-  // Blocks a tenant's GetBlocks / GetBlocksStream calls returned (hits) and
-  // did not find (misses): what Stats shows a tenant that is not the admin.
+  // Blocks a tenant's GetBlocks / GetBlocksStream / GetBlocksSession calls
+  // returned (hits) and did not find (misses): what Stats shows a tenant that
+  // is not the admin.
   void CountTenantGets(const std::string& tenant, uint64_t hits,
                        uint64_t misses);
   // Whether `tenant` sees the whole cache in Stats (admin_tenant, or the

@@ -93,6 +93,10 @@ class KvCacheService::Call {
   void FinishUnary(grpc::ServerUnaryReactor* reactor, const absl::Status& s);
   // Streams, from OnDone (after Finish): records the metrics and leaves.
   void End();
+  // Long-lived streams (GetBlocksSession): the call stops counting for
+  // drain, so an idle session does not hold a shutdown for its grace
+  // period; the stream counts each request it serves instead (Enter/Exit).
+  void StopCountingForDrain() { Leave(); }
 
  private:
   void RecordMetrics() const;

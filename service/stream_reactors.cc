@@ -1,9 +1,9 @@
-// The streaming RPCs: PutBlocksStream, GetBlocksStream, PutCodebookStream,
-// GetCodebookStream. One base (StreamReactor) holds what they share:
-// admission, the final status, the metrics when done, steps on a worker.
-// They are raw methods (grpc::ByteBuffer messages): each reactor parses what
-// it reads and serializes what it writes, so that a message that is not the
-// expected type fails with INVALID_ARGUMENT naming it (a typed read reactor
+// The streaming RPCs: PutBlocksStream, GetBlocksStream, GetBlocksSession,
+// PutCodebookStream, GetCodebookStream. One base (StreamReactor) holds what
+// they share: admission, the final status, the metrics when done, steps on a
+// worker. They are raw methods (grpc::ByteBuffer messages): each reactor parses
+// what it reads and serializes what it writes, so that a message that is not
+// the expected type fails with INVALID_ARGUMENT naming it (a typed read reactor
 // cannot tell a bad message from the end of the stream).
 #include <algorithm>
 #include <optional>
@@ -20,9 +20,10 @@
 
 namespace vqkv::service {
 
-// GrpcReactor: grpc::ServerReadReactor<grpc::ByteBuffer> or
-// grpc::ServerWriteReactor<grpc::ByteBuffer>. A subclass's constructor calls
-// Admitted() first and starts nothing when it returns false.
+// GrpcReactor: grpc::ServerReadReactor<grpc::ByteBuffer>,
+// grpc::ServerWriteReactor<grpc::ByteBuffer> or
+// grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>. A subclass's
+// constructor calls Admitted() first and starts nothing when it returns false.
 template <typename GrpcReactor>
 class KvCacheService::StreamReactor : public GrpcReactor {
  public:
@@ -98,6 +99,8 @@ class KvCacheService::StreamReactor : public GrpcReactor {
 
   // Metrics beyond the call's own, recorded when the call is done.
   virtual void RecordStreamMetrics() {}
+
+  void StopCountingForDrain() { call_.StopCountingForDrain(); }
 
   KvCacheService* const svc_;
 
@@ -260,6 +263,110 @@ class KvCacheService::GetStreamReactor
   std::optional<BlockDataBuilder::Got> pending_;
   GetBlocksResponseWriter resp_;
   BlockDataBuilder builder_;
+};
+
+// ---------------------------------------------------------------------------
+// GetBlocksSession: read a request, answer it as GetBlocks would (memory hits
+// on the gRPC thread, from the first block on disk on a worker), write the
+// answer, read the next. One request at a time, so answers keep their order.
+
+class KvCacheService::GetSessionReactor
+    : public StreamReactor<
+          grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>> {
+ public:
+  GetSessionReactor(KvCacheService* svc, grpc::CallbackServerContext* ctx)
+      : StreamReactor(svc, ctx, "GetBlocksSession") {
+    if (!Admitted()) return;
+    StopCountingForDrain();
+    Read(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    AfterHandOff();
+    if (!ok) {  // the client closed its side (or the call broke)
+      FinishWith(absl::OkStatus());
+      return;
+    }
+    if (!svc_->Enter()) {
+      FinishWith(absl::UnavailableError("server is shutting down"));
+      return;
+    }
+    in_request_ = true;
+    request_start_ = absl::Now();
+    progress_ = GetBlocksProgress();
+    resp_.Clear();
+    if (absl::Status s = ParseMessage(in_, "", &req_); !s.ok()) {
+      EndWith(s);
+      return;
+    }
+    std::optional<absl::Status> inline_result = svc_->DoGetBlocks(
+        tenant(), req_, /*memory_only=*/true, &progress_, &resp_);
+    if (inline_result.has_value()) {
+      Answer(*inline_result);
+      return;
+    }
+    // A block is on disk: the request goes on on a worker from that block.
+    auto rest = [this] {
+      Answer(*svc_->DoGetBlocks(tenant(), req_, /*memory_only=*/false,
+                                &progress_, &resp_));
+    };
+    if (!svc_->work_.TrySubmit(rest)) {
+      EndWith(QueueFullError(svc_->work_.max_queued()));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    AfterHandOff();
+    EndRequest();
+    if (Written(ok)) Read(&in_);
+  }
+
+  void OnDone() override {
+    AfterHandOff();
+    EndRequest();
+    StreamReactor::OnDone();  // deletes this
+  }
+
+ private:
+  void EndRequest() {
+    if (in_request_) svc_->Exit();
+    in_request_ = false;
+  }
+
+  void Answer(const absl::Status& s) {
+    if (!s.ok()) {
+      EndWith(s);
+      return;
+    }
+    RecordRequest(absl::StatusCode::kOk);
+    resp_.Finish(&out_);
+    Write(&out_);
+  }
+
+  // A failed request ends the session with its status.
+  void EndWith(const absl::Status& s) {
+    RecordRequest(HideOtherTenants(s).code());
+    EndRequest();
+    FinishWith(s);
+  }
+
+  // Each request is also counted on its own, so that the session's
+  // requests show in the RPC latency histograms like unary GetBlocks calls.
+  void RecordRequest(absl::StatusCode code) {
+    svc_->metrics_->RecordRpc(
+        kRequestMetric, static_cast<int>(code),
+        absl::ToDoubleSeconds(absl::Now() - request_start_));
+  }
+
+  static constexpr char kRequestMetric[] = "GetBlocksSession.request";
+
+  grpc::ByteBuffer in_;
+  grpc::ByteBuffer out_;
+  v1::GetBlocksRequest req_;
+  absl::Time request_start_;
+  bool in_request_ = false;  // counted for drain (Enter) until answered
+  GetBlocksProgress progress_;
+  GetBlocksResponseWriter resp_;
 };
 
 // ---------------------------------------------------------------------------
@@ -466,6 +573,12 @@ void KvCacheService::RegisterStreams() {
                                                          ByteBuffer>(
           [this](CallbackServerContext* ctx, const ByteBuffer* request) {
             return new GetStreamReactor(this, ctx, request);
+          }));
+  MarkMethodRawCallback(
+      MethodIndex("GetBlocksSession"),
+      new grpc::internal::CallbackBidiHandler<ByteBuffer, ByteBuffer>(
+          [this](CallbackServerContext* ctx) {
+            return new GetSessionReactor(this, ctx);
           }));
   MarkMethodRawCallback(
       MethodIndex("PutCodebookStream"),

@@ -1,6 +1,7 @@
 #include "client/grpc/grpc_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <future>
@@ -10,12 +11,15 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "base/file.h"
 #include "base/logging.h"
 #include "base/net.h"
 #include "base/status_macros.h"
+#include "client/grpc/get_session.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/security/credentials.h"
@@ -142,11 +146,7 @@ class GrpcBackend : public Backend {
       ToProto(ns, req.mutable_namespace_());
       for (size_t i : pending) req.add_hashes(hashes[i].ToString());
       v1::GetBlocksResponse resp;
-      grpc::ClientContext ctx;
-      Prepare(&ctx, deadline);
-      absl::Status s =
-          FromGrpc(stub_->GetBlocks(&ctx, req, &resp), "GetBlocks");
-      if (!s.ok()) return s;
+      VQKV_RETURN_IF_ERROR(GetOnce(req, &resp, deadline));
       std::vector<size_t> again;
       for (v1::BlockData& b : *resp.mutable_blocks()) {
         if (b.index() >= pending.size()) {
@@ -390,6 +390,63 @@ class GrpcBackend : public Backend {
     return out;
   }
 
+  // One GetBlocks exchange: over an idle session from the pool (or a new
+  // one) when the server has them, else, or when the session breaks for a
+  // reason other than the deadline, as a unary GetBlocks call.
+  absl::Status GetOnce(const v1::GetBlocksRequest& req,
+                       v1::GetBlocksResponse* resp, absl::Time deadline) {
+    if (options_.get_sessions && !sessions_unsupported_.load()) {
+      std::unique_ptr<GetSession> session = TakeSession();
+      absl::Status s = session->RoundTrip(req, resp, deadline);
+      if (s.ok()) {
+        ReturnSession(std::move(session));
+        return s;
+      }
+      if (s.code() == absl::StatusCode::kDeadlineExceeded) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(describe_, ": ", s.message()));
+      }
+      if (s.code() == absl::StatusCode::kUnimplemented &&
+          !sessions_unsupported_.exchange(true)) {
+        VQKV_LOG(kInfo) << describe_
+                        << ": the server has no GetBlocksSession (an older "
+                           "vqkv-server): gets use unary GetBlocks calls";
+      }
+      // A session the server ended (restart, drain, idle connection
+      // closed) or refused: the unary call decides, on a fresh connection
+      // if need be.
+      resp->Clear();
+    }
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline);
+    return FromGrpc(stub_->GetBlocks(&ctx, req, resp), "GetBlocks");
+  }
+
+  std::unique_ptr<GetSession> TakeSession() {
+    {
+      absl::MutexLock lock(&sessions_mu_);
+      if (!idle_sessions_.empty()) {
+        std::unique_ptr<GetSession> session = std::move(idle_sessions_.back());
+        idle_sessions_.pop_back();
+        return session;
+      }
+    }
+    return std::make_unique<GetSession>(stub_.get(), options_.auth_token);
+  }
+
+  // Keeps a healthy session for the next get, up to kMaxIdleSessions (as
+  // many as the callers that got at once, within reason).
+  void ReturnSession(std::unique_ptr<GetSession> session) {
+    {
+      absl::MutexLock lock(&sessions_mu_);
+      if (idle_sessions_.size() < kMaxIdleSessions) {
+        idle_sessions_.push_back(std::move(session));
+      }
+    }
+    // One more than the pool keeps closes here, outside the lock (closing
+    // waits for the server).
+  }
+
   static const char* CodeText(absl::StatusCode code) {
     switch (code) {
       case absl::StatusCode::kNotFound:
@@ -419,10 +476,18 @@ class GrpcBackend : public Backend {
         absl::StrCat(describe_, ": ", method, ": ", s.error_message()));
   }
 
+  static constexpr size_t kMaxIdleSessions = 16;
+
   const GrpcBackendOptions options_;
   std::shared_ptr<grpc::Channel> channel_;  // for the health check
   std::unique_ptr<v1::KVCache::Stub> stub_;
   const std::string describe_;
+  // Set once the server answered a session with UNIMPLEMENTED.
+  std::atomic<bool> sessions_unsupported_{false};
+  absl::Mutex sessions_mu_;
+  // Declared after stub_: the sessions close before the stub goes.
+  std::vector<std::unique_ptr<GetSession>> idle_sessions_
+      ABSL_GUARDED_BY(sessions_mu_);
 };
 
 // TLS channel credentials from files re-read every tls.reload_seconds (by a

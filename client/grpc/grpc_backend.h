@@ -1,7 +1,11 @@
 // A Backend that talks to one vqkv-server over gRPC
 // (proto/vqkv/v1/kvcache.proto). Every call carries the caller's deadline;
 // an RPC failure becomes the call-level status (UNAVAILABLE,
-// DEADLINE_EXCEEDED, ...) with the target in the message. Large batches are
+// DEADLINE_EXCEEDED, ...) with the target in the message. Gets go over
+// GetBlocksSession streams kept open between calls (client/grpc/
+// get_session.h), one per concurrent caller, so a cache read costs a
+// message rather than a new RPC; a server without sessions, or a session
+// that breaks, gets the unary GetBlocks instead. Large batches are
 // split so each message stays under max_message_bytes; blocks the server
 // left out of a unary GetBlocks answer for size (per-block
 // RESOURCE_EXHAUSTED) are fetched again in a following call. Codebook sets
@@ -61,6 +65,9 @@ struct GrpcBackendOptions {
   TlsClientOptions tls;
   // Largest message sent or accepted (the server's default is 64 MiB).
   uint64_t max_message_bytes = uint64_t{64} << 20;
+  // Gets over GetBlocksSession streams (false: a unary GetBlocks per get,
+  // e.g. behind a proxy that limits a stream's lifetime).
+  bool get_sessions = true;
 };
 
 // Without TLS, a bearer token for a target that is not loopback

@@ -7,9 +7,11 @@
 // Input: byte 0 picks the method (mod 13, kMethods order), byte 1 the
 // caller (mod 4: no token, tenant "alpha", the admin tenant "ops", an
 // unknown token); the rest is the request. Client-streaming methods split it
-// into messages at each "|MSG|" (at most 16). Requests are sent as raw bytes
-// (grpc::ByteBuffer), so the service's own parsing sees invalid protobufs
-// too.
+// into messages at each "|MSG|" (at most 16). GetBlocks inputs whose byte 1
+// has its top bit set go through GetBlocksSession instead, their messages
+// one request each, every answer read before the next request is sent. Requests
+// are sent as raw bytes (grpc::ByteBuffer), so the service's own parsing sees
+// invalid protobufs too.
 //
 // Properties: no crash, sanitizer report, hang (libFuzzer's -timeout) or
 // unbounded growth (-rss_limit_mb); a call never ends with UNKNOWN (an
@@ -43,7 +45,7 @@
 namespace vqkv::fuzz {
 namespace {
 
-enum class Kind { kUnary, kClientStream, kServerStream };
+enum class Kind { kUnary, kClientStream, kServerStream, kBidiStream };
 
 struct Method {
   const char* path;
@@ -82,6 +84,10 @@ const Method kMethods[] = {
      Parses<v1::GetRendezvousResponse>},
 };
 constexpr int kNumMethods = sizeof(kMethods) / sizeof(kMethods[0]);
+// GetBlocks's requests, many over one call (byte 1's top bit, above).
+const Method kGetBlocksSession = {"/vqkv.v1.KVCache/GetBlocksSession",
+                                  Kind::kBidiStream,
+                                  Parses<v1::GetBlocksResponse>};
 
 const char* const kAuthHeaders[] = {nullptr, "Bearer fuzz-token-alpha",
                                     "Bearer fuzz-token-ops",
@@ -222,7 +228,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   namespace gi = grpc::internal;
   static Service* service = Start();
   if (size < 2) return 0;
-  const Method& m = kMethods[data[0] % kNumMethods];
+  const Method& m = data[0] % kNumMethods == 2 && (data[1] & 0x80) != 0
+                        ? kGetBlocksSession
+                        : kMethods[data[0] % kNumMethods];
   const char* auth = kAuthHeaders[data[1] % 4];
   const std::string_view rest(reinterpret_cast<const char*>(data + 2),
                               size - 2);
@@ -263,6 +271,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
               ctx.get(), request));
       while (reader->Read(&response)) FUZZ_CHECK(m.parses(String(response)));
       CheckStatus(m, reader->Finish());
+      break;
+    }
+    case Kind::kBidiStream: {
+      std::unique_ptr<
+          grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>>
+          stream(gi::ClientReaderWriterFactory<
+                 grpc::ByteBuffer,
+                 grpc::ByteBuffer>::Create(channel,
+                                           gi::RpcMethod(
+                                               m.path,
+                                               gi::RpcMethod::BIDI_STREAMING),
+                                           ctx.get()));
+      for (std::string_view msg : Messages(rest)) {
+        if (!stream->Write(Buffer(msg)) || !stream->Read(&response)) break;
+        FUZZ_CHECK(m.parses(String(response)));
+      }
+      stream->WritesDone();
+      CheckStatus(m, stream->Finish());
       break;
     }
   }

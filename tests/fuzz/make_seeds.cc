@@ -203,6 +203,15 @@ void Run() {
     r.add_hashes(Hash(7));
     Write("grpc_service", "02-get-blocks",
           Call(2, kAlpha, r.SerializeAsString()));
+    // The same request twice, then one for an absent block, over one
+    // GetBlocksSession (method 2 with the caller byte's top bit set).
+    v1::GetBlocksRequest absent = r;
+    absent.clear_hashes();
+    absent.add_hashes(Hash(999));
+    Write("grpc_service", "14-get-blocks-session",
+          Call(2, 0x80 | kAlpha,
+               r.SerializeAsString() + "|MSG|" + r.SerializeAsString() +
+                   "|MSG|" + absent.SerializeAsString()));
   }
   {
     const v1::Namespace vns = Ns(**vq1, 4);

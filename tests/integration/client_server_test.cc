@@ -42,7 +42,9 @@ CacheClientOptions FastFailOptions() {
 }
 
 TEST(ClientServerTest, VqRoundTripAndCodebookFetchOverGrpc) {
-  auto server = ServerProcess::Start({"--memory-bytes", "64MiB"});
+  TempDir dir;  // not ./vqkv-data, which a killed run may have left behind
+  auto server = ServerProcess::Start(
+      {"--data-dir", dir.path(), "--memory-bytes", "64MiB"});
   ASSERT_TRUE(server.ok()) << server.status();
   const testing::FittedVq vq = testing::FitVq(SmallLayout());
   auto first = CacheClient::Create(testing::Options(32), vq.codec, vq.file,
@@ -114,7 +116,9 @@ TEST(ClientServerTest, ServerKilledMidLoadGivesMissesThenRecovers) {
 // CheckHealth asks the server's grpc.health.v1 service: SERVING while it
 // runs, kUnavailable once it is gone (what the cluster client readmits by).
 TEST(ClientServerTest, HealthCheckFollowsTheServer) {
-  auto server = ServerProcess::Start({"--memory-bytes", "64MiB"});
+  TempDir dir;
+  auto server = ServerProcess::Start(
+      {"--data-dir", dir.path(), "--memory-bytes", "64MiB"});
   ASSERT_TRUE(server.ok()) << server.status();
   std::unique_ptr<Backend> b = Grpc((*server)->address());
   const absl::Status up = b->CheckHealth(absl::Now() + absl::Seconds(5));

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
@@ -173,6 +174,28 @@ struct Client {
       for (const auto& d : msg.blocks()) entries->push_back(d);
     }
     return reader->Finish();
+  }
+
+  // A GetBlocksSession (the caller sends requests and reads answers).
+  struct Session {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::unique_ptr<
+        grpc::ClientReaderWriter<v1::GetBlocksRequest, v1::GetBlocksResponse>>
+        stream;
+    // One request and its answer; false when the session ended instead.
+    bool RoundTrip(const v1::Namespace& ns,
+                   const std::vector<std::string>& hashes,
+                   v1::GetBlocksResponse* resp) {
+      v1::GetBlocksRequest req;
+      *req.mutable_namespace_() = ns;
+      for (const auto& h : hashes) req.add_hashes(h);
+      return stream->Write(req) && stream->Read(resp);
+    }
+  };
+  Session OpenSession() const {
+    Session s{Ctx(), nullptr};
+    s.stream = stub->GetBlocksSession(s.ctx.get());
+    return s;
   }
 
   v1::StatsResponse Stats() const {
@@ -374,6 +397,126 @@ TEST_F(KvServiceTest, ConcurrentStreams) {
         }
         return "";
       });
+}
+
+// Expects `got` to answer `hashes`, where blocks[i] is what hash i names
+// and anything past blocks is absent.
+void ExpectAnswer(
+    const v1::GetBlocksResponse& got,
+    const std::vector<std::pair<std::string, std::string>>& blocks,
+    size_t absent) {
+  ASSERT_EQ(got.blocks_size(), static_cast<int>(blocks.size() + absent));
+  EXPECT_EQ(got.found(), blocks.size());
+  for (int i = 0; i < got.blocks_size(); ++i) {
+    EXPECT_EQ(got.blocks(i).index(), static_cast<uint32_t>(i));
+    if (static_cast<size_t>(i) < blocks.size()) {
+      EXPECT_EQ(got.blocks(i).code(), 0) << "block " << i;
+      EXPECT_TRUE(got.blocks(i).data() == blocks[i].second)
+          << "block " << i << " not bit-exact";
+    } else {
+      EXPECT_EQ(got.blocks(i).code(), grpc::StatusCode::NOT_FOUND);
+    }
+  }
+}
+
+TEST_F(KvServiceTest, SessionAnswersEveryRequestInOrder) {
+  // Small memory, so some answers come from RocksDB (on a worker) and some
+  // from memory (inline), in one session.
+  auto server = StartServer({"--memory-bytes", "64KiB"});
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(60, 1300);
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+  ASSERT_EQ(put.stored(), 60u);
+  ASSERT_GT(c.Stats().tiers(1).bytes(), 0u) << "nothing spilled to disk";
+
+  Client::Session session = c.OpenSession();
+  for (size_t first = 0; first < blocks.size(); first += 7) {
+    const std::vector<std::pair<std::string, std::string>> want(
+        blocks.begin() + first,
+        blocks.begin() + std::min(blocks.size(), first + 7));
+    std::vector<std::string> hashes = HashesOf(want);
+    hashes.push_back(Hash(5000 + first, 1));  // absent
+    v1::GetBlocksResponse got;
+    ASSERT_TRUE(session.RoundTrip(ns, hashes, &got)) << "request " << first;
+    ExpectAnswer(got, want, 1);
+  }
+  ASSERT_TRUE(session.stream->WritesDone());
+  const grpc::Status done = session.stream->Finish();
+  EXPECT_TRUE(done.ok()) << done.error_message();
+}
+
+TEST_F(KvServiceTest, BadRequestEndsSessionWithItsStatus) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(2, 1400);
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+
+  Client::Session session = c.OpenSession();
+  v1::GetBlocksResponse got;
+  ASSERT_TRUE(session.RoundTrip(ns, HashesOf(blocks), &got));
+  ExpectAnswer(got, blocks, 0);
+  // A 3-byte hash: what GetBlocks answers with INVALID_ARGUMENT.
+  EXPECT_FALSE(session.RoundTrip(ns, {"abc"}, &got));
+  const grpc::Status ended = session.stream->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(ended.error_message(), HasSubstr("hashes"));
+  // The server is fine, and so is a new session.
+  Client::Session again = c.OpenSession();
+  ASSERT_TRUE(again.RoundTrip(ns, HashesOf(blocks), &got));
+  ExpectAnswer(got, blocks, 0);
+}
+
+TEST_F(KvServiceTest, SessionsAreAuthenticatedAndSeeTheirTenantOnly) {
+  const std::string tokens = dir_.WriteFile(
+      "tokens.txt", "alice-token-123 alice\nbob-token-4567 bob\n");
+  auto server = StartServer({"--tokens-file", tokens});
+  ASSERT_NE(server, nullptr);
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(3, 1500);
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(Client(*server, "alice-token-123").Put(ns, blocks, &put).ok());
+
+  v1::GetBlocksResponse got;
+  Client::Session anonymous = Client(*server).OpenSession();
+  EXPECT_FALSE(anonymous.RoundTrip(ns, HashesOf(blocks), &got));
+  EXPECT_EQ(anonymous.stream->Finish().error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  Client::Session bob = Client(*server, "bob-token-4567").OpenSession();
+  ASSERT_TRUE(bob.RoundTrip(ns, HashesOf(blocks), &got));
+  EXPECT_EQ(got.found(), 0u);
+  Client::Session alice = Client(*server, "alice-token-123").OpenSession();
+  ASSERT_TRUE(alice.RoundTrip(ns, HashesOf(blocks), &got));
+  ExpectAnswer(got, blocks, 0);
+}
+
+// An idle session is not a call in flight: SIGTERM does not wait the grace
+// period for it, and the session ends.
+TEST_F(KvServiceTest, IdleSessionDoesNotHoldTheDrain) {
+  const std::string config =
+      dir_.WriteFile("config.yaml", "shutdown_grace_seconds: 120\n");
+  auto server = StartServer({"--config", config});
+  ASSERT_NE(server, nullptr);
+  Client c(*server);
+  const v1::Namespace ns = TestNamespace();
+  auto blocks = Blocks(1, 1600);
+  v1::PutBlocksResponse put;
+  ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+  Client::Session session = c.OpenSession();
+  v1::GetBlocksResponse got;
+  ASSERT_TRUE(session.RoundTrip(ns, HashesOf(blocks), &got));
+
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(server->StopWith(SIGTERM), 0);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(60))
+      << "the drain waited for the idle session";
+  EXPECT_FALSE(session.RoundTrip(ns, HashesOf(blocks), &got));
+  EXPECT_FALSE(session.stream->Finish().ok());
 }
 
 TEST_F(KvServiceTest, EvictionUnderSmallMemoryLosesNothingAcknowledged) {
