@@ -47,7 +47,10 @@ BENCHMARKS = {
         "Put/get throughput (blocks/s, MB/s, KV tokens/s) and per-request "
         "p50/p99 latency of vqkv-server over loopback gRPC, one block per "
         "request and batched, with 1 and 16 clients (the full run: 1, 4, 16 "
-        "and 64); the benchmark starts and stops both servers.",
+        "and 64); gets twice: unary GetBlocks calls (`get`) and the same "
+        "requests over one GetBlocksSession stream per client (`sget`, "
+        "what the client library's gRPC backend does); the benchmark "
+        "starts and stops both servers.",
         "redis-server (no persistence) with the same payloads over hiredis: "
         "SET/GET and MSET/MGET."),
     "store_scale_bench": (
@@ -261,14 +264,16 @@ def plot_kv_service(table, path, plt):
     first = next(iter(rows))
     sel = {k: v for k, v in rows.items() if k[:3] == first[:3]}
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4), sharey=True)
+    # "sget": vqkv's gets over GetBlocksSession, drawn with the gets.
     for ax, op in zip(axes, ("get", "put")):
         for (_, _, _, batch, server, o), pts in sorted(sel.items()):
-            if o != op:
+            if o != op and not (op == "get" and o == "sget"):
                 continue
             pts.sort()
+            how = " session" if o == "sget" else ""
             ax.plot([p[0] for p in pts], [p[1] for p in pts],
-                    "o-" if server == "vqkv" else "s--",
-                    label=f"{server}, {batch} block(s)/request")
+                    ("o:" if how else "o-") if server == "vqkv" else "s--",
+                    label=f"{server}{how}, {batch} block(s)/request")
         ax.set_xscale("log", base=2)
         labels(ax, "client threads", "blocks/s" if op == "get" else "",
                f"{op}s", 7)
