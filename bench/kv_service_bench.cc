@@ -263,6 +263,7 @@ struct Session {
   std::unique_ptr<grpc::ClientReaderWriter<vqkv::v1::GetBlocksRequest,
                                            vqkv::v1::GetBlocksResponse>>
       stream;
+  bool finished = false;  // Finish was called (the session failed)
 };
 
 std::string Key(int64_t i) {
@@ -303,7 +304,8 @@ int main(int argc, char** argv) {
   bool gets_over_sessions = true;
   app.add_flag("!--no-sessions", gets_over_sessions,
                "leave out the sget rows (gets over one GetBlocksSession per "
-               "client)");
+               "client), e.g. for a --server without sessions such as "
+               "bench/grpc_floor_server");
   bool tune_allocator = false;
   app.add_flag("--tune-allocator", tune_allocator,
                "tune this process's malloc first, as "
@@ -580,6 +582,7 @@ int main(int argc, char** argv) {
                         vqkv::v1::GetBlocksResponse resp;
                         if (!session.stream->Write(req) ||
                             !session.stream->Read(&resp)) {
+                          session.finished = true;
                           return Succeeded("GetBlocksSession",
                                            session.stream->Finish(), 0, batch);
                         }
@@ -587,7 +590,7 @@ int main(int argc, char** argv) {
                                          resp.found(), batch);
                       });
               for (Session& session : sessions) {
-                if (!session.stream) continue;
+                if (!session.stream || session.finished) continue;
                 session.stream->WritesDone();
                 (void)session.stream->Finish();
               }

@@ -412,9 +412,11 @@ class GrpcBackend : public Backend {
                         << ": the server has no GetBlocksSession (an older "
                            "vqkv-server): gets use unary GetBlocks calls";
       }
-      // A session the server ended (restart, drain, idle connection
-      // closed) or refused: the unary call decides, on a fresh connection
-      // if need be.
+      // The connection went (restart, drain, network): the idle sessions
+      // went with it, so they are not tried one by one.
+      if (s.code() == absl::StatusCode::kUnavailable) DropIdleSessions();
+      // A session the server ended or refused: the unary call decides, on
+      // a fresh connection if need be.
       resp->Clear();
     }
     grpc::ClientContext ctx;
@@ -432,6 +434,15 @@ class GrpcBackend : public Backend {
       }
     }
     return std::make_unique<GetSession>(stub_.get(), options_.auth_token);
+  }
+
+  void DropIdleSessions() {
+    std::vector<std::unique_ptr<GetSession>> dropped;
+    {
+      absl::MutexLock lock(&sessions_mu_);
+      dropped.swap(idle_sessions_);
+    }
+    // They close here, outside the lock.
   }
 
   // Keeps a healthy session for the next get, up to kMaxIdleSessions (as
