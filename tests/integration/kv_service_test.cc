@@ -399,6 +399,17 @@ TEST_F(KvServiceTest, ConcurrentStreams) {
       });
 }
 
+// Blocks(n, base) put through `c`; expects every one stored.
+std::vector<std::pair<std::string, std::string>> PutNewBlocks(
+    const Client& c, const v1::Namespace& ns, int n, uint64_t base) {
+  auto blocks = Blocks(n, base);
+  v1::PutBlocksResponse put;
+  const grpc::Status s = c.Put(ns, blocks, &put);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(put.stored(), blocks.size());
+  return blocks;
+}
+
 // Expects `got` to answer `hashes`, where blocks[i] is what hash i names
 // and anything past blocks is absent.
 void ExpectAnswer(
@@ -426,10 +437,7 @@ TEST_F(KvServiceTest, SessionAnswersEveryRequestInOrder) {
   ASSERT_NE(server, nullptr);
   Client c(*server);
   const v1::Namespace ns = TestNamespace();
-  auto blocks = Blocks(60, 1300);
-  v1::PutBlocksResponse put;
-  ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
-  ASSERT_EQ(put.stored(), 60u);
+  const auto blocks = PutNewBlocks(c, ns, 60, 1300);
   ASSERT_GT(c.Stats().tiers(1).bytes(), 0u) << "nothing spilled to disk";
 
   Client::Session session = c.OpenSession();
@@ -453,9 +461,7 @@ TEST_F(KvServiceTest, BadRequestEndsSessionWithItsStatus) {
   ASSERT_NE(server, nullptr);
   Client c(*server);
   const v1::Namespace ns = TestNamespace();
-  auto blocks = Blocks(2, 1400);
-  v1::PutBlocksResponse put;
-  ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+  const auto blocks = PutNewBlocks(c, ns, 2, 1400);
 
   Client::Session session = c.OpenSession();
   v1::GetBlocksResponse got;
@@ -478,9 +484,8 @@ TEST_F(KvServiceTest, SessionsAreAuthenticatedAndSeeTheirTenantOnly) {
   auto server = StartServer({"--tokens-file", tokens});
   ASSERT_NE(server, nullptr);
   const v1::Namespace ns = TestNamespace();
-  auto blocks = Blocks(3, 1500);
-  v1::PutBlocksResponse put;
-  ASSERT_TRUE(Client(*server, "alice-token-123").Put(ns, blocks, &put).ok());
+  const auto blocks =
+      PutNewBlocks(Client(*server, "alice-token-123"), ns, 3, 1500);
 
   v1::GetBlocksResponse got;
   Client::Session anonymous = Client(*server).OpenSession();
@@ -504,9 +509,7 @@ TEST_F(KvServiceTest, IdleSessionDoesNotHoldTheDrain) {
   ASSERT_NE(server, nullptr);
   Client c(*server);
   const v1::Namespace ns = TestNamespace();
-  auto blocks = Blocks(1, 1600);
-  v1::PutBlocksResponse put;
-  ASSERT_TRUE(c.Put(ns, blocks, &put).ok());
+  const auto blocks = PutNewBlocks(c, ns, 1, 1600);
   Client::Session session = c.OpenSession();
   v1::GetBlocksResponse got;
   ASSERT_TRUE(session.RoundTrip(ns, HashesOf(blocks), &got));
