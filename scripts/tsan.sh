@@ -71,7 +71,7 @@ TARGETS=(base_test storage_memory_tier_test storage_rocksdb_tier_test
   cluster_placement_test cluster_backend_test service_unit_test
   kv_service_integration_test server_inprocess_test client_server_test
   rendezvous_server_test codebook_stream_test cluster_test
-  service_hardening_test tls_test reflection_test)
+  service_hardening_test tls_test reflection_test grpc_backend_test)
 cmake -S . -B "$BUILD_DIR" -G Ninja -DVQKV_SANITIZE=thread \
   -DCMAKE_PREFIX_PATH="$ABSL_PREFIX" -DVQKV_BUILD_BENCH=OFF \
   -DVQKV_ENABLE_CUDA=OFF >/dev/null

@@ -27,8 +27,9 @@ namespace vqkv::client {
 
 class GetSession {
  public:
-  // Starts the call (no I/O until the first round trip). `auth_token`, when
-  // non-empty, goes as "authorization: Bearer <token>", checked once.
+  // Starts the call; the first round trip waits for the start (with its
+  // deadline). `auth_token`, when non-empty, goes as "authorization: Bearer
+  // <token>", checked once by the server.
   GetSession(v1::KVCache::Stub* stub, const std::string& auth_token);
   // Ends the call: closes the client's side and waits for the server's
   // status when healthy, cancels it when broken.
