@@ -293,8 +293,7 @@ class KvCacheService::GetSessionReactor
     }
     in_request_ = true;
     request_start_ = absl::Now();
-    progress_ = GetBlocksProgress();
-    resp_.Clear();
+    progress_ = GetBlocksProgress();  // resp_ is empty: Finish cleared it
     if (absl::Status s = ParseMessage(in_, "", &req_); !s.ok()) {
       EndWith(s);
       return;

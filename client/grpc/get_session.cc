@@ -17,10 +17,9 @@ constexpr absl::Duration kCloseWait = absl::Milliseconds(250);
 
 }  // namespace
 
-GetSession::GetSession(v1::KVCache::Stub* stub, const std::string& auth_token) {
-  if (!auth_token.empty()) {
-    ctx_.AddMetadata("authorization", "Bearer " + auth_token);
-  }
+GetSession::GetSession(v1::KVCache::Stub* stub,
+                       absl::FunctionRef<void(grpc::ClientContext*)> prepare) {
+  prepare(&ctx_);
   stream_ = stub->PrepareAsyncGetBlocksSession(&ctx_, &cq_);
   stream_->StartCall(kTag);
   ++pending_;

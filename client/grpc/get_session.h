@@ -16,8 +16,8 @@
 #define VQKV_CLIENT_GRPC_GET_SESSION_H_
 
 #include <memory>
-#include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
@@ -27,10 +27,11 @@ namespace vqkv::client {
 
 class GetSession {
  public:
-  // Starts the call; the first round trip waits for the start (with its
-  // deadline). `auth_token`, when non-empty, goes as "authorization: Bearer
-  // <token>", checked once by the server.
-  GetSession(v1::KVCache::Stub* stub, const std::string& auth_token);
+  // Starts the call with the metadata `prepare` puts on its context (the
+  // caller's credentials, which the server checks once); the first round
+  // trip waits for the start (with its deadline).
+  GetSession(v1::KVCache::Stub* stub,
+             absl::FunctionRef<void(grpc::ClientContext*)> prepare);
   // Ends the call: closes the client's side and waits for the server's
   // status when healthy, cancels it when broken.
   ~GetSession();

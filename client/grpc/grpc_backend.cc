@@ -433,7 +433,11 @@ class GrpcBackend : public Backend {
         return session;
       }
     }
-    return std::make_unique<GetSession>(stub_.get(), options_.auth_token);
+    // No deadline on the session itself: each round trip has its own.
+    return std::make_unique<GetSession>(stub_.get(),
+                                        [this](grpc::ClientContext* ctx) {
+                                          Prepare(ctx, absl::InfiniteFuture());
+                                        });
   }
 
   void DropIdleSessions() {
