@@ -4,8 +4,10 @@
 // with one block vs SET/GET), and batches of --batch blocks per request
 // (PutBlocks/GetBlocks vs MSET/MGET), since a serving engine fetches a cached
 // prefix of many blocks at once. vqkv's gets are measured twice: unary
-// GetBlocks calls ("get") and the same requests over one GetBlocksSession
-// stream per client ("sget"), the read path client/grpc uses.
+// GetBlocks calls ("get"), the same requests over one GetBlocksSession
+// stream per client ("sget"), and through the client library's gRPC backend
+// (client/grpc/grpc_backend.h), one shared by all client threads with its
+// default connections, as an engine's CacheClient uses it ("lget").
 //
 // Payloads are sealed encoded blocks (kernels/block_format.h header + payload
 // of the exact encoded size, random bytes) for 16- and 256-token blocks of
@@ -21,7 +23,7 @@
 // Usage: kv_service_bench [--seconds S] [--max-gib-per-run G] [--batch N]
 //                         [--single-only] [--quick] [--clients 1,16]
 //                         [--connections N] [--channel-arg KEY=INT]...
-//                         [--no-sessions]
+//                         [--no-sessions] [--library-connections N]
 //                         [--server BIN [--server-arg=ARG]...]
 // --server runs another binary in vqkv-server's place, e.g. the gRPC floor
 // (bench/grpc_floor_server.cc); its rows are still labelled "vqkv".
@@ -54,6 +56,8 @@
 #include "absl/strings/numbers.h"
 #include "bench/sealed_block.h"
 #include "client/allocator_tuning.h"
+#include "client/grpc/client_poller.h"
+#include "client/grpc/grpc_backend.h"
 #include "grpcpp/grpcpp.h"
 #include "hiredis/hiredis.h"
 #include "vqkv/v1/kvcache.grpc.pb.h"
@@ -257,6 +261,20 @@ bool Succeeded(const char* method, const grpc::Status& status, uint32_t got,
   return true;
 }
 
+// The client library's form of a bench namespace.
+vqkv::storage::NamespaceSpec SpecOf(const vqkv::v1::Namespace& ns) {
+  vqkv::storage::NamespaceSpec spec;
+  spec.model_id = ns.model_id();
+  spec.codec = ns.codec();
+  spec.codec_id = ns.codec_id();
+  spec.block_tokens = ns.block_tokens();
+  spec.layers = ns.layers();
+  spec.kv_heads = ns.kv_heads();
+  spec.head_dim = ns.head_dim();
+  spec.dtype = static_cast<vqkv::storage::KvDtype>(ns.dtype());
+  return spec;
+}
+
 // One client's GetBlocksSession for a row.
 struct Session {
   grpc::ClientContext ctx;
@@ -303,9 +321,14 @@ int main(int argc, char** argv) {
                  "--channel-arg=grpc.enable_retries=0");
   bool gets_over_sessions = true;
   app.add_flag("!--no-sessions", gets_over_sessions,
-               "leave out the sget rows (gets over one GetBlocksSession per "
-               "client), e.g. for a --server without sessions such as "
+               "leave out the sget and lget rows (gets over sessions: one "
+               "GetBlocksSession per client, and the client library's), e.g. "
+               "for a --server without sessions such as "
                "bench/grpc_floor_server");
+  int library_connections = vqkv::client::GrpcBackendOptions{}.connections;
+  app.add_option("--library-connections", library_connections,
+                 "connections of the client library's backend for the lget "
+                 "rows (default: the library's default)");
   bool tune_allocator = false;
   app.add_flag("--tune-allocator", tune_allocator,
                "tune this process's malloc first, as "
@@ -403,19 +426,38 @@ int main(int argc, char** argv) {
   std::vector<redisContext*> redis;
   const int channel_count =
       connections > 0 ? std::min(connections, max_clients) : max_clients;
-  for (int t = 0; t < channel_count; ++t) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(256 << 20);
-    args.SetMaxSendMessageSize(256 << 20);
-    args.SetInt("vqkv.bench.client", t);  // one connection per channel
-    for (const auto& [key, value] : int_channel_args) args.SetInt(key, value);
-    channels.push_back(
-        grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(vport),
-                                  grpc::InsecureChannelCredentials(), args));
+  // The client library's choice of gRPC poller, made the same way.
+  std::string client_poller;
+  {
+    vqkv::client::ScopedClientPoller poller;
+    client_poller = poller.poller();
+    for (int t = 0; t < channel_count; ++t) {
+      grpc::ChannelArguments args;
+      args.SetMaxReceiveMessageSize(256 << 20);
+      args.SetMaxSendMessageSize(256 << 20);
+      args.SetInt("vqkv.bench.client", t);  // one connection per channel
+      for (const auto& [key, value] : int_channel_args) args.SetInt(key, value);
+      channels.push_back(
+          grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(vport),
+                                    grpc::InsecureChannelCredentials(), args));
+    }
   }
   for (int t = 0; t < max_clients; ++t) {
     stubs.push_back(vqkv::v1::KVCache::NewStub(channels[t % channel_count]));
     redis.push_back(redisConnect("127.0.0.1", rport));
+  }
+  std::unique_ptr<vqkv::client::Backend> library;
+  if (gets_over_sessions) {
+    auto backend = vqkv::client::NewGrpcBackend(
+        {.target = "127.0.0.1:" + std::to_string(vport),
+         .max_message_bytes = uint64_t{128} << 20,
+         .connections = library_connections});
+    if (!backend.ok()) {
+      std::fprintf(stderr, "kv_service_bench: %s\n",
+                   backend.status().ToString().c_str());
+      return 1;
+    }
+    library = *std::move(backend);
   }
   // Every client connects before the first row, so no row pays for (or
   // fails on) a handshake; the calls also wait for a ready channel (below),
@@ -450,14 +492,15 @@ int main(int argc, char** argv) {
       "srv cs are the server process's CPU microseconds and context "
       "switches per request (all its threads, from /proc); cli us is this "
       "process's (the clients'), whose malloc is %s; vqkv's clients use "
-      "%d gRPC connection(s), Redis's one each\n\n",
+      "%d gRPC connection(s) polled by gRPC's %s poller (lget: the client "
+      "library's backend, %d connections), Redis's one connection each\n\n",
       vport,
       durability == "sync" ? "sync: write-through, fsync per request"
                            : "async: memory tier, spill to RocksDB",
       rport, seconds, std::thread::hardware_concurrency(), batch_blocks,
       batch_blocks, batch_blocks,
       tune_allocator ? "tuned (--tune-allocator)" : "glibc's default",
-      channel_count);
+      channel_count, client_poller.c_str(), library_connections);
   std::printf(
       "%-13s %-6s %4s %10s %5s %-6s %-4s %3s %9s %9s %8s %8s %11s %8s %7s "
       "%8s\n",
@@ -595,6 +638,32 @@ int main(int argc, char** argv) {
                 (void)session.stream->Finish();
               }
               print("vqkv", "sget", r);
+            }
+            // The same gets through the client library's gRPC backend, one
+            // shared by every client thread, as an engine's CacheClient
+            // shares it: sessions from its pool over its connections.
+            if (library != nullptr) {
+              const vqkv::storage::NamespaceSpec spec = SpecOf(ns);
+              r = Run(vpid, clients, seconds, 1 << 30, bytes,
+                      [&](int, int64_t i) {
+                        std::vector<vqkv::storage::BlockHash> hashes;
+                        for (int b = 0; b < batch; ++b) {
+                          hashes.push_back(*vqkv::storage::BlockHash::FromBytes(
+                              Key((i % vq_put) * batch + b)));
+                        }
+                        auto got = library->Get(
+                            spec, hashes, absl::Now() + absl::Seconds(60));
+                        if (!got.ok()) {
+                          std::fprintf(stderr, "Backend::Get failed: %s\n",
+                                       got.status().ToString().c_str());
+                          return false;
+                        }
+                        uint32_t found = 0;
+                        for (const auto& item : *got) found += item.ok();
+                        return Succeeded("Backend::Get", grpc::Status::OK,
+                                         found, batch);
+                      });
+              print("vqkv", "lget", r);
             }
             // Redis, same payloads, key = namespace-ish prefix + hash.
             const std::string prefix = ns.model_id() + ":";

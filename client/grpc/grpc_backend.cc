@@ -1,6 +1,7 @@
 #include "client/grpc/grpc_backend.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -11,14 +12,13 @@
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "base/file.h"
 #include "base/logging.h"
 #include "base/net.h"
 #include "base/status_macros.h"
+#include "client/grpc/client_poller.h"
 #include "client/grpc/get_session.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
@@ -30,6 +30,21 @@
 
 namespace vqkv::client {
 namespace {
+
+// gRPC service config: KVCache calls that fail UNAVAILABLE before they
+// commit get one more attempt after a short backoff.
+constexpr char kRetryUnavailableOnce[] = R"json({
+  "methodConfig": [{
+    "name": [{"service": "vqkv.v1.KVCache"}],
+    "retryPolicy": {
+      "maxAttempts": 2,
+      "initialBackoff": "0.02s",
+      "maxBackoff": "0.1s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+})json";
 
 // Room for message framing and the namespace besides block bytes.
 constexpr uint64_t kMessageSlack = 64 << 10;
@@ -50,11 +65,15 @@ void ToProto(const storage::NamespaceSpec& ns, v1::Namespace* out) {
 class GrpcBackend : public Backend {
  public:
   GrpcBackend(const GrpcBackendOptions& options,
-              std::shared_ptr<grpc::Channel> channel)
+              std::vector<std::shared_ptr<grpc::Channel>> channels)
       : options_(options),
-        channel_(channel),
-        stub_(v1::KVCache::NewStub(std::move(channel))),
-        describe_(absl::StrCat("grpc:", options.target)) {}
+        channels_(std::move(channels)),
+        describe_(absl::StrCat("grpc:", options.target)) {
+    for (const auto& channel : channels_) {
+      stubs_.push_back(v1::KVCache::NewStub(channel));
+    }
+  }
+  ~GrpcBackend() override { DropIdleSessions(); }
 
   absl::StatusOr<std::vector<bool>> Lookup(
       const storage::NamespaceSpec& ns,
@@ -67,7 +86,7 @@ class GrpcBackend : public Backend {
     v1::LookupResponse resp;
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
-    absl::Status s = FromGrpc(stub_->Lookup(&ctx, req, &resp), "Lookup");
+    absl::Status s = FromGrpc(Stub()->Lookup(&ctx, req, &resp), "Lookup");
     if (!s.ok()) return s;
     if (static_cast<size_t>(resp.present_size()) != hashes.size()) {
       return absl::InternalError(
@@ -104,7 +123,7 @@ class GrpcBackend : public Backend {
       v1::PutBlocksResponse resp;
       grpc::ClientContext ctx;
       Prepare(&ctx, deadline);
-      grpc::Status gs = stub_->PutBlocks(&ctx, req, &resp);
+      grpc::Status gs = Stub()->PutBlocks(&ctx, req, &resp);
       if (!gs.ok()) {
         // "Every block failed with one code" arrives as a call error with
         // no results: report it per block so quota exhaustion is a result.
@@ -194,7 +213,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     absl::Status s =
-        FromGrpc(stub_->PutCodebooks(&ctx, req, &resp), "PutCodebooks");
+        FromGrpc(Stub()->PutCodebooks(&ctx, req, &resp), "PutCodebooks");
     if (!s.ok()) return s;
     if (resp.results_size() != 1) {
       return absl::InternalError(describe_ + ": PutCodebooks: no result");
@@ -224,7 +243,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     absl::Status s =
-        FromGrpc(stub_->GetCodebooks(&ctx, req, &resp), "GetCodebooks");
+        FromGrpc(Stub()->GetCodebooks(&ctx, req, &resp), "GetCodebooks");
     if (!s.ok()) return s;
     if (resp.codebooks_size() != 1 || !resp.codebooks(0).found()) {
       return absl::NotFoundError(absl::StrCat(describe_, ": codebook set ",
@@ -247,7 +266,7 @@ class GrpcBackend : public Backend {
     v1::PutRendezvousResponse resp;
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
-    return FromGrpc(stub_->PutRendezvous(&ctx, req, &resp), "PutRendezvous");
+    return FromGrpc(Stub()->PutRendezvous(&ctx, req, &resp), "PutRendezvous");
   }
 
   absl::StatusOr<std::string> GetRendezvous(absl::string_view key,
@@ -258,7 +277,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     absl::Status s =
-        FromGrpc(stub_->GetRendezvous(&ctx, req, &resp), "GetRendezvous");
+        FromGrpc(Stub()->GetRendezvous(&ctx, req, &resp), "GetRendezvous");
     if (!s.ok()) return s;
     if (!resp.found()) {
       return absl::NotFoundError(
@@ -271,7 +290,7 @@ class GrpcBackend : public Backend {
   // raw bytes through a generic stub: the request is the empty message, and
   // the response's field 1 (a varint) is the status, SERVING = 1.
   absl::Status CheckHealth(absl::Time deadline) override {
-    grpc::GenericStub stub(channel_);
+    grpc::GenericStub stub(channels_[NextConnection()]);
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(deadline));
     grpc::Slice empty("");
@@ -315,7 +334,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     std::unique_ptr<grpc::ClientWriter<v1::CodebookChunk>> writer =
-        stub_->PutCodebookStream(&ctx, &resp);
+        Stub()->PutCodebookStream(&ctx, &resp);
     const uint64_t chunk_bytes = ChunkBytes();
     uint64_t offset = 0;
     do {
@@ -356,7 +375,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     std::unique_ptr<grpc::ClientReader<v1::CodebookChunk>> reader =
-        stub_->GetCodebookStream(&ctx, req);
+        Stub()->GetCodebookStream(&ctx, req);
     std::string out;
     uint64_t total = 0;
     int64_t chunks = 0;
@@ -421,45 +440,51 @@ class GrpcBackend : public Backend {
     }
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
-    return FromGrpc(stub_->GetBlocks(&ctx, req, resp), "GetBlocks");
+    return FromGrpc(Stub()->GetBlocks(&ctx, req, resp), "GetBlocks");
   }
 
+  // A caller's idle session: the one it returned last when still there, so
+  // a thread keeps reading from one connection (which is what gRPC's
+  // "poll" poller rewards: client/grpc/client_poller.h); else a new one on
+  // the slot's connection.
   std::unique_ptr<GetSession> TakeSession() {
-    {
-      absl::MutexLock lock(&sessions_mu_);
-      if (!idle_sessions_.empty()) {
-        std::unique_ptr<GetSession> session = std::move(idle_sessions_.back());
-        idle_sessions_.pop_back();
-        return session;
-      }
+    const size_t slot = CallerSlot();
+    if (GetSession* idle = idle_sessions_[slot].exchange(nullptr)) {
+      return std::unique_ptr<GetSession>(idle);
     }
     // No deadline on the session itself: each round trip has its own.
-    return std::make_unique<GetSession>(stub_.get(),
+    return std::make_unique<GetSession>(stubs_[slot % stubs_.size()].get(),
                                         [this](grpc::ClientContext* ctx) {
                                           Prepare(ctx, absl::InfiniteFuture());
                                         });
   }
 
   void DropIdleSessions() {
-    std::vector<std::unique_ptr<GetSession>> dropped;
-    {
-      absl::MutexLock lock(&sessions_mu_);
-      dropped.swap(idle_sessions_);
+    for (std::atomic<GetSession*>& idle : idle_sessions_) {
+      delete idle.exchange(nullptr);  // closes it
     }
-    // They close here, outside the lock.
   }
 
-  // Keeps a healthy session for the next get, up to kMaxIdleSessions (as
-  // many as the callers that got at once, within reason).
+  // Keeps a healthy session for the next get: in the caller's slot, or in
+  // another empty one; with every slot taken it is closed.
   void ReturnSession(std::unique_ptr<GetSession> session) {
-    {
-      absl::MutexLock lock(&sessions_mu_);
-      if (idle_sessions_.size() < kMaxIdleSessions) {
-        idle_sessions_.push_back(std::move(session));
+    const size_t first = CallerSlot();
+    for (size_t i = 0; i < kMaxIdleSessions; ++i) {
+      GetSession* empty = nullptr;
+      if (idle_sessions_[(first + i) % kMaxIdleSessions]
+              .compare_exchange_strong(empty, session.get())) {
+        session.release();
+        return;
       }
     }
-    // One more than the pool keeps closes here, outside the lock (closing
-    // waits for the server).
+  }
+
+  // The calling thread's slot: threads are numbered as they first get, so
+  // up to kMaxIdleSessions callers each have a slot of their own.
+  static size_t CallerSlot() {
+    static std::atomic<size_t> next_thread{0};
+    thread_local const size_t thread_index = next_thread.fetch_add(1);
+    return thread_index % kMaxIdleSessions;
   }
 
   static const char* CodeText(absl::StatusCode code) {
@@ -491,18 +516,25 @@ class GrpcBackend : public Backend {
         absl::StrCat(describe_, ": ", method, ": ", s.error_message()));
   }
 
+  // The connections take calls and new sessions in turn.
+  size_t NextConnection() {
+    return next_connection_.fetch_add(1, std::memory_order_relaxed) %
+           channels_.size();
+  }
+  v1::KVCache::Stub* Stub() { return stubs_[NextConnection()].get(); }
+
   static constexpr size_t kMaxIdleSessions = 16;
 
   const GrpcBackendOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;  // for the health check
-  std::unique_ptr<v1::KVCache::Stub> stub_;
+  const std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<v1::KVCache::Stub>> stubs_;  // one per channel
+  std::atomic<size_t> next_connection_{0};
   const std::string describe_;
   // Set once the server answered a session with UNIMPLEMENTED.
   std::atomic<bool> sessions_unsupported_{false};
-  absl::Mutex sessions_mu_;
-  // Declared after stub_: the sessions close before the stub goes.
-  std::vector<std::unique_ptr<GetSession>> idle_sessions_
-      ABSL_GUARDED_BY(sessions_mu_);
+  // Idle sessions by caller slot (owned; null = none). The destructor
+  // closes them before the stubs go.
+  std::array<std::atomic<GetSession*>, kMaxIdleSessions> idle_sessions_{};
 };
 
 // TLS channel credentials from files re-read every tls.reload_seconds (by a
@@ -564,6 +596,12 @@ absl::StatusOr<std::unique_ptr<Backend>> NewGrpcBackend(
   if (options.target.empty()) {
     return absl::InvalidArgumentError("the server address is empty");
   }
+  if (options.connections < 1 ||
+      options.connections > GrpcBackendOptions::kMaxConnections) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "connections must be in [1, ", GrpcBackendOptions::kMaxConnections,
+        "], got ", options.connections));
+  }
   grpc::ChannelArguments args;
   const int limit = static_cast<int>(
       std::min<uint64_t>(options.max_message_bytes, INT32_MAX));
@@ -575,6 +613,11 @@ absl::StatusOr<std::unique_ptr<Backend>> NewGrpcBackend(
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 500);
+  // A call that finds its connection gone (a server restart that this
+  // connection has not noticed yet: with several connections, most of
+  // them) is tried once more, on a fresh one. Every KVCache call may be:
+  // puts are content-addressed, the rest read.
+  args.SetServiceConfigJSON(kRetryUnavailableOnce);
   VQKV_RETURN_IF_ERROR(ValidateTlsClientOptions(options.tls));
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (!options.tls.enabled()) {
@@ -593,8 +636,20 @@ absl::StatusOr<std::unique_ptr<Backend>> NewGrpcBackend(
       args.SetSslTargetNameOverride(options.tls.server_name);
     }
   }
-  return std::unique_ptr<Backend>(std::make_unique<GrpcBackend>(
-      options, grpc::CreateCustomChannel(options.target, creds, args)));
+  // gRPC starts with its first channel: with "poll" unless told otherwise
+  // (client/grpc/client_poller.h).
+  ScopedClientPoller poller;
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (int i = 0; i < options.connections; ++i) {
+    // Channels with equal arguments share one connection (gRPC's subchannel
+    // pool); the index makes each its own.
+    // (SetInt appends, so each channel gets its own copy of the rest.)
+    grpc::ChannelArguments own = args;
+    own.SetInt("vqkv.client.connection", i);
+    channels.push_back(grpc::CreateCustomChannel(options.target, creds, own));
+  }
+  return std::unique_ptr<Backend>(
+      std::make_unique<GrpcBackend>(options, std::move(channels)));
 }
 
 }  // namespace vqkv::client

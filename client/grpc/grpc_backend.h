@@ -12,7 +12,11 @@
 // (hundreds of MiB at the paper rate) travel through PutCodebookStream /
 // GetCodebookStream in chunks of a quarter of max_message_bytes.
 //
-// Thread safety: as Backend; one channel shared by all calls.
+// The backend's channels are made inside a ScopedClientPoller
+// (client/grpc/client_poller.h): when gRPC starts with the first of them, it
+// starts with the "poll" poller unless GRPC_POLL_STRATEGY says otherwise.
+//
+// Thread safety: as Backend; `connections` channels shared by all calls.
 #ifndef VQKV_CLIENT_GRPC_GRPC_BACKEND_H_
 #define VQKV_CLIENT_GRPC_GRPC_BACKEND_H_
 
@@ -68,12 +72,20 @@ struct GrpcBackendOptions {
   // Gets over GetBlocksSession streams (false: a unary GetBlocks per get,
   // e.g. behind a proxy that limits a stream's lifetime).
   bool get_sessions = true;
+  // TCP connections to the server, 1..kMaxConnections; calls and new
+  // sessions take them in turn. More than one lets concurrent callers read
+  // their own sockets under gRPC's "poll" poller (client/grpc/
+  // client_poller.h): with 16 getting threads on 2 cores, 4 connections
+  // served about 1.7x the gets of one (docs/SERVICE.md, "The client's
+  // poller").
+  int connections = 8;
+  static constexpr int kMaxConnections = 64;
 };
 
 // Without TLS, a bearer token for a target that is not loopback
 // (base::IsLoopbackAddress) is sent anyway, with a warning in the log.
-// Errors: kInvalidArgument for an empty target; ValidateTlsClientOptions's
-// errors.
+// Errors: kInvalidArgument for an empty target or connections out of range;
+// ValidateTlsClientOptions's errors.
 absl::StatusOr<std::unique_ptr<Backend>> NewGrpcBackend(
     const GrpcBackendOptions& options);
 

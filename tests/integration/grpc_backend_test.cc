@@ -6,9 +6,14 @@
 #include "client/grpc/grpc_backend.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -64,8 +69,11 @@ Blocks MakeBlocks(int n, uint64_t seed) {
 }
 
 std::unique_ptr<Backend> Connect(const std::string& target,
-                                 bool get_sessions = true) {
-  auto b = NewGrpcBackend({.target = target, .get_sessions = get_sessions});
+                                 bool get_sessions = true,
+                                 int connections = 8) {
+  auto b = NewGrpcBackend({.target = target,
+                           .get_sessions = get_sessions,
+                           .connections = connections});
   EXPECT_TRUE(b.ok()) << b.status();
   return *std::move(b);
 }
@@ -96,6 +104,73 @@ std::string GetAndCompare(Backend* backend, const Blocks& blocks, size_t first,
     }
   }
   return "";
+}
+
+// Established TCP connections from this process to 127.0.0.1:`port`: the
+// sockets among /proc/self/fd whose /proc/net/tcp or tcp6 entry has that
+// remote port.
+int ConnectionsTo(int port) {
+  std::set<std::string> own_sockets;
+  for (const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const std::string target =
+        std::filesystem::read_symlink(fd.path(), ec).string();
+    if (!ec && target.rfind("socket:[", 0) == 0) {
+      own_sockets.insert(target.substr(8, target.size() - 9));
+    }
+  }
+  char remote_port[8];
+  std::snprintf(remote_port, sizeof(remote_port), ":%04X", port);
+  int n = 0;
+  // gRPC's client sockets are dual-stack (IPv6, the v4 address mapped).
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream tcp(table);
+    std::string line;
+    std::getline(tcp, line);  // the header
+    while (std::getline(tcp, line)) {
+      // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+      std::istringstream fields(line);
+      std::string sl, local, remote, state, skip, inode;
+      fields >> sl >> local >> remote >> state >> skip >> skip >> skip >>
+          skip >> skip >> inode;
+      if (state == "01" && remote.ends_with(remote_port) &&
+          own_sockets.count(inode) > 0) {
+        ++n;
+      }
+    }
+  }
+  return n;
+}
+
+TEST(GrpcBackendTest, EachConnectionIsItsOwnTcpConnection) {
+  TempDir dir;
+  auto server = ServerProcess::Start({"--data-dir", dir.path()});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  const int port = std::stoi(address.substr(address.rfind(':') + 1));
+  const int before = ConnectionsTo(port);
+  for (const int connections : {1, 3}) {
+    SCOPED_TRACE(connections);
+    auto backend = Connect(address, /*get_sessions=*/true, connections);
+    // Calls take the connections in turn: two rounds use each of them.
+    for (int i = 0; i < 2 * connections; ++i) {
+      auto found = backend->Lookup(Namespace(), MakeBlocks(1, 500).hashes, 0,
+                                   absl::Now() + absl::Seconds(30));
+      ASSERT_TRUE(found.ok()) << found.status();
+    }
+    EXPECT_EQ(ConnectionsTo(port) - before, connections);
+  }
+}
+
+TEST(GrpcBackendTest, ConnectionsOutOfRangeAreRejected) {
+  for (const int connections :
+       {0, -1, GrpcBackendOptions::kMaxConnections + 1}) {
+    auto b =
+        NewGrpcBackend({.target = "127.0.0.1:1", .connections = connections});
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument)
+        << connections;
+    EXPECT_THAT(b.status().message(), HasSubstr("connections"));
+  }
 }
 
 TEST(GrpcBackendTest, ConcurrentGetsGoOverSessionsBitExact) {

@@ -109,6 +109,8 @@ std::unique_ptr<Backend> Connect(const ServerProcess& server,
                                  unsigned reload_seconds = 60) {
   GrpcBackendOptions options;
   options.target = server.address();
+  // One connection, so "the connection made before a rotation" is one.
+  options.connections = 1;
   options.auth_token = kToken;
   options.tls.ca_file = ca;
   options.tls.server_name = server_name;
