@@ -48,9 +48,11 @@ BENCHMARKS = {
         "p50/p99 latency of vqkv-server over loopback gRPC, one block per "
         "request and batched, with 1 and 16 clients (the full run: 1, 4, 16 "
         "and 64); gets twice: unary GetBlocks calls (`get`) and the same "
-        "requests over one GetBlocksSession stream per client (`sget`, "
-        "what the client library's gRPC backend does); the benchmark "
-        "starts and stops both servers.",
+        "requests over one GetBlocksSession stream per client (`sget`), "
+        "and through the client library's gRPC backend, one shared by all "
+        "client threads with its default 8 connections, as an engine's "
+        "`CacheClient` uses it (`lget`); the benchmark starts and stops "
+        "both servers.",
         "redis-server (no persistence) with the same payloads over hiredis: "
         "SET/GET and MSET/MGET."),
     "store_scale_bench": (
@@ -264,13 +266,15 @@ def plot_kv_service(table, path, plt):
     first = next(iter(rows))
     sel = {k: v for k, v in rows.items() if k[:3] == first[:3]}
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4), sharey=True)
-    # "sget": vqkv's gets over GetBlocksSession, drawn with the gets.
+    # "sget" (GetBlocksSession) and "lget" (the client library): vqkv's
+    # other gets, drawn with the gets.
+    kinds = {"sget": " session", "lget": " library"}
     for ax, op in zip(axes, ("get", "put")):
         for (_, _, _, batch, server, o), pts in sorted(sel.items()):
-            if o != op and not (op == "get" and o == "sget"):
+            if o != op and not (op == "get" and o in kinds):
                 continue
             pts.sort()
-            how = " session" if o == "sget" else ""
+            how = kinds.get(o, "")
             ax.plot([p[0] for p in pts], [p[1] for p in pts],
                     ("o:" if how else "o-") if server == "vqkv" else "s--",
                     label=f"{server}{how}, {batch} block(s)/request")

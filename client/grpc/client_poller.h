@@ -9,10 +9,10 @@
 // The "poll" poller polls each waiting call's own completion queue and the
 // connections its calls use, so a thread that waits on its own connection
 // reads its own socket. Measured with kv_service_bench (16 threads, 63 KB
-// single-block gets over sessions on 4 connections, 2 cores): about 40%
-// more gets per second for a third less client CPU (docs/SERVICE.md, "The
-// client's poller"). A server keeps epoll1: "poll" costs vqkv-server more
-// CPU per call.
+// single-block gets over sessions, a connection each, 2 cores): 1.5-1.8x
+// the gets per second for half to two thirds of the client CPU per get
+// (docs/SERVICE.md, "The client's poller and connections"). A server keeps
+// epoll1: "poll" costs vqkv-server more CPU per call.
 //
 // gRPC picks its poller when it starts in a process, that is when the first
 // channel, server or completion queue is made, and keeps it until the last

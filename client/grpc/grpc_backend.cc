@@ -523,7 +523,9 @@ class GrpcBackend : public Backend {
   }
   v1::KVCache::Stub* Stub() { return stubs_[NextConnection()].get(); }
 
-  static constexpr size_t kMaxIdleSessions = 16;
+  // Callers with a slot of their own; 64 sessions stay under the server's
+  // 100 streams per connection even on one connection.
+  static constexpr size_t kMaxIdleSessions = 64;
 
   const GrpcBackendOptions options_;
   const std::vector<std::shared_ptr<grpc::Channel>> channels_;

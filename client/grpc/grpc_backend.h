@@ -3,8 +3,10 @@
 // an RPC failure becomes the call-level status (UNAVAILABLE,
 // DEADLINE_EXCEEDED, ...) with the target in the message. Gets go over
 // GetBlocksSession streams kept open between calls (client/grpc/
-// get_session.h), one per concurrent caller, so a cache read costs a
-// message rather than a new RPC; a server without sessions, or a session
+// get_session.h), so a cache read costs a message rather than a new RPC.
+// Idle sessions wait in slots by calling thread (at most 64): a thread
+// gets over the session it used last, on the same connection, which is
+// what the "poll" poller rewards. A server without sessions, or a session
 // that breaks, gets the unary GetBlocks instead. Large batches are
 // split so each message stays under max_message_bytes; blocks the server
 // left out of a unary GetBlocks answer for size (per-block
@@ -15,6 +17,9 @@
 // The backend's channels are made inside a ScopedClientPoller
 // (client/grpc/client_poller.h): when gRPC starts with the first of them, it
 // starts with the "poll" poller unless GRPC_POLL_STRATEGY says otherwise.
+// A call that fails UNAVAILABLE before it commits (typically: a connection
+// that has not yet noticed a server restart) is tried once more by gRPC
+// after 20 ms (a retry policy in the channels' service config).
 //
 // Thread safety: as Backend; `connections` channels shared by all calls.
 #ifndef VQKV_CLIENT_GRPC_GRPC_BACKEND_H_
@@ -73,11 +78,11 @@ struct GrpcBackendOptions {
   // e.g. behind a proxy that limits a stream's lifetime).
   bool get_sessions = true;
   // TCP connections to the server, 1..kMaxConnections; calls and new
-  // sessions take them in turn. More than one lets concurrent callers read
-  // their own sockets under gRPC's "poll" poller (client/grpc/
-  // client_poller.h): with 16 getting threads on 2 cores, 4 connections
-  // served about 1.7x the gets of one (docs/SERVICE.md, "The client's
-  // poller").
+  // sessions take them in turn. Several let concurrent callers read their
+  // own sockets under the "poll" poller, and large blocks stream side by
+  // side: 16 threads getting 368 KB blocks on 2 cores got 1.7-3.3x the
+  // blocks/s over 8 connections that they got over one (docs/SERVICE.md,
+  // "The client's poller and connections").
   int connections = 8;
   static constexpr int kMaxConnections = 64;
 };
