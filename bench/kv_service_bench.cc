@@ -328,7 +328,8 @@ int main(int argc, char** argv) {
   int library_connections = vqkv::client::GrpcBackendOptions{}.connections;
   app.add_option("--library-connections", library_connections,
                  "connections of the client library's backend for the lget "
-                 "rows (default: the library's default)");
+                 "rows (default: the library's default)")
+      ->check(CLI::Range(1, vqkv::client::GrpcBackendOptions::kMaxConnections));
   bool tune_allocator = false;
   app.add_flag("--tune-allocator", tune_allocator,
                "tune this process's malloc first, as "
@@ -448,16 +449,11 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<vqkv::client::Backend> library;
   if (gets_over_sessions) {
-    auto backend = vqkv::client::NewGrpcBackend(
+    // Cannot fail: the options are valid (--library-connections is checked).
+    library = *vqkv::client::NewGrpcBackend(
         {.target = "127.0.0.1:" + std::to_string(vport),
          .max_message_bytes = uint64_t{128} << 20,
          .connections = library_connections});
-    if (!backend.ok()) {
-      std::fprintf(stderr, "kv_service_bench: %s\n",
-                   backend.status().ToString().c_str());
-      return 1;
-    }
-    library = *std::move(backend);
   }
   // Every client connects before the first row, so no row pays for (or
   // fails on) a handshake; the calls also wait for a ready channel (below),

@@ -516,15 +516,16 @@ class GrpcBackend : public Backend {
         absl::StrCat(describe_, ": ", method, ": ", s.error_message()));
   }
 
-  // The connections take calls and new sessions in turn.
+  // Calls other than session gets take the connections in turn (a new
+  // session goes on its slot's).
   size_t NextConnection() {
     return next_connection_.fetch_add(1, std::memory_order_relaxed) %
            channels_.size();
   }
   v1::KVCache::Stub* Stub() { return stubs_[NextConnection()].get(); }
 
-  // Callers with a slot of their own; 64 sessions stay under the server's
-  // 100 streams per connection even on one connection.
+  // Callers with a slot of their own; 64 idle sessions stay under the
+  // server's 100 streams per connection even on one connection.
   static constexpr size_t kMaxIdleSessions = 64;
 
   const GrpcBackendOptions options_;

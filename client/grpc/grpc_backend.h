@@ -77,12 +77,12 @@ struct GrpcBackendOptions {
   // Gets over GetBlocksSession streams (false: a unary GetBlocks per get,
   // e.g. behind a proxy that limits a stream's lifetime).
   bool get_sessions = true;
-  // TCP connections to the server, 1..kMaxConnections; calls and new
-  // sessions take them in turn. Several let concurrent callers read their
-  // own sockets under the "poll" poller, and large blocks stream side by
-  // side: 16 threads getting 368 KB blocks on 2 cores got 1.7-3.3x the
-  // blocks/s over 8 connections that they got over one (docs/SERVICE.md,
-  // "The client's poller and connections").
+  // TCP connections to the server, 1..kMaxConnections; calls take them in
+  // turn, and a calling thread's sessions stay on one of them. Several let
+  // concurrent callers read their own sockets under the "poll" poller, and
+  // large blocks stream side by side: 16 threads getting 368 KB blocks on 2
+  // cores got 1.7-3.3x the blocks/s over 8 connections that they got over one
+  // (docs/SERVICE.md, "The client's poller and connections").
   int connections = 8;
   static constexpr int kMaxConnections = 64;
 };
