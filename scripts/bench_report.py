@@ -50,7 +50,7 @@ BENCHMARKS = {
         "and 64); gets twice: unary GetBlocks calls (`get`) and the same "
         "requests over one GetBlocksSession stream per client (`sget`), "
         "and through the client library's gRPC backend, one shared by all "
-        "client threads with its default 8 connections, as an engine's "
+        "client threads with its default 16 connections, as an engine's "
         "`CacheClient` uses it (`lget`); the benchmark starts and stops "
         "both servers.",
         "redis-server (no persistence) with the same payloads over hiredis: "

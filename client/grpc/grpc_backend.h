@@ -80,10 +80,12 @@ struct GrpcBackendOptions {
   // TCP connections to the server, 1..kMaxConnections; calls take them in
   // turn, and a calling thread's sessions stay on one of them. Several let
   // concurrent callers read their own sockets under the "poll" poller, and
-  // large blocks stream side by side: 16 threads getting 368 KB blocks on 2
-  // cores got 1.7-3.3x the blocks/s over 8 connections that they got over one
-  // (docs/SERVICE.md, "The client's poller and connections").
-  int connections = 8;
+  // large blocks stream side by side: 16 threads getting 63 KB blocks on 2
+  // cores got 47.5-48.3k blocks/s over 16 connections, 40.0-41.9k over 8
+  // and about 34k over one (docs/SERVICE.md, "The client's poller and
+  // connections"). Each is a socket and HTTP/2 state on the server too:
+  // engines with many processes per server may want fewer.
+  int connections = 16;
   static constexpr int kMaxConnections = 64;
 };
 
