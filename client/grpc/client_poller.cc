@@ -14,11 +14,13 @@ namespace {
 // Held for a scope's whole life, so one scope cannot unset the variable
 // while another is making its channel.
 ABSL_CONST_INIT absl::Mutex g_scope_mu(absl::kConstInit);
+// This thread's open scopes: only the outermost takes the mutex.
+thread_local int t_open_scopes = 0;
 
 }  // namespace
 
 ScopedClientPoller::ScopedClientPoller() {
-  g_scope_mu.Lock();
+  if (t_open_scopes++ == 0) g_scope_mu.Lock();
   if (const char* chosen = std::getenv(kEnvVar); chosen != nullptr) {
     poller_ = absl::StrCat(chosen, " (", kEnvVar, ")");
   } else if (grpc_is_initialized() != 0) {
@@ -32,7 +34,7 @@ ScopedClientPoller::ScopedClientPoller() {
 
 ScopedClientPoller::~ScopedClientPoller() {
   if (set_by_scope_) unsetenv(kEnvVar);
-  g_scope_mu.Unlock();
+  if (--t_open_scopes == 0) g_scope_mu.Unlock();
 }
 
 }  // namespace vqkv::client

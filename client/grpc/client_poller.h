@@ -23,9 +23,10 @@
 // it do not inherit the choice.
 //
 // Thread safety: scopes in different threads take turns (a process-wide
-// mutex). Setting an environment variable is not safe against getenv or
-// setenv running on another thread at that moment (POSIX), so make clients
-// while the process starts up, as engines do.
+// mutex); on one thread they may nest (an inner one sees the outer's
+// variable and leaves it). Setting an environment variable is not safe against
+// getenv or setenv running on another thread at that moment (POSIX), so make
+// clients while the process starts up, as engines do.
 #ifndef VQKV_CLIENT_GRPC_CLIENT_POLLER_H_
 #define VQKV_CLIENT_GRPC_CLIENT_POLLER_H_
 

@@ -47,6 +47,13 @@ TEST(ScopedClientPollerTest, StartsGrpcWithPollUnlessChosenOrRunning) {
     EXPECT_TRUE(scope.set_by_scope());
     ASSERT_NE(Env(), nullptr);
     EXPECT_STREQ(Env(), "poll");
+    {
+      ScopedClientPoller nested;  // takes turns with other threads only
+      EXPECT_EQ(nested.poller(), "poll (GRPC_POLL_STRATEGY)");
+      EXPECT_FALSE(nested.set_by_scope());
+    }
+    ASSERT_NE(Env(), nullptr);
+    EXPECT_STREQ(Env(), "poll");
     channel =
         grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials());
   }
