@@ -86,7 +86,7 @@ class GrpcBackend : public Backend {
     v1::LookupResponse resp;
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
-    absl::Status s = FromGrpc(Stub()->Lookup(&ctx, req, &resp), "Lookup");
+    absl::Status s = FromGrpc(NextStub()->Lookup(&ctx, req, &resp), "Lookup");
     if (!s.ok()) return s;
     if (static_cast<size_t>(resp.present_size()) != hashes.size()) {
       return absl::InternalError(
@@ -123,7 +123,7 @@ class GrpcBackend : public Backend {
       v1::PutBlocksResponse resp;
       grpc::ClientContext ctx;
       Prepare(&ctx, deadline);
-      grpc::Status gs = Stub()->PutBlocks(&ctx, req, &resp);
+      grpc::Status gs = NextStub()->PutBlocks(&ctx, req, &resp);
       if (!gs.ok()) {
         // "Every block failed with one code" arrives as a call error with
         // no results: report it per block so quota exhaustion is a result.
@@ -213,7 +213,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     absl::Status s =
-        FromGrpc(Stub()->PutCodebooks(&ctx, req, &resp), "PutCodebooks");
+        FromGrpc(NextStub()->PutCodebooks(&ctx, req, &resp), "PutCodebooks");
     if (!s.ok()) return s;
     if (resp.results_size() != 1) {
       return absl::InternalError(describe_ + ": PutCodebooks: no result");
@@ -243,7 +243,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     absl::Status s =
-        FromGrpc(Stub()->GetCodebooks(&ctx, req, &resp), "GetCodebooks");
+        FromGrpc(NextStub()->GetCodebooks(&ctx, req, &resp), "GetCodebooks");
     if (!s.ok()) return s;
     if (resp.codebooks_size() != 1 || !resp.codebooks(0).found()) {
       return absl::NotFoundError(absl::StrCat(describe_, ": codebook set ",
@@ -266,7 +266,8 @@ class GrpcBackend : public Backend {
     v1::PutRendezvousResponse resp;
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
-    return FromGrpc(Stub()->PutRendezvous(&ctx, req, &resp), "PutRendezvous");
+    return FromGrpc(NextStub()->PutRendezvous(&ctx, req, &resp),
+                    "PutRendezvous");
   }
 
   absl::StatusOr<std::string> GetRendezvous(absl::string_view key,
@@ -277,7 +278,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     absl::Status s =
-        FromGrpc(Stub()->GetRendezvous(&ctx, req, &resp), "GetRendezvous");
+        FromGrpc(NextStub()->GetRendezvous(&ctx, req, &resp), "GetRendezvous");
     if (!s.ok()) return s;
     if (!resp.found()) {
       return absl::NotFoundError(
@@ -334,7 +335,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     std::unique_ptr<grpc::ClientWriter<v1::CodebookChunk>> writer =
-        Stub()->PutCodebookStream(&ctx, &resp);
+        NextStub()->PutCodebookStream(&ctx, &resp);
     const uint64_t chunk_bytes = ChunkBytes();
     uint64_t offset = 0;
     do {
@@ -375,7 +376,7 @@ class GrpcBackend : public Backend {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     std::unique_ptr<grpc::ClientReader<v1::CodebookChunk>> reader =
-        Stub()->GetCodebookStream(&ctx, req);
+        NextStub()->GetCodebookStream(&ctx, req);
     std::string out;
     uint64_t total = 0;
     int64_t chunks = 0;
@@ -440,7 +441,7 @@ class GrpcBackend : public Backend {
     }
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
-    return FromGrpc(Stub()->GetBlocks(&ctx, req, resp), "GetBlocks");
+    return FromGrpc(NextStub()->GetBlocks(&ctx, req, resp), "GetBlocks");
   }
 
   // A caller's idle session: the one it returned last when still there, so
@@ -522,7 +523,7 @@ class GrpcBackend : public Backend {
     return next_connection_.fetch_add(1, std::memory_order_relaxed) %
            channels_.size();
   }
-  v1::KVCache::Stub* Stub() { return stubs_[NextConnection()].get(); }
+  v1::KVCache::Stub* NextStub() { return stubs_[NextConnection()].get(); }
 
   // Callers with a slot of their own; 64 idle sessions stay under the
   // server's 100 streams per connection even on one connection.
