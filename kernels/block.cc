@@ -279,6 +279,7 @@ absl::Status CheckBlockForCodec(const Codec& codec, const BlockHeader& h,
     return absl::FailedPreconditionError(absl::StrCat(
         "block payload flags 0x", absl::Hex(h.flags & kCodecPayloadFlags),
         " (key sketch ", (h.flags & kBlockHasKeySketch) ? "on" : "off",
+        ", key refinement ", (h.flags & kBlockHasKeyRefinement) ? "on" : "off",
         ") differ from the codec's ", codec.Descriptor()));
   }
   // Both are 0 without a sketch (the header check, the codec's contract).

@@ -27,11 +27,17 @@ enum BlockFlags : uint32_t {
   // Readers that predate it reject the block as an unknown flag instead of
   // misreading it.
   kBlockHasKeySketch = 1u << 2,
+  // The VQ payload ends with a key refinement section (more residual stages
+  // for the keys of the layers the codebook set refines, docs/
+  // BLOCK_FORMAT.md). Readers that predate it reject the block.
+  kBlockHasKeyRefinement = 1u << 3,
 };
 inline constexpr uint32_t kKnownBlockFlags =
-    kBlockHasFp16Section | kBlockKeysPostRope | kBlockHasKeySketch;
+    kBlockHasFp16Section | kBlockKeysPostRope | kBlockHasKeySketch |
+    kBlockHasKeyRefinement;
 // The flags a codec's payload layout sets (Codec::PayloadFlags).
-inline constexpr uint32_t kCodecPayloadFlags = kBlockHasKeySketch;
+inline constexpr uint32_t kCodecPayloadFlags =
+    kBlockHasKeySketch | kBlockHasKeyRefinement;
 
 // All integers little-endian. 64 bytes, 8-byte aligned fields.
 struct BlockHeader {

@@ -232,6 +232,11 @@ absl::StatusOr<CodeAttention> CodeAttention::Create(const VqCodec& codec,
   }
   const CodebookSet& set = codec.codebooks();
   const CodebookConfig& c = set.config();
+  if (set.RefinedIndex(layer) >= 0) {
+    return absl::UnimplementedError(
+        absl::StrCat("code attention does not read key refinements (layer ",
+                     layer, " is refined): decode the block instead"));
+  }
   if (!c.keys_post_rope) {
     return absl::UnimplementedError(
         "code attention needs keys coded after RoPE: with pre-RoPE codes "
@@ -527,7 +532,11 @@ absl::StatusOr<VqCodes> UnpackVqCodes(const VqCodec& codec, const uint8_t* in,
       !s.ok()) {
     return s;
   }
-  out.sketch.assign(in + kbytes + vbytes, in + in_bytes);
+  const size_t sbytes =
+      codec.key_sketch() != nullptr
+          ? codec.SketchedVectors(tokens) * codec.key_sketch()->BytesPerVector()
+          : 0;
+  out.sketch.assign(in + kbytes + vbytes, in + kbytes + vbytes + sbytes);
   return out;
 }
 

@@ -23,8 +23,9 @@ static_assert(std::endian::native == std::endian::little,
               "support big-endian hosts");
 
 // Version 1's header; version 2 appends the model identity to it, version 3
-// (the same header) appends the key gains to the body, and version 4 adds
-// the key RoPE in reserved header fields.
+// (the same header) appends the key gains to the body, version 4 adds the
+// key RoPE in reserved header fields, and version 5 the key refinement's
+// size in more of them (its layers and codebooks after the gains).
 constexpr size_t kHeaderBytes = 64;
 constexpr size_t kHeaderBytesV2 = 128;
 constexpr size_t kMaxHeaderBytes = kHeaderBytesV2;
@@ -40,6 +41,10 @@ constexpr size_t kRopePairsOffset = 112;
 constexpr size_t kHasKeyGainsOffset = 113;
 // End of the identity fields: version 4 uses the bytes after them.
 constexpr size_t kIdentityEndV4 = kRopePairsOffset;
+// Version-5 fields.
+constexpr size_t kRefineStagesOffset = 116;
+constexpr size_t kRefinedLayersOffset = 120;
+// Bytes 114-115 and 124-127 are reserved (zero) in versions 4 and 5.
 
 struct StringSink {
   std::string* out;
@@ -79,7 +84,22 @@ uint64_t KeyGainBytes(const CodebookConfig& c) {
          (1 + uint64_t(c.layout.head_dim));
 }
 
+// The refinement section of a version-5 body: the refined layers (u32
+// each), then each one's quantizers.
+uint64_t RefinementBytes(const CodebookConfig& c, uint64_t refined_layers,
+                         uint64_t stages) {
+  return refined_layers *
+         (4 + 4 * c.slots_per_layer() * stages * (uint64_t{1} << c.key_bits) *
+                  c.layout.head_dim);
+}
+
+uint64_t RefinementBytes(const CodebookSet& set) {
+  return RefinementBytes(set.config(), set.refined_layers().size(),
+                         set.key_refine_stages());
+}
+
 uint16_t Version(const CodebookSet& set) {
+  if (set.has_key_refinement()) return 5;
   if (set.key_rope()) return 4;
   return set.has_key_gains() ? 3 : set.identity() ? 2 : 1;
 }
@@ -119,12 +139,20 @@ void EncodeHeader(const CodebookSet& set, uint16_t version, uint64_t body_bytes,
     std::memcpy(h + kArchitectureOffset, identity->architecture.data(),
                 identity->architecture.size());
   }
-  if (version == 4) {
+  if (version >= 4 && set.key_rope()) {
     const RopeSpec& rope = *set.key_rope();
     Put<uint32_t>(h, kRopeDimsOffset, static_cast<uint32_t>(rope.rot_dims));
     Put<uint64_t>(h, kRopeThetaOffset, std::bit_cast<uint64_t>(rope.theta));
     Put<uint8_t>(h, kRopePairsOffset, static_cast<uint8_t>(rope.pairs));
+  }
+  if (version >= 4) {
     Put<uint8_t>(h, kHasKeyGainsOffset, set.has_key_gains() ? 1 : 0);
+  }
+  if (version == 5) {
+    Put<uint32_t>(h, kRefineStagesOffset,
+                  static_cast<uint32_t>(set.key_refine_stages()));
+    Put<uint32_t>(h, kRefinedLayersOffset,
+                  static_cast<uint32_t>(set.refined_layers().size()));
   }
 }
 
@@ -261,6 +289,45 @@ absl::Status CodebookSet::SetKeyGain(int layer, int kv_head, float gain,
   return absl::OkStatus();
 }
 
+int CodebookSet::RefinedIndex(int layer) const {
+  const auto it =
+      std::lower_bound(refined_layers_.begin(), refined_layers_.end(), layer);
+  if (it == refined_layers_.end() || *it != layer) return -1;
+  return static_cast<int>(it - refined_layers_.begin());
+}
+
+absl::Status CodebookSet::SetKeyRefinement(int layer, int slot,
+                                           ResidualQuantizer q) {
+  const int slots = config_.slots_per_layer();
+  if (layer < 0 || layer >= config_.layout.layers || slot < 0 ||
+      slot >= slots) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key refinement index out of range: layer ", layer, ", slot ", slot));
+  }
+  const int stages = refine_stages_ > 0 ? refine_stages_ : q.stages();
+  if (!q.fitted() || q.dim() != config_.layout.head_dim ||
+      q.bits() != config_.key_bits || q.stages() != stages || stages > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key refinement must be fitted with dim ", config_.layout.head_dim,
+        ", bits ", config_.key_bits,
+        refine_stages_ > 0 ? absl::StrCat(", stages ", refine_stages_)
+                           : ", 1..4096 stages",
+        "; got dim ", q.dim(), ", stages ", q.stages(), ", bits ", q.bits()));
+  }
+  refine_stages_ = stages;
+  int index = RefinedIndex(layer);
+  if (index < 0) {
+    const auto it =
+        std::lower_bound(refined_layers_.begin(), refined_layers_.end(), layer);
+    index = static_cast<int>(it - refined_layers_.begin());
+    refined_layers_.insert(it, layer);
+    refinements_.insert(refinements_.begin() + size_t(index) * slots, slots,
+                        ResidualQuantizer());
+  }
+  refinements_[size_t(index) * slots + slot] = std::move(q);
+  return absl::OkStatus();
+}
+
 absl::Status CodebookSet::SetKeyRope(const RopeSpec& rope) {
   if (config_.keys_post_rope) {
     return absl::FailedPreconditionError(
@@ -297,6 +364,9 @@ bool CodebookSet::layer_complete(int layer) const {
 
 bool CodebookSet::complete() const {
   if (keys_.empty()) return false;
+  for (const ResidualQuantizer& q : refinements_) {
+    if (!q.fitted()) return false;
+  }
   for (int l = 0; l < config_.layout.layers; ++l) {
     if (!layer_complete(l)) return false;
   }
@@ -313,7 +383,8 @@ void WriteContent(const CodebookSet& set, Sink& sink) {
   uint8_t header[kMaxHeaderBytes];
   EncodeHeader(set, version,
                BodyBytes(c, set.key_group_dims()) +
-                   (set.has_key_gains() ? KeyGainBytes(c) : 0),
+                   (set.has_key_gains() ? KeyGainBytes(c) : 0) +
+                   RefinementBytes(set),
                header);
   sink.Append(header, HeaderBytes(version));
   const int groups = static_cast<int>(set.key_group_dims().size());
@@ -334,6 +405,16 @@ void WriteContent(const CodebookSet& set, Sink& sink) {
         sink.Append(&gain, sizeof(gain));
         sink.Append(set.key_centre(l, h), sizeof(float) * c.layout.head_dim);
       }
+    }
+  }
+  for (int l : set.refined_layers()) {
+    const uint32_t layer = static_cast<uint32_t>(l);
+    sink.Append(&layer, sizeof(layer));
+  }
+  for (int l : set.refined_layers()) {
+    for (int s = 0; s < c.slots_per_layer(); ++s) {
+      const std::vector<float>& cb = set.key_refinement(l, s).codebooks();
+      sink.Append(cb.data(), cb.size() * sizeof(float));
     }
   }
 }
@@ -361,7 +442,8 @@ absl::StatusOr<std::string> CodebookSet::Serialize() const {
   }
   std::string out;
   out.reserve(kMaxHeaderBytes + BodyBytes(config_, key_group_dims_) +
-              (has_key_gains() ? KeyGainBytes(config_) : 0) + kTrailerBytes);
+              (has_key_gains() ? KeyGainBytes(config_) : 0) +
+              RefinementBytes(*this) + kTrailerBytes);
   StringSink sink{&out};
   WriteContent(*this, sink);
   const uint64_t h = XXH3_64bits(out.data(), out.size());
@@ -453,30 +535,56 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
            c.layout.head_dim);
   std::optional<RopeSpec> rope;
   bool has_gains = version == 3;
-  if (version == 4) {
+  uint32_t refine_stages = 0, refined_layers = 0;
+  if (version >= 4) {
     RopeSpec r;
     r.rot_dims = static_cast<int>(Get<uint32_t>(p, kRopeDimsOffset));
     r.theta = std::bit_cast<double>(Get<uint64_t>(p, kRopeThetaOffset));
     r.pairs = static_cast<RopePairs>(Get<uint8_t>(p, kRopePairsOffset));
     const uint8_t gains_flag = Get<uint8_t>(p, kHasKeyGainsOffset);
+    if (version == 5) {
+      refine_stages = Get<uint32_t>(p, kRefineStagesOffset);
+      refined_layers = Get<uint32_t>(p, kRefinedLayersOffset);
+    }
     bool reserved_zero = true;
     for (size_t i = kHasKeyGainsOffset + 1; i < kHeaderBytesV2; ++i) {
-      if (p[i] != 0) reserved_zero = false;
+      const bool v5_field = version == 5 && i >= kRefineStagesOffset &&
+                            i < kRefinedLayersOffset + 4;
+      if (!v5_field && p[i] != 0) reserved_zero = false;
     }
-    if (c.keys_post_rope || gains_flag > 1 || !reserved_zero) {
+    // Version 5 may have no key RoPE: then its fields are zero.
+    const bool has_rope = version == 4 || r.rot_dims != 0 || r.theta != 0 ||
+                          Get<uint8_t>(p, kRopePairsOffset) != 0;
+    if ((has_rope && c.keys_post_rope) || gains_flag > 1 || !reserved_zero) {
       return absl::DataLossError(
           "codebook file key RoPE on post-RoPE keys, or nonzero reserved "
           "bytes");
     }
-    if (absl::Status st = r.Validate(c.layout.head_dim); !st.ok()) {
-      return absl::DataLossError(
-          absl::StrCat("codebook file key RoPE: ", st.message()));
+    if (version == 5 &&
+        (refine_stages < 1 || refine_stages > 4096 || refined_layers < 1 ||
+         refined_layers > static_cast<uint32_t>(c.layout.layers))) {
+      return absl::DataLossError(absl::StrCat(
+          "codebook file key refinement of ", refine_stages, " stages on ",
+          refined_layers, " layers (need 1..4096 stages, 1..", c.layout.layers,
+          " layers)"));
     }
-    rope = r;
+    if (has_rope) {
+      if (absl::Status st = r.Validate(c.layout.head_dim); !st.ok()) {
+        return absl::DataLossError(
+            absl::StrCat("codebook file key RoPE: ", st.message()));
+      }
+      rope = r;
+    }
     has_gains = gains_flag == 1;
   }
   const uint64_t gain_bytes = has_gains ? KeyGainBytes(c) : 0;
-  if (estimate > 0x1p62 || BodyBytes(c, dims0) + gain_bytes != body) {
+  const uint64_t refine_bytes =
+      RefinementBytes(c, refined_layers, refine_stages);
+  if (estimate > 0x1p62 ||
+      4.0 * refined_layers * c.slots_per_layer() * refine_stages *
+              std::ldexp(1.0, c.key_bits) * c.layout.head_dim >
+          0x1p62 ||
+      BodyBytes(c, dims0) + gain_bytes + refine_bytes != body) {
     return absl::DataLossError(
         "codebook file body size does not match its config");
   }
@@ -484,7 +592,7 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
   if (!set.ok()) return absl::DataLossError(set.status().message());
   // Versions 3 and 4 may have no identity: then every identity byte is
   // zero.
-  const size_t identity_end = version == 4 ? kIdentityEndV4 : kHeaderBytesV2;
+  const size_t identity_end = version >= 4 ? kIdentityEndV4 : kHeaderBytesV2;
   bool has_identity = version == 2;
   if (version >= 3) {
     for (size_t i = kFingerprintOffset; i < identity_end; ++i) {
@@ -567,6 +675,36 @@ absl::StatusOr<CodebookSet> CodebookSet::Deserialize(std::string_view bytes) {
             !st.ok()) {
           return absl::DataLossError(
               absl::StrCat("codebook file key gain: ", st.message()));
+        }
+      }
+    }
+  }
+  if (refined_layers > 0) {
+    std::vector<int> layers(refined_layers);
+    for (uint32_t i = 0; i < refined_layers; ++i) {
+      const uint32_t l = Get<uint32_t>(at, 4 * i);
+      // Ascending, so one set has one encoding (and one hash).
+      if (l >= static_cast<uint32_t>(c.layout.layers) ||
+          (i > 0 && static_cast<int>(l) <= layers[i - 1])) {
+        return absl::DataLossError(absl::StrCat(
+            "codebook file refined layers are not ascending layers below ",
+            c.layout.layers));
+      }
+      layers[i] = static_cast<int>(l);
+    }
+    at += 4 * size_t{refined_layers};
+    for (int l : layers) {
+      for (int s = 0; s < c.slots_per_layer(); ++s) {
+        RvqParams rp;
+        rp.dim = c.layout.head_dim;
+        rp.stages = static_cast<int>(refine_stages);
+        rp.bits = c.key_bits;
+        absl::StatusOr<ResidualQuantizer> q = ResidualQuantizer::FromCodebooks(
+            rp, take(size_t(rp.stages) * rp.K() * rp.dim));
+        if (!q.ok()) return absl::DataLossError(q.status().message());
+        if (absl::Status st = set->SetKeyRefinement(l, s, *std::move(q));
+            !st.ok()) {
+          return absl::DataLossError(st.message());
         }
       }
     }

@@ -26,6 +26,13 @@
 // serializes as version 4 (version 3 with the RoPE fields and a flag for the
 // gains).
 //
+// A set may refine the keys of a few layers (SetKeyRefinement): one more
+// RVQ per refined layer and slot, over the whole head_dim, that codes what
+// the layer's key codes leave, for the layers whose keys the codebooks
+// shrink most (docs/CODEC.md, "Key refinement"). Such a set serializes as
+// version 5 (version 4, the RoPE optional, with the refinement after the
+// gains).
+//
 // Thread safety: const methods may run concurrently; Set* must not run
 // concurrently with anything else on the same object.
 #ifndef VQKV_KERNELS_CODEBOOK_SET_H_
@@ -49,9 +56,9 @@ namespace vqkv {
 
 inline constexpr uint32_t kCodebookMagic = 0x42435156;  // "VQCB" little-endian
 // The newest version this build reads and writes; it also reads and writes
-// versions 1 (no model identity, no key gains), 2 (no key gains) and 3 (no
-// key RoPE).
-inline constexpr uint16_t kCodebookFormatVersion = 4;
+// versions 1 (no model identity, no key gains), 2 (no key gains), 3 (no
+// key RoPE) and 4 (no key refinement).
+inline constexpr uint16_t kCodebookFormatVersion = 5;
 // Largest key gain a set accepts.
 inline constexpr float kMaxKeyGain = 16.0f;
 
@@ -148,6 +155,35 @@ class CodebookSet {
     return key_gains_.data() + GainIndex(layer, kv_head) + 1;
   }
 
+  // Installs the key refinement of (layer, slot): an RVQ of dim head_dim at
+  // key_bits whose codes follow the layer's key codes, decoded and added to
+  // their sum before the key gain. Every refinement of a set has the same
+  // stages (the first call fixes them). A layer becomes refined with its
+  // first slot; the set is complete only when each refined layer has every
+  // slot.
+  // Errors: kInvalidArgument for an out-of-range index or a quantizer that
+  // is unfitted or whose dim / bits / stages do not match.
+  absl::Status SetKeyRefinement(int layer, int slot, ResidualQuantizer q);
+  bool has_key_refinement() const { return !refined_layers_.empty(); }
+  // Stages of every refinement; 0 without refinement.
+  int key_refine_stages() const { return refine_stages_; }
+  // The refined layers, ascending.
+  const std::vector<int>& refined_layers() const { return refined_layers_; }
+  // Position of `layer` in refined_layers(); -1 when it is not refined.
+  int RefinedIndex(int layer) const;
+  // REQUIRES: RefinedIndex(layer) >= 0, slot in range (unchecked).
+  const ResidualQuantizer& key_refinement(int layer, int slot) const {
+    return refinements_[static_cast<size_t>(RefinedIndex(layer)) *
+                            config_.slots_per_layer() +
+                        slot];
+  }
+  // Removes every refinement.
+  void ClearKeyRefinement() {
+    refined_layers_.clear();
+    refinements_.clear();
+    refine_stages_ = 0;
+  }
+
   // True when every quantizer of every layer has been set.
   bool complete() const;
   bool layer_complete(int layer) const;
@@ -158,8 +194,8 @@ class CodebookSet {
   // The codebook file, hash trailer included.
   // Errors: kFailedPrecondition unless complete().
   absl::StatusOr<std::string> Serialize() const;
-  // Reads format versions 1 (no identity), 2, 3 (key gains) and 4 (key
-  // RoPE).
+  // Reads format versions 1 (no identity), 2, 3 (key gains), 4 (key RoPE)
+  // and 5 (key refinement).
   // Errors: kInvalidArgument for a wrong magic, kFailedPrecondition for an
   // unsupported version, kDataLoss for a truncated/oversized file, a hash
   // mismatch or a config or identity that does not parse.
@@ -183,6 +219,9 @@ class CodebookSet {
   std::vector<ResidualQuantizer> values_;  // [layer][slot]
   // Empty, or [layer][kv_head] of {gain, centre[head_dim]}.
   std::vector<float> key_gains_;
+  std::vector<int> refined_layers_;             // ascending
+  std::vector<ResidualQuantizer> refinements_;  // [refined layer][slot]
+  int refine_stages_ = 0;
 };
 
 }  // namespace vqkv

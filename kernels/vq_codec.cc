@@ -286,7 +286,24 @@ std::string VqCodec::Descriptor() const {
       ":cb=", absl::Hex(hash_, absl::kZeroPad16),
       sketch_ ? absl::StrCat(":ks=", sketch_->bits()) : "",
       KeySketchFirstLayer() != 0 ? absl::StrCat("@", KeySketchFirstLayer())
-                                 : "");
+                                 : "",
+      set_.has_key_refinement()
+          ? absl::StrCat(":kr=", set_.key_refine_stages(), "@",
+                         absl::StrJoin(set_.refined_layers(), "+"))
+          : "");
+}
+
+int64_t VqCodec::RefinedVectors(int64_t tokens) const {
+  return tokens * static_cast<int64_t>(set_.refined_layers().size()) *
+         layout_.kv_heads;
+}
+
+std::pair<int, int> VqCodec::RefinedRange(int first_layer,
+                                          int num_layers) const {
+  const std::vector<int>& r = set_.refined_layers();
+  const auto lo = std::lower_bound(r.begin(), r.end(), first_layer);
+  const auto hi = std::lower_bound(lo, r.end(), first_layer + num_layers);
+  return {static_cast<int>(lo - r.begin()), static_cast<int>(hi - r.begin())};
 }
 
 int64_t VqCodec::SketchedVectors(int64_t tokens) const {
@@ -300,8 +317,12 @@ double VqCodec::KeyBitsPerElement() const {
                                       (layout_.layers - KeySketchFirstLayer()) /
                                       layout_.layers
                                 : 0;
-  return (double(set_.config().key_stages()) * set_.config().key_bits +
-          sketch) /
+  // Refinement stages too: only the refined layers have them.
+  const double refine = double(set_.key_refine_stages()) *
+                        set_.config().key_bits * set_.refined_layers().size() /
+                        layout_.layers;
+  return (double(set_.config().key_stages()) * set_.config().key_bits + sketch +
+          refine) /
          layout_.head_dim;
 }
 
@@ -318,7 +339,9 @@ size_t VqCodec::EncodedBytes(int64_t tokens) const {
          PackedBytes(vectors * c.value_stages, c.value_bits) +
          (sketch_ ? static_cast<size_t>(SketchedVectors(tokens)) *
                         sketch_->BytesPerVector()
-                  : 0);
+                  : 0) +
+         PackedBytes(RefinedVectors(tokens) * set_.key_refine_stages(),
+                     c.key_bits);
 }
 
 absl::Status VqCodec::Fit(const float* keys, const float* values,
@@ -358,6 +381,12 @@ absl::Status VqCodec::FitLayer(int layer, const float* keys,
     return absl::InvalidArgumentError(absl::StrCat(
         "VqCodec::FitLayer needs non-null keys/values and tokens >= 1, got ",
         tokens, " tokens"));
+  }
+  if (set_.RefinedIndex(layer) >= 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer,
+        " has a key refinement fitted on its old codes: refit a layer "
+        "before its refinement"));
   }
   batch_encoder_ = nullptr;  // it may hold copies of the old codebooks
   const CodebookConfig& c = set_.config();
@@ -521,10 +550,21 @@ absl::Status VqCodec::EncodeMany(
         PackBits(kcodes.data(), vectors * Nk, c.key_bits, out, kbytes));
     VQKV_RETURN_IF_ERROR(PackBits(vcodes.data(), vectors * Nv, c.value_bits,
                                   out + kbytes, vbytes));
+    const size_t sbytes =
+        sketch_ ? SketchedVectors(tokens) * sketch_->BytesPerVector() : 0;
+    std::vector<uint16_t> rcodes;
+    if (set_.has_key_refinement()) {
+      VQKV_RETURN_IF_ERROR(
+          EncodeKeyRefinement(keys, tokens, kcodes.data(), &rcodes));
+      const int64_t n = static_cast<int64_t>(rcodes.size());
+      VQKV_RETURN_IF_ERROR(PackBits(rcodes.data(), n, c.key_bits,
+                                    out + kbytes + vbytes + sbytes,
+                                    PackedBytes(n, c.key_bits)));
+    }
     if (!sketch_) continue;
-    // The sketch codes what the key codes leave: keys minus their
-    // reconstruction, exactly as Decode will rebuild it, for the sketched
-    // layers only.
+    // The sketch codes what the key codes (and refinement) leave: keys minus
+    // their reconstruction, exactly as Decode will rebuild it, for the
+    // sketched layers only.
     const int first = KeySketchFirstLayer();
     const int64_t sketched = SketchedVectors(tokens);
     const int64_t skipped = vectors - sketched;
@@ -532,11 +572,115 @@ absl::Status VqCodec::EncodeMany(
     VQKV_RETURN_IF_ERROR(Reconstruct(kcodes.data() + skipped * Nk, nullptr,
                                      tokens, residual.data(), nullptr, first,
                                      L - first));
+    if (!rcodes.empty()) {
+      const int from = RefinedRange(first, L - first).first;
+      VQKV_RETURN_IF_ERROR(AddKeyRefinement(
+          rcodes.data() + from * tokens * H * set_.key_refine_stages(), tokens,
+          first, L - first, residual.data()));
+    }
     const float* sketched_keys = keys + skipped * D;
     for (size_t i = 0; i < residual.size(); ++i) {
       residual[i] = sketched_keys[i] - residual[i];
     }
     sketch_->Encode(residual.data(), sketched, out + kbytes + vbytes);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VqCodec::EncodeKeyRefinement(const float* keys, int64_t tokens,
+                                          const uint16_t* kcodes,
+                                          std::vector<uint16_t>* rcodes) const {
+  const CodebookConfig& c = set_.config();
+  const int H = layout_.kv_heads, D = layout_.head_dim;
+  const int Nk = c.key_stages(), R = set_.key_refine_stages();
+  const int slots = c.slots_per_layer();
+  const int64_t rows = c.per_head ? tokens : tokens * H;
+  const int64_t layer_vectors = tokens * H;
+  const std::vector<int>& refined = set_.refined_layers();
+  std::vector<int> all_dims(D);
+  for (int d = 0; d < D; ++d) all_dims[d] = d;
+  rcodes->assign(static_cast<size_t>(RefinedVectors(tokens)) * R, 0);
+  // The residual each refinement codes: keys minus what the layer's key
+  // codes decode to (before any gain), as Decode rebuilds it.
+  std::vector<float> residual(static_cast<size_t>(refined.size()) *
+                              layer_vectors * D);
+  for (size_t i = 0; i < refined.size(); ++i) {
+    const int l = refined[i];
+    float* r = residual.data() + i * layer_vectors * D;
+    VQKV_RETURN_IF_ERROR(Reconstruct(kcodes + l * layer_vectors * Nk, nullptr,
+                                     tokens, r, nullptr, l, 1));
+    const float* k = keys + l * layer_vectors * D;
+    for (int64_t e = 0; e < layer_vectors * D; ++e) r[e] = k[e] - r[e];
+  }
+  const size_t jobs = refined.size() * slots;
+  std::vector<std::vector<float>> inputs(jobs);
+  std::vector<std::vector<uint16_t>> codes(jobs);
+  std::vector<RvqBatchEncoder::Job> batch;
+  batch.reserve(jobs);
+  for (size_t i = 0; i < refined.size(); ++i) {
+    for (int s = 0; s < slots; ++s) {
+      const size_t j = i * slots + s;
+      inputs[j].resize(static_cast<size_t>(rows) * D);
+      codes[j].resize(static_cast<size_t>(rows) * R);
+      Gather(residual.data() + i * layer_vectors * D, tokens, H, D,
+             c.per_head ? s : -1, all_dims, inputs[j].data());
+      batch.push_back({&set_.key_refinement(refined[i], s), inputs[j].data(),
+                       rows, codes[j].data()});
+    }
+  }
+  if (batch_encoder_ != nullptr && config_.beam_width == 1) {
+    VQKV_RETURN_IF_ERROR(batch_encoder_->EncodeGreedy(batch));
+  } else {
+    for (const RvqBatchEncoder::Job& b : batch) {
+      VQKV_RETURN_IF_ERROR(
+          b.q->EncodeBeam(b.x, b.n, config_.beam_width, b.codes));
+    }
+  }
+  // Refined layer i's codes sit where layer i's would in a [layer][token]
+  // [kv_head] array.
+  for (size_t i = 0; i < refined.size(); ++i) {
+    for (int s = 0; s < slots; ++s) {
+      const uint16_t* from = codes[i * slots + s].data();
+      for (int64_t row = 0; row < rows; ++row) {
+        const int64_t v = SlotRowVectorIndex(c.per_head, static_cast<int>(i), s,
+                                             tokens, H, row);
+        std::memcpy(rcodes->data() + v * R, from + row * R,
+                    sizeof(uint16_t) * R);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VqCodec::AddKeyRefinement(const uint16_t* rcodes, int64_t tokens,
+                                       int first_layer, int num_layers,
+                                       float* keys) const {
+  const CodebookConfig& c = set_.config();
+  const int H = layout_.kv_heads, D = layout_.head_dim;
+  const int R = set_.key_refine_stages();
+  const int64_t rows = c.per_head ? tokens : tokens * H;
+  const auto [lo, hi] = RefinedRange(first_layer, num_layers);
+  std::vector<uint16_t> codes(static_cast<size_t>(rows) * R);
+  std::vector<float> buf(static_cast<size_t>(rows) * D);
+  for (int i = lo; i < hi; ++i) {
+    const int l = set_.refined_layers()[i];
+    for (int s = 0; s < c.slots_per_layer(); ++s) {
+      for (int64_t row = 0; row < rows; ++row) {
+        const int64_t v =
+            SlotRowVectorIndex(c.per_head, i - lo, s, tokens, H, row);
+        std::memcpy(codes.data() + row * R, rcodes + v * R,
+                    sizeof(uint16_t) * R);
+      }
+      VQKV_RETURN_IF_ERROR(
+          set_.key_refinement(l, s).Decode(codes.data(), rows, buf.data()));
+      for (int64_t row = 0; row < rows; ++row) {
+        const int64_t v =
+            SlotRowVectorIndex(c.per_head, l - first_layer, s, tokens, H, row);
+        float* k = keys + v * D;
+        const float* add = buf.data() + row * D;
+        for (int d = 0; d < D; ++d) k[d] += add[d];
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -601,6 +745,89 @@ void VqCodec::ApplyKeyGains(int64_t tokens, int first_layer, int num_layers,
 
 absl::Status VqCodec::ReconstructLayerKeys(int layer, const float* keys,
                                            int64_t tokens, float* out) const {
+  VQKV_RETURN_IF_ERROR(ReconstructLayerBaseKeys(layer, keys, tokens, out));
+  if (set_.RefinedIndex(layer) < 0) return absl::OkStatus();
+  const CodebookConfig& c = set_.config();
+  const int H = layout_.kv_heads, D = layout_.head_dim;
+  const int R = set_.key_refine_stages();
+  const int64_t rows = c.per_head ? tokens : tokens * H;
+  std::vector<int> all_dims(D);
+  for (int d = 0; d < D; ++d) all_dims[d] = d;
+  std::vector<float> residual(static_cast<size_t>(tokens) * H * D);
+  for (size_t e = 0; e < residual.size(); ++e) residual[e] = keys[e] - out[e];
+  std::vector<float> buf(static_cast<size_t>(rows) * D), dec(buf.size());
+  std::vector<uint16_t> codes(static_cast<size_t>(rows) * R);
+  for (int s = 0; s < c.slots_per_layer(); ++s) {
+    const int slot = c.per_head ? s : -1;
+    const ResidualQuantizer& q = set_.key_refinement(layer, s);
+    Gather(residual.data(), tokens, H, D, slot, all_dims, buf.data());
+    VQKV_RETURN_IF_ERROR(
+        q.EncodeBeam(buf.data(), rows, config_.beam_width, codes.data()));
+    VQKV_RETURN_IF_ERROR(q.Decode(codes.data(), rows, dec.data()));
+    // out += the decoded residual, through the same row mapping.
+    Gather(out, tokens, H, D, slot, all_dims, buf.data());
+    for (size_t e = 0; e < buf.size(); ++e) buf[e] += dec[e];
+    Scatter(buf.data(), tokens, H, D, slot, all_dims, out);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VqCodec::FitKeyRefinement(int layer, const float* keys,
+                                       int64_t tokens, int stages,
+                                       const FitOptions& options) {
+  if (stages < 1 || stages > 4096 ||
+      (set_.key_refine_stages() != 0 && stages != set_.key_refine_stages())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key refinement stages must be in 1..4096 and the same for every "
+        "refined layer; got ",
+        stages,
+        set_.key_refine_stages() != 0
+            ? absl::StrCat(" after ", set_.key_refine_stages())
+            : ""));
+  }
+  if (set_.RefinedIndex(layer) >= 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", layer, " already has a key refinement"));
+  }
+  const CodebookConfig& c = set_.config();
+  const int H = layout_.kv_heads, D = layout_.head_dim;
+  const int64_t rows = c.per_head ? tokens : tokens * H;
+  std::vector<float> residual(
+      static_cast<size_t>(std::max<int64_t>(tokens, 0)) * H * D);
+  VQKV_RETURN_IF_ERROR(
+      ReconstructLayerBaseKeys(layer, keys, tokens, residual.data()));
+  for (size_t e = 0; e < residual.size(); ++e) {
+    residual[e] = keys[e] - residual[e];
+  }
+  batch_encoder_ = nullptr;  // it may hold copies of the old codebooks
+  std::vector<int> all_dims(D);
+  for (int d = 0; d < D; ++d) all_dims[d] = d;
+  std::vector<float> buf(static_cast<size_t>(rows) * D);
+  const int slots = c.slots_per_layer();
+  for (int s = 0; s < slots; ++s) {
+    Gather(residual.data(), tokens, H, D, c.per_head ? s : -1, all_dims,
+           buf.data());
+    const RvqParams p =
+        TrainParams(config_, D, stages, c.key_bits,
+                    QuantizerSeed(options.seed, layer, s, 2, 0));
+    ResidualQuantizer q;
+    VQKV_RETURN_IF_ERROR(
+        q.Fit(p, buf.data(), rows, [&, s](const FitProgress& fp) {
+          if (!options.progress) return;
+          options.progress(FitProgress{
+              absl::StrCat("layer ", layer, " key refinement stage ", fp.done,
+                           "/", stages),
+              int64_t{s} * stages + fp.done, int64_t{slots} * stages});
+        }));
+    VQKV_RETURN_IF_ERROR(set_.SetKeyRefinement(layer, s, std::move(q)));
+  }
+  if (set_.complete()) return Finalize();
+  return absl::OkStatus();
+}
+
+absl::Status VqCodec::ReconstructLayerBaseKeys(int layer, const float* keys,
+                                               int64_t tokens,
+                                               float* out) const {
   if (layer < 0 || layer >= layout_.layers || tokens < 1 || keys == nullptr ||
       out == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -664,8 +891,12 @@ absl::Status VqCodec::DecodeLayers(const uint8_t* in, size_t in_bytes,
   const CodebookConfig& c = set_.config();
   const int64_t layer_vectors = tokens * layout_.kv_heads;
   const int64_t first_vector = first_layer * layer_vectors;
-  const bool aligned = first_vector * c.key_stages() * c.key_bits % 8 == 0 &&
-                       first_vector * c.value_stages * c.value_bits % 8 == 0;
+  const int64_t first_refined =
+      RefinedRange(first_layer, num_layers).first * layer_vectors;
+  const bool aligned =
+      first_vector * c.key_stages() * c.key_bits % 8 == 0 &&
+      first_vector * c.value_stages * c.value_bits % 8 == 0 &&
+      first_refined * set_.key_refine_stages() * c.key_bits % 8 == 0;
   if (aligned) {
     return DecodeRange(in, tokens, first_layer, num_layers, keys, values);
   }
@@ -697,6 +928,21 @@ absl::Status VqCodec::DecodeRange(const uint8_t* in, int64_t tokens,
                                   vectors * Nv, c.value_bits, vcodes.data()));
   VQKV_RETURN_IF_ERROR(Reconstruct(kcodes.data(), vcodes.data(), tokens, keys,
                                    values, first_layer, num_layers));
+  const auto [lo, hi] = RefinedRange(first_layer, num_layers);
+  if (hi > lo) {
+    // The refinement section follows the sketch; refined layer i's codes
+    // start at vector i * layer_vectors of it.
+    const int R = set_.key_refine_stages();
+    const size_t sbytes =
+        sketch_ ? SketchedVectors(tokens) * sketch_->BytesPerVector() : 0;
+    const int64_t n = (hi - lo) * layer_vectors * R;
+    std::vector<uint16_t> rcodes(static_cast<size_t>(n));
+    VQKV_RETURN_IF_ERROR(UnpackBits(
+        in + kbytes + vbytes + sbytes + lo * layer_vectors * R * c.key_bits / 8,
+        PackedBytes(n, c.key_bits), n, c.key_bits, rcodes.data()));
+    VQKV_RETURN_IF_ERROR(
+        AddKeyRefinement(rcodes.data(), tokens, first_layer, num_layers, keys));
+  }
   ApplyKeyGains(tokens, first_layer, num_layers, keys);
   // The sketch section starts at the first sketched layer's first vector.
   const int sketch_from = std::max(first_layer, KeySketchFirstLayer());

@@ -11,13 +11,20 @@
 //   key sketch section (only when key_sketch_bits > 0): per key vector of
 //              layers F = key_sketch_first_layer .. L-1, in order
 //              [layer][token][kv_head], the SignSketch code
-//              (kernels/sign_sketch.h) of what the key codes leave of it.
-// Decode sums each vector's codewords; with key gains in the codebook set
-// (CodebookSet::SetKeyGain) a key then reads centre + gain * (sum - centre)
-// before the sketch's correction is added.
+//              (kernels/sign_sketch.h) of what the key codes (and
+//              refinement) leave of it;
+//   key refinement section (only when the set refines the keys of Lr
+//              layers, CodebookSet::SetKeyRefinement): codes in order
+//              [refined layer][token][kv_head][stage], R stages each, of
+//              what the key codes leave, PackBits at key_bits, zero-padded.
+// Decode sums each vector's codewords (a refined key also its refinement's);
+// with key gains in the codebook set (CodebookSet::SetKeyGain) a key then
+// reads centre + gain * (sum - centre) before the sketch's correction is
+// added.
 // EncodedBytes(T) = PackedBytes(L*T*H*key_stages, key_bits)
 //                 + PackedBytes(L*T*H*value_stages, value_bits)
-//                 + (L-F)*T*H*(2 + key_sketch_bits/8).
+//                 + (L-F)*T*H*(2 + key_sketch_bits/8)
+//                 + PackedBytes(Lr*T*H*R, key_bits).
 //
 // Thread safety: as Codec (codec.h). FitLayer is a Fit.
 #ifndef VQKV_KERNELS_VQ_CODEC_H_
@@ -28,6 +35,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -117,7 +125,9 @@ class VqCodec : public Codec {
   // "vq:L=<layers>:H=<kv_heads>:D=<head_dim>:k=<stages per group joined by
   // '+'>x<bits>:split=<name>:v=<stages>x<bits>:ph=<0|1>:rope=<pre|post>:
   // cb=<16 hex digits>", followed by ":ks=<key_sketch_bits>" when that is
-  // not 0, and then by "@<key_sketch_first_layer>" when that is not 0.
+  // not 0, and then by "@<key_sketch_first_layer>" when that is not 0;
+  // with a key refinement then ":kr=<stages>@<refined layers joined by
+  // '+'>".
   std::string Descriptor() const override;
   const KvLayout& layout() const override { return layout_; }
   uint64_t codebook_hash() const override { return hash_; }
@@ -125,7 +135,8 @@ class VqCodec : public Codec {
   double ValueBitsPerElement() const override;
   size_t EncodedBytes(int64_t tokens) const override;
   uint32_t PayloadFlags() const override {
-    return sketch_ ? uint32_t{kBlockHasKeySketch} : 0u;
+    return (sketch_ ? uint32_t{kBlockHasKeySketch} : 0u) |
+           (set_.has_key_refinement() ? uint32_t{kBlockHasKeyRefinement} : 0u);
   }
   int KeySketchFirstLayer() const override {
     return sketch_ ? config_.key_sketch_first_layer : 0;
@@ -141,6 +152,14 @@ class VqCodec : public Codec {
   absl::Status FitLayer(int layer, const float* keys, const float* values,
                         int64_t tokens, const FitOptions& options);
   bool fitted() const { return fitted_; }
+  // Fits the key refinement of a fitted layer (CodebookSet::
+  // SetKeyRefinement): an RVQ of `stages` stages per slot on what the
+  // layer's key codes leave of keys [token][kv_head][head_dim]. Every
+  // refined layer has the same stages. Changes the codebook hash; drops the
+  // batch encoder. Errors: kInvalidArgument for bad stages or buffers;
+  // kFailedPrecondition when the layer is not fitted or already refined.
+  absl::Status FitKeyRefinement(int layer, const float* keys, int64_t tokens,
+                                int stages, const FitOptions& options);
 
   absl::Status Encode(const float* keys, const float* values, int64_t tokens,
                       uint8_t* out, size_t out_bytes) const override;
@@ -168,8 +187,9 @@ class VqCodec : public Codec {
   bool has_batch_encoder() const { return batch_encoder_ != nullptr; }
 
   // What one layer's key codes reconstruct: keys [token][kv_head][head_dim]
-  // of `layer` encoded (greedy or beam, as Encode) and decoded, without
-  // key gains or sketch, into out (same layout). For fitting key gains
+  // of `layer` encoded (greedy or beam, as Encode) and decoded, with its key
+  // refinement when it has one but without key gains or sketch, into out
+  // (same layout). For fitting key gains
   // while the later layers are not yet fitted (tools/key_gain_fit.h).
   // Errors: kFailedPrecondition when the layer is not fitted;
   // kInvalidArgument for a bad layer, tokens < 1 or null buffers.
@@ -186,6 +206,8 @@ class VqCodec : public Codec {
   }
   // Key vectors with a sketch in a payload of `tokens` tokens.
   int64_t SketchedVectors(int64_t tokens) const;
+  // Key vectors with a refinement in a payload of `tokens` tokens.
+  int64_t RefinedVectors(int64_t tokens) const;
 
  private:
   VqCodec() = default;
@@ -198,6 +220,24 @@ class VqCodec : public Codec {
   absl::Status Reconstruct(const uint16_t* kcodes, const uint16_t* vcodes,
                            int64_t tokens, float* keys, float* values,
                            int first_layer = 0, int num_layers = -1) const;
+  // ReconstructLayerKeys without the refinement.
+  absl::Status ReconstructLayerBaseKeys(int layer, const float* keys,
+                                        int64_t tokens, float* out) const;
+  // Positions [lo, hi) in refined_layers() of the refined layers in
+  // [first_layer, first_layer + num_layers).
+  std::pair<int, int> RefinedRange(int first_layer, int num_layers) const;
+  // Refinement codes [refined layer][token][kv_head][R] of every refined
+  // layer, for keys [layer][token][kv_head][head_dim] and their key codes
+  // kcodes [vector][Nk].
+  absl::Status EncodeKeyRefinement(const float* keys, int64_t tokens,
+                                   const uint16_t* kcodes,
+                                   std::vector<uint16_t>* rcodes) const;
+  // Adds the decoded refinement of the refined layers in [first_layer,
+  // +num_layers) to keys (that range's vectors); rcodes starts at the first
+  // of them.
+  absl::Status AddKeyRefinement(const uint16_t* rcodes, int64_t tokens,
+                                int first_layer, int num_layers,
+                                float* keys) const;
   // centre + gain * (k - centre) for the keys of layers [first_layer,
   // +num_layers) when the set has key gains.
   void ApplyKeyGains(int64_t tokens, int first_layer, int num_layers,

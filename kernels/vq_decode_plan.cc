@@ -22,6 +22,11 @@ absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
         "correction is not in the device decode)");
   }
   const CodebookSet& set = codec.codebooks();
+  if (set.has_key_refinement()) {
+    return absl::UnimplementedError(
+        "a codec with a key refinement decodes on the CPU only (the "
+        "refinement's stages are not in the device decode)");
+  }
   const CodebookConfig& c = set.config();
   const KvLayout& layout = codec.layout();
   const std::vector<std::vector<int>>& groups = set.key_group_dims();

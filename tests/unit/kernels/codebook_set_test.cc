@@ -348,6 +348,133 @@ TEST(CodebookSetTest, BadKeyRopeInFileIsDataLoss) {
   }
 }
 
+// A fitted quantizer for a key refinement of a SmallConfig set.
+ResidualQuantizer RefinementQuantizer(int stages, uint64_t seed) {
+  RvqParams p;
+  p.dim = 8;
+  p.stages = stages;
+  p.bits = 4;
+  p.seed = seed;
+  p.training.kmeans_iterations = 2;
+  const std::vector<float> x = testing::KeyLikeVectors(100, 8, seed);
+  ResidualQuantizer q;
+  EXPECT_TRUE(q.Fit(p, x.data(), 100).ok());
+  return q;
+}
+
+// Key refinement: version 5, the refined layers and their quantizers after
+// the gains; the RoPE fields optional.
+TEST(CodebookSetTest, KeyRefinementRoundTripsAsVersion5) {
+  for (bool per_head : {false, true}) {
+    for (bool gains : {false, true}) {
+      for (bool rope : {false, true}) {
+        CodebookSet set =
+            rope ? FittedSet(PreRopeConfig(), 21)
+                 : FittedSet(SmallConfig(KeySplit::kNone, per_head), 21);
+        if (rope) {
+          ASSERT_TRUE(set.SetKeyRope(RopeSpec{10000.0, 8}).ok());
+        }
+        if (gains) {
+          ASSERT_TRUE(set.SetKeyGain(1, 0, 1.2f, std::vector<float>(8)).ok());
+        }
+        const std::string before = *set.Serialize();
+        const uint64_t hash_before = *set.Hash();
+        EXPECT_FALSE(set.has_key_refinement());
+        EXPECT_EQ(set.RefinedIndex(1), -1);
+        const int slots = set.config().slots_per_layer();
+        for (int s = 0; s < slots; ++s) {
+          ASSERT_TRUE(
+              set.SetKeyRefinement(1, s, RefinementQuantizer(2, 30 + s)).ok());
+          // Complete only once every slot of the refined layer is set.
+          EXPECT_EQ(set.complete(), s + 1 == slots);
+        }
+        EXPECT_EQ(set.refined_layers(), std::vector<int>{1});
+        EXPECT_EQ(set.key_refine_stages(), 2);
+        EXPECT_EQ(set.RefinedIndex(1), 0);
+        const std::string bytes = *set.Serialize();
+        EXPECT_EQ(bytes[4], 5);
+        EXPECT_EQ(static_cast<uint8_t>(bytes[116]), 2);  // stages
+        EXPECT_EQ(static_cast<uint8_t>(bytes[120]), 1);  // refined layers
+        EXPECT_EQ(bytes[113], gains ? 1 : 0);
+        EXPECT_EQ(static_cast<uint8_t>(bytes[44]), rope ? 8 : 0);
+        // Body: the earlier one, then layer 1 (u32) and its quantizers.
+        const size_t old_header = static_cast<uint8_t>(before[6]);
+        const size_t old_body = before.size() - old_header - 8;
+        EXPECT_EQ(bytes.size(),
+                  128 + old_body + 4 + slots * 2 * 16 * 8 * 4 + 8);
+        EXPECT_EQ(bytes.substr(128, old_body),
+                  before.substr(old_header, old_body));
+        EXPECT_EQ(static_cast<uint8_t>(bytes[128 + old_body]), 1);
+        EXPECT_NE(*set.Hash(), hash_before);
+        absl::StatusOr<CodebookSet> back = CodebookSet::Deserialize(bytes);
+        ASSERT_TRUE(back.ok()) << back.status();
+        EXPECT_EQ(back->refined_layers(), std::vector<int>{1});
+        EXPECT_EQ(back->key_refine_stages(), 2);
+        EXPECT_EQ(back->key_refinement(1, slots - 1).codebooks(),
+                  set.key_refinement(1, slots - 1).codebooks());
+        EXPECT_EQ(back->has_key_gains(), gains);
+        EXPECT_EQ(back->key_rope().has_value(), rope);
+        EXPECT_EQ(*back->Serialize(), bytes);
+        EXPECT_EQ(*back->Hash(), *set.Hash());
+        // Clearing it gives back the earlier file.
+        set.ClearKeyRefinement();
+        EXPECT_EQ(*set.Serialize(), before);
+      }
+    }
+  }
+}
+
+TEST(CodebookSetTest, SetKeyRefinementChecksItsArguments) {
+  CodebookSet set = FittedSet(SmallConfig(KeySplit::kNone, false), 22);
+  EXPECT_EQ(set.SetKeyRefinement(2, 0, RefinementQuantizer(2, 1)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(set.SetKeyRefinement(0, 1, RefinementQuantizer(2, 1)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(set.SetKeyRefinement(0, 0, ResidualQuantizer()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(set.has_key_refinement());
+  ASSERT_TRUE(set.SetKeyRefinement(1, 0, RefinementQuantizer(2, 1)).ok());
+  // Every refinement has the first one's stages.
+  EXPECT_EQ(set.SetKeyRefinement(0, 0, RefinementQuantizer(3, 1)).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(set.SetKeyRefinement(0, 0, RefinementQuantizer(2, 2)).ok());
+  EXPECT_EQ(set.refined_layers(), (std::vector<int>{0, 1}));
+  EXPECT_EQ(set.RefinedIndex(0), 0);
+  EXPECT_EQ(set.RefinedIndex(1), 1);
+}
+
+// Edits of a version-5 file, hash rewritten to match: each is corrupt.
+TEST(CodebookSetTest, BadKeyRefinementInFileIsDataLoss) {
+  CodebookSet set = FittedSet(SmallConfig(KeySplit::kNone, false), 23);
+  ASSERT_TRUE(set.SetKeyRefinement(0, 0, RefinementQuantizer(2, 3)).ok());
+  ASSERT_TRUE(set.SetKeyRefinement(1, 0, RefinementQuantizer(2, 4)).ok());
+  const std::string v5 = *set.Serialize();
+  ASSERT_TRUE(CodebookSet::Deserialize(v5).ok());
+  const size_t layers_at =
+      v5.size() - 8 - 2 * (2 * 16 * 8 * 4) - 2 * 4;  // the refined layers
+  ASSERT_EQ(static_cast<uint8_t>(v5[layers_at + 4]), 1);
+  auto edit = [](std::string bytes, size_t offset, uint8_t value) {
+    bytes[offset] = static_cast<char>(value);
+    Rehash(&bytes);
+    return bytes;
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"0 stages", edit(v5, 116, 0)},
+      {"stages disagree with the body", edit(v5, 116, 3)},
+      {"0 refined layers", edit(v5, 120, 0)},
+      {"more refined layers than layers", edit(v5, 120, 3)},
+      {"layers not ascending", edit(v5, layers_at + 4, 0)},
+      {"layer out of range", edit(v5, layers_at + 4, 2)},
+      {"reserved byte", edit(v5, 124, 1)},
+      {"RoPE on post-RoPE keys", edit(v5, 44, 8)},
+  };
+  for (const auto& [name, bytes] : cases) {
+    EXPECT_EQ(CodebookSet::Deserialize(bytes).status().code(),
+              absl::StatusCode::kDataLoss)
+        << name;
+  }
+}
+
 TEST(CodebookSetTest, IdentityRoundTripWritesVersion2) {
   CodebookSet set = FittedSet(SmallConfig(KeySplit::kRopeHalfRotate, true), 7);
   const std::string v1 = *set.Serialize();

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -10,7 +11,9 @@
 #include "gtest/gtest.h"
 #include "kernels/bitpack.h"
 #include "kernels/block.h"
+#include "kernels/code_attention.h"
 #include "kernels/rvq.h"
+#include "kernels/vq_decode_plan.h"
 #include "tests/unit/kernels/rvq_test_data.h"
 
 namespace vqkv {
@@ -182,8 +185,10 @@ TEST(VqCodecTest, DecodeLayersIsTheSliceOfDecode) {
   const KvLayout layout{4, 2, 16};
   for (KeySplit split : {KeySplit::kNone, KeySplit::kRopeHalfRotate}) {
     for (bool per_head : {false, true}) {
-      for (auto [sketch_bits, sketch_from] :
-           {std::pair{0, 0}, std::pair{32, 0}, std::pair{32, 2}}) {
+      for (auto [sketch_bits, sketch_from, refine] :
+           {std::tuple{0, 0, false}, std::tuple{32, 0, false},
+            std::tuple{32, 2, false}, std::tuple{0, 0, true},
+            std::tuple{32, 2, true}}) {
         VqConfig cfg = SmallConfig();
         cfg.key_split = split;
         cfg.per_head = per_head;
@@ -192,6 +197,18 @@ TEST(VqCodecTest, DecodeLayersIsTheSliceOfDecode) {
         Fixture f(cfg, layout);
         ASSERT_TRUE(
             f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+        // Refined layers 1 and 3: with 5 tokens the second one's codes start
+        // mid-byte (30 codes of 6 bits), so DecodeLayers takes its fallback.
+        const int64_t layer_floats =
+            f.tokens * layout.kv_heads * layout.head_dim;
+        for (int l : {1, 3}) {
+          if (!refine) break;
+          ASSERT_TRUE(f.codec
+                          ->FitKeyRefinement(l,
+                                             f.keys.data() + l * layer_floats,
+                                             f.tokens, 3, {})
+                          .ok());
+        }
         for (int64_t T : {16, 5}) {
           const int64_t n = T * layout.layers * layout.kv_heads;
           const int64_t per_layer = T * layout.kv_heads * layout.head_dim;
@@ -214,10 +231,10 @@ TEST(VqCodecTest, DecodeLayersIsTheSliceOfDecode) {
                               ->DecodeLayers(payload.data(), payload.size(), T,
                                              first, num, kr.data(), vr.data())
                               .ok());
-              const std::string where =
-                  absl::StrCat(KeySplitName(split), " per_head ", per_head,
-                               " sketch ", sketch_bits, "@", sketch_from,
-                               " tokens ", T, " layers ", first, "+", num);
+              const std::string where = absl::StrCat(
+                  KeySplitName(split), " per_head ", per_head, " refine ",
+                  refine, " sketch ", sketch_bits, "@", sketch_from, " tokens ",
+                  T, " layers ", first, "+", num);
               ASSERT_EQ(kr, std::vector<float>(
                                 k_all.begin() + first * per_layer,
                                 k_all.begin() + (first + num) * per_layer))
@@ -692,6 +709,190 @@ TEST(VqCodecTest, ReconstructLayerKeysNeedsAFittedLayer) {
       f.codec->ReconstructLayerKeys(2, f.keys.data(), f.tokens, out.data())
           .code(),
       absl::StatusCode::kInvalidArgument);
+}
+
+namespace {
+
+// Mean squared error of layer `l`'s decoded keys against the originals.
+double LayerKeyError(const std::vector<float>& want,
+                     const std::vector<float>& got, int64_t layer_floats,
+                     int l) {
+  double e = 0;
+  for (int64_t i = l * layer_floats; i < (l + 1) * layer_floats; ++i) {
+    e += (want[i] - got[i]) * (want[i] - got[i]);
+  }
+  return e / layer_floats;
+}
+
+}  // namespace
+
+// A key refinement codes what a layer's key codes leave: that layer's keys
+// decode closer, everything else decodes as before, and the payload grows by
+// the refinement section only.
+TEST(VqCodecTest, KeyRefinementCodesWhatTheKeyCodesLeave) {
+  const KvLayout layout{3, 2, 16};
+  const int D = layout.head_dim, H = layout.kv_heads;
+  for (KeySplit split : {KeySplit::kNone, KeySplit::kRopeHalfRotate}) {
+    for (bool per_head : {false, true}) {
+      const std::string where =
+          absl::StrCat(KeySplitName(split), " per_head ", per_head);
+      VqConfig cfg = SmallConfig();
+      cfg.key_split = split;
+      cfg.per_head = per_head;
+      Fixture f(cfg, layout);
+      ASSERT_TRUE(
+          f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+      auto plain = VqCodec::FromCodebookSet(f.codec->codebooks());
+      ASSERT_TRUE(plain.ok());
+      const int64_t fit_layer = f.tokens * H * D;
+      ASSERT_TRUE(
+          f.codec
+              ->FitKeyRefinement(1, f.keys.data() + fit_layer, f.tokens, 4, {})
+              .ok());
+      const VqCodec& refined = *f.codec;
+      EXPECT_NE(refined.codebook_hash(), (*plain)->codebook_hash()) << where;
+      const std::string plain_descriptor = (*plain)->Descriptor();
+      EXPECT_EQ(refined.Descriptor().substr(0, plain_descriptor.size() - 16),
+                plain_descriptor.substr(0, plain_descriptor.size() - 16));
+      EXPECT_EQ(refined.Descriptor().substr(plain_descriptor.size()),
+                ":kr=4@1");
+      EXPECT_EQ(refined.PayloadFlags(), uint32_t{kBlockHasKeyRefinement});
+      // 4 more 6-bit stages on one layer of three.
+      EXPECT_DOUBLE_EQ(refined.KeyBitsPerElement(),
+                       (*plain)->KeyBitsPerElement() + 4.0 * 6 / 3 / D);
+
+      const int64_t T = 40;
+      const int64_t per_layer = T * H * D;
+      const int64_t n = T * layout.layers * H;
+      // Held-out keys and values, from the fixture's distribution.
+      std::vector<float> k = testing::KeyLikeVectors(n, D, 51);
+      testing::ApplyRope(k, D, testing::RopeLayout::kHalfRotate);
+      std::vector<float> v = testing::KeyLikeVectors(n, D, 52);
+      std::vector<uint8_t> p1((*plain)->EncodedBytes(T));
+      std::vector<uint8_t> p2(refined.EncodedBytes(T));
+      EXPECT_EQ(p2.size(), p1.size() + PackedBytes(T * H * 4, 6));
+      ASSERT_TRUE(
+          (*plain)->Encode(k.data(), v.data(), T, p1.data(), p1.size()).ok());
+      ASSERT_TRUE(
+          refined.Encode(k.data(), v.data(), T, p2.data(), p2.size()).ok());
+      EXPECT_EQ(std::vector<uint8_t>(p2.begin(), p2.begin() + p1.size()), p1)
+          << where;
+      std::vector<float> k1(k.size()), v1(v.size()), k2(k.size()), v2(v.size());
+      ASSERT_TRUE(
+          (*plain)->Decode(p1.data(), p1.size(), T, k1.data(), v1.data()).ok());
+      ASSERT_TRUE(
+          refined.Decode(p2.data(), p2.size(), T, k2.data(), v2.data()).ok());
+      EXPECT_EQ(v1, v2);
+      for (int l : {0, 2}) {
+        EXPECT_TRUE(std::equal(k1.begin() + l * per_layer,
+                               k1.begin() + (l + 1) * per_layer,
+                               k2.begin() + l * per_layer))
+            << where << " layer " << l;
+      }
+      const double before = LayerKeyError(k, k1, per_layer, 1);
+      const double after = LayerKeyError(k, k2, per_layer, 1);
+      EXPECT_LT(after, 0.8 * before) << where;
+      // ReconstructLayerKeys includes the refinement (no gains here).
+      std::vector<float> rec(per_layer);
+      ASSERT_TRUE(
+          refined.ReconstructLayerKeys(1, k.data() + per_layer, T, rec.data())
+              .ok());
+      for (int64_t i = 0; i < per_layer; ++i) {
+        ASSERT_NEAR(rec[i], k2[per_layer + i], 1e-5f * (1 + std::abs(rec[i])))
+            << where << " " << i;
+      }
+      // A block carries the flag, and opens with the codec that sealed it.
+      absl::StatusOr<std::vector<uint8_t>> block =
+          EncodeBlock(refined, k.data(), v.data(), T, BlockOptions{});
+      ASSERT_TRUE(block.ok()) << block.status();
+      absl::StatusOr<BlockHeader> header =
+          VerifyBlock(block->data(), block->size());
+      ASSERT_TRUE(header.ok()) << header.status();
+      EXPECT_NE(header->flags & kBlockHasKeyRefinement, 0u);
+      std::vector<float> k3(k.size()), v3(v.size());
+      ASSERT_TRUE(DecodeBlock(refined, block->data(), block->size(), T,
+                              k3.data(), v3.data())
+                      .ok());
+      EXPECT_EQ(k3, k2);
+
+      // The device decode and code attention do not read refinements.
+      EXPECT_EQ(MakeVqDecodePlan(refined, std::nullopt, RopePairs::kAdjacent)
+                    .status()
+                    .code(),
+                absl::StatusCode::kUnimplemented);
+      EXPECT_EQ(CodeAttention::Create(refined, 1, 0).status().code(),
+                absl::StatusCode::kUnimplemented);
+      EXPECT_TRUE(CodeAttention::Create(refined, 0, 0).ok());
+    }
+  }
+}
+
+TEST(VqCodecTest, KeyRefinementIsDecodedBeforeTheGain) {
+  const KvLayout layout{2, 2, 16};
+  const int D = layout.head_dim, H = layout.kv_heads;
+  Fixture f(SmallConfig(), layout);
+  ASSERT_TRUE(f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+  ASSERT_TRUE(f.codec
+                  ->FitKeyRefinement(1, f.keys.data() + f.tokens * H * D,
+                                     f.tokens, 2, {})
+                  .ok());
+  CodebookSet books = f.codec->codebooks();
+  std::vector<float> centre(D, 0.25f);
+  ASSERT_TRUE(books.SetKeyGain(1, 0, 1.25f, centre).ok());
+  auto gained = VqCodec::FromCodebookSet(books);
+  ASSERT_TRUE(gained.ok()) << gained.status();
+  const int64_t T = 8, per_layer = T * H * D;
+  std::vector<float> k = testing::KeyLikeVectors(T * 2 * H, D, 61);
+  std::vector<float> v = testing::KeyLikeVectors(T * 2 * H, D, 62);
+  std::vector<uint8_t> p((*gained)->EncodedBytes(T));
+  ASSERT_TRUE(
+      (*gained)->Encode(k.data(), v.data(), T, p.data(), p.size()).ok());
+  std::vector<float> kd(k.size()), vd(v.size()), rec(per_layer);
+  ASSERT_TRUE(
+      (*gained)->Decode(p.data(), p.size(), T, kd.data(), vd.data()).ok());
+  ASSERT_TRUE((*gained)
+                  ->ReconstructLayerKeys(1, k.data() + per_layer, T, rec.data())
+                  .ok());
+  for (int64_t t = 0; t < T; ++t) {
+    for (int d = 0; d < D; ++d) {
+      const float sum = rec[(t * H + 0) * D + d];
+      const float want = 0.25f + 1.25f * (sum - 0.25f);
+      ASSERT_NEAR(kd[per_layer + (t * H + 0) * D + d], want,
+                  1e-5f * (1 + std::abs(want)));
+    }
+  }
+}
+
+TEST(VqCodecTest, KeyRefinementChecksItsArguments) {
+  Fixture f(SmallConfig());
+  const int64_t layer_floats = f.tokens * 2 * 16;
+  // The layer must be fitted first.
+  EXPECT_EQ(f.codec->FitKeyRefinement(0, f.keys.data(), f.tokens, 2, {}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(f.codec->Fit(f.keys.data(), f.values.data(), f.tokens, {}).ok());
+  EXPECT_EQ(f.codec->FitKeyRefinement(0, f.keys.data(), f.tokens, 0, {}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.codec->FitKeyRefinement(2, f.keys.data(), f.tokens, 2, {}).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(
+      f.codec->FitKeyRefinement(0, f.keys.data(), f.tokens, 2, {}).ok());
+  EXPECT_TRUE(f.codec->fitted());
+  // Once per layer, and every refined layer has the same stages.
+  EXPECT_EQ(f.codec->FitKeyRefinement(0, f.keys.data(), f.tokens, 2, {}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      f.codec
+          ->FitKeyRefinement(1, f.keys.data() + layer_floats, f.tokens, 3, {})
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  // A refined layer's codes are not refit under its refinement.
+  EXPECT_EQ(
+      f.codec->FitLayer(0, f.keys.data(), f.values.data(), f.tokens, {}).code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(f.codec
+                  ->FitLayer(1, f.keys.data() + layer_floats,
+                             f.values.data() + layer_floats, f.tokens, {})
+                  .ok());
 }
 
 }  // namespace vqkv
