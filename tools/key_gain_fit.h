@@ -65,6 +65,18 @@ absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
 inline constexpr double kAutoKeyGainExcess = 0.065;
 double AutoKeyGainStrength(double mean_gain);
 
+// The strength of a layer with a key refinement (CodebookSet::
+// SetKeyRefinement): the correction scaled until the layer's largest gain
+// is 1 + kRefinedKeyGainExcess, never below `set_strength` (the other
+// layers') nor past 10. `max_gain` is the layer's largest gain fitted at
+// strength 1; at or below 1 the answer is set_strength. Refinement leaves
+// less shrinkage to undo, but a refined retrieval layer still needs its
+// gain: on SmolLM2-135M layer 18 with 20 more key stages reads needles
+// best with gains up to about 1.10 (vartrack 17/20 against 12/20 at the
+// fit's own auto strength; docs/FIDELITY.md, "Key refinement").
+inline constexpr double kRefinedKeyGainExcess = 0.10;
+double RefinedKeyGainStrength(double max_gain, double set_strength);
+
 }  // namespace vqkv::tools
 
 #endif  // VQKV_TOOLS_KEY_GAIN_FIT_H_

@@ -126,6 +126,16 @@ TEST(KeyGainFitTest, AutoStrengthScalesTowardTheTargetMeanWithinOneAndTwo) {
   EXPECT_EQ(AutoKeyGainStrength(std::nan("")), 1.0);
 }
 
+// A refined layer: its largest gain scaled to 1.10, never below the set's
+// strength nor past 10.
+TEST(KeyGainFitTest, RefinedStrengthScalesTheLargestGainToTheTarget) {
+  EXPECT_NEAR(RefinedKeyGainStrength(1.04, 1.0), 2.5, 1e-9);
+  EXPECT_EQ(RefinedKeyGainStrength(1.2, 1.0), 1.0);
+  EXPECT_EQ(RefinedKeyGainStrength(1.04, 3.0), 3.0);
+  EXPECT_EQ(RefinedKeyGainStrength(1.001, 1.0), 10.0);
+  EXPECT_EQ(RefinedKeyGainStrength(0.99, 1.5), 1.5);
+}
+
 TEST(KeyGainFitTest, BadArguments) {
   const KvLayout layout{2, 2, 8};
   const std::vector<float> keys = testing::KeyLikeVectors(100 * 2, 8, 5);

@@ -351,13 +351,44 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   EXPECT_NE(cal.err.find(", 64 dims, adjacent pairs"), std::string::npos)
       << cal.err;
   ASSERT_TRUE(fs::exists(Path("tiny.vqcb")));
-  // Calibrate records the model, the key RoPE and the gains: version 4.
-  ASSERT_EQ(ReadAll(Path("tiny.vqcb"))[4], 4);
-  ASSERT_EQ(ReadAll(Path("tiny.vqcb"))[113], 1);  // has_key_gains
-  // Without gains, version 4 still (the gains flag off), another hash.
+  // Calibrate records the model, the key RoPE, the gains and the key
+  // refinement of the layer with the largest gain, 8 more stages (the key
+  // stages): version 5.
+  const std::string tiny_file = ReadAll(Path("tiny.vqcb"));
+  ASSERT_EQ(tiny_file[4], 5);
+  ASSERT_EQ(tiny_file[113], 1);  // has_key_gains
+  ASSERT_EQ(tiny_file[116], 8);  // refinement stages
+  ASSERT_EQ(tiny_file[120], 1);  // refined layers
+  const std::regex refined_line(R"(key refinement of layer (\d+) )");
+  std::smatch refined;
+  ASSERT_TRUE(std::regex_search(cal.err, refined, refined_line)) << cal.err;
+  EXPECT_GE(std::stoi(refined[1].str()), 15);
+  EXPECT_NE(cal.err.find(":kr=8@" + refined[1].str()), std::string::npos)
+      << cal.err;
+  EXPECT_NE(cal.err.find("key gains of refined layer " + refined[1].str()),
+            std::string::npos)
+      << cal.err;
+  // --refit-gains keeps the refinement and fits its layer's gains again.
+  Result refit5 = calibrate("refit5.vqcb", "--refit-gains " + Path("tiny.vqcb") +
+                                               " --key-gain-tokens 300");
+  ASSERT_EQ(refit5.exit_code, 0) << refit5.err;
+  EXPECT_EQ(ReadAll(Path("refit5.vqcb")), tiny_file);
+  // --key-refine-layers 0: no refinement, version 4.
+  Result unrefined =
+      calibrate("unrefined.vqcb",
+                tiny + "--key-gain-tokens 300 --key-refine-layers 0");
+  ASSERT_EQ(unrefined.exit_code, 0) << unrefined.err;
+  EXPECT_EQ(unrefined.err.find("key refinement"), std::string::npos)
+      << unrefined.err;
+  ASSERT_EQ(ReadAll(Path("unrefined.vqcb"))[4], 4);
+  // Without gains, version 4 still (the gains flag off), another hash, and
+  // no refinement (the gains choose its layers).
   Result plain = calibrate("plain.vqcb", tiny + "--key-gain-tokens 0");
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
   EXPECT_EQ(plain.err.find("key gains"), std::string::npos) << plain.err;
+  EXPECT_NE(plain.err.find("no key refinement without a gain fit"),
+            std::string::npos)
+      << plain.err;
   ASSERT_EQ(ReadAll(Path("plain.vqcb"))[4], 4);
   ASSERT_EQ(ReadAll(Path("plain.vqcb"))[113], 0);
   // Post-RoPE keys record no RoPE: version 2 without gains (3 with).
@@ -460,9 +491,10 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
   EXPECT_GE(top1, 0.0);
   EXPECT_LE(top1, 1.0);
   EXPECT_GE(JsonNumber(ev.out, "kl"), 0.0);
-  // 8 x 4 bits / 64 keys, 2 x 4 bits / 64 values.
-  EXPECT_NEAR(JsonNumber(ev.out, "bits_per_element"), 0.5 * (0.5 + 0.125),
-              1e-6);
+  // 8 x 4 bits / 64 keys (one layer of 30 with 8 x 4 more), 2 x 4 bits /
+  // 64 values.
+  EXPECT_NEAR(JsonNumber(ev.out, "bits_per_element"),
+              0.5 * (0.5 + 0.5 / 30 + 0.125), 1e-6);
   EXPECT_GT(JsonNumber(ev.out, "compression_ratio"), 0.9);
   EXPECT_EQ(JsonNumber(ev.out, "tokens_scored"), 160 - (4 + 64 + 1));
   EXPECT_GT(JsonNumber(ev.out, "max_tokens_in_budget"),
@@ -536,7 +568,9 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
                        "20 --lengths 200 --trials 1 --window 32 --json"));
   ASSERT_EQ(dg.exit_code, 0) << dg.err;
   EXPECT_NE(dg.out.find("\"task\":\"diagnose\""), std::string::npos);
-  EXPECT_NE(dg.out.find(":ks=16@20\""), std::string::npos) << dg.out;
+  EXPECT_NE(dg.out.find(":ks=16@20:kr=8@" + refined[1].str() + "\""),
+            std::string::npos)
+      << dg.out;
   EXPECT_NE(dg.out.find("{\"layer\":29,\"k_digits\""), std::string::npos);
   EXPECT_NE(dg.out.find("{\"layer\":29,\"head\":8,"), std::string::npos);
   EXPECT_NE(dg.out.find("{\"what\":\"layers 20-29\""), std::string::npos);
