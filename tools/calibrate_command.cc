@@ -282,7 +282,8 @@ int Run(const CalibrateArgs& a) {
   // what they undo): every gain is fitted at strength 1 first; its mean
   // gives the set's strength, each layer's largest names the layers to
   // refine; then the gains are fitted again, through the refinement.
-  const eval::KvCollector* gc = own_gain_text ? gain_collector.get() : &collector;
+  const eval::KvCollector* gc =
+      own_gain_text ? gain_collector.get() : &collector;
   CodebookSet set = (*codec)->codebooks();
   set.ClearKeyGains();  // --refit-gains replaces every gain of the file
   const auto fit_layer_gains = [&](int layer, double strength,
@@ -303,8 +304,8 @@ int Run(const CalibrateArgs& a) {
         return Fail(s);
       }
       largest_gain[layer] = r.max_gain;
-      fitted_mean = (fitted_mean * heads + r.mean_gain * r.heads) /
-                    (heads + r.heads);
+      fitted_mean =
+          (fitted_mean * heads + r.mean_gain * r.heads) / (heads + r.heads);
       heads += r.heads;
     }
   }

@@ -79,6 +79,20 @@ std::string Call(int method, int caller, const std::string& request) {
          std::string(1, static_cast<char>(caller)) + request;
 }
 
+// A fitted 2-stage key refinement for a kTinyLayout set (key bits 4).
+ResidualQuantizer TinyRefinement(uint64_t seed) {
+  RvqParams p;
+  p.dim = kTinyLayout.head_dim;
+  p.stages = 2;
+  p.bits = 4;
+  p.seed = seed;
+  p.training.kmeans_iterations = 2;
+  const std::vector<float> x = testing::KeyLikeVectors(64, p.dim, seed);
+  ResidualQuantizer q;
+  FUZZ_CHECK(q.Fit(p, x.data(), 64).ok());
+  return q;
+}
+
 void Run() {
   const CodebookSet set1 = TinyCodebookSet(KeySplit::kNone, false, 1);
   const CodebookSet set2 = TinyCodebookSet(KeySplit::kRopeHalfRotate, true, 2);
@@ -117,6 +131,18 @@ void Run() {
                              std::vector<float>(kTinyLayout.head_dim, -0.25f))
                  .ok());
   Write("codebook_set", "key-rope-gains", *set4.Serialize());
+  // Version 5: a key refinement of layer 1 (2 stages), with and without a
+  // key RoPE.
+  CodebookSet set5 = set1;
+  FUZZ_CHECK(set5.SetKeyRefinement(1, 0, TinyRefinement(5)).ok());
+  Write("codebook_set", "key-refine", *set5.Serialize());
+  for (int s = 0; s < set4.config().slots_per_layer(); ++s) {
+    FUZZ_CHECK(set4.SetKeyRefinement(0, s, TinyRefinement(6 + s)).ok());
+  }
+  Write("codebook_set", "key-rope-gains-refine", *set4.Serialize());
+  auto vq5 = MakeCodec("vq", kTinyLayout, &set5, 1, 16);
+  FUZZ_CHECK(vq5.ok());
+  Write("block", "vq-sketch-refine-3tok", Block(**vq5, 3, 0, 8));
 
   // gguf_fuzzer
   Write("gguf", "tokenizer-smollm", TokenizerGguf("smollm"));

@@ -387,6 +387,54 @@ TEST_F(CacheClientTest, StoreEncodesItsBlocksInOneBatch) {
   EXPECT_EQ(vb, vc);
 }
 
+// A codebook set with a key refinement (codebook format 5) travels whole:
+// the namespace names it, its blocks carry the flag and the extra codes, and
+// they load with the refined layer's keys closer to the stored ones.
+TEST_F(CacheClientTest, KeyRefinementIsStoredAndLoaded) {
+  const KvLayout l = SmallLayout();
+  const testing::FittedVq vq = testing::FitVq(l);
+  auto refined = VqCodec::FromCodebookSet(vq.codec->codebooks());
+  ASSERT_TRUE(refined.ok()) << refined.status();
+  const int64_t fit_tokens = 256;
+  const std::vector<float> fit_keys =
+      testing::ExactKv(fit_tokens * l.ElementsPerToken(), 7);
+  ASSERT_TRUE((*refined)
+                  ->FitKeyRefinement(
+                      1, fit_keys.data() + fit_tokens * l.kv_heads * l.head_dim,
+                      fit_tokens, 2, {})
+                  .ok());
+  const std::string refined_file = *(*refined)->codebooks().Serialize();
+  const testing::FittedVq rvq{
+      std::shared_ptr<const VqCodec>(*std::move(refined)), refined_file};
+  auto plain = NewClient(Options(), vq.codec, vq.file);
+  auto client = NewClient(Options(), rvq.codec, rvq.file);
+  ASSERT_NE(plain, nullptr);
+  ASSERT_NE(client, nullptr);
+  EXPECT_TRUE(absl::EndsWith(client->namespace_spec().codec, ":kr=2@1"))
+      << client->namespace_spec().codec;
+  const std::vector<int32_t> t = Tokens(64);
+  const std::vector<float> k = Kv(64, 31), v = Kv(64, 32);
+  ASSERT_TRUE(plain->Store(t, "", k.data(), v.data()).ok());
+  EXPECT_EQ(*client->Lookup(t, ""), 0);  // another codebook set
+  auto stored = client->Store(t, "", k.data(), v.data());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  std::vector<float> k1(k.size()), v1(v.size()), k2(k.size()), v2(v.size());
+  ASSERT_EQ(plain->Load(t, "", k1.data(), v1.data())->tokens, 64);
+  ASSERT_EQ(client->Load(t, "", k2.data(), v2.data())->tokens, 64);
+  EXPECT_EQ(v1, v2);
+  const size_t per_layer = 64 * l.kv_heads * l.head_dim;
+  double before = 0, after = 0;
+  for (size_t i = 0; i < k.size(); ++i) {
+    if (i / per_layer != 1) {
+      ASSERT_EQ(k1[i], k2[i]) << i;  // only layer 1 is refined
+      continue;
+    }
+    before += (k1[i] - k[i]) * (k1[i] - k[i]);
+    after += (k2[i] - k[i]) * (k2[i] - k[i]);
+  }
+  EXPECT_LT(after, before);
+}
+
 // The key sketch is an encoding setting in the codec descriptor: a client
 // with it reads and writes its own blocks, never those of a client without.
 TEST_F(CacheClientTest, KeySketchClientsHaveTheirOwnNamespace) {

@@ -369,14 +369,14 @@ TEST_F(VqkvCliTest, CalibrateThenEvalOnAnotherText) {
             std::string::npos)
       << cal.err;
   // --refit-gains keeps the refinement and fits its layer's gains again.
-  Result refit5 = calibrate("refit5.vqcb", "--refit-gains " + Path("tiny.vqcb") +
-                                               " --key-gain-tokens 300");
+  Result refit5 =
+      calibrate("refit5.vqcb", "--refit-gains " + Path("tiny.vqcb") +
+                                   " --key-gain-tokens 300");
   ASSERT_EQ(refit5.exit_code, 0) << refit5.err;
   EXPECT_EQ(ReadAll(Path("refit5.vqcb")), tiny_file);
   // --key-refine-layers 0: no refinement, version 4.
-  Result unrefined =
-      calibrate("unrefined.vqcb",
-                tiny + "--key-gain-tokens 300 --key-refine-layers 0");
+  Result unrefined = calibrate(
+      "unrefined.vqcb", tiny + "--key-gain-tokens 300 --key-refine-layers 0");
   ASSERT_EQ(unrefined.exit_code, 0) << unrefined.err;
   EXPECT_EQ(unrefined.err.find("key refinement"), std::string::npos)
       << unrefined.err;
