@@ -25,7 +25,8 @@ absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
   if (set.has_key_refinement()) {
     return absl::UnimplementedError(
         "a codec with a key refinement decodes on the CPU only (the "
-        "refinement's stages are not in the device decode)");
+        "refinement's stages are not in the device decode; `vqkv calibrate "
+        "--key-refine-layers 0` writes a set without one)");
   }
   const CodebookConfig& c = set.config();
   const KvLayout& layout = codec.layout();

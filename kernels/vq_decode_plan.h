@@ -74,7 +74,7 @@ std::vector<const ResidualQuantizer*> PlanQuantizers(const VqCodec& codec);
 // blocks' layout), else left as coded with rot_dims = head_dim in adjacent
 // layout; then rotary pairs written in `engine_pairs`.
 // Errors: kFailedPrecondition for an unfitted codec; kUnimplemented for a
-// codec with a key sketch or more than two key groups.
+// codec with a key sketch, a key refinement or more than two key groups.
 absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
     const VqCodec& codec, const std::optional<RopeSpec>& key_rope,
     RopePairs engine_pairs);
