@@ -515,14 +515,7 @@ absl::Status VqCodec::EncodeMany(
       batch.push_back({j.q, inputs[slot].data(), rows, job_codes[slot].data()});
     }
   }
-  if (batch_encoder_ != nullptr && config_.beam_width == 1) {
-    VQKV_RETURN_IF_ERROR(batch_encoder_->EncodeGreedy(batch));
-  } else {
-    for (const RvqBatchEncoder::Job& b : batch) {
-      VQKV_RETURN_IF_ERROR(
-          b.q->EncodeBeam(b.x, b.n, config_.beam_width, b.codes));
-    }
-  }
+  VQKV_RETURN_IF_ERROR(RunEncodeJobs(batch));
   inputs.clear();
 
   for (size_t r = 0; r < requests.size(); ++r) {
@@ -587,6 +580,18 @@ absl::Status VqCodec::EncodeMany(
   return absl::OkStatus();
 }
 
+absl::Status VqCodec::RunEncodeJobs(
+    absl::Span<const RvqBatchEncoder::Job> jobs) const {
+  if (batch_encoder_ != nullptr && config_.beam_width == 1) {
+    return batch_encoder_->EncodeGreedy(jobs);
+  }
+  for (const RvqBatchEncoder::Job& b : jobs) {
+    VQKV_RETURN_IF_ERROR(
+        b.q->EncodeBeam(b.x, b.n, config_.beam_width, b.codes));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status VqCodec::EncodeKeyRefinement(const float* keys, int64_t tokens,
                                           const uint16_t* kcodes,
                                           std::vector<uint16_t>* rcodes) const {
@@ -628,14 +633,7 @@ absl::Status VqCodec::EncodeKeyRefinement(const float* keys, int64_t tokens,
                        rows, codes[j].data()});
     }
   }
-  if (batch_encoder_ != nullptr && config_.beam_width == 1) {
-    VQKV_RETURN_IF_ERROR(batch_encoder_->EncodeGreedy(batch));
-  } else {
-    for (const RvqBatchEncoder::Job& b : batch) {
-      VQKV_RETURN_IF_ERROR(
-          b.q->EncodeBeam(b.x, b.n, config_.beam_width, b.codes));
-    }
-  }
+  VQKV_RETURN_IF_ERROR(RunEncodeJobs(batch));
   // Refined layer i's codes sit where layer i's would in a [layer][token]
   // [kv_head] array.
   for (size_t i = 0; i < refined.size(); ++i) {

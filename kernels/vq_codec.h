@@ -220,6 +220,9 @@ class VqCodec : public Codec {
   absl::Status Reconstruct(const uint16_t* kcodes, const uint16_t* vcodes,
                            int64_t tokens, float* keys, float* values,
                            int first_layer = 0, int num_layers = -1) const;
+  // The RVQ searches of `jobs`: through the batch encoder (greedy) when
+  // there is one, else on the CPU at the configured beam width.
+  absl::Status RunEncodeJobs(absl::Span<const RvqBatchEncoder::Job> jobs) const;
   // ReconstructLayerKeys without the refinement.
   absl::Status ReconstructLayerBaseKeys(int layer, const float* keys,
                                         int64_t tokens, float* out) const;
