@@ -141,43 +141,60 @@ double SpreadDepth(int trial, int trials) {
   return trials > 0 ? (trial + 0.5) / trials : 0.5;
 }
 
+absl::StatusOr<std::vector<LengthPrompts>> BuildRetrievalPrompts(
+    const RetrievalTask& task, const RetrievalOptions& options) {
+  if (options.trials < 1) {
+    return absl::InvalidArgumentError("--trials must be >= 1");
+  }
+  const NeedleRegion region{options.sinks, options.window};
+  std::vector<LengthPrompts> out;
+  for (int64_t length : options.lengths) {
+    std::mt19937_64 rng(options.seed);
+    LengthPrompts& lp = out.emplace_back();
+    lp.length = length;
+    for (int t = 0; t < options.trials; ++t) {
+      absl::StatusOr<RetrievalPrompt> p =
+          task.build(length, t, options.trials, region, rng);
+      if (!p.ok()) return p.status();
+      lp.prompts.push_back(*std::move(p));
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<RetrievalTrial>> RunRetrieval(
     const model::LlamaModel& model, const model::Tokenizer& tokenizer,
     const std::vector<RetrievalCodec>& codecs, const RetrievalOptions& options,
     const RetrievalTask& task,
     const std::function<void(int64_t, int64_t)>& progress) {
-  if (options.trials < 1) {
-    return absl::InvalidArgumentError("--trials must be >= 1");
-  }
-  std::mt19937_64 rng(options.seed);
+  absl::StatusOr<std::vector<LengthPrompts>> all =
+      BuildRetrievalPrompts(task, options);
+  if (!all.ok()) return all.status();
   const NeedleRegion region{options.sinks, options.window};
   std::vector<RetrievalTrial> out;
   const int64_t total = static_cast<int64_t>(options.lengths.size()) *
                         options.trials * static_cast<int64_t>(codecs.size());
   int64_t done = 0;
-  for (int64_t length : options.lengths) {
-    for (int t = 0; t < options.trials; ++t) {
-      absl::StatusOr<RetrievalPrompt> p =
-          task.build(length, t, options.trials, region, rng);
-      if (!p.ok()) return p.status();
+  for (const LengthPrompts& lp : *all) {
+    for (const RetrievalPrompt& p : lp.prompts) {
       RetrievalTrial trial;
-      trial.length = length;
-      trial.prompt_tokens = static_cast<int64_t>(p->ids.size());
+      trial.length = lp.length;
+      trial.prompt_tokens = static_cast<int64_t>(p.ids.size());
       trial.needle_pos =
-          p->needle_pos.empty()
+          p.needle_pos.empty()
               ? 0
-              : *std::min_element(p->needle_pos.begin(), p->needle_pos.end());
+              : *std::min_element(p.needle_pos.begin(), p.needle_pos.end());
       trial.needle_coded =
-          !p->needle_pos.empty() &&
-          SpansCoded(p->needle_pos, p->needle_end, trial.prompt_tokens, region);
-      trial.key = p->expected;
-      trial.detail = p->detail;
+          !p.needle_pos.empty() &&
+          SpansCoded(p.needle_pos, p.needle_end, trial.prompt_tokens, region);
+      trial.key = p.expected;
+      trial.detail = p.detail;
       for (const RetrievalCodec& c : codecs) {
         absl::StatusOr<std::unique_ptr<model::KvCache>> first =
             MakeCache(model, c, options);
         if (!first.ok()) return first.status();
         std::unique_ptr<model::KvCache> cache = *std::move(first);
-        std::vector<int32_t> ids = p->ids;
+        std::vector<int32_t> ids = p.ids;
         std::string answer, transcript;
         for (int round = 0;; ++round) {
           if (round > 0) {
@@ -202,7 +219,7 @@ absl::StatusOr<std::vector<RetrievalTrial>> RunRetrieval(
           ids.insert(ids.end(), extra.begin(), extra.end());
         }
         trial.answers.push_back(transcript);
-        trial.correct.push_back(task.check(answer, *p));
+        trial.correct.push_back(task.check(answer, p));
         if (progress) progress(++done, total);
       }
       out.push_back(std::move(trial));

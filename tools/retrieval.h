@@ -141,7 +141,21 @@ struct RetrievalTrial {
   std::vector<bool> correct;  // per codec
 };
 
-// Runs options.trials prompts of `task` per length through every codec;
+// The prompts RunRetrieval runs: options.trials of `task` per length, in
+// the order of options.lengths. Each length draws its keys and names from
+// a generator seeded with options.seed afresh, so a length's prompts are
+// the same whichever other lengths are asked for (`--lengths 4096` alone
+// repeats the 4096-token prompts of `--lengths 2048,4096`), and trial t
+// holds the same keys at every length. Errors: kInvalidArgument for
+// trials < 1; the task's prompt errors.
+struct LengthPrompts {
+  int64_t length = 0;
+  std::vector<RetrievalPrompt> prompts;  // [trial]
+};
+absl::StatusOr<std::vector<LengthPrompts>> BuildRetrievalPrompts(
+    const RetrievalTask& task, const RetrievalOptions& options);
+
+// Runs the prompts of BuildRetrievalPrompts through every codec;
 // each prompt is built once and reused for every codec. `progress` (may be
 // empty) is called after each (trial, codec) run with the runs done and the
 // total. Errors: kInvalidArgument for trials < 1; prompt, cache and model

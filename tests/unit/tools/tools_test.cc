@@ -379,5 +379,42 @@ TEST(VarTrackTest, SlidingDepthsMoveAcrossTheRegion) {
   EXPECT_EQ(SlidingDepths(1, 0, 1), std::vector<double>{0.25});
 }
 
+TEST(RetrievalTest, ALengthsPromptsDoNotDependOnTheOtherLengths) {
+  auto tok = LoadTokenizer();
+  if (!tok) GTEST_SKIP() << "model not fetched";
+  const RetrievalTask task = MultiKeyTask(*tok, 2);
+  RetrievalOptions o;
+  o.trials = 3;
+  o.seed = 5;
+  o.lengths = {1024, 2048};
+  auto both = BuildRetrievalPrompts(task, o);
+  ASSERT_TRUE(both.ok()) << both.status();
+  o.lengths = {2048};
+  auto alone = BuildRetrievalPrompts(task, o);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  ASSERT_EQ(both->size(), 2u);
+  ASSERT_EQ(alone->size(), 1u);
+  EXPECT_EQ((*both)[0].length, 1024);
+  EXPECT_EQ((*both)[1].length, 2048);
+  ASSERT_EQ((*both)[1].prompts.size(), 3u);
+  for (int t = 0; t < 3; ++t) {
+    const RetrievalPrompt& a = (*both)[1].prompts[t];
+    const RetrievalPrompt& b = (*alone)[0].prompts[t];
+    EXPECT_EQ(a.ids, b.ids) << "trial " << t;
+    EXPECT_EQ(a.detail, b.detail);
+    // Trial t asks the same keys at every length.
+    EXPECT_EQ((*both)[0].prompts[t].detail, a.detail);
+  }
+  // A single length's prompts are the seed's stream, as before this helper.
+  std::mt19937_64 rng(5);
+  for (int t = 0; t < 3; ++t) {
+    auto p = task.build(2048, t, 3, NeedleRegion{o.sinks, o.window}, rng);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(p->ids, (*alone)[0].prompts[t].ids);
+  }
+  o.trials = 0;
+  EXPECT_FALSE(BuildRetrievalPrompts(task, o).ok());
+}
+
 }  // namespace
 }  // namespace vqkv::tools
