@@ -64,13 +64,15 @@ class KvDevice {
 
   // One block's codes for one layer: the block holds the request's tokens
   // [t0, t0 + n) (at those positions: a chain starts at position 0), and
-  // key_codes / value_codes are its VqDecodePlan::Slices of that layer.
+  // key_codes / value_codes / refine_codes are its VqDecodePlan::Slices of
+  // that layer (refine_codes empty for a layer without a key refinement).
   struct CodedRows {
     absl::Span<const int32_t> block_ids;  // the request's engine pages
     int64_t t0 = 0;
     int64_t n = 0;
     absl::Span<const uint8_t> key_codes;
     absl::Span<const uint8_t> value_codes;
+    absl::Span<const uint8_t> refine_codes;
   };
 
   // One block to encode from the pages: the request's tokens [t0, t0 + n)
@@ -126,7 +128,8 @@ class KvDevice {
   // Makes EncodeLayer encode with `codec`'s quantizers as `plan` (made from
   // it) lays them out; both must outlive the device. Call once, before any
   // EncodeLayer. Errors: kUnimplemented for a device that cannot encode (or
-  // a shape its encoder refuses, naming it); the device's.
+  // a shape its encoder refuses, naming it; VqEncodeRefusal's for a key
+  // refinement); the device's.
   virtual absl::Status EnableEncode(const VqDecodePlan& plan,
                                     const VqCodec& codec) {
     (void)plan;

@@ -7,11 +7,14 @@
 //
 // A VqDecodeView is a VqDecodePlan (kernels/vq_decode_plan.h) as plain
 // pointers, host or device. Codes are read straight from a block's packed
-// K and V sections (kernels/bitpack.h layout), sliced to one layer: vector v
-// = token * kv_heads + head of that layer.
+// K and V sections (kernels/bitpack.h layout), and a refined layer's key
+// refinement codes from the block's refinement section, each sliced to one
+// layer: vector v = token * kv_heads + head of that layer.
 //
 // Arithmetic, in the CPU decode's order: the codeword sum of each key group
-// from stage 0 up, in float; then centre + gain * (sum - centre) when the
+// from stage 0 up, in float; for a layer with a key refinement, plus the
+// refinement's own codeword sum (stage 0 up, over all head_dim dimensions);
+// then centre + gain * (sum - centre) when the
 // head's gain is not 1; then, for codebooks of pre-RoPE keys, the rotation
 // of each pair (a, b) by pos * inv_freq[i] (angle and its cos/sin in double,
 // rounded to float, as Rope::Apply does) as a*c - b*s, a*s + b*c; then the
@@ -64,6 +67,12 @@ struct VqDecodeView {
   const float* const* value_codebooks = nullptr;
   // [layers][kv_heads][1 + head_dim]: gain, then centre; null: no gains.
   const float* key_gains = nullptr;
+  // Key refinement (kernels/codebook_set.h, SetKeyRefinement): stages R of
+  // every refinement (0: none), and [layers * slots] codebooks,
+  // [R][K][head_dim] floats at key_bits, null for a layer without one (or
+  // the array null when no layer has one).
+  int32_t refine_stages = 0;
+  const float* const* key_refine_codebooks = nullptr;
   // Rotary pairs: rot_dims leading dimensions; block_pairs is the layout of
   // the decoded keys, engine_pairs the one to write; rotate when the
   // codebooks are of pre-RoPE keys (inv_freq[rot_dims / 2] is then set).
@@ -108,11 +117,29 @@ VQKV_HD inline void RotaryPairDims(int32_t pairs, int rot_dims, int i, int* a,
   *b = pairs == kDecodeAdjacentPairs ? 2 * i + 1 : i + rot_dims / 2;
 }
 
+// The key refinement codebooks of (layer, slot); null when the layer has
+// none.
+VQKV_HD inline const float* VqKeyRefinement(const VqDecodeView& w, int layer,
+                                            int slot) {
+  if (w.refine_stages == 0 || w.key_refine_codebooks == nullptr) {
+    return nullptr;
+  }
+  return w.key_refine_codebooks[int64_t{layer} * w.slots + slot];
+}
+
+// Stages of a key vector of `layer`: key_stages, plus refine_stages when
+// the layer is refined.
+VQKV_HD inline int VqKeyVectorStages(const VqDecodeView& w, int layer) {
+  return w.key_stages +
+         (VqKeyRefinement(w, layer, 0) != nullptr ? w.refine_stages : 0);
+}
+
 // Block-layout dimension d of a key vector of `layer` and `head`, after the
 // key gain, before rotation; code(s) is the vector's code of stage s (0 ..
-// key_stages - 1, all groups). One function for every way of holding the
-// codes: packed in the block (VqDecodeKeyDim) or unpacked once per vector
-// (the device kernel), so both sum in the same order.
+// key_stages - 1, all groups; then, on a refined layer, key_stages + r for
+// refinement stage r). One function for every way of holding the codes:
+// packed in the block (VqDecodeKeyDim) or unpacked once per vector (the
+// device kernel), so both sum in the same order.
 template <typename Code>
 VQKV_HD inline float VqKeyDimFromCodes(const VqDecodeView& w, int layer,
                                        int head, int d, const Code& code) {
@@ -128,6 +155,15 @@ VQKV_HD inline float VqKeyDimFromCodes(const VqDecodeView& w, int layer,
     const uint32_t c = code(w.group_offset[g] + s);
     sum += cb[(int64_t{s} * K + c) * gd + gi];
   }
+  if (const float* rb = VqKeyRefinement(w, layer, slot)) {
+    // Summed on its own, then added, as VqCodec::AddKeyRefinement does.
+    float refine = 0.0f;
+    for (int s = 0; s < w.refine_stages; ++s) {
+      const uint32_t c = code(w.key_stages + s);
+      refine += rb[(int64_t{s} * K + c) * w.head_dim + d];
+    }
+    sum += refine;
+  }
   if (w.key_gains != nullptr) {
     const float* gc =
         w.key_gains + (int64_t{layer} * w.kv_heads + head) * (1 + w.head_dim);
@@ -138,13 +174,21 @@ VQKV_HD inline float VqKeyDimFromCodes(const VqDecodeView& w, int layer,
 }
 
 // Block-layout dimension d of key vector v of `layer` (codes: that layer's
-// slice of the K section), after the key gain; before rotation.
+// slice of the K section; refine_codes: its slice of the refinement
+// section, read only when the layer is refined), after the key gain; before
+// rotation.
 VQKV_HD inline float VqDecodeKeyDim(const VqDecodeView& w, int layer,
-                                    const uint8_t* codes, int64_t v, int d) {
+                                    const uint8_t* codes,
+                                    const uint8_t* refine_codes, int64_t v,
+                                    int d) {
   const int64_t first = v * w.key_stages;
+  const int64_t refine_first = v * w.refine_stages - w.key_stages;
   return VqKeyDimFromCodes(
-      w, layer, static_cast<int>(v % w.kv_heads), d,
-      [&](int s) { return UnpackCodeAt(codes, first + s, w.key_bits); });
+      w, layer, static_cast<int>(v % w.kv_heads), d, [&](int s) {
+        return s < w.key_stages
+                   ? UnpackCodeAt(codes, first + s, w.key_bits)
+                   : UnpackCodeAt(refine_codes, refine_first + s, w.key_bits);
+      });
 }
 
 // Engine-layout dimension e of a key vector at token position pos, from its
@@ -167,10 +211,12 @@ VQKV_HD inline float VqKeyElementFromDims(const VqDecodeView& w, int64_t pos,
 
 // Engine-layout dimension e of key vector v, token position pos.
 VQKV_HD inline float VqDecodeKeyElement(const VqDecodeView& w, int layer,
-                                        const uint8_t* codes, int64_t v,
+                                        const uint8_t* codes,
+                                        const uint8_t* refine_codes, int64_t v,
                                         int64_t pos, int e) {
-  return VqKeyElementFromDims(
-      w, pos, e, [&](int d) { return VqDecodeKeyDim(w, layer, codes, v, d); });
+  return VqKeyElementFromDims(w, pos, e, [&](int d) {
+    return VqDecodeKeyDim(w, layer, codes, refine_codes, v, d);
+  });
 }
 
 // Dimension d of a value vector of `layer` and `head`; code(s) is its code
@@ -200,12 +246,16 @@ VQKV_HD inline float VqDecodeValueElement(const VqDecodeView& w, int layer,
 }
 
 // A token to decode: token `token` of a block whose layer slices are
-// key_codes / value_codes, at position `position` of its sequence.
+// key_codes / value_codes (and refine_codes), at position `position` of its
+// sequence.
 struct CodedToken {
   const uint8_t* key_codes = nullptr;    // the layer's K slice of the block
   const uint8_t* value_codes = nullptr;  // the layer's V slice
   int32_t token = 0;                     // within the block
   int64_t position = 0;                  // in the sequence
+  // The layer's slice of the key refinement section; null when the layer
+  // has no refinement.
+  const uint8_t* refine_codes = nullptr;
 };
 
 // The scalar reference of the device decode (kernels/cuda/paged_decode.cuh):
@@ -222,7 +272,8 @@ inline void VqDecodeTokensRef(const VqDecodeView& w, int layer,
       float* k = keys + (r * H + h) * D;
       float* x = values + (r * H + h) * D;
       for (int d = 0; d < D; ++d) {
-        k[d] = VqDecodeKeyElement(w, layer, t.key_codes, v, t.position, d);
+        k[d] = VqDecodeKeyElement(w, layer, t.key_codes, t.refine_codes, v,
+                                  t.position, d);
         x[d] = VqDecodeValueElement(w, layer, t.value_codes, v, d);
       }
     }

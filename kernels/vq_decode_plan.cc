@@ -22,12 +22,6 @@ absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
         "correction is not in the device decode)");
   }
   const CodebookSet& set = codec.codebooks();
-  if (set.has_key_refinement()) {
-    return absl::UnimplementedError(
-        "a codec with a key refinement decodes on the CPU only (the "
-        "refinement's stages are not in the device decode; `vqkv calibrate "
-        "--key-refine-layers 0` writes a set without one)");
-  }
   const CodebookConfig& c = set.config();
   const KvLayout& layout = codec.layout();
   const std::vector<std::vector<int>>& groups = set.key_group_dims();
@@ -85,6 +79,24 @@ absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
       }
     }
   }
+  if (set.has_key_refinement()) {
+    w.refine_stages = set.key_refine_stages();
+    p.refined_index.assign(layout.layers, -1);
+    p.key_refine_codebooks.assign(static_cast<size_t>(layout.layers) * w.slots,
+                                  nullptr);
+    p.key_refine_codebook_floats.assign(p.key_refine_codebooks.size(), 0);
+    for (int l = 0; l < layout.layers; ++l) {
+      p.refined_index[l] = set.RefinedIndex(l);
+      if (p.refined_index[l] < 0) continue;
+      for (int s = 0; s < w.slots; ++s) {
+        const std::vector<float>& cb = set.key_refinement(l, s).codebooks();
+        p.key_refine_codebooks[static_cast<size_t>(l) * w.slots + s] =
+            cb.data();
+        p.key_refine_codebook_floats[static_cast<size_t>(l) * w.slots + s] =
+            cb.size();
+      }
+    }
+  }
   if (key_rope) {
     const Rope rope(layout.head_dim, *key_rope);
     w.rotate = 1;
@@ -113,6 +125,17 @@ VqDecodePlan::LayerSlices VqDecodePlan::Slices(int64_t tokens,
       static_cast<size_t>(first * shape.value_stages * shape.value_bits / 8);
   s.value_bytes =
       PackedBytes(layer_vectors * shape.value_stages, shape.value_bits);
+  const int refined = refined_index.empty() ? -1 : refined_index[layer];
+  if (refined >= 0) {
+    // The refinement section follows the V section (a plan has no sketch).
+    s.refine_offset =
+        PackedBytes(all * shape.key_stages, shape.key_bits) +
+        PackedBytes(all * shape.value_stages, shape.value_bits) +
+        static_cast<size_t>(refined * layer_vectors * shape.refine_stages *
+                            shape.key_bits / 8);
+    s.refine_bytes =
+        PackedBytes(layer_vectors * shape.refine_stages, shape.key_bits);
+  }
   return s;
 }
 
@@ -145,7 +168,19 @@ VqDecodeView VqDecodePlan::view() const {
   w.value_codebooks = value_codebooks.data();
   w.key_gains = key_gains.empty() ? nullptr : key_gains.data();
   w.inv_freq = inv_freq.empty() ? nullptr : inv_freq.data();
+  w.key_refine_codebooks =
+      key_refine_codebooks.empty() ? nullptr : key_refine_codebooks.data();
   return w;
+}
+
+absl::Status VqEncodeRefusal(const VqDecodePlan& plan) {
+  if (plan.shape.refine_stages > 0) {
+    return absl::UnimplementedError(
+        "a codec with a key refinement encodes on the CPU only (the device "
+        "encode codes the K and V sections, not the refinement; `vqkv "
+        "calibrate --key-refine-layers 0` writes a set without one)");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace vqkv

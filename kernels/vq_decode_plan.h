@@ -9,13 +9,15 @@
 // A plan refers to the codec's codebooks (it does not copy them): it is
 // valid as long as the codec lives and is not refitted. view() is the host
 // form (VqDecodeView, kernels/vq_decode_element.h); a device makes its own
-// by uploading the codebooks, dim_group, dim_index, group_dim, key_gains
-// and inv_freq. The device encode from the pages (kernels/vq_encode_element.h)
-// runs on the same plan: its jobs map to quantizers by JobQuantizer.
+// by uploading the codebooks (the key refinements' too), dim_group,
+// dim_index, group_dim, key_gains and inv_freq. The device encode from the
+// pages (kernels/vq_encode_element.h) runs on the same plan: its jobs map to
+// quantizers by JobQuantizer.
 //
 // What a plan cannot express is refused when it is made: a codec with a key
 // sketch (its correction is a random projection per vector; the CPU adds it)
-// and more than two key groups.
+// and more than two key groups. A key refinement decodes (Slices names its
+// codes) but does not encode on a device: VqEncodeRefusal says so.
 //
 // Thread safety: immutable after MakeVqDecodePlan.
 #ifndef VQKV_KERNELS_VQ_DECODE_PLAN_H_
@@ -45,14 +47,22 @@ struct VqDecodePlan {
   std::vector<size_t> value_codebook_floats;
   std::vector<float> key_gains;  // [layers][kv_heads][1 + head_dim] or empty
   std::vector<double> inv_freq;  // [rot_dims / 2] when rotating
+  // Key refinements: [layers][slots] codebooks, null for a layer without
+  // one; empty when the codec has none. refined_index[layer] is the
+  // layer's place in the payload's refinement section, or -1.
+  std::vector<const float*> key_refine_codebooks;
+  std::vector<size_t> key_refine_codebook_floats;  // 0 where null
+  std::vector<int32_t> refined_index;              // [layers]
 
   // Where one layer's codes are in a payload of `tokens` tokens: byte offset
-  // and size of its slice of the K and of the V section. REQUIRES: the
+  // and size of its slice of the K, of the V and of the key refinement
+  // section (refine_bytes 0 for a layer without a refinement). REQUIRES: the
   // slices start on a byte (tokens a multiple of 8 does it; block_tokens,
   // a multiple of 16, always does).
   struct LayerSlices {
     size_t key_offset = 0, key_bytes = 0;
     size_t value_offset = 0, value_bytes = 0;
+    size_t refine_offset = 0, refine_bytes = 0;
   };
   LayerSlices Slices(int64_t tokens, int layer) const;
 
@@ -74,10 +84,15 @@ std::vector<const ResidualQuantizer*> PlanQuantizers(const VqCodec& codec);
 // blocks' layout), else left as coded with rot_dims = head_dim in adjacent
 // layout; then rotary pairs written in `engine_pairs`.
 // Errors: kFailedPrecondition for an unfitted codec; kUnimplemented for a
-// codec with a key sketch, a key refinement or more than two key groups.
+// codec with a key sketch or more than two key groups.
 absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
     const VqCodec& codec, const std::optional<RopeSpec>& key_rope,
     RopePairs engine_pairs);
+
+// Why a device cannot encode payloads of `plan`'s codec from its pages
+// (kernels/vq_encode_element.h codes the K and V sections only), or OK:
+// kUnimplemented for a codec with a key refinement.
+absl::Status VqEncodeRefusal(const VqDecodePlan& plan);
 
 }  // namespace vqkv
 

@@ -35,6 +35,9 @@ struct BatchPos {
 absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
                               int layer,
                               absl::Span<const LayerBlockToEncode> blocks) {
+  if (absl::Status refused = VqEncodeRefusal(plan); !refused.ok()) {
+    return refused;
+  }
   const VqDecodeView w = plan.view();
   if (layer < 0 || layer >= plan.layers) {
     return absl::InvalidArgumentError(absl::StrCat("no layer ", layer));

@@ -38,7 +38,8 @@ struct LayerBlockToEncode {
 };
 
 // `plan` must be MakeVqDecodePlan(codec, ...). Errors: kInvalidArgument
-// for a bad layer or a block without tokens or buffers; the quantizers'.
+// for a bad layer or a block without tokens or buffers; VqEncodeRefusal's;
+// the quantizers'.
 absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
                               int layer,
                               absl::Span<const LayerBlockToEncode> blocks);

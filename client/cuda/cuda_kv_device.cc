@@ -195,6 +195,9 @@ class CudaKvDevice final : public KvDevice {
     if (encode_ready_) {
       return absl::FailedPreconditionError("EnableEncode was already called");
     }
+    if (absl::Status refused = VqEncodeRefusal(plan); !refused.ok()) {
+      return refused;
+    }
     cudaError_t e = cudaSetDevice(caches_.cuda_device);
     if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
     int major = 0;
@@ -377,6 +380,7 @@ class CudaKvDevice final : public KvDevice {
     }
     // One pinned buffer, copied to the device in one transfer: the row
     // table, then every block's codes (16-byte aligned).
+    const bool refined = !refined_index_.empty() && refined_index_[layer] >= 0;
     int64_t n = 0;
     size_t code_bytes = 0;
     for (const CodedRows& r : rows) {
@@ -385,14 +389,20 @@ class CudaKvDevice final : public KvDevice {
           (vectors * view_.key_stages * view_.key_bits + 7) / 8);
       const size_t vb = static_cast<size_t>(
           (vectors * view_.value_stages * view_.value_bits + 7) / 8);
-      if (r.key_codes.size() != kb || r.value_codes.size() != vb) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("coded rows of ", r.n, " tokens need ", kb, " + ", vb,
-                         " code bytes, got ", r.key_codes.size(), " + ",
-                         r.value_codes.size()));
+      const size_t rb =
+          refined
+              ? static_cast<size_t>(
+                    (vectors * view_.refine_stages * view_.key_bits + 7) / 8)
+              : 0;
+      if (r.key_codes.size() != kb || r.value_codes.size() != vb ||
+          r.refine_codes.size() != rb) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "coded rows of ", r.n, " tokens need ", kb, " + ", vb, " + ", rb,
+            " code bytes (K + V + key refinement), got ", r.key_codes.size(),
+            " + ", r.value_codes.size(), " + ", r.refine_codes.size()));
       }
       n += r.n;
-      code_bytes += Align16(kb) + Align16(vb);
+      code_bytes += Align16(kb) + Align16(vb) + Align16(rb);
     }
     const size_t table_bytes =
         Align16(static_cast<size_t>(n) * sizeof(cuda::CodedPageRow));
@@ -422,11 +432,16 @@ class CudaKvDevice final : public KvDevice {
         const uint8_t* dv = scratch_ + at;
         std::memcpy(host + at, r.value_codes.data(), r.value_codes.size());
         at += Align16(r.value_codes.size());
+        const uint8_t* dr = refined ? scratch_ + at : nullptr;
+        if (refined) {
+          std::memcpy(host + at, r.refine_codes.data(), r.refine_codes.size());
+          at += Align16(r.refine_codes.size());
+        }
         for (int64_t t = 0; t < r.n; ++t, ++i) {
           const int64_t pos = r.t0 + t;
           table[i].page = r.block_ids[pos / caches_.block_size];
           table[i].slot = static_cast<int32_t>(pos % caches_.block_size);
-          table[i].token = {dk, dv, static_cast<int32_t>(t), pos};
+          table[i].token = {dk, dv, static_cast<int32_t>(t), pos, dr};
         }
       }
       e = cudaMemcpyAsync(scratch_, host, bytes, cudaMemcpyHostToDevice,
@@ -554,6 +569,7 @@ class CudaKvDevice final : public KvDevice {
     size_t floats = 0;
     for (size_t n : plan.key_codebook_floats) floats += n;
     for (size_t n : plan.value_codebook_floats) floats += n;
+    for (size_t n : plan.key_refine_codebook_floats) floats += n;
     float* books = nullptr;
     if (absl::Status st =
             UploadLocked<float>(nullptr, floats * sizeof(float), &books);
@@ -565,6 +581,10 @@ class CudaKvDevice final : public KvDevice {
                       const std::vector<size_t>& sizes,
                       std::vector<const float*>* out) {
       for (size_t i = 0; i < src.size(); ++i) {
+        if (src[i] == nullptr) {  // a layer without a key refinement
+          out->push_back(nullptr);
+          continue;
+        }
         const cudaError_t err = cudaMemcpy(at, src[i], sizes[i] * sizeof(float),
                                            cudaMemcpyHostToDevice);
         if (err != cudaSuccess) return CudaError("codebook upload", err);
@@ -583,6 +603,13 @@ class CudaKvDevice final : public KvDevice {
         !st.ok()) {
       return st;
     }
+    std::vector<const float*> refine_books;
+    if (absl::Status st =
+            upload(plan.key_refine_codebooks, plan.key_refine_codebook_floats,
+                   &refine_books);
+        !st.ok()) {
+      return st;
+    }
     view_ = plan.shape;
     absl::Status st = UploadVectorLocked(key_books_, &view_.key_codebooks);
     if (st.ok()) st = UploadVectorLocked(value_books_, &view_.value_codebooks);
@@ -597,7 +624,11 @@ class CudaKvDevice final : public KvDevice {
     if (st.ok() && !plan.inv_freq.empty()) {
       st = UploadVectorLocked(plan.inv_freq, &view_.inv_freq);
     }
+    if (st.ok() && !refine_books.empty()) {
+      st = UploadVectorLocked(refine_books, &view_.key_refine_codebooks);
+    }
     if (!st.ok()) return st;
+    refined_index_ = plan.refined_index;
     decode_layers_ = plan.layers;
     view_ready_ = true;
     return absl::OkStatus();
@@ -688,6 +719,7 @@ class CudaKvDevice final : public KvDevice {
   int decode_layers_ = 0;  // written once, before view_ready_
   VqDecodeView view_;      // ditto
   std::vector<const float*> key_books_, value_books_;  // ditto
+  std::vector<int32_t> refined_index_;                 // ditto; the plan's
   std::vector<Quantizer> quantizers_;  // plan order; before encode_ready_
   std::vector<void*> decode_memory_ ABSL_GUARDED_BY(mu_);
   uint8_t* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;

@@ -21,8 +21,9 @@ __global__ void VqDecodeToPagesKernel(VqDecodeView w, int layer,
     const float x =
         el.is_value
             ? VqDecodeValueElement(w, layer, row.token.value_codes, v, el.d)
-            : VqDecodeKeyElement(w, layer, row.token.key_codes, v,
-                                 row.token.position, el.d);
+            : VqDecodeKeyElement(w, layer, row.token.key_codes,
+                                 row.token.refine_codes, v, row.token.position,
+                                 el.d);
     StorePageElement(t.data, t.dtype, off, x);
   }
 }
@@ -33,7 +34,8 @@ __global__ void VqDecodeToPagesKernel(VqDecodeView w, int layer,
 // (not twice, once per side of its rotary pair), and the rotation reads
 // them from there. Same element functions, same sums: the results are
 // VqDecodeToPagesKernel's. For vectors of at most kMaxWarpStages stages
-// and kMaxWarpDims dimensions.
+// (a refined key's refinement stages included) and kMaxWarpDims
+// dimensions.
 constexpr int kWarpsPerBlock = 8;
 constexpr int kMaxWarpStages = 256;
 constexpr int kMaxWarpDims = 256;
@@ -65,6 +67,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     for (int s = lane; s < stages; s += 32) {
       codes[s] =
           static_cast<uint16_t>(UnpackCodeAt(packed, v * stages + s, bits));
+    }
+    if (!is_value && row.token.refine_codes != nullptr &&
+        VqKeyRefinement(w, layer, 0) != nullptr) {
+      // The refinement's codes follow the key codes, as VqKeyDimFromCodes
+      // numbers them.
+      for (int s = lane; s < w.refine_stages; s += 32) {
+        codes[stages + s] = static_cast<uint16_t>(UnpackCodeAt(
+            row.token.refine_codes, v * w.refine_stages + s, bits));
+      }
     }
     __syncwarp();
     auto code = [&](int s) { return uint32_t{codes[s]}; };
@@ -107,6 +118,10 @@ bool ValidView(const VqDecodeView& w, int layer) {
   if (w.rot_dims < 0 || w.rot_dims > w.head_dim || w.rot_dims % 2 != 0) {
     return false;
   }
+  if (w.refine_stages < 0 ||
+      (w.refine_stages > 0 && w.key_refine_codebooks == nullptr)) {
+    return false;
+  }
   return !w.rotate || w.inv_freq != nullptr;
 }
 
@@ -123,7 +138,8 @@ cudaError_t LaunchVqDecodeToPages(const VqDecodeView& view, int layer,
   if (d_rows == nullptr || !ValidPageTensor(keys) || !ValidPageTensor(values)) {
     return cudaErrorInvalidValue;
   }
-  if (kernel == PagedDecodeKernel::kAuto && view.key_stages <= kMaxWarpStages &&
+  if (kernel == PagedDecodeKernel::kAuto &&
+      view.key_stages + view.refine_stages <= kMaxWarpStages &&
       view.value_stages <= kMaxWarpStages && view.head_dim <= kMaxWarpDims) {
     const int64_t jobs = 2 * n * view.kv_heads;
     const int64_t needed = (jobs + kWarpsPerBlock - 1) / kWarpsPerBlock;

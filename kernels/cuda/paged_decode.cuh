@@ -4,24 +4,28 @@
 // is in paged_decode.cu.
 //
 // Each element runs kernels/vq_decode_element.h, the code the host
-// reference VqDecodeTokensRef runs: key codeword sums per group, key gain,
+// reference VqDecodeTokensRef runs: key codeword sums per group (plus the
+// key refinement's on a refined layer), key gain,
 // rotation of keys coded before RoPE, rotary pairs in the engine's layout;
 // value codeword sums. The result is rounded to the page dtype as
 // LaunchPagedScatter rounds (kernels/cuda/page_element.cuh).
 //
 // `view` holds device pointers (codebooks, dimension maps, gains, angles);
 // rows[i] (device-readable) names the page slot of one token and where its
-// block's layer slices of codes are (device memory). Grid-stride, so any n
-// works. Two kernels, equal results: by default one warp per (token, head)
-// vector, its codes unpacked once and a key's dimensions decoded once, in
-// shared memory (vectors of at most 256 stages and dimensions); and one
-// thread per output element (any shape; PagedDecodeKernel::kPerElement
-// asks for it, for tests and benchmarks).
+// block's layer slices of codes are (device memory; on a layer the view
+// refines, its refinement slice too: REQUIRES refine_codes set there).
+// Grid-stride, so any n works. Two kernels, equal results: by default one
+// warp per (token, head) vector, its codes unpacked once and a key's
+// dimensions decoded once, in shared memory (vectors of at most 256 stages,
+// refinement included, and 256 dimensions); and one thread per output
+// element (any shape; PagedDecodeKernel::kPerElement asks for it, for tests
+// and benchmarks).
 //
 // Enqueues on `stream` and returns; cudaErrorInvalidValue (checked before
 // touching the device) for n < 0, a view without its arrays or with bits
-// outside 1..16, more than kMaxDecodeKeyGroups groups, bad rot_dims, or
-// missing angles when rotating; a bad page tensor or null rows when n > 0.
+// outside 1..16, more than kMaxDecodeKeyGroups groups, bad rot_dims,
+// missing angles when rotating, or refinement stages without codebooks; a
+// bad page tensor or null rows when n > 0.
 //
 // Thread safety: may be called from any host thread; concurrent launches
 // must write disjoint slots.

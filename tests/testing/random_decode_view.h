@@ -36,6 +36,10 @@ struct RandomDecodeSpec {
   int rot_dims = 0;
   int32_t block_pairs = kDecodeAdjacentPairs;
   int32_t engine_pairs = kDecodeAdjacentPairs;
+  // Key refinement of refine_stages stages on layer refine_layer (-1: none),
+  // every slot, over all head_dim dimensions.
+  int refine_layer = -1;
+  int refine_stages = 0;
   uint32_t seed = 1;
 };
 
@@ -113,6 +117,16 @@ class RandomDecodeView {
     for (size_t i = 0; i < books_.size(); ++i) {
       (i < key_books_ ? host_keys_ : host_values_).push_back(books_[i].data());
     }
+    if (spec.refine_layer >= 0) {
+      w.refine_stages = spec.refine_stages;
+      host_refine_.assign(static_cast<size_t>(spec.layers) * w.slots, nullptr);
+      for (int s = 0; s < w.slots; ++s) {
+        book(spec.refine_stages, w.key_bits, D);
+        refine_books_.push_back(books_.size() - 1);
+        host_refine_[static_cast<size_t>(spec.refine_layer) * w.slots + s] =
+            books_.back().data();
+      }
+    }
     if (spec.key_gains) {
       gains_.resize(static_cast<size_t>(spec.layers) * spec.kv_heads * (1 + D));
       for (size_t i = 0; i < gains_.size(); ++i) {
@@ -141,6 +155,8 @@ class RandomDecodeView {
     w.value_codebooks = host_values_.data();
     w.key_gains = gains_.empty() ? nullptr : gains_.data();
     w.inv_freq = inv_freq_.empty() ? nullptr : inv_freq_.data();
+    w.key_refine_codebooks =
+        host_refine_.empty() ? nullptr : host_refine_.data();
   }
 
   RandomDecodeView(const RandomDecodeView&) = delete;
@@ -181,11 +197,22 @@ class RandomDecodeView {
     if (e == cudaSuccess && !inv_freq_.empty()) {
       e = Copy(inv_freq_, &device_.inv_freq);
     }
+    device_.key_refine_codebooks = nullptr;
+    if (e == cudaSuccess && !host_refine_.empty()) {
+      std::vector<const float*> dr(host_refine_.size(), nullptr);
+      for (size_t i = 0; i < dr.size(); ++i) {
+        for (size_t b : refine_books_) {
+          if (host_refine_[i] == books_[b].data()) dr[i] = device_books_[b];
+        }
+      }
+      e = Copy(dr, &device_.key_refine_codebooks);
+    }
     return e;
   }
 
   // The codebooks, [stages][K][dims] floats each: the key quantizers in
-  // the view's order ([layer][slot][group]), then the values'.
+  // the view's order ([layer][slot][group]), then the values', then the
+  // refined layer's key refinements ([slot]).
   const std::vector<std::vector<float>>& books() const { return books_; }
   size_t key_books() const { return key_books_; }
   // Device copies of books() in the same order; valid after Upload().
@@ -201,6 +228,12 @@ class RandomDecodeView {
   size_t ValueBytes(int64_t tokens) const {
     return static_cast<size_t>(
         (tokens * host_.kv_heads * host_.value_stages * host_.value_bits + 7) /
+        8);
+  }
+  // Bytes of the refined layer's packed key refinement codes; 0 without one.
+  size_t RefineBytes(int64_t tokens) const {
+    return static_cast<size_t>(
+        (tokens * host_.kv_heads * host_.refine_stages * host_.key_bits + 7) /
         8);
   }
 
@@ -222,6 +255,8 @@ class RandomDecodeView {
   std::vector<std::vector<float>> books_;  // key quantizers, then values
   size_t key_books_ = 0;
   std::vector<const float*> host_keys_, host_values_, device_books_;
+  std::vector<const float*> host_refine_;  // [layers * slots], null: none
+  std::vector<size_t> refine_books_;       // their indices in books_
   std::vector<float> gains_;
   std::vector<double> inv_freq_;
   std::vector<void*> device_memory_;

@@ -52,6 +52,10 @@ struct RandomVqCodecSpec {
   // Random key gains (CodebookSet::SetKeyGain) in [0.8, 1.6) with centres
   // drawn from N(0, 0.5), on every (layer, kv head) but the first.
   bool key_gains = false;
+  // Layers given a random key refinement of refine_stages stages
+  // (CodebookSet::SetKeyRefinement), every slot.
+  std::vector<int> refine_layers;
+  int refine_stages = 0;
   int layers = 2;
   int kv_heads = 2;
   int head_dim = 64;
@@ -101,13 +105,22 @@ inline absl::StatusOr<std::unique_ptr<VqCodec>> RandomVqCodec(
       }
     }
   }
+  for (int l : spec.refine_layers) {
+    for (int s = 0; s < cc->slots_per_layer(); ++s) {
+      absl::StatusOr<ResidualQuantizer> q =
+          RandomRvq(spec.head_dim, spec.refine_stages, cc->key_bits, rng);
+      if (!q.ok()) return q.status();
+      absl::Status st = set->SetKeyRefinement(l, s, *std::move(q));
+      if (!st.ok()) return st;
+    }
+  }
   return VqCodec::FromCodebookSet(*std::move(set), 1, spec.sketch_bits,
                                   spec.sketch_first_layer);
 }
 
 // The payload of `tokens` tokens of uniformly random codes in `codec`'s
-// layout; key sketches (when the codec has them) get a random scale in
-// [0, 0.02) and random sign bits.
+// layout (the key refinement's too); key sketches (when the codec has them)
+// get a random scale in [0, 0.02) and random sign bits.
 inline absl::StatusOr<std::vector<uint8_t>> RandomVqPayload(
     const VqCodec& codec, int64_t tokens, uint32_t seed) {
   const CodebookConfig& c = codec.codebooks().config();
@@ -140,6 +153,18 @@ inline absl::StatusOr<std::vector<uint8_t>> RandomVqPayload(
         p[b] = static_cast<uint8_t>(rng());
       }
     }
+  }
+  const int64_t refine =
+      codec.RefinedVectors(tokens) * codec.codebooks().key_refine_stages();
+  if (refine > 0) {
+    std::vector<uint16_t> r(static_cast<size_t>(refine));
+    for (uint16_t& x : r) {
+      x = static_cast<uint16_t>(rng() % (1u << c.key_bits));
+    }
+    const size_t rb = PackedBytes(refine, c.key_bits);
+    st = PackBits(r.data(), refine, c.key_bits, out.data() + out.size() - rb,
+                  rb);
+    if (!st.ok()) return st;
   }
   return out;
 }

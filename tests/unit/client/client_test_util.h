@@ -82,10 +82,13 @@ struct FittedVq {
   std::shared_ptr<const VqCodec> codec;
   std::string file;
 };
-// With pre-RoPE keys, `key_rope` (when given) is recorded in the set.
+// With pre-RoPE keys, `key_rope` (when given) is recorded in the set;
+// `refine_layer` >= 0 gets a key refinement of 2 stages
+// (VqCodec::FitKeyRefinement).
 inline FittedVq FitVq(const KvLayout& layout, bool keys_post_rope = true,
                       uint64_t seed = 1,
-                      std::optional<RopeSpec> key_rope = std::nullopt) {
+                      std::optional<RopeSpec> key_rope = std::nullopt,
+                      int refine_layer = -1) {
   VqConfig cfg;
   cfg.key_stages = 2;
   cfg.key_bits = 4;
@@ -100,6 +103,13 @@ inline FittedVq FitVq(const KvLayout& layout, bool keys_post_rope = true,
   FitOptions fo;
   fo.seed = seed;
   EXPECT_TRUE((*c)->Fit(k.data(), v.data(), tokens, fo).ok());
+  if (refine_layer >= 0) {
+    const int64_t layer_floats = tokens * layout.kv_heads * layout.head_dim;
+    EXPECT_TRUE((*c)->FitKeyRefinement(refine_layer,
+                                       k.data() + refine_layer * layer_floats,
+                                       tokens, 2, fo)
+                    .ok());
+  }
   if (key_rope) {
     CodebookSet set = (*c)->codebooks();
     EXPECT_TRUE(set.SetKeyRope(*key_rope).ok());
@@ -133,15 +143,18 @@ inline CacheClientOptions HalfPairOptions() {
 // The setup of the device-decode tests: a vq client with pre-RoPE
 // codebooks (recording the model's RoPE), an engine in rotate-half order,
 // `options` on top, over its own memory store, which holds `n` tokens of
-// ExactKv KV (keys seed 3, values 4) stored through the simple API.
+// ExactKv KV (keys seed 3, values 4) stored through the simple API;
+// `refine_layer` >= 0: the codebooks refine that layer's keys (FitVq).
 struct StoredPreRopeChain {
   std::unique_ptr<storage::TieredStore> store;
   std::unique_ptr<CacheClient> client;
   std::vector<int32_t> tokens;
 };
 inline StoredPreRopeChain StorePreRopeChain(const KvLayout& l, int n,
-                                            CacheClientOptions options) {
-  const FittedVq vq = FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
+                                            CacheClientOptions options,
+                                            int refine_layer = -1) {
+  const FittedVq vq =
+      FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim}, refine_layer);
   options.engine_key_pairs = RopePairs::kHalf;
   StoredPreRopeChain c;
   c.store = MemoryStore();

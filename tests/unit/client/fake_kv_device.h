@@ -99,14 +99,21 @@ class FakeKvDevice : public KvDevice {
     struct Block {
       std::vector<int32_t> ids;
       int64_t t0, n;
-      std::vector<uint8_t> k, v;
+      std::vector<uint8_t> k, v, r;
     };
     std::vector<Block> blocks;
     for (const CodedRows& r : rows) {
+      const VqDecodePlan::LayerSlices s = plan_->Slices(r.n, layer);
+      if (r.key_codes.size() != s.key_bytes ||
+          r.value_codes.size() != s.value_bytes ||
+          r.refine_codes.size() != s.refine_bytes) {
+        return absl::InvalidArgumentError("fake device: wrong code slices");
+      }
       blocks.push_back(
           {std::vector<int32_t>(r.block_ids.begin(), r.block_ids.end()), r.t0,
            r.n, std::vector<uint8_t>(r.key_codes.begin(), r.key_codes.end()),
-           std::vector<uint8_t>(r.value_codes.begin(), r.value_codes.end())});
+           std::vector<uint8_t>(r.value_codes.begin(), r.value_codes.end()),
+           std::vector<uint8_t>(r.refine_codes.begin(), r.refine_codes.end())});
     }
     coded_scatters_ += static_cast<int>(rows.size());
     queue_.push_back([this, layer, blocks = std::move(blocks)] {
@@ -116,7 +123,7 @@ class FakeKvDevice : public KvDevice {
         std::vector<CodedToken> tokens(b.n);
         for (int64_t t = 0; t < b.n; ++t) {
           tokens[t] = {b.k.data(), b.v.data(), static_cast<int32_t>(t),
-                       b.t0 + t};
+                       b.t0 + t, b.r.empty() ? nullptr : b.r.data()};
         }
         std::vector<float> k(b.n * row), v(b.n * row);
         VqDecodeTokensRef(view, layer, tokens.data(), b.n, k.data(), v.data());
@@ -131,6 +138,9 @@ class FakeKvDevice : public KvDevice {
     absl::MutexLock lock(&mu_);
     if (refuse_codebooks_) {
       return absl::ResourceExhaustedError("fake device: no memory to encode");
+    }
+    if (absl::Status refused = VqEncodeRefusal(plan); !refused.ok()) {
+      return refused;
     }
     encode_plan_ = &plan;
     encode_codec_ = &codec;

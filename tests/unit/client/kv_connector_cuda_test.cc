@@ -152,19 +152,15 @@ TEST(KvConnectorCudaTest, DevicePagesSaveAndLoadAsHostPagesDo) {
   }
 }
 
-// decode_on_device on the GPU (kernels/cuda/paged_decode.cuh): a vq client
-// with pre-RoPE codebooks and an engine in rotate-half order loads into
-// device pages; they must hold what the host path loads into host pages
-// within one fp16 unit in the last place (the device computes each RoPE
-// angle directly, the host by recurrence), and every block but the
-// chain's first (its exact sink tokens) must have decoded on the GPU.
-TEST(KvConnectorCudaTest, LoadsDecodeOnTheGpuAsOnTheHost) {
-  SKIP_WITHOUT_GPU();
+// The body of LoadsDecodeOnTheGpuAsOnTheHost for codebooks that refine
+// `refine_layer`'s keys (-1: none).
+void ExpectGpuLoadMatchesHost(int refine_layer) {
   const KvLayout l = SmallLayout();
   const int n = 96;
   CacheClientOptions o = Options(32);
   o.decode_on_device = DeviceUse::kOn;
-  testing::StoredPreRopeChain chain = testing::StorePreRopeChain(l, n, o);
+  testing::StoredPreRopeChain chain =
+      testing::StorePreRopeChain(l, n, o, refine_layer);
   ASSERT_NE(chain.client, nullptr);
   CacheClient* client = chain.client.get();
   const std::vector<int32_t>& tokens = chain.tokens;
@@ -204,6 +200,23 @@ TEST(KvConnectorCudaTest, LoadsDecodeOnTheGpuAsOnTheHost) {
             << "layer " << layer << (keys ? " key " : " value ") << i;
       }
     }
+  }
+}
+
+// decode_on_device on the GPU (kernels/cuda/paged_decode.cuh): a vq client
+// with pre-RoPE codebooks and an engine in rotate-half order loads into
+// device pages; they must hold what the host path loads into host pages
+// within one fp16 unit in the last place (the device computes each RoPE
+// angle directly, the host by recurrence), and every block but the
+// chain's first (its exact sink tokens) must have decoded on the GPU.
+// Also with codebooks that refine a layer's keys (decode_on_device kOn:
+// kAuto leaves them on the host until this has passed on a GPU).
+TEST(KvConnectorCudaTest, LoadsDecodeOnTheGpuAsOnTheHost) {
+  SKIP_WITHOUT_GPU();
+  for (int refine_layer : {-1, 1}) {
+    SCOPED_TRACE(refine_layer < 0 ? "codebooks without a key refinement"
+                                  : "key refinement of layer 1");
+    ExpectGpuLoadMatchesHost(refine_layer);
   }
 }
 

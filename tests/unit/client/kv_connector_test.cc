@@ -796,14 +796,18 @@ INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceTest,
 class KvConnectorDeviceDecodeTest
     : public ::testing::TestWithParam<std::tuple<DType, bool>> {};
 
-TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
-  const auto [dtype, hnd] = GetParam();
+// Loads a stored 96-token chain into host pages and, on the fake device,
+// into device pages, and compares them layer by layer; `refine_layer` >= 0:
+// codebooks that refine that layer's keys.
+void ExpectDeviceDecodeMatchesHost(DType dtype, bool hnd, int refine_layer) {
   const KvLayout l = SmallLayout();
   const int n = 96;
   CacheClientOptions o = Options(32);
   o.decode_on_device = DeviceUse::kOn;
-  testing::StoredPreRopeChain chain = testing::StorePreRopeChain(l, n, o);
+  testing::StoredPreRopeChain chain =
+      testing::StorePreRopeChain(l, n, o, refine_layer);
   ASSERT_NE(chain.client, nullptr);
+  ASSERT_EQ(chain.client->codec().PayloadFlags() != 0, refine_layer >= 0);
   CacheClient* client = chain.client.get();
   const std::vector<int32_t>& tokens = chain.tokens;
 
@@ -855,6 +859,38 @@ TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
   EXPECT_EQ(engine2.TakeLoadErrorBlockIds(),
             std::vector<int32_t>(ids.begin(), ids.begin() + n / kPageSize));
   EXPECT_EQ(engine2.stats().blocks_decoded_on_device, 0);
+}
+
+TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
+  const auto [dtype, hnd] = GetParam();
+  ExpectDeviceDecodeMatchesHost(dtype, hnd, -1);
+}
+
+// A key refinement (here of the middle layer) decodes on the device too,
+// when asked for (kOn): the refined layer's slice of the refinement section
+// goes with its codes. Under kAuto it stays on the host until it has run on
+// a GPU, and encoding from the pages does not code refinements: both paths
+// say why.
+TEST_P(KvConnectorDeviceDecodeTest, DecodesAKeyRefinementOnTheDevice) {
+  const auto [dtype, hnd] = GetParam();
+  ExpectDeviceDecodeMatchesHost(dtype, hnd, 1);
+
+  const KvLayout l = SmallLayout();
+  testing::StoredPreRopeChain chain =
+      testing::StorePreRopeChain(l, 32, Options(32), 1);
+  ASSERT_NE(chain.client, nullptr);
+  Pages pages(dtype, hnd);
+  KvConnector engine(chain.client.get());
+  testing::FakeKvDevice* dev = nullptr;
+  ASSERT_TRUE(RegisterOnFakeDevice(&engine, &pages, &dev).ok());
+  const DevicePaths paths = engine.device_paths();
+  EXPECT_FALSE(paths.decode_on_device);
+  EXPECT_NE(paths.decode_on_host_because.find("kOn"), std::string::npos)
+      << paths.decode_on_host_because;
+  EXPECT_FALSE(paths.encode_on_device);
+  EXPECT_NE(paths.encode_on_host_because.find("key refinement"),
+            std::string::npos)
+      << paths.encode_on_host_because;
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceDecodeTest,

@@ -76,6 +76,22 @@ std::vector<Case> Cases() {
   cases.push_back({"pre-RoPE half split, partial rotary, GGUF engine", half,
                    RopeSpec{500000.0, 48, RopePairs::kHalf},
                    RopePairs::kAdjacent});
+  // Key refinements: of the middle layer, on the split per-head set; of the
+  // first and last layers (so the second's codes sit one layer into the
+  // refinement section), on the plain one.
+  RandomVqCodecSpec refined_split = split;
+  refined_split.refine_layers = {1};
+  refined_split.refine_stages = 6;
+  cases.push_back(
+      {"pre-RoPE split per head with gains, key refinement of "
+       "layer 1, Hugging Face engine",
+       refined_split, RopeSpec{10000.0, 64, RopePairs::kAdjacent},
+       RopePairs::kHalf});
+  RandomVqCodecSpec refined_plain = plain;
+  refined_plain.refine_layers = {0, 2};
+  refined_plain.refine_stages = 5;
+  cases.push_back({"post-RoPE keys, key refinement of layers 0 and 2",
+                   refined_plain, std::nullopt, RopePairs::kAdjacent});
   return cases;
 }
 
@@ -115,10 +131,14 @@ TEST(VqDecodePlanTest, MatchesTheCpuDecodeRotationAndReorder) {
 
       const VqDecodePlan::LayerSlices s = plan->Slices(kTokens, layer);
       ASSERT_LE(s.value_offset + s.value_bytes, payload->size());
+      ASSERT_LE(s.refine_offset + s.refine_bytes, payload->size());
+      const bool refined = (*codec)->codebooks().RefinedIndex(layer) >= 0;
+      ASSERT_EQ(s.refine_bytes > 0, refined) << "layer " << layer;
       std::vector<CodedToken> rows(kTokens);
       for (int t = 0; t < kTokens; ++t) {
         rows[t] = {payload->data() + s.key_offset,
-                   payload->data() + s.value_offset, t, kFirstPosition + t};
+                   payload->data() + s.value_offset, t, kFirstPosition + t,
+                   refined ? payload->data() + s.refine_offset : nullptr};
       }
       std::vector<float> got_k(n), got_v(n);
       VqDecodeTokensRef(view, layer, rows.data(), kTokens, got_k.data(),
@@ -146,6 +166,20 @@ TEST(VqLayerEncodeTest, MatchesTheCpuReorderRotationAndEncode) {
     auto plan = MakeVqDecodePlan(**codec, c.rope, c.engine_pairs);
     ASSERT_TRUE(plan.ok()) << plan.status();
     const KvLayout& l = (*codec)->layout();
+    if (!c.spec.refine_layers.empty()) {
+      // The device encode codes the K and V sections only.
+      EXPECT_EQ(VqEncodeRefusal(*plan).code(),
+                absl::StatusCode::kUnimplemented);
+      std::vector<float> x(int64_t{16} * l.kv_heads * l.head_dim);
+      std::vector<uint8_t> kc(plan->Slices(16, 0).key_bytes),
+          vc(plan->Slices(16, 0).value_bytes);
+      const LayerBlockToEncode block{x.data(), x.data(),  16,
+                                     0,        kc.data(), vc.data()};
+      EXPECT_EQ(VqEncodeLayerRef(**codec, *plan, 0, {&block, 1}).code(),
+                absl::StatusCode::kUnimplemented);
+      continue;
+    }
+    EXPECT_TRUE(VqEncodeRefusal(*plan).ok());
     const int64_t row = int64_t{l.kv_heads} * l.head_dim;
     const RopePairs block_pairs = c.rope ? c.rope->pairs : RopePairs::kAdjacent;
     const int rot_dims = c.rope ? c.rope->rot_dims : l.head_dim;

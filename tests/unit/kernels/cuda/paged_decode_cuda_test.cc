@@ -23,8 +23,14 @@ namespace {
 
 constexpr int kHeads = 3, kDim = 64;
 
-testing::RandomDecodeSpec Spec(bool plain) {
-  return testing::PagedTestSpec(plain, plain ? 21 : 22);
+// `refined`: the decoded layer's keys have a key refinement of 5 stages.
+testing::RandomDecodeSpec Spec(bool plain, bool refined) {
+  testing::RandomDecodeSpec s = testing::PagedTestSpec(plain, plain ? 21 : 22);
+  if (refined) {
+    s.refine_layer = 1;
+    s.refine_stages = 5;
+  }
+  return s;
 }
 
 // Three blocks of 32 tokens (random code bytes: every value is a valid code
@@ -33,20 +39,23 @@ testing::RandomDecodeSpec Spec(bool plain) {
 // (fp32 within float rounding of the head's largest key element,
 // fp16/bf16 within one unit of the last place), and every other byte of the
 // pages stays zero.
-void CheckDecode(bool plain, int32_t dtype, bool hnd,
+void CheckDecode(bool plain, bool refined, int32_t dtype, bool hnd,
                  PagedDecodeKernel kernel) {
-  SCOPED_TRACE(std::string(plain ? "plain" : "split+gains+rope") + " dtype " +
+  SCOPED_TRACE(std::string(plain ? "plain" : "split+gains+rope") +
+               (refined ? "+key refinement" : "") + " dtype " +
                std::to_string(dtype) + (hnd ? " HND" : " NHD") +
                (kernel == PagedDecodeKernel::kAuto ? " warp per vector"
                                                    : " thread per element"));
-  testing::RandomDecodeView view(Spec(plain));
+  testing::RandomDecodeView view(Spec(plain, refined));
   ASSERT_CUDA(view.Upload());
   constexpr int kBlocks = 3, kTokens = 32, kSlots = 16, kLayer = 1;
   const int64_t pages = 8;
   const size_t key_bytes = view.KeyBytes(kTokens);
   const size_t value_bytes = view.ValueBytes(kTokens);
+  const size_t refine_bytes = refined ? view.RefineBytes(kTokens) : 0;
+  const size_t block_bytes = key_bytes + value_bytes + refine_bytes;
   std::mt19937 rng(5);
-  std::vector<uint8_t> codes(kBlocks * (key_bytes + value_bytes));
+  std::vector<uint8_t> codes(kBlocks * block_bytes);
   for (uint8_t& b : codes) b = static_cast<uint8_t>(rng());
   DeviceBuffer<uint8_t> d_codes(codes.size());
   ASSERT_CUDA(d_codes.Upload(codes));
@@ -54,13 +63,16 @@ void CheckDecode(bool plain, int32_t dtype, bool hnd,
   std::vector<CodedPageRow> rows, d_rows_host;
   std::vector<CodedToken> ref_rows;
   for (int b = 0; b < kBlocks; ++b) {
-    const size_t base = b * (key_bytes + value_bytes);
+    const size_t base = b * block_bytes;
+    const size_t refine_at = base + key_bytes + value_bytes;
     for (int t = 0; t < kTokens; ++t) {
       CodedToken host_t{codes.data() + base, codes.data() + base + key_bytes, t,
-                        int64_t{b} * kTokens + t + 1000};
+                        int64_t{b} * kTokens + t + 1000,
+                        refined ? codes.data() + refine_at : nullptr};
       CodedToken dev_t = host_t;
       dev_t.key_codes = d_codes.get() + base;
       dev_t.value_codes = d_codes.get() + base + key_bytes;
+      dev_t.refine_codes = refined ? d_codes.get() + refine_at : nullptr;
       ref_rows.push_back(host_t);
       d_rows_host.push_back({block_pages[b][t / kSlots], t % kSlots, dev_t});
     }
@@ -129,16 +141,17 @@ void CheckDecode(bool plain, int32_t dtype, bool hnd,
 TEST(PagedDecodeCudaTest, MatchesTheHostReferenceForEveryDtypeAndLayout) {
   SKIP_WITHOUT_GPU();
   for (bool plain : {false, true})
-    for (int32_t dtype : {kPageF16, kPageBf16, kPageF32})
-      for (bool hnd : {false, true})
-        for (PagedDecodeKernel kernel :
-             {PagedDecodeKernel::kAuto, PagedDecodeKernel::kPerElement})
-          CheckDecode(plain, dtype, hnd, kernel);
+    for (bool refined : {false, true})
+      for (int32_t dtype : {kPageF16, kPageBf16, kPageF32})
+        for (bool hnd : {false, true})
+          for (PagedDecodeKernel kernel :
+               {PagedDecodeKernel::kAuto, PagedDecodeKernel::kPerElement})
+            CheckDecode(plain, refined, dtype, hnd, kernel);
 }
 
 TEST(PagedDecodeCudaTest, EmptyIsANoOpAndBadArgumentsAreRejected) {
   // Argument checks come before any device call, so they run without a GPU.
-  testing::RandomDecodeView view(Spec(true));
+  testing::RandomDecodeView view(Spec(true, false));
   const VqDecodeView& w = view.host();  // pointers are not dereferenced
   PageTensor t{reinterpret_cast<void*>(16), kPageF16, {1, 1, 1, 1}};
   const CodedPageRow* rows = reinterpret_cast<const CodedPageRow*>(16);
@@ -164,6 +177,13 @@ TEST(PagedDecodeCudaTest, EmptyIsANoOpAndBadArgumentsAreRejected) {
             cudaErrorInvalidValue);
   bad = w;
   bad.key_codebooks = nullptr;
+  EXPECT_EQ(LaunchVqDecodeToPages(bad, 0, t, t, rows, 1, nullptr),
+            cudaErrorInvalidValue);
+  bad = w;
+  bad.refine_stages = 4;  // without refinement codebooks
+  EXPECT_EQ(LaunchVqDecodeToPages(bad, 0, t, t, rows, 1, nullptr),
+            cudaErrorInvalidValue);
+  bad.refine_stages = -1;
   EXPECT_EQ(LaunchVqDecodeToPages(bad, 0, t, t, rows, 1, nullptr),
             cudaErrorInvalidValue);
   PageTensor no_data = t;
