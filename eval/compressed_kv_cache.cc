@@ -156,14 +156,14 @@ absl::Status CompressedKvCache::CodeBlock() {
     absl::StatusOr<VqCodes> codes =
         UnpackVqCodes(*vq_, payload_.data(), payload_.size(), b);
     if (!codes.ok()) return codes.status();
-    const size_t kper = codes->keys.size() / lay.layers;
     const size_t vper = codes->values.size() / lay.layers;
     // The sketch section holds the sketched layers only.
     const int sketch_from = vq_->KeySketchFirstLayer();
     const size_t sper = codes->sketch.size() / (lay.layers - sketch_from);
     for (int l = 0; l < lay.layers; ++l) {
-      key_codes_[l].insert(key_codes_[l].end(), codes->keys.begin() + l * kper,
-                           codes->keys.begin() + (l + 1) * kper);
+      key_codes_[l].insert(key_codes_[l].end(),
+                           codes->keys.begin() + codes->key_begin[l],
+                           codes->keys.begin() + codes->key_begin[l + 1]);
       value_codes_[l].insert(value_codes_[l].end(),
                              codes->values.begin() + l * vper,
                              codes->values.begin() + (l + 1) * vper);
@@ -235,7 +235,7 @@ model::KvCache::LayerView CompressedKvCache::View(int layer) const {
                     static_cast<size_t>(layer) * exact_.layout().kv_heads;
     v.coded.key_codes = key_codes_[layer].data();
     v.coded.value_codes = value_codes_[layer].data();
-    v.coded.key_stages = c.key_stages();
+    v.coded.key_stages = VqKeyCodeStages(*vq_, layer);
     v.coded.value_stages = c.value_stages;
     if (!sketch_codes_[layer].empty()) {
       v.coded.sketch = sketch_codes_[layer].data();

@@ -232,11 +232,6 @@ absl::StatusOr<CodeAttention> CodeAttention::Create(const VqCodec& codec,
   }
   const CodebookSet& set = codec.codebooks();
   const CodebookConfig& c = set.config();
-  if (set.RefinedIndex(layer) >= 0) {
-    return absl::UnimplementedError(
-        absl::StrCat("code attention does not read key refinements (layer ",
-                     layer, " is refined): decode the block instead"));
-  }
   if (!c.keys_post_rope) {
     return absl::UnimplementedError(
         "code attention needs keys coded after RoPE: with pre-RoPE codes "
@@ -250,6 +245,15 @@ absl::StatusOr<CodeAttention> CodeAttention::Create(const VqCodec& codec,
   for (size_t g = 0; g < set.key_group_dims().size(); ++g) {
     const ResidualQuantizer* q = &set.key(layer, slot, static_cast<int>(g));
     a.key_groups_.push_back(KeyGroup{q, set.key_group_dims()[g], offset});
+    offset += q->stages();
+  }
+  if (set.RefinedIndex(layer) >= 0) {
+    // The refinement codes what the groups leave, over every dimension, and
+    // is added before the gain: one more group.
+    const ResidualQuantizer* q = &set.key_refinement(layer, slot);
+    std::vector<int> all(static_cast<size_t>(lay.head_dim));
+    for (int d = 0; d < lay.head_dim; ++d) all[d] = d;
+    a.key_groups_.push_back(KeyGroup{q, std::move(all), offset});
     offset += q->stages();
   }
   a.key_stages_ = offset;
@@ -514,30 +518,76 @@ absl::StatusOr<VqCodes> UnpackVqCodes(const VqCodec& codec, const uint8_t* in,
         absl::StrCat("UnpackVqCodes: payload of ", in_bytes, " bytes for ",
                      tokens, " tokens, expected ", codec.EncodedBytes(tokens)));
   }
-  const CodebookConfig& c = codec.codebooks().config();
-  const int64_t vectors =
-      tokens * codec.layout().layers * codec.layout().kv_heads;
+  const CodebookSet& set = codec.codebooks();
+  const CodebookConfig& c = set.config();
+  const int layers = codec.layout().layers;
+  const int64_t layer_vectors = tokens * codec.layout().kv_heads;
+  const int64_t vectors = layers * layer_vectors;
+  const int nk = c.key_stages();
   VqCodes out;
-  out.keys.resize(static_cast<size_t>(vectors * c.key_stages()));
+  out.key_begin.assign(static_cast<size_t>(layers) + 1, 0);
+  for (int l = 0; l < layers; ++l) {
+    out.key_begin[l + 1] =
+        out.key_begin[l] +
+        static_cast<size_t>(layer_vectors * VqKeyCodeStages(codec, l));
+  }
+  out.keys.resize(out.key_begin[layers]);
   out.values.resize(static_cast<size_t>(vectors * c.value_stages));
-  const size_t kbytes = PackedBytes(vectors * c.key_stages(), c.key_bits);
+  const size_t kbytes = PackedBytes(vectors * nk, c.key_bits);
   const size_t vbytes = PackedBytes(vectors * c.value_stages, c.value_bits);
-  if (absl::Status s = UnpackBits(in, kbytes, vectors * c.key_stages(),
-                                  c.key_bits, out.keys.data());
-      !s.ok()) {
-    return s;
+  const size_t sbytes =
+      codec.key_sketch() != nullptr
+          ? codec.SketchedVectors(tokens) * codec.key_sketch()->BytesPerVector()
+          : 0;
+  if (!set.has_key_refinement()) {
+    if (absl::Status s =
+            UnpackBits(in, kbytes, vectors * nk, c.key_bits, out.keys.data());
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    // Interleave each refined vector's refinement codes (the section after
+    // the sketch, [refined layer][token][kv_head][R]) after its key codes.
+    std::vector<uint16_t> k(static_cast<size_t>(vectors * nk));
+    if (absl::Status s =
+            UnpackBits(in, kbytes, vectors * nk, c.key_bits, k.data());
+        !s.ok()) {
+      return s;
+    }
+    const int R = set.key_refine_stages();
+    const int64_t refined = codec.RefinedVectors(tokens);
+    std::vector<uint16_t> r(static_cast<size_t>(refined * R));
+    if (absl::Status s = UnpackBits(in + kbytes + vbytes + sbytes,
+                                    PackedBytes(refined * R, c.key_bits),
+                                    refined * R, c.key_bits, r.data());
+        !s.ok()) {
+      return s;
+    }
+    for (int l = 0; l < layers; ++l) {
+      const int ri = set.RefinedIndex(l);
+      uint16_t* dst = out.keys.data() + out.key_begin[l];
+      const uint16_t* src = k.data() + l * layer_vectors * nk;
+      for (int64_t v = 0; v < layer_vectors; ++v) {
+        dst = std::copy(src + v * nk, src + (v + 1) * nk, dst);
+        if (ri < 0) continue;
+        const uint16_t* rv = r.data() + (ri * layer_vectors + v) * R;
+        dst = std::copy(rv, rv + R, dst);
+      }
+    }
   }
   if (absl::Status s = UnpackBits(in + kbytes, vbytes, vectors * c.value_stages,
                                   c.value_bits, out.values.data());
       !s.ok()) {
     return s;
   }
-  const size_t sbytes =
-      codec.key_sketch() != nullptr
-          ? codec.SketchedVectors(tokens) * codec.key_sketch()->BytesPerVector()
-          : 0;
   out.sketch.assign(in + kbytes + vbytes, in + kbytes + vbytes + sbytes);
   return out;
+}
+
+int VqKeyCodeStages(const VqCodec& codec, int layer) {
+  const CodebookSet& set = codec.codebooks();
+  return set.config().key_stages() +
+         (set.RefinedIndex(layer) >= 0 ? set.key_refine_stages() : 0);
 }
 
 CodedTokens CodedTokensOf(const VqCodec& codec, const VqCodes& codes,
@@ -545,13 +595,15 @@ CodedTokens CodedTokensOf(const VqCodec& codec, const VqCodes& codes,
   const CodebookConfig& c = codec.codebooks().config();
   const int H = codec.layout().kv_heads;
   const int64_t vec = int64_t{layer} * tokens * H + kv_head;
+  const int nk = VqKeyCodeStages(codec, layer);
   const SignSketch* sketch = codec.key_sketch_for_layer(layer);
   const int64_t sb =
       sketch != nullptr ? static_cast<int64_t>(sketch->BytesPerVector()) : 0;
   CodedTokens t;
   t.n = tokens;
-  t.key_codes = codes.keys.data() + vec * c.key_stages();
-  t.key_stride = int64_t{H} * c.key_stages();
+  t.key_codes =
+      codes.keys.data() + codes.key_begin[layer] + int64_t{kv_head} * nk;
+  t.key_stride = int64_t{H} * nk;
   t.value_codes = codes.values.data() + vec * c.value_stages;
   t.value_stride = int64_t{H} * c.value_stages;
   if (sb > 0) {

@@ -7,6 +7,8 @@
 // kernels/key_split.h), so q.k = sum over groups g and stages s of
 // q[dims_g] . c_gs[code_gs]. Per query, one table per stage holds q against
 // every codeword (scale included); a token's logit is then Nk table look-ups.
+// A layer with a key refinement (CodebookSet::SetKeyRefinement) adds its R
+// stages as one more group over all head_dim dimensions: Nk + R look-ups.
 // With a key sketch (VqConfig::key_sketch_bits = m), the sketch adds
 // scale_t * sum_b sign_tb (S q)_b, read from m/8 tables of 256 entries (one
 // per sign byte), on the layers the codec sketches. Values: the softmax weights
@@ -19,12 +21,13 @@
 // tokens: Create returns kUnimplemented).
 //
 // Layouts: q float [group][head_dim]; token t's key codes are
-// key_codes[t * key_stride + i], i in [0, Nk) (the codec's order: group 0's
-// stages, then group 1's), its value codes value_codes[t * value_stride + i],
+// key_codes[t * key_stride + i], i in [0, key_stages()) (the codec's order:
+// group 0's stages, then group 1's, then on a refined layer the
+// refinement's), its value codes value_codes[t * value_stride + i],
 // i in [0, Nv), its sketch sketch[t * sketch_stride + b], b in
 // [0, SignSketch::BytesPerVector()). UnpackVqCodes gives these arrays for a
-// payload: strides kv_heads * Nk, kv_heads * Nv, kv_heads * sketch bytes,
-// offset by the head.
+// payload: strides kv_heads * key_stages(), kv_heads * Nv, kv_heads *
+// sketch bytes, offset by the head.
 //
 // Result: an AttentionPartial, the unnormalized softmax state, so the coded
 // tokens can be merged with tokens attended elsewhere (exact sinks and
@@ -96,6 +99,7 @@ class CodeAttention {
                                               int kv_head);
 
   int head_dim() const { return head_dim_; }
+  // Key codes per token: Nk, plus R on a refined layer.
   int key_stages() const { return key_stages_; }
   int value_stages() const { return values_->stages(); }
   // Sketch bytes per token; 0 without a sketch.
@@ -139,12 +143,20 @@ class CodeAttention {
   const float* key_centre_ = nullptr;  // owned by the codec's set
 };
 
+// Key codes per vector of `layer` as code attention reads them: Nk, plus
+// the refinement's R stages when the layer is refined.
+int VqKeyCodeStages(const VqCodec& codec, int layer);
+
 // The codes of a VqCodec payload of `tokens` tokens, unpacked:
-// keys uint16 [layer][token][kv_head][Nk], values [layer][token][kv_head][Nv],
-// sketch bytes [layer][token][kv_head][sketch bytes] for the sketched
-// layers (VqCodec::KeySketchFirstLayer() on; empty without a sketch).
+// keys uint16 [layer][token][kv_head][VqKeyCodeStages(layer)] (a refined
+// layer's refinement codes after its key codes; key_begin[l] is where
+// layer l starts, key_begin[layers] the size), values
+// [layer][token][kv_head][Nv], sketch bytes [layer][token][kv_head][sketch
+// bytes] for the sketched layers (VqCodec::KeySketchFirstLayer() on; empty
+// without a sketch).
 struct VqCodes {
   std::vector<uint16_t> keys, values;
+  std::vector<size_t> key_begin;  // [layers + 1]
   std::vector<uint8_t> sketch;
 };
 // Errors: kInvalidArgument when in_bytes != codec.EncodedBytes(tokens).

@@ -56,7 +56,7 @@ class KvCache {
       const uint16_t* key_codes = nullptr;
       const uint16_t* value_codes = nullptr;
       const uint8_t* sketch = nullptr;  // null without a key sketch
-      int key_stages = 0;
+      int key_stages = 0;  // heads[h].key_stages(): refinement included
       int value_stages = 0;
       int sketch_bytes = 0;
     };

@@ -26,9 +26,13 @@
 //   - split keys: group g's codebooks, of its dims only, are written into
 //     [stages][K][head_dim] rows that are zero outside group g's dims, and the
 //     groups' stages are concatenated in the codec's code order;
+//   - a key refinement (CodebookSet::SetKeyRefinement): its R full-width
+//     stages after the groups' (UnpackVqCodes puts a refined vector's R codes
+//     after its Nk: VqKeyCodeStages); a refined layer has Nk + R stages, so
+//     it goes in a launch of its own;
 //   - a key gain (CodebookSet::SetKeyGain): multiply every codeword by the
 //     gain and add (1 - gain) * centre to every codeword of stage 0.
-// Both give CodeAttention's logits (up to float rounding).
+// These give CodeAttention's logits (up to float rounding).
 //
 // Layouts, all in device memory; problem (o, i), o < outer, i < inner, is
 // problem p = o * inner + i, and each "ProblemStride" array of problem (o, i)

@@ -227,8 +227,10 @@ TEST(CompressedKvCacheTest, RejectsBadConfigurations) {
 }
 
 // A small fitted VQ codec (keys 2 + 2 stages x 6 bits with the RoPE split,
-// values 2 x 5 bits) on random data.
-std::unique_ptr<VqCodec> SmallVqCodec(const KvLayout& layout, int sketch_bits) {
+// values 2 x 5 bits) on random data; refine_layer >= 0 gets a key
+// refinement of 3 stages.
+std::unique_ptr<VqCodec> SmallVqCodec(const KvLayout& layout, int sketch_bits,
+                                      int refine_layer = -1) {
   VqConfig cfg;
   cfg.key_stages = 4;
   cfg.key_bits = 6;
@@ -246,17 +248,29 @@ std::unique_ptr<VqCodec> SmallVqCodec(const KvLayout& layout, int sketch_bits) {
   for (float& x : k) x = nd(rng);
   for (float& x : v) x = nd(rng);
   EXPECT_TRUE((*codec)->Fit(k.data(), v.data(), n, FitOptions{}).ok());
+  if (refine_layer >= 0) {
+    const int64_t layer_floats = n * layout.kv_heads * layout.head_dim;
+    EXPECT_TRUE((*codec)
+                    ->FitKeyRefinement(refine_layer,
+                                       k.data() + refine_layer * layer_floats,
+                                       n, 3, FitOptions{})
+                    .ok());
+  }
   return *std::move(codec);
 }
 
 // attend_codes: attention reads the coded positions from the VQ codes
 // (no decoded copy) and matches attention over the decoded copies, query by
-// query, through prefill chunks and single-token steps.
+// query, through prefill chunks and single-token steps; with a key sketch,
+// and with a key refinement of either layer.
 TEST(CompressedKvCacheTest, AttentionOverCodesMatchesDecodedCopies) {
   const KvLayout layout{2, 2, kHeadDim};
   const model::AttentionShape shape{6, 2, kHeadDim};
-  for (int sketch_bits : {0, 64}) {
-    std::unique_ptr<VqCodec> codec = SmallVqCodec(layout, sketch_bits);
+  for (auto [sketch_bits, refine_layer] : {std::pair{0, -1}, std::pair{64, -1},
+                                           std::pair{0, 1}, std::pair{64, 0}}) {
+    SCOPED_TRACE(refine_layer);
+    std::unique_ptr<VqCodec> codec =
+        SmallVqCodec(layout, sketch_bits, refine_layer);
     CompressedKvCacheOptions opt;
     opt.sinks = 4;
     opt.window = 16;

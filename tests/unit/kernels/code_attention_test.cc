@@ -195,6 +195,33 @@ TEST(CodeAttentionTest, MatchesDecodeThenAttendHalfRotateWithSketch) {
   CheckAgainstDecode(su, 300, {1, 9}, {1, 300}, 5);
 }
 
+// A key refinement is one more table group over every dimension, before
+// the gain: decode-then-attend on the refined layers (0 and 2 of 3; the
+// unrefined one between reads its codes at the right place), with a split,
+// per-head codebooks, gains and a sketch on the last layer.
+TEST(CodeAttentionTest, MatchesDecodeThenAttendWithKeyRefinement) {
+  TestCodec su;
+  su.layers = 3;
+  su.refine_layers = {0, 2};
+  su.refine_stages = 6;
+  CheckAgainstDecode(su, 300, {1, 3}, {1, 37, 300}, 6);
+  su.split = KeySplit::kRopeAdjacentPairs;
+  su.per_head = true;
+  su.key_gains = true;
+  su.sketch_bits = 64;
+  su.sketch_first_layer = 2;
+  CheckAgainstDecode(su, 200, {2, 4}, {1, 200}, 7);
+  Fixture f = MakeFixture(su, 8, 8);
+  for (int l = 0; l < su.layers; ++l) {
+    auto att = CodeAttention::Create(*f.codec, l, 1);
+    ASSERT_TRUE(att.ok()) << att.status();
+    EXPECT_EQ(att->key_stages(), l == 1 ? 28 : 34) << "layer " << l;
+    EXPECT_EQ(VqKeyCodeStages(*f.codec, l), att->key_stages());
+    EXPECT_EQ(f.codes.key_begin[l + 1] - f.codes.key_begin[l],
+              size_t{8} * su.kv_heads * att->key_stages());
+  }
+}
+
 // Key gains scale the codeword tables and add the centre's constant term:
 // still decode-then-attend, with and without the sketch and a split.
 TEST(CodeAttentionTest, MatchesDecodeThenAttendWithKeyGains) {

@@ -816,15 +816,15 @@ TEST(VqCodecTest, KeyRefinementCodesWhatTheKeyCodesLeave) {
       EXPECT_EQ(k3, k2);
 
       // The device decode reads refinements (vq_decode_plan_test checks
-      // its arithmetic); the device encode and code attention do not.
+      // its arithmetic); the device encode does not. Code attention
+      // refuses pre-RoPE keys only (code_attention_test covers refinements).
       absl::StatusOr<VqDecodePlan> plan =
           MakeVqDecodePlan(refined, std::nullopt, RopePairs::kAdjacent);
       ASSERT_TRUE(plan.ok()) << plan.status();
       EXPECT_EQ(VqEncodeRefusal(*plan).code(),
                 absl::StatusCode::kUnimplemented);
-      EXPECT_EQ(CodeAttention::Create(refined, 1, 0).status().code(),
-                absl::StatusCode::kUnimplemented);
-      EXPECT_TRUE(CodeAttention::Create(refined, 0, 0).ok());
+      EXPECT_EQ(CodeAttention::Create(refined, 1, 0).ok(),
+                refined.codebooks().config().keys_post_rope);
     }
   }
 }
