@@ -14,11 +14,11 @@
 // Arithmetic, in the CPU decode's order: the codeword sum of each key group
 // from stage 0 up, in float; for a layer with a key refinement, plus the
 // refinement's own codeword sum (stage 0 up, over all head_dim dimensions);
-// then centre + gain * (sum - centre) when the
-// head's gain is not 1; then, for codebooks of pre-RoPE keys, the rotation
-// of each pair (a, b) by pos * inv_freq[i] (angle and its cos/sin in double,
-// rounded to float, as Rope::Apply does) as a*c - b*s, a*s + b*c; then the
-// pairs are read in the engine's layout. Equal to the CPU path within float
+// then centre + gain * (sum - centre) when the head's gain is not 1; then,
+// for codebooks of pre-RoPE keys, the rotation of each pair (a, b) by
+// pos * inv_freq[i] (angle and its cos/sin in double, rounded to float, as
+// Rope::Apply does) as a*c - b*s, a*s + b*c; then the pairs are read in the
+// engine's layout. Equal to the CPU path within float
 // rounding: FMA contraction on the device, and Rope::ApplyBlock's angle
 // recurrence on the host, move results by a few ulp.
 //
@@ -125,13 +125,6 @@ VQKV_HD inline const float* VqKeyRefinement(const VqDecodeView& w, int layer,
     return nullptr;
   }
   return w.key_refine_codebooks[int64_t{layer} * w.slots + slot];
-}
-
-// Stages of a key vector of `layer`: key_stages, plus refine_stages when
-// the layer is refined.
-VQKV_HD inline int VqKeyVectorStages(const VqDecodeView& w, int layer) {
-  return w.key_stages +
-         (VqKeyRefinement(w, layer, 0) != nullptr ? w.refine_stages : 0);
 }
 
 // Block-layout dimension d of a key vector of `layer` and `head`, after the
