@@ -152,13 +152,15 @@ absl::Status KvConnector::ChooseDevicePaths(KvDevice* device) {
   for (int i = 0; i < 2; ++i) {
     if (paths[i].use == DeviceUse::kOff) continue;
     absl::Status e = plan.status();
-    if (e.ok() && i == 0 && paths[i].use == DeviceUse::kAuto &&
+    if (e.ok() && paths[i].use == DeviceUse::kAuto &&
         plan_->shape.refine_stages > 0) {
       // Checked against the host reference, not yet run on a GPU
-      // (KvConnectorCudaTest.LoadsDecodeOnTheGpuAsOnTheHost): opt in only.
+      // (KvConnectorCudaTest.LoadsDecodeOnTheGpuAsOnTheHost,
+      // SavesFromTheGpuAsTheHost): opt in only.
       e = absl::UnimplementedError(
-          "the device decode of key refinements has not run on a GPU yet; "
-          "decode_on_device = kOn uses it");
+          absl::StrCat("the device ", i == 0 ? "decode" : "encode",
+                       " of key refinements has not run on a GPU yet; ",
+                       paths[i].option, " = kOn uses it"));
     }
     if (e.ok() && i == 0) e = device->EnableDecode(*plan_);
     if (e.ok() && i == 1) {
@@ -614,7 +616,8 @@ absl::Status KvConnector::SaveLayer(int layer,
       uint8_t* block = codes + d * payload;
       encode.push_back(
           {p->spec.block_ids, (p->first_block + p->device_blocks[d]) * B, B,
-           block + slices.key_offset, block + slices.value_offset});
+           block + slices.key_offset, block + slices.value_offset,
+           slices.refine_bytes > 0 ? block + slices.refine_offset : nullptr});
     }
   }
   if (!rows.empty() || !encode.empty()) {
@@ -816,6 +819,8 @@ void KvConnector::QueuePeerLayerLocked(
           sl.key.assign(block + slices.key_offset, slices.key_bytes);
           sl.value_offset = static_cast<uint32_t>(slices.value_offset);
           sl.value.assign(block + slices.value_offset, slices.value_bytes);
+          sl.refine_offset = static_cast<uint32_t>(slices.refine_offset);
+          sl.refine.assign(block + slices.refine_offset, slices.refine_bytes);
         }
         absl::StatusOr<std::vector<std::string>> messages =
             EncodePeerLayerMessages(p->spec.request_id, layer, out,

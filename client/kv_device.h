@@ -77,13 +77,15 @@ class KvDevice {
 
   // One block to encode from the pages: the request's tokens [t0, t0 + n)
   // (at those positions), and where its slices of the layer go (the sizes of
-  // VqDecodePlan::Slices(n, layer), in staging from NewStaging).
+  // VqDecodePlan::Slices(n, layer), in staging from NewStaging; refine_codes
+  // null on a layer without a key refinement).
   struct EncodeRows {
     absl::Span<const int32_t> block_ids;  // the request's engine pages
     int64_t t0 = 0;
     int64_t n = 0;
     uint8_t* key_codes = nullptr;
     uint8_t* value_codes = nullptr;
+    uint8_t* refine_codes = nullptr;
   };
 
   virtual ~KvDevice() = default;
@@ -128,8 +130,7 @@ class KvDevice {
   // Makes EncodeLayer encode with `codec`'s quantizers as `plan` (made from
   // it) lays them out; both must outlive the device. Call once, before any
   // EncodeLayer. Errors: kUnimplemented for a device that cannot encode (or
-  // a shape its encoder refuses, naming it; VqEncodeRefusal's for a key
-  // refinement); the device's.
+  // a shape its encoder refuses, naming it); the device's.
   virtual absl::Status EnableEncode(const VqDecodePlan& plan,
                                     const VqCodec& codec) {
     (void)plan;

@@ -173,14 +173,4 @@ VqDecodeView VqDecodePlan::view() const {
   return w;
 }
 
-absl::Status VqEncodeRefusal(const VqDecodePlan& plan) {
-  if (plan.shape.refine_stages > 0) {
-    return absl::UnimplementedError(
-        "a codec with a key refinement encodes on the CPU only (the device "
-        "encode codes the K and V sections, not the refinement; `vqkv "
-        "calibrate --key-refine-layers 0` writes a set without one)");
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace vqkv

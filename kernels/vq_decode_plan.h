@@ -12,12 +12,13 @@
 // by uploading the codebooks (the key refinements' too), dim_group,
 // dim_index, group_dim, key_gains and inv_freq. The device encode from the
 // pages (kernels/vq_encode_element.h) runs on the same plan: its jobs map to
-// quantizers by JobQuantizer.
+// quantizers by JobQuantizer, a refined layer's refinement jobs to the
+// codec's key refinements (CodebookSet::key_refinement).
 //
 // What a plan cannot express is refused when it is made: a codec with a key
 // sketch (its correction is a random projection per vector; the CPU adds it)
-// and more than two key groups. A key refinement decodes (Slices names its
-// codes) but does not encode on a device: VqEncodeRefusal says so.
+// and more than two key groups. A key refinement is part of the plan: its
+// codebooks, and its codes' place in a payload (Slices).
 //
 // Thread safety: immutable after MakeVqDecodePlan.
 #ifndef VQKV_KERNELS_VQ_DECODE_PLAN_H_
@@ -88,11 +89,6 @@ std::vector<const ResidualQuantizer*> PlanQuantizers(const VqCodec& codec);
 absl::StatusOr<VqDecodePlan> MakeVqDecodePlan(
     const VqCodec& codec, const std::optional<RopeSpec>& key_rope,
     RopePairs engine_pairs);
-
-// Why a device cannot encode payloads of `plan`'s codec from its pages
-// (kernels/vq_encode_element.h codes the K and V sections only), or OK:
-// kUnimplemented for a codec with a key refinement.
-absl::Status VqEncodeRefusal(const VqDecodePlan& plan);
 
 }  // namespace vqkv
 

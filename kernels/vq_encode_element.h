@@ -10,15 +10,21 @@
 //      (VqPrepareKeyDim), gathered per key group; values as they are;
 //   2. greedy RVQ codes of each job (the CPU's ResidualQuantizer or the
 //      tensor cores);
-//   3. packing (VqPackedKeyByte / VqPackedValueByte): each block's slice of
-//      its payload's K and V sections for the layer, in the payload's order
-//      (kernels/vq_codec.h: [token][kv_head][group][stage], PackBits).
+//   3. on a layer with a key refinement (VqKeyRefinement), one more job per
+//      slot (VqEncodeRefineInput): what the slot's key codes leave of each
+//      key, before the gain, as VqCodec::EncodeKeyRefinement codes it;
+//   4. packing (VqPackedKeyByte / VqPackedValueByte / VqPackedRefineByte):
+//      each block's slice of its payload's K, V and key refinement sections
+//      for the layer, in the payload's order (kernels/vq_codec.h:
+//      [token][kv_head][group][stage], PackBits).
 //
 // Jobs of a layer (VqEncodeJobCount): for slot s (a kv head when codebooks
 // are per head, else the one slot 0), its key groups s * key_groups + g,
 // then the value jobs key_jobs + s. A job's rows are the batch's tokens
 // (per head) or its (token, head) vectors in that order (shared codebooks);
-// tokens are the concatenation of the blocks' tokens.
+// tokens are the concatenation of the blocks' tokens. A refined layer's
+// refinement jobs follow them (VqEncodeRefineJob): rows as the slot's key
+// jobs', head_dim dimensions in the block layout, refine_stages stages.
 //
 // Un-rotation computes each angle directly in double, as Rope::Invert does
 // (not Rope::InvertBlock's recurrence), so the host reference gives the
@@ -123,29 +129,72 @@ VQKV_HD inline uint8_t PackedByteAt(int64_t n, int bits, int64_t byte,
   return static_cast<uint8_t>(out);
 }
 
-// Code i of a block's K (values: V) section slice, in the payload's order
-// [token][kv_head][stage], from the jobs' codes.
+// The refinement job of `slot` on a refined layer: after the key and value
+// jobs.
+VQKV_HD inline int VqEncodeRefineJob(const VqDecodeView& w, int slot) {
+  return VqEncodeJobCount(w) + slot;
+}
+
+// Row `row`'s key code of stage s (0 .. key_stages - 1, all groups) of
+// `slot`'s key jobs; codes[j] are job j's codes, [rows][stages].
+struct VqJobKeyCode {
+  const VqDecodeView* w;
+  const uint16_t* const* codes;
+  int slot;
+  int64_t row;
+
+  VQKV_HD uint32_t operator()(int s) const {
+    int g = 0;
+    while (g + 1 < w->key_groups && s >= w->group_offset[g + 1]) ++g;
+    return codes[slot * w->key_groups + g]
+                [row * w->group_stages[g] + (s - w->group_offset[g])];
+  }
+};
+
+// Element d (block layout) of row r of `slot`'s refinement job of `layer`,
+// once the key jobs are coded (codes: per job, as VqJobKeyCode reads them):
+// the prepared key minus what its key codes decode to before the gain,
+// summed as the decode sums it (VqKeyDimFromCodes; the CPU's
+// ResidualQuantizer::Decode sums in the same order).
+template <typename Kv, typename Pos>
+VQKV_HD inline float VqEncodeRefineInput(const VqDecodeView& w, int layer,
+                                         int slot, int64_t r, int d, Kv kv,
+                                         Pos pos,
+                                         const uint16_t* const* codes) {
+  const int64_t token = w.slots == 1 ? r / w.kv_heads : r;
+  const int head = w.slots == 1 ? static_cast<int>(r % w.kv_heads) : slot;
+  VqDecodeView base = w;  // the key codes alone: no refinement, no gain
+  base.refine_stages = 0;
+  base.key_gains = nullptr;
+  const float coded =
+      VqKeyDimFromCodes(base, layer, head, d, VqJobKeyCode{&w, codes, slot, r});
+  return VqPrepareKeyDim(w, VqTokenKey<Kv>{kv, token, head}, pos(token), d) -
+         coded;
+}
+
+// Code i of a block's K (values: V; refine: key refinement) section slice,
+// in the payload's order [token][kv_head][stage], from the jobs' codes.
 struct VqSliceCode {
+  enum Section { kKeys, kValues, kRefine };
   const VqDecodeView* w;
   const uint16_t* const* codes;
   int64_t first_token;
-  bool values;
+  Section section;
 
   VQKV_HD uint32_t operator()(int64_t i) const {
-    const int stages = values ? w->value_stages : w->key_stages;
+    const int stages = section == kKeys     ? w->key_stages
+                       : section == kValues ? w->value_stages
+                                            : w->refine_stages;
     const int64_t v = i / stages;
-    int stage = static_cast<int>(i - v * stages);
+    const int stage = static_cast<int>(i - v * stages);
     const int64_t token = first_token + v / w->kv_heads;
     const int head = static_cast<int>(v % w->kv_heads);
     const int slot = w->slots == 1 ? 0 : head;
     const int64_t row = w->slots == 1 ? token * w->kv_heads + head : token;
-    if (values) {
-      return codes[VqEncodeKeyJobs(*w) + slot][row * stages + stage];
-    }
-    int g = 0;
-    while (g + 1 < w->key_groups && stage >= w->group_offset[g + 1]) ++g;
-    stage -= w->group_offset[g];
-    return codes[slot * w->key_groups + g][row * w->group_stages[g] + stage];
+    if (section == kKeys) return VqJobKeyCode{w, codes, slot, row}(stage);
+    const int j = section == kValues ? VqEncodeKeyJobs(*w) + slot
+                                     : VqEncodeRefineJob(*w, slot);
+    return codes[j][row * stages + stage];
   }
 };
 
@@ -157,7 +206,7 @@ VQKV_HD inline uint8_t VqPackedKeyByte(const VqDecodeView& w,
                                        int64_t first_token, int64_t tokens,
                                        int64_t byte) {
   return PackedByteAt(tokens * w.kv_heads * w.key_stages, w.key_bits, byte,
-                      VqSliceCode{&w, codes, first_token, false});
+                      VqSliceCode{&w, codes, first_token, VqSliceCode::kKeys});
 }
 
 // The same for the V slice.
@@ -165,8 +214,20 @@ VQKV_HD inline uint8_t VqPackedValueByte(const VqDecodeView& w,
                                          const uint16_t* const* codes,
                                          int64_t first_token, int64_t tokens,
                                          int64_t byte) {
-  return PackedByteAt(tokens * w.kv_heads * w.value_stages, w.value_bits, byte,
-                      VqSliceCode{&w, codes, first_token, true});
+  return PackedByteAt(
+      tokens * w.kv_heads * w.value_stages, w.value_bits, byte,
+      VqSliceCode{&w, codes, first_token, VqSliceCode::kValues});
+}
+
+// The same for the key refinement slice of a refined layer (codes holds
+// its refinement jobs, VqEncodeRefineJob).
+VQKV_HD inline uint8_t VqPackedRefineByte(const VqDecodeView& w,
+                                          const uint16_t* const* codes,
+                                          int64_t first_token, int64_t tokens,
+                                          int64_t byte) {
+  return PackedByteAt(
+      tokens * w.kv_heads * w.refine_stages, w.key_bits, byte,
+      VqSliceCode{&w, codes, first_token, VqSliceCode::kRefine});
 }
 
 }  // namespace vqkv

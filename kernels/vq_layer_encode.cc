@@ -35,18 +35,17 @@ struct BatchPos {
 absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
                               int layer,
                               absl::Span<const LayerBlockToEncode> blocks) {
-  if (absl::Status refused = VqEncodeRefusal(plan); !refused.ok()) {
-    return refused;
-  }
   const VqDecodeView w = plan.view();
   if (layer < 0 || layer >= plan.layers) {
     return absl::InvalidArgumentError(absl::StrCat("no layer ", layer));
   }
+  const bool refined = VqKeyRefinement(w, layer, 0) != nullptr;
   std::vector<const LayerBlockToEncode*> block_of;
   std::vector<int64_t> index_in;
   for (const LayerBlockToEncode& b : blocks) {
     if (b.tokens < 1 || b.keys == nullptr || b.values == nullptr ||
-        b.key_codes == nullptr || b.value_codes == nullptr) {
+        b.key_codes == nullptr || b.value_codes == nullptr ||
+        (refined && b.refine_codes == nullptr)) {
       return absl::InvalidArgumentError(
           "VqEncodeLayerRef needs blocks of >= 1 token with all buffers");
     }
@@ -61,24 +60,32 @@ absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
   const BatchPos pos{&block_of, &index_in};
   const std::vector<const ResidualQuantizer*> quantizers =
       PlanQuantizers(codec);
-  std::vector<std::vector<uint16_t>> codes(VqEncodeJobCount(w));
-  std::vector<const uint16_t*> code_ptrs;
+  const int jobs = VqEncodeJobCount(w) + (refined ? w.slots : 0);
+  std::vector<std::vector<uint16_t>> codes(jobs);
+  std::vector<const uint16_t*> code_ptrs(jobs);
   std::vector<float> x;
-  for (int j = 0; j < VqEncodeJobCount(w); ++j) {
-    const int dims = VqEncodeJobDims(w, j);
+  for (int j = 0; j < jobs; ++j) {
+    // The refinement jobs read the key jobs' codes, coded before them.
+    const int refine_slot = j - VqEncodeJobCount(w);
+    const int dims = refine_slot < 0 ? VqEncodeJobDims(w, j) : w.head_dim;
     x.resize(static_cast<size_t>(rows) * dims);
     for (int64_t r = 0; r < rows; ++r) {
       for (int i = 0; i < dims; ++i) {
-        x[r * dims + i] = VqEncodeInput(w, j, r, i, kv, pos);
+        x[r * dims + i] = refine_slot < 0
+                              ? VqEncodeInput(w, j, r, i, kv, pos)
+                              : VqEncodeRefineInput(w, layer, refine_slot, r, i,
+                                                    kv, pos, code_ptrs.data());
       }
     }
-    const ResidualQuantizer& q = *quantizers[plan.JobQuantizer(layer, j)];
+    const ResidualQuantizer& q =
+        refine_slot < 0 ? *quantizers[plan.JobQuantizer(layer, j)]
+                        : codec.codebooks().key_refinement(layer, refine_slot);
     codes[j].resize(static_cast<size_t>(rows) * q.stages());
     if (absl::Status s = q.EncodeGreedy(x.data(), rows, codes[j].data());
         !s.ok()) {
       return s;
     }
-    code_ptrs.push_back(codes[j].data());
+    code_ptrs[j] = codes[j].data();
   }
   int64_t first = 0;
   for (const LayerBlockToEncode& b : blocks) {
@@ -90,6 +97,10 @@ absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
     for (size_t i = 0; i < s.value_bytes; ++i) {
       b.value_codes[i] = VqPackedValueByte(w, code_ptrs.data(), first, b.tokens,
                                            static_cast<int64_t>(i));
+    }
+    for (size_t i = 0; i < s.refine_bytes; ++i) {
+      b.refine_codes[i] = VqPackedRefineByte(w, code_ptrs.data(), first,
+                                             b.tokens, static_cast<int64_t>(i));
     }
     first += b.tokens;
   }

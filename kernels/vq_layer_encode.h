@@ -2,9 +2,10 @@
 // way the device does it (kernels/vq_encode_element.h): inputs read from
 // the engine's keys and values, every quantizer job coded greedily by the
 // codec's ResidualQuantizer, each block's K and V slices of the layer
-// packed. The scalar reference of the device encode
-// (kernels/cuda/paged_encode.cuh), and the host emulation of a device in
-// tests (tests/unit/client/fake_kv_device.h).
+// packed (and, on a layer with a key refinement, its refinement coded
+// from what the key codes leave, and packed). The scalar reference of the
+// device encode (kernels/cuda/paged_encode.cuh), and the host emulation of a
+// device in tests (tests/unit/client/fake_kv_device.h).
 //
 // The slices are those of VqCodec::Encode's payload for the same keys
 // after the client's CPU path (pair reorder into the blocks' order, then
@@ -27,7 +28,8 @@ namespace vqkv {
 // One block of the batch: its engine rows of the layer ([tokens][kv_heads]
 // [head_dim] floats, keys post-RoPE in the engine's pair order), the
 // position of its first token, and where its slices go
-// (plan.Slices(tokens, layer).key_bytes / value_bytes bytes).
+// (plan.Slices(tokens, layer).key_bytes / value_bytes / refine_bytes bytes;
+// refine_codes is read only on a layer with a key refinement).
 struct LayerBlockToEncode {
   const float* keys = nullptr;
   const float* values = nullptr;
@@ -35,11 +37,12 @@ struct LayerBlockToEncode {
   int64_t first_position = 0;
   uint8_t* key_codes = nullptr;
   uint8_t* value_codes = nullptr;
+  uint8_t* refine_codes = nullptr;
 };
 
 // `plan` must be MakeVqDecodePlan(codec, ...). Errors: kInvalidArgument
-// for a bad layer or a block without tokens or buffers; VqEncodeRefusal's;
-// the quantizers'.
+// for a bad layer or a block without tokens or buffers (refine_codes
+// included on a refined layer); the quantizers'.
 absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
                               int layer,
                               absl::Span<const LayerBlockToEncode> blocks);

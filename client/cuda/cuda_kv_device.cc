@@ -195,9 +195,6 @@ class CudaKvDevice final : public KvDevice {
     if (encode_ready_) {
       return absl::FailedPreconditionError("EnableEncode was already called");
     }
-    if (absl::Status refused = VqEncodeRefusal(plan); !refused.ok()) {
-      return refused;
-    }
     cudaError_t e = cudaSetDevice(caches_.cuda_device);
     if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
     int major = 0;
@@ -228,31 +225,24 @@ class CudaKvDevice final : public KvDevice {
     const std::vector<const ResidualQuantizer*> quantizers =
         PlanQuantizers(codec);
     for (size_t i = 0; i < quantizers.size(); ++i) {
-      const ResidualQuantizer& q = *quantizers[i];
-      Quantizer d;
-      d.codebooks = i < key_books_.size() ? key_books_[i]
-                                          : value_books_[i - key_books_.size()];
-      d.stages = q.stages();
-      d.K = q.K();
-      d.dim = q.dim();
-      float* norms = nullptr;
-      if (absl::Status st = UploadLocked<float>(
-              q.norms().data(), q.norms().size() * sizeof(float), &norms);
-          !st.ok()) {
-        return st;
-      }
-      d.norms = norms;
-      void* tc = nullptr;
-      const size_t tc_bytes = cuda::RvqTcCodebookBytes(d.stages, d.K, d.dim);
-      if (absl::Status st = UploadLocked<void>(nullptr, tc_bytes, &tc);
-          !st.ok()) {
-        return st;
-      }
-      e = cuda::LaunchRvqPrepareTcCodebooks(d.codebooks, d.stages, d.K, d.dim,
-                                            tc, stream_);
-      if (e != cudaSuccess) return CudaError("tensor-core codebooks", e);
-      d.tc = tc;
-      quantizers_.push_back(d);
+      absl::StatusOr<Quantizer> d = UploadQuantizerLocked(
+          *quantizers[i], i < key_books_.size()
+                              ? key_books_[i]
+                              : value_books_[i - key_books_.size()]);
+      if (!d.ok()) return d.status();
+      quantizers_.push_back(*d);
+    }
+    // The key refinements', [layer][slot] (empty for an unrefined layer).
+    const CodebookSet& set = codec.codebooks();
+    refine_quantizers_.assign(refine_books_.size(), Quantizer{});
+    for (size_t i = 0; i < refine_books_.size(); ++i) {
+      if (refine_books_[i] == nullptr) continue;
+      const int layer = static_cast<int>(i / w.slots);
+      const int slot = static_cast<int>(i % w.slots);
+      absl::StatusOr<Quantizer> d = UploadQuantizerLocked(
+          set.key_refinement(layer, slot), refine_books_[i]);
+      if (!d.ok()) return d.status();
+      refine_quantizers_[i] = *d;
     }
     e = cudaStreamSynchronize(stream_);
     if (e != cudaSuccess) return CudaError("tensor-core codebooks", e);
@@ -272,17 +262,33 @@ class CudaKvDevice final : public KvDevice {
     cudaError_t e = cudaSetDevice(caches_.cuda_device);
     if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
     const VqDecodeView& w = view_;
+    const bool refined = !refined_index_.empty() && refined_index_[layer] >= 0;
     int64_t n = 0;
     int64_t pack_bytes = 0;
     for (const EncodeRows& r : rows) {
+      if (refined && r.refine_codes == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "layer ", layer, " has a key refinement: its codes need a place"));
+      }
       const int64_t vectors = r.n * w.kv_heads;
       n += r.n;
       pack_bytes += (vectors * w.key_stages * w.key_bits + 7) / 8 +
                     (vectors * w.value_stages * w.value_bits + 7) / 8;
+      if (refined)
+        pack_bytes += (vectors * w.refine_stages * w.key_bits + 7) / 8;
     }
     if (n == 0) return RecordLocked(nullptr);
-    const int jobs = VqEncodeJobCount(w);
+    // The layer's jobs, then on a refined layer one refinement job per slot
+    // (VqEncodeRefineJob), coded once the key jobs are.
+    const int base_jobs = VqEncodeJobCount(w);
+    const int jobs = base_jobs + (refined ? w.slots : 0);
     const int64_t job_rows = VqEncodeJobRows(w, n);
+    auto job_dims = [&](int j) {
+      return j < base_jobs ? VqEncodeJobDims(w, j) : w.head_dim;
+    };
+    auto job_stages = [&](int j) {
+      return j < base_jobs ? VqEncodeJobStages(w, j) : w.refine_stages;
+    };
     // Device scratch: the tables (copied from pinned staging in one
     // transfer), then each job's inputs and codes, then the tensor-core
     // batch's job table.
@@ -298,11 +304,11 @@ class CudaKvDevice final : public KvDevice {
     size_t at = tables_bytes;
     for (int j = 0; j < jobs; ++j) {
       input_at[j] = at;
-      at = Align16(at + job_rows * VqEncodeJobDims(w, j) * sizeof(float));
+      at = Align16(at + job_rows * job_dims(j) * sizeof(float));
     }
     for (int j = 0; j < jobs; ++j) {
       codes_at[j] = at;
-      at = Align16(at + job_rows * VqEncodeJobStages(w, j) * sizeof(uint16_t));
+      at = Align16(at + job_rows * job_stages(j) * sizeof(uint16_t));
     }
     const size_t batch_at = at;
     const size_t batch_bytes = cuda::RvqTcBatchScratchBytes(jobs);
@@ -322,7 +328,8 @@ class CudaKvDevice final : public KvDevice {
     int64_t i = 0;
     for (size_t b = 0; b < rows.size(); ++b) {
       const EncodeRows& r = rows[b];
-      blocks[b] = {i, r.n, r.key_codes, r.value_codes};
+      blocks[b] = {i, r.n, r.key_codes, r.value_codes,
+                   refined ? r.refine_codes : nullptr};
       for (int64_t t = 0; t < r.n; ++t, ++i) {
         const int64_t pos = r.t0 + t;
         tokens[i] = {r.block_ids[pos / caches_.block_size],
@@ -342,21 +349,48 @@ class CudaKvDevice final : public KvDevice {
         reinterpret_cast<const cuda::EncodeTokenRow*>(scratch_ + tokens_at), n,
         reinterpret_cast<float* const*>(scratch_ + inputs_table_at), stream_);
     if (e != cudaSuccess) return CudaError("encode inputs launch", e);
-    // One tensor-core launch per head-dimension class (1-32, 33-64, ...).
-    for (int dim_class = 0; dim_class < 4; ++dim_class) {
-      std::vector<cuda::RvqTcJob> batch;
-      for (int j = 0; j < jobs; ++j) {
-        const Quantizer& q =
-            quantizers_[VqEncodeJobQuantizer(w, decode_layers_, layer, j)];
-        if ((q.dim - 1) / 32 != dim_class) continue;
-        batch.push_back({inputs[j], job_rows, q.dim, q.stages, q.K, q.codebooks,
-                         q.norms, q.tc, codes[j]});
+    // Jobs [first, last) on the tensor cores: one launch per head-dimension
+    // class (1-32, 33-64, ...).
+    auto encode_jobs = [&](int first, int last) -> cudaError_t {
+      for (int dim_class = 0; dim_class < 4; ++dim_class) {
+        std::vector<cuda::RvqTcJob> batch;
+        for (int j = first; j < last; ++j) {
+          const Quantizer& q =
+              j < base_jobs ? quantizers_[VqEncodeJobQuantizer(
+                                  w, decode_layers_, layer, j)]
+                            : refine_quantizers_[int64_t{layer} * w.slots +
+                                                 (j - base_jobs)];
+          if ((q.dim - 1) / 32 != dim_class) continue;
+          batch.push_back({inputs[j], job_rows, q.dim, q.stages, q.K,
+                           q.codebooks, q.norms, q.tc, codes[j]});
+        }
+        if (batch.empty()) continue;
+        const cudaError_t err = cuda::LaunchRvqEncodeGreedyTcBatch(
+            batch.data(), static_cast<int>(batch.size()),
+            cuda::InputType::kFloat32, scratch_ + batch_at, batch_bytes,
+            stream_);
+        if (err != cudaSuccess) return err;
       }
-      if (batch.empty()) continue;
-      e = cuda::LaunchRvqEncodeGreedyTcBatch(
-          batch.data(), static_cast<int>(batch.size()),
-          cuda::InputType::kFloat32, scratch_ + batch_at, batch_bytes, stream_);
-      if (e != cudaSuccess) return CudaError("tensor-core encode launch", e);
+      return cudaSuccess;
+    };
+    e = encode_jobs(0, base_jobs);
+    if (e != cudaSuccess) return CudaError("tensor-core encode launch", e);
+    if (refined) {
+      // The batch's job table is rewritten in stream order: the launch
+      // above has read it by the time this one's copy lands.
+      e = cuda::LaunchVqEncodeRefineInputs(
+          w, layer, keys,
+          reinterpret_cast<const cuda::EncodeTokenRow*>(scratch_ + tokens_at),
+          n,
+          reinterpret_cast<const uint16_t* const*>(scratch_ + codes_table_at),
+          reinterpret_cast<float* const*>(scratch_ + inputs_table_at) +
+              base_jobs,
+          stream_);
+      if (e != cudaSuccess) return CudaError("key refinement inputs launch", e);
+      e = encode_jobs(base_jobs, jobs);
+      if (e != cudaSuccess) {
+        return CudaError("key refinement tensor-core encode launch", e);
+      }
     }
     e = cuda::LaunchVqPackLayer(
         w, reinterpret_cast<const uint16_t* const*>(scratch_ + codes_table_at),
@@ -483,6 +517,14 @@ class CudaKvDevice final : public KvDevice {
   }
 
  private:
+  // One quantizer on the device, for encoding.
+  struct Quantizer {
+    const float* codebooks = nullptr;
+    const float* norms = nullptr;
+    const void* tc = nullptr;
+    int stages = 0, K = 0, dim = 0;
+  };
+
   // Events of the last kRing operations; an operation's row table lives in
   // its slot until the slot is reused.
   static constexpr size_t kRing = 256;
@@ -603,10 +645,9 @@ class CudaKvDevice final : public KvDevice {
         !st.ok()) {
       return st;
     }
-    std::vector<const float*> refine_books;
     if (absl::Status st =
             upload(plan.key_refine_codebooks, plan.key_refine_codebook_floats,
-                   &refine_books);
+                   &refine_books_);
         !st.ok()) {
       return st;
     }
@@ -624,14 +665,45 @@ class CudaKvDevice final : public KvDevice {
     if (st.ok() && !plan.inv_freq.empty()) {
       st = UploadVectorLocked(plan.inv_freq, &view_.inv_freq);
     }
-    if (st.ok() && !refine_books.empty()) {
-      st = UploadVectorLocked(refine_books, &view_.key_refine_codebooks);
+    if (st.ok() && !refine_books_.empty()) {
+      st = UploadVectorLocked(refine_books_, &view_.key_refine_codebooks);
     }
     if (!st.ok()) return st;
     refined_index_ = plan.refined_index;
     decode_layers_ = plan.layers;
     view_ready_ = true;
     return absl::OkStatus();
+  }
+
+  // `q` on the device for the tensor-core encode: `books` (its codebooks,
+  // already there), its norms and the tensor cores' copy (prepared on
+  // stream_).
+  absl::StatusOr<Quantizer> UploadQuantizerLocked(const ResidualQuantizer& q,
+                                                  const float* books)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Quantizer d;
+    d.codebooks = books;
+    d.stages = q.stages();
+    d.K = q.K();
+    d.dim = q.dim();
+    float* norms = nullptr;
+    if (absl::Status st = UploadLocked<float>(
+            q.norms().data(), q.norms().size() * sizeof(float), &norms);
+        !st.ok()) {
+      return st;
+    }
+    d.norms = norms;
+    void* tc = nullptr;
+    const size_t tc_bytes = cuda::RvqTcCodebookBytes(d.stages, d.K, d.dim);
+    if (absl::Status st = UploadLocked<void>(nullptr, tc_bytes, &tc);
+        !st.ok()) {
+      return st;
+    }
+    const cudaError_t e = cuda::LaunchRvqPrepareTcCodebooks(
+        d.codebooks, d.stages, d.K, d.dim, tc, stream_);
+    if (e != cudaSuccess) return CudaError("tensor-core codebooks", e);
+    d.tc = tc;
+    return d;
   }
 
   // Layer `layer`'s K and V page tensors.
@@ -706,21 +778,16 @@ class CudaKvDevice final : public KvDevice {
   Event next_ ABSL_GUARDED_BY(mu_) = 0;
   // Decoding (EnableDecode): the view with device pointers, the memory it
   // points to, and the scratch the codes are copied into.
-  // One quantizer on the device, for encoding.
-  struct Quantizer {
-    const float* codebooks = nullptr;
-    const float* norms = nullptr;
-    const void* tc = nullptr;
-    int stages = 0, K = 0, dim = 0;
-  };
   bool view_ready_ ABSL_GUARDED_BY(mu_) = false;
   bool decode_ready_ ABSL_GUARDED_BY(mu_) = false;
   bool encode_ready_ ABSL_GUARDED_BY(mu_) = false;
   int decode_layers_ = 0;  // written once, before view_ready_
   VqDecodeView view_;      // ditto
   std::vector<const float*> key_books_, value_books_;  // ditto
-  std::vector<int32_t> refined_index_;                 // ditto; the plan's
-  std::vector<Quantizer> quantizers_;  // plan order; before encode_ready_
+  std::vector<const float*> refine_books_;  // ditto; [layer][slot] or empty
+  std::vector<int32_t> refined_index_;      // ditto; the plan's
+  std::vector<Quantizer> quantizers_;       // plan order; before encode_ready_
+  std::vector<Quantizer> refine_quantizers_;  // [layer][slot]; ditto
   std::vector<void*> decode_memory_ ABSL_GUARDED_BY(mu_);
   uint8_t* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;
   size_t scratch_bytes_ ABSL_GUARDED_BY(mu_) = 0;

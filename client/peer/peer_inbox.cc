@@ -136,7 +136,8 @@ bool PeerInbox::AddSlicesLocked(Entry* e, PeerMessage* m) {
     }
     if (a.hash != sl.hash || a.payload.size() != sl.payload_bytes ||
         uint64_t{sl.key_offset} + sl.key.size() > a.payload.size() ||
-        uint64_t{sl.value_offset} + sl.value.size() > a.payload.size()) {
+        uint64_t{sl.value_offset} + sl.value.size() > a.payload.size() ||
+        uint64_t{sl.refine_offset} + sl.refine.size() > a.payload.size()) {
       return false;
     }
     // A layer sent twice writes the same bytes again; it counts once.
@@ -147,7 +148,8 @@ bool PeerInbox::AddSlicesLocked(Entry* e, PeerMessage* m) {
     a.layers.push_back(m->layer);
     a.payload.replace(sl.key_offset, sl.key.size(), sl.key);
     a.payload.replace(sl.value_offset, sl.value.size(), sl.value);
-    a.covered += sl.key.size() + sl.value.size();
+    a.payload.replace(sl.refine_offset, sl.refine.size(), sl.refine);
+    a.covered += sl.key.size() + sl.value.size() + sl.refine.size();
   }
   return true;
 }

@@ -170,9 +170,9 @@ absl::StatusOr<std::vector<std::string>> EncodePeerLayerMessages(
   MessageWriter w(request_id, kLayerFlag, max_message_bytes);
   if (absl::Status s = w.CheckRequestId(); !s.ok()) return s;
   for (const PeerSlice& sl : slices) {
-    const absl::Status s =
-        w.Reserve(kPeerSlicePrefixBytes + sl.key.size() + sl.value.size(),
-                  static_cast<uint32_t>(layer));
+    const absl::Status s = w.Reserve(kPeerSlicePrefixBytes + sl.key.size() +
+                                         sl.value.size() + sl.refine.size(),
+                                     static_cast<uint32_t>(layer));
     if (!s.ok()) return s;
     std::string* m = w.message();
     PutBytes(m, sl.hash.view());
@@ -182,6 +182,8 @@ absl::StatusOr<std::vector<std::string>> EncodePeerLayerMessages(
     base::PutLengthPrefixed(m, sl.key);
     base::PutFixed32(m, sl.value_offset);
     base::PutLengthPrefixed(m, sl.value);
+    base::PutFixed32(m, sl.refine_offset);
+    base::PutLengthPrefixed(m, sl.refine);
   }
   return w.FinishNonEmpty();
 }
@@ -218,23 +220,26 @@ absl::StatusOr<PeerMessage> ParsePeerMessage(absl::string_view bytes) {
     m.layer = static_cast<int32_t>(first);
     for (uint32_t i = 0; i < count; ++i) {
       PeerSlice s;
-      uint32_t key_bytes = 0, value_bytes = 0;
-      absl::string_view key, value;
+      uint32_t key_bytes = 0, value_bytes = 0, refine_bytes = 0;
+      absl::string_view key, value, refine;
       if (!r.Hash(&s.hash) || !r.Fixed32(&s.chain_position) ||
           !r.Fixed32(&s.payload_bytes) || !r.Fixed32(&s.key_offset) ||
           !r.Fixed32(&key_bytes) || !r.Bytes(key_bytes, &key) ||
           !r.Fixed32(&s.value_offset) || !r.Fixed32(&value_bytes) ||
-          !r.Bytes(value_bytes, &value)) {
+          !r.Bytes(value_bytes, &value) || !r.Fixed32(&s.refine_offset) ||
+          !r.Fixed32(&refine_bytes) || !r.Bytes(refine_bytes, &refine)) {
         return truncated(i);
       }
       if (uint64_t{s.key_offset} + key_bytes > s.payload_bytes ||
-          uint64_t{s.value_offset} + value_bytes > s.payload_bytes) {
+          uint64_t{s.value_offset} + value_bytes > s.payload_bytes ||
+          uint64_t{s.refine_offset} + refine_bytes > s.payload_bytes) {
         return absl::DataLossError(
             absl::StrCat("a slice of entry ", i, " lies outside its ",
                          s.payload_bytes, "-byte payload"));
       }
       s.key = std::string(key);
       s.value = std::string(value);
+      s.refine = std::string(refine);
       m.slices.push_back(std::move(s));
     }
   } else {

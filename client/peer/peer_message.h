@@ -19,15 +19,16 @@
 //    follows (PeerInbox).
 //
 // Layout (little-endian; docs/CLIENT.md "Prefill to decode"):
-//   u32 magic "VQPT", u16 version (1), u16 flags (bit 0: the request's last
+//   u32 magic "VQPT", u16 version (2), u16 flags (bit 0: the request's last
 //   message; bit 1: a layer message), u32 request id bytes, the request id,
 //   u32 first_block (blocks: the chain position of the first block; layer:
 //   the layer), u32 entry count, then per entry:
 //   blocks: 16-byte hash, u8 kind (0: sealed block, 1: header only), u32
 //     byte count, the bytes;
-//   layer: 16-byte hash, u32 chain position, u32 payload bytes, then twice
-//     (the key slice, the value slice) u32 offset in the payload, u32 byte
-//     count, the bytes.
+//   layer: 16-byte hash, u32 chain position, u32 payload bytes, then three
+//     times (the key slice, the value slice, the key refinement slice, empty
+//     on a layer without one) u32 offset in the payload, u32 byte count, the
+//     bytes. (Version 1 had no refinement slice.)
 // A request's blocks may span several blocks messages (max_message_bytes);
 // their first_block fields continue one another.
 //
@@ -46,7 +47,8 @@
 
 namespace vqkv::client {
 
-// One layer's key and value slices of one block's payload.
+// One layer's key, value and key refinement slices of one block's payload
+// (refine empty on a layer without a key refinement).
 struct PeerSlice {
   BlockHash hash;
   uint32_t chain_position = 0;
@@ -55,11 +57,13 @@ struct PeerSlice {
   std::string key;
   uint32_t value_offset = 0;
   std::string value;
+  uint32_t refine_offset = 0;
+  std::string refine;
 };
 
 struct PeerMessage {
   static constexpr uint32_t kMagic = 0x54505156;  // "VQPT" little-endian
-  static constexpr uint16_t kVersion = 1;
+  static constexpr uint16_t kVersion = 2;
   std::string request_id;
   bool last = false;
   // Blocks messages: chain_position of each block is first_block + its
@@ -77,7 +81,7 @@ struct PeerMessage {
 // each slice entry's fixed part.
 inline constexpr size_t kPeerMessageHeaderBytes = 4 + 2 + 2 + 4 + 4 + 4;
 inline constexpr size_t kPeerBlockPrefixBytes = 16 + 1 + 4;
-inline constexpr size_t kPeerSlicePrefixBytes = 16 + 4 + 4 + 2 * (4 + 4);
+inline constexpr size_t kPeerSlicePrefixBytes = 16 + 4 + 4 + 3 * (4 + 4);
 
 // Splits a request's blocks (consecutive chain positions from first_block)
 // into blocks messages of at most max_message_bytes each, the last one

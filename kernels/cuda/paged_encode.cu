@@ -51,7 +51,29 @@ __global__ void VqEncodeInputsKernel(VqDecodeView w, PagesKv kv, int64_t n,
   }
 }
 
-// One thread per output byte of every block's K slice, then V slice.
+// One thread per element of every slot's refinement input, grid-stride;
+// consecutive threads take consecutive dimensions of a row.
+__global__ void VqEncodeRefineInputsKernel(VqDecodeView w, int layer,
+                                           PagesKv kv, int64_t n,
+                                           const uint16_t* const* codes,
+                                           float* const* inputs) {
+  const int64_t rows = VqEncodeJobRows(w, n);
+  const int64_t per_slot = rows * w.head_dim;
+  const int64_t total = per_slot * w.slots;
+  const RowPos pos{kv.rows};
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int slot = static_cast<int>(i / per_slot);
+    const int64_t at = i - slot * per_slot;
+    const int64_t r = at / w.head_dim;
+    const int d = static_cast<int>(at - r * w.head_dim);
+    inputs[slot][at] =
+        VqEncodeRefineInput(w, layer, slot, r, d, kv, pos, codes);
+  }
+}
+
+// One thread per output byte of every block's K slice, then V slice, then
+// key refinement slice.
 __global__ void VqPackLayerKernel(VqDecodeView w, const uint16_t* const* codes,
                                   const PackBlock* blocks, int count,
                                   int64_t total) {
@@ -63,6 +85,9 @@ __global__ void VqPackLayerKernel(VqDecodeView w, const uint16_t* const* codes,
       const int64_t vectors = blk.tokens * w.kv_heads;
       const int64_t kb = (vectors * w.key_stages * w.key_bits + 7) / 8;
       const int64_t vb = (vectors * w.value_stages * w.value_bits + 7) / 8;
+      const int64_t rb = blk.refine_codes == nullptr
+                             ? 0
+                             : (vectors * w.refine_stages * w.key_bits + 7) / 8;
       if (at < kb) {
         blk.key_codes[at] =
             VqPackedKeyByte(w, codes, blk.first_token, blk.tokens, at);
@@ -75,6 +100,12 @@ __global__ void VqPackLayerKernel(VqDecodeView w, const uint16_t* const* codes,
         break;
       }
       at -= vb;
+      if (at < rb) {
+        blk.refine_codes[at] =
+            VqPackedRefineByte(w, codes, blk.first_token, blk.tokens, at);
+        break;
+      }
+      at -= rb;
     }
   }
 }
@@ -113,6 +144,29 @@ cudaError_t LaunchVqEncodeInputs(const VqDecodeView& view,
   const int64_t total = 2 * n * view.kv_heads * int64_t{view.head_dim};
   VqEncodeInputsKernel<<<PageGridBlocks(total), kPageThreads, 0, stream>>>(
       view, PagesKv{keys, values, d_rows}, n, d_inputs);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchVqEncodeRefineInputs(const VqDecodeView& view, int layer,
+                                       const PageTensor& keys,
+                                       const EncodeTokenRow* d_rows, int64_t n,
+                                       const uint16_t* const* d_codes,
+                                       float* const* d_inputs,
+                                       cudaStream_t stream) {
+  if (n < 0 || layer < 0 || !ValidView(view) || view.refine_stages < 1 ||
+      view.key_refine_codebooks == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  if (n == 0) return cudaSuccess;
+  if (d_rows == nullptr || d_codes == nullptr || d_inputs == nullptr ||
+      !ValidPageTensor(keys)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t total = n * view.kv_heads * int64_t{view.head_dim};
+  // Values are not read: the keys stand in for them.
+  VqEncodeRefineInputsKernel<<<PageGridBlocks(total), kPageThreads, 0,
+                               stream>>>(
+      view, layer, PagesKv{keys, keys, d_rows}, n, d_codes, d_inputs);
   return cudaGetLastError();
 }
 

@@ -8,9 +8,14 @@
 //     tokens, read from the page tensors (fp16, bf16 or fp32) and prepared
 //     as VqEncodeInput does (kernels/vq_encode_element.h): keys moved into
 //     the blocks' pair order and un-rotated, gathered per key group.
-//   LaunchVqPackLayer: each block's packed K and V slices of the layer from
-//     the jobs' codes (VqPackedKeyByte / VqPackedValueByte), written where
-//     the block says (device memory or pinned, mapped host memory).
+//   LaunchVqEncodeRefineInputs (a layer with a key refinement, once its key
+//     jobs are coded): each slot's refinement job input, what the key codes
+//     leave of each key (VqEncodeRefineInput); then those jobs are coded on
+//     the tensor cores too.
+//   LaunchVqPackLayer: each block's packed K, V (and key refinement) slices
+//     of the layer from the jobs' codes (VqPackedKeyByte /
+//     VqPackedValueByte / VqPackedRefineByte), written where the block says
+//     (device memory or pinned, mapped host memory).
 //
 // Each element runs the function the host reference VqEncodeLayerRef
 // (kernels/vq_layer_encode.h) runs. `view` holds device pointers.
@@ -49,19 +54,33 @@ cudaError_t LaunchVqEncodeInputs(const VqDecodeView& view,
                                  const EncodeTokenRow* d_rows, int64_t n,
                                  float* const* d_inputs, cudaStream_t stream);
 
+// The refinement inputs of `layer` (view must name a key refinement for
+// it): d_inputs[slot] (device, VqEncodeJobRows(view, n) x head_dim floats)
+// for every slot, from the pages and d_codes, the jobs' codes table
+// (device-readable; its key jobs coded).
+cudaError_t LaunchVqEncodeRefineInputs(const VqDecodeView& view, int layer,
+                                       const PageTensor& keys,
+                                       const EncodeTokenRow* d_rows, int64_t n,
+                                       const uint16_t* const* d_codes,
+                                       float* const* d_inputs,
+                                       cudaStream_t stream);
+
 // One block of the batch: its tokens [first_token, first_token + tokens)
-// and where its slices go (key_bytes / value_bytes of
-// VqDecodePlan::Slices(tokens, layer)).
+// and where its slices go (key_bytes / value_bytes / refine_bytes of
+// VqDecodePlan::Slices(tokens, layer); refine_codes null on a layer without
+// a key refinement).
 struct PackBlock {
   int64_t first_token = 0;
   int64_t tokens = 0;
   uint8_t* key_codes = nullptr;
   uint8_t* value_codes = nullptr;
+  uint8_t* refine_codes = nullptr;
 };
 
-// d_codes: per job, its codes [rows][stages] (device); d_blocks: `count`
-// blocks (device-readable); total_bytes: the sum of their slices' bytes
-// (key and value), which the launch covers.
+// d_codes: per job, its codes [rows][stages] (device; on a refined layer
+// its refinement jobs' too, VqEncodeRefineJob); d_blocks: `count` blocks
+// (device-readable); total_bytes: the sum of their slices' bytes (key,
+// value and refinement), which the launch covers.
 cudaError_t LaunchVqPackLayer(const VqDecodeView& view,
                               const uint16_t* const* d_codes,
                               const PackBlock* d_blocks, int count,

@@ -170,13 +170,16 @@ inline StoredPreRopeChain StorePreRopeChain(const KvLayout& l, int n,
 // The setup of the device-encode tests: two clients of one pre-RoPE vq
 // codec (an engine in rotate-half order), each over a memory store of its
 // own; `on_dev` encodes saves from CUDA pages on the device
-// (encode_on_device), `on_host` does not.
+// (encode_on_device), `on_host` does not. refine_layer >= 0: codebooks
+// that refine that layer's keys.
 struct DeviceAndHostEncoders {
   std::unique_ptr<storage::TieredStore> store_dev, store_host;
   std::unique_ptr<CacheClient> on_dev, on_host;
 };
-inline DeviceAndHostEncoders MakeDeviceAndHostEncoders(const KvLayout& l) {
-  const FittedVq vq = FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim});
+inline DeviceAndHostEncoders MakeDeviceAndHostEncoders(const KvLayout& l,
+                                                       int refine_layer = -1) {
+  const FittedVq vq =
+      FitVq(l, false, 1, RopeSpec{10000.0, l.head_dim}, refine_layer);
   CacheClientOptions o = HalfPairOptions();
   DeviceAndHostEncoders e;
   e.store_dev = MemoryStore();

@@ -139,9 +139,6 @@ class FakeKvDevice : public KvDevice {
     if (refuse_codebooks_) {
       return absl::ResourceExhaustedError("fake device: no memory to encode");
     }
-    if (absl::Status refused = VqEncodeRefusal(plan); !refused.ok()) {
-      return refused;
-    }
     encode_plan_ = &plan;
     encode_codec_ = &codec;
     return absl::OkStatus();
@@ -160,13 +157,13 @@ class FakeKvDevice : public KvDevice {
     struct Block {
       std::vector<int32_t> ids;
       int64_t t0, n;
-      uint8_t *k, *v;
+      uint8_t *k, *v, *r;
     };
     std::vector<Block> blocks;
     for (const EncodeRows& r : rows) {
       blocks.push_back(
           {std::vector<int32_t>(r.block_ids.begin(), r.block_ids.end()), r.t0,
-           r.n, r.key_codes, r.value_codes});
+           r.n, r.key_codes, r.value_codes, r.refine_codes});
     }
     encoded_blocks_ += static_cast<int>(rows.size());
     // Runs later, reading the pages as they are then (a missing stream
@@ -180,7 +177,7 @@ class FakeKvDevice : public KvDevice {
         k[i].resize(b.n * row);
         v[i].resize(b.n * row);
         GatherLayer(caches_, layer, b.ids, b.t0, b.n, k[i].data(), v[i].data());
-        batch.push_back({k[i].data(), v[i].data(), b.n, b.t0, b.k, b.v});
+        batch.push_back({k[i].data(), v[i].data(), b.n, b.t0, b.k, b.v, b.r});
       }
       VqEncodeLayerRef(*encode_codec_, *encode_plan_, layer, batch)
           .IgnoreError();

@@ -225,12 +225,12 @@ TEST(KvConnectorCudaTest, LoadsDecodeOnTheGpuAsOnTheHost) {
 // the KV within 2% of the error of the blocks a host-page save stores (the
 // tensor cores pick within their bf16 bound of the CPU's codeword, so the
 // bytes may differ), and every block but the chain's first was encoded on
-// the GPU.
-TEST(KvConnectorCudaTest, SavesEncodeOnTheGpuAsWellAsOnTheHost) {
-  SKIP_WITHOUT_GPU();
+// the GPU. Also with codebooks that refine a layer's keys (encode_on_device
+// kOn: kAuto leaves them on the host until this has passed on a GPU).
+void ExpectGpuSaveMatchesHost(int refine_layer) {
   const KvLayout l = SmallLayout();
   testing::DeviceAndHostEncoders clients =
-      testing::MakeDeviceAndHostEncoders(l);
+      testing::MakeDeviceAndHostEncoders(l, refine_layer);
   ASSERT_TRUE(clients.on_dev != nullptr && clients.on_host != nullptr);
   CacheClient* on_dev = clients.on_dev.get();
   CacheClient* on_host = clients.on_host.get();
@@ -279,6 +279,15 @@ TEST(KvConnectorCudaTest, SavesEncodeOnTheGpuAsWellAsOnTheHost) {
   }
   EXPECT_LE(err[0], 1.02 * err[1] + 1e-9)
       << "GPU-encoded blocks reconstruct worse than CPU-encoded ones";
+}
+
+TEST(KvConnectorCudaTest, SavesEncodeOnTheGpuAsWellAsOnTheHost) {
+  SKIP_WITHOUT_GPU();
+  for (int refine_layer : {-1, 1}) {
+    SCOPED_TRACE(refine_layer < 0 ? "codebooks without a key refinement"
+                                  : "key refinement of layer 1");
+    ExpectGpuSaveMatchesHost(refine_layer);
+  }
 }
 
 // Disaggregated serving on one GPU: a prefill engine whose saves encode on

@@ -647,11 +647,12 @@ absl::Status RegisterOnFakeDevice(KvConnector* engine, Pages* pages,
 // carry stale bytes), and the final message carries the blocks' headers
 // (the first block, with its exact sink tokens, whole). The decode engine,
 // over an empty cache of its own, seals the blocks from them and loads
-// exactly what the prefill engine's cache holds.
-TEST(KvConnectorPeerTest, DeviceEncodedSavesSendEachLayerAsItIsEncoded) {
+// exactly what the prefill engine's cache holds. With codebooks that refine
+// a layer's keys, that layer's slices carry its refinement codes too.
+void ExpectLayerByLayerHandoff(int refine_layer) {
   const KvLayout l = SmallLayout();
   testing::DeviceAndHostEncoders clients =
-      testing::MakeDeviceAndHostEncoders(l);
+      testing::MakeDeviceAndHostEncoders(l, refine_layer);
   ASSERT_TRUE(clients.on_dev != nullptr && clients.on_host != nullptr);
   CacheClient* prefill_client = clients.on_dev.get();
   CacheClient* decode_client = clients.on_host.get();
@@ -701,6 +702,14 @@ TEST(KvConnectorPeerTest, DeviceEncodedSavesSendEachLayerAsItIsEncoded) {
   EXPECT_EQ(*decode_client->Lookup(tokens, ""), 0) << "nothing came from it";
   EXPECT_TRUE(got.k == want.k);
   EXPECT_TRUE(got.v == want.v);
+}
+
+TEST(KvConnectorPeerTest, DeviceEncodedSavesSendEachLayerAsItIsEncoded) {
+  for (int refine_layer : {-1, 1}) {
+    SCOPED_TRACE(refine_layer < 0 ? "codebooks without a key refinement"
+                                  : "key refinement of layer 1");
+    ExpectLayerByLayerHandoff(refine_layer);
+  }
 }
 
 class KvConnectorDeviceTest
@@ -868,9 +877,8 @@ TEST_P(KvConnectorDeviceDecodeTest, DecodesOnTheDeviceAsTheHostDoes) {
 
 // A key refinement (here of the middle layer) decodes on the device too,
 // when asked for (kOn): the refined layer's slice of the refinement section
-// goes with its codes. Under kAuto it stays on the host until it has run on
-// a GPU, and encoding from the pages does not code refinements: both paths
-// say why.
+// goes with its codes. Under kAuto both device paths leave a refined set on
+// the host until they have run on a GPU, and say so.
 TEST_P(KvConnectorDeviceDecodeTest, DecodesAKeyRefinementOnTheDevice) {
   const auto [dtype, hnd] = GetParam();
   ExpectDeviceDecodeMatchesHost(dtype, hnd, 1);
@@ -888,7 +896,7 @@ TEST_P(KvConnectorDeviceDecodeTest, DecodesAKeyRefinementOnTheDevice) {
   EXPECT_NE(paths.decode_on_host_because.find("kOn"), std::string::npos)
       << paths.decode_on_host_because;
   EXPECT_FALSE(paths.encode_on_device);
-  EXPECT_NE(paths.encode_on_host_because.find("key refinement"),
+  EXPECT_NE(paths.encode_on_host_because.find("encode_on_device = kOn"),
             std::string::npos)
       << paths.encode_on_host_because;
 }
@@ -910,11 +918,12 @@ INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceDecodeTest,
 class KvConnectorDeviceEncodeTest
     : public ::testing::TestWithParam<std::tuple<DType, bool>> {};
 
-TEST_P(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
-  const auto [dtype, hnd] = GetParam();
+// The body of EncodesOnTheDeviceAsTheHostDoes for codebooks that refine
+// `refine_layer`'s keys (-1: none).
+void ExpectDeviceEncodeMatchesHost(DType dtype, bool hnd, int refine_layer) {
   const KvLayout l = SmallLayout();
   testing::DeviceAndHostEncoders clients =
-      testing::MakeDeviceAndHostEncoders(l);
+      testing::MakeDeviceAndHostEncoders(l, refine_layer);
   ASSERT_TRUE(clients.on_dev != nullptr && clients.on_host != nullptr);
   CacheClient* on_dev = clients.on_dev.get();
   CacheClient* on_host = clients.on_host.get();
@@ -967,6 +976,20 @@ TEST_P(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
   EXPECT_EQ(engine.stats().saves_dropped, 1);
   EXPECT_EQ(engine.GetFinished().saved, std::vector<std::string>{"t"});
   EXPECT_TRUE(engine.WaitForSave().ok());
+}
+
+TEST_P(KvConnectorDeviceEncodeTest, EncodesOnTheDeviceAsTheHostDoes) {
+  const auto [dtype, hnd] = GetParam();
+  ExpectDeviceEncodeMatchesHost(dtype, hnd, -1);
+}
+
+// A key refinement (of the middle layer) is coded on the device too, when
+// asked for (kOn): what the layer's key codes leave, coded by its
+// refinement and packed into the refinement section, byte for byte the
+// host's.
+TEST_P(KvConnectorDeviceEncodeTest, EncodesAKeyRefinementOnTheDevice) {
+  const auto [dtype, hnd] = GetParam();
+  ExpectDeviceEncodeMatchesHost(dtype, hnd, 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, KvConnectorDeviceEncodeTest,

@@ -91,6 +91,8 @@ TEST(PeerMessageTest, RefusesWhatIsNotAMessage) {
   slice.key = "kk";
   slice.value_offset = 4;
   slice.value = "vv";
+  slice.refine_offset = 6;
+  slice.refine = "r";
   const std::string layer =
       (*EncodePeerLayerMessages("req", 3, {slice}, 1 << 20))[0];
   auto parsed_layer = ParsePeerMessage(layer);
@@ -99,6 +101,8 @@ TEST(PeerMessageTest, RefusesWhatIsNotAMessage) {
   EXPECT_EQ(parsed_layer->layer, 3);
   ASSERT_EQ(parsed_layer->slices.size(), 1u);
   EXPECT_EQ(parsed_layer->slices[0].value, "vv");
+  EXPECT_EQ(parsed_layer->slices[0].refine_offset, 6u);
+  EXPECT_EQ(parsed_layer->slices[0].refine, "r");
   for (size_t cut = 0; cut < layer.size(); ++cut) {
     EXPECT_EQ(ParsePeerMessage(layer.substr(0, cut)).status().code(),
               absl::StatusCode::kDataLoss)
@@ -110,11 +114,18 @@ TEST(PeerMessageTest, RefusesWhatIsNotAMessage) {
                 .status()
                 .code(),
             absl::StatusCode::kDataLoss);
+  slice.value_offset = 4;
+  slice.refine_offset = 8;  // 1 byte at 8 of an 8-byte payload
+  EXPECT_EQ(ParsePeerMessage(
+                (*EncodePeerLayerMessages("req", 3, {slice}, 1 << 20))[0])
+                .status()
+                .code(),
+            absl::StatusCode::kDataLoss);
   std::string bad = good;
   bad[0] ^= 1;
   EXPECT_EQ(ParsePeerMessage(bad).status().code(), absl::StatusCode::kDataLoss);
   bad = good;
-  bad[4] = 2;  // version 2
+  bad[4] = 1;  // version 1: layer slices without a refinement
   EXPECT_EQ(ParsePeerMessage(bad).status().code(),
             absl::StatusCode::kUnimplemented);
 }

@@ -815,14 +815,14 @@ TEST(VqCodecTest, KeyRefinementCodesWhatTheKeyCodesLeave) {
                       .ok());
       EXPECT_EQ(k3, k2);
 
-      // The device decode reads refinements (vq_decode_plan_test checks
-      // its arithmetic); the device encode does not. Code attention
-      // refuses pre-RoPE keys only (code_attention_test covers refinements).
+      // The device paths take refinements (vq_decode_plan_test checks
+      // their arithmetic). Code attention refuses pre-RoPE keys only
+      // (code_attention_test covers refinements).
       absl::StatusOr<VqDecodePlan> plan =
           MakeVqDecodePlan(refined, std::nullopt, RopePairs::kAdjacent);
       ASSERT_TRUE(plan.ok()) << plan.status();
-      EXPECT_EQ(VqEncodeRefusal(*plan).code(),
-                absl::StatusCode::kUnimplemented);
+      EXPECT_EQ(plan->shape.refine_stages,
+                refined.codebooks().key_refine_stages());
       EXPECT_EQ(CodeAttention::Create(refined, 1, 0).ok(),
                 refined.codebooks().config().keys_post_rope);
     }

@@ -155,7 +155,8 @@ TEST(VqDecodePlanTest, MatchesTheCpuDecodeRotationAndReorder) {
 // The encode reference (the device encode's arithmetic) against the
 // client's CPU path: keys reordered into the blocks' pair order and
 // un-rotated token by token (Rope::Invert), then VqCodec::Encode. Two
-// blocks of different lengths in one batch; every layer slice byte for byte.
+// blocks of different lengths in one batch; every layer slice (K, V and a
+// refined layer's key refinement) byte for byte.
 TEST(VqLayerEncodeTest, MatchesTheCpuReorderRotationAndEncode) {
   const int64_t kTokens[2] = {16, 32};
   const int64_t kFirstPosition[2] = {0, 7 * 32};
@@ -166,20 +167,6 @@ TEST(VqLayerEncodeTest, MatchesTheCpuReorderRotationAndEncode) {
     auto plan = MakeVqDecodePlan(**codec, c.rope, c.engine_pairs);
     ASSERT_TRUE(plan.ok()) << plan.status();
     const KvLayout& l = (*codec)->layout();
-    if (!c.spec.refine_layers.empty()) {
-      // The device encode codes the K and V sections only.
-      EXPECT_EQ(VqEncodeRefusal(*plan).code(),
-                absl::StatusCode::kUnimplemented);
-      std::vector<float> x(int64_t{16} * l.kv_heads * l.head_dim);
-      std::vector<uint8_t> kc(plan->Slices(16, 0).key_bytes),
-          vc(plan->Slices(16, 0).value_bytes);
-      const LayerBlockToEncode block{x.data(), x.data(),  16,
-                                     0,        kc.data(), vc.data()};
-      EXPECT_EQ(VqEncodeLayerRef(**codec, *plan, 0, {&block, 1}).code(),
-                absl::StatusCode::kUnimplemented);
-      continue;
-    }
-    EXPECT_TRUE(VqEncodeRefusal(*plan).ok());
     const int64_t row = int64_t{l.kv_heads} * l.head_dim;
     const RopePairs block_pairs = c.rope ? c.rope->pairs : RopePairs::kAdjacent;
     const int rot_dims = c.rope ? c.rope->rot_dims : l.head_dim;
@@ -187,7 +174,7 @@ TEST(VqLayerEncodeTest, MatchesTheCpuReorderRotationAndEncode) {
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (int layer = 0; layer < l.layers; ++layer) {
       std::vector<float> keys[2], values[2];
-      std::vector<uint8_t> got_k[2], got_v[2];
+      std::vector<uint8_t> got_k[2], got_v[2], got_r[2];
       std::vector<LayerBlockToEncode> batch;
       const VqDecodePlan::LayerSlices s0 = plan->Slices(kTokens[0], layer);
       const VqDecodePlan::LayerSlices s1 = plan->Slices(kTokens[1], layer);
@@ -199,8 +186,17 @@ TEST(VqLayerEncodeTest, MatchesTheCpuReorderRotationAndEncode) {
         for (float& x : values[b]) x = normal(rng);
         got_k[b].assign(slices[b]->key_bytes, 0xee);
         got_v[b].assign(slices[b]->value_bytes, 0xee);
+        got_r[b].assign(slices[b]->refine_bytes, 0xee);
         batch.push_back({keys[b].data(), values[b].data(), kTokens[b],
-                         kFirstPosition[b], got_k[b].data(), got_v[b].data()});
+                         kFirstPosition[b], got_k[b].data(), got_v[b].data(),
+                         got_r[b].data()});
+      }
+      if (s0.refine_bytes > 0) {
+        // A refined layer needs somewhere to put the refinement.
+        std::vector<LayerBlockToEncode> no_refine = batch;
+        no_refine[1].refine_codes = nullptr;
+        EXPECT_EQ(VqEncodeLayerRef(**codec, *plan, layer, no_refine).code(),
+                  absl::StatusCode::kInvalidArgument);
       }
       ASSERT_TRUE(VqEncodeLayerRef(**codec, *plan, layer, batch).ok());
       for (int b = 0; b < 2; ++b) {
@@ -234,6 +230,11 @@ TEST(VqLayerEncodeTest, MatchesTheCpuReorderRotationAndEncode) {
                       payload.begin() + s.value_offset,
                       payload.begin() + s.value_offset + s.value_bytes))
             << "layer " << layer << " block " << b << " values";
+        EXPECT_EQ(got_r[b],
+                  std::vector<uint8_t>(
+                      payload.begin() + s.refine_offset,
+                      payload.begin() + s.refine_offset + s.refine_bytes))
+            << "layer " << layer << " block " << b << " key refinement";
       }
     }
   }

@@ -1,9 +1,10 @@
 // The CUDA steps of the device encode (kernels/cuda/paged_encode.cuh)
 // against their host element functions (kernels/vq_encode_element.h, which
 // tests/unit/kernels/vq_decode_plan_test.cc checks against the client's CPU
-// path): job inputs read from padded NHD and HND pages of every dtype, and
-// the packing of random job codes into block slices. mini_test, so the
-// CUDA-only GPU check builds it.
+// path): job inputs read from padded NHD and HND pages of every dtype, the
+// key refinement's inputs, and the packing of random job codes into block
+// slices (a refined layer's too). mini_test, so the CUDA-only GPU check
+// builds it.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -26,9 +27,51 @@ namespace {
 constexpr int kHeads = 3, kDim = 64, kBlocks = 3, kTokens = 32, kSlots = 16;
 const int32_t kBlockPages[kBlocks][2] = {{6, 1}, {3, 7}, {0, 4}};
 
-testing::RandomDecodeSpec Spec(bool plain) {
-  return testing::PagedTestSpec(plain, plain ? 31 : 32);
+// refine: layer 1's keys refined by 5 more stages.
+testing::RandomDecodeSpec Spec(bool plain, bool refine = false) {
+  testing::RandomDecodeSpec s = testing::PagedTestSpec(plain, plain ? 31 : 32);
+  if (refine) {
+    s.refine_layer = 1;
+    s.refine_stages = 5;
+  }
+  return s;
 }
+
+// Random codes for every job of a layer of `view` (on a refined layer its
+// refinement jobs too) for n tokens, on the host and the device.
+struct RandomJobCodes {
+  std::vector<std::vector<uint16_t>> host;
+  std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> device;
+  std::vector<const uint16_t*> host_ptrs, dev_ptrs;
+  std::unique_ptr<DeviceBuffer<const uint16_t*>> dev_table;
+
+  cudaError_t Make(const VqDecodeView& w, int64_t n, bool refined,
+                   uint32_t seed) {
+    const int base = VqEncodeJobCount(w);
+    const int jobs = base + (refined ? w.slots : 0);
+    const int64_t rows = VqEncodeJobRows(w, n);
+    std::mt19937 rng(seed);
+    for (int j = 0; j < jobs; ++j) {
+      const int bits =
+          j < VqEncodeKeyJobs(w) || j >= base ? w.key_bits : w.value_bits;
+      const int stages = j < base ? VqEncodeJobStages(w, j) : w.refine_stages;
+      host.emplace_back(static_cast<size_t>(rows) * stages);
+      for (uint16_t& c : host.back()) {
+        c = static_cast<uint16_t>(rng() % (1u << bits));
+      }
+      device.push_back(
+          std::make_unique<DeviceBuffer<uint16_t>>(host.back().size()));
+      if (cudaError_t e = device.back()->Upload(host.back());
+          e != cudaSuccess) {
+        return e;
+      }
+      host_ptrs.push_back(host.back().data());
+      dev_ptrs.push_back(device.back()->get());
+    }
+    dev_table = std::make_unique<DeviceBuffer<const uint16_t*>>(jobs);
+    return dev_table->Upload(dev_ptrs);
+  }
+};
 
 // The batch's tokens: three blocks of 32, pages of 16 slots out of order,
 // positions from 500 on.
@@ -121,70 +164,128 @@ TEST(PagedEncodeCudaTest, InputsMatchTheHostElementFunction) {
       for (bool hnd : {false, true}) CheckInputs(plain, dtype, hnd);
 }
 
-// Random codes of every job packed into three blocks' slices (of 16, 32
-// and 8 tokens) on the device, byte for byte the host's packing.
-TEST(PagedEncodeCudaTest, PackingMatchesTheHostElementFunction) {
-  SKIP_WITHOUT_GPU();
-  for (bool plain : {false, true}) {
-    SCOPED_TRACE(plain ? "plain" : "split");
-    testing::RandomDecodeView view(Spec(plain));
-    ASSERT_CUDA(view.Upload());
-    const VqDecodeView& w = view.host();
-    const int64_t tokens[3] = {16, 32, 8};
-    const int64_t n = 56;
-    const int64_t job_rows = VqEncodeJobRows(w, n);
-    std::mt19937 rng(4);
-    std::vector<std::vector<uint16_t>> codes;
-    std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> d_codes;
-    std::vector<const uint16_t*> host_ptrs, dev_ptrs;
-    for (int j = 0; j < VqEncodeJobCount(w); ++j) {
-      const int bits = j < VqEncodeKeyJobs(w) ? w.key_bits : w.value_bits;
-      codes.emplace_back(static_cast<size_t>(job_rows) *
-                         VqEncodeJobStages(w, j));
-      for (uint16_t& c : codes.back()) {
-        c = static_cast<uint16_t>(rng() % (1u << bits));
+// The key refinement's inputs of the refined layer (what random key codes
+// leave of the pages' keys), against VqEncodeRefineInput on the host.
+void CheckRefineInputs(bool plain, int32_t dtype, bool hnd) {
+  SCOPED_TRACE(std::string(plain ? "plain" : "split+rope") + " dtype " +
+               std::to_string(dtype) + (hnd ? " HND" : " NHD"));
+  testing::RandomDecodeView view(Spec(plain, true));
+  ASSERT_CUDA(view.Upload());
+  HostPages k(dtype, 8, kSlots, kHeads, kDim, hnd);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (int64_t off = 0; off < 8 * k.strides[0]; ++off) k.Set(off, normal(rng));
+  const std::vector<EncodeTokenRow> rows = Rows();
+  const int64_t n = static_cast<int64_t>(rows.size());
+  const VqDecodeView& w = view.host();
+  const int64_t job_rows = VqEncodeJobRows(w, n);
+  RandomJobCodes codes;
+  ASSERT_CUDA(codes.Make(w, n, false, 6));  // the key jobs' codes
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> inputs;
+  std::vector<float*> input_ptrs;
+  for (int s = 0; s < w.slots; ++s) {
+    inputs.push_back(std::make_unique<DeviceBuffer<float>>(
+        static_cast<size_t>(job_rows) * kDim));
+    input_ptrs.push_back(inputs.back()->get());
+  }
+  DeviceBuffer<float*> d_inputs(input_ptrs.size());
+  ASSERT_CUDA(d_inputs.Upload(input_ptrs));
+  DeviceBuffer<EncodeTokenRow> d_rows(rows.size());
+  ASSERT_CUDA(d_rows.Upload(rows));
+  DeviceBuffer<uint8_t> dk(k.bytes.size());
+  ASSERT_CUDA(dk.Upload(k.bytes));
+  PageTensor tk{dk.get(), dtype, {}};
+  for (int i = 0; i < 4; ++i) tk.strides[i] = k.strides[i];
+  const int layer = 1;
+  ASSERT_CUDA(LaunchVqEncodeRefineInputs(view.device(), layer, tk, d_rows.get(),
+                                         n, codes.dev_table->get(),
+                                         d_inputs.get(), nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const HostKv kv{&k, &k, &rows};
+  const HostPos pos{&rows};
+  int64_t bad = 0, checked = 0;
+  for (int s = 0; s < w.slots; ++s) {
+    std::vector<float> got;
+    ASSERT_CUDA(inputs[s]->Download(&got));
+    for (int64_t r = 0; r < job_rows; ++r) {
+      for (int d = 0; d < kDim; ++d, ++checked) {
+        const float want = VqEncodeRefineInput(w, layer, s, r, d, kv, pos,
+                                               codes.host_ptrs.data());
+        bad += std::fabs(got[r * kDim + d] - want) >
+               1e-5f * (1.0f + std::fabs(want));
       }
-      d_codes.push_back(
-          std::make_unique<DeviceBuffer<uint16_t>>(codes.back().size()));
-      ASSERT_CUDA(d_codes.back()->Upload(codes.back()));
-      host_ptrs.push_back(codes.back().data());
-      dev_ptrs.push_back(d_codes.back()->get());
-    }
-    DeviceBuffer<const uint16_t*> d_code_table(dev_ptrs.size());
-    ASSERT_CUDA(d_code_table.Upload(dev_ptrs));
-    std::vector<PackBlock> blocks;
-    std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> outs;
-    int64_t first = 0, total = 0;
-    std::vector<std::vector<uint8_t>> want;
-    for (int64_t t : tokens) {
-      const int64_t kb = view.KeyBytes(t), vb = view.ValueBytes(t);
-      outs.push_back(std::make_unique<DeviceBuffer<uint8_t>>(kb));
-      outs.push_back(std::make_unique<DeviceBuffer<uint8_t>>(vb));
-      blocks.push_back(
-          {first, t, outs[outs.size() - 2]->get(), outs.back()->get()});
-      std::vector<uint8_t> wk(kb), wv(vb);
-      for (int64_t i = 0; i < kb; ++i) {
-        wk[i] = VqPackedKeyByte(w, host_ptrs.data(), first, t, i);
-      }
-      for (int64_t i = 0; i < vb; ++i) {
-        wv[i] = VqPackedValueByte(w, host_ptrs.data(), first, t, i);
-      }
-      want.push_back(std::move(wk));
-      want.push_back(std::move(wv));
-      first += t;
-      total += kb + vb;
-    }
-    DeviceBuffer<PackBlock> d_blocks(blocks.size());
-    ASSERT_CUDA(d_blocks.Upload(blocks));
-    ASSERT_CUDA(LaunchVqPackLayer(view.device(), d_code_table.get(),
-                                  d_blocks.get(), 3, total, nullptr));
-    ASSERT_CUDA(cudaDeviceSynchronize());
-    for (size_t i = 0; i < outs.size(); ++i) {
-      std::vector<uint8_t> got;
-      ASSERT_CUDA(outs[i]->Download(&got));
-      EXPECT_EQ(got == want[i], true) << "slice " << i;
     }
   }
+  EXPECT_EQ(bad, 0) << "of " << checked << " refinement inputs differ";
+}
+
+TEST(PagedEncodeCudaTest, RefineInputsMatchTheHostElementFunction) {
+  SKIP_WITHOUT_GPU();
+  for (bool plain : {false, true})
+    for (int32_t dtype : {kPageF16, kPageBf16, kPageF32})
+      for (bool hnd : {false, true}) CheckRefineInputs(plain, dtype, hnd);
+}
+
+// Random codes of every job packed into three blocks' slices (of 16, 32
+// and 8 tokens) on the device, byte for byte the host's packing; on the
+// refined layer of a set with a key refinement, its slices too.
+TEST(PagedEncodeCudaTest, PackingMatchesTheHostElementFunction) {
+  SKIP_WITHOUT_GPU();
+  for (bool plain : {false, true})
+    for (bool refine : {false, true}) {
+      SCOPED_TRACE(std::string(plain ? "plain" : "split") +
+                   (refine ? ", refined layer" : ""));
+      testing::RandomDecodeView view(Spec(plain, refine));
+      ASSERT_CUDA(view.Upload());
+      const VqDecodeView& w = view.host();
+      const int64_t tokens[3] = {16, 32, 8};
+      const int64_t n = 56;
+      RandomJobCodes codes;
+      ASSERT_CUDA(codes.Make(w, n, refine, 4));
+      std::vector<PackBlock> blocks;
+      std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> outs;
+      int64_t first = 0, total = 0;
+      std::vector<std::vector<uint8_t>> want;
+      for (int64_t t : tokens) {
+        const int64_t kb = view.KeyBytes(t), vb = view.ValueBytes(t);
+        const int64_t rb = refine ? view.RefineBytes(t) : 0;
+        PackBlock blk{first, t};
+        outs.push_back(std::make_unique<DeviceBuffer<uint8_t>>(kb));
+        blk.key_codes = outs.back()->get();
+        outs.push_back(std::make_unique<DeviceBuffer<uint8_t>>(vb));
+        blk.value_codes = outs.back()->get();
+        std::vector<uint8_t> wk(kb), wv(vb), wr(rb);
+        for (int64_t i = 0; i < kb; ++i) {
+          wk[i] = VqPackedKeyByte(w, codes.host_ptrs.data(), first, t, i);
+        }
+        for (int64_t i = 0; i < vb; ++i) {
+          wv[i] = VqPackedValueByte(w, codes.host_ptrs.data(), first, t, i);
+        }
+        want.push_back(std::move(wk));
+        want.push_back(std::move(wv));
+        if (refine) {
+          outs.push_back(std::make_unique<DeviceBuffer<uint8_t>>(rb));
+          blk.refine_codes = outs.back()->get();
+          for (int64_t i = 0; i < rb; ++i) {
+            wr[i] = VqPackedRefineByte(w, codes.host_ptrs.data(), first, t, i);
+          }
+          want.push_back(std::move(wr));
+        }
+        blocks.push_back(blk);
+        first += t;
+        total += kb + vb + rb;
+      }
+      DeviceBuffer<PackBlock> d_blocks(blocks.size());
+      ASSERT_CUDA(d_blocks.Upload(blocks));
+      ASSERT_CUDA(LaunchVqPackLayer(view.device(), codes.dev_table->get(),
+                                    d_blocks.get(), 3, total, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      for (size_t i = 0; i < outs.size(); ++i) {
+        std::vector<uint8_t> got;
+        ASSERT_CUDA(outs[i]->Download(&got));
+        EXPECT_EQ(got == want[i], true) << "slice " << i;
+      }
+    }
 }
 
 TEST(PagedEncodeCudaTest, EmptyIsANoOpAndBadArgumentsAreRejected) {
@@ -214,6 +315,22 @@ TEST(PagedEncodeCudaTest, EmptyIsANoOpAndBadArgumentsAreRejected) {
   EXPECT_EQ(LaunchVqPackLayer(w, codes, blocks, -1, 8, nullptr),
             cudaErrorInvalidValue);
   EXPECT_EQ(LaunchVqPackLayer(w, nullptr, blocks, 1, 8, nullptr),
+            cudaErrorInvalidValue);
+  // The refinement inputs need a view with a key refinement.
+  float* const* refine_inputs = reinterpret_cast<float* const*>(16);
+  EXPECT_EQ(LaunchVqEncodeRefineInputs(w, 1, t, rows, 1, codes, refine_inputs,
+                                       nullptr),
+            cudaErrorInvalidValue);
+  testing::RandomDecodeView refined(Spec(true, true));
+  const VqDecodeView& rw = refined.host();
+  EXPECT_EQ(
+      LaunchVqEncodeRefineInputs(rw, 1, t, rows, 0, nullptr, nullptr, nullptr),
+      cudaSuccess);
+  EXPECT_EQ(LaunchVqEncodeRefineInputs(rw, 1, t, rows, 1, nullptr,
+                                       refine_inputs, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchVqEncodeRefineInputs(rw, -1, t, rows, 1, codes, refine_inputs,
+                                       nullptr),
             cudaErrorInvalidValue);
 }
 
