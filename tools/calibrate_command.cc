@@ -279,28 +279,32 @@ int Run(const CalibrateArgs& a) {
     bar.Finish(absl::StrFormat("%d layers", layout.layers));
   }
   // Key gains (and the key refinement, which they choose and which changes
-  // what they undo): every gain is fitted at strength 1 first; its mean
-  // gives the set's strength, each layer's largest names the layers to
-  // refine; then the gains are fitted again, through the refinement.
+  // what they undo): every layer's gains are measured first; their mean at
+  // strength 1 gives the set's strength, each layer's largest names the
+  // layers to refine; then the refined layers' gains are measured again,
+  // through the refinement, and every gain is set at its strength.
   const eval::KvCollector* gc =
       own_gain_text ? gain_collector.get() : &collector;
   CodebookSet set = (*codec)->codebooks();
   set.ClearKeyGains();  // --refit-gains replaces every gain of the file
-  const auto fit_layer_gains = [&](int layer, double strength,
-                                   KeyGainReport* report) -> absl::Status {
+  const auto measure_gains = [&](int layer) -> absl::StatusOr<LayerKeyGainFit> {
     const float* k = collector.layer_keys(layer).data();
     const float* h =
         own_gain_text ? gc->layer_keys(layer).data() : k + tokens * per_token;
-    return FitLayerKeyGains(**codec, layer, k, tokens, h, held, strength, &set,
-                            report);
+    return MeasureLayerKeyGains(**codec, layer, k, tokens, h, held);
   };
+  std::vector<LayerKeyGainFit> measured(layout.layers);
   std::vector<double> largest_gain(layout.layers, 0.0);
   double fitted_mean = 0;
   if (gains) {
     int heads = 0;
     for (int layer = gain_from; layer < layout.layers; ++layer) {
+      absl::StatusOr<LayerKeyGainFit> fit = measure_gains(layer);
+      if (!fit.ok()) return Fail(fit.status());
+      measured[layer] = *std::move(fit);
       KeyGainReport r;
-      if (absl::Status s = fit_layer_gains(layer, 1.0, &r); !s.ok()) {
+      if (absl::Status s = SetLayerKeyGains(measured[layer], 1.0, &set, &r);
+          !s.ok()) {
         return Fail(s);
       }
       largest_gain[layer] = r.max_gain;
@@ -363,22 +367,26 @@ int Run(const CalibrateArgs& a) {
     KeyGainReport report;
     for (int layer = gain_from; layer < layout.layers; ++layer) {
       if (set.RefinedIndex(layer) < 0) {
-        if (absl::Status s = fit_layer_gains(layer, strength, &report);
+        if (absl::Status s =
+                SetLayerKeyGains(measured[layer], strength, &set, &report);
             !s.ok()) {
           return Fail(s);
         }
         continue;
       }
-      // A refined layer: its own strength, from its gains at 1 through the
-      // refinement.
+      // A refined layer: measured again through the refinement, and its
+      // own strength, from its gains at 1.
+      absl::StatusOr<LayerKeyGainFit> fit = measure_gains(layer);
+      if (!fit.ok()) return Fail(fit.status());
       KeyGainReport at_one;
-      if (absl::Status s = fit_layer_gains(layer, 1.0, &at_one); !s.ok()) {
+      if (absl::Status s = SetLayerKeyGains(*fit, 1.0, &set, &at_one);
+          !s.ok()) {
         return Fail(s);
       }
       const double refined_strength =
           RefinedKeyGainStrength(at_one.max_gain, strength);
       KeyGainReport r;
-      if (absl::Status s = fit_layer_gains(layer, refined_strength, &r);
+      if (absl::Status s = SetLayerKeyGains(*fit, refined_strength, &set, &r);
           !s.ok()) {
         return Fail(s);
       }

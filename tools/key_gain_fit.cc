@@ -20,19 +20,13 @@ double TraceOfSolve(int d, std::vector<double> a, std::vector<double> b) {
 
 }  // namespace
 
-absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
-                              const float* fit_keys, int64_t fit_tokens,
-                              const float* held_keys, int64_t held_tokens,
-                              double strength, CodebookSet* set,
-                              KeyGainReport* report) {
+absl::StatusOr<LayerKeyGainFit> MeasureLayerKeyGains(
+    const VqCodec& codec, int layer, const float* fit_keys, int64_t fit_tokens,
+    const float* held_keys, int64_t held_tokens) {
   if (fit_tokens < 1 || held_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("key gains need fitted and held-out keys; got ",
                      fit_tokens, " and ", held_tokens, " tokens"));
-  }
-  if (!(strength >= 0 && strength <= 10)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("key gain strength must be in [0, 10], got ", strength));
   }
   const KvLayout& lay = codec.layout();
   const int H = lay.kv_heads, D = lay.head_dim;
@@ -42,6 +36,8 @@ absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
       !s.ok()) {
     return s;
   }
+  LayerKeyGainFit fit;
+  fit.layer = layer;
   const size_t dd = static_cast<size_t>(D) * D;
   for (int h = 0; h < H; ++h) {
     std::vector<double> mu(D, 0.0);
@@ -71,14 +67,28 @@ absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
     for (int a = 0; a < D; ++a) w[a * D + a] += 1e-3 * tr / D;
     const double num = TraceOfSolve(D, w, cxx);
     const double den = TraceOfSolve(D, w, cxy);
+    fit.gain.push_back(den > 0 && std::isfinite(num / den) ? num / den
+                                                           : std::nan(""));
+    fit.centres.emplace_back(mu.begin(), mu.end());
+  }
+  return fit;
+}
+
+absl::Status SetLayerKeyGains(const LayerKeyGainFit& fit, double strength,
+                              CodebookSet* set, KeyGainReport* report) {
+  if (!(strength >= 0 && strength <= 10)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key gain strength must be in [0, 10], got ", strength));
+  }
+  for (size_t h = 0; h < fit.gain.size(); ++h) {
     double gain = 1.0;
-    if (den > 0 && std::isfinite(num / den)) {
-      gain = std::clamp(1.0 + strength * (num / den - 1.0), 1.0 / kMaxKeyGain,
+    if (!std::isnan(fit.gain[h])) {
+      gain = std::clamp(1.0 + strength * (fit.gain[h] - 1.0), 1.0 / kMaxKeyGain,
                         double{kMaxKeyGain});
     }
     if (absl::Status st =
-            set->SetKeyGain(layer, h, static_cast<float>(gain),
-                            std::vector<float>(mu.begin(), mu.end()));
+            set->SetKeyGain(fit.layer, static_cast<int>(h),
+                            static_cast<float>(gain), fit.centres[h]);
         !st.ok()) {
       return st;
     }
@@ -93,6 +103,17 @@ absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
+                              const float* fit_keys, int64_t fit_tokens,
+                              const float* held_keys, int64_t held_tokens,
+                              double strength, CodebookSet* set,
+                              KeyGainReport* report) {
+  absl::StatusOr<LayerKeyGainFit> fit = MeasureLayerKeyGains(
+      codec, layer, fit_keys, fit_tokens, held_keys, held_tokens);
+  if (!fit.ok()) return fit.status();
+  return SetLayerKeyGains(*fit, strength, set, report);
 }
 
 double AutoKeyGainStrength(double mean_gain) {

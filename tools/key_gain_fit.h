@@ -29,8 +29,10 @@
 #define VQKV_TOOLS_KEY_GAIN_FIT_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/vq_codec.h"
 
 namespace vqkv::tools {
@@ -40,15 +42,33 @@ struct KeyGainReport {
   int heads = 0;
 };
 
-// Fits and sets the key gains of `layer`'s KV heads. fit_keys
-// [fit_tokens][kv_head][head_dim] are the keys the layer was fitted on
-// (their mean is the centre), held_keys [held_tokens][...] keys it was not.
-// A head whose covariance is singular or whose slope is not positive keeps
-// gain 1; gains are clamped to [1/kMaxKeyGain, kMaxKeyGain]. `report` may
-// be null.
-// Errors: kInvalidArgument for fit_tokens or held_tokens < 1 or strength
-// outside [0, 10]; from
-// codec.ReconstructLayerKeys and set->SetKeyGain.
+// What the fit measures of one layer, per KV head: the gain at strength 1
+// before the clamp, tr(W Cxx) / tr(W Cxy) (NaN where the covariance is
+// singular or the slope not positive), and the centre.
+struct LayerKeyGainFit {
+  int layer = 0;
+  std::vector<double> gain;                 // [kv_heads]
+  std::vector<std::vector<float>> centres;  // [kv_heads][head_dim]
+};
+
+// Measures `layer`'s key gains. fit_keys [fit_tokens][kv_head][head_dim]
+// are the keys the layer was fitted on (their mean is the centre),
+// held_keys [held_tokens][...] keys it was not; held-out keys are
+// reconstructed as the codec codes them now (a key refinement fitted
+// later changes the measure). Errors: kInvalidArgument for fit_tokens or
+// held_tokens < 1; from codec.ReconstructLayerKeys.
+absl::StatusOr<LayerKeyGainFit> MeasureLayerKeyGains(
+    const VqCodec& codec, int layer, const float* fit_keys, int64_t fit_tokens,
+    const float* held_keys, int64_t held_tokens);
+
+// Sets the gains of `fit` at `strength` in `set`: 1 + strength (gain - 1),
+// clamped to [1/kMaxKeyGain, kMaxKeyGain]; 1 where the gain is NaN.
+// `report` may be null. Errors: kInvalidArgument for strength outside
+// [0, 10]; set->SetKeyGain's.
+absl::Status SetLayerKeyGains(const LayerKeyGainFit& fit, double strength,
+                              CodebookSet* set, KeyGainReport* report);
+
+// MeasureLayerKeyGains, then SetLayerKeyGains.
 absl::Status FitLayerKeyGains(const VqCodec& codec, int layer,
                               const float* fit_keys, int64_t fit_tokens,
                               const float* held_keys, int64_t held_tokens,

@@ -109,6 +109,35 @@ TEST(KeyGainFitTest, UndoesTheShrinkageOfHeldOutKeys) {
           << "strength " << strength << " head " << h;
     }
   }
+  // One measure serves every strength (vqkv calibrate sets the gains of
+  // layers it does not refine from their first measure): the same gains,
+  // bit for bit, as a fit at that strength.
+  absl::StatusOr<LayerKeyGainFit> measured = MeasureLayerKeyGains(
+      *codec, 0, fit_keys.data(), fit, held_keys.data(), held);
+  ASSERT_TRUE(measured.ok()) << measured.status();
+  ASSERT_EQ(measured->gain.size(), static_cast<size_t>(H));
+  for (double strength : {1.0, 1.7}) {
+    CodebookSet fitted = codec->codebooks(), from_measure = fitted;
+    ASSERT_TRUE(FitLayerKeyGains(*codec, 0, fit_keys.data(), fit,
+                                 held_keys.data(), held, strength, &fitted,
+                                 nullptr)
+                    .ok());
+    ASSERT_TRUE(
+        SetLayerKeyGains(*measured, strength, &from_measure, nullptr).ok());
+    for (int h = 0; h < H; ++h) {
+      EXPECT_EQ(from_measure.key_gain(0, h), fitted.key_gain(0, h));
+      for (int d = 0; d < D; ++d) {
+        EXPECT_EQ(from_measure.key_centre(0, h)[d], fitted.key_centre(0, h)[d]);
+      }
+    }
+  }
+  // A head without a measurable gain keeps 1 at any strength.
+  LayerKeyGainFit none = *measured;
+  none.gain[1] = std::nan("");
+  CodebookSet with_none = codec->codebooks();
+  ASSERT_TRUE(SetLayerKeyGains(none, 3.0, &with_none, nullptr).ok());
+  EXPECT_EQ(with_none.key_gain(0, 1), 1.0f);
+  EXPECT_GT(with_none.key_gain(0, 0), 1.0f);
 }
 
 TEST(KeyGainFitTest, AutoStrengthScalesTowardTheTargetMeanWithinOneAndTwo) {
@@ -154,6 +183,15 @@ TEST(KeyGainFitTest, BadArguments) {
   EXPECT_EQ(FitLayerKeyGains(*codec, 0, keys.data(), 50, keys.data() + 800, 50,
                              -1.0, &*set, nullptr)
                 .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MeasureLayerKeyGains(*codec, 0, keys.data(), 0, keys.data(), 50)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<LayerKeyGainFit> fit =
+      MeasureLayerKeyGains(*codec, 0, keys.data(), 50, keys.data() + 800, 50);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_EQ(SetLayerKeyGains(*fit, 10.5, &*set, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(set->has_key_gains());
 }
