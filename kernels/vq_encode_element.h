@@ -13,10 +13,9 @@
 //   3. on a layer with a key refinement (VqKeyRefinement), one more job per
 //      slot (VqEncodeRefineInput): what the slot's key codes leave of each
 //      key, before the gain, as VqCodec::EncodeKeyRefinement codes it;
-//   4. packing (VqPackedKeyByte / VqPackedValueByte / VqPackedRefineByte):
-//      each block's slice of its payload's K, V and key refinement sections
-//      for the layer, in the payload's order (kernels/vq_codec.h:
-//      [token][kv_head][group][stage], PackBits).
+//   4. packing (VqPackedByte): each block's slice of its payload's K, V
+//      and key refinement sections for the layer, in the payload's order
+//      (kernels/vq_codec.h: [token][kv_head][group][stage], PackBits).
 //
 // Jobs of a layer (VqEncodeJobCount): for slot s (a kv head when codebooks
 // are per head, else the one slot 0), its key groups s * key_groups + g,
@@ -172,62 +171,65 @@ VQKV_HD inline float VqEncodeRefineInput(const VqDecodeView& w, int layer,
          coded;
 }
 
-// Code i of a block's K (values: V; refine: key refinement) section slice,
-// in the payload's order [token][kv_head][stage], from the jobs' codes.
+// A payload section a block's codes of a layer are packed into.
+enum class VqSection { kKeys, kValues, kKeyRefinement };
+
+// Codes per vector in `section`, and their width.
+VQKV_HD inline int VqSectionStages(const VqDecodeView& w, VqSection section) {
+  return section == VqSection::kKeys     ? w.key_stages
+         : section == VqSection::kValues ? w.value_stages
+                                         : w.refine_stages;
+}
+VQKV_HD inline int VqSectionBits(const VqDecodeView& w, VqSection section) {
+  return section == VqSection::kValues ? w.value_bits : w.key_bits;
+}
+
+// Bytes of one block's slice of `section` for a layer of `tokens` tokens
+// (VqDecodePlan::Slices; the key refinement's on a refined layer).
+VQKV_HD inline int64_t VqSliceBytes(const VqDecodeView& w, VqSection section,
+                                    int64_t tokens) {
+  return (tokens * w.kv_heads * VqSectionStages(w, section) *
+              VqSectionBits(w, section) +
+          7) /
+         8;
+}
+
+// Code i of a block's slice of `section`, in the payload's order
+// [token][kv_head][stage], from the jobs' codes.
 struct VqSliceCode {
-  enum Section { kKeys, kValues, kRefine };
   const VqDecodeView* w;
   const uint16_t* const* codes;
   int64_t first_token;
-  Section section;
+  VqSection section;
 
   VQKV_HD uint32_t operator()(int64_t i) const {
-    const int stages = section == kKeys     ? w->key_stages
-                       : section == kValues ? w->value_stages
-                                            : w->refine_stages;
+    const int stages = VqSectionStages(*w, section);
     const int64_t v = i / stages;
     const int stage = static_cast<int>(i - v * stages);
     const int64_t token = first_token + v / w->kv_heads;
     const int head = static_cast<int>(v % w->kv_heads);
     const int slot = w->slots == 1 ? 0 : head;
     const int64_t row = w->slots == 1 ? token * w->kv_heads + head : token;
-    if (section == kKeys) return VqJobKeyCode{w, codes, slot, row}(stage);
-    const int j = section == kValues ? VqEncodeKeyJobs(*w) + slot
-                                     : VqEncodeRefineJob(*w, slot);
+    if (section == VqSection::kKeys) {
+      return VqJobKeyCode{w, codes, slot, row}(stage);
+    }
+    const int j = section == VqSection::kValues ? VqEncodeKeyJobs(*w) + slot
+                                                : VqEncodeRefineJob(*w, slot);
     return codes[j][row * stages + stage];
   }
 };
 
-// Byte `byte` of one block's packed K slice of the layer: the block holds
-// the batch's tokens [first_token, first_token + tokens); codes[j] are job
-// j's codes, [rows][stages].
-VQKV_HD inline uint8_t VqPackedKeyByte(const VqDecodeView& w,
-                                       const uint16_t* const* codes,
-                                       int64_t first_token, int64_t tokens,
-                                       int64_t byte) {
-  return PackedByteAt(tokens * w.kv_heads * w.key_stages, w.key_bits, byte,
-                      VqSliceCode{&w, codes, first_token, VqSliceCode::kKeys});
-}
-
-// The same for the V slice.
-VQKV_HD inline uint8_t VqPackedValueByte(const VqDecodeView& w,
-                                         const uint16_t* const* codes,
-                                         int64_t first_token, int64_t tokens,
-                                         int64_t byte) {
-  return PackedByteAt(
-      tokens * w.kv_heads * w.value_stages, w.value_bits, byte,
-      VqSliceCode{&w, codes, first_token, VqSliceCode::kValues});
-}
-
-// The same for the key refinement slice of a refined layer (codes holds
-// its refinement jobs, VqEncodeRefineJob).
-VQKV_HD inline uint8_t VqPackedRefineByte(const VqDecodeView& w,
-                                          const uint16_t* const* codes,
-                                          int64_t first_token, int64_t tokens,
-                                          int64_t byte) {
-  return PackedByteAt(
-      tokens * w.kv_heads * w.refine_stages, w.key_bits, byte,
-      VqSliceCode{&w, codes, first_token, VqSliceCode::kRefine});
+// Byte `byte` of one block's packed slice of `section` of the layer: the
+// block holds the batch's tokens [first_token, first_token + tokens);
+// codes[j] are job j's codes, [rows][stages] (on a refined layer its
+// refinement jobs' too, VqEncodeRefineJob).
+VQKV_HD inline uint8_t VqPackedByte(const VqDecodeView& w, VqSection section,
+                                    const uint16_t* const* codes,
+                                    int64_t first_token, int64_t tokens,
+                                    int64_t byte) {
+  return PackedByteAt(tokens * w.kv_heads * VqSectionStages(w, section),
+                      VqSectionBits(w, section), byte,
+                      VqSliceCode{&w, codes, first_token, section});
 }
 
 }  // namespace vqkv

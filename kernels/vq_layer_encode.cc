@@ -90,17 +90,18 @@ absl::Status VqEncodeLayerRef(const VqCodec& codec, const VqDecodePlan& plan,
   int64_t first = 0;
   for (const LayerBlockToEncode& b : blocks) {
     const VqDecodePlan::LayerSlices s = plan.Slices(b.tokens, layer);
-    for (size_t i = 0; i < s.key_bytes; ++i) {
-      b.key_codes[i] = VqPackedKeyByte(w, code_ptrs.data(), first, b.tokens,
-                                       static_cast<int64_t>(i));
-    }
-    for (size_t i = 0; i < s.value_bytes; ++i) {
-      b.value_codes[i] = VqPackedValueByte(w, code_ptrs.data(), first, b.tokens,
-                                           static_cast<int64_t>(i));
-    }
-    for (size_t i = 0; i < s.refine_bytes; ++i) {
-      b.refine_codes[i] = VqPackedRefineByte(w, code_ptrs.data(), first,
-                                             b.tokens, static_cast<int64_t>(i));
+    const struct {
+      VqSection section;
+      uint8_t* out;
+      size_t bytes;
+    } slices[] = {{VqSection::kKeys, b.key_codes, s.key_bytes},
+                  {VqSection::kValues, b.value_codes, s.value_bytes},
+                  {VqSection::kKeyRefinement, b.refine_codes, s.refine_bytes}};
+    for (const auto& slice : slices) {
+      for (size_t i = 0; i < slice.bytes; ++i) {
+        slice.out[i] = VqPackedByte(w, slice.section, code_ptrs.data(), first,
+                                    b.tokens, static_cast<int64_t>(i));
+      }
     }
     first += b.tokens;
   }

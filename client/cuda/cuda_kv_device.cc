@@ -270,12 +270,12 @@ class CudaKvDevice final : public KvDevice {
         return absl::InvalidArgumentError(absl::StrCat(
             "layer ", layer, " has a key refinement: its codes need a place"));
       }
-      const int64_t vectors = r.n * w.kv_heads;
       n += r.n;
-      pack_bytes += (vectors * w.key_stages * w.key_bits + 7) / 8 +
-                    (vectors * w.value_stages * w.value_bits + 7) / 8;
-      if (refined)
-        pack_bytes += (vectors * w.refine_stages * w.key_bits + 7) / 8;
+      pack_bytes += VqSliceBytes(w, VqSection::kKeys, r.n) +
+                    VqSliceBytes(w, VqSection::kValues, r.n);
+      if (refined) {
+        pack_bytes += VqSliceBytes(w, VqSection::kKeyRefinement, r.n);
+      }
     }
     if (n == 0) return RecordLocked(nullptr);
     // The layer's jobs, then on a refined layer one refinement job per slot
@@ -418,16 +418,13 @@ class CudaKvDevice final : public KvDevice {
     int64_t n = 0;
     size_t code_bytes = 0;
     for (const CodedRows& r : rows) {
-      const int64_t vectors = r.n * view_.kv_heads;
-      const size_t kb = static_cast<size_t>(
-          (vectors * view_.key_stages * view_.key_bits + 7) / 8);
-      const size_t vb = static_cast<size_t>(
-          (vectors * view_.value_stages * view_.value_bits + 7) / 8);
-      const size_t rb =
-          refined
-              ? static_cast<size_t>(
-                    (vectors * view_.refine_stages * view_.key_bits + 7) / 8)
-              : 0;
+      const size_t kb =
+          static_cast<size_t>(VqSliceBytes(view_, VqSection::kKeys, r.n));
+      const size_t vb =
+          static_cast<size_t>(VqSliceBytes(view_, VqSection::kValues, r.n));
+      const size_t rb = refined ? static_cast<size_t>(VqSliceBytes(
+                                      view_, VqSection::kKeyRefinement, r.n))
+                                : 0;
       if (r.key_codes.size() != kb || r.value_codes.size() != vb ||
           r.refine_codes.size() != rb) {
         return absl::InvalidArgumentError(absl::StrCat(

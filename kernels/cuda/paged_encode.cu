@@ -80,32 +80,22 @@ __global__ void VqPackLayerKernel(VqDecodeView w, const uint16_t* const* codes,
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
     int64_t at = i;
-    for (int b = 0; b < count; ++b) {
+    for (int b = 0; b < count && at >= 0; ++b) {
       const PackBlock& blk = blocks[b];
-      const int64_t vectors = blk.tokens * w.kv_heads;
-      const int64_t kb = (vectors * w.key_stages * w.key_bits + 7) / 8;
-      const int64_t vb = (vectors * w.value_stages * w.value_bits + 7) / 8;
-      const int64_t rb = blk.refine_codes == nullptr
-                             ? 0
-                             : (vectors * w.refine_stages * w.key_bits + 7) / 8;
-      if (at < kb) {
-        blk.key_codes[at] =
-            VqPackedKeyByte(w, codes, blk.first_token, blk.tokens, at);
-        break;
+      uint8_t* const out[3] = {blk.key_codes, blk.value_codes,
+                               blk.refine_codes};
+      for (int sec = 0; sec < 3; ++sec) {
+        if (sec == 2 && out[sec] == nullptr) continue;  // none on the layer
+        const VqSection section = static_cast<VqSection>(sec);
+        const int64_t bytes = VqSliceBytes(w, section, blk.tokens);
+        if (at < bytes) {
+          out[sec][at] =
+              VqPackedByte(w, section, codes, blk.first_token, blk.tokens, at);
+          at = -1;  // written
+          break;
+        }
+        at -= bytes;
       }
-      at -= kb;
-      if (at < vb) {
-        blk.value_codes[at] =
-            VqPackedValueByte(w, codes, blk.first_token, blk.tokens, at);
-        break;
-      }
-      at -= vb;
-      if (at < rb) {
-        blk.refine_codes[at] =
-            VqPackedRefineByte(w, codes, blk.first_token, blk.tokens, at);
-        break;
-      }
-      at -= rb;
     }
   }
 }

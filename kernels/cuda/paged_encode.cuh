@@ -13,9 +13,8 @@
 //     leave of each key (VqEncodeRefineInput); then those jobs are coded on
 //     the tensor cores too.
 //   LaunchVqPackLayer: each block's packed K, V (and key refinement) slices
-//     of the layer from the jobs' codes (VqPackedKeyByte /
-//     VqPackedValueByte / VqPackedRefineByte), written where the block says
-//     (device memory or pinned, mapped host memory).
+//     of the layer from the jobs' codes (VqPackedByte), written where the
+//     block says (device memory or pinned, mapped host memory).
 //
 // Each element runs the function the host reference VqEncodeLayerRef
 // (kernels/vq_layer_encode.h) runs. `view` holds device pointers.

@@ -256,10 +256,12 @@ TEST(PagedEncodeCudaTest, PackingMatchesTheHostElementFunction) {
         blk.value_codes = outs.back()->get();
         std::vector<uint8_t> wk(kb), wv(vb), wr(rb);
         for (int64_t i = 0; i < kb; ++i) {
-          wk[i] = VqPackedKeyByte(w, codes.host_ptrs.data(), first, t, i);
+          wk[i] = VqPackedByte(w, VqSection::kKeys, codes.host_ptrs.data(),
+                               first, t, i);
         }
         for (int64_t i = 0; i < vb; ++i) {
-          wv[i] = VqPackedValueByte(w, codes.host_ptrs.data(), first, t, i);
+          wv[i] = VqPackedByte(w, VqSection::kValues, codes.host_ptrs.data(),
+                               first, t, i);
         }
         want.push_back(std::move(wk));
         want.push_back(std::move(wv));
@@ -267,7 +269,8 @@ TEST(PagedEncodeCudaTest, PackingMatchesTheHostElementFunction) {
           outs.push_back(std::make_unique<DeviceBuffer<uint8_t>>(rb));
           blk.refine_codes = outs.back()->get();
           for (int64_t i = 0; i < rb; ++i) {
-            wr[i] = VqPackedRefineByte(w, codes.host_ptrs.data(), first, t, i);
+            wr[i] = VqPackedByte(w, VqSection::kKeyRefinement,
+                                 codes.host_ptrs.data(), first, t, i);
           }
           want.push_back(std::move(wr));
         }
