@@ -200,6 +200,22 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
     return false;
   }
   PrintRow(q.name, "decode fp16", n, q.dim, ms);
+  // The same with more vectors in flight per lane group (bit-identical
+  // output), to choose the default.
+  for (int in_flight : {2, 4}) {
+    if (!TimeMs(
+            stream, reps,
+            [&] {
+              return vqkv::cuda::LaunchRvqDecodeHalfInFlight(
+                  d_codes, n, q.stages, d_cb, q.K, q.dim, in_flight, d_half,
+                  stream);
+            },
+            &ms)) {
+      return false;
+    }
+    PrintRow(q.name, in_flight == 2 ? "decode fp16 x2" : "decode fp16 x4", n,
+             q.dim, ms);
+  }
   // fp16 output from fp16 codebooks (rounded here, on the host).
   std::vector<uint16_t> cb_half(cb.size());
   for (size_t i = 0; i < cb.size(); ++i) {

@@ -229,57 +229,86 @@ __global__ void RvqDecodeKernel(const uint16_t* __restrict__ codes, int64_t n,
 
 // Decode, vectorised, for dim a multiple of 4 up to 128 (every head_dim the
 // project meets): a group of g lanes (dim / 4 rounded up to a power of two)
-// decodes one vector, each lane 4 consecutive dimensions with one 16-byte
-// load per stage, so a warp issues one coalesced row read per stage and
-// vector instead of dim / 32 scalar ones. The vector's codes are read once,
-// one stage per lane, and handed round the group by shuffles. Each element
-// still sums its stages in increasing order: the results are the scalar
-// kernel's, bit for bit.
-template <typename CB, bool kHalfOut>
+// decodes kV vectors at once, each lane 4 consecutive dimensions of each
+// with one 16-byte load per stage, so a warp issues one coalesced row read
+// per stage and vector instead of dim / 32 scalar ones. The vectors' codes
+// are read once, one stage per lane, and handed round the group by
+// shuffles. kV > 1 puts kV independent gathers in flight per lane and
+// stage: the kernel waits on each gather's dependent chain (shuffle,
+// address, load) more than on L2 bytes (docs/CUDA.md, "Decode"). Each
+// element still sums its stages in increasing order: the results are the
+// scalar kernel's, bit for bit, whatever kV.
+template <typename CB, bool kHalfOut, int kV>
 __global__ void RvqDecodeVec4Kernel(const uint16_t* __restrict__ codes,
                                     int64_t n, int stages,
                                     const CB* __restrict__ codebooks, int K,
                                     int dim, int g, void* __restrict__ out) {
   const int lane = threadIdx.x & 31;
   const int sub = lane % g;     // this lane's 4 dimensions: 4 sub ..
-  const int per_warp = 32 / g;  // vectors a warp decodes at once
+  const int per_warp = 32 / g;  // vectors a warp decodes per kV
   const int64_t warps_per_block = blockDim.x / 32;
   const int64_t warp = blockIdx.x * warps_per_block + threadIdx.x / 32;
-  const int64_t step = gridDim.x * warps_per_block * per_warp;
+  const int64_t step = gridDim.x * warps_per_block * per_warp * kV;
   const bool dims_active = 4 * sub < dim;
   // The loop bounds are the same for every lane of a warp, so the shuffles
   // see all 32 lanes.
-  for (int64_t base = warp * per_warp; base < n; base += step) {
-    const int64_t i = base + lane / g;
-    const bool valid = i < n;
-    const bool active = valid && dims_active;
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int64_t base = warp * per_warp * kV; base < n; base += step) {
+    int64_t i[kV];
+    bool valid[kV], active[kV];
+    float4 acc[kV];
+#pragma unroll
+    for (int v = 0; v < kV; ++v) {
+      i[v] = base + v * per_warp + lane / g;
+      valid[v] = i[v] < n;
+      active[v] = valid[v] && dims_active;
+      acc[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
     for (int s0 = 0; s0 < stages; s0 += g) {
       const int m = min(g, stages - s0);
-      int own = 0;
-      if (valid && sub < m) own = codes[i * stages + s0 + sub];
-#pragma unroll 8
+      int own[kV];
+#pragma unroll
+      for (int v = 0; v < kV; ++v) {
+        own[v] = valid[v] && sub < m ? codes[i[v] * stages + s0 + sub] : 0;
+      }
+#pragma unroll(8 / kV)
       for (int j = 0; j < m; ++j) {
-        const int k = __shfl_sync(0xffffffffu, own, j, g);
-        if (active && k < K) {
-          const float4 w = CodebookFloat4(
-              codebooks,
-              (static_cast<int64_t>(s0 + j) * K + k) * dim + 4 * sub);
-          acc.x += w.x;
-          acc.y += w.y;
-          acc.z += w.z;
-          acc.w += w.w;
+        int k[kV];
+        float4 w[kV];
+#pragma unroll
+        for (int v = 0; v < kV; ++v) {
+          k[v] = __shfl_sync(0xffffffffu, own[v], j, g);
+          w[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          if (active[v] && k[v] < K) {
+            w[v] = CodebookFloat4(
+                codebooks,
+                (static_cast<int64_t>(s0 + j) * K + k[v]) * dim + 4 * sub);
+          }
+        }
+#pragma unroll
+        for (int v = 0; v < kV; ++v) {
+          // Skipped, not added as zeros: -0 + 0 is +0.
+          if (active[v] && k[v] < K) {
+            acc[v].x += w[v].x;
+            acc[v].y += w[v].y;
+            acc[v].z += w[v].z;
+            acc[v].w += w[v].w;
+          }
         }
       }
     }
-    if (!active) continue;
-    const int64_t at = i * dim + 4 * sub;
-    if constexpr (kHalfOut) {
-      __half2* o = reinterpret_cast<__half2*>(static_cast<__half*>(out) + at);
-      o[0] = __halves2half2(__float2half_rn(acc.x), __float2half_rn(acc.y));
-      o[1] = __halves2half2(__float2half_rn(acc.z), __float2half_rn(acc.w));
-    } else {
-      *reinterpret_cast<float4*>(static_cast<float*>(out) + at) = acc;
+#pragma unroll
+    for (int v = 0; v < kV; ++v) {
+      if (!active[v]) continue;
+      const int64_t at = i[v] * dim + 4 * sub;
+      if constexpr (kHalfOut) {
+        __half2* o = reinterpret_cast<__half2*>(static_cast<__half*>(out) + at);
+        o[0] = __halves2half2(__float2half_rn(acc[v].x),
+                              __float2half_rn(acc[v].y));
+        o[1] = __halves2half2(__float2half_rn(acc[v].z),
+                              __float2half_rn(acc[v].w));
+      } else {
+        *reinterpret_cast<float4*>(static_cast<float*>(out) + at) = acc[v];
+      }
     }
   }
 }
@@ -288,11 +317,29 @@ bool ValidCommon(int64_t n, int stages, int K, int dim) {
   return n >= 0 && stages >= 1 && K >= 1 && K <= 65536 && dim >= 1;
 }
 
+// The vectorised kernel with kV vectors per lane group.
+template <typename CB, bool kHalfOut, int kV>
+void LaunchVec4(const uint16_t* d_codes, int64_t n, int stages,
+                const CB* d_codebooks, int K, int dim, int g, void* d_out,
+                cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const int64_t per_block = (kThreads / 32) * (32 / g) * kV;
+  const int64_t needed = (n + per_block - 1) / per_block;
+  const int blocks = static_cast<int>(needed < 65535 * 8 ? needed : 65535 * 8);
+  RvqDecodeVec4Kernel<CB, kHalfOut, kV><<<blocks, kThreads, 0, stream>>>(
+      d_codes, n, stages, d_codebooks, K, dim, g, d_out);
+}
+
+// vectors_in_flight: kV of the vectorised kernel (1, 2 or 4).
 template <typename CB, bool kHalfOut>
 cudaError_t LaunchDecode(const uint16_t* d_codes, int64_t n, int stages,
                          const CB* d_codebooks, int K, int dim, void* d_out,
-                         cudaStream_t stream) {
+                         cudaStream_t stream, int vectors_in_flight = 1) {
   if (!ValidCommon(n, stages, K, dim)) return cudaErrorInvalidValue;
+  if (vectors_in_flight != 1 && vectors_in_flight != 2 &&
+      vectors_in_flight != 4) {
+    return cudaErrorInvalidValue;
+  }
   if (n == 0) return cudaSuccess;
   if (d_codes == nullptr || d_codebooks == nullptr || d_out == nullptr) {
     return cudaErrorInvalidValue;
@@ -305,13 +352,16 @@ cudaError_t LaunchDecode(const uint16_t* d_codes, int64_t n, int stages,
       reinterpret_cast<uintptr_t>(d_out) % out_align == 0) {
     int g = 1;
     while (g < dim / 4) g *= 2;
-    constexpr int kThreads = 256;
-    const int64_t per_block = (kThreads / 32) * (32 / g);
-    const int64_t needed = (n + per_block - 1) / per_block;
-    const int blocks =
-        static_cast<int>(needed < 65535 * 8 ? needed : 65535 * 8);
-    RvqDecodeVec4Kernel<CB, kHalfOut><<<blocks, kThreads, 0, stream>>>(
-        d_codes, n, stages, d_codebooks, K, dim, g, d_out);
+    if (vectors_in_flight == 4) {
+      LaunchVec4<CB, kHalfOut, 4>(d_codes, n, stages, d_codebooks, K, dim, g,
+                                  d_out, stream);
+    } else if (vectors_in_flight == 2) {
+      LaunchVec4<CB, kHalfOut, 2>(d_codes, n, stages, d_codebooks, K, dim, g,
+                                  d_out, stream);
+    } else {
+      LaunchVec4<CB, kHalfOut, 1>(d_codes, n, stages, d_codebooks, K, dim, g,
+                                  d_out, stream);
+    }
     return cudaGetLastError();
   }
   // 256 threads: x along the dimension (a multiple of the warp size, at most
@@ -379,6 +429,14 @@ cudaError_t LaunchRvqDecodeHalfCodebooks(const uint16_t* d_codes, int64_t n,
   return LaunchDecode<__half, true>(
       d_codes, n, stages, reinterpret_cast<const __half*>(d_codebooks_f16), K,
       dim, d_out, stream);
+}
+
+cudaError_t LaunchRvqDecodeHalfInFlight(const uint16_t* d_codes, int64_t n,
+                                        int stages, const float* d_codebooks,
+                                        int K, int dim, int vectors_in_flight,
+                                        uint16_t* d_out, cudaStream_t stream) {
+  return LaunchDecode<float, true>(d_codes, n, stages, d_codebooks, K, dim,
+                                   d_out, stream, vectors_in_flight);
 }
 
 }  // namespace vqkv::cuda

@@ -75,6 +75,18 @@ cudaError_t LaunchRvqDecodeHalfCodebooks(const uint16_t* d_codes, int64_t n,
                                          int dim, uint16_t* d_out,
                                          cudaStream_t stream);
 
+// LaunchRvqDecodeHalf with `vectors_in_flight` (1, 2 or 4) vectors per
+// lane group of the vectorised kernel (dim a multiple of 4 up to 128), to
+// put more independent codebook gathers in flight (docs/CUDA.md, "Decode");
+// 1 is LaunchRvqDecodeHalf. The output is LaunchRvqDecodeHalf's, bit for
+// bit. For the benchmark that chooses the default; the other launchers use
+// 1 until it has run on a GPU. Errors: as LaunchRvqDecodeHalf, and
+// cudaErrorInvalidValue for another vectors_in_flight.
+cudaError_t LaunchRvqDecodeHalfInFlight(const uint16_t* d_codes, int64_t n,
+                                        int stages, const float* d_codebooks,
+                                        int K, int dim, int vectors_in_flight,
+                                        uint16_t* d_out, cudaStream_t stream);
+
 // Element type of the vectors the tensor-core encoder reads.
 enum class InputType { kFloat32, kFloat16, kBFloat16 };
 

@@ -248,6 +248,47 @@ TEST(RvqCudaDecodeTest, FloatAndHalfMatchReference) {
   }
 }
 
+// More vectors in flight per lane group (LaunchRvqDecodeHalfInFlight, 2 and
+// 4): the same fp16 output as the default kernel, bit for bit, including
+// the tail of a count that is not a multiple of the vectors per warp, a
+// group of 4 lanes (dim 12) and a group with idle lanes (dim 96), and a
+// code >= K, which contributes nothing.
+TEST(RvqCudaDecodeTest, MoreVectorsInFlightGiveTheSameBits) {
+  SKIP_WITHOUT_GPU();
+  for (const Shape& shape :
+       {Shape{64, 1024, 28}, Shape{128, 1024, 56}, Shape{128, 512, 16},
+        Shape{12, 256, 8}, Shape{96, 256, 28}}) {
+    SCOPED_TRACE(Describe(shape));
+    const auto [dim, K, stages] = shape;
+    const int64_t n = 1031;
+    const Problem p = MakeProblem(dim, K, stages, 1, dim + stages);
+    std::mt19937 rng(dim + K);
+    std::uniform_int_distribution<int> pick(0, K - 1);
+    std::vector<uint16_t> codes(n * stages);
+    for (uint16_t& c : codes) c = static_cast<uint16_t>(pick(rng));
+    codes[5 * stages + 1] = static_cast<uint16_t>(K);  // out of range
+    DeviceBuffer<uint16_t> d_codes(codes.size()), d_want(n * dim),
+        d_got(n * dim);
+    DeviceBuffer<float> d_cb(p.codebooks.size());
+    ASSERT_CUDA(d_codes.Upload(codes));
+    ASSERT_CUDA(d_cb.Upload(p.codebooks));
+    ASSERT_CUDA(LaunchRvqDecodeHalf(d_codes.get(), n, stages, d_cb.get(), K,
+                                    dim, d_want.get(), nullptr));
+    std::vector<uint16_t> want;
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    ASSERT_CUDA(d_want.Download(&want));
+    for (int in_flight : {1, 2, 4}) {
+      ASSERT_CUDA(LaunchRvqDecodeHalfInFlight(d_codes.get(), n, stages,
+                                              d_cb.get(), K, dim, in_flight,
+                                              d_got.get(), nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      std::vector<uint16_t> got;
+      ASSERT_CUDA(d_got.Download(&got));
+      EXPECT_TRUE(got == want) << in_flight << " vectors in flight";
+    }
+  }
+}
+
 // The paper's shapes at their stage counts: keys of head_dim 64 at 28
 // stages and 128 at 56 (K = 1024), the split-key groups (each of the two
 // rope groups of a 64-dim head is 32 dims at 14 stages), values at 8 and 16
@@ -439,6 +480,12 @@ TEST(RvqCudaTest, BadArgumentsAreRejectedBeforeLaunch) {
             cudaErrorInvalidValue);
   EXPECT_EQ(LaunchRvqDecodeHalf(&c, 1, 2, x, 256, 64, nullptr, nullptr),
             cudaErrorInvalidValue);
+  for (int in_flight : {0, 3, 8}) {
+    EXPECT_EQ(LaunchRvqDecodeHalfInFlight(&c, 1, 2, x, 256, 64, in_flight, &c,
+                                          nullptr),
+              cudaErrorInvalidValue)
+        << in_flight;
+  }
 }
 
 TEST(CudaDeviceTest, CountIsPositiveOrZeroWithReason) {
