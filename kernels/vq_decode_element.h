@@ -132,10 +132,13 @@ VQKV_HD inline const float* VqKeyRefinement(const VqDecodeView& w, int layer,
 // key_stages - 1, all groups; then, on a refined layer, key_stages + r for
 // refinement stage r). One function for every way of holding the codes:
 // packed in the block (VqDecodeKeyDim) or unpacked once per vector (the
-// device kernel), so both sum in the same order.
+// device kernel), so both sum in the same order. base_only: the key codes'
+// sum alone, before any refinement and gain (what a refinement codes the
+// rest of, kernels/vq_encode_element.h).
 template <typename Code>
 VQKV_HD inline float VqKeyDimFromCodes(const VqDecodeView& w, int layer,
-                                       int head, int d, const Code& code) {
+                                       int head, int d, const Code& code,
+                                       bool base_only = false) {
   const int slot = w.slots == 1 ? 0 : head;
   const int g = w.dim_group[d];
   const int gi = w.dim_index[d];
@@ -148,6 +151,7 @@ VQKV_HD inline float VqKeyDimFromCodes(const VqDecodeView& w, int layer,
     const uint32_t c = code(w.group_offset[g] + s);
     sum += cb[(int64_t{s} * K + c) * gd + gi];
   }
+  if (base_only) return sum;
   if (const float* rb = VqKeyRefinement(w, layer, slot)) {
     // Summed on its own, then added, as VqCodec::AddKeyRefinement does.
     float refine = 0.0f;

@@ -162,11 +162,9 @@ VQKV_HD inline float VqEncodeRefineInput(const VqDecodeView& w, int layer,
                                          const uint16_t* const* codes) {
   const int64_t token = w.slots == 1 ? r / w.kv_heads : r;
   const int head = w.slots == 1 ? static_cast<int>(r % w.kv_heads) : slot;
-  VqDecodeView base = w;  // the key codes alone: no refinement, no gain
-  base.refine_stages = 0;
-  base.key_gains = nullptr;
   const float coded =
-      VqKeyDimFromCodes(base, layer, head, d, VqJobKeyCode{&w, codes, slot, r});
+      VqKeyDimFromCodes(w, layer, head, d, VqJobKeyCode{&w, codes, slot, r},
+                        /*base_only=*/true);
   return VqPrepareKeyDim(w, VqTokenKey<Kv>{kv, token, head}, pos(token), d) -
          coded;
 }
