@@ -156,7 +156,7 @@ absl::Status KvConnector::ChooseDevicePaths(KvDevice* device) {
         plan_->shape.refine_stages > 0) {
       // Checked against the host reference, not yet run on a GPU
       // (KvConnectorCudaTest.LoadsDecodeOnTheGpuAsOnTheHost,
-      // SavesFromTheGpuAsTheHost): opt in only.
+      // SavesEncodeOnTheGpuAsWellAsOnTheHost): opt in only.
       e = absl::UnimplementedError(
           absl::StrCat("the device ", i == 0 ? "decode" : "encode",
                        " of key refinements has not run on a GPU yet; ",
