@@ -165,15 +165,22 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
   }
   CHECK_CUDA(cudaMemcpy(d_half, x_half.data(), x_half.size() * 2,
                         cudaMemcpyHostToDevice));
-  for (const auto& [type, label, input] :
-       {std::tuple{InputType::kFloat16, "encode tc fp16", (const void*)d_half},
-        std::tuple{InputType::kFloat32, "encode tc f32", (const void*)d_x}}) {
+  // "keys": candidates kept as packed keys instead of sorted lists, to
+  // choose the default (rvq_cuda.cuh, TcCandidates).
+  using vqkv::cuda::TcCandidates;
+  for (const auto& [type, candidates, label, input] :
+       {std::tuple{InputType::kFloat16, TcCandidates::kSortedLists,
+                   "encode tc fp16", (const void*)d_half},
+        std::tuple{InputType::kFloat16, TcCandidates::kPackedKeys,
+                   "encode tc fp16 keys", (const void*)d_half},
+        std::tuple{InputType::kFloat32, TcCandidates::kSortedLists,
+                   "encode tc f32", (const void*)d_x}}) {
     if (!TimeMs(
             stream, reps,
             [&] {
               return vqkv::cuda::LaunchRvqEncodeGreedyTc(
                   input, type, n, q.dim, d_cb, d_norms, d_tc, q.stages, q.K,
-                  d_tc_codes, stream);
+                  d_tc_codes, stream, candidates);
             },
             &ms)) {
       return false;
@@ -585,7 +592,8 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
   CHECK_CUDA(cudaMemcpy(d_plain, plain.data(), plain.size() * sizeof(plain[0]),
                         cudaMemcpyHostToDevice));
   const int64_t pack_bytes = kBlocks * static_cast<int64_t>(kb + vb);
-  auto encode_all = [&]() -> cudaError_t {
+  auto encode_all = [&](vc::TcCandidates candidates =
+                            vc::TcCandidates::kSortedLists) -> cudaError_t {
     for (int dim_class = 0; dim_class < 4; ++dim_class) {
       std::vector<vc::RvqTcJob> batch;
       for (const vc::RvqTcJob& j : tc_jobs) {
@@ -594,7 +602,7 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
       if (batch.empty()) continue;
       const cudaError_t e = vc::LaunchRvqEncodeGreedyTcBatch(
           batch.data(), static_cast<int>(batch.size()), vc::InputType::kFloat32,
-          d_batch, batch_bytes, stream);
+          d_batch, batch_bytes, stream, candidates);
       if (e != cudaSuccess) return e;
     }
     return cudaSuccess;
@@ -632,8 +640,16 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
     return false;
   }
   PrintLayerRow("  of which: inputs from the pages", ms);
-  if (!TimeMs(stream, reps, encode_all, &ms)) return false;
+  if (!TimeMs(
+          stream, reps, [&] { return encode_all(); }, &ms))
+    return false;
   PrintLayerRow("  of which: tensor-core encode", ms);
+  if (!TimeMs(
+          stream, reps,
+          [&] { return encode_all(vc::TcCandidates::kPackedKeys); }, &ms)) {
+    return false;
+  }
+  PrintLayerRow("  the same with packed candidate keys", ms);
   if (!TimeMs(
           stream, reps,
           [&] {
@@ -699,8 +715,15 @@ bool RunLlama128k(cudaStream_t stream) {
       "LLaMA-3.1-8B shape, 128k tokens: %lld key and %lld value "
       "vectors of 128 fp16, tensor-core encode\n",
       static_cast<long long>(n), static_cast<long long>(n));
-  std::printf("%-20s %10s %14s\n", "part", "seconds", "vectors/s");
-  double total_s = 0;
+  std::printf("%-20s %-14s %10s %14s\n", "part", "candidates", "seconds",
+              "vectors/s");
+  using vqkv::cuda::TcCandidates;
+  constexpr TcCandidates kWays[] = {TcCandidates::kSortedLists,
+                                    TcCandidates::kPackedKeys};
+  auto way_name = [](TcCandidates c) {
+    return c == TcCandidates::kPackedKeys ? "packed keys" : "sorted lists";
+  };
+  double total_s[2] = {0, 0};
   for (const Quantizer& q : {Quantizer{"keys 56x1024", 128, 56, 1024},
                              Quantizer{"values 16x512", 128, 16, 512}}) {
     std::vector<float> cb, norms;
@@ -716,28 +739,34 @@ bool RunLlama128k(cudaStream_t stream) {
                           cudaMemcpyHostToDevice));
     CHECK_CUDA(vqkv::cuda::LaunchRvqPrepareTcCodebooks(d_cb, q.stages, q.K,
                                                        q.dim, d_tc, stream));
-    // Warm-up on the first 1M vectors, then one timed run over all of them.
-    CHECK_CUDA(vqkv::cuda::LaunchRvqEncodeGreedyTc(
-        d_x, vqkv::cuda::InputType::kFloat16, int64_t{1} << 20, q.dim, d_cb,
-        d_norms, d_tc, q.stages, q.K, d_codes, stream));
-    double ms = 0;
-    if (!TimeMs(
-            stream, 1,
-            [&] {
-              return vqkv::cuda::LaunchRvqEncodeGreedyTc(
-                  d_x, vqkv::cuda::InputType::kFloat16, n, q.dim, d_cb, d_norms,
-                  d_tc, q.stages, q.K, d_codes, stream);
-            },
-            &ms)) {
-      return false;
+    for (int w = 0; w < 2; ++w) {
+      // Warm-up on the first 1M vectors, then one timed run over all.
+      CHECK_CUDA(vqkv::cuda::LaunchRvqEncodeGreedyTc(
+          d_x, vqkv::cuda::InputType::kFloat16, int64_t{1} << 20, q.dim, d_cb,
+          d_norms, d_tc, q.stages, q.K, d_codes, stream, kWays[w]));
+      double ms = 0;
+      if (!TimeMs(
+              stream, 1,
+              [&] {
+                return vqkv::cuda::LaunchRvqEncodeGreedyTc(
+                    d_x, vqkv::cuda::InputType::kFloat16, n, q.dim, d_cb,
+                    d_norms, d_tc, q.stages, q.K, d_codes, stream, kWays[w]);
+              },
+              &ms)) {
+        return false;
+      }
+      std::printf("%-20s %-14s %10.3f %14.4g\n", q.name, way_name(kWays[w]),
+                  ms / 1e3, n / (ms * 1e-3));
+      total_s[w] += ms / 1e3;
     }
-    std::printf("%-20s %10.3f %14.4g\n", q.name, ms / 1e3, n / (ms * 1e-3));
-    total_s += ms / 1e3;
     cudaFree(d_cb);
     cudaFree(d_norms);
     cudaFree(d_tc);
   }
-  std::printf("%-20s %10.3f\n", "total", total_s);
+  for (int w = 0; w < 2; ++w) {
+    std::printf("%-20s %-14s %10.3f\n", "total", way_name(kWays[w]),
+                total_s[w]);
+  }
   cudaFree(d_x);
   cudaFree(d_codes);
   return true;

@@ -22,18 +22,15 @@
 // rounding: FMA contraction on the device, and Rope::ApplyBlock's angle
 // recurrence on the host, move results by a few ulp.
 //
-// Header only, no dependencies: nvcc compiles it into the kernel.
+// Header only, no dependencies outside kernels/: nvcc compiles it into the
+// kernel.
 #ifndef VQKV_KERNELS_VQ_DECODE_ELEMENT_H_
 #define VQKV_KERNELS_VQ_DECODE_ELEMENT_H_
 
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define VQKV_HD __host__ __device__
-#else
-#define VQKV_HD
-#endif
+#include "kernels/host_device.h"
 
 namespace vqkv {
 

@@ -109,6 +109,20 @@ cudaError_t LaunchRvqPrepareTcCodebooks(const float* d_codebooks, int stages,
                                         int K, int dim, void* d_tc,
                                         cudaStream_t stream);
 
+// How the tensor-core encoder keeps each vector's best codewords from one
+// codeword tile to the next. Both keep two per lane and choose among them
+// the same way, under the same bound; they differ in the instructions each
+// score costs (docs/CUDA.md, "Results": that bookkeeping, not the tensor
+// cores, bounds the encode). The GPU run's benchmark chooses the default.
+enum class TcCandidates {
+  // A sorted (score, code) list: compares and swaps per score.
+  kSortedLists,
+  // Score and code in one 32-bit key (kernels/cuda/tc_candidate_key.h):
+  // a bitwise and three integer min/max per score. Its scores lose their
+  // low log2(K) mantissa bits, far below the bf16 error.
+  kPackedKeys,
+};
+
 // Greedy RVQ encode on tensor cores (compute capability 8.0 or later): the
 // layouts of LaunchRvqEncodeGreedy, but x [n][dim] may be float32, fp16 or
 // bf16 (converted to float32 on load), and d_tc must be the set's
@@ -124,13 +138,13 @@ cudaError_t LaunchRvqPrepareTcCodebooks(const float* d_codebooks, int stages,
 // (k-means on few points) picks within a cluster can differ, within the
 // bound.
 // Errors: cudaErrorInvalidValue as LaunchRvqEncodeGreedy, for a shape
-// RvqTcCodebookBytes refuses or a d_tc not 16-byte aligned;
-// cudaErrorNotSupported on an older GPU.
-cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
-                                    int dim, const float* d_codebooks,
-                                    const float* d_norms, const void* d_tc,
-                                    int stages, int K, uint16_t* d_codes,
-                                    cudaStream_t stream);
+// RvqTcCodebookBytes refuses, a d_tc not 16-byte aligned or an unknown
+// `candidates`; cudaErrorNotSupported on an older GPU.
+cudaError_t LaunchRvqEncodeGreedyTc(
+    const void* d_x, InputType type, int64_t n, int dim,
+    const float* d_codebooks, const float* d_norms, const void* d_tc,
+    int stages, int K, uint16_t* d_codes, cudaStream_t stream,
+    TcCandidates candidates = TcCandidates::kSortedLists);
 
 // One encode of a batch: n vectors x [n][dim] (of the batch's input type)
 // under one codebook set, as the arguments of LaunchRvqEncodeGreedyTc; all
@@ -161,10 +175,10 @@ int64_t RvqTcJobBlocks(int64_t n);
 // 65-96 and 97-128 (the tensor-core copy's layout differs between them:
 // launch one batch per class), or for too small a scratch;
 // cudaErrorNotSupported on a GPU older than compute capability 8.0.
-cudaError_t LaunchRvqEncodeGreedyTcBatch(const RvqTcJob* jobs, int count,
-                                         InputType type, void* d_scratch,
-                                         size_t scratch_bytes,
-                                         cudaStream_t stream);
+cudaError_t LaunchRvqEncodeGreedyTcBatch(
+    const RvqTcJob* jobs, int count, InputType type, void* d_scratch,
+    size_t scratch_bytes, cudaStream_t stream,
+    TcCandidates candidates = TcCandidates::kSortedLists);
 
 }  // namespace vqkv::cuda
 

@@ -19,6 +19,11 @@
 // rescored in float32 against the float32 residual and codebook (ties to
 // the lowest index). The pick is subtracted from the residual, as the
 // reference does; the next stage's first chunk is already in flight.
+//
+// Two ways to keep the candidates (TcCandidates): a sorted (score, code)
+// list, or one 32-bit key per score and code (tc_candidate_key.h), which
+// takes a third of the instructions per score; the candidates they keep and
+// the choice among them are the same up to the keys' truncated scores.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -28,6 +33,7 @@
 #include <vector>
 
 #include "kernels/cuda/rvq_cuda.cuh"
+#include "kernels/cuda/tc_candidate_key.h"
 
 namespace vqkv::cuda {
 namespace {
@@ -44,15 +50,11 @@ constexpr int kRowsPerBlock = kRowsPerWarp * kWarps;
 // lists of its four lanes (each lane sees a quarter of the codewords).
 constexpr int kTopPerLane = 2;
 constexpr int kCandidates = 4 * kTopPerLane;
-// A row's candidate codes, then their bf16-product scores (as float bits);
-// the odd stride spreads the rows over the banks.
+// A row's candidate codes, then their bf16-product scores (as float bits),
+// or (packed keys) its candidate keys; the odd stride spreads the rows over
+// the banks.
 constexpr int kCandStride = 2 * kCandidates + 1;
-// Bound on |bf16-product score - float32 score| per unit of ||r|| ||c||:
-// rounding r and c to bf16 (relative error u = 2^-8 each) moves each
-// product r_i c_i by at most (2u + u^2) |r_i c_i|, so 2 <r, c> by at most
-// 2 (2u + u^2) ||r|| ||c||; 1% more covers the float32 accumulation of up
-// to 128 terms on either side.
-constexpr float kScoreErrorPerNorm = 2.0f * (2.0f / 256 + 1.0f / 65536) * 1.01f;
+constexpr float kScoreErrorPerNorm = kTcScoreErrorPerNorm;
 constexpr int kNoCode = INT32_MAX;
 
 // Floats per residual row in shared memory: an odd stride spreads the
@@ -142,6 +144,23 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y));
 #else
   __trap();  // the launcher refuses devices below compute capability 8.0
+#endif
+}
+
+// d = c + a * b: the first product of a chain, which reads its start from
+// `c` instead of first copying it into the accumulators.
+__device__ __forceinline__ void MmaBf16From(float (&d)[4],
+                                            const uint32_t (&a)[4], uint2 b,
+                                            float c0, float c1, float c2,
+                                            float c3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y), "f"(c0),
+        "f"(c1), "f"(c2), "f"(c3));
+#else
+  __trap();
 #endif
 }
 
@@ -246,9 +265,10 @@ __device__ __forceinline__ float Subtract(float* r, const float* c, int dim) {
   return rr;
 }
 
-// Encodes rows [block * kRowsPerBlock, +kRowsPerBlock) of x. Called by
-// every thread of the block (it synchronises the block).
-template <int kSteps, typename In>
+// Encodes rows [block * kRowsPerBlock, +kRowsPerBlock) of x, keeping the
+// candidates as packed keys (kPacked) or sorted lists. Called by every
+// thread of the block (it synchronises the block).
+template <int kSteps, typename In, bool kPacked>
 __device__ __forceinline__ void EncodeTcBlock(
     const In* __restrict__ x, int64_t n, int dim,
     const float* __restrict__ codebooks, const float* __restrict__ norms,
@@ -291,6 +311,8 @@ __device__ __forceinline__ void EncodeTcBlock(
 
   const int tiles = (K + 7) / 8;
   const int chunks = (tiles + kChunkTiles - 1) / kChunkTiles;
+  const int code_bits = TcKeyCodeBits(tiles * 8);
+  const uint32_t score_mask = TcKeyScoreMask(code_bits);
   const int64_t total_chunks = static_cast<int64_t>(stages) * chunks;
   // Chunk i of the whole encode (stage i / chunks) into buffer i % 2.
   auto fetch = [&](int64_t i) {
@@ -308,6 +330,10 @@ __device__ __forceinline__ void EncodeTcBlock(
     if (threadIdx.x < kChunkTiles * 8 && k < K) {
       CpAsync4(norm_buf + (i & 1) * kChunkTiles * 8 + threadIdx.x,
                norms + static_cast<int64_t>(s) * K + k);
+    } else if (threadIdx.x < nt * 8) {
+      // The last tile's padding codewords (zero in the tensor-core copy):
+      // an infinite norm keeps their keys above every real codeword's.
+      norm_buf[(i & 1) * kChunkTiles * 8 + threadIdx.x] = INFINITY;
     }
     CpAsyncCommit();
   };
@@ -331,15 +357,26 @@ __device__ __forceinline__ void EncodeTcBlock(
     // Rows 16 mt + g + 8 h of the warp: [mt][h].
     float best_s[kMTiles][2][kTopPerLane];
     int best_k[kMTiles][2][kTopPerLane];
+    uint32_t first[kMTiles][2], second[kMTiles][2];
+    // Packed keys: -||r||^2 / 2 of those rows, from their owner lanes, starts
+    // the accumulators, so that scores are squared distances (>= 0).
+    float half_rr[kMTiles][2];
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < 2; ++h) {
 #pragma unroll
         for (int i = 0; i < kTopPerLane; ++i) {
           best_s[mt][h][i] = FLT_MAX;
           best_k[mt][h][i] = kNoCode;
         }
+        first[mt][h] = second[mt][h] = kTcNoKey;
+        half_rr[mt][h] = 0.0f;
+        if constexpr (kPacked) {
+          half_rr[mt][h] =
+              -0.5f * __shfl_sync(0xffffffffu, rr, 16 * mt + g + 8 * h);
+        }
+      }
 
     const float* stage_norms = norms + static_cast<int64_t>(s) * K;
     for (int c = 0; c < chunks; ++c) {
@@ -362,35 +399,65 @@ __device__ __forceinline__ void EncodeTcBlock(
         // Even and odd k-steps accumulate apart: two independent chains
         // per m-tile keep the tensor pipe busy.
         float acc[2][kMTiles][4];
+        if constexpr (kPacked) {
 #pragma unroll
-        for (int par = 0; par < 2; ++par)
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            const float h0 = half_rr[mt][0], h1 = half_rr[mt][1];
+            MmaBf16From(acc[0][mt], a[mt][0], b[0], h0, h0, h1, h1);
+            MmaBf16From(acc[1][mt], a[mt][1], b[1], 0.0f, 0.0f, 0.0f, 0.0f);
+          }
+#pragma unroll
+          for (int j = 2; j < kSteps; ++j)
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+              MmaBf16(acc[j % 2][mt], a[mt][j], b[j]);
+            }
+          // Accumulator e of m-tile mt: row 16 mt + g + 8 (e / 2), codeword
+          // 8 t + 2 q + e % 2; padding codewords score +inf.
+          const float2 nk =
+              *reinterpret_cast<const float2*>(chunk_norms + 8 * tl + 2 * q);
+          const uint32_t k0 = 8 * (t0 + tl) + 2 * q;
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[par][mt][e] = 0.0f;
+            for (int e = 0; e < 4; ++e) {
+              const float dot = acc[0][mt][e] + acc[1][mt][e];
+              const uint32_t key =
+                  TcMakeKey(fmaf(-2.0f, dot, e % 2 == 0 ? nk.x : nk.y),
+                            score_mask, k0 + e % 2);
+              TcPushKey(key, first[mt][e / 2], second[mt][e / 2]);
+            }
+        } else {
 #pragma unroll
-        for (int j = 0; j < kSteps; ++j)
-#pragma unroll
-          for (int mt = 0; mt < kMTiles; ++mt) {
-            MmaBf16(acc[j % 2][mt], a[mt][j], b[j]);
-          }
-
-        // Accumulator e of m-tile mt: row 16 mt + g + 8 (e / 2), codeword
-        // 8 t + 2 q + e % 2.
-        const int k0 = 8 * (t0 + tl) + 2 * q;
-#pragma unroll
-        for (int cc = 0; cc < 2; ++cc) {
-          const int k = k0 + cc;
-          if (k < K) {
-            const float nk = chunk_norms[8 * tl + 2 * q + cc];
+          for (int par = 0; par < 2; ++par)
 #pragma unroll
             for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const float dot =
-                    acc[0][mt][2 * h + cc] + acc[1][mt][2 * h + cc];
-                Insert(nk - 2.0f * dot, k, best_s[mt][h], best_k[mt][h]);
-              }
+              for (int e = 0; e < 4; ++e) acc[par][mt][e] = 0.0f;
+#pragma unroll
+          for (int j = 0; j < kSteps; ++j)
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+              MmaBf16(acc[j % 2][mt], a[mt][j], b[j]);
+            }
+
+          // Accumulator e of m-tile mt: row 16 mt + g + 8 (e / 2), codeword
+          // 8 t + 2 q + e % 2.
+          const int k0 = 8 * (t0 + tl) + 2 * q;
+#pragma unroll
+          for (int cc = 0; cc < 2; ++cc) {
+            const int k = k0 + cc;
+            if (k < K) {
+              const float nk = chunk_norms[8 * tl + 2 * q + cc];
+#pragma unroll
+              for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const float dot =
+                      acc[0][mt][2 * h + cc] + acc[1][mt][2 * h + cc];
+                  Insert(nk - 2.0f * dot, k, best_s[mt][h], best_k[mt][h]);
+                }
+            }
           }
         }
       }
@@ -400,22 +467,48 @@ __device__ __forceinline__ void EncodeTcBlock(
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < 2; ++h) {
+        int* row_cand = cand + (16 * mt + g + 8 * h) * kCandStride;
+        if constexpr (kPacked) {
+          static_assert(kTopPerLane == 2, "packed keys keep two per lane");
+          row_cand[q * 2] = static_cast<int>(first[mt][h]);
+          row_cand[q * 2 + 1] = static_cast<int>(second[mt][h]);
+        } else {
 #pragma unroll
-        for (int i = 0; i < kTopPerLane; ++i) {
-          int* row_cand = cand + (16 * mt + g + 8 * h) * kCandStride;
-          row_cand[q * kTopPerLane + i] = best_k[mt][h][i];
-          row_cand[kCandidates + q * kTopPerLane + i] =
-              __float_as_int(best_s[mt][h][i]);
+          for (int i = 0; i < kTopPerLane; ++i) {
+            row_cand[q * kTopPerLane + i] = best_k[mt][h][i];
+            row_cand[kCandidates + q * kTopPerLane + i] =
+                __float_as_int(best_s[mt][h][i]);
+          }
         }
+      }
     __syncwarp();
+
+    if (kPacked && owns_row) {
+      const float* stage_cb = codebooks + static_cast<int64_t>(s) * K * dim;
+      float* r = rs + lane * kStride;
+      const int best_code = TcPickFromKeys(
+          reinterpret_cast<const uint32_t*>(cand + lane * kCandStride),
+          kCandidates, K, code_bits, rr,
+          [&](int k) { return __ldg(stage_norms + k); },
+          [&](int k) {
+            return __ldg(stage_norms + k) -
+                   2.0f * Dot<kDimPad>(
+                              r, stage_cb + static_cast<int64_t>(k) * dim, dim);
+          });
+      if (lane < rows) {
+        codes[(row0 + lane) * stages + s] = static_cast<uint16_t>(best_code);
+        rr = Subtract<kDimPad>(
+            r, stage_cb + static_cast<int64_t>(best_code) * dim, dim);
+      }
+    }
 
     // Lane l < 16 decides row l. Only candidates whose bf16-product score is
     // within twice the error bound of the lowest can be the float32 best;
     // when that is one candidate (the common case), it is the pick. Else
     // those few are rescored in float32 with fused multiply-adds over
     // increasing dimensions, as the float32 kernel, ties to the lowest index.
-    if (owns_row) {
+    if (!kPacked && owns_row) {
       const float* stage_cb = codebooks + static_cast<int64_t>(s) * K * dim;
       float* r = rs + lane * kStride;
       const int* row_cand = cand + lane * kCandStride;
@@ -469,15 +562,15 @@ __device__ __forceinline__ void EncodeTcBlock(
   }
 }
 
-template <int kSteps, typename In>
+template <int kSteps, typename In, bool kPacked>
 __global__ void __launch_bounds__(kThreads)
     RvqEncodeTcKernel(const In* __restrict__ x, int64_t n, int dim,
                       const float* __restrict__ codebooks,
                       const float* __restrict__ norms,
                       const uint2* __restrict__ tc, int stages, int K,
                       uint16_t* __restrict__ codes) {
-  EncodeTcBlock<kSteps, In>(x, n, dim, codebooks, norms, tc, stages, K, codes,
-                            blockIdx.x);
+  EncodeTcBlock<kSteps, In, kPacked>(x, n, dim, codebooks, norms, tc, stages, K,
+                                     codes, blockIdx.x);
 }
 
 // A batch job and the first grid block it takes.
@@ -486,7 +579,7 @@ struct BatchEntry {
   int64_t first_block;
 };
 
-template <int kSteps, typename In>
+template <int kSteps, typename In, bool kPacked>
 __global__ void __launch_bounds__(kThreads)
     RvqEncodeTcBatchKernel(const BatchEntry* __restrict__ entries, int count) {
   // The job whose blocks include this one: the last entry starting at or
@@ -502,10 +595,10 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   const RvqTcJob& j = entries[lo].job;
-  EncodeTcBlock<kSteps, In>(static_cast<const In*>(j.x), j.n, j.dim,
-                            j.codebooks, j.norms,
-                            static_cast<const uint2*>(j.tc), j.stages, j.K,
-                            j.codes, b - entries[lo].first_block);
+  EncodeTcBlock<kSteps, In, kPacked>(static_cast<const In*>(j.x), j.n, j.dim,
+                                     j.codebooks, j.norms,
+                                     static_cast<const uint2*>(j.tc), j.stages,
+                                     j.K, j.codes, b - entries[lo].first_block);
 }
 
 int KSteps(int dim) { return (dim + 15) / 16; }
@@ -522,19 +615,27 @@ struct TypeTag {
   using type = T;
 };
 
-// Calls launch(std::integral_constant<int, kSteps>{}, TypeTag<In>{}) with
-// the kernel instance's k-steps (`k_steps`, as UsedKSteps gives) and input
-// type, so each launcher is written once for every instance.
+// Calls launch(std::integral_constant<int, kSteps>{}, TypeTag<In>{},
+// std::bool_constant<kPacked>{}) with the kernel instance's k-steps
+// (`k_steps`, as UsedKSteps gives), input type and candidate lists, so each
+// launcher is written once for every instance.
 template <typename F>
-cudaError_t ForKernelInstance(int k_steps, InputType type, F launch) {
+cudaError_t ForKernelInstance(int k_steps, InputType type,
+                              TcCandidates candidates, F launch) {
+  auto with_type = [&](auto steps, auto tag) -> cudaError_t {
+    if (candidates == TcCandidates::kPackedKeys) {
+      return launch(steps, tag, std::true_type{});
+    }
+    return launch(steps, tag, std::false_type{});
+  };
   auto with_steps = [&](auto steps) -> cudaError_t {
     switch (type) {
       case InputType::kFloat32:
-        return launch(steps, TypeTag<float>{});
+        return with_type(steps, TypeTag<float>{});
       case InputType::kFloat16:
-        return launch(steps, TypeTag<__half>{});
+        return with_type(steps, TypeTag<__half>{});
       case InputType::kBFloat16:
-        return launch(steps, TypeTag<__nv_bfloat16>{});
+        return with_type(steps, TypeTag<__nv_bfloat16>{});
     }
     return cudaErrorInvalidValue;
   };
@@ -557,6 +658,10 @@ cudaError_t AllowSharedBytes(Kernel kernel, size_t bytes) {
   return cudaFuncSetAttribute(kernel,
                               cudaFuncAttributeMaxDynamicSharedMemorySize,
                               static_cast<int>(bytes));
+}
+
+bool ValidCandidates(TcCandidates c) {
+  return c == TcCandidates::kSortedLists || c == TcCandidates::kPackedKeys;
 }
 
 bool TensorCoresAvailable() {
@@ -599,8 +704,10 @@ cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
                                     int dim, const float* d_codebooks,
                                     const float* d_norms, const void* d_tc,
                                     int stages, int K, uint16_t* d_codes,
-                                    cudaStream_t stream) {
-  if (n < 0 || RvqTcCodebookBytes(stages, K, dim) == 0) {
+                                    cudaStream_t stream,
+                                    TcCandidates candidates) {
+  if (n < 0 || RvqTcCodebookBytes(stages, K, dim) == 0 ||
+      !ValidCandidates(candidates)) {
     return cudaErrorInvalidValue;
   }
   if (n == 0) return cudaSuccess;
@@ -616,14 +723,16 @@ cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
   const auto* tc = static_cast<const uint2*>(d_tc);
   const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   return ForKernelInstance(
-      UsedKSteps(dim), type, [&](auto steps, auto tag) -> cudaError_t {
+      UsedKSteps(dim), type, candidates,
+      [&](auto steps, auto tag, auto packed) -> cudaError_t {
         constexpr int kSteps = decltype(steps)::value;
         using In = typename decltype(tag)::type;
+        constexpr bool kPacked = decltype(packed)::value;
         const size_t smem = TcSharedBytes(kSteps);
         const cudaError_t err =
-            AllowSharedBytes(RvqEncodeTcKernel<kSteps, In>, smem);
+            AllowSharedBytes(RvqEncodeTcKernel<kSteps, In, kPacked>, smem);
         if (err != cudaSuccess) return err;
-        RvqEncodeTcKernel<kSteps, In>
+        RvqEncodeTcKernel<kSteps, In, kPacked>
             <<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
                 static_cast<const In*>(d_x), n, dim, d_codebooks, d_norms, tc,
                 stages, K, d_codes);
@@ -642,8 +751,10 @@ size_t RvqTcBatchScratchBytes(int count) {
 cudaError_t LaunchRvqEncodeGreedyTcBatch(const RvqTcJob* jobs, int count,
                                          InputType type, void* d_scratch,
                                          size_t scratch_bytes,
-                                         cudaStream_t stream) {
-  if (count < 0 || (count > 0 && jobs == nullptr)) {
+                                         cudaStream_t stream,
+                                         TcCandidates candidates) {
+  if (count < 0 || (count > 0 && jobs == nullptr) ||
+      !ValidCandidates(candidates)) {
     return cudaErrorInvalidValue;
   }
   std::vector<BatchEntry> entries;
@@ -686,14 +797,16 @@ cudaError_t LaunchRvqEncodeGreedyTcBatch(const RvqTcJob* jobs, int count,
   const auto* d_entries = static_cast<const BatchEntry*>(d_scratch);
   const int n = static_cast<int>(entries.size());
   return ForKernelInstance(
-      k_steps, type, [&](auto steps, auto tag) -> cudaError_t {
+      k_steps, type, candidates,
+      [&](auto steps, auto tag, auto packed) -> cudaError_t {
         constexpr int kSteps = decltype(steps)::value;
         using In = typename decltype(tag)::type;
+        constexpr bool kPacked = decltype(packed)::value;
         const size_t smem = TcSharedBytes(kSteps);
         const cudaError_t e =
-            AllowSharedBytes(RvqEncodeTcBatchKernel<kSteps, In>, smem);
+            AllowSharedBytes(RvqEncodeTcBatchKernel<kSteps, In, kPacked>, smem);
         if (e != cudaSuccess) return e;
-        RvqEncodeTcBatchKernel<kSteps, In>
+        RvqEncodeTcBatchKernel<kSteps, In, kPacked>
             <<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
                 d_entries, n);
         return cudaGetLastError();

@@ -3,7 +3,8 @@
 // nearest codeword (rvq_cuda.cuh), and on codebooks without tight clusters
 // almost every vector must get exactly the reference's codes. Each case
 // prints the share of identical vectors, the measure of how often bf16
-// rounding changes a pick.
+// rounding changes a pick. Every case runs both ways of keeping candidates
+// (TcCandidates).
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -47,6 +48,7 @@ float Bf16ToFloat(uint16_t h) {
 // test state, so host threads may call it concurrently.
 cudaError_t TcEncodeOnGpu(const Problem& p, InputType type, const void* host_x,
                           size_t x_bytes, cudaStream_t stream,
+                          TcCandidates candidates,
                           std::vector<uint16_t>* codes) {
   DeviceBuffer<uint8_t> x(x_bytes),
       tc(RvqTcCodebookBytes(p.stages, p.K, p.dim));
@@ -66,20 +68,27 @@ cudaError_t TcEncodeOnGpu(const Problem& p, InputType type, const void* host_x,
   if (e == cudaSuccess) {
     e = LaunchRvqEncodeGreedyTc(x.get(), type, p.n, p.dim, cb.get(),
                                 norms.get(), tc.get(), p.stages, p.K,
-                                d_codes.get(), stream);
+                                d_codes.get(), stream, candidates);
   }
   if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
   if (e == cudaSuccess) e = d_codes.Download(codes);
   return e;
 }
 
-std::vector<uint16_t> TcEncode(const Problem& p,
-                               cudaStream_t stream = nullptr) {
+std::vector<uint16_t> TcEncode(const Problem& p, TcCandidates candidates) {
   std::vector<uint16_t> codes;
-  EXPECT_EQ(TcEncodeOnGpu(p, InputType::kFloat32, p.x.data(),
-                          p.x.size() * sizeof(float), stream, &codes),
-            cudaSuccess);
+  EXPECT_EQ(
+      TcEncodeOnGpu(p, InputType::kFloat32, p.x.data(),
+                    p.x.size() * sizeof(float), nullptr, candidates, &codes),
+      cudaSuccess);
   return codes;
+}
+
+constexpr TcCandidates kBothCandidates[] = {TcCandidates::kSortedLists,
+                                            TcCandidates::kPackedKeys};
+
+const char* Name(TcCandidates c) {
+  return c == TcCandidates::kPackedKeys ? "packed keys" : "sorted lists";
 }
 
 // The tensor-core encoder's bound (rvq_cuda.cuh): every pick within
@@ -87,16 +96,19 @@ std::vector<uint16_t> TcEncode(const Problem& p,
 constexpr double kTcTolerancePerNorm = 0.032;
 
 void ExpectTcMatchesReference(const Problem& p, int min_identical_percent) {
-  const std::vector<uint16_t> codes = TcEncode(p);
-  ASSERT_EQ(codes.size(), static_cast<size_t>(p.n) * p.stages);
-  int64_t identical = 0;
-  ExpectCodesMatchReference(p, codes, min_identical_percent, &identical,
-                            kTcTolerancePerNorm);
-  std::printf(
-      "  tensor cores, dim %d, K %d, %d stages: %lld of %lld vectors "
-      "identical to the reference\n",
-      p.dim, p.K, p.stages, static_cast<long long>(identical),
-      static_cast<long long>(p.n));
+  for (const TcCandidates candidates : kBothCandidates) {
+    SCOPED_TRACE(Name(candidates));
+    const std::vector<uint16_t> codes = TcEncode(p, candidates);
+    ASSERT_EQ(codes.size(), static_cast<size_t>(p.n) * p.stages);
+    int64_t identical = 0;
+    ExpectCodesMatchReference(p, codes, min_identical_percent, &identical,
+                              kTcTolerancePerNorm);
+    std::printf(
+        "  tensor cores (%s), dim %d, K %d, %d stages: %lld of %lld vectors "
+        "identical to the reference\n",
+        Name(candidates), p.dim, p.K, p.stages,
+        static_cast<long long>(identical), static_cast<long long>(p.n));
+  }
 }
 
 // The paper's stage counts (keys 28x1024 at head_dim 64 and 56x1024 at 128,
@@ -177,10 +189,14 @@ TEST(RvqEncodeTcTest, HalfAndBf16InputMatchReferenceOnTheRoundedInput) {
       bits[i] = half ? FloatToHalfRef(p.x[i]) : FloatToBf16(p.x[i]);
       p.x[i] = half ? HalfToFloatRef(bits[i]) : Bf16ToFloat(bits[i]);
     }
-    std::vector<uint16_t> codes;
-    ASSERT_CUDA(TcEncodeOnGpu(p, type, bits.data(),
-                              bits.size() * sizeof(uint16_t), nullptr, &codes));
-    ExpectCodesMatchReference(p, codes, 90, nullptr, kTcTolerancePerNorm);
+    for (const TcCandidates candidates : kBothCandidates) {
+      SCOPED_TRACE(Name(candidates));
+      std::vector<uint16_t> codes;
+      ASSERT_CUDA(TcEncodeOnGpu(p, type, bits.data(),
+                                bits.size() * sizeof(uint16_t), nullptr,
+                                candidates, &codes));
+      ExpectCodesMatchReference(p, codes, 90, nullptr, kTcTolerancePerNorm);
+    }
   }
 }
 
@@ -193,29 +209,32 @@ TEST(RvqEncodeTcTest, NanInputGetsCodewordZero) {
   Problem p = MakeProblem(kDim, kK, kStages, 200, 23);
   p.x[5 * kDim + 7] = NAN;
   p.x[199 * kDim] = NAN;
-  const std::vector<uint16_t> codes = TcEncode(p);
-  ASSERT_EQ(codes.size(), static_cast<size_t>(p.n) * kStages);
-  Problem clean = p;
-  clean.x.clear();
-  std::vector<uint16_t> clean_codes;
-  for (int64_t i = 0; i < p.n; ++i) {
-    const bool has_nan = i == 5 || i == 199;
-    for (int s = 0; s < kStages; ++s) {
-      if (has_nan) {
-        EXPECT_EQ(codes[i * kStages + s], 0)
-            << "vector " << i << " stage " << s;
-      } else {
-        clean_codes.push_back(codes[i * kStages + s]);
+  for (const TcCandidates candidates : kBothCandidates) {
+    SCOPED_TRACE(Name(candidates));
+    const std::vector<uint16_t> codes = TcEncode(p, candidates);
+    ASSERT_EQ(codes.size(), static_cast<size_t>(p.n) * kStages);
+    Problem clean = p;
+    clean.x.clear();
+    std::vector<uint16_t> clean_codes;
+    for (int64_t i = 0; i < p.n; ++i) {
+      const bool has_nan = i == 5 || i == 199;
+      for (int s = 0; s < kStages; ++s) {
+        if (has_nan) {
+          EXPECT_EQ(codes[i * kStages + s], 0)
+              << "vector " << i << " stage " << s;
+        } else {
+          clean_codes.push_back(codes[i * kStages + s]);
+        }
+      }
+      if (!has_nan) {
+        clean.x.insert(clean.x.end(), p.x.begin() + i * kDim,
+                       p.x.begin() + (i + 1) * kDim);
       }
     }
-    if (!has_nan) {
-      clean.x.insert(clean.x.end(), p.x.begin() + i * kDim,
-                     p.x.begin() + (i + 1) * kDim);
-    }
+    clean.n = p.n - 2;
+    ExpectCodesMatchReference(clean, clean_codes, 98, nullptr,
+                              kTcTolerancePerNorm);
   }
-  clean.n = p.n - 2;
-  ExpectCodesMatchReference(clean, clean_codes, 98, nullptr,
-                            kTcTolerancePerNorm);
 }
 
 // More than 2^31 input elements (fp16, so 4 GiB): offsets past int32 and
@@ -236,10 +255,6 @@ TEST(RvqEncodeTcTest, LargeNPastInt32Offsets) {
   const Problem base = MakeProblem(kDim, kK, kStages, kBase, 29);
   std::vector<uint16_t> half(base.x.size());
   for (size_t i = 0; i < half.size(); ++i) half[i] = FloatToHalfRef(base.x[i]);
-  std::vector<uint16_t> base_codes;
-  ASSERT_CUDA(TcEncodeOnGpu(base, InputType::kFloat16, half.data(),
-                            half.size() * 2, nullptr, &base_codes));
-
   DeviceBuffer<uint16_t> x(static_cast<size_t>(n) * kDim),
       codes(static_cast<size_t>(n) * kStages);
   DeviceBuffer<float> cb(base.codebooks.size()), norms(base.norms.size());
@@ -252,49 +267,63 @@ TEST(RvqEncodeTcTest, LargeNPastInt32Offsets) {
   ASSERT_CUDA(RepeatOnDevice(x.get(), kBase * kDim, n * kDim));
   ASSERT_CUDA(LaunchRvqPrepareTcCodebooks(cb.get(), kStages, kK, kDim, tc.get(),
                                           nullptr));
-  ASSERT_CUDA(LaunchRvqEncodeGreedyTc(x.get(), InputType::kFloat16, n, kDim,
-                                      cb.get(), norms.get(), tc.get(), kStages,
-                                      kK, codes.get(), nullptr));
-  ASSERT_CUDA(cudaDeviceSynchronize());
-  const int64_t boundary = (int64_t{1} << 31) / kDim;
-  for (const int64_t first : {boundary - 300, n - 600}) {
-    constexpr int64_t count = 600;
-    std::vector<uint16_t> got(static_cast<size_t>(count) * kStages);
-    ASSERT_CUDA(cudaMemcpy(got.data(), codes.get() + first * kStages,
-                           got.size() * 2, cudaMemcpyDeviceToHost));
-    for (int64_t j = 0; j < count; ++j) {
-      const int64_t b = (first + j) % kBase;
-      for (int s = 0; s < kStages; ++s) {
-        ASSERT_EQ(got[j * kStages + s], base_codes[b * kStages + s])
-            << "vector " << first + j << " stage " << s;
+  for (const TcCandidates candidates : kBothCandidates) {
+    SCOPED_TRACE(Name(candidates));
+    std::vector<uint16_t> base_codes;
+    ASSERT_CUDA(TcEncodeOnGpu(base, InputType::kFloat16, half.data(),
+                              half.size() * 2, nullptr, candidates,
+                              &base_codes));
+    ASSERT_CUDA(
+        cudaMemset(codes.get(), 0xff,
+                   static_cast<size_t>(n) * kStages * sizeof(uint16_t)));
+    ASSERT_CUDA(LaunchRvqEncodeGreedyTc(
+        x.get(), InputType::kFloat16, n, kDim, cb.get(), norms.get(), tc.get(),
+        kStages, kK, codes.get(), nullptr, candidates));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const int64_t boundary = (int64_t{1} << 31) / kDim;
+    for (const int64_t first : {boundary - 300, n - 600}) {
+      constexpr int64_t count = 600;
+      std::vector<uint16_t> got(static_cast<size_t>(count) * kStages);
+      ASSERT_CUDA(cudaMemcpy(got.data(), codes.get() + first * kStages,
+                             got.size() * 2, cudaMemcpyDeviceToHost));
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t b = (first + j) % kBase;
+        for (int s = 0; s < kStages; ++s) {
+          ASSERT_EQ(got[j * kStages + s], base_codes[b * kStages + s])
+              << "vector " << first + j << " stage " << s;
+        }
       }
     }
   }
 }
 
-// Two host threads encoding at once on their own streams get what each
-// gets alone.
+// Two host threads encoding at once on their own streams, one with each
+// way of keeping candidates, get what each gets alone.
 TEST(RvqEncodeTcTest, ConcurrentLaunchesFromTwoHostThreads) {
   SKIP_WITHOUT_GPU();
   const Problem a = MakeProblem(64, 1024, 9, 2000, 31);
   const Problem b = MakeProblem(128, 512, 5, 1500, 37);
-  const std::vector<uint16_t> alone_a = TcEncode(a), alone_b = TcEncode(b);
+  const std::vector<uint16_t> alone_a = TcEncode(a, TcCandidates::kSortedLists),
+                              alone_b = TcEncode(b, TcCandidates::kPackedKeys);
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     std::vector<uint16_t> got_a, got_b;
     cudaError_t err_a = cudaSuccess, err_b = cudaSuccess;
-    auto run = [](const Problem& p, std::vector<uint16_t>* got,
-                  cudaError_t* err) {
+    auto run = [](const Problem& p, TcCandidates candidates,
+                  std::vector<uint16_t>* got, cudaError_t* err) {
       cudaStream_t stream = nullptr;
       *err = cudaStreamCreate(&stream);
       if (*err == cudaSuccess) {
-        *err = TcEncodeOnGpu(p, InputType::kFloat32, p.x.data(),
-                             p.x.size() * sizeof(float), stream, got);
+        *err =
+            TcEncodeOnGpu(p, InputType::kFloat32, p.x.data(),
+                          p.x.size() * sizeof(float), stream, candidates, got);
       }
       if (stream != nullptr) cudaStreamDestroy(stream);
     };
-    std::thread ta(run, std::cref(a), &got_a, &err_a);
-    std::thread tb(run, std::cref(b), &got_b, &err_b);
+    std::thread ta(run, std::cref(a), TcCandidates::kSortedLists, &got_a,
+                   &err_a);
+    std::thread tb(run, std::cref(b), TcCandidates::kPackedKeys, &got_b,
+                   &err_b);
     ta.join();
     tb.join();
     ASSERT_EQ(err_a, cudaSuccess) << cudaGetErrorString(err_a);
@@ -332,6 +361,10 @@ TEST(RvqEncodeTcTest, BadArgumentsAreRejectedBeforeLaunch) {
   EXPECT_EQ(launch(1, 64, &f, 2, 65537), cudaErrorInvalidValue);
   EXPECT_EQ(launch(1, 64, nullptr, 2, 256), cudaErrorInvalidValue);
   EXPECT_EQ(launch(0, 64, nullptr, 2, 256), cudaSuccess);  // nothing to do
+  EXPECT_EQ(
+      LaunchRvqEncodeGreedyTc(x, InputType::kFloat32, 1, 64, x, x, &f, 2, 256,
+                              &c, nullptr, static_cast<TcCandidates>(7)),
+      cudaErrorInvalidValue);
 }
 
 // A batch of jobs of different sizes (empty, one vector, partial and whole
@@ -371,16 +404,20 @@ TEST(RvqEncodeTcTest, BatchGivesEachJobTheCodesOfItsOwnLaunch) {
                     d.norms.get(), d.tc.get(), d.codes.get()});
   }
   DeviceBuffer<uint8_t> scratch(RvqTcBatchScratchBytes(jobs.size()));
-  ASSERT_CUDA(LaunchRvqEncodeGreedyTcBatch(
-      jobs.data(), static_cast<int>(jobs.size()), InputType::kFloat32,
-      scratch.get(), RvqTcBatchScratchBytes(jobs.size()), nullptr));
-  ASSERT_CUDA(cudaDeviceSynchronize());
-  for (size_t i = 0; i < problems.size(); ++i) {
-    SCOPED_TRACE("job " + std::to_string(i));
-    if (problems[i].n == 0) continue;
-    std::vector<uint16_t> batched;
-    ASSERT_CUDA(dev[i]->codes.Download(&batched));
-    EXPECT_TRUE(batched == TcEncode(problems[i]));
+  for (const TcCandidates candidates : kBothCandidates) {
+    SCOPED_TRACE(Name(candidates));
+    ASSERT_CUDA(LaunchRvqEncodeGreedyTcBatch(
+        jobs.data(), static_cast<int>(jobs.size()), InputType::kFloat32,
+        scratch.get(), RvqTcBatchScratchBytes(jobs.size()), nullptr,
+        candidates));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    for (size_t i = 0; i < problems.size(); ++i) {
+      SCOPED_TRACE("job " + std::to_string(i));
+      if (problems[i].n == 0) continue;
+      std::vector<uint16_t> batched;
+      ASSERT_CUDA(dev[i]->codes.Download(&batched));
+      EXPECT_TRUE(batched == TcEncode(problems[i], candidates));
+    }
   }
 }
 
