@@ -123,6 +123,10 @@ enum class TcCandidates {
   kPackedKeys,
 };
 
+// What the launchers below and their callers (the client's GPU encoders)
+// use unless told otherwise: the one that has run on a GPU.
+inline constexpr TcCandidates kDefaultTcCandidates = TcCandidates::kSortedLists;
+
 // Greedy RVQ encode on tensor cores (compute capability 8.0 or later): the
 // layouts of LaunchRvqEncodeGreedy, but x [n][dim] may be float32, fp16 or
 // bf16 (converted to float32 on load), and d_tc must be the set's
@@ -144,7 +148,7 @@ cudaError_t LaunchRvqEncodeGreedyTc(
     const void* d_x, InputType type, int64_t n, int dim,
     const float* d_codebooks, const float* d_norms, const void* d_tc,
     int stages, int K, uint16_t* d_codes, cudaStream_t stream,
-    TcCandidates candidates = TcCandidates::kSortedLists);
+    TcCandidates candidates = kDefaultTcCandidates);
 
 // One encode of a batch: n vectors x [n][dim] (of the batch's input type)
 // under one codebook set, as the arguments of LaunchRvqEncodeGreedyTc; all
@@ -178,7 +182,7 @@ int64_t RvqTcJobBlocks(int64_t n);
 cudaError_t LaunchRvqEncodeGreedyTcBatch(
     const RvqTcJob* jobs, int count, InputType type, void* d_scratch,
     size_t scratch_bytes, cudaStream_t stream,
-    TcCandidates candidates = TcCandidates::kSortedLists);
+    TcCandidates candidates = kDefaultTcCandidates);
 
 }  // namespace vqkv::cuda
 
