@@ -50,6 +50,26 @@
 
 namespace {
 
+// The tensor-core encode's variants (rvq_cuda.cuh), for rows that compare
+// them.
+constexpr int kTcVariants = 3;
+constexpr vqkv::cuda::TcEncodeVariant kAllTcVariants[kTcVariants] = {
+    vqkv::cuda::TcEncodeVariant::kSortedLists,
+    vqkv::cuda::TcEncodeVariant::kPackedKeys,
+    vqkv::cuda::TcEncodeVariant::kPackedKeysWide};
+
+const char* VariantName(vqkv::cuda::TcEncodeVariant v) {
+  switch (v) {
+    case vqkv::cuda::TcEncodeVariant::kSortedLists:
+      return "sorted lists";
+    case vqkv::cuda::TcEncodeVariant::kPackedKeys:
+      return "packed keys";
+    case vqkv::cuda::TcEncodeVariant::kPackedKeysWide:
+      return "packed keys, 32 rows a warp";
+  }
+  return "?";
+}
+
 struct Quantizer {
   const char* name;
   int dim, stages, K;
@@ -165,22 +185,25 @@ bool Run(const Quantizer& q, int64_t n, int reps, int64_t check,
   }
   CHECK_CUDA(cudaMemcpy(d_half, x_half.data(), x_half.size() * 2,
                         cudaMemcpyHostToDevice));
-  // "keys": candidates kept as packed keys instead of sorted lists, to
-  // choose the default (rvq_cuda.cuh, TcCandidates).
-  using vqkv::cuda::TcCandidates;
-  for (const auto& [type, candidates, label, input] :
-       {std::tuple{InputType::kFloat16, TcCandidates::kSortedLists,
+  // "keys": candidates kept as packed keys instead of sorted lists; "keys
+  // wide": also 32 vectors a warp, to choose the default (rvq_cuda.cuh,
+  // TcEncodeVariant).
+  using vqkv::cuda::TcEncodeVariant;
+  for (const auto& [type, variant, label, input] :
+       {std::tuple{InputType::kFloat16, TcEncodeVariant::kSortedLists,
                    "encode tc fp16", (const void*)d_half},
-        std::tuple{InputType::kFloat16, TcCandidates::kPackedKeys,
+        std::tuple{InputType::kFloat16, TcEncodeVariant::kPackedKeys,
                    "encode tc fp16 keys", (const void*)d_half},
-        std::tuple{InputType::kFloat32, TcCandidates::kSortedLists,
+        std::tuple{InputType::kFloat16, TcEncodeVariant::kPackedKeysWide,
+                   "encode tc fp16 keys wide", (const void*)d_half},
+        std::tuple{InputType::kFloat32, TcEncodeVariant::kSortedLists,
                    "encode tc f32", (const void*)d_x}}) {
     if (!TimeMs(
             stream, reps,
             [&] {
               return vqkv::cuda::LaunchRvqEncodeGreedyTc(
                   input, type, n, q.dim, d_cb, d_norms, d_tc, q.stages, q.K,
-                  d_tc_codes, stream, candidates);
+                  d_tc_codes, stream, variant);
             },
             &ms)) {
       return false;
@@ -592,8 +615,8 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
   CHECK_CUDA(cudaMemcpy(d_plain, plain.data(), plain.size() * sizeof(plain[0]),
                         cudaMemcpyHostToDevice));
   const int64_t pack_bytes = kBlocks * static_cast<int64_t>(kb + vb);
-  auto encode_all = [&](vc::TcCandidates candidates =
-                            vc::TcCandidates::kSortedLists) -> cudaError_t {
+  auto encode_all = [&](vc::TcEncodeVariant variant =
+                            vc::TcEncodeVariant::kSortedLists) -> cudaError_t {
     for (int dim_class = 0; dim_class < 4; ++dim_class) {
       std::vector<vc::RvqTcJob> batch;
       for (const vc::RvqTcJob& j : tc_jobs) {
@@ -602,7 +625,7 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
       if (batch.empty()) continue;
       const cudaError_t e = vc::LaunchRvqEncodeGreedyTcBatch(
           batch.data(), static_cast<int>(batch.size()), vc::InputType::kFloat32,
-          d_batch, batch_bytes, stream, candidates);
+          d_batch, batch_bytes, stream, variant);
       if (e != cudaSuccess) return e;
     }
     return cudaSuccess;
@@ -644,12 +667,16 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
           stream, reps, [&] { return encode_all(); }, &ms))
     return false;
   PrintLayerRow("  of which: tensor-core encode", ms);
-  if (!TimeMs(
-          stream, reps,
-          [&] { return encode_all(vc::TcCandidates::kPackedKeys); }, &ms)) {
-    return false;
+  for (const vc::TcEncodeVariant variant :
+       {vc::TcEncodeVariant::kPackedKeys,
+        vc::TcEncodeVariant::kPackedKeysWide}) {
+    if (!TimeMs(
+            stream, reps, [&] { return encode_all(variant); }, &ms)) {
+      return false;
+    }
+    PrintLayerRow((std::string("  the same, ") + VariantName(variant)).c_str(),
+                  ms);
   }
-  PrintLayerRow("  the same with packed candidate keys", ms);
   if (!TimeMs(
           stream, reps,
           [&] {
@@ -715,15 +742,9 @@ bool RunLlama128k(cudaStream_t stream) {
       "LLaMA-3.1-8B shape, 128k tokens: %lld key and %lld value "
       "vectors of 128 fp16, tensor-core encode\n",
       static_cast<long long>(n), static_cast<long long>(n));
-  std::printf("%-20s %-14s %10s %14s\n", "part", "candidates", "seconds",
+  std::printf("%-20s %-28s %10s %14s\n", "part", "variant", "seconds",
               "vectors/s");
-  using vqkv::cuda::TcCandidates;
-  constexpr TcCandidates kWays[] = {TcCandidates::kSortedLists,
-                                    TcCandidates::kPackedKeys};
-  auto way_name = [](TcCandidates c) {
-    return c == TcCandidates::kPackedKeys ? "packed keys" : "sorted lists";
-  };
-  double total_s[2] = {0, 0};
+  double total_s[kTcVariants] = {};
   for (const Quantizer& q : {Quantizer{"keys 56x1024", 128, 56, 1024},
                              Quantizer{"values 16x512", 128, 16, 512}}) {
     std::vector<float> cb, norms;
@@ -739,32 +760,33 @@ bool RunLlama128k(cudaStream_t stream) {
                           cudaMemcpyHostToDevice));
     CHECK_CUDA(vqkv::cuda::LaunchRvqPrepareTcCodebooks(d_cb, q.stages, q.K,
                                                        q.dim, d_tc, stream));
-    for (int w = 0; w < 2; ++w) {
+    for (int w = 0; w < kTcVariants; ++w) {
       // Warm-up on the first 1M vectors, then one timed run over all.
       CHECK_CUDA(vqkv::cuda::LaunchRvqEncodeGreedyTc(
           d_x, vqkv::cuda::InputType::kFloat16, int64_t{1} << 20, q.dim, d_cb,
-          d_norms, d_tc, q.stages, q.K, d_codes, stream, kWays[w]));
+          d_norms, d_tc, q.stages, q.K, d_codes, stream, kAllTcVariants[w]));
       double ms = 0;
       if (!TimeMs(
               stream, 1,
               [&] {
                 return vqkv::cuda::LaunchRvqEncodeGreedyTc(
                     d_x, vqkv::cuda::InputType::kFloat16, n, q.dim, d_cb,
-                    d_norms, d_tc, q.stages, q.K, d_codes, stream, kWays[w]);
+                    d_norms, d_tc, q.stages, q.K, d_codes, stream,
+                    kAllTcVariants[w]);
               },
               &ms)) {
         return false;
       }
-      std::printf("%-20s %-14s %10.3f %14.4g\n", q.name, way_name(kWays[w]),
-                  ms / 1e3, n / (ms * 1e-3));
+      std::printf("%-20s %-28s %10.3f %14.4g\n", q.name,
+                  VariantName(kAllTcVariants[w]), ms / 1e3, n / (ms * 1e-3));
       total_s[w] += ms / 1e3;
     }
     cudaFree(d_cb);
     cudaFree(d_norms);
     cudaFree(d_tc);
   }
-  for (int w = 0; w < 2; ++w) {
-    std::printf("%-20s %-14s %10.3f\n", "total", way_name(kWays[w]),
+  for (int w = 0; w < kTcVariants; ++w) {
+    std::printf("%-20s %-28s %10.3f\n", "total", VariantName(kAllTcVariants[w]),
                 total_s[w]);
   }
   cudaFree(d_x);

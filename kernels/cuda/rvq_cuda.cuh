@@ -109,23 +109,30 @@ cudaError_t LaunchRvqPrepareTcCodebooks(const float* d_codebooks, int stages,
                                         int K, int dim, void* d_tc,
                                         cudaStream_t stream);
 
-// How the tensor-core encoder keeps each vector's best codewords from one
-// codeword tile to the next. Both keep two per lane and choose among them
-// the same way, under the same bound; they differ in the instructions each
-// score costs (docs/CUDA.md, "Results": that bookkeeping, not the tensor
-// cores, bounds the encode). The GPU run's benchmark chooses the default.
-enum class TcCandidates {
-  // A sorted (score, code) list: compares and swaps per score.
+// How the tensor-core encoder is laid out. All keep two candidates per lane
+// and vector and choose among them the same way, under the same bound; they
+// differ in the instructions each score costs and in how many vectors share
+// each codebook fragment (docs/CUDA.md, "Results": that bookkeeping, not the
+// tensor cores, bounds the encode). The GPU run's benchmark chooses the
+// default. Every variant takes 128 vectors per thread block.
+enum class TcEncodeVariant {
+  // 8 warps of 16 vectors; candidates in a sorted (score, code) list:
+  // compares and swaps per score.
   kSortedLists,
-  // Score and code in one 32-bit key (kernels/cuda/tc_candidate_key.h):
-  // a bitwise and three integer min/max per score. Its scores lose their
-  // low log2(K) mantissa bits, far below the bf16 error.
+  // 8 warps of 16 vectors; score and code in one 32-bit key
+  // (kernels/cuda/tc_candidate_key.h): a bitwise and three integer min/max
+  // per score. Its scores lose their low log2(K) mantissa bits, far below
+  // the bf16 error.
   kPackedKeys,
+  // 4 warps of 32 vectors (two m16 tiles per warp share each codebook
+  // fragment load), packed keys.
+  kPackedKeysWide,
 };
 
 // What the launchers below and their callers (the client's GPU encoders)
 // use unless told otherwise: the one that has run on a GPU.
-inline constexpr TcCandidates kDefaultTcCandidates = TcCandidates::kSortedLists;
+inline constexpr TcEncodeVariant kDefaultTcEncodeVariant =
+    TcEncodeVariant::kSortedLists;
 
 // Greedy RVQ encode on tensor cores (compute capability 8.0 or later): the
 // layouts of LaunchRvqEncodeGreedy, but x [n][dim] may be float32, fp16 or
@@ -143,12 +150,12 @@ inline constexpr TcCandidates kDefaultTcCandidates = TcCandidates::kSortedLists;
 // bound.
 // Errors: cudaErrorInvalidValue as LaunchRvqEncodeGreedy, for a shape
 // RvqTcCodebookBytes refuses, a d_tc not 16-byte aligned or an unknown
-// `candidates`; cudaErrorNotSupported on an older GPU.
+// `variant`; cudaErrorNotSupported on an older GPU.
 cudaError_t LaunchRvqEncodeGreedyTc(
     const void* d_x, InputType type, int64_t n, int dim,
     const float* d_codebooks, const float* d_norms, const void* d_tc,
     int stages, int K, uint16_t* d_codes, cudaStream_t stream,
-    TcCandidates candidates = kDefaultTcCandidates);
+    TcEncodeVariant variant = kDefaultTcEncodeVariant);
 
 // One encode of a batch: n vectors x [n][dim] (of the batch's input type)
 // under one codebook set, as the arguments of LaunchRvqEncodeGreedyTc; all
@@ -182,7 +189,7 @@ int64_t RvqTcJobBlocks(int64_t n);
 cudaError_t LaunchRvqEncodeGreedyTcBatch(
     const RvqTcJob* jobs, int count, InputType type, void* d_scratch,
     size_t scratch_bytes, cudaStream_t stream,
-    TcCandidates candidates = kDefaultTcCandidates);
+    TcEncodeVariant variant = kDefaultTcEncodeVariant);
 
 }  // namespace vqkv::cuda
 

@@ -20,10 +20,12 @@
 // the lowest index). The pick is subtracted from the residual, as the
 // reference does; the next stage's first chunk is already in flight.
 //
-// Two ways to keep the candidates (TcCandidates): a sorted (score, code)
-// list, or one 32-bit key per score and code (tc_candidate_key.h), which
-// takes a third of the instructions per score; the candidates they keep and
-// the choice among them are the same up to the keys' truncated scores.
+// Variants (TcEncodeVariant): candidates in a sorted (score, code) list or
+// as one 32-bit key per score and code (tc_candidate_key.h), which takes a
+// third of the instructions per score (the candidates kept and the choice
+// among them are the same up to the keys' truncated scores); and one m16
+// tile per warp (8 warps) or two (4 warps, each codebook fragment feeding
+// two products).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -38,14 +40,24 @@
 namespace vqkv::cuda {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = 32 * kWarps;
-// One m16 tile per warp: more warps fit per multiprocessor (the residual
-// rows in shared memory are the limit), which hides the latency of each
-// warp's chain of products and candidate updates.
-constexpr int kRowsPerWarp = 16;
-constexpr int kMTiles = kRowsPerWarp / 16;
-constexpr int kRowsPerBlock = kRowsPerWarp * kWarps;
+// Rows (vectors) per block in every variant: the residual rows in shared
+// memory limit the blocks per multiprocessor. With one m16 tile per warp
+// (8 warps) more warps hide the latency of each warp's chain of products
+// and candidate updates; with two (4 warps) each codebook fragment loaded
+// from shared memory feeds two products, and every lane owns a row in the
+// end-of-stage choice.
+constexpr int kRowsPerBlock = 128;
+
+// A TcEncodeVariant's kernel shape.
+template <int kVariant>
+struct TcVariantShape {
+  static constexpr bool kPacked =
+      kVariant != static_cast<int>(TcEncodeVariant::kSortedLists);
+  static constexpr int kMTiles =
+      kVariant == static_cast<int>(TcEncodeVariant::kPackedKeysWide) ? 2 : 1;
+  static constexpr int kRowsPerWarp = 16 * kMTiles;
+  static constexpr int kThreads = 32 * (kRowsPerBlock / kRowsPerWarp);
+};
 // Candidates each lane keeps per vector; a vector is rescored over the
 // lists of its four lanes (each lane sees a quarter of the codewords).
 constexpr int kTopPerLane = 2;
@@ -265,10 +277,10 @@ __device__ __forceinline__ float Subtract(float* r, const float* c, int dim) {
   return rr;
 }
 
-// Encodes rows [block * kRowsPerBlock, +kRowsPerBlock) of x, keeping the
-// candidates as packed keys (kPacked) or sorted lists. Called by every
-// thread of the block (it synchronises the block).
-template <int kSteps, typename In, bool kPacked>
+// Encodes rows [block * kRowsPerBlock, +kRowsPerBlock) of x as the variant
+// kVariant (a TcEncodeVariant) does. Called by every thread of the block (it
+// synchronises the block).
+template <int kSteps, typename In, int kVariant>
 __device__ __forceinline__ void EncodeTcBlock(
     const In* __restrict__ x, int64_t n, int dim,
     const float* __restrict__ codebooks, const float* __restrict__ norms,
@@ -277,6 +289,12 @@ __device__ __forceinline__ void EncodeTcBlock(
   constexpr int kDimPad = kSteps * 16;
   constexpr int kStride = RowStride(kSteps);
   constexpr int kChunk = ChunkUint2s(kSteps);
+  using Shape = TcVariantShape<kVariant>;
+  constexpr bool kPacked = Shape::kPacked;
+  constexpr int kMTiles = Shape::kMTiles;
+  constexpr int kRowsPerWarp = Shape::kRowsPerWarp;
+  constexpr int kThreads = Shape::kThreads;
+  static_assert(kPacked || kMTiles == 1, "sorted lists: one m-tile a warp");
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -503,9 +521,9 @@ __device__ __forceinline__ void EncodeTcBlock(
       }
     }
 
-    // Lane l < 16 decides row l. Only candidates whose bf16-product score is
-    // within twice the error bound of the lowest can be the float32 best;
-    // when that is one candidate (the common case), it is the pick. Else
+    // Lane l < kRowsPerWarp decides row l. Only candidates whose bf16-product
+    // score is within twice the error bound of the lowest can be the float32
+    // best; when that is one candidate (the common case), it is the pick. Else
     // those few are rescored in float32 with fused multiply-adds over
     // increasing dimensions, as the float32 kernel, ties to the lowest index.
     if (!kPacked && owns_row) {
@@ -562,15 +580,15 @@ __device__ __forceinline__ void EncodeTcBlock(
   }
 }
 
-template <int kSteps, typename In, bool kPacked>
-__global__ void __launch_bounds__(kThreads)
+template <int kSteps, typename In, int kVariant>
+__global__ void __launch_bounds__(TcVariantShape<kVariant>::kThreads)
     RvqEncodeTcKernel(const In* __restrict__ x, int64_t n, int dim,
                       const float* __restrict__ codebooks,
                       const float* __restrict__ norms,
                       const uint2* __restrict__ tc, int stages, int K,
                       uint16_t* __restrict__ codes) {
-  EncodeTcBlock<kSteps, In, kPacked>(x, n, dim, codebooks, norms, tc, stages, K,
-                                     codes, blockIdx.x);
+  EncodeTcBlock<kSteps, In, kVariant>(x, n, dim, codebooks, norms, tc, stages,
+                                      K, codes, blockIdx.x);
 }
 
 // A batch job and the first grid block it takes.
@@ -579,8 +597,8 @@ struct BatchEntry {
   int64_t first_block;
 };
 
-template <int kSteps, typename In, bool kPacked>
-__global__ void __launch_bounds__(kThreads)
+template <int kSteps, typename In, int kVariant>
+__global__ void __launch_bounds__(TcVariantShape<kVariant>::kThreads)
     RvqEncodeTcBatchKernel(const BatchEntry* __restrict__ entries, int count) {
   // The job whose blocks include this one: the last entry starting at or
   // before it (binary search; first_block ascends).
@@ -595,10 +613,10 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   const RvqTcJob& j = entries[lo].job;
-  EncodeTcBlock<kSteps, In, kPacked>(static_cast<const In*>(j.x), j.n, j.dim,
-                                     j.codebooks, j.norms,
-                                     static_cast<const uint2*>(j.tc), j.stages,
-                                     j.K, j.codes, b - entries[lo].first_block);
+  EncodeTcBlock<kSteps, In, kVariant>(
+      static_cast<const In*>(j.x), j.n, j.dim, j.codebooks, j.norms,
+      static_cast<const uint2*>(j.tc), j.stages, j.K, j.codes,
+      b - entries[lo].first_block);
 }
 
 int KSteps(int dim) { return (dim + 15) / 16; }
@@ -616,17 +634,22 @@ struct TypeTag {
 };
 
 // Calls launch(std::integral_constant<int, kSteps>{}, TypeTag<In>{},
-// std::bool_constant<kPacked>{}) with the kernel instance's k-steps
-// (`k_steps`, as UsedKSteps gives), input type and candidate lists, so each
+// std::integral_constant<int, kVariant>{}) with the kernel instance's
+// k-steps (`k_steps`, as UsedKSteps gives), input type and variant, so each
 // launcher is written once for every instance.
 template <typename F>
 cudaError_t ForKernelInstance(int k_steps, InputType type,
-                              TcCandidates candidates, F launch) {
+                              TcEncodeVariant variant, F launch) {
   auto with_type = [&](auto steps, auto tag) -> cudaError_t {
-    if (candidates == TcCandidates::kPackedKeys) {
-      return launch(steps, tag, std::true_type{});
+    switch (variant) {
+      case TcEncodeVariant::kSortedLists:
+        return launch(steps, tag, std::integral_constant<int, 0>{});
+      case TcEncodeVariant::kPackedKeys:
+        return launch(steps, tag, std::integral_constant<int, 1>{});
+      case TcEncodeVariant::kPackedKeysWide:
+        return launch(steps, tag, std::integral_constant<int, 2>{});
     }
-    return launch(steps, tag, std::false_type{});
+    return cudaErrorInvalidValue;
   };
   auto with_steps = [&](auto steps) -> cudaError_t {
     switch (type) {
@@ -660,8 +683,10 @@ cudaError_t AllowSharedBytes(Kernel kernel, size_t bytes) {
                               static_cast<int>(bytes));
 }
 
-bool ValidCandidates(TcCandidates c) {
-  return c == TcCandidates::kSortedLists || c == TcCandidates::kPackedKeys;
+bool ValidVariant(TcEncodeVariant v) {
+  return v == TcEncodeVariant::kSortedLists ||
+         v == TcEncodeVariant::kPackedKeys ||
+         v == TcEncodeVariant::kPackedKeysWide;
 }
 
 bool TensorCoresAvailable() {
@@ -705,9 +730,9 @@ cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
                                     const float* d_norms, const void* d_tc,
                                     int stages, int K, uint16_t* d_codes,
                                     cudaStream_t stream,
-                                    TcCandidates candidates) {
+                                    TcEncodeVariant variant) {
   if (n < 0 || RvqTcCodebookBytes(stages, K, dim) == 0 ||
-      !ValidCandidates(candidates)) {
+      !ValidVariant(variant)) {
     return cudaErrorInvalidValue;
   }
   if (n == 0) return cudaSuccess;
@@ -723,17 +748,18 @@ cudaError_t LaunchRvqEncodeGreedyTc(const void* d_x, InputType type, int64_t n,
   const auto* tc = static_cast<const uint2*>(d_tc);
   const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   return ForKernelInstance(
-      UsedKSteps(dim), type, candidates,
-      [&](auto steps, auto tag, auto packed) -> cudaError_t {
+      UsedKSteps(dim), type, variant,
+      [&](auto steps, auto tag, auto kind) -> cudaError_t {
         constexpr int kSteps = decltype(steps)::value;
         using In = typename decltype(tag)::type;
-        constexpr bool kPacked = decltype(packed)::value;
+        constexpr int kVariant = decltype(kind)::value;
         const size_t smem = TcSharedBytes(kSteps);
         const cudaError_t err =
-            AllowSharedBytes(RvqEncodeTcKernel<kSteps, In, kPacked>, smem);
+            AllowSharedBytes(RvqEncodeTcKernel<kSteps, In, kVariant>, smem);
         if (err != cudaSuccess) return err;
-        RvqEncodeTcKernel<kSteps, In, kPacked>
-            <<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
+        RvqEncodeTcKernel<kSteps, In, kVariant>
+            <<<static_cast<unsigned>(blocks),
+               TcVariantShape<kVariant>::kThreads, smem, stream>>>(
                 static_cast<const In*>(d_x), n, dim, d_codebooks, d_norms, tc,
                 stages, K, d_codes);
         return cudaGetLastError();
@@ -752,9 +778,8 @@ cudaError_t LaunchRvqEncodeGreedyTcBatch(const RvqTcJob* jobs, int count,
                                          InputType type, void* d_scratch,
                                          size_t scratch_bytes,
                                          cudaStream_t stream,
-                                         TcCandidates candidates) {
-  if (count < 0 || (count > 0 && jobs == nullptr) ||
-      !ValidCandidates(candidates)) {
+                                         TcEncodeVariant variant) {
+  if (count < 0 || (count > 0 && jobs == nullptr) || !ValidVariant(variant)) {
     return cudaErrorInvalidValue;
   }
   std::vector<BatchEntry> entries;
@@ -797,18 +822,19 @@ cudaError_t LaunchRvqEncodeGreedyTcBatch(const RvqTcJob* jobs, int count,
   const auto* d_entries = static_cast<const BatchEntry*>(d_scratch);
   const int n = static_cast<int>(entries.size());
   return ForKernelInstance(
-      k_steps, type, candidates,
-      [&](auto steps, auto tag, auto packed) -> cudaError_t {
+      k_steps, type, variant,
+      [&](auto steps, auto tag, auto kind) -> cudaError_t {
         constexpr int kSteps = decltype(steps)::value;
         using In = typename decltype(tag)::type;
-        constexpr bool kPacked = decltype(packed)::value;
+        constexpr int kVariant = decltype(kind)::value;
         const size_t smem = TcSharedBytes(kSteps);
-        const cudaError_t e =
-            AllowSharedBytes(RvqEncodeTcBatchKernel<kSteps, In, kPacked>, smem);
+        const cudaError_t e = AllowSharedBytes(
+            RvqEncodeTcBatchKernel<kSteps, In, kVariant>, smem);
         if (e != cudaSuccess) return e;
-        RvqEncodeTcBatchKernel<kSteps, In, kPacked>
-            <<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
-                d_entries, n);
+        RvqEncodeTcBatchKernel<kSteps, In, kVariant>
+            <<<static_cast<unsigned>(blocks),
+               TcVariantShape<kVariant>::kThreads, smem, stream>>>(d_entries,
+                                                                   n);
         return cudaGetLastError();
       });
 }

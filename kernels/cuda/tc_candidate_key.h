@@ -1,10 +1,10 @@
-// Candidate keys of the tensor-core encoder (rvq_encode_tc.cu, the
-// TcCandidates::kPackedKeys variant): a score and a codeword index in one
-// 32-bit unsigned integer, so that a lane keeps the two best codewords of a
-// vector with three integer min/max instructions per score rather than a
-// compare-and-swap list, and the choice among the candidates of a vector's
-// four lanes. Header only, compiled by nvcc into the kernel and by the host
-// compiler for tests/unit/kernels/tc_candidate_key_test.cc, which checks
+// Candidate keys of the tensor-core encoder (rvq_encode_tc.cu, variants
+// TcEncodeVariant::kPackedKeys and kPackedKeysWide): a score and a codeword
+// index in one 32-bit unsigned integer, so that a lane keeps the two best
+// codewords of a vector with three integer min/max instructions per score
+// rather than a compare-and-swap list, and the choice among the candidates of a
+// vector's four lanes. Header only, compiled by nvcc into the kernel and by the
+// host compiler for tests/unit/kernels/tc_candidate_key_test.cc, which checks
 // this arithmetic without a GPU.
 //
 // Key layout: the bits of |s|, with the low `code_bits` bits replaced by the

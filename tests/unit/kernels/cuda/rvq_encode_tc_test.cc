@@ -3,8 +3,7 @@
 // nearest codeword (rvq_cuda.cuh), and on codebooks without tight clusters
 // almost every vector must get exactly the reference's codes. Each case
 // prints the share of identical vectors, the measure of how often bf16
-// rounding changes a pick. Every case runs both ways of keeping candidates
-// (TcCandidates).
+// rounding changes a pick. Every case runs every TcEncodeVariant.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -48,7 +47,7 @@ float Bf16ToFloat(uint16_t h) {
 // test state, so host threads may call it concurrently.
 cudaError_t TcEncodeOnGpu(const Problem& p, InputType type, const void* host_x,
                           size_t x_bytes, cudaStream_t stream,
-                          TcCandidates candidates,
+                          TcEncodeVariant variant,
                           std::vector<uint16_t>* codes) {
   DeviceBuffer<uint8_t> x(x_bytes),
       tc(RvqTcCodebookBytes(p.stages, p.K, p.dim));
@@ -68,27 +67,35 @@ cudaError_t TcEncodeOnGpu(const Problem& p, InputType type, const void* host_x,
   if (e == cudaSuccess) {
     e = LaunchRvqEncodeGreedyTc(x.get(), type, p.n, p.dim, cb.get(),
                                 norms.get(), tc.get(), p.stages, p.K,
-                                d_codes.get(), stream, candidates);
+                                d_codes.get(), stream, variant);
   }
   if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
   if (e == cudaSuccess) e = d_codes.Download(codes);
   return e;
 }
 
-std::vector<uint16_t> TcEncode(const Problem& p, TcCandidates candidates) {
+std::vector<uint16_t> TcEncode(const Problem& p, TcEncodeVariant variant) {
   std::vector<uint16_t> codes;
-  EXPECT_EQ(
-      TcEncodeOnGpu(p, InputType::kFloat32, p.x.data(),
-                    p.x.size() * sizeof(float), nullptr, candidates, &codes),
-      cudaSuccess);
+  EXPECT_EQ(TcEncodeOnGpu(p, InputType::kFloat32, p.x.data(),
+                          p.x.size() * sizeof(float), nullptr, variant, &codes),
+            cudaSuccess);
   return codes;
 }
 
-constexpr TcCandidates kBothCandidates[] = {TcCandidates::kSortedLists,
-                                            TcCandidates::kPackedKeys};
+constexpr TcEncodeVariant kAllVariants[] = {TcEncodeVariant::kSortedLists,
+                                            TcEncodeVariant::kPackedKeys,
+                                            TcEncodeVariant::kPackedKeysWide};
 
-const char* Name(TcCandidates c) {
-  return c == TcCandidates::kPackedKeys ? "packed keys" : "sorted lists";
+const char* Name(TcEncodeVariant v) {
+  switch (v) {
+    case TcEncodeVariant::kSortedLists:
+      return "sorted lists";
+    case TcEncodeVariant::kPackedKeys:
+      return "packed keys";
+    case TcEncodeVariant::kPackedKeysWide:
+      return "packed keys, 32 rows a warp";
+  }
+  return "?";
 }
 
 // The tensor-core encoder's bound (rvq_cuda.cuh): every pick within
@@ -96,9 +103,9 @@ const char* Name(TcCandidates c) {
 constexpr double kTcTolerancePerNorm = 0.032;
 
 void ExpectTcMatchesReference(const Problem& p, int min_identical_percent) {
-  for (const TcCandidates candidates : kBothCandidates) {
-    SCOPED_TRACE(Name(candidates));
-    const std::vector<uint16_t> codes = TcEncode(p, candidates);
+  for (const TcEncodeVariant variant : kAllVariants) {
+    SCOPED_TRACE(Name(variant));
+    const std::vector<uint16_t> codes = TcEncode(p, variant);
     ASSERT_EQ(codes.size(), static_cast<size_t>(p.n) * p.stages);
     int64_t identical = 0;
     ExpectCodesMatchReference(p, codes, min_identical_percent, &identical,
@@ -106,8 +113,8 @@ void ExpectTcMatchesReference(const Problem& p, int min_identical_percent) {
     std::printf(
         "  tensor cores (%s), dim %d, K %d, %d stages: %lld of %lld vectors "
         "identical to the reference\n",
-        Name(candidates), p.dim, p.K, p.stages,
-        static_cast<long long>(identical), static_cast<long long>(p.n));
+        Name(variant), p.dim, p.K, p.stages, static_cast<long long>(identical),
+        static_cast<long long>(p.n));
   }
 }
 
@@ -189,12 +196,12 @@ TEST(RvqEncodeTcTest, HalfAndBf16InputMatchReferenceOnTheRoundedInput) {
       bits[i] = half ? FloatToHalfRef(p.x[i]) : FloatToBf16(p.x[i]);
       p.x[i] = half ? HalfToFloatRef(bits[i]) : Bf16ToFloat(bits[i]);
     }
-    for (const TcCandidates candidates : kBothCandidates) {
-      SCOPED_TRACE(Name(candidates));
+    for (const TcEncodeVariant variant : kAllVariants) {
+      SCOPED_TRACE(Name(variant));
       std::vector<uint16_t> codes;
       ASSERT_CUDA(TcEncodeOnGpu(p, type, bits.data(),
                                 bits.size() * sizeof(uint16_t), nullptr,
-                                candidates, &codes));
+                                variant, &codes));
       ExpectCodesMatchReference(p, codes, 90, nullptr, kTcTolerancePerNorm);
     }
   }
@@ -209,9 +216,9 @@ TEST(RvqEncodeTcTest, NanInputGetsCodewordZero) {
   Problem p = MakeProblem(kDim, kK, kStages, 200, 23);
   p.x[5 * kDim + 7] = NAN;
   p.x[199 * kDim] = NAN;
-  for (const TcCandidates candidates : kBothCandidates) {
-    SCOPED_TRACE(Name(candidates));
-    const std::vector<uint16_t> codes = TcEncode(p, candidates);
+  for (const TcEncodeVariant variant : kAllVariants) {
+    SCOPED_TRACE(Name(variant));
+    const std::vector<uint16_t> codes = TcEncode(p, variant);
     ASSERT_EQ(codes.size(), static_cast<size_t>(p.n) * kStages);
     Problem clean = p;
     clean.x.clear();
@@ -267,18 +274,17 @@ TEST(RvqEncodeTcTest, LargeNPastInt32Offsets) {
   ASSERT_CUDA(RepeatOnDevice(x.get(), kBase * kDim, n * kDim));
   ASSERT_CUDA(LaunchRvqPrepareTcCodebooks(cb.get(), kStages, kK, kDim, tc.get(),
                                           nullptr));
-  for (const TcCandidates candidates : kBothCandidates) {
-    SCOPED_TRACE(Name(candidates));
+  for (const TcEncodeVariant variant : kAllVariants) {
+    SCOPED_TRACE(Name(variant));
     std::vector<uint16_t> base_codes;
     ASSERT_CUDA(TcEncodeOnGpu(base, InputType::kFloat16, half.data(),
-                              half.size() * 2, nullptr, candidates,
-                              &base_codes));
+                              half.size() * 2, nullptr, variant, &base_codes));
     ASSERT_CUDA(
         cudaMemset(codes.get(), 0xff,
                    static_cast<size_t>(n) * kStages * sizeof(uint16_t)));
     ASSERT_CUDA(LaunchRvqEncodeGreedyTc(
         x.get(), InputType::kFloat16, n, kDim, cb.get(), norms.get(), tc.get(),
-        kStages, kK, codes.get(), nullptr, candidates));
+        kStages, kK, codes.get(), nullptr, variant));
     ASSERT_CUDA(cudaDeviceSynchronize());
     const int64_t boundary = (int64_t{1} << 31) / kDim;
     for (const int64_t first : {boundary - 300, n - 600}) {
@@ -298,31 +304,32 @@ TEST(RvqEncodeTcTest, LargeNPastInt32Offsets) {
 }
 
 // Two host threads encoding at once on their own streams, one with each
-// way of keeping candidates, get what each gets alone.
+// way of keeping variant, get what each gets alone.
 TEST(RvqEncodeTcTest, ConcurrentLaunchesFromTwoHostThreads) {
   SKIP_WITHOUT_GPU();
   const Problem a = MakeProblem(64, 1024, 9, 2000, 31);
   const Problem b = MakeProblem(128, 512, 5, 1500, 37);
-  const std::vector<uint16_t> alone_a = TcEncode(a, TcCandidates::kSortedLists),
-                              alone_b = TcEncode(b, TcCandidates::kPackedKeys);
+  const std::vector<uint16_t> alone_a =
+                                  TcEncode(a, TcEncodeVariant::kSortedLists),
+                              alone_b =
+                                  TcEncode(b, TcEncodeVariant::kPackedKeysWide);
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     std::vector<uint16_t> got_a, got_b;
     cudaError_t err_a = cudaSuccess, err_b = cudaSuccess;
-    auto run = [](const Problem& p, TcCandidates candidates,
+    auto run = [](const Problem& p, TcEncodeVariant variant,
                   std::vector<uint16_t>* got, cudaError_t* err) {
       cudaStream_t stream = nullptr;
       *err = cudaStreamCreate(&stream);
       if (*err == cudaSuccess) {
-        *err =
-            TcEncodeOnGpu(p, InputType::kFloat32, p.x.data(),
-                          p.x.size() * sizeof(float), stream, candidates, got);
+        *err = TcEncodeOnGpu(p, InputType::kFloat32, p.x.data(),
+                             p.x.size() * sizeof(float), stream, variant, got);
       }
       if (stream != nullptr) cudaStreamDestroy(stream);
     };
-    std::thread ta(run, std::cref(a), TcCandidates::kSortedLists, &got_a,
+    std::thread ta(run, std::cref(a), TcEncodeVariant::kSortedLists, &got_a,
                    &err_a);
-    std::thread tb(run, std::cref(b), TcCandidates::kPackedKeys, &got_b,
+    std::thread tb(run, std::cref(b), TcEncodeVariant::kPackedKeysWide, &got_b,
                    &err_b);
     ta.join();
     tb.join();
@@ -363,7 +370,7 @@ TEST(RvqEncodeTcTest, BadArgumentsAreRejectedBeforeLaunch) {
   EXPECT_EQ(launch(0, 64, nullptr, 2, 256), cudaSuccess);  // nothing to do
   EXPECT_EQ(
       LaunchRvqEncodeGreedyTc(x, InputType::kFloat32, 1, 64, x, x, &f, 2, 256,
-                              &c, nullptr, static_cast<TcCandidates>(7)),
+                              &c, nullptr, static_cast<TcEncodeVariant>(7)),
       cudaErrorInvalidValue);
 }
 
@@ -404,19 +411,18 @@ TEST(RvqEncodeTcTest, BatchGivesEachJobTheCodesOfItsOwnLaunch) {
                     d.norms.get(), d.tc.get(), d.codes.get()});
   }
   DeviceBuffer<uint8_t> scratch(RvqTcBatchScratchBytes(jobs.size()));
-  for (const TcCandidates candidates : kBothCandidates) {
-    SCOPED_TRACE(Name(candidates));
+  for (const TcEncodeVariant variant : kAllVariants) {
+    SCOPED_TRACE(Name(variant));
     ASSERT_CUDA(LaunchRvqEncodeGreedyTcBatch(
         jobs.data(), static_cast<int>(jobs.size()), InputType::kFloat32,
-        scratch.get(), RvqTcBatchScratchBytes(jobs.size()), nullptr,
-        candidates));
+        scratch.get(), RvqTcBatchScratchBytes(jobs.size()), nullptr, variant));
     ASSERT_CUDA(cudaDeviceSynchronize());
     for (size_t i = 0; i < problems.size(); ++i) {
       SCOPED_TRACE("job " + std::to_string(i));
       if (problems[i].n == 0) continue;
       std::vector<uint16_t> batched;
       ASSERT_CUDA(dev[i]->codes.Download(&batched));
-      EXPECT_TRUE(batched == TcEncode(problems[i], candidates));
+      EXPECT_TRUE(batched == TcEncode(problems[i], variant));
     }
   }
 }
