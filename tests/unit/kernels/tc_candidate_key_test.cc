@@ -10,24 +10,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
 
 #include "kernels/cpu/rvq_kernels.h"
+#include "kernels/fp16.h"
 
 namespace vqkv::cuda {
 namespace {
 
-float RoundToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+float RoundToBf16(float f) { return Bf16ToFloat(FloatToBf16(f)); }
 
 TEST(TcCandidateKeyTest, CodeBitsHoldEveryPaddedCode) {
   EXPECT_EQ(TcKeyCodeBits(1), 1);

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -26,21 +25,6 @@
 
 namespace vqkv::cuda {
 namespace {
-
-// bf16 bits of f, rounded to nearest even (inputs here are finite).
-uint16_t FloatToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-float Bf16ToFloat(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 // Encodes `x_bytes` of host input of the given type (p's shape and
 // codebooks) on the tensor cores; the first CUDA error, if any. Touches no
