@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <random>
 #include <string>
 #include <tuple>
@@ -52,26 +53,6 @@
 #include "tests/testing/random_decode_view.h"
 
 namespace {
-
-// The tensor-core encode's variants (rvq_cuda.cuh), for rows that compare
-// them.
-constexpr int kTcVariants = 3;
-constexpr vqkv::cuda::TcEncodeVariant kAllTcVariants[kTcVariants] = {
-    vqkv::cuda::TcEncodeVariant::kSortedLists,
-    vqkv::cuda::TcEncodeVariant::kPackedKeys,
-    vqkv::cuda::TcEncodeVariant::kPackedKeysWide};
-
-const char* VariantName(vqkv::cuda::TcEncodeVariant v) {
-  switch (v) {
-    case vqkv::cuda::TcEncodeVariant::kSortedLists:
-      return "sorted lists";
-    case vqkv::cuda::TcEncodeVariant::kPackedKeys:
-      return "packed keys";
-    case vqkv::cuda::TcEncodeVariant::kPackedKeysWide:
-      return "packed keys, 32 rows a warp";
-  }
-  return "?";
-}
 
 struct Quantizer {
   const char* name;
@@ -677,8 +658,10 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
             stream, reps, [&] { return encode_all(variant); }, &ms)) {
       return false;
     }
-    PrintLayerRow((std::string("  the same, ") + VariantName(variant)).c_str(),
-                  ms);
+    PrintLayerRow(
+        (std::string("  the same, ") + vc::TcEncodeVariantName(variant))
+            .c_str(),
+        ms);
   }
   if (!TimeMs(
           stream, reps,
@@ -719,6 +702,7 @@ bool RunPagedSave(cudaStream_t stream, int reps) {
 // 56 x 1024, then values at 16 x 512, one launch each. The input repeats a
 // 65536-vector random block (the cost does not depend on the values).
 bool RunLlama128k(cudaStream_t stream) {
+  namespace vc = vqkv::cuda;
   constexpr int64_t kTokens = 131072, kLayers = 32, kHeads = 8, kDim = 128;
   constexpr int64_t n = kTokens * kLayers * kHeads;
   constexpr int64_t kBase = 65536;
@@ -768,7 +752,8 @@ bool RunLlama128k(cudaStream_t stream) {
   for (const Shape& shape : shapes) {
     std::printf("\n%s\n%-20s %-28s %10s %14s\n", shape.title, "part", "variant",
                 "seconds", "vectors/s");
-    double total_s[kTcVariants] = {};
+    constexpr int kVariants = std::size(vc::kAllTcEncodeVariants);
+    double total_s[kVariants] = {};
     for (const Part& part : shape.parts) {
       const Quantizer& q = part.q;
       const int64_t count = n * part.per_head_vector;
@@ -785,11 +770,12 @@ bool RunLlama128k(cudaStream_t stream) {
                             cudaMemcpyHostToDevice));
       CHECK_CUDA(vqkv::cuda::LaunchRvqPrepareTcCodebooks(d_cb, q.stages, q.K,
                                                          q.dim, d_tc, stream));
-      for (int w = 0; w < kTcVariants; ++w) {
+      for (int w = 0; w < kVariants; ++w) {
         // Warm-up on the first 1M vectors, then one timed run over all.
         CHECK_CUDA(vqkv::cuda::LaunchRvqEncodeGreedyTc(
             d_x, vqkv::cuda::InputType::kFloat16, int64_t{1} << 20, q.dim, d_cb,
-            d_norms, d_tc, q.stages, q.K, d_codes, stream, kAllTcVariants[w]));
+            d_norms, d_tc, q.stages, q.K, d_codes, stream,
+            vc::kAllTcEncodeVariants[w]));
         double ms = 0;
         if (!TimeMs(
                 stream, 1,
@@ -797,23 +783,24 @@ bool RunLlama128k(cudaStream_t stream) {
                   return vqkv::cuda::LaunchRvqEncodeGreedyTc(
                       d_x, vqkv::cuda::InputType::kFloat16, count, q.dim, d_cb,
                       d_norms, d_tc, q.stages, q.K, d_codes, stream,
-                      kAllTcVariants[w]);
+                      vc::kAllTcEncodeVariants[w]);
                 },
                 &ms)) {
           return false;
         }
         std::printf("%-20s %-28s %10.3f %14.4g\n", q.name,
-                    VariantName(kAllTcVariants[w]), ms / 1e3,
-                    count / (ms * 1e-3));
+                    vc::TcEncodeVariantName(vc::kAllTcEncodeVariants[w]),
+                    ms / 1e3, count / (ms * 1e-3));
         total_s[w] += ms / 1e3;
       }
       cudaFree(d_cb);
       cudaFree(d_norms);
       cudaFree(d_tc);
     }
-    for (int w = 0; w < kTcVariants; ++w) {
+    for (int w = 0; w < kVariants; ++w) {
       std::printf("%-20s %-28s %10.3f\n", "total",
-                  VariantName(kAllTcVariants[w]), total_s[w]);
+                  vc::TcEncodeVariantName(vc::kAllTcEncodeVariants[w]),
+                  total_s[w]);
     }
   }
   cudaFree(d_x);

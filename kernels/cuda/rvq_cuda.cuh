@@ -134,6 +134,24 @@ enum class TcEncodeVariant {
 inline constexpr TcEncodeVariant kDefaultTcEncodeVariant =
     TcEncodeVariant::kSortedLists;
 
+// Every variant, for the tests and benchmarks that run them all.
+inline constexpr TcEncodeVariant kAllTcEncodeVariants[] = {
+    TcEncodeVariant::kSortedLists, TcEncodeVariant::kPackedKeys,
+    TcEncodeVariant::kPackedKeysWide};
+
+// A short name for test traces and benchmark rows.
+inline const char* TcEncodeVariantName(TcEncodeVariant variant) {
+  switch (variant) {
+    case TcEncodeVariant::kSortedLists:
+      return "sorted lists";
+    case TcEncodeVariant::kPackedKeys:
+      return "packed keys";
+    case TcEncodeVariant::kPackedKeysWide:
+      return "packed keys, 32 rows a warp";
+  }
+  return "unknown variant";
+}
+
 // Greedy RVQ encode on tensor cores (compute capability 8.0 or later): the
 // layouts of LaunchRvqEncodeGreedy, but x [n][dim] may be float32, fp16 or
 // bf16 (converted to float32 on load), and d_tc must be the set's

@@ -66,29 +66,13 @@ std::vector<uint16_t> TcEncode(const Problem& p, TcEncodeVariant variant) {
   return codes;
 }
 
-constexpr TcEncodeVariant kAllVariants[] = {TcEncodeVariant::kSortedLists,
-                                            TcEncodeVariant::kPackedKeys,
-                                            TcEncodeVariant::kPackedKeysWide};
-
-const char* Name(TcEncodeVariant v) {
-  switch (v) {
-    case TcEncodeVariant::kSortedLists:
-      return "sorted lists";
-    case TcEncodeVariant::kPackedKeys:
-      return "packed keys";
-    case TcEncodeVariant::kPackedKeysWide:
-      return "packed keys, 32 rows a warp";
-  }
-  return "?";
-}
-
 // The tensor-core encoder's bound (rvq_cuda.cuh): every pick within
 // 0.0316 ||r|| max ||c|| of the nearest codeword's score.
 constexpr double kTcTolerancePerNorm = 0.032;
 
 void ExpectTcMatchesReference(const Problem& p, int min_identical_percent) {
-  for (const TcEncodeVariant variant : kAllVariants) {
-    SCOPED_TRACE(Name(variant));
+  for (const TcEncodeVariant variant : kAllTcEncodeVariants) {
+    SCOPED_TRACE(TcEncodeVariantName(variant));
     const std::vector<uint16_t> codes = TcEncode(p, variant);
     ASSERT_EQ(codes.size(), static_cast<size_t>(p.n) * p.stages);
     int64_t identical = 0;
@@ -97,8 +81,8 @@ void ExpectTcMatchesReference(const Problem& p, int min_identical_percent) {
     std::printf(
         "  tensor cores (%s), dim %d, K %d, %d stages: %lld of %lld vectors "
         "identical to the reference\n",
-        Name(variant), p.dim, p.K, p.stages, static_cast<long long>(identical),
-        static_cast<long long>(p.n));
+        TcEncodeVariantName(variant), p.dim, p.K, p.stages,
+        static_cast<long long>(identical), static_cast<long long>(p.n));
   }
 }
 
@@ -180,8 +164,8 @@ TEST(RvqEncodeTcTest, HalfAndBf16InputMatchReferenceOnTheRoundedInput) {
       bits[i] = half ? FloatToHalfRef(p.x[i]) : FloatToBf16(p.x[i]);
       p.x[i] = half ? HalfToFloatRef(bits[i]) : Bf16ToFloat(bits[i]);
     }
-    for (const TcEncodeVariant variant : kAllVariants) {
-      SCOPED_TRACE(Name(variant));
+    for (const TcEncodeVariant variant : kAllTcEncodeVariants) {
+      SCOPED_TRACE(TcEncodeVariantName(variant));
       std::vector<uint16_t> codes;
       ASSERT_CUDA(TcEncodeOnGpu(p, type, bits.data(),
                                 bits.size() * sizeof(uint16_t), nullptr,
@@ -200,8 +184,8 @@ TEST(RvqEncodeTcTest, NanInputGetsCodewordZero) {
   Problem p = MakeProblem(kDim, kK, kStages, 200, 23);
   p.x[5 * kDim + 7] = NAN;
   p.x[199 * kDim] = NAN;
-  for (const TcEncodeVariant variant : kAllVariants) {
-    SCOPED_TRACE(Name(variant));
+  for (const TcEncodeVariant variant : kAllTcEncodeVariants) {
+    SCOPED_TRACE(TcEncodeVariantName(variant));
     const std::vector<uint16_t> codes = TcEncode(p, variant);
     ASSERT_EQ(codes.size(), static_cast<size_t>(p.n) * kStages);
     Problem clean = p;
@@ -258,8 +242,8 @@ TEST(RvqEncodeTcTest, LargeNPastInt32Offsets) {
   ASSERT_CUDA(RepeatOnDevice(x.get(), kBase * kDim, n * kDim));
   ASSERT_CUDA(LaunchRvqPrepareTcCodebooks(cb.get(), kStages, kK, kDim, tc.get(),
                                           nullptr));
-  for (const TcEncodeVariant variant : kAllVariants) {
-    SCOPED_TRACE(Name(variant));
+  for (const TcEncodeVariant variant : kAllTcEncodeVariants) {
+    SCOPED_TRACE(TcEncodeVariantName(variant));
     std::vector<uint16_t> base_codes;
     ASSERT_CUDA(TcEncodeOnGpu(base, InputType::kFloat16, half.data(),
                               half.size() * 2, nullptr, variant, &base_codes));
@@ -395,8 +379,8 @@ TEST(RvqEncodeTcTest, BatchGivesEachJobTheCodesOfItsOwnLaunch) {
                     d.norms.get(), d.tc.get(), d.codes.get()});
   }
   DeviceBuffer<uint8_t> scratch(RvqTcBatchScratchBytes(jobs.size()));
-  for (const TcEncodeVariant variant : kAllVariants) {
-    SCOPED_TRACE(Name(variant));
+  for (const TcEncodeVariant variant : kAllTcEncodeVariants) {
+    SCOPED_TRACE(TcEncodeVariantName(variant));
     ASSERT_CUDA(LaunchRvqEncodeGreedyTcBatch(
         jobs.data(), static_cast<int>(jobs.size()), InputType::kFloat32,
         scratch.get(), RvqTcBatchScratchBytes(jobs.size()), nullptr, variant));
