@@ -55,6 +55,8 @@ struct CalibrateArgs {
   // refinement").
   int refine_layers = 1;
   int refine_stages = -1;
+  // The largest key gain of a refined layer (RefinedKeyGainStrength).
+  double refine_gain = 1.0 + kRefinedKeyGainExcess;
   uint64_t seed = 0x5eed;
   // The calibration-size study (tools/calibration_study.h): with
   // --study-sizes, no codebook file is written.
@@ -384,7 +386,7 @@ int Run(const CalibrateArgs& a) {
         return Fail(s);
       }
       const double refined_strength =
-          RefinedKeyGainStrength(at_one.max_gain, strength);
+          RefinedKeyGainStrength(at_one.max_gain, strength, a.refine_gain);
       KeyGainReport r;
       if (absl::Status s = SetLayerKeyGains(*fit, refined_strength, &set, &r);
           !s.ok()) {
@@ -480,6 +482,13 @@ std::function<int()> AddCalibrateCommand(CLI::App* app) {
       ->capture_default_str();
   cmd->add_option("--key-refine-stages", args->refine_stages,
                   "stages of each key refinement (default: the key stages)");
+  cmd->add_option("--key-refine-gain", args->refine_gain,
+                  "largest key gain of a refined layer, which gets its own "
+                  "strength (never below the set's): higher keeps more "
+                  "needles, lower more top-1 agreement (docs/FIDELITY.md, "
+                  "\"The refined layer's gain\")")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 2.0));
   cmd->add_option("--key-gain-from-layer", args->key_gain_from_layer,
                   "first layer with a key gain (default or negative: half the "
                   "layers; the layer count or more: no key gains)");

@@ -121,9 +121,10 @@ double AutoKeyGainStrength(double mean_gain) {
   return std::clamp(kAutoKeyGainExcess / (mean_gain - 1.0), 1.0, 2.0);
 }
 
-double RefinedKeyGainStrength(double max_gain, double set_strength) {
+double RefinedKeyGainStrength(double max_gain, double set_strength,
+                              double target_gain) {
   if (!(max_gain > 1.0)) return set_strength;
-  return std::clamp(kRefinedKeyGainExcess / (max_gain - 1.0), set_strength,
+  return std::clamp((target_gain - 1.0) / (max_gain - 1.0), set_strength,
                     std::max(set_strength, 10.0));
 }
 

@@ -87,15 +87,19 @@ double AutoKeyGainStrength(double mean_gain);
 
 // The strength of a layer with a key refinement (CodebookSet::
 // SetKeyRefinement): the correction scaled until the layer's largest gain
-// is 1 + kRefinedKeyGainExcess, never below `set_strength` (the other
-// layers') nor past 10. `max_gain` is the layer's largest gain fitted at
+// is `target_gain` (vqkv calibrate --key-refine-gain, default 1 +
+// kRefinedKeyGainExcess), never below `set_strength` (the other layers')
+// nor past 10. `max_gain` is the layer's largest gain fitted at
 // strength 1; at or below 1 the answer is set_strength. Refinement leaves
 // less shrinkage to undo, but a refined retrieval layer still needs its
 // gain: on SmolLM2-135M layer 18 with 20 more key stages reads needles
 // best with gains up to about 1.10 (vartrack 17/20 against 12/20 at the
-// fit's own auto strength; docs/FIDELITY.md, "Key refinement").
+// fit's own auto strength; docs/FIDELITY.md, "Key refinement"); 1.07 tracks
+// fewer (14/20 against 18/20) at lower ctx-8192 perplexity ("The refined
+// layer's gain").
 inline constexpr double kRefinedKeyGainExcess = 0.10;
-double RefinedKeyGainStrength(double max_gain, double set_strength);
+double RefinedKeyGainStrength(double max_gain, double set_strength,
+                              double target_gain = 1.0 + kRefinedKeyGainExcess);
 
 }  // namespace vqkv::tools
 

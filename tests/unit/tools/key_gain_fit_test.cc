@@ -163,6 +163,10 @@ TEST(KeyGainFitTest, RefinedStrengthScalesTheLargestGainToTheTarget) {
   EXPECT_EQ(RefinedKeyGainStrength(1.04, 3.0), 3.0);
   EXPECT_EQ(RefinedKeyGainStrength(1.001, 1.0), 10.0);
   EXPECT_EQ(RefinedKeyGainStrength(0.99, 1.5), 1.5);
+  // Another target (--key-refine-gain).
+  EXPECT_NEAR(RefinedKeyGainStrength(1.04, 1.0, 1.07), 1.75, 1e-9);
+  EXPECT_EQ(RefinedKeyGainStrength(1.04, 2.0, 1.07), 2.0);
+  EXPECT_EQ(RefinedKeyGainStrength(1.04, 1.0, 1.0), 1.0);
 }
 
 TEST(KeyGainFitTest, BadArguments) {
