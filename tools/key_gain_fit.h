@@ -92,11 +92,13 @@ double AutoKeyGainStrength(double mean_gain);
 // nor past 10. `max_gain` is the layer's largest gain fitted at
 // strength 1; at or below 1 the answer is set_strength. Refinement leaves
 // less shrinkage to undo, but a refined retrieval layer still needs its
-// gain: on SmolLM2-135M layer 18 with 20 more key stages reads needles
-// best with gains up to about 1.10 (vartrack 17/20 against 12/20 at the
-// fit's own auto strength; docs/FIDELITY.md, "Key refinement"); 1.07 tracks
-// fewer (14/20 against 18/20) at lower ctx-8192 perplexity ("The refined
-// layer's gain").
+// gain: on SmolLM2-135M layer 18 with 20 more key stages tracks variables
+// best with gains up to 1.10 (vartrack 17/20 against 12/20 at the fit's
+// own auto strength; docs/FIDELITY.md, "Key refinement"). 1.07 keeps
+// perplexity under +1% at ctx 8192 (1.10: +1.07% on sherlock_holmes) and
+// ties fp16 on mkniah over 1k-8k tokens, but tracks 19 variables of 40
+// where fp16 tracks 26 and 1.10 tracks 28 ("The refined layer's gain at
+// 4k and 8k").
 inline constexpr double kRefinedKeyGainExcess = 0.10;
 double RefinedKeyGainStrength(double max_gain, double set_strength,
                               double target_gain = 1.0 + kRefinedKeyGainExcess);

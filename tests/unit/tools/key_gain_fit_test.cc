@@ -155,10 +155,12 @@ TEST(KeyGainFitTest, AutoStrengthScalesTowardTheTargetMeanWithinOneAndTwo) {
   EXPECT_EQ(AutoKeyGainStrength(std::nan("")), 1.0);
 }
 
-// A refined layer: its largest gain scaled to 1.10, never below the set's
-// strength nor past 10.
+// A refined layer: its largest gain scaled to the target (1.10 by
+// default), never below the set's strength nor past 10.
 TEST(KeyGainFitTest, RefinedStrengthScalesTheLargestGainToTheTarget) {
   EXPECT_NEAR(RefinedKeyGainStrength(1.04, 1.0), 2.5, 1e-9);
+  EXPECT_NEAR(1.0 + RefinedKeyGainStrength(1.02, 1.0) * 0.02,
+              1.0 + kRefinedKeyGainExcess, 1e-12);
   EXPECT_EQ(RefinedKeyGainStrength(1.2, 1.0), 1.0);
   EXPECT_EQ(RefinedKeyGainStrength(1.04, 3.0), 3.0);
   EXPECT_EQ(RefinedKeyGainStrength(1.001, 1.0), 10.0);
