@@ -38,12 +38,14 @@ if [[ $quick == 1 ]]; then
   results=${results:-fidelity-results-quick}
   ppl_runs=("2048 256 1" "2048 1024 1")      # ctx window max-windows
   lengths=1024; trials=${TRIALS:-4}
-  study=(--study-sizes 4096,16384,65536 --study-layers 15)
+  study_layers=(--study-layers 15)
+  study=(--study-sizes 4096 16384 65536 "${study_layers[@]}")
 else
   results=${results:-fidelity-results}
   ppl_runs=("2048 256 4" "2048 1024 4" "8192 256 1" "8192 1024 1")
   lengths=1024,2048,4096,8192; trials=${TRIALS:-20}
-  study=(--study-sizes 4096,8192,16384,32768,65536)  # layers 0, 15, 29
+  study_layers=(--study-layers 0 15 29)
+  study=(--study-sizes 4096 8192 16384 32768 65536 "${study_layers[@]}")
 fi
 
 VQKV=${VQKV:-build/tools/vqkv}
@@ -56,12 +58,19 @@ EVAL_TEXTS=(frankenstein sherlock_holmes)
 mkdir -p "$results/codebooks"
 cb=$results/codebooks
 echo "fidelity.sh: results in $results/ ($(nproc) cores, $(date -u +%FT%TZ))"
-{
-  echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc)"
-  echo "quick: $quick"
-} >"$results/machine.txt"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -s $results/machine.txt ]]; then
+  # A resumed run: the rows already there keep the first run's line, and
+  # the report names this one too.
+  echo "resumed: $(date -u +%FT%TZ) at $commit" >>"$results/machine.txt"
+else
+  {
+    echo "date: $(date -u +%FT%TZ)"
+    echo "commit: $commit"
+    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc)"
+    echo "quick: $quick"
+  } >"$results/machine.txt"
+fi
 
 # step NAME CMD...: runs CMD once, its stdout into $results/NAME.jsonl.
 step() {
@@ -76,19 +85,26 @@ step() {
 }
 
 # Codebooks: the default options (keys 20 and values 16 stages on
-# SmolLM2's 64 dims, 2.69 bits/element), the paper's split of the same rate
-# (keys 28, values 8: the default before 2026-12-04), ~2 bits, and 20 key
-# stages with the paper's 8 value stages, which with a 64-bit key sketch is
-# again 2.75 bits/element.
+# SmolLM2's 64 dims plus layer 18's key refinement, 2.74 bits/element), the
+# same with the paper's SimVQ fit instead of k-means, the paper's split of
+# the same rate (keys 28, values 8: the default before 2026-12-04), ~2 bits,
+# and 20 key stages with the paper's 8 value stages, which with a 64-bit key
+# sketch is again 2.75 bits/element. Each fit's wall time goes to
+# calibrate_NAME.jsonl (the k-means / SimVQ table).
 calibrate() {
-  local name=$1
+  local name=$1 fit=kmeans
   shift
   if [[ -s $cb/$name.vqcb ]]; then echo "  have $name.vqcb"; return; fi
+  [[ " $* " == *" --fit simvq "* ]] && fit=simvq
   echo "  fit  $name.vqcb $*"
+  local t0=$SECONDS
   "$VQKV" calibrate --model "$M" --text "$CAL" --out "$cb/$name.vqcb" "$@"
+  printf '{"task":"calibrate","codebooks":"%s","fit":"%s","seconds":%d,"cores":%d}\n' \
+    "$name" "$fit" $((SECONDS - t0)) "$(nproc)" >"$results/calibrate_$name.jsonl"
 }
 echo "codebooks"
 calibrate default
+calibrate simvq --fit simvq
 calibrate paper-split --key-stages 28 --value-stages 8
 calibrate k20v6 --key-stages 20 --value-stages 6
 calibrate k20v8 --key-stages 20 --value-stages 8
@@ -97,6 +113,7 @@ calibrate k20v8 --key-stages 20 --value-stages 8
 codecs=(
   "kivi:--codec kivi2,kivi4"
   "vq-default:--codec vq --codebooks $cb/default.vqcb"
+  "vq-simvq:--codec vq --codebooks $cb/simvq.vqcb"
   "vq-paper-split:--codec vq --codebooks $cb/paper-split.vqcb"
   "vq-k20v8-ks64:--codec vq --codebooks $cb/k20v8.vqcb --key-sketch-bits 64"
   "vq-k20v6:--codec vq --codebooks $cb/k20v6.vqcb"
@@ -151,6 +168,10 @@ done
 echo "calibration size"
 step study "$VQKV" calibrate --model "$M" --text "$CAL" \
   --holdout "$T/frankenstein.txt" "${study[@]}" --study-all-points --json
+# The SimVQ fit's held-out error at the default size, on the same layers.
+step study_simvq "$VQKV" calibrate --model "$M" --text "$CAL" \
+  --holdout "$T/frankenstein.txt" --study-sizes 16384 "${study_layers[@]}" \
+  --study-all-points --fit simvq --json
 
 if [[ $docs == 1 ]]; then
   /usr/bin/python3 scripts/fidelity_report.py "$results" docs/FIDELITY.md \

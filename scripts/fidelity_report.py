@@ -3,8 +3,9 @@
 
 usage: scripts/fidelity_report.py RESULTS_DIR [DOC.md [PLOT.png]]
 
-Reads every RESULTS_DIR/*.jsonl (lines of `vqkv eval --json` and
-`vqkv calibrate --study-sizes --json`) and RESULTS_DIR/machine.txt.
+Reads every RESULTS_DIR/*.jsonl (lines of `vqkv eval --json`,
+`vqkv calibrate --study-sizes --json` and fidelity.sh's own `calibrate`
+lines: each fitted set's fit and wall time) and RESULTS_DIR/machine.txt.
 Without DOC.md, prints the Markdown; with it, replaces the text between the
 "BEGIN fidelity.sh" and "END fidelity.sh" comment lines of DOC.md (appended
 at the end when the markers are missing). PLOT.png: perplexity change
@@ -73,19 +74,85 @@ def study_table(rows):
         f"options), error measured on those tokens (train) and on "
         f"{r0['holdout_tokens']} tokens of frankenstein (held out). "
         "Relative squared error sum ||x - x'||^2 / sum ||x||^2, mean over "
-        "the layers. `sample`: k-means on the sample the training options "
+        "the layers. `sample`: the fit on the sample the training options "
         "allow (points per centroid x codewords, the `vectors` column); "
         "`all`: on every vector.",
         "",
-        "| tokens | k-means on | vectors | K train | K held-out | V train | V held-out | fit s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| fit | tokens | fit on | vectors | K train | K held-out | V train | V held-out | fit s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in study:
         out.append(
-            f"| {r['tokens']} | {'all' if r['all_points'] else 'sample'} | "
+            f"| {FIT_NAMES.get(r.get('fit', 'kmeans'), r.get('fit'))} | "
+            f"{r['tokens']} | {'all' if r['all_points'] else 'sample'} | "
             f"{r['sample']} | {r['key_train']:.4f} | {r['key_holdout']:.4f} | "
             f"{r['value_train']:.4f} | {r['value_holdout']:.4f} | "
             f"{r['fit_seconds']:.0f} |")
+    return out + [""]
+
+
+FIT_NAMES = {"kmeans": "k-means", "simvq": "SimVQ"}
+
+
+def fits_table(rows):
+    """The codebook fits side by side: each `calibrate` row (one per fitted
+    set, with its wall time) joined with its held-out error from the study
+    at the calibration default's size, its perplexity at the tightest
+    window of ctx 2048 and its retrieval at the shortest length."""
+    cals = [r for r in rows if r.get("task") == "calibrate"]
+    fits = {r["fit"] for r in cals}
+    if len(fits) < 2:
+        return []
+    study = {}
+    for r in rows:
+        if r.get("task") == "calibration_size" and r["all_points"]:
+            study.setdefault((r.get("fit", "kmeans"), r["tokens"]), r)
+    groups = ppl_groups(rows)
+    ppl_key = min((k for k in groups if k[0] == 2048),
+                  key=lambda k: k[1], default=None)
+    tasks = [t for t in ("passkey", "mkniah", "vartrack")
+             if any(r.get("task") == t for r in rows)]
+    shortest = {t: min(r["length"] for r in rows if r.get("task") == t)
+                for t in tasks}
+    out = [
+        "### The codebook fit: k-means against SimVQ",
+        "",
+        "The same default options fitted by k-means (Lloyd) and by the "
+        "paper's SimVQ reparameterization (docs/CODEC.md, \"SimVQ fit\"). "
+        "Calibrate: wall seconds of `vqkv calibrate` in this run. Held-out "
+        "error: the calibration-size study's relative squared error at "
+        "16384 tokens on every vector (the calibrate default). Perplexity "
+        "change pooled over the texts and top-1 averaged over them"
+        + (f", ctx {ppl_key[0]}, window {ppl_key[1]}" if ppl_key else "")
+        + "; retrieval correct / trials at the shortest length.",
+        "",
+        "| codebooks | fit | bits/elt | calibrate s | K held-out | V held-out"
+        " | ppl change | top-1 | " +
+        " | ".join(f"{t} {shortest[t]}" for t in tasks) + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(tasks),
+    ]
+    for c in cals:
+        name = c["codebooks"]
+        st = study.get((c["fit"], 16384))
+        err = (f"{st['key_holdout']:.4f} | {st['value_holdout']:.4f}"
+               if st else "- | -")
+        vq = f"vq {name}"
+        rs = groups.get(ppl_key, {}).get(vq, []) if ppl_key else []
+        if rs:
+            change, _ = pooled_change(rs)
+            top1 = sum(r["top1_agreement"] for r in rs) / len(rs)
+            ppl_cells = f"{change:+.2f}% | {top1:.3f}"
+            bits = f"{rs[0]['bits_per_element']:.3f}"
+        else:
+            ppl_cells, bits = "- | -", "-"
+        cells = []
+        for t in tasks:
+            r = next((r for r in rows if r.get("task") == t and
+                      r["length"] == shortest[t] and label(r) == vq), None)
+            cells.append(f"{r['correct']}/{r['trials']}" if r else "-")
+        out.append(f"| {name} | {FIT_NAMES.get(c['fit'], c['fit'])} | "
+                   f"{bits} | {c['seconds']} | {err} | {ppl_cells} | " +
+                   " | ".join(cells) + " |")
     return out + [""]
 
 
@@ -259,7 +326,8 @@ def main():
         "sherlock_holmes.",
         "",
     ]
-    body += study_table(rows) + ppl_tables(rows) + retrieval_tables(rows)
+    body += (study_table(rows) + fits_table(rows) + ppl_tables(rows) +
+             retrieval_tables(rows))
     if len(args) >= 3 and any(r.get("task") == "ppl" for r in rows):
         body += [f"![perplexity change against bits per element]"
                  f"({os.path.basename(args[2])})", ""]

@@ -203,12 +203,12 @@ std::string FormatCalibrationStudy(
     const CalibrationStudyOptions& o,
     const std::vector<CalibrationStudyRow>& rows) {
   std::string out = absl::StrFormat(
-      "calibration size study: layers %s, %d held-out tokens, %s; relative "
-      "squared error, mean over the layers\n",
+      "calibration size study: layers %s, %d held-out tokens, %s fit on a "
+      "sample of up to %d points per centroid (sample) or on every vector "
+      "(all); relative squared error, mean over the layers\n",
       absl::StrJoin(o.layers, ","), o.holdout_tokens,
-      absl::StrFormat("k-means on a sample of up to %d points per centroid "
-                      "(sample) or on every vector (all)",
-                      o.config.training.max_points_per_centroid));
+      RvqFitName(o.config.training.fit),
+      o.config.training.max_points_per_centroid);
   absl::StrAppendFormat(&out, "%9s %6s %9s %10s %10s %10s %10s %9s\n", "tokens",
                         "fit on", "vectors", "K train", "K held-out", "V train",
                         "V held-out", "fit s");
@@ -224,13 +224,14 @@ std::string FormatCalibrationStudy(
 std::string CalibrationStudyJson(const CalibrationStudyOptions& o,
                                  const CalibrationStudyRow& r) {
   return absl::StrFormat(
-      "{\"task\":\"calibration_size\",\"tokens\":%d,\"all_points\":%s,"
-      "\"sample\":%d,\"layers\":[%s],\"holdout_tokens\":%d,"
+      "{\"task\":\"calibration_size\",\"fit\":\"%s\",\"tokens\":%d,"
+      "\"all_points\":%s,\"sample\":%d,\"layers\":[%s],\"holdout_tokens\":%d,"
       "\"key_train\":%.6g,\"key_holdout\":%.6g,\"value_train\":%.6g,"
       "\"value_holdout\":%.6g,\"fit_seconds\":%.3f}",
-      r.tokens, r.all_points ? "true" : "false", r.sample,
-      absl::StrJoin(o.layers, ","), o.holdout_tokens, r.key_train,
-      r.key_holdout, r.value_train, r.value_holdout, r.fit_seconds);
+      RvqFitName(o.config.training.fit), r.tokens,
+      r.all_points ? "true" : "false", r.sample, absl::StrJoin(o.layers, ","),
+      o.holdout_tokens, r.key_train, r.key_holdout, r.value_train,
+      r.value_holdout, r.fit_seconds);
 }
 
 }  // namespace vqkv::tools

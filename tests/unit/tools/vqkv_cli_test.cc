@@ -163,10 +163,17 @@ TEST_F(VqkvCliTest, CalibrationSizeStudy) {
   EXPECT_GT(JsonNumber(small, "value_holdout"),
             JsonNumber(large, "value_holdout"));
   EXPECT_GT(JsonNumber(large, "key_holdout"), 0);
+  // Each row names its fit, so scripts/fidelity.sh can set the two apart.
+  EXPECT_NE(small.find("\"fit\":\"kmeans\""), std::string::npos) << small;
+  Result simvq = Run(base + " --study-sizes 100 --fit simvq --json");
+  ASSERT_EQ(simvq.exit_code, 0) << simvq.err;
+  EXPECT_NE(simvq.out.find("\"fit\":\"simvq\""), std::string::npos)
+      << simvq.out;
 
   Result table = Run(base + " --study-sizes 100");
   ASSERT_EQ(table.exit_code, 0) << table.err;
   EXPECT_NE(table.out.find("K held-out"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("kmeans fit"), std::string::npos) << table.out;
   ExpectCleanError(Run(base + " --study-sizes 400,16"), "ascending");
   ExpectCleanError(Run(base + " --study-sizes 16 --study-layers 30"),
                    "outside the model's 0..29");

@@ -75,6 +75,43 @@ class FidelityReportTest(unittest.TestCase):
         self.assertIn("| 4096 | all | 12288 | 0.0100 | 0.0234 |", out)
         self.assertIn("date: 2026-12-01; commit: abc", out)
 
+    def test_fit_table_joins_time_error_ppl_and_retrieval(self):
+        # Only one fit so far: no table.
+        self.assertNotIn("k-means against SimVQ", self.run_report())
+        sv = "vq:k=10+10x10:cb=5151"
+        lines = [
+            {"task": "calibrate", "codebooks": "default", "fit": "kmeans",
+             "seconds": 250, "cores": 2},
+            {"task": "calibrate", "codebooks": "simvq", "fit": "simvq",
+             "seconds": 255, "cores": 2},
+            {"task": "calibration_size", "fit": "kmeans", "tokens": 16384,
+             "all_points": True, "sample": 49152, "layers": [15],
+             "holdout_tokens": 8192, "key_train": 0.002,
+             "key_holdout": 0.0054, "value_train": 0.02,
+             "value_holdout": 0.0609, "fit_seconds": 7.0},
+            {"task": "calibration_size", "fit": "simvq", "tokens": 16384,
+             "all_points": True, "sample": 49152, "layers": [15],
+             "holdout_tokens": 8192, "key_train": 0.005,
+             "key_holdout": 0.0072, "value_train": 0.05,
+             "value_holdout": 0.0726, "fit_seconds": 8.0},
+            ppl("vq", "frankenstein", 27.27, 27.0, 1000, 2.74,
+                "/x/simvq.vqcb", sv),
+            passkey("vq", sv, "/x/simvq.vqcb", 2.74, 7, 12),
+        ]
+        with open(os.path.join(self.dir, "b.jsonl"), "w") as f:
+            f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+        out = self.run_report()
+        self.assertIn("### The codebook fit: k-means against SimVQ", out)
+        # SimVQ: its time, its study row's held-out error, +1.00% on the one
+        # text, top-1 0.95, 7 of 12 passkeys.
+        self.assertIn("| simvq | SimVQ | 2.740 | 255 | 0.0072 | 0.0726 | "
+                      "+1.00% | 0.950 | 7/12 |", out)
+        # k-means: the default set's rows (sketch on every layer and on
+        # 16+ are other labels, so no perplexity of its own here).
+        self.assertIn("| default | k-means | - | 250 | 0.0054 | 0.0609 |",
+                      out)
+        self.assertIn("| SimVQ | 16384 | all | 49152 |", out)
+
     def test_rewrites_only_the_generated_section(self):
         doc = os.path.join(self.dir, "doc.md")
         with open(doc, "w") as f:
