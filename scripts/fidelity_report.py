@@ -107,6 +107,9 @@ def fits_table(rows):
     for r in rows:
         if r.get("task") == "calibration_size" and r["all_points"]:
             study.setdefault((r.get("fit", "kmeans"), r["tokens"]), r)
+    # The size the other fits were studied at (fidelity.sh: the calibrate
+    # default); k-means' row of the same size sits in the size study.
+    size = max((t for f, t in study if f != "kmeans"), default=None)
     groups = ppl_groups(rows)
     ppl_key = min((k for k in groups if k[0] == 2048),
                   key=lambda k: k[1], default=None)
@@ -121,7 +124,7 @@ def fits_table(rows):
         "paper's SimVQ reparameterization (docs/CODEC.md, \"SimVQ fit\"). "
         "Calibrate: wall seconds of `vqkv calibrate` in this run. Held-out "
         "error: the calibration-size study's relative squared error at "
-        "16384 tokens on every vector (the calibrate default). Perplexity "
+        f"{size} tokens on every vector (the calibrate default). Perplexity "
         "change pooled over the texts and top-1 averaged over them"
         + (f", ctx {ppl_key[0]}, window {ppl_key[1]}" if ppl_key else "")
         + "; retrieval correct / trials at the shortest length.",
@@ -133,7 +136,7 @@ def fits_table(rows):
     ]
     for c in cals:
         name = c["codebooks"]
-        st = study.get((c["fit"], 16384))
+        st = study.get((c["fit"], size))
         err = (f"{st['key_holdout']:.4f} | {st['value_holdout']:.4f}"
                if st else "- | -")
         vq = f"vq {name}"
